@@ -1,0 +1,16 @@
+"""The campaign service: the right message, to the right person, at the right time."""
+
+from fastapi import FastAPI
+
+from services.campaign.api import router
+from shared.settings import Settings
+from shared.web import create_service_app
+
+DESCRIPTION = """
+Campaigns react to events (from ingest's feed) and segment entries (from segment's transition feed),
+render a Liquid template with the profile's traits and ask delivery to send it, once per occurrence.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    return create_service_app("campaign", settings or Settings(), routers=[router], description=DESCRIPTION)

@@ -1,0 +1,154 @@
+"""Handing decided sends to delivery: render each with its profile, post with its idempotency key.
+
+Sends are claimed with a lease (``next_attempt_at`` pushed forward under ``FOR UPDATE SKIP LOCKED``),
+so replicas never work on the same send and a crashed worker's sends come back after the lease.
+Delivery stores each message under the same idempotency key, so a send posted twice (a crash between
+delivery's answer and our commit) is still one message.
+"""
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.campaign import templates
+from shared.auth import WORKSPACE_HEADER
+from shared.http import InternalClient
+
+log = structlog.get_logger()
+
+LEASE_S = 120
+MAX_ATTEMPTS = 10
+
+
+@dataclass
+class Outcome:
+    status: str  # dispatched | skipped | failed | pending (retry later)
+    reason: str | None = None
+    delivery_message_id: str | None = None
+
+
+async def claim(session: AsyncSession, limit: int) -> list[dict[str, Any]]:
+    rows = await session.execute(
+        text(
+            f"""
+            update campaign.sends s
+               set attempts = s.attempts + 1, next_attempt_at = now() + interval '{LEASE_S} seconds',
+                   updated_at = now()
+             where s.id in (select id from campaign.sends
+                             where status = 'pending' and next_attempt_at <= now()
+                             order by next_attempt_at for update skip locked limit :lim)
+            returning s.id, s.workspace_id, s.campaign_id, s.template_id, s.profile_id, s.idempotency_key,
+                      s.trigger_data, s.attempts,
+                      (select message_type from campaign.campaigns c where c.id = s.campaign_id) as message_type
+            """
+        ),
+        {"lim": limit},
+    )
+    return [dict(r) for r in rows.mappings()]
+
+
+async def _template(session: AsyncSession, template_id: uuid.UUID) -> dict[str, Any] | None:
+    row = (await session.execute(text("select subject, html, text from campaign.templates where id = :id"),
+                                 {"id": template_id})).mappings().first()
+    return dict(row) if row else None
+
+
+def _retry_or_fail(send: dict[str, Any], reason: str) -> Outcome:
+    if send["attempts"] >= MAX_ATTEMPTS:
+        return Outcome("failed", f"gave up after {send['attempts']} attempts: {reason}")
+    return Outcome("pending", reason)
+
+
+async def prepare(session: AsyncSession, internal: InternalClient, send: dict[str, Any]
+                  ) -> dict[str, Any] | Outcome:
+    """The delivery request for a send, or the outcome that ends it here."""
+    tpl = await _template(session, send["template_id"])
+    if tpl is None:
+        return Outcome("failed", "template no longer exists")
+    resp = await internal.request("GET", "ingest", f"/v1/profiles/{send['profile_id']}",
+                                  headers={WORKSPACE_HEADER: str(send["workspace_id"])})
+    if resp.status_code == 404:
+        return Outcome("skipped", "profile not found")
+    if resp.status_code != 200:
+        return _retry_or_fail(send, f"ingest answered {resp.status_code} for the profile")
+    profile = resp.json()
+    email = (profile.get("traits") or {}).get("email")
+    if not email or not isinstance(email, str):
+        return Outcome("skipped", "profile has no email trait")
+    try:
+        rendered = templates.render(tpl, templates.variables_for(profile, send["trigger_data"]))
+    except templates.TemplateError as exc:
+        return Outcome("failed", f"template did not render: {exc}")
+    return {
+        "idempotency_key": f"campaign:{send['idempotency_key']}",
+        "channel": "email",
+        "to": email,
+        "subject": rendered.subject,
+        "html": rendered.html,
+        "text": rendered.text,
+        "message_type": send["message_type"] or "marketing",
+        "metadata": {"campaign_id": str(send["campaign_id"]), "send_id": str(send["id"]),
+                     "profile_id": str(send["profile_id"])},
+    }
+
+
+async def post(internal: InternalClient, ws: uuid.UUID, request: dict[str, Any], send: dict[str, Any]) -> Outcome:
+    try:
+        resp = await internal.request("POST", "delivery", "/v1/messages", json=request, retry=True,
+                                      headers={WORKSPACE_HEADER: str(ws)})
+    except Exception as exc:  # noqa: BLE001 - transport trouble: retry later, the key makes it safe
+        return _retry_or_fail(send, f"delivery unreachable: {type(exc).__name__}")
+    if resp.status_code in (200, 201, 202):
+        return Outcome("dispatched", None, resp.json()["id"])
+    if resp.status_code == 409 and resp.json().get("message_id"):
+        # re-rendered content differs from an earlier, successful post of this send: it is already queued
+        return Outcome("dispatched", "content changed on retry; kept the first", resp.json()["message_id"])
+    if 400 <= resp.status_code < 500 and resp.status_code != 429:
+        return Outcome("failed", f"delivery refused the message ({resp.status_code}): {resp.text[:300]}")
+    return _retry_or_fail(send, f"delivery answered {resp.status_code}")
+
+
+async def record(session: AsyncSession, send_id: uuid.UUID, outcome: Outcome, attempts: int) -> None:
+    backoff = min(3600, 5 * 2 ** max(0, attempts - 1))
+    await session.execute(
+        text(
+            """
+            update campaign.sends
+               set status = :status, reason = :reason, delivery_message_id = CAST(:mid AS uuid), updated_at = now(),
+                   next_attempt_at = case when :status = 'pending'
+                                          then now() + make_interval(secs => :backoff) else next_attempt_at end
+             where id = :id
+            """
+        ),
+        {"status": outcome.status, "reason": outcome.reason, "mid": outcome.delivery_message_id,
+         "backoff": backoff, "id": send_id},
+    )
+
+
+async def dispatch_due(sessionmaker: async_sessionmaker[AsyncSession], internal: InternalClient,
+                       limit: int = 100) -> int:
+    """Claim due sends and hand them to delivery; returns how many were claimed."""
+    async with sessionmaker() as session, session.begin():
+        sends = await claim(session, limit)
+    if not sends:
+        return 0
+    sem = asyncio.Semaphore(10)
+
+    async def one(send: dict[str, Any]) -> None:
+        async with sem, sessionmaker() as session:
+            async with session.begin():
+                prepared = await prepare(session, internal, send)
+            outcome = prepared if isinstance(prepared, Outcome) else await post(
+                internal, send["workspace_id"], prepared, send)
+            async with session.begin():
+                await record(session, send["id"], outcome, send["attempts"])
+        log.info("campaign.send_" + outcome.status, send_id=str(send["id"]), reason=outcome.reason,
+                 delivery_message_id=outcome.delivery_message_id)
+
+    await asyncio.gather(*(one(s) for s in sends))
+    return len(sends)

@@ -1,0 +1,159 @@
+"""The outbox: every message is stored under its idempotency key before any provider call.
+
+- ``enqueue``: insert-or-return on ``(workspace_id, idempotency_key)``; the same key with different
+  content is a conflict, never a second message.
+- ``claim``: queued messages that are due, and ``sending`` ones whose lease ran out (a worker died
+  mid-send), are leased with ``FOR UPDATE SKIP LOCKED`` so replicas never share one.
+- ``record``: the outcome of one attempt, with the attempt itself kept in ``delivery.attempts``.
+
+SMTP has no idempotency key, so a message whose worker died after the server accepted it but before
+``record`` committed is attempted again with the same Message-ID header (documented trade-off:
+at-least-once at the wire in that window, exactly-once everywhere else).
+"""
+
+import hashlib
+import random
+import uuid
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.errors import Conflict, NotFound
+
+LEASE_S = 60
+MAX_ATTEMPTS = 8
+_COLS = ("id, idempotency_key, channel, to_address, subject, message_type, status, attempts, last_error, "
+         "provider_message_id, metadata, created_at, sent_at")
+
+
+def request_hash(data: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def out(row: Any) -> dict[str, Any]:
+    d = dict(row._mapping)
+    d["id"] = str(d["id"])
+    d["to"] = d.pop("to_address")
+    return d
+
+
+def backoff_s(attempt: int) -> float:
+    """Exponential backoff with full jitter: ~2 s, 4 s, 8 s … capped at 30 minutes."""
+    return random.uniform(0.5, 1.0) * min(1800.0, 2.0 ** attempt)
+
+
+async def enqueue(session: AsyncSession, ws: uuid.UUID, msg: dict[str, Any], sender: str
+                  ) -> tuple[dict[str, Any], bool]:
+    """Store a message; returns (message, created). A replay returns the stored one."""
+    digest = request_hash(msg)
+    row = (await session.execute(
+        text(
+            f"""
+            insert into delivery.messages (id, workspace_id, idempotency_key, request_hash, channel, to_address,
+                                           from_address, subject, html, text, message_type, status, metadata)
+            values (:id, :ws, :key, :hash, :channel, :to, :sender, :subject, :html, :text, :mt, 'queued',
+                    CAST(:meta AS jsonb))
+            on conflict (workspace_id, idempotency_key) do nothing
+            returning {_COLS}
+            """
+        ),
+        {"id": uuid.uuid4(), "ws": ws, "key": msg["idempotency_key"], "hash": digest, "channel": msg["channel"],
+         "to": msg["to"], "sender": sender, "subject": msg["subject"], "html": msg.get("html"),
+         "text": msg.get("text"), "mt": msg["message_type"], "meta": orjson.dumps(msg.get("metadata") or {}).decode()},
+    )).first()
+    if row is not None:
+        return out(row), True
+    existing = (await session.execute(
+        text(f"select request_hash, {_COLS} from delivery.messages where workspace_id = :ws and idempotency_key = :k"),
+        {"ws": ws, "k": msg["idempotency_key"]},
+    )).first()
+    assert existing is not None
+    if existing.request_hash != digest:
+        raise Conflict("This idempotency_key was already used for a different message",
+                       idempotency_key=msg["idempotency_key"], message_id=str(existing.id))
+    d = out(existing)
+    d.pop("request_hash", None)
+    return d, False
+
+
+async def get_message(session: AsyncSession, ws: uuid.UUID, message_id: uuid.UUID) -> dict[str, Any]:
+    row = (await session.execute(
+        text(f"select {_COLS} from delivery.messages where workspace_id = :ws and id = :id"),
+        {"ws": ws, "id": message_id},
+    )).first()
+    if row is None:
+        raise NotFound(f"No message {message_id}")
+    return out(row)
+
+
+async def list_messages(session: AsyncSession, ws: uuid.UUID, *, status: str | None, to: str | None,
+                        after: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    rows = (await session.execute(
+        text(
+            f"""
+            select {_COLS} from delivery.messages
+             where workspace_id = :ws
+               and (CAST(:status AS text) is null or status = :status)
+               and (CAST(:to AS text) is null or to_address = :to)
+               and (CAST(:after AS uuid) is null or id > CAST(:after AS uuid))
+             order by id limit :lim
+            """
+        ),
+        {"ws": ws, "status": status, "to": to, "after": after, "lim": limit + 1},
+    )).all()
+    items = [out(r) for r in rows[:limit]]
+    return items, (items[-1]["id"] if len(rows) > limit else None)
+
+
+async def claim(session: AsyncSession, limit: int) -> list[dict[str, Any]]:
+    rows = await session.execute(
+        text(
+            f"""
+            update delivery.messages m
+               set status = 'sending', attempts = m.attempts + 1, updated_at = now(),
+                   claimed_until = now() + interval '{LEASE_S} seconds'
+             where m.id in (select id from delivery.messages
+                             where (status = 'queued' and next_attempt_at <= now())
+                                or (status = 'sending' and claimed_until < now())
+                             order by next_attempt_at for update skip locked limit :lim)
+            returning m.id, m.workspace_id, m.to_address, m.from_address, m.subject, m.html, m.text, m.attempts
+            """
+        ),
+        {"lim": limit},
+    )
+    return [dict(r) for r in rows.mappings()]
+
+
+async def record(session: AsyncSession, message: dict[str, Any], *, started_at: datetime, outcome: str,
+                 error: str | None = None, provider_message_id: str | None = None) -> str:
+    """Store an attempt's outcome ("sent", "transient_error", "permanent_error"); returns the new status."""
+    attempts = message["attempts"]
+    if outcome == "sent":
+        status = "sent"
+    elif outcome == "transient_error" and attempts < MAX_ATTEMPTS:
+        status = "queued"
+    else:
+        status = "failed"
+    await session.execute(
+        text(
+            """
+            update delivery.messages
+               set status = :status, last_error = :error, updated_at = now(), claimed_until = null,
+                   provider_message_id = coalesce(:pmid, provider_message_id),
+                   sent_at = case when :status = 'sent' then now() else sent_at end,
+                   next_attempt_at = now() + make_interval(secs => :delay)
+             where id = :id and status = 'sending'
+            """
+        ),
+        {"status": status, "error": error, "pmid": provider_message_id, "delay": backoff_s(attempts),
+         "id": message["id"]},
+    )
+    await session.execute(
+        text("insert into delivery.attempts (message_id, attempt, outcome, error, started_at) "
+             "values (:id, :n, :outcome, :error, :started)"),
+        {"id": message["id"], "n": attempts, "outcome": outcome, "error": error, "started": started_at},
+    )
+    return status

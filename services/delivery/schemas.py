@@ -1,0 +1,50 @@
+"""The public contract of the delivery service."""
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, EmailStr, Field, model_validator
+
+
+class MessageCreate(BaseModel):
+    """One email to send. Stored under ``idempotency_key`` before any provider call: posting the same key
+    again returns the stored message instead of sending a second one."""
+
+    idempotency_key: str = Field(min_length=1, max_length=255, examples=["order-1234-receipt"])
+    channel: Literal["email"] = "email"
+    to: EmailStr = Field(examples=["ada@example.com"])
+    from_: str | None = Field(None, alias="from", description="defaults to TENURE_EMAIL_FROM")
+    subject: str = Field(min_length=1, max_length=998, examples=["Welcome, Ada!"])
+    html: str | None = None
+    text: str | None = None
+    message_type: Literal["marketing", "transactional"] = "marketing"
+    metadata: dict[str, Any] = Field(default_factory=dict, description="ids to find the message by later")
+
+    model_config = {"populate_by_name": True}
+
+    @model_validator(mode="after")
+    def _needs_body(self) -> "MessageCreate":
+        if not self.html and not self.text:
+            raise ValueError("html or text is required")
+        return self
+
+
+class MessageOut(BaseModel):
+    id: str
+    idempotency_key: str
+    channel: str
+    to: str
+    subject: str
+    message_type: str
+    status: str = Field(description="queued | sending | sent | failed")
+    attempts: int
+    last_error: str | None
+    provider_message_id: str | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    sent_at: datetime | None
+
+
+class MessageList(BaseModel):
+    messages: list[MessageOut]
+    next_cursor: str | None = None

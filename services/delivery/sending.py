@@ -1,0 +1,48 @@
+"""The send loop: claim due messages, hand each to its channel's provider, record the outcome."""
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.delivery import mailer, outbox
+from shared.settings import Settings
+
+log = structlog.get_logger()
+
+
+async def send_one(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, message: dict[str, Any]
+                   ) -> str:
+    started = datetime.now(UTC)
+    mail = mailer.Email(message_id=str(message["id"]), sender=message["from_address"], to=message["to_address"],
+                        subject=message["subject"], html=message["html"], text=message["text"])
+    try:
+        provider_id = await mailer.send_smtp(settings, mail)
+        outcome, error = "sent", None
+    except mailer.SendError as exc:
+        provider_id, error = None, str(exc)
+        outcome = "permanent_error" if exc.permanent else "transient_error"
+    async with sessionmaker() as session, session.begin():
+        status = await outbox.record(session, message, started_at=started, outcome=outcome, error=error,
+                                     provider_message_id=provider_id)
+    log.info("delivery.attempted", message_id=str(message["id"]), attempt=message["attempts"], status=status,
+             error=error)
+    return status
+
+
+async def send_due(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, limit: int = 100,
+                   concurrency: int = 10) -> int:
+    async with sessionmaker() as session, session.begin():
+        messages = await outbox.claim(session, limit)
+    if not messages:
+        return 0
+    sem = asyncio.Semaphore(concurrency)
+
+    async def guarded(m: dict[str, Any]) -> None:
+        async with sem:
+            await send_one(sessionmaker, settings, m)
+
+    await asyncio.gather(*(guarded(m) for m in messages))
+    return len(messages)

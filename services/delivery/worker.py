@@ -1,0 +1,29 @@
+"""Delivery's arq worker: drain the outbox (woken after each accepted message, and polled)."""
+
+from typing import Any
+
+from arq.worker import Worker
+
+from services.delivery import sending
+from shared.queue import JobCtx, build_worker, take_dirty, worker_settings_class
+from shared.settings import Settings
+
+
+async def send_messages(ctx: JobCtx) -> int:
+    total = 0
+    while True:
+        n = await sending.send_due(ctx["sessionmaker"], ctx["settings"])
+        total += n
+        if n == 0 and not await take_dirty(ctx, "send_messages"):
+            break
+    return total
+
+
+_OPTIONS: dict[str, Any] = {"functions": [send_messages], "poll": [send_messages]}
+
+
+def create_worker(settings: Settings, **kw: Any) -> Worker:
+    return build_worker(settings, "delivery", **_OPTIONS, **kw)
+
+
+WorkerSettings = worker_settings_class("delivery", **_OPTIONS)

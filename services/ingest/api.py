@@ -1,0 +1,201 @@
+"""Ingest HTTP routes: the Segment tracking API, the event feed and profile lookup."""
+
+import gzip
+import zlib
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import orjson
+import structlog
+from fastapi import APIRouter, BackgroundTasks, Path, Query, Request
+from pydantic import TypeAdapter, ValidationError
+
+from services.ingest import eventlog, profiles, tracking
+from services.ingest.schemas import (
+    BatchItem,
+    BatchRequest,
+    FeedPage,
+    IdentifyMessage,
+    PageMessage,
+    ProfileOut,
+    Rejected,
+    ScreenMessage,
+    TrackMessage,
+    TrackResponse,
+)
+from shared.auth import InternalDep, WorkspaceDep, credentials_from_header, principal_for
+from shared.db import SessionDep
+from shared.errors import COMMON_ERRORS, BadRequest, PayloadTooLarge, ValidationFailed, problem_schema
+from shared.feed import Cursor
+from shared.queue import wake
+from shared.settings import Settings
+
+log = structlog.get_logger()
+
+MAX_MESSAGE_BYTES = 32 * 1024
+MAX_BATCH_BYTES = 500 * 1024
+WAKE_FUNCTION = "on_events"  # the job consumers of the event log register
+
+tracking_router = APIRouter(prefix="/v1", tags=["tracking"])
+feed_router = APIRouter(prefix="/v1", tags=["feed"])
+profiles_router = APIRouter(prefix="/v1", tags=["profiles"])
+
+_item_adapter: TypeAdapter[Any] = TypeAdapter(BatchItem)
+_TRACK_ERRORS = {
+    **COMMON_ERRORS,
+    403: problem_schema("A secret key was used where the write key belongs"),
+    413: problem_schema("Over 32 KB per message or 500 KB per batch"),
+}
+
+
+async def _read_json(request: Request, limit: int) -> dict[str, Any]:
+    raw = await request.body()
+    encoding = request.headers.get("content-encoding", "").lower()
+    if encoding == "gzip":
+        try:
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            raw = d.decompress(raw, limit + 1)
+        except (zlib.error, gzip.BadGzipFile) as exc:
+            raise BadRequest("Body is not valid gzip") from exc
+    elif encoding not in ("", "identity"):
+        raise BadRequest(f"Unsupported Content-Encoding {encoding!r}: send gzip or nothing")
+    if len(raw) > limit:
+        which = "500 KB per batch" if limit == MAX_BATCH_BYTES else "32 KB per message"
+        raise PayloadTooLarge(f"Request body is over the limit of {which}", limit_bytes=limit)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object")
+    return body
+
+
+async def _authorize(request: Request, body: dict[str, Any]) -> Any:
+    raw = credentials_from_header(request)
+    if raw is None and isinstance(body.get("writeKey"), str):
+        raw = body["writeKey"]
+    return await principal_for(request, raw, {"write"})
+
+
+async def _store(request: Request, session: Any, background: BackgroundTasks, body: dict[str, Any],
+                 items: list[tuple[int, dict[str, Any]]], *, batch_sent_at: datetime | None,
+                 batch_context: dict[str, Any]) -> TrackResponse:
+    principal = await _authorize(request, body)
+    ws = principal.require_workspace()
+    received_at = datetime.now(UTC)
+    envelopes: list[tracking.Envelope] = []
+    rejected: list[Rejected] = []
+    for index, item in items:
+        mid = item.get("messageId") if isinstance(item.get("messageId"), str) else None
+        if len(orjson.dumps(item)) > MAX_MESSAGE_BYTES:
+            rejected.append(Rejected(index=index, message_id=mid,
+                                     errors=[{"msg": "message is over 32 KB", "type": "too_large"}]))
+            continue
+        try:
+            msg = _item_adapter.validate_python(item)
+        except ValidationError as exc:
+            errors = [{"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
+                      for e in exc.errors(include_url=False)]
+            rejected.append(Rejected(index=index, message_id=mid, errors=errors))
+            continue
+        envelopes.append(tracking.normalize(msg, received_at, batch_sent_at=batch_sent_at,
+                                            batch_context=batch_context))
+    if not envelopes:
+        raise ValidationFailed("No valid message in the request", rejected=[r.model_dump() for r in rejected])
+    async with session.begin():
+        result = await tracking.record(session, ws, envelopes, received_at)
+    log.info("ingest.recorded", accepted=result.accepted, duplicates=result.duplicates, rejected=len(rejected))
+    if result.accepted:
+        settings: Settings = request.app.state.settings
+        for service in ("segment", "campaign"):
+            background.add_task(wake, request.app.state.redis, settings, service, WAKE_FUNCTION)
+    return TrackResponse(accepted=result.accepted, duplicates=result.duplicates, rejected=rejected)
+
+
+def _body_doc(model: type[Any]) -> dict[str, Any]:
+    """The request body as documentation: routes parse it themselves (gzip, ``writeKey`` in body)."""
+    schema = model.model_json_schema(by_alias=True)
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+        "security": [{"writeKey": []}],
+    }
+
+
+def _single(kind: str, model: type, summary: str) -> None:
+    async def handler(request: Request, session: SessionDep, background: BackgroundTasks) -> TrackResponse:
+        body = await _read_json(request, MAX_MESSAGE_BYTES)
+        item = {k: v for k, v in body.items() if k != "writeKey"}
+        item["type"] = kind
+        return await _store(request, session, background, body, [(0, item)], batch_sent_at=None,
+                            batch_context={})
+
+    handler.__name__ = kind
+    tracking_router.add_api_route(
+        f"/{kind}", handler, methods=["POST"], response_model=TrackResponse, summary=summary,
+        operation_id=kind, responses=_TRACK_ERRORS, openapi_extra=_body_doc(model),
+    )
+
+
+_single("track", TrackMessage, "Record an action a user performed")
+_single("identify", IdentifyMessage, "Tie a user to their traits (email, name, locale, timezone, …)")
+_single("page", PageMessage, "Record a page view")
+_single("screen", ScreenMessage, "Record a mobile screen view")
+
+
+async def _batch(request: Request, session: SessionDep, background: BackgroundTasks) -> TrackResponse:
+    body = await _read_json(request, MAX_BATCH_BYTES)
+    try:
+        req = BatchRequest.model_validate(body)
+    except ValidationError as exc:
+        await _authorize(request, body)  # a wrong key is reported before a malformed body
+        raise ValidationFailed(
+            "The batch does not match the schema",
+            errors=[{"loc": [str(p) for p in e["loc"]], "msg": e["msg"]} for e in exc.errors(include_url=False)],
+        ) from None
+    items = [(i, item if isinstance(item, dict) else {}) for i, item in enumerate(req.batch)]
+    return await _store(request, session, background, body, items, batch_sent_at=req.sent_at,
+                        batch_context=req.context)
+
+
+for _path, _op in (("/batch", "batch"), ("/import", "import_batch")):
+    tracking_router.add_api_route(
+        _path, _batch, methods=["POST"], response_model=TrackResponse, operation_id=_op,
+        summary="Record many messages at once (what analytics SDKs send)", responses=_TRACK_ERRORS,
+        openapi_extra=_body_doc(BatchRequest),
+    )
+
+
+@feed_router.get(
+    "/events",
+    response_model=FeedPage,
+    operation_id="read_event_feed",
+    summary="Events committed after a cursor, in a stable order (internal token)",
+    responses=COMMON_ERRORS,
+)
+async def read_event_feed(
+    _: InternalDep,
+    session: SessionDep,
+    after: Annotated[str | None, Query(description="next_cursor of the previous page; empty = start")] = None,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+) -> dict[str, Any]:
+    cursor = Cursor.decode(after)
+    async with session.begin():
+        events, next_cursor = await eventlog.read_feed(session, cursor, limit)
+    return {"events": events, "next_cursor": next_cursor.encode()}
+
+
+@profiles_router.get(
+    "/profiles/{ref}",
+    response_model=ProfileOut,
+    operation_id="get_profile",
+    summary="A profile by id, userId, anonymousId or email",
+    responses={**COMMON_ERRORS, 404: problem_schema("No such profile")},
+)
+async def get_profile(
+    ws: WorkspaceDep,
+    session: SessionDep,
+    ref: Annotated[str, Path(description="profile id, userId, anonymousId or email")],
+) -> dict[str, Any]:
+    async with session.begin():
+        return await profiles.get_profile(session, ws, ref)

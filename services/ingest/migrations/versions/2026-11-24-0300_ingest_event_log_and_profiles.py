@@ -1,0 +1,85 @@
+"""ingest: event log with xid8 cursor, profiles, identities
+
+Revision ID: ingest_0001
+Revises:
+Create Date: 2026-11-24 03:00:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+from shared.db import Xid8
+
+revision: str = "ingest_0001"
+down_revision: str | None = None
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+S = "ingest"
+
+
+def _jsonb(name: str) -> sa.Column:  # type: ignore[type-arg]
+    return sa.Column(name, JSONB, nullable=False, server_default=sa.text("'{}'::jsonb"))
+
+
+def _ts(name: str, *, nullable: bool = False, now: bool = True) -> sa.Column:  # type: ignore[type-arg]
+    return sa.Column(name, sa.DateTime(timezone=True), nullable=nullable,
+                     server_default=sa.func.now() if now else None)
+
+
+def upgrade() -> None:
+    op.create_table(
+        "events",
+        sa.Column("seq", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("xid", Xid8(), nullable=False, server_default=sa.text("pg_current_xact_id()")),
+        sa.Column("workspace_id", UUID(as_uuid=True), nullable=False),
+        sa.Column("message_id", sa.Text, nullable=False),
+        sa.Column("type", sa.Text, nullable=False),
+        sa.Column("event", sa.Text),
+        sa.Column("profile_id", UUID(as_uuid=True), nullable=False),
+        sa.Column("user_id", sa.Text),
+        sa.Column("anonymous_id", sa.Text),
+        _jsonb("properties"),
+        _jsonb("traits"),
+        _jsonb("context"),
+        _ts("timestamp", now=False),
+        _ts("received_at"),
+        _ts("sent_at", nullable=True, now=False),
+        sa.UniqueConstraint("workspace_id", "message_id", name="uq_events_workspace_id_message_id"),
+        schema=S,
+    )
+    op.create_index("ix_events_xid_seq", "events", ["xid", "seq"], schema=S)
+    op.create_index("ix_events_workspace_id_profile_id_seq", "events", ["workspace_id", "profile_id", "seq"],
+                    schema=S)
+    op.create_table(
+        "profiles",
+        sa.Column("id", UUID(as_uuid=True), primary_key=True),
+        sa.Column("workspace_id", UUID(as_uuid=True), nullable=False),
+        sa.Column("user_id", sa.Text),
+        _jsonb("traits"),
+        _ts("created_at"),
+        _ts("updated_at"),
+        sa.UniqueConstraint("workspace_id", "user_id", name="uq_profiles_workspace_id_user_id"),
+        schema=S,
+    )
+    op.create_index("ix_profiles_workspace_id", "profiles", ["workspace_id"], schema=S)
+    op.create_index("ix_profiles_email", "profiles", ["workspace_id", sa.text("(traits->>'email')")], schema=S)
+    op.create_table(
+        "identities",
+        sa.Column("workspace_id", UUID(as_uuid=True), primary_key=True),
+        sa.Column("kind", sa.Text, primary_key=True),
+        sa.Column("value", sa.Text, primary_key=True),
+        sa.Column("profile_id", UUID(as_uuid=True), nullable=False),
+        _ts("created_at"),
+        schema=S,
+    )
+    op.create_index("ix_identities_profile_id", "identities", ["profile_id"], schema=S)
+
+
+def downgrade() -> None:
+    op.drop_table("identities", schema=S)
+    op.drop_table("profiles", schema=S)
+    op.drop_table("events", schema=S)

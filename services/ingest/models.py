@@ -1,0 +1,70 @@
+"""Tables of the ``ingest`` schema: the event log, profiles and the identity map."""
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, Identity, Index, UniqueConstraint, text
+from sqlmodel import Field, SQLModel
+
+from shared.db import jsonb_column, metadata_for, tz_column, xid_column
+
+metadata = metadata_for("ingest")
+
+
+class IngestTable(SQLModel):
+    metadata = metadata
+
+
+class Event(IngestTable, table=True):
+    """The ordered, append-only event log. ``(xid, seq)`` is the feed cursor (see shared.feed)."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        UniqueConstraint("workspace_id", "message_id"),
+        Index("ix_events_xid_seq", "xid", "seq"),
+        Index("ix_events_workspace_id_profile_id_seq", "workspace_id", "profile_id", "seq"),
+    )
+
+    seq: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    xid: int | None = Field(default=None, sa_column=xid_column())
+    workspace_id: uuid.UUID
+    message_id: str
+    type: str
+    event: str | None = None
+    profile_id: uuid.UUID
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    properties: dict[str, Any] = Field(default_factory=dict, sa_column=jsonb_column("properties"))
+    traits: dict[str, Any] = Field(default_factory=dict, sa_column=jsonb_column("traits"))
+    context: dict[str, Any] = Field(default_factory=dict, sa_column=jsonb_column("context"))
+    timestamp: datetime = Field(sa_column=tz_column("timestamp", default_now=False))
+    received_at: datetime = Field(sa_column=tz_column("received_at"))
+    sent_at: datetime | None = Field(default=None, sa_column=tz_column("sent_at", nullable=True, default_now=False))
+
+
+class Profile(IngestTable, table=True):
+    __tablename__ = "profiles"
+    __table_args__ = (
+        UniqueConstraint("workspace_id", "user_id"),
+        Index("ix_profiles_email", "workspace_id", text("(traits->>'email')")),
+    )
+
+    id: uuid.UUID = Field(primary_key=True)
+    workspace_id: uuid.UUID = Field(index=True)
+    user_id: str | None = None
+    traits: dict[str, Any] = Field(default_factory=dict, sa_column=jsonb_column("traits"))
+    created_at: datetime = Field(sa_column=tz_column("created_at"))
+    updated_at: datetime = Field(sa_column=tz_column("updated_at"))
+
+
+class Identity(IngestTable, table=True):
+    """Maps each known ``userId`` / ``anonymousId`` of a workspace to one profile."""
+
+    __tablename__ = "identities"
+
+    workspace_id: uuid.UUID = Field(primary_key=True)
+    kind: str = Field(primary_key=True)  # "user_id" | "anonymous_id"
+    value: str = Field(primary_key=True)
+    profile_id: uuid.UUID = Field(index=True)
+    created_at: datetime = Field(sa_column=tz_column("created_at"))

@@ -1,0 +1,141 @@
+"""The public contract of ingest: Segment HTTP Tracking API messages and the feed/profile answers."""
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+
+def _id_str(v: Any) -> Any:
+    """SDKs send numeric ids; Segment treats them as strings."""
+    if isinstance(v, bool):
+        raise ValueError("must be a string or number")
+    if isinstance(v, int | float):
+        return str(v)
+    return v
+
+
+IdStr = Annotated[str | None, BeforeValidator(_id_str), Field(default=None, max_length=512)]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+
+    message_id: str | None = Field(default=None, alias="messageId", max_length=512,
+                                   description="Idempotency key: a retried message with the same id is stored once")
+    user_id: IdStr = Field(default=None, alias="userId")
+    anonymous_id: IdStr = Field(default=None, alias="anonymousId")
+    context: dict[str, Any] = Field(default_factory=dict)
+    integrations: dict[str, Any] = Field(default_factory=dict)
+    timestamp: datetime | None = None
+    original_timestamp: datetime | None = Field(default=None, alias="originalTimestamp")
+    sent_at: datetime | None = Field(default=None, alias="sentAt")
+
+    @model_validator(mode="after")
+    def _needs_identity(self) -> "_Message":
+        if not self.user_id and not self.anonymous_id:
+            raise ValueError("userId or anonymousId is required")
+        return self
+
+
+class TrackMessage(_Message):
+    """A user performed an action."""
+
+    type: Literal["track"] = "track"
+    event: str = Field(min_length=1, max_length=512, examples=["Order Completed"])
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"userId": "u-42", "event": "Order Completed", "properties": {"revenue": 39.9},
+                 "messageId": "4f9f2a1e-0d6c-4a5b-9b1e-2b6f0c9d7e11"}
+            ]
+        }
+    )
+
+
+class IdentifyMessage(_Message):
+    """Who the user is: traits such as email, first_name, locale, timezone."""
+
+    type: Literal["identify"] = "identify"
+    traits: dict[str, Any] = Field(default_factory=dict)
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"userId": "u-42", "traits": {"email": "ada@example.com", "first_name": "Ada",
+                                              "locale": "en-GB", "timezone": "Europe/London"}}
+            ]
+        }
+    )
+
+
+class PageMessage(_Message):
+    type: Literal["page"] = "page"
+    name: str | None = None
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScreenMessage(_Message):
+    type: Literal["screen"] = "screen"
+    name: str | None = None
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+
+BatchItem = Annotated[
+    TrackMessage | IdentifyMessage | PageMessage | ScreenMessage, Field(discriminator="type")
+]
+
+
+class BatchRequest(BaseModel):
+    """``/v1/batch``: up to 500 KB of messages; batch-level ``context`` is merged into each."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+    batch: list[dict[str, Any]] = Field(min_length=1)
+    context: dict[str, Any] = Field(default_factory=dict)
+    sent_at: datetime | None = Field(default=None, alias="sentAt")
+
+
+class Rejected(BaseModel):
+    index: int = Field(description="position of the message in the batch")
+    message_id: str | None = None
+    errors: list[dict[str, Any]]
+
+
+class TrackResponse(BaseModel):
+    success: bool = True
+    accepted: int = Field(description="messages stored by this request")
+    duplicates: int = Field(0, description="messages already stored under the same messageId")
+    rejected: list[Rejected] = Field(default_factory=list)
+
+
+class FeedEvent(BaseModel):
+    cursor: str
+    workspace_id: str
+    message_id: str
+    type: str
+    event: str | None
+    profile_id: str
+    user_id: str | None
+    anonymous_id: str | None
+    properties: dict[str, Any]
+    traits: dict[str, Any]
+    context: dict[str, Any]
+    timestamp: datetime
+    received_at: datetime
+
+
+class FeedPage(BaseModel):
+    events: list[FeedEvent]
+    next_cursor: str = Field(description="pass as `after` to continue; equal to `after` when nothing is new")
+
+
+class ProfileOut(BaseModel):
+    id: str
+    workspace_id: str
+    user_id: str | None
+    anonymous_ids: list[str]
+    traits: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime

@@ -1,0 +1,215 @@
+"""Turning Segment messages into stored events: clock-skew correction, identity, dedup, trait merges.
+
+Everything a request writes happens in the caller's one transaction: events (deduplicated on
+``(workspace_id, messageId)``), new profiles and identities, and trait merges. Nothing is
+acknowledged before it commits.
+"""
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.ingest.profiles import resolve_profiles
+from services.ingest.schemas import IdentifyMessage, PageMessage, ScreenMessage, TrackMessage
+
+Message = TrackMessage | IdentifyMessage | PageMessage | ScreenMessage
+
+
+@dataclass
+class Envelope:
+    """A validated message, normalised for the event log."""
+
+    message_id: str
+    type: str
+    event: str | None
+    user_id: str | None
+    anonymous_id: str | None
+    properties: dict[str, Any]
+    traits: dict[str, Any]
+    context: dict[str, Any]
+    timestamp: datetime
+    sent_at: datetime | None
+    profile_id: uuid.UUID | None = None
+
+
+@dataclass
+class RecordResult:
+    accepted: int = 0
+    duplicates: int = 0
+    inserted: list[Envelope] = field(default_factory=list)
+
+
+def _utc(dt: datetime | None) -> datetime | None:
+    if dt is None:
+        return None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def corrected_timestamp(
+    received_at: datetime,
+    *,
+    timestamp: datetime | None,
+    original_timestamp: datetime | None,
+    sent_at: datetime | None,
+) -> datetime:
+    """Event time with the client's clock skew removed (Segment spec, ``common.md``).
+
+    ``timestamp = receivedAt - (sentAt - originalTimestamp)``; the client's own idea of "when" is
+    ``originalTimestamp`` or, from server libraries, ``timestamp``. Without ``sentAt`` the skew is
+    unknown and the client's time is kept; without any client time, the event happened on receipt.
+    """
+    received = _utc(received_at)
+    assert received is not None
+    original = _utc(original_timestamp) or _utc(timestamp)
+    sent = _utc(sent_at)
+    if original is None:
+        return received
+    if sent is None:
+        return original
+    return received - (sent - original)
+
+
+def normalize(msg: Message, received_at: datetime, *, batch_sent_at: datetime | None = None,
+              batch_context: dict[str, Any] | None = None) -> Envelope:
+    context = {**(batch_context or {}), **msg.context}
+    sent_at = msg.sent_at or batch_sent_at
+    props: dict[str, Any] = {}
+    traits: dict[str, Any] = {}
+    event: str | None = None
+    if isinstance(msg, TrackMessage):
+        event, props = msg.event, msg.properties
+    elif isinstance(msg, IdentifyMessage):
+        traits = msg.traits
+    else:
+        event, props = msg.name, msg.properties
+    return Envelope(
+        message_id=msg.message_id or str(uuid.uuid4()),
+        type=msg.type,
+        event=event,
+        user_id=msg.user_id,
+        anonymous_id=msg.anonymous_id,
+        properties=props,
+        traits=traits,
+        context=context,
+        timestamp=corrected_timestamp(received_at, timestamp=msg.timestamp,
+                                      original_timestamp=msg.original_timestamp, sent_at=sent_at),
+        sent_at=_utc(sent_at),
+    )
+
+
+_INSERT_EVENTS = text(
+    """
+    insert into ingest.events (workspace_id, message_id, type, event, profile_id, user_id, anonymous_id,
+                               properties, traits, context, timestamp, received_at, sent_at)
+    select :ws, u.mid, u.typ, u.ev, u.pid, u.uid, u.aid, u.props::jsonb, u.traits::jsonb, u.ctx::jsonb,
+           u.ts, :received_at, u.sent
+    from unnest(CAST(:mids AS text[]), CAST(:types AS text[]), CAST(:events AS text[]),
+                CAST(:pids AS uuid[]), CAST(:uids AS text[]), CAST(:aids AS text[]),
+                CAST(:props AS text[]), CAST(:traits AS text[]), CAST(:ctxs AS text[]),
+                CAST(:tss AS timestamptz[]), CAST(:sents AS timestamptz[]))
+         as u(mid, typ, ev, pid, uid, aid, props, traits, ctx, ts, sent)
+    on conflict (workspace_id, message_id) do nothing
+    returning message_id
+    """
+)
+
+_MERGE_TRAITS = text(
+    """
+    update ingest.profiles p
+       set traits = jsonb_strip_nulls(p.traits || u.t::jsonb), updated_at = now()
+      from unnest(CAST(:pids AS uuid[]), CAST(:traits AS text[])) as u(pid, t)
+     where p.id = u.pid
+    """
+)
+
+
+def _dumps(value: dict[str, Any]) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def context_traits(env: Envelope) -> dict[str, Any]:
+    """Profile defaults taken from the device context (used only where the profile has none)."""
+    out: dict[str, Any] = {}
+    locale = env.context.get("locale")
+    tz = env.context.get("timezone")
+    if isinstance(locale, str) and locale:
+        out["locale"] = locale
+    if isinstance(tz, str) and tz:
+        out["timezone"] = tz
+    return out
+
+
+async def record(session: AsyncSession, workspace_id: uuid.UUID, envelopes: list[Envelope],
+                 received_at: datetime) -> RecordResult:
+    """Store a batch of messages; the caller owns (and commits) the transaction."""
+    result = RecordResult()
+    unique: dict[str, Envelope] = {}
+    for env in envelopes:
+        if env.message_id in unique:
+            result.duplicates += 1
+        else:
+            unique[env.message_id] = env
+    batch = list(unique.values())
+    if not batch:
+        return result
+    await resolve_profiles(session, workspace_id, batch)
+    rows = await session.execute(
+        _INSERT_EVENTS,
+        {
+            "ws": workspace_id,
+            "received_at": received_at,
+            "mids": [e.message_id for e in batch],
+            "types": [e.type for e in batch],
+            "events": [e.event for e in batch],
+            "pids": [e.profile_id for e in batch],
+            "uids": [e.user_id for e in batch],
+            "aids": [e.anonymous_id for e in batch],
+            "props": [_dumps(e.properties) for e in batch],
+            "traits": [_dumps(e.traits) for e in batch],
+            "ctxs": [_dumps(e.context) for e in batch],
+            "tss": [e.timestamp for e in batch],
+            "sents": [e.sent_at for e in batch],
+        },
+    )
+    inserted_ids = {r[0] for r in rows}
+    result.inserted = [e for e in batch if e.message_id in inserted_ids]
+    result.accepted = len(result.inserted)
+    result.duplicates += len(batch) - result.accepted
+    await _merge_traits(session, result.inserted)
+    return result
+
+
+async def _merge_traits(session: AsyncSession, inserted: list[Envelope]) -> None:
+    """Apply identify traits in event-time order (later wins; ``null`` removes a trait)."""
+    merged: dict[uuid.UUID, dict[str, Any]] = {}
+    for env in sorted(inserted, key=lambda e: e.timestamp):
+        assert env.profile_id is not None
+        if env.type == "identify" and env.traits:
+            merged.setdefault(env.profile_id, {}).update(env.traits)
+    if merged:
+        await session.execute(
+            _MERGE_TRAITS,
+            {"pids": list(merged), "traits": [_dumps(t) for t in merged.values()]},
+        )
+    defaults: dict[uuid.UUID, dict[str, Any]] = {}
+    for env in inserted:
+        ctx = context_traits(env)
+        if ctx and env.profile_id not in defaults:
+            defaults[env.profile_id] = ctx  # type: ignore[index]
+    if defaults:
+        # context fills locale/timezone only where the profile has no value of its own
+        await session.execute(
+            text(
+                """
+                update ingest.profiles p set traits = u.t::jsonb || p.traits
+                  from unnest(CAST(:pids AS uuid[]), CAST(:traits AS text[])) as u(pid, t)
+                 where p.id = u.pid and not (p.traits ?& array['locale', 'timezone'])
+                """
+            ),
+            {"pids": list(defaults), "traits": [_dumps(t) for t in defaults.values()]},
+        )

@@ -1,0 +1,67 @@
+"""Ingest's arq worker: housekeeping of the event log.
+
+``enforce_retention`` deletes events older than a workspace's ``retention_days`` setting
+(``core.workspaces.settings``), in small batches so writers are never blocked for long.
+"""
+
+from typing import Any
+
+import structlog
+from arq.cron import cron
+from arq.worker import Worker
+from sqlalchemy import text
+
+from shared.queue import JobCtx, build_worker, worker_settings_class
+from shared.settings import Settings
+
+log = structlog.get_logger()
+
+_DELETE_BATCH = 5_000
+
+
+async def enforce_retention(ctx: JobCtx) -> int:
+    deleted = 0
+    async with ctx["sessionmaker"]() as session:
+        async with session.begin():
+            policies = (
+                await session.execute(
+                    text("select id, (settings->>'retention_days')::int as days from core.workspaces "
+                         "where settings ? 'retention_days'")
+                )
+            ).all()
+        for ws, days in policies:
+            while True:
+                async with session.begin():
+                    n = (
+                        await session.execute(
+                            text(
+                                """
+                                delete from ingest.events where seq in (
+                                  select seq from ingest.events
+                                   where workspace_id = :ws and received_at < now() - make_interval(days => :d)
+                                   limit :n)
+                                """
+                            ),
+                            {"ws": ws, "d": days, "n": _DELETE_BATCH},
+                        )
+                    ).rowcount
+                deleted += n
+                if n < _DELETE_BATCH:
+                    break
+    if deleted:
+        log.info("ingest.retention_enforced", deleted=deleted)
+    return deleted
+
+
+_OPTIONS: dict[str, Any] = {
+    "functions": [enforce_retention],
+    "crons": [cron(enforce_retention, name="cron:enforce_retention", minute=17, second=0, unique=True,
+                   keep_result=0, timeout=600)],
+}
+
+
+def create_worker(settings: Settings, **kw: Any) -> Worker:
+    return build_worker(settings, "ingest", **_OPTIONS, **kw)
+
+
+WorkerSettings = worker_settings_class("ingest", **_OPTIONS)

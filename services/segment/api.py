@@ -1,0 +1,69 @@
+"""Segment HTTP routes: definitions, members, and the transition feed."""
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+
+from services.segment import segments
+from services.segment.schemas import MemberList, SegmentCreate, SegmentList, SegmentOut, TransitionPage
+from shared.auth import InternalDep, WorkspaceDep
+from shared.db import SessionDep
+from shared.errors import COMMON_ERRORS, problem_schema
+from shared.feed import Cursor
+
+router = APIRouter(prefix="/v1", tags=["segments"])
+feed_router = APIRouter(prefix="/v1", tags=["feed"])
+
+Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
+After = Annotated[str | None, Query(description="next_cursor of the previous page")]
+_NOT_FOUND = {**COMMON_ERRORS, 404: problem_schema("No such segment")}
+
+
+@router.post("/segments", status_code=201, response_model=SegmentOut, operation_id="create_segment",
+             summary="Create a segment; existing profiles are evaluated in the background",
+             responses={**COMMON_ERRORS, 409: problem_schema("Name already used")})
+async def create_segment(body: SegmentCreate, ws: WorkspaceDep, session: SessionDep, request: Request) -> dict[str, Any]:
+    async with session.begin():
+        seg = await segments.create_segment(session, ws, body.name, body.definition)
+    await request.app.state.redis.enqueue_job(
+        "evaluate_segment", seg["id"], _job_id=f"evaluate:{seg['id']}:{seg['version']}",
+        _queue_name=request.app.state.settings.queue_name("segment"),
+    )
+    return seg
+
+
+@router.get("/segments", response_model=SegmentList, operation_id="list_segments", summary="List segments",
+            responses=COMMON_ERRORS)
+async def list_segments(ws: WorkspaceDep, session: SessionDep, after: After = None, limit: Limit = 100
+                        ) -> dict[str, Any]:
+    async with session.begin():
+        items, nxt = await segments.list_segments(session, ws, after, limit)
+    return {"segments": items, "next_cursor": nxt}
+
+
+@router.get("/segments/{segment_id}", response_model=SegmentOut, operation_id="get_segment",
+            summary="One segment", responses=_NOT_FOUND)
+async def get_segment(segment_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+    async with session.begin():
+        return await segments.get_segment(session, ws, segment_id)
+
+
+@router.get("/segments/{segment_id}/members", response_model=MemberList, operation_id="list_segment_members",
+            summary="Profiles currently in the segment", responses=_NOT_FOUND)
+async def list_members(segment_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, after: After = None,
+                       limit: Limit = 100) -> dict[str, Any]:
+    async with session.begin():
+        items, nxt = await segments.list_members(session, ws, segment_id, after, limit)
+    return {"members": items, "next_cursor": nxt}
+
+
+@feed_router.get("/transitions", response_model=TransitionPage, operation_id="read_transition_feed",
+                 summary="Segment entries and exits after a cursor (internal token)", responses=COMMON_ERRORS)
+async def read_transitions(_: InternalDep, session: SessionDep, after: After = None,
+                           limit: Annotated[int, Query(ge=1, le=5000)] = 500) -> dict[str, Any]:
+    async with session.begin():
+        items, cursor = await segments.read_transitions(session, Cursor.decode(after), limit)
+    return {"transitions": items, "next_cursor": cursor.encode()}
+
+

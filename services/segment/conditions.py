@@ -1,0 +1,132 @@
+"""Segment definitions as data, and their evaluation as a pure function of one profile's facts.
+
+A definition is a tree of nodes discriminated on ``type``:
+
+- ``and`` / ``or`` with ``children``; ``not`` with ``child``;
+- ``trait``: compare a profile trait (``equals``, ``not_equals``, ``exists``, ``contains``, ``gt``,
+  ``gte``, ``lt``, ``lte``);
+- ``performed``: the profile performed ``event`` ``at_least`` / ``at_most`` / ``exactly`` ``count``
+  times, optionally within the last ``within_days`` days.
+
+Evaluation takes plain values (traits and per-day event counts) so it is unit- and property-tested
+without a database.
+"""
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+class _Node(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AndNode(_Node):
+    type: Literal["and"] = "and"
+    children: list["Condition"] = Field(min_length=1)
+
+
+class OrNode(_Node):
+    type: Literal["or"] = "or"
+    children: list["Condition"] = Field(min_length=1)
+
+
+class NotNode(_Node):
+    type: Literal["not"] = "not"
+    child: "Condition"
+
+
+TraitOp = Literal["equals", "not_equals", "exists", "contains", "gt", "gte", "lt", "lte"]
+
+
+class TraitNode(_Node):
+    type: Literal["trait"] = "trait"
+    trait: str = Field(min_length=1, examples=["plan"])
+    op: TraitOp = "equals"
+    value: Any = None
+
+
+class PerformedNode(_Node):
+    type: Literal["performed"] = "performed"
+    event: str = Field(min_length=1, examples=["Order Completed"])
+    op: Literal["at_least", "at_most", "exactly"] = "at_least"
+    count: int = Field(default=1, ge=0)
+    within_days: int | None = Field(default=None, ge=1, le=3650)
+
+
+Condition = Annotated[AndNode | OrNode | NotNode | TraitNode | PerformedNode, Field(discriminator="type")]
+condition_adapter: TypeAdapter[Any] = TypeAdapter(Condition)
+
+
+@dataclass
+class ProfileFacts:
+    traits: Mapping[str, Any] = field(default_factory=dict)
+    counts: Mapping[str, Mapping[date, int]] = field(default_factory=dict)  # event -> day -> n
+
+
+def parse(definition: dict[str, Any]) -> Any:
+    """Validate a definition (raises pydantic.ValidationError naming the failing node)."""
+    return condition_adapter.validate_python(definition)
+
+
+def events_of(node: Any) -> Iterator[str]:
+    """Event names a definition depends on (to load only the counts it needs)."""
+    if isinstance(node, AndNode | OrNode):
+        for c in node.children:
+            yield from events_of(c)
+    elif isinstance(node, NotNode):
+        yield from events_of(node.child)
+    elif isinstance(node, PerformedNode):
+        yield node.event
+
+
+def _compare(op: str, actual: Any, expected: Any) -> bool:
+    if op == "exists":
+        return actual is not None
+    if op == "equals":
+        return actual == expected
+    if op == "not_equals":
+        return actual != expected
+    if actual is None:
+        return False
+    if op == "contains":
+        return isinstance(actual, str | list) and expected in actual
+    try:
+        if op == "gt":
+            return bool(actual > expected)
+        if op == "gte":
+            return bool(actual >= expected)
+        if op == "lt":
+            return bool(actual < expected)
+        if op == "lte":
+            return bool(actual <= expected)
+    except TypeError:
+        return False
+    raise ValueError(f"unknown operator {op}")
+
+
+def evaluate(node: Any, facts: ProfileFacts, today: date) -> bool:
+    if isinstance(node, AndNode):
+        return all(evaluate(c, facts, today) for c in node.children)
+    if isinstance(node, OrNode):
+        return any(evaluate(c, facts, today) for c in node.children)
+    if isinstance(node, NotNode):
+        return not evaluate(node.child, facts, today)
+    if isinstance(node, TraitNode):
+        return _compare(node.op, facts.traits.get(node.trait), node.value)
+    if isinstance(node, PerformedNode):
+        days = facts.counts.get(node.event, {})
+        if node.within_days is None:
+            n = sum(days.values())
+        else:
+            since = today - timedelta(days=node.within_days - 1)
+            n = sum(c for d, c in days.items() if since <= d <= today)
+        if node.op == "at_least":
+            return n >= node.count
+        if node.op == "at_most":
+            return n <= node.count
+        return n == node.count
+    raise TypeError(f"not a condition node: {node!r}")

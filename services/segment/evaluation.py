@@ -1,0 +1,228 @@
+"""Incremental evaluation: fold ingest's event feed into per-profile aggregates, then re-evaluate only
+the profiles those events touched. One page of the feed is one transaction: aggregates, memberships,
+transitions and the consumer's cursor commit together, so a crash replays a page and never
+double-counts.
+"""
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+import orjson
+import structlog
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.segment import conditions
+from shared.errors import UpstreamUnavailable
+from shared.http import InternalClient
+
+log = structlog.get_logger()
+
+Affected = dict[uuid.UUID, set[uuid.UUID]]  # workspace -> profiles
+
+
+@dataclass
+class PageResult:
+    events: int = 0
+    transitions: int = 0
+    cursor: str = ""
+
+
+def _dumps(v: Any) -> str:
+    return orjson.dumps(v).decode()
+
+
+def _parse_ts(v: str) -> datetime:
+    return datetime.fromisoformat(v.replace("Z", "+00:00")).astimezone(UTC)
+
+
+async def lock_cursor(session: AsyncSession, consumer: str) -> str:
+    """Take the consumer's row lock (one processor at a time) and return its cursor."""
+    await session.execute(
+        text("insert into segment.consumers (name, cursor) values (:n, '') on conflict do nothing"), {"n": consumer}
+    )
+    return str(
+        (await session.execute(text("select cursor from segment.consumers where name = :n for update"),
+                               {"n": consumer})).scalar_one()
+    )
+
+
+async def save_cursor(session: AsyncSession, consumer: str, cursor: str) -> None:
+    await session.execute(
+        text("update segment.consumers set cursor = :c, updated_at = now() where name = :n"),
+        {"c": cursor, "n": consumer},
+    )
+
+
+async def apply_events(session: AsyncSession, events: list[dict[str, Any]]) -> Affected:
+    counts: dict[tuple[uuid.UUID, uuid.UUID, str, date], int] = defaultdict(int)
+    traits: dict[tuple[uuid.UUID, uuid.UUID], dict[str, Any]] = {}
+    affected: Affected = defaultdict(set)
+    for e in sorted(events, key=lambda e: e["timestamp"]):
+        ws, pid = uuid.UUID(e["workspace_id"]), uuid.UUID(e["profile_id"])
+        affected[ws].add(pid)
+        if e["type"] == "identify":
+            traits.setdefault((ws, pid), {}).update(e.get("traits") or {})
+        elif e.get("event"):
+            counts[(ws, pid, e["event"], _parse_ts(e["timestamp"]).date())] += 1
+    if counts:
+        keys = list(counts)
+        await session.execute(
+            text(
+                """
+                insert into segment.event_counts (workspace_id, profile_id, event, day, count)
+                select * from unnest(CAST(:ws AS uuid[]), CAST(:pid AS uuid[]), CAST(:ev AS text[]),
+                                     CAST(:day AS date[]), CAST(:n AS int[]))
+                on conflict (workspace_id, profile_id, event, day)
+                do update set count = segment.event_counts.count + excluded.count
+                """
+            ),
+            {"ws": [k[0] for k in keys], "pid": [k[1] for k in keys], "ev": [k[2] for k in keys],
+             "day": [k[3] for k in keys], "n": [counts[k] for k in keys]},
+        )
+    if traits:
+        keys2 = list(traits)
+        await session.execute(
+            text(
+                """
+                insert into segment.profile_traits (workspace_id, profile_id, traits)
+                select u.ws, u.pid, jsonb_strip_nulls(u.t::jsonb)
+                  from unnest(CAST(:ws AS uuid[]), CAST(:pid AS uuid[]), CAST(:t AS text[])) as u(ws, pid, t)
+                on conflict (workspace_id, profile_id)
+                do update set traits = jsonb_strip_nulls(segment.profile_traits.traits || excluded.traits),
+                              updated_at = now()
+                """
+            ),
+            {"ws": [k[0] for k in keys2], "pid": [k[1] for k in keys2],
+             "t": [_dumps(traits[k]) for k in keys2]},
+        )
+    return affected
+
+
+async def _load_facts(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID], events: set[str]
+                      ) -> dict[uuid.UUID, conditions.ProfileFacts]:
+    facts = {pid: conditions.ProfileFacts(traits={}, counts={}) for pid in pids}
+    rows = await session.execute(
+        text("select profile_id, traits from segment.profile_traits "
+             "where workspace_id = :ws and profile_id = any(CAST(:pids AS uuid[]))"),
+        {"ws": ws, "pids": pids},
+    )
+    for pid, t in rows:
+        facts[pid].traits = t
+    if events:
+        rows = await session.execute(
+            text("select profile_id, event, day, count from segment.event_counts "
+                 "where workspace_id = :ws and profile_id = any(CAST(:pids AS uuid[])) "
+                 "and event = any(CAST(:events AS text[]))"),
+            {"ws": ws, "pids": pids, "events": sorted(events)},
+        )
+        for pid, event, day, n in rows:
+            facts[pid].counts.setdefault(event, {})[day] = n  # type: ignore[index]
+    return facts
+
+
+async def reevaluate(session: AsyncSession, ws: uuid.UUID, pids: Iterable[uuid.UUID], *,
+                     today: date | None = None, segment_ids: set[uuid.UUID] | None = None) -> int:
+    """Recompute memberships of ``pids`` in the workspace's segments; write only real changes."""
+    pid_list = sorted(set(pids))
+    if not pid_list:
+        return 0
+    today = today or datetime.now(UTC).date()
+    segs = (await session.execute(
+        text("select id, version, definition from segment.segments where workspace_id = :ws"), {"ws": ws}
+    )).all()
+    if segment_ids is not None:
+        segs = [s for s in segs if s.id in segment_ids]
+    if not segs:
+        return 0
+    parsed = [(s.id, s.version, conditions.parse(s.definition)) for s in segs]
+    needed = {ev for _, _, node in parsed for ev in conditions.events_of(node)}
+    facts = await _load_facts(session, ws, pid_list, needed)
+    current = {
+        (r.segment_id, r.profile_id)
+        for r in await session.execute(
+            text("select segment_id, profile_id from segment.memberships "
+                 "where workspace_id = :ws and profile_id = any(CAST(:pids AS uuid[])) "
+                 "and segment_id = any(CAST(:sids AS uuid[]))"),
+            {"ws": ws, "pids": pid_list, "sids": [s[0] for s in parsed]},
+        )
+    }
+    changes: list[tuple[uuid.UUID, int, uuid.UUID, str]] = []
+    for sid, version, node in parsed:
+        for pid in pid_list:
+            member = conditions.evaluate(node, facts[pid], today)
+            was = (sid, pid) in current
+            if member and not was:
+                changes.append((sid, version, pid, "entered"))
+            elif was and not member:
+                changes.append((sid, version, pid, "exited"))
+    if not changes:
+        return 0
+    entered = [c for c in changes if c[3] == "entered"]
+    exited = [c for c in changes if c[3] == "exited"]
+    if entered:
+        await session.execute(
+            text("insert into segment.memberships (workspace_id, segment_id, profile_id) "
+                 "select :ws, * from unnest(CAST(:sids AS uuid[]), CAST(:pids AS uuid[])) on conflict do nothing"),
+            {"ws": ws, "sids": [c[0] for c in entered], "pids": [c[2] for c in entered]},
+        )
+    if exited:
+        await session.execute(
+            text("delete from segment.memberships m using unnest(CAST(:sids AS uuid[]), CAST(:pids AS uuid[])) "
+                 "as u(sid, pid) where m.workspace_id = :ws and m.segment_id = u.sid and m.profile_id = u.pid"),
+            {"ws": ws, "sids": [c[0] for c in exited], "pids": [c[2] for c in exited]},
+        )
+    await session.execute(
+        text("insert into segment.transitions (workspace_id, segment_id, segment_version, profile_id, kind) "
+             "select :ws, * from unnest(CAST(:sids AS uuid[]), CAST(:vers AS int[]), CAST(:pids AS uuid[]), "
+             "CAST(:kinds AS text[]))"),
+        {"ws": ws, "sids": [c[0] for c in changes], "vers": [c[1] for c in changes],
+         "pids": [c[2] for c in changes], "kinds": [c[3] for c in changes]},
+    )
+    return len(changes)
+
+
+async def fetch_events(internal: InternalClient, cursor: str, limit: int) -> dict[str, Any]:
+    resp = await internal.request("GET", "ingest", "/v1/events", params={"after": cursor, "limit": limit})
+    if resp.status_code != 200:
+        raise UpstreamUnavailable(f"ingest feed answered {resp.status_code}")
+    return dict(resp.json())
+
+
+async def consume_page(session: AsyncSession, internal: InternalClient, limit: int,
+                       consumer: str = "ingest-events") -> PageResult:
+    """One page of the event feed, folded in one transaction (the caller's)."""
+    cursor = await lock_cursor(session, consumer)
+    page = await fetch_events(internal, cursor, limit)
+    events = page["events"]
+    result = PageResult(events=len(events), cursor=page["next_cursor"])
+    if not events:
+        return result
+    affected = await apply_events(session, events)
+    for ws, pids in affected.items():
+        result.transitions += await reevaluate(session, ws, pids)
+    await save_cursor(session, consumer, page["next_cursor"])
+    return result
+
+
+async def known_profiles(session: AsyncSession, ws: uuid.UUID, after: uuid.UUID | None, limit: int
+                         ) -> list[uuid.UUID]:
+    """Profiles this service has facts about, in id order (for full re-evaluation)."""
+    rows = await session.execute(
+        text(
+            """
+            select profile_id from (
+              select profile_id from segment.profile_traits where workspace_id = :ws
+              union
+              select distinct profile_id from segment.event_counts where workspace_id = :ws) p
+             where CAST(:after AS uuid) is null or profile_id > CAST(:after AS uuid)
+             order by profile_id limit :limit
+            """
+        ),
+        {"ws": ws, "after": after, "limit": limit},
+    )
+    return [r[0] for r in rows]

@@ -1,0 +1,6 @@
+"""Alembic environment for this schema only (see shared/migrate.py)."""
+
+from services.segment.models import metadata
+from shared.migrate import run_env
+
+run_env(metadata)

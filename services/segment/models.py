@@ -1,0 +1,88 @@
+"""Tables of the ``segment`` schema: definitions, per-profile aggregates, memberships, transitions."""
+
+import uuid
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, Identity, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from shared.db import jsonb_column, metadata_for, tz_column, xid_column
+
+metadata = metadata_for("segment")
+
+
+class SegmentTable(SQLModel):
+    metadata = metadata
+
+
+class SegmentDef(SegmentTable, table=True):
+    """A segment: a condition tree (see conditions.py) stored as JSON, versioned on every edit."""
+
+    __tablename__ = "segments"
+    __table_args__ = (UniqueConstraint("workspace_id", "name"),)
+
+    id: uuid.UUID = Field(primary_key=True)
+    workspace_id: uuid.UUID
+    name: str
+    definition: dict[str, Any] = Field(sa_column=jsonb_column("definition"))
+    version: int = 1
+    created_at: datetime = Field(sa_column=tz_column("created_at"))
+    updated_at: datetime = Field(sa_column=tz_column("updated_at"))
+
+
+class Consumer(SegmentTable, table=True):
+    """Where a feed consumer stands; updated in the same transaction as the state it derives."""
+
+    __tablename__ = "consumers"
+
+    name: str = Field(primary_key=True)
+    cursor: str = ""
+    updated_at: datetime = Field(sa_column=tz_column("updated_at"))
+
+
+class ProfileTraits(SegmentTable, table=True):
+    __tablename__ = "profile_traits"
+
+    workspace_id: uuid.UUID = Field(primary_key=True)
+    profile_id: uuid.UUID = Field(primary_key=True)
+    traits: dict[str, Any] = Field(sa_column=jsonb_column("traits"))
+    updated_at: datetime = Field(sa_column=tz_column("updated_at"))
+
+
+class EventCount(SegmentTable, table=True):
+    """How many times a profile performed an event on a (UTC) day."""
+
+    __tablename__ = "event_counts"
+
+    workspace_id: uuid.UUID = Field(primary_key=True)
+    profile_id: uuid.UUID = Field(primary_key=True)
+    event: str = Field(primary_key=True)
+    day: date = Field(primary_key=True)
+    count: int = 0
+
+
+class Membership(SegmentTable, table=True):
+    __tablename__ = "memberships"
+    __table_args__ = (Index("ix_memberships_workspace_id_profile_id", "workspace_id", "profile_id"),)
+
+    workspace_id: uuid.UUID = Field(primary_key=True)
+    segment_id: uuid.UUID = Field(primary_key=True)
+    profile_id: uuid.UUID = Field(primary_key=True)
+    entered_at: datetime = Field(sa_column=tz_column("entered_at"))
+
+
+class Transition(SegmentTable, table=True):
+    """Append-only log of membership changes, read by campaign as a cursor feed."""
+
+    __tablename__ = "transitions"
+    __table_args__ = (Index("ix_transitions_xid_seq", "xid", "seq"),)
+
+    seq: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    xid: int | None = Field(default=None, sa_column=xid_column())
+    workspace_id: uuid.UUID
+    segment_id: uuid.UUID
+    segment_version: int
+    profile_id: uuid.UUID
+    kind: str  # "entered" | "exited"
+    at: datetime = Field(sa_column=tz_column("at"))

@@ -1,0 +1,61 @@
+"""The public contract of the segment service."""
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+DEFINITION_EXAMPLE = {
+    "type": "and",
+    "children": [
+        {"type": "trait", "trait": "plan", "op": "equals", "value": "pro"},
+        {"type": "performed", "event": "Order Completed", "op": "at_least", "count": 2, "within_days": 30},
+    ],
+}
+
+
+class SegmentCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=200, examples=["Repeat buyers on Pro"])
+    definition: dict[str, Any] = Field(
+        description="condition tree: and/or/not, trait, performed (see the README)",
+        examples=[DEFINITION_EXAMPLE],
+    )
+
+
+class SegmentOut(BaseModel):
+    id: str
+    name: str
+    definition: dict[str, Any]
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class SegmentList(BaseModel):
+    segments: list[SegmentOut]
+    next_cursor: str | None = None
+
+
+class MemberOut(BaseModel):
+    profile_id: str
+    entered_at: datetime
+
+
+class MemberList(BaseModel):
+    members: list[MemberOut]
+    next_cursor: str | None = Field(None, description="pass as `after` for the next page")
+
+
+class TransitionOut(BaseModel):
+    cursor: str
+    workspace_id: str
+    segment_id: str
+    segment_version: int
+    profile_id: str
+    kind: str = Field(description="entered | exited")
+    at: datetime
+
+
+class TransitionPage(BaseModel):
+    transitions: list[TransitionOut]
+    next_cursor: str

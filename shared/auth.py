@@ -1,0 +1,125 @@
+"""Authentication as FastAPI dependencies, returning a typed :class:`Principal`.
+
+- Management APIs: ``Authorization: Bearer <secret key>``; or the internal token plus an
+  ``X-Tenure-Workspace`` header naming the workspace (service-to-service calls).
+- Ingest tracking endpoints: the write key (HTTP Basic username, Bearer, or ``writeKey`` in the body —
+  ingest resolves the body form itself).
+- Internal feeds: the internal token only.
+
+Key lookups are cached in-process for a short time so a hot tracking endpoint does not hit
+``core.api_keys`` on every request; a revoked key stops working within :data:`CACHE_TTL_S`.
+"""
+
+import base64
+import hmac
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Annotated
+
+import structlog
+from fastapi import Depends, Request
+
+from shared.core import KeyKind, KeyRecord, lookup_key
+from shared.errors import Forbidden, Unauthorized
+
+CACHE_TTL_S = 30.0
+WORKSPACE_HEADER = "X-Tenure-Workspace"
+
+
+@dataclass(frozen=True)
+class Principal:
+    kind: str  # "write" | "secret" | "internal"
+    workspace_id: uuid.UUID | None
+
+    def require_workspace(self) -> uuid.UUID:
+        if self.workspace_id is None:
+            raise Unauthorized(f"Internal calls to this endpoint must name the workspace in {WORKSPACE_HEADER}")
+        return self.workspace_id
+
+
+class KeyCache:
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, KeyRecord | None]] = {}
+
+    async def resolve(self, request: Request, raw: str) -> KeyRecord | None:
+        now = time.monotonic()
+        hit = self._entries.get(raw)
+        if hit and hit[0] > now:
+            return hit[1]
+        async with request.app.state.sessionmaker() as session:
+            record = await lookup_key(session, raw)
+        if len(self._entries) > 10_000:
+            self._entries.clear()
+        self._entries[raw] = (now + CACHE_TTL_S, record)
+        return record
+
+
+def _key_cache(request: Request) -> KeyCache:
+    cache = getattr(request.app.state, "key_cache", None)
+    if cache is None:
+        cache = request.app.state.key_cache = KeyCache()
+    return cache
+
+
+def credentials_from_header(request: Request) -> str | None:
+    """The raw credential in ``Authorization``: a Bearer token, or the Basic username (Segment style)."""
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer" and value:
+        return value
+    if scheme.lower() == "basic" and value:
+        try:
+            decoded = base64.b64decode(value, validate=True).decode()
+        except (ValueError, UnicodeDecodeError):
+            raise Unauthorized("Malformed Basic credentials") from None
+        return decoded.partition(":")[0] or None
+    return None
+
+
+def _is_internal(request: Request, raw: str) -> bool:
+    token: str = request.app.state.settings.internal_token
+    return hmac.compare_digest(raw.encode(), token.encode())
+
+
+async def principal_for(request: Request, raw: str | None, allowed: set[str]) -> Principal:
+    if not raw:
+        raise Unauthorized("Send credentials in the Authorization header")
+    if "internal" in allowed and _is_internal(request, raw):
+        ws = request.headers.get(WORKSPACE_HEADER)
+        try:
+            wid = uuid.UUID(ws) if ws else None
+        except ValueError:
+            raise Unauthorized(f"{WORKSPACE_HEADER} is not a workspace id") from None
+        principal = Principal("internal", wid)
+    else:
+        record = await _key_cache(request).resolve(request, raw)
+        if record is None:
+            raise Unauthorized("Unknown or revoked key")
+        if record.kind.value not in allowed:
+            hint = "a write key only works on the tracking endpoints" if record.kind == KeyKind.write else (
+                "use the workspace's write key for tracking calls")
+            raise Forbidden(f"A {record.kind.value} key cannot be used here: {hint}")
+        principal = Principal(record.kind.value, record.workspace_id)
+    if principal.workspace_id:
+        structlog.contextvars.bind_contextvars(workspace_id=str(principal.workspace_id))
+    return principal
+
+
+async def require_management(request: Request) -> Principal:
+    return await principal_for(request, credentials_from_header(request), {"secret", "internal"})
+
+
+async def require_internal(request: Request) -> Principal:
+    return await principal_for(request, credentials_from_header(request), {"internal"})
+
+
+async def require_workspace(request: Request) -> uuid.UUID:
+    """Management endpoints scoped to one workspace: its secret key, or internal token + header."""
+    return (await require_management(request)).require_workspace()
+
+
+ManagementDep = Annotated[Principal, Depends(require_management)]
+InternalDep = Annotated[Principal, Depends(require_internal)]
+WorkspaceDep = Annotated[uuid.UUID, Depends(require_workspace)]

@@ -1,0 +1,99 @@
+"""Database access: the engine factory, the one session dependency, naming conventions.
+
+The engine and sessionmaker are created in a lifespan (``app.state``) or worker start-up (arq ``ctx``);
+never at import time. Routes get a session only through :data:`SessionDep`; the route owns the
+transaction (``async with session.begin():``).
+"""
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy import Column, DateTime, MetaData, func, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import UserDefinedType
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from shared.settings import Settings
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def metadata_for(schema: str) -> MetaData:
+    """A MetaData bound to one service's Postgres schema, with stable constraint names."""
+    return MetaData(schema=schema, naming_convention=NAMING_CONVENTION)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def async_url(url: str) -> str:
+    """``postgresql://…`` (what operators write) → the asyncpg dialect URL SQLAlchemy needs."""
+    u = make_url(url)
+    if u.drivername in ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2"):
+        u = u.set(drivername="postgresql+asyncpg")
+    return u.render_as_string(hide_password=False)
+
+
+def create_engine(settings: Settings, *, application_name: str = "tenure", **kw: Any) -> AsyncEngine:
+    return create_async_engine(
+        async_url(settings.require_database_url()),
+        pool_size=kw.pop("pool_size", settings.db_pool_size),
+        max_overflow=kw.pop("max_overflow", settings.db_pool_size),
+        pool_pre_ping=True,
+        pool_timeout=10,
+        connect_args={
+            "server_settings": {
+                "application_name": application_name,
+                "statement_timeout": str(settings.db_statement_timeout_ms),
+                "idle_in_transaction_session_timeout": "60000",
+            },
+            "timeout": 10,
+        },
+        **kw,
+    )
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """The one way a route gets a session. The route opens its own transaction."""
+    async with request.app.state.sessionmaker() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+class Xid8(UserDefinedType):  # type: ignore[type-arg]
+    """PostgreSQL ``xid8``: the 64-bit transaction id that makes feed cursors safe (see shared.feed)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "xid8"
+
+
+def xid_column() -> Column:  # type: ignore[type-arg]
+    return Column("xid", Xid8(), nullable=False, server_default=text("pg_current_xact_id()"))
+
+
+def jsonb_column(name: str, *, nullable: bool = False) -> Column:  # type: ignore[type-arg]
+    return Column(name, JSONB, nullable=nullable, server_default=None if nullable else text("'{}'::jsonb"))
+
+
+def tz_column(name: str, *, nullable: bool = False, default_now: bool = True) -> Column:  # type: ignore[type-arg]
+    return Column(
+        name, DateTime(timezone=True), nullable=nullable, server_default=func.now() if default_now else None
+    )

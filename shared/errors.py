@@ -1,0 +1,164 @@
+"""Typed errors rendered as RFC 9457 ``application/problem+json``.
+
+Hierarchy::
+
+    AppError (500)
+    ├── BadRequest (400)
+    │   └── PayloadTooLarge (413)
+    ├── Unauthorized (401)
+    ├── Forbidden (403)
+    ├── NotFound (404)
+    ├── Conflict (409)
+    ├── ValidationFailed (422)
+    ├── RateLimited (429)
+    └── UpstreamUnavailable (503)
+
+Domain code raises these; it never raises ``HTTPException``. :func:`install_error_handlers` maps them,
+FastAPI's request validation errors and unexpected exceptions to problem documents.
+"""
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = structlog.get_logger()
+
+PROBLEM_JSON = "application/problem+json"
+_TYPE_BASE = "https://tenure.dev/problems/"
+
+
+class AppError(Exception):
+    status: int = 500
+    slug: str = "internal"
+    title: str = "Internal error"
+
+    def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None, **extra: Any):
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.headers = headers or {}
+        self.extra = extra
+
+    def to_problem(self, instance: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": _TYPE_BASE + self.slug,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance:
+            body["instance"] = instance
+        body.update(self.extra)
+        return body
+
+
+class BadRequest(AppError):
+    status, slug, title = 400, "bad-request", "Bad request"
+
+
+class PayloadTooLarge(BadRequest):
+    status, slug, title = 413, "payload-too-large", "Payload too large"
+
+
+class Unauthorized(AppError):
+    status, slug, title = 401, "unauthorized", "Missing or invalid credentials"
+
+
+class Forbidden(AppError):
+    status, slug, title = 403, "forbidden", "Credentials not allowed here"
+
+
+class NotFound(AppError):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class Conflict(AppError):
+    status, slug, title = 409, "conflict", "Conflict"
+
+
+class ValidationFailed(AppError):
+    status, slug, title = 422, "validation-failed", "Request validation failed"
+
+
+class RateLimited(AppError):
+    status, slug, title = 429, "rate-limited", "Too many requests"
+
+
+class UpstreamUnavailable(AppError):
+    status, slug, title = 503, "upstream-unavailable", "A dependency is unavailable"
+
+
+def problem_response(err: AppError, request: Request) -> JSONResponse:
+    return JSONResponse(
+        err.to_problem(instance=request.url.path),
+        status_code=err.status,
+        headers=err.headers,
+        media_type=PROBLEM_JSON,
+    )
+
+
+def problem_schema(description: str) -> dict[str, Any]:
+    """An OpenAPI ``responses=`` entry for a problem document."""
+    return {
+        "description": description,
+        "content": {
+            PROBLEM_JSON: {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "type": {"type": "string"},
+                        "title": {"type": "string"},
+                        "status": {"type": "integer"},
+                        "detail": {"type": "string"},
+                        "instance": {"type": "string"},
+                    },
+                }
+            }
+        },
+    }
+
+
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: problem_schema("Malformed request"),
+    401: problem_schema("Missing or invalid credentials"),
+    422: problem_schema("Request validation failed"),
+}
+
+
+def _jsonable_errors(errors: list[Any]) -> list[dict[str, Any]]:
+    out = []
+    for e in errors:
+        out.append({"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg"), "type": e.get("type")})
+    return out
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def _app_error(request: Request, exc: AppError) -> JSONResponse:
+        if exc.status >= 500:
+            log.error("request.failed", error=exc.slug, detail=exc.detail)
+        return problem_response(exc, request)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _jsonable_errors(list(exc.errors()))
+        if any(e["type"] == "json_invalid" for e in errors):
+            err: AppError = BadRequest("The request body is not valid JSON", errors=errors)
+        else:
+            err = ValidationFailed("The request does not match the schema", errors=errors)
+        return problem_response(err, request)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        err = AppError(str(exc.detail))
+        err.status, err.title = exc.status_code, str(exc.detail)
+        err.slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        return problem_response(err, request)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("request.crashed", error_type=type(exc).__name__)
+        return problem_response(AppError("An unexpected error occurred"), request)

@@ -1,0 +1,46 @@
+"""Cursor feeds over an append-only table that never skip or reorder a committed row.
+
+A ``bigserial`` alone is not a safe cursor: a transaction that took seq 10 may commit after one that
+took seq 11, and a reader that already moved past 11 would never see 10. Each row therefore stores
+``pg_current_xact_id()`` (xid8) beside its seq, the cursor is the pair ``(xid, seq)``, and a reader only
+returns rows whose xid is below ``pg_snapshot_xmin(pg_current_snapshot())``: every transaction below
+that horizon has finished, and later ones get larger xids, so nothing can appear behind the cursor.
+
+Cursors are opaque strings to clients: ``"<xid>-<seq>"``; the empty cursor starts at the beginning.
+"""
+
+from dataclasses import dataclass
+
+from shared.errors import BadRequest
+
+
+@dataclass(frozen=True, order=True)
+class Cursor:
+    xid: int = 0
+    seq: int = 0
+
+    def encode(self) -> str:
+        return f"{self.xid}-{self.seq}"
+
+    @classmethod
+    def decode(cls, raw: str | None) -> "Cursor":
+        if not raw:
+            return cls()
+        xid, sep, seq = raw.partition("-")
+        if not sep or not xid.isdigit() or not seq.isdigit():
+            raise BadRequest(f"Invalid cursor {raw!r}: expected the value of a previous next_cursor")
+        return cls(int(xid), int(seq))
+
+
+def feed_where(alias: str = "") -> str:
+    """SQL predicate selecting rows after ``:after_xid``/``:after_seq`` that are safe to hand out."""
+    p = f"{alias}." if alias else ""
+    return (
+        f"({p}xid, {p}seq) > (CAST(:after_xid AS text)::xid8, CAST(:after_seq AS bigint)) "
+        f"AND {p}xid < pg_snapshot_xmin(pg_current_snapshot())"
+    )
+
+
+def feed_order(alias: str = "") -> str:
+    p = f"{alias}." if alias else ""
+    return f"{p}xid, {p}seq"

@@ -1,0 +1,46 @@
+"""structlog set-up: one processor chain, JSON in production, readable console in dev.
+
+Context (``request_id``, ``workspace_id``, ``job_id``) is bound with ``structlog.contextvars`` at the
+edge and appears on every line. Never log secrets or message bodies: log ids.
+"""
+
+import logging
+import sys
+
+import structlog
+
+from shared.settings import Settings
+
+_configured = False
+
+
+def configure_logging(settings: Settings, *, force: bool = False) -> None:
+    global _configured
+    if _configured and not force:
+        return
+    level = logging.getLevelName(settings.log_level.upper())
+    if not isinstance(level, int):
+        level = logging.INFO
+    shared_processors: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+    ]
+    renderer: structlog.types.Processor
+    if settings.json_logs:
+        shared_processors.append(structlog.processors.format_exc_info)
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    structlog.configure(
+        processors=[*shared_processors, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    # Route stdlib loggers (uvicorn, arq, alembic) through the same level.
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("uvicorn.access", "httpx", "aiosmtpd", "mail.log"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    _configured = True

@@ -1,0 +1,139 @@
+"""arq helpers: Redis settings, coalesced wake-ups, and the worker scaffolding every service shares.
+
+Redis carries wake-ups only; every durable fact is in Postgres before a job refers to it. A wake-up
+uses a fixed ``_job_id`` so a burst of events becomes one job, and the woken function runs with
+``keep_result=0`` so the id is free again the moment it finishes. A wake-up refused because the job is
+already queued or running sets a "dirty" flag that the running job checks before it exits; a cron
+poll backs both up, so a lost wake-up (Redis flushed, worker restarted) only delays work.
+"""
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypedDict
+
+import structlog
+from arq import create_pool
+from arq.connections import ArqRedis, RedisSettings
+from arq.cron import CronJob, cron
+from arq.worker import Function, Worker, func
+from httpx import AsyncClient
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from shared.db import create_engine, create_sessionmaker
+from shared.http import InternalClient, make_http_client
+from shared.logging import configure_logging
+from shared.settings import ServiceName, Settings
+
+log = structlog.get_logger()
+
+
+class JobCtx(TypedDict, total=False):
+    """What a job function receives as ``ctx`` (arq adds ``redis``, ``job_id``, ``job_try``)."""
+
+    redis: ArqRedis
+    job_id: str
+    job_try: int
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    http: AsyncClient
+    internal: InternalClient
+    service: ServiceName
+
+
+def redis_settings(url: str) -> RedisSettings:
+    rs = RedisSettings.from_dsn(url)
+    rs.conn_timeout = 5
+    rs.conn_retries = 5
+    return rs
+
+
+async def create_redis(settings: Settings) -> ArqRedis:
+    return await create_pool(redis_settings(settings.require_redis_url()))
+
+
+def _dirty_key(queue: str, function: str) -> str:
+    return f"{queue}:dirty:{function}"
+
+
+async def wake(redis: ArqRedis, settings: Settings, service: ServiceName, function: str) -> None:
+    """Ask ``service``'s workers to run ``function`` soon; never raises (a lost wake-up only delays)."""
+    queue = settings.queue_name(service)
+    try:
+        job = await redis.enqueue_job(function, _job_id=f"wake:{function}", _queue_name=queue)
+        if job is None:
+            await redis.set(_dirty_key(queue, function), b"1", ex=3600)
+    except Exception as exc:  # noqa: BLE001 - Redis is a hint; the cron poll catches up
+        log.warning("queue.wake_failed", service=service, function=function, error=str(exc))
+
+
+async def take_dirty(ctx: JobCtx, function: str) -> bool:
+    """True if a wake-up for ``function`` arrived while it was running (and clear the flag)."""
+    queue = ctx["settings"].queue_name(ctx["service"])
+    return bool(await ctx["redis"].getdel(_dirty_key(queue, function)))
+
+
+JobFn = Callable[..., Awaitable[Any]]
+
+
+def worker_options(
+    settings: Settings,
+    service: ServiceName,
+    *,
+    functions: Sequence[JobFn | Function],
+    poll: Sequence[JobFn] = (),
+    crons: Sequence[CronJob] = (),
+) -> dict[str, Any]:
+    """Keyword arguments of an arq ``Worker`` for ``service``: engine, sessionmaker, HTTP clients in ``ctx``.
+
+    Each function in ``poll`` also runs as a cron every ``feed_poll_interval_s`` (whole seconds), the
+    safety net under wake-ups.
+    """
+    step = max(1, round(settings.feed_poll_interval_s))
+    seconds = set(range(0, 60, step))
+    cron_jobs: list[CronJob] = [
+        cron(fn, name=f"cron:{fn.__name__}", second=seconds, microsecond=0, run_at_startup=True,
+             unique=True, keep_result=0, timeout=120)
+        for fn in poll
+    ]
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        configure_logging(settings)
+        ctx["settings"] = settings
+        ctx["service"] = service
+        ctx["engine"] = create_engine(settings, application_name=f"tenure-{service}-worker", pool_size=5)
+        ctx["sessionmaker"] = create_sessionmaker(ctx["engine"])
+        ctx["http"] = make_http_client(settings)
+        ctx["internal"] = InternalClient(settings, ctx["http"])
+        log.info("worker.started", service=service, queue=settings.queue_name(service))
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        if "http" in ctx:
+            await ctx["http"].aclose()
+        if "engine" in ctx:
+            await ctx["engine"].dispose()
+        log.info("worker.stopped", service=service)
+
+    fns = [f if isinstance(f, Function) else func(f, keep_result=0, timeout=120) for f in functions]
+    return {
+        "functions": fns,
+        "cron_jobs": [*cron_jobs, *crons],
+        "redis_settings": redis_settings(settings.redis_url or "redis://127.0.0.1:6379/0"),
+        "queue_name": settings.queue_name(service),
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "poll_delay": 0.2,
+        "max_jobs": 10,
+        "job_completion_wait": 20,
+        "health_check_interval": 30,
+        "keep_result": 0,
+    }
+
+
+def build_worker(settings: Settings, service: ServiceName, *, burst: bool = False,
+                 handle_signals: bool = True, **options: Any) -> Worker:
+    return Worker(**worker_options(settings, service, **options), burst=burst, handle_signals=handle_signals)
+
+
+def worker_settings_class(service: ServiceName, **options: Any) -> type:
+    """A ``WorkerSettings`` class for the plain ``arq`` CLI, configured from the environment."""
+    return type("WorkerSettings", (), worker_options(Settings(), service, **options))

@@ -1,0 +1,113 @@
+"""Typed settings for every Tenure process.
+
+All configuration comes from environment variables prefixed ``TENURE_`` (see ``docs/configuration.md``).
+Settings are read once at a process edge (``create_app``, worker start-up, the CLI) and passed along;
+nothing else reads ``os.environ``.
+"""
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SERVICES = ("ingest", "segment", "campaign", "delivery")
+ServiceName = Literal["ingest", "segment", "campaign", "delivery"]
+
+_PLACEHOLDER = "change-me"
+
+
+class Environment(StrEnum):
+    dev = "dev"
+    test = "test"
+    prod = "prod"
+
+
+class Settings(BaseSettings):
+    """Configuration shared by all services (one flat namespace keeps the operator's table short)."""
+
+    model_config = SettingsConfigDict(env_prefix="TENURE_", extra="ignore")
+
+    env: Environment = Environment.dev
+    log_level: str = "INFO"
+    log_json: bool | None = Field(default=None, description="JSON logs; defaults to on outside dev")
+
+    database_url: str | None = Field(
+        default=None,
+        description="postgresql://user:pass@host:port/db. Unset: `tenure dev` starts an embedded PostgreSQL.",
+    )
+    redis_url: str | None = Field(
+        default=None, description="redis://host:port/db. Unset: `tenure dev` starts an embedded Redis."
+    )
+    db_pool_size: int = 10
+    db_statement_timeout_ms: int = 30_000
+    queue_prefix: str = Field(default="tenure", description="prefix of every arq queue name")
+
+    state_dir: str = Field(default=".tenure", description="where `tenure dev` keeps embedded data")
+
+    host: str = "127.0.0.1"
+    ingest_port: int = 8001
+    segment_port: int = 8002
+    campaign_port: int = 8003
+    delivery_port: int = 8004
+    inbox_port: int = 8025
+
+    ingest_url: str | None = None
+    segment_url: str | None = None
+    campaign_url: str | None = None
+    delivery_url: str | None = None
+
+    internal_token: str = Field(
+        default=_PLACEHOLDER, description="shared secret for service-to-service calls (Bearer)"
+    )
+
+    http_timeout_s: float = 10.0
+    http_retries: int = 3
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    smtp_tls: bool = False
+    smtp_timeout_s: float = 15.0
+    email_from: str = "Tenure <hello@tenure.localhost>"
+
+    dev_inbox: bool = Field(default=True, description="`tenure dev` runs a local SMTP sink and web inbox")
+    dev_demo: bool = Field(default=True, description="`tenure dev` creates a demo workspace on first start")
+
+    consumer_batch_size: int = 500
+    feed_poll_interval_s: float = 5.0
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> "Settings":
+        if self.env == Environment.prod and self.internal_token == _PLACEHOLDER:
+            raise ValueError("TENURE_INTERNAL_TOKEN must be set to a real secret when TENURE_ENV=prod")
+        return self
+
+    @property
+    def json_logs(self) -> bool:
+        return self.log_json if self.log_json is not None else self.env != Environment.dev
+
+    def port_of(self, service: str) -> int:
+        return int(getattr(self, f"{service}_port"))
+
+    def url_of(self, service: ServiceName) -> str:
+        """Base URL other services use to reach ``service``."""
+        configured = getattr(self, f"{service}_url")
+        if configured:
+            return str(configured).rstrip("/")
+        return f"http://{self.host}:{self.port_of(service)}"
+
+    def queue_name(self, service: ServiceName) -> str:
+        return f"{self.queue_prefix}:{service}"
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise RuntimeError("TENURE_DATABASE_URL is not set (tenure dev starts an embedded one)")
+        return self.database_url
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise RuntimeError("TENURE_REDIS_URL is not set (tenure dev starts an embedded one)")
+        return self.redis_url

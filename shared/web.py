@@ -1,0 +1,123 @@
+"""What every service's FastAPI app shares: lifespan resources, request ids, problem errors, probes.
+
+``create_service_app`` builds the app; the service adds its routers. Resources live on ``app.state``
+(typed by :class:`AppState`): ``settings``, ``engine``, ``sessionmaker``, ``redis`` (arq pool),
+``http`` and ``internal`` (service-to-service client).
+"""
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+
+from shared.db import create_engine, create_sessionmaker
+from shared.errors import install_error_handlers, problem_schema
+from shared.http import REQUEST_ID_HEADER, InternalClient, make_http_client
+from shared.logging import configure_logging
+from shared.queue import create_redis
+from shared.settings import ServiceName, Settings
+
+log = structlog.get_logger()
+
+
+class RequestContextMiddleware(BaseHTTPMiddleware):
+    """Binds a request id (taken from ``X-Request-ID`` or generated) to every log line and echoes it."""
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        rid = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=rid)
+        started = time.perf_counter()
+        response = await call_next(request)
+        response.headers[REQUEST_ID_HEADER] = rid
+        log.info(
+            "http.request",
+            method=request.method,
+            path=request.url.path,
+            status=response.status_code,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        return response
+
+
+def _probe_router(service: str) -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz", operation_id=f"{service}_healthz", summary="Liveness: the process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": service}
+
+    @router.get(
+        "/readyz",
+        operation_id=f"{service}_readyz",
+        summary="Readiness: PostgreSQL and Redis answer",
+        responses={503: problem_schema("A dependency is not reachable")},
+    )
+    async def readyz(request: Request) -> Response:
+        checks: dict[str, str] = {}
+        try:
+            async with request.app.state.engine.connect() as conn:
+                await conn.execute(text("select 1"))
+            checks["postgres"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - report, don't crash the probe
+            checks["postgres"] = f"error: {type(exc).__name__}"
+        try:
+            await request.app.state.redis.ping()
+            checks["redis"] = "ok"
+        except Exception as exc:  # noqa: BLE001
+            checks["redis"] = f"error: {type(exc).__name__}"
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
+                              status_code=200 if ok else 503)
+
+    return router
+
+
+def create_service_app(
+    service: ServiceName,
+    settings: Settings,
+    *,
+    routers: Sequence[APIRouter],
+    description: str,
+    version: str = "0.1.0",
+    **kw: Any,
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings)
+        app.state.settings = settings
+        app.state.engine = create_engine(settings, application_name=f"tenure-{service}")
+        app.state.sessionmaker = create_sessionmaker(app.state.engine)
+        app.state.redis = await create_redis(settings)
+        app.state.http = make_http_client(settings)
+        app.state.internal = InternalClient(settings, app.state.http)
+        log.info("service.started", service=service)
+        try:
+            yield
+        finally:
+            await app.state.http.aclose()
+            await app.state.redis.aclose()
+            await app.state.engine.dispose()
+            log.info("service.stopped", service=service)
+
+    app = FastAPI(
+        title=f"Tenure {service}",
+        description=description,
+        version=version,
+        lifespan=lifespan,
+        **kw,
+    )
+    app.state.settings = settings
+    app.add_middleware(RequestContextMiddleware)
+    install_error_handlers(app)
+    app.include_router(_probe_router(service))
+    for router in routers:
+        app.include_router(router)
+    return app

@@ -97,3 +97,9 @@ def tz_column(name: str, *, nullable: bool = False, default_now: bool = True) ->
     return Column(
         name, DateTime(timezone=True), nullable=nullable, server_default=func.now() if default_now else None
     )
+
+
+def is_unique_violation(exc: Exception) -> bool:
+    """True for a unique-constraint violation (SQLSTATE 23505) wrapped by SQLAlchemy."""
+    orig = getattr(exc, "orig", None)
+    return (getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) == "23505"

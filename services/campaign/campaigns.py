@@ -9,6 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.campaign import templates
+from shared.db import is_unique_violation
 from shared.errors import Conflict, NotFound, ValidationFailed
 
 _TEMPLATE_COLS = "id, name, channel, subject, html, text, created_at, updated_at"
@@ -25,7 +26,9 @@ async def _insert(session: AsyncSession, sql: str, params: dict[str, Any], what:
     try:
         async with session.begin_nested():
             return (await session.execute(text(sql), params)).one()
-    except IntegrityError:
+    except IntegrityError as exc:
+        if not is_unique_violation(exc):
+            raise
         raise Conflict(f"A {what} named {params['name']!r} already exists") from None
 
 

@@ -43,7 +43,7 @@ class Campaign(CampaignTable, table=True):
     workspace_id: uuid.UUID
     name: str
     status: str = "active"  # "active" | "paused"
-    version: int = 1
+    version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
     trigger: dict[str, Any] = Field(sa_column=jsonb_column("trigger"))
     template_id: uuid.UUID
     message_type: str = "marketing"
@@ -81,7 +81,7 @@ class Send(CampaignTable, table=True):
     idempotency_key: str
     status: str = "pending"
     reason: str | None = None
-    attempts: int = 0
+    attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     delivery_message_id: uuid.UUID | None = None
     trigger_data: dict[str, Any] = Field(sa_column=jsonb_column("trigger_data"))
     next_attempt_at: datetime = Field(sa_column=tz_column("next_attempt_at"))

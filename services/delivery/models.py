@@ -42,7 +42,7 @@ class Message(DeliveryTable, table=True):
     text: str | None = None
     message_type: str = "marketing"  # "marketing" | "transactional"
     status: str = "queued"
-    attempts: int = 0
+    attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     last_error: str | None = None
     provider_message_id: str | None = None
     metadata_: dict[str, Any] = Field(sa_column=jsonb_column("metadata"))

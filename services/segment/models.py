@@ -26,7 +26,7 @@ class SegmentDef(SegmentTable, table=True):
     workspace_id: uuid.UUID
     name: str
     definition: dict[str, Any] = Field(sa_column=jsonb_column("definition"))
-    version: int = 1
+    version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
     created_at: datetime = Field(sa_column=tz_column("created_at"))
     updated_at: datetime = Field(sa_column=tz_column("updated_at"))
 

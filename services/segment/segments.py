@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segment import conditions
+from shared.db import is_unique_violation
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.feed import Cursor, feed_order, feed_where
 
@@ -42,7 +43,9 @@ async def create_segment(session: AsyncSession, ws: uuid.UUID, name: str, defini
                 {"id": uuid.uuid4(), "ws": ws, "name": name,
                  "d": orjson.dumps(node.model_dump(mode="json")).decode()},
             )).one()
-    except IntegrityError:
+    except IntegrityError as exc:
+        if not is_unique_violation(exc):
+            raise
         raise Conflict(f"A segment named {name!r} already exists") from None
     return _out(row)
 

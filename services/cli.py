@@ -1,0 +1,187 @@
+"""The ``tenure`` command: run services and workers, migrate, manage workspaces, and ``tenure dev``.
+
+This is the one module that may import every service (the dev supervisor runs them all in one process).
+"""
+
+import asyncio
+import contextlib
+import importlib
+import sys
+from collections.abc import Iterator
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import orjson
+import typer
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from shared.settings import Settings
+
+app = typer.Typer(help="Tenure: lifecycle marketing backend.", no_args_is_help=True, add_completion=False)
+workspace_app = typer.Typer(help="Manage workspaces.", no_args_is_help=True)
+app.add_typer(workspace_app, name="workspace")
+console = Console(stderr=True)
+
+
+class Service(StrEnum):
+    ingest = "ingest"
+    segment = "segment"
+    campaign = "campaign"
+    delivery = "delivery"
+
+
+def _load_settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:  # noqa: BLE001 - show configuration errors plainly
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@contextlib.contextmanager
+def _with_database(settings: Settings) -> Iterator[Settings]:
+    """Settings with a database (and Redis) URL: the configured ones, else the embedded dev servers."""
+    if settings.database_url and settings.redis_url:
+        yield settings
+        return
+    from shared.embedded import EmbeddedServers
+
+    with EmbeddedServers(settings.state_dir, postgres=not settings.database_url,
+                         redis=not settings.redis_url) as emb:
+        yield settings.model_copy(update={"database_url": settings.database_url or emb.database_url,
+                                          "redis_url": settings.redis_url or emb.redis_url})
+
+
+def _require_urls(settings: Settings) -> None:
+    missing = [name for name, v in (("TENURE_DATABASE_URL", settings.database_url),
+                                    ("TENURE_REDIS_URL", settings.redis_url)) if not v]
+    if missing:
+        console.print(f"[red]{', '.join(missing)} not set.[/red] `tenure dev` starts embedded servers; "
+                      "`serve` and `worker` need real ones.")
+        raise typer.Exit(2)
+
+
+@app.command()
+def migrate() -> None:
+    """Upgrade every schema (core, ingest, segment, campaign, delivery) to the latest revision. Idempotent."""
+    from shared.migrate import upgrade_all
+
+    with _with_database(_load_settings()) as settings:
+        upgrade_all(settings)
+    console.print("[green]migrations applied[/green]")
+
+
+@app.command()
+def serve(
+    service: Service,
+    host: Annotated[str | None, typer.Option(help="bind address (default TENURE_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default: the service's TENURE_<SERVICE>_PORT)")] = None,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+) -> None:
+    """Run one service's HTTP API."""
+    settings = _load_settings()
+    _require_urls(settings)
+    uvicorn.run(
+        f"services.{service.value}.app:create_app", factory=True, host=host or settings.host,
+        port=port or settings.port_of(service.value), workers=workers, log_config=None,
+        proxy_headers=True, timeout_graceful_shutdown=20, access_log=False,
+    )
+
+
+@app.command()
+def worker(
+    service: Service,
+    burst: Annotated[bool, typer.Option(help="exit once the queue is empty")] = False,
+) -> None:
+    """Run one service's arq worker."""
+    settings = _load_settings()
+    _require_urls(settings)
+    module = importlib.import_module(f"services.{service.value}.worker")
+    module.create_worker(settings, burst=burst).run()
+
+
+async def _create_workspace(settings: Settings, name: str) -> Any:
+    from shared.core import create_workspace
+    from shared.db import create_engine, create_sessionmaker
+
+    engine = create_engine(settings, pool_size=1)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            return await create_workspace(session, name)
+    finally:
+        await engine.dispose()
+
+
+@workspace_app.command("create")
+def workspace_create(
+    name: str,
+    as_json: Annotated[bool, typer.Option("--json", help="print {workspace_id, write_key, secret_key}")] = False,
+) -> None:
+    """Create a workspace and print its keys (shown once: only their hashes are stored)."""
+    with _with_database(_load_settings()) as settings:
+        created = asyncio.run(_create_workspace(settings, name))
+    payload = {"workspace_id": str(created.workspace_id), "write_key": created.write_key,
+               "secret_key": created.secret_key}
+    if as_json:
+        sys.stdout.write(orjson.dumps(payload).decode() + "\n")
+        return
+    table = Table(title=f"workspace {name}", show_header=False)
+    for k, v in payload.items():
+        table.add_row(k, v)
+    Console().print(table)
+    console.print("Keep the keys: they are not shown again.")
+
+
+@app.command()
+def mail(
+    as_json: Annotated[bool, typer.Option("--json", help="raw JSON")] = False,
+    url: Annotated[str | None, typer.Option(help="inbox URL (default http://HOST:TENURE_INBOX_PORT)")] = None,
+) -> None:
+    """Show what the dev inbox (started by `tenure dev`) has received."""
+    settings = _load_settings()
+    base = url or f"http://{settings.host}:{settings.inbox_port}"
+    try:
+        messages = httpx.get(f"{base}/api/messages", timeout=5).json()["messages"]
+    except httpx.HTTPError as exc:
+        console.print(f"[red]no dev inbox at {base}[/red] ({type(exc).__name__}); is `tenure dev` running?")
+        raise typer.Exit(1) from None
+    if as_json:
+        sys.stdout.write(orjson.dumps(messages).decode() + "\n")
+        return
+    table = Table(title=f"dev inbox ({len(messages)})")
+    for col in ("received", "to", "subject"):
+        table.add_column(col)
+    for m in messages:
+        table.add_row(m["received_at"][:19], ", ".join(m["to"]), m["subject"])
+    Console().print(table)
+
+
+@app.command()
+def dev(
+    demo: Annotated[bool, typer.Option(help="create the demo workspace on first start")] = True,
+) -> None:
+    """Run everything in one process: four APIs, four workers, the dev inbox; embedded Postgres/Redis
+    when TENURE_DATABASE_URL / TENURE_REDIS_URL are not set. Ctrl-C stops it all."""
+    from services.devserver import run_dev
+    from shared.migrate import upgrade_all
+
+    base = _load_settings()
+    with _with_database(base) as settings:
+        if settings.dev_inbox:  # delivery sends to the local inbox
+            settings = settings.model_copy(update={"smtp_host": settings.host})
+        upgrade_all(settings)
+        Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
+        try:
+            asyncio.run(run_dev(settings, demo=demo and settings.dev_demo, console=console))
+        except KeyboardInterrupt:
+            pass
+    console.print("stopped")
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()
+

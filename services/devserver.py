@@ -1,0 +1,135 @@
+"""``tenure dev``: every API and worker in one asyncio loop, plus the dev inbox and a demo workspace."""
+
+import asyncio
+import contextlib
+import importlib
+import signal
+import uuid
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import uvicorn
+from rich.console import Console
+from rich.panel import Panel
+
+from shared.core import create_workspace
+from shared.db import create_engine, create_sessionmaker
+from shared.settings import SERVICES, Settings
+
+DEMO_TEMPLATE = {
+    "name": "welcome",
+    "channel": "email",
+    "subject": "Welcome to Tenure, {{ profile.first_name | default: 'friend' }}!",
+    "html": "<p>Hi {{ profile.first_name | default: 'there' }},</p><p>Thanks for signing up.</p>",
+    "text": "Hi {{ profile.first_name | default: 'there' }},\n\nThanks for signing up.\n",
+}
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to the supervisor (several share one loop)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+async def ensure_demo(settings: Settings) -> dict[str, Any]:
+    """The demo workspace's keys: created (with a welcome campaign) on first start, then reused."""
+    from services.campaign import campaigns
+
+    path = Path(settings.state_dir) / "demo.json"
+    engine = create_engine(settings, pool_size=1)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            if path.exists():
+                demo = orjson.loads(path.read_bytes())
+                from sqlalchemy import text
+
+                found = (await session.execute(text("select 1 from core.workspaces where id = :id"),
+                                               {"id": uuid.UUID(demo["workspace_id"])})).scalar()
+                if found:
+                    return dict(demo)
+            created = await create_workspace(session, f"demo-{uuid.uuid4().hex[:6]}")
+            tpl = await campaigns.create_template(session, created.workspace_id, DEMO_TEMPLATE)
+            await campaigns.create_campaign(session, created.workspace_id, {
+                "name": "Welcome email", "trigger": {"type": "event", "event": "Signed Up"},
+                "template_id": tpl["id"], "message_type": "marketing",
+            })
+    finally:
+        await engine.dispose()
+    demo = {"workspace_id": str(created.workspace_id), "write_key": created.write_key,
+            "secret_key": created.secret_key}
+    path.write_bytes(orjson.dumps(demo, option=orjson.OPT_INDENT_2))
+    path.chmod(0o600)
+    return demo
+
+
+def _banner(settings: Settings, demo: dict[str, Any] | None) -> str:
+    urls = "\n".join(f"  {s:<9} {settings.url_of(s)}/docs" for s in SERVICES)  # type: ignore[arg-type]
+    text = f"[bold]Tenure is running[/bold]\n\nAPIs (OpenAPI docs):\n{urls}\n"
+    if settings.dev_inbox:
+        text += f"  inbox     http://{settings.host}:{settings.inbox_port}  (SMTP on {settings.smtp_port})\n"
+    if demo:
+        ingest = settings.url_of("ingest")
+        wk = demo["write_key"]
+        text += (
+            f"\nDemo workspace {demo['workspace_id']}\n  write key  {wk}\n  secret key {demo['secret_key']}\n"
+            f"\nTry it (a welcome email lands in the inbox):\n"
+            f"  curl -u '{wk}:' {ingest}/v1/identify -H 'content-type: application/json' \\\n"
+            f"    -d '{{\"userId\":\"ada\",\"traits\":{{\"email\":\"ada@example.com\",\"first_name\":\"Ada\"}}}}'\n"
+            f"  curl -u '{wk}:' {ingest}/v1/track -H 'content-type: application/json' \\\n"
+            f"    -d '{{\"userId\":\"ada\",\"event\":\"Signed Up\"}}'\n"
+            f"  tenure mail\n"
+        )
+    return text + "\nCtrl-C stops everything."
+
+
+async def run_dev(settings: Settings, *, demo: bool, console: Console) -> None:
+    from shared.logging import configure_logging
+
+    configure_logging(settings)
+    demo_keys = await ensure_demo(settings) if demo else None
+    servers: list[_Server] = []
+    for name in SERVICES:
+        module = importlib.import_module(f"services.{name}.app")
+        cfg = uvicorn.Config(module.create_app(settings), host=settings.host, port=settings.port_of(name),
+                             log_config=None, access_log=False, timeout_graceful_shutdown=10)
+        servers.append(_Server(cfg))
+    smtp = None
+    if settings.dev_inbox:
+        from services.devinbox.inbox import Mailbox, create_inbox_app, start_smtp
+
+        mailbox = Mailbox(Path(settings.state_dir) / "mail.jsonl")
+        smtp = start_smtp(mailbox, settings.host, settings.smtp_port)
+        servers.append(_Server(uvicorn.Config(create_inbox_app(mailbox), host=settings.host,
+                                              port=settings.inbox_port, log_config=None, access_log=False)))
+    workers = [importlib.import_module(f"services.{name}.worker").create_worker(settings, handle_signals=False)
+               for name in SERVICES]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    server_tasks = [asyncio.create_task(s.serve()) for s in servers]
+    worker_tasks = [asyncio.create_task(w.async_run()) for w in workers]
+    while not all(s.started for s in servers):
+        if any(t.done() for t in server_tasks):
+            break
+        await asyncio.sleep(0.05)
+    if all(s.started for s in servers):
+        console.print(Panel(_banner(settings, demo_keys), expand=False))
+    else:
+        console.print("[red]a server failed to start (port in use?); stopping[/red]")
+        stop.set()
+    await stop.wait()
+    for s in servers:
+        s.should_exit = True
+    for t in worker_tasks:
+        t.cancel()
+    await asyncio.gather(*server_tasks, *worker_tasks, return_exceptions=True)
+    for w in workers:
+        with contextlib.suppress(Exception):
+            await w.close()
+    if smtp is not None:
+        smtp.stop()

@@ -1,0 +1,149 @@
+"""pytest plugin: real PostgreSQL and Redis for every test that needs them.
+
+Servers come from ``TENURE_TEST_DATABASE_URL`` / ``TENURE_TEST_REDIS_URL`` when set, otherwise from the
+embedded ones (``shared.embedded``). Each run creates its own database (migrated with the real Alembic
+histories) and its own arq queue prefix, and drops the database at the end. Tests isolate themselves by
+working in a fresh workspace each.
+"""
+
+import asyncio
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import pytest_asyncio
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.core import CreatedWorkspace, create_workspace
+from shared.db import create_engine, create_sessionmaker
+from shared.embedded import EmbeddedServers, free_port
+from shared.settings import Settings
+
+INTERNAL_TOKEN = "test-internal-token"
+
+
+@dataclass
+class Servers:
+    admin_database_url: str
+    redis_url: str
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[Servers]:
+    db = os.environ.get("TENURE_TEST_DATABASE_URL")
+    redis = os.environ.get("TENURE_TEST_REDIS_URL")
+    if db and redis:
+        yield Servers(db, redis)
+        return
+    state = Path(tempfile.mkdtemp(prefix="tenure-test-"))
+    with EmbeddedServers(state, postgres=not db, redis=not redis) as emb:
+        yield Servers(db or emb.database_url or "", redis or emb.redis_url or "")
+
+
+def _asyncpg_dsn(url: str) -> tuple[str, dict[str, str]]:
+    u = make_url(url)
+    kwargs: dict[str, str] = {}
+    host = u.query.get("host")
+    if host:
+        kwargs["host"] = host if isinstance(host, str) else host[0]
+        u = u.set(query={})
+    return u.set(drivername="postgresql").render_as_string(hide_password=False), kwargs
+
+
+@pytest.fixture(scope="session")
+def database_url(servers: Servers) -> Iterator[str]:
+    """A fresh database for this run, migrated to head; dropped afterwards."""
+    from shared.migrate import upgrade_all
+
+    name = f"tenure_test_{uuid.uuid4().hex[:10]}"
+    admin, kw = _asyncpg_dsn(servers.admin_database_url)
+
+    async def admin_exec(sql: str) -> None:
+        conn = await asyncpg.connect(admin, **kw)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin_exec(f'create database "{name}"'))
+    url = make_url(servers.admin_database_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade_all(Settings(database_url=url, redis_url=servers.redis_url))
+        yield url
+    finally:
+        asyncio.run(admin_exec(f'drop database if exists "{name}" with (force)'))
+
+
+@pytest.fixture(scope="session")
+def smtp_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, servers: Servers, smtp_port: int) -> Settings:
+    return Settings(
+        env="test",
+        database_url=database_url,
+        redis_url=servers.redis_url,
+        queue_prefix=f"tenure-test-{uuid.uuid4().hex[:8]}",
+        internal_token=INTERNAL_TOKEN,
+        smtp_port=smtp_port,
+        log_json=True,
+        log_level="WARNING",
+        http_retries=1,
+    )
+
+
+@pytest_asyncio.fixture(scope="session")
+async def sessionmaker(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(settings, pool_size=5)
+    yield create_sessionmaker(engine)
+    await engine.dispose()
+
+
+@pytest_asyncio.fixture
+async def workspace(sessionmaker: async_sessionmaker[AsyncSession]) -> CreatedWorkspace:
+    async with sessionmaker() as session, session.begin():
+        return await create_workspace(session, f"test-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(scope="session")
+def mailbox(smtp_port: int) -> Iterator[object]:
+    """A real SMTP server (aiosmtpd) on loopback that keeps what it receives."""
+    from services.devinbox.inbox import Mailbox, start_smtp
+
+    box = Mailbox()
+    controller = start_smtp(box, "127.0.0.1", smtp_port)
+    yield box
+    controller.stop()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def apps(settings: Settings) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
+    """In-process clients for the four service apps (lifespans run), keyed by service name."""
+    import importlib
+    from contextlib import AsyncExitStack
+
+    clients: dict[str, httpx.AsyncClient] = {}
+    async with AsyncExitStack() as stack:
+        for name in ("ingest", "segment", "campaign", "delivery"):
+            app = importlib.import_module(f"services.{name}.app").create_app(settings)
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            clients[name] = await stack.enter_async_context(
+                httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url=f"http://{name}")
+            )
+        yield clients
+
+
+def internal_headers(workspace_id: uuid.UUID | str | None = None) -> dict[str, str]:
+    h = {"Authorization": f"Bearer {INTERNAL_TOKEN}"}
+    if workspace_id:
+        h["X-Tenure-Workspace"] = str(workspace_id)
+    return h

@@ -1,0 +1,153 @@
+"""Ingest's tracking API through HTTP, against real Postgres and Redis."""
+
+import gzip
+import uuid
+
+import orjson
+import pytest
+from sqlalchemy import text
+
+from shared.testing import internal_headers
+
+PROBLEM = "application/problem+json"
+
+
+async def _count_events(sessionmaker, ws) -> int:
+    async with sessionmaker() as s:
+        return (await s.execute(text("select count(*) from ingest.events where workspace_id = :ws"),
+                                {"ws": ws})).scalar_one()
+
+
+async def test_identify_then_track_builds_a_profile(apps, workspace) -> None:
+    c = apps["ingest"]
+    auth = (workspace.write_key, "")
+    r = await c.post("/v1/identify", auth=auth, json={
+        "userId": "u-1", "traits": {"email": "ada@example.com", "first_name": "Ada"},
+        "context": {"locale": "fr-CA", "timezone": "America/Montreal"}})
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+    r = await c.post("/v1/track", auth=auth, json={"userId": "u-1", "event": "Signed Up", "messageId": "m-1"})
+    assert r.status_code == 200 and r.json() == {"success": True, "accepted": 1, "duplicates": 0, "rejected": []}
+
+    for ref in ("u-1", "ada@example.com"):
+        p = await c.get(f"/v1/profiles/{ref}", headers={"Authorization": f"Bearer {workspace.secret_key}"})
+        assert p.status_code == 200
+        assert p.json()["traits"] == {"email": "ada@example.com", "first_name": "Ada", "locale": "fr-CA",
+                                      "timezone": "America/Montreal"}
+
+
+async def test_same_message_id_is_stored_once(apps, workspace, sessionmaker) -> None:
+    auth = (workspace.write_key, "")
+    body = {"userId": "u-2", "event": "Order Completed", "messageId": "dup-1"}
+    first = await apps["ingest"].post("/v1/track", auth=auth, json=body)
+    again = await apps["ingest"].post("/v1/track", auth=auth, json=body)
+    assert first.json()["accepted"] == 1
+    assert again.status_code == 200 and again.json()["duplicates"] == 1
+    assert await _count_events(sessionmaker, workspace.workspace_id) == 1
+
+
+async def test_batch_keeps_valid_messages_and_names_rejected_ones(apps, workspace, sessionmaker) -> None:
+    r = await apps["ingest"].post("/v1/batch", json={
+        "writeKey": workspace.write_key,
+        "batch": [
+            {"type": "track", "anonymousId": "a-1", "event": "Viewed"},
+            {"type": "track", "anonymousId": "a-1"},
+            {"type": "identify", "traits": {"x": 1}},
+            {"type": "page", "anonymousId": "a-1", "name": "Home"},
+        ],
+    })
+    assert r.status_code == 200
+    assert r.json()["accepted"] == 2
+    assert [x["index"] for x in r.json()["rejected"]] == [1, 2]
+    assert await _count_events(sessionmaker, workspace.workspace_id) == 2
+
+
+async def test_gzip_bodies_are_accepted(apps, workspace) -> None:
+    raw = gzip.compress(orjson.dumps({"batch": [{"type": "track", "userId": "g", "event": "Zipped"}]}))
+    r = await apps["ingest"].post("/v1/batch", content=raw, auth=(workspace.write_key, ""),
+                                  headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "kwargs", "status"),
+    [
+        ("/v1/track", {"content": b"{not json"}, 400),
+        ("/v1/track", {"content": b"[1, 2]"}, 400),
+        ("/v1/track", {"json": {"event": "No identity"}}, 422),
+        ("/v1/track", {"json": {"userId": "u"}}, 422),
+        ("/v1/identify", {"json": {"traits": {}}}, 422),
+        ("/v1/batch", {"json": {"batch": []}}, 422),
+        ("/v1/batch", {"json": {"nobatch": 1}}, 422),
+        ("/v1/track", {"json": {"userId": "u", "event": "big", "properties": {"x": "y" * 40_000}}}, 413),
+        ("/v1/batch", {"content": b"{" + b" " * 600_000 + b"}"}, 413),
+        ("/v1/track", {"content": b"\x00garbage", "headers": {"Content-Encoding": "gzip"}}, 400),
+    ],
+)
+async def test_bad_input_is_a_problem_and_writes_nothing(apps, workspace, sessionmaker, path, kwargs, status) -> None:
+    r = await apps["ingest"].post(path, auth=(workspace.write_key, ""), **kwargs)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith(PROBLEM)
+    assert r.json()["status"] == status and r.json()["detail"]
+    assert await _count_events(sessionmaker, workspace.workspace_id) == 0
+
+
+@pytest.mark.parametrize(
+    ("auth", "status"),
+    [(None, 401), (("wk_not-a-key", ""), 401), ("secret", 403)],
+)
+async def test_wrong_key_is_refused(apps, workspace, sessionmaker, auth, status) -> None:
+    if auth == "secret":
+        auth = (workspace.secret_key, "")
+    r = await apps["ingest"].post("/v1/track", auth=auth, json={"userId": "u", "event": "E"})
+    assert r.status_code == status and r.headers["content-type"].startswith(PROBLEM)
+    assert await _count_events(sessionmaker, workspace.workspace_id) == 0
+
+
+async def test_management_endpoints_refuse_write_keys_and_strangers(apps, workspace) -> None:
+    c = apps["ingest"]
+    assert (await c.get("/v1/profiles/x", auth=(workspace.write_key, ""))).status_code == 403
+    assert (await c.get("/v1/profiles/x")).status_code == 401
+    assert (await c.get("/v1/events", headers={"Authorization": f"Bearer {workspace.secret_key}"})).status_code == 403
+    missing = await c.get(f"/v1/profiles/{uuid.uuid4()}", headers={"Authorization": f"Bearer {workspace.secret_key}"})
+    assert missing.status_code == 404 and missing.headers["content-type"].startswith(PROBLEM)
+
+
+async def test_feed_pages_in_order_and_rejects_bad_cursors(apps, workspace) -> None:
+    auth = (workspace.write_key, "")
+    for i in range(5):
+        await apps["ingest"].post("/v1/track", auth=auth, json={"userId": "f", "event": f"E{i}",
+                                                                 "messageId": f"feed-{workspace.workspace_id}-{i}"})
+    seen: list[str] = []
+    cursor = ""
+    while True:
+        page = (await apps["ingest"].get("/v1/events", params={"after": cursor, "limit": 2},
+                                         headers=internal_headers())).json()
+        if not page["events"]:
+            break
+        seen += [e["event"] for e in page["events"] if e["workspace_id"] == str(workspace.workspace_id)]
+        cursor = page["next_cursor"]
+    assert seen == [f"E{i}" for i in range(5)]
+    bad = await apps["ingest"].get("/v1/events", params={"after": "nope"}, headers=internal_headers())
+    assert bad.status_code == 400
+
+
+async def test_health_and_readiness(apps) -> None:
+    for c in apps.values():
+        assert (await c.get("/healthz")).json()["status"] == "ok"
+        ready = await c.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["checks"] == {"postgres": "ok", "redis": "ok"}
+
+
+async def test_unknown_route_is_a_problem(apps) -> None:
+    r = await apps["ingest"].get("/v1/nothing-here")
+    assert r.status_code == 404 and r.headers["content-type"].startswith(PROBLEM)
+
+
+def test_openapi_names_every_operation(apps) -> None:
+    for name, c in apps.items():
+        spec = c._transport.app.openapi()  # type: ignore[attr-defined]
+        for path, ops in spec["paths"].items():
+            for method, op in ops.items():
+                assert op.get("operationId") and op.get("summary"), f"{name} {method} {path}"
+
+

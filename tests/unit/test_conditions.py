@@ -1,0 +1,77 @@
+from datetime import date, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from services.segment.conditions import ProfileFacts, evaluate, events_of, parse
+
+TODAY = date(2026, 11, 24)
+
+leaf = st.one_of(
+    st.builds(lambda v: {"type": "trait", "trait": "plan", "op": "equals", "value": v},
+              st.sampled_from(["free", "pro"])),
+    st.builds(lambda n, d: {"type": "performed", "event": "Order Completed", "op": "at_least", "count": n,
+                            "within_days": d},
+              st.integers(0, 4), st.one_of(st.none(), st.integers(1, 40))),
+)
+trees = st.recursive(
+    leaf,
+    lambda children: st.one_of(
+        st.builds(lambda cs: {"type": "and", "children": cs}, st.lists(children, min_size=1, max_size=3)),
+        st.builds(lambda cs: {"type": "or", "children": cs}, st.lists(children, min_size=1, max_size=3)),
+        st.builds(lambda c: {"type": "not", "child": c}, children),
+    ),
+    max_leaves=8,
+)
+facts = st.builds(
+    lambda plan, days: ProfileFacts(
+        traits={"plan": plan} if plan else {},
+        counts={"Order Completed": {TODAY - timedelta(days=d): 1 for d in days}},
+    ),
+    st.sampled_from([None, "free", "pro"]),
+    st.sets(st.integers(0, 60), max_size=6),
+)
+
+
+@given(tree=trees, f=facts)
+def test_double_negation(tree: dict, f: ProfileFacts) -> None:
+    node = parse(tree)
+    assert evaluate(parse({"type": "not", "child": {"type": "not", "child": tree}}), f, TODAY) == evaluate(
+        node, f, TODAY)
+
+
+@given(a=trees, b=trees, f=facts)
+def test_de_morgan(a: dict, b: dict, f: ProfileFacts) -> None:
+    left = parse({"type": "not", "child": {"type": "and", "children": [a, b]}})
+    right = parse({"type": "or", "children": [{"type": "not", "child": a}, {"type": "not", "child": b}]})
+    assert evaluate(left, f, TODAY) == evaluate(right, f, TODAY)
+
+
+def test_window_includes_today_and_excludes_day_n() -> None:
+    node = parse({"type": "performed", "event": "Login", "op": "at_least", "count": 1, "within_days": 7})
+    assert evaluate(node, ProfileFacts(counts={"Login": {TODAY - timedelta(days=6): 1}}), TODAY)
+    assert not evaluate(node, ProfileFacts(counts={"Login": {TODAY - timedelta(days=7): 1}}), TODAY)
+
+
+def test_counts_and_operators() -> None:
+    f = ProfileFacts(traits={"age": 30, "email": "a@b.c"}, counts={"Buy": {TODAY: 2}})
+    assert evaluate(parse({"type": "performed", "event": "Buy", "op": "exactly", "count": 2}), f, TODAY)
+    assert not evaluate(parse({"type": "performed", "event": "Buy", "op": "at_most", "count": 1}), f, TODAY)
+    assert evaluate(parse({"type": "trait", "trait": "age", "op": "gte", "value": 30}), f, TODAY)
+    assert not evaluate(parse({"type": "trait", "trait": "age", "op": "gt", "value": "x"}), f, TODAY)
+    assert evaluate(parse({"type": "trait", "trait": "email", "op": "contains", "value": "@"}), f, TODAY)
+    assert not evaluate(parse({"type": "trait", "trait": "missing", "op": "exists"}), f, TODAY)
+
+
+def test_events_of_lists_dependencies() -> None:
+    node = parse({"type": "or", "children": [{"type": "performed", "event": "A"},
+                                             {"type": "not", "child": {"type": "performed", "event": "B"}}]})
+    assert sorted(events_of(node)) == ["A", "B"]
+
+
+def test_invalid_definition_names_the_node() -> None:
+    with pytest.raises(ValidationError) as info:
+        parse({"type": "and", "children": [{"type": "trait", "trait": "plan", "op": "resembles"}]})
+    assert "children" in str(info.value) and "op" in str(info.value)

@@ -1,0 +1,33 @@
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.ingest.tracking import corrected_timestamp
+
+RECEIVED = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+offsets = st.integers(min_value=-10 * 86400, max_value=10 * 86400).map(lambda s: timedelta(seconds=s))
+
+
+@given(skew=offsets, age=st.integers(min_value=0, max_value=5 * 365 * 86400).map(lambda s: timedelta(seconds=s)))
+def test_client_clock_skew_is_removed(skew: timedelta, age: timedelta) -> None:
+    # the device clock is off by `skew`; the event happened `age` before the (instant) send
+    true_time = RECEIVED - age
+    got = corrected_timestamp(RECEIVED, timestamp=None, original_timestamp=true_time + skew,
+                              sent_at=RECEIVED + skew)
+    assert got == true_time
+
+
+def test_without_sent_at_client_time_is_kept() -> None:
+    t = RECEIVED - timedelta(days=3)
+    assert corrected_timestamp(RECEIVED, timestamp=t, original_timestamp=None, sent_at=None) == t
+
+
+def test_without_any_client_time_event_happened_on_receipt() -> None:
+    assert corrected_timestamp(RECEIVED, timestamp=None, original_timestamp=None, sent_at=None) == RECEIVED
+
+
+def test_naive_times_are_utc() -> None:
+    naive = datetime(2026, 1, 1, 8, 0)
+    assert corrected_timestamp(RECEIVED, timestamp=naive, original_timestamp=None, sent_at=None) == naive.replace(
+        tzinfo=UTC)

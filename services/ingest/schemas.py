@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
 
 def _id_str(v: Any) -> Any:
@@ -15,7 +15,7 @@ def _id_str(v: Any) -> Any:
     return v
 
 
-IdStr = Annotated[str | None, BeforeValidator(_id_str), Field(default=None, max_length=512)]
+IdStr = Annotated[Annotated[str, StringConstraints(max_length=512)] | None, BeforeValidator(_id_str)]
 
 
 class _Message(BaseModel):

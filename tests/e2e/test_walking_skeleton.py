@@ -1,0 +1,176 @@
+"""The whole path with real processes: identify + track over HTTP → one personalised email in a real SMTP
+server, exactly once, through `tenure serve` and `tenure worker` for all four services."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.devinbox.inbox import Mailbox, start_smtp
+from shared.embedded import free_port
+from shared.settings import SERVICES
+
+pytestmark = pytest.mark.e2e
+TENURE = str(Path(sys.executable).parent / "tenure")
+
+
+class Stack:
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+        self.apis: dict[str, subprocess.Popen[bytes]] = {}
+        self.workers: dict[str, subprocess.Popen[bytes]] = {}
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.env[f'TENURE_{service.upper()}_PORT']}"
+
+    def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([TENURE, *args], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def start_apis(self) -> None:
+        self.apis = {s: self._spawn("serve", s) for s in SERVICES}
+        deadline = time.monotonic() + 60
+        for s in SERVICES:
+            while True:
+                try:
+                    if httpx.get(self.url(s) + "/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if self.apis[s].poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{s} did not start: {self.apis[s].stderr.read().decode()[-2000:]}")
+                time.sleep(0.1)
+
+    def start_workers(self) -> None:
+        self.workers = {s: self._spawn("worker", s) for s in SERVICES}
+
+    def stop_workers(self) -> None:
+        for p in self.workers.values():
+            p.send_signal(signal.SIGTERM)
+        for p in self.workers.values():
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    def stop(self) -> None:
+        self.stop_workers()
+        for p in self.apis.values():
+            p.send_signal(signal.SIGTERM)
+        for p in self.apis.values():
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.fixture
+def stack(settings) -> Iterator[tuple[Stack, Mailbox]]:
+    box = Mailbox()
+    smtp_port = free_port()
+    controller = start_smtp(box, "127.0.0.1", smtp_port)
+    env = {
+        **os.environ,
+        "TENURE_ENV": "test",
+        "TENURE_DATABASE_URL": settings.database_url,
+        "TENURE_REDIS_URL": settings.redis_url,
+        "TENURE_QUEUE_PREFIX": settings.queue_prefix + "-e2e",
+        "TENURE_INTERNAL_TOKEN": settings.internal_token,
+        "TENURE_SMTP_PORT": str(smtp_port),
+        "TENURE_FEED_POLL_INTERVAL_S": "1",
+        "TENURE_LOG_LEVEL": "WARNING",
+        **{f"TENURE_{s.upper()}_PORT": str(free_port()) for s in SERVICES},
+    }
+    s = Stack(env)
+    try:
+        s.start_apis()
+        s.start_workers()
+        yield s, box
+    finally:
+        s.stop()
+        controller.stop()
+
+
+async def _wait_for(predicate, timeout: float = 45.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        await asyncio.sleep(0.2)
+
+
+async def test_identify_and_track_send_exactly_one_personal_email(stack, workspace) -> None:
+    s, box = stack
+    mgmt = {"Authorization": f"Bearer {workspace.secret_key}"}
+    wk = (workspace.write_key, "")
+    async with httpx.AsyncClient(timeout=10) as c:
+        tpl = await c.post(f"{s.url('campaign')}/v1/templates", headers=mgmt, json={
+            "name": "welcome", "subject": "Welcome, {{ profile.first_name }}!",
+            "html": "<p>Hello {{ profile.first_name }}</p>", "text": "Hello {{ profile.first_name }}"})
+        assert tpl.status_code == 201, tpl.text
+        camp = await c.post(f"{s.url('campaign')}/v1/campaigns", headers=mgmt, json={
+            "name": "welcome", "trigger": {"type": "event", "event": "Signed Up"}, "template_id": tpl.json()["id"]})
+        assert camp.status_code == 201, camp.text
+
+        r = await c.post(f"{s.url('ingest')}/v1/identify", auth=wk, json={
+            "userId": "e2e-ada", "traits": {"email": "ada@e2e.example", "first_name": "Ada"}})
+        assert r.status_code == 200
+        track = {"userId": "e2e-ada", "event": "Signed Up", "messageId": "e2e-signup-1"}
+        assert (await c.post(f"{s.url('ingest')}/v1/track", auth=wk, json=track)).json()["accepted"] == 1
+
+        await _wait_for(lambda: len(box.messages) >= 1)
+        mail = box.messages[0]
+        assert mail["to"] == ["ada@e2e.example"]
+        assert mail["subject"] == "Welcome, Ada!"
+        assert "Hello Ada" in mail["text"] and "Hello Ada" in mail["html"]
+
+        # the same track again (a client retry), and the workers restarted: nothing more is sent
+        assert (await c.post(f"{s.url('ingest')}/v1/track", auth=wk, json=track)).json()["duplicates"] == 1
+        s.stop_workers()
+        s.start_workers()
+        await asyncio.sleep(6)
+        assert len(box.messages) == 1
+
+        sends = (await c.get(f"{s.url('campaign')}/v1/campaigns/{camp.json()['id']}/sends", headers=mgmt)).json()
+        assert [x["status"] for x in sends["sends"]] == ["dispatched"]
+        msg = (await c.get(f"{s.url('delivery')}/v1/messages/{sends['sends'][0]['delivery_message_id']}",
+                           headers=mgmt)).json()
+        assert msg["status"] == "sent" and msg["attempts"] == 1
+
+
+async def test_segment_entry_triggers_a_campaign(stack, workspace) -> None:
+    s, box = stack
+    mgmt = {"Authorization": f"Bearer {workspace.secret_key}"}
+    wk = (workspace.write_key, "")
+    async with httpx.AsyncClient(timeout=10) as c:
+        seg = await c.post(f"{s.url('segment')}/v1/segments", headers=mgmt, json={
+            "name": "repeat buyers", "definition": {
+                "type": "and", "children": [
+                    {"type": "trait", "trait": "plan", "op": "equals", "value": "pro"},
+                    {"type": "performed", "event": "Order Completed", "op": "at_least", "count": 2,
+                     "within_days": 30}]}})
+        assert seg.status_code == 201, seg.text
+        tpl = await c.post(f"{s.url('campaign')}/v1/templates", headers=mgmt, json={
+            "name": "thanks", "subject": "Thanks for coming back, {{ profile.first_name }}", "text": "You rock"})
+        await c.post(f"{s.url('campaign')}/v1/campaigns", headers=mgmt, json={
+            "name": "loyal", "trigger": {"type": "segment_entered", "segment_id": seg.json()["id"]},
+            "template_id": tpl.json()["id"]})
+        await c.post(f"{s.url('ingest')}/v1/identify", auth=wk, json={
+            "userId": "bob", "traits": {"email": "bob@e2e.example", "first_name": "Bob", "plan": "pro"}})
+        await c.post(f"{s.url('ingest')}/v1/track", auth=wk, json={"userId": "bob", "event": "Order Completed"})
+        await asyncio.sleep(3)
+        assert box.messages == []  # one order is not enough
+        await c.post(f"{s.url('ingest')}/v1/track", auth=wk, json={"userId": "bob", "event": "Order Completed"})
+        await _wait_for(lambda: len(box.messages) >= 1)
+        assert box.messages[0]["subject"] == "Thanks for coming back, Bob"
+        members = (await c.get(f"{s.url('segment')}/v1/segments/{seg.json()['id']}/members", headers=mgmt)).json()
+        assert len(members["members"]) == 1
+        await c.post(f"{s.url('ingest')}/v1/track", auth=wk, json={"userId": "bob", "event": "Order Completed"})
+        await asyncio.sleep(3)
+        assert len(box.messages) == 1  # still a member: no second entry, no second mail

@@ -12,9 +12,9 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from sqlalchemy import Column, DateTime, MetaData, func, text
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.types import UserDefinedType
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.types import UserDefinedType
 
 from shared.settings import Settings
 

@@ -1,0 +1,122 @@
+"""Delivery's idempotent send API and SMTP worker, segment and campaign validation, through HTTP."""
+
+import uuid
+
+from aiosmtpd.controller import Controller
+from sqlalchemy import text
+
+from services.delivery import sending
+from shared.embedded import free_port
+
+PROBLEM = "application/problem+json"
+
+
+def _msg(key: str, **kw) -> dict:
+    return {"idempotency_key": key, "to": "ada@example.com", "subject": "Hi", "text": "Hello", **kw}
+
+
+async def test_send_is_idempotent_per_key(apps, workspace, sessionmaker) -> None:
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    first = await apps["delivery"].post("/v1/messages", headers=h, json=_msg("k-1"))
+    again = await apps["delivery"].post("/v1/messages", headers=h, json=_msg("k-1"))
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.headers["Idempotent-Replayed"] == "true" and again.json()["id"] == first.json()["id"]
+    clash = await apps["delivery"].post("/v1/messages", headers=h, json=_msg("k-1", subject="Other"))
+    assert clash.status_code == 409 and clash.headers["content-type"].startswith(PROBLEM)
+    async with sessionmaker() as s:
+        n = (await s.execute(text("select count(*) from delivery.messages where workspace_id = :ws"),
+                             {"ws": workspace.workspace_id})).scalar_one()
+    assert n == 1
+
+
+async def test_bad_messages_are_problems_and_write_nothing(apps, workspace, sessionmaker) -> None:
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    for body in ({"to": "x"}, _msg("k", to="not-an-email"), _msg("k", text=None), _msg("")):
+        r = await apps["delivery"].post("/v1/messages", headers=h, json=body)
+        assert r.status_code == 422 and r.headers["content-type"].startswith(PROBLEM), r.text
+    assert (await apps["delivery"].post("/v1/messages", json=_msg("k"))).status_code == 401
+    wk = await apps["delivery"].post("/v1/messages", json=_msg("k"), auth=(workspace.write_key, ""))
+    assert wk.status_code == 403
+    bad_json = await apps["delivery"].post("/v1/messages", headers={**h, "content-type": "application/json"},
+                                           content=b"{oops")
+    assert bad_json.status_code == 400 and bad_json.headers["content-type"].startswith(PROBLEM)
+    async with sessionmaker() as s:
+        n = (await s.execute(text("select count(*) from delivery.messages where workspace_id = :ws"),
+                             {"ws": workspace.workspace_id})).scalar_one()
+    assert n == 0
+
+
+async def test_worker_sends_over_smtp_once(apps, workspace, sessionmaker, settings, mailbox) -> None:
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    key = f"smtp-{uuid.uuid4()}"
+    created = await apps["delivery"].post("/v1/messages", headers=h, json=_msg(key, html="<p>Hello</p>"))
+    await sending.send_due(sessionmaker, settings)
+    await sending.send_due(sessionmaker, settings)  # a second pass finds nothing to send
+    got = [m for m in mailbox.messages if m["headers"].get("X-Tenure-Message-Id") == created.json()["id"]]
+    assert len(got) == 1 and got[0]["text"].strip() == "Hello" and got[0]["html"].strip() == "<p>Hello</p>"
+    msg = (await apps["delivery"].get(f"/v1/messages/{created.json()['id']}", headers=h)).json()
+    assert msg["status"] == "sent" and msg["attempts"] == 1 and msg["provider_message_id"].startswith("<")
+
+
+class _Refuse:
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: ANN001
+        return "550 5.1.1 no such user"
+
+
+async def test_permanent_smtp_error_fails_at_once(apps, workspace, sessionmaker, settings) -> None:
+    port = free_port()
+    controller = Controller(_Refuse(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        h = {"Authorization": f"Bearer {workspace.secret_key}"}
+        created = await apps["delivery"].post("/v1/messages", headers=h, json=_msg(f"refused-{uuid.uuid4()}"))
+        await sending.send_due(sessionmaker, settings.model_copy(update={"smtp_port": port}))
+    finally:
+        controller.stop()
+    msg = (await apps["delivery"].get(f"/v1/messages/{created.json()['id']}", headers=h)).json()
+    assert msg["status"] == "failed" and "550" in msg["last_error"]
+
+
+async def test_unreachable_smtp_is_retried_later(apps, workspace, sessionmaker, settings) -> None:
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    created = await apps["delivery"].post("/v1/messages", headers=h, json=_msg(f"later-{uuid.uuid4()}"))
+    await sending.send_due(sessionmaker, settings.model_copy(update={"smtp_port": free_port(), "smtp_timeout_s": 2}))
+    msg = (await apps["delivery"].get(f"/v1/messages/{created.json()['id']}", headers=h)).json()
+    assert msg["status"] == "queued" and msg["attempts"] == 1 and msg["last_error"]
+
+
+async def test_segment_definition_errors_say_where(apps, workspace) -> None:
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    r = await apps["segment"].post("/v1/segments", headers=h, json={"name": "bad", "definition": {
+        "type": "and", "children": [{"type": "performed", "event": "X", "count": -1}]}})
+    assert r.status_code == 422 and r.headers["content-type"].startswith(PROBLEM)
+    assert any("children" in e["at"] and "count" in e["at"] for e in r.json()["errors"])
+    ok = await apps["segment"].post("/v1/segments", headers=h, json={"name": "fine", "definition": {
+        "type": "trait", "trait": "plan", "op": "equals", "value": "pro"}})
+    assert ok.status_code == 201 and ok.json()["version"] == 1
+    dup = await apps["segment"].post("/v1/segments", headers=h, json={"name": "fine", "definition": {
+        "type": "trait", "trait": "plan"}})
+    assert dup.status_code == 409
+    listed = (await apps["segment"].get("/v1/segments", headers=h)).json()
+    assert [s["name"] for s in listed["segments"]] == ["fine"]
+
+
+async def test_template_and_campaign_validation(apps, workspace) -> None:
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    bad = await apps["campaign"].post("/v1/templates", headers=h, json={
+        "name": "t", "subject": "Hi", "html": "{% if %}"})
+    assert bad.status_code == 422 and bad.json()["field"] == "html"
+    nobody = await apps["campaign"].post("/v1/templates", headers=h, json={"name": "t", "subject": "Hi"})
+    assert nobody.status_code == 422
+    missing_tpl = await apps["campaign"].post("/v1/campaigns", headers=h, json={
+        "name": "c", "trigger": {"type": "event", "event": "E"}, "template_id": str(uuid.uuid4())})
+    assert missing_tpl.status_code == 404
+    bad_trigger = await apps["campaign"].post("/v1/campaigns", headers=h, json={
+        "name": "c", "trigger": {"type": "telepathy"}, "template_id": str(uuid.uuid4())})
+    assert bad_trigger.status_code == 422
+    tpl = await apps["campaign"].post("/v1/templates", headers=h, json={"name": "t", "subject": "Hi", "text": "x"})
+    camp = await apps["campaign"].post("/v1/campaigns", headers=h, json={
+        "name": "c", "trigger": {"type": "event", "event": "E"}, "template_id": tpl.json()["id"]})
+    assert camp.status_code == 201
+    paused = await apps["campaign"].post(f"/v1/campaigns/{camp.json()['id']}/pause", headers=h)
+    assert paused.json()["status"] == "paused"

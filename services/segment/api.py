@@ -23,7 +23,9 @@ _NOT_FOUND = {**COMMON_ERRORS, 404: problem_schema("No such segment")}
 @router.post("/segments", status_code=201, response_model=SegmentOut, operation_id="create_segment",
              summary="Create a segment; existing profiles are evaluated in the background",
              responses={**COMMON_ERRORS, 409: problem_schema("Name already used")})
-async def create_segment(body: SegmentCreate, ws: WorkspaceDep, session: SessionDep, request: Request) -> dict[str, Any]:
+async def create_segment(
+    body: SegmentCreate, ws: WorkspaceDep, session: SessionDep, request: Request
+) -> dict[str, Any]:
     async with session.begin():
         seg = await segments.create_segment(session, ws, body.name, body.definition)
     await request.app.state.redis.enqueue_job(

@@ -12,7 +12,6 @@ from typing import Any
 import orjson
 import uvicorn
 from rich.console import Console
-from rich.panel import Panel
 
 from shared.core import create_workspace
 from shared.db import create_engine, create_sessionmaker
@@ -68,7 +67,7 @@ async def ensure_demo(settings: Settings) -> dict[str, Any]:
 
 def _banner(settings: Settings, demo: dict[str, Any] | None) -> str:
     urls = "\n".join(f"  {s:<9} {settings.url_of(s)}/docs" for s in SERVICES)  # type: ignore[arg-type]
-    text = f"[bold]Tenure is running[/bold]\n\nAPIs (OpenAPI docs):\n{urls}\n"
+    text = f"\n[bold green]Tenure is running[/bold green]\n\nAPIs (OpenAPI docs):\n{urls}\n"
     if settings.dev_inbox:
         text += f"  inbox     http://{settings.host}:{settings.inbox_port}  (SMTP on {settings.smtp_port})\n"
     if demo:
@@ -118,7 +117,8 @@ async def run_dev(settings: Settings, *, demo: bool, console: Console) -> None:
             break
         await asyncio.sleep(0.05)
     if all(s.started for s in servers):
-        console.print(Panel(_banner(settings, demo_keys), expand=False))
+        # plain text, never wrapped: the curl lines must survive copy-paste
+        console.print(_banner(settings, demo_keys), soft_wrap=True, highlight=False)
     else:
         console.print("[red]a server failed to start (port in use?); stopping[/red]")
         stop.set()

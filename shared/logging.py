@@ -41,6 +41,7 @@ def configure_logging(settings: Settings, *, force: bool = False) -> None:
     )
     # Route stdlib loggers (uvicorn, arq, alembic) through the same level.
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("uvicorn.access", "httpx", "aiosmtpd", "mail.log"):
+    # arq logs every job start and end at INFO (crons run every few seconds): keep its warnings only
+    for noisy in ("uvicorn.access", "httpx", "aiosmtpd", "mail.log", "arq.worker", "arq.jobs"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     _configured = True

@@ -26,6 +26,8 @@ from shared.settings import ServiceName, Settings
 
 log = structlog.get_logger()
 
+_QUIET_PATHS = frozenset({"/healthz", "/readyz", "/v1/events", "/v1/transitions"})
+
 
 class RequestContextMiddleware(BaseHTTPMiddleware):
     """Binds a request id (taken from ``X-Request-ID`` or generated) to every log line and echoes it."""
@@ -37,7 +39,9 @@ class RequestContextMiddleware(BaseHTTPMiddleware):
         started = time.perf_counter()
         response = await call_next(request)
         response.headers[REQUEST_ID_HEADER] = rid
-        log.info(
+        # probes and feed polls are frequent and uninteresting unless they fail
+        quiet = request.url.path in _QUIET_PATHS and response.status_code < 400
+        (log.debug if quiet else log.info)(
             "http.request",
             method=request.method,
             path=request.url.path,

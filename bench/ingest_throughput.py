@@ -1,0 +1,172 @@
+"""Ingest throughput next to the raw PostgreSQL baseline, measured in the same run.
+
+    .venv/bin/python bench/ingest_throughput.py [--events 50000] [--batch 100] [--concurrency 8]
+
+Prints three figures on the same database:
+  1. baseline: binary COPY of event-shaped rows into a scratch table (rows/s, the ceiling);
+  2. ingest's write path in-process (`tracking.record`, one transaction per batch) (events/s);
+  3. the HTTP API end to end: `tenure serve ingest` in its own process, `/v1/batch` requests from
+     concurrent clients, 2xx only after commit (events/s).
+Uses TENURE_DATABASE_URL / TENURE_REDIS_URL when set (a scratch database is created next to it and
+dropped), otherwise the embedded servers.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import httpx
+import orjson
+from sqlalchemy.engine import make_url
+
+from services.ingest import tracking
+from shared.core import create_workspace
+from shared.db import create_engine, create_sessionmaker
+from shared.embedded import EmbeddedServers, free_port
+from shared.migrate import upgrade_all
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _dsn(url: str) -> tuple[str, dict[str, str]]:
+    u = make_url(url)
+    kw = {}
+    if u.query.get("host"):
+        kw["host"] = u.query["host"]
+        u = u.set(query={})
+    return u.set(drivername="postgresql").render_as_string(hide_password=False), kw
+
+
+def _message(i: int, run: str) -> dict:
+    return {"type": "track", "userId": f"user-{i % 1000}", "event": "Song Played",
+            "messageId": f"{run}-{i}", "properties": {"n": i, "genre": "jazz"},
+            "context": {"library": {"name": "bench"}}, "timestamp": datetime.now(UTC).isoformat()}
+
+
+async def baseline_copy(url: str, n: int) -> float:
+    dsn, kw = _dsn(url)
+    conn = await asyncpg.connect(dsn, **kw)
+    try:
+        # a logged table with the event log's columns, defaults and indexes: the honest ceiling
+        await conn.execute("create table public.copy_events (like ingest.events including all)")
+        ws, now = uuid.uuid4(), datetime.now(UTC)
+        cols = ["workspace_id", "message_id", "type", "event", "profile_id", "user_id", "properties", "context",
+                "timestamp", "received_at"]
+        rows = [(ws, f"m-{i}", "track", "Song Played", uuid.uuid4(), f"user-{i % 1000}",
+                 orjson.dumps({"n": i, "genre": "jazz"}).decode(), '{"library": {"name": "bench"}}', now, now)
+                for i in range(n)]
+        t = time.perf_counter()
+        await conn.copy_records_to_table("copy_events", records=rows, columns=cols, schema_name="public")
+        return n / (time.perf_counter() - t)
+    finally:
+        await conn.execute("drop table if exists public.copy_events")
+        await conn.close()
+
+
+async def in_process(settings: Settings, ws: uuid.UUID, n: int, batch: int) -> float:
+    engine = create_engine(settings, pool_size=2)
+    sm = create_sessionmaker(engine)
+    run = uuid.uuid4().hex[:8]
+    from services.ingest.schemas import TrackMessage
+
+    msgs = [TrackMessage.model_validate(_message(i, run)) for i in range(n)]
+    t = time.perf_counter()
+    for start in range(0, n, batch):
+        now = datetime.now(UTC)
+        envs = [tracking.normalize(m, now) for m in msgs[start:start + batch]]
+        async with sm() as s, s.begin():
+            await tracking.record(s, ws, envs, now)
+    rate = n / (time.perf_counter() - t)
+    await engine.dispose()
+    return rate
+
+
+async def over_http(settings: Settings, write_key: str, n: int, batch: int, concurrency: int) -> float:
+    port = free_port()
+    env = {**os.environ, "TENURE_DATABASE_URL": settings.database_url or "", "TENURE_REDIS_URL": settings.redis_url or "",
+           "TENURE_INGEST_PORT": str(port), "TENURE_LOG_LEVEL": "WARNING", "TENURE_QUEUE_PREFIX": "bench"}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "tenure"), "serve", "ingest"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base, auth=(write_key, ""), timeout=60) as c:
+            for _ in range(200):
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await c.get("/readyz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+            run = uuid.uuid4().hex[:8]
+            bodies = [orjson.dumps({"batch": [_message(i, run) for i in range(s, min(n, s + batch))]})
+                      for s in range(0, n, batch)]
+            queue = list(bodies)
+            errors = 0
+
+            async def client() -> None:
+                nonlocal errors
+                while queue:
+                    body = queue.pop()
+                    r = await c.post("/v1/batch", content=body, headers={"content-type": "application/json"})
+                    errors += r.status_code != 200
+            t = time.perf_counter()
+            await asyncio.gather(*(client() for _ in range(concurrency)))
+            rate = n / (time.perf_counter() - t)
+            if errors:
+                print(f"  ({errors} requests failed)")
+            return rate
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=50_000)
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--concurrency", type=int, default=8)
+    args = ap.parse_args()
+
+    base = Settings()
+    with contextlib.ExitStack() as stack:
+        if not (base.database_url and base.redis_url):
+            emb = stack.enter_context(EmbeddedServers(ROOT / ".tenure" / "bench", postgres=not base.database_url,
+                                                      redis=not base.redis_url))
+            base = base.model_copy(update={"database_url": base.database_url or emb.database_url,
+                                           "redis_url": base.redis_url or emb.redis_url})
+        name = f"tenure_bench_{uuid.uuid4().hex[:8]}"
+        dsn, kw = _dsn(base.database_url or "")
+        admin = await asyncpg.connect(dsn, **kw)
+        await admin.execute(f'create database "{name}"')
+        url = make_url(base.database_url or "").set(database=name).render_as_string(hide_password=False)
+        settings = base.model_copy(update={"database_url": url})
+        try:
+            await asyncio.to_thread(upgrade_all, settings)
+            engine = create_engine(settings, pool_size=1)
+            async with create_sessionmaker(engine)() as s, s.begin():
+                ws = await create_workspace(s, "bench")
+            await engine.dispose()
+
+            copy_rate = await baseline_copy(url, args.events)
+            record_rate = await in_process(settings, ws.workspace_id, args.events, args.batch)
+            http_rate = await over_http(settings, ws.write_key, args.events, args.batch, args.concurrency)
+        finally:
+            await admin.execute(f'drop database if exists "{name}" with (force)')
+            await admin.close()
+    print(f"events={args.events} batch={args.batch} concurrency={args.concurrency}")
+    print(f"baseline  COPY (binary, one connection)        {copy_rate:>10,.0f} rows/s")
+    print(f"ingest    tracking.record (in-process)          {record_rate:>10,.0f} events/s "
+          f"({record_rate / copy_rate:.0%} of COPY)")
+    print(f"ingest    POST /v1/batch (HTTP, 1 uvicorn)      {http_rate:>10,.0f} events/s "
+          f"({http_rate / copy_rate:.0%} of COPY)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,91 @@
+"""The `tenure` command as a user runs it: migrate, workspace create, dev + mail."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shared.embedded import free_port
+
+TENURE = str(Path(sys.executable).parent / "tenure")
+
+
+def _env(settings, **extra: str) -> dict[str, str]:
+    return {**os.environ, "TENURE_DATABASE_URL": settings.database_url, "TENURE_REDIS_URL": settings.redis_url,
+            "TENURE_INTERNAL_TOKEN": settings.internal_token, "TENURE_LOG_LEVEL": "WARNING", **extra}
+
+
+def test_migrate_is_idempotent(settings) -> None:
+    for _ in range(2):
+        r = subprocess.run([TENURE, "migrate"], env=_env(settings), capture_output=True, timeout=120)
+        assert r.returncode == 0, r.stderr.decode()
+
+
+async def test_workspace_create_json_keys_work(settings, apps) -> None:
+    r = subprocess.run([TENURE, "workspace", "create", "acme", "--json"], env=_env(settings), capture_output=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr.decode()
+    keys = json.loads(r.stdout)
+    assert set(keys) == {"workspace_id", "write_key", "secret_key"}
+    tracked = await apps["ingest"].post("/v1/track", auth=(keys["write_key"], ""), json={"userId": "u", "event": "E"})
+    assert tracked.status_code == 200
+    missing = await apps["ingest"].get("/v1/profiles/nobody", headers={"Authorization": f"Bearer {keys['secret_key']}"})
+    assert missing.status_code == 404
+
+
+@pytest.mark.parametrize("command", [["serve", "ingest"], ["worker", "delivery"]])
+def test_serve_and_worker_refuse_to_run_without_servers(command: list[str]) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("TENURE_DATABASE_URL", "TENURE_REDIS_URL")}
+    r = subprocess.run([TENURE, *command], env=env, capture_output=True, timeout=60)
+    assert r.returncode == 2 and b"TENURE_DATABASE_URL" in r.stderr
+
+
+def test_dev_runs_everything_and_the_printed_example_reaches_the_inbox(settings, tmp_path) -> None:
+    ports = {f"TENURE_{s}_PORT": str(free_port()) for s in ("INGEST", "SEGMENT", "CAMPAIGN", "DELIVERY", "INBOX", "SMTP")}
+    env = _env(settings, TENURE_STATE_DIR=str(tmp_path / "state"), TENURE_QUEUE_PREFIX=settings.queue_prefix + "-dev",
+               TENURE_FEED_POLL_INTERVAL_S="1", **ports)
+    proc = subprocess.Popen([TENURE, "dev"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    inbox = f"http://127.0.0.1:{ports['TENURE_INBOX_PORT']}"
+    ingest = f"http://127.0.0.1:{ports['TENURE_INGEST_PORT']}"
+    try:
+        demo_file = tmp_path / "state" / "demo.json"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if demo_file.exists() and httpx.get(f"{ingest}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "tenure dev did not come up"
+            time.sleep(0.2)
+        demo = json.loads(demo_file.read_text())
+        wk = (demo["write_key"], "")
+        httpx.post(f"{ingest}/v1/identify", auth=wk, timeout=10,
+                   json={"userId": "ada", "traits": {"email": "ada@example.com", "first_name": "Ada"}})
+        httpx.post(f"{ingest}/v1/track", auth=wk, timeout=10, json={"userId": "ada", "event": "Signed Up"})
+        deadline = time.monotonic() + 30
+        while True:
+            r = subprocess.run([TENURE, "mail", "--json", "--url", inbox], env=env, capture_output=True, timeout=30)
+            mails = json.loads(r.stdout) if r.returncode == 0 else []
+            if mails:
+                break
+            assert time.monotonic() < deadline, "no mail in the dev inbox"
+            time.sleep(0.5)
+        assert [m["subject"] for m in mails] == ["Welcome to Tenure, Ada!"]
+        page = httpx.get(inbox + "/", timeout=5)
+        assert page.status_code == 200 and "Welcome to Tenure, Ada!" in page.text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert rc == 0, proc.stderr.read().decode()[-3000:]

@@ -113,6 +113,11 @@ def worker_options(
             await ctx["engine"].dispose()
         log.info("worker.stopped", service=service)
 
+    async def job_start(ctx: dict[str, Any]) -> None:
+        # every log line (and every internal HTTP call's X-Request-ID) of a job carries its id
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(job_id=ctx.get("job_id"), request_id=f"job-{ctx.get('job_id')}")
+
     fns = [f if isinstance(f, Function) else func(f, keep_result=0, timeout=120) for f in functions]
     return {
         "functions": fns,
@@ -121,6 +126,7 @@ def worker_options(
         "queue_name": settings.queue_name(service),
         "on_startup": startup,
         "on_shutdown": shutdown,
+        "on_job_start": job_start,
         "poll_delay": 0.2,
         "max_jobs": 10,
         "job_completion_wait": 20,

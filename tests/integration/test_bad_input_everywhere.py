@@ -1,0 +1,45 @@
+"""Every write endpoint answers bad JSON, missing fields and wrong keys with a 4xx problem and writes nothing."""
+
+import pytest
+from sqlalchemy import text
+
+PROBLEM = "application/problem+json"
+
+ENDPOINTS = [
+    ("segment", "/v1/segments", "segment.segments"),
+    ("campaign", "/v1/templates", "campaign.templates"),
+    ("campaign", "/v1/campaigns", "campaign.campaigns"),
+    ("delivery", "/v1/messages", "delivery.messages"),
+]
+
+
+async def _rows(sessionmaker, table: str, ws) -> int:
+    async with sessionmaker() as s:
+        return (await s.execute(text(f"select count(*) from {table} where workspace_id = :ws"), {"ws": ws})).scalar_one()
+
+
+@pytest.mark.parametrize(("service", "path", "table"), ENDPOINTS)
+@pytest.mark.parametrize(
+    ("case", "status"),
+    [("bad-json", 400), ("not-an-object", 422), ("missing-fields", 422), ("no-key", 401), ("wrong-key", 401),
+     ("write-key", 403)],
+)
+async def test_bad_input(apps, workspace, sessionmaker, service, path, table, case, status) -> None:
+    headers = {"Authorization": f"Bearer {workspace.secret_key}", "content-type": "application/json"}
+    body: bytes = b"{}"
+    if case == "bad-json":
+        body = b'{"name": '
+    elif case == "not-an-object":
+        body = b"[]"
+    elif case == "no-key":
+        headers.pop("Authorization")
+    elif case == "wrong-key":
+        headers["Authorization"] = "Bearer sk_nope"
+    elif case == "write-key":
+        headers["Authorization"] = f"Bearer {workspace.write_key}"
+    r = await apps[service].post(path, content=body, headers=headers)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith(PROBLEM)
+    problem = r.json()
+    assert problem["status"] == status and problem["title"] and problem["detail"] and problem["type"]
+    assert await _rows(sessionmaker, table, workspace.workspace_id) == 0

@@ -5,6 +5,7 @@ never at import time. Routes get a session only through :data:`SessionDep`; the 
 transaction (``async with session.begin():``).
 """
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -13,6 +14,7 @@ from fastapi import Depends, Request
 from sqlalchemy import Column, DateTime, MetaData, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.types import UserDefinedType
 
@@ -103,3 +105,29 @@ def is_unique_violation(exc: Exception) -> bool:
     """True for a unique-constraint violation (SQLSTATE 23505) wrapped by SQLAlchemy."""
     orig = getattr(exc, "orig", None)
     return (getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) == "23505"
+
+
+def row_dict(row: Any) -> dict[str, Any]:
+    """A result row as a dict, UUIDs as strings (the shape our JSON answers use)."""
+    return {k: (str(v) if isinstance(v, uuid.UUID) else v) for k, v in row._mapping.items()}
+
+
+async def fetch_page(session: AsyncSession, sql: str, params: dict[str, Any], limit: int, *, key: str = "id"
+                     ) -> tuple[list[dict[str, Any]], str | None]:
+    """Keyset pagination: ``sql`` orders by ``key`` and ends with ``limit :lim``; returns (items, next_cursor)."""
+    rows = (await session.execute(text(sql), {**params, "lim": limit + 1})).all()
+    items = [row_dict(r) for r in rows[:limit]]
+    return items, (str(items[-1][key]) if len(rows) > limit else None)
+
+
+async def insert_one_or_conflict(session: AsyncSession, sql: str, params: dict[str, Any], conflict: str) -> Any:
+    """Run an ``insert … returning``; a unique violation becomes a 409 ``Conflict(conflict)``."""
+    from shared.errors import Conflict
+
+    try:
+        async with session.begin_nested():
+            return (await session.execute(text(sql), params)).one()
+    except IntegrityError as exc:
+        if not is_unique_violation(exc):
+            raise
+        raise Conflict(conflict) from None

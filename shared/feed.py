@@ -11,6 +11,9 @@ Cursors are opaque strings to clients: ``"<xid>-<seq>"``; the empty cursor start
 
 from dataclasses import dataclass
 
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from shared.errors import BadRequest
 
 
@@ -44,3 +47,22 @@ def feed_where(alias: str = "") -> str:
 def feed_order(alias: str = "") -> str:
     p = f"{alias}." if alias else ""
     return f"{p}xid, {p}seq"
+
+
+async def lock_consumer(session: AsyncSession, schema: str, consumer: str) -> str:
+    """Lock a consumer's row in ``<schema>.consumers`` (one processor at a time) and return its cursor.
+
+    The caller saves the new cursor with :func:`save_consumer` in the same transaction as the state it
+    derived from the page, so a crash replays the page and never applies it twice.
+    """
+    await session.execute(
+        text(f"insert into {schema}.consumers (name, cursor) values (:n, '') on conflict do nothing"), {"n": consumer}
+    )
+    row = await session.execute(text(f"select cursor from {schema}.consumers where name = :n for update"),
+                                {"n": consumer})
+    return str(row.scalar_one())
+
+
+async def save_consumer(session: AsyncSession, schema: str, consumer: str, cursor: str) -> None:
+    await session.execute(text(f"update {schema}.consumers set cursor = :c, updated_at = now() where name = :n"),
+                          {"c": cursor, "n": consumer})

@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.errors import UpstreamUnavailable
+from shared.feed import lock_consumer, save_consumer
 from shared.http import InternalClient
 
 STEP = "send"  # the one step of a thin campaign; journeys add more
@@ -121,11 +122,7 @@ FEEDS = {
 async def consume_page(session: AsyncSession, internal: InternalClient, feed: str, limit: int) -> tuple[int, int]:
     """Fold one page of a feed into sends; returns (items read, sends created)."""
     service, path, key = FEEDS[feed]
-    await session.execute(
-        text("insert into campaign.consumers (name, cursor) values (:n, '') on conflict do nothing"), {"n": feed}
-    )
-    cursor = (await session.execute(text("select cursor from campaign.consumers where name = :n for update"),
-                                    {"n": feed})).scalar_one()
+    cursor = await lock_consumer(session, "campaign", feed)
     resp = await internal.request("GET", service, path, params={"after": cursor, "limit": limit})
     if resp.status_code != 200:
         raise UpstreamUnavailable(f"{service} feed answered {resp.status_code}")
@@ -135,6 +132,5 @@ async def consume_page(session: AsyncSession, internal: InternalClient, feed: st
         return 0, 0
     workspaces = {uuid.UUID(i["workspace_id"]) for i in items}
     created = await record_decisions(session, decide(await _active_campaigns(session, workspaces), items, feed))
-    await session.execute(text("update campaign.consumers set cursor = :c, updated_at = now() where name = :n"),
-                          {"c": page["next_cursor"], "n": feed})
+    await save_consumer(session, "campaign", feed, page["next_cursor"])
     return len(items), created

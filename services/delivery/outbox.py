@@ -21,6 +21,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.db import fetch_page, row_dict
 from shared.errors import Conflict, NotFound
 
 LEASE_S = 60
@@ -34,8 +35,7 @@ def request_hash(data: dict[str, Any]) -> str:
 
 
 def out(row: Any) -> dict[str, Any]:
-    d = dict(row._mapping)
-    d["id"] = str(d["id"])
+    d = row_dict(row)
     d["to"] = d.pop("to_address")
     return d
 
@@ -91,21 +91,21 @@ async def get_message(session: AsyncSession, ws: uuid.UUID, message_id: uuid.UUI
 
 async def list_messages(session: AsyncSession, ws: uuid.UUID, *, status: str | None, to: str | None,
                         after: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
-    rows = (await session.execute(
-        text(
-            f"""
-            select {_COLS} from delivery.messages
-             where workspace_id = :ws
-               and (CAST(:status AS text) is null or status = :status)
-               and (CAST(:to AS text) is null or to_address = :to)
-               and (CAST(:after AS uuid) is null or id > CAST(:after AS uuid))
-             order by id limit :lim
-            """
-        ),
-        {"ws": ws, "status": status, "to": to, "after": after, "lim": limit + 1},
-    )).all()
-    items = [out(r) for r in rows[:limit]]
-    return items, (items[-1]["id"] if len(rows) > limit else None)
+    items, nxt = await fetch_page(
+        session,
+        f"""
+        select {_COLS} from delivery.messages
+         where workspace_id = :ws
+           and (CAST(:status AS text) is null or status = :status)
+           and (CAST(:to AS text) is null or to_address = :to)
+           and (CAST(:after AS uuid) is null or id > CAST(:after AS uuid))
+         order by id limit :lim
+        """,
+        {"ws": ws, "status": status, "to": to, "after": after}, limit,
+    )
+    for item in items:
+        item["to"] = item.pop("to_address")
+    return items, nxt
 
 
 async def claim(session: AsyncSession, limit: int) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segment import conditions
 from shared.errors import UpstreamUnavailable
+from shared.feed import lock_consumer, save_consumer
 from shared.http import InternalClient
 
 log = structlog.get_logger()
@@ -38,24 +39,6 @@ def _dumps(v: Any) -> str:
 
 def _parse_ts(v: str) -> datetime:
     return datetime.fromisoformat(v.replace("Z", "+00:00")).astimezone(UTC)
-
-
-async def lock_cursor(session: AsyncSession, consumer: str) -> str:
-    """Take the consumer's row lock (one processor at a time) and return its cursor."""
-    await session.execute(
-        text("insert into segment.consumers (name, cursor) values (:n, '') on conflict do nothing"), {"n": consumer}
-    )
-    return str(
-        (await session.execute(text("select cursor from segment.consumers where name = :n for update"),
-                               {"n": consumer})).scalar_one()
-    )
-
-
-async def save_cursor(session: AsyncSession, consumer: str, cursor: str) -> None:
-    await session.execute(
-        text("update segment.consumers set cursor = :c, updated_at = now() where name = :n"),
-        {"c": cursor, "n": consumer},
-    )
 
 
 async def apply_events(session: AsyncSession, events: list[dict[str, Any]]) -> Affected:
@@ -196,7 +179,7 @@ async def fetch_events(internal: InternalClient, cursor: str, limit: int) -> dic
 async def consume_page(session: AsyncSession, internal: InternalClient, limit: int,
                        consumer: str = "ingest-events") -> PageResult:
     """One page of the event feed, folded in one transaction (the caller's)."""
-    cursor = await lock_cursor(session, consumer)
+    cursor = await lock_consumer(session, "segment", consumer)
     page = await fetch_events(internal, cursor, limit)
     events = page["events"]
     result = PageResult(events=len(events), cursor=page["next_cursor"])
@@ -205,7 +188,7 @@ async def consume_page(session: AsyncSession, internal: InternalClient, limit: i
     affected = await apply_events(session, events)
     for ws, pids in affected.items():
         result.transitions += await reevaluate(session, ws, pids)
-    await save_cursor(session, consumer, page["next_cursor"])
+    await save_consumer(session, "segment", consumer, page["next_cursor"])
     return result
 
 

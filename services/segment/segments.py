@@ -6,21 +6,14 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segment import conditions
-from shared.db import is_unique_violation
-from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.db import fetch_page, insert_one_or_conflict, row_dict
+from shared.errors import NotFound, ValidationFailed
 from shared.feed import Cursor, feed_order, feed_where
 
 _COLUMNS = "id, name, definition, version, created_at, updated_at"
-
-
-def _out(row: Any) -> dict[str, Any]:
-    d = dict(row._mapping)
-    d["id"] = str(d["id"])
-    return d
 
 
 def validate_definition(definition: dict[str, Any]) -> Any:
@@ -35,19 +28,14 @@ def validate_definition(definition: dict[str, Any]) -> Any:
 async def create_segment(session: AsyncSession, ws: uuid.UUID, name: str, definition: dict[str, Any]
                          ) -> dict[str, Any]:
     node = validate_definition(definition)
-    try:
-        async with session.begin_nested():
-            row = (await session.execute(
-                text(f"insert into segment.segments (id, workspace_id, name, definition) "
-                     f"values (:id, :ws, :name, CAST(:d AS jsonb)) returning {_COLUMNS}"),
-                {"id": uuid.uuid4(), "ws": ws, "name": name,
-                 "d": orjson.dumps(node.model_dump(mode="json")).decode()},
-            )).one()
-    except IntegrityError as exc:
-        if not is_unique_violation(exc):
-            raise
-        raise Conflict(f"A segment named {name!r} already exists") from None
-    return _out(row)
+    row = await insert_one_or_conflict(
+        session,
+        f"insert into segment.segments (id, workspace_id, name, definition) "
+        f"values (:id, :ws, :name, CAST(:d AS jsonb)) returning {_COLUMNS}",
+        {"id": uuid.uuid4(), "ws": ws, "name": name, "d": orjson.dumps(node.model_dump(mode="json")).decode()},
+        f"A segment named {name!r} already exists",
+    )
+    return row_dict(row)
 
 
 async def get_segment(session: AsyncSession, ws: uuid.UUID, segment_id: uuid.UUID) -> dict[str, Any]:
@@ -57,31 +45,29 @@ async def get_segment(session: AsyncSession, ws: uuid.UUID, segment_id: uuid.UUI
     )).first()
     if row is None:
         raise NotFound(f"No segment {segment_id}")
-    return _out(row)
+    return row_dict(row)
 
 
 async def list_segments(session: AsyncSession, ws: uuid.UUID, after: str | None, limit: int
                         ) -> tuple[list[dict[str, Any]], str | None]:
-    rows = (await session.execute(
-        text(f"select {_COLUMNS} from segment.segments where workspace_id = :ws "
-             f"and (CAST(:after AS uuid) is null or id > CAST(:after AS uuid)) order by id limit :lim"),
-        {"ws": ws, "after": after, "lim": limit + 1},
-    )).all()
-    items = [_out(r) for r in rows[:limit]]
-    return items, (items[-1]["id"] if len(rows) > limit else None)
+    return await fetch_page(
+        session,
+        f"select {_COLUMNS} from segment.segments where workspace_id = :ws "
+        f"and (CAST(:after AS uuid) is null or id > CAST(:after AS uuid)) order by id limit :lim",
+        {"ws": ws, "after": after}, limit,
+    )
 
 
 async def list_members(session: AsyncSession, ws: uuid.UUID, segment_id: uuid.UUID, after: str | None,
                        limit: int) -> tuple[list[dict[str, Any]], str | None]:
     await get_segment(session, ws, segment_id)
-    rows = (await session.execute(
-        text("select profile_id, entered_at from segment.memberships where workspace_id = :ws "
-             "and segment_id = :sid and (CAST(:after AS uuid) is null or profile_id > CAST(:after AS uuid)) "
-             "order by profile_id limit :lim"),
-        {"ws": ws, "sid": segment_id, "after": after, "lim": limit + 1},
-    )).all()
-    items = [{"profile_id": str(r.profile_id), "entered_at": r.entered_at} for r in rows[:limit]]
-    return items, (items[-1]["profile_id"] if len(rows) > limit else None)
+    return await fetch_page(
+        session,
+        "select profile_id, entered_at from segment.memberships where workspace_id = :ws "
+        "and segment_id = :sid and (CAST(:after AS uuid) is null or profile_id > CAST(:after AS uuid)) "
+        "order by profile_id limit :lim",
+        {"ws": ws, "sid": segment_id, "after": after}, limit, key="profile_id",
+    )
 
 
 async def read_transitions(session: AsyncSession, after: Cursor, limit: int

@@ -3,7 +3,7 @@
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Query, Request
 
 from services.segment import segments
 from services.segment.schemas import MemberList, SegmentCreate, SegmentList, SegmentOut, TransitionPage
@@ -11,6 +11,7 @@ from shared.auth import InternalDep, WorkspaceDep
 from shared.db import SessionDep
 from shared.errors import COMMON_ERRORS, problem_schema
 from shared.feed import Cursor
+from shared.queue import wake
 
 router = APIRouter(prefix="/v1", tags=["segments"])
 feed_router = APIRouter(prefix="/v1", tags=["feed"])
@@ -24,14 +25,11 @@ _NOT_FOUND = {**COMMON_ERRORS, 404: problem_schema("No such segment")}
              summary="Create a segment; existing profiles are evaluated in the background",
              responses={**COMMON_ERRORS, 409: problem_schema("Name already used")})
 async def create_segment(
-    body: SegmentCreate, ws: WorkspaceDep, session: SessionDep, request: Request
+    body: SegmentCreate, ws: WorkspaceDep, session: SessionDep, request: Request, background: BackgroundTasks
 ) -> dict[str, Any]:
     async with session.begin():
         seg = await segments.create_segment(session, ws, body.name, body.definition)
-    await request.app.state.redis.enqueue_job(
-        "evaluate_segment", seg["id"], _job_id=f"evaluate:{seg['id']}:{seg['version']}",
-        _queue_name=request.app.state.settings.queue_name("segment"),
-    )
+    background.add_task(wake, request.app.state.redis, request.app.state.settings, "segment", "evaluate_segments")
     return seg
 
 

@@ -69,19 +69,23 @@ async def apply_events(session: AsyncSession, events: list[dict[str, Any]]) -> A
         )
     if traits:
         keys2 = list(traits)
+        params = {"ws": [k[0] for k in keys2], "pid": [k[1] for k in keys2], "t": [_dumps(traits[k]) for k in keys2]}
+        # two steps so a null in the update removes the trait (an upsert's VALUES would strip it first)
+        await session.execute(
+            text("insert into segment.profile_traits (workspace_id, profile_id) "
+                 "select * from unnest(CAST(:ws AS uuid[]), CAST(:pid AS uuid[])) on conflict do nothing"),
+            {"ws": params["ws"], "pid": params["pid"]},
+        )
         await session.execute(
             text(
                 """
-                insert into segment.profile_traits (workspace_id, profile_id, traits)
-                select u.ws, u.pid, jsonb_strip_nulls(u.t::jsonb)
+                update segment.profile_traits p
+                   set traits = jsonb_strip_nulls(p.traits || u.t::jsonb), updated_at = now()
                   from unnest(CAST(:ws AS uuid[]), CAST(:pid AS uuid[]), CAST(:t AS text[])) as u(ws, pid, t)
-                on conflict (workspace_id, profile_id)
-                do update set traits = jsonb_strip_nulls(segment.profile_traits.traits || excluded.traits),
-                              updated_at = now()
+                 where p.workspace_id = u.ws and p.profile_id = u.pid
                 """
             ),
-            {"ws": [k[0] for k in keys2], "pid": [k[1] for k in keys2],
-             "t": [_dumps(traits[k]) for k in keys2]},
+            params,
         )
     return affected
 

@@ -27,6 +27,8 @@ class SegmentDef(SegmentTable, table=True):
     name: str
     definition: dict[str, Any] = Field(sa_column=jsonb_column("definition"))
     version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+    # the version whose full evaluation over known profiles has finished (a new segment starts at 0)
+    evaluated_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     created_at: datetime = Field(sa_column=tz_column("created_at"))
     updated_at: datetime = Field(sa_column=tz_column("updated_at"))
 

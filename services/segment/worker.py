@@ -34,31 +34,38 @@ async def on_events(ctx: JobCtx) -> int:
     return total
 
 
-async def evaluate_segment(ctx: JobCtx, segment_id: str) -> int:
-    """Evaluate one (new or edited) segment over every profile this service knows, in chunks."""
-    sid = uuid.UUID(segment_id)
+async def evaluate_segments(ctx: JobCtx) -> int:
+    """Evaluate every segment whose current version has not been evaluated over known profiles yet.
+
+    Woken when a segment is saved, and polled, so a lost wake-up only delays the backfill. Each chunk
+    of profiles commits on its own; a crash re-runs the whole segment, which writes no duplicate
+    transitions because only real membership changes are written.
+    """
     changes = 0
-    after: uuid.UUID | None = None
     async with ctx["sessionmaker"]() as session:
         async with session.begin():
-            ws = (await session.execute(text("select workspace_id from segment.segments where id = :id"),
-                                        {"id": sid})).scalar()
-        if ws is None:
-            return 0
-        while True:
+            pending = (await session.execute(text(
+                "select id, workspace_id, version from segment.segments where evaluated_version < version "
+                "order by updated_at limit 20"))).all()
+        for sid, ws, version in pending:
+            after: uuid.UUID | None = None
+            while True:
+                async with session.begin():
+                    pids = await evaluation.known_profiles(session, ws, after, _EVAL_CHUNK)
+                    changes += await evaluation.reevaluate(session, ws, pids, segment_ids={sid})
+                if len(pids) < _EVAL_CHUNK:
+                    break
+                after = pids[-1]
             async with session.begin():
-                pids = await evaluation.known_profiles(session, ws, after, _EVAL_CHUNK)
-                changes += await evaluation.reevaluate(session, ws, pids, segment_ids={sid})
-            if len(pids) < _EVAL_CHUNK:
-                break
-            after = pids[-1]
+                await session.execute(text("update segment.segments set evaluated_version = :v "
+                                           "where id = :id and evaluated_version < :v"), {"id": sid, "v": version})
+            log.info("segment.evaluated", segment_id=str(sid), version=version)
     if changes:
         await wake(ctx["redis"], ctx["settings"], "campaign", "on_transitions")
-    log.info("segment.evaluated", segment_id=segment_id, changes=changes)
     return changes
 
 
-_OPTIONS: dict[str, Any] = {"functions": [on_events, evaluate_segment], "poll": [on_events]}
+_OPTIONS: dict[str, Any] = {"functions": [on_events, evaluate_segments], "poll": [on_events, evaluate_segments]}
 
 
 def create_worker(settings: Settings, **kw: Any) -> Worker:

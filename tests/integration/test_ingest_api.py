@@ -151,3 +151,21 @@ def test_openapi_names_every_operation(apps) -> None:
                 assert op.get("operationId") and op.get("summary"), f"{name} {method} {path}"
 
 
+
+
+async def test_null_trait_removes_it_and_later_identify_wins(apps, workspace) -> None:
+    c, auth = apps["ingest"], (workspace.write_key, "")
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    await c.post("/v1/identify", auth=auth, json={"userId": "n-1", "traits": {"plan": "pro", "nick": "a"}})
+    await c.post("/v1/identify", auth=auth, json={"userId": "n-1", "traits": {"plan": None, "nick": "b"}})
+    assert (await c.get("/v1/profiles/n-1", headers=h)).json()["traits"] == {"nick": "b"}
+
+
+async def test_anonymous_history_joins_the_user_on_identify(apps, workspace) -> None:
+    c, auth = apps["ingest"], (workspace.write_key, "")
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    await c.post("/v1/track", auth=auth, json={"anonymousId": "anon-7", "event": "Viewed Pricing"})
+    await c.post("/v1/identify", auth=auth, json={"userId": "u-7", "anonymousId": "anon-7", "traits": {"x": 1}})
+    by_anon = (await c.get("/v1/profiles/anon-7", headers=h)).json()
+    by_user = (await c.get("/v1/profiles/u-7", headers=h)).json()
+    assert by_anon["id"] == by_user["id"] and by_user["anonymous_ids"] == ["anon-7"] and by_user["user_id"] == "u-7"

@@ -12,9 +12,11 @@ from pydantic import TypeAdapter, ValidationError
 
 from services.ingest import eventlog, profiles, tracking
 from services.ingest.schemas import (
+    AliasMessage,
     BatchItem,
     BatchRequest,
     FeedPage,
+    GroupMessage,
     IdentifyMessage,
     PageMessage,
     ProfileOut,
@@ -141,6 +143,8 @@ _single("track", TrackMessage, "Record an action a user performed")
 _single("identify", IdentifyMessage, "Tie a user to their traits (email, name, locale, timezone, …)")
 _single("page", PageMessage, "Record a page view")
 _single("screen", ScreenMessage, "Record a mobile screen view")
+_single("group", GroupMessage, "Tie a user to an account (B2B) and record the account's traits")
+_single("alias", AliasMessage, "Declare that previousId and userId are one person (merges their profiles)")
 
 
 async def _batch(request: Request, session: SessionDep, background: BackgroundTasks) -> TrackResponse:

@@ -4,7 +4,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Identity, Index, UniqueConstraint, text
+from sqlalchemy import BigInteger, Column, Index, UniqueConstraint, text
+from sqlalchemy import Identity as IdentityColumn
 from sqlmodel import Field, SQLModel
 
 from shared.db import jsonb_column, metadata_for, tz_column, xid_column
@@ -26,7 +27,7 @@ class Event(IngestTable, table=True):
         Index("ix_events_workspace_id_profile_id_seq", "workspace_id", "profile_id", "seq"),
     )
 
-    seq: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    seq: int | None = Field(default=None, sa_column=Column(BigInteger, IdentityColumn(), primary_key=True))
     xid: int | None = Field(default=None, sa_column=xid_column())
     workspace_id: uuid.UUID
     message_id: str
@@ -54,6 +55,9 @@ class Profile(IngestTable, table=True):
     workspace_id: uuid.UUID = Field(index=True)
     user_id: str | None = None
     traits: dict[str, Any] = Field(default_factory=dict, sa_column=jsonb_column("traits"))
+    # when each trait was last set or removed (see traits.py): newer wins per trait
+    trait_times: dict[str, str] = Field(default_factory=dict, sa_column=jsonb_column("trait_times"))
+    merged_into: uuid.UUID | None = None  # set when this profile was merged into another
     created_at: datetime = Field(sa_column=tz_column("created_at"))
     updated_at: datetime = Field(sa_column=tz_column("updated_at"))
 
@@ -68,3 +72,39 @@ class Identity(IngestTable, table=True):
     value: str = Field(primary_key=True)
     profile_id: uuid.UUID = Field(index=True)
     created_at: datetime = Field(sa_column=tz_column("created_at"))
+
+
+class Group(IngestTable, table=True):
+    """An account (B2B): ``group`` calls keep its traits (industry, employees, plan)."""
+
+    __tablename__ = "groups"
+
+    workspace_id: uuid.UUID = Field(primary_key=True)
+    group_id: str = Field(primary_key=True)
+    traits: dict[str, Any] = Field(default_factory=dict, sa_column=jsonb_column("traits"))
+    trait_times: dict[str, str] = Field(default_factory=dict, sa_column=jsonb_column("trait_times"))
+    created_at: datetime = Field(sa_column=tz_column("created_at"))
+    updated_at: datetime = Field(sa_column=tz_column("updated_at"))
+
+
+class GroupMember(IngestTable, table=True):
+    __tablename__ = "group_members"
+
+    workspace_id: uuid.UUID = Field(primary_key=True)
+    group_id: str = Field(primary_key=True)
+    profile_id: uuid.UUID = Field(primary_key=True, index=True)
+    joined_at: datetime = Field(sa_column=tz_column("joined_at"))
+
+
+class ProfileMerge(IngestTable, table=True):
+    """History: ``from_profile_id`` was merged into ``into_profile_id`` (alias, or a login)."""
+
+    __tablename__ = "profile_merges"
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, IdentityColumn(), primary_key=True))
+    workspace_id: uuid.UUID
+    into_profile_id: uuid.UUID = Field(index=True)
+    from_profile_id: uuid.UUID
+    reason: str
+    message_id: str | None = None
+    at: datetime = Field(sa_column=tz_column("at"))

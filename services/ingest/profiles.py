@@ -1,17 +1,27 @@
-"""Profiles and the identity map: which profile a ``userId`` / ``anonymousId`` belongs to.
+"""Profiles and the identity map: which profile a ``userId`` / ``anonymousId`` belongs to, and merges.
 
 Identity creation is serialised per identity with transaction-scoped advisory locks (taken in a fixed
 order, so two batches never deadlock), which makes concurrent first sightings of the same user resolve
-to one profile. Merging two existing profiles (``alias``, a login joining an anonymous history to a
-known user) is not done here yet: the known user's profile wins for new events.
+to one profile.
+
+Two profiles are merged (the second into the first) when a message proves they are one person:
+- ``alias``: ``previousId`` (an anonymous or older user id) becomes ``userId``;
+- a message carrying both ``userId`` and ``anonymousId`` whose ids belong to different profiles, when the
+  anonymous profile has no user id of its own (a shared device with two known users is not merged).
+A merge moves identities, events and group memberships, combines traits (newest per trait wins), keeps
+the old profile as a redirect (``merged_into``), records the merge in ``profile_merges`` and appends a
+``merge`` event to the log so the other services can fold their own state.
 """
 
 import uuid
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.ingest import traits as trait_merge
 from shared.errors import NotFound
 
 if TYPE_CHECKING:
@@ -27,6 +37,10 @@ def _keys(env: "Envelope") -> list[Key]:
     if env.anonymous_id:
         keys.append(("anonymous_id", env.anonymous_id))
     return keys
+
+
+def _dumps(v: Any) -> str:
+    return orjson.dumps(v).decode()
 
 
 async def _load(session: AsyncSession, ws: uuid.UUID, keys: set[Key]) -> dict[Key, uuid.UUID]:
@@ -47,20 +61,31 @@ async def _load(session: AsyncSession, ws: uuid.UUID, keys: set[Key]) -> dict[Ke
     return {(r.kind, r.value): r.profile_id for r in rows}
 
 
+async def _lock_keys(session: AsyncSession, ws: uuid.UUID, keys: set[Key]) -> None:
+    for kind, value in sorted(keys):
+        await session.execute(text("select pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+                              {"k": f"{ws}:{kind}:{value}"})
+
+
+def _alias_keys(env: "Envelope") -> list[Key]:
+    prev = env.previous_id
+    return [("user_id", prev), ("anonymous_id", prev)] if prev else []
+
+
 async def resolve_profiles(session: AsyncSession, ws: uuid.UUID, batch: list["Envelope"]) -> None:
-    """Set ``profile_id`` on every envelope, creating profiles and identities that are new."""
+    """Set ``profile_id`` on every envelope, creating profiles and identities that are new and merging
+    profiles the batch proves to be one person."""
     wanted = {k for env in batch for k in _keys(env)}
-    known = await _load(session, ws, wanted)
+    aliases = {k for env in batch for k in _alias_keys(env)}
+    known = await _load(session, ws, wanted | aliases)
     missing = wanted - known.keys()
-    if missing:
-        for kind, value in sorted(missing):
-            await session.execute(
-                text("select pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"{ws}:{kind}:{value}"}
-            )
-        known.update(await _load(session, ws, missing))  # another writer may have created them meanwhile
+    if missing or aliases:
+        await _lock_keys(session, ws, missing | aliases)
+        known.update(await _load(session, ws, missing | aliases))  # another writer may have created them
     new_profiles: dict[uuid.UUID, str | None] = {}
     new_ids: dict[Key, uuid.UUID] = {}
     named: dict[uuid.UUID, str] = {}
+    merges: list[tuple[uuid.UUID, uuid.UUID, str, str]] = []  # (into, from, reason, message_id)
     for env in batch:
         keys = _keys(env)
         pid = next((known[k] for k in keys if k in known), None)
@@ -70,6 +95,14 @@ async def resolve_profiles(session: AsyncSession, ws: uuid.UUID, batch: list["En
         for k in keys:
             if k not in known:
                 known[k] = new_ids[k] = pid
+            elif known[k] != pid and k[0] == "anonymous_id" and env.user_id:
+                merges.append((pid, known[k], "identify", env.message_id))
+        if env.previous_id:
+            prev = next((known[k] for k in _alias_keys(env) if k in known), None)
+            if prev is None:
+                known[("anonymous_id", env.previous_id)] = new_ids[("anonymous_id", env.previous_id)] = pid
+            elif prev != pid:
+                merges.append((pid, prev, "alias", env.message_id))
         if env.user_id and pid not in new_profiles:
             named.setdefault(pid, env.user_id)
         env.profile_id = pid
@@ -104,44 +137,126 @@ async def resolve_profiles(session: AsyncSession, ws: uuid.UUID, batch: list["En
                 update ingest.profiles p set user_id = u.uid, updated_at = now()
                   from unnest(CAST(:pids AS uuid[]), CAST(:uids AS text[])) as u(pid, uid)
                  where p.id = u.pid and p.user_id is null
+                   and not exists (select 1 from ingest.profiles o where o.workspace_id = :ws and o.user_id = u.uid)
                 """
             ),
-            {"pids": list(named), "uids": list(named.values())},
+            {"ws": ws, "pids": list(named), "uids": list(named.values())},
         )
+    redirect: dict[uuid.UUID, uuid.UUID] = {}
+    for into, from_, reason, message_id in merges:
+        into, from_ = redirect.get(into, into), redirect.get(from_, from_)
+        if into == from_ or not await merge_profiles(session, ws, into, from_, reason=reason, message_id=message_id,
+                                                     only_if_anonymous=reason == "identify"):
+            continue
+        for k, v in list(redirect.items()):
+            if v == from_:
+                redirect[k] = into
+        redirect[from_] = into
+    if redirect:
+        for env in batch:
+            env.profile_id = redirect.get(env.profile_id, env.profile_id)  # type: ignore[arg-type]
 
 
-async def get_profile(session: AsyncSession, ws: uuid.UUID, ref: str) -> dict[str, Any]:
-    """A profile by its id, ``userId``, ``anonymousId`` or email."""
+async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, from_: uuid.UUID, *, reason: str,
+                         message_id: str | None, only_if_anonymous: bool = False) -> bool:
+    """Merge profile ``from_`` into ``into`` (see the module docstring). Returns False if refused."""
+    rows = {
+        r.id: r
+        for r in await session.execute(
+            text("select id, user_id, traits, trait_times from ingest.profiles "
+                 "where id = any(CAST(:ids AS uuid[])) order by id for update"),
+            {"ids": sorted([into, from_])},
+        )
+    }
+    if into not in rows or from_ not in rows:
+        return False
+    a, b = rows[into], rows[from_]
+    if only_if_anonymous and b.user_id is not None and b.user_id != a.user_id:
+        return False
+    traits, times = trait_merge.merge_profiles((a.traits, a.trait_times), (b.traits, b.trait_times))
+    params = {"ws": ws, "into": into, "from": from_}
+    await session.execute(
+        text("update ingest.profiles set merged_into = :into, user_id = null, updated_at = now() "
+             "where id = :from or merged_into = :from"), params)
+    await session.execute(
+        text("update ingest.profiles set traits = CAST(:t AS jsonb), trait_times = CAST(:tt AS jsonb), "
+             "user_id = coalesce(user_id, :uid), updated_at = now() where id = :into"),
+        {**params, "t": _dumps(traits), "tt": _dumps(times), "uid": b.user_id},
+    )
+    for sql in (
+        "update ingest.identities set profile_id = :into where workspace_id = :ws and profile_id = :from",
+        "update ingest.events set profile_id = :into where workspace_id = :ws and profile_id = :from",
+        "insert into ingest.group_members (workspace_id, group_id, profile_id, joined_at) "
+        "select workspace_id, group_id, :into, joined_at from ingest.group_members "
+        "where workspace_id = :ws and profile_id = :from on conflict do nothing",
+        "delete from ingest.group_members where workspace_id = :ws and profile_id = :from",
+    ):
+        await session.execute(text(sql), params)
+    await session.execute(
+        text("insert into ingest.profile_merges (workspace_id, into_profile_id, from_profile_id, reason, message_id) "
+             "values (:ws, :into, :from, :reason, :mid)"),
+        {**params, "reason": reason, "mid": message_id},
+    )
+    now = datetime.now(UTC)
+    await session.execute(
+        text("insert into ingest.events (workspace_id, message_id, type, profile_id, properties, traits, timestamp, "
+             "received_at) values (:ws, :mid, 'merge', :into, CAST(:props AS jsonb), CAST(:traits AS jsonb), :now, "
+             ":now) on conflict do nothing"),
+        # the merged traits travel with the event: consumers replace their copy rather than re-merge
+        {**params, "mid": f"merge:{from_}:{into}", "props": _dumps({"merged_profile_id": str(from_)}),
+         "traits": _dumps(traits), "now": now},
+    )
+    return True
+
+
+async def resolve_ref(session: AsyncSession, ws: uuid.UUID, ref: str) -> uuid.UUID:
+    """The live profile id for a profile id (following merges), ``userId``, ``anonymousId`` or email."""
     by_id: uuid.UUID | None = None
     try:
         by_id = uuid.UUID(ref)
     except ValueError:
         pass
-    row = (
+    pid = (
         await session.execute(
             text(
                 """
-                select p.* from ingest.profiles p
-                 where p.workspace_id = :ws and (
-                       p.id = :pid
-                    or p.id = (select profile_id from ingest.identities
-                                where workspace_id = :ws and kind = 'user_id' and value = :ref)
-                    or p.id = (select profile_id from ingest.identities
-                                where workspace_id = :ws and kind = 'anonymous_id' and value = :ref)
-                    or (p.traits->>'email') = :ref)
-                 order by (p.id = :pid) desc nulls last, p.updated_at desc
-                 limit 1
+                select coalesce(p.merged_into, p.id) from ingest.profiles p
+                 where p.workspace_id = :ws and p.id = :pid
+                union all
+                select profile_id from ingest.identities
+                 where workspace_id = :ws and kind in ('user_id', 'anonymous_id') and value = :ref
+                union all
+                select id from ingest.profiles
+                 where workspace_id = :ws and (traits->>'email') = :ref and merged_into is null
+                limit 1
                 """
             ),
             {"ws": ws, "pid": by_id, "ref": ref},
         )
-    ).mappings().first()
-    if row is None:
+    ).scalar()
+    if pid is None:
         raise NotFound(f"No profile {ref!r} in this workspace")
+    return pid
+
+
+async def get_profile(session: AsyncSession, ws: uuid.UUID, ref: str) -> dict[str, Any]:
+    """A profile by its id, ``userId``, ``anonymousId`` or email, with its groups and merge history."""
+    from services.ingest.groups import groups_of
+
+    pid = await resolve_ref(session, ws, ref)
+    row = (await session.execute(
+        text("select id, workspace_id, user_id, traits, created_at, updated_at from ingest.profiles where id = :id"),
+        {"id": pid},
+    )).mappings().one()
     anon = await session.execute(
         text("select value from ingest.identities where workspace_id = :ws and profile_id = :pid "
-             "and kind = 'anonymous_id' order by created_at"),
-        {"ws": ws, "pid": row["id"]},
+             "and kind = 'anonymous_id' order by created_at, value"),
+        {"ws": ws, "pid": pid},
+    )
+    merges = await session.execute(
+        text("select from_profile_id, reason, message_id, at from ingest.profile_merges "
+             "where workspace_id = :ws and into_profile_id = :pid order by id"),
+        {"ws": ws, "pid": pid},
     )
     return {
         "id": str(row["id"]),
@@ -149,6 +264,9 @@ async def get_profile(session: AsyncSession, ws: uuid.UUID, ref: str) -> dict[st
         "user_id": row["user_id"],
         "anonymous_ids": [r[0] for r in anon],
         "traits": row["traits"],
+        "groups": await groups_of(session, ws, pid),
+        "merged_from": [{"profile_id": str(m.from_profile_id), "reason": m.reason, "message_id": m.message_id,
+                         "at": m.at} for m in merges],
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
     }

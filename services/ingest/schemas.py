@@ -83,8 +83,32 @@ class ScreenMessage(_Message):
     properties: dict[str, Any] = Field(default_factory=dict)
 
 
+class GroupMessage(_Message):
+    """The user belongs to an account (B2B); ``traits`` are the account's (industry, employees, plan)."""
+
+    type: Literal["group"] = "group"
+    group_id: Annotated[str, BeforeValidator(_id_str), StringConstraints(min_length=1, max_length=512)] = Field(
+        alias="groupId")
+    traits: dict[str, Any] = Field(default_factory=dict)
+
+
+class AliasMessage(_Message):
+    """``previousId`` (an anonymous id or an older user id) is the same person as ``userId``."""
+
+    type: Literal["alias"] = "alias"
+    previous_id: Annotated[str, BeforeValidator(_id_str), StringConstraints(min_length=1, max_length=512)] = Field(
+        alias="previousId")
+
+    @model_validator(mode="after")
+    def _needs_user_id(self) -> "AliasMessage":
+        if not self.user_id:
+            raise ValueError("alias needs userId (the id previousId becomes)")
+        return self
+
+
 BatchItem = Annotated[
-    TrackMessage | IdentifyMessage | PageMessage | ScreenMessage, Field(discriminator="type")
+    TrackMessage | IdentifyMessage | PageMessage | ScreenMessage | GroupMessage | AliasMessage,
+    Field(discriminator="type"),
 ]
 
 
@@ -131,11 +155,25 @@ class FeedPage(BaseModel):
     next_cursor: str = Field(description="pass as `after` to continue; equal to `after` when nothing is new")
 
 
+class GroupOut(BaseModel):
+    group_id: str
+    traits: dict[str, Any]
+
+
+class MergeOut(BaseModel):
+    profile_id: str = Field(description="the profile that was merged into this one")
+    reason: str = Field(description="alias | identify")
+    message_id: str | None = Field(description="the message that proved they are one person")
+    at: datetime
+
+
 class ProfileOut(BaseModel):
     id: str
     workspace_id: str
     user_id: str | None
     anonymous_ids: list[str]
     traits: dict[str, Any]
+    groups: list[GroupOut] = Field(default_factory=list, description="accounts the user belongs to")
+    merged_from: list[MergeOut] = Field(default_factory=list, description="merge history")
     created_at: datetime
     updated_at: datetime

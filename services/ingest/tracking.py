@@ -14,10 +14,19 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.ingest import groups
+from services.ingest import traits as trait_merge
 from services.ingest.profiles import resolve_profiles
-from services.ingest.schemas import IdentifyMessage, PageMessage, ScreenMessage, TrackMessage
+from services.ingest.schemas import (
+    AliasMessage,
+    GroupMessage,
+    IdentifyMessage,
+    PageMessage,
+    ScreenMessage,
+    TrackMessage,
+)
 
-Message = TrackMessage | IdentifyMessage | PageMessage | ScreenMessage
+Message = TrackMessage | IdentifyMessage | PageMessage | ScreenMessage | GroupMessage | AliasMessage
 
 
 @dataclass
@@ -34,6 +43,8 @@ class Envelope:
     context: dict[str, Any]
     timestamp: datetime
     sent_at: datetime | None
+    previous_id: str | None = None  # alias
+    group_id: str | None = None  # group
     profile_id: uuid.UUID | None = None
 
 
@@ -81,10 +92,15 @@ def normalize(msg: Message, received_at: datetime, *, batch_sent_at: datetime | 
     props: dict[str, Any] = {}
     traits: dict[str, Any] = {}
     event: str | None = None
+    previous_id = group_id = None
     if isinstance(msg, TrackMessage):
         event, props = msg.event, msg.properties
     elif isinstance(msg, IdentifyMessage):
         traits = msg.traits
+    elif isinstance(msg, GroupMessage):
+        traits, group_id, props = msg.traits, msg.group_id, {"groupId": msg.group_id}
+    elif isinstance(msg, AliasMessage):
+        previous_id, props = msg.previous_id, {"previousId": msg.previous_id}
     else:
         event, props = msg.name, msg.properties
     return Envelope(
@@ -99,6 +115,8 @@ def normalize(msg: Message, received_at: datetime, *, batch_sent_at: datetime | 
         timestamp=corrected_timestamp(received_at, timestamp=msg.timestamp,
                                       original_timestamp=msg.original_timestamp, sent_at=sent_at),
         sent_at=_utc(sent_at),
+        previous_id=previous_id,
+        group_id=group_id,
     )
 
 
@@ -117,16 +135,6 @@ _INSERT_EVENTS = text(
     returning message_id
     """
 )
-
-_MERGE_TRAITS = text(
-    """
-    update ingest.profiles p
-       set traits = jsonb_strip_nulls(p.traits || u.t::jsonb), updated_at = now()
-      from unnest(CAST(:pids AS uuid[]), CAST(:traits AS text[])) as u(pid, t)
-     where p.id = u.pid
-    """
-)
-
 
 def _dumps(value: dict[str, Any]) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
@@ -181,35 +189,51 @@ async def record(session: AsyncSession, workspace_id: uuid.UUID, envelopes: list
     result.accepted = len(result.inserted)
     result.duplicates += len(batch) - result.accepted
     await _merge_traits(session, result.inserted)
+    await groups.record_groups(session, workspace_id, [e for e in result.inserted if e.group_id],
+                               [_ts_key(e.timestamp) for e in result.inserted if e.group_id])
     return result
 
 
+def _ts_key(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat(timespec="microseconds")
+
+
 async def _merge_traits(session: AsyncSession, inserted: list[Envelope]) -> None:
-    """Apply identify traits in event-time order (later wins; ``null`` removes a trait)."""
-    merged: dict[uuid.UUID, dict[str, Any]] = {}
+    """Identify traits, newest per trait wins (``null`` removes); context fills locale/timezone when unknown."""
+    updates: dict[uuid.UUID, list[trait_merge.Update]] = {}
+    defaults: dict[uuid.UUID, dict[str, Any]] = {}
     for env in sorted(inserted, key=lambda e: e.timestamp):
         assert env.profile_id is not None
         if env.type == "identify" and env.traits:
-            merged.setdefault(env.profile_id, {}).update(env.traits)
-    if merged:
-        await session.execute(
-            _MERGE_TRAITS,
-            {"pids": list(merged), "traits": [_dumps(t) for t in merged.values()]},
-        )
-    defaults: dict[uuid.UUID, dict[str, Any]] = {}
-    for env in inserted:
+            updates.setdefault(env.profile_id, []).append((_ts_key(env.timestamp), env.traits))
         ctx = context_traits(env)
-        if ctx and env.profile_id not in defaults:
-            defaults[env.profile_id] = ctx  # type: ignore[index]
-    if defaults:
-        # context fills locale/timezone only where the profile has no value of its own
+        if ctx:
+            defaults.setdefault(env.profile_id, ctx)
+    if not updates and not defaults:
+        return
+    pids = sorted(set(updates) | set(defaults))
+    rows = await session.execute(
+        text("select id, traits, trait_times from ingest.profiles where id = any(CAST(:ids AS uuid[])) "
+             "and (id = any(CAST(:upd AS uuid[])) or not (traits ?& array['locale', 'timezone'])) "
+             "order by id for update"),
+        {"ids": pids, "upd": list(updates)},
+    )
+    changed: dict[uuid.UUID, tuple[dict[str, Any], dict[str, str]]] = {}
+    for pid, current, times in rows:
+        new, new_times = trait_merge.merge(current, times, updates.get(pid, []))
+        fill = trait_merge.fill_defaults(new, new_times, defaults.get(pid, {}))
+        new = {**fill, **new}
+        if (new, new_times) != (current, times):
+            changed[pid] = (new, new_times)
+    if changed:
         await session.execute(
             text(
                 """
-                update ingest.profiles p set traits = u.t::jsonb || p.traits
-                  from unnest(CAST(:pids AS uuid[]), CAST(:traits AS text[])) as u(pid, t)
-                 where p.id = u.pid and not (p.traits ?& array['locale', 'timezone'])
+                update ingest.profiles p set traits = u.t::jsonb, trait_times = u.tt::jsonb, updated_at = now()
+                  from unnest(CAST(:pids AS uuid[]), CAST(:t AS text[]), CAST(:tt AS text[])) as u(pid, t, tt)
+                 where p.id = u.pid
                 """
             ),
-            {"pids": list(defaults), "traits": [_dumps(t) for t in defaults.values()]},
+            {"pids": list(changed), "t": [_dumps(v[0]) for v in changed.values()],
+             "tt": [_dumps(v[1]) for v in changed.values()]},
         )

@@ -45,10 +45,15 @@ async def apply_events(session: AsyncSession, events: list[dict[str, Any]]) -> A
     counts: dict[tuple[uuid.UUID, uuid.UUID, str, date], int] = defaultdict(int)
     traits: dict[tuple[uuid.UUID, uuid.UUID], dict[str, Any]] = {}
     affected: Affected = defaultdict(set)
+    merges: list[tuple[uuid.UUID, uuid.UUID, uuid.UUID, dict[str, Any]]] = []
     for e in sorted(events, key=lambda e: e["timestamp"]):
         ws, pid = uuid.UUID(e["workspace_id"]), uuid.UUID(e["profile_id"])
         affected[ws].add(pid)
-        if e["type"] == "identify":
+        if e["type"] == "merge":
+            from_ = uuid.UUID(e["properties"]["merged_profile_id"])
+            affected[ws].add(from_)
+            merges.append((ws, pid, from_, e.get("traits") or {}))
+        elif e["type"] == "identify":
             traits.setdefault((ws, pid), {}).update(e.get("traits") or {})
         elif e.get("event"):
             counts[(ws, pid, e["event"], _parse_ts(e["timestamp"]).date())] += 1
@@ -87,7 +92,35 @@ async def apply_events(session: AsyncSession, events: list[dict[str, Any]]) -> A
             ),
             params,
         )
+    for ws, into, from_, merged_traits in merges:
+        await merge_profiles(session, ws, into, from_, merged_traits)
     return affected
+
+
+async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, from_: uuid.UUID,
+                         merged_traits: dict[str, Any]) -> None:
+    """Ingest merged ``from_`` into ``into``: fold its counts, take the merged traits, drop its facts.
+
+    Re-evaluating both afterwards makes ``from_`` exit its segments and ``into`` enter what it now meets.
+    """
+    params = {"ws": ws, "into": into, "from": from_}
+    await session.execute(text(
+        """
+        insert into segment.event_counts (workspace_id, profile_id, event, day, count)
+        select workspace_id, :into, event, day, count from segment.event_counts
+         where workspace_id = :ws and profile_id = :from
+        on conflict (workspace_id, profile_id, event, day)
+        do update set count = segment.event_counts.count + excluded.count
+        """), params)
+    await session.execute(text("delete from segment.event_counts where workspace_id = :ws and profile_id = :from"),
+                          params)
+    await session.execute(text("delete from segment.profile_traits where workspace_id = :ws and profile_id = :from"),
+                          params)
+    await session.execute(text(
+        """
+        insert into segment.profile_traits (workspace_id, profile_id, traits) values (:ws, :into, CAST(:t AS jsonb))
+        on conflict (workspace_id, profile_id) do update set traits = excluded.traits, updated_at = now()
+        """), {**params, "t": _dumps(merged_traits)})
 
 
 async def _load_facts(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID], events: set[str]

@@ -51,3 +51,28 @@ async def test_new_segment_is_backfilled_by_the_worker(apps, workspace, sessionm
         assert await evaluation.reevaluate(s, ws, affected[ws]) == 2
     members = (await apps["segment"].get(f"/v1/segments/{seg.json()['id']}/members", headers=h)).json()
     assert [m["profile_id"] for m in members["members"]] == [str(browser)]
+
+
+async def test_a_merge_folds_counts_and_moves_membership(apps, workspace, sessionmaker) -> None:
+    ws = workspace.workspace_id
+    user, device = uuid.uuid4(), uuid.uuid4()
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    seg = await apps["segment"].post("/v1/segments", headers=h, json={"name": "two orders", "definition": {
+        "type": "performed", "event": "Order Completed", "count": 2}})
+    async with sessionmaker() as s, s.begin():
+        affected = await evaluation.apply_events(s, [
+            _event(ws, user, type="track", event="Order Completed"),
+            _event(ws, device, type="track", event="Order Completed"),
+            _event(ws, device, type="track", event="Order Completed"),
+        ])
+        await evaluation.reevaluate(s, ws, affected[ws])
+    async with sessionmaker() as s, s.begin():
+        affected = await evaluation.apply_events(s, [_event(ws, user, type="merge", traits={"plan": "pro"},
+                                                            properties={"merged_profile_id": str(device)})])
+        assert await evaluation.reevaluate(s, ws, affected[ws]) == 2  # device exits, user enters
+    members = (await apps["segment"].get(f"/v1/segments/{seg.json()['id']}/members", headers=h)).json()
+    assert [m["profile_id"] for m in members["members"]] == [str(user)]
+    async with sessionmaker() as s:
+        facts = await evaluation._load_facts(s, ws, [user, device], {"Order Completed"})
+    assert sum(facts[user].counts["Order Completed"].values()) == 3 and facts[user].traits == {"plan": "pro"}
+    assert facts[device].counts == {} and facts[device].traits == {}

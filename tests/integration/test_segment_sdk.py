@@ -31,13 +31,15 @@ async def test_analytics_python_sdk_delivers_every_call(settings, workspace, ses
             client.track("sdk-user", "Song Played", {"n": i})
         client.page("sdk-user", "Docs", "Install")
         client.screen("sdk-user", "App", "Home")
+        client.group("sdk-user", "acme-inc", {"industry": "retail"})
+        client.alias("sdk-anon-1", "sdk-user")
         await asyncio.to_thread(client.flush)
         await asyncio.to_thread(client.join)
         assert not errors
         async with sessionmaker() as s:
             rows = (await s.execute(text("select type, count(*) from ingest.events where workspace_id = :ws "
                                          "group by type"), {"ws": workspace.workspace_id})).all()
-        assert dict(rows) == {"identify": 1, "track": 25, "page": 1, "screen": 1}
+        assert dict(rows) == {"identify": 1, "track": 25, "page": 1, "screen": 1, "group": 1, "alias": 1}
         assert analytics_mod is not None
     finally:
         server.should_exit = True

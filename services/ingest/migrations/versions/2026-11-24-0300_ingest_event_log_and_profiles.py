@@ -60,6 +60,8 @@ def upgrade() -> None:
         sa.Column("workspace_id", UUID(as_uuid=True), nullable=False),
         sa.Column("user_id", sa.Text),
         _jsonb("traits"),
+        _jsonb("trait_times"),
+        sa.Column("merged_into", UUID(as_uuid=True)),
         _ts("created_at"),
         _ts("updated_at"),
         sa.UniqueConstraint("workspace_id", "user_id", name="uq_profiles_workspace_id_user_id"),
@@ -77,9 +79,43 @@ def upgrade() -> None:
         schema=S,
     )
     op.create_index("ix_identities_profile_id", "identities", ["profile_id"], schema=S)
+    op.create_table(
+        "groups",
+        sa.Column("workspace_id", UUID(as_uuid=True), primary_key=True),
+        sa.Column("group_id", sa.Text, primary_key=True),
+        _jsonb("traits"),
+        _jsonb("trait_times"),
+        _ts("created_at"),
+        _ts("updated_at"),
+        schema=S,
+    )
+    op.create_table(
+        "group_members",
+        sa.Column("workspace_id", UUID(as_uuid=True), primary_key=True),
+        sa.Column("group_id", sa.Text, primary_key=True),
+        sa.Column("profile_id", UUID(as_uuid=True), primary_key=True),
+        _ts("joined_at"),
+        schema=S,
+    )
+    op.create_index("ix_group_members_profile_id", "group_members", ["profile_id"], schema=S)
+    op.create_table(
+        "profile_merges",
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("workspace_id", UUID(as_uuid=True), nullable=False),
+        sa.Column("into_profile_id", UUID(as_uuid=True), nullable=False),
+        sa.Column("from_profile_id", UUID(as_uuid=True), nullable=False),
+        sa.Column("reason", sa.Text, nullable=False),
+        sa.Column("message_id", sa.Text),
+        _ts("at"),
+        schema=S,
+    )
+    op.create_index("ix_profile_merges_into_profile_id", "profile_merges", ["into_profile_id"], schema=S)
 
 
 def downgrade() -> None:
+    op.drop_table("profile_merges", schema=S)
+    op.drop_table("group_members", schema=S)
+    op.drop_table("groups", schema=S)
     op.drop_table("identities", schema=S)
     op.drop_table("profiles", schema=S)
     op.drop_table("events", schema=S)

@@ -1,0 +1,71 @@
+"""Identity resolution through HTTP: anonymous history joins the user, alias merges, group keeps accounts."""
+
+from shared.testing import internal_headers
+
+
+async def _profile(apps, workspace, ref: str) -> dict:
+    r = await apps["ingest"].get(f"/v1/profiles/{ref}", headers={"Authorization": f"Bearer {workspace.secret_key}"})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def test_login_merges_the_anonymous_profile_into_the_known_user(apps, workspace) -> None:
+    c, auth = apps["ingest"], (workspace.write_key, "")
+    await c.post("/v1/identify", auth=auth, json={"userId": "m-1", "traits": {"email": "m1@example.com", "plan": "pro"},
+                                                  "timestamp": "2026-01-02T00:00:00Z"})
+    # a separate anonymous history on another device, with a newer trait
+    await c.post("/v1/track", auth=auth, json={"anonymousId": "dev-9", "event": "Viewed Pricing"})
+    await c.post("/v1/identify", auth=auth, json={"anonymousId": "dev-9", "traits": {"plan": "team"},
+                                                  "timestamp": "2026-01-03T00:00:00Z"})
+    anon_id = (await _profile(apps, workspace, "dev-9"))["id"]
+    # logging in on that device proves both are one person
+    r = await c.post("/v1/track", auth=auth, json={"userId": "m-1", "anonymousId": "dev-9", "event": "Logged In",
+                                                   "messageId": "login-1"})
+    assert r.status_code == 200
+    user = await _profile(apps, workspace, "m-1")
+    assert (await _profile(apps, workspace, "dev-9"))["id"] == user["id"] != anon_id
+    assert (await _profile(apps, workspace, anon_id))["id"] == user["id"]  # the old id redirects
+    assert user["traits"] == {"email": "m1@example.com", "plan": "team"}  # newest per trait
+    assert [(m["profile_id"], m["reason"], m["message_id"]) for m in user["merged_from"]] == [
+        (anon_id, "identify", "login-1")]
+    events = await c.get("/v1/events", headers=internal_headers())
+    mine = [e for e in events.json()["events"] if e["workspace_id"] == str(workspace.workspace_id)]
+    assert {e["profile_id"] for e in mine} == {user["id"]}  # history re-attributed
+    assert [e["properties"] for e in mine if e["type"] == "merge"] == [{"merged_profile_id": anon_id}]
+
+
+async def test_alias_merges_previous_id_into_user_id(apps, workspace) -> None:
+    c, auth = apps["ingest"], (workspace.write_key, "")
+    await c.post("/v1/identify", auth=auth, json={"userId": "old-id", "traits": {"name": "Old"}})
+    await c.post("/v1/identify", auth=auth, json={"userId": "new-id", "traits": {"email": "n@example.com"}})
+    r = await c.post("/v1/alias", auth=auth, json={"previousId": "old-id", "userId": "new-id"})
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+    merged = await _profile(apps, workspace, "old-id")
+    assert merged["user_id"] == "new-id" and merged["traits"] == {"email": "n@example.com", "name": "Old"}
+    assert merged["merged_from"][0]["reason"] == "alias"
+    # alias of an id never seen before simply links it
+    await c.post("/v1/alias", auth=auth, json={"previousId": "fresh-anon", "userId": "new-id"})
+    assert (await _profile(apps, workspace, "fresh-anon"))["id"] == merged["id"]
+
+
+async def test_two_known_users_on_one_device_are_not_merged(apps, workspace) -> None:
+    c, auth = apps["ingest"], (workspace.write_key, "")
+    await c.post("/v1/identify", auth=auth, json={"userId": "alice", "anonymousId": "shared-tablet"})
+    await c.post("/v1/identify", auth=auth, json={"userId": "bob"})
+    await c.post("/v1/track", auth=auth, json={"userId": "bob", "anonymousId": "shared-tablet", "event": "E"})
+    assert (await _profile(apps, workspace, "alice"))["id"] != (await _profile(apps, workspace, "bob"))["id"]
+
+
+async def test_group_keeps_account_traits_and_membership(apps, workspace) -> None:
+    c, auth = apps["ingest"], (workspace.write_key, "")
+    await c.post("/v1/group", auth=auth, json={"userId": "g-1", "groupId": "acme",
+                                               "traits": {"industry": "retail", "employees": 40}})
+    await c.post("/v1/group", auth=auth, json={"userId": "g-2", "groupId": 42, "traits": {"plan": "gold"}})
+    await c.post("/v1/group", auth=auth, json={"userId": "g-1", "groupId": "acme", "traits": {"employees": 45}})
+    p = await _profile(apps, workspace, "g-1")
+    assert p["groups"] == [{"group_id": "acme", "traits": {"industry": "retail", "employees": 45}}]
+    assert (await _profile(apps, workspace, "g-2"))["groups"][0]["group_id"] == "42"
+    bad = await c.post("/v1/group", auth=auth, json={"userId": "g-1", "traits": {}})
+    assert bad.status_code == 422
+    bad_alias = await c.post("/v1/alias", auth=auth, json={"anonymousId": "x", "previousId": "y"})
+    assert bad_alias.status_code == 422

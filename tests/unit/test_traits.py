@@ -1,0 +1,50 @@
+import itertools
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.ingest.traits import fill_defaults, merge, merge_profiles
+
+stamps = st.sampled_from([f"2026-11-2{d}T00:00:00+00:00" for d in range(1, 6)])
+values = st.one_of(st.none(), st.integers(0, 3), st.sampled_from(["a", "b"]))
+updates = st.lists(st.tuples(stamps, st.dictionaries(st.sampled_from(["plan", "name", "x"]), values, max_size=3)),
+                   max_size=6)
+
+
+@given(updates)
+def test_result_does_not_depend_on_arrival_order(ups) -> None:
+    results = {tuple(sorted(merge({}, {}, perm)[0].items())) for perm in itertools.islice(
+        itertools.permutations(ups), 50)}
+    assert len(results) <= 1
+
+
+@given(updates, updates)
+def test_applying_in_two_steps_equals_one_step(a, b) -> None:
+    step = merge(*merge({}, {}, a), b)
+    assert step == merge({}, {}, a + b)
+
+
+@given(updates)
+def test_merge_is_idempotent(ups) -> None:
+    once = merge({}, {}, ups)
+    assert merge(*once, ups) == once
+
+
+@given(updates, updates)
+def test_profile_merge_equals_seeing_all_updates(a, b) -> None:
+    assert merge_profiles(merge({}, {}, a), merge({}, {}, b))[0] == merge({}, {}, a + b)[0]
+
+
+def test_newer_wins_and_null_removes_for_good() -> None:
+    t1, t2, t3 = "2026-01-01T00:00:00+00:00", "2026-01-02T00:00:00+00:00", "2026-01-03T00:00:00+00:00"
+    traits, times = merge({}, {}, [(t2, {"plan": "pro"}), (t1, {"plan": "free"})])
+    assert traits == {"plan": "pro"}
+    traits, times = merge(traits, times, [(t3, {"plan": None})])
+    assert traits == {}
+    traits, times = merge(traits, times, [(t2, {"plan": "late"})])  # older than the removal
+    assert traits == {}
+
+
+def test_defaults_fill_only_unknown_traits() -> None:
+    assert fill_defaults({"locale": "fr"}, {}, {"locale": "en", "timezone": "UTC"}) == {"timezone": "UTC"}
+    assert fill_defaults({}, {"timezone": "2026"}, {"timezone": "UTC"}) == {}

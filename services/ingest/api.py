@@ -1,6 +1,7 @@
 """Ingest HTTP routes: the Segment tracking API, the event feed and profile lookup."""
 
 import gzip
+import uuid
 import zlib
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -19,6 +20,8 @@ from services.ingest.schemas import (
     GroupMessage,
     IdentifyMessage,
     PageMessage,
+    ProfileEventList,
+    ProfileList,
     ProfileOut,
     Rejected,
     ScreenMessage,
@@ -203,3 +206,52 @@ async def get_profile(
 ) -> dict[str, Any]:
     async with session.begin():
         return await profiles.get_profile(session, ws, ref)
+
+
+@profiles_router.get(
+    "/profiles",
+    response_model=ProfileList,
+    operation_id="list_profiles",
+    summary="List and search profiles",
+    description="Filters combine with AND. `trait.NAME=VALUE` (repeatable) matches a trait's exact string value.",
+    responses=COMMON_ERRORS,
+)
+async def list_profiles(
+    ws: WorkspaceDep,
+    session: SessionDep,
+    request: Request,
+    user_id: Annotated[str | None, Query(description="exact userId")] = None,
+    email: Annotated[str | None, Query(description="exact email trait")] = None,
+    q: Annotated[str | None, Query(max_length=200, description="substring of userId, email or name")] = None,
+    after: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    traits = {k.removeprefix("trait."): v for k, v in request.query_params.items() if k.startswith("trait.")}
+    if after is not None:
+        try:
+            uuid.UUID(after)
+        except ValueError:
+            raise BadRequest("Invalid cursor: pass the next_cursor of a previous page") from None
+    async with session.begin():
+        items, nxt = await profiles.list_profiles(session, ws, user_id=user_id, email=email, traits=traits, q=q,
+                                                  after=after, limit=limit)
+    return {"profiles": items, "next_cursor": nxt}
+
+
+@profiles_router.get(
+    "/profiles/{ref}/events",
+    response_model=ProfileEventList,
+    operation_id="list_profile_events",
+    summary="A profile's events, newest first",
+    responses={**COMMON_ERRORS, 404: problem_schema("No such profile")},
+)
+async def list_profile_events(
+    ws: WorkspaceDep,
+    session: SessionDep,
+    ref: Annotated[str, Path(description="profile id, userId, anonymousId or email")],
+    after: Annotated[int | None, Query(description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    async with session.begin():
+        items, nxt = await profiles.profile_events(session, ws, ref, after=after, limit=limit)
+    return {"events": items, "next_cursor": nxt}

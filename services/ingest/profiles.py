@@ -22,6 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.ingest import traits as trait_merge
+from shared.db import fetch_page
 from shared.errors import NotFound
 
 if TYPE_CHECKING:
@@ -270,3 +271,45 @@ async def get_profile(session: AsyncSession, ws: uuid.UUID, ref: str) -> dict[st
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
     }
+
+
+async def list_profiles(session: AsyncSession, ws: uuid.UUID, *, user_id: str | None, email: str | None,
+                        traits: dict[str, str], q: str | None, after: str | None, limit: int
+                        ) -> tuple[list[dict[str, Any]], str | None]:
+    """Live profiles (not merged away), filtered, in id order; ``traits`` compares text values exactly."""
+    clauses = ["workspace_id = :ws", "merged_into is null",
+               "(CAST(:after AS uuid) is null or id > CAST(:after AS uuid))"]
+    params: dict[str, Any] = {"ws": ws, "after": after}
+    if user_id is not None:
+        clauses.append("user_id = :uid")
+        params["uid"] = user_id
+    if email is not None:
+        clauses.append("(traits->>'email') = :email")
+        params["email"] = email
+    if traits:
+        clauses.append("traits @> CAST(:contains AS jsonb)")
+        params["contains"] = _dumps(traits)
+    if q:
+        clauses.append("(user_id ilike :q or (traits->>'email') ilike :q or (traits->>'name') ilike :q "
+                       "or (traits->>'first_name') ilike :q or (traits->>'last_name') ilike :q)")
+        params["q"] = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return await fetch_page(
+        session,
+        "select id, user_id, traits, created_at, updated_at from ingest.profiles where "
+        + " and ".join(clauses) + " order by id limit :lim",
+        params, limit,
+    )
+
+
+async def profile_events(session: AsyncSession, ws: uuid.UUID, ref: str, *, after: int | None, limit: int
+                         ) -> tuple[list[dict[str, Any]], str | None]:
+    """A profile's events, newest first, paginated by sequence number."""
+    pid = await resolve_ref(session, ws, ref)
+    items, nxt = await fetch_page(
+        session,
+        "select seq, message_id, type, event, properties, traits, context, timestamp, received_at "
+        "from ingest.events where workspace_id = :ws and profile_id = :pid "
+        "and (CAST(:after AS bigint) is null or seq < CAST(:after AS bigint)) order by seq desc limit :lim",
+        {"ws": ws, "pid": pid, "after": after}, limit, key="seq",
+    )
+    return items, nxt

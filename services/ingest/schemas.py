@@ -177,3 +177,33 @@ class ProfileOut(BaseModel):
     merged_from: list[MergeOut] = Field(default_factory=list, description="merge history")
     created_at: datetime
     updated_at: datetime
+
+
+class ProfileSummary(BaseModel):
+    id: str
+    user_id: str | None
+    traits: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+class ProfileList(BaseModel):
+    profiles: list[ProfileSummary]
+    next_cursor: str | None = Field(None, description="pass as `after` for the next page")
+
+
+class ProfileEvent(BaseModel):
+    seq: int
+    message_id: str
+    type: str
+    event: str | None
+    properties: dict[str, Any]
+    traits: dict[str, Any]
+    context: dict[str, Any]
+    timestamp: datetime
+    received_at: datetime
+
+
+class ProfileEventList(BaseModel):
+    events: list[ProfileEvent]
+    next_cursor: str | None = Field(None, description="pass as `after` for older events")

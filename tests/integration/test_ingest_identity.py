@@ -69,3 +69,39 @@ async def test_group_keeps_account_traits_and_membership(apps, workspace) -> Non
     assert bad.status_code == 422
     bad_alias = await c.post("/v1/alias", auth=auth, json={"anonymousId": "x", "previousId": "y"})
     assert bad_alias.status_code == 422
+
+
+async def test_profiles_list_filters_and_paginates(apps, workspace) -> None:
+    c, auth = apps["ingest"], (workspace.write_key, "")
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    batch = [{"type": "identify", "userId": f"l-{i}", "traits": {"email": f"l{i}@example.com",
+                                                                  "plan": "pro" if i % 2 else "free"}}
+             for i in range(7)]
+    assert (await c.post("/v1/batch", auth=auth, json={"batch": batch})).json()["accepted"] == 7
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 3, "trait.plan": "pro", **({"after": cursor} if cursor else {})}
+        page = (await c.get("/v1/profiles", headers=h, params=params)).json()
+        seen += [p["user_id"] for p in page["profiles"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert sorted(seen) == ["l-1", "l-3", "l-5"]
+    found = (await c.get("/v1/profiles", headers=h, params={"q": "L4@EXAMPLE"})).json()["profiles"]
+    assert [p["user_id"] for p in found] == ["l-4"]
+    assert (await c.get("/v1/profiles", headers=h, params={"email": "l6@example.com"})).json()["profiles"][0][
+        "user_id"] == "l-6"
+    assert (await c.get("/v1/profiles", headers=h, params={"after": "junk"})).status_code == 400
+
+
+async def test_profile_events_newest_first_with_pagination(apps, workspace) -> None:
+    c, auth = apps["ingest"], (workspace.write_key, "")
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    for i in range(5):
+        await c.post("/v1/track", auth=auth, json={"userId": "ev-1", "event": f"Step {i}"})
+    first = (await c.get("/v1/profiles/ev-1/events", headers=h, params={"limit": 3})).json()
+    second = (await c.get("/v1/profiles/ev-1/events", headers=h,
+                          params={"limit": 3, "after": first["next_cursor"]})).json()
+    assert [e["event"] for e in first["events"] + second["events"]] == [f"Step {i}" for i in range(4, -1, -1)]
+    assert second["next_cursor"] is None
+    assert (await c.get("/v1/profiles/nobody/events", headers=h)).status_code == 404

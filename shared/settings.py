@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     dev_inbox: bool = Field(default=True, description="`tenure dev` runs a local SMTP sink and web inbox")
     dev_demo: bool = Field(default=True, description="`tenure dev` creates a demo workspace on first start")
 
+    ingest_rate_limit_per_s: int = Field(
+        default=1000, description="tracking requests per second per workspace (0 = unlimited); over it: 429"
+    )
+
     consumer_batch_size: int = 500
     feed_poll_interval_s: float = 5.0
 

@@ -33,6 +33,7 @@ from shared.db import SessionDep
 from shared.errors import COMMON_ERRORS, BadRequest, PayloadTooLarge, ValidationFailed, problem_schema
 from shared.feed import Cursor
 from shared.queue import wake
+from shared.ratelimit import check_rate
 from shared.settings import Settings
 
 log = structlog.get_logger()
@@ -50,6 +51,7 @@ _TRACK_ERRORS = {
     **COMMON_ERRORS,
     403: problem_schema("A secret key was used where the write key belongs"),
     413: problem_schema("Over 32 KB per message or 500 KB per batch"),
+    429: problem_schema("Over the workspace's rate limit: retry after `Retry-After` seconds"),
 }
 
 
@@ -88,6 +90,8 @@ async def _store(request: Request, session: Any, background: BackgroundTasks, bo
                  batch_context: dict[str, Any]) -> TrackResponse:
     principal = await _authorize(request, body)
     ws = principal.require_workspace()
+    settings: Settings = request.app.state.settings
+    await check_rate(request.app.state.redis, f"ingest:{ws}", settings.ingest_rate_limit_per_s)
     received_at = datetime.now(UTC)
     envelopes: list[tracking.Envelope] = []
     rejected: list[Rejected] = []
@@ -112,7 +116,6 @@ async def _store(request: Request, session: Any, background: BackgroundTasks, bo
         result = await tracking.record(session, ws, envelopes, received_at)
     log.info("ingest.recorded", accepted=result.accepted, duplicates=result.duplicates, rejected=len(rejected))
     if result.accepted:
-        settings: Settings = request.app.state.settings
         for service in ("segment", "campaign"):
             background.add_task(wake, request.app.state.redis, settings, service, WAKE_FUNCTION)
     return TrackResponse(accepted=result.accepted, duplicates=result.duplicates, rejected=rejected)

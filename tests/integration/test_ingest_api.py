@@ -169,3 +169,22 @@ async def test_anonymous_history_joins_the_user_on_identify(apps, workspace) -> 
     by_anon = (await c.get("/v1/profiles/anon-7", headers=h)).json()
     by_user = (await c.get("/v1/profiles/u-7", headers=h)).json()
     assert by_anon["id"] == by_user["id"] and by_user["anonymous_ids"] == ["anon-7"] and by_user["user_id"] == "u-7"
+
+
+async def test_over_the_rate_limit_is_429_with_retry_after(settings, workspace, sessionmaker) -> None:
+    import httpx
+
+    from services.ingest.app import create_app
+
+    app = create_app(settings.model_copy(update={"ingest_rate_limit_per_s": 3}))
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://ingest") as c:
+        codes = []
+        for i in range(12):
+            r = await c.post("/v1/track", auth=(workspace.write_key, ""), json={"userId": "r", "event": f"E{i}"})
+            codes.append(r.status_code)
+            if r.status_code == 429:
+                assert int(r.headers["Retry-After"]) >= 1
+                assert r.headers["content-type"].startswith(PROBLEM)
+    assert 429 in codes and codes.count(200) >= 3
+    assert await _count_events(sessionmaker, workspace.workspace_id) == codes.count(200)

@@ -2,7 +2,9 @@
 
 from fastapi import FastAPI
 
+from services.campaign import privacy
 from services.campaign.api import router
+from shared.privacy import privacy_router
 from shared.settings import Settings
 from shared.web import create_service_app
 
@@ -13,4 +15,5 @@ render a Liquid template with the profile's traits and ask delivery to send it, 
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    return create_service_app("campaign", settings or Settings(), routers=[router], description=DESCRIPTION)
+    routers = [router, privacy_router("campaign", privacy.erase, privacy.export)]
+    return create_service_app("campaign", settings or Settings(), routers=routers, description=DESCRIPTION)

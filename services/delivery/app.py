@@ -2,7 +2,9 @@
 
 from fastapi import FastAPI
 
+from services.delivery import privacy
 from services.delivery.api import router
+from shared.privacy import privacy_router
 from shared.settings import Settings
 from shared.web import create_service_app
 
@@ -14,4 +16,5 @@ stop at once.
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    return create_service_app("delivery", settings or Settings(), routers=[router], description=DESCRIPTION)
+    routers = [router, privacy_router("delivery", privacy.erase, privacy.export)]
+    return create_service_app("delivery", settings or Settings(), routers=routers, description=DESCRIPTION)

@@ -11,15 +11,17 @@ import structlog
 from fastapi import APIRouter, BackgroundTasks, Path, Query, Request
 from pydantic import TypeAdapter, ValidationError
 
-from services.ingest import eventlog, profiles, tracking
+from services.ingest import eventlog, privacy, profiles, tracking
 from services.ingest.schemas import (
     AliasMessage,
     BatchItem,
     BatchRequest,
+    ErasureCreate,
     FeedPage,
     GroupMessage,
     IdentifyMessage,
     PageMessage,
+    PrivacyRequestOut,
     ProfileEventList,
     ProfileList,
     ProfileOut,
@@ -114,11 +116,13 @@ async def _store(request: Request, session: Any, background: BackgroundTasks, bo
         raise ValidationFailed("No valid message in the request", rejected=[r.model_dump() for r in rejected])
     async with session.begin():
         result = await tracking.record(session, ws, envelopes, received_at)
-    log.info("ingest.recorded", accepted=result.accepted, duplicates=result.duplicates, rejected=len(rejected))
+    log.info("ingest.recorded", accepted=result.accepted, duplicates=result.duplicates, suppressed=result.suppressed,
+             rejected=len(rejected))
     if result.accepted:
         for service in ("segment", "campaign"):
             background.add_task(wake, request.app.state.redis, settings, service, WAKE_FUNCTION)
-    return TrackResponse(accepted=result.accepted, duplicates=result.duplicates, rejected=rejected)
+    return TrackResponse(accepted=result.accepted, duplicates=result.duplicates, suppressed=result.suppressed,
+                         rejected=rejected)
 
 
 def _body_doc(model: type[Any]) -> dict[str, Any]:
@@ -258,3 +262,39 @@ async def list_profile_events(
     async with session.begin():
         items, nxt = await profiles.profile_events(session, ws, ref, after=after, limit=limit)
     return {"events": items, "next_cursor": nxt}
+
+
+privacy_router = APIRouter(prefix="/v1/privacy", tags=["privacy"])
+
+
+@privacy_router.post(
+    "/erasure",
+    status_code=202,
+    response_model=PrivacyRequestOut,
+    operation_id="request_erasure",
+    summary="Erase a user everywhere (GDPR art. 17 / CCPA delete)",
+    description=("Removes the profile, identities and events here at once, then asks segment, campaign and "
+                 "delivery to erase theirs; follow `status` and `services` on the returned request."),
+    responses={**COMMON_ERRORS, 404: problem_schema("No such user")},
+)
+async def request_erasure(body: ErasureCreate, ws: WorkspaceDep, session: SessionDep, request: Request,
+                          background: BackgroundTasks) -> dict[str, Any]:
+    async with session.begin():
+        result = await privacy.erase(session, ws, body.user, suppress=body.suppress)
+    background.add_task(wake, request.app.state.redis, request.app.state.settings, "ingest", "propagate_privacy")
+    return result
+
+
+@privacy_router.get("/requests/{request_id}", response_model=PrivacyRequestOut, operation_id="get_privacy_request",
+                    summary="A privacy request and each service's status",
+                    responses={**COMMON_ERRORS, 404: problem_schema("No such request")})
+async def get_privacy_request(request_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+    async with session.begin():
+        return await privacy.get_request(session, ws, request_id)
+
+
+@privacy_router.get("/export/{ref}", operation_id="export_user", summary="Everything held about a user, as JSON",
+                    responses={**COMMON_ERRORS, 404: problem_schema("No such user")})
+async def export_user(ref: str, ws: WorkspaceDep, session: SessionDep, request: Request) -> dict[str, Any]:
+    async with session.begin():
+        return await privacy.export(session, request.app.state.internal, ws, ref)

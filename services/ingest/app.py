@@ -2,7 +2,7 @@
 
 from fastapi import FastAPI
 
-from services.ingest.api import feed_router, profiles_router, tracking_router
+from services.ingest.api import feed_router, privacy_router, profiles_router, tracking_router
 from shared.settings import Settings
 from shared.web import create_service_app
 
@@ -15,7 +15,7 @@ Tenure services read through `/v1/events` (internal token).
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     app = create_service_app(
-        "ingest", settings or Settings(), routers=[tracking_router, feed_router, profiles_router],
+        "ingest", settings or Settings(), routers=[tracking_router, feed_router, profiles_router, privacy_router],
         description=DESCRIPTION,
     )
     app.openapi_components = {"securitySchemes": {"writeKey": {"type": "http", "scheme": "basic"}}}

@@ -108,3 +108,34 @@ class ProfileMerge(IngestTable, table=True):
     reason: str
     message_id: str | None = None
     at: datetime = Field(sa_column=tz_column("at"))
+
+
+class PrivacyRequest(IngestTable, table=True):
+    """An erasure (audit record): what was removed here, and each other service's status."""
+
+    __tablename__ = "privacy_requests"
+    __table_args__ = (Index("ix_privacy_requests_pending", "created_at", postgresql_where=text("status = 'pending'")),)
+
+    id: uuid.UUID = Field(primary_key=True)
+    workspace_id: uuid.UUID
+    kind: str  # "erasure"
+    subject: str  # the reference the request named (userId, email, …)
+    profile_ids: list[str] = Field(sa_column=jsonb_column("profile_ids"))
+    suppress: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
+    status: str  # "pending" | "completed"
+    services: dict[str, Any] = Field(default_factory=dict, sa_column=jsonb_column("services"))
+    removed: dict[str, Any] = Field(default_factory=dict, sa_column=jsonb_column("removed"))
+    created_at: datetime = Field(sa_column=tz_column("created_at"))
+    completed_at: datetime | None = Field(default=None, sa_column=tz_column("completed_at", nullable=True,
+                                                                             default_now=False))
+
+
+class Suppression(IngestTable, table=True):
+    """Hashes of erased identities whose later events are dropped (when the erasure asked for it)."""
+
+    __tablename__ = "suppressions"
+
+    workspace_id: uuid.UUID = Field(primary_key=True)
+    id_hash: bytes = Field(primary_key=True)
+    request_id: uuid.UUID | None = None
+    created_at: datetime = Field(sa_column=tz_column("created_at"))

@@ -131,6 +131,7 @@ class TrackResponse(BaseModel):
     success: bool = True
     accepted: int = Field(description="messages stored by this request")
     duplicates: int = Field(0, description="messages already stored under the same messageId")
+    suppressed: int = Field(0, description="messages dropped because their user was erased with suppression")
     rejected: list[Rejected] = Field(default_factory=list)
 
 
@@ -207,3 +208,22 @@ class ProfileEvent(BaseModel):
 class ProfileEventList(BaseModel):
     events: list[ProfileEvent]
     next_cursor: str | None = Field(None, description="pass as `after` for older events")
+
+
+class ErasureCreate(BaseModel):
+    user: str = Field(min_length=1, max_length=512, description="userId, anonymousId, email or profile id",
+                      examples=["u-42"])
+    suppress: bool = Field(False, description="drop later events for this user's ids (hashes are kept)")
+
+
+class PrivacyRequestOut(BaseModel):
+    id: str
+    kind: str
+    subject: str
+    profile_ids: list[str]
+    suppress: bool
+    status: str = Field(description="pending until every service has erased, then completed")
+    services: dict[str, Any] = Field(description="per service: status, rows removed or last error")
+    removed: dict[str, int] = Field(description="rows removed in ingest, per table")
+    created_at: datetime
+    completed_at: datetime | None

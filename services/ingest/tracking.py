@@ -14,7 +14,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.ingest import groups
+from services.ingest import groups, privacy
 from services.ingest import traits as trait_merge
 from services.ingest.profiles import resolve_profiles
 from services.ingest.schemas import (
@@ -52,6 +52,7 @@ class Envelope:
 class RecordResult:
     accepted: int = 0
     duplicates: int = 0
+    suppressed: int = 0
     inserted: list[Envelope] = field(default_factory=list)
 
 
@@ -163,6 +164,11 @@ async def record(session: AsyncSession, workspace_id: uuid.UUID, envelopes: list
         else:
             unique[env.message_id] = env
     batch = list(unique.values())
+    blocked = await privacy.suppressed(session, workspace_id, {k for e in batch for k in _identity_keys(e)})
+    if blocked:
+        kept = [e for e in batch if not blocked.intersection(_identity_keys(e))]
+        result.suppressed = len(batch) - len(kept)
+        batch = kept
     if not batch:
         return result
     await resolve_profiles(session, workspace_id, batch)
@@ -192,6 +198,11 @@ async def record(session: AsyncSession, workspace_id: uuid.UUID, envelopes: list
     await groups.record_groups(session, workspace_id, [e for e in result.inserted if e.group_id],
                                [_ts_key(e.timestamp) for e in result.inserted if e.group_id])
     return result
+
+
+def _identity_keys(env: Envelope) -> list[tuple[str, str]]:
+    keys = [("user_id", env.user_id), ("anonymous_id", env.anonymous_id), ("email", env.traits.get("email"))]
+    return [(k, v) for k, v in keys if isinstance(v, str) and v]
 
 
 def _ts_key(dt: datetime) -> str:

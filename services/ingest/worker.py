@@ -11,6 +11,7 @@ from arq.cron import cron
 from arq.worker import Worker
 from sqlalchemy import text
 
+from services.ingest import privacy
 from shared.queue import JobCtx, build_worker, worker_settings_class
 from shared.settings import Settings
 
@@ -53,8 +54,14 @@ async def enforce_retention(ctx: JobCtx) -> int:
     return deleted
 
 
+async def propagate_privacy(ctx: JobCtx) -> int:
+    """Ask the other services to erase for pending privacy requests (woken per request, and polled)."""
+    return await privacy.propagate(ctx["sessionmaker"], ctx["internal"])
+
+
 _OPTIONS: dict[str, Any] = {
-    "functions": [enforce_retention],
+    "functions": [enforce_retention, propagate_privacy],
+    "poll": [propagate_privacy],
     "crons": [cron(enforce_retention, name="cron:enforce_retention", minute=17, second=0, unique=True,
                    keep_result=0, timeout=600)],
 }

@@ -2,7 +2,9 @@
 
 from fastapi import FastAPI
 
+from services.segment import privacy
 from services.segment.api import feed_router, router
+from shared.privacy import privacy_router
 from shared.settings import Settings
 from shared.web import create_service_app
 
@@ -14,5 +16,5 @@ event feed arrives. Entries and exits are written to a transition log that campa
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    return create_service_app("segment", settings or Settings(), routers=[router, feed_router],
-                              description=DESCRIPTION)
+    routers = [router, feed_router, privacy_router("segment", privacy.erase, privacy.export)]
+    return create_service_app("segment", settings or Settings(), routers=routers, description=DESCRIPTION)

@@ -174,3 +174,50 @@ async def test_segment_entry_triggers_a_campaign(stack, workspace) -> None:
         await c.post(f"{s.url('ingest')}/v1/track", auth=wk, json={"userId": "bob", "event": "Order Completed"})
         await asyncio.sleep(3)
         assert len(box.messages) == 1  # still a member: no second entry, no second mail
+
+
+async def test_erasure_reaches_every_service_and_suppresses_later_events(stack, workspace) -> None:
+    s, box = stack
+    mgmt = {"Authorization": f"Bearer {workspace.secret_key}"}
+    wk = (workspace.write_key, "")
+    async with httpx.AsyncClient(timeout=10) as c:
+        seg = (await c.post(f"{s.url('segment')}/v1/segments", headers=mgmt, json={
+            "name": "signed up", "definition": {"type": "performed", "event": "Signed Up"}})).json()
+        tpl = (await c.post(f"{s.url('campaign')}/v1/templates", headers=mgmt, json={
+            "name": "hi", "subject": "Hi {{ profile.first_name }}", "text": "Hello"})).json()
+        camp = (await c.post(f"{s.url('campaign')}/v1/campaigns", headers=mgmt, json={
+            "name": "hi", "trigger": {"type": "event", "event": "Signed Up"}, "template_id": tpl["id"]})).json()
+        await c.post(f"{s.url('ingest')}/v1/identify", auth=wk, json={
+            "userId": "gdpr-1", "anonymousId": "gdpr-device", "traits": {"email": "gone@e2e.example",
+                                                                         "first_name": "Eve"}})
+        await c.post(f"{s.url('ingest')}/v1/track", auth=wk, json={"userId": "gdpr-1", "event": "Signed Up"})
+        await _wait_for(lambda: len(box.messages) == 1)
+        export = (await c.get(f"{s.url('ingest')}/v1/privacy/export/gdpr-1", headers=mgmt)).json()
+        assert export["profile"]["traits"]["first_name"] == "Eve" and len(export["events"]) == 2
+        assert len(export["campaign"]["sends"]) == 1 and len(export["delivery"]["messages"]) == 1
+        assert export["segment"]["memberships"]
+
+        r = await c.post(f"{s.url('ingest')}/v1/privacy/erasure", headers=mgmt,
+                         json={"user": "gone@e2e.example", "suppress": True})
+        assert r.status_code == 202, r.text
+        rid = r.json()["id"]
+        deadline = time.monotonic() + 30
+        while (req := (await c.get(f"{s.url('ingest')}/v1/privacy/requests/{rid}", headers=mgmt)).json())[
+                "status"] != "completed":
+            assert time.monotonic() < deadline, req
+            await asyncio.sleep(0.3)
+        assert req["removed"]["events"] == 2 and req["services"]["delivery"]["removed"]["messages"] == 1
+
+        for ref in ("gdpr-1", "gdpr-device", "gone@e2e.example"):
+            assert (await c.get(f"{s.url('ingest')}/v1/profiles/{ref}", headers=mgmt)).status_code == 404
+        members = (await c.get(f"{s.url('segment')}/v1/segments/{seg['id']}/members", headers=mgmt)).json()
+        assert members["members"] == []
+        sends = (await c.get(f"{s.url('campaign')}/v1/campaigns/{camp['id']}/sends", headers=mgmt)).json()
+        assert sends["sends"] == []
+        msgs = (await c.get(f"{s.url('delivery')}/v1/messages", headers=mgmt,
+                            params={"to": "gone@e2e.example"})).json()
+        assert msgs["messages"] == []
+        again = await c.post(f"{s.url('ingest')}/v1/track", auth=wk, json={"userId": "gdpr-1", "event": "Signed Up"})
+        assert again.json()["suppressed"] == 1 and again.json()["accepted"] == 0
+        await asyncio.sleep(3)
+        assert len(box.messages) == 1

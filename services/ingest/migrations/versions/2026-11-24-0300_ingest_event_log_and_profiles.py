@@ -110,9 +110,36 @@ def upgrade() -> None:
         schema=S,
     )
     op.create_index("ix_profile_merges_into_profile_id", "profile_merges", ["into_profile_id"], schema=S)
+    op.create_table(
+        "privacy_requests",
+        sa.Column("id", UUID(as_uuid=True), primary_key=True),
+        sa.Column("workspace_id", UUID(as_uuid=True), nullable=False),
+        sa.Column("kind", sa.Text, nullable=False),
+        sa.Column("subject", sa.Text, nullable=False),
+        sa.Column("profile_ids", JSONB, nullable=False),
+        sa.Column("suppress", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.Column("status", sa.Text, nullable=False),
+        _jsonb("services"),
+        _jsonb("removed"),
+        _ts("created_at"),
+        _ts("completed_at", nullable=True, now=False),
+        schema=S,
+    )
+    op.create_index("ix_privacy_requests_pending", "privacy_requests", ["created_at"], schema=S,
+                    postgresql_where=sa.text("status = 'pending'"))
+    op.create_table(
+        "suppressions",
+        sa.Column("workspace_id", UUID(as_uuid=True), primary_key=True),
+        sa.Column("id_hash", sa.LargeBinary, primary_key=True),
+        sa.Column("request_id", UUID(as_uuid=True)),
+        _ts("created_at"),
+        schema=S,
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("suppressions", schema=S)
+    op.drop_table("privacy_requests", schema=S)
     op.drop_table("profile_merges", schema=S)
     op.drop_table("group_members", schema=S)
     op.drop_table("groups", schema=S)

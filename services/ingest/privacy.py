@@ -1,0 +1,165 @@
+"""Privacy requests (GDPR / CCPA): erasure and export of one user, across every service.
+
+Erasure removes the profile (and every profile merged into it), its identities, events, group
+memberships and merge history here, in one transaction, and records an audit row. The other services
+are then asked to erase what they hold (``propagate``, run by the worker until each has answered), and
+the audit row keeps each service's status and counts. With ``suppress``, hashes of the user's ids are
+kept so later events for them are dropped at the door.
+"""
+
+import hashlib
+import uuid
+from typing import Any
+
+import orjson
+import structlog
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.ingest.profiles import get_profile, resolve_ref
+from shared.auth import WORKSPACE_HEADER
+from shared.errors import NotFound
+from shared.http import InternalClient
+
+log = structlog.get_logger()
+
+OTHER_SERVICES = ("segment", "campaign", "delivery")
+_COLS = "id, kind, subject, profile_ids, suppress, status, services, removed, created_at, completed_at"
+
+
+def id_hash(kind: str, value: str) -> bytes:
+    return hashlib.sha256(f"{kind}:{value}".encode()).digest()
+
+
+def _dumps(v: Any) -> str:
+    return orjson.dumps(v).decode()
+
+
+def _out(row: Any) -> dict[str, Any]:
+    d = dict(row._mapping)
+    d["id"] = str(d["id"])
+    return d
+
+
+async def _profile_ids(session: AsyncSession, ws: uuid.UUID, pid: uuid.UUID) -> list[uuid.UUID]:
+    rows = await session.execute(
+        text("select id from ingest.profiles where workspace_id = :ws and (id = :pid or merged_into = :pid)"),
+        {"ws": ws, "pid": pid},
+    )
+    return [r[0] for r in rows]
+
+
+async def erase(session: AsyncSession, ws: uuid.UUID, ref: str, *, suppress: bool) -> dict[str, Any]:
+    """Erase a user here and open the audit record; the caller commits, then wakes the worker."""
+    pids = await _profile_ids(session, ws, await resolve_ref(session, ws, ref))
+    params = {"ws": ws, "p": pids}
+    idents = (await session.execute(
+        text("select kind, value from ingest.identities "
+             "where workspace_id = :ws and profile_id = any(CAST(:p AS uuid[]))"),
+        params,
+    )).all()
+    emails = (await session.execute(
+        text("select traits->>'email' from ingest.profiles where id = any(CAST(:p AS uuid[])) and traits ? 'email'"),
+        params,
+    )).scalars().all()
+    removed: dict[str, int] = {}
+    for table, col in (("events", "profile_id"), ("identities", "profile_id"), ("group_members", "profile_id"),
+                       ("profile_merges", "into_profile_id"), ("profiles", "id")):
+        res = await session.execute(
+            text(f"delete from ingest.{table} where workspace_id = :ws and {col} = any(CAST(:p AS uuid[]))"), params)
+        removed[table] = res.rowcount  # type: ignore[attr-defined]
+    request_id = uuid.uuid4()
+    if suppress:
+        hashes = {id_hash(k, v) for k, v in idents} | {id_hash("email", e) for e in emails if e}
+        await session.execute(
+            text("insert into ingest.suppressions (workspace_id, id_hash, request_id) "
+                 "select :ws, h, :rid from unnest(CAST(:h AS bytea[])) h on conflict do nothing"),
+            {"ws": ws, "h": sorted(hashes), "rid": request_id},
+        )
+    row = (await session.execute(
+        text(f"insert into ingest.privacy_requests (id, workspace_id, kind, subject, profile_ids, suppress, status, "
+             f"services, removed) values (:id, :ws, 'erasure', :subject, CAST(:pids AS jsonb), :suppress, 'pending', "
+             f"CAST(:services AS jsonb), CAST(:removed AS jsonb)) returning {_COLS}"),
+        {"id": request_id, "ws": ws, "subject": ref, "pids": _dumps([str(p) for p in pids]), "suppress": suppress,
+         "services": _dumps({s: {"status": "pending"} for s in OTHER_SERVICES}), "removed": _dumps(removed)},
+    )).one()
+    log.info("privacy.erased_here", privacy_request_id=str(request_id), profiles=len(pids), removed=removed)
+    return _out(row)
+
+
+async def get_request(session: AsyncSession, ws: uuid.UUID, request_id: uuid.UUID) -> dict[str, Any]:
+    row = (await session.execute(
+        text(f"select {_COLS} from ingest.privacy_requests where workspace_id = :ws and id = :id"),
+        {"ws": ws, "id": request_id},
+    )).first()
+    if row is None:
+        raise NotFound(f"No privacy request {request_id}")
+    return _out(row)
+
+
+async def suppressed(session: AsyncSession, ws: uuid.UUID, ids: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of (kind, value) belong to users erased with suppression."""
+    if not ids:
+        return set()
+    by_hash = {id_hash(k, v): (k, v) for k, v in ids}
+    rows = await session.execute(
+        text("select id_hash from ingest.suppressions where workspace_id = :ws and id_hash = any(CAST(:h AS bytea[]))"),
+        {"ws": ws, "h": list(by_hash)},
+    )
+    return {by_hash[bytes(r[0])] for r in rows}
+
+
+async def propagate(sessionmaker: async_sessionmaker[AsyncSession], internal: InternalClient, limit: int = 20) -> int:
+    """Ask the other services to erase, for pending requests; returns how many requests completed."""
+    completed = 0
+    async with sessionmaker() as session:
+        async with session.begin():
+            pending = (await session.execute(
+                text("select id, workspace_id, profile_ids, services from ingest.privacy_requests "
+                     "where status = 'pending' order by created_at limit :n for update skip locked"), {"n": limit},
+            )).all()
+            for rid, ws, pids, services in pending:
+                for svc in OTHER_SERVICES:
+                    if services.get(svc, {}).get("status") == "done":
+                        continue
+                    try:
+                        resp = await internal.request("POST", svc, "/v1/privacy/erasure", retry=True,
+                                                      json={"profile_ids": pids}, headers={WORKSPACE_HEADER: str(ws)})
+                        if resp.status_code == 200:
+                            services[svc] = {"status": "done", "removed": resp.json()["removed"]}
+                        else:
+                            services[svc] = {"status": "pending", "error": f"answered {resp.status_code}"}
+                    except Exception as exc:  # noqa: BLE001 - retried on the next run
+                        services[svc] = {"status": "pending", "error": type(exc).__name__}
+                done = all(services[s]["status"] == "done" for s in OTHER_SERVICES)
+                await session.execute(
+                    text("update ingest.privacy_requests set services = CAST(:s AS jsonb), status = :st, "
+                         "completed_at = case when :st = 'completed' then now() end where id = :id"),
+                    {"s": _dumps(services), "st": "completed" if done else "pending", "id": rid},
+                )
+                completed += done
+                log.info("privacy.propagated", request_id=str(rid), done=done)
+    return completed
+
+
+async def export(session: AsyncSession, internal: InternalClient, ws: uuid.UUID, ref: str) -> dict[str, Any]:
+    """Everything Tenure holds about a user: ingest's records plus each other service's."""
+    profile = await get_profile(session, ws, ref)
+    pids = await _profile_ids(session, ws, uuid.UUID(profile["id"]))
+    params = {"ws": ws, "p": pids}
+    identities = (await session.execute(
+        text("select kind, value, created_at from ingest.identities "
+             "where workspace_id = :ws and profile_id = any(CAST(:p AS uuid[])) order by created_at"), params,
+    )).mappings().all()
+    events = (await session.execute(
+        text("select message_id, type, event, properties, traits, context, timestamp, received_at "
+             "from ingest.events where workspace_id = :ws and profile_id = any(CAST(:p AS uuid[])) order by seq"),
+        params,
+    )).mappings().all()
+    out: dict[str, Any] = {"profile": profile, "identities": [dict(r) for r in identities],
+                           "events": [dict(r) for r in events]}
+    for svc in OTHER_SERVICES:
+        resp = await internal.request("GET", svc, "/v1/privacy/export", params={"profile_id": [str(p) for p in pids]},
+                                      headers={WORKSPACE_HEADER: str(ws)})
+        out[svc] = resp.json() if resp.status_code == 200 else {"error": f"{svc} answered {resp.status_code}"}
+    return out

@@ -1,0 +1,31 @@
+"""Erasure and export of what segment holds about profiles: traits copy, counts, memberships, transitions."""
+
+import uuid
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+_TABLES = ("event_counts", "profile_traits", "memberships", "transitions")
+
+
+async def erase(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) -> dict[str, int]:
+    removed = {}
+    for table in _TABLES:
+        res = await session.execute(
+            text(f"delete from segment.{table} where workspace_id = :ws and profile_id = any(CAST(:p AS uuid[]))"),
+            {"ws": ws, "p": pids},
+        )
+        removed[table] = res.rowcount  # type: ignore[attr-defined]
+    return removed
+
+
+async def export(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for table in _TABLES:
+        rows = await session.execute(
+            text(f"select * from segment.{table} where workspace_id = :ws and profile_id = any(CAST(:p AS uuid[]))"),
+            {"ws": ws, "p": pids},
+        )
+        out[table] = [{k: v for k, v in r.items() if k not in ("xid",)} for r in rows.mappings()]
+    return out

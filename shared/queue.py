@@ -7,6 +7,7 @@ already queued or running sets a "dirty" flag that the running job checks before
 poll backs both up, so a lost wake-up (Redis flushed, worker restarted) only delays work.
 """
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypedDict
 
@@ -59,7 +60,9 @@ async def wake(redis: ArqRedis, settings: Settings, service: ServiceName, functi
     """Ask ``service``'s workers to run ``function`` soon; never raises (a lost wake-up only delays)."""
     queue = settings.queue_name(service)
     try:
-        job = await redis.enqueue_job(function, _job_id=f"wake:{function}", _queue_name=queue)
+        # arq job ids are global to the Redis database, so the id names the queue: two services (or two
+        # deployments sharing a Redis) must never coalesce each other's wake-ups
+        job = await redis.enqueue_job(function, _job_id=f"{queue}:wake:{function}", _queue_name=queue)
         if job is None:
             await redis.set(_dirty_key(queue, function), b"1", ex=3600)
     except Exception as exc:  # noqa: BLE001 - Redis is a hint; the cron poll catches up
@@ -91,8 +94,8 @@ def worker_options(
     step = max(1, round(settings.feed_poll_interval_s))
     seconds = set(range(0, 60, step))
     cron_jobs: list[CronJob] = [
-        cron(fn, name=f"cron:{fn.__name__}", second=seconds, microsecond=0, run_at_startup=True,
-             unique=True, keep_result=0, timeout=120)
+        cron(fn, name=f"{settings.queue_name(service)}:cron:{fn.__name__}", second=seconds, microsecond=0,
+             run_at_startup=True, unique=True, keep_result=0, timeout=120)
         for fn in poll
     ]
 
@@ -121,7 +124,9 @@ def worker_options(
     fns = [f if isinstance(f, Function) else func(f, keep_result=0, timeout=120) for f in functions]
     return {
         "functions": fns,
-        "cron_jobs": [*cron_jobs, *crons],
+        # cron names become arq job ids, global to the Redis database: prefix them with the queue
+        "cron_jobs": [*cron_jobs, *(dataclasses.replace(c, name=f"{settings.queue_name(service)}:{c.name}")
+                                    for c in crons)],
         "redis_settings": redis_settings(settings.redis_url or "redis://127.0.0.1:6379/0"),
         "queue_name": settings.queue_name(service),
         "on_startup": startup,

@@ -152,6 +152,9 @@ async def reevaluate(session: AsyncSession, ws: uuid.UUID, pids: Iterable[uuid.U
     if not pid_list:
         return 0
     today = today or datetime.now(UTC).date()
+    # One evaluator per workspace at a time (feed consumer, backfill, replicas): memberships are read
+    # after the lock, so two evaluators can never both write the same entry or exit.
+    await session.execute(text("select pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"segment-eval:{ws}"})
     segs = (await session.execute(
         text("select id, version, definition from segment.segments where workspace_id = :ws"), {"ws": ws}
     )).all()

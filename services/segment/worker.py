@@ -34,6 +34,23 @@ async def on_events(ctx: JobCtx) -> int:
     return total
 
 
+async def _evaluate_one(session: Any, sid: uuid.UUID, ws: uuid.UUID, version: int) -> int:
+    changes = 0
+    after: uuid.UUID | None = None
+    while True:
+        async with session.begin():
+            pids = await evaluation.known_profiles(session, ws, after, _EVAL_CHUNK)
+            changes += await evaluation.reevaluate(session, ws, pids, segment_ids={sid})
+        if len(pids) < _EVAL_CHUNK:
+            break
+        after = pids[-1]
+    async with session.begin():
+        await session.execute(text("update segment.segments set evaluated_version = :v "
+                                   "where id = :id and evaluated_version < :v"), {"id": sid, "v": version})
+    log.info("segment.evaluated", segment_id=str(sid), version=version, changes=changes)
+    return changes
+
+
 async def evaluate_segments(ctx: JobCtx) -> int:
     """Evaluate every segment whose current version has not been evaluated over known profiles yet.
 
@@ -43,23 +60,15 @@ async def evaluate_segments(ctx: JobCtx) -> int:
     """
     changes = 0
     async with ctx["sessionmaker"]() as session:
-        async with session.begin():
-            pending = (await session.execute(text(
-                "select id, workspace_id, version from segment.segments where evaluated_version < version "
-                "order by updated_at limit 20"))).all()
-        for sid, ws, version in pending:
-            after: uuid.UUID | None = None
-            while True:
-                async with session.begin():
-                    pids = await evaluation.known_profiles(session, ws, after, _EVAL_CHUNK)
-                    changes += await evaluation.reevaluate(session, ws, pids, segment_ids={sid})
-                if len(pids) < _EVAL_CHUNK:
-                    break
-                after = pids[-1]
+        while True:
             async with session.begin():
-                await session.execute(text("update segment.segments set evaluated_version = :v "
-                                           "where id = :id and evaluated_version < :v"), {"id": sid, "v": version})
-            log.info("segment.evaluated", segment_id=str(sid), version=version)
+                pending = (await session.execute(text(
+                    "select id, workspace_id, version from segment.segments where evaluated_version < version "
+                    "order by updated_at limit 20"))).all()
+            if not pending:
+                break
+            for sid, ws, version in pending:
+                changes += await _evaluate_one(session, sid, ws, version)
     if changes:
         await wake(ctx["redis"], ctx["settings"], "campaign", "on_transitions")
     return changes

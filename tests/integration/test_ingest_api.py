@@ -26,7 +26,8 @@ async def test_identify_then_track_builds_a_profile(apps, workspace) -> None:
         "context": {"locale": "fr-CA", "timezone": "America/Montreal"}})
     assert r.status_code == 200 and r.json()["accepted"] == 1
     r = await c.post("/v1/track", auth=auth, json={"userId": "u-1", "event": "Signed Up", "messageId": "m-1"})
-    assert r.status_code == 200 and r.json() == {"success": True, "accepted": 1, "duplicates": 0, "rejected": []}
+    assert r.status_code == 200 and r.json() == {"success": True, "accepted": 1, "duplicates": 0, "suppressed": 0,
+                                                 "rejected": []}
 
     for ref in ("u-1", "ada@example.com"):
         p = await c.get(f"/v1/profiles/{ref}", headers={"Authorization": f"Bearer {workspace.secret_key}"})

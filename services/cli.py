@@ -160,6 +160,51 @@ def mail(
     Console().print(table)
 
 
+@app.command("import")
+def import_file(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a .csv or .ndjson file")],
+    write_key: Annotated[str, typer.Option(envvar="TENURE_WRITE_KEY", help="the workspace's write key")],
+    url: Annotated[str | None, typer.Option(help="ingest URL (default: TENURE_INGEST_URL or local)")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="csv or ndjson (default: from the extension)")] = None,
+    profiles: Annotated[bool, typer.Option("--profiles", help="rows are profiles (identify), not events")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, max=2000)] = 500,
+    resume: Annotated[bool, typer.Option(help="continue after the last acknowledged line")] = True,
+) -> None:
+    """Import profiles or events from CSV / NDJSON; resumable; bad rows are reported by line number."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    from services.importer import run_import
+
+    settings = _load_settings()
+    kind = (fmt or path.suffix.lstrip(".")).lower()
+    if kind not in ("csv", "ndjson", "jsonl"):
+        console.print("[red]unknown format:[/red] use --format csv or --format ndjson")
+        raise typer.Exit(2)
+    base = url or settings.url_of("ingest")
+    with httpx.Client(base_url=base, timeout=60) as client, Progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+        console=console, transient=True,
+    ) as bar:
+        task = bar.add_task(f"importing {path.name}", total=path.stat().st_size)
+        try:
+            report = run_import(path, client=client, write_key=write_key, fmt="csv" if kind == "csv" else "ndjson",
+                                profiles=profiles, batch_size=batch_size, resume=resume,
+                                progress=lambda done: bar.update(task, completed=done))
+        except (PermissionError, httpx.HTTPError) as exc:
+            console.print(f"[red]import stopped:[/red] {exc} (run again to resume)")
+            raise typer.Exit(1) from None
+    if report.resumed_from:
+        console.print(f"resumed after line {report.resumed_from}")
+    console.print(f"[green]{report.accepted} stored[/green], {report.duplicates} already there, "
+                  f"{len(report.rejected)} rejected, {report.sent} sent")
+    for line, why in report.rejected[:50]:
+        console.print(f"  line {line}: {why}")
+    if len(report.rejected) > 50:
+        console.print(f"  … and {len(report.rejected) - 50} more")
+    if report.rejected:
+        raise typer.Exit(3)
+
+
 @app.command()
 def dev(
     demo: Annotated[bool, typer.Option(help="create the demo workspace on first start")] = True,

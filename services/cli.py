@@ -136,6 +136,48 @@ def workspace_create(
     console.print("Keep the keys: they are not shown again.")
 
 
+async def _configure_workspace(settings: Settings, workspace_id: str, changes: dict[str, Any]) -> bool:
+    from sqlalchemy import text
+
+    from shared.db import create_engine, create_sessionmaker
+
+    engine = create_engine(settings, pool_size=1)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            res = await session.execute(
+                text("update core.workspaces set settings = jsonb_strip_nulls(settings || CAST(:c AS jsonb)) "
+                     "where id = CAST(:id AS uuid)"),
+                {"c": orjson.dumps(changes).decode(), "id": workspace_id},
+            )
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+    finally:
+        await engine.dispose()
+
+
+@workspace_app.command("configure")
+def workspace_configure(
+    workspace_id: str,
+    retention_days: Annotated[int | None, typer.Option(min=0, help="drop events older than this; 0 = keep all")] = None,
+) -> None:
+    """Change a workspace's settings (event retention)."""
+    import uuid as _uuid
+
+    try:
+        _uuid.UUID(workspace_id)
+    except ValueError:
+        console.print("[red]not a workspace id[/red]")
+        raise typer.Exit(2) from None
+    changes: dict[str, Any] = {}
+    if retention_days is not None:
+        changes["retention_days"] = retention_days or None
+    with _with_database(_load_settings()) as settings:
+        found = asyncio.run(_configure_workspace(settings, workspace_id, changes))
+    if not found:
+        console.print(f"[red]no workspace {workspace_id}[/red]")
+        raise typer.Exit(1)
+    console.print(f"workspace {workspace_id} updated: {changes}")
+
+
 @app.command()
 def mail(
     as_json: Annotated[bool, typer.Option("--json", help="raw JSON")] = False,

@@ -1,0 +1,37 @@
+"""Retention: events older than a workspace's retention_days are dropped in small batches."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy import text
+
+from services.ingest.worker import enforce_retention
+
+TENURE = str(Path(sys.executable).parent / "tenure")
+
+
+async def test_old_events_are_dropped_per_workspace(apps, workspace, sessionmaker, settings) -> None:
+    other = workspace  # the policy applies to one workspace only
+    from shared.core import create_workspace
+
+    async with sessionmaker() as s, s.begin():
+        keeper = await create_workspace(s, "keeps-everything")
+    for ws in (other, keeper):
+        for i in range(3):
+            await apps["ingest"].post("/v1/track", auth=(ws.write_key, ""), json={"userId": "r", "event": f"E{i}"})
+    async with sessionmaker() as s, s.begin():
+        await s.execute(text("update ingest.events set received_at = now() - interval '40 days' "
+                             "where workspace_id = any(CAST(:ws AS uuid[])) and event in ('E0', 'E1')"),
+                        {"ws": [other.workspace_id, keeper.workspace_id]})
+    r = subprocess.run([TENURE, "workspace", "configure", str(other.workspace_id), "--retention-days", "30"],
+                       env={**os.environ, "TENURE_DATABASE_URL": settings.database_url,
+                            "TENURE_REDIS_URL": settings.redis_url}, capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert await enforce_retention({"sessionmaker": sessionmaker}) >= 2
+    async with sessionmaker() as s:
+        left = dict((await s.execute(text(
+            "select workspace_id, count(*) from ingest.events where workspace_id = any(CAST(:ws AS uuid[])) "
+            "group by workspace_id"), {"ws": [other.workspace_id, keeper.workspace_id]})).all())
+    assert left == {other.workspace_id: 1, keeper.workspace_id: 3}

@@ -5,10 +5,11 @@
 ``http`` and ``internal`` (service-to-service client).
 """
 
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import structlog
@@ -91,8 +92,11 @@ def create_service_app(
     routers: Sequence[APIRouter],
     description: str,
     version: str = "0.1.0",
+    extend: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
     **kw: Any,
 ) -> FastAPI:
+    """The service's app. ``extend(app)`` is entered after the shared resources exist and exited before
+    they close (service-specific state, e.g. ingest's group committer)."""
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings)
@@ -104,7 +108,8 @@ def create_service_app(
         app.state.internal = InternalClient(settings, app.state.http)
         log.info("service.started", service=service)
         try:
-            yield
+            async with extend(app) if extend else contextlib.nullcontext():
+                yield
         finally:
             await app.state.http.aclose()
             await app.state.redis.aclose()

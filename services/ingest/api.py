@@ -1,6 +1,7 @@
 """Ingest HTTP routes: the Segment tracking API, the event feed and profile lookup."""
 
 import gzip
+import re
 import uuid
 import zlib
 from datetime import UTC, datetime
@@ -41,6 +42,7 @@ from shared.settings import Settings
 log = structlog.get_logger()
 
 MAX_MESSAGE_BYTES = 32 * 1024
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")  # a JSON \u0000 escape, not an escaped backslash + "u0000"
 MAX_BATCH_BYTES = 500 * 1024
 WAKE_FUNCTION = "on_events"  # the job consumers of the event log register
 
@@ -87,7 +89,7 @@ async def _authorize(request: Request, body: dict[str, Any]) -> Any:
     return await principal_for(request, raw, {"write"})
 
 
-async def _store(request: Request, session: Any, background: BackgroundTasks, body: dict[str, Any],
+async def _store(request: Request, background: BackgroundTasks, body: dict[str, Any],
                  items: list[tuple[int, dict[str, Any]]], *, batch_sent_at: datetime | None,
                  batch_context: dict[str, Any]) -> TrackResponse:
     principal = await _authorize(request, body)
@@ -99,9 +101,14 @@ async def _store(request: Request, session: Any, background: BackgroundTasks, bo
     rejected: list[Rejected] = []
     for index, item in items:
         mid = item.get("messageId") if isinstance(item.get("messageId"), str) else None
-        if len(orjson.dumps(item)) > MAX_MESSAGE_BYTES:
+        encoded = orjson.dumps(item)
+        if len(encoded) > MAX_MESSAGE_BYTES:
             rejected.append(Rejected(index=index, message_id=mid,
                                      errors=[{"msg": "message is over 32 KB", "type": "too_large"}]))
+            continue
+        if b"\\u0000" in encoded and _NUL_ESCAPE.search(encoded):  # PostgreSQL text and jsonb cannot hold NUL
+            rejected.append(Rejected(index=index, message_id=mid,
+                                     errors=[{"msg": "message contains a NUL character (\\u0000)", "type": "nul"}]))
             continue
         try:
             msg = _item_adapter.validate_python(item)
@@ -114,8 +121,7 @@ async def _store(request: Request, session: Any, background: BackgroundTasks, bo
                                             batch_context=batch_context))
     if not envelopes:
         raise ValidationFailed("No valid message in the request", rejected=[r.model_dump() for r in rejected])
-    async with session.begin():
-        result = await tracking.record(session, ws, envelopes, received_at)
+    result = await request.app.state.committer.submit(ws, envelopes, received_at)
     log.info("ingest.recorded", accepted=result.accepted, duplicates=result.duplicates, suppressed=result.suppressed,
              rejected=len(rejected))
     if result.accepted:
@@ -135,11 +141,11 @@ def _body_doc(model: type[Any]) -> dict[str, Any]:
 
 
 def _single(kind: str, model: type, summary: str) -> None:
-    async def handler(request: Request, session: SessionDep, background: BackgroundTasks) -> TrackResponse:
+    async def handler(request: Request, background: BackgroundTasks) -> TrackResponse:
         body = await _read_json(request, MAX_MESSAGE_BYTES)
         item = {k: v for k, v in body.items() if k != "writeKey"}
         item["type"] = kind
-        return await _store(request, session, background, body, [(0, item)], batch_sent_at=None,
+        return await _store(request, background, body, [(0, item)], batch_sent_at=None,
                             batch_context={})
 
     handler.__name__ = kind
@@ -157,7 +163,7 @@ _single("group", GroupMessage, "Tie a user to an account (B2B) and record the ac
 _single("alias", AliasMessage, "Declare that previousId and userId are one person (merges their profiles)")
 
 
-async def _batch(request: Request, session: SessionDep, background: BackgroundTasks) -> TrackResponse:
+async def _batch(request: Request, background: BackgroundTasks) -> TrackResponse:
     body = await _read_json(request, MAX_BATCH_BYTES)
     try:
         req = BatchRequest.model_validate(body)
@@ -168,7 +174,7 @@ async def _batch(request: Request, session: SessionDep, background: BackgroundTa
             errors=[{"loc": [str(p) for p in e["loc"]], "msg": e["msg"]} for e in exc.errors(include_url=False)],
         ) from None
     items = [(i, item if isinstance(item, dict) else {}) for i, item in enumerate(req.batch)]
-    return await _store(request, session, background, body, items, batch_sent_at=req.sent_at,
+    return await _store(request, background, body, items, batch_sent_at=req.sent_at,
                         batch_context=req.context)
 
 

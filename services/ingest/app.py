@@ -1,8 +1,12 @@
 """The ingest service: Segment-compatible tracking, profiles and the ordered event log."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from services.ingest.api import feed_router, privacy_router, profiles_router, tracking_router
+from services.ingest.committer import Committer
 from shared.settings import Settings
 from shared.web import create_service_app
 
@@ -13,10 +17,19 @@ Tenure services read through `/v1/events` (internal token).
 """
 
 
+@asynccontextmanager
+async def _committer(app: FastAPI) -> AsyncIterator[None]:
+    app.state.committer = Committer(app.state.sessionmaker)
+    try:
+        yield
+    finally:
+        await app.state.committer.close()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     app = create_service_app(
         "ingest", settings or Settings(), routers=[tracking_router, feed_router, profiles_router, privacy_router],
-        description=DESCRIPTION,
+        description=DESCRIPTION, extend=_committer,
     )
     app.openapi_components = {"securitySchemes": {"writeKey": {"type": "http", "scheme": "basic"}}}
     return app

@@ -54,6 +54,7 @@ class RecordResult:
     duplicates: int = 0
     suppressed: int = 0
     inserted: list[Envelope] = field(default_factory=list)
+    suppressed_ids: set[str] = field(default_factory=set)
 
 
 def _utc(dt: datetime | None) -> datetime | None:
@@ -168,6 +169,7 @@ async def record(session: AsyncSession, workspace_id: uuid.UUID, envelopes: list
     if blocked:
         kept = [e for e in batch if not blocked.intersection(_identity_keys(e))]
         result.suppressed = len(batch) - len(kept)
+        result.suppressed_ids = {e.message_id for e in batch} - {e.message_id for e in kept}
         batch = kept
     if not batch:
         return result

@@ -189,3 +189,20 @@ async def test_over_the_rate_limit_is_429_with_retry_after(settings, workspace, 
                 assert r.headers["content-type"].startswith(PROBLEM)
     assert 429 in codes and codes.count(200) >= 3
     assert await _count_events(sessionmaker, workspace.workspace_id) == codes.count(200)
+
+
+async def test_concurrent_requests_share_commits_but_keep_their_own_answers(apps, workspace, sessionmaker) -> None:
+    import asyncio
+
+    auth = (workspace.write_key, "")
+    same = {"userId": "c", "event": "Same", "messageId": f"same-{workspace.workspace_id}"}
+    requests = [apps["ingest"].post("/v1/track", auth=auth, json=same) for _ in range(5)]
+    requests += [apps["ingest"].post("/v1/track", auth=auth, json={"userId": "c", "event": f"U{i}"}) for i in range(20)]
+    requests += [apps["ingest"].post("/v1/track", auth=auth, json={"userId": "c", "event": "nul", "properties": {
+        "x": "a\u0000b"}})]
+    answers = await asyncio.gather(*requests)
+    same_answers = [a.json() for a in answers[:5]]
+    assert sum(a["accepted"] for a in same_answers) == 1 and sum(a["duplicates"] for a in same_answers) == 4
+    assert all(a.status_code == 200 and a.json()["accepted"] == 1 for a in answers[5:25])
+    assert answers[25].status_code == 422 and answers[25].json()["rejected"][0]["errors"][0]["type"] == "nul"
+    assert await _count_events(sessionmaker, workspace.workspace_id) == 21

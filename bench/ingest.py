@@ -1,13 +1,14 @@
-"""Ingest throughput next to the raw PostgreSQL baseline, measured in the same run.
+"""Ingest throughput over HTTP next to raw PostgreSQL COPY of the same rows, measured in the same run.
 
-    .venv/bin/python bench/ingest_throughput.py [--events 50000] [--batch 100] [--concurrency 8]
+    .venv/bin/python bench/ingest.py [--events 100000] [--batch 100] [--concurrency 32] [--workers 1]
 
-Prints three figures on the same database:
-  1. baseline: binary COPY of event-shaped rows into a scratch table (rows/s, the ceiling);
+Prints, on one scratch database:
+  1. baseline: binary COPY of the same event rows into a table shaped like the event log (rows/s);
   2. ingest's write path in-process (`tracking.record`, one transaction per batch) (events/s);
-  3. the HTTP API end to end: `tenure serve ingest` in its own process, `/v1/batch` requests from
-     concurrent clients, 2xx only after commit (events/s).
-Uses TENURE_DATABASE_URL / TENURE_REDIS_URL when set (a scratch database is created next to it and
+  3. the HTTP API end to end: `tenure serve ingest` in its own process(es), `/v1/batch` requests of
+     `--batch` events from `--concurrency` concurrent clients, each answered only after commit
+     (events/s, ratio to COPY, p50/p99 request latency).
+Uses TENURE_DATABASE_URL / TENURE_REDIS_URL when set (a scratch database is created beside it and
 dropped), otherwise the embedded servers.
 """
 
@@ -90,11 +91,13 @@ async def in_process(settings: Settings, ws: uuid.UUID, n: int, batch: int) -> f
     return rate
 
 
-async def over_http(settings: Settings, write_key: str, n: int, batch: int, concurrency: int) -> float:
+async def over_http(settings: Settings, write_key: str, n: int, batch: int, concurrency: int, workers: int
+                    ) -> tuple[float, list[float]]:
     port = free_port()
     env = {**os.environ, "TENURE_DATABASE_URL": settings.database_url or "", "TENURE_REDIS_URL": settings.redis_url or "",
            "TENURE_INGEST_PORT": str(port), "TENURE_LOG_LEVEL": "WARNING", "TENURE_QUEUE_PREFIX": "bench"}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "tenure"), "serve", "ingest"], env=env,
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "tenure"), "serve", "ingest", "--workers", str(workers)],
+                            env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -109,19 +112,22 @@ async def over_http(settings: Settings, write_key: str, n: int, batch: int, conc
                       for s in range(0, n, batch)]
             queue = list(bodies)
             errors = 0
+            latencies: list[float] = []
 
             async def client() -> None:
                 nonlocal errors
                 while queue:
                     body = queue.pop()
+                    started = time.perf_counter()
                     r = await c.post("/v1/batch", content=body, headers={"content-type": "application/json"})
+                    latencies.append(time.perf_counter() - started)
                     errors += r.status_code != 200
             t = time.perf_counter()
             await asyncio.gather(*(client() for _ in range(concurrency)))
             rate = n / (time.perf_counter() - t)
             if errors:
                 print(f"  ({errors} requests failed)")
-            return rate
+            return rate, latencies
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -129,9 +135,10 @@ async def over_http(settings: Settings, write_key: str, n: int, batch: int, conc
 
 async def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--events", type=int, default=50_000)
+    ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--batch", type=int, default=100)
-    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes for ingest")
     args = ap.parse_args()
 
     base = Settings()
@@ -156,16 +163,20 @@ async def main() -> None:
 
             copy_rate = await baseline_copy(url, args.events)
             record_rate = await in_process(settings, ws.workspace_id, args.events, args.batch)
-            http_rate = await over_http(settings, ws.write_key, args.events, args.batch, args.concurrency)
+            http_rate, latencies = await over_http(settings, ws.write_key, args.events, args.batch, args.concurrency,
+                                                   args.workers)
         finally:
             await admin.execute(f'drop database if exists "{name}" with (force)')
             await admin.close()
-    print(f"events={args.events} batch={args.batch} concurrency={args.concurrency}")
+    latencies.sort()
+    p50 = latencies[len(latencies) // 2] * 1000
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+    print(f"events={args.events} batch={args.batch} concurrency={args.concurrency} workers={args.workers}")
     print(f"baseline  COPY (binary, one connection)        {copy_rate:>10,.0f} rows/s")
     print(f"ingest    tracking.record (in-process)          {record_rate:>10,.0f} events/s "
           f"({record_rate / copy_rate:.0%} of COPY)")
-    print(f"ingest    POST /v1/batch (HTTP, 1 uvicorn)      {http_rate:>10,.0f} events/s "
-          f"({http_rate / copy_rate:.0%} of COPY)")
+    print(f"ingest    POST /v1/batch (HTTP)                 {http_rate:>10,.0f} events/s "
+          f"({http_rate / copy_rate:.0%} of COPY)  p50 {p50:.1f} ms  p99 {p99:.1f} ms per request")
 
 
 if __name__ == "__main__":

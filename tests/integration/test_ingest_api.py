@@ -206,3 +206,22 @@ async def test_concurrent_requests_share_commits_but_keep_their_own_answers(apps
     assert all(a.status_code == 200 and a.json()["accepted"] == 1 for a in answers[5:25])
     assert answers[25].status_code == 422 and answers[25].json()["rejected"][0]["errors"][0]["type"] == "nul"
     assert await _count_events(sessionmaker, workspace.workspace_id) == 21
+
+
+async def test_client_clock_skew_is_corrected_on_the_way_in(apps, workspace) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    skew = timedelta(hours=3)  # the device clock runs 3 h fast
+    device_now = datetime.now(UTC) + skew
+    happened = device_now - timedelta(minutes=10)  # queued offline for 10 minutes
+    r = await apps["ingest"].post("/v1/batch", auth=(workspace.write_key, ""), json={
+        "sentAt": device_now.isoformat(),
+        "batch": [{"type": "track", "userId": "skew", "event": "Offline", "originalTimestamp": happened.isoformat()}],
+    })
+    assert r.json()["accepted"] == 1
+    event = (await apps["ingest"].get("/v1/profiles/skew/events", headers=h)).json()["events"][0]
+    stored = datetime.fromisoformat(event["timestamp"])
+    assert abs(stored - (happened - skew)) < timedelta(seconds=5)
+    received = datetime.fromisoformat(event["received_at"])
+    assert abs((received - stored) - timedelta(minutes=10)) < timedelta(seconds=5)

@@ -16,11 +16,11 @@ import structlog
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.db import create_engine, create_sessionmaker
 from shared.errors import install_error_handlers, problem_schema
-from shared.http import REQUEST_ID_HEADER, InternalClient, make_http_client
+from shared.http import InternalClient, make_http_client
 from shared.logging import configure_logging
 from shared.queue import create_redis
 from shared.settings import ServiceName, Settings
@@ -30,26 +30,44 @@ log = structlog.get_logger()
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/v1/events", "/v1/transitions"})
 
 
-class RequestContextMiddleware(BaseHTTPMiddleware):
-    """Binds a request id (taken from ``X-Request-ID`` or generated) to every log line and echoes it."""
+class RequestContextMiddleware:
+    """Binds a request id (taken from ``X-Request-ID`` or generated) to every log line and echoes it.
 
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        rid = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+    A plain ASGI middleware (Starlette's ``BaseHTTPMiddleware`` costs an extra task per request).
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:200] or uuid.uuid4().hex
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=rid)
         started = time.perf_counter()
-        response = await call_next(request)
-        response.headers[REQUEST_ID_HEADER] = rid
-        # probes and feed polls are frequent and uninteresting unless they fail
-        quiet = request.url.path in _QUIET_PATHS and response.status_code < 400
-        (log.debug if quiet else log.info)(
-            "http.request",
-            method=request.method,
-            path=request.url.path,
-            status=response.status_code,
-            ms=round((time.perf_counter() - started) * 1000, 1),
-        )
-        return response
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode("latin-1"))]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            path = scope.get("path", "")
+            # probes and feed polls are frequent and uninteresting unless they fail
+            quiet = path in _QUIET_PATHS and status < 400
+            (log.debug if quiet else log.info)(
+                "http.request", method=scope.get("method"), path=path, status=status,
+                ms=round((time.perf_counter() - started) * 1000, 1),
+            )
 
 
 def _probe_router(service: str) -> APIRouter:

@@ -225,3 +225,10 @@ async def test_client_clock_skew_is_corrected_on_the_way_in(apps, workspace) -> 
     assert abs(stored - (happened - skew)) < timedelta(seconds=5)
     received = datetime.fromisoformat(event["received_at"])
     assert abs((received - stored) - timedelta(minutes=10)) < timedelta(seconds=5)
+
+
+async def test_request_id_is_echoed_or_generated(apps) -> None:
+    given = await apps["segment"].get("/healthz", headers={"X-Request-ID": "trace-123"})
+    assert given.headers["x-request-id"] == "trace-123"
+    generated = await apps["segment"].get("/healthz")
+    assert len(generated.headers["x-request-id"]) == 32

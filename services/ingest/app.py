@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from services.ingest.api import feed_router, privacy_router, profiles_router, tracking_router
 from services.ingest.committer import Committer
@@ -31,5 +32,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "ingest", settings or Settings(), routers=[tracking_router, feed_router, profiles_router, privacy_router],
         description=DESCRIPTION, extend=_committer,
     )
+    # browsers send tracking calls straight from web pages (analytics.js); write keys are public
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["POST", "OPTIONS"],
+                       allow_headers=["Authorization", "Content-Type", "Content-Encoding", "X-Request-ID"],
+                       max_age=86400)
     app.openapi_components = {"securitySchemes": {"writeKey": {"type": "http", "scheme": "basic"}}}
     return app

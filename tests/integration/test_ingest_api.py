@@ -232,3 +232,15 @@ async def test_request_id_is_echoed_or_generated(apps) -> None:
     assert given.headers["x-request-id"] == "trace-123"
     generated = await apps["segment"].get("/healthz")
     assert len(generated.headers["x-request-id"]) == 32
+
+
+async def test_browsers_may_call_the_tracking_api(apps, workspace) -> None:
+    pre = await apps["ingest"].options("/v1/track", headers={
+        "Origin": "https://shop.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type,authorization"})
+    assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] in ("*", "https://shop.example")
+    # analytics.js posts JSON as text/plain to avoid the preflight
+    r = await apps["ingest"].post("/v1/track", content=b'{"userId": "web", "event": "Clicked"}',
+                                  headers={"Content-Type": "text/plain", "Origin": "https://shop.example"},
+                                  auth=(workspace.write_key, ""))
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "*"

@@ -131,3 +131,13 @@ async def insert_one_or_conflict(session: AsyncSession, sql: str, params: dict[s
         if not is_unique_violation(exc):
             raise
         raise Conflict(conflict) from None
+
+
+async def fetch_one(session: AsyncSession, sql: str, params: dict[str, Any], *, missing: str) -> dict[str, Any]:
+    """The single row ``sql`` selects (as :func:`row_dict`), or a 404 ``NotFound(missing)``."""
+    from shared.errors import NotFound
+
+    row = (await session.execute(text(sql), params)).first()
+    if row is None:
+        raise NotFound(missing)
+    return row_dict(row)

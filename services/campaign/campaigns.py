@@ -4,12 +4,11 @@ import uuid
 from typing import Any
 
 import orjson
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.campaign import templates
-from shared.db import fetch_page, insert_one_or_conflict, row_dict
-from shared.errors import NotFound, ValidationFailed
+from shared.db import fetch_one, fetch_page, insert_one_or_conflict, row_dict
+from shared.errors import ValidationFailed
 
 _TEMPLATE_COLS = "id, name, channel, subject, html, text, created_at, updated_at"
 _CAMPAIGN_COLS = "id, name, status, version, trigger, template_id, message_type, created_at, updated_at"
@@ -36,13 +35,12 @@ async def create_template(session: AsyncSession, ws: uuid.UUID, data: dict[str, 
 
 
 async def get_template(session: AsyncSession, ws: uuid.UUID, template_id: uuid.UUID) -> dict[str, Any]:
-    row = (await session.execute(
-        text(f"select {_TEMPLATE_COLS} from campaign.templates where workspace_id = :ws and id = :id"),
+    return await fetch_one(
+        session,
+        f"select {_TEMPLATE_COLS} from campaign.templates where workspace_id = :ws and id = :id",
         {"ws": ws, "id": template_id},
-    )).first()
-    if row is None:
-        raise NotFound(f"No template {template_id}")
-    return row_dict(row)
+        missing=f"No template {template_id}",
+    )
 
 
 async def create_campaign(session: AsyncSession, ws: uuid.UUID, data: dict[str, Any]) -> dict[str, Any]:
@@ -64,25 +62,23 @@ async def create_campaign(session: AsyncSession, ws: uuid.UUID, data: dict[str, 
 
 
 async def get_campaign(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, Any]:
-    row = (await session.execute(
-        text(f"select {_CAMPAIGN_COLS} from campaign.campaigns where workspace_id = :ws and id = :id"),
+    return await fetch_one(
+        session,
+        f"select {_CAMPAIGN_COLS} from campaign.campaigns where workspace_id = :ws and id = :id",
         {"ws": ws, "id": campaign_id},
-    )).first()
-    if row is None:
-        raise NotFound(f"No campaign {campaign_id}")
-    return row_dict(row)
+        missing=f"No campaign {campaign_id}",
+    )
 
 
 async def set_status(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID, status: str
                      ) -> dict[str, Any]:
-    row = (await session.execute(
-        text(f"update campaign.campaigns set status = :s, updated_at = now() "
-             f"where workspace_id = :ws and id = :id returning {_CAMPAIGN_COLS}"),
+    return await fetch_one(
+        session,
+        f"update campaign.campaigns set status = :s, updated_at = now() "
+             f"where workspace_id = :ws and id = :id returning {_CAMPAIGN_COLS}",
         {"ws": ws, "id": campaign_id, "s": status},
-    )).first()
-    if row is None:
-        raise NotFound(f"No campaign {campaign_id}")
-    return row_dict(row)
+        missing=f"No campaign {campaign_id}",
+    )
 
 
 async def list_campaigns(session: AsyncSession, ws: uuid.UUID, after: str | None, limit: int

@@ -21,8 +21,8 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db import fetch_page, row_dict
-from shared.errors import Conflict, NotFound
+from shared.db import fetch_one, fetch_page, row_dict
+from shared.errors import Conflict
 
 LEASE_S = 60
 MAX_ATTEMPTS = 8
@@ -80,13 +80,14 @@ async def enqueue(session: AsyncSession, ws: uuid.UUID, msg: dict[str, Any], sen
 
 
 async def get_message(session: AsyncSession, ws: uuid.UUID, message_id: uuid.UUID) -> dict[str, Any]:
-    row = (await session.execute(
-        text(f"select {_COLS} from delivery.messages where workspace_id = :ws and id = :id"),
+    message = await fetch_one(
+        session,
+        f"select {_COLS} from delivery.messages where workspace_id = :ws and id = :id",
         {"ws": ws, "id": message_id},
-    )).first()
-    if row is None:
-        raise NotFound(f"No message {message_id}")
-    return out(row)
+        missing=f"No message {message_id}",
+    )
+    message["to"] = message.pop("to_address")
+    return message
 
 
 async def list_messages(session: AsyncSession, ws: uuid.UUID, *, status: str | None, to: str | None,

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.ingest.profiles import get_profile, resolve_ref
 from shared.auth import WORKSPACE_HEADER
-from shared.errors import NotFound
+from shared.db import fetch_one, row_dict
 from shared.http import InternalClient
 
 log = structlog.get_logger()
@@ -33,12 +33,6 @@ def id_hash(kind: str, value: str) -> bytes:
 
 def _dumps(v: Any) -> str:
     return orjson.dumps(v).decode()
-
-
-def _out(row: Any) -> dict[str, Any]:
-    d = dict(row._mapping)
-    d["id"] = str(d["id"])
-    return d
 
 
 async def _profile_ids(session: AsyncSession, ws: uuid.UUID, pid: uuid.UUID) -> list[uuid.UUID]:
@@ -84,17 +78,16 @@ async def erase(session: AsyncSession, ws: uuid.UUID, ref: str, *, suppress: boo
          "services": _dumps({s: {"status": "pending"} for s in OTHER_SERVICES}), "removed": _dumps(removed)},
     )).one()
     log.info("privacy.erased_here", privacy_request_id=str(request_id), profiles=len(pids), removed=removed)
-    return _out(row)
+    return row_dict(row)
 
 
 async def get_request(session: AsyncSession, ws: uuid.UUID, request_id: uuid.UUID) -> dict[str, Any]:
-    row = (await session.execute(
-        text(f"select {_COLS} from ingest.privacy_requests where workspace_id = :ws and id = :id"),
+    return await fetch_one(
+        session,
+        f"select {_COLS} from ingest.privacy_requests where workspace_id = :ws and id = :id",
         {"ws": ws, "id": request_id},
-    )).first()
-    if row is None:
-        raise NotFound(f"No privacy request {request_id}")
-    return _out(row)
+        missing=f"No privacy request {request_id}",
+    )
 
 
 async def suppressed(session: AsyncSession, ws: uuid.UUID, ids: set[tuple[str, str]]) -> set[tuple[str, str]]:

@@ -9,8 +9,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segment import conditions
-from shared.db import fetch_page, insert_one_or_conflict, row_dict
-from shared.errors import NotFound, ValidationFailed
+from shared.db import fetch_one, fetch_page, insert_one_or_conflict, row_dict
+from shared.errors import ValidationFailed
 from shared.feed import Cursor, feed_order, feed_where
 
 _COLUMNS = "id, name, definition, version, created_at, updated_at"
@@ -39,13 +39,12 @@ async def create_segment(session: AsyncSession, ws: uuid.UUID, name: str, defini
 
 
 async def get_segment(session: AsyncSession, ws: uuid.UUID, segment_id: uuid.UUID) -> dict[str, Any]:
-    row = (await session.execute(
-        text(f"select {_COLUMNS} from segment.segments where workspace_id = :ws and id = :id"),
+    return await fetch_one(
+        session,
+        f"select {_COLUMNS} from segment.segments where workspace_id = :ws and id = :id",
         {"ws": ws, "id": segment_id},
-    )).first()
-    if row is None:
-        raise NotFound(f"No segment {segment_id}")
-    return row_dict(row)
+        missing=f"No segment {segment_id}",
+    )
 
 
 async def list_segments(session: AsyncSession, ws: uuid.UUID, after: str | None, limit: int

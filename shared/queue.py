@@ -7,6 +7,7 @@ already queued or running sets a "dirty" flag that the running job checks before
 poll backs both up, so a lost wake-up (Redis flushed, worker restarted) only delays work.
 """
 
+import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypedDict
@@ -148,3 +149,37 @@ def build_worker(settings: Settings, service: ServiceName, *, burst: bool = Fals
 def worker_settings_class(service: ServiceName, **options: Any) -> type:
     """A ``WorkerSettings`` class for the plain ``arq`` CLI, configured from the environment."""
     return type("WorkerSettings", (), worker_options(Settings(), service, **options))
+
+
+class Waker:
+    """Coalesces wake-ups within a process: at most one per target every ``interval_s``, and always one
+    after the last request (trailing edge), so a burst of commits costs a handful of Redis calls."""
+
+    def __init__(self, redis: ArqRedis, settings: Settings, interval_s: float = 0.02):
+        self._redis = redis
+        self._settings = settings
+        self._interval = interval_s
+        self._pending: set[tuple[ServiceName, str]] = set()
+        self._event = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="waker")
+
+    def request(self, service: ServiceName, function: str) -> None:
+        self._pending.add((service, function))
+        self._event.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._event.wait()
+            self._event.clear()
+            targets, self._pending = self._pending, set()
+            for service, function in targets:
+                await wake(self._redis, self._settings, service, function)
+            await asyncio.sleep(self._interval)
+
+    async def close(self) -> None:
+        """Send what is pending, then stop."""
+        targets, self._pending = self._pending, set()
+        for service, function in targets:
+            await wake(self._redis, self._settings, service, function)
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)

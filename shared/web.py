@@ -22,7 +22,7 @@ from shared.db import create_engine, create_sessionmaker
 from shared.errors import install_error_handlers, problem_schema
 from shared.http import InternalClient, make_http_client
 from shared.logging import configure_logging
-from shared.queue import create_redis
+from shared.queue import Waker, create_redis
 from shared.settings import ServiceName, Settings
 
 log = structlog.get_logger()
@@ -124,11 +124,13 @@ def create_service_app(
         app.state.redis = await create_redis(settings)
         app.state.http = make_http_client(settings)
         app.state.internal = InternalClient(settings, app.state.http)
+        app.state.waker = Waker(app.state.redis, settings)
         log.info("service.started", service=service)
         try:
             async with extend(app) if extend else contextlib.nullcontext():
                 yield
         finally:
+            await app.state.waker.close()
             await app.state.http.aclose()
             await app.state.redis.aclose()
             await app.state.engine.dispose()

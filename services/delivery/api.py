@@ -3,14 +3,13 @@
 import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 
 from services.delivery import outbox
 from services.delivery.schemas import MessageCreate, MessageList, MessageOut
 from shared.auth import WorkspaceDep
 from shared.db import SessionDep
 from shared.errors import COMMON_ERRORS, ValidationFailed, problem_schema
-from shared.queue import wake
 from shared.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["messages"])
@@ -35,7 +34,6 @@ async def send_message(
     session: SessionDep,
     request: Request,
     response: Response,
-    background: BackgroundTasks,
     idempotency_key: Annotated[str | None, Header(description="alternative to the body field")] = None,
 ) -> dict[str, Any]:
     if idempotency_key and idempotency_key != body.idempotency_key:
@@ -45,7 +43,7 @@ async def send_message(
     async with session.begin():
         message, created = await outbox.enqueue(session, ws, data, body.from_ or settings.email_from)
     if created:
-        background.add_task(wake, request.app.state.redis, settings, "delivery", "send_messages")
+        request.app.state.waker.request("delivery", "send_messages")
     else:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import orjson
 import structlog
-from fastapi import APIRouter, BackgroundTasks, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import TypeAdapter, ValidationError
 
 from services.ingest import eventlog, privacy, profiles, tracking
@@ -35,7 +35,6 @@ from shared.auth import InternalDep, WorkspaceDep, credentials_from_header, prin
 from shared.db import SessionDep
 from shared.errors import COMMON_ERRORS, BadRequest, PayloadTooLarge, ValidationFailed, problem_schema
 from shared.feed import Cursor
-from shared.queue import wake
 from shared.ratelimit import check_rate
 from shared.settings import Settings
 
@@ -89,7 +88,7 @@ async def _authorize(request: Request, body: dict[str, Any]) -> Any:
     return await principal_for(request, raw, {"write"})
 
 
-async def _store(request: Request, background: BackgroundTasks, body: dict[str, Any],
+async def _store(request: Request, body: dict[str, Any],
                  items: list[tuple[int, dict[str, Any]]], *, batch_sent_at: datetime | None,
                  batch_context: dict[str, Any]) -> TrackResponse:
     principal = await _authorize(request, body)
@@ -126,7 +125,7 @@ async def _store(request: Request, background: BackgroundTasks, body: dict[str, 
              rejected=len(rejected))
     if result.accepted:
         for service in ("segment", "campaign"):
-            background.add_task(wake, request.app.state.redis, settings, service, WAKE_FUNCTION)
+            request.app.state.waker.request(service, WAKE_FUNCTION)
     return TrackResponse(accepted=result.accepted, duplicates=result.duplicates, suppressed=result.suppressed,
                          rejected=rejected)
 
@@ -141,11 +140,11 @@ def _body_doc(model: type[Any]) -> dict[str, Any]:
 
 
 def _single(kind: str, model: type, summary: str) -> None:
-    async def handler(request: Request, background: BackgroundTasks) -> TrackResponse:
+    async def handler(request: Request) -> TrackResponse:
         body = await _read_json(request, MAX_MESSAGE_BYTES)
         item = {k: v for k, v in body.items() if k != "writeKey"}
         item["type"] = kind
-        return await _store(request, background, body, [(0, item)], batch_sent_at=None,
+        return await _store(request, body, [(0, item)], batch_sent_at=None,
                             batch_context={})
 
     handler.__name__ = kind
@@ -163,7 +162,7 @@ _single("group", GroupMessage, "Tie a user to an account (B2B) and record the ac
 _single("alias", AliasMessage, "Declare that previousId and userId are one person (merges their profiles)")
 
 
-async def _batch(request: Request, background: BackgroundTasks) -> TrackResponse:
+async def _batch(request: Request) -> TrackResponse:
     body = await _read_json(request, MAX_BATCH_BYTES)
     try:
         req = BatchRequest.model_validate(body)
@@ -174,7 +173,7 @@ async def _batch(request: Request, background: BackgroundTasks) -> TrackResponse
             errors=[{"loc": [str(p) for p in e["loc"]], "msg": e["msg"]} for e in exc.errors(include_url=False)],
         ) from None
     items = [(i, item if isinstance(item, dict) else {}) for i, item in enumerate(req.batch)]
-    return await _store(request, background, body, items, batch_sent_at=req.sent_at,
+    return await _store(request, body, items, batch_sent_at=req.sent_at,
                         batch_context=req.context)
 
 
@@ -283,11 +282,12 @@ privacy_router = APIRouter(prefix="/v1/privacy", tags=["privacy"])
                  "delivery to erase theirs; follow `status` and `services` on the returned request."),
     responses={**COMMON_ERRORS, 404: problem_schema("No such user")},
 )
-async def request_erasure(body: ErasureCreate, ws: WorkspaceDep, session: SessionDep, request: Request,
-                          background: BackgroundTasks) -> dict[str, Any]:
+async def request_erasure(
+    body: ErasureCreate, ws: WorkspaceDep, session: SessionDep, request: Request
+) -> dict[str, Any]:
     async with session.begin():
         result = await privacy.erase(session, ws, body.user, suppress=body.suppress)
-    background.add_task(wake, request.app.state.redis, request.app.state.settings, "ingest", "propagate_privacy")
+    request.app.state.waker.request("ingest", "propagate_privacy")
     return result
 
 

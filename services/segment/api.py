@@ -3,7 +3,7 @@
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Query, Request
+from fastapi import APIRouter, Query, Request
 
 from services.segment import segments
 from services.segment.schemas import MemberList, SegmentCreate, SegmentList, SegmentOut, TransitionPage
@@ -11,7 +11,6 @@ from shared.auth import InternalDep, WorkspaceDep
 from shared.db import SessionDep
 from shared.errors import COMMON_ERRORS, problem_schema
 from shared.feed import Cursor
-from shared.queue import wake
 
 router = APIRouter(prefix="/v1", tags=["segments"])
 feed_router = APIRouter(prefix="/v1", tags=["feed"])
@@ -25,11 +24,11 @@ _NOT_FOUND = {**COMMON_ERRORS, 404: problem_schema("No such segment")}
              summary="Create a segment; existing profiles are evaluated in the background",
              responses={**COMMON_ERRORS, 409: problem_schema("Name already used")})
 async def create_segment(
-    body: SegmentCreate, ws: WorkspaceDep, session: SessionDep, request: Request, background: BackgroundTasks
+    body: SegmentCreate, ws: WorkspaceDep, session: SessionDep, request: Request
 ) -> dict[str, Any]:
     async with session.begin():
         seg = await segments.create_segment(session, ws, body.name, body.definition)
-    background.add_task(wake, request.app.state.redis, request.app.state.settings, "segment", "evaluate_segments")
+    request.app.state.waker.request("segment", "evaluate_segments")
     return seg
 
 

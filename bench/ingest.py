@@ -94,11 +94,11 @@ async def in_process(settings: Settings, ws: uuid.UUID, n: int, batch: int) -> f
 async def over_http(settings: Settings, write_key: str, n: int, batch: int, concurrency: int, workers: int
                     ) -> tuple[float, list[float]]:
     port = free_port()
-    env = {**os.environ, "TENURE_DATABASE_URL": settings.database_url or "", "TENURE_REDIS_URL": settings.redis_url or "",
-           "TENURE_INGEST_PORT": str(port), "TENURE_LOG_LEVEL": "WARNING", "TENURE_QUEUE_PREFIX": "bench"}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "tenure"), "serve", "ingest", "--workers", str(workers)],
-                            env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "TENURE_DATABASE_URL": settings.database_url or "",
+           "TENURE_REDIS_URL": settings.redis_url or "", "TENURE_INGEST_PORT": str(port),
+           "TENURE_LOG_LEVEL": "WARNING", "TENURE_QUEUE_PREFIX": "bench"}
+    command = [str(Path(sys.executable).parent / "tenure"), "serve", "ingest", "--workers", str(workers)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220
     base = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(base_url=base, auth=(write_key, ""), timeout=60) as c:

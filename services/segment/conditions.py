@@ -83,6 +83,15 @@ def events_of(node: Any) -> Iterator[str]:
         yield node.event
 
 
+def has_window(node: Any) -> bool:
+    """True if membership can change with time alone (a ``within_days`` window somewhere in the tree)."""
+    if isinstance(node, AndNode | OrNode):
+        return any(has_window(c) for c in node.children)
+    if isinstance(node, NotNode):
+        return has_window(node.child)
+    return isinstance(node, PerformedNode) and node.within_days is not None
+
+
 def _compare(op: str, actual: Any, expected: Any) -> bool:
     if op == "exists":
         return actual is not None

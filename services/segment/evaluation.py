@@ -249,3 +249,46 @@ async def known_profiles(session: AsyncSession, ws: uuid.UUID, after: uuid.UUID 
         {"ws": ws, "after": after, "limit": limit},
     )
     return [r[0] for r in rows]
+
+
+EVAL_CHUNK = 1000
+
+
+async def evaluate_fully(session: AsyncSession, ws: uuid.UUID, segment_id: uuid.UUID, *,
+                         today: date | None = None) -> int:
+    """Re-evaluate one segment over every profile known here, one committed transaction per chunk.
+
+    The session must not be in a transaction. Only real membership changes are written, so running it
+    twice, or after a crash, writes nothing twice.
+    """
+    changes = 0
+    after: uuid.UUID | None = None
+    while True:
+        async with session.begin():
+            pids = await known_profiles(session, ws, after, EVAL_CHUNK)
+            changes += await reevaluate(session, ws, pids, today=today, segment_ids={segment_id})
+        if len(pids) < EVAL_CHUNK:
+            return changes
+        after = pids[-1]
+
+
+async def recheck_windows(session: AsyncSession, today: date | None = None) -> int:
+    """Time passes: segments with ``within_days`` windows are re-evaluated once per (UTC) day, so a
+    user who goes quiet leaves "active in the last 30 days" without sending any event."""
+    today = today or datetime.now(UTC).date()
+    changes = 0
+    async with session.begin():
+        due = (await session.execute(
+            text("select id, workspace_id, definition from segment.segments "
+                 "where windows_checked_on is null or windows_checked_on < :today order by id"),
+            {"today": today},
+        )).all()
+    for sid, ws, definition in due:
+        if conditions.has_window(conditions.parse(definition)):
+            changes += await evaluate_fully(session, ws, sid, today=today)
+        async with session.begin():
+            await session.execute(text("update segment.segments set windows_checked_on = :today where id = :id"),
+                                  {"today": today, "id": sid})
+    if changes:
+        log.info("segment.windows_rechecked", segments=len(due), changes=changes)
+    return changes

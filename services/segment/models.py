@@ -29,6 +29,8 @@ class SegmentDef(SegmentTable, table=True):
     version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
     # the version whose full evaluation over known profiles has finished (a new segment starts at 0)
     evaluated_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # the (UTC) day time-windowed conditions were last re-checked over every known profile
+    windows_checked_on: date | None = None
     created_at: datetime = Field(sa_column=tz_column("created_at"))
     updated_at: datetime = Field(sa_column=tz_column("updated_at"))
 

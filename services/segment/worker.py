@@ -4,6 +4,7 @@ import uuid
 from typing import Any
 
 import structlog
+from arq.cron import cron
 from arq.worker import Worker
 from sqlalchemy import text
 
@@ -12,8 +13,6 @@ from shared.queue import JobCtx, build_worker, take_dirty, wake, worker_settings
 from shared.settings import Settings
 
 log = structlog.get_logger()
-
-_EVAL_CHUNK = 1000
 
 
 async def on_events(ctx: JobCtx) -> int:
@@ -35,19 +34,20 @@ async def on_events(ctx: JobCtx) -> int:
 
 
 async def _evaluate_one(session: Any, sid: uuid.UUID, ws: uuid.UUID, version: int) -> int:
-    changes = 0
-    after: uuid.UUID | None = None
-    while True:
-        async with session.begin():
-            pids = await evaluation.known_profiles(session, ws, after, _EVAL_CHUNK)
-            changes += await evaluation.reevaluate(session, ws, pids, segment_ids={sid})
-        if len(pids) < _EVAL_CHUNK:
-            break
-        after = pids[-1]
+    changes = await evaluation.evaluate_fully(session, ws, sid)
     async with session.begin():
         await session.execute(text("update segment.segments set evaluated_version = :v "
                                    "where id = :id and evaluated_version < :v"), {"id": sid, "v": version})
     log.info("segment.evaluated", segment_id=str(sid), version=version, changes=changes)
+    return changes
+
+
+async def recheck_windows(ctx: JobCtx) -> int:
+    """Hourly (and at start-up): windowed segments re-checked once per day as time passes."""
+    async with ctx["sessionmaker"]() as session:
+        changes = await evaluation.recheck_windows(session)
+    if changes:
+        await wake(ctx["redis"], ctx["settings"], "campaign", "on_transitions")
     return changes
 
 
@@ -74,7 +74,12 @@ async def evaluate_segments(ctx: JobCtx) -> int:
     return changes
 
 
-_OPTIONS: dict[str, Any] = {"functions": [on_events, evaluate_segments], "poll": [on_events, evaluate_segments]}
+_OPTIONS: dict[str, Any] = {
+    "functions": [on_events, evaluate_segments, recheck_windows],
+    "poll": [on_events, evaluate_segments],
+    "crons": [cron(recheck_windows, name="cron:recheck_windows", minute=5, second=0, run_at_startup=True,
+                   unique=True, keep_result=0, timeout=300)],
+}
 
 
 def create_worker(settings: Settings, **kw: Any) -> Worker:

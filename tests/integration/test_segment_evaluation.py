@@ -76,3 +76,34 @@ async def test_a_merge_folds_counts_and_moves_membership(apps, workspace, sessio
         facts = await evaluation._load_facts(s, ws, [user, device], {"Order Completed"})
     assert sum(facts[user].counts["Order Completed"].values()) == 3 and facts[user].traits == {"plan": "pro"}
     assert facts[device].counts == {} and facts[device].traits == {}
+
+
+async def test_quiet_users_leave_windowed_segments_as_time_passes(apps, workspace, sessionmaker) -> None:
+    from datetime import timedelta
+
+    ws = workspace.workspace_id
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    active = await apps["segment"].post("/v1/segments", headers=h, json={"name": "active 7d", "definition": {
+        "type": "performed", "event": "App Opened", "within_days": 7}})
+    lapsed = await apps["segment"].post("/v1/segments", headers=h, json={"name": "lapsed", "definition": {
+        "type": "and", "children": [{"type": "performed", "event": "App Opened"},
+                                    {"type": "not", "child": {"type": "performed", "event": "App Opened",
+                                                              "within_days": 7}}]}})
+    user = uuid.uuid4()
+    async with sessionmaker() as s, s.begin():
+        affected = await evaluation.apply_events(s, [_event(ws, user, type="track", event="App Opened")])
+        await evaluation.reevaluate(s, ws, affected[ws])
+    today = datetime.now(UTC).date()
+
+    async def members(seg) -> list[str]:
+        page = (await apps["segment"].get(f"/v1/segments/{seg.json()['id']}/members", headers=h)).json()
+        return [m["profile_id"] for m in page["members"]]
+
+    assert await members(active) == [str(user)] and await members(lapsed) == []
+    async with sessionmaker() as s:
+        await evaluation.recheck_windows(s, today + timedelta(days=6))  # still inside the window
+    assert await members(active) == [str(user)]
+    async with sessionmaker() as s:
+        assert await evaluation.recheck_windows(s, today + timedelta(days=7)) >= 2  # no new event
+        assert await evaluation.recheck_windows(s, today + timedelta(days=7)) == 0  # once per day
+    assert await members(active) == [] and await members(lapsed) == [str(user)]

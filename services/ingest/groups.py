@@ -7,7 +7,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.ingest import traits as trait_merge
+from shared import traits as trait_merge
 
 if TYPE_CHECKING:
     from services.ingest.tracking import Envelope

@@ -55,7 +55,7 @@ class Profile(IngestTable, table=True):
     workspace_id: uuid.UUID = Field(index=True)
     user_id: str | None = None
     traits: dict[str, Any] = Field(default_factory=dict, sa_column=jsonb_column("traits"))
-    # when each trait was last set or removed (see traits.py): newer wins per trait
+    # when each trait was last set or removed (see shared/traits.py): newer wins per trait
     trait_times: dict[str, str] = Field(default_factory=dict, sa_column=jsonb_column("trait_times"))
     merged_into: uuid.UUID | None = None  # set when this profile was merged into another
     created_at: datetime = Field(sa_column=tz_column("created_at"))

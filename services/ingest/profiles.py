@@ -21,7 +21,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.ingest import traits as trait_merge
+from shared import traits as trait_merge
 from shared.db import fetch_page
 from shared.errors import NotFound
 
@@ -204,7 +204,8 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
              "received_at) values (:ws, :mid, 'merge', :into, CAST(:props AS jsonb), CAST(:traits AS jsonb), :now, "
              ":now) on conflict do nothing"),
         # the merged traits travel with the event: consumers replace their copy rather than re-merge
-        {**params, "mid": f"merge:{from_}:{into}", "props": _dumps({"merged_profile_id": str(from_)}),
+        {**params, "mid": f"merge:{from_}:{into}",
+         "props": _dumps({"merged_profile_id": str(from_), "trait_times": times}),
          "traits": _dumps(traits), "now": now},
     )
     return True

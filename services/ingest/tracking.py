@@ -15,7 +15,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.ingest import groups, privacy
-from services.ingest import traits as trait_merge
 from services.ingest.profiles import resolve_profiles
 from services.ingest.schemas import (
     AliasMessage,
@@ -25,6 +24,7 @@ from services.ingest.schemas import (
     ScreenMessage,
     TrackMessage,
 )
+from shared import traits as trait_merge
 
 Message = TrackMessage | IdentifyMessage | PageMessage | ScreenMessage | GroupMessage | AliasMessage
 

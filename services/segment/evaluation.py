@@ -17,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segment import conditions
+from shared import traits as trait_merge
 from shared.errors import UpstreamUnavailable
 from shared.feed import lock_consumer, save_consumer
 from shared.http import InternalClient
@@ -43,18 +44,18 @@ def _parse_ts(v: str) -> datetime:
 
 async def apply_events(session: AsyncSession, events: list[dict[str, Any]]) -> Affected:
     counts: dict[tuple[uuid.UUID, uuid.UUID, str, date], int] = defaultdict(int)
-    traits: dict[tuple[uuid.UUID, uuid.UUID], dict[str, Any]] = {}
+    traits: dict[tuple[uuid.UUID, uuid.UUID], list[trait_merge.Update]] = {}
     affected: Affected = defaultdict(set)
-    merges: list[tuple[uuid.UUID, uuid.UUID, uuid.UUID, dict[str, Any]]] = []
+    merges: list[tuple[uuid.UUID, uuid.UUID, uuid.UUID, dict[str, Any], dict[str, str]]] = []
     for e in sorted(events, key=lambda e: e["timestamp"]):
         ws, pid = uuid.UUID(e["workspace_id"]), uuid.UUID(e["profile_id"])
         affected[ws].add(pid)
         if e["type"] == "merge":
             from_ = uuid.UUID(e["properties"]["merged_profile_id"])
             affected[ws].add(from_)
-            merges.append((ws, pid, from_, e.get("traits") or {}))
-        elif e["type"] == "identify":
-            traits.setdefault((ws, pid), {}).update(e.get("traits") or {})
+            merges.append((ws, pid, from_, e.get("traits") or {}, e["properties"].get("trait_times") or {}))
+        elif e["type"] == "identify" and e.get("traits"):
+            traits.setdefault((ws, pid), []).append((_ts_key(e["timestamp"]), e["traits"]))
         elif e.get("event"):
             counts[(ws, pid, e["event"], _parse_ts(e["timestamp"]).date())] += 1
     if counts:
@@ -73,32 +74,49 @@ async def apply_events(session: AsyncSession, events: list[dict[str, Any]]) -> A
              "day": [k[3] for k in keys], "n": [counts[k] for k in keys]},
         )
     if traits:
-        keys2 = list(traits)
-        params = {"ws": [k[0] for k in keys2], "pid": [k[1] for k in keys2], "t": [_dumps(traits[k]) for k in keys2]}
-        # two steps so a null in the update removes the trait (an upsert's VALUES would strip it first)
-        await session.execute(
-            text("insert into segment.profile_traits (workspace_id, profile_id) "
-                 "select * from unnest(CAST(:ws AS uuid[]), CAST(:pid AS uuid[])) on conflict do nothing"),
-            {"ws": params["ws"], "pid": params["pid"]},
-        )
-        await session.execute(
-            text(
-                """
-                update segment.profile_traits p
-                   set traits = jsonb_strip_nulls(p.traits || u.t::jsonb), updated_at = now()
-                  from unnest(CAST(:ws AS uuid[]), CAST(:pid AS uuid[]), CAST(:t AS text[])) as u(ws, pid, t)
-                 where p.workspace_id = u.ws and p.profile_id = u.pid
-                """
-            ),
-            params,
-        )
-    for ws, into, from_, merged_traits in merges:
-        await merge_profiles(session, ws, into, from_, merged_traits)
+        await _merge_traits(session, traits)
+    for ws, into, from_, merged_traits, merged_times in merges:
+        await merge_profiles(session, ws, into, from_, merged_traits, merged_times)
     return affected
 
 
+def _ts_key(raw: str) -> str:
+    return _parse_ts(raw).isoformat(timespec="microseconds")
+
+
+async def _merge_traits(session: AsyncSession, updates: dict[tuple[uuid.UUID, uuid.UUID], list[Any]]) -> None:
+    """Per trait, the newest value wins (the rule ingest uses, shared/traits.py), whatever order the
+    events arrive in — so folding the feed page by page equals computing from all events at once."""
+    keys = sorted(updates)
+    await session.execute(
+        text("insert into segment.profile_traits (workspace_id, profile_id) "
+             "select * from unnest(CAST(:ws AS uuid[]), CAST(:pid AS uuid[])) on conflict do nothing"),
+        {"ws": [k[0] for k in keys], "pid": [k[1] for k in keys]},
+    )
+    rows = await session.execute(
+        text("select t.workspace_id, t.profile_id, t.traits, t.trait_times from segment.profile_traits t "
+             "join unnest(CAST(:ws AS uuid[]), CAST(:pid AS uuid[])) as u(ws, pid) "
+             "on t.workspace_id = u.ws and t.profile_id = u.pid order by 1, 2 for update of t"),
+        {"ws": [k[0] for k in keys], "pid": [k[1] for k in keys]},
+    )
+    merged = {(ws, pid): trait_merge.merge(t, tt, updates[(ws, pid)]) for ws, pid, t, tt in rows}
+    await session.execute(
+        text(
+            """
+            update segment.profile_traits p
+               set traits = u.t::jsonb, trait_times = u.tt::jsonb, updated_at = now()
+              from unnest(CAST(:ws AS uuid[]), CAST(:pid AS uuid[]), CAST(:t AS text[]), CAST(:tt AS text[]))
+                   as u(ws, pid, t, tt)
+             where p.workspace_id = u.ws and p.profile_id = u.pid
+            """
+        ),
+        {"ws": [k[0] for k in merged], "pid": [k[1] for k in merged],
+         "t": [_dumps(v[0]) for v in merged.values()], "tt": [_dumps(v[1]) for v in merged.values()]},
+    )
+
+
 async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, from_: uuid.UUID,
-                         merged_traits: dict[str, Any]) -> None:
+                         merged_traits: dict[str, Any], merged_times: dict[str, str]) -> None:
     """Ingest merged ``from_`` into ``into``: fold its counts, take the merged traits, drop its facts.
 
     Re-evaluating both afterwards makes ``from_`` exit its segments and ``into`` enter what it now meets.
@@ -118,9 +136,11 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
                           params)
     await session.execute(text(
         """
-        insert into segment.profile_traits (workspace_id, profile_id, traits) values (:ws, :into, CAST(:t AS jsonb))
-        on conflict (workspace_id, profile_id) do update set traits = excluded.traits, updated_at = now()
-        """), {**params, "t": _dumps(merged_traits)})
+        insert into segment.profile_traits (workspace_id, profile_id, traits, trait_times)
+        values (:ws, :into, CAST(:t AS jsonb), CAST(:tt AS jsonb))
+        on conflict (workspace_id, profile_id)
+        do update set traits = excluded.traits, trait_times = excluded.trait_times, updated_at = now()
+        """), {**params, "t": _dumps(merged_traits), "tt": _dumps(merged_times)})
 
 
 async def _load_facts(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID], events: set[str]

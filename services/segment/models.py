@@ -51,6 +51,7 @@ class ProfileTraits(SegmentTable, table=True):
     workspace_id: uuid.UUID = Field(primary_key=True)
     profile_id: uuid.UUID = Field(primary_key=True)
     traits: dict[str, Any] = Field(sa_column=jsonb_column("traits"))
+    trait_times: dict[str, str] = Field(sa_column=jsonb_column("trait_times"))  # see shared/traits.py
     updated_at: datetime = Field(sa_column=tz_column("updated_at"))
 
 

@@ -3,7 +3,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.ingest.traits import fill_defaults, merge, merge_profiles
+from shared.traits import fill_defaults, merge, merge_profiles
 
 stamps = st.sampled_from([f"2026-11-2{d}T00:00:00+00:00" for d in range(1, 6)])
 values = st.one_of(st.none(), st.integers(0, 3), st.sampled_from(["a", "b"]))

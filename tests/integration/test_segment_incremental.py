@@ -1,0 +1,83 @@
+"""Property: folding events in incrementally, page by page (any page size), gives the same memberships
+as computing them once from all the raw events."""
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from sqlalchemy import text
+
+from services.segment import evaluation, segments
+from shared.db import create_engine, create_sessionmaker
+
+TODAY = datetime.now(UTC).date()
+DEFINITIONS = [
+    {"type": "performed", "event": "Buy", "count": 2},
+    {"type": "performed", "event": "Buy", "within_days": 3},
+    {"type": "and", "children": [{"type": "trait", "trait": "plan", "value": "pro"},
+                                 {"type": "not", "child": {"type": "performed", "event": "Churn"}}]},
+    {"type": "or", "children": [{"type": "performed", "event": "Churn", "op": "exactly", "count": 1},
+                                {"type": "trait", "trait": "plan", "op": "exists"}]},
+]
+
+event = st.one_of(
+    st.tuples(st.integers(0, 3), st.just("track"), st.sampled_from(["Buy", "Churn"]), st.integers(0, 6)),
+    st.tuples(st.integers(0, 3), st.just("identify"), st.sampled_from([None, "pro", "free"]), st.integers(0, 6)),
+)
+
+
+def _envelope(ws, users, e) -> dict:
+    who, kind, what, days_ago = e
+    ts = (datetime.now(UTC) - timedelta(days=days_ago)).isoformat()
+    base = {"workspace_id": str(ws), "profile_id": str(users[who]), "timestamp": ts, "traits": {}, "event": None,
+            "type": kind}
+    if kind == "track":
+        base["event"] = what
+    else:
+        base["traits"] = {"plan": what}
+    return base
+
+
+async def _memberships(sessionmaker, ws) -> set[tuple[str, str]]:
+    async with sessionmaker() as s:
+        rows = await s.execute(text("select segment_id, profile_id from segment.memberships where workspace_id = :ws"),
+                               {"ws": ws})
+        return {(str(a), str(b)) for a, b in rows}
+
+
+async def _run(sessionmaker, events, chunk: int) -> tuple[set, set]:
+    results = []
+    for mode in ("incremental", "once"):
+        ws, users = uuid.uuid4(), [uuid.uuid4() for _ in range(4)]
+        async with sessionmaker() as s, s.begin():
+            seg_ids = [(await segments.create_segment(s, ws, f"s{i}", d))["id"] for i, d in enumerate(DEFINITIONS)]
+        envs = [_envelope(ws, users, e) for e in events]
+        pages = [envs[i:i + chunk] for i in range(0, len(envs), chunk)] if mode == "incremental" else [envs]
+        for page in pages:
+            async with sessionmaker() as s, s.begin():
+                affected = await evaluation.apply_events(s, page)
+                for w, pids in affected.items():
+                    await evaluation.reevaluate(s, w, pids, today=TODAY)
+        names = dict(zip(seg_ids, range(len(seg_ids)), strict=True))
+        index = {str(u): i for i, u in enumerate(users)}
+        results.append({(names[a], index[b]) for a, b in await _memberships(sessionmaker, ws)})
+    return results[0], results[1]
+
+
+@hypothesis_settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=st.lists(event, max_size=25), chunk=st.integers(1, 6))
+def test_incremental_equals_full_recomputation(settings, events, chunk) -> None:
+    incremental, once = asyncio.run(_with_engine(settings, events, chunk))
+    assert incremental == once
+
+
+async def _with_engine(app_settings, events, chunk):
+    # hypothesis drives a sync test: it gets its own loop, so its own engine
+    engine = create_engine(app_settings, pool_size=1)
+    try:
+        return await _run(create_sessionmaker(engine), events, chunk)
+    finally:
+        await engine.dispose()

@@ -31,7 +31,7 @@ async def test_login_merges_the_anonymous_profile_into_the_known_user(apps, work
     events = await c.get("/v1/events", headers=internal_headers())
     mine = [e for e in events.json()["events"] if e["workspace_id"] == str(workspace.workspace_id)]
     assert {e["profile_id"] for e in mine} == {user["id"]}  # history re-attributed
-    assert [e["properties"] for e in mine if e["type"] == "merge"] == [{"merged_profile_id": anon_id}]
+    assert [e["properties"]["merged_profile_id"] for e in mine if e["type"] == "merge"] == [anon_id]
 
 
 async def test_alias_merges_previous_id_into_user_id(apps, workspace) -> None:

@@ -70,7 +70,11 @@ async def _run(sessionmaker, events, chunk: int) -> tuple[set, set]:
 @hypothesis_settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(events=st.lists(event, max_size=25), chunk=st.integers(1, 6))
 def test_incremental_equals_full_recomputation(settings, events, chunk) -> None:
-    incremental, once = asyncio.run(_with_engine(settings, events, chunk))
+    loop = asyncio.new_event_loop()  # not asyncio.run: that would unset the main thread's loop for later tests
+    try:
+        incremental, once = loop.run_until_complete(_with_engine(settings, events, chunk))
+    finally:
+        loop.close()
     assert incremental == once
 
 

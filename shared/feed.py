@@ -35,18 +35,23 @@ class Cursor:
         return cls(int(xid), int(seq))
 
 
-def feed_where(alias: str = "") -> str:
-    """SQL predicate selecting rows after ``:after_xid``/``:after_seq`` that are safe to hand out."""
-    p = f"{alias}." if alias else ""
+def feed_query(table: str, columns: str) -> str:
+    """The page query of a feed over ``table``: ``columns`` plus the cursor as ``cursor_xid``/``cursor_seq``.
+
+    The cursor columns get their own names: an output column called ``xid`` (as text) would make
+    ``ORDER BY xid`` sort as text, and "1000" sorts before "983" — a feed that silently reorders
+    once transaction ids gain a digit. Ordering names the table's columns explicitly.
+    """
     return (
-        f"({p}xid, {p}seq) > (CAST(:after_xid AS text)::xid8, CAST(:after_seq AS bigint)) "
-        f"AND {p}xid < pg_snapshot_xmin(pg_current_snapshot())"
+        f"select t.xid::text as cursor_xid, t.seq as cursor_seq, {columns} from {table} t "
+        f"where (t.xid, t.seq) > (CAST(:after_xid AS text)::xid8, CAST(:after_seq AS bigint)) "
+        f"and t.xid < pg_snapshot_xmin(pg_current_snapshot()) "
+        f"order by t.xid, t.seq limit :limit"
     )
 
 
-def feed_order(alias: str = "") -> str:
-    p = f"{alias}." if alias else ""
-    return f"{p}xid, {p}seq"
+def feed_params(after: Cursor, limit: int) -> dict[str, object]:
+    return {"after_xid": str(after.xid), "after_seq": after.seq, "limit": limit}
 
 
 async def lock_consumer(session: AsyncSession, schema: str, consumer: str) -> str:

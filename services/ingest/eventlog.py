@@ -5,29 +5,21 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.feed import Cursor, feed_order, feed_where
+from shared.feed import Cursor, feed_params, feed_query
 
 
 async def read_feed(session: AsyncSession, after: Cursor, limit: int) -> tuple[list[dict[str, Any]], Cursor]:
     rows = (
         await session.execute(
-            text(
-                f"""
-                select xid::text as xid, seq, workspace_id, message_id, type, event, profile_id, user_id,
-                       anonymous_id, properties, traits, context, timestamp, received_at
-                  from ingest.events
-                 where {feed_where()}
-                 order by {feed_order()}
-                 limit :limit
-                """
-            ),
-            {"after_xid": str(after.xid), "after_seq": after.seq, "limit": limit},
+            text(feed_query("ingest.events", "workspace_id, message_id, type, event, profile_id, user_id, "
+                                              "anonymous_id, properties, traits, context, timestamp, received_at")),
+            feed_params(after, limit),
         )
     ).mappings().all()
     events: list[dict[str, Any]] = []
     cursor = after
     for r in rows:
-        cursor = Cursor(int(r["xid"]), r["seq"])
+        cursor = Cursor(int(r["cursor_xid"]), r["cursor_seq"])
         events.append(
             {
                 "cursor": cursor.encode(),

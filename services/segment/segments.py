@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.segment import conditions
 from shared.db import fetch_one, fetch_page, insert_one_or_conflict, row_dict
 from shared.errors import ValidationFailed
-from shared.feed import Cursor, feed_order, feed_where
+from shared.feed import Cursor, feed_params, feed_query
 
 _COLUMNS = "id, name, definition, version, created_at, updated_at"
 
@@ -72,14 +72,13 @@ async def list_members(session: AsyncSession, ws: uuid.UUID, segment_id: uuid.UU
 async def read_transitions(session: AsyncSession, after: Cursor, limit: int
                            ) -> tuple[list[dict[str, Any]], Cursor]:
     rows = (await session.execute(
-        text(f"select xid::text as xid, seq, workspace_id, segment_id, segment_version, profile_id, kind, at "
-             f"from segment.transitions where {feed_where()} order by {feed_order()} limit :limit"),
-        {"after_xid": str(after.xid), "after_seq": after.seq, "limit": limit},
+        text(feed_query("segment.transitions", "workspace_id, segment_id, segment_version, profile_id, kind, at")),
+        feed_params(after, limit),
     )).mappings().all()
     out = []
     cursor = after
     for r in rows:
-        cursor = Cursor(int(r["xid"]), r["seq"])
+        cursor = Cursor(int(r["cursor_xid"]), r["cursor_seq"])
         out.append({"cursor": cursor.encode(), "workspace_id": str(r["workspace_id"]),
                     "segment_id": str(r["segment_id"]), "segment_version": r["segment_version"],
                     "profile_id": str(r["profile_id"]), "kind": r["kind"], "at": r["at"]})

@@ -51,3 +51,21 @@ async def test_concurrent_writers_consumer_sees_each_event_exactly_once(sessionm
     assert len(seen) == len(set(seen)), "an event was delivered twice"
     assert set(seen) == expected, f"missing: {expected - set(seen)}"
     assert cursors == sorted(cursors), "the cursor went backwards"
+
+
+async def test_feed_orders_transaction_ids_as_numbers_not_text(sessionmaker, workspace) -> None:
+    """Regression: the cursor column was once selected as text under the name ``xid``, and ``ORDER BY xid``
+    then sorted "10" before "9" — the feed reordered (and re-sent) events whenever xids gained a digit."""
+    from sqlalchemy import text
+
+    async with sessionmaker() as s, s.begin():
+        for xid, mid in (("10", "ten"), ("9", "nine"), ("100", "hundred")):
+            await s.execute(text(
+                "insert into ingest.events (xid, workspace_id, message_id, type, event, profile_id, timestamp) "
+                "values (CAST(CAST(:x AS text) AS xid8), :ws, :mid, 'track', 'E', gen_random_uuid(), now())"),
+                {"x": xid, "ws": workspace.workspace_id, "mid": mid})
+    async with sessionmaker() as s, s.begin():
+        events, cursor = await eventlog.read_feed(s, Cursor(8, 0), 2)
+        assert [e["message_id"] for e in events] == ["nine", "ten"]
+        events, _ = await eventlog.read_feed(s, cursor, 2)
+        assert [e["message_id"] for e in events][:1] == ["hundred"]

@@ -1,12 +1,20 @@
 """Segment HTTP routes: definitions, members, and the transition feed."""
 
 import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from services.segment import segments
-from services.segment.schemas import MemberList, SegmentCreate, SegmentList, SegmentOut, TransitionPage
+from services.segment import evaluation, segments
+from services.segment.schemas import (
+    MemberList,
+    ProfileAttributes,
+    SegmentCreate,
+    SegmentList,
+    SegmentOut,
+    TransitionPage,
+)
 from shared.auth import InternalDep, WorkspaceDep
 from shared.db import SessionDep
 from shared.errors import COMMON_ERRORS, problem_schema
@@ -66,3 +74,13 @@ async def read_transitions(_: InternalDep, session: SessionDep, after: After = N
     return {"transitions": items, "next_cursor": cursor.encode()}
 
 
+
+
+@router.get("/profiles/{profile_id}/attributes", response_model=ProfileAttributes,
+            operation_id="get_profile_attributes", tags=["attributes"],
+            summary="Computed attributes of a profile (order count, revenue, AOV, recency, …)",
+            responses=COMMON_ERRORS)
+async def get_profile_attributes(profile_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+    async with session.begin():
+        attrs = await evaluation.load_attributes(session, ws, [profile_id], datetime.now(UTC).date())
+    return {"profile_id": str(profile_id), **attrs[profile_id]}

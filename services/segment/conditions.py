@@ -6,7 +6,9 @@ A definition is a tree of nodes discriminated on ``type``:
 - ``trait``: compare a profile trait (``equals``, ``not_equals``, ``exists``, ``contains``, ``gt``,
   ``gte``, ``lt``, ``lte``);
 - ``performed``: the profile performed ``event`` ``at_least`` / ``at_most`` / ``exactly`` ``count``
-  times, optionally within the last ``within_days`` days.
+  times, optionally within the last ``within_days`` days;
+- ``attribute``: compare a computed attribute (order count, revenue, average order value, purchase
+  frequency, days since last activity / order; see attributes.py).
 
 Evaluation takes plain values (traits and per-day event counts) so it is unit- and property-tested
 without a database.
@@ -57,7 +59,18 @@ class PerformedNode(_Node):
     within_days: int | None = Field(default=None, ge=1, le=3650)
 
 
-Condition = Annotated[AndNode | OrNode | NotNode | TraitNode | PerformedNode, Field(discriminator="type")]
+class AttributeNode(_Node):
+    """A computed attribute (see attributes.py), e.g. ``order_count`` ``gte`` 2, ``total_revenue`` ``gt`` 500."""
+
+    type: Literal["attribute"] = "attribute"
+    attribute: Literal["order_count", "total_revenue", "average_order_value", "orders_per_month",
+                       "days_since_last_activity", "days_since_last_order"]
+    op: TraitOp = "gte"
+    value: Any = None
+
+
+Condition = Annotated[AndNode | OrNode | NotNode | TraitNode | PerformedNode | AttributeNode,
+                      Field(discriminator="type")]
 condition_adapter: TypeAdapter[Any] = TypeAdapter(Condition)
 
 
@@ -65,6 +78,7 @@ condition_adapter: TypeAdapter[Any] = TypeAdapter(Condition)
 class ProfileFacts:
     traits: Mapping[str, Any] = field(default_factory=dict)
     counts: Mapping[str, Mapping[date, int]] = field(default_factory=dict)  # event -> day -> n
+    attributes: Mapping[str, Any] = field(default_factory=dict)  # computed attributes (attributes.py)
 
 
 def parse(definition: dict[str, Any]) -> Any:
@@ -84,11 +98,14 @@ def events_of(node: Any) -> Iterator[str]:
 
 
 def has_window(node: Any) -> bool:
-    """True if membership can change with time alone (a ``within_days`` window somewhere in the tree)."""
+    """True if membership can change with time alone (a ``within_days`` window or a "days since"
+    attribute somewhere in the tree)."""
     if isinstance(node, AndNode | OrNode):
         return any(has_window(c) for c in node.children)
     if isinstance(node, NotNode):
         return has_window(node.child)
+    if isinstance(node, AttributeNode):
+        return node.attribute.startswith("days_since") or node.attribute == "orders_per_month"
     return isinstance(node, PerformedNode) and node.within_days is not None
 
 
@@ -126,6 +143,8 @@ def evaluate(node: Any, facts: ProfileFacts, today: date) -> bool:
         return not evaluate(node.child, facts, today)
     if isinstance(node, TraitNode):
         return _compare(node.op, facts.traits.get(node.trait), node.value)
+    if isinstance(node, AttributeNode):
+        return _compare(node.op, facts.attributes.get(node.attribute), node.value)
     if isinstance(node, PerformedNode):
         days = facts.counts.get(node.event, {})
         if node.within_days is None:

@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -16,7 +17,8 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.segment import conditions
+from services.segment import attributes, conditions
+from services.segment.attributes import PurchaseRules
 from shared import traits as trait_merge
 from shared.errors import UpstreamUnavailable
 from shared.feed import lock_consumer, save_consumer
@@ -47,9 +49,13 @@ async def apply_events(session: AsyncSession, events: list[dict[str, Any]]) -> A
     traits: dict[tuple[uuid.UUID, uuid.UUID], list[trait_merge.Update]] = {}
     affected: Affected = defaultdict(set)
     merges: list[tuple[uuid.UUID, uuid.UUID, uuid.UUID, dict[str, Any], dict[str, str]]] = []
+    stats: dict[tuple[uuid.UUID, uuid.UUID], _Stats] = {}
+    rules = await _purchase_rules(session, {uuid.UUID(e["workspace_id"]) for e in events})
     for e in sorted(events, key=lambda e: e["timestamp"]):
         ws, pid = uuid.UUID(e["workspace_id"]), uuid.UUID(e["profile_id"])
         affected[ws].add(pid)
+        if e["type"] != "merge":
+            stats.setdefault((ws, pid), _Stats()).add(_parse_ts(e["timestamp"]), rules[ws].order_value(e))
         if e["type"] == "merge":
             from_ = uuid.UUID(e["properties"]["merged_profile_id"])
             affected[ws].add(from_)
@@ -75,6 +81,8 @@ async def apply_events(session: AsyncSession, events: list[dict[str, Any]]) -> A
         )
     if traits:
         await _merge_traits(session, traits)
+    if stats:
+        await _fold_stats(session, stats)
     for ws, into, from_, merged_traits, merged_times in merges:
         await merge_profiles(session, ws, into, from_, merged_traits, merged_times)
     return affected
@@ -132,6 +140,22 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
         """), params)
     await session.execute(text("delete from segment.event_counts where workspace_id = :ws and profile_id = :from"),
                           params)
+    await session.execute(text(
+        """
+        insert into segment.profile_stats as p (workspace_id, profile_id, first_seen, last_seen, order_count,
+                                                revenue, first_order_at, last_order_at)
+        select workspace_id, :into, first_seen, last_seen, order_count, revenue, first_order_at, last_order_at
+          from segment.profile_stats where workspace_id = :ws and profile_id = :from
+        on conflict (workspace_id, profile_id) do update set
+            first_seen = least(p.first_seen, excluded.first_seen),
+            last_seen = greatest(p.last_seen, excluded.last_seen),
+            order_count = p.order_count + excluded.order_count,
+            revenue = p.revenue + excluded.revenue,
+            first_order_at = least(p.first_order_at, excluded.first_order_at),
+            last_order_at = greatest(p.last_order_at, excluded.last_order_at)
+        """), params)
+    await session.execute(text("delete from segment.profile_stats where workspace_id = :ws and profile_id = :from"),
+                          params)
     await session.execute(text("delete from segment.profile_traits where workspace_id = :ws and profile_id = :from"),
                           params)
     await session.execute(text(
@@ -143,9 +167,72 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
         """), {**params, "t": _dumps(merged_traits), "tt": _dumps(merged_times)})
 
 
-async def _load_facts(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID], events: set[str]
-                      ) -> dict[uuid.UUID, conditions.ProfileFacts]:
-    facts = {pid: conditions.ProfileFacts(traits={}, counts={}) for pid in pids}
+@dataclass
+class _Stats:
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+    orders: int = 0
+    revenue: float = 0.0
+    first_order: datetime | None = None
+    last_order: datetime | None = None
+
+    def add(self, at: datetime, order_value: float | None) -> None:
+        self.first_seen = min(self.first_seen or at, at)
+        self.last_seen = max(self.last_seen or at, at)
+        if order_value is not None:
+            self.orders += 1
+            self.revenue += order_value
+            self.first_order = min(self.first_order or at, at)
+            self.last_order = max(self.last_order or at, at)
+
+
+async def _purchase_rules(session: AsyncSession, workspaces: set[uuid.UUID]) -> dict[uuid.UUID, PurchaseRules]:
+    rows = await session.execute(text("select id, settings from core.workspaces where id = any(CAST(:ws AS uuid[]))"),
+                                 {"ws": list(workspaces)})
+    found = {ws: PurchaseRules.from_settings(settings) for ws, settings in rows}
+    return {ws: found.get(ws, PurchaseRules()) for ws in workspaces}
+
+
+_FOLD_STATS = """
+    insert into segment.profile_stats as p (workspace_id, profile_id, first_seen, last_seen, order_count, revenue,
+                                            first_order_at, last_order_at)
+    select * from unnest(CAST(:ws AS uuid[]), CAST(:pid AS uuid[]), CAST(:fs AS timestamptz[]),
+                         CAST(:ls AS timestamptz[]), CAST(:n AS int[]), CAST(:rev AS numeric[]),
+                         CAST(:fo AS timestamptz[]), CAST(:lo AS timestamptz[]))
+    on conflict (workspace_id, profile_id) do update set
+        first_seen = least(p.first_seen, excluded.first_seen),
+        last_seen = greatest(p.last_seen, excluded.last_seen),
+        order_count = p.order_count + excluded.order_count,
+        revenue = p.revenue + excluded.revenue,
+        first_order_at = least(p.first_order_at, excluded.first_order_at),
+        last_order_at = greatest(p.last_order_at, excluded.last_order_at)
+"""
+
+
+async def _fold_stats(session: AsyncSession, stats: dict[tuple[uuid.UUID, uuid.UUID], _Stats]) -> None:
+    keys = sorted(stats)
+    await session.execute(text(_FOLD_STATS), {
+        "ws": [k[0] for k in keys], "pid": [k[1] for k in keys],
+        "fs": [stats[k].first_seen for k in keys], "ls": [stats[k].last_seen for k in keys],
+        "n": [stats[k].orders for k in keys], "rev": [Decimal(str(round(stats[k].revenue, 6))) for k in keys],
+        "fo": [stats[k].first_order for k in keys], "lo": [stats[k].last_order for k in keys],
+    })
+
+
+async def load_attributes(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID], today: date
+                          ) -> dict[uuid.UUID, dict[str, Any]]:
+    rows = (await session.execute(
+        text("select * from segment.profile_stats where workspace_id = :ws and profile_id = any(CAST(:p AS uuid[]))"),
+        {"ws": ws, "p": pids},
+    )).mappings().all()
+    found = {r["profile_id"]: dict(r) for r in rows}
+    return {pid: attributes.derive(found.get(pid), today) for pid in pids}
+
+
+async def _load_facts(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID], events: set[str],
+                      today: date | None = None) -> dict[uuid.UUID, conditions.ProfileFacts]:
+    attrs = await load_attributes(session, ws, pids, today or datetime.now(UTC).date())
+    facts = {pid: conditions.ProfileFacts(traits={}, counts={}, attributes=attrs[pid]) for pid in pids}
     rows = await session.execute(
         text("select profile_id, traits from segment.profile_traits "
              "where workspace_id = :ws and profile_id = any(CAST(:pids AS uuid[]))"),
@@ -184,7 +271,7 @@ async def reevaluate(session: AsyncSession, ws: uuid.UUID, pids: Iterable[uuid.U
         return 0
     parsed = [(s.id, s.version, conditions.parse(s.definition)) for s in segs]
     needed = {ev for _, _, node in parsed for ev in conditions.events_of(node)}
-    facts = await _load_facts(session, ws, pid_list, needed)
+    facts = await _load_facts(session, ws, pid_list, needed, today)
     current = {
         (r.segment_id, r.profile_id)
         for r in await session.execute(

@@ -2,9 +2,10 @@
 
 import uuid
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Identity, Index, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Identity, Index, Numeric, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from shared.db import jsonb_column, metadata_for, tz_column, xid_column
@@ -53,6 +54,25 @@ class ProfileTraits(SegmentTable, table=True):
     traits: dict[str, Any] = Field(sa_column=jsonb_column("traits"))
     trait_times: dict[str, str] = Field(sa_column=jsonb_column("trait_times"))  # see shared/traits.py
     updated_at: datetime = Field(sa_column=tz_column("updated_at"))
+
+
+class ProfileStats(SegmentTable, table=True):
+    """What computed attributes are derived from (attributes.py)."""
+
+    __tablename__ = "profile_stats"
+
+    workspace_id: uuid.UUID = Field(primary_key=True)
+    profile_id: uuid.UUID = Field(primary_key=True)
+    first_seen: datetime | None = Field(default=None, sa_column=tz_column("first_seen", nullable=True,
+                                                                           default_now=False))
+    last_seen: datetime | None = Field(default=None, sa_column=tz_column("last_seen", nullable=True,
+                                                                         default_now=False))
+    order_count: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    revenue: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric, nullable=False, server_default="0"))
+    first_order_at: datetime | None = Field(default=None, sa_column=tz_column("first_order_at", nullable=True,
+                                                                               default_now=False))
+    last_order_at: datetime | None = Field(default=None, sa_column=tz_column("last_order_at", nullable=True,
+                                                                             default_now=False))
 
 
 class EventCount(SegmentTable, table=True):

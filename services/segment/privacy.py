@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-_TABLES = ("event_counts", "profile_traits", "memberships", "transitions")
+_TABLES = ("event_counts", "profile_traits", "profile_stats", "memberships", "transitions")
 
 
 async def erase(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) -> dict[str, int]:

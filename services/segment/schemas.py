@@ -59,3 +59,17 @@ class TransitionOut(BaseModel):
 class TransitionPage(BaseModel):
     transitions: list[TransitionOut]
     next_cursor: str
+
+
+class ProfileAttributes(BaseModel):
+    """Computed attributes of one profile (see the segment service's `attributes` module)."""
+
+    profile_id: str
+    order_count: int
+    total_revenue: float = Field(description="sum of purchase revenue so far (CLTV to date)")
+    average_order_value: float | None
+    orders_per_month: float = Field(description="purchase frequency since the first order")
+    first_seen: datetime | None
+    last_seen: datetime | None
+    days_since_last_activity: int | None
+    days_since_last_order: int | None

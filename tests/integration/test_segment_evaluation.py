@@ -107,3 +107,35 @@ async def test_quiet_users_leave_windowed_segments_as_time_passes(apps, workspac
         assert await evaluation.recheck_windows(s, today + timedelta(days=7)) >= 2  # no new event
         assert await evaluation.recheck_windows(s, today + timedelta(days=7)) == 0  # once per day
     assert await members(active) == [] and await members(lapsed) == [str(user)]
+
+
+async def test_computed_attributes_feed_segments_and_survive_merges(apps, workspace, sessionmaker) -> None:
+    ws = workspace.workspace_id
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    big = await apps["segment"].post("/v1/segments", headers=h, json={"name": "big spenders", "definition": {
+        "type": "and", "children": [{"type": "attribute", "attribute": "order_count", "op": "gte", "value": 3},
+                                    {"type": "attribute", "attribute": "total_revenue", "op": "gt", "value": 50}]}})
+    assert big.status_code == 201, big.text
+    user, device = uuid.uuid4(), uuid.uuid4()
+    orders = [_event(ws, user, type="track", event="Order Completed", properties={"revenue": r}) for r in (10, "20.5")]
+    orders.append(_event(ws, device, type="track", event="Order Completed", properties={"revenue": 30}))
+    orders.append(_event(ws, user, type="track", event="Viewed Product", properties={}))
+    async with sessionmaker() as s, s.begin():
+        affected = await evaluation.apply_events(s, orders)
+        await evaluation.reevaluate(s, ws, affected[ws])
+    attrs = (await apps["segment"].get(f"/v1/profiles/{user}/attributes", headers=h)).json()
+    assert attrs["order_count"] == 2 and attrs["total_revenue"] == 30.5 and attrs["average_order_value"] == 15.25
+    assert attrs["days_since_last_activity"] == 0
+    members = (await apps["segment"].get(f"/v1/segments/{big.json()['id']}/members", headers=h)).json()
+    assert members["members"] == []
+    async with sessionmaker() as s, s.begin():
+        affected = await evaluation.apply_events(s, [_event(ws, user, type="merge", traits={},
+                                                            properties={"merged_profile_id": str(device)})])
+        await evaluation.reevaluate(s, ws, affected[ws])
+    attrs = (await apps["segment"].get(f"/v1/profiles/{user}/attributes", headers=h)).json()
+    assert attrs["order_count"] == 3 and attrs["total_revenue"] == 60.5
+    members = (await apps["segment"].get(f"/v1/segments/{big.json()['id']}/members", headers=h)).json()
+    assert [m["profile_id"] for m in members["members"]] == [str(user)]
+    bad = await apps["segment"].post("/v1/segments", headers=h, json={"name": "x", "definition": {
+        "type": "attribute", "attribute": "shoe_size"}})
+    assert bad.status_code == 422

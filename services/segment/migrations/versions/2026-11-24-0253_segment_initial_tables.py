@@ -54,6 +54,18 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('workspace_id', 'profile_id', name=op.f('pk_profile_traits')),
     schema='segment'
     )
+    op.create_table('profile_stats',
+    sa.Column('workspace_id', sa.Uuid(), nullable=False),
+    sa.Column('profile_id', sa.Uuid(), nullable=False),
+    sa.Column('first_seen', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('last_seen', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('order_count', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('revenue', sa.Numeric(), server_default='0', nullable=False),
+    sa.Column('first_order_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('last_order_at', sa.DateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('workspace_id', 'profile_id', name=op.f('pk_profile_stats')),
+    schema='segment'
+    )
     op.create_table('segments',
     sa.Column('id', sa.Uuid(), nullable=False),
     sa.Column('workspace_id', sa.Uuid(), nullable=False),
@@ -87,6 +99,7 @@ def downgrade() -> None:
     op.drop_index('ix_transitions_xid_seq', table_name='transitions', schema='segment')
     op.drop_table('transitions', schema='segment')
     op.drop_table('segments', schema='segment')
+    op.drop_table('profile_stats', schema='segment')
     op.drop_table('profile_traits', schema='segment')
     op.drop_index('ix_memberships_workspace_id_profile_id', table_name='memberships', schema='segment')
     op.drop_table('memberships', schema='segment')

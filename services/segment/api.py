@@ -8,8 +8,10 @@ from fastapi import APIRouter, Query, Request
 
 from services.segment import evaluation, segments
 from services.segment.schemas import (
+    LifecycleOverview,
     MemberList,
     ProfileAttributes,
+    ProfileStage,
     SegmentCreate,
     SegmentList,
     SegmentOut,
@@ -84,3 +86,18 @@ async def get_profile_attributes(profile_id: uuid.UUID, ws: WorkspaceDep, sessio
     async with session.begin():
         attrs = await evaluation.load_attributes(session, ws, [profile_id], datetime.now(UTC).date())
     return {"profile_id": str(profile_id), **attrs[profile_id]}
+
+
+@router.get("/lifecycle", response_model=LifecycleOverview, operation_id="lifecycle_overview", tags=["lifecycle"],
+            summary="How many profiles are in each lifecycle stage, and each stage's segment id",
+            responses=COMMON_ERRORS)
+async def lifecycle_overview(ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+    async with session.begin():
+        return {"stages": await segments.stage_counts(session, ws)}
+
+
+@router.get("/lifecycle/{profile_id}", response_model=ProfileStage, operation_id="get_profile_stage",
+            tags=["lifecycle"], summary="A profile's lifecycle stage and since when", responses=COMMON_ERRORS)
+async def get_profile_stage(profile_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+    async with session.begin():
+        return await segments.profile_stage(session, ws, profile_id)

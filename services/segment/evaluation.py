@@ -18,6 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segment import attributes, conditions
+from services.segment import lifecycle as lifecycle_mod
 from services.segment.attributes import PurchaseRules
 from shared import traits as trait_merge
 from shared.errors import UpstreamUnavailable
@@ -253,12 +254,15 @@ async def _load_facts(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID
 
 
 async def reevaluate(session: AsyncSession, ws: uuid.UUID, pids: Iterable[uuid.UUID], *,
-                     today: date | None = None, segment_ids: set[uuid.UUID] | None = None) -> int:
-    """Recompute memberships of ``pids`` in the workspace's segments; write only real changes."""
+                     today: date | None = None, segment_ids: set[uuid.UUID] | None = None,
+                     lifecycle: bool | None = None) -> int:
+    """Recompute memberships of ``pids`` in the workspace's segments (all, or ``segment_ids``) and their
+    lifecycle stage (by default when all segments are evaluated); write only real changes."""
     pid_list = sorted(set(pids))
     if not pid_list:
         return 0
     today = today or datetime.now(UTC).date()
+    with_stages = segment_ids is None if lifecycle is None else lifecycle
     # One evaluator per workspace at a time (feed consumer, backfill, replicas): memberships are read
     # after the lock, so two evaluators can never both write the same entry or exit.
     await session.execute(text("select pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"segment-eval:{ws}"})
@@ -267,21 +271,25 @@ async def reevaluate(session: AsyncSession, ws: uuid.UUID, pids: Iterable[uuid.U
     )).all()
     if segment_ids is not None:
         segs = [s for s in segs if s.id in segment_ids]
-    if not segs:
+    if not segs and not with_stages:
         return 0
     parsed = [(s.id, s.version, conditions.parse(s.definition)) for s in segs]
     needed = {ev for _, _, node in parsed for ev in conditions.events_of(node)}
+    cfg = await _lifecycle_settings(session, ws) if with_stages else None
+    stage_ids = {lifecycle_mod.stage_segment_id(ws, st): st for st in lifecycle_mod.STAGES} if cfg else {}
+    if cfg:
+        needed |= cfg.events()
     facts = await _load_facts(session, ws, pid_list, needed, today)
     current = {
-        (r.segment_id, r.profile_id)
+        (r.segment_id, r.profile_id): r.entered_at
         for r in await session.execute(
-            text("select segment_id, profile_id from segment.memberships "
+            text("select segment_id, profile_id, entered_at from segment.memberships "
                  "where workspace_id = :ws and profile_id = any(CAST(:pids AS uuid[])) "
                  "and segment_id = any(CAST(:sids AS uuid[]))"),
-            {"ws": ws, "pids": pid_list, "sids": [s[0] for s in parsed]},
+            {"ws": ws, "pids": pid_list, "sids": [s[0] for s in parsed] + list(stage_ids)},
         )
     }
-    changes: list[tuple[uuid.UUID, int, uuid.UUID, str]] = []
+    changes: list[Change] = []
     for sid, version, node in parsed:
         for pid in pid_list:
             member = conditions.evaluate(node, facts[pid], today)
@@ -290,6 +298,8 @@ async def reevaluate(session: AsyncSession, ws: uuid.UUID, pids: Iterable[uuid.U
                 changes.append((sid, version, pid, "entered"))
             elif was and not member:
                 changes.append((sid, version, pid, "exited"))
+    if cfg:
+        changes += _stage_changes(cfg, stage_ids, current, facts, today)
     if not changes:
         return 0
     entered = [c for c in changes if c[3] == "entered"]
@@ -314,6 +324,41 @@ async def reevaluate(session: AsyncSession, ws: uuid.UUID, pids: Iterable[uuid.U
          "pids": [c[2] for c in changes], "kinds": [c[3] for c in changes]},
     )
     return len(changes)
+
+
+Change = tuple[uuid.UUID, int, uuid.UUID, str]  # (segment id, version, profile id, "entered" | "exited")
+
+
+def _stage_changes(cfg: lifecycle_mod.LifecycleSettings, stage_ids: dict[uuid.UUID, str],
+                   current: dict[tuple[uuid.UUID, uuid.UUID], datetime],
+                   facts: dict[uuid.UUID, conditions.ProfileFacts], today: date) -> list[Change]:
+    """Lifecycle stages are memberships of per-stage segments: a stage change is an exit and an entry."""
+    previous: dict[uuid.UUID, tuple[uuid.UUID, datetime]] = {
+        pid: (sid, at) for (sid, pid), at in current.items() if sid in stage_ids}
+    changes = []
+    by_stage = {st: sid for sid, st in stage_ids.items()}
+    for pid, f in facts.items():
+        old = previous.get(pid)
+        old_stage = stage_ids[old[0]] if old else None
+        stage_input = lifecycle_mod.StageInput(
+            days_since_last_activity=f.attributes.get("days_since_last_activity"),
+            order_count=int(f.attributes.get("order_count") or 0),
+            performed={ev for ev in cfg.events() if sum(f.counts.get(ev, {}).values()) > 0},
+            nps=f.traits.get("nps"),
+        )
+        new_stage = lifecycle_mod.next_stage(stage_input, old_stage, old[1].date() if old else None, today, cfg)
+        if new_stage == old_stage:
+            continue
+        if old:
+            changes.append((old[0], 0, pid, "exited"))
+        if new_stage:
+            changes.append((by_stage[new_stage], 0, pid, "entered"))
+    return changes
+
+
+async def _lifecycle_settings(session: AsyncSession, ws: uuid.UUID) -> lifecycle_mod.LifecycleSettings:
+    raw = (await session.execute(text("select settings from core.workspaces where id = :ws"), {"ws": ws})).scalar()
+    return lifecycle_mod.LifecycleSettings.from_settings(raw)
 
 
 async def fetch_events(internal: InternalClient, cursor: str, limit: int) -> dict[str, Any]:
@@ -396,6 +441,35 @@ async def recheck_windows(session: AsyncSession, today: date | None = None) -> i
         async with session.begin():
             await session.execute(text("update segment.segments set windows_checked_on = :today where id = :id"),
                                   {"today": today, "id": sid})
+    changes += await recheck_lifecycle(session, today)
     if changes:
         log.info("segment.windows_rechecked", segments=len(due), changes=changes)
+    return changes
+
+
+async def recheck_lifecycle(session: AsyncSession, today: date) -> int:
+    """Once a day per workspace, every known profile's stage is recomputed: time alone moves people
+    to at-risk and churned."""
+    changes = 0
+    async with session.begin():
+        due = (await session.execute(
+            text("select distinct s.workspace_id from segment.profile_stats s "
+                 "left join segment.workspace_checks c on c.workspace_id = s.workspace_id "
+                 "where c.lifecycle_checked_on is null or c.lifecycle_checked_on < :today"),
+            {"today": today},
+        )).scalars().all()
+    for ws in due:
+        after: uuid.UUID | None = None
+        while True:
+            async with session.begin():
+                pids = await known_profiles(session, ws, after, EVAL_CHUNK)
+                changes += await reevaluate(session, ws, pids, today=today, segment_ids=set(), lifecycle=True)
+            if len(pids) < EVAL_CHUNK:
+                break
+            after = pids[-1]
+        async with session.begin():
+            await session.execute(text(
+                "insert into segment.workspace_checks (workspace_id, lifecycle_checked_on) values (:ws, :today) "
+                "on conflict (workspace_id) do update set lifecycle_checked_on = excluded.lifecycle_checked_on"),
+                {"ws": ws, "today": today})
     return changes

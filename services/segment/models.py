@@ -75,6 +75,15 @@ class ProfileStats(SegmentTable, table=True):
                                                                              default_now=False))
 
 
+class WorkspaceCheck(SegmentTable, table=True):
+    """The (UTC) day each workspace's lifecycle stages were last recomputed as time passes."""
+
+    __tablename__ = "workspace_checks"
+
+    workspace_id: uuid.UUID = Field(primary_key=True)
+    lifecycle_checked_on: date | None = None
+
+
 class EventCount(SegmentTable, table=True):
     """How many times a profile performed an event on a (UTC) day."""
 

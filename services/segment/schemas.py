@@ -73,3 +73,19 @@ class ProfileAttributes(BaseModel):
     last_seen: datetime | None
     days_since_last_activity: int | None
     days_since_last_order: int | None
+
+
+class StageCount(BaseModel):
+    stage: str
+    segment_id: str = Field(description="use as `segment_id` in a campaign's segment_entered trigger")
+    profiles: int
+
+
+class LifecycleOverview(BaseModel):
+    stages: list[StageCount]
+
+
+class ProfileStage(BaseModel):
+    profile_id: str
+    stage: str | None = Field(description="None until the profile has been seen")
+    since: datetime | None

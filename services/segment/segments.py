@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.segment import conditions
+from services.segment import conditions, lifecycle
 from shared.db import fetch_one, fetch_page, insert_one_or_conflict, row_dict
 from shared.errors import ValidationFailed
 from shared.feed import Cursor, feed_params, feed_query
@@ -83,3 +83,24 @@ async def read_transitions(session: AsyncSession, after: Cursor, limit: int
                     "segment_id": str(r["segment_id"]), "segment_version": r["segment_version"],
                     "profile_id": str(r["profile_id"]), "kind": r["kind"], "at": r["at"]})
     return out, cursor
+
+
+async def stage_counts(session: AsyncSession, ws: uuid.UUID) -> list[dict[str, Any]]:
+    ids = {lifecycle.stage_segment_id(ws, st): st for st in lifecycle.STAGES}
+    rows = dict((await session.execute(
+        text("select segment_id, count(*) from segment.memberships where workspace_id = :ws "
+             "and segment_id = any(CAST(:ids AS uuid[])) group by segment_id"),
+        {"ws": ws, "ids": list(ids)},
+    )).all())
+    return [{"stage": st, "segment_id": str(sid), "profiles": rows.get(sid, 0)} for sid, st in ids.items()]
+
+
+async def profile_stage(session: AsyncSession, ws: uuid.UUID, profile_id: uuid.UUID) -> dict[str, Any]:
+    ids = {lifecycle.stage_segment_id(ws, st): st for st in lifecycle.STAGES}
+    row = (await session.execute(
+        text("select segment_id, entered_at from segment.memberships where workspace_id = :ws "
+             "and profile_id = :pid and segment_id = any(CAST(:ids AS uuid[]))"),
+        {"ws": ws, "pid": profile_id, "ids": list(ids)},
+    )).first()
+    return {"profile_id": str(profile_id), "stage": ids[row.segment_id] if row else None,
+            "since": row.entered_at if row else None}

@@ -4,6 +4,8 @@ real arq worker (burst mode) on real Redis."""
 import uuid
 from datetime import UTC, datetime
 
+from sqlalchemy import text
+
 from services.segment import evaluation
 from services.segment.worker import evaluate_segments
 from shared.queue import build_worker
@@ -41,14 +43,14 @@ async def test_new_segment_is_backfilled_by_the_worker(apps, workspace, sessionm
 
     # evaluating again changes nothing and writes no new transition
     async with sessionmaker() as s, s.begin():
-        assert await evaluation.reevaluate(s, ws, [buyer, browser]) == 0
+        assert await evaluation.reevaluate(s, ws, [buyer, browser], lifecycle=False) == 0
     # the browser's second order makes them enter; a traits change makes the buyer leave
     async with sessionmaker() as s, s.begin():
         affected = await evaluation.apply_events(s, [
             _event(ws, browser, type="track", event="Order Completed"),
             _event(ws, buyer, type="identify", traits={"plan": None}),
         ])
-        assert await evaluation.reevaluate(s, ws, affected[ws]) == 2
+        assert await evaluation.reevaluate(s, ws, affected[ws], lifecycle=False) == 2
     members = (await apps["segment"].get(f"/v1/segments/{seg.json()['id']}/members", headers=h)).json()
     assert [m["profile_id"] for m in members["members"]] == [str(browser)]
 
@@ -69,7 +71,7 @@ async def test_a_merge_folds_counts_and_moves_membership(apps, workspace, sessio
     async with sessionmaker() as s, s.begin():
         affected = await evaluation.apply_events(s, [_event(ws, user, type="merge", traits={"plan": "pro"},
                                                             properties={"merged_profile_id": str(device)})])
-        assert await evaluation.reevaluate(s, ws, affected[ws]) == 2  # device exits, user enters
+        assert await evaluation.reevaluate(s, ws, affected[ws], lifecycle=False) == 2  # device exits, user enters
     members = (await apps["segment"].get(f"/v1/segments/{seg.json()['id']}/members", headers=h)).json()
     assert [m["profile_id"] for m in members["members"]] == [str(user)]
     async with sessionmaker() as s:
@@ -139,3 +141,46 @@ async def test_computed_attributes_feed_segments_and_survive_merges(apps, worksp
     bad = await apps["segment"].post("/v1/segments", headers=h, json={"name": "x", "definition": {
         "type": "attribute", "attribute": "shoe_size"}})
     assert bad.status_code == 422
+
+
+async def test_lifecycle_stages_move_with_events_and_with_time(apps, workspace, sessionmaker) -> None:
+    from datetime import timedelta
+
+    ws = workspace.workspace_id
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    user = uuid.uuid4()
+    today = datetime.now(UTC).date()
+
+    async def stage() -> str | None:
+        return (await apps["segment"].get(f"/v1/lifecycle/{user}", headers=h)).json()["stage"]
+
+    async def feed(*events) -> None:
+        async with sessionmaker() as s, s.begin():
+            affected = await evaluation.apply_events(s, list(events))
+            await evaluation.reevaluate(s, ws, affected[ws])
+
+    assert await stage() is None
+    await feed(_event(ws, user, type="track", event="Signed Up"))
+    assert await stage() == "onboarding"
+    await feed(_event(ws, user, type="track", event="Order Completed", properties={"revenue": 5}))
+    assert await stage() == "engaged"
+    await feed(*[_event(ws, user, type="track", event="Order Completed", properties={"revenue": 5})
+                 for _ in range(2)])
+    assert await stage() == "loyal"
+    async with sessionmaker() as s:  # time passes with no event
+        await evaluation.recheck_lifecycle(s, today + timedelta(days=31))
+    assert await stage() == "at_risk"
+    async with sessionmaker() as s:
+        await evaluation.recheck_lifecycle(s, today + timedelta(days=91))
+    assert await stage() == "churned"
+    await feed(_event(ws, user, type="track", event="App Opened"))  # they come back
+    assert await stage() == "reactivated"
+    overview = (await apps["segment"].get("/v1/lifecycle", headers=h)).json()["stages"]
+    assert {s["stage"]: s["profiles"] for s in overview}["reactivated"] == 1
+    # each stage change is a transition of the stage's segment, for campaign triggers
+    churned_id = next(s["segment_id"] for s in overview if s["stage"] == "churned")
+    async with sessionmaker() as s:
+        kinds = (await s.execute(text(
+            "select kind from segment.transitions where workspace_id = :ws and segment_id = :sid order by seq"),
+            {"ws": ws, "sid": uuid.UUID(churned_id)})).scalars().all()
+    assert kinds == ["entered", "exited"]

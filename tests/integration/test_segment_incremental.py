@@ -1,5 +1,6 @@
-"""Property: folding events in incrementally, page by page (any page size), gives the same memberships
-as computing them once from all the raw events."""
+"""Property: folding events in incrementally, page by page (any page size), gives the same memberships and
+lifecycle stages as computing them once from all the raw events (within a week, so no stage depends on
+having churned before)."""
 
 import asyncio
 import uuid
@@ -10,7 +11,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-from services.segment import evaluation, segments
+from services.segment import evaluation, lifecycle, segments
 from shared.db import create_engine, create_sessionmaker
 
 TODAY = datetime.now(UTC).date()
@@ -61,7 +62,8 @@ async def _run(sessionmaker, events, chunk: int) -> tuple[set, set]:
                 affected = await evaluation.apply_events(s, page)
                 for w, pids in affected.items():
                     await evaluation.reevaluate(s, w, pids, today=TODAY)
-        names = dict(zip(seg_ids, range(len(seg_ids)), strict=True))
+        names: dict[str, object] = dict(zip(seg_ids, range(len(seg_ids)), strict=True))
+        names.update({str(lifecycle.stage_segment_id(ws, st)): st for st in lifecycle.STAGES})  # stages too
         index = {str(u): i for i, u in enumerate(users)}
         results.append({(names[a], index[b]) for a, b in await _memberships(sessionmaker, ws)})
     return results[0], results[1]

@@ -66,6 +66,12 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('workspace_id', 'profile_id', name=op.f('pk_profile_stats')),
     schema='segment'
     )
+    op.create_table('workspace_checks',
+    sa.Column('workspace_id', sa.Uuid(), nullable=False),
+    sa.Column('lifecycle_checked_on', sa.Date(), nullable=True),
+    sa.PrimaryKeyConstraint('workspace_id', name=op.f('pk_workspace_checks')),
+    schema='segment'
+    )
     op.create_table('segments',
     sa.Column('id', sa.Uuid(), nullable=False),
     sa.Column('workspace_id', sa.Uuid(), nullable=False),
@@ -100,6 +106,7 @@ def downgrade() -> None:
     op.drop_table('transitions', schema='segment')
     op.drop_table('segments', schema='segment')
     op.drop_table('profile_stats', schema='segment')
+    op.drop_table('workspace_checks', schema='segment')
     op.drop_table('profile_traits', schema='segment')
     op.drop_index('ix_memberships_workspace_id_profile_id', table_name='memberships', schema='segment')
     op.drop_table('memberships', schema='segment')

@@ -1,0 +1,43 @@
+from datetime import date, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.segment.lifecycle import STAGES, LifecycleSettings, StageInput, next_stage
+
+TODAY = date(2026, 11, 24)
+CFG = LifecycleSettings()
+
+
+def stage(idle, orders=0, performed=(), nps=None, previous=None, since=None):
+    return next_stage(StageInput(idle, orders, set(performed), nps), previous, since, TODAY, CFG)
+
+
+def test_the_customer_journey() -> None:
+    assert stage(None) is None
+    assert stage(0) == "onboarding"
+    assert stage(0, orders=1) == "engaged"
+    assert stage(0, orders=3) == "loyal"
+    assert stage(0, orders=3, performed={"Referral Converted"}) == "advocacy"
+    assert stage(0, nps=10) == "advocacy" and stage(0, nps=7) == "onboarding"
+    assert stage(30, orders=3) == "at_risk"
+    assert stage(90, orders=3) == "churned"
+    assert stage(0, orders=3, previous="churned") == "reactivated"
+    assert stage(0, orders=3, previous="reactivated", since=TODAY - timedelta(days=29)) == "reactivated"
+    assert stage(0, orders=3, previous="reactivated", since=TODAY - timedelta(days=30)) == "loyal"
+
+
+def test_thresholds_are_settings() -> None:
+    cfg = LifecycleSettings.from_settings({"lifecycle": {"at_risk_days": 7, "churned_days": 14, "loyal_orders": 5,
+                                                         "activation_events": ["Activated"], "bogus": 1}})
+    assert next_stage(StageInput(7, 4, set()), None, None, TODAY, cfg) == "at_risk"
+    assert next_stage(StageInput(0, 4, set()), None, None, TODAY, cfg) == "engaged"
+    assert next_stage(StageInput(0, 0, {"Activated"}), None, None, TODAY, cfg) == "engaged"
+
+
+@given(idle=st.one_of(st.none(), st.integers(0, 400)), orders=st.integers(0, 10),
+       previous=st.one_of(st.none(), st.sampled_from(STAGES)))
+def test_every_seen_profile_has_exactly_one_known_stage(idle, orders, previous) -> None:
+    got = stage(idle, orders=orders, previous=previous, since=TODAY)
+    assert (got is None) == (idle is None)
+    assert got is None or got in STAGES

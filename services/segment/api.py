@@ -1,25 +1,27 @@
 """Segment HTTP routes: definitions, members, and the transition feed."""
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from services.segment import evaluation, segments
+from services.segment import evaluation, metrics, segments
 from services.segment.schemas import (
     LifecycleOverview,
     MemberList,
     ProfileAttributes,
     ProfileStage,
+    RetentionMetrics,
     SegmentCreate,
     SegmentList,
     SegmentOut,
+    StageSeries,
     TransitionPage,
 )
 from shared.auth import InternalDep, WorkspaceDep
 from shared.db import SessionDep
-from shared.errors import COMMON_ERRORS, problem_schema
+from shared.errors import COMMON_ERRORS, ValidationFailed, problem_schema
 from shared.feed import Cursor
 
 router = APIRouter(prefix="/v1", tags=["segments"])
@@ -101,3 +103,35 @@ async def lifecycle_overview(ws: WorkspaceDep, session: SessionDep) -> dict[str,
 async def get_profile_stage(profile_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
     async with session.begin():
         return await segments.profile_stage(session, ws, profile_id)
+
+
+@router.get("/metrics", response_model=RetentionMetrics, operation_id="retention_metrics", tags=["metrics"],
+            summary="Activation, repeat, loyal and churn rates, average CLTV, NPS and CSAT for a cohort",
+            responses=COMMON_ERRORS)
+async def retention_metrics(
+    ws: WorkspaceDep,
+    session: SessionDep,
+    start: Annotated[datetime, Query(description="cohort: profiles first seen from (inclusive)")],
+    end: Annotated[datetime, Query(description="… until (exclusive)")],
+    segment_id: Annotated[uuid.UUID | None, Query(description="only current members of this segment")] = None,
+) -> dict[str, Any]:
+    if end <= start:
+        raise ValidationFailed("end must be after start")
+    async with session.begin():
+        cfg = await evaluation.lifecycle_settings(session, ws)
+        body = await metrics.retention_metrics(session, ws, start, end, segment_id, cfg)
+    return {"start": start, "end": end, "segment_id": str(segment_id) if segment_id else None, **body}
+
+
+@router.get("/metrics/stages", response_model=StageSeries, operation_id="stage_series", tags=["metrics"],
+            summary="Profiles per lifecycle stage, day by day (ready to chart)", responses=COMMON_ERRORS)
+async def stage_series(
+    ws: WorkspaceDep,
+    session: SessionDep,
+    start: Annotated[date, Query(description="first day (UTC)")],
+    end: Annotated[date, Query(description="last day (UTC), at most 366 days after start")],
+) -> dict[str, Any]:
+    if end < start or (end - start).days > 366:
+        raise ValidationFailed("end must be on or after start, and at most 366 days later")
+    async with session.begin():
+        return {"days": await metrics.stage_series(session, ws, start, end)}

@@ -275,7 +275,7 @@ async def reevaluate(session: AsyncSession, ws: uuid.UUID, pids: Iterable[uuid.U
         return 0
     parsed = [(s.id, s.version, conditions.parse(s.definition)) for s in segs]
     needed = {ev for _, _, node in parsed for ev in conditions.events_of(node)}
-    cfg = await _lifecycle_settings(session, ws) if with_stages else None
+    cfg = await lifecycle_settings(session, ws) if with_stages else None
     stage_ids = {lifecycle_mod.stage_segment_id(ws, st): st for st in lifecycle_mod.STAGES} if cfg else {}
     if cfg:
         needed |= cfg.events()
@@ -356,7 +356,7 @@ def _stage_changes(cfg: lifecycle_mod.LifecycleSettings, stage_ids: dict[uuid.UU
     return changes
 
 
-async def _lifecycle_settings(session: AsyncSession, ws: uuid.UUID) -> lifecycle_mod.LifecycleSettings:
+async def lifecycle_settings(session: AsyncSession, ws: uuid.UUID) -> lifecycle_mod.LifecycleSettings:
     raw = (await session.execute(text("select settings from core.workspaces where id = :ws"), {"ws": ws})).scalar()
     return lifecycle_mod.LifecycleSettings.from_settings(raw)
 

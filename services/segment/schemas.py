@@ -89,3 +89,28 @@ class ProfileStage(BaseModel):
     profile_id: str
     stage: str | None = Field(description="None until the profile has been seen")
     since: datetime | None
+
+
+class RetentionMetrics(BaseModel):
+    """See docs/metrics.md for every definition. Rates are percentages, ``null`` without a denominator."""
+
+    start: datetime
+    end: datetime
+    segment_id: str | None
+    users: int
+    customers: int
+    repeat_customers: int
+    loyal_customers: int
+    activation_rate: float | None = Field(description="customers / users × 100")
+    repeat_customer_rate: float | None = Field(description="repeat / customers × 100")
+    loyal_rate: float | None = Field(description="loyal / repeat × 100")
+    churn_rate: float | None = Field(description="users now churned / users × 100")
+    average_cltv: float | None
+    nps: float | None = Field(description="% promoters − % detractors (nps trait)")
+    nps_responses: int
+    csat: float | None = Field(description="% of answers 4–5 (csat trait, 1–5)")
+    csat_responses: int
+
+
+class StageSeries(BaseModel):
+    days: list[dict[str, Any]] = Field(description="per day: the number of profiles in each stage at its end")

@@ -1,0 +1,113 @@
+"""Retention metrics marketers ask for, computed from profile statistics, stages and traits.
+
+Definitions (also in docs/metrics.md), for the profiles *first seen* in ``[start, end)`` (the cohort),
+optionally restricted to the current members of a segment:
+
+- users: profiles in the cohort; customers: users with ≥ 1 purchase; repeat: ≥ 2 purchases;
+  loyal: ≥ the workspace's ``loyal_orders`` purchases;
+- activation rate = customers / users × 100; repeat customer rate = repeat / customers × 100;
+  loyal rate = loyal / repeat × 100; churn rate = users now in the ``churned`` stage / users × 100;
+- average CLTV = mean revenue per customer;
+- NPS = % promoters (``nps`` trait 9–10) − % detractors (0–6) among users who answered;
+  CSAT = % of users who answered ``csat`` 4–5 on a 1–5 scale.
+Rates are ``None`` when their denominator is zero.
+"""
+
+import uuid
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.segment import lifecycle
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return round(part * 100.0 / whole, 2) if whole else None
+
+
+async def retention_metrics(session: AsyncSession, ws: uuid.UUID, start: datetime, end: datetime,
+                            segment_id: uuid.UUID | None, settings: lifecycle.LifecycleSettings) -> dict[str, Any]:
+    churned = lifecycle.stage_segment_id(ws, "churned")
+    row = (await session.execute(
+        text(
+            """
+            with cohort as (
+              select s.profile_id, s.order_count, s.revenue, t.traits
+                from segment.profile_stats s
+                left join segment.profile_traits t using (workspace_id, profile_id)
+               where s.workspace_id = :ws and s.first_seen >= :start and s.first_seen < :end
+                 and (CAST(:seg AS uuid) is null or exists (
+                      select 1 from segment.memberships m
+                       where m.workspace_id = :ws and m.segment_id = CAST(:seg AS uuid)
+                         and m.profile_id = s.profile_id)))
+            select count(*) as users,
+                   count(*) filter (where order_count >= 1) as customers,
+                   count(*) filter (where order_count >= 2) as repeat,
+                   count(*) filter (where order_count >= :loyal) as loyal,
+                   count(*) filter (where exists (select 1 from segment.memberships m where m.workspace_id = :ws
+                                     and m.segment_id = :churned and m.profile_id = cohort.profile_id)) as churned,
+                   avg(revenue) filter (where order_count >= 1) as avg_cltv,
+                   count(*) filter (where jsonb_typeof(traits->'nps') = 'number') as nps_answers,
+                   count(*) filter (where jsonb_typeof(traits->'nps') = 'number'
+                                      and (traits->>'nps')::numeric >= 9) as promoters,
+                   count(*) filter (where jsonb_typeof(traits->'nps') = 'number'
+                                      and (traits->>'nps')::numeric <= 6) as detractors,
+                   count(*) filter (where jsonb_typeof(traits->'csat') = 'number') as csat_answers,
+                   count(*) filter (where jsonb_typeof(traits->'csat') = 'number'
+                                      and (traits->>'csat')::numeric >= 4) as satisfied
+              from cohort
+            """
+        ),
+        {"ws": ws, "start": start, "end": end, "seg": segment_id, "loyal": settings.loyal_orders,
+         "churned": churned},
+    )).mappings().one()
+    nps_answers = row["nps_answers"]
+    return {
+        "users": row["users"],
+        "customers": row["customers"],
+        "repeat_customers": row["repeat"],
+        "loyal_customers": row["loyal"],
+        "activation_rate": _rate(row["customers"], row["users"]),
+        "repeat_customer_rate": _rate(row["repeat"], row["customers"]),
+        "loyal_rate": _rate(row["loyal"], row["repeat"]),
+        "churn_rate": _rate(row["churned"], row["users"]),
+        "average_cltv": round(float(row["avg_cltv"]), 2) if row["avg_cltv"] is not None else None,
+        "nps": round((row["promoters"] - row["detractors"]) * 100.0 / nps_answers, 1) if nps_answers else None,
+        "nps_responses": nps_answers,
+        "csat": _rate(row["satisfied"], row["csat_answers"]),
+        "csat_responses": row["csat_answers"],
+    }
+
+
+async def stage_series(session: AsyncSession, ws: uuid.UUID, start: date, end: date) -> list[dict[str, Any]]:
+    """Profiles in each stage at the end of each day in ``[start, end]``, rebuilt from the transition log."""
+    ids = {lifecycle.stage_segment_id(ws, st): st for st in lifecycle.STAGES}
+    rows = (await session.execute(
+        text(
+            """
+            select segment_id, (at at time zone 'UTC')::date as day,
+                   sum(case when kind = 'entered' then 1 else -1 end) as delta
+              from segment.transitions
+             where workspace_id = :ws and segment_id = any(CAST(:ids AS uuid[])) and at < :until
+             group by 1, 2 order by 2
+            """
+        ),
+        {"ws": ws, "ids": list(ids), "until": datetime.combine(end + timedelta(days=1), datetime.min.time())},
+    )).all()
+    level = {st: 0 for st in lifecycle.STAGES}
+    deltas: dict[date, list[tuple[str, int]]] = {}
+    for sid, day, delta in rows:
+        if day < start:
+            level[ids[sid]] += int(delta)
+        else:
+            deltas.setdefault(day, []).append((ids[sid], int(delta)))
+    series = []
+    day = start
+    while day <= end:
+        for st, d in deltas.get(day, []):
+            level[st] += d
+        series.append({"day": day, **level})
+        day += timedelta(days=1)
+    return series

@@ -1,0 +1,53 @@
+"""Retention metrics and the stage series, computed on real Postgres from a known population."""
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from services.segment import evaluation
+
+
+def _ev(ws, pid, **kw) -> dict:
+    return {"workspace_id": str(ws), "profile_id": str(pid), "timestamp": datetime.now(UTC).isoformat(),
+            "traits": {}, "event": None, "properties": {}, **kw}
+
+
+async def test_rates_follow_their_definitions(apps, workspace, sessionmaker) -> None:
+    ws = workspace.workspace_id
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    people = [uuid.uuid4() for _ in range(10)]
+    orders = {0: 0, 1: 0, 2: 0, 3: 0, 4: 1, 5: 1, 6: 2, 7: 2, 8: 3, 9: 4}  # 6 customers, 4 repeat, 2 loyal
+    events = []
+    for i, pid in enumerate(people):
+        events.append(_ev(ws, pid, type="track", event="Signed Up"))
+        events += [_ev(ws, pid, type="track", event="Order Completed", properties={"revenue": 10})
+                   for _ in range(orders[i])]
+    nps = {0: 10, 1: 9, 2: 8, 3: 3}  # 2 promoters, 1 passive, 1 detractor → NPS 25
+    csat = {4: 5, 5: 2}
+    for i, score in nps.items():
+        events.append(_ev(ws, people[i], type="identify", traits={"nps": score}))
+    for i, score in csat.items():
+        events.append(_ev(ws, people[i], type="identify", traits={"csat": score}))
+    async with sessionmaker() as s, s.begin():
+        affected = await evaluation.apply_events(s, events)
+        await evaluation.reevaluate(s, ws, affected[ws])
+    now = datetime.now(UTC)
+    params = {"start": (now - timedelta(days=1)).isoformat(), "end": (now + timedelta(days=1)).isoformat()}
+    m = (await apps["segment"].get("/v1/metrics", headers=h, params=params)).json()
+    assert (m["users"], m["customers"], m["repeat_customers"], m["loyal_customers"]) == (10, 6, 4, 2)
+    assert m["activation_rate"] == 60.0 and m["repeat_customer_rate"] == round(400 / 6, 2)
+    assert m["loyal_rate"] == 50.0 and m["churn_rate"] == 0.0
+    assert m["average_cltv"] == round(130 / 6, 2)
+    assert m["nps"] == 25.0 and m["nps_responses"] == 4 and m["csat"] == 50.0
+    empty = (await apps["segment"].get("/v1/metrics", headers=h, params={
+        "start": "2020-01-01T00:00:00Z", "end": "2020-02-01T00:00:00Z"})).json()
+    assert empty["users"] == 0 and empty["activation_rate"] is None
+    bad = await apps["segment"].get("/v1/metrics", headers=h, params={"start": params["end"], "end": params["start"]})
+    assert bad.status_code == 422
+
+    # the daily series counts today's stages; advocacy for the two promoters
+    today = now.date()
+    series = (await apps["segment"].get("/v1/metrics/stages", headers=h, params={
+        "start": (today - timedelta(days=1)).isoformat(), "end": today.isoformat()})).json()["days"]
+    assert [d["day"] for d in series] == [(today - timedelta(days=1)).isoformat(), today.isoformat()]
+    assert sum(v for k, v in series[-1].items() if k != "day") == 10 and series[0]["onboarding"] == 0
+    assert series[-1]["advocacy"] == 2

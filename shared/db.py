@@ -120,17 +120,22 @@ async def fetch_page(session: AsyncSession, sql: str, params: dict[str, Any], li
     return items, (str(items[-1][key]) if len(rows) > limit else None)
 
 
-async def insert_one_or_conflict(session: AsyncSession, sql: str, params: dict[str, Any], conflict: str) -> Any:
-    """Run an ``insert … returning``; a unique violation becomes a 409 ``Conflict(conflict)``."""
-    from shared.errors import Conflict
+async def insert_one_or_conflict(session: AsyncSession, sql: str, params: dict[str, Any], conflict: str, *,
+                                 missing: str | None = None) -> Any:
+    """Run an ``insert``/``update … returning``: a unique violation becomes a 409 ``Conflict(conflict)``;
+    no row (an update that matched nothing) a 404 ``NotFound(missing)``."""
+    from shared.errors import Conflict, NotFound
 
     try:
         async with session.begin_nested():
-            return (await session.execute(text(sql), params)).one()
+            row = (await session.execute(text(sql), params)).first()
     except IntegrityError as exc:
         if not is_unique_violation(exc):
             raise
         raise Conflict(conflict) from None
+    if row is None:
+        raise NotFound(missing or "Not found")
+    return row
 
 
 async def fetch_one(session: AsyncSession, sql: str, params: dict[str, Any], *, missing: str) -> dict[str, Any]:

@@ -10,12 +10,15 @@ from services.segment import evaluation, metrics, segments
 from services.segment.schemas import (
     LifecycleOverview,
     MemberList,
+    PreviewOut,
+    PreviewRequest,
     ProfileAttributes,
     ProfileStage,
     RetentionMetrics,
     SegmentCreate,
     SegmentList,
     SegmentOut,
+    SegmentUpdate,
     StageSeries,
     TransitionPage,
 )
@@ -40,6 +43,25 @@ async def create_segment(
 ) -> dict[str, Any]:
     async with session.begin():
         seg = await segments.create_segment(session, ws, body.name, body.definition)
+    request.app.state.waker.request("segment", "evaluate_segments")
+    return seg
+
+
+@router.post("/segments/preview", response_model=PreviewOut, operation_id="preview_segment",
+             summary="Count and sample the profiles a definition matches, without saving it", responses=COMMON_ERRORS)
+async def preview_segment(body: PreviewRequest, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+    node = segments.validate_definition(body.definition)
+    async with session.begin():
+        return await evaluation.preview(session, ws, node, sample=body.sample)
+
+
+@router.put("/segments/{segment_id}", response_model=SegmentOut, operation_id="update_segment",
+            summary="Edit a segment: a new version, re-evaluated in the background (only real changes emitted)",
+            responses={**_NOT_FOUND, 409: problem_schema("Name already used")})
+async def update_segment(segment_id: uuid.UUID, body: SegmentUpdate, ws: WorkspaceDep, session: SessionDep,
+                         request: Request) -> dict[str, Any]:
+    async with session.begin():
+        seg = await segments.update_segment(session, ws, segment_id, body.name, body.definition)
     request.app.state.waker.request("segment", "evaluate_segments")
     return seg
 

@@ -7,6 +7,7 @@ A definition is a tree of nodes discriminated on ``type``:
   ``gte``, ``lt``, ``lte``);
 - ``performed``: the profile performed ``event`` ``at_least`` / ``at_most`` / ``exactly`` ``count``
   times, optionally within the last ``within_days`` days;
+- ``random_bucket``: a stable random ``percent`` of profiles (for holdouts);
 - ``attribute``: compare a computed attribute (order count, revenue, average order value, purchase
   frequency, days since last activity / order; see attributes.py).
 
@@ -14,6 +15,7 @@ Evaluation takes plain values (traits and per-day event counts) so it is unit- a
 without a database.
 """
 
+import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -69,13 +71,28 @@ class AttributeNode(_Node):
     value: Any = None
 
 
-Condition = Annotated[AndNode | OrNode | NotNode | TraitNode | PerformedNode | AttributeNode,
+class RandomBucketNode(_Node):
+    """A stable random share of profiles (holdouts, tests): the same profile always lands in the same bucket."""
+
+    type: Literal["random_bucket"] = "random_bucket"
+    percent: float = Field(gt=0, le=100)
+    seed: str = Field("", max_length=100, description="change it to draw a different, independent sample")
+
+
+Condition = Annotated[AndNode | OrNode | NotNode | TraitNode | PerformedNode | AttributeNode | RandomBucketNode,
                       Field(discriminator="type")]
+
+
+def bucket(profile_id: str, seed: str) -> float:
+    """A profile's position in [0, 100), stable for (profile, seed)."""
+    digest = hashlib.sha256(f"{seed}:{profile_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 * 100
 condition_adapter: TypeAdapter[Any] = TypeAdapter(Condition)
 
 
 @dataclass
 class ProfileFacts:
+    profile_id: str = ""
     traits: Mapping[str, Any] = field(default_factory=dict)
     counts: Mapping[str, Mapping[date, int]] = field(default_factory=dict)  # event -> day -> n
     attributes: Mapping[str, Any] = field(default_factory=dict)  # computed attributes (attributes.py)
@@ -145,6 +162,8 @@ def evaluate(node: Any, facts: ProfileFacts, today: date) -> bool:
         return _compare(node.op, facts.traits.get(node.trait), node.value)
     if isinstance(node, AttributeNode):
         return _compare(node.op, facts.attributes.get(node.attribute), node.value)
+    if isinstance(node, RandomBucketNode):
+        return bucket(facts.profile_id, node.seed) < node.percent
     if isinstance(node, PerformedNode):
         days = facts.counts.get(node.event, {})
         if node.within_days is None:

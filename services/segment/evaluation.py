@@ -233,7 +233,8 @@ async def load_attributes(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.
 async def _load_facts(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID], events: set[str],
                       today: date | None = None) -> dict[uuid.UUID, conditions.ProfileFacts]:
     attrs = await load_attributes(session, ws, pids, today or datetime.now(UTC).date())
-    facts = {pid: conditions.ProfileFacts(traits={}, counts={}, attributes=attrs[pid]) for pid in pids}
+    facts = {pid: conditions.ProfileFacts(profile_id=str(pid), traits={}, counts={}, attributes=attrs[pid])
+             for pid in pids}
     rows = await session.execute(
         text("select profile_id, traits from segment.profile_traits "
              "where workspace_id = :ws and profile_id = any(CAST(:pids AS uuid[]))"),
@@ -473,3 +474,25 @@ async def recheck_lifecycle(session: AsyncSession, today: date) -> int:
                 "on conflict (workspace_id) do update set lifecycle_checked_on = excluded.lifecycle_checked_on"),
                 {"ws": ws, "today": today})
     return changes
+
+
+async def preview(session: AsyncSession, ws: uuid.UUID, node: Any, *, sample: int = 10,
+                  today: date | None = None) -> dict[str, Any]:
+    """How many known profiles a definition matches now, with a sample, without saving anything."""
+    today = today or datetime.now(UTC).date()
+    needed = set(conditions.events_of(node))
+    count = evaluated = 0
+    picked: list[str] = []
+    after: uuid.UUID | None = None
+    while True:
+        pids = await known_profiles(session, ws, after, EVAL_CHUNK)
+        facts = await _load_facts(session, ws, pids, needed, today)
+        for pid in pids:
+            if conditions.evaluate(node, facts[pid], today):
+                count += 1
+                if len(picked) < sample:
+                    picked.append(str(pid))
+        evaluated += len(pids)
+        if len(pids) < EVAL_CHUNK:
+            return {"count": count, "sample": picked, "profiles_evaluated": evaluated}
+        after = pids[-1]

@@ -22,6 +22,22 @@ class SegmentCreate(BaseModel):
     )
 
 
+class SegmentUpdate(BaseModel):
+    name: str | None = Field(None, min_length=1, max_length=200)
+    definition: dict[str, Any] = Field(examples=[DEFINITION_EXAMPLE])
+
+
+class PreviewRequest(BaseModel):
+    definition: dict[str, Any] = Field(examples=[DEFINITION_EXAMPLE])
+    sample: int = Field(10, ge=0, le=100)
+
+
+class PreviewOut(BaseModel):
+    count: int = Field(description="profiles the definition matches now")
+    sample: list[str] = Field(description="some of their profile ids")
+    profiles_evaluated: int
+
+
 class SegmentOut(BaseModel):
     id: str
     name: str

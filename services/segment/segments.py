@@ -38,6 +38,21 @@ async def create_segment(session: AsyncSession, ws: uuid.UUID, name: str, defini
     return row_dict(row)
 
 
+async def update_segment(session: AsyncSession, ws: uuid.UUID, segment_id: uuid.UUID, name: str | None,
+                         definition: dict[str, Any]) -> dict[str, Any]:
+    """A new version: members are re-evaluated in the background and only real changes are written."""
+    node = validate_definition(definition)
+    row = await insert_one_or_conflict(
+        session,
+        f"update segment.segments set name = coalesce(:name, name), definition = CAST(:d AS jsonb), "
+        f"version = version + 1, updated_at = now() where workspace_id = :ws and id = :id returning {_COLUMNS}",
+        {"ws": ws, "id": segment_id, "name": name, "d": orjson.dumps(node.model_dump(mode="json")).decode()},
+        f"A segment named {name!r} already exists",
+        missing=f"No segment {segment_id}",
+    )
+    return row_dict(row)
+
+
 async def get_segment(session: AsyncSession, ws: uuid.UUID, segment_id: uuid.UUID) -> dict[str, Any]:
     return await fetch_one(
         session,

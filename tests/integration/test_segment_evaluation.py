@@ -184,3 +184,34 @@ async def test_lifecycle_stages_move_with_events_and_with_time(apps, workspace, 
             "select kind from segment.transitions where workspace_id = :ws and segment_id = :sid order by seq"),
             {"ws": ws, "sid": uuid.UUID(churned_id)})).scalars().all()
     assert kinds == ["entered", "exited"]
+
+
+async def test_preview_then_edit_emits_only_real_changes(apps, workspace, sessionmaker, settings) -> None:
+    ws = workspace.workspace_id
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    people = [uuid.uuid4() for _ in range(4)]
+    async with sessionmaker() as s, s.begin():
+        await evaluation.apply_events(s, [_event(ws, p, type="track", event="Order Completed")
+                                          for i, p in enumerate(people) for _ in range(i)])  # 0,1,2,3 orders
+    one = {"type": "performed", "event": "Order Completed", "count": 1}
+    two = {"type": "performed", "event": "Order Completed", "count": 2}
+    preview = (await apps["segment"].post("/v1/segments/preview", headers=h, json={"definition": two})).json()
+    assert preview["count"] == 2 and preview["profiles_evaluated"] == 3 and len(preview["sample"]) == 2
+    bad = await apps["segment"].post("/v1/segments/preview", headers=h, json={"definition": {"type": "nope"}})
+    assert bad.status_code == 422
+    seg = (await apps["segment"].post("/v1/segments", headers=h, json={"name": "buyers", "definition": one})).json()
+    worker = build_worker(settings, "segment", functions=[evaluate_segments], burst=True, handle_signals=False)
+    await worker.main()
+    edited = await apps["segment"].put(f"/v1/segments/{seg['id']}", headers=h, json={"definition": two})
+    assert edited.status_code == 200 and edited.json()["version"] == 2
+    worker = build_worker(settings, "segment", functions=[evaluate_segments], burst=True, handle_signals=False)
+    await worker.main()
+    await worker.close()
+    async with sessionmaker() as s:
+        rows = (await s.execute(text("select segment_version, profile_id, kind from segment.transitions "
+                                     "where segment_id = :sid order by seq"), {"sid": uuid.UUID(seg["id"])})).all()
+    # version 1: three entered; version 2: only the one-order buyer exits — nobody re-enters
+    assert [(v, k) for v, _, k in rows] == [(1, "entered")] * 3 + [(2, "exited")]
+    assert rows[-1][1] == people[1]
+    missing = await apps["segment"].put(f"/v1/segments/{uuid.uuid4()}", headers=h, json={"definition": one})
+    assert missing.status_code == 404

@@ -75,3 +75,16 @@ def test_invalid_definition_names_the_node() -> None:
     with pytest.raises(ValidationError) as info:
         parse({"type": "and", "children": [{"type": "trait", "trait": "plan", "op": "resembles"}]})
     assert "children" in str(info.value) and "op" in str(info.value)
+
+
+def test_random_bucket_is_stable_and_close_to_its_share() -> None:
+    import uuid
+
+    node = parse({"type": "random_bucket", "percent": 20, "seed": "holdout-1"})
+    ids = [str(uuid.UUID(int=i)) for i in range(5000)]
+    picked = [i for i in ids if evaluate(node, ProfileFacts(profile_id=i), TODAY)]
+    assert 900 < len(picked) < 1100
+    assert picked == [i for i in ids if evaluate(node, ProfileFacts(profile_id=i), TODAY)]
+    other = parse({"type": "random_bucket", "percent": 20, "seed": "holdout-2"})
+    overlap = {i for i in ids if evaluate(other, ProfileFacts(profile_id=i), TODAY)} & set(picked)
+    assert 100 < len(overlap) < 300  # independent draws overlap by ~20 % of 20 %

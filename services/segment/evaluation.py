@@ -387,18 +387,14 @@ async def consume_page(session: AsyncSession, internal: InternalClient, limit: i
 
 async def known_profiles(session: AsyncSession, ws: uuid.UUID, after: uuid.UUID | None, limit: int
                          ) -> list[uuid.UUID]:
-    """Profiles this service has facts about, in id order (for full re-evaluation)."""
+    """Profiles this service has facts about, in id order (for full re-evaluation).
+
+    Every event of a profile folds into ``profile_stats``, so its primary key is the index to walk.
+    """
     rows = await session.execute(
-        text(
-            """
-            select profile_id from (
-              select profile_id from segment.profile_traits where workspace_id = :ws
-              union
-              select distinct profile_id from segment.event_counts where workspace_id = :ws) p
-             where CAST(:after AS uuid) is null or profile_id > CAST(:after AS uuid)
-             order by profile_id limit :limit
-            """
-        ),
+        text("select profile_id from segment.profile_stats where workspace_id = :ws "
+             "and (CAST(:after AS uuid) is null or profile_id > CAST(:after AS uuid)) "
+             "order by profile_id limit :limit"),
         {"ws": ws, "after": after, "limit": limit},
     )
     return [r[0] for r in rows]
@@ -407,9 +403,10 @@ async def known_profiles(session: AsyncSession, ws: uuid.UUID, after: uuid.UUID 
 EVAL_CHUNK = 1000
 
 
-async def evaluate_fully(session: AsyncSession, ws: uuid.UUID, segment_id: uuid.UUID, *,
+async def evaluate_fully(session: AsyncSession, ws: uuid.UUID, segment_ids: set[uuid.UUID], *,
                          today: date | None = None) -> int:
-    """Re-evaluate one segment over every profile known here, one committed transaction per chunk.
+    """Re-evaluate segments of one workspace over every profile known here, all segments in one pass
+    (each chunk's facts are loaded once), one committed transaction per chunk.
 
     The session must not be in a transaction. Only real membership changes are written, so running it
     twice, or after a crash, writes nothing twice.
@@ -419,7 +416,7 @@ async def evaluate_fully(session: AsyncSession, ws: uuid.UUID, segment_id: uuid.
     while True:
         async with session.begin():
             pids = await known_profiles(session, ws, after, EVAL_CHUNK)
-            changes += await reevaluate(session, ws, pids, today=today, segment_ids={segment_id})
+            changes += await reevaluate(session, ws, pids, today=today, segment_ids=segment_ids)
         if len(pids) < EVAL_CHUNK:
             return changes
         after = pids[-1]
@@ -436,12 +433,17 @@ async def recheck_windows(session: AsyncSession, today: date | None = None) -> i
                  "where windows_checked_on is null or windows_checked_on < :today order by id"),
             {"today": today},
         )).all()
+    windowed: dict[uuid.UUID, set[uuid.UUID]] = defaultdict(set)
     for sid, ws, definition in due:
         if conditions.has_window(conditions.parse(definition)):
-            changes += await evaluate_fully(session, ws, sid, today=today)
+            windowed[ws].add(sid)
+    for ws, sids in windowed.items():
+        changes += await evaluate_fully(session, ws, sids, today=today)
+    if due:
         async with session.begin():
-            await session.execute(text("update segment.segments set windows_checked_on = :today where id = :id"),
-                                  {"today": today, "id": sid})
+            await session.execute(text("update segment.segments set windows_checked_on = :today "
+                                       "where id = any(CAST(:ids AS uuid[]))"),
+                                  {"today": today, "ids": [d[0] for d in due]})
     changes += await recheck_lifecycle(session, today)
     if changes:
         log.info("segment.windows_rechecked", segments=len(due), changes=changes)

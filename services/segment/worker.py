@@ -33,12 +33,13 @@ async def on_events(ctx: JobCtx) -> int:
     return total
 
 
-async def _evaluate_one(session: Any, sid: uuid.UUID, ws: uuid.UUID, version: int) -> int:
-    changes = await evaluation.evaluate_fully(session, ws, sid)
+async def _evaluate_workspace(session: Any, ws: uuid.UUID, versions: dict[uuid.UUID, int]) -> int:
+    changes = await evaluation.evaluate_fully(session, ws, set(versions))
     async with session.begin():
-        await session.execute(text("update segment.segments set evaluated_version = :v "
-                                   "where id = :id and evaluated_version < :v"), {"id": sid, "v": version})
-    log.info("segment.evaluated", segment_id=str(sid), version=version, changes=changes)
+        for sid, version in versions.items():
+            await session.execute(text("update segment.segments set evaluated_version = :v "
+                                       "where id = :id and evaluated_version < :v"), {"id": sid, "v": version})
+    log.info("segment.evaluated", workspace_id=str(ws), segments=len(versions), changes=changes)
     return changes
 
 
@@ -67,8 +68,11 @@ async def evaluate_segments(ctx: JobCtx) -> int:
                     "order by updated_at limit 20"))).all()
             if not pending:
                 break
+            by_ws: dict[uuid.UUID, dict[uuid.UUID, int]] = {}
             for sid, ws, version in pending:
-                changes += await _evaluate_one(session, sid, ws, version)
+                by_ws.setdefault(ws, {})[sid] = version
+            for ws, versions in by_ws.items():
+                changes += await _evaluate_workspace(session, ws, versions)
     if changes:
         await wake(ctx["redis"], ctx["settings"], "campaign", "on_transitions")
     return changes

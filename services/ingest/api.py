@@ -50,6 +50,7 @@ feed_router = APIRouter(prefix="/v1", tags=["feed"])
 profiles_router = APIRouter(prefix="/v1", tags=["profiles"])
 
 _item_adapter: TypeAdapter[Any] = TypeAdapter(BatchItem)
+ProfileRef = Annotated[str, Path(description="profile id, userId, anonymousId or email")]
 _TRACK_ERRORS = {
     **COMMON_ERRORS,
     403: problem_schema("A secret key was used where the write key belongs"),
@@ -214,7 +215,7 @@ async def read_event_feed(
 async def get_profile(
     ws: WorkspaceDep,
     session: SessionDep,
-    ref: Annotated[str, Path(description="profile id, userId, anonymousId or email")],
+    ref: ProfileRef,
 ) -> dict[str, Any]:
     async with session.begin():
         return await profiles.get_profile(session, ws, ref)
@@ -260,7 +261,7 @@ async def list_profiles(
 async def list_profile_events(
     ws: WorkspaceDep,
     session: SessionDep,
-    ref: Annotated[str, Path(description="profile id, userId, anonymousId or email")],
+    ref: ProfileRef,
     after: Annotated[int | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
@@ -301,6 +302,6 @@ async def get_privacy_request(request_id: uuid.UUID, ws: WorkspaceDep, session: 
 
 @privacy_router.get("/export/{ref}", operation_id="export_user", summary="Everything held about a user, as JSON",
                     responses={**COMMON_ERRORS, 404: problem_schema("No such user")})
-async def export_user(ref: str, ws: WorkspaceDep, session: SessionDep, request: Request) -> dict[str, Any]:
+async def export_user(ref: ProfileRef, ws: WorkspaceDep, session: SessionDep, request: Request) -> dict[str, Any]:
     async with session.begin():
         return await privacy.export(session, request.app.state.internal, ws, ref)

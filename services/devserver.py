@@ -3,7 +3,9 @@
 import asyncio
 import contextlib
 import importlib
+import shutil
 import signal
+import sys
 import uuid
 from collections.abc import Generator
 from pathlib import Path
@@ -65,6 +67,15 @@ async def ensure_demo(settings: Settings) -> dict[str, Any]:
     return demo
 
 
+def _tenure_command() -> str:
+    """How the user can run ``tenure`` from here (``.venv/bin/tenure`` after ``make run``)."""
+    exe = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else Path("tenure")
+    try:
+        return str(exe.relative_to(Path.cwd()))
+    except ValueError:
+        return "tenure" if shutil.which("tenure") == str(exe) else str(exe)
+
+
 def _banner(settings: Settings, demo: dict[str, Any] | None) -> str:
     urls = "\n".join(f"  {s:<9} {settings.url_of(s)}/docs" for s in SERVICES)  # type: ignore[arg-type]
     text = f"\n[bold green]Tenure is running[/bold green]\n\nAPIs (OpenAPI docs):\n{urls}\n"
@@ -79,8 +90,8 @@ def _banner(settings: Settings, demo: dict[str, Any] | None) -> str:
             f"  curl -u '{wk}:' {ingest}/v1/identify -H 'content-type: application/json' \\\n"
             f"    -d '{{\"userId\":\"ada\",\"traits\":{{\"email\":\"ada@example.com\",\"first_name\":\"Ada\"}}}}'\n"
             f"  curl -u '{wk}:' {ingest}/v1/track -H 'content-type: application/json' \\\n"
-            f"    -d '{{\"userId\":\"ada\",\"event\":\"Signed Up\"}}'\n"
-            f"  tenure mail\n"
+            f"    -d '{{\"userId\":\"ada\",\"event\":\"Signed Up\",\"messageId\":\"signup-ada\"}}'\n"
+            f"  {_tenure_command()} mail      (or open http://{settings.host}:{settings.inbox_port})\n"
         )
     return text + "\nCtrl-C stops everything."
 

@@ -106,7 +106,3 @@ async def lookup_key(session: AsyncSession, raw: str) -> KeyRecord | None:
     ).first()
     return KeyRecord(row.workspace_id, KeyKind(row.kind)) if row else None
 
-
-async def find_workspace(session: AsyncSession, name: str) -> uuid.UUID | None:
-    return (await session.execute(sa.select(workspaces.c.id).where(workspaces.c.name == name))).scalar()
-

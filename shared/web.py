@@ -73,7 +73,8 @@ class RequestContextMiddleware:
 def _probe_router(service: str) -> APIRouter:
     router = APIRouter(tags=["health"])
 
-    @router.get("/healthz", operation_id=f"{service}_healthz", summary="Liveness: the process is up")
+    @router.get("/healthz", operation_id=f"{service}_healthz", summary="Liveness: the process is up",
+                openapi_extra={"security": []})
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "service": service}
 
@@ -81,6 +82,7 @@ def _probe_router(service: str) -> APIRouter:
         "/readyz",
         operation_id=f"{service}_readyz",
         summary="Readiness: PostgreSQL and Redis answer",
+        openapi_extra={"security": []},
         responses={503: problem_schema("A dependency is not reachable")},
     )
     async def readyz(request: Request) -> Response:
@@ -101,6 +103,31 @@ def _probe_router(service: str) -> APIRouter:
                               status_code=200 if ok else 503)
 
     return router
+
+
+SECURITY_SCHEMES = {
+    "secretKey": {"type": "http", "scheme": "bearer",
+                  "description": "The workspace's secret key (management APIs), or the internal token plus "
+                                 "X-Tenure-Workspace (service-to-service)."},
+    "writeKey": {"type": "http", "scheme": "basic",
+                 "description": "The workspace's write key as the Basic username with an empty password "
+                                "(Segment style); Bearer and a `writeKey` body field work too."},
+}
+
+
+def _document_security(app: FastAPI) -> None:
+    """Declare the credentials in the OpenAPI document (routes check them through dependencies)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+            schema.setdefault("security", [{"secretKey": []}])
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_service_app(
@@ -144,6 +171,7 @@ def create_service_app(
         **kw,
     )
     app.state.settings = settings
+    _document_security(app)
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
     app.include_router(_probe_router(service))

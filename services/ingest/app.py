@@ -36,5 +36,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["POST", "OPTIONS"],
                        allow_headers=["Authorization", "Content-Type", "Content-Encoding", "X-Request-ID"],
                        max_age=86400)
-    app.openapi_components = {"securitySchemes": {"writeKey": {"type": "http", "scheme": "basic"}}}
     return app

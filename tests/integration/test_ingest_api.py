@@ -144,12 +144,16 @@ async def test_unknown_route_is_a_problem(apps) -> None:
     assert r.status_code == 404 and r.headers["content-type"].startswith(PROBLEM)
 
 
-def test_openapi_names_every_operation(apps) -> None:
+def test_openapi_names_every_operation_and_declares_credentials(apps) -> None:
     for name, c in apps.items():
         spec = c._transport.app.openapi()  # type: ignore[attr-defined]
+        schemes = spec["components"]["securitySchemes"]
         for path, ops in spec["paths"].items():
             for method, op in ops.items():
                 assert op.get("operationId") and op.get("summary"), f"{name} {method} {path}"
+                for requirement in op.get("security", spec["security"]):
+                    assert set(requirement) <= set(schemes), f"{name} {method} {path}: undeclared scheme"
+        assert spec["paths"]["/healthz"]["get"]["security"] == []
 
 
 

@@ -23,6 +23,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = structlog.get_logger()
@@ -135,6 +136,10 @@ def _jsonable_errors(errors: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
+# character_not_in_repertoire (NUL in text or jsonb), untranslatable_character, invalid \\u escapes
+_BAD_TEXT_SQLSTATES = frozenset({"22021", "22P05", "22P02"})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(request: Request, exc: AppError) -> JSONResponse:
@@ -157,6 +162,20 @@ def install_error_handlers(app: FastAPI) -> None:
         err.status, err.title = exc.status_code, str(exc.detail)
         err.slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
         return problem_response(err, request)
+
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+        # the request's transaction rolled back: nothing was written
+        sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
+        if sqlstate in _BAD_TEXT_SQLSTATES:
+            return problem_response(ValidationFailed(
+                "A text value cannot be stored: it contains a NUL character (\\u0000) or invalid Unicode"), request)
+        if exc.connection_invalidated or sqlstate.startswith(("08", "57P")):
+            log.warning("request.database_unavailable", sqlstate=sqlstate)
+            return problem_response(UpstreamUnavailable("The database is not reachable; retry shortly",
+                                                        headers={"Retry-After": "1"}), request)
+        log.exception("request.database_error", sqlstate=sqlstate)
+        return problem_response(AppError("An unexpected error occurred"), request)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

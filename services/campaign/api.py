@@ -15,13 +15,12 @@ from services.campaign.schemas import (
     TemplateOut,
 )
 from shared.auth import WorkspaceDep
-from shared.db import SessionDep
+from shared.db import AfterDep, SessionDep
 from shared.errors import COMMON_ERRORS, problem_schema
 
 router = APIRouter(prefix="/v1")
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
-After = Annotated[str | None, Query(description="next_cursor of the previous page")]
 _CONFLICT = {**COMMON_ERRORS, 409: problem_schema("Name already used")}
 _NOT_FOUND = {**COMMON_ERRORS, 404: problem_schema("Not found")}
 
@@ -51,7 +50,7 @@ async def create_campaign(body: CampaignCreate, ws: WorkspaceDep, session: Sessi
 
 @router.get("/campaigns", response_model=CampaignList, operation_id="list_campaigns", tags=["campaigns"],
             summary="List campaigns", responses=COMMON_ERRORS)
-async def list_campaigns(ws: WorkspaceDep, session: SessionDep, after: After = None, limit: Limit = 100
+async def list_campaigns(ws: WorkspaceDep, session: SessionDep, after: AfterDep, limit: Limit = 100
                          ) -> dict[str, Any]:
     async with session.begin():
         items, nxt = await campaigns.list_campaigns(session, ws, after, limit)
@@ -79,7 +78,7 @@ for _action, _status in (("pause", "paused"), ("resume", "active")):
 
 @router.get("/campaigns/{campaign_id}/sends", response_model=SendList, operation_id="list_campaign_sends",
             tags=["campaigns"], summary="Sends decided by a campaign, with their outcome", responses=_NOT_FOUND)
-async def list_sends(campaign_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, after: After = None,
+async def list_sends(campaign_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, after: AfterDep,
                      limit: Limit = 100) -> dict[str, Any]:
     async with session.begin():
         items, nxt = await campaigns.list_sends(session, ws, campaign_id, after, limit)

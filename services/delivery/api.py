@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from services.delivery import outbox
 from services.delivery.schemas import MessageCreate, MessageList, MessageOut
 from shared.auth import WorkspaceDep
-from shared.db import SessionDep
+from shared.db import AfterDep, SessionDep
 from shared.errors import COMMON_ERRORS, ValidationFailed, problem_schema
 from shared.settings import Settings
 
@@ -62,9 +62,9 @@ async def get_message(message_id: uuid.UUID, ws: WorkspaceDep, session: SessionD
 async def list_messages(
     ws: WorkspaceDep,
     session: SessionDep,
+    after: AfterDep,
     status: Literal["queued", "sending", "sent", "failed"] | None = None,
     to: str | None = None,
-    after: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     async with session.begin():

@@ -32,7 +32,7 @@ from services.ingest.schemas import (
     TrackResponse,
 )
 from shared.auth import InternalDep, WorkspaceDep, credentials_from_header, principal_for
-from shared.db import SessionDep
+from shared.db import AfterDep, SessionDep
 from shared.errors import COMMON_ERRORS, BadRequest, PayloadTooLarge, ValidationFailed, problem_schema
 from shared.feed import Cursor
 from shared.ratelimit import check_rate
@@ -232,19 +232,14 @@ async def get_profile(
 async def list_profiles(
     ws: WorkspaceDep,
     session: SessionDep,
+    after: AfterDep,
     request: Request,
     user_id: Annotated[str | None, Query(description="exact userId")] = None,
     email: Annotated[str | None, Query(description="exact email trait")] = None,
     q: Annotated[str | None, Query(max_length=200, description="substring of userId, email or name")] = None,
-    after: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     traits = {k.removeprefix("trait."): v for k, v in request.query_params.items() if k.startswith("trait.")}
-    if after is not None:
-        try:
-            uuid.UUID(after)
-        except ValueError:
-            raise BadRequest("Invalid cursor: pass the next_cursor of a previous page") from None
     async with session.begin():
         items, nxt = await profiles.list_profiles(session, ws, user_id=user_id, email=email, traits=traits, q=q,
                                                   after=after, limit=limit)

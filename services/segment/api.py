@@ -23,7 +23,7 @@ from services.segment.schemas import (
     TransitionPage,
 )
 from shared.auth import InternalDep, WorkspaceDep
-from shared.db import SessionDep
+from shared.db import AfterDep, SessionDep
 from shared.errors import COMMON_ERRORS, ValidationFailed, problem_schema
 from shared.feed import Cursor
 
@@ -31,7 +31,6 @@ router = APIRouter(prefix="/v1", tags=["segments"])
 feed_router = APIRouter(prefix="/v1", tags=["feed"])
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
-After = Annotated[str | None, Query(description="next_cursor of the previous page")]
 _NOT_FOUND = {**COMMON_ERRORS, 404: problem_schema("No such segment")}
 
 
@@ -68,7 +67,7 @@ async def update_segment(segment_id: uuid.UUID, body: SegmentUpdate, ws: Workspa
 
 @router.get("/segments", response_model=SegmentList, operation_id="list_segments", summary="List segments",
             responses=COMMON_ERRORS)
-async def list_segments(ws: WorkspaceDep, session: SessionDep, after: After = None, limit: Limit = 100
+async def list_segments(ws: WorkspaceDep, session: SessionDep, after: AfterDep, limit: Limit = 100
                         ) -> dict[str, Any]:
     async with session.begin():
         items, nxt = await segments.list_segments(session, ws, after, limit)
@@ -84,7 +83,7 @@ async def get_segment(segment_id: uuid.UUID, ws: WorkspaceDep, session: SessionD
 
 @router.get("/segments/{segment_id}/members", response_model=MemberList, operation_id="list_segment_members",
             summary="Profiles currently in the segment", responses=_NOT_FOUND)
-async def list_members(segment_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, after: After = None,
+async def list_members(segment_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, after: AfterDep,
                        limit: Limit = 100) -> dict[str, Any]:
     async with session.begin():
         items, nxt = await segments.list_members(session, ws, segment_id, after, limit)
@@ -93,8 +92,12 @@ async def list_members(segment_id: uuid.UUID, ws: WorkspaceDep, session: Session
 
 @feed_router.get("/transitions", response_model=TransitionPage, operation_id="read_transition_feed",
                  summary="Segment entries and exits after a cursor (internal token)", responses=COMMON_ERRORS)
-async def read_transitions(_: InternalDep, session: SessionDep, after: After = None,
-                           limit: Annotated[int, Query(ge=1, le=5000)] = 500) -> dict[str, Any]:
+async def read_transitions(
+    _: InternalDep,
+    session: SessionDep,
+    after: Annotated[str | None, Query(description="next_cursor of the previous page; empty = start")] = None,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+) -> dict[str, Any]:
     async with session.begin():
         items, cursor = await segments.read_transitions(session, Cursor.decode(after), limit)
     return {"transitions": items, "next_cursor": cursor.encode()}

@@ -43,3 +43,24 @@ async def test_bad_input(apps, workspace, sessionmaker, service, path, table, ca
     problem = r.json()
     assert problem["status"] == status and problem["title"] and problem["detail"] and problem["type"]
     assert await _rows(sessionmaker, table, workspace.workspace_id) == 0
+
+
+LISTS = [("segment", "/v1/segments"), ("campaign", "/v1/campaigns"), ("delivery", "/v1/messages"),
+         ("ingest", "/v1/profiles")]
+
+
+@pytest.mark.parametrize(("service", "path"), LISTS)
+@pytest.mark.parametrize("cursor", ["null", "not-a-cursor", "©", "1-2"])
+async def test_bad_cursors_are_400_not_500(apps, workspace, service, path, cursor) -> None:
+    r = await apps[service].get(path, params={"after": cursor},
+                                headers={"Authorization": f"Bearer {workspace.secret_key}"})
+    assert r.status_code == 400 and r.headers["content-type"].startswith(PROBLEM)
+
+
+@pytest.mark.parametrize(("service", "path", "body"), [
+    ("segment", "/v1/segments", {"name": "a\u0000b", "definition": {"type": "trait", "trait": "x"}}),
+    ("campaign", "/v1/templates", {"name": "t", "subject": "s\u0000", "text": "x"}),
+])
+async def test_nul_characters_are_rejected_not_500(apps, workspace, service, path, body) -> None:
+    r = await apps[service].post(path, json=body, headers={"Authorization": f"Bearer {workspace.secret_key}"})
+    assert r.status_code == 422 and r.headers["content-type"].startswith(PROBLEM)

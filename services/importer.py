@@ -24,6 +24,8 @@ from typing import Any
 import httpx
 import orjson
 
+from shared.jsonutil import dumps
+
 TOP_LEVEL = {"type", "userId", "anonymousId", "event", "timestamp", "messageId", "groupId", "previousId", "name"}
 
 
@@ -108,7 +110,7 @@ def read_rows(path: Path, *, fmt: str, profiles: bool) -> Iterator[tuple[Row, in
             if None in record:
                 yield Row(line_no, None, "more cells than header columns"), f.tell()
                 continue
-            msg.setdefault("messageId", _message_id(line_no, orjson.dumps(record).decode()))
+            msg.setdefault("messageId", _message_id(line_no, dumps(record)))
             yield Row(line_no, msg), f.tell()
 
 

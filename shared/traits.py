@@ -9,13 +9,13 @@ timestamps converge), which is what makes replays and profile merges safe.
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
+from shared.jsonutil import dumps_bytes
 
 Update = tuple[str, dict[str, Any]]  # (ISO-8601 UTC timestamp, traits)
 
 
 def _rank(ts: str, value: Any) -> tuple[str, bytes]:
-    return ts, orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    return ts, dumps_bytes(value, sort_keys=True)
 
 
 def merge(traits: dict[str, Any], times: dict[str, str], updates: Iterable[Update]

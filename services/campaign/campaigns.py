@@ -3,12 +3,12 @@
 import uuid
 from typing import Any
 
-import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.campaign import templates
 from shared.db import fetch_one, fetch_page, insert_one_or_conflict, row_dict
 from shared.errors import ValidationFailed
+from shared.jsonutil import dumps
 
 _TEMPLATE_COLS = "id, name, channel, subject, html, text, created_at, updated_at"
 _CAMPAIGN_COLS = "id, name, status, version, trigger, template_id, message_type, created_at, updated_at"
@@ -54,7 +54,7 @@ async def create_campaign(session: AsyncSession, ws: uuid.UUID, data: dict[str, 
         f"insert into campaign.campaigns (id, workspace_id, name, status, trigger, template_id, message_type) "
         f"values (:id, :ws, :name, :status, CAST(:trigger AS jsonb), :tid, :mt) returning {_CAMPAIGN_COLS}",
         {"id": uuid.uuid4(), "ws": ws, "name": data["name"], "status": data.get("status", "active"),
-         "trigger": orjson.dumps(data["trigger"]).decode(), "tid": template_id,
+         "trigger": dumps(data["trigger"]), "tid": template_id,
          "mt": data.get("message_type", "marketing")},
         f"A campaign named {data['name']!r} already exists",
     )

@@ -11,13 +11,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.errors import UpstreamUnavailable
 from shared.feed import lock_consumer, save_consumer
 from shared.http import InternalClient
+from shared.jsonutil import dumps
 
 STEP = "send"  # the one step of a thin campaign; journeys add more
 
@@ -106,7 +106,7 @@ async def record_decisions(session: AsyncSession, decisions: list[Decision]) -> 
             "pids": [d.profile_id for d in decisions],
             "occs": [d.occurrence for d in decisions],
             "keys": [d.idempotency_key for d in decisions],
-            "data": [orjson.dumps(d.trigger_data).decode() for d in decisions],
+            "data": [dumps(d.trigger_data) for d in decisions],
         },
     )
     return len(rows.all())

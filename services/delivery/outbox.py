@@ -17,12 +17,12 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db import fetch_one, fetch_page, row_dict
 from shared.errors import Conflict
+from shared.jsonutil import dumps, dumps_bytes
 
 LEASE_S = 60
 MAX_ATTEMPTS = 8
@@ -31,7 +31,7 @@ _COLS = ("id, idempotency_key, channel, to_address, subject, message_type, statu
 
 
 def request_hash(data: dict[str, Any]) -> str:
-    return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return hashlib.sha256(dumps_bytes(data, sort_keys=True)).hexdigest()
 
 
 def out(row: Any) -> dict[str, Any]:
@@ -62,7 +62,7 @@ async def enqueue(session: AsyncSession, ws: uuid.UUID, msg: dict[str, Any], sen
         ),
         {"id": uuid.uuid4(), "ws": ws, "key": msg["idempotency_key"], "hash": digest, "channel": msg["channel"],
          "to": msg["to"], "sender": sender, "subject": msg["subject"], "html": msg.get("html"),
-         "text": msg.get("text"), "mt": msg["message_type"], "meta": orjson.dumps(msg.get("metadata") or {}).decode()},
+         "text": msg.get("text"), "mt": msg["message_type"], "meta": dumps(msg.get("metadata") or {})},
     )).first()
     if row is not None:
         return out(row), True

@@ -35,6 +35,7 @@ from shared.auth import InternalDep, WorkspaceDep, credentials_from_header, prin
 from shared.db import AfterDep, SessionDep
 from shared.errors import COMMON_ERRORS, BadRequest, PayloadTooLarge, ValidationFailed, problem_schema
 from shared.feed import Cursor
+from shared.jsonutil import dumps_bytes
 from shared.ratelimit import check_rate
 from shared.settings import Settings
 
@@ -101,7 +102,7 @@ async def _store(request: Request, body: dict[str, Any],
     rejected: list[Rejected] = []
     for index, item in items:
         mid = item.get("messageId") if isinstance(item.get("messageId"), str) else None
-        encoded = orjson.dumps(item)
+        encoded = dumps_bytes(item)
         if len(encoded) > MAX_MESSAGE_BYTES:
             rejected.append(Rejected(index=index, message_id=mid,
                                      errors=[{"msg": "message is over 32 KB", "type": "too_large"}]))

@@ -3,18 +3,15 @@
 import uuid
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared import traits as trait_merge
+from shared.jsonutil import dumps
 
 if TYPE_CHECKING:
     from services.ingest.tracking import Envelope
 
-
-def _dumps(v: Any) -> str:
-    return orjson.dumps(v).decode()
 
 
 async def record_groups(session: AsyncSession, ws: uuid.UUID, envs: list["Envelope"], stamps: list[str]) -> None:
@@ -46,8 +43,8 @@ async def record_groups(session: AsyncSession, ws: uuid.UUID, envs: list["Envelo
              where g.workspace_id = :ws and g.group_id = u.gid
             """
         ),
-        {"ws": ws, "ids": list(merged), "t": [_dumps(v[0]) for v in merged.values()],
-         "tt": [_dumps(v[1]) for v in merged.values()]},
+        {"ws": ws, "ids": list(merged), "t": [dumps(v[0]) for v in merged.values()],
+         "tt": [dumps(v[1]) for v in merged.values()]},
     )
     await session.execute(
         text("insert into ingest.group_members (workspace_id, group_id, profile_id) "

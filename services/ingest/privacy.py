@@ -11,7 +11,6 @@ import hashlib
 import uuid
 from typing import Any
 
-import orjson
 import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -20,6 +19,7 @@ from services.ingest.profiles import get_profile, resolve_ref
 from shared.auth import WORKSPACE_HEADER
 from shared.db import fetch_one, row_dict
 from shared.http import InternalClient
+from shared.jsonutil import dumps
 
 log = structlog.get_logger()
 
@@ -30,9 +30,6 @@ _COLS = "id, kind, subject, profile_ids, suppress, status, services, removed, cr
 def id_hash(kind: str, value: str) -> bytes:
     return hashlib.sha256(f"{kind}:{value}".encode()).digest()
 
-
-def _dumps(v: Any) -> str:
-    return orjson.dumps(v).decode()
 
 
 async def _profile_ids(session: AsyncSession, ws: uuid.UUID, pid: uuid.UUID) -> list[uuid.UUID]:
@@ -74,8 +71,8 @@ async def erase(session: AsyncSession, ws: uuid.UUID, ref: str, *, suppress: boo
         text(f"insert into ingest.privacy_requests (id, workspace_id, kind, subject, profile_ids, suppress, status, "
              f"services, removed) values (:id, :ws, 'erasure', :subject, CAST(:pids AS jsonb), :suppress, 'pending', "
              f"CAST(:services AS jsonb), CAST(:removed AS jsonb)) returning {_COLS}"),
-        {"id": request_id, "ws": ws, "subject": ref, "pids": _dumps([str(p) for p in pids]), "suppress": suppress,
-         "services": _dumps({s: {"status": "pending"} for s in OTHER_SERVICES}), "removed": _dumps(removed)},
+        {"id": request_id, "ws": ws, "subject": ref, "pids": dumps([str(p) for p in pids]), "suppress": suppress,
+         "services": dumps({s: {"status": "pending"} for s in OTHER_SERVICES}), "removed": dumps(removed)},
     )).one()
     log.info("privacy.erased_here", privacy_request_id=str(request_id), profiles=len(pids), removed=removed)
     return row_dict(row)
@@ -128,7 +125,7 @@ async def propagate(sessionmaker: async_sessionmaker[AsyncSession], internal: In
                 await session.execute(
                     text("update ingest.privacy_requests set services = CAST(:s AS jsonb), status = :st, "
                          "completed_at = case when :st = 'completed' then now() end where id = :id"),
-                    {"s": _dumps(services), "st": "completed" if done else "pending", "id": rid},
+                    {"s": dumps(services), "st": "completed" if done else "pending", "id": rid},
                 )
                 completed += done
                 log.info("privacy.propagated", request_id=str(rid), done=done)

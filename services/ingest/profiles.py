@@ -17,13 +17,13 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared import traits as trait_merge
 from shared.db import fetch_page
 from shared.errors import NotFound
+from shared.jsonutil import dumps
 
 if TYPE_CHECKING:
     from services.ingest.tracking import Envelope
@@ -39,9 +39,6 @@ def _keys(env: "Envelope") -> list[Key]:
         keys.append(("anonymous_id", env.anonymous_id))
     return keys
 
-
-def _dumps(v: Any) -> str:
-    return orjson.dumps(v).decode()
 
 
 async def _load(session: AsyncSession, ws: uuid.UUID, keys: set[Key]) -> dict[Key, uuid.UUID]:
@@ -182,7 +179,7 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
     await session.execute(
         text("update ingest.profiles set traits = CAST(:t AS jsonb), trait_times = CAST(:tt AS jsonb), "
              "user_id = coalesce(user_id, :uid), updated_at = now() where id = :into"),
-        {**params, "t": _dumps(traits), "tt": _dumps(times), "uid": b.user_id},
+        {**params, "t": dumps(traits), "tt": dumps(times), "uid": b.user_id},
     )
     for sql in (
         "update ingest.identities set profile_id = :into where workspace_id = :ws and profile_id = :from",
@@ -205,8 +202,8 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
              ":now) on conflict do nothing"),
         # the merged traits travel with the event: consumers replace their copy rather than re-merge
         {**params, "mid": f"merge:{from_}:{into}",
-         "props": _dumps({"merged_profile_id": str(from_), "trait_times": times}),
-         "traits": _dumps(traits), "now": now},
+         "props": dumps({"merged_profile_id": str(from_), "trait_times": times}),
+         "traits": dumps(traits), "now": now},
     )
     return True
 
@@ -289,7 +286,7 @@ async def list_profiles(session: AsyncSession, ws: uuid.UUID, *, user_id: str | 
         params["email"] = email
     if traits:
         clauses.append("traits @> CAST(:contains AS jsonb)")
-        params["contains"] = _dumps(traits)
+        params["contains"] = dumps(traits)
     if q:
         clauses.append("(user_id ilike :q or (traits->>'email') ilike :q or (traits->>'name') ilike :q "
                        "or (traits->>'first_name') ilike :q or (traits->>'last_name') ilike :q)")

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,6 +24,7 @@ from services.ingest.schemas import (
     TrackMessage,
 )
 from shared import traits as trait_merge
+from shared.jsonutil import dumps
 
 Message = TrackMessage | IdentifyMessage | PageMessage | ScreenMessage | GroupMessage | AliasMessage
 
@@ -138,9 +138,6 @@ _INSERT_EVENTS = text(
     """
 )
 
-def _dumps(value: dict[str, Any]) -> str:
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
-
 
 def context_traits(env: Envelope) -> dict[str, Any]:
     """Profile defaults taken from the device context (used only where the profile has none)."""
@@ -185,9 +182,9 @@ async def record(session: AsyncSession, workspace_id: uuid.UUID, envelopes: list
             "pids": [e.profile_id for e in batch],
             "uids": [e.user_id for e in batch],
             "aids": [e.anonymous_id for e in batch],
-            "props": [_dumps(e.properties) for e in batch],
-            "traits": [_dumps(e.traits) for e in batch],
-            "ctxs": [_dumps(e.context) for e in batch],
+            "props": [dumps(e.properties) for e in batch],
+            "traits": [dumps(e.traits) for e in batch],
+            "ctxs": [dumps(e.context) for e in batch],
             "tss": [e.timestamp for e in batch],
             "sents": [e.sent_at for e in batch],
         },
@@ -247,6 +244,6 @@ async def _merge_traits(session: AsyncSession, inserted: list[Envelope]) -> None
                  where p.id = u.pid
                 """
             ),
-            {"pids": list(changed), "t": [_dumps(v[0]) for v in changed.values()],
-             "tt": [_dumps(v[1]) for v in changed.values()]},
+            {"pids": list(changed), "t": [dumps(v[0]) for v in changed.values()],
+             "tt": [dumps(v[1]) for v in changed.values()]},
         )

@@ -12,7 +12,6 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-import orjson
 import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,6 +23,7 @@ from shared import traits as trait_merge
 from shared.errors import UpstreamUnavailable
 from shared.feed import lock_consumer, save_consumer
 from shared.http import InternalClient
+from shared.jsonutil import dumps
 
 log = structlog.get_logger()
 
@@ -36,9 +36,6 @@ class PageResult:
     transitions: int = 0
     cursor: str = ""
 
-
-def _dumps(v: Any) -> str:
-    return orjson.dumps(v).decode()
 
 
 def _parse_ts(v: str) -> datetime:
@@ -120,7 +117,7 @@ async def _merge_traits(session: AsyncSession, updates: dict[tuple[uuid.UUID, uu
             """
         ),
         {"ws": [k[0] for k in merged], "pid": [k[1] for k in merged],
-         "t": [_dumps(v[0]) for v in merged.values()], "tt": [_dumps(v[1]) for v in merged.values()]},
+         "t": [dumps(v[0]) for v in merged.values()], "tt": [dumps(v[1]) for v in merged.values()]},
     )
 
 
@@ -165,7 +162,7 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
         values (:ws, :into, CAST(:t AS jsonb), CAST(:tt AS jsonb))
         on conflict (workspace_id, profile_id)
         do update set traits = excluded.traits, trait_times = excluded.trait_times, updated_at = now()
-        """), {**params, "t": _dumps(merged_traits), "tt": _dumps(merged_times)})
+        """), {**params, "t": dumps(merged_traits), "tt": dumps(merged_times)})
 
 
 @dataclass

@@ -3,7 +3,6 @@
 import uuid
 from typing import Any
 
-import orjson
 from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -12,6 +11,7 @@ from services.segment import conditions, lifecycle
 from shared.db import fetch_one, fetch_page, insert_one_or_conflict, row_dict
 from shared.errors import ValidationFailed
 from shared.feed import Cursor, feed_params, feed_query
+from shared.jsonutil import dumps
 
 _COLUMNS = "id, name, definition, version, created_at, updated_at"
 
@@ -32,7 +32,7 @@ async def create_segment(session: AsyncSession, ws: uuid.UUID, name: str, defini
         session,
         f"insert into segment.segments (id, workspace_id, name, definition) "
         f"values (:id, :ws, :name, CAST(:d AS jsonb)) returning {_COLUMNS}",
-        {"id": uuid.uuid4(), "ws": ws, "name": name, "d": orjson.dumps(node.model_dump(mode="json")).decode()},
+        {"id": uuid.uuid4(), "ws": ws, "name": name, "d": dumps(node.model_dump(mode="json"))},
         f"A segment named {name!r} already exists",
     )
     return row_dict(row)
@@ -46,7 +46,7 @@ async def update_segment(session: AsyncSession, ws: uuid.UUID, segment_id: uuid.
         session,
         f"update segment.segments set name = coalesce(:name, name), definition = CAST(:d AS jsonb), "
         f"version = version + 1, updated_at = now() where workspace_id = :ws and id = :id returning {_COLUMNS}",
-        {"ws": ws, "id": segment_id, "name": name, "d": orjson.dumps(node.model_dump(mode="json")).decode()},
+        {"ws": ws, "id": segment_id, "name": name, "d": dumps(node.model_dump(mode="json"))},
         f"A segment named {name!r} already exists",
         missing=f"No segment {segment_id}",
     )

@@ -64,3 +64,16 @@ async def test_bad_cursors_are_400_not_500(apps, workspace, service, path, curso
 async def test_nul_characters_are_rejected_not_500(apps, workspace, service, path, body) -> None:
     r = await apps[service].post(path, json=body, headers={"Authorization": f"Bearer {workspace.secret_key}"})
     assert r.status_code == 422 and r.headers["content-type"].startswith(PROBLEM)
+
+
+async def test_integers_beyond_64_bits_are_stored_not_crashed_on(apps, workspace) -> None:
+    big = 2**70
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    tracked = await apps["ingest"].post("/v1/track", auth=(workspace.write_key, ""),
+                                        json={"userId": "big", "event": "Huge", "properties": {"n": big}})
+    assert tracked.status_code == 200 and tracked.json()["accepted"] == 1
+    events = (await apps["ingest"].get("/v1/profiles/big/events", headers=h)).json()["events"]
+    assert float(events[0]["properties"]["n"]) == float(big)  # kept as a number (JSON clients read doubles)
+    sent = await apps["delivery"].post("/v1/messages", headers=h, json={
+        "idempotency_key": "big-1", "to": "a@example.com", "subject": "s", "text": "t", "metadata": {"n": big}})
+    assert sent.status_code == 202

@@ -1,0 +1,23 @@
+"""JSON encoding for values that came from clients: fast (orjson), and never a crash.
+
+orjson refuses integers beyond 64 bits (``Integer exceeds 64-bit range``), which any client can send;
+PostgreSQL's jsonb stores them fine, so those values fall back to the standard library encoder.
+"""
+
+import json
+from typing import Any
+
+import orjson
+
+
+def dumps_bytes(value: Any, *, sort_keys: bool = False) -> bytes:
+    option = orjson.OPT_NON_STR_KEYS | (orjson.OPT_SORT_KEYS if sort_keys else 0)
+    try:
+        return orjson.dumps(value, option=option)
+    except orjson.JSONEncodeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys,
+                          default=str).encode()
+
+
+def dumps(value: Any, *, sort_keys: bool = False) -> str:
+    return dumps_bytes(value, sort_keys=sort_keys).decode()

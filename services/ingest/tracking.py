@@ -84,7 +84,10 @@ def corrected_timestamp(
         return received
     if sent is None:
         return original
-    return received - (sent - original)
+    try:
+        return received - (sent - original)
+    except OverflowError:  # absurd client clocks (year 1, year 9999): keep what the client said
+        return original
 
 
 def normalize(msg: Message, received_at: datetime, *, batch_sent_at: datetime | None = None,

@@ -31,3 +31,9 @@ def test_naive_times_are_utc() -> None:
     naive = datetime(2026, 1, 1, 8, 0)
     assert corrected_timestamp(RECEIVED, timestamp=naive, original_timestamp=None, sent_at=None) == naive.replace(
         tzinfo=UTC)
+
+
+def test_absurd_client_clocks_do_not_overflow() -> None:
+    far = datetime(9999, 12, 31, tzinfo=UTC)
+    ancient = datetime(1, 1, 1, tzinfo=UTC)
+    assert corrected_timestamp(RECEIVED, timestamp=None, original_timestamp=far, sent_at=ancient) == far

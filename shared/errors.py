@@ -19,6 +19,7 @@ FastAPI's request validation errors and unexpected exceptions to problem documen
 
 from typing import Any
 
+import httpx
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -176,6 +177,12 @@ def install_error_handlers(app: FastAPI) -> None:
                                                         headers={"Retry-After": "1"}), request)
         log.exception("request.database_error", sqlstate=sqlstate)
         return problem_response(AppError("An unexpected error occurred"), request)
+
+    @app.exception_handler(httpx.HTTPError)
+    async def _upstream(request: Request, exc: httpx.HTTPError) -> JSONResponse:
+        log.warning("request.upstream_unavailable", error=type(exc).__name__)
+        return problem_response(UpstreamUnavailable("Another Tenure service did not answer; retry shortly",
+                                                    headers={"Retry-After": "5"}), request)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

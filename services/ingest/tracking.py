@@ -78,8 +78,11 @@ def corrected_timestamp(
     """
     received = _utc(received_at)
     assert received is not None
-    original = _utc(original_timestamp) or _utc(timestamp)
-    sent = _utc(sent_at)
+    try:
+        original = _utc(original_timestamp) or _utc(timestamp)
+        sent = _utc(sent_at)
+    except OverflowError:  # an offset pushes the client's time past year 9999 or before year 1
+        return received
     if original is None:
         return received
     if sent is None:

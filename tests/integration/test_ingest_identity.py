@@ -105,3 +105,11 @@ async def test_profile_events_newest_first_with_pagination(apps, workspace) -> N
     assert [e["event"] for e in first["events"] + second["events"]] == [f"Step {i}" for i in range(4, -1, -1)]
     assert second["next_cursor"] is None
     assert (await c.get("/v1/profiles/nobody/events", headers=h)).status_code == 404
+
+
+async def test_export_says_503_when_another_service_is_down(apps, workspace) -> None:
+    # in-process apps listen on no port, so segment/campaign/delivery are unreachable from ingest here
+    await apps["ingest"].post("/v1/identify", auth=(workspace.write_key, ""), json={"userId": "x-1"})
+    r = await apps["ingest"].get("/v1/privacy/export/x-1", headers={"Authorization": f"Bearer {workspace.secret_key}"})
+    assert r.status_code == 503 and r.headers["content-type"].startswith("application/problem+json")
+    assert r.headers["retry-after"] == "5"

@@ -37,3 +37,10 @@ def test_absurd_client_clocks_do_not_overflow() -> None:
     far = datetime(9999, 12, 31, tzinfo=UTC)
     ancient = datetime(1, 1, 1, tzinfo=UTC)
     assert corrected_timestamp(RECEIVED, timestamp=None, original_timestamp=far, sent_at=ancient) == far
+
+
+def test_offsets_past_the_calendar_fall_back_to_receipt() -> None:
+    from datetime import timezone
+
+    edge = datetime(9999, 12, 31, 23, 0, tzinfo=timezone(timedelta(hours=-5)))
+    assert corrected_timestamp(RECEIVED, timestamp=edge, original_timestamp=None, sent_at=None) == RECEIVED

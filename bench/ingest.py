@@ -26,25 +26,16 @@ from pathlib import Path
 import asyncpg
 import httpx
 import orjson
-from sqlalchemy.engine import make_url
+from scratch import asyncpg_dsn, scratch_database  # bench/ is the script directory, so on sys.path
 
 from services.ingest import tracking
 from shared.core import create_workspace
 from shared.db import create_engine, create_sessionmaker
-from shared.embedded import EmbeddedServers, free_port
-from shared.migrate import upgrade_all
+from shared.embedded import free_port
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def _dsn(url: str) -> tuple[str, dict[str, str]]:
-    u = make_url(url)
-    kw = {}
-    if u.query.get("host"):
-        kw["host"] = u.query["host"]
-        u = u.set(query={})
-    return u.set(drivername="postgresql").render_as_string(hide_password=False), kw
 
 
 def _message(i: int, run: str) -> dict:
@@ -54,7 +45,7 @@ def _message(i: int, run: str) -> dict:
 
 
 async def baseline_copy(url: str, n: int) -> float:
-    dsn, kw = _dsn(url)
+    dsn, kw = asyncpg_dsn(url)
     conn = await asyncpg.connect(dsn, **kw)
     try:
         # a logged table with the event log's columns, defaults and indexes: the honest ceiling
@@ -141,33 +132,17 @@ async def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes for ingest")
     args = ap.parse_args()
 
-    base = Settings()
-    with contextlib.ExitStack() as stack:
-        if not (base.database_url and base.redis_url):
-            emb = stack.enter_context(EmbeddedServers(ROOT / ".tenure" / "bench", postgres=not base.database_url,
-                                                      redis=not base.redis_url))
-            base = base.model_copy(update={"database_url": base.database_url or emb.database_url,
-                                           "redis_url": base.redis_url or emb.redis_url})
-        name = f"tenure_bench_{uuid.uuid4().hex[:8]}"
-        dsn, kw = _dsn(base.database_url or "")
-        admin = await asyncpg.connect(dsn, **kw)
-        await admin.execute(f'create database "{name}"')
-        url = make_url(base.database_url or "").set(database=name).render_as_string(hide_password=False)
-        settings = base.model_copy(update={"database_url": url})
-        try:
-            await asyncio.to_thread(upgrade_all, settings)
-            engine = create_engine(settings, pool_size=1)
-            async with create_sessionmaker(engine)() as s, s.begin():
-                ws = await create_workspace(s, "bench")
-            await engine.dispose()
+    async with scratch_database(need_redis=True) as settings:
+        url = settings.database_url or ""
+        engine = create_engine(settings, pool_size=1)
+        async with create_sessionmaker(engine)() as s, s.begin():
+            ws = await create_workspace(s, "bench")
+        await engine.dispose()
 
-            copy_rate = await baseline_copy(url, args.events)
-            record_rate = await in_process(settings, ws.workspace_id, args.events, args.batch)
-            http_rate, latencies = await over_http(settings, ws.write_key, args.events, args.batch, args.concurrency,
-                                                   args.workers)
-        finally:
-            await admin.execute(f'drop database if exists "{name}" with (force)')
-            await admin.close()
+        copy_rate = await baseline_copy(url, args.events)
+        record_rate = await in_process(settings, ws.workspace_id, args.events, args.batch)
+        http_rate, latencies = await over_http(settings, ws.write_key, args.events, args.batch, args.concurrency,
+                                               args.workers)
     latencies.sort()
     p50 = latencies[len(latencies) // 2] * 1000
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000

@@ -12,7 +12,6 @@ of a plain ``select`` of the same facts (the floor any evaluation pays). Uses TE
 
 import argparse
 import asyncio
-import contextlib
 import random
 import time
 import uuid
@@ -22,24 +21,16 @@ from pathlib import Path
 
 import asyncpg
 import orjson
-from sqlalchemy.engine import make_url
+from scratch import asyncpg_dsn, scratch_database  # bench/ is the script directory, so on sys.path
 
 from services.segment import evaluation, segments
 from shared.core import create_workspace
 from shared.db import create_engine, create_sessionmaker
-from shared.embedded import EmbeddedServers
-from shared.migrate import upgrade_all
-from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ["App Opened", "Product Viewed", "Product Added", "Order Completed", "Review Submitted"]
 PLANS = ["free", "pro", "team"]
 
-
-def _dsn(url: str) -> tuple[str, dict[str, str]]:
-    u = make_url(url)
-    kw = {"host": u.query["host"]} if u.query.get("host") else {}
-    return u.set(query={}, drivername="postgresql").render_as_string(hide_password=False), kw
 
 
 def definitions(n: int) -> list[dict]:
@@ -106,44 +97,31 @@ async def main() -> None:
     ap.add_argument("--segments", type=int, default=20)
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
-    base = Settings()
-    with contextlib.ExitStack() as stack:
-        if not base.database_url:
-            emb = stack.enter_context(EmbeddedServers(ROOT / ".tenure" / "bench", redis=False))
-            base = base.model_copy(update={"database_url": emb.database_url})
-        dsn, kw = _dsn(base.database_url or "")
-        name = f"tenure_bench_{uuid.uuid4().hex[:8]}"
-        admin = await asyncpg.connect(dsn, **kw)
-        await admin.execute(f'create database "{name}"')
-        url = make_url(base.database_url or "").set(database=name).render_as_string(hide_password=False)
-        settings = base.model_copy(update={"database_url": url})
-        try:
-            await asyncio.to_thread(upgrade_all, settings)
-            engine = create_engine(settings, pool_size=2)
-            sm = create_sessionmaker(engine)
-            async with sm() as s, s.begin():
-                ws = (await create_workspace(s, "bench")).workspace_id
-            t = time.perf_counter()
-            n_events = await generate(_dsn(url)[0], kw, ws, args.users, args.events_per_user, args.seed)
-            gen_s = time.perf_counter() - t
-            async with sm() as s, s.begin():
-                ids = [(await segments.create_segment(s, ws, f"s{i}", d))["id"]
-                       for i, d in enumerate(definitions(args.segments))]
-            conn = await asyncpg.connect(_dsn(url)[0], **kw)
-            t = time.perf_counter()
-            await conn.fetch("select profile_id, event, day, count from segment.event_counts")
-            await conn.fetch("select profile_id, traits from segment.profile_traits")
-            await conn.fetch("select * from segment.profile_stats")
-            read_s = time.perf_counter() - t
-            await conn.close()
-            t = time.perf_counter()
-            async with sm() as s:
-                changes = await evaluation.evaluate_fully(s, ws, {uuid.UUID(i) for i in ids})
-            eval_s = time.perf_counter() - t
-            await engine.dispose()
-        finally:
-            await admin.execute(f'drop database if exists "{name}" with (force)')
-            await admin.close()
+    async with scratch_database(need_redis=False) as settings:
+        url = settings.database_url or ""
+        dsn, kw = asyncpg_dsn(url)
+        engine = create_engine(settings, pool_size=2)
+        sm = create_sessionmaker(engine)
+        async with sm() as s, s.begin():
+            ws = (await create_workspace(s, "bench")).workspace_id
+        t = time.perf_counter()
+        n_events = await generate(dsn, kw, ws, args.users, args.events_per_user, args.seed)
+        gen_s = time.perf_counter() - t
+        async with sm() as s, s.begin():
+            ids = [(await segments.create_segment(s, ws, f"s{i}", d))["id"]
+                   for i, d in enumerate(definitions(args.segments))]
+        conn = await asyncpg.connect(dsn, **kw)
+        t = time.perf_counter()
+        await conn.fetch("select profile_id, event, day, count from segment.event_counts")
+        await conn.fetch("select profile_id, traits from segment.profile_traits")
+        await conn.fetch("select * from segment.profile_stats")
+        read_s = time.perf_counter() - t
+        await conn.close()
+        t = time.perf_counter()
+        async with sm() as s:
+            changes = await evaluation.evaluate_fully(s, ws, {uuid.UUID(i) for i in ids})
+        eval_s = time.perf_counter() - t
+        await engine.dispose()
     pairs = args.users * args.segments
     print(f"users={args.users} events≈{n_events} segments={args.segments} (generated in {gen_s:.1f} s)")
     print(f"baseline  read all facts once (plain select)   {read_s:8.2f} s")

@@ -27,7 +27,16 @@ from shared.jsonutil import dumps
 
 log = structlog.get_logger()
 
-Affected = dict[uuid.UUID, set[uuid.UUID]]  # workspace -> profiles
+Affected = dict[uuid.UUID, set[uuid.UUID]]
+
+# folding one profile's statistics into another's (new events, or a merge)
+_STATS_FOLD = """on conflict (workspace_id, profile_id) do update set
+        first_seen = least(p.first_seen, excluded.first_seen),
+        last_seen = greatest(p.last_seen, excluded.last_seen),
+        order_count = p.order_count + excluded.order_count,
+        revenue = p.revenue + excluded.revenue,
+        first_order_at = least(p.first_order_at, excluded.first_order_at),
+        last_order_at = greatest(p.last_order_at, excluded.last_order_at)"""  # workspace -> profiles
 
 
 @dataclass
@@ -139,18 +148,12 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
     await session.execute(text("delete from segment.event_counts where workspace_id = :ws and profile_id = :from"),
                           params)
     await session.execute(text(
-        """
+        f"""
         insert into segment.profile_stats as p (workspace_id, profile_id, first_seen, last_seen, order_count,
                                                 revenue, first_order_at, last_order_at)
         select workspace_id, :into, first_seen, last_seen, order_count, revenue, first_order_at, last_order_at
           from segment.profile_stats where workspace_id = :ws and profile_id = :from
-        on conflict (workspace_id, profile_id) do update set
-            first_seen = least(p.first_seen, excluded.first_seen),
-            last_seen = greatest(p.last_seen, excluded.last_seen),
-            order_count = p.order_count + excluded.order_count,
-            revenue = p.revenue + excluded.revenue,
-            first_order_at = least(p.first_order_at, excluded.first_order_at),
-            last_order_at = greatest(p.last_order_at, excluded.last_order_at)
+        {_STATS_FOLD}
         """), params)
     await session.execute(text("delete from segment.profile_stats where workspace_id = :ws and profile_id = :from"),
                           params)
@@ -191,19 +194,13 @@ async def _purchase_rules(session: AsyncSession, workspaces: set[uuid.UUID]) -> 
     return {ws: found.get(ws, PurchaseRules()) for ws in workspaces}
 
 
-_FOLD_STATS = """
+_FOLD_STATS = f"""
     insert into segment.profile_stats as p (workspace_id, profile_id, first_seen, last_seen, order_count, revenue,
                                             first_order_at, last_order_at)
     select * from unnest(CAST(:ws AS uuid[]), CAST(:pid AS uuid[]), CAST(:fs AS timestamptz[]),
                          CAST(:ls AS timestamptz[]), CAST(:n AS int[]), CAST(:rev AS numeric[]),
                          CAST(:fo AS timestamptz[]), CAST(:lo AS timestamptz[]))
-    on conflict (workspace_id, profile_id) do update set
-        first_seen = least(p.first_seen, excluded.first_seen),
-        last_seen = greatest(p.last_seen, excluded.last_seen),
-        order_count = p.order_count + excluded.order_count,
-        revenue = p.revenue + excluded.revenue,
-        first_order_at = least(p.first_order_at, excluded.first_order_at),
-        last_order_at = greatest(p.last_order_at, excluded.last_order_at)
+    {_STATS_FOLD}
 """
 
 

@@ -19,6 +19,7 @@ FastAPI's request validation errors and unexpected exceptions to problem documen
 
 from typing import Any
 
+import asyncpg
 import httpx
 import structlog
 from fastapi import FastAPI, Request
@@ -177,6 +178,16 @@ def install_error_handlers(app: FastAPI) -> None:
                                                         headers={"Retry-After": "1"}), request)
         log.exception("request.database_error", sqlstate=sqlstate)
         return problem_response(AppError("An unexpected error occurred"), request)
+
+    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("request.dependency_unreachable", error=type(exc).__name__)
+        return problem_response(UpstreamUnavailable("A dependency (the database) is not reachable; retry shortly",
+                                                    headers={"Retry-After": "1"}), request)
+
+    # connecting to PostgreSQL failed (refused, timed out, server restarting): nothing was written
+    for connection_error in (OSError, TimeoutError, asyncpg.exceptions.CannotConnectNowError,
+                             asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.InterfaceError):
+        app.add_exception_handler(connection_error, _database_down)
 
     @app.exception_handler(httpx.HTTPError)
     async def _upstream(request: Request, exc: httpx.HTTPError) -> JSONResponse:

@@ -77,3 +77,17 @@ async def test_integers_beyond_64_bits_are_stored_not_crashed_on(apps, workspace
     sent = await apps["delivery"].post("/v1/messages", headers=h, json={
         "idempotency_key": "big-1", "to": "a@example.com", "subject": "s", "text": "t", "metadata": {"n": big}})
     assert sent.status_code == 202
+
+
+async def test_database_down_is_503_with_retry_after(settings, workspace) -> None:
+    import httpx
+
+    from services.segment.app import create_app
+
+    app = create_app(settings.model_copy(update={"database_url": "postgresql://postgres@127.0.0.1:1/none"}))
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://segment") as c:
+        r = await c.get("/v1/segments", headers={"Authorization": f"Bearer {workspace.secret_key}"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.headers["content-type"].startswith(PROBLEM)
+        assert (await c.get("/readyz")).status_code == 503

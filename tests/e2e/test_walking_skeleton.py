@@ -51,23 +51,23 @@ class Stack:
         self.workers = {s: self._spawn("worker", s) for s in SERVICES}
 
     def stop_workers(self) -> None:
-        for p in self.workers.values():
-            p.send_signal(signal.SIGTERM)
-        for p in self.workers.values():
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _terminate(self.workers.values(), timeout=30)
 
     def stop(self) -> None:
         self.stop_workers()
-        for p in self.apis.values():
-            p.send_signal(signal.SIGTERM)
-        for p in self.apis.values():
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _terminate(self.apis.values(), timeout=20)
+
+
+def _terminate(procs, *, timeout: float) -> None:
+    """SIGTERM all, then wait for each (graceful shutdown), killing any that overstay."""
+    procs = list(procs)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 @pytest.fixture

@@ -5,15 +5,24 @@ PostgreSQL's jsonb stores them fine, so those values fall back to the standard l
 """
 
 import json
+import uuid
 from typing import Any
 
 import orjson
 
 
+def _default(value: Any) -> Any:
+    """Types orjson does not take natively: asyncpg's UUID subclass (ids read back from PostgreSQL)."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError
+
+
+
 def dumps_bytes(value: Any, *, sort_keys: bool = False) -> bytes:
     option = orjson.OPT_NON_STR_KEYS | (orjson.OPT_SORT_KEYS if sort_keys else 0)
     try:
-        return orjson.dumps(value, option=option)
+        return orjson.dumps(value, default=_default, option=option)
     except orjson.JSONEncodeError:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys,
                           default=str).encode()

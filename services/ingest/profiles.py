@@ -44,25 +44,30 @@ def _keys(env: "Envelope") -> list[Key]:
 async def _load(session: AsyncSession, ws: uuid.UUID, keys: set[Key]) -> dict[Key, uuid.UUID]:
     if not keys:
         return {}
-    kinds, values = zip(*sorted(keys), strict=True)
     rows = await session.execute(
         text(
             """
             select i.kind, i.value, i.profile_id from ingest.identities i
-              join unnest(CAST(:kinds AS text[]), CAST(:vals AS text[])) as k(kind, value)
+              join jsonb_to_recordset(CAST(:keys AS jsonb)) as k(kind text, value text)
                 on i.kind = k.kind and i.value = k.value
              where i.workspace_id = :ws
             """
         ),
-        {"ws": ws, "kinds": list(kinds), "vals": list(values)},
+        {"ws": ws, "keys": dumps([{"kind": k, "value": v} for k, v in keys])},  # one JSON document: cheap to send
     )
     return {(r.kind, r.value): r.profile_id for r in rows}
 
 
 async def _lock_keys(session: AsyncSession, ws: uuid.UUID, keys: set[Key]) -> None:
-    for kind, value in sorted(keys):
-        await session.execute(text("select pg_advisory_xact_lock(hashtextextended(:k, 0))"),
-                              {"k": f"{ws}:{kind}:{value}"})
+    """Take every key's advisory lock in one round trip, in sorted order (so two batches never deadlock)."""
+    if not keys:
+        return
+    await session.execute(
+        text("select pg_advisory_xact_lock(hashtextextended(k.key, 0)) "
+             "from (select key from jsonb_array_elements_text(CAST(:keys AS jsonb)) with ordinality as j(key, n) "
+             "order by n) as k"),
+        {"keys": dumps(sorted(f"{ws}:{kind}:{value}" for kind, value in keys))},
+    )
 
 
 def _alias_keys(env: "Envelope") -> list[Key]:

@@ -128,21 +128,28 @@ def normalize(msg: Message, received_at: datetime, *, batch_sent_at: datetime | 
     )
 
 
+# The rows travel as one JSON document that PostgreSQL expands (jsonb_to_recordset): one C-speed encode
+# on each side instead of eleven parameter arrays encoded element by element, and properties/traits/context
+# are embedded as JSON rather than encoded twice.
 _INSERT_EVENTS = text(
     """
     insert into ingest.events (workspace_id, message_id, type, event, profile_id, user_id, anonymous_id,
                                properties, traits, context, timestamp, received_at, sent_at)
-    select :ws, u.mid, u.typ, u.ev, u.pid, u.uid, u.aid, u.props::jsonb, u.traits::jsonb, u.ctx::jsonb,
-           u.ts, :received_at, u.sent
-    from unnest(CAST(:mids AS text[]), CAST(:types AS text[]), CAST(:events AS text[]),
-                CAST(:pids AS uuid[]), CAST(:uids AS text[]), CAST(:aids AS text[]),
-                CAST(:props AS text[]), CAST(:traits AS text[]), CAST(:ctxs AS text[]),
-                CAST(:tss AS timestamptz[]), CAST(:sents AS timestamptz[]))
-         as u(mid, typ, ev, pid, uid, aid, props, traits, ctx, ts, sent)
+    select :ws, r.mid, r.typ, r.ev, r.pid, r.uid, r.aid, coalesce(r.props, '{}'), coalesce(r.traits, '{}'),
+           coalesce(r.ctx, '{}'), r.ts, :received_at, r.sent
+    from jsonb_to_recordset(CAST(:rows AS jsonb))
+         as r(mid text, typ text, ev text, pid uuid, uid text, aid text, props jsonb, traits jsonb, ctx jsonb,
+              ts timestamptz, sent timestamptz)
     on conflict (workspace_id, message_id) do nothing
     returning message_id
     """
 )
+
+
+def _event_row(e: "Envelope") -> dict[str, Any]:
+    return {"mid": e.message_id, "typ": e.type, "ev": e.event, "pid": e.profile_id, "uid": e.user_id,
+            "aid": e.anonymous_id, "props": e.properties, "traits": e.traits, "ctx": e.context, "ts": e.timestamp,
+            "sent": e.sent_at}
 
 
 def context_traits(env: Envelope) -> dict[str, Any]:
@@ -179,21 +186,7 @@ async def record(session: AsyncSession, workspace_id: uuid.UUID, envelopes: list
     await resolve_profiles(session, workspace_id, batch)
     rows = await session.execute(
         _INSERT_EVENTS,
-        {
-            "ws": workspace_id,
-            "received_at": received_at,
-            "mids": [e.message_id for e in batch],
-            "types": [e.type for e in batch],
-            "events": [e.event for e in batch],
-            "pids": [e.profile_id for e in batch],
-            "uids": [e.user_id for e in batch],
-            "aids": [e.anonymous_id for e in batch],
-            "props": [dumps(e.properties) for e in batch],
-            "traits": [dumps(e.traits) for e in batch],
-            "ctxs": [dumps(e.context) for e in batch],
-            "tss": [e.timestamp for e in batch],
-            "sents": [e.sent_at for e in batch],
-        },
+        {"ws": workspace_id, "received_at": received_at, "rows": dumps([_event_row(e) for e in batch])},
     )
     inserted_ids = {r[0] for r in rows}
     result.inserted = [e for e in batch if e.message_id in inserted_ids]

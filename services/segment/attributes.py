@@ -5,35 +5,56 @@ on read (pure, here): ``order_count``, ``total_revenue`` (CLTV so far), ``averag
 ``orders_per_month`` (purchase frequency since the first order), ``first_seen``, ``last_seen``,
 ``days_since_last_activity``, ``days_since_last_order``.
 
+Also ``last_nps`` (the newest answer to the NPS survey event, ``score`` property; else the ``nps``
+trait) and ``lead_score``: points per occurrence of weighted events plus points for matching traits.
+
 Which events are purchases, and which property holds their value, are per-workspace settings
 (``core.workspaces.settings``: ``purchase_events``, ``revenue_property``) with Segment's ecommerce
-spec as the default.
+spec as the default; so are the NPS event (``nps_event``, default ``NPS Survey Submitted``) and the
+lead score rules (``lead_score``: ``{"events": {"Demo Requested": 20}, "traits": [{"trait": "title",
+"op": "contains", "value": "VP", "points": 10}]}``).
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+from services.segment.conditions import compare  # the trait operators segments use
+
 DEFAULT_PURCHASE_EVENTS = ("Order Completed",)
+DEFAULT_NPS_EVENT = "NPS Survey Submitted"
 DEFAULT_REVENUE_PROPERTY = "revenue"
 ATTRIBUTES = ("order_count", "total_revenue", "average_order_value", "orders_per_month", "first_seen",
-              "last_seen", "days_since_last_activity", "days_since_last_order")
+              "last_seen", "days_since_last_activity", "days_since_last_order", "last_nps", "lead_score")
 
 
 @dataclass(frozen=True)
 class PurchaseRules:
     events: frozenset[str] = frozenset(DEFAULT_PURCHASE_EVENTS)
     revenue_property: str = DEFAULT_REVENUE_PROPERTY
+    nps_event: str = DEFAULT_NPS_EVENT
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any] | None) -> "PurchaseRules":
         settings = settings or {}
         events = settings.get("purchase_events")
         prop = settings.get("revenue_property")
+        nps = settings.get("nps_event")
         return cls(
             events=frozenset(events) if isinstance(events, list) and events else frozenset(DEFAULT_PURCHASE_EVENTS),
             revenue_property=prop if isinstance(prop, str) and prop else DEFAULT_REVENUE_PROPERTY,
+            nps_event=nps if isinstance(nps, str) and nps else DEFAULT_NPS_EVENT,
         )
+
+    def nps_score(self, event: dict[str, Any]) -> float | None:
+        """The score of an NPS survey answer (0–10), or None if the event is not one."""
+        if event.get("type") != "track" or event.get("event") != self.nps_event:
+            return None
+        value = (event.get("properties") or {}).get("score")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 10:
+            return None
+        return float(value)
 
     def order_value(self, event: dict[str, Any]) -> float | None:
         """The revenue of a purchase event, or None if the event is not a purchase."""
@@ -48,12 +69,41 @@ class PurchaseRules:
             return 0.0
 
 
+@dataclass(frozen=True)
+class LeadScoreRules:
+    events: tuple[tuple[str, float], ...] = ()  # (event, points per occurrence)
+    traits: tuple[tuple[str, str, Any, float], ...] = ()  # (trait, op, value, points)
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any] | None) -> "LeadScoreRules":
+        raw = (settings or {}).get("lead_score") or {}
+        if not isinstance(raw, dict):
+            return cls()
+        events = raw.get("events") if isinstance(raw.get("events"), dict) else {}
+        traits = raw.get("traits") if isinstance(raw.get("traits"), list) else []
+        return cls(
+            events=tuple((str(k), float(v)) for k, v in events.items() if _is_number(v)),
+            traits=tuple((str(t["trait"]), str(t.get("op", "equals")), t.get("value"), float(t["points"]))
+                         for t in traits if isinstance(t, dict) and "trait" in t and _is_number(t.get("points"))),
+        )
+
+    def score(self, counts: Mapping[str, Mapping[date, int]], traits: Mapping[str, Any]) -> float:
+        points = sum(p * sum(counts.get(ev, {}).values()) for ev, p in self.events)
+        points += sum(p for trait, op, value, p in self.traits if compare(op, traits.get(trait), value))
+        return round(points, 2)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
 def derive(stats: dict[str, Any] | None, today: date) -> dict[str, Any]:
-    """The computed attributes of one profile from its stored statistics."""
+    """The computed attributes of one profile from its stored statistics (``lead_score`` is added by
+    the caller, which has the event counts)."""
     if not stats:
         return {"order_count": 0, "total_revenue": 0.0, "average_order_value": None, "orders_per_month": 0.0,
                 "first_seen": None, "last_seen": None, "days_since_last_activity": None,
-                "days_since_last_order": None}
+                "days_since_last_order": None, "last_nps": None}
     orders = int(stats.get("order_count") or 0)
     revenue = float(stats.get("revenue") or 0)
     first_order: datetime | None = stats.get("first_order_at")
@@ -69,4 +119,5 @@ def derive(stats: dict[str, Any] | None, today: date) -> dict[str, Any]:
         "last_seen": last_seen,
         "days_since_last_activity": (today - last_seen.date()).days if last_seen else None,
         "days_since_last_order": (today - last_order.date()).days if last_order else None,
+        "last_nps": float(stats["last_nps"]) if stats.get("last_nps") is not None else None,
     }

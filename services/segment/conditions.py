@@ -3,25 +3,46 @@
 A definition is a tree of nodes discriminated on ``type``:
 
 - ``and`` / ``or`` with ``children``; ``not`` with ``child``;
-- ``trait``: compare a profile trait (``equals``, ``not_equals``, ``exists``, ``contains``, ``gt``,
-  ``gte``, ``lt``, ``lte``);
+- ``trait``: compare a profile trait (``equals``, ``not_equals``, ``exists``, ``not_exists``, ``contains``,
+  ``starts_with``, ``in``, ``not_in``, ``gt``/``gte``/``lt``/``lte``, dates: ``before``, ``after``,
+  ``within_last_days``); ``account_trait``: the same over the traits of the accounts (groups) the
+  profile belongs to — true if any account matches;
 - ``performed``: the profile performed ``event`` ``at_least`` / ``at_most`` / ``exactly`` ``count``
-  times, optionally within the last ``within_days`` days;
+  times, optionally ``within_days`` or ``between`` two dates, optionally only events whose properties
+  match every filter in ``where``;
+- ``performed_time``: when the ``first`` / ``last`` ``event`` happened: ``before`` / ``after`` a date,
+  ``within_last_days`` or ``over_days_ago`` N days (never performed: false);
+- ``aggregate``: ``sum`` / ``avg`` / ``min`` / ``max`` / ``count`` of a numeric ``property`` of ``event``
+  over a window, compared with ``op`` / ``value`` (e.g. revenue in the last 90 days ≥ 500);
+- ``last_event_property``: a property of the most recent ``event`` (e.g. last viewed product's category);
+- ``keyed``: follows one entity through its events: some value of property ``key`` appears on ``event``
+  and never on a ``without`` event at or after it (a cart with ``Product Added`` but no
+  ``Order Completed``), optionally only for entities started ``within_days``;
+- ``email_engagement``: opened / clicked an email (``Email Opened`` / ``Email Link Clicked`` events, which
+  delivery feeds back into ingest) at least ``count`` times within ``within_days``;
+- ``stage``: the profile's lifecycle stage; ``segment``: membership of another segment; ``list``:
+  membership of a manual list;
 - ``random_bucket``: a stable random ``percent`` of profiles (for holdouts);
 - ``attribute``: compare a computed attribute (order count, revenue, average order value, purchase
-  frequency, days since last activity / order; see attributes.py).
+  frequency, days since last activity / order, lead score, last NPS; see attributes.py).
 
-Evaluation takes plain values (traits and per-day event counts) so it is unit- and property-tested
-without a database.
+Unfiltered counts come from per-day aggregates (fast); property filters, aggregates, last-event
+properties and keyed conditions read the profile's stored events of the events they name.
+Evaluation takes plain values so it is unit- and property-tested without a database.
 """
 
 import hashlib
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+EMAIL_OPENED = "Email Opened"
+EMAIL_CLICKED = "Email Link Clicked"
+STAGE_NAMES = ("onboarding", "engaged", "loyal", "advocacy", "reactivated", "at_risk", "churned")
 
 
 class _Node(BaseModel):
@@ -43,22 +64,157 @@ class NotNode(_Node):
     child: "Condition"
 
 
-TraitOp = Literal["equals", "not_equals", "exists", "contains", "gt", "gte", "lt", "lte"]
+TraitOp = Literal["equals", "not_equals", "exists", "not_exists", "contains", "starts_with", "in", "not_in",
+                  "gt", "gte", "lt", "lte", "before", "after", "within_last_days"]
+NumberOp = Literal["equals", "not_equals", "gt", "gte", "lt", "lte"]
 
 
-class TraitNode(_Node):
-    type: Literal["trait"] = "trait"
-    trait: str = Field(min_length=1, examples=["plan"])
+class _Compared(_Node):
     op: TraitOp = "equals"
     value: Any = None
 
+    @model_validator(mode="after")
+    def _value_fits_op(self) -> "_Compared":
+        op, v = self.op, self.value
+        if op in ("in", "not_in") and not isinstance(v, list):
+            raise ValueError(f"{op!r} needs a list value")
+        if op == "within_last_days" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError("'within_last_days' needs a whole number of days >= 1")
+        if op in ("before", "after") and _as_datetime(v) is None:
+            raise ValueError(f"{op!r} needs an ISO 8601 date or date-time value")
+        if op in ("starts_with",) and not isinstance(v, str):
+            raise ValueError(f"{op!r} needs a string value")
+        return self
 
-class PerformedNode(_Node):
+
+class TraitNode(_Compared):
+    type: Literal["trait"] = "trait"
+    trait: str = Field(min_length=1, examples=["plan"])
+
+
+class AccountTraitNode(_Compared):
+    """B2B: a trait of an account (``group`` call) the profile belongs to, e.g. industry, employees, plan."""
+
+    type: Literal["account_trait"] = "account_trait"
+    trait: str = Field(min_length=1, examples=["industry"])
+
+
+class PropertyFilter(_Compared):
+    """``property`` (dots reach into nested objects) compared like a trait."""
+
+    property: str = Field(min_length=1, examples=["category"])
+
+
+class Between(_Node):
+    start: date
+    end: date = Field(description="inclusive")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Between":
+        if self.end < self.start:
+            raise ValueError("end is before start")
+        return self
+
+
+class _Windowed(_Node):
+    within_days: int | None = Field(default=None, ge=1, le=3650, description="only the last N days (UTC, incl. today)")
+    between: Between | None = Field(default=None, description="only events on these (UTC) days")
+
+    @model_validator(mode="after")
+    def _one_window(self) -> "_Windowed":
+        if self.within_days is not None and self.between is not None:
+            raise ValueError("give within_days or between, not both")
+        return self
+
+    def in_window(self, day: date, today: date) -> bool:
+        if self.between is not None:
+            return self.between.start <= day <= self.between.end
+        if self.within_days is not None:
+            return today - timedelta(days=self.within_days - 1) <= day <= today
+        return True
+
+
+class PerformedNode(_Windowed):
     type: Literal["performed"] = "performed"
     event: str = Field(min_length=1, examples=["Order Completed"])
     op: Literal["at_least", "at_most", "exactly"] = "at_least"
     count: int = Field(default=1, ge=0)
+    where: list[PropertyFilter] = Field(default_factory=list, description="every filter must match")
+
+
+class PerformedTimeNode(_Node):
+    """When a profile first / last performed an event (day precision)."""
+
+    type: Literal["performed_time"] = "performed_time"
+    event: str = Field(min_length=1, examples=["Signed Up"])
+    which: Literal["first", "last"] = "last"
+    op: Literal["before", "after", "within_last_days", "over_days_ago"]
+    value: Any
+
+    @model_validator(mode="after")
+    def _value_fits_op(self) -> "PerformedTimeNode":
+        if self.op in ("before", "after"):
+            if _as_datetime(self.value) is None:
+                raise ValueError(f"{self.op!r} needs an ISO 8601 date value")
+        elif isinstance(self.value, bool) or not isinstance(self.value, int) or self.value < 0:
+            raise ValueError(f"{self.op!r} needs a whole number of days")
+        return self
+
+
+class AggregateNode(_Windowed):
+    """sum / avg / min / max / count of a numeric event property over a window."""
+
+    type: Literal["aggregate"] = "aggregate"
+    event: str = Field(min_length=1, examples=["Order Completed"])
+    property: str = Field(min_length=1, examples=["revenue"])
+    function: Literal["sum", "avg", "min", "max", "count"] = "sum"
+    op: NumberOp = "gte"
+    value: float
+    where: list[PropertyFilter] = Field(default_factory=list)
+
+
+class LastEventPropertyNode(_Compared):
+    """A property of the most recent ``event`` (false if never performed)."""
+
+    type: Literal["last_event_property"] = "last_event_property"
+    event: str = Field(min_length=1, examples=["Product Viewed"])
+    property: str = Field(min_length=1, examples=["category"])
+
+
+class KeyedNode(_Node):
+    """Some entity (``key`` property value) went through ``event`` and never through ``without`` since."""
+
+    type: Literal["keyed"] = "keyed"
+    key: str = Field(min_length=1, examples=["cart_id"])
+    event: str = Field(min_length=1, examples=["Product Added"])
+    without: str = Field(min_length=1, examples=["Order Completed"])
     within_days: int | None = Field(default=None, ge=1, le=3650)
+
+
+class EmailEngagementNode(_Node):
+    type: Literal["email_engagement"] = "email_engagement"
+    action: Literal["opened", "clicked"] = "opened"
+    count: int = Field(default=1, ge=1)
+    within_days: int | None = Field(default=None, ge=1, le=3650)
+
+
+class StageNode(_Node):
+    type: Literal["stage"] = "stage"
+    stage: Literal["onboarding", "engaged", "loyal", "advocacy", "reactivated", "at_risk", "churned"]
+
+
+class SegmentRefNode(_Node):
+    """Membership of another segment of the same workspace (cycles are refused on save)."""
+
+    type: Literal["segment"] = "segment"
+    segment_id: uuid.UUID
+
+
+class ListNode(_Node):
+    """Membership of a manual list (ids uploaded through the API or as CSV)."""
+
+    type: Literal["list"] = "list"
+    list_id: uuid.UUID
 
 
 class AttributeNode(_Node):
@@ -66,7 +222,7 @@ class AttributeNode(_Node):
 
     type: Literal["attribute"] = "attribute"
     attribute: Literal["order_count", "total_revenue", "average_order_value", "orders_per_month",
-                       "days_since_last_activity", "days_since_last_order"]
+                       "days_since_last_activity", "days_since_last_order", "lead_score", "last_nps"]
     op: TraitOp = "gte"
     value: Any = None
 
@@ -79,8 +235,12 @@ class RandomBucketNode(_Node):
     seed: str = Field("", max_length=100, description="change it to draw a different, independent sample")
 
 
-Condition = Annotated[AndNode | OrNode | NotNode | TraitNode | PerformedNode | AttributeNode | RandomBucketNode,
-                      Field(discriminator="type")]
+Condition = Annotated[
+    AndNode | OrNode | NotNode | TraitNode | AccountTraitNode | PerformedNode | PerformedTimeNode | AggregateNode
+    | LastEventPropertyNode | KeyedNode | EmailEngagementNode | StageNode | SegmentRefNode | ListNode
+    | AttributeNode | RandomBucketNode,
+    Field(discriminator="type"),
+]
 
 
 def bucket(profile_id: str, seed: str) -> float:
@@ -89,6 +249,8 @@ def bucket(profile_id: str, seed: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64 * 100
 condition_adapter: TypeAdapter[Any] = TypeAdapter(Condition)
 
+RawEvent = tuple[datetime, Mapping[str, Any]]  # (UTC time, properties)
+
 
 @dataclass
 class ProfileFacts:
@@ -96,6 +258,11 @@ class ProfileFacts:
     traits: Mapping[str, Any] = field(default_factory=dict)
     counts: Mapping[str, Mapping[date, int]] = field(default_factory=dict)  # event -> day -> n
     attributes: Mapping[str, Any] = field(default_factory=dict)  # computed attributes (attributes.py)
+    events: Mapping[str, Sequence[RawEvent]] = field(default_factory=dict)  # event -> occurrences, oldest first
+    accounts: Sequence[Mapping[str, Any]] = field(default_factory=list)  # traits of each account (group)
+    segments: set[str] = field(default_factory=set)  # ids of segments the profile is in
+    lists: set[str] = field(default_factory=set)  # ids of manual lists the profile is on
+    stage: str | None = None
 
 
 def parse(definition: dict[str, Any]) -> Any:
@@ -103,40 +270,129 @@ def parse(definition: dict[str, Any]) -> Any:
     return condition_adapter.validate_python(definition)
 
 
-def events_of(node: Any) -> Iterator[str]:
-    """Event names a definition depends on (to load only the counts it needs)."""
+def walk(node: Any) -> Iterator[Any]:
+    yield node
     if isinstance(node, AndNode | OrNode):
         for c in node.children:
-            yield from events_of(c)
+            yield from walk(c)
     elif isinstance(node, NotNode):
-        yield from events_of(node.child)
-    elif isinstance(node, PerformedNode):
-        yield node.event
+        yield from walk(node.child)
+
+
+def events_of(node: Any) -> set[str]:
+    """Event names whose per-day counts a definition reads."""
+    out: set[str] = set()
+    for n in walk(node):
+        if isinstance(n, PerformedNode) and not n.where or isinstance(n, PerformedTimeNode):
+            out.add(n.event)
+        elif isinstance(n, EmailEngagementNode):
+            out.add(EMAIL_OPENED if n.action == "opened" else EMAIL_CLICKED)
+    return out
+
+
+def raw_events_of(node: Any) -> set[str]:
+    """Event names whose stored occurrences (with properties) a definition reads."""
+    out: set[str] = set()
+    for n in walk(node):
+        if isinstance(n, PerformedNode) and n.where or isinstance(n, AggregateNode | LastEventPropertyNode):
+            out.add(n.event)
+        elif isinstance(n, KeyedNode):
+            out |= {n.event, n.without}
+    return out
+
+
+def segments_of(node: Any) -> set[uuid.UUID]:
+    return {n.segment_id for n in walk(node) if isinstance(n, SegmentRefNode)}
+
+
+def uses(node: Any, kind: type) -> bool:
+    return any(isinstance(n, kind) for n in walk(node))
 
 
 def has_window(node: Any) -> bool:
-    """True if membership can change with time alone (a ``within_days`` window or a "days since"
-    attribute somewhere in the tree)."""
-    if isinstance(node, AndNode | OrNode):
-        return any(has_window(c) for c in node.children)
-    if isinstance(node, NotNode):
-        return has_window(node.child)
-    if isinstance(node, AttributeNode):
-        return node.attribute.startswith("days_since") or node.attribute == "orders_per_month"
-    return isinstance(node, PerformedNode) and node.within_days is not None
+    """True if membership can change with time alone (a window, a "days since" attribute, a date
+    trait compared with today, or a lifecycle stage)."""
+    for n in walk(node):
+        if isinstance(n, _Windowed) and (n.within_days is not None or n.between is not None):
+            return True
+        if isinstance(n, KeyedNode | EmailEngagementNode) and n.within_days is not None:
+            return True
+        if isinstance(n, PerformedTimeNode) and n.op in ("within_last_days", "over_days_ago"):
+            return True
+        if isinstance(n, TraitNode | AccountTraitNode | PropertyFilter) and n.op == "within_last_days":
+            return True
+        if isinstance(n, AttributeNode) and (n.attribute.startswith("days_since") or n.attribute == "orders_per_month"):
+            return True
+        if isinstance(n, StageNode):
+            return True
+    return False
 
 
-def _compare(op: str, actual: Any, expected: Any) -> bool:
+def _as_datetime(v: Any) -> datetime | None:
+    """A date or date-time (ISO 8601 string, date, datetime) as an aware UTC datetime, else None."""
+    if isinstance(v, datetime):
+        dt = v
+    elif isinstance(v, date):
+        dt = datetime(v.year, v.month, v.day)
+    elif isinstance(v, str) and v:
+        try:
+            dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    else:
+        return None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, int | float | str):
+        return None
+    try:
+        return float(v)
+    except ValueError:
+        return None
+
+
+def _get_path(props: Mapping[str, Any], path: str) -> Any:
+    if path in props:
+        return props[path]
+    cur: Any = props
+    for part in path.split("."):
+        if not isinstance(cur, Mapping) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def compare(op: str, actual: Any, expected: Any, today: date | None = None) -> bool:
     if op == "exists":
         return actual is not None
+    if op == "not_exists":
+        return actual is None
     if op == "equals":
-        return actual == expected
+        return bool(actual == expected)
     if op == "not_equals":
-        return actual != expected
+        return bool(actual != expected)
+    if op == "not_in":
+        return actual not in expected
     if actual is None:
         return False
+    if op == "in":
+        return actual in expected
     if op == "contains":
         return isinstance(actual, str | list) and expected in actual
+    if op == "starts_with":
+        return isinstance(actual, str) and actual.startswith(expected)
+    if op in ("before", "after", "within_last_days"):
+        when = _as_datetime(actual)
+        if when is None:
+            return False
+        if op == "within_last_days":
+            day = (today or datetime.now(UTC).date())
+            return day - timedelta(days=int(expected) - 1) <= when.date() <= day
+        bound = _as_datetime(expected)
+        assert bound is not None  # checked on save
+        return when < bound if op == "before" else when > bound
     try:
         if op == "gt":
             return bool(actual > expected)
@@ -151,6 +407,78 @@ def _compare(op: str, actual: Any, expected: Any) -> bool:
     raise ValueError(f"unknown operator {op}")
 
 
+def _matches(filters: Sequence[PropertyFilter], props: Mapping[str, Any], today: date) -> bool:
+    return all(compare(f.op, _get_path(props, f.property), f.value, today) for f in filters)
+
+
+def _count_ok(op: str, n: int, count: int) -> bool:
+    if op == "at_least":
+        return n >= count
+    if op == "at_most":
+        return n <= count
+    return n == count
+
+
+def _performed(node: PerformedNode, facts: ProfileFacts, today: date) -> bool:
+    if node.where:
+        n = sum(1 for at, props in facts.events.get(node.event, ())
+                if node.in_window(at.date(), today) and _matches(node.where, props, today))
+    else:
+        n = sum(c for d, c in facts.counts.get(node.event, {}).items() if node.in_window(d, today))
+    return _count_ok(node.op, n, node.count)
+
+
+def _performed_time(node: PerformedTimeNode, facts: ProfileFacts, today: date) -> bool:
+    days = [d for d, c in facts.counts.get(node.event, {}).items() if c > 0]
+    if not days:
+        return False
+    day = min(days) if node.which == "first" else max(days)
+    if node.op == "within_last_days":
+        return (today - day).days < int(node.value)
+    if node.op == "over_days_ago":
+        return (today - day).days > int(node.value)
+    bound = _as_datetime(node.value)
+    assert bound is not None
+    return day < bound.date() if node.op == "before" else day > bound.date()
+
+
+def _aggregate(node: AggregateNode, facts: ProfileFacts, today: date) -> bool:
+    values: list[float] = []
+    for at, props in facts.events.get(node.event, ()):
+        if node.in_window(at.date(), today) and _matches(node.where, props, today):
+            v = _number(_get_path(props, node.property))
+            if v is not None:
+                values.append(v)
+    if node.function == "count":
+        result: float | None = float(len(values))
+    elif not values:
+        result = 0.0 if node.function == "sum" else None
+    elif node.function == "sum":
+        result = sum(values)
+    elif node.function == "avg":
+        result = sum(values) / len(values)
+    else:
+        result = min(values) if node.function == "min" else max(values)
+    return result is not None and compare(node.op, result, node.value)
+
+
+def _keyed(node: KeyedNode, facts: ProfileFacts, today: date) -> bool:
+    started: dict[Any, datetime] = {}
+    for at, props in facts.events.get(node.event, ()):
+        key = _get_path(props, node.key)
+        if key is not None and not isinstance(key, dict | list):
+            if node.within_days is None or (today - at.date()).days < node.within_days:
+                started.setdefault(key, at)
+    if not started:
+        return False
+    closed: set[Any] = set()
+    for at, props in facts.events.get(node.without, ()):
+        key = _get_path(props, node.key)
+        if key in started and at >= started[key]:
+            closed.add(key)
+    return any(k not in closed for k in started)
+
+
 def evaluate(node: Any, facts: ProfileFacts, today: date) -> bool:
     if isinstance(node, AndNode):
         return all(evaluate(c, facts, today) for c in node.children)
@@ -159,21 +487,34 @@ def evaluate(node: Any, facts: ProfileFacts, today: date) -> bool:
     if isinstance(node, NotNode):
         return not evaluate(node.child, facts, today)
     if isinstance(node, TraitNode):
-        return _compare(node.op, facts.traits.get(node.trait), node.value)
+        return compare(node.op, facts.traits.get(node.trait), node.value, today)
+    if isinstance(node, AccountTraitNode):
+        return any(compare(node.op, a.get(node.trait), node.value, today) for a in facts.accounts)
     if isinstance(node, AttributeNode):
-        return _compare(node.op, facts.attributes.get(node.attribute), node.value)
+        return compare(node.op, facts.attributes.get(node.attribute), node.value, today)
     if isinstance(node, RandomBucketNode):
         return bucket(facts.profile_id, node.seed) < node.percent
     if isinstance(node, PerformedNode):
-        days = facts.counts.get(node.event, {})
-        if node.within_days is None:
-            n = sum(days.values())
-        else:
-            since = today - timedelta(days=node.within_days - 1)
-            n = sum(c for d, c in days.items() if since <= d <= today)
-        if node.op == "at_least":
-            return n >= node.count
-        if node.op == "at_most":
-            return n <= node.count
-        return n == node.count
+        return _performed(node, facts, today)
+    if isinstance(node, PerformedTimeNode):
+        return _performed_time(node, facts, today)
+    if isinstance(node, AggregateNode):
+        return _aggregate(node, facts, today)
+    if isinstance(node, LastEventPropertyNode):
+        occurrences = facts.events.get(node.event, ())
+        return bool(occurrences) and compare(node.op, _get_path(occurrences[-1][1], node.property), node.value,
+                                              today)
+    if isinstance(node, KeyedNode):
+        return _keyed(node, facts, today)
+    if isinstance(node, EmailEngagementNode):
+        event = EMAIL_OPENED if node.action == "opened" else EMAIL_CLICKED
+        since = today - timedelta(days=(node.within_days or 0) - 1)
+        n = sum(c for d, c in facts.counts.get(event, {}).items() if node.within_days is None or since <= d <= today)
+        return n >= node.count
+    if isinstance(node, StageNode):
+        return facts.stage == node.stage
+    if isinstance(node, SegmentRefNode):
+        return str(node.segment_id) in facts.segments
+    if isinstance(node, ListNode):
+        return str(node.list_id) in facts.lists
     raise TypeError(f"not a condition node: {node!r}")

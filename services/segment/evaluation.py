@@ -7,7 +7,7 @@ double-counts.
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -36,7 +36,11 @@ _STATS_FOLD = """on conflict (workspace_id, profile_id) do update set
         order_count = p.order_count + excluded.order_count,
         revenue = p.revenue + excluded.revenue,
         first_order_at = least(p.first_order_at, excluded.first_order_at),
-        last_order_at = greatest(p.last_order_at, excluded.last_order_at)"""  # workspace -> profiles
+        last_order_at = greatest(p.last_order_at, excluded.last_order_at),
+        last_nps = case when excluded.last_nps_at is not null
+                         and (p.last_nps_at is null or excluded.last_nps_at >= p.last_nps_at)
+                        then excluded.last_nps else p.last_nps end,
+        last_nps_at = greatest(p.last_nps_at, excluded.last_nps_at)"""
 
 
 @dataclass
@@ -51,9 +55,15 @@ def _parse_ts(v: str) -> datetime:
     return datetime.fromisoformat(v.replace("Z", "+00:00")).astimezone(UTC)
 
 
+_RAW_TYPES = ("track", "page", "screen")
+
+
 async def apply_events(session: AsyncSession, events: list[dict[str, Any]]) -> Affected:
     counts: dict[tuple[uuid.UUID, uuid.UUID, str, date], int] = defaultdict(int)
     traits: dict[tuple[uuid.UUID, uuid.UUID], list[trait_merge.Update]] = {}
+    account_traits: dict[tuple[uuid.UUID, str], list[trait_merge.Update]] = {}
+    account_members: set[tuple[uuid.UUID, uuid.UUID, str]] = set()
+    raw: list[dict[str, Any]] = []
     affected: Affected = defaultdict(set)
     merges: list[tuple[uuid.UUID, uuid.UUID, uuid.UUID, dict[str, Any], dict[str, str]]] = []
     stats: dict[tuple[uuid.UUID, uuid.UUID], _Stats] = {}
@@ -61,16 +71,25 @@ async def apply_events(session: AsyncSession, events: list[dict[str, Any]]) -> A
     for e in sorted(events, key=lambda e: e["timestamp"]):
         ws, pid = uuid.UUID(e["workspace_id"]), uuid.UUID(e["profile_id"])
         affected[ws].add(pid)
+        at = _parse_ts(e["timestamp"])
         if e["type"] != "merge":
-            stats.setdefault((ws, pid), _Stats()).add(_parse_ts(e["timestamp"]), rules[ws].order_value(e))
+            stats.setdefault((ws, pid), _Stats()).add(at, rules[ws].order_value(e), rules[ws].nps_score(e))
         if e["type"] == "merge":
             from_ = uuid.UUID(e["properties"]["merged_profile_id"])
             affected[ws].add(from_)
             merges.append((ws, pid, from_, e.get("traits") or {}, e["properties"].get("trait_times") or {}))
         elif e["type"] == "identify" and e.get("traits"):
             traits.setdefault((ws, pid), []).append((_ts_key(e["timestamp"]), e["traits"]))
+        elif e["type"] == "group" and (e.get("properties") or {}).get("groupId"):
+            gid = str(e["properties"]["groupId"])
+            account_members.add((ws, pid, gid))
+            if e.get("traits"):
+                account_traits.setdefault((ws, gid), []).append((_ts_key(e["timestamp"]), e["traits"]))
         elif e.get("event"):
-            counts[(ws, pid, e["event"], _parse_ts(e["timestamp"]).date())] += 1
+            counts[(ws, pid, e["event"], at.date())] += 1
+            if e["type"] in _RAW_TYPES:
+                raw.append({"ws": e["workspace_id"], "pid": e["profile_id"], "ev": e["event"], "at": at,
+                            "mid": e.get("message_id") or str(uuid.uuid4()), "props": e.get("properties") or {}})
     if counts:
         keys = list(counts)
         await session.execute(
@@ -86,12 +105,61 @@ async def apply_events(session: AsyncSession, events: list[dict[str, Any]]) -> A
             {"ws": [k[0] for k in keys], "pid": [k[1] for k in keys], "ev": [k[2] for k in keys],
              "day": [k[3] for k in keys], "n": [counts[k] for k in keys]},
         )
+    if raw:
+        await session.execute(
+            text(
+                """
+                insert into segment.profile_events (workspace_id, profile_id, event, at, message_id, properties)
+                select r.ws, r.pid, r.ev, r.at, r.mid, coalesce(r.props, '{}')
+                  from jsonb_to_recordset(CAST(:rows AS jsonb))
+                       as r(ws uuid, pid uuid, ev text, at timestamptz, mid text, props jsonb)
+                on conflict do nothing
+                """
+            ),
+            {"rows": dumps(raw)},
+        )
     if traits:
         await _merge_traits(session, traits)
+    if account_members or account_traits:
+        for ws, members in (await _apply_accounts(session, account_members, account_traits)).items():
+            affected[ws] |= members
     if stats:
         await _fold_stats(session, stats)
     for ws, into, from_, merged_traits, merged_times in merges:
         await merge_profiles(session, ws, into, from_, merged_traits, merged_times)
+    return affected
+
+
+async def _apply_accounts(session: AsyncSession, members: set[tuple[uuid.UUID, uuid.UUID, str]],
+                          updates: dict[tuple[uuid.UUID, str], list[trait_merge.Update]]) -> Affected:
+    """Record account memberships and merge account traits; every member of an account whose traits
+    changed is affected (its ``account_trait`` conditions may now differ)."""
+    if members:
+        m = sorted(members)
+        await session.execute(
+            text("insert into segment.account_members (workspace_id, profile_id, group_id) "
+                 "select * from unnest(CAST(:ws AS uuid[]), CAST(:pid AS uuid[]), CAST(:gid AS text[])) "
+                 "on conflict do nothing"),
+            {"ws": [k[0] for k in m], "pid": [k[1] for k in m], "gid": [k[2] for k in m]},
+        )
+    affected: Affected = defaultdict(set)
+    for (ws, gid), ups in sorted(updates.items()):
+        await session.execute(
+            text("insert into segment.accounts (workspace_id, group_id) values (:ws, :gid) on conflict do nothing"),
+            {"ws": ws, "gid": gid})
+        row = (await session.execute(
+            text("select traits, trait_times from segment.accounts where workspace_id = :ws and group_id = :gid "
+                 "for update"), {"ws": ws, "gid": gid})).one()
+        new, new_times = trait_merge.merge(row.traits, row.trait_times, ups)
+        if (new, new_times) == (row.traits, row.trait_times):
+            continue
+        await session.execute(
+            text("update segment.accounts set traits = CAST(:t AS jsonb), trait_times = CAST(:tt AS jsonb), "
+                 "updated_at = now() where workspace_id = :ws and group_id = :gid"),
+            {"ws": ws, "gid": gid, "t": dumps(new), "tt": dumps(new_times)})
+        affected[ws] |= set((await session.execute(
+            text("select profile_id from segment.account_members where workspace_id = :ws and group_id = :gid"),
+            {"ws": ws, "gid": gid})).scalars())
     return affected
 
 
@@ -147,11 +215,20 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
         """), params)
     await session.execute(text("delete from segment.event_counts where workspace_id = :ws and profile_id = :from"),
                           params)
+    for table, key in (("profile_events", "event, at, message_id, properties"), ("account_members", "group_id"),
+                       ("list_members", "list_id, added_at")):
+        await session.execute(text(
+            f"insert into segment.{table} (workspace_id, profile_id, {key}) "
+            f"select workspace_id, :into, {key} from segment.{table} where workspace_id = :ws and profile_id = :from "
+            f"on conflict do nothing"), params)
+        await session.execute(text(f"delete from segment.{table} where workspace_id = :ws and profile_id = :from"),
+                              params)
     await session.execute(text(
         f"""
         insert into segment.profile_stats as p (workspace_id, profile_id, first_seen, last_seen, order_count,
-                                                revenue, first_order_at, last_order_at)
-        select workspace_id, :into, first_seen, last_seen, order_count, revenue, first_order_at, last_order_at
+                                                revenue, first_order_at, last_order_at, last_nps, last_nps_at)
+        select workspace_id, :into, first_seen, last_seen, order_count, revenue, first_order_at, last_order_at,
+               last_nps, last_nps_at
           from segment.profile_stats where workspace_id = :ws and profile_id = :from
         {_STATS_FOLD}
         """), params)
@@ -176,8 +253,12 @@ class _Stats:
     revenue: float = 0.0
     first_order: datetime | None = None
     last_order: datetime | None = None
+    nps: float | None = None
+    nps_at: datetime | None = None
 
-    def add(self, at: datetime, order_value: float | None) -> None:
+    def add(self, at: datetime, order_value: float | None, nps: float | None = None) -> None:
+        if nps is not None and (self.nps_at is None or at >= self.nps_at):
+            self.nps, self.nps_at = nps, at
         self.first_seen = min(self.first_seen or at, at)
         self.last_seen = max(self.last_seen or at, at)
         if order_value is not None:
@@ -196,10 +277,11 @@ async def _purchase_rules(session: AsyncSession, workspaces: set[uuid.UUID]) -> 
 
 _FOLD_STATS = f"""
     insert into segment.profile_stats as p (workspace_id, profile_id, first_seen, last_seen, order_count, revenue,
-                                            first_order_at, last_order_at)
+                                            first_order_at, last_order_at, last_nps, last_nps_at)
     select * from unnest(CAST(:ws AS uuid[]), CAST(:pid AS uuid[]), CAST(:fs AS timestamptz[]),
                          CAST(:ls AS timestamptz[]), CAST(:n AS int[]), CAST(:rev AS numeric[]),
-                         CAST(:fo AS timestamptz[]), CAST(:lo AS timestamptz[]))
+                         CAST(:fo AS timestamptz[]), CAST(:lo AS timestamptz[]), CAST(:nps AS numeric[]),
+                         CAST(:npsat AS timestamptz[]))
     {_STATS_FOLD}
 """
 
@@ -211,48 +293,160 @@ async def _fold_stats(session: AsyncSession, stats: dict[tuple[uuid.UUID, uuid.U
         "fs": [stats[k].first_seen for k in keys], "ls": [stats[k].last_seen for k in keys],
         "n": [stats[k].orders for k in keys], "rev": [Decimal(str(round(stats[k].revenue, 6))) for k in keys],
         "fo": [stats[k].first_order for k in keys], "lo": [stats[k].last_order for k in keys],
+        "nps": [None if stats[k].nps is None else Decimal(str(stats[k].nps)) for k in keys],
+        "npsat": [stats[k].nps_at for k in keys],
     })
+
+
+@dataclass
+class Needs:
+    """What a set of definitions reads, so facts are loaded only for that."""
+
+    counts: set[str] = field(default_factory=set)  # event names: per-day counts
+    raw: set[str] = field(default_factory=set)  # event names: stored occurrences with properties
+    accounts: bool = False
+    lists: bool = False
+
+    @classmethod
+    def of(cls, nodes: Iterable[Any]) -> "Needs":
+        needs = cls()
+        for node in nodes:
+            needs.counts |= conditions.events_of(node)
+            needs.raw |= conditions.raw_events_of(node)
+            needs.accounts |= conditions.uses(node, conditions.AccountTraitNode)
+            needs.lists |= conditions.uses(node, conditions.ListNode)
+        return needs
+
+
+Memberships = dict[tuple[uuid.UUID, uuid.UUID], datetime]  # (segment id, profile id) -> entered at
+
+
+async def workspace_settings(session: AsyncSession, ws: uuid.UUID) -> dict[str, Any]:
+    raw = (await session.execute(text("select settings from core.workspaces where id = :ws"), {"ws": ws})).scalar()
+    return dict(raw or {})
+
+
+async def memberships(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) -> Memberships:
+    rows = await session.execute(
+        text("select segment_id, profile_id, entered_at from segment.memberships "
+             "where workspace_id = :ws and profile_id = any(CAST(:pids AS uuid[]))"),
+        {"ws": ws, "pids": pids},
+    )
+    return {(r.segment_id, r.profile_id): r.entered_at for r in rows}
 
 
 async def load_attributes(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID], today: date
                           ) -> dict[uuid.UUID, dict[str, Any]]:
-    rows = (await session.execute(
-        text("select * from segment.profile_stats where workspace_id = :ws and profile_id = any(CAST(:p AS uuid[]))"),
-        {"ws": ws, "p": pids},
-    )).mappings().all()
-    found = {r["profile_id"]: dict(r) for r in rows}
-    return {pid: attributes.derive(found.get(pid), today) for pid in pids}
+    facts = await _load_facts(session, ws, pids, Needs(), today)
+    return {pid: dict(facts[pid].attributes) for pid in pids}
 
 
-async def _load_facts(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID], events: set[str],
-                      today: date | None = None) -> dict[uuid.UUID, conditions.ProfileFacts]:
-    attrs = await load_attributes(session, ws, pids, today or datetime.now(UTC).date())
-    facts = {pid: conditions.ProfileFacts(profile_id=str(pid), traits={}, counts={}, attributes=attrs[pid])
+async def _load_facts(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID], needs: Needs,
+                      today: date | None = None, *, settings: dict[str, Any] | None = None,
+                      current: Memberships | None = None) -> dict[uuid.UUID, conditions.ProfileFacts]:
+    today = today or datetime.now(UTC).date()
+    settings = await workspace_settings(session, ws) if settings is None else settings
+    lead = attributes.LeadScoreRules.from_settings(settings)
+    count_events = needs.counts | {ev for ev, _ in lead.events}
+    params = {"ws": ws, "pids": pids}
+    stats = {r["profile_id"]: dict(r) for r in (await session.execute(
+        text("select * from segment.profile_stats "
+             "where workspace_id = :ws and profile_id = any(CAST(:pids AS uuid[]))"), params)).mappings()}
+    facts = {pid: conditions.ProfileFacts(profile_id=str(pid), traits={}, counts={},
+                                          attributes=attributes.derive(stats.get(pid), today), events={},
+                                          accounts=[], segments=set(), lists=set())
              for pid in pids}
-    rows = await session.execute(
+    for pid, t in await session.execute(
         text("select profile_id, traits from segment.profile_traits "
-             "where workspace_id = :ws and profile_id = any(CAST(:pids AS uuid[]))"),
-        {"ws": ws, "pids": pids},
-    )
-    for pid, t in rows:
+             "where workspace_id = :ws and profile_id = any(CAST(:pids AS uuid[]))"), params):
         facts[pid].traits = t
-    if events:
+    if count_events:
         rows = await session.execute(
             text("select profile_id, event, day, count from segment.event_counts "
                  "where workspace_id = :ws and profile_id = any(CAST(:pids AS uuid[])) "
                  "and event = any(CAST(:events AS text[]))"),
-            {"ws": ws, "pids": pids, "events": sorted(events)},
+            {**params, "events": sorted(count_events)},
         )
         for pid, event, day, n in rows:
             facts[pid].counts.setdefault(event, {})[day] = n  # type: ignore[index]
+    if needs.raw:
+        rows = await session.execute(
+            text("select profile_id, event, at, properties from segment.profile_events "
+                 "where workspace_id = :ws and profile_id = any(CAST(:pids AS uuid[])) "
+                 "and event = any(CAST(:events AS text[])) order by profile_id, event, at, message_id"),
+            {**params, "events": sorted(needs.raw)},
+        )
+        for pid, event, at, props in rows:
+            facts[pid].events.setdefault(event, []).append((at, props))  # type: ignore[attr-defined]
+    if needs.accounts:
+        rows = await session.execute(
+            text("select m.profile_id, a.traits from segment.account_members m join segment.accounts a "
+                 "on a.workspace_id = m.workspace_id and a.group_id = m.group_id "
+                 "where m.workspace_id = :ws and m.profile_id = any(CAST(:pids AS uuid[]))"), params)
+        for pid, t in rows:
+            facts[pid].accounts.append(t)  # type: ignore[attr-defined]
+    if needs.lists:
+        for pid, lid in await session.execute(
+                text("select profile_id, list_id from segment.list_members "
+                     "where workspace_id = :ws and profile_id = any(CAST(:pids AS uuid[]))"), params):
+            facts[pid].lists.add(str(lid))
+    stage_of = {lifecycle_mod.stage_segment_id(ws, st): st for st in lifecycle_mod.STAGES}
+    for (sid, pid), _ in (current or {}).items():
+        if pid in facts:
+            if sid in stage_of:
+                facts[pid].stage = stage_of[sid]
+            else:
+                facts[pid].segments.add(str(sid))
+    for f in facts.values():
+        attrs = dict(f.attributes)
+        nps = f.traits.get("nps")
+        if attrs.get("last_nps") is None and isinstance(nps, int | float) and not isinstance(nps, bool):
+            attrs["last_nps"] = float(nps)
+        attrs["lead_score"] = lead.score(f.counts, f.traits)
+        f.attributes = attrs
     return facts
+
+
+def _with_dependents(parsed: dict[uuid.UUID, tuple[int, Any]], selected: set[uuid.UUID], stages: bool
+                     ) -> set[uuid.UUID]:
+    """``selected`` plus every segment that (transitively) reads one of them, or reads the lifecycle
+    stage when stages are being recomputed: their memberships may change with them."""
+    out = set(selected) & set(parsed)
+    grew = True
+    while grew:
+        grew = False
+        for sid, (_, node) in parsed.items():
+            if sid not in out and (conditions.segments_of(node) & out
+                                   or stages and conditions.uses(node, conditions.StageNode)):
+                out.add(sid)
+                grew = True
+    return out
+
+
+def evaluation_order(parsed: dict[uuid.UUID, tuple[int, Any]], selected: set[uuid.UUID]) -> list[uuid.UUID]:
+    """Segments in an order where each comes after the segments it reads (cycles are refused on save)."""
+    order: list[uuid.UUID] = []
+    done: set[uuid.UUID] = set()
+
+    def visit(sid: uuid.UUID, path: set[uuid.UUID]) -> None:
+        if sid in done or sid in path or sid not in selected:
+            return
+        for dep in sorted(conditions.segments_of(parsed[sid][1])):
+            visit(dep, path | {sid})
+        done.add(sid)
+        order.append(sid)
+
+    for sid in sorted(selected):
+        visit(sid, set())
+    return order
 
 
 async def reevaluate(session: AsyncSession, ws: uuid.UUID, pids: Iterable[uuid.UUID], *,
                      today: date | None = None, segment_ids: set[uuid.UUID] | None = None,
                      lifecycle: bool | None = None) -> int:
-    """Recompute memberships of ``pids`` in the workspace's segments (all, or ``segment_ids``) and their
-    lifecycle stage (by default when all segments are evaluated); write only real changes."""
+    """Recompute memberships of ``pids`` in the workspace's segments (all, or ``segment_ids`` and the
+    segments that read them) and their lifecycle stage (by default when all segments are evaluated);
+    write only real changes."""
     pid_list = sorted(set(pids))
     if not pid_list:
         return 0
@@ -261,31 +455,28 @@ async def reevaluate(session: AsyncSession, ws: uuid.UUID, pids: Iterable[uuid.U
     # One evaluator per workspace at a time (feed consumer, backfill, replicas): memberships are read
     # after the lock, so two evaluators can never both write the same entry or exit.
     await session.execute(text("select pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"segment-eval:{ws}"})
-    segs = (await session.execute(
-        text("select id, version, definition from segment.segments where workspace_id = :ws"), {"ws": ws}
-    )).all()
-    if segment_ids is not None:
-        segs = [s for s in segs if s.id in segment_ids]
-    if not segs and not with_stages:
-        return 0
-    parsed = [(s.id, s.version, conditions.parse(s.definition)) for s in segs]
-    needed = {ev for _, _, node in parsed for ev in conditions.events_of(node)}
-    cfg = await lifecycle_settings(session, ws) if with_stages else None
-    stage_ids = {lifecycle_mod.stage_segment_id(ws, st): st for st in lifecycle_mod.STAGES} if cfg else {}
-    if cfg:
-        needed |= cfg.events()
-    facts = await _load_facts(session, ws, pid_list, needed, today)
-    current = {
-        (r.segment_id, r.profile_id): r.entered_at
+    parsed = {
+        r.id: (r.version, conditions.parse(r.definition))
         for r in await session.execute(
-            text("select segment_id, profile_id, entered_at from segment.memberships "
-                 "where workspace_id = :ws and profile_id = any(CAST(:pids AS uuid[])) "
-                 "and segment_id = any(CAST(:sids AS uuid[]))"),
-            {"ws": ws, "pids": pid_list, "sids": [s[0] for s in parsed] + list(stage_ids)},
-        )
+            text("select id, version, definition from segment.segments where workspace_id = :ws"), {"ws": ws})
     }
+    selected = set(parsed) if segment_ids is None else _with_dependents(parsed, segment_ids, with_stages)
+    order = evaluation_order(parsed, selected)
+    if not order and not with_stages:
+        return 0
+    settings = await workspace_settings(session, ws)
+    cfg = lifecycle_mod.LifecycleSettings.from_settings(settings) if with_stages else None
+    needs = Needs.of(parsed[sid][1] for sid in order)
+    if cfg:
+        needs.counts |= cfg.events()
+    current = await memberships(session, ws, pid_list)
+    facts = await _load_facts(session, ws, pid_list, needs, today, settings=settings, current=current)
     changes: list[Change] = []
-    for sid, version, node in parsed:
+    if cfg:
+        changes += _stage_changes(cfg, ws, current, facts, today)
+    for sid in order:
+        version, node = parsed[sid]
+        key = str(sid)
         for pid in pid_list:
             member = conditions.evaluate(node, facts[pid], today)
             was = (sid, pid) in current
@@ -293,8 +484,7 @@ async def reevaluate(session: AsyncSession, ws: uuid.UUID, pids: Iterable[uuid.U
                 changes.append((sid, version, pid, "entered"))
             elif was and not member:
                 changes.append((sid, version, pid, "exited"))
-    if cfg:
-        changes += _stage_changes(cfg, stage_ids, current, facts, today)
+            (facts[pid].segments.add if member else facts[pid].segments.discard)(key)  # segments reading this one
     if not changes:
         return 0
     entered = [c for c in changes if c[3] == "entered"]
@@ -324,10 +514,11 @@ async def reevaluate(session: AsyncSession, ws: uuid.UUID, pids: Iterable[uuid.U
 Change = tuple[uuid.UUID, int, uuid.UUID, str]  # (segment id, version, profile id, "entered" | "exited")
 
 
-def _stage_changes(cfg: lifecycle_mod.LifecycleSettings, stage_ids: dict[uuid.UUID, str],
-                   current: dict[tuple[uuid.UUID, uuid.UUID], datetime],
+def _stage_changes(cfg: lifecycle_mod.LifecycleSettings, ws: uuid.UUID, current: Memberships,
                    facts: dict[uuid.UUID, conditions.ProfileFacts], today: date) -> list[Change]:
-    """Lifecycle stages are memberships of per-stage segments: a stage change is an exit and an entry."""
+    """Lifecycle stages are memberships of per-stage segments: a stage change is an exit and an entry.
+    Sets each profile's new stage in its facts (segments may read it)."""
+    stage_ids = {lifecycle_mod.stage_segment_id(ws, st): st for st in lifecycle_mod.STAGES}
     previous: dict[uuid.UUID, tuple[uuid.UUID, datetime]] = {
         pid: (sid, at) for (sid, pid), at in current.items() if sid in stage_ids}
     changes = []
@@ -339,9 +530,10 @@ def _stage_changes(cfg: lifecycle_mod.LifecycleSettings, stage_ids: dict[uuid.UU
             days_since_last_activity=f.attributes.get("days_since_last_activity"),
             order_count=int(f.attributes.get("order_count") or 0),
             performed={ev for ev in cfg.events() if sum(f.counts.get(ev, {}).values()) > 0},
-            nps=f.traits.get("nps"),
+            nps=f.attributes.get("last_nps"),
         )
         new_stage = lifecycle_mod.next_stage(stage_input, old_stage, old[1].date() if old else None, today, cfg)
+        f.stage = new_stage
         if new_stage == old_stage:
             continue
         if old:
@@ -352,8 +544,7 @@ def _stage_changes(cfg: lifecycle_mod.LifecycleSettings, stage_ids: dict[uuid.UU
 
 
 async def lifecycle_settings(session: AsyncSession, ws: uuid.UUID) -> lifecycle_mod.LifecycleSettings:
-    raw = (await session.execute(text("select settings from core.workspaces where id = :ws"), {"ws": ws})).scalar()
-    return lifecycle_mod.LifecycleSettings.from_settings(raw)
+    return lifecycle_mod.LifecycleSettings.from_settings(await workspace_settings(session, ws))
 
 
 async def fetch_events(internal: InternalClient, cursor: str, limit: int) -> dict[str, Any]:
@@ -475,20 +666,35 @@ async def recheck_lifecycle(session: AsyncSession, today: date) -> int:
 async def preview(session: AsyncSession, ws: uuid.UUID, node: Any, *, sample: int = 10,
                   today: date | None = None) -> dict[str, Any]:
     """How many known profiles a definition matches now, with a sample, without saving anything."""
+    page = await search(session, ws, node, after=None, limit=sample, today=today)
+    return {"count": page["count"], "sample": [p["profile_id"] for p in page["profiles"]],
+            "profiles_evaluated": page["profiles_evaluated"]}
+
+
+async def search(session: AsyncSession, ws: uuid.UUID, node: Any, *, after: uuid.UUID | None, limit: int,
+                 today: date | None = None) -> dict[str, Any]:
+    """Known profiles matching a definition, in id order after ``after`` (a page of ``limit``, with
+    their traits and computed attributes), and how many match in all."""
     today = today or datetime.now(UTC).date()
-    needed = set(conditions.events_of(node))
+    needs = Needs.of([node])
+    settings = await workspace_settings(session, ws)
     count = evaluated = 0
-    picked: list[str] = []
-    after: uuid.UUID | None = None
+    picked: list[dict[str, Any]] = []
+    cursor: uuid.UUID | None = None
     while True:
-        pids = await known_profiles(session, ws, after, EVAL_CHUNK)
-        facts = await _load_facts(session, ws, pids, needed, today)
+        pids = await known_profiles(session, ws, cursor, EVAL_CHUNK)
+        current = await memberships(session, ws, pids) if conditions.uses(
+            node, conditions.SegmentRefNode | conditions.StageNode) else {}
+        facts = await _load_facts(session, ws, pids, needs, today, settings=settings, current=current)
         for pid in pids:
             if conditions.evaluate(node, facts[pid], today):
                 count += 1
-                if len(picked) < sample:
-                    picked.append(str(pid))
+                if (after is None or pid > after) and len(picked) < limit:
+                    f = facts[pid]
+                    picked.append({"profile_id": str(pid), "traits": dict(f.traits), "attributes": dict(f.attributes),
+                                   "stage": f.stage})
         evaluated += len(pids)
         if len(pids) < EVAL_CHUNK:
-            return {"count": count, "sample": picked, "profiles_evaluated": evaluated}
-        after = pids[-1]
+            return {"count": count, "profiles": picked, "profiles_evaluated": evaluated,
+                    "next_cursor": picked[-1]["profile_id"] if len(picked) == limit else None}
+        cursor = pids[-1]

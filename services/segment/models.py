@@ -5,7 +5,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Identity, Index, Numeric, UniqueConstraint
+from sqlalchemy import BigInteger, Column, DateTime, Identity, Index, Numeric, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from shared.db import jsonb_column, metadata_for, tz_column, xid_column
@@ -73,6 +73,10 @@ class ProfileStats(SegmentTable, table=True):
                                                                                default_now=False))
     last_order_at: datetime | None = Field(default=None, sa_column=tz_column("last_order_at", nullable=True,
                                                                              default_now=False))
+    # the newest NPS survey answer (attributes.py: ``last_nps``)
+    last_nps: Decimal | None = Field(default=None, sa_column=Column(Numeric, nullable=True))
+    last_nps_at: datetime | None = Field(default=None, sa_column=tz_column("last_nps_at", nullable=True,
+                                                                           default_now=False))
 
 
 class WorkspaceCheck(SegmentTable, table=True):
@@ -120,3 +124,60 @@ class Transition(SegmentTable, table=True):
     profile_id: uuid.UUID
     kind: str  # "entered" | "exited"
     at: datetime = Field(sa_column=tz_column("at"))
+
+
+class ProfileEvent(SegmentTable, table=True):
+    """Each track/page/screen occurrence with its properties: what property filters, aggregates over a
+    window, last-event properties and keyed conditions read (plain counts use ``event_counts``)."""
+
+    __tablename__ = "profile_events"
+
+    workspace_id: uuid.UUID = Field(primary_key=True)
+    profile_id: uuid.UUID = Field(primary_key=True)
+    event: str = Field(primary_key=True)
+    at: datetime = Field(sa_column=Column("at", DateTime(timezone=True), primary_key=True))
+    message_id: str = Field(primary_key=True)
+    properties: dict[str, Any] = Field(sa_column=jsonb_column("properties"))
+
+
+class Account(SegmentTable, table=True):
+    """A B2B account (``group`` call): its traits, merged newest-per-trait like profile traits."""
+
+    __tablename__ = "accounts"
+
+    workspace_id: uuid.UUID = Field(primary_key=True)
+    group_id: str = Field(primary_key=True)
+    traits: dict[str, Any] = Field(sa_column=jsonb_column("traits"))
+    trait_times: dict[str, str] = Field(sa_column=jsonb_column("trait_times"))
+    updated_at: datetime = Field(sa_column=tz_column("updated_at"))
+
+
+class AccountMember(SegmentTable, table=True):
+    __tablename__ = "account_members"
+    __table_args__ = (Index("ix_account_members_workspace_id_group_id", "workspace_id", "group_id"),)
+
+    workspace_id: uuid.UUID = Field(primary_key=True)
+    profile_id: uuid.UUID = Field(primary_key=True)
+    group_id: str = Field(primary_key=True)
+
+
+class ManualList(SegmentTable, table=True):
+    """A list of profiles uploaded by hand (ids through the API or a CSV file)."""
+
+    __tablename__ = "lists"
+    __table_args__ = (UniqueConstraint("workspace_id", "name"),)
+
+    id: uuid.UUID = Field(primary_key=True)
+    workspace_id: uuid.UUID
+    name: str
+    created_at: datetime = Field(sa_column=tz_column("created_at"))
+
+
+class ListMember(SegmentTable, table=True):
+    __tablename__ = "list_members"
+    __table_args__ = (Index("ix_list_members_workspace_id_profile_id", "workspace_id", "profile_id"),)
+
+    workspace_id: uuid.UUID = Field(primary_key=True)
+    list_id: uuid.UUID = Field(primary_key=True)
+    profile_id: uuid.UUID = Field(primary_key=True)
+    added_at: datetime = Field(sa_column=tz_column("added_at"))

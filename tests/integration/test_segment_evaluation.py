@@ -75,7 +75,7 @@ async def test_a_merge_folds_counts_and_moves_membership(apps, workspace, sessio
     members = (await apps["segment"].get(f"/v1/segments/{seg.json()['id']}/members", headers=h)).json()
     assert [m["profile_id"] for m in members["members"]] == [str(user)]
     async with sessionmaker() as s:
-        facts = await evaluation._load_facts(s, ws, [user, device], {"Order Completed"})
+        facts = await evaluation._load_facts(s, ws, [user, device], evaluation.Needs(counts={"Order Completed"}))
     assert sum(facts[user].counts["Order Completed"].values()) == 3 and facts[user].traits == {"plan": "pro"}
     assert facts[device].counts == {} and facts[device].traits == {}
 

@@ -27,6 +27,8 @@ from services.ingest.schemas import (
     ProfileList,
     ProfileOut,
     Rejected,
+    ResolveOut,
+    ResolveRequest,
     ScreenMessage,
     TrackMessage,
     TrackResponse,
@@ -204,6 +206,20 @@ async def read_event_feed(
     async with session.begin():
         events, next_cursor = await eventlog.read_feed(session, cursor, limit)
     return {"events": events, "next_cursor": next_cursor.encode()}
+
+
+@profiles_router.post(
+    "/profiles/resolve",
+    response_model=ResolveOut,
+    operation_id="resolve_profiles",
+    summary="Profile ids for many references at once (internal token, X-Tenure-Workspace)",
+    responses=COMMON_ERRORS,
+)
+async def resolve_profile_refs(body: ResolveRequest, principal: InternalDep, session: SessionDep) -> dict[str, Any]:
+    ws = principal.require_workspace()
+    async with session.begin():
+        found = await profiles.resolve_refs(session, ws, body.refs)
+    return {"profiles": {ref: str(pid) for ref, pid in found.items()}}
 
 
 @profiles_router.get(

@@ -213,6 +213,34 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
     return True
 
 
+_UUID_RE = "^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+
+
+async def resolve_refs(session: AsyncSession, ws: uuid.UUID, refs: list[str]) -> dict[str, uuid.UUID]:
+    """Live profile ids for many references at once (profile id, ``userId``, ``anonymousId`` or email, in
+    that order of precedence); references no profile has are left out."""
+    rows = await session.execute(
+        text(
+            f"""
+            select r.ref, coalesce(
+                     (select coalesce(p.merged_into, p.id) from ingest.profiles p
+                       where p.workspace_id = :ws and r.ref ~ '{_UUID_RE}' and p.id = (
+                             case when r.ref ~ '{_UUID_RE}' then r.ref::uuid end)),
+                     (select i.profile_id from ingest.identities i
+                       where i.workspace_id = :ws and i.kind = 'user_id' and i.value = r.ref),
+                     (select i.profile_id from ingest.identities i
+                       where i.workspace_id = :ws and i.kind = 'anonymous_id' and i.value = r.ref),
+                     (select p.id from ingest.profiles p
+                       where p.workspace_id = :ws and (p.traits->>'email') = r.ref and p.merged_into is null
+                       order by p.id limit 1)) as pid
+              from (select distinct ref from jsonb_array_elements_text(CAST(:refs AS jsonb)) as j(ref)) as r
+            """
+        ),
+        {"ws": ws, "refs": dumps(refs)},
+    )
+    return {ref: pid for ref, pid in rows if pid is not None}
+
+
 async def resolve_ref(session: AsyncSession, ws: uuid.UUID, ref: str) -> uuid.UUID:
     """The live profile id for a profile id (following merges), ``userId``, ``anonymousId`` or email."""
     by_id: uuid.UUID | None = None

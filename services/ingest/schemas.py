@@ -227,3 +227,11 @@ class PrivacyRequestOut(BaseModel):
     removed: dict[str, int] = Field(description="rows removed in ingest, per table")
     created_at: datetime
     completed_at: datetime | None
+
+
+class ResolveRequest(BaseModel):
+    refs: list[str] = Field(min_length=1, max_length=10_000, description="profile ids, userIds, anonymousIds or emails")
+
+
+class ResolveOut(BaseModel):
+    profiles: dict[str, str] = Field(description="reference -> live profile id; unknown references are left out")

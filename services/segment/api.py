@@ -5,16 +5,24 @@ from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.segment import evaluation, metrics, segments
+from services.segment import evaluation, lists, metrics, segments
 from services.segment.schemas import (
     LifecycleOverview,
+    ListCreate,
+    ListIds,
+    ListOut,
+    ListPage,
+    ListUpload,
     MemberList,
     PreviewOut,
     PreviewRequest,
     ProfileAttributes,
     ProfileStage,
     RetentionMetrics,
+    SearchOut,
+    SearchRequest,
     SegmentCreate,
     SegmentList,
     SegmentOut,
@@ -51,7 +59,22 @@ async def create_segment(
 async def preview_segment(body: PreviewRequest, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
     node = segments.validate_definition(body.definition)
     async with session.begin():
+        await segments.check_references(session, ws, node)
         return await evaluation.preview(session, ws, node, sample=body.sample)
+
+
+@router.post("/profiles/search", response_model=SearchOut, operation_id="search_profiles", tags=["profiles"],
+             summary="Profiles matching a condition (trait, computed attribute, segment membership, …), "
+                     "a page at a time, with the total count", responses=COMMON_ERRORS)
+async def search_profiles(body: SearchRequest, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+    node = segments.validate_definition(body.definition)
+    try:
+        after = uuid.UUID(body.after) if body.after else None
+    except ValueError:
+        raise ValidationFailed("after must be the next_cursor of a previous page") from None
+    async with session.begin():
+        await segments.check_references(session, ws, node)
+        return await evaluation.search(session, ws, node, after=after, limit=body.limit)
 
 
 @router.put("/segments/{segment_id}", response_model=SegmentOut, operation_id="update_segment",
@@ -160,3 +183,69 @@ async def stage_series(
         raise ValidationFailed("end must be on or after start, and at most 366 days later")
     async with session.begin():
         return {"days": await metrics.stage_series(session, ws, start, end)}
+
+
+_LIST_NOT_FOUND = {**COMMON_ERRORS, 404: problem_schema("No such list")}
+lists_router = APIRouter(prefix="/v1", tags=["lists"])
+
+
+@lists_router.post("/lists", status_code=201, response_model=ListOut, operation_id="create_list",
+                   summary="Create a manual list (then upload ids to it)",
+                   responses={**COMMON_ERRORS, 409: problem_schema("Name already used")})
+async def create_list(body: ListCreate, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+    async with session.begin():
+        return await lists.create_list(session, ws, body.name)
+
+
+@lists_router.get("/lists", response_model=ListPage, operation_id="list_lists", summary="Manual lists",
+                  responses=COMMON_ERRORS)
+async def list_lists(ws: WorkspaceDep, session: SessionDep, after: AfterDep, limit: Limit = 100) -> dict[str, Any]:
+    async with session.begin():
+        items, nxt = await lists.list_lists(session, ws, after, limit)
+    return {"lists": items, "next_cursor": nxt}
+
+
+@lists_router.get("/lists/{list_id}", response_model=ListOut, operation_id="get_list", summary="One manual list",
+                  responses=_LIST_NOT_FOUND)
+async def get_list(list_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+    async with session.begin():
+        return await lists.get_list(session, ws, list_id)
+
+
+async def _change(request: Request, session: AsyncSession, ws: uuid.UUID, list_id: uuid.UUID, refs: list[str], *,
+                  add: bool) -> dict[str, Any]:
+    async with session.begin():
+        await lists.get_list(session, ws, list_id)  # 404 before asking ingest
+    found = await lists.resolve(request.app.state.internal, ws, refs)
+    async with session.begin():
+        return await lists.change_members(session, ws, list_id, found, refs, add=add)
+
+
+@lists_router.post("/lists/{list_id}/members", response_model=ListUpload, operation_id="add_list_members",
+                   summary="Add profiles to a list by profile id, userId, anonymousId or email",
+                   responses=_LIST_NOT_FOUND)
+async def add_list_members(list_id: uuid.UUID, body: ListIds, ws: WorkspaceDep, session: SessionDep,
+                           request: Request) -> dict[str, Any]:
+    return await _change(request, session, ws, list_id, body.ids, add=True)
+
+
+@lists_router.post(
+    "/lists/{list_id}/members/csv", response_model=ListUpload, operation_id="upload_list_csv",
+    summary="Add profiles to a list from a CSV file (first column: ids; an `id`/`email` header is skipped)",
+    responses=_LIST_NOT_FOUND,
+    openapi_extra={"requestBody": {"required": True, "content": {"text/csv": {
+        "schema": {"type": "string"}, "example": "email\nada@example.com\ngrace@example.com\n"}}}},
+)
+async def upload_list_csv(list_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, request: Request
+                          ) -> dict[str, Any]:
+    body = await request.body()
+    if len(body) > 2 * 1024 * 1024:
+        raise ValidationFailed("The CSV file is over 2 MB")
+    return await _change(request, session, ws, list_id, lists.ids_from_csv(body), add=True)
+
+
+@lists_router.post("/lists/{list_id}/members/remove", response_model=ListUpload, operation_id="remove_list_members",
+                   summary="Take profiles off a list", responses=_LIST_NOT_FOUND)
+async def remove_list_members(list_id: uuid.UUID, body: ListIds, ws: WorkspaceDep, session: SessionDep,
+                              request: Request) -> dict[str, Any]:
+    return await _change(request, session, ws, list_id, body.ids, add=False)

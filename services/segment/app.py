@@ -3,7 +3,7 @@
 from fastapi import FastAPI
 
 from services.segment import privacy
-from services.segment.api import feed_router, router
+from services.segment.api import feed_router, lists_router, router
 from shared.privacy import privacy_router
 from shared.settings import Settings
 from shared.web import create_service_app
@@ -16,5 +16,5 @@ event feed arrives. Entries and exits are written to a transition log that campa
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    routers = [router, feed_router, privacy_router("segment", privacy.erase, privacy.export)]
+    routers = [router, lists_router, feed_router, privacy_router("segment", privacy.erase, privacy.export)]
     return create_service_app("segment", settings or Settings(), routers=routers, description=DESCRIPTION)

@@ -1,4 +1,5 @@
-"""Erasure and export of what segment holds about profiles: traits copy, counts, memberships, transitions."""
+"""Erasure and export of what segment holds about profiles: traits copy, counts, stored events, account and
+list memberships, segment memberships, transitions."""
 
 import uuid
 from typing import Any
@@ -6,7 +7,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-_TABLES = ("event_counts", "profile_traits", "profile_stats", "memberships", "transitions")
+_TABLES = ("event_counts", "profile_events", "profile_traits", "profile_stats", "account_members", "list_members",
+           "memberships", "transitions")
 
 
 async def erase(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) -> dict[str, int]:

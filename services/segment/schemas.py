@@ -17,7 +17,9 @@ DEFINITION_EXAMPLE = {
 class SegmentCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200, examples=["Repeat buyers on Pro"])
     definition: dict[str, Any] = Field(
-        description="condition tree: and/or/not, trait, performed (see the README)",
+        description="condition tree: and/or/not, trait, account_trait, performed (with `where` property filters), "
+                    "performed_time, aggregate, last_event_property, keyed, email_engagement, stage, segment, "
+                    "list, attribute, random_bucket (see docs/segments.md)",
         examples=[DEFINITION_EXAMPLE],
     )
 
@@ -89,6 +91,8 @@ class ProfileAttributes(BaseModel):
     last_seen: datetime | None
     days_since_last_activity: int | None
     days_since_last_order: int | None
+    last_nps: float | None = Field(None, description="newest NPS survey answer (0–10), else the `nps` trait")
+    lead_score: float = Field(0, description="points from the workspace's lead score rules")
 
 
 class StageCount(BaseModel):
@@ -130,3 +134,53 @@ class RetentionMetrics(BaseModel):
 
 class StageSeries(BaseModel):
     days: list[dict[str, Any]] = Field(description="per day: the number of profiles in each stage at its end")
+
+
+class SearchRequest(BaseModel):
+    definition: dict[str, Any] = Field(
+        description="which profiles: any condition tree (a trait, an attribute, a segment membership, …)",
+        examples=[{"type": "attribute", "attribute": "order_count", "op": "gte", "value": 2}])
+    limit: int = Field(50, ge=1, le=1000, description="page size")
+    after: str | None = Field(None, description="next_cursor of the previous page")
+
+
+class FoundProfile(BaseModel):
+    profile_id: str
+    traits: dict[str, Any]
+    attributes: dict[str, Any] = Field(description="computed attributes")
+    stage: str | None = Field(description="lifecycle stage")
+
+
+class SearchOut(BaseModel):
+    count: int = Field(description="profiles matching in all")
+    profiles: list[FoundProfile]
+    profiles_evaluated: int
+    next_cursor: str | None = Field(None, description="pass as `after` for the next page")
+
+
+class ListCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=200, examples=["Beta testers"])
+
+
+class ListOut(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+    members: int = Field(description="profiles on the list")
+
+
+class ListPage(BaseModel):
+    lists: list[ListOut]
+    next_cursor: str | None = None
+
+
+class ListIds(BaseModel):
+    ids: list[str] = Field(min_length=1, max_length=10_000,
+                           description="profile ids, userIds, anonymousIds or emails",
+                           examples=[["u-42", "ada@example.com"]])
+
+
+class ListUpload(BaseModel):
+    added: int = Field(description="profiles newly on the list")
+    removed: int = 0
+    unknown: list[str] = Field(description="ids no profile has (nothing was done for them)")

@@ -25,9 +25,41 @@ def validate_definition(definition: dict[str, Any]) -> Any:
         raise ValidationFailed("The segment definition is not valid", errors=errors) from None
 
 
+async def check_references(session: AsyncSession, ws: uuid.UUID, node: Any, segment_id: uuid.UUID | None = None
+                           ) -> None:
+    """Segments and lists a definition names must exist in the workspace, and segments must not read
+    each other in a cycle (``segment_id``: the segment being edited)."""
+    refs = conditions.segments_of(node)
+    lists = {n.list_id for n in conditions.walk(node) if isinstance(n, conditions.ListNode)}
+    errors = []
+    if refs or segment_id:
+        graph = {r.id: conditions.segments_of(conditions.parse(r.definition)) for r in await session.execute(
+            text("select id, definition from segment.segments where workspace_id = :ws"), {"ws": ws})}
+        errors += [{"at": "definition", "msg": f"no segment {r} in this workspace"} for r in sorted(refs - set(graph))]
+        if segment_id is not None:
+            graph[segment_id] = refs
+            stack, seen = list(refs), set()
+            while stack:
+                sid = stack.pop()
+                if sid == segment_id:
+                    errors.append({"at": "definition", "msg": "segments would read each other in a cycle"})
+                    break
+                if sid not in seen:
+                    seen.add(sid)
+                    stack.extend(graph.get(sid, ()))
+    if lists:
+        known = set((await session.execute(
+            text("select id from segment.lists where workspace_id = :ws and id = any(CAST(:ids AS uuid[]))"),
+            {"ws": ws, "ids": list(lists)})).scalars())
+        errors += [{"at": "definition", "msg": f"no list {lid} in this workspace"} for lid in sorted(lists - known)]
+    if errors:
+        raise ValidationFailed("The segment definition is not valid", errors=errors)
+
+
 async def create_segment(session: AsyncSession, ws: uuid.UUID, name: str, definition: dict[str, Any]
                          ) -> dict[str, Any]:
     node = validate_definition(definition)
+    await check_references(session, ws, node)
     row = await insert_one_or_conflict(
         session,
         f"insert into segment.segments (id, workspace_id, name, definition) "
@@ -42,6 +74,7 @@ async def update_segment(session: AsyncSession, ws: uuid.UUID, segment_id: uuid.
                          definition: dict[str, Any]) -> dict[str, Any]:
     """A new version: members are re-evaluated in the background and only real changes are written."""
     node = validate_definition(definition)
+    await check_references(session, ws, node, segment_id)
     row = await insert_one_or_conflict(
         session,
         f"update segment.segments set name = coalesce(:name, name), definition = CAST(:d AS jsonb), "

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -221,3 +222,36 @@ async def test_erasure_reaches_every_service_and_suppresses_later_events(stack, 
         assert again.json()["suppressed"] == 1 and again.json()["accepted"] == 0
         await asyncio.sleep(3)
         assert len(box.messages) == 1
+
+
+async def test_manual_list_from_csv_drives_a_segment(stack, workspace) -> None:
+    s, _ = stack
+    mgmt = {"Authorization": f"Bearer {workspace.secret_key}"}
+    wk = (workspace.write_key, "")
+    async with httpx.AsyncClient(timeout=10) as c:
+        for uid, email in (("list-1", "ada@list.example"), ("list-2", "bob@list.example"), ("list-3", None)):
+            traits = {"email": email} if email else {}
+            r = await c.post(f"{s.url('ingest')}/v1/identify", auth=wk, json={"userId": uid, "traits": traits})
+            assert r.status_code == 200
+        lst = (await c.post(f"{s.url('segment')}/v1/lists", headers=mgmt, json={"name": "beta"})).json()
+        seg = (await c.post(f"{s.url('segment')}/v1/segments", headers=mgmt, json={
+            "name": "beta testers", "definition": {"type": "list", "list_id": lst["id"]}})).json()
+        csv_body = "email\nada@list.example\nnobody@list.example\n\nlist-3\n"
+        r = await c.post(f"{s.url('segment')}/v1/lists/{lst['id']}/members/csv", headers={
+            **mgmt, "Content-Type": "text/csv"}, content=csv_body)
+        assert r.status_code == 200, r.text
+        assert r.json()["added"] == 2 and r.json()["unknown"] == ["nobody@list.example"]
+        ids = {(await c.get(f"{s.url('ingest')}/v1/profiles/{ref}", headers=mgmt)).json()["id"]
+               for ref in ("list-1", "list-3")}
+        members = (await c.get(f"{s.url('segment')}/v1/segments/{seg['id']}/members", headers=mgmt)).json()
+        assert {m["profile_id"] for m in members["members"]} == ids
+        r = await c.post(f"{s.url('segment')}/v1/lists/{lst['id']}/members/remove", headers=mgmt,
+                         json={"ids": ["list-3"]})
+        assert r.json()["removed"] == 1
+        got = (await c.get(f"{s.url('segment')}/v1/lists/{lst['id']}", headers=mgmt)).json()
+        assert got["members"] == 1
+        members = (await c.get(f"{s.url('segment')}/v1/segments/{seg['id']}/members", headers=mgmt)).json()
+        assert len(members["members"]) == 1
+        missing = await c.post(f"{s.url('segment')}/v1/lists/{uuid.uuid4()}/members", headers=mgmt,
+                               json={"ids": ["list-1"]})
+        assert missing.status_code == 404

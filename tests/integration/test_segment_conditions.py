@@ -1,0 +1,208 @@
+"""Every kind of segment condition on real PostgreSQL: definitions saved through the API, events folded
+as the feed consumer folds them, members read back through the API."""
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.segment import evaluation
+
+NOW = datetime.now(UTC)
+
+
+def _ev(ws, pid, kind="track", *, event=None, props=None, traits=None, days_ago=0.0) -> dict:
+    return {"workspace_id": str(ws), "profile_id": str(pid), "type": kind, "event": event,
+            "message_id": uuid.uuid4().hex, "properties": props or {}, "traits": traits or {},
+            "timestamp": (NOW - timedelta(days=days_ago)).isoformat()}
+
+
+async def _fold(sessionmaker, events) -> None:
+    async with sessionmaker() as s, s.begin():
+        affected = await evaluation.apply_events(s, events)
+        for ws, pids in affected.items():
+            await evaluation.reevaluate(s, ws, pids)
+
+
+class Ctx:
+    def __init__(self, apps, workspace, sessionmaker):
+        self.seg = apps["segment"]
+        self.ws = workspace.workspace_id
+        self.h = {"Authorization": f"Bearer {workspace.secret_key}"}
+        self.sm = sessionmaker
+
+    async def segment(self, definition: dict) -> str:
+        r = await self.seg.post("/v1/segments", headers=self.h, json={"name": uuid.uuid4().hex, "definition": definition})
+        assert r.status_code == 201, r.text
+        sid = r.json()["id"]
+        async with self.sm() as s:
+            await evaluation.evaluate_fully(s, self.ws, {uuid.UUID(sid)})
+        return sid
+
+    async def members(self, sid: str) -> set[str]:
+        r = await self.seg.get(f"/v1/segments/{sid}/members", headers=self.h)
+        assert r.status_code == 200, r.text
+        return {m["profile_id"] for m in r.json()["members"]}
+
+
+@pytest.fixture
+def ctx(apps, workspace, sessionmaker) -> Ctx:
+    return Ctx(apps, workspace, sessionmaker)
+
+
+async def test_behaviour_with_property_filters_windows_and_aggregates(ctx) -> None:
+    a, b, c = (uuid.uuid4() for _ in range(3))
+    ws = ctx.ws
+    await _fold(ctx.sm, [
+        _ev(ws, a, event="Order Completed", props={"revenue": 120, "category": "shoes"}, days_ago=2),
+        _ev(ws, a, event="Order Completed", props={"revenue": 400, "category": "shoes"}, days_ago=40),
+        _ev(ws, b, event="Order Completed", props={"revenue": 80, "category": "hats"}, days_ago=1),
+        _ev(ws, b, event="Order Completed", props={"revenue": 90, "category": "shoes", "item": {"brand": "Acme"}},
+            days_ago=3),
+        _ev(ws, c, event="Product Viewed", props={"category": "hats"}, days_ago=5),
+        _ev(ws, c, event="Product Viewed", props={"category": "shoes"}, days_ago=1),
+        _ev(ws, c, event="Signed Up", days_ago=100),
+    ])
+    shoes_twice = await ctx.segment({"type": "performed", "event": "Order Completed", "count": 2,
+                                     "where": [{"property": "category", "value": "shoes"}]})
+    assert await ctx.members(shoes_twice) == {str(a)}
+    recent_shoes = await ctx.segment({"type": "performed", "event": "Order Completed", "within_days": 7,
+                                      "where": [{"property": "category", "op": "in", "value": ["shoes", "boots"]}]})
+    assert await ctx.members(recent_shoes) == {str(a), str(b)}
+    nested = await ctx.segment({"type": "performed", "event": "Order Completed",
+                                "where": [{"property": "item.brand", "op": "starts_with", "value": "Ac"}]})
+    assert await ctx.members(nested) == {str(b)}
+    day = (NOW - timedelta(days=40)).date()
+    between = await ctx.segment({"type": "performed", "event": "Order Completed",
+                                 "between": {"start": str(day - timedelta(days=1)), "end": str(day)}})
+    assert await ctx.members(between) == {str(a)}
+    big_spenders = await ctx.segment({"type": "aggregate", "event": "Order Completed", "property": "revenue",
+                                      "function": "sum", "within_days": 30, "op": "gte", "value": 150})
+    assert await ctx.members(big_spenders) == {str(b)}  # a's 400 is outside the window
+    high_avg = await ctx.segment({"type": "aggregate", "event": "Order Completed", "property": "revenue",
+                                  "function": "avg", "op": "gt", "value": 200})
+    assert await ctx.members(high_avg) == {str(a)}
+    last_viewed_shoes = await ctx.segment({"type": "last_event_property", "event": "Product Viewed",
+                                           "property": "category", "value": "shoes"})
+    assert await ctx.members(last_viewed_shoes) == {str(c)}
+    old_signup = await ctx.segment({"type": "performed_time", "event": "Signed Up", "which": "first",
+                                    "op": "over_days_ago", "value": 90})
+    assert await ctx.members(old_signup) == {str(c)}
+    recent_buyer = await ctx.segment({"type": "performed_time", "event": "Order Completed", "which": "last",
+                                      "op": "within_last_days", "value": 2})
+    assert await ctx.members(recent_buyer) == {str(b)}
+    never_bought = await ctx.segment({"type": "not", "child": {"type": "performed", "event": "Order Completed"}})
+    assert await ctx.members(never_bought) == {str(c)}
+
+
+async def test_keyed_condition_follows_one_cart(ctx) -> None:
+    ws = ctx.ws
+    abandoned, bought, second_cart = (uuid.uuid4() for _ in range(3))
+    await _fold(ctx.sm, [
+        _ev(ws, abandoned, event="Product Added", props={"cart_id": "c1"}, days_ago=1),
+        _ev(ws, bought, event="Product Added", props={"cart_id": "c2"}, days_ago=1),
+        _ev(ws, bought, event="Order Completed", props={"cart_id": "c2"}, days_ago=0.5),
+        _ev(ws, second_cart, event="Product Added", props={"cart_id": "c3"}, days_ago=2),
+        _ev(ws, second_cart, event="Order Completed", props={"cart_id": "c3"}, days_ago=1.5),
+        _ev(ws, second_cart, event="Product Added", props={"cart_id": "c4"}, days_ago=1),
+    ])
+    sid = await ctx.segment({"type": "keyed", "key": "cart_id", "event": "Product Added",
+                             "without": "Order Completed", "within_days": 7})
+    assert await ctx.members(sid) == {str(abandoned), str(second_cart)}
+    # checking out the open cart takes the profile out, through the feed
+    await _fold(ctx.sm, [_ev(ws, abandoned, event="Order Completed", props={"cart_id": "c1"})])
+    assert await ctx.members(sid) == {str(second_cart)}
+
+
+async def test_traits_accounts_and_email_engagement(ctx) -> None:
+    ws = ctx.ws
+    a, b = uuid.uuid4(), uuid.uuid4()
+    signed = (NOW - timedelta(days=3)).isoformat()
+    await _fold(ctx.sm, [
+        _ev(ws, a, "identify", traits={"email": "ada@example.com", "signed_up_at": signed, "plan": "pro"}),
+        _ev(ws, b, "identify", traits={"email": "bob@other.org", "signed_up_at": "2020-01-01", "plan": "free"}),
+        _ev(ws, a, "group", props={"groupId": "acme"}, traits={"industry": "retail", "employees": 500}),
+        _ev(ws, b, "group", props={"groupId": "tiny"}, traits={"industry": "retail", "employees": 3}),
+        _ev(ws, b, event="Email Opened", days_ago=1),
+        _ev(ws, b, event="Email Link Clicked", days_ago=20),
+    ])
+    recent = await ctx.segment({"type": "trait", "trait": "signed_up_at", "op": "within_last_days", "value": 7})
+    assert await ctx.members(recent) == {str(a)}
+    old = await ctx.segment({"type": "trait", "trait": "signed_up_at", "op": "before", "value": "2021-01-01"})
+    assert await ctx.members(old) == {str(b)}
+    domain = await ctx.segment({"type": "trait", "trait": "email", "op": "contains", "value": "@example.com"})
+    assert await ctx.members(domain) == {str(a)}
+    in_plans = await ctx.segment({"type": "trait", "trait": "plan", "op": "not_in", "value": ["pro", "team"]})
+    assert await ctx.members(in_plans) == {str(b)}
+    big_accounts = await ctx.segment({"type": "account_trait", "trait": "employees", "op": "gte", "value": 100})
+    assert await ctx.members(big_accounts) == {str(a)}
+    opened = await ctx.segment({"type": "email_engagement", "action": "opened", "within_days": 7})
+    clicked_recently = await ctx.segment({"type": "email_engagement", "action": "clicked", "within_days": 7})
+    assert await ctx.members(opened) == {str(b)} and await ctx.members(clicked_recently) == set()
+    # the account grows: its members are re-evaluated although they sent nothing themselves
+    await _fold(ctx.sm, [_ev(ws, b, "group", props={"groupId": "tiny"}, traits={"employees": 250},
+                             days_ago=-0.01)])
+    assert await ctx.members(big_accounts) == {str(a), str(b)}
+
+
+async def test_stage_and_segment_of_segment_follow_their_sources(ctx) -> None:
+    ws = ctx.ws
+    a, b = uuid.uuid4(), uuid.uuid4()
+    await _fold(ctx.sm, [_ev(ws, a, event="Order Completed", props={"revenue": 10}),
+                         _ev(ws, b, event="Page Viewed")])
+    buyers = await ctx.segment({"type": "performed", "event": "Order Completed"})
+    engaged = await ctx.segment({"type": "stage", "stage": "engaged"})
+    onboarding = await ctx.segment({"type": "stage", "stage": "onboarding"})
+    assert await ctx.members(engaged) == {str(a)} and await ctx.members(onboarding) == {str(b)}
+    nested = await ctx.segment({"type": "and", "children": [
+        {"type": "segment", "segment_id": buyers}, {"type": "trait", "trait": "vip", "value": True}]})
+    assert await ctx.members(nested) == set()
+    await _fold(ctx.sm, [_ev(ws, a, "identify", traits={"vip": True}), _ev(ws, b, "identify", traits={"vip": True})])
+    assert await ctx.members(nested) == {str(a)}
+    # editing the source segment re-evaluates the one that reads it
+    r = await ctx.seg.put(f"/v1/segments/{buyers}", headers=ctx.h,
+                          json={"definition": {"type": "performed", "event": "Page Viewed"}})
+    assert r.status_code == 200
+    async with ctx.sm() as s:
+        await evaluation.evaluate_fully(s, ws, {uuid.UUID(buyers)})
+    assert await ctx.members(buyers) == {str(b)} and await ctx.members(nested) == {str(b)}
+    # a cycle, or a segment that does not exist, is refused with the reason
+    r = await ctx.seg.put(f"/v1/segments/{buyers}", headers=ctx.h,
+                          json={"definition": {"type": "segment", "segment_id": nested}})
+    assert r.status_code == 422 and "cycle" in r.text
+    r = await ctx.seg.post("/v1/segments", headers=ctx.h, json={"name": "ghost", "definition": {
+        "type": "segment", "segment_id": str(uuid.uuid4())}})
+    assert r.status_code == 422 and "no segment" in r.text
+
+
+async def test_search_lists_profiles_with_counts_and_attributes(ctx, settings) -> None:
+    ws = ctx.ws
+    async with ctx.sm() as s, s.begin():
+        from sqlalchemy import text
+        await s.execute(text("update core.workspaces set settings = settings || CAST(:s AS jsonb) where id = :ws"),
+                        {"ws": ws, "s": '{"lead_score": {"events": {"Demo Requested": 20}, '
+                                          '"traits": [{"trait": "title", "op": "contains", "value": "VP", '
+                                          '"points": 15}]}}'})
+    people = [uuid.uuid4() for _ in range(5)]
+    events = []
+    for i, pid in enumerate(people):
+        events += [_ev(ws, pid, event="Order Completed", props={"revenue": 10}) for _ in range(i)]
+        events.append(_ev(ws, pid, "identify", traits={"title": "VP Sales" if i % 2 else "Engineer"}))
+    events += [_ev(ws, people[4], event="Demo Requested"), _ev(ws, people[4], event="NPS Survey Submitted",
+                                                              props={"score": 10})]
+    await _fold(ctx.sm, events)
+    body = {"definition": {"type": "attribute", "attribute": "order_count", "op": "gte", "value": 2}, "limit": 2}
+    first = (await ctx.seg.post("/v1/profiles/search", headers=ctx.h, json=body)).json()
+    assert first["count"] == 3 and len(first["profiles"]) == 2 and first["next_cursor"]
+    second = (await ctx.seg.post("/v1/profiles/search", headers=ctx.h,
+                                 json={**body, "after": first["next_cursor"]})).json()
+    found = [p["profile_id"] for p in first["profiles"] + second["profiles"]]
+    assert sorted(found) == sorted(str(p) for p in people[2:]) and second["next_cursor"] is None
+    attrs = (await ctx.seg.get(f"/v1/profiles/{people[4]}/attributes", headers=ctx.h)).json()
+    assert attrs["order_count"] == 4 and attrs["lead_score"] == 20 and attrs["last_nps"] == 10
+    attrs = (await ctx.seg.get(f"/v1/profiles/{people[3]}/attributes", headers=ctx.h)).json()
+    assert attrs["lead_score"] == 15 and attrs["last_nps"] is None
+    scored = await ctx.segment({"type": "attribute", "attribute": "lead_score", "op": "gte", "value": 15})
+    assert await ctx.members(scored) == {str(people[1]), str(people[3]), str(people[4])}
+    r = await ctx.seg.post("/v1/profiles/search", headers=ctx.h, json={**body, "after": "nope"})
+    assert r.status_code == 422

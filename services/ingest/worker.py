@@ -9,46 +9,16 @@ from typing import Any
 import structlog
 from arq.cron import cron
 from arq.worker import Worker
-from sqlalchemy import text
 
 from services.ingest import privacy
+from shared import retention
 from shared.queue import JobCtx, build_worker, worker_settings_class
 from shared.settings import Settings
 
 log = structlog.get_logger()
 
-_DELETE_BATCH = 5_000
-
-
 async def enforce_retention(ctx: JobCtx) -> int:
-    deleted = 0
-    async with ctx["sessionmaker"]() as session:
-        async with session.begin():
-            policies = (
-                await session.execute(
-                    text("select id, (settings->>'retention_days')::int as days from core.workspaces "
-                         "where settings ? 'retention_days'")
-                )
-            ).all()
-        for ws, days in policies:
-            while True:
-                async with session.begin():
-                    n = (
-                        await session.execute(
-                            text(
-                                """
-                                delete from ingest.events where seq in (
-                                  select seq from ingest.events
-                                   where workspace_id = :ws and received_at < now() - make_interval(days => :d)
-                                   limit :n)
-                                """
-                            ),
-                            {"ws": ws, "d": days, "n": _DELETE_BATCH},
-                        )
-                    ).rowcount
-                deleted += n
-                if n < _DELETE_BATCH:
-                    break
+    deleted = await retention.enforce(ctx["sessionmaker"], "ingest.events", "received_at")
     if deleted:
         log.info("ingest.retention_enforced", deleted=deleted)
     return deleted

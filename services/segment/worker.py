@@ -9,6 +9,7 @@ from arq.worker import Worker
 from sqlalchemy import text
 
 from services.segment import evaluation
+from shared import retention
 from shared.queue import JobCtx, build_worker, take_dirty, wake, worker_settings_class
 from shared.settings import Settings
 
@@ -78,11 +79,22 @@ async def evaluate_segments(ctx: JobCtx) -> int:
     return changes
 
 
+async def enforce_retention(ctx: JobCtx) -> int:
+    """Stored event occurrences follow the workspace's retention like ingest's event log (counts,
+    which hold no event content, are kept)."""
+    deleted = await retention.enforce(ctx["sessionmaker"], "segment.profile_events", "at")
+    if deleted:
+        log.info("segment.retention_enforced", deleted=deleted)
+    return deleted
+
+
 _OPTIONS: dict[str, Any] = {
-    "functions": [on_events, evaluate_segments, recheck_windows],
+    "functions": [on_events, evaluate_segments, recheck_windows, enforce_retention],
     "poll": [on_events, evaluate_segments],
     "crons": [cron(recheck_windows, name="cron:recheck_windows", minute=5, second=0, run_at_startup=True,
-                   unique=True, keep_result=0, timeout=300)],
+                   unique=True, keep_result=0, timeout=300),
+              cron(enforce_retention, name="cron:enforce_retention", minute=23, second=0, unique=True,
+                   keep_result=0, timeout=600)],
 }
 
 

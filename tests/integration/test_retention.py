@@ -35,3 +35,28 @@ async def test_old_events_are_dropped_per_workspace(apps, workspace, sessionmake
             "select workspace_id, count(*) from ingest.events where workspace_id = any(CAST(:ws AS uuid[])) "
             "group by workspace_id"), {"ws": [other.workspace_id, keeper.workspace_id]})).all())
     assert left == {other.workspace_id: 1, keeper.workspace_id: 3}
+
+
+async def test_segment_drops_stored_event_properties_past_retention(workspace, sessionmaker) -> None:
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    from services.segment import evaluation
+    from services.segment.worker import enforce_retention as segment_retention
+
+    ws, pid = workspace.workspace_id, uuid.uuid4()
+    now = datetime.now(UTC)
+    async with sessionmaker() as s, s.begin():
+        await evaluation.apply_events(s, [
+            {"workspace_id": str(ws), "profile_id": str(pid), "type": "track", "event": "Viewed",
+             "message_id": f"m{d}", "properties": {"d": d}, "traits": {},
+             "timestamp": (now - timedelta(days=d)).isoformat()} for d in (1, 45, 60)])
+        await s.execute(text("update core.workspaces set settings = settings || '{\"retention_days\": 30}' "
+                             "where id = :ws"), {"ws": ws})
+    assert await segment_retention({"sessionmaker": sessionmaker}) >= 2
+    async with sessionmaker() as s:
+        left = (await s.execute(text("select properties->>'d' from segment.profile_events where workspace_id = :ws"),
+                                {"ws": ws})).scalars().all()
+        counts = (await s.execute(text("select sum(count) from segment.event_counts where workspace_id = :ws"),
+                                  {"ws": ws})).scalar()
+    assert left == ["1"] and counts == 3  # the content goes, the counts stay

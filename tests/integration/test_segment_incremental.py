@@ -3,6 +3,7 @@ lifecycle stages as computing them once from all the raw events (within a week, 
 having churned before)."""
 
 import asyncio
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -22,21 +23,32 @@ DEFINITIONS = [
                                  {"type": "not", "child": {"type": "performed", "event": "Churn"}}]},
     {"type": "or", "children": [{"type": "performed", "event": "Churn", "op": "exactly", "count": 1},
                                 {"type": "trait", "trait": "plan", "op": "exists"}]},
+    {"type": "performed", "event": "Buy", "count": 2, "where": [{"property": "amount", "op": "gte", "value": 5}]},
+    {"type": "aggregate", "event": "Buy", "property": "amount", "function": "sum", "within_days": 4, "op": "gte",
+     "value": 10},
+    {"type": "last_event_property", "event": "Buy", "property": "cart", "value": "c1"},
+    {"type": "keyed", "key": "cart", "event": "Buy", "without": "Churn"},
+    {"type": "performed_time", "event": "Buy", "which": "first", "op": "over_days_ago", "value": 3},
+    {"type": "and", "children": [{"type": "segment", "segment_id": "SEGMENT-0"}, {"type": "stage", "stage": "engaged"}]},
 ]
+LIFECYCLE = {"lifecycle": {"activation_events": ["Buy"]}}
 
 event = st.one_of(
-    st.tuples(st.integers(0, 3), st.just("track"), st.sampled_from(["Buy", "Churn"]), st.integers(0, 6)),
-    st.tuples(st.integers(0, 3), st.just("identify"), st.sampled_from([None, "pro", "free"]), st.integers(0, 6)),
+    st.tuples(st.integers(0, 3), st.just("track"), st.sampled_from(["Buy", "Churn"]), st.integers(0, 6),
+              st.integers(0, 9), st.sampled_from(["c1", "c2"])),
+    st.tuples(st.integers(0, 3), st.just("identify"), st.sampled_from([None, "pro", "free"]), st.integers(0, 6),
+              st.just(0), st.just("")),
 )
 
 
-def _envelope(ws, users, e) -> dict:
-    who, kind, what, days_ago = e
-    ts = (datetime.now(UTC) - timedelta(days=days_ago)).isoformat()
+def _envelope(ws, users, e, n) -> dict:
+    who, kind, what, days_ago, amount, cart = e
+    ts = (datetime.now(UTC) - timedelta(days=days_ago, seconds=n)).isoformat()  # distinct times: a stable order
     base = {"workspace_id": str(ws), "profile_id": str(users[who]), "timestamp": ts, "traits": {}, "event": None,
-            "type": kind}
+            "type": kind, "message_id": f"m-{n}", "properties": {}}
     if kind == "track":
         base["event"] = what
+        base["properties"] = {"amount": amount, "cart": cart}
     else:
         base["traits"] = {"plan": what}
     return base
@@ -54,8 +66,14 @@ async def _run(sessionmaker, events, chunk: int) -> tuple[set, set]:
     for mode in ("incremental", "once"):
         ws, users = uuid.uuid4(), [uuid.uuid4() for _ in range(4)]
         async with sessionmaker() as s, s.begin():
-            seg_ids = [(await segments.create_segment(s, ws, f"s{i}", d))["id"] for i, d in enumerate(DEFINITIONS)]
-        envs = [_envelope(ws, users, e) for e in events]
+            await s.execute(text("insert into core.workspaces (id, name, settings) "
+                                 "values (:ws, :name, CAST(:s AS jsonb))"),
+                            {"ws": ws, "name": f"prop-{ws}", "s": json.dumps(LIFECYCLE)})
+            seg_ids: list[str] = []
+            for i, d in enumerate(DEFINITIONS):
+                d = json.loads(json.dumps(d).replace("SEGMENT-0", seg_ids[0] if seg_ids else ""))
+                seg_ids.append(str((await segments.create_segment(s, ws, f"s{i}", d))["id"]))
+        envs = [_envelope(ws, users, e, n) for n, e in enumerate(events)]
         pages = [envs[i:i + chunk] for i in range(0, len(envs), chunk)] if mode == "incremental" else [envs]
         for page in pages:
             async with sessionmaker() as s, s.begin():

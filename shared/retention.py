@@ -1,0 +1,32 @@
+"""Per-workspace retention (``core.workspaces.settings["retention_days"]``), shared by every service
+that keeps event-level rows: old rows are deleted in small batches, each its own transaction, so
+writers are never blocked for long."""
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+DELETE_BATCH = 5_000
+
+
+async def enforce(sessionmaker: async_sessionmaker[AsyncSession], table: str, time_column: str,
+                  batch: int = DELETE_BATCH) -> int:
+    """Delete rows of ``table`` whose ``time_column`` is older than their workspace's retention."""
+    deleted = 0
+    async with sessionmaker() as session:
+        async with session.begin():
+            policies = (await session.execute(
+                text("select id, (settings->>'retention_days')::int as days from core.workspaces "
+                     "where settings ? 'retention_days'"))).all()
+        for ws, days in policies:
+            while True:
+                async with session.begin():
+                    n = (await session.execute(
+                        text(f"delete from {table} where ctid = any(array("
+                             f"select ctid from {table} where workspace_id = :ws "
+                             f"and {time_column} < now() - make_interval(days => :d) limit :n))"),
+                        {"ws": ws, "d": days, "n": batch},
+                    )).rowcount  # type: ignore[attr-defined]
+                deleted += n
+                if n < batch:
+                    break
+    return deleted

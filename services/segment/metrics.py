@@ -8,7 +8,9 @@ optionally restricted to the current members of a segment:
 - activation rate = customers / users × 100; repeat customer rate = repeat / customers × 100;
   loyal rate = loyal / repeat × 100; churn rate = users now in the ``churned`` stage / users × 100;
 - average CLTV = mean revenue per customer;
-- NPS = % promoters (``nps`` trait 9–10) − % detractors (0–6) among users who answered;
+- NPS = % promoters (9–10) − % detractors (0–6) among users who answered, each user's newest answer:
+  the ``score`` of their last NPS survey event (workspace setting ``nps_event``, default
+  ``NPS Survey Submitted``), else their ``nps`` trait;
   CSAT = % of users who answered ``csat`` 4–5 on a 1–5 scale.
 Rates are ``None`` when their denominator is zero.
 """
@@ -34,7 +36,9 @@ async def retention_metrics(session: AsyncSession, ws: uuid.UUID, start: datetim
         text(
             """
             with cohort as (
-              select s.profile_id, s.order_count, s.revenue, t.traits
+              select s.profile_id, s.order_count, s.revenue, t.traits,
+                     coalesce(s.last_nps, case when jsonb_typeof(t.traits->'nps') = 'number'
+                                               then (t.traits->>'nps')::numeric end) as nps
                 from segment.profile_stats s
                 left join segment.profile_traits t using (workspace_id, profile_id)
                where s.workspace_id = :ws and s.first_seen >= :start and s.first_seen < :end
@@ -49,11 +53,9 @@ async def retention_metrics(session: AsyncSession, ws: uuid.UUID, start: datetim
                    count(*) filter (where exists (select 1 from segment.memberships m where m.workspace_id = :ws
                                      and m.segment_id = :churned and m.profile_id = cohort.profile_id)) as churned,
                    avg(revenue) filter (where order_count >= 1) as avg_cltv,
-                   count(*) filter (where jsonb_typeof(traits->'nps') = 'number') as nps_answers,
-                   count(*) filter (where jsonb_typeof(traits->'nps') = 'number'
-                                      and (traits->>'nps')::numeric >= 9) as promoters,
-                   count(*) filter (where jsonb_typeof(traits->'nps') = 'number'
-                                      and (traits->>'nps')::numeric <= 6) as detractors,
+                   count(nps) as nps_answers,
+                   count(*) filter (where nps >= 9) as promoters,
+                   count(*) filter (where nps <= 6) as detractors,
                    count(*) filter (where jsonb_typeof(traits->'csat') = 'number') as csat_answers,
                    count(*) filter (where jsonb_typeof(traits->'csat') = 'number'
                                       and (traits->>'csat')::numeric >= 4) as satisfied

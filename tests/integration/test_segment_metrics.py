@@ -21,10 +21,13 @@ async def test_rates_follow_their_definitions(apps, workspace, sessionmaker) -> 
         events.append(_ev(ws, pid, type="track", event="Signed Up"))
         events += [_ev(ws, pid, type="track", event="Order Completed", properties={"revenue": 10})
                    for _ in range(orders[i])]
-    nps = {0: 10, 1: 9, 2: 8, 3: 3}  # 2 promoters, 1 passive, 1 detractor → NPS 25
+    nps = {0: 10, 1: 9, 2: 8}  # with person 3's survey: 2 promoters, 1 passive, 1 detractor → NPS 25
     csat = {4: 5, 5: 2}
     for i, score in nps.items():
         events.append(_ev(ws, people[i], type="identify", traits={"nps": score}))
+    # survey events answer too, newest first: person 3 said 9, then 3
+    for score in (9, 3):
+        events.append(_ev(ws, people[3], type="track", event="NPS Survey Submitted", properties={"score": score}))
     for i, score in csat.items():
         events.append(_ev(ws, people[i], type="identify", traits={"csat": score}))
     async with sessionmaker() as s, s.begin():

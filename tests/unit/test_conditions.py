@@ -1,4 +1,4 @@
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -88,3 +88,73 @@ def test_random_bucket_is_stable_and_close_to_its_share() -> None:
     other = parse({"type": "random_bucket", "percent": 20, "seed": "holdout-2"})
     overlap = {i for i in ids if evaluate(other, ProfileFacts(profile_id=i), TODAY)} & set(picked)
     assert 100 < len(overlap) < 300  # independent draws overlap by ~20 % of 20 %
+
+
+# --- the richer condition kinds (pure: no database) ---------------------------------------------
+
+DAY = date(2026, 11, 27)
+
+
+def _at(days_ago: float) -> datetime:
+    return datetime(2026, 11, 27, 12, tzinfo=UTC) - timedelta(days=days_ago)
+
+
+@pytest.mark.parametrize(("definition", "error"), [
+    ({"type": "trait", "trait": "plan", "op": "in", "value": "pro"}, "needs a list"),
+    ({"type": "trait", "trait": "d", "op": "within_last_days", "value": "7"}, "whole number"),
+    ({"type": "trait", "trait": "d", "op": "before", "value": "yesterday"}, "ISO 8601"),
+    ({"type": "performed", "event": "A", "within_days": 3, "between": {"start": "2026-01-01", "end": "2026-01-02"}},
+     "not both"),
+    ({"type": "performed", "event": "A", "between": {"start": "2026-01-02", "end": "2026-01-01"}}, "before start"),
+    ({"type": "performed_time", "event": "A", "op": "over_days_ago", "value": -1}, "whole number"),
+    ({"type": "aggregate", "event": "A", "property": "p", "op": "contains", "value": 1}, "literal_error"),
+])
+def test_invalid_definitions_say_why(definition, error) -> None:
+    with pytest.raises(ValidationError) as exc:
+        parse(definition)
+    assert error in str(exc.value) or error in str(exc.value.errors())
+
+
+def test_missing_values_are_false_except_negations() -> None:
+    facts = ProfileFacts(traits={})
+    for op, value in (("equals", 1), ("gt", 1), ("in", [1]), ("contains", "a"), ("starts_with", "a"),
+                      ("before", "2026-01-01"), ("within_last_days", 3), ("exists", None)):
+        assert not evaluate(parse({"type": "trait", "trait": "t", "op": op, "value": value}), facts, DAY)
+    for op, value in (("not_equals", 1), ("not_in", [1]), ("not_exists", None)):
+        assert evaluate(parse({"type": "trait", "trait": "t", "op": op, "value": value}), facts, DAY)
+
+
+def test_date_traits_compare_as_dates_whatever_their_format() -> None:
+    facts = ProfileFacts(traits={"a": "2026-11-25T08:00:00Z", "b": "2026-11-01", "c": "not a date"})
+    within = {"type": "trait", "op": "within_last_days", "value": 3}
+    assert evaluate(parse({**within, "trait": "a"}), facts, DAY)
+    assert not evaluate(parse({**within, "trait": "b"}), facts, DAY)
+    assert not evaluate(parse({**within, "trait": "c"}), facts, DAY)
+    assert evaluate(parse({"type": "trait", "trait": "b", "op": "before", "value": "2026-11-02"}), facts, DAY)
+
+
+def test_aggregates_over_nothing() -> None:
+    facts = ProfileFacts(events={"Buy": [(_at(40), {"amount": 10})]})
+    agg = {"type": "aggregate", "event": "Buy", "property": "amount", "within_days": 30}
+    assert evaluate(parse({**agg, "function": "sum", "op": "equals", "value": 0}), facts, DAY)
+    assert not evaluate(parse({**agg, "function": "avg", "op": "lt", "value": 100}), facts, DAY)
+    assert evaluate(parse({**agg, "function": "count", "op": "equals", "value": 0}), facts, DAY)
+
+
+def test_keyed_only_closes_on_a_later_event_for_the_same_key() -> None:
+    node = parse({"type": "keyed", "key": "cart", "event": "Add", "without": "Buy"})
+    before = ProfileFacts(events={"Add": [(_at(1), {"cart": "x"})], "Buy": [(_at(2), {"cart": "x"})]})
+    other = ProfileFacts(events={"Add": [(_at(2), {"cart": "x"})], "Buy": [(_at(1), {"cart": "y"})]})
+    closed = ProfileFacts(events={"Add": [(_at(2), {"cart": "x"})], "Buy": [(_at(1), {"cart": "x"})]})
+    assert evaluate(node, before, DAY) and evaluate(node, other, DAY)
+    assert not evaluate(node, closed, DAY)
+    assert not evaluate(node, ProfileFacts(), DAY)
+
+
+def test_first_and_last_performed_use_days_with_events() -> None:
+    facts = ProfileFacts(counts={"Login": {DAY - timedelta(days=10): 1, DAY - timedelta(days=2): 3}})
+    first = {"type": "performed_time", "event": "Login", "which": "first"}
+    assert evaluate(parse({**first, "op": "over_days_ago", "value": 9}), facts, DAY)
+    assert evaluate(parse({**first, "op": "before", "value": "2026-11-18"}), facts, DAY)
+    assert evaluate(parse({**first, "which": "last", "op": "within_last_days", "value": 3}), facts, DAY)
+    assert not evaluate(parse({**first, "event": "Never", "op": "over_days_ago", "value": 0}), facts, DAY)

@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     )
 
     consumer_batch_size: int = 500
+    segment_partitions: int = Field(
+        default=8, ge=1, le=1024,
+        description="profiles are split into this many partitions (hash of the profile id) whose re-evaluation "
+                    "segment worker replicas share; a partition is processed by one replica at a time",
+    )
     feed_poll_interval_s: float = 5.0
 
     @model_validator(mode="after")

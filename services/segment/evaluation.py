@@ -1,7 +1,8 @@
 """Incremental evaluation: fold ingest's event feed into per-profile aggregates, then re-evaluate only
-the profiles those events touched. One page of the feed is one transaction: aggregates, memberships,
-transitions and the consumer's cursor commit together, so a crash replays a page and never
-double-counts.
+the profiles those events touched. One page of the feed is one transaction: aggregates, the dirty
+marks of the touched profiles and the consumer's cursor commit together, so a crash replays a page and
+never double-counts; re-evaluation then takes the dirty profiles partition by partition
+(partitioning.py), writing memberships and transitions in the transaction that clears the marks.
 """
 
 import uuid
@@ -16,7 +17,7 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.segment import attributes, conditions
+from services.segment import attributes, conditions, partitioning
 from services.segment import lifecycle as lifecycle_mod
 from services.segment.attributes import PurchaseRules
 from shared import traits as trait_merge
@@ -46,7 +47,6 @@ _STATS_FOLD = """on conflict (workspace_id, profile_id) do update set
 @dataclass
 class PageResult:
     events: int = 0
-    transitions: int = 0
     cursor: str = ""
 
 
@@ -452,9 +452,13 @@ async def reevaluate(session: AsyncSession, ws: uuid.UUID, pids: Iterable[uuid.U
         return 0
     today = today or datetime.now(UTC).date()
     with_stages = segment_ids is None if lifecycle is None else lifecycle
-    # One evaluator per workspace at a time (feed consumer, backfill, replicas): memberships are read
-    # after the lock, so two evaluators can never both write the same entry or exit.
-    await session.execute(text("select pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"segment-eval:{ws}"})
+    # One evaluator per (workspace, stripe of profiles) at a time (replicas, backfill, re-checks):
+    # memberships are read after the lock, so two evaluators can never both write the same entry or exit.
+    await session.execute(
+        text("select pg_advisory_xact_lock(hashtextextended(:ws || ':' || s, 0)) "
+             "from unnest(CAST(:stripes AS int[])) with ordinality as u(s, n) order by n"),
+        {"ws": f"segment-eval:{ws}", "stripes": partitioning.stripes_of(pid_list)},
+    )
     parsed = {
         r.id: (r.version, conditions.parse(r.definition))
         for r in await session.execute(
@@ -556,16 +560,15 @@ async def fetch_events(internal: InternalClient, cursor: str, limit: int) -> dic
 
 async def consume_page(session: AsyncSession, internal: InternalClient, limit: int,
                        consumer: str = "ingest-events") -> PageResult:
-    """One page of the event feed, folded in one transaction (the caller's)."""
+    """One page of the event feed, folded in one transaction (the caller's); the profiles it touched are
+    marked dirty in that transaction, for re-evaluation partition by partition (partitioning.py)."""
     cursor = await lock_consumer(session, "segment", consumer)
     page = await fetch_events(internal, cursor, limit)
     events = page["events"]
     result = PageResult(events=len(events), cursor=page["next_cursor"])
     if not events:
         return result
-    affected = await apply_events(session, events)
-    for ws, pids in affected.items():
-        result.transitions += await reevaluate(session, ws, pids)
+    await partitioning.mark_dirty(session, await apply_events(session, events))
     await save_consumer(session, "segment", consumer, page["next_cursor"])
     return result
 

@@ -181,3 +181,16 @@ class ListMember(SegmentTable, table=True):
     list_id: uuid.UUID = Field(primary_key=True)
     profile_id: uuid.UUID = Field(primary_key=True)
     added_at: datetime = Field(sa_column=tz_column("added_at"))
+
+
+class DirtyProfile(SegmentTable, table=True):
+    """Profiles whose facts changed and that await re-evaluation, by partition (partitioning.py).
+    Marked in the transaction that folds the events; removed in the one that re-evaluates them."""
+
+    __tablename__ = "dirty_profiles"
+    __table_args__ = (Index("ix_dirty_profiles_partition_marked_at", "partition", "marked_at"),)
+
+    workspace_id: uuid.UUID = Field(primary_key=True)
+    profile_id: uuid.UUID = Field(primary_key=True)
+    partition: int
+    marked_at: datetime = Field(sa_column=tz_column("marked_at"))

@@ -8,7 +8,7 @@ from arq.cron import cron
 from arq.worker import Worker
 from sqlalchemy import text
 
-from services.segment import evaluation
+from services.segment import evaluation, partitioning
 from shared import retention
 from shared.queue import JobCtx, build_worker, take_dirty, wake, worker_settings_class
 from shared.settings import Settings
@@ -17,19 +17,22 @@ log = structlog.get_logger()
 
 
 async def on_events(ctx: JobCtx) -> int:
-    """Woken by ingest after a commit (and polled): consume the event feed until it is drained."""
+    """Woken by ingest after a commit (and polled): fold the event feed until it is drained, re-evaluating
+    the touched profiles after each page, in the partitions no other replica is processing."""
     settings = ctx["settings"]
     total = transitions = 0
     while True:
         async with ctx["sessionmaker"]() as session, session.begin():
             page = await evaluation.consume_page(session, ctx["internal"], settings.consumer_batch_size)
         total += page.events
-        transitions += page.transitions
-        if page.transitions:
+        _, changed = await partitioning.process_dirty(ctx["sessionmaker"], settings.segment_partitions,
+                                                      settings.consumer_batch_size, evaluation.reevaluate)
+        transitions += changed
+        if changed:
             await wake(ctx["redis"], settings, "campaign", "on_transitions")
         if page.events < settings.consumer_batch_size and not await take_dirty(ctx, "on_events"):
             break
-    if total:
+    if total or transitions:
         log.info("segment.consumed", events=total, transitions=transitions)
     return total
 

@@ -1,18 +1,29 @@
-"""Full evaluation of representative segments over a generated population, next to the raw cost of
-reading that population from PostgreSQL.
+"""Segment evaluation: (a) a full evaluation of representative segments over a generated population,
+next to the raw cost of reading that population from PostgreSQL; (b) event-to-transition latency for a
+live stream of events through the running system.
 
     .venv/bin/python bench/segment.py [--users 200000] [--events-per-user 20] [--segments 20]
+                                      [--rate 50] [--seconds 20] [--skip-full]
 
-Generates (deterministic seed) users with traits, per-day event counts and purchase statistics — the
-aggregates the segment service folds ~events-per-user raw events into — with binary COPY, then times
-``evaluate_fully`` of all the segments (one pass) and prints profiles×segments per second, next to the time
-of a plain ``select`` of the same facts (the floor any evaluation pays). Uses TENURE_DATABASE_URL
-(a scratch database is created beside it and dropped) or the embedded server.
+(a) Generates (deterministic seed) users with traits, per-day event counts and purchase statistics —
+the aggregates the segment service folds ~events-per-user raw events into — with binary COPY, then
+times ``evaluate_fully`` of all the segments (one pass) and prints profiles×segments per second, next
+to the time of a plain ``select`` of the same facts (the floor any evaluation pays).
+(b) Starts ``tenure serve ingest`` and ``tenure worker segment`` as processes on the same database
+(population and segments in place), sends ``--rate`` track calls per second for ``--seconds`` seconds,
+each from a new user, and measures, per event, the time from ingest's 200 (the event is committed)
+until the segment entry it causes is committed and visible (polled every 5 ms): p50 / p95 / max.
+Uses TENURE_DATABASE_URL / TENURE_REDIS_URL (a scratch database is created beside it and dropped) or
+the embedded servers.
 """
 
 import argparse
 import asyncio
+import contextlib
+import os
 import random
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -20,12 +31,15 @@ from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
+import httpx
 import orjson
 from scratch import asyncpg_dsn, scratch_database  # bench/ is the script directory, so on sys.path
 
 from services.segment import evaluation, segments
 from shared.core import create_workspace
 from shared.db import create_engine, create_sessionmaker
+from shared.embedded import free_port
+from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ["App Opened", "Product Viewed", "Product Added", "Order Completed", "Review Submitted"]
@@ -90,20 +104,109 @@ async def generate(dsn: str, kw: dict, ws: uuid.UUID, users: int, per_user: int,
     return n_events
 
 
+def _spawn(settings: Settings, *args: str, port: int | None = None) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "TENURE_DATABASE_URL": settings.database_url or "",
+           "TENURE_REDIS_URL": settings.redis_url or "", "TENURE_LOG_LEVEL": "WARNING",
+           "TENURE_QUEUE_PREFIX": f"bench-{os.getpid()}"}
+    if port:
+        env["TENURE_INGEST_PORT"] = str(port)  # where ingest listens, and where the worker reads the feed
+    return subprocess.Popen([str(Path(sys.executable).parent / "tenure"), *args], env=env,  # noqa: ASYNC220
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def latency(settings: Settings, ws: uuid.UUID, write_key: str, rate: float, seconds: float) -> list[float]:
+    """Event-to-transition latencies (s) for a live stream of track calls, each from a new user."""
+    dsn, kw = asyncpg_dsn(settings.database_url or "")
+    conn = await asyncpg.connect(dsn, **kw)
+    engine = create_engine(settings, pool_size=1)
+    async with create_sessionmaker(engine)() as s, s.begin():
+        seg = (await segments.create_segment(s, ws, "pinged", {"type": "performed", "event": "Ping"}))["id"]
+    await engine.dispose()
+    # the population is already evaluated: nothing is left for the worker to backfill or re-check today
+    await conn.execute("update segment.segments set evaluated_version = version, windows_checked_on = current_date")
+    await conn.execute("insert into segment.workspace_checks (workspace_id, lifecycle_checked_on) "
+                       "values ($1, current_date) on conflict do nothing", ws)
+    port = free_port()
+    procs = [_spawn(settings, "serve", "ingest", port=port), _spawn(settings, "worker", "segment", port=port)]
+    sent: dict[str, float] = {}  # userId -> when ingest answered 200
+    seen: dict[uuid.UUID, float] = {}  # profile id -> when its entry was first visible
+    stop = asyncio.Event()
+
+    async def watch() -> None:
+        last = 0
+        while not stop.is_set():
+            rows = await conn.fetch("select seq, profile_id from segment.transitions where segment_id = $1 "
+                                    "and kind = 'entered' and seq > $2 order by seq", uuid.UUID(seg), last)
+            now = time.perf_counter()
+            for r in rows:
+                seen.setdefault(r["profile_id"], now)
+                last = r["seq"]
+            await asyncio.sleep(0.005)
+
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", auth=(write_key, ""), timeout=30) as c:
+            for _ in range(300):
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await c.get("/readyz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(2)  # let the worker start and drain its start-up jobs
+            watcher = asyncio.create_task(watch())
+
+            async def send(uid: str) -> None:
+                r = await c.post("/v1/track", json={"userId": uid, "event": "Ping"})
+                if r.status_code == 200:
+                    sent[uid] = time.perf_counter()
+
+            tasks = []
+            start = time.perf_counter()
+            for i in range(int(rate * seconds)):
+                await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+                tasks.append(asyncio.create_task(send(f"live-{uuid.uuid4().hex[:12]}")))
+            await asyncio.gather(*tasks)
+            deadline = time.perf_counter() + 30
+            while len(seen) < len(sent) and time.perf_counter() < deadline:  # noqa: ASYNC110 - polling a count
+                await asyncio.sleep(0.05)
+            stop.set()
+            await watcher
+        ids = {r["value"]: r["profile_id"] for r in await conn.fetch(
+            "select value, profile_id from ingest.identities where workspace_id = $1 and kind = 'user_id' "
+            "and value = any($2::text[])", ws, list(sent))}
+        missing = [u for u in sent if ids.get(u) not in seen]
+        if missing:
+            print(f"  ({len(missing)} of {len(sent)} events produced no entry within 30 s)")
+        return [seen[ids[u]] - t for u, t in sent.items() if ids.get(u) in seen]
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=20)
+        await conn.close()
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--users", type=int, default=200_000)
     ap.add_argument("--events-per-user", type=int, default=20)
     ap.add_argument("--segments", type=int, default=20)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--rate", type=float, default=50, help="live events per second for the latency run")
+    ap.add_argument("--seconds", type=float, default=20, help="duration of the latency run")
+    ap.add_argument("--skip-full", action="store_true", help="only the latency run (the population is still made)")
     args = ap.parse_args()
-    async with scratch_database(need_redis=False) as settings:
+    async with scratch_database(need_redis=True) as settings:
         url = settings.database_url or ""
         dsn, kw = asyncpg_dsn(url)
         engine = create_engine(settings, pool_size=2)
         sm = create_sessionmaker(engine)
         async with sm() as s, s.begin():
-            ws = (await create_workspace(s, "bench")).workspace_id
+            created = await create_workspace(s, "bench")
+            ws = created.workspace_id
         t = time.perf_counter()
         n_events = await generate(dsn, kw, ws, args.users, args.events_per_user, args.seed)
         gen_s = time.perf_counter() - t
@@ -117,16 +220,23 @@ async def main() -> None:
         await conn.fetch("select * from segment.profile_stats")
         read_s = time.perf_counter() - t
         await conn.close()
-        t = time.perf_counter()
-        async with sm() as s:
-            changes = await evaluation.evaluate_fully(s, ws, {uuid.UUID(i) for i in ids})
-        eval_s = time.perf_counter() - t
+        eval_s, changes = 0.0, 0
+        if not args.skip_full:
+            t = time.perf_counter()
+            async with sm() as s:
+                changes = await evaluation.evaluate_fully(s, ws, {uuid.UUID(i) for i in ids})
+            eval_s = time.perf_counter() - t
         await engine.dispose()
+        lat = await latency(settings, ws, created.write_key, args.rate, args.seconds) if args.seconds else []
     pairs = args.users * args.segments
     print(f"users={args.users} events≈{n_events} segments={args.segments} (generated in {gen_s:.1f} s)")
     print(f"baseline  read all facts once (plain select)   {read_s:8.2f} s")
-    print(f"segment   full evaluation of {args.segments} segments      {eval_s:8.2f} s  "
-          f"({pairs / eval_s:,.0f} profile×segment/s, {changes:,} memberships written)")
+    if not args.skip_full:
+        print(f"segment   full evaluation of {args.segments} segments      {eval_s:8.2f} s  "
+              f"({pairs / eval_s:,.0f} profile×segment/s, {changes:,} memberships written)")
+    if lat:
+        print(f"segment   event → transition, {len(lat)} events at {args.rate:g}/s: p50 {_pct(lat, 0.5):.0f} ms  "
+              f"p95 {_pct(lat, 0.95):.0f} ms  max {max(lat) * 1000:.0f} ms")
 
 
 if __name__ == "__main__":

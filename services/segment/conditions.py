@@ -33,7 +33,7 @@ Evaluation takes plain values so it is unit- and property-tested without a datab
 
 import hashlib
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -479,21 +479,77 @@ def _keyed(node: KeyedNode, facts: ProfileFacts, today: date) -> bool:
     return any(k not in closed for k in started)
 
 
+Predicate = Callable[[ProfileFacts], bool]
+
+
 def evaluate(node: Any, facts: ProfileFacts, today: date) -> bool:
-    if isinstance(node, AndNode):
-        return all(evaluate(c, facts, today) for c in node.children)
-    if isinstance(node, OrNode):
-        return any(evaluate(c, facts, today) for c in node.children)
+    return compile_condition(node, today)(facts)
+
+
+def compile_condition(node: Any, today: date) -> Predicate:
+    """The definition as a function of one profile's facts, for ``today``: the tree is walked once per
+    evaluation pass, not once per profile (a full evaluation calls it for every profile)."""
+    if isinstance(node, AndNode | OrNode):
+        parts = [compile_condition(c, today) for c in node.children]
+        if isinstance(node, AndNode):
+            return lambda f: all(p(f) for p in parts)
+        return lambda f: any(p(f) for p in parts)
     if isinstance(node, NotNode):
-        return not evaluate(node.child, facts, today)
+        inner = compile_condition(node.child, today)
+        return lambda f: not inner(f)
     if isinstance(node, TraitNode):
-        return compare(node.op, facts.traits.get(node.trait), node.value, today)
+        trait, op, value = node.trait, node.op, node.value
+        return lambda f: compare(op, f.traits.get(trait), value, today)
+    if isinstance(node, AttributeNode):
+        attr, op, value = node.attribute, node.op, node.value
+        return lambda f: compare(op, f.attributes.get(attr), value, today)
+    if isinstance(node, PerformedNode) and not node.where:
+        return _compile_count(node.event, node.op, node.count, node, today)
+    if isinstance(node, EmailEngagementNode):
+        window = _Windowed(within_days=node.within_days)
+        return _compile_count(EMAIL_OPENED if node.action == "opened" else EMAIL_CLICKED, "at_least", node.count,
+                              window, today)
+    if isinstance(node, RandomBucketNode):
+        seed, percent = node.seed, node.percent
+        return lambda f: bucket(f.profile_id, seed) < percent
+    if isinstance(node, StageNode):
+        stage = node.stage
+        return lambda f: f.stage == stage
+    if isinstance(node, SegmentRefNode):
+        sid = str(node.segment_id)
+        return lambda f: sid in f.segments
+    if isinstance(node, ListNode):
+        lid = str(node.list_id)
+        return lambda f: lid in f.lists
+    return lambda f: _evaluate_detail(node, f, today)
+
+
+def _compile_count(event: str, op: str, count: int, window: "_Windowed", today: date) -> Predicate:
+    """Per-day counts of ``event`` inside the window, compared with ``count``."""
+    if window.between is not None:
+        since, until = window.between.start, window.between.end
+    elif window.within_days is not None:
+        since, until = today - timedelta(days=window.within_days - 1), today
+    else:
+        since = until = None
+
+    def run(f: ProfileFacts) -> bool:
+        days = f.counts.get(event)
+        if not days:
+            n = 0
+        elif since is None:
+            n = sum(days.values())
+        else:
+            n = sum(c for d, c in days.items() if since <= d <= until)  # type: ignore[operator]
+        return _count_ok(op, n, count)
+
+    return run
+
+
+def _evaluate_detail(node: Any, facts: ProfileFacts, today: date) -> bool:
+    """Conditions over stored occurrences, accounts and first/last days (less common: not compiled further)."""
     if isinstance(node, AccountTraitNode):
         return any(compare(node.op, a.get(node.trait), node.value, today) for a in facts.accounts)
-    if isinstance(node, AttributeNode):
-        return compare(node.op, facts.attributes.get(node.attribute), node.value, today)
-    if isinstance(node, RandomBucketNode):
-        return bucket(facts.profile_id, node.seed) < node.percent
     if isinstance(node, PerformedNode):
         return _performed(node, facts, today)
     if isinstance(node, PerformedTimeNode):
@@ -503,18 +559,7 @@ def evaluate(node: Any, facts: ProfileFacts, today: date) -> bool:
     if isinstance(node, LastEventPropertyNode):
         occurrences = facts.events.get(node.event, ())
         return bool(occurrences) and compare(node.op, _get_path(occurrences[-1][1], node.property), node.value,
-                                              today)
+                                             today)
     if isinstance(node, KeyedNode):
         return _keyed(node, facts, today)
-    if isinstance(node, EmailEngagementNode):
-        event = EMAIL_OPENED if node.action == "opened" else EMAIL_CLICKED
-        since = today - timedelta(days=(node.within_days or 0) - 1)
-        n = sum(c for d, c in facts.counts.get(event, {}).items() if node.within_days is None or since <= d <= today)
-        return n >= node.count
-    if isinstance(node, StageNode):
-        return facts.stage == node.stage
-    if isinstance(node, SegmentRefNode):
-        return str(node.segment_id) in facts.segments
-    if isinstance(node, ListNode):
-        return str(node.list_id) in facts.lists
     raise TypeError(f"not a condition node: {node!r}")

@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,6 +22,7 @@ from services.segment import attributes, conditions, partitioning
 from services.segment import lifecycle as lifecycle_mod
 from services.segment.attributes import PurchaseRules
 from shared import traits as trait_merge
+from shared.db import driver_connection, uuid_array
 from shared.errors import UpstreamUnavailable
 from shared.feed import lock_consumer, save_consumer
 from shared.http import InternalClient
@@ -327,12 +329,10 @@ async def workspace_settings(session: AsyncSession, ws: uuid.UUID) -> dict[str, 
 
 
 async def memberships(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) -> Memberships:
-    rows = await session.execute(
-        text("select segment_id, profile_id, entered_at from segment.memberships "
-             "where workspace_id = :ws and profile_id = any(CAST(:pids AS uuid[]))"),
-        {"ws": ws, "pids": pids},
-    )
-    return {(r.segment_id, r.profile_id): r.entered_at for r in rows}
+    rows = await (await driver_connection(session)).fetch(
+        "select segment_id, profile_id, entered_at from segment.memberships "
+        "where workspace_id = $1 and profile_id = any($2::uuid[])", ws, pids)
+    return {(r[0], r[1]): r[2] for r in rows}
 
 
 async def load_attributes(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID], today: date
@@ -348,47 +348,40 @@ async def _load_facts(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID
     settings = await workspace_settings(session, ws) if settings is None else settings
     lead = attributes.LeadScoreRules.from_settings(settings)
     count_events = needs.counts | {ev for ev, _ in lead.events}
-    params = {"ws": ws, "pids": pids}
-    stats = {r["profile_id"]: dict(r) for r in (await session.execute(
-        text("select * from segment.profile_stats "
-             "where workspace_id = :ws and profile_id = any(CAST(:pids AS uuid[]))"), params)).mappings()}
+    db = await driver_connection(session)  # bulk reads: asyncpg records, no per-row ORM processing
+    stats = {r["profile_id"]: dict(r) for r in await db.fetch(
+        "select * from segment.profile_stats where workspace_id = $1 and profile_id = any($2::uuid[])", ws, pids)}
     facts = {pid: conditions.ProfileFacts(profile_id=str(pid), traits={}, counts={},
                                           attributes=attributes.derive(stats.get(pid), today), events={},
                                           accounts=[], segments=set(), lists=set())
              for pid in pids}
-    for pid, t in await session.execute(
-        text("select profile_id, traits from segment.profile_traits "
-             "where workspace_id = :ws and profile_id = any(CAST(:pids AS uuid[]))"), params):
-        facts[pid].traits = t
+    for pid, t in await db.fetch("select profile_id, traits::text from segment.profile_traits "
+                                 "where workspace_id = $1 and profile_id = any($2::uuid[])", ws, pids):
+        facts[pid].traits = orjson.loads(t)
     if count_events:
-        rows = await session.execute(
-            text("select profile_id, event, day, count from segment.event_counts "
-                 "where workspace_id = :ws and profile_id = any(CAST(:pids AS uuid[])) "
-                 "and event = any(CAST(:events AS text[]))"),
-            {**params, "events": sorted(count_events)},
-        )
-        for pid, event, day, n in rows:
-            facts[pid].counts.setdefault(event, {})[day] = n  # type: ignore[index]
+        rows = await db.fetch(
+            "select profile_id, event, array_agg(day), array_agg(count) from segment.event_counts "
+            "where workspace_id = $1 and profile_id = any($2::uuid[]) and event = any($3::text[]) "
+            "group by profile_id, event", ws, pids, sorted(count_events))
+        for pid, event, days, ns in rows:
+            facts[pid].counts[event] = dict(zip(days, ns, strict=True))  # type: ignore[index]
     if needs.raw:
-        rows = await session.execute(
-            text("select profile_id, event, at, properties from segment.profile_events "
-                 "where workspace_id = :ws and profile_id = any(CAST(:pids AS uuid[])) "
-                 "and event = any(CAST(:events AS text[])) order by profile_id, event, at, message_id"),
-            {**params, "events": sorted(needs.raw)},
-        )
+        rows = await db.fetch(
+            "select profile_id, event, at, properties::text from segment.profile_events "
+            "where workspace_id = $1 and profile_id = any($2::uuid[]) and event = any($3::text[]) "
+            "order by profile_id, event, at, message_id", ws, pids, sorted(needs.raw))
         for pid, event, at, props in rows:
-            facts[pid].events.setdefault(event, []).append((at, props))  # type: ignore[attr-defined]
+            facts[pid].events.setdefault(event, []).append((at, orjson.loads(props)))  # type: ignore[attr-defined]
     if needs.accounts:
-        rows = await session.execute(
-            text("select m.profile_id, a.traits from segment.account_members m join segment.accounts a "
-                 "on a.workspace_id = m.workspace_id and a.group_id = m.group_id "
-                 "where m.workspace_id = :ws and m.profile_id = any(CAST(:pids AS uuid[]))"), params)
+        rows = await db.fetch(
+            "select m.profile_id, a.traits::text from segment.account_members m join segment.accounts a "
+            "on a.workspace_id = m.workspace_id and a.group_id = m.group_id "
+            "where m.workspace_id = $1 and m.profile_id = any($2::uuid[])", ws, pids)
         for pid, t in rows:
-            facts[pid].accounts.append(t)  # type: ignore[attr-defined]
+            facts[pid].accounts.append(orjson.loads(t))  # type: ignore[attr-defined]
     if needs.lists:
-        for pid, lid in await session.execute(
-                text("select profile_id, list_id from segment.list_members "
-                     "where workspace_id = :ws and profile_id = any(CAST(:pids AS uuid[]))"), params):
+        for pid, lid in await db.fetch("select profile_id, list_id from segment.list_members "
+                                       "where workspace_id = $1 and profile_id = any($2::uuid[])", ws, pids):
             facts[pid].lists.add(str(lid))
     stage_of = {lifecycle_mod.stage_segment_id(ws, st): st for st in lifecycle_mod.STAGES}
     for (sid, pid), _ in (current or {}).items():
@@ -478,39 +471,46 @@ async def reevaluate(session: AsyncSession, ws: uuid.UUID, pids: Iterable[uuid.U
     changes: list[Change] = []
     if cfg:
         changes += _stage_changes(cfg, ws, current, facts, today)
+    read_by_others = {ref for sid in order for ref in conditions.segments_of(parsed[sid][1])}
+    profile_facts = [(pid, facts[pid]) for pid in pid_list]
     for sid in order:
         version, node = parsed[sid]
-        key = str(sid)
-        for pid in pid_list:
-            member = conditions.evaluate(node, facts[pid], today)
+        predicate = conditions.compile_condition(node, today)
+        key, track = str(sid), sid in read_by_others
+        for pid, f in profile_facts:
+            member = predicate(f)
             was = (sid, pid) in current
             if member and not was:
                 changes.append((sid, version, pid, "entered"))
             elif was and not member:
                 changes.append((sid, version, pid, "exited"))
-            (facts[pid].segments.add if member else facts[pid].segments.discard)(key)  # segments reading this one
+            if track:  # segments evaluated later in this pass read this one's new membership
+                (f.segments.add if member else f.segments.discard)(key)
     if not changes:
         return 0
+    # arrays go as text literals, parsed by the server in one go (see shared.db.uuid_array)
     entered = [c for c in changes if c[3] == "entered"]
     exited = [c for c in changes if c[3] == "exited"]
     if entered:
         await session.execute(
             text("insert into segment.memberships (workspace_id, segment_id, profile_id) "
-                 "select :ws, * from unnest(CAST(:sids AS uuid[]), CAST(:pids AS uuid[])) on conflict do nothing"),
-            {"ws": ws, "sids": [c[0] for c in entered], "pids": [c[2] for c in entered]},
+                 "select :ws, * from unnest(CAST(CAST(:sids AS text) AS uuid[]), CAST(CAST(:pids AS text) AS uuid[])) "
+                 "on conflict do nothing"),
+            {"ws": ws, "sids": uuid_array(c[0] for c in entered), "pids": uuid_array(c[2] for c in entered)},
         )
     if exited:
         await session.execute(
-            text("delete from segment.memberships m using unnest(CAST(:sids AS uuid[]), CAST(:pids AS uuid[])) "
-                 "as u(sid, pid) where m.workspace_id = :ws and m.segment_id = u.sid and m.profile_id = u.pid"),
-            {"ws": ws, "sids": [c[0] for c in exited], "pids": [c[2] for c in exited]},
+            text("delete from segment.memberships m using unnest(CAST(CAST(:sids AS text) AS uuid[]), "
+                 "CAST(CAST(:pids AS text) AS uuid[])) as u(sid, pid) "
+                 "where m.workspace_id = :ws and m.segment_id = u.sid and m.profile_id = u.pid"),
+            {"ws": ws, "sids": uuid_array(c[0] for c in exited), "pids": uuid_array(c[2] for c in exited)},
         )
     await session.execute(
         text("insert into segment.transitions (workspace_id, segment_id, segment_version, profile_id, kind) "
-             "select :ws, * from unnest(CAST(:sids AS uuid[]), CAST(:vers AS int[]), CAST(:pids AS uuid[]), "
-             "CAST(:kinds AS text[]))"),
-        {"ws": ws, "sids": [c[0] for c in changes], "vers": [c[1] for c in changes],
-         "pids": [c[2] for c in changes], "kinds": [c[3] for c in changes]},
+             "select :ws, * from unnest(CAST(CAST(:sids AS text) AS uuid[]), CAST(CAST(:vers AS text) AS int[]), "
+             "CAST(CAST(:pids AS text) AS uuid[]), CAST(CAST(:kinds AS text) AS text[]))"),
+        {"ws": ws, "sids": uuid_array(c[0] for c in changes), "vers": uuid_array(c[1] for c in changes),
+         "pids": uuid_array(c[2] for c in changes), "kinds": uuid_array(c[3] for c in changes)},
     )
     return len(changes)
 
@@ -680,6 +680,7 @@ async def search(session: AsyncSession, ws: uuid.UUID, node: Any, *, after: uuid
     their traits and computed attributes), and how many match in all."""
     today = today or datetime.now(UTC).date()
     needs = Needs.of([node])
+    predicate = conditions.compile_condition(node, today)
     settings = await workspace_settings(session, ws)
     count = evaluated = 0
     picked: list[dict[str, Any]] = []
@@ -690,7 +691,7 @@ async def search(session: AsyncSession, ws: uuid.UUID, node: Any, *, after: uuid
             node, conditions.SegmentRefNode | conditions.StageNode) else {}
         facts = await _load_facts(session, ws, pids, needs, today, settings=settings, current=current)
         for pid in pids:
-            if conditions.evaluate(node, facts[pid], today):
+            if predicate(facts[pid]):
                 count += 1
                 if (after is None or pid > after) and len(picked) < limit:
                     f = facts[pid]

@@ -3,20 +3,26 @@
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from services.campaign import campaigns
 from services.campaign.schemas import (
     CampaignCreate,
     CampaignList,
     CampaignOut,
+    CampaignStats,
+    CampaignUpdate,
+    JourneyList,
+    ProfileJourneys,
     SendList,
     TemplateCreate,
     TemplateOut,
+    TriggerOut,
+    TriggerRequest,
 )
 from shared.auth import WorkspaceDep
 from shared.db import AfterDep, SessionDep
-from shared.errors import COMMON_ERRORS, problem_schema
+from shared.errors import COMMON_ERRORS, Conflict, problem_schema
 
 router = APIRouter(prefix="/v1")
 
@@ -41,7 +47,7 @@ async def get_template(template_id: uuid.UUID, ws: WorkspaceDep, session: Sessio
 
 
 @router.post("/campaigns", status_code=201, response_model=CampaignOut, operation_id="create_campaign",
-             tags=["campaigns"], summary="Create a campaign: when TRIGGER, send TEMPLATE",
+             tags=["campaigns"], summary="Create a campaign: a journey run when its trigger happens",
              responses={**_CONFLICT, 404: problem_schema("Template not found")})
 async def create_campaign(body: CampaignCreate, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
     async with session.begin():
@@ -62,6 +68,70 @@ async def list_campaigns(ws: WorkspaceDep, session: SessionDep, after: AfterDep,
 async def get_campaign(campaign_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
     async with session.begin():
         return await campaigns.get_campaign(session, ws, campaign_id)
+
+
+@router.put("/campaigns/{campaign_id}", response_model=CampaignOut, operation_id="update_campaign",
+            tags=["campaigns"], summary="Edit a campaign: a new version (users inside finish theirs)",
+            responses={**_CONFLICT, 404: problem_schema("Campaign or template not found")})
+async def update_campaign(campaign_id: uuid.UUID, body: CampaignUpdate, ws: WorkspaceDep, session: SessionDep
+                          ) -> dict[str, Any]:
+    async with session.begin():
+        return await campaigns.update_campaign(session, ws, campaign_id, body.model_dump(mode="json"))
+
+
+@router.post("/campaigns/{campaign_id}/archive", response_model=CampaignOut, operation_id="archive_campaign",
+             tags=["campaigns"], summary="Archive a campaign: no more entries, users inside leave",
+             responses=_NOT_FOUND)
+async def archive_campaign(campaign_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+    async with session.begin():
+        return await campaigns.archive(session, ws, campaign_id)
+
+
+@router.post("/campaigns/{campaign_id}/trigger", status_code=202, response_model=TriggerOut,
+             operation_id="trigger_campaign", tags=["campaigns"],
+             summary="Enter a user now, with data (transactional messages, API-triggered journeys)",
+             responses={**_NOT_FOUND, 409: problem_schema("The campaign is not active")})
+async def trigger_campaign(campaign_id: uuid.UUID, body: TriggerRequest, ws: WorkspaceDep, session: SessionDep,
+                           request: Request) -> dict[str, Any]:
+    async with session.begin():
+        campaign = await campaigns.get_campaign(session, ws, campaign_id)
+    if campaign["status"] != "active":
+        raise Conflict(f"The campaign is {campaign['status']}")
+    found = await campaigns.resolve_user(request.app.state.internal, ws, body.user)
+    async with session.begin():
+        out = await campaigns.trigger(session, ws, campaign_id, found, body.data, body.idempotency_key)
+    if out["entered"]:
+        request.app.state.waker.request("campaign", "advance_journeys")
+    return out
+
+
+@router.get("/campaigns/{campaign_id}/journeys", response_model=JourneyList, operation_id="list_campaign_journeys",
+            tags=["journeys"], summary="Who is in the campaign, at which step", responses=_NOT_FOUND)
+async def list_journeys(
+    campaign_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, after: AfterDep, limit: Limit = 100,
+    status: Annotated[str | None, Query(description="active | waiting | holdout | completed | exited")] = None,
+    step: Annotated[str | None, Query(description="current step id")] = None,
+) -> dict[str, Any]:
+    async with session.begin():
+        items, nxt = await campaigns.list_journeys(session, ws, campaign_id, status=status, step=step, after=after,
+                                                   limit=limit)
+    return {"journeys": items, "next_cursor": nxt}
+
+
+@router.get("/campaigns/{campaign_id}/stats", response_model=CampaignStats, operation_id="campaign_stats",
+            tags=["journeys"], summary="Funnel: entered, per step, sends and skips by reason, conversions and lift",
+            responses=_NOT_FOUND)
+async def campaign_stats(campaign_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+    async with session.begin():
+        return await campaigns.stats(session, ws, campaign_id)
+
+
+@router.get("/profiles/{profile_id}/journeys", response_model=ProfileJourneys, operation_id="profile_journeys",
+            tags=["journeys"], summary="A profile's journeys and, step by step, what happened and why",
+            responses=COMMON_ERRORS)
+async def profile_journeys(profile_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+    async with session.begin():
+        return {"journeys": await campaigns.profile_journeys(session, ws, profile_id)}
 
 
 for _action, _status in (("pause", "paused"), ("resume", "active")):

@@ -1,18 +1,25 @@
 """Templates, campaigns and the sends they produce (no HTTP here)."""
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.campaign import templates
+from services.campaign import journey_def as jd
+from services.campaign import journeys, templates
+from shared.auth import WORKSPACE_HEADER
 from shared.db import fetch_one, fetch_page, insert_one_or_conflict, row_dict
-from shared.errors import ValidationFailed
+from shared.errors import NotFound, UpstreamUnavailable, ValidationFailed
+from shared.http import InternalClient
 from shared.jsonutil import dumps
 
-_TEMPLATE_COLS = "id, name, channel, subject, html, text, created_at, updated_at"
-_CAMPAIGN_COLS = "id, name, status, version, trigger, template_id, message_type, created_at, updated_at"
-_SEND_COLS = ("id, campaign_id, campaign_version, profile_id, occurrence, status, reason, "
+_TEMPLATE_COLS = "id, name, channel, subject, html, text, locales, created_at, updated_at"
+_CAMPAIGN_COLS = ("id, name, status, version, trigger, template_id, message_type, definition, created_at, "
+                  "updated_at")
+_SEND_COLS = ("id, campaign_id, campaign_version, profile_id, occurrence, status, reason, journey_id, step, "
               "delivery_message_id, created_at")
 
 
@@ -20,15 +27,23 @@ async def create_template(session: AsyncSession, ws: uuid.UUID, data: dict[str, 
     fields = {k: data.get(k) for k in ("subject", "html", "text")}
     if not fields["html"] and not fields["text"]:
         raise ValidationFailed("A template needs an html or a text body")
+    locales = data.get("locales") or {}
     try:
         templates.validate(fields)
+        for code, variant in locales.items():
+            try:
+                templates.validate({k: variant.get(k) for k in templates.FIELDS})
+            except templates.TemplateError as exc:
+                raise templates.TemplateError(f"locales.{code}.{exc.field}", exc.message) from None
     except templates.TemplateError as exc:
         raise ValidationFailed(f"Template {exc.field} does not parse: {exc.message}", field=exc.field) from None
     row = await insert_one_or_conflict(
         session,
-        f"insert into campaign.templates (id, workspace_id, name, channel, subject, html, text) "
-        f"values (:id, :ws, :name, :channel, :subject, :html, :text) returning {_TEMPLATE_COLS}",
-        {"id": uuid.uuid4(), "ws": ws, "name": data["name"], "channel": data.get("channel", "email"), **fields},
+        f"insert into campaign.templates (id, workspace_id, name, channel, subject, html, text, locales) "
+        f"values (:id, :ws, :name, :channel, :subject, :html, :text, CAST(:locales AS jsonb)) "
+        f"returning {_TEMPLATE_COLS}",
+        {"id": uuid.uuid4(), "ws": ws, "name": data["name"], "channel": data.get("channel", "email"), **fields,
+         "locales": dumps(locales)},
         f"A template named {data['name']!r} already exists",
     )
     return row_dict(row)
@@ -43,21 +58,78 @@ async def get_template(session: AsyncSession, ws: uuid.UUID, template_id: uuid.U
     )
 
 
-async def create_campaign(session: AsyncSession, ws: uuid.UUID, data: dict[str, Any]) -> dict[str, Any]:
+def journey_from(data: dict[str, Any]) -> jd.Journey:
+    """The journey a create/update body describes: ``steps`` (a journey), or a bare ``template_id`` (one
+    send step, every time the trigger happens)."""
+    definition = {k: data[k] for k in ("trigger", "steps", "entry", "goal", "exit_on", "message_type")
+                  if data.get(k) is not None}
+    if "steps" not in definition:
+        if not data.get("template_id"):
+            raise ValidationFailed("A campaign needs steps or a template_id")
+        definition["steps"] = [{"id": "send", "type": "send", "template_id": str(data["template_id"])}]
+        definition.setdefault("entry", {"rule": "every_time"})
     try:
-        template_id = uuid.UUID(str(data["template_id"]))
-    except ValueError:
-        raise ValidationFailed("template_id is not a valid id") from None
-    await get_template(session, ws, template_id)
+        return journeys.parse(definition)
+    except ValidationError as exc:
+        errors = [{"at": ".".join(str(p) for p in e["loc"]), "msg": e["msg"]} for e in exc.errors(include_url=False)]
+        raise ValidationFailed("The campaign is not valid", errors=errors) from None
+
+
+async def _check_templates(session: AsyncSession, ws: uuid.UUID, journey: jd.Journey) -> None:
+    wanted = journey.template_ids()
+    found = set((await session.execute(
+        text("select id from campaign.templates where workspace_id = :ws and id = any(CAST(:ids AS uuid[]))"),
+        {"ws": ws, "ids": list(wanted)})).scalars())
+    if wanted - found:
+        raise NotFound(f"No template {sorted(str(t) for t in wanted - found)[0]}")
+
+
+def _first_template(journey: jd.Journey) -> uuid.UUID | None:
+    return next((s.template_id for s in journey.steps if isinstance(s, jd.SendStep)), None)
+
+
+async def create_campaign(session: AsyncSession, ws: uuid.UUID, data: dict[str, Any]) -> dict[str, Any]:
+    journey = journey_from(data)
+    await _check_templates(session, ws, journey)
+    definition = journey.model_dump(mode="json", exclude_none=True)
+    cid = uuid.uuid4()
     row = await insert_one_or_conflict(
         session,
-        f"insert into campaign.campaigns (id, workspace_id, name, status, trigger, template_id, message_type) "
-        f"values (:id, :ws, :name, :status, CAST(:trigger AS jsonb), :tid, :mt) returning {_CAMPAIGN_COLS}",
-        {"id": uuid.uuid4(), "ws": ws, "name": data["name"], "status": data.get("status", "active"),
-         "trigger": dumps(data["trigger"]), "tid": template_id,
-         "mt": data.get("message_type", "marketing")},
+        f"insert into campaign.campaigns (id, workspace_id, name, status, trigger, template_id, message_type, "
+        f"definition) values (:id, :ws, :name, :status, CAST(:trigger AS jsonb), :tid, :mt, CAST(:d AS jsonb)) "
+        f"returning {_CAMPAIGN_COLS}",
+        {"id": cid, "ws": ws, "name": data["name"], "status": data.get("status", "active"),
+         "trigger": dumps(definition["trigger"]), "tid": _first_template(journey), "mt": journey.message_type,
+         "d": dumps(definition)},
         f"A campaign named {data['name']!r} already exists",
     )
+    await session.execute(
+        text("insert into campaign.campaign_versions (campaign_id, version, workspace_id, definition) "
+             "values (:c, 1, :ws, CAST(:d AS jsonb))"), {"c": cid, "ws": ws, "d": dumps(definition)})
+    return row_dict(row)
+
+
+async def update_campaign(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID, data: dict[str, Any]
+                          ) -> dict[str, Any]:
+    """A new version; users already inside finish the version they entered."""
+    journey = journey_from(data)
+    await _check_templates(session, ws, journey)
+    definition = journey.model_dump(mode="json", exclude_none=True)
+    row = await insert_one_or_conflict(
+        session,
+        f"update campaign.campaigns set name = coalesce(:name, name), trigger = CAST(:trigger AS jsonb), "
+        f"template_id = :tid, message_type = :mt, definition = CAST(:d AS jsonb), version = version + 1, "
+        f"updated_at = now() where workspace_id = :ws and id = :id and status <> 'archived' "
+        f"returning {_CAMPAIGN_COLS}",
+        {"id": campaign_id, "ws": ws, "name": data.get("name"), "trigger": dumps(definition["trigger"]),
+         "tid": _first_template(journey), "mt": journey.message_type, "d": dumps(definition)},
+        f"A campaign named {data.get('name')!r} already exists",
+        missing=f"No campaign {campaign_id} (or it is archived)",
+    )
+    await session.execute(
+        text("insert into campaign.campaign_versions (campaign_id, version, workspace_id, definition) "
+             "values (:c, :v, :ws, CAST(:d AS jsonb))"),
+        {"c": campaign_id, "v": row.version, "ws": ws, "d": dumps(definition)})
     return row_dict(row)
 
 
@@ -100,3 +172,117 @@ async def list_sends(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUI
         f"and (CAST(:after AS uuid) is null or id > CAST(:after AS uuid)) order by id limit :lim",
         {"ws": ws, "cid": campaign_id, "after": after}, limit,
     )
+
+
+_JOURNEY_COLS = ("id, campaign_id, version, profile_id, status, step, wake_at, variant, entered_at, ended_at, "
+                 "converted_at")
+
+
+async def archive(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, Any]:
+    """No more entries; users inside leave (logged)."""
+    row = await set_status(session, ws, campaign_id, "archived")
+    await session.execute(text(
+        "with ended as (update campaign.journeys set status = 'exited', ended_at = now(), wake_at = null, "
+        "updated_at = now() where campaign_id = :c and status in ('active', 'waiting') "
+        "returning id, workspace_id, campaign_id, profile_id, step) "
+        "insert into campaign.journey_log (journey_id, workspace_id, campaign_id, profile_id, step, kind, detail) "
+        "select id, workspace_id, campaign_id, profile_id, step, 'exited', 'campaign archived' from ended"),
+        {"c": campaign_id})
+    return row
+
+
+async def list_journeys(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID, *, status: str | None,
+                        step: str | None, after: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    await get_campaign(session, ws, campaign_id)
+    return await fetch_page(
+        session,
+        f"select {_JOURNEY_COLS} from campaign.journeys where workspace_id = :ws and campaign_id = :c "
+        f"and (CAST(:status AS text) is null or status = :status) and (CAST(:step AS text) is null or step = :step) "
+        f"and (CAST(:after AS uuid) is null or id > CAST(:after AS uuid)) order by id limit :lim",
+        {"ws": ws, "c": campaign_id, "status": status, "step": step, "after": after}, limit,
+    )
+
+
+async def stats(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, Any]:
+    """The funnel: entered, where people are, sends and skips (by reason), conversions with holdout lift."""
+    await get_campaign(session, ws, campaign_id)
+    params = {"ws": ws, "c": campaign_id}
+    j = (await session.execute(text(
+        "select count(*) filter (where status <> 'holdout') as treated, count(*) filter (where status = 'holdout') "
+        "as holdout, count(*) filter (where status <> 'holdout' and converted_at is not null) as treated_converted, "
+        "count(*) filter (where status = 'holdout' and converted_at is not null) as holdout_converted, "
+        "count(*) filter (where status = 'completed') as completed, count(*) filter (where status = 'exited') "
+        "as exited from campaign.journeys where workspace_id = :ws and campaign_id = :c"), params)).mappings().one()
+    at_step = {f"{r.step}": r.n for r in await session.execute(text(
+        "select step, count(*) as n from campaign.journeys where workspace_id = :ws and campaign_id = :c "
+        "and status in ('active', 'waiting') group by step order by step"), params)}
+    sends = await session.execute(text(
+        "select step, status, reason, count(*) as n from campaign.sends where workspace_id = :ws "
+        "and campaign_id = :c group by step, status, reason order by step, status"), params)
+    by_step: dict[str, dict[str, Any]] = {}
+    for r in sends:
+        entry = by_step.setdefault(r.step or "send", {"queued": 0, "dispatched": 0, "skipped": {}, "failed": 0})
+        if r.status == "skipped":
+            entry["skipped"][r.reason or "unknown"] = entry["skipped"].get(r.reason or "unknown", 0) + r.n
+        elif r.status in ("pending", "dispatched", "failed"):
+            entry["queued" if r.status == "pending" else r.status] += r.n
+    variants = {r.variant: {"entered": r.n, "converted": r.conv} for r in await session.execute(text(
+        "select variant, count(*) as n, count(converted_at) as conv from campaign.journeys "
+        "where workspace_id = :ws and campaign_id = :c and variant is not null group by variant"), params)}
+
+    def rate(part: int, whole: int) -> float | None:
+        return round(part * 100.0 / whole, 2) if whole else None
+
+    treated_rate, holdout_rate = rate(j["treated_converted"], j["treated"]), rate(j["holdout_converted"], j["holdout"])
+    return {
+        "entered": j["treated"] + j["holdout"], "holdout": j["holdout"], "completed": j["completed"],
+        "exited": j["exited"], "in_progress_by_step": at_step, "sends_by_step": by_step,
+        "converted": j["treated_converted"], "conversion_rate": treated_rate,
+        "holdout_converted": j["holdout_converted"], "holdout_conversion_rate": holdout_rate,
+        "lift_points": round(treated_rate - holdout_rate, 2) if treated_rate is not None and holdout_rate is not None
+        else None,
+        "variants": {k: {**v, "conversion_rate": rate(v["converted"], v["entered"])} for k, v in variants.items()},
+    }
+
+
+async def profile_journeys(session: AsyncSession, ws: uuid.UUID, profile_id: uuid.UUID, limit: int = 50
+                           ) -> list[dict[str, Any]]:
+    """Every journey of a profile, newest first, with what happened at each step and why."""
+    rows = (await session.execute(text(
+        f"select {_JOURNEY_COLS} from campaign.journeys where workspace_id = :ws and profile_id = :p "
+        f"order by entered_at desc limit :lim"), {"ws": ws, "p": profile_id, "lim": limit})).all()
+    out = []
+    for r in rows:
+        log_rows = await session.execute(text(
+            "select step, kind, detail, at from campaign.journey_log where journey_id = :j order by seq"), {"j": r.id})
+        out.append({**row_dict(r), "log": [dict(x._mapping) for x in log_rows]})
+    return out
+
+
+async def resolve_user(internal: InternalClient, ws: uuid.UUID, ref: str) -> uuid.UUID:
+    resp = await internal.request("POST", "ingest", "/v1/profiles/resolve", retry=True,
+                                  headers={WORKSPACE_HEADER: str(ws)}, json={"refs": [ref]})
+    if resp.status_code != 200:
+        raise UpstreamUnavailable(f"ingest answered {resp.status_code} resolving the user")
+    found = resp.json()["profiles"].get(ref)
+    if found is None:
+        raise NotFound(f"No profile {ref!r} in this workspace")
+    return uuid.UUID(found)
+
+
+async def trigger(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID, profile_id: uuid.UUID,
+                  data: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:
+    row = (await session.execute(text(
+        "select id, workspace_id, version, status, definition from campaign.campaigns where workspace_id = :ws "
+        "and id = :id for share"), {"ws": ws, "id": campaign_id})).mappings().first()
+    if row is None:
+        raise NotFound(f"No campaign {campaign_id}")
+    campaign = dict(row)
+    journey = journeys.parse(campaign["definition"])
+    occurrence = f"api:{idempotency_key}" if idempotency_key else f"api:{uuid.uuid4()}"
+    now = datetime.now(UTC)
+    jid = await journeys.enter(session, campaign, journey, profile_id, occurrence,
+                               {"name": "api", "properties": data, "timestamp": now.isoformat()}, now)
+    if jid is None:
+        return {"entered": False, "journey_id": None, "reason": "the entry rule or an earlier identical trigger"}
+    return {"entered": True, "journey_id": str(jid), "reason": None}

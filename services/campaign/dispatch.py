@@ -53,7 +53,7 @@ async def claim(session: AsyncSession, limit: int) -> list[dict[str, Any]]:
 
 
 async def _template(session: AsyncSession, template_id: uuid.UUID) -> dict[str, Any] | None:
-    row = (await session.execute(text("select subject, html, text from campaign.templates where id = :id"),
+    row = (await session.execute(text("select subject, html, text, locales from campaign.templates where id = :id"),
                                  {"id": template_id})).mappings().first()
     return dict(row) if row else None
 
@@ -80,8 +80,9 @@ async def prepare(session: AsyncSession, internal: InternalClient, send: dict[st
     email = (profile.get("traits") or {}).get("email")
     if not email or not isinstance(email, str):
         return Outcome("skipped", "profile has no email trait")
+    fields, _ = templates.for_locale(tpl, (profile.get("traits") or {}).get("locale"))
     try:
-        rendered = templates.render(tpl, templates.variables_for(profile, send["trigger_data"]))
+        rendered = templates.render(fields, templates.variables_for(profile, send["trigger_data"]))
     except templates.TemplateError as exc:
         return Outcome("failed", f"template did not render: {exc}")
     return {

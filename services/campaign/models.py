@@ -4,7 +4,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Index, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Identity, Index, UniqueConstraint, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
 from shared.db import jsonb_column, metadata_for, tz_column
@@ -29,12 +30,15 @@ class Template(CampaignTable, table=True):
     subject: str
     html: str | None = None
     text: str | None = None
+    # {"fr": {"subject": ..., "html": ..., "text": ...}, "fr-CA": {...}}: chosen by the profile's locale
+    locales: dict[str, Any] = Field(sa_column=jsonb_column("locales"))
     created_at: datetime = Field(sa_column=tz_column("created_at"))
     updated_at: datetime = Field(sa_column=tz_column("updated_at"))
 
 
 class Campaign(CampaignTable, table=True):
-    """``when <trigger>, send <template>``; every edit bumps ``version``."""
+    """A journey (journey_def.py); every edit bumps ``version`` and keeps the old one in
+    ``campaign_versions`` for the users still inside it."""
 
     __tablename__ = "campaigns"
     __table_args__ = (UniqueConstraint("workspace_id", "name"),)
@@ -45,7 +49,8 @@ class Campaign(CampaignTable, table=True):
     status: str = "active"  # "active" | "paused"
     version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
     trigger: dict[str, Any] = Field(sa_column=jsonb_column("trigger"))
-    template_id: uuid.UUID
+    template_id: uuid.UUID | None = None  # the first send step's template (one-step campaigns)
+    definition: dict[str, Any] = Field(sa_column=jsonb_column("definition"))
     message_type: str = "marketing"
     created_at: datetime = Field(sa_column=tz_column("created_at"))
     updated_at: datetime = Field(sa_column=tz_column("updated_at"))
@@ -68,6 +73,7 @@ class Send(CampaignTable, table=True):
     __tablename__ = "sends"
     __table_args__ = (
         UniqueConstraint("workspace_id", "idempotency_key"),
+        Index("ix_sends_profile_recent", "workspace_id", "profile_id", "created_at"),
         Index("ix_sends_pending", "next_attempt_at", postgresql_where="status = 'pending'"),
     )
 
@@ -84,6 +90,77 @@ class Send(CampaignTable, table=True):
     attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     delivery_message_id: uuid.UUID | None = None
     trigger_data: dict[str, Any] = Field(sa_column=jsonb_column("trigger_data"))
+    journey_id: uuid.UUID | None = None
+    step: str | None = None
+    channel: str = Field(default="email", sa_column_kwargs={"server_default": "email"})
     next_attempt_at: datetime = Field(sa_column=tz_column("next_attempt_at"))
     created_at: datetime = Field(sa_column=tz_column("created_at"))
     updated_at: datetime = Field(sa_column=tz_column("updated_at"))
+
+
+class CampaignVersion(CampaignTable, table=True):
+    __tablename__ = "campaign_versions"
+
+    campaign_id: uuid.UUID = Field(primary_key=True)
+    version: int = Field(primary_key=True)
+    workspace_id: uuid.UUID
+    definition: dict[str, Any] = Field(sa_column=jsonb_column("definition"))
+    created_at: datetime = Field(sa_column=tz_column("created_at"))
+
+
+class JourneyRun(CampaignTable, table=True):
+    """One profile's way through one campaign version: where it is and when it wakes.
+
+    Status: ``active`` (wakes at ``wake_at`` to run its step), ``waiting`` (for an event, or its
+    timeout at ``wake_at``), ``holdout`` (gets nothing; kept to measure conversions), ``completed``,
+    ``exited``. Timers are claimed with ``FOR UPDATE SKIP LOCKED``.
+    """
+
+    __tablename__ = "journeys"
+    __table_args__ = (
+        Index("ix_journeys_due", "wake_at", postgresql_where="status in ('active', 'waiting')"),
+        Index("ix_journeys_campaign_profile", "campaign_id", "profile_id", "entered_at"),
+        Index("ix_journeys_profile", "workspace_id", "profile_id"),
+        UniqueConstraint("campaign_id", "profile_id", "occurrence"),
+    )
+
+    id: uuid.UUID = Field(primary_key=True)
+    workspace_id: uuid.UUID
+    campaign_id: uuid.UUID
+    version: int
+    profile_id: uuid.UUID
+    occurrence: str  # what made the profile enter (idempotent entry)
+    status: str = "active"
+    step: str | None = None
+    wake_at: datetime | None = Field(default=None, sa_column=tz_column("wake_at", nullable=True, default_now=False))
+    wait: dict[str, Any] | None = Field(default=None, sa_column=jsonb_column("wait", nullable=True))
+    variant: str | None = None
+    trigger_data: dict[str, Any] = Field(sa_column=jsonb_column("trigger_data"))
+    # what happened since entry that steps may ask about: "event:<name>", "event:<name>|<prop>=<json>",
+    # "opened:<step>", "clicked:<step>"
+    seen: list[str] = Field(sa_column=Column("seen", JSONB, nullable=False, server_default=text("'[]'::jsonb")))
+    goal_deadline: datetime | None = Field(default=None, sa_column=tz_column("goal_deadline", nullable=True,
+                                                                             default_now=False))
+    converted_at: datetime | None = Field(default=None, sa_column=tz_column("converted_at", nullable=True,
+                                                                           default_now=False))
+    entered_at: datetime = Field(sa_column=tz_column("entered_at"))
+    ended_at: datetime | None = Field(default=None, sa_column=tz_column("ended_at", nullable=True, default_now=False))
+    updated_at: datetime = Field(sa_column=tz_column("updated_at"))
+
+
+class JourneyLog(CampaignTable, table=True):
+    """What happened to a journey and why: the answer to "why didn't X get the email"."""
+
+    __tablename__ = "journey_log"
+    __table_args__ = (Index("ix_journey_log_journey", "journey_id", "seq"),
+                      Index("ix_journey_log_profile", "workspace_id", "profile_id"))
+
+    seq: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    journey_id: uuid.UUID
+    workspace_id: uuid.UUID
+    campaign_id: uuid.UUID
+    profile_id: uuid.UUID
+    step: str | None = None
+    kind: str  # entered | holdout | sent | skipped | deferred | waiting | event | timeout | branch | converted | ...
+    detail: str | None = None
+    at: datetime = Field(sa_column=tz_column("at"))

@@ -1,9 +1,17 @@
 """The public contract of the campaign service."""
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+from services.campaign import journey_def as jd
+
+
+class LocaleVariant(BaseModel):
+    subject: str | None = Field(None, max_length=998)
+    html: str | None = None
+    text: str | None = None
 
 
 class TemplateCreate(BaseModel):
@@ -12,6 +20,9 @@ class TemplateCreate(BaseModel):
     subject: str = Field(min_length=1, max_length=998, examples=["Welcome, {{ profile.first_name }}!"])
     html: str | None = Field(None, examples=["<p>Hi {{ profile.first_name | default: 'there' }}</p>"])
     text: str | None = Field(None, examples=["Hi {{ profile.first_name | default: 'there' }}"])
+    locales: dict[str, LocaleVariant] = Field(
+        default_factory=dict, description="variants by locale; a profile's locale falls back fr-CA → fr → default",
+        examples=[{"fr": {"subject": "Bienvenue, {{ profile.first_name }} !"}}])
 
 
 class TemplateOut(TemplateCreate):
@@ -20,35 +31,41 @@ class TemplateOut(TemplateCreate):
     updated_at: datetime
 
 
-class EventTrigger(BaseModel):
-    type: Literal["event"] = "event"
-    event: str = Field(min_length=1, examples=["Signed Up"])
-
-
-class SegmentEnteredTrigger(BaseModel):
-    type: Literal["segment_entered"] = "segment_entered"
-    segment_id: str = Field(description="id of a segment in the segment service")
-
-
-Trigger = Annotated[EventTrigger | SegmentEnteredTrigger, Field(discriminator="type")]
-
-
 class CampaignCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=200, examples=["Welcome email"])
-    trigger: Trigger
-    template_id: str
+    """A journey: ``trigger``, ``steps`` (or just ``template_id`` for "every time TRIGGER, send TEMPLATE"),
+    entry rules, goal and exit events. See docs/campaigns.md."""
+
+    name: str = Field(min_length=1, max_length=200, examples=["Welcome series"])
+    trigger: jd.Trigger
+    steps: list[jd.Step] | None = Field(None, max_length=jd.MAX_STEPS)
+    template_id: str | None = Field(None, description="shorthand for one send step")
+    entry: jd.Entry | None = None
+    goal: jd.Goal | None = None
+    exit_on: list[str] | None = None
     message_type: Literal["marketing", "transactional"] = "marketing"
     status: Literal["active", "paused"] = "active"
+
+
+class CampaignUpdate(BaseModel):
+    name: str | None = Field(None, min_length=1, max_length=200)
+    trigger: jd.Trigger
+    steps: list[jd.Step] | None = Field(None, max_length=jd.MAX_STEPS)
+    template_id: str | None = None
+    entry: jd.Entry | None = None
+    goal: jd.Goal | None = None
+    exit_on: list[str] | None = None
+    message_type: Literal["marketing", "transactional"] = "marketing"
 
 
 class CampaignOut(BaseModel):
     id: str
     name: str
-    status: str
+    status: str = Field(description="active | paused | archived")
     version: int
     trigger: dict[str, object]
-    template_id: str
+    template_id: str | None
     message_type: str
+    definition: dict[str, object] = Field(description="the current version's journey")
     created_at: datetime
     updated_at: datetime
 
@@ -56,6 +73,70 @@ class CampaignOut(BaseModel):
 class CampaignList(BaseModel):
     campaigns: list[CampaignOut]
     next_cursor: str | None = None
+
+
+class TriggerRequest(BaseModel):
+    user: str = Field(min_length=1, description="profile id, userId, anonymousId or email", examples=["u-42"])
+    data: dict[str, Any] = Field(default_factory=dict, description="visible to templates as `event.properties`",
+                                 examples=[{"reset_url": "https://example.com/reset/abc"}])
+    idempotency_key: str | None = Field(None, max_length=200, description="a retried trigger with the same key "
+                                                                           "enters once")
+
+
+class TriggerOut(BaseModel):
+    entered: bool
+    journey_id: str | None = None
+    reason: str | None = Field(None, description="why not entered (entry rule, paused)")
+
+
+class JourneyOut(BaseModel):
+    id: str
+    campaign_id: str
+    version: int
+    profile_id: str
+    status: str = Field(description="active | waiting | holdout | completed | exited")
+    step: str | None
+    wake_at: datetime | None
+    variant: str | None
+    entered_at: datetime
+    ended_at: datetime | None
+    converted_at: datetime | None
+
+
+class JourneyList(BaseModel):
+    journeys: list[JourneyOut]
+    next_cursor: str | None = None
+
+
+class LogEntry(BaseModel):
+    step: str | None
+    kind: str = Field(description="entered | holdout | waiting | sent | skipped | deferred | event | timeout | "
+                                  "branch | split | converted | exited | completed | ...")
+    detail: str | None
+    at: datetime
+
+
+class ProfileJourney(JourneyOut):
+    log: list[LogEntry]
+
+
+class ProfileJourneys(BaseModel):
+    journeys: list[ProfileJourney]
+
+
+class CampaignStats(BaseModel):
+    entered: int
+    holdout: int
+    completed: int
+    exited: int
+    in_progress_by_step: dict[str, int]
+    sends_by_step: dict[str, Any] = Field(description="queued, dispatched, failed and skipped (by reason) per step")
+    converted: int
+    conversion_rate: float | None
+    holdout_converted: int
+    holdout_conversion_rate: float | None
+    lift_points: float | None = Field(description="conversion rate minus the holdout's, in percentage points")
+    variants: dict[str, Any]
 
 
 class SendOut(BaseModel):
@@ -66,6 +147,8 @@ class SendOut(BaseModel):
     occurrence: str
     status: str = Field(description="pending | dispatched | skipped | failed")
     reason: str | None
+    journey_id: str | None = None
+    step: str | None = None
     delivery_message_id: str | None
     created_at: datetime
 

@@ -56,6 +56,27 @@ def render(fields: dict[str, str | None], variables: dict[str, Any]) -> Rendered
     return Rendered(subject=(out.get("subject") or "").strip(), html=out.get("html"), text=out.get("text"))
 
 
+FIELDS = ("subject", "html", "text")
+
+
+def locale_chain(locale: Any) -> list[str]:
+    """``fr-CA`` → ``["fr-ca", "fr"]``; ``fr_CA`` and other spellings alike (the default comes after)."""
+    if not isinstance(locale, str) or not locale.strip():
+        return []
+    parts = locale.strip().replace("_", "-").lower().split("-")
+    return ["-".join(parts[:i]) for i in range(len(parts), 0, -1)]
+
+
+def for_locale(template: dict[str, Any], locale: Any) -> tuple[dict[str, str | None], str | None]:
+    """The fields to render for a profile's locale (fallback chain, then the default), and which variant."""
+    variants = {k.lower(): v for k, v in (template.get("locales") or {}).items()}
+    for code in locale_chain(locale):
+        if code in variants:
+            variant = variants[code]
+            return {f: variant.get(f, template.get(f)) for f in FIELDS}, code
+    return {f: template.get(f) for f in FIELDS}, None
+
+
 def variables_for(profile: dict[str, Any], trigger: dict[str, Any]) -> dict[str, Any]:
     """What a template sees: ``profile`` (traits plus ids), ``traits`` and the trigger ``event``."""
     traits = dict(profile.get("traits") or {})

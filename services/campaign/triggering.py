@@ -1,116 +1,23 @@
-"""Deciding sends: campaign triggers matched against ingest's events and segment's transitions.
+"""Entering journeys from ingest's events and segment's transitions, and moving the journeys waiting on them.
 
-Each feed page is one transaction: the sends it decides and the consumer cursor commit together.
-A send's idempotency key is derived from (campaign, version, step, profile, occurrence), so replaying
-a page, or a trigger arriving twice, can never produce a second message.
+Each feed page is one transaction: the journeys it starts, the waiting journeys it wakes and the
+consumer cursor commit together. Entry is idempotent per (campaign, profile, occurrence), so replaying
+a page, or a trigger arriving twice, never enters anyone twice (and so never sends twice).
 """
 
-import hashlib
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.campaign import journeys
 from shared.errors import UpstreamUnavailable
 from shared.feed import lock_consumer, save_consumer
 from shared.http import InternalClient
-from shared.jsonutil import dumps
-
-STEP = "send"  # the one step of a thin campaign; journeys add more
-
-
-@dataclass(frozen=True)
-class Decision:
-    workspace_id: uuid.UUID
-    campaign_id: uuid.UUID
-    campaign_version: int
-    template_id: uuid.UUID
-    profile_id: uuid.UUID
-    occurrence: str
-    trigger_data: dict[str, Any]
-
-    @property
-    def idempotency_key(self) -> str:
-        raw = f"{self.campaign_id}:{self.campaign_version}:{STEP}:{self.profile_id}:{self.occurrence}"
-        return hashlib.sha256(raw.encode()).hexdigest()[:40]
-
-
-def match_event(campaign: dict[str, Any], event: dict[str, Any]) -> bool:
-    trig = campaign["trigger"]
-    return trig.get("type") == "event" and event.get("type") == "track" and event.get("event") == trig.get("event")
-
-
-def match_transition(campaign: dict[str, Any], tr: dict[str, Any]) -> bool:
-    trig = campaign["trigger"]
-    return (trig.get("type") == "segment_entered" and tr.get("kind") == "entered"
-            and str(trig.get("segment_id")) == tr.get("segment_id"))
-
-
-async def _active_campaigns(session: AsyncSession, workspaces: set[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:
-    rows = await session.execute(
-        text("select id, workspace_id, version, trigger, template_id from campaign.campaigns "
-             "where status = 'active' and workspace_id = any(CAST(:ws AS uuid[]))"),
-        {"ws": list(workspaces)},
-    )
-    out: dict[uuid.UUID, list[Any]] = defaultdict(list)
-    for r in rows.mappings():
-        out[r["workspace_id"]].append(dict(r))
-    return out
-
-
-def decide(campaigns: dict[uuid.UUID, list[Any]], items: list[dict[str, Any]], feed: str) -> list[Decision]:
-    out = []
-    for item in items:
-        ws = uuid.UUID(item["workspace_id"])
-        for c in campaigns.get(ws, []):
-            if feed == "events" and match_event(c, item):
-                occurrence = f"event:{item['message_id']}"
-                data = {"name": item["event"], "properties": item.get("properties") or {},
-                        "timestamp": item.get("timestamp")}
-            elif feed == "transitions" and match_transition(c, item):
-                occurrence = f"segment:{item['segment_id']}:{item['cursor']}"
-                data = {"segment_id": item["segment_id"], "at": item.get("at")}
-            else:
-                continue
-            out.append(Decision(ws, c["id"], c["version"], c["template_id"], uuid.UUID(item["profile_id"]),
-                                occurrence, data))
-    return out
-
-
-async def record_decisions(session: AsyncSession, decisions: list[Decision]) -> int:
-    if not decisions:
-        return 0
-    rows = await session.execute(
-        text(
-            """
-            insert into campaign.sends (id, workspace_id, campaign_id, campaign_version, template_id, profile_id,
-                                        occurrence, idempotency_key, status, trigger_data)
-            select u.id, u.ws, u.cid, u.ver, u.tid, u.pid, u.occ, u.key, 'pending', u.data::jsonb
-              from unnest(CAST(:ids AS uuid[]), CAST(:ws AS uuid[]), CAST(:cids AS uuid[]), CAST(:vers AS int[]),
-                          CAST(:tids AS uuid[]), CAST(:pids AS uuid[]), CAST(:occs AS text[]),
-                          CAST(:keys AS text[]), CAST(:data AS text[]))
-                   as u(id, ws, cid, ver, tid, pid, occ, key, data)
-            on conflict (workspace_id, idempotency_key) do nothing
-            returning id
-            """
-        ),
-        {
-            "ids": [uuid.uuid4() for _ in decisions],
-            "ws": [d.workspace_id for d in decisions],
-            "cids": [d.campaign_id for d in decisions],
-            "vers": [d.campaign_version for d in decisions],
-            "tids": [d.template_id for d in decisions],
-            "pids": [d.profile_id for d in decisions],
-            "occs": [d.occurrence for d in decisions],
-            "keys": [d.idempotency_key for d in decisions],
-            "data": [dumps(d.trigger_data) for d in decisions],
-        },
-    )
-    return len(rows.all())
-
 
 FEEDS = {
     # consumer name: (service, path, list key)
@@ -119,8 +26,61 @@ FEEDS = {
 }
 
 
-async def consume_page(session: AsyncSession, internal: InternalClient, feed: str, limit: int) -> tuple[int, int]:
-    """Fold one page of a feed into sends; returns (items read, sends created)."""
+@dataclass
+class PageResult:
+    read: int = 0
+    entered: int = 0
+    woken: int = 0
+
+
+async def active_campaigns(session: AsyncSession, workspaces: set[uuid.UUID]) -> dict[uuid.UUID, list[dict[str, Any]]]:
+    rows = await session.execute(
+        text("select id, workspace_id, version, definition from campaign.campaigns "
+             "where status = 'active' and workspace_id = any(CAST(:ws AS uuid[]))"),
+        {"ws": list(workspaces)},
+    )
+    out: dict[uuid.UUID, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows.mappings():
+        out[r["workspace_id"]].append({**dict(r), "journey": journeys.parse(r["definition"])})
+    return out
+
+
+def _when(value: Any, now: datetime) -> datetime:
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+        except ValueError:
+            return now
+    return value if isinstance(value, datetime) else now
+
+
+async def enter_from(session: AsyncSession, campaigns: dict[uuid.UUID, list[dict[str, Any]]],
+                     items: list[dict[str, Any]], feed: str, now: datetime) -> int:
+    entered = 0
+    for item in items:
+        ws = uuid.UUID(item["workspace_id"])
+        for c in campaigns.get(ws, []):
+            if not journeys.trigger_matches(c["journey"], ws, item, feed):
+                continue
+            if feed == "events":
+                occurrence = f"event:{item['message_id']}"
+                data = {"name": item["event"], "properties": item.get("properties") or {},
+                        "timestamp": item.get("timestamp")}
+                at = _when(item.get("timestamp"), now)
+            else:
+                occurrence = f"segment:{item['segment_id']}:{item['kind']}:{item['cursor']}"
+                data = {"segment_id": item["segment_id"], "kind": item["kind"], "at": item.get("at")}
+                at = _when(item.get("at"), now)
+            if await journeys.enter(session, c, c["journey"], uuid.UUID(item["profile_id"]), occurrence, data, now,
+                                    at=at):
+                entered += 1
+    return entered
+
+
+async def consume_page(session: AsyncSession, internal: InternalClient, feed: str, limit: int,
+                       now: datetime | None = None) -> PageResult:
+    """Fold one page of a feed into journeys (the caller's transaction)."""
+    now = now or datetime.now(UTC)
     service, path, key = FEEDS[feed]
     cursor = await lock_consumer(session, "campaign", feed)
     resp = await internal.request("GET", service, path, params={"after": cursor, "limit": limit})
@@ -128,9 +88,12 @@ async def consume_page(session: AsyncSession, internal: InternalClient, feed: st
         raise UpstreamUnavailable(f"{service} feed answered {resp.status_code}")
     page = resp.json()
     items = page[key]
+    result = PageResult(read=len(items))
     if not items:
-        return 0, 0
-    workspaces = {uuid.UUID(i["workspace_id"]) for i in items}
-    created = await record_decisions(session, decide(await _active_campaigns(session, workspaces), items, feed))
+        return result
+    campaigns = await active_campaigns(session, {uuid.UUID(i["workspace_id"]) for i in items})
+    result.entered = await enter_from(session, campaigns, items, feed, now)
+    if feed == "events":
+        result.woken = await journeys.on_events(session, items, now, journeys.VersionCache())
     await save_consumer(session, "campaign", feed, page["next_cursor"])
-    return len(items), created
+    return result

@@ -1,12 +1,12 @@
-"""Campaign's arq worker: read the event and transition feeds into sends, then dispatch them."""
+"""Campaign's arq worker: feeds into journeys, journeys' due timers, and sends handed to delivery."""
 
 from typing import Any
 
 import structlog
 from arq.worker import Worker
 
-from services.campaign import dispatch, triggering
-from shared.queue import JobCtx, build_worker, take_dirty, wake, worker_settings_class
+from services.campaign import dispatch, journeys, triggering
+from shared.queue import JobCtx, build_worker, take_dirty, worker_settings_class
 from shared.settings import Settings
 
 log = structlog.get_logger()
@@ -14,27 +14,41 @@ log = structlog.get_logger()
 
 async def _consume(ctx: JobCtx, feed: str, function: str) -> int:
     settings = ctx["settings"]
-    read = created = 0
+    read = moved = 0
     while True:
         async with ctx["sessionmaker"]() as session, session.begin():
-            n, c = await triggering.consume_page(session, ctx["internal"], feed, settings.consumer_batch_size)
-        read, created = read + n, created + c
-        if n < settings.consumer_batch_size and not await take_dirty(ctx, function):
+            page = await triggering.consume_page(session, ctx["internal"], feed, settings.consumer_batch_size)
+        read, moved = read + page.read, moved + page.entered + page.woken
+        if page.entered or page.woken:
+            await advance_journeys(ctx)
+        if page.read < settings.consumer_batch_size and not await take_dirty(ctx, function):
             break
-    if created:
-        log.info("campaign.sends_decided", feed=feed, read=read, sends=created)
-        await wake(ctx["redis"], settings, "campaign", "dispatch_sends")
-    return created
+    if moved:
+        log.info("campaign.feed_consumed", feed=feed, read=read, journeys=moved)
+    return moved
 
 
 async def on_events(ctx: JobCtx) -> int:
-    """Woken by ingest: event-triggered campaigns."""
+    """Woken by ingest: event triggers, and journeys waiting for events, goals and exit events."""
     return await _consume(ctx, "events", "on_events")
 
 
 async def on_transitions(ctx: JobCtx) -> int:
-    """Woken by segment: segment-entry campaigns."""
+    """Woken by segment: segment and lifecycle-stage triggers."""
     return await _consume(ctx, "transitions", "on_transitions")
+
+
+async def advance_journeys(ctx: JobCtx) -> int:
+    """Run every journey whose timer is due (woken on entry; polled, so delays fire on time)."""
+    total = sends = 0
+    while True:
+        n, s = await journeys.advance_due(ctx["sessionmaker"], ctx["internal"], ctx["http"])
+        total, sends = total + n, sends + s
+        if s:
+            await dispatch_sends(ctx)
+        if n == 0:
+            break
+    return total
 
 
 async def dispatch_sends(ctx: JobCtx) -> int:
@@ -48,8 +62,8 @@ async def dispatch_sends(ctx: JobCtx) -> int:
 
 
 _OPTIONS: dict[str, Any] = {
-    "functions": [on_events, on_transitions, dispatch_sends],
-    "poll": [on_events, on_transitions, dispatch_sends],
+    "functions": [on_events, on_transitions, advance_journeys, dispatch_sends],
+    "poll": [on_events, on_transitions, advance_journeys, dispatch_sends],
 }
 
 

@@ -21,6 +21,8 @@ from services.ingest.schemas import (
     FeedPage,
     GroupMessage,
     IdentifyMessage,
+    LookupOut,
+    LookupRequest,
     PageMessage,
     PrivacyRequestOut,
     ProfileEventList,
@@ -89,7 +91,8 @@ async def _authorize(request: Request, body: dict[str, Any]) -> Any:
     raw = credentials_from_header(request)
     if raw is None and isinstance(body.get("writeKey"), str):
         raw = body["writeKey"]
-    return await principal_for(request, raw, {"write"})
+    # campaign journeys update traits as the workspace (internal token + X-Tenure-Workspace)
+    return await principal_for(request, raw, {"write", "internal"})
 
 
 async def _store(request: Request, body: dict[str, Any],
@@ -220,6 +223,19 @@ async def resolve_profile_refs(body: ResolveRequest, principal: InternalDep, ses
     async with session.begin():
         found = await profiles.resolve_refs(session, ws, body.refs)
     return {"profiles": {ref: str(pid) for ref, pid in found.items()}}
+
+
+@profiles_router.post(
+    "/profiles/lookup",
+    response_model=LookupOut,
+    operation_id="lookup_profiles",
+    summary="Many profiles by id at once, merges followed (internal token, X-Tenure-Workspace)",
+    responses=COMMON_ERRORS,
+)
+async def lookup_profiles(body: LookupRequest, principal: InternalDep, session: SessionDep) -> dict[str, Any]:
+    ws = principal.require_workspace()
+    async with session.begin():
+        return {"profiles": await profiles.get_many(session, ws, body.ids)}
 
 
 @profiles_router.get(

@@ -271,6 +271,18 @@ async def resolve_ref(session: AsyncSession, ws: uuid.UUID, ref: str) -> uuid.UU
     return pid
 
 
+async def get_many(session: AsyncSession, ws: uuid.UUID, ids: list[uuid.UUID]) -> dict[str, dict[str, Any]]:
+    """Live profiles (ids of merged-away profiles lead to the profile they were merged into), by the id asked
+    for; unknown ids are left out."""
+    rows = await session.execute(
+        text("select a.id as asked, p.id, p.user_id, p.traits from ingest.profiles a "
+             "join ingest.profiles p on p.id = coalesce(a.merged_into, a.id) "
+             "where a.workspace_id = :ws and a.id = any(CAST(:ids AS uuid[]))"),
+        {"ws": ws, "ids": ids},
+    )
+    return {str(r.asked): {"id": str(r.id), "user_id": r.user_id, "traits": r.traits} for r in rows}
+
+
 async def get_profile(session: AsyncSession, ws: uuid.UUID, ref: str) -> dict[str, Any]:
     """A profile by its id, ``userId``, ``anonymousId`` or email, with its groups and merge history."""
     from services.ingest.groups import groups_of

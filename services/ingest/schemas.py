@@ -1,5 +1,6 @@
 """The public contract of ingest: Segment HTTP Tracking API messages and the feed/profile answers."""
 
+import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -235,3 +236,12 @@ class ResolveRequest(BaseModel):
 
 class ResolveOut(BaseModel):
     profiles: dict[str, str] = Field(description="reference -> live profile id; unknown references are left out")
+
+
+class LookupRequest(BaseModel):
+    ids: list[uuid.UUID] = Field(min_length=1, max_length=1000, description="profile ids")
+
+
+class LookupOut(BaseModel):
+    profiles: dict[str, dict[str, Any]] = Field(
+        description="asked id -> {id, user_id, traits} of the live profile (merges followed); unknown ids left out")

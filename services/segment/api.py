@@ -19,6 +19,7 @@ from services.segment.schemas import (
     PreviewOut,
     PreviewRequest,
     ProfileAttributes,
+    ProfileSegments,
     ProfileStage,
     RetentionMetrics,
     SearchOut,
@@ -126,6 +127,14 @@ async def read_transitions(
     return {"transitions": items, "next_cursor": cursor.encode()}
 
 
+
+
+@router.get("/profiles/{profile_id}/segments", response_model=ProfileSegments, operation_id="get_profile_segments",
+            tags=["profiles"], summary="The segments (and lifecycle stage) a profile is in now",
+            responses=COMMON_ERRORS)
+async def get_profile_segments(profile_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+    async with session.begin():
+        return await segments.profile_segments(session, ws, profile_id)
 
 
 @router.get("/profiles/{profile_id}/attributes", response_model=ProfileAttributes,

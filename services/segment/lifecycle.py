@@ -16,18 +16,14 @@ Stage changes are written as transitions of a per-workspace stage segment (a sta
 :func:`stage_segment_id`), so campaigns trigger on "entered at_risk" like on any segment.
 """
 
-import uuid
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from shared.lifecycle_ids import stage_segment_id
+
 STAGES = ("onboarding", "engaged", "loyal", "advocacy", "reactivated", "at_risk", "churned")
-_NAMESPACE = uuid.UUID("6c1f3c1e-7f58-4d1e-9a55-3b8f1f0b7a11")
-
-
-def stage_segment_id(workspace_id: uuid.UUID, stage: str) -> uuid.UUID:
-    """The stable id under which a stage's entries and exits appear in the transition feed."""
-    return uuid.uuid5(_NAMESPACE, f"{workspace_id}:lifecycle:{stage}")
+__all__ = ["STAGES", "LifecycleSettings", "StageInput", "next_stage", "stage_segment_id"]
 
 
 @dataclass(frozen=True)

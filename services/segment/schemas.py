@@ -184,3 +184,9 @@ class ListUpload(BaseModel):
     added: int = Field(description="profiles newly on the list")
     removed: int = 0
     unknown: list[str] = Field(description="ids no profile has (nothing was done for them)")
+
+
+class ProfileSegments(BaseModel):
+    profile_id: str
+    segment_ids: list[str] = Field(description="segments the profile is a member of now")
+    stage: str | None = Field(description="lifecycle stage")

@@ -152,3 +152,12 @@ async def profile_stage(session: AsyncSession, ws: uuid.UUID, profile_id: uuid.U
     )).first()
     return {"profile_id": str(profile_id), "stage": ids[row.segment_id] if row else None,
             "since": row.entered_at if row else None}
+
+
+async def profile_segments(session: AsyncSession, ws: uuid.UUID, profile_id: uuid.UUID) -> dict[str, Any]:
+    ids = {lifecycle.stage_segment_id(ws, st): st for st in lifecycle.STAGES}
+    rows = (await session.execute(
+        text("select segment_id from segment.memberships where workspace_id = :ws and profile_id = :pid "
+             "order by segment_id"), {"ws": ws, "pid": profile_id})).scalars().all()
+    return {"profile_id": str(profile_id), "segment_ids": [str(r) for r in rows if r not in ids],
+            "stage": next((ids[r] for r in rows if r in ids), None)}

@@ -1,0 +1,272 @@
+"""What a campaign is, as data: its trigger, entry rules, goal, exit rules and the journey's steps.
+
+A journey is a list of steps with ids; each step names the step that follows (``next``, or one target
+per outcome for ``wait_for_event``, ``branch`` and ``split``); a missing ``next`` ends the journey.
+Validated on save: ids unique, every target exists, the first step is where users enter.
+
+Steps:
+- ``send``: a template (its channel) to the profile, subject to consent, quiet hours and frequency caps;
+- ``delay``: wait ``seconds``;
+- ``wait_until``: the next ``time`` (HH:MM) on an allowed weekday in the user's time zone;
+- ``wait_until_attribute``: the date in a profile trait plus ``offset_seconds`` (e.g. a day before a
+  renewal); ``on_missing`` when the trait is absent or that moment has passed;
+- ``wait_for_event``: until ``event`` (optionally with a property equal to the trigger's, e.g. the same
+  ``cart_id``) → ``on_event``, or ``timeout_seconds`` → ``on_timeout``;
+- ``branch``: a condition on traits, segment membership, an event since entry, or engagement with an
+  earlier send step → ``yes`` / ``no``;
+- ``split``: A/B/n by weight, stable per profile → each variant's ``next``;
+- ``update_attribute``: set profile traits (through ingest, as an identify from the campaign);
+- ``webhook``: POST the journey's context to a URL;
+- ``exit``: end here.
+"""
+
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_STEPS = 100
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PropertyFilter(_Model):
+    property: str = Field(min_length=1, examples=["plan"])
+    op: Literal["equals", "not_equals", "exists", "gt", "gte", "lt", "lte", "contains", "in"] = "equals"
+    value: Any = None
+
+
+class EventTrigger(_Model):
+    type: Literal["event"] = "event"
+    event: str = Field(min_length=1, examples=["Signed Up"])
+    where: list[PropertyFilter] = Field(default_factory=list, description="every filter must match")
+
+
+class SegmentTrigger(_Model):
+    """Entering (or leaving) a segment; lifecycle stages are segments too (``stage`` instead of an id)."""
+
+    type: Literal["segment_entered", "segment_exited"] = "segment_entered"
+    segment_id: uuid.UUID | None = None
+    stage: Literal["onboarding", "engaged", "loyal", "advocacy", "reactivated", "at_risk", "churned"] | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "SegmentTrigger":
+        if (self.segment_id is None) == (self.stage is None):
+            raise ValueError("give segment_id or stage")
+        return self
+
+
+class ApiTrigger(_Model):
+    """Only ``POST /v1/campaigns/{id}/trigger`` (transactional messages with data)."""
+
+    type: Literal["api"] = "api"
+
+
+Trigger = Annotated[EventTrigger | SegmentTrigger | ApiTrigger, Field(discriminator="type")]
+
+
+class Entry(_Model):
+    rule: Literal["once", "once_per_period", "every_time"] = "once"
+    period_seconds: int | None = Field(None, ge=60, description="with once_per_period")
+    holdout_percent: float = Field(0, ge=0, le=100, description="share of entrants who get nothing (lift)")
+
+    @model_validator(mode="after")
+    def _period(self) -> "Entry":
+        if self.rule == "once_per_period" and not self.period_seconds:
+            raise ValueError("once_per_period needs period_seconds")
+        return self
+
+
+class Goal(_Model):
+    event: str = Field(min_length=1, examples=["Order Completed"])
+    within_seconds: int = Field(7 * 86400, ge=60)
+    exit_on_conversion: bool = True
+
+
+class _Step(_Model):
+    id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+class SendStep(_Step):
+    type: Literal["send"] = "send"
+    template_id: uuid.UUID
+    next: str | None = None
+
+
+class DelayStep(_Step):
+    type: Literal["delay"] = "delay"
+    seconds: int = Field(ge=0, le=366 * 86400)
+    next: str | None = None
+
+
+class WaitUntilStep(_Step):
+    type: Literal["wait_until"] = "wait_until"
+    time: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", examples=["09:00"], description="local HH:MM")
+    weekdays: list[int] = Field(default_factory=lambda: list(range(7)), description="0 = Monday … 6 = Sunday")
+    next: str | None = None
+
+    @model_validator(mode="after")
+    def _days(self) -> "WaitUntilStep":
+        if not self.weekdays or any(d < 0 or d > 6 for d in self.weekdays):
+            raise ValueError("weekdays must be a non-empty list of 0 (Monday) … 6 (Sunday)")
+        return self
+
+
+class WaitUntilAttributeStep(_Step):
+    type: Literal["wait_until_attribute"] = "wait_until_attribute"
+    trait: str = Field(min_length=1, examples=["renewal_date"])
+    offset_seconds: int = Field(0, description="e.g. -86400: a day before")
+    next: str | None = None
+    on_missing: str | None = Field(None, description="when the trait is absent or the moment has passed")
+
+
+class Match(_Model):
+    property: str = Field(min_length=1, examples=["cart_id"], description="property of the awaited event")
+    trigger_property: str = Field(min_length=1, examples=["cart_id"],
+                                  description="property of the triggering event it must equal")
+
+
+class WaitForEventStep(_Step):
+    type: Literal["wait_for_event"] = "wait_for_event"
+    event: str = Field(min_length=1, examples=["Order Completed"])
+    match: Match | None = None
+    timeout_seconds: int = Field(ge=1, le=366 * 86400)
+    on_event: str | None = None
+    on_timeout: str | None = None
+
+
+class TraitCondition(_Model):
+    type: Literal["trait"] = "trait"
+    trait: str = Field(min_length=1)
+    op: Literal["equals", "not_equals", "exists", "gt", "gte", "lt", "lte", "contains", "in"] = "equals"
+    value: Any = None
+
+
+class SegmentCondition(_Model):
+    type: Literal["segment"] = "segment"
+    segment_id: uuid.UUID
+
+
+class EventSinceEntryCondition(_Model):
+    type: Literal["performed_since_entry"] = "performed_since_entry"
+    event: str = Field(min_length=1)
+
+
+class EngagementCondition(_Model):
+    """Engagement with the message an earlier ``send`` step of this journey sent."""
+
+    type: Literal["engaged"] = "engaged"
+    step: str = Field(min_length=1, description="id of an earlier send step")
+    action: Literal["delivered", "opened", "clicked"] = "opened"
+
+
+BranchCondition = Annotated[TraitCondition | SegmentCondition | EventSinceEntryCondition | EngagementCondition,
+                            Field(discriminator="type")]
+
+
+class BranchStep(_Step):
+    type: Literal["branch"] = "branch"
+    condition: BranchCondition
+    yes: str | None = None
+    no: str | None = None
+
+
+class Variant(_Model):
+    name: str = Field(min_length=1, max_length=50, examples=["A"])
+    weight: float = Field(gt=0)
+    next: str | None = None
+
+
+class SplitStep(_Step):
+    type: Literal["split"] = "split"
+    variants: list[Variant] = Field(min_length=2, max_length=10)
+
+
+class UpdateAttributeStep(_Step):
+    type: Literal["update_attribute"] = "update_attribute"
+    traits: dict[str, Any] = Field(min_length=1, examples=[{"onboarding_done": True}])
+    next: str | None = None
+
+
+class WebhookStep(_Step):
+    type: Literal["webhook"] = "webhook"
+    url: str = Field(pattern=r"^https?://", examples=["https://example.com/hooks/tenure"])
+    next: str | None = None
+
+
+class ExitStep(_Step):
+    type: Literal["exit"] = "exit"
+
+
+Step = Annotated[SendStep | DelayStep | WaitUntilStep | WaitUntilAttributeStep | WaitForEventStep | BranchStep
+                 | SplitStep | UpdateAttributeStep | WebhookStep | ExitStep, Field(discriminator="type")]
+
+
+class Journey(_Model):
+    """The versioned part of a campaign."""
+
+    trigger: Trigger
+    steps: list[Step] = Field(min_length=1, max_length=MAX_STEPS)
+    entry: Entry = Field(default_factory=Entry)
+    goal: Goal | None = None
+    exit_on: list[str] = Field(default_factory=list, description="events that end the journey at once")
+    message_type: Literal["marketing", "transactional"] = "marketing"
+
+    @model_validator(mode="after")
+    def _graph(self) -> "Journey":
+        ids = [s.id for s in self.steps]
+        if len(set(ids)) != len(ids):
+            raise ValueError("step ids must be unique")
+        known = set(ids)
+        for s in self.steps:
+            for target in targets(s):
+                if target is not None and target not in known:
+                    raise ValueError(f"step {s.id!r} points to unknown step {target!r}")
+            if isinstance(s, BranchStep) and isinstance(s.condition, EngagementCondition):
+                ref = next((x for x in self.steps if x.id == s.condition.step), None)
+                if not isinstance(ref, SendStep):
+                    raise ValueError(f"step {s.id!r}: {s.condition.step!r} is not a send step")
+        return self
+
+    def step(self, step_id: str) -> Any:
+        return next(s for s in self.steps if s.id == step_id)
+
+    def template_ids(self) -> set[uuid.UUID]:
+        return {s.template_id for s in self.steps if isinstance(s, SendStep)}
+
+
+def targets(step: Any) -> list[str | None]:
+    if isinstance(step, WaitForEventStep):
+        return [step.on_event, step.on_timeout]
+    if isinstance(step, BranchStep):
+        return [step.yes, step.no]
+    if isinstance(step, SplitStep):
+        return [v.next for v in step.variants]
+    if isinstance(step, WaitUntilAttributeStep):
+        return [step.next, step.on_missing]
+    if isinstance(step, ExitStep):
+        return []
+    return [step.next]
+
+
+def compare(op: str, actual: Any, expected: Any) -> bool:
+    """Property and trait comparisons (a missing value only satisfies ``not_equals``)."""
+    if op == "exists":
+        return actual is not None
+    if op == "not_equals":
+        return bool(actual != expected)
+    if actual is None:
+        return False
+    if op == "equals":
+        return bool(actual == expected)
+    if op == "in":
+        return isinstance(expected, list) and actual in expected
+    if op == "contains":
+        return isinstance(actual, str | list) and expected in actual
+    try:
+        return {"gt": actual > expected, "gte": actual >= expected, "lt": actual < expected,
+                "lte": actual <= expected}[op]
+    except TypeError:
+        return False

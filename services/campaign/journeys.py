@@ -1,0 +1,513 @@
+"""Running journeys: entering users, waking them when their timer is due, moving them on events.
+
+Everything a journey waits for is a row in ``campaign.journeys``: ``wake_at`` for timers (delays,
+local-time waits, event timeouts, deferred sends) and ``wait`` for the awaited event. Due journeys are
+claimed with ``FOR UPDATE SKIP LOCKED`` and run in the transaction that holds them, so replicas never
+run the same journey, a crash rolls back to the last committed step, and restarts lose no waiting
+user. A send step writes a ``sends`` row keyed by (journey, step), so re-running a step can never
+produce a second message. The clock is a parameter (``now``), which is how tests move time.
+"""
+
+import hashlib
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import structlog
+from pydantic import TypeAdapter
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.campaign import journey_def as jd
+from services.campaign import timing
+from shared.auth import WORKSPACE_HEADER
+from shared.errors import UpstreamUnavailable
+from shared.http import InternalClient
+from shared.jsonutil import dumps
+from shared.lifecycle_ids import stage_segment_id
+
+log = structlog.get_logger()
+
+OPEN = ("active", "waiting")
+MAX_STEPS_PER_WAKE = 50
+ENGAGEMENT_EVENTS = {"Email Opened": "opened", "Email Link Clicked": "clicked"}
+_journey_adapter = TypeAdapter(jd.Journey)
+
+
+def parse(definition: dict[str, Any]) -> jd.Journey:
+    return _journey_adapter.validate_python(definition)
+
+
+def _bucket(*parts: object) -> float:
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 * 100
+
+
+@dataclass
+class Policy:
+    """Workspace settings that shape sending (``core.workspaces.settings``)."""
+
+    timezone: str | None = None
+    quiet_hours: dict[str, dict[str, str]] = field(default_factory=dict)  # channel -> {start, end, action}
+    frequency_caps: list[dict[str, Any]] = field(default_factory=list)  # {channel, max, period_days, action}
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any] | None) -> "Policy":
+        s = settings or {}
+        qh = s.get("quiet_hours") if isinstance(s.get("quiet_hours"), dict) else {}
+        caps = s.get("frequency_caps") if isinstance(s.get("frequency_caps"), list) else []
+        tz = s.get("timezone") if isinstance(s.get("timezone"), str) else None
+        return cls(timezone=tz, quiet_hours=qh, frequency_caps=[c for c in caps if isinstance(c, dict)])
+
+
+# ---------------------------------------------------------------------------------------------- entry
+
+
+async def _log(session: AsyncSession, j: dict[str, Any], kind: str, detail: str | None = None,
+               step: str | None = None) -> None:
+    await session.execute(
+        text("insert into campaign.journey_log (journey_id, workspace_id, campaign_id, profile_id, step, kind, detail) "
+             "values (:j, :ws, :c, :p, :s, :k, :d)"),
+        {"j": j["id"], "ws": j["workspace_id"], "c": j["campaign_id"], "p": j["profile_id"],
+         "s": step if step is not None else j.get("step"), "k": kind, "d": detail})
+
+
+async def enter(session: AsyncSession, campaign: dict[str, Any], journey: jd.Journey, profile_id: uuid.UUID,
+                occurrence: str, trigger_data: dict[str, Any], now: datetime, *, at: datetime | None = None
+                ) -> uuid.UUID | None:
+    """Enter a profile if the entry rule allows; idempotent per (campaign, profile, occurrence).
+
+    ``at`` is when the trigger happened (the event's time): later events count for goals and waits
+    even when they arrive in the same page as the trigger."""
+    at = min(at or now, now)
+    cid, ws = campaign["id"], campaign["workspace_id"]
+    await session.execute(text("select pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+                          {"k": f"journey-entry:{cid}:{profile_id}"})
+    rule = journey.entry
+    if rule.rule != "every_time":
+        since = at - timedelta(seconds=rule.period_seconds or 0) if rule.rule == "once_per_period" else None
+        before = (await session.execute(
+            text("select 1 from campaign.journeys where campaign_id = :c and profile_id = :p "
+                 "and (CAST(:since AS timestamptz) is null or entered_at > :since) limit 1"),
+            {"c": cid, "p": profile_id, "since": since})).first()
+        if before:
+            return None
+    holdout = rule.holdout_percent > 0 and _bucket("holdout", cid, profile_id) < rule.holdout_percent
+    jid = uuid.uuid4()
+    row = (await session.execute(
+        text("insert into campaign.journeys (id, workspace_id, campaign_id, version, profile_id, occurrence, status, "
+             "step, wake_at, trigger_data, goal_deadline, entered_at) "
+             "values (:id, :ws, :c, :v, :p, :occ, :status, :step, :wake, CAST(:data AS jsonb), :deadline, :entered) "
+             "on conflict (campaign_id, profile_id, occurrence) do nothing returning id"),
+        {"id": jid, "ws": ws, "c": cid, "v": campaign["version"], "p": profile_id, "occ": occurrence,
+         "status": "holdout" if holdout else "active", "step": None if holdout else journey.steps[0].id,
+         "wake": None if holdout else now, "data": dumps(trigger_data), "now": now,
+         "deadline": at + timedelta(seconds=journey.goal.within_seconds) if journey.goal else None,
+         "entered": at})).first()
+    if row is None:
+        return None
+    j = {"id": jid, "workspace_id": ws, "campaign_id": cid, "profile_id": profile_id, "step": None}
+    await _log(session, j, "holdout" if holdout else "entered",
+               f"holdout ({rule.holdout_percent:g} % get nothing)" if holdout else f"trigger {occurrence}")
+    return jid
+
+
+# --------------------------------------------------------------------------------------------- events
+
+
+def _filters_match(filters: list[jd.PropertyFilter], props: dict[str, Any]) -> bool:
+    return all(jd.compare(f.op, props.get(f.property), f.value) for f in filters)
+
+
+def trigger_matches(journey: jd.Journey, ws: uuid.UUID, item: dict[str, Any], feed: str) -> bool:
+    trig = journey.trigger
+    if feed == "events":
+        return (isinstance(trig, jd.EventTrigger) and item.get("type") == "track" and item.get("event") == trig.event
+                and _filters_match(trig.where, item.get("properties") or {}))
+    if feed == "transitions" and isinstance(trig, jd.SegmentTrigger):
+        wanted = str(trig.segment_id) if trig.segment_id else str(stage_segment_id(ws, trig.stage or ""))
+        kind = "entered" if trig.type == "segment_entered" else "exited"
+        return item.get("segment_id") == wanted and item.get("kind") == kind
+    return False
+
+
+async def on_events(session: AsyncSession, events: list[dict[str, Any]], now: datetime,
+                    versions: "VersionCache") -> int:
+    """Events move open journeys of their profiles: awaited events, goals, exit events, engagement.
+    Returns how many journeys were woken."""
+    by_profile: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for e in events:
+        if e.get("type") == "track" and e.get("event"):
+            by_profile.setdefault((e["workspace_id"], e["profile_id"]), []).append(e)
+    if not by_profile:
+        return 0
+    keys = list(by_profile)
+    rows = (await session.execute(
+        text("select j.* from campaign.journeys j join unnest(CAST(:ws AS uuid[]), CAST(:p AS uuid[])) as k(ws, p) "
+             "on j.workspace_id = k.ws and j.profile_id = k.p "
+             "where j.status in ('active', 'waiting', 'holdout') "
+             "or (j.converted_at is null and j.goal_deadline > :now) "
+             "order by j.id for update of j"),
+        {"ws": [k[0] for k in keys], "p": [k[1] for k in keys], "now": now})).mappings().all()
+    woken = 0
+    for r in rows:
+        j = dict(r)
+        journey = await versions.get(session, j["campaign_id"], j["version"])
+        for e in sorted(by_profile[(str(j["workspace_id"]), str(j["profile_id"]))], key=lambda e: e["timestamp"]):
+            woken += await _apply_event(session, j, journey, e, now)
+    return woken
+
+
+def _event_time(e: dict[str, Any]) -> datetime:
+    ts = e["timestamp"]
+    if isinstance(ts, datetime):
+        return ts
+    return datetime.fromisoformat(str(ts).replace("Z", "+00:00")).astimezone(UTC)
+
+
+async def _apply_event(session: AsyncSession, j: dict[str, Any], journey: jd.Journey, e: dict[str, Any],
+                       now: datetime) -> int:
+    name, props = e["event"], e.get("properties") or {}
+    at = _event_time(e)
+    if at < j["entered_at"]:
+        return 0
+    updates: dict[str, Any] = {}
+    woken = 0
+    seen = set(j.get("seen") or [])
+    mark = ENGAGEMENT_EVENTS.get(name)
+    if mark and props.get("journey_id") == str(j["id"]) and props.get("step"):
+        seen.add(f"{mark}:{props['step']}")
+    seen.add(f"event:{name}")
+    for prop in _match_properties(journey, name):
+        if prop in props:
+            seen.add(_seen_key(name, prop, props[prop]))
+    if journey.goal and name == journey.goal.event and j["converted_at"] is None and j["goal_deadline"] \
+            and at <= j["goal_deadline"]:
+        updates["converted_at"] = j["converted_at"] = now
+        await _log(session, j, "converted", f"{name} within the goal window")
+        if journey.goal.exit_on_conversion and j["status"] in OPEN:
+            updates.update(status="exited", ended_at=now, wake_at=None, wait=None)
+            j["status"] = "exited"
+            await _log(session, j, "exited", "converted")
+    if name in journey.exit_on and j["status"] in OPEN:
+        updates.update(status="exited", ended_at=now, wake_at=None, wait=None)
+        j["status"] = "exited"
+        await _log(session, j, "exited", f"exit event {name}")
+    wait = j.get("wait") or {}
+    if j["status"] == "waiting" and wait.get("event") == name and (
+            wait.get("match_property") is None or props.get(wait["match_property"]) == wait.get("match_value")):
+        updates.update(status="active", step=wait.get("on_event"), wake_at=now, wait=None)
+        j.update(status="active", step=wait.get("on_event"), wait=None)
+        await _log(session, j, "event", f"{name} arrived", step=wait.get("step"))
+        woken = 1
+    if sorted(seen) != sorted(j.get("seen") or []):
+        updates["seen"] = sorted(seen)
+        j["seen"] = sorted(seen)
+    if updates:
+        await _update(session, j["id"], updates)
+    return woken
+
+
+def _match_properties(journey: jd.Journey, event: str) -> set[str]:
+    return {s.match.property for s in journey.steps
+            if isinstance(s, jd.WaitForEventStep) and s.event == event and s.match is not None}
+
+
+def _seen_key(event: str, prop: str | None = None, value: Any = None) -> str:
+    return f"event:{event}" if prop is None else f"event:{event}|{prop}={dumps(value, sort_keys=True)}"
+
+
+async def _update(session: AsyncSession, jid: uuid.UUID, values: dict[str, Any]) -> None:
+    sets, params = [], {"id": jid}
+    for k, v in values.items():
+        if k in ("wait", "seen", "trigger_data"):
+            sets.append(f"{k} = CAST(:{k} AS jsonb)")
+            params[k] = None if v is None else dumps(v)
+        else:
+            sets.append(f"{k} = :{k}")
+            params[k] = v
+    await session.execute(text(f"update campaign.journeys set {', '.join(sets)}, updated_at = now() where id = :id"),
+                          params)
+
+
+class VersionCache:
+    """Campaign versions parsed once per batch."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[uuid.UUID, int], jd.Journey] = {}
+
+    async def get(self, session: AsyncSession, campaign_id: uuid.UUID, version: int) -> jd.Journey:
+        key = (campaign_id, version)
+        if key not in self._cache:
+            definition = (await session.execute(
+                text("select definition from campaign.campaign_versions where campaign_id = :c and version = :v"),
+                {"c": campaign_id, "v": version})).scalar_one()
+            self._cache[key] = parse(definition)
+        return self._cache[key]
+
+
+# --------------------------------------------------------------------------------------------- timers
+
+
+@dataclass
+class Context:
+    """What running a journey's steps needs besides the row."""
+
+    session: AsyncSession
+    internal: InternalClient
+    http: httpx.AsyncClient
+    now: datetime
+    policy: Policy
+    profile: dict[str, Any]
+
+
+async def advance_due(sessionmaker: async_sessionmaker[AsyncSession], internal: InternalClient,
+                      http: httpx.AsyncClient, *, now: datetime | None = None, limit: int = 50) -> tuple[int, int]:
+    """Run the journeys whose timer is due (one claimed batch, one transaction). Returns (journeys run,
+    sends created)."""
+    now = now or datetime.now(UTC)
+    versions = VersionCache()
+    sends = 0
+    async with sessionmaker() as session, session.begin():
+        rows = (await session.execute(
+            text("select j.*, w.settings as ws_settings from campaign.journeys j "
+                 "join campaign.campaigns c on c.id = j.campaign_id and c.status = 'active' "
+                 "left join core.workspaces w on w.id = j.workspace_id "
+                 "where j.status in ('active', 'waiting') and j.wake_at <= :now "
+                 "order by j.wake_at limit :lim for update of j skip locked"),
+            {"now": now, "lim": limit})).mappings().all()
+        found = await _profiles(internal, [dict(r) for r in rows])
+        for r in rows:
+            j = dict(r)
+            journey = await versions.get(session, j["campaign_id"], j["version"])
+            profile = found.get(str(j["profile_id"]))
+            if profile is None:
+                await _update(session, j["id"], {"status": "exited", "ended_at": now, "wake_at": None})
+                await _log(session, j, "exited", "profile no longer exists")
+                continue
+            ctx = Context(session, internal, http, now, Policy.from_settings(j.pop("ws_settings")), profile)
+            sends += await run(ctx, j, journey)
+    return len(rows), sends
+
+
+async def _profiles(internal: InternalClient, journeys: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The journeys' profiles from ingest, one request per workspace (merges followed)."""
+    by_ws: dict[str, list[str]] = {}
+    for j in journeys:
+        by_ws.setdefault(str(j["workspace_id"]), []).append(str(j["profile_id"]))
+    found: dict[str, dict[str, Any]] = {}
+    for ws, ids in by_ws.items():
+        resp = await internal.request("POST", "ingest", "/v1/profiles/lookup", retry=True,
+                                      headers={WORKSPACE_HEADER: ws}, json={"ids": sorted(set(ids))})
+        if resp.status_code != 200:
+            raise UpstreamUnavailable(f"ingest answered {resp.status_code} looking up profiles")
+        found.update(resp.json()["profiles"])
+    return found
+
+
+async def run(ctx: Context, j: dict[str, Any], journey: jd.Journey) -> int:
+    """Execute steps from the journey's current one until it waits or ends; returns sends created."""
+    sends = 0
+    updates: dict[str, Any] = {}
+    if j["status"] == "waiting":  # its timer fired: the awaited event did not come
+        wait = j.get("wait") or {}
+        await _log(ctx.session, j, "timeout", f"no {wait.get('event')} in time", step=wait.get("step"))
+        j["step"], j["status"] = wait.get("on_timeout"), "active"
+        updates.update(status="active", wait=None)
+    for _ in range(MAX_STEPS_PER_WAKE):
+        step_id = j["step"]
+        if step_id is None:
+            updates.update(status="completed", step=None, ended_at=ctx.now, wake_at=None)
+            await _log(ctx.session, j, "completed")
+            break
+        step = journey.step(step_id)
+        outcome = await _run_step(ctx, j, journey, step)
+        sends += outcome.sends
+        if outcome.wake_at is not None or outcome.wait is not None:
+            updates.update(step=outcome.next_step, wake_at=outcome.wake_at, status=outcome.status)
+            if outcome.wait is not None:
+                updates["wait"] = outcome.wait
+            if outcome.variant:
+                updates["variant"] = outcome.variant
+            break
+        if outcome.status == "exited":
+            updates.update(status="exited", step=step_id, ended_at=ctx.now, wake_at=None)
+            break
+        if outcome.variant:
+            updates["variant"] = outcome.variant
+        j["step"] = outcome.next_step
+    else:  # a loop of zero-delay steps: park it for a minute rather than spin
+        updates.update(step=j["step"], wake_at=ctx.now + timedelta(minutes=1))
+        await _log(ctx.session, j, "deferred", f"over {MAX_STEPS_PER_WAKE} steps without waiting")
+    await _update(ctx.session, j["id"], updates)
+    return sends
+
+
+@dataclass
+class StepOutcome:
+    next_step: str | None = None
+    wake_at: datetime | None = None  # set: the journey sleeps until then (at next_step)
+    wait: dict[str, Any] | None = None  # set: the journey waits for an event
+    status: str = "active"
+    sends: int = 0
+    variant: str | None = None
+
+
+async def _run_step(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: Any) -> StepOutcome:
+    traits = ctx.profile.get("traits") or {}
+    tz = timing.zone(traits, ctx.policy.timezone)
+    if isinstance(step, jd.SendStep):
+        return await _send(ctx, j, journey, step, tz)
+    if isinstance(step, jd.DelayStep):
+        await _log(ctx.session, j, "waiting", f"delay {step.seconds} s", step=step.id)
+        return StepOutcome(step.next, wake_at=ctx.now + timedelta(seconds=step.seconds))
+    if isinstance(step, jd.WaitUntilStep):
+        at = timing.next_local_time(ctx.now, tz, step.time, step.weekdays)
+        await _log(ctx.session, j, "waiting", f"until {step.time} {tz.key} ({at.isoformat()})", step=step.id)
+        return StepOutcome(step.next, wake_at=at)
+    if isinstance(step, jd.WaitUntilAttributeStep):
+        moment = timing.parse_moment(traits.get(step.trait))
+        if moment is None or moment + timedelta(seconds=step.offset_seconds) < ctx.now:
+            await _log(ctx.session, j, "branch", f"{step.trait} missing or past", step=step.id)
+            return StepOutcome(step.on_missing)
+        at = moment + timedelta(seconds=step.offset_seconds)
+        await _log(ctx.session, j, "waiting", f"until {step.trait} {step.offset_seconds:+d} s ({at.isoformat()})",
+                   step=step.id)
+        return StepOutcome(step.next, wake_at=at)
+    if isinstance(step, jd.WaitForEventStep):
+        wait: dict[str, Any] = {"event": step.event, "step": step.id, "on_event": step.on_event,
+                                "on_timeout": step.on_timeout, "match_property": None, "match_value": None}
+        if step.match:
+            wait["match_property"] = step.match.property
+            wait["match_value"] = ((j.get("trigger_data") or {}).get("properties") or {}).get(
+                step.match.trigger_property)
+        # an awaited event that already happened since entry counts (it may share the trigger's page)
+        if _seen_key(step.event, wait["match_property"], wait["match_value"]) in (j.get("seen") or []) or (
+                step.match is None and _seen_key(step.event) in (j.get("seen") or [])):
+            await _log(ctx.session, j, "event", f"{step.event} already happened", step=step.id)
+            return StepOutcome(step.on_event)
+        await _log(ctx.session, j, "waiting", f"for {step.event} (timeout {step.timeout_seconds} s)", step=step.id)
+        return StepOutcome(step.id, wake_at=ctx.now + timedelta(seconds=step.timeout_seconds), wait=wait,
+                           status="waiting")
+    if isinstance(step, jd.BranchStep):
+        result = await _condition(ctx, j, step.condition, traits)
+        await _log(ctx.session, j, "branch", "yes" if result else "no", step=step.id)
+        return StepOutcome(step.yes if result else step.no)
+    if isinstance(step, jd.SplitStep):
+        total = sum(v.weight for v in step.variants)
+        point = _bucket("split", j["campaign_id"], step.id, j["profile_id"]) / 100 * total
+        for variant in step.variants:
+            point -= variant.weight
+            if point < 0:
+                break
+        await _log(ctx.session, j, "split", variant.name, step=step.id)
+        return StepOutcome(variant.next, variant=variant.name)
+    if isinstance(step, jd.UpdateAttributeStep):
+        await _identify(ctx, j, step)
+        return StepOutcome(step.next)
+    if isinstance(step, jd.WebhookStep):
+        await _webhook(ctx, j, step)
+        return StepOutcome(step.next)
+    if isinstance(step, jd.ExitStep):
+        await _log(ctx.session, j, "exited", "exit step", step=step.id)
+        return StepOutcome(step.id, status="exited")
+    raise TypeError(f"unknown step {step!r}")
+
+
+async def _condition(ctx: Context, j: dict[str, Any], cond: Any, traits: dict[str, Any]) -> bool:
+    if isinstance(cond, jd.TraitCondition):
+        return jd.compare(cond.op, traits.get(cond.trait), cond.value)
+    if isinstance(cond, jd.EventSinceEntryCondition):
+        return f"event:{cond.event}" in (j.get("seen") or [])
+    if isinstance(cond, jd.EngagementCondition):
+        return f"{cond.action}:{cond.step}" in (j.get("seen") or [])
+    resp = await ctx.internal.request("GET", "segment", f"/v1/profiles/{j['profile_id']}/segments",
+                                      headers={WORKSPACE_HEADER: str(j["workspace_id"])})
+    resp.raise_for_status()
+    return str(cond.segment_id) in resp.json()["segment_ids"]
+
+
+async def _send(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: jd.SendStep, tz: Any) -> StepOutcome:
+    """Decide a send: quiet hours and frequency caps (marketing only) may defer or skip it."""
+    channel = (await ctx.session.execute(text("select channel from campaign.templates where id = :t"),
+                                         {"t": step.template_id})).scalar() or "email"
+    reason: str | None = None
+    if journey.message_type == "marketing":
+        quiet = ctx.policy.quiet_hours.get(channel)
+        if quiet and quiet.get("start") and quiet.get("end"):
+            until = timing.quiet_until(ctx.now, tz, quiet["start"], quiet["end"])
+            if until is not None:
+                why = f"quiet hours for {channel} ({quiet['start']}-{quiet['end']} {tz.key})"
+                if quiet.get("action", "defer") == "defer":
+                    await _log(ctx.session, j, "deferred", f"{why}; until {until.isoformat()}", step=step.id)
+                    return StepOutcome(step.id, wake_at=until)
+                reason = why
+        if reason is None:
+            reason, defer_until = await _capped(ctx, j, channel)
+            if defer_until is not None:
+                await _log(ctx.session, j, "deferred", f"{reason}; until {defer_until.isoformat()}", step=step.id)
+                return StepOutcome(step.id, wake_at=defer_until)
+    key = hashlib.sha256(f"{j['campaign_id']}:{j['version']}:{step.id}:{j['id']}".encode()).hexdigest()[:40]
+    created = (await ctx.session.execute(
+        text("insert into campaign.sends (id, workspace_id, campaign_id, campaign_version, template_id, profile_id, "
+             "occurrence, idempotency_key, status, reason, trigger_data, journey_id, step, channel) "
+             "values (:id, :ws, :c, :v, :t, :p, :occ, :key, :status, :reason, CAST(:data AS jsonb), :j, :step, :ch) "
+             "on conflict (workspace_id, idempotency_key) do nothing returning id"),
+        {"id": uuid.uuid4(), "ws": j["workspace_id"], "c": j["campaign_id"], "v": j["version"],
+         "t": step.template_id, "p": j["profile_id"], "occ": f"journey:{j['id']}:{step.id}", "key": key,
+         "status": "skipped" if reason else "pending", "reason": reason,
+         "data": dumps({**(j.get("trigger_data") or {}), "journey_id": str(j["id"]), "step": step.id,
+                        "variant": j.get("variant")}),
+         "j": j["id"], "step": step.id, "ch": channel})).first()
+    if reason:
+        await _log(ctx.session, j, "skipped", reason, step=step.id)
+        return StepOutcome(step.next)
+    await _log(ctx.session, j, "sent" if created else "skipped",
+               f"{channel} message queued" if created else "already sent (replayed step)", step=step.id)
+    return StepOutcome(step.next, sends=1 if created else 0)
+
+
+async def _capped(ctx: Context, j: dict[str, Any], channel: str) -> tuple[str | None, datetime | None]:
+    """The first frequency cap this send would break: (reason, None) to skip, (reason, when) to defer."""
+    for cap in ctx.policy.frequency_caps:
+        if cap.get("channel", channel) != channel or not isinstance(cap.get("max"), int):
+            continue
+        period = timedelta(days=float(cap.get("period_days", 7)))
+        rows = (await ctx.session.execute(
+            text("select s.created_at from campaign.sends s join campaign.campaigns c on c.id = s.campaign_id "
+                 "where s.workspace_id = :ws and s.profile_id = :p and s.channel = :ch "
+                 "and s.status in ('pending', 'dispatched') and c.message_type = 'marketing' "
+                 "and s.created_at > :since order by s.created_at"),
+            {"ws": j["workspace_id"], "p": j["profile_id"], "ch": channel, "since": ctx.now - period})).scalars().all()
+        if len(rows) >= cap["max"]:
+            reason = f"frequency cap: {cap['max']} {channel} per {cap.get('period_days', 7)} days"
+            if cap.get("action", "skip") == "defer":
+                return reason, rows[len(rows) - cap["max"]] + period
+            return reason, None
+    return None, None
+
+
+async def _identify(ctx: Context, j: dict[str, Any], step: jd.UpdateAttributeStep) -> None:
+    """Set traits through ingest (an identify from the campaign, idempotent per journey step)."""
+    resp = await ctx.internal.request(
+        "POST", "ingest", "/v1/identify", retry=True, headers={WORKSPACE_HEADER: str(j["workspace_id"])},
+        json={"userId": ctx.profile.get("user_id") or None, "anonymousId": None if ctx.profile.get("user_id")
+              else str(j["profile_id"]), "traits": step.traits, "messageId": f"journey-{j['id']}-{step.id}",
+              "context": {"library": {"name": "tenure-campaign"}}})
+    if resp.status_code != 200:
+        raise RuntimeError(f"ingest answered {resp.status_code} to the attribute update")
+    await _log(ctx.session, j, "updated", ", ".join(sorted(step.traits)), step=step.id)
+
+
+async def _webhook(ctx: Context, j: dict[str, Any], step: jd.WebhookStep) -> None:
+    body = {"campaign_id": str(j["campaign_id"]), "journey_id": str(j["id"]), "step": step.id,
+            "profile": ctx.profile, "trigger": j.get("trigger_data")}
+    try:
+        resp = await ctx.http.post(step.url, content=dumps(body), timeout=10, headers={
+            "Content-Type": "application/json", "Idempotency-Key": f"journey-{j['id']}-{step.id}"})
+        detail = f"{step.url} answered {resp.status_code}"
+    except httpx.HTTPError as exc:
+        detail = f"{step.url} failed: {type(exc).__name__}"
+    await _log(ctx.session, j, "webhook", detail, step=step.id)

@@ -1,0 +1,62 @@
+"""Local time for sending: the user's zone, the next allowed local time, quiet hours (pure functions)."""
+
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+
+def zone(traits: dict[str, Any], workspace_zone: str | None) -> ZoneInfo:
+    """The profile's ``timezone`` trait, else the workspace's, else UTC (unknown names are ignored)."""
+    for name in (traits.get("timezone"), workspace_zone):
+        if isinstance(name, str) and name:
+            try:
+                return ZoneInfo(name)
+            except (ZoneInfoNotFoundError, ValueError):
+                continue
+    return ZoneInfo("UTC")
+
+
+def _hm(value: str) -> time:
+    h, m = value.split(":")
+    return time(int(h), int(m))
+
+
+def next_local_time(now: datetime, tz: ZoneInfo, at: str, weekdays: list[int]) -> datetime:
+    """The first moment at or after ``now`` that is ``at`` (HH:MM) local time on an allowed weekday."""
+    local = now.astimezone(tz)
+    target = _hm(at)
+    for days in range(8):
+        day = (local + timedelta(days=days)).date()
+        if day.weekday() not in weekdays:
+            continue
+        # a local time skipped by a DST jump resolves forward (fold=0 + normalisation through UTC)
+        candidate = datetime.combine(day, target, tzinfo=tz).astimezone(UTC)
+        if candidate >= now:
+            return candidate
+    raise AssertionError("weekdays is never empty")
+
+
+def quiet_until(now: datetime, tz: ZoneInfo, start: str, end: str) -> datetime | None:
+    """If ``now`` falls in the local quiet window [start, end) — which may span midnight — the moment
+    it ends (UTC); otherwise None."""
+    local = now.astimezone(tz)
+    s, e = _hm(start), _hm(end)
+    t = local.time().replace(second=0, microsecond=0)
+    if s == e:
+        return None
+    inside = (s <= t < e) if s < e else (t >= s or t < e)
+    if not inside:
+        return None
+    day = local.date() if (s < e or t < e) else local.date() + timedelta(days=1)
+    return datetime.combine(day, e, tzinfo=tz).astimezone(UTC)
+
+
+def parse_moment(value: Any) -> datetime | None:
+    """A trait holding a date or date-time (ISO 8601) as an aware UTC datetime."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)

@@ -133,7 +133,8 @@ async def latency(settings: Settings, ws: uuid.UUID, write_key: str, rate: float
     stop = asyncio.Event()
 
     async def watch() -> None:
-        last = 0
+        # start after what the full evaluation wrote, so each poll reads only new rows
+        last = await conn.fetchval("select coalesce(max(seq), 0) from segment.transitions")
         while not stop.is_set():
             rows = await conn.fetch("select seq, profile_id from segment.transitions where segment_id = $1 "
                                     "and kind = 'entered' and seq > $2 order by seq", uuid.UUID(seg), last)

@@ -73,7 +73,7 @@ def for_locale(template: dict[str, Any], locale: Any) -> tuple[dict[str, str | N
     for code in locale_chain(locale):
         if code in variants:
             variant = variants[code]
-            return {f: variant.get(f, template.get(f)) for f in FIELDS}, code
+            return {f: variant[f] if variant.get(f) is not None else template.get(f) for f in FIELDS}, code
     return {f: template.get(f) for f in FIELDS}, None
 
 

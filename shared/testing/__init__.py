@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -131,15 +132,36 @@ async def apps(settings: Settings) -> AsyncIterator[dict[str, httpx.AsyncClient]
     import importlib
     from contextlib import AsyncExitStack
 
+    from shared.http import InternalClient
+
     clients: dict[str, httpx.AsyncClient] = {}
+    services = ("ingest", "segment", "campaign", "delivery")
     async with AsyncExitStack() as stack:
-        for name in ("ingest", "segment", "campaign", "delivery"):
+        created = {}
+        for name in services:
             app = importlib.import_module(f"services.{name}.app").create_app(settings)
             await stack.enter_async_context(app.router.lifespan_context(app))
+            created[name] = app
             clients[name] = await stack.enter_async_context(
                 httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url=f"http://{name}")
             )
+        # calls between services reach the other in-process apps at their configured URLs
+        mesh = await stack.enter_async_context(httpx.AsyncClient(
+            mounts={settings.url_of(n): httpx.ASGITransport(created[n]) for n in services}, timeout=30))
+        _MESH["internal"] = InternalClient(settings, mesh)
+        _MESH["http"] = mesh
+        for app in created.values():
+            app.state.internal = _MESH["internal"]
         yield clients
+
+
+_MESH: dict[str, Any] = {}
+
+
+@pytest.fixture
+def internal_client(apps: dict[str, httpx.AsyncClient]) -> Any:
+    """The InternalClient the in-process apps use to call each other (for driving workers' functions)."""
+    return _MESH["internal"]
 
 
 def internal_headers(workspace_id: uuid.UUID | str | None = None) -> dict[str, str]:

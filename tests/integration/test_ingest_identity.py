@@ -107,9 +107,23 @@ async def test_profile_events_newest_first_with_pagination(apps, workspace) -> N
     assert (await c.get("/v1/profiles/nobody/events", headers=h)).status_code == 404
 
 
-async def test_export_says_503_when_another_service_is_down(apps, workspace) -> None:
-    # in-process apps listen on no port, so segment/campaign/delivery are unreachable from ingest here
+async def test_export_says_503_when_another_service_is_down(apps, workspace, settings) -> None:
+    import httpx
+
+    from shared.embedded import free_port
+    from shared.http import InternalClient
+
     await apps["ingest"].post("/v1/identify", auth=(workspace.write_key, ""), json={"userId": "x-1"})
-    r = await apps["ingest"].get("/v1/privacy/export/x-1", headers={"Authorization": f"Bearer {workspace.secret_key}"})
+    ingest_app = apps["ingest"]._transport.app  # type: ignore[attr-defined]
+    reachable = ingest_app.state.internal
+    nowhere = settings.model_copy(update={f"{s}_url": f"http://127.0.0.1:{free_port()}"
+                                          for s in ("segment", "campaign", "delivery")})
+    async with httpx.AsyncClient(timeout=2) as http:
+        ingest_app.state.internal = InternalClient(nowhere, http)  # the other services are down
+        try:
+            r = await apps["ingest"].get("/v1/privacy/export/x-1",
+                                         headers={"Authorization": f"Bearer {workspace.secret_key}"})
+        finally:
+            ingest_app.state.internal = reachable
     assert r.status_code == 503 and r.headers["content-type"].startswith("application/problem+json")
     assert r.headers["retry-after"] == "5"

@@ -1,0 +1,296 @@
+"""Journeys through the HTTP API, on real PostgreSQL, with a controllable clock: events go in through
+ingest's tracking API, the campaign worker's functions run with a given ``now``, messages come out
+through delivery's API."""
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from services.campaign import dispatch, journeys, triggering
+
+T0 = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)  # a Wednesday; 10:00 in New York, 16:00 in Paris
+
+
+class World:
+    def __init__(self, apps, workspace, sessionmaker, internal):
+        self.apps, self.sm, self.internal = apps, sessionmaker, internal
+        self.ws = workspace.workspace_id
+        self.h = {"Authorization": f"Bearer {workspace.secret_key}"}
+        self.wk = (workspace.write_key, "")
+
+    async def template(self, name: str, subject: str, **kw) -> str:
+        r = await self.apps["campaign"].post("/v1/templates", headers=self.h, json={
+            "name": f"{name}-{uuid.uuid4().hex[:6]}", "subject": subject, "text": kw.pop("text", "body"), **kw})
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
+    async def campaign(self, **body) -> dict:
+        r = await self.apps["campaign"].post("/v1/campaigns", headers=self.h,
+                                             json={"name": f"c-{uuid.uuid4().hex[:8]}", **body})
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    async def identify(self, uid: str, **traits) -> str:
+        r = await self.apps["ingest"].post("/v1/identify", auth=self.wk, json={"userId": uid, "traits": traits})
+        assert r.status_code == 200, r.text
+        return (await self.apps["ingest"].get(f"/v1/profiles/{uid}", headers=self.h)).json()["id"]
+
+    async def track(self, uid: str, event: str, at: datetime, **props) -> None:
+        r = await self.apps["ingest"].post("/v1/track", auth=self.wk, json={
+            "userId": uid, "event": event, "properties": props, "timestamp": at.isoformat()})
+        assert r.status_code == 200, r.text
+
+    async def pump(self, now: datetime) -> None:
+        """What the campaign worker does when woken, at ``now``: feeds, due timers, dispatch."""
+        for feed in ("events", "transitions"):
+            while True:
+                async with self.sm() as s, s.begin():
+                    page = await triggering.consume_page(s, self.internal, feed, 500, now=now)
+                if page.read < 500:
+                    break
+        while (await journeys.advance_due(self.sm, self.internal, self.internal._http, now=now))[0]:
+            pass
+        while await dispatch.dispatch_due(self.sm, self.internal):
+            pass
+
+    async def mail(self, to: str) -> list[dict]:
+        r = await self.apps["delivery"].get("/v1/messages", headers=self.h, params={"to": to})
+        return sorted(r.json()["messages"], key=lambda m: m["created_at"])
+
+    async def path(self, pid: str) -> list[dict]:
+        r = await self.apps["campaign"].get(f"/v1/profiles/{pid}/journeys", headers=self.h)
+        assert r.status_code == 200, r.text
+        return r.json()["journeys"]
+
+    async def settings(self, **values) -> None:
+        import json
+        async with self.sm() as s, s.begin():
+            await s.execute(text("update core.workspaces set settings = settings || CAST(:v AS jsonb) where id = :ws"),
+                            {"v": json.dumps(values), "ws": self.ws})
+
+
+@pytest.fixture
+def world(apps, workspace, sessionmaker, internal_client) -> World:
+    return World(apps, workspace, sessionmaker, internal_client)
+
+
+def _email(tag: str) -> str:
+    return f"{tag}-{uuid.uuid4().hex[:8]}@journeys.example"
+
+
+async def test_welcome_series_waits_in_local_time_and_speaks_the_users_language(world) -> None:
+    welcome = await world.template("welcome", "Welcome {{ profile.first_name }}",
+                                   locales={"fr": {"subject": "Bienvenue {{ profile.first_name }}"}})
+    tips = await world.template("tips", "Three tips", locales={"fr": {"subject": "Trois astuces"}})
+    camp = await world.campaign(trigger={"type": "event", "event": "Signed Up"}, steps=[
+        {"id": "welcome", "type": "send", "template_id": welcome, "next": "wait"},
+        {"id": "wait", "type": "delay", "seconds": 86400, "next": "morning"},
+        {"id": "morning", "type": "wait_until", "time": "09:00", "weekdays": [0, 1, 2, 3, 4], "next": "tips"},
+        {"id": "tips", "type": "send", "template_id": tips}])
+    fr, ny = _email("fr"), _email("ny")
+    await world.identify("w-fr", email=fr, first_name="Amélie", locale="fr-CA", timezone="Europe/Paris")
+    pid_ny = await world.identify("w-ny", email=ny, first_name="Ann", timezone="America/New_York")
+    for uid in ("w-fr", "w-ny"):
+        await world.track(uid, "Signed Up", T0)
+    await world.pump(T0)
+    assert [m["subject"] for m in await world.mail(fr)] == ["Bienvenue Amélie"]  # fr-CA → fr
+    assert [m["subject"] for m in await world.mail(ny)] == ["Welcome Ann"]
+    await world.pump(T0 + timedelta(hours=23))  # the day has not passed: nothing
+    assert len(await world.mail(ny)) == 1
+    await world.pump(T0 + timedelta(days=1))  # Thursday 10:00 in New York: wait for Friday 09:00 local
+    journey = (await world.path(pid_ny))[0]
+    assert journey["step"] == "tips" and journey["wake_at"].startswith("2026-11-27T14:00:00")
+    await world.pump(datetime(2026, 11, 27, 13, 59, tzinfo=UTC))
+    assert len(await world.mail(ny)) == 1
+    await world.pump(datetime(2026, 11, 27, 14, 0, tzinfo=UTC))
+    assert [m["subject"] for m in await world.mail(ny)] == ["Welcome Ann", "Three tips"]
+    assert [m["subject"] for m in await world.mail(fr)] == ["Bienvenue Amélie", "Trois astuces"]
+    stats = (await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}/stats", headers=world.h)).json()
+    assert stats["entered"] == 2 and stats["completed"] == 2
+    assert stats["sends_by_step"]["welcome"]["dispatched"] == 2
+    kinds = [e["kind"] for e in (await world.path(pid_ny))[0]["log"]]
+    assert kinds == ["entered", "sent", "waiting", "waiting", "sent", "completed"]
+
+
+async def test_cart_abandonment_follows_one_cart_id(world) -> None:
+    reminder = await world.template("cart", "You left something in cart {{ event.properties.cart_id }}")
+    await world.campaign(trigger={"type": "event", "event": "Product Added"}, entry={"rule": "every_time"}, steps=[
+        {"id": "wait", "type": "wait_for_event", "event": "Order Completed", "timeout_seconds": 3600,
+         "match": {"property": "cart_id", "trigger_property": "cart_id"}, "on_timeout": "remind", "on_event": None},
+        {"id": "remind", "type": "send", "template_id": reminder}])
+    buyer, other_cart, same_page = _email("buyer"), _email("other"), _email("same")
+    for uid, email in (("cart-1", buyer), ("cart-2", other_cart), ("cart-3", same_page)):
+        await world.identify(uid, email=email)
+    await world.track("cart-1", "Product Added", T0, cart_id="A")
+    await world.track("cart-2", "Product Added", T0, cart_id="B")
+    await world.pump(T0 + timedelta(minutes=1))
+    await world.track("cart-1", "Order Completed", T0 + timedelta(minutes=20), cart_id="A")
+    await world.track("cart-2", "Order Completed", T0 + timedelta(minutes=20), cart_id="some other cart")
+    # added and bought before the worker saw either: the order still counts
+    await world.track("cart-3", "Product Added", T0, cart_id="C")
+    await world.track("cart-3", "Order Completed", T0 + timedelta(minutes=5), cart_id="C")
+    await world.pump(T0 + timedelta(minutes=21))
+    await world.pump(T0 + timedelta(minutes=61))
+    assert await world.mail(buyer) == [] and await world.mail(same_page) == []
+    assert [m["subject"] for m in await world.mail(other_cart)] == ["You left something in cart B"]
+
+
+async def test_entry_rules_holdout_goal_and_exit_events(world) -> None:
+    tpl = await world.template("promo", "Promo")
+    once = await world.campaign(trigger={"type": "event", "event": "Visited"}, steps=[
+        {"id": "s", "type": "send", "template_id": tpl}])
+    period = await world.campaign(trigger={"type": "event", "event": "Visited"},
+                                  entry={"rule": "once_per_period", "period_seconds": 86400},
+                                  steps=[{"id": "s", "type": "send", "template_id": tpl}])
+    held = await world.campaign(trigger={"type": "event", "event": "Visited"}, entry={"holdout_percent": 100},
+                                goal={"event": "Order Completed", "within_seconds": 7 * 86400},
+                                steps=[{"id": "s", "type": "send", "template_id": tpl}])
+    goal = await world.campaign(trigger={"type": "event", "event": "Visited"},
+                                goal={"event": "Order Completed", "within_seconds": 7 * 86400},
+                                exit_on=["Unsubscribed From Promos"],
+                                steps=[{"id": "d", "type": "delay", "seconds": 3600, "next": "s"},
+                                       {"id": "s", "type": "send", "template_id": tpl}])
+    await world.identify("rules-1", email=_email("rules"))
+    for hours in (0, 1, 30):
+        await world.track("rules-1", "Visited", T0 + timedelta(hours=hours))
+        await world.pump(T0 + timedelta(hours=hours, minutes=1))
+    await world.track("rules-1", "Order Completed", T0 + timedelta(hours=30, minutes=30))
+    await world.pump(T0 + timedelta(hours=31))
+
+    async def stats(c: dict) -> dict:
+        return (await world.apps["campaign"].get(f"/v1/campaigns/{c['id']}/stats", headers=world.h)).json()
+
+    assert (await stats(once))["entered"] == 1
+    assert (await stats(period))["entered"] == 2  # hour 0 and hour 30
+    h = await stats(held)
+    assert h["entered"] == 1 and h["holdout"] == 1 and h["sends_by_step"] == {} and h["holdout_converted"] == 1
+    g = await stats(goal)
+    # entered once (rule "once"); sent after the hour's delay; converted within the window
+    assert g["entered"] == 1 and g["sends_by_step"]["s"]["dispatched"] == 1 and g["converted"] == 1
+    # an exit event ends a journey that is still waiting
+    await world.identify("rules-2", email=_email("rules2"))
+    await world.track("rules-2", "Visited", T0)
+    await world.pump(T0 + timedelta(minutes=1))
+    await world.track("rules-2", "Unsubscribed From Promos", T0 + timedelta(minutes=2))
+    await world.pump(T0 + timedelta(hours=2))
+    pid = (await world.apps["ingest"].get("/v1/profiles/rules-2", headers=world.h)).json()["id"]
+    mine = [j for j in await world.path(pid) if j["campaign_id"] == goal["id"]]
+    assert mine[0]["status"] == "exited" and mine[0]["log"][-1]["detail"] == "exit event Unsubscribed From Promos"
+
+
+async def test_quiet_hours_defer_and_frequency_caps_skip_with_reasons(world) -> None:
+    await world.settings(quiet_hours={"email": {"start": "21:00", "end": "08:00", "action": "defer"}},
+                         frequency_caps=[{"channel": "email", "max": 1, "period_days": 7, "action": "skip"}])
+    tpl = await world.template("news", "News")
+    first = await world.campaign(trigger={"type": "event", "event": "Opened App"},
+                                 steps=[{"id": "s", "type": "send", "template_id": tpl}])
+    second = await world.campaign(trigger={"type": "event", "event": "Opened App"},
+                                  steps=[{"id": "s", "type": "send", "template_id": tpl}])
+    receipt = await world.campaign(trigger={"type": "event", "event": "Opened App"}, message_type="transactional",
+                                   steps=[{"id": "s", "type": "send", "template_id": tpl}])
+    night = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)  # 04:00 in Paris: quiet until 08:00 local (07:00 UTC)
+    email = _email("quiet")
+    pid = await world.identify("quiet-1", email=email, timezone="Europe/Paris")
+    await world.track("quiet-1", "Opened App", night)
+    await world.pump(night)
+    assert len(await world.mail(email)) == 1  # only the transactional one: exempt
+    await world.pump(datetime(2026, 11, 25, 7, 0, tzinfo=UTC))
+    mails = await world.mail(email)
+    assert len(mails) == 2  # one marketing email at 08:00 local; the other is over the cap
+    path = {j["campaign_id"]: j for j in await world.path(pid)}
+    assert path[receipt["id"]]["status"] == "completed"
+    logs = [e for c in (first, second) for e in path[c["id"]]["log"]]
+    assert sum(e["kind"] == "deferred" and "quiet hours for email" in e["detail"] for e in logs) == 2
+    skipped = [e for e in logs if e["kind"] == "skipped"]
+    assert len(skipped) == 1 and skipped[0]["detail"] == "frequency cap: 1 email per 7 days"
+
+
+async def test_branch_split_update_attribute_and_api_trigger(world) -> None:
+    vip, regular = await world.template("vip", "For our VIPs"), await world.template("reg", "Hello")
+    a, b = await world.template("a", "Subject A"), await world.template("b", "Subject B")
+    camp = await world.campaign(trigger={"type": "api"}, message_type="transactional", steps=[
+        {"id": "tier", "type": "branch", "condition": {"type": "trait", "trait": "plan", "value": "vip"},
+         "yes": "vip", "no": "regular"},
+        {"id": "vip", "type": "send", "template_id": vip, "next": "ab"},
+        {"id": "regular", "type": "send", "template_id": regular, "next": "ab"},
+        {"id": "ab", "type": "split", "variants": [{"name": "A", "weight": 50, "next": "sa"},
+                                                   {"name": "B", "weight": 50, "next": "sb"}]},
+        {"id": "sa", "type": "send", "template_id": a, "next": "mark"},
+        {"id": "sb", "type": "send", "template_id": b, "next": "mark"},
+        {"id": "mark", "type": "update_attribute", "traits": {"welcomed": True}}])
+    users = [(f"api-{i}", _email(f"api{i}")) for i in range(8)]
+    for i, (uid, email) in enumerate(users):
+        await world.identify(uid, email=email, plan="vip" if i == 0 else "free")
+    for uid, _ in users:
+        r = await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/trigger", headers=world.h,
+                                              json={"user": uid, "data": {"code": "X1"}, "idempotency_key": uid})
+        assert r.status_code == 202 and r.json()["entered"], r.text
+    again = await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/trigger", headers=world.h,
+                                              json={"user": users[0][0], "idempotency_key": users[0][0]})
+    assert again.json()["entered"] is False
+    missing = await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/trigger", headers=world.h,
+                                                json={"user": "nobody-at-all"})
+    assert missing.status_code == 404
+    await world.pump(datetime.now(UTC) + timedelta(seconds=1))  # API triggers enter at the real time
+    subjects = {uid: {m["subject"] for m in await world.mail(email)} for uid, email in users}
+    assert "For our VIPs" in subjects["api-0"] and all("Hello" in s for u, s in subjects.items() if u != "api-0")
+    for uid, got in subjects.items():  # one arm each, the one the profile's stable bucket picks
+        pid = (await world.apps["ingest"].get(f"/v1/profiles/{uid}", headers=world.h)).json()["id"]
+        arm = "A" if journeys._bucket("split", camp["id"], "ab", pid) < 50 else "B"
+        assert got & {"Subject A", "Subject B"} == {f"Subject {arm}"}
+    profile = (await world.apps["ingest"].get("/v1/profiles/api-3", headers=world.h)).json()
+    assert profile["traits"]["welcomed"] is True
+    stats = (await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}/stats", headers=world.h)).json()
+    assert sum(v["entered"] for v in stats["variants"].values()) == 8
+
+
+async def test_edits_make_versions_and_users_inside_finish_theirs(world) -> None:
+    one, two = await world.template("v1", "Version one"), await world.template("v2", "Version two")
+    camp = await world.campaign(trigger={"type": "event", "event": "Joined"}, entry={"rule": "every_time"}, steps=[
+        {"id": "d", "type": "delay", "seconds": 600, "next": "s"}, {"id": "s", "type": "send", "template_id": one}])
+    email = _email("ver")
+    await world.identify("ver-1", email=email)
+    await world.track("ver-1", "Joined", T0)
+    await world.pump(T0)
+    r = await world.apps["campaign"].put(f"/v1/campaigns/{camp['id']}", headers=world.h, json={
+        "trigger": {"type": "event", "event": "Joined"}, "entry": {"rule": "every_time"},
+        "steps": [{"id": "s", "type": "send", "template_id": two}]})
+    assert r.status_code == 200 and r.json()["version"] == 2
+    await world.track("ver-1", "Joined", T0 + timedelta(minutes=1))
+    await world.pump(T0 + timedelta(minutes=11))
+    assert sorted(m["subject"] for m in await world.mail(email)) == ["Version one", "Version two"]
+    bad = await world.apps["campaign"].put(f"/v1/campaigns/{camp['id']}", headers=world.h, json={
+        "trigger": {"type": "event", "event": "Joined"},
+        "steps": [{"id": "s", "type": "send", "template_id": two, "next": "nowhere"}]})
+    assert bad.status_code == 422 and "unknown step 'nowhere'" in bad.text
+
+
+async def test_concurrent_workers_fire_each_timer_once_and_a_rolled_back_run_loses_nothing(world) -> None:
+    import asyncio
+
+    tpl = await world.template("once", "Exactly once")
+    await world.campaign(trigger={"type": "event", "event": "Tick"}, steps=[
+        {"id": "d", "type": "delay", "seconds": 60, "next": "s"}, {"id": "s", "type": "send", "template_id": tpl}])
+    emails = []
+    for i in range(12):
+        emails.append(_email(f"tick{i}"))
+        await world.identify(f"tick-{i}", email=emails[-1])
+        await world.track(f"tick-{i}", "Tick", T0)
+    await world.pump(T0)
+    later = T0 + timedelta(minutes=2)
+    # a worker that dies mid-batch: its transaction rolls back and the timers are still due
+    async with world.sm() as s:
+        async with s.begin():
+            claimed = (await s.execute(text(
+                "select id from campaign.journeys where status = 'active' and wake_at <= :now "
+                "for update skip locked"), {"now": later})).all()
+            assert claimed
+            await s.rollback()
+    # two replicas at once: SKIP LOCKED gives each journey to one of them
+    await asyncio.gather(*(journeys.advance_due(world.sm, world.internal, world.internal._http, now=later, limit=5)
+                           for _ in range(2)))
+    await world.pump(later)
+    for email in emails:
+        assert [m["subject"] for m in await world.mail(email)] == ["Exactly once"]

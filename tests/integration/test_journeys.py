@@ -294,3 +294,72 @@ async def test_concurrent_workers_fire_each_timer_once_and_a_rolled_back_run_los
     await world.pump(later)
     for email in emails:
         assert [m["subject"] for m in await world.mail(email)] == ["Exactly once"]
+
+
+async def test_segment_and_stage_triggers_attribute_dates_webhooks_and_engagement(world) -> None:
+    import asyncio
+    import json
+
+    from services.segment import evaluation
+
+    hits: list[dict] = []
+
+    async def hook(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")))
+        hits.append(json.loads(await reader.readexactly(length)))
+        writer.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(hook, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
+    seg = (await world.apps["segment"].post("/v1/segments", headers=world.h, json={
+        "name": f"pro-{uuid.uuid4().hex[:6]}", "definition": {"type": "trait", "trait": "plan", "value": "pro"}})).json()
+    renew, bye, opened = (await world.template("renew", "Renews tomorrow"), await world.template("bye", "Sorry"),
+                          await world.template("opened", "Thanks for reading"))
+    entered = await world.campaign(trigger={"type": "segment_entered", "segment_id": seg["id"]}, steps=[
+        {"id": "hook", "type": "webhook", "url": url, "next": "when"},
+        {"id": "when", "type": "wait_until_attribute", "trait": "renews_at", "offset_seconds": -86400,
+         "next": "remind", "on_missing": "stop"},
+        {"id": "remind", "type": "send", "template_id": renew, "next": "read"},
+        {"id": "read", "type": "delay", "seconds": 3600, "next": "check"},
+        {"id": "check", "type": "branch", "condition": {"type": "engaged", "step": "remind", "action": "opened"},
+         "yes": "thanks", "no": "stop"},
+        {"id": "thanks", "type": "send", "template_id": opened},
+        {"id": "stop", "type": "exit"}])
+    left = await world.campaign(trigger={"type": "segment_exited", "segment_id": seg["id"]},
+                                steps=[{"id": "s", "type": "send", "template_id": bye}])
+    staged = await world.campaign(trigger={"type": "segment_entered", "stage": "onboarding"},
+                                  steps=[{"id": "s", "type": "send", "template_id": bye}])
+    email = _email("seg")
+    pid = await world.identify("seg-1", email=email, plan="pro", renews_at="2026-12-01T12:00:00Z")
+
+    async def fold() -> None:  # what segment's worker does with the new events
+        async with world.sm() as s, s.begin():
+            from services.segment.evaluation import consume_page
+            await consume_page(s, world.internal, 500)
+        async with world.sm() as s, s.begin():
+            await evaluation.reevaluate(s, world.ws, [uuid.UUID(pid)])
+
+    await fold()
+    await world.pump(T0)
+    assert hits and hits[0]["journey_id"] and hits[0]["profile"]["traits"]["plan"] == "pro"
+    journey = next(j for j in await world.path(pid) if j["campaign_id"] == entered["id"])
+    assert journey["step"] == "remind" and journey["wake_at"].startswith("2026-11-30T12:00:00")
+    await world.pump(datetime(2026, 11, 30, 12, 0, tzinfo=UTC))
+    # the onboarding-stage campaign's "Sorry" came at entry; the reminder a day before the renewal
+    assert sorted(m["subject"] for m in await world.mail(email)) == ["Renews tomorrow", "Sorry"]
+    # delivery reports the open as an engagement event carrying the journey and step
+    await world.track("seg-1", "Email Opened", datetime(2026, 11, 30, 12, 5, tzinfo=UTC),
+                      journey_id=journey["id"], step="remind")
+    await world.pump(datetime(2026, 11, 30, 13, 1, tzinfo=UTC))
+    assert "Thanks for reading" in {m["subject"] for m in await world.mail(email)}
+    # leaving the segment triggers the other campaign
+    await world.identify("seg-1", plan="free")
+    await fold()
+    await world.pump(datetime(2026, 11, 30, 14, 0, tzinfo=UTC))
+    stats = {c["id"]: (await world.apps["campaign"].get(f"/v1/campaigns/{c['id']}/stats", headers=world.h)).json()
+             for c in (left, staged)}
+    assert stats[left["id"]]["entered"] == 1 and stats[staged["id"]]["entered"] == 1
+    server.close()

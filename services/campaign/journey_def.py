@@ -21,8 +21,11 @@ Steps:
 """
 
 import uuid
+from datetime import datetime
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_STEPS = 100
@@ -58,13 +61,37 @@ class SegmentTrigger(_Model):
         return self
 
 
+class ScheduleTrigger(_Model):
+    """A broadcast to a segment's members: once (``at``) or recurring (``cron``, in ``timezone``)."""
+
+    type: Literal["schedule"] = "schedule"
+    segment_id: uuid.UUID = Field(description="the audience: the segment's members when it fires")
+    at: datetime | None = Field(None, description="one-off: when (ISO 8601 with offset)")
+    cron: str | None = Field(None, examples=["0 9 * * 1"], description="recurring: a 5-field cron expression")
+    timezone: str = Field("UTC", examples=["Europe/Paris"], description="the zone the cron expression is read in")
+
+    @model_validator(mode="after")
+    def _when(self) -> "ScheduleTrigger":
+        if (self.at is None) == (self.cron is None):
+            raise ValueError("give at or cron")
+        if self.cron is not None and not croniter.is_valid(self.cron):
+            raise ValueError(f"{self.cron!r} is not a valid cron expression")
+        if self.at is not None and self.at.tzinfo is None:
+            raise ValueError("at needs a UTC offset")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {self.timezone!r}") from None
+        return self
+
+
 class ApiTrigger(_Model):
     """Only ``POST /v1/campaigns/{id}/trigger`` (transactional messages with data)."""
 
     type: Literal["api"] = "api"
 
 
-Trigger = Annotated[EventTrigger | SegmentTrigger | ApiTrigger, Field(discriminator="type")]
+Trigger = Annotated[EventTrigger | SegmentTrigger | ScheduleTrigger | ApiTrigger, Field(discriminator="type")]
 
 
 class Entry(_Model):

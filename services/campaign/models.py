@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Identity, Index, UniqueConstraint, text
+from sqlalchemy import BigInteger, Column, DateTime, Identity, Index, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -164,3 +164,18 @@ class JourneyLog(CampaignTable, table=True):
     kind: str  # entered | holdout | sent | skipped | deferred | waiting | event | timeout | branch | converted | ...
     detail: str | None = None
     at: datetime = Field(sa_column=tz_column("at"))
+
+
+class ScheduleRun(CampaignTable, table=True):
+    """One firing of a scheduled campaign (a slot of its cron, or its one-off time), entered member by
+    member from the audience segment; ``cursor`` is the last member entered, so a crash resumes."""
+
+    __tablename__ = "schedule_runs"
+
+    campaign_id: uuid.UUID = Field(primary_key=True)
+    slot: datetime = Field(sa_column=Column("slot", DateTime(timezone=True), primary_key=True))
+    workspace_id: uuid.UUID
+    cursor: str | None = None
+    entered: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    done: bool = Field(default=False, sa_column_kwargs={"server_default": "false"})
+    started_at: datetime = Field(sa_column=tz_column("started_at"))

@@ -3,9 +3,10 @@
 from typing import Any
 
 import structlog
+from arq.cron import cron
 from arq.worker import Worker
 
-from services.campaign import dispatch, journeys, triggering
+from services.campaign import dispatch, journeys, schedules, triggering
 from shared.queue import JobCtx, build_worker, take_dirty, worker_settings_class
 from shared.settings import Settings
 
@@ -51,6 +52,14 @@ async def advance_journeys(ctx: JobCtx) -> int:
     return total
 
 
+async def run_schedules(ctx: JobCtx) -> int:
+    """Every minute: fire due broadcasts (one run per slot), enter their audience, run the journeys."""
+    entered = await schedules.run_pending(ctx["sessionmaker"], ctx["internal"])
+    if entered:
+        await advance_journeys(ctx)
+    return entered
+
+
 async def dispatch_sends(ctx: JobCtx) -> int:
     total = 0
     while True:
@@ -62,8 +71,10 @@ async def dispatch_sends(ctx: JobCtx) -> int:
 
 
 _OPTIONS: dict[str, Any] = {
-    "functions": [on_events, on_transitions, advance_journeys, dispatch_sends],
+    "functions": [on_events, on_transitions, advance_journeys, dispatch_sends, run_schedules],
     "poll": [on_events, on_transitions, advance_journeys, dispatch_sends],
+    "crons": [cron(run_schedules, name="cron:run_schedules", second=0, run_at_startup=True, unique=True,
+                   keep_result=0, timeout=600)],
 }
 
 

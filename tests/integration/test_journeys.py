@@ -363,3 +363,37 @@ async def test_segment_and_stage_triggers_attribute_dates_webhooks_and_engagemen
              for c in (left, staged)}
     assert stats[left["id"]]["entered"] == 1 and stats[staged["id"]]["entered"] == 1
     server.close()
+
+
+async def test_scheduled_broadcasts_fire_once_per_slot_to_the_segment(world) -> None:
+    from services.campaign import schedules
+    from services.segment import evaluation
+
+    seg = (await world.apps["segment"].post("/v1/segments", headers=world.h, json={
+        "name": f"news-{uuid.uuid4().hex[:6]}", "definition": {"type": "trait", "trait": "news", "value": True}})).json()
+    tpl = await world.template("weekly", "This week")
+    bad = await world.apps["campaign"].post("/v1/campaigns", headers=world.h, json={
+        "name": "bad cron", "trigger": {"type": "schedule", "segment_id": seg["id"], "cron": "every monday"},
+        "steps": [{"id": "s", "type": "send", "template_id": tpl}]})
+    assert bad.status_code == 422 and "not a valid cron" in bad.text
+    weekly = await world.campaign(trigger={"type": "schedule", "segment_id": seg["id"], "cron": "0 9 * * 1",
+                                           "timezone": "Europe/Paris"}, entry={"rule": "every_time"},
+                                  steps=[{"id": "s", "type": "send", "template_id": tpl}])
+    emails = {}
+    for i in range(3):
+        emails[i] = _email(f"news{i}")
+        pid = await world.identify(f"news-{i}", email=emails[i], news=i < 2)
+        async with world.sm() as s, s.begin():
+            await evaluation.apply_events(s, [{"workspace_id": str(world.ws), "profile_id": pid, "type": "identify",
+                                               "event": None, "traits": {"news": i < 2}, "properties": {},
+                                               "message_id": f"n{i}-{pid}", "timestamp": T0.isoformat()}])
+            await evaluation.reevaluate(s, world.ws, [uuid.UUID(pid)])
+    monday = datetime(2026, 11, 30, 8, 30, tzinfo=UTC)  # 09:30 in Paris: the 09:00 slot is due
+    assert await schedules.run_pending(world.sm, world.internal, now=monday) == 2
+    assert await schedules.run_pending(world.sm, world.internal, now=monday) == 0  # the slot fired once
+    await world.pump(monday)
+    assert [len(await world.mail(emails[i])) for i in range(3)] == [1, 1, 0]
+    assert await schedules.run_pending(world.sm, world.internal, now=monday + timedelta(days=6)) == 0
+    assert await schedules.run_pending(world.sm, world.internal, now=monday + timedelta(days=7)) == 2
+    stats = (await world.apps["campaign"].get(f"/v1/campaigns/{weekly['id']}/stats", headers=world.h)).json()
+    assert stats["entered"] == 4

@@ -247,6 +247,78 @@ def import_file(
         raise typer.Exit(3)
 
 
+def _resource_api(http: httpx.AsyncClient, secret_key: str) -> Any:
+    from services.resources import Api
+
+    settings = Settings()
+    urls = {s: settings.url_of(s) for s in ("segment", "campaign")}  # type: ignore[arg-type]
+    return Api(http, urls, {"Authorization": f"Bearer {secret_key}"})
+
+
+SecretKey = Annotated[str, typer.Option("--key", envvar="TENURE_SECRET_KEY", help="the workspace's secret key")]
+
+
+@app.command()
+def apply(
+    file: Annotated[Path, typer.Option("-f", "--file", exists=True, dir_okay=False, help="YAML: templates, "
+                                       "segments, campaigns")],
+    key: SecretKey,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show the diff, change nothing")] = False,
+) -> None:
+    """Create or update templates, segments and campaigns from a file, idempotently; shows the diff first."""
+    from services import resources
+
+    async def run() -> int:
+        desired = resources.load(file.read_text())
+        async with httpx.AsyncClient(timeout=30) as http:
+            api = _resource_api(http, key)
+            changes = await resources.plan(api, desired)
+            for c in changes:
+                style = {"create": "green", "update": "yellow", "unchanged": "dim"}[c.action]
+                console.print(f"[{style}]{c.action:9}[/] {c.kind[:-1]} {c.name}")
+                if c.diff:
+                    console.print(c.diff, markup=False, highlight=False)
+            pending = [c for c in changes if c.action != "unchanged"]
+            if pending and not dry_run:
+                await resources.apply(api, changes)
+            verb = "would change" if dry_run else "changed"
+            console.print(f"{len(pending)} {verb}, {len(changes) - len(pending)} unchanged")
+            return 0
+
+    try:
+        raise typer.Exit(asyncio.run(run()))
+    except (resources.ResourceError, httpx.HTTPError) as exc:
+        console.print(f"[red]error:[/] {exc}", markup=True)
+        raise typer.Exit(1) from None
+
+
+class Kind(StrEnum):
+    campaigns = "campaigns"
+
+
+@app.command()
+def get(
+    kind: Kind,
+    key: SecretKey,
+    output: Annotated[str, typer.Option("-o", "--output", help="yaml (a file `tenure apply` takes back)")] = "yaml",
+) -> None:
+    """Export the workspace's campaigns with their templates and segments as YAML."""
+    from services import resources
+
+    if output != "yaml":
+        raise typer.BadParameter("only -o yaml is supported", param_hint="--output")
+
+    async def run() -> str:
+        async with httpx.AsyncClient(timeout=30) as http:
+            return await resources.export(_resource_api(http, key))
+
+    try:
+        sys.stdout.write(asyncio.run(run()))
+    except (resources.ResourceError, httpx.HTTPError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+
+
 @app.command()
 def dev(
     demo: Annotated[bool, typer.Option(help="create the demo workspace on first start")] = True,

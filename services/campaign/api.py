@@ -16,6 +16,7 @@ from services.campaign.schemas import (
     ProfileJourneys,
     SendList,
     TemplateCreate,
+    TemplateList,
     TemplateOut,
     TriggerOut,
     TriggerRequest,
@@ -36,7 +37,25 @@ _NOT_FOUND = {**COMMON_ERRORS, 404: problem_schema("Not found")}
              responses=_CONFLICT)
 async def create_template(body: TemplateCreate, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
     async with session.begin():
-        return await campaigns.create_template(session, ws, body.model_dump())
+        return await campaigns.create_template(session, ws, body.model_dump(exclude_none=True))
+
+
+@router.get("/templates", response_model=TemplateList, operation_id="list_templates", tags=["templates"],
+            summary="List templates", responses=COMMON_ERRORS)
+async def list_templates(ws: WorkspaceDep, session: SessionDep, after: AfterDep, limit: Limit = 100
+                         ) -> dict[str, Any]:
+    async with session.begin():
+        items, nxt = await campaigns.list_templates(session, ws, after, limit)
+    return {"templates": items, "next_cursor": nxt}
+
+
+@router.put("/templates/{template_id}", response_model=TemplateOut, operation_id="update_template",
+            tags=["templates"], summary="Replace a template's content (checked like on create)",
+            responses={**_CONFLICT, 404: problem_schema("Not found")})
+async def update_template(template_id: uuid.UUID, body: TemplateCreate, ws: WorkspaceDep, session: SessionDep
+                          ) -> dict[str, Any]:
+    async with session.begin():
+        return await campaigns.update_template(session, ws, template_id, body.model_dump(exclude_none=True))
 
 
 @router.get("/templates/{template_id}", response_model=TemplateOut, operation_id="get_template",

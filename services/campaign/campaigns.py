@@ -23,20 +23,25 @@ _SEND_COLS = ("id, campaign_id, campaign_version, profile_id, occurrence, status
               "delivery_message_id, created_at")
 
 
-async def create_template(session: AsyncSession, ws: uuid.UUID, data: dict[str, Any]) -> dict[str, Any]:
+def _checked_template_fields(data: dict[str, Any]) -> dict[str, Any]:
     fields = {k: data.get(k) for k in ("subject", "html", "text")}
     if not fields["html"] and not fields["text"]:
         raise ValidationFailed("A template needs an html or a text body")
-    locales = data.get("locales") or {}
     try:
         templates.validate(fields)
-        for code, variant in locales.items():
+        for code, variant in (data.get("locales") or {}).items():
             try:
-                templates.validate({k: variant.get(k) for k in templates.FIELDS})
+                templates.validate({k: (variant or {}).get(k) for k in templates.FIELDS})
             except templates.TemplateError as exc:
                 raise templates.TemplateError(f"locales.{code}.{exc.field}", exc.message) from None
     except templates.TemplateError as exc:
         raise ValidationFailed(f"Template {exc.field} does not parse: {exc.message}", field=exc.field) from None
+    return fields
+
+
+async def create_template(session: AsyncSession, ws: uuid.UUID, data: dict[str, Any]) -> dict[str, Any]:
+    fields = _checked_template_fields(data)
+    locales = data.get("locales") or {}
     row = await insert_one_or_conflict(
         session,
         f"insert into campaign.templates (id, workspace_id, name, channel, subject, html, text, locales) "
@@ -47,6 +52,32 @@ async def create_template(session: AsyncSession, ws: uuid.UUID, data: dict[str, 
         f"A template named {data['name']!r} already exists",
     )
     return row_dict(row)
+
+
+async def update_template(session: AsyncSession, ws: uuid.UUID, template_id: uuid.UUID, data: dict[str, Any]
+                          ) -> dict[str, Any]:
+    """Replace a template's content (sends not yet rendered use the new content)."""
+    fields = _checked_template_fields(data)
+    row = await insert_one_or_conflict(
+        session,
+        f"update campaign.templates set name = :name, subject = :subject, html = :html, text = :text, "
+        f"locales = CAST(:locales AS jsonb), updated_at = now() where workspace_id = :ws and id = :id "
+        f"returning {_TEMPLATE_COLS}",
+        {"id": template_id, "ws": ws, "name": data["name"], **fields, "locales": dumps(data.get("locales") or {})},
+        f"A template named {data['name']!r} already exists",
+        missing=f"No template {template_id}",
+    )
+    return row_dict(row)
+
+
+async def list_templates(session: AsyncSession, ws: uuid.UUID, after: str | None, limit: int
+                         ) -> tuple[list[dict[str, Any]], str | None]:
+    return await fetch_page(
+        session,
+        f"select {_TEMPLATE_COLS} from campaign.templates where workspace_id = :ws "
+        f"and (CAST(:after AS uuid) is null or id > CAST(:after AS uuid)) order by id limit :lim",
+        {"ws": ws, "after": after}, limit,
+    )
 
 
 async def get_template(session: AsyncSession, ws: uuid.UUID, template_id: uuid.UUID) -> dict[str, Any]:

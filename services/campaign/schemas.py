@@ -31,6 +31,11 @@ class TemplateOut(TemplateCreate):
     updated_at: datetime
 
 
+class TemplateList(BaseModel):
+    templates: list[TemplateOut]
+    next_cursor: str | None = None
+
+
 class CampaignCreate(BaseModel):
     """A journey: ``trigger``, ``steps`` (or just ``template_id`` for "every time TRIGGER, send TEMPLATE"),
     entry rules, goal and exit events. See docs/campaigns.md."""

@@ -255,3 +255,55 @@ async def test_manual_list_from_csv_drives_a_segment(stack, workspace) -> None:
         missing = await c.post(f"{s.url('segment')}/v1/lists/{uuid.uuid4()}/members", headers=mgmt,
                                json={"ids": ["list-1"]})
         assert missing.status_code == 404
+
+
+CAMPAIGN_FILE = """
+templates:
+  - name: welcome
+    subject: "Welcome {{ profile.first_name }}"
+    text: "Hello"
+    locales:
+      fr: {subject: "Bienvenue {{ profile.first_name }}"}
+segments:
+  - name: pros
+    definition: {type: trait, trait: plan, value: pro}
+campaigns:
+  - name: Welcome pros
+    trigger: {type: segment_entered, segment: pros}
+    entry: {rule: once, holdout_percent: 5}
+    steps:
+      - {id: hello, type: send, template: welcome, next: later}
+      - {id: later, type: delay, seconds: 3600}
+"""
+
+
+def test_campaigns_as_code_apply_is_idempotent_and_get_round_trips(stack, workspace, tmp_path) -> None:
+    s, _ = stack
+    env = {**s.env, "TENURE_SECRET_KEY": workspace.secret_key}
+    path = tmp_path / "campaign.yaml"
+    path.write_text(CAMPAIGN_FILE)
+
+    def tenure(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([TENURE, *args], env=env, capture_output=True, text=True, timeout=60)
+
+    dry = tenure("apply", "-f", str(path), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "create    template welcome" in dry.stderr and "3 would change" in dry.stderr
+    first = tenure("apply", "-f", str(path))
+    assert first.returncode == 0 and "3 changed, 0 unchanged" in first.stderr, first.stderr
+    again = tenure("apply", "-f", str(path))
+    assert again.returncode == 0 and "0 changed, 3 unchanged" in again.stderr, again.stderr
+    mgmt = {"Authorization": f"Bearer {workspace.secret_key}"}
+    camps = httpx.get(f"{s.url('campaign')}/v1/campaigns", headers=mgmt).json()["campaigns"]
+    assert [c["version"] for c in camps] == [1]  # re-applying made no new version
+    path.write_text(CAMPAIGN_FILE.replace("seconds: 3600", "seconds: 7200"))
+    edit = tenure("apply", "-f", str(path))
+    assert "update    campaign Welcome pros" in edit.stderr and "+    seconds: 7200" in edit.stderr, edit.stderr
+    assert httpx.get(f"{s.url('campaign')}/v1/campaigns", headers=mgmt).json()["campaigns"][0]["version"] == 2
+    exported = tenure("get", "campaigns", "-o", "yaml")
+    assert exported.returncode == 0 and "segment: pros" in exported.stdout and "template: welcome" in exported.stdout
+    path.write_text(exported.stdout)
+    back = tenure("apply", "-f", str(path))
+    assert "0 changed, 3 unchanged" in back.stderr, back.stderr
+    broken = tenure("apply", "-f", str(path.with_suffix(".missing")))
+    assert broken.returncode != 0

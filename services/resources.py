@@ -1,0 +1,225 @@
+"""Campaigns as code: ``tenure apply -f file.yaml`` and ``tenure get campaigns -o yaml``.
+
+A file holds ``templates``, ``segments`` and ``campaigns`` of one workspace, each identified by name;
+campaign steps name their template (``template: welcome``) and triggers and conditions name their
+segment (``segment: engaged pros``) instead of ids. ``plan`` compares the file with what the services
+hold — after normalising both the way the services store them, so applying the same file twice
+changes nothing and makes no new campaign version — and ``apply`` carries out the plan through the
+public HTTP APIs (templates and segments first: campaigns refer to them).
+"""
+
+import difflib
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import yaml
+
+from services.campaign import journeys
+from services.segment import conditions
+
+KINDS = ("templates", "segments", "campaigns")
+_TEMPLATE_FIELDS = ("subject", "html", "text", "locales")
+_CAMPAIGN_KEYS = ("trigger", "steps", "entry", "goal", "exit_on", "message_type")
+
+
+class ResourceError(ValueError):
+    pass
+
+
+_PLACEHOLDER = uuid.UUID("0f0c2a9e-55b3-4c59-9d4e-2f1b8a7c6d10")
+
+
+def placeholder(kind: str, name: str) -> str:
+    """A stand-in id for a resource the plan will create (replaced by its real id when applying)."""
+    return str(uuid.uuid5(_PLACEHOLDER, f"{kind}:{name}"))
+
+
+@dataclass
+class Change:
+    kind: str  # templates | segments | campaigns
+    name: str
+    action: str  # create | update | unchanged
+    body: dict[str, Any]
+    current: dict[str, Any] | None = None
+    diff: str = ""
+
+
+@dataclass
+class Api:
+    """The services' HTTP APIs with a workspace's secret key."""
+
+    http: httpx.AsyncClient
+    urls: dict[str, str]
+    headers: dict[str, str] = field(default_factory=dict)
+
+    async def call(self, method: str, service: str, path: str, **kw: Any) -> Any:
+        resp = await self.http.request(method, self.urls[service] + path, headers=self.headers, **kw)
+        if resp.status_code >= 400:
+            raise ResourceError(f"{method} {service}{path}: {resp.status_code} {resp.text[:500]}")
+        return resp.json()
+
+    async def all(self, service: str, path: str, key: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        after: str | None = None
+        while True:
+            page = await self.call("GET", service, path, params={"limit": 1000, **({"after": after} if after else {})})
+            items += page[key]
+            after = page.get("next_cursor")
+            if not after:
+                return items
+
+
+def load(text: str) -> dict[str, list[dict[str, Any]]]:
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict) or set(data) - set(KINDS):
+        raise ResourceError(f"expected a mapping with {', '.join(KINDS)}")
+    out: dict[str, list[dict[str, Any]]] = {}
+    for kind in KINDS:
+        items = data.get(kind) or []
+        names = [i.get("name") for i in items if isinstance(i, dict)]
+        if len(names) != len(items) or not all(isinstance(n, str) and n for n in names):
+            raise ResourceError(f"every item of {kind} needs a name")
+        if len(set(names)) != len(names):
+            raise ResourceError(f"{kind}: names must be unique")
+        out[kind] = items
+    return out
+
+
+def _swap(node: Any, mapping: dict[str, dict[str, str]], to_ids: bool) -> Any:
+    """Replace ``template``/``segment`` names with ``template_id``/``segment_id`` (or back)."""
+    if isinstance(node, list):
+        return [_swap(n, mapping, to_ids) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for k, v in node.items():
+        if to_ids and k in ("template", "segment") and isinstance(v, str):
+            if v not in mapping[k]:
+                raise ResourceError(f"no {k} named {v!r} (in the file or the workspace)")
+            out[f"{k}_id"] = mapping[k][v]
+        elif not to_ids and k in ("template_id", "segment_id") and str(v) in mapping[k[:-3]]:
+            out[k[:-3]] = mapping[k[:-3]][str(v)]
+        else:
+            out[k] = _swap(v, mapping, to_ids)
+    return out
+
+
+def _template_body(item: dict[str, Any]) -> dict[str, Any]:
+    body = {k: item[k] for k in ("name", *_TEMPLATE_FIELDS) if item.get(k) not in (None, {})}
+    body["locales"] = {code: {k: v for k, v in variant.items() if v is not None}
+                       for code, variant in (item.get("locales") or {}).items()}
+    return body
+
+
+def _campaign_definition(item: dict[str, Any]) -> dict[str, Any]:
+    definition = {k: item[k] for k in _CAMPAIGN_KEYS if item.get(k) is not None}
+    return journeys.parse(definition).model_dump(mode="json", exclude_none=True)
+
+
+def _yaml(value: Any) -> str:
+    return yaml.safe_dump(value, sort_keys=True, allow_unicode=True)
+
+
+def _diff(kind: str, name: str, current: Any, desired: Any) -> str:
+    lines = difflib.unified_diff(_yaml(current).splitlines(), _yaml(desired).splitlines(),
+                                 f"{kind}/{name} (now)", f"{kind}/{name} (file)", lineterm="")
+    return "\n".join(lines)
+
+
+async def plan(api: Api, desired: dict[str, list[dict[str, Any]]]) -> list[Change]:
+    current = {
+        "templates": {t["name"]: t for t in await api.all("campaign", "/v1/templates", "templates")},
+        "segments": {s["name"]: s for s in await api.all("segment", "/v1/segments", "segments")},
+        "campaigns": {c["name"]: c for c in await api.all("campaign", "/v1/campaigns", "campaigns")},
+    }
+    names = {
+        "template": {**{n: t["id"] for n, t in current["templates"].items()}, **{
+            t["name"]: placeholder("template", t["name"]) for t in desired["templates"]
+            if t["name"] not in current["templates"]}},
+        "segment": {**{n: s["id"] for n, s in current["segments"].items()}, **{
+            s["name"]: placeholder("segment", s["name"]) for s in desired["segments"]
+            if s["name"] not in current["segments"]}},
+    }
+    back = {kind: {v: k for k, v in m.items()} for kind, m in names.items()}  # ids -> names, for the diffs
+    changes: list[Change] = []
+    for item in desired["templates"]:
+        body = _template_body(item)
+        now = current["templates"].get(item["name"])
+        now_body = _template_body(now) if now else None
+        changes.append(_change("templates", item["name"], body, now, now_body, back))
+    for item in desired["segments"]:
+        body = {"name": item["name"], "definition": conditions.parse(
+            _swap(item.get("definition"), names, True)).model_dump(mode="json")}
+        now = current["segments"].get(item["name"])
+        changes.append(_change("segments", item["name"], body, now,
+                               {"name": now["name"], "definition": now["definition"]} if now else None, back))
+    for item in desired["campaigns"]:
+        body = {"name": item["name"], "definition": _swap(item, names, True), "status": item.get("status", "active")}
+        body["definition"] = _campaign_definition(body["definition"])
+        now = current["campaigns"].get(item["name"])
+        now_body = {"name": now["name"], "definition": now["definition"], "status": now["status"]} if now else None
+        changes.append(_change("campaigns", item["name"], body, now, now_body, back))
+    return changes
+
+
+def _change(kind: str, name: str, body: dict[str, Any], current: dict[str, Any] | None,
+            current_body: dict[str, Any] | None, back: dict[str, dict[str, str]]) -> Change:
+    if current is None:
+        return Change(kind, name, "create", body, diff=_diff(kind, name, {}, _swap(body, back, False)))
+    if current_body == body:
+        return Change(kind, name, "unchanged", body, current)
+    return Change(kind, name, "update", body, current,
+                  _diff(kind, name, _swap(current_body, back, False), _swap(body, back, False)))
+
+
+async def apply(api: Api, changes: list[Change]) -> None:
+    """Carry out a plan (templates, then segments, then campaigns, in file order)."""
+    ids: dict[str, str] = {}  # placeholder -> real id
+    for c in changes:
+        if c.action == "unchanged":
+            continue
+        if c.kind == "templates":
+            path = "/v1/templates" + (f"/{c.current['id']}" if c.current else "")
+            out = await api.call("PUT" if c.current else "POST", "campaign", path, json=c.body)
+            ids[placeholder("template", c.name)] = out["id"]
+        elif c.kind == "segments":
+            path = "/v1/segments" + (f"/{c.current['id']}" if c.current else "")
+            body = _fill_new_ids(c.body, ids)
+            out = await api.call("PUT" if c.current else "POST", "segment", path, json=body)
+            ids[placeholder("segment", c.name)] = out["id"]
+        else:
+            definition = _fill_new_ids(c.body["definition"], ids)
+            if c.current is None:
+                await api.call("POST", "campaign", "/v1/campaigns",
+                               json={"name": c.name, "status": c.body["status"], **definition})
+                continue
+            if definition != c.current["definition"]:
+                await api.call("PUT", "campaign", f"/v1/campaigns/{c.current['id']}",
+                               json={"name": c.name, **definition})
+            if c.body["status"] != c.current["status"]:
+                action = {"active": "resume", "paused": "pause", "archived": "archive"}[c.body["status"]]
+                await api.call("POST", "campaign", f"/v1/campaigns/{c.current['id']}/{action}")
+
+
+def _fill_new_ids(node: Any, ids: dict[str, str]) -> Any:
+    if isinstance(node, list):
+        return [_fill_new_ids(n, ids) for n in node]
+    if isinstance(node, dict):
+        return {k: _fill_new_ids(v, ids) for k, v in node.items()}
+    return ids.get(node, node) if isinstance(node, str) else node
+
+
+async def export(api: Api) -> str:
+    """Everything of the workspace as a file ``apply`` takes back (ids replaced by names)."""
+    tpls = await api.all("campaign", "/v1/templates", "templates")
+    segs = await api.all("segment", "/v1/segments", "segments")
+    camps = await api.all("campaign", "/v1/campaigns", "campaigns")
+    back = {"template": {t["id"]: t["name"] for t in tpls}, "segment": {s["id"]: s["name"] for s in segs}}
+    return _yaml({
+        "templates": [_template_body(t) for t in tpls],
+        "segments": [{"name": s["name"], "definition": _swap(s["definition"], back, False)} for s in segs],
+        "campaigns": [{"name": c["name"], "status": c["status"], **_swap(c["definition"], back, False)}
+                      for c in camps],
+    })

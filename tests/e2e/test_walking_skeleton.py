@@ -307,3 +307,48 @@ def test_campaigns_as_code_apply_is_idempotent_and_get_round_trips(stack, worksp
     assert "0 changed, 3 unchanged" in back.stderr, back.stderr
     broken = tenure("apply", "-f", str(path.with_suffix(".missing")))
     assert broken.returncode != 0
+
+
+async def test_a_killed_campaign_worker_loses_no_timer_and_sends_nothing_twice(stack, workspace, settings) -> None:
+    import signal
+
+    import asyncpg
+
+    s, box = stack
+    mgmt = {"Authorization": f"Bearer {workspace.secret_key}"}
+    wk = (workspace.write_key, "")
+    async with httpx.AsyncClient(timeout=10) as c:
+        tpl = (await c.post(f"{s.url('campaign')}/v1/templates", headers=mgmt, json={
+            "name": "later", "subject": "Three seconds later", "text": "hi"})).json()
+        r = await c.post(f"{s.url('campaign')}/v1/campaigns", headers=mgmt, json={
+            "name": "delayed", "trigger": {"type": "event", "event": "Waited"}, "steps": [
+                {"id": "d", "type": "delay", "seconds": 3, "next": "s"},
+                {"id": "s", "type": "send", "template_id": tpl["id"]}]})
+        assert r.status_code == 201, r.text
+        for i in range(5):
+            await c.post(f"{s.url('ingest')}/v1/identify", auth=wk, json={
+                "userId": f"crash-{i}", "traits": {"email": f"crash-{i}@e2e.example"}})
+            await c.post(f"{s.url('ingest')}/v1/track", auth=wk, json={"userId": f"crash-{i}", "event": "Waited"})
+    from shared.testing import _asyncpg_dsn
+
+    dsn, kw = _asyncpg_dsn(settings.database_url)
+    conn = await asyncpg.connect(dsn, **kw)
+    try:
+        async def waiting() -> int:
+            return await conn.fetchval("select count(*) from campaign.journeys where workspace_id = $1 "
+                                       "and status = 'active' and step = 's'", workspace.workspace_id)
+        deadline = time.monotonic() + 30
+        while await waiting() < 5:
+            assert time.monotonic() < deadline, "journeys did not reach their delay"
+            await asyncio.sleep(0.1)
+        s.workers["campaign"].send_signal(signal.SIGKILL)  # dies while every user is waiting
+        s.workers["campaign"].wait(timeout=10)
+        await asyncio.sleep(4)  # the timers come due while no campaign worker runs
+        assert not [m for m in box.messages if m["subject"] == "Three seconds later"]
+        s.workers["campaign"] = s._spawn("worker", "campaign")
+        await _wait_for(lambda: len([m for m in box.messages if m["subject"] == "Three seconds later"]) >= 5)
+        await asyncio.sleep(3)  # anything doubled would show up by now
+        got = sorted(m["to"][0] for m in box.messages if m["subject"] == "Three seconds later")
+        assert got == [f"crash-{i}@e2e.example" for i in range(5)]
+    finally:
+        await conn.close()

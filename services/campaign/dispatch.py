@@ -64,19 +64,37 @@ def _retry_or_fail(send: dict[str, Any], reason: str) -> Outcome:
     return Outcome("pending", reason)
 
 
-async def prepare(session: AsyncSession, internal: InternalClient, send: dict[str, Any]
+async def profiles_for(internal: InternalClient, sends: list[dict[str, Any]]) -> dict[str, Any]:
+    """Profiles of a batch of sends, one ingest request per workspace; a workspace whose lookup failed maps
+    to an error string (its sends are retried later)."""
+    by_ws: dict[str, set[str]] = {}
+    for send in sends:
+        by_ws.setdefault(str(send["workspace_id"]), set()).add(str(send["profile_id"]))
+    found: dict[str, Any] = {}
+    for ws, ids in by_ws.items():
+        try:
+            resp = await internal.request("POST", "ingest", "/v1/profiles/lookup", retry=True,
+                                          headers={WORKSPACE_HEADER: ws}, json={"ids": sorted(ids)})
+            error = None if resp.status_code == 200 else f"ingest answered {resp.status_code} for the profiles"
+        except Exception as exc:  # noqa: BLE001 - transport trouble: these sends are retried later
+            error = f"ingest unreachable: {type(exc).__name__}"
+        profiles = resp.json()["profiles"] if error is None else {}
+        for pid in ids:
+            found[f"{ws}:{pid}"] = profiles.get(pid) if error is None else error
+    return found
+
+
+async def prepare(session: AsyncSession, send: dict[str, Any], profile: dict[str, Any] | str | None
                   ) -> dict[str, Any] | Outcome:
-    """The delivery request for a send, or the outcome that ends it here."""
+    """The delivery request for a send, or the outcome that ends it here (``profile``: the looked-up
+    profile, None if it does not exist, or why the lookup failed)."""
     tpl = await _template(session, send["template_id"])
     if tpl is None:
         return Outcome("failed", "template no longer exists")
-    resp = await internal.request("GET", "ingest", f"/v1/profiles/{send['profile_id']}",
-                                  headers={WORKSPACE_HEADER: str(send["workspace_id"])})
-    if resp.status_code == 404:
+    if profile is None:
         return Outcome("skipped", "profile not found")
-    if resp.status_code != 200:
-        return _retry_or_fail(send, f"ingest answered {resp.status_code} for the profile")
-    profile = resp.json()
+    if isinstance(profile, str):
+        return _retry_or_fail(send, profile)
     email = (profile.get("traits") or {}).get("email")
     if not email or not isinstance(email, str):
         return Outcome("skipped", "profile has no email trait")
@@ -94,7 +112,9 @@ async def prepare(session: AsyncSession, internal: InternalClient, send: dict[st
         "text": rendered.text,
         "message_type": send["message_type"] or "marketing",
         "metadata": {"campaign_id": str(send["campaign_id"]), "send_id": str(send["id"]),
-                     "profile_id": str(send["profile_id"])},
+                     "profile_id": str(send["profile_id"]),
+                     **{k: send["trigger_data"][k] for k in ("journey_id", "step", "variant")
+                        if (send.get("trigger_data") or {}).get(k) is not None}},
     }
 
 
@@ -132,18 +152,19 @@ async def record(session: AsyncSession, send_id: uuid.UUID, outcome: Outcome, at
 
 
 async def dispatch_due(sessionmaker: async_sessionmaker[AsyncSession], internal: InternalClient,
-                       limit: int = 100) -> int:
+                       limit: int = 200) -> int:
     """Claim due sends and hand them to delivery; returns how many were claimed."""
     async with sessionmaker() as session, session.begin():
         sends = await claim(session, limit)
     if not sends:
         return 0
-    sem = asyncio.Semaphore(10)
+    profiles = await profiles_for(internal, sends)
+    sem = asyncio.Semaphore(20)
 
     async def one(send: dict[str, Any]) -> None:
         async with sem, sessionmaker() as session:
             async with session.begin():
-                prepared = await prepare(session, internal, send)
+                prepared = await prepare(session, send, profiles.get(f"{send['workspace_id']}:{send['profile_id']}"))
             outcome = prepared if isinstance(prepared, Outcome) else await post(
                 internal, send["workspace_id"], prepared, send)
             async with session.begin():

@@ -264,7 +264,7 @@ class Context:
 
 
 async def advance_due(sessionmaker: async_sessionmaker[AsyncSession], internal: InternalClient,
-                      http: httpx.AsyncClient, *, now: datetime | None = None, limit: int = 50) -> tuple[int, int]:
+                      http: httpx.AsyncClient, *, now: datetime | None = None, limit: int = 200) -> tuple[int, int]:
     """Run the journeys whose timer is due (one claimed batch, one transaction). Returns (journeys run,
     sends created)."""
     now = now or datetime.now(UTC)

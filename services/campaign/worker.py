@@ -7,7 +7,7 @@ from arq.cron import cron
 from arq.worker import Worker
 
 from services.campaign import dispatch, journeys, schedules, triggering
-from shared.queue import JobCtx, build_worker, take_dirty, worker_settings_class
+from shared.queue import JobCtx, build_worker, take_dirty, wake, worker_settings_class
 from shared.settings import Settings
 
 log = structlog.get_logger()
@@ -20,8 +20,8 @@ async def _consume(ctx: JobCtx, feed: str, function: str) -> int:
         async with ctx["sessionmaker"]() as session, session.begin():
             page = await triggering.consume_page(session, ctx["internal"], feed, settings.consumer_batch_size)
         read, moved = read + page.read, moved + page.entered + page.woken
-        if page.entered or page.woken:
-            await advance_journeys(ctx)
+        if page.entered or page.woken:  # a separate job: reading, advancing and dispatching overlap
+            await wake(ctx["redis"], settings, "campaign", "advance_journeys")
         if page.read < settings.consumer_batch_size and not await take_dirty(ctx, function):
             break
     if moved:
@@ -46,8 +46,8 @@ async def advance_journeys(ctx: JobCtx) -> int:
         n, s = await journeys.advance_due(ctx["sessionmaker"], ctx["internal"], ctx["http"])
         total, sends = total + n, sends + s
         if s:
-            await dispatch_sends(ctx)
-        if n == 0:
+            await wake(ctx["redis"], ctx["settings"], "campaign", "dispatch_sends")
+        if n == 0 and not await take_dirty(ctx, "advance_journeys"):
             break
     return total
 
@@ -56,7 +56,7 @@ async def run_schedules(ctx: JobCtx) -> int:
     """Every minute: fire due broadcasts (one run per slot), enter their audience, run the journeys."""
     entered = await schedules.run_pending(ctx["sessionmaker"], ctx["internal"])
     if entered:
-        await advance_journeys(ctx)
+        await wake(ctx["redis"], ctx["settings"], "campaign", "advance_journeys")
     return entered
 
 
@@ -65,7 +65,7 @@ async def dispatch_sends(ctx: JobCtx) -> int:
     while True:
         n = await dispatch.dispatch_due(ctx["sessionmaker"], ctx["internal"])
         total += n
-        if n == 0:
+        if n == 0 and not await take_dirty(ctx, "dispatch_sends"):
             break
     return total
 

@@ -320,6 +320,43 @@ def get(
 
 
 @app.command()
+def demo(
+    write_key: Annotated[str | None, typer.Option(envvar="TENURE_WRITE_KEY",
+                                                  help="default: the dev workspace's")] = None,
+    key: Annotated[str | None, typer.Option("--key", envvar="TENURE_SECRET_KEY",
+                                            help="secret key; default: the dev workspace's")] = None,
+) -> None:
+    """Apply the six lifecycle campaigns (examples/lifecycle.yaml) and simulate users in several languages
+    and time zones at every lifecycle stage; watch the mail arrive in the dev inbox (`tenure dev`)."""
+    from services import demo as demo_mod
+    from services import resources
+
+    settings = Settings()
+    if write_key is None or key is None:
+        state = Path(settings.state_dir) / "demo.json"
+        if not state.exists():
+            console.print("[red]error:[/] no keys: run `tenure dev` first, or pass --write-key and --key")
+            raise typer.Exit(1)
+        keys = orjson.loads(state.read_bytes())
+        write_key, key = write_key or keys["write_key"], key or keys["secret_key"]
+
+    async def go() -> list[str]:
+        async with httpx.AsyncClient(timeout=30) as http:
+            return await demo_mod.run(http, _resource_api(http, key), settings.url_of("ingest"), write_key)
+
+    try:
+        for line in asyncio.run(go()):
+            console.print(line, highlight=False)
+    except (resources.ResourceError, httpx.HTTPError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    inbox = f"http://{settings.host}:{settings.inbox_port}"
+    console.print(f"Watch the campaigns arrive at {inbox} (welcome, engagement, churn prevention, win-back, "
+                  "referral, loyalty). Later steps wait for days or local times: see "
+                  "GET /v1/profiles/{id}/journeys on campaign for where each person is.", highlight=False)
+
+
+@app.command()
 def dev(
     demo: Annotated[bool, typer.Option(help="create the demo workspace on first start")] = True,
 ) -> None:

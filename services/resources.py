@@ -9,12 +9,14 @@ public HTTP APIs (templates and segments first: campaigns refer to them).
 """
 
 import difflib
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import yaml
+from pydantic import ValidationError
 
 from services.campaign import journeys
 from services.segment import conditions
@@ -71,8 +73,24 @@ class Api:
                 return items
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. YAML 1.1 also reads yes/no/on/off as booleans, which would turn
+    a branch's ``yes:`` and ``no:`` into True and False."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
 def load(text: str) -> dict[str, list[dict[str, Any]]]:
-    data = yaml.safe_load(text) or {}
+    try:
+        data = yaml.load(text, Loader=_Loader) or {}  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ResourceError(f"not valid YAML: {exc}") from None
     if not isinstance(data, dict) or set(data) - set(KINDS):
         raise ResourceError(f"expected a mapping with {', '.join(KINDS)}")
     out: dict[str, list[dict[str, Any]]] = {}
@@ -115,7 +133,14 @@ def _template_body(item: dict[str, Any]) -> dict[str, Any]:
 
 def _campaign_definition(item: dict[str, Any]) -> dict[str, Any]:
     definition = {k: item[k] for k in _CAMPAIGN_KEYS if item.get(k) is not None}
-    return journeys.parse(definition).model_dump(mode="json", exclude_none=True)
+    try:
+        return journeys.parse(definition).model_dump(mode="json", exclude_none=True)
+    except ValidationError as exc:
+        raise ResourceError(f"campaign {item.get('name')!r}: {_errors(exc)}") from None
+
+
+def _errors(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False))
 
 
 def _yaml(value: Any) -> str:
@@ -150,8 +175,11 @@ async def plan(api: Api, desired: dict[str, list[dict[str, Any]]]) -> list[Chang
         now_body = _template_body(now) if now else None
         changes.append(_change("templates", item["name"], body, now, now_body, back))
     for item in desired["segments"]:
-        body = {"name": item["name"], "definition": conditions.parse(
-            _swap(item.get("definition"), names, True)).model_dump(mode="json")}
+        try:
+            parsed = conditions.parse(_swap(item.get("definition"), names, True))
+        except ValidationError as exc:
+            raise ResourceError(f"segment {item['name']!r}: {_errors(exc)}") from None
+        body = {"name": item["name"], "definition": parsed.model_dump(mode="json")}
         now = current["segments"].get(item["name"])
         changes.append(_change("segments", item["name"], body, now,
                                {"name": now["name"], "definition": now["definition"]} if now else None, back))

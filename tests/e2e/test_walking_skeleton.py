@@ -352,3 +352,44 @@ async def test_a_killed_campaign_worker_loses_no_timer_and_sends_nothing_twice(s
         assert got == [f"crash-{i}@e2e.example" for i in range(5)]
     finally:
         await conn.close()
+
+
+async def test_demo_runs_the_six_lifecycle_campaigns_in_several_languages(stack, workspace) -> None:
+    s, box = stack
+    r = subprocess.run([TENURE, "demo", "--write-key", workspace.write_key, "--key", workspace.secret_key],
+                       env=s.env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "campaigns: 19 created or updated" in r.stderr, r.stderr  # 10 templates, 2 segments, 7 campaigns
+
+    def subjects() -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for m in box.messages:
+            out.setdefault(m["to"][0].split("@")[0], set()).add(m["subject"])
+        return out
+
+    expected = {
+        "demo-ada": "Welcome to Acme, Ada!",  # onboarding, English
+        "demo-amelie": "Bienvenue chez Acme, Amélie !",  # onboarding, fr-FR
+        "demo-jean": "Les nouveautés d'Acme ce mois-ci",  # engagement (engaged stage), fr-CA → fr
+        "demo-yuki": "Glad you like Acme! Invite a friend, you both get a month",  # referral after NPS 10
+        "demo-klaus": "Du bist jetzt Gold-Mitglied",  # loyalty, de-AT → de
+    }
+    await _wait_for(lambda: all(subj in subjects().get(uid, set()) for uid, subj in expected.items()), timeout=60)
+    mgmt = {"Authorization": f"Bearer {workspace.secret_key}"}
+    async with httpx.AsyncClient(timeout=10) as c:
+        # the at-risk and churned users entered churn prevention and win-back (or their holdouts)
+        names = {x["id"]: x["name"] for x in (await c.get(f"{s.url('campaign')}/v1/campaigns",
+                                                        headers=mgmt)).json()["campaigns"]}
+        for uid, campaign in (("demo-lena", "Churn prevention"), ("demo-grace", "Win-back")):
+            pid = (await c.get(f"{s.url('ingest')}/v1/profiles/{uid}", headers=mgmt)).json()["id"]
+
+            async def entered(pid: str = pid, campaign: str = campaign) -> bool:
+                got = (await c.get(f"{s.url('campaign')}/v1/profiles/{pid}/journeys", headers=mgmt)).json()
+                return any(names.get(j["campaign_id"]) == campaign for j in got["journeys"])
+
+            deadline = time.monotonic() + 30
+            while not await entered():
+                if time.monotonic() > deadline:
+                    stage = (await c.get(f"{s.url('segment')}/v1/lifecycle/{pid}", headers=mgmt)).json()
+                    raise AssertionError(f"{uid} never entered {campaign}; stage {stage}")
+                await asyncio.sleep(0.3)

@@ -8,8 +8,8 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.campaign import experiments, journeys, templates
 from services.campaign import journey_def as jd
-from services.campaign import journeys, templates
 from shared.auth import WORKSPACE_HEADER
 from shared.db import fetch_one, fetch_page, insert_one_or_conflict, row_dict
 from shared.errors import NotFound, UpstreamUnavailable, ValidationFailed
@@ -273,6 +273,11 @@ async def stats(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) ->
         "lift_points": round(treated_rate - holdout_rate, 2) if treated_rate is not None and holdout_rate is not None
         else None,
         "variants": {k: {**v, "conversion_rate": rate(v["converted"], v["entered"])} for k, v in variants.items()},
+        "experiment": experiments.compare([experiments.Arm(k, v["entered"], v["converted"])
+                                           for k, v in variants.items()]),
+        "holdout_p_value": experiments.two_proportion_p_value(
+            experiments.Arm("treated", j["treated"], j["treated_converted"]),
+            experiments.Arm("holdout", j["holdout"], j["holdout_converted"])),
     }
 
 

@@ -207,8 +207,18 @@ class Variant(_Model):
 
 
 class SplitStep(_Step):
+    """A/B/n by weight, stable per profile. With ``winner_after``, once that many users have entered the
+    split, everyone after goes to the variant with the best goal conversion so far."""
+
     type: Literal["split"] = "split"
     variants: list[Variant] = Field(min_length=2, max_length=10)
+    winner_after: int | None = Field(None, ge=2, description="entrants before the winner takes the rest")
+
+    @model_validator(mode="after")
+    def _names(self) -> "SplitStep":
+        if len({v.name for v in self.variants}) != len(self.variants):
+            raise ValueError("variant names must be unique")
+        return self
 
 
 class UpdateAttributeStep(_Step):

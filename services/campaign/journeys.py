@@ -20,8 +20,8 @@ from pydantic import TypeAdapter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.campaign import experiments, timing
 from services.campaign import journey_def as jd
-from services.campaign import timing
 from shared.auth import WORKSPACE_HEADER
 from shared.errors import UpstreamUnavailable
 from shared.http import InternalClient
@@ -396,13 +396,15 @@ async def _run_step(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: 
         await _log(ctx.session, j, "branch", "yes" if result else "no", step=step.id)
         return StepOutcome(step.yes if result else step.no)
     if isinstance(step, jd.SplitStep):
-        total = sum(v.weight for v in step.variants)
-        point = _bucket("split", j["campaign_id"], step.id, j["profile_id"]) / 100 * total
-        for variant in step.variants:
-            point -= variant.weight
-            if point < 0:
-                break
-        await _log(ctx.session, j, "split", variant.name, step=step.id)
+        variant = await _winner(ctx, j, step) if step.winner_after else None
+        if variant is None:
+            total = sum(v.weight for v in step.variants)
+            point = _bucket("split", j["campaign_id"], step.id, j["profile_id"]) / 100 * total
+            for variant in step.variants:
+                point -= variant.weight
+                if point < 0:
+                    break
+            await _log(ctx.session, j, "split", variant.name, step=step.id)
         return StepOutcome(variant.next, variant=variant.name)
     if isinstance(step, jd.UpdateAttributeStep):
         await _identify(ctx, j, step)
@@ -414,6 +416,21 @@ async def _run_step(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: 
         await _log(ctx.session, j, "exited", "exit step", step=step.id)
         return StepOutcome(step.id, status="exited")
     raise TypeError(f"unknown step {step!r}")
+
+
+async def _winner(ctx: Context, j: dict[str, Any], step: jd.SplitStep) -> jd.Variant | None:
+    """After ``winner_after`` entrants, the variant converting best so far (None before)."""
+    rows = (await ctx.session.execute(text(
+        "select variant, count(*) as n, count(converted_at) as conv from campaign.journeys "
+        "where campaign_id = :c and variant is not null group by variant"), {"c": j["campaign_id"]})).all()
+    if sum(r.n for r in rows) < (step.winner_after or 0):
+        return None
+    arms = [experiments.Arm(r.variant, r.n, r.conv) for r in rows if any(v.name == r.variant for v in step.variants)]
+    result = experiments.compare(arms)
+    winner = next((v for v in step.variants if v.name == result["leader"]), None)
+    if winner is not None:
+        await _log(ctx.session, j, "split", f"{winner.name} (winner after {step.winner_after} entrants)", step=step.id)
+    return winner
 
 
 async def _condition(ctx: Context, j: dict[str, Any], cond: Any, traits: dict[str, Any]) -> bool:

@@ -397,3 +397,36 @@ async def test_scheduled_broadcasts_fire_once_per_slot_to_the_segment(world) -> 
     assert await schedules.run_pending(world.sm, world.internal, now=monday + timedelta(days=7)) == 2
     stats = (await world.apps["campaign"].get(f"/v1/campaigns/{weekly['id']}/stats", headers=world.h)).json()
     assert stats["entered"] == 4
+
+
+async def test_ab_split_picks_the_winner_after_n_entrants(world) -> None:
+    a, b = await world.template("wa", "Arm A"), await world.template("wb", "Arm B")
+    camp = await world.campaign(trigger={"type": "event", "event": "Shown"}, goal={
+        "event": "Bought", "within_seconds": 86400, "exit_on_conversion": False}, steps=[
+        {"id": "ab", "type": "split", "winner_after": 10, "variants": [
+            {"name": "A", "weight": 50, "next": "a"}, {"name": "B", "weight": 50, "next": "b"}]},
+        {"id": "a", "type": "send", "template_id": a}, {"id": "b", "type": "send", "template_id": b}])
+    first = [f"ab-{i}" for i in range(10)]
+    for uid in first:
+        await world.identify(uid, email=_email(uid))
+        await world.track(uid, "Shown", T0)
+    await world.pump(T0)
+
+    async def arm(uid: str) -> str:
+        pid = (await world.apps["ingest"].get(f"/v1/profiles/{uid}", headers=world.h)).json()["id"]
+        return next(j["variant"] for j in await world.path(pid) if j["campaign_id"] == camp["id"])
+
+    arms = {uid: await arm(uid) for uid in first}
+    best = arms[first[0]]
+    for uid in first:  # only the first user's arm converts
+        if arms[uid] == best:
+            await world.track(uid, "Bought", T0 + timedelta(minutes=5))
+    await world.pump(T0 + timedelta(minutes=6))
+    later = [f"ab-late-{i}" for i in range(6)]
+    for uid in later:
+        await world.identify(uid, email=_email(uid))
+        await world.track(uid, "Shown", T0 + timedelta(minutes=7))
+    await world.pump(T0 + timedelta(minutes=8))
+    assert {await arm(uid) for uid in later} == {best}
+    stats = (await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}/stats", headers=world.h)).json()
+    assert stats["experiment"]["leader"] == best and stats["variants"][best]["converted"] >= 1

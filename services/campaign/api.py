@@ -3,7 +3,7 @@
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 
 from services.campaign import campaigns
 from services.campaign.schemas import (
@@ -13,17 +13,24 @@ from services.campaign.schemas import (
     CampaignStats,
     CampaignUpdate,
     JourneyList,
+    PreviewIn,
+    PreviewOut,
     ProfileJourneys,
     SendList,
+    SnippetIn,
+    SnippetList,
+    SnippetOut,
     TemplateCreate,
     TemplateList,
     TemplateOut,
+    TestSendIn,
+    TestSendOut,
     TriggerOut,
     TriggerRequest,
 )
-from shared.auth import WorkspaceDep
+from shared.auth import WORKSPACE_HEADER, WorkspaceDep
 from shared.db import AfterDep, SessionDep
-from shared.errors import COMMON_ERRORS, Conflict, problem_schema
+from shared.errors import COMMON_ERRORS, Conflict, UpstreamUnavailable, problem_schema
 
 router = APIRouter(prefix="/v1")
 
@@ -56,6 +63,51 @@ async def update_template(template_id: uuid.UUID, body: TemplateCreate, ws: Work
                           ) -> dict[str, Any]:
     async with session.begin():
         return await campaigns.update_template(session, ws, template_id, body.model_dump(exclude_none=True))
+
+
+@router.post("/templates/{template_id}/preview", response_model=PreviewOut, operation_id="preview_template",
+             tags=["templates"], summary="Render a template as a real user would get it (locale, traits, data)",
+             responses=_NOT_FOUND)
+async def preview_template(template_id: uuid.UUID, body: PreviewIn, ws: WorkspaceDep, session: SessionDep,
+                           request: Request) -> dict[str, Any]:
+    async with session.begin():
+        return await campaigns.render_preview(session, request.app.state.internal, ws, template_id, body.user,
+                                              body.locale, body.data)
+
+
+@router.post("/templates/{template_id}/test", status_code=202, response_model=TestSendOut,
+             operation_id="test_send_template", tags=["templates"],
+             summary="Send a rendered template to an address (a test: not counted by any campaign)",
+             responses=_NOT_FOUND)
+async def test_send_template(template_id: uuid.UUID, body: TestSendIn, ws: WorkspaceDep, session: SessionDep,
+                             request: Request) -> dict[str, Any]:
+    async with session.begin():
+        out = await campaigns.render_preview(session, request.app.state.internal, ws, template_id, body.user,
+                                             body.locale, body.data)
+    resp = await request.app.state.internal.request(
+        "POST", "delivery", "/v1/messages", retry=True, headers={WORKSPACE_HEADER: str(ws)},
+        json={"idempotency_key": f"test:{uuid.uuid4()}", "channel": "email", "to": body.to,
+              "subject": f"[test] {out['subject']}", "html": out["html"], "text": out["text"],
+              "message_type": "transactional", "metadata": {"template_id": str(template_id), "test": True}})
+    if resp.status_code not in (200, 201, 202):
+        raise UpstreamUnavailable(f"delivery answered {resp.status_code}: {resp.text[:200]}")
+    return {"message_id": resp.json()["id"]}
+
+
+@router.put("/snippets/{name}", response_model=SnippetOut, operation_id="put_snippet", tags=["templates"],
+            summary="Create or replace a snippet: a partial templates include with {% render 'name' %}",
+            responses=COMMON_ERRORS)
+async def put_snippet(name: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,100}$")], body: SnippetIn,
+                      ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+    async with session.begin():
+        return await campaigns.put_snippet(session, ws, name, body.content)
+
+
+@router.get("/snippets", response_model=SnippetList, operation_id="list_snippets", tags=["templates"],
+            summary="The workspace's snippets", responses=COMMON_ERRORS)
+async def list_snippets(ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+    async with session.begin():
+        return {"snippets": await campaigns.list_snippets(session, ws)}
 
 
 @router.get("/templates/{template_id}", response_model=TemplateOut, operation_id="get_template",

@@ -322,3 +322,49 @@ async def trigger(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID, 
     if jid is None:
         return {"entered": False, "journey_id": None, "reason": "the entry rule or an earlier identical trigger"}
     return {"entered": True, "journey_id": str(jid), "reason": None}
+
+
+async def snippets_of(session: AsyncSession, ws: uuid.UUID) -> dict[str, str]:
+    rows = await session.execute(text("select name, content from campaign.snippets where workspace_id = :ws"),
+                                 {"ws": ws})
+    return {name: content for name, content in rows}
+
+
+async def put_snippet(session: AsyncSession, ws: uuid.UUID, name: str, content: str) -> dict[str, Any]:
+    try:
+        templates.validate({"text": content})
+    except templates.TemplateError as exc:
+        raise ValidationFailed(f"Snippet does not parse: {exc.message}") from None
+    row = (await session.execute(text(
+        "insert into campaign.snippets (workspace_id, name, content) values (:ws, :name, :content) "
+        "on conflict (workspace_id, name) do update set content = excluded.content, updated_at = now() "
+        "returning name, content, updated_at"), {"ws": ws, "name": name, "content": content})).one()
+    return row_dict(row)
+
+
+async def list_snippets(session: AsyncSession, ws: uuid.UUID) -> list[dict[str, Any]]:
+    rows = await session.execute(text("select name, content, updated_at from campaign.snippets "
+                                      "where workspace_id = :ws order by name"), {"ws": ws})
+    return [row_dict(r) for r in rows]
+
+
+async def render_preview(session: AsyncSession, internal: InternalClient, ws: uuid.UUID, template_id: uuid.UUID,
+                         user: str | None, locale: str | None, data: dict[str, Any]) -> dict[str, Any]:
+    """A template rendered as a given user (by profile id, userId, anonymousId or email) would get it."""
+    tpl = await get_template(session, ws, template_id)
+    profile: dict[str, Any] = {"traits": {}}
+    if user:
+        pid = await resolve_user(internal, ws, user)
+        resp = await internal.request("POST", "ingest", "/v1/profiles/lookup", retry=True,
+                                      headers={WORKSPACE_HEADER: str(ws)}, json={"ids": [str(pid)]})
+        if resp.status_code != 200:
+            raise UpstreamUnavailable(f"ingest answered {resp.status_code} looking up the profile")
+        profile = resp.json()["profiles"].get(str(pid)) or profile
+    fields, used = templates.for_locale(tpl, locale or (profile.get("traits") or {}).get("locale"))
+    try:
+        out = templates.render(fields, templates.variables_for(profile, {"name": "preview", "properties": data}),
+                               await snippets_of(session, ws))
+    except templates.TemplateError as exc:
+        raise ValidationFailed(f"Template {exc.field} does not render: {exc.message}", field=exc.field) from None
+    return {"subject": out.subject, "html": out.html, "text": out.text, "locale": used,
+            "profile_id": profile.get("id")}

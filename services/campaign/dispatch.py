@@ -15,7 +15,7 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.campaign import templates
+from services.campaign import campaigns, templates
 from shared.auth import WORKSPACE_HEADER
 from shared.http import InternalClient
 
@@ -84,8 +84,8 @@ async def profiles_for(internal: InternalClient, sends: list[dict[str, Any]]) ->
     return found
 
 
-async def prepare(session: AsyncSession, send: dict[str, Any], profile: dict[str, Any] | str | None
-                  ) -> dict[str, Any] | Outcome:
+async def prepare(session: AsyncSession, send: dict[str, Any], profile: dict[str, Any] | str | None,
+                  snippets: dict[str, str] | None = None) -> dict[str, Any] | Outcome:
     """The delivery request for a send, or the outcome that ends it here (``profile``: the looked-up
     profile, None if it does not exist, or why the lookup failed)."""
     tpl = await _template(session, send["template_id"])
@@ -100,7 +100,7 @@ async def prepare(session: AsyncSession, send: dict[str, Any], profile: dict[str
         return Outcome("skipped", "profile has no email trait")
     fields, _ = templates.for_locale(tpl, (profile.get("traits") or {}).get("locale"))
     try:
-        rendered = templates.render(fields, templates.variables_for(profile, send["trigger_data"]))
+        rendered = templates.render(fields, templates.variables_for(profile, send["trigger_data"]), snippets)
     except templates.TemplateError as exc:
         return Outcome("failed", f"template did not render: {exc}")
     return {
@@ -159,12 +159,15 @@ async def dispatch_due(sessionmaker: async_sessionmaker[AsyncSession], internal:
     if not sends:
         return 0
     profiles = await profiles_for(internal, sends)
+    async with sessionmaker() as session, session.begin():
+        snippets = {ws: await campaigns.snippets_of(session, ws) for ws in {s["workspace_id"] for s in sends}}
     sem = asyncio.Semaphore(20)
 
     async def one(send: dict[str, Any]) -> None:
         async with sem, sessionmaker() as session:
             async with session.begin():
-                prepared = await prepare(session, send, profiles.get(f"{send['workspace_id']}:{send['profile_id']}"))
+                prepared = await prepare(session, send, profiles.get(f"{send['workspace_id']}:{send['profile_id']}"),
+                                         snippets[send["workspace_id"]])
             outcome = prepared if isinstance(prepared, Outcome) else await post(
                 internal, send["workspace_id"], prepared, send)
             async with session.begin():

@@ -179,3 +179,14 @@ class ScheduleRun(CampaignTable, table=True):
     entered: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     done: bool = Field(default=False, sa_column_kwargs={"server_default": "false"})
     started_at: datetime = Field(sa_column=tz_column("started_at"))
+
+
+class Snippet(CampaignTable, table=True):
+    """A partial shared by a workspace's templates: ``{% render 'footer' %}``."""
+
+    __tablename__ = "snippets"
+
+    workspace_id: uuid.UUID = Field(primary_key=True)
+    name: str = Field(primary_key=True)
+    content: str
+    updated_at: datetime = Field(sa_column=tz_column("updated_at"))

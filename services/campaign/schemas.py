@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, EmailStr, Field
 
 from services.campaign import journey_def as jd
 
@@ -164,3 +164,39 @@ class SendOut(BaseModel):
 class SendList(BaseModel):
     sends: list[SendOut]
     next_cursor: str | None = None
+
+
+class SnippetIn(BaseModel):
+    content: str = Field(max_length=100_000, examples=["<p style='color:#888'>Acme Inc, 1 Main St</p>"])
+
+
+class SnippetOut(BaseModel):
+    name: str
+    content: str
+    updated_at: datetime
+
+
+class SnippetList(BaseModel):
+    snippets: list[SnippetOut]
+
+
+class PreviewIn(BaseModel):
+    user: str | None = Field(None, description="render for this profile (id, userId, anonymousId or email)")
+    locale: str | None = Field(None, description="force a locale variant (default: the profile's locale)")
+    data: dict[str, Any] = Field(default_factory=dict, description="as the trigger's `event.properties`")
+
+
+class PreviewOut(BaseModel):
+    subject: str
+    html: str | None
+    text: str | None = Field(description="generated from the HTML when the template has no text part")
+    locale: str | None = Field(description="the locale variant used (null: the default)")
+    profile_id: str | None
+
+
+class TestSendIn(PreviewIn):
+    to: EmailStr = Field(examples=["me@example.com"])
+
+
+class TestSendOut(BaseModel):
+    message_id: str = Field(description="delivery's message id")

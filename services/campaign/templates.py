@@ -1,17 +1,23 @@
 """Liquid templates: validation on save and rendering with a profile and its trigger (pure functions).
 
 HTML bodies are rendered with auto-escaping (a trait such as a first name can never inject markup);
-subjects and text bodies are plain text.
+subjects and text bodies are plain text. Snippets (the workspace's shared partials) are available to
+``{% render 'name' %}`` and ``{% include 'name' %}``. Rendered HTML gets its ``<style>`` rules inlined
+for email clients (css-inline), and a plain-text part is generated from it when the template has none.
 """
 
+import re
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from typing import Any
 
-from liquid import Environment
+import css_inline
+from liquid import DictLoader, Environment
 from liquid.exceptions import LiquidError
 
 _html = Environment(autoescape=True)
 _plain = Environment(autoescape=False)
+_inliner = css_inline.CSSInliner(load_remote_stylesheets=False, keep_style_tags=False)
 
 
 class TemplateError(ValueError):
@@ -28,32 +34,88 @@ class Rendered:
     text: str | None
 
 
-def _env(field: str) -> Environment:
-    return _html if field == "html" else _plain
+def _env(field: str, snippets: dict[str, str] | None = None) -> Environment:
+    if not snippets:
+        return _html if field == "html" else _plain
+    return Environment(autoescape=field == "html", loader=DictLoader(snippets))
 
 
-def validate(fields: dict[str, str | None]) -> None:
+def validate(fields: dict[str, str | None], snippets: dict[str, str] | None = None) -> None:
     """Parse every field; raise :class:`TemplateError` naming the first one that does not parse."""
     for name, source in fields.items():
         if source is None:
             continue
         try:
-            _env(name).from_string(source)
+            _env(name, snippets).from_string(source)
         except LiquidError as exc:
             raise TemplateError(name, str(exc).splitlines()[0]) from None
 
 
-def render(fields: dict[str, str | None], variables: dict[str, Any]) -> Rendered:
+def render(fields: dict[str, str | None], variables: dict[str, Any], snippets: dict[str, str] | None = None
+           ) -> Rendered:
     out: dict[str, str | None] = {}
     for name, source in fields.items():
         if source is None:
             out[name] = None
             continue
         try:
-            out[name] = _env(name).from_string(source).render(**variables)
+            out[name] = _env(name, snippets).from_string(source).render(**variables)
         except LiquidError as exc:
             raise TemplateError(name, str(exc).splitlines()[0]) from None
-    return Rendered(subject=(out.get("subject") or "").strip(), html=out.get("html"), text=out.get("text"))
+    html = out.get("html")
+    if html and "<style" in html.lower():  # only documents with style rules need (and get) inlining
+        try:
+            html = _inliner.inline(html)
+        except ValueError as exc:  # unparseable CSS: send the HTML as written rather than nothing
+            raise TemplateError("html", f"CSS could not be inlined: {exc}") from None
+    text = out.get("text") or (html_to_text(html) if html else None)
+    return Rendered(subject=(out.get("subject") or "").strip(), html=html, text=text)
+
+
+class _TextParser(HTMLParser):
+    _BLOCKS = {"p", "div", "br", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul", "ol", "hr"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip = 0
+        self._href: list[str | None] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "style", "head", "title"):
+            self._skip += 1
+        elif tag == "a":
+            self._href.append(dict(attrs).get("href"))
+        elif tag in self._BLOCKS:
+            self.parts.append("\n")
+        if tag == "li":
+            self.parts.append("- ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style", "head", "title"):
+            self._skip = max(0, self._skip - 1)
+        elif tag == "a" and self._href:
+            href = self._href.pop()
+            if href and not href.startswith(("#", "mailto:")):
+                self.parts.append(f" ({href})")
+        elif tag in self._BLOCKS and tag != "li":
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.parts.append(re.sub(r"\s+", " ", data))
+
+
+def html_to_text(html: str) -> str:
+    """A readable plain-text part: block elements become line breaks, links keep their address."""
+    parser = _TextParser()
+    parser.feed(html)
+    lines = [" ".join(line.split()) for line in "".join(parser.parts).splitlines()]
+    out: list[str] = []
+    for line in lines:
+        if line or (out and out[-1]):
+            out.append(line)
+    return "\n".join(out).strip()
 
 
 FIELDS = ("subject", "html", "text")

@@ -430,3 +430,34 @@ async def test_ab_split_picks_the_winner_after_n_entrants(world) -> None:
     assert {await arm(uid) for uid in later} == {best}
     stats = (await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}/stats", headers=world.h)).json()
     assert stats["experiment"]["leader"] == best and stats["variants"][best]["converted"] >= 1
+
+
+async def test_preview_test_send_snippets_and_generated_text(world) -> None:
+    r = await world.apps["campaign"].put("/v1/snippets/footer", headers=world.h,
+                                         json={"content": "<p class='f'>Acme · {{ profile.city | default: '' }}</p>"})
+    assert r.status_code == 200
+    bad = await world.apps["campaign"].put("/v1/snippets/broken", headers=world.h, json={"content": "{% if %}"})
+    assert bad.status_code == 422
+    tpl = await world.template("styled", "Hello {{ profile.first_name }}", text=None, html=(
+        "<html><head><style>.f { color: #888 }</style></head><body><p>Hi {{ profile.first_name }}, "
+        "your code is {{ event.properties.code }}.</p>{% render 'footer', profile: profile %}</body></html>"),
+        locales={"de": {"subject": "Hallo {{ profile.first_name }}"}})
+    await world.identify("prev-1", email=_email("prev"), first_name="Lena", city="Wien", locale="de-AT")
+    out = await world.apps["campaign"].post(f"/v1/templates/{tpl}/preview", headers=world.h,
+                                            json={"user": "prev-1", "data": {"code": "X9"}})
+    assert out.status_code == 200, out.text
+    body = out.json()
+    assert body["subject"] == "Hallo Lena" and body["locale"] == "de"
+    assert '<p class="f" style="color: #888;">Acme · Wien</p>' in body["html"]
+    assert body["text"] == "Hi Lena, your code is X9.\n\nAcme · Wien"
+    forced = (await world.apps["campaign"].post(f"/v1/templates/{tpl}/preview", headers=world.h,
+                                                json={"user": "prev-1", "locale": "en"})).json()
+    assert forced["subject"] == "Hello Lena" and forced["locale"] is None
+    to = _email("tester")
+    sent = await world.apps["campaign"].post(f"/v1/templates/{tpl}/test", headers=world.h,
+                                             json={"to": to, "user": "prev-1", "data": {"code": "T1"}})
+    assert sent.status_code == 202, sent.text
+    assert [m["subject"] for m in await world.mail(to)] == ["[test] Hallo Lena"]
+    missing = await world.apps["campaign"].post(f"/v1/templates/{tpl}/preview", headers=world.h,
+                                                json={"user": "nobody-here"})
+    assert missing.status_code == 404

@@ -28,3 +28,26 @@ def test_syntax_errors_name_the_field() -> None:
     with pytest.raises(TemplateError) as info:
         validate({"subject": "ok", "html": "{% if %}", "text": None})
     assert info.value.field == "html"
+
+
+def test_plain_text_is_generated_from_html_and_css_is_inlined() -> None:
+    from services.campaign.templates import html_to_text, render
+
+    html = ("<html><head><style>p { color: red }</style><title>x</title></head><body><h1>Hi {{ name }}</h1>"
+            "<p>Read <a href='https://acme.example/a'>this</a> &amp; that.</p><ul><li>one</li><li>two</li></ul>"
+            "<script>alert(1)</script></body></html>")
+    out = render({"subject": " S ", "html": html, "text": None}, {"name": "<Ada>"})
+    assert out.subject == "S"
+    assert '<p style="color: red;">' in (out.html or "") and "<style>" not in (out.html or "")
+    assert "&lt;Ada&gt;" in (out.html or "")
+    assert out.text == "Hi <Ada>\n\nRead this (https://acme.example/a) & that.\n\n- one\n- two"
+    assert render({"subject": "S", "html": "<p>x</p>", "text": "mine"}, {}).text == "mine"
+    assert html_to_text("<p>a</p><p><a href='#top'>b</a></p>") == "a\n\nb"
+
+
+def test_snippets_are_shared_partials() -> None:
+    from services.campaign.templates import render
+
+    snippets = {"footer": "-- {{ company }}"}
+    out = render({"subject": "S", "text": "Hello{% render 'footer', company: 'Acme' %}", "html": None}, {}, snippets)
+    assert out.text == "Hello-- Acme"

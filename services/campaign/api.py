@@ -13,6 +13,7 @@ from services.campaign.schemas import (
     CampaignStats,
     CampaignUpdate,
     JourneyList,
+    MigrateOut,
     PreviewIn,
     PreviewOut,
     ProfileJourneys,
@@ -148,6 +149,14 @@ async def update_campaign(campaign_id: uuid.UUID, body: CampaignUpdate, ws: Work
                           ) -> dict[str, Any]:
     async with session.begin():
         return await campaigns.update_campaign(session, ws, campaign_id, body.model_dump(mode="json"))
+
+
+@router.post("/campaigns/{campaign_id}/migrate", response_model=MigrateOut, operation_id="migrate_campaign_users",
+             tags=["campaigns"], summary="Move users inside older versions to the current one (same step)",
+             responses=_NOT_FOUND)
+async def migrate_campaign(campaign_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+    async with session.begin():
+        return await campaigns.migrate(session, ws, campaign_id)
 
 
 @router.post("/campaigns/{campaign_id}/archive", response_model=CampaignOut, operation_id="archive_campaign",

@@ -257,9 +257,17 @@ async def stats(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) ->
             entry["skipped"][r.reason or "unknown"] = entry["skipped"].get(r.reason or "unknown", 0) + r.n
         elif r.status in ("pending", "dispatched", "failed"):
             entry["queued" if r.status == "pending" else r.status] += r.n
-    variants = {r.variant: {"entered": r.n, "converted": r.conv} for r in await session.execute(text(
-        "select variant, count(*) as n, count(converted_at) as conv from campaign.journeys "
-        "where workspace_id = :ws and campaign_id = :c and variant is not null group by variant"), params)}
+    variants = {r.variant: {"entered": r.n, "converted": r.conv, "revenue": float(r.rev or 0)}
+                for r in await session.execute(text(
+                    "select variant, count(*) as n, count(converted_at) as conv, sum(converted_value) as rev "
+                    "from campaign.journeys where workspace_id = :ws and campaign_id = :c and variant is not null "
+                    "group by variant"), params)}
+    for r in await session.execute(text(
+            "select substring(s from '^[a-z]+') as action, substring(s from ':(.*)$') as step, count(*) as n "
+            "from campaign.journeys, jsonb_array_elements_text(seen) as s where workspace_id = :ws "
+            "and campaign_id = :c and (s like 'opened:%' or s like 'clicked:%') group by 1, 2"), params):
+        entry = by_step.setdefault(r.step, {"queued": 0, "dispatched": 0, "skipped": {}, "failed": 0})
+        entry[r.action] = r.n
 
     def rate(part: int, whole: int) -> float | None:
         return round(part * 100.0 / whole, 2) if whole else None
@@ -368,3 +376,22 @@ async def render_preview(session: AsyncSession, internal: InternalClient, ws: uu
         raise ValidationFailed(f"Template {exc.field} does not render: {exc.message}", field=exc.field) from None
     return {"subject": out.subject, "html": out.html, "text": out.text, "locale": used,
             "profile_id": profile.get("id")}
+
+
+async def migrate(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, int]:
+    """Move users inside older versions to the current one, at the same step — when the current version
+    still has that step (the others finish their version)."""
+    campaign = await get_campaign(session, ws, campaign_id)
+    steps = [s.id for s in journeys.parse(campaign["definition"]).steps]
+    rows = (await session.execute(text(
+        "with moved as (update campaign.journeys set version = :v, updated_at = now() "
+        "where campaign_id = :c and version < :v and status in ('active', 'waiting') "
+        "and step = any(CAST(:steps AS text[])) returning id, workspace_id, campaign_id, profile_id, step) "
+        "insert into campaign.journey_log (journey_id, workspace_id, campaign_id, profile_id, step, kind, detail) "
+        "select id, workspace_id, campaign_id, profile_id, step, 'migrated', 'to version ' || :vt from moved "
+        "returning journey_id"),
+        {"c": campaign_id, "v": campaign["version"], "vt": str(campaign["version"]), "steps": steps})).all()
+    kept = (await session.execute(text(
+        "select count(*) from campaign.journeys where campaign_id = :c and version < :v "
+        "and status in ('active', 'waiting')"), {"c": campaign_id, "v": campaign["version"]})).scalar_one()
+    return {"moved": len(rows), "kept": kept, "version": campaign["version"]}

@@ -120,6 +120,8 @@ class SendStep(_Step):
     type: Literal["send"] = "send"
     template_id: uuid.UUID
     next: str | None = None
+    optimize_send_time: bool = Field(False, description="wait (up to a day) for the hour this user most often "
+                                                        "opens or clicks; too little history: send now")
 
 
 class DelayStep(_Step):

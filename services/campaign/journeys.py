@@ -143,6 +143,8 @@ async def on_events(session: AsyncSession, events: list[dict[str, Any]], now: da
             by_profile.setdefault((e["workspace_id"], e["profile_id"]), []).append(e)
     if not by_profile:
         return 0
+    await _fold_engagement_hours(session, [e for es in by_profile.values() for e in es
+                                           if e["event"] in ENGAGEMENT_EVENTS])
     keys = list(by_profile)
     rows = (await session.execute(
         text("select j.* from campaign.journeys j join unnest(CAST(:ws AS uuid[]), CAST(:p AS uuid[])) as k(ws, p) "
@@ -158,6 +160,22 @@ async def on_events(session: AsyncSession, events: list[dict[str, Any]], now: da
         for e in sorted(by_profile[(str(j["workspace_id"]), str(j["profile_id"]))], key=lambda e: e["timestamp"]):
             woken += await _apply_event(session, j, journey, e, now)
     return woken
+
+
+async def _fold_engagement_hours(session: AsyncSession, events: list[dict[str, Any]]) -> None:
+    """Count opens and clicks per profile per hour of the day (UTC), for send-time optimisation."""
+    counts: dict[tuple[str, str, int], int] = {}
+    for e in events:
+        key = (e["workspace_id"], e["profile_id"], _event_time(e).hour)
+        counts[key] = counts.get(key, 0) + 1
+    if counts:
+        keys = sorted(counts)
+        await session.execute(text(
+            "insert into campaign.engagement_hours (workspace_id, profile_id, hour, n) "
+            "select * from unnest(CAST(:ws AS uuid[]), CAST(:p AS uuid[]), CAST(:h AS int[]), CAST(:n AS int[])) "
+            "on conflict (workspace_id, profile_id, hour) do update set n = campaign.engagement_hours.n + excluded.n"),
+            {"ws": [k[0] for k in keys], "p": [k[1] for k in keys], "h": [k[2] for k in keys],
+             "n": [counts[k] for k in keys]})
 
 
 def _event_time(e: dict[str, Any]) -> datetime:
@@ -186,6 +204,9 @@ async def _apply_event(session: AsyncSession, j: dict[str, Any], journey: jd.Jou
     if journey.goal and name == journey.goal.event and j["converted_at"] is None and j["goal_deadline"] \
             and at <= j["goal_deadline"]:
         updates["converted_at"] = j["converted_at"] = now
+        revenue = props.get("revenue")
+        if isinstance(revenue, int | float) and not isinstance(revenue, bool):
+            updates["converted_value"] = revenue
         await _log(session, j, "converted", f"{name} within the goal window")
         if journey.goal.exit_on_conversion and j["status"] in OPEN:
             updates.update(status="exited", ended_at=now, wake_at=None, wait=None)
@@ -466,6 +487,14 @@ async def _send(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: jd.S
             if defer_until is not None:
                 await _log(ctx.session, j, "deferred", f"{reason}; until {defer_until.isoformat()}", step=step.id)
                 return StepOutcome(step.id, wake_at=defer_until)
+    if step.optimize_send_time and reason is None:
+        best = await _best_hour(ctx, j)
+        if best is not None and best != ctx.now.hour:
+            at = ctx.now.replace(minute=0, second=0, microsecond=0, hour=best)
+            at = at if at > ctx.now else at + timedelta(days=1)
+            await _log(ctx.session, j, "deferred", f"send-time optimisation: {best:02d}:00 UTC, when this user "
+                       f"most often opens or clicks", step=step.id)
+            return StepOutcome(step.id, wake_at=at)
     key = hashlib.sha256(f"{j['campaign_id']}:{j['version']}:{step.id}:{j['id']}".encode()).hexdigest()[:40]
     created = (await ctx.session.execute(
         text("insert into campaign.sends (id, workspace_id, campaign_id, campaign_version, template_id, profile_id, "
@@ -484,6 +513,19 @@ async def _send(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: jd.S
     await _log(ctx.session, j, "sent" if created else "skipped",
                f"{channel} message queued" if created else "already sent (replayed step)", step=step.id)
     return StepOutcome(step.next, sends=1 if created else 0)
+
+
+MIN_ENGAGEMENTS_FOR_STO = 3
+
+
+async def _best_hour(ctx: Context, j: dict[str, Any]) -> int | None:
+    """The hour (UTC) the profile most often engaged, if it has enough history."""
+    rows = (await ctx.session.execute(text(
+        "select hour, n from campaign.engagement_hours where workspace_id = :ws and profile_id = :p "
+        "order by n desc, hour"), {"ws": j["workspace_id"], "p": j["profile_id"]})).all()
+    if sum(r.n for r in rows) < MIN_ENGAGEMENTS_FOR_STO:
+        return None
+    return int(rows[0].hour)
 
 
 async def _capped(ctx: Context, j: dict[str, Any], channel: str) -> tuple[str | None, datetime | None]:

@@ -2,9 +2,10 @@
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, DateTime, Identity, Index, UniqueConstraint, text
+from sqlalchemy import BigInteger, Column, DateTime, Identity, Index, Numeric, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -143,6 +144,8 @@ class JourneyRun(CampaignTable, table=True):
                                                                              default_now=False))
     converted_at: datetime | None = Field(default=None, sa_column=tz_column("converted_at", nullable=True,
                                                                            default_now=False))
+    # the goal event's ``revenue`` property, when it has one (revenue per variant)
+    converted_value: Decimal | None = Field(default=None, sa_column=Column(Numeric, nullable=True))
     entered_at: datetime = Field(sa_column=tz_column("entered_at"))
     ended_at: datetime | None = Field(default=None, sa_column=tz_column("ended_at", nullable=True, default_now=False))
     updated_at: datetime = Field(sa_column=tz_column("updated_at"))
@@ -190,3 +193,14 @@ class Snippet(CampaignTable, table=True):
     name: str = Field(primary_key=True)
     content: str
     updated_at: datetime = Field(sa_column=tz_column("updated_at"))
+
+
+class EngagementHour(CampaignTable, table=True):
+    """How often a profile opened or clicked an email in each hour of the day (UTC): send-time optimisation."""
+
+    __tablename__ = "engagement_hours"
+
+    workspace_id: uuid.UUID = Field(primary_key=True)
+    profile_id: uuid.UUID = Field(primary_key=True)
+    hour: int = Field(primary_key=True)
+    n: int = 0

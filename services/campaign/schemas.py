@@ -200,3 +200,9 @@ class TestSendIn(PreviewIn):
 
 class TestSendOut(BaseModel):
     message_id: str = Field(description="delivery's message id")
+
+
+class MigrateOut(BaseModel):
+    moved: int = Field(description="users moved to the current version, at the same step")
+    kept: int = Field(description="users left in their version (their step is gone from the current one)")
+    version: int

@@ -461,3 +461,40 @@ async def test_preview_test_send_snippets_and_generated_text(world) -> None:
     missing = await world.apps["campaign"].post(f"/v1/templates/{tpl}/preview", headers=world.h,
                                                 json={"user": "nobody-here"})
     assert missing.status_code == 404
+
+
+async def test_send_time_optimisation_migration_and_revenue(world) -> None:
+    tpl = await world.template("sto", "Best time")
+    camp = await world.campaign(trigger={"type": "event", "event": "Ready"}, entry={"rule": "every_time"},
+                                goal={"event": "Order Completed", "within_seconds": 86400},
+                                steps=[{"id": "wait", "type": "delay", "seconds": 600, "next": "s"},
+                                       {"id": "s", "type": "send", "template_id": tpl, "optimize_send_time": True}])
+    habitual, fresh = _email("habit"), _email("fresh")
+    await world.identify("sto-1", email=habitual)
+    await world.identify("sto-2", email=fresh)
+    for day in range(1, 4):  # sto-1 reads email at 18:xx UTC
+        await world.track("sto-1", "Email Opened", T0.replace(hour=18, minute=10) - timedelta(days=day))
+    await world.track("sto-1", "Ready", T0)
+    await world.track("sto-2", "Ready", T0)
+    await world.pump(T0)
+    # an edit while both wait at their delay; migrating moves them to the new version's same step
+    r = await world.apps["campaign"].put(f"/v1/campaigns/{camp['id']}", headers=world.h, json={
+        "trigger": {"type": "event", "event": "Ready"}, "entry": {"rule": "every_time"},
+        "goal": {"event": "Order Completed", "within_seconds": 86400},
+        "steps": [{"id": "s", "type": "send", "template_id": tpl, "optimize_send_time": True}]})
+    assert r.json()["version"] == 2
+    moved = (await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/migrate", headers=world.h)).json()
+    assert moved == {"moved": 2, "kept": 0, "version": 2}
+    await world.pump(T0 + timedelta(minutes=11))
+    assert len(await world.mail(fresh)) == 1  # no history: sent at the campaign's time
+    assert await world.mail(habitual) == []  # waits for 18:00 UTC
+    await world.pump(T0.replace(hour=18))
+    assert len(await world.mail(habitual)) == 1
+    await world.track("sto-2", "Order Completed", T0 + timedelta(hours=4), revenue=120.5)
+    await world.pump(T0 + timedelta(hours=4, minutes=1))
+    stats = (await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}/stats", headers=world.h)).json()
+    assert stats["converted"] == 1
+    async with world.sm() as s:
+        value = (await s.execute(text("select sum(converted_value) from campaign.journeys where campaign_id = :c"),
+                                 {"c": camp["id"]})).scalar()
+    assert float(value) == 120.5

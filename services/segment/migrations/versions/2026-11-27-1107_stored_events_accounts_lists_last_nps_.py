@@ -1,8 +1,8 @@
-"""raw events, accounts, manual lists, last NPS
+"""stored events, accounts, lists, last NPS, partitions
 
 Revision ID: segment_0002
 Revises: segment_0001
-Create Date: 2026-11-27 10:18:52.431163
+Create Date: 2026-11-27 11:07:33.319060
 """
 
 from collections.abc import Sequence
@@ -36,6 +36,15 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('workspace_id', 'group_id', name=op.f('pk_accounts')),
     schema='segment'
     )
+    op.create_table('dirty_profiles',
+    sa.Column('workspace_id', sa.Uuid(), nullable=False),
+    sa.Column('profile_id', sa.Uuid(), nullable=False),
+    sa.Column('partition', sa.Integer(), nullable=False),
+    sa.Column('marked_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.PrimaryKeyConstraint('workspace_id', 'profile_id', name=op.f('pk_dirty_profiles')),
+    schema='segment'
+    )
+    op.create_index('ix_dirty_profiles_partition_marked_at', 'dirty_profiles', ['partition', 'marked_at'], unique=False, schema='segment')
     op.create_table('list_members',
     sa.Column('workspace_id', sa.Uuid(), nullable=False),
     sa.Column('list_id', sa.Uuid(), nullable=False),
@@ -77,6 +86,8 @@ def downgrade() -> None:
     op.drop_table('lists', schema='segment')
     op.drop_index('ix_list_members_workspace_id_profile_id', table_name='list_members', schema='segment')
     op.drop_table('list_members', schema='segment')
+    op.drop_index('ix_dirty_profiles_partition_marked_at', table_name='dirty_profiles', schema='segment')
+    op.drop_table('dirty_profiles', schema='segment')
     op.drop_table('accounts', schema='segment')
     op.drop_index('ix_account_members_workspace_id_group_id', table_name='account_members', schema='segment')
     op.drop_table('account_members', schema='segment')

@@ -1,8 +1,8 @@
-"""journeys, versions, locales
+"""journeys, versions, schedules, snippets, locales, engagement
 
 Revision ID: campaign_0002
 Revises: campaign_0001
-Create Date: 2026-11-27 10:40:09.736234
+Create Date: 2026-11-27 11:07:32.558493
 """
 
 from collections.abc import Sequence
@@ -26,6 +26,14 @@ def upgrade() -> None:
     sa.Column('definition', postgresql.JSONB(astext_type=sa.Text()), server_default=sa.text("'{}'::jsonb"), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.PrimaryKeyConstraint('campaign_id', 'version', name=op.f('pk_campaign_versions')),
+    schema='campaign'
+    )
+    op.create_table('engagement_hours',
+    sa.Column('workspace_id', sa.Uuid(), nullable=False),
+    sa.Column('profile_id', sa.Uuid(), nullable=False),
+    sa.Column('hour', sa.Integer(), nullable=False),
+    sa.Column('n', sa.Integer(), nullable=False),
+    sa.PrimaryKeyConstraint('workspace_id', 'profile_id', 'hour', name=op.f('pk_engagement_hours')),
     schema='campaign'
     )
     op.create_table('journey_log',
@@ -59,6 +67,7 @@ def upgrade() -> None:
     sa.Column('seen', postgresql.JSONB(astext_type=sa.Text()), server_default=sa.text("'[]'::jsonb"), nullable=False),
     sa.Column('goal_deadline', sa.DateTime(timezone=True), nullable=True),
     sa.Column('converted_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('converted_value', sa.Numeric(), nullable=True),
     sa.Column('entered_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.Column('ended_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
@@ -69,6 +78,25 @@ def upgrade() -> None:
     op.create_index('ix_journeys_campaign_profile', 'journeys', ['campaign_id', 'profile_id', 'entered_at'], unique=False, schema='campaign')
     op.create_index('ix_journeys_due', 'journeys', ['wake_at'], unique=False, schema='campaign', postgresql_where="status in ('active', 'waiting')")
     op.create_index('ix_journeys_profile', 'journeys', ['workspace_id', 'profile_id'], unique=False, schema='campaign')
+    op.create_table('schedule_runs',
+    sa.Column('campaign_id', sa.Uuid(), nullable=False),
+    sa.Column('slot', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('workspace_id', sa.Uuid(), nullable=False),
+    sa.Column('cursor', sa.Text(), nullable=True),
+    sa.Column('entered', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('done', sa.Boolean(), server_default='false', nullable=False),
+    sa.Column('started_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.PrimaryKeyConstraint('campaign_id', 'slot', name=op.f('pk_schedule_runs')),
+    schema='campaign'
+    )
+    op.create_table('snippets',
+    sa.Column('workspace_id', sa.Uuid(), nullable=False),
+    sa.Column('name', sa.Text(), nullable=False),
+    sa.Column('content', sa.Text(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.PrimaryKeyConstraint('workspace_id', 'name', name=op.f('pk_snippets')),
+    schema='campaign'
+    )
     op.add_column('campaigns', sa.Column('definition', postgresql.JSONB(astext_type=sa.Text()), server_default=sa.text("'{}'::jsonb"), nullable=False), schema='campaign')
     op.alter_column('campaigns', 'template_id',
                existing_type=sa.UUID(),
@@ -107,6 +135,8 @@ def downgrade() -> None:
                nullable=False,
                schema='campaign')
     op.drop_column('campaigns', 'definition', schema='campaign')
+    op.drop_table('snippets', schema='campaign')
+    op.drop_table('schedule_runs', schema='campaign')
     op.drop_index('ix_journeys_profile', table_name='journeys', schema='campaign')
     op.drop_index('ix_journeys_due', table_name='journeys', schema='campaign', postgresql_where="status in ('active', 'waiting')")
     op.drop_index('ix_journeys_campaign_profile', table_name='journeys', schema='campaign')
@@ -114,5 +144,6 @@ def downgrade() -> None:
     op.drop_index('ix_journey_log_profile', table_name='journey_log', schema='campaign')
     op.drop_index('ix_journey_log_journey', table_name='journey_log', schema='campaign')
     op.drop_table('journey_log', schema='campaign')
+    op.drop_table('engagement_hours', schema='campaign')
     op.drop_table('campaign_versions', schema='campaign')
     # ### end Alembic commands ###

@@ -498,3 +498,37 @@ async def test_send_time_optimisation_migration_and_revenue(world) -> None:
         value = (await s.execute(text("select sum(converted_value) from campaign.journeys where campaign_id = :c"),
                                  {"c": camp["id"]})).scalar()
     assert float(value) == 120.5
+
+
+async def test_branch_on_segment_membership_and_events_since_entry(world) -> None:
+    from services.segment import evaluation
+
+    seg = (await world.apps["segment"].post("/v1/segments", headers=world.h, json={
+        "name": f"vip-{uuid.uuid4().hex[:6]}", "definition": {"type": "trait", "trait": "vip", "value": True}})).json()
+    yes, no, done = (await world.template("in", "In the segment"), await world.template("out", "Not in it"),
+                     await world.template("done", "Already did it"))
+    await world.campaign(trigger={"type": "event", "event": "Started"}, steps=[
+        {"id": "wait", "type": "delay", "seconds": 60, "next": "did"},
+        {"id": "did", "type": "branch", "condition": {"type": "performed_since_entry", "event": "Finished"},
+         "yes": "done", "no": "vip"},
+        {"id": "done", "type": "send", "template_id": done, "next": "stop"},
+        {"id": "stop", "type": "exit"},
+        {"id": "vip", "type": "branch", "condition": {"type": "segment", "segment_id": seg["id"]},
+         "yes": "in", "no": "out"},
+        {"id": "in", "type": "send", "template_id": yes}, {"id": "out", "type": "send", "template_id": no}])
+    people = {"br-vip": (_email("vip"), True), "br-plain": (_email("plain"), False), "br-done": (_email("done"), True)}
+    for uid, (email, vip) in people.items():
+        pid = await world.identify(uid, email=email, vip=vip)
+        async with world.sm() as s, s.begin():
+            await evaluation.apply_events(s, [{"workspace_id": str(world.ws), "profile_id": pid, "type": "identify",
+                                               "event": None, "traits": {"vip": vip}, "properties": {},
+                                               "message_id": f"vip-{pid}", "timestamp": T0.isoformat()}])
+            await evaluation.reevaluate(s, world.ws, [uuid.UUID(pid)])
+        await world.track(uid, "Started", T0)
+    await world.track("br-done", "Finished", T0 + timedelta(seconds=30))
+    await world.pump(T0 + timedelta(seconds=31))
+    await world.pump(T0 + timedelta(minutes=2))
+    got = {uid: [m["subject"] for m in await world.mail(email)] for uid, (email, _) in people.items()}
+    assert got == {"br-vip": ["In the segment"], "br-plain": ["Not in it"], "br-done": ["Already did it"]}
+    pid = (await world.apps["ingest"].get("/v1/profiles/br-done", headers=world.h)).json()["id"]
+    assert (await world.path(pid))[0]["status"] == "exited"

@@ -23,7 +23,7 @@ from services.segment import conditions
 
 KINDS = ("templates", "segments", "campaigns")
 _TEMPLATE_FIELDS = ("subject", "html", "text", "locales")
-_CAMPAIGN_KEYS = ("trigger", "steps", "entry", "goal", "exit_on", "message_type")
+_CAMPAIGN_KEYS = ("trigger", "steps", "entry", "goal", "exit_on", "message_type", "topic")
 
 
 class ResourceError(ValueError):

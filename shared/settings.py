@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     smtp_tls: bool = False
     smtp_timeout_s: float = 15.0
     email_from: str = "Tenure <hello@tenure.localhost>"
+    signing_secret: str = Field(
+        default=_PLACEHOLDER,
+        description="key for the signed links in messages (unsubscribe, preferences, open pixel, click redirect)",
+    )
+    delivery_public_url: str | None = Field(
+        default=None, description="where recipients reach delivery's public pages (default: its local URL)")
 
     dev_inbox: bool = Field(default=True, description="`tenure dev` runs a local SMTP sink and web inbox")
     dev_demo: bool = Field(default=True, description="`tenure dev` creates a demo workspace on first start")
@@ -92,11 +98,18 @@ class Settings(BaseSettings):
     def _refuse_placeholder_secrets(self) -> "Settings":
         if self.env == Environment.prod and self.internal_token == _PLACEHOLDER:
             raise ValueError("TENURE_INTERNAL_TOKEN must be set to a real secret when TENURE_ENV=prod")
+        if self.env == Environment.prod and self.signing_secret == _PLACEHOLDER:
+            raise ValueError("TENURE_SIGNING_SECRET must be set to a real secret when TENURE_ENV=prod")
         return self
 
     @property
     def json_logs(self) -> bool:
         return self.log_json if self.log_json is not None else self.env != Environment.dev
+
+    @property
+    def public_url(self) -> str:
+        """Base URL of delivery's public pages, as recipients' mail clients reach them."""
+        return (self.delivery_public_url or self.url_of("delivery")).rstrip("/")
 
     def port_of(self, service: str) -> int:
         return int(getattr(self, f"{service}_port"))

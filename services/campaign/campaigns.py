@@ -92,7 +92,7 @@ async def get_template(session: AsyncSession, ws: uuid.UUID, template_id: uuid.U
 def journey_from(data: dict[str, Any]) -> jd.Journey:
     """The journey a create/update body describes: ``steps`` (a journey), or a bare ``template_id`` (one
     send step, every time the trigger happens)."""
-    definition = {k: data[k] for k in ("trigger", "steps", "entry", "goal", "exit_on", "message_type")
+    definition = {k: data[k] for k in ("trigger", "steps", "entry", "goal", "exit_on", "message_type", "topic")
                   if data.get(k) is not None}
     if "steps" not in definition:
         if not data.get("template_id"):

@@ -44,7 +44,8 @@ async def claim(session: AsyncSession, limit: int) -> list[dict[str, Any]]:
                              order by next_attempt_at for update skip locked limit :lim)
             returning s.id, s.workspace_id, s.campaign_id, s.template_id, s.profile_id, s.idempotency_key,
                       s.trigger_data, s.attempts,
-                      (select message_type from campaign.campaigns c where c.id = s.campaign_id) as message_type
+                      (select message_type from campaign.campaigns c where c.id = s.campaign_id) as message_type,
+                      (select definition->>'topic' from campaign.campaigns c where c.id = s.campaign_id) as topic
             """
         ),
         {"lim": limit},
@@ -111,8 +112,12 @@ async def prepare(session: AsyncSession, send: dict[str, Any], profile: dict[str
         "html": rendered.html,
         "text": rendered.text,
         "message_type": send["message_type"] or "marketing",
+        "topic": send.get("topic"),
         "metadata": {"campaign_id": str(send["campaign_id"]), "send_id": str(send["id"]),
                      "profile_id": str(send["profile_id"]),
+                     # who opens, clicks and unsubscribes: delivery reports it to ingest under this identity
+                     **({"userId": profile["user_id"]} if profile.get("user_id") else
+                        {"anonymousId": profile["anonymous_id"]} if profile.get("anonymous_id") else {}),
                      **{k: send["trigger_data"][k] for k in ("journey_id", "step", "variant")
                         if (send.get("trigger_data") or {}).get(k) is not None}},
     }

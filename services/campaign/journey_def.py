@@ -252,6 +252,8 @@ class Journey(_Model):
     goal: Goal | None = None
     exit_on: list[str] = Field(default_factory=list, description="events that end the journey at once")
     message_type: Literal["marketing", "transactional"] = "marketing"
+    topic: str | None = Field(None, max_length=100, examples=["offers"],
+                              description="subscription topic: people who opted out of it get nothing")
 
     @model_validator(mode="after")
     def _graph(self) -> "Journey":

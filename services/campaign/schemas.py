@@ -48,6 +48,7 @@ class CampaignCreate(BaseModel):
     goal: jd.Goal | None = None
     exit_on: list[str] | None = None
     message_type: Literal["marketing", "transactional"] = "marketing"
+    topic: str | None = Field(None, max_length=100, description="subscription topic (see delivery's preferences)")
     status: Literal["active", "paused"] = "active"
 
 
@@ -60,6 +61,7 @@ class CampaignUpdate(BaseModel):
     goal: jd.Goal | None = None
     exit_on: list[str] | None = None
     message_type: Literal["marketing", "transactional"] = "marketing"
+    topic: str | None = Field(None, max_length=100)
 
 
 class CampaignOut(BaseModel):

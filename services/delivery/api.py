@@ -5,11 +5,19 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from services.delivery import outbox
-from services.delivery.schemas import MessageCreate, MessageList, MessageOut
+from services.delivery import consent, outbox
+from services.delivery.schemas import (
+    MessageCreate,
+    MessageList,
+    MessageOut,
+    PreferencesOut,
+    SuppressionIn,
+    SuppressionList,
+    SuppressionOut,
+)
 from shared.auth import WorkspaceDep
 from shared.db import AfterDep, SessionDep
-from shared.errors import COMMON_ERRORS, ValidationFailed, problem_schema
+from shared.errors import COMMON_ERRORS, NotFound, ValidationFailed, problem_schema
 from shared.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["messages"])
@@ -70,3 +78,43 @@ async def list_messages(
     async with session.begin():
         items, nxt = await outbox.list_messages(session, ws, status=status, to=to, after=after, limit=limit)
     return {"messages": items, "next_cursor": nxt}
+
+
+consent_router = APIRouter(prefix="/v1", tags=["consent"])
+
+
+@consent_router.post("/suppressions", status_code=201, response_model=SuppressionOut,
+                     operation_id="add_suppression", summary="Suppress an address on a channel (manual)",
+                     responses=COMMON_ERRORS)
+async def add_suppression(body: SuppressionIn, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+    async with session.begin():
+        await consent.suppress(session, ws, body.channel, body.address, body.reason, "api")
+        return await consent.suppression(session, ws, body.channel, body.address)
+
+
+@consent_router.get("/suppressions", response_model=SuppressionList, operation_id="list_suppressions",
+                    summary="Suppressed addresses", responses=COMMON_ERRORS)
+async def list_suppressions(ws: WorkspaceDep, session: SessionDep,
+                            after: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+                            channel: Annotated[str | None, Query()] = None,
+                            limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+    async with session.begin():
+        items, nxt = await consent.list_suppressions(session, ws, channel, after, limit)
+    return {"suppressions": items, "next_cursor": nxt}
+
+
+@consent_router.delete("/suppressions/{channel}/{address}", status_code=204, operation_id="remove_suppression",
+                       summary="Lift a suppression (not a hard bounce or complaint)",
+                       responses={**COMMON_ERRORS, 404: problem_schema("Not suppressed (or not liftable)")})
+async def remove_suppression(channel: str, address: str, ws: WorkspaceDep, session: SessionDep) -> Response:
+    async with session.begin():
+        if not await consent.unsuppress(session, ws, channel, address, "api"):
+            raise NotFound(f"{address} is not suppressed on {channel} (or the reason cannot be lifted)")
+    return Response(status_code=204)
+
+
+@consent_router.get("/preferences/{address}", response_model=PreferencesOut, operation_id="get_preferences",
+                    summary="An address's topics and suppression", responses=COMMON_ERRORS)
+async def get_preferences(address: str, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+    async with session.begin():
+        return await consent.preferences(session, ws, address, await consent.workspace_settings(session, ws))

@@ -2,8 +2,8 @@
 
 from fastapi import FastAPI
 
-from services.delivery import privacy
-from services.delivery.api import router
+from services.delivery import pages, privacy
+from services.delivery.api import consent_router, router
 from shared.privacy import privacy_router
 from shared.settings import Settings
 from shared.web import create_service_app
@@ -11,10 +11,12 @@ from shared.web import create_service_app
 DESCRIPTION = """
 `POST /v1/messages` stores a message under its idempotency key before any provider call; workers send
 it over SMTP and record every attempt. Retries use exponential backoff with jitter; permanent errors
-stop at once.
+stop at once. Marketing email carries RFC 8058 one-click unsubscribe headers; suppressions and topic
+choices stop messages before any provider call; opens, clicks and consent changes go back to ingest as
+events. `/u/…`, `/p/…`, `/o/…` and `/c/…` are the signed pages and links recipients reach.
 """
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    routers = [router, privacy_router("delivery", privacy.erase, privacy.export)]
+    routers = [router, consent_router, pages.router, privacy_router("delivery", privacy.erase, privacy.export)]
     return create_service_app("delivery", settings or Settings(), routers=routers, description=DESCRIPTION)

@@ -27,6 +27,7 @@ class Email:
     subject: str
     html: str | None
     text: str | None
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def message_id_header(message_id: str, sender: str) -> str:
@@ -43,6 +44,8 @@ def build_mime(mail: Email) -> EmailMessage:
     # Stable across retries, so a receiver can tell a re-attempt from a new message.
     msg["Message-ID"] = message_id_header(mail.message_id, mail.sender) if mail.message_id else make_msgid()
     msg["X-Tenure-Message-Id"] = mail.message_id
+    for name, value in mail.headers:
+        msg[name] = value
     if mail.text:
         msg.set_content(mail.text)
         if mail.html:

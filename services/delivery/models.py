@@ -41,7 +41,8 @@ class Message(DeliveryTable, table=True):
     html: str | None = None
     text: str | None = None
     message_type: str = "marketing"  # "marketing" | "transactional"
-    status: str = "queued"
+    topic: str | None = None  # subscription topic of a marketing message (e.g. "offers")
+    status: str = "queued"  # queued | sending | sent | failed | suppressed
     attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     last_error: str | None = None
     provider_message_id: str | None = None
@@ -64,3 +65,76 @@ class Attempt(DeliveryTable, table=True):
     error: str | None = None
     started_at: datetime = Field(sa_column=tz_column("started_at"))
     finished_at: datetime = Field(sa_column=tz_column("finished_at"))
+
+
+class Suppression(DeliveryTable, table=True):
+    """An address that must not get (marketing) messages on a channel: unsubscribed, bounced, complained
+    or added by hand. Hard bounces and complaints stop transactional mail too."""
+
+    __tablename__ = "suppressions"
+
+    workspace_id: uuid.UUID = Field(primary_key=True)
+    channel: str = Field(primary_key=True)
+    address: str = Field(primary_key=True)
+    reason: str  # unsubscribed | hard_bounce | complaint | manual
+    source: str
+    created_at: datetime = Field(sa_column=tz_column("created_at"))
+
+
+class Subscription(DeliveryTable, table=True):
+    """An address's choice for one topic (e.g. product news, offers); no row = subscribed."""
+
+    __tablename__ = "subscriptions"
+
+    workspace_id: uuid.UUID = Field(primary_key=True)
+    address: str = Field(primary_key=True)
+    topic: str = Field(primary_key=True)
+    subscribed: bool
+    updated_at: datetime = Field(sa_column=tz_column("updated_at"))
+
+
+class ConsentChange(DeliveryTable, table=True):
+    """Every consent change, with time and source (audit)."""
+
+    __tablename__ = "consent_log"
+    __table_args__ = (Index("ix_consent_log_address", "workspace_id", "address"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    workspace_id: uuid.UUID
+    address: str
+    channel: str
+    topic: str | None = None
+    action: str  # unsubscribed | resubscribed | topic_on | topic_off | suppressed
+    source: str  # one_click | preference_page | api | bounce | complaint
+    at: datetime = Field(sa_column=tz_column("at"))
+
+
+class Engagement(DeliveryTable, table=True):
+    """Opens and clicks of a message (bot and prefetch opens flagged, not fed back)."""
+
+    __tablename__ = "engagements"
+    __table_args__ = (Index("ix_engagements_message", "message_id"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    workspace_id: uuid.UUID
+    message_id: uuid.UUID
+    kind: str  # opened | clicked
+    url: str | None = None
+    user_agent: str | None = None
+    bot: bool = False
+    at: datetime = Field(sa_column=tz_column("at"))
+
+
+class Feedback(DeliveryTable, table=True):
+    """Events for ingest (engagement, consent changes), written in the transaction that records them and
+    forwarded by the worker; the row id is the event's messageId, so a resend is deduplicated by ingest."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (Index("ix_feedback_pending", "id", postgresql_where="forwarded_at is null"),)
+
+    id: uuid.UUID = Field(primary_key=True)
+    workspace_id: uuid.UUID
+    payload: dict[str, Any] = Field(sa_column=jsonb_column("payload"))
+    created_at: datetime = Field(sa_column=tz_column("created_at"))
+    forwarded_at: datetime | None = Field(default=None, sa_column=tz_column("forwarded_at", nullable=True,
+                                                                           default_now=False))

@@ -20,13 +20,14 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.delivery import consent
 from shared.db import fetch_one, fetch_page, row_dict
 from shared.errors import Conflict
 from shared.jsonutil import dumps, dumps_bytes
 
 LEASE_S = 60
 MAX_ATTEMPTS = 8
-_COLS = ("id, idempotency_key, channel, to_address, subject, message_type, status, attempts, last_error, "
+_COLS = ("id, idempotency_key, channel, to_address, subject, message_type, topic, status, attempts, last_error, "
          "provider_message_id, metadata, created_at, sent_at")
 
 
@@ -47,22 +48,27 @@ def backoff_s(attempt: int) -> float:
 
 async def enqueue(session: AsyncSession, ws: uuid.UUID, msg: dict[str, Any], sender: str
                   ) -> tuple[dict[str, Any], bool]:
-    """Store a message; returns (message, created). A replay returns the stored one."""
+    """Store a message; returns (message, created). A replay returns the stored one. A message consent
+    forbids is stored as ``suppressed`` (with the reason) and never sent."""
     digest = request_hash(msg)
+    reason = await consent.blocked(session, ws, msg["channel"], msg["to"], msg["message_type"], msg.get("topic"))
     row = (await session.execute(
         text(
             f"""
             insert into delivery.messages (id, workspace_id, idempotency_key, request_hash, channel, to_address,
-                                           from_address, subject, html, text, message_type, status, metadata)
-            values (:id, :ws, :key, :hash, :channel, :to, :sender, :subject, :html, :text, :mt, 'queued',
-                    CAST(:meta AS jsonb))
+                                           from_address, subject, html, text, message_type, topic, status,
+                                           last_error, metadata)
+            values (:id, :ws, :key, :hash, :channel, :to, :sender, :subject, :html, :text, :mt, :topic, :status,
+                    :reason, CAST(:meta AS jsonb))
             on conflict (workspace_id, idempotency_key) do nothing
             returning {_COLS}
             """
         ),
         {"id": uuid.uuid4(), "ws": ws, "key": msg["idempotency_key"], "hash": digest, "channel": msg["channel"],
          "to": msg["to"], "sender": sender, "subject": msg["subject"], "html": msg.get("html"),
-         "text": msg.get("text"), "mt": msg["message_type"], "meta": dumps(msg.get("metadata") or {})},
+         "text": msg.get("text"), "mt": msg["message_type"], "topic": msg.get("topic"),
+         "status": "suppressed" if reason else "queued", "reason": reason,
+         "meta": dumps(msg.get("metadata") or {})},
     )).first()
     if row is not None:
         return out(row), True
@@ -120,7 +126,8 @@ async def claim(session: AsyncSession, limit: int) -> list[dict[str, Any]]:
                              where (status = 'queued' and next_attempt_at <= now())
                                 or (status = 'sending' and claimed_until < now())
                              order by next_attempt_at for update skip locked limit :lim)
-            returning m.id, m.workspace_id, m.to_address, m.from_address, m.subject, m.html, m.text, m.attempts
+            returning m.id, m.workspace_id, m.to_address, m.from_address, m.subject, m.html, m.text, m.attempts,
+                      m.message_type, m.metadata
             """
         ),
         {"lim": limit},

@@ -18,7 +18,10 @@ class MessageCreate(BaseModel):
     html: str | None = None
     text: str | None = None
     message_type: Literal["marketing", "transactional"] = "marketing"
-    metadata: dict[str, Any] = Field(default_factory=dict, description="ids to find the message by later")
+    topic: str | None = Field(None, max_length=100, examples=["offers"],
+                              description="subscription topic (marketing): not sent to addresses that opted out")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="ids to find the message by later; "
+                                     "`userId`/`anonymousId` attribute its opens, clicks and unsubscribes")
 
     model_config = {"populate_by_name": True}
 
@@ -36,7 +39,8 @@ class MessageOut(BaseModel):
     to: str
     subject: str
     message_type: str
-    status: str = Field(description="queued | sending | sent | failed")
+    topic: str | None = None
+    status: str = Field(description="queued | sending | sent | failed | suppressed")
     attempts: int
     last_error: str | None
     provider_message_id: str | None
@@ -48,3 +52,35 @@ class MessageOut(BaseModel):
 class MessageList(BaseModel):
     messages: list[MessageOut]
     next_cursor: str | None = None
+
+
+class SuppressionIn(BaseModel):
+    channel: Literal["email", "sms", "push"] = "email"
+    address: str = Field(min_length=3, max_length=320, examples=["ada@example.com"])
+    reason: Literal["manual", "unsubscribed", "hard_bounce", "complaint"] = "manual"
+
+
+class SuppressionOut(BaseModel):
+    channel: str
+    address: str
+    reason: str
+    source: str
+    created_at: datetime
+
+
+class SuppressionList(BaseModel):
+    suppressions: list[SuppressionOut]
+    next_cursor: str | None = None
+
+
+class TopicChoice(BaseModel):
+    id: str
+    label: dict[str, str]
+    subscribed: bool
+
+
+class PreferencesOut(BaseModel):
+    address: str
+    unsubscribed: bool
+    suppression: str | None = Field(description="why the address is suppressed for email, if it is")
+    topics: list[TopicChoice]

@@ -7,7 +7,7 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.delivery import mailer, outbox
+from services.delivery import links, mailer, outbox
 from shared.settings import Settings
 
 log = structlog.get_logger()
@@ -16,8 +16,15 @@ log = structlog.get_logger()
 async def send_one(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, message: dict[str, Any]
                    ) -> str:
     started = datetime.now(UTC)
-    mail = mailer.Email(message_id=str(message["id"]), sender=message["from_address"], to=message["to_address"],
-                        subject=message["subject"], html=message["html"], text=message["text"])
+    marketing = message.get("message_type", "marketing") == "marketing"
+    link = links.Links.for_message(settings.public_url, settings.signing_secret, message["workspace_id"],
+                                   message["id"])
+    mail = mailer.Email(
+        message_id=str(message["id"]), sender=message["from_address"], to=message["to_address"],
+        subject=message["subject"],
+        html=links.decorate_html(message["html"], link, marketing=marketing) if message["html"] else None,
+        text=links.decorate_text(message["text"], link, marketing=marketing) if message["text"] else None,
+        headers=tuple(links.headers(link, marketing).items()))
     try:
         provider_id = await mailer.send_smtp(settings, mail)
         outcome, error = "sent", None

@@ -4,7 +4,7 @@ from typing import Any
 
 from arq.worker import Worker
 
-from services.delivery import sending
+from services.delivery import feedback, sending
 from shared.queue import JobCtx, build_worker, take_dirty, worker_settings_class
 from shared.settings import Settings
 
@@ -19,7 +19,16 @@ async def send_messages(ctx: JobCtx) -> int:
     return total
 
 
-_OPTIONS: dict[str, Any] = {"functions": [send_messages], "poll": [send_messages]}
+async def forward_feedback(ctx: JobCtx) -> int:
+    """Opens, clicks and consent changes to ingest (polled; woken when recorded)."""
+    total = 0
+    while n := await feedback.forward(ctx["sessionmaker"], ctx["internal"]):
+        total += n
+    return total
+
+
+_OPTIONS: dict[str, Any] = {"functions": [send_messages, forward_feedback],
+                            "poll": [send_messages, forward_feedback]}
 
 
 def create_worker(settings: Settings, **kw: Any) -> Worker:

@@ -275,12 +275,15 @@ async def get_many(session: AsyncSession, ws: uuid.UUID, ids: list[uuid.UUID]) -
     """Live profiles (ids of merged-away profiles lead to the profile they were merged into), by the id asked
     for; unknown ids are left out."""
     rows = await session.execute(
-        text("select a.id as asked, p.id, p.user_id, p.traits from ingest.profiles a "
-             "join ingest.profiles p on p.id = coalesce(a.merged_into, a.id) "
+        text("select a.id as asked, p.id, p.user_id, p.traits, "
+             "(select min(i.value) from ingest.identities i where i.workspace_id = p.workspace_id "
+             " and i.profile_id = p.id and i.kind = 'anonymous_id') as anonymous_id "
+             "from ingest.profiles a join ingest.profiles p on p.id = coalesce(a.merged_into, a.id) "
              "where a.workspace_id = :ws and a.id = any(CAST(:ids AS uuid[]))"),
         {"ws": ws, "ids": ids},
     )
-    return {str(r.asked): {"id": str(r.id), "user_id": r.user_id, "traits": r.traits} for r in rows}
+    return {str(r.asked): {"id": str(r.id), "user_id": r.user_id, "anonymous_id": r.anonymous_id,
+                           "traits": r.traits} for r in rows}
 
 
 async def get_profile(session: AsyncSession, ws: uuid.UUID, ref: str) -> dict[str, Any]:

@@ -244,4 +244,5 @@ class LookupRequest(BaseModel):
 
 class LookupOut(BaseModel):
     profiles: dict[str, dict[str, Any]] = Field(
-        description="asked id -> {id, user_id, traits} of the live profile (merges followed); unknown ids left out")
+        description="asked id -> {id, user_id, anonymous_id, traits} of the live profile (merges followed); "
+                    "unknown ids left out")

@@ -53,7 +53,11 @@ async def test_worker_sends_over_smtp_once(apps, workspace, sessionmaker, settin
     await sending.send_due(sessionmaker, settings)
     await sending.send_due(sessionmaker, settings)  # a second pass finds nothing to send
     got = [m for m in mailbox.messages if m["headers"].get("X-Tenure-Message-Id") == created.json()["id"]]
-    assert len(got) == 1 and got[0]["text"].strip() == "Hello" and got[0]["html"].strip() == "<p>Hello</p>"
+    assert len(got) == 1 and got[0]["text"].startswith("Hello") and got[0]["html"].startswith("<p>Hello</p>")
+    # marketing mail: RFC 8058 one-click unsubscribe, a footer with the links, an open pixel
+    assert got[0]["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert got[0]["headers"]["List-Unsubscribe"].startswith("<http") and "/u/" in got[0]["headers"]["List-Unsubscribe"]
+    assert "Unsubscribe: http" in got[0]["text"] and "/o/" in got[0]["html"]
     msg = (await apps["delivery"].get(f"/v1/messages/{created.json()['id']}", headers=h)).json()
     assert msg["status"] == "sent" and msg["attempts"] == 1 and msg["provider_message_id"].startswith("<")
 

@@ -1,0 +1,149 @@
+"""Consent: suppressions per channel, subscription topics, and the audit log of every change.
+
+A marketing message to a suppressed address (unsubscribed, bounced, complained, added by hand), or on a
+topic the address opted out of, is stored as ``suppressed`` and never sent. Hard bounces and complaints
+stop transactional mail too; an unsubscribe does not (receipts and password resets still arrive).
+Every change is logged (time, source) and queued as an event for ingest (``feedback``).
+"""
+
+import uuid
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.db import fetch_page
+from shared.jsonutil import dumps
+
+DEFAULT_TOPICS = [
+    {"id": "product_news", "label": {"en": "Product news", "fr": "Nouveautés produit", "de": "Produktneuheiten"}},
+    {"id": "offers", "label": {"en": "Offers and discounts", "fr": "Offres et réductions",
+                               "de": "Angebote und Rabatte"}},
+]
+ALWAYS_BLOCKING = ("hard_bounce", "complaint")
+
+
+def topics_of(settings: dict[str, Any] | None) -> list[dict[str, Any]]:
+    topics = (settings or {}).get("topics")
+    return topics if isinstance(topics, list) and topics else DEFAULT_TOPICS
+
+
+async def blocked(session: AsyncSession, ws: uuid.UUID, channel: str, address: str, message_type: str,
+                  topic: str | None) -> str | None:
+    """Why this message must not be sent (None: it may)."""
+    row = (await session.execute(text(
+        "select reason from delivery.suppressions where workspace_id = :ws and channel = :ch and address = :a"),
+        {"ws": ws, "ch": channel, "a": address.lower()})).first()
+    if row and (row.reason in ALWAYS_BLOCKING or message_type == "marketing"):
+        return f"suppressed: {row.reason}"
+    if topic and message_type == "marketing":
+        off = (await session.execute(text(
+            "select 1 from delivery.subscriptions where workspace_id = :ws and address = :a and topic = :t "
+            "and not subscribed"), {"ws": ws, "a": address.lower(), "t": topic})).first()
+        if off:
+            return f"unsubscribed from topic {topic}"
+    return None
+
+
+async def _log(session: AsyncSession, ws: uuid.UUID, address: str, channel: str, action: str, source: str,
+               topic: str | None = None, identity: dict[str, Any] | None = None) -> None:
+    await session.execute(text(
+        "insert into delivery.consent_log (workspace_id, address, channel, topic, action, source) "
+        "values (:ws, :a, :ch, :t, :action, :src)"),
+        {"ws": ws, "a": address.lower(), "ch": channel, "t": topic, "action": action, "src": source})
+    event = "Unsubscribed" if action == "unsubscribed" else (
+        "Resubscribed" if action == "resubscribed" else "Subscription Changed")
+    await queue_event(session, ws, identity, event, {"channel": channel, "address": address.lower(), "topic": topic,
+                                                     "action": action, "source": source})
+
+
+async def queue_event(session: AsyncSession, ws: uuid.UUID, identity: dict[str, Any] | None, event: str,
+                      properties: dict[str, Any]) -> None:
+    """An event for ingest, about the profile the message was for (skipped when that is unknown)."""
+    identity = identity or {}
+    ids = {k: identity[k] for k in ("userId", "anonymousId") if identity.get(k)}
+    if not ids:
+        return
+    fid = uuid.uuid4()
+    payload = {"type": "track", "event": event, "messageId": f"delivery-{fid}", "properties": properties,
+               "context": {"library": {"name": "tenure-delivery"}}, **ids}
+    await session.execute(text("insert into delivery.feedback (id, workspace_id, payload) "
+                               "values (:id, :ws, CAST(:p AS jsonb))"), {"id": fid, "ws": ws, "p": dumps(payload)})
+
+
+async def suppress(session: AsyncSession, ws: uuid.UUID, channel: str, address: str, reason: str, source: str,
+                   identity: dict[str, Any] | None = None) -> bool:
+    res = await session.execute(text(
+        "insert into delivery.suppressions (workspace_id, channel, address, reason, source) "
+        "values (:ws, :ch, :a, :r, :src) on conflict do nothing"),
+        {"ws": ws, "ch": channel, "a": address.lower(), "r": reason, "src": source})
+    if res.rowcount:  # type: ignore[attr-defined]
+        await _log(session, ws, address, channel, "unsubscribed" if reason == "unsubscribed" else "suppressed",
+                   source, identity=identity)
+    return bool(res.rowcount)  # type: ignore[attr-defined]
+
+
+async def unsuppress(session: AsyncSession, ws: uuid.UUID, channel: str, address: str, source: str,
+                     identity: dict[str, Any] | None = None) -> bool:
+    res = await session.execute(text(
+        "delete from delivery.suppressions where workspace_id = :ws and channel = :ch and address = :a "
+        "and reason not in ('hard_bounce', 'complaint')"), {"ws": ws, "ch": channel, "a": address.lower()})
+    if res.rowcount:  # type: ignore[attr-defined]
+        await _log(session, ws, address, channel, "resubscribed", source, identity=identity)
+    return bool(res.rowcount)  # type: ignore[attr-defined]
+
+
+async def preferences(session: AsyncSession, ws: uuid.UUID, address: str, settings: dict[str, Any] | None
+                      ) -> dict[str, Any]:
+    chosen = dict((await session.execute(text(
+        "select topic, subscribed from delivery.subscriptions where workspace_id = :ws and address = :a"),
+        {"ws": ws, "a": address.lower()})).all())
+    suppressed = (await session.execute(text(
+        "select reason from delivery.suppressions where workspace_id = :ws and channel = 'email' and address = :a"),
+        {"ws": ws, "a": address.lower()})).scalar()
+    return {"address": address.lower(), "unsubscribed": suppressed is not None, "suppression": suppressed,
+            "topics": [{**t, "subscribed": chosen.get(t["id"], True)} for t in topics_of(settings)]}
+
+
+async def set_topics(session: AsyncSession, ws: uuid.UUID, address: str, choices: dict[str, bool], source: str,
+                     identity: dict[str, Any] | None = None) -> int:
+    current = dict((await session.execute(text(
+        "select topic, subscribed from delivery.subscriptions where workspace_id = :ws and address = :a "
+        "for update"), {"ws": ws, "a": address.lower()})).all())
+    changed = 0
+    for topic, on in sorted(choices.items()):
+        if current.get(topic, True) == on:  # no row means subscribed
+            continue
+        res = await session.execute(text(
+            "insert into delivery.subscriptions (workspace_id, address, topic, subscribed) values (:ws, :a, :t, :on) "
+            "on conflict (workspace_id, address, topic) do update set subscribed = excluded.subscribed, "
+            "updated_at = now() where delivery.subscriptions.subscribed <> excluded.subscribed"),
+            {"ws": ws, "a": address.lower(), "t": topic, "on": on})
+        if res.rowcount:  # type: ignore[attr-defined]
+            changed += 1
+            await _log(session, ws, address, "email", "topic_on" if on else "topic_off", source, topic, identity)
+    return changed
+
+
+async def suppression(session: AsyncSession, ws: uuid.UUID, channel: str, address: str) -> dict[str, Any]:
+    row = (await session.execute(text(
+        "select channel, address, reason, source, created_at from delivery.suppressions "
+        "where workspace_id = :ws and channel = :ch and address = :a"),
+        {"ws": ws, "ch": channel, "a": address.lower()})).mappings().one()
+    return dict(row)
+
+
+async def list_suppressions(session: AsyncSession, ws: uuid.UUID, channel: str | None, after: str | None,
+                            limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    return await fetch_page(
+        session,
+        "select channel, address, reason, source, created_at from delivery.suppressions where workspace_id = :ws "
+        "and (CAST(:ch AS text) is null or channel = :ch) and (CAST(:after AS text) is null or address > :after) "
+        "order by address limit :lim",
+        {"ws": ws, "ch": channel, "after": after}, limit, key="address",
+    )
+
+
+async def workspace_settings(session: AsyncSession, ws: uuid.UUID) -> dict[str, Any]:
+    raw = (await session.execute(text("select settings from core.workspaces where id = :ws"), {"ws": ws})).scalar()
+    return dict(raw or {})

@@ -1,0 +1,79 @@
+"""The links delivery puts into an email (pure): one-click unsubscribe, preference page, open pixel,
+click redirects, and the RFC 8058 headers that point mail clients at the unsubscribe link.
+
+Templates may place ``%%unsubscribe_url%%`` and ``%%preferences_url%%`` themselves; a marketing email
+that does not gets a short footer with both. Every ``http(s)`` link of the HTML is routed through the
+signed click redirect, and a 1×1 pixel is appended to see opens.
+"""
+
+import re
+import uuid
+from dataclasses import dataclass
+from html import escape
+from urllib.parse import quote
+
+from services.delivery import signing
+
+UNSUBSCRIBE = "%%unsubscribe_url%%"
+PREFERENCES = "%%preferences_url%%"
+_HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(https?://[^"']+)\2""", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Links:
+    base: str
+    secret: str
+    subject: signing.Subject
+
+    @classmethod
+    def for_message(cls, base: str, secret: str, workspace_id: uuid.UUID, message_id: uuid.UUID) -> "Links":
+        return cls(base.rstrip("/"), secret, signing.Subject(workspace_id, message_id))
+
+    @property
+    def unsubscribe(self) -> str:
+        return f"{self.base}/u/{signing.sign(self.secret, 'unsubscribe', self.subject)}"
+
+    @property
+    def preferences(self) -> str:
+        return f"{self.base}/p/{signing.sign(self.secret, 'preferences', self.subject)}"
+
+    @property
+    def pixel(self) -> str:
+        return f"{self.base}/o/{signing.sign(self.secret, 'open', self.subject)}.gif"
+
+    def click(self, url: str) -> str:
+        return f"{self.base}/c/{signing.sign(self.secret, 'click', self.subject, url)}?u={quote(url, safe='')}"
+
+
+def headers(links: Links, marketing: bool) -> dict[str, str]:
+    """RFC 8058: mail clients may POST ``List-Unsubscribe=One-Click`` to the https URL, once."""
+    if not marketing:
+        return {}
+    return {"List-Unsubscribe": f"<{links.unsubscribe}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+
+
+def decorate_html(html: str, links: Links, *, marketing: bool) -> str:
+    own = {links.unsubscribe, links.preferences}
+    out = html.replace(UNSUBSCRIBE, escape(links.unsubscribe)).replace(PREFERENCES, escape(links.preferences))
+
+    def route(m: re.Match[str]) -> str:
+        url = m.group(3).replace("&amp;", "&")
+        if url in own:
+            return m.group(0)
+        return f"{m.group(1)}{m.group(2)}{escape(links.click(url))}{m.group(2)}"
+
+    out = _HREF.sub(route, out)
+    extra = ""
+    if marketing and PREFERENCES not in html and UNSUBSCRIBE not in html:
+        extra += (f'<p style="font-size:12px;color:#666"><a href="{escape(links.unsubscribe)}">Unsubscribe</a> · '
+                  f'<a href="{escape(links.preferences)}">Email preferences</a></p>')
+    extra += f'<img src="{escape(links.pixel)}" width="1" height="1" alt="" style="display:none">'
+    closing = re.search(r"</body\s*>", out, re.IGNORECASE)
+    return out[:closing.start()] + extra + out[closing.start():] if closing else out + extra
+
+
+def decorate_text(text: str, links: Links, *, marketing: bool) -> str:
+    out = text.replace(UNSUBSCRIBE, links.unsubscribe).replace(PREFERENCES, links.preferences)
+    if marketing and PREFERENCES not in text and UNSUBSCRIBE not in text:
+        out += f"\n\n--\nUnsubscribe: {links.unsubscribe}\nEmail preferences: {links.preferences}\n"
+    return out

@@ -1,0 +1,224 @@
+"""The pages and links recipients reach from a message: one-click unsubscribe (RFC 8058), the preference
+page, the open pixel and the click redirect. No login: every URL carries a signed token (signing.py).
+
+The pages are server-rendered HTML that works without JavaScript, in the recipient's language (English,
+French or German, from ``?lang=`` or ``Accept-Language``), with labelled form controls.
+A GET never changes consent (mail scanners follow links); only a POST does.
+"""
+
+import re
+from datetime import UTC, datetime
+from html import escape
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.delivery import consent, signing
+from shared.db import SessionDep
+from shared.errors import BadRequest, NotFound
+
+router = APIRouter(tags=["recipient pages"])
+
+PIXEL = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00,"
+         b"\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
+_BOT = re.compile(r"bot|crawl|spider|preview|prefetch|scan|barracuda|proofpoint|mimecast|safelinks", re.I)
+PREFETCH_WINDOW_S = 2.0  # an "open" this soon after sending is a server fetching the mail, not a person
+
+TEXTS: dict[str, dict[str, str]] = {
+    "en": {"title": "Email preferences", "unsub_q": "Unsubscribe {address} from marketing email?",
+           "unsub_btn": "Unsubscribe", "unsub_done": "{address} is unsubscribed from marketing email.",
+           "topics": "Send me email about", "all_off": "Unsubscribe from all marketing email",
+           "save": "Save preferences", "saved": "Your preferences are saved.",
+           "manage": "Manage your email preferences", "invalid": "This link is not valid."},
+    "fr": {"title": "Préférences e-mail", "unsub_q": "Désinscrire {address} des e-mails marketing ?",
+           "unsub_btn": "Se désinscrire", "unsub_done": "{address} est désinscrit des e-mails marketing.",
+           "topics": "M'envoyer des e-mails sur", "all_off": "Me désinscrire de tous les e-mails marketing",
+           "save": "Enregistrer", "saved": "Vos préférences sont enregistrées.",
+           "manage": "Gérer vos préférences e-mail", "invalid": "Ce lien n'est pas valide."},
+    "de": {"title": "E-Mail-Einstellungen", "unsub_q": "{address} von Marketing-E-Mails abmelden?",
+           "unsub_btn": "Abmelden", "unsub_done": "{address} ist von Marketing-E-Mails abgemeldet.",
+           "topics": "Schickt mir E-Mails über", "all_off": "Von allen Marketing-E-Mails abmelden",
+           "save": "Einstellungen speichern", "saved": "Deine Einstellungen sind gespeichert.",
+           "manage": "E-Mail-Einstellungen verwalten", "invalid": "Dieser Link ist nicht gültig."},
+}
+
+
+def language(request: Request, explicit: str | None) -> str:
+    candidates = [explicit or ""] + [part.split(";")[0].strip() for part in
+                                     request.headers.get("accept-language", "").split(",")]
+    for c in candidates:
+        code = c.lower().split("-")[0]
+        if code in TEXTS:
+            return code
+    return "en"
+
+
+def _page(lang: str, title: str, body: str, status: int = 200) -> HTMLResponse:
+    html = (f'<!doctype html><html lang="{lang}"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape(title)}</title>'
+            '<style>body{font-family:system-ui,sans-serif;max-width:32rem;margin:2rem auto;padding:0 1rem;'
+            'line-height:1.5}button{font-size:1rem;padding:.5rem 1rem}fieldset{border:1px solid #ccc}'
+            'label{display:block;margin:.4rem 0}</style></head>'
+            f'<body><main><h1>{escape(title)}</h1>{body}</main></body></html>')
+    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store",
+                                                           "Referrer-Policy": "no-referrer"})
+
+
+async def _message(session: AsyncSession, subject: signing.Subject) -> dict[str, Any]:
+    row = (await session.execute(text(
+        "select m.id, m.workspace_id, m.to_address, m.channel, m.metadata, m.sent_at, w.settings "
+        "from delivery.messages m left join core.workspaces w on w.id = m.workspace_id "
+        "where m.workspace_id = :ws and m.id = :id"),
+        {"ws": subject.workspace_id, "id": subject.message_id})).mappings().first()
+    if row is None:
+        raise NotFound("This link's message no longer exists")
+    return dict(row)
+
+
+def _identity(message: dict[str, Any]) -> dict[str, Any]:
+    meta = message.get("metadata") or {}
+    return {k: meta.get(k) for k in ("userId", "anonymousId")}
+
+
+def _verify(request: Request, purpose: str, token: str, extra: str = "") -> signing.Subject:
+    try:
+        return signing.verify(request.app.state.settings.signing_secret, purpose, token, extra)
+    except signing.BadToken:
+        raise BadRequest("This link is not valid") from None
+
+
+@router.get("/u/{token}", response_class=HTMLResponse, operation_id="unsubscribe_page",
+            summary="Unsubscribe landing page (asks; a GET changes nothing)")
+async def unsubscribe_page(token: str, request: Request, session: SessionDep,
+                           lang: Annotated[str | None, Query()] = None) -> HTMLResponse:
+    t = TEXTS[language(request, lang)]
+    async with session.begin():
+        message = await _message(session, _verify(request, "unsubscribe", token))
+    address = escape(message["to_address"])
+    return _page(language(request, lang), t["title"],
+                 f'<form method="post"><p>{t["unsub_q"].format(address=address)}</p>'
+                 f'<button type="submit">{t["unsub_btn"]}</button></form>'
+                 f'<p><a href="../p/{_preferences_token(request, message)}">{t["manage"]}</a></p>')
+
+
+def _preferences_token(request: Request, message: dict[str, Any]) -> str:
+    return signing.sign(request.app.state.settings.signing_secret, "preferences",
+                        signing.Subject(message["workspace_id"], message["id"]))
+
+
+@router.post("/u/{token}", response_class=HTMLResponse, operation_id="unsubscribe_one_click",
+             summary="One-click unsubscribe (RFC 8058 POST `List-Unsubscribe=One-Click`, or the page's button)")
+async def unsubscribe(token: str, request: Request, session: SessionDep,
+                      lang: Annotated[str | None, Query()] = None) -> HTMLResponse:
+    t = TEXTS[language(request, lang)]
+    subject = _verify(request, "unsubscribe", token)
+    body = (await request.body()).decode(errors="replace")
+    source = "one_click" if "List-Unsubscribe=One-Click" in body else "unsubscribe_page"
+    async with session.begin():
+        message = await _message(session, subject)
+        await consent.suppress(session, subject.workspace_id, message["channel"], message["to_address"],
+                               "unsubscribed", source, _identity(message))
+    return _page(language(request, lang), t["title"],
+                 f'<p role="status">{t["unsub_done"].format(address=escape(message["to_address"]))}</p>')
+
+
+def _preference_form(t: dict[str, str], lang: str, prefs: dict[str, Any], notice: str = "") -> str:
+    def label(tp: dict[str, Any]) -> str:
+        return escape(tp["label"].get(lang) or tp["label"].get("en") or tp["id"])
+
+    boxes = "".join(f'<label><input type="checkbox" name="topic" value="{escape(tp["id"])}"'
+                    f'{" checked" if tp["subscribed"] else ""}> {label(tp)}</label>' for tp in prefs["topics"])
+    all_off = " checked" if prefs["unsubscribed"] else ""
+    status = f'<p role="status">{escape(notice)}</p>' if notice else ""
+    return (f'{status}<form method="post"><p>{escape(prefs["address"])}</p><fieldset><legend>{t["topics"]}</legend>'
+            f'{boxes}</fieldset><label><input type="checkbox" name="unsubscribe_all" value="1"{all_off}> '
+            f'{t["all_off"]}</label><button type="submit">{t["save"]}</button></form>')
+
+
+@router.get("/p/{token}", response_class=HTMLResponse, operation_id="preference_page",
+            summary="The preference page: topics and unsubscribe-from-all")
+async def preference_page(token: str, request: Request, session: SessionDep,
+                          lang: Annotated[str | None, Query()] = None) -> HTMLResponse:
+    code = language(request, lang)
+    async with session.begin():
+        message = await _message(session, _verify(request, "preferences", token))
+        prefs = await consent.preferences(session, message["workspace_id"], message["to_address"],
+                                          message["settings"])
+    return _page(code, TEXTS[code]["title"], _preference_form(TEXTS[code], code, prefs))
+
+
+@router.post("/p/{token}", response_class=HTMLResponse, operation_id="save_preferences",
+             summary="Save the preference page's form")
+async def save_preferences(token: str, request: Request, session: SessionDep,
+                           topic: Annotated[list[str] | None, Form()] = None,
+                           unsubscribe_all: Annotated[str | None, Form()] = None,
+                           lang: Annotated[str | None, Query()] = None) -> HTMLResponse:
+    code = language(request, lang)
+    subject = _verify(request, "preferences", token)
+    chosen = set(topic or [])
+    async with session.begin():
+        message = await _message(session, subject)
+        ws, address, who = message["workspace_id"], message["to_address"], _identity(message)
+        known = [tp["id"] for tp in consent.topics_of(message["settings"])]
+        await consent.set_topics(session, ws, address, {tp: tp in chosen for tp in known}, "preference_page", who)
+        if unsubscribe_all:
+            await consent.suppress(session, ws, "email", address, "unsubscribed", "preference_page", who)
+        else:
+            await consent.unsuppress(session, ws, "email", address, "preference_page", who)
+        prefs = await consent.preferences(session, ws, address, message["settings"])
+    return _page(code, TEXTS[code]["title"], _preference_form(TEXTS[code], code, prefs, TEXTS[code]["saved"]))
+
+
+async def _engaged(session: AsyncSession, message: dict[str, Any], kind: str, request: Request,
+                   url: str | None = None) -> None:
+    ua = request.headers.get("user-agent", "")
+    sent_at = message.get("sent_at")
+    prefetch = kind == "opened" and sent_at is not None and (
+        datetime.now(UTC) - sent_at).total_seconds() < PREFETCH_WINDOW_S
+    bot = bool(_BOT.search(ua)) or prefetch
+    await session.execute(text(
+        "insert into delivery.engagements (workspace_id, message_id, kind, url, user_agent, bot) "
+        "values (:ws, :m, :k, :u, :ua, :bot)"),
+        {"ws": message["workspace_id"], "m": message["id"], "k": kind, "u": url, "ua": ua[:500], "bot": bot})
+    if bot:
+        return
+    meta = message.get("metadata") or {}
+    first = (await session.execute(text(
+        "select count(*) from delivery.engagements where message_id = :m and kind = :k and not bot"),
+        {"m": message["id"], "k": kind})).scalar_one() == 1
+    if kind == "opened" and not first:
+        return  # one "Email Opened" per message; every click counts
+    props = {"message_id": str(message["id"]), **{k: meta[k] for k in ("campaign_id", "journey_id", "step", "variant")
+                                                   if meta.get(k) is not None}}
+    if url:
+        props["url"] = url
+    await consent.queue_event(session, message["workspace_id"], _identity(message),
+                              "Email Opened" if kind == "opened" else "Email Link Clicked", props)
+
+
+@router.get("/o/{token}.gif", operation_id="open_pixel", summary="Open tracking pixel", response_class=Response)
+async def open_pixel(token: str, request: Request, session: SessionDep) -> Response:
+    try:
+        subject = signing.verify(request.app.state.settings.signing_secret, "open", token)
+        async with session.begin():
+            await _engaged(session, await _message(session, subject), "opened", request)
+    except (signing.BadToken, NotFound):
+        pass  # a pixel always answers with the image
+    return Response(PIXEL, media_type="image/gif", headers={"Cache-Control": "no-store, max-age=0"})
+
+
+@router.get("/c/{token}", operation_id="click_redirect", summary="Click tracking redirect (signed: no open redirect)",
+            response_class=RedirectResponse, status_code=302)
+async def click(token: str, request: Request, session: SessionDep, u: Annotated[str, Query(max_length=4000)]
+                ) -> RedirectResponse:
+    subject = _verify(request, "click", token, u)
+    if urlsplit(u).scheme not in ("http", "https"):
+        raise BadRequest("This link is not valid")
+    async with session.begin():
+        await _engaged(session, await _message(session, subject), "clicked", request, u)
+    return RedirectResponse(u, status_code=302, headers={"Cache-Control": "no-store"})
+

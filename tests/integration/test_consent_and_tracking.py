@@ -1,0 +1,103 @@
+"""Consent and engagement through HTTP: what a recipient's mail client and browser do with the links
+delivery puts in a message, and what ingest hears about it."""
+
+import re
+import uuid
+from urllib.parse import urlsplit
+
+from sqlalchemy import text
+
+from services.delivery import feedback, sending
+
+
+def _path(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+async def _send(apps, h, sessionmaker, settings, mailbox, to: str, **extra) -> tuple[str, dict]:
+    r = await apps["delivery"].post("/v1/messages", headers=h, json={
+        "idempotency_key": uuid.uuid4().hex, "to": to, "subject": "News",
+        "html": "<html><body><p>Read <a href=\"https://acme.example/post?id=1&amp;x=2\">this</a></p></body></html>",
+        "text": "Read https://acme.example/post", "metadata": {"userId": extra.pop("user_id", None)}, **extra})
+    assert r.status_code == 202, r.text
+    mid = r.json()["id"]
+    if r.json()["status"] == "queued":
+        await sending.send_due(sessionmaker, settings)
+    got = [m for m in mailbox.messages if m["headers"].get("X-Tenure-Message-Id") == mid]
+    return mid, got[0] if got else {}
+
+
+async def test_open_click_and_one_click_unsubscribe_reach_ingest(apps, workspace, sessionmaker, settings, mailbox,
+                                                                 internal_client) -> None:
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    await apps["ingest"].post("/v1/identify", auth=(workspace.write_key, ""), json={"userId": "reader-1"})
+    to = f"reader-{uuid.uuid4().hex[:6]}@example.com"
+    mid, mail = await _send(apps, h, sessionmaker, settings, mailbox, to, user_id="reader-1")
+    pixel = re.search(r'src="([^"]+/o/[^"]+\.gif)"', mail["html"]).group(1)
+    link = re.search(r'href="([^"]+/c/[^"]+)"', mail["html"]).group(1).replace("&amp;", "&")
+    async with sessionmaker() as s, s.begin():  # the mail was read a minute later (not a server prefetch)
+        await s.execute(text("update delivery.messages set sent_at = now() - interval '1 minute' where id = :id"),
+                        {"id": mid})
+    scanner = await apps["delivery"].get(_path(pixel), headers={"User-Agent": "Mimecast link scanner"})
+    opened = await apps["delivery"].get(_path(pixel), headers={"User-Agent": "Mozilla/5.0"})
+    assert opened.status_code == 200 and opened.headers["content-type"] == "image/gif"
+    assert scanner.status_code == 200
+    click = await apps["delivery"].get(_path(link), headers={"User-Agent": "Mozilla/5.0"})
+    assert click.status_code == 302 and click.headers["location"] == "https://acme.example/post?id=1&x=2"
+    # the signature covers the target: the same token with another URL is refused (no open redirect)
+    forged = _path(link).split("?")[0] + "?u=https%3A%2F%2Fevil.example%2F"
+    assert (await apps["delivery"].get(forged)).status_code == 400
+    # RFC 8058: the mail client POSTs the one-click body to the List-Unsubscribe URL
+    unsub_url = mail["headers"]["List-Unsubscribe"].strip("<>")
+    page = await apps["delivery"].get(_path(unsub_url))
+    assert page.status_code == 200 and "<form method=\"post\">" in page.text
+    assert (await apps["delivery"].get(f"/v1/preferences/{to}", headers=h)).json()["unsubscribed"] is False
+    done = await apps["delivery"].post(_path(unsub_url), content=b"List-Unsubscribe=One-Click",
+                                       headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert done.status_code == 200
+    prefs = (await apps["delivery"].get(f"/v1/preferences/{to}", headers=h)).json()
+    assert prefs["unsubscribed"] is True and prefs["suppression"] == "unsubscribed"
+    # later marketing is stopped before any provider call; transactional mail still goes
+    again, _ = await _send(apps, h, sessionmaker, settings, mailbox, to)
+    assert (await apps["delivery"].get(f"/v1/messages/{again}", headers=h)).json()["status"] == "suppressed"
+    receipt, got = await _send(apps, h, sessionmaker, settings, mailbox, to, message_type="transactional")
+    assert got and "List-Unsubscribe" not in got["headers"]
+    # the open (once, not the scanner's), the click and the unsubscribe reach ingest as events
+    while await feedback.forward(sessionmaker, internal_client):
+        pass
+    events = (await apps["ingest"].get("/v1/profiles/reader-1/events", headers=h)).json()["events"]
+    names = sorted(e["event"] for e in events if e["event"] in ("Email Opened", "Email Link Clicked", "Unsubscribed"))
+    assert names == ["Email Link Clicked", "Email Opened", "Unsubscribed"]
+    opened_event = next(e for e in events if e["event"] == "Email Opened")
+    assert opened_event["properties"]["message_id"] == mid
+    async with sessionmaker() as s:
+        bots = (await s.execute(text("select count(*) from delivery.engagements where message_id = :m and bot"),
+                                {"m": mid})).scalar_one()
+        log = (await s.execute(text("select action, source from delivery.consent_log where address = :a"),
+                               {"a": to})).all()
+    assert bots == 1 and [tuple(r) for r in log] == [("unsubscribed", "one_click")]
+
+
+async def test_topics_on_the_preference_page_and_bad_links(apps, workspace, sessionmaker, settings, mailbox) -> None:
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    to = f"topics-{uuid.uuid4().hex[:6]}@example.com"
+    mid, mail = await _send(apps, h, sessionmaker, settings, mailbox, to, topic="offers")
+    prefs_url = re.search(r'href="([^"]+/p/[^"]+)"', mail["html"]).group(1)
+    page = await apps["delivery"].get(_path(prefs_url), headers={"Accept-Language": "fr-CA,fr;q=0.9"})
+    assert page.status_code == 200 and '<html lang="fr">' in page.text and "Offres et réductions" in page.text
+    saved = await apps["delivery"].post(_path(prefs_url), data={"topic": ["product_news"]})
+    assert saved.status_code == 200 and "Your preferences are saved." in saved.text
+    prefs = (await apps["delivery"].get(f"/v1/preferences/{to}", headers=h)).json()
+    assert {t["id"]: t["subscribed"] for t in prefs["topics"]} == {"product_news": True, "offers": False}
+    offer, _ = await _send(apps, h, sessionmaker, settings, mailbox, to, topic="offers")
+    news, _ = await _send(apps, h, sessionmaker, settings, mailbox, to, topic="product_news")
+    statuses = [(await apps["delivery"].get(f"/v1/messages/{m}", headers=h)).json()["status"] for m in (offer, news)]
+    assert statuses == ["suppressed", "sent"]
+    assert (await apps["delivery"].get(_path(prefs_url)[:-3] + "AAA")).status_code == 400
+    assert (await apps["delivery"].get("/u/not-a-token")).status_code == 400
+    # manual suppressions through the API
+    r = await apps["delivery"].post("/v1/suppressions", headers=h, json={"address": to.upper(), "reason": "manual"})
+    assert r.status_code == 201 and r.json()["address"] == to
+    assert (await apps["delivery"].delete(f"/v1/suppressions/email/{to}", headers=h)).status_code == 204
+    assert (await apps["delivery"].delete(f"/v1/suppressions/email/{to}", headers=h)).status_code == 404

@@ -393,3 +393,46 @@ async def test_demo_runs_the_six_lifecycle_campaigns_in_several_languages(stack,
                     stage = (await c.get(f"{s.url('segment')}/v1/lifecycle/{pid}", headers=mgmt)).json()
                     raise AssertionError(f"{uid} never entered {campaign}; stage {stage}")
                 await asyncio.sleep(0.3)
+
+
+async def test_preference_page_in_headless_chromium(stack, workspace) -> None:
+    import re
+
+    from selenium.webdriver.common.by import By
+
+    from tests.e2e.browser import headless_chromium
+
+    s, box = stack
+    mgmt = {"Authorization": f"Bearer {workspace.secret_key}"}
+    to = f"browser-{uuid.uuid4().hex[:6]}@e2e.example"
+    async with httpx.AsyncClient(timeout=10) as c:
+        r = await c.post(f"{s.url('delivery')}/v1/messages", headers=mgmt, json={
+            "idempotency_key": uuid.uuid4().hex, "to": to, "subject": "Monthly news", "topic": "offers",
+            "html": "<p>News</p>", "text": "News"})
+        assert r.status_code == 202, r.text
+        await _wait_for(lambda: any(m["to"] == [to] for m in box.messages))
+        mail = next(m for m in box.messages if m["to"] == [to])
+        prefs_url = re.search(r'href="([^"]+/p/[^"]+)"', mail["html"]).group(1)
+        browser = await asyncio.to_thread(headless_chromium)
+        try:
+            def use_the_page() -> tuple[str, bool, bool, str]:
+                browser.get(prefs_url)
+                offers = browser.find_element(By.CSS_SELECTOR, "input[name=topic][value=offers]")
+                news = browser.find_element(By.CSS_SELECTOR, "input[name=topic][value=product_news]")
+                assert offers.is_selected() and news.is_selected()
+                label = browser.find_element(By.XPATH, "//label[input[@value='offers']]").text
+                offers.click()  # opt out of offers, keep product news
+                browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+                status = browser.find_element(By.CSS_SELECTOR, "[role=status]").text
+                browser.get(prefs_url)  # reload: the choice stuck
+                after = browser.find_element(By.CSS_SELECTOR, "input[name=topic][value=offers]").is_selected()
+                kept = browser.find_element(By.CSS_SELECTOR, "input[name=topic][value=product_news]").is_selected()
+                return label + "|" + status, after, kept, browser.find_element(By.TAG_NAME, "html").get_attribute("lang")
+
+            text_seen, offers_after, news_after, lang = await asyncio.to_thread(use_the_page)
+        finally:
+            await asyncio.to_thread(browser.quit)
+        assert text_seen == "Offers and discounts|Your preferences are saved." and lang == "en"
+        assert offers_after is False and news_after is True
+        prefs = (await c.get(f"{s.url('delivery')}/v1/preferences/{to}", headers=mgmt)).json()
+        assert {t["id"]: t["subscribed"] for t in prefs["topics"]} == {"product_news": True, "offers": False}

@@ -15,87 +15,39 @@ embedded servers.
 
 import argparse
 import asyncio
-import contextlib
-import os
-import subprocess
-import sys
 import time
 import uuid
-from email.message import EmailMessage
-from pathlib import Path
 from typing import Any
 
-import aiosmtplib
 import httpx
 from scratch import scratch_database  # bench/ is the script directory, so on sys.path
+from stack import SERVICES, TimedMailbox, env_for, smtp_baseline, spawn, stop, urls, wait_ready
 
-from services.devinbox.inbox import Mailbox, start_smtp
+from services.devinbox.inbox import start_smtp
 from shared.core import create_workspace
 from shared.db import create_engine, create_sessionmaker
 from shared.embedded import free_port
 from shared.settings import Settings
-
-SERVICES = ("ingest", "segment", "campaign", "delivery")
-
-
-class TimedMailbox(Mailbox):
-    """Keeps only when each recipient's mail arrived (the SMTP server's thread calls ``add``)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.arrived: dict[str, float] = {}
-
-    def add(self, message: dict[str, Any]) -> None:
-        for to in message["to"]:
-            self.arrived.setdefault(to, time.perf_counter())
-
-
-def _env(settings: Settings, smtp_port: int) -> dict[str, str]:
-    return {**os.environ, "TENURE_DATABASE_URL": settings.database_url or "",
-            "TENURE_REDIS_URL": settings.redis_url or "", "TENURE_LOG_LEVEL": "WARNING",
-            "TENURE_QUEUE_PREFIX": f"bench-{os.getpid()}", "TENURE_SMTP_PORT": str(smtp_port),
-            "TENURE_INGEST_RATE_LIMIT_PER_S": "0", "TENURE_FEED_POLL_INTERVAL_S": "1",
-            **{f"TENURE_{s.upper()}_PORT": str(free_port()) for s in SERVICES}}
-
-
-async def smtp_baseline(port: int, n: int) -> float:
-    """Emails per second straight into the sink over one connection (the floor of any delivery)."""
-    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port) as smtp:
-        start = time.perf_counter()
-        for i in range(n):
-            msg = EmailMessage()
-            msg["From"], msg["To"], msg["Subject"] = "bench@tenure.dev", f"raw-{i}@baseline.example", "raw"
-            msg.set_content("raw")
-            await smtp.send_message(msg)
-        return n / (time.perf_counter() - start)
 
 
 async def run(args: argparse.Namespace) -> None:
     box = TimedMailbox()
     smtp_port = free_port()
     controller = start_smtp(box, "127.0.0.1", smtp_port)
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[Any] = []
     try:
         async with scratch_database(need_redis=True) as settings:
             engine = create_engine(settings, pool_size=1)
             async with create_sessionmaker(engine)() as s, s.begin():
                 ws = await create_workspace(s, "bench")
             await engine.dispose()
-            env = _env(settings, smtp_port)
-            tenure = str(Path(sys.executable).parent / "tenure")
-            procs = [subprocess.Popen([tenure, *cmd], env=env, stdout=subprocess.DEVNULL,  # noqa: ASYNC220
-                                      stderr=subprocess.DEVNULL)
-                     for cmd in [("serve", s) for s in SERVICES] + [("worker", s) for s in
-                                                                     ("ingest", "campaign", "delivery")]]
-            url = {s: f"http://127.0.0.1:{env[f'TENURE_{s.upper()}_PORT']}" for s in SERVICES}
+            env = env_for(settings, smtp_port)
+            procs = spawn(env, [("serve", s) for s in SERVICES] + [("worker", s) for s in
+                                                                   ("ingest", "campaign", "delivery")])
+            url = urls(env)
             mgmt = {"Authorization": f"Bearer {ws.secret_key}"}
             async with httpx.AsyncClient(timeout=120, auth=None) as c:
-                for s in SERVICES:
-                    for _ in range(300):
-                        with contextlib.suppress(httpx.HTTPError):
-                            if (await c.get(url[s] + "/readyz")).status_code == 200:
-                                break
-                        await asyncio.sleep(0.1)
+                await wait_ready(c, url.values())
                 run_id = uuid.uuid4().hex[:6]
                 users = [f"u{i}-{run_id}" for i in range(args.users)]
                 emails = {u: f"{u}@bench.example" for u in users}
@@ -123,10 +75,7 @@ async def run(args: argparse.Namespace) -> None:
             last = max(box.arrived.values()) - start if box.arrived else float("nan")
             raw_rate = await smtp_baseline(smtp_port, min(2000, args.users))
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
+        stop(procs)
         controller.stop()
     print(f"users={args.users} batch={args.batch} concurrency={args.concurrency}")
     print(f"baseline  raw SMTP into the sink, one connection       {raw_rate:>10,.0f} emails/s")

@@ -55,25 +55,70 @@ def build_mime(mail: Email) -> EmailMessage:
     return msg
 
 
+class SmtpConnection:
+    """One SMTP session reused for many messages (connect and EHLO once). A message whose send breaks the
+    session gets one retry on a fresh connection before its error is reported."""
+
+    def __init__(self, settings: Settings):
+        self._settings = settings
+        self._smtp: aiosmtplib.SMTP | None = None
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        s = self._settings
+        smtp = aiosmtplib.SMTP(hostname=s.smtp_host, port=s.smtp_port, username=s.smtp_username,
+                               password=s.smtp_password, use_tls=s.smtp_tls,
+                               start_tls=s.smtp_starttls if not s.smtp_tls else False, timeout=s.smtp_timeout_s)
+        await smtp.connect()
+        return smtp
+
+    async def send(self, mail: Email) -> str:
+        """Send one message; returns the Message-ID. Raises :class:`SendError`."""
+        mime = build_mime(mail)
+        for attempt in (1, 2):
+            try:
+                if self._smtp is None or not self._smtp.is_connected:
+                    self._smtp = await self._connect()
+                await self._smtp.send_message(mime)
+                return str(mime["Message-ID"])
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                codes = [e.code for e in exc.recipients]
+                await self._reset()
+                raise SendError(f"recipient refused: {codes}", permanent=all(500 <= c < 600 for c in codes)) from None
+            except aiosmtplib.SMTPResponseException as exc:
+                await self._reset()
+                if exc.code in (421,) and attempt == 1:  # the server closed the session: try a fresh one
+                    await self.close()
+                    continue
+                raise SendError(f"SMTP {exc.code}: {exc.message}", permanent=500 <= exc.code < 600) from None
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                await self.close()
+                if attempt == 1 and isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+                    continue  # a reused session went stale
+                raise SendError(f"SMTP transport: {type(exc).__name__}: {exc}", permanent=False) from None
+        raise SendError("SMTP session closed twice", permanent=False)
+
+    async def _reset(self) -> None:
+        """After a refused transaction, make the session usable for the next message."""
+        if self._smtp is not None and self._smtp.is_connected:
+            try:
+                await self._smtp.rset()
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                await self.close()
+
+    async def close(self) -> None:
+        if self._smtp is not None:
+            try:
+                if self._smtp.is_connected:
+                    await self._smtp.quit()
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                self._smtp.close()
+            self._smtp = None
+
+
 async def send_smtp(settings: Settings, mail: Email) -> str:
-    """Send one message; returns the Message-ID. Raises :class:`SendError`."""
-    mime = build_mime(mail)
+    """Send one message on its own connection (see :class:`SmtpConnection` to reuse one)."""
+    conn = SmtpConnection(settings)
     try:
-        await aiosmtplib.send(
-            mime,
-            hostname=settings.smtp_host,
-            port=settings.smtp_port,
-            username=settings.smtp_username,
-            password=settings.smtp_password,
-            use_tls=settings.smtp_tls,
-            start_tls=settings.smtp_starttls if not settings.smtp_tls else False,
-            timeout=settings.smtp_timeout_s,
-        )
-    except aiosmtplib.SMTPRecipientsRefused as exc:
-        codes = [e.code for e in exc.recipients]
-        raise SendError(f"recipient refused: {codes}", permanent=all(500 <= c < 600 for c in codes)) from None
-    except aiosmtplib.SMTPResponseException as exc:
-        raise SendError(f"SMTP {exc.code}: {exc.message}", permanent=500 <= exc.code < 600) from None
-    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-        raise SendError(f"SMTP transport: {type(exc).__name__}: {exc}", permanent=False) from None
-    return str(mime["Message-ID"])
+        return await conn.send(mail)
+    finally:
+        await conn.close()

@@ -13,8 +13,8 @@ from shared.settings import Settings
 log = structlog.get_logger()
 
 
-async def send_one(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, message: dict[str, Any]
-                   ) -> str:
+async def send_one(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, message: dict[str, Any],
+                   smtp: mailer.SmtpConnection | None = None) -> str:
     started = datetime.now(UTC)
     marketing = message.get("message_type", "marketing") == "marketing"
     link = links.Links.for_message(settings.public_url, settings.signing_secret, message["workspace_id"],
@@ -26,7 +26,7 @@ async def send_one(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
         text=links.decorate_text(message["text"], link, marketing=marketing) if message["text"] else None,
         headers=tuple(links.headers(link, marketing).items()))
     try:
-        provider_id = await mailer.send_smtp(settings, mail)
+        provider_id = await (smtp.send(mail) if smtp is not None else mailer.send_smtp(settings, mail))
         outcome, error = "sent", None
     except mailer.SendError as exc:
         provider_id, error = None, str(exc)
@@ -45,11 +45,18 @@ async def send_due(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
         messages = await outbox.claim(session, limit)
     if not messages:
         return 0
-    sem = asyncio.Semaphore(concurrency)
+    # each of `concurrency` senders keeps one SMTP session open for its share of the batch
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    for m in messages:
+        queue.put_nowait(m)
 
-    async def guarded(m: dict[str, Any]) -> None:
-        async with sem:
-            await send_one(sessionmaker, settings, m)
+    async def sender() -> None:
+        smtp = mailer.SmtpConnection(settings)
+        try:
+            while not queue.empty():
+                await send_one(sessionmaker, settings, queue.get_nowait(), smtp)
+        finally:
+            await smtp.close()
 
-    await asyncio.gather(*(guarded(m) for m in messages))
+    await asyncio.gather(*(sender() for _ in range(min(concurrency, len(messages)))))
     return len(messages)

@@ -81,6 +81,52 @@ async def test_permanent_smtp_error_fails_at_once(apps, workspace, sessionmaker,
     assert msg["status"] == "failed" and "550" in msg["last_error"]
 
 
+class _RefuseSome:
+    """Refuses one recipient, accepts the rest, and counts sessions (connections)."""
+
+    def __init__(self) -> None:
+        self.sessions = 0
+        self.accepted: list[str] = []
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: ANN001
+        self.sessions += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: ANN001
+        if address.startswith("nobody"):
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: ANN001
+        self.accepted += envelope.rcpt_tos
+        return "250 accepted"
+
+
+async def test_one_session_carries_many_messages_and_survives_a_refusal(apps, workspace, sessionmaker,
+                                                                        settings) -> None:
+    port = free_port()
+    handler = _RefuseSome()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    tag = uuid.uuid4().hex[:6]
+    ids = []
+    for i, who in enumerate(["a", "b", "nobody", "c", "d", "e"]):
+        r = await apps["delivery"].post("/v1/messages", headers=h, json={
+            **_msg(f"batch-{tag}-{i}"), "to": f"{who}-{tag}@example.com"})
+        ids.append(r.json()["id"])
+    try:
+        await sending.send_due(sessionmaker, settings.model_copy(update={"smtp_port": port}), concurrency=2)
+    finally:
+        controller.stop()
+    statuses = [(await apps["delivery"].get(f"/v1/messages/{i}", headers=h)).json()["status"] for i in ids]
+    assert statuses == ["sent", "sent", "failed", "sent", "sent", "sent"]
+    assert sorted(handler.accepted) == sorted(f"{w}-{tag}@example.com" for w in "abcde")
+    assert handler.sessions <= 2  # two senders, one SMTP session each, reused across their messages
+
+
 async def test_unreachable_smtp_is_retried_later(apps, workspace, sessionmaker, settings) -> None:
     h = {"Authorization": f"Bearer {workspace.secret_key}"}
     created = await apps["delivery"].post("/v1/messages", headers=h, json=_msg(f"later-{uuid.uuid4()}"))

@@ -1,0 +1,91 @@
+"""Delivery throughput: emails per second from the outbox into a local SMTP sink, and queue-to-sent latency.
+
+    .venv/bin/python bench/delivery.py [--messages 5000] [--concurrency 16] [--workers 1]
+
+Starts ``tenure serve delivery`` and ``--workers`` × ``tenure worker delivery`` on a scratch database,
+with an SMTP sink (aiosmtpd) in this process; queues ``--messages`` transactional emails through
+``POST /v1/messages`` (``--concurrency`` clients) and measures, per message, the time from the API's
+202 until the sink received it. Prints emails/s end to end, p50/p95/max latency, and as the baseline
+the sink's raw rate over one aiosmtplib connection in the same run.
+Uses TENURE_DATABASE_URL / TENURE_REDIS_URL (a scratch database beside it, dropped after) or the
+embedded servers.
+"""
+
+import argparse
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import httpx
+from scratch import scratch_database  # bench/ is the script directory, so on sys.path
+from stack import TimedMailbox, env_for, smtp_baseline, spawn, stop, urls, wait_ready
+
+from services.devinbox.inbox import start_smtp
+from shared.core import create_workspace
+from shared.db import create_engine, create_sessionmaker
+from shared.embedded import free_port
+
+
+async def run(args: argparse.Namespace) -> None:
+    box = TimedMailbox()
+    smtp_port = free_port()
+    controller = start_smtp(box, "127.0.0.1", smtp_port)
+    procs: list[Any] = []
+    queued: dict[str, float] = {}
+    try:
+        async with scratch_database(need_redis=True) as settings:
+            engine = create_engine(settings, pool_size=1)
+            async with create_sessionmaker(engine)() as s, s.begin():
+                ws = await create_workspace(s, "bench")
+            await engine.dispose()
+            env = env_for(settings, smtp_port)
+            procs = spawn(env, [("serve", "delivery")] + [("worker", "delivery")] * args.workers)
+            base = urls(env)["delivery"]
+            mgmt = {"Authorization": f"Bearer {ws.secret_key}"}
+            run_id = uuid.uuid4().hex[:6]
+            todo = [f"m{i}-{run_id}@bench.example" for i in range(args.messages)]
+            async with httpx.AsyncClient(timeout=60) as c:
+                await wait_ready(c, [base])
+                start = time.perf_counter()
+
+                async def client() -> None:
+                    while todo:
+                        to = todo.pop()
+                        r = await c.post(base + "/v1/messages", headers=mgmt, json={
+                            "idempotency_key": to, "to": to, "subject": "Your receipt", "text": "Thanks!",
+                            "html": "<p>Thanks!</p>", "message_type": "transactional"})
+                        r.raise_for_status()
+                        queued[to] = time.perf_counter()
+
+                await asyncio.gather(*(client() for _ in range(args.concurrency)))
+                enqueued = time.perf_counter() - start
+                deadline = time.perf_counter() + args.timeout
+                while len(box.arrived) < args.messages and time.perf_counter() < deadline:  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+            raw = await smtp_baseline(smtp_port, min(2000, args.messages))
+    finally:
+        stop(procs)
+        controller.stop()
+    lat = sorted(box.arrived[to] - t for to, t in queued.items() if to in box.arrived)
+    print(f"messages={args.messages} concurrency={args.concurrency} workers={args.workers}")
+    print(f"baseline  raw SMTP into the sink, one connection     {raw:>10,.0f} emails/s")
+    print(f"delivery  API accepted all messages in                {enqueued:>10.2f} s")
+    if lat:
+        last = max(box.arrived.values()) - start
+        print(f"delivery  {len(lat)}/{args.messages} sent: {len(lat) / last:,.0f} emails/s end to end; queue → sent "
+              f"p50 {lat[len(lat) // 2] * 1000:,.0f} ms  p95 {lat[int(len(lat) * 0.95)] * 1000:,.0f} ms  "
+              f"max {lat[-1] * 1000:,.0f} ms")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--messages", type=int, default=5000)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--timeout", type=float, default=300)
+    asyncio.run(run(ap.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Helpers the end-to-end benchmarks share: service processes on a scratch database, a timed SMTP sink,
+and the raw SMTP baseline."""
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import httpx
+
+from services.devinbox.inbox import Mailbox
+from shared.embedded import free_port
+from shared.settings import Settings
+
+SERVICES = ("ingest", "segment", "campaign", "delivery")
+
+
+class TimedMailbox(Mailbox):
+    """Keeps only when each recipient's mail arrived (the SMTP server's thread calls ``add``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived: dict[str, float] = {}
+
+    def add(self, message: dict[str, Any]) -> None:
+        for to in message["to"]:
+            self.arrived.setdefault(to, time.perf_counter())
+
+
+def env_for(settings: Settings, smtp_port: int) -> dict[str, str]:
+    return {**os.environ, "TENURE_DATABASE_URL": settings.database_url or "",
+            "TENURE_REDIS_URL": settings.redis_url or "", "TENURE_LOG_LEVEL": "WARNING",
+            "TENURE_QUEUE_PREFIX": f"bench-{os.getpid()}", "TENURE_SMTP_PORT": str(smtp_port),
+            "TENURE_INGEST_RATE_LIMIT_PER_S": "0", "TENURE_FEED_POLL_INTERVAL_S": "1",
+            **{f"TENURE_{s.upper()}_PORT": str(free_port()) for s in SERVICES}}
+
+
+def spawn(env: dict[str, str], commands: Iterable[tuple[str, str]]) -> list[subprocess.Popen[bytes]]:
+    tenure = str(Path(sys.executable).parent / "tenure")
+    return [subprocess.Popen([tenure, *cmd], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for cmd in commands]
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(timeout=30)
+
+
+def urls(env: dict[str, str]) -> dict[str, str]:
+    return {s: f"http://127.0.0.1:{env[f'TENURE_{s.upper()}_PORT']}" for s in SERVICES}
+
+
+async def wait_ready(c: httpx.AsyncClient, bases: Iterable[str]) -> None:
+    for base in bases:
+        for _ in range(300):
+            with contextlib.suppress(httpx.HTTPError):
+                if (await c.get(base + "/readyz")).status_code == 200:
+                    break
+            await asyncio.sleep(0.1)
+
+
+async def smtp_baseline(port: int, n: int) -> float:
+    """Emails per second straight into the sink over one connection (the floor of any delivery)."""
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port) as smtp:
+        start = time.perf_counter()
+        for i in range(n):
+            msg = EmailMessage()
+            msg["From"], msg["To"], msg["Subject"] = "bench@tenure.dev", f"raw-{i}@baseline.example", "raw"
+            msg.set_content("raw")
+            await smtp.send_message(msg)
+        return n / (time.perf_counter() - start)

@@ -6,7 +6,6 @@ Delivery stores each message under the same idempotency key, so a send posted tw
 delivery's answer and our commit) is still one message.
 """
 
-import asyncio
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -123,20 +122,31 @@ async def prepare(session: AsyncSession, send: dict[str, Any], profile: dict[str
     }
 
 
-async def post(internal: InternalClient, ws: uuid.UUID, request: dict[str, Any], send: dict[str, Any]) -> Outcome:
+async def post_batch(internal: InternalClient, ws: uuid.UUID, batch: list[tuple[dict[str, Any], dict[str, Any]]]
+                     ) -> list[Outcome]:
+    """Hand (send, request) pairs of one workspace to delivery in one request; an outcome per send."""
     try:
-        resp = await internal.request("POST", "delivery", "/v1/messages", json=request, retry=True,
-                                      headers={WORKSPACE_HEADER: str(ws)})
-    except Exception as exc:  # noqa: BLE001 - transport trouble: retry later, the key makes it safe
-        return _retry_or_fail(send, f"delivery unreachable: {type(exc).__name__}")
-    if resp.status_code in (200, 201, 202):
-        return Outcome("dispatched", None, resp.json()["id"])
-    if resp.status_code == 409 and resp.json().get("message_id"):
-        # re-rendered content differs from an earlier, successful post of this send: it is already queued
-        return Outcome("dispatched", "content changed on retry; kept the first", resp.json()["message_id"])
-    if 400 <= resp.status_code < 500 and resp.status_code != 429:
-        return Outcome("failed", f"delivery refused the message ({resp.status_code}): {resp.text[:300]}")
-    return _retry_or_fail(send, f"delivery answered {resp.status_code}")
+        resp = await internal.request("POST", "delivery", "/v1/messages/batch", retry=True,
+                                      headers={WORKSPACE_HEADER: str(ws)},
+                                      json={"messages": [request for _, request in batch]})
+    except Exception as exc:  # noqa: BLE001 - transport trouble: retry later, the keys make it safe
+        return [_retry_or_fail(send, f"delivery unreachable: {type(exc).__name__}") for send, _ in batch]
+    if resp.status_code != 200:
+        if 400 <= resp.status_code < 500 and resp.status_code != 429:
+            reason = f"delivery refused the messages ({resp.status_code}): {resp.text[:300]}"
+            return [Outcome("failed", reason) for _ in batch]
+        return [_retry_or_fail(send, f"delivery answered {resp.status_code}") for send, _ in batch]
+    outcomes = []
+    for r in resp.json()["results"]:
+        message = r.get("message") or {}
+        if r["result"] == "suppressed":
+            outcomes.append(Outcome("skipped", message.get("last_error") or "suppressed", message.get("id")))
+        elif r["result"] == "conflict":
+            # re-rendered content differs from an earlier, successful post of this send: it is already queued
+            outcomes.append(Outcome("dispatched", "content changed on retry; kept the first"))
+        else:
+            outcomes.append(Outcome("dispatched", None, message.get("id")))
+    return outcomes
 
 
 async def record(session: AsyncSession, send_id: uuid.UUID, outcome: Outcome, attempts: int) -> None:
@@ -166,19 +176,25 @@ async def dispatch_due(sessionmaker: async_sessionmaker[AsyncSession], internal:
     profiles = await profiles_for(internal, sends)
     async with sessionmaker() as session, session.begin():
         snippets = {ws: await campaigns.snippets_of(session, ws) for ws in {s["workspace_id"] for s in sends}}
-    sem = asyncio.Semaphore(20)
-
-    async def one(send: dict[str, Any]) -> None:
-        async with sem, sessionmaker() as session:
-            async with session.begin():
-                prepared = await prepare(session, send, profiles.get(f"{send['workspace_id']}:{send['profile_id']}"),
-                                         snippets[send["workspace_id"]])
-            outcome = prepared if isinstance(prepared, Outcome) else await post(
-                internal, send["workspace_id"], prepared, send)
-            async with session.begin():
-                await record(session, send["id"], outcome, send["attempts"])
-        log.info("campaign.send_" + outcome.status, send_id=str(send["id"]), reason=outcome.reason,
-                 delivery_message_id=outcome.delivery_message_id)
-
-    await asyncio.gather(*(one(s) for s in sends))
+    outcomes: dict[uuid.UUID, Outcome] = {}
+    ready: dict[uuid.UUID, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    async with sessionmaker() as session, session.begin():
+        for send in sends:
+            prepared = await prepare(session, send, profiles.get(f"{send['workspace_id']}:{send['profile_id']}"),
+                                     snippets[send["workspace_id"]])
+            if isinstance(prepared, Outcome):
+                outcomes[send["id"]] = prepared
+            else:
+                ready.setdefault(send["workspace_id"], []).append((send, prepared))
+    for ws, batch in ready.items():
+        for start in range(0, len(batch), 500):
+            chunk = batch[start:start + 500]
+            for (send, _), outcome in zip(chunk, await post_batch(internal, ws, chunk), strict=True):
+                outcomes[send["id"]] = outcome
+    async with sessionmaker() as session, session.begin():
+        for send in sends:
+            outcome = outcomes[send["id"]]
+            await record(session, send["id"], outcome, send["attempts"])
+            log.info("campaign.send_" + outcome.status, send_id=str(send["id"]), reason=outcome.reason,
+                     delivery_message_id=outcome.delivery_message_id)
     return len(sends)

@@ -7,6 +7,8 @@ from fastapi import APIRouter, Header, Query, Request, Response
 
 from services.delivery import consent, outbox
 from services.delivery.schemas import (
+    BatchIn,
+    BatchOut,
     MessageCreate,
     MessageList,
     MessageOut,
@@ -17,7 +19,7 @@ from services.delivery.schemas import (
 )
 from shared.auth import WorkspaceDep
 from shared.db import AfterDep, SessionDep
-from shared.errors import COMMON_ERRORS, NotFound, ValidationFailed, problem_schema
+from shared.errors import COMMON_ERRORS, Conflict, NotFound, ValidationFailed, problem_schema
 from shared.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["messages"])
@@ -56,6 +58,34 @@ async def send_message(
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
     return message
+
+
+@router.post(
+    "/messages/batch",
+    response_model=BatchOut,
+    operation_id="send_messages",
+    summary="Queue up to 500 messages at once, each exactly once per idempotency key",
+    description="One result per message, in order: `queued`, `replayed` (same key, same content), `suppressed`, "
+                "or `conflict` (same key, different content). Messages are stored in one transaction.",
+    responses=COMMON_ERRORS,
+)
+async def send_messages(body: BatchIn, ws: WorkspaceDep, session: SessionDep, request: Request) -> dict[str, Any]:
+    settings: Settings = request.app.state.settings
+    results: list[dict[str, Any]] = []
+    async with session.begin():
+        for item in body.messages:
+            try:
+                async with session.begin_nested():
+                    message, created = await outbox.enqueue(session, ws, item.model_dump(exclude={"from_"}),
+                                                            item.from_ or settings.email_from)
+            except Conflict as exc:
+                results.append({"idempotency_key": item.idempotency_key, "result": "conflict", "error": str(exc)})
+                continue
+            result = ("suppressed" if message["status"] == "suppressed" else "queued") if created else "replayed"
+            results.append({"idempotency_key": item.idempotency_key, "result": result, "message": message})
+    if any(r["result"] == "queued" for r in results):
+        request.app.state.waker.request("delivery", "send_messages")
+    return {"results": results}
 
 
 @router.get("/messages/{message_id}", response_model=MessageOut, operation_id="get_message",

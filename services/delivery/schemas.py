@@ -49,6 +49,21 @@ class MessageOut(BaseModel):
     sent_at: datetime | None
 
 
+class BatchIn(BaseModel):
+    messages: list[MessageCreate] = Field(min_length=1, max_length=500)
+
+
+class BatchResult(BaseModel):
+    idempotency_key: str
+    result: Literal["queued", "replayed", "suppressed", "conflict"]
+    message: "MessageOut | None" = None
+    error: str | None = None
+
+
+class BatchOut(BaseModel):
+    results: list[BatchResult]
+
+
 class MessageList(BaseModel):
     messages: list[MessageOut]
     next_cursor: str | None = None

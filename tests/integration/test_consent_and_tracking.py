@@ -101,3 +101,24 @@ async def test_topics_on_the_preference_page_and_bad_links(apps, workspace, sess
     assert r.status_code == 201 and r.json()["address"] == to
     assert (await apps["delivery"].delete(f"/v1/suppressions/email/{to}", headers=h)).status_code == 204
     assert (await apps["delivery"].delete(f"/v1/suppressions/email/{to}", headers=h)).status_code == 404
+
+
+async def test_batch_of_messages_reports_each_result(apps, workspace) -> None:
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    tag = uuid.uuid4().hex[:6]
+    await apps["delivery"].post("/v1/suppressions", headers=h, json={"address": f"gone-{tag}@example.com"})
+
+    def msg(key: str, to: str, subject: str = "Hi") -> dict:
+        return {"idempotency_key": f"{key}-{tag}", "to": to, "subject": subject, "text": "x"}
+
+    first = await apps["delivery"].post("/v1/messages/batch", headers=h, json={"messages": [
+        msg("a", f"a-{tag}@example.com"), msg("b", f"gone-{tag}@example.com")]})
+    again = await apps["delivery"].post("/v1/messages/batch", headers=h, json={"messages": [
+        msg("a", f"a-{tag}@example.com"), msg("a", f"a-{tag}@example.com", subject="Other"),
+        msg("c", f"c-{tag}@example.com")]})
+    assert [r["result"] for r in first.json()["results"]] == ["queued", "suppressed"]
+    assert [r["result"] for r in again.json()["results"]] == ["replayed", "conflict", "queued"]
+    assert again.json()["results"][0]["message"]["id"] == first.json()["results"][0]["message"]["id"]
+    too_many = await apps["delivery"].post("/v1/messages/batch", headers=h, json={"messages": [
+        msg(f"n{i}", f"n{i}-{tag}@example.com") for i in range(501)]})
+    assert too_many.status_code == 422

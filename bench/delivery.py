@@ -1,6 +1,6 @@
 """Delivery throughput: emails per second from the outbox into a local SMTP sink, and queue-to-sent latency.
 
-    .venv/bin/python bench/delivery.py [--messages 5000] [--concurrency 16] [--workers 1]
+    .venv/bin/python bench/delivery.py [--messages 5000] [--batch 1] [--concurrency 16] [--workers 1]
 
 Starts ``tenure serve delivery`` and ``--workers`` × ``tenure worker delivery`` on a scratch database,
 with an SMTP sink (aiosmtpd) in this process; queues ``--messages`` transactional emails through
@@ -49,14 +49,21 @@ async def run(args: argparse.Namespace) -> None:
                 await wait_ready(c, [base])
                 start = time.perf_counter()
 
+                def message(to: str) -> dict[str, Any]:
+                    return {"idempotency_key": to, "to": to, "subject": "Your receipt", "text": "Thanks!",
+                            "html": "<p>Thanks!</p>", "message_type": "transactional"}
+
                 async def client() -> None:
                     while todo:
-                        to = todo.pop()
-                        r = await c.post(base + "/v1/messages", headers=mgmt, json={
-                            "idempotency_key": to, "to": to, "subject": "Your receipt", "text": "Thanks!",
-                            "html": "<p>Thanks!</p>", "message_type": "transactional"})
+                        chunk = [todo.pop() for _ in range(min(args.batch, len(todo)))]
+                        if args.batch == 1:
+                            r = await c.post(base + "/v1/messages", headers=mgmt, json=message(chunk[0]))
+                        else:
+                            r = await c.post(base + "/v1/messages/batch", headers=mgmt,
+                                             json={"messages": [message(to) for to in chunk]})
                         r.raise_for_status()
-                        queued[to] = time.perf_counter()
+                        for to in chunk:
+                            queued[to] = time.perf_counter()
 
                 await asyncio.gather(*(client() for _ in range(args.concurrency)))
                 enqueued = time.perf_counter() - start
@@ -68,7 +75,7 @@ async def run(args: argparse.Namespace) -> None:
         stop(procs)
         controller.stop()
     lat = sorted(box.arrived[to] - t for to, t in queued.items() if to in box.arrived)
-    print(f"messages={args.messages} concurrency={args.concurrency} workers={args.workers}")
+    print(f"messages={args.messages} batch={args.batch} concurrency={args.concurrency} workers={args.workers}")
     print(f"baseline  raw SMTP into the sink, one connection     {raw:>10,.0f} emails/s")
     print(f"delivery  API accepted all messages in                {enqueued:>10.2f} s")
     if lat:
@@ -82,6 +89,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=5000)
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=1, help="messages per request (>1: POST /v1/messages/batch)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=300)
     asyncio.run(run(ap.parse_args()))

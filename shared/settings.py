@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_tls: bool = False
     smtp_timeout_s: float = 15.0
+    twilio_account_sid: str | None = Field(default=None, description="SMS through Twilio's Messages API")
+    twilio_auth_token: str | None = Field(default=None, description="also verifies Twilio's webhook signatures")
+    twilio_from: str | None = Field(default=None, description="sender number (E.164) or Messaging Service SID (MG…)")
+    twilio_base_url: str = "https://api.twilio.com"
+    provider_timeout_s: float = Field(default=10.0, description="timeout of every provider HTTP call")
     email_from: str = "Tenure <hello@tenure.localhost>"
     signing_secret: str = Field(
         default=_PLACEHOLDER,

@@ -2,7 +2,7 @@
 
 from fastapi import FastAPI
 
-from services.delivery import pages, privacy
+from services.delivery import pages, privacy, webhooks
 from services.delivery.api import consent_router, router
 from shared.privacy import privacy_router
 from shared.settings import Settings
@@ -18,5 +18,6 @@ events. `/u/…`, `/p/…`, `/o/…` and `/c/…` are the signed pages and links
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    routers = [router, consent_router, pages.router, privacy_router("delivery", privacy.erase, privacy.export)]
+    routers = [router, consent_router, pages.router, webhooks.router,
+               privacy_router("delivery", privacy.erase, privacy.export)]
     return create_service_app("delivery", settings or Settings(), routers=routers, description=DESCRIPTION)

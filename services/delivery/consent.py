@@ -57,6 +57,12 @@ async def _log(session: AsyncSession, ws: uuid.UUID, address: str, channel: str,
                                                      "action": action, "source": source})
 
 
+def identity_of(message: dict[str, Any]) -> dict[str, Any]:
+    """Who a message was for, as ingest knows them (``metadata.userId`` / ``metadata.anonymousId``)."""
+    meta = message.get("metadata") or {}
+    return {k: meta.get(k) for k in ("userId", "anonymousId")}
+
+
 async def queue_event(session: AsyncSession, ws: uuid.UUID, identity: dict[str, Any] | None, event: str,
                       properties: dict[str, Any]) -> None:
     """An event for ingest, about the profile the message was for (skipped when that is unknown)."""

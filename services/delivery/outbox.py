@@ -127,7 +127,7 @@ async def claim(session: AsyncSession, limit: int) -> list[dict[str, Any]]:
                                 or (status = 'sending' and claimed_until < now())
                              order by next_attempt_at for update skip locked limit :lim)
             returning m.id, m.workspace_id, m.to_address, m.from_address, m.subject, m.html, m.text, m.attempts,
-                      m.message_type, m.metadata
+                      m.message_type, m.metadata, m.channel
             """
         ),
         {"lim": limit},

@@ -79,11 +79,6 @@ async def _message(session: AsyncSession, subject: signing.Subject) -> dict[str,
     return dict(row)
 
 
-def _identity(message: dict[str, Any]) -> dict[str, Any]:
-    meta = message.get("metadata") or {}
-    return {k: meta.get(k) for k in ("userId", "anonymousId")}
-
-
 def _verify(request: Request, purpose: str, token: str, extra: str = "") -> signing.Subject:
     try:
         return signing.verify(request.app.state.settings.signing_secret, purpose, token, extra)
@@ -121,7 +116,7 @@ async def unsubscribe(token: str, request: Request, session: SessionDep,
     async with session.begin():
         message = await _message(session, subject)
         await consent.suppress(session, subject.workspace_id, message["channel"], message["to_address"],
-                               "unsubscribed", source, _identity(message))
+                               "unsubscribed", source, consent.identity_of(message))
     return _page(language(request, lang), t["title"],
                  f'<p role="status">{t["unsub_done"].format(address=escape(message["to_address"]))}</p>')
 
@@ -162,7 +157,7 @@ async def save_preferences(token: str, request: Request, session: SessionDep,
     chosen = set(topic or [])
     async with session.begin():
         message = await _message(session, subject)
-        ws, address, who = message["workspace_id"], message["to_address"], _identity(message)
+        ws, address, who = message["workspace_id"], message["to_address"], consent.identity_of(message)
         known = [tp["id"] for tp in consent.topics_of(message["settings"])]
         await consent.set_topics(session, ws, address, {tp: tp in chosen for tp in known}, "preference_page", who)
         if unsubscribe_all:
@@ -196,7 +191,7 @@ async def _engaged(session: AsyncSession, message: dict[str, Any], kind: str, re
                                                    if meta.get(k) is not None}}
     if url:
         props["url"] = url
-    await consent.queue_event(session, message["workspace_id"], _identity(message),
+    await consent.queue_event(session, message["workspace_id"], consent.identity_of(message),
                               "Email Opened" if kind == "opened" else "Email Link Clicked", props)
 
 

@@ -3,18 +3,21 @@
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, EmailStr, Field, model_validator
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+from pydantic import BaseModel, Field, model_validator
 
 
 class MessageCreate(BaseModel):
-    """One email to send. Stored under ``idempotency_key`` before any provider call: posting the same key
-    again returns the stored message instead of sending a second one."""
+    """One message to send (email or SMS). Stored under ``idempotency_key`` before any provider call:
+    posting the same key again returns the stored message instead of sending a second one."""
 
     idempotency_key: str = Field(min_length=1, max_length=255, examples=["order-1234-receipt"])
-    channel: Literal["email"] = "email"
-    to: EmailStr = Field(examples=["ada@example.com"])
+    channel: Literal["email", "sms"] = "email"
+    to: str = Field(min_length=3, max_length=320, examples=["ada@example.com"],
+                    description="an email address, or for SMS a phone number (normalised to E.164)")
     from_: str | None = Field(None, alias="from", description="defaults to TENURE_EMAIL_FROM")
-    subject: str = Field(min_length=1, max_length=998, examples=["Welcome, Ada!"])
+    subject: str = Field("", max_length=998, examples=["Welcome, Ada!"], description="required for email")
     html: str | None = None
     text: str | None = None
     message_type: Literal["marketing", "transactional"] = "marketing"
@@ -26,10 +29,34 @@ class MessageCreate(BaseModel):
     model_config = {"populate_by_name": True}
 
     @model_validator(mode="after")
-    def _needs_body(self) -> "MessageCreate":
-        if not self.html and not self.text:
-            raise ValueError("html or text is required")
+    def _fits_channel(self) -> "MessageCreate":
+        if self.channel == "email":
+            try:
+                self.to = validate_email(self.to, check_deliverability=False).normalized
+            except EmailNotValidError as exc:
+                raise ValueError(f"to is not a valid email address: {exc}") from None
+            if not self.subject.strip():
+                raise ValueError("an email needs a subject")
+            if not self.html and not self.text:
+                raise ValueError("html or text is required")
+        else:
+            self.to = e164(self.to)
+            if not self.text:
+                raise ValueError("an SMS needs text")
+            if len(self.text) > 1600:
+                raise ValueError("an SMS is at most 1,600 characters")
         return self
+
+
+def e164(number: str) -> str:
+    """A phone number in E.164 (``+14155550100``); numbers without a country code are refused."""
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException as exc:
+        raise ValueError(f"to is not a phone number: {exc}") from None
+    if not phonenumbers.is_valid_number(parsed):
+        raise ValueError("to is not a valid phone number (include the country code, e.g. +44…)")
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
 class MessageOut(BaseModel):
@@ -40,7 +67,7 @@ class MessageOut(BaseModel):
     subject: str
     message_type: str
     topic: str | None = None
-    status: str = Field(description="queued | sending | sent | failed | suppressed")
+    status: str = Field(description="queued | sending | sent | delivered | failed | suppressed")
     attempts: int
     last_error: str | None
     provider_message_id: str | None

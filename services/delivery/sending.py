@@ -1,21 +1,45 @@
 """The send loop: claim due messages, hand each to its channel's provider, record the outcome."""
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.delivery import links, mailer, outbox
+from services.delivery import consent, links, mailer, outbox, sms
 from shared.settings import Settings
 
 log = structlog.get_logger()
 
 
+async def _send_sms(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, http: httpx.AsyncClient,
+                    message: dict[str, Any]) -> str:
+    callback = f"{settings.public_url}/webhooks/twilio/{message['workspace_id']}/status"
+    try:
+        return await sms.send(settings, http, message["to_address"], message["text"] or "", callback)
+    except sms.Unsubscribed:
+        async with sessionmaker() as session, session.begin():  # Twilio knows of a STOP we missed: mirror it
+            await consent.suppress(session, message["workspace_id"], "sms", message["to_address"], "unsubscribed",
+                                   "twilio", consent.identity_of(message))
+        raise
+
+
 async def send_one(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, message: dict[str, Any],
-                   smtp: mailer.SmtpConnection | None = None) -> str:
+                   smtp: mailer.SmtpConnection | None = None, http: httpx.AsyncClient | None = None) -> str:
     started = datetime.now(UTC)
+    if message.get("channel") == "sms":
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                client = http or await stack.enter_async_context(httpx.AsyncClient())
+                provider_id: str | None = await _send_sms(sessionmaker, settings, client, message)
+            outcome, error = "sent", None
+        except mailer.SendError as exc:
+            provider_id, error = None, str(exc)
+            outcome = "permanent_error" if exc.permanent else "transient_error"
+        return await _record(sessionmaker, message, started, outcome, error, provider_id)
     marketing = message.get("message_type", "marketing") == "marketing"
     link = links.Links.for_message(settings.public_url, settings.signing_secret, message["workspace_id"],
                                    message["id"])
@@ -31,6 +55,11 @@ async def send_one(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
     except mailer.SendError as exc:
         provider_id, error = None, str(exc)
         outcome = "permanent_error" if exc.permanent else "transient_error"
+    return await _record(sessionmaker, message, started, outcome, error, provider_id)
+
+
+async def _record(sessionmaker: async_sessionmaker[AsyncSession], message: dict[str, Any], started: datetime,
+                  outcome: str, error: str | None, provider_id: str | None) -> str:
     async with sessionmaker() as session, session.begin():
         status = await outbox.record(session, message, started_at=started, outcome=outcome, error=error,
                                      provider_message_id=provider_id)
@@ -40,7 +69,7 @@ async def send_one(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
 
 
 async def send_due(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, limit: int = 100,
-                   concurrency: int = 10) -> int:
+                   concurrency: int = 10, http: httpx.AsyncClient | None = None) -> int:
     async with sessionmaker() as session, session.begin():
         messages = await outbox.claim(session, limit)
     if not messages:
@@ -50,13 +79,15 @@ async def send_due(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
     for m in messages:
         queue.put_nowait(m)
 
-    async def sender() -> None:
+    async def sender(client: httpx.AsyncClient) -> None:
         smtp = mailer.SmtpConnection(settings)
         try:
             while not queue.empty():
-                await send_one(sessionmaker, settings, queue.get_nowait(), smtp)
+                await send_one(sessionmaker, settings, queue.get_nowait(), smtp, client)
         finally:
             await smtp.close()
 
-    await asyncio.gather(*(sender() for _ in range(min(concurrency, len(messages)))))
+    async with contextlib.AsyncExitStack() as stack:
+        client = http or await stack.enter_async_context(httpx.AsyncClient())
+        await asyncio.gather(*(sender(client) for _ in range(min(concurrency, len(messages)))))
     return len(messages)

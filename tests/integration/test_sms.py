@@ -1,0 +1,144 @@
+"""SMS through Twilio's Messages API — against a local HTTP server that answers as Twilio does — and
+Twilio's signed webhooks (status callbacks, STOP/START/HELP), all through HTTP."""
+
+import base64
+import threading
+import time
+import uuid
+
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from services.delivery import sending, sms
+from shared.embedded import free_port
+
+SID, TOKEN = "AC" + "0" * 32, "test-auth-token"
+
+
+class FakeTwilio:
+    """Twilio's Messages resource as far as delivery uses it: Basic auth, form fields, its error bodies."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, str]] = []
+        self.calls: dict[str, int] = {}
+        app = FastAPI()
+
+        @app.post("/2010-04-01/Accounts/{account}/Messages.json")
+        async def create(account: str, request: Request) -> JSONResponse:
+            auth = request.headers.get("authorization", "")
+            if account != SID or auth != "Basic " + base64.b64encode(f"{SID}:{TOKEN}".encode()).decode():
+                return JSONResponse({"code": 20003, "message": "Authenticate", "status": 401}, status_code=401)
+            form = {k: str(v) for k, v in (await request.form()).items()}
+            to = form.get("To", "")
+            self.calls[to] = self.calls.get(to, 0) + 1
+            if to.endswith("0101"):
+                return JSONResponse({"code": 21211, "message": f"The 'To' number {to} is not a valid phone number.",
+                                     "status": 400}, status_code=400)
+            if to.endswith("0102"):
+                return JSONResponse({"code": 21610, "message": "Attempt to send to unsubscribed recipient",
+                                     "status": 400}, status_code=400)
+            if to.endswith("0103") and self.calls[to] == 1:
+                return JSONResponse({"code": 20429, "message": "Too Many Requests", "status": 429}, status_code=429)
+            self.received.append(form)
+            return JSONResponse({"sid": "SM" + uuid.uuid4().hex, "status": "queued", "to": to}, status_code=201)
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "FakeTwilio":
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def twilio():
+    with FakeTwilio() as fake:
+        yield fake
+
+
+async def test_sms_outcomes_and_signed_webhooks(apps, workspace, sessionmaker, settings, twilio) -> None:
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    ws = workspace.workspace_id
+    sms_settings = settings.model_copy(update={"twilio_account_sid": SID, "twilio_auth_token": TOKEN,
+                                               "twilio_from": "+14155550199",
+                                               "twilio_base_url": f"http://127.0.0.1:{twilio.port}"})
+    delivery_app = apps["delivery"]._transport.app  # type: ignore[attr-defined]
+    delivery_app.state.settings = sms_settings  # the webhooks verify with this auth token
+    tag = uuid.uuid4().hex[:6]
+
+    async def post(to: str, **kw) -> dict:
+        r = await apps["delivery"].post("/v1/messages", headers=h, json={
+            "idempotency_key": f"{to}-{tag}-{uuid.uuid4().hex[:4]}", "channel": "sms", "to": to,
+            "text": "Your code is 1234", "message_type": "transactional", **kw})
+        assert r.status_code == 202, r.text
+        return r.json()
+
+    bad = await apps["delivery"].post("/v1/messages", headers=h, json={
+        "idempotency_key": f"bad-{tag}", "channel": "sms", "to": "555-0100", "text": "x"})
+    assert bad.status_code == 422 and "phone number" in bad.text
+    ok = await post("+1 (415) 555-0100")
+    assert ok["to"] == "+14155550100"  # normalised to E.164
+    invalid, stopped, limited = await post("+14155550101"), await post("+14155550102"), await post("+14155550103")
+    try:
+        await sending.send_due(sessionmaker, sms_settings)
+        async with sessionmaker() as s, s.begin():  # the rate-limited one is due again at once
+            await s.execute(text("update delivery.messages set next_attempt_at = now() where id = :id"),
+                            {"id": limited["id"]})
+        await sending.send_due(sessionmaker, sms_settings)
+
+        async def status(m: dict) -> dict:
+            return (await apps["delivery"].get(f"/v1/messages/{m['id']}", headers=h)).json()
+
+        got = [await status(m) for m in (ok, invalid, stopped, limited)]
+        assert [g["status"] for g in got] == ["sent", "failed", "failed", "sent"]
+        assert "21211" in got[1]["last_error"] and got[3]["attempts"] == 2
+        sent = next(f for f in twilio.received if f["To"] == "+14155550100")
+        assert sent["From"] == "+14155550199" and sent["Body"] == "Your code is 1234"
+        assert sent["StatusCallback"].endswith(f"/webhooks/twilio/{ws}/status")
+        # Twilio knew of a STOP we had missed: the number is suppressed here too
+        suppressed = (await apps["delivery"].get("/v1/suppressions", headers=h, params={"channel": "sms"})).json()
+        assert "+14155550102" in [x["address"] for x in suppressed["suppressions"]]
+
+        # a signed status callback moves the message to delivered; a forged one is refused
+        path = f"/webhooks/twilio/{ws}/status"
+        params = {"MessageSid": got[0]["provider_message_id"], "MessageStatus": "delivered", "AccountSid": SID}
+        sig = sms.signature(TOKEN, sms_settings.public_url + path, params)
+        forged = await apps["delivery"].post(path, data=params, headers={"X-Twilio-Signature": "bm9wZQ=="})
+        assert forged.status_code == 403
+        r = await apps["delivery"].post(path, data=params, headers={"X-Twilio-Signature": sig})
+        assert r.status_code == 204 and (await status(ok))["status"] == "delivered"
+        late = {**params, "MessageStatus": "sent"}  # out of order: never moves back
+        await apps["delivery"].post(path, data=late, headers={
+            "X-Twilio-Signature": sms.signature(TOKEN, sms_settings.public_url + path, late)})
+        assert (await status(ok))["status"] == "delivered"
+
+        # inbound STOP / HELP / START
+        inbound = f"/webhooks/twilio/{ws}/inbound"
+
+        async def reply(body: str) -> str:
+            form = {"From": "+14155550100", "To": "+14155550199", "Body": body, "AccountSid": SID}
+            resp = await apps["delivery"].post(inbound, data=form, headers={
+                "X-Twilio-Signature": sms.signature(TOKEN, sms_settings.public_url + inbound, form)})
+            assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/xml")
+            return resp.text
+
+        assert "<Message>" not in await reply(" stop ")
+        marketing = await post("+14155550100", message_type="marketing")
+        assert marketing["status"] == "suppressed"
+        assert "Reply STOP" in await reply("HELP")
+        await reply("START")
+        assert (await post("+14155550100", message_type="marketing"))["status"] == "queued"
+    finally:
+        delivery_app.state.settings = settings

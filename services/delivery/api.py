@@ -1,9 +1,12 @@
 """Delivery HTTP routes: the idempotent send API and the deliveries log."""
 
+import csv
+import io
 import uuid
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from services.delivery import consent, outbox
 from services.delivery.schemas import (
@@ -95,19 +98,59 @@ async def get_message(message_id: uuid.UUID, ws: WorkspaceDep, session: SessionD
         return await outbox.get_message(session, ws, message_id)
 
 
+class LogFilters:
+    """Filters of the deliveries log (shared by the JSON list and the CSV export)."""
+
+    def __init__(
+        self,
+        status: Annotated[Literal["queued", "sending", "sent", "delivered", "failed", "suppressed"] | None,
+                          Query()] = None,
+        to: Annotated[str | None, Query(description="recipient address or number")] = None,
+        channel: Annotated[Literal["email", "sms"] | None, Query()] = None,
+        user: Annotated[str | None, Query(description="the userId or anonymousId the message was for")] = None,
+        campaign_id: Annotated[uuid.UUID | None, Query()] = None,
+        since: Annotated[datetime | None, Query(description="created at or after")] = None,
+        until: Annotated[datetime | None, Query(description="created before")] = None,
+    ):
+        self.values = {"status": status, "to": to, "channel": channel, "user": user,
+                       "campaign_id": str(campaign_id) if campaign_id else None, "since": since, "until": until}
+
+
 @router.get("/messages", response_model=MessageList, operation_id="list_messages",
-            summary="The deliveries log, filtered by status or recipient", responses=COMMON_ERRORS)
-async def list_messages(
-    ws: WorkspaceDep,
-    session: SessionDep,
-    after: AfterDep,
-    status: Literal["queued", "sending", "sent", "failed"] | None = None,
-    to: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> dict[str, Any]:
+            summary="The deliveries log: filter by status, recipient, channel, user, campaign and time",
+            responses=COMMON_ERRORS)
+async def list_messages(ws: WorkspaceDep, session: SessionDep, after: AfterDep,
+                        filters: Annotated[LogFilters, Depends()],
+                        limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
     async with session.begin():
-        items, nxt = await outbox.list_messages(session, ws, status=status, to=to, after=after, limit=limit)
+        items, nxt = await outbox.list_messages(session, ws, filters.values, after=after, limit=limit)
     return {"messages": items, "next_cursor": nxt}
+
+
+CSV_MAX_ROWS = 100_000
+
+
+@router.get("/messages.csv", operation_id="export_messages_csv", response_class=Response,
+            summary="The deliveries log as CSV (same filters), with the reason of every skip or failure",
+            responses={200: {"content": {"text/csv": {}}}, **COMMON_ERRORS})
+async def export_messages(ws: WorkspaceDep, session: SessionDep, filters: Annotated[LogFilters, Depends()]
+                          ) -> Response:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(outbox.CSV_COLUMNS)
+    after, written = None, 0
+    async with session.begin():
+        while True:
+            items, after = await outbox.list_messages(session, ws, filters.values, after=after, limit=1000)
+            written += len(items)
+            if written > CSV_MAX_ROWS:
+                raise ValidationFailed(f"Over {CSV_MAX_ROWS:,} messages match: narrow the filters (since/until)")
+            for item in items:
+                writer.writerow([outbox.csv_value(item.get(c)) for c in outbox.CSV_COLUMNS])
+            if after is None:
+                break
+    return Response(buf.getvalue(), media_type="text/csv",
+                    headers={"Content-Disposition": 'attachment; filename="deliveries.csv"'})
 
 
 consent_router = APIRouter(prefix="/v1", tags=["consent"])

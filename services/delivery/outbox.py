@@ -96,19 +96,36 @@ async def get_message(session: AsyncSession, ws: uuid.UUID, message_id: uuid.UUI
     return message
 
 
-async def list_messages(session: AsyncSession, ws: uuid.UUID, *, status: str | None, to: str | None,
-                        after: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+CSV_COLUMNS = ("id", "created_at", "channel", "to", "message_type", "topic", "status", "attempts", "last_error",
+               "subject", "provider_message_id", "sent_at", "campaign_id", "user")
+
+
+def csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+async def list_messages(session: AsyncSession, ws: uuid.UUID, filters: dict[str, Any], *, after: str | None,
+                        limit: int) -> tuple[list[dict[str, Any]], str | None]:
     items, nxt = await fetch_page(
         session,
         f"""
-        select {_COLS} from delivery.messages
+        select {_COLS}, metadata->>'campaign_id' as campaign_id,
+               coalesce(metadata->>'userId', metadata->>'anonymousId') as "user"
+          from delivery.messages
          where workspace_id = :ws
            and (CAST(:status AS text) is null or status = :status)
            and (CAST(:to AS text) is null or to_address = :to)
+           and (CAST(:channel AS text) is null or channel = :channel)
+           and (CAST(:user AS text) is null or metadata->>'userId' = :user or metadata->>'anonymousId' = :user)
+           and (CAST(:campaign_id AS text) is null or metadata->>'campaign_id' = :campaign_id)
+           and (CAST(:since AS timestamptz) is null or created_at >= :since)
+           and (CAST(:until AS timestamptz) is null or created_at < :until)
            and (CAST(:after AS uuid) is null or id > CAST(:after AS uuid))
          order by id limit :lim
         """,
-        {"ws": ws, "status": status, "to": to, "after": after}, limit,
+        {"ws": ws, "after": after, **filters}, limit,
     )
     for item in items:
         item["to"] = item.pop("to_address")

@@ -122,3 +122,28 @@ async def test_batch_of_messages_reports_each_result(apps, workspace) -> None:
     too_many = await apps["delivery"].post("/v1/messages/batch", headers=h, json={"messages": [
         msg(f"n{i}", f"n{i}-{tag}@example.com") for i in range(501)]})
     assert too_many.status_code == 422
+
+
+async def test_deliveries_log_filters_and_csv(apps, workspace) -> None:
+    import csv
+    import io
+
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    tag = uuid.uuid4().hex[:6]
+    campaign = str(uuid.uuid4())
+    await apps["delivery"].post("/v1/suppressions", headers=h, json={"address": f"no-{tag}@example.com"})
+    for i, to in enumerate([f"a-{tag}@example.com", f"no-{tag}@example.com", f"b-{tag}@example.com"]):
+        r = await apps["delivery"].post("/v1/messages", headers=h, json={
+            "idempotency_key": f"log-{tag}-{i}", "to": to, "subject": "S", "text": "x",
+            "metadata": {"campaign_id": campaign if i < 2 else None, "userId": f"log-user-{i}"}})
+        assert r.status_code == 202
+    by_campaign = (await apps["delivery"].get("/v1/messages", headers=h, params={"campaign_id": campaign})).json()
+    assert sorted(m["to"] for m in by_campaign["messages"]) == [f"a-{tag}@example.com", f"no-{tag}@example.com"]
+    by_user = (await apps["delivery"].get("/v1/messages", headers=h, params={"user": "log-user-2"})).json()
+    assert [m["to"] for m in by_user["messages"]] == [f"b-{tag}@example.com"]
+    exported = await apps["delivery"].get("/v1/messages.csv", headers=h, params={"campaign_id": campaign,
+                                                                                  "status": "suppressed"})
+    assert exported.status_code == 200 and exported.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(exported.text)))
+    assert len(rows) == 1 and rows[0]["to"] == f"no-{tag}@example.com"
+    assert rows[0]["last_error"] == "suppressed: manual" and rows[0]["user"] == "log-user-1"

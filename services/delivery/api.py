@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
-from services.delivery import consent, outbox
+from services.delivery import consent, outbox, webhook_channel
 from services.delivery.schemas import (
     BatchIn,
     BatchOut,
@@ -19,6 +19,7 @@ from services.delivery.schemas import (
     SuppressionIn,
     SuppressionList,
     SuppressionOut,
+    WebhookSecret,
 )
 from shared.auth import WorkspaceDep
 from shared.db import AfterDep, SessionDep
@@ -191,3 +192,11 @@ async def remove_suppression(channel: str, address: str, ws: WorkspaceDep, sessi
 async def get_preferences(address: str, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
     async with session.begin():
         return await consent.preferences(session, ws, address, await consent.workspace_settings(session, ws))
+
+
+@consent_router.get("/webhook-secret", response_model=WebhookSecret, operation_id="get_webhook_secret",
+                    tags=["messages"], summary="The key webhook messages are signed with (Tenure-Signature)",
+                    responses=COMMON_ERRORS)
+async def get_webhook_secret(ws: WorkspaceDep, request: Request) -> dict[str, Any]:
+    return {"secret": webhook_channel.secret_for(request.app.state.settings, ws),
+            "scheme": "Tenure-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, '<t>.<raw body>')>"}

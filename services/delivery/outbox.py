@@ -66,7 +66,9 @@ async def enqueue(session: AsyncSession, ws: uuid.UUID, msg: dict[str, Any], sen
         ),
         {"id": uuid.uuid4(), "ws": ws, "key": msg["idempotency_key"], "hash": digest, "channel": msg["channel"],
          "to": msg["to"], "sender": sender, "subject": msg["subject"], "html": msg.get("html"),
-         "text": msg.get("text"), "mt": msg["message_type"], "topic": msg.get("topic"),
+         # a webhook's body is its JSON data, kept as text
+         "text": dumps(msg["data"]) if msg["channel"] == "webhook" else msg.get("text"),
+         "mt": msg["message_type"], "topic": msg.get("topic"),
          "status": "suppressed" if reason else "queued", "reason": reason,
          "meta": dumps(msg.get("metadata") or {})},
     )).first()

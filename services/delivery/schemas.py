@@ -1,5 +1,6 @@
 """The public contract of the delivery service."""
 
+import re
 from datetime import datetime
 from typing import Any, Literal
 
@@ -13,9 +14,10 @@ class MessageCreate(BaseModel):
     posting the same key again returns the stored message instead of sending a second one."""
 
     idempotency_key: str = Field(min_length=1, max_length=255, examples=["order-1234-receipt"])
-    channel: Literal["email", "sms"] = "email"
-    to: str = Field(min_length=3, max_length=320, examples=["ada@example.com"],
-                    description="an email address, or for SMS a phone number (normalised to E.164)")
+    channel: Literal["email", "sms", "webhook"] = "email"
+    to: str = Field(min_length=3, max_length=2000, examples=["ada@example.com"],
+                    description="an email address; for SMS a phone number (normalised to E.164); for a webhook "
+                                "the http(s) URL to POST to")
     from_: str | None = Field(None, alias="from", description="defaults to TENURE_EMAIL_FROM")
     subject: str = Field("", max_length=998, examples=["Welcome, Ada!"], description="required for email")
     html: str | None = None
@@ -23,6 +25,7 @@ class MessageCreate(BaseModel):
     message_type: Literal["marketing", "transactional"] = "marketing"
     topic: str | None = Field(None, max_length=100, examples=["offers"],
                               description="subscription topic (marketing): not sent to addresses that opted out")
+    data: dict[str, Any] | None = Field(None, description="the JSON body of a webhook message")
     metadata: dict[str, Any] = Field(default_factory=dict, description="ids to find the message by later; "
                                      "`userId`/`anonymousId` attribute its opens, clicks and unsubscribes")
 
@@ -39,6 +42,11 @@ class MessageCreate(BaseModel):
                 raise ValueError("an email needs a subject")
             if not self.html and not self.text:
                 raise ValueError("html or text is required")
+        elif self.channel == "webhook":
+            if not re.match(r"^https?://[^\s/]+", self.to):
+                raise ValueError("a webhook's to is an http(s) URL")
+            if self.data is None:
+                raise ValueError("a webhook needs data (its JSON body)")
         else:
             self.to = e164(self.to)
             if not self.text:
@@ -126,3 +134,8 @@ class PreferencesOut(BaseModel):
     unsubscribed: bool
     suppression: str | None = Field(description="why the address is suppressed for email, if it is")
     topics: list[TopicChoice]
+
+
+class WebhookSecret(BaseModel):
+    secret: str
+    scheme: str

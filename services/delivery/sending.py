@@ -9,7 +9,7 @@ import httpx
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.delivery import consent, links, mailer, outbox, sms
+from services.delivery import consent, links, mailer, outbox, sms, webhook_channel
 from shared.settings import Settings
 
 log = structlog.get_logger()
@@ -30,11 +30,14 @@ async def _send_sms(sessionmaker: async_sessionmaker[AsyncSession], settings: Se
 async def send_one(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, message: dict[str, Any],
                    smtp: mailer.SmtpConnection | None = None, http: httpx.AsyncClient | None = None) -> str:
     started = datetime.now(UTC)
-    if message.get("channel") == "sms":
+    if message.get("channel") in ("sms", "webhook"):
         try:
             async with contextlib.AsyncExitStack() as stack:
                 client = http or await stack.enter_async_context(httpx.AsyncClient())
-                provider_id: str | None = await _send_sms(sessionmaker, settings, client, message)
+                provider_id: str | None = (
+                    await _send_sms(sessionmaker, settings, client, message) if message["channel"] == "sms" else
+                    await webhook_channel.send(settings, client, message["workspace_id"], message["id"],
+                                               message["to_address"], (message["text"] or "{}").encode()))
             outcome, error = "sent", None
         except mailer.SendError as exc:
             provider_id, error = None, str(exc)

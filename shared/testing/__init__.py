@@ -7,6 +7,7 @@ working in a fresh workspace each.
 """
 
 import asyncio
+import contextlib
 import os
 import tempfile
 import uuid
@@ -169,3 +170,28 @@ def internal_headers(workspace_id: uuid.UUID | str | None = None) -> dict[str, s
     if workspace_id:
         h["X-Tenure-Workspace"] = str(workspace_id)
     return h
+
+
+@contextlib.contextmanager
+def http_server(app: Any) -> Iterator[int]:
+    """Serve an ASGI app on a free loopback port in a thread (a provider's or customer's server in tests);
+    yields the port."""
+    import threading
+    import time
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test HTTP server did not start")
+        time.sleep(0.02)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -2,18 +2,15 @@
 Twilio's signed webhooks (status callbacks, STOP/START/HELP), all through HTTP."""
 
 import base64
-import threading
-import time
 import uuid
 
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from services.delivery import sending, sms
-from shared.embedded import free_port
+from shared.testing import http_server
 
 SID, TOKEN = "AC" + "0" * 32, "test-auth-token"
 
@@ -45,26 +42,15 @@ class FakeTwilio:
             self.received.append(form)
             return JSONResponse({"sid": "SM" + uuid.uuid4().hex, "status": "queued", "to": to}, status_code=201)
 
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> "FakeTwilio":
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.app = app
+        self.port = 0
 
 
 @pytest.fixture
 def twilio():
-    with FakeTwilio() as fake:
+    fake = FakeTwilio()
+    with http_server(fake.app) as port:
+        fake.port = port
         yield fake
 
 

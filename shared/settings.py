@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_tls: bool = False
     smtp_timeout_s: float = 15.0
+    email_provider: Literal["smtp", "sendgrid"] = Field(default="smtp", description="how email leaves")
+    sendgrid_api_key: str | None = None
+    sendgrid_base_url: str = "https://api.sendgrid.com"
+    sendgrid_webhook_public_key: str | None = Field(
+        default=None, description="base64 DER public key that verifies SendGrid's signed Event Webhook")
     twilio_account_sid: str | None = Field(default=None, description="SMS through Twilio's Messages API")
     twilio_auth_token: str | None = Field(default=None, description="also verifies Twilio's webhook signatures")
     twilio_from: str | None = Field(default=None, description="sender number (E.164) or Messaging Service SID (MG…)")

@@ -75,7 +75,7 @@ class MessageOut(BaseModel):
     subject: str
     message_type: str
     topic: str | None = None
-    status: str = Field(description="queued | sending | sent | delivered | failed | suppressed")
+    status: str = Field(description="queued | sending | sent | delivered | bounced | failed | suppressed")
     attempts: int
     last_error: str | None
     provider_message_id: str | None

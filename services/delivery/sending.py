@@ -9,7 +9,7 @@ import httpx
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.delivery import consent, links, mailer, outbox, sms, webhook_channel
+from services.delivery import consent, links, mailer, outbox, sendgrid, sms, webhook_channel
 from shared.settings import Settings
 
 log = structlog.get_logger()
@@ -53,7 +53,12 @@ async def send_one(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
         text=links.decorate_text(message["text"], link, marketing=marketing) if message["text"] else None,
         headers=tuple(links.headers(link, marketing).items()))
     try:
-        provider_id = await (smtp.send(mail) if smtp is not None else mailer.send_smtp(settings, mail))
+        if settings.email_provider == "sendgrid":
+            async with contextlib.AsyncExitStack() as stack:
+                client = http or await stack.enter_async_context(httpx.AsyncClient())
+                provider_id = await sendgrid.send(settings, client, mail)
+        else:
+            provider_id = await (smtp.send(mail) if smtp is not None else mailer.send_smtp(settings, mail))
         outcome, error = "sent", None
     except mailer.SendError as exc:
         provider_id, error = None, str(exc)

@@ -1,20 +1,23 @@
-"""Provider webhooks: Twilio's SMS status callbacks and inbound messages (STOP / START / HELP).
+"""Provider webhooks: Twilio's SMS status callbacks and inbound messages (STOP / START / HELP), and
+SendGrid's Event Webhook (delivered, bounces, spam complaints).
 
 Each request is verified as Twilio documents (``X-Twilio-Signature`` over the URL Twilio called and the
 sorted form parameters, with the auth token) before anything is read from it; an unsigned or wrongly
 signed call is a 403. The URL names the workspace, so one Twilio account can serve several.
 """
 
+import json
 import uuid
 from html import escape
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy import text
 
-from services.delivery import consent, sms
+from services.delivery import consent, sendgrid, sms
 from shared.db import SessionDep
-from shared.errors import Forbidden
+from shared.errors import BadRequest, Forbidden
 
 router = APIRouter(prefix="/webhooks", tags=["provider webhooks"])
 HELP_TEXT = "Reply STOP to unsubscribe, START to subscribe again."
@@ -69,3 +72,57 @@ async def twilio_inbound(workspace_id: uuid.UUID, request: Request, session: Ses
         elif word == "start":
             await consent.unsuppress(session, workspace_id, "sms", number, "sms_keyword")
     return _twiml(HELP_TEXT if word == "help" else None)
+
+
+@router.post("/sendgrid/{workspace_id}/events", operation_id="sendgrid_events",
+             summary="SendGrid Event Webhook (ECDSA-signed): delivered, bounce, spamreport, dropped")
+async def sendgrid_events(workspace_id: uuid.UUID, request: Request, session: SessionDep) -> Response:
+    settings = request.app.state.settings
+    body = await request.body()
+    key = settings.sendgrid_webhook_public_key
+    if not key or not sendgrid.valid_event_signature(key, body, request.headers.get(sendgrid.SIGNATURE_HEADER),
+                                                     request.headers.get(sendgrid.TIMESTAMP_HEADER)):
+        raise Forbidden("The SendGrid signature does not match")
+    try:
+        events = json.loads(body)
+        assert isinstance(events, list)
+    except (ValueError, AssertionError):
+        raise BadRequest("Expected a JSON array of events") from None
+    async with session.begin():
+        for e in events:
+            if isinstance(e, dict):
+                await _sendgrid_event(session, workspace_id, e)
+    return Response(status_code=204)
+
+
+async def _sendgrid_event(session: Any, ws: uuid.UUID, e: dict[str, Any]) -> None:
+    mid, kind, address = e.get("tenure_message_id"), e.get("event"), str(e.get("email") or "")
+    try:
+        message_id = uuid.UUID(str(mid))
+    except ValueError:
+        return  # not one of ours
+    row = (await session.execute(text(
+        "select id, status, metadata, to_address from delivery.messages where workspace_id = :ws and id = :id "
+        "for update"), {"ws": ws, "id": message_id})).mappings().first()
+    if row is None:
+        return
+    message = dict(row)
+    if kind == "delivered" and message["status"] == "sent":
+        await session.execute(text("update delivery.messages set status = 'delivered', updated_at = now() "
+                                   "where id = :id"), {"id": message_id})
+    elif kind == "bounce" and e.get("type", "bounce") == "bounce" or kind == "dropped":
+        await session.execute(text(
+            "update delivery.messages set status = 'bounced', last_error = :why, updated_at = now() "
+            "where id = :id and status in ('sent', 'delivered')"),
+            {"id": message_id, "why": f"SendGrid {kind}: {e.get('reason', '')}"[:500]})
+        if kind == "bounce":
+            await consent.suppress(session, ws, "email", address or message["to_address"], "hard_bounce",
+                                   "sendgrid", consent.identity_of(message))
+    elif kind == "spamreport":
+        await consent.suppress(session, ws, "email", address or message["to_address"], "complaint", "sendgrid",
+                               consent.identity_of(message))
+    else:
+        return
+    await consent.queue_event(session, ws, consent.identity_of(message), {
+        "delivered": "Email Delivered", "bounce": "Email Bounced", "dropped": "Email Bounced",
+        "spamreport": "Email Marked as Spam"}[kind], {"message_id": str(message_id), "provider": "sendgrid"})

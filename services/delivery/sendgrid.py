@@ -1,0 +1,73 @@
+"""Email through SendGrid's v3 Mail Send API, and SendGrid's signed Event Webhook.
+
+- Sending: ``POST {base}/v3/mail/send`` (Bearer API key) with personalizations, from, subject, content
+  (text/plain first, then text/html), our headers (Message-ID, RFC 8058) and ``custom_args``
+  (``tenure_message_id``, echoed back on every event). 202 means accepted; ``X-Message-Id`` is the
+  provider id. 429 and 5xx are transient; other 4xx permanent.
+- Events: a JSON array, signed with ECDSA P-256 over ``timestamp + raw body``
+  (``X-Twilio-Email-Event-Webhook-Signature``: base64 DER; ``…-Timestamp``), verified with the public
+  key from SendGrid's settings. ``delivered`` moves a message to delivered; a ``bounce`` (type bounce)
+  suppresses the address (hard bounce), ``spamreport`` too (complaint), ``dropped`` fails the message.
+"""
+
+import base64
+from typing import Any
+
+import httpx
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+from services.delivery.mailer import Email, SendError, message_id_header
+from shared.settings import Settings
+
+SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
+TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
+
+
+def payload(mail: Email) -> dict[str, Any]:
+    name, _, address = mail.sender.rpartition("<")
+    sender = {"email": address.rstrip(">").strip(), **({"name": name.strip()} if name.strip() else {})} \
+        if address else {"email": mail.sender}
+    content = [{"type": "text/plain", "value": mail.text}] if mail.text else []
+    content += [{"type": "text/html", "value": mail.html}] if mail.html else []
+    return {
+        "personalizations": [{"to": [{"email": mail.to}]}],
+        "from": sender,
+        "subject": mail.subject,
+        "content": content,
+        "headers": {"Message-ID": message_id_header(mail.message_id, mail.sender), **dict(mail.headers)},
+        "custom_args": {"tenure_message_id": mail.message_id},
+    }
+
+
+async def send(settings: Settings, http: httpx.AsyncClient, mail: Email) -> str:
+    if not settings.sendgrid_api_key:
+        raise SendError("SendGrid is not configured (TENURE_SENDGRID_API_KEY)", permanent=True)
+    try:
+        resp = await http.post(f"{settings.sendgrid_base_url.rstrip('/')}/v3/mail/send", json=payload(mail),
+                               headers={"Authorization": f"Bearer {settings.sendgrid_api_key}"},
+                               timeout=settings.provider_timeout_s)
+    except httpx.HTTPError as exc:
+        raise SendError(f"SendGrid unreachable: {type(exc).__name__}", permanent=False) from None
+    if resp.status_code in (200, 202):
+        return resp.headers.get("x-message-id") or mail.message_id
+    try:
+        errors = "; ".join(e.get("message", "") for e in resp.json().get("errors", []))
+    except ValueError:
+        errors = resp.text[:200]
+    transient = resp.status_code == 429 or resp.status_code >= 500
+    raise SendError(f"SendGrid {resp.status_code}: {errors}", permanent=not transient)
+
+
+def valid_event_signature(public_key_b64: str, body: bytes, signature_b64: str | None, timestamp: str | None) -> bool:
+    if not signature_b64 or not timestamp:
+        return False
+    try:
+        key = load_der_public_key(base64.b64decode(public_key_b64))
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        key.verify(base64.b64decode(signature_b64), timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError, AssertionError):
+        return False
+    return True

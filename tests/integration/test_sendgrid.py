@@ -1,0 +1,106 @@
+"""Email through SendGrid's v3 Mail Send API — a local server answering as SendGrid does — and its
+ECDSA-signed Event Webhook (delivered, bounce, spam report), through HTTP."""
+
+import base64
+import json
+import time
+import uuid
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import text
+
+from services.delivery import sending
+from shared.testing import http_server
+
+API_KEY = "SG.test-key"
+
+
+def fake_sendgrid(received: list[dict]) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/v3/mail/send")
+    async def mail_send(request: Request) -> Response:
+        if request.headers.get("authorization") != f"Bearer {API_KEY}":
+            return JSONResponse({"errors": [{"message": "The provided authorization grant is invalid"}]},
+                                status_code=401)
+        body = await request.json()
+        to = body["personalizations"][0]["to"][0]["email"]
+        if to.startswith("slow"):
+            received.append(body)
+            if sum(r["personalizations"][0]["to"][0]["email"] == to for r in received) == 1:
+                return JSONResponse({"errors": [{"message": "too many requests"}]}, status_code=429)
+        if to.startswith("invalid"):
+            return JSONResponse({"errors": [{"message": "Does not contain a valid address.",
+                                             "field": "personalizations.0.to.0.email"}]}, status_code=400)
+        received.append(body)
+        return Response(status_code=202, headers={"X-Message-Id": f"sg-{uuid.uuid4().hex[:12]}"})
+
+    return app
+
+
+async def test_sendgrid_sending_and_signed_events(apps, workspace, sessionmaker, settings) -> None:
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    ws = workspace.workspace_id
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = base64.b64encode(key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+    received: list[dict] = []
+    delivery_app = apps["delivery"]._transport.app  # type: ignore[attr-defined]
+    with http_server(fake_sendgrid(received)) as port:
+        sg = settings.model_copy(update={"email_provider": "sendgrid", "sendgrid_api_key": API_KEY,
+                                         "sendgrid_base_url": f"http://127.0.0.1:{port}",
+                                         "sendgrid_webhook_public_key": public})
+        delivery_app.state.settings = sg
+        try:
+            tag = uuid.uuid4().hex[:6]
+            ids = {}
+            for who in ("ok", "slow", "invalid"):
+                r = await apps["delivery"].post("/v1/messages", headers=h, json={
+                    "idempotency_key": f"sg-{who}-{tag}", "to": f"{who}-{tag}@example.com", "subject": "Hello",
+                    "text": "Hi there", "html": "<p>Hi there</p>", "metadata": {"userId": f"sg-user-{tag}"}})
+                ids[who] = r.json()["id"]
+            await sending.send_due(sessionmaker, sg)
+            async with sessionmaker() as s, s.begin():
+                await s.execute(text("update delivery.messages set next_attempt_at = now() where id = :id"),
+                                {"id": ids["slow"]})
+            await sending.send_due(sessionmaker, sg)
+            got = {w: (await apps["delivery"].get(f"/v1/messages/{i}", headers=h)).json() for w, i in ids.items()}
+            assert {w: g["status"] for w, g in got.items()} == {"ok": "sent", "slow": "sent", "invalid": "failed"}
+            assert got["ok"]["provider_message_id"].startswith("sg-") and got["slow"]["attempts"] == 2
+            body = next(b for b in received if b["personalizations"][0]["to"][0]["email"].startswith("ok"))
+            assert [c["type"] for c in body["content"]] == ["text/plain", "text/html"]
+            assert body["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+            assert body["custom_args"]["tenure_message_id"] == ids["ok"]
+
+            def signed(events: list[dict], private=key) -> tuple[bytes, dict]:
+                raw, ts = json.dumps(events).encode(), str(int(time.time()))
+                sig = private.sign(ts.encode() + raw, ec.ECDSA(hashes.SHA256()))
+                return raw, {"X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(sig).decode(),
+                             "X-Twilio-Email-Event-Webhook-Timestamp": ts, "Content-Type": "application/json"}
+
+            path = f"/webhooks/sendgrid/{ws}/events"
+            raw, headers = signed([
+                {"event": "delivered", "email": f"ok-{tag}@example.com", "tenure_message_id": ids["ok"]},
+                {"event": "bounce", "type": "bounce", "email": f"slow-{tag}@example.com",
+                 "tenure_message_id": ids["slow"], "reason": "550 5.1.1 unknown user"},
+                {"event": "spamreport", "email": f"ok-{tag}@example.com", "tenure_message_id": ids["ok"]},
+                {"event": "open", "tenure_message_id": "not-ours"}])
+            forged_raw, forged = signed([{"event": "delivered"}], ec.generate_private_key(ec.SECP256R1()))
+            assert (await apps["delivery"].post(path, content=forged_raw, headers=forged)).status_code == 403
+            assert (await apps["delivery"].post(path, content=raw, headers=headers)).status_code == 204
+            after = {w: (await apps["delivery"].get(f"/v1/messages/{ids[w]}", headers=h)).json()["status"]
+                     for w in ("ok", "slow")}
+            assert after == {"ok": "delivered", "slow": "bounced"}
+            sup = {x["address"]: x["reason"] for x in (await apps["delivery"].get(
+                "/v1/suppressions", headers=h, params={"channel": "email"})).json()["suppressions"]}
+            assert sup[f"slow-{tag}@example.com"] == "hard_bounce" and sup[f"ok-{tag}@example.com"] == "complaint"
+            # a hard bounce stops transactional mail too
+            again = await apps["delivery"].post("/v1/messages", headers=h, json={
+                "idempotency_key": f"sg-again-{tag}", "to": f"slow-{tag}@example.com", "subject": "Receipt",
+                "text": "x", "message_type": "transactional"})
+            assert again.json()["status"] == "suppressed"
+        finally:
+            delivery_app.state.settings = settings

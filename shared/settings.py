@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     twilio_from: str | None = Field(default=None, description="sender number (E.164) or Messaging Service SID (MG…)")
     twilio_base_url: str = "https://api.twilio.com"
     provider_timeout_s: float = Field(default=10.0, description="timeout of every provider HTTP call")
+    provider_rate_per_s: dict[str, float] = Field(
+        default_factory=dict, description='sends per second per provider across replicas, e.g. {"twilio": 10}')
+    workspace_send_rate_per_s: float = Field(default=0, description="sends per second per workspace (0 = unlimited)")
     email_from: str = "Tenure <hello@tenure.localhost>"
     signing_secret: str = Field(
         default=_PLACEHOLDER,

@@ -154,6 +154,14 @@ async def claim(session: AsyncSession, limit: int) -> list[dict[str, Any]]:
     return [dict(r) for r in rows.mappings()]
 
 
+async def release(session: AsyncSession, ids: list[uuid.UUID], delay_s: float) -> None:
+    """Give claimed messages back untouched (over a rate limit): not an attempt, due again after ``delay_s``."""
+    await session.execute(text(
+        "update delivery.messages set status = 'queued', attempts = greatest(0, attempts - 1), claimed_until = null, "
+        "next_attempt_at = now() + make_interval(secs => :d), updated_at = now() "
+        "where id = any(CAST(:ids AS uuid[])) and status = 'sending'"), {"ids": ids, "d": delay_s})
+
+
 async def record(session: AsyncSession, message: dict[str, Any], *, started_at: datetime, outcome: str,
                  error: str | None = None, provider_message_id: str | None = None) -> str:
     """Store an attempt's outcome ("sent", "transient_error", "permanent_error"); returns the new status."""

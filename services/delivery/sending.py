@@ -10,6 +10,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.delivery import consent, links, mailer, outbox, sendgrid, sms, webhook_channel
+from shared import ratelimit
 from shared.settings import Settings
 
 log = structlog.get_logger()
@@ -76,12 +77,42 @@ async def _record(sessionmaker: async_sessionmaker[AsyncSession], message: dict[
     return status
 
 
+def provider_of(settings: Settings, message: dict[str, Any]) -> str:
+    channel = message.get("channel", "email")
+    return {"sms": "twilio", "webhook": "webhook"}.get(channel, settings.email_provider)
+
+
+async def _within_limits(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, redis: Any,
+                         messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages the shared token buckets (per provider, per workspace) allow now; the rest go back to
+    the queue for a second, without counting an attempt (back-pressure, not failure)."""
+    groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
+    for m in messages:
+        groups.setdefault((provider_of(settings, m), m["workspace_id"]), []).append(m)
+    allowed: list[dict[str, Any]] = []
+    held: list[Any] = []
+    for (provider, ws), group in groups.items():
+        n = await ratelimit.take_tokens(redis, f"provider:{provider}", settings.provider_rate_per_s.get(provider, 0),
+                                        len(group))
+        n = min(n, await ratelimit.take_tokens(redis, f"workspace:{ws}", settings.workspace_send_rate_per_s, n))
+        allowed += group[:n]
+        held += [m["id"] for m in group[n:]]
+    if held:
+        async with sessionmaker() as session, session.begin():
+            await outbox.release(session, held, 1.0)
+        log.info("delivery.rate_limited", held=len(held), sending=len(allowed))
+    return allowed
+
+
 async def send_due(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, limit: int = 100,
-                   concurrency: int = 10, http: httpx.AsyncClient | None = None) -> int:
+                   concurrency: int = 10, http: httpx.AsyncClient | None = None, redis: Any = None) -> int:
     async with sessionmaker() as session, session.begin():
-        messages = await outbox.claim(session, limit)
-    if not messages:
+        claimed = await outbox.claim(session, limit)
+    if not claimed:
         return 0
+    messages = await _within_limits(sessionmaker, settings, redis, claimed)
+    if not messages:
+        return len(claimed)
     # each of `concurrency` senders keeps one SMTP session open for its share of the batch
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     for m in messages:

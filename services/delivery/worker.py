@@ -12,7 +12,7 @@ from shared.settings import Settings
 async def send_messages(ctx: JobCtx) -> int:
     total = 0
     while True:
-        n = await sending.send_due(ctx["sessionmaker"], ctx["settings"], http=ctx["http"])
+        n = await sending.send_due(ctx["sessionmaker"], ctx["settings"], http=ctx["http"], redis=ctx["redis"])
         total += n
         if n == 0 and not await take_dirty(ctx, "send_messages"):
             break

@@ -399,6 +399,8 @@ async def test_preference_page_in_headless_chromium(stack, workspace) -> None:
     import re
 
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
 
     from tests.e2e.browser import headless_chromium
 
@@ -423,7 +425,9 @@ async def test_preference_page_in_headless_chromium(stack, workspace) -> None:
                 label = browser.find_element(By.XPATH, "//label[input[@value='offers']]").text
                 offers.click()  # opt out of offers, keep product news
                 browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-                status = browser.find_element(By.CSS_SELECTOR, "[role=status]").text
+                # the form posts and the saved page loads: wait for it rather than race it
+                status = WebDriverWait(browser, 15).until(
+                    expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "[role=status]"))).text
                 browser.get(prefs_url)  # reload: the choice stuck
                 after = browser.find_element(By.CSS_SELECTOR, "input[name=topic][value=offers]").is_selected()
                 kept = browser.find_element(By.CSS_SELECTOR, "input[name=topic][value=product_news]").is_selected()

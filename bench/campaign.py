@@ -20,63 +20,42 @@ import uuid
 from typing import Any
 
 import httpx
-from scratch import scratch_database  # bench/ is the script directory, so on sys.path
-from stack import SERVICES, TimedMailbox, env_for, smtp_baseline, spawn, stop, urls, wait_ready
+from stack import SERVICES, bench_services, smtp_baseline
 
-from services.devinbox.inbox import start_smtp
-from shared.core import create_workspace
-from shared.db import create_engine, create_sessionmaker
-from shared.embedded import free_port
 from shared.settings import Settings
 
 
 async def run(args: argparse.Namespace) -> None:
-    box = TimedMailbox()
-    smtp_port = free_port()
-    controller = start_smtp(box, "127.0.0.1", smtp_port)
-    procs: list[Any] = []
-    try:
-        async with scratch_database(need_redis=True) as settings:
-            engine = create_engine(settings, pool_size=1)
-            async with create_sessionmaker(engine)() as s, s.begin():
-                ws = await create_workspace(s, "bench")
-            await engine.dispose()
-            env = env_for(settings, smtp_port)
-            procs = spawn(env, [("serve", s) for s in SERVICES] + [("worker", s) for s in
-                                                                   ("ingest", "campaign", "delivery")])
-            url = urls(env)
-            mgmt = {"Authorization": f"Bearer {ws.secret_key}"}
-            async with httpx.AsyncClient(timeout=120, auth=None) as c:
-                await wait_ready(c, url.values())
-                run_id = uuid.uuid4().hex[:6]
-                users = [f"u{i}-{run_id}" for i in range(args.users)]
-                emails = {u: f"{u}@bench.example" for u in users}
-                await _batches(c, url["ingest"], ws.write_key, [
-                    {"type": "identify", "userId": u, "traits": {"email": emails[u], "first_name": u}} for u in users],
-                    args, {})
-                tpl = (await c.post(url["campaign"] + "/v1/templates", headers=mgmt, json={
-                    "name": "bench", "subject": "Hi {{ profile.first_name }}", "text": "hello"})).json()
-                camp = await c.post(url["campaign"] + "/v1/campaigns", headers=mgmt, json={
-                    "name": "bench", "trigger": {"type": "event", "event": "Bench Entered"},
-                    "message_type": "transactional", "template_id": tpl["id"]})
-                assert camp.status_code == 201, camp.text
-                await asyncio.sleep(2)  # the workers have read the identify events
-                sent: dict[str, float] = {}
-                start = time.perf_counter()
-                watcher = asyncio.create_task(_progress(settings, start, len(users)))
-                await _batches(c, url["ingest"], ws.write_key, [
-                    {"type": "track", "userId": u, "event": "Bench Entered"} for u in users], args, sent)
-                accepted = time.perf_counter() - start
-                deadline = time.perf_counter() + args.timeout
-                while len(box.arrived) < len(users) and time.perf_counter() < deadline:  # noqa: ASYNC110
-                    await asyncio.sleep(0.1)
-                watcher.cancel()
-            lat = sorted(box.arrived[emails[u]] - t for u, t in sent.items() if emails[u] in box.arrived)
-            last = max(box.arrived.values()) - start if box.arrived else float("nan")
-            raw_rate = await smtp_baseline(smtp_port, min(2000, args.users))
-    finally:
-        stop(procs)
-        controller.stop()
+    commands = [("serve", s) for s in SERVICES] + [("worker", s) for s in ("ingest", "campaign", "delivery")]
+    async with bench_services(commands) as bench, httpx.AsyncClient(timeout=120) as c:
+        ws, url, box = bench.workspace, bench.urls, bench.box
+        mgmt = {"Authorization": f"Bearer {ws.secret_key}"}
+        run_id = uuid.uuid4().hex[:6]
+        users = [f"u{i}-{run_id}" for i in range(args.users)]
+        emails = {u: f"{u}@bench.example" for u in users}
+        await _batches(c, url["ingest"], ws.write_key, [
+            {"type": "identify", "userId": u, "traits": {"email": emails[u], "first_name": u}} for u in users],
+            args, {})
+        tpl = (await c.post(url["campaign"] + "/v1/templates", headers=mgmt, json={
+            "name": "bench", "subject": "Hi {{ profile.first_name }}", "text": "hello"})).json()
+        camp = await c.post(url["campaign"] + "/v1/campaigns", headers=mgmt, json={
+            "name": "bench", "trigger": {"type": "event", "event": "Bench Entered"},
+            "message_type": "transactional", "template_id": tpl["id"]})
+        assert camp.status_code == 201, camp.text
+        await asyncio.sleep(2)  # the workers have read the identify events
+        sent: dict[str, float] = {}
+        start = time.perf_counter()
+        watcher = asyncio.create_task(_progress(bench.settings, start, len(users)))
+        await _batches(c, url["ingest"], ws.write_key, [
+            {"type": "track", "userId": u, "event": "Bench Entered"} for u in users], args, sent)
+        accepted = time.perf_counter() - start
+        deadline = time.perf_counter() + args.timeout
+        while len(box.arrived) < len(users) and time.perf_counter() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+        watcher.cancel()
+        lat = sorted(box.arrived[emails[u]] - t for u, t in sent.items() if emails[u] in box.arrived)
+        last = max(box.arrived.values()) - start if box.arrived else float("nan")
+        raw_rate = await smtp_baseline(bench.smtp_port, min(2000, args.users))
     print(f"users={args.users} batch={args.batch} concurrency={args.concurrency}")
     print(f"baseline  raw SMTP into the sink, one connection       {raw_rate:>10,.0f} emails/s")
     print(f"ingest    accepted all {args.users} events in             {accepted:>10.2f} s")

@@ -18,62 +18,41 @@ import uuid
 from typing import Any
 
 import httpx
-from scratch import scratch_database  # bench/ is the script directory, so on sys.path
-from stack import TimedMailbox, env_for, smtp_baseline, spawn, stop, urls, wait_ready
-
-from services.devinbox.inbox import start_smtp
-from shared.core import create_workspace
-from shared.db import create_engine, create_sessionmaker
-from shared.embedded import free_port
+from stack import bench_services, smtp_baseline
 
 
 async def run(args: argparse.Namespace) -> None:
-    box = TimedMailbox()
-    smtp_port = free_port()
-    controller = start_smtp(box, "127.0.0.1", smtp_port)
-    procs: list[Any] = []
     queued: dict[str, float] = {}
-    try:
-        async with scratch_database(need_redis=True) as settings:
-            engine = create_engine(settings, pool_size=1)
-            async with create_sessionmaker(engine)() as s, s.begin():
-                ws = await create_workspace(s, "bench")
-            await engine.dispose()
-            env = env_for(settings, smtp_port)
-            procs = spawn(env, [("serve", "delivery")] + [("worker", "delivery")] * args.workers)
-            base = urls(env)["delivery"]
-            mgmt = {"Authorization": f"Bearer {ws.secret_key}"}
-            run_id = uuid.uuid4().hex[:6]
-            todo = [f"m{i}-{run_id}@bench.example" for i in range(args.messages)]
-            async with httpx.AsyncClient(timeout=60) as c:
-                await wait_ready(c, [base])
-                start = time.perf_counter()
+    commands = [("serve", "delivery")] + [("worker", "delivery")] * args.workers
+    async with bench_services(commands) as bench, httpx.AsyncClient(timeout=60) as c:
+        base, box = bench.urls["delivery"], bench.box
+        mgmt = {"Authorization": f"Bearer {bench.workspace.secret_key}"}
+        run_id = uuid.uuid4().hex[:6]
+        todo = [f"m{i}-{run_id}@bench.example" for i in range(args.messages)]
 
-                def message(to: str) -> dict[str, Any]:
-                    return {"idempotency_key": to, "to": to, "subject": "Your receipt", "text": "Thanks!",
-                            "html": "<p>Thanks!</p>", "message_type": "transactional"}
+        def message(to: str) -> dict[str, Any]:
+            return {"idempotency_key": to, "to": to, "subject": "Your receipt", "text": "Thanks!",
+                    "html": "<p>Thanks!</p>", "message_type": "transactional"}
 
-                async def client() -> None:
-                    while todo:
-                        chunk = [todo.pop() for _ in range(min(args.batch, len(todo)))]
-                        if args.batch == 1:
-                            r = await c.post(base + "/v1/messages", headers=mgmt, json=message(chunk[0]))
-                        else:
-                            r = await c.post(base + "/v1/messages/batch", headers=mgmt,
-                                             json={"messages": [message(to) for to in chunk]})
-                        r.raise_for_status()
-                        for to in chunk:
-                            queued[to] = time.perf_counter()
+        async def client() -> None:
+            while todo:
+                chunk = [todo.pop() for _ in range(min(args.batch, len(todo)))]
+                if args.batch == 1:
+                    r = await c.post(base + "/v1/messages", headers=mgmt, json=message(chunk[0]))
+                else:
+                    r = await c.post(base + "/v1/messages/batch", headers=mgmt,
+                                     json={"messages": [message(to) for to in chunk]})
+                r.raise_for_status()
+                for to in chunk:
+                    queued[to] = time.perf_counter()
 
-                await asyncio.gather(*(client() for _ in range(args.concurrency)))
-                enqueued = time.perf_counter() - start
-                deadline = time.perf_counter() + args.timeout
-                while len(box.arrived) < args.messages and time.perf_counter() < deadline:  # noqa: ASYNC110
-                    await asyncio.sleep(0.1)
-            raw = await smtp_baseline(smtp_port, min(2000, args.messages))
-    finally:
-        stop(procs)
-        controller.stop()
+        start = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(args.concurrency)))
+        enqueued = time.perf_counter() - start
+        deadline = time.perf_counter() + args.timeout
+        while len(box.arrived) < args.messages and time.perf_counter() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+        raw = await smtp_baseline(bench.smtp_port, min(2000, args.messages))
     lat = sorted(box.arrived[to] - t for to, t in queued.items() if to in box.arrived)
     print(f"messages={args.messages} batch={args.batch} concurrency={args.concurrency} workers={args.workers}")
     print(f"baseline  raw SMTP into the sink, one connection     {raw:>10,.0f} emails/s")

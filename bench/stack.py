@@ -7,15 +7,19 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import aiosmtplib
 import httpx
+from scratch import scratch_database
 
-from services.devinbox.inbox import Mailbox
+from services.devinbox.inbox import Mailbox, start_smtp
+from shared.core import CreatedWorkspace, create_workspace
+from shared.db import create_engine, create_sessionmaker
 from shared.embedded import free_port
 from shared.settings import Settings
 
@@ -78,3 +82,36 @@ async def smtp_baseline(port: int, n: int) -> float:
             msg.set_content("raw")
             await smtp.send_message(msg)
         return n / (time.perf_counter() - start)
+
+
+@dataclass
+class Bench:
+    settings: Settings
+    workspace: CreatedWorkspace
+    urls: dict[str, str]
+    box: TimedMailbox
+    smtp_port: int
+
+
+@contextlib.asynccontextmanager
+async def bench_services(commands: list[tuple[str, str]]) -> AsyncIterator[Bench]:
+    """A scratch database with a workspace, a timed SMTP sink, and ``tenure`` processes running on them
+    (ready to take requests); everything is stopped and dropped afterwards."""
+    box = TimedMailbox()
+    smtp_port = free_port()
+    controller = start_smtp(box, "127.0.0.1", smtp_port)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        async with scratch_database(need_redis=True) as settings:
+            engine = create_engine(settings, pool_size=1)
+            async with create_sessionmaker(engine)() as s, s.begin():
+                ws = await create_workspace(s, "bench")
+            await engine.dispose()
+            env = env_for(settings, smtp_port)
+            procs = spawn(env, commands)
+            async with httpx.AsyncClient(timeout=10) as c:
+                await wait_ready(c, [urls(env)[service] for verb, service in commands if verb == "serve"])
+            yield Bench(settings, ws, urls(env), box, smtp_port)
+    finally:
+        stop(procs)
+        controller.stop()

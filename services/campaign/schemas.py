@@ -6,6 +6,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, EmailStr, Field
 
 from services.campaign import journey_def as jd
+from shared.validation import Ref
 
 
 class LocaleVariant(BaseModel):
@@ -83,7 +84,7 @@ class CampaignList(BaseModel):
 
 
 class TriggerRequest(BaseModel):
-    user: str = Field(min_length=1, description="profile id, userId, anonymousId or email", examples=["u-42"])
+    user: Ref = Field(description="profile id, userId, anonymousId or email", examples=["u-42"])
     data: dict[str, Any] = Field(default_factory=dict, description="visible to templates as `event.properties`",
                                  examples=[{"reset_url": "https://example.com/reset/abc"}])
     idempotency_key: str | None = Field(None, max_length=200, description="a retried trigger with the same key "
@@ -183,7 +184,7 @@ class SnippetList(BaseModel):
 
 
 class PreviewIn(BaseModel):
-    user: str | None = Field(None, description="render for this profile (id, userId, anonymousId or email)")
+    user: Ref | None = Field(None, description="render for this profile (id, userId, anonymousId or email)")
     locale: str | None = Field(None, description="force a locale variant (default: the profile's locale)")
     data: dict[str, Any] = Field(default_factory=dict, description="as the trigger's `event.properties`")
 

@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
+from shared.validation import Ref
+
 
 def _id_str(v: Any) -> Any:
     """SDKs send numeric ids; Segment treats them as strings."""
@@ -231,7 +233,7 @@ class PrivacyRequestOut(BaseModel):
 
 
 class ResolveRequest(BaseModel):
-    refs: list[str] = Field(min_length=1, max_length=10_000, description="profile ids, userIds, anonymousIds or emails")
+    refs: list[Ref] = Field(min_length=1, max_length=10_000, description="profile ids, userIds, anonymousIds or emails")
 
 
 class ResolveOut(BaseModel):

@@ -8,6 +8,7 @@ follow it.
 
 import csv
 import io
+import re
 import uuid
 from typing import Any
 
@@ -20,6 +21,7 @@ from shared.errors import UpstreamUnavailable, ValidationFailed
 from shared.http import InternalClient
 
 MAX_IDS = 10_000
+_CONTROL = re.compile(r"[\x00-\x1f]")
 _COLUMNS = ("l.id, l.name, l.created_at, (select count(*) from segment.list_members m "
             "where m.workspace_id = l.workspace_id and m.list_id = l.id) as members")
 
@@ -30,7 +32,13 @@ def ids_from_csv(raw: bytes) -> list[str]:
         content = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ValidationFailed("The CSV file is not UTF-8") from None
-    ids = [row[0].strip() for row in csv.reader(io.StringIO(content)) if row and row[0].strip()]
+    try:  # newline="": the csv module itself handles \n, \r\n and bare \r line ends
+        ids = [row[0].strip() for row in csv.reader(io.StringIO(content, newline="")) if row and row[0].strip()]
+    except csv.Error as exc:
+        raise ValidationFailed(f"The CSV file could not be read: {exc}") from None
+    bad = [i + 2 for i, ref in enumerate(ids) if _CONTROL.search(ref) or len(ref) > 512]
+    if bad:
+        raise ValidationFailed(f"Ids on lines {bad[:10]} have control characters or are over 512 characters")
     if ids and ids[0].lower() in ("id", "ids", "user_id", "userid", "email", "profile_id", "anonymous_id"):
         ids = ids[1:]
     if not ids:

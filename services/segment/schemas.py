@@ -5,6 +5,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from shared.validation import Ref
+
 DEFINITION_EXAMPLE = {
     "type": "and",
     "children": [
@@ -175,8 +177,8 @@ class ListPage(BaseModel):
 
 
 class ListIds(BaseModel):
-    ids: list[str] = Field(min_length=1, max_length=10_000,
-                           description="profile ids, userIds, anonymousIds or emails",
+    ids: list[Ref] = Field(min_length=1, max_length=10_000,
+                           description="profile ids, userIds, anonymousIds or emails (no control characters)",
                            examples=[["u-42", "ada@example.com"]])
 
 

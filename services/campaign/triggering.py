@@ -67,6 +67,9 @@ async def enter_from(session: AsyncSession, campaigns: dict[uuid.UUID, list[dict
                 data = {"name": item["event"], "properties": item.get("properties") or {},
                         "timestamp": item.get("timestamp")}
                 at = _when(item.get("timestamp"), now)
+                max_age = getattr(c["journey"].trigger, "max_age_seconds", None)
+                if max_age is not None and (now - at).total_seconds() > max_age:
+                    continue  # an old event (an import, a backfill) does not start a journey
             else:
                 occurrence = f"segment:{item['segment_id']}:{item['kind']}:{item['cursor']}"
                 data = {"segment_id": item["segment_id"], "kind": item["kind"], "at": item.get("at")}

@@ -532,3 +532,19 @@ async def test_branch_on_segment_membership_and_events_since_entry(world) -> Non
     assert got == {"br-vip": ["In the segment"], "br-plain": ["Not in it"], "br-done": ["Already did it"]}
     pid = (await world.apps["ingest"].get("/v1/profiles/br-done", headers=world.h)).json()["id"]
     assert (await world.path(pid))[0]["status"] == "exited"
+
+
+async def test_old_events_from_an_import_do_not_start_journeys(world) -> None:
+    tpl = await world.template("old", "Hello")
+    fresh = await world.campaign(trigger={"type": "event", "event": "Imported"},
+                                 steps=[{"id": "s", "type": "send", "template_id": tpl}])
+    any_age = await world.campaign(trigger={"type": "event", "event": "Imported", "max_age_seconds": None},
+                                   steps=[{"id": "s", "type": "send", "template_id": tpl}])
+    await world.identify("old-1", email=_email("old"))
+    await world.track("old-1", "Imported", T0 - timedelta(days=3))
+    await world.pump(T0)
+
+    async def entered(c: dict) -> int:
+        return (await world.apps["campaign"].get(f"/v1/campaigns/{c['id']}/stats", headers=world.h)).json()["entered"]
+
+    assert await entered(fresh) == 0 and await entered(any_age) == 1

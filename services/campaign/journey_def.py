@@ -45,9 +45,9 @@ class EventTrigger(_Model):
     type: Literal["event"] = "event"
     event: str = Field(min_length=1, examples=["Signed Up"])
     where: list[PropertyFilter] = Field(default_factory=list, description="every filter must match")
-    max_age_seconds: int | None = Field(
-        86400, ge=60, description="ignore events that happened longer ago than this (imports and backfills do not "
-                                  "start journeys); null: any age")
+    max_age_seconds: int = Field(
+        86400, ge=0, description="ignore events that happened longer ago than this (imports and backfills do not "
+                                 "start journeys); 0: any age")
 
 
 class SegmentTrigger(_Model):

@@ -67,8 +67,8 @@ async def enter_from(session: AsyncSession, campaigns: dict[uuid.UUID, list[dict
                 data = {"name": item["event"], "properties": item.get("properties") or {},
                         "timestamp": item.get("timestamp")}
                 at = _when(item.get("timestamp"), now)
-                max_age = getattr(c["journey"].trigger, "max_age_seconds", None)
-                if max_age is not None and (now - at).total_seconds() > max_age:
+                max_age = getattr(c["journey"].trigger, "max_age_seconds", 0)
+                if max_age and (now - at).total_seconds() > max_age:
                     continue  # an old event (an import, a backfill) does not start a journey
             else:
                 occurrence = f"segment:{item['segment_id']}:{item['kind']}:{item['cursor']}"

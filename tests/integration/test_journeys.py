@@ -538,7 +538,7 @@ async def test_old_events_from_an_import_do_not_start_journeys(world) -> None:
     tpl = await world.template("old", "Hello")
     fresh = await world.campaign(trigger={"type": "event", "event": "Imported"},
                                  steps=[{"id": "s", "type": "send", "template_id": tpl}])
-    any_age = await world.campaign(trigger={"type": "event", "event": "Imported", "max_age_seconds": None},
+    any_age = await world.campaign(trigger={"type": "event", "event": "Imported", "max_age_seconds": 0},
                                    steps=[{"id": "s", "type": "send", "template_id": tpl}])
     await world.identify("old-1", email=_email("old"))
     await world.track("old-1", "Imported", T0 - timedelta(days=3))

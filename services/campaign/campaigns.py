@@ -16,7 +16,7 @@ from shared.errors import NotFound, UpstreamUnavailable, ValidationFailed
 from shared.http import InternalClient
 from shared.jsonutil import dumps
 
-_TEMPLATE_COLS = "id, name, channel, subject, html, text, locales, created_at, updated_at"
+_TEMPLATE_COLS = "id, name, channel, subject, preheader, html, text, locales, created_at, updated_at"
 _CAMPAIGN_COLS = ("id, name, status, version, trigger, template_id, message_type, definition, created_at, "
                   "updated_at")
 _SEND_COLS = ("id, campaign_id, campaign_version, profile_id, occurrence, status, reason, journey_id, step, "
@@ -24,7 +24,7 @@ _SEND_COLS = ("id, campaign_id, campaign_version, profile_id, occurrence, status
 
 
 def _checked_template_fields(data: dict[str, Any]) -> dict[str, Any]:
-    fields = {k: data.get(k) for k in ("subject", "html", "text")}
+    fields = {k: data.get(k) for k in templates.FIELDS}
     if not fields["html"] and not fields["text"]:
         raise ValidationFailed("A template needs an html or a text body")
     try:
@@ -44,8 +44,8 @@ async def create_template(session: AsyncSession, ws: uuid.UUID, data: dict[str, 
     locales = data.get("locales") or {}
     row = await insert_one_or_conflict(
         session,
-        f"insert into campaign.templates (id, workspace_id, name, channel, subject, html, text, locales) "
-        f"values (:id, :ws, :name, :channel, :subject, :html, :text, CAST(:locales AS jsonb)) "
+        f"insert into campaign.templates (id, workspace_id, name, channel, subject, preheader, html, text, locales) "
+        f"values (:id, :ws, :name, :channel, :subject, :preheader, :html, :text, CAST(:locales AS jsonb)) "
         f"returning {_TEMPLATE_COLS}",
         {"id": uuid.uuid4(), "ws": ws, "name": data["name"], "channel": data.get("channel", "email"), **fields,
          "locales": dumps(locales)},
@@ -60,10 +60,12 @@ async def update_template(session: AsyncSession, ws: uuid.UUID, template_id: uui
     fields = _checked_template_fields(data)
     row = await insert_one_or_conflict(
         session,
-        f"update campaign.templates set name = :name, subject = :subject, html = :html, text = :text, "
-        f"locales = CAST(:locales AS jsonb), updated_at = now() where workspace_id = :ws and id = :id "
+        f"update campaign.templates set name = :name, channel = :channel, subject = :subject, preheader = :preheader, "
+        f"html = :html, text = :text, locales = CAST(:locales AS jsonb), updated_at = now() "
+        f"where workspace_id = :ws and id = :id "
         f"returning {_TEMPLATE_COLS}",
-        {"id": template_id, "ws": ws, "name": data["name"], **fields, "locales": dumps(data.get("locales") or {})},
+        {"id": template_id, "ws": ws, "name": data["name"], "channel": data.get("channel", "email"), **fields,
+         "locales": dumps(data.get("locales") or {})},
         f"A template named {data['name']!r} already exists",
         missing=f"No template {template_id}",
     )
@@ -375,7 +377,7 @@ async def render_preview(session: AsyncSession, internal: InternalClient, ws: uu
     except templates.TemplateError as exc:
         raise ValidationFailed(f"Template {exc.field} does not render: {exc.message}", field=exc.field) from None
     return {"subject": out.subject, "html": out.html, "text": out.text, "locale": used,
-            "profile_id": profile.get("id")}
+            "profile_id": profile.get("id"), "channel": tpl["channel"]}
 
 
 async def migrate(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, int]:

@@ -53,7 +53,8 @@ async def claim(session: AsyncSession, limit: int) -> list[dict[str, Any]]:
 
 
 async def _template(session: AsyncSession, template_id: uuid.UUID) -> dict[str, Any] | None:
-    row = (await session.execute(text("select subject, html, text, locales from campaign.templates where id = :id"),
+    row = (await session.execute(text("select channel, subject, preheader, html, text, locales from campaign.templates "
+                                      "where id = :id"),
                                  {"id": template_id})).mappings().first()
     return dict(row) if row else None
 
@@ -95,9 +96,11 @@ async def prepare(session: AsyncSession, send: dict[str, Any], profile: dict[str
         return Outcome("skipped", "profile not found")
     if isinstance(profile, str):
         return _retry_or_fail(send, profile)
-    email = (profile.get("traits") or {}).get("email")
-    if not email or not isinstance(email, str):
-        return Outcome("skipped", "profile has no email trait")
+    channel = tpl.get("channel") or "email"
+    trait = "phone" if channel == "sms" else "email"
+    to = (profile.get("traits") or {}).get(trait)
+    if not to or not isinstance(to, str):
+        return Outcome("skipped", f"profile has no {trait} trait")
     fields, _ = templates.for_locale(tpl, (profile.get("traits") or {}).get("locale"))
     try:
         rendered = templates.render(fields, templates.variables_for(profile, send["trigger_data"]), snippets)
@@ -105,8 +108,8 @@ async def prepare(session: AsyncSession, send: dict[str, Any], profile: dict[str
         return Outcome("failed", f"template did not render: {exc}")
     return {
         "idempotency_key": f"campaign:{send['idempotency_key']}",
-        "channel": "email",
-        "to": email,
+        "channel": channel,
+        "to": to,
         "subject": rendered.subject,
         "html": rendered.html,
         "text": rendered.text,
@@ -141,6 +144,8 @@ async def post_batch(internal: InternalClient, ws: uuid.UUID, batch: list[tuple[
         message = r.get("message") or {}
         if r["result"] == "suppressed":
             outcomes.append(Outcome("skipped", message.get("last_error") or "suppressed", message.get("id")))
+        elif r["result"] == "invalid":
+            outcomes.append(Outcome("failed", f"delivery refused the message: {r.get('error', '')}"[:500]))
         elif r["result"] == "conflict":
             # re-rendered content differs from an earlier, successful post of this send: it is already queued
             outcomes.append(Outcome("dispatched", "content changed on retry; kept the first"))

@@ -29,6 +29,7 @@ class Template(CampaignTable, table=True):
     name: str
     channel: str = "email"
     subject: str
+    preheader: str | None = None
     html: str | None = None
     text: str | None = None
     # {"fr": {"subject": ..., "html": ..., "text": ...}, "fr-CA": {...}}: chosen by the profile's locale

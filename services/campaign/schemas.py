@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, EmailStr, Field
+from pydantic import BaseModel, EmailStr, Field, model_validator
 
 from services.campaign import journey_def as jd
 from shared.validation import Ref
@@ -11,19 +11,33 @@ from shared.validation import Ref
 
 class LocaleVariant(BaseModel):
     subject: str | None = Field(None, max_length=998)
+    preheader: str | None = Field(None, max_length=500)
     html: str | None = None
     text: str | None = None
 
 
 class TemplateCreate(BaseModel):
+    """Email (subject, preheader, HTML, text) or SMS (text) content in Liquid."""
+
     name: str = Field(min_length=1, max_length=200, examples=["welcome"])
-    channel: Literal["email"] = "email"
-    subject: str = Field(min_length=1, max_length=998, examples=["Welcome, {{ profile.first_name }}!"])
+    channel: Literal["email", "sms"] = Field("email", description="sms: sent to the profile's `phone` trait")
+    subject: str = Field("", max_length=998, examples=["Welcome, {{ profile.first_name }}!"],
+                         description="required for email")
+    preheader: str | None = Field(None, max_length=500, examples=["Three things to try first"],
+                                  description="the preview line mail clients show after the subject")
     html: str | None = Field(None, examples=["<p>Hi {{ profile.first_name | default: 'there' }}</p>"])
     text: str | None = Field(None, examples=["Hi {{ profile.first_name | default: 'there' }}"])
     locales: dict[str, LocaleVariant] = Field(
         default_factory=dict, description="variants by locale; a profile's locale falls back fr-CA → fr → default",
         examples=[{"fr": {"subject": "Bienvenue, {{ profile.first_name }} !"}}])
+
+    @model_validator(mode="after")
+    def _fits_channel(self) -> "TemplateCreate":
+        if self.channel == "email" and not self.subject.strip():
+            raise ValueError("an email template needs a subject")
+        if self.channel == "sms" and (not self.text or self.html or self.subject or self.preheader):
+            raise ValueError("an SMS template has text only")
+        return self
 
 
 class TemplateOut(TemplateCreate):

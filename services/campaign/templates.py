@@ -8,6 +8,7 @@ for email clients (css-inline), and a plain-text part is generated from it when 
 
 import re
 from dataclasses import dataclass
+from html import escape
 from html.parser import HTMLParser
 from typing import Any
 
@@ -32,6 +33,7 @@ class Rendered:
     subject: str
     html: str | None
     text: str | None
+    preheader: str | None = None
 
 
 def _env(field: str, snippets: dict[str, str] | None = None) -> Environment:
@@ -63,13 +65,23 @@ def render(fields: dict[str, str | None], variables: dict[str, Any], snippets: d
         except LiquidError as exc:
             raise TemplateError(name, str(exc).splitlines()[0]) from None
     html = out.get("html")
+    preheader = (out.get("preheader") or "").strip() or None
     if html and "<style" in html.lower():  # only documents with style rules need (and get) inlining
         try:
             html = _inliner.inline(html)
-        except ValueError as exc:  # unparseable CSS: send the HTML as written rather than nothing
+        except ValueError as exc:
             raise TemplateError("html", f"CSS could not be inlined: {exc}") from None
     text = out.get("text") or (html_to_text(html) if html else None)
-    return Rendered(subject=(out.get("subject") or "").strip(), html=html, text=text)
+    if html and preheader:  # the hidden first line mail clients preview after the subject
+        html = _with_preheader(html, preheader)
+    return Rendered(subject=(out.get("subject") or "").strip(), html=html, text=text, preheader=preheader)
+
+
+def _with_preheader(html: str, preheader: str) -> str:
+    span = (f'<div style="display:none;max-height:0;overflow:hidden;mso-hide:all" aria-hidden="true">'
+            f'{escape(preheader)}</div>')
+    body = re.search(r"<body[^>]*>", html, re.IGNORECASE)
+    return html[:body.end()] + span + html[body.end():] if body else span + html
 
 
 class _TextParser(HTMLParser):
@@ -118,7 +130,7 @@ def html_to_text(html: str) -> str:
     return "\n".join(out).strip()
 
 
-FIELDS = ("subject", "html", "text")
+FIELDS = ("subject", "preheader", "html", "text")
 
 
 def locale_chain(locale: Any) -> list[str]:

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from pydantic import ValidationError
 
 from services.delivery import consent, outbox, webhook_channel
 from services.delivery.schemas import (
@@ -70,14 +71,23 @@ async def send_message(
     operation_id="send_messages",
     summary="Queue up to 500 messages at once, each exactly once per idempotency key",
     description="One result per message, in order: `queued`, `replayed` (same key, same content), `suppressed`, "
-                "or `conflict` (same key, different content). Messages are stored in one transaction.",
+                "`conflict` (same key, different content) or `invalid` (with the reason). Valid messages are "
+                "stored in one transaction.",
     responses=COMMON_ERRORS,
 )
 async def send_messages(body: BatchIn, ws: WorkspaceDep, session: SessionDep, request: Request) -> dict[str, Any]:
     settings: Settings = request.app.state.settings
     results: list[dict[str, Any]] = []
     async with session.begin():
-        for item in body.messages:
+        for raw in body.messages:
+            key = raw.get("idempotency_key") if isinstance(raw.get("idempotency_key"), str) else None
+            try:
+                item = MessageCreate.model_validate(raw)
+            except ValidationError as exc:  # one bad message does not sink the batch
+                errors = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                                   for e in exc.errors(include_url=False))
+                results.append({"idempotency_key": key, "result": "invalid", "error": errors})
+                continue
             try:
                 async with session.begin_nested():
                     message, created = await outbox.enqueue(session, ws, item.model_dump(exclude={"from_"}),

@@ -85,12 +85,13 @@ class MessageOut(BaseModel):
 
 
 class BatchIn(BaseModel):
-    messages: list[MessageCreate] = Field(min_length=1, max_length=500)
+    messages: list[dict[str, Any]] = Field(min_length=1, max_length=500,
+                                           description="each as for POST /v1/messages; checked one by one")
 
 
 class BatchResult(BaseModel):
-    idempotency_key: str
-    result: Literal["queued", "replayed", "suppressed", "conflict"]
+    idempotency_key: str | None
+    result: Literal["queued", "replayed", "suppressed", "conflict", "invalid"]
     message: "MessageOut | None" = None
     error: str | None = None
 

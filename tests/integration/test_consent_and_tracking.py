@@ -119,6 +119,10 @@ async def test_batch_of_messages_reports_each_result(apps, workspace) -> None:
     assert [r["result"] for r in first.json()["results"]] == ["queued", "suppressed"]
     assert [r["result"] for r in again.json()["results"]] == ["replayed", "conflict", "queued"]
     assert again.json()["results"][0]["message"]["id"] == first.json()["results"][0]["message"]["id"]
+    mixed = await apps["delivery"].post("/v1/messages/batch", headers=h, json={"messages": [
+        msg("d", f"d-{tag}@example.com"), {**msg("e", "not-an-address"), "channel": "sms"}]})
+    assert [r["result"] for r in mixed.json()["results"]] == ["queued", "invalid"]  # one bad item sinks nothing
+    assert "phone" in mixed.json()["results"][1]["error"]
     too_many = await apps["delivery"].post("/v1/messages/batch", headers=h, json={"messages": [
         msg(f"n{i}", f"n{i}-{tag}@example.com") for i in range(501)]})
     assert too_many.status_code == 422

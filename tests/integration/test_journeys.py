@@ -548,3 +548,36 @@ async def test_old_events_from_an_import_do_not_start_journeys(world) -> None:
         return (await world.apps["campaign"].get(f"/v1/campaigns/{c['id']}/stats", headers=world.h)).json()["entered"]
 
     assert await entered(fresh) == 0 and await entered(any_age) == 1
+
+
+async def test_sms_templates_go_to_the_phone_and_email_gets_its_preheader(world) -> None:
+    sms_tpl = (await world.apps["campaign"].post("/v1/templates", headers=world.h, json={
+        "name": f"sms-{uuid.uuid4().hex[:6]}", "channel": "sms", "text": "Hi {{ profile.first_name }}, code {{ "
+        "event.properties.code }}", "locales": {"fr": {"text": "Salut {{ profile.first_name }}"}}}))
+    assert sms_tpl.status_code == 201, sms_tpl.text
+    bad = await world.apps["campaign"].post("/v1/templates", headers=world.h, json={
+        "name": "sms-bad", "channel": "sms", "text": "x", "subject": "no subjects in SMS"})
+    assert bad.status_code == 422
+    mail = await world.template("pre", "News", preheader="Inside: {{ profile.first_name }}'s picks",
+                                html="<html><body><p>Hello</p></body></html>", text=None)
+    camp = await world.campaign(trigger={"type": "event", "event": "Code Requested"}, message_type="transactional",
+                                entry={"rule": "every_time"},
+                                steps=[{"id": "sms", "type": "send", "template_id": sms_tpl.json()["id"], "next": "mail"},
+                                       {"id": "mail", "type": "send", "template_id": mail}])
+    email = _email("sms")
+    await world.identify("sms-1", email=email, phone="+14155550142", first_name="Ada")
+    await world.identify("sms-2", email=_email("nophone"), first_name="Bob")
+    await world.track("sms-1", "Code Requested", T0, code="9876")
+    await world.track("sms-2", "Code Requested", T0, code="1111")
+    await world.pump(T0)
+    texts = (await world.apps["delivery"].get("/v1/messages", headers=world.h,
+                                              params={"to": "+14155550142"})).json()["messages"]
+    assert [(m["channel"], m["message_type"]) for m in texts] == [("sms", "transactional")]
+    [html_mail] = await world.mail(email)
+    assert html_mail["subject"] == "News"
+    sends = (await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}/sends", headers=world.h)).json()["sends"]
+    assert sorted(s["reason"] or "" for s in sends if s["status"] == "skipped") == ["profile has no phone trait"]
+    preview = (await world.apps["campaign"].post(f"/v1/templates/{mail}/preview", headers=world.h,
+                                                 json={"user": "sms-1"})).json()
+    assert 'aria-hidden="true">Inside: Ada&#x27;s picks</div><p>Hello</p>' in preview["html"]
+    assert preview["text"] == "Hello"

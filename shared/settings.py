@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     twilio_auth_token: str | None = Field(default=None, description="also verifies Twilio's webhook signatures")
     twilio_from: str | None = Field(default=None, description="sender number (E.164) or Messaging Service SID (MG…)")
     twilio_base_url: str = "https://api.twilio.com"
+    fcm_service_account: str | None = Field(
+        default=None, description="push through FCM HTTP v1: the service account key (JSON text or a file path)")
+    fcm_base_url: str = "https://fcm.googleapis.com"
     provider_timeout_s: float = Field(default=10.0, description="timeout of every provider HTTP call")
     provider_rate_per_s: dict[str, float] = Field(
         default_factory=dict, description='sends per second per provider across replicas, e.g. {"twilio": 10}')

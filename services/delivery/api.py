@@ -9,10 +9,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import ValidationError
 
-from services.delivery import consent, outbox, webhook_channel
+from services.delivery import consent, devices, outbox, webhook_channel
 from services.delivery.schemas import (
     BatchIn,
     BatchOut,
+    DeviceIn,
+    DeviceList,
+    DeviceOut,
     MessageCreate,
     MessageList,
     MessageOut,
@@ -210,3 +213,27 @@ async def get_preferences(address: str, ws: WorkspaceDep, session: SessionDep) -
 async def get_webhook_secret(ws: WorkspaceDep, request: Request) -> dict[str, Any]:
     return {"secret": webhook_channel.secret_for(request.app.state.settings, ws),
             "scheme": "Tenure-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, '<t>.<raw body>')>"}
+
+
+@consent_router.post("/devices", status_code=201, response_model=DeviceOut, operation_id="register_device",
+                     tags=["push"], summary="Register a push token for a user (idempotent)", responses=COMMON_ERRORS)
+async def register_device(body: DeviceIn, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+    async with session.begin():
+        return await devices.register(session, ws, body.user, body.platform, body.token)
+
+
+@consent_router.get("/devices", response_model=DeviceList, operation_id="list_devices", tags=["push"],
+                    summary="A user's push devices", responses=COMMON_ERRORS)
+async def list_devices(ws: WorkspaceDep, session: SessionDep,
+                       user: Annotated[str, Query(min_length=1, max_length=512)]) -> dict[str, Any]:
+    async with session.begin():
+        return {"devices": await devices.list_devices(session, ws, user)}
+
+
+@consent_router.delete("/devices/{token}", status_code=204, operation_id="remove_device", tags=["push"],
+                       summary="Forget a push token", responses={**COMMON_ERRORS, 404: problem_schema("Unknown token")})
+async def remove_device(token: str, ws: WorkspaceDep, session: SessionDep) -> Response:
+    async with session.begin():
+        if not await devices.forget(session, ws, [token]):
+            raise NotFound("No such device token")
+    return Response(status_code=204)

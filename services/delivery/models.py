@@ -138,3 +138,19 @@ class Feedback(DeliveryTable, table=True):
     created_at: datetime = Field(sa_column=tz_column("created_at"))
     forwarded_at: datetime | None = Field(default=None, sa_column=tz_column("forwarded_at", nullable=True,
                                                                            default_now=False))
+
+
+class Device(DeliveryTable, table=True):
+    """A push token registered for a user (their userId or anonymousId); removed when the provider says
+    it is gone."""
+
+    __tablename__ = "devices"
+    __table_args__ = (Index("ix_devices_user", "workspace_id", "user_ref"),)
+
+    workspace_id: uuid.UUID = Field(primary_key=True)
+    token: str = Field(primary_key=True)
+    user_ref: str
+    platform: str  # android | ios | web (all through FCM)
+    created_at: datetime = Field(sa_column=tz_column("created_at"))
+    last_used_at: datetime | None = Field(default=None, sa_column=tz_column("last_used_at", nullable=True,
+                                                                           default_now=False))

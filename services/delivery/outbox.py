@@ -70,7 +70,9 @@ async def enqueue(session: AsyncSession, ws: uuid.UUID, msg: dict[str, Any], sen
          "text": dumps(msg["data"]) if msg["channel"] == "webhook" else msg.get("text"),
          "mt": msg["message_type"], "topic": msg.get("topic"),
          "status": "suppressed" if reason else "queued", "reason": reason,
-         "meta": dumps(msg.get("metadata") or {})},
+         # a push's data payload rides with the message's metadata
+         "meta": dumps({**(msg.get("metadata") or {}),
+                        **({"push_data": msg["data"]} if msg["channel"] == "push" and msg.get("data") else {})})},
     )).first()
     if row is not None:
         return out(row), True

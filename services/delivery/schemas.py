@@ -14,10 +14,10 @@ class MessageCreate(BaseModel):
     posting the same key again returns the stored message instead of sending a second one."""
 
     idempotency_key: str = Field(min_length=1, max_length=255, examples=["order-1234-receipt"])
-    channel: Literal["email", "sms", "webhook"] = "email"
+    channel: Literal["email", "sms", "push", "webhook"] = "email"
     to: str = Field(min_length=3, max_length=2000, examples=["ada@example.com"],
-                    description="an email address; for SMS a phone number (normalised to E.164); for a webhook "
-                                "the http(s) URL to POST to")
+                    description="an email address; for SMS a phone number (normalised to E.164); for push the "
+                                "userId or anonymousId whose devices get it; for a webhook the http(s) URL")
     from_: str | None = Field(None, alias="from", description="defaults to TENURE_EMAIL_FROM")
     subject: str = Field("", max_length=998, examples=["Welcome, Ada!"], description="required for email")
     html: str | None = None
@@ -25,7 +25,8 @@ class MessageCreate(BaseModel):
     message_type: Literal["marketing", "transactional"] = "marketing"
     topic: str | None = Field(None, max_length=100, examples=["offers"],
                               description="subscription topic (marketing): not sent to addresses that opted out")
-    data: dict[str, Any] | None = Field(None, description="the JSON body of a webhook message")
+    data: dict[str, Any] | None = Field(None, description="a webhook's JSON body; for push the data payload "
+                                                          "(`deep_link`, `image`, other string values)")
     metadata: dict[str, Any] = Field(default_factory=dict, description="ids to find the message by later; "
                                      "`userId`/`anonymousId` attribute its opens, clicks and unsubscribes")
 
@@ -42,6 +43,9 @@ class MessageCreate(BaseModel):
                 raise ValueError("an email needs a subject")
             if not self.html and not self.text:
                 raise ValueError("html or text is required")
+        elif self.channel == "push":
+            if not self.subject.strip() or not self.text:
+                raise ValueError("a push needs a title (subject) and a body (text)")
         elif self.channel == "webhook":
             if not re.match(r"^https?://[^\s/]+", self.to):
                 raise ValueError("a webhook's to is an http(s) URL")
@@ -140,3 +144,21 @@ class PreferencesOut(BaseModel):
 class WebhookSecret(BaseModel):
     secret: str
     scheme: str
+
+
+class DeviceIn(BaseModel):
+    user: str = Field(min_length=1, max_length=512, description="the userId or anonymousId the device belongs to")
+    platform: Literal["android", "ios", "web"]
+    token: str = Field(min_length=10, max_length=4096, description="the FCM registration token")
+
+
+class DeviceOut(BaseModel):
+    user: str
+    platform: str
+    token: str
+    created_at: datetime
+    last_used_at: datetime | None
+
+
+class DeviceList(BaseModel):
+    devices: list[DeviceOut]

@@ -9,7 +9,7 @@ import httpx
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.delivery import consent, links, mailer, outbox, sendgrid, sms, webhook_channel
+from services.delivery import consent, devices, links, mailer, outbox, push, sendgrid, sms, webhook_channel
 from shared import ratelimit
 from shared.settings import Settings
 
@@ -28,17 +28,43 @@ async def _send_sms(sessionmaker: async_sessionmaker[AsyncSession], settings: Se
         raise
 
 
+async def _send_http(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, http: httpx.AsyncClient,
+                     message: dict[str, Any]) -> str:
+    if message["channel"] == "sms":
+        return await _send_sms(sessionmaker, settings, http, message)
+    if message["channel"] == "push":
+        return await _send_push(sessionmaker, settings, http, message)
+    return await webhook_channel.send(settings, http, message["workspace_id"], message["id"], message["to_address"],
+                                      (message["text"] or "{}").encode())
+
+
+async def _send_push(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, http: httpx.AsyncClient,
+                     message: dict[str, Any]) -> str:
+    ws, user = message["workspace_id"], message["to_address"]
+    async with sessionmaker() as session, session.begin():
+        tokens = await devices.tokens_of(session, ws, user)
+    if not tokens:
+        raise mailer.SendError(f"no device registered for {user}", permanent=True)
+    data = (message.get("metadata") or {}).get("push_data") or {}
+    result = await push.send(settings, http, tokens, message["subject"], message["text"] or "", data)
+    async with sessionmaker() as session, session.begin():
+        await devices.forget(session, ws, result.gone)
+        await devices.used(session, ws, [t for t in tokens if t not in result.gone])
+    if result.sent:
+        return ",".join(result.sent)
+    if result.transient:
+        raise mailer.SendError(result.transient, permanent=False)
+    raise mailer.SendError("every device of this user is gone (tokens removed)", permanent=True)
+
+
 async def send_one(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, message: dict[str, Any],
                    smtp: mailer.SmtpConnection | None = None, http: httpx.AsyncClient | None = None) -> str:
     started = datetime.now(UTC)
-    if message.get("channel") in ("sms", "webhook"):
+    if message.get("channel") in ("sms", "push", "webhook"):
         try:
             async with contextlib.AsyncExitStack() as stack:
                 client = http or await stack.enter_async_context(httpx.AsyncClient())
-                provider_id: str | None = (
-                    await _send_sms(sessionmaker, settings, client, message) if message["channel"] == "sms" else
-                    await webhook_channel.send(settings, client, message["workspace_id"], message["id"],
-                                               message["to_address"], (message["text"] or "{}").encode()))
+                provider_id: str | None = await _send_http(sessionmaker, settings, client, message)
             outcome, error = "sent", None
         except mailer.SendError as exc:
             provider_id, error = None, str(exc)

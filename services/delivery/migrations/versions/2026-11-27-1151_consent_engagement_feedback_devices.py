@@ -1,8 +1,8 @@
-"""consent, suppressions, topics, engagement, feedback
+"""consent, engagement, feedback, devices
 
 Revision ID: delivery_0002
 Revises: delivery_0001
-Create Date: 2026-11-27 11:12:29.790147
+Create Date: 2026-11-27 11:51:42.363030
 """
 
 from collections.abc import Sequence
@@ -32,6 +32,17 @@ def upgrade() -> None:
     schema='delivery'
     )
     op.create_index('ix_consent_log_address', 'consent_log', ['workspace_id', 'address'], unique=False, schema='delivery')
+    op.create_table('devices',
+    sa.Column('workspace_id', sa.Uuid(), nullable=False),
+    sa.Column('token', sa.Text(), nullable=False),
+    sa.Column('user_ref', sa.Text(), nullable=False),
+    sa.Column('platform', sa.Text(), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.Column('last_used_at', sa.DateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('workspace_id', 'token', name=op.f('pk_devices')),
+    schema='delivery'
+    )
+    op.create_index('ix_devices_user', 'devices', ['workspace_id', 'user_ref'], unique=False, schema='delivery')
     op.create_table('engagements',
     sa.Column('id', sa.BigInteger(), sa.Identity(always=False), nullable=False),
     sa.Column('workspace_id', sa.Uuid(), nullable=False),
@@ -87,6 +98,8 @@ def downgrade() -> None:
     op.drop_table('feedback', schema='delivery')
     op.drop_index('ix_engagements_message', table_name='engagements', schema='delivery')
     op.drop_table('engagements', schema='delivery')
+    op.drop_index('ix_devices_user', table_name='devices', schema='delivery')
+    op.drop_table('devices', schema='delivery')
     op.drop_index('ix_consent_log_address', table_name='consent_log', schema='delivery')
     op.drop_table('consent_log', schema='delivery')
     # ### end Alembic commands ###

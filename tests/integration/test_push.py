@@ -1,0 +1,103 @@
+"""Push through FCM HTTP v1 — a local server answering as Google's token endpoint and FCM do (it checks the
+service account's signed JWT) — with device registration and removal of tokens FCM says are gone."""
+
+import json
+import uuid
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from services.delivery import sending
+from shared.testing import http_server
+
+
+class FakeGoogle:
+    def __init__(self, public_pem: bytes, port_box: dict) -> None:
+        self.sent: list[dict] = []
+        self.tokens_minted = 0
+        app = FastAPI()
+
+        @app.post("/token")
+        async def token(request: Request) -> JSONResponse:
+            form = await request.form()
+            assert form["grant_type"] == "urn:ietf:params:oauth:grant-type:jwt-bearer"
+            try:
+                claims = jwt.decode(str(form["assertion"]), public_pem, algorithms=["RS256"],
+                                    audience=f"http://127.0.0.1:{port_box['port']}/token")
+            except jwt.PyJWTError:
+                return JSONResponse({"error": "invalid_grant"}, status_code=400)
+            assert claims["scope"] == "https://www.googleapis.com/auth/firebase.messaging"
+            self.tokens_minted += 1
+            return JSONResponse({"access_token": f"ya29.{uuid.uuid4().hex}", "expires_in": 3599,
+                                 "token_type": "Bearer"})
+
+        @app.post("/v1/projects/{project}/messages:send")
+        async def send(project: str, request: Request) -> JSONResponse:
+            if not request.headers.get("authorization", "").startswith("Bearer ya29."):
+                return JSONResponse({"error": {"code": 401, "status": "UNAUTHENTICATED"}}, status_code=401)
+            body = await request.json()
+            token = body["message"]["token"]
+            if token.startswith("gone"):
+                return JSONResponse({"error": {"code": 404, "status": "NOT_FOUND", "details": [
+                    {"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": "UNREGISTERED"}]}},
+                    status_code=404)
+            if token.startswith("busy"):
+                return JSONResponse({"error": {"code": 503, "status": "UNAVAILABLE"}}, status_code=503)
+            assert all(isinstance(v, str) for v in body["message"].get("data", {}).values())
+            self.sent.append(body["message"])
+            return JSONResponse({"name": f"projects/{project}/messages/{uuid.uuid4().hex[:8]}"})
+
+        self.app = app
+
+
+async def test_push_to_every_device_and_gone_tokens_removed(apps, workspace, sessionmaker, settings) -> None:
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()).decode()
+    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    port_box: dict = {}
+    google = FakeGoogle(public_pem, port_box)
+    with http_server(google.app) as port:
+        port_box["port"] = port
+        account = json.dumps({"type": "service_account", "project_id": "acme-app", "private_key": private_pem,
+                              "client_email": "push@acme-app.iam.gserviceaccount.com",
+                              "token_uri": f"http://127.0.0.1:{port}/token"})
+        push_settings = settings.model_copy(update={"fcm_service_account": account,
+                                                    "fcm_base_url": f"http://127.0.0.1:{port}"})
+        tag = uuid.uuid4().hex[:6]
+        user, lonely, waiting = f"push-{tag}", f"lonely-{tag}", f"busy-{tag}"
+        for who, token, platform in ((user, f"tok-android-{tag}-0000", "android"),
+                                     (user, f"gone-ios-{tag}-00000", "ios"),
+                                     (lonely, f"gone-only-{tag}-0000", "web"), (waiting, f"busy-{tag}-000000", "web")):
+            r = await apps["delivery"].post("/v1/devices", headers=h, json={"user": who, "token": token,
+                                                                            "platform": platform})
+            assert r.status_code == 201, r.text
+        ids = {}
+        for who in (user, lonely, waiting, f"nobody-{tag}"):
+            r = await apps["delivery"].post("/v1/messages", headers=h, json={
+                "idempotency_key": f"push-{who}", "channel": "push", "to": who, "subject": "Your order shipped",
+                "text": "Track it in the app", "data": {"deep_link": "acme://orders/42", "order": 42},
+                "message_type": "transactional"})
+            assert r.status_code == 202, r.text
+            ids[who] = r.json()["id"]
+        await sending.send_due(sessionmaker, push_settings)
+        got = {w: (await apps["delivery"].get(f"/v1/messages/{i}", headers=h)).json() for w, i in ids.items()}
+        assert {w: g["status"] for w, g in got.items()} == {
+            user: "sent", lonely: "failed", waiting: "queued", f"nobody-{tag}": "failed"}
+        assert "no device registered" in got[f"nobody-{tag}"]["last_error"]
+        [delivered] = [m for m in google.sent if m["token"].startswith("tok-android")]
+        assert delivered["notification"] == {"title": "Your order shipped", "body": "Track it in the app"}
+        assert delivered["data"] == {"deep_link": "acme://orders/42", "order": "42"}
+        left = (await apps["delivery"].get("/v1/devices", headers=h, params={"user": user})).json()["devices"]
+        assert [d["token"] for d in left] == [f"tok-android-{tag}-0000"]  # the gone iOS token was removed
+        assert google.tokens_minted == 1  # one access token served every send
+        async with sessionmaker() as s:
+            attempts = (await s.execute(text("select attempts from delivery.messages where id = :id"),
+                                        {"id": ids[waiting]})).scalar_one()
+        assert attempts == 1

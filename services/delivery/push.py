@@ -9,6 +9,7 @@
 - A message is sent when at least one device took it; it fails permanently when no device is left.
 """
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -44,13 +45,20 @@ class TokenCache:
 
     def __init__(self) -> None:
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def get(self, http: httpx.AsyncClient, account: ServiceAccount, timeout_s: float, *, fresh: bool = False
                   ) -> str:
         key = (account.client_email, account.token_uri)
-        cached = self._tokens.get(key)
-        if cached and not fresh and time.time() < cached[1] - 60:
-            return cached[0]
+        stale = self._tokens.get(key)
+        async with self._locks.setdefault(key, asyncio.Lock()):  # concurrent senders mint one token, not many
+            cached = self._tokens.get(key)
+            if cached and time.time() < cached[1] - 60 and (not fresh or cached != stale):
+                return cached[0]
+            return await self._mint(http, account, timeout_s, key)
+
+    async def _mint(self, http: httpx.AsyncClient, account: ServiceAccount, timeout_s: float,
+                    key: tuple[str, str]) -> str:
         now = int(time.time())
         assertion = jwt.encode({"iss": account.client_email, "scope": SCOPE, "aud": account.token_uri,
                                 "iat": now, "exp": now + 3600}, account.private_key, algorithm="RS256")

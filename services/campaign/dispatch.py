@@ -97,8 +97,11 @@ async def prepare(session: AsyncSession, send: dict[str, Any], profile: dict[str
     if isinstance(profile, str):
         return _retry_or_fail(send, profile)
     channel = tpl.get("channel") or "email"
-    trait = "phone" if channel == "sms" else "email"
-    to = (profile.get("traits") or {}).get(trait)
+    if channel == "push":  # delivery sends to the devices registered under the user's id
+        to, trait = profile.get("user_id") or profile.get("anonymous_id"), "userId or anonymousId"
+    else:
+        trait = "phone" if channel == "sms" else "email"
+        to = (profile.get("traits") or {}).get(trait)
     if not to or not isinstance(to, str):
         return Outcome("skipped", f"profile has no {trait} trait")
     fields, _ = templates.for_locale(tpl, (profile.get("traits") or {}).get("locale"))

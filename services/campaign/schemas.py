@@ -20,7 +20,9 @@ class TemplateCreate(BaseModel):
     """Email (subject, preheader, HTML, text) or SMS (text) content in Liquid."""
 
     name: str = Field(min_length=1, max_length=200, examples=["welcome"])
-    channel: Literal["email", "sms"] = Field("email", description="sms: sent to the profile's `phone` trait")
+    channel: Literal["email", "sms", "push"] = Field(
+        "email", description="sms: to the profile's `phone` trait; push: to its registered devices (subject = title, "
+                             "text = body)")
     subject: str = Field("", max_length=998, examples=["Welcome, {{ profile.first_name }}!"],
                          description="required for email")
     preheader: str | None = Field(None, max_length=500, examples=["Three things to try first"],
@@ -37,6 +39,8 @@ class TemplateCreate(BaseModel):
             raise ValueError("an email template needs a subject")
         if self.channel == "sms" and (not self.text or self.html or self.subject or self.preheader):
             raise ValueError("an SMS template has text only")
+        if self.channel == "push" and (not self.subject.strip() or not self.text or self.html or self.preheader):
+            raise ValueError("a push template has a title (subject) and a body (text)")
         return self
 
 

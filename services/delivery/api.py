@@ -120,7 +120,7 @@ class LogFilters:
         status: Annotated[Literal["queued", "sending", "sent", "delivered", "failed", "suppressed"] | None,
                           Query()] = None,
         to: Annotated[str | None, Query(description="recipient address or number")] = None,
-        channel: Annotated[Literal["email", "sms"] | None, Query()] = None,
+        channel: Annotated[Literal["email", "sms", "push", "webhook"] | None, Query()] = None,
         user: Annotated[str | None, Query(description="the userId or anonymousId the message was for")] = None,
         campaign_id: Annotated[uuid.UUID | None, Query()] = None,
         since: Annotated[datetime | None, Query(description="created at or after")] = None,

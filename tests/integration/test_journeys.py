@@ -558,12 +558,16 @@ async def test_sms_templates_go_to_the_phone_and_email_gets_its_preheader(world)
     bad = await world.apps["campaign"].post("/v1/templates", headers=world.h, json={
         "name": "sms-bad", "channel": "sms", "text": "x", "subject": "no subjects in SMS"})
     assert bad.status_code == 422
+    push_tpl = (await world.apps["campaign"].post("/v1/templates", headers=world.h, json={
+        "name": f"push-{uuid.uuid4().hex[:6]}", "channel": "push", "subject": "Code ready",
+        "text": "{{ profile.first_name }}, your code is in"})).json()
     mail = await world.template("pre", "News", preheader="Inside: {{ profile.first_name }}'s picks",
                                 html="<html><body><p>Hello</p></body></html>", text=None)
     camp = await world.campaign(trigger={"type": "event", "event": "Code Requested"}, message_type="transactional",
                                 entry={"rule": "every_time"},
                                 steps=[{"id": "sms", "type": "send", "template_id": sms_tpl.json()["id"], "next": "mail"},
-                                       {"id": "mail", "type": "send", "template_id": mail}])
+                                       {"id": "mail", "type": "send", "template_id": mail, "next": "push"},
+                                       {"id": "push", "type": "send", "template_id": push_tpl["id"]}])
     email = _email("sms")
     await world.identify("sms-1", email=email, phone="+14155550142", first_name="Ada")
     await world.identify("sms-2", email=_email("nophone"), first_name="Bob")
@@ -573,6 +577,9 @@ async def test_sms_templates_go_to_the_phone_and_email_gets_its_preheader(world)
     texts = (await world.apps["delivery"].get("/v1/messages", headers=world.h,
                                               params={"to": "+14155550142"})).json()["messages"]
     assert [(m["channel"], m["message_type"]) for m in texts] == [("sms", "transactional")]
+    pushes = (await world.apps["delivery"].get("/v1/messages", headers=world.h,
+                                               params={"channel": "push", "user": "sms-1"})).json()["messages"]
+    assert [(m["to"], m["subject"]) for m in pushes] == [("sms-1", "Code ready")]
     [html_mail] = await world.mail(email)
     assert html_mail["subject"] == "News"
     sends = (await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}/sends", headers=world.h)).json()["sends"]

@@ -48,6 +48,10 @@ class InternalClient:
         self._settings = settings
         self._http = http
 
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
     async def request(
         self,
         method: str,

@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     twilio_auth_token: str | None = Field(default=None, description="also verifies Twilio's webhook signatures")
     twilio_from: str | None = Field(default=None, description="sender number (E.164) or Messaging Service SID (MG…)")
     twilio_base_url: str = "https://api.twilio.com"
+    webhook_allow_private: bool = Field(
+        default=False, description="let webhooks reach private/loopback addresses (tests, closed networks)")
     fcm_service_account: str | None = Field(
         default=None, description="push through FCM HTTP v1: the service account key (JSON text or a file path)")
     fcm_base_url: str = "https://fcm.googleapis.com"

@@ -308,7 +308,9 @@ def compare(op: str, actual: Any, expected: Any) -> bool:
     if op == "in":
         return isinstance(expected, list) and actual in expected
     if op == "contains":
-        return isinstance(actual, str | list) and expected in actual
+        if isinstance(actual, str):
+            return isinstance(expected, str) and expected in actual
+        return isinstance(actual, list) and expected in actual
     try:
         return {"gt": actual > expected, "gte": actual >= expected, "lt": actual < expected,
                 "lte": actual <= expected}[op]

@@ -22,16 +22,19 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.campaign import experiments, timing
 from services.campaign import journey_def as jd
+from shared import netguard
 from shared.auth import WORKSPACE_HEADER
 from shared.errors import UpstreamUnavailable
 from shared.http import InternalClient
 from shared.jsonutil import dumps
 from shared.lifecycle_ids import stage_segment_id
+from shared.settings import Settings
 
 log = structlog.get_logger()
 
 OPEN = ("active", "waiting")
 MAX_STEPS_PER_WAKE = 50
+RETRY_AFTER = timedelta(minutes=5)
 ENGAGEMENT_EVENTS = {"Email Opened": "opened", "Email Link Clicked": "clicked"}
 _journey_adapter = TypeAdapter(jd.Journey)
 
@@ -189,8 +192,8 @@ async def _apply_event(session: AsyncSession, j: dict[str, Any], journey: jd.Jou
                        now: datetime) -> int:
     name, props = e["event"], e.get("properties") or {}
     at = _event_time(e)
-    if at < j["entered_at"]:
-        return 0
+    if at < j["entered_at"] or j["occurrence"] == f"event:{e.get('message_id')}":
+        return 0  # before entry, or the trigger itself
     updates: dict[str, Any] = {}
     woken = 0
     seen = set(j.get("seen") or [])
@@ -217,7 +220,7 @@ async def _apply_event(session: AsyncSession, j: dict[str, Any], journey: jd.Jou
         j["status"] = "exited"
         await _log(session, j, "exited", f"exit event {name}")
     wait = j.get("wait") or {}
-    if j["status"] == "waiting" and wait.get("event") == name and (
+    if j["status"] == "waiting" and wait.get("event") == name and (j["wake_at"] is None or at <= j["wake_at"]) and (
             wait.get("match_property") is None or props.get(wait["match_property"]) == wait.get("match_value")):
         updates.update(status="active", step=wait.get("on_event"), wake_at=now, wait=None)
         j.update(status="active", step=wait.get("on_event"), wait=None)
@@ -282,6 +285,7 @@ class Context:
     now: datetime
     policy: Policy
     profile: dict[str, Any]
+    settings: Settings
 
 
 async def advance_due(sessionmaker: async_sessionmaker[AsyncSession], internal: InternalClient,
@@ -308,8 +312,15 @@ async def advance_due(sessionmaker: async_sessionmaker[AsyncSession], internal: 
                 await _update(session, j["id"], {"status": "exited", "ended_at": now, "wake_at": None})
                 await _log(session, j, "exited", "profile no longer exists")
                 continue
-            ctx = Context(session, internal, http, now, Policy.from_settings(j.pop("ws_settings")), profile)
-            sends += await run(ctx, j, journey)
+            ctx = Context(session, internal, http, now, Policy.from_settings(j.pop("ws_settings")), profile,
+                          internal.settings)
+            try:
+                async with session.begin_nested():  # a failing journey rolls back alone
+                    sends += await run(ctx, j, journey)
+            except Exception as exc:  # noqa: BLE001 - retried later; the others go on
+                log.warning("campaign.journey_failed", journey_id=str(j["id"]), error=f"{type(exc).__name__}: {exc}")
+                await _update(session, j["id"], {"wake_at": now + RETRY_AFTER})
+                await _log(session, j, "error", f"{type(exc).__name__}: {exc}"[:500] + "; retried in 5 minutes")
     return len(rows), sends
 
 
@@ -332,6 +343,9 @@ async def run(ctx: Context, j: dict[str, Any], journey: jd.Journey) -> int:
     """Execute steps from the journey's current one until it waits or ends; returns sends created."""
     sends = 0
     updates: dict[str, Any] = {}
+    if j["status"] == "active" and j.get("wait"):  # a marker from a deferral (send-time optimisation)
+        j["sto_done"] = (j.get("wait") or {}).get("sto")
+        updates["wait"] = None
     if j["status"] == "waiting":  # its timer fired: the awaited event did not come
         wait = j.get("wait") or {}
         await _log(ctx.session, j, "timeout", f"no {wait.get('event')} in time", step=wait.get("step"))
@@ -357,7 +371,7 @@ async def run(ctx: Context, j: dict[str, Any], journey: jd.Journey) -> int:
             updates.update(status="exited", step=step_id, ended_at=ctx.now, wake_at=None)
             break
         if outcome.variant:
-            updates["variant"] = outcome.variant
+            updates["variant"] = j["variant"] = outcome.variant
         j["step"] = outcome.next_step
     else:  # a loop of zero-delay steps: park it for a minute rather than spin
         updates.update(step=j["step"], wake_at=ctx.now + timedelta(minutes=1))
@@ -382,6 +396,8 @@ async def _run_step(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: 
     if isinstance(step, jd.SendStep):
         return await _send(ctx, j, journey, step, tz)
     if isinstance(step, jd.DelayStep):
+        if step.seconds == 0:
+            return StepOutcome(step.next)
         await _log(ctx.session, j, "waiting", f"delay {step.seconds} s", step=step.id)
         return StepOutcome(step.next, wake_at=ctx.now + timedelta(seconds=step.seconds))
     if isinstance(step, jd.WaitUntilStep):
@@ -404,6 +420,9 @@ async def _run_step(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: 
             wait["match_property"] = step.match.property
             wait["match_value"] = ((j.get("trigger_data") or {}).get("properties") or {}).get(
                 step.match.trigger_property)
+        if step.match and wait["match_value"] is None:  # nothing to match on: it can only time out
+            await _log(ctx.session, j, "timeout", f"the trigger has no {step.match.trigger_property}", step=step.id)
+            return StepOutcome(step.on_timeout)
         # an awaited event that already happened since entry counts (it may share the trigger's page)
         if _seen_key(step.event, wait["match_property"], wait["match_value"]) in (j.get("seen") or []) or (
                 step.match is None and _seen_key(step.event) in (j.get("seen") or [])):
@@ -480,21 +499,22 @@ async def _send(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: jd.S
                 why = f"quiet hours for {channel} ({quiet['start']}-{quiet['end']} {tz.key})"
                 if quiet.get("action", "defer") == "defer":
                     await _log(ctx.session, j, "deferred", f"{why}; until {until.isoformat()}", step=step.id)
-                    return StepOutcome(step.id, wake_at=until)
+                    return StepOutcome(step.id, wake_at=until, wait=_keep_sto(j, step))
                 reason = why
         if reason is None:
             reason, defer_until = await _capped(ctx, j, channel)
             if defer_until is not None:
                 await _log(ctx.session, j, "deferred", f"{reason}; until {defer_until.isoformat()}", step=step.id)
-                return StepOutcome(step.id, wake_at=defer_until)
-    if step.optimize_send_time and reason is None:
+                return StepOutcome(step.id, wake_at=defer_until, wait=_keep_sto(j, step))
+    if step.optimize_send_time and reason is None and j.get("sto_done") != step.id:
         best = await _best_hour(ctx, j)
         if best is not None and best != ctx.now.hour:
             at = ctx.now.replace(minute=0, second=0, microsecond=0, hour=best)
             at = at if at > ctx.now else at + timedelta(days=1)
             await _log(ctx.session, j, "deferred", f"send-time optimisation: {best:02d}:00 UTC, when this user "
                        f"most often opens or clicks", step=step.id)
-            return StepOutcome(step.id, wake_at=at)
+            # once: when it wakes (or quiet hours push it on) it sends rather than deferring again
+            return StepOutcome(step.id, wake_at=at, wait={"sto": step.id})
     key = hashlib.sha256(f"{j['campaign_id']}:{j['version']}:{step.id}:{j['id']}".encode()).hexdigest()[:40]
     created = (await ctx.session.execute(
         text("insert into campaign.sends (id, workspace_id, campaign_id, campaign_version, template_id, profile_id, "
@@ -518,6 +538,11 @@ async def _send(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: jd.S
 MIN_ENGAGEMENTS_FOR_STO = 3
 
 
+def _keep_sto(j: dict[str, Any], step: jd.SendStep) -> dict[str, Any] | None:
+    """A send already deferred once for send-time optimisation stays marked through later deferrals."""
+    return {"sto": step.id} if j.get("sto_done") == step.id else None
+
+
 async def _best_hour(ctx: Context, j: dict[str, Any]) -> int | None:
     """The hour (UTC) the profile most often engaged, if it has enough history."""
     rows = (await ctx.session.execute(text(
@@ -529,10 +554,17 @@ async def _best_hour(ctx: Context, j: dict[str, Any]) -> int | None:
 
 
 async def _capped(ctx: Context, j: dict[str, Any], channel: str) -> tuple[str | None, datetime | None]:
-    """The first frequency cap this send would break: (reason, None) to skip, (reason, when) to defer."""
+    """The first frequency cap this send would break: (reason, None) to skip, (reason, when) to defer.
+    Counted under a lock per (profile, channel), held to the end of the transaction that inserts the send,
+    so two workers running different campaigns for one person cannot both slip under the cap."""
+    if ctx.policy.frequency_caps:
+        await ctx.session.execute(text("select pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+                                  {"k": f"cap:{j['workspace_id']}:{j['profile_id']}:{channel}"})
     for cap in ctx.policy.frequency_caps:
         if cap.get("channel", channel) != channel or not isinstance(cap.get("max"), int):
             continue
+        if cap["max"] <= 0:
+            return f"frequency cap: no {channel} allowed", None
         period = timedelta(days=float(cap.get("period_days", 7)))
         rows = (await ctx.session.execute(
             text("select s.created_at from campaign.sends s join campaign.campaigns c on c.id = s.campaign_id "
@@ -550,10 +582,14 @@ async def _capped(ctx: Context, j: dict[str, Any], channel: str) -> tuple[str | 
 
 async def _identify(ctx: Context, j: dict[str, Any], step: jd.UpdateAttributeStep) -> None:
     """Set traits through ingest (an identify from the campaign, idempotent per journey step)."""
+    if not ctx.profile.get("user_id") and not ctx.profile.get("anonymous_id"):
+        await _log(ctx.session, j, "skipped", "the profile has no userId or anonymousId to update", step=step.id)
+        return
     resp = await ctx.internal.request(
         "POST", "ingest", "/v1/identify", retry=True, headers={WORKSPACE_HEADER: str(j["workspace_id"])},
-        json={"userId": ctx.profile.get("user_id") or None, "anonymousId": None if ctx.profile.get("user_id")
-              else str(j["profile_id"]), "traits": step.traits, "messageId": f"journey-{j['id']}-{step.id}",
+        json={"userId": ctx.profile.get("user_id") or None,
+              "anonymousId": None if ctx.profile.get("user_id") else ctx.profile.get("anonymous_id"),
+              "traits": step.traits, "messageId": f"journey-{j['id']}-{step.id}",
               "context": {"library": {"name": "tenure-campaign"}}})
     if resp.status_code != 200:
         raise RuntimeError(f"ingest answered {resp.status_code} to the attribute update")
@@ -564,9 +600,12 @@ async def _webhook(ctx: Context, j: dict[str, Any], step: jd.WebhookStep) -> Non
     body = {"campaign_id": str(j["campaign_id"]), "journey_id": str(j["id"]), "step": step.id,
             "profile": ctx.profile, "trigger": j.get("trigger_data")}
     try:
+        await netguard.check_public(step.url, allow_private=ctx.settings.webhook_allow_private)
         resp = await ctx.http.post(step.url, content=dumps(body), timeout=10, headers={
             "Content-Type": "application/json", "Idempotency-Key": f"journey-{j['id']}-{step.id}"})
         detail = f"{step.url} answered {resp.status_code}"
+    except netguard.BlockedURL as exc:
+        detail = f"refused: {exc}"
     except httpx.HTTPError as exc:
         detail = f"{step.url} failed: {type(exc).__name__}"
     await _log(ctx.session, j, "webhook", detail, step=step.id)

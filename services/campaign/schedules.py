@@ -32,8 +32,12 @@ def due_slot(trigger: jd.ScheduleTrigger, created_at: datetime, now: datetime) -
     if trigger.at is not None:
         return trigger.at if trigger.at <= now else None
     tz = ZoneInfo(trigger.timezone)
-    prev = croniter(trigger.cron, now.astimezone(tz)).get_prev(datetime).astimezone(UTC)
-    return prev if prev >= created_at else None
+    it = croniter(trigger.cron, now.astimezone(tz))
+    prev, before = it.get_prev(datetime), it.get_prev(datetime)
+    if prev.replace(tzinfo=None) == before.replace(tzinfo=None):
+        prev = before  # the same wall-clock slot twice (clocks went back): it already had its run
+    slot = prev.astimezone(UTC)
+    return slot if slot >= created_at else None
 
 
 async def start_due(session: AsyncSession, now: datetime) -> int:

@@ -48,7 +48,10 @@ def quiet_until(now: datetime, tz: ZoneInfo, start: str, end: str) -> datetime |
     if not inside:
         return None
     day = local.date() if (s < e or t < e) else local.date() + timedelta(days=1)
-    return datetime.combine(day, e, tzinfo=tz).astimezone(UTC)
+    end = datetime.combine(day, e, tzinfo=tz).astimezone(UTC)
+    if end <= now:  # the end falls in an hour the clocks repeat: take its second occurrence
+        end = datetime.combine(day, e, tzinfo=tz).replace(fold=1).astimezone(UTC)
+    return end if end > now else now + timedelta(minutes=1)
 
 
 def parse_moment(value: Any) -> datetime | None:

@@ -24,6 +24,7 @@ from services.delivery.schemas import (
     SuppressionList,
     SuppressionOut,
     WebhookSecret,
+    normalise_address,
 )
 from shared.auth import WorkspaceDep
 from shared.db import AfterDep, SessionDep
@@ -117,7 +118,7 @@ class LogFilters:
 
     def __init__(
         self,
-        status: Annotated[Literal["queued", "sending", "sent", "delivered", "failed", "suppressed"] | None,
+        status: Annotated[Literal["queued", "sending", "sent", "delivered", "bounced", "failed", "suppressed"] | None,
                           Query()] = None,
         to: Annotated[str | None, Query(description="recipient address or number")] = None,
         channel: Annotated[Literal["email", "sms", "push", "webhook"] | None, Query()] = None,
@@ -194,6 +195,10 @@ async def list_suppressions(ws: WorkspaceDep, session: SessionDep,
                        summary="Lift a suppression (not a hard bounce or complaint)",
                        responses={**COMMON_ERRORS, 404: problem_schema("Not suppressed (or not liftable)")})
 async def remove_suppression(channel: str, address: str, ws: WorkspaceDep, session: SessionDep) -> Response:
+    try:
+        address = normalise_address(channel, address)
+    except ValueError as exc:
+        raise ValidationFailed(str(exc)) from None
     async with session.begin():
         if not await consent.unsuppress(session, ws, channel, address, "api"):
             raise NotFound(f"{address} is not suppressed on {channel} (or the reason cannot be lifted)")

@@ -79,9 +79,13 @@ async def queue_event(session: AsyncSession, ws: uuid.UUID, identity: dict[str, 
 
 async def suppress(session: AsyncSession, ws: uuid.UUID, channel: str, address: str, reason: str, source: str,
                    identity: dict[str, Any] | None = None) -> bool:
+    # a hard bounce or complaint outranks an earlier unsubscribe or manual entry (it also stops transactional
+    # mail and cannot be lifted from the preference page)
     res = await session.execute(text(
-        "insert into delivery.suppressions (workspace_id, channel, address, reason, source) "
-        "values (:ws, :ch, :a, :r, :src) on conflict do nothing"),
+        "insert into delivery.suppressions as s (workspace_id, channel, address, reason, source) "
+        "values (:ws, :ch, :a, :r, :src) on conflict (workspace_id, channel, address) do update "
+        "set reason = excluded.reason, source = excluded.source, created_at = now() "
+        "where excluded.reason in ('hard_bounce', 'complaint') and s.reason not in ('hard_bounce', 'complaint')"),
         {"ws": ws, "ch": channel, "a": address.lower(), "r": reason, "src": source})
     if res.rowcount:  # type: ignore[attr-defined]
         await _log(session, ws, address, channel, "unsubscribed" if reason == "unsubscribed" else "suppressed",
@@ -90,10 +94,13 @@ async def suppress(session: AsyncSession, ws: uuid.UUID, channel: str, address: 
 
 
 async def unsuppress(session: AsyncSession, ws: uuid.UUID, channel: str, address: str, source: str,
-                     identity: dict[str, Any] | None = None) -> bool:
+                     identity: dict[str, Any] | None = None, *, only_unsubscribed: bool = False) -> bool:
+    """Lift a suppression (never a hard bounce or complaint; with ``only_unsubscribed``, as a recipient
+    may, only one they made themselves)."""
     res = await session.execute(text(
         "delete from delivery.suppressions where workspace_id = :ws and channel = :ch and address = :a "
-        "and reason not in ('hard_bounce', 'complaint')"), {"ws": ws, "ch": channel, "a": address.lower()})
+        "and reason not in ('hard_bounce', 'complaint') and (not :own or reason = 'unsubscribed')"),
+        {"ws": ws, "ch": channel, "a": address.lower(), "own": only_unsubscribed})
     if res.rowcount:  # type: ignore[attr-defined]
         await _log(session, ws, address, channel, "resubscribed", source, identity=identity)
     return bool(res.rowcount)  # type: ignore[attr-defined]

@@ -145,14 +145,19 @@ async def claim(session: AsyncSession, limit: int) -> list[dict[str, Any]]:
                    claimed_until = now() + interval '{LEASE_S} seconds'
              where m.id in (select id from delivery.messages
                              where (status = 'queued' and next_attempt_at <= now())
-                                or (status = 'sending' and claimed_until < now())
+                                or (status = 'sending' and claimed_until < now() and attempts < :max)
                              order by next_attempt_at for update skip locked limit :lim)
             returning m.id, m.workspace_id, m.to_address, m.from_address, m.subject, m.html, m.text, m.attempts,
-                      m.message_type, m.metadata, m.channel
+                      m.message_type, m.metadata, m.channel, m.topic
             """
         ),
-        {"lim": limit},
+        {"lim": limit, "max": MAX_ATTEMPTS},
     )
+    # a message whose worker died mid-send MAX_ATTEMPTS times is given up, not claimed forever
+    await session.execute(text(
+        "update delivery.messages set status = 'failed', claimed_until = null, updated_at = now(), "
+        "last_error = coalesce(last_error, '') || ' (gave up: lease expired ' || attempts || ' times)' "
+        "where status = 'sending' and claimed_until < now() and attempts >= :max"), {"max": MAX_ATTEMPTS})
     return [dict(r) for r in rows.mappings()]
 
 
@@ -166,10 +171,11 @@ async def release(session: AsyncSession, ids: list[uuid.UUID], delay_s: float) -
 
 async def record(session: AsyncSession, message: dict[str, Any], *, started_at: datetime, outcome: str,
                  error: str | None = None, provider_message_id: str | None = None) -> str:
-    """Store an attempt's outcome ("sent", "transient_error", "permanent_error"); returns the new status."""
+    """Store an attempt's outcome ("sent", "transient_error", "permanent_error", "suppressed"); returns the
+    new status."""
     attempts = message["attempts"]
-    if outcome == "sent":
-        status = "sent"
+    if outcome in ("sent", "suppressed"):
+        status = outcome
     elif outcome == "transient_error" and attempts < MAX_ATTEMPTS:
         status = "queued"
     else:

@@ -163,7 +163,7 @@ async def save_preferences(token: str, request: Request, session: SessionDep,
         if unsubscribe_all:
             await consent.suppress(session, ws, "email", address, "unsubscribed", "preference_page", who)
         else:
-            await consent.unsuppress(session, ws, "email", address, "preference_page", who)
+            await consent.unsuppress(session, ws, "email", address, "preference_page", who, only_unsubscribed=True)
         prefs = await consent.preferences(session, ws, address, message["settings"])
     return _page(code, TEXTS[code]["title"], _preference_form(TEXTS[code], code, prefs, TEXTS[code]["saved"]))
 

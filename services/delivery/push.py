@@ -4,8 +4,9 @@
   the client email, ``scope`` = firebase.messaging, ``aud`` = the key's ``token_uri``, exchanged at that
   URI (``grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer``); cached until shortly before expiry.
 - Send: ``POST {base}/v1/projects/{project}/messages:send`` with one token per request; ``data``
-  values are strings. ``UNREGISTERED`` (404) and ``INVALID_ARGUMENT`` on the token remove the device;
-  429 and 5xx are transient; 401 mints a new token once.
+  values are strings. ``UNREGISTERED`` (404) and ``SENDER_ID_MISMATCH`` remove the device; other 400s
+  (``INVALID_ARGUMENT``: a bad payload) fail the message and keep the device; 429 and 5xx are transient;
+  401 mints a new token once.
 - A message is sent when at least one device took it; it fails permanently when no device is left.
 """
 
@@ -23,7 +24,7 @@ from services.delivery.mailer import SendError
 from shared.settings import Settings
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
-GONE = {"UNREGISTERED", "INVALID_ARGUMENT", "SENDER_ID_MISMATCH"}
+GONE = {"UNREGISTERED", "SENDER_ID_MISMATCH"}  # the token itself is dead (INVALID_ARGUMENT can be our payload)
 
 
 @dataclass

@@ -34,6 +34,8 @@ class MessageCreate(BaseModel):
 
     @model_validator(mode="after")
     def _fits_channel(self) -> "MessageCreate":
+        if any(c in (self.subject or "") + (self.from_ or "") for c in "\r\n\x00"):
+            raise ValueError("subject and from are single lines (no CR, LF or NUL)")
         if self.channel == "email":
             try:
                 self.to = validate_email(self.to, check_deliverability=False).normalized
@@ -111,8 +113,25 @@ class MessageList(BaseModel):
 
 class SuppressionIn(BaseModel):
     channel: Literal["email", "sms", "push"] = "email"
-    address: str = Field(min_length=3, max_length=320, examples=["ada@example.com"])
+    address: str = Field(min_length=3, max_length=320, examples=["ada@example.com"],
+                         description="normalised as messages are (email lower-cased, phone numbers to E.164)")
     reason: Literal["manual", "unsubscribed", "hard_bounce", "complaint"] = "manual"
+
+    @model_validator(mode="after")
+    def _normalise(self) -> "SuppressionIn":
+        self.address = normalise_address(self.channel, self.address)
+        return self
+
+
+def normalise_address(channel: str, address: str) -> str:
+    if channel == "sms":
+        return e164(address)
+    if channel == "email":
+        try:
+            return validate_email(address, check_deliverability=False).normalized.lower()
+        except EmailNotValidError as exc:
+            raise ValueError(f"not a valid email address: {exc}") from None
+    return address
 
 
 class SuppressionOut(BaseModel):

@@ -11,6 +11,7 @@
 """
 
 import base64
+import time
 from typing import Any
 
 import httpx
@@ -61,8 +62,17 @@ async def send(settings: Settings, http: httpx.AsyncClient, mail: Email) -> str:
     raise SendError(f"SendGrid {resp.status_code}: {errors}", permanent=not transient)
 
 
-def valid_event_signature(public_key_b64: str, body: bytes, signature_b64: str | None, timestamp: str | None) -> bool:
+MAX_EVENT_AGE_S = 600  # a signed request older than this is a replay, not SendGrid
+
+
+def valid_event_signature(public_key_b64: str, body: bytes, signature_b64: str | None, timestamp: str | None,
+                          now: float | None = None) -> bool:
     if not signature_b64 or not timestamp:
+        return False
+    try:
+        if abs((time.time() if now is None else now) - int(timestamp)) > MAX_EVENT_AGE_S:
+            return False
+    except ValueError:
         return False
     try:
         key = load_der_public_key(base64.b64decode(public_key_b64))

@@ -59,7 +59,25 @@ async def _send_push(sessionmaker: async_sessionmaker[AsyncSession], settings: S
 
 async def send_one(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, message: dict[str, Any],
                    smtp: mailer.SmtpConnection | None = None, http: httpx.AsyncClient | None = None) -> str:
+    """One attempt; whatever happens is recorded (an unexpected error is a permanent failure with its
+    reason, never a message left leased and retried forever)."""
     started = datetime.now(UTC)
+    async with sessionmaker() as session, session.begin():  # consent may have changed while it waited
+        reason = await consent.blocked(session, message["workspace_id"], message.get("channel", "email"),
+                                       message["to_address"], message.get("message_type", "marketing"),
+                                       message.get("topic"))
+    if reason:
+        return await _record(sessionmaker, message, started, "suppressed", reason, None)
+    try:
+        return await _attempt(sessionmaker, settings, message, started, smtp, http)
+    except Exception as exc:  # noqa: BLE001 - a bug or bad input must not wedge the queue
+        log.exception("delivery.send_crashed", message_id=str(message["id"]))
+        return await _record(sessionmaker, message, started, "permanent_error",
+                             f"could not be sent: {type(exc).__name__}: {exc}"[:500], None)
+
+
+async def _attempt(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, message: dict[str, Any],
+                   started: datetime, smtp: mailer.SmtpConnection | None, http: httpx.AsyncClient | None) -> str:
     if message.get("channel") in ("sms", "push", "webhook"):
         try:
             async with contextlib.AsyncExitStack() as stack:
@@ -105,7 +123,7 @@ async def _record(sessionmaker: async_sessionmaker[AsyncSession], message: dict[
 
 def provider_of(settings: Settings, message: dict[str, Any]) -> str:
     channel = message.get("channel", "email")
-    return {"sms": "twilio", "webhook": "webhook"}.get(channel, settings.email_provider)
+    return {"sms": "twilio", "push": "fcm", "webhook": "webhook"}.get(channel, settings.email_provider)
 
 
 async def _within_limits(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, redis: Any,

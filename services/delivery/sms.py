@@ -45,7 +45,7 @@ def signature(auth_token: str, url: str, params: Mapping[str, str]) -> str:
 
 
 def valid_signature(auth_token: str, url: str, params: Mapping[str, str], given: str | None) -> bool:
-    return bool(given) and hmac.compare_digest(signature(auth_token, url, params), given or "")
+    return bool(given) and hmac.compare_digest(signature(auth_token, url, params).encode(), (given or "").encode())
 
 
 class Unsubscribed(SendError):

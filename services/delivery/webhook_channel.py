@@ -15,6 +15,7 @@ import uuid
 import httpx
 
 from services.delivery.mailer import SendError
+from shared import netguard
 from shared.settings import Settings
 
 
@@ -42,6 +43,10 @@ def verify(secret: str, body: bytes, header: str, tolerance_s: int = 300, now: i
 
 async def send(settings: Settings, http: httpx.AsyncClient, workspace_id: uuid.UUID, message_id: uuid.UUID,
                url: str, body: bytes) -> str:
+    try:
+        await netguard.check_public(url, allow_private=settings.webhook_allow_private)
+    except netguard.BlockedURL as exc:
+        raise SendError(f"webhook refused: {exc}", permanent=True) from None
     headers = {"Content-Type": "application/json", "Idempotency-Key": str(message_id),
                "Tenure-Signature": signature_header(secret_for(settings, workspace_id), body),
                "User-Agent": "Tenure-Webhooks/1"}

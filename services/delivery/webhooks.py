@@ -70,7 +70,7 @@ async def twilio_inbound(workspace_id: uuid.UUID, request: Request, session: Ses
         if word == "stop":
             await consent.suppress(session, workspace_id, "sms", number, "unsubscribed", "sms_keyword")
         elif word == "start":
-            await consent.unsuppress(session, workspace_id, "sms", number, "sms_keyword")
+            await consent.unsuppress(session, workspace_id, "sms", number, "sms_keyword", only_unsubscribed=True)
     return _twiml(HELP_TEXT if word == "help" else None)
 
 
@@ -107,22 +107,25 @@ async def _sendgrid_event(session: Any, ws: uuid.UUID, e: dict[str, Any]) -> Non
     if row is None:
         return
     message = dict(row)
+    who = consent.identity_of(message)
+    changed = False  # SendGrid retries (and replays) must not report the same event twice
     if kind == "delivered" and message["status"] == "sent":
         await session.execute(text("update delivery.messages set status = 'delivered', updated_at = now() "
                                    "where id = :id"), {"id": message_id})
+        changed = True
     elif kind == "bounce" and e.get("type", "bounce") == "bounce" or kind == "dropped":
-        await session.execute(text(
+        res = await session.execute(text(
             "update delivery.messages set status = 'bounced', last_error = :why, updated_at = now() "
             "where id = :id and status in ('sent', 'delivered')"),
             {"id": message_id, "why": f"SendGrid {kind}: {e.get('reason', '')}"[:500]})
+        changed = bool(res.rowcount)
         if kind == "bounce":
-            await consent.suppress(session, ws, "email", address or message["to_address"], "hard_bounce",
-                                   "sendgrid", consent.identity_of(message))
+            changed |= await consent.suppress(session, ws, "email", address or message["to_address"], "hard_bounce",
+                                              "sendgrid", who)
     elif kind == "spamreport":
-        await consent.suppress(session, ws, "email", address or message["to_address"], "complaint", "sendgrid",
-                               consent.identity_of(message))
-    else:
-        return
-    await consent.queue_event(session, ws, consent.identity_of(message), {
-        "delivered": "Email Delivered", "bounce": "Email Bounced", "dropped": "Email Bounced",
-        "spamreport": "Email Marked as Spam"}[kind], {"message_id": str(message_id), "provider": "sendgrid"})
+        changed = await consent.suppress(session, ws, "email", address or message["to_address"], "complaint",
+                                         "sendgrid", who)
+    if changed:
+        await consent.queue_event(session, ws, who, {
+            "delivered": "Email Delivered", "bounce": "Email Bounced", "dropped": "Email Bounced",
+            "spamreport": "Email Marked as Spam"}[kind], {"message_id": str(message_id), "provider": "sendgrid"})

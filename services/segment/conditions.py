@@ -380,7 +380,9 @@ def compare(op: str, actual: Any, expected: Any, today: date | None = None) -> b
     if op == "in":
         return actual in expected
     if op == "contains":
-        return isinstance(actual, str | list) and expected in actual
+        if isinstance(actual, str):
+            return isinstance(expected, str) and expected in actual
+        return isinstance(actual, list) and expected in actual
     if op == "starts_with":
         return isinstance(actual, str) and actual.startswith(expected)
     if op in ("before", "after", "within_last_days"):

@@ -100,6 +100,7 @@ def settings(database_url: str, servers: Servers, smtp_port: int) -> Settings:
         log_json=True,
         log_level="WARNING",
         http_retries=1,
+        webhook_allow_private=True,  # the receivers in tests listen on loopback
     )
 
 

@@ -588,3 +588,49 @@ async def test_sms_templates_go_to_the_phone_and_email_gets_its_preheader(world)
                                                  json={"user": "sms-1"})).json()
     assert 'aria-hidden="true">Inside: Ada&#x27;s picks</div><p>Hello</p>' in preview["html"]
     assert preview["text"] == "Hello"
+
+
+async def test_review_regressions_in_the_engine(world) -> None:
+    """One journey's failure does not stall the others; the trigger is not its own goal; send-time
+    optimisation and quiet hours do not defer each other forever; `contains` with a non-text value."""
+    await world.settings(quiet_hours={"email": {"start": "21:00", "end": "08:00", "action": "defer"}})
+    tpl = await world.template("rr", "Regression")
+    goal = await world.campaign(trigger={"type": "event", "event": "Bought"},
+                                goal={"event": "Bought", "within_seconds": 86400},
+                                steps=[{"id": "d", "type": "delay", "seconds": 60, "next": "s"},
+                                       {"id": "s", "type": "send", "template_id": tpl,
+                                        "optimize_send_time": True}])
+    weird = await world.campaign(trigger={"type": "event", "event": "Bought",
+                                          "where": [{"property": "sku", "op": "contains", "value": 5}]},
+                                 steps=[{"id": "s", "type": "send", "template_id": tpl}])
+    email = _email("rr")
+    await world.identify("rr-1", email=email, timezone="Europe/Paris")
+    for day in range(1, 4):  # reads mail at 22:xx UTC: inside Paris quiet hours
+        await world.track("rr-1", "Email Opened", T0.replace(hour=22) - timedelta(days=day))
+    await world.track("rr-1", "Bought", T0, sku="ABC")  # a text sku and a numeric `contains`: no match, no crash
+    await world.track("rr-1", "Started Broken", T0)
+    await world.pump(T0)
+    stats = (await world.apps["campaign"].get(f"/v1/campaigns/{goal['id']}/stats", headers=world.h)).json()
+    assert stats["entered"] == 1 and stats["converted"] == 0  # the trigger is not its own conversion
+    assert (await world.apps["campaign"].get(f"/v1/campaigns/{weird['id']}/stats", headers=world.h)).json()[
+        "entered"] == 0
+    # a journey broken by hand (its step is gone) fails alone and is retried later
+    async with world.sm() as s, s.begin():
+        await s.execute(text("update campaign.journeys set step = 'gone', wake_at = :t where campaign_id = :c"),
+                        {"t": T0, "c": goal["id"]})
+    other = await world.campaign(trigger={"type": "event", "event": "Started Broken"}, entry={"rule": "every_time"},
+                                 message_type="transactional", steps=[{"id": "s", "type": "send", "template_id": tpl}])
+    await world.track("rr-1", "Started Broken", T0 + timedelta(seconds=1))
+    await world.pump(T0 + timedelta(seconds=2))
+    assert (await world.apps["campaign"].get(f"/v1/campaigns/{other['id']}/stats", headers=world.h)).json()[
+        "sends_by_step"]["s"]["dispatched"] == 1
+    pid = (await world.apps["ingest"].get("/v1/profiles/rr-1", headers=world.h)).json()["id"]
+    broken = next(j for j in await world.path(pid) if j["campaign_id"] == goal["id"])
+    assert broken["log"][-1]["kind"] == "error" and broken["wake_at"].startswith("2026-11-25T15:05")
+    # repaired: optimisation picks 22:00 UTC, quiet hours push that to 08:00 Paris, and then it sends
+    async with world.sm() as s, s.begin():
+        await s.execute(text("update campaign.journeys set step = 's', wake_at = :t where campaign_id = :c"),
+                        {"t": T0, "c": goal["id"]})
+    for hour in (T0, T0.replace(hour=22), T0.replace(hour=22) + timedelta(hours=9)):
+        await world.pump(hour)
+    assert [m["subject"] for m in await world.mail(email) if m["subject"] == "Regression"] == ["Regression"] * 2

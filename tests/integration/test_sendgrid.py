@@ -75,8 +75,8 @@ async def test_sendgrid_sending_and_signed_events(apps, workspace, sessionmaker,
             assert body["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
             assert body["custom_args"]["tenure_message_id"] == ids["ok"]
 
-            def signed(events: list[dict], private=key) -> tuple[bytes, dict]:
-                raw, ts = json.dumps(events).encode(), str(int(time.time()))
+            def signed(events: list[dict], private=key, age: int = 0) -> tuple[bytes, dict]:
+                raw, ts = json.dumps(events).encode(), str(int(time.time()) - age)
                 sig = private.sign(ts.encode() + raw, ec.ECDSA(hashes.SHA256()))
                 return raw, {"X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(sig).decode(),
                              "X-Twilio-Email-Event-Webhook-Timestamp": ts, "Content-Type": "application/json"}
@@ -90,6 +90,8 @@ async def test_sendgrid_sending_and_signed_events(apps, workspace, sessionmaker,
                 {"event": "open", "tenure_message_id": "not-ours"}])
             forged_raw, forged = signed([{"event": "delivered"}], ec.generate_private_key(ec.SECP256R1()))
             assert (await apps["delivery"].post(path, content=forged_raw, headers=forged)).status_code == 403
+            old_raw, old = signed([{"event": "delivered"}], age=3600)  # a captured request replayed an hour later
+            assert (await apps["delivery"].post(path, content=old_raw, headers=old)).status_code == 403
             assert (await apps["delivery"].post(path, content=raw, headers=headers)).status_code == 204
             after = {w: (await apps["delivery"].get(f"/v1/messages/{ids[w]}", headers=h)).json()["status"]
                      for w in ("ok", "slow")}

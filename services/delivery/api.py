@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import ValidationError
 
-from services.delivery import consent, devices, outbox, webhook_channel
+from services.delivery import consent, devices, links, outbox, pages, webhook_channel
 from services.delivery.schemas import (
     BatchIn,
     BatchOut,
@@ -19,6 +19,8 @@ from services.delivery.schemas import (
     MessageCreate,
     MessageList,
     MessageOut,
+    OptInIn,
+    OptInOut,
     PreferencesOut,
     SuppressionIn,
     SuppressionList,
@@ -242,3 +244,24 @@ async def remove_device(token: str, ws: WorkspaceDep, session: SessionDep) -> Re
         if not await devices.forget(session, ws, [token]):
             raise NotFound("No such device token")
     return Response(status_code=204)
+
+
+@consent_router.post("/opt-ins", status_code=202, response_model=OptInOut, operation_id="request_opt_in",
+                     summary="Double opt-in: record the request and email a confirmation link",
+                     responses=COMMON_ERRORS)
+async def request_opt_in(body: OptInIn, ws: WorkspaceDep, session: SessionDep, request: Request) -> dict[str, Any]:
+    settings: Settings = request.app.state.settings
+    t = pages.TEXTS[body.locale]
+    async with session.begin():
+        opt_in = await consent.request_opt_in(session, ws, body.email, body.topics)
+        if opt_in["confirmed_at"] is not None:
+            return {"status": "confirmed", "message_id": None}
+        # one confirmation per request, the link filled in at send time (it is signed with this message's id)
+        message, _ = await outbox.enqueue(session, ws, {
+            "idempotency_key": f"opt-in:{body.email.lower()}:{opt_in['requested_at'].isoformat()}",
+            "channel": "email", "to": body.email, "subject": t["confirm_subject"],
+            "text": t["confirm_body"].format(url=links.CONFIRM), "html": None, "message_type": "transactional",
+            "metadata": {k: v for k, v in {"userId": body.user_id, "anonymousId": body.anonymous_id}.items() if v}},
+            settings.email_from)
+    request.app.state.waker.request("delivery", "send_messages")
+    return {"status": "pending", "message_id": message["id"]}

@@ -36,6 +36,8 @@ async def blocked(session: AsyncSession, ws: uuid.UUID, channel: str, address: s
         {"ws": ws, "ch": channel, "a": address.lower()})).first()
     if row and (row.reason in ALWAYS_BLOCKING or message_type == "marketing"):
         return f"suppressed: {row.reason}"
+    if channel == "email" and message_type == "marketing" and await _needs_confirmation(session, ws, address):
+        return "not confirmed (double opt-in)"
     if topic and message_type == "marketing":
         off = (await session.execute(text(
             "select 1 from delivery.subscriptions where workspace_id = :ws and address = :a and topic = :t "
@@ -45,14 +47,52 @@ async def blocked(session: AsyncSession, ws: uuid.UUID, channel: str, address: s
     return None
 
 
+async def _needs_confirmation(session: AsyncSession, ws: uuid.UUID, address: str) -> bool:
+    """With the workspace setting ``double_opt_in``, only confirmed addresses get marketing email."""
+    row = (await session.execute(text(
+        "select coalesce((w.settings->>'double_opt_in')::boolean, false) as required, "
+        "exists (select 1 from delivery.opt_ins o where o.workspace_id = w.id and o.address = :a "
+        "        and o.confirmed_at is not null) as confirmed "
+        "from core.workspaces w where w.id = :ws"), {"ws": ws, "a": address.lower()})).first()
+    return bool(row and row.required and not row.confirmed)
+
+
+async def request_opt_in(session: AsyncSession, ws: uuid.UUID, address: str, topics: list[str]) -> dict[str, Any]:
+    row = (await session.execute(text(
+        "insert into delivery.opt_ins (workspace_id, address, topics) values (:ws, :a, CAST(:t AS jsonb)) "
+        "on conflict (workspace_id, address) do update set topics = excluded.topics, requested_at = now() "
+        "returning address, topics, confirmed_at, requested_at"),
+        {"ws": ws, "a": address.lower(), "t": dumps(sorted(set(topics)))})).mappings().one()
+    return dict(row)
+
+
+async def confirm_opt_in(session: AsyncSession, ws: uuid.UUID, address: str, identity: dict[str, Any] | None
+                         ) -> bool:
+    """The address clicked its confirmation link: marketing may go to it, on the topics it chose (an
+    earlier unsubscribe is lifted: this is a fresh, explicit yes)."""
+    row = (await session.execute(text(
+        "update delivery.opt_ins set confirmed_at = now() "
+        "where workspace_id = :ws and address = :a and confirmed_at is null returning topics"),
+        {"ws": ws, "a": address.lower()})).first()
+    if row is None:  # unknown, or confirmed before (a second click changes nothing)
+        return (await session.execute(text(
+            "select 1 from delivery.opt_ins where workspace_id = :ws and address = :a"),
+            {"ws": ws, "a": address.lower()})).first() is not None
+    await unsuppress(session, ws, "email", address, "double_opt_in", identity, only_unsubscribed=True)
+    if row.topics:
+        await set_topics(session, ws, address, dict.fromkeys(row.topics, True), "double_opt_in", identity)
+    await _log(session, ws, address, "email", "confirmed", "double_opt_in", identity=identity)
+    return True
+
+
 async def _log(session: AsyncSession, ws: uuid.UUID, address: str, channel: str, action: str, source: str,
                topic: str | None = None, identity: dict[str, Any] | None = None) -> None:
     await session.execute(text(
         "insert into delivery.consent_log (workspace_id, address, channel, topic, action, source) "
         "values (:ws, :a, :ch, :t, :action, :src)"),
         {"ws": ws, "a": address.lower(), "ch": channel, "t": topic, "action": action, "src": source})
-    event = "Unsubscribed" if action == "unsubscribed" else (
-        "Resubscribed" if action == "resubscribed" else "Subscription Changed")
+    event = {"unsubscribed": "Unsubscribed", "resubscribed": "Resubscribed", "confirmed": "Opted In"}.get(
+        action, "Subscription Changed")
     await queue_event(session, ws, identity, event, {"channel": channel, "address": address.lower(), "topic": topic,
                                                      "action": action, "source": source})
 

@@ -16,6 +16,7 @@ from services.delivery import signing
 
 UNSUBSCRIBE = "%%unsubscribe_url%%"
 PREFERENCES = "%%preferences_url%%"
+CONFIRM = "%%confirm_url%%"  # double opt-in confirmation emails
 _HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(https?://[^"']+)\2""", re.IGNORECASE)
 
 
@@ -38,6 +39,10 @@ class Links:
         return f"{self.base}/p/{signing.sign(self.secret, 'preferences', self.subject)}"
 
     @property
+    def confirm(self) -> str:
+        return f"{self.base}/confirm/{signing.sign(self.secret, 'confirm', self.subject)}"
+
+    @property
     def pixel(self) -> str:
         return f"{self.base}/o/{signing.sign(self.secret, 'open', self.subject)}.gif"
 
@@ -53,8 +58,9 @@ def headers(links: Links, marketing: bool) -> dict[str, str]:
 
 
 def decorate_html(html: str, links: Links, *, marketing: bool) -> str:
-    own = {links.unsubscribe, links.preferences}
-    out = html.replace(UNSUBSCRIBE, escape(links.unsubscribe)).replace(PREFERENCES, escape(links.preferences))
+    own = {links.unsubscribe, links.preferences, links.confirm}
+    out = (html.replace(UNSUBSCRIBE, escape(links.unsubscribe)).replace(PREFERENCES, escape(links.preferences))
+           .replace(CONFIRM, escape(links.confirm)))
 
     def route(m: re.Match[str]) -> str:
         url = m.group(3).replace("&amp;", "&")
@@ -73,7 +79,8 @@ def decorate_html(html: str, links: Links, *, marketing: bool) -> str:
 
 
 def decorate_text(text: str, links: Links, *, marketing: bool) -> str:
-    out = text.replace(UNSUBSCRIBE, links.unsubscribe).replace(PREFERENCES, links.preferences)
+    out = (text.replace(UNSUBSCRIBE, links.unsubscribe).replace(PREFERENCES, links.preferences)
+           .replace(CONFIRM, links.confirm))
     if marketing and PREFERENCES not in text and UNSUBSCRIBE not in text:
         out += f"\n\n--\nUnsubscribe: {links.unsubscribe}\nEmail preferences: {links.preferences}\n"
     return out

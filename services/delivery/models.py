@@ -4,7 +4,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Identity, Index, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Identity, Index, UniqueConstraint, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
 from shared.db import jsonb_column, metadata_for, tz_column
@@ -153,4 +154,19 @@ class Device(DeliveryTable, table=True):
     platform: str  # android | ios | web (all through FCM)
     created_at: datetime = Field(sa_column=tz_column("created_at"))
     last_used_at: datetime | None = Field(default=None, sa_column=tz_column("last_used_at", nullable=True,
+                                                                           default_now=False))
+
+
+class OptIn(DeliveryTable, table=True):
+    """Double opt-in: an address asked to receive marketing email; confirmed by clicking the link sent to
+    it. With the workspace setting ``double_opt_in``, marketing email goes only to confirmed addresses."""
+
+    __tablename__ = "opt_ins"
+
+    workspace_id: uuid.UUID = Field(primary_key=True)
+    address: str = Field(primary_key=True)
+    topics: list[str] = Field(sa_column=Column("topics", JSONB, nullable=False, server_default=text("'[]'::jsonb")))
+    confirmation_message_id: uuid.UUID | None = None
+    requested_at: datetime = Field(sa_column=tz_column("requested_at"))
+    confirmed_at: datetime | None = Field(default=None, sa_column=tz_column("confirmed_at", nullable=True,
                                                                            default_now=False))

@@ -33,17 +33,28 @@ TEXTS: dict[str, dict[str, str]] = {
            "unsub_btn": "Unsubscribe", "unsub_done": "{address} is unsubscribed from marketing email.",
            "topics": "Send me email about", "all_off": "Unsubscribe from all marketing email",
            "save": "Save preferences", "saved": "Your preferences are saved.",
-           "manage": "Manage your email preferences", "invalid": "This link is not valid."},
+           "manage": "Manage your email preferences", "invalid": "This link is not valid.",
+           "confirm_q": "Confirm that {address} wants our email?", "confirm_btn": "Yes, subscribe me",
+           "confirm_done": "Thank you: {address} is subscribed.", "confirm_subject": "Please confirm your subscription",
+           "confirm_body": "Confirm that you want our email: {url}\nIf you did not ask for it, ignore this message."},
     "fr": {"title": "Préférences e-mail", "unsub_q": "Désinscrire {address} des e-mails marketing ?",
            "unsub_btn": "Se désinscrire", "unsub_done": "{address} est désinscrit des e-mails marketing.",
            "topics": "M'envoyer des e-mails sur", "all_off": "Me désinscrire de tous les e-mails marketing",
            "save": "Enregistrer", "saved": "Vos préférences sont enregistrées.",
-           "manage": "Gérer vos préférences e-mail", "invalid": "Ce lien n'est pas valide."},
+           "manage": "Gérer vos préférences e-mail", "invalid": "Ce lien n'est pas valide.",
+           "confirm_q": "Confirmer que {address} souhaite recevoir nos e-mails ?", "confirm_btn": "Oui, je m'inscris",
+           "confirm_done": "Merci : {address} est inscrit.", "confirm_subject": "Confirmez votre inscription",
+           "confirm_body": "Confirmez que vous souhaitez recevoir nos e-mails : {url}\nSi vous ne l'avez pas "
+                           "demandé, ignorez ce message."},
     "de": {"title": "E-Mail-Einstellungen", "unsub_q": "{address} von Marketing-E-Mails abmelden?",
            "unsub_btn": "Abmelden", "unsub_done": "{address} ist von Marketing-E-Mails abgemeldet.",
            "topics": "Schickt mir E-Mails über", "all_off": "Von allen Marketing-E-Mails abmelden",
            "save": "Einstellungen speichern", "saved": "Deine Einstellungen sind gespeichert.",
-           "manage": "E-Mail-Einstellungen verwalten", "invalid": "Dieser Link ist nicht gültig."},
+           "manage": "E-Mail-Einstellungen verwalten", "invalid": "Dieser Link ist nicht gültig.",
+           "confirm_q": "Bestätigen, dass {address} unsere E-Mails erhalten möchte?", "confirm_btn": "Ja, anmelden",
+           "confirm_done": "Danke: {address} ist angemeldet.", "confirm_subject": "Bitte bestätige deine Anmeldung",
+           "confirm_body": "Bestätige, dass du unsere E-Mails erhalten möchtest: {url}\nWenn du das nicht "
+                           "angefordert hast, ignoriere diese Nachricht."},
 }
 
 
@@ -217,3 +228,31 @@ async def click(token: str, request: Request, session: SessionDep, u: Annotated[
         await _engaged(session, await _message(session, subject), "clicked", request, u)
     return RedirectResponse(u, status_code=302, headers={"Cache-Control": "no-store"})
 
+
+
+@router.get("/confirm/{token}", response_class=HTMLResponse, operation_id="confirm_opt_in_page",
+            summary="Double opt-in: the confirmation page (asks; a GET changes nothing)")
+async def confirm_page(token: str, request: Request, session: SessionDep,
+                       lang: Annotated[str | None, Query()] = None) -> HTMLResponse:
+    code = language(request, lang)
+    async with session.begin():
+        message = await _message(session, _verify(request, "confirm", token))
+    t = TEXTS[code]
+    question = t["confirm_q"].format(address=escape(message["to_address"]))
+    return _page(code, t["title"],
+                 f'<form method="post"><p>{question}</p><button type="submit">{t["confirm_btn"]}</button></form>')
+
+
+@router.post("/confirm/{token}", response_class=HTMLResponse, operation_id="confirm_opt_in",
+             summary="Double opt-in: confirm (the page's button)")
+async def confirm(token: str, request: Request, session: SessionDep,
+                  lang: Annotated[str | None, Query()] = None) -> HTMLResponse:
+    code = language(request, lang)
+    subject = _verify(request, "confirm", token)
+    async with session.begin():
+        message = await _message(session, subject)
+        if not await consent.confirm_opt_in(session, message["workspace_id"], message["to_address"],
+                                            consent.identity_of(message)):
+            raise NotFound("Nothing to confirm for this address")
+    return _page(code, TEXTS[code]["title"],
+                 f'<p role="status">{TEXTS[code]["confirm_done"].format(address=escape(message["to_address"]))}</p>')

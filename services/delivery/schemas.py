@@ -181,3 +181,21 @@ class DeviceOut(BaseModel):
 
 class DeviceList(BaseModel):
     devices: list[DeviceOut]
+
+
+class OptInIn(BaseModel):
+    email: str = Field(min_length=3, max_length=320, examples=["ada@example.com"])
+    topics: list[str] = Field(default_factory=list, max_length=50, description="topics to subscribe on confirmation")
+    locale: Literal["en", "fr", "de"] = "en"
+    user_id: str | None = Field(None, max_length=512, description="who asked, for the `Opted In` event")
+    anonymous_id: str | None = Field(None, max_length=512)
+
+    @model_validator(mode="after")
+    def _normalise(self) -> "OptInIn":
+        self.email = normalise_address("email", self.email)
+        return self
+
+
+class OptInOut(BaseModel):
+    status: Literal["pending", "confirmed"]
+    message_id: str | None = Field(description="the confirmation email (pending)")

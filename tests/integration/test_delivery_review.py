@@ -67,3 +67,42 @@ async def test_webhooks_do_not_reach_private_addresses(apps, workspace, sessionm
     for i in ids:
         got = (await apps["delivery"].get(f"/v1/messages/{i}", headers=h)).json()
         assert got["status"] == "failed" and "non-public address" in got["last_error"]
+
+
+async def test_double_opt_in(apps, workspace, sessionmaker, settings, mailbox, internal_client) -> None:
+    from sqlalchemy import text
+
+    from services.delivery import feedback
+
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    async with sessionmaker() as s, s.begin():
+        await s.execute(text("update core.workspaces set settings = settings || '{\"double_opt_in\": true}' "
+                             "where id = :ws"), {"ws": workspace.workspace_id})
+    await apps["ingest"].post("/v1/identify", auth=(workspace.write_key, ""), json={"userId": "doi-1"})
+    to = f"doi-{uuid.uuid4().hex[:6]}@example.com"
+
+    async def marketing() -> str:
+        r = await apps["delivery"].post("/v1/messages", headers=h, json={
+            "idempotency_key": uuid.uuid4().hex, "to": to, "subject": "Offer", "text": "x", "topic": "offers"})
+        return r.json()["status"]
+
+    assert await marketing() == "suppressed"  # not confirmed yet
+    r = await apps["delivery"].post("/v1/opt-ins", headers=h, json={"email": to.upper(), "topics": ["offers"],
+                                                                    "locale": "fr", "user_id": "doi-1"})
+    assert r.status_code == 202 and r.json()["status"] == "pending"
+    await sending.send_due(sessionmaker, settings)
+    mail = next(m for m in mailbox.messages if m["headers"].get("X-Tenure-Message-Id") == r.json()["message_id"])
+    assert mail["subject"] == "Confirmez votre inscription" and "List-Unsubscribe" not in mail["headers"]
+    link = re.search(r"(/confirm/[A-Za-z0-9_-]+)", mail["text"]).group(1)
+    page = await apps["delivery"].get(link, headers={"Accept-Language": "fr"})
+    assert page.status_code == 200 and '<html lang="fr">' in page.text and "<form method=\"post\">" in page.text
+    assert await marketing() == "suppressed"  # looking at the page is not confirming
+    done = await apps["delivery"].post(link)
+    assert done.status_code == 200 and "is subscribed" in done.text
+    assert await marketing() == "queued"
+    again = await apps["delivery"].post("/v1/opt-ins", headers=h, json={"email": to})
+    assert again.json() == {"status": "confirmed", "message_id": None}
+    while await feedback.forward(sessionmaker, internal_client):
+        pass
+    events = (await apps["ingest"].get("/v1/profiles/doi-1/events", headers=h)).json()["events"]
+    assert "Opted In" in [e["event"] for e in events]

@@ -1,8 +1,8 @@
-"""consent, engagement, feedback, devices
+"""consent, opt-ins, engagement, feedback, devices
 
 Revision ID: delivery_0002
 Revises: delivery_0001
-Create Date: 2026-11-27 11:51:42.363030
+Create Date: 2026-11-27 12:10:50.277443
 """
 
 from collections.abc import Sequence
@@ -66,6 +66,16 @@ def upgrade() -> None:
     schema='delivery'
     )
     op.create_index('ix_feedback_pending', 'feedback', ['id'], unique=False, schema='delivery', postgresql_where='forwarded_at is null')
+    op.create_table('opt_ins',
+    sa.Column('workspace_id', sa.Uuid(), nullable=False),
+    sa.Column('address', sa.Text(), nullable=False),
+    sa.Column('topics', postgresql.JSONB(astext_type=sa.Text()), server_default=sa.text("'[]'::jsonb"), nullable=False),
+    sa.Column('confirmation_message_id', sa.Uuid(), nullable=True),
+    sa.Column('requested_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.Column('confirmed_at', sa.DateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('workspace_id', 'address', name=op.f('pk_opt_ins')),
+    schema='delivery'
+    )
     op.create_table('subscriptions',
     sa.Column('workspace_id', sa.Uuid(), nullable=False),
     sa.Column('address', sa.Text(), nullable=False),
@@ -94,6 +104,7 @@ def downgrade() -> None:
     op.drop_column('messages', 'topic', schema='delivery')
     op.drop_table('suppressions', schema='delivery')
     op.drop_table('subscriptions', schema='delivery')
+    op.drop_table('opt_ins', schema='delivery')
     op.drop_index('ix_feedback_pending', table_name='feedback', schema='delivery', postgresql_where='forwarded_at is null')
     op.drop_table('feedback', schema='delivery')
     op.drop_index('ix_engagements_message', table_name='engagements', schema='delivery')

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     smtp_tls: bool = False
     smtp_timeout_s: float = 15.0
     email_provider: Literal["smtp", "sendgrid"] = Field(default="smtp", description="how email leaves")
+    email_fallback_provider: Literal["smtp", "sendgrid"] | None = Field(
+        default=None, description="used while the primary keeps failing (circuit breaker)")
+    circuit_failures: int = Field(default=5, ge=1, description="failures within a minute that open a circuit")
+    circuit_open_s: float = Field(default=60.0, description="how long an open circuit sends to the fallback")
     sendgrid_api_key: str | None = None
     sendgrid_base_url: str = "https://api.sendgrid.com"
     sendgrid_webhook_public_key: str | None = Field(

@@ -14,9 +14,13 @@ from shared.settings import Settings
 
 
 class SendError(Exception):
-    def __init__(self, message: str, *, permanent: bool):
+    """A failed attempt. ``not_sent``: the provider certainly did not take the message (it refused, or was
+    never reached) — the only failures after which another provider may be tried for it."""
+
+    def __init__(self, message: str, *, permanent: bool, not_sent: bool = False):
         super().__init__(message)
         self.permanent = permanent
+        self.not_sent = not_sent
 
 
 @dataclass(frozen=True)
@@ -77,19 +81,25 @@ class SmtpConnection:
         for attempt in (1, 2):
             try:
                 if self._smtp is None or not self._smtp.is_connected:
-                    self._smtp = await self._connect()
+                    try:
+                        self._smtp = await self._connect()
+                    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                        raise SendError(f"SMTP unreachable: {type(exc).__name__}: {exc}", permanent=False,
+                                        not_sent=True) from None
                 await self._smtp.send_message(mime)
                 return str(mime["Message-ID"])
             except aiosmtplib.SMTPRecipientsRefused as exc:
                 codes = [e.code for e in exc.recipients]
                 await self._reset()
-                raise SendError(f"recipient refused: {codes}", permanent=all(500 <= c < 600 for c in codes)) from None
+                raise SendError(f"recipient refused: {codes}", permanent=all(500 <= c < 600 for c in codes),
+                                not_sent=True) from None
             except aiosmtplib.SMTPResponseException as exc:
                 await self._reset()
                 if exc.code in (421,) and attempt == 1:  # the server closed the session: try a fresh one
                     await self.close()
                     continue
-                raise SendError(f"SMTP {exc.code}: {exc.message}", permanent=500 <= exc.code < 600) from None
+                raise SendError(f"SMTP {exc.code}: {exc.message}", permanent=500 <= exc.code < 600,
+                                not_sent=True) from None
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 await self.close()
                 if attempt == 1 and isinstance(exc, aiosmtplib.SMTPServerDisconnected):

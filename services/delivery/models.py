@@ -47,6 +47,9 @@ class Message(DeliveryTable, table=True):
     attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     last_error: str | None = None
     provider_message_id: str | None = None
+    # the provider that may hold this message (it took it, or an attempt's outcome is unknown): failover
+    # never sends it through another one
+    provider: str | None = None
     metadata_: dict[str, Any] = Field(sa_column=jsonb_column("metadata"))
     next_attempt_at: datetime = Field(sa_column=tz_column("next_attempt_at"))
     claimed_until: datetime | None = Field(default=None, sa_column=tz_column("claimed_until", nullable=True,

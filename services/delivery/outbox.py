@@ -148,7 +148,7 @@ async def claim(session: AsyncSession, limit: int) -> list[dict[str, Any]]:
                                 or (status = 'sending' and claimed_until < now() and attempts < :max)
                              order by next_attempt_at for update skip locked limit :lim)
             returning m.id, m.workspace_id, m.to_address, m.from_address, m.subject, m.html, m.text, m.attempts,
-                      m.message_type, m.metadata, m.channel, m.topic
+                      m.message_type, m.metadata, m.channel, m.topic, m.provider
             """
         ),
         {"lim": limit, "max": MAX_ATTEMPTS},
@@ -170,7 +170,8 @@ async def release(session: AsyncSession, ids: list[uuid.UUID], delay_s: float) -
 
 
 async def record(session: AsyncSession, message: dict[str, Any], *, started_at: datetime, outcome: str,
-                 error: str | None = None, provider_message_id: str | None = None) -> str:
+                 error: str | None = None, provider_message_id: str | None = None, provider: str | None = None
+                 ) -> str:
     """Store an attempt's outcome ("sent", "transient_error", "permanent_error", "suppressed"); returns the
     new status."""
     attempts = message["attempts"]
@@ -186,13 +187,14 @@ async def record(session: AsyncSession, message: dict[str, Any], *, started_at: 
             update delivery.messages
                set status = :status, last_error = :error, updated_at = now(), claimed_until = null,
                    provider_message_id = coalesce(:pmid, provider_message_id),
+                   provider = coalesce(provider, :provider),
                    sent_at = case when :status = 'sent' then now() else sent_at end,
                    next_attempt_at = now() + make_interval(secs => :delay)
              where id = :id and status = 'sending'
             """
         ),
         {"status": status, "error": error, "pmid": provider_message_id, "delay": backoff_s(attempts),
-         "id": message["id"]},
+         "id": message["id"], "provider": provider},
     )
     await session.execute(
         text("insert into delivery.attempts (message_id, attempt, outcome, error, started_at) "

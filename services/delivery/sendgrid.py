@@ -50,8 +50,10 @@ async def send(settings: Settings, http: httpx.AsyncClient, mail: Email) -> str:
         resp = await http.post(f"{settings.sendgrid_base_url.rstrip('/')}/v3/mail/send", json=payload(mail),
                                headers={"Authorization": f"Bearer {settings.sendgrid_api_key}"},
                                timeout=settings.provider_timeout_s)
-    except httpx.HTTPError as exc:
-        raise SendError(f"SendGrid unreachable: {type(exc).__name__}", permanent=False) from None
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # never reached SendGrid
+        raise SendError(f"SendGrid unreachable: {type(exc).__name__}", permanent=False, not_sent=True) from None
+    except httpx.HTTPError as exc:  # it may have arrived: the outcome is unknown
+        raise SendError(f"SendGrid: {type(exc).__name__}", permanent=False) from None
     if resp.status_code in (200, 202):
         return resp.headers.get("x-message-id") or mail.message_id
     try:
@@ -59,7 +61,7 @@ async def send(settings: Settings, http: httpx.AsyncClient, mail: Email) -> str:
     except ValueError:
         errors = resp.text[:200]
     transient = resp.status_code == 429 or resp.status_code >= 500
-    raise SendError(f"SendGrid {resp.status_code}: {errors}", permanent=not transient)
+    raise SendError(f"SendGrid {resp.status_code}: {errors}", permanent=not transient, not_sent=True)
 
 
 MAX_EVENT_AGE_S = 600  # a signed request older than this is a replay, not SendGrid

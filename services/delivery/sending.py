@@ -9,7 +9,18 @@ import httpx
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.delivery import consent, devices, links, mailer, outbox, push, sendgrid, sms, webhook_channel
+from services.delivery import (
+    consent,
+    devices,
+    failover,
+    links,
+    mailer,
+    outbox,
+    push,
+    sendgrid,
+    sms,
+    webhook_channel,
+)
 from shared import ratelimit
 from shared.settings import Settings
 
@@ -58,7 +69,8 @@ async def _send_push(sessionmaker: async_sessionmaker[AsyncSession], settings: S
 
 
 async def send_one(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, message: dict[str, Any],
-                   smtp: mailer.SmtpConnection | None = None, http: httpx.AsyncClient | None = None) -> str:
+                   smtp: mailer.SmtpConnection | None = None, http: httpx.AsyncClient | None = None,
+                   redis: Any = None) -> str:
     """One attempt; whatever happens is recorded (an unexpected error is a permanent failure with its
     reason, never a message left leased and retried forever)."""
     started = datetime.now(UTC)
@@ -69,7 +81,7 @@ async def send_one(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
     if reason:
         return await _record(sessionmaker, message, started, "suppressed", reason, None)
     try:
-        return await _attempt(sessionmaker, settings, message, started, smtp, http)
+        return await _attempt(sessionmaker, settings, message, started, smtp, http, redis)
     except Exception as exc:  # noqa: BLE001 - a bug or bad input must not wedge the queue
         log.exception("delivery.send_crashed", message_id=str(message["id"]))
         return await _record(sessionmaker, message, started, "permanent_error",
@@ -77,7 +89,8 @@ async def send_one(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
 
 
 async def _attempt(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, message: dict[str, Any],
-                   started: datetime, smtp: mailer.SmtpConnection | None, http: httpx.AsyncClient | None) -> str:
+                   started: datetime, smtp: mailer.SmtpConnection | None, http: httpx.AsyncClient | None,
+                   redis: Any) -> str:
     if message.get("channel") in ("sms", "push", "webhook"):
         try:
             async with contextlib.AsyncExitStack() as stack:
@@ -97,25 +110,34 @@ async def _attempt(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
         html=links.decorate_html(message["html"], link, marketing=marketing) if message["html"] else None,
         text=links.decorate_text(message["text"], link, marketing=marketing) if message["text"] else None,
         headers=tuple(links.headers(link, marketing).items()))
+    provider = await failover.choose(redis, settings, message.get("provider"))
+    pin: str | None = provider  # the provider that may now hold the message
     try:
-        if settings.email_provider == "sendgrid":
+        if provider == "sendgrid":
             async with contextlib.AsyncExitStack() as stack:
                 client = http or await stack.enter_async_context(httpx.AsyncClient())
                 provider_id = await sendgrid.send(settings, client, mail)
+        elif smtp is not None and provider == settings.email_provider:
+            provider_id = await smtp.send(mail)
         else:
-            provider_id = await (smtp.send(mail) if smtp is not None else mailer.send_smtp(settings, mail))
+            provider_id = await mailer.send_smtp(settings, mail)
         outcome, error = "sent", None
+        await failover.succeeded(redis, provider)
     except mailer.SendError as exc:
-        provider_id, error = None, str(exc)
+        provider_id, error = None, f"{provider}: {exc}"
         outcome = "permanent_error" if exc.permanent else "transient_error"
-    return await _record(sessionmaker, message, started, outcome, error, provider_id)
+        if exc.not_sent:  # certainly not taken: free to go elsewhere, and it counts against the provider
+            pin = message.get("provider")
+            if not exc.permanent:
+                await failover.failed(redis, settings, provider)
+    return await _record(sessionmaker, message, started, outcome, error, provider_id, pin)
 
 
 async def _record(sessionmaker: async_sessionmaker[AsyncSession], message: dict[str, Any], started: datetime,
-                  outcome: str, error: str | None, provider_id: str | None) -> str:
+                  outcome: str, error: str | None, provider_id: str | None, pin: str | None = None) -> str:
     async with sessionmaker() as session, session.begin():
         status = await outbox.record(session, message, started_at=started, outcome=outcome, error=error,
-                                     provider_message_id=provider_id)
+                                     provider_message_id=provider_id, provider=pin)
     log.info("delivery.attempted", message_id=str(message["id"]), attempt=message["attempts"], status=status,
              error=error)
     return status
@@ -166,7 +188,7 @@ async def send_due(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
         smtp = mailer.SmtpConnection(settings)
         try:
             while not queue.empty():
-                await send_one(sessionmaker, settings, queue.get_nowait(), smtp, client)
+                await send_one(sessionmaker, settings, queue.get_nowait(), smtp, client, redis)
         finally:
             await smtp.close()
 

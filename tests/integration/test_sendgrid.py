@@ -106,3 +106,46 @@ async def test_sendgrid_sending_and_signed_events(apps, workspace, sessionmaker,
             assert again.json()["status"] == "suppressed"
         finally:
             delivery_app.state.settings = settings
+
+
+async def test_failover_to_the_fallback_provider_never_doubles_a_message(apps, workspace, sessionmaker,
+                                                                         settings) -> None:
+    from shared.embedded import free_port
+    from shared.queue import create_redis
+
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    received: list[dict] = []
+    with http_server(fake_sendgrid(received)) as port:
+        cfg = settings.model_copy(update={
+            "smtp_port": free_port(), "smtp_timeout_s": 2,  # the primary refuses connections
+            "email_fallback_provider": "sendgrid", "sendgrid_api_key": API_KEY,
+            "sendgrid_base_url": f"http://127.0.0.1:{port}", "circuit_failures": 2, "circuit_open_s": 30,
+            "queue_prefix": f"fo-{uuid.uuid4().hex[:6]}"})
+        redis = await create_redis(cfg)
+        await redis.delete("circuit:smtp:open", "circuit:smtp:failures")
+        tag = uuid.uuid4().hex[:6]
+        ids = [(await apps["delivery"].post("/v1/messages", headers=h, json={
+            "idempotency_key": f"fo-{tag}-{i}", "to": f"fo{i}-{tag}@example.com", "subject": "S", "text": "x",
+            "message_type": "transactional"})).json()["id"] for i in range(4)]
+        pinned = (await apps["delivery"].post("/v1/messages", headers=h, json={
+            "idempotency_key": f"fo-{tag}-pinned", "to": f"pinned-{tag}@example.com", "subject": "S", "text": "x",
+            "message_type": "transactional"})).json()["id"]
+        async with sessionmaker() as s, s.begin():  # an earlier SMTP attempt of this one ended in an unknown state
+            await s.execute(text("update delivery.messages set provider = 'smtp' where id = :id"), {"id": pinned})
+        try:
+            for _ in range(3):
+                await sending.send_due(sessionmaker, cfg, concurrency=1, redis=redis)
+                async with sessionmaker() as s, s.begin():
+                    await s.execute(text("update delivery.messages set next_attempt_at = now() "
+                                         "where id = any(CAST(:ids AS uuid[])) and status = 'queued'"),
+                                    {"ids": [*ids, pinned]})
+        finally:
+            await redis.delete("circuit:smtp:open", "circuit:smtp:failures")
+            await redis.aclose()
+        got = {i: (await apps["delivery"].get(f"/v1/messages/{i}", headers=h)).json() for i in [*ids, pinned]}
+        assert [got[i]["status"] for i in ids] == ["sent"] * 4
+        sent_to = [b["personalizations"][0]["to"][0]["email"] for b in received
+                   if tag in b["personalizations"][0]["to"][0]["email"]]  # (other tests' due mail may pass by)
+        assert sorted(sent_to) == sorted(f"fo{i}-{tag}@example.com" for i in range(4))  # each exactly once
+        assert got[pinned]["status"] == "queued" and got[pinned]["last_error"].startswith("smtp:")
+        assert f"pinned-{tag}@example.com" not in sent_to  # pinned to SMTP: never through the fallback

@@ -22,7 +22,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.campaign import experiments, timing
 from services.campaign import journey_def as jd
-from shared import netguard
 from shared.auth import WORKSPACE_HEADER
 from shared.errors import UpstreamUnavailable
 from shared.http import InternalClient
@@ -597,15 +596,19 @@ async def _identify(ctx: Context, j: dict[str, Any], step: jd.UpdateAttributeSte
 
 
 async def _webhook(ctx: Context, j: dict[str, Any], step: jd.WebhookStep) -> None:
+    """Hand the call to delivery's webhook channel: signed (Tenure-Signature), retried on failure, refused
+    for private addresses, and visible in the deliveries log — once per journey step (idempotency key)."""
     body = {"campaign_id": str(j["campaign_id"]), "journey_id": str(j["id"]), "step": step.id,
             "profile": ctx.profile, "trigger": j.get("trigger_data")}
-    try:
-        await netguard.check_public(step.url, allow_private=ctx.settings.webhook_allow_private)
-        resp = await ctx.http.post(step.url, content=dumps(body), timeout=10, headers={
-            "Content-Type": "application/json", "Idempotency-Key": f"journey-{j['id']}-{step.id}"})
-        detail = f"{step.url} answered {resp.status_code}"
-    except netguard.BlockedURL as exc:
-        detail = f"refused: {exc}"
-    except httpx.HTTPError as exc:
-        detail = f"{step.url} failed: {type(exc).__name__}"
+    resp = await ctx.internal.request(
+        "POST", "delivery", "/v1/messages", retry=True, headers={WORKSPACE_HEADER: str(j["workspace_id"])},
+        json={"idempotency_key": f"journey:{j['id']}:{step.id}", "channel": "webhook", "to": step.url,
+              "data": body, "message_type": "transactional",
+              "metadata": {"campaign_id": str(j["campaign_id"]), "journey_id": str(j["id"]), "step": step.id}})
+    if resp.status_code in (200, 202):
+        detail = f"queued to {step.url} (delivery message {resp.json()['id']})"
+    elif 400 <= resp.status_code < 500:
+        detail = f"refused by delivery ({resp.status_code}): {resp.text[:200]}"
+    else:
+        raise UpstreamUnavailable(f"delivery answered {resp.status_code} to the webhook")  # the journey retries
     await _log(ctx.session, j, "webhook", detail, step=step.id)

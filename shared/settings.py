@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     fcm_service_account: str | None = Field(
         default=None, description="push through FCM HTTP v1: the service account key (JSON text or a file path)")
     fcm_base_url: str = "https://fcm.googleapis.com"
+    delivery_lease_s: float = Field(default=60.0, ge=1, description="how long a claimed message is a worker's; "
+                                                                      "after that (the worker died) it is taken again")
     provider_timeout_s: float = Field(default=10.0, description="timeout of every provider HTTP call")
     provider_rate_per_s: dict[str, float] = Field(
         default_factory=dict, description='sends per second per provider across replicas, e.g. {"twilio": 10}')

@@ -136,13 +136,13 @@ async def list_messages(session: AsyncSession, ws: uuid.UUID, filters: dict[str,
     return items, nxt
 
 
-async def claim(session: AsyncSession, limit: int) -> list[dict[str, Any]]:
+async def claim(session: AsyncSession, limit: int, lease_s: float = LEASE_S) -> list[dict[str, Any]]:
     rows = await session.execute(
         text(
-            f"""
+            """
             update delivery.messages m
                set status = 'sending', attempts = m.attempts + 1, updated_at = now(),
-                   claimed_until = now() + interval '{LEASE_S} seconds'
+                   claimed_until = now() + make_interval(secs => :lease)
              where m.id in (select id from delivery.messages
                              where (status = 'queued' and next_attempt_at <= now())
                                 or (status = 'sending' and claimed_until < now() and attempts < :max)
@@ -151,7 +151,7 @@ async def claim(session: AsyncSession, limit: int) -> list[dict[str, Any]]:
                       m.message_type, m.metadata, m.channel, m.topic, m.provider
             """
         ),
-        {"lim": limit, "max": MAX_ATTEMPTS},
+        {"lim": limit, "max": MAX_ATTEMPTS, "lease": lease_s},
     )
     # a message whose worker died mid-send MAX_ATTEMPTS times is given up, not claimed forever
     await session.execute(text(

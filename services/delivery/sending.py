@@ -173,7 +173,7 @@ async def _within_limits(sessionmaker: async_sessionmaker[AsyncSession], setting
 async def send_due(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, limit: int = 100,
                    concurrency: int = 10, http: httpx.AsyncClient | None = None, redis: Any = None) -> int:
     async with sessionmaker() as session, session.begin():
-        claimed = await outbox.claim(session, limit)
+        claimed = await outbox.claim(session, limit, settings.delivery_lease_s)
     if not claimed:
         return 0
     messages = await _within_limits(sessionmaker, settings, redis, claimed)

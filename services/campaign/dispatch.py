@@ -42,7 +42,7 @@ async def claim(session: AsyncSession, limit: int) -> list[dict[str, Any]]:
                              where status = 'pending' and next_attempt_at <= now()
                              order by next_attempt_at for update skip locked limit :lim)
             returning s.id, s.workspace_id, s.campaign_id, s.template_id, s.profile_id, s.idempotency_key,
-                      s.trigger_data, s.attempts,
+                      s.trigger_data, s.attempts, s.journey_id, s.step,
                       (select message_type from campaign.campaigns c where c.id = s.campaign_id) as message_type,
                       (select definition->>'topic' from campaign.campaigns c where c.id = s.campaign_id) as topic
             """
@@ -203,6 +203,14 @@ async def dispatch_due(sessionmaker: async_sessionmaker[AsyncSession], internal:
         for send in sends:
             outcome = outcomes[send["id"]]
             await record(session, send["id"], outcome, send["attempts"])
+            if send.get("journey_id") and outcome.status in ("skipped", "failed"):
+                # "why didn't X get the email": the journey's path says what happened to its send
+                await session.execute(text(
+                    "insert into campaign.journey_log (journey_id, workspace_id, campaign_id, profile_id, step, "
+                    "kind, detail) values (:j, :ws, :c, :p, :step, :kind, :detail)"),
+                    {"j": send["journey_id"], "ws": send["workspace_id"], "c": send["campaign_id"],
+                     "p": send["profile_id"], "step": send.get("step"), "kind": outcome.status,
+                     "detail": outcome.reason})
             log.info("campaign.send_" + outcome.status, send_id=str(send["id"]), reason=outcome.reason,
                      delivery_message_id=outcome.delivery_message_id)
     return len(sends)

@@ -535,6 +535,16 @@ async def test_branch_on_segment_membership_and_events_since_entry(world) -> Non
     await world.pump(T0 + timedelta(minutes=2))
     got = {uid: [m["subject"] for m in await world.mail(email)] for uid, (email, _) in people.items()}
     assert got == {"br-vip": ["In the segment"], "br-plain": ["Not in it"], "br-done": ["Already did it"]}
+    # the path says why someone got nothing: here delivery's suppression list
+    await world.apps["delivery"].post("/v1/suppressions", headers=world.h, json={"address": people["br-vip"][0]})
+    await world.campaign(trigger={"type": "event", "event": "Nudged"}, steps=[
+        {"id": "nudge", "type": "send", "template_id": yes}])
+    await world.track("br-vip", "Nudged", T0 + timedelta(minutes=5))
+    await world.pump(T0 + timedelta(minutes=7))
+    vip = (await world.apps["ingest"].get("/v1/profiles/br-vip", headers=world.h)).json()["id"]
+    last = [e for j in await world.path(vip) for e in j["log"]]
+    assert {"kind": "skipped", "detail": "suppressed: manual"}.items() <= next(
+        e for e in last if e["kind"] == "skipped").items()
     pid = (await world.apps["ingest"].get("/v1/profiles/br-done", headers=world.h)).json()["id"]
     assert (await world.path(pid))[0]["status"] == "exited"
 

@@ -15,6 +15,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB, UUID
@@ -106,3 +107,9 @@ async def lookup_key(session: AsyncSession, raw: str) -> KeyRecord | None:
     ).first()
     return KeyRecord(row.workspace_id, KeyKind(row.kind)) if row else None
 
+
+async def workspace_settings(session: AsyncSession, workspace_id: uuid.UUID) -> dict[str, Any]:
+    """A workspace's ``settings`` document (retention, lifecycle, topics, quiet hours, …); empty if none."""
+    raw = (await session.execute(sa.text("select settings from core.workspaces where id = :ws"),
+                                 {"ws": workspace_id})).scalar()
+    return dict(raw or {})

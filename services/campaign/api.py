@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 
-from services.campaign import campaigns
+from services.campaign import campaigns, ingest_client
 from services.campaign.schemas import (
     CampaignCreate,
     CampaignList,
@@ -177,7 +177,7 @@ async def trigger_campaign(campaign_id: uuid.UUID, body: TriggerRequest, ws: Wor
         campaign = await campaigns.get_campaign(session, ws, campaign_id)
     if campaign["status"] != "active":
         raise Conflict(f"The campaign is {campaign['status']}")
-    found = await campaigns.resolve_user(request.app.state.internal, ws, body.user)
+    found = await ingest_client.resolve_user(request.app.state.internal, ws, body.user)
     async with session.begin():
         out = await campaigns.trigger(session, ws, campaign_id, found, body.data, body.idempotency_key)
     if out["entered"]:

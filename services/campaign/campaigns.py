@@ -8,11 +8,10 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.campaign import experiments, journeys, templates
+from services.campaign import experiments, ingest_client, journeys, templates
 from services.campaign import journey_def as jd
-from shared.auth import WORKSPACE_HEADER
 from shared.db import fetch_one, fetch_page, insert_one_or_conflict, row_dict
-from shared.errors import NotFound, UpstreamUnavailable, ValidationFailed
+from shared.errors import NotFound, ValidationFailed
 from shared.http import InternalClient
 from shared.jsonutil import dumps
 
@@ -305,17 +304,6 @@ async def profile_journeys(session: AsyncSession, ws: uuid.UUID, profile_id: uui
     return out
 
 
-async def resolve_user(internal: InternalClient, ws: uuid.UUID, ref: str) -> uuid.UUID:
-    resp = await internal.request("POST", "ingest", "/v1/profiles/resolve", retry=True,
-                                  headers={WORKSPACE_HEADER: str(ws)}, json={"refs": [ref]})
-    if resp.status_code != 200:
-        raise UpstreamUnavailable(f"ingest answered {resp.status_code} resolving the user")
-    found = resp.json()["profiles"].get(ref)
-    if found is None:
-        raise NotFound(f"No profile {ref!r} in this workspace")
-    return uuid.UUID(found)
-
-
 async def trigger(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID, profile_id: uuid.UUID,
                   data: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:
     row = (await session.execute(text(
@@ -364,12 +352,8 @@ async def render_preview(session: AsyncSession, internal: InternalClient, ws: uu
     tpl = await get_template(session, ws, template_id)
     profile: dict[str, Any] = {"traits": {}}
     if user:
-        pid = await resolve_user(internal, ws, user)
-        resp = await internal.request("POST", "ingest", "/v1/profiles/lookup", retry=True,
-                                      headers={WORKSPACE_HEADER: str(ws)}, json={"ids": [str(pid)]})
-        if resp.status_code != 200:
-            raise UpstreamUnavailable(f"ingest answered {resp.status_code} looking up the profile")
-        profile = resp.json()["profiles"].get(str(pid)) or profile
+        pid = str(await ingest_client.resolve_user(internal, ws, user))
+        profile = (await ingest_client.lookup_profiles(internal, ws, [pid])).get(pid) or profile
     fields, used = templates.for_locale(tpl, locale or (profile.get("traits") or {}).get("locale"))
     try:
         out = templates.render(fields, templates.variables_for(profile, {"name": "preview", "properties": data}),

@@ -14,8 +14,9 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.campaign import campaigns, templates
+from services.campaign import campaigns, ingest_client, templates
 from shared.auth import WORKSPACE_HEADER
+from shared.errors import UpstreamUnavailable
 from shared.http import InternalClient
 
 log = structlog.get_logger()
@@ -74,12 +75,12 @@ async def profiles_for(internal: InternalClient, sends: list[dict[str, Any]]) ->
     found: dict[str, Any] = {}
     for ws, ids in by_ws.items():
         try:
-            resp = await internal.request("POST", "ingest", "/v1/profiles/lookup", retry=True,
-                                          headers={WORKSPACE_HEADER: ws}, json={"ids": sorted(ids)})
-            error = None if resp.status_code == 200 else f"ingest answered {resp.status_code} for the profiles"
+            profiles: dict[str, Any] = await ingest_client.lookup_profiles(internal, ws, list(ids))
+            error = None
+        except UpstreamUnavailable as exc:
+            profiles, error = {}, str(exc)
         except Exception as exc:  # noqa: BLE001 - transport trouble: these sends are retried later
-            error = f"ingest unreachable: {type(exc).__name__}"
-        profiles = resp.json()["profiles"] if error is None else {}
+            profiles, error = {}, f"ingest unreachable: {type(exc).__name__}"
         for pid in ids:
             found[f"{ws}:{pid}"] = profiles.get(pid) if error is None else error
     return found

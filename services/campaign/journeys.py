@@ -20,7 +20,7 @@ from pydantic import TypeAdapter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.campaign import experiments, timing
+from services.campaign import experiments, ingest_client, timing
 from services.campaign import journey_def as jd
 from shared.auth import WORKSPACE_HEADER
 from shared.errors import UpstreamUnavailable
@@ -330,11 +330,7 @@ async def _profiles(internal: InternalClient, journeys: list[dict[str, Any]]) ->
         by_ws.setdefault(str(j["workspace_id"]), []).append(str(j["profile_id"]))
     found: dict[str, dict[str, Any]] = {}
     for ws, ids in by_ws.items():
-        resp = await internal.request("POST", "ingest", "/v1/profiles/lookup", retry=True,
-                                      headers={WORKSPACE_HEADER: ws}, json={"ids": sorted(set(ids))})
-        if resp.status_code != 200:
-            raise UpstreamUnavailable(f"ingest answered {resp.status_code} looking up profiles")
-        found.update(resp.json()["profiles"])
+        found.update(await ingest_client.lookup_profiles(internal, ws, ids))
     return found
 
 

@@ -29,6 +29,7 @@ from services.delivery.schemas import (
     normalise_address,
 )
 from shared.auth import WorkspaceDep
+from shared.core import workspace_settings
 from shared.db import AfterDep, SessionDep
 from shared.errors import COMMON_ERRORS, Conflict, NotFound, ValidationFailed, problem_schema
 from shared.settings import Settings
@@ -211,7 +212,7 @@ async def remove_suppression(channel: str, address: str, ws: WorkspaceDep, sessi
                     summary="An address's topics and suppression", responses=COMMON_ERRORS)
 async def get_preferences(address: str, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
     async with session.begin():
-        return await consent.preferences(session, ws, address, await consent.workspace_settings(session, ws))
+        return await consent.preferences(session, ws, address, await workspace_settings(session, ws))
 
 
 @consent_router.get("/webhook-secret", response_model=WebhookSecret, operation_id="get_webhook_secret",

@@ -195,8 +195,3 @@ async def list_suppressions(session: AsyncSession, ws: uuid.UUID, channel: str |
         "order by address limit :lim",
         {"ws": ws, "ch": channel, "after": after}, limit, key="address",
     )
-
-
-async def workspace_settings(session: AsyncSession, ws: uuid.UUID) -> dict[str, Any]:
-    raw = (await session.execute(text("select settings from core.workspaces where id = :ws"), {"ws": ws})).scalar()
-    return dict(raw or {})

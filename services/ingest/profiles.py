@@ -243,29 +243,7 @@ async def resolve_refs(session: AsyncSession, ws: uuid.UUID, refs: list[str]) ->
 
 async def resolve_ref(session: AsyncSession, ws: uuid.UUID, ref: str) -> uuid.UUID:
     """The live profile id for a profile id (following merges), ``userId``, ``anonymousId`` or email."""
-    by_id: uuid.UUID | None = None
-    try:
-        by_id = uuid.UUID(ref)
-    except ValueError:
-        pass
-    pid = (
-        await session.execute(
-            text(
-                """
-                select coalesce(p.merged_into, p.id) from ingest.profiles p
-                 where p.workspace_id = :ws and p.id = :pid
-                union all
-                select profile_id from ingest.identities
-                 where workspace_id = :ws and kind in ('user_id', 'anonymous_id') and value = :ref
-                union all
-                select id from ingest.profiles
-                 where workspace_id = :ws and (traits->>'email') = :ref and merged_into is null
-                limit 1
-                """
-            ),
-            {"ws": ws, "pid": by_id, "ref": ref},
-        )
-    ).scalar()
+    pid = (await resolve_refs(session, ws, [ref])).get(ref)
     if pid is None:
         raise NotFound(f"No profile {ref!r} in this workspace")
     return pid

@@ -22,6 +22,7 @@ from services.segment import attributes, conditions, partitioning
 from services.segment import lifecycle as lifecycle_mod
 from services.segment.attributes import PurchaseRules
 from shared import traits as trait_merge
+from shared.core import workspace_settings
 from shared.db import driver_connection, uuid_array
 from shared.errors import UpstreamUnavailable
 from shared.feed import lock_consumer, save_consumer
@@ -321,11 +322,6 @@ class Needs:
 
 
 Memberships = dict[tuple[uuid.UUID, uuid.UUID], datetime]  # (segment id, profile id) -> entered at
-
-
-async def workspace_settings(session: AsyncSession, ws: uuid.UUID) -> dict[str, Any]:
-    raw = (await session.execute(text("select settings from core.workspaces where id = :ws"), {"ws": ws})).scalar()
-    return dict(raw or {})
 
 
 async def memberships(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) -> Memberships:

@@ -19,11 +19,7 @@ the embedded servers.
 
 import argparse
 import asyncio
-import contextlib
-import os
 import random
-import subprocess
-import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -34,6 +30,8 @@ import asyncpg
 import httpx
 import orjson
 from scratch import asyncpg_dsn, scratch_database  # bench/ is the script directory, so on sys.path
+from stack import env_for, spawn, urls, wait_ready
+from stack import stop as stop_processes
 
 from services.segment import evaluation, segments
 from shared.core import create_workspace
@@ -104,16 +102,6 @@ async def generate(dsn: str, kw: dict, ws: uuid.UUID, users: int, per_user: int,
     return n_events
 
 
-def _spawn(settings: Settings, *args: str, port: int | None = None) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "TENURE_DATABASE_URL": settings.database_url or "",
-           "TENURE_REDIS_URL": settings.redis_url or "", "TENURE_LOG_LEVEL": "WARNING",
-           "TENURE_QUEUE_PREFIX": f"bench-{os.getpid()}"}
-    if port:
-        env["TENURE_INGEST_PORT"] = str(port)  # where ingest listens, and where the worker reads the feed
-    return subprocess.Popen([str(Path(sys.executable).parent / "tenure"), *args], env=env,  # noqa: ASYNC220
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 async def latency(settings: Settings, ws: uuid.UUID, write_key: str, rate: float, seconds: float) -> list[float]:
     """Event-to-transition latencies (s) for a live stream of track calls, each from a new user."""
     dsn, kw = asyncpg_dsn(settings.database_url or "")
@@ -126,8 +114,9 @@ async def latency(settings: Settings, ws: uuid.UUID, write_key: str, rate: float
     await conn.execute("update segment.segments set evaluated_version = version, windows_checked_on = current_date")
     await conn.execute("insert into segment.workspace_checks (workspace_id, lifecycle_checked_on) "
                        "values ($1, current_date) on conflict do nothing", ws)
-    port = free_port()
-    procs = [_spawn(settings, "serve", "ingest", port=port), _spawn(settings, "worker", "segment", port=port)]
+    env = env_for(settings, smtp_port=free_port())  # (no mail is sent here)
+    procs = spawn(env, [("serve", "ingest"), ("worker", "segment")])
+    base = urls(env)["ingest"]
     sent: dict[str, float] = {}  # userId -> when ingest answered 200
     seen: dict[uuid.UUID, float] = {}  # profile id -> when its entry was first visible
     stop = asyncio.Event()
@@ -145,12 +134,8 @@ async def latency(settings: Settings, ws: uuid.UUID, write_key: str, rate: float
             await asyncio.sleep(0.005)
 
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", auth=(write_key, ""), timeout=30) as c:
-            for _ in range(300):
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await c.get("/readyz")).status_code == 200:
-                        break
-                await asyncio.sleep(0.1)
+        async with httpx.AsyncClient(base_url=base, auth=(write_key, ""), timeout=30) as c:
+            await wait_ready(c, [base])
             await asyncio.sleep(2)  # let the worker start and drain its start-up jobs
             watcher = asyncio.create_task(watch())
 
@@ -178,10 +163,7 @@ async def latency(settings: Settings, ws: uuid.UUID, write_key: str, rate: float
             print(f"  ({len(missing)} of {len(sent)} events produced no entry within 30 s)")
         return [seen[ids[u]] - t for u, t in sent.items() if ids.get(u) in seen]
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=20)
+        stop_processes(procs)
         await conn.close()
 
 

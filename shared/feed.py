@@ -71,3 +71,22 @@ async def lock_consumer(session: AsyncSession, schema: str, consumer: str) -> st
 async def save_consumer(session: AsyncSession, schema: str, consumer: str, cursor: str) -> None:
     await session.execute(text(f"update {schema}.consumers set cursor = :c, updated_at = now() where name = :n"),
                           {"c": cursor, "n": consumer})
+
+
+async def backlog(session: AsyncSession, table: str, after: Cursor, exact_up_to: int = 1000) -> int:
+    """How many committed rows of ``table`` lie after ``after`` (the consumer lag).
+
+    Exact up to ``exact_up_to`` (a short index range scan); beyond that, estimated from the ``seq``
+    sequence, which is O(1) however far behind the consumer is (values burned by rolled-back inserts
+    make it a slight over-estimate).
+    """
+    exact = (await session.execute(
+        text(f"select count(*) from (select 1 from {table} t where (t.xid, t.seq) > "
+             f"(CAST(:after_xid AS text)::xid8, CAST(:after_seq AS bigint)) limit :cap) x"),
+        {**feed_params(after, 0), "cap": exact_up_to + 1},
+    )).scalar_one()
+    if exact <= exact_up_to:
+        return int(exact)
+    last = (await session.execute(text("select pg_sequence_last_value(pg_get_serial_sequence(:t, 'seq')::regclass)"),
+                                  {"t": table})).scalar_one()
+    return max(int(exact), int(last or 0) - after.seq)

@@ -20,6 +20,7 @@ from arq.worker import Function, Worker, func
 from httpx import AsyncClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from shared import metrics
 from shared.db import create_engine, create_sessionmaker
 from shared.http import InternalClient, make_http_client
 from shared.logging import configure_logging
@@ -40,6 +41,7 @@ class JobCtx(TypedDict, total=False):
     http: AsyncClient
     internal: InternalClient
     service: ServiceName
+    stopping: asyncio.Event
 
 
 def redis_settings(url: str) -> RedisSettings:
@@ -79,6 +81,35 @@ async def take_dirty(ctx: JobCtx, function: str) -> bool:
 JobFn = Callable[..., Awaitable[Any]]
 
 
+def stopping(ctx: JobCtx) -> bool:
+    """True once the worker was asked to stop (SIGTERM): drain loops finish their current batch, commit,
+    and return instead of taking more, so the job ends well inside the grace period."""
+    event = ctx.get("stopping")
+    return bool(event and event.is_set())
+
+
+class TenureWorker(Worker):
+    """arq's worker, plus a ``stopping`` flag set on SIGTERM/SIGINT that long-running jobs check.
+
+    arq stops picking jobs and waits ``job_completion_wait`` seconds for running ones before it cancels
+    them; with the flag, our drain loops end on their own in a batch's time rather than being cancelled.
+    """
+
+    def _flag_stop(self) -> None:
+        event = self.ctx.get("stopping")
+        if event is not None:
+            event.set()
+        log.info("worker.stopping", running_jobs=sum(not t.done() for t in self.tasks.values()))
+
+    def handle_sig_wait_for_completion(self, signum: Any) -> None:
+        self._flag_stop()
+        super().handle_sig_wait_for_completion(signum)
+
+    def handle_sig(self, signum: Any) -> None:
+        self._flag_stop()
+        super().handle_sig(signum)
+
+
 def worker_options(
     settings: Settings,
     service: ServiceName,
@@ -95,8 +126,8 @@ def worker_options(
     step = max(1, round(settings.feed_poll_interval_s))
     seconds = set(range(0, 60, step))
     cron_jobs: list[CronJob] = [
-        cron(fn, name=f"{settings.queue_name(service)}:cron:{fn.__name__}", second=seconds, microsecond=0,
-             run_at_startup=True, unique=True, keep_result=0, timeout=120)
+        cron(metrics.instrument_job(service, fn), name=f"{settings.queue_name(service)}:cron:{fn.__name__}",
+             second=seconds, microsecond=0, run_at_startup=True, unique=True, keep_result=0, timeout=120)
         for fn in poll
     ]
 
@@ -104,6 +135,8 @@ def worker_options(
         configure_logging(settings)
         ctx["settings"] = settings
         ctx["service"] = service
+        ctx["stopping"] = asyncio.Event()
+        metrics.serve_worker_metrics(settings.host, settings.worker_metrics_port)
         ctx["engine"] = create_engine(settings, application_name=f"tenure-{service}-worker", pool_size=5)
         ctx["sessionmaker"] = create_sessionmaker(ctx["engine"])
         ctx["http"] = make_http_client(settings)
@@ -122,11 +155,14 @@ def worker_options(
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(job_id=ctx.get("job_id"), request_id=f"job-{ctx.get('job_id')}")
 
-    fns = [f if isinstance(f, Function) else func(f, keep_result=0, timeout=120) for f in functions]
+    fns = [dataclasses.replace(f, coroutine=metrics.instrument_job(service, f.coroutine)) if isinstance(f, Function)
+           else func(metrics.instrument_job(service, f), name=f.__name__, keep_result=0, timeout=120)
+           for f in functions]
     return {
         "functions": fns,
         # cron names become arq job ids, global to the Redis database: prefix them with the queue
-        "cron_jobs": [*cron_jobs, *(dataclasses.replace(c, name=f"{settings.queue_name(service)}:{c.name}")
+        "cron_jobs": [*cron_jobs, *(dataclasses.replace(c, name=f"{settings.queue_name(service)}:{c.name}",
+                                                        coroutine=metrics.instrument_job(service, c.coroutine))
                                     for c in crons)],
         "redis_settings": redis_settings(settings.redis_url or "redis://127.0.0.1:6379/0"),
         "queue_name": settings.queue_name(service),
@@ -143,7 +179,7 @@ def worker_options(
 
 def build_worker(settings: Settings, service: ServiceName, *, burst: bool = False,
                  handle_signals: bool = True, **options: Any) -> Worker:
-    return Worker(**worker_options(settings, service, **options), burst=burst, handle_signals=handle_signals)
+    return TenureWorker(**worker_options(settings, service, **options), burst=burst, handle_signals=handle_signals)
 
 
 def worker_settings_class(service: ServiceName, **options: Any) -> type:

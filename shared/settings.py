@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     campaign_port: int = 8003
     delivery_port: int = 8004
     inbox_port: int = 8025
+    worker_metrics_port: int = Field(
+        default=0, description="port of a worker's Prometheus /metrics (0: off); APIs serve /metrics on their own port"
+    )
 
     ingest_url: str | None = None
     segment_url: str | None = None

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared import metrics
 from shared.db import create_engine, create_sessionmaker
 from shared.errors import install_error_handlers, problem_schema
 from shared.http import InternalClient, make_http_client
@@ -27,7 +28,7 @@ from shared.settings import ServiceName, Settings
 
 log = structlog.get_logger()
 
-_QUIET_PATHS = frozenset({"/healthz", "/readyz", "/v1/events", "/v1/transitions"})
+_QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/events", "/v1/transitions"})
 
 
 class RequestContextMiddleware:
@@ -36,8 +37,9 @@ class RequestContextMiddleware:
     A plain ASGI middleware (Starlette's ``BaseHTTPMiddleware`` costs an extra task per request).
     """
 
-    def __init__(self, app: ASGIApp):
+    def __init__(self, app: ASGIApp, service: str = ""):
         self.app = app
+        self.service = service
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -62,12 +64,23 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             path = scope.get("path", "")
+            seconds = time.perf_counter() - started
+            route = scope.get("route")  # set by the router once a route matched: a template, bounded
+            metrics.record_request(self.service, scope.get("method", ""), getattr(route, "path", "unmatched"),
+                                   status, seconds)
             # probes and feed polls are frequent and uninteresting unless they fail
             quiet = path in _QUIET_PATHS and status < 400
             (log.debug if quiet else log.info)(
-                "http.request", method=scope.get("method"), path=path, status=status,
-                ms=round((time.perf_counter() - started) * 1000, 1),
+                "http.request", method=scope.get("method"), path=path, status=status, ms=round(seconds * 1000, 1),
             )
+
+
+def _queue_depth(service: ServiceName) -> Callable[[FastAPI], Any]:
+    async def refresh(app: FastAPI) -> None:
+        queue = app.state.settings.queue_name(service)
+        metrics.QUEUE_DEPTH.labels(service, queue).set(await app.state.redis.zcard(queue))
+
+    return refresh
 
 
 def _probe_router(service: str) -> APIRouter:
@@ -172,9 +185,10 @@ def create_service_app(
     )
     app.state.settings = settings
     _document_security(app)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, service=service)
     install_error_handlers(app)
     app.include_router(_probe_router(service))
+    app.include_router(metrics.metrics_router(service, _queue_depth(service)))
     for router in routers:
         app.include_router(router)
     return app

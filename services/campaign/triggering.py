@@ -15,14 +15,15 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.campaign import journeys
+from shared import metrics
 from shared.errors import UpstreamUnavailable
 from shared.feed import lock_consumer, save_consumer
 from shared.http import InternalClient
 
 FEEDS = {
-    # consumer name: (service, path, list key)
-    "events": ("ingest", "/v1/events", "events"),
-    "transitions": ("segment", "/v1/transitions", "transitions"),
+    # consumer name: (service, path, list key, feed name in metrics)
+    "events": ("ingest", "/v1/events", "events", "ingest.events"),
+    "transitions": ("segment", "/v1/transitions", "transitions", "segment.transitions"),
 }
 
 
@@ -84,12 +85,13 @@ async def consume_page(session: AsyncSession, internal: InternalClient, feed: st
                        now: datetime | None = None) -> PageResult:
     """Fold one page of a feed into journeys (the caller's transaction)."""
     now = now or datetime.now(UTC)
-    service, path, key = FEEDS[feed]
+    service, path, key, feed_name = FEEDS[feed]
     cursor = await lock_consumer(session, "campaign", feed)
     resp = await internal.request("GET", service, path, params={"after": cursor, "limit": limit})
     if resp.status_code != 200:
         raise UpstreamUnavailable(f"{service} feed answered {resp.status_code}")
     page = resp.json()
+    metrics.record_feed_read(feed_name, "campaign", page.get("behind"))
     items = page[key]
     result = PageResult(read=len(items))
     if not items:

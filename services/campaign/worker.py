@@ -7,7 +7,7 @@ from arq.cron import cron
 from arq.worker import Worker
 
 from services.campaign import dispatch, journeys, schedules, triggering
-from shared.queue import JobCtx, build_worker, take_dirty, wake, worker_settings_class
+from shared.queue import JobCtx, build_worker, stopping, take_dirty, wake, worker_settings_class
 from shared.settings import Settings
 
 log = structlog.get_logger()
@@ -22,7 +22,7 @@ async def _consume(ctx: JobCtx, feed: str, function: str) -> int:
         read, moved = read + page.read, moved + page.entered + page.woken
         if page.entered or page.woken:  # a separate job: reading, advancing and dispatching overlap
             await wake(ctx["redis"], settings, "campaign", "advance_journeys")
-        if page.read < settings.consumer_batch_size and not await take_dirty(ctx, function):
+        if stopping(ctx) or (page.read < settings.consumer_batch_size and not await take_dirty(ctx, function)):
             break
     if moved:
         log.info("campaign.feed_consumed", feed=feed, read=read, journeys=moved)
@@ -47,7 +47,7 @@ async def advance_journeys(ctx: JobCtx) -> int:
         total, sends = total + n, sends + s
         if s:
             await wake(ctx["redis"], ctx["settings"], "campaign", "dispatch_sends")
-        if n == 0 and not await take_dirty(ctx, "advance_journeys"):
+        if stopping(ctx) or (n == 0 and not await take_dirty(ctx, "advance_journeys")):
             break
     return total
 
@@ -65,7 +65,7 @@ async def dispatch_sends(ctx: JobCtx) -> int:
     while True:
         n = await dispatch.dispatch_due(ctx["sessionmaker"], ctx["internal"])
         total += n
-        if n == 0 and not await take_dirty(ctx, "dispatch_sends"):
+        if stopping(ctx) or (n == 0 and not await take_dirty(ctx, "dispatch_sends")):
             break
     return total
 

@@ -21,6 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.delivery import consent
+from shared import metrics
 from shared.db import fetch_one, fetch_page, row_dict
 from shared.errors import Conflict
 from shared.jsonutil import dumps, dumps_bytes
@@ -75,6 +76,7 @@ async def enqueue(session: AsyncSession, ws: uuid.UUID, msg: dict[str, Any], sen
                         **({"push_data": msg["data"]} if msg["channel"] == "push" and msg.get("data") else {})})},
     )).first()
     if row is not None:
+        metrics.MESSAGES.labels(msg["channel"], row.status).inc()
         return out(row), True
     existing = (await session.execute(
         text(f"select request_hash, {_COLS} from delivery.messages where workspace_id = :ws and idempotency_key = :k"),
@@ -196,6 +198,7 @@ async def record(session: AsyncSession, message: dict[str, Any], *, started_at: 
         {"status": status, "error": error, "pmid": provider_message_id, "delay": backoff_s(attempts),
          "id": message["id"], "provider": provider},
     )
+    metrics.MESSAGES.labels(message.get("channel", "unknown"), status).inc()
     await session.execute(
         text("insert into delivery.attempts (message_id, attempt, outcome, error, started_at) "
              "values (:id, :n, :outcome, :error, :started)"),

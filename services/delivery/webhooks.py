@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from sqlalchemy import text
 
 from services.delivery import consent, sendgrid, sms
+from shared import metrics
 from shared.db import SessionDep
 from shared.errors import BadRequest, Forbidden
 
@@ -55,6 +56,7 @@ async def twilio_status(workspace_id: uuid.UUID, request: Request, session: Sess
             {"s": ours, "err": f"Twilio {status} ({form.get('ErrorCode', '')})", "ws": workspace_id,
              "sid": sid})).mappings().first()
         if row is not None:
+            metrics.MESSAGES.labels("sms", ours).inc()
             await consent.queue_event(session, workspace_id, consent.identity_of(dict(row)),
                                       "SMS Delivered" if ours == "delivered" else "SMS Failed",
                                       {"message_id": str(row["id"]), "status": status})
@@ -112,6 +114,7 @@ async def _sendgrid_event(session: Any, ws: uuid.UUID, e: dict[str, Any]) -> Non
     if kind == "delivered" and message["status"] == "sent":
         await session.execute(text("update delivery.messages set status = 'delivered', updated_at = now() "
                                    "where id = :id"), {"id": message_id})
+        metrics.MESSAGES.labels("email", "delivered").inc()
         changed = True
     elif kind == "bounce" and e.get("type", "bounce") == "bounce" or kind == "dropped":
         res = await session.execute(text(
@@ -119,6 +122,8 @@ async def _sendgrid_event(session: Any, ws: uuid.UUID, e: dict[str, Any]) -> Non
             "where id = :id and status in ('sent', 'delivered')"),
             {"id": message_id, "why": f"SendGrid {kind}: {e.get('reason', '')}"[:500]})
         changed = bool(res.rowcount)
+        if changed:
+            metrics.MESSAGES.labels("email", "bounced").inc()
         if kind == "bounce":
             changed |= await consent.suppress(session, ws, "email", address or message["to_address"], "hard_bounce",
                                               "sendgrid", who)

@@ -5,7 +5,7 @@ from typing import Any
 from arq.worker import Worker
 
 from services.delivery import feedback, sending
-from shared.queue import JobCtx, build_worker, take_dirty, worker_settings_class
+from shared.queue import JobCtx, build_worker, stopping, take_dirty, worker_settings_class
 from shared.settings import Settings
 
 
@@ -14,7 +14,7 @@ async def send_messages(ctx: JobCtx) -> int:
     while True:
         n = await sending.send_due(ctx["sessionmaker"], ctx["settings"], http=ctx["http"], redis=ctx["redis"])
         total += n
-        if n == 0 and not await take_dirty(ctx, "send_messages"):
+        if stopping(ctx) or (n == 0 and not await take_dirty(ctx, "send_messages")):
             break
     return total
 
@@ -22,7 +22,7 @@ async def send_messages(ctx: JobCtx) -> int:
 async def forward_feedback(ctx: JobCtx) -> int:
     """Opens, clicks and consent changes to ingest (polled; woken when recorded)."""
     total = 0
-    while n := await feedback.forward(ctx["sessionmaker"], ctx["internal"]):
+    while not stopping(ctx) and (n := await feedback.forward(ctx["sessionmaker"], ctx["internal"])):
         total += n
     return total
 

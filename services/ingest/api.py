@@ -38,7 +38,7 @@ from services.ingest.schemas import (
 from shared.auth import InternalDep, WorkspaceDep, credentials_from_header, principal_for
 from shared.db import AfterDep, SessionDep
 from shared.errors import COMMON_ERRORS, BadRequest, PayloadTooLarge, ValidationFailed, problem_schema
-from shared.feed import Cursor
+from shared.feed import Cursor, backlog
 from shared.jsonutil import dumps_bytes
 from shared.ratelimit import check_rate
 from shared.settings import Settings
@@ -208,7 +208,8 @@ async def read_event_feed(
     cursor = Cursor.decode(after)
     async with session.begin():
         events, next_cursor = await eventlog.read_feed(session, cursor, limit)
-    return {"events": events, "next_cursor": next_cursor.encode()}
+        behind = await backlog(session, "ingest.events", next_cursor)
+    return {"events": events, "next_cursor": next_cursor.encode(), "behind": behind}
 
 
 @profiles_router.post(

@@ -157,6 +157,8 @@ class FeedEvent(BaseModel):
 class FeedPage(BaseModel):
     events: list[FeedEvent]
     next_cursor: str = Field(description="pass as `after` to continue; equal to `after` when nothing is new")
+    behind: int = Field(default=0, description="committed entries still after `next_cursor` (the reader's lag; exact "
+                                               "up to 1000, estimated beyond)")
 
 
 class GroupOut(BaseModel):

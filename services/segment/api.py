@@ -34,7 +34,7 @@ from services.segment.schemas import (
 from shared.auth import InternalDep, WorkspaceDep
 from shared.db import AfterDep, SessionDep
 from shared.errors import COMMON_ERRORS, ValidationFailed, problem_schema
-from shared.feed import Cursor
+from shared.feed import Cursor, backlog
 
 router = APIRouter(prefix="/v1", tags=["segments"])
 feed_router = APIRouter(prefix="/v1", tags=["feed"])
@@ -124,7 +124,8 @@ async def read_transitions(
 ) -> dict[str, Any]:
     async with session.begin():
         items, cursor = await segments.read_transitions(session, Cursor.decode(after), limit)
-    return {"transitions": items, "next_cursor": cursor.encode()}
+        behind = await backlog(session, "segment.transitions", cursor)
+    return {"transitions": items, "next_cursor": cursor.encode(), "behind": behind}
 
 
 

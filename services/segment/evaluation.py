@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.segment import attributes, conditions, partitioning
 from services.segment import lifecycle as lifecycle_mod
 from services.segment.attributes import PurchaseRules
+from shared import metrics
 from shared import traits as trait_merge
 from shared.core import workspace_settings
 from shared.db import driver_connection, uuid_array
@@ -560,6 +561,7 @@ async def consume_page(session: AsyncSession, internal: InternalClient, limit: i
     marked dirty in that transaction, for re-evaluation partition by partition (partitioning.py)."""
     cursor = await lock_consumer(session, "segment", consumer)
     page = await fetch_events(internal, cursor, limit)
+    metrics.record_feed_read("ingest.events", "segment", page.get("behind"))
     events = page["events"]
     result = PageResult(events=len(events), cursor=page["next_cursor"])
     if not events:

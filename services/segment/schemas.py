@@ -79,6 +79,8 @@ class TransitionOut(BaseModel):
 class TransitionPage(BaseModel):
     transitions: list[TransitionOut]
     next_cursor: str
+    behind: int = Field(default=0, description="committed entries still after `next_cursor` (the reader's lag; exact "
+                                               "up to 1000, estimated beyond)")
 
 
 class ProfileAttributes(BaseModel):

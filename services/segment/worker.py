@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from services.segment import evaluation, partitioning
 from shared import retention
-from shared.queue import JobCtx, build_worker, take_dirty, wake, worker_settings_class
+from shared.queue import JobCtx, build_worker, stopping, take_dirty, wake, worker_settings_class
 from shared.settings import Settings
 
 log = structlog.get_logger()
@@ -30,7 +30,7 @@ async def on_events(ctx: JobCtx) -> int:
         transitions += changed
         if changed:
             await wake(ctx["redis"], settings, "campaign", "on_transitions")
-        if page.events < settings.consumer_batch_size and not await take_dirty(ctx, "on_events"):
+        if stopping(ctx) or (page.events < settings.consumer_batch_size and not await take_dirty(ctx, "on_events")):
             break
     if total or transitions:
         log.info("segment.consumed", events=total, transitions=transitions)
@@ -70,7 +70,7 @@ async def evaluate_segments(ctx: JobCtx) -> int:
                 pending = (await session.execute(text(
                     "select id, workspace_id, version from segment.segments where evaluated_version < version "
                     "order by updated_at limit 20"))).all()
-            if not pending:
+            if not pending or stopping(ctx):
                 break
             by_ws: dict[uuid.UUID, dict[uuid.UUID, int]] = {}
             for sid, ws, version in pending:

@@ -2,93 +2,25 @@
 server, exactly once, through `tenure serve` and `tenure worker` for all four services."""
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from services.devinbox.inbox import Mailbox, start_smtp
-from shared.embedded import free_port
-from shared.settings import SERVICES
+from services.devinbox.inbox import Mailbox
+from tests.e2e.stack import TENURE, Stack, stack_env, start_sink, terminate, wait_for
 
 pytestmark = pytest.mark.e2e
-TENURE = str(Path(sys.executable).parent / "tenure")
-
-
-class Stack:
-    def __init__(self, env: dict[str, str]):
-        self.env = env
-        self.apis: dict[str, subprocess.Popen[bytes]] = {}
-        self.workers: dict[str, subprocess.Popen[bytes]] = {}
-
-    def url(self, service: str) -> str:
-        return f"http://127.0.0.1:{self.env[f'TENURE_{service.upper()}_PORT']}"
-
-    def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([TENURE, *args], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    def start_apis(self) -> None:
-        self.apis = {s: self._spawn("serve", s) for s in SERVICES}
-        deadline = time.monotonic() + 60
-        for s in SERVICES:
-            while True:
-                try:
-                    if httpx.get(self.url(s) + "/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if self.apis[s].poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{s} did not start: {self.apis[s].stderr.read().decode()[-2000:]}")
-                time.sleep(0.1)
-
-    def start_workers(self) -> None:
-        self.workers = {s: self._spawn("worker", s) for s in SERVICES}
-
-    def stop_workers(self) -> None:
-        _terminate(self.workers.values(), timeout=30)
-
-    def stop(self) -> None:
-        self.stop_workers()
-        _terminate(self.apis.values(), timeout=20)
-
-
-def _terminate(procs, *, timeout: float) -> None:
-    """SIGTERM all, then wait for each (graceful shutdown), killing any that overstay."""
-    procs = list(procs)
-    for p in procs:
-        p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 @pytest.fixture
 def stack(settings) -> Iterator[tuple[Stack, Mailbox]]:
-    box = Mailbox()
-    smtp_port = free_port()
-    controller = start_smtp(box, "127.0.0.1", smtp_port)
-    env = {
-        **os.environ,
-        "TENURE_ENV": "test",
-        "TENURE_DATABASE_URL": settings.database_url,
-        "TENURE_REDIS_URL": settings.redis_url,
-        "TENURE_QUEUE_PREFIX": settings.queue_prefix + "-e2e",
-        "TENURE_INTERNAL_TOKEN": settings.internal_token,
-        "TENURE_SMTP_PORT": str(smtp_port),
-        "TENURE_FEED_POLL_INTERVAL_S": "1",
-        "TENURE_LOG_LEVEL": "WARNING",
-        **{f"TENURE_{s.upper()}_PORT": str(free_port()) for s in SERVICES},
-    }
-    s = Stack(env)
+    box, controller, smtp_port = start_sink()
+    s = Stack(stack_env(settings, smtp_port, "e2e"))
     try:
         s.start_apis()
         s.start_workers()
@@ -96,14 +28,6 @@ def stack(settings) -> Iterator[tuple[Stack, Mailbox]]:
     finally:
         s.stop()
         controller.stop()
-
-
-async def _wait_for(predicate, timeout: float = 45.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        await asyncio.sleep(0.2)
 
 
 async def test_identify_and_track_send_exactly_one_personal_email(stack, workspace) -> None:
@@ -125,7 +49,7 @@ async def test_identify_and_track_send_exactly_one_personal_email(stack, workspa
         track = {"userId": "e2e-ada", "event": "Signed Up", "messageId": "e2e-signup-1"}
         assert (await c.post(f"{s.url('ingest')}/v1/track", auth=wk, json=track)).json()["accepted"] == 1
 
-        await _wait_for(lambda: len(box.messages) >= 1)
+        await wait_for(lambda: len(box.messages) >= 1)
         mail = box.messages[0]
         assert mail["to"] == ["ada@e2e.example"]
         assert mail["subject"] == "Welcome, Ada!"
@@ -168,7 +92,7 @@ async def test_segment_entry_triggers_a_campaign(stack, workspace) -> None:
         await asyncio.sleep(3)
         assert box.messages == []  # one order is not enough
         await c.post(f"{s.url('ingest')}/v1/track", auth=wk, json={"userId": "bob", "event": "Order Completed"})
-        await _wait_for(lambda: len(box.messages) >= 1)
+        await wait_for(lambda: len(box.messages) >= 1)
         assert box.messages[0]["subject"] == "Thanks for coming back, Bob"
         members = (await c.get(f"{s.url('segment')}/v1/segments/{seg.json()['id']}/members", headers=mgmt)).json()
         assert len(members["members"]) == 1
@@ -192,7 +116,7 @@ async def test_erasure_reaches_every_service_and_suppresses_later_events(stack, 
             "userId": "gdpr-1", "anonymousId": "gdpr-device", "traits": {"email": "gone@e2e.example",
                                                                          "first_name": "Eve"}})
         await c.post(f"{s.url('ingest')}/v1/track", auth=wk, json={"userId": "gdpr-1", "event": "Signed Up"})
-        await _wait_for(lambda: len(box.messages) == 1)
+        await wait_for(lambda: len(box.messages) == 1)
         export = (await c.get(f"{s.url('ingest')}/v1/privacy/export/gdpr-1", headers=mgmt)).json()
         assert export["profile"]["traits"]["first_name"] == "Eve" and len(export["events"]) == 2
         assert len(export["campaign"]["sends"]) == 1 and len(export["delivery"]["messages"]) == 1
@@ -310,7 +234,6 @@ def test_campaigns_as_code_apply_is_idempotent_and_get_round_trips(stack, worksp
 
 
 async def test_a_killed_campaign_worker_loses_no_timer_and_sends_nothing_twice(stack, workspace, settings) -> None:
-    import signal
 
     import asyncpg
 
@@ -341,12 +264,12 @@ async def test_a_killed_campaign_worker_loses_no_timer_and_sends_nothing_twice(s
         while await waiting() < 5:
             assert time.monotonic() < deadline, "journeys did not reach their delay"
             await asyncio.sleep(0.1)
-        s.workers["campaign"].send_signal(signal.SIGKILL)  # dies while every user is waiting
-        s.workers["campaign"].wait(timeout=10)
+        s.workers["campaign"][0].send_signal(signal.SIGKILL)  # dies while every user is waiting
+        s.workers["campaign"][0].wait(timeout=10)
         await asyncio.sleep(4)  # the timers come due while no campaign worker runs
         assert not [m for m in box.messages if m["subject"] == "Three seconds later"]
-        s.workers["campaign"] = s._spawn("worker", "campaign")
-        await _wait_for(lambda: len([m for m in box.messages if m["subject"] == "Three seconds later"]) >= 5)
+        s.workers["campaign"] = [s.spawn("worker", "campaign")]
+        await wait_for(lambda: len([m for m in box.messages if m["subject"] == "Three seconds later"]) >= 5)
         await asyncio.sleep(3)  # anything doubled would show up by now
         got = sorted(m["to"][0] for m in box.messages if m["subject"] == "Three seconds later")
         assert got == [f"crash-{i}@e2e.example" for i in range(5)]
@@ -374,7 +297,7 @@ async def test_demo_runs_the_six_lifecycle_campaigns_in_several_languages(stack,
         "demo-yuki": "Glad you like Acme! Invite a friend, you both get a month",  # referral after NPS 10
         "demo-klaus": "Du bist jetzt Gold-Mitglied",  # loyalty, de-AT → de
     }
-    await _wait_for(lambda: all(subj in subjects().get(uid, set()) for uid, subj in expected.items()), timeout=60)
+    await wait_for(lambda: all(subj in subjects().get(uid, set()) for uid, subj in expected.items()), timeout=60)
     mgmt = {"Authorization": f"Bearer {workspace.secret_key}"}
     async with httpx.AsyncClient(timeout=10) as c:
         # the at-risk and churned users entered churn prevention and win-back (or their holdouts)
@@ -412,7 +335,7 @@ async def test_preference_page_in_headless_chromium(stack, workspace) -> None:
             "idempotency_key": uuid.uuid4().hex, "to": to, "subject": "Monthly news", "topic": "offers",
             "html": "<p>News</p>", "text": "News"})
         assert r.status_code == 202, r.text
-        await _wait_for(lambda: any(m["to"] == [to] for m in box.messages))
+        await wait_for(lambda: any(m["to"] == [to] for m in box.messages))
         mail = next(m for m in box.messages if m["to"] == [to])
         prefs_url = re.search(r'href="([^"]+/p/[^"]+)"', mail["html"]).group(1)
         browser = await asyncio.to_thread(headless_chromium)
@@ -447,11 +370,10 @@ async def test_killing_the_delivery_worker_mid_send_loses_nothing(stack, workspa
     idempotency key, so a kill between the server's 250 and our commit re-sends that message after the
     lease — with the same Message-ID (documented); no other message may arrive twice."""
     import random
-    import signal
 
     s, box = stack
     s.env["TENURE_DELIVERY_LEASE_S"] = "2"  # a dead worker's messages come back quickly
-    _terminate([s.workers["delivery"]], timeout=10)
+    terminate(s.workers["delivery"], timeout=10)
     mgmt = {"Authorization": f"Bearer {workspace.secret_key}"}
     tag = uuid.uuid4().hex[:6]
     recipients = [f"k{i}-{tag}@e2e.example" for i in range(150)]
@@ -462,13 +384,13 @@ async def test_killing_the_delivery_worker_mid_send_loses_nothing(stack, workspa
         assert [x["result"] for x in r.json()["results"]] == ["queued"] * 150
     kills = 3
     for _ in range(kills):
-        s.workers["delivery"] = s._spawn("worker", "delivery")
+        s.workers["delivery"] = [s.spawn("worker", "delivery")]
         await asyncio.sleep(random.uniform(1.0, 2.0))  # start-up, then some sending
-        s.workers["delivery"].send_signal(signal.SIGKILL)
-        s.workers["delivery"].wait(timeout=10)
-    s.workers["delivery"] = s._spawn("worker", "delivery")
+        s.workers["delivery"][0].send_signal(signal.SIGKILL)
+        s.workers["delivery"][0].wait(timeout=10)
+    s.workers["delivery"] = [s.spawn("worker", "delivery")]
     mine = set(recipients)
-    await _wait_for(lambda: len({m["to"][0] for m in box.messages if m["to"][0] in mine}) == len(mine), timeout=90)
+    await wait_for(lambda: len({m["to"][0] for m in box.messages if m["to"][0] in mine}) == len(mine), timeout=90)
     await asyncio.sleep(3)  # a re-send after a lease would show up by now
     by_recipient: dict[str, list[str]] = {}
     for m in box.messages:

@@ -69,3 +69,31 @@ async def test_feed_orders_transaction_ids_as_numbers_not_text(sessionmaker, wor
         assert [e["message_id"] for e in events] == ["nine", "ten"]
         events, _ = await eventlog.read_feed(s, cursor, 2)
         assert [e["message_id"] for e in events][:1] == ["hundred"]
+
+
+async def test_a_page_says_how_far_behind_its_reader_is(apps, sessionmaker, workspace) -> None:
+    """`behind` is the consumer lag behind every feed: exact for small lags, estimated (never below the
+    truth) from the sequence for large ones."""
+    from shared.feed import backlog
+    from shared.testing import internal_headers
+
+    feed = apps["ingest"]
+    head = ""
+    while True:  # to the end of whatever earlier tests wrote
+        page = (await feed.get("/v1/events", params={"after": head, "limit": 5000}, headers=internal_headers())).json()
+        head = page["next_cursor"]
+        if not page["events"]:
+            break
+    assert page["behind"] == 0
+    ws = workspace.workspace_id
+    async with sessionmaker() as s, s.begin():
+        now = datetime.now(UTC)
+        await tracking.record(s, ws, [
+            tracking.Envelope(message_id=f"lag-{i}", type="track", event="E", user_id="lagging", anonymous_id=None,
+                              properties={}, traits={}, context={}, timestamp=now, sent_at=None) for i in range(30)],
+            now)
+    page = (await feed.get("/v1/events", params={"after": head, "limit": 10}, headers=internal_headers())).json()
+    assert len(page["events"]) == 10 and page["behind"] == 20
+    async with sessionmaker() as s, s.begin():
+        assert await backlog(s, "ingest.events", Cursor.decode(page["next_cursor"]), exact_up_to=5) >= 20
+        assert await backlog(s, "ingest.events", Cursor.decode(head)) == 30

@@ -1,0 +1,157 @@
+"""Real `tenure serve` / `tenure worker` processes for end-to-end tests, and a local SMTP server to catch mail."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiosmtpd.controller import Controller
+
+from services.devinbox.inbox import Mailbox, parse_message
+from shared.embedded import free_port
+from shared.settings import SERVICES, Settings
+
+TENURE = str(Path(sys.executable).parent / "tenure")
+
+
+def stack_env(settings: Settings, smtp_port: int, suffix: str, **extra: str) -> dict[str, str]:
+    """The environment of a stack of processes on this run's database, with its own queues and ports."""
+    return {
+        **os.environ,
+        "TENURE_ENV": "test",
+        "TENURE_DATABASE_URL": settings.database_url or "",
+        "TENURE_REDIS_URL": settings.redis_url or "",
+        "TENURE_QUEUE_PREFIX": f"{settings.queue_prefix}-{suffix}",
+        "TENURE_INTERNAL_TOKEN": settings.internal_token,
+        "TENURE_SMTP_PORT": str(smtp_port),
+        "TENURE_FEED_POLL_INTERVAL_S": "1",
+        "TENURE_LOG_LEVEL": "WARNING",
+        **{f"TENURE_{s.upper()}_PORT": str(free_port()) for s in SERVICES},
+        **extra,
+    }
+
+
+class Stack:
+    """APIs (one process each) and workers (any number of replicas each, each with its own metrics port)."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+        self.logs = Path(tempfile.mkdtemp(prefix="tenure-stack-"))
+        self.apis: dict[str, subprocess.Popen[bytes]] = {}
+        self.workers: dict[str, list[subprocess.Popen[bytes]]] = {}
+        self.worker_metrics: dict[str, list[int]] = {}
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.env[f'TENURE_{service.upper()}_PORT']}"
+
+    def spawn(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        """Start ``tenure ARGS``; its log goes to a file (a pipe nobody reads would block a chatty process)."""
+        log = self.logs / f"{'-'.join(args)}-{len(list(self.logs.iterdir()))}.log"
+        with log.open("wb") as f:
+            proc = subprocess.Popen([TENURE, *args], env={**self.env, **env}, stdout=subprocess.DEVNULL, stderr=f)
+        proc.log_path = log  # type: ignore[attr-defined]
+        return proc
+
+    def start_apis(self, services: Iterable[str] = SERVICES) -> None:
+        services = list(services)
+        self.apis.update({s: self.spawn("serve", s) for s in services})
+        for s in services:
+            wait_ready(self.url(s), self.apis[s])
+
+    def start_workers(self, services: Iterable[str] = SERVICES, replicas: int = 1) -> None:
+        for s in services:
+            ports = [free_port() for _ in range(replicas)]
+            self.worker_metrics[s] = ports
+            self.workers[s] = [self.spawn("worker", s, TENURE_WORKER_METRICS_PORT=str(p)) for p in ports]
+
+    def stop_workers(self) -> None:
+        terminate([p for procs in self.workers.values() for p in procs], timeout=30)
+        self.workers = {}
+
+    def stop(self) -> None:
+        self.stop_workers()
+        terminate(self.apis.values(), timeout=20)
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not become ready: {log_tail(proc)}")
+        time.sleep(0.1)
+
+
+def log_tail(proc: subprocess.Popen[bytes], chars: int = 3000) -> str:
+    path = getattr(proc, "log_path", None)
+    return path.read_text(errors="replace")[-chars:] if path and path.exists() else ""
+
+
+def terminate(procs: Iterable[subprocess.Popen[bytes]], *, timeout: float) -> None:
+    """SIGTERM all, then wait for each (graceful shutdown), killing any that overstay."""
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+class _SlowHandler:
+    """Keeps every message, taking ``delay_s`` per message (a provider that is not instantaneous)."""
+
+    def __init__(self, mailbox: Mailbox, delay_s: float):
+        self.mailbox, self.delay_s = mailbox, delay_s
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        raw = envelope.original_content or (envelope.content if isinstance(envelope.content, bytes) else b"")
+        self.mailbox.add(parse_message(raw, str(envelope.mail_from), list(envelope.rcpt_tos)))
+        return "250 Message accepted for delivery"
+
+
+def start_sink(delay_s: float = 0.0) -> tuple[Mailbox, Controller, int]:
+    box, port = Mailbox(), free_port()
+    controller = Controller(_SlowHandler(box, delay_s), hostname="127.0.0.1", port=port)
+    controller.start()
+    return box, controller, port
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 45.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+def scrape(port_or_url: int | str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Samples of a Prometheus endpoint, parsed with prometheus-client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{port_or_url}/metrics" if isinstance(port_or_url, int) else port_or_url
+    body = httpx.get(url, timeout=5).text
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(body) for s in fam.samples}
+
+
+def sample(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels`` (0 when none)."""
+    want = set(labels.items())
+    return sum(v for (n, lab), v in samples.items() if n == name and want <= lab)

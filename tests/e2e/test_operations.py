@@ -11,6 +11,7 @@ from collections import Counter
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 
 from shared.testing import _asyncpg_dsn
@@ -45,7 +46,8 @@ async def test_sigterm_drains_the_ingest_api_under_load(settings, workspace) -> 
             i = 0
             while not stop.is_set():
                 batch = [{"type": "track", "userId": f"u{n}-{i}-{j}", "event": "Drained",
-                          "messageId": f"drain-{n}-{i}-{j}"} for j in range(50)]
+                          "messageId": f"drain-{n}-{i}-{j}", "properties": {"note": "body-marker"}}
+                         for j in range(50)]
                 i += 1
                 try:
                     r = await c.post(url, auth=wk, json={"batch": batch})
@@ -95,6 +97,13 @@ async def test_sigterm_drains_the_ingest_api_under_load(settings, workspace) -> 
     finally:
         await conn.close()
         s.stop()
+    # the log: one JSON object per line, requests carry their request and workspace ids, and neither
+    # the write key nor anything from the events' bodies is written
+    text = log_tail(s.apis["ingest"], 10**9)
+    assert workspace.write_key not in text and "body-marker" not in text
+    lines = [orjson.loads(line) for line in text.splitlines() if line.startswith("{")]
+    requests = [x for x in lines if x.get("event") == "http.request" and x.get("path") == "/v1/batch"]
+    assert requests and all(x["request_id"] and x["workspace_id"] == str(workspace.workspace_id) for x in requests)
 
 
 async def test_sigterm_lets_a_delivery_worker_finish_its_batch(settings, workspace) -> None:

@@ -101,10 +101,17 @@ def journey_from(data: dict[str, Any]) -> jd.Journey:
         definition["steps"] = [{"id": "send", "type": "send", "template_id": str(data["template_id"])}]
         definition.setdefault("entry", {"rule": "every_time"})
     try:
-        return journeys.parse(definition)
+        journey = journeys.parse(definition)
     except ValidationError as exc:
         errors = [{"at": ".".join(str(p) for p in e["loc"]), "msg": e["msg"]} for e in exc.errors(include_url=False)]
         raise ValidationFailed("The campaign is not valid", errors=errors) from None
+    if lost := jd.unreachable(journey):
+        ids = [s.id for s in journey.steps]
+        raise ValidationFailed("The campaign is not valid", errors=[
+            {"at": f"steps.{ids.index(sid)}", "msg": f"step {sid!r} is unreachable: no step leads to it (steps do "
+                                                    "not fall through; set `next` on the step before it)"}
+            for sid in lost])
+    return journey
 
 
 async def _check_templates(session: AsyncSession, ws: uuid.UUID, journey: jd.Journey) -> None:

@@ -281,6 +281,19 @@ class Journey(_Model):
         return {s.template_id for s in self.steps if isinstance(s, SendStep)}
 
 
+def unreachable(journey: Journey) -> list[str]:
+    """Steps no path from the first step leads to: usually a forgotten ``next`` (steps do not fall through
+    to the one listed below them). Refused on save; stored journeys are not re-judged."""
+    seen: set[str] = set()
+    todo = [journey.steps[0].id] if journey.steps else []
+    while todo:
+        sid = todo.pop()
+        if sid not in seen:
+            seen.add(sid)
+            todo.extend(t for t in targets(journey.step(sid)) if t is not None)
+    return [s.id for s in journey.steps if s.id not in seen]
+
+
 def targets(step: Any) -> list[str | None]:
     if isinstance(step, WaitForEventStep):
         return [step.on_event, step.on_timeout]

@@ -649,3 +649,17 @@ async def test_review_regressions_in_the_engine(world) -> None:
     for hour in (T0, T0.replace(hour=22), T0.replace(hour=22) + timedelta(hours=9)):
         await world.pump(hour)
     assert [m["subject"] for m in await world.mail(email) if m["subject"] == "Regression"] == ["Regression"] * 2
+
+
+async def test_a_step_nothing_leads_to_is_refused_with_where_and_why(apps, workspace) -> None:
+    mgmt = {"Authorization": f"Bearer {workspace.secret_key}"}
+    tpl = (await apps["campaign"].post("/v1/templates", headers=mgmt, json={
+        "name": "t", "subject": "Hi", "text": "Hi"})).json()["id"]
+    r = await apps["campaign"].post("/v1/campaigns", headers=mgmt, json={
+        "name": "forgot next", "trigger": {"type": "event", "event": "Joined"},
+        "steps": [{"id": "wait", "type": "delay", "seconds": 60},
+                  {"id": "mail", "type": "send", "template_id": tpl}]})
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["errors"] == [{"at": "steps.1", "msg": "step 'mail' is unreachable: no step leads to it (steps "
+                                   "do not fall through; set `next` on the step before it)"}]

@@ -5,6 +5,7 @@ shutdown, configuration keys that the settings know, and network policies that a
 architecture's flows."""
 
 import re
+import subprocess
 from typing import Any
 
 import kubernetes_validate
@@ -12,7 +13,7 @@ import pytest
 
 from shared.settings import Settings
 
-from .conftest import OVERLAYS, ROOT, Rendered
+from .conftest import OVERLAYS, ROOT, Rendered, tool
 from .netpol import External, Pod, allowed
 
 SERVICES = ("ingest", "segment", "campaign", "delivery")
@@ -61,6 +62,12 @@ def test_overlay_renders_the_whole_application(rendered: dict[str, Rendered], ov
     for doc in r.docs:
         if doc["kind"] != "Namespace":
             assert doc["metadata"].get("namespace") == "tenure", f"{doc['kind']} {doc['metadata']['name']}"
+
+
+def test_the_manifest_sources_pass_yamllint() -> None:
+    proc = subprocess.run([tool("yamllint"), "--strict", "-c", str(ROOT / ".yamllint.yaml"), str(ROOT / "k8s")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)

@@ -482,3 +482,19 @@ def test_the_network_policy_model_isolates_as_kubernetes_does() -> None:
     assert not allowed([block], a, External("10.9.9.9"), 443)
     assert not allowed([block], a, INTERNET6, 443)
     assert not allowed([block], a, b, 8000), "ipBlock does not match pods"
+
+
+def test_what_the_manifests_take_from_secrets_is_what_the_docs_call_secret(rendered: dict[str, Rendered]) -> None:
+    from tests.unit.test_configuration_doc import table
+
+    documented = {name for name, cells in table().items() if cells[1] == "yes"}
+    dev = rendered["dev"]
+    (core,) = [s for s in dev.of_kind("Secret") if s["metadata"]["name"].startswith("tenure-core")]
+    from_secrets = set(core["data"])
+    for dep in _tenure_deployments(rendered["prod"]):
+        for env in _pod_spec(dep)["containers"][0].get("env", []):
+            if "secretKeyRef" in env.get("valueFrom", {}):
+                from_secrets.add(env["name"])
+    assert from_secrets == documented, (from_secrets ^ documented)
+    config = next(c for c in dev.of_kind("ConfigMap") if c["metadata"]["name"].startswith("tenure-config-"))
+    assert not set(config["data"]) & documented, "a secret setting in the ConfigMap"

@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# checkov pins many dependencies of its own: it gets a separate virtualenv (requirements-tools.txt).
+TOOLS  := .venv-tools
 
-.PHONY: run test install install-test lint clean
+.PHONY: run test install install-test tools lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,17 +23,26 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
+$(TOOLS)/.installed: requirements-tools.txt
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
+	$(TOOLS)/bin/python -m pip install --quiet -r requirements-tools.txt
+	touch $@
+
+## Tools the tests call but that cannot share the project's venv (checkov, for tests/k8s).
+tools: $(TOOLS)/.installed
+
 ## Start everything: four APIs + workers, dev inbox, embedded Postgres/Redis unless TENURE_*_URL are set.
 run: install
 	$(BIN)/tenure dev
 
-## Run the whole test suite (pytest's "no tests collected" counts as a failure).
-test: install-test
+## Run the whole test suite (pytest's "no tests collected" counts as a failure), manifests and image included.
+test: install-test tools
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected: failing"; exit 1; fi; exit $$rc
 
 lint: install-test
-	$(BIN)/ruff check shared services tests
+	$(BIN)/ruff check shared services tests bench
 
 clean:
-	rm -rf $(VENV) .tenure .pytest_cache
+	rm -rf $(VENV) $(TOOLS) .tenure .pytest_cache

@@ -180,7 +180,10 @@ def test_worker_pods_check_arq_health_and_outlast_the_job_completion_wait(render
         spec = _pod_spec(_deployment(rendered[overlay], service, "worker"))
         (app,) = spec["containers"]
         assert app["args"] == ["worker", service]
-        assert "ports" not in app
+        assert app["ports"] == [{"name": "metrics", "containerPort": 9100, "protocol": "TCP"}]
+        assert {"name": "TENURE_WORKER_METRICS_PORT", "value": "9100"} in app["env"]
+        annotations = _deployment(rendered[overlay], service, "worker")["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == "9100"
         for probe in ("livenessProbe", "readinessProbe"):
             cmd = app[probe]["exec"]["command"]
             assert cmd == ["arq", "--check", f"services.{service}.worker.WorkerSettings"]
@@ -256,7 +259,7 @@ def test_configuration_keys_are_settings_and_references_resolve(rendered: dict[s
 
 def test_provider_credentials_reach_delivery_only(rendered: dict[str, Rendered]) -> None:
     for dep in _tenure_deployments(rendered["prod"]):
-        env = {e["name"] for e in _pod_spec(dep)["containers"][0].get("env", [])}
+        env = {e["name"] for e in _pod_spec(dep)["containers"][0].get("env", []) if "valueFrom" in e}
         if dep["metadata"]["labels"]["app.kubernetes.io/name"] == "delivery":
             assert {"TENURE_SENDGRID_API_KEY", "TENURE_TWILIO_AUTH_TOKEN", "TENURE_SMTP_PASSWORD",
                     "TENURE_FCM_SERVICE_ACCOUNT"} <= env
@@ -397,6 +400,9 @@ def test_only_the_ingress_controller_and_prometheus_come_from_outside(rendered: 
         assert allowed(pol, PROMETHEUS, _pod(s, "api"), 8000)
         assert not allowed(pol, STRANGER, _pod(s, "api"), 8000)
         assert not allowed(pol, INGRESS_CONTROLLER, _pod(s, "worker"), 8000)
+        assert allowed(pol, PROMETHEUS, _pod(s, "worker"), 9100)
+        assert not allowed(pol, STRANGER, _pod(s, "worker"), 9100)
+        assert not allowed(pol, INGRESS_CONTROLLER, _pod(s, "worker"), 9100)
         assert not allowed(pol, INTERNET, _pod(s, "api"), 8000)
     assert not allowed(pol, INGRESS_CONTROLLER, MIGRATION, 8000)
 

@@ -163,6 +163,21 @@ async def claim(session: AsyncSession, limit: int, lease_s: float = LEASE_S) -> 
     return [dict(r) for r in rows.mappings()]
 
 
+async def renew(session: AsyncSession, message: dict[str, Any], lease_s: float = LEASE_S) -> bool:
+    """Extend this holder's lease just before the provider call; False when the message is no longer ours.
+
+    A batch is claimed at once but sent one message after another, so a lease counted from the claim can
+    run out while the tail of a slow batch still waits in memory; another sender would then take those
+    messages too. Renewing per message gives each send a full lease, and ``attempts`` (raised by every
+    claim) fences out a holder whose lease was taken over.
+    """
+    row = await session.execute(text(
+        "update delivery.messages set claimed_until = now() + make_interval(secs => :lease) "
+        "where id = :id and status = 'sending' and attempts = :n returning 1"),
+        {"id": message["id"], "n": message["attempts"], "lease": lease_s})
+    return row.first() is not None
+
+
 async def release(session: AsyncSession, ids: list[uuid.UUID], delay_s: float) -> None:
     """Give claimed messages back untouched (over a rate limit): not an attempt, due again after ``delay_s``."""
     await session.execute(text(

@@ -74,7 +74,11 @@ async def send_one(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
     """One attempt; whatever happens is recorded (an unexpected error is a permanent failure with its
     reason, never a message left leased and retried forever)."""
     started = datetime.now(UTC)
-    async with sessionmaker() as session, session.begin():  # consent may have changed while it waited
+    async with sessionmaker() as session, session.begin():
+        if not await outbox.renew(session, message, settings.delivery_lease_s):
+            log.warning("delivery.lease_lost", message_id=str(message["id"]), attempt=message["attempts"])
+            return "lease_lost"  # another sender holds it now: sending too would send it twice
+        # consent may have changed while it waited
         reason = await consent.blocked(session, message["workspace_id"], message.get("channel", "email"),
                                        message["to_address"], message.get("message_type", "marketing"),
                                        message.get("topic"))

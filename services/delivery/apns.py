@@ -150,7 +150,8 @@ async def send(settings: Settings, http: httpx.AsyncClient, devices: list[Device
     client = client_for(settings)
     base = settings.apns_base_url.rstrip("/")
     headers = {"apns-topic": settings.apns_bundle_id or "", "apns-push-type": "alert",
-               "apns-priority": "10" if note.urgent else "5", "apns-expiration": str(note.expires_at)}
+               "apns-priority": "10" if note.urgent else "5",
+               "apns-expiration": str(note.expires_at) if settings.push_ttl_s else "0"}  # 0: now or never
     if note.collapse_key:
         headers["apns-collapse-id"] = note.collapse_key[:64]
     body = payload(note)

@@ -158,9 +158,13 @@ def retry_after(resp: httpx.Response) -> float | None:
 def fcm_message(token: str, note: Notification) -> dict[str, Any]:
     notification = {"title": note.title, "body": note.body, **({"image": note.image} if note.image else {})}
     message: dict[str, Any] = {"token": token, "notification": notification,
-                               "data": {k: str(v) for k, v in note.data.items() if v is not None}}
+                               "data": {k: str(v) for k, v in note.data.items()
+                                        if v is not None and k != "collapse_key"}}  # a reserved key in FCM
     if note.image:  # iOS shows it only through a notification service extension: mutable-content
         message["apns"] = {"payload": {"aps": {"mutable-content": 1}}, "fcm_options": {"image": note.image}}
+    if note.collapse_key:
+        message["android"] = {"collapse_key": note.collapse_key}
+        message.setdefault("apns", {})["headers"] = {"apns-collapse-id": note.collapse_key[:64]}
     if note.deep_link and note.deep_link.startswith("https://"):
         message["webpush"] = {"fcm_options": {"link": note.deep_link}}
     return {"message": message}

@@ -171,10 +171,13 @@ async def _send(apps, h, user: str, key: str, **extra: Any) -> str:
     return str(r.json()["id"])
 
 
-async def _make_due(sessionmaker, message_id: str) -> None:
+async def send_now(sessionmaker, settings, *message_ids: str) -> None:
+    """One send round that takes these messages first (the outbox claims in next_attempt_at order, and other
+    tests may have left due messages behind)."""
     async with sessionmaker() as s, s.begin():
-        await s.execute(text("update delivery.messages set next_attempt_at = now() where id = :id"),
-                        {"id": message_id})
+        await s.execute(text("update delivery.messages set next_attempt_at = now() - interval '1 day' "
+                             "where id = any(CAST(:ids AS uuid[]))"), {"ids": list(message_ids)})
+    await sending.send_due(sessionmaker, settings)
 
 
 async def test_apns_sends_over_http2_and_removes_dead_tokens(apps, workspace, sessionmaker, apns_env) -> None:
@@ -195,7 +198,7 @@ async def test_apns_sends_over_http2_and_removes_dead_tokens(apps, workspace, se
         ids[who] = await _send(apps, h, who, f"apns-{who}", message_type="marketing")
 
     started = time.time()
-    await sending.send_due(sessionmaker, s)
+    await send_now(sessionmaker, s, *ids.values())
     got = {w: (await apps["delivery"].get(f"/v1/messages/{i}", headers=h)).json() for w, i in ids.items()}
     assert {w: g["status"] for w, g in got.items()} == {user: "sent", big: "failed", busy: "queued",
                                                         limited: "queued"}
@@ -224,8 +227,7 @@ async def test_apns_sends_over_http2_and_removes_dead_tokens(apps, workspace, se
     assert len(fake.tokens_seen) == 1  # one provider token served every request
 
     # the transient failure is retried — with the same apns-id, so Apple and our logs see one notification
-    await _make_due(sessionmaker, ids[busy])
-    await sending.send_due(sessionmaker, s)
+    await send_now(sessionmaker, s, ids[busy])
     retried = (await apps["delivery"].get(f"/v1/messages/{ids[busy]}", headers=h)).json()
     assert retried["status"] == "sent" and retried["attempts"] == 2
     busy_ids = [r["headers"]["apns-id"] for r in fake.requests if r["token"] == busy_token]
@@ -239,7 +241,7 @@ async def test_apns_provider_token_reminted_once_when_rejected(apps, workspace, 
     fake.expire_next_token = True
     await _register(apps, h, f"exp-{tag}", _token("bbbb"))
     mid = await _send(apps, h, f"exp-{tag}", f"exp-{tag}")
-    await sending.send_due(sessionmaker, s)
+    await send_now(sessionmaker, s, mid)
     m = (await apps["delivery"].get(f"/v1/messages/{mid}", headers=h)).json()
     assert m["status"] == "sent", m["last_error"]
     assert len(fake.tokens_seen) == 2  # the rejected token was replaced once, and the new one worked
@@ -260,9 +262,9 @@ async def test_apns_wrong_team_fails_without_hammering_token_updates(apps, works
         try:
             await _register(apps, h, f"team-{tag}", _token("cccc"))
             first = await _send(apps, h, f"team-{tag}", f"team-{tag}-1")
-            await sending.send_due(sessionmaker, s)
+            await send_now(sessionmaker, s, first)
             second = await _send(apps, h, f"team-{tag}", f"team-{tag}-2")
-            await sending.send_due(sessionmaker, s)
+            await send_now(sessionmaker, s, second)
         finally:
             await apns.close_clients()
     for mid in (first, second):

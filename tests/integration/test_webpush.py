@@ -22,9 +22,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
-from services.delivery import sending
 from services.delivery.app import create_app
 from shared.testing import http_server
+from tests.integration.test_apns import send_now
 
 SUBJECT = "mailto:push-ops@acme.test"
 
@@ -169,7 +169,7 @@ async def test_web_push_encrypted_vapid_signed_and_gone_subscriptions_removed(ap
             assert r.status_code == 202, r.text
             ids[who] = r.json()["id"]
         before = time.time()
-        await sending.send_due(sessionmaker, s)
+        await send_now(sessionmaker, s, *ids.values())
         got = {w: (await apps["delivery"].get(f"/v1/messages/{i}", headers=h)).json() for w, i in ids.items()}
         assert {w: g["status"] for w, g in got.items()} == {
             user: "sent", lonely: "failed", busy: "queued", limited: "queued", refused: "failed"}
@@ -202,10 +202,7 @@ async def test_web_push_encrypted_vapid_signed_and_gone_subscriptions_removed(ap
         assert float(due) >= before + 115
 
         # 503 was transient: retried, and the browser gets it once
-        async with sessionmaker() as session, session.begin():
-            await session.execute(text("update delivery.messages set next_attempt_at = now() where id = :id"),
-                                  {"id": ids[busy]})
-        await sending.send_due(sessionmaker, s)
+        await send_now(sessionmaker, s, ids[busy])
         retried = (await apps["delivery"].get(f"/v1/messages/{ids[busy]}", headers=h)).json()
         assert retried["status"] == "sent" and retried["attempts"] == 2
         [busy_sub] = [e.rsplit("/", 1)[1] for e in subs[busy]]
@@ -292,9 +289,10 @@ async def test_one_message_reaches_every_device_through_its_provider(apps, works
         try:
             r = await apps["delivery"].post("/v1/messages", headers=h, json={
                 "idempotency_key": f"all-{tag}", "channel": "push", "to": user, "subject": "Hello",
-                "text": "Everywhere", "message_type": "transactional", "data": {"image": "https://cdn.acme.test/i.png"}})
+                "text": "Everywhere", "message_type": "transactional", "data": {"image": "https://cdn.acme.test/i.png",
+                                                                      "collapse_key": "hello-1"}})
             mid = r.json()["id"]
-            await sending.send_due(sessionmaker, s)
+            await send_now(sessionmaker, s, mid)
         finally:
             await apns.close_clients()
         m = (await apps["delivery"].get(f"/v1/messages/{mid}", headers=h)).json()
@@ -303,7 +301,10 @@ async def test_one_message_reaches_every_device_through_its_provider(apps, works
         assert sorted(x["token"] for x in google.sent if tag in x["token"]) == sorted([android, ios_fcm])
         [fcm_ios] = [x for x in google.sent if x["token"] == ios_fcm]
         assert fcm_ios["apns"] == {"payload": {"aps": {"mutable-content": 1}},
-                                   "fcm_options": {"image": "https://cdn.acme.test/i.png"}}
+                                   "fcm_options": {"image": "https://cdn.acme.test/i.png"},
+                                   "headers": {"apns-collapse-id": "hello-1"}}
+        assert fcm_ios["android"] == {"collapse_key": "hello-1"} and "collapse_key" not in fcm_ios["data"]
+        assert {x["headers"].get("apns-collapse-id") for x in apple.requests} == {"hello-1"}
         assert fcm_ios["notification"]["image"] == "https://cdn.acme.test/i.png"
         assert sorted(x["token"] for x in apple.requests) == sorted([ios_apns, ios_gone])
         [web] = service.received[endpoint.rsplit("/", 1)[1]]

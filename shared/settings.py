@@ -92,6 +92,23 @@ class Settings(BaseSettings):
     fcm_service_account: str | None = Field(
         default=None, description="push through FCM HTTP v1: the service account key (JSON text or a file path)")
     fcm_base_url: str = "https://fcm.googleapis.com"
+    apns_key: str | None = Field(
+        default=None, description="push to iOS devices through APNs (token auth): the .p8 signing key (PEM text or a "
+                                  "file path); with the key id, team id and bundle id set, iOS tokens go to APNs")
+    apns_key_id: str | None = Field(default=None, description="the 10-character Key ID of the APNs key")
+    apns_team_id: str | None = Field(default=None, description="the Apple Developer Team ID (the token's issuer)")
+    apns_bundle_id: str | None = Field(default=None, description="the app's bundle id (the apns-topic header)")
+    apns_base_url: str = Field(default="https://api.push.apple.com",
+                               description="https://api.sandbox.push.apple.com for development builds")
+    apns_ca_file: str | None = Field(default=None, description="trust this CA bundle for APNs (default: the system's)")
+    apns_timeout_s: float = Field(default=10.0, description="timeout of every APNs request")
+    vapid_private_key: str | None = Field(
+        default=None, description="Web Push (VAPID): the P-256 private key (PEM text, a PEM file path, or the raw "
+                                  "32-byte key in base64url as web-push tools print it)")
+    vapid_subject: str | None = Field(
+        default=None, description="Web Push: a contact for push services, mailto:ops@example.com or an https: URL")
+    push_ttl_s: int = Field(default=86_400, ge=0, le=2_419_200,
+                            description="how long APNs and Web Push services keep an undelivered notification")
     delivery_lease_s: float = Field(default=60.0, ge=1, description="how long a claimed message is a worker's; "
                                                                       "after that (the worker died) it is taken again")
     provider_timeout_s: float = Field(default=10.0, description="timeout of every provider HTTP call")

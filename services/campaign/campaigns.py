@@ -15,7 +15,8 @@ from shared.errors import NotFound, ValidationFailed
 from shared.http import InternalClient
 from shared.jsonutil import dumps
 
-_TEMPLATE_COLS = "id, name, channel, subject, preheader, html, text, locales, created_at, updated_at"
+_TEMPLATE_COLS = ("id, name, channel, subject, preheader, html, text, deep_link, image, locales, created_at, "
+                  "updated_at")
 _CAMPAIGN_COLS = ("id, name, status, version, trigger, template_id, message_type, definition, created_at, "
                   "updated_at")
 _SEND_COLS = ("id, campaign_id, campaign_version, profile_id, occurrence, status, reason, journey_id, step, "
@@ -43,8 +44,9 @@ async def create_template(session: AsyncSession, ws: uuid.UUID, data: dict[str, 
     locales = data.get("locales") or {}
     row = await insert_one_or_conflict(
         session,
-        f"insert into campaign.templates (id, workspace_id, name, channel, subject, preheader, html, text, locales) "
-        f"values (:id, :ws, :name, :channel, :subject, :preheader, :html, :text, CAST(:locales AS jsonb)) "
+        f"insert into campaign.templates (id, workspace_id, name, channel, subject, preheader, html, text, deep_link, "
+        f"image, locales) values (:id, :ws, :name, :channel, :subject, :preheader, :html, :text, :deep_link, :image, "
+        f"CAST(:locales AS jsonb)) "
         f"returning {_TEMPLATE_COLS}",
         {"id": uuid.uuid4(), "ws": ws, "name": data["name"], "channel": data.get("channel", "email"), **fields,
          "locales": dumps(locales)},
@@ -60,7 +62,8 @@ async def update_template(session: AsyncSession, ws: uuid.UUID, template_id: uui
     row = await insert_one_or_conflict(
         session,
         f"update campaign.templates set name = :name, channel = :channel, subject = :subject, preheader = :preheader, "
-        f"html = :html, text = :text, locales = CAST(:locales AS jsonb), updated_at = now() "
+        f"html = :html, text = :text, deep_link = :deep_link, image = :image, locales = CAST(:locales AS jsonb), "
+        f"updated_at = now() "
         f"where workspace_id = :ws and id = :id "
         f"returning {_TEMPLATE_COLS}",
         {"id": template_id, "ws": ws, "name": data["name"], "channel": data.get("channel", "email"), **fields,
@@ -367,7 +370,8 @@ async def render_preview(session: AsyncSession, internal: InternalClient, ws: uu
                                await snippets_of(session, ws))
     except templates.TemplateError as exc:
         raise ValidationFailed(f"Template {exc.field} does not render: {exc.message}", field=exc.field) from None
-    return {"subject": out.subject, "html": out.html, "text": out.text, "locale": used,
+    return {"subject": out.subject, "html": out.html, "text": out.text, "deep_link": out.deep_link,
+            "image": out.image, "locale": used,
             "profile_id": profile.get("id"), "channel": tpl["channel"]}
 
 

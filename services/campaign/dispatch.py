@@ -54,7 +54,8 @@ async def claim(session: AsyncSession, limit: int) -> list[dict[str, Any]]:
 
 
 async def _template(session: AsyncSession, template_id: uuid.UUID) -> dict[str, Any] | None:
-    row = (await session.execute(text("select channel, subject, preheader, html, text, locales from campaign.templates "
+    row = (await session.execute(text("select channel, subject, preheader, html, text, deep_link, image, locales "
+                                      "from campaign.templates "
                                       "where id = :id"),
                                  {"id": template_id})).mappings().first()
     return dict(row) if row else None
@@ -119,6 +120,8 @@ async def prepare(session: AsyncSession, send: dict[str, Any], profile: dict[str
         "text": rendered.text,
         "message_type": send["message_type"] or "marketing",
         "topic": send.get("topic"),
+        **({"data": push_data} if channel == "push" and (push_data := {
+            k: v for k, v in (("deep_link", rendered.deep_link), ("image", rendered.image)) if v}) else {}),
         "metadata": {"campaign_id": str(send["campaign_id"]), "send_id": str(send["id"]),
                      "profile_id": str(send["profile_id"]),
                      # who opens, clicks and unsubscribes: delivery reports it to ingest under this identity

@@ -32,6 +32,8 @@ class Template(CampaignTable, table=True):
     preheader: str | None = None
     html: str | None = None
     text: str | None = None
+    deep_link: str | None = None  # push: where tapping the notification leads (Liquid)
+    image: str | None = None  # push: an image URL shown with the notification (Liquid)
     # {"fr": {"subject": ..., "html": ..., "text": ...}, "fr-CA": {...}}: chosen by the profile's locale
     locales: dict[str, Any] = Field(sa_column=jsonb_column("locales"))
     created_at: datetime = Field(sa_column=tz_column("created_at"))

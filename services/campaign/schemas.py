@@ -14,10 +14,13 @@ class LocaleVariant(BaseModel):
     preheader: str | None = Field(None, max_length=500)
     html: str | None = None
     text: str | None = None
+    deep_link: str | None = Field(None, max_length=2000)
+    image: str | None = Field(None, max_length=2000)
 
 
 class TemplateCreate(BaseModel):
-    """Email (subject, preheader, HTML, text) or SMS (text) content in Liquid."""
+    """Email (subject, preheader, HTML, text), SMS (text) or push (title = subject, body = text, deep link,
+    image) content in Liquid."""
 
     name: str = Field(min_length=1, max_length=200, examples=["welcome"])
     channel: Literal["email", "sms", "push"] = Field(
@@ -29,6 +32,11 @@ class TemplateCreate(BaseModel):
                                   description="the preview line mail clients show after the subject")
     html: str | None = Field(None, examples=["<p>Hi {{ profile.first_name | default: 'there' }}</p>"])
     text: str | None = Field(None, examples=["Hi {{ profile.first_name | default: 'there' }}"])
+    deep_link: str | None = Field(None, max_length=2000, examples=["acme://orders/{{ event.properties.order_id }}"],
+                                  description="push: where tapping the notification leads (app link or https URL)")
+    image: str | None = Field(None, max_length=2000,
+                              examples=["https://cdn.example.com/push/{{ event.properties.sku }}.jpg"],
+                              description="push: an https image shown with the notification")
     locales: dict[str, LocaleVariant] = Field(
         default_factory=dict, description="variants by locale; a profile's locale falls back fr-CA → fr → default",
         examples=[{"fr": {"subject": "Bienvenue, {{ profile.first_name }} !"}}])
@@ -41,6 +49,9 @@ class TemplateCreate(BaseModel):
             raise ValueError("an SMS template has text only")
         if self.channel == "push" and (not self.subject.strip() or not self.text or self.html or self.preheader):
             raise ValueError("a push template has a title (subject) and a body (text)")
+        if self.channel != "push" and (self.deep_link or self.image or any(
+                v.deep_link or v.image for v in self.locales.values())):
+            raise ValueError("deep_link and image are for push templates")
         return self
 
 
@@ -211,6 +222,8 @@ class PreviewOut(BaseModel):
     subject: str
     html: str | None
     text: str | None = Field(description="generated from the HTML when the template has no text part")
+    deep_link: str | None = None
+    image: str | None = None
     locale: str | None = Field(description="the locale variant used (null: the default)")
     profile_id: str | None
 

@@ -34,6 +34,8 @@ class Rendered:
     html: str | None
     text: str | None
     preheader: str | None = None
+    deep_link: str | None = None  # push
+    image: str | None = None  # push
 
 
 def _env(field: str, snippets: dict[str, str] | None = None) -> Environment:
@@ -74,7 +76,9 @@ def render(fields: dict[str, str | None], variables: dict[str, Any], snippets: d
     text = out.get("text") or (html_to_text(html) if html else None)
     if html and preheader:  # the hidden first line mail clients preview after the subject
         html = _with_preheader(html, preheader)
-    return Rendered(subject=(out.get("subject") or "").strip(), html=html, text=text, preheader=preheader)
+    return Rendered(subject=(out.get("subject") or "").strip(), html=html, text=text, preheader=preheader,
+                    deep_link=(out.get("deep_link") or "").strip() or None,
+                    image=(out.get("image") or "").strip() or None)
 
 
 def _with_preheader(html: str, preheader: str) -> str:
@@ -130,7 +134,7 @@ def html_to_text(html: str) -> str:
     return "\n".join(out).strip()
 
 
-FIELDS = ("subject", "preheader", "html", "text")
+FIELDS = ("subject", "preheader", "html", "text", "deep_link", "image")
 
 
 def locale_chain(locale: Any) -> list[str]:

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import ValidationError
 
-from services.delivery import consent, devices, links, outbox, pages, webhook_channel
+from services.delivery import consent, devices, links, outbox, pages, webhook_channel, webpush
 from services.delivery.schemas import (
     BatchIn,
     BatchOut,
@@ -25,9 +25,11 @@ from services.delivery.schemas import (
     SuppressionIn,
     SuppressionList,
     SuppressionOut,
+    VapidPublicKey,
     WebhookSecret,
     normalise_address,
 )
+from shared import netguard
 from shared.auth import WorkspaceDep
 from shared.core import workspace_settings
 from shared.db import AfterDep, SessionDep
@@ -225,9 +227,31 @@ async def get_webhook_secret(ws: WorkspaceDep, request: Request) -> dict[str, An
 
 @consent_router.post("/devices", status_code=201, response_model=DeviceOut, operation_id="register_device",
                      tags=["push"], summary="Register a push token for a user (idempotent)", responses=COMMON_ERRORS)
-async def register_device(body: DeviceIn, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+async def register_device(body: DeviceIn, ws: WorkspaceDep, session: SessionDep, request: Request) -> dict[str, Any]:
+    if body.subscription is None:
+        async with session.begin():
+            return await devices.register(session, ws, body.user, body.platform, body.token or "")
+    settings: Settings = request.app.state.settings
+    endpoint = body.subscription.endpoint
+    if not settings.webhook_allow_private and not endpoint.startswith("https://"):
+        raise ValidationFailed("subscription.endpoint must be an https URL", field="subscription.endpoint")
+    try:
+        await netguard.check_public(endpoint, allow_private=settings.webhook_allow_private)
+    except netguard.BlockedURL as exc:
+        raise ValidationFailed(f"subscription.endpoint refused: {exc}", field="subscription.endpoint") from None
     async with session.begin():
-        return await devices.register(session, ws, body.user, body.platform, body.token)
+        return await devices.register(session, ws, body.user, "web", endpoint, body.subscription.keys.p256dh,
+                                      body.subscription.keys.auth)
+
+
+@consent_router.get("/push/vapid-public-key", response_model=VapidPublicKey, operation_id="get_vapid_public_key",
+                    tags=["push"], summary="The VAPID public key browsers subscribe with (no credentials needed)",
+                    responses={404: problem_schema("Web Push is not configured")})
+async def get_vapid_public_key(request: Request) -> dict[str, Any]:
+    key = webpush.vapid_key(request.app.state.settings)
+    if key is None:
+        raise NotFound("Web Push is not configured (TENURE_VAPID_PRIVATE_KEY)")
+    return {"public_key": key.public_key}
 
 
 @consent_router.get("/devices", response_model=DeviceList, operation_id="list_devices", tags=["push"],
@@ -238,8 +262,9 @@ async def list_devices(ws: WorkspaceDep, session: SessionDep,
         return {"devices": await devices.list_devices(session, ws, user)}
 
 
-@consent_router.delete("/devices/{token}", status_code=204, operation_id="remove_device", tags=["push"],
-                       summary="Forget a push token", responses={**COMMON_ERRORS, 404: problem_schema("Unknown token")})
+@consent_router.delete("/devices/{token:path}", status_code=204, operation_id="remove_device", tags=["push"],
+                       summary="Forget a push token (or a Web Push subscription: its endpoint, URL-encoded)",
+                       responses={**COMMON_ERRORS, 404: problem_schema("Unknown token")})
 async def remove_device(token: str, ws: WorkspaceDep, session: SessionDep) -> Response:
     async with session.begin():
         if not await devices.forget(session, ws, [token]):

@@ -1,4 +1,5 @@
-"""Push tokens of users (by userId or anonymousId), registered by apps and removed when FCM says gone."""
+"""Push devices of users (by userId or anonymousId), registered by apps and removed when a provider says
+gone: FCM registration tokens, APNs device tokens and Web Push subscriptions (endpoint URL + keys)."""
 
 import uuid
 from typing import Any
@@ -6,28 +7,42 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.delivery.push import Device
 from shared.db import row_dict
 
+_COLS = "user_ref as user, platform, token, created_at, last_used_at, webpush_p256dh is not null as web_push"
 
-async def register(session: AsyncSession, ws: uuid.UUID, user: str, platform: str, token: str) -> dict[str, Any]:
-    """Idempotent; a token that moves to another user (a shared device) follows its latest owner."""
+
+async def register(session: AsyncSession, ws: uuid.UUID, user: str, platform: str, token: str,
+                   p256dh: str | None = None, auth: str | None = None) -> dict[str, Any]:
+    """Idempotent; a token that moves to another user (a shared device) follows its latest owner, and a
+    re-registered subscription takes its new keys."""
     row = (await session.execute(text(
-        "insert into delivery.devices (workspace_id, token, user_ref, platform) values (:ws, :t, :u, :p) "
+        "insert into delivery.devices (workspace_id, token, user_ref, platform, webpush_p256dh, webpush_auth) "
+        "values (:ws, :t, :u, :p, :k, :a) "
         "on conflict (workspace_id, token) do update set user_ref = excluded.user_ref, "
-        "platform = excluded.platform returning user_ref as user, platform, token, created_at, last_used_at"),
-        {"ws": ws, "t": token, "u": user, "p": platform})).one()
+        "platform = excluded.platform, webpush_p256dh = excluded.webpush_p256dh, "
+        f"webpush_auth = excluded.webpush_auth returning {_COLS}"),
+        {"ws": ws, "t": token, "u": user, "p": platform, "k": p256dh, "a": auth})).one()
     return row_dict(row)
 
 
 async def list_devices(session: AsyncSession, ws: uuid.UUID, user: str) -> list[dict[str, Any]]:
     rows = await session.execute(text(
-        "select user_ref as user, platform, token, created_at, last_used_at from delivery.devices "
-        "where workspace_id = :ws and user_ref = :u order by created_at"), {"ws": ws, "u": user})
+        f"select {_COLS} from delivery.devices where workspace_id = :ws and user_ref = :u order by created_at"),
+        {"ws": ws, "u": user})
     return [row_dict(r) for r in rows]
 
 
+async def devices_of(session: AsyncSession, ws: uuid.UUID, user: str) -> list[Device]:
+    rows = await session.execute(text(
+        "select token, platform, webpush_p256dh, webpush_auth from delivery.devices "
+        "where workspace_id = :ws and user_ref = :u order by created_at"), {"ws": ws, "u": user})
+    return [Device(r.token, r.platform, r.webpush_p256dh, r.webpush_auth) for r in rows]
+
+
 async def tokens_of(session: AsyncSession, ws: uuid.UUID, user: str) -> list[str]:
-    return [d["token"] for d in await list_devices(session, ws, user)]
+    return [d.token for d in await devices_of(session, ws, user)]
 
 
 async def forget(session: AsyncSession, ws: uuid.UUID, tokens: list[str]) -> int:

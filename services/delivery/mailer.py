@@ -17,10 +17,11 @@ class SendError(Exception):
     """A failed attempt. ``not_sent``: the provider certainly did not take the message (it refused, or was
     never reached) — the only failures after which another provider may be tried for it."""
 
-    def __init__(self, message: str, *, permanent: bool, not_sent: bool = False):
+    def __init__(self, message: str, *, permanent: bool, not_sent: bool = False, retry_after_s: float | None = None):
         super().__init__(message)
         self.permanent = permanent
         self.not_sent = not_sent
+        self.retry_after_s = retry_after_s  # the provider asked to wait at least this long (Retry-After)
 
 
 @dataclass(frozen=True)

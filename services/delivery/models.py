@@ -154,7 +154,10 @@ class Device(DeliveryTable, table=True):
     workspace_id: uuid.UUID = Field(primary_key=True)
     token: str = Field(primary_key=True)
     user_ref: str
-    platform: str  # android | ios | web (all through FCM)
+    platform: str  # android | ios | web (the adapter: push.adapter_of)
+    # a Web Push subscription: the token is its endpoint URL, these its keys (base64url)
+    webpush_p256dh: str | None = None
+    webpush_auth: str | None = None
     created_at: datetime = Field(sa_column=tz_column("created_at"))
     last_used_at: datetime | None = Field(default=None, sa_column=tz_column("last_used_at", nullable=True,
                                                                            default_now=False))

@@ -150,7 +150,7 @@ async def claim(session: AsyncSession, limit: int, lease_s: float = LEASE_S) -> 
                                 or (status = 'sending' and claimed_until < now() and attempts < :max)
                              order by next_attempt_at for update skip locked limit :lim)
             returning m.id, m.workspace_id, m.to_address, m.from_address, m.subject, m.html, m.text, m.attempts,
-                      m.message_type, m.metadata, m.channel, m.topic, m.provider
+                      m.message_type, m.metadata, m.channel, m.topic, m.provider, m.created_at
             """
         ),
         {"lim": limit, "max": MAX_ATTEMPTS, "lease": lease_s},
@@ -187,10 +187,10 @@ async def release(session: AsyncSession, ids: list[uuid.UUID], delay_s: float) -
 
 
 async def record(session: AsyncSession, message: dict[str, Any], *, started_at: datetime, outcome: str,
-                 error: str | None = None, provider_message_id: str | None = None, provider: str | None = None
-                 ) -> str:
+                 error: str | None = None, provider_message_id: str | None = None, provider: str | None = None,
+                 retry_after_s: float | None = None) -> str:
     """Store an attempt's outcome ("sent", "transient_error", "permanent_error", "suppressed"); returns the
-    new status."""
+    new status. A transient error waits its backoff, or the provider's ``Retry-After`` if longer (≤ 1 h)."""
     attempts = message["attempts"]
     if outcome in ("sent", "suppressed"):
         status = outcome
@@ -210,7 +210,8 @@ async def record(session: AsyncSession, message: dict[str, Any], *, started_at: 
              where id = :id and status = 'sending'
             """
         ),
-        {"status": status, "error": error, "pmid": provider_message_id, "delay": backoff_s(attempts),
+        {"status": status, "error": error, "pmid": provider_message_id,
+         "delay": max(backoff_s(attempts), min(retry_after_s or 0.0, 3600.0)),
          "id": message["id"], "provider": provider},
     )
     metrics.MESSAGES.labels(message.get("channel", "unknown"), status).inc()

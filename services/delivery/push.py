@@ -1,19 +1,30 @@
-"""Push through Firebase Cloud Messaging HTTP v1, to every device a user registered.
+"""Push to every device a user registered: the adapter per device, and Firebase Cloud Messaging HTTP v1.
 
+Routing (``adapter_of``): a ``web`` device registered with a Web Push subscription (endpoint + keys) goes
+to its push service (``webpush.py``); an ``ios`` device token goes to APNs (``apns.py``) when APNs is
+configured and the token is an APNs device token (hex) — an FCM registration token of an iOS app still goes
+to FCM; everything else (android, web and iOS FCM tokens) goes to FCM. Each adapter answers a
+:class:`Result`: the devices that took the notification, the ones that are gone (removed), and why others
+should be tried again (transient) or will never take it (failed).
+
+FCM HTTP v1:
 - Auth: an OAuth 2.0 access token minted from the service account key — a JWT (RS256) with ``iss`` =
   the client email, ``scope`` = firebase.messaging, ``aud`` = the key's ``token_uri``, exchanged at that
   URI (``grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer``); cached until shortly before expiry.
 - Send: ``POST {base}/v1/projects/{project}/messages:send`` with one token per request; ``data``
   values are strings. ``UNREGISTERED`` (404) and ``SENDER_ID_MISMATCH`` remove the device; other 400s
   (``INVALID_ARGUMENT``: a bad payload) fail the message and keep the device; 429 and 5xx are transient;
-  401 mints a new token once.
+  401 mints a new token once. An image rides in ``notification.image`` (Android, web) and, for iOS,
+  ``apns.fcm_options.image`` with ``mutable-content``; an https deep link becomes the web click link.
 - A message is sent when at least one device took it; it fails permanently when no device is left.
 """
 
 import asyncio
 import json
 import time
-from dataclasses import dataclass
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,48 +89,126 @@ class TokenCache:
 TOKENS = TokenCache()
 
 
-def fcm_message(token: str, title: str, body: str, data: dict[str, Any]) -> dict[str, Any]:
-    notification = {"title": title, "body": body, **({"image": data["image"]} if data.get("image") else {})}
-    return {"message": {"token": token, "notification": notification,
-                        "data": {k: str(v) for k, v in data.items() if v is not None}}}
+@dataclass(frozen=True)
+class Notification:
+    """What every adapter sends: the message's title and body, its data (``deep_link``, ``image`` and other
+    values), when it stops being worth delivering and whether it is urgent (transactional)."""
+
+    message_id: uuid.UUID
+    title: str
+    body: str
+    data: dict[str, Any]
+    expires_at: int  # unix seconds
+    urgent: bool = False
+
+    @property
+    def deep_link(self) -> str | None:
+        return str(self.data["deep_link"]) if self.data.get("deep_link") else None
+
+    @property
+    def image(self) -> str | None:
+        return str(self.data["image"]) if self.data.get("image") else None
+
+    @property
+    def collapse_key(self) -> str | None:
+        return str(self.data["collapse_key"]) if self.data.get("collapse_key") else None
+
+    def ttl_s(self, now: float | None = None) -> int:
+        return max(0, self.expires_at - int(time.time() if now is None else now))
+
+
+@dataclass(frozen=True)
+class Device:
+    token: str  # FCM registration token, APNs device token, or a Web Push subscription's endpoint URL
+    platform: str  # android | ios | web
+    p256dh: str | None = None  # Web Push: the browser's P-256 public key (base64url)
+    auth: str | None = None  # Web Push: the 16-byte authentication secret (base64url)
 
 
 @dataclass
 class Result:
-    sent: list[str]  # FCM message names
-    gone: list[str]  # tokens to remove
-    transient: str | None  # why a device should be tried again
+    sent: list[str] = field(default_factory=list)  # the providers' ids of what they took
+    gone: list[str] = field(default_factory=list)  # tokens to remove
+    transient: str | None = None  # why a device should be tried again
+    failed: str | None = None  # why a device will never take this message (it stays registered)
+    retry_after_s: float | None = None  # the longest wait a provider asked for
+
+    def retry(self, reason: str, after_s: float | None = None) -> None:
+        self.transient = reason
+        if after_s is not None:
+            self.retry_after_s = max(after_s, self.retry_after_s or 0.0)
+
+    def merge(self, other: "Result") -> None:
+        self.sent += other.sent
+        self.gone += other.gone
+        self.transient = other.transient or self.transient
+        self.failed = other.failed or self.failed
+        if other.retry_after_s is not None:
+            self.retry(self.transient or "", other.retry_after_s)
 
 
-async def send(settings: Settings, http: httpx.AsyncClient, tokens: list[str], title: str, body: str,
-               data: dict[str, Any]) -> Result:
+def retry_after(resp: httpx.Response) -> float | None:
+    """``Retry-After`` in seconds (delta-seconds form; an HTTP date is read as no hint)."""
+    try:
+        return max(0.0, float(resp.headers.get("retry-after", "")))
+    except ValueError:
+        return None
+
+
+def fcm_message(token: str, note: Notification) -> dict[str, Any]:
+    notification = {"title": note.title, "body": note.body, **({"image": note.image} if note.image else {})}
+    message: dict[str, Any] = {"token": token, "notification": notification,
+                               "data": {k: str(v) for k, v in note.data.items()
+                                        if v is not None and k != "collapse_key"}}  # a reserved key in FCM
+    if note.image:  # iOS shows it only through a notification service extension: mutable-content
+        message["apns"] = {"payload": {"aps": {"mutable-content": 1}}, "fcm_options": {"image": note.image}}
+    if note.collapse_key:
+        message["android"] = {"collapse_key": note.collapse_key}
+        message.setdefault("apns", {})["headers"] = {"apns-collapse-id": note.collapse_key[:64]}
+    if note.deep_link and note.deep_link.startswith("https://"):
+        message["webpush"] = {"fcm_options": {"link": note.deep_link}}
+    return {"message": message}
+
+
+async def send_fcm(settings: Settings, http: httpx.AsyncClient, devices: list[Device], note: Notification) -> Result:
+    result = Result()
     if not settings.fcm_service_account:
-        raise SendError("Push is not configured (TENURE_FCM_SERVICE_ACCOUNT)", permanent=True)
+        result.failed = "Push is not configured (TENURE_FCM_SERVICE_ACCOUNT)"
+        return result
     account = ServiceAccount.load(settings.fcm_service_account)
     url = f"{settings.fcm_base_url.rstrip('/')}/v1/projects/{account.project_id}/messages:send"
-    result = Result([], [], None)
-    for token in tokens:
-        for fresh in (False, True):
-            access = await TOKENS.get(http, account, settings.provider_timeout_s, fresh=fresh)
-            try:
-                resp = await http.post(url, json=fcm_message(token, title, body, data),
-                                       timeout=settings.provider_timeout_s,
-                                       headers={"Authorization": f"Bearer {access}"})
-            except httpx.HTTPError as exc:
-                result.transient = f"FCM unreachable: {type(exc).__name__}"
-                break
-            if resp.status_code == 401 and not fresh:
-                continue  # the access token expired early: mint a new one, once
-            if resp.status_code == 200:
-                result.sent.append(str(resp.json().get("name", "")))
-            elif _error_code(resp) in GONE or resp.status_code == 404:
-                result.gone.append(token)
-            elif resp.status_code == 429 or resp.status_code >= 500:
-                result.transient = f"FCM {resp.status_code} ({_error_code(resp)})"
-            else:
-                raise SendError(f"FCM {resp.status_code} ({_error_code(resp)})", permanent=True)
-            break
+    try:
+        for device in devices:
+            await _send_fcm_one(settings, http, account, url, device.token, note, result)
+    except SendError as exc:  # the token endpoint failed: no FCM device can be reached now
+        if exc.permanent:
+            result.failed = str(exc)
+        else:
+            result.retry(str(exc))
     return result
+
+
+async def _send_fcm_one(settings: Settings, http: httpx.AsyncClient, account: ServiceAccount, url: str, token: str,
+                        note: Notification, result: Result) -> None:
+    for fresh in (False, True):
+        access = await TOKENS.get(http, account, settings.provider_timeout_s, fresh=fresh)
+        try:
+            resp = await http.post(url, json=fcm_message(token, note), timeout=settings.provider_timeout_s,
+                                   headers={"Authorization": f"Bearer {access}"})
+        except httpx.HTTPError as exc:
+            result.retry(f"FCM unreachable: {type(exc).__name__}")
+            return
+        if resp.status_code == 401 and not fresh:
+            continue  # the access token expired early: mint a new one, once
+        if resp.status_code == 200:
+            result.sent.append(str(resp.json().get("name", "")))
+        elif _error_code(resp) in GONE or resp.status_code == 404:
+            result.gone.append(token)
+        elif resp.status_code == 429 or resp.status_code >= 500:
+            result.retry(f"FCM {resp.status_code} ({_error_code(resp)})", retry_after(resp))
+        else:
+            result.failed = f"FCM {resp.status_code} ({_error_code(resp)})"
+        return
 
 
 def _error_code(resp: httpx.Response) -> str:
@@ -128,3 +217,30 @@ def _error_code(resp: httpx.Response) -> str:
     except ValueError:
         return ""
     return next((d.get("errorCode", "") for d in details if isinstance(d, dict) and d.get("errorCode")), "")
+
+
+Adapter = Callable[[Settings, httpx.AsyncClient, list[Device], Notification], Awaitable[Result]]
+
+
+def adapter_of(settings: Settings, device: Device) -> str:
+    from services.delivery import apns
+
+    if device.platform == "web" and device.p256dh and device.auth:
+        return "webpush"
+    if device.platform == "ios" and apns.configured(settings) and apns.is_device_token(device.token):
+        return "apns"
+    return "fcm"
+
+
+async def send(settings: Settings, http: httpx.AsyncClient, devices: list[Device], note: Notification) -> Result:
+    """The notification to each device, through the adapter its platform (and registration) decides."""
+    from services.delivery import apns, webpush
+
+    adapters: dict[str, Adapter] = {"fcm": send_fcm, "apns": apns.send, "webpush": webpush.send}
+    groups: dict[str, list[Device]] = {}
+    for device in devices:
+        groups.setdefault(adapter_of(settings, device), []).append(device)
+    result = Result()
+    for name, group in groups.items():
+        result.merge(await adapters[name](settings, http, group, note))
+    return result

@@ -165,18 +165,62 @@ class WebhookSecret(BaseModel):
     scheme: str
 
 
+class WebPushKeys(BaseModel):
+    p256dh: str = Field(min_length=80, max_length=100, description="the browser's P-256 public key (base64url)")
+    auth: str = Field(min_length=20, max_length=30, description="the 16-byte authentication secret (base64url)")
+
+
+class WebPushSubscription(BaseModel):
+    """A browser's ``PushSubscription.toJSON()``, as it is."""
+
+    endpoint: str = Field(min_length=10, max_length=4096, examples=["https://fcm.googleapis.com/fcm/send/dZ3…"],
+                          description="the push service URL of this subscription (https, a public host)")
+    keys: WebPushKeys
+    expirationTime: float | None = Field(None, description="ignored (push services report expiry with 404/410)")
+
+    model_config = {"extra": "ignore"}
+
+    @model_validator(mode="after")
+    def _valid(self) -> "WebPushSubscription":
+        from services.delivery.webpush import check_keys
+
+        if not re.match(r"^https?://[^\s/]+", self.endpoint):
+            raise ValueError("subscription.endpoint is an http(s) URL")
+        check_keys(self.keys.p256dh, self.keys.auth)
+        return self
+
+
 class DeviceIn(BaseModel):
+    """A device token (FCM registration token, or an APNs device token of an iOS app), or for ``web`` either
+    an FCM token or a Web Push subscription."""
+
     user: str = Field(min_length=1, max_length=512, description="the userId or anonymousId the device belongs to")
     platform: Literal["android", "ios", "web"]
-    token: str = Field(min_length=10, max_length=4096, description="the FCM registration token")
+    token: str | None = Field(None, min_length=10, max_length=4096,
+                              description="the FCM registration token, or an iOS app's APNs device token (hex)")
+    subscription: WebPushSubscription | None = Field(
+        None, description="web only, instead of a token: the browser's PushSubscription (sent with Web Push)")
+
+    @model_validator(mode="after")
+    def _one_address(self) -> "DeviceIn":
+        if (self.token is None) == (self.subscription is None):
+            raise ValueError("send either a token or a subscription")
+        if self.subscription is not None and self.platform != "web":
+            raise ValueError("a Web Push subscription is for platform web")
+        return self
 
 
 class DeviceOut(BaseModel):
     user: str
     platform: str
-    token: str
+    token: str = Field(description="the device token, or a Web Push subscription's endpoint")
+    web_push: bool = Field(False, description="a Web Push subscription")
     created_at: datetime
     last_used_at: datetime | None
+
+
+class VapidPublicKey(BaseModel):
+    public_key: str = Field(description="the applicationServerKey for pushManager.subscribe() (base64url)")
 
 
 class DeviceList(BaseModel):

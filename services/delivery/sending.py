@@ -53,18 +53,25 @@ async def _send_push(sessionmaker: async_sessionmaker[AsyncSession], settings: S
                      message: dict[str, Any]) -> str:
     ws, user = message["workspace_id"], message["to_address"]
     async with sessionmaker() as session, session.begin():
-        tokens = await devices.tokens_of(session, ws, user)
-    if not tokens:
+        targets = await devices.devices_of(session, ws, user)
+    if not targets:
         raise mailer.SendError(f"no device registered for {user}", permanent=True)
-    data = (message.get("metadata") or {}).get("push_data") or {}
-    result = await push.send(settings, http, tokens, message["subject"], message["text"] or "", data)
+    created = message.get("created_at") or datetime.now(UTC)
+    note = push.Notification(
+        message_id=message["id"], title=message["subject"], body=message["text"] or "",
+        data=(message.get("metadata") or {}).get("push_data") or {},
+        expires_at=int(created.timestamp()) + settings.push_ttl_s,  # the same on every retry
+        urgent=message.get("message_type") == "transactional")
+    result = await push.send(settings, http, targets, note)
     async with sessionmaker() as session, session.begin():
         await devices.forget(session, ws, result.gone)
-        await devices.used(session, ws, [t for t in tokens if t not in result.gone])
+        await devices.used(session, ws, [d.token for d in targets if d.token not in result.gone])
     if result.sent:
         return ",".join(result.sent)
     if result.transient:
-        raise mailer.SendError(result.transient, permanent=False)
+        raise mailer.SendError(result.transient, permanent=False, retry_after_s=result.retry_after_s)
+    if result.failed:
+        raise mailer.SendError(result.failed, permanent=True)
     raise mailer.SendError("every device of this user is gone (tokens removed)", permanent=True)
 
 
@@ -104,6 +111,8 @@ async def _attempt(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
         except mailer.SendError as exc:
             provider_id, error = None, str(exc)
             outcome = "permanent_error" if exc.permanent else "transient_error"
+            return await _record(sessionmaker, message, started, outcome, error, None,
+                                 retry_after_s=exc.retry_after_s)
         return await _record(sessionmaker, message, started, outcome, error, provider_id)
     marketing = message.get("message_type", "marketing") == "marketing"
     link = links.Links.for_message(settings.public_url, settings.signing_secret, message["workspace_id"],
@@ -138,10 +147,11 @@ async def _attempt(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
 
 
 async def _record(sessionmaker: async_sessionmaker[AsyncSession], message: dict[str, Any], started: datetime,
-                  outcome: str, error: str | None, provider_id: str | None, pin: str | None = None) -> str:
+                  outcome: str, error: str | None, provider_id: str | None, pin: str | None = None,
+                  retry_after_s: float | None = None) -> str:
     async with sessionmaker() as session, session.begin():
         status = await outbox.record(session, message, started_at=started, outcome=outcome, error=error,
-                                     provider_message_id=provider_id, provider=pin)
+                                     provider_message_id=provider_id, provider=pin, retry_after_s=retry_after_s)
     log.info("delivery.attempted", message_id=str(message["id"]), attempt=message["attempts"], status=status,
              error=error)
     return status

@@ -575,7 +575,11 @@ async def test_sms_templates_go_to_the_phone_and_email_gets_its_preheader(world)
     assert bad.status_code == 422
     push_tpl = (await world.apps["campaign"].post("/v1/templates", headers=world.h, json={
         "name": f"push-{uuid.uuid4().hex[:6]}", "channel": "push", "subject": "Code ready",
-        "text": "{{ profile.first_name }}, your code is in"})).json()
+        "text": "{{ profile.first_name }}, your code is in", "deep_link": "acme://codes/{{ event.properties.code }}",
+        "image": "https://cdn.acme.test/code.png"})).json()
+    not_push = await world.apps["campaign"].post("/v1/templates", headers=world.h, json={
+        "name": "mail-with-image", "subject": "Hi", "text": "x", "image": "https://cdn.acme.test/x.png"})
+    assert not_push.status_code == 422
     mail = await world.template("pre", "News", preheader="Inside: {{ profile.first_name }}'s picks",
                                 html="<html><body><p>Hello</p></body></html>", text=None)
     camp = await world.campaign(trigger={"type": "event", "event": "Code Requested"}, message_type="transactional",
@@ -595,6 +599,11 @@ async def test_sms_templates_go_to_the_phone_and_email_gets_its_preheader(world)
     pushes = (await world.apps["delivery"].get("/v1/messages", headers=world.h,
                                                params={"channel": "push", "user": "sms-1"})).json()["messages"]
     assert [(m["to"], m["subject"]) for m in pushes] == [("sms-1", "Code ready")]
+    assert pushes[0]["metadata"]["push_data"] == {"deep_link": "acme://codes/9876",
+                                                  "image": "https://cdn.acme.test/code.png"}
+    push_preview = (await world.apps["campaign"].post(f"/v1/templates/{push_tpl['id']}/preview", headers=world.h,
+                                                      json={"user": "sms-1", "data": {"code": "42"}})).json()
+    assert (push_preview["deep_link"], push_preview["text"]) == ("acme://codes/42", "Ada, your code is in")
     [html_mail] = await world.mail(email)
     assert html_mail["subject"] == "News"
     sends = (await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}/sends", headers=world.h)).json()["sends"]

@@ -2,9 +2,12 @@
 
 Each service supplies two domain functions over its own schema; this module turns them into routes:
 
-- ``POST /v1/privacy/erasure`` ``{"profile_ids": [...]}``: delete everything held about those profiles;
-  idempotent (erasing twice erases nothing more) and answers what it removed.
-- ``GET /v1/privacy/export?profile_id=...``: everything held about those profiles, as JSON.
+- ``POST /v1/privacy/erasure`` ``{"profile_ids": [...], "identities": [...]}``: delete everything held
+  about those profiles; idempotent (erasing twice erases nothing more) and answers what it removed.
+- ``GET /v1/privacy/export?profile_id=...&identity=...``: everything held about those profiles, as JSON.
+
+``identities`` are the user's own ids (userId, anonymousId, email, phone), for records a service keys by
+them rather than by profile (delivery's devices): a service that has such records passes ``by_identity``.
 
 Both take the internal token and the ``X-Tenure-Workspace`` header.
 """
@@ -23,17 +26,22 @@ from shared.errors import COMMON_ERRORS
 
 EraseFn = Callable[[AsyncSession, uuid.UUID, list[uuid.UUID]], Awaitable[dict[str, int]]]
 ExportFn = Callable[[AsyncSession, uuid.UUID, list[uuid.UUID]], Awaitable[dict[str, Any]]]
+EraseIdsFn = Callable[[AsyncSession, uuid.UUID, list[str]], Awaitable[dict[str, int]]]
+ExportIdsFn = Callable[[AsyncSession, uuid.UUID, list[str]], Awaitable[dict[str, Any]]]
 
 
 class ErasureRequest(BaseModel):
     profile_ids: list[uuid.UUID] = Field(min_length=1, max_length=1000)
+    identities: list[str] = Field(default_factory=list, max_length=10_000,
+                                  description="the user's ids (userId, anonymousId, email, phone)")
 
 
 class ErasureResult(BaseModel):
     removed: dict[str, int] = Field(description="rows removed, per kind")
 
 
-def privacy_router(service: str, erase: EraseFn, export: ExportFn) -> APIRouter:
+def privacy_router(service: str, erase: EraseFn, export: ExportFn,
+                   by_identity: tuple[EraseIdsFn, ExportIdsFn] | None = None) -> APIRouter:
     router = APIRouter(prefix="/v1/privacy", tags=["privacy"])
 
     @router.post("/erasure", response_model=ErasureResult, operation_id=f"{service}_erase_profiles",
@@ -41,14 +49,22 @@ def privacy_router(service: str, erase: EraseFn, export: ExportFn) -> APIRouter:
     async def erase_route(body: ErasureRequest, principal: InternalDep, session: SessionDep) -> dict[str, Any]:
         ws = principal.require_workspace()
         async with session.begin():
-            return {"removed": await erase(session, ws, body.profile_ids)}
+            removed = await erase(session, ws, body.profile_ids)
+            if by_identity and body.identities:
+                removed |= await by_identity[0](session, ws, body.identities)
+            return {"removed": removed}
 
     @router.get("/export", operation_id=f"{service}_export_profiles",
                 summary="Everything this service holds about profiles (internal)", responses=COMMON_ERRORS)
     async def export_route(principal: InternalDep, session: SessionDep,
-                           profile_id: Annotated[list[uuid.UUID], Query(min_length=1)]) -> dict[str, Any]:
+                           profile_id: Annotated[list[uuid.UUID], Query(min_length=1)],
+                           identity: Annotated[list[str] | None, Query(description="the user's own ids")] = None
+                           ) -> dict[str, Any]:
         ws = principal.require_workspace()
         async with session.begin():
-            return await export(session, ws, profile_id)
+            out = await export(session, ws, profile_id)
+            if by_identity and identity:
+                out |= await by_identity[1](session, ws, identity)
+            return out
 
     return router

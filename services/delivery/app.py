@@ -19,5 +19,6 @@ events. `/u/…`, `/p/…`, `/o/…` and `/c/…` are the signed pages and links
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     routers = [router, consent_router, pages.router, webhooks.router,
-               privacy_router("delivery", privacy.erase, privacy.export)]
+               privacy_router("delivery", privacy.erase, privacy.export,
+                              by_identity=(privacy.erase_devices, privacy.export_devices))]
     return create_service_app("delivery", settings or Settings(), routers=routers, description=DESCRIPTION)

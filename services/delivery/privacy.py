@@ -1,4 +1,8 @@
-"""Erasure and export of what delivery holds about profiles: their messages and every attempt."""
+"""Erasure and export of what delivery holds about profiles: their messages and every attempt, and the
+devices (push tokens, Web Push subscriptions) registered under the user's ids.
+
+Suppressions and the consent log are kept: they are what proves and honours an opt-out (GDPR art. 17(3)),
+and they hold an address, not a profile."""
 
 import uuid
 from typing import Any
@@ -26,3 +30,18 @@ async def export(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) ->
         {"ws": ws, "p": [str(p) for p in pids]},
     )
     return {"messages": [dict(r) for r in rows.mappings()]}
+
+
+async def erase_devices(session: AsyncSession, ws: uuid.UUID, identities: list[str]) -> dict[str, int]:
+    res = await session.execute(
+        text("delete from delivery.devices where workspace_id = :ws and user_ref = any(CAST(:ids AS text[]))"),
+        {"ws": ws, "ids": identities})
+    return {"devices": res.rowcount}  # type: ignore[attr-defined]
+
+
+async def export_devices(session: AsyncSession, ws: uuid.UUID, identities: list[str]) -> dict[str, Any]:
+    rows = await session.execute(
+        text("select user_ref as user, platform, token, created_at, last_used_at from delivery.devices "
+             "where workspace_id = :ws and user_ref = any(CAST(:ids AS text[])) order by created_at"),
+        {"ws": ws, "ids": identities})
+    return {"devices": [dict(r) for r in rows.mappings()]}

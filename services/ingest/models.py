@@ -125,6 +125,9 @@ class PrivacyRequest(IngestTable, table=True):
     status: str  # "pending" | "completed"
     services: dict[str, Any] = Field(default_factory=dict, sa_column=jsonb_column("services"))
     removed: dict[str, Any] = Field(default_factory=dict, sa_column=jsonb_column("removed"))
+    # the erased user's ids (userId, anonymousId, email, phone): the other services key some records by
+    # them (delivery's devices); held only until every service has erased, then cleared
+    identities: list[str] | None = Field(default=None, sa_column=jsonb_column("identities", nullable=True))
     created_at: datetime = Field(sa_column=tz_column("created_at"))
     completed_at: datetime | None = Field(default=None, sa_column=tz_column("completed_at", nullable=True,
                                                                              default_now=False))

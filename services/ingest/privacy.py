@@ -69,9 +69,10 @@ async def erase(session: AsyncSession, ws: uuid.UUID, ref: str, *, suppress: boo
         )
     row = (await session.execute(
         text(f"insert into ingest.privacy_requests (id, workspace_id, kind, subject, profile_ids, suppress, status, "
-             f"services, removed) values (:id, :ws, 'erasure', :subject, CAST(:pids AS jsonb), :suppress, 'pending', "
-             f"CAST(:services AS jsonb), CAST(:removed AS jsonb)) returning {_COLS}"),
+             f"services, removed, identities) values (:id, :ws, 'erasure', :subject, CAST(:pids AS jsonb), :suppress, "
+             f"'pending', CAST(:services AS jsonb), CAST(:removed AS jsonb), CAST(:ids AS jsonb)) returning {_COLS}"),
         {"id": request_id, "ws": ws, "subject": ref, "pids": dumps([str(p) for p in pids]), "suppress": suppress,
+         "ids": dumps(sorted({v for _, v in idents} | {e for e in emails if e})),
          "services": dumps({s: {"status": "pending"} for s in OTHER_SERVICES}), "removed": dumps(removed)},
     )).one()
     log.info("privacy.erased_here", privacy_request_id=str(request_id), profiles=len(pids), removed=removed)
@@ -105,16 +106,17 @@ async def propagate(sessionmaker: async_sessionmaker[AsyncSession], internal: In
     async with sessionmaker() as session:
         async with session.begin():
             pending = (await session.execute(
-                text("select id, workspace_id, profile_ids, services from ingest.privacy_requests "
+                text("select id, workspace_id, profile_ids, services, identities from ingest.privacy_requests "
                      "where status = 'pending' order by created_at limit :n for update skip locked"), {"n": limit},
             )).all()
-            for rid, ws, pids, services in pending:
+            for rid, ws, pids, services, idents in pending:
                 for svc in OTHER_SERVICES:
                     if services.get(svc, {}).get("status") == "done":
                         continue
                     try:
                         resp = await internal.request("POST", svc, "/v1/privacy/erasure", retry=True,
-                                                      json={"profile_ids": pids}, headers={WORKSPACE_HEADER: str(ws)})
+                                                      json={"profile_ids": pids, "identities": idents or []},
+                                                      headers={WORKSPACE_HEADER: str(ws)})
                         if resp.status_code == 200:
                             services[svc] = {"status": "done", "removed": resp.json()["removed"]}
                         else:
@@ -123,8 +125,10 @@ async def propagate(sessionmaker: async_sessionmaker[AsyncSession], internal: In
                         services[svc] = {"status": "pending", "error": type(exc).__name__}
                 done = all(services[s]["status"] == "done" for s in OTHER_SERVICES)
                 await session.execute(
+                    # once every service has erased, the ids themselves go too
                     text("update ingest.privacy_requests set services = CAST(:s AS jsonb), status = :st, "
-                         "completed_at = case when :st = 'completed' then now() end where id = :id"),
+                         "completed_at = case when :st = 'completed' then now() end, "
+                         "identities = case when :st = 'completed' then null else identities end where id = :id"),
                     {"s": dumps(services), "st": "completed" if done else "pending", "id": rid},
                 )
                 completed += done
@@ -149,7 +153,8 @@ async def export(session: AsyncSession, internal: InternalClient, ws: uuid.UUID,
     out: dict[str, Any] = {"profile": profile, "identities": [dict(r) for r in identities],
                            "events": [dict(r) for r in events]}
     for svc in OTHER_SERVICES:
-        resp = await internal.request("GET", svc, "/v1/privacy/export", params={"profile_id": [str(p) for p in pids]},
-                                      headers={WORKSPACE_HEADER: str(ws)})
+        resp = await internal.request("GET", svc, "/v1/privacy/export", headers={WORKSPACE_HEADER: str(ws)},
+                                      params={"profile_id": [str(p) for p in pids],
+                                              "identity": sorted({r["value"] for r in identities})})
         out[svc] = resp.json() if resp.status_code == 200 else {"error": f"{svc} answered {resp.status_code}"}
     return out

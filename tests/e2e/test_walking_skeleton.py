@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import asyncpg
 import httpx
 import pytest
 
@@ -101,7 +102,7 @@ async def test_segment_entry_triggers_a_campaign(stack, workspace) -> None:
         assert len(box.messages) == 1  # still a member: no second entry, no second mail
 
 
-async def test_erasure_reaches_every_service_and_suppresses_later_events(stack, workspace) -> None:
+async def test_erasure_reaches_every_service_and_suppresses_later_events(stack, workspace, settings) -> None:
     s, box = stack
     mgmt = {"Authorization": f"Bearer {workspace.secret_key}"}
     wk = (workspace.write_key, "")
@@ -116,10 +117,17 @@ async def test_erasure_reaches_every_service_and_suppresses_later_events(stack, 
             "userId": "gdpr-1", "anonymousId": "gdpr-device", "traits": {"email": "gone@e2e.example",
                                                                          "first_name": "Eve"}})
         await c.post(f"{s.url('ingest')}/v1/track", auth=wk, json={"userId": "gdpr-1", "event": "Signed Up"})
+        for user, token in (("gdpr-1", "fcm-token-of-eves-phone"), ("gdpr-device", "fcm-token-of-eves-tablet"),
+                            ("someone-else", "fcm-token-of-another-user")):
+            r = await c.post(f"{s.url('delivery')}/v1/devices", headers=mgmt,
+                             json={"user": user, "platform": "android", "token": token})
+            assert r.status_code == 201, r.text
         await wait_for(lambda: len(box.messages) == 1)
         export = (await c.get(f"{s.url('ingest')}/v1/privacy/export/gdpr-1", headers=mgmt)).json()
         assert export["profile"]["traits"]["first_name"] == "Eve" and len(export["events"]) == 2
         assert len(export["campaign"]["sends"]) == 1 and len(export["delivery"]["messages"]) == 1
+        assert sorted(d["token"] for d in export["delivery"]["devices"]) == ["fcm-token-of-eves-phone",
+                                                                             "fcm-token-of-eves-tablet"]
         assert export["segment"]["memberships"]
 
         r = await c.post(f"{s.url('ingest')}/v1/privacy/erasure", headers=mgmt,
@@ -132,6 +140,19 @@ async def test_erasure_reaches_every_service_and_suppresses_later_events(stack, 
             assert time.monotonic() < deadline, req
             await asyncio.sleep(0.3)
         assert req["removed"]["events"] == 2 and req["services"]["delivery"]["removed"]["messages"] == 1
+        assert req["services"]["delivery"]["removed"]["devices"] == 2  # registered under her userId and device id
+        from shared.testing import _asyncpg_dsn
+
+        dsn, kw = _asyncpg_dsn(settings.database_url)
+        conn = await asyncpg.connect(dsn, **kw)
+        try:  # the ids were held for the other services only until they had all erased
+            assert await conn.fetchval("select identities from ingest.privacy_requests where id = $1",
+                                       uuid.UUID(rid)) is None
+        finally:
+            await conn.close()
+        for user, left in (("gdpr-1", []), ("gdpr-device", []), ("someone-else", ["fcm-token-of-another-user"])):
+            devices = (await c.get(f"{s.url('delivery')}/v1/devices", headers=mgmt, params={"user": user})).json()
+            assert [d["token"] for d in devices["devices"]] == left
 
         for ref in ("gdpr-1", "gdpr-device", "gone@e2e.example"):
             assert (await c.get(f"{s.url('ingest')}/v1/profiles/{ref}", headers=mgmt)).status_code == 404

@@ -173,6 +173,17 @@ def internal_headers(workspace_id: uuid.UUID | str | None = None) -> dict[str, s
     return h
 
 
+async def feed_head(ingest: httpx.AsyncClient) -> str:
+    """The cursor after everything ingest's event feed holds now (earlier tests in the run wrote into it)."""
+    cursor = ""
+    while True:
+        page = (await ingest.get("/v1/events", params={"after": cursor, "limit": 5000},
+                                 headers=internal_headers())).json()
+        if not page["events"]:
+            return cursor
+        cursor = page["next_cursor"]
+
+
 @contextlib.contextmanager
 def http_server(app: Any) -> Iterator[int]:
     """Serve an ASGI app on a free loopback port in a thread (a provider's or customer's server in tests);

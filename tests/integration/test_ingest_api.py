@@ -7,7 +7,7 @@ import orjson
 import pytest
 from sqlalchemy import text
 
-from shared.testing import internal_headers
+from shared.testing import feed_head, internal_headers
 
 PROBLEM = "application/problem+json"
 
@@ -115,11 +115,11 @@ async def test_management_endpoints_refuse_write_keys_and_strangers(apps, worksp
 
 async def test_feed_pages_in_order_and_rejects_bad_cursors(apps, workspace) -> None:
     auth = (workspace.write_key, "")
+    cursor = await feed_head(apps["ingest"])
     for i in range(5):
         await apps["ingest"].post("/v1/track", auth=auth, json={"userId": "f", "event": f"E{i}",
                                                                  "messageId": f"feed-{workspace.workspace_id}-{i}"})
     seen: list[str] = []
-    cursor = ""
     while True:
         page = (await apps["ingest"].get("/v1/events", params={"after": cursor, "limit": 2},
                                          headers=internal_headers())).json()

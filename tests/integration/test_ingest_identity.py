@@ -1,6 +1,6 @@
 """Identity resolution through HTTP: anonymous history joins the user, alias merges, group keeps accounts."""
 
-from shared.testing import internal_headers
+from shared.testing import feed_head, internal_headers
 
 
 async def _profile(apps, workspace, ref: str) -> dict:
@@ -11,6 +11,7 @@ async def _profile(apps, workspace, ref: str) -> dict:
 
 async def test_login_merges_the_anonymous_profile_into_the_known_user(apps, workspace) -> None:
     c, auth = apps["ingest"], (workspace.write_key, "")
+    head = await feed_head(c)
     await c.post("/v1/identify", auth=auth, json={"userId": "m-1", "traits": {"email": "m1@example.com", "plan": "pro"},
                                                   "timestamp": "2026-01-02T00:00:00Z"})
     # a separate anonymous history on another device, with a newer trait
@@ -28,7 +29,7 @@ async def test_login_merges_the_anonymous_profile_into_the_known_user(apps, work
     assert user["traits"] == {"email": "m1@example.com", "plan": "team"}  # newest per trait
     assert [(m["profile_id"], m["reason"], m["message_id"]) for m in user["merged_from"]] == [
         (anon_id, "identify", "login-1")]
-    events = await c.get("/v1/events", headers=internal_headers())
+    events = await c.get("/v1/events", params={"after": head, "limit": 5000}, headers=internal_headers())
     mine = [e for e in events.json()["events"] if e["workspace_id"] == str(workspace.workspace_id)]
     assert {e["profile_id"] for e in mine} == {user["id"]}  # history re-attributed
     assert [e["properties"]["merged_profile_id"] for e in mine if e["type"] == "merge"] == [anon_id]

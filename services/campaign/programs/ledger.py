@@ -155,8 +155,8 @@ async def _consume(session: AsyncSession, acct: dict[str, Any], points: int) -> 
     if points:
         raise RuntimeError("lots do not cover the balance")  # the invariant is broken: stop, roll back
     await session.execute(text(
-        "update campaign.loyalty_ledger l set remaining = v.left from unnest(CAST(:s AS bigint[]), "
-        "CAST(:l AS int[])) as v(seq, left) where l.seq = v.seq"), {"s": seqs, "l": left})
+        "update campaign.loyalty_ledger l set remaining = v.rest from unnest(CAST(:s AS bigint[]), "
+        "CAST(:l AS int[])) as v(seq, rest) where l.seq = v.seq"), {"s": seqs, "l": left})
 
 
 async def expire_account(session: AsyncSession, acct: dict[str, Any], now: datetime) -> int:

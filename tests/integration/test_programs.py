@@ -462,3 +462,39 @@ async def _redeem_concurrently(world, start: int, redemptions: list[tuple[int, i
     assert sum(e["points"] for e in history) == balance
     assert sum(e["remaining"] for e in history) == balance
     assert len([e for e in history if e["kind"] == "redeem"]) == len(spent)
+
+
+async def test_the_demo_runs_the_referral_and_loyalty_examples_end_to_end(world, settings) -> None:
+    """examples/lifecycle.yaml through `tenure apply`'s code, the demo's people, the worker: mail says so."""
+    from services import demo, resources
+
+    mesh = world.internal._http
+    api = resources.Api(mesh, {s: settings.url_of(s) for s in ("ingest", "segment", "campaign", "delivery")},
+                        world.h)
+    lines = await demo.run(mesh, api, settings.url_of("ingest"), world.wk[0])
+    assert lines[0].startswith("campaigns: 25 created or updated")  # 2 programs, 12 templates, 2 segments, 9
+    again = await resources.plan(api, resources.load(demo.EXAMPLE.read_text()))
+    assert {c.action for c in again} == {"unchanged"}  # applying twice changes nothing
+    exported = resources.load(await resources.export(api))
+    assert [p["name"] for p in exported["programs"]] == ["referral", "loyalty"]
+    now = datetime.now(UTC)
+    await world.pump(now)
+    await world.pump(now)
+
+    async def subjects(uid: str) -> set[str]:
+        r = await world.apps["delivery"].get("/v1/messages", headers=world.h,
+                                             params={"to": f"{uid}@demo.tenure.dev"})
+        return {m["subject"] for m in r.json()["messages"]}
+
+    assert "Du bist jetzt Gold-Mitglied" in await subjects("demo-klaus")  # 3 orders + first-order bonus: Gold
+    assert {"Glad you like Acme! Invite a friend, you both get a month",  # NPS 10: the invite with the link
+            "Your friend joined Acme: +500 points"} <= await subjects("demo-yuki")
+    assert "Your welcome gift: WELCOME-0001" in await subjects("demo-noah")
+    assert await world.balance("demo-yuki") == 49 + 50 + 500
+    [ref] = await world.referrals(referrer="demo-yuki")
+    assert ref["status"] == "rewarded" and ref["channel"] == "email"
+    tpl = next(t for t in (await world.get("/v1/templates", limit=100))["templates"] if t["name"] == "referral-reward")
+    preview = await world.apps["campaign"].post(f"/v1/templates/{tpl['id']}/preview", headers=world.h,
+                                                json={"user": "demo-yuki", "data": {"points": 500}})
+    code = (await world.code("demo-yuki"))["code"]
+    assert "You now have 599 points (Gold)" in preview.json()["text"] and code in preview.json()["text"]

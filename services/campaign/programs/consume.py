@@ -61,7 +61,7 @@ async def process(session: Any, internal: InternalClient, items: list[dict[str, 
         ref_cfg, loyalty = programs.referral.get(ws), programs.loyalty.get(ws)
         if ref_cfg is not None:
             if rewards.qualifies(ref_cfg, item):
-                result.rewards += await rewards.on_qualifying(session, ref_cfg, loyalty, item, at)
+                result.rewards += await rewards.on_qualifying(session, ref_cfg, loyalty, item, at, now)
             if item["event"] == ref_cfg.refund_event:
                 result.rewards += await rewards.on_refund(session, item, at)
         if loyalty is not None:

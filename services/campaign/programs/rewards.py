@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.campaign.journey_def import compare
-from services.campaign.programs import ledger, outbox
+from services.campaign.programs import ledger, outbox, tiers
 from services.campaign.programs.config import CouponReward, EventReward, LoyaltyConfig, PointsReward, ReferralConfig
 
 GRANTED = "Referral Reward Granted"
@@ -46,7 +46,7 @@ async def claim_coupon(session: AsyncSession, ws: uuid.UUID, pool: str, pid: uui
 
 
 async def on_qualifying(session: AsyncSession, cfg: ReferralConfig, loyalty: LoyaltyConfig | None,
-                        item: dict[str, Any], at: datetime) -> int:
+                        item: dict[str, Any], at: datetime, now: datetime) -> int:
     """Grant both sides' rewards if this is the referred user's qualifying event; returns rewards granted."""
     ws, pid = uuid.UUID(item["workspace_id"]), uuid.UUID(item["profile_id"])
     ref = (await session.execute(text(
@@ -78,6 +78,8 @@ async def on_qualifying(session: AsyncSession, cfg: ReferralConfig, loyalty: Loy
     for side, profile_id, reward, who in sides:
         if reward is not None:
             granted += await _grant(session, ws, ref, side, profile_id, reward, who or {}, loyalty, at, order_id)
+            if isinstance(reward, PointsReward) and loyalty is not None:  # the points may lift the tier
+                await tiers.evaluate(session, await ledger.lock(session, ws, profile_id), loyalty, now)
     return granted
 
 

@@ -19,7 +19,8 @@ async def upload_coupons(session: AsyncSession, ws: uuid.UUID, pool: str, new: l
     clean = sorted({c.strip() for c in new if c.strip()})
     added = (await session.execute(text(
         "insert into campaign.coupons (workspace_id, pool, code) "
-        "select :ws, :pool, c from unnest(CAST(:c AS text[])) c on conflict do nothing returning code"), {"ws": ws, "pool": pool, "c": clean})).all()
+        "select :ws, :pool, c from unnest(CAST(:c AS text[])) c on conflict do nothing returning code"),
+        {"ws": ws, "pool": pool, "c": clean})).all()
     return {**await pool_stats(session, ws, pool), "added": len(added)}
 
 

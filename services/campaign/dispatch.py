@@ -162,17 +162,25 @@ async def post_batch(internal: InternalClient, ws: uuid.UUID, batch: list[tuple[
     return outcomes
 
 
-async def program_variables(session: AsyncSession, sends: list[dict[str, Any]], profiles: dict[str, Any]
-                            ) -> dict[str, dict[str, Any]]:
-    """The referral and loyalty variables of the sends' profiles ("ws:profile" -> variables)."""
+async def program_variables(session: AsyncSession, sends: list[dict[str, Any]], profiles: dict[str, Any],
+                            snippets: dict[uuid.UUID, dict[str, str]]) -> dict[str, dict[str, Any]]:
+    """The referral and loyalty variables of the sends' profiles ("ws:profile" -> variables), for the
+    templates (and their workspace's snippets) that use them."""
+    rows = (await session.execute(text(
+        "select id, concat_ws(' ', subject, preheader, html, text, locales::text) as src from campaign.templates "
+        "where id = any(CAST(:ids AS uuid[]))"), {"ids": list({s["template_id"] for s in sends})})).all()
+    sources = {r.id: r.src for r in rows}
     by_ws: dict[uuid.UUID, dict[str, dict[str, Any]]] = {}
+    wanted: dict[uuid.UUID, dict[str, set[str]]] = {}
     for send in sends:
         profile = profiles.get(f"{send['workspace_id']}:{send['profile_id']}")
-        if isinstance(profile, dict):
+        need = program_vars.used_by(sources.get(send["template_id"]), *snippets.get(send["workspace_id"], {}).values())
+        if isinstance(profile, dict) and need:
             by_ws.setdefault(send["workspace_id"], {})[str(send["profile_id"])] = profile
+            wanted.setdefault(send["workspace_id"], {}).setdefault(str(send["profile_id"]), set()).update(need)
     out: dict[str, dict[str, Any]] = {}
     for ws, found in by_ws.items():
-        for pid, values in (await program_vars.for_profiles(session, ws, found)).items():
+        for pid, values in (await program_vars.for_profiles(session, ws, found, wanted=wanted[ws])).items():
             out[f"{ws}:{pid}"] = values
     return out
 
@@ -207,7 +215,7 @@ async def dispatch_due(sessionmaker: async_sessionmaker[AsyncSession], internal:
     outcomes: dict[uuid.UUID, Outcome] = {}
     ready: dict[uuid.UUID, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     async with sessionmaker() as session, session.begin():
-        extras = await program_variables(session, sends, profiles)
+        extras = await program_variables(session, sends, profiles, snippets)
         for send in sends:
             key = f"{send['workspace_id']}:{send['profile_id']}"
             prepared = await prepare(session, send, profiles.get(key), snippets[send["workspace_id"]], extras.get(key))

@@ -48,7 +48,8 @@ def _rule_key(rule: EarnRule, index: int) -> str:
 
 async def apply(session: AsyncSession, config: LoyaltyConfig, item: dict[str, Any], at: datetime, now: datetime
                 ) -> int:
-    """One event: earn, take back on refund, badges, then the tier. Returns ledger entries written."""
+    """One event: earn, take back on refund, badges, then the tier. Returns ledger entries written and
+    badges earned (something for ingest to hear about)."""
     name, props = item["event"], item.get("properties") or {}
     ws, pid = uuid.UUID(item["workspace_id"]), uuid.UUID(item["profile_id"])
     who = {"user_id": item.get("user_id"), "anonymous_id": item.get("anonymous_id")}
@@ -123,14 +124,12 @@ async def _badge(session: AsyncSession, ws: uuid.UUID, pid: uuid.UUID, who: dict
         return 0
     await session.execute(text("update campaign.loyalty_badges set earned_at = :at where workspace_id = :ws "
                                "and profile_id = :p and badge = :b"), {"at": at, "ws": ws, "p": pid, "b": badge.name})
-    written = 0
     if badge.points:
-        w = await ledger.credit(session, ws, pid, badge.points, f"badge:{slug(badge.name)}:{pid}", at,
-                                expiry_months=config.expiry_months, reason=f"badge {badge.name}")
-        written = int(w.created)
+        await ledger.credit(session, ws, pid, badge.points, f"badge:{slug(badge.name)}:{pid}", at,
+                            expiry_months=config.expiry_months, reason=f"badge {badge.name}")
     await outbox.emit(session, ws, who, BADGE_EARNED, {"badge": badge.name, "points": badge.points}, at,
                       f"badge:{pid}:{badge.name}")
-    return written
+    return 1
 
 
 async def badges_of(session: AsyncSession, ws: uuid.UUID, pid: uuid.UUID) -> list[dict[str, Any]]:

@@ -12,19 +12,30 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.campaign.programs import codes, ledger, tiers
 from services.campaign.programs.config import LoyaltyConfig, Programs, ReferralConfig
 
+NAMES = ("referral", "loyalty")
+
+
+def used_by(*sources: str | None) -> set[str]:
+    """Which program variables template sources mention (only those are computed: rendering a template
+    that never shows a referral link creates no code)."""
+    return {name for name in NAMES if any(name in (src or "") for src in sources)}
+
 
 async def for_profiles(session: AsyncSession, ws: uuid.UUID, profiles: dict[str, dict[str, Any]],
-                       now: datetime | None = None) -> dict[str, dict[str, Any]]:
-    """Profile id -> {"referral": ..., "loyalty": ...} for the workspace's enabled programs."""
+                       now: datetime | None = None, wanted: dict[str, set[str]] | None = None
+                       ) -> dict[str, dict[str, Any]]:
+    """Profile id -> {"referral": ..., "loyalty": ...} for the workspace's enabled programs (``wanted``:
+    per profile id, which of them; default: both)."""
     now = now or datetime.now(UTC)
     programs = await Programs.load(session, {ws})
     ref_cfg, loyalty = programs.referral.get(ws), programs.loyalty.get(ws)
     out: dict[str, dict[str, Any]] = {}
     for pid, profile in profiles.items():
         values: dict[str, Any] = {}
-        if ref_cfg is not None:
+        need = set(NAMES) if wanted is None else wanted.get(pid, set())
+        if ref_cfg is not None and "referral" in need:
             values["referral"] = await _referral(session, ws, uuid.UUID(pid), profile, ref_cfg)
-        if loyalty is not None:
+        if loyalty is not None and "loyalty" in need:
             values["loyalty"] = await _loyalty(session, ws, uuid.UUID(pid), loyalty, now)
         out[pid] = values
     return out

@@ -35,8 +35,12 @@ async def erase(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) -> 
     await session.execute(text("update campaign.coupons set assigned_to = null where workspace_id = :ws "
                                "and assigned_to = any(CAST(:p AS uuid[]))"), {"ws": ws, "p": pids})
     for table, columns in _PROGRAM_TABLES.items():
-        res = await session.execute(text(f"delete from campaign.{table} where workspace_id = :ws "
-                                         f"and ({_where(columns)})"), {"ws": ws, "p": pids})
+        where = _where(columns)
+        if table == "referral_rewards":  # both sides' rewards of a referral that goes
+            where += (" or referral_id in (select id from campaign.referrals where workspace_id = :ws and ("
+                      f"{_where(_PROGRAM_TABLES['referrals'])}))")
+        res = await session.execute(text(f"delete from campaign.{table} where workspace_id = :ws and ({where})"),
+                                    {"ws": ws, "p": pids})
         out[table] = res.rowcount  # type: ignore[attr-defined]
     return out
 

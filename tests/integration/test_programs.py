@@ -498,3 +498,28 @@ async def test_the_demo_runs_the_referral_and_loyalty_examples_end_to_end(world,
                                                 json={"user": "demo-yuki", "data": {"points": 500}})
     code = (await world.code("demo-yuki"))["code"]
     assert "You now have 599 points (Gold)" in preview.json()["text"] and code in preview.json()["text"]
+
+
+async def test_erasure_removes_the_programs_records_and_export_lists_them(world) -> None:
+    from services.campaign import privacy
+
+    await world.program("referral", **REFERRAL)
+    await world.program("loyalty", **LOYALTY)
+    ref, friend = _uid("gdpr-ref"), _uid("gdpr-friend")
+    await world.identify(ref, email=f"{ref}@example.com")
+    code = (await world.code(ref))["code"]
+    await world.track(friend, "Signed Up", T0, referral_code=code)
+    await world.track(friend, "Order Completed", T0 + timedelta(hours=1), order_id="g1", revenue=20)
+    await world.pump(T0 + timedelta(hours=2))
+    assert await world.balance(ref) == 500 and await world.balance(friend) == 20 + 100
+    pids = [uuid.UUID((await world.apps["ingest"].get(f"/v1/profiles/{u}", headers=world.h)).json()["id"])
+            for u in (ref, friend)]
+    async with world.sm() as s, s.begin():
+        exported = await privacy.export(s, world.ws, pids[:1])
+        assert [c["code"] for c in exported["referral_codes"]] == [code]
+        assert len(exported["referrals"]) == 1 and exported["loyalty_accounts"][0]["balance"] == 500
+        erased = await privacy.erase(s, world.ws, pids[:1])
+    assert erased["referral_codes"] == 1 and erased["referrals"] == 1 and erased["loyalty_ledger"] == 1
+    assert erased["referral_rewards"] == 2  # the referral's rewards on both sides
+    assert await world.balance(ref) == 0 and await world.referrals(referrer=ref) == []
+    assert await world.balance(friend) == 120  # the other person's points are theirs

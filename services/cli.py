@@ -260,12 +260,13 @@ SecretKey = Annotated[str, typer.Option("--key", envvar="TENURE_SECRET_KEY", hel
 
 @app.command()
 def apply(
-    file: Annotated[Path, typer.Option("-f", "--file", exists=True, dir_okay=False, help="YAML: templates, "
+    file: Annotated[Path, typer.Option("-f", "--file", exists=True, dir_okay=False, help="YAML: programs, templates, "
                                        "segments, campaigns")],
     key: SecretKey,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show the diff, change nothing")] = False,
 ) -> None:
-    """Create or update templates, segments and campaigns from a file, idempotently; shows the diff first."""
+    """Create or update programs, templates, segments and campaigns from a file, idempotently; shows the diff
+    first."""
     from services import resources
 
     async def run() -> int:

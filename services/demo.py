@@ -1,6 +1,8 @@
-"""``tenure demo``: the six lifecycle campaigns of ``examples/lifecycle.yaml`` applied to a workspace, and
-simulated users in several languages and time zones whose histories put them at every lifecycle stage,
-so a person can watch the campaigns run in the dev inbox."""
+"""``tenure demo``: the six lifecycle campaigns of ``examples/lifecycle.yaml`` (with its referral and loyalty
+programs) applied to a workspace, and simulated users in several languages and time zones whose histories
+put them at every lifecycle stage, so a person can watch the campaigns run in the dev inbox. Orders earn
+loyalty points (Klaus reaches Gold), and a friend of Yuki's signs up with Yuki's referral code and orders:
+Yuki gets points, the friend a coupon from the uploaded pool, each an email saying so."""
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -49,8 +51,7 @@ def _events(p: Person, now: datetime) -> list[dict[str, Any]]:
         "churned": [track("Signed Up", 200), track("Order Completed", 150, **order), track("App Opened", 120)],
         "promoter": [track("Signed Up", 30), track("Order Completed", 5, **order),
                      track("NPS Survey Submitted", 0, score=10)],
-        "loyal": [track("Signed Up", 90), *[track("Order Completed", d, **order) for d in (60, 30, 2)],
-                  track("Tier Changed", 0, tier="Gold", points=1200)],
+        "loyal": [track("Signed Up", 90), *[track("Order Completed", d, **order) for d in (60, 30, 2)]],
     }
     story = stories[p.story]
     # identified when last seen (an identify is activity too: "now" would make everyone active)
@@ -60,6 +61,24 @@ def _events(p: Person, now: datetime) -> list[dict[str, Any]]:
     return [ident, *story]
 
 
+FRIEND = Person("demo-noah", "Noah", "en-US", "America/Chicago", "referred")
+COUPONS = [f"WELCOME-{n:04d}" for n in range(1, 51)]
+
+
+def _referred(friend: Person, code: str, now: datetime) -> list[dict[str, Any]]:
+    """A friend signing up through the referrer's email link, then placing a first (qualifying) order."""
+    at = (now - timedelta(minutes=5)).isoformat()
+    return [
+        {"type": "identify", "userId": friend.user_id, "timestamp": at, "traits": {
+            "email": f"{friend.user_id}@demo.tenure.dev", "first_name": friend.first_name, "locale": friend.locale,
+            "timezone": friend.timezone}},
+        {"type": "track", "userId": friend.user_id, "event": "Signed Up", "timestamp": at,
+         "context": {"page": {"url": "https://acme.example/join", "search": f"?ref={code}&channel=email"}}},
+        {"type": "track", "userId": friend.user_id, "event": "Order Completed", "timestamp": now.isoformat(),
+         "properties": {"order_id": f"{friend.user_id}-1", "revenue": 35.0}},
+    ]
+
+
 async def run(http: httpx.AsyncClient, api: resources.Api, ingest_url: str, write_key: str) -> list[str]:
     """Apply the example campaigns, then send every simulated person's history; returns what happened."""
     lines = []
@@ -67,9 +86,18 @@ async def run(http: httpx.AsyncClient, api: resources.Api, ingest_url: str, writ
     await resources.apply(api, changes)
     made = sum(c.action != "unchanged" for c in changes)
     lines.append(f"campaigns: {made} created or updated from {EXAMPLE.name}, {len(changes) - made} unchanged")
+    pool = await api.call("PUT", "campaign", "/v1/coupon-pools/welcome", json={"codes": COUPONS})
+    lines.append(f"coupon pool welcome: {pool['available']} codes available")
     now = datetime.now(UTC)
     for p in PEOPLE:
         resp = await http.post(f"{ingest_url}/v1/batch", auth=(write_key, ""), json={"batch": _events(p, now)})
         resp.raise_for_status()
         lines.append(f"{p.first_name:7} {p.locale:6} {p.timezone:17} {p.story}")
+    referrer = next(p for p in PEOPLE if p.story == "promoter")
+    code = await api.call("POST", "campaign", "/v1/referral/codes", json={"user": referrer.user_id})
+    resp = await http.post(f"{ingest_url}/v1/batch", auth=(write_key, ""),
+                           json={"batch": _referred(FRIEND, code["code"], now)})
+    resp.raise_for_status()
+    lines.append(f"{FRIEND.first_name:7} {FRIEND.locale:6} {FRIEND.timezone:17} signed up with {referrer.first_name}'s "
+                 f"referral link ({code['code']}) and ordered: both get their reward")
     return lines

@@ -1,11 +1,12 @@
 """Campaigns as code: ``tenure apply -f file.yaml`` and ``tenure get campaigns -o yaml``.
 
-A file holds ``templates``, ``segments`` and ``campaigns`` of one workspace, each identified by name;
+A file holds ``programs`` (the referral and loyalty programs, named ``referral`` and ``loyalty``),
+``templates``, ``segments`` and ``campaigns`` of one workspace, each identified by name;
 campaign steps name their template (``template: welcome``) and triggers and conditions name their
 segment (``segment: engaged pros``) instead of ids. ``plan`` compares the file with what the services
 hold — after normalising both the way the services store them, so applying the same file twice
 changes nothing and makes no new campaign version — and ``apply`` carries out the plan through the
-public HTTP APIs (templates and segments first: campaigns refer to them).
+public HTTP APIs (programs, templates and segments first: campaigns refer to them).
 """
 
 import difflib
@@ -19,9 +20,10 @@ import yaml
 from pydantic import ValidationError
 
 from services.campaign import journeys
+from services.campaign.programs import config as program_config
 from services.segment import conditions
 
-KINDS = ("templates", "segments", "campaigns")
+KINDS = ("programs", "templates", "segments", "campaigns")
 _TEMPLATE_FIELDS = ("subject", "html", "text", "locales")
 _CAMPAIGN_KEYS = ("trigger", "steps", "entry", "goal", "exit_on", "message_type", "topic")
 
@@ -40,7 +42,7 @@ def placeholder(kind: str, name: str) -> str:
 
 @dataclass
 class Change:
-    kind: str  # templates | segments | campaigns
+    kind: str  # programs | templates | segments | campaigns
     name: str
     action: str  # create | update | unchanged
     body: dict[str, Any]
@@ -60,6 +62,15 @@ class Api:
         resp = await self.http.request(method, self.urls[service] + path, headers=self.headers, **kw)
         if resp.status_code >= 400:
             raise ResourceError(f"{method} {service}{path}: {resp.status_code} {resp.text[:500]}")
+        return resp.json()
+
+    async def maybe(self, service: str, path: str) -> Any:
+        """A GET that may find nothing (None on 404)."""
+        resp = await self.http.request("GET", self.urls[service] + path, headers=self.headers)
+        if resp.status_code == 404:
+            return None
+        if resp.status_code >= 400:
+            raise ResourceError(f"GET {service}{path}: {resp.status_code} {resp.text[:500]}")
         return resp.json()
 
     async def all(self, service: str, path: str, key: str) -> list[dict[str, Any]]:
@@ -102,7 +113,18 @@ def load(text: str) -> dict[str, list[dict[str, Any]]]:
         if len(set(names)) != len(names):
             raise ResourceError(f"{kind}: names must be unique")
         out[kind] = items
+    if unknown := {p["name"] for p in out["programs"]} - set(program_config.KINDS):
+        raise ResourceError(f"programs are named {' or '.join(program_config.KINDS)}, not {', '.join(sorted(unknown))}")
     return out
+
+
+def _program_body(item: dict[str, Any]) -> dict[str, Any]:
+    model = program_config.MODELS[item["name"]]
+    try:
+        cfg = model.model_validate(item.get("config") or {}).model_dump(mode="json")
+    except ValidationError as exc:
+        raise ResourceError(f"program {item['name']!r}: {_errors(exc)}") from None
+    return {"enabled": bool(item.get("enabled", True)), "config": cfg}
 
 
 def _swap(node: Any, mapping: dict[str, dict[str, str]], to_ids: bool) -> Any:
@@ -169,6 +191,10 @@ async def plan(api: Api, desired: dict[str, list[dict[str, Any]]]) -> list[Chang
     }
     back = {kind: {v: k for k, v in m.items()} for kind, m in names.items()}  # ids -> names, for the diffs
     changes: list[Change] = []
+    for item in desired["programs"]:
+        now_program = await api.maybe("campaign", f"/v1/programs/{item['name']}")
+        now_body = {"enabled": now_program["enabled"], "config": now_program["config"]} if now_program else None
+        changes.append(_change("programs", item["name"], _program_body(item), now_program, now_body, back))
     for item in desired["templates"]:
         body = _template_body(item)
         now = current["templates"].get(item["name"])
@@ -208,7 +234,9 @@ async def apply(api: Api, changes: list[Change]) -> None:
     for c in changes:
         if c.action == "unchanged":
             continue
-        if c.kind == "templates":
+        if c.kind == "programs":
+            await api.call("PUT", "campaign", f"/v1/programs/{c.name}", json=c.body)
+        elif c.kind == "templates":
             path = "/v1/templates" + (f"/{c.current['id']}" if c.current else "")
             out = await api.call("PUT" if c.current else "POST", "campaign", path, json=c.body)
             ids[placeholder("template", c.name)] = out["id"]
@@ -245,7 +273,9 @@ async def export(api: Api) -> str:
     segs = await api.all("segment", "/v1/segments", "segments")
     camps = await api.all("campaign", "/v1/campaigns", "campaigns")
     back = {"template": {t["id"]: t["name"] for t in tpls}, "segment": {s["id"]: s["name"] for s in segs}}
+    programs = [(kind, await api.maybe("campaign", f"/v1/programs/{kind}")) for kind in program_config.KINDS]
     return _yaml({
+        "programs": [{"name": kind, "enabled": p["enabled"], "config": p["config"]} for kind, p in programs if p],
         "templates": [_template_body(t) for t in tpls],
         "segments": [{"name": s["name"], "definition": _swap(s["definition"], back, False)} for s in segs],
         "campaigns": [{"name": c["name"], "status": c["status"], **_swap(c["definition"], back, False)}

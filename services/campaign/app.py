@@ -4,6 +4,7 @@ from fastapi import FastAPI
 
 from services.campaign import privacy
 from services.campaign.api import router
+from services.campaign.programs.api import router as programs_router
 from shared.privacy import privacy_router
 from shared.settings import Settings
 from shared.web import create_service_app
@@ -11,9 +12,11 @@ from shared.web import create_service_app
 DESCRIPTION = """
 Campaigns react to events (from ingest's feed) and segment entries (from segment's transition feed),
 render a Liquid template with the profile's traits and ask delivery to send it, once per occurrence.
+Referral and loyalty programs (codes, attribution, two-sided rewards, a points ledger, tiers, badges) run
+on the same events.
 """
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    routers = [router, privacy_router("campaign", privacy.erase, privacy.export)]
+    routers = [router, programs_router, privacy_router("campaign", privacy.erase, privacy.export)]
     return create_service_app("campaign", settings or Settings(), routers=routers, description=DESCRIPTION)

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.campaign import experiments, ingest_client, journeys, templates
 from services.campaign import journey_def as jd
+from services.campaign.programs import variables as program_vars
 from shared.db import fetch_one, fetch_page, insert_one_or_conflict, row_dict
 from shared.errors import NotFound, ValidationFailed
 from shared.http import InternalClient
@@ -366,8 +367,10 @@ async def render_preview(session: AsyncSession, internal: InternalClient, ws: uu
         profile = (await ingest_client.lookup_profiles(internal, ws, [pid])).get(pid) or profile
     fields, used = templates.for_locale(tpl, locale or (profile.get("traits") or {}).get("locale"))
     try:
-        out = templates.render(fields, templates.variables_for(profile, {"name": "preview", "properties": data}),
-                               await snippets_of(session, ws))
+        extra = (await program_vars.for_profiles(session, ws, {profile["id"]: profile})).get(profile["id"], {}) \
+            if profile.get("id") else {}
+        out = templates.render(fields, {**templates.variables_for(profile, {"name": "preview", "properties": data}),
+                                        **extra}, await snippets_of(session, ws))
     except templates.TemplateError as exc:
         raise ValidationFailed(f"Template {exc.field} does not render: {exc.message}", field=exc.field) from None
     return {"subject": out.subject, "html": out.html, "text": out.text, "deep_link": out.deep_link,

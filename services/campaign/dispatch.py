@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.campaign import campaigns, ingest_client, templates
+from services.campaign.programs import variables as program_vars
 from shared.auth import WORKSPACE_HEADER
 from shared.errors import UpstreamUnavailable
 from shared.http import InternalClient
@@ -88,9 +89,11 @@ async def profiles_for(internal: InternalClient, sends: list[dict[str, Any]]) ->
 
 
 async def prepare(session: AsyncSession, send: dict[str, Any], profile: dict[str, Any] | str | None,
-                  snippets: dict[str, str] | None = None) -> dict[str, Any] | Outcome:
+                  snippets: dict[str, str] | None = None, extra: dict[str, Any] | None = None
+                  ) -> dict[str, Any] | Outcome:
     """The delivery request for a send, or the outcome that ends it here (``profile``: the looked-up
-    profile, None if it does not exist, or why the lookup failed)."""
+    profile, None if it does not exist, or why the lookup failed; ``extra``: more template variables,
+    e.g. the referral and loyalty programs')."""
     tpl = await _template(session, send["template_id"])
     if tpl is None:
         return Outcome("failed", "template no longer exists")
@@ -108,7 +111,8 @@ async def prepare(session: AsyncSession, send: dict[str, Any], profile: dict[str
         return Outcome("skipped", f"profile has no {trait} trait")
     fields, _ = templates.for_locale(tpl, (profile.get("traits") or {}).get("locale"))
     try:
-        rendered = templates.render(fields, templates.variables_for(profile, send["trigger_data"]), snippets)
+        rendered = templates.render(fields, {**templates.variables_for(profile, send["trigger_data"]), **(extra or {})},
+                                    snippets)
     except templates.TemplateError as exc:
         return Outcome("failed", f"template did not render: {exc}")
     return {
@@ -161,6 +165,29 @@ async def post_batch(internal: InternalClient, ws: uuid.UUID, batch: list[tuple[
     return outcomes
 
 
+async def program_variables(session: AsyncSession, sends: list[dict[str, Any]], profiles: dict[str, Any],
+                            snippets: dict[uuid.UUID, dict[str, str]]) -> dict[str, dict[str, Any]]:
+    """The referral and loyalty variables of the sends' profiles ("ws:profile" -> variables), for the
+    templates (and their workspace's snippets) that use them."""
+    rows = (await session.execute(text(
+        "select id, concat_ws(' ', subject, preheader, html, text, locales::text) as src from campaign.templates "
+        "where id = any(CAST(:ids AS uuid[]))"), {"ids": list({s["template_id"] for s in sends})})).all()
+    sources = {r.id: r.src for r in rows}
+    by_ws: dict[uuid.UUID, dict[str, dict[str, Any]]] = {}
+    wanted: dict[uuid.UUID, dict[str, set[str]]] = {}
+    for send in sends:
+        profile = profiles.get(f"{send['workspace_id']}:{send['profile_id']}")
+        need = program_vars.used_by(sources.get(send["template_id"]), *snippets.get(send["workspace_id"], {}).values())
+        if isinstance(profile, dict) and need:
+            by_ws.setdefault(send["workspace_id"], {})[str(send["profile_id"])] = profile
+            wanted.setdefault(send["workspace_id"], {}).setdefault(str(send["profile_id"]), set()).update(need)
+    out: dict[str, dict[str, Any]] = {}
+    for ws, found in by_ws.items():
+        for pid, values in (await program_vars.for_profiles(session, ws, found, wanted=wanted[ws])).items():
+            out[f"{ws}:{pid}"] = values
+    return out
+
+
 async def record(session: AsyncSession, send_id: uuid.UUID, outcome: Outcome, attempts: int) -> None:
     backoff = min(3600, 5 * 2 ** max(0, attempts - 1))
     await session.execute(
@@ -191,9 +218,10 @@ async def dispatch_due(sessionmaker: async_sessionmaker[AsyncSession], internal:
     outcomes: dict[uuid.UUID, Outcome] = {}
     ready: dict[uuid.UUID, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     async with sessionmaker() as session, session.begin():
+        extras = await program_variables(session, sends, profiles, snippets)
         for send in sends:
-            prepared = await prepare(session, send, profiles.get(f"{send['workspace_id']}:{send['profile_id']}"),
-                                     snippets[send["workspace_id"]])
+            key = f"{send['workspace_id']}:{send['profile_id']}"
+            prepared = await prepare(session, send, profiles.get(key), snippets[send["workspace_id"]], extras.get(key))
             if isinstance(prepared, Outcome):
                 outcomes[send["id"]] = prepared
             else:

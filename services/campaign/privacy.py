@@ -1,4 +1,5 @@
-"""Erasure and export of what campaign holds about profiles: the sends decided for them."""
+"""Erasure and export of what campaign holds about profiles: the sends decided for them, and their
+referral and loyalty records (codes, fingerprints, referrals on either side, rewards, ledger, badges)."""
 
 import uuid
 from typing import Any
@@ -6,13 +7,42 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+# table -> the column(s) naming the profile (a referral names two)
+_PROGRAM_TABLES = {
+    "referral_rewards": ("profile_id",),
+    "referrals": ("referred_profile_id", "referrer_profile_id"),
+    "referral_codes": ("profile_id",),
+    "referral_touches": ("profile_id",),
+    "referral_fingerprints": ("profile_id",),
+    "loyalty_ledger": ("profile_id",),
+    "loyalty_badges": ("profile_id",),
+    "loyalty_accounts": ("profile_id",),
+}
+_EXPORTED = ("referral_codes", "referrals", "referral_rewards", "loyalty_accounts", "loyalty_ledger",
+             "loyalty_badges")
+
+
+def _where(columns: tuple[str, ...]) -> str:
+    return " or ".join(f"{c} = any(CAST(:p AS uuid[]))" for c in columns)
+
 
 async def erase(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) -> dict[str, int]:
     res = await session.execute(
         text("delete from campaign.sends where workspace_id = :ws and profile_id = any(CAST(:p AS uuid[]))"),
         {"ws": ws, "p": pids},
     )
-    return {"sends": res.rowcount}  # type: ignore[attr-defined]
+    out = {"sends": res.rowcount}  # type: ignore[attr-defined]
+    await session.execute(text("update campaign.coupons set assigned_to = null where workspace_id = :ws "
+                               "and assigned_to = any(CAST(:p AS uuid[]))"), {"ws": ws, "p": pids})
+    for table, columns in _PROGRAM_TABLES.items():
+        where = _where(columns)
+        if table == "referral_rewards":  # both sides' rewards of a referral that goes
+            where += (" or referral_id in (select id from campaign.referrals where workspace_id = :ws and ("
+                      f"{_where(_PROGRAM_TABLES['referrals'])}))")
+        res = await session.execute(text(f"delete from campaign.{table} where workspace_id = :ws and ({where})"),
+                                    {"ws": ws, "p": pids})
+        out[table] = res.rowcount  # type: ignore[attr-defined]
+    return out
 
 
 async def export(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) -> dict[str, Any]:
@@ -22,4 +52,9 @@ async def export(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) ->
              "where workspace_id = :ws and profile_id = any(CAST(:p AS uuid[])) order by created_at"),
         {"ws": ws, "p": pids},
     )
-    return {"sends": [dict(r) for r in rows.mappings()]}
+    out: dict[str, Any] = {"sends": [dict(r) for r in rows.mappings()]}
+    for table in _EXPORTED:
+        found = await session.execute(text(f"select * from campaign.{table} where workspace_id = :ws "
+                                           f"and ({_where(_PROGRAM_TABLES[table])})"), {"ws": ws, "p": pids})
+        out[table] = [dict(r) for r in found.mappings()]
+    return out

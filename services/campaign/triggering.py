@@ -1,13 +1,14 @@
 """Entering journeys from ingest's events and segment's transitions, and moving the journeys waiting on them.
 
-Each feed page is one transaction: the journeys it starts, the waiting journeys it wakes and the
-consumer cursor commit together. Entry is idempotent per (campaign, profile, occurrence), so replaying
+Each feed page is one transaction: the journeys it starts, the waiting journeys it wakes, what the
+referral and loyalty programs derive from its events (programs/consume.py) and the consumer cursor
+commit together. Entry is idempotent per (campaign, profile, occurrence), so replaying
 a page, or a trigger arriving twice, never enters anyone twice (and so never sends twice).
 """
 
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.campaign import journeys
+from services.campaign.programs import consume as program_feed
 from shared import metrics
 from shared.errors import UpstreamUnavailable
 from shared.feed import lock_consumer, save_consumer
@@ -32,6 +34,7 @@ class PageResult:
     read: int = 0
     entered: int = 0
     woken: int = 0
+    programs: program_feed.ProgramResult = field(default_factory=program_feed.ProgramResult)
 
 
 async def active_campaigns(session: AsyncSession, workspaces: set[uuid.UUID]) -> dict[uuid.UUID, list[dict[str, Any]]]:
@@ -100,5 +103,6 @@ async def consume_page(session: AsyncSession, internal: InternalClient, feed: st
     result.entered = await enter_from(session, campaigns, items, feed, now)
     if feed == "events":
         result.woken = await journeys.on_events(session, items, now, journeys.VersionCache())
+        result.programs = await program_feed.process(session, internal, items, now)
     await save_consumer(session, "campaign", feed, page["next_cursor"])
     return result

@@ -1,4 +1,5 @@
-"""Campaign's arq worker: feeds into journeys, journeys' due timers, and sends handed to delivery."""
+"""Campaign's arq worker: feeds into journeys and programs, journeys' due timers, sends handed to delivery,
+program events handed to ingest, and the programs' hourly maintenance (expiry, tier downgrades)."""
 
 from typing import Any
 
@@ -7,6 +8,8 @@ from arq.cron import cron
 from arq.worker import Worker
 
 from services.campaign import dispatch, journeys, schedules, triggering
+from services.campaign.programs import maintenance
+from services.campaign.programs import outbox as program_outbox
 from shared.queue import JobCtx, build_worker, stopping, take_dirty, wake, worker_settings_class
 from shared.settings import Settings
 
@@ -22,6 +25,8 @@ async def _consume(ctx: JobCtx, feed: str, function: str) -> int:
         read, moved = read + page.read, moved + page.entered + page.woken
         if page.entered or page.woken:  # a separate job: reading, advancing and dispatching overlap
             await wake(ctx["redis"], settings, "campaign", "advance_journeys")
+        if page.programs:  # referrals, rewards, points: their events go to ingest
+            await wake(ctx["redis"], settings, "campaign", "forward_program_events")
         if stopping(ctx) or (page.read < settings.consumer_batch_size and not await take_dirty(ctx, function)):
             break
     if moved:
@@ -70,11 +75,32 @@ async def dispatch_sends(ctx: JobCtx) -> int:
     return total
 
 
+async def forward_program_events(ctx: JobCtx) -> int:
+    """Referral and loyalty events (converted, reward granted, tier changed ...) to ingest."""
+    total = 0
+    while not stopping(ctx) and (n := await program_outbox.forward(ctx["sessionmaker"], ctx["internal"])):
+        total += n
+    return total
+
+
+async def maintain_programs(ctx: JobCtx) -> int:
+    """Hourly: expire points past their date, downgrade tiers no longer earned."""
+    result = await maintenance.run(ctx["sessionmaker"])
+    if result.expired_points or result.tier_changes:
+        log.info("campaign.programs_maintained", members=result.members, expired_points=result.expired_points,
+                 tier_changes=result.tier_changes)
+        await wake(ctx["redis"], ctx["settings"], "campaign", "forward_program_events")
+    return result.members
+
+
 _OPTIONS: dict[str, Any] = {
-    "functions": [on_events, on_transitions, advance_journeys, dispatch_sends, run_schedules],
-    "poll": [on_events, on_transitions, advance_journeys, dispatch_sends],
+    "functions": [on_events, on_transitions, advance_journeys, dispatch_sends, run_schedules, forward_program_events,
+                  maintain_programs],
+    "poll": [on_events, on_transitions, advance_journeys, dispatch_sends, forward_program_events],
     "crons": [cron(run_schedules, name="cron:run_schedules", second=0, run_at_startup=True, unique=True,
-                   keep_result=0, timeout=600)],
+                   keep_result=0, timeout=600),
+              cron(maintain_programs, name="cron:maintain_programs", minute=7, second=30, run_at_startup=True,
+                   unique=True, keep_result=0, timeout=600)],
 }
 
 

@@ -303,7 +303,8 @@ async def test_demo_runs_the_six_lifecycle_campaigns_in_several_languages(stack,
     r = subprocess.run([TENURE, "demo", "--write-key", workspace.write_key, "--key", workspace.secret_key],
                        env=s.env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "campaigns: 19 created or updated" in r.stderr, r.stderr  # 10 templates, 2 segments, 7 campaigns
+    # 2 programs, 12 templates, 2 segments, 9 campaigns
+    assert "campaigns: 25 created or updated" in r.stderr, r.stderr
 
     def subjects() -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
@@ -311,14 +312,16 @@ async def test_demo_runs_the_six_lifecycle_campaigns_in_several_languages(stack,
             out.setdefault(m["to"][0].split("@")[0], set()).add(m["subject"])
         return out
 
-    expected = {
-        "demo-ada": "Welcome to Acme, Ada!",  # onboarding, English
-        "demo-amelie": "Bienvenue chez Acme, Amélie !",  # onboarding, fr-FR
-        "demo-jean": "Les nouveautés d'Acme ce mois-ci",  # engagement (engaged stage), fr-CA → fr
-        "demo-yuki": "Glad you like Acme! Invite a friend, you both get a month",  # referral after NPS 10
-        "demo-klaus": "Du bist jetzt Gold-Mitglied",  # loyalty, de-AT → de
-    }
-    await wait_for(lambda: all(subj in subjects().get(uid, set()) for uid, subj in expected.items()), timeout=60)
+    expected = [
+        ("demo-ada", "Welcome to Acme, Ada!"),  # onboarding, English
+        ("demo-amelie", "Bienvenue chez Acme, Amélie !"),  # onboarding, fr-FR
+        ("demo-jean", "Les nouveautés d'Acme ce mois-ci"),  # engagement (engaged stage), fr-CA → fr
+        ("demo-yuki", "Glad you like Acme! Invite a friend, you both get a month"),  # referral after NPS 10
+        ("demo-yuki", "Your friend joined Acme: +500 points"),  # Noah signed up with Yuki's link and ordered
+        ("demo-noah", "Your welcome gift: WELCOME-0001"),  # the referred side's coupon
+        ("demo-klaus", "Du bist jetzt Gold-Mitglied"),  # loyalty: orders earned Gold, de-AT → de
+    ]
+    await wait_for(lambda: all(subj in subjects().get(uid, set()) for uid, subj in expected), timeout=60)
     mgmt = {"Authorization": f"Bearer {workspace.secret_key}"}
     async with httpx.AsyncClient(timeout=10) as c:
         # the at-risk and churned users entered churn prevention and win-back (or their holdouts)

@@ -9,6 +9,7 @@ ENDPOINTS = [
     ("segment", "/v1/segments", "segment.segments"),
     ("campaign", "/v1/templates", "campaign.templates"),
     ("campaign", "/v1/campaigns", "campaign.campaigns"),
+    ("campaign", "/v1/referral/codes", "campaign.referral_codes"),
     ("delivery", "/v1/messages", "delivery.messages"),
 ]
 
@@ -46,7 +47,7 @@ async def test_bad_input(apps, workspace, sessionmaker, service, path, table, ca
 
 
 LISTS = [("segment", "/v1/segments"), ("campaign", "/v1/campaigns"), ("delivery", "/v1/messages"),
-         ("ingest", "/v1/profiles")]
+         ("ingest", "/v1/profiles"), ("campaign", "/v1/referrals")]
 
 
 @pytest.mark.parametrize(("service", "path"), LISTS)

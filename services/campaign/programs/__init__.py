@@ -1,0 +1,1 @@
+"""Referral and loyalty programs (see docs/programs.md)."""

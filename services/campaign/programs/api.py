@@ -1,0 +1,220 @@
+"""HTTP routes of the referral and loyalty programs: parse, resolve the person, call programs/service.py."""
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Request, Response
+
+from services.campaign import ingest_client
+from services.campaign.programs import config, earning, leaderboards, ledger, service
+from services.campaign.programs.schemas import (
+    AdjustIn,
+    BadgesOut,
+    BalanceOut,
+    CodeIn,
+    CodeOut,
+    CouponPoolOut,
+    CouponsIn,
+    EntryOut,
+    HistoryOut,
+    InviteIn,
+    InviteOut,
+    Leaderboard,
+    LoyaltyProgramIn,
+    ProgramOut,
+    RedeemIn,
+    ReferralList,
+    ReferralOut,
+    ReferralProgramIn,
+    TierOut,
+)
+from shared.auth import WorkspaceDep
+from shared.db import AfterDep, SessionDep
+from shared.errors import COMMON_ERRORS, BadRequest, problem_schema
+
+router = APIRouter(prefix="/v1")
+
+Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
+Member = Annotated[str, Path(description="the member: profile id, userId, anonymousId or email")]
+Pool = Annotated[str, Path(pattern=config.POOL_NAME, description="the coupon pool's name")]
+IdempotencyKey = Annotated[str, Header(min_length=1, max_length=200, alias="Idempotency-Key",
+                                       description="a retry with the same key is the same operation")]
+PeriodQ = Annotated[leaderboards.Period, Query(description="the calendar period (UTC) containing `at`")]
+AtQ = Annotated[datetime | None, Query(description="a moment in the period (default: now)")]
+_NOT_FOUND = {**COMMON_ERRORS, 404: problem_schema("Not found (no such program, profile or referral)")}
+_SPEND = {**_NOT_FOUND, 409: problem_schema("Not enough points (`balance` says how many there are), or the "
+                                            "Idempotency-Key was used for a different operation")}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _member(request: Request, ws: uuid.UUID, ref: str) -> uuid.UUID:
+    return await ingest_client.resolve_user(request.app.state.internal, ws, ref)
+
+
+async def _person(request: Request, ws: uuid.UUID, ref: str) -> tuple[uuid.UUID, dict[str, Any]]:
+    """The profile id and the ids ingest files its events under."""
+    pid = await _member(request, ws, ref)
+    profile = (await ingest_client.lookup_profiles(request.app.state.internal, ws, [str(pid)])).get(str(pid)) or {}
+    return pid, {"user_id": profile.get("user_id"), "anonymous_id": profile.get("anonymous_id")}
+
+
+for _kind, _body in (("referral", ReferralProgramIn), ("loyalty", LoyaltyProgramIn)):
+
+    async def _put(body: _body, ws: WorkspaceDep, session: SessionDep, _k: str = _kind) -> dict[str, Any]:  # type: ignore[valid-type]
+        async with session.begin():
+            return await config.put(session, ws, _k, body.config, body.enabled)  # type: ignore[attr-defined]
+
+    async def _get(ws: WorkspaceDep, session: SessionDep, _k: str = _kind) -> dict[str, Any]:
+        async with session.begin():
+            return await config.get(session, ws, _k)
+
+    router.add_api_route(f"/programs/{_kind}", _put, methods=["PUT"], response_model=ProgramOut,
+                         operation_id=f"put_{_kind}_program", tags=["programs"],
+                         summary=f"Create or replace the workspace's {_kind} program", responses=COMMON_ERRORS)
+    router.add_api_route(f"/programs/{_kind}", _get, methods=["GET"], response_model=ProgramOut,
+                         operation_id=f"get_{_kind}_program", tags=["programs"],
+                         summary=f"The workspace's {_kind} program", responses=_NOT_FOUND)
+
+
+@router.put("/coupon-pools/{pool}", response_model=CouponPoolOut, operation_id="upload_coupons", tags=["programs"],
+            summary="Add coupon codes to a pool (rewards hand them out, each once)", responses=COMMON_ERRORS)
+async def upload_coupons(pool: Pool, body: CouponsIn, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+    async with session.begin():
+        return await service.upload_coupons(session, ws, pool, body.codes)
+
+
+@router.get("/coupon-pools/{pool}", response_model=CouponPoolOut, operation_id="get_coupon_pool", tags=["programs"],
+            summary="How many codes of a pool are left", responses=_NOT_FOUND)
+async def get_coupon_pool(pool: Pool, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+    async with session.begin():
+        return await service.pool_stats(session, ws, pool)
+
+
+@router.post("/referral/codes", response_model=CodeOut, operation_id="get_referral_code", tags=["referral"],
+             summary="A profile's referral code and share links (created on first ask, then stable)",
+             responses=_NOT_FOUND)
+async def referral_code(body: CodeIn, ws: WorkspaceDep, session: SessionDep, request: Request) -> dict[str, Any]:
+    pid, who = await _person(request, ws, body.user)
+    async with session.begin():
+        return await service.code_for(session, ws, pid, who)
+
+
+@router.post("/referral/invites", status_code=202, response_model=InviteOut, operation_id="record_referral_invite",
+             tags=["referral"], summary="Record that a referrer shared their link (a `Referral Sent` event)",
+             responses=_NOT_FOUND)
+async def referral_invite(body: InviteIn, ws: WorkspaceDep, session: SessionDep, request: Request) -> dict[str, Any]:
+    pid, who = await _person(request, ws, body.user)
+    async with session.begin():
+        out = await service.invite(session, ws, pid, who, body.channel, body.idempotency_key, _now())
+    request.app.state.waker.request("campaign", "forward_program_events")
+    return out
+
+
+@router.get("/referrals", response_model=ReferralList, operation_id="list_referrals", tags=["referral"],
+            summary="Referrals: who brought whom, rejected ones with their reason", responses=_NOT_FOUND)
+async def list_referrals(
+    ws: WorkspaceDep, session: SessionDep, request: Request, after: AfterDep, limit: Limit = 100,
+    referrer: Annotated[str | None, Query(description="only this referrer's (profile id, userId or email)")] = None,
+    status: Annotated[str | None, Query(description="converted | rejected | rewarded | capped | reversed")] = None,
+) -> dict[str, Any]:
+    rid = await _member(request, ws, referrer) if referrer else None
+    async with session.begin():
+        items, nxt = await service.list_referrals(session, ws, rid, status, after, limit)
+    return {"referrals": items, "next_cursor": nxt}
+
+
+@router.get("/referrals/{referral_id}", response_model=ReferralOut, operation_id="get_referral", tags=["referral"],
+            summary="One referral with both sides' rewards", responses=_NOT_FOUND)
+async def get_referral(referral_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+    async with session.begin():
+        return await service.get_referral(session, ws, referral_id)
+
+
+@router.get("/referral/leaderboard", response_model=Leaderboard, operation_id="referral_leaderboard",
+            tags=["referral"], summary="Top referrers of a period", responses=COMMON_ERRORS)
+async def referral_leaderboard(ws: WorkspaceDep, session: SessionDep, period: PeriodQ = "month", at: AtQ = None,
+                               limit: Limit = 10) -> dict[str, Any]:
+    moment = at or _now()
+    start, end = leaderboards.bounds(period, moment)
+    async with session.begin():
+        return {"period": period, "start": start, "end": end,
+                "referrers": await leaderboards.referrers(session, ws, period, moment, limit)}
+
+
+@router.get("/loyalty/leaderboard", response_model=Leaderboard, operation_id="loyalty_leaderboard",
+            tags=["loyalty"], summary="Members who earned the most points in a period", responses=COMMON_ERRORS)
+async def loyalty_leaderboard(ws: WorkspaceDep, session: SessionDep, period: PeriodQ = "month", at: AtQ = None,
+                              limit: Limit = 10) -> dict[str, Any]:
+    moment = at or _now()
+    start, end = leaderboards.bounds(period, moment)
+    async with session.begin():
+        return {"period": period, "start": start, "end": end,
+                "members": await leaderboards.members(session, ws, period, moment, limit)}
+
+
+@router.get("/loyalty/members/{member}/balance", response_model=BalanceOut, operation_id="loyalty_balance",
+            tags=["loyalty"], summary="A member's points and what expires next", responses=_NOT_FOUND)
+async def loyalty_balance(member: Member, ws: WorkspaceDep, session: SessionDep, request: Request) -> dict[str, Any]:
+    pid = await _member(request, ws, member)
+    async with session.begin():
+        return await service.balance(session, ws, pid, _now())
+
+
+@router.get("/loyalty/members/{member}/history", response_model=HistoryOut, operation_id="loyalty_history",
+            tags=["loyalty"], summary="A member's ledger, newest first", responses=_NOT_FOUND)
+async def loyalty_history(
+    member: Member, ws: WorkspaceDep, session: SessionDep, request: Request, limit: Limit = 100,
+    after: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+) -> dict[str, Any]:
+    if after not in (None, "") and not str(after).isdigit():
+        raise BadRequest("Invalid cursor: pass the next_cursor of a previous page")
+    pid = await _member(request, ws, member)
+    async with session.begin():
+        items, nxt = await ledger.history(session, ws, pid, int(after) if after else None, limit)
+    return {"entries": items, "next_cursor": nxt}
+
+
+@router.post("/loyalty/members/{member}/redeem", status_code=201, response_model=EntryOut,
+             operation_id="loyalty_redeem", tags=["loyalty"],
+             summary="Spend points (Idempotency-Key: a retry returns the first answer, 200)", responses=_SPEND)
+async def loyalty_redeem(member: Member, body: RedeemIn, key: IdempotencyKey, ws: WorkspaceDep, session: SessionDep,
+                         request: Request, response: Response) -> dict[str, Any]:
+    pid = await _member(request, ws, member)
+    async with session.begin():
+        entry, created = await service.redeem(session, ws, pid, body.points, body.reason, key, _now())
+    if not created:
+        response.status_code = 200
+    return entry
+
+
+@router.post("/loyalty/members/{member}/adjust", status_code=201, response_model=EntryOut,
+             operation_id="loyalty_adjust", tags=["loyalty"],
+             summary="Credit or debit points by hand (Idempotency-Key)", responses=_SPEND)
+async def loyalty_adjust(member: Member, body: AdjustIn, key: IdempotencyKey, ws: WorkspaceDep, session: SessionDep,
+                         request: Request, response: Response) -> dict[str, Any]:
+    pid = await _member(request, ws, member)
+    async with session.begin():
+        entry, created = await service.adjust(session, ws, pid, body.points, body.reason, key, _now())
+    if not created:
+        response.status_code = 200
+    return entry
+
+
+@router.get("/loyalty/members/{member}/tier", response_model=TierOut, operation_id="loyalty_tier", tags=["loyalty"],
+            summary="A member's tier, its benefits and what the next one needs", responses=_NOT_FOUND)
+async def loyalty_tier(member: Member, ws: WorkspaceDep, session: SessionDep, request: Request) -> dict[str, Any]:
+    pid = await _member(request, ws, member)
+    async with session.begin():
+        return await service.tier(session, ws, pid, _now())
+
+
+@router.get("/loyalty/members/{member}/badges", response_model=BadgesOut, operation_id="loyalty_badges",
+            tags=["loyalty"], summary="A member's badges: earned, and progress on the others", responses=_NOT_FOUND)
+async def loyalty_badges(member: Member, ws: WorkspaceDep, session: SessionDep, request: Request) -> dict[str, Any]:
+    pid = await _member(request, ws, member)
+    async with session.begin():
+        return {"badges": await earning.badges_of(session, ws, pid)}

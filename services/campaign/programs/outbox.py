@@ -1,0 +1,64 @@
+"""Program events for ingest (``Referral Converted``, ``Loyalty Tier Changed``, ``Badge Earned`` ...):
+rows of ``campaign.program_outbox`` written in the transaction that decided them, forwarded in batches
+through ingest's tracking API. Each row's id is derived from what decided it and is the event's
+messageId, so a decision replayed or a batch resent after a crash is one event in ingest."""
+
+import uuid
+from collections import defaultdict
+from datetime import datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.auth import WORKSPACE_HEADER
+from shared.errors import UpstreamUnavailable
+from shared.http import InternalClient
+from shared.jsonutil import dumps
+
+log = structlog.get_logger()
+
+_NS = uuid.UUID("5b3f3f0e-7d1c-4c1e-9a55-3c0b9d1e7a21")
+
+
+async def emit(session: AsyncSession, ws: uuid.UUID, who: dict[str, Any], event: str, properties: dict[str, Any],
+               at: datetime, key: str) -> bool:
+    """Queue ``event`` for the person ``who`` ({user_id, anonymous_id}); ``key`` names the decision (one
+    event per key). False when the person has no id ingest could file the event under."""
+    user_id, anonymous_id = who.get("user_id"), who.get("anonymous_id")
+    if not user_id and not anonymous_id:
+        log.warning("programs.event_without_identity", workspace_id=str(ws), event=event)
+        return False
+    payload = {"type": "track", "event": event, "properties": properties, "timestamp": at.isoformat(),
+               **({"userId": user_id} if user_id else {"anonymousId": anonymous_id}),
+               "context": {"library": {"name": "tenure-programs"}}}
+    mid = uuid.uuid5(_NS, f"{ws}:{key}")
+    payload["messageId"] = f"program-{mid}"
+    await session.execute(text(
+        "insert into campaign.program_outbox (id, workspace_id, payload, created_at) "
+        "values (:id, :ws, CAST(:p AS jsonb), :at) on conflict (id) do nothing"),
+        {"id": mid, "ws": ws, "p": dumps(payload), "at": at})
+    return True
+
+
+async def forward(sessionmaker: async_sessionmaker[AsyncSession], internal: InternalClient, limit: int = 500) -> int:
+    """Forward one batch of pending events to ingest; returns how many were forwarded."""
+    async with sessionmaker() as session, session.begin():
+        rows = (await session.execute(text(
+            "select id, workspace_id, payload from campaign.program_outbox where forwarded_at is null "
+            "order by created_at, id limit :lim for update skip locked"), {"lim": limit})).all()
+        by_ws: dict[uuid.UUID, list[dict[str, Any]]] = defaultdict(list)
+        for r in rows:
+            by_ws[r.workspace_id].append(r.payload)
+        for ws, batch in by_ws.items():
+            resp = await internal.request("POST", "ingest", "/v1/batch", retry=True,
+                                          headers={WORKSPACE_HEADER: str(ws)}, json={"batch": batch})
+            if resp.status_code not in (200, 207):
+                raise UpstreamUnavailable(f"ingest answered {resp.status_code} to the programs' events")
+        if rows:
+            await session.execute(text("update campaign.program_outbox set forwarded_at = now() "
+                                       "where id = any(CAST(:ids AS uuid[]))"), {"ids": [r.id for r in rows]})
+    if rows:
+        log.info("programs.events_forwarded", events=len(rows))
+    return len(rows)

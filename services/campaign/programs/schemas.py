@@ -1,0 +1,198 @@
+"""The public contract of the referral and loyalty programs."""
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from services.campaign.programs.config import POOL_NAME, LoyaltyConfig, ReferralConfig
+from shared.validation import Ref
+
+
+class ReferralProgramIn(BaseModel):
+    enabled: bool = Field(True, description="off: codes still resolve, but no attribution or rewards")
+    config: ReferralConfig = Field(default_factory=ReferralConfig, examples=[{
+        "landing_url": "https://acme.example/join", "attribution_window_days": 30,
+        "qualifying": {"event": "Order Completed"},
+        "referrer_reward": {"type": "points", "points": 500},
+        "referred_reward": {"type": "coupon", "pool": "welcome-10"}}])
+
+
+class LoyaltyProgramIn(BaseModel):
+    enabled: bool = True
+    config: LoyaltyConfig = Field(default_factory=LoyaltyConfig, examples=[{
+        "earn": [{"event": "Order Completed", "per_unit": 1, "property": "revenue"},
+                 {"event": "Review Submitted", "points": 50, "name": "review bonus"}],
+        "expiry_months": 12, "tier_basis": "points", "tier_window_days": 365,
+        "tiers": [{"name": "Silver", "threshold": 0}, {"name": "Gold", "threshold": 1000,
+                                                        "benefits": ["free shipping"]}],
+        "badges": [{"name": "Explorer", "events": ["Project Created", "Report Shared"], "within_days": 7,
+                    "points": 100}]}])
+
+
+class ProgramOut(BaseModel):
+    kind: Literal["referral", "loyalty"]
+    enabled: bool
+    config: dict[str, Any] = Field(description="as validated, with defaults filled in")
+    updated_at: datetime
+
+
+class CouponsIn(BaseModel):
+    codes: list[str] = Field(min_length=1, max_length=10_000, examples=[["WELCOME-7F3K", "WELCOME-9QX2"]],
+                             description="codes already in the pool are ignored")
+
+
+class CouponPoolOut(BaseModel):
+    pool: str = Field(pattern=POOL_NAME)
+    added: int | None = Field(None, description="codes new to the pool (upload only)")
+    total: int
+    available: int = Field(description="not yet handed out")
+    assigned: int
+    revoked: int = Field(description="taken back after a refund")
+
+
+class CodeIn(BaseModel):
+    user: Ref = Field(description="profile id, userId, anonymousId or email", examples=["u-42"])
+
+
+class CodeOut(BaseModel):
+    code: str = Field(examples=["7KQ2M9XHPA"])
+    profile_id: str
+    links: dict[str, str] = Field(description="share link per channel: email, sms, social",
+                                  examples=[{"email": "https://acme.example/join?ref=7KQ2M9XHPA&channel=email"}])
+    created_at: datetime
+
+
+class InviteIn(BaseModel):
+    user: Ref = Field(description="the referrer: profile id, userId, anonymousId or email", examples=["u-42"])
+    channel: Literal["email", "sms", "social"] = "email"
+    idempotency_key: str | None = Field(None, max_length=200, description="a retried call with the same key is "
+                                                                           "one `Referral Sent` event")
+
+
+class InviteOut(BaseModel):
+    code: str
+    link: str = Field(description="the share link for the channel")
+    event: str = Field("Referral Sent", description="sent to ingest for the referrer")
+
+
+class RewardOut(BaseModel):
+    side: Literal["referrer", "referred"]
+    profile_id: str
+    kind: Literal["points", "coupon", "event"]
+    points: int | None
+    coupon_code: str | None
+    event: str | None
+    status: str = Field(description="granted | unfulfilled (e.g. empty coupon pool) | reversed")
+    detail: str | None
+    granted_at: datetime
+    reversed_at: datetime | None
+
+
+class ReferralOut(BaseModel):
+    id: str
+    referrer_profile_id: str
+    referred_profile_id: str
+    code: str
+    channel: str | None
+    status: str = Field(description="converted | rejected | rewarded | capped | reversed")
+    reason: str | None = Field(description="why rejected: self_referral, duplicate_email, duplicate_phone, "
+                                           "duplicate_device, attribution_window_expired; or why capped")
+    order_id: str | None = Field(description="the qualifying order")
+    touched_at: datetime = Field(description="when the code was first seen (first touch)")
+    converted_at: datetime = Field(description="when the referred user signed up")
+    rewarded_at: datetime | None
+    reversed_at: datetime | None
+    rewards: list[RewardOut] = Field(default_factory=list)
+
+
+class ReferralList(BaseModel):
+    referrals: list[ReferralOut]
+    next_cursor: str | None = None
+
+
+class ReferrerRank(BaseModel):
+    rank: int
+    profile_id: str
+    user_id: str | None
+    referrals: int = Field(description="converted (not rejected) in the period")
+    qualified: int = Field(description="of which made their qualifying purchase")
+
+
+class MemberRank(BaseModel):
+    rank: int
+    profile_id: str
+    user_id: str | None
+    tier: str | None
+    points: int = Field(description="points earned in the period")
+
+
+class Leaderboard(BaseModel):
+    period: str
+    start: datetime | None
+    end: datetime | None
+    referrers: list[ReferrerRank] | None = None
+    members: list[MemberRank] | None = None
+
+
+class Expiring(BaseModel):
+    points: int
+    expires_at: datetime
+
+
+class BalanceOut(BaseModel):
+    profile_id: str
+    balance: int = Field(description="points available now (excludes points past their expiry date)")
+    tier: str | None
+    expiring: list[Expiring] = Field(description="the next lots to expire")
+
+
+class EntryOut(BaseModel):
+    seq: int
+    kind: Literal["earn", "redeem", "expire", "adjust"]
+    points: int = Field(description="positive: credited; negative: debited")
+    balance_after: int
+    source: str = Field(description="what wrote it: event:<messageId>, redeem:..., expire:<seq>, referral:...")
+    reason: str | None
+    order_id: str | None
+    remaining: int = Field(description="of a credit: the points not yet spent or expired")
+    expires_at: datetime | None
+    at: datetime
+
+
+class HistoryOut(BaseModel):
+    entries: list[EntryOut]
+    next_cursor: str | None = None
+
+
+class RedeemIn(BaseModel):
+    points: int = Field(gt=0, le=10_000_000, examples=[500])
+    reason: str | None = Field(None, max_length=500, examples=["$5 voucher"])
+
+
+class AdjustIn(BaseModel):
+    points: int = Field(ge=-10_000_000, le=10_000_000, examples=[-100],
+                        description="positive: a credit (expires like earned points); negative: a debit")
+    reason: str = Field(min_length=1, max_length=500, examples=["goodwill for a late delivery"])
+
+
+class TierOut(BaseModel):
+    profile_id: str
+    tier: str | None
+    since: datetime | None
+    basis: Literal["points", "spend"]
+    qualifying_value: float = Field(description="points earned (or spend) in the rolling window")
+    window_days: int
+    benefits: list[str]
+    next_tier: str | None
+    needed_for_next: float | None
+
+
+class BadgeOut(BaseModel):
+    badge: str
+    events_done: list[str]
+    earned_at: datetime | None
+
+
+class BadgesOut(BaseModel):
+    badges: list[BadgeOut]

@@ -1,0 +1,525 @@
+"""Referral and loyalty programs through the HTTP APIs, on real PostgreSQL, with a controllable clock:
+events go in through ingest's tracking API, the campaign worker's functions run with a given ``now``
+(feed consumption, program events forwarded to ingest, maintenance), and answers come from campaign's
+programs API and ingest's profile events."""
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from sqlalchemy import text
+
+from services.campaign import dispatch, journeys, triggering
+from services.campaign.programs import maintenance
+from services.campaign.programs import outbox as program_outbox
+
+# the recent past: events are "old enough" to be real, and their points expire in the future of the real
+# clock (balances read through the API use it), while maintenance runs at any moment the test picks
+T0 = (datetime.now(UTC) - timedelta(days=20)).replace(microsecond=0)
+
+
+class Programs:
+    def __init__(self, apps, workspace, sessionmaker, internal):
+        self.apps, self.sm, self.internal = apps, sessionmaker, internal
+        self.ws = workspace.workspace_id
+        self.h = {"Authorization": f"Bearer {workspace.secret_key}"}
+        self.wk = (workspace.write_key, "")
+
+    async def program(self, kind: str, **config) -> dict:
+        r = await self.apps["campaign"].put(f"/v1/programs/{kind}", headers=self.h, json={"config": config})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async def send(self, kind: str, body: dict, at: datetime) -> None:
+        r = await self.apps["ingest"].post(f"/v1/{kind}", auth=self.wk, json={**body, "timestamp": at.isoformat()})
+        assert r.status_code == 200, r.text
+
+    async def identify(self, uid: str, at: datetime = T0, **traits) -> str:
+        await self.send("identify", {"userId": uid, "traits": traits}, at)
+        return (await self.apps["ingest"].get(f"/v1/profiles/{uid}", headers=self.h)).json()["id"]
+
+    async def track(self, uid: str, event: str, at: datetime, context: dict | None = None, **props) -> None:
+        await self.send("track", {"userId": uid, "event": event, "properties": props, "context": context or {}}, at)
+
+    async def consume(self, now: datetime) -> None:
+        while True:
+            async with self.sm() as s, s.begin():
+                page = await triggering.consume_page(s, self.internal, "events", 500, now=now)
+            if page.read < 500:
+                return
+
+    async def pump(self, now: datetime) -> None:
+        """What the campaign worker does: the feed, program events to ingest (and their feed), journeys."""
+        await self.consume(now)
+        while await program_outbox.forward(self.sm, self.internal):
+            pass
+        await self.consume(now)
+        while (await journeys.advance_due(self.sm, self.internal, self.internal._http, now=now))[0]:
+            pass
+        while await dispatch.dispatch_due(self.sm, self.internal):
+            pass
+
+    async def code(self, uid: str) -> dict:
+        r = await self.apps["campaign"].post("/v1/referral/codes", headers=self.h, json={"user": uid})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async def referrals(self, **params) -> list[dict]:
+        r = await self.apps["campaign"].get("/v1/referrals", headers=self.h, params=params)
+        assert r.status_code == 200, r.text
+        return r.json()["referrals"]
+
+    async def get(self, path: str, **params) -> dict:
+        r = await self.apps["campaign"].get(path, headers=self.h, params=params)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async def balance(self, uid: str) -> int:
+        return (await self.get(f"/v1/loyalty/members/{uid}/balance"))["balance"]
+
+    async def history(self, uid: str) -> list[dict]:
+        entries, after = [], None
+        while True:
+            page = await self.get(f"/v1/loyalty/members/{uid}/history", limit=3, **({"after": after} if after else {}))
+            entries += page["entries"]
+            after = page["next_cursor"]
+            if not after:
+                return entries
+
+    async def events(self, uid: str) -> list[dict]:
+        """The profile's events in ingest, oldest first."""
+        r = await self.apps["ingest"].get(f"/v1/profiles/{uid}/events", headers=self.h, params={"limit": 1000})
+        assert r.status_code == 200, r.text
+        return sorted(r.json()["events"], key=lambda e: e["timestamp"])
+
+    async def redeem(self, uid: str, points: int, key: str):
+        return await self.apps["campaign"].post(f"/v1/loyalty/members/{uid}/redeem", headers={
+            **self.h, "Idempotency-Key": key}, json={"points": points, "reason": "voucher"})
+
+
+@pytest.fixture
+def world(apps, workspace, sessionmaker, internal_client) -> Programs:
+    return Programs(apps, workspace, sessionmaker, internal_client)
+
+
+def _uid(tag: str) -> str:
+    return f"{tag}-{uuid.uuid4().hex[:8]}"
+
+
+REFERRAL = {"landing_url": "https://acme.example/join", "attribution_window_days": 30,
+            "referrer_reward": {"type": "points", "points": 500},
+            "referred_reward": {"type": "coupon", "pool": "welcome"}}
+
+
+async def test_attribution_from_landing_links_and_signup_properties_first_touch_within_the_window(world) -> None:
+    await world.program("referral", **REFERRAL)
+    ann, bob = _uid("ann"), _uid("bob")
+    await world.identify(ann, email=f"{ann}@example.com")
+    await world.identify(bob, email=f"{bob}@example.com")
+    code = await world.code(ann)
+    assert (await world.code(ann))["code"] == code["code"]  # stable
+    assert code["code"] != (await world.code(bob))["code"]
+    assert set(code["links"]) == {"email", "sms", "social"}
+    assert code["links"]["sms"] == f"https://acme.example/join?ref={code['code']}&channel=sms"
+    bob_code = (await world.code(bob))["code"]
+
+    # a visitor lands through Ann's SMS link, then signs up: attributed, with the channel
+    anon, lea = uuid.uuid4().hex, _uid("lea")
+    await world.send("page", {"anonymousId": anon, "name": "Join", "context": {
+        "page": {"url": "https://acme.example/join", "search": f"?ref={code['code']}&channel=sms"}}}, T0)
+    await world.send("identify", {"userId": lea, "anonymousId": anon, "traits": {"email": f"{lea}@example.com"}},
+                     T0 + timedelta(days=2))
+    await world.send("track", {"userId": lea, "anonymousId": anon, "event": "Signed Up"}, T0 + timedelta(days=2))
+    # the code typed at signup (case and dashes do not matter)
+    max_ = _uid("max")
+    await world.track(max_, "Signed Up", T0 + timedelta(days=3),
+                      referral_code=f"{code['code'][:5].lower()}-{code['code'][5:]}")
+    # first touch wins: Bob's link first, Ann's code at signup
+    kim = _uid("kim")
+    await world.track(kim, "Landing Viewed", T0, url=f"https://acme.example/join?ref={bob_code}&channel=social")
+    await world.track(kim, "Signed Up", T0 + timedelta(days=1), referral_code=code["code"])
+    # a touch older than the window does not count
+    old = _uid("old")
+    await world.track(old, "Landing Viewed", T0 - timedelta(days=40), search=f"?ref={code['code']}")
+    await world.track(old, "Signed Up", T0 + timedelta(days=1))
+    # an unknown code attributes nothing
+    await world.track(_uid("nobody"), "Signed Up", T0, referral_code="NOTACODE42")
+    await world.pump(T0 + timedelta(days=4))
+
+    by_ann = {r["referred_profile_id"]: r for r in await world.referrals(referrer=ann)}
+    pids = {u: (await world.apps["ingest"].get(f"/v1/profiles/{u}", headers=world.h)).json()["id"]
+            for u in (lea, max_, kim, old)}
+    assert by_ann[pids[lea]]["status"] == "converted" and by_ann[pids[lea]]["channel"] == "sms"
+    assert by_ann[pids[max_]]["status"] == "converted"
+    assert by_ann[pids[old]]["status"] == "rejected"
+    assert by_ann[pids[old]]["reason"] == "attribution_window_expired"
+    assert pids[kim] not in by_ann
+    assert [r["referred_profile_id"] for r in await world.referrals(referrer=bob)] == [pids[kim]]
+    # both sides hear of it in ingest: journeys and segments can use it
+    converted = [e for e in await world.events(ann) if e["event"] == "Referral Converted"]
+    assert len(converted) == 2 and {e["properties"]["role"] for e in converted} == {"referrer"}
+    assert [e["properties"]["role"] for e in await world.events(lea) if e["event"] == "Referral Converted"] == [
+        "referred"]
+    assert len(await world.referrals(referrer=ann)) == 3  # two converted, one rejected
+    board = await world.get("/v1/referral/leaderboard", period="all")
+    assert [r["user_id"] for r in board["referrers"]] == [ann, bob]
+    assert board["referrers"][0]["referrals"] == 2  # the rejected one is not counted
+
+
+async def test_self_referral_and_duplicate_accounts_are_rejected_with_their_reason(world) -> None:
+    await world.program("referral", **REFERRAL)
+    ref = _uid("ref")
+    await world.identify(ref, email=f"jane.doe+{ref}@gmail.com", phone="+1 (555) 010-2030")
+    await world.track(ref, "App Opened", T0, context={"device": {"id": f"device-{ref}"}})
+    code = (await world.code(ref))["code"]
+    cases = {
+        "self": ({"userId": ref}, "self_referral"),
+        "email": ({"userId": _uid("e"), "traits": {"email": "JaneDoe@googlemail.com"}}, "duplicate_email"),
+        "phone": ({"userId": _uid("p"), "traits": {"phone": "555-010-2030"}}, "duplicate_phone"),
+        "device": ({"userId": _uid("d"), "context": {"device": {"id": f"device-{ref}"}}}, "duplicate_device"),
+        "fine": ({"userId": _uid("ok"), "traits": {"email": f"friend-{ref}@example.com"}}, None),
+    }
+    for who, _ in cases.values():
+        if who.get("traits"):
+            await world.send("identify", {"userId": who["userId"], "traits": who["traits"]}, T0)
+        await world.send("track", {"userId": who["userId"], "event": "Signed Up", "context": who.get("context", {}),
+                                   "properties": {"referral_code": code}}, T0 + timedelta(hours=1))
+    await world.pump(T0 + timedelta(hours=2))
+    got = {r["referred_profile_id"]: r for r in await world.referrals(referrer=ref)}
+    for who, reason in cases.values():
+        pid = (await world.apps["ingest"].get(f"/v1/profiles/{who['userId']}", headers=world.h)).json()["id"]
+        assert got[pid]["reason"] == reason, (who, got[pid])
+        assert got[pid]["status"] == ("rejected" if reason else "converted")
+    assert len(await world.referrals(referrer=ref, status="rejected")) == 4
+
+
+async def test_two_sided_rewards_are_granted_exactly_once_and_reversed_on_refund(world) -> None:
+    await world.program("referral", **REFERRAL, qualifying={"event": "Order Completed"})
+    r = await world.apps["campaign"].put("/v1/coupon-pools/welcome", headers=world.h,
+                                         json={"codes": ["WELCOME-A", "WELCOME-B", "WELCOME-A"]})
+    assert r.status_code == 200 and r.json()["added"] == 2 and r.json()["available"] == 2
+    sam, tia = _uid("sam"), _uid("tia")
+    await world.identify(sam, email=f"{sam}@example.com")
+    code = (await world.code(sam))["code"]
+    await world.track(tia, "Signed Up", T0, referral_code=code)
+    await world.pump(T0 + timedelta(minutes=1))
+    assert await world.balance(sam) == 0  # signing up is not the qualifying event
+
+    async with world.sm() as s:  # where the feed was before the orders
+        before = (await s.execute(text("select cursor from campaign.consumers where name = 'events'"))).scalar_one()
+    await world.track(tia, "Order Completed", T0 + timedelta(days=1), order_id="o-1", revenue=30)
+    await world.track(tia, "Order Completed", T0 + timedelta(days=2), order_id="o-2", revenue=40)
+    # a worker that crashes before committing the page leaves nothing behind
+    with pytest.raises(RuntimeError):
+        async with world.sm() as s, s.begin():
+            await triggering.consume_page(s, world.internal, "events", 500, now=T0 + timedelta(days=3))
+            raise RuntimeError("crash before commit")
+    await world.pump(T0 + timedelta(days=3))
+    # and a page consumed twice (the cursor moved back) grants nothing twice
+    async with world.sm() as s, s.begin():
+        await s.execute(text("update campaign.consumers set cursor = :c where name = 'events'"), {"c": before})
+    await world.pump(T0 + timedelta(days=3))
+
+    [ref] = await world.referrals(referrer=sam)
+    assert ref["status"] == "rewarded" and ref["order_id"] == "o-1"
+    detail = await world.get(f"/v1/referrals/{ref['id']}")
+    rewards = {x["side"]: x for x in detail["rewards"]}
+    assert rewards["referrer"]["kind"] == "points" and rewards["referrer"]["points"] == 500
+    assert rewards["referred"]["coupon_code"] == "WELCOME-A" and rewards["referred"]["status"] == "granted"
+    assert await world.balance(sam) == 500
+    assert [e["source"].split(":")[0] for e in await world.history(sam)] == ["referral"]
+    assert (await world.get("/v1/coupon-pools/welcome"))["available"] == 1
+    granted = [e for e in await world.events(sam) + await world.events(tia) if e["event"] == "Referral Reward Granted"]
+    assert sorted(e["properties"]["side"] for e in granted) == ["referred", "referrer"]
+
+    # Sam spends 200 of the 500; then the qualifying order is refunded (another order's refund changes nothing)
+    assert (await world.redeem(sam, 200, "spend-1")).status_code == 201
+    await world.track(tia, "Order Refunded", T0 + timedelta(days=4), order_id="o-2")
+    await world.pump(T0 + timedelta(days=4))
+    assert (await world.get(f"/v1/referrals/{ref['id']}"))["status"] == "rewarded"
+    await world.track(tia, "Order Refunded", T0 + timedelta(days=5), order_id="o-1")
+    await world.pump(T0 + timedelta(days=5))
+    await world.track(tia, "Order Refunded", T0 + timedelta(days=6), order_id="o-1")  # twice: once
+    await world.pump(T0 + timedelta(days=6))
+    detail = await world.get(f"/v1/referrals/{ref['id']}")
+    assert detail["status"] == "reversed"
+    rewards = {x["side"]: x for x in detail["rewards"]}
+    assert {x["status"] for x in rewards.values()} == {"reversed"}
+    assert rewards["referrer"]["detail"] == "200 points had already been spent"
+    assert await world.balance(sam) == 0  # never negative
+    assert [e["points"] for e in await world.history(sam)] == [-300, -200, 500]
+    pool = await world.get("/v1/coupon-pools/welcome")
+    assert pool["revoked"] == 1 and pool["available"] == 1
+    reversed_ = [e for e in await world.events(sam) + await world.events(tia) if e["event"] == "Referral Reward Reversed"]
+    assert len(reversed_) == 2
+
+
+LOYALTY = {
+    "earn": [{"event": "Order Completed", "per_unit": 1, "property": "revenue"},
+             {"event": "Order Completed", "points": 100, "first_time_only": True, "name": "first order bonus"},
+             {"event": "Review Submitted", "points": 50, "name": "review bonus"}],
+    "expiry_months": 12,
+    "tiers": [{"name": "Silver", "threshold": 0}, {"name": "Gold", "threshold": 500, "benefits": ["free shipping"]},
+              {"name": "Platinum", "threshold": 1000, "benefits": ["free shipping", "exclusive offers"]}],
+    "tier_window_days": 365, "tier_retain_days": 30,
+}
+
+
+async def test_points_are_earned_once_spent_oldest_first_and_expire_with_the_clock(world) -> None:
+    await world.program("loyalty", **LOYALTY)
+    uid = _uid("lia")
+    await world.identify(uid, email=f"{uid}@example.com")
+    await world.track(uid, "Order Completed", T0, order_id="a", revenue=120.7)
+    await world.track(uid, "Order Completed", T0 + timedelta(days=2), order_id="b", revenue=10)
+    await world.track(uid, "Review Submitted", T0 + timedelta(days=5))
+    await world.track(uid, "Page Viewed", T0 + timedelta(days=5))
+    await world.pump(T0 + timedelta(days=6))
+    assert await world.balance(uid) == 120 + 100 + 10 + 50
+    # spent soonest-expiring first: the 120 lot and 30 of the first-order bonus
+    r = await world.redeem(uid, 150, "r-1")
+    assert r.status_code == 201 and r.json()["points"] == -150 and r.json()["balance_after"] == 130
+    again = await world.redeem(uid, 150, "r-1")
+    assert again.status_code == 200 and again.json()["seq"] == r.json()["seq"]  # idempotent
+    assert (await world.redeem(uid, 20, "r-1")).status_code == 409  # same key, other amount
+    short = await world.redeem(uid, 1000, "r-2")
+    assert short.status_code == 409 and short.headers["content-type"] == "application/problem+json"
+    assert short.json()["balance"] == 130
+    missing = await world.apps["campaign"].post(f"/v1/loyalty/members/{uid}/redeem", headers=world.h,
+                                                json={"points": 1})
+    assert missing.status_code == 422  # no Idempotency-Key
+
+    # twelve months after the first orders: what is left of them expires; the review's points do not yet
+    await maintenance.run(world.sm, now=T0 + timedelta(days=3) + timedelta(days=366))
+    history = await world.history(uid)
+    assert [(e["kind"], e["points"]) for e in history if e["kind"] == "expire"] == [("expire", -10), ("expire", -70)]
+    assert await world.balance(uid) == 50
+    await maintenance.run(world.sm, now=T0 + timedelta(days=3) + timedelta(days=366))  # again: nothing more
+    assert await world.balance(uid) == 50
+    await maintenance.run(world.sm, now=T0 + timedelta(days=6 + 366))
+    assert await world.balance(uid) == 0
+    history = await world.history(uid)
+    assert sum(e["points"] for e in history) == 0 and all(e["balance_after"] >= 0 for e in history)
+    assert [e["seq"] for e in history] == sorted((e["seq"] for e in history), reverse=True)  # newest first
+    assert len({e["seq"] for e in history}) == len(history) == 8  # 4 earned, 1 redeemed, 3 expired
+
+
+async def test_tiers_go_up_at_once_down_after_retention_and_journeys_hear_of_it(world) -> None:
+    await world.program("loyalty", **LOYALTY)
+    await world.program("referral", **REFERRAL)
+    tpl = await world.apps["campaign"].post("/v1/templates", headers=world.h, json={
+        "name": f"tier-{uuid.uuid4().hex[:6]}",
+        "subject": "You're {{ event.properties.tier }}: {{ loyalty.points }} points, code {{ referral.code }}",
+        "text": "Benefits: {{ loyalty.benefits | join: ', ' }}. Next: {{ loyalty.next_tier }} in "
+                "{{ loyalty.needed_for_next }}. Invite friends: {{ referral.links.email }}"})
+    assert tpl.status_code == 201, tpl.text
+    camp = await world.apps["campaign"].post("/v1/campaigns", headers=world.h, json={
+        "name": f"tier-{uuid.uuid4().hex[:6]}", "entry": {"rule": "every_time"},
+        "trigger": {"type": "event", "event": "Loyalty Tier Changed", "max_age_seconds": 0,
+                    "where": [{"property": "direction", "op": "equals", "value": "up"}]},
+        "steps": [{"id": "mail", "type": "send", "template_id": tpl.json()["id"]}]})
+    assert camp.status_code == 201, camp.text
+    uid = _uid("tom")
+    email = f"{uid}@example.com"
+    await world.identify(uid, email=email)
+    await world.track(uid, "Order Completed", T0, order_id="1", revenue=450)  # + 100 first-order bonus
+    await world.pump(T0 + timedelta(minutes=1))
+    tier = await world.get(f"/v1/loyalty/members/{uid}/tier")
+    assert tier["tier"] == "Gold" and tier["benefits"] == ["free shipping"]
+    assert tier["next_tier"] == "Platinum" and tier["needed_for_next"] == 450
+    await world.track(uid, "Order Completed", T0 + timedelta(days=1), order_id="2", revenue=500)
+    await world.pump(T0 + timedelta(days=1))
+    assert (await world.get(f"/v1/loyalty/members/{uid}/tier"))["tier"] == "Platinum"
+    changes = [e["properties"] for e in await world.events(uid) if e["event"] == "Loyalty Tier Changed"]
+    assert [(c["previous_tier"], c["tier"], c["direction"]) for c in changes] == [
+        (None, "Gold", "up"), ("Gold", "Platinum", "up")]
+    sent = (await world.apps["delivery"].get("/v1/messages", headers=world.h, params={"to": email})).json()["messages"]
+    code = (await world.code(uid))["code"]
+    assert sorted(m["subject"] for m in sent) == [f"You're Gold: 550 points, code {code}",
+                                                  f"You're Platinum: 1050 points, code {code}"]
+    preview = await world.apps["campaign"].post(f"/v1/templates/{tpl.json()['id']}/preview", headers=world.h,
+                                                json={"user": uid, "data": {"tier": "Platinum"}})
+    assert preview.status_code == 200, preview.text
+    assert f"?ref={code}&channel=email" in preview.json()["text"]
+    assert "Benefits: free shipping, exclusive offers." in preview.json()["text"]
+
+    # a refund takes its points back, but a tier is kept for 30 days
+    await world.track(uid, "Order Refunded", T0 + timedelta(days=2), order_id="2")
+    await world.pump(T0 + timedelta(days=2))
+    assert await world.balance(uid) == 550
+    await maintenance.run(world.sm, now=T0 + timedelta(days=20))
+    assert (await world.get(f"/v1/loyalty/members/{uid}/tier"))["tier"] == "Platinum"
+    await maintenance.run(world.sm, now=T0 + timedelta(days=32))
+    assert (await world.get(f"/v1/loyalty/members/{uid}/tier"))["tier"] == "Gold"
+    # a year later nothing earned in the window: down to Silver (the base tier)
+    await maintenance.run(world.sm, now=T0 + timedelta(days=400))
+    await world.pump(T0 + timedelta(days=400))
+    changes = [e["properties"] for e in await world.events(uid) if e["event"] == "Loyalty Tier Changed"]
+    assert [(c["tier"], c["direction"]) for c in changes][2:] == [("Gold", "down"), ("Silver", "down")]
+    assert len((await world.apps["delivery"].get("/v1/messages", headers=world.h,
+                                                 params={"to": email})).json()["messages"]) == 2  # ups only
+
+
+async def test_badges_need_every_event_within_the_period_and_leaderboards_rank_by_period(world) -> None:
+    await world.program("loyalty", earn=[{"event": "Order Completed", "per_unit": 1}], badges=[
+        {"name": "Explorer", "events": ["Project Created", "Report Shared", "Teammate Invited"], "within_days": 7,
+         "points": 70}])
+    ada, ben = _uid("ada"), _uid("ben")
+    for uid in (ada, ben):
+        await world.identify(uid)
+    await world.track(ada, "Project Created", T0)
+    await world.track(ada, "Report Shared", T0 + timedelta(days=3))
+    await world.track(ada, "Teammate Invited", T0 + timedelta(days=9))  # the project is too long ago
+    await world.pump(T0 + timedelta(days=9))
+    [badge] = (await world.get(f"/v1/loyalty/members/{ada}/badges"))["badges"]
+    assert badge["earned_at"] is None and len(badge["events_done"]) == 3
+    await world.track(ada, "Project Created", T0 + timedelta(days=10))
+    await world.track(ada, "Project Created", T0 + timedelta(days=11))
+    await world.pump(T0 + timedelta(days=11))
+    [badge] = (await world.get(f"/v1/loyalty/members/{ada}/badges"))["badges"]
+    assert badge["earned_at"] is not None
+    assert await world.balance(ada) == 70
+    assert [e["properties"]["badge"] for e in await world.events(ada) if e["event"] == "Badge Earned"] == ["Explorer"]
+
+    await world.track(ben, "Order Completed", T0, revenue=50)
+    await world.track(ben, "Order Completed", T0 - timedelta(days=40), revenue=500)
+    await world.pump(T0 + timedelta(days=11))
+    month = await world.get("/v1/loyalty/leaderboard", period="month", at=T0.isoformat())
+    ranks = [(m["user_id"], m["points"]) for m in month["members"]]
+    assert ranks[0] == (ben, 500) or (ben, 50) in ranks  # the 500 may fall in the month before
+    alltime = await world.get("/v1/loyalty/leaderboard", period="all")
+    assert [(m["user_id"], m["points"]) for m in alltime["members"]] == [(ben, 550), (ada, 70)]
+
+
+async def test_program_configuration_and_errors_are_problem_documents(world) -> None:
+    c = world.apps["campaign"]
+    r = await c.get("/v1/programs/loyalty", headers=world.h)
+    assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
+    bad = await c.put("/v1/programs/loyalty", headers=world.h, json={"config": {"earn": [{"event": "X"}]}})
+    assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json"
+    bad = await c.put("/v1/programs/referral", headers=world.h, json={"config": {"referrer_reward": {
+        "type": "coupon", "pool": "has spaces"}}})
+    assert bad.status_code == 422
+    out = await world.program("loyalty", tiers=[{"name": "Gold", "threshold": 10}, {"name": "Base", "threshold": 0}])
+    assert [t["name"] for t in out["config"]["tiers"]] == ["Base", "Gold"]  # sorted by threshold
+    assert (await c.post("/v1/referral/codes", headers=world.h, json={"user": "nobody-here"})).status_code == 404
+    uid = _uid("cfg")
+    await world.identify(uid)
+    assert (await c.post("/v1/referral/codes", headers=world.h, json={"user": uid})).status_code == 404  # no program
+    await world.program("referral", **REFERRAL)
+    r = await c.post("/v1/referral/invites", headers=world.h, json={"user": uid, "channel": "social",
+                                                                     "idempotency_key": "k1"})
+    assert r.status_code == 202 and "channel=social" in r.json()["link"]
+    await c.post("/v1/referral/invites", headers=world.h, json={"user": uid, "channel": "social",
+                                                                "idempotency_key": "k1"})
+    await world.pump(T0)
+    assert [e["event"] for e in await world.events(uid)].count("Referral Sent") == 1
+    assert (await c.get("/v1/loyalty/members/x/history", headers=world.h, params={"after": "zz"})).status_code == 400
+    assert (await c.get("/v1/coupon-pools/none", headers=world.h)).status_code == 404
+
+
+# ------------------------------------------------------------------ concurrent redemptions (property test)
+
+_redemptions = st.lists(st.tuples(st.integers(1, 60), st.integers(0, 5)), min_size=1, max_size=12)
+
+
+@hypothesis_settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(start=st.integers(0, 200), redemptions=_redemptions)
+def test_concurrent_redemptions_never_overspend_and_keep_the_ledger_consistent(world, start, redemptions) -> None:
+    """Redemptions (amount, idempotency key) sent all at once for one member: the balance never goes
+    negative, each key spends at most once, what succeeded is exactly what was taken, and the ledger's
+    entries, lots and balance agree."""
+    asyncio.get_event_loop().run_until_complete(_redeem_concurrently(world, start, redemptions))
+
+
+async def _redeem_concurrently(world, start: int, redemptions: list[tuple[int, int]]) -> None:
+    if not (await world.apps["campaign"].get("/v1/programs/loyalty", headers=world.h)).status_code == 200:
+        await world.program("loyalty", earn=[{"event": "Order Completed", "per_unit": 1}], expiry_months=12)
+    uid = _uid("race")
+    await world.identify(uid)
+    if start:
+        r = await world.apps["campaign"].post(f"/v1/loyalty/members/{uid}/adjust", headers={
+            **world.h, "Idempotency-Key": "seed"}, json={"points": start, "reason": "seed"})
+        assert r.status_code == 201, r.text
+    keys = [f"k{key}" for _, key in redemptions]
+    answers = await asyncio.gather(*(world.redeem(uid, points, key) for (points, _), key in
+                                     zip(redemptions, keys, strict=True)))
+    assert {a.status_code for a in answers} <= {200, 201, 409}
+    spent: dict[str, int] = {}  # key -> points taken
+    for (points, _), key, a in zip(redemptions, keys, answers, strict=True):
+        if a.status_code in (200, 201):
+            assert a.json()["points"] == -points and a.json()["balance_after"] >= 0
+            assert spent.setdefault(key, points) == points  # a key never spends twice (nor another amount)
+    balance = await world.balance(uid)
+    assert balance == start - sum(spent.values()) >= 0
+    for (points, _), key, a in zip(redemptions, keys, answers, strict=True):
+        if a.status_code == 409 and key not in spent:
+            assert a.json().get("balance", 0) < points  # refused only for want of points
+    history = await world.history(uid)
+    assert sum(e["points"] for e in history) == balance
+    assert sum(e["remaining"] for e in history) == balance
+    assert len([e for e in history if e["kind"] == "redeem"]) == len(spent)
+
+
+async def test_the_demo_runs_the_referral_and_loyalty_examples_end_to_end(world, settings) -> None:
+    """examples/lifecycle.yaml through `tenure apply`'s code, the demo's people, the worker: mail says so."""
+    from services import demo, resources
+
+    mesh = world.internal._http
+    api = resources.Api(mesh, {s: settings.url_of(s) for s in ("ingest", "segment", "campaign", "delivery")},
+                        world.h)
+    lines = await demo.run(mesh, api, settings.url_of("ingest"), world.wk[0])
+    assert lines[0].startswith("campaigns: 25 created or updated")  # 2 programs, 12 templates, 2 segments, 9
+    again = await resources.plan(api, resources.load(demo.EXAMPLE.read_text()))
+    assert {c.action for c in again} == {"unchanged"}  # applying twice changes nothing
+    exported = resources.load(await resources.export(api))
+    assert [p["name"] for p in exported["programs"]] == ["referral", "loyalty"]
+    now = datetime.now(UTC)
+    await world.pump(now)
+    await world.pump(now)
+
+    async def subjects(uid: str) -> set[str]:
+        r = await world.apps["delivery"].get("/v1/messages", headers=world.h,
+                                             params={"to": f"{uid}@demo.tenure.dev"})
+        return {m["subject"] for m in r.json()["messages"]}
+
+    assert "Du bist jetzt Gold-Mitglied" in await subjects("demo-klaus")  # 3 orders + first-order bonus: Gold
+    assert {"Glad you like Acme! Invite a friend, you both get a month",  # NPS 10: the invite with the link
+            "Your friend joined Acme: +500 points"} <= await subjects("demo-yuki")
+    assert "Your welcome gift: WELCOME-0001" in await subjects("demo-noah")
+    assert await world.balance("demo-yuki") == 49 + 50 + 500
+    [ref] = await world.referrals(referrer="demo-yuki")
+    assert ref["status"] == "rewarded" and ref["channel"] == "email"
+    tpl = next(t for t in (await world.get("/v1/templates", limit=100))["templates"] if t["name"] == "referral-reward")
+    preview = await world.apps["campaign"].post(f"/v1/templates/{tpl['id']}/preview", headers=world.h,
+                                                json={"user": "demo-yuki", "data": {"points": 500}})
+    code = (await world.code("demo-yuki"))["code"]
+    assert "You now have 599 points (Gold)" in preview.json()["text"] and code in preview.json()["text"]
+
+
+async def test_erasure_removes_the_programs_records_and_export_lists_them(world) -> None:
+    from services.campaign import privacy
+
+    await world.program("referral", **REFERRAL)
+    await world.program("loyalty", **LOYALTY)
+    ref, friend = _uid("gdpr-ref"), _uid("gdpr-friend")
+    await world.identify(ref, email=f"{ref}@example.com")
+    code = (await world.code(ref))["code"]
+    await world.track(friend, "Signed Up", T0, referral_code=code)
+    await world.track(friend, "Order Completed", T0 + timedelta(hours=1), order_id="g1", revenue=20)
+    await world.pump(T0 + timedelta(hours=2))
+    assert await world.balance(ref) == 500 and await world.balance(friend) == 20 + 100
+    pids = [uuid.UUID((await world.apps["ingest"].get(f"/v1/profiles/{u}", headers=world.h)).json()["id"])
+            for u in (ref, friend)]
+    async with world.sm() as s, s.begin():
+        exported = await privacy.export(s, world.ws, pids[:1])
+        assert [c["code"] for c in exported["referral_codes"]] == [code]
+        assert len(exported["referrals"]) == 1 and exported["loyalty_accounts"][0]["balance"] == 500
+        erased = await privacy.erase(s, world.ws, pids[:1])
+    assert erased["referral_codes"] == 1 and erased["referrals"] == 1 and erased["loyalty_ledger"] == 1
+    assert erased["referral_rewards"] == 2  # the referral's rewards on both sides
+    assert await world.balance(ref) == 0 and await world.referrals(referrer=ref) == []
+    assert await world.balance(friend) == 120  # the other person's points are theirs

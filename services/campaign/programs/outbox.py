@@ -4,7 +4,6 @@ through ingest's tracking API. Each row's id is derived from what decided it and
 messageId, so a decision replayed or a batch resent after a crash is one event in ingest."""
 
 import uuid
-from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
@@ -12,8 +11,7 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.auth import WORKSPACE_HEADER
-from shared.errors import UpstreamUnavailable
+from shared import event_outbox
 from shared.http import InternalClient
 from shared.jsonutil import dumps
 
@@ -44,21 +42,4 @@ async def emit(session: AsyncSession, ws: uuid.UUID, who: dict[str, Any], event:
 
 async def forward(sessionmaker: async_sessionmaker[AsyncSession], internal: InternalClient, limit: int = 500) -> int:
     """Forward one batch of pending events to ingest; returns how many were forwarded."""
-    async with sessionmaker() as session, session.begin():
-        rows = (await session.execute(text(
-            "select id, workspace_id, payload from campaign.program_outbox where forwarded_at is null "
-            "order by created_at, id limit :lim for update skip locked"), {"lim": limit})).all()
-        by_ws: dict[uuid.UUID, list[dict[str, Any]]] = defaultdict(list)
-        for r in rows:
-            by_ws[r.workspace_id].append(r.payload)
-        for ws, batch in by_ws.items():
-            resp = await internal.request("POST", "ingest", "/v1/batch", retry=True,
-                                          headers={WORKSPACE_HEADER: str(ws)}, json={"batch": batch})
-            if resp.status_code not in (200, 207):
-                raise UpstreamUnavailable(f"ingest answered {resp.status_code} to the programs' events")
-        if rows:
-            await session.execute(text("update campaign.program_outbox set forwarded_at = now() "
-                                       "where id = any(CAST(:ids AS uuid[]))"), {"ids": [r.id for r in rows]})
-    if rows:
-        log.info("programs.events_forwarded", events=len(rows))
-    return len(rows)
+    return await event_outbox.forward(sessionmaker, internal, "campaign.program_outbox", limit)

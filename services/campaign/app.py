@@ -18,5 +18,7 @@ on the same events.
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    routers = [router, programs_router, privacy_router("campaign", privacy.erase, privacy.export)]
+    gdpr = privacy_router("campaign", privacy.erase, privacy.export,
+                          by_identity=(privacy.erase_by_identity, privacy.export_by_identity))
+    routers = [router, programs_router, gdpr]
     return create_service_app("campaign", settings or Settings(), routers=routers, description=DESCRIPTION)

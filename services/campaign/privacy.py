@@ -32,8 +32,10 @@ async def erase(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) -> 
         {"ws": ws, "p": pids},
     )
     out = {"sends": res.rowcount}  # type: ignore[attr-defined]
-    await session.execute(text("update campaign.coupons set assigned_to = null where workspace_id = :ws "
-                               "and assigned_to = any(CAST(:p AS uuid[]))"), {"ws": ws, "p": pids})
+    # the code itself was handed out: it stays revoked, never goes back to the pool for someone else
+    await session.execute(text("update campaign.coupons set assigned_to = null, revoked = true "
+                               "where workspace_id = :ws and assigned_to = any(CAST(:p AS uuid[]))"),
+                          {"ws": ws, "p": pids})
     for table, columns in _PROGRAM_TABLES.items():
         where = _where(columns)
         if table == "referral_rewards":  # both sides' rewards of a referral that goes
@@ -58,3 +60,16 @@ async def export(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) ->
                                            f"and ({_where(_PROGRAM_TABLES[table])})"), {"ws": ws, "p": pids})
         out[table] = [dict(r) for r in found.mappings()]
     return out
+
+
+async def erase_by_identity(session: AsyncSession, ws: uuid.UUID, identities: list[str]) -> dict[str, int]:
+    """Program events about the person still in (or already through) the outbox to ingest: they name the
+    user's ids, and a pending one would otherwise recreate the erased profile."""
+    res = await session.execute(text(
+        "delete from campaign.program_outbox where workspace_id = :ws and (payload->>'userId' = any(CAST(:ids AS "
+        "text[])) or payload->>'anonymousId' = any(CAST(:ids AS text[])))"), {"ws": ws, "ids": identities})
+    return {"program_outbox": res.rowcount}  # type: ignore[attr-defined]
+
+
+async def export_by_identity(session: AsyncSession, ws: uuid.UUID, identities: list[str]) -> dict[str, Any]:
+    return {}  # the outbox holds copies of what the export above already lists

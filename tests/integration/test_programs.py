@@ -523,3 +523,34 @@ async def test_erasure_removes_the_programs_records_and_export_lists_them(world)
     assert erased["referral_rewards"] == 2  # the referral's rewards on both sides
     assert await world.balance(ref) == 0 and await world.referrals(referrer=ref) == []
     assert await world.balance(friend) == 120  # the other person's points are theirs
+
+
+async def test_odd_events_never_stop_the_feed_and_junk_refs_take_no_first_touch(world) -> None:
+    """What any client can send with the public write key: a free-form `context`, a broken URL, an absurd
+    revenue, a refund of an order that earned nothing. Each is digested or skipped; the feed moves on, and
+    the events around them still count."""
+    await world.program("referral", **REFERRAL)
+    await world.program("loyalty", **LOYALTY)
+    ann, eve = _uid("ann"), _uid("eve")
+    await world.identify(ann, email=f"{ann}@example.com")
+    code = (await world.code(ann))["code"]
+    await world.track(eve, "Landing Viewed", T0, url="https://acme.example/join?ref=producthunt")  # not a code
+    await world.track(eve, "Landing Viewed", T0, context={"page": "home", "traits": "x", "device": 7})
+    await world.track(eve, "Landing Viewed", T0, url="http://[::1/join?ref=" + code)  # not a URL
+    await world.track(eve, "Order Completed", T0, order_id="huge", revenue=5e9)
+    await world.track(eve, "Order Completed", T0, order_id="free")  # no revenue: only the first-order bonus
+    await world.track(eve, "Order Refunded", T0 + timedelta(hours=1), order_id="free")
+    await world.track(eve, "Signed Up", T0 + timedelta(days=1), referral_code=code)  # the real referral
+    await world.track(eve, "Review Submitted", T0 + timedelta(days=1))
+    await world.pump(T0 + timedelta(days=2))
+
+    eve_pid = (await world.apps["ingest"].get(f"/v1/profiles/{eve}", headers=world.h)).json()["id"]
+    (referral,) = await world.referrals(referrer=ann)
+    assert referral["referred_profile_id"] == eve_pid  # `?ref=producthunt` did not take the first-touch slot
+    assert await world.balance(eve) == 100 + 50  # the bonus and the review; the absurd revenue earned nothing
+    async with world.sm() as s:
+        cursor = (await s.execute(text("select cursor from campaign.consumers where name = 'events'"))).scalar_one()
+    async with world.sm() as s:
+        behind = (await s.execute(text("select count(*) from ingest.events where workspace_id = :ws"),
+                                  {"ws": world.ws})).scalar_one()
+    assert cursor and behind >= 8

@@ -52,12 +52,18 @@ def digest(kind: str, value: str) -> str:
     return hashlib.sha256(f"{kind}:{value}".encode()).hexdigest()
 
 
+def _obj(value: Any) -> dict[str, Any]:
+    """A JSON object from a client's free-form payload, or {} (``context.page`` may be anything)."""
+    return value if isinstance(value, dict) else {}
+
+
 def fingerprints(item: dict[str, Any]) -> set[tuple[str, str]]:
-    """(kind, digest) pairs an event tells about its person."""
-    ctx = item.get("context") or {}
-    traits = {**(ctx.get("traits") or {}), **(item.get("traits") or {})}
-    props = item.get("properties") or {}
-    device = ctx.get("device") or {}
+    """(kind, digest) pairs an event tells about its person (a group call's traits are the account's)."""
+    ctx = _obj(item.get("context"))
+    own = _obj(item.get("traits")) if item.get("type") != "group" else {}
+    traits = {**_obj(ctx.get("traits")), **own}
+    props = _obj(item.get("properties"))
+    device = _obj(ctx.get("device"))
     found: set[tuple[str, str]] = set()
     for value in (traits.get("email"), props.get("email")):
         if (e := normal_email(value)) is not None:
@@ -77,8 +83,8 @@ def profile_fingerprints(traits: dict[str, Any]) -> set[tuple[str, str]]:
 
 def touch_of(item: dict[str, Any]) -> tuple[str | None, str | None]:
     """(code, channel) an event carries, if any."""
-    props = item.get("properties") or {}
-    page = (item.get("context") or {}).get("page") or {}
+    props = _obj(item.get("properties"))
+    page = _obj(_obj(item.get("context")).get("page"))
     code = codes.normalise(props.get("referral_code"))
     if code:
         channel = props.get("referral_channel")
@@ -93,13 +99,22 @@ def touch_of(item: dict[str, Any]) -> tuple[str | None, str | None]:
 async def record(session: AsyncSession, items: list[dict[str, Any]], at_of: Any) -> None:
     """Fingerprints and first touches of a page's events (batched)."""
     prints: set[tuple[str, str, str, str]] = set()
-    touches: dict[tuple[str, str], tuple[str | None, str, str | None, datetime]] = {}
+    candidates: list[tuple[tuple[str, str], tuple[str | None, str, str | None, datetime]]] = []
     for item in items:
         ws, pid = item["workspace_id"], item["profile_id"]
         prints.update((ws, d, pid, kind) for kind, d in fingerprints(item))
         code, channel = touch_of(item)
-        if code and (ws, pid) not in touches:
-            touches[(ws, pid)] = (item.get("anonymous_id"), code, channel, at_of(item))
+        if code:
+            candidates.append(((ws, pid), (item.get("anonymous_id"), code, channel, at_of(item))))
+    touches: dict[tuple[str, str], tuple[str | None, str, str | None, datetime]] = {}
+    if candidates:  # only real codes count as a touch: `?ref=producthunt` must not take the first-touch slot
+        real = set((await session.execute(text(
+            "select workspace_id::text, code from campaign.referral_codes c join unnest(CAST(:ws AS uuid[]), "
+            "CAST(:c AS text[])) as t(w, k) on c.workspace_id = t.w and c.code = t.k"),
+            {"ws": [k[0] for k, _ in candidates], "c": [t[1] for _, t in candidates]})).tuples())
+        for key, touch in candidates:
+            if (key[0], touch[1]) in real:
+                touches.setdefault(key, touch)
     if prints:
         rows = sorted(prints)
         await session.execute(text(

@@ -43,7 +43,10 @@ def from_query(query: Any) -> tuple[str | None, str | None]:
     if not isinstance(query, str) or "ref" not in query:
         return None, None
     if "://" in query:
-        query = urlsplit(query).query
+        try:
+            query = urlsplit(query).query
+        except ValueError:  # not a URL after all (`http://[::1/…`)
+            return None, None
     params = parse_qs(query.lstrip("?"))
     code = normalise((params.get("ref") or params.get("referral_code") or [None])[0])
     channel = (params.get("channel") or [None])[0]

@@ -7,10 +7,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
+import structlog
+from sqlalchemy import exc as sa_exc
+
 from services.campaign import ingest_client
 from services.campaign.programs import attribution, earning, rewards
 from services.campaign.programs.config import Programs
+from shared.errors import UpstreamUnavailable
 from shared.http import InternalClient
+
+log = structlog.get_logger()
 
 
 @dataclass
@@ -21,6 +28,16 @@ class ProgramResult:
 
     def __bool__(self) -> bool:
         return bool(self.referrals or self.rewards or self.ledger)
+
+    def __iadd__(self, other: "ProgramResult") -> "ProgramResult":
+        self.referrals += other.referrals
+        self.rewards += other.rewards
+        self.ledger += other.ledger
+        return self
+
+
+# a dependency that is down: the page must be retried, not its events skipped
+_TRANSIENT = (UpstreamUnavailable, httpx.HTTPError, OSError, sa_exc.OperationalError, sa_exc.InterfaceError)
 
 
 def _at(item: dict[str, Any], now: datetime) -> datetime:
@@ -36,6 +53,28 @@ def _at(item: dict[str, Any], now: datetime) -> datetime:
 
 async def process(session: Any, internal: InternalClient, items: list[dict[str, Any]], now: datetime
                   ) -> ProgramResult:
+    """The page's events, in a savepoint. An event the programs cannot digest (a malformed property, a
+    bug) must not stop the feed for every workspace: on such an error the page is retried event by
+    event, and the events that still fail are skipped and logged. Transient errors propagate (the whole
+    page is retried later)."""
+    try:
+        async with session.begin_nested():
+            return await _process(session, internal, items, now)
+    except _TRANSIENT:
+        raise
+    except Exception:
+        if len(items) == 1:
+            log.exception("programs.event_skipped", workspace_id=items[0].get("workspace_id"),
+                          message_id=items[0].get("message_id"), event_name=items[0].get("event"))
+            return ProgramResult()
+    total = ProgramResult()
+    for item in items:
+        total += await process(session, internal, [item], now)
+    return total
+
+
+async def _process(session: Any, internal: InternalClient, items: list[dict[str, Any]], now: datetime
+                   ) -> ProgramResult:
     result = ProgramResult()
     programs = await Programs.load(session, {uuid.UUID(i["workspace_id"]) for i in items})
     if not programs:

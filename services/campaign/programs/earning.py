@@ -31,6 +31,9 @@ def _amount(value: Any) -> Decimal | None:
     return amount if amount.is_finite() and amount >= 0 else None
 
 
+MAX_AMOUNT = Decimal(10) ** 9  # per event; points columns are bigint, so even per_unit 1000 cannot overflow
+
+
 def _matches(rule: EarnRule, name: str, props: dict[str, Any]) -> bool:
     return rule.event == name and all(compare(f.op, props.get(f.property), f.value) for f in rule.where)
 
@@ -38,6 +41,8 @@ def _matches(rule: EarnRule, name: str, props: dict[str, Any]) -> bool:
 def points_for(rule: EarnRule, props: dict[str, Any]) -> tuple[int, Decimal | None]:
     """(points, amount) a rule gives for an event's properties: fixed points plus per-unit points."""
     amount = _amount(props.get(rule.property)) if rule.per_unit else None
+    if amount is not None and amount > MAX_AMOUNT:
+        amount = None  # an absurd order value (a typo, a test, an attack) earns nothing rather than billions
     per_unit = math.floor(float(amount) * rule.per_unit) if amount is not None else 0
     return rule.points + per_unit, amount
 
@@ -100,6 +105,8 @@ async def _take_back(session: AsyncSession, ws: uuid.UUID, pid: uuid.UUID, order
         {"ws": ws, "p": pid, "o": order_id})).all()
     n = 0
     for e in earned:
+        if e.points <= 0:
+            continue  # nothing was earned (an order without revenue): nothing to take back
         w = await ledger.debit(session, ws, pid, e.points, f"refund:{e.seq}", at, kind="adjust", partial=True,
                                reason=f"order {order_id} refunded", order_id=order_id,
                                spend=-e.spend if e.spend is not None else None)

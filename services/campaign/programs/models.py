@@ -117,7 +117,7 @@ class ReferralReward(CampaignTable, table=True):
     side: str  # referrer | referred
     profile_id: uuid.UUID
     kind: str  # points | coupon | event
-    points: int | None = None
+    points: int | None = Field(default=None, sa_type=BigInteger)
     coupon_code: str | None = None
     event: str | None = None
     status: str  # granted | unfulfilled | reversed
@@ -154,7 +154,7 @@ class LoyaltyAccount(CampaignTable, table=True):
     profile_id: uuid.UUID = Field(primary_key=True)
     user_id: str | None = None
     anonymous_id: str | None = None
-    balance: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    balance: int = Field(default=0, sa_type=BigInteger, sa_column_kwargs={"server_default": "0"})
     tier: str | None = None
     tier_since: datetime | None = Field(default=None, sa_column=tz_column("tier_since", nullable=True,
                                                                          default_now=False))
@@ -179,13 +179,13 @@ class LedgerEntry(CampaignTable, table=True):
     workspace_id: uuid.UUID
     profile_id: uuid.UUID
     kind: str  # earn | redeem | expire | adjust
-    points: int
-    balance_after: int
+    points: int = Field(sa_type=BigInteger)
+    balance_after: int = Field(sa_type=BigInteger)
     source: str
     reason: str | None = None
     order_id: str | None = None
     spend: Decimal | None = Field(default=None, sa_column=Column(Numeric, nullable=True))
-    remaining: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    remaining: int = Field(default=0, sa_type=BigInteger, sa_column_kwargs={"server_default": "0"})
     expires_at: datetime | None = Field(default=None, sa_column=tz_column("expires_at", nullable=True,
                                                                          default_now=False))
     at: datetime = Field(sa_column=tz_column("at"))

@@ -10,19 +10,26 @@ import ipaddress
 import socket
 from urllib.parse import urlsplit
 
+import httpx
+
 
 class BlockedURL(ValueError):
     pass
 
 
 async def check_public(url: str, *, allow_private: bool) -> None:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises on a port out of range or not a number
+        httpx.URL(url)  # what the client will refuse later (control characters...) is refused now
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise BlockedURL(f"not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise BlockedURL(f"not an http(s) URL: {url[:200]}")
     if allow_private:
         return
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, parts.port or 443,
+        infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, port or 443,
                                                               type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise BlockedURL(f"cannot resolve {parts.hostname}: {exc}") from None

@@ -13,8 +13,9 @@
   ``apns-collapse-id`` when the data has a ``collapse_key``. Payload ``{"aps": {"alert": {title, body}},
   ...data}``: the data's keys (``deep_link``, ``image``, …) ride beside ``aps``; an image sets
   ``mutable-content`` for the app's notification service extension to fetch it.
-- Answers: 200 sent; 410 ``Unregistered`` and 400 ``BadDeviceToken``/``DeviceTokenNotForTopic`` remove the
-  device; 429 and 5xx are transient; other 4xx fail the message (the device stays).
+- Answers: 200 sent; 410 ``Unregistered`` removes the device; 429 and 5xx are transient; other 4xx fail
+  the message and keep the device, 400 ``BadDeviceToken``/``DeviceTokenNotForTopic`` included (Apple also
+  gives them for a wrong environment or bundle id: our misconfiguration must not erase every iOS token).
 """
 
 import hashlib
@@ -29,12 +30,14 @@ from typing import Any
 import httpx
 import jwt
 
-from services.delivery.push import Device, Notification, Result, retry_after
+from services.delivery.push import Device, Notification, Result, each_device, retry_after
 from shared.settings import Settings
 
 REFRESH_AFTER_S = 50 * 60  # well inside Apple's hour
 MIN_REFRESH_S = 20 * 60  # Apple's floor between two tokens
-GONE = {"Unregistered", "BadDeviceToken", "DeviceTokenNotForTopic"}
+# Only a 410 says the token itself is dead. Apple answers 400 BadDeviceToken for a token of the other
+# environment (sandbox vs production) and DeviceTokenNotForTopic for a wrong bundle id, i.e. for our
+# misconfiguration too: removing every iOS token on that would be unrecoverable, so they keep the device.
 TOKEN_REJECTED = {"ExpiredProviderToken", "InvalidProviderToken"}
 _HEX = re.compile(r"^[0-9a-fA-F]{32,200}$")
 
@@ -153,11 +156,13 @@ async def send(settings: Settings, http: httpx.AsyncClient, devices: list[Device
                "apns-priority": "10" if note.urgent else "5",
                "apns-expiration": str(note.expires_at) if settings.push_ttl_s else "0"}  # 0: now or never
     if note.collapse_key:
-        headers["apns-collapse-id"] = note.collapse_key[:64]
+        key_ = note.collapse_key
+        # an HTTP header is ASCII: anything else collapses under a digest of it
+        headers["apns-collapse-id"] = key_[:64] if key_.isascii() else hashlib.sha256(key_.encode()).hexdigest()[:64]
     body = payload(note)
-    for device in devices:
-        await _send_one(settings, client, key, f"{base}/3/device/{device.token}",
-                        {**headers, "apns-id": apns_id(note.message_id, device.token)}, body, device.token, result)
+    await each_device(devices, lambda d: _send_one(settings, client, key, f"{base}/3/device/{d.token}",
+                                                   {**headers, "apns-id": apns_id(note.message_id, d.token)}, body,
+                                                   d.token, result), result)
     return result
 
 
@@ -182,7 +187,7 @@ async def _send_one(settings: Settings, client: httpx.AsyncClient, key: SigningK
             continue
         if resp.status_code == 200:
             result.sent.append(resp.headers.get("apns-id") or headers["apns-id"])
-        elif resp.status_code == 410 or (resp.status_code == 400 and reason in GONE):
+        elif resp.status_code == 410:
             result.gone.append(token)
         elif resp.status_code == 429 or resp.status_code >= 500:
             result.retry(f"APNs {resp.status_code} ({reason})", retry_after(resp))

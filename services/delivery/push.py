@@ -147,6 +147,24 @@ class Result:
             self.retry(self.transient or "", other.retry_after_s)
 
 
+MAX_PARALLEL = 10  # devices of one user sent to at once: the message's time is one provider timeout, not N
+
+
+async def each_device(devices: list[Any], send: Callable[[Any], Awaitable[None]], result: Result) -> None:
+    """``send(device)`` for every device, concurrently (so a user's many devices cannot outlast the message's
+    lease), each on its own: a device whose send raises fails, the others are still sent to."""
+    gate = asyncio.Semaphore(MAX_PARALLEL)
+
+    async def one(device: Any) -> None:
+        async with gate:
+            try:
+                await send(device)
+            except Exception as exc:  # noqa: BLE001 - a bad device (odd URL, header) must not sink the rest
+                result.failed = f"{type(exc).__name__}: {exc}"[:300]
+
+    await asyncio.gather(*(one(d) for d in devices))
+
+
 def retry_after(resp: httpx.Response) -> float | None:
     """``Retry-After`` in seconds (delta-seconds form; an HTTP date is read as no hint)."""
     try:
@@ -178,8 +196,9 @@ async def send_fcm(settings: Settings, http: httpx.AsyncClient, devices: list[De
     account = ServiceAccount.load(settings.fcm_service_account)
     url = f"{settings.fcm_base_url.rstrip('/')}/v1/projects/{account.project_id}/messages:send"
     try:
-        for device in devices:
-            await _send_fcm_one(settings, http, account, url, device.token, note, result)
+        await TOKENS.get(http, account, settings.provider_timeout_s)  # one access token for every device
+        await each_device(devices, lambda d: _send_fcm_one(settings, http, account, url, d.token, note, result),
+                          result)
     except SendError as exc:  # the token endpoint failed: no FCM device can be reached now
         if exc.permanent:
             result.failed = str(exc)

@@ -33,7 +33,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from services.delivery.push import Device, Notification, Result, retry_after
+from services.delivery.push import Device, Notification, Result, each_device, retry_after
 from shared import netguard
 from shared.settings import Settings
 
@@ -154,8 +154,7 @@ async def send(settings: Settings, http: httpx.AsyncClient, devices: list[Device
                "Content-Encoding": "aes128gcm", "Content-Type": "application/octet-stream"}
     if note.collapse_key:
         headers["Topic"] = topic(note.collapse_key)
-    for device in devices:
-        await _send_one(settings, http, key, device, plaintext, headers, result)
+    await each_device(devices, lambda d: _send_one(settings, http, key, d, plaintext, headers, result), result)
     return result
 
 

@@ -9,6 +9,7 @@ poll backs both up, so a lost wake-up (Redis flushed, worker restarted) only del
 
 import asyncio
 import dataclasses
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypedDict
 
@@ -173,6 +174,9 @@ def worker_options(
         "max_jobs": 10,
         "job_completion_wait": 20,
         "health_check_interval": 30,
+        # one key per host (a pod's hostname is its name): `arq --check` in a pod's probe reads its own
+        # worker's heartbeat, not whichever replica wrote the queue's shared key last
+        "health_check_key": f"{settings.queue_name(service)}:health-check:{socket.gethostname()}",
         "keep_result": 0,
     }
 

@@ -347,6 +347,9 @@ def test_the_public_ingress_routes_exactly_deliverys_public_pages(rendered: dict
             for path in rule["http"]["paths"]:
                 assert path["backend"]["service"]["name"] in services
                 assert path["backend"]["service"]["port"] == {"name": "http"}
+                # what Prometheus and the kubelet read stays inside the cluster
+                for internal in ("/metrics", "/healthz", "/readyz"):
+                    assert not internal.startswith(path["path"]), (rule["host"], path["path"])
 
 
 # ---- network policies ---------------------------------------------------------------------------------------

@@ -196,6 +196,17 @@ async def test_self_referral_and_duplicate_accounts_are_rejected_with_their_reas
         assert got[pid]["status"] == ("rejected" if reason else "converted")
     assert len(await world.referrals(referrer=ref, status="rejected")) == 4
 
+    # the clean signup later shows the referrer's phone at checkout: no reward is paid for it
+    late = cases["fine"][0]["userId"]
+    await world.track(late, "Order Completed", T0 + timedelta(days=1), order_id="o-1", revenue=30,
+                      phone="+15550102030")
+    await world.pump(T0 + timedelta(days=1, hours=1))
+    late_pid = (await world.apps["ingest"].get(f"/v1/profiles/{late}", headers=world.h)).json()["id"]
+    (after,) = [r for r in await world.referrals(referrer=ref) if r["referred_profile_id"] == late_pid]
+    assert (after["status"], after["reason"]) == ("rejected", "duplicate_phone")
+    detail = await world.get(f"/v1/referrals/{after['id']}")
+    assert detail["rewards"] == []
+
 
 async def test_two_sided_rewards_are_granted_exactly_once_and_reversed_on_refund(world) -> None:
     await world.program("referral", **REFERRAL, qualifying={"event": "Order Completed"})

@@ -47,6 +47,13 @@ _SPEND = {**_NOT_FOUND, 409: problem_schema("Not enough points (`balance` says h
                                             "Idempotency-Key was used for a different operation")}
 
 
+def _bounds(period: leaderboards.Period, at: datetime) -> tuple[datetime | None, datetime | None]:
+    try:
+        return leaderboards.bounds(period, at)
+    except (ValueError, OverflowError):  # a period running past year 9999 (or before year 1)
+        raise BadRequest(f"`at` is out of range for a {period} leaderboard") from None
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -139,7 +146,7 @@ async def get_referral(referral_id: uuid.UUID, ws: WorkspaceDep, session: Sessio
 async def referral_leaderboard(ws: WorkspaceDep, session: SessionDep, period: PeriodQ = "month", at: AtQ = None,
                                limit: Limit = 10) -> dict[str, Any]:
     moment = at or _now()
-    start, end = leaderboards.bounds(period, moment)
+    start, end = _bounds(period, moment)
     async with session.begin():
         return {"period": period, "start": start, "end": end,
                 "referrers": await leaderboards.referrers(session, ws, period, moment, limit)}
@@ -150,7 +157,7 @@ async def referral_leaderboard(ws: WorkspaceDep, session: SessionDep, period: Pe
 async def loyalty_leaderboard(ws: WorkspaceDep, session: SessionDep, period: PeriodQ = "month", at: AtQ = None,
                               limit: Limit = 10) -> dict[str, Any]:
     moment = at or _now()
-    start, end = leaderboards.bounds(period, moment)
+    start, end = _bounds(period, moment)
     async with session.begin():
         return {"period": period, "start": start, "end": end,
                 "members": await leaderboards.members(session, ws, period, moment, limit)}
@@ -170,7 +177,7 @@ async def loyalty_history(
     member: Member, ws: WorkspaceDep, session: SessionDep, request: Request, limit: Limit = 100,
     after: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> dict[str, Any]:
-    if after not in (None, "") and not str(after).isdigit():
+    if after not in (None, "") and not (str(after).isdigit() and int(after) < 2**63):
         raise BadRequest("Invalid cursor: pass the next_cursor of a previous page")
     pid = await _member(request, ws, member)
     async with session.begin():

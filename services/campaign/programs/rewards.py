@@ -56,10 +56,19 @@ async def on_qualifying(session: AsyncSession, cfg: ReferralConfig, loyalty: Loy
         return 0
     if cfg.qualifying.within_days and at > ref["converted_at"] + timedelta(days=cfg.qualifying.within_days):
         return 0
-    props = item.get("properties") or {}
+    props = item.get("properties") if isinstance(item.get("properties"), dict) else {}
     order_id = str(props["order_id"]) if props.get("order_id") not in (None, "") else None
     status, reason = "rewarded", None
-    if cfg.max_rewarded_per_referrer is not None:
+    # what the two accounts told since the signup (an email added at checkout, the app opened on the
+    # referrer's phone) is checked again before anything is paid
+    shared = (await session.execute(text(
+        "select min(a.kind) from campaign.referral_fingerprints a join campaign.referral_fingerprints b "
+        "on b.workspace_id = a.workspace_id and b.digest = a.digest and b.kind = a.kind "
+        "where a.workspace_id = :ws and a.profile_id = :rd and b.profile_id = :rr"),
+        {"ws": ws, "rd": pid, "rr": ref["referrer_profile_id"]})).scalar()
+    if shared is not None:
+        status, reason = "rejected", f"duplicate_{shared}"
+    elif cfg.max_rewarded_per_referrer is not None:
         done = (await session.execute(text(
             "select count(*) from campaign.referrals where workspace_id = :ws and referrer_profile_id = :r "
             "and status in ('rewarded', 'reversed')"), {"ws": ws, "r": ref["referrer_profile_id"]})).scalar_one()

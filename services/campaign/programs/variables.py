@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.campaign.programs import codes, ledger, tiers
+from services.campaign.programs import codes, ledger, service, tiers
 from services.campaign.programs.config import LoyaltyConfig, Programs, ReferralConfig
 
 NAMES = ("referral", "loyalty")
@@ -59,7 +59,8 @@ async def _loyalty(session: AsyncSession, ws: uuid.UUID, pid: uuid.UUID, cfg: Lo
     if acct is None:
         return {"points": 0, "tier": None, "benefits": [], **tiers.progress(0, None, cfg), "expiring": None}
     value = await tiers.qualifying_value(session, ws, pid, cfg, now)
-    soon = await ledger.expiring(session, ws, pid, limit=1)
-    return {"points": acct["balance"], "tier": acct["tier"], **tiers.progress(value, acct["tier"], cfg),
+    current = await service.balance(session, ws, pid, now)  # as the API says it (lots past their date excluded)
+    soon = current["expiring"][:1]
+    return {"points": current["balance"], "tier": acct["tier"], **tiers.progress(value, acct["tier"], cfg),
             "expiring": ({"points": soon[0]["points"], "at": soon[0]["expires_at"].date().isoformat()}
                          if soon else None)}

@@ -32,7 +32,7 @@ ExportIdsFn = Callable[[AsyncSession, uuid.UUID, list[str]], Awaitable[dict[str,
 
 class ErasureRequest(BaseModel):
     profile_ids: list[uuid.UUID] = Field(min_length=1, max_length=1000)
-    identities: list[str] = Field(default_factory=list, max_length=10_000,
+    identities: list[str] = Field(default_factory=list, max_length=1_000_000,
                                   description="the user's ids (userId, anonymousId, email, phone)")
 
 

@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import structlog
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import ValidationError
 
@@ -33,8 +34,10 @@ from shared import netguard
 from shared.auth import WorkspaceDep
 from shared.core import workspace_settings
 from shared.db import AfterDep, SessionDep
-from shared.errors import COMMON_ERRORS, Conflict, NotFound, ValidationFailed, problem_schema
+from shared.errors import COMMON_ERRORS, Conflict, NotFound, UpstreamUnavailable, ValidationFailed, problem_schema
 from shared.settings import Settings
+
+log = structlog.get_logger()
 
 router = APIRouter(prefix="/v1", tags=["messages"])
 
@@ -246,9 +249,14 @@ async def register_device(body: DeviceIn, ws: WorkspaceDep, session: SessionDep,
 
 @consent_router.get("/push/vapid-public-key", response_model=VapidPublicKey, operation_id="get_vapid_public_key",
                     tags=["push"], summary="The VAPID public key browsers subscribe with (no credentials needed)",
-                    responses={404: problem_schema("Web Push is not configured")})
+                    responses={404: problem_schema("Web Push is not configured"),
+                               503: problem_schema("The configured VAPID key is not usable")})
 async def get_vapid_public_key(request: Request) -> dict[str, Any]:
-    key = webpush.vapid_key(request.app.state.settings)
+    try:
+        key = webpush.vapid_key(request.app.state.settings)
+    except (OSError, ValueError) as exc:  # a key file missing or not a P-256 key: the operator's to fix
+        log.error("webpush.vapid_key_unusable", error=type(exc).__name__)
+        raise UpstreamUnavailable("Web Push is misconfigured: TENURE_VAPID_PRIVATE_KEY is not a usable key") from None
     if key is None:
         raise NotFound("Web Push is not configured (TENURE_VAPID_PRIVATE_KEY)")
     return {"public_key": key.public_key}

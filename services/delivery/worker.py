@@ -4,7 +4,7 @@ from typing import Any
 
 from arq.worker import Worker
 
-from services.delivery import feedback, sending
+from services.delivery import apns, feedback, sending
 from shared.queue import JobCtx, build_worker, stopping, take_dirty, worker_settings_class
 from shared.settings import Settings
 
@@ -28,7 +28,8 @@ async def forward_feedback(ctx: JobCtx) -> int:
 
 
 _OPTIONS: dict[str, Any] = {"functions": [send_messages, forward_feedback],
-                            "poll": [send_messages, forward_feedback]}
+                            "poll": [send_messages, forward_feedback],
+                            "on_shutdown": [apns.close_clients]}
 
 
 def create_worker(settings: Settings, **kw: Any) -> Worker:

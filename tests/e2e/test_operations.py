@@ -116,6 +116,10 @@ async def test_sigterm_lets_a_delivery_worker_finish_its_batch(settings, workspa
         s.start_apis(["delivery"])
         mgmt = {"Authorization": f"Bearer {workspace.secret_key}"}
         run = uuid.uuid4().hex[:6]
+
+        def mine() -> Counter:  # (the worker also sends what earlier tests left queued in this database)
+            return Counter(m["to"][0] for m in box.messages if m["to"][0].startswith(f"term-{run}-"))
+
         async with httpx.AsyncClient(timeout=30) as c:
             for start in range(0, total, 100):
                 r = await c.post(s.url("delivery") + "/v1/messages/batch", headers=mgmt, json={"messages": [
@@ -124,7 +128,7 @@ async def test_sigterm_lets_a_delivery_worker_finish_its_batch(settings, workspa
                     for i in range(start, start + 100)]})
                 assert r.status_code in (200, 201, 202), r.text
         s.start_workers(["delivery"])
-        await wait_for(lambda: len(box.messages) >= 60, 60, "sending to start")
+        await wait_for(lambda: len(mine()) >= 60, 60, "sending to start")
         worker = s.workers["delivery"][0]
         term_at = time.monotonic()
         worker.send_signal(signal.SIGTERM)
@@ -132,7 +136,7 @@ async def test_sigterm_lets_a_delivery_worker_finish_its_batch(settings, workspa
         exited_in = time.monotonic() - term_at
         assert rc == 0, log_tail(worker)
         assert exited_in < 25
-        sent_before_restart = len(box.messages)
+        sent_before_restart = len(mine())
         assert sent_before_restart < total, "the worker sent everything before SIGTERM: the test proved nothing"
 
         conn = await _db(settings)
@@ -145,9 +149,9 @@ async def test_sigterm_lets_a_delivery_worker_finish_its_batch(settings, workspa
         assert half_sent == 0  # the batch it held was finished and recorded, not abandoned under a lease
 
         s.start_workers(["delivery"])
-        await wait_for(lambda: len(box.messages) >= total, 90, "the rest to be sent")
+        await wait_for(lambda: len(mine()) >= total, 90, "the rest to be sent")
         await asyncio.sleep(2)
-        recipients = Counter(m["to"][0] for m in box.messages)
+        recipients = mine()
         assert len(recipients) == total and max(recipients.values()) == 1
     finally:
         s.stop()
@@ -184,9 +188,12 @@ async def test_two_replicas_of_every_worker_split_the_work_without_duplicates(se
                                                                            "first_name": f"U{i}"}},
                               {"type": "track", "userId": uid, "event": "Joined"}]
                 assert (await c.post(s.url("ingest") + "/v1/batch", auth=wk, json={"batch": batch})).status_code == 200
-        await wait_for(lambda: len(box.messages) >= users, 180, "every user's email")
+        def mine() -> Counter:  # (the workers also send what earlier tests left queued in this database)
+            return Counter(m["to"][0] for m in box.messages if m["to"][0].startswith(f"rep-{run}-"))
+
+        await wait_for(lambda: len(mine()) >= users, 180, "every user's email")
         await asyncio.sleep(3)  # anything doubled would arrive by now
-        recipients = Counter(m["to"][0] for m in box.messages)
+        recipients = mine()
         assert len(recipients) == users and max(recipients.values()) == 1
 
         conn = await _db(settings)
@@ -207,7 +214,7 @@ async def test_two_replicas_of_every_worker_split_the_work_without_duplicates(se
         print("items processed per replica:", work)
         sent = [sample(scrape(p), "tenure_messages_total", channel="email", status="sent")
                 for p in s.worker_metrics["delivery"]]
-        assert sum(sent) == users and min(sent) > 0, sent  # the outbox was shared, not taken by one
+        assert sum(sent) >= users and min(sent) > 0, sent  # the outbox was shared, not taken by one
         for svc in ("segment", "campaign"):
             assert sum(work[svc]) > 0
     finally:

@@ -565,3 +565,33 @@ async def test_odd_events_never_stop_the_feed_and_junk_refs_take_no_first_touch(
         behind = (await s.execute(text("select count(*) from ingest.events where workspace_id = :ws"),
                                   {"ws": world.ws})).scalar_one()
     assert cursor and behind >= 8
+
+
+async def test_a_guest_who_logs_in_brings_points_and_code_to_the_account(world) -> None:
+    """ingest merges the guest's profile into the known user's; the programs follow the merge."""
+    await world.program("referral", **REFERRAL)
+    await world.program("loyalty", **LOYALTY)
+    uid, guest = _uid("member"), uuid.uuid4().hex
+    await world.identify(uid, email=f"{uid}@example.com")
+    await world.track(uid, "Order Completed", T0, order_id="m-1", revenue=40)  # 40 + the 100 first-order bonus
+    await world.send("track", {"anonymousId": guest, "event": "Order Completed",
+                               "properties": {"order_id": "g-1", "revenue": 25}}, T0 + timedelta(hours=1))
+    await world.pump(T0 + timedelta(hours=2))
+    member_code = (await world.code(uid))["code"]
+    guest_code = (await world.code(guest))["code"]  # shared while browsing as a guest
+    assert await world.balance(uid) == 140
+    assert await world.balance(guest) == 125
+
+    # the guest logs in: one person; then someone signs up with the code the guest had shared
+    await world.send("identify", {"userId": uid, "anonymousId": guest}, T0 + timedelta(hours=3))
+    friend = _uid("friend")
+    await world.identify(friend, at=T0 + timedelta(hours=4), email=f"{friend}@example.com")
+    await world.track(friend, "Signed Up", T0 + timedelta(hours=4), referral_code=guest_code)
+    await world.pump(T0 + timedelta(hours=5))
+    await world.pump(T0 + timedelta(hours=5))  # a replayed page moves nothing twice
+    assert await world.balance(uid) == 140 + 125
+    assert sorted(e["source"].split(":")[0] for e in await world.history(uid)) == ["event", "event", "first", "first"]
+    member_pid = (await world.apps["ingest"].get(f"/v1/profiles/{uid}", headers=world.h)).json()["id"]
+    (referral,) = await world.referrals(referrer=uid)
+    assert referral["referrer_profile_id"] == member_pid and referral["code"] == guest_code
+    assert (await world.code(uid))["code"] == member_code  # the member's own code stays theirs

@@ -78,6 +78,12 @@ async def of_profile(session: AsyncSession, ws: uuid.UUID, profile_id: uuid.UUID
 
 
 async def find(session: AsyncSession, ws: uuid.UUID, code: str) -> dict[str, Any] | None:
+    """The code's row, its ``profile_id`` the profile it refers for now (a merged-away owner's survivor)."""
     row = (await session.execute(text("select * from campaign.referral_codes where workspace_id = :ws "
                                       "and code = :c"), {"ws": ws, "c": code})).first()
-    return row_dict(row) if row else None
+    if row is None:
+        return None
+    found = row_dict(row)
+    if found.get("merged_into"):
+        found["profile_id"] = found["merged_into"]
+    return found

@@ -12,7 +12,7 @@ import structlog
 from sqlalchemy import exc as sa_exc
 
 from services.campaign import ingest_client
-from services.campaign.programs import attribution, earning, rewards
+from services.campaign.programs import attribution, earning, ledger, merges, rewards, tiers
 from services.campaign.programs.config import Programs
 from shared.errors import UpstreamUnavailable
 from shared.http import InternalClient
@@ -82,6 +82,15 @@ async def _process(session: Any, internal: InternalClient, items: list[dict[str,
 
     def at_of(item: dict[str, Any]) -> datetime:
         return _at(item, now)
+
+    for item in items:  # merges first: the page's events then find one person's records in one place
+        if (pair := merges.merge_of(item)) is not None:
+            ws = uuid.UUID(item["workspace_id"])
+            if await merges.move(session, ws, *pair) and (loyalty := programs.loyalty.get(ws)) is not None:
+                account = await ledger.account(session, ws, pair[1])
+                if account is not None:
+                    await tiers.evaluate(session, await ledger.lock(session, ws, pair[1]), loyalty, now)
+                result.ledger += 1
 
     ref_items = [i for i in items if uuid.UUID(i["workspace_id"]) in programs.referral]
     if ref_items:

@@ -51,6 +51,8 @@ class ReferralCode(CampaignTable, table=True):
     code: str
     user_id: str | None = None
     anonymous_id: str | None = None
+    # the profile was merged into this one, which already had a code: this code works on its behalf
+    merged_into: uuid.UUID | None = None
     created_at: datetime = Field(sa_column=tz_column("created_at"))
 
 

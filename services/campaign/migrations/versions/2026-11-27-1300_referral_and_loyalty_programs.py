@@ -101,6 +101,7 @@ def upgrade() -> None:
     sa.Column('code', sa.Text(), nullable=False),
     sa.Column('user_id', sa.Text(), nullable=True),
     sa.Column('anonymous_id', sa.Text(), nullable=True),
+    sa.Column('merged_into', sa.Uuid(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_referral_codes')),
     sa.UniqueConstraint('workspace_id', 'code', name=op.f('uq_referral_codes_workspace_id_code')),

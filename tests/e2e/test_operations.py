@@ -77,6 +77,8 @@ async def test_sigterm_drains_the_ingest_api_under_load(settings, workspace) -> 
     assert "service.stopped" in log_tail(s.apis["ingest"]), log_tail(s.apis["ingest"])  # lifespan ran to its end
     assert exited_in < 25
     assert completed_after_term >= 1, "no request was in flight at SIGTERM: the test proved nothing"
+    print(f"SIGTERM under load: {len(acknowledged)} events acknowledged, {completed_after_term} requests completed "
+          f"after the signal, {len(unacknowledged)} batches refused, exited in {exited_in:.1f} s")
 
     conn = await _db(settings)
     try:
@@ -109,9 +111,9 @@ async def test_sigterm_drains_the_ingest_api_under_load(settings, workspace) -> 
 async def test_sigterm_lets_a_delivery_worker_finish_its_batch(settings, workspace) -> None:
     """SIGTERM while the worker is sending to a slow SMTP server: it finishes the batch it holds and exits 0
     in time, nothing is left half-sent, and a new worker sends the rest: every message exactly once."""
-    box, controller, smtp_port = start_sink(delay_s=0.02)
+    box, controller, smtp_port = start_sink(delay_s=0.05)
     s = Stack(stack_env(settings, smtp_port, "sigterm-worker"))
-    total = 400
+    total = 1000
     try:
         s.start_apis(["delivery"])
         mgmt = {"Authorization": f"Bearer {workspace.secret_key}"}
@@ -138,6 +140,7 @@ async def test_sigterm_lets_a_delivery_worker_finish_its_batch(settings, workspa
         assert exited_in < 25
         sent_before_restart = len(mine())
         assert sent_before_restart < total, "the worker sent everything before SIGTERM: the test proved nothing"
+        print(f"SIGTERM mid-send: {sent_before_restart}/{total} sent before the worker exited in {exited_in:.1f} s")
 
         conn = await _db(settings)
         try:

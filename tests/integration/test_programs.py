@@ -595,3 +595,20 @@ async def test_a_guest_who_logs_in_brings_points_and_code_to_the_account(world) 
     (referral,) = await world.referrals(referrer=uid)
     assert referral["referrer_profile_id"] == member_pid and referral["code"] == guest_code
     assert (await world.code(uid))["code"] == member_code  # the member's own code stays theirs
+
+
+async def test_a_refunded_order_stops_counting_toward_the_tier_even_after_its_points_were_spent(world) -> None:
+    await world.program("loyalty", **LOYALTY)
+    uid = _uid("buyer")
+    await world.identify(uid, email=f"{uid}@example.com")
+    await world.track(uid, "Order Completed", T0, order_id="big", revenue=600)  # 600 + 100 first-order bonus
+    await world.pump(T0 + timedelta(hours=1))
+    assert (await world.get(f"/v1/loyalty/members/{uid}/tier"))["tier"] == "Gold"
+    assert (await world.redeem(uid, 650, "spend-it")).status_code == 201  # spent before the refund
+    await world.track(uid, "Order Refunded", T0 + timedelta(days=1), order_id="big")
+    await world.pump(T0 + timedelta(days=1, hours=1))
+    tier = await world.get(f"/v1/loyalty/members/{uid}/tier")
+    assert await world.balance(uid) == 0  # only the 50 left could be taken back
+    assert tier["qualifying_value"] == 0  # but the tier no longer counts any of the order's 700 points
+    await maintenance.run(world.sm, now=T0 + timedelta(days=40))  # past the 30 days Gold is kept
+    assert (await world.get(f"/v1/loyalty/members/{uid}/tier"))["tier"] == "Silver"

@@ -210,6 +210,7 @@ async def test_self_referral_and_duplicate_accounts_are_rejected_with_their_reas
 
 async def test_two_sided_rewards_are_granted_exactly_once_and_reversed_on_refund(world) -> None:
     await world.program("referral", **REFERRAL, qualifying={"event": "Order Completed"})
+    await world.program("loyalty", **LOYALTY)
     r = await world.apps["campaign"].put("/v1/coupon-pools/welcome", headers=world.h,
                                          json={"codes": ["WELCOME-A", "WELCOME-B", "WELCOME-A"]})
     assert r.status_code == 200 and r.json()["added"] == 2 and r.json()["available"] == 2
@@ -267,6 +268,8 @@ async def test_two_sided_rewards_are_granted_exactly_once_and_reversed_on_refund
     assert pool["revoked"] == 1 and pool["available"] == 1
     reversed_ = [e for e in await world.events(sam) + await world.events(tia) if e["event"] == "Referral Reward Reversed"]
     assert len(reversed_) == 2
+    # the 500 points lifted Sam to Gold; reversed, none of them counts toward the tier (200 were spent)
+    assert (await world.get(f"/v1/loyalty/members/{sam}/tier"))["qualifying_value"] == 0
 
 
 LOYALTY = {

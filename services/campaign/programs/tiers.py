@@ -44,10 +44,12 @@ def decide(current: str | None, since: datetime | None, value: float, config: Lo
 async def qualifying_value(session: AsyncSession, ws: uuid.UUID, pid: uuid.UUID, config: LoyaltyConfig,
                            now: datetime) -> float:
     """Points earned (net of refunds), or spend, in the window ending at ``now``."""
-    # a refund takes back the whole of what its order earned, even when those points were already spent
-    # and the ledger could only take back what was left (the entry's own points)
+    # a refund (or a reversed referral reward) takes back the whole of what was earned, even when those
+    # points were already spent and the ledger could only take back what was left (the entry's own points)
     refunded = ("(select coalesce(sum(e.points), 0) from campaign.loyalty_ledger r join campaign.loyalty_ledger e "
-                "on e.workspace_id = r.workspace_id and r.source = 'refund:' || e.seq::text "
+                "on e.workspace_id = r.workspace_id and e.profile_id = r.profile_id "
+                "and (r.source = 'refund:' || e.seq::text "
+                "or (e.source like 'referral:%' and r.source = 'reverse:' || substr(e.source, 10))) "
                 "where r.workspace_id = :ws and r.profile_id = :p and r.at > :since and r.at <= :now)")
     measure = ("coalesce(sum(spend), 0)" if config.tier_basis == "spend"
                else f"greatest(coalesce(sum(points) filter (where kind = 'earn'), 0) - {refunded}, 0)")

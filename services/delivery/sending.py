@@ -62,6 +62,9 @@ async def _send_push(sessionmaker: async_sessionmaker[AsyncSession], settings: S
         data=(message.get("metadata") or {}).get("push_data") or {},
         expires_at=int(created.timestamp()) + settings.push_ttl_s,  # the same on every retry
         urgent=message.get("message_type") == "transactional")
+    if settings.push_ttl_s and note.ttl_s() == 0:  # a retry after the window: "back in stock" a day late
+        raise mailer.SendError(f"expired: not delivered within TENURE_PUSH_TTL_S ({settings.push_ttl_s} s) of its "
+                               "creation", permanent=True)
     result = await push.send(settings, http, targets, note)
     async with sessionmaker() as session, session.begin():
         await devices.forget(session, ws, result.gone)

@@ -4,6 +4,7 @@ from ``GET /v1/push/vapid-public-key``, then decrypts the aes128gcm body with th
 — with its own RFC 8291/8188 code, not the library delivery uses. Also: one user's devices across FCM, APNs
 and Web Push each get the message."""
 
+import asyncio
 import base64
 import json
 import os
@@ -317,3 +318,24 @@ async def test_one_message_reaches_every_device_through_its_provider(apps, works
         assert web["payload"]["title"] == "Hello" and web["headers"]["urgency"] == "high"
         left = (await apps["delivery"].get("/v1/devices", headers=h, params={"user": user})).json()["devices"]
         assert sorted(d["token"] for d in left) == sorted([android, ios_fcm, ios_apns, endpoint])
+
+
+async def test_a_push_past_its_ttl_is_not_sent(apps, workspace, sessionmaker, settings) -> None:
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    vapid = ec.generate_private_key(ec.SECP256R1())
+    s = settings.model_copy(update={"vapid_private_key": b64u(vapid.private_numbers().private_value.to_bytes(32, "big")),
+                                    "vapid_subject": SUBJECT, "push_ttl_s": 1})
+    service = FakePushService()
+    with http_server(service.app) as port:
+        service.port = port
+        user = f"late-{uuid.uuid4().hex[:6]}"
+        endpoint, keys = service.subscribe("ok")
+        assert (await _register(apps, h, user, endpoint, keys)).status_code == 201
+        r = await apps["delivery"].post("/v1/messages", headers=h, json={
+            "idempotency_key": f"late-{user}", "channel": "push", "to": user, "subject": "Flash sale",
+            "text": "Ends in an hour", "message_type": "marketing"})
+        await asyncio.sleep(2.1)  # the worker was down, or the provider kept failing, longer than the TTL
+        await send_now(sessionmaker, s, r.json()["id"])
+        m = (await apps["delivery"].get(f"/v1/messages/{r.json()['id']}", headers=h)).json()
+        assert m["status"] == "failed" and m["last_error"].startswith("expired"), m
+        assert service.received.get(endpoint.rsplit("/", 1)[1], []) == []

@@ -30,3 +30,9 @@ def dumps_bytes(value: Any, *, sort_keys: bool = False) -> bytes:
 
 def dumps(value: Any, *, sort_keys: bool = False) -> str:
     return dumps_bytes(value, sort_keys=sort_keys).decode()
+
+
+def obj(value: Any) -> dict[str, Any]:
+    """A JSON object from a client's free-form payload, or {} when it is something else (``context.page``
+    may be a string, ``properties`` null)."""
+    return value if isinstance(value, dict) else {}

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from services.campaign import ingest_client
+from services.campaign.api import Limit
 from services.campaign.programs import config, earning, leaderboards, ledger, service
 from services.campaign.programs.schemas import (
     AdjustIn,
@@ -35,7 +36,6 @@ from shared.errors import COMMON_ERRORS, BadRequest, problem_schema
 
 router = APIRouter(prefix="/v1")
 
-Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
 Member = Annotated[str, Path(description="the member: profile id, userId, anonymousId or email")]
 Pool = Annotated[str, Path(pattern=config.POOL_NAME, description="the coupon pool's name")]
 IdempotencyKey = Annotated[str, Header(min_length=1, max_length=200, alias="Idempotency-Key",
@@ -149,7 +149,7 @@ async def referral_leaderboard(ws: WorkspaceDep, session: SessionDep, period: Pe
     start, end = _bounds(period, moment)
     async with session.begin():
         return {"period": period, "start": start, "end": end,
-                "referrers": await leaderboards.referrers(session, ws, period, moment, limit)}
+                "referrers": await leaderboards.referrers(session, ws, (start, end), limit)}
 
 
 @router.get("/loyalty/leaderboard", response_model=Leaderboard, operation_id="loyalty_leaderboard",
@@ -160,7 +160,7 @@ async def loyalty_leaderboard(ws: WorkspaceDep, session: SessionDep, period: Per
     start, end = _bounds(period, moment)
     async with session.begin():
         return {"period": period, "start": start, "end": end,
-                "members": await leaderboards.members(session, ws, period, moment, limit)}
+                "members": await leaderboards.members(session, ws, (start, end), limit)}
 
 
 @router.get("/loyalty/members/{member}/balance", response_model=BalanceOut, operation_id="loyalty_balance",

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.campaign.programs import codes, outbox
 from services.campaign.programs.config import ReferralConfig
+from shared.jsonutil import obj
 
 log = structlog.get_logger()
 
@@ -52,18 +53,13 @@ def digest(kind: str, value: str) -> str:
     return hashlib.sha256(f"{kind}:{value}".encode()).hexdigest()
 
 
-def _obj(value: Any) -> dict[str, Any]:
-    """A JSON object from a client's free-form payload, or {} (``context.page`` may be anything)."""
-    return value if isinstance(value, dict) else {}
-
-
 def fingerprints(item: dict[str, Any]) -> set[tuple[str, str]]:
     """(kind, digest) pairs an event tells about its person (a group call's traits are the account's)."""
-    ctx = _obj(item.get("context"))
-    own = _obj(item.get("traits")) if item.get("type") != "group" else {}
-    traits = {**_obj(ctx.get("traits")), **own}
-    props = _obj(item.get("properties"))
-    device = _obj(ctx.get("device"))
+    ctx = obj(item.get("context"))
+    own = obj(item.get("traits")) if item.get("type") != "group" else {}
+    traits = {**obj(ctx.get("traits")), **own}
+    props = obj(item.get("properties"))
+    device = obj(ctx.get("device"))
     found: set[tuple[str, str]] = set()
     for value in (traits.get("email"), props.get("email")):
         if (e := normal_email(value)) is not None:
@@ -83,8 +79,8 @@ def profile_fingerprints(traits: dict[str, Any]) -> set[tuple[str, str]]:
 
 def touch_of(item: dict[str, Any]) -> tuple[str | None, str | None]:
     """(code, channel) an event carries, if any."""
-    props = _obj(item.get("properties"))
-    page = _obj(_obj(item.get("context")).get("page"))
+    props = obj(item.get("properties"))
+    page = obj(obj(item.get("context")).get("page"))
     code = codes.normalise(props.get("referral_code"))
     if code:
         channel = props.get("referral_channel")

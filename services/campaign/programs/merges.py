@@ -12,13 +12,14 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.campaign.programs import ledger
+from shared.jsonutil import obj
 
 
 def merge_of(item: dict[str, Any]) -> tuple[uuid.UUID, uuid.UUID] | None:
     """(from, into) of a ``merge`` feed item, or None."""
     if item.get("type") != "merge":
         return None
-    props = item.get("properties") if isinstance(item.get("properties"), dict) else {}
+    props = obj(item.get("properties"))
     try:
         old, new = uuid.UUID(str(props.get("merged_profile_id"))), uuid.UUID(str(item["profile_id"]))
     except ValueError:

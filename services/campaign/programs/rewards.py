@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.campaign.journey_def import compare
 from services.campaign.programs import ledger, outbox, tiers
 from services.campaign.programs.config import CouponReward, EventReward, LoyaltyConfig, PointsReward, ReferralConfig
+from shared.jsonutil import obj
 
 GRANTED = "Referral Reward Granted"
 REVERSED = "Referral Reward Reversed"
@@ -56,7 +57,7 @@ async def on_qualifying(session: AsyncSession, cfg: ReferralConfig, loyalty: Loy
         return 0
     if cfg.qualifying.within_days and at > ref["converted_at"] + timedelta(days=cfg.qualifying.within_days):
         return 0
-    props = item.get("properties") if isinstance(item.get("properties"), dict) else {}
+    props = obj(item.get("properties"))
     order_id = str(props["order_id"]) if props.get("order_id") not in (None, "") else None
     status, reason = "rewarded", None
     # what the two accounts told since the signup (an email added at checkout, the app opened on the

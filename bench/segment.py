@@ -185,7 +185,7 @@ async def main() -> None:
     async with scratch_database(need_redis=True) as settings:
         url = settings.database_url or ""
         dsn, kw = asyncpg_dsn(url)
-        engine = create_engine(settings, pool_size=2)
+        engine = create_engine(settings, pool_size=evaluation.EVAL_LANES + 1)
         sm = create_sessionmaker(engine)
         async with sm() as s, s.begin():
             created = await create_workspace(s, "bench")
@@ -206,8 +206,7 @@ async def main() -> None:
         eval_s, changes = 0.0, 0
         if not args.skip_full:
             t = time.perf_counter()
-            async with sm() as s:
-                changes = await evaluation.evaluate_fully(s, ws, {uuid.UUID(i) for i in ids})
+            changes = await evaluation.evaluate_fully(sm, ws, {uuid.UUID(i) for i in ids})
             eval_s = time.perf_counter() - t
         await engine.dispose()
         lat = await latency(settings, ws, created.write_key, args.rate, args.seconds) if args.seconds else []

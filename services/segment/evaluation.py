@@ -5,6 +5,7 @@ never double-counts; re-evaluation then takes the dirty profiles partition by pa
 (partitioning.py), writing memberships and transitions in the transaction that clears the marks.
 """
 
+import asyncio
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
@@ -16,7 +17,7 @@ from typing import Any
 import orjson
 import structlog
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.segment import attributes, conditions, partitioning
 from services.segment import lifecycle as lifecycle_mod
@@ -587,33 +588,53 @@ async def known_profiles(session: AsyncSession, ws: uuid.UUID, after: uuid.UUID 
 
 
 EVAL_CHUNK = 1000
+EVAL_LANES = 2
 
 
-async def evaluate_fully(session: AsyncSession, ws: uuid.UUID, segment_ids: set[uuid.UUID], *,
-                         today: date | None = None) -> int:
-    """Re-evaluate segments of one workspace over every profile known here, all segments in one pass
-    (each chunk's facts are loaded once), one committed transaction per chunk.
+async def evaluate_all(sessionmaker: async_sessionmaker[AsyncSession], ws: uuid.UUID, *,
+                       segment_ids: set[uuid.UUID] | None, lifecycle: bool | None = None,
+                       today: date | None = None, lanes: int = EVAL_LANES) -> int:
+    """Re-evaluate every profile known in one workspace (``reevaluate``'s choice of segments and stages),
+    one committed transaction per chunk of profiles; returns the transitions written.
 
-    The session must not be in a transaction. Only real membership changes are written, so running it
-    twice, or after a crash, writes nothing twice.
+    Profiles are walked in id order, a page at a time, and each page is split by lock stripe into
+    ``lanes`` groups evaluated concurrently on their own connections: PostgreSQL reads and writes one
+    lane's chunk while Python evaluates another's, and the stripes (hence the locks) of two lanes never
+    overlap. Only real membership changes are written, so running it twice, or after a crash, writes
+    nothing twice.
     """
     changes = 0
     after: uuid.UUID | None = None
+
+    async def lane(pids: list[uuid.UUID]) -> int:
+        async with sessionmaker() as session, session.begin():
+            return await reevaluate(session, ws, pids, today=today, segment_ids=segment_ids, lifecycle=lifecycle)
+
     while True:
-        async with session.begin():
-            pids = await known_profiles(session, ws, after, EVAL_CHUNK)
-            changes += await reevaluate(session, ws, pids, today=today, segment_ids=segment_ids)
-        if len(pids) < EVAL_CHUNK:
+        async with sessionmaker() as session, session.begin():
+            page = await known_profiles(session, ws, after, EVAL_CHUNK * lanes)
+        groups: list[list[uuid.UUID]] = [[] for _ in range(lanes)]
+        for pid in page:
+            groups[partitioning.slot_of(pid) % partitioning.LOCK_STRIPES % lanes].append(pid)
+        changes += sum(await asyncio.gather(*(lane(g) for g in groups if g)))
+        if len(page) < EVAL_CHUNK * lanes:
             return changes
-        after = pids[-1]
+        after = page[-1]
 
 
-async def recheck_windows(session: AsyncSession, today: date | None = None) -> int:
+async def evaluate_fully(sessionmaker: async_sessionmaker[AsyncSession], ws: uuid.UUID,
+                         segment_ids: set[uuid.UUID], *, today: date | None = None) -> int:
+    """Evaluate segments of one workspace (and the segments that read them) over every known profile,
+    all of them in one pass: each chunk's facts are loaded once."""
+    return await evaluate_all(sessionmaker, ws, segment_ids=segment_ids, today=today)
+
+
+async def recheck_windows(sessionmaker: async_sessionmaker[AsyncSession], today: date | None = None) -> int:
     """Time passes: segments with ``within_days`` windows are re-evaluated once per (UTC) day, so a
     user who goes quiet leaves "active in the last 30 days" without sending any event."""
     today = today or datetime.now(UTC).date()
     changes = 0
-    async with session.begin():
+    async with sessionmaker() as session, session.begin():
         due = (await session.execute(
             text("select id, workspace_id, definition from segment.segments "
                  "where windows_checked_on is null or windows_checked_on < :today order by id"),
@@ -624,23 +645,23 @@ async def recheck_windows(session: AsyncSession, today: date | None = None) -> i
         if conditions.has_window(conditions.parse(definition)):
             windowed[ws].add(sid)
     for ws, sids in windowed.items():
-        changes += await evaluate_fully(session, ws, sids, today=today)
+        changes += await evaluate_fully(sessionmaker, ws, sids, today=today)
     if due:
-        async with session.begin():
+        async with sessionmaker() as session, session.begin():
             await session.execute(text("update segment.segments set windows_checked_on = :today "
                                        "where id = any(CAST(:ids AS uuid[]))"),
                                   {"today": today, "ids": [d[0] for d in due]})
-    changes += await recheck_lifecycle(session, today)
+    changes += await recheck_lifecycle(sessionmaker, today)
     if changes:
         log.info("segment.windows_rechecked", segments=len(due), changes=changes)
     return changes
 
 
-async def recheck_lifecycle(session: AsyncSession, today: date) -> int:
+async def recheck_lifecycle(sessionmaker: async_sessionmaker[AsyncSession], today: date) -> int:
     """Once a day per workspace, every known profile's stage is recomputed: time alone moves people
     to at-risk and churned."""
     changes = 0
-    async with session.begin():
+    async with sessionmaker() as session, session.begin():
         due = (await session.execute(
             text("select distinct s.workspace_id from segment.profile_stats s "
                  "left join segment.workspace_checks c on c.workspace_id = s.workspace_id "
@@ -648,15 +669,8 @@ async def recheck_lifecycle(session: AsyncSession, today: date) -> int:
             {"today": today},
         )).scalars().all()
     for ws in due:
-        after: uuid.UUID | None = None
-        while True:
-            async with session.begin():
-                pids = await known_profiles(session, ws, after, EVAL_CHUNK)
-                changes += await reevaluate(session, ws, pids, today=today, segment_ids=set(), lifecycle=True)
-            if len(pids) < EVAL_CHUNK:
-                break
-            after = pids[-1]
-        async with session.begin():
+        changes += await evaluate_all(sessionmaker, ws, segment_ids=set(), lifecycle=True, today=today)
+        async with sessionmaker() as session, session.begin():
             await session.execute(text(
                 "insert into segment.workspace_checks (workspace_id, lifecycle_checked_on) values (:ws, :today) "
                 "on conflict (workspace_id) do update set lifecycle_checked_on = excluded.lifecycle_checked_on"),

@@ -37,9 +37,9 @@ async def on_events(ctx: JobCtx) -> int:
     return total
 
 
-async def _evaluate_workspace(session: Any, ws: uuid.UUID, versions: dict[uuid.UUID, int]) -> int:
-    changes = await evaluation.evaluate_fully(session, ws, set(versions))
-    async with session.begin():
+async def _evaluate_workspace(sessionmaker: Any, ws: uuid.UUID, versions: dict[uuid.UUID, int]) -> int:
+    changes = await evaluation.evaluate_fully(sessionmaker, ws, set(versions))
+    async with sessionmaker() as session, session.begin():
         for sid, version in versions.items():
             await session.execute(text("update segment.segments set evaluated_version = :v "
                                        "where id = :id and evaluated_version < :v"), {"id": sid, "v": version})
@@ -49,8 +49,7 @@ async def _evaluate_workspace(session: Any, ws: uuid.UUID, versions: dict[uuid.U
 
 async def recheck_windows(ctx: JobCtx) -> int:
     """Hourly (and at start-up): windowed segments re-checked once per day as time passes."""
-    async with ctx["sessionmaker"]() as session:
-        changes = await evaluation.recheck_windows(session)
+    changes = await evaluation.recheck_windows(ctx["sessionmaker"])
     if changes:
         await wake(ctx["redis"], ctx["settings"], "campaign", "on_transitions")
     return changes
@@ -64,19 +63,18 @@ async def evaluate_segments(ctx: JobCtx) -> int:
     transitions because only real membership changes are written.
     """
     changes = 0
-    async with ctx["sessionmaker"]() as session:
-        while True:
-            async with session.begin():
-                pending = (await session.execute(text(
-                    "select id, workspace_id, version from segment.segments where evaluated_version < version "
-                    "order by updated_at limit 20"))).all()
-            if not pending or stopping(ctx):
-                break
-            by_ws: dict[uuid.UUID, dict[uuid.UUID, int]] = {}
-            for sid, ws, version in pending:
-                by_ws.setdefault(ws, {})[sid] = version
-            for ws, versions in by_ws.items():
-                changes += await _evaluate_workspace(session, ws, versions)
+    while True:
+        async with ctx["sessionmaker"]() as session, session.begin():
+            pending = (await session.execute(text(
+                "select id, workspace_id, version from segment.segments where evaluated_version < version "
+                "order by updated_at limit 20"))).all()
+        if not pending or stopping(ctx):
+            break
+        by_ws: dict[uuid.UUID, dict[uuid.UUID, int]] = {}
+        for sid, ws, version in pending:
+            by_ws.setdefault(ws, {})[sid] = version
+        for ws, versions in by_ws.items():
+            changes += await _evaluate_workspace(ctx["sessionmaker"], ws, versions)
     if changes:
         await wake(ctx["redis"], ctx["settings"], "campaign", "on_transitions")
     return changes

@@ -35,8 +35,7 @@ class Ctx:
         r = await self.seg.post("/v1/segments", headers=self.h, json={"name": uuid.uuid4().hex, "definition": definition})
         assert r.status_code == 201, r.text
         sid = r.json()["id"]
-        async with self.sm() as s:
-            await evaluation.evaluate_fully(s, self.ws, {uuid.UUID(sid)})
+        await evaluation.evaluate_fully(self.sm, self.ws, {uuid.UUID(sid)})
         return sid
 
     async def members(self, sid: str) -> set[str]:
@@ -163,8 +162,7 @@ async def test_stage_and_segment_of_segment_follow_their_sources(ctx) -> None:
     r = await ctx.seg.put(f"/v1/segments/{buyers}", headers=ctx.h,
                           json={"definition": {"type": "performed", "event": "Page Viewed"}})
     assert r.status_code == 200
-    async with ctx.sm() as s:
-        await evaluation.evaluate_fully(s, ws, {uuid.UUID(buyers)})
+    await evaluation.evaluate_fully(ctx.sm, ws, {uuid.UUID(buyers)})
     assert await ctx.members(buyers) == {str(b)} and await ctx.members(nested) == {str(b)}
     # a cycle, or a segment that does not exist, is refused with the reason
     r = await ctx.seg.put(f"/v1/segments/{buyers}", headers=ctx.h,

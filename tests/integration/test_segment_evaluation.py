@@ -102,12 +102,10 @@ async def test_quiet_users_leave_windowed_segments_as_time_passes(apps, workspac
         return [m["profile_id"] for m in page["members"]]
 
     assert await members(active) == [str(user)] and await members(lapsed) == []
-    async with sessionmaker() as s:
-        await evaluation.recheck_windows(s, today + timedelta(days=6))  # still inside the window
+    await evaluation.recheck_windows(sessionmaker, today + timedelta(days=6))  # still inside the window
     assert await members(active) == [str(user)]
-    async with sessionmaker() as s:
-        assert await evaluation.recheck_windows(s, today + timedelta(days=7)) >= 2  # no new event
-        assert await evaluation.recheck_windows(s, today + timedelta(days=7)) == 0  # once per day
+    assert await evaluation.recheck_windows(sessionmaker, today + timedelta(days=7)) >= 2  # no new event
+    assert await evaluation.recheck_windows(sessionmaker, today + timedelta(days=7)) == 0  # once per day
     assert await members(active) == [] and await members(lapsed) == [str(user)]
 
 
@@ -167,11 +165,9 @@ async def test_lifecycle_stages_move_with_events_and_with_time(apps, workspace, 
     await feed(*[_event(ws, user, type="track", event="Order Completed", properties={"revenue": 5})
                  for _ in range(2)])
     assert await stage() == "loyal"
-    async with sessionmaker() as s:  # time passes with no event
-        await evaluation.recheck_lifecycle(s, today + timedelta(days=31))
+    await evaluation.recheck_lifecycle(sessionmaker, today + timedelta(days=31))  # time passes with no event
     assert await stage() == "at_risk"
-    async with sessionmaker() as s:
-        await evaluation.recheck_lifecycle(s, today + timedelta(days=91))
+    await evaluation.recheck_lifecycle(sessionmaker, today + timedelta(days=91))
     assert await stage() == "churned"
     await feed(_event(ws, user, type="track", event="App Opened"))  # they come back
     assert await stage() == "reactivated"

@@ -52,6 +52,13 @@ def spawn(env: dict[str, str], commands: Iterable[tuple[str, str]]) -> list[subp
             for cmd in commands]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (Linux ``/proc``): a figure the shared box's noise
+    barely moves, unlike wall time."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in procs:
         p.terminate()
@@ -91,6 +98,14 @@ class Bench:
     urls: dict[str, str]
     box: TimedMailbox
     smtp_port: int
+    processes: list[tuple[str, subprocess.Popen[bytes]]]  # ("serve delivery", process), ...
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far, summed per command."""
+        out: dict[str, float] = {}
+        for name, p in self.processes:
+            out[name] = out.get(name, 0.0) + cpu_seconds(p.pid)
+        return out
 
 
 @contextlib.asynccontextmanager
@@ -111,7 +126,8 @@ async def bench_services(commands: list[tuple[str, str]]) -> AsyncIterator[Bench
             procs = spawn(env, commands)
             async with httpx.AsyncClient(timeout=10) as c:
                 await wait_ready(c, [urls(env)[service] for verb, service in commands if verb == "serve"])
-            yield Bench(settings, ws, urls(env), box, smtp_port)
+            yield Bench(settings, ws, urls(env), box, smtp_port,
+                        [(" ".join(cmd), p) for cmd, p in zip(commands, procs, strict=True)])
     finally:
         stop(procs)
         controller.stop()

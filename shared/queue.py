@@ -139,7 +139,9 @@ def worker_options(
         ctx["service"] = service
         ctx["stopping"] = asyncio.Event()
         metrics.serve_worker_metrics(settings.host, settings.worker_metrics_port)
-        ctx["engine"] = create_engine(settings, application_name=f"tenure-{service}-worker", pool_size=5)
+        # as large as an API's: delivery sends with ten concurrent senders, and a pool smaller than that
+        # opened and closed an overflow connection for nearly every message
+        ctx["engine"] = create_engine(settings, application_name=f"tenure-{service}-worker")
         ctx["sessionmaker"] = create_sessionmaker(ctx["engine"])
         ctx["http"] = make_http_client(settings)
         ctx["internal"] = InternalClient(settings, ctx["http"])

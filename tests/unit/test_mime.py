@@ -1,0 +1,71 @@
+"""MIME building: whatever the content, a receiver parsing the message gets back exactly what was sent."""
+
+import email
+import email.policy
+import re
+
+import pytest
+from aiosmtplib.email import flatten_message as flatten  # what aiosmtplib puts on the wire
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.delivery.mailer import Email, build_mime
+
+_LINE = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=120)
+_BODY = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\x00"), max_size=400)
+
+
+def _wire(mail: Email) -> bytes:
+    """What aiosmtplib puts on the wire (line ends as CRLF)."""
+    mime = build_mime(mail)
+    return re.sub(rb"\r?\n", b"\r\n", mime) if isinstance(mime, bytes) else flatten(mime, utf8=True)
+
+
+def _parsed(mail: Email) -> email.message.EmailMessage:
+    return email.message_from_string(_wire(mail).decode(), policy=email.policy.default)  # type: ignore[return-value]
+
+
+def _mail(**kw: object) -> Email:
+    base = {"message_id": "5f0c4a52-8a0e-4a7b-9c1e-3a1d2b3c4d5e", "sender": "Tenure <hello@tenure.example>",
+            "to": "ada@example.com", "subject": "Hi", "html": "<p>Hi</p>", "text": "Hi",
+            "headers": (("List-Unsubscribe", f"<https://t.example/u/{'x' * 120}>"),
+                        ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))}
+    return Email(**{**base, **kw})  # type: ignore[arg-type]
+
+
+@settings(max_examples=200, deadline=None)
+@given(subject=_LINE, name=_LINE, text=_BODY, html=_BODY)
+def test_any_content_round_trips(subject: str, name: str, text: str, html: str) -> None:
+    sender = f'"{name.replace(chr(34), "").replace(chr(92), "")}" <news@tenure.example>'
+    msg = _parsed(_mail(subject=subject, sender=sender, text=text or None, html=html or None))
+    assert msg["Subject"] == subject
+    assert msg["From"].addresses[0].addr_spec == "news@tenure.example"
+    assert msg["Message-ID"] == "<5f0c4a52-8a0e-4a7b-9c1e-3a1d2b3c4d5e@tenure.example>"
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert msg["List-Unsubscribe"] == f"<https://t.example/u/{'x' * 120}>"  # one URL, never folded or encoded
+    assert b"List-Unsubscribe: <https://" in _wire(_mail())
+    assert max(len(line) for line in _wire(_mail(subject=subject, text=text, html=html)).split(b"\r\n")) <= 998
+    for subtype, sent in (("plain", text), ("html", html)):
+        body = msg.get_body((subtype,))
+        if sent:
+            assert body is not None
+            assert body.get_content().replace("\r\n", "\n").rstrip("\n") == sent.rstrip("\n")
+
+
+def test_both_parts_make_one_multipart_alternative() -> None:
+    msg = _parsed(_mail(subject="Reçu ✓", text="Merci é", html="<p>Merci é</p>"))
+    assert msg.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+    assert all(p["Content-Transfer-Encoding"] == "quoted-printable" for p in msg.iter_parts())
+    assert msg["Subject"] == "Reçu ✓"
+
+
+def test_an_internationalized_address_keeps_utf8_headers() -> None:
+    msg = _parsed(_mail(to="jürgen@exämple.de"))  # SMTPUTF8: raw UTF-8 headers
+    assert msg["To"].addresses[0].addr_spec == "jürgen@exämple.de"
+
+
+@pytest.mark.parametrize("field", ["subject", "to"])
+def test_a_line_break_in_a_header_is_refused(field: str) -> None:
+    with pytest.raises(ValueError, match="linefeed or carriage return"):
+        build_mime(_mail(**{field: "x@example.com\r\nBcc: all@example.com"}))

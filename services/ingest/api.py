@@ -159,6 +159,9 @@ def _single(kind: str, model: type, summary: str) -> None:
         f"/{kind}", handler, methods=["POST"], response_model=TrackResponse, summary=summary,
         operation_id=kind, responses=_TRACK_ERRORS, openapi_extra=_body_doc(model),
     )
+    # analytics.js (analytics-next) posts each call to the type's first letter: /v1/t, /v1/i, /v1/p, /v1/s, ...
+    tracking_router.add_api_route(f"/{kind[0]}", handler, methods=["POST"], response_model=TrackResponse,
+                                  include_in_schema=False)
 
 
 _single("track", TrackMessage, "Record an action a user performed")
@@ -190,6 +193,8 @@ for _path, _op in (("/batch", "batch"), ("/import", "import_batch")):
         summary="Record many messages at once (what analytics SDKs send)", responses=_TRACK_ERRORS,
         openapi_extra=_body_doc(BatchRequest),
     )
+# analytics-next in batching mode, analytics-swift and analytics-kotlin post batches to {apiHost}/b
+tracking_router.add_api_route("/b", _batch, methods=["POST"], response_model=TrackResponse, include_in_schema=False)
 
 
 @feed_router.get(

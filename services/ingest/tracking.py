@@ -73,12 +73,18 @@ def corrected_timestamp(
     """Event time with the client's clock skew removed (Segment spec, ``common.md``).
 
     ``timestamp = receivedAt - (sentAt - originalTimestamp)``; the client's own idea of "when" is
-    ``originalTimestamp`` or, from server libraries, ``timestamp``. Without ``sentAt`` the skew is
+    ``originalTimestamp`` or, from Segment's libraries, ``timestamp``. Without ``sentAt`` the skew is
     unknown and the client's time is kept; without any client time, the event happened on receipt.
+    A message with both was given its ``timestamp`` by the caller (RudderStack's SDKs stamp
+    ``originalTimestamp`` themselves and pass a backdated ``timestamp`` through): that time is kept as
+    sent, as RudderStack's own server does.
     """
     received = _utc(received_at)
     assert received is not None
     try:
+        explicit = _utc(timestamp) if original_timestamp is not None else None
+        if explicit is not None:
+            return explicit
         original = _utc(original_timestamp) or _utc(timestamp)
         sent = _utc(sent_at)
     except OverflowError:  # an offset pushes the client's time past year 9999 or before year 1

@@ -24,7 +24,7 @@ from services.ingest.schemas import (
     TrackMessage,
 )
 from shared import traits as trait_merge
-from shared.jsonutil import dumps
+from shared.jsonutil import dumps, obj
 
 Message = TrackMessage | IdentifyMessage | PageMessage | ScreenMessage | GroupMessage | AliasMessage
 
@@ -110,7 +110,8 @@ def normalize(msg: Message, received_at: datetime, *, batch_sent_at: datetime | 
     if isinstance(msg, TrackMessage):
         event, props = msg.event, msg.properties
     elif isinstance(msg, IdentifyMessage):
-        traits = msg.traits
+        # RudderStack's SDKs send identify traits in context.traits only (Segment's, at the top level)
+        traits = {**obj(context.get("traits")), **msg.traits}
     elif isinstance(msg, GroupMessage):
         traits, group_id, props = msg.traits, msg.group_id, {"groupId": msg.group_id}
     elif isinstance(msg, AliasMessage):

@@ -42,13 +42,14 @@ async def _replay(client: httpx.AsyncClient, req: dict[str, Any], write_key: str
     basic = base64.b64encode(f"{write_key}:".encode()).decode()
     headers = {k: v.replace("{{BASIC}}", basic).replace("{{WRITE_KEY}}", write_key)
                for k, v in req["headers"].items()}
-    if req["method"] == "OPTIONS":
-        return await client.options(req["path"], headers=headers)
+    path = req["path"].replace("{{WRITE_KEY}}", write_key)
+    if req["method"] in ("OPTIONS", "GET"):
+        return await client.request(req["method"], path, headers=headers)
     data = req["body"].replace("{{WRITE_KEY}}", write_key).encode()
     if req.get("gzip"):
         data = gzip.compress(data)
     content: bytes | AsyncIterator[bytes] = _chunks(data) if req.get("chunked") else data
-    return await client.post(req["path"], headers=headers, content=content)
+    return await client.post(path, headers=headers, content=content)
 
 
 def _check_cors(req: dict[str, Any], resp: httpx.Response) -> None:
@@ -73,6 +74,10 @@ async def test_sdk_requests_are_stored(name: str, ingest_url: str, workspace) ->
             resp = await _replay(client, req, workspace.write_key)
             assert resp.status_code < 300, f"{req['method']} {req['path']}: {resp.status_code} {resp.text}"
             _check_cors(req, resp)
+            if req["method"] == "GET":  # the SDK settings: events must come back to this server
+                segment_io = resp.json()["integrations"]["Segment.io"]
+                assert segment_io["apiKey"] == workspace.write_key
+                assert segment_io["apiHost"] == f"{ingest_url.removeprefix('http://')}/v1"
 
         stored: dict[str, dict[str, Any]] = {}
         for ref in {e["ref"] for e in fixture["expect"]["events"]}:
@@ -102,3 +107,26 @@ async def test_sdk_requests_are_stored(name: str, ingest_url: str, workspace) ->
         assert profile["traits"].items() >= profile_want.get("traits", {}).items()
         assert set(profile["anonymous_ids"]) >= set(profile_want.get("anonymous_ids", []))
         assert {g["group_id"] for g in profile["groups"]} >= set(profile_want.get("groups", []))
+
+
+async def test_sdk_settings_are_only_for_write_keys(ingest_url: str, workspace) -> None:
+    async with httpx.AsyncClient(base_url=ingest_url) as client:
+        for key in ("wk_unknown", workspace.secret_key):
+            r = await client.get(f"/v1/projects/{key}/settings")
+            assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json")
+            assert r.json()["detail"] == "No workspace has this write key"
+        r = await client.get(f"/v1/projects/{workspace.write_key}/settings")
+        assert r.headers["cache-control"] == "no-store"  # derived from Host: no shared cache may keep it
+        assert r.json()["integrations"]["Segment.io"]["protocol"] == "http"  # loopback, plain HTTP: a dev server
+        assert r.json()["metrics"]["sampleRate"] == 0
+
+
+async def test_sdk_settings_name_the_public_url_when_one_is_set(settings, workspace) -> None:
+    public = settings.model_copy(update={"ingest_public_url": "https://t.example.com/tenure/"})
+    with http_server(create_app(public)) as port:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            r = await client.get(f"/v1/projects/{workspace.write_key}/settings")
+    assert r.status_code == 200 and r.headers["cache-control"] == "public, max-age=300"
+    segment_io = r.json()["integrations"]["Segment.io"]
+    assert segment_io["apiHost"] == "t.example.com/tenure/v1"
+    assert "protocol" not in segment_io  # https, the SDKs' default (Swift and Kotlin know no other)

@@ -21,8 +21,13 @@ def api_host_of(public_url: str) -> tuple[str, str]:
 
 
 def settings_for(write_key: str, api_host: str, protocol: str | None) -> dict[str, Any]:
-    segment_io: dict[str, Any] = {"apiKey": write_key, "apiHost": api_host, "unbundledIntegrations": [],
-                                  "addBundledMetadata": True, "maybeBundledConfigIds": {}}
+    segment_io: dict[str, Any] = {
+        "apiKey": write_key, "apiHost": api_host, "unbundledIntegrations": [], "addBundledMetadata": True,
+        "maybeBundledConfigIds": {},
+        # switches on the SDKs' status-code policy (4xx other than 408/410/429/460 drop the batch): without it
+        # analytics-swift drops a batch only on 400 and would retry one answered 413 or 422 at every flush
+        "httpConfig": {"rateLimitConfig": {"enabled": True}, "backoffConfig": {"enabled": True}},
+    }
     if protocol and protocol != "https":  # the SDKs' default; Swift and Kotlin only speak https
         segment_io["protocol"] = protocol
     enabled = {"__default": {"enabled": True, "integrations": {}}}

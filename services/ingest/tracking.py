@@ -25,6 +25,7 @@ from services.ingest.schemas import (
 )
 from shared import traits as trait_merge
 from shared.jsonutil import dumps, obj
+from shared.validation import is_time_zone
 
 Message = TrackMessage | IdentifyMessage | PageMessage | ScreenMessage | GroupMessage | AliasMessage
 
@@ -166,7 +167,7 @@ def context_traits(env: Envelope) -> dict[str, Any]:
     tz = env.context.get("timezone")
     if isinstance(locale, str) and locale:
         out["locale"] = locale
-    if isinstance(tz, str) and tz:
+    if isinstance(tz, str) and tz and is_time_zone(tz):  # RudderStack's browser SDK sends "GMT+0100": no zone
         out["timezone"] = tz
     return out
 

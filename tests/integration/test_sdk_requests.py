@@ -105,6 +105,7 @@ async def test_sdk_requests_are_stored(name: str, ingest_url: str, workspace) ->
         assert r.status_code == 200, r.text
         profile = r.json()
         assert profile["traits"].items() >= profile_want.get("traits", {}).items()
+        assert not set(profile["traits"]) & set(profile_want.get("absent_traits", []))
         assert set(profile["anonymous_ids"]) >= set(profile_want.get("anonymous_ids", []))
         assert {g["group_id"] for g in profile["groups"]} >= set(profile_want.get("groups", []))
 

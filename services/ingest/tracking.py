@@ -117,8 +117,10 @@ def normalize(msg: Message, received_at: datetime, *, batch_sent_at: datetime | 
         traits, group_id, props = msg.traits, msg.group_id, {"groupId": msg.group_id}
     elif isinstance(msg, AliasMessage):
         previous_id, props = msg.previous_id, {"previousId": msg.previous_id}
-    else:
+    else:  # page, screen: a top-level category (RudderStack's and Segment's server SDKs) joins the properties
         event, props = msg.name, msg.properties
+        if isinstance(msg.category, str) and msg.category and "category" not in props:
+            props = {**props, "category": msg.category}
     return Envelope(
         message_id=msg.message_id or str(uuid.uuid4()),
         type=msg.type,

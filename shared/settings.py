@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     dev_inbox: bool = Field(default=True, description="`tenure dev` runs a local SMTP sink and web inbox")
     dev_demo: bool = Field(default=True, description="`tenure dev` creates a demo workspace on first start")
 
+    ingest_public_url: str | None = Field(
+        default=None, description="where SDKs reach ingest (e.g. https://t.example.com): the apiHost handed out by "
+                                  "/v1/projects/{writeKey}/settings (default: the host the request came to)")
     ingest_rate_limit_per_s: int = Field(
         default=1000, description="tracking requests per second per workspace (0 = unlimited); over it: 429"
     )

@@ -9,10 +9,10 @@ from typing import Annotated, Any
 
 import orjson
 import structlog
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import TypeAdapter, ValidationError
 
-from services.ingest import eventlog, privacy, profiles, tracking
+from services.ingest import eventlog, privacy, profiles, sdk_settings, tracking
 from services.ingest.schemas import (
     AliasMessage,
     BatchItem,
@@ -37,7 +37,15 @@ from services.ingest.schemas import (
 )
 from shared.auth import InternalDep, WorkspaceDep, credentials_from_header, principal_for
 from shared.db import AfterDep, SessionDep
-from shared.errors import COMMON_ERRORS, BadRequest, PayloadTooLarge, ValidationFailed, problem_schema
+from shared.errors import (
+    COMMON_ERRORS,
+    AppError,
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    ValidationFailed,
+    problem_schema,
+)
 from shared.feed import Cursor, backlog
 from shared.jsonutil import dumps_bytes
 from shared.ratelimit import check_rate
@@ -159,6 +167,9 @@ def _single(kind: str, model: type, summary: str) -> None:
         f"/{kind}", handler, methods=["POST"], response_model=TrackResponse, summary=summary,
         operation_id=kind, responses=_TRACK_ERRORS, openapi_extra=_body_doc(model),
     )
+    # analytics.js (analytics-next) posts each call to the type's first letter: /v1/t, /v1/i, /v1/p, /v1/s, ...
+    tracking_router.add_api_route(f"/{kind[0]}", handler, methods=["POST"], response_model=TrackResponse,
+                                  include_in_schema=False)
 
 
 _single("track", TrackMessage, "Record an action a user performed")
@@ -190,6 +201,36 @@ for _path, _op in (("/batch", "batch"), ("/import", "import_batch")):
         summary="Record many messages at once (what analytics SDKs send)", responses=_TRACK_ERRORS,
         openapi_extra=_body_doc(BatchRequest),
     )
+# analytics-next in batching mode, analytics-swift and analytics-kotlin post batches to {apiHost}/b
+tracking_router.add_api_route("/b", _batch, methods=["POST"], response_model=TrackResponse, include_in_schema=False)
+
+
+@tracking_router.get(
+    "/projects/{write_key}/settings",
+    operation_id="sdk_settings",
+    summary="The settings Segment's client SDKs load at start (point their CDN host here)",
+    description=("What Segment's CDN serves to analytics.js (`cdnURL`), analytics-swift and analytics-kotlin "
+                 "(`cdnHost`): the `apiHost` to send events to (`TENURE_INGEST_PUBLIC_URL`, else this request's host) "
+                 "and the SDKs' own telemetry switched off."),
+    responses={404: problem_schema("No workspace has this write key")},
+    openapi_extra={"security": []},  # the write key is in the path, as in Segment's CDN URL
+)
+async def get_sdk_settings(
+    write_key: Annotated[str, Path(max_length=512)], request: Request, response: Response
+) -> dict[str, Any]:
+    try:
+        await principal_for(request, write_key, {"write"})
+    except AppError:  # unknown, revoked or not a write key: the URL is public, say no more
+        raise NotFound("No workspace has this write key") from None
+    settings: Settings = request.app.state.settings
+    if settings.ingest_public_url:
+        api_host, protocol = sdk_settings.api_host_of(settings.ingest_public_url)
+        response.headers["Cache-Control"] = "public, max-age=300"
+    else:  # taken from the request: not for shared caches, whose key ignores Host
+        api_host = f"{request.url.netloc}{request.scope.get('root_path', '')}/v1"
+        protocol = "http" if request.url.scheme == "http" and request.url.hostname in sdk_settings.LOOPBACK else None
+        response.headers["Cache-Control"] = "no-store"
+    return sdk_settings.settings_for(write_key, api_host, protocol)
 
 
 @feed_router.get(

@@ -32,8 +32,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "ingest", settings or Settings(), routers=[tracking_router, feed_router, profiles_router, privacy_router],
         description=DESCRIPTION, extend=_committer,
     )
-    # browsers send tracking calls straight from web pages (analytics.js); write keys are public
-    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["POST", "OPTIONS"],
-                       allow_headers=["Authorization", "Content-Type", "Content-Encoding", "X-Request-ID"],
-                       max_age=86400)
+    # Browsers send tracking calls straight from web pages (analytics.js); write keys are public and no cookie
+    # is read, so any origin and any request header may pass the preflight: SDKs add their own headers
+    # (analytics-next X-Retry-Count on retries, RudderStack's AnonymousId, headers set in deliveryStrategy).
+    # Retry-After is exposed so that a page's SDK can honour a 429 (CORS hides it from scripts otherwise).
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["POST", "OPTIONS"], allow_headers=["*"],
+                       expose_headers=["Retry-After", "X-RateLimit-Reset"], max_age=86400)
     return app

@@ -77,12 +77,14 @@ class IdentifyMessage(_Message):
 class PageMessage(_Message):
     type: Literal["page"] = "page"
     name: str | None = None
+    category: Any = Field(default=None, description="kept as `properties.category` when that is unset")
     properties: dict[str, Any] = Field(default_factory=dict)
 
 
 class ScreenMessage(_Message):
     type: Literal["screen"] = "screen"
     name: str | None = None
+    category: Any = Field(default=None, description="kept as `properties.category` when that is unset")
     properties: dict[str, Any] = Field(default_factory=dict)
 
 

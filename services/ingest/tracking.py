@@ -24,7 +24,8 @@ from services.ingest.schemas import (
     TrackMessage,
 )
 from shared import traits as trait_merge
-from shared.jsonutil import dumps
+from shared.jsonutil import dumps, obj
+from shared.validation import is_time_zone
 
 Message = TrackMessage | IdentifyMessage | PageMessage | ScreenMessage | GroupMessage | AliasMessage
 
@@ -73,12 +74,18 @@ def corrected_timestamp(
     """Event time with the client's clock skew removed (Segment spec, ``common.md``).
 
     ``timestamp = receivedAt - (sentAt - originalTimestamp)``; the client's own idea of "when" is
-    ``originalTimestamp`` or, from server libraries, ``timestamp``. Without ``sentAt`` the skew is
+    ``originalTimestamp`` or, from Segment's libraries, ``timestamp``. Without ``sentAt`` the skew is
     unknown and the client's time is kept; without any client time, the event happened on receipt.
+    A message with both was given its ``timestamp`` by the caller (RudderStack's SDKs stamp
+    ``originalTimestamp`` themselves and pass a backdated ``timestamp`` through): that time is kept as
+    sent, as RudderStack's own server does.
     """
     received = _utc(received_at)
     assert received is not None
     try:
+        explicit = _utc(timestamp) if original_timestamp is not None else None
+        if explicit is not None:
+            return explicit
         original = _utc(original_timestamp) or _utc(timestamp)
         sent = _utc(sent_at)
     except OverflowError:  # an offset pushes the client's time past year 9999 or before year 1
@@ -104,13 +111,16 @@ def normalize(msg: Message, received_at: datetime, *, batch_sent_at: datetime | 
     if isinstance(msg, TrackMessage):
         event, props = msg.event, msg.properties
     elif isinstance(msg, IdentifyMessage):
-        traits = msg.traits
+        # RudderStack's SDKs send identify traits in context.traits only (Segment's, at the top level)
+        traits = {**obj(context.get("traits")), **msg.traits}
     elif isinstance(msg, GroupMessage):
         traits, group_id, props = msg.traits, msg.group_id, {"groupId": msg.group_id}
     elif isinstance(msg, AliasMessage):
         previous_id, props = msg.previous_id, {"previousId": msg.previous_id}
-    else:
+    else:  # page, screen: a top-level category (RudderStack's and Segment's server SDKs) joins the properties
         event, props = msg.name, msg.properties
+        if isinstance(msg.category, str) and msg.category and "category" not in props:
+            props = {**props, "category": msg.category}
     return Envelope(
         message_id=msg.message_id or str(uuid.uuid4()),
         type=msg.type,
@@ -159,7 +169,7 @@ def context_traits(env: Envelope) -> dict[str, Any]:
     tz = env.context.get("timezone")
     if isinstance(locale, str) and locale:
         out["locale"] = locale
-    if isinstance(tz, str) and tz:
+    if isinstance(tz, str) and tz and is_time_zone(tz):  # RudderStack's browser SDK sends "GMT+0100": no zone
         out["timezone"] = tz
     return out
 

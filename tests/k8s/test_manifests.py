@@ -341,6 +341,8 @@ def test_the_public_ingress_routes_exactly_deliverys_public_pages(rendered: dict
     assert not any(p.startswith("/v1") for p in prefixes)
     config = next(c for c in prod.of_kind("ConfigMap") if c["metadata"]["name"].startswith("tenure-config-"))
     assert config["data"]["TENURE_DELIVERY_PUBLIC_URL"] == f"https://{links['host']}"
+    (track,) = [rule for rule in public["spec"]["rules"] if rule["host"].startswith("track.")]
+    assert config["data"]["TENURE_INGEST_PUBLIC_URL"] == f"https://{track['host']}"
     services = {s["metadata"]["name"] for s in prod.of_kind("Service")}
     for ingress in prod.of_kind("Ingress"):
         for rule in ingress["spec"]["rules"]:

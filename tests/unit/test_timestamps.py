@@ -44,3 +44,11 @@ def test_offsets_past_the_calendar_fall_back_to_receipt() -> None:
 
     edge = datetime(9999, 12, 31, 23, 0, tzinfo=timezone(timedelta(hours=-5)))
     assert corrected_timestamp(RECEIVED, timestamp=edge, original_timestamp=None, sent_at=None) == RECEIVED
+
+
+def test_a_timestamp_set_beside_original_timestamp_is_the_event_time() -> None:
+    # RudderStack SDKs stamp originalTimestamp at the call and pass a caller's backdated timestamp through
+    backdated = RECEIVED - timedelta(days=7)
+    got = corrected_timestamp(RECEIVED, timestamp=backdated, original_timestamp=RECEIVED - timedelta(seconds=2),
+                              sent_at=RECEIVED - timedelta(seconds=1))
+    assert got == backdated

@@ -6,6 +6,7 @@ Errors are sorted into transient (connection trouble, 4xx replies: try again lat
 
 from dataclasses import dataclass
 from email.message import EmailMessage
+from email.policy import Policy
 from email.utils import formatdate, make_msgid
 
 import aiosmtplib
@@ -35,6 +36,24 @@ class Email:
     headers: tuple[tuple[str, str], ...] = ()
 
 
+class _OneLine(str):
+    """A header written on one line exactly as given. The email package folds a header longer than 78
+    characters, and a URL has no space to fold at, so it turns ``<https://…>`` into RFC 2047 encoded-words
+    (``=?utf-8?q?=3Chttps=3A//…?=``): mailbox providers then find no List-Unsubscribe URL at all (RFC 2369
+    values are URLs in angle brackets, never encoded-words). aiosmtplib flattens with its own SMTP policy,
+    so the header object itself has to refuse the folding (lines stay far below RFC 5322's 998)."""
+
+    name: str
+
+    def __new__(cls, name: str, value: str) -> "_OneLine":
+        header = super().__new__(cls, value)
+        header.name = name
+        return header
+
+    def fold(self, *, policy: Policy) -> str:
+        return f"{self.name}: {self}{policy.linesep}"
+
+
 def message_id_header(message_id: str, sender: str) -> str:
     domain = sender.rpartition("@")[2].strip(">").strip() or "tenure.localhost"
     return f"<{message_id}@{domain}>"
@@ -49,8 +68,8 @@ def build_mime(mail: Email) -> EmailMessage:
     # Stable across retries, so a receiver can tell a re-attempt from a new message.
     msg["Message-ID"] = message_id_header(mail.message_id, mail.sender) if mail.message_id else make_msgid()
     msg["X-Tenure-Message-Id"] = mail.message_id
-    for name, value in mail.headers:
-        msg[name] = value
+    for name, value in mail.headers:  # ours: List-Unsubscribe (RFC 2369 / 8058)
+        msg[name] = _OneLine(name, value)
     if mail.text:
         msg.set_content(mail.text)
         if mail.html:

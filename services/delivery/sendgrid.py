@@ -18,7 +18,7 @@ import httpx
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import load_der_public_key
+from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
 from services.delivery.mailer import Email, SendError, message_id_header
 from shared.settings import Settings
@@ -77,7 +77,8 @@ def valid_event_signature(public_key_b64: str, body: bytes, signature_b64: str |
     except ValueError:
         return False
     try:
-        key = load_der_public_key(base64.b64decode(public_key_b64))
+        key = (load_pem_public_key(public_key_b64.encode()) if "BEGIN PUBLIC KEY" in public_key_b64
+               else load_der_public_key(base64.b64decode(public_key_b64)))  # as SendGrid shows it, or PEM
         assert isinstance(key, ec.EllipticCurvePublicKey)
         key.verify(base64.b64decode(signature_b64), timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
     except (InvalidSignature, ValueError, AssertionError):

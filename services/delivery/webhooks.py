@@ -2,8 +2,10 @@
 SendGrid's Event Webhook (delivered, bounces, spam complaints).
 
 Each request is verified as Twilio documents (``X-Twilio-Signature`` over the URL Twilio called and the
-sorted form parameters, with the auth token) before anything is read from it; an unsigned or wrongly
-signed call is a 403. The URL names the workspace, so one Twilio account can serve several.
+sorted form parameters, with the auth token; see sms.py) before anything is read from it; an unsigned or
+wrongly signed call is a 403. Twilio signs the public URL it was given, which a proxy in front of us may
+rewrite, so the URL checked is ``TENURE_DELIVERY_PUBLIC_URL`` + the path and query as received, never
+the Host header. The URL names the workspace, so one Twilio account can serve several.
 """
 
 import json
@@ -25,13 +27,51 @@ HELP_TEXT = "Reply STOP to unsubscribe, START to subscribe again."
 
 
 async def _verified_form(request: Request) -> dict[str, str]:
+    """The webhook's parameters (form fields, or a JSON object signed through ``bodySHA256``), verified."""
     settings = request.app.state.settings
-    form = {k: str(v) for k, v in (await request.form()).items()}
     url = settings.public_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    token = settings.twilio_auth_token
-    if not token or not sms.valid_signature(token, url, form, request.headers.get("x-twilio-signature")):
-        raise Forbidden("The Twilio signature does not match")
-    return form
+    given = request.headers.get("x-twilio-signature")
+    if not given:
+        raise Forbidden("Missing X-Twilio-Signature header")
+    shared = request.headers.get("x-twilio-webhooks-signature-settings")
+    secret, setting = ((settings.twilio_webhook_shared_key, "TENURE_TWILIO_WEBHOOK_SHARED_KEY") if shared
+                       else (settings.twilio_auth_token, "TENURE_TWILIO_AUTH_TOKEN"))
+    if not secret:
+        raise Forbidden(f"Twilio webhooks cannot be verified: {setting} is not set")
+    algorithm = sms.signature_algorithm(shared)
+    if algorithm not in sms.ALGORITHMS:
+        raise Forbidden(f"Unsupported Twilio signature algorithm {algorithm!r}")
+    if "bodySHA256" in request.query_params:
+        body = await request.body()
+        valid = sms.valid_signature(secret, url, (), given, algorithm, body=body)
+        params = _json_params(body) if valid else {}
+    else:
+        pairs = [(k, v) for k, v in (await request.form()).multi_items() if isinstance(v, str)]
+        valid = sms.valid_signature(secret, url, pairs, given, algorithm)
+        params = dict(pairs)
+    if not valid:
+        raise Forbidden(f"The X-Twilio-Signature does not match a request to {url} with these parameters "
+                        "(TENURE_DELIVERY_PUBLIC_URL must be the base URL Twilio calls)")
+    return params
+
+
+def _json_params(body: bytes) -> dict[str, str]:
+    try:
+        data = json.loads(body)
+        assert isinstance(data, dict)
+    except (ValueError, AssertionError):
+        raise BadRequest("Expected a JSON object") from None
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
+
+
+async def _first_delivery(session: Any, ws: uuid.UUID, provider: str, key: str | None) -> bool:
+    """False when this webhook was acted on before (providers deliver at least once)."""
+    if not key:
+        return True
+    res = await session.execute(text(
+        "insert into delivery.webhook_receipts (workspace_id, provider, event_key) values (:ws, :p, :k) "
+        "on conflict do nothing"), {"ws": ws, "p": provider, "k": key[:200]})
+    return bool(res.rowcount)
 
 
 def _twiml(message: str | None = None) -> Response:
@@ -67,12 +107,19 @@ async def twilio_status(workspace_id: uuid.UUID, request: Request, session: Sess
              summary="Twilio inbound SMS (signed): STOP opts out, START opts in, HELP answers")
 async def twilio_inbound(workspace_id: uuid.UUID, request: Request, session: SessionDep) -> Response:
     form = await _verified_form(request)
-    number, word = form.get("From", ""), sms.keyword(form.get("Body", ""))
+    # with Advanced Opt-Out Twilio classifies the reply itself (its own and custom, localised keywords)
+    word = {"STOP": "stop", "START": "start", "HELP": "help"}.get(form.get("OptOutType", "").upper()) \
+        or sms.keyword(form.get("Body", ""))
+    number = form.get("From", "")
+    key = form.get("MessageSid") or form.get("SmsSid") or request.headers.get("i-twilio-idempotency-token")
     async with session.begin():
-        if word == "stop":
-            await consent.suppress(session, workspace_id, "sms", number, "unsubscribed", "sms_keyword")
-        elif word == "start":
-            await consent.unsuppress(session, workspace_id, "sms", number, "sms_keyword", only_unsubscribed=True)
+        # a retried copy of a message already handled changes nothing: a later opposite keyword must stand
+        if word in ("stop", "start") and await _first_delivery(session, workspace_id, "twilio", key):
+            if word == "stop":
+                await consent.suppress(session, workspace_id, "sms", number, "unsubscribed", "sms_keyword")
+            else:
+                await consent.unsuppress(session, workspace_id, "sms", number, "sms_keyword",
+                                         only_unsubscribed=True)
     return _twiml(HELP_TEXT if word == "help" else None)
 
 

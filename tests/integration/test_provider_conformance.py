@@ -29,6 +29,7 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
+from services.delivery import sendgrid as our_sendgrid
 from services.delivery import sending, sms
 from services.delivery.app import create_app
 from services.delivery.mailer import SendError
@@ -307,6 +308,11 @@ async def test_sendgrid_event_webhook_as_sendgrid_signs_it(apps, workspace, sett
     helper = EventWebhook(public)
     assert helper.verify_signature(raw.decode(), headers["X-Twilio-Email-Event-Webhook-Signature"],
                                    headers["X-Twilio-Email-Event-Webhook-Timestamp"])
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    for configured in (public, pem):  # the key as SendGrid shows it, or as PEM
+        assert our_sendgrid.valid_event_signature(configured, raw, headers["X-Twilio-Email-Event-Webhook-Signature"],
+                                              headers["X-Twilio-Email-Event-Webhook-Timestamp"])
     with delivery_over_http(settings.model_copy(update={"sendgrid_webhook_public_key": public})) as base:
         async with httpx.AsyncClient(base_url=base) as http:
             assert_problem(await http.post(path, content=raw, headers={"Content-Type": "application/json"}), 403,

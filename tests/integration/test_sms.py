@@ -63,7 +63,8 @@ async def test_sms_outcomes_and_signed_webhooks(apps, workspace, sessionmaker, s
     ws = workspace.workspace_id
     sms_settings = settings.model_copy(update={"twilio_account_sid": SID, "twilio_auth_token": TOKEN,
                                                "twilio_from": "+14155550199",
-                                               "twilio_base_url": f"http://127.0.0.1:{twilio.port}"})
+                                               "twilio_base_url": f"http://127.0.0.1:{twilio.port}",
+                                               "delivery_public_url": "https://hooks.example.test"})
     delivery_app = apps["delivery"]._transport.app  # type: ignore[attr-defined]
     delivery_app.state.settings = sms_settings  # the webhooks verify with this auth token
     tag = uuid.uuid4().hex[:6]

@@ -129,9 +129,12 @@ async def sendgrid_events(workspace_id: uuid.UUID, request: Request, session: Se
     settings = request.app.state.settings
     body = await request.body()
     key = settings.sendgrid_webhook_public_key
-    if not key or not sendgrid.valid_event_signature(key, body, request.headers.get(sendgrid.SIGNATURE_HEADER),
-                                                     request.headers.get(sendgrid.TIMESTAMP_HEADER)):
-        raise Forbidden("The SendGrid signature does not match")
+    if not key:
+        raise Forbidden("SendGrid webhooks cannot be verified: TENURE_SENDGRID_WEBHOOK_PUBLIC_KEY is not set")
+    problem = sendgrid.event_signature_problem(key, body, request.headers.get(sendgrid.SIGNATURE_HEADER),
+                                               request.headers.get(sendgrid.TIMESTAMP_HEADER))
+    if problem:
+        raise Forbidden(problem)
     try:
         events = json.loads(body)
         assert isinstance(events, list)

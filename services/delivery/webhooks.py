@@ -120,7 +120,8 @@ async def twilio_inbound(workspace_id: uuid.UUID, request: Request, session: Ses
             else:
                 await consent.unsuppress(session, workspace_id, "sms", number, "sms_keyword",
                                          only_unsubscribed=True)
-    return _twiml(HELP_TEXT if word == "help" else None)
+    # an OptOutType means Twilio's Advanced Opt-Out already sent its own (configured) HELP answer
+    return _twiml(HELP_TEXT if word == "help" and not form.get("OptOutType") else None)
 
 
 @router.post("/sendgrid/{workspace_id}/events", operation_id="sendgrid_events",

@@ -2,10 +2,10 @@
 
 - Sending: ``POST {base}/2010-04-01/Accounts/{sid}/Messages.json`` with form fields ``To``, ``From``
   (or ``MessagingServiceSid``), ``Body`` and ``StatusCallback`` (when there is a public URL); HTTP Basic
-  auth (account SID, auth token). 201 carries the message ``sid``. 429 (error 20429: never processed, safe to retry; a
-  ``Retry-After`` is honoured) and 5xx are transient; other 4xx permanent (e.g. 21211 invalid number),
-  and error 21610 (the recipient replied STOP) also suppresses the number here. The Messages API takes
-  no idempotency key: a timeout after Twilio took the message can send it twice (docs/delivery.md).
+  auth (account SID, auth token). 201 carries the message ``sid``. 429 (error 20429: never processed,
+  safe to retry; a ``Retry-After`` is honoured) and 5xx are transient; other 4xx permanent (e.g. 21211
+  invalid number), and error 21610 (the recipient replied STOP) also suppresses the number here. The
+  Messages API takes no idempotency key: a timeout after Twilio took the message can send it twice.
 - Webhooks (status callbacks, inbound messages) are verified as Twilio's own ``RequestValidator`` does:
   ``X-Twilio-Signature`` = base64(HMAC-SHA1(auth token, full URL + each POST parameter name and value,
   sorted by name, then by value)); the URL is tried with and without its default port (Twilio is not

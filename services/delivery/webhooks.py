@@ -125,7 +125,7 @@ async def twilio_inbound(workspace_id: uuid.UUID, request: Request, session: Ses
 
 
 @router.post("/sendgrid/{workspace_id}/events", operation_id="sendgrid_events",
-             summary="SendGrid Event Webhook (ECDSA-signed): delivered, bounce, spamreport, dropped")
+             summary="SendGrid Event Webhook (ECDSA-signed): delivered, bounce, spamreport, dropped, unsubscribe")
 async def sendgrid_events(workspace_id: uuid.UUID, request: Request, session: SessionDep) -> Response:
     settings = request.app.state.settings
     body = await request.body()
@@ -146,6 +146,11 @@ async def sendgrid_events(workspace_id: uuid.UUID, request: Request, session: Se
             if isinstance(e, dict):
                 await _sendgrid_event(session, workspace_id, e)
     return Response(status_code=204)
+
+
+# SendGrid drops mail to an address on its own lists and says which (its "reason")
+DROPPED_BECAUSE = {"Bounced Address": "hard_bounce", "Spam Reporting Address": "complaint",
+                   "Unsubscribed Address": "unsubscribed"}
 
 
 async def _sendgrid_event(session: Any, ws: uuid.UUID, e: dict[str, Any]) -> None:
@@ -175,12 +180,17 @@ async def _sendgrid_event(session: Any, ws: uuid.UUID, e: dict[str, Any]) -> Non
         changed = bool(res.rowcount)
         if changed:
             metrics.MESSAGES.labels("email", "bounced").inc()
-        if kind == "bounce":
-            changed |= await consent.suppress(session, ws, "email", address or message["to_address"], "hard_bounce",
+        # a bounce suppresses; so does a drop for an address on one of SendGrid's own suppression lists
+        mirrored = "hard_bounce" if kind == "bounce" else DROPPED_BECAUSE.get(str(e.get("reason")))
+        if mirrored:
+            changed |= await consent.suppress(session, ws, "email", address or message["to_address"], mirrored,
                                               "sendgrid", who)
     elif kind == "spamreport":
         changed = await consent.suppress(session, ws, "email", address or message["to_address"], "complaint",
                                          "sendgrid", who)
+    elif kind == "unsubscribe":  # SendGrid's own unsubscribe link (subscription tracking); logged as Unsubscribed
+        await consent.suppress(session, ws, "email", address or message["to_address"], "unsubscribed", "sendgrid",
+                               who)
     if changed:
         await consent.queue_event(session, ws, who, {
             "delivered": "Email Delivered", "bounce": "Email Bounced", "dropped": "Email Bounced",

@@ -290,7 +290,7 @@ async def test_sendgrid_event_webhook_as_sendgrid_signs_it(apps, workspace, sett
     h = {"Authorization": f"Bearer {workspace.secret_key}"}
     ws, tag = workspace.workspace_id, uuid.uuid4().hex[:6]
     ids = {}
-    for who in ("ok", "gone"):
+    for who in ("ok", "gone", "quit", "listed"):
         r = await apps["delivery"].post("/v1/messages", headers=h, json={
             "idempotency_key": f"{who}-{tag}", "to": f"{who}-{tag}@example.com", "subject": "Hi", "text": "x",
             "metadata": {"userId": f"sg-{tag}"}})
@@ -312,7 +312,9 @@ async def test_sendgrid_event_webhook_as_sendgrid_signs_it(apps, workspace, sett
         return [event("ok", "processed"), event("ok", "delivered", response="250 OK", ip="168.1.1.1", tls=1),
                 event("gone", "bounce", type="bounce", status="5.1.1", bounce_classification="Invalid Address",
                       reason="550 5.1.1 The email account that you tried to reach does not exist"),
-                event("ok", "open", useragent="Mozilla/5.0", sg_machine_open=False)]
+                event("ok", "open", useragent="Mozilla/5.0", sg_machine_open=False),
+                event("quit", "delivered", response="250 OK"), event("quit", "unsubscribe"),  # SendGrid's own link
+                event("listed", "dropped", reason="Bounced Address")]  # on SendGrid's bounce list already
 
     path = f"/webhooks/sendgrid/{ws}/events"
     raw, headers = sendgrid_signed(key, events())
@@ -341,11 +343,16 @@ async def test_sendgrid_event_webhook_as_sendgrid_signs_it(apps, workspace, sett
                 again_raw, again = sendgrid_signed(key, events())
                 assert (await http.post(path, content=again_raw, headers=again)).status_code == 204
     got = {w: (await apps["delivery"].get(f"/v1/messages/{i}", headers=h)).json()["status"] for w, i in ids.items()}
-    assert got == {"ok": "delivered", "gone": "bounced"}
+    assert got == {"ok": "delivered", "gone": "bounced", "quit": "delivered", "listed": "bounced"}
+    sup = {x["address"]: x["reason"] for x in (await apps["delivery"].get(
+        "/v1/suppressions", headers=h, params={"channel": "email"})).json()["suppressions"]}
+    assert sup == {f"gone-{tag}@example.com": "hard_bounce", f"quit-{tag}@example.com": "unsubscribed",
+                   f"listed-{tag}@example.com": "hard_bounce"}
     async with sessionmaker() as s:
         names = (await s.execute(text("select payload->>'event' from delivery.feedback where workspace_id = :ws"),
                                  {"ws": ws})).scalars().all()
-    assert sorted(names) == ["Email Bounced", "Email Delivered", "Subscription Changed"]  # each once
+    assert sorted(names) == ["Email Bounced", "Email Bounced", "Email Delivered", "Email Delivered",
+                             "Subscription Changed", "Subscription Changed", "Unsubscribed"]  # each once
 
 
 class _Sink:

@@ -202,6 +202,17 @@ async def test_twilio_status_callbacks_signed_by_twilios_own_validator(apps, wor
             assert (await http.post(path, data=failed, headers={
                 "X-Twilio-Signature": validator.compute_signature(with_port, failed)})).status_code == 204
 
+            # a parameter sent twice: the validator signs each value, sorted (a dict would keep only one)
+            repeated = {**callback(sent[1], "queued"), "ChannelPrefix": ["sms", "mms"]}
+
+            class Multi(dict):
+                def getall(self, name: str) -> list[str]:
+                    value = self[name]
+                    return value if isinstance(value, list) else [value]
+
+            assert (await http.post(path, data=repeated, headers={
+                "X-Twilio-Signature": validator.compute_signature(PUBLIC + path, Multi(repeated))})).status_code == 204
+
             # a Webhook Setting's SharedKey with HMAC-SHA256 (X-Twilio-Webhooks-Signature-Settings)
             shared_headers = {"X-Twilio-Webhooks-Signature-Settings": "key=webhooks_sharedkey_1,algorithm=HMAC_SHA256"}
             queued = callback(sent[1], "queued")

@@ -85,6 +85,8 @@ class Settings(BaseSettings):
         default=None, description="base64 DER public key that verifies SendGrid's signed Event Webhook")
     twilio_account_sid: str | None = Field(default=None, description="SMS through Twilio's Messages API")
     twilio_auth_token: str | None = Field(default=None, description="also verifies Twilio's webhook signatures")
+    twilio_webhook_shared_key: str | None = Field(
+        default=None, description="the SharedKey secret of a Twilio Webhook Setting, when one signs our webhooks")
     twilio_from: str | None = Field(default=None, description="sender number (E.164) or Messaging Service SID (MG…)")
     twilio_base_url: str = "https://api.twilio.com"
     webhook_allow_private: bool = Field(

@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass
 from email.header import Header
 from email.message import EmailMessage
+from email.policy import Policy
 from email.utils import formataddr, formatdate, parseaddr
 
 import aiosmtplib
@@ -36,6 +37,25 @@ class Email:
     html: str | None
     text: str | None
     headers: tuple[tuple[str, str], ...] = ()
+
+
+class _OneLine(str):
+    """A header written on one line exactly as given. The email package folds a header longer than 78
+    characters, and a URL has no space to fold at, so it turns ``<https://…>`` into RFC 2047 encoded-words
+    (``=?utf-8?q?=3Chttps=3A//…?=``): mailbox providers then find no List-Unsubscribe URL at all (RFC 2369
+    values are URLs in angle brackets, never encoded-words). For the ``EmailMessage`` path (SMTPUTF8)
+    aiosmtplib flattens with its own SMTP policy, so the header object itself has to refuse the folding
+    (lines stay far below RFC 5322's 998)."""
+
+    name: str
+
+    def __new__(cls, name: str, value: str) -> "_OneLine":
+        header = super().__new__(cls, value)
+        header.name = name
+        return header
+
+    def fold(self, *, policy: Policy) -> str:
+        return f"{self.name}: {self}{policy.linesep}"
 
 
 def message_id_header(message_id: str, sender: str) -> str:
@@ -102,7 +122,8 @@ def _headers(mail: Email) -> list[tuple[str, str]]:
 def _build_utf8(mail: Email) -> EmailMessage:
     msg = EmailMessage()
     for name, value in _headers(mail):
-        msg[name] = value
+        # ours (List-Unsubscribe, RFC 2369 / 8058) stay on one line, as in build_mime
+        msg[name] = _OneLine(name, value) if (name, value) in mail.headers else value
     if mail.text:
         msg.set_content(mail.text)
         if mail.html:

@@ -176,3 +176,15 @@ class OptIn(DeliveryTable, table=True):
     requested_at: datetime = Field(sa_column=tz_column("requested_at"))
     confirmed_at: datetime | None = Field(default=None, sa_column=tz_column("confirmed_at", nullable=True,
                                                                            default_now=False))
+
+
+class WebhookReceipt(DeliveryTable, table=True):
+    """A provider webhook already acted on, by the provider's own id for it (Twilio's inbound MessageSid):
+    providers deliver at least once, and a late copy of an old STOP must not undo a later START."""
+
+    __tablename__ = "webhook_receipts"
+
+    workspace_id: uuid.UUID = Field(primary_key=True)
+    provider: str = Field(primary_key=True)
+    event_key: str = Field(primary_key=True)
+    received_at: datetime = Field(sa_column=tz_column("received_at"))

@@ -122,8 +122,10 @@ async def unsubscribe(token: str, request: Request, session: SessionDep,
                       lang: Annotated[str | None, Query()] = None) -> HTMLResponse:
     t = TEXTS[language(request, lang)]
     subject = _verify(request, "unsubscribe", token)
-    body = (await request.body()).decode(errors="replace")
-    source = "one_click" if "List-Unsubscribe=One-Click" in body else "unsubscribe_page"
+    # RFC 8058: the mailbox provider POSTs List-Unsubscribe=One-Click, url-encoded or (Gmail may) as
+    # multipart/form-data; the page's button posts an empty form. Both unsubscribe.
+    one_click = (await request.form()).get("List-Unsubscribe") == "One-Click"
+    source = "one_click" if one_click else "unsubscribe_page"
     async with session.begin():
         message = await _message(session, subject)
         await consent.suppress(session, subject.workspace_id, message["channel"], message["to_address"],

@@ -18,7 +18,7 @@ import httpx
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import load_der_public_key
+from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
 from services.delivery.mailer import Email, SendError, message_id_header
 from shared.settings import Settings
@@ -67,19 +67,30 @@ async def send(settings: Settings, http: httpx.AsyncClient, mail: Email) -> str:
 MAX_EVENT_AGE_S = 600  # a signed request older than this is a replay, not SendGrid
 
 
-def valid_event_signature(public_key_b64: str, body: bytes, signature_b64: str | None, timestamp: str | None,
-                          now: float | None = None) -> bool:
+def event_signature_problem(public_key: str, body: bytes, signature_b64: str | None, timestamp: str | None,
+                            now: float | None = None) -> str | None:
+    """Why this Event Webhook request is not SendGrid's (None: it is)."""
     if not signature_b64 or not timestamp:
-        return False
+        return f"Missing {SIGNATURE_HEADER} or {TIMESTAMP_HEADER} header"
     try:
-        if abs((time.time() if now is None else now) - int(timestamp)) > MAX_EVENT_AGE_S:
-            return False
+        age = (time.time() if now is None else now) - int(timestamp)
     except ValueError:
-        return False
+        return f"{TIMESTAMP_HEADER} is not a Unix time"
+    if abs(age) > MAX_EVENT_AGE_S:
+        return f"The SendGrid signature is {int(abs(age))} s away from now (over {MAX_EVENT_AGE_S} s: a replay?)"
     try:
-        key = load_der_public_key(base64.b64decode(public_key_b64))
+        key = (load_pem_public_key(public_key.encode()) if "BEGIN PUBLIC KEY" in public_key
+               else load_der_public_key(base64.b64decode(public_key)))  # as SendGrid shows it, or PEM
         assert isinstance(key, ec.EllipticCurvePublicKey)
+    except (ValueError, AssertionError):
+        return "TENURE_SENDGRID_WEBHOOK_PUBLIC_KEY is not an EC public key (base64 DER or PEM)"
+    try:
         key.verify(base64.b64decode(signature_b64), timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
-    except (InvalidSignature, ValueError, AssertionError):
-        return False
-    return True
+    except (InvalidSignature, ValueError):
+        return "The SendGrid signature does not match the timestamp and body"
+    return None
+
+
+def valid_event_signature(public_key: str, body: bytes, signature_b64: str | None, timestamp: str | None,
+                          now: float | None = None) -> bool:
+    return event_signature_problem(public_key, body, signature_b64, timestamp, now) is None

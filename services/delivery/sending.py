@@ -29,7 +29,10 @@ log = structlog.get_logger()
 
 async def _send_sms(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, http: httpx.AsyncClient,
                     message: dict[str, Any]) -> str:
-    callback = f"{settings.public_url}/webhooks/twilio/{message['workspace_id']}/status"
+    # Twilio calls it over the internet: without TENURE_DELIVERY_PUBLIC_URL there is no URL to give (an
+    # internal one such as http://delivery is refused with error 21609, failing every SMS)
+    callback = (f"{settings.public_url}/webhooks/twilio/{message['workspace_id']}/status"
+                if settings.delivery_public_url else None)
     try:
         return await sms.send(settings, http, message["to_address"], message["text"] or "", callback)
     except sms.Unsubscribed:

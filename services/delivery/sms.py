@@ -1,11 +1,17 @@
 """SMS through Twilio's Messages REST API, and what Twilio tells us back (pure parts and the transport).
 
 - Sending: ``POST {base}/2010-04-01/Accounts/{sid}/Messages.json`` with form fields ``To``, ``From``
-  (or ``MessagingServiceSid``), ``Body`` and ``StatusCallback``; HTTP Basic auth (account SID, auth
-  token). 201 carries the message ``sid``. 429 and 5xx are transient; other 4xx permanent, and error
-  21610 (the recipient replied STOP) also suppresses the number here.
-- Webhooks (status callbacks, inbound messages) are verified as Twilio documents: ``X-Twilio-Signature``
-  = base64(HMAC-SHA1(auth token, full URL + each POST parameter name and value, sorted by name)).
+  (or ``MessagingServiceSid``), ``Body`` and ``StatusCallback`` (when there is a public URL); HTTP Basic
+  auth (account SID, auth token). 201 carries the message ``sid``. 429 (error 20429: never processed,
+  safe to retry; a ``Retry-After`` is honoured) and 5xx are transient; other 4xx permanent (e.g. 21211
+  invalid number), and error 21610 (the recipient replied STOP) also suppresses the number here. The
+  Messages API takes no idempotency key: a timeout after Twilio took the message can send it twice.
+- Webhooks (status callbacks, inbound messages) are verified as Twilio's own ``RequestValidator`` does:
+  ``X-Twilio-Signature`` = base64(HMAC-SHA1(auth token, full URL + each POST parameter name and value,
+  sorted by name, then by value)); the URL is tried with and without its default port (Twilio is not
+  consistent); a JSON body is covered by the URL's ``bodySHA256`` (hex SHA-256 of the raw body) instead of
+  parameters. With a Webhook Setting's SharedKey, ``X-Twilio-Webhooks-Signature-Settings`` names the
+  algorithm (HMAC_SHA1 or HMAC_SHA256) and the key's secret replaces the auth token.
 - Inbound keywords (single word, any case): STOP and its synonyms opt out, START/YES/UNSTOP opt back
   in, HELP/INFO get the help text.
 """
@@ -13,11 +19,13 @@
 import base64
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import httpx
 
 from services.delivery.mailer import SendError
+from services.delivery.push import retry_after
 from shared.settings import Settings
 
 STOP_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
@@ -39,13 +47,51 @@ def keyword(body: str) -> str | None:
     return None
 
 
-def signature(auth_token: str, url: str, params: Mapping[str, str]) -> str:
-    data = url + "".join(f"{k}{params[k]}" for k in sorted(params))
-    return base64.b64encode(hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()).decode()
+ALGORITHMS = {"HMAC_SHA1": hashlib.sha1, "HMAC_SHA256": hashlib.sha256}
 
 
-def valid_signature(auth_token: str, url: str, params: Mapping[str, str], given: str | None) -> bool:
-    return bool(given) and hmac.compare_digest(signature(auth_token, url, params).encode(), (given or "").encode())
+def signature(secret: str, url: str, params: Mapping[str, str] | Iterable[tuple[str, str]],
+              algorithm: str = "HMAC_SHA1") -> str:
+    pairs = list(params.items() if isinstance(params, Mapping) else params)
+    data = url + "".join(name + value for name in sorted({n for n, _ in pairs})
+                         for value in sorted({v for n, v in pairs if n == name}))
+    return base64.b64encode(hmac.new(secret.encode(), data.encode(), ALGORITHMS[algorithm]).digest()).decode()
+
+
+def _port_variants(url: str) -> list[str]:
+    """The URL as given, without its port and with the scheme's default port."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    userinfo = parts.netloc.rpartition("@")[0]
+    bare = (userinfo + "@" if userinfo else "") + host
+    default = bare + (":443" if parts.scheme == "https" else ":80")
+    return list(dict.fromkeys([url, urlunsplit(parts._replace(netloc=bare)) if parts.port else url,
+                               url if parts.port else urlunsplit(parts._replace(netloc=default))]))
+
+
+def valid_signature(secret: str, url: str, params: Mapping[str, str] | Iterable[tuple[str, str]],
+                    given: str | None, algorithm: str = "HMAC_SHA1", body: bytes | None = None) -> bool:
+    """Twilio's check. ``body``: the raw body of a JSON webhook, which must match the URL's
+    ``bodySHA256`` (the parameters are then not part of the signature)."""
+    if not given or algorithm not in ALGORITHMS:
+        return False
+    body_hash = parse_qs(urlsplit(url).query).get("bodySHA256")
+    if body is not None:
+        if not body_hash or not hmac.compare_digest(hashlib.sha256(body).hexdigest(), body_hash[0]):
+            return False
+        params = ()
+    return any(hmac.compare_digest(signature(secret, u, params, algorithm).encode(), given.encode())
+               for u in _port_variants(url))
+
+
+def signature_algorithm(settings_header: str | None) -> str:
+    """The algorithm ``X-Twilio-Webhooks-Signature-Settings: key=…,algorithm=…`` names (absent: HMAC_SHA1)."""
+    for part in (settings_header or "").split(","):
+        name, _, value = part.partition("=")
+        if name.strip() == "algorithm" and value.strip():
+            return value.strip().upper()
+    return "HMAC_SHA1"
 
 
 class Unsubscribed(SendError):
@@ -77,4 +123,5 @@ async def send(settings: Settings, http: httpx.AsyncClient, to: str, body: str, 
     if code == UNSUBSCRIBED_RECIPIENT:
         raise Unsubscribed(f"Twilio {code}: {message}", permanent=True)
     transient = resp.status_code == 429 or resp.status_code >= 500
-    raise SendError(f"Twilio {resp.status_code} ({code}): {message}", permanent=not transient)
+    raise SendError(f"Twilio {resp.status_code} ({code}): {message}", permanent=not transient,
+                    retry_after_s=retry_after(resp) if transient else None)

@@ -2,8 +2,10 @@
 SendGrid's Event Webhook (delivered, bounces, spam complaints).
 
 Each request is verified as Twilio documents (``X-Twilio-Signature`` over the URL Twilio called and the
-sorted form parameters, with the auth token) before anything is read from it; an unsigned or wrongly
-signed call is a 403. The URL names the workspace, so one Twilio account can serve several.
+sorted form parameters, with the auth token; see sms.py) before anything is read from it; an unsigned or
+wrongly signed call is a 403. Twilio signs the public URL it was given, which a proxy in front of us may
+rewrite, so the URL checked is ``TENURE_DELIVERY_PUBLIC_URL`` + the path and query as received, never
+the Host header. The URL names the workspace, so one Twilio account can serve several.
 """
 
 import json
@@ -25,13 +27,51 @@ HELP_TEXT = "Reply STOP to unsubscribe, START to subscribe again."
 
 
 async def _verified_form(request: Request) -> dict[str, str]:
+    """The webhook's parameters (form fields, or a JSON object signed through ``bodySHA256``), verified."""
     settings = request.app.state.settings
-    form = {k: str(v) for k, v in (await request.form()).items()}
     url = settings.public_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    token = settings.twilio_auth_token
-    if not token or not sms.valid_signature(token, url, form, request.headers.get("x-twilio-signature")):
-        raise Forbidden("The Twilio signature does not match")
-    return form
+    given = request.headers.get("x-twilio-signature")
+    if not given:
+        raise Forbidden("Missing X-Twilio-Signature header")
+    shared = request.headers.get("x-twilio-webhooks-signature-settings")
+    secret, setting = ((settings.twilio_webhook_shared_key, "TENURE_TWILIO_WEBHOOK_SHARED_KEY") if shared
+                       else (settings.twilio_auth_token, "TENURE_TWILIO_AUTH_TOKEN"))
+    if not secret:
+        raise Forbidden(f"Twilio webhooks cannot be verified: {setting} is not set")
+    algorithm = sms.signature_algorithm(shared)
+    if algorithm not in sms.ALGORITHMS:
+        raise Forbidden(f"Unsupported Twilio signature algorithm {algorithm!r}")
+    if "bodySHA256" in request.query_params:
+        body = await request.body()
+        valid = sms.valid_signature(secret, url, (), given, algorithm, body=body)
+        params = _json_params(body) if valid else {}
+    else:
+        pairs = [(k, v) for k, v in (await request.form()).multi_items() if isinstance(v, str)]
+        valid = sms.valid_signature(secret, url, pairs, given, algorithm)
+        params = dict(pairs)
+    if not valid:
+        raise Forbidden(f"The X-Twilio-Signature does not match a request to {url} with these parameters "
+                        "(TENURE_DELIVERY_PUBLIC_URL must be the base URL Twilio calls)")
+    return params
+
+
+def _json_params(body: bytes) -> dict[str, str]:
+    try:
+        data = json.loads(body)
+        assert isinstance(data, dict)
+    except (ValueError, AssertionError):
+        raise BadRequest("Expected a JSON object") from None
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
+
+
+async def _first_delivery(session: Any, ws: uuid.UUID, provider: str, key: str | None) -> bool:
+    """False when this webhook was acted on before (providers deliver at least once)."""
+    if not key:
+        return True
+    res = await session.execute(text(
+        "insert into delivery.webhook_receipts (workspace_id, provider, event_key) values (:ws, :p, :k) "
+        "on conflict do nothing"), {"ws": ws, "p": provider, "k": key[:200]})
+    return bool(res.rowcount)
 
 
 def _twiml(message: str | None = None) -> Response:
@@ -67,24 +107,35 @@ async def twilio_status(workspace_id: uuid.UUID, request: Request, session: Sess
              summary="Twilio inbound SMS (signed): STOP opts out, START opts in, HELP answers")
 async def twilio_inbound(workspace_id: uuid.UUID, request: Request, session: SessionDep) -> Response:
     form = await _verified_form(request)
-    number, word = form.get("From", ""), sms.keyword(form.get("Body", ""))
+    # with Advanced Opt-Out Twilio classifies the reply itself (its own and custom, localised keywords)
+    word = {"STOP": "stop", "START": "start", "HELP": "help"}.get(form.get("OptOutType", "").upper()) \
+        or sms.keyword(form.get("Body", ""))
+    number = form.get("From", "")
+    key = form.get("MessageSid") or form.get("SmsSid") or request.headers.get("i-twilio-idempotency-token")
     async with session.begin():
-        if word == "stop":
-            await consent.suppress(session, workspace_id, "sms", number, "unsubscribed", "sms_keyword")
-        elif word == "start":
-            await consent.unsuppress(session, workspace_id, "sms", number, "sms_keyword", only_unsubscribed=True)
-    return _twiml(HELP_TEXT if word == "help" else None)
+        # a retried copy of a message already handled changes nothing: a later opposite keyword must stand
+        if word in ("stop", "start") and await _first_delivery(session, workspace_id, "twilio", key):
+            if word == "stop":
+                await consent.suppress(session, workspace_id, "sms", number, "unsubscribed", "sms_keyword")
+            else:
+                await consent.unsuppress(session, workspace_id, "sms", number, "sms_keyword",
+                                         only_unsubscribed=True)
+    # an OptOutType means Twilio's Advanced Opt-Out already sent its own (configured) HELP answer
+    return _twiml(HELP_TEXT if word == "help" and not form.get("OptOutType") else None)
 
 
 @router.post("/sendgrid/{workspace_id}/events", operation_id="sendgrid_events",
-             summary="SendGrid Event Webhook (ECDSA-signed): delivered, bounce, spamreport, dropped")
+             summary="SendGrid Event Webhook (ECDSA-signed): delivered, bounce, spamreport, dropped, unsubscribe")
 async def sendgrid_events(workspace_id: uuid.UUID, request: Request, session: SessionDep) -> Response:
     settings = request.app.state.settings
     body = await request.body()
     key = settings.sendgrid_webhook_public_key
-    if not key or not sendgrid.valid_event_signature(key, body, request.headers.get(sendgrid.SIGNATURE_HEADER),
-                                                     request.headers.get(sendgrid.TIMESTAMP_HEADER)):
-        raise Forbidden("The SendGrid signature does not match")
+    if not key:
+        raise Forbidden("SendGrid webhooks cannot be verified: TENURE_SENDGRID_WEBHOOK_PUBLIC_KEY is not set")
+    problem = sendgrid.event_signature_problem(key, body, request.headers.get(sendgrid.SIGNATURE_HEADER),
+                                               request.headers.get(sendgrid.TIMESTAMP_HEADER))
+    if problem:
+        raise Forbidden(problem)
     try:
         events = json.loads(body)
         assert isinstance(events, list)
@@ -95,6 +146,11 @@ async def sendgrid_events(workspace_id: uuid.UUID, request: Request, session: Se
             if isinstance(e, dict):
                 await _sendgrid_event(session, workspace_id, e)
     return Response(status_code=204)
+
+
+# SendGrid drops mail to an address on its own lists and says which (its "reason")
+DROPPED_BECAUSE = {"Bounced Address": "hard_bounce", "Spam Reporting Address": "complaint",
+                   "Unsubscribed Address": "unsubscribed"}
 
 
 async def _sendgrid_event(session: Any, ws: uuid.UUID, e: dict[str, Any]) -> None:
@@ -124,12 +180,17 @@ async def _sendgrid_event(session: Any, ws: uuid.UUID, e: dict[str, Any]) -> Non
         changed = bool(res.rowcount)
         if changed:
             metrics.MESSAGES.labels("email", "bounced").inc()
-        if kind == "bounce":
-            changed |= await consent.suppress(session, ws, "email", address or message["to_address"], "hard_bounce",
+        # a bounce suppresses; so does a drop for an address on one of SendGrid's own suppression lists
+        mirrored = "hard_bounce" if kind == "bounce" else DROPPED_BECAUSE.get(str(e.get("reason")))
+        if mirrored:
+            changed |= await consent.suppress(session, ws, "email", address or message["to_address"], mirrored,
                                               "sendgrid", who)
     elif kind == "spamreport":
         changed = await consent.suppress(session, ws, "email", address or message["to_address"], "complaint",
                                          "sendgrid", who)
+    elif kind == "unsubscribe":  # SendGrid's own unsubscribe link (subscription tracking); logged as Unsubscribed
+        await consent.suppress(session, ws, "email", address or message["to_address"], "unsubscribed", "sendgrid",
+                               who)
     if changed:
         await consent.queue_event(session, ws, who, {
             "delivered": "Email Delivered", "bounce": "Email Bounced", "dropped": "Email Bounced",

@@ -70,6 +70,10 @@ async def test_sendgrid_sending_and_signed_events(apps, workspace, sessionmaker,
             got = {w: (await apps["delivery"].get(f"/v1/messages/{i}", headers=h)).json() for w, i in ids.items()}
             assert {w: g["status"] for w, g in got.items()} == {"ok": "sent", "slow": "sent", "invalid": "failed"}
             assert got["ok"]["provider_message_id"].startswith("sg-") and got["slow"]["attempts"] == 2
+            # the retry carries the same Message-ID: the recipient's server can tell it is not a new message
+            slow = [b["headers"]["Message-ID"] for b in received if b["personalizations"][0]["to"][0]["email"]
+                    == f"slow-{tag}@example.com"]
+            assert len(slow) >= 2 and set(slow) == {f"<{ids['slow']}@tenure.localhost>"}
             body = next(b for b in received if b["personalizations"][0]["to"][0]["email"].startswith("ok"))
             assert [c["type"] for c in body["content"]] == ["text/plain", "text/html"]
             assert body["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"

@@ -15,6 +15,12 @@ from shared.testing import http_server
 SID, TOKEN = "AC" + "0" * 32, "test-auth-token"
 
 
+def _error(code: int, message: str, status: int) -> JSONResponse:
+    """Twilio's error body (as its SDKs read it: ``code``, ``message``, ``more_info``, ``status``)."""
+    return JSONResponse({"code": code, "message": message, "more_info": f"https://www.twilio.com/docs/errors/{code}",
+                         "status": status}, status_code=status)
+
+
 class FakeTwilio:
     """Twilio's Messages resource as far as delivery uses it: Basic auth, form fields, its error bodies."""
 
@@ -27,18 +33,16 @@ class FakeTwilio:
         async def create(account: str, request: Request) -> JSONResponse:
             auth = request.headers.get("authorization", "")
             if account != SID or auth != "Basic " + base64.b64encode(f"{SID}:{TOKEN}".encode()).decode():
-                return JSONResponse({"code": 20003, "message": "Authenticate", "status": 401}, status_code=401)
+                return _error(20003, "Authenticate", 401)
             form = {k: str(v) for k, v in (await request.form()).items()}
             to = form.get("To", "")
             self.calls[to] = self.calls.get(to, 0) + 1
             if to.endswith("0101"):
-                return JSONResponse({"code": 21211, "message": f"The 'To' number {to} is not a valid phone number.",
-                                     "status": 400}, status_code=400)
+                return _error(21211, f"The 'To' number {to} is not a valid phone number.", 400)
             if to.endswith("0102"):
-                return JSONResponse({"code": 21610, "message": "Attempt to send to unsubscribed recipient",
-                                     "status": 400}, status_code=400)
+                return _error(21610, "Attempt to send to unsubscribed recipient", 400)
             if to.endswith("0103") and self.calls[to] == 1:
-                return JSONResponse({"code": 20429, "message": "Too Many Requests", "status": 429}, status_code=429)
+                return _error(20429, "Too Many Requests", 429)
             self.received.append(form)
             return JSONResponse({"sid": "SM" + uuid.uuid4().hex, "status": "queued", "to": to}, status_code=201)
 
@@ -59,7 +63,8 @@ async def test_sms_outcomes_and_signed_webhooks(apps, workspace, sessionmaker, s
     ws = workspace.workspace_id
     sms_settings = settings.model_copy(update={"twilio_account_sid": SID, "twilio_auth_token": TOKEN,
                                                "twilio_from": "+14155550199",
-                                               "twilio_base_url": f"http://127.0.0.1:{twilio.port}"})
+                                               "twilio_base_url": f"http://127.0.0.1:{twilio.port}",
+                                               "delivery_public_url": "https://hooks.example.test"})
     delivery_app = apps["delivery"]._transport.app  # type: ignore[attr-defined]
     delivery_app.state.settings = sms_settings  # the webhooks verify with this auth token
     tag = uuid.uuid4().hex[:6]

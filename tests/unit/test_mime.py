@@ -63,6 +63,7 @@ def test_both_parts_make_one_multipart_alternative() -> None:
 def test_an_internationalized_address_keeps_utf8_headers() -> None:
     msg = _parsed(_mail(to="jürgen@exämple.de"))  # SMTPUTF8: raw UTF-8 headers
     assert msg["To"].addresses[0].addr_spec == "jürgen@exämple.de"
+    assert f"List-Unsubscribe: <https://t.example/u/{'x' * 120}>".encode() in _wire(_mail(to="jürgen@exämple.de"))
 
 
 @pytest.mark.parametrize("field", ["subject", "to"])

@@ -1,0 +1,460 @@
+"""Delivery checked the way an outside checker with real clients would: the providers' own libraries sign
+the webhooks (twilio's RequestValidator, sendgrid's EventWebhook), mail is parsed with the stdlib email
+parser as a mailbox provider reads it, and everything reaches delivery over HTTP on loopback (a uvicorn
+server), never in-process. Payloads have the shapes the providers document."""
+
+import asyncio
+import base64
+import email
+import json
+import re
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
+from email import policy
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from aiosmtpd.controller import Controller
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sendgrid.helpers.eventwebhook import EventWebhook
+from sqlalchemy import text
+from twilio.base.exceptions import TwilioRestException
+from twilio.request_validator import RequestValidator
+from twilio.rest import Client
+
+from services.delivery import sendgrid as our_sendgrid
+from services.delivery import sending, sms
+from services.delivery.app import create_app
+from services.delivery.mailer import SendError
+from shared.embedded import free_port
+from shared.settings import Settings
+from shared.testing import http_server
+
+SID, TOKEN, SHARED_KEY = "AC" + "1" * 32, "conformance-auth-token", "webhooks-shared-key-secret"
+PUBLIC = "https://hooks.acme.example/delivery"  # what Twilio calls; a proxy forwards to our loopback port
+
+
+@contextmanager
+def delivery_over_http(settings: Settings) -> Iterator[str]:
+    """The delivery API served by uvicorn on a loopback port; yields its base URL."""
+    with http_server(create_app(settings)) as port:
+        yield f"http://127.0.0.1:{port}"
+
+
+def assert_problem(resp: httpx.Response, status: int, detail: str) -> None:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"] == "application/problem+json"
+    assert detail in resp.json()["detail"], resp.json()
+
+
+class FakeTwilio:
+    """Twilio's Messages resource as Twilio answers: 201 with the message JSON, errors as
+    ``{"code", "message", "more_info", "status"}``; it records every request as it arrived."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+        self.app = FastAPI()
+
+        @self.app.post("/2010-04-01/Accounts/{account}/Messages.json")
+        async def create(account: str, request: Request) -> JSONResponse:
+            form = await request.form()
+            self.requests.append({"content_type": request.headers.get("content-type", ""),
+                                  "authorization": request.headers.get("authorization", ""),
+                                  "form": dict(form.multi_items())})
+            if request.headers.get("authorization") != "Basic " + base64.b64encode(f"{SID}:{TOKEN}".encode()).decode():
+                return self.error(20003, "Authenticate", 401)
+            to = str(form.get("To", ""))
+            if to.endswith("0101"):
+                return self.error(21211, f"Invalid 'To' Phone Number: {to}", 400)
+            if to.endswith("0102"):
+                return self.error(21610, "Attempt to send to unsubscribed recipient", 400)
+            if to.endswith("0103"):
+                return self.error(20429, "Too Many Requests", 429, {"Retry-After": "7"})
+            sid = "SM" + uuid.uuid4().hex
+            return JSONResponse({
+                "account_sid": account, "api_version": "2010-04-01", "body": form.get("Body"),
+                "date_created": "Fri, 27 Nov 2026 12:00:00 +0000", "direction": "outbound-api", "error_code": None,
+                "error_message": None, "from": form.get("From"), "messaging_service_sid": form.get(
+                    "MessagingServiceSid"), "num_media": "0", "num_segments": "1", "price": None, "sid": sid,
+                "status": "accepted" if form.get("MessagingServiceSid") else "queued", "to": to,
+                "uri": f"/2010-04-01/Accounts/{account}/Messages/{sid}.json"}, status_code=201)
+
+    @staticmethod
+    def error(code: int, message: str, status: int, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"code": code, "message": message, "more_info": f"https://www.twilio.com/docs/errors/{code}",
+                             "status": status}, status_code=status, headers=headers)
+
+
+@pytest.fixture
+def twilio() -> Iterator[tuple[FakeTwilio, str]]:
+    fake = FakeTwilio()
+    with http_server(fake.app) as port:
+        yield fake, f"http://127.0.0.1:{port}"
+
+
+def sms_settings(settings: Settings, twilio_url: str, **extra) -> Settings:
+    return settings.model_copy(update={"twilio_account_sid": SID, "twilio_auth_token": TOKEN,
+                                       "twilio_from": "+14155550199", "twilio_base_url": twilio_url,
+                                       "delivery_public_url": PUBLIC, **extra})
+
+
+async def test_twilio_messages_request_matches_the_official_sdk_and_errors_are_sorted(settings, twilio) -> None:
+    fake, url = twilio
+    cfg = sms_settings(settings, url)
+    client = Client(SID, TOKEN)
+    client.api.base_url = url  # the official SDK, pointed at the same Twilio-speaking server
+    callback = f"{PUBLIC}/webhooks/twilio/{uuid.uuid4()}/status"
+    sdk = await asyncio.to_thread(client.messages.create, to="+14155550100", from_="+14155550199",
+                                  body="Your code is 1234", status_callback=callback)
+    async with httpx.AsyncClient() as http:
+        ours = await sms.send(cfg, http, "+14155550100", "Your code is 1234", callback)
+        assert sdk.sid.startswith("SM") and ours.startswith("SM")
+        theirs_req, our_req = fake.requests
+        assert our_req == theirs_req  # same form fields and values, form encoding, Basic AccountSid:AuthToken
+        assert our_req["form"] == {"To": "+14155550100", "From": "+14155550199", "Body": "Your code is 1234",
+                                   "StatusCallback": callback}
+        # a Messaging Service sends as MessagingServiceSid, as the SDK does with messaging_service_sid=
+        await sms.send(cfg.model_copy(update={"twilio_from": "MG" + "2" * 32}), http, "+14155550100", "x", None)
+        assert fake.requests[-1]["form"] == {"To": "+14155550100", "MessagingServiceSid": "MG" + "2" * 32,
+                                             "Body": "x"}
+
+        # Twilio's error bodies, read by the SDK and by us the same way
+        with pytest.raises(TwilioRestException) as sdk_error:
+            await asyncio.to_thread(client.messages.create, to="+14155550101", from_="+14155550199", body="x")
+        assert (sdk_error.value.code, sdk_error.value.status) == (21211, 400)
+        outcomes = {}
+        for to in ("+14155550101", "+14155550102", "+14155550103"):
+            with pytest.raises(SendError) as err:
+                await sms.send(cfg, http, to, "x", None)
+            outcomes[to] = (type(err.value).__name__, err.value.permanent, err.value.retry_after_s, str(err.value))
+    assert outcomes["+14155550101"][:3] == ("SendError", True, None) and "21211" in outcomes["+14155550101"][3]
+    assert outcomes["+14155550102"][:2] == ("Unsubscribed", True)  # 21610: the number replied STOP
+    # 20429: never processed, safe to retry, and not before Twilio's Retry-After
+    assert outcomes["+14155550103"][:3] == ("SendError", False, 7.0)
+
+
+def twilio_form(**fields: str) -> dict[str, str]:
+    """The parameters Twilio posts (empty ones included: they are signed too)."""
+    return {"AccountSid": SID, "ApiVersion": "2010-04-01", "From": "+14155550100", "To": "+14155550199",
+            "FromCity": "", "FromState": "CA", "FromZip": "", "FromCountry": "US", "ToCity": "", "ToState": "",
+            "ToZip": "", "ToCountry": "US", **fields}
+
+
+async def test_twilio_status_callbacks_signed_by_twilios_own_validator(apps, workspace, settings, sessionmaker,
+                                                                       twilio) -> None:
+    fake, twilio_url = twilio
+    cfg = sms_settings(settings, twilio_url, twilio_webhook_shared_key=SHARED_KEY)
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    ws = workspace.workspace_id
+    ids = []
+    for n in range(3):
+        r = await apps["delivery"].post("/v1/messages", headers=h, json={
+            "idempotency_key": uuid.uuid4().hex, "channel": "sms", "to": "+14155550100", "text": f"Code {n}",
+            "message_type": "transactional", "metadata": {"userId": f"sms-user-{ws}"}})
+        ids.append(r.json()["id"])
+    # without a public URL there is no status callback to give Twilio (an internal URL is its error 21609)
+    async with sessionmaker() as s, s.begin():
+        await s.execute(text("update delivery.messages set next_attempt_at = now() + interval '1 hour' "
+                             "where id = :id"), {"id": ids[2]})
+    await sending.send_due(sessionmaker, cfg)
+    async with sessionmaker() as s, s.begin():
+        await s.execute(text("update delivery.messages set next_attempt_at = now() where id = :id"), {"id": ids[2]})
+    await sending.send_due(sessionmaker, cfg.model_copy(update={"delivery_public_url": None}))
+    sent = [(await apps["delivery"].get(f"/v1/messages/{i}", headers=h)).json() for i in ids]
+    assert [m["status"] for m in sent] == ["sent", "sent", "sent"]
+    path = f"/webhooks/twilio/{ws}/status"
+    callbacks = [r["form"].get("StatusCallback") for r in fake.requests if r["form"]["Body"].startswith("Code ")]
+    assert callbacks == [PUBLIC + path, PUBLIC + path, None]
+    validator = RequestValidator(TOKEN)
+
+    def callback(message: dict, status: str, **extra: str) -> dict[str, str]:
+        sid = message["provider_message_id"]
+        return {"SmsSid": sid, "SmsStatus": status, "MessageStatus": status, "MessageSid": sid, "AccountSid": SID,
+                "From": "+14155550199", "To": "+14155550100", "ApiVersion": "2010-04-01", **extra}
+
+    with delivery_over_http(cfg) as base:
+        async with httpx.AsyncClient(base_url=base) as http:
+            delivered = callback(sent[0], "delivered")
+            signed = {"X-Twilio-Signature": validator.compute_signature(PUBLIC + path, delivered),
+                      "I-Twilio-Idempotency-Token": uuid.uuid4().hex}
+            # the app sees http://127.0.0.1:port, Twilio signed the public URL: the public one is checked
+            local = {"X-Twilio-Signature": validator.compute_signature(base + path, delivered)}
+            assert_problem(await http.post(path, data=delivered, headers=local), 403, f"request to {PUBLIC}{path}")
+            assert_problem(await http.post(path, data=delivered), 403, "Missing X-Twilio-Signature header")
+            tampered = {**delivered, "MessageStatus": "failed"}
+            assert_problem(await http.post(path, data=tampered, headers=signed), 403, "does not match")
+            for _ in range(3):  # Twilio may deliver a callback more than once
+                assert (await http.post(path, data=delivered, headers=signed)).status_code == 204
+            late = callback(sent[0], "sent")  # out of order: never moves the message back
+            assert (await http.post(path, data=late, headers={
+                "X-Twilio-Signature": validator.compute_signature(PUBLIC + path, late)})).status_code == 204
+
+            # Twilio's validator also accepts the URL with the default port: its signing is not consistent
+            failed = callback(sent[1], "undelivered", ErrorCode="30003")
+            with_port = PUBLIC.replace("example/", "example:443/") + path
+            assert (await http.post(path, data=failed, headers={
+                "X-Twilio-Signature": validator.compute_signature(with_port, failed)})).status_code == 204
+
+            # a parameter sent twice: the validator signs each value, sorted (a dict would keep only one)
+            repeated = {**callback(sent[1], "queued"), "ChannelPrefix": ["sms", "mms"]}
+
+            class Multi(dict):
+                def getall(self, name: str) -> list[str]:
+                    value = self[name]
+                    return value if isinstance(value, list) else [value]
+
+            assert (await http.post(path, data=repeated, headers={
+                "X-Twilio-Signature": validator.compute_signature(PUBLIC + path, Multi(repeated))})).status_code == 204
+
+            # a Webhook Setting's SharedKey with HMAC-SHA256 (X-Twilio-Webhooks-Signature-Settings)
+            shared_headers = {"X-Twilio-Webhooks-Signature-Settings": "key=webhooks_sharedkey_1,algorithm=HMAC_SHA256"}
+            queued = callback(sent[1], "queued")
+            good = RequestValidator(SHARED_KEY).compute_signature(PUBLIC + path, queued, "HMAC_SHA256")
+            wrong_key = RequestValidator(TOKEN).compute_signature(PUBLIC + path, queued, "HMAC_SHA256")
+            assert (await http.post(path, data=queued, headers={**shared_headers, "X-Twilio-Signature": good})
+                    ).status_code == 204
+            assert_problem(await http.post(path, data=queued, headers={**shared_headers,
+                                                                        "X-Twilio-Signature": wrong_key}),
+                           403, "does not match")
+
+            # a JSON body: the URL carries bodySHA256 and the signature covers the URL only
+            body = json.dumps(callback(sent[0], "delivered"))
+            json_url = f"{path}?bodySHA256={validator.compute_hash(body)}"
+            json_sig = {"X-Twilio-Signature": validator.compute_signature(PUBLIC + json_url, {}),
+                        "Content-Type": "application/json"}
+            assert (await http.post(json_url, content=body, headers=json_sig)).status_code == 204
+            assert_problem(await http.post(json_url, content=body.replace("delivered", "failed"), headers=json_sig),
+                           403, "does not match")
+
+    got = [(await apps["delivery"].get(f"/v1/messages/{i}", headers=h)).json() for i in ids[:2]]
+    assert got[0]["status"] == "delivered"
+    assert got[1]["status"] == "failed" and "30003" in got[1]["last_error"]
+    async with sessionmaker() as s:
+        events = (await s.execute(text(
+            "select payload->>'event' from delivery.feedback where workspace_id = :ws order by created_at"),
+            {"ws": ws})).scalars().all()
+    assert events == ["SMS Delivered", "SMS Failed"]  # duplicates reported nothing twice
+
+
+async def test_twilio_inbound_keywords_and_a_late_duplicate_stop(apps, workspace, settings) -> None:
+    cfg = sms_settings(settings, "http://127.0.0.1:9")  # no sending here
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    path = f"/webhooks/twilio/{workspace.workspace_id}/inbound"
+    validator = RequestValidator(TOKEN)
+
+    async def suppressed(number: str) -> bool:
+        page = (await apps["delivery"].get("/v1/suppressions", headers=h, params={"channel": "sms"})).json()
+        return number in [x["address"] for x in page["suppressions"]]
+
+    with delivery_over_http(cfg) as base:
+        async with httpx.AsyncClient(base_url=base) as http:
+            async def reply(body: str, sid: str, number: str = "+14155550100", **extra: str) -> httpx.Response:
+                form = twilio_form(Body=body, MessageSid=sid, SmsSid=sid, SmsMessageSid=sid, NumMedia="0",
+                                   NumSegments="1", From=number, **extra)
+                resp = await http.post(path, data=form, headers={
+                    "X-Twilio-Signature": validator.compute_signature(PUBLIC + path, form),
+                    "I-Twilio-Idempotency-Token": f"idem-{sid}"})
+                assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/xml"), resp.text
+                return resp
+
+            stop_sid = "SM" + uuid.uuid4().hex
+            stop = await reply("Stop ", stop_sid, OptOutType="STOP")
+            assert ET.fromstring(stop.text).find("Message") is None  # Twilio itself confirms opt-outs
+            assert await suppressed("+14155550100")
+            help_reply = ET.fromstring((await reply("help", "SM" + uuid.uuid4().hex)).text)
+            assert "Reply STOP" in help_reply.findtext("Message")
+            # with Advanced Opt-Out, Twilio has answered HELP itself: a second answer would be a duplicate text
+            answered = ET.fromstring((await reply("help", "SM" + uuid.uuid4().hex, OptOutType="HELP")).text)
+            assert answered.find("Message") is None
+            await reply("START", "SM" + uuid.uuid4().hex, OptOutType="START")
+            assert not await suppressed("+14155550100")
+            # Twilio retries the first STOP (our answer was lost): the later START must stand
+            await reply("Stop ", stop_sid, OptOutType="STOP")
+            assert not await suppressed("+14155550100")
+            # Advanced Opt-Out classifies a localised keyword for us (OptOutType)
+            await reply("ARRET", "SM" + uuid.uuid4().hex, number="+14155550111", OptOutType="STOP")
+            assert await suppressed("+14155550111")
+            # an ordinary reply changes nothing
+            await reply("Stop sending me offers please", "SM" + uuid.uuid4().hex, number="+14155550112")
+            assert not await suppressed("+14155550112")
+
+
+def sendgrid_signed(key: ec.EllipticCurvePrivateKey, events: list[dict], age_s: int = 0) -> tuple[bytes, dict]:
+    """A request as SendGrid's signed Event Webhook sends it: ECDSA P-256/SHA-256 over timestamp + raw body."""
+    raw, ts = json.dumps(events).encode(), str(int(time.time()) - age_s)
+    sig = base64.b64encode(key.sign(ts.encode() + raw, ec.ECDSA(hashes.SHA256()))).decode()
+    return raw, {"X-Twilio-Email-Event-Webhook-Signature": sig, "X-Twilio-Email-Event-Webhook-Timestamp": ts,
+                 "Content-Type": "application/json", "User-Agent": "SendGrid Event API"}
+
+
+async def test_sendgrid_event_webhook_as_sendgrid_signs_it(apps, workspace, settings, sessionmaker) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = base64.b64encode(key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    ws, tag = workspace.workspace_id, uuid.uuid4().hex[:6]
+    ids = {}
+    for who in ("ok", "gone", "quit", "listed"):
+        r = await apps["delivery"].post("/v1/messages", headers=h, json={
+            "idempotency_key": f"{who}-{tag}", "to": f"{who}-{tag}@example.com", "subject": "Hi", "text": "x",
+            "metadata": {"userId": f"sg-{tag}"}})
+        ids[who] = r.json()["id"]
+    async with sessionmaker() as s, s.begin():  # as if SendGrid had taken them
+        await s.execute(text("update delivery.messages set status = 'sent', sent_at = now() "
+                             "where id = any(CAST(:ids AS uuid[]))"), {"ids": list(ids.values())})
+
+    def events() -> list[dict]:
+        """The batch as SendGrid documents it; a retry carries new sg_event_ids."""
+        now = int(time.time())
+
+        def event(who: str, kind: str, **extra) -> dict:
+            return {"email": f"{who}-{tag}@example.com", "timestamp": now, "event": kind,
+                    "smtp-id": f"<{ids[who]}@example.com>", "sg_event_id": base64.urlsafe_b64encode(
+                        uuid.uuid4().bytes).decode().rstrip("="), "sg_message_id": f"sg{tag}.filter0001.16648.0",
+                    "category": ["newsletter"], "tenure_message_id": ids[who], **extra}
+
+        return [event("ok", "processed"), event("ok", "delivered", response="250 OK", ip="168.1.1.1", tls=1),
+                event("gone", "bounce", type="bounce", status="5.1.1", bounce_classification="Invalid Address",
+                      reason="550 5.1.1 The email account that you tried to reach does not exist"),
+                event("ok", "open", useragent="Mozilla/5.0", sg_machine_open=False),
+                event("quit", "delivered", response="250 OK"), event("quit", "unsubscribe"),  # SendGrid's own link
+                event("listed", "dropped", reason="Bounced Address")]  # on SendGrid's bounce list already
+
+    path = f"/webhooks/sendgrid/{ws}/events"
+    raw, headers = sendgrid_signed(key, events())
+    # the fixture signs exactly as SendGrid does: SendGrid's own helper verifies it with the key as shown
+    helper = EventWebhook(public)
+    assert helper.verify_signature(raw.decode(), headers["X-Twilio-Email-Event-Webhook-Signature"],
+                                   headers["X-Twilio-Email-Event-Webhook-Timestamp"])
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    for configured in (public, pem):  # the key as SendGrid shows it, or as PEM
+        assert our_sendgrid.valid_event_signature(configured, raw, headers["X-Twilio-Email-Event-Webhook-Signature"],
+                                              headers["X-Twilio-Email-Event-Webhook-Timestamp"])
+    with delivery_over_http(settings.model_copy(update={"sendgrid_webhook_public_key": public})) as base:
+        async with httpx.AsyncClient(base_url=base) as http:
+            assert_problem(await http.post(path, content=raw, headers={"Content-Type": "application/json"}), 403,
+                           "Missing X-Twilio-Email-Event-Webhook-Signature")
+            tampered = raw.replace(b'"bounce"', b'"delivered"')
+            assert not helper.verify_signature(tampered.decode(), headers["X-Twilio-Email-Event-Webhook-Signature"],
+                                               headers["X-Twilio-Email-Event-Webhook-Timestamp"])
+            assert_problem(await http.post(path, content=tampered, headers=headers), 403,
+                           "The SendGrid signature does not match the timestamp and body")
+            old_raw, old = sendgrid_signed(key, events(), age_s=3600)  # captured, replayed an hour later
+            assert_problem(await http.post(path, content=old_raw, headers=old), 403, "a replay?")
+            assert (await http.post(path, content=raw, headers=headers)).status_code == 204
+            for _ in range(2):  # SendGrid's retries: the same events, re-signed, with new sg_event_ids
+                again_raw, again = sendgrid_signed(key, events())
+                assert (await http.post(path, content=again_raw, headers=again)).status_code == 204
+    got = {w: (await apps["delivery"].get(f"/v1/messages/{i}", headers=h)).json()["status"] for w, i in ids.items()}
+    assert got == {"ok": "delivered", "gone": "bounced", "quit": "delivered", "listed": "bounced"}
+    sup = {x["address"]: x["reason"] for x in (await apps["delivery"].get(
+        "/v1/suppressions", headers=h, params={"channel": "email"})).json()["suppressions"]}
+    assert sup == {f"gone-{tag}@example.com": "hard_bounce", f"quit-{tag}@example.com": "unsubscribed",
+                   f"listed-{tag}@example.com": "hard_bounce"}
+    async with sessionmaker() as s:
+        names = (await s.execute(text("select payload->>'event' from delivery.feedback where workspace_id = :ws"),
+                                 {"ws": ws})).scalars().all()
+    assert sorted(names) == ["Email Bounced", "Email Bounced", "Email Delivered", "Email Delivered",
+                             "Subscription Changed", "Subscription Changed", "Unsubscribed"]  # each once
+
+
+class _Sink:
+    """An SMTP server keeping each message's raw bytes; refuses the first DATA to ``retry-…`` recipients
+    with a 451 (try again later), as a greylisting server does."""
+
+    def __init__(self) -> None:
+        self.raw: list[tuple[str, bytes, bool]] = []
+
+    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: ANN001 - aiosmtpd's hook
+        to = envelope.rcpt_tos[0]
+        refuse = to.startswith("retry-") and not any(t == to for t, _, _ in self.raw)
+        self.raw.append((to, envelope.original_content, not refuse))
+        return "451 4.7.1 Greylisted, try again later" if refuse else "250 OK"
+
+
+@pytest.fixture
+def sink() -> Iterator[tuple[_Sink, int]]:
+    handler, port = _Sink(), free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield handler, port
+    finally:
+        controller.stop()
+
+
+async def test_one_click_unsubscribe_as_mailbox_providers_do_it(apps, workspace, settings, sessionmaker,
+                                                                sink) -> None:
+    box, smtp_port = sink
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    tag = uuid.uuid4().hex[:6]
+    with delivery_over_http(settings) as base:
+        cfg = settings.model_copy(update={"smtp_port": smtp_port, "delivery_public_url": base})
+
+        async def send(to: str, message_type: str = "marketing") -> tuple[str, email.message.Message]:
+            r = await apps["delivery"].post("/v1/messages", headers=h, json={
+                "idempotency_key": uuid.uuid4().hex, "to": to, "subject": "Our offers this week, in full detail",
+                "html": "<p>Offers</p>", "text": "Offers", "message_type": message_type})
+            for _ in range(2):  # a greylisted first attempt is retried
+                async with sessionmaker() as s, s.begin():
+                    await s.execute(text("update delivery.messages set next_attempt_at = now() where id = :id"),
+                                    {"id": r.json()["id"]})
+                await sending.send_due(sessionmaker, cfg)
+            copies = [raw for t, raw, _ in box.raw if t == to]
+            accepted = next(raw for t, raw, ok in box.raw if t == to and ok)
+            # the same Message-ID on every attempt: a receiver can tell a retry from a new message
+            assert len({email.message_from_bytes(c)["Message-ID"] for c in copies}) == 1
+            modern = email.message_from_bytes(accepted, policy=policy.default)
+            plain = email.message_from_bytes(accepted)  # the plain stdlib parser (compat32): nothing decoded
+            assert modern["List-Unsubscribe"] == plain["List-Unsubscribe"]  # both parsers read the same URL
+            return r.json()["id"], plain
+
+        async def unsubscribed(address: str) -> bool:
+            return (await apps["delivery"].get(f"/v1/preferences/{address}", headers=h)).json()["unsubscribed"]
+
+        mid, mail = await send(f"retry-{tag}@example.com")
+        assert len([1 for t, _, _ in box.raw if t == f"retry-{tag}@example.com"]) == 2
+        assert mail["Message-ID"].startswith(f"<{mid}@")
+        # RFC 2369/8058 headers as written: one angle-bracketed https URL, not RFC 2047 encoded-words
+        value = mail["List-Unsubscribe"]
+        assert re.fullmatch(r"<[^<>\s]+>", value), value
+        assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        unsub = value[1:-1]
+        assert unsub.startswith(base + "/u/")
+
+        async with httpx.AsyncClient() as client:  # a mailbox provider: no cookies, no credentials
+            page = await client.get(unsub, headers={"User-Agent": "Mozilla/5.0 (link preview)"})
+            assert page.status_code == 200 and re.search(r'<form method="post"', page.text)
+            assert not await unsubscribed(f"retry-{tag}@example.com")  # a GET never unsubscribes
+            token = urlsplit(unsub).path.rsplit("/", 1)[1]
+            forged = unsub[:-len(token)] + token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
+            assert_problem(await client.post(forged, data={"List-Unsubscribe": "One-Click"}), 400,
+                           "This link is not valid")
+            assert not await unsubscribed(f"retry-{tag}@example.com")
+            # Gmail may post multipart/form-data
+            done = await client.post(unsub, files={"List-Unsubscribe": (None, "One-Click")})
+            assert done.status_code == 200 and done.request.headers["content-type"].startswith("multipart/form-data")
+            assert await unsubscribed(f"retry-{tag}@example.com")
+
+            _, other = await send(f"other-{tag}@example.com")
+            done = await client.post(other["List-Unsubscribe"][1:-1], content=b"List-Unsubscribe=One-Click",
+                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+            assert done.status_code == 200 and await unsubscribed(f"other-{tag}@example.com")
+
+        # transactional mail carries no List-Unsubscribe (deliberate: receipts are not a list; docs/delivery.md)
+        _, receipt = await send(f"receipt-{tag}@example.com", "transactional")
+        assert receipt["List-Unsubscribe"] is None and receipt["List-Unsubscribe-Post"] is None
+    async with sessionmaker() as s:
+        sources = (await s.execute(text(
+            "select address, source from delivery.consent_log where workspace_id = :ws order by at"),
+            {"ws": workspace.workspace_id})).all()
+    assert [tuple(r) for r in sources] == [(f"retry-{tag}@example.com", "one_click"),
+                                           (f"other-{tag}@example.com", "one_click")]

@@ -20,7 +20,7 @@ import uuid
 from typing import Any
 
 import httpx
-from stack import SERVICES, bench_services, smtp_baseline
+from stack import SERVICES, bench_services, print_cpu, smtp_baseline
 
 from shared.settings import Settings
 
@@ -44,6 +44,7 @@ async def run(args: argparse.Namespace) -> None:
         assert camp.status_code == 201, camp.text
         await asyncio.sleep(2)  # the workers have read the identify events
         sent: dict[str, float] = {}
+        cpu0 = bench.cpu()
         start = time.perf_counter()
         watcher = asyncio.create_task(_progress(bench.settings, start, len(users)))
         await _batches(c, url["ingest"], ws.write_key, [
@@ -53,6 +54,7 @@ async def run(args: argparse.Namespace) -> None:
         while len(box.arrived) < len(users) and time.perf_counter() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.1)
         watcher.cancel()
+        cpu = bench.cpu_since(cpu0)
         lat = sorted(box.arrived[emails[u]] - t for u, t in sent.items() if emails[u] in box.arrived)
         last = max(box.arrived.values()) - start if box.arrived else float("nan")
         raw_rate = await smtp_baseline(bench.smtp_port, min(2000, args.users))
@@ -64,6 +66,7 @@ async def run(args: argparse.Namespace) -> None:
         print(f"campaign  event → inbox, {len(lat)}/{args.users} delivered: p50 {p50 * 1000:,.0f} ms  "
               f"p95 {p95 * 1000:,.0f} ms  max {lat[-1] * 1000:,.0f} ms; last email {last:.1f} s after the first "
               f"event ({len(lat) / last:,.0f} emails/s end to end)")
+        print_cpu(cpu, len(lat))
     else:
         print("campaign  no email arrived")
 

@@ -18,7 +18,7 @@ import uuid
 from typing import Any
 
 import httpx
-from stack import bench_services, smtp_baseline
+from stack import bench_services, print_cpu, smtp_baseline
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -53,7 +53,7 @@ async def run(args: argparse.Namespace) -> None:
         deadline = time.perf_counter() + args.timeout
         while len(box.arrived) < args.messages and time.perf_counter() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.1)
-        cpu = {name: used - cpu0[name] for name, used in bench.cpu().items()}
+        cpu = bench.cpu_since(cpu0)
         raw = await smtp_baseline(bench.smtp_port, min(2000, args.messages))
     lat = sorted(box.arrived[to] - t for to, t in queued.items() if to in box.arrived)
     print(f"messages={args.messages} batch={args.batch} concurrency={args.concurrency} workers={args.workers}")
@@ -64,8 +64,7 @@ async def run(args: argparse.Namespace) -> None:
         print(f"delivery  {len(lat)}/{args.messages} sent: {len(lat) / last:,.0f} emails/s end to end; queue → sent "
               f"p50 {lat[len(lat) // 2] * 1000:,.0f} ms  p95 {lat[int(len(lat) * 0.95)] * 1000:,.0f} ms  "
               f"max {lat[-1] * 1000:,.0f} ms")
-        for name, used in cpu.items():
-            print(f"cpu       {name:<30} {used:8.2f} s = {used / len(lat) * 1000:6.2f} ms per email")
+        print_cpu(cpu, len(lat))
 
 
 def main() -> None:

@@ -107,6 +107,15 @@ class Bench:
             out[name] = out.get(name, 0.0) + cpu_seconds(p.pid)
         return out
 
+    def cpu_since(self, before: dict[str, float]) -> dict[str, float]:
+        return {name: used - before[name] for name, used in self.cpu().items()}
+
+
+def print_cpu(cpu: dict[str, float], emails: int) -> None:
+    """Where the CPU went, per process, per email delivered."""
+    for name, used in sorted(cpu.items(), key=lambda kv: -kv[1]):
+        print(f"cpu       {name:<30} {used:8.2f} s = {used / max(emails, 1) * 1000:6.2f} ms per email")
+
 
 @contextlib.asynccontextmanager
 async def bench_services(commands: list[tuple[str, str]]) -> AsyncIterator[Bench]:

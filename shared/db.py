@@ -38,11 +38,19 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+# SQLAlchemy names savepoints sa_savepoint_1, _2, … within a transaction, and asyncpg prepares each as a
+# statement of its own: a batch of 200 journeys, each in a savepoint, is 400 distinct statements, which
+# evicted everything else from the default cache of 100 and made every query of the batch prepare again.
+PREPARED_STATEMENT_CACHE = 1000
+
+
 def async_url(url: str) -> str:
     """``postgresql://…`` (what operators write) → the asyncpg dialect URL SQLAlchemy needs."""
     u = make_url(url)
     if u.drivername in ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2"):
         u = u.set(drivername="postgresql+asyncpg")
+    if u.drivername == "postgresql+asyncpg" and "prepared_statement_cache_size" not in u.query:
+        u = u.update_query_dict({"prepared_statement_cache_size": str(PREPARED_STATEMENT_CACHE)})
     return u.render_as_string(hide_password=False)
 
 

@@ -89,27 +89,28 @@ async def send_message(
 )
 async def send_messages(body: BatchIn, ws: WorkspaceDep, session: SessionDep, request: Request) -> dict[str, Any]:
     settings: Settings = request.app.state.settings
-    results: list[dict[str, Any]] = []
+    results: list[dict[str, Any] | None] = []
+    valid: list[tuple[int, MessageCreate]] = []
+    for raw in body.messages:
+        key = raw.get("idempotency_key") if isinstance(raw.get("idempotency_key"), str) else None
+        try:
+            valid.append((len(results), MessageCreate.model_validate(raw)))
+            results.append(None)
+        except ValidationError as exc:  # one bad message does not sink the batch
+            errors = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                               for e in exc.errors(include_url=False))
+            results.append({"idempotency_key": key, "result": "invalid", "error": errors})
     async with session.begin():
-        for raw in body.messages:
-            key = raw.get("idempotency_key") if isinstance(raw.get("idempotency_key"), str) else None
-            try:
-                item = MessageCreate.model_validate(raw)
-            except ValidationError as exc:  # one bad message does not sink the batch
-                errors = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                                   for e in exc.errors(include_url=False))
-                results.append({"idempotency_key": key, "result": "invalid", "error": errors})
-                continue
-            try:
-                async with session.begin_nested():
-                    message, created = await outbox.enqueue(session, ws, item.model_dump(exclude={"from_"}),
-                                                            item.from_ or settings.email_from)
-            except Conflict as exc:
-                results.append({"idempotency_key": item.idempotency_key, "result": "conflict", "error": str(exc)})
-                continue
-            result = ("suppressed" if message["status"] == "suppressed" else "queued") if created else "replayed"
-            results.append({"idempotency_key": item.idempotency_key, "result": result, "message": message})
-    if any(r["result"] == "queued" for r in results):
+        stored = await outbox.enqueue_many(session, ws, [(item.model_dump(exclude={"from_"}),
+                                                          item.from_ or settings.email_from) for _, item in valid])
+    for (i, item), outcome in zip(valid, stored, strict=True):
+        if isinstance(outcome, Conflict):
+            results[i] = {"idempotency_key": item.idempotency_key, "result": "conflict", "error": str(outcome)}
+            continue
+        message, created = outcome
+        result = ("suppressed" if message["status"] == "suppressed" else "queued") if created else "replayed"
+        results[i] = {"idempotency_key": item.idempotency_key, "result": result, "message": message}
+    if any(r and r["result"] == "queued" for r in results):
         request.app.state.waker.request("delivery", "send_messages")
     return {"results": results}
 

@@ -28,33 +28,47 @@ def topics_of(settings: dict[str, Any] | None) -> list[dict[str, Any]]:
     return topics if isinstance(topics, list) and topics else DEFAULT_TOPICS
 
 
+Intent = tuple[uuid.UUID, str, str, str, str | None]  # (workspace, channel, address, message type, topic)
+
+
 async def blocked(session: AsyncSession, ws: uuid.UUID, channel: str, address: str, message_type: str,
                   topic: str | None) -> str | None:
     """Why this message must not be sent (None: it may)."""
-    row = (await session.execute(text(
-        "select reason from delivery.suppressions where workspace_id = :ws and channel = :ch and address = :a"),
-        {"ws": ws, "ch": channel, "a": address.lower()})).first()
-    if row and (row.reason in ALWAYS_BLOCKING or message_type == "marketing"):
-        return f"suppressed: {row.reason}"
-    if channel == "email" and message_type == "marketing" and await _needs_confirmation(session, ws, address):
+    return (await blocked_many(session, [(ws, channel, address, message_type, topic)]))[0]
+
+
+async def blocked_many(session: AsyncSession, intents: list[Intent]) -> list[str | None]:
+    """``blocked`` for many messages in one query (a claimed batch), in order."""
+    if not intents:
+        return []
+    rows = (await session.execute(text(
+        """
+        select s.reason as suppression, u.ch = 'email' as is_email,
+               coalesce((w.settings->>'double_opt_in')::boolean, false) as opt_in_required,
+               exists (select 1 from delivery.opt_ins o where o.workspace_id = u.ws and o.address = u.addr
+                          and o.confirmed_at is not null) as confirmed,
+               exists (select 1 from delivery.subscriptions t where t.workspace_id = u.ws and t.address = u.addr
+                          and t.topic = u.topic and not t.subscribed) as topic_off
+          from unnest(CAST(:ws AS uuid[]), CAST(:ch AS text[]), CAST(:addr AS text[]), CAST(:topic AS text[]))
+               with ordinality as u(ws, ch, addr, topic, n)
+          left join delivery.suppressions s on s.workspace_id = u.ws and s.channel = u.ch and s.address = u.addr
+          left join core.workspaces w on w.id = u.ws
+         order by u.n
+        """),
+        {"ws": [i[0] for i in intents], "ch": [i[1] for i in intents], "addr": [i[2].lower() for i in intents],
+         "topic": [i[4] for i in intents]})).all()
+    return [_reason(row, intent[3], intent[4]) for row, intent in zip(rows, intents, strict=True)]
+
+
+def _reason(row: Any, message_type: str, topic: str | None) -> str | None:
+    marketing = message_type == "marketing"
+    if row.suppression and (row.suppression in ALWAYS_BLOCKING or marketing):
+        return f"suppressed: {row.suppression}"
+    if marketing and row.is_email and row.opt_in_required and not row.confirmed:  # double opt-in
         return "not confirmed (double opt-in)"
-    if topic and message_type == "marketing":
-        off = (await session.execute(text(
-            "select 1 from delivery.subscriptions where workspace_id = :ws and address = :a and topic = :t "
-            "and not subscribed"), {"ws": ws, "a": address.lower(), "t": topic})).first()
-        if off:
-            return f"unsubscribed from topic {topic}"
+    if topic and marketing and row.topic_off:
+        return f"unsubscribed from topic {topic}"
     return None
-
-
-async def _needs_confirmation(session: AsyncSession, ws: uuid.UUID, address: str) -> bool:
-    """With the workspace setting ``double_opt_in``, only confirmed addresses get marketing email."""
-    row = (await session.execute(text(
-        "select coalesce((w.settings->>'double_opt_in')::boolean, false) as required, "
-        "exists (select 1 from delivery.opt_ins o where o.workspace_id = w.id and o.address = :a "
-        "        and o.confirmed_at is not null) as confirmed "
-        "from core.workspaces w where w.id = :ws"), {"ws": ws, "a": address.lower()})).first()
-    return bool(row and row.required and not row.confirmed)
 
 
 async def request_opt_in(session: AsyncSession, ws: uuid.UUID, address: str, topics: list[str]) -> dict[str, Any]:

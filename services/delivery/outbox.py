@@ -52,44 +52,76 @@ async def enqueue(session: AsyncSession, ws: uuid.UUID, msg: dict[str, Any], sen
                   ) -> tuple[dict[str, Any], bool]:
     """Store a message; returns (message, created). A replay returns the stored one. A message consent
     forbids is stored as ``suppressed`` (with the reason) and never sent."""
-    digest = request_hash(msg)
-    reason = await consent.blocked(session, ws, msg["channel"], msg["to"], msg["message_type"], msg.get("topic"))
-    row = (await session.execute(
+    (result,) = await enqueue_many(session, ws, [(msg, sender)])
+    if isinstance(result, Conflict):
+        raise result
+    return result
+
+
+async def enqueue_many(session: AsyncSession, ws: uuid.UUID, msgs: list[tuple[dict[str, Any], str]]
+                       ) -> list[tuple[dict[str, Any], bool] | Conflict]:
+    """``enqueue`` for many (message, sender) pairs in three statements whatever their number: consent,
+    one insert, and one read of the keys that were already there. Per message, in order: (message,
+    created), or the :class:`Conflict` of a key already used for different content (the same key twice
+    in one call: the first is stored, the second is its replay or conflict)."""
+    if not msgs:
+        return []
+    reasons = await consent.blocked_many(
+        session, [(ws, m["channel"], m["to"], m["message_type"], m.get("topic")) for m, _ in msgs])
+    rows = [_row(m, sender, reason) for (m, sender), reason in zip(msgs, reasons, strict=True)]
+    inserted = {r.id: r for r in await session.execute(
         text(
             f"""
             insert into delivery.messages (id, workspace_id, idempotency_key, request_hash, channel, to_address,
                                            from_address, subject, html, text, message_type, topic, status,
                                            last_error, metadata)
-            values (:id, :ws, :key, :hash, :channel, :to, :sender, :subject, :html, :text, :mt, :topic, :status,
-                    :reason, CAST(:meta AS jsonb))
+            select r.id, :ws, r.key, r.hash, r.channel, r.to_address, r.sender, r.subject, r.html, r.text,
+                   r.message_type, r.topic, r.status, r.reason, r.meta
+              from rows from (jsonb_to_recordset(CAST(:rows AS jsonb))
+                              as (id uuid, key text, hash text, channel text, to_address text, sender text,
+                                  subject text, html text, text text, message_type text, topic text, status text,
+                                  reason text, meta jsonb)) with ordinality
+                   as r(id, key, hash, channel, to_address, sender, subject, html, text, message_type, topic, status,
+                        reason, meta, n)
+             order by r.n  -- the same key twice in one call: the first is the one stored
             on conflict (workspace_id, idempotency_key) do nothing
             returning {_COLS}
             """
         ),
-        {"id": uuid.uuid4(), "ws": ws, "key": msg["idempotency_key"], "hash": digest, "channel": msg["channel"],
-         "to": msg["to"], "sender": sender, "subject": msg["subject"], "html": msg.get("html"),
-         # a webhook's body is its JSON data, kept as text
-         "text": dumps(msg["data"]) if msg["channel"] == "webhook" else msg.get("text"),
-         "mt": msg["message_type"], "topic": msg.get("topic"),
-         "status": "suppressed" if reason else "queued", "reason": reason,
-         # a push's data payload rides with the message's metadata
-         "meta": dumps({**(msg.get("metadata") or {}),
-                        **({"push_data": msg["data"]} if msg["channel"] == "push" and msg.get("data") else {})})},
-    )).first()
-    if row is not None:
-        metrics.MESSAGES.labels(msg["channel"], row.status).inc()
-        return out(row), True
-    existing = (await session.execute(
-        text(f"select request_hash, {_COLS} from delivery.messages where workspace_id = :ws and idempotency_key = :k"),
-        {"ws": ws, "k": msg["idempotency_key"]},
-    )).first()
-    assert existing is not None
-    if existing.request_hash != digest:
-        raise Conflict("This idempotency_key was already used for a different message",
-                       idempotency_key=msg["idempotency_key"], message_id=str(existing.id))
-    d = out(existing)
-    d.pop("request_hash", None)
-    return d, False
+        {"ws": ws, "rows": dumps(rows)},
+    )}
+    replayed = [r["key"] for r in rows if uuid.UUID(r["id"]) not in inserted]
+    existing = {r.idempotency_key: r for r in await session.execute(
+        text(f"select request_hash, {_COLS} from delivery.messages "
+             "where workspace_id = :ws and idempotency_key = any(CAST(:keys AS text[]))"),
+        {"ws": ws, "keys": replayed})} if replayed else {}
+    out_: list[tuple[dict[str, Any], bool] | Conflict] = []
+    for r in rows:
+        if (row := inserted.get(uuid.UUID(r["id"]))) is not None:
+            metrics.MESSAGES.labels(r["channel"], row.status).inc()
+            out_.append((out(row), True))
+        elif (old := existing[r["key"]]).request_hash != r["hash"]:
+            out_.append(Conflict("This idempotency_key was already used for a different message",
+                                 idempotency_key=r["key"], message_id=str(old.id)))
+        else:
+            d = out(old)
+            d.pop("request_hash", None)
+            out_.append((d, False))
+    return out_
+
+
+def _row(msg: dict[str, Any], sender: str, reason: str | None) -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()), "key": msg["idempotency_key"], "hash": request_hash(msg), "channel": msg["channel"],
+        "to_address": msg["to"], "sender": sender, "subject": msg["subject"], "html": msg.get("html"),
+        # a webhook's body is its JSON data, kept as text
+        "text": dumps(msg["data"]) if msg["channel"] == "webhook" else msg.get("text"),
+        "message_type": msg["message_type"], "topic": msg.get("topic"),
+        "status": "suppressed" if reason else "queued", "reason": reason,
+        # a push's data payload rides with the message's metadata
+        "meta": {**(msg.get("metadata") or {}),
+                 **({"push_data": msg["data"]} if msg["channel"] == "push" and msg.get("data") else {})},
+    }
 
 
 async def get_message(session: AsyncSession, ws: uuid.UUID, message_id: uuid.UUID) -> dict[str, Any]:
@@ -165,6 +197,11 @@ async def claim(session: AsyncSession, limit: int, lease_s: float = LEASE_S) -> 
     return [{**r, "leased_at": leased_at} for r in rows.mappings()]
 
 
+def lease_fresh(message: dict[str, Any], lease_s: float = LEASE_S) -> bool:
+    """At least three quarters of this holder's lease are left (see ``renew``)."""
+    return time.monotonic() - message.get("leased_at", float("-inf")) < lease_s / 4
+
+
 async def renew(session: AsyncSession, message: dict[str, Any], lease_s: float = LEASE_S) -> bool:
     """Make sure this holder's lease still has at least three quarters of its length to run, just before
     the provider call; False when the message is no longer ours.
@@ -176,7 +213,7 @@ async def renew(session: AsyncSession, message: dict[str, Any], lease_s: float =
     lease is that fresh nobody else can hold the message, so the round trip is skipped: a batch sent
     within a quarter of the lease costs no renewal at all.
     """
-    if time.monotonic() - message.get("leased_at", float("-inf")) < lease_s / 4:
+    if lease_fresh(message, lease_s):
         return True
     row = await session.execute(text(
         "update delivery.messages set claimed_until = now() + make_interval(secs => :lease) "

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -87,14 +88,14 @@ async def send_one(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
     """One attempt; whatever happens is recorded (an unexpected error is a permanent failure with its
     reason, never a message left leased and retried forever)."""
     started = datetime.now(UTC)
-    async with sessionmaker() as session, session.begin():
-        if not await outbox.renew(session, message, settings.delivery_lease_s):
-            log.warning("delivery.lease_lost", message_id=str(message["id"]), attempt=message["attempts"])
-            return "lease_lost"  # another sender holds it now: sending too would send it twice
-        # consent may have changed while it waited
-        reason = await consent.blocked(session, message["workspace_id"], message.get("channel", "email"),
-                                       message["to_address"], message.get("message_type", "marketing"),
-                                       message.get("topic"))
+    checked_at, reason = message.get("consent") or (float("-inf"), None)
+    if not outbox.lease_fresh(message, settings.delivery_lease_s) or time.monotonic() - checked_at > CONSENT_FRESH_S:
+        async with sessionmaker() as session, session.begin():
+            if not await outbox.renew(session, message, settings.delivery_lease_s):
+                log.warning("delivery.lease_lost", message_id=str(message["id"]), attempt=message["attempts"])
+                return "lease_lost"  # another sender holds it now: sending too would send it twice
+            # consent may have changed while it waited
+            reason = (await consent.blocked_many(session, [_intent(message)]))[0]
     if reason:
         return await _record(sessionmaker, message, started, "suppressed", reason, None)
     try:
@@ -103,6 +104,15 @@ async def send_one(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
         log.exception("delivery.send_crashed", message_id=str(message["id"]))
         return await _record(sessionmaker, message, started, "permanent_error",
                              f"could not be sent: {type(exc).__name__}: {exc}"[:500], None)
+
+
+# How old a batch's consent check may be when a message of it is sent; older, it is checked again.
+CONSENT_FRESH_S = 5.0
+
+
+def _intent(message: dict[str, Any]) -> consent.Intent:
+    return (message["workspace_id"], message.get("channel", "email"), message["to_address"],
+            message.get("message_type", "marketing"), message.get("topic"))
 
 
 async def _attempt(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, message: dict[str, Any],
@@ -194,6 +204,11 @@ async def send_due(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
                    concurrency: int = 10, http: httpx.AsyncClient | None = None, redis: Any = None) -> int:
     async with sessionmaker() as session, session.begin():
         claimed = await outbox.claim(session, limit, settings.delivery_lease_s)
+        # consent for the whole batch in one query; a message sent more than CONSENT_FRESH_S later re-checks
+        reasons = await consent.blocked_many(session, [_intent(m) for m in claimed])
+    checked_at = time.monotonic()
+    for m, reason in zip(claimed, reasons, strict=True):
+        m["consent"] = (checked_at, reason)
     if not claimed:
         return 0
     messages = await _within_limits(sessionmaker, settings, redis, claimed)

@@ -123,6 +123,13 @@ async def test_batch_of_messages_reports_each_result(apps, workspace) -> None:
         msg("d", f"d-{tag}@example.com"), {**msg("e", "not-an-address"), "channel": "sms"}]})
     assert [r["result"] for r in mixed.json()["results"]] == ["queued", "invalid"]  # one bad item sinks nothing
     assert "phone" in mixed.json()["results"][1]["error"]
+    # one key twice in the same batch: the first is stored, the second is its replay or a conflict
+    twice = await apps["delivery"].post("/v1/messages/batch", headers=h, json={"messages": [
+        msg("f", f"f-{tag}@example.com"), msg("f", f"f-{tag}@example.com"), msg("f", f"f-{tag}@example.com", "No"),
+        {"idempotency_key": "broken"}]})
+    assert [r["result"] for r in twice.json()["results"]] == ["queued", "replayed", "conflict", "invalid"]
+    assert twice.json()["results"][1]["message"]["id"] == twice.json()["results"][0]["message"]["id"]
+    assert twice.json()["results"][2]["error"] and twice.json()["results"][3]["idempotency_key"] == "broken"
     too_many = await apps["delivery"].post("/v1/messages/batch", headers=h, json={"messages": [
         msg(f"n{i}", f"n{i}-{tag}@example.com") for i in range(501)]})
     assert too_many.status_code == 422

@@ -94,10 +94,18 @@ def _encode_header(name: str, value: str) -> str:
         raise ValueError(f"Header values may not contain linefeed or carriage return characters ({name})")
     if name in ("From", "To"):
         display, address = parseaddr(value)
-        return formataddr((display, address), charset="utf-8") if display else address
+        if display and not display.isascii():  # encoded-words of ≤ 75 characters, folded (RFC 2047)
+            return f"{_encoded_words(name, display)} <{address}>"
+        return formataddr((display, address)) if display else address
     if value.isascii() and len(name) + len(value) < 996:  # as is: folding a long URL would break it
         return value
-    return Header(value, "us-ascii" if value.isascii() else "utf-8", header_name=name).encode()
+    # UTF-8 encoded-words can be cut anywhere, so even one 998-character word folds without gaining a space
+    return _encoded_words(name, value)
+
+
+def _encoded_words(name: str, value: str) -> str:
+    # maxlinelen 74: at its default (76) the email package writes 76-character encoded-words (RFC 2047: ≤ 75)
+    return Header(value, "utf-8", header_name=name).encode(maxlinelen=74)
 
 
 def _part_headers(content_type: str) -> list[str]:

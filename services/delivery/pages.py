@@ -16,6 +16,8 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 
 from services.delivery import consent, signing
 from shared.db import SessionDep
@@ -123,8 +125,12 @@ async def unsubscribe(token: str, request: Request, session: SessionDep,
     t = TEXTS[language(request, lang)]
     subject = _verify(request, "unsubscribe", token)
     # RFC 8058: the mailbox provider POSTs List-Unsubscribe=One-Click, url-encoded or (Gmail may) as
-    # multipart/form-data; the page's button posts an empty form. Both unsubscribe.
-    one_click = (await request.form()).get("List-Unsubscribe") == "One-Click"
+    # multipart/form-data; the page's button posts an empty form. Both unsubscribe, and so does a POST
+    # whose body cannot be read (a multipart without its boundary): the signed URL is what counts.
+    try:
+        one_click = (await request.form()).get("List-Unsubscribe") == "One-Click"
+    except (HTTPException, MultiPartException):  # (Starlette raises the first inside an app)
+        one_click = True  # only a machine posts a broken form; the page's own button never does
     source = "one_click" if one_click else "unsubscribe_page"
     async with session.begin():
         message = await _message(session, subject)

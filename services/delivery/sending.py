@@ -89,12 +89,11 @@ async def send_one(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
     reason, never a message left leased and retried forever)."""
     started = datetime.now(UTC)
     checked_at, reason = message.get("consent") or (float("-inf"), None)
-    if not outbox.lease_fresh(message, settings.delivery_lease_s) or time.monotonic() - checked_at > CONSENT_FRESH_S:
-        async with sessionmaker() as session, session.begin():
-            if not await outbox.renew(session, message, settings.delivery_lease_s):
-                log.warning("delivery.lease_lost", message_id=str(message["id"]), attempt=message["attempts"])
-                return "lease_lost"  # another sender holds it now: sending too would send it twice
-            # consent may have changed while it waited
+    async with sessionmaker() as session, session.begin():
+        if not await outbox.renew(session, message, settings.delivery_lease_s):
+            log.warning("delivery.lease_lost", message_id=str(message["id"]), attempt=message["attempts"])
+            return "lease_lost"  # taken over (sending too would send it twice), or erased
+        if time.monotonic() - checked_at > CONSENT_FRESH_S:  # consent may have changed while it waited
             reason = (await consent.blocked_many(session, [_intent(message)]))[0]
     if reason:
         return await _record(sessionmaker, message, started, "suppressed", reason, None)

@@ -1,11 +1,15 @@
 """Regressions from a review of delivery: consent checked again at send time, no webhooks to private
 addresses, bounces outrank unsubscribes, recipients cannot lift the workspace's suppressions, addresses
-normalised, single-line headers."""
+normalised, single-line headers; a message erased or taken over after its claim is neither sent nor recorded."""
 
+import asyncio
 import re
 import uuid
+from datetime import UTC, datetime
 
-from services.delivery import sending
+from sqlalchemy import text
+
+from services.delivery import outbox, privacy, sending
 
 
 async def test_consent_rules_found_in_review(apps, workspace, sessionmaker, settings, mailbox) -> None:
@@ -106,3 +110,39 @@ async def test_double_opt_in(apps, workspace, sessionmaker, settings, mailbox, i
         pass
     events = (await apps["ingest"].get("/v1/profiles/doi-1/events", headers=h)).json()["events"]
     assert "Opted In" in [e["event"] for e in events]
+
+
+async def _claimed(apps, workspace, sessionmaker, lease_s: float, **message) -> dict:
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    r = await apps["delivery"].post("/v1/messages", headers=h, json={
+        "idempotency_key": uuid.uuid4().hex, "subject": "Hi", "text": "Hello", "message_type": "transactional",
+        **message})
+    assert r.status_code == 202, r.text
+    async with sessionmaker() as s, s.begin():
+        return next(m for m in await outbox.claim(s, 500, lease_s) if str(m["id"]) == r.json()["id"])
+
+
+async def test_a_message_erased_after_its_claim_is_not_sent(apps, workspace, sessionmaker, settings, mailbox) -> None:
+    pid = uuid.uuid4()
+    claimed = await _claimed(apps, workspace, sessionmaker, settings.delivery_lease_s,
+                             to=f"erased-{pid.hex[:6]}@example.com", metadata={"profile_id": str(pid)})
+    async with sessionmaker() as s, s.begin():  # erased (DSAR) between the batch's claim and this message's turn
+        await privacy.erase(s, workspace.workspace_id, [pid])
+    assert await sending.send_one(sessionmaker, settings, claimed) == "lease_lost"
+    assert not [m for m in mailbox.messages if m["headers"].get("X-Tenure-Message-Id") == str(claimed["id"])]
+    async with sessionmaker() as s:
+        assert (await s.execute(text("select count(*) from delivery.attempts where message_id = :id"),
+                                {"id": claimed["id"]})).scalar() == 0
+
+
+async def test_a_holder_whose_lease_was_taken_over_records_nothing(apps, workspace, sessionmaker) -> None:
+    first = await _claimed(apps, workspace, sessionmaker, 0.2, to="stale@example.com")
+    await asyncio.sleep(0.3)  # its lease ran out: another worker claims it
+    async with sessionmaker() as s, s.begin():
+        second = next(m for m in await outbox.claim(s, 500, 60.0) if m["id"] == first["id"])
+    async with sessionmaker() as s, s.begin():  # the first holder finishes late
+        await outbox.record(s, first, started_at=datetime.now(UTC), outcome="transient_error", error="slow")
+    async with sessionmaker() as s:
+        row = (await s.execute(text("select status, attempts, claimed_until from delivery.messages where id = :id"),
+                               {"id": first["id"]})).one()
+    assert row.status == "sending" and row.attempts == second["attempts"] and row.claimed_until is not None

@@ -448,6 +448,11 @@ async def test_one_click_unsubscribe_as_mailbox_providers_do_it(apps, workspace,
             done = await client.post(other["List-Unsubscribe"][1:-1], content=b"List-Unsubscribe=One-Click",
                                      headers={"Content-Type": "application/x-www-form-urlencoded"})
             assert done.status_code == 200 and await unsubscribed(f"other-{tag}@example.com")
+            # a body that cannot be read as a form (multipart without its boundary): the signed URL still acts
+            _, broken = await send(f"broken-{tag}@example.com")
+            done = await client.post(broken["List-Unsubscribe"][1:-1], content=b"List-Unsubscribe=One-Click",
+                                     headers={"Content-Type": "multipart/form-data"})
+            assert done.status_code == 200 and await unsubscribed(f"broken-{tag}@example.com")
 
         # transactional mail carries no List-Unsubscribe (deliberate: receipts are not a list; docs/delivery.md)
         _, receipt = await send(f"receipt-{tag}@example.com", "transactional")
@@ -457,4 +462,14 @@ async def test_one_click_unsubscribe_as_mailbox_providers_do_it(apps, workspace,
             "select address, source from delivery.consent_log where workspace_id = :ws order by at"),
             {"ws": workspace.workspace_id})).all()
     assert [tuple(r) for r in sources] == [(f"retry-{tag}@example.com", "one_click"),
-                                           (f"other-{tag}@example.com", "one_click")]
+                                           (f"other-{tag}@example.com", "one_click"),
+                                           (f"broken-{tag}@example.com", "one_click")]
+
+
+async def test_a_non_ascii_body_hash_is_refused_not_a_crash(settings) -> None:
+    with delivery_over_http(sms_settings(settings, "http://127.0.0.1:9")) as base:
+        async with httpx.AsyncClient(base_url=base) as http:
+            for query in ("bodySHA256=abc", "bodySHA256=%C3%A9"):
+                r = await http.post(f"/webhooks/twilio/{uuid.uuid4()}/inbound?{query}", content=b"{}",
+                                    headers={"X-Twilio-Signature": "x", "Content-Type": "application/json"})
+                assert r.status_code == 403, (query, r.text)

@@ -285,6 +285,7 @@ class Context:
     policy: Policy
     profile: dict[str, Any]
     settings: Settings
+    channels: dict[uuid.UUID, str] = field(default_factory=dict)  # template id -> channel, for one batch
 
 
 async def advance_due(sessionmaker: async_sessionmaker[AsyncSession], internal: InternalClient,
@@ -293,6 +294,7 @@ async def advance_due(sessionmaker: async_sessionmaker[AsyncSession], internal: 
     sends created)."""
     now = now or datetime.now(UTC)
     versions = VersionCache()
+    channels: dict[uuid.UUID, str] = {}
     sends = 0
     async with sessionmaker() as session, session.begin():
         rows = (await session.execute(
@@ -312,7 +314,7 @@ async def advance_due(sessionmaker: async_sessionmaker[AsyncSession], internal: 
                 await _log(session, j, "exited", "profile no longer exists")
                 continue
             ctx = Context(session, internal, http, now, Policy.from_settings(j.pop("ws_settings")), profile,
-                          internal.settings)
+                          internal.settings, channels)
             try:
                 async with session.begin_nested():  # a failing journey rolls back alone
                     sends += await run(ctx, j, journey)
@@ -483,8 +485,10 @@ async def _condition(ctx: Context, j: dict[str, Any], cond: Any, traits: dict[st
 
 async def _send(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: jd.SendStep, tz: Any) -> StepOutcome:
     """Decide a send: quiet hours and frequency caps (marketing only) may defer or skip it."""
-    channel = (await ctx.session.execute(text("select channel from campaign.templates where id = :t"),
-                                         {"t": step.template_id})).scalar() or "email"
+    channel = ctx.channels.get(step.template_id)
+    if channel is None:
+        channel = ctx.channels[step.template_id] = (await ctx.session.execute(
+            text("select channel from campaign.templates where id = :t"), {"t": step.template_id})).scalar() or "email"
     reason: str | None = None
     if journey.message_type == "marketing":
         quiet = ctx.policy.quiet_hours.get(channel)

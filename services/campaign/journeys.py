@@ -17,8 +17,9 @@ from typing import Any
 import httpx
 import structlog
 from pydantic import TypeAdapter
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from services.campaign import experiments, ingest_client, timing
 from services.campaign import journey_def as jd
@@ -67,13 +68,39 @@ class Policy:
 # ---------------------------------------------------------------------------------------------- entry
 
 
+_LOG_BUFFER = "tenure.journey_log"  # Session.info key
+
+
 async def _log(session: AsyncSession, j: dict[str, Any], kind: str, detail: str | None = None,
                step: str | None = None) -> None:
-    await session.execute(
-        text("insert into campaign.journey_log (journey_id, workspace_id, campaign_id, profile_id, step, kind, detail) "
-             "values (:j, :ws, :c, :p, :s, :k, :d)"),
-        {"j": j["id"], "ws": j["workspace_id"], "c": j["campaign_id"], "p": j["profile_id"],
+    """A line of the journey's path. Buffered in the session and written in one statement when its
+    transaction commits (a batch logs several lines per user: one round trip each was ~15 % of the
+    worker's time); a rolled-back transaction drops them with everything else."""
+    _log_buffer(session).append(
+        {"j": str(j["id"]), "ws": str(j["workspace_id"]), "c": str(j["campaign_id"]), "p": str(j["profile_id"]),
          "s": step if step is not None else j.get("step"), "k": kind, "d": detail})
+
+
+def _log_buffer(session: AsyncSession | Session) -> list[dict[str, Any]]:
+    return session.info.setdefault(_LOG_BUFFER, [])  # type: ignore[no-any-return]
+
+
+@event.listens_for(Session, "before_commit")
+def _write_log(session: Session) -> None:
+    if session.in_nested_transaction():  # a savepoint's release: the outer commit writes
+        return
+    rows = session.info.pop(_LOG_BUFFER, None)
+    if rows:  # (sync API: SQLAlchemy runs this hook inside the AsyncSession's greenlet)
+        session.execute(text(
+            "insert into campaign.journey_log (journey_id, workspace_id, campaign_id, profile_id, step, kind, detail) "
+            "select j, ws, c, p, s, k, d from rows from (jsonb_to_recordset(CAST(:rows AS jsonb)) "
+            "as (j uuid, ws uuid, c uuid, p uuid, s text, k text, d text)) "
+            "with ordinality as r(j, ws, c, p, s, k, d, n) order by n"), {"rows": dumps(rows)})
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_log(session: Session) -> None:
+    session.info.pop(_LOG_BUFFER, None)
 
 
 async def enter(session: AsyncSession, campaign: dict[str, Any], journey: jd.Journey, profile_id: uuid.UUID,
@@ -315,10 +342,12 @@ async def advance_due(sessionmaker: async_sessionmaker[AsyncSession], internal: 
                 continue
             ctx = Context(session, internal, http, now, Policy.from_settings(j.pop("ws_settings")), profile,
                           internal.settings, channels)
+            logged = len(_log_buffer(session))
             try:
                 async with session.begin_nested():  # a failing journey rolls back alone
                     sends += await run(ctx, j, journey)
             except Exception as exc:  # noqa: BLE001 - retried later; the others go on
+                del _log_buffer(session)[logged:]  # its lines roll back with it
                 log.warning("campaign.journey_failed", journey_id=str(j["id"]), error=f"{type(exc).__name__}: {exc}")
                 await _update(session, j["id"], {"wake_at": now + RETRY_AFTER})
                 await _log(session, j, "error", f"{type(exc).__name__}: {exc}"[:500] + "; retried in 5 minutes")

@@ -23,6 +23,7 @@ from services.delivery import (
     webhook_channel,
 )
 from shared import ratelimit
+from shared.db import pinned
 from shared.settings import Settings
 
 log = structlog.get_logger()
@@ -221,8 +222,9 @@ async def send_due(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
     async def sender(client: httpx.AsyncClient) -> None:
         smtp = mailer.SmtpConnection(settings)
         try:
-            while not queue.empty():
-                await send_one(sessionmaker, settings, queue.get_nowait(), smtp, client, redis)
+            async with pinned(sessionmaker) as own:  # and one database connection
+                while not queue.empty():
+                    await send_one(own, settings, queue.get_nowait(), smtp, client, redis)
         finally:
             await smtp.close()
 

@@ -1,8 +1,10 @@
 """Field types for text that ends up in PostgreSQL: what it cannot store is a 422, never a 500."""
 
-from typing import Annotated
+import re
+from datetime import date, datetime
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, StringConstraints
+from pydantic import AfterValidator, BeforeValidator, StringConstraints
 
 
 def _storable(value: str) -> str:
@@ -16,3 +18,33 @@ def _storable(value: str) -> str:
 # a reference to a profile: profile id, userId, anonymousId or email
 Ref = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f]+$"),
                 AfterValidator(_storable)]
+
+
+# JSON's types as the OpenAPI documents state them. Pydantic's lax mode would read `false` as 0, `1` as true,
+# "12" as 12 and a number as a Unix time; a client that sends those has a bug we should report, not guess at.
+_NUMERIC = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+
+
+def _json_number(value: Any) -> Any:
+    if isinstance(value, bool | str):
+        raise ValueError("must be a JSON number, not a boolean or a string")
+    return value
+
+
+def _json_boolean(value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def _not_a_number(value: Any) -> Any:
+    if isinstance(value, bool | int | float) or (isinstance(value, str) and _NUMERIC.fullmatch(value)):
+        raise ValueError("must be an ISO 8601 date or date-time (e.g. 2026-01-31T12:00:00Z), not a number")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_number)]
+JsonFloat = Annotated[float, BeforeValidator(_json_number)]
+JsonBool = Annotated[bool, BeforeValidator(_json_boolean)]
+IsoDatetime = Annotated[datetime, BeforeValidator(_not_a_number)]
+IsoDate = Annotated[date, BeforeValidator(_not_a_number)]

@@ -6,6 +6,7 @@
 """
 
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -20,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import metrics
 from shared.db import create_engine, create_sessionmaker
-from shared.errors import install_error_handlers, problem_schema
+from shared.errors import PROBLEM_JSON, install_error_handlers, problem_schema
 from shared.http import InternalClient, make_http_client
 from shared.logging import configure_logging
 from shared.queue import Waker, create_redis
@@ -122,21 +123,46 @@ SECURITY_SCHEMES = {
     "secretKey": {"type": "http", "scheme": "bearer",
                   "description": "The workspace's secret key (management APIs), or the internal token plus "
                                  "X-Tenure-Workspace (service-to-service)."},
+    "internalToken": {"type": "http", "scheme": "bearer",
+                      "description": "The deployment's internal token (service-to-service routes), with "
+                                     "X-Tenure-Workspace naming the workspace where the route acts on one."},
     "writeKey": {"type": "http", "scheme": "basic",
                  "description": "The workspace's write key as the Basic username with an empty password "
                                 "(Segment style); Bearer and a `writeKey` body field work too."},
 }
 
 
+def _document_errors(operation: dict[str, Any]) -> None:
+    """The problem documents every route can answer, whatever it declares: 422 as problem+json (FastAPI's
+    default entry says ``application/json``), 400 for a body that is not JSON, 401/403 where credentials
+    are checked."""
+    responses = operation.setdefault("responses", {})
+    if "422" in responses and PROBLEM_JSON not in responses["422"].get("content", {}):
+        responses["422"] = problem_schema("Request validation failed")
+    if "requestBody" in operation:
+        responses.setdefault("400", problem_schema("Malformed request (the body is not valid JSON)"))
+    if operation.get("security"):
+        responses.setdefault("401", problem_schema("Missing or invalid credentials"))
+        responses.setdefault("403", problem_schema("Credentials not allowed here (e.g. a write key)"))
+
+
 def _document_security(app: FastAPI) -> None:
-    """Declare the credentials in the OpenAPI document (routes check them through dependencies)."""
+    """Declare the credentials in the OpenAPI document. Each operation names its own: the auth dependencies
+    carry an ``HTTPBearer`` declaration, ingest's tracking routes state ``writeKey`` themselves, and routes
+    with none (probes, unsubscribe and tracking links, signed provider webhooks) are public."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = generate()
             schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
-            schema.setdefault("security", [{"secretKey": []}])
+            for item in schema.get("paths", {}).values():
+                for operation in item.values():
+                    _document_errors(operation)
+            # FastAPI's validation-error models, now referenced by nothing (our 422 is a problem document)
+            for name in ("HTTPValidationError", "ValidationError"):
+                if f'"#/components/schemas/{name}"' not in json.dumps(schema):
+                    schema["components"].get("schemas", {}).pop(name, None)
             app.openapi_schema = schema
         return app.openapi_schema
 

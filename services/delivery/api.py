@@ -3,7 +3,6 @@
 import csv
 import io
 import uuid
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import structlog
@@ -36,6 +35,7 @@ from shared.core import workspace_settings
 from shared.db import AfterDep, SessionDep
 from shared.errors import COMMON_ERRORS, Conflict, NotFound, UpstreamUnavailable, ValidationFailed, problem_schema
 from shared.settings import Settings
+from shared.validation import IsoDatetime
 
 log = structlog.get_logger()
 
@@ -132,8 +132,8 @@ class LogFilters:
         channel: Annotated[Literal["email", "sms", "push", "webhook"] | None, Query()] = None,
         user: Annotated[str | None, Query(description="the userId or anonymousId the message was for")] = None,
         campaign_id: Annotated[uuid.UUID | None, Query()] = None,
-        since: Annotated[datetime | None, Query(description="created at or after")] = None,
-        until: Annotated[datetime | None, Query(description="created before")] = None,
+        since: Annotated[IsoDatetime | None, Query(description="created at or after")] = None,
+        until: Annotated[IsoDatetime | None, Query(description="created before")] = None,
     ):
         self.values = {"status": status, "to": to, "channel": channel, "user": user,
                        "campaign_id": str(campaign_id) if campaign_id else None, "since": since, "until": until}

@@ -33,15 +33,16 @@ from services.campaign.programs.schemas import (
 from shared.auth import WorkspaceDep
 from shared.db import AfterDep, SessionDep
 from shared.errors import COMMON_ERRORS, BadRequest, problem_schema
+from shared.validation import IsoDatetime, Ref
 
 router = APIRouter(prefix="/v1")
 
-Member = Annotated[str, Path(description="the member: profile id, userId, anonymousId or email")]
+Member = Annotated[Ref, Path(description="the member: profile id, userId, anonymousId or email")]
 Pool = Annotated[str, Path(pattern=config.POOL_NAME, description="the coupon pool's name")]
 IdempotencyKey = Annotated[str, Header(min_length=1, max_length=200, alias="Idempotency-Key",
                                        description="a retry with the same key is the same operation")]
 PeriodQ = Annotated[leaderboards.Period, Query(description="the calendar period (UTC) containing `at`")]
-AtQ = Annotated[datetime | None, Query(description="a moment in the period (default: now)")]
+AtQ = Annotated[IsoDatetime | None, Query(description="a moment in the period (default: now)")]
 _NOT_FOUND = {**COMMON_ERRORS, 404: problem_schema("Not found (no such program, profile or referral)")}
 _SPEND = {**_NOT_FOUND, 409: problem_schema("Not enough points (`balance` says how many there are), or the "
                                             "Idempotency-Key was used for a different operation")}
@@ -125,7 +126,7 @@ async def referral_invite(body: InviteIn, ws: WorkspaceDep, session: SessionDep,
             summary="Referrals: who brought whom, rejected ones with their reason", responses=_NOT_FOUND)
 async def list_referrals(
     ws: WorkspaceDep, session: SessionDep, request: Request, after: AfterDep, limit: Limit = 100,
-    referrer: Annotated[str | None, Query(description="only this referrer's (profile id, userId or email)")] = None,
+    referrer: Annotated[Ref | None, Query(description="only this referrer's (profile id, userId or email)")] = None,
     status: Annotated[str | None, Query(description="converted | rejected | rewarded | capped | reversed")] = None,
 ) -> dict[str, Any]:
     rid = await _member(request, ws, referrer) if referrer else None

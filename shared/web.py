@@ -14,14 +14,14 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import structlog
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import metrics
 from shared.db import create_engine, create_sessionmaker
-from shared.errors import PROBLEM_JSON, install_error_handlers, problem_schema
+from shared.errors import PROBLEM_JSON, ValidationFailed, install_error_handlers, problem_schema
 from shared.http import InternalClient, make_http_client
 from shared.logging import configure_logging
 from shared.queue import Waker, create_redis
@@ -146,6 +146,29 @@ def _document_errors(operation: dict[str, Any]) -> None:
         responses.setdefault("403", problem_schema("Credentials not allowed here (e.g. a write key)"))
 
 
+def _is_list(schema: dict[str, Any]) -> bool:
+    return schema.get("type") == "array" or any(_is_list(s) for s in schema.get("anyOf", []))
+
+
+async def _no_repeated_scalars(request: Request) -> None:
+    """``?status=a&status=b`` on a one-value parameter: refuse it rather than silently keep the last."""
+    if b"&" not in request.scope.get("query_string", b""):
+        return
+    route = request.scope.get("route")
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    if path is None:
+        return
+    scalars: dict[tuple[str, str], frozenset[str]] | None = getattr(request.app.state, "query_scalars", None)
+    if scalars is None:
+        scalars = {(method.upper(), p): frozenset(prm["name"] for prm in op.get("parameters", [])
+                                                  if prm["in"] == "query" and not _is_list(prm.get("schema", {})))
+                   for p, item in request.app.openapi()["paths"].items() for method, op in item.items()}
+        request.app.state.query_scalars = scalars
+    for name in scalars.get((request.method, path), frozenset()):
+        if len(request.query_params.getlist(name)) > 1:
+            raise ValidationFailed(f"The query parameter {name!r} takes one value; it was given more than once")
+
+
 def _document_security(app: FastAPI) -> None:
     """Declare the credentials in the OpenAPI document. Each operation names its own: the auth dependencies
     carry an ``HTTPBearer`` declaration, ingest's tracking routes state ``writeKey`` themselves, and routes
@@ -209,6 +232,7 @@ def create_service_app(
         description=description,
         version=version,
         lifespan=lifespan,
+        dependencies=[Depends(_no_repeated_scalars)],
         **kw,
     )
     app.state.settings = settings

@@ -52,9 +52,11 @@ def _spec(service: str) -> dict:
 
 def _schema(service: str) -> schemathesis.BaseSchema:
     config = schemathesis.Config()
+    # Unknown query parameters are ignored on purpose (cache-busters, `trait.NAME` filters on /v1/profiles):
+    # OpenAPI cannot say "no others", so schemathesis' extra-parameter mutation is not a defect here.
     config.projects.default.generation.update(
         modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE], deterministic=True, max_examples=EXAMPLES,
-        allow_x00=True, database="none")
+        allow_x00=True, allow_extra_parameters=False, database="none")
     return schemathesis.openapi.from_dict(_spec(service), config=config)
 
 
@@ -129,3 +131,58 @@ test_ingest = _fuzz("ingest")
 test_segment = _fuzz("segment")
 test_campaign = _fuzz("campaign")
 test_delivery = _fuzz("delivery")
+
+
+# ---- what the fuzzer found, pinned as plain examples ---------------------------------------------------------
+
+PROBLEM = "application/problem+json"
+
+
+def _h(workspace) -> dict[str, str]:
+    return {"Authorization": f"Bearer {workspace.secret_key}"}
+
+
+async def test_a_preview_without_a_sample_is_not_a_crash(apps, workspace) -> None:
+    r = await apps["segment"].post("/v1/segments/preview", headers=_h(workspace), json={
+        "definition": {"type": "trait", "trait": "plan", "op": "equals", "value": "pro"}, "sample": 0})
+    assert r.status_code == 200, r.text
+    assert r.json()["sample"] == []
+
+
+async def test_route_internals_are_not_query_parameters(apps, workspace) -> None:
+    """`?_s=` and `?_k=` used to set a campaign's status and a program's kind."""
+    h = _h(workspace)
+    camp = await apps["campaign"].post("/v1/campaigns", headers=h, json={
+        "name": "fuzz-pause", "trigger": {"type": "api"}, "steps": [{"id": "w", "type": "delay", "seconds": 60}]})
+    assert camp.status_code == 201, camp.text
+    paused = await apps["campaign"].post(f"/v1/campaigns/{camp.json()['id']}/pause", params={"_s": "archived"},
+                                         headers=h)
+    assert paused.status_code == 200 and paused.json()["status"] == "paused"
+    program = await apps["campaign"].put("/v1/programs/referral", params={"_k": "other"}, headers=h, json={})
+    assert program.status_code == 200 and program.json()["kind"] == "referral"
+
+
+@pytest.mark.parametrize(("service", "method", "path", "body"), [
+    ("campaign", "POST", "/v1/loyalty/members/m-1/adjust", {"points": False, "reason": "bool is not a number"}),
+    ("campaign", "PUT", "/v1/programs/loyalty", {"enabled": 1}),
+    ("ingest", "POST", "/v1/privacy/erasure", {"user": "u-1", "suppress": 0}),
+    ("segment", "POST", "/v1/segments/preview", {"definition": {"type": "trait", "trait": "x"}, "sample": True}),
+    ("delivery", "GET", "/v1/messages?until=0.5", None),
+    ("campaign", "GET", "/v1/loyalty/leaderboard?at=1700000000", None),
+    ("delivery", "GET", "/v1/suppressions?limit=1&limit=2", None),
+    ("campaign", "GET", "/v1/loyalty/members/%15%0A/balance", None),
+    ("campaign", "PUT", "/v1/coupon-pools/spring", {"codes": ["", "  "]}),
+])
+async def test_inputs_of_the_wrong_json_type_are_422(apps, workspace, service, method, path, body) -> None:
+    headers = {**_h(workspace), "Idempotency-Key": "fuzz-1"}
+    r = await apps[service].request(method, path, headers=headers, json=body)
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith(PROBLEM) and r.json()["detail"]
+
+
+async def test_a_track_call_takes_its_type_from_the_path_and_iso_timestamps_only(apps, workspace) -> None:
+    auth = (workspace.write_key, "")
+    ok = await apps["ingest"].post("/v1/track", auth=auth, json={"userId": 42, "event": "E", "type": "identify"})
+    assert ok.status_code == 200 and ok.json()["accepted"] == 1
+    epoch = await apps["ingest"].post("/v1/track", auth=auth, json={"userId": "u", "event": "E", "sentAt": 0})
+    assert epoch.status_code == 422 and epoch.headers["content-type"].startswith(PROBLEM)

@@ -70,16 +70,23 @@ async def _person(request: Request, ws: uuid.UUID, ref: str) -> tuple[uuid.UUID,
     return pid, {"user_id": profile.get("user_id"), "anonymous_id": profile.get("anonymous_id")}
 
 
+def _program_routes(kind: str, model: type[ReferralProgramIn | LoyaltyProgramIn]) -> tuple[Any, Any]:
+    """The PUT and GET handlers of one program. The kind is closed over: a default argument would be a
+    query parameter clients could set (``?_k=anything`` wrote a program of any kind)."""
+
+    async def _put(body: model, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:  # type: ignore[valid-type]
+        async with session.begin():
+            return await config.put(session, ws, kind, body.config, body.enabled)  # type: ignore[attr-defined]
+
+    async def _get(ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+        async with session.begin():
+            return await config.get(session, ws, kind)
+
+    return _put, _get
+
+
 for _kind, _body in (("referral", ReferralProgramIn), ("loyalty", LoyaltyProgramIn)):
-
-    async def _put(body: _body, ws: WorkspaceDep, session: SessionDep, _k: str = _kind) -> dict[str, Any]:  # type: ignore[valid-type]
-        async with session.begin():
-            return await config.put(session, ws, _k, body.config, body.enabled)  # type: ignore[attr-defined]
-
-    async def _get(ws: WorkspaceDep, session: SessionDep, _k: str = _kind) -> dict[str, Any]:
-        async with session.begin():
-            return await config.get(session, ws, _k)
-
+    _put, _get = _program_routes(_kind, _body)
     router.add_api_route(f"/programs/{_kind}", _put, methods=["PUT"], response_model=ProgramOut,
                          operation_id=f"put_{_kind}_program", tags=["programs"],
                          summary=f"Create or replace the workspace's {_kind} program", responses=COMMON_ERRORS)

@@ -14,6 +14,7 @@ import base64
 import contextlib
 import importlib
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -186,3 +187,62 @@ async def test_a_track_call_takes_its_type_from_the_path_and_iso_timestamps_only
     assert ok.status_code == 200 and ok.json()["accepted"] == 1
     epoch = await apps["ingest"].post("/v1/track", auth=auth, json={"userId": "u", "event": "E", "sentAt": 0})
     assert epoch.status_code == 422 and epoch.headers["content-type"].startswith(PROBLEM)
+
+
+# ---- odd inputs no schema describes, sent to every operation ------------------------------------------------
+
+_DEEP = "[" * 100_000 + "]" * 100_000
+ODD_BODIES: dict[str, tuple[str, bytes]] = {
+    "empty": ("application/json", b""),
+    "text": ("text/plain", b"hello"),
+    "form": ("application/x-www-form-urlencoded", b"a=1&b=2"),
+    "not-utf8": ("application/json", b'{"name": "\xff\xfe"}'),
+    "deep": ("application/json", _DEEP.encode()),
+    "deep-object": ("application/json", ('{"a":' * 5000 + "1" + "}" * 5000).encode()),
+    "huge-number": ("application/json", b'{"limit": 1e400, "points": 123456789012345678901234567890, "n": -1e400}'),
+    "nul": ("application/json", b'{"name": "a\\u0000b", "user": "\\u0000", "to": "\\u0000@x.io"}'),
+    "lone-surrogate": ("application/json", b'{"name": "\\ud800", "user": "\\udfff"}'),
+    "array": ("application/json", b"[1, 2, 3]"),
+}
+ODD_SEGMENTS = ["not-a-uuid", "%00", "a%00b", "x" * 5000, "%F0%9F%92%A9", "..%2F..%2Fetc", "null", "-1",
+                "99999999999999999999999", "2026-13-45"]
+
+
+def _operations(service: str) -> list[tuple[str, str, dict]]:
+    return [(method.upper(), path, op) for path, item in SCHEMAS[service].raw_schema["paths"].items()
+            for method, op in item.items()]
+
+
+def _bad(response: requests.Response) -> str | None:
+    """What is wrong with an answer to an odd request: a 5xx, or an error that is not a problem document."""
+    if response.status_code >= 500:
+        return f"{response.status_code}: {response.text[:200]}"
+    if response.status_code >= 400 and not response.headers.get("content-type", "").startswith(PROBLEM):
+        return f"{response.status_code} as {response.headers.get('content-type')}: {response.text[:200]}"
+    return None
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_odd_bodies_and_path_segments_are_4xx_problems(live: Live, service: str) -> None:
+    failures: list[str] = []
+    sent = 0
+    for method, path, op in _operations(service):
+        headers = live.credentials(op.get("security"))
+        url = live.urls[service] + path
+        if "requestBody" in op:
+            filled = re.sub(r"\{[^}]+\}", "x", url)
+            for name, (ctype, body) in ODD_BODIES.items():
+                r = live.session.request(method, filled, data=body, timeout=30,
+                                         headers={**headers, "Content-Type": ctype, "Idempotency-Key": "odd"})
+                sent += 1
+                if problem := _bad(r):
+                    failures.append(f"{method} {path} [{name}] {problem}")
+        if "{" in path:
+            for segment in ODD_SEGMENTS:
+                r = live.session.request(method, re.sub(r"\{[^}]+\}", segment, url), timeout=30,
+                                         headers={**headers, "Idempotency-Key": "odd"}, json={})
+                sent += 1
+                if problem := _bad(r):
+                    failures.append(f"{method} {path} [{segment[:20]}] {problem}")
+    assert sent > 50, sent
+    assert not failures, "\n".join(failures)

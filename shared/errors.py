@@ -9,6 +9,7 @@ Hierarchy::
     ├── Forbidden (403)
     ├── NotFound (404)
     ├── Conflict (409)
+    ├── UnsupportedMediaType (415)
     ├── ValidationFailed (422)
     ├── RateLimited (429)
     └── UpstreamUnavailable (503)
@@ -82,6 +83,10 @@ class Conflict(AppError):
     status, slug, title = 409, "conflict", "Conflict"
 
 
+class UnsupportedMediaType(AppError):
+    status, slug, title = 415, "unsupported-media-type", "Unsupported media type"
+
+
 class ValidationFailed(AppError):
     status, slug, title = 422, "validation-failed", "Request validation failed"
 
@@ -142,6 +147,11 @@ def _jsonable_errors(errors: list[Any]) -> list[dict[str, Any]]:
 _BAD_TEXT_SQLSTATES = frozenset({"22021", "22P05", "22P02"})
 
 
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(request: Request, exc: AppError) -> JSONResponse:
@@ -152,8 +162,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = _jsonable_errors(list(exc.errors()))
+        whole_body = [e for e in errors if e["loc"] == ["body"]]
         if any(e["type"] == "json_invalid" for e in errors):
             err: AppError = BadRequest("The request body is not valid JSON", errors=errors)
+        elif whole_body and whole_body[0]["type"] == "missing":
+            err = ValidationFailed("The request body is missing: send a JSON object", errors=errors)
+        elif whole_body and not _is_json(request.headers.get("content-type", "")):
+            got = request.headers.get("content-type", "")[:100] or "no Content-Type"
+            err = UnsupportedMediaType(f"Send the body as JSON with Content-Type: application/json (got {got})")
         else:
             err = ValidationFailed("The request does not match the schema", errors=errors)
         return problem_response(err, request)

@@ -134,13 +134,14 @@ SECURITY_SCHEMES = {
 
 def _document_errors(operation: dict[str, Any]) -> None:
     """The problem documents every route can answer, whatever it declares: 422 as problem+json (FastAPI's
-    default entry says ``application/json``), 400 for a body that is not JSON, 401/403 where credentials
-    are checked."""
+    default entry says ``application/json``), 400/415 for a body that is not JSON or not sent as JSON,
+    401/403 where credentials are checked."""
     responses = operation.setdefault("responses", {})
     if "422" in responses and PROBLEM_JSON not in responses["422"].get("content", {}):
         responses["422"] = problem_schema("Request validation failed")
-    if "requestBody" in operation:
+    if "application/json" in operation.get("requestBody", {}).get("content", {}):
         responses.setdefault("400", problem_schema("Malformed request (the body is not valid JSON)"))
+        responses.setdefault("415", problem_schema("The body is not sent as application/json"))
     if operation.get("security"):
         responses.setdefault("401", problem_schema("Missing or invalid credentials"))
         responses.setdefault("403", problem_schema("Credentials not allowed here (e.g. a write key)"))

@@ -246,3 +246,15 @@ def test_odd_bodies_and_path_segments_are_4xx_problems(live: Live, service: str)
                     failures.append(f"{method} {path} [{segment[:20]}] {problem}")
     assert sent > 50, sent
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize(("content_type", "body", "status", "detail"), [
+    ("text/plain", b'{"name": "x"}', 415, "Content-Type: application/json (got text/plain)"),
+    (None, b'{"name": "x"}', 415, "(got no Content-Type)"),
+    ("application/json", b"", 422, "The request body is missing"),
+])
+async def test_a_body_not_sent_as_json_says_so(apps, workspace, content_type, body, status, detail) -> None:
+    headers = {**_h(workspace), **({"Content-Type": content_type} if content_type else {})}
+    r = await apps["segment"].post("/v1/lists", content=body, headers=headers)
+    assert r.status_code == status and r.headers["content-type"].startswith(PROBLEM)
+    assert detail in r.json()["detail"]

@@ -15,6 +15,9 @@ def _storable(value: str) -> str:
     return value
 
 
+# any text PostgreSQL can hold (no NUL, no lone surrogate): e.g. a user's own ids as ingest stored them
+StorableText = Annotated[str, StringConstraints(pattern=r"^[^\x00]*$"), AfterValidator(_storable)]
+
 # a reference to a profile: profile id, userId, anonymousId or email
 Ref = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f]+$"),
                 AfterValidator(_storable)]

@@ -11,6 +11,7 @@ run: ``TENURE_FUZZ_EXAMPLES=100 pytest tests/integration/test_api_fuzz.py``.
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import importlib
 import os
@@ -98,7 +99,8 @@ def live(settings: Settings) -> Iterator[Live]:
     ports = {name: free_port() for name in SERVICES}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     served = settings.model_copy(update={f"{name}_url": url for name, url in urls.items()})
-    workspace = asyncio.run(_new_workspace(served))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # asyncio.run here would unset pytest-asyncio's loop
+        workspace = pool.submit(asyncio.run, _new_workspace(served)).result()
     with contextlib.ExitStack() as stack, requests.Session() as session:
         for name in SERVICES:
             app = importlib.import_module(f"services.{name}.app").create_app(served)

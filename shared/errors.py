@@ -176,7 +176,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        err = AppError(str(exc.detail))
+        err = AppError(str(exc.detail), headers=dict(exc.headers or {}))  # 405 keeps its Allow (RFC 9110)
         err.status, err.title = exc.status_code, str(exc.detail)
         err.slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
         return problem_response(err, request)

@@ -145,6 +145,9 @@ def _jsonable_errors(errors: list[Any]) -> list[dict[str, Any]]:
 
 # character_not_in_repertoire (NUL in text or jsonb), untranslatable_character, invalid \\u escapes
 _BAD_TEXT_SQLSTATES = frozenset({"22021", "22P05", "22P02"})
+# a value asyncpg cannot encode (22000: a date before year 1 in UTC, an integer beyond 64 bits),
+# numeric_value_out_of_range, datetime_field_overflow
+_OUT_OF_RANGE_SQLSTATES = frozenset({"22000", "22003", "22008"})
 
 
 def _is_json(content_type: str) -> bool:
@@ -188,6 +191,11 @@ def install_error_handlers(app: FastAPI) -> None:
         if sqlstate in _BAD_TEXT_SQLSTATES:
             return problem_response(ValidationFailed(
                 "A text value cannot be stored: it contains a NUL character (\\u0000) or invalid Unicode"), request)
+        if sqlstate in _OUT_OF_RANGE_SQLSTATES:
+            log.warning("request.value_out_of_range", sqlstate=sqlstate)
+            return problem_response(ValidationFailed(
+                "A value is out of the range the database can store (a date before year 1 in UTC, or an "
+                "integer beyond 64 bits)"), request)
         if exc.connection_invalidated or sqlstate.startswith(("08", "57P")):
             log.warning("request.database_unavailable", sqlstate=sqlstate)
             return problem_response(UpstreamUnavailable("The database is not reachable; retry shortly",

@@ -1,7 +1,7 @@
 """Field types for text that ends up in PostgreSQL: what it cannot store is a 422, never a 500."""
 
 import re
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, StringConstraints
@@ -46,8 +46,17 @@ def _not_a_number(value: Any) -> Any:
     return value
 
 
+def _in_utc_range(value: datetime) -> datetime:
+    if value.tzinfo is not None:
+        try:
+            value.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00+03:00 is in year 0 in UTC: no database can take it
+            raise ValueError("is out of range (year 1 to 9999 in UTC)") from None
+    return value
+
+
 JsonInt = Annotated[int, BeforeValidator(_json_number)]
 JsonFloat = Annotated[float, BeforeValidator(_json_number)]
 JsonBool = Annotated[bool, BeforeValidator(_json_boolean)]
-IsoDatetime = Annotated[datetime, BeforeValidator(_not_a_number)]
+IsoDatetime = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator(_in_utc_range)]
 IsoDate = Annotated[date, BeforeValidator(_not_a_number)]

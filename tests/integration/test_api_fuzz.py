@@ -180,6 +180,7 @@ async def test_route_internals_are_not_query_parameters(apps, workspace) -> None
     ("delivery", "GET", "/v1/suppressions?limit=1&limit=2", None),
     ("campaign", "GET", "/v1/loyalty/members/%15%0A/balance", None),
     ("campaign", "PUT", "/v1/coupon-pools/spring", {"codes": ["", "  "]}),
+    ("delivery", "GET", "/v1/messages.csv?since=0001-01-01T00%3A04%3A00%2B03%3A00", None),  # year 0 in UTC
 ])
 async def test_inputs_of_the_wrong_json_type_are_422(apps, workspace, service, method, path, body) -> None:
     headers = {**_h(workspace), "Idempotency-Key": "fuzz-1"}
@@ -211,6 +212,10 @@ ODD_BODIES: dict[str, tuple[str, bytes]] = {
     "lone-surrogate": ("application/json", b'{"name": "\\ud800", "user": "\\udfff"}'),
     "array": ("application/json", b"[1, 2, 3]"),
 }
+ODD_CREDENTIALS = [{"Authorization": "Basic !!!"}, {"Authorization": "Basic " + base64.b64encode(b"\xff:").decode()},
+                   {"Authorization": "Bearer " + "k" * 5000}, {"Authorization": "Bearer sk_\u00e9"},
+                   {"Authorization": f"Bearer {INTERNAL_TOKEN}", "X-Tenure-Workspace": "not-a-uuid"},
+                   {"Authorization": "Digest a=b"}]
 ODD_SEGMENTS = ["not-a-uuid", "%00", "a%00b", "x" * 5000, "%F0%9F%92%A9", "..%2F..%2Fetc", "null", "-1",
                 "99999999999999999999999", "2026-13-45"]
 
@@ -251,6 +256,13 @@ def test_odd_bodies_and_path_segments_are_4xx_problems(live: Live, service: str)
                 sent += 1
                 if problem := _bad(r):
                     failures.append(f"{method} {path} [{segment[:20]}] {problem}")
+        if op.get("security"):
+            for odd in ODD_CREDENTIALS:
+                r = live.session.request(method, re.sub(r"\{[^}]+\}", "x", url), timeout=30,
+                                         headers={k: v.encode("utf-8") for k, v in odd.items()}, json={})
+                sent += 1
+                if r.status_code not in (401, 403) or _bad(r):
+                    failures.append(f"{method} {path} [{odd}] {r.status_code}: {r.text[:200]}")
     for path, item in SCHEMAS[service].raw_schema["paths"].items():
         if "{" in path or "TRACE" in {m.upper() for m in item}:
             continue

@@ -52,7 +52,9 @@ router = APIRouter(prefix="/v1", tags=["messages"])
         "Returns 202 when the message is new and 200 (header `Idempotent-Replayed: true`) when the key was "
         "seen before with the same content; the same key with different content is a 409."
     ),
-    responses={**COMMON_ERRORS, 200: {"description": "Replay of an earlier request"},
+    responses={**COMMON_ERRORS, 200: {"model": MessageOut, "description": "Replay of an earlier request",
+                                      "headers": {"Idempotent-Replayed": {"schema": {"type": "string",
+                                                                                     "enum": ["true"]}}}},
                409: problem_schema("Idempotency key reused with different content")},
 )
 async def send_message(

@@ -322,3 +322,17 @@ async def test_a_body_not_sent_as_json_says_so(apps, workspace, content_type, bo
     r = await apps["segment"].post("/v1/lists", content=body, headers=headers)
     assert r.status_code == status and r.headers["content-type"].startswith(PROBLEM)
     assert detail in r.json()["detail"]
+
+
+async def test_idempotent_replays_answer_a_documented_status(apps, workspace) -> None:
+    h = {**_h(workspace), "Idempotency-Key": "replay-1"}
+    await apps["campaign"].put("/v1/programs/loyalty", headers=h, json={"config": {}})
+    await apps["ingest"].post("/v1/identify", auth=(workspace.write_key, ""), json={"userId": "replay-user"})
+    for service, path, body in (
+        ("campaign", "/v1/loyalty/members/replay-user/adjust", {"points": 5, "reason": "twice"}),
+        ("delivery", "/v1/messages", {"idempotency_key": "replay-1", "to": "r@example.com", "subject": "s", "text": "t"}),
+    ):
+        first, again = [await apps[service].post(path, headers=h, json=body) for _ in range(2)]
+        assert first.status_code in (201, 202) and again.status_code == 200, (first.text, again.text)
+        documented = SCHEMAS[service].raw_schema["paths"][path.replace("replay-user", "{member}")]["post"]["responses"]
+        assert "200" in documented and again.json() == first.json()

@@ -44,8 +44,12 @@ IdempotencyKey = Annotated[str, Header(min_length=1, max_length=200, alias="Idem
 PeriodQ = Annotated[leaderboards.Period, Query(description="the calendar period (UTC) containing `at`")]
 AtQ = Annotated[IsoDatetime | None, Query(description="a moment in the period (default: now)")]
 _NOT_FOUND = {**COMMON_ERRORS, 404: problem_schema("Not found (no such program, profile or referral)")}
-_SPEND = {**_NOT_FOUND, 409: problem_schema("Not enough points (`balance` says how many there are), or the "
-                                            "Idempotency-Key was used for a different operation")}
+_SPEND = {
+    **_NOT_FOUND,
+    200: {"model": EntryOut, "description": "A retry with the same Idempotency-Key: the first answer, unchanged"},
+    409: problem_schema("Not enough points (`balance` says how many there are), or the Idempotency-Key was used "
+                        "for a different operation"),
+}
 
 
 def _bounds(period: leaderboards.Period, at: datetime) -> tuple[datetime | None, datetime | None]:

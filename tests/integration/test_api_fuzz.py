@@ -5,7 +5,7 @@ HTTP). Every operation gets valid and invalid (negative) inputs, sent with the c
 declares, and every answer must be: no 5xx, a documented status code, the documented content type, a body
 and headers that match the documented schema, and a 4xx for input the schema forbids.
 
-Seeded and bounded (``TENURE_FUZZ_EXAMPLES`` per operation and mode, 4 by default); raise it for a deeper
+Seeded and bounded (``TENURE_FUZZ_EXAMPLES`` per operation and mode, 3 by default); raise it for a deeper
 run: ``TENURE_FUZZ_EXAMPLES=100 pytest tests/integration/test_api_fuzz.py``.
 """
 
@@ -45,7 +45,7 @@ from shared.testing import INTERNAL_TOKEN, http_server
 SERVICES = ("ingest", "segment", "campaign", "delivery")
 # how many operations each document has now: a route that vanishes from a document fails here
 OPERATIONS = {"ingest": 20, "segment": 25, "campaign": 44, "delivery": 31}
-EXAMPLES = int(os.environ.get("TENURE_FUZZ_EXAMPLES", "4"))
+EXAMPLES = int(os.environ.get("TENURE_FUZZ_EXAMPLES", "3"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           response_headers_conformance, negative_data_rejection, ignored_auth, missing_required_header]
 # Not run: positive_data_acceptance (rules JSON Schema cannot state are 422s by design: userId or anonymousId,

@@ -19,6 +19,7 @@ from typing import Annotated
 
 import structlog
 from fastapi import Depends, Request
+from fastapi.security import HTTPBearer
 
 from shared.core import KeyKind, KeyRecord, lookup_key
 from shared.errors import Forbidden, Unauthorized
@@ -107,17 +108,23 @@ async def principal_for(request: Request, raw: str | None, allowed: set[str]) ->
     return principal
 
 
-async def require_management(request: Request) -> Principal:
+# Declarations only (auto_error off, the value unused): they put each route's credentials in the OpenAPI
+# document; the checks above stay the single source of truth. Routes without them are public.
+_SECRET_KEY_DOC = HTTPBearer(scheme_name="secretKey", auto_error=False)
+_INTERNAL_TOKEN_DOC = HTTPBearer(scheme_name="internalToken", auto_error=False)
+
+
+async def require_management(request: Request, _: Annotated[object, Depends(_SECRET_KEY_DOC)] = None) -> Principal:
     return await principal_for(request, credentials_from_header(request), {"secret", "internal"})
 
 
-async def require_internal(request: Request) -> Principal:
+async def require_internal(request: Request, _: Annotated[object, Depends(_INTERNAL_TOKEN_DOC)] = None) -> Principal:
     return await principal_for(request, credentials_from_header(request), {"internal"})
 
 
-async def require_workspace(request: Request) -> uuid.UUID:
+async def require_workspace(principal: Annotated[Principal, Depends(require_management)]) -> uuid.UUID:
     """Management endpoints scoped to one workspace: its secret key, or internal token + header."""
-    return (await require_management(request)).require_workspace()
+    return principal.require_workspace()
 
 
 ManagementDep = Annotated[Principal, Depends(require_management)]

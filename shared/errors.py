@@ -9,6 +9,7 @@ Hierarchy::
     ├── Forbidden (403)
     ├── NotFound (404)
     ├── Conflict (409)
+    ├── UnsupportedMediaType (415)
     ├── ValidationFailed (422)
     ├── RateLimited (429)
     └── UpstreamUnavailable (503)
@@ -82,6 +83,10 @@ class Conflict(AppError):
     status, slug, title = 409, "conflict", "Conflict"
 
 
+class UnsupportedMediaType(AppError):
+    status, slug, title = 415, "unsupported-media-type", "Unsupported media type"
+
+
 class ValidationFailed(AppError):
     status, slug, title = 422, "validation-failed", "Request validation failed"
 
@@ -140,6 +145,14 @@ def _jsonable_errors(errors: list[Any]) -> list[dict[str, Any]]:
 
 # character_not_in_repertoire (NUL in text or jsonb), untranslatable_character, invalid \\u escapes
 _BAD_TEXT_SQLSTATES = frozenset({"22021", "22P05", "22P02"})
+# a value asyncpg cannot encode (22000: a date before year 1 in UTC, an integer beyond 64 bits),
+# numeric_value_out_of_range, datetime_field_overflow
+_OUT_OF_RANGE_SQLSTATES = frozenset({"22000", "22003", "22008"})
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -152,15 +165,21 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = _jsonable_errors(list(exc.errors()))
+        whole_body = [e for e in errors if e["loc"] == ["body"]]
         if any(e["type"] == "json_invalid" for e in errors):
             err: AppError = BadRequest("The request body is not valid JSON", errors=errors)
+        elif whole_body and whole_body[0]["type"] == "missing":
+            err = ValidationFailed("The request body is missing: send a JSON object", errors=errors)
+        elif whole_body and not _is_json(request.headers.get("content-type", "")):
+            got = request.headers.get("content-type", "")[:100] or "no Content-Type"
+            err = UnsupportedMediaType(f"Send the body as JSON with Content-Type: application/json (got {got})")
         else:
             err = ValidationFailed("The request does not match the schema", errors=errors)
         return problem_response(err, request)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        err = AppError(str(exc.detail))
+        err = AppError(str(exc.detail), headers=dict(exc.headers or {}))  # 405 keeps its Allow (RFC 9110)
         err.status, err.title = exc.status_code, str(exc.detail)
         err.slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
         return problem_response(err, request)
@@ -172,6 +191,11 @@ def install_error_handlers(app: FastAPI) -> None:
         if sqlstate in _BAD_TEXT_SQLSTATES:
             return problem_response(ValidationFailed(
                 "A text value cannot be stored: it contains a NUL character (\\u0000) or invalid Unicode"), request)
+        if sqlstate in _OUT_OF_RANGE_SQLSTATES:
+            log.warning("request.value_out_of_range", sqlstate=sqlstate)
+            return problem_response(ValidationFailed(
+                "A value is out of the range the database can store (a date before year 1 in UTC, or an "
+                "integer beyond 64 bits)"), request)
         if exc.connection_invalidated or sqlstate.startswith(("08", "57P")):
             log.warning("request.database_unavailable", sqlstate=sqlstate)
             return problem_response(UpstreamUnavailable("The database is not reachable; retry shortly",

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.auth import InternalDep
 from shared.db import SessionDep
 from shared.errors import COMMON_ERRORS
+from shared.validation import StorableText
 
 EraseFn = Callable[[AsyncSession, uuid.UUID, list[uuid.UUID]], Awaitable[dict[str, int]]]
 ExportFn = Callable[[AsyncSession, uuid.UUID, list[uuid.UUID]], Awaitable[dict[str, Any]]]
@@ -32,7 +33,7 @@ ExportIdsFn = Callable[[AsyncSession, uuid.UUID, list[str]], Awaitable[dict[str,
 
 class ErasureRequest(BaseModel):
     profile_ids: list[uuid.UUID] = Field(min_length=1, max_length=1000)
-    identities: list[str] = Field(default_factory=list, max_length=1_000_000,
+    identities: list[StorableText] = Field(default_factory=list, max_length=1_000_000,
                                   description="the user's ids (userId, anonymousId, email, phone)")
 
 
@@ -58,7 +59,8 @@ def privacy_router(service: str, erase: EraseFn, export: ExportFn,
                 summary="Everything this service holds about profiles (internal)", responses=COMMON_ERRORS)
     async def export_route(principal: InternalDep, session: SessionDep,
                            profile_id: Annotated[list[uuid.UUID], Query(min_length=1)],
-                           identity: Annotated[list[str] | None, Query(description="the user's own ids")] = None
+                           identity: Annotated[list[StorableText],
+                                               Query(default_factory=list, description="the user's own ids")]
                            ) -> dict[str, Any]:
         ws = principal.require_workspace()
         async with session.begin():

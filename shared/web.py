@@ -6,6 +6,7 @@
 """
 
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -13,14 +14,14 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import structlog
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import metrics
 from shared.db import create_engine, create_sessionmaker
-from shared.errors import install_error_handlers, problem_schema
+from shared.errors import PROBLEM_JSON, ValidationFailed, install_error_handlers, problem_schema
 from shared.http import InternalClient, make_http_client
 from shared.logging import configure_logging
 from shared.queue import Waker, create_redis
@@ -122,14 +123,57 @@ SECURITY_SCHEMES = {
     "secretKey": {"type": "http", "scheme": "bearer",
                   "description": "The workspace's secret key (management APIs), or the internal token plus "
                                  "X-Tenure-Workspace (service-to-service)."},
+    "internalToken": {"type": "http", "scheme": "bearer",
+                      "description": "The deployment's internal token (service-to-service routes), with "
+                                     "X-Tenure-Workspace naming the workspace where the route acts on one."},
     "writeKey": {"type": "http", "scheme": "basic",
                  "description": "The workspace's write key as the Basic username with an empty password "
                                 "(Segment style); Bearer and a `writeKey` body field work too."},
 }
 
 
+def _document_errors(operation: dict[str, Any]) -> None:
+    """The problem documents every route can answer, whatever it declares: 422 as problem+json (FastAPI's
+    default entry says ``application/json``), 400/415 for a body that is not JSON or not sent as JSON,
+    401/403 where credentials are checked."""
+    responses = operation.setdefault("responses", {})
+    if "422" in responses and PROBLEM_JSON not in responses["422"].get("content", {}):
+        responses["422"] = problem_schema("Request validation failed")
+    if "application/json" in operation.get("requestBody", {}).get("content", {}):
+        responses.setdefault("400", problem_schema("Malformed request (the body is not valid JSON)"))
+        responses.setdefault("415", problem_schema("The body is not sent as application/json"))
+    if operation.get("security"):
+        responses.setdefault("401", problem_schema("Missing or invalid credentials"))
+        responses.setdefault("403", problem_schema("Credentials not allowed here (e.g. a write key)"))
+
+
+def _is_list(schema: dict[str, Any]) -> bool:
+    return schema.get("type") == "array" or any(_is_list(s) for s in schema.get("anyOf", []))
+
+
+async def _no_repeated_scalars(request: Request) -> None:
+    """``?status=a&status=b`` on a one-value parameter: refuse it rather than silently keep the last."""
+    if b"&" not in request.scope.get("query_string", b""):
+        return
+    route = request.scope.get("route")
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    if path is None:
+        return
+    scalars: dict[tuple[str, str], frozenset[str]] | None = getattr(request.app.state, "query_scalars", None)
+    if scalars is None:
+        scalars = {(method.upper(), p): frozenset(prm["name"] for prm in op.get("parameters", [])
+                                                  if prm["in"] == "query" and not _is_list(prm.get("schema", {})))
+                   for p, item in request.app.openapi()["paths"].items() for method, op in item.items()}
+        request.app.state.query_scalars = scalars
+    for name in scalars.get((request.method, path), frozenset()):
+        if len(request.query_params.getlist(name)) > 1:
+            raise ValidationFailed(f"The query parameter {name!r} takes one value; it was given more than once")
+
+
 def _document_security(app: FastAPI) -> None:
-    """Declare the credentials in the OpenAPI document (routes check them through dependencies)."""
+    """Declare the credentials in the OpenAPI document. Each operation names its own: the auth dependencies
+    carry an ``HTTPBearer`` declaration, ingest's tracking routes state ``writeKey`` themselves, and routes
+    with none (probes, unsubscribe and tracking links, signed provider webhooks) are public."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -137,6 +181,14 @@ def _document_security(app: FastAPI) -> None:
             schema = generate()
             schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
             schema.setdefault("security", [{"secretKey": []}])
+            for item in schema.get("paths", {}).values():
+                for operation in item.values():
+                    operation.setdefault("security", [])  # no credential dependency: a public route
+                    _document_errors(operation)
+            # FastAPI's validation-error models, now referenced by nothing (our 422 is a problem document)
+            for name in ("HTTPValidationError", "ValidationError"):
+                if f'"#/components/schemas/{name}"' not in json.dumps(schema):
+                    schema["components"].get("schemas", {}).pop(name, None)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -181,6 +233,7 @@ def create_service_app(
         description=description,
         version=version,
         lifespan=lifespan,
+        dependencies=[Depends(_no_repeated_scalars)],
         **kw,
     )
     app.state.settings = settings

@@ -214,13 +214,18 @@ async def profile_journeys(profile_id: uuid.UUID, ws: WorkspaceDep, session: Ses
         return {"journeys": await campaigns.profile_journeys(session, ws, profile_id)}
 
 
-for _action, _status in (("pause", "paused"), ("resume", "active")):
+def _status_route(status: str) -> Any:
+    """The status is closed over: as a default argument it was a query parameter (``?_s=archived``)."""
 
-    async def _set_status(campaign_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep,
-                          _s: str = _status) -> dict[str, Any]:
+    async def _set_status(campaign_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
         async with session.begin():
-            return await campaigns.set_status(session, ws, campaign_id, _s)
+            return await campaigns.set_status(session, ws, campaign_id, status)
 
+    return _set_status
+
+
+for _action, _status in (("pause", "paused"), ("resume", "active")):
+    _set_status = _status_route(_status)
     router.add_api_route(f"/campaigns/{{campaign_id}}/{_action}", _set_status, methods=["POST"],
                          response_model=CampaignOut, operation_id=f"{_action}_campaign", tags=["campaigns"],
                          summary=f"{_action.capitalize()} a campaign", responses=_NOT_FOUND)

@@ -21,12 +21,13 @@ Steps:
 """
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.validation import IsoDatetime, JsonBool, JsonFloat, JsonInt
 
 MAX_STEPS = 100
 
@@ -45,7 +46,7 @@ class EventTrigger(_Model):
     type: Literal["event"] = "event"
     event: str = Field(min_length=1, examples=["Signed Up"])
     where: list[PropertyFilter] = Field(default_factory=list, description="every filter must match")
-    max_age_seconds: int = Field(
+    max_age_seconds: JsonInt = Field(
         86400, ge=0, description="ignore events that happened longer ago than this (imports and backfills do not "
                                  "start journeys); 0: any age")
 
@@ -69,7 +70,7 @@ class ScheduleTrigger(_Model):
 
     type: Literal["schedule"] = "schedule"
     segment_id: uuid.UUID = Field(description="the audience: the segment's members when it fires")
-    at: datetime | None = Field(None, description="one-off: when (ISO 8601 with offset)")
+    at: IsoDatetime | None = Field(None, description="one-off: when (ISO 8601 with offset)")
     cron: str | None = Field(None, examples=["0 9 * * 1"], description="recurring: a 5-field cron expression")
     timezone: str = Field("UTC", examples=["Europe/Paris"], description="the zone the cron expression is read in")
 
@@ -99,8 +100,8 @@ Trigger = Annotated[EventTrigger | SegmentTrigger | ScheduleTrigger | ApiTrigger
 
 class Entry(_Model):
     rule: Literal["once", "once_per_period", "every_time"] = "once"
-    period_seconds: int | None = Field(None, ge=60, description="with once_per_period")
-    holdout_percent: float = Field(0, ge=0, le=100, description="share of entrants who get nothing (lift)")
+    period_seconds: JsonInt | None = Field(None, ge=60, description="with once_per_period")
+    holdout_percent: JsonFloat = Field(0, ge=0, le=100, description="share of entrants who get nothing (lift)")
 
     @model_validator(mode="after")
     def _period(self) -> "Entry":
@@ -111,8 +112,8 @@ class Entry(_Model):
 
 class Goal(_Model):
     event: str = Field(min_length=1, examples=["Order Completed"])
-    within_seconds: int = Field(7 * 86400, ge=60)
-    exit_on_conversion: bool = True
+    within_seconds: JsonInt = Field(7 * 86400, ge=60)
+    exit_on_conversion: JsonBool = True
 
 
 class _Step(_Model):
@@ -123,20 +124,20 @@ class SendStep(_Step):
     type: Literal["send"] = "send"
     template_id: uuid.UUID
     next: str | None = None
-    optimize_send_time: bool = Field(False, description="wait (up to a day) for the hour this user most often "
+    optimize_send_time: JsonBool = Field(False, description="wait (up to a day) for the hour this user most often "
                                                         "opens or clicks; too little history: send now")
 
 
 class DelayStep(_Step):
     type: Literal["delay"] = "delay"
-    seconds: int = Field(ge=0, le=366 * 86400)
+    seconds: JsonInt = Field(ge=0, le=366 * 86400)
     next: str | None = None
 
 
 class WaitUntilStep(_Step):
     type: Literal["wait_until"] = "wait_until"
     time: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", examples=["09:00"], description="local HH:MM")
-    weekdays: list[int] = Field(default_factory=lambda: list(range(7)), description="0 = Monday … 6 = Sunday")
+    weekdays: list[JsonInt] = Field(default_factory=lambda: list(range(7)), description="0 = Monday … 6 = Sunday")
     next: str | None = None
 
     @model_validator(mode="after")
@@ -149,7 +150,7 @@ class WaitUntilStep(_Step):
 class WaitUntilAttributeStep(_Step):
     type: Literal["wait_until_attribute"] = "wait_until_attribute"
     trait: str = Field(min_length=1, examples=["renewal_date"])
-    offset_seconds: int = Field(0, description="e.g. -86400: a day before")
+    offset_seconds: JsonInt = Field(0, description="e.g. -86400: a day before")
     next: str | None = None
     on_missing: str | None = Field(None, description="when the trait is absent or the moment has passed")
 
@@ -164,7 +165,7 @@ class WaitForEventStep(_Step):
     type: Literal["wait_for_event"] = "wait_for_event"
     event: str = Field(min_length=1, examples=["Order Completed"])
     match: Match | None = None
-    timeout_seconds: int = Field(ge=1, le=366 * 86400)
+    timeout_seconds: JsonInt = Field(ge=1, le=366 * 86400)
     on_event: str | None = None
     on_timeout: str | None = None
 
@@ -207,7 +208,7 @@ class BranchStep(_Step):
 
 class Variant(_Model):
     name: str = Field(min_length=1, max_length=50, examples=["A"])
-    weight: float = Field(gt=0)
+    weight: JsonFloat = Field(gt=0)
     next: str | None = None
 
 
@@ -217,7 +218,7 @@ class SplitStep(_Step):
 
     type: Literal["split"] = "split"
     variants: list[Variant] = Field(min_length=2, max_length=10)
-    winner_after: int | None = Field(None, ge=2, description="entrants before the winner takes the rest")
+    winner_after: JsonInt | None = Field(None, ge=2, description="entrants before the winner takes the rest")
 
     @model_validator(mode="after")
     def _names(self) -> "SplitStep":

@@ -3,7 +3,6 @@
 import csv
 import io
 import uuid
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import structlog
@@ -36,6 +35,7 @@ from shared.core import workspace_settings
 from shared.db import AfterDep, SessionDep
 from shared.errors import COMMON_ERRORS, Conflict, NotFound, UpstreamUnavailable, ValidationFailed, problem_schema
 from shared.settings import Settings
+from shared.validation import IsoDatetime
 
 log = structlog.get_logger()
 
@@ -52,7 +52,9 @@ router = APIRouter(prefix="/v1", tags=["messages"])
         "Returns 202 when the message is new and 200 (header `Idempotent-Replayed: true`) when the key was "
         "seen before with the same content; the same key with different content is a 409."
     ),
-    responses={**COMMON_ERRORS, 200: {"description": "Replay of an earlier request"},
+    responses={**COMMON_ERRORS, 200: {"model": MessageOut, "description": "Replay of an earlier request",
+                                      "headers": {"Idempotent-Replayed": {"schema": {"type": "string",
+                                                                                     "enum": ["true"]}}}},
                409: problem_schema("Idempotency key reused with different content")},
 )
 async def send_message(
@@ -133,8 +135,8 @@ class LogFilters:
         channel: Annotated[Literal["email", "sms", "push", "webhook"] | None, Query()] = None,
         user: Annotated[str | None, Query(description="the userId or anonymousId the message was for")] = None,
         campaign_id: Annotated[uuid.UUID | None, Query()] = None,
-        since: Annotated[datetime | None, Query(description="created at or after")] = None,
-        until: Annotated[datetime | None, Query(description="created before")] = None,
+        since: Annotated[IsoDatetime | None, Query(description="created at or after")] = None,
+        until: Annotated[IsoDatetime | None, Query(description="created before")] = None,
     ):
         self.values = {"status": status, "to": to, "channel": channel, "user": user,
                        "campaign_id": str(campaign_id) if campaign_id else None, "since": since, "until": until}

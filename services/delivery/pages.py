@@ -21,9 +21,13 @@ from starlette.formparsers import MultiPartException
 
 from services.delivery import consent, signing
 from shared.db import SessionDep
-from shared.errors import BadRequest, NotFound
+from shared.errors import BadRequest, NotFound, problem_schema
 
 router = APIRouter(tags=["recipient pages"])
+_LINK_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: problem_schema("The link is not valid (bad or tampered token)"),
+    404: problem_schema("The link's message no longer exists"),
+}
 
 PIXEL = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00,"
          b"\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
@@ -99,7 +103,7 @@ def _verify(request: Request, purpose: str, token: str, extra: str = "") -> sign
         raise BadRequest("This link is not valid") from None
 
 
-@router.get("/u/{token}", response_class=HTMLResponse, operation_id="unsubscribe_page",
+@router.get("/u/{token}", response_class=HTMLResponse, operation_id="unsubscribe_page", responses=_LINK_ERRORS,
             summary="Unsubscribe landing page (asks; a GET changes nothing)")
 async def unsubscribe_page(token: str, request: Request, session: SessionDep,
                            lang: Annotated[str | None, Query()] = None) -> HTMLResponse:
@@ -118,7 +122,7 @@ def _preferences_token(request: Request, message: dict[str, Any]) -> str:
                         signing.Subject(message["workspace_id"], message["id"]))
 
 
-@router.post("/u/{token}", response_class=HTMLResponse, operation_id="unsubscribe_one_click",
+@router.post("/u/{token}", response_class=HTMLResponse, operation_id="unsubscribe_one_click", responses=_LINK_ERRORS,
              summary="One-click unsubscribe (RFC 8058 POST `List-Unsubscribe=One-Click`, or the page's button)")
 async def unsubscribe(token: str, request: Request, session: SessionDep,
                       lang: Annotated[str | None, Query()] = None) -> HTMLResponse:
@@ -153,7 +157,7 @@ def _preference_form(t: dict[str, str], lang: str, prefs: dict[str, Any], notice
             f'{t["all_off"]}</label><button type="submit">{t["save"]}</button></form>')
 
 
-@router.get("/p/{token}", response_class=HTMLResponse, operation_id="preference_page",
+@router.get("/p/{token}", response_class=HTMLResponse, operation_id="preference_page", responses=_LINK_ERRORS,
             summary="The preference page: topics and unsubscribe-from-all")
 async def preference_page(token: str, request: Request, session: SessionDep,
                           lang: Annotated[str | None, Query()] = None) -> HTMLResponse:
@@ -165,7 +169,7 @@ async def preference_page(token: str, request: Request, session: SessionDep,
     return _page(code, TEXTS[code]["title"], _preference_form(TEXTS[code], code, prefs))
 
 
-@router.post("/p/{token}", response_class=HTMLResponse, operation_id="save_preferences",
+@router.post("/p/{token}", response_class=HTMLResponse, operation_id="save_preferences", responses=_LINK_ERRORS,
              summary="Save the preference page's form")
 async def save_preferences(token: str, request: Request, session: SessionDep,
                            topic: Annotated[list[str] | None, Form()] = None,
@@ -225,7 +229,8 @@ async def open_pixel(token: str, request: Request, session: SessionDep) -> Respo
     return Response(PIXEL, media_type="image/gif", headers={"Cache-Control": "no-store, max-age=0"})
 
 
-@router.get("/c/{token}", operation_id="click_redirect", summary="Click tracking redirect (signed: no open redirect)",
+@router.get("/c/{token}", operation_id="click_redirect", responses=_LINK_ERRORS,
+            summary="Click tracking redirect (signed: no open redirect)",
             response_class=RedirectResponse, status_code=302)
 async def click(token: str, request: Request, session: SessionDep, u: Annotated[str, Query(max_length=4000)]
                 ) -> RedirectResponse:
@@ -238,7 +243,7 @@ async def click(token: str, request: Request, session: SessionDep, u: Annotated[
 
 
 
-@router.get("/confirm/{token}", response_class=HTMLResponse, operation_id="confirm_opt_in_page",
+@router.get("/confirm/{token}", response_class=HTMLResponse, operation_id="confirm_opt_in_page", responses=_LINK_ERRORS,
             summary="Double opt-in: the confirmation page (asks; a GET changes nothing)")
 async def confirm_page(token: str, request: Request, session: SessionDep,
                        lang: Annotated[str | None, Query()] = None) -> HTMLResponse:
@@ -251,7 +256,7 @@ async def confirm_page(token: str, request: Request, session: SessionDep,
                  f'<form method="post"><p>{question}</p><button type="submit">{t["confirm_btn"]}</button></form>')
 
 
-@router.post("/confirm/{token}", response_class=HTMLResponse, operation_id="confirm_opt_in",
+@router.post("/confirm/{token}", response_class=HTMLResponse, operation_id="confirm_opt_in", responses=_LINK_ERRORS,
              summary="Double opt-in: confirm (the page's button)")
 async def confirm(token: str, request: Request, session: SessionDep,
                   lang: Annotated[str | None, Query()] = None) -> HTMLResponse:

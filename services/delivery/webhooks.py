@@ -20,9 +20,10 @@ from sqlalchemy import text
 from services.delivery import consent, sendgrid, sms
 from shared import metrics
 from shared.db import SessionDep
-from shared.errors import BadRequest, Forbidden
+from shared.errors import BadRequest, Forbidden, problem_schema
 
 router = APIRouter(prefix="/webhooks", tags=["provider webhooks"])
+_SIGNED = {403: problem_schema("The provider's signature does not match (or no key is configured)")}
 HELP_TEXT = "Reply STOP to unsubscribe, START to subscribe again."
 
 
@@ -79,7 +80,8 @@ def _twiml(message: str | None = None) -> Response:
     return Response(f'<?xml version="1.0" encoding="UTF-8"?><Response>{body}</Response>', media_type="text/xml")
 
 
-@router.post("/twilio/{workspace_id}/status", operation_id="twilio_status_callback",
+@router.post("/twilio/{workspace_id}/status", operation_id="twilio_status_callback", status_code=204,
+             response_class=Response, responses=_SIGNED,
              summary="Twilio SMS status callback (signed): delivered / undelivered / failed")
 async def twilio_status(workspace_id: uuid.UUID, request: Request, session: SessionDep) -> Response:
     form = await _verified_form(request)
@@ -103,7 +105,8 @@ async def twilio_status(workspace_id: uuid.UUID, request: Request, session: Sess
     return Response(status_code=204)
 
 
-@router.post("/twilio/{workspace_id}/inbound", operation_id="twilio_inbound_sms",
+@router.post("/twilio/{workspace_id}/inbound", operation_id="twilio_inbound_sms", response_class=Response,
+             responses={**_SIGNED, 200: {"description": "TwiML: the reply, if any", "content": {"text/xml": {}}}},
              summary="Twilio inbound SMS (signed): STOP opts out, START opts in, HELP answers")
 async def twilio_inbound(workspace_id: uuid.UUID, request: Request, session: SessionDep) -> Response:
     form = await _verified_form(request)
@@ -124,7 +127,9 @@ async def twilio_inbound(workspace_id: uuid.UUID, request: Request, session: Ses
     return _twiml(HELP_TEXT if word == "help" and not form.get("OptOutType") else None)
 
 
-@router.post("/sendgrid/{workspace_id}/events", operation_id="sendgrid_events",
+@router.post("/sendgrid/{workspace_id}/events", operation_id="sendgrid_events", status_code=204,
+             response_class=Response,
+             responses={**_SIGNED, 400: problem_schema("The body is not a JSON array of events")},
              summary="SendGrid Event Webhook (ECDSA-signed): delivered, bounce, spamreport, dropped, unsubscribe")
 async def sendgrid_events(workspace_id: uuid.UUID, request: Request, session: SessionDep) -> Response:
     settings = request.app.state.settings

@@ -145,9 +145,12 @@ async def _store(request: Request, body: dict[str, Any],
                          rejected=rejected)
 
 
-def _body_doc(model: type[Any]) -> dict[str, Any]:
-    """The request body as documentation: routes parse it themselves (gzip, ``writeKey`` in body)."""
+def _body_doc(model: type[Any], *, typed_by_path: bool = False) -> dict[str, Any]:
+    """The request body as documentation: routes parse it themselves (gzip, ``writeKey`` in body).
+    ``typed_by_path``: the route sets the message's ``type`` (Segment's API ignores a body's own)."""
     schema = model.model_json_schema(by_alias=True)
+    if typed_by_path:
+        schema["properties"]["type"] = {"description": "ignored: the path gives the type"}
     return {
         "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
         "security": [{"writeKey": []}],
@@ -165,7 +168,7 @@ def _single(kind: str, model: type, summary: str) -> None:
     handler.__name__ = kind
     tracking_router.add_api_route(
         f"/{kind}", handler, methods=["POST"], response_model=TrackResponse, summary=summary,
-        operation_id=kind, responses=_TRACK_ERRORS, openapi_extra=_body_doc(model),
+        operation_id=kind, responses=_TRACK_ERRORS, openapi_extra=_body_doc(model, typed_by_path=True),
     )
     # analytics.js (analytics-next) posts each call to the type's first letter: /v1/t, /v1/i, /v1/p, /v1/s, ...
     tracking_router.add_api_route(f"/{kind[0]}", handler, methods=["POST"], response_model=TrackResponse,

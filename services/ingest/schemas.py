@@ -4,9 +4,9 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
 
-from shared.validation import Ref
+from shared.validation import IsoDatetime, JsonBool, Ref
 
 
 def _id_str(v: Any) -> Any:
@@ -18,7 +18,13 @@ def _id_str(v: Any) -> Any:
     return v
 
 
-IdStr = Annotated[Annotated[str, StringConstraints(max_length=512)] | None, BeforeValidator(_id_str)]
+# documented as what is accepted: a string, or a number (kept as its decimal text)
+IdStr = Annotated[Annotated[str, StringConstraints(max_length=512)] | None, BeforeValidator(_id_str),
+                  WithJsonSchema({"anyOf": [{"type": "string", "maxLength": 512}, {"type": "number"},
+                                            {"type": "null"}]}, mode="validation")]
+RequiredIdStr = Annotated[str, BeforeValidator(_id_str), StringConstraints(min_length=1, max_length=512),
+                          WithJsonSchema({"anyOf": [{"type": "string", "minLength": 1, "maxLength": 512},
+                                                    {"type": "number"}]}, mode="validation")]
 
 
 class _Message(BaseModel):
@@ -30,9 +36,9 @@ class _Message(BaseModel):
     anonymous_id: IdStr = Field(default=None, alias="anonymousId")
     context: dict[str, Any] = Field(default_factory=dict)
     integrations: dict[str, Any] = Field(default_factory=dict)
-    timestamp: datetime | None = None
-    original_timestamp: datetime | None = Field(default=None, alias="originalTimestamp")
-    sent_at: datetime | None = Field(default=None, alias="sentAt")
+    timestamp: IsoDatetime | None = None
+    original_timestamp: IsoDatetime | None = Field(default=None, alias="originalTimestamp")
+    sent_at: IsoDatetime | None = Field(default=None, alias="sentAt")
 
     @model_validator(mode="after")
     def _needs_identity(self) -> "_Message":
@@ -92,8 +98,7 @@ class GroupMessage(_Message):
     """The user belongs to an account (B2B); ``traits`` are the account's (industry, employees, plan)."""
 
     type: Literal["group"] = "group"
-    group_id: Annotated[str, BeforeValidator(_id_str), StringConstraints(min_length=1, max_length=512)] = Field(
-        alias="groupId")
+    group_id: RequiredIdStr = Field(alias="groupId")
     traits: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -101,8 +106,7 @@ class AliasMessage(_Message):
     """``previousId`` (an anonymous id or an older user id) is the same person as ``userId``."""
 
     type: Literal["alias"] = "alias"
-    previous_id: Annotated[str, BeforeValidator(_id_str), StringConstraints(min_length=1, max_length=512)] = Field(
-        alias="previousId")
+    previous_id: RequiredIdStr = Field(alias="previousId")
 
     @model_validator(mode="after")
     def _needs_user_id(self) -> "AliasMessage":
@@ -123,7 +127,7 @@ class BatchRequest(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="allow")
     batch: list[dict[str, Any]] = Field(min_length=1)
     context: dict[str, Any] = Field(default_factory=dict)
-    sent_at: datetime | None = Field(default=None, alias="sentAt")
+    sent_at: IsoDatetime | None = Field(default=None, alias="sentAt")
 
 
 class Rejected(BaseModel):
@@ -220,7 +224,7 @@ class ProfileEventList(BaseModel):
 class ErasureCreate(BaseModel):
     user: str = Field(min_length=1, max_length=512, description="userId, anonymousId, email or profile id",
                       examples=["u-42"])
-    suppress: bool = Field(False, description="drop later events for this user's ids (hashes are kept)")
+    suppress: JsonBool = Field(False, description="drop later events for this user's ids (hashes are kept)")
 
 
 class PrivacyRequestOut(BaseModel):

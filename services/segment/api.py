@@ -1,7 +1,7 @@
 """Segment HTTP routes: definitions, members, and the transition feed."""
 
 import uuid
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -35,6 +35,7 @@ from shared.auth import InternalDep, WorkspaceDep
 from shared.db import AfterDep, SessionDep
 from shared.errors import COMMON_ERRORS, ValidationFailed, problem_schema
 from shared.feed import Cursor, backlog
+from shared.validation import IsoDate, IsoDatetime
 
 router = APIRouter(prefix="/v1", tags=["segments"])
 feed_router = APIRouter(prefix="/v1", tags=["feed"])
@@ -169,8 +170,8 @@ async def get_profile_stage(profile_id: uuid.UUID, ws: WorkspaceDep, session: Se
 async def retention_metrics(
     ws: WorkspaceDep,
     session: SessionDep,
-    start: Annotated[datetime, Query(description="cohort: profiles first seen from (inclusive)")],
-    end: Annotated[datetime, Query(description="… until (exclusive)")],
+    start: Annotated[IsoDatetime, Query(description="cohort: profiles first seen from (inclusive)")],
+    end: Annotated[IsoDatetime, Query(description="… until (exclusive)")],
     segment_id: Annotated[uuid.UUID | None, Query(description="only current members of this segment")] = None,
 ) -> dict[str, Any]:
     if end <= start:
@@ -186,8 +187,8 @@ async def retention_metrics(
 async def stage_series(
     ws: WorkspaceDep,
     session: SessionDep,
-    start: Annotated[date, Query(description="first day (UTC)")],
-    end: Annotated[date, Query(description="last day (UTC), at most 366 days after start")],
+    start: Annotated[IsoDate, Query(description="first day (UTC)")],
+    end: Annotated[IsoDate, Query(description="last day (UTC), at most 366 days after start")],
 ) -> dict[str, Any]:
     if end < start or (end - start).days > 366:
         raise ValidationFailed("end must be on or after start, and at most 366 days later")

@@ -40,6 +40,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
+from shared.validation import IsoDate, JsonFloat, JsonInt
+
 EMAIL_OPENED = "Email Opened"
 EMAIL_CLICKED = "Email Link Clicked"
 STAGE_NAMES = ("onboarding", "engaged", "loyal", "advocacy", "reactivated", "at_risk", "churned")
@@ -106,8 +108,8 @@ class PropertyFilter(_Compared):
 
 
 class Between(_Node):
-    start: date
-    end: date = Field(description="inclusive")
+    start: IsoDate
+    end: IsoDate = Field(description="inclusive")
 
     @model_validator(mode="after")
     def _ordered(self) -> "Between":
@@ -117,7 +119,8 @@ class Between(_Node):
 
 
 class _Windowed(_Node):
-    within_days: int | None = Field(default=None, ge=1, le=3650, description="only the last N days (UTC, incl. today)")
+    within_days: JsonInt | None = Field(default=None, ge=1, le=3650,
+                                        description="only the last N days (UTC, incl. today)")
     between: Between | None = Field(default=None, description="only events on these (UTC) days")
 
     @model_validator(mode="after")
@@ -138,7 +141,7 @@ class PerformedNode(_Windowed):
     type: Literal["performed"] = "performed"
     event: str = Field(min_length=1, examples=["Order Completed"])
     op: Literal["at_least", "at_most", "exactly"] = "at_least"
-    count: int = Field(default=1, ge=0)
+    count: JsonInt = Field(default=1, ge=0)
     where: list[PropertyFilter] = Field(default_factory=list, description="every filter must match")
 
 
@@ -169,7 +172,7 @@ class AggregateNode(_Windowed):
     property: str = Field(min_length=1, examples=["revenue"])
     function: Literal["sum", "avg", "min", "max", "count"] = "sum"
     op: NumberOp = "gte"
-    value: float
+    value: JsonFloat
     where: list[PropertyFilter] = Field(default_factory=list)
 
 
@@ -188,14 +191,14 @@ class KeyedNode(_Node):
     key: str = Field(min_length=1, examples=["cart_id"])
     event: str = Field(min_length=1, examples=["Product Added"])
     without: str = Field(min_length=1, examples=["Order Completed"])
-    within_days: int | None = Field(default=None, ge=1, le=3650)
+    within_days: JsonInt | None = Field(default=None, ge=1, le=3650)
 
 
 class EmailEngagementNode(_Node):
     type: Literal["email_engagement"] = "email_engagement"
     action: Literal["opened", "clicked"] = "opened"
-    count: int = Field(default=1, ge=1)
-    within_days: int | None = Field(default=None, ge=1, le=3650)
+    count: JsonInt = Field(default=1, ge=1)
+    within_days: JsonInt | None = Field(default=None, ge=1, le=3650)
 
 
 class StageNode(_Node):
@@ -231,7 +234,7 @@ class RandomBucketNode(_Node):
     """A stable random share of profiles (holdouts, tests): the same profile always lands in the same bucket."""
 
     type: Literal["random_bucket"] = "random_bucket"
-    percent: float = Field(gt=0, le=100)
+    percent: JsonFloat = Field(gt=0, le=100)
     seed: str = Field("", max_length=100, description="change it to draw a different, independent sample")
 
 

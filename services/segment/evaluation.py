@@ -712,5 +712,5 @@ async def search(session: AsyncSession, ws: uuid.UUID, node: Any, *, after: uuid
         evaluated += len(pids)
         if len(pids) < EVAL_CHUNK:
             return {"count": count, "profiles": picked, "profiles_evaluated": evaluated,
-                    "next_cursor": picked[-1]["profile_id"] if len(picked) == limit else None}
+                    "next_cursor": picked[-1]["profile_id"] if picked and len(picked) == limit else None}
         cursor = pids[-1]

@@ -5,7 +5,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from shared.validation import Ref
+from shared.validation import JsonInt, Ref
 
 DEFINITION_EXAMPLE = {
     "type": "and",
@@ -33,7 +33,7 @@ class SegmentUpdate(BaseModel):
 
 class PreviewRequest(BaseModel):
     definition: dict[str, Any] = Field(examples=[DEFINITION_EXAMPLE])
-    sample: int = Field(10, ge=0, le=100)
+    sample: JsonInt = Field(10, ge=0, le=100)
 
 
 class PreviewOut(BaseModel):
@@ -144,7 +144,7 @@ class SearchRequest(BaseModel):
     definition: dict[str, Any] = Field(
         description="which profiles: any condition tree (a trait, an attribute, a segment membership, …)",
         examples=[{"type": "attribute", "attribute": "order_count", "op": "gte", "value": 2}])
-    limit: int = Field(50, ge=1, le=1000, description="page size")
+    limit: JsonInt = Field(50, ge=1, le=1000, description="page size")
     after: str | None = Field(None, description="next_cursor of the previous page")
 
 

@@ -185,15 +185,15 @@ async def feed_head(ingest: httpx.AsyncClient) -> str:
 
 
 @contextlib.contextmanager
-def http_server(app: Any) -> Iterator[int]:
-    """Serve an ASGI app on a free loopback port in a thread (a provider's or customer's server in tests);
-    yields the port."""
+def http_server(app: Any, port: int | None = None) -> Iterator[int]:
+    """Serve an ASGI app on a loopback port (a free one unless given) in a thread (a provider's or customer's
+    server in tests); yields the port."""
     import threading
     import time
 
     import uvicorn
 
-    port = free_port()
+    port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

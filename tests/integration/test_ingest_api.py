@@ -154,6 +154,17 @@ def test_openapi_names_every_operation_and_declares_credentials(apps) -> None:
                 for requirement in op.get("security", spec["security"]):
                     assert set(requirement) <= set(schemes), f"{name} {method} {path}: undeclared scheme"
         assert spec["paths"]["/healthz"]["get"]["security"] == []
+        assert spec["paths"]["/v1/privacy/erasure"]["post"]["security"] == (
+            [{"secretKey": []}] if name == "ingest" else [{"internalToken": []}])
+    ingest = apps["ingest"]._transport.app.openapi()  # type: ignore[attr-defined]
+    delivery = apps["delivery"]._transport.app.openapi()  # type: ignore[attr-defined]
+    assert ingest["paths"]["/v1/track"]["post"]["security"] == [{"writeKey": []}]
+    assert ingest["paths"]["/v1/events"]["get"]["security"] == [{"internalToken": []}]
+    assert delivery["paths"]["/v1/messages"]["post"]["security"] == [{"secretKey": []}]
+    assert delivery["paths"]["/u/{token}"]["post"]["security"] == []  # RFC 8058: mail clients send no key
+    problem = "application/problem+json"
+    assert problem in delivery["paths"]["/v1/messages"]["post"]["responses"]["422"]["content"]
+    assert problem in delivery["paths"]["/v1/messages"]["post"]["responses"]["403"]["content"]
 
 
 

@@ -33,18 +33,23 @@ from services.campaign.programs.schemas import (
 from shared.auth import WorkspaceDep
 from shared.db import AfterDep, SessionDep
 from shared.errors import COMMON_ERRORS, BadRequest, problem_schema
+from shared.validation import IsoDatetime, Ref
 
 router = APIRouter(prefix="/v1")
 
-Member = Annotated[str, Path(description="the member: profile id, userId, anonymousId or email")]
+Member = Annotated[Ref, Path(description="the member: profile id, userId, anonymousId or email")]
 Pool = Annotated[str, Path(pattern=config.POOL_NAME, description="the coupon pool's name")]
 IdempotencyKey = Annotated[str, Header(min_length=1, max_length=200, alias="Idempotency-Key",
                                        description="a retry with the same key is the same operation")]
 PeriodQ = Annotated[leaderboards.Period, Query(description="the calendar period (UTC) containing `at`")]
-AtQ = Annotated[datetime | None, Query(description="a moment in the period (default: now)")]
+AtQ = Annotated[IsoDatetime | None, Query(description="a moment in the period (default: now)")]
 _NOT_FOUND = {**COMMON_ERRORS, 404: problem_schema("Not found (no such program, profile or referral)")}
-_SPEND = {**_NOT_FOUND, 409: problem_schema("Not enough points (`balance` says how many there are), or the "
-                                            "Idempotency-Key was used for a different operation")}
+_SPEND = {
+    **_NOT_FOUND,
+    200: {"model": EntryOut, "description": "A retry with the same Idempotency-Key: the first answer, unchanged"},
+    409: problem_schema("Not enough points (`balance` says how many there are), or the Idempotency-Key was used "
+                        "for a different operation"),
+}
 
 
 def _bounds(period: leaderboards.Period, at: datetime) -> tuple[datetime | None, datetime | None]:
@@ -69,16 +74,23 @@ async def _person(request: Request, ws: uuid.UUID, ref: str) -> tuple[uuid.UUID,
     return pid, {"user_id": profile.get("user_id"), "anonymous_id": profile.get("anonymous_id")}
 
 
+def _program_routes(kind: str, model: type[ReferralProgramIn | LoyaltyProgramIn]) -> tuple[Any, Any]:
+    """The PUT and GET handlers of one program. The kind is closed over: a default argument would be a
+    query parameter clients could set (``?_k=anything`` wrote a program of any kind)."""
+
+    async def _put(body: model, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:  # type: ignore[valid-type]
+        async with session.begin():
+            return await config.put(session, ws, kind, body.config, body.enabled)  # type: ignore[attr-defined]
+
+    async def _get(ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+        async with session.begin():
+            return await config.get(session, ws, kind)
+
+    return _put, _get
+
+
 for _kind, _body in (("referral", ReferralProgramIn), ("loyalty", LoyaltyProgramIn)):
-
-    async def _put(body: _body, ws: WorkspaceDep, session: SessionDep, _k: str = _kind) -> dict[str, Any]:  # type: ignore[valid-type]
-        async with session.begin():
-            return await config.put(session, ws, _k, body.config, body.enabled)  # type: ignore[attr-defined]
-
-    async def _get(ws: WorkspaceDep, session: SessionDep, _k: str = _kind) -> dict[str, Any]:
-        async with session.begin():
-            return await config.get(session, ws, _k)
-
+    _put, _get = _program_routes(_kind, _body)
     router.add_api_route(f"/programs/{_kind}", _put, methods=["PUT"], response_model=ProgramOut,
                          operation_id=f"put_{_kind}_program", tags=["programs"],
                          summary=f"Create or replace the workspace's {_kind} program", responses=COMMON_ERRORS)
@@ -125,7 +137,7 @@ async def referral_invite(body: InviteIn, ws: WorkspaceDep, session: SessionDep,
             summary="Referrals: who brought whom, rejected ones with their reason", responses=_NOT_FOUND)
 async def list_referrals(
     ws: WorkspaceDep, session: SessionDep, request: Request, after: AfterDep, limit: Limit = 100,
-    referrer: Annotated[str | None, Query(description="only this referrer's (profile id, userId or email)")] = None,
+    referrer: Annotated[Ref | None, Query(description="only this referrer's (profile id, userId or email)")] = None,
     status: Annotated[str | None, Query(description="converted | rejected | rewarded | capped | reversed")] = None,
 ) -> dict[str, Any]:
     rid = await _member(request, ws, referrer) if referrer else None

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.campaign.journey_def import PropertyFilter
 from shared.errors import NotFound
 from shared.jsonutil import dumps
+from shared.validation import JsonBool, JsonFloat, JsonInt
 
 KINDS = ("referral", "loyalty")
 POOL_NAME = r"^[A-Za-z0-9_.-]{1,100}$"
@@ -23,7 +24,7 @@ class _Model(BaseModel):
 
 class PointsReward(_Model):
     type: Literal["points"] = "points"
-    points: int = Field(gt=0, le=10_000_000, examples=[500], description="credited to the loyalty ledger")
+    points: JsonInt = Field(gt=0, le=10_000_000, examples=[500], description="credited to the loyalty ledger")
 
 
 class CouponReward(_Model):
@@ -46,7 +47,7 @@ class QualifyingEvent(_Model):
     event: str = Field("Order Completed", min_length=1, description="the referred user's first such event "
                                                                     "(after signing up) grants the rewards")
     where: list[PropertyFilter] = Field(default_factory=list, description="every filter must match")
-    within_days: int | None = Field(90, ge=1, le=3650, description="after signing up; null: any time")
+    within_days: JsonInt | None = Field(90, ge=1, le=3650, description="after signing up; null: any time")
 
 
 class ReferralConfig(_Model):
@@ -57,14 +58,14 @@ class ReferralConfig(_Model):
                              description="share links are this URL with ?ref=CODE&channel=email|sms|social")
     signup_events: list[str] = Field(default_factory=lambda: ["Signed Up"], min_length=1,
                                      description="events that make the visitor a referred user")
-    attribution_window_days: int = Field(30, ge=0, le=365, description="the code must have been seen at most this "
+    attribution_window_days: JsonInt = Field(30, ge=0, le=365, description="the code must have been seen at most this "
                                                                        "long before signing up (first touch)")
     qualifying: QualifyingEvent = Field(default_factory=QualifyingEvent)
     referrer_reward: Reward | None = Field(default_factory=lambda: PointsReward(points=500))
     referred_reward: Reward | None = Field(default_factory=lambda: PointsReward(points=250))
     refund_event: str = Field("Order Refunded", description="with the qualifying order's order_id: the rewards "
                                                             "are reversed")
-    max_rewarded_per_referrer: int | None = Field(None, ge=1, description="rewarded referrals per referrer; beyond "
+    max_rewarded_per_referrer: JsonInt | None = Field(None, ge=1, description="rewarded referrals per referrer; beyond "
                                                                           "it, referrals convert without reward")
 
 
@@ -73,16 +74,17 @@ class EarnRule(_Model):
 
     event: str = Field(min_length=1, examples=["Order Completed"])
     where: list[PropertyFilter] = Field(default_factory=list)
-    points: int = Field(0, ge=0, le=10_000_000, description="fixed points (a bonus)")
-    per_unit: float = Field(0, ge=0, le=100_000, description="points per unit of `property` (rounded down)")
+    points: JsonInt = Field(0, ge=0, le=10_000_000, description="fixed points (a bonus)")
+    per_unit: JsonFloat = Field(0, ge=0, le=100_000, description="points per unit of `property` (rounded down)")
     property: str = Field("revenue", description="the amount property (e.g. Order Completed.revenue)")
-    first_time_only: bool = Field(False, description="only the member's first such event earns (a first-order bonus)")
+    first_time_only: JsonBool = Field(False,
+                                      description="only the member's first such event earns (a first-order bonus)")
     name: str | None = Field(None, max_length=100, description="shown in the history's reason")
 
 
 class Tier(_Model):
     name: str = Field(min_length=1, max_length=100, examples=["Gold"])
-    threshold: float = Field(ge=0, description="points earned (or spend) in the window needed")
+    threshold: JsonFloat = Field(ge=0, description="points earned (or spend) in the window needed")
     benefits: list[str] = Field(default_factory=list, examples=[["free shipping", "exclusive offers"]])
 
 
@@ -90,8 +92,8 @@ class Badge(_Model):
     name: str = Field(min_length=1, max_length=100, examples=["Explorer"])
     events: list[str] = Field(min_length=1, max_length=20, examples=[["Project Created", "Report Shared"]],
                               description="every one of them, all within `within_days`")
-    within_days: int = Field(7, ge=1, le=3650)
-    points: int = Field(0, ge=0, le=10_000_000)
+    within_days: JsonInt = Field(7, ge=1, le=3650)
+    points: JsonInt = Field(0, ge=0, le=10_000_000)
 
 
 class LoyaltyConfig(_Model):
@@ -99,11 +101,11 @@ class LoyaltyConfig(_Model):
 
     earn: list[EarnRule] = Field(default_factory=lambda: [EarnRule(event="Order Completed", per_unit=1)],
                                  max_length=50)
-    expiry_months: int | None = Field(12, ge=1, le=120, description="points expire this long after they were "
+    expiry_months: JsonInt | None = Field(12, ge=1, le=120, description="points expire this long after they were "
                                                                     "earned, oldest first; null: never")
     tier_basis: Literal["points", "spend"] = Field("points", description="points earned or `revenue` spent")
-    tier_window_days: int = Field(365, ge=1, le=3650, description="the rolling window tiers are measured over")
-    tier_retain_days: int = Field(30, ge=0, le=3650, description="a tier is kept at least this long before a "
+    tier_window_days: JsonInt = Field(365, ge=1, le=3650, description="the rolling window tiers are measured over")
+    tier_retain_days: JsonInt = Field(30, ge=0, le=3650, description="a tier is kept at least this long before a "
                                                                  "downgrade")
     tiers: list[Tier] = Field(default_factory=list, max_length=20, description="ordered by threshold")
     badges: list[Badge] = Field(default_factory=list, max_length=100)

@@ -6,11 +6,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from services.campaign.programs.config import POOL_NAME, LoyaltyConfig, ReferralConfig
-from shared.validation import Ref
+from shared.validation import JsonBool, JsonInt, Ref
 
 
 class ReferralProgramIn(BaseModel):
-    enabled: bool = Field(True, description="off: codes still resolve, but no attribution or rewards")
+    enabled: JsonBool = Field(True, description="off: codes still resolve, but no attribution or rewards")
     config: ReferralConfig = Field(default_factory=ReferralConfig, examples=[{
         "landing_url": "https://acme.example/join", "attribution_window_days": 30,
         "qualifying": {"event": "Order Completed"},
@@ -19,7 +19,7 @@ class ReferralProgramIn(BaseModel):
 
 
 class LoyaltyProgramIn(BaseModel):
-    enabled: bool = True
+    enabled: JsonBool = True
     config: LoyaltyConfig = Field(default_factory=LoyaltyConfig, examples=[{
         "earn": [{"event": "Order Completed", "per_unit": 1, "property": "revenue"},
                  {"event": "Review Submitted", "points": 50, "name": "review bonus"}],
@@ -166,12 +166,12 @@ class HistoryOut(BaseModel):
 
 
 class RedeemIn(BaseModel):
-    points: int = Field(gt=0, le=10_000_000, examples=[500])
+    points: JsonInt = Field(gt=0, le=10_000_000, examples=[500])
     reason: str | None = Field(None, max_length=500, examples=["$5 voucher"])
 
 
 class AdjustIn(BaseModel):
-    points: int = Field(ge=-10_000_000, le=10_000_000, examples=[-100],
+    points: JsonInt = Field(ge=-10_000_000, le=10_000_000, examples=[-100],
                         description="positive: a credit (expires like earned points); negative: a debit")
     reason: str = Field(min_length=1, max_length=500, examples=["goodwill for a late delivery"])
 

@@ -10,13 +10,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.campaign.programs import codes, config, ledger, outbox, tiers
 from shared.db import fetch_page, row_dict
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, NotFound, ValidationFailed
 
 SENT = "Referral Sent"
 
 
 async def upload_coupons(session: AsyncSession, ws: uuid.UUID, pool: str, new: list[str]) -> dict[str, Any]:
     clean = sorted({c.strip() for c in new if c.strip()})
+    if not clean:
+        raise ValidationFailed("Every code is blank: send at least one code")
     added = (await session.execute(text(
         "insert into campaign.coupons (workspace_id, pool, code) "
         "select :ws, :pool, c from unnest(CAST(:c AS text[])) c on conflict do nothing returning code"),

@@ -6,6 +6,7 @@ This is the one module that may import every service (the dev supervisor runs th
 import asyncio
 import contextlib
 import importlib
+import signal
 import sys
 from collections.abc import Iterator
 from enum import StrEnum
@@ -364,9 +365,12 @@ def dev(
     """Run everything in one process: four APIs, four workers, the dev inbox; embedded Postgres/Redis
     when TENURE_DATABASE_URL / TENURE_REDIS_URL are not set. Ctrl-C stops it all."""
     from services.devserver import run_dev
+    from shared.logging import configure_logging
     from shared.migrate import upgrade_all
 
     base = _load_settings()
+    configure_logging(base)
+    _interrupt_on_hangup_and_term()
     with _with_database(base) as settings:
         if settings.dev_inbox:  # delivery sends to the local inbox
             settings = settings.model_copy(update={"smtp_host": settings.host})
@@ -376,7 +380,16 @@ def dev(
             asyncio.run(run_dev(settings, demo=demo and settings.dev_demo, console=console))
         except KeyboardInterrupt:
             pass
+        finally:
+            _interrupt_on_hangup_and_term()  # asyncio.run put the defaults back; the embedded servers still run
     console.print("stopped")
+
+
+def _interrupt_on_hangup_and_term() -> None:
+    """SIGTERM (kill) and SIGHUP (the terminal closed) stop `tenure dev` as Ctrl-C does, embedded servers
+    included; by default they would end the process at once and leave those running."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.default_int_handler)
 
 
 def main() -> None:  # pragma: no cover - console script entry

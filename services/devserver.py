@@ -119,7 +119,7 @@ async def run_dev(settings: Settings, *, demo: bool, console: Console) -> None:
                for name in SERVICES]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     server_tasks = [asyncio.create_task(s.serve()) for s in servers]
     worker_tasks = [asyncio.create_task(w.async_run()) for w in workers]

@@ -5,8 +5,10 @@ This is the one module that may import every service (the dev supervisor runs th
 
 import asyncio
 import contextlib
+import errno
 import importlib
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from enum import StrEnum
@@ -20,7 +22,7 @@ import uvicorn
 from rich.console import Console
 from rich.table import Table
 
-from shared.settings import Settings
+from shared.settings import SERVICES, Settings
 
 app = typer.Typer(help="Tenure: lifecycle marketing backend.", no_args_is_help=True, add_completion=False)
 workspace_app = typer.Typer(help="Manage workspaces.", no_args_is_help=True)
@@ -369,6 +371,11 @@ def dev(
     from shared.migrate import upgrade_all
 
     base = _load_settings()
+    taken = _ports_in_use(base)
+    if taken:
+        console.print(f"[red]in use:[/red] {', '.join(taken)}. Is another `tenure dev` running (or a mail catcher "
+                      "on 1025/8025)? Stop it, or set those variables to free ports.", highlight=False)
+        raise typer.Exit(2)
     configure_logging(base)
     _interrupt_on_hangup_and_term()
     with _with_database(base) as settings:
@@ -383,6 +390,23 @@ def dev(
         finally:
             _interrupt_on_hangup_and_term()  # asyncio.run put the defaults back; the embedded servers still run
     console.print("stopped")
+
+
+def _ports_in_use(settings: Settings) -> list[str]:
+    """The ports `tenure dev` would listen on that something else holds, checked before anything starts."""
+    wanted = {f"TENURE_{s.upper()}_PORT": settings.port_of(s) for s in SERVICES}
+    if settings.dev_inbox:
+        wanted.update(TENURE_INBOX_PORT=settings.inbox_port, TENURE_SMTP_PORT=settings.smtp_port)
+    taken = []
+    for var, port in wanted.items():
+        with socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is free
+            try:
+                sock.bind((settings.host, port))
+            except OSError as exc:  # anything but "in use" is for the servers to report
+                if exc.errno == errno.EADDRINUSE:
+                    taken.append(f"{settings.host}:{port} ({var})")
+    return taken
 
 
 def _interrupt_on_hangup_and_term() -> None:

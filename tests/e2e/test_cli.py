@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -89,6 +90,21 @@ def test_dev_runs_everything_and_the_printed_example_reaches_the_inbox(settings,
             proc.kill()
             raise
     assert rc == 0, proc.stderr.read().decode()[-3000:]
+
+
+def test_dev_names_the_ports_in_use_before_starting_anything(tmp_path) -> None:
+    """Another `tenure dev`, or a mail catcher such as Mailpit (1025/8025), holds a port: say which, start nothing."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        ports = {f"TENURE_{s}_PORT": str(free_port()) for s in ("INGEST", "SEGMENT", "CAMPAIGN", "DELIVERY", "INBOX")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TENURE_")}
+        env.update(TENURE_STATE_DIR=str(tmp_path / "state"), TENURE_SMTP_PORT=str(port), **ports)
+        r = subprocess.run([TENURE, "dev"], env=env, capture_output=True, timeout=60)
+    assert r.returncode == 2, r.stderr.decode()
+    assert f"127.0.0.1:{port} (TENURE_SMTP_PORT)" in " ".join(r.stderr.decode().split())
+    assert not (tmp_path / "state").exists()  # no embedded server was started
 
 
 def test_dev_stops_its_embedded_servers_when_the_terminal_hangs_up(tmp_path) -> None:

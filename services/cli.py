@@ -5,7 +5,10 @@ This is the one module that may import every service (the dev supervisor runs th
 
 import asyncio
 import contextlib
+import errno
 import importlib
+import signal
+import socket
 import sys
 from collections.abc import Iterator
 from enum import StrEnum
@@ -19,7 +22,7 @@ import uvicorn
 from rich.console import Console
 from rich.table import Table
 
-from shared.settings import Settings
+from shared.settings import SERVICES, Settings
 
 app = typer.Typer(help="Tenure: lifecycle marketing backend.", no_args_is_help=True, add_completion=False)
 workspace_app = typer.Typer(help="Manage workspaces.", no_args_is_help=True)
@@ -364,9 +367,17 @@ def dev(
     """Run everything in one process: four APIs, four workers, the dev inbox; embedded Postgres/Redis
     when TENURE_DATABASE_URL / TENURE_REDIS_URL are not set. Ctrl-C stops it all."""
     from services.devserver import run_dev
+    from shared.logging import configure_logging
     from shared.migrate import upgrade_all
 
     base = _load_settings()
+    taken = _ports_in_use(base)
+    if taken:
+        console.print(f"[red]in use:[/red] {', '.join(taken)}. Is another `tenure dev` running (or a mail catcher "
+                      "on 1025/8025)? Stop it, or set those variables to free ports.", highlight=False)
+        raise typer.Exit(2)
+    configure_logging(base)
+    _interrupt_on_hangup_and_term()
     with _with_database(base) as settings:
         if settings.dev_inbox:  # delivery sends to the local inbox
             settings = settings.model_copy(update={"smtp_host": settings.host})
@@ -376,7 +387,33 @@ def dev(
             asyncio.run(run_dev(settings, demo=demo and settings.dev_demo, console=console))
         except KeyboardInterrupt:
             pass
+        finally:
+            _interrupt_on_hangup_and_term()  # asyncio.run put the defaults back; the embedded servers still run
     console.print("stopped")
+
+
+def _ports_in_use(settings: Settings) -> list[str]:
+    """The ports `tenure dev` would listen on that something else holds, checked before anything starts."""
+    wanted = {f"TENURE_{s.upper()}_PORT": settings.port_of(s) for s in SERVICES}
+    if settings.dev_inbox:
+        wanted.update(TENURE_INBOX_PORT=settings.inbox_port, TENURE_SMTP_PORT=settings.smtp_port)
+    taken = []
+    for var, port in wanted.items():
+        with socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is free
+            try:
+                sock.bind((settings.host, port))
+            except OSError as exc:  # anything but "in use" is for the servers to report
+                if exc.errno == errno.EADDRINUSE:
+                    taken.append(f"{settings.host}:{port} ({var})")
+    return taken
+
+
+def _interrupt_on_hangup_and_term() -> None:
+    """SIGTERM (kill) and SIGHUP (the terminal closed) stop `tenure dev` as Ctrl-C does, embedded servers
+    included; by default they would end the process at once and leave those running."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.default_int_handler)
 
 
 def main() -> None:  # pragma: no cover - console script entry

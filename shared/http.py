@@ -17,6 +17,10 @@ log = structlog.get_logger()
 USER_AGENT = "tenure/0.1"
 REQUEST_ID_HEADER = "X-Request-ID"
 _RETRY_STATUS = {429, 502, 503, 504}
+# An idle pooled connection is dropped before the server may close it (uvicorn: 5 s): reused at the very
+# moment the server closes it, a request fails with RemoteProtocolError / ReadError (seen as an
+# `http.retry` warning a minute after `tenure dev` starts).
+KEEPALIVE_EXPIRY_S = 4.0
 
 
 async def _propagate_request_id(request: httpx.Request) -> None:
@@ -30,7 +34,7 @@ def make_http_client(settings: Settings, *, base_url: str = "", **kw: Any) -> ht
     return httpx.AsyncClient(
         base_url=base_url,
         timeout=timeout,
-        limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
+        limits=httpx.Limits(max_connections=50, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY_S),
         headers={"User-Agent": USER_AGENT},
         event_hooks={"request": [_propagate_request_id]},
         **kw,

@@ -41,7 +41,9 @@ def configure_logging(settings: Settings, *, force: bool = False) -> None:
     )
     # Route stdlib loggers (uvicorn, arq, alembic) through the same level.
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    # arq logs every job start and end at INFO (crons run every few seconds): keep its warnings only
-    for noisy in ("uvicorn.access", "httpx", "aiosmtpd", "mail.log", "arq.worker", "arq.jobs"):
+    # arq logs every job start and end at INFO (crons run every few seconds), pgserver every pg_ctl command
+    # with its output: keep their warnings only
+    for noisy in ("uvicorn.access", "httpx", "aiosmtpd", "mail.log", "arq.worker", "arq.jobs", "pgserver",
+                  "alembic"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     _configured = True

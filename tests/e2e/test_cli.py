@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -89,3 +90,55 @@ def test_dev_runs_everything_and_the_printed_example_reaches_the_inbox(settings,
             proc.kill()
             raise
     assert rc == 0, proc.stderr.read().decode()[-3000:]
+
+
+def test_dev_names_the_ports_in_use_before_starting_anything(tmp_path) -> None:
+    """Another `tenure dev`, or a mail catcher such as Mailpit (1025/8025), holds a port: say which, start nothing."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        ports = {f"TENURE_{s}_PORT": str(free_port()) for s in ("INGEST", "SEGMENT", "CAMPAIGN", "DELIVERY", "INBOX")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TENURE_")}
+        env.update(TENURE_STATE_DIR=str(tmp_path / "state"), TENURE_SMTP_PORT=str(port), **ports)
+        r = subprocess.run([TENURE, "dev"], env=env, capture_output=True, timeout=60)
+    assert r.returncode == 2, r.stderr.decode()
+    assert f"127.0.0.1:{port} (TENURE_SMTP_PORT)" in " ".join(r.stderr.decode().split())
+    assert not (tmp_path / "state").exists()  # no embedded server was started
+
+
+def test_dev_stops_its_embedded_servers_when_the_terminal_hangs_up(tmp_path) -> None:
+    """Closing the terminal `make run` runs in sends SIGHUP to its foreground job: the embedded PostgreSQL
+    (detached by pgserver) and Redis must stop with `tenure dev`, not live on."""
+    import psutil
+
+    ports = {f"TENURE_{s}_PORT": str(free_port()) for s in ("INGEST", "SEGMENT", "CAMPAIGN", "DELIVERY", "INBOX", "SMTP")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENURE_")}  # no servers given: embedded ones
+    env.update(TENURE_STATE_DIR=str(tmp_path / "state"), TENURE_DEV_DEMO="false", TENURE_LOG_LEVEL="WARNING", **ports)
+    proc = subprocess.Popen([TENURE, "dev"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    servers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{ports['TENURE_INGEST_PORT']}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "tenure dev did not come up"
+            time.sleep(0.2)
+        servers.append(int((tmp_path / "state" / "pgdata" / "postmaster.pid").read_text().split()[0]))
+        servers += [c.pid for c in psutil.Process(proc.pid).children() if c.name() == "redis-server"]
+        assert len(servers) == 2
+        os.killpg(proc.pid, signal.SIGHUP)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(0.5)
+    left = [p for p in map(psutil.Process, filter(psutil.pid_exists, servers)) if p.status() != psutil.STATUS_ZOMBIE]
+    for p in left:
+        p.terminate()
+    assert not left, f"still running after SIGHUP: {[p.name() for p in left]}"

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -56,16 +57,7 @@ def test_dev_runs_everything_and_the_printed_example_reaches_the_inbox(settings,
     ingest = f"http://127.0.0.1:{ports['TENURE_INGEST_PORT']}"
     try:
         demo_file = tmp_path / "state" / "demo.json"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if demo_file.exists() and httpx.get(f"{ingest}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "tenure dev did not come up"
-            time.sleep(0.2)
+        _wait_until_up(proc, f"{ingest}/readyz", 60, demo_file.exists)
         demo = json.loads(demo_file.read_text())
         wk = (demo["write_key"], "")
         httpx.post(f"{ingest}/v1/identify", auth=wk, timeout=10,
@@ -119,16 +111,7 @@ def test_dev_stops_its_embedded_servers_when_the_terminal_hangs_up(tmp_path) -> 
                             start_new_session=True)
     servers: list[int] = []
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{ports['TENURE_INGEST_PORT']}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "tenure dev did not come up"
-            time.sleep(0.2)
+        _wait_until_up(proc, f"http://127.0.0.1:{ports['TENURE_INGEST_PORT']}/readyz", 120)
         servers.append(int((tmp_path / "state" / "pgdata" / "postmaster.pid").read_text().split()[0]))
         servers += [c.pid for c in psutil.Process(proc.pid).children() if c.name() == "redis-server"]
         assert len(servers) == 2
@@ -142,3 +125,18 @@ def test_dev_stops_its_embedded_servers_when_the_terminal_hangs_up(tmp_path) -> 
     for p in left:
         p.terminate()
     assert not left, f"still running after SIGHUP: {[p.name() for p in left]}"
+
+
+def _wait_until_up(proc: subprocess.Popen, ready_url: str, timeout_s: float,
+                   also: Callable[[], bool] = lambda: True) -> None:
+    """Until ``tenure dev`` answers ready (and ``also`` holds); fails with its stderr if it died."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if also() and httpx.get(ready_url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "tenure dev did not come up"
+        time.sleep(0.2)

@@ -123,7 +123,8 @@ async def test_one_session_carries_many_messages_and_survives_a_refusal(apps, wo
         controller.stop()
     statuses = [(await apps["delivery"].get(f"/v1/messages/{i}", headers=h)).json()["status"] for i in ids]
     assert statuses == ["sent", "sent", "failed", "sent", "sent", "sent"]
-    assert sorted(handler.accepted) == sorted(f"{w}-{tag}@example.com" for w in "abcde")
+    # (other tests' due messages in the shared database may ride along: only ours are counted)
+    assert sorted(a for a in handler.accepted if tag in a) == sorted(f"{w}-{tag}@example.com" for w in "abcde")
     assert handler.sessions <= 2  # two senders, one SMTP session each, reused across their messages
 
 

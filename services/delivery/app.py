@@ -21,4 +21,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     routers = [router, consent_router, pages.router, webhooks.router,
                privacy_router("delivery", privacy.erase, privacy.export,
                               by_identity=(privacy.erase_devices, privacy.export_devices))]
-    return create_service_app("delivery", settings or Settings(), routers=routers, description=DESCRIPTION)
+    app = create_service_app("delivery", settings or Settings(), routers=routers, description=DESCRIPTION)
+    pages.install_page_errors(app)
+    return app

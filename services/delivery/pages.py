@@ -12,7 +12,7 @@ from html import escape
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,12 +21,18 @@ from starlette.formparsers import MultiPartException
 
 from services.delivery import consent, signing
 from shared.db import SessionDep
-from shared.errors import BadRequest, NotFound, problem_schema
+from shared.errors import AppError, BadRequest, NotFound, problem_schema
 
 router = APIRouter(tags=["recipient pages"])
+def _problem_or_page(description: str) -> dict[str, Any]:
+    doc = problem_schema(description + "; a browser (Accept: text/html) gets the same as a page in its language")
+    doc["content"]["text/html"] = {"schema": {"type": "string"}}
+    return doc
+
+
 _LINK_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: problem_schema("The link is not valid (bad or tampered token)"),
-    404: problem_schema("The link's message no longer exists"),
+    400: _problem_or_page("The link is not valid (bad or tampered token)"),
+    404: _problem_or_page("The link's message no longer exists"),
 }
 
 PIXEL = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00,"
@@ -40,6 +46,7 @@ TEXTS: dict[str, dict[str, str]] = {
            "topics": "Send me email about", "all_off": "Unsubscribe from all marketing email",
            "save": "Save preferences", "saved": "Your preferences are saved.",
            "manage": "Manage your email preferences", "invalid": "This link is not valid.",
+           "gone": "This link is no longer valid.",
            "confirm_q": "Confirm that {address} wants our email?", "confirm_btn": "Yes, subscribe me",
            "confirm_done": "Thank you: {address} is subscribed.", "confirm_subject": "Please confirm your subscription",
            "confirm_body": "Confirm that you want our email: {url}\nIf you did not ask for it, ignore this message."},
@@ -48,6 +55,7 @@ TEXTS: dict[str, dict[str, str]] = {
            "topics": "M'envoyer des e-mails sur", "all_off": "Me désinscrire de tous les e-mails marketing",
            "save": "Enregistrer", "saved": "Vos préférences sont enregistrées.",
            "manage": "Gérer vos préférences e-mail", "invalid": "Ce lien n'est pas valide.",
+           "gone": "Ce lien n'est plus valide.",
            "confirm_q": "Confirmer que {address} souhaite recevoir nos e-mails ?", "confirm_btn": "Oui, je m'inscris",
            "confirm_done": "Merci : {address} est inscrit.", "confirm_subject": "Confirmez votre inscription",
            "confirm_body": "Confirmez que vous souhaitez recevoir nos e-mails : {url}\nSi vous ne l'avez pas "
@@ -57,6 +65,7 @@ TEXTS: dict[str, dict[str, str]] = {
            "topics": "Schickt mir E-Mails über", "all_off": "Von allen Marketing-E-Mails abmelden",
            "save": "Einstellungen speichern", "saved": "Deine Einstellungen sind gespeichert.",
            "manage": "E-Mail-Einstellungen verwalten", "invalid": "Dieser Link ist nicht gültig.",
+           "gone": "Dieser Link ist nicht mehr gültig.",
            "confirm_q": "Bestätigen, dass {address} unsere E-Mails erhalten möchte?", "confirm_btn": "Ja, anmelden",
            "confirm_done": "Danke: {address} ist angemeldet.", "confirm_subject": "Bitte bestätige deine Anmeldung",
            "confirm_body": "Bestätige, dass du unsere E-Mails erhalten möchtest: {url}\nWenn du das nicht "
@@ -94,6 +103,23 @@ async def _message(session: AsyncSession, subject: signing.Subject) -> dict[str,
     if row is None:
         raise NotFound("This link's message no longer exists")
     return dict(row)
+
+
+def install_page_errors(app: FastAPI) -> None:
+    """A person who opens a broken or stale link in a browser gets a page in their language with the same
+    status, not a problem document; API clients (anything not asking for HTML) still get problem+json."""
+    problem = app.exception_handlers[AppError]
+
+    async def handler(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, AppError)
+        if request.scope.get("route") in router.routes and "text/html" in request.headers.get("accept", ""):
+            code = language(request, request.query_params.get("lang"))
+            t = TEXTS[code]
+            return _page(code, t["title"], f'<p role="alert">{t["gone" if exc.status == 404 else "invalid"]}</p>',
+                         status=exc.status)
+        return await problem(request, exc)
+
+    app.add_exception_handler(AppError, handler)
 
 
 def _verify(request: Request, purpose: str, token: str, extra: str = "") -> signing.Subject:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import text
 
-from services.delivery import outbox, privacy, sending
+from services.delivery import outbox, privacy, sending, signing
 
 
 async def test_consent_rules_found_in_review(apps, workspace, sessionmaker, settings, mailbox) -> None:
@@ -146,3 +146,23 @@ async def test_a_holder_whose_lease_was_taken_over_records_nothing(apps, workspa
         row = (await s.execute(text("select status, attempts, claimed_until from delivery.messages where id = :id"),
                                {"id": first["id"]})).one()
     assert row.status == "sending" and row.attempts == second["attempts"] and row.claimed_until is not None
+
+
+async def test_a_broken_link_opened_in_a_browser_is_a_page(apps, workspace, settings) -> None:
+    delivery = apps["delivery"]
+    browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8", "Accept-Language": "fr-CA,fr;q=0.9"}
+    for path in ("/u/not-a-token", "/p/not-a-token", "/confirm/not-a-token", "/c/not-a-token?u=https://x.example"):
+        page = await delivery.get(path, headers=browser)
+        assert page.status_code == 400 and page.headers["content-type"].startswith("text/html"), path
+        assert '<p role="alert">Ce lien n\'est pas valide.</p>' in page.text and 'lang="fr"' in page.text
+        api = await delivery.get(path)  # no Accept: text/html (an API client) → problem+json as before
+        assert api.status_code == 400 and api.headers["content-type"].startswith("application/problem+json")
+    broken = await delivery.post("/u/not-a-token", headers={"Accept": "text/html"})  # the page's own button
+    assert broken.status_code == 400 and "This link is not valid." in broken.text
+    # a genuine link whose message is gone (erased): 404, said as such
+    token = signing.sign(settings.signing_secret, "unsubscribe", signing.Subject(workspace.workspace_id, uuid.uuid4()))
+    gone = await delivery.get(f"/u/{token}", headers={"Accept": "text/html", "Accept-Language": "de"})
+    assert gone.status_code == 404 and "Dieser Link ist nicht mehr gültig." in gone.text
+    # only the recipient pages: an API route keeps problem+json even for a browser
+    assert (await delivery.get("/v1/messages/x", headers=browser)).headers["content-type"].startswith(
+        "application/problem+json")

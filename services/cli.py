@@ -188,7 +188,7 @@ def mail(
 ) -> None:
     """Show what the dev inbox (started by `tenure dev`) has received."""
     settings = _load_settings()
-    base = url or f"http://{settings.host}:{settings.inbox_port}"
+    base = url or settings.local_url(settings.inbox_port)
     try:
         messages = httpx.get(f"{base}/api/messages", timeout=5).json()["messages"]
     except httpx.HTTPError as exc:
@@ -354,7 +354,7 @@ def demo(
     except (resources.ResourceError, httpx.HTTPError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
-    inbox = f"http://{settings.host}:{settings.inbox_port}"
+    inbox = settings.local_url(settings.inbox_port)
     console.print(f"Watch the campaigns arrive at {inbox} (welcome, engagement, churn prevention, win-back, "
                   "referral, loyalty). Later steps wait for days or local times: see "
                   "GET /v1/profiles/{id}/journeys on campaign for where each person is.", highlight=False)

@@ -168,7 +168,13 @@ class Settings(BaseSettings):
         configured = getattr(self, f"{service}_url")
         if configured:
             return str(configured).rstrip("/")
-        return f"http://{self.host}:{self.port_of(service)}"
+        return self.local_url(self.port_of(service))
+
+    def local_url(self, port: int) -> str:
+        """``http://HOST:PORT`` as a client on this machine reaches it. Bound to every interface (the
+        image's TENURE_HOST=0.0.0.0), that is loopback: browsers refuse ``http://0.0.0.0`` links."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(self.host, self.host)
+        return f"http://{host}:{port}"
 
     def queue_name(self, service: ServiceName) -> str:
         return f"{self.queue_prefix}:{service}"

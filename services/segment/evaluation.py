@@ -615,7 +615,7 @@ async def evaluate_all(sessionmaker: async_sessionmaker[AsyncSession], ws: uuid.
             page = await known_profiles(session, ws, after, EVAL_CHUNK * lanes)
         groups: list[list[uuid.UUID]] = [[] for _ in range(lanes)]
         for pid in page:
-            groups[partitioning.slot_of(pid) % partitioning.LOCK_STRIPES % lanes].append(pid)
+            groups[partitioning.stripe_of(pid) % lanes].append(pid)
         changes += sum(await asyncio.gather(*(lane(g) for g in groups if g)))
         if len(page) < EVAL_CHUNK * lanes:
             return changes

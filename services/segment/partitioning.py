@@ -31,8 +31,13 @@ def slot_of(profile_id: uuid.UUID) -> int:
     return int.from_bytes(hashlib.blake2b(profile_id.bytes, digest_size=4).digest(), "big") % SLOTS
 
 
+def stripe_of(profile_id: uuid.UUID) -> int:
+    """The evaluation lock stripe a profile belongs to."""
+    return slot_of(profile_id) % LOCK_STRIPES
+
+
 def stripes_of(profile_ids: Iterable[uuid.UUID]) -> list[int]:
-    return sorted({slot_of(p) % LOCK_STRIPES for p in profile_ids})
+    return sorted({stripe_of(p) for p in profile_ids})
 
 
 async def mark_dirty(session: AsyncSession, affected: dict[uuid.UUID, set[uuid.UUID]]) -> int:

@@ -4,20 +4,20 @@ and the raw SMTP baseline."""
 import asyncio
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
 
 import aiosmtplib
 import httpx
 from scratch import scratch_database
 
-from services.devinbox.inbox import Mailbox, start_smtp
 from shared.core import CreatedWorkspace, create_workspace
 from shared.db import create_engine, create_sessionmaker
 from shared.embedded import free_port
@@ -26,16 +26,27 @@ from shared.settings import Settings
 SERVICES = ("ingest", "segment", "campaign", "delivery")
 
 
-class TimedMailbox(Mailbox):
-    """Keeps only when each recipient's mail arrived (the SMTP server's thread calls ``add``)."""
+class Arrivals:
+    """When each recipient's mail reached the sink (``bench/smtp_sink.py``, its own process), on this
+    process's ``time.perf_counter()`` clock."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.arrived: dict[str, float] = {}
+    def __init__(self, path: Path):
+        self._path = path
+        self._read = 0  # bytes of the file already parsed
+        self._times: dict[str, float] = {}
+        self._skew = time.perf_counter() - time.monotonic()  # both system-wide on Linux; kept exact anyway
 
-    def add(self, message: dict[str, Any]) -> None:
-        for to in message["to"]:
-            self.arrived.setdefault(to, time.perf_counter())
+    @property
+    def arrived(self) -> dict[str, float]:
+        with contextlib.suppress(FileNotFoundError), self._path.open("rb") as f:
+            f.seek(self._read)
+            chunk = f.read()
+            chunk = chunk[: chunk.rfind(b"\n") + 1]  # whole lines only
+            self._read += len(chunk)
+            for line in chunk.splitlines():
+                to, _, at = line.partition(b"\t")
+                self._times.setdefault(to.decode(), float(at) + self._skew)
+        return self._times
 
 
 def env_for(settings: Settings, smtp_port: int) -> dict[str, str]:
@@ -96,7 +107,7 @@ class Bench:
     settings: Settings
     workspace: CreatedWorkspace
     urls: dict[str, str]
-    box: TimedMailbox
+    box: Arrivals
     smtp_port: int
     processes: list[tuple[str, subprocess.Popen[bytes]]]  # ("serve delivery", process), ...
 
@@ -121,9 +132,12 @@ def print_cpu(cpu: dict[str, float], emails: int) -> None:
 async def bench_services(commands: list[tuple[str, str]]) -> AsyncIterator[Bench]:
     """A scratch database with a workspace, a timed SMTP sink, and ``tenure`` processes running on them
     (ready to take requests); everything is stopped and dropped afterwards."""
-    box = TimedMailbox()
     smtp_port = free_port()
-    controller = start_smtp(box, "127.0.0.1", smtp_port)
+    arrivals = Path(tempfile.mkdtemp(prefix="tenure-bench-")) / "arrivals.tsv"
+    arrivals.touch()
+    sink = subprocess.Popen([sys.executable, str(Path(__file__).parent / "smtp_sink.py"), str(smtp_port),
+                             str(arrivals)])
+    box = Arrivals(arrivals)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         async with scratch_database(need_redis=True) as settings:
@@ -136,7 +150,8 @@ async def bench_services(commands: list[tuple[str, str]]) -> AsyncIterator[Bench
             async with httpx.AsyncClient(timeout=10) as c:
                 await wait_ready(c, [urls(env)[service] for verb, service in commands if verb == "serve"])
             yield Bench(settings, ws, urls(env), box, smtp_port,
-                        [(" ".join(cmd), p) for cmd, p in zip(commands, procs, strict=True)])
+                        [(" ".join(cmd), p) for cmd, p in zip(commands, procs, strict=True)]
+                        + [("smtp sink", sink)])
     finally:
-        stop(procs)
-        controller.stop()
+        stop([*procs, sink])
+        shutil.rmtree(arrivals.parent, ignore_errors=True)

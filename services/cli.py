@@ -19,6 +19,7 @@ import httpx
 import orjson
 import typer
 import uvicorn
+import uvloop
 from rich.console import Console
 from rich.table import Table
 
@@ -104,6 +105,9 @@ def worker(
     settings = _load_settings()
     _require_urls(settings)
     module = importlib.import_module(f"services.{service.value}.worker")
+    # uvloop, as uvicorn picks for the APIs: a worker is all socket round trips, and its event loop's
+    # cost per wake-up is a third of asyncio's (bench/RESULTS.md); arq runs on the current loop
+    asyncio.set_event_loop(uvloop.new_event_loop())
     module.create_worker(settings, burst=burst).run()
 
 

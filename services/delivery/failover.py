@@ -26,8 +26,13 @@ async def choose(redis: Any, settings: Settings, pinned: str | None) -> str:
         return primary
 
 
+def _breaker_matters(redis: Any, settings: Settings) -> bool:
+    """Counting failures only matters with a fallback to turn to (and Redis to share the count)."""
+    return redis is not None and settings.email_fallback_provider is not None
+
+
 async def failed(redis: Any, settings: Settings, provider: str) -> None:
-    if redis is None:
+    if not _breaker_matters(redis, settings):
         return
     try:
         key = f"circuit:{provider}:failures"
@@ -41,8 +46,8 @@ async def failed(redis: Any, settings: Settings, provider: str) -> None:
         return
 
 
-async def succeeded(redis: Any, provider: str) -> None:
-    if redis is None:
+async def succeeded(redis: Any, settings: Settings, provider: str) -> None:
+    if not _breaker_matters(redis, settings):
         return
     try:
         await redis.delete(f"circuit:{provider}:failures")

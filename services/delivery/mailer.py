@@ -1,7 +1,8 @@
-"""Email over SMTP: MIME building (pure) and the aiosmtplib transport.
+"""Email: MIME building (pure), and the error every email provider reports (``SendError``).
 
 Errors are sorted into transient (connection trouble, 4xx replies: try again later) and permanent
-(5xx replies: stop at once), which is all the outbox needs to know.
+(5xx replies: stop at once), which is all the outbox needs to know. The SMTP transport is in
+``smtp_session``.
 """
 
 import binascii
@@ -11,10 +12,6 @@ from email.header import Header
 from email.message import EmailMessage
 from email.policy import Policy
 from email.utils import formataddr, formatdate, parseaddr
-
-import aiosmtplib
-
-from shared.settings import Settings
 
 
 class SendError(Exception):
@@ -71,8 +68,8 @@ def build_mime(mail: Email) -> bytes | EmailMessage:
     ``email.header``, bodies by ``binascii.b2a_qp`` (C). The ``email`` package's header registry and
     line-by-line generator cost ≈ 2.5–5 ms per message (the largest CPU cost of sending, more for long
     HTML); this costs a fraction of it. An internationalized address needs SMTPUTF8, which aiosmtplib
-    negotiates for an ``EmailMessage``: those few take that path. Line ends are LF; aiosmtplib sends
-    every line end as CRLF and dot-stuffs.
+    negotiates for an ``EmailMessage``: those few take that path. Line ends are LF; the SMTP session
+    sends every line end as CRLF and dot-stuffs.
     """
     if not (parseaddr(mail.sender)[1] + parseaddr(mail.to)[1]).isascii():
         return _build_utf8(mail)
@@ -139,82 +136,3 @@ def _build_utf8(mail: Email) -> EmailMessage:
     else:
         msg.set_content(mail.html or "", subtype="html")
     return msg
-
-
-class SmtpConnection:
-    """One SMTP session reused for many messages (connect and EHLO once). A message whose send breaks the
-    session gets one retry on a fresh connection before its error is reported."""
-
-    def __init__(self, settings: Settings):
-        self._settings = settings
-        self._smtp: aiosmtplib.SMTP | None = None
-
-    async def _connect(self) -> aiosmtplib.SMTP:
-        s = self._settings
-        smtp = aiosmtplib.SMTP(hostname=s.smtp_host, port=s.smtp_port, username=s.smtp_username,
-                               password=s.smtp_password, use_tls=s.smtp_tls,
-                               start_tls=s.smtp_starttls if not s.smtp_tls else False, timeout=s.smtp_timeout_s)
-        await smtp.connect()
-        return smtp
-
-    async def send(self, mail: Email) -> str:
-        """Send one message; returns the Message-ID. Raises :class:`SendError`."""
-        mime = build_mime(mail)
-        envelope = (parseaddr(mail.sender)[1], [parseaddr(mail.to)[1]])
-        for attempt in (1, 2):
-            try:
-                if self._smtp is None or not self._smtp.is_connected:
-                    try:
-                        self._smtp = await self._connect()
-                    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                        raise SendError(f"SMTP unreachable: {type(exc).__name__}: {exc}", permanent=False,
-                                        not_sent=True) from None
-                if isinstance(mime, bytes):
-                    await self._smtp.sendmail(*envelope, mime)
-                else:
-                    await self._smtp.send_message(mime)
-                return message_id_header(mail.message_id, mail.sender)
-            except aiosmtplib.SMTPRecipientsRefused as exc:
-                codes = [e.code for e in exc.recipients]
-                await self._reset()
-                raise SendError(f"recipient refused: {codes}", permanent=all(500 <= c < 600 for c in codes),
-                                not_sent=True) from None
-            except aiosmtplib.SMTPResponseException as exc:
-                await self._reset()
-                if exc.code in (421,) and attempt == 1:  # the server closed the session: try a fresh one
-                    await self.close()
-                    continue
-                raise SendError(f"SMTP {exc.code}: {exc.message}", permanent=500 <= exc.code < 600,
-                                not_sent=True) from None
-            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                await self.close()
-                if attempt == 1 and isinstance(exc, aiosmtplib.SMTPServerDisconnected):
-                    continue  # a reused session went stale
-                raise SendError(f"SMTP transport: {type(exc).__name__}: {exc}", permanent=False) from None
-        raise SendError("SMTP session closed twice", permanent=False)
-
-    async def _reset(self) -> None:
-        """After a refused transaction, make the session usable for the next message."""
-        if self._smtp is not None and self._smtp.is_connected:
-            try:
-                await self._smtp.rset()
-            except (aiosmtplib.SMTPException, OSError, TimeoutError):
-                await self.close()
-
-    async def close(self) -> None:
-        if self._smtp is not None:
-            try:
-                if self._smtp.is_connected:
-                    await self._smtp.quit()
-            except (aiosmtplib.SMTPException, OSError, TimeoutError):
-                self._smtp.close()
-            self._smtp = None
-
-
-async def send_smtp(settings: Settings, mail: Email) -> str:
-    """Send one message on its own connection (see :class:`SmtpConnection` to reuse one)."""
-    conn = SmtpConnection(settings)
-    try:
-        return await conn.send(mail)
-    finally:
-        await conn.close()

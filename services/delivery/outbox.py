@@ -4,7 +4,8 @@
   content is a conflict, never a second message.
 - ``claim``: queued messages that are due, and ``sending`` ones whose lease ran out (a worker died
   mid-send), are leased with ``FOR UPDATE SKIP LOCKED`` so replicas never share one.
-- ``record``: the outcome of one attempt, with the attempt itself kept in ``delivery.attempts``.
+- ``confirm``: just before sending, which claimed messages are still this holder's (renewing old leases).
+- ``record_many``: the outcomes of attempts, each kept in ``delivery.attempts`` too.
 
 SMTP has no idempotency key, so a message whose worker died after the server accepted it but before
 ``record`` committed is attempted again with the same Message-ID header (documented trade-off:
@@ -15,6 +16,7 @@ import hashlib
 import random
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -198,33 +200,45 @@ async def claim(session: AsyncSession, limit: int, lease_s: float = LEASE_S) -> 
 
 
 def _lease_fresh(message: dict[str, Any], lease_s: float = LEASE_S) -> bool:
-    """This holder's lease began less than ``min(lease / 10, 5 s)`` ago (see ``renew``)."""
+    """This holder's lease began less than ``min(lease / 10, 5 s)`` ago (see ``confirm``)."""
     return time.monotonic() - message.get("leased_at", float("-inf")) < min(lease_s / 10, 5.0)
 
 
-async def renew(session: AsyncSession, message: dict[str, Any], lease_s: float = LEASE_S) -> bool:
-    """Just before the provider call: make sure the message is still this holder's, with nearly a whole
-    lease to run; False when it is not ours any more (taken over, or erased meanwhile).
+async def confirm(session: AsyncSession, messages: list[dict[str, Any]], lease_s: float = LEASE_S) -> set[Any]:
+    """Just before their provider calls: the ids of those messages still this holder's, each with nearly a
+    whole lease to run; the others were taken over or erased meanwhile and must not be sent.
 
-    A batch is claimed at once but sent one message after another, so a lease counted from the claim can
-    run out while the tail of a slow batch still waits in memory; another sender would then take those
-    messages too. ``attempts`` (raised by every claim) fences out a holder whose lease was taken over.
-    A message sent within ``min(lease / 10, 5 s)`` of its claim still has ≥ 90 % of its lease and needs
-    no new one: a read says whether it is still ours, without the write and the WAL flush of its commit.
+    A batch is claimed at once but sent over seconds, so a lease counted from the claim can run out while
+    the tail of a slow batch still waits in memory; another worker would then take those messages too.
+    ``attempts`` (raised by every claim) fences out a holder whose lease was taken over. A message sent
+    within ``min(lease / 10, 5 s)`` of its claim still has ≥ 90 % of its lease and needs no new one: a read
+    says whether it is still ours, without a write and the WAL flush of its commit. One statement of each
+    kind for the whole group, whatever its size.
     """
-    if _lease_fresh(message, lease_s):
-        row = await session.execute(text(
-            "select 1 from delivery.messages where id = :id and status = 'sending' and attempts = :n"),
-            {"id": message["id"], "n": message["attempts"]})
-        return row.first() is not None
-    row = await session.execute(text(
-        "update delivery.messages set claimed_until = now() + make_interval(secs => :lease) "
-        "where id = :id and status = 'sending' and attempts = :n returning 1"),
-        {"id": message["id"], "n": message["attempts"], "lease": lease_s})
-    if row.first() is None:
-        return False
-    message["leased_at"] = time.monotonic()
-    return True
+    fresh = [m for m in messages if _lease_fresh(m, lease_s)]
+    stale = [m for m in messages if not _lease_fresh(m, lease_s)]
+    owned: set[Any] = set()
+    for group, sql in ((fresh, "select m.id from delivery.messages m join pairs p on m.id = p.id and m.attempts = p.n "
+                               "where m.status = 'sending'"),
+                       (stale, "update delivery.messages m set claimed_until = now() + make_interval(secs => :lease) "
+                               "from pairs p where m.id = p.id and m.attempts = p.n and m.status = 'sending' "
+                               "returning m.id")):
+        if not group:
+            continue
+        rows = await session.execute(
+            text("with pairs as (select * from unnest(CAST(:ids AS uuid[]), CAST(:ns AS int[])) as p(id, n)) " + sql),
+            {"ids": [m["id"] for m in group], "ns": [m["attempts"] for m in group], "lease": lease_s})
+        owned.update(r.id for r in rows)
+    renewed_at = time.monotonic()
+    for m in stale:
+        if m["id"] in owned:
+            m["leased_at"] = renewed_at
+    return owned
+
+
+async def renew(session: AsyncSession, message: dict[str, Any], lease_s: float = LEASE_S) -> bool:
+    """``confirm`` for one message."""
+    return message["id"] in await confirm(session, [message], lease_s)
 
 
 async def release(session: AsyncSession, ids: list[uuid.UUID], delay_s: float) -> None:
@@ -235,39 +249,73 @@ async def release(session: AsyncSession, ids: list[uuid.UUID], delay_s: float) -
         "where id = any(CAST(:ids AS uuid[])) and status = 'sending'"), {"ids": ids, "d": delay_s})
 
 
+@dataclass
+class Outcome:
+    """What one attempt came to: "sent", "transient_error", "permanent_error" or "suppressed"."""
+
+    message: dict[str, Any]
+    started_at: datetime
+    outcome: str
+    error: str | None = None
+    provider_message_id: str | None = None
+    provider: str | None = None  # the provider that may now hold the message (it stays pinned there)
+    retry_after_s: float | None = None  # the provider asked to wait at least this long (≤ 1 h is honoured)
+
+    def status(self) -> str:
+        if self.outcome in ("sent", "suppressed"):
+            return self.outcome
+        if self.outcome == "transient_error" and self.message["attempts"] < MAX_ATTEMPTS:
+            return "queued"
+        return "failed"
+
+
 async def record(session: AsyncSession, message: dict[str, Any], *, started_at: datetime, outcome: str,
                  error: str | None = None, provider_message_id: str | None = None, provider: str | None = None,
                  retry_after_s: float | None = None) -> str:
-    """Store an attempt's outcome ("sent", "transient_error", "permanent_error", "suppressed"); returns the
-    new status. A transient error waits its backoff, or the provider's ``Retry-After`` if longer (≤ 1 h)."""
-    attempts = message["attempts"]
-    if outcome in ("sent", "suppressed"):
-        status = outcome
-    elif outcome == "transient_error" and attempts < MAX_ATTEMPTS:
-        status = "queued"
-    else:
-        status = "failed"
-    updated = (await session.execute(
+    """Store one attempt's outcome; returns the new status (see ``record_many``)."""
+    done = Outcome(message, started_at, outcome, error, provider_message_id, provider, retry_after_s)
+    await record_many(session, [done])
+    return done.status()
+
+
+async def record_many(session: AsyncSession, outcomes: list[Outcome]) -> set[Any]:
+    """Store the outcomes of many attempts in one statement: each message's new status (a transient error
+    waits its backoff, or the provider's ``Retry-After`` if longer) and its attempt row. Returns the ids
+    updated: a holder whose message was taken over meanwhile changes nothing but adds its attempt to the
+    history, and a message erased meanwhile leaves no trace."""
+    if not outcomes:
+        return set()
+    rows = [{"id": str(o.message["id"]), "n": o.message["attempts"], "status": o.status(), "outcome": o.outcome,
+             "error": o.error, "pmid": o.provider_message_id, "provider": o.provider, "started": o.started_at,
+             "delay": max(backoff_s(o.message["attempts"]), min(o.retry_after_s or 0.0, 3600.0))}
+            for o in outcomes]
+    updated = {r.id for r in await session.execute(
         text(
             """
-            with updated as (
-                update delivery.messages
-                   set status = :status, last_error = :error, updated_at = now(), claimed_until = null,
-                       provider_message_id = coalesce(:pmid, provider_message_id),
-                       provider = coalesce(provider, :provider),
-                       sent_at = case when :status = 'sent' then now() else sent_at end,
-                       next_attempt_at = now() + make_interval(secs => :delay)
-                 where id = :id and status = 'sending' and attempts = :n  -- not if another holder took it over
-                returning 1)
-            insert into delivery.attempts (message_id, attempt, outcome, error, started_at)
-            values (:id, :n, :outcome, :error, :started)
-            returning (select count(*) from updated)
+            with r as (
+                select * from jsonb_to_recordset(CAST(:rows AS jsonb))
+                    as r(id uuid, n int, status text, outcome text, error text, pmid text, provider text,
+                         started timestamptz, delay float8)),
+            updated as (
+                update delivery.messages m
+                   set status = r.status, last_error = r.error, updated_at = now(), claimed_until = null,
+                       provider_message_id = coalesce(r.pmid, m.provider_message_id),
+                       provider = coalesce(m.provider, r.provider),
+                       sent_at = case when r.status = 'sent' then now() else m.sent_at end,
+                       next_attempt_at = now() + make_interval(secs => r.delay)
+                  from r
+                 where m.id = r.id and m.status = 'sending' and m.attempts = r.n  -- not if another holder took it
+                returning m.id),
+            attempts as (
+                insert into delivery.attempts (message_id, attempt, outcome, error, started_at)
+                select r.id, r.n, r.outcome, r.error, r.started from r
+                 where exists (select 1 from delivery.messages m where m.id = r.id))
+            select id from updated
             """
         ),
-        {"status": status, "error": error, "pmid": provider_message_id,
-         "delay": max(backoff_s(attempts), min(retry_after_s or 0.0, 3600.0)),
-         "id": message["id"], "provider": provider, "n": attempts, "outcome": outcome, "started": started_at},
-    )).scalar()
-    if updated:  # (a holder whose message was taken over changes nothing)
-        metrics.MESSAGES.labels(message.get("channel", "unknown"), status).inc()
-    return status
+        {"rows": dumps(rows)},
+    )}
+    for o in outcomes:
+        if o.message["id"] in updated:
+            metrics.MESSAGES.labels(o.message.get("channel", "unknown"), o.status()).inc()
+    return updated

@@ -22,6 +22,7 @@ from services.delivery import (
     sms,
     webhook_channel,
 )
+from services.delivery.smtp_session import SmtpConnection, send_smtp
 from shared import ratelimit
 from shared.db import pinned
 from shared.settings import Settings
@@ -84,30 +85,15 @@ async def _send_push(sessionmaker: async_sessionmaker[AsyncSession], settings: S
 
 
 async def send_one(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, message: dict[str, Any],
-                   smtp: mailer.SmtpConnection | None = None, http: httpx.AsyncClient | None = None,
-                   redis: Any = None) -> str:
-    """One attempt; whatever happens is recorded (an unexpected error is a permanent failure with its
-    reason, never a message left leased and retried forever)."""
-    started = datetime.now(UTC)
-    checked_at, reason = message.get("consent") or (float("-inf"), None)
-    async with sessionmaker() as session, session.begin():
-        if not await outbox.renew(session, message, settings.delivery_lease_s):
-            log.warning("delivery.lease_lost", message_id=str(message["id"]), attempt=message["attempts"])
-            return "lease_lost"  # taken over (sending too would send it twice), or erased
-        if time.monotonic() - checked_at > CONSENT_FRESH_S:  # consent may have changed while it waited
-            reason = (await consent.blocked_many(session, [_intent(message)]))[0]
-    if reason:
-        return await _record(sessionmaker, message, started, "suppressed", reason, None)
-    try:
-        return await _attempt(sessionmaker, settings, message, started, smtp, http, redis)
-    except Exception as exc:  # noqa: BLE001 - a bug or bad input must not wedge the queue
-        log.exception("delivery.send_crashed", message_id=str(message["id"]))
-        return await _record(sessionmaker, message, started, "permanent_error",
-                             f"could not be sent: {type(exc).__name__}: {exc}"[:500], None)
+                   http: httpx.AsyncClient | None = None, redis: Any = None) -> str:
+    """One claimed message through the whole path; its new status, or "lease_lost"."""
+    return (await send_batch(sessionmaker, settings, [message], 1, http, redis))[message["id"]]
 
 
 # How old a batch's consent check may be when a message of it is sent; older, it is checked again.
 CONSENT_FRESH_S = 5.0
+# Messages confirmed as still ours (and their consent re-checked if old) together, just before they go out.
+GROUP = 32
 
 
 def _intent(message: dict[str, Any]) -> consent.Intent:
@@ -115,21 +101,130 @@ def _intent(message: dict[str, Any]) -> consent.Intent:
             message.get("message_type", "marketing"), message.get("topic"))
 
 
-async def _attempt(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, message: dict[str, Any],
-                   started: datetime, smtp: mailer.SmtpConnection | None, http: httpx.AsyncClient | None,
-                   redis: Any) -> str:
-    if message.get("channel") in ("sms", "push", "webhook"):
+async def send_batch(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings,
+                     messages: list[dict[str, Any]], concurrency: int = 10, http: httpx.AsyncClient | None = None,
+                     redis: Any = None) -> dict[Any, str]:
+    """Send claimed messages over ``concurrency`` senders (each keeping one SMTP session); returns each
+    message's new status, or "lease_lost" for one that was no longer ours to send.
+
+    Three kinds of task share the batch, so no message waits on a database round trip of its own: a
+    feeder confirms groups of ``GROUP`` messages as still ours just before they go out (``outbox.confirm``:
+    one statement per group), the senders talk to the providers, and a recorder writes outcomes as they
+    come, many per statement (while one write is in flight the next group gathers). A crash between a
+    send and its record leaves the message ``sending`` until its lease runs out — the window the module
+    docstring of ``outbox`` describes, a group's time instead of one message's.
+    """
+    statuses: dict[Any, str] = {}
+    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=GROUP)
+    recorder = _Recorder(sessionmaker, statuses)
+    senders = max(1, min(concurrency, len(messages)))
+
+    async def feed() -> None:
+        async with pinned(sessionmaker) as own:
+            for i in range(0, len(messages), GROUP):
+                for m, verdict in await _confirm(own, settings, messages[i:i + GROUP]):
+                    if verdict == "lease_lost":
+                        log.warning("delivery.lease_lost", message_id=str(m["id"]), attempt=m["attempts"])
+                        statuses[m["id"]] = verdict
+                    elif verdict:
+                        recorder.add(outbox.Outcome(m, datetime.now(UTC), "suppressed", verdict))
+                    else:
+                        await queue.put(m)
+        for _ in range(senders):
+            await queue.put(None)
+
+    async def sender(client: httpx.AsyncClient) -> None:
+        smtp = SmtpConnection(settings)
         try:
-            async with contextlib.AsyncExitStack() as stack:
-                client = http or await stack.enter_async_context(httpx.AsyncClient())
-                provider_id: str | None = await _send_http(sessionmaker, settings, client, message)
-            outcome, error = "sent", None
-        except mailer.SendError as exc:
-            provider_id, error = None, str(exc)
-            outcome = "permanent_error" if exc.permanent else "transient_error"
-            return await _record(sessionmaker, message, started, outcome, error, None,
-                                 retry_after_s=exc.retry_after_s)
-        return await _record(sessionmaker, message, started, outcome, error, provider_id)
+            while (m := await queue.get()) is not None:
+                recorder.add(await _attempt(sessionmaker, settings, m, smtp, client, redis))
+        finally:
+            await smtp.close()
+
+    async with contextlib.AsyncExitStack() as stack:
+        client = http or await stack.enter_async_context(httpx.AsyncClient())
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(recorder.run())
+            try:
+                async with asyncio.TaskGroup() as work:
+                    work.create_task(feed())
+                    for _ in range(senders):
+                        work.create_task(sender(client))
+            finally:
+                recorder.close()
+    return statuses
+
+
+async def _confirm(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings,
+                   group: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str | None]]:
+    """Each message of the group with "lease_lost" (taken over or erased meanwhile), the reason consent
+    now forbids it, or None: send it."""
+    async with sessionmaker() as session, session.begin():
+        owned = await outbox.confirm(session, group, settings.delivery_lease_s)
+        now = time.monotonic()
+        # consent may have changed while they waited: checked again when the batch's check is old
+        stale = [m for m in group if m["id"] in owned and now - m.get("consent", (float("-inf"),))[0] > CONSENT_FRESH_S]
+        for m, reason in zip(stale, await consent.blocked_many(session, [_intent(m) for m in stale]) if stale else [],
+                             strict=True):
+            m["consent"] = (now, reason)
+    return [(m, "lease_lost" if m["id"] not in owned else m.get("consent", (0.0, None))[1]) for m in group]
+
+
+class _Recorder:
+    """Writes outcomes as they come, many per statement, on one connection of its own."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], statuses: dict[Any, str]):
+        self._sessionmaker = sessionmaker
+        self._statuses = statuses
+        self._pending: list[outbox.Outcome] = []
+        self._wake = asyncio.Event()
+        self._closed = False
+
+    def add(self, outcome: outbox.Outcome) -> None:
+        self._pending.append(outcome)
+        self._wake.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        async with pinned(self._sessionmaker) as own:
+            while not (self._closed and not self._pending):
+                await self._wake.wait()
+                self._wake.clear()
+                while self._pending:
+                    batch, self._pending = self._pending, []
+                    async with own() as session, session.begin():
+                        await outbox.record_many(session, batch)
+                    for o in batch:
+                        self._statuses[o.message["id"]] = status = o.status()
+                        log.info("delivery.attempted", message_id=str(o.message["id"]), attempt=o.message["attempts"],
+                                 status=status, error=o.error)
+
+
+async def _attempt(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, message: dict[str, Any],
+                   smtp: SmtpConnection, http: httpx.AsyncClient, redis: Any) -> outbox.Outcome:
+    """One attempt at the provider; whatever happens is its outcome (an unexpected error is a permanent
+    failure with its reason, never a message left leased and retried forever)."""
+    started = datetime.now(UTC)
+    try:
+        if message.get("channel") in ("sms", "push", "webhook"):
+            try:
+                provider_id = await _send_http(sessionmaker, settings, http, message)
+            except mailer.SendError as exc:
+                return outbox.Outcome(message, started, "permanent_error" if exc.permanent else "transient_error",
+                                      str(exc), retry_after_s=exc.retry_after_s)
+            return outbox.Outcome(message, started, "sent", None, provider_id)
+        return await _attempt_email(settings, message, started, smtp, http, redis)
+    except Exception as exc:  # noqa: BLE001 - a bug or bad input must not wedge the queue
+        log.exception("delivery.send_crashed", message_id=str(message["id"]))
+        return outbox.Outcome(message, started, "permanent_error",
+                              f"could not be sent: {type(exc).__name__}: {exc}"[:500])
+
+
+async def _attempt_email(settings: Settings, message: dict[str, Any], started: datetime, smtp: SmtpConnection,
+                         http: httpx.AsyncClient, redis: Any) -> outbox.Outcome:
     marketing = message.get("message_type", "marketing") == "marketing"
     link = links.Links.for_message(settings.public_url, settings.signing_secret, message["workspace_id"],
                                    message["id"])
@@ -143,34 +238,20 @@ async def _attempt(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
     pin: str | None = provider  # the provider that may now hold the message
     try:
         if provider == "sendgrid":
-            async with contextlib.AsyncExitStack() as stack:
-                client = http or await stack.enter_async_context(httpx.AsyncClient())
-                provider_id = await sendgrid.send(settings, client, mail)
-        elif smtp is not None and provider == settings.email_provider:
+            provider_id = await sendgrid.send(settings, http, mail)
+        elif provider == settings.email_provider:
             provider_id = await smtp.send(mail)
         else:
-            provider_id = await mailer.send_smtp(settings, mail)
-        outcome, error = "sent", None
-        await failover.succeeded(redis, provider)
+            provider_id = await send_smtp(settings, mail)
+        await failover.succeeded(redis, settings, provider)
+        return outbox.Outcome(message, started, "sent", None, provider_id, pin)
     except mailer.SendError as exc:
-        provider_id, error = None, f"{provider}: {exc}"
-        outcome = "permanent_error" if exc.permanent else "transient_error"
         if exc.not_sent:  # certainly not taken: free to go elsewhere, and it counts against the provider
             pin = message.get("provider")
             if not exc.permanent:
                 await failover.failed(redis, settings, provider)
-    return await _record(sessionmaker, message, started, outcome, error, provider_id, pin)
-
-
-async def _record(sessionmaker: async_sessionmaker[AsyncSession], message: dict[str, Any], started: datetime,
-                  outcome: str, error: str | None, provider_id: str | None, pin: str | None = None,
-                  retry_after_s: float | None = None) -> str:
-    async with sessionmaker() as session, session.begin():
-        status = await outbox.record(session, message, started_at=started, outcome=outcome, error=error,
-                                     provider_message_id=provider_id, provider=pin, retry_after_s=retry_after_s)
-    log.info("delivery.attempted", message_id=str(message["id"]), attempt=message["attempts"], status=status,
-             error=error)
-    return status
+        return outbox.Outcome(message, started, "permanent_error" if exc.permanent else "transient_error",
+                              f"{provider}: {exc}", None, pin)
 
 
 def provider_of(settings: Settings, message: dict[str, Any]) -> str:
@@ -214,21 +295,5 @@ async def send_due(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
     messages = await _within_limits(sessionmaker, settings, redis, claimed)
     if not messages:
         return len(claimed)
-    # each of `concurrency` senders keeps one SMTP session open for its share of the batch
-    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    for m in messages:
-        queue.put_nowait(m)
-
-    async def sender(client: httpx.AsyncClient) -> None:
-        smtp = mailer.SmtpConnection(settings)
-        try:
-            async with pinned(sessionmaker) as own:  # and one database connection
-                while not queue.empty():
-                    await send_one(own, settings, queue.get_nowait(), smtp, client, redis)
-        finally:
-            await smtp.close()
-
-    async with contextlib.AsyncExitStack() as stack:
-        client = http or await stack.enter_async_context(httpx.AsyncClient())
-        await asyncio.gather(*(sender(client) for _ in range(min(concurrency, len(messages)))))
+    await send_batch(sessionmaker, settings, messages, concurrency, http, redis)
     return len(messages)

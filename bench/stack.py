@@ -63,6 +63,10 @@ def spawn(env: dict[str, str], commands: Iterable[tuple[str, str]]) -> list[subp
             for cmd in commands]
 
 
+def start_sink(port: int, arrivals: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, str(Path(__file__).parent / "smtp_sink.py"), str(port), str(arrivals)])
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU a process has used so far (Linux ``/proc``): a figure the shared box's noise
     barely moves, unlike wall time."""
@@ -135,8 +139,7 @@ async def bench_services(commands: list[tuple[str, str]]) -> AsyncIterator[Bench
     smtp_port = free_port()
     arrivals = Path(tempfile.mkdtemp(prefix="tenure-bench-")) / "arrivals.tsv"
     arrivals.touch()
-    sink = subprocess.Popen([sys.executable, str(Path(__file__).parent / "smtp_sink.py"), str(smtp_port),
-                             str(arrivals)])
+    sink = start_sink(smtp_port, arrivals)
     box = Arrivals(arrivals)
     procs: list[subprocess.Popen[bytes]] = []
     try:

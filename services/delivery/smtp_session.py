@@ -181,7 +181,8 @@ class SmtpConnection:
                 await self._reset()
                 permanent = 500 <= exc.reply.code < 600
                 what = "recipient refused" if exc.stage == "RCPT" else f"{exc.stage} refused"
-                raise SendError(f"{what}: SMTP {exc.reply.code} {exc.reply.text}"[:300], permanent=permanent, not_sent=True) from None
+                raise SendError(f"{what}: SMTP {exc.reply.code} {exc.reply.text}"[:300], permanent=permanent,
+                                not_sent=True) from None
             except (_Lost, OSError, TimeoutError) as exc:
                 await self.close()
                 if not written and attempt == 1 and isinstance(exc, _Lost):

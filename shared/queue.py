@@ -118,7 +118,7 @@ def worker_options(
     functions: Sequence[JobFn | Function],
     poll: Sequence[JobFn] = (),
     crons: Sequence[CronJob] = (),
-    on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
+    on_shutdown: Sequence[Callable[[dict[str, Any]], Awaitable[None]]] = (),
 ) -> dict[str, Any]:
     """Keyword arguments of an arq ``Worker`` for ``service``: engine, sessionmaker, HTTP clients in ``ctx``.
 
@@ -148,8 +148,8 @@ def worker_options(
         log.info("worker.started", service=service, queue=settings.queue_name(service))
 
     async def shutdown(ctx: dict[str, Any]) -> None:
-        for hook in on_shutdown:  # the service's own long-lived clients (delivery's APNs connections)
-            await hook()
+        for hook in on_shutdown:  # the service's own long-lived clients (delivery's APNs and SMTP connections)
+            await hook(ctx)
         if "http" in ctx:
             await ctx["http"].aclose()
         if "engine" in ctx:

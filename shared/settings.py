@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_tls: bool = False
     smtp_timeout_s: float = 15.0
+    smtp_ca_file: str | None = Field(default=None, description="CA bundle (PEM) to verify the SMTP server's "
+                                     "certificate with, for a relay behind a private CA (default: the system's)")
     email_provider: Literal["smtp", "sendgrid"] = Field(default="smtp", description="how email leaves")
     email_fallback_provider: Literal["smtp", "sendgrid"] | None = Field(
         default=None, description="used while the primary keeps failing (circuit breaker)")

@@ -9,6 +9,7 @@ signed click redirect, and a 1×1 pixel is appended to see opens.
 import re
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from html import escape
 from urllib.parse import quote
 
@@ -30,19 +31,19 @@ class Links:
     def for_message(cls, base: str, secret: str, workspace_id: uuid.UUID, message_id: uuid.UUID) -> "Links":
         return cls(base.rstrip("/"), secret, signing.Subject(workspace_id, message_id))
 
-    @property
+    @cached_property
     def unsubscribe(self) -> str:
         return f"{self.base}/u/{signing.sign(self.secret, 'unsubscribe', self.subject)}"
 
-    @property
+    @cached_property
     def preferences(self) -> str:
         return f"{self.base}/p/{signing.sign(self.secret, 'preferences', self.subject)}"
 
-    @property
+    @cached_property
     def confirm(self) -> str:
         return f"{self.base}/confirm/{signing.sign(self.secret, 'confirm', self.subject)}"
 
-    @property
+    @cached_property
     def pixel(self) -> str:
         return f"{self.base}/o/{signing.sign(self.secret, 'open', self.subject)}.gif"
 
@@ -57,14 +58,20 @@ def headers(links: Links, marketing: bool) -> dict[str, str]:
     return {"List-Unsubscribe": f"<{links.unsubscribe}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
 
 
+def _placeholders(body: str, links: Links, quote_: bool) -> str:
+    for placeholder, name in ((UNSUBSCRIBE, "unsubscribe"), (PREFERENCES, "preferences"), (CONFIRM, "confirm")):
+        if placeholder in body:  # (each link is an HMAC: made only when used)
+            url = getattr(links, name)
+            body = body.replace(placeholder, escape(url) if quote_ else url)
+    return body
+
+
 def decorate_html(html: str, links: Links, *, marketing: bool) -> str:
-    own = {links.unsubscribe, links.preferences, links.confirm}
-    out = (html.replace(UNSUBSCRIBE, escape(links.unsubscribe)).replace(PREFERENCES, escape(links.preferences))
-           .replace(CONFIRM, escape(links.confirm)))
+    out = _placeholders(html, links, quote_=True)
 
     def route(m: re.Match[str]) -> str:
         url = m.group(3).replace("&amp;", "&")
-        if url in own:
+        if url.startswith(links.base) and url in (links.unsubscribe, links.preferences, links.confirm):
             return m.group(0)
         return f"{m.group(1)}{m.group(2)}{escape(links.click(url))}{m.group(2)}"
 
@@ -79,8 +86,7 @@ def decorate_html(html: str, links: Links, *, marketing: bool) -> str:
 
 
 def decorate_text(text: str, links: Links, *, marketing: bool) -> str:
-    out = (text.replace(UNSUBSCRIBE, links.unsubscribe).replace(PREFERENCES, links.preferences)
-           .replace(CONFIRM, links.confirm))
+    out = _placeholders(text, links, quote_=False)
     if marketing and PREFERENCES not in text and UNSUBSCRIBE not in text:
         out += f"\n\n--\nUnsubscribe: {links.unsubscribe}\nEmail preferences: {links.preferences}\n"
     return out

@@ -6,6 +6,7 @@ Errors are sorted into transient (connection trouble, 4xx replies: try again lat
 """
 
 import binascii
+import re
 import uuid
 from dataclasses import dataclass
 from email.header import Header
@@ -55,6 +56,17 @@ class _OneLine(str):
         return f"{self.name}: {self}{policy.linesep}"
 
 
+_BARE_ADDRESS = re.compile(r"[^\s<>()\[\]\\,;:\"@]+@[^\s<>()\[\]\\,;:\"@]+")
+
+
+def split_address(value: str) -> tuple[str, str]:
+    """(display name, address) of a From/To value. Most are a bare ``local@domain``, taken as is; the
+    rest go through ``email.utils.parseaddr`` (its parser was a tenth of a sender's CPU)."""
+    if _BARE_ADDRESS.fullmatch(value):
+        return "", value
+    return parseaddr(value)
+
+
 def message_id_header(message_id: str, sender: str) -> str:
     domain = sender.rpartition("@")[2].strip(">").strip() or "tenure.localhost"
     return f"<{message_id}@{domain}>"
@@ -71,7 +83,7 @@ def build_mime(mail: Email) -> bytes | EmailMessage:
     negotiates for an ``EmailMessage``: those few take that path. Line ends are LF; the SMTP session
     sends every line end as CRLF and dot-stuffs.
     """
-    if not (parseaddr(mail.sender)[1] + parseaddr(mail.to)[1]).isascii():
+    if not (split_address(mail.sender)[1] + split_address(mail.to)[1]).isascii():
         return _build_utf8(mail)
     lines = [f"{name}: {_encode_header(name, value)}" for name, value in _headers(mail)]
     parts = [(f"text/{subtype}", body) for body, subtype in ((mail.text, "plain"), (mail.html, "html")) if body]
@@ -90,7 +102,7 @@ def _encode_header(name: str, value: str) -> str:
     if "\r" in value or "\n" in value:  # what EmailMessage refuses too: a header injection
         raise ValueError(f"Header values may not contain linefeed or carriage return characters ({name})")
     if name in ("From", "To"):
-        display, address = parseaddr(value)
+        display, address = split_address(value)
         if display and not display.isascii():  # encoded-words of ≤ 75 characters, folded (RFC 2047)
             return f"{_encoded_words(name, display)} <{address}>"
         return formataddr((display, address)) if display else address

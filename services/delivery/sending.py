@@ -22,7 +22,7 @@ from services.delivery import (
     sms,
     webhook_channel,
 )
-from services.delivery.smtp_session import SmtpConnection, send_smtp
+from services.delivery.smtp_session import SmtpConnection, SmtpPool, send_smtp
 from shared import ratelimit
 from shared.db import pinned
 from shared.settings import Settings
@@ -103,7 +103,7 @@ def _intent(message: dict[str, Any]) -> consent.Intent:
 
 async def send_batch(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings,
                      messages: list[dict[str, Any]], concurrency: int = 10, http: httpx.AsyncClient | None = None,
-                     redis: Any = None) -> dict[Any, str]:
+                     redis: Any = None, smtp: SmtpPool | None = None) -> dict[Any, str]:
     """Send claimed messages over ``concurrency`` senders (each keeping one SMTP session); returns each
     message's new status, or "lease_lost" for one that was no longer ours to send.
 
@@ -133,23 +133,28 @@ async def send_batch(sessionmaker: async_sessionmaker[AsyncSession], settings: S
         for _ in range(senders):
             await queue.put(None)
 
-    async def sender(client: httpx.AsyncClient) -> None:
-        smtp = SmtpConnection(settings)
+    async def sender(client: httpx.AsyncClient, pool: SmtpPool) -> None:
+        conn = await pool.take()
         try:
             while (m := await queue.get()) is not None:
-                recorder.add(await _attempt(sessionmaker, settings, m, smtp, client, redis))
-        finally:
-            await smtp.close()
+                recorder.add(await _attempt(sessionmaker, settings, m, conn, client, redis))
+        except BaseException:
+            await conn.close()
+            raise
+        pool.give(conn)
 
     async with contextlib.AsyncExitStack() as stack:
         client = http or await stack.enter_async_context(httpx.AsyncClient())
+        if smtp is None:  # sessions for this batch only
+            smtp = SmtpPool(settings)
+            stack.push_async_callback(smtp.close)
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(recorder.run())
             try:
                 async with asyncio.TaskGroup() as work:
                     work.create_task(feed())
                     for _ in range(senders):
-                        work.create_task(sender(client))
+                        work.create_task(sender(client, smtp))
             finally:
                 recorder.close()
     return statuses
@@ -282,7 +287,9 @@ async def _within_limits(sessionmaker: async_sessionmaker[AsyncSession], setting
 
 
 async def send_due(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, limit: int = 100,
-                   concurrency: int = 10, http: httpx.AsyncClient | None = None, redis: Any = None) -> int:
+                   concurrency: int = 10, http: httpx.AsyncClient | None = None, redis: Any = None,
+                   smtp: SmtpPool | None = None) -> int:
+    """Claim a batch of due messages and send it; the number claimed (0: nothing was due)."""
     async with sessionmaker() as session, session.begin():
         claimed = await outbox.claim(session, limit, settings.delivery_lease_s)
         # consent for the whole batch in one query; a message sent more than CONSENT_FRESH_S later re-checks
@@ -295,5 +302,5 @@ async def send_due(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
     messages = await _within_limits(sessionmaker, settings, redis, claimed)
     if not messages:
         return len(claimed)
-    await send_batch(sessionmaker, settings, messages, concurrency, http, redis)
+    await send_batch(sessionmaker, settings, messages, concurrency, http, redis, smtp)
     return len(messages)

@@ -6,7 +6,6 @@ purpose, or turned into an open redirect. Tokens are URL-safe base64, without pa
 """
 
 import base64
-import hashlib
 import hmac
 import uuid
 from dataclasses import dataclass
@@ -34,8 +33,7 @@ def _unb64(text: str) -> bytes:
 
 
 def _mac(secret: str, purpose: str, body: bytes, extra: str = "") -> bytes:
-    return hmac.new(secret.encode(), purpose.encode() + b"\0" + body + b"\0" + extra.encode(),
-                    hashlib.sha256).digest()[:16]
+    return hmac.digest(secret.encode(), purpose.encode() + b"\0" + body + b"\0" + extra.encode(), "sha256")[:16]
 
 
 def sign(secret: str, purpose: str, subject: Subject, extra: str = "") -> str:

@@ -14,13 +14,13 @@ unknown (transient, never re-routed to another provider); before the content it 
 
 import asyncio
 import re
+import time
 from collections import deque
-from email.utils import parseaddr
 from typing import Any, NamedTuple
 
 import aiosmtplib
 
-from services.delivery.mailer import Email, SendError, build_mime, message_id_header
+from services.delivery.mailer import Email, SendError, build_mime, message_id_header, split_address
 from shared.settings import Settings
 
 _LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
@@ -124,7 +124,7 @@ def _dot_stuffed(content: bytes) -> bytes:
 
 
 def _envelope_address(value: str) -> str:
-    address = parseaddr(value)[1]
+    address = split_address(value)[1]
     if not address or any(c in address for c in "\r\n<> "):
         raise SendError(f"not a usable envelope address: {value!r}", permanent=True, not_sent=True)
     return address
@@ -143,7 +143,8 @@ class SmtpConnection:
         s = self._settings
         smtp = aiosmtplib.SMTP(hostname=s.smtp_host, port=s.smtp_port, username=s.smtp_username,
                                password=s.smtp_password, use_tls=s.smtp_tls,
-                               start_tls=s.smtp_starttls if not s.smtp_tls else False, timeout=s.smtp_timeout_s)
+                               start_tls=s.smtp_starttls if not s.smtp_tls else False, timeout=s.smtp_timeout_s,
+                               cert_bundle=s.smtp_ca_file)
         try:
             await smtp.connect()
             if smtp.is_ehlo_or_helo_needed:
@@ -221,6 +222,33 @@ class SmtpConnection:
         session.transport.close()
 
 
+class SmtpPool:
+    """Idle SMTP sessions kept between batches (one per concurrent sender). One idle longer than
+    ``IDLE_S`` is closed rather than reused: servers drop quiet sessions (Postfix after 300 s)."""
+
+    IDLE_S = 60.0
+
+    def __init__(self, settings: Settings):
+        self._settings = settings
+        self._idle: list[tuple[float, SmtpConnection]] = []
+
+    async def take(self) -> SmtpConnection:
+        now = time.monotonic()
+        while self._idle:
+            since, conn = self._idle.pop()
+            if now - since < self.IDLE_S:
+                return conn
+            await conn.close()
+        return SmtpConnection(self._settings)
+
+    def give(self, conn: SmtpConnection) -> None:
+        self._idle.append((time.monotonic(), conn))
+
+    async def close(self) -> None:
+        while self._idle:
+            await self._idle.pop()[1].close()
+
+
 async def _send_utf8(settings: Settings, mail: Email, message: Any) -> str:
     """The rare message needing SMTPUTF8, through aiosmtplib on a connection of its own."""
     s = settings
@@ -228,7 +256,7 @@ async def _send_utf8(settings: Settings, mail: Email, message: Any) -> str:
         async with aiosmtplib.SMTP(hostname=s.smtp_host, port=s.smtp_port, username=s.smtp_username,
                                    password=s.smtp_password, use_tls=s.smtp_tls,
                                    start_tls=s.smtp_starttls if not s.smtp_tls else False,
-                                   timeout=s.smtp_timeout_s) as smtp:
+                                   timeout=s.smtp_timeout_s, cert_bundle=s.smtp_ca_file) as smtp:
             await smtp.send_message(message)
     except aiosmtplib.SMTPRecipientsRefused as exc:
         codes = [e.code for e in exc.recipients]

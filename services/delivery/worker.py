@@ -5,14 +5,17 @@ from typing import Any
 from arq.worker import Worker
 
 from services.delivery import apns, feedback, sending
+from services.delivery.smtp_session import SmtpPool
 from shared.queue import JobCtx, build_worker, stopping, take_dirty, worker_settings_class
 from shared.settings import Settings
 
 
 async def send_messages(ctx: JobCtx) -> int:
     total = 0
+    smtp = ctx.setdefault("smtp", SmtpPool(ctx["settings"]))  # sessions outlive a batch, and a job
     while True:
-        n = await sending.send_due(ctx["sessionmaker"], ctx["settings"], http=ctx["http"], redis=ctx["redis"])
+        n = await sending.send_due(ctx["sessionmaker"], ctx["settings"], http=ctx["http"], redis=ctx["redis"],
+                                   smtp=smtp)
         total += n
         if stopping(ctx) or (n == 0 and not await take_dirty(ctx, "send_messages")):
             break
@@ -27,9 +30,15 @@ async def forward_feedback(ctx: JobCtx) -> int:
     return total
 
 
+async def close_connections(ctx: JobCtx) -> None:
+    await apns.close_clients()
+    if "smtp" in ctx:
+        await ctx["smtp"].close()
+
+
 _OPTIONS: dict[str, Any] = {"functions": [send_messages, forward_feedback],
                             "poll": [send_messages, forward_feedback],
-                            "on_shutdown": [apns.close_clients]}
+                            "on_shutdown": [close_connections]}
 
 
 def create_worker(settings: Settings, **kw: Any) -> Worker:

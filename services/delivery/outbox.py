@@ -278,6 +278,11 @@ async def record(session: AsyncSession, message: dict[str, Any], *, started_at: 
     return done.status()
 
 
+def _storable(value: str | None) -> str | None:
+    """Provider text as PostgreSQL takes it (no NUL in text or jsonb), bounded."""
+    return None if value is None else value.replace("\x00", "")[:1000]
+
+
 async def record_many(session: AsyncSession, outcomes: list[Outcome]) -> set[Any]:
     """Store the outcomes of many attempts in one statement: each message's new status (a transient error
     waits its backoff, or the provider's ``Retry-After`` if longer) and its attempt row. Returns the ids
@@ -286,7 +291,8 @@ async def record_many(session: AsyncSession, outcomes: list[Outcome]) -> set[Any
     if not outcomes:
         return set()
     rows = [{"id": str(o.message["id"]), "n": o.message["attempts"], "status": o.status(), "outcome": o.outcome,
-             "error": o.error, "pmid": o.provider_message_id, "provider": o.provider, "started": o.started_at,
+             "error": _storable(o.error), "pmid": _storable(o.provider_message_id), "provider": o.provider,
+             "started": o.started_at,
              "delay": max(backoff_s(o.message["attempts"]), min(o.retry_after_s or 0.0, 3600.0))}
             for o in outcomes]
     updated = {r.id for r in await session.execute(
@@ -309,7 +315,10 @@ async def record_many(session: AsyncSession, outcomes: list[Outcome]) -> set[Any
             attempts as (
                 insert into delivery.attempts (message_id, attempt, outcome, error, started_at)
                 select r.id, r.n, r.outcome, r.error, r.started from r
-                 where exists (select 1 from delivery.messages m where m.id = r.id))
+                 -- a row not updated here (taken over, or erased) is locked to look: an erasure committing
+                 -- meanwhile is then seen, which the statement's snapshot alone would miss
+                 where r.id in (select id from updated)
+                    or exists (select 1 from delivery.messages m where m.id = r.id for key share))
             select id from updated
             """
         ),

@@ -3,11 +3,13 @@
 import asyncio
 import contextlib
 import time
+from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import structlog
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.delivery import (
@@ -101,45 +103,60 @@ def _intent(message: dict[str, Any]) -> consent.Intent:
             message.get("message_type", "marketing"), message.get("topic"))
 
 
+def _fresh_s(settings: Settings) -> float:
+    """How long a message's check (still ours, consent) holds; a message that waited longer in memory is
+    checked again just before it goes out."""
+    return min(settings.delivery_lease_s / 10, CONSENT_FRESH_S)
+
+
 async def send_batch(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings,
                      messages: list[dict[str, Any]], concurrency: int = 10, http: httpx.AsyncClient | None = None,
                      redis: Any = None, smtp: SmtpPool | None = None) -> dict[Any, str]:
     """Send claimed messages over ``concurrency`` senders (each keeping one SMTP session); returns each
     message's new status, or "lease_lost" for one that was no longer ours to send.
 
-    Three kinds of task share the batch, so no message waits on a database round trip of its own: a
-    feeder confirms groups of ``GROUP`` messages as still ours just before they go out (``outbox.confirm``:
-    one statement per group), the senders talk to the providers, and a recorder writes outcomes as they
-    come, many per statement (while one write is in flight the next group gathers). A crash between a
-    send and its record leaves the message ``sending`` until its lease runs out — the window the module
-    docstring of ``outbox`` describes, a group's time instead of one message's.
+    No message waits on a database round trip of its own. A sender that runs out of checked messages
+    confirms the next ``GROUP`` as still ours, in one statement (``outbox.confirm``, which re-checks
+    consent when the batch's check is old); a message that then waits longer than ``_fresh_s`` before
+    its turn is checked again, alone. Outcomes go to a recorder that writes them as they come, many per
+    statement (while one write is in flight the next group gathers). Whatever ends the batch — done, an
+    error, a cancellation — the recorder writes what it holds before this returns; a crash of the
+    process leaves those messages ``sending`` until their lease runs out (see ``outbox``).
     """
     statuses: dict[Any, str] = {}
-    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=GROUP)
     recorder = _Recorder(sessionmaker, statuses)
-    senders = max(1, min(concurrency, len(messages)))
+    unchecked, ready = deque(messages), deque[dict[str, Any]]()
+    checking = asyncio.Lock()
+    fresh_s = _fresh_s(settings)
 
-    async def feed() -> None:
-        async with pinned(sessionmaker) as own:
-            for i in range(0, len(messages), GROUP):
-                for m, verdict in await _confirm(own, settings, messages[i:i + GROUP]):
-                    if verdict == "lease_lost":
-                        log.warning("delivery.lease_lost", message_id=str(m["id"]), attempt=m["attempts"])
-                        statuses[m["id"]] = verdict
-                    elif verdict:
-                        recorder.add(outbox.Outcome(m, datetime.now(UTC), "suppressed", verdict))
-                    else:
-                        await queue.put(m)
-        for _ in range(senders):
-            await queue.put(None)
+    async def next_message() -> dict[str, Any] | None:
+        while recorder.failed is None:
+            if ready:
+                m = ready.popleft()
+                if time.monotonic() - m["checked_at"] <= fresh_s:
+                    return m
+                # it waited too long since its check: again, alone (and it goes out now, not to the back)
+                (_, verdict), = await _confirm(sessionmaker, settings, [m])
+                if _route(m, verdict, statuses, recorder):
+                    return m
+                continue
+            async with checking:
+                if ready:
+                    continue
+                if not unchecked:
+                    return None
+                group = [unchecked.popleft() for _ in range(min(GROUP, len(unchecked)))]
+                ready.extend(m for m, verdict in await _confirm(sessionmaker, settings, group)
+                             if _route(m, verdict, statuses, recorder))
+        return None
 
     async def sender(client: httpx.AsyncClient, pool: SmtpPool) -> None:
         conn = await pool.take()
         try:
-            while (m := await queue.get()) is not None:
+            while (m := await next_message()) is not None:
                 recorder.add(await _attempt(sessionmaker, settings, m, conn, client, redis))
         except BaseException:
-            await conn.close()
+            conn.abort()
             raise
         pool.give(conn)
 
@@ -148,22 +165,53 @@ async def send_batch(sessionmaker: async_sessionmaker[AsyncSession], settings: S
         if smtp is None:  # sessions for this batch only
             smtp = SmtpPool(settings)
             stack.push_async_callback(smtp.close)
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(recorder.run())
-            try:
-                async with asyncio.TaskGroup() as work:
-                    work.create_task(feed())
-                    for _ in range(senders):
-                        work.create_task(sender(client, smtp))
-            finally:
-                recorder.close()
+        recording = asyncio.create_task(recorder.run())
+        try:
+            results = await asyncio.gather(*(sender(client, smtp) for _ in range(max(1, min(concurrency,
+                                                                                              len(messages))))),
+                                           return_exceptions=True)
+        finally:
+            recorder.close()
+            await _finish(recording)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
     return statuses
+
+
+# How long a batch that ends (or is cancelled) waits for its outcomes to be written.
+RECORD_WAIT_S = 30.0
+
+
+async def _finish(recording: "asyncio.Task[None]") -> None:
+    """Wait for the recorder to write what it holds — also when the batch is being cancelled (a job's
+    timeout, SIGTERM): outcomes the providers took must not be lost. A second cancel gives up."""
+    try:
+        await asyncio.wait_for(asyncio.shield(recording), RECORD_WAIT_S)
+    except asyncio.CancelledError:
+        await asyncio.wait([recording], timeout=RECORD_WAIT_S)
+        raise
+    except TimeoutError:
+        recording.cancel()
+        raise
+
+
+def _route(m: dict[str, Any], verdict: str | None, statuses: dict[Any, str], recorder: "_Recorder") -> bool:
+    """True: send it; otherwise it is noted as lease lost, or recorded as suppressed."""
+    if verdict == "lease_lost":
+        log.warning("delivery.lease_lost", message_id=str(m["id"]), attempt=m["attempts"])
+        statuses[m["id"]] = verdict
+        return False
+    if verdict:
+        recorder.add(outbox.Outcome(m, datetime.now(UTC), "suppressed", verdict))
+        return False
+    return True
 
 
 async def _confirm(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings,
                    group: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str | None]]:
     """Each message of the group with "lease_lost" (taken over or erased meanwhile), the reason consent
-    now forbids it, or None: send it."""
+    now forbids it, or None: send it (its ``checked_at`` is now)."""
     async with sessionmaker() as session, session.begin():
         owned = await outbox.confirm(session, group, settings.delivery_lease_s)
         now = time.monotonic()
@@ -172,11 +220,14 @@ async def _confirm(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
         for m, reason in zip(stale, await consent.blocked_many(session, [_intent(m) for m in stale]) if stale else [],
                              strict=True):
             m["consent"] = (now, reason)
+    for m in group:
+        m["checked_at"] = now
     return [(m, "lease_lost" if m["id"] not in owned else m.get("consent", (0.0, None))[1]) for m in group]
 
 
 class _Recorder:
-    """Writes outcomes as they come, many per statement, on one connection of its own."""
+    """Writes outcomes as they come, many per statement, on one connection of its own. A group the
+    database refuses is written again one outcome at a time, so one bad outcome loses no other."""
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], statuses: dict[Any, str]):
         self._sessionmaker = sessionmaker
@@ -184,6 +235,7 @@ class _Recorder:
         self._pending: list[outbox.Outcome] = []
         self._wake = asyncio.Event()
         self._closed = False
+        self.failed: BaseException | None = None  # the senders stop taking messages
 
     def add(self, outcome: outbox.Outcome) -> None:
         self._pending.append(outcome)
@@ -194,18 +246,45 @@ class _Recorder:
         self._wake.set()
 
     async def run(self) -> None:
-        async with pinned(self._sessionmaker) as own:
-            while not (self._closed and not self._pending):
-                await self._wake.wait()
-                self._wake.clear()
-                while self._pending:
-                    batch, self._pending = self._pending, []
-                    async with own() as session, session.begin():
-                        await outbox.record_many(session, batch)
-                    for o in batch:
-                        self._statuses[o.message["id"]] = status = o.status()
-                        log.info("delivery.attempted", message_id=str(o.message["id"]), attempt=o.message["attempts"],
-                                 status=status, error=o.error)
+        try:
+            async with pinned(self._sessionmaker) as own:
+                while not (self._closed and not self._pending):
+                    await self._wake.wait()
+                    self._wake.clear()
+                    while self._pending:
+                        batch, self._pending = self._pending, []
+                        self._done(batch, await self._write(own, batch))
+        except BaseException as exc:
+            self.failed = exc
+            raise
+
+    async def _write(self, own: async_sessionmaker[AsyncSession], batch: list[outbox.Outcome]) -> set[Any]:
+        try:
+            async with own() as session, session.begin():
+                return await outbox.record_many(session, batch)
+        except DBAPIError:
+            if len(batch) == 1:
+                raise
+        updated: set[Any] = set()
+        wrote = False
+        for o in batch:
+            try:
+                async with own() as session, session.begin():
+                    updated |= await outbox.record_many(session, [o])
+                wrote = True
+            except DBAPIError:  # it stays `sending`, and is claimed again once its lease runs out
+                log.exception("delivery.record_failed", message_id=str(o.message["id"]))
+        if not wrote:
+            raise RuntimeError(f"could not record any of {len(batch)} outcomes")
+        return updated
+
+    def _done(self, batch: list[outbox.Outcome], updated: set[Any]) -> None:
+        for o in batch:
+            # (not updated: taken over by another holder, or erased, meanwhile)
+            status = o.status() if o.message["id"] in updated else "lease_lost"
+            self._statuses[o.message["id"]] = status
+            log.info("delivery.attempted", message_id=str(o.message["id"]), attempt=o.message["attempts"],
+                     status=status, error=o.error)
 
 
 async def _attempt(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, message: dict[str, Any],

@@ -155,6 +155,9 @@ class SmtpConnection:
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             smtp.close()
             raise SendError(f"SMTP unreachable: {type(exc).__name__}: {exc}", permanent=False, not_sent=True) from None
+        except BaseException:  # (cancelled mid-set-up: the socket is not left open)
+            smtp.close()
+            raise
         assert smtp.transport is not None
         session = _Replies(smtp.transport, pipelining=smtp.supports_extension("pipelining"))
         smtp.transport.set_protocol(session)  # from here on the session is ours (aiosmtplib's object is dropped)
@@ -211,6 +214,7 @@ class SmtpConnection:
         await self.close()
 
     async def close(self) -> None:
+        """QUIT politely (briefly), then close the socket whatever happens."""
         session, self._session = self._session, None
         if session is None:
             return
@@ -219,7 +223,14 @@ class SmtpConnection:
                 await session.command(b"QUIT")
         except (_Lost, OSError, TimeoutError):
             pass
-        session.transport.close()
+        finally:
+            session.transport.close()
+
+    def abort(self) -> None:
+        """Drop the session at once (a sender cancelled mid-message, or a session idle too long)."""
+        session, self._session = self._session, None
+        if session is not None:
+            session.transport.abort()
 
 
 class SmtpPool:
@@ -238,7 +249,7 @@ class SmtpPool:
             since, conn = self._idle.pop()
             if now - since < self.IDLE_S:
                 return conn
-            await conn.close()
+            conn.abort()
         return SmtpConnection(self._settings)
 
     def give(self, conn: SmtpConnection) -> None:

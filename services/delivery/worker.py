@@ -1,5 +1,6 @@
 """Delivery's arq worker: drain the outbox (woken after each accepted message, and polled)."""
 
+import time
 from typing import Any
 
 from arq.worker import Worker
@@ -9,15 +10,22 @@ from services.delivery.smtp_session import SmtpPool
 from shared.queue import JobCtx, build_worker, stopping, take_dirty, worker_settings_class
 from shared.settings import Settings
 
+# A draining job returns after this long (its timeout is 120 s) and the next poll goes on, rather than
+# being cancelled mid-batch.
+DRAIN_BUDGET_S = 90.0
+
 
 async def send_messages(ctx: JobCtx) -> int:
     total = 0
     smtp = ctx.setdefault("smtp", SmtpPool(ctx["settings"]))  # sessions outlive a batch, and a job
+    started = time.monotonic()
     while True:
         n = await sending.send_due(ctx["sessionmaker"], ctx["settings"], http=ctx["http"], redis=ctx["redis"],
                                    smtp=smtp)
         total += n
-        if stopping(ctx) or (n == 0 and not await take_dirty(ctx, "send_messages")):
+        if stopping(ctx) or time.monotonic() - started > DRAIN_BUDGET_S:
+            break
+        if n == 0 and not await take_dirty(ctx, "send_messages"):
             break
     return total
 

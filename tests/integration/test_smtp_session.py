@@ -15,7 +15,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from sqlalchemy import text
 
-from services.delivery import sending
+from services.delivery import outbox, sending
 from services.delivery.mailer import Email, SendError
 from services.delivery.smtp_session import SmtpConnection
 from shared.embedded import free_port
@@ -51,7 +51,13 @@ class _Proto(asyncio.Protocol):
                     return
                 if to.startswith("hang"):
                     return  # never answers
-                out.append(b"554 5.6.0 content rejected\r\n" if to.startswith("badcontent") else b"250 2.0.0 queued\r\n")
+                reply = b"554 5.6.0 content rejected\r\n" if to.startswith("badcontent") else b"250 2.0.0 queued\r\n"
+                if self.server.delay:  # a slow relay: the verdict comes later
+                    self.transport.write(b"".join(out))
+                    out = []
+                    asyncio.get_running_loop().call_later(self.server.delay, self.transport.write, reply)
+                else:
+                    out.append(reply)
                 continue
             nl = self.buf.find(b"\r\n")
             if nl < 0:
@@ -74,6 +80,8 @@ class _Proto(asyncio.Protocol):
                 to = line[line.index("<") + 1:line.rindex(">")]
                 if to.startswith("refuse"):
                     out.append(b"550 5.1.1 no such user\r\n")
+                elif to.startswith("nul"):  # (PostgreSQL stores no NUL: the reason must be cleaned, not lost)
+                    out.append(b"550 5.1.1 no such user \x00 here\r\n")
                 elif to.startswith("busy"):
                     out.append(b"450 4.2.1 mailbox busy\r\n")
                 else:
@@ -106,8 +114,9 @@ class _Proto(asyncio.Protocol):
 class _Server:
     """An SMTP server with PIPELINING that refuses, hangs up or stays silent as the recipient asks."""
 
-    def __init__(self, pipelining: bool = True):
+    def __init__(self, pipelining: bool = True, delay: float = 0.0):
         self.pipelining = pipelining
+        self.delay = delay
         self.received: list[tuple[str, list[str], bytes]] = []
         self.packets: list[bytes] = []
         self.connections = 0
@@ -238,6 +247,82 @@ async def test_the_outbox_sends_through_a_pipelining_server(apps, workspace, ses
     assert all(rows[ids[a]].status == "sent" and rows[ids[a]].attempts == 1 for a in addresses[:-1])
     refused = rows[ids[addresses[-1]]]
     assert refused.status == "failed" and "550" in refused.last_error and refused.attempts == 1
+
+
+async def _queue(apps, workspace, sessionmaker, addresses: list[str], lease_s: float) -> list[dict]:
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    r = await apps["delivery"].post("/v1/messages/batch", headers=h, json={"messages": [
+        {"idempotency_key": a, "to": a, "subject": "S", "text": "x", "message_type": "transactional"}
+        for a in addresses]})
+    assert r.status_code == 200, r.text
+    async with sessionmaker() as s, s.begin():
+        claimed = await outbox.claim(s, 10_000, lease_s)
+    return [m for m in claimed if m["to_address"] in addresses]
+
+
+async def _statuses(sessionmaker, messages: list[dict]) -> dict[str, str]:
+    async with sessionmaker() as s:
+        return {r.to_address: r.status for r in await s.execute(text(
+            "select to_address, status from delivery.messages where id = any(CAST(:ids AS uuid[]))"),
+            {"ids": [m["id"] for m in messages]})}
+
+
+async def test_a_message_that_waited_past_its_lease_is_sent_by_one_worker_only(apps, workspace, sessionmaker,
+                                                                              settings) -> None:
+    """A slow relay: messages checked together wait their turn; another worker claims those whose lease
+    ran out meanwhile. Each is checked again before it goes out, so none is sent twice."""
+    tag = uuid.uuid4().hex[:6]
+    addresses = [f"slow{i}-{tag}@example.com" for i in range(12)]
+    async with _Server(delay=0.25) as server:
+        cfg = settings.model_copy(update={"smtp_port": server.port, "delivery_lease_s": 2.0})
+        first = await _queue(apps, workspace, sessionmaker, addresses, 2.0)
+        assert len(first) == 12
+        a = asyncio.create_task(sending.send_batch(sessionmaker, cfg, first, concurrency=1))
+        await asyncio.sleep(2.3)  # the leases of those still waiting ran out: worker B takes them
+        async with sessionmaker() as s, s.begin():
+            second = [m for m in await outbox.claim(s, 10_000, 60.0) if m["to_address"] in addresses]
+        assert second
+        b = await sending.send_batch(sessionmaker, cfg.model_copy(update={"delivery_lease_s": 60.0}), second,
+                                     concurrency=2)
+        got_a = await a
+    sent = [r[1][0] for r in server.received if tag in r[1][0]]
+    assert sorted(sent) == sorted(addresses)  # every one, once
+    assert {m["id"] for m in second} == {i for i, st in got_a.items() if st == "lease_lost"}
+    assert set(b.values()) == {"sent"}
+    assert set((await _statuses(sessionmaker, first)).values()) == {"sent"}
+
+
+async def test_a_cancelled_batch_still_records_what_the_server_took(apps, workspace, sessionmaker, settings) -> None:
+    tag = uuid.uuid4().hex[:6]
+    addresses = [f"cut{i}-{tag}@example.com" for i in range(40)]
+    async with _Server(delay=0.05) as server:
+        cfg = settings.model_copy(update={"smtp_port": server.port})
+        mine = await _queue(apps, workspace, sessionmaker, addresses, 60.0)
+        task = asyncio.create_task(sending.send_batch(sessionmaker, cfg, mine, concurrency=4))
+        await asyncio.sleep(0.3)
+        task.cancel()  # (arq's job timeout, or SIGTERM)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    taken = {r[1][0] for r in server.received if tag in r[1][0]}
+    statuses = await _statuses(sessionmaker, mine)
+    assert taken and len(taken) < len(addresses)
+    unknown = [a for a in taken if statuses[a] != "sent"]
+    assert len(unknown) <= 4  # only those whose reply the cancelled senders never read stay `sending`
+    assert all(statuses[a] == "sending" for a in unknown)
+
+
+async def test_a_reply_postgres_cannot_store_fails_only_its_message(apps, workspace, sessionmaker, settings) -> None:
+    tag = uuid.uuid4().hex[:6]
+    addresses = [f"ok{i}-{tag}@example.com" for i in range(6)] + [f"nul-{tag}@example.com"]
+    async with _Server() as server:
+        mine = await _queue(apps, workspace, sessionmaker, addresses, 60.0)
+        statuses = await sending.send_batch(sessionmaker, settings.model_copy(update={"smtp_port": server.port}),
+                                            mine, concurrency=3)
+    assert sorted(statuses.values()) == ["failed"] + ["sent"] * 6
+    async with sessionmaker() as s:
+        error = (await s.execute(text("select last_error from delivery.messages where to_address = :a"),
+                                 {"a": addresses[-1]})).scalar_one()
+    assert "550" in error and "\x00" not in error
 
 
 @pytest.fixture(scope="module")

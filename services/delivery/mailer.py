@@ -7,12 +7,12 @@ Errors are sorted into transient (connection trouble, 4xx replies: try again lat
 
 import binascii
 import re
-import uuid
 from dataclasses import dataclass
 from email.header import Header
 from email.message import EmailMessage
 from email.policy import Policy
 from email.utils import formataddr, formatdate, parseaddr
+from functools import lru_cache
 
 
 class SendError(Exception):
@@ -64,6 +64,11 @@ def split_address(value: str) -> tuple[str, str]:
     rest go through ``email.utils.parseaddr`` (its parser was a tenth of a sender's CPU)."""
     if _BARE_ADDRESS.fullmatch(value):
         return "", value
+    return _parse_address(value)
+
+
+@lru_cache(maxsize=1024)
+def _parse_address(value: str) -> tuple[str, str]:  # (a workspace's "Name <from@…>", the same on every message)
     return parseaddr(value)
 
 
@@ -91,7 +96,7 @@ def build_mime(mail: Email) -> bytes | EmailMessage:
     if len(parts) <= 1:
         content_type, body = parts[0] if parts else ("text/html", "")
         return "\n".join([*lines, *_part_headers(content_type), "", ""]).encode() + _qp(body)
-    boundary = f"=_{uuid.uuid4().hex}"  # "=_" never occurs in quoted-printable text
+    boundary = f"=_{mail.message_id.replace('-', '')}"  # unique per message; "=_" never occurs in quoted-printable
     out = "\n".join([*lines, f'Content-Type: multipart/alternative; boundary="{boundary}"', "", ""]).encode()
     for content_type, body in parts:
         out += "\n".join([f"--{boundary}", *_part_headers(content_type), "", ""]).encode() + _qp(body) + b"\n"

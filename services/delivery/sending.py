@@ -125,29 +125,32 @@ async def send_batch(sessionmaker: async_sessionmaker[AsyncSession], settings: S
     """
     statuses: dict[Any, str] = {}
     recorder = _Recorder(sessionmaker, statuses)
+    senders = max(1, min(concurrency, len(messages)))
     unchecked, ready = deque(messages), deque[dict[str, Any]]()
     checking = asyncio.Lock()
     fresh_s = _fresh_s(settings)
 
     async def next_message() -> dict[str, Any] | None:
         while recorder.failed is None:
-            if ready:
-                m = ready.popleft()
-                if time.monotonic() - m["checked_at"] <= fresh_s:
-                    return m
-                # it waited too long since its check: again, alone (and it goes out now, not to the back)
-                (_, verdict), = await _confirm(sessionmaker, settings, [m])
-                if _route(m, verdict, statuses, recorder):
-                    return m
+            # the next group is checked while the senders still have work: when few checked ones are left
+            if unchecked and len(ready) < senders and not checking.locked():
+                async with checking:
+                    group = [unchecked.popleft() for _ in range(min(GROUP, len(unchecked)))]
+                    ready.extend(m for m, verdict in await _confirm(own, settings, group)
+                                 if _route(m, verdict, statuses, recorder))
                 continue
-            async with checking:
-                if ready:
-                    continue
-                if not unchecked:
+            if not ready:
+                if not unchecked and not checking.locked():
                     return None
-                group = [unchecked.popleft() for _ in range(min(GROUP, len(unchecked)))]
-                ready.extend(m for m, verdict in await _confirm(sessionmaker, settings, group)
-                             if _route(m, verdict, statuses, recorder))
+                async with checking:  # (another sender is checking the next group: wait for it)
+                    continue
+            m = ready.popleft()
+            if time.monotonic() - m["checked_at"] <= fresh_s:
+                return m
+            # it waited too long since its check: again, alone (and it goes out now, not to the back)
+            (_, verdict), = await _confirm(sessionmaker, settings, [m])
+            if _route(m, verdict, statuses, recorder):
+                return m
         return None
 
     async def sender(client: httpx.AsyncClient, pool: SmtpPool) -> None:
@@ -165,11 +168,10 @@ async def send_batch(sessionmaker: async_sessionmaker[AsyncSession], settings: S
         if smtp is None:  # sessions for this batch only
             smtp = SmtpPool(settings)
             stack.push_async_callback(smtp.close)
+        own = await stack.enter_async_context(pinned(sessionmaker))  # for the group checks (one at a time)
         recording = asyncio.create_task(recorder.run())
         try:
-            results = await asyncio.gather(*(sender(client, smtp) for _ in range(max(1, min(concurrency,
-                                                                                              len(messages))))),
-                                           return_exceptions=True)
+            results = await asyncio.gather(*(sender(client, smtp) for _ in range(senders)), return_exceptions=True)
         finally:
             recorder.close()
             await _finish(recording)
@@ -365,7 +367,7 @@ async def _within_limits(sessionmaker: async_sessionmaker[AsyncSession], setting
     return allowed
 
 
-async def send_due(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, limit: int = 100,
+async def send_due(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, limit: int = 300,
                    concurrency: int = 10, http: httpx.AsyncClient | None = None, redis: Any = None,
                    smtp: SmtpPool | None = None) -> int:
     """Claim a batch of due messages and send it; the number claimed (0: nothing was due)."""

@@ -19,6 +19,7 @@ from services.campaign.programs import variables as program_vars
 from shared.auth import WORKSPACE_HEADER
 from shared.errors import UpstreamUnavailable
 from shared.http import InternalClient
+from shared.jsonutil import dumps
 
 log = structlog.get_logger()
 
@@ -54,12 +55,19 @@ async def claim(session: AsyncSession, limit: int) -> list[dict[str, Any]]:
     return [dict(r) for r in rows.mappings()]
 
 
-async def _template(session: AsyncSession, template_id: uuid.UUID) -> dict[str, Any] | None:
+async def _template(session: AsyncSession, template_id: uuid.UUID,
+                    cache: dict[uuid.UUID, dict[str, Any] | None] | None = None) -> dict[str, Any] | None:
+    """A template's content; ``cache``: read once per batch (a campaign's sends share a handful)."""
+    if cache is not None and template_id in cache:
+        return cache[template_id]
     row = (await session.execute(text("select channel, subject, preheader, html, text, deep_link, image, locales "
                                       "from campaign.templates "
                                       "where id = :id"),
                                  {"id": template_id})).mappings().first()
-    return dict(row) if row else None
+    found = dict(row) if row else None
+    if cache is not None:
+        cache[template_id] = found
+    return found
 
 
 def _retry_or_fail(send: dict[str, Any], reason: str) -> Outcome:
@@ -89,12 +97,12 @@ async def profiles_for(internal: InternalClient, sends: list[dict[str, Any]]) ->
 
 
 async def prepare(session: AsyncSession, send: dict[str, Any], profile: dict[str, Any] | str | None,
-                  snippets: dict[str, str] | None = None, extra: dict[str, Any] | None = None
-                  ) -> dict[str, Any] | Outcome:
+                  snippets: dict[str, str] | None = None, extra: dict[str, Any] | None = None,
+                  template_cache: dict[uuid.UUID, dict[str, Any] | None] | None = None) -> dict[str, Any] | Outcome:
     """The delivery request for a send, or the outcome that ends it here (``profile``: the looked-up
     profile, None if it does not exist, or why the lookup failed; ``extra``: more template variables,
     e.g. the referral and loyalty programs')."""
-    tpl = await _template(session, send["template_id"])
+    tpl = await _template(session, send["template_id"], template_cache)
     if tpl is None:
         return Outcome("failed", "template no longer exists")
     if profile is None:
@@ -188,20 +196,23 @@ async def program_variables(session: AsyncSession, sends: list[dict[str, Any]], 
     return out
 
 
-async def record(session: AsyncSession, send_id: uuid.UUID, outcome: Outcome, attempts: int) -> None:
-    backoff = min(3600, 5 * 2 ** max(0, attempts - 1))
+async def record(session: AsyncSession, done: list[tuple[dict[str, Any], Outcome]]) -> None:
+    """The outcomes of a batch of claimed sends, in one statement: a send to retry waits its backoff."""
+    rows = [{"id": str(send["id"]), "status": o.status, "reason": o.reason, "mid": o.delivery_message_id,
+             "backoff": min(3600, 5 * 2 ** max(0, send["attempts"] - 1))} for send, o in done]
     await session.execute(
         text(
             """
-            update campaign.sends
-               set status = :status, reason = :reason, delivery_message_id = CAST(:mid AS uuid), updated_at = now(),
-                   next_attempt_at = case when :status = 'pending'
-                                          then now() + make_interval(secs => :backoff) else next_attempt_at end
-             where id = :id
+            update campaign.sends s
+               set status = r.status, reason = r.reason, delivery_message_id = r.mid, updated_at = now(),
+                   next_attempt_at = case when r.status = 'pending'
+                                          then now() + make_interval(secs => r.backoff) else s.next_attempt_at end
+              from jsonb_to_recordset(CAST(:rows AS jsonb))
+                   as r(id uuid, status text, reason text, mid uuid, backoff int)
+             where s.id = r.id
             """
         ),
-        {"status": outcome.status, "reason": outcome.reason, "mid": outcome.delivery_message_id,
-         "backoff": backoff, "id": send_id},
+        {"rows": dumps(rows)},
     )
 
 
@@ -219,9 +230,11 @@ async def dispatch_due(sessionmaker: async_sessionmaker[AsyncSession], internal:
     ready: dict[uuid.UUID, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     async with sessionmaker() as session, session.begin():
         extras = await program_variables(session, sends, profiles, snippets)
+        cache: dict[uuid.UUID, dict[str, Any] | None] = {}
         for send in sends:
             key = f"{send['workspace_id']}:{send['profile_id']}"
-            prepared = await prepare(session, send, profiles.get(key), snippets[send["workspace_id"]], extras.get(key))
+            prepared = await prepare(session, send, profiles.get(key), snippets[send["workspace_id"]], extras.get(key),
+                                     cache)
             if isinstance(prepared, Outcome):
                 outcomes[send["id"]] = prepared
             else:
@@ -232,9 +245,9 @@ async def dispatch_due(sessionmaker: async_sessionmaker[AsyncSession], internal:
             for (send, _), outcome in zip(chunk, await post_batch(internal, ws, chunk), strict=True):
                 outcomes[send["id"]] = outcome
     async with sessionmaker() as session, session.begin():
+        await record(session, [(send, outcomes[send["id"]]) for send in sends])
         for send in sends:
             outcome = outcomes[send["id"]]
-            await record(session, send["id"], outcome, send["attempts"])
             if send.get("journey_id") and outcome.status in ("skipped", "failed"):
                 # "why didn't X get the email": the journey's path says what happened to its send
                 await session.execute(text(

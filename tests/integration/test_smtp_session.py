@@ -358,6 +358,7 @@ async def _send_three(settings, prefix: str) -> None:
         await conn.close()
 
 
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")  # (implicit TLS: it is TLS)
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 @pytest.mark.parametrize("mode", ["starttls", "implicit"])
 async def test_tls_and_auth_then_many_messages(settings, tls, mode: str, loop: str) -> None:

@@ -103,44 +103,93 @@ def _drop_log(session: Session) -> None:
     session.info.pop(_LOG_BUFFER, None)
 
 
+@dataclass
+class Candidate:
+    """A profile a trigger would enter into a campaign's journey."""
+
+    campaign: dict[str, Any]
+    journey: jd.Journey
+    profile_id: uuid.UUID
+    occurrence: str  # what triggered it: idempotent per (campaign, profile, occurrence)
+    trigger_data: dict[str, Any]
+    at: datetime | None = None  # when the trigger happened (the event's time); default: now
+
+
 async def enter(session: AsyncSession, campaign: dict[str, Any], journey: jd.Journey, profile_id: uuid.UUID,
                 occurrence: str, trigger_data: dict[str, Any], now: datetime, *, at: datetime | None = None
                 ) -> uuid.UUID | None:
-    """Enter a profile if the entry rule allows; idempotent per (campaign, profile, occurrence).
-
-    ``at`` is when the trigger happened (the event's time): later events count for goals and waits
-    even when they arrive in the same page as the trigger."""
-    at = min(at or now, now)
-    cid, ws = campaign["id"], campaign["workspace_id"]
-    await session.execute(text("select pg_advisory_xact_lock(hashtextextended(:k, 0))"),
-                          {"k": f"journey-entry:{cid}:{profile_id}"})
-    rule = journey.entry
-    if rule.rule != "every_time":
-        since = at - timedelta(seconds=rule.period_seconds or 0) if rule.rule == "once_per_period" else None
-        before = (await session.execute(
-            text("select 1 from campaign.journeys where campaign_id = :c and profile_id = :p "
-                 "and (CAST(:since AS timestamptz) is null or entered_at > :since) limit 1"),
-            {"c": cid, "p": profile_id, "since": since})).first()
-        if before:
-            return None
-    holdout = rule.holdout_percent > 0 and _bucket("holdout", cid, profile_id) < rule.holdout_percent
-    jid = uuid.uuid4()
-    row = (await session.execute(
-        text("insert into campaign.journeys (id, workspace_id, campaign_id, version, profile_id, occurrence, status, "
-             "step, wake_at, trigger_data, goal_deadline, entered_at) "
-             "values (:id, :ws, :c, :v, :p, :occ, :status, :step, :wake, CAST(:data AS jsonb), :deadline, :entered) "
-             "on conflict (campaign_id, profile_id, occurrence) do nothing returning id"),
-        {"id": jid, "ws": ws, "c": cid, "v": campaign["version"], "p": profile_id, "occ": occurrence,
-         "status": "holdout" if holdout else "active", "step": None if holdout else journey.steps[0].id,
-         "wake": None if holdout else now, "data": dumps(trigger_data), "now": now,
-         "deadline": at + timedelta(seconds=journey.goal.within_seconds) if journey.goal else None,
-         "entered": at})).first()
-    if row is None:
-        return None
-    j = {"id": jid, "workspace_id": ws, "campaign_id": cid, "profile_id": profile_id, "step": None}
-    await _log(session, j, "holdout" if holdout else "entered",
-               f"holdout ({rule.holdout_percent:g} % get nothing)" if holdout else f"trigger {occurrence}")
+    """Enter a profile if the entry rule allows; the new journey's id, or None (see ``enter_many``)."""
+    (jid,) = await enter_many(session, [Candidate(campaign, journey, profile_id, occurrence, trigger_data, at)], now)
     return jid
+
+
+async def enter_many(session: AsyncSession, candidates: list[Candidate], now: datetime) -> list[uuid.UUID | None]:
+    """Enter each candidate the entry rule allows, in order; per candidate the new journey's id or None.
+    Idempotent per (campaign, profile, occurrence).
+
+    Three statements whatever the number (a page of a feed enters hundreds): the entry locks of every
+    (campaign, profile), taken in one order so concurrent consumers cannot deadlock; the earlier entries
+    the rules look at; one insert. Candidates of the same page count for each other (a second trigger
+    in the page is refused under "once"). ``at`` (the trigger's time) is when the journey was entered:
+    later events count for goals and waits even when they arrive in the same page as the trigger."""
+    if not candidates:
+        return []
+    ats = [min(c.at or now, now) for c in candidates]
+    keys = sorted({f"journey-entry:{c.campaign['id']}:{c.profile_id}" for c in candidates})
+    await session.execute(text(  # (the sorted subquery is not flattened: locks are taken in hash order)
+        "select count(pg_advisory_xact_lock(h)) from (select distinct hashtextextended(k, 0) as h "
+        "from unnest(CAST(:keys AS text[])) as k order by 1) s"), {"keys": keys})
+    ruled = [{"i": n, "c": str(c.campaign["id"]), "p": str(c.profile_id),
+              "since": (at - timedelta(seconds=c.journey.entry.period_seconds or 0)).isoformat()
+              if c.journey.entry.rule == "once_per_period" else None}
+             for n, (c, at) in enumerate(zip(candidates, ats, strict=True)) if c.journey.entry.rule != "every_time"]
+    refused: set[int] = set()
+    if ruled:
+        refused = {r.i for r in await session.execute(text(
+            "select r.i from jsonb_to_recordset(CAST(:rows AS jsonb)) as r(i int, c uuid, p uuid, since timestamptz) "
+            "where exists (select 1 from campaign.journeys j where j.campaign_id = r.c and j.profile_id = r.p "
+            "and (r.since is null or j.entered_at > r.since))"), {"rows": dumps(ruled)})}
+    page: dict[tuple[Any, uuid.UUID], list[datetime]] = {}  # entries made by this call, per (campaign, profile)
+    rows: list[dict[str, Any]] = []
+    for n, (c, at) in enumerate(zip(candidates, ats, strict=True)):
+        rule, cid = c.journey.entry, c.campaign["id"]
+        earlier = page.get((cid, c.profile_id), [])
+        if n in refused or (rule.rule == "once" and earlier) or (
+                rule.rule == "once_per_period" and any(e > at - timedelta(seconds=rule.period_seconds or 0)
+                                                       for e in earlier)):
+            continue
+        holdout = rule.holdout_percent > 0 and _bucket("holdout", cid, c.profile_id) < rule.holdout_percent
+        rows.append({"n": n, "id": str(uuid.uuid4()), "ws": str(c.campaign["workspace_id"]), "c": str(cid),
+                     "v": c.campaign["version"], "p": str(c.profile_id), "occ": c.occurrence,
+                     "status": "holdout" if holdout else "active", "step": None if holdout else c.journey.steps[0].id,
+                     "wake": None if holdout else now.isoformat(), "data": c.trigger_data,
+                     "deadline": (at + timedelta(seconds=c.journey.goal.within_seconds)).isoformat()
+                     if c.journey.goal else None, "entered": at.isoformat()})
+        page.setdefault((cid, c.profile_id), []).append(at)
+    if not rows:
+        return [None] * len(candidates)
+    inserted = {r.id for r in await session.execute(text(
+        "insert into campaign.journeys (id, workspace_id, campaign_id, version, profile_id, occurrence, status, "
+        "step, wake_at, trigger_data, goal_deadline, entered_at) "
+        "select id, ws, c, v, p, occ, status, step, wake, data, deadline, entered "
+        "from rows from (jsonb_to_recordset(CAST(:rows AS jsonb)) as (id uuid, ws uuid, c uuid, v int, p uuid, "
+        "occ text, status text, step text, wake timestamptz, data jsonb, deadline timestamptz, entered timestamptz)) "
+        "with ordinality as r(id, ws, c, v, p, occ, status, step, wake, data, deadline, entered, n) order by n "
+        "on conflict (campaign_id, profile_id, occurrence) do nothing returning id"), {"rows": dumps(rows)})}
+    out: list[uuid.UUID | None] = [None] * len(candidates)
+    for row in rows:
+        jid = uuid.UUID(row["id"])
+        if jid not in inserted:
+            continue  # (a replayed trigger: that occurrence entered before)
+        c = candidates[row["n"]]
+        out[row["n"]] = jid
+        j = {"id": jid, "workspace_id": c.campaign["workspace_id"], "campaign_id": c.campaign["id"],
+             "profile_id": c.profile_id, "step": None}
+        holdout = row["status"] == "holdout"
+        await _log(session, j, "holdout" if holdout else "entered",
+                   f"holdout ({c.journey.entry.holdout_percent:g} % get nothing)" if holdout
+                   else f"trigger {c.occurrence}")
+    return out
 
 
 # --------------------------------------------------------------------------------------------- events

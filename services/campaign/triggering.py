@@ -60,7 +60,7 @@ def _when(value: Any, now: datetime) -> datetime:
 
 async def enter_from(session: AsyncSession, campaigns: dict[uuid.UUID, list[dict[str, Any]]],
                      items: list[dict[str, Any]], feed: str, now: datetime) -> int:
-    entered = 0
+    candidates: list[journeys.Candidate] = []
     for item in items:
         ws = uuid.UUID(item["workspace_id"])
         for c in campaigns.get(ws, []):
@@ -78,10 +78,8 @@ async def enter_from(session: AsyncSession, campaigns: dict[uuid.UUID, list[dict
                 occurrence = f"segment:{item['segment_id']}:{item['kind']}:{item['cursor']}"
                 data = {"segment_id": item["segment_id"], "kind": item["kind"], "at": item.get("at")}
                 at = _when(item.get("at"), now)
-            if await journeys.enter(session, c, c["journey"], uuid.UUID(item["profile_id"]), occurrence, data, now,
-                                    at=at):
-                entered += 1
-    return entered
+            candidates.append(journeys.Candidate(c, c["journey"], uuid.UUID(item["profile_id"]), occurrence, data, at))
+    return sum(jid is not None for jid in await journeys.enter_many(session, candidates, now))
 
 
 async def consume_page(session: AsyncSession, internal: InternalClient, feed: str, limit: int,

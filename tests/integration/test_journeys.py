@@ -141,6 +141,23 @@ async def test_cart_abandonment_follows_one_cart_id(world) -> None:
     assert [m["subject"] for m in await world.mail(other_cart)] == ["You left something in cart B"]
 
 
+async def test_entry_rules_hold_when_the_triggers_arrive_in_one_page(world) -> None:
+    """Three triggers of one user read in the same page of the feed count for each other."""
+    tpl = await world.template("page", "Page")
+    rules = {"once": {"rule": "once"}, "period": {"rule": "once_per_period", "period_seconds": 5400},
+             "every": {"rule": "every_time"}}
+    camps = {name: await world.campaign(trigger={"type": "event", "event": "Browsed"}, entry=entry,
+                                        steps=[{"id": "s", "type": "send", "template_id": tpl}])
+             for name, entry in rules.items()}
+    await world.identify("page-1", email=_email("page"))
+    for hours in (0, 1, 2):  # (1.5 h apart or more: hours 0 and 2 for once_per_period)
+        await world.track("page-1", "Browsed", T0 + timedelta(hours=hours))
+    await world.pump(T0 + timedelta(hours=2, minutes=30))
+    entered = {name: (await world.apps["campaign"].get(f"/v1/campaigns/{c['id']}/stats", headers=world.h)).json()[
+        "entered"] for name, c in camps.items()}
+    assert entered == {"once": 1, "period": 2, "every": 3}
+
+
 async def test_entry_rules_holdout_goal_and_exit_events(world) -> None:
     tpl = await world.template("promo", "Promo")
     once = await world.campaign(trigger={"type": "event", "event": "Visited"}, steps=[

@@ -278,6 +278,11 @@ class Journey(_Model):
     def step(self, step_id: str) -> Any:
         return next(s for s in self.steps if s.id == step_id)
 
+    def calls_out(self) -> bool:
+        """Some step acts outside the database (a webhook, a profile update sent to ingest): running it
+        twice would act twice."""
+        return any(isinstance(s, (UpdateAttributeStep, WebhookStep)) for s in self.steps)
+
     def template_ids(self) -> set[uuid.UUID]:
         return {s.template_id for s in self.steps if isinstance(s, SendStep)}
 

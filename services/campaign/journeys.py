@@ -19,7 +19,7 @@ import structlog
 from pydantic import TypeAdapter
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from services.campaign import experiments, ingest_client, timing
 from services.campaign import journey_def as jd
@@ -98,9 +98,13 @@ def _write_log(session: Session) -> None:
             "with ordinality as r(j, ws, c, p, s, k, d, n) order by n"), {"rows": dumps(rows)})
 
 
-@event.listens_for(Session, "after_rollback")
-def _drop_log(session: Session) -> None:
-    session.info.pop(_LOG_BUFFER, None)
+@event.listens_for(Session, "after_transaction_end")
+def _drop_log(session: Session, transaction: SessionTransaction) -> None:
+    # Only when the whole transaction ends (committed: written already; rolled back: dropped with it). A
+    # savepoint rolled back (one failing journey of a batch) also fires "after_rollback", which used to
+    # drop the other journeys' lines too; that caller trims its own lines instead.
+    if transaction.parent is None:
+        session.info.pop(_LOG_BUFFER, None)
 
 
 @dataclass
@@ -364,11 +368,30 @@ class Context:
     channels: dict[uuid.UUID, str] = field(default_factory=dict)  # template id -> channel, for one batch
 
 
+class _IsolateAndRetry(Exception):
+    """A journey failed in a batch run without savepoints: the batch rolled back whole."""
+
+
 async def advance_due(sessionmaker: async_sessionmaker[AsyncSession], internal: InternalClient,
                       http: httpx.AsyncClient, *, now: datetime | None = None, limit: int = 200) -> tuple[int, int]:
     """Run the journeys whose timer is due (one claimed batch, one transaction). Returns (journeys run,
-    sends created)."""
-    now = now or datetime.now(UTC)
+    sends created).
+
+    A failing journey must roll back alone, which a savepoint per journey gives — two more round trips
+    each, and past 64 of them a transaction's subtransactions overflow PostgreSQL's per-backend cache,
+    which slows every other session's visibility checks. So a batch whose journeys only touch the
+    database runs without savepoints; if one of them fails, the whole batch rolls back and runs again
+    with a savepoint per journey. A batch with a step that acts outside (a webhook, a profile update)
+    always takes the isolated path, so nothing outside is done twice."""
+    try:
+        return await _advance(sessionmaker, internal, http, now or datetime.now(UTC), limit, isolate=False)
+    except _IsolateAndRetry as exc:
+        log.info("campaign.batch_isolated", error=f"{type(exc.__cause__).__name__}: {exc.__cause__}")
+        return await _advance(sessionmaker, internal, http, now or datetime.now(UTC), limit, isolate=True)
+
+
+async def _advance(sessionmaker: async_sessionmaker[AsyncSession], internal: InternalClient, http: httpx.AsyncClient,
+                   now: datetime, limit: int, *, isolate: bool) -> tuple[int, int]:
     versions = VersionCache()
     channels: dict[uuid.UUID, str] = {}
     sends = 0
@@ -381,9 +404,9 @@ async def advance_due(sessionmaker: async_sessionmaker[AsyncSession], internal: 
                  "order by j.wake_at limit :lim for update of j skip locked"),
             {"now": now, "lim": limit})).mappings().all()
         found = await _profiles(internal, [dict(r) for r in rows])
-        for r in rows:
-            j = dict(r)
-            journey = await versions.get(session, j["campaign_id"], j["version"])
+        batch = [(dict(r), await versions.get(session, r["campaign_id"], r["version"])) for r in rows]
+        isolate = isolate or any(journey.calls_out() for _, journey in batch)
+        for j, journey in batch:
             profile = found.get(str(j["profile_id"]))
             if profile is None:
                 await _update(session, j["id"], {"status": "exited", "ended_at": now, "wake_at": None})
@@ -391,6 +414,12 @@ async def advance_due(sessionmaker: async_sessionmaker[AsyncSession], internal: 
                 continue
             ctx = Context(session, internal, http, now, Policy.from_settings(j.pop("ws_settings")), profile,
                           internal.settings, channels)
+            if not isolate:
+                try:
+                    sends += await run(ctx, j, journey)
+                except Exception as exc:  # noqa: BLE001 - the batch rolls back, and runs again isolated
+                    raise _IsolateAndRetry from exc
+                continue
             logged = len(_log_buffer(session))
             try:
                 async with session.begin_nested():  # a failing journey rolls back alone

@@ -689,3 +689,43 @@ async def test_a_step_nothing_leads_to_is_refused_with_where_and_why(apps, works
     assert r.headers["content-type"].startswith("application/problem+json")
     assert r.json()["errors"] == [{"at": "steps.1", "msg": "step 'mail' is unreachable: no step leads to it (steps "
                                    "do not fall through; set `next` on the step before it)"}]
+
+
+async def test_a_failing_journey_rolls_back_alone(world) -> None:
+    """The database refuses one user's send (a trigger raising, for that profile only): the batch, first
+    run without savepoints, rolls back and runs again with one per journey; the others go on, each sent
+    once, and the failing one waits five minutes with the error on its path."""
+    tpl = await world.template("fault", "Fault")
+    await world.campaign(trigger={"type": "event", "event": "Faulty"}, entry={"rule": "every_time"},
+                         steps=[{"id": "s", "type": "send", "template_id": tpl}])
+    tag = uuid.uuid4().hex[:6]
+    good = [await world.identify(f"fine-{i}-{tag}", email=_email(f"fine{i}{tag}")) for i in range(3)]
+    bad = await world.identify(f"bad-{tag}", email=_email(f"bad{tag}"))
+    fn = f"campaign.refuse_{tag}"
+    async with world.sm() as s, s.begin():
+        await s.execute(text(f"create function {fn}() returns trigger language plpgsql as $$ begin "
+                             f"if new.profile_id = '{bad}' then raise exception 'refused for this test'; end if; "
+                             f"return new; end $$"))
+        await s.execute(text(f"create trigger refuse_{tag} before insert on campaign.sends for each row "
+                             f"execute function {fn}()"))
+    try:
+        for uid in [f"fine-{i}-{tag}" for i in range(3)] + [f"bad-{tag}"]:
+            await world.track(uid, "Faulty", T0)
+        await world.pump(T0 + timedelta(minutes=1))
+    finally:
+        async with world.sm() as s, s.begin():
+            await s.execute(text(f"drop trigger refuse_{tag} on campaign.sends"))
+            await s.execute(text(f"drop function {fn}()"))
+    for pid in good:
+        (journey,) = await world.path(pid)
+        assert journey["status"] == "completed" and [e["kind"] for e in journey["log"]] == [
+            "entered", "sent", "completed"]
+    (failed,) = await world.path(bad)
+    assert failed["status"] == "active" and [e["kind"] for e in failed["log"]] == ["entered", "error"]
+    assert "refused for this test" in failed["log"][-1]["detail"]
+    assert failed["wake_at"].startswith((T0 + timedelta(minutes=6)).isoformat()[:16])
+    async with world.sm() as s:
+        counts = (await s.execute(text("select profile_id, count(*) from campaign.sends "
+                                       "where profile_id = any(CAST(:p AS uuid[])) group by profile_id"),
+                                  {"p": [*good, bad]})).all()
+    assert sorted(n for _, n in counts) == [1, 1, 1]  # once each, none for the refused one

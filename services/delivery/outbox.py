@@ -241,6 +241,17 @@ async def renew(session: AsyncSession, message: dict[str, Any], lease_s: float =
     return message["id"] in await confirm(session, [message], lease_s)
 
 
+async def give_back(session: AsyncSession, messages: list[dict[str, Any]]) -> None:
+    """Claimed messages never attempted (their batch was cancelled or stopped): queued again at once, the
+    claim not counted as an attempt — unless another holder has taken them over meanwhile."""
+    await session.execute(text(
+        "update delivery.messages m set status = 'queued', attempts = greatest(0, m.attempts - 1), "
+        "claimed_until = null, updated_at = now() "
+        "from unnest(CAST(:ids AS uuid[]), CAST(:ns AS int[])) as p(id, n) "
+        "where m.id = p.id and m.attempts = p.n and m.status = 'sending'"),
+        {"ids": [m["id"] for m in messages], "ns": [m["attempts"] for m in messages]})
+
+
 async def release(session: AsyncSession, ids: list[uuid.UUID], delay_s: float) -> None:
     """Give claimed messages back untouched (over a rate limit): not an attempt, due again after ``delay_s``."""
     await session.execute(text(
@@ -279,8 +290,11 @@ async def record(session: AsyncSession, message: dict[str, Any], *, started_at: 
 
 
 def _storable(value: str | None) -> str | None:
-    """Provider text as PostgreSQL takes it (no NUL in text or jsonb), bounded."""
-    return None if value is None else value.replace("\x00", "")[:1000]
+    """Provider text as PostgreSQL takes it: valid UTF-8 (a provider's JSON may carry a lone surrogate),
+    no NUL, bounded."""
+    if value is None:
+        return None
+    return value.encode("utf-8", "replace").decode().replace("\x00", "")[:1000]
 
 
 async def record_many(session: AsyncSession, outcomes: list[Outcome]) -> set[Any]:

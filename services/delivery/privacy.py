@@ -15,12 +15,13 @@ _MINE = "workspace_id = :ws and (metadata->>'profile_id') = any(CAST(:p AS text[
 
 async def erase(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) -> dict[str, int]:
     params = {"ws": ws, "p": [str(p) for p in pids]}
-    attempts = await session.execute(
-        text(f"delete from delivery.attempts where message_id in (select id from delivery.messages where {_MINE})"),
-        params,
-    )
-    messages = await session.execute(text(f"delete from delivery.messages where {_MINE}"), params)
-    return {"messages": messages.rowcount, "attempts": attempts.rowcount}  # type: ignore[attr-defined]
+    # messages first: a worker recording an attempt meanwhile then sees the message gone (and writes none),
+    # or committed before, and its attempt goes with the ids deleted here
+    ids = [r.id for r in await session.execute(text(f"delete from delivery.messages where {_MINE} returning id"),
+                                                params)]
+    attempts = await session.execute(text("delete from delivery.attempts where message_id = any(CAST(:ids AS uuid[]))"),
+                                     {"ids": ids})
+    return {"messages": len(ids), "attempts": attempts.rowcount}  # type: ignore[attr-defined]
 
 
 async def export(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) -> dict[str, Any]:

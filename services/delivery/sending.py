@@ -9,7 +9,6 @@ from typing import Any
 
 import httpx
 import structlog
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.delivery import (
@@ -92,7 +91,7 @@ async def send_one(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
     return (await send_batch(sessionmaker, settings, [message], 1, http, redis))[message["id"]]
 
 
-# How old a batch's consent check may be when a message of it is sent; older, it is checked again.
+# How old a message's consent check (and ownership check) may be when it is sent; older, both are checked again.
 CONSENT_FRESH_S = 5.0
 # Messages confirmed as still ours (and their consent re-checked if old) together, just before they go out.
 GROUP = 32
@@ -116,28 +115,38 @@ async def send_batch(sessionmaker: async_sessionmaker[AsyncSession], settings: S
     message's new status, or "lease_lost" for one that was no longer ours to send.
 
     No message waits on a database round trip of its own. A sender that runs out of checked messages
-    confirms the next ``GROUP`` as still ours, in one statement (``outbox.confirm``, which re-checks
-    consent when the batch's check is old); a message that then waits longer than ``_fresh_s`` before
-    its turn is checked again, alone. Outcomes go to a recorder that writes them as they come, many per
-    statement (while one write is in flight the next group gathers). Whatever ends the batch — done, an
-    error, a cancellation — the recorder writes what it holds before this returns; a crash of the
-    process leaves those messages ``sending`` until their lease runs out (see ``outbox``).
+    confirms the next ``GROUP`` as still ours, with their consent, in one transaction (``_confirm``); a
+    message that then waits longer than ``_fresh_s`` before its turn is checked again, alone. Outcomes
+    go to a recorder that writes them as they come, many per statement (while one write is in flight the
+    next group gathers). Whatever ends the batch — done, an error, a cancellation — the recorder writes
+    what it holds, and messages never attempted are given back to the queue, before this returns; a
+    crash of the process leaves them ``sending`` until their lease runs out (see ``outbox``).
     """
     statuses: dict[Any, str] = {}
     recorder = _Recorder(sessionmaker, statuses)
     senders = max(1, min(concurrency, len(messages)))
     unchecked, ready = deque(messages), deque[dict[str, Any]]()
+    settled: set[Any] = set()  # attempted, or settled without an attempt (lease lost, suppressed)
     checking = asyncio.Lock()
     fresh_s = _fresh_s(settings)
 
+    def route(m: dict[str, Any], verdict: str | None) -> bool:
+        if verdict is not None:
+            settled.add(m["id"])
+        return _route(m, verdict, statuses, recorder)
+
     async def next_message() -> dict[str, Any] | None:
-        while recorder.failed is None:
+        while not recorder.failing:
             # the next group is checked while the senders still have work: when few checked ones are left
             if unchecked and len(ready) < senders and not checking.locked():
                 async with checking:
                     group = [unchecked.popleft() for _ in range(min(GROUP, len(unchecked)))]
-                    ready.extend(m for m, verdict in await _confirm(own, settings, group)
-                                 if _route(m, verdict, statuses, recorder))
+                    try:
+                        verdicts = await _confirm(own, settings, group)
+                    except BaseException:
+                        unchecked.extendleft(reversed(group))  # (given back below)
+                        raise
+                    ready.extend(m for m, verdict in verdicts if route(m, verdict))
                 continue
             if not ready:
                 if not unchecked and not checking.locked():
@@ -148,8 +157,12 @@ async def send_batch(sessionmaker: async_sessionmaker[AsyncSession], settings: S
             if time.monotonic() - m["checked_at"] <= fresh_s:
                 return m
             # it waited too long since its check: again, alone (and it goes out now, not to the back)
-            (_, verdict), = await _confirm(sessionmaker, settings, [m])
-            if _route(m, verdict, statuses, recorder):
+            try:
+                (_, verdict), = await _confirm(sessionmaker, settings, [m])
+            except BaseException:
+                ready.appendleft(m)
+                raise
+            if route(m, verdict):
                 return m
         return None
 
@@ -157,6 +170,7 @@ async def send_batch(sessionmaker: async_sessionmaker[AsyncSession], settings: S
         conn = await pool.take()
         try:
             while (m := await next_message()) is not None:
+                settled.add(m["id"])
                 recorder.add(await _attempt(sessionmaker, settings, m, conn, client, redis))
         except BaseException:
             conn.abort()
@@ -170,11 +184,16 @@ async def send_batch(sessionmaker: async_sessionmaker[AsyncSession], settings: S
             stack.push_async_callback(smtp.close)
         own = await stack.enter_async_context(pinned(sessionmaker))  # for the group checks (one at a time)
         recording = asyncio.create_task(recorder.run())
+        cancelled = False
         try:
             results = await asyncio.gather(*(sender(client, smtp) for _ in range(senders)), return_exceptions=True)
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
         finally:
             recorder.close()
-            await _finish(recording)
+            unsent = [m for m in messages if m["id"] not in settled]
+            await _finish(recording, sessionmaker, unsent, cancelled=cancelled)
     for r in results:
         if isinstance(r, BaseException):
             raise r
@@ -185,17 +204,46 @@ async def send_batch(sessionmaker: async_sessionmaker[AsyncSession], settings: S
 RECORD_WAIT_S = 30.0
 
 
-async def _finish(recording: "asyncio.Task[None]") -> None:
-    """Wait for the recorder to write what it holds — also when the batch is being cancelled (a job's
-    timeout, SIGTERM): outcomes the providers took must not be lost. A second cancel gives up."""
-    try:
-        await asyncio.wait_for(asyncio.shield(recording), RECORD_WAIT_S)
-    except asyncio.CancelledError:
-        await asyncio.wait([recording], timeout=RECORD_WAIT_S)
-        raise
-    except TimeoutError:
-        recording.cancel()
-        raise
+async def _finish(recording: "asyncio.Task[None]", sessionmaker: async_sessionmaker[AsyncSession],
+                  unsent: list[dict[str, Any]], *, cancelled: bool) -> None:
+    """Let the recorder write what it holds and give the never-attempted messages back, within
+    ``RECORD_WAIT_S`` in all — also when the batch is being cancelled (a job's timeout, SIGTERM): outcomes
+    the providers took must not be lost. Cancelled twice, it gives up at once."""
+
+    async def wrap_up() -> None:
+        await recording
+        if unsent:
+            async with sessionmaker() as session, session.begin():
+                await outbox.give_back(session, unsent)
+            log.info("delivery.given_back", messages=len(unsent))
+
+    task = asyncio.ensure_future(wrap_up())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + RECORD_WAIT_S
+    interrupted = False  # a first cancel arrived while wrapping up: finish, then give in to it
+    while True:
+        try:
+            await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - loop.time()))
+        except asyncio.CancelledError:
+            if cancelled or interrupted:  # cancelled again: give up at once
+                task.cancel()
+                recording.cancel()
+                raise
+            interrupted = True
+            continue
+        except TimeoutError:
+            task.cancel()
+            recording.cancel()
+            if not (cancelled or interrupted):
+                raise
+            log.warning("delivery.wrap_up_timed_out", unsent=len(unsent))
+        except Exception:  # noqa: BLE001 - a cancellation wins over a failure to wrap up
+            if not (cancelled or interrupted):
+                raise
+            log.exception("delivery.wrap_up_failed")
+        break
+    if interrupted:
+        raise asyncio.CancelledError
 
 
 def _route(m: dict[str, Any], verdict: str | None, statuses: dict[Any, str], recorder: "_Recorder") -> bool:
@@ -213,23 +261,29 @@ def _route(m: dict[str, Any], verdict: str | None, statuses: dict[Any, str], rec
 async def _confirm(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings,
                    group: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str | None]]:
     """Each message of the group with "lease_lost" (taken over or erased meanwhile), the reason consent
-    now forbids it, or None: send it (its ``checked_at`` is now)."""
+    now forbids it, or None: send it. Both are checked in one transaction, and a message is sent within
+    ``_fresh_s`` of it (``checked_at``) or checked again."""
     async with sessionmaker() as session, session.begin():
+        now = time.monotonic()  # (before the reads: the check is at least this recent)
         owned = await outbox.confirm(session, group, settings.delivery_lease_s)
-        now = time.monotonic()
-        # consent may have changed while they waited: checked again when the batch's check is old
-        stale = [m for m in group if m["id"] in owned and now - m.get("consent", (float("-inf"),))[0] > CONSENT_FRESH_S]
-        for m, reason in zip(stale, await consent.blocked_many(session, [_intent(m) for m in stale]) if stale else [],
-                             strict=True):
-            m["consent"] = (now, reason)
+        mine = [m for m in group if m["id"] in owned]
+        reasons = dict(zip([m["id"] for m in mine], await consent.blocked_many(session, [_intent(m) for m in mine])
+                           if mine else [], strict=True))
     for m in group:
         m["checked_at"] = now
-    return [(m, "lease_lost" if m["id"] not in owned else m.get("consent", (0.0, None))[1]) for m in group]
+    return [(m, reasons[m["id"]] if m["id"] in owned else "lease_lost") for m in group]
 
 
 class _Recorder:
-    """Writes outcomes as they come, many per statement, on one connection of its own. A group the
-    database refuses is written again one outcome at a time, so one bad outcome loses no other."""
+    """Writes outcomes as they come, many per statement, on one connection of its own.
+
+    A write that fails is tried again on a fresh connection (with a pause), then one outcome at a time,
+    so one outcome the database refuses loses no other; such an outcome is logged and left (its message
+    stays ``sending`` and is claimed again after its lease). While writes fail, ``failing`` is set and
+    the senders take no more messages; the recorder itself only stops when closed and empty (or when
+    ``_finish`` gives up on it)."""
+
+    RETRY_PAUSES_S = (0.2, 1.0, 3.0)
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], statuses: dict[Any, str]):
         self._sessionmaker = sessionmaker
@@ -237,7 +291,8 @@ class _Recorder:
         self._pending: list[outbox.Outcome] = []
         self._wake = asyncio.Event()
         self._closed = False
-        self.failed: BaseException | None = None  # the senders stop taking messages
+        self._use_pool = False
+        self.failing = False
 
     def add(self, outcome: outbox.Outcome) -> None:
         self._pending.append(outcome)
@@ -248,41 +303,37 @@ class _Recorder:
         self._wake.set()
 
     async def run(self) -> None:
-        try:
-            async with pinned(self._sessionmaker) as own:
-                while not (self._closed and not self._pending):
-                    await self._wake.wait()
-                    self._wake.clear()
-                    while self._pending:
-                        batch, self._pending = self._pending, []
-                        self._done(batch, await self._write(own, batch))
-        except BaseException as exc:
-            self.failed = exc
-            raise
+        async with pinned(self._sessionmaker) as own:
+            while not (self._closed and not self._pending):
+                await self._wake.wait()
+                self._wake.clear()
+                while self._pending:
+                    batch, self._pending = self._pending, []
+                    self._done(batch, await self._write(own, batch))
 
     async def _write(self, own: async_sessionmaker[AsyncSession], batch: list[outbox.Outcome]) -> set[Any]:
-        try:
-            async with own() as session, session.begin():
-                return await outbox.record_many(session, batch)
-        except DBAPIError:
-            if len(batch) == 1:
-                raise
-        updated: set[Any] = set()
-        wrote = False
+        for n, pause in enumerate((0.0, *self.RETRY_PAUSES_S)):
+            await asyncio.sleep(pause)
+            try:  # after any failure, fresh connections from the pool (the pinned one may be broken)
+                async with (self._sessionmaker if self._use_pool else own)() as session, session.begin():
+                    updated = await outbox.record_many(session, batch)
+                self.failing = False
+                return updated
+            except Exception:  # noqa: BLE001 - a connection reset, a failover, one unstorable outcome…
+                self.failing = self._use_pool = True
+                log.warning("delivery.record_retry", outcomes=len(batch), attempt=n + 1, exc_info=True)
+        updated: set[Any] = set()  # still refused: one at a time, so one bad outcome loses no other
         for o in batch:
             try:
-                async with own() as session, session.begin():
+                async with self._sessionmaker() as session, session.begin():
                     updated |= await outbox.record_many(session, [o])
-                wrote = True
-            except DBAPIError:  # it stays `sending`, and is claimed again once its lease runs out
+            except Exception:  # noqa: BLE001 - left `sending`: claimed again after its lease
                 log.exception("delivery.record_failed", message_id=str(o.message["id"]))
-        if not wrote:
-            raise RuntimeError(f"could not record any of {len(batch)} outcomes")
         return updated
 
     def _done(self, batch: list[outbox.Outcome], updated: set[Any]) -> None:
         for o in batch:
-            # (not updated: taken over by another holder, or erased, meanwhile)
+            # (not updated: taken over by another holder, or erased, meanwhile — or not recorded at all)
             status = o.status() if o.message["id"] in updated else "lease_lost"
             self._statuses[o.message["id"]] = status
             log.info("delivery.attempted", message_id=str(o.message["id"]), attempt=o.message["attempts"],
@@ -373,11 +424,6 @@ async def send_due(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
     """Claim a batch of due messages and send it; the number claimed (0: nothing was due)."""
     async with sessionmaker() as session, session.begin():
         claimed = await outbox.claim(session, limit, settings.delivery_lease_s)
-        # consent for the whole batch in one query; a message sent more than CONSENT_FRESH_S later re-checks
-        reasons = await consent.blocked_many(session, [_intent(m) for m in claimed])
-    checked_at = time.monotonic()
-    for m, reason in zip(claimed, reasons, strict=True):
-        m["consent"] = (checked_at, reason)
     if not claimed:
         return 0
     messages = await _within_limits(sessionmaker, settings, redis, claimed)

@@ -146,12 +146,13 @@ class SmtpConnection:
                                start_tls=s.smtp_starttls if not s.smtp_tls else False, timeout=s.smtp_timeout_s,
                                cert_bundle=s.smtp_ca_file)
         try:
-            await smtp.connect()
-            if smtp.is_ehlo_or_helo_needed:
-                try:
-                    await smtp.ehlo()
-                except aiosmtplib.SMTPHeloError:
-                    await smtp.helo()
+            async with asyncio.timeout(s.smtp_timeout_s):  # the whole set-up, not each of its five exchanges
+                await smtp.connect()
+                if smtp.is_ehlo_or_helo_needed:
+                    try:
+                        await smtp.ehlo()
+                    except aiosmtplib.SMTPHeloError:
+                        await smtp.helo()
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             smtp.close()
             raise SendError(f"SMTP unreachable: {type(exc).__name__}: {exc}", permanent=False, not_sent=True) from None
@@ -193,12 +194,14 @@ class SmtpConnection:
                     continue  # a reused session went stale before this message was offered
                 raise SendError(f"SMTP transport: {type(exc).__name__}: {exc}", permanent=False,
                                 not_sent=not written) from None
-            if final.code != 250:  # (the transaction is over either way; 421: the server is closing the session)
+            if 200 <= final.code < 300:
+                return message_id_header(mail.message_id, mail.sender)
+            if 400 <= final.code < 600:  # refused (the transaction is over; 421: the server is closing the session)
                 if final.code == 421:
                     await self.close()
-                raise SendError(f"SMTP {final.code}: {final.text}"[:300], permanent=500 <= final.code < 600,
-                                not_sent=True)
-            return message_id_header(mail.message_id, mail.sender)
+                raise SendError(f"SMTP {final.code}: {final.text}"[:300], permanent=final.code >= 500, not_sent=True)
+            await self.close()  # an answer that is neither: the server may hold the message
+            raise SendError(f"SMTP outcome unknown: {final.code} {final.text}"[:300], permanent=False)
         raise SendError("SMTP session closed twice", permanent=False, not_sent=True)
 
     async def _reset(self) -> None:

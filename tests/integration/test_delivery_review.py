@@ -166,3 +166,24 @@ async def test_a_broken_link_opened_in_a_browser_is_a_page(apps, workspace, sett
     # only the recipient pages: an API route keeps problem+json even for a browser
     assert (await delivery.get("/v1/messages/x", headers=browser)).headers["content-type"].startswith(
         "application/problem+json")
+
+
+async def test_an_outcome_recorded_during_an_erasure_leaves_no_trace(apps, workspace, sessionmaker) -> None:
+    pid = uuid.uuid4()
+    addr = f"erasing-{pid.hex[:6]}@example.com"
+    claimed = await _claimed(apps, workspace, sessionmaker, 60.0, to=addr, metadata={"profile_id": str(pid)})
+    async with sessionmaker() as eraser, eraser.begin():
+        await privacy.erase(eraser, workspace.workspace_id, [pid])  # not committed yet: the row is locked
+
+        async def record() -> set:
+            async with sessionmaker() as s, s.begin():  # the worker's outcome arrives meanwhile
+                return await outbox.record_many(s, [outbox.Outcome(
+                    claimed, datetime.now(UTC), "permanent_error", f"RCPT refused: SMTP 550 <{addr}>")])
+
+        recording = asyncio.create_task(record())
+        await asyncio.sleep(0.3)
+        assert not recording.done()  # waiting for the erasure
+    assert await recording == set()
+    async with sessionmaker() as s:
+        assert (await s.execute(text("select count(*) from delivery.attempts where message_id = :id"),
+                                {"id": claimed["id"]})).scalar() == 0

@@ -51,7 +51,8 @@ class _Proto(asyncio.Protocol):
                     return
                 if to.startswith("hang"):
                     return  # never answers
-                reply = b"554 5.6.0 content rejected\r\n" if to.startswith("badcontent") else b"250 2.0.0 queued\r\n"
+                reply = (b"554 5.6.0 content rejected\r\n" if to.startswith("badcontent")
+                         else b"Ok: queued as 4F2k1\r\n" if to.startswith("garbled") else b"250 2.0.0 queued\r\n")
                 if self.server.delay:  # a slow relay: the verdict comes later
                     self.transport.write(b"".join(out))
                     out = []
@@ -216,12 +217,15 @@ async def test_an_unknown_outcome_is_reported_once_never_retried_inline(settings
                 await conn.send(_mail("drop@example.com"))
             with pytest.raises(SendError) as silent:
                 await conn.send(_mail("hang@example.com"))
+            with pytest.raises(SendError) as garbled:  # an answer that is no SMTP reply
+                await conn.send(_mail("garbled@example.com"))
             await conn.send(_mail("after@example.com"))
         finally:
             await conn.close()
-    for err in (dropped.value, silent.value):  # the server may hold these: no other provider, retried later
+    for err in (dropped.value, silent.value, garbled.value):  # the server may hold these: retried later, same way
         assert not err.permanent and not err.not_sent
-    assert [r[1][0] for r in server.received] == ["drop@example.com", "hang@example.com", "after@example.com"]
+    assert [r[1][0] for r in server.received] == ["drop@example.com", "hang@example.com", "garbled@example.com",
+                                                  "after@example.com"]
 
 
 async def test_the_outbox_sends_through_a_pipelining_server(apps, workspace, sessionmaker, settings) -> None:

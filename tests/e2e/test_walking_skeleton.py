@@ -423,4 +423,6 @@ async def test_killing_the_delivery_worker_mid_send_loses_nothing(stack, workspa
     assert set(by_recipient) == mine  # zero lost
     doubled = {to: ids for to, ids in by_recipient.items() if len(ids) > 1}
     assert all(len(set(ids)) == 1 for ids in doubled.values())  # a re-send is the same message
-    assert len(doubled) <= kills * 10  # at most what was in flight (10 senders) at each kill
+    # at most what was in flight at each kill: the 10 senders' messages, and outcomes awaiting the
+    # recorder's next write (a few milliseconds' worth); measured 0–3 in all over three trials
+    assert len(doubled) <= kills * 20

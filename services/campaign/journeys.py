@@ -143,22 +143,26 @@ async def enter_many(session: AsyncSession, candidates: list[Candidate], now: da
     await session.execute(text(  # (the sorted subquery is not flattened: locks are taken in hash order)
         "select count(pg_advisory_xact_lock(h)) from (select distinct hashtextextended(k, 0) as h "
         "from unnest(CAST(:keys AS text[])) as k order by 1) s"), {"keys": keys})
-    ruled = [{"i": n, "c": str(c.campaign["id"]), "p": str(c.profile_id),
-              "since": (at - timedelta(seconds=c.journey.entry.period_seconds or 0)).isoformat()
-              if c.journey.entry.rule == "once_per_period" else None}
-             for n, (c, at) in enumerate(zip(candidates, ats, strict=True)) if c.journey.entry.rule != "every_time"]
-    refused: set[int] = set()
-    if ruled:
-        refused = {r.i for r in await session.execute(text(
-            "select r.i from jsonb_to_recordset(CAST(:rows AS jsonb)) as r(i int, c uuid, p uuid, since timestamptz) "
+    checks = [{"i": n, "c": str(c.campaign["id"]), "p": str(c.profile_id), "occ": c.occurrence,
+               "ruled": c.journey.entry.rule != "every_time",
+               "since": (at - timedelta(seconds=c.journey.entry.period_seconds or 0)).isoformat()
+               if c.journey.entry.rule == "once_per_period" else None}
+              for n, (c, at) in enumerate(zip(candidates, ats, strict=True))]
+    refused: set[int] = set()  # a replayed occurrence, or one the entry rule refuses given earlier entries
+    for r in await session.execute(text(
+            "select r.i from jsonb_to_recordset(CAST(:rows AS jsonb)) "
+            "as r(i int, c uuid, p uuid, occ text, ruled boolean, since timestamptz) "
             "where exists (select 1 from campaign.journeys j where j.campaign_id = r.c and j.profile_id = r.p "
-            "and (r.since is null or j.entered_at > r.since))"), {"rows": dumps(ruled)})}
+            "and (j.occurrence = r.occ or (r.ruled and (r.since is null or j.entered_at > r.since))))"),
+            {"rows": dumps(checks)}):
+        refused.add(r.i)
     page: dict[tuple[Any, uuid.UUID], list[datetime]] = {}  # entries made by this call, per (campaign, profile)
+    taken: set[tuple[Any, uuid.UUID, str]] = set()  # occurrences entered by this call
     rows: list[dict[str, Any]] = []
     for n, (c, at) in enumerate(zip(candidates, ats, strict=True)):
         rule, cid = c.journey.entry, c.campaign["id"]
         earlier = page.get((cid, c.profile_id), [])
-        if n in refused or (rule.rule == "once" and earlier) or (
+        if n in refused or (cid, c.profile_id, c.occurrence) in taken or (rule.rule == "once" and earlier) or (
                 rule.rule == "once_per_period" and any(e > at - timedelta(seconds=rule.period_seconds or 0)
                                                        for e in earlier)):
             continue
@@ -170,6 +174,7 @@ async def enter_many(session: AsyncSession, candidates: list[Candidate], now: da
                      "deadline": (at + timedelta(seconds=c.journey.goal.within_seconds)).isoformat()
                      if c.journey.goal else None, "entered": at.isoformat()})
         page.setdefault((cid, c.profile_id), []).append(at)
+        taken.add((cid, c.profile_id, c.occurrence))
     if not rows:
         return [None] * len(candidates)
     inserted = {r.id for r in await session.execute(text(

@@ -729,3 +729,18 @@ async def test_a_failing_journey_rolls_back_alone(world) -> None:
                                        "where profile_id = any(CAST(:p AS uuid[])) group by profile_id"),
                                   {"p": [*good, bad]})).all()
     assert sorted(n for _, n in counts) == [1, 1, 1]  # once each, none for the refused one
+
+
+async def test_a_replayed_trigger_does_not_count_as_a_new_entry(sessionmaker) -> None:
+    """A trigger read again (a duplicate feed item) is not an entry: under once_per_period it must not
+    refuse a genuinely new trigger in the same page (found by a differential test against one-by-one entry)."""
+    d = journeys.parse({"trigger": {"type": "segment_entered", "segment_id": str(uuid.uuid4())},
+                        "entry": {"rule": "once_per_period", "period_seconds": 600},
+                        "steps": [{"id": "s", "type": "delay", "seconds": 60}]})
+    c, p = {"id": uuid.uuid4(), "workspace_id": uuid.uuid4(), "version": 1}, uuid.uuid4()
+    async with sessionmaker() as s, s.begin():  # occurrence A entered an hour ago
+        assert await journeys.enter(s, c, d, p, "A", {}, T0 - timedelta(hours=1))
+    async with sessionmaker() as s, s.begin():  # one page: A again (no time: now), then a new B half an hour ago
+        got = await journeys.enter_many(s, [journeys.Candidate(c, d, p, "A", {}, None),
+                                            journeys.Candidate(c, d, p, "B", {}, T0 - timedelta(minutes=30))], T0)
+    assert got[0] is None and got[1] is not None

@@ -115,6 +115,8 @@ class Settings(BaseSettings):
                             description="how long APNs and Web Push services keep an undelivered notification")
     delivery_lease_s: float = Field(default=60.0, ge=1, description="how long a claimed message is a worker's; "
                                                                       "after that (the worker died) it is taken again")
+    delivery_concurrency: int = Field(default=20, ge=1, le=200, description="messages a delivery worker sends at "
+                                      "once, each sender with its own SMTP session")
     provider_timeout_s: float = Field(default=10.0, description="timeout of every provider HTTP call")
     provider_rate_per_s: dict[str, float] = Field(
         default_factory=dict, description='sends per second per provider across replicas, e.g. {"twilio": 10}')

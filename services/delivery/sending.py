@@ -419,7 +419,7 @@ async def _within_limits(sessionmaker: async_sessionmaker[AsyncSession], setting
 
 
 async def send_due(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, limit: int = 300,
-                   concurrency: int = 10, http: httpx.AsyncClient | None = None, redis: Any = None,
+                   concurrency: int | None = None, http: httpx.AsyncClient | None = None, redis: Any = None,
                    smtp: SmtpPool | None = None) -> int:
     """Claim a batch of due messages and send it; the number claimed (0: nothing was due)."""
     async with sessionmaker() as session, session.begin():
@@ -429,5 +429,5 @@ async def send_due(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
     messages = await _within_limits(sessionmaker, settings, redis, claimed)
     if not messages:
         return len(claimed)
-    await send_batch(sessionmaker, settings, messages, concurrency, http, redis, smtp)
+    await send_batch(sessionmaker, settings, messages, concurrency or settings.delivery_concurrency, http, redis, smtp)
     return len(messages)

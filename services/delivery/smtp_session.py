@@ -247,13 +247,12 @@ class SmtpPool:
         self._idle: list[tuple[float, SmtpConnection]] = []
 
     async def take(self) -> SmtpConnection:
+        """The most recently used idle session (warm), after dropping every one idle too long."""
         now = time.monotonic()
-        while self._idle:
-            since, conn = self._idle.pop()
-            if now - since < self.IDLE_S:
-                return conn
+        for _, conn in [(since, c) for since, c in self._idle if now - since >= self.IDLE_S]:
             conn.abort()
-        return SmtpConnection(self._settings)
+        self._idle = [(since, c) for since, c in self._idle if now - since < self.IDLE_S]
+        return self._idle.pop()[1] if self._idle else SmtpConnection(self._settings)
 
     def give(self, conn: SmtpConnection) -> None:
         self._idle.append((time.monotonic(), conn))

@@ -17,7 +17,7 @@ from sqlalchemy import text
 
 from services.delivery import outbox, sending
 from services.delivery.mailer import Email, SendError
-from services.delivery.smtp_session import SmtpConnection
+from services.delivery.smtp_session import SmtpConnection, SmtpPool
 from shared.embedded import free_port
 
 
@@ -226,6 +226,23 @@ async def test_an_unknown_outcome_is_reported_once_never_retried_inline(settings
         assert not err.permanent and not err.not_sent
     assert [r[1][0] for r in server.received] == ["drop@example.com", "hang@example.com", "garbled@example.com",
                                                   "after@example.com"]
+
+
+async def test_sessions_outlive_a_batch_until_idle_too_long(settings) -> None:
+    async with _Server() as server:
+        pool = SmtpPool(settings.model_copy(update={"smtp_port": server.port}))
+        pool.IDLE_S = 0.3
+        for n in range(2):  # two batches, one after the other: the same session
+            conn = await pool.take()
+            await conn.send(_mail(f"pool{n}@example.com"))
+            pool.give(conn)
+        assert server.connections == 1
+        await asyncio.sleep(0.4)  # idle too long: dropped, a fresh one
+        conn = await pool.take()
+        await conn.send(_mail("pool-late@example.com"))
+        pool.give(conn)
+        await pool.close()
+    assert server.connections == 2 and len(server.received) == 3
 
 
 async def test_the_outbox_sends_through_a_pipelining_server(apps, workspace, sessionmaker, settings) -> None:

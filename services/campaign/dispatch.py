@@ -55,19 +55,12 @@ async def claim(session: AsyncSession, limit: int) -> list[dict[str, Any]]:
     return [dict(r) for r in rows.mappings()]
 
 
-async def _template(session: AsyncSession, template_id: uuid.UUID,
-                    cache: dict[uuid.UUID, dict[str, Any] | None] | None = None) -> dict[str, Any] | None:
-    """A template's content; ``cache``: read once per batch (a campaign's sends share a handful)."""
-    if cache is not None and template_id in cache:
-        return cache[template_id]
-    row = (await session.execute(text("select channel, subject, preheader, html, text, deep_link, image, locales "
-                                      "from campaign.templates "
-                                      "where id = :id"),
-                                 {"id": template_id})).mappings().first()
-    found = dict(row) if row else None
-    if cache is not None:
-        cache[template_id] = found
-    return found
+async def _templates(session: AsyncSession, template_ids: set[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+    """The content of a batch's templates (a campaign's sends share a handful), in one query."""
+    rows = await session.execute(text("select id, channel, subject, preheader, html, text, deep_link, image, locales "
+                                      "from campaign.templates where id = any(CAST(:ids AS uuid[]))"),
+                                 {"ids": list(template_ids)})
+    return {r["id"]: {k: v for k, v in r.items() if k != "id"} for r in rows.mappings()}
 
 
 def _retry_or_fail(send: dict[str, Any], reason: str) -> Outcome:
@@ -96,13 +89,11 @@ async def profiles_for(internal: InternalClient, sends: list[dict[str, Any]]) ->
     return found
 
 
-async def prepare(session: AsyncSession, send: dict[str, Any], profile: dict[str, Any] | str | None,
-                  snippets: dict[str, str] | None = None, extra: dict[str, Any] | None = None,
-                  template_cache: dict[uuid.UUID, dict[str, Any] | None] | None = None) -> dict[str, Any] | Outcome:
-    """The delivery request for a send, or the outcome that ends it here (``profile``: the looked-up
-    profile, None if it does not exist, or why the lookup failed; ``extra``: more template variables,
-    e.g. the referral and loyalty programs')."""
-    tpl = await _template(session, send["template_id"], template_cache)
+def prepare(send: dict[str, Any], tpl: dict[str, Any] | None, profile: dict[str, Any] | str | None,
+            snippets: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any] | Outcome:
+    """The delivery request for a send, or the outcome that ends it here (``tpl``: its template, None if
+    it no longer exists; ``profile``: the looked-up profile, None if it does not exist, or why the lookup
+    failed; ``extra``: more template variables, e.g. the referral and loyalty programs')."""
     if tpl is None:
         return Outcome("failed", "template no longer exists")
     if profile is None:
@@ -230,11 +221,11 @@ async def dispatch_due(sessionmaker: async_sessionmaker[AsyncSession], internal:
     ready: dict[uuid.UUID, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     async with sessionmaker() as session, session.begin():
         extras = await program_variables(session, sends, profiles, snippets)
-        cache: dict[uuid.UUID, dict[str, Any] | None] = {}
+        templates = await _templates(session, {send["template_id"] for send in sends})
         for send in sends:
             key = f"{send['workspace_id']}:{send['profile_id']}"
-            prepared = await prepare(session, send, profiles.get(key), snippets[send["workspace_id"]], extras.get(key),
-                                     cache)
+            prepared = prepare(send, templates.get(send["template_id"]), profiles.get(key),
+                               snippets[send["workspace_id"]], extras.get(key))
             if isinstance(prepared, Outcome):
                 outcomes[send["id"]] = prepared
             else:

@@ -388,11 +388,12 @@ async def advance_due(sessionmaker: async_sessionmaker[AsyncSession], internal: 
     database runs without savepoints; if one of them fails, the whole batch rolls back and runs again
     with a savepoint per journey. A batch with a step that acts outside (a webhook, a profile update)
     always takes the isolated path, so nothing outside is done twice."""
+    now = now or datetime.now(UTC)
     try:
-        return await _advance(sessionmaker, internal, http, now or datetime.now(UTC), limit, isolate=False)
+        return await _advance(sessionmaker, internal, http, now, limit, isolate=False)
     except _IsolateAndRetry as exc:
         log.info("campaign.batch_isolated", error=f"{type(exc.__cause__).__name__}: {exc.__cause__}")
-        return await _advance(sessionmaker, internal, http, now or datetime.now(UTC), limit, isolate=True)
+        return await _advance(sessionmaker, internal, http, now, limit, isolate=True)
 
 
 async def _advance(sessionmaker: async_sessionmaker[AsyncSession], internal: InternalClient, http: httpx.AsyncClient,

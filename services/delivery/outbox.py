@@ -8,7 +8,7 @@
 - ``record_many``: the outcomes of attempts, each kept in ``delivery.attempts`` too.
 
 SMTP has no idempotency key, so a message whose worker died after the server accepted it but before
-``record`` committed is attempted again with the same Message-ID header (documented trade-off:
+``record_many`` committed is attempted again with the same Message-ID header (documented trade-off:
 at-least-once at the wire in that window, exactly-once everywhere else).
 """
 
@@ -236,28 +236,15 @@ async def confirm(session: AsyncSession, messages: list[dict[str, Any]], lease_s
     return owned
 
 
-async def renew(session: AsyncSession, message: dict[str, Any], lease_s: float = LEASE_S) -> bool:
-    """``confirm`` for one message."""
-    return message["id"] in await confirm(session, [message], lease_s)
-
-
-async def give_back(session: AsyncSession, messages: list[dict[str, Any]]) -> None:
-    """Claimed messages never attempted (their batch was cancelled or stopped): queued again at once, the
-    claim not counted as an attempt — unless another holder has taken them over meanwhile."""
+async def release(session: AsyncSession, messages: list[dict[str, Any]], delay_s: float = 0.0) -> None:
+    """Give claimed messages back untouched — over a rate limit, or never attempted because their batch
+    stopped: not an attempt, due again after ``delay_s``; unless another holder has taken one over."""
     await session.execute(text(
         "update delivery.messages m set status = 'queued', attempts = greatest(0, m.attempts - 1), "
-        "claimed_until = null, updated_at = now() "
+        "claimed_until = null, next_attempt_at = now() + make_interval(secs => :d), updated_at = now() "
         "from unnest(CAST(:ids AS uuid[]), CAST(:ns AS int[])) as p(id, n) "
         "where m.id = p.id and m.attempts = p.n and m.status = 'sending'"),
-        {"ids": [m["id"] for m in messages], "ns": [m["attempts"] for m in messages]})
-
-
-async def release(session: AsyncSession, ids: list[uuid.UUID], delay_s: float) -> None:
-    """Give claimed messages back untouched (over a rate limit): not an attempt, due again after ``delay_s``."""
-    await session.execute(text(
-        "update delivery.messages set status = 'queued', attempts = greatest(0, attempts - 1), claimed_until = null, "
-        "next_attempt_at = now() + make_interval(secs => :d), updated_at = now() "
-        "where id = any(CAST(:ids AS uuid[])) and status = 'sending'"), {"ids": ids, "d": delay_s})
+        {"ids": [m["id"] for m in messages], "ns": [m["attempts"] for m in messages], "d": delay_s})
 
 
 @dataclass
@@ -278,15 +265,6 @@ class Outcome:
         if self.outcome == "transient_error" and self.message["attempts"] < MAX_ATTEMPTS:
             return "queued"
         return "failed"
-
-
-async def record(session: AsyncSession, message: dict[str, Any], *, started_at: datetime, outcome: str,
-                 error: str | None = None, provider_message_id: str | None = None, provider: str | None = None,
-                 retry_after_s: float | None = None) -> str:
-    """Store one attempt's outcome; returns the new status (see ``record_many``)."""
-    done = Outcome(message, started_at, outcome, error, provider_message_id, provider, retry_after_s)
-    await record_many(session, [done])
-    return done.status()
 
 
 def _storable(value: str | None) -> str | None:

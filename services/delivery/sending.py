@@ -214,7 +214,7 @@ async def _finish(recording: "asyncio.Task[None]", sessionmaker: async_sessionma
         await recording
         if unsent:
             async with sessionmaker() as session, session.begin():
-                await outbox.give_back(session, unsent)
+                await outbox.release(session, unsent)
             log.info("delivery.given_back", messages=len(unsent))
 
     task = asyncio.ensure_future(wrap_up())
@@ -404,13 +404,13 @@ async def _within_limits(sessionmaker: async_sessionmaker[AsyncSession], setting
     for m in messages:
         groups.setdefault((provider_of(settings, m), m["workspace_id"]), []).append(m)
     allowed: list[dict[str, Any]] = []
-    held: list[Any] = []
+    held: list[dict[str, Any]] = []
     for (provider, ws), group in groups.items():
         n = await ratelimit.take_tokens(redis, f"provider:{provider}", settings.provider_rate_per_s.get(provider, 0),
                                         len(group))
         n = min(n, await ratelimit.take_tokens(redis, f"workspace:{ws}", settings.workspace_send_rate_per_s, n))
         allowed += group[:n]
-        held += [m["id"] for m in group[n:]]
+        held += group[n:]
     if held:
         async with sessionmaker() as session, session.begin():
             await outbox.release(session, held, 1.0)

@@ -140,13 +140,9 @@ class SmtpConnection:
         self._session: _Replies | None = None
 
     async def _connect(self) -> _Replies:
-        s = self._settings
-        smtp = aiosmtplib.SMTP(hostname=s.smtp_host, port=s.smtp_port, username=s.smtp_username,
-                               password=s.smtp_password, use_tls=s.smtp_tls,
-                               start_tls=s.smtp_starttls if not s.smtp_tls else False, timeout=s.smtp_timeout_s,
-                               cert_bundle=s.smtp_ca_file)
-        try:
-            async with asyncio.timeout(s.smtp_timeout_s):  # the whole set-up, not each of its five exchanges
+        smtp = _client(self._settings)
+        try:  # one timeout for the whole set-up, not one per each of its five exchanges
+            async with asyncio.timeout(self._settings.smtp_timeout_s):
                 await smtp.connect()
                 if smtp.is_ehlo_or_helo_needed:
                     try:
@@ -248,10 +244,13 @@ class SmtpPool:
 
     async def take(self) -> SmtpConnection:
         """The most recently used idle session (warm), after dropping every one idle too long."""
-        now = time.monotonic()
-        for _, conn in [(since, c) for since, c in self._idle if now - since >= self.IDLE_S]:
-            conn.abort()
-        self._idle = [(since, c) for since, c in self._idle if now - since < self.IDLE_S]
+        now, kept = time.monotonic(), []
+        for since, conn in self._idle:
+            if now - since < self.IDLE_S:
+                kept.append((since, conn))
+            else:
+                conn.abort()
+        self._idle = kept
         return self._idle.pop()[1] if self._idle else SmtpConnection(self._settings)
 
     def give(self, conn: SmtpConnection) -> None:
@@ -262,14 +261,17 @@ class SmtpPool:
             await self._idle.pop()[1].close()
 
 
+def _client(s: Settings) -> aiosmtplib.SMTP:
+    """aiosmtplib, configured from the settings (not yet connected)."""
+    return aiosmtplib.SMTP(hostname=s.smtp_host, port=s.smtp_port, username=s.smtp_username, password=s.smtp_password,
+                           use_tls=s.smtp_tls, start_tls=s.smtp_starttls if not s.smtp_tls else False,
+                           timeout=s.smtp_timeout_s, cert_bundle=s.smtp_ca_file)
+
+
 async def _send_utf8(settings: Settings, mail: Email, message: Any) -> str:
     """The rare message needing SMTPUTF8, through aiosmtplib on a connection of its own."""
-    s = settings
     try:
-        async with aiosmtplib.SMTP(hostname=s.smtp_host, port=s.smtp_port, username=s.smtp_username,
-                                   password=s.smtp_password, use_tls=s.smtp_tls,
-                                   start_tls=s.smtp_starttls if not s.smtp_tls else False,
-                                   timeout=s.smtp_timeout_s, cert_bundle=s.smtp_ca_file) as smtp:
+        async with _client(settings) as smtp:
             await smtp.send_message(message)
     except aiosmtplib.SMTPRecipientsRefused as exc:
         codes = [e.code for e in exc.recipients]

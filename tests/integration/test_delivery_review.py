@@ -141,7 +141,7 @@ async def test_a_holder_whose_lease_was_taken_over_records_nothing(apps, workspa
     async with sessionmaker() as s, s.begin():
         second = next(m for m in await outbox.claim(s, 500, 60.0) if m["id"] == first["id"])
     async with sessionmaker() as s, s.begin():  # the first holder finishes late
-        await outbox.record(s, first, started_at=datetime.now(UTC), outcome="transient_error", error="slow")
+        await outbox.record_many(s, [outbox.Outcome(first, datetime.now(UTC), "transient_error", "slow")])
     async with sessionmaker() as s:
         row = (await s.execute(text("select status, attempts, claimed_until from delivery.messages where id = :id"),
                                {"id": first["id"]})).one()

@@ -27,6 +27,7 @@ import asyncpg
 import httpx
 import orjson
 from scratch import asyncpg_dsn, scratch_database  # bench/ is the script directory, so on sys.path
+from stack import _postgres_cpu, cpu_seconds
 
 from services.ingest import tracking
 from shared.core import create_workspace
@@ -82,8 +83,20 @@ async def in_process(settings: Settings, ws: uuid.UUID, n: int, batch: int) -> f
     return rate
 
 
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its children (uvicorn's worker processes)."""
+    total = 0.0
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if int(d.name) == pid or ppid == pid:
+                    total += cpu_seconds(int(d.name))
+    return total
+
+
 async def over_http(settings: Settings, write_key: str, n: int, batch: int, concurrency: int, workers: int
-                    ) -> tuple[float, list[float]]:
+                    ) -> tuple[float, list[float], dict[str, float]]:
     port = free_port()
     env = {**os.environ, "TENURE_DATABASE_URL": settings.database_url or "",
            "TENURE_REDIS_URL": settings.redis_url or "", "TENURE_INGEST_PORT": str(port),
@@ -113,12 +126,16 @@ async def over_http(settings: Settings, write_key: str, n: int, batch: int, conc
                     r = await c.post("/v1/batch", content=body, headers={"content-type": "application/json"})
                     latencies.append(time.perf_counter() - started)
                     errors += r.status_code != 200
+            before = (_tree_cpu(proc.pid), _postgres_cpu(), time.process_time())
             t = time.perf_counter()
             await asyncio.gather(*(client() for _ in range(concurrency)))
             rate = n / (time.perf_counter() - t)
+            cpu = {"ingest server": _tree_cpu(proc.pid) - before[0],
+                   "postgres (all processes)": _postgres_cpu() - before[1],
+                   "benchmark client": time.process_time() - before[2]}
             if errors:
                 print(f"  ({errors} requests failed)")
-            return rate, latencies
+            return rate, latencies, cpu
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -130,6 +147,7 @@ async def main() -> None:
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes for ingest")
+    ap.add_argument("--skip-in-process", action="store_true", help="measure COPY and HTTP only")
     args = ap.parse_args()
 
     async with scratch_database(need_redis=True) as settings:
@@ -140,18 +158,22 @@ async def main() -> None:
         await engine.dispose()
 
         copy_rate = await baseline_copy(url, args.events)
-        record_rate = await in_process(settings, ws.workspace_id, args.events, args.batch)
-        http_rate, latencies = await over_http(settings, ws.write_key, args.events, args.batch, args.concurrency,
+        record_rate = 0.0 if args.skip_in_process else await in_process(settings, ws.workspace_id, args.events,
+                                                                        args.batch)
+        http_rate, latencies, cpu = await over_http(settings, ws.write_key, args.events, args.batch, args.concurrency,
                                                args.workers)
     latencies.sort()
     p50 = latencies[len(latencies) // 2] * 1000
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
     print(f"events={args.events} batch={args.batch} concurrency={args.concurrency} workers={args.workers}")
     print(f"baseline  COPY (binary, one connection)        {copy_rate:>10,.0f} rows/s")
-    print(f"ingest    tracking.record (in-process)          {record_rate:>10,.0f} events/s "
-          f"({record_rate / copy_rate:.0%} of COPY)")
+    if record_rate:
+        print(f"ingest    tracking.record (in-process)          {record_rate:>10,.0f} events/s "
+              f"({record_rate / copy_rate:.0%} of COPY)")
     print(f"ingest    POST /v1/batch (HTTP)                 {http_rate:>10,.0f} events/s "
           f"({http_rate / copy_rate:.0%} of COPY)  p50 {p50:.1f} ms  p99 {p99:.1f} ms per request")
+    for name, used in cpu.items():
+        print(f"cpu       {name:<30} {used:8.2f} s = {used / args.events * 1e6:6.1f} µs per event")
 
 
 if __name__ == "__main__":

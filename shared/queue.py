@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared import metrics
 from shared.db import create_engine, create_sessionmaker
+from shared.gc_tuning import tune_gc
 from shared.http import InternalClient, make_http_client
 from shared.logging import configure_logging
 from shared.settings import ServiceName, Settings
@@ -145,6 +146,7 @@ def worker_options(
         ctx["sessionmaker"] = create_sessionmaker(ctx["engine"])
         ctx["http"] = make_http_client(settings)
         ctx["internal"] = InternalClient(settings, ctx["http"])
+        tune_gc()
         log.info("worker.started", service=service, queue=settings.queue_name(service))
 
     async def shutdown(ctx: dict[str, Any]) -> None:

@@ -52,8 +52,16 @@ def _json_boolean(value: Any) -> Any:
     return value
 
 
+_NUMBER_CHARS = "+-.0123456789eE"
+
+
 def _not_a_number(value: Any) -> Any:
-    if isinstance(value, bool | int | float) or (isinstance(value, str) and _NUMERIC.fullmatch(value)):
+    # (a string with any other character, e.g. a date-time's "T" or ":", is no number: no regex needed)
+    if isinstance(value, str):
+        numeric = not value.strip().strip(_NUMBER_CHARS) and _NUMERIC.fullmatch(value)
+    else:
+        numeric = isinstance(value, (bool, int, float))
+    if numeric:
         raise ValueError("must be an ISO 8601 date or date-time (e.g. 2026-01-31T12:00:00Z), not a number")
     return value
 

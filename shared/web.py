@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shared import metrics
 from shared.db import create_engine, create_sessionmaker
 from shared.errors import PROBLEM_JSON, ValidationFailed, install_error_handlers, problem_schema
+from shared.gc_tuning import tune_gc
 from shared.http import InternalClient, make_http_client
 from shared.logging import configure_logging
 from shared.queue import Waker, create_redis
@@ -217,9 +218,10 @@ def create_service_app(
         app.state.http = make_http_client(settings)
         app.state.internal = InternalClient(settings, app.state.http)
         app.state.waker = Waker(app.state.redis, settings)
-        log.info("service.started", service=service)
         try:
             async with extend(app) if extend else contextlib.nullcontext():
+                tune_gc()
+                log.info("service.started", service=service)
                 yield
         finally:
             await app.state.waker.close()

@@ -1,10 +1,11 @@
 """Rate limits shared by every replica, in Redis: per-workspace request limits (a fixed one-second
-window, one round trip) and token buckets for sending (per provider, per workspace).
+window, counted in Redis) and token buckets for sending (per provider, per workspace).
 
 If Redis does not answer, work is allowed: the limits protect the database and the providers, and Redis
 being down must not stop ingestion or delivery.
 """
 
+import asyncio
 import time
 
 import structlog
@@ -15,32 +16,71 @@ from shared.errors import RateLimited
 log = structlog.get_logger()
 
 
-# one command per request (a pipeline of INCR + EXPIRE cost the ingest API ≈ 7 % of its CPU)
+# INCRBY with the expiry set by whoever opens the window, in one command
 _COUNT = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('EXPIRE', KEYS[1], 2) end
+local n = redis.call('INCRBY', KEYS[1], ARGV[1])
+if n == tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[1], 2) end
 return n
 """
 
 
-async def check_rate(redis: ArqRedis, key: str, limit_per_s: int) -> None:
-    """Raise :class:`RateLimited` (429 with ``Retry-After``) when ``key`` is over ``limit_per_s`` this second."""
-    if limit_per_s <= 0:
-        return
-    now = time.time()
-    window = int(now)
-    try:
-        count = await redis.eval(_COUNT, 1, f"rate:{key}:{window}")
-    except Exception as exc:  # noqa: BLE001 - fail open
-        log.warning("ratelimit.unavailable", error=type(exc).__name__)
-        return
-    if int(count) > limit_per_s:
-        retry_after = max(1, round(window + 1 - now + 0.5))
-        raise RateLimited(
-            f"Over {limit_per_s} requests per second for this workspace; retry after {retry_after} s",
-            headers={"Retry-After": str(retry_after), "X-RateLimit-Reset": str(retry_after)},
-            limit_per_second=limit_per_s,
-        )
+def _over(limit_per_s: int, now: float) -> RateLimited:
+    retry_after = max(1, round(int(now) + 1 - now + 0.5))
+    return RateLimited(
+        f"Over {limit_per_s} requests per second for this workspace; retry after {retry_after} s",
+        headers={"Retry-After": str(retry_after), "X-RateLimit-Reset": str(retry_after)},
+        limit_per_second=limit_per_s,
+    )
+
+
+class RequestCounter:
+    """Per-key request limits in a fixed one-second window, counted in Redis for every replica.
+
+    Concurrent checks of one window share a round trip: while one ``INCRBY`` is in flight, later
+    requests queue and the next ``INCRBY`` counts them all; each learns its own position in the
+    window, so exactly the requests past the limit are refused, as with one ``INCR`` each. (One
+    command per request cost the ingest API ≈ 13 % of its CPU on single-event requests.)
+    """
+
+    def __init__(self, redis: ArqRedis):
+        self._redis = redis
+        self._waiting: dict[str, list[asyncio.Future[int]]] = {}
+        self._busy: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # (the loop keeps only weak references to tasks)
+
+    async def check(self, key: str, limit_per_s: int) -> None:
+        """Raise :class:`RateLimited` (429 with ``Retry-After``) when ``key`` is over ``limit_per_s`` this second."""
+        if limit_per_s <= 0:
+            return
+        now = time.time()
+        window = f"rate:{key}:{int(now)}"
+        position: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(window, []).append(position)
+        if window not in self._busy:
+            self._busy.add(window)
+            task = asyncio.get_running_loop().create_task(self._count(window))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if await position > limit_per_s:
+            raise _over(limit_per_s, now)
+
+    async def _count(self, window: str) -> None:
+        try:
+            while waiters := self._waiting.pop(window, None):
+                try:
+                    total = int(await self._redis.eval(_COUNT, 1, window, len(waiters)))
+                except Exception as exc:  # noqa: BLE001 - fail open
+                    log.warning("ratelimit.unavailable", error=type(exc).__name__)
+                    total = 0
+                first = total - len(waiters) + 1
+                for i, waiter in enumerate(waiters):
+                    if not waiter.done():
+                        waiter.set_result(first + i if total else 0)
+        finally:
+            self._busy.discard(window)
+            for waiter in self._waiting.pop(window, []):  # (only if cancelled mid-count: let them pass)
+                if not waiter.done():
+                    waiter.set_result(0)
 
 
 # A token bucket in one Redis hash, refilled continuously: ``rate`` tokens per second up to ``burst``.

@@ -49,7 +49,6 @@ from shared.errors import (
 )
 from shared.feed import Cursor, backlog
 from shared.jsonutil import dumps_bytes
-from shared.ratelimit import check_rate
 from shared.settings import Settings
 
 log = structlog.get_logger()
@@ -119,7 +118,7 @@ async def _store(request: Request, body: _Body,
     principal = await _authorize(request, body.doc)
     ws = principal.require_workspace()
     settings: Settings = request.app.state.settings
-    await check_rate(request.app.state.redis, f"ingest:{ws}", settings.ingest_rate_limit_per_s)
+    await request.app.state.request_counter.check(f"ingest:{ws}", settings.ingest_rate_limit_per_s)
     received_at = datetime.now(UTC)
     envelopes: list[tracking.Envelope] = []
     rejected: list[Rejected] = []

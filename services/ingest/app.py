@@ -8,6 +8,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from services.ingest.api import feed_router, privacy_router, profiles_router, tracking_router
 from services.ingest.committer import Committer
+from shared.ratelimit import RequestCounter
 from shared.settings import Settings
 from shared.web import create_service_app
 
@@ -21,6 +22,7 @@ Tenure services read through `/v1/events` (internal token).
 @asynccontextmanager
 async def _committer(app: FastAPI) -> AsyncIterator[None]:
     app.state.committer = Committer(app.state.sessionmaker)
+    app.state.request_counter = RequestCounter(app.state.redis)
     try:
         yield
     finally:

@@ -340,6 +340,55 @@ async def _update(session: AsyncSession, jid: uuid.UUID, values: dict[str, Any])
                           params)
 
 
+# the journey columns a timer run sets; a deferred update names which of them it sets (the others are kept)
+_RUN_COLUMNS = {"status": "text", "step": "text", "wake_at": "timestamptz", "wait": "jsonb", "variant": "text",
+                "ended_at": "timestamptz"}
+_UPDATE_MANY = text(
+    "update campaign.journeys j set "
+    + ", ".join(f"{c} = case when r.d ? '{c}' then " + (f"nullif(r.d->'{c}', 'null'::jsonb)" if t == "jsonb" else
+                                                      f"CAST(r.d->>'{c}' AS {t})") + f" else j.{c} end"
+                for c, t in _RUN_COLUMNS.items())
+    + ", updated_at = now() from (select CAST(e->>'id' AS uuid) as id, e->'set' as d "
+      "from jsonb_array_elements(CAST(:rows AS jsonb)) as e) as r where j.id = r.id")
+_INSERT_SENDS = text(
+    "insert into campaign.sends (id, workspace_id, campaign_id, campaign_version, template_id, profile_id, "
+    "occurrence, idempotency_key, status, reason, trigger_data, journey_id, step, channel) "
+    "select r.id, r.ws, r.c, r.v, r.t, r.p, r.occ, r.key, r.status, r.reason, r.data, r.j, r.step, r.ch "
+    "from jsonb_to_recordset(CAST(:rows AS jsonb)) as r(id uuid, ws uuid, c uuid, v int, t uuid, p uuid, occ text, "
+    "key text, status text, reason text, data jsonb, j uuid, step text, ch text) "
+    "on conflict (workspace_id, idempotency_key) do nothing returning idempotency_key")
+
+
+@dataclass
+class _Deferred:
+    """The sends and journey updates of a batch run without savepoints, written one statement each.
+
+    A journey's own writes are only read back by the dispatcher, after the batch commits, and by the
+    frequency caps and A/B winners of later journeys in the batch, which flush first. A send's log line
+    takes its place in the path when the send is decided and is corrected at the flush if the send
+    turns out to exist already (a replayed step)."""
+
+    sends: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)  # (row, its log line)
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    replayed: int = 0  # deferred sends that already existed (counted as created when decided)
+
+    async def flush(self, session: AsyncSession) -> None:
+        """Write what is pending."""
+        if self.sends:
+            rows = [row for row, _ in self.sends]
+            created = set((await session.execute(_INSERT_SENDS, {"rows": dumps(rows)})).scalars())
+            for row, line in self.sends:
+                if row["key"] in created:
+                    created.discard(row["key"])  # (the same step twice in one run: the second is a replay)
+                elif row["status"] == "pending":
+                    line.update(k="skipped", d="already sent (replayed step)")
+                    self.replayed += 1
+            self.sends.clear()
+        if self.updates:
+            await session.execute(_UPDATE_MANY, {"rows": dumps(self.updates)})
+            self.updates.clear()
+
+
 class VersionCache:
     """Campaign versions parsed once per batch."""
 
@@ -371,6 +420,7 @@ class Context:
     profile: dict[str, Any]
     settings: Settings
     channels: dict[uuid.UUID, str] = field(default_factory=dict)  # template id -> channel, for one batch
+    deferred: _Deferred | None = None  # set: sends and journey updates wait for the batch's flush
 
 
 class _IsolateAndRetry(Exception):
@@ -412,6 +462,7 @@ async def _advance(sessionmaker: async_sessionmaker[AsyncSession], internal: Int
         found = await _profiles(internal, [dict(r) for r in rows])
         batch = [(dict(r), await versions.get(session, r["campaign_id"], r["version"])) for r in rows]
         isolate = isolate or any(journey.calls_out() for _, journey in batch)
+        deferred = None if isolate else _Deferred()
         for j, journey in batch:
             profile = found.get(str(j["profile_id"]))
             if profile is None:
@@ -419,8 +470,8 @@ async def _advance(sessionmaker: async_sessionmaker[AsyncSession], internal: Int
                 await _log(session, j, "exited", "profile no longer exists")
                 continue
             ctx = Context(session, internal, http, now, Policy.from_settings(j.pop("ws_settings")), profile,
-                          internal.settings, channels)
-            if not isolate:
+                          internal.settings, channels, deferred)
+            if deferred is not None:
                 try:
                     sends += await run(ctx, j, journey)
                 except Exception as exc:  # noqa: BLE001 - the batch rolls back, and runs again isolated
@@ -435,6 +486,12 @@ async def _advance(sessionmaker: async_sessionmaker[AsyncSession], internal: Int
                 log.warning("campaign.journey_failed", journey_id=str(j["id"]), error=f"{type(exc).__name__}: {exc}")
                 await _update(session, j["id"], {"wake_at": now + RETRY_AFTER})
                 await _log(session, j, "error", f"{type(exc).__name__}: {exc}"[:500] + "; retried in 5 minutes")
+        if deferred is not None:
+            try:
+                await deferred.flush(session)
+            except Exception as exc:  # noqa: BLE001 - as a journey's own failure: rerun isolated
+                raise _IsolateAndRetry from exc
+            sends -= deferred.replayed
     return len(rows), sends
 
 
@@ -486,7 +543,10 @@ async def run(ctx: Context, j: dict[str, Any], journey: jd.Journey) -> int:
     else:  # a loop of zero-delay steps: park it for a minute rather than spin
         updates.update(step=j["step"], wake_at=ctx.now + timedelta(minutes=1))
         await _log(ctx.session, j, "deferred", f"over {MAX_STEPS_PER_WAKE} steps without waiting")
-    await _update(ctx.session, j["id"], updates)
+    if ctx.deferred is not None and updates.keys() <= _RUN_COLUMNS.keys():
+        ctx.deferred.updates.append({"id": str(j["id"]), "set": updates})
+    else:
+        await _update(ctx.session, j["id"], updates)
     return sends
 
 
@@ -570,6 +630,8 @@ async def _run_step(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: 
 
 async def _winner(ctx: Context, j: dict[str, Any], step: jd.SplitStep) -> jd.Variant | None:
     """After ``winner_after`` entrants, the variant converting best so far (None before)."""
+    if ctx.deferred is not None:
+        await ctx.deferred.flush(ctx.session)  # (the variants this batch assigned count too)
     rows = (await ctx.session.execute(text(
         "select variant, count(*) as n, count(converted_at) as conv from campaign.journeys "
         "where campaign_id = :c and variant is not null group by variant"), {"c": j["campaign_id"]})).all()
@@ -628,17 +690,18 @@ async def _send(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: jd.S
             # once: when it wakes (or quiet hours push it on) it sends rather than deferring again
             return StepOutcome(step.id, wake_at=at, wait={"sto": step.id})
     key = hashlib.sha256(f"{j['campaign_id']}:{j['version']}:{step.id}:{j['id']}".encode()).hexdigest()[:40]
-    created = (await ctx.session.execute(
-        text("insert into campaign.sends (id, workspace_id, campaign_id, campaign_version, template_id, profile_id, "
-             "occurrence, idempotency_key, status, reason, trigger_data, journey_id, step, channel) "
-             "values (:id, :ws, :c, :v, :t, :p, :occ, :key, :status, :reason, CAST(:data AS jsonb), :j, :step, :ch) "
-             "on conflict (workspace_id, idempotency_key) do nothing returning id"),
-        {"id": uuid.uuid4(), "ws": j["workspace_id"], "c": j["campaign_id"], "v": j["version"],
-         "t": step.template_id, "p": j["profile_id"], "occ": f"journey:{j['id']}:{step.id}", "key": key,
-         "status": "skipped" if reason else "pending", "reason": reason,
-         "data": dumps({**(j.get("trigger_data") or {}), "journey_id": str(j["id"]), "step": step.id,
-                        "variant": j.get("variant")}),
-         "j": j["id"], "step": step.id, "ch": channel})).first()
+    row = {"id": uuid.uuid4(), "ws": j["workspace_id"], "c": j["campaign_id"], "v": j["version"],
+           "t": step.template_id, "p": j["profile_id"], "occ": f"journey:{j['id']}:{step.id}", "key": key,
+           "status": "skipped" if reason else "pending", "reason": reason,
+           "data": {**(j.get("trigger_data") or {}), "journey_id": str(j["id"]), "step": step.id,
+                    "variant": j.get("variant")},
+           "j": j["id"], "step": step.id, "ch": channel}
+    if ctx.deferred is not None:  # written with the batch's other sends; a replay is found then
+        await _log(ctx.session, j, "skipped" if reason else "sent", reason or f"{channel} message queued",
+                   step=step.id)
+        ctx.deferred.sends.append((row, _log_buffer(ctx.session)[-1]))
+        return StepOutcome(step.next, sends=0 if reason else 1)
+    created = (await ctx.session.execute(_INSERT_SENDS, {"rows": dumps([row])})).first()
     if reason:
         await _log(ctx.session, j, "skipped", reason, step=step.id)
         return StepOutcome(step.next)
@@ -669,6 +732,8 @@ async def _capped(ctx: Context, j: dict[str, Any], channel: str) -> tuple[str | 
     """The first frequency cap this send would break: (reason, None) to skip, (reason, when) to defer.
     Counted under a lock per (profile, channel), held to the end of the transaction that inserts the send,
     so two workers running different campaigns for one person cannot both slip under the cap."""
+    if ctx.policy.frequency_caps and ctx.deferred is not None:
+        await ctx.deferred.flush(ctx.session)  # (the sends this batch decided count too)
     if ctx.policy.frequency_caps:
         await ctx.session.execute(text("select pg_advisory_xact_lock(hashtextextended(:k, 0))"),
                                   {"k": f"cap:{j['workspace_id']}:{j['profile_id']}:{channel}"})

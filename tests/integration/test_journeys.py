@@ -744,3 +744,30 @@ async def test_a_replayed_trigger_does_not_count_as_a_new_entry(sessionmaker) ->
         got = await journeys.enter_many(s, [journeys.Candidate(c, d, p, "A", {}, None),
                                             journeys.Candidate(c, d, p, "B", {}, T0 - timedelta(minutes=30))], T0)
     assert got[0] is None and got[1] is not None
+
+
+async def test_a_send_step_run_again_is_logged_as_a_replay_and_sends_nothing(world) -> None:
+    """Sends and journey updates of a timer batch are written together at its end: a send whose step
+    already sent (here: the journey put back on the step by hand) is found then, and its line corrected."""
+    tpl = await world.template("replay", "Once only")
+    camp = await world.campaign(trigger={"type": "event", "event": "Replay Me"}, steps=[
+        {"id": "s", "type": "send", "template_id": tpl, "next": "d"},
+        {"id": "d", "type": "delay", "seconds": 3600}])
+    email, other = _email("replay"), _email("replay-other")
+    pid = await world.identify("replay-1", email=email)
+    await world.identify("replay-2", email=other)
+    await world.track("replay-1", "Replay Me", T0)
+    await world.pump(T0)
+    assert len(await world.mail(email)) == 1
+    async with world.sm() as s, s.begin():
+        await s.execute(text("update campaign.journeys set step = 's', status = 'active', wake_at = :t "
+                             "where campaign_id = :c and profile_id = :p"),
+                        {"t": T0 + timedelta(seconds=1), "c": camp["id"], "p": pid})
+    await world.track("replay-2", "Replay Me", T0 + timedelta(seconds=1))  # a first send in the same batch
+    await world.pump(T0 + timedelta(seconds=1))
+    assert len(await world.mail(email)) == 1 and len(await world.mail(other)) == 1
+    [j] = [j for j in await world.path(pid) if j["campaign_id"] == camp["id"]]
+    lines = [(e["kind"], e["detail"]) for e in j["log"]]
+    assert lines.count(("sent", "email message queued")) == 1
+    assert lines[-2:] == [("skipped", "already sent (replayed step)"), ("waiting", "delay 3600 s")]
+    assert j["status"] == "active" and datetime.fromisoformat(j["wake_at"]) == T0 + timedelta(seconds=3601)

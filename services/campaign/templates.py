@@ -8,12 +8,13 @@ for email clients (css-inline), and a plain-text part is generated from it when 
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from html import escape
 from html.parser import HTMLParser
 from typing import Any
 
 import css_inline
-from liquid import DictLoader, Environment
+from liquid import BoundTemplate, DictLoader, Environment
 from liquid.exceptions import LiquidError
 
 _html = Environment(autoescape=True)
@@ -44,6 +45,13 @@ def _env(field: str, snippets: dict[str, str] | None = None) -> Environment:
     return Environment(autoescape=field == "html", loader=DictLoader(snippets))
 
 
+@lru_cache(maxsize=1024)
+def _parsed(field: str, source: str, snippets: tuple[tuple[str, str], ...]) -> BoundTemplate:
+    """A field's parsed template, kept for later renders: parsing cost more than rendering, and a
+    campaign renders the same few sources for every recipient (snippets are part of the key)."""
+    return _env(field, dict(snippets)).from_string(source)
+
+
 def validate(fields: dict[str, str | None], snippets: dict[str, str] | None = None) -> None:
     """Parse every field; raise :class:`TemplateError` naming the first one that does not parse."""
     for name, source in fields.items():
@@ -63,7 +71,7 @@ def render(fields: dict[str, str | None], variables: dict[str, Any], snippets: d
             out[name] = None
             continue
         try:
-            out[name] = _env(name, snippets).from_string(source).render(**variables)
+            out[name] = _parsed(name, source, tuple(sorted((snippets or {}).items()))).render(**variables)
         except LiquidError as exc:
             raise TemplateError(name, str(exc).splitlines()[0]) from None
     html = out.get("html")

@@ -65,8 +65,9 @@ class RequestCounter:
             raise _over(limit_per_s, now)
 
     async def _count(self, window: str) -> None:
+        waiters: list[asyncio.Future[int]] = []
         try:
-            while waiters := self._waiting.pop(window, None):
+            while waiters := self._waiting.pop(window, None) or []:
                 try:
                     total = int(await self._redis.eval(_COUNT, 1, window, len(waiters)))
                 except Exception as exc:  # noqa: BLE001 - fail open
@@ -78,7 +79,7 @@ class RequestCounter:
                         waiter.set_result(first + i if total else 0)
         finally:
             self._busy.discard(window)
-            for waiter in self._waiting.pop(window, []):  # (only if cancelled mid-count: let them pass)
+            for waiter in waiters + self._waiting.pop(window, []):  # (only if cancelled mid-count: let them pass)
                 if not waiter.done():
                     waiter.set_result(0)
 

@@ -52,13 +52,10 @@ def _json_boolean(value: Any) -> Any:
     return value
 
 
-_NUMBER_CHARS = "+-.0123456789eE"
-
-
 def _not_a_number(value: Any) -> Any:
-    # (a string with any other character, e.g. a date-time's "T" or ":", is no number: no regex needed)
+    # (a number's text holds no ":" or "T", which every date-time has: no regex needed for those)
     if isinstance(value, str):
-        numeric = not value.strip().strip(_NUMBER_CHARS) and _NUMERIC.fullmatch(value)
+        numeric = ":" not in value and "T" not in value and _NUMERIC.fullmatch(value)
     else:
         numeric = isinstance(value, (bool, int, float))
     if numeric:

@@ -45,7 +45,7 @@ def _env(field: str, snippets: dict[str, str] | None = None) -> Environment:
     return Environment(autoescape=field == "html", loader=DictLoader(snippets))
 
 
-@lru_cache(maxsize=1024)
+@lru_cache(maxsize=256)
 def _parsed(field: str, source: str, snippets: tuple[tuple[str, str], ...]) -> BoundTemplate:
     """A field's parsed template, kept for later renders: parsing cost more than rendering, and a
     campaign renders the same few sources for every recipient (snippets are part of the key)."""

@@ -56,6 +56,7 @@ log = structlog.get_logger()
 MAX_MESSAGE_BYTES = 32 * 1024
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")  # a JSON \u0000 escape, not an escaped backslash + "u0000"
 MAX_BATCH_BYTES = 500 * 1024
+_TYPE_FIELD = 32  # bytes a single-message route may add to its message: "type": "<kind>"
 WAKE_FUNCTION = "on_events"  # the job consumers of the event log register
 
 tracking_router = APIRouter(prefix="/v1", tags=["tracking"])
@@ -78,7 +79,6 @@ class _Body:
 
     doc: dict[str, Any]
     size: int  # bytes after decompression
-    may_hold_nul: bool  # a \u0000 escape somewhere in the raw text
 
 
 async def _read_json(request: Request, limit: int) -> _Body:
@@ -101,7 +101,7 @@ async def _read_json(request: Request, limit: int) -> _Body:
         raise BadRequest(f"The request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object")
-    return _Body(body, len(raw), b"\\u0000" in raw)
+    return _Body(body, len(raw))
 
 
 async def _authorize(request: Request, body: dict[str, Any]) -> Any:
@@ -122,11 +122,14 @@ async def _store(request: Request, body: _Body,
     received_at = datetime.now(UTC)
     envelopes: list[tracking.Envelope] = []
     rejected: list[Rejected] = []
+    # Sizes and NULs are checked on each message as re-encoded (orjson may write a number longer than it
+    # came: 1e15 → 1000000000000000.0). When the whole body re-encodes within 32 KB and without a NUL, no
+    # message can break either rule, and one encoding of the body replaces one per message.
+    whole = dumps_bytes(body.doc) if body.size <= MAX_MESSAGE_BYTES else None
+    one_by_one = whole is None or len(whole) + _TYPE_FIELD > MAX_MESSAGE_BYTES or b"\\u0000" in whole
     for index, item in items:
         mid = item.get("messageId") if isinstance(item.get("messageId"), str) else None
-        # a body within 32 KB holds no message over it, and one without a \u0000 escape no NUL: most
-        # requests skip encoding each message again
-        encoded = dumps_bytes(item) if body.size > MAX_MESSAGE_BYTES or body.may_hold_nul else b""
+        encoded = dumps_bytes(item) if one_by_one else b""
         if len(encoded) > MAX_MESSAGE_BYTES:
             rejected.append(Rejected(index=index, message_id=mid,
                                      errors=[{"msg": "message is over 32 KB", "type": "too_large"}]))

@@ -92,6 +92,26 @@ async def test_bad_input_is_a_problem_and_writes_nothing(apps, workspace, sessio
     assert await _count_events(sessionmaker, workspace.workspace_id) == 0
 
 
+async def test_a_message_over_32_kb_once_stored_is_refused_though_its_request_was_smaller(
+        apps, workspace, sessionmaker) -> None:
+    """The limit holds for the message as it would be stored: ``1e15`` takes 4 bytes as sent and 18
+    as stored, so this 32 KB request is a 115 KB message."""
+    auth = (workspace.write_key, "")
+    grown = b'{"userId": "g", "event": "Grown", "properties": {"v": [' + b",".join([b"1e15"] * 6400) + b"]}}"
+    assert len(grown) < 32 * 1024
+    r = await apps["ingest"].post("/v1/track", auth=auth, content=grown, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["rejected"][0]["errors"][0]["type"] == "too_large", r.text
+    batch = (b'{"batch": [{"type": "track", "userId": "g", "event": "Small", "messageId": "small-' +
+             str(workspace.workspace_id).encode() + b'"}, ' + grown[:-1] + b', "type": "track"}, '
+             b'{"type": "track", "userId": "g", "event": "Nul", "properties": {"x": "a\\u0000b"}}]}')
+    assert len(batch) < 32 * 1024
+    r = await apps["ingest"].post("/v1/batch", auth=auth, content=batch, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] == 1 and [(x["index"], x["errors"][0]["type"]) for x in r.json()["rejected"]] == [
+        (1, "too_large"), (2, "nul")]
+    assert await _count_events(sessionmaker, workspace.workspace_id) == 1
+
+
 @pytest.mark.parametrize(
     ("auth", "status"),
     [(None, 401), (("wk_not-a-key", ""), 401), ("secret", 403)],

@@ -116,6 +116,28 @@ async def pinned(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterato
         yield async_sessionmaker(conn, expire_on_commit=False, autoflush=False)
 
 
+@contextlib.asynccontextmanager
+async def session_lock(engine: AsyncEngine, key: str) -> AsyncIterator[bool]:
+    """Try a session-level advisory lock named ``key`` on a connection of its own, held until the block ends
+    (between transactions: it holds back neither vacuum nor the feeds' xid horizon, and is not cut by the
+    idle-in-transaction timeout); yields whether it was taken. A process that dies releases it with its
+    connection, and a connection whose unlock failed is closed rather than returned to the pool."""
+    async with engine.connect() as conn:
+        taken = bool((await conn.execute(text("select pg_try_advisory_lock(hashtextextended(:k, 0))"),
+                                         {"k": key})).scalar())
+        await conn.commit()
+        try:
+            yield taken
+        finally:
+            if taken:
+                try:
+                    await conn.execute(text("select pg_advisory_unlock(hashtextextended(:k, 0))"), {"k": key})
+                    await conn.commit()
+                except BaseException:
+                    await conn.invalidate()
+                    raise
+
+
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """The one way a route gets a session. The route opens its own transaction."""
     async with request.app.state.sessionmaker() as session:

@@ -10,10 +10,19 @@ from sqlalchemy import text
 
 from services.segment import evaluation, partitioning
 from shared import retention
+from shared.db import session_lock
 from shared.queue import JobCtx, build_worker, stopping, take_dirty, wake, worker_settings_class
 from shared.settings import Settings
 
 log = structlog.get_logger()
+
+# Backfills and the daily re-checks walk every known profile. They are polled (every feed poll interval)
+# and cron'd on every replica, and arq starts each poll as a new job whether or not the last one has
+# ended: without this lock a backfill longer than the poll interval was soon running ten times over
+# (max_jobs), every copy from the first profile, each holding evaluation stripes that live events then
+# queued behind. One background pass at a time, cluster-wide; a refused run returns at once (the
+# running one loops until nothing is pending, and the next poll catches anything it missed).
+BACKGROUND_PASS = "segment-background-pass"
 
 
 async def on_events(ctx: JobCtx) -> int:
@@ -49,7 +58,10 @@ async def _evaluate_workspace(sessionmaker: Any, ws: uuid.UUID, versions: dict[u
 
 async def recheck_windows(ctx: JobCtx) -> int:
     """Hourly (and at start-up): windowed segments re-checked once per day as time passes."""
-    changes = await evaluation.recheck_windows(ctx["sessionmaker"])
+    async with session_lock(ctx["engine"], BACKGROUND_PASS) as mine:
+        if not mine:
+            return 0
+        changes = await evaluation.recheck_windows(ctx["sessionmaker"])
     if changes:
         await wake(ctx["redis"], ctx["settings"], "campaign", "on_transitions")
     return changes
@@ -60,21 +72,22 @@ async def evaluate_segments(ctx: JobCtx) -> int:
 
     Woken when a segment is saved, and polled, so a lost wake-up only delays the backfill. Each chunk
     of profiles commits on its own; a crash re-runs the whole segment, which writes no duplicate
-    transitions because only real membership changes are written.
+    transitions because only real membership changes are written. One run at a time (BACKGROUND_PASS).
     """
     changes = 0
-    while True:
-        async with ctx["sessionmaker"]() as session, session.begin():
-            pending = (await session.execute(text(
-                "select id, workspace_id, version from segment.segments where evaluated_version < version "
-                "order by updated_at limit 20"))).all()
-        if not pending or stopping(ctx):
-            break
-        by_ws: dict[uuid.UUID, dict[uuid.UUID, int]] = {}
-        for sid, ws, version in pending:
-            by_ws.setdefault(ws, {})[sid] = version
-        for ws, versions in by_ws.items():
-            changes += await _evaluate_workspace(ctx["sessionmaker"], ws, versions)
+    async with session_lock(ctx["engine"], BACKGROUND_PASS) as mine:
+        while mine:
+            async with ctx["sessionmaker"]() as session, session.begin():
+                pending = (await session.execute(text(
+                    "select id, workspace_id, version from segment.segments where evaluated_version < version "
+                    "order by updated_at limit 20"))).all()
+            if not pending or stopping(ctx):
+                break
+            by_ws: dict[uuid.UUID, dict[uuid.UUID, int]] = {}
+            for sid, ws, version in pending:
+                by_ws.setdefault(ws, {})[sid] = version
+            for ws, versions in by_ws.items():
+                changes += await _evaluate_workspace(ctx["sessionmaker"], ws, versions)
     if changes:
         await wake(ctx["redis"], ctx["settings"], "campaign", "on_transitions")
     return changes

@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 from sqlalchemy import text
 
 from services.segment import evaluation
-from services.segment.worker import evaluate_segments
-from shared.queue import build_worker
+from services.segment.worker import BACKGROUND_PASS, evaluate_segments
+from shared.db import session_lock
+from shared.queue import build_worker, create_redis, wake
 
 
 def _event(ws, pid, **kw) -> dict:
@@ -211,3 +212,39 @@ async def test_preview_then_edit_emits_only_real_changes(apps, workspace, sessio
     assert rows[-1][1] == people[1]
     missing = await apps["segment"].put(f"/v1/segments/{uuid.uuid4()}", headers=h, json={"definition": one})
     assert missing.status_code == 404
+
+
+async def test_one_background_pass_at_a_time(apps, workspace, sessionmaker, settings) -> None:
+    """A backfill woken while another pass over the profiles is running (this replica's previous poll,
+    another replica) leaves the work to that pass instead of walking the profiles a second time; the next
+    poll after it does whatever is still pending."""
+    ws = workspace.workspace_id
+    buyer = uuid.uuid4()
+    async with sessionmaker() as s, s.begin():
+        await evaluation.apply_events(s, [_event(ws, buyer, type="track", event="Order Completed")])
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    seg = (await apps["segment"].post("/v1/segments", headers=h, json={
+        "name": "buyers", "definition": {"type": "performed", "event": "Order Completed"}})).json()
+
+    async def run_worker() -> None:
+        worker = build_worker(settings, "segment", functions=[evaluate_segments], burst=True, handle_signals=False)
+        try:
+            await worker.main()
+        finally:
+            await worker.close()
+
+    async def members() -> list[str]:
+        page = (await apps["segment"].get(f"/v1/segments/{seg['id']}/members", headers=h)).json()
+        return [m["profile_id"] for m in page["members"]]
+
+    async with session_lock(sessionmaker.kw["bind"], BACKGROUND_PASS) as held:  # a pass already running
+        assert held
+        await run_worker()  # the wake-up the API enqueued
+        assert await members() == []
+    redis = await create_redis(settings)
+    try:
+        await wake(redis, settings, "segment", "evaluate_segments")  # the next poll
+    finally:
+        await redis.aclose()
+    await run_worker()
+    assert await members() == [str(buyer)]

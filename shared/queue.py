@@ -112,6 +112,22 @@ class TenureWorker(Worker):
         super().handle_sig(signum)
 
 
+JOB_TIMEOUT_S = 120
+
+
+def long_job(timeout_s: int) -> Callable[[JobFn], JobFn]:
+    """Give a job (and its poll) a longer timeout than the default two minutes: a pass over every
+    profile of a large workspace takes longer, and a job cut off by its timeout starts over."""
+    def mark(fn: JobFn) -> JobFn:
+        fn.job_timeout_s = timeout_s  # type: ignore[attr-defined]
+        return fn
+    return mark
+
+
+def job_timeout(fn: JobFn) -> int:
+    return int(getattr(fn, "job_timeout_s", JOB_TIMEOUT_S))
+
+
 def worker_options(
     settings: Settings,
     service: ServiceName,
@@ -130,7 +146,8 @@ def worker_options(
     seconds = set(range(0, 60, step))
     cron_jobs: list[CronJob] = [
         cron(metrics.instrument_job(service, fn), name=f"{settings.queue_name(service)}:cron:{fn.__name__}",
-             second=seconds, microsecond=0, run_at_startup=True, unique=True, keep_result=0, timeout=120)
+             second=seconds, microsecond=0, run_at_startup=True, unique=True, keep_result=0,
+             timeout=job_timeout(fn))
         for fn in poll
     ]
 
@@ -164,7 +181,7 @@ def worker_options(
         structlog.contextvars.bind_contextvars(job_id=ctx.get("job_id"), request_id=f"job-{ctx.get('job_id')}")
 
     fns = [dataclasses.replace(f, coroutine=metrics.instrument_job(service, f.coroutine)) if isinstance(f, Function)
-           else func(metrics.instrument_job(service, f), name=f.__name__, keep_result=0, timeout=120)
+           else func(metrics.instrument_job(service, f), name=f.__name__, keep_result=0, timeout=job_timeout(f))
            for f in functions]
     return {
         "functions": fns,

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from services.segment import evaluation, partitioning
 from shared import retention
 from shared.db import session_lock
-from shared.queue import JobCtx, build_worker, stopping, take_dirty, wake, worker_settings_class
+from shared.queue import JobCtx, build_worker, long_job, stopping, take_dirty, wake, worker_settings_class
 from shared.settings import Settings
 
 log = structlog.get_logger()
@@ -56,6 +56,13 @@ async def _evaluate_workspace(sessionmaker: Any, ws: uuid.UUID, versions: dict[u
     return changes
 
 
+# A pass over every profile: ≈ 200 s for 1 M profiles on two cores (bench/RESULTS.md). Under the default
+# two-minute timeout a large workspace's backfill was cut off and started over from its first profile at
+# every poll, and never finished.
+PASS_TIMEOUT_S = 6 * 3600
+
+
+@long_job(PASS_TIMEOUT_S)
 async def recheck_windows(ctx: JobCtx) -> int:
     """Hourly (and at start-up): windowed segments re-checked once per day as time passes."""
     async with session_lock(ctx["engine"], BACKGROUND_PASS) as mine:
@@ -67,6 +74,7 @@ async def recheck_windows(ctx: JobCtx) -> int:
     return changes
 
 
+@long_job(PASS_TIMEOUT_S)
 async def evaluate_segments(ctx: JobCtx) -> int:
     """Evaluate every segment whose current version has not been evaluated over known profiles yet.
 
@@ -106,7 +114,7 @@ _OPTIONS: dict[str, Any] = {
     "functions": [on_events, evaluate_segments, recheck_windows, enforce_retention],
     "poll": [on_events, evaluate_segments],
     "crons": [cron(recheck_windows, name="cron:recheck_windows", minute=5, second=0, run_at_startup=True,
-                   unique=True, keep_result=0, timeout=300),
+                   unique=True, keep_result=0, timeout=PASS_TIMEOUT_S),
               cron(enforce_retention, name="cron:enforce_retention", minute=23, second=0, unique=True,
                    keep_result=0, timeout=600)],
 }

@@ -597,6 +597,12 @@ EVAL_LANES = 2
 LIVE_YIELD_MAX_S = 1.0  # the longest a background pass waits for live work before each page of profiles
 
 
+# live work: profiles marked dirty moments ago. Rows older than that are no reason to wait: no worker may be
+# re-evaluating their partition right now, and a pass that waited on them waited a full second per page.
+_LIVE_WORK_WAITING = text("select exists (select 1 from segment.dirty_profiles "
+                          "where marked_at > now() - make_interval(secs => 2))")
+
+
 async def yield_to_live(sessionmaker: async_sessionmaker[AsyncSession], max_wait_s: float = LIVE_YIELD_MAX_S
                         ) -> None:
     """Background passes give way to live work: while profiles are waiting for re-evaluation (marked dirty
@@ -611,7 +617,7 @@ async def yield_to_live(sessionmaker: async_sessionmaker[AsyncSession], max_wait
     deadline = loop.time() + max_wait_s
     while True:
         async with sessionmaker() as session, session.begin():
-            waiting = (await session.execute(text("select exists (select 1 from segment.dirty_profiles)"))).scalar()
+            waiting = (await session.execute(_LIVE_WORK_WAITING)).scalar()
         if not waiting or loop.time() >= deadline:
             return
         await asyncio.sleep(0.01)

@@ -361,7 +361,8 @@ _INSERT_SENDS = text(
 
 @dataclass
 class _Deferred:
-    """The sends and journey updates of a batch run without savepoints, written one statement each.
+    """The sends and journey updates of a run, written one statement each when it ends: the whole batch's
+    when it runs without savepoints, else each journey's inside its savepoint.
 
     A journey's own writes are only read back by the dispatcher, after the batch commits, and by the
     frequency caps and A/B winners of later journeys in the batch, which flush first. A send's log line
@@ -420,7 +421,7 @@ class Context:
     profile: dict[str, Any]
     settings: Settings
     channels: dict[uuid.UUID, str] = field(default_factory=dict)  # template id -> channel, for one batch
-    deferred: _Deferred | None = None  # set: sends and journey updates wait for the batch's flush
+    deferred: _Deferred = field(default_factory=_Deferred)  # sends and journey updates, until flushed
 
 
 class _IsolateAndRetry(Exception):
@@ -462,7 +463,7 @@ async def _advance(sessionmaker: async_sessionmaker[AsyncSession], internal: Int
         found = await _profiles(internal, [dict(r) for r in rows])
         batch = [(dict(r), await versions.get(session, r["campaign_id"], r["version"])) for r in rows]
         isolate = isolate or any(journey.calls_out() for _, journey in batch)
-        deferred = None if isolate else _Deferred()
+        deferred = _Deferred()  # the batch's, when it runs without savepoints
         for j, journey in batch:
             profile = found.get(str(j["profile_id"]))
             if profile is None:
@@ -470,8 +471,8 @@ async def _advance(sessionmaker: async_sessionmaker[AsyncSession], internal: Int
                 await _log(session, j, "exited", "profile no longer exists")
                 continue
             ctx = Context(session, internal, http, now, Policy.from_settings(j.pop("ws_settings")), profile,
-                          internal.settings, channels, deferred)
-            if deferred is not None:
+                          internal.settings, channels, _Deferred() if isolate else deferred)
+            if not isolate:
                 try:
                     sends += await run(ctx, j, journey)
                 except Exception as exc:  # noqa: BLE001 - the batch rolls back, and runs again isolated
@@ -480,13 +481,15 @@ async def _advance(sessionmaker: async_sessionmaker[AsyncSession], internal: Int
             logged = len(_log_buffer(session))
             try:
                 async with session.begin_nested():  # a failing journey rolls back alone
-                    sends += await run(ctx, j, journey)
+                    decided = await run(ctx, j, journey)
+                    await ctx.deferred.flush(session)
+                sends += decided - ctx.deferred.replayed
             except Exception as exc:  # noqa: BLE001 - retried later; the others go on
                 del _log_buffer(session)[logged:]  # its lines roll back with it
                 log.warning("campaign.journey_failed", journey_id=str(j["id"]), error=f"{type(exc).__name__}: {exc}")
                 await _update(session, j["id"], {"wake_at": now + RETRY_AFTER})
                 await _log(session, j, "error", f"{type(exc).__name__}: {exc}"[:500] + "; retried in 5 minutes")
-        if deferred is not None:
+        if not isolate:
             try:
                 await deferred.flush(session)
             except Exception as exc:  # noqa: BLE001 - as a journey's own failure: rerun isolated
@@ -543,10 +546,8 @@ async def run(ctx: Context, j: dict[str, Any], journey: jd.Journey) -> int:
     else:  # a loop of zero-delay steps: park it for a minute rather than spin
         updates.update(step=j["step"], wake_at=ctx.now + timedelta(minutes=1))
         await _log(ctx.session, j, "deferred", f"over {MAX_STEPS_PER_WAKE} steps without waiting")
-    if ctx.deferred is not None and updates.keys() <= _RUN_COLUMNS.keys():
-        ctx.deferred.updates.append({"id": str(j["id"]), "set": updates})
-    else:
-        await _update(ctx.session, j["id"], updates)
+    assert updates.keys() <= _RUN_COLUMNS.keys(), f"_UPDATE_MANY does not set {updates.keys() - _RUN_COLUMNS.keys()}"
+    ctx.deferred.updates.append({"id": str(j["id"]), "set": updates})
     return sends
 
 
@@ -630,8 +631,7 @@ async def _run_step(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: 
 
 async def _winner(ctx: Context, j: dict[str, Any], step: jd.SplitStep) -> jd.Variant | None:
     """After ``winner_after`` entrants, the variant converting best so far (None before)."""
-    if ctx.deferred is not None:
-        await ctx.deferred.flush(ctx.session)  # (the variants this batch assigned count too)
+    await ctx.deferred.flush(ctx.session)  # (the variants this batch assigned count too)
     rows = (await ctx.session.execute(text(
         "select variant, count(*) as n, count(converted_at) as conv from campaign.journeys "
         "where campaign_id = :c and variant is not null group by variant"), {"c": j["campaign_id"]})).all()
@@ -696,18 +696,10 @@ async def _send(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: jd.S
            "data": {**(j.get("trigger_data") or {}), "journey_id": str(j["id"]), "step": step.id,
                     "variant": j.get("variant")},
            "j": j["id"], "step": step.id, "ch": channel}
-    if ctx.deferred is not None:  # written with the batch's other sends; a replay is found then
-        await _log(ctx.session, j, "skipped" if reason else "sent", reason or f"{channel} message queued",
-                   step=step.id)
-        ctx.deferred.sends.append((row, _log_buffer(ctx.session)[-1]))
-        return StepOutcome(step.next, sends=0 if reason else 1)
-    created = (await ctx.session.execute(_INSERT_SENDS, {"rows": dumps([row])})).first()
-    if reason:
-        await _log(ctx.session, j, "skipped", reason, step=step.id)
-        return StepOutcome(step.next)
-    await _log(ctx.session, j, "sent" if created else "skipped",
-               f"{channel} message queued" if created else "already sent (replayed step)", step=step.id)
-    return StepOutcome(step.next, sends=1 if created else 0)
+    # written at the flush with the other sends; a replay is found then and its line corrected
+    await _log(ctx.session, j, "skipped" if reason else "sent", reason or f"{channel} message queued", step=step.id)
+    ctx.deferred.sends.append((row, _log_buffer(ctx.session)[-1]))
+    return StepOutcome(step.next, sends=0 if reason else 1)
 
 
 MIN_ENGAGEMENTS_FOR_STO = 3
@@ -732,9 +724,8 @@ async def _capped(ctx: Context, j: dict[str, Any], channel: str) -> tuple[str | 
     """The first frequency cap this send would break: (reason, None) to skip, (reason, when) to defer.
     Counted under a lock per (profile, channel), held to the end of the transaction that inserts the send,
     so two workers running different campaigns for one person cannot both slip under the cap."""
-    if ctx.policy.frequency_caps and ctx.deferred is not None:
-        await ctx.deferred.flush(ctx.session)  # (the sends this batch decided count too)
     if ctx.policy.frequency_caps:
+        await ctx.deferred.flush(ctx.session)  # (the sends this batch decided count too)
         await ctx.session.execute(text("select pg_advisory_xact_lock(hashtextextended(:k, 0))"),
                                   {"k": f"cap:{j['workspace_id']}:{j['profile_id']}:{channel}"})
     for cap in ctx.policy.frequency_caps:

@@ -34,7 +34,7 @@ import asyncpg
 import httpx
 import orjson
 from scratch import asyncpg_dsn, scratch_database  # bench/ is the script directory, so on sys.path
-from stack import env_for, spawn, urls, wait_ready
+from stack import _postgres_cpu, env_for, spawn, urls, wait_ready
 from stack import stop as stop_processes
 
 from services.segment import evaluation, segments
@@ -222,10 +222,12 @@ async def main() -> None:
         read_s = time.perf_counter() - t
         await conn.close()
         eval_s, changes = 0.0, 0
+        eval_cpu = (0.0, 0.0)
         if not args.skip_full:
-            t = time.perf_counter()
+            t, cpu0 = time.perf_counter(), (time.process_time(), _postgres_cpu())
             changes = await evaluation.evaluate_fully(sm, ws, {uuid.UUID(i) for i in ids})
             eval_s = time.perf_counter() - t
+            eval_cpu = (time.process_time() - cpu0[0], _postgres_cpu() - cpu0[1])
         await engine.dispose()
         lat = (await latency(settings, ws, created.write_key, args.rate, args.seconds, args.backfill)
                if args.seconds else [])
@@ -235,6 +237,7 @@ async def main() -> None:
     if not args.skip_full:
         print(f"segment   full evaluation of {args.segments} segments      {eval_s:8.2f} s  "
               f"({pairs / eval_s:,.0f} profile×segment/s, {changes:,} memberships written)")
+        print(f"cpu       evaluator (Python) {eval_cpu[0]:8.2f} s, postgres (all processes) {eval_cpu[1]:8.2f} s")
     if lat:
         print(f"segment   event → transition, {len(lat)} events at {args.rate:g}/s: p50 {_pct(lat, 0.5):.0f} ms  "
               f"p95 {_pct(lat, 0.95):.0f} ms  max {max(lat) * 1000:.0f} ms")

@@ -64,7 +64,8 @@ def _not_a_number(value: Any) -> Any:
 
 
 def _in_utc_range(value: datetime) -> datetime:
-    if value.tzinfo is not None:
+    # only a date-time in year 1 or 9999 can leave the range when moved to UTC (offsets are under a day)
+    if value.tzinfo is not None and value.year in (1, 9999):
         try:
             value.astimezone(UTC)
         except OverflowError:  # 0001-01-01T00:00+03:00 is in year 0 in UTC: no database can take it

@@ -1,9 +1,11 @@
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import TypeAdapter, ValidationError
 
 from services.ingest.tracking import corrected_timestamp
+from shared.validation import IsoDatetime
 
 RECEIVED = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 offsets = st.integers(min_value=-10 * 86400, max_value=10 * 86400).map(lambda s: timedelta(seconds=s))
@@ -52,3 +54,25 @@ def test_a_timestamp_set_beside_original_timestamp_is_the_event_time() -> None:
     got = corrected_timestamp(RECEIVED, timestamp=backdated, original_timestamp=RECEIVED - timedelta(seconds=2),
                               sent_at=RECEIVED - timedelta(seconds=1))
     assert got == backdated
+
+
+_zones = st.integers(min_value=-23 * 60, max_value=23 * 60).map(lambda m: timezone(timedelta(minutes=m)))
+_aware = st.one_of(  # mostly the edges, where an offset can push a time out of years 1 to 9999
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(1, 1, 3), timezones=_zones),
+    st.datetimes(min_value=datetime(9999, 12, 29), max_value=datetime(9999, 12, 31, 23, 59, 59), timezones=_zones),
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59), timezones=_zones))
+
+
+@given(value=_aware)
+def test_a_date_time_is_accepted_exactly_when_it_exists_in_utc(value: datetime) -> None:
+    try:
+        value.astimezone(UTC)
+        in_range = True
+    except OverflowError:
+        in_range = False
+    try:
+        TypeAdapter(IsoDatetime).validate_python(value.isoformat())
+        accepted = True
+    except ValidationError:
+        accepted = False
+    assert accepted == in_range

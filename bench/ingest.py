@@ -1,6 +1,6 @@
 """Ingest throughput over HTTP next to raw PostgreSQL COPY of the same rows, measured in the same run.
 
-    .venv/bin/python bench/ingest.py [--events 100000] [--batch 100] [--concurrency 32] [--workers 1]
+    .venv/bin/python bench/ingest.py [--events 100000] [--batch 100] [--concurrency 32] [--workers N]
 
 Prints, on one scratch database:
   1. baseline: binary COPY of the same event rows into a table shaped like the event log (rows/s);
@@ -162,7 +162,8 @@ async def main() -> None:
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes for ingest")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="uvicorn worker processes for ingest (default: one per core, as an operator would run it)")
     ap.add_argument("--skip-in-process", action="store_true", help="measure COPY and HTTP only")
     args = ap.parse_args()
 

@@ -88,6 +88,19 @@ class WorkspaceCheck(SegmentTable, table=True):
     lifecycle_checked_on: date | None = None
 
 
+class PassProgress(SegmentTable, table=True):
+    """How far a pass over every profile (a backfill, a daily re-check) got: the last profile of its last
+    committed page. A pass interrupted by a deploy or a crash resumes there instead of at the first profile.
+    ``key`` names the pass: workspace, segments with their versions, stages, day (evaluation.pass_key)."""
+
+    __tablename__ = "pass_progress"
+
+    key: str = Field(primary_key=True)
+    workspace_id: uuid.UUID
+    after: uuid.UUID
+    updated_at: datetime = Field(sa_column=tz_column("updated_at"))
+
+
 class EventCount(SegmentTable, table=True):
     """How many times a profile performed an event on a (UTC) day."""
 

@@ -79,8 +79,9 @@ async def evaluate_segments(ctx: JobCtx) -> int:
     """Evaluate every segment whose current version has not been evaluated over known profiles yet.
 
     Woken when a segment is saved, and polled, so a lost wake-up only delays the backfill. Each chunk
-    of profiles commits on its own; a crash re-runs the whole segment, which writes no duplicate
-    transitions because only real membership changes are written. One run at a time (BACKGROUND_PASS).
+    of profiles commits on its own; after a crash the pass resumes after its last committed page (and a
+    page run twice writes no duplicate transitions: only real membership changes are written). One run at
+    a time (BACKGROUND_PASS).
     """
     changes = 0
     async with session_lock(ctx["engine"], BACKGROUND_PASS) as mine:

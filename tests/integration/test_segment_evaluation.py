@@ -1,6 +1,7 @@
 """Segment evaluation: aggregates from feed events, and a new segment backfilled over known profiles by a
 real arq worker (burst mode) on real Redis."""
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 
@@ -248,3 +249,63 @@ async def test_one_background_pass_at_a_time(apps, workspace, sessionmaker, sett
         await redis.aclose()
     await run_worker()
     assert await members() == [str(buyer)]
+
+
+async def _buyers(ws: uuid.UUID, sessionmaker, apps, h: dict, n: int) -> tuple[str, list[uuid.UUID]]:
+    """``n`` profiles that each completed an order, and a saved (not yet evaluated) segment of buyers."""
+    people = sorted(uuid.uuid4() for _ in range(n))
+    async with sessionmaker() as s, s.begin():
+        await evaluation.apply_events(s, [_event(ws, p, type="track", event="Order Completed") for p in people])
+    seg = (await apps["segment"].post("/v1/segments", headers=h, json={
+        "name": "buyers", "definition": {"type": "performed", "event": "Order Completed"}})).json()
+    return seg["id"], people
+
+
+async def _member_ids(apps, h: dict, sid: str) -> list[str]:
+    page = (await apps["segment"].get(f"/v1/segments/{sid}/members", headers=h, params={"limit": 1000})).json()
+    return sorted(m["profile_id"] for m in page["members"])
+
+
+async def test_an_interrupted_pass_resumes_after_its_last_committed_page(apps, workspace, sessionmaker) -> None:
+    """A backfill stopped by a deploy starts again after the last page it committed, not at the first
+    profile: the profiles before that point are not evaluated a second time."""
+    ws = workspace.workspace_id
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    sid, people = await _buyers(ws, sessionmaker, apps, h, 6)
+    async with sessionmaker() as s, s.begin():  # an earlier run of the same pass got as far as people[2]
+        key = await evaluation.pass_key(s, ws, {uuid.UUID(sid)}, None, None)
+        await s.execute(text("insert into segment.pass_progress (key, workspace_id, after) values (:k, :ws, :a)"),
+                        {"k": key, "ws": ws, "a": people[2]})
+    assert await evaluation.evaluate_fully(sessionmaker, ws, {uuid.UUID(sid)}) == 3
+    assert await _member_ids(apps, h, sid) == [str(p) for p in people[3:]]
+    async with sessionmaker() as s:  # finished: nothing left to resume
+        assert (await s.execute(text("select count(*) from segment.pass_progress where workspace_id = :ws"),
+                                {"ws": ws})).scalar() == 0
+    # the same segment at a new version is a new pass: every profile again
+    v2 = await apps["segment"].put(f"/v1/segments/{sid}", headers=h, json={
+        "definition": {"type": "performed", "event": "Order Completed", "count": 1}})
+    assert v2.status_code == 200
+    async with sessionmaker() as s, s.begin():
+        assert await evaluation.pass_key(s, ws, {uuid.UUID(sid)}, None, None) != key
+    await evaluation.evaluate_fully(sessionmaker, ws, {uuid.UUID(sid)})
+    assert await _member_ids(apps, h, sid) == [str(p) for p in people]
+
+
+async def test_a_pass_records_its_progress_page_by_page(apps, workspace, sessionmaker, monkeypatch) -> None:
+    ws = workspace.workspace_id
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    sid, people = await _buyers(ws, sessionmaker, apps, h, 7)
+    monkeypatch.setattr(evaluation, "PASS_CHUNK", 1)  # pages of two profiles (two lanes)
+    task = asyncio.create_task(evaluation.evaluate_fully(sessionmaker, ws, {uuid.UUID(sid)}))
+    saved: list[uuid.UUID] = []
+    while not task.done():  # watch the progress row from outside, as a restarted worker would read it
+        async with sessionmaker() as s:
+            after = (await s.execute(text("select after from segment.pass_progress where workspace_id = :ws"),
+                                     {"ws": ws})).scalar()
+        if after is not None and after not in saved:
+            saved.append(after)
+        await asyncio.sleep(0.001)
+    assert await task == 7
+    assert saved and set(saved) <= {people[1], people[3], people[5]}  # the last profile of a full page
+    assert saved == sorted(saved)
+    assert await _member_ids(apps, h, sid) == [str(p) for p in people]

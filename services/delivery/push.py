@@ -14,8 +14,10 @@ FCM HTTP v1:
 - Send: ``POST {base}/v1/projects/{project}/messages:send`` with one token per request; ``data``
   values are strings. ``UNREGISTERED`` (404) and ``SENDER_ID_MISMATCH`` remove the device; other 400s
   (``INVALID_ARGUMENT``: a bad payload) fail the message and keep the device; 429 and 5xx are transient;
-  401 mints a new token once. An image rides in ``notification.image`` (Android, web) and, for iOS,
-  ``apns.fcm_options.image`` with ``mutable-content``; an https deep link becomes the web click link.
+  401 mints a new token once. ``android.ttl``, ``apns-expiration`` and the ``webpush`` ``TTL`` header carry
+  what is left of ``TENURE_PUSH_TTL_S`` (FCM's own default is 4 weeks). An image rides in
+  ``notification.image`` (Android, web) and, for iOS, ``apns.fcm_options.image`` with ``mutable-content``;
+  an https deep link becomes the web click link.
 - A message is sent when at least one device took it; it fails permanently when no device is left.
 """
 
@@ -178,14 +180,19 @@ def fcm_message(token: str, note: Notification) -> dict[str, Any]:
     message: dict[str, Any] = {"token": token, "notification": notification,
                                "data": {k: str(v) for k, v in note.data.items()
                                         if v is not None and k != "collapse_key"}}  # a reserved key in FCM
+    # FCM keeps an undelivered notification for 4 weeks unless each platform block says otherwise
+    ttl = note.ttl_s()
+    android: dict[str, Any] = {"ttl": f"{ttl}s"}
+    apns: dict[str, Any] = {"headers": {"apns-expiration": str(note.expires_at) if ttl else "0"}}  # 0: now or never
+    webpush: dict[str, Any] = {"headers": {"TTL": str(ttl)}}
     if note.image:  # iOS shows it only through a notification service extension: mutable-content
-        message["apns"] = {"payload": {"aps": {"mutable-content": 1}}, "fcm_options": {"image": note.image}}
+        apns |= {"payload": {"aps": {"mutable-content": 1}}, "fcm_options": {"image": note.image}}
     if note.collapse_key:
-        message["android"] = {"collapse_key": note.collapse_key}
-        message.setdefault("apns", {})["headers"] = {"apns-collapse-id": note.collapse_key[:64]}
+        android["collapse_key"] = note.collapse_key
+        apns["headers"]["apns-collapse-id"] = note.collapse_key[:64]
     if note.deep_link and note.deep_link.startswith("https://"):
-        message["webpush"] = {"fcm_options": {"link": note.deep_link}}
-    return {"message": message}
+        webpush["fcm_options"] = {"link": note.deep_link}
+    return {"message": {**message, "android": android, "apns": apns, "webpush": webpush}}
 
 
 async def send_fcm(settings: Settings, http: httpx.AsyncClient, devices: list[Device], note: Notification) -> Result:

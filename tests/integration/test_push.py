@@ -3,6 +3,7 @@ service account's signed JWT) — with device registration and removal of tokens
 
 import json
 import uuid
+from datetime import datetime
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -109,3 +110,38 @@ async def test_push_to_every_device_and_gone_tokens_removed(apps, workspace, ses
             attempts = (await s.execute(text("select attempts from delivery.messages where id = :id"),
                                         {"id": ids[waiting]})).scalar_one()
         assert attempts == 1
+
+
+async def test_fcm_keeps_a_notification_only_as_long_as_push_ttl(apps, workspace, sessionmaker, settings) -> None:
+    """FCM keeps an undelivered notification for 4 weeks unless told otherwise (android.ttl, apns-expiration,
+    webpush TTL): a phone that comes back online days later must not get a push that expired long ago."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()).decode()
+    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    port_box: dict = {}
+    google = FakeGoogle(public_pem, port_box)
+    with http_server(google.app) as port:
+        port_box["port"] = port
+        account = json.dumps({"type": "service_account", "project_id": "acme-app", "private_key": private_pem,
+                              "client_email": "push@acme-app.iam.gserviceaccount.com",
+                              "token_uri": f"http://127.0.0.1:{port}/token"})
+        push_settings = settings.model_copy(update={"fcm_service_account": account, "push_ttl_s": 3600,
+                                                    "fcm_base_url": f"http://127.0.0.1:{port}"})
+        user = f"ttl-{uuid.uuid4().hex[:6]}"
+        r = await apps["delivery"].post("/v1/devices", headers=h, json={"user": user, "token": f"tok-{user}-00000",
+                                                                        "platform": "android"})
+        assert r.status_code == 201, r.text
+        r = await apps["delivery"].post("/v1/messages", headers=h, json={
+            "idempotency_key": f"push-{user}", "channel": "push", "to": user, "subject": "Back in stock",
+            "text": "Only today", "data": {"collapse_key": "stock"}})
+        assert r.status_code == 202, r.text
+        created = int(datetime.fromisoformat(r.json()["created_at"]).timestamp())
+        await sending.send_due(sessionmaker, push_settings)
+    [sent] = [m for m in google.sent if m["token"] == f"tok-{user}-00000"]
+    ttl = int(sent["android"]["ttl"].removesuffix("s"))  # a protobuf Duration, in seconds
+    assert 3600 - 120 < ttl <= 3600 and sent["android"]["collapse_key"] == "stock"
+    assert sent["apns"]["headers"] == {"apns-expiration": str(created + 3600), "apns-collapse-id": "stock"}
+    assert 3600 - 120 < int(sent["webpush"]["headers"]["TTL"]) <= 3600

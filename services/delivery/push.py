@@ -12,8 +12,9 @@ FCM HTTP v1:
   the client email, ``scope`` = firebase.messaging, ``aud`` = the key's ``token_uri``, exchanged at that
   URI (``grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer``); cached until shortly before expiry.
 - Send: ``POST {base}/v1/projects/{project}/messages:send`` with one token per request; ``data``
-  values are strings. ``UNREGISTERED`` (404) and ``SENDER_ID_MISMATCH`` remove the device; other 400s
-  (``INVALID_ARGUMENT``: a bad payload) fail the message and keep the device; 429 and 5xx are transient;
+  values are strings. ``UNREGISTERED`` (404), ``SENDER_ID_MISMATCH`` and an ``INVALID_ARGUMENT`` about
+  the registration token remove the device; other 400s (``INVALID_ARGUMENT``: a bad payload) fail the
+  message and keep the device; 429 and 5xx are transient;
   401 mints a new token once. ``android.ttl``, ``apns-expiration`` and the ``webpush`` ``TTL`` header carry
   what is left of ``TENURE_PUSH_TTL_S`` (FCM's own default is 4 weeks). An image rides in
   ``notification.image`` (Android, web) and, for iOS, ``apns.fcm_options.image`` with ``mutable-content``;
@@ -228,13 +229,23 @@ async def _send_fcm_one(settings: Settings, http: httpx.AsyncClient, account: Se
             continue  # the access token expired early: mint a new one, once
         if resp.status_code == 200:
             result.sent.append(str(resp.json().get("name", "")))
-        elif _error_code(resp) in GONE or resp.status_code == 404:
+        elif _error_code(resp) in GONE or resp.status_code == 404 or _bad_token(resp):
             result.gone.append(token)
         elif resp.status_code == 429 or resp.status_code >= 500:
             result.retry(f"FCM {resp.status_code} ({_error_code(resp)})", retry_after(resp))
         else:
             result.failed = f"FCM {resp.status_code} ({_error_code(resp)})"
         return
+
+
+def _bad_token(resp: httpx.Response) -> bool:
+    """An ``INVALID_ARGUMENT`` about the registration token itself (FCM says so only in the message: "The
+    registration token is not a valid FCM registration token"), not about our payload."""
+    try:
+        error = resp.json().get("error", {})
+        return resp.status_code == 400 and "not a valid fcm registration token" in str(error.get("message", "")).lower()
+    except (ValueError, AttributeError):
+        return False
 
 
 def _error_code(resp: httpx.Response) -> str:

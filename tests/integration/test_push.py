@@ -50,6 +50,12 @@ class FakeGoogle:
                 return JSONResponse({"error": {"code": 400, "status": "INVALID_ARGUMENT", "details": [
                     {"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": "INVALID_ARGUMENT"}]}},
                     status_code=400)
+            if token.startswith("invalid"):  # what FCM answers for a malformed or stale-format token
+                return JSONResponse({"error": {
+                    "code": 400, "message": "The registration token is not a valid FCM registration token",
+                    "status": "INVALID_ARGUMENT", "details": [{"@type": "type.googleapis.com/google.firebase.fcm.v1."
+                                                               "FcmError", "errorCode": "INVALID_ARGUMENT"}]}},
+                    status_code=400)
             if token.startswith("busy"):
                 return JSONResponse({"error": {"code": 503, "status": "UNAVAILABLE"}}, status_code=503)
             assert all(isinstance(v, str) for v in body["message"].get("data", {}).values())
@@ -77,7 +83,9 @@ async def test_push_to_every_device_and_gone_tokens_removed(apps, workspace, ses
                                                     "fcm_base_url": f"http://127.0.0.1:{port}"})
         tag = uuid.uuid4().hex[:6]
         user, lonely, waiting, bad = f"push-{tag}", f"lonely-{tag}", f"busy-{tag}", f"bad-{tag}"
+        stale = f"stale-{tag}"
         for who, token, platform in ((bad, f"badpayload-{tag}-0000", "android"),
+                                     (stale, f"invalid-{tag}-0000", "android"),
                                      (user, f"tok-android-{tag}-0000", "android"),
                                      (user, f"gone-ios-{tag}-00000", "ios"),
                                      (lonely, f"gone-only-{tag}-0000", "web"), (waiting, f"busy-{tag}-000000", "web")):
@@ -85,7 +93,7 @@ async def test_push_to_every_device_and_gone_tokens_removed(apps, workspace, ses
                                                                             "platform": platform})
             assert r.status_code == 201, r.text
         ids = {}
-        for who in (user, lonely, waiting, bad, f"nobody-{tag}"):
+        for who in (user, lonely, waiting, bad, stale, f"nobody-{tag}"):
             r = await apps["delivery"].post("/v1/messages", headers=h, json={
                 "idempotency_key": f"push-{who}", "channel": "push", "to": who, "subject": "Your order shipped",
                 "text": "Track it in the app", "data": {"deep_link": "acme://orders/42", "order": 42},
@@ -95,11 +103,14 @@ async def test_push_to_every_device_and_gone_tokens_removed(apps, workspace, ses
         await sending.send_due(sessionmaker, push_settings)
         got = {w: (await apps["delivery"].get(f"/v1/messages/{i}", headers=h)).json() for w, i in ids.items()}
         assert {w: g["status"] for w, g in got.items()} == {
-            user: "sent", lonely: "failed", waiting: "queued", bad: "failed", f"nobody-{tag}": "failed"}
+            user: "sent", lonely: "failed", waiting: "queued", bad: "failed", stale: "failed", f"nobody-{tag}": "failed"}
         # a payload FCM refuses fails the message but keeps the (valid) device
         kept = (await apps["delivery"].get("/v1/devices", headers=h, params={"user": bad})).json()["devices"]
         assert len(kept) == 1 and "INVALID_ARGUMENT" in got[bad]["last_error"]
         assert "no device registered" in got[f"nobody-{tag}"]["last_error"]
+        # an INVALID_ARGUMENT about the registration token itself: the token is dead (Firebase: delete it)
+        assert (await apps["delivery"].get("/v1/devices", headers=h, params={"user": stale})).json()["devices"] == []
+        assert "gone" in got[stale]["last_error"]
         [delivered] = [m for m in google.sent if m["token"].startswith("tok-android")]
         assert delivered["notification"] == {"title": "Your order shipped", "body": "Track it in the app"}
         assert delivered["data"] == {"deep_link": "acme://orders/42", "order": "42"}

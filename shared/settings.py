@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     vapid_subject: str | None = Field(
         default=None, description="Web Push: a contact for push services, mailto:ops@example.com or an https: URL")
     push_ttl_s: int = Field(default=86_400, ge=0, le=2_419_200,
-                            description="how long APNs and Web Push services keep an undelivered notification")
+                            description="how long FCM, APNs and Web Push services keep an undelivered notification")
     delivery_lease_s: float = Field(default=60.0, ge=1, description="how long a claimed message is a worker's; "
                                                                       "after that (the worker died) it is taken again")
     delivery_concurrency: int = Field(default=20, ge=1, le=200, description="messages a delivery worker sends at "

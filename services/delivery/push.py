@@ -12,10 +12,13 @@ FCM HTTP v1:
   the client email, ``scope`` = firebase.messaging, ``aud`` = the key's ``token_uri``, exchanged at that
   URI (``grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer``); cached until shortly before expiry.
 - Send: ``POST {base}/v1/projects/{project}/messages:send`` with one token per request; ``data``
-  values are strings. ``UNREGISTERED`` (404) and ``SENDER_ID_MISMATCH`` remove the device; other 400s
-  (``INVALID_ARGUMENT``: a bad payload) fail the message and keep the device; 429 and 5xx are transient;
-  401 mints a new token once. An image rides in ``notification.image`` (Android, web) and, for iOS,
-  ``apns.fcm_options.image`` with ``mutable-content``; an https deep link becomes the web click link.
+  values are strings. ``UNREGISTERED`` (404), ``SENDER_ID_MISMATCH`` and an ``INVALID_ARGUMENT`` about
+  the registration token remove the device; other 400s (``INVALID_ARGUMENT``: a bad payload) fail the
+  message and keep the device; 429 and 5xx are transient;
+  401 mints a new token once. ``android.ttl``, ``apns-expiration`` and the ``webpush`` ``TTL`` header carry
+  what is left of ``TENURE_PUSH_TTL_S`` (FCM's own default is 4 weeks). An image rides in
+  ``notification.image`` (Android, web) and, for iOS, ``apns.fcm_options.image`` with ``mutable-content``;
+  an https deep link becomes the web click link.
 - A message is sent when at least one device took it; it fails permanently when no device is left.
 """
 
@@ -178,14 +181,19 @@ def fcm_message(token: str, note: Notification) -> dict[str, Any]:
     message: dict[str, Any] = {"token": token, "notification": notification,
                                "data": {k: str(v) for k, v in note.data.items()
                                         if v is not None and k != "collapse_key"}}  # a reserved key in FCM
+    # FCM keeps an undelivered notification for 4 weeks unless each platform block says otherwise
+    ttl = note.ttl_s()
+    android: dict[str, Any] = {"ttl": f"{ttl}s"}
+    apns: dict[str, Any] = {"headers": {"apns-expiration": str(note.expires_at) if ttl else "0"}}  # 0: now or never
+    webpush: dict[str, Any] = {"headers": {"TTL": str(ttl)}}
     if note.image:  # iOS shows it only through a notification service extension: mutable-content
-        message["apns"] = {"payload": {"aps": {"mutable-content": 1}}, "fcm_options": {"image": note.image}}
+        apns |= {"payload": {"aps": {"mutable-content": 1}}, "fcm_options": {"image": note.image}}
     if note.collapse_key:
-        message["android"] = {"collapse_key": note.collapse_key}
-        message.setdefault("apns", {})["headers"] = {"apns-collapse-id": note.collapse_key[:64]}
+        android["collapse_key"] = note.collapse_key
+        apns["headers"]["apns-collapse-id"] = note.collapse_key[:64]
     if note.deep_link and note.deep_link.startswith("https://"):
-        message["webpush"] = {"fcm_options": {"link": note.deep_link}}
-    return {"message": message}
+        webpush["fcm_options"] = {"link": note.deep_link}
+    return {"message": {**message, "android": android, "apns": apns, "webpush": webpush}}
 
 
 async def send_fcm(settings: Settings, http: httpx.AsyncClient, devices: list[Device], note: Notification) -> Result:
@@ -221,13 +229,23 @@ async def _send_fcm_one(settings: Settings, http: httpx.AsyncClient, account: Se
             continue  # the access token expired early: mint a new one, once
         if resp.status_code == 200:
             result.sent.append(str(resp.json().get("name", "")))
-        elif _error_code(resp) in GONE or resp.status_code == 404:
+        elif _error_code(resp) in GONE or resp.status_code == 404 or _bad_token(resp):
             result.gone.append(token)
         elif resp.status_code == 429 or resp.status_code >= 500:
             result.retry(f"FCM {resp.status_code} ({_error_code(resp)})", retry_after(resp))
         else:
             result.failed = f"FCM {resp.status_code} ({_error_code(resp)})"
         return
+
+
+def _bad_token(resp: httpx.Response) -> bool:
+    """An ``INVALID_ARGUMENT`` about the registration token itself (FCM says so only in the message: "The
+    registration token is not a valid FCM registration token"), not about our payload."""
+    try:
+        error = resp.json().get("error", {})
+        return resp.status_code == 400 and "not a valid fcm registration token" in str(error.get("message", "")).lower()
+    except (ValueError, AttributeError):
+        return False
 
 
 def _error_code(resp: httpx.Response) -> str:

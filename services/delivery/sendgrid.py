@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
-from services.delivery.mailer import Email, SendError, message_id_header
+from services.delivery.mailer import Email, SendError, message_id_header, split_address
 from shared.settings import Settings
 
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
@@ -28,9 +28,8 @@ TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
 
 
 def payload(mail: Email) -> dict[str, Any]:
-    name, _, address = mail.sender.rpartition("<")
-    sender = {"email": address.rstrip(">").strip(), **({"name": name.strip()} if name.strip() else {})} \
-        if address else {"email": mail.sender}
+    name, address = split_address(mail.sender)  # the bare name: SendGrid quotes it itself
+    sender = {"email": address or mail.sender, **({"name": name} if name else {})}
     content = [{"type": "text/plain", "value": mail.text}] if mail.text else []
     content += [{"type": "text/html", "value": mail.html}] if mail.html else []
     return {

@@ -4,7 +4,7 @@
 Stripe-style receivers know: recompute over the raw bytes, compare in constant time, reject old ``t``.
 The secret is per workspace (derived from ``TENURE_SIGNING_SECRET``; ``GET /v1/webhook-secret``).
 ``Idempotency-Key`` carries the message id, stable across retries. 2xx is sent; 408, 429 and 5xx are
-retried; other answers fail at once.
+retried (not before the receiver's ``Retry-After``); other answers fail at once.
 """
 
 import hashlib
@@ -15,6 +15,7 @@ import uuid
 import httpx
 
 from services.delivery.mailer import SendError
+from services.delivery.push import retry_after
 from shared import netguard
 from shared.settings import Settings
 
@@ -57,4 +58,5 @@ async def send(settings: Settings, http: httpx.AsyncClient, workspace_id: uuid.U
     if 200 <= resp.status_code < 300:
         return f"{resp.status_code}"
     transient = resp.status_code in (408, 429) or resp.status_code >= 500
-    raise SendError(f"webhook answered {resp.status_code}", permanent=not transient)
+    raise SendError(f"webhook answered {resp.status_code}", permanent=not transient,
+                    retry_after_s=retry_after(resp) if transient else None)

@@ -3,6 +3,7 @@ service account's signed JWT) — with device registration and removal of tokens
 
 import json
 import uuid
+from datetime import datetime
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -49,6 +50,12 @@ class FakeGoogle:
                 return JSONResponse({"error": {"code": 400, "status": "INVALID_ARGUMENT", "details": [
                     {"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": "INVALID_ARGUMENT"}]}},
                     status_code=400)
+            if token.startswith("invalid"):  # what FCM answers for a malformed or stale-format token
+                return JSONResponse({"error": {
+                    "code": 400, "message": "The registration token is not a valid FCM registration token",
+                    "status": "INVALID_ARGUMENT", "details": [{"@type": "type.googleapis.com/google.firebase.fcm.v1."
+                                                               "FcmError", "errorCode": "INVALID_ARGUMENT"}]}},
+                    status_code=400)
             if token.startswith("busy"):
                 return JSONResponse({"error": {"code": 503, "status": "UNAVAILABLE"}}, status_code=503)
             assert all(isinstance(v, str) for v in body["message"].get("data", {}).values())
@@ -76,7 +83,9 @@ async def test_push_to_every_device_and_gone_tokens_removed(apps, workspace, ses
                                                     "fcm_base_url": f"http://127.0.0.1:{port}"})
         tag = uuid.uuid4().hex[:6]
         user, lonely, waiting, bad = f"push-{tag}", f"lonely-{tag}", f"busy-{tag}", f"bad-{tag}"
+        stale = f"stale-{tag}"
         for who, token, platform in ((bad, f"badpayload-{tag}-0000", "android"),
+                                     (stale, f"invalid-{tag}-0000", "android"),
                                      (user, f"tok-android-{tag}-0000", "android"),
                                      (user, f"gone-ios-{tag}-00000", "ios"),
                                      (lonely, f"gone-only-{tag}-0000", "web"), (waiting, f"busy-{tag}-000000", "web")):
@@ -84,7 +93,7 @@ async def test_push_to_every_device_and_gone_tokens_removed(apps, workspace, ses
                                                                             "platform": platform})
             assert r.status_code == 201, r.text
         ids = {}
-        for who in (user, lonely, waiting, bad, f"nobody-{tag}"):
+        for who in (user, lonely, waiting, bad, stale, f"nobody-{tag}"):
             r = await apps["delivery"].post("/v1/messages", headers=h, json={
                 "idempotency_key": f"push-{who}", "channel": "push", "to": who, "subject": "Your order shipped",
                 "text": "Track it in the app", "data": {"deep_link": "acme://orders/42", "order": 42},
@@ -94,11 +103,14 @@ async def test_push_to_every_device_and_gone_tokens_removed(apps, workspace, ses
         await sending.send_due(sessionmaker, push_settings)
         got = {w: (await apps["delivery"].get(f"/v1/messages/{i}", headers=h)).json() for w, i in ids.items()}
         assert {w: g["status"] for w, g in got.items()} == {
-            user: "sent", lonely: "failed", waiting: "queued", bad: "failed", f"nobody-{tag}": "failed"}
+            user: "sent", lonely: "failed", waiting: "queued", bad: "failed", stale: "failed", f"nobody-{tag}": "failed"}
         # a payload FCM refuses fails the message but keeps the (valid) device
         kept = (await apps["delivery"].get("/v1/devices", headers=h, params={"user": bad})).json()["devices"]
         assert len(kept) == 1 and "INVALID_ARGUMENT" in got[bad]["last_error"]
         assert "no device registered" in got[f"nobody-{tag}"]["last_error"]
+        # an INVALID_ARGUMENT about the registration token itself: the token is dead (Firebase: delete it)
+        assert (await apps["delivery"].get("/v1/devices", headers=h, params={"user": stale})).json()["devices"] == []
+        assert "gone" in got[stale]["last_error"]
         [delivered] = [m for m in google.sent if m["token"].startswith("tok-android")]
         assert delivered["notification"] == {"title": "Your order shipped", "body": "Track it in the app"}
         assert delivered["data"] == {"deep_link": "acme://orders/42", "order": "42"}
@@ -109,3 +121,38 @@ async def test_push_to_every_device_and_gone_tokens_removed(apps, workspace, ses
             attempts = (await s.execute(text("select attempts from delivery.messages where id = :id"),
                                         {"id": ids[waiting]})).scalar_one()
         assert attempts == 1
+
+
+async def test_fcm_keeps_a_notification_only_as_long_as_push_ttl(apps, workspace, sessionmaker, settings) -> None:
+    """FCM keeps an undelivered notification for 4 weeks unless told otherwise (android.ttl, apns-expiration,
+    webpush TTL): a phone that comes back online days later must not get a push that expired long ago."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()).decode()
+    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    port_box: dict = {}
+    google = FakeGoogle(public_pem, port_box)
+    with http_server(google.app) as port:
+        port_box["port"] = port
+        account = json.dumps({"type": "service_account", "project_id": "acme-app", "private_key": private_pem,
+                              "client_email": "push@acme-app.iam.gserviceaccount.com",
+                              "token_uri": f"http://127.0.0.1:{port}/token"})
+        push_settings = settings.model_copy(update={"fcm_service_account": account, "push_ttl_s": 3600,
+                                                    "fcm_base_url": f"http://127.0.0.1:{port}"})
+        user = f"ttl-{uuid.uuid4().hex[:6]}"
+        r = await apps["delivery"].post("/v1/devices", headers=h, json={"user": user, "token": f"tok-{user}-00000",
+                                                                        "platform": "android"})
+        assert r.status_code == 201, r.text
+        r = await apps["delivery"].post("/v1/messages", headers=h, json={
+            "idempotency_key": f"push-{user}", "channel": "push", "to": user, "subject": "Back in stock",
+            "text": "Only today", "data": {"collapse_key": "stock"}})
+        assert r.status_code == 202, r.text
+        created = int(datetime.fromisoformat(r.json()["created_at"]).timestamp())
+        await sending.send_due(sessionmaker, push_settings)
+    [sent] = [m for m in google.sent if m["token"] == f"tok-{user}-00000"]
+    ttl = int(sent["android"]["ttl"].removesuffix("s"))  # a protobuf Duration, in seconds
+    assert 3600 - 120 < ttl <= 3600 and sent["android"]["collapse_key"] == "stock"
+    assert sent["apns"]["headers"] == {"apns-expiration": str(created + 3600), "apns-collapse-id": "stock"}
+    assert 3600 - 120 < int(sent["webpush"]["headers"]["TTL"]) <= 3600

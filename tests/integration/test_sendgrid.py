@@ -6,13 +6,17 @@ import json
 import time
 import uuid
 
+import httpx
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from sendgrid.helpers.mail import From
 from sqlalchemy import text
 
+from services.delivery import sendgrid as our_sendgrid
 from services.delivery import sending
+from services.delivery.mailer import Email
 from shared.testing import http_server
 
 API_KEY = "SG.test-key"
@@ -153,3 +157,17 @@ async def test_failover_to_the_fallback_provider_never_doubles_a_message(apps, w
         assert sorted(sent_to) == sorted(f"fo{i}-{tag}@example.com" for i in range(4))  # each exactly once
         assert got[pinned]["status"] == "queued" and got[pinned]["last_error"].startswith("smtp:")
         assert f"pinned-{tag}@example.com" not in sent_to  # pinned to SMTP: never through the fallback
+
+
+async def test_a_quoted_sender_name_reaches_sendgrid_as_its_own_library_reads_it(settings) -> None:
+    """A display name with a comma must be quoted in From ("Acme, Inc." <…>); SendGrid takes the bare name
+    and quotes it itself, so the quotes (and backslash escapes) must not reach its API."""
+    received: list[dict] = []
+    with http_server(fake_sendgrid(received)) as port:
+        sg = settings.model_copy(update={"sendgrid_api_key": API_KEY, "sendgrid_base_url": f"http://127.0.0.1:{port}"})
+        async with httpx.AsyncClient() as http:
+            for sender in ('"Acme, Inc." <news@acme.example>', '"Zoë \\"Z\\" Shop" <z@acme.example>',
+                           "Acme <news@acme.example>", "news@acme.example"):
+                await our_sendgrid.send(sg, http, Email(str(uuid.uuid4()), sender, "bob@example.com", "Hi", None, "x"))
+                assert received[-1]["from"] == From(sender).get(), sender  # SendGrid's own helper
+    assert received[0]["from"] == {"name": "Acme, Inc.", "email": "news@acme.example"}

@@ -1,6 +1,7 @@
 """The webhook channel against a real HTTP receiver on loopback: signed body, idempotency key, retries."""
 
 import json
+import time
 import uuid
 
 from fastapi import FastAPI, Request
@@ -26,6 +27,8 @@ class Receiver:
                              "body": json.loads(body)})
             if mode == "flaky" and self.calls[mode] == 1:
                 return Response(status_code=503)
+            if mode == "limited":  # RFC 6585 / RFC 9110: come back in two minutes, not sooner
+                return Response(status_code=429, headers={"Retry-After": "120"})
             return Response(status_code=410 if mode == "gone" else 204)
 
         self.app = app
@@ -59,3 +62,19 @@ async def test_signed_webhook_messages(apps, workspace, sessionmaker, settings) 
         flaky = [g for g in receiver.got if g["mode"] == "flaky"]
         assert len(flaky) == 2 and flaky[0]["key"] == flaky[1]["key"] == ids["flaky"]  # same key on the retry
         assert not webhook_channel.verify(secret, b'{"order": 43}', "t=1,v1=00")
+
+
+async def test_a_receiver_s_retry_after_is_honoured(apps, workspace, sessionmaker, settings) -> None:
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    receiver = Receiver("unused")
+    with http_server(receiver.app) as port:
+        r = await apps["delivery"].post("/v1/messages", headers=h, json={
+            "idempotency_key": f"hook-limited-{uuid.uuid4().hex[:6]}", "channel": "webhook",
+            "to": f"http://127.0.0.1:{port}/hook/limited", "data": {"order": 42}, "message_type": "transactional"})
+        before = time.time()
+        await sending.send_due(sessionmaker, settings)
+    assert receiver.calls == {"limited": 1}
+    async with sessionmaker() as s:
+        due = (await s.execute(text("select extract(epoch from next_attempt_at) from delivery.messages "
+                                    "where id = :id"), {"id": r.json()["id"]})).scalar_one()
+    assert float(due) >= before + 115  # not the first backoff (~2 s)

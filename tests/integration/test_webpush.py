@@ -305,6 +305,7 @@ async def test_one_message_reaches_every_device_through_its_provider(apps, works
         assert len(m["provider_message_id"].split(",")) == 4
         assert sorted(x["token"] for x in google.sent if tag in x["token"]) == sorted([android, ios_fcm])
         [fcm_ios] = [x for x in google.sent if x["token"] == ios_fcm]
+        assert fcm_ios["apns"]["headers"].pop("apns-expiration") and fcm_ios["android"].pop("ttl")  # (test_push)
         assert fcm_ios["apns"] == {"payload": {"aps": {"mutable-content": 1}},
                                    "fcm_options": {"image": "https://cdn.acme.test/i.png"},
                                    "headers": {"apns-collapse-id": "hello-1"}}

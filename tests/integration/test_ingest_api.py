@@ -279,3 +279,21 @@ async def test_browsers_may_call_the_tracking_api(apps, workspace) -> None:
                                   headers={"Content-Type": "text/plain", "Origin": "https://shop.example"},
                                   auth=(workspace.write_key, ""))
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "*"
+
+
+async def test_a_string_cut_in_the_middle_of_an_emoji_is_stored_not_the_batch_refused(apps, workspace) -> None:
+    """JSON.stringify writes a lone surrogate as an escape ("\\ud83d"): valid JSON, which Segment's API reads as
+    U+FFFD. Refusing the body as invalid JSON (400) made analytics.js and analytics-node drop the whole batch."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    body = (b'{"batch": [{"type": "track", "userId": "cut", "event": "Viewed", "properties": {"title": "Caf\\u00e9 '
+            b'\\ud83d", "pair": "\\ud83d\\ude00"}}, {"type": "track", "userId": "cut", "event": "Other \\udc00x"}]}')
+    r = await apps["ingest"].post("/v1/batch", auth=(workspace.write_key, ""), content=body,
+                                  headers={"content-type": "text/plain"})
+    assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
+    events = (await apps["ingest"].get("/v1/profiles/cut/events", headers=h)).json()["events"]
+    assert {e["event"] for e in events} == {"Viewed", "Other \ufffdx"}
+    viewed = next(e for e in events if e["event"] == "Viewed")
+    assert viewed["properties"] == {"title": "Caf\u00e9 \ufffd", "pair": "\U0001F600"}
+    still_bad = await apps["ingest"].post("/v1/track", auth=(workspace.write_key, ""), headers={
+        "content-type": "application/json"}, content=b'{"userId": "cut", "event": "\\ud83d", "n": 1e400}')
+    assert still_bad.status_code == 400 and still_bad.headers["content-type"].startswith(PROBLEM)

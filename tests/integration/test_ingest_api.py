@@ -297,3 +297,20 @@ async def test_a_string_cut_in_the_middle_of_an_emoji_is_stored_not_the_batch_re
     still_bad = await apps["ingest"].post("/v1/track", auth=(workspace.write_key, ""), headers={
         "content-type": "application/json"}, content=b'{"userId": "cut", "event": "\\ud83d", "n": 1e400}')
     assert still_bad.status_code == 400 and still_bad.headers["content-type"].startswith(PROBLEM)
+
+
+async def test_null_properties_traits_context_and_integrations_are_taken_as_absent(apps, workspace) -> None:
+    """Segment's API stores a message whose optional objects are ``null``; refusing it (422) lost the event."""
+    c, auth = apps["ingest"], (workspace.write_key, "")
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    none = {"context": None, "integrations": None}
+    r = await c.post("/v1/track", auth=auth, json={"userId": "nulls", "event": "E", "properties": None, **none})
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    r = await c.post("/v1/batch", auth=auth, json={"context": None, "batch": [
+        {"type": "identify", "userId": "nulls", "traits": None, **none},
+        {"type": "page", "userId": "nulls", "name": "Home", "properties": None},
+        {"type": "group", "userId": "nulls", "groupId": "g", "traits": None}]})
+    assert r.status_code == 200 and r.json()["accepted"] == 3 and r.json()["rejected"] == [], r.text
+    events = (await c.get("/v1/profiles/nulls/events", headers=h)).json()["events"]
+    assert sorted(e["type"] for e in events) == ["group", "identify", "page", "track"]
+    assert all(e["properties"] is not None and e["context"] == {} for e in events)

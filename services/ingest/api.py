@@ -45,6 +45,7 @@ from shared.errors import (
     BadRequest,
     NotFound,
     PayloadTooLarge,
+    Unauthorized,
     ValidationFailed,
     problem_schema,
 )
@@ -141,10 +142,16 @@ def _without_lone_surrogates(value: Any) -> Any:
 
 async def _authorize(request: Request, body: dict[str, Any]) -> Any:
     raw = credentials_from_header(request)
-    if raw is None and isinstance(body.get("writeKey"), str):
-        raw = body["writeKey"]
+    in_body = body["writeKey"] if isinstance(body.get("writeKey"), str) else None
     # campaign journeys update traits as the workspace (internal token + X-Tenure-Workspace)
-    return await principal_for(request, raw, {"write", "internal"})
+    try:
+        return await principal_for(request, raw or in_body, {"write", "internal"})
+    except Unauthorized:
+        # Segment's OAuth form: a Bearer access token from Segment's authorization server, never a key of ours,
+        # beside the write key in the body (what segment-analytics-python sends with OAuth configured)
+        if raw and in_body and in_body != raw:
+            return await principal_for(request, in_body, {"write", "internal"})
+        raise
 
 
 async def _store(request: Request, body: _Body,

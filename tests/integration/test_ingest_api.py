@@ -314,3 +314,18 @@ async def test_null_properties_traits_context_and_integrations_are_taken_as_abse
     events = (await c.get("/v1/profiles/nulls/events", headers=h)).json()["events"]
     assert sorted(e["type"] for e in events) == ["group", "identify", "page", "track"]
     assert all(e["properties"] is not None and e["context"] == {} for e in events)
+
+
+async def test_an_oauth_bearer_token_beside_the_write_key_in_the_body_is_accepted(
+        apps, workspace, sessionmaker) -> None:
+    """Segment's third auth form: segment-analytics-python with OAuth sends `Authorization: Bearer <access
+    token>` (from Segment's authorization server, unknown here) and the write key in the body; that was a 401."""
+    c = apps["ingest"]
+    oauth = {"Authorization": "Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln"}
+    batch = [{"type": "track", "userId": "oauth", "event": "E"}]
+    r = await c.post("/v1/batch", headers=oauth, json={"writeKey": workspace.write_key, "batch": batch})
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    for body in ({"batch": batch}, {"writeKey": "wk_not-a-key", "batch": batch}):
+        refused = await c.post("/v1/batch", headers=oauth, json=body)
+        assert refused.status_code == 401 and refused.headers["content-type"].startswith(PROBLEM)
+    assert await _count_events(sessionmaker, workspace.workspace_id) == 1

@@ -1,6 +1,7 @@
 """Ingest HTTP routes: the Segment tracking API, the event feed and profile lookup."""
 
 import gzip
+import json
 import re
 import uuid
 import zlib
@@ -44,6 +45,7 @@ from shared.errors import (
     BadRequest,
     NotFound,
     PayloadTooLarge,
+    Unauthorized,
     ValidationFailed,
     problem_schema,
 )
@@ -56,6 +58,7 @@ log = structlog.get_logger()
 MAX_MESSAGE_BYTES = 32 * 1024
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")  # a JSON \u0000 escape, not an escaped backslash + "u0000"
 MAX_BATCH_BYTES = 500 * 1024
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a JSON \uD800-\uDFFF escape (half of a pair, or alone)
 _TYPE_FIELD = 32  # bytes a single-message route may add to its message: "type": "<kind>"
 WAKE_FUNCTION = "on_events"  # the job consumers of the event log register
 
@@ -95,21 +98,60 @@ async def _read_json(request: Request, limit: int) -> _Body:
     if len(raw) > limit:
         which = "500 KB per batch" if limit == MAX_BATCH_BYTES else "32 KB per message"
         raise PayloadTooLarge(f"Request body is over the limit of {which}", limit_bytes=limit)
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"The request body is not valid JSON: {exc}") from None
+    body = _loads(raw)
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object")
     return _Body(body, len(raw))
 
 
+def _loads(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        error = BadRequest(f"The request body is not valid JSON: {exc}")
+    if not _SURROGATE_ESCAPE.search(raw):
+        raise error
+    # JSON's grammar allows a lone surrogate escape, and JavaScript's JSON.stringify writes one for a string cut
+    # in the middle of an emoji ("\ud83d"); orjson refuses it. Read it as Segment's API and browsers do: U+FFFD.
+    try:
+        return _without_lone_surrogates(json.loads(raw, parse_constant=_not_json, parse_float=_finite))
+    except (ValueError, RecursionError):
+        raise error from None
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # 1e400: refused as orjson refuses it
+        raise ValueError("number is infinity when parsed as double")
+    return value
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_without_lone_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    return value
+
+
 async def _authorize(request: Request, body: dict[str, Any]) -> Any:
     raw = credentials_from_header(request)
-    if raw is None and isinstance(body.get("writeKey"), str):
-        raw = body["writeKey"]
+    in_body = body["writeKey"] if isinstance(body.get("writeKey"), str) else None
     # campaign journeys update traits as the workspace (internal token + X-Tenure-Workspace)
-    return await principal_for(request, raw, {"write", "internal"})
+    try:
+        return await principal_for(request, raw or in_body, {"write", "internal"})
+    except Unauthorized:
+        # Segment's OAuth form: a Bearer access token from Segment's authorization server, never a key of ours,
+        # beside the write key in the body (what segment-analytics-python sends with OAuth configured)
+        if raw and in_body and in_body != raw:
+            return await principal_for(request, in_body, {"write", "internal"})
+        raise
 
 
 async def _store(request: Request, body: _Body,

@@ -27,6 +27,15 @@ RequiredIdStr = Annotated[str, BeforeValidator(_id_str), StringConstraints(min_l
                                                     {"type": "number"}]}, mode="validation")]
 
 
+def _null_is_empty(v: Any) -> Any:
+    return {} if v is None else v
+
+
+# properties, traits, context, integrations: `null` is taken for absent (Segment's API stores such a message)
+JsonObject = Annotated[dict[str, Any], BeforeValidator(_null_is_empty),
+                       WithJsonSchema({"anyOf": [{"type": "object"}, {"type": "null"}]}, mode="validation")]
+
+
 class _Message(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="allow")
 
@@ -34,8 +43,8 @@ class _Message(BaseModel):
                                    description="Idempotency key: a retried message with the same id is stored once")
     user_id: IdStr = Field(default=None, alias="userId")
     anonymous_id: IdStr = Field(default=None, alias="anonymousId")
-    context: dict[str, Any] = Field(default_factory=dict)
-    integrations: dict[str, Any] = Field(default_factory=dict)
+    context: JsonObject = Field(default_factory=dict)
+    integrations: JsonObject = Field(default_factory=dict)
     timestamp: IsoDatetime | None = None
     original_timestamp: IsoDatetime | None = Field(default=None, alias="originalTimestamp")
     sent_at: IsoDatetime | None = Field(default=None, alias="sentAt")
@@ -52,7 +61,7 @@ class TrackMessage(_Message):
 
     type: Literal["track"] = "track"
     event: str = Field(min_length=1, max_length=512, examples=["Order Completed"])
-    properties: dict[str, Any] = Field(default_factory=dict)
+    properties: JsonObject = Field(default_factory=dict)
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -68,7 +77,7 @@ class IdentifyMessage(_Message):
     """Who the user is: traits such as email, first_name, locale, timezone."""
 
     type: Literal["identify"] = "identify"
-    traits: dict[str, Any] = Field(default_factory=dict)
+    traits: JsonObject = Field(default_factory=dict)
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -84,14 +93,14 @@ class PageMessage(_Message):
     type: Literal["page"] = "page"
     name: str | None = None
     category: Any = Field(default=None, description="kept as `properties.category` when that is unset")
-    properties: dict[str, Any] = Field(default_factory=dict)
+    properties: JsonObject = Field(default_factory=dict)
 
 
 class ScreenMessage(_Message):
     type: Literal["screen"] = "screen"
     name: str | None = None
     category: Any = Field(default=None, description="kept as `properties.category` when that is unset")
-    properties: dict[str, Any] = Field(default_factory=dict)
+    properties: JsonObject = Field(default_factory=dict)
 
 
 class GroupMessage(_Message):
@@ -99,7 +108,7 @@ class GroupMessage(_Message):
 
     type: Literal["group"] = "group"
     group_id: RequiredIdStr = Field(alias="groupId")
-    traits: dict[str, Any] = Field(default_factory=dict)
+    traits: JsonObject = Field(default_factory=dict)
 
 
 class AliasMessage(_Message):
@@ -126,7 +135,7 @@ class BatchRequest(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, extra="allow")
     batch: list[dict[str, Any]] = Field(min_length=1)
-    context: dict[str, Any] = Field(default_factory=dict)
+    context: JsonObject = Field(default_factory=dict)
     sent_at: IsoDatetime | None = Field(default=None, alias="sentAt")
 
 

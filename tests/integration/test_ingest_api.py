@@ -279,3 +279,53 @@ async def test_browsers_may_call_the_tracking_api(apps, workspace) -> None:
                                   headers={"Content-Type": "text/plain", "Origin": "https://shop.example"},
                                   auth=(workspace.write_key, ""))
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "*"
+
+
+async def test_a_string_cut_in_the_middle_of_an_emoji_is_stored_not_the_batch_refused(apps, workspace) -> None:
+    """JSON.stringify writes a lone surrogate as an escape ("\\ud83d"): valid JSON, which Segment's API reads as
+    U+FFFD. Refusing the body as invalid JSON (400) made analytics.js and analytics-node drop the whole batch."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    body = (b'{"batch": [{"type": "track", "userId": "cut", "event": "Viewed", "properties": {"title": "Caf\\u00e9 '
+            b'\\ud83d", "pair": "\\ud83d\\ude00"}}, {"type": "track", "userId": "cut", "event": "Other \\udc00x"}]}')
+    r = await apps["ingest"].post("/v1/batch", auth=(workspace.write_key, ""), content=body,
+                                  headers={"content-type": "text/plain"})
+    assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
+    events = (await apps["ingest"].get("/v1/profiles/cut/events", headers=h)).json()["events"]
+    assert {e["event"] for e in events} == {"Viewed", "Other \ufffdx"}
+    viewed = next(e for e in events if e["event"] == "Viewed")
+    assert viewed["properties"] == {"title": "Caf\u00e9 \ufffd", "pair": "\U0001F600"}
+    still_bad = await apps["ingest"].post("/v1/track", auth=(workspace.write_key, ""), headers={
+        "content-type": "application/json"}, content=b'{"userId": "cut", "event": "\\ud83d", "n": 1e400}')
+    assert still_bad.status_code == 400 and still_bad.headers["content-type"].startswith(PROBLEM)
+
+
+async def test_null_properties_traits_context_and_integrations_are_taken_as_absent(apps, workspace) -> None:
+    """Segment's API stores a message whose optional objects are ``null``; refusing it (422) lost the event."""
+    c, auth = apps["ingest"], (workspace.write_key, "")
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    none = {"context": None, "integrations": None}
+    r = await c.post("/v1/track", auth=auth, json={"userId": "nulls", "event": "E", "properties": None, **none})
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    r = await c.post("/v1/batch", auth=auth, json={"context": None, "batch": [
+        {"type": "identify", "userId": "nulls", "traits": None, **none},
+        {"type": "page", "userId": "nulls", "name": "Home", "properties": None},
+        {"type": "group", "userId": "nulls", "groupId": "g", "traits": None}]})
+    assert r.status_code == 200 and r.json()["accepted"] == 3 and r.json()["rejected"] == [], r.text
+    events = (await c.get("/v1/profiles/nulls/events", headers=h)).json()["events"]
+    assert sorted(e["type"] for e in events) == ["group", "identify", "page", "track"]
+    assert all(e["properties"] is not None and e["context"] == {} for e in events)
+
+
+async def test_an_oauth_bearer_token_beside_the_write_key_in_the_body_is_accepted(
+        apps, workspace, sessionmaker) -> None:
+    """Segment's third auth form: segment-analytics-python with OAuth sends `Authorization: Bearer <access
+    token>` (from Segment's authorization server, unknown here) and the write key in the body; that was a 401."""
+    c = apps["ingest"]
+    oauth = {"Authorization": "Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln"}
+    batch = [{"type": "track", "userId": "oauth", "event": "E"}]
+    r = await c.post("/v1/batch", headers=oauth, json={"writeKey": workspace.write_key, "batch": batch})
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    for body in ({"batch": batch}, {"writeKey": "wk_not-a-key", "batch": batch}):
+        refused = await c.post("/v1/batch", headers=oauth, json=body)
+        assert refused.status_code == 401 and refused.headers["content-type"].startswith(PROBLEM)
+    assert await _count_events(sessionmaker, workspace.workspace_id) == 1

@@ -3,7 +3,10 @@ service account's signed JWT) — with device registration and removal of tokens
 
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -65,8 +68,9 @@ class FakeGoogle:
         self.app = app
 
 
-async def test_push_to_every_device_and_gone_tokens_removed(apps, workspace, sessionmaker, settings) -> None:
-    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+@contextmanager
+def fcm(settings: Any, **update: Any) -> Iterator[tuple[FakeGoogle, Any]]:
+    """A local Google (token endpoint and FCM) and settings that send through it with a fresh service account."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption()).decode()
@@ -79,8 +83,13 @@ async def test_push_to_every_device_and_gone_tokens_removed(apps, workspace, ses
         account = json.dumps({"type": "service_account", "project_id": "acme-app", "private_key": private_pem,
                               "client_email": "push@acme-app.iam.gserviceaccount.com",
                               "token_uri": f"http://127.0.0.1:{port}/token"})
-        push_settings = settings.model_copy(update={"fcm_service_account": account,
-                                                    "fcm_base_url": f"http://127.0.0.1:{port}"})
+        yield google, settings.model_copy(update={"fcm_service_account": account,
+                                                  "fcm_base_url": f"http://127.0.0.1:{port}", **update})
+
+
+async def test_push_to_every_device_and_gone_tokens_removed(apps, workspace, sessionmaker, settings) -> None:
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    with fcm(settings) as (google, push_settings):
         tag = uuid.uuid4().hex[:6]
         user, lonely, waiting, bad = f"push-{tag}", f"lonely-{tag}", f"busy-{tag}", f"bad-{tag}"
         stale = f"stale-{tag}"
@@ -127,20 +136,7 @@ async def test_fcm_keeps_a_notification_only_as_long_as_push_ttl(apps, workspace
     """FCM keeps an undelivered notification for 4 weeks unless told otherwise (android.ttl, apns-expiration,
     webpush TTL): a phone that comes back online days later must not get a push that expired long ago."""
     h = {"Authorization": f"Bearer {workspace.secret_key}"}
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption()).decode()
-    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                               serialization.PublicFormat.SubjectPublicKeyInfo)
-    port_box: dict = {}
-    google = FakeGoogle(public_pem, port_box)
-    with http_server(google.app) as port:
-        port_box["port"] = port
-        account = json.dumps({"type": "service_account", "project_id": "acme-app", "private_key": private_pem,
-                              "client_email": "push@acme-app.iam.gserviceaccount.com",
-                              "token_uri": f"http://127.0.0.1:{port}/token"})
-        push_settings = settings.model_copy(update={"fcm_service_account": account, "push_ttl_s": 3600,
-                                                    "fcm_base_url": f"http://127.0.0.1:{port}"})
+    with fcm(settings, push_ttl_s=3600) as (google, push_settings):
         user = f"ttl-{uuid.uuid4().hex[:6]}"
         r = await apps["delivery"].post("/v1/devices", headers=h, json={"user": user, "token": f"tok-{user}-00000",
                                                                         "platform": "android"})

@@ -88,17 +88,15 @@ async def get_request(session: AsyncSession, ws: uuid.UUID, request_id: uuid.UUI
     )
 
 
-async def suppresses_any(session: AsyncSession, ws: uuid.UUID) -> bool:
-    """Whether the workspace erased anyone with suppression: most never did, and one index probe per
-    write spares hashing every id of every event."""
-    found = await session.execute(text("select exists (select 1 from ingest.suppressions where workspace_id = :ws)"),
-                                  {"ws": ws})
-    return bool(found.scalar())
+_ANY_SUPPRESSION = text("select exists (select 1 from ingest.suppressions where workspace_id = :ws)")
 
 
 async def suppressed(session: AsyncSession, ws: uuid.UUID, ids: set[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Which of (kind, value) belong to users erased with suppression."""
-    if not ids:
+    """Which of (kind, value) belong to users erased with suppression.
+
+    Most workspaces never erased anyone with suppression: one index probe spares hashing every id of
+    every event they write."""
+    if not ids or not (await session.execute(_ANY_SUPPRESSION, {"ws": ws})).scalar():
         return set()
     by_hash = {id_hash(k, v): (k, v) for k, v in ids}
     rows = await session.execute(

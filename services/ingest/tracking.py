@@ -185,8 +185,7 @@ async def record(session: AsyncSession, workspace_id: uuid.UUID, envelopes: list
         else:
             unique[env.message_id] = env
     batch = list(unique.values())
-    blocked = await privacy.suppressed(session, workspace_id, {k for e in batch for k in _identity_keys(e)}) \
-        if await privacy.suppresses_any(session, workspace_id) else None
+    blocked = await privacy.suppressed(session, workspace_id, {k for e in batch for k in _identity_keys(e)})
     if blocked:
         kept = [e for e in batch if not blocked.intersection(_identity_keys(e))]
         result.suppressed = len(batch) - len(kept)

@@ -18,6 +18,7 @@ lead score rules (``lead_score``: ``{"events": {"Demo Requested": 20}, "traits":
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from services.segment.conditions import compare  # the trait operators segments use
@@ -97,6 +98,12 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
+def money(amount: Decimal) -> float:
+    """An amount in cents, rounded half away from zero on its exact decimal value: PostgreSQL's
+    ``round(numeric, 2)``, so full passes computed in SQL (set_evaluation.py) agree to the cent."""
+    return float(amount.quantize(Decimal("0.01"), ROUND_HALF_UP))
+
+
 def derive(stats: dict[str, Any] | None, today: date) -> dict[str, Any]:
     """The computed attributes of one profile from its stored statistics (``lead_score`` is added by
     the caller, which has the event counts)."""
@@ -105,15 +112,15 @@ def derive(stats: dict[str, Any] | None, today: date) -> dict[str, Any]:
                 "first_seen": None, "last_seen": None, "days_since_last_activity": None,
                 "days_since_last_order": None, "last_nps": None}
     orders = int(stats.get("order_count") or 0)
-    revenue = float(stats.get("revenue") or 0)
+    revenue = Decimal(stats.get("revenue") or 0)
     first_order: datetime | None = stats.get("first_order_at")
     last_order: datetime | None = stats.get("last_order_at")
     last_seen: datetime | None = stats.get("last_seen")
     months = max(1.0, (today - first_order.date()).days / 30.0) if first_order else 1.0
     return {
         "order_count": orders,
-        "total_revenue": round(revenue, 2),
-        "average_order_value": round(revenue / orders, 2) if orders else None,
+        "total_revenue": money(revenue),
+        "average_order_value": money(revenue / orders) if orders else None,
         "orders_per_month": round(orders / months, 3) if orders else 0.0,
         "first_seen": stats.get("first_seen"),
         "last_seen": last_seen,

@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -20,7 +20,7 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.segment import attributes, conditions, partitioning
+from services.segment import attributes, conditions, partitioning, set_evaluation
 from services.segment import lifecycle as lifecycle_mod
 from services.segment.attributes import PurchaseRules
 from shared import metrics
@@ -433,6 +433,25 @@ def evaluation_order(parsed: dict[uuid.UUID, tuple[int, Any]], selected: set[uui
     return order
 
 
+async def lock_stripes(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) -> None:
+    """One evaluator per (workspace, stripe of profiles) at a time (replicas, backfill, re-checks):
+    memberships are read after the lock, so two evaluators can never both write the same entry or exit."""
+    await session.execute(
+        text("select pg_advisory_xact_lock(hashtextextended(:ws || ':' || s, 0)) "
+             "from unnest(CAST(:stripes AS int[])) with ordinality as u(s, n) order by n"),
+        {"ws": f"segment-eval:{ws}", "stripes": partitioning.stripes_of(pids)},
+    )
+
+
+async def parsed_segments(session: AsyncSession, ws: uuid.UUID) -> dict[uuid.UUID, tuple[int, Any]]:
+    """The workspace's segments: id -> (version, parsed definition)."""
+    return {
+        r.id: (r.version, conditions.parse(r.definition))
+        for r in await session.execute(
+            text("select id, version, definition from segment.segments where workspace_id = :ws"), {"ws": ws})
+    }
+
+
 async def reevaluate(session: AsyncSession, ws: uuid.UUID, pids: Iterable[uuid.UUID], *,
                      today: date | None = None, segment_ids: set[uuid.UUID] | None = None,
                      lifecycle: bool | None = None) -> int:
@@ -444,18 +463,8 @@ async def reevaluate(session: AsyncSession, ws: uuid.UUID, pids: Iterable[uuid.U
         return 0
     today = today or datetime.now(UTC).date()
     with_stages = segment_ids is None if lifecycle is None else lifecycle
-    # One evaluator per (workspace, stripe of profiles) at a time (replicas, backfill, re-checks):
-    # memberships are read after the lock, so two evaluators can never both write the same entry or exit.
-    await session.execute(
-        text("select pg_advisory_xact_lock(hashtextextended(:ws || ':' || s, 0)) "
-             "from unnest(CAST(:stripes AS int[])) with ordinality as u(s, n) order by n"),
-        {"ws": f"segment-eval:{ws}", "stripes": partitioning.stripes_of(pid_list)},
-    )
-    parsed = {
-        r.id: (r.version, conditions.parse(r.definition))
-        for r in await session.execute(
-            text("select id, version, definition from segment.segments where workspace_id = :ws"), {"ws": ws})
-    }
+    await lock_stripes(session, ws, pid_list)
+    parsed = await parsed_segments(session, ws)
     selected = set(parsed) if segment_ids is None else _with_dependents(parsed, segment_ids, with_stages)
     order = evaluation_order(parsed, selected)
     if not order and not with_stages:
@@ -594,6 +603,9 @@ EVAL_CHUNK = 1000  # profiles per read of a preview or search
 # it. 1000 made that wait ~0.5 s per page at 300k users (more at 1M, under I/O); 250 costs ~10 % of a
 # quiet full evaluation's speed (more round trips).
 PASS_CHUNK = 250
+# Profiles per lane and transaction of a pass in SQL (set_evaluation.py): ~60 ms of PostgreSQL per chunk for 20
+# segments, so live re-evaluation waits no longer than behind a Python chunk; 250 took 60 % longer at 100k.
+SET_CHUNK = 1000
 EVAL_LANES = 2
 LIVE_YIELD_MAX_S = 1.0  # the longest a background pass waits for live work before each page of profiles
 
@@ -630,17 +642,66 @@ async def evaluate_all(sessionmaker: async_sessionmaker[AsyncSession], ws: uuid.
     """Re-evaluate every profile known in one workspace (``reevaluate``'s choice of segments and stages),
     one committed transaction per chunk of profiles; returns the transitions written.
 
+    Segments made only of common condition kinds are evaluated first, as set operations in PostgreSQL
+    (set_evaluation.py); the rest, and the lifecycle stages, then per profile in Python — after, because
+    they may read the first ones' memberships. Only real membership changes are written, so running it
+    twice, or after a crash, writes nothing twice.
+    """
+    with_stages = segment_ids is None if lifecycle is None else lifecycle
+    async with sessionmaker() as session, session.begin():
+        parsed = await parsed_segments(session, ws)
+    selected = set(parsed) if segment_ids is None else _with_dependents(parsed, segment_ids, with_stages)
+    in_sql = sorted(sid for sid in selected if set_evaluation.compilable(parsed[sid][1]))
+    changes = 0
+    if in_sql:
+        statements: dict[date, set_evaluation.Compiled] = {}
+
+        async def sets(session: AsyncSession, pids: list[uuid.UUID]) -> int:
+            day = today or datetime.now(UTC).date()
+            if day not in statements:
+                statements[day] = set_evaluation.compile_pass([(sid, *parsed[sid]) for sid in in_sql], day)
+            await lock_stripes(session, ws, pids)
+            compiled, db = statements[day], await driver_connection(session)
+            # JIT compilation (the statement's cost passes its threshold at ~1000 profiles) costs more than
+            # it saves on a chunk
+            await db.execute("set local jit = off")
+            return int(await db.fetchval(compiled.sql, ws, pids, *compiled.params))
+
+        changes += await _walk(sessionmaker, ws, await _pass_key(sessionmaker, ws, set(in_sql), False, today),
+                               sets, lanes, SET_CHUNK)
+    rest = selected - set(in_sql)
+    if rest or with_stages:
+        async def python(session: AsyncSession, pids: list[uuid.UUID]) -> int:
+            return await reevaluate(session, ws, pids, today=today, segment_ids=rest, lifecycle=with_stages)
+
+        changes += await _walk(sessionmaker, ws, await _pass_key(sessionmaker, ws, rest, with_stages, today),
+                               python, lanes, PASS_CHUNK)
+    return changes
+
+
+async def _pass_key(sessionmaker: async_sessionmaker[AsyncSession], ws: uuid.UUID, segment_ids: set[uuid.UUID],
+                    stages: bool, today: date | None) -> str:
+    async with sessionmaker() as session, session.begin():
+        return await pass_key(session, ws, segment_ids, stages, today)
+
+
+LaneWork = Callable[[AsyncSession, list[uuid.UUID]], Awaitable[int]]
+
+
+async def _walk(sessionmaker: async_sessionmaker[AsyncSession], ws: uuid.UUID, key: str, work: LaneWork,
+                lanes: int, chunk: int) -> int:
+    """Run ``work`` over every profile known in the workspace, one committed transaction per lane and page.
+
     Profiles are walked in id order, a page at a time, and each page is split by lock stripe into
-    ``lanes`` groups evaluated concurrently on their own connections: PostgreSQL reads and writes one
-    lane's chunk while Python evaluates another's, and the stripes (hence the locks) of two lanes never
-    overlap. Before each page it yields to live re-evaluation (``yield_to_live``). Only real membership
-    changes are written, so running it twice, or after a crash, writes nothing twice. A pass that stopped
-    (a deploy, a crash, a timeout) resumes after the last page it committed (``segment.pass_progress``):
-    at 1 M profiles a pass takes minutes, and starting over at each restart could keep it from finishing.
+    ``lanes`` groups handled concurrently on their own connections: PostgreSQL works on one lane's chunk
+    while Python prepares or evaluates another's, and the stripes (hence the locks) of two lanes never
+    overlap. Before each page it yields to live re-evaluation (``yield_to_live``). A pass that stopped
+    (a deploy, a crash, a timeout) resumes after the last page it committed (``segment.pass_progress``,
+    under ``key``): at 1 M profiles a pass takes minutes, and starting over at each restart could keep it
+    from finishing.
     """
     changes = 0
     async with sessionmaker() as session, session.begin():
-        key = await pass_key(session, ws, segment_ids, lifecycle, today)
         after: uuid.UUID | None = (await session.execute(
             text("select after from segment.pass_progress where key = :key"), {"key": key})).scalar()
     if after is not None:
@@ -648,18 +709,18 @@ async def evaluate_all(sessionmaker: async_sessionmaker[AsyncSession], ws: uuid.
 
     async def lane(pids: list[uuid.UUID]) -> int:
         async with sessionmaker() as session, session.begin():
-            return await reevaluate(session, ws, pids, today=today, segment_ids=segment_ids, lifecycle=lifecycle)
+            return await work(session, pids)
 
     while True:
         await yield_to_live(sessionmaker)
         async with sessionmaker() as session, session.begin():
-            page = await known_profiles(session, ws, after, PASS_CHUNK * lanes)
+            page = await known_profiles(session, ws, after, chunk * lanes)
         groups: list[list[uuid.UUID]] = [[] for _ in range(lanes)]
         for pid in page:
             groups[partitioning.stripe_of(pid) % lanes].append(pid)
         changes += sum(await asyncio.gather(*(lane(g) for g in groups if g)))
         async with sessionmaker() as session, session.begin():
-            if len(page) < PASS_CHUNK * lanes:
+            if len(page) < chunk * lanes:
                 # done; progress rows of passes that will never resume (their segments were edited since) go too
                 await session.execute(
                     text("delete from segment.pass_progress where key = :key "

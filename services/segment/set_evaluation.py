@@ -1,0 +1,323 @@
+"""Full passes as set operations: segments made only of common condition kinds are compiled to one SQL
+statement per chunk of profiles, which computes the chunk's memberships, compares them with the stored
+ones and writes the entries, exits and transitions, without shipping any fact to Python.
+
+A backfill or a daily re-check over every profile is where this matters: per profile, Python
+evaluation (conditions.py) costs reading the facts over the wire and evaluating them one by one, which
+at a million profiles is minutes; PostgreSQL aggregating the same rows where they lie is several times
+cheaper. Live re-evaluation of the profiles an event touched stays in Python (a few profiles at a
+time, every kind of condition), so both must give the same answer: the statement mirrors
+``conditions.compare`` (Python's equality and ordering across JSON types, bools counting as 0/1) and
+``attributes.derive``, and a property test (tests/integration/test_set_evaluation.py) holds the two to
+the same memberships on random definitions and profiles.
+
+Compiled: ``and`` / ``or`` / ``not``; ``trait`` with every operator but the date ones (``before``,
+``after``, ``within_last_days``) against a string, number, bool or null (lists of those for ``in``);
+``performed`` without property filters; ``performed_time``; ``email_engagement``; ``attribute`` (but
+``orders_per_month`` and ``lead_score``); ``random_bucket``; ``list``. Everything else — date traits,
+property filters, aggregates over stored events, keyed conditions, accounts, stages, other segments —
+makes the whole segment ``compilable() == False`` and keeps it on the Python path.
+
+Numbers compare as exact decimals here and as Python numbers there; they differ only for integers beyond
+2**53 compared with fractional numbers, which no trait or threshold is in practice.
+"""
+
+import math
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+from services.segment import conditions as c
+
+# computed attributes (attributes.derive) over ``s``: a profile_stats row with the profile's ``traits``
+_COMPILED_ATTRIBUTES = {
+    "order_count": "s.order_count::numeric",
+    "total_revenue": "round(s.revenue, 2)",
+    "average_order_value": "case when s.order_count <> 0 then round(s.revenue / s.order_count, 2) end",
+    "days_since_last_activity": "({today} - (s.last_seen at time zone 'UTC')::date)::numeric",
+    "days_since_last_order": "({today} - (s.last_order_at at time zone 'UTC')::date)::numeric",
+    "last_nps": "coalesce(s.last_nps, case when jsonb_typeof(s.traits -> 'nps') = 'number' "
+                "then (s.traits -> 'nps')::numeric end)",
+}
+_SUBJECT = "\x00subject\x00"
+_ORDER = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+_COUNT = {"at_least": ">=", "at_most": "<=", "exactly": "="}
+
+
+class NotCompilable(Exception):
+    """The node needs per-profile Python evaluation."""
+
+
+def compilable(node: Any) -> bool:
+    try:
+        _Statement(date.today()).condition(node)
+    except NotCompilable:
+        return False
+    return True
+
+
+def _scalar_kind(value: Any) -> str:
+    """How a definition's value compares: as text, as a number (bools are 0 and 1, as in Python), or null."""
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, bool) or isinstance(value, int) or isinstance(value, float) and math.isfinite(value):
+        return "num"
+    raise NotCompilable(f"value {value!r}")
+
+
+def _decimal(value: Any) -> Decimal:
+    return Decimal(int(value)) if isinstance(value, bool | int) else Decimal(repr(value))
+
+
+# A JSON value as a number when Python would compare it as one (numbers, and bools as 0/1), else null.
+_NUM_OF = ("(case jsonb_typeof({v}) when 'number' then ({v})::numeric "
+           "when 'boolean' then (case when {v} = 'true'::jsonb then 1 else 0 end)::numeric end)")
+
+
+@dataclass
+class _Statement:
+    """Parameters and per-profile aggregate columns collected while definitions compile ($1 is the
+    workspace, $2 the chunk's profile ids). Conditions read ``s`` (a profile_stats row and the profile's
+    ``traits`` and its per-day counts aggregated into one column per need)."""
+
+    today: date
+    params: list[Any] = field(default_factory=list)
+    columns: dict[str, str] = field(default_factory=dict)  # aggregate expression -> column name
+    events: set[str] = field(default_factory=set)
+
+    placeholders: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def param(self, value: Any, cast: str) -> str:
+        """A placeholder for ``value``; the same value gets the same one, so the same aggregate needed by
+        several segments (e.g. "App Opened in the last 30 days") is one column, computed once."""
+        key = (cast, repr(value))
+        if key not in self.placeholders:
+            self.params.append(value)
+            self.placeholders[key] = f"${len(self.params) + 2}::{cast}"
+        return self.placeholders[key]
+
+    def column(self, aggregate: str) -> str:
+        if aggregate not in self.columns:
+            self.columns[aggregate] = f"a{len(self.columns)}"
+        return f"s.{self.columns[aggregate]}"
+
+    def about(self, subject: Callable[[], str], comparison: Callable[[str], str]) -> str:
+        """``comparison`` of the SQL value ``subject`` makes; the subject's parameters are added only if the
+        comparison reads it (one that is constant, e.g. ``in []``, does not: and a parameter the statement
+        never uses has no type, which PostgreSQL refuses)."""
+        compared = comparison(_SUBJECT)
+        return compared.replace(_SUBJECT, subject()) if _SUBJECT in compared else compared
+
+    # --- conditions ---------------------------------------------------------------------------------
+
+    def condition(self, node: Any) -> str:
+        """A SQL boolean that is never null."""
+        if isinstance(node, c.AndNode | c.OrNode):
+            joiner = " and " if isinstance(node, c.AndNode) else " or "
+            return "(" + joiner.join(self.condition(ch) for ch in node.children) + ")"
+        if isinstance(node, c.NotNode):
+            return f"(not {self.condition(node.child)})"
+        if isinstance(node, c.TraitNode):
+            return self.about(lambda: f"nullif(s.traits -> {self.param(node.trait, 'text')}, 'null'::jsonb)",
+                              lambda v: self.json_compare(v, node.op, node.value))
+        if isinstance(node, c.AttributeNode):
+            if node.attribute not in _COMPILED_ATTRIBUTES:
+                raise NotCompilable(node.attribute)
+            expr = _COMPILED_ATTRIBUTES[node.attribute]
+            return self.about(lambda: expr.format(today=self.param(self.today, "date")) if "{today}" in expr else expr,
+                              lambda x: self.number_compare(x, node.op, node.value))
+        if isinstance(node, c.PerformedNode) and not node.where:
+            return self.count(node.event, node.op, node.count, node)
+        if isinstance(node, c.EmailEngagementNode):
+            event = c.EMAIL_OPENED if node.action == "opened" else c.EMAIL_CLICKED
+            return self.count(event, "at_least", node.count, c._Windowed(within_days=node.within_days))
+        if isinstance(node, c.PerformedTimeNode):
+            return self.performed_time(node)
+        if isinstance(node, c.RandomBucketNode):
+            digest = (f"('x' || left(encode(sha256(convert_to({self.param(node.seed, 'text')} || ':' || "
+                      f"s.profile_id::text, 'UTF8')), 'hex'), 16))::bit(64)::bigint")
+            unsigned = f"(({digest}::numeric + 18446744073709551616) % 18446744073709551616)"  # one digest a row
+            return (f"({unsigned}::float8 / 18446744073709551616::float8 * 100::float8 "
+                    f"< {self.param(float(node.percent), 'float8')})")
+        if isinstance(node, c.ListNode):
+            return (f"exists (select 1 from segment.list_members lm where lm.workspace_id = $1 "
+                    f"and lm.list_id = {self.param(node.list_id, 'uuid')} and lm.profile_id = s.profile_id)")
+        raise NotCompilable(type(node).__name__)
+
+    def count(self, event: str, op: str, n: int, window: c._Windowed) -> str:
+        self.events.add(event)
+        where = f"event = {self.param(event, 'text')}"
+        if window.between is not None:
+            since, until = window.between.start, window.between.end
+        elif window.within_days is not None:
+            since, until = self.today - timedelta(days=window.within_days - 1), self.today
+        else:
+            since = until = None
+        if since is not None:
+            where += f" and day between {self.param(since, 'date')} and {self.param(until, 'date')}"
+        col = self.column(f"sum(count) filter (where {where})")
+        return f"(coalesce({col}, 0) {_COUNT[op]} {self.param(n, 'bigint')})"
+
+    def performed_time(self, node: c.PerformedTimeNode) -> str:
+        self.events.add(node.event)
+        fn = "min" if node.which == "first" else "max"
+        day = self.column(f"{fn}(day) filter (where event = {self.param(node.event, 'text')} and count > 0)")
+        if node.op in ("within_last_days", "over_days_ago"):
+            ago = f"({self.param(self.today, 'date')} - {day})"
+            cmp = "<" if node.op == "within_last_days" else ">"
+            return f"coalesce({ago} {cmp} {self.param(int(node.value), 'int')}, false)"
+        bound = c._as_datetime(node.value)
+        assert bound is not None  # checked on save
+        return f"coalesce({day} {'<' if node.op == 'before' else '>'} {self.param(bound.date(), 'date')}, false)"
+
+    # --- comparisons (conditions.compare) ------------------------------------------------------------
+
+    def json_compare(self, v: str, op: str, value: Any) -> str:
+        """``compare(op, actual, value)`` where ``v`` is the actual JSON value (null when absent)."""
+        if op == "exists":
+            return f"({v} is not null)"
+        if op == "not_exists":
+            return f"({v} is null)"
+        if op in ("equals", "not_equals"):
+            eq = self.json_in(v, [value])
+            return eq if op == "equals" else f"(not {eq})"
+        if op == "in":  # Python: a missing value is in no list, not even one holding null
+            return self.json_in(v, [x for x in value if x is not None])
+        if op == "not_in":
+            return f"(not {self.json_in(v, value)})"
+        text = f"({v} #>> '{{}}')"
+        is_text = f"jsonb_typeof({v}) = 'string'"
+        if op == "starts_with":
+            return f"coalesce({is_text} and starts_with({text}, {self.param(value, 'text')}), false)"
+        if op == "contains":
+            kind = _scalar_kind(value)
+            element = self.json_in("nullif(x, 'null'::jsonb)", [value])
+            in_array = f"exists (select 1 from jsonb_array_elements({v}) x where {element})"
+            if kind == "str":
+                in_text = f"strpos({text}, {self.param(value, 'text')}) > 0"
+                return (f"coalesce(case jsonb_typeof({v}) when 'string' then {in_text} "
+                        f"when 'array' then {in_array} else false end, false)")
+            return f"coalesce(jsonb_typeof({v}) = 'array' and {in_array}, false)"
+        if op in _ORDER:
+            kind = _scalar_kind(value)
+            if kind == "str":
+                return f"coalesce({is_text} and {text} collate \"C\" {_ORDER[op]} {self.param(value, 'text')}, false)"
+            if kind == "num":
+                return f"coalesce({_NUM_OF.format(v=v)} {_ORDER[op]} {self.param(_decimal(value), 'numeric')}, false)"
+            return "false"  # Python: None cannot be ordered
+        raise NotCompilable(op)  # dates: parsed from text with Python's rules, left to Python
+
+    def json_in(self, v: str, values: list[Any]) -> str:
+        """True when the JSON value ``v`` equals (Python's ``==``) one of ``values``; never null."""
+        kinds: dict[str, list[Any]] = {"str": [], "num": [], "null": []}
+        for value in values:
+            kinds[_scalar_kind(value)].append(value)
+        parts = []
+        if kinds["str"]:
+            parts.append(f"coalesce(jsonb_typeof({v}) = 'string' and ({v} #>> '{{}}') = "
+                         f"any({self.param(kinds['str'], 'text[]')}), false)")
+        if kinds["num"]:
+            nums = [_decimal(x) for x in kinds["num"]]
+            parts.append(f"coalesce({_NUM_OF.format(v=v)} = any({self.param(nums, 'numeric[]')}), false)")
+        if kinds["null"]:
+            parts.append(f"({v} is null)")
+        return "(" + " or ".join(parts) + ")" if parts else "false"
+
+    def number_compare(self, x: str, op: str, value: Any) -> str:
+        """``compare(op, actual, value)`` where ``x`` is a numeric SQL expression, null for None."""
+        if op == "exists":
+            return f"({x} is not null)"
+        if op == "not_exists":
+            return f"({x} is null)"
+        if op in ("equals", "not_equals", "in", "not_in"):
+            values = [value] if op in ("equals", "not_equals") else value
+            if op == "in":  # Python: None is in no list
+                values = [x for x in values if x is not None]
+            kinds: dict[str, list[Any]] = {"str": [], "num": [], "null": []}
+            for item in values:
+                kinds[_scalar_kind(item)].append(item)
+            parts = []
+            if kinds["num"]:
+                parts.append(f"coalesce({x} = any({self.param([_decimal(n) for n in kinds['num']], 'numeric[]')}), "
+                             "false)")
+            if kinds["null"]:
+                parts.append(f"({x} is null)")
+            found = "(" + " or ".join(parts) + ")" if parts else "false"
+            return found if op in ("equals", "in") else f"(not {found})"
+        if op in _ORDER:
+            if _scalar_kind(value) == "num":
+                return f"coalesce({x} {_ORDER[op]} {self.param(_decimal(value), 'numeric')}, false)"
+            return "false"  # Python: a number and a string or None cannot be ordered
+        # contains / starts_with / dates: a number is neither text, list nor date
+        return "false"
+
+
+@dataclass(frozen=True)
+class Compiled:
+    sql: str
+    params: tuple[Any, ...]
+
+
+def compile_pass(segments: list[tuple[uuid.UUID, int, Any]], today: date) -> Compiled:
+    """One statement evaluating ``segments`` (id, version, parsed definition; all ``compilable``) for a
+    chunk of profiles: takes $1 = workspace, $2 = profile ids; writes memberships and transitions;
+    returns the number of transitions written."""
+    st = _Statement(today)
+    hits = [(st.param(sid, "uuid"), st.condition(node)) for sid, _, node in segments]
+    ids = st.param([s[0] for s in segments], "uuid[]")
+    versions = st.param([s[1] for s in segments], "int[]")
+    counts = ""
+    if st.columns:
+        cols = ", ".join(f"{agg} as {name}" for agg, name in st.columns.items())
+        counts = (f"cross join lateral (select {cols} from segment.event_counts where workspace_id = $1 "
+                  f"and profile_id = u.pid and event = any({st.param(sorted(st.events), 'text[]')})) c")
+    values = ", ".join(f"({sid}, {hit})" for sid, hit in hits)
+    # Every read is an index probe per profile of the chunk ("offset 0" keeps a subquery a loop): with
+    # "= any(ids)" the planner sometimes preferred reading the whole table, and with the statistics of a
+    # table a first pass is still filling, every membership of the workspace.
+    sql = f"""
+        with p as (
+            select s.*, t.traits {", c.*" if counts else ""} from unnest($2::uuid[]) as u(pid)
+             cross join lateral (select * from segment.profile_stats
+                                  where workspace_id = $1 and profile_id = u.pid offset 0) s
+              left join lateral (select traits from segment.profile_traits
+                                  where workspace_id = $1 and profile_id = u.pid offset 0) t on true
+             {counts}
+        ),
+        m as (
+            select x.sid, s.profile_id from p as s
+             cross join lateral (values {values}) as x(sid, hit)
+             where x.hit
+        ),
+        cur as (
+            select ms.sid, u.pid as profile_id from unnest($2::uuid[]) as u(pid)
+             cross join lateral (select segment_id as sid from segment.memberships
+                                  where workspace_id = $1 and profile_id = u.pid and segment_id = any({ids})
+                                 offset 0) ms
+        ),
+        entered as (select sid, profile_id from m except select sid, profile_id from cur),
+        exited as (select sid, profile_id from cur except select sid, profile_id from m),
+        ins as (
+            insert into segment.memberships (workspace_id, segment_id, profile_id)
+            select $1, sid, profile_id from entered on conflict do nothing
+        ),
+        del as (
+            delete from segment.memberships d using exited e
+             where d.workspace_id = $1 and d.segment_id = e.sid and d.profile_id = e.profile_id
+        ),
+        t as (
+            insert into segment.transitions (workspace_id, segment_id, segment_version, profile_id, kind)
+            select $1, ch.sid, v.version, ch.profile_id, ch.kind
+              from (select sid, profile_id, 'entered' as kind from entered
+                    union all select sid, profile_id, 'exited' from exited) ch
+              join unnest({ids}, {versions}) as v(sid, version) on v.sid = ch.sid
+            returning 1
+        )
+        select count(*) from t
+    """
+    return Compiled(sql=sql, params=tuple(st.params))

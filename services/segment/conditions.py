@@ -32,6 +32,7 @@ Evaluation takes plain values so it is unit- and property-tested without a datab
 """
 
 import hashlib
+import math
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +49,19 @@ STAGE_NAMES = ("onboarding", "engaged", "loyal", "advocacy", "reactivated", "at_
 
 
 class _Node(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinities (JSON bodies may carry NaN, Infinity or 1e999) would be stored as null
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    """A comparison value without NaN or infinities, also inside lists and objects (for ``value: Any``)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError("'value' must be a finite number (not NaN or Infinity)")
+        stack.extend(v if isinstance(v, list) else v.values() if isinstance(v, dict) else ())
+    return value
 
 
 class AndNode(_Node):
@@ -77,7 +90,7 @@ class _Compared(_Node):
 
     @model_validator(mode="after")
     def _value_fits_op(self) -> "_Compared":
-        op, v = self.op, self.value
+        op, v = self.op, _finite(self.value)
         if op in ("in", "not_in") and not isinstance(v, list):
             raise ValueError(f"{op!r} needs a list value")
         if op == "within_last_days" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
@@ -228,6 +241,11 @@ class AttributeNode(_Node):
                        "days_since_last_activity", "days_since_last_order", "lead_score", "last_nps"]
     op: TraitOp = "gte"
     value: Any = None
+
+    @model_validator(mode="after")
+    def _finite_value(self) -> "AttributeNode":
+        _finite(self.value)
+        return self
 
 
 class RandomBucketNode(_Node):

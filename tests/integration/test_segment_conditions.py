@@ -204,3 +204,28 @@ async def test_search_lists_profiles_with_counts_and_attributes(ctx, settings) -
     assert await ctx.members(scored) == {str(people[1]), str(people[3]), str(people[4])}
     r = await ctx.seg.post("/v1/profiles/search", headers=ctx.h, json={**body, "after": "nope"})
     assert r.status_code == 422
+
+
+async def test_non_finite_numbers_are_refused_not_saved_as_null(ctx) -> None:
+    """JSON bodies may carry NaN, Infinity or 1e999 (read as infinity). Saved, they became null: the
+    definition changed meaning (``equals NaN`` turned into ``equals null``) or no longer parsed, and every
+    later save, preview and evaluation in the workspace failed with a 500."""
+    cases = [
+        ('{"type": "aggregate", "event": "Order Completed", "property": "revenue", "value": 1e999}',
+         "definition.aggregate.value"),
+        ('{"type": "trait", "trait": "score", "op": "equals", "value": NaN}', "definition.trait"),
+        ('{"type": "not", "child": {"type": "trait", "trait": "plan", "op": "in", "value": ["pro", Infinity]}}',
+         "definition.not.child.trait"),
+        ('{"type": "attribute", "attribute": "total_revenue", "op": "gt", "value": -Infinity}', "definition.attribute"),
+        ('{"type": "random_bucket", "percent": NaN}', "definition.random_bucket.percent"),
+    ]
+    headers = {**ctx.h, "content-type": "application/json"}
+    for definition, at in cases:
+        for path in ("/v1/segments", "/v1/segments/preview"):
+            r = await ctx.seg.post(path, headers=headers, content=f'{{"name": "n", "definition": {definition}}}')
+            assert r.status_code == 422, (definition, r.text)
+            assert r.headers["content-type"] == "application/problem+json"
+            assert [e["at"] for e in r.json()["errors"]] == [at], r.text
+    assert (await ctx.seg.get("/v1/segments", headers=ctx.h)).json()["segments"] == []
+    await ctx.segment({"type": "trait", "trait": "plan", "value": "pro"})  # the workspace still works
+

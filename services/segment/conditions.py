@@ -362,7 +362,12 @@ def _as_datetime(v: Any) -> datetime | None:
             return None
     else:
         return None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    if dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+05:00 is in year 0 in UTC: the nearest instant there is
+        return (datetime.min if dt.year == 1 else datetime.max).replace(tzinfo=UTC)
 
 
 def _number(v: Any) -> float | None:
@@ -410,9 +415,8 @@ def compare(op: str, actual: Any, expected: Any, today: date | None = None) -> b
         when = _as_datetime(actual)
         if when is None:
             return False
-        if op == "within_last_days":
-            day = (today or datetime.now(UTC).date())
-            return day - timedelta(days=int(expected) - 1) <= when.date() <= day
+        if op == "within_last_days":  # today and the N - 1 days before (no date arithmetic: N may be huge)
+            return 0 <= ((today or datetime.now(UTC).date()) - when.date()).days < int(expected)
         bound = _as_datetime(expected)
         assert bound is not None  # checked on save
         return when < bound if op == "before" else when > bound

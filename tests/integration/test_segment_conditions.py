@@ -229,3 +229,31 @@ async def test_non_finite_numbers_are_refused_not_saved_as_null(ctx) -> None:
     assert (await ctx.seg.get("/v1/segments", headers=ctx.h)).json()["segments"] == []
     await ctx.segment({"type": "trait", "trait": "plan", "value": "pro"})  # the workspace still works
 
+
+async def test_dates_beyond_the_utc_range_compare_instead_of_crashing(ctx) -> None:
+    """Dates in year 1 or 9999 with an offset fall outside year 1–9999 once moved to UTC: a user's trait
+    like that made every date condition on it a 500 (previews) or a failed evaluation, and so did such a
+    value in a definition. ``within_last_days`` with a large N overflowed the same way."""
+    ws = ctx.ws
+    ancient, modern, recent = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await _fold(ctx.sm, [
+        _ev(ws, ancient, "identify", traits={"born": "0001-01-01T00:00:00+05:00"}),
+        _ev(ws, modern, "identify", traits={"born": "1990-06-01"}),
+        _ev(ws, recent, "identify", traits={"born": "9999-12-31T23:00:00-05:00"}),
+    ])
+
+    async def preview(definition: dict) -> int:
+        r = await ctx.seg.post("/v1/segments/preview", headers=ctx.h, json={"definition": definition})
+        assert r.status_code == 200, r.text
+        return r.json()["count"]
+
+    assert await preview({"type": "trait", "trait": "born", "op": "before", "value": "2000-01-01"}) == 2
+    assert await preview({"type": "trait", "trait": "born", "op": "after", "value": "2000-01-01"}) == 1
+    assert await preview({"type": "trait", "trait": "born", "op": "within_last_days", "value": 1_000_000}) == 2
+    far = {"type": "trait", "trait": "born", "op": "before", "value": "9999-12-31T23:00:00-05:00"}
+    assert await preview(far) == 2
+    sid = await ctx.segment(far)
+    assert await ctx.members(sid) == {str(ancient), str(modern)}
+    huge = await ctx.segment({"type": "trait", "trait": "born", "op": "within_last_days", "value": 10**12})
+    assert await ctx.members(huge) == {str(ancient), str(modern)}
+

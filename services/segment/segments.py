@@ -1,6 +1,7 @@
 """Segment definitions, memberships and the transition feed (no HTTP here)."""
 
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import ValidationError
@@ -14,15 +15,33 @@ from shared.feed import Cursor, feed_params, feed_query
 from shared.jsonutil import dumps
 
 _COLUMNS = "id, name, definition, version, created_at, updated_at"
+# levels of and / or / not: far beyond any real definition, and far inside what a JSON answer may nest
+MAX_DEPTH = 32
+
+
+def _nodes(node: Any, at: str = "definition", depth: int = 0) -> Iterator[tuple[str, int, Any]]:
+    """Each node of a parsed definition with its place, named as validation errors name it
+    (``definition.and.children.1``), and how many and / or / not nodes it is nested in."""
+    yield at, depth, node
+    if isinstance(node, conditions.AndNode | conditions.OrNode):
+        for i, child in enumerate(node.children):
+            yield from _nodes(child, f"{at}.{node.type}.children.{i}", depth + 1)
+    elif isinstance(node, conditions.NotNode):
+        yield from _nodes(node.child, f"{at}.not.child", depth + 1)
 
 
 def validate_definition(definition: dict[str, Any]) -> Any:
     try:
-        return conditions.parse(definition)
+        node = conditions.parse(definition)
     except ValidationError as exc:
         errors = [{"at": "definition." + ".".join(str(p) for p in e["loc"]), "msg": e["msg"]}
                   for e in exc.errors(include_url=False)]
         raise ValidationFailed("The segment definition is not valid", errors=errors) from None
+    too_deep = next((at for at, depth, _ in _nodes(node) if depth > MAX_DEPTH), None)
+    if too_deep:
+        raise ValidationFailed("The segment definition is not valid", errors=[
+            {"at": too_deep, "msg": f"nested more than {MAX_DEPTH} levels deep (and / or / not)"}])
+    return node
 
 
 async def check_references(session: AsyncSession, ws: uuid.UUID, node: Any, segment_id: uuid.UUID | None = None

@@ -257,3 +257,21 @@ async def test_dates_beyond_the_utc_range_compare_instead_of_crashing(ctx) -> No
     huge = await ctx.segment({"type": "trait", "trait": "born", "op": "within_last_days", "value": 10**12})
     assert await ctx.members(huge) == {str(ancient), str(modern)}
 
+
+async def test_deeply_nested_definitions_are_refused_before_anything_is_saved(ctx) -> None:
+    """A definition nested 150 levels deep was saved, then the answer (and every later listing of the
+    workspace's segments) failed to serialize: a 500 after the write, and a retry got a 409."""
+    leaf = {"type": "trait", "trait": "plan", "value": "pro"}
+    deep: dict = leaf
+    for _ in range(150):
+        deep = {"type": "and", "children": [deep]}
+    r = await ctx.seg.post("/v1/segments", headers=ctx.h, json={"name": "deep", "definition": deep})
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+    error = r.json()["errors"][0]
+    assert error["at"] == "definition" + ".and.children.0" * 33 and "32 levels" in error["msg"]
+    r = await ctx.seg.get("/v1/segments", headers=ctx.h)
+    assert r.status_code == 200 and r.json()["segments"] == []
+    shallow: dict = leaf
+    for _ in range(32):
+        shallow = {"type": "not", "child": shallow}
+    assert (await ctx.seg.post("/v1/segments/preview", headers=ctx.h, json={"definition": shallow})).status_code == 200

@@ -44,33 +44,40 @@ def validate_definition(definition: dict[str, Any]) -> Any:
     return node
 
 
+def _reads(graph: dict[uuid.UUID, set[uuid.UUID]], start: uuid.UUID, target: uuid.UUID) -> bool:
+    """Whether segment ``start`` is ``target`` or reads it, directly or through other segments."""
+    stack, seen = [start], set()
+    while stack:
+        sid = stack.pop()
+        if sid == target:
+            return True
+        if sid not in seen:
+            seen.add(sid)
+            stack.extend(graph.get(sid, ()))
+    return False
+
+
 async def check_references(session: AsyncSession, ws: uuid.UUID, node: Any, segment_id: uuid.UUID | None = None
                            ) -> None:
     """Segments and lists a definition names must exist in the workspace, and segments must not read
-    each other in a cycle (``segment_id``: the segment being edited)."""
-    refs = conditions.segments_of(node)
-    lists = {n.list_id for n in conditions.walk(node) if isinstance(n, conditions.ListNode)}
+    each other in a cycle (``segment_id``: the segment being edited). Errors name the node."""
+    nodes = [(at, n) for at, _, n in _nodes(node)]
+    refs = [(f"{at}.segment.segment_id", n.segment_id) for at, n in nodes if isinstance(n, conditions.SegmentRefNode)]
+    lists = [(f"{at}.list.list_id", n.list_id) for at, n in nodes if isinstance(n, conditions.ListNode)]
     errors = []
     if refs or segment_id:
         graph = {r.id: conditions.segments_of(conditions.parse(r.definition)) for r in await session.execute(
             text("select id, definition from segment.segments where workspace_id = :ws"), {"ws": ws})}
-        errors += [{"at": "definition", "msg": f"no segment {r} in this workspace"} for r in sorted(refs - set(graph))]
+        errors += [{"at": at, "msg": f"no segment {sid} in this workspace"} for at, sid in refs if sid not in graph]
         if segment_id is not None:
-            graph[segment_id] = refs
-            stack, seen = list(refs), set()
-            while stack:
-                sid = stack.pop()
-                if sid == segment_id:
-                    errors.append({"at": "definition", "msg": "segments would read each other in a cycle"})
-                    break
-                if sid not in seen:
-                    seen.add(sid)
-                    stack.extend(graph.get(sid, ()))
+            graph[segment_id] = {sid for _, sid in refs}
+            errors += [{"at": at, "msg": "segments would read each other in a cycle"}
+                       for at, ref in refs if _reads(graph, ref, segment_id)][:1]
     if lists:
         known = set((await session.execute(
             text("select id from segment.lists where workspace_id = :ws and id = any(CAST(:ids AS uuid[]))"),
-            {"ws": ws, "ids": list(lists)})).scalars())
-        errors += [{"at": "definition", "msg": f"no list {lid} in this workspace"} for lid in sorted(lists - known)]
+            {"ws": ws, "ids": list({lid for _, lid in lists})})).scalars())
+        errors += [{"at": at, "msg": f"no list {lid} in this workspace"} for at, lid in lists if lid not in known]
     if errors:
         raise ValidationFailed("The segment definition is not valid", errors=errors)
 

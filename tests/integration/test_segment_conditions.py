@@ -275,3 +275,32 @@ async def test_deeply_nested_definitions_are_refused_before_anything_is_saved(ct
     for _ in range(32):
         shallow = {"type": "not", "child": shallow}
     assert (await ctx.seg.post("/v1/segments/preview", headers=ctx.h, json={"definition": shallow})).status_code == 200
+
+
+async def test_reference_errors_name_the_node(ctx) -> None:
+    """A segment or list that does not exist, or a reference that closes a cycle, is reported at its node
+    (it was reported at ``definition``, whatever the node, so a large tree left the user searching)."""
+    lst = (await ctx.seg.post("/v1/lists", headers=ctx.h, json={"name": uuid.uuid4().hex})).json()["id"]
+    ghost_segment, ghost_list = str(uuid.uuid4()), str(uuid.uuid4())
+    definition = {"type": "and", "children": [
+        {"type": "list", "list_id": lst},
+        {"type": "or", "children": [{"type": "trait", "trait": "plan", "op": "exists"},
+                                    {"type": "segment", "segment_id": ghost_segment}]},
+        {"type": "not", "child": {"type": "list", "list_id": ghost_list}},
+    ]}
+    expected = [
+        {"at": "definition.and.children.1.or.children.1.segment.segment_id",
+         "msg": f"no segment {ghost_segment} in this workspace"},
+        {"at": "definition.and.children.2.not.child.list.list_id", "msg": f"no list {ghost_list} in this workspace"},
+    ]
+    for path in ("/v1/segments", "/v1/segments/preview", "/v1/profiles/search"):
+        r = await ctx.seg.post(path, headers=ctx.h, json={"name": "refs", "definition": definition})
+        assert r.status_code == 422 and r.json()["errors"] == expected, r.text
+    pro = await ctx.segment({"type": "trait", "trait": "plan", "value": "pro"})
+    reader = await ctx.segment({"type": "or", "children": [{"type": "trait", "trait": "vip", "value": True},
+                                                          {"type": "segment", "segment_id": pro}]})
+    r = await ctx.seg.put(f"/v1/segments/{pro}", headers=ctx.h, json={"definition": {"type": "and", "children": [
+        {"type": "trait", "trait": "plan", "value": "pro"}, {"type": "segment", "segment_id": reader}]}})
+    assert r.status_code == 422
+    assert r.json()["errors"] == [{"at": "definition.and.children.1.segment.segment_id",
+                                   "msg": "segments would read each other in a cycle"}]

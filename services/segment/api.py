@@ -170,10 +170,12 @@ async def get_profile_stage(profile_id: uuid.UUID, ws: WorkspaceDep, session: Se
 async def retention_metrics(
     ws: WorkspaceDep,
     session: SessionDep,
-    start: Annotated[IsoDatetime, Query(description="cohort: profiles first seen from (inclusive)")],
-    end: Annotated[IsoDatetime, Query(description="… until (exclusive)")],
+    start: Annotated[IsoDatetime, Query(description="cohort: profiles first seen from (inclusive; UTC unless an "
+                                                    "offset is given)", examples=["2026-01-01T00:00:00Z"])],
+    end: Annotated[IsoDatetime, Query(description="… until (exclusive)", examples=["2026-02-01T00:00:00Z"])],
     segment_id: Annotated[uuid.UUID | None, Query(description="only current members of this segment")] = None,
 ) -> dict[str, Any]:
+    start, end = (t if t.tzinfo else t.replace(tzinfo=UTC) for t in (start, end))  # no offset: UTC
     if end <= start:
         raise ValidationFailed("end must be after start")
     async with session.begin():

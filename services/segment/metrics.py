@@ -16,7 +16,7 @@ Rates are ``None`` when their denominator is zero.
 """
 
 import uuid
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -96,7 +96,7 @@ async def stage_series(session: AsyncSession, ws: uuid.UUID, start: date, end: d
              group by 1, 2 order by 2
             """
         ),
-        {"ws": ws, "ids": list(ids), "until": datetime.combine(end + timedelta(days=1), datetime.min.time())},
+        {"ws": ws, "ids": list(ids), "until": datetime.combine(end + timedelta(days=1), time(), tzinfo=UTC)},
     )).all()
     level = {st: 0 for st in lifecycle.STAGES}
     deltas: dict[date, list[tuple[str, int]]] = {}

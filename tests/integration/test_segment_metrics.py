@@ -54,3 +54,37 @@ async def test_rates_follow_their_definitions(apps, workspace, sessionmaker) -> 
     assert [d["day"] for d in series] == [(today - timedelta(days=1)).isoformat(), today.isoformat()]
     assert sum(v for k, v in series[-1].items() if k != "day") == 10 and series[0]["onboarding"] == 0
     assert series[-1]["advocacy"] == 2
+
+
+async def test_a_period_without_an_offset_is_utc(apps, workspace, sessionmaker, monkeypatch) -> None:
+    """``start``/``end`` without an offset are UTC, as the stage series' days are: mixing one with an offset
+    and one without was a 500 (naive and aware datetimes do not compare), and the database driver read
+    them in the server's local time zone. The stage series' last day ended at local midnight the same way."""
+    import time
+
+    from sqlalchemy import text
+
+    from services.segment import lifecycle
+
+    ws = workspace.workspace_id
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    user = uuid.uuid4()
+    async with sessionmaker() as s, s.begin():
+        await evaluation.apply_events(s, [_ev(ws, user, type="track", event="Signed Up",
+                                              timestamp="2024-03-10T23:30:00+00:00")])
+        await s.execute(text("insert into segment.transitions (workspace_id, segment_id, segment_version, profile_id, "
+                             "kind, at) values (:ws, :sid, 0, :pid, 'entered', '2024-03-10T20:00:00Z')"),
+                        {"ws": ws, "sid": lifecycle.stage_segment_id(ws, "onboarding"), "pid": user})
+    monkeypatch.setenv("TZ", "Pacific/Kiritimati")  # UTC+14: a server whose clock is not set to UTC
+    time.tzset()
+    try:
+        for start, end in (("2024-03-10T23:00:00Z", "2024-03-11T00:00:00"), ("2024-03-10T23:00:00", "2024-03-11")):
+            r = await apps["segment"].get("/v1/metrics", headers=h, params={"start": start, "end": end})
+            assert r.status_code == 200, r.text
+            m = r.json()
+            assert m["users"] == 1 and m["start"] == "2024-03-10T23:00:00Z" and m["end"] == "2024-03-11T00:00:00Z"
+        r = await apps["segment"].get("/v1/metrics/stages", headers=h, params={"start": "2024-03-10", "end": "2024-03-10"})
+        assert r.status_code == 200 and r.json()["days"][0]["onboarding"] == 1, r.text
+    finally:
+        monkeypatch.undo()
+        time.tzset()

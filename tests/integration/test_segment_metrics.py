@@ -88,3 +88,27 @@ async def test_a_period_without_an_offset_is_utc(apps, workspace, sessionmaker, 
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+async def test_metrics_of_a_segment_that_does_not_exist_are_a_404(apps, workspace, sessionmaker) -> None:
+    """A mistyped, deleted or other workspace's segment id answered 200 with zero users and null rates,
+    which reads as "nobody"; stage segments (GET /v1/lifecycle) are segments here too."""
+    ws = workspace.workspace_id
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    user = uuid.uuid4()
+    async with sessionmaker() as s, s.begin():
+        affected = await evaluation.apply_events(s, [_ev(ws, user, type="track", event="Signed Up")])
+        await evaluation.reevaluate(s, ws, affected[ws])
+    now = datetime.now(UTC)
+    period = {"start": (now - timedelta(days=1)).isoformat(), "end": (now + timedelta(days=1)).isoformat()}
+    r = await apps["segment"].get("/v1/metrics", headers=h, params={**period, "segment_id": str(uuid.uuid4())})
+    assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json", r.text
+    stages = (await apps["segment"].get("/v1/lifecycle", headers=h)).json()["stages"]
+    onboarding = next(s["segment_id"] for s in stages if s["stage"] == "onboarding")
+    r = await apps["segment"].get("/v1/metrics", headers=h, params={**period, "segment_id": onboarding})
+    assert r.status_code == 200 and r.json()["users"] == 1
+    seg = (await apps["segment"].post("/v1/segments", headers=h, json={"name": "all", "definition": {
+        "type": "performed", "event": "Signed Up"}})).json()
+    r = await apps["segment"].get("/v1/metrics", headers=h, params={**period, "segment_id": seg["id"]})
+    assert r.status_code == 200 and r.json()["segment_id"] == seg["id"]
+

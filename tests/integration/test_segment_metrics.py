@@ -112,3 +112,20 @@ async def test_metrics_of_a_segment_that_does_not_exist_are_a_404(apps, workspac
     r = await apps["segment"].get("/v1/metrics", headers=h, params={**period, "segment_id": seg["id"]})
     assert r.status_code == 200 and r.json()["segment_id"] == seg["id"]
 
+
+async def test_nps_and_csat_count_only_answers_on_their_scales(apps, workspace, sessionmaker) -> None:
+    """docs/metrics.md: NPS answers are 0–10, CSAT answers 1–5. A ``csat`` trait of 9 (another scale, or a
+    typo) counted as a satisfied answer and 0 as an unsatisfied one; an ``nps`` trait of 42 as a promoter
+    (survey events out of 0–10 were already ignored)."""
+    ws = workspace.workspace_id
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    traits = [{"csat": 5, "nps": 10}, {"csat": 4, "nps": 8}, {"csat": 2, "nps": 42}, {"csat": 9, "nps": -3},
+              {"csat": 0}, {"csat": 4.5}]
+    events = [_ev(ws, uuid.uuid4(), type="identify", traits=t) for t in traits]
+    async with sessionmaker() as s, s.begin():
+        await evaluation.apply_events(s, events)
+    now = datetime.now(UTC)
+    m = (await apps["segment"].get("/v1/metrics", headers=h, params={
+        "start": (now - timedelta(days=1)).isoformat(), "end": (now + timedelta(days=1)).isoformat()})).json()
+    assert (m["csat_responses"], m["csat"]) == (4, 75.0)  # 5, 4, 2 and 4.5
+    assert (m["nps_responses"], m["nps"]) == (2, 50.0)  # 10 (promoter) and 8 (passive)

@@ -304,3 +304,19 @@ async def test_reference_errors_name_the_node(ctx) -> None:
     assert r.status_code == 422
     assert r.json()["errors"] == [{"at": "definition.and.children.1.segment.segment_id",
                                    "msg": "segments would read each other in a cycle"}]
+
+
+async def test_search_results_carry_each_profiles_stage(ctx) -> None:
+    """Search answers list each profile's lifecycle stage; it was null unless the condition itself read a
+    stage or another segment."""
+    ws = ctx.ws
+    buyer, visitor = uuid.uuid4(), uuid.uuid4()
+    await _fold(ctx.sm, [_ev(ws, buyer, event="Order Completed", props={"revenue": 10}),
+                         _ev(ws, visitor, event="Page Viewed")])
+    for definition in ({"type": "attribute", "attribute": "order_count", "op": "gte", "value": 0},
+                       {"type": "or", "children": [{"type": "stage", "stage": "engaged"},
+                                                   {"type": "stage", "stage": "onboarding"}]}):
+        r = await ctx.seg.post("/v1/profiles/search", headers=ctx.h, json={"definition": definition})
+        assert r.status_code == 200, r.text
+        assert {p["profile_id"]: p["stage"] for p in r.json()["profiles"]} == {
+            str(buyer): "engaged", str(visitor): "onboarding"}

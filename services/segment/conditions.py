@@ -24,7 +24,7 @@ A definition is a tree of nodes discriminated on ``type``:
   membership of a manual list;
 - ``random_bucket``: a stable random ``percent`` of profiles (for holdouts);
 - ``attribute``: compare a computed attribute (order count, revenue, average order value, purchase
-  frequency, days since last activity / order, lead score, last NPS; see attributes.py).
+  frequency, first / last seen, days since last activity / order, lead score, last NPS; see attributes.py).
 
 Unfiltered counts come from per-day aggregates (fast); property filters, aggregates, last-event
 properties and keyed conditions read the profile's stored events of the events they name.
@@ -237,8 +237,8 @@ class AttributeNode(_Node):
     """A computed attribute (see attributes.py), e.g. ``order_count`` ``gte`` 2, ``total_revenue`` ``gt`` 500."""
 
     type: Literal["attribute"] = "attribute"
-    attribute: Literal["order_count", "total_revenue", "average_order_value", "orders_per_month",
-                       "days_since_last_activity", "days_since_last_order", "lead_score", "last_nps"]
+    attribute: Literal["order_count", "total_revenue", "average_order_value", "orders_per_month", "first_seen",
+                       "last_seen", "days_since_last_activity", "days_since_last_order", "lead_score", "last_nps"]
     op: TraitOp = "gte"
     value: Any = None
 
@@ -340,7 +340,7 @@ def has_window(node: Any) -> bool:
             return True
         if isinstance(n, PerformedTimeNode) and n.op in ("within_last_days", "over_days_ago"):
             return True
-        if isinstance(n, TraitNode | AccountTraitNode | PropertyFilter) and n.op == "within_last_days":
+        if isinstance(n, TraitNode | AccountTraitNode | PropertyFilter | AttributeNode) and n.op == "within_last_days":
             return True
         if isinstance(n, AttributeNode) and (n.attribute.startswith("days_since") or n.attribute == "orders_per_month"):
             return True

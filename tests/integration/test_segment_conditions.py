@@ -320,3 +320,20 @@ async def test_search_results_carry_each_profiles_stage(ctx) -> None:
         assert r.status_code == 200, r.text
         assert {p["profile_id"]: p["stage"] for p in r.json()["profiles"]} == {
             str(buyer): "engaged", str(visitor): "onboarding"}
+
+
+async def test_first_and_last_seen_are_usable_in_conditions(ctx) -> None:
+    """First / last seen are computed attributes like the others (readable on GET …/attributes), but a
+    condition on them was refused: "new users of the last 7 days" could not be written."""
+    ws = ctx.ws
+    new, old = uuid.uuid4(), uuid.uuid4()
+    await _fold(ctx.sm, [_ev(ws, new, event="App Opened", days_ago=1), _ev(ws, old, event="App Opened", days_ago=40),
+                         _ev(ws, old, event="App Opened", days_ago=2)])
+    new_users = await ctx.segment({"type": "attribute", "attribute": "first_seen", "op": "within_last_days",
+                                   "value": 7})
+    assert await ctx.members(new_users) == {str(new)}
+    seen_lately = await ctx.segment({"type": "attribute", "attribute": "last_seen", "op": "after",
+                                     "value": (NOW - timedelta(days=3)).isoformat()})
+    assert await ctx.members(seen_lately) == {str(new), str(old)}
+    await evaluation.recheck_windows(ctx.sm, NOW.date() + timedelta(days=7))  # a week on, no new event
+    assert await ctx.members(new_users) == set()

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.segment import evaluation, lists, metrics, segments
+from services.segment import evaluation, lifecycle, lists, metrics, segments
 from services.segment.schemas import (
     LifecycleOverview,
     ListCreate,
@@ -166,17 +166,22 @@ async def get_profile_stage(profile_id: uuid.UUID, ws: WorkspaceDep, session: Se
 
 @router.get("/metrics", response_model=RetentionMetrics, operation_id="retention_metrics", tags=["metrics"],
             summary="Activation, repeat, loyal and churn rates, average CLTV, NPS and CSAT for a cohort",
-            responses=COMMON_ERRORS)
+            responses=_NOT_FOUND)
 async def retention_metrics(
     ws: WorkspaceDep,
     session: SessionDep,
-    start: Annotated[IsoDatetime, Query(description="cohort: profiles first seen from (inclusive)")],
-    end: Annotated[IsoDatetime, Query(description="… until (exclusive)")],
-    segment_id: Annotated[uuid.UUID | None, Query(description="only current members of this segment")] = None,
+    start: Annotated[IsoDatetime, Query(description="cohort: profiles first seen from (inclusive; UTC unless an "
+                                                    "offset is given)", examples=["2026-01-01T00:00:00Z"])],
+    end: Annotated[IsoDatetime, Query(description="… until (exclusive)", examples=["2026-02-01T00:00:00Z"])],
+    segment_id: Annotated[uuid.UUID | None, Query(description="only current members of this segment (or lifecycle "
+                                                               "stage: its segment id from GET /v1/lifecycle)")] = None,
 ) -> dict[str, Any]:
+    start, end = (t if t.tzinfo else t.replace(tzinfo=UTC) for t in (start, end))  # no offset: UTC
     if end <= start:
         raise ValidationFailed("end must be after start")
     async with session.begin():
+        if segment_id is not None and segment_id not in {lifecycle.stage_segment_id(ws, st) for st in lifecycle.STAGES}:
+            await segments.get_segment(session, ws, segment_id)  # a 404, not the metrics of nobody
         cfg = await evaluation.lifecycle_settings(session, ws)
         body = await metrics.retention_metrics(session, ws, start, end, segment_id, cfg)
     return {"start": start, "end": end, "segment_id": str(segment_id) if segment_id else None, **body}

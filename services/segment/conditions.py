@@ -24,7 +24,7 @@ A definition is a tree of nodes discriminated on ``type``:
   membership of a manual list;
 - ``random_bucket``: a stable random ``percent`` of profiles (for holdouts);
 - ``attribute``: compare a computed attribute (order count, revenue, average order value, purchase
-  frequency, days since last activity / order, lead score, last NPS; see attributes.py).
+  frequency, first / last seen, days since last activity / order, lead score, last NPS; see attributes.py).
 
 Unfiltered counts come from per-day aggregates (fast); property filters, aggregates, last-event
 properties and keyed conditions read the profile's stored events of the events they name.
@@ -32,6 +32,7 @@ Evaluation takes plain values so it is unit- and property-tested without a datab
 """
 
 import hashlib
+import math
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +49,19 @@ STAGE_NAMES = ("onboarding", "engaged", "loyal", "advocacy", "reactivated", "at_
 
 
 class _Node(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinities (JSON bodies may carry NaN, Infinity or 1e999) would be stored as null
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    """A comparison value without NaN or infinities, also inside lists and objects (for ``value: Any``)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError("'value' must be a finite number (not NaN or Infinity)")
+        stack.extend(v if isinstance(v, list) else v.values() if isinstance(v, dict) else ())
+    return value
 
 
 class AndNode(_Node):
@@ -77,7 +90,7 @@ class _Compared(_Node):
 
     @model_validator(mode="after")
     def _value_fits_op(self) -> "_Compared":
-        op, v = self.op, self.value
+        op, v = self.op, _finite(self.value)
         if op in ("in", "not_in") and not isinstance(v, list):
             raise ValueError(f"{op!r} needs a list value")
         if op == "within_last_days" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
@@ -224,10 +237,15 @@ class AttributeNode(_Node):
     """A computed attribute (see attributes.py), e.g. ``order_count`` ``gte`` 2, ``total_revenue`` ``gt`` 500."""
 
     type: Literal["attribute"] = "attribute"
-    attribute: Literal["order_count", "total_revenue", "average_order_value", "orders_per_month",
-                       "days_since_last_activity", "days_since_last_order", "lead_score", "last_nps"]
+    attribute: Literal["order_count", "total_revenue", "average_order_value", "orders_per_month", "first_seen",
+                       "last_seen", "days_since_last_activity", "days_since_last_order", "lead_score", "last_nps"]
     op: TraitOp = "gte"
     value: Any = None
+
+    @model_validator(mode="after")
+    def _finite_value(self) -> "AttributeNode":
+        _finite(self.value)
+        return self
 
 
 class RandomBucketNode(_Node):
@@ -322,7 +340,7 @@ def has_window(node: Any) -> bool:
             return True
         if isinstance(n, PerformedTimeNode) and n.op in ("within_last_days", "over_days_ago"):
             return True
-        if isinstance(n, TraitNode | AccountTraitNode | PropertyFilter) and n.op == "within_last_days":
+        if isinstance(n, TraitNode | AccountTraitNode | PropertyFilter | AttributeNode) and n.op == "within_last_days":
             return True
         if isinstance(n, AttributeNode) and (n.attribute.startswith("days_since") or n.attribute == "orders_per_month"):
             return True
@@ -344,7 +362,12 @@ def _as_datetime(v: Any) -> datetime | None:
             return None
     else:
         return None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    if dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+05:00 is in year 0 in UTC: the nearest instant there is
+        return (datetime.min if dt.year == 1 else datetime.max).replace(tzinfo=UTC)
 
 
 def _number(v: Any) -> float | None:
@@ -392,9 +415,8 @@ def compare(op: str, actual: Any, expected: Any, today: date | None = None) -> b
         when = _as_datetime(actual)
         if when is None:
             return False
-        if op == "within_last_days":
-            day = (today or datetime.now(UTC).date())
-            return day - timedelta(days=int(expected) - 1) <= when.date() <= day
+        if op == "within_last_days":  # today and the N - 1 days before (no date arithmetic: N may be huge)
+            return 0 <= ((today or datetime.now(UTC).date()) - when.date()).days < int(expected)
         bound = _as_datetime(expected)
         assert bound is not None  # checked on save
         return when < bound if op == "before" else when > bound

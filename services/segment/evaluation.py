@@ -823,8 +823,7 @@ async def search(session: AsyncSession, ws: uuid.UUID, node: Any, *, after: uuid
     cursor: uuid.UUID | None = None
     while True:
         pids = await known_profiles(session, ws, cursor, EVAL_CHUNK)
-        current = await memberships(session, ws, pids) if conditions.uses(
-            node, conditions.SegmentRefNode | conditions.StageNode) else {}
+        current = await memberships(session, ws, pids)  # segments and stage: for the condition and the answer
         facts = await _load_facts(session, ws, pids, needs, today, settings=settings, current=current)
         for pid in pids:
             if predicate(facts[pid]):

@@ -22,6 +22,8 @@ from shared.http import InternalClient
 
 MAX_IDS = 10_000
 _CONTROL = re.compile(r"[\x00-\x1f]")
+# a header naming the column (compared lower-cased, without spaces, "_" and "-": "Anonymous ID", "E-mail")
+_HEADERS = {"id", "ids", "userid", "email", "emailaddress", "profileid", "anonymousid"}
 _COLUMNS = ("l.id, l.name, l.created_at, (select count(*) from segment.list_members m "
             "where m.workspace_id = l.workspace_id and m.list_id = l.id) as members")
 
@@ -33,13 +35,15 @@ def ids_from_csv(raw: bytes) -> list[str]:
     except UnicodeDecodeError:
         raise ValidationFailed("The CSV file is not UTF-8") from None
     try:  # newline="": the csv module itself handles \n, \r\n and bare \r line ends
-        ids = [row[0].strip() for row in csv.reader(io.StringIO(content, newline="")) if row and row[0].strip()]
+        reader = csv.reader(io.StringIO(content, newline=""))
+        rows = [(reader.line_num, row[0].strip()) for row in reader if row and row[0].strip()]
     except csv.Error as exc:
         raise ValidationFailed(f"The CSV file could not be read: {exc}") from None
-    bad = [i + 2 for i, ref in enumerate(ids) if _CONTROL.search(ref) or len(ref) > 512]
+    bad = [line for line, ref in rows if _CONTROL.search(ref) or len(ref) > 512]
     if bad:
         raise ValidationFailed(f"Ids on lines {bad[:10]} have control characters or are over 512 characters")
-    if ids and ids[0].lower() in ("id", "ids", "user_id", "userid", "email", "profile_id", "anonymous_id"):
+    ids = [ref for _, ref in rows]
+    if ids and re.sub(r"[\s_-]", "", ids[0].lower()) in _HEADERS:
         ids = ids[1:]
     if not ids:
         raise ValidationFailed("The CSV file has no ids")

@@ -10,13 +10,13 @@ optionally restricted to the current members of a segment:
 - average CLTV = mean revenue per customer;
 - NPS = % promoters (9–10) − % detractors (0–6) among users who answered, each user's newest answer:
   the ``score`` of their last NPS survey event (workspace setting ``nps_event``, default
-  ``NPS Survey Submitted``), else their ``nps`` trait;
-  CSAT = % of users who answered ``csat`` 4–5 on a 1–5 scale.
+  ``NPS Survey Submitted``), else their ``nps`` trait (answers outside 0–10 are not answers);
+  CSAT = % of users who answered ``csat`` 4–5 on a 1–5 scale (values outside 1–5 are not answers).
 Rates are ``None`` when their denominator is zero.
 """
 
 import uuid
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -36,9 +36,13 @@ async def retention_metrics(session: AsyncSession, ws: uuid.UUID, start: datetim
         text(
             """
             with cohort as (
-              select s.profile_id, s.order_count, s.revenue, t.traits,
+              select s.profile_id, s.order_count, s.revenue,
                      coalesce(s.last_nps, case when jsonb_typeof(t.traits->'nps') = 'number'
-                                               then (t.traits->>'nps')::numeric end) as nps
+                                                and (t.traits->>'nps')::numeric between 0 and 10
+                                               then (t.traits->>'nps')::numeric end) as nps,
+                     case when jsonb_typeof(t.traits->'csat') = 'number'
+                           and (t.traits->>'csat')::numeric between 1 and 5
+                          then (t.traits->>'csat')::numeric end as csat
                 from segment.profile_stats s
                 left join segment.profile_traits t using (workspace_id, profile_id)
                where s.workspace_id = :ws and s.first_seen >= :start and s.first_seen < :end
@@ -56,9 +60,8 @@ async def retention_metrics(session: AsyncSession, ws: uuid.UUID, start: datetim
                    count(nps) as nps_answers,
                    count(*) filter (where nps >= 9) as promoters,
                    count(*) filter (where nps <= 6) as detractors,
-                   count(*) filter (where jsonb_typeof(traits->'csat') = 'number') as csat_answers,
-                   count(*) filter (where jsonb_typeof(traits->'csat') = 'number'
-                                      and (traits->>'csat')::numeric >= 4) as satisfied
+                   count(csat) as csat_answers,
+                   count(*) filter (where csat >= 4) as satisfied
               from cohort
             """
         ),
@@ -96,7 +99,7 @@ async def stage_series(session: AsyncSession, ws: uuid.UUID, start: date, end: d
              group by 1, 2 order by 2
             """
         ),
-        {"ws": ws, "ids": list(ids), "until": datetime.combine(end + timedelta(days=1), datetime.min.time())},
+        {"ws": ws, "ids": list(ids), "until": datetime.combine(end + timedelta(days=1), time(), tzinfo=UTC)},
     )).all()
     level = {st: 0 for st in lifecycle.STAGES}
     deltas: dict[date, list[tuple[str, int]]] = {}

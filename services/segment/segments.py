@@ -1,6 +1,7 @@
 """Segment definitions, memberships and the transition feed (no HTTP here)."""
 
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import ValidationError
@@ -14,44 +15,69 @@ from shared.feed import Cursor, feed_params, feed_query
 from shared.jsonutil import dumps
 
 _COLUMNS = "id, name, definition, version, created_at, updated_at"
+# levels of and / or / not: far beyond any real definition, and far inside what a JSON answer may nest
+MAX_DEPTH = 32
+
+
+def _nodes(node: Any, at: str = "definition", depth: int = 0) -> Iterator[tuple[str, int, Any]]:
+    """Each node of a parsed definition with its place, named as validation errors name it
+    (``definition.and.children.1``), and how many and / or / not nodes it is nested in."""
+    yield at, depth, node
+    if isinstance(node, conditions.AndNode | conditions.OrNode):
+        for i, child in enumerate(node.children):
+            yield from _nodes(child, f"{at}.{node.type}.children.{i}", depth + 1)
+    elif isinstance(node, conditions.NotNode):
+        yield from _nodes(node.child, f"{at}.not.child", depth + 1)
 
 
 def validate_definition(definition: dict[str, Any]) -> Any:
     try:
-        return conditions.parse(definition)
+        node = conditions.parse(definition)
     except ValidationError as exc:
         errors = [{"at": "definition." + ".".join(str(p) for p in e["loc"]), "msg": e["msg"]}
                   for e in exc.errors(include_url=False)]
         raise ValidationFailed("The segment definition is not valid", errors=errors) from None
+    too_deep = next((at for at, depth, _ in _nodes(node) if depth > MAX_DEPTH), None)
+    if too_deep:
+        raise ValidationFailed("The segment definition is not valid", errors=[
+            {"at": too_deep, "msg": f"nested more than {MAX_DEPTH} levels deep (and / or / not)"}])
+    return node
+
+
+def _reads(graph: dict[uuid.UUID, set[uuid.UUID]], start: uuid.UUID, target: uuid.UUID) -> bool:
+    """Whether segment ``start`` is ``target`` or reads it, directly or through other segments."""
+    stack, seen = [start], set()
+    while stack:
+        sid = stack.pop()
+        if sid == target:
+            return True
+        if sid not in seen:
+            seen.add(sid)
+            stack.extend(graph.get(sid, ()))
+    return False
 
 
 async def check_references(session: AsyncSession, ws: uuid.UUID, node: Any, segment_id: uuid.UUID | None = None
                            ) -> None:
     """Segments and lists a definition names must exist in the workspace, and segments must not read
-    each other in a cycle (``segment_id``: the segment being edited)."""
-    refs = conditions.segments_of(node)
-    lists = {n.list_id for n in conditions.walk(node) if isinstance(n, conditions.ListNode)}
+    each other in a cycle (``segment_id``: the segment being edited). Errors name the node."""
+    nodes = [(at, n) for at, _, n in _nodes(node)]
+    refs = [(f"{at}.segment.segment_id", n.segment_id) for at, n in nodes if isinstance(n, conditions.SegmentRefNode)]
+    lists = [(f"{at}.list.list_id", n.list_id) for at, n in nodes if isinstance(n, conditions.ListNode)]
     errors = []
     if refs or segment_id:
         graph = {r.id: conditions.segments_of(conditions.parse(r.definition)) for r in await session.execute(
             text("select id, definition from segment.segments where workspace_id = :ws"), {"ws": ws})}
-        errors += [{"at": "definition", "msg": f"no segment {r} in this workspace"} for r in sorted(refs - set(graph))]
+        errors += [{"at": at, "msg": f"no segment {sid} in this workspace"} for at, sid in refs if sid not in graph]
         if segment_id is not None:
-            graph[segment_id] = refs
-            stack, seen = list(refs), set()
-            while stack:
-                sid = stack.pop()
-                if sid == segment_id:
-                    errors.append({"at": "definition", "msg": "segments would read each other in a cycle"})
-                    break
-                if sid not in seen:
-                    seen.add(sid)
-                    stack.extend(graph.get(sid, ()))
+            graph[segment_id] = {sid for _, sid in refs}
+            errors += [{"at": at, "msg": "segments would read each other in a cycle"}
+                       for at, ref in refs if _reads(graph, ref, segment_id)][:1]
     if lists:
         known = set((await session.execute(
             text("select id from segment.lists where workspace_id = :ws and id = any(CAST(:ids AS uuid[]))"),
-            {"ws": ws, "ids": list(lists)})).scalars())
-        errors += [{"at": "definition", "msg": f"no list {lid} in this workspace"} for lid in sorted(lists - known)]
+            {"ws": ws, "ids": list({lid for _, lid in lists})})).scalars())
+        errors += [{"at": at, "msg": f"no list {lid} in this workspace"} for at, lid in lists if lid not in known]
     if errors:
         raise ValidationFailed("The segment definition is not valid", errors=errors)
 

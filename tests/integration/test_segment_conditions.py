@@ -204,3 +204,136 @@ async def test_search_lists_profiles_with_counts_and_attributes(ctx, settings) -
     assert await ctx.members(scored) == {str(people[1]), str(people[3]), str(people[4])}
     r = await ctx.seg.post("/v1/profiles/search", headers=ctx.h, json={**body, "after": "nope"})
     assert r.status_code == 422
+
+
+async def test_non_finite_numbers_are_refused_not_saved_as_null(ctx) -> None:
+    """JSON bodies may carry NaN, Infinity or 1e999 (read as infinity). Saved, they became null: the
+    definition changed meaning (``equals NaN`` turned into ``equals null``) or no longer parsed, and every
+    later save, preview and evaluation in the workspace failed with a 500."""
+    cases = [
+        ('{"type": "aggregate", "event": "Order Completed", "property": "revenue", "value": 1e999}',
+         "definition.aggregate.value"),
+        ('{"type": "trait", "trait": "score", "op": "equals", "value": NaN}', "definition.trait"),
+        ('{"type": "not", "child": {"type": "trait", "trait": "plan", "op": "in", "value": ["pro", Infinity]}}',
+         "definition.not.child.trait"),
+        ('{"type": "attribute", "attribute": "total_revenue", "op": "gt", "value": -Infinity}', "definition.attribute"),
+        ('{"type": "random_bucket", "percent": NaN}', "definition.random_bucket.percent"),
+    ]
+    headers = {**ctx.h, "content-type": "application/json"}
+    for definition, at in cases:
+        for path in ("/v1/segments", "/v1/segments/preview"):
+            r = await ctx.seg.post(path, headers=headers, content=f'{{"name": "n", "definition": {definition}}}')
+            assert r.status_code == 422, (definition, r.text)
+            assert r.headers["content-type"] == "application/problem+json"
+            assert [e["at"] for e in r.json()["errors"]] == [at], r.text
+    assert (await ctx.seg.get("/v1/segments", headers=ctx.h)).json()["segments"] == []
+    await ctx.segment({"type": "trait", "trait": "plan", "value": "pro"})  # the workspace still works
+
+
+async def test_dates_beyond_the_utc_range_compare_instead_of_crashing(ctx) -> None:
+    """Dates in year 1 or 9999 with an offset fall outside year 1–9999 once moved to UTC: a user's trait
+    like that made every date condition on it a 500 (previews) or a failed evaluation, and so did such a
+    value in a definition. ``within_last_days`` with a large N overflowed the same way."""
+    ws = ctx.ws
+    ancient, modern, recent = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await _fold(ctx.sm, [
+        _ev(ws, ancient, "identify", traits={"born": "0001-01-01T00:00:00+05:00"}),
+        _ev(ws, modern, "identify", traits={"born": "1990-06-01"}),
+        _ev(ws, recent, "identify", traits={"born": "9999-12-31T23:00:00-05:00"}),
+    ])
+
+    async def preview(definition: dict) -> int:
+        r = await ctx.seg.post("/v1/segments/preview", headers=ctx.h, json={"definition": definition})
+        assert r.status_code == 200, r.text
+        return r.json()["count"]
+
+    assert await preview({"type": "trait", "trait": "born", "op": "before", "value": "2000-01-01"}) == 2
+    assert await preview({"type": "trait", "trait": "born", "op": "after", "value": "2000-01-01"}) == 1
+    assert await preview({"type": "trait", "trait": "born", "op": "within_last_days", "value": 1_000_000}) == 2
+    far = {"type": "trait", "trait": "born", "op": "before", "value": "9999-12-31T23:00:00-05:00"}
+    assert await preview(far) == 2
+    sid = await ctx.segment(far)
+    assert await ctx.members(sid) == {str(ancient), str(modern)}
+    huge = await ctx.segment({"type": "trait", "trait": "born", "op": "within_last_days", "value": 10**12})
+    assert await ctx.members(huge) == {str(ancient), str(modern)}
+
+
+async def test_deeply_nested_definitions_are_refused_before_anything_is_saved(ctx) -> None:
+    """A definition nested 150 levels deep was saved, then the answer (and every later listing of the
+    workspace's segments) failed to serialize: a 500 after the write, and a retry got a 409."""
+    leaf = {"type": "trait", "trait": "plan", "value": "pro"}
+    deep: dict = leaf
+    for _ in range(150):
+        deep = {"type": "and", "children": [deep]}
+    r = await ctx.seg.post("/v1/segments", headers=ctx.h, json={"name": "deep", "definition": deep})
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+    error = r.json()["errors"][0]
+    assert error["at"] == "definition" + ".and.children.0" * 33 and "32 levels" in error["msg"]
+    r = await ctx.seg.get("/v1/segments", headers=ctx.h)
+    assert r.status_code == 200 and r.json()["segments"] == []
+    shallow: dict = leaf
+    for _ in range(32):
+        shallow = {"type": "not", "child": shallow}
+    assert (await ctx.seg.post("/v1/segments/preview", headers=ctx.h, json={"definition": shallow})).status_code == 200
+
+
+async def test_reference_errors_name_the_node(ctx) -> None:
+    """A segment or list that does not exist, or a reference that closes a cycle, is reported at its node
+    (it was reported at ``definition``, whatever the node, so a large tree left the user searching)."""
+    lst = (await ctx.seg.post("/v1/lists", headers=ctx.h, json={"name": uuid.uuid4().hex})).json()["id"]
+    ghost_segment, ghost_list = str(uuid.uuid4()), str(uuid.uuid4())
+    definition = {"type": "and", "children": [
+        {"type": "list", "list_id": lst},
+        {"type": "or", "children": [{"type": "trait", "trait": "plan", "op": "exists"},
+                                    {"type": "segment", "segment_id": ghost_segment}]},
+        {"type": "not", "child": {"type": "list", "list_id": ghost_list}},
+    ]}
+    expected = [
+        {"at": "definition.and.children.1.or.children.1.segment.segment_id",
+         "msg": f"no segment {ghost_segment} in this workspace"},
+        {"at": "definition.and.children.2.not.child.list.list_id", "msg": f"no list {ghost_list} in this workspace"},
+    ]
+    for path in ("/v1/segments", "/v1/segments/preview", "/v1/profiles/search"):
+        r = await ctx.seg.post(path, headers=ctx.h, json={"name": "refs", "definition": definition})
+        assert r.status_code == 422 and r.json()["errors"] == expected, r.text
+    pro = await ctx.segment({"type": "trait", "trait": "plan", "value": "pro"})
+    reader = await ctx.segment({"type": "or", "children": [{"type": "trait", "trait": "vip", "value": True},
+                                                          {"type": "segment", "segment_id": pro}]})
+    r = await ctx.seg.put(f"/v1/segments/{pro}", headers=ctx.h, json={"definition": {"type": "and", "children": [
+        {"type": "trait", "trait": "plan", "value": "pro"}, {"type": "segment", "segment_id": reader}]}})
+    assert r.status_code == 422
+    assert r.json()["errors"] == [{"at": "definition.and.children.1.segment.segment_id",
+                                   "msg": "segments would read each other in a cycle"}]
+
+
+async def test_search_results_carry_each_profiles_stage(ctx) -> None:
+    """Search answers list each profile's lifecycle stage; it was null unless the condition itself read a
+    stage or another segment."""
+    ws = ctx.ws
+    buyer, visitor = uuid.uuid4(), uuid.uuid4()
+    await _fold(ctx.sm, [_ev(ws, buyer, event="Order Completed", props={"revenue": 10}),
+                         _ev(ws, visitor, event="Page Viewed")])
+    for definition in ({"type": "attribute", "attribute": "order_count", "op": "gte", "value": 0},
+                       {"type": "or", "children": [{"type": "stage", "stage": "engaged"},
+                                                   {"type": "stage", "stage": "onboarding"}]}):
+        r = await ctx.seg.post("/v1/profiles/search", headers=ctx.h, json={"definition": definition})
+        assert r.status_code == 200, r.text
+        assert {p["profile_id"]: p["stage"] for p in r.json()["profiles"]} == {
+            str(buyer): "engaged", str(visitor): "onboarding"}
+
+
+async def test_first_and_last_seen_are_usable_in_conditions(ctx) -> None:
+    """First / last seen are computed attributes like the others (readable on GET …/attributes), but a
+    condition on them was refused: "new users of the last 7 days" could not be written."""
+    ws = ctx.ws
+    new, old = uuid.uuid4(), uuid.uuid4()
+    await _fold(ctx.sm, [_ev(ws, new, event="App Opened", days_ago=1), _ev(ws, old, event="App Opened", days_ago=40),
+                         _ev(ws, old, event="App Opened", days_ago=2)])
+    new_users = await ctx.segment({"type": "attribute", "attribute": "first_seen", "op": "within_last_days",
+                                   "value": 7})
+    assert await ctx.members(new_users) == {str(new)}
+    seen_lately = await ctx.segment({"type": "attribute", "attribute": "last_seen", "op": "after",
+                                     "value": (NOW - timedelta(days=3)).isoformat()})
+    assert await ctx.members(seen_lately) == {str(new), str(old)}
+    await evaluation.recheck_windows(ctx.sm, NOW.date() + timedelta(days=7))  # a week on, no new event
+    assert await ctx.members(new_users) == set()

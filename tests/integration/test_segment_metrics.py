@@ -54,3 +54,78 @@ async def test_rates_follow_their_definitions(apps, workspace, sessionmaker) -> 
     assert [d["day"] for d in series] == [(today - timedelta(days=1)).isoformat(), today.isoformat()]
     assert sum(v for k, v in series[-1].items() if k != "day") == 10 and series[0]["onboarding"] == 0
     assert series[-1]["advocacy"] == 2
+
+
+async def test_a_period_without_an_offset_is_utc(apps, workspace, sessionmaker, monkeypatch) -> None:
+    """``start``/``end`` without an offset are UTC, as the stage series' days are: mixing one with an offset
+    and one without was a 500 (naive and aware datetimes do not compare), and the database driver read
+    them in the server's local time zone. The stage series' last day ended at local midnight the same way."""
+    import time
+
+    from sqlalchemy import text
+
+    from services.segment import lifecycle
+
+    ws = workspace.workspace_id
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    user = uuid.uuid4()
+    async with sessionmaker() as s, s.begin():
+        await evaluation.apply_events(s, [_ev(ws, user, type="track", event="Signed Up",
+                                              timestamp="2024-03-10T23:30:00+00:00")])
+        await s.execute(text("insert into segment.transitions (workspace_id, segment_id, segment_version, profile_id, "
+                             "kind, at) values (:ws, :sid, 0, :pid, 'entered', '2024-03-10T20:00:00Z')"),
+                        {"ws": ws, "sid": lifecycle.stage_segment_id(ws, "onboarding"), "pid": user})
+    monkeypatch.setenv("TZ", "Pacific/Kiritimati")  # UTC+14: a server whose clock is not set to UTC
+    time.tzset()
+    try:
+        for start, end in (("2024-03-10T23:00:00Z", "2024-03-11T00:00:00"), ("2024-03-10T23:00:00", "2024-03-11")):
+            r = await apps["segment"].get("/v1/metrics", headers=h, params={"start": start, "end": end})
+            assert r.status_code == 200, r.text
+            m = r.json()
+            assert m["users"] == 1 and m["start"] == "2024-03-10T23:00:00Z" and m["end"] == "2024-03-11T00:00:00Z"
+        r = await apps["segment"].get("/v1/metrics/stages", headers=h, params={"start": "2024-03-10", "end": "2024-03-10"})
+        assert r.status_code == 200 and r.json()["days"][0]["onboarding"] == 1, r.text
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+async def test_metrics_of_a_segment_that_does_not_exist_are_a_404(apps, workspace, sessionmaker) -> None:
+    """A mistyped, deleted or other workspace's segment id answered 200 with zero users and null rates,
+    which reads as "nobody"; stage segments (GET /v1/lifecycle) are segments here too."""
+    ws = workspace.workspace_id
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    user = uuid.uuid4()
+    async with sessionmaker() as s, s.begin():
+        affected = await evaluation.apply_events(s, [_ev(ws, user, type="track", event="Signed Up")])
+        await evaluation.reevaluate(s, ws, affected[ws])
+    now = datetime.now(UTC)
+    period = {"start": (now - timedelta(days=1)).isoformat(), "end": (now + timedelta(days=1)).isoformat()}
+    r = await apps["segment"].get("/v1/metrics", headers=h, params={**period, "segment_id": str(uuid.uuid4())})
+    assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json", r.text
+    stages = (await apps["segment"].get("/v1/lifecycle", headers=h)).json()["stages"]
+    onboarding = next(s["segment_id"] for s in stages if s["stage"] == "onboarding")
+    r = await apps["segment"].get("/v1/metrics", headers=h, params={**period, "segment_id": onboarding})
+    assert r.status_code == 200 and r.json()["users"] == 1
+    seg = (await apps["segment"].post("/v1/segments", headers=h, json={"name": "all", "definition": {
+        "type": "performed", "event": "Signed Up"}})).json()
+    r = await apps["segment"].get("/v1/metrics", headers=h, params={**period, "segment_id": seg["id"]})
+    assert r.status_code == 200 and r.json()["segment_id"] == seg["id"]
+
+
+async def test_nps_and_csat_count_only_answers_on_their_scales(apps, workspace, sessionmaker) -> None:
+    """docs/metrics.md: NPS answers are 0–10, CSAT answers 1–5. A ``csat`` trait of 9 (another scale, or a
+    typo) counted as a satisfied answer and 0 as an unsatisfied one; an ``nps`` trait of 42 as a promoter
+    (survey events out of 0–10 were already ignored)."""
+    ws = workspace.workspace_id
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    traits = [{"csat": 5, "nps": 10}, {"csat": 4, "nps": 8}, {"csat": 2, "nps": 42}, {"csat": 9, "nps": -3},
+              {"csat": 0}, {"csat": 4.5}]
+    events = [_ev(ws, uuid.uuid4(), type="identify", traits=t) for t in traits]
+    async with sessionmaker() as s, s.begin():
+        await evaluation.apply_events(s, events)
+    now = datetime.now(UTC)
+    m = (await apps["segment"].get("/v1/metrics", headers=h, params={
+        "start": (now - timedelta(days=1)).isoformat(), "end": (now + timedelta(days=1)).isoformat()})).json()
+    assert (m["csat_responses"], m["csat"]) == (4, 75.0)  # 5, 4, 2 and 4.5
+    assert (m["nps_responses"], m["nps"]) == (2, 50.0)  # 10 (promoter) and 8 (passive)

@@ -228,7 +228,8 @@ for _action, _status in (("pause", "paused"), ("resume", "active")):
     _set_status = _status_route(_status)
     router.add_api_route(f"/campaigns/{{campaign_id}}/{_action}", _set_status, methods=["POST"],
                          response_model=CampaignOut, operation_id=f"{_action}_campaign", tags=["campaigns"],
-                         summary=f"{_action.capitalize()} a campaign", responses=_NOT_FOUND)
+                         summary=f"{_action.capitalize()} a campaign",
+                         responses={**_NOT_FOUND, 409: problem_schema("The campaign is archived")})
 
 
 @router.get("/campaigns/{campaign_id}/sends", response_model=SendList, operation_id="list_campaign_sends",

@@ -12,7 +12,7 @@ from services.campaign import experiments, ingest_client, journeys, templates
 from services.campaign import journey_def as jd
 from services.campaign.programs import variables as program_vars
 from shared.db import fetch_one, fetch_page, insert_one_or_conflict, row_dict
-from shared.errors import NotFound, ValidationFailed
+from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.http import InternalClient
 from shared.jsonutil import dumps
 
@@ -187,13 +187,16 @@ async def get_campaign(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.U
 
 async def set_status(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID, status: str
                      ) -> dict[str, Any]:
-    return await fetch_one(
-        session,
+    """Pause, resume or archive. Archiving is final: an archived campaign is neither paused nor resumed
+    (409); archiving it again changes nothing."""
+    row = (await session.execute(text(
         f"update campaign.campaigns set status = :s, updated_at = now() "
-             f"where workspace_id = :ws and id = :id returning {_CAMPAIGN_COLS}",
-        {"ws": ws, "id": campaign_id, "s": status},
-        missing=f"No campaign {campaign_id}",
-    )
+        f"where workspace_id = :ws and id = :id and (status <> 'archived' or :s = 'archived') "
+        f"returning {_CAMPAIGN_COLS}"), {"ws": ws, "id": campaign_id, "s": status})).first()
+    if row is None:
+        await get_campaign(session, ws, campaign_id)  # (404 when there is no such campaign)
+        raise Conflict(f"Campaign {campaign_id} is archived")
+    return row_dict(row)
 
 
 async def list_campaigns(session: AsyncSession, ws: uuid.UUID, after: str | None, limit: int

@@ -771,3 +771,23 @@ async def test_a_send_step_run_again_is_logged_as_a_replay_and_sends_nothing(wor
     assert lines.count(("sent", "email message queued")) == 1
     assert lines[-2:] == [("skipped", "already sent (replayed step)"), ("waiting", "delay 3600 s")]
     assert j["status"] == "active" and datetime.fromisoformat(j["wake_at"]) == T0 + timedelta(seconds=3601)
+
+
+async def test_an_archived_campaign_stays_archived(world) -> None:
+    """Archive is final: pause and resume answer 409 (resume used to make it active again, so it took
+    entries and ran the journeys it had ended); the trigger API refuses it too."""
+    tpl = await world.template("arch", "Archived")
+    camp = await world.campaign(trigger={"type": "api"}, steps=[{"id": "s", "type": "send", "template_id": tpl}])
+    r = await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/archive", headers=world.h)
+    assert r.status_code == 200 and r.json()["status"] == "archived"
+    for action in ("resume", "pause"):
+        r = await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/{action}", headers=world.h)
+        assert r.status_code == 409 and r.headers["content-type"].startswith("application/problem+json"), r.text
+    got = await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}", headers=world.h)
+    assert got.json()["status"] == "archived"
+    await world.identify("arch-1", email=_email("arch"))
+    r = await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/trigger", headers=world.h,
+                                          json={"user": "arch-1"})
+    assert r.status_code == 409
+    missing = await world.apps["campaign"].post(f"/v1/campaigns/{uuid.uuid4()}/resume", headers=world.h)
+    assert missing.status_code == 404

@@ -791,3 +791,52 @@ async def test_an_archived_campaign_stays_archived(world) -> None:
     assert r.status_code == 409
     missing = await world.apps["campaign"].post(f"/v1/campaigns/{uuid.uuid4()}/resume", headers=world.h)
     assert missing.status_code == 404
+
+
+async def test_campaigns_as_code_keep_a_templates_channel_preheader_and_push_fields(world, settings) -> None:
+    """`tenure apply` and `tenure get campaigns`: an SMS or push template in the file is created as one (it used
+    to be posted without its channel, so as an email, refused for want of a subject), preheader, deep link and
+    image are applied and compared, and the export carries them back."""
+    from services import resources
+
+    api = resources.Api(world.internal._http, {s: settings.url_of(s) for s in ("segment", "campaign")}, world.h)
+    doc = """
+templates:
+  - name: code-sms
+    channel: sms
+    text: "Your code is {{ event.properties.code }}"
+  - name: shipped-push
+    channel: push
+    subject: Your order shipped
+    text: On its way
+    deep_link: "acme://orders/{{ event.properties.order_id }}"
+    image: https://cdn.acme.test/box.png
+  - name: news-mail
+    channel: email
+    subject: News
+    preheader: Three things inside
+    html: <p>Hi</p>
+campaigns:
+  - name: codes
+    trigger: {type: api}
+    message_type: transactional
+    entry: {rule: every_time}
+    steps: [{id: s, type: send, template: code-sms}]
+"""
+    changes = await resources.plan(api, resources.load(doc))
+    assert [c.action for c in changes] == ["create"] * 4
+    await resources.apply(api, changes)
+    got = {t["name"]: t for t in (await world.apps["campaign"].get("/v1/templates", headers=world.h)).json()[
+        "templates"]}
+    assert got["code-sms"]["channel"] == "sms" and got["shipped-push"]["channel"] == "push"
+    assert got["shipped-push"]["deep_link"] == "acme://orders/{{ event.properties.order_id }}"
+    assert got["shipped-push"]["image"] == "https://cdn.acme.test/box.png"
+    assert got["news-mail"]["preheader"] == "Three things inside"
+    assert {c.action for c in await resources.plan(api, resources.load(doc))} == {"unchanged"}
+    edited = await resources.plan(api, resources.load(doc.replace("Three things inside", "Four things inside")))
+    assert [(c.name, c.action) for c in edited if c.action != "unchanged"] == [("news-mail", "update")]
+    assert "+preheader: Four things inside" in edited[2].diff
+    exported = resources.load(await resources.export(api))
+    by_name = {t["name"]: t for t in exported["templates"]}
+    assert by_name["code-sms"]["channel"] == "sms" and by_name["shipped-push"]["image"].endswith("box.png")
+    assert by_name["news-mail"]["preheader"] == "Three things inside"

@@ -154,13 +154,14 @@ def locale_chain(locale: Any) -> list[str]:
 
 
 def for_locale(template: dict[str, Any], locale: Any) -> tuple[dict[str, str | None], str | None]:
-    """The fields to render for a profile's locale (fallback chain, then the default), and which variant."""
-    variants = {k.lower(): v for k, v in (template.get("locales") or {}).items()}
-    for code in locale_chain(locale):
-        if code in variants:
-            variant = variants[code]
-            return {f: variant[f] if variant.get(f) is not None else template.get(f) for f in FIELDS}, code
-    return {f: template.get(f) for f in FIELDS}, None
+    """The fields to render for a profile's locale, and which variant: each field from the first variant
+    of the chain that has it (``fr-ca``, then ``fr``), else the default's. Variant keys are spelled like
+    profile locales (``fr_CA`` = ``fr-ca``)."""
+    variants = {chain[0]: v or {} for k, v in (template.get("locales") or {}).items() if (chain := locale_chain(k))}
+    codes = [code for code in locale_chain(locale) if code in variants]
+    fields = {f: next((variants[c][f] for c in codes if variants[c].get(f) is not None), template.get(f))
+              for f in FIELDS}
+    return fields, codes[0] if codes else None
 
 
 def variables_for(profile: dict[str, Any], trigger: dict[str, Any]) -> dict[str, Any]:

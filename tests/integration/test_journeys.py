@@ -840,3 +840,23 @@ campaigns:
     by_name = {t["name"]: t for t in exported["templates"]}
     assert by_name["code-sms"]["channel"] == "sms" and by_name["shipped-push"]["image"].endswith("box.png")
     assert by_name["news-mail"]["preheader"] == "Three things inside"
+
+
+async def test_locale_variants_fall_back_field_by_field_along_the_chain(world) -> None:
+    """fr-CA → fr → default for each field: a fr-CA variant that only words the subject differently gets its
+    body from fr (it used to get the English default's), and variants keyed pt_BR serve pt-BR profiles."""
+    tpl = await world.template("loc", "Hello", text="Your order shipped", locales={
+        "fr": {"subject": "Bonjour", "text": "Votre commande est partie"}, "fr-CA": {"subject": "Allô"},
+        "pt_BR": {"subject": "Olá", "text": "Seu pedido foi enviado"}})
+    await world.identify("loc-qc", email=_email("qc"), locale="fr-CA")
+    await world.identify("loc-br", email=_email("br"), locale="pt-BR")
+
+    async def preview(user: str) -> dict:
+        r = await world.apps["campaign"].post(f"/v1/templates/{tpl}/preview", headers=world.h, json={"user": user})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    qc = await preview("loc-qc")
+    assert (qc["subject"], qc["text"], qc["locale"]) == ("Allô", "Votre commande est partie", "fr-ca")
+    br = await preview("loc-br")
+    assert (br["subject"], br["text"]) == ("Olá", "Seu pedido foi enviado")

@@ -24,15 +24,16 @@ _SEND_COLS = ("id, campaign_id, campaign_version, profile_id, occurrence, status
               "delivery_message_id, created_at")
 
 
-def _checked_template_fields(data: dict[str, Any]) -> dict[str, Any]:
+def _checked_template_fields(data: dict[str, Any], snippets: dict[str, str]) -> dict[str, Any]:
+    """The default fields of a template, each checked (``snippets``: the workspace's, which it may render)."""
     fields = {k: data.get(k) for k in templates.FIELDS}
     if not fields["html"] and not fields["text"]:
         raise ValidationFailed("A template needs an html or a text body")
     try:
-        templates.validate(fields)
+        templates.validate(fields, snippets)
         for code, variant in (data.get("locales") or {}).items():
             try:
-                templates.validate({k: (variant or {}).get(k) for k in templates.FIELDS})
+                templates.validate({k: (variant or {}).get(k) for k in templates.FIELDS}, snippets)
             except templates.TemplateError as exc:
                 raise templates.TemplateError(f"locales.{code}.{exc.field}", exc.message) from None
     except templates.TemplateError as exc:
@@ -41,7 +42,7 @@ def _checked_template_fields(data: dict[str, Any]) -> dict[str, Any]:
 
 
 async def create_template(session: AsyncSession, ws: uuid.UUID, data: dict[str, Any]) -> dict[str, Any]:
-    fields = _checked_template_fields(data)
+    fields = _checked_template_fields(data, await snippets_of(session, ws))
     locales = data.get("locales") or {}
     row = await insert_one_or_conflict(
         session,
@@ -59,7 +60,7 @@ async def create_template(session: AsyncSession, ws: uuid.UUID, data: dict[str, 
 async def update_template(session: AsyncSession, ws: uuid.UUID, template_id: uuid.UUID, data: dict[str, Any]
                           ) -> dict[str, Any]:
     """Replace a template's content (sends not yet rendered use the new content)."""
-    fields = _checked_template_fields(data)
+    fields = _checked_template_fields(data, await snippets_of(session, ws))
     row = await insert_one_or_conflict(
         session,
         f"update campaign.templates set name = :name, channel = :channel, subject = :subject, preheader = :preheader, "
@@ -344,7 +345,7 @@ async def snippets_of(session: AsyncSession, ws: uuid.UUID) -> dict[str, str]:
 
 async def put_snippet(session: AsyncSession, ws: uuid.UUID, name: str, content: str) -> dict[str, Any]:
     try:
-        templates.validate({"text": content})
+        templates.validate({"text": content}, {**await snippets_of(session, ws), name: content})
     except templates.TemplateError as exc:
         raise ValidationFailed(f"Snippet does not parse: {exc.message}") from None
     row = (await session.execute(text(

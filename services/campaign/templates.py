@@ -15,7 +15,7 @@ from typing import Any
 
 import css_inline
 from liquid import BoundTemplate, DictLoader, Environment
-from liquid.exceptions import LiquidError
+from liquid.exceptions import LiquidError, TemplateNotFoundError
 
 _html = Environment(autoescape=True)
 _plain = Environment(autoescape=False)
@@ -53,14 +53,25 @@ def _parsed(field: str, source: str, snippets: tuple[tuple[str, str], ...]) -> B
 
 
 def validate(fields: dict[str, str | None], snippets: dict[str, str] | None = None) -> None:
-    """Parse every field; raise :class:`TemplateError` naming the first one that does not parse."""
+    """Parse every field and check that the filters and snippets (``snippets``: all the workspace has) it
+    uses exist, through the snippets it includes; raise :class:`TemplateError` naming the first field that
+    fails. (Both parse, and would fail every render.)"""
     for name, source in fields.items():
         if source is None:
             continue
+        env = _env(name, snippets or {})
         try:
-            _env(name, snippets).from_string(source)
+            template = env.from_string(source)
+            try:
+                used = template.analyze(include_partials=True).filters
+            except TemplateNotFoundError as exc:
+                if exc.args and exc.args[0]:
+                    raise TemplateError(name, f"no snippet named {exc.args[0]!r}") from None
+                used = template.analyze(include_partials=False).filters  # (a name computed when rendering)
         except LiquidError as exc:
             raise TemplateError(name, str(exc).splitlines()[0]) from None
+        if unknown := sorted(set(used) - set(env.filters)):
+            raise TemplateError(name, f"unknown filter {unknown[0]!r}")
 
 
 def render(fields: dict[str, str | None], variables: dict[str, Any], snippets: dict[str, str] | None = None

@@ -860,3 +860,29 @@ async def test_locale_variants_fall_back_field_by_field_along_the_chain(world) -
     assert (qc["subject"], qc["text"], qc["locale"]) == ("Allô", "Votre commande est partie", "fr-ca")
     br = await preview("loc-br")
     assert (br["subject"], br["text"]) == ("Olá", "Seu pedido foi enviado")
+
+
+async def test_a_template_with_an_unknown_filter_or_snippet_is_refused_on_save(world) -> None:
+    """Both parse, so they used to be saved, and then every send of them failed ("template did not render");
+    now saving says which field and what is missing. Snippets are checked the same way."""
+    tpl = {"name": f"typo-{uuid.uuid4().hex[:6]}", "subject": "Hi {{ profile.first_name | capitalise }}",
+           "text": "Hello"}
+    r = await world.apps["campaign"].post("/v1/templates", headers=world.h, json=tpl)
+    assert r.status_code == 422 and r.json()["field"] == "subject" and "capitalise" in r.json()["detail"], r.text
+    r = await world.apps["campaign"].post("/v1/templates", headers=world.h, json={
+        **tpl, "subject": "Hi", "locales": {"fr": {"html": "<p>Salut</p>{% render 'pied' %}"}}})
+    assert r.status_code == 422 and r.json()["field"] == "locales.fr.html" and "pied" in r.json()["detail"], r.text
+    r = await world.apps["campaign"].put("/v1/snippets/sig", headers=world.h,
+                                         json={"content": "{{ profile.first_name | upcaes }}"})
+    assert r.status_code == 422 and "upcaes" in r.json()["detail"], r.text
+    assert (await world.apps["campaign"].put("/v1/snippets/pied", headers=world.h,
+                                             json={"content": "<p>{{ 'Acme' | upcase }}</p>"})).status_code == 200
+    ok = await world.apps["campaign"].post("/v1/templates", headers=world.h, json={
+        **tpl, "subject": "Hi {{ profile.first_name | capitalize }}",
+        "locales": {"fr": {"html": "<p>Salut</p>{% render 'pied' %}"}}})
+    assert ok.status_code == 201, ok.text
+    r = await world.apps["campaign"].put(f"/v1/templates/{ok.json()['id']}", headers=world.h,
+                                         json={**tpl, "text": "{% include 'nowhere' %}", "subject": "Hi"})
+    assert r.status_code == 422 and r.json()["field"] == "text", r.text
+    assert (await world.apps["campaign"].get("/v1/templates", headers=world.h)).json()["templates"][0][
+        "subject"] == "Hi {{ profile.first_name | capitalize }}"

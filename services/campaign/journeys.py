@@ -205,7 +205,7 @@ async def enter_many(session: AsyncSession, candidates: list[Candidate], now: da
 
 
 def _filters_match(filters: list[jd.PropertyFilter], props: dict[str, Any]) -> bool:
-    return all(jd.compare(f.op, props.get(f.property), f.value) for f in filters)
+    return all(jd.compare(f.op, jd.lookup(props, f.property), f.value) for f in filters)
 
 
 def trigger_matches(journey: jd.Journey, ws: uuid.UUID, item: dict[str, Any], feed: str) -> bool:
@@ -286,8 +286,8 @@ async def _apply_event(session: AsyncSession, j: dict[str, Any], journey: jd.Jou
         seen.add(f"{mark}:{props['step']}")
     seen.add(f"event:{name}")
     for prop in _match_properties(journey, name):
-        if prop in props:
-            seen.add(_seen_key(name, prop, props[prop]))
+        if (value := jd.lookup(props, prop)) is not None:
+            seen.add(_seen_key(name, prop, value))
     if journey.goal and name == journey.goal.event and j["converted_at"] is None and j["goal_deadline"] \
             and at <= j["goal_deadline"]:
         updates["converted_at"] = j["converted_at"] = now
@@ -305,7 +305,7 @@ async def _apply_event(session: AsyncSession, j: dict[str, Any], journey: jd.Jou
         await _log(session, j, "exited", f"exit event {name}")
     wait = j.get("wait") or {}
     if j["status"] == "waiting" and wait.get("event") == name and (j["wake_at"] is None or at <= j["wake_at"]) and (
-            wait.get("match_property") is None or props.get(wait["match_property"]) == wait.get("match_value")):
+            wait.get("match_property") is None or jd.lookup(props, wait["match_property"]) == wait.get("match_value")):
         updates.update(status="active", step=wait.get("on_event"), wake_at=now, wait=None)
         j.update(status="active", step=wait.get("on_event"), wait=None)
         await _log(session, j, "event", f"{name} arrived", step=wait.get("step"))
@@ -589,8 +589,8 @@ async def _run_step(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: 
                                 "on_timeout": step.on_timeout, "match_property": None, "match_value": None}
         if step.match:
             wait["match_property"] = step.match.property
-            wait["match_value"] = ((j.get("trigger_data") or {}).get("properties") or {}).get(
-                step.match.trigger_property)
+            wait["match_value"] = jd.lookup((j.get("trigger_data") or {}).get("properties") or {},
+                                            step.match.trigger_property)
         if step.match and wait["match_value"] is None:  # nothing to match on: it can only time out
             await _log(ctx.session, j, "timeout", f"the trigger has no {step.match.trigger_property}", step=step.id)
             return StepOutcome(step.on_timeout)

@@ -886,3 +886,29 @@ async def test_a_template_with_an_unknown_filter_or_snippet_is_refused_on_save(w
     assert r.status_code == 422 and r.json()["field"] == "text", r.text
     assert (await world.apps["campaign"].get("/v1/templates", headers=world.h)).json()["templates"][0][
         "subject"] == "Hi {{ profile.first_name | capitalize }}"
+
+
+async def test_property_filters_and_event_matches_reach_into_nested_properties(world) -> None:
+    """`where` and `match` name nested properties with dots, as segment conditions do (``product.category``);
+    the filter used to read a top-level key of that name, so the campaign silently never started."""
+    tpl = await world.template("nested", "Still thinking about {{ event.properties.product.name }}?")
+    await world.campaign(
+        trigger={"type": "event", "event": "Product Viewed",
+                 "where": [{"property": "product.category", "value": "shoes"}]},
+        entry={"rule": "every_time"}, steps=[
+            {"id": "wait", "type": "wait_for_event", "event": "Product Added", "timeout_seconds": 3600,
+             "match": {"property": "item.sku", "trigger_property": "product.sku"}, "on_timeout": "nudge"},
+            {"id": "nudge", "type": "send", "template_id": tpl}])
+    shoes, hats, added = _email("shoes"), _email("hats"), _email("added")
+    for uid, email in (("nest-1", shoes), ("nest-2", hats), ("nest-3", added)):
+        await world.identify(uid, email=email)
+    await world.track("nest-1", "Product Viewed", T0, product={"category": "shoes", "sku": "S1", "name": "Runner"})
+    await world.track("nest-2", "Product Viewed", T0, product={"category": "hats", "sku": "H1", "name": "Cap"})
+    await world.track("nest-3", "Product Viewed", T0, product={"category": "shoes", "sku": "S2", "name": "Boot"})
+    await world.pump(T0 + timedelta(minutes=1))
+    await world.track("nest-1", "Product Added", T0 + timedelta(minutes=5), item={"sku": "other"})
+    await world.track("nest-3", "Product Added", T0 + timedelta(minutes=5), item={"sku": "S2"})
+    await world.pump(T0 + timedelta(minutes=6))
+    await world.pump(T0 + timedelta(hours=1, minutes=1))
+    assert [m["subject"] for m in await world.mail(shoes)] == ["Still thinking about Runner?"]
+    assert await world.mail(hats) == [] and await world.mail(added) == []

@@ -273,11 +273,21 @@ async def stats(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) ->
             entry["skipped"][r.reason or "unknown"] = entry["skipped"].get(r.reason or "unknown", 0) + r.n
         elif r.status in ("pending", "dispatched", "failed"):
             entry["queued" if r.status == "pending" else r.status] += r.n
-    variants = {r.variant: {"entered": r.n, "converted": r.conv, "revenue": float(r.rev or 0)}
+    variants = {r.variant: {"entered": r.n, "sent": 0, "opened": 0, "clicked": 0, "converted": r.conv,
+                            "revenue": float(r.rev or 0)}
                 for r in await session.execute(text(
                     "select variant, count(*) as n, count(converted_at) as conv, sum(converted_value) as rev "
                     "from campaign.journeys where workspace_id = :ws and campaign_id = :c and variant is not null "
                     "group by variant"), params)}
+    for r in await session.execute(text(  # the messages each variant sent (after its split), opened, clicked
+            "select s.trigger_data->>'variant' as variant, count(*) filter (where s.status = 'dispatched') as sent, "
+            "count(*) filter (where j.seen ? ('opened:' || s.step)) as opened, "
+            "count(*) filter (where j.seen ? ('clicked:' || s.step)) as clicked "
+            "from campaign.sends s join campaign.journeys j on j.id = s.journey_id "
+            "where s.workspace_id = :ws and s.campaign_id = :c and s.trigger_data->>'variant' is not null "
+            "group by 1"), params):
+        if r.variant in variants:
+            variants[r.variant].update(sent=r.sent, opened=r.opened, clicked=r.clicked)
     for r in await session.execute(text(
             "select substring(s from '^[a-z]+') as action, substring(s from ':(.*)$') as step, count(*) as n "
             "from campaign.journeys, jsonb_array_elements_text(seen) as s where workspace_id = :ws "

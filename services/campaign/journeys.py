@@ -222,8 +222,9 @@ def trigger_matches(journey: jd.Journey, ws: uuid.UUID, item: dict[str, Any], fe
 
 async def on_events(session: AsyncSession, events: list[dict[str, Any]], now: datetime,
                     versions: "VersionCache") -> int:
-    """Events move open journeys of their profiles: awaited events, goals, exit events, engagement.
-    Returns how many journeys were woken."""
+    """Events move open journeys of their profiles: awaited events, goals, exit events, engagement — the
+    last also for a journey that has ended (its message is opened after its last step). Returns how many
+    journeys were woken."""
     by_profile: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for e in events:
         if e.get("type") == "track" and e.get("event"):
@@ -233,13 +234,15 @@ async def on_events(session: AsyncSession, events: list[dict[str, Any]], now: da
     await _fold_engagement_hours(session, [e for es in by_profile.values() for e in es
                                            if e["event"] in ENGAGEMENT_EVENTS])
     keys = list(by_profile)
+    engaged = sorted({jid for es in by_profile.values() for e in es if e["event"] in ENGAGEMENT_EVENTS
+                      and (jid := _uuid((e.get("properties") or {}).get("journey_id")))})
     rows = (await session.execute(
         text("select j.* from campaign.journeys j join unnest(CAST(:ws AS uuid[]), CAST(:p AS uuid[])) as k(ws, p) "
              "on j.workspace_id = k.ws and j.profile_id = k.p "
              "where j.status in ('active', 'waiting', 'holdout') "
-             "or (j.converted_at is null and j.goal_deadline > :now) "
+             "or (j.converted_at is null and j.goal_deadline > :now) or j.id = any(CAST(:engaged AS uuid[])) "
              "order by j.id for update of j"),
-        {"ws": [k[0] for k in keys], "p": [k[1] for k in keys], "now": now})).mappings().all()
+        {"ws": [k[0] for k in keys], "p": [k[1] for k in keys], "now": now, "engaged": engaged})).mappings().all()
     woken = 0
     for r in rows:
         j = dict(r)
@@ -247,6 +250,14 @@ async def on_events(session: AsyncSession, events: list[dict[str, Any]], now: da
         for e in sorted(by_profile[(str(j["workspace_id"]), str(j["profile_id"]))], key=lambda e: e["timestamp"]):
             woken += await _apply_event(session, j, journey, e, now)
     return woken
+
+
+def _uuid(value: Any) -> str | None:
+    """``value`` if it is a UUID (event properties are whatever the sender wrote)."""
+    try:
+        return str(uuid.UUID(value)) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 async def _fold_engagement_hours(session: AsyncSession, events: list[dict[str, Any]]) -> None:

@@ -174,7 +174,8 @@ class CampaignStats(BaseModel):
     holdout_conversion_rate: float | None
     lift_points: float | None = Field(description="conversion rate minus the holdout's, in percentage points")
     holdout_p_value: float | None = Field(description="two-proportion z-test of treated vs holdout conversion")
-    variants: dict[str, Any] = Field(description="entered, converted and conversion rate per split variant")
+    variants: dict[str, Any] = Field(description="per split variant: entered; messages sent, opened and clicked "
+                                                 "(after the split); converted, revenue and conversion rate")
     experiment: dict[str, Any] = Field(description="leading variant, its p-value against each other variant, "
                                                    "and whether all differences are significant (p < 0.05)")
 

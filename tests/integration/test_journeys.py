@@ -912,3 +912,41 @@ async def test_property_filters_and_event_matches_reach_into_nested_properties(w
     await world.pump(T0 + timedelta(hours=1, minutes=1))
     assert [m["subject"] for m in await world.mail(shoes)] == ["Still thinking about Runner?"]
     assert await world.mail(hats) == [] and await world.mail(added) == []
+
+
+async def test_opens_and_clicks_count_after_the_journey_ended_and_per_variant(world) -> None:
+    """An A/B test whose arms end with their send: the opens and clicks delivery reports come after the journey
+    completed, and used to be dropped (only open journeys took events), so the funnel showed none. Each
+    variant reports its messages sent, opened and clicked beside entries, conversions and revenue."""
+    a, b = await world.template("va", "Arm A"), await world.template("vb", "Arm B")
+    camp = await world.campaign(trigger={"type": "event", "event": "Offered"}, steps=[
+        {"id": "ab", "type": "split", "variants": [{"name": "A", "weight": 50, "next": "sa"},
+                                                   {"name": "B", "weight": 50, "next": "sb"}]},
+        {"id": "sa", "type": "send", "template_id": a}, {"id": "sb", "type": "send", "template_id": b}])
+    users = [f"ab-open-{i}-{uuid.uuid4().hex[:4]}" for i in range(6)]
+    for uid in users:
+        await world.identify(uid, email=_email("abo"))
+        await world.track(uid, "Offered", T0)
+    await world.pump(T0)
+    journeys_of = {}
+    for uid in users:
+        pid = (await world.apps["ingest"].get(f"/v1/profiles/{uid}", headers=world.h)).json()["id"]
+        [j] = await world.path(pid)
+        assert j["status"] == "completed"
+        journeys_of[uid] = j
+    for uid, j in journeys_of.items():
+        step = "sa" if j["variant"] == "A" else "sb"
+        await world.track(uid, "Email Opened", T0 + timedelta(minutes=5), journey_id=j["id"], step=step)
+        if j["variant"] == "A":
+            await world.track(uid, "Email Link Clicked", T0 + timedelta(minutes=6), journey_id=j["id"], step=step)
+    await world.track(users[0], "Email Opened", T0 + timedelta(minutes=7), journey_id="not-a-uuid", step="sa")
+    await world.pump(T0 + timedelta(minutes=10))
+    stats = (await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}/stats", headers=world.h)).json()
+    n = {arm: sum(j["variant"] == arm for j in journeys_of.values()) for arm in ("A", "B")}
+    assert stats["sends_by_step"].get("sa", {}).get("opened", 0) == n["A"]
+    assert stats["sends_by_step"].get("sa", {}).get("clicked", 0) == n["A"]
+    for arm in ("A", "B"):
+        if n[arm]:
+            v = stats["variants"][arm]
+            assert (v["entered"], v["sent"], v["opened"], v["clicked"]) == (
+                n[arm], n[arm], n[arm], n[arm] if arm == "A" else 0)

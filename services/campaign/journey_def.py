@@ -193,7 +193,8 @@ class EngagementCondition(_Model):
 
     type: Literal["engaged"] = "engaged"
     step: str = Field(min_length=1, description="id of an earlier send step")
-    action: Literal["delivered", "opened", "clicked"] = "opened"
+    action: Literal["delivered", "opened", "clicked"] = Field(
+        "opened", description="delivered: delivery sent the message (or saw it delivered, or it was opened)")
 
 
 BranchCondition = Annotated[TraitCondition | SegmentCondition | EventSinceEntryCondition | EngagementCondition,

@@ -662,11 +662,31 @@ async def _condition(ctx: Context, j: dict[str, Any], cond: Any, traits: dict[st
     if isinstance(cond, jd.EventSinceEntryCondition):
         return f"event:{cond.event}" in (j.get("seen") or [])
     if isinstance(cond, jd.EngagementCondition):
-        return f"{cond.action}:{cond.step}" in (j.get("seen") or [])
+        seen = j.get("seen") or []
+        if cond.action == "delivered":  # (an open or a click says so too)
+            return any(f"{a}:{cond.step}" in seen for a in ("opened", "clicked")) or await _delivered(ctx, j, cond.step)
+        return f"{cond.action}:{cond.step}" in seen
     resp = await ctx.internal.request("GET", "segment", f"/v1/profiles/{j['profile_id']}/segments",
                                       headers={WORKSPACE_HEADER: str(j["workspace_id"])})
     resp.raise_for_status()
     return str(cond.segment_id) in resp.json()["segment_ids"]
+
+
+async def _delivered(ctx: Context, j: dict[str, Any], step_id: str) -> bool:
+    """Whether delivery sent (or saw delivered) the message a send step of this journey handed it: not when
+    it was skipped, is still queued, or was suppressed, bounced or failed."""
+    mid = (await ctx.session.execute(text(
+        "select delivery_message_id from campaign.sends where workspace_id = :ws and profile_id = :p "
+        "and journey_id = :j and step = :s"),
+        {"ws": j["workspace_id"], "p": j["profile_id"], "j": j["id"], "s": step_id})).scalar()
+    if mid is None:
+        return False
+    resp = await ctx.internal.request("GET", "delivery", f"/v1/messages/{mid}",
+                                      headers={WORKSPACE_HEADER: str(j["workspace_id"])})
+    if resp.status_code == 404:
+        return False
+    resp.raise_for_status()
+    return resp.json()["status"] in ("sent", "delivered")
 
 
 async def _send(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: jd.SendStep, tz: Any) -> StepOutcome:

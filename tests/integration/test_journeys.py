@@ -950,3 +950,29 @@ async def test_opens_and_clicks_count_after_the_journey_ended_and_per_variant(wo
             v = stats["variants"][arm]
             assert (v["entered"], v["sent"], v["opened"], v["clicked"]) == (
                 n[arm], n[arm], n[arm], n[arm] if arm == "A" else 0)
+
+
+async def test_branch_on_delivered_asks_delivery_what_became_of_the_message(world, mailbox) -> None:
+    """`engaged` with `action: delivered` was accepted and always took `no` (nothing ever marked a message
+    delivered); it is now what delivery says of the step's message: sent or delivered (or opened) is yes,
+    suppressed, bounced, failed or still queued is no."""
+    world.deliver = True
+    receipt = await world.template("rcpt", "Your receipt")
+    await world.campaign(trigger={"type": "event", "event": "Paid"}, steps=[
+        {"id": "receipt", "type": "send", "template_id": receipt, "next": "wait"},
+        {"id": "wait", "type": "delay", "seconds": 60, "next": "check"},
+        {"id": "check", "type": "branch", "condition": {"type": "engaged", "step": "receipt", "action": "delivered"},
+         "yes": "done", "no": "done"},
+        {"id": "done", "type": "exit"}])
+    fine, blocked = _email("paid-ok"), _email("paid-blocked")
+    await world.apps["delivery"].post("/v1/suppressions", headers=world.h, json={"address": blocked})
+    pids = {uid: await world.identify(uid, email=email) for uid, email in (("paid-1", fine), ("paid-2", blocked))}
+    for uid in pids:
+        await world.track(uid, "Paid", T0)
+    await world.pump(T0)
+    await world.pump(T0 + timedelta(minutes=2))
+    taken = {}
+    for uid, pid in pids.items():
+        [j] = await world.path(pid)
+        taken[uid] = next(e["detail"] for e in j["log"] if e["kind"] == "branch")
+    assert taken == {"paid-1": "yes", "paid-2": "no"}

@@ -587,7 +587,7 @@ async def _run_step(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: 
         await _log(ctx.session, j, "waiting", f"until {step.time} {tz.key} ({at.isoformat()})", step=step.id)
         return StepOutcome(step.next, wake_at=at)
     if isinstance(step, jd.WaitUntilAttributeStep):
-        moment = timing.parse_moment(traits.get(step.trait))
+        moment = timing.parse_moment(traits.get(step.trait), tz)
         if moment is None or moment + timedelta(seconds=step.offset_seconds) < ctx.now:
             await _log(ctx.session, j, "branch", f"{step.trait} missing or past", step=step.id)
             return StepOutcome(step.on_missing)

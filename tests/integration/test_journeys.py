@@ -976,3 +976,26 @@ async def test_branch_on_delivered_asks_delivery_what_became_of_the_message(worl
         [j] = await world.path(pid)
         taken[uid] = next(e["detail"] for e in j["log"] if e["kind"] == "branch")
     assert taken == {"paid-1": "yes", "paid-2": "no"}
+
+
+async def test_a_date_trait_is_that_day_in_the_users_time_zone(world) -> None:
+    """`wait_until_attribute` on a date without a time ("renews_on": "2026-12-01") counts from midnight where
+    the user lives: "a day before" is 30 November 00:00 in Los Angeles, not 29 November 16:00 there (the date
+    used to be read as midnight UTC). A time without an offset is local too; one with an offset is kept."""
+    tpl = await world.template("renew-day", "Renews tomorrow")
+    camp = await world.campaign(trigger={"type": "event", "event": "Subscribed"}, steps=[
+        {"id": "when", "type": "wait_until_attribute", "trait": "renews_on", "offset_seconds": -86400,
+         "next": "remind"},
+        {"id": "remind", "type": "send", "template_id": tpl}])
+    people = {"day-la": ("America/Los_Angeles", "2026-12-01", "2026-11-30T08:00:00+00:00"),
+              "day-local-time": ("Asia/Tokyo", "2026-12-01T09:00:00", "2026-11-30T00:00:00+00:00"),
+              "day-offset": ("Asia/Tokyo", "2026-12-01T09:00:00Z", "2026-11-30T09:00:00+00:00"),
+              "day-utc": (None, "2026-12-01", "2026-11-30T00:00:00+00:00")}
+    for uid, (tz, renews_on, _) in people.items():
+        await world.identify(uid, email=_email(uid), renews_on=renews_on, **({"timezone": tz} if tz else {}))
+        await world.track(uid, "Subscribed", T0)
+    await world.pump(T0)
+    for uid, (_, _, due) in people.items():
+        pid = (await world.apps["ingest"].get(f"/v1/profiles/{uid}", headers=world.h)).json()["id"]
+        [j] = [j for j in await world.path(pid) if j["campaign_id"] == camp["id"]]
+        assert (uid, datetime.fromisoformat(j["wake_at"])) == (uid, datetime.fromisoformat(due))

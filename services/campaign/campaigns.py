@@ -392,6 +392,18 @@ async def render_preview(session: AsyncSession, internal: InternalClient, ws: uu
             "profile_id": profile.get("id"), "channel": tpl["channel"]}
 
 
+def test_message(template_id: uuid.UUID, rendered: dict[str, Any], to: str) -> dict[str, Any]:
+    """Delivery's request for a test send of a rendering (``render_preview``), on the template's channel and
+    marked ``[test]``; delivery checks that ``to`` fits the channel."""
+    channel = rendered["channel"]
+    push = {k: rendered[k] for k in ("deep_link", "image") if rendered.get(k)}
+    return {"idempotency_key": f"test:{uuid.uuid4()}", "channel": channel, "to": to,
+            "subject": f"[test] {rendered['subject']}" if channel != "sms" else "", "html": rendered["html"],
+            "text": f"[test] {rendered['text']}" if channel == "sms" else rendered["text"],
+            "message_type": "transactional", **({"data": push} if channel == "push" and push else {}),
+            "metadata": {"template_id": str(template_id), "test": True}}
+
+
 async def migrate(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, int]:
     """Move users inside older versions to the current one, at the same step — when the current version
     still has that step (the others finish their version)."""

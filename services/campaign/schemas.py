@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, EmailStr, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from services.campaign import journey_def as jd
 from shared.validation import Ref
@@ -230,7 +230,9 @@ class PreviewOut(BaseModel):
 
 
 class TestSendIn(PreviewIn):
-    to: EmailStr = Field(examples=["me@example.com"])
+    to: str = Field(min_length=3, max_length=320, examples=["me@example.com"],
+                    description="an email address; for an SMS template a phone number with its country code; for "
+                                "a push template the userId whose devices get it")
 
 
 class TestSendOut(BaseModel):

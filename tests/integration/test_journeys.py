@@ -999,3 +999,25 @@ async def test_a_date_trait_is_that_day_in_the_users_time_zone(world) -> None:
         pid = (await world.apps["ingest"].get(f"/v1/profiles/{uid}", headers=world.h)).json()["id"]
         [j] = [j for j in await world.path(pid) if j["campaign_id"] == camp["id"]]
         assert (uid, datetime.fromisoformat(j["wake_at"])) == (uid, datetime.fromisoformat(due))
+
+
+async def test_a_test_send_goes_out_on_the_templates_channel(world) -> None:
+    """An SMS template's test goes to a phone as an SMS (it used to be emailed, and only to an email address);
+    an address that does not fit the channel is a 422 naming why, and nothing is queued."""
+    sms = (await world.apps["campaign"].post("/v1/templates", headers=world.h, json={
+        "name": f"sms-test-{uuid.uuid4().hex[:6]}", "channel": "sms", "text": "Code {{ event.properties.code }}"}))
+    assert sms.status_code == 201, sms.text
+    url = f"/v1/templates/{sms.json()['id']}/test"
+    sent = await world.apps["campaign"].post(url, headers=world.h, json={"to": "+14155550199", "data": {"code": "7"}})
+    assert sent.status_code == 202, sent.text
+    [msg] = (await world.apps["delivery"].get("/v1/messages", headers=world.h,
+                                              params={"to": "+14155550199"})).json()["messages"]
+    assert (msg["channel"], msg["id"]) == ("sms", sent.json()["message_id"])
+    wrong = await world.apps["campaign"].post(url, headers=world.h, json={"to": "ops@example.com"})
+    assert wrong.status_code == 422 and wrong.headers["content-type"].startswith("application/problem+json")
+    assert "phone number" in wrong.text, wrong.text
+    mail = await world.template("mail-test", "Hi")
+    bad = await world.apps["campaign"].post(f"/v1/templates/{mail}/test", headers=world.h, json={"to": "nope"})
+    assert bad.status_code == 422, bad.text
+    assert (await world.apps["delivery"].get("/v1/messages", headers=world.h, params={"to": "ops@example.com"})).json()[
+        "messages"] == []

@@ -1,7 +1,7 @@
 """Campaign HTTP routes: templates, campaigns and their sends."""
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 
@@ -192,7 +192,8 @@ async def trigger_campaign(campaign_id: uuid.UUID, body: TriggerRequest, ws: Wor
             tags=["journeys"], summary="Who is in the campaign, at which step", responses=_NOT_FOUND)
 async def list_journeys(
     campaign_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, after: AfterDep, limit: Limit = 100,
-    status: Annotated[str | None, Query(description="active | waiting | holdout | completed | exited")] = None,
+    status: Annotated[Literal["active", "waiting", "holdout", "completed", "exited"] | None,
+                      Query(description="active | waiting | holdout | completed | exited")] = None,
     step: Annotated[str | None, Query(description="current step id")] = None,
 ) -> dict[str, Any]:
     async with session.begin():

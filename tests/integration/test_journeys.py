@@ -1021,3 +1021,18 @@ async def test_a_test_send_goes_out_on_the_templates_channel(world) -> None:
     assert bad.status_code == 422, bad.text
     assert (await world.apps["delivery"].get("/v1/messages", headers=world.h, params={"to": "ops@example.com"})).json()[
         "messages"] == []
+
+
+async def test_an_unknown_journey_status_filter_is_a_422(world) -> None:
+    """`?status=running` answered an empty list, as if nobody were inside; it names the statuses now."""
+    tpl = await world.template("st", "Hi")
+    camp = await world.campaign(trigger={"type": "api"}, steps=[{"id": "d", "type": "delay", "seconds": 60,
+                                                                 "next": "s"},
+                                                                {"id": "s", "type": "send", "template_id": tpl}])
+    await world.identify("st-1", email=_email("st"))
+    await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/trigger", headers=world.h, json={"user": "st-1"})
+    url = f"/v1/campaigns/{camp['id']}/journeys"
+    bad = await world.apps["campaign"].get(url, headers=world.h, params={"status": "running"})
+    assert bad.status_code == 422 and bad.headers["content-type"].startswith("application/problem+json"), bad.text
+    ok = await world.apps["campaign"].get(url, headers=world.h, params={"status": "active", "step": "d"})
+    assert [j["step"] for j in ok.json()["journeys"]] == ["d"]

@@ -24,7 +24,7 @@ from services.campaign.programs import config as program_config
 from services.segment import conditions
 
 KINDS = ("programs", "templates", "segments", "campaigns")
-_TEMPLATE_FIELDS = ("subject", "html", "text", "locales")
+_TEMPLATE_FIELDS = ("channel", "subject", "preheader", "html", "text", "deep_link", "image", "locales")
 _CAMPAIGN_KEYS = ("trigger", "steps", "entry", "goal", "exit_on", "message_type", "topic")
 
 
@@ -147,7 +147,11 @@ def _swap(node: Any, mapping: dict[str, dict[str, str]], to_ids: bool) -> Any:
 
 
 def _template_body(item: dict[str, Any]) -> dict[str, Any]:
-    body = {k: item[k] for k in ("name", *_TEMPLATE_FIELDS) if item.get(k) not in (None, {})}
+    """A template as the file says it and the API takes it: empty fields and the default channel (email) left
+    out, so a file and the stored template compare equal when they mean the same."""
+    body = {k: item[k] for k in ("name", *_TEMPLATE_FIELDS) if item.get(k) not in (None, "", {})}
+    if body.get("channel") == "email":
+        del body["channel"]
     body["locales"] = {code: {k: v for k, v in variant.items() if v is not None}
                        for code, variant in (item.get("locales") or {}).items()}
     return body

@@ -1,7 +1,7 @@
 """Campaign HTTP routes: templates, campaigns and their sends."""
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 
@@ -31,7 +31,7 @@ from services.campaign.schemas import (
 )
 from shared.auth import WORKSPACE_HEADER, WorkspaceDep
 from shared.db import AfterDep, SessionDep
-from shared.errors import COMMON_ERRORS, Conflict, UpstreamUnavailable, problem_schema
+from shared.errors import COMMON_ERRORS, Conflict, UpstreamUnavailable, ValidationFailed, problem_schema
 
 router = APIRouter(prefix="/v1")
 
@@ -78,8 +78,9 @@ async def preview_template(template_id: uuid.UUID, body: PreviewIn, ws: Workspac
 
 @router.post("/templates/{template_id}/test", status_code=202, response_model=TestSendOut,
              operation_id="test_send_template", tags=["templates"],
-             summary="Send a rendered template to an address (a test: not counted by any campaign)",
-             responses=_NOT_FOUND)
+             summary="Send a rendered template on its channel to an address (a test: not counted by any campaign)",
+             responses={**_NOT_FOUND, 422: problem_schema("Invalid body, or an address that does not fit the "
+                                                          "template's channel")})
 async def test_send_template(template_id: uuid.UUID, body: TestSendIn, ws: WorkspaceDep, session: SessionDep,
                              request: Request) -> dict[str, Any]:
     async with session.begin():
@@ -87,9 +88,11 @@ async def test_send_template(template_id: uuid.UUID, body: TestSendIn, ws: Works
                                              body.locale, body.data)
     resp = await request.app.state.internal.request(
         "POST", "delivery", "/v1/messages", retry=True, headers={WORKSPACE_HEADER: str(ws)},
-        json={"idempotency_key": f"test:{uuid.uuid4()}", "channel": "email", "to": body.to,
-              "subject": f"[test] {out['subject']}", "html": out["html"], "text": out["text"],
-              "message_type": "transactional", "metadata": {"template_id": str(template_id), "test": True}})
+        json=campaigns.test_message(template_id, out, body.to))
+    if resp.status_code == 422:  # delivery checks the address for the channel, before storing anything
+        problem = resp.json()
+        why = "; ".join(str(e.get("msg", "")).removeprefix("Value error, ") for e in problem.get("errors") or [])
+        raise ValidationFailed(f"Delivery refused the test message: {why or problem.get('detail')}")
     if resp.status_code not in (200, 201, 202):
         raise UpstreamUnavailable(f"delivery answered {resp.status_code}: {resp.text[:200]}")
     return {"message_id": resp.json()["id"]}
@@ -189,7 +192,8 @@ async def trigger_campaign(campaign_id: uuid.UUID, body: TriggerRequest, ws: Wor
             tags=["journeys"], summary="Who is in the campaign, at which step", responses=_NOT_FOUND)
 async def list_journeys(
     campaign_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, after: AfterDep, limit: Limit = 100,
-    status: Annotated[str | None, Query(description="active | waiting | holdout | completed | exited")] = None,
+    status: Annotated[Literal["active", "waiting", "holdout", "completed", "exited"] | None,
+                      Query(description="active | waiting | holdout | completed | exited")] = None,
     step: Annotated[str | None, Query(description="current step id")] = None,
 ) -> dict[str, Any]:
     async with session.begin():
@@ -228,7 +232,8 @@ for _action, _status in (("pause", "paused"), ("resume", "active")):
     _set_status = _status_route(_status)
     router.add_api_route(f"/campaigns/{{campaign_id}}/{_action}", _set_status, methods=["POST"],
                          response_model=CampaignOut, operation_id=f"{_action}_campaign", tags=["campaigns"],
-                         summary=f"{_action.capitalize()} a campaign", responses=_NOT_FOUND)
+                         summary=f"{_action.capitalize()} a campaign",
+                         responses={**_NOT_FOUND, 409: problem_schema("The campaign is archived")})
 
 
 @router.get("/campaigns/{campaign_id}/sends", response_model=SendList, operation_id="list_campaign_sends",

@@ -12,7 +12,7 @@ from services.campaign import experiments, ingest_client, journeys, templates
 from services.campaign import journey_def as jd
 from services.campaign.programs import variables as program_vars
 from shared.db import fetch_one, fetch_page, insert_one_or_conflict, row_dict
-from shared.errors import NotFound, ValidationFailed
+from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.http import InternalClient
 from shared.jsonutil import dumps
 
@@ -24,15 +24,16 @@ _SEND_COLS = ("id, campaign_id, campaign_version, profile_id, occurrence, status
               "delivery_message_id, created_at")
 
 
-def _checked_template_fields(data: dict[str, Any]) -> dict[str, Any]:
+def _checked_template_fields(data: dict[str, Any], snippets: dict[str, str]) -> dict[str, Any]:
+    """The default fields of a template, each checked (``snippets``: the workspace's, which it may render)."""
     fields = {k: data.get(k) for k in templates.FIELDS}
     if not fields["html"] and not fields["text"]:
         raise ValidationFailed("A template needs an html or a text body")
     try:
-        templates.validate(fields)
+        templates.validate(fields, snippets)
         for code, variant in (data.get("locales") or {}).items():
             try:
-                templates.validate({k: (variant or {}).get(k) for k in templates.FIELDS})
+                templates.validate({k: (variant or {}).get(k) for k in templates.FIELDS}, snippets)
             except templates.TemplateError as exc:
                 raise templates.TemplateError(f"locales.{code}.{exc.field}", exc.message) from None
     except templates.TemplateError as exc:
@@ -41,7 +42,7 @@ def _checked_template_fields(data: dict[str, Any]) -> dict[str, Any]:
 
 
 async def create_template(session: AsyncSession, ws: uuid.UUID, data: dict[str, Any]) -> dict[str, Any]:
-    fields = _checked_template_fields(data)
+    fields = _checked_template_fields(data, await snippets_of(session, ws))
     locales = data.get("locales") or {}
     row = await insert_one_or_conflict(
         session,
@@ -59,7 +60,7 @@ async def create_template(session: AsyncSession, ws: uuid.UUID, data: dict[str, 
 async def update_template(session: AsyncSession, ws: uuid.UUID, template_id: uuid.UUID, data: dict[str, Any]
                           ) -> dict[str, Any]:
     """Replace a template's content (sends not yet rendered use the new content)."""
-    fields = _checked_template_fields(data)
+    fields = _checked_template_fields(data, await snippets_of(session, ws))
     row = await insert_one_or_conflict(
         session,
         f"update campaign.templates set name = :name, channel = :channel, subject = :subject, preheader = :preheader, "
@@ -187,13 +188,16 @@ async def get_campaign(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.U
 
 async def set_status(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID, status: str
                      ) -> dict[str, Any]:
-    return await fetch_one(
-        session,
+    """Pause, resume or archive. Archiving is final: an archived campaign is neither paused nor resumed
+    (409); archiving it again changes nothing."""
+    row = (await session.execute(text(
         f"update campaign.campaigns set status = :s, updated_at = now() "
-             f"where workspace_id = :ws and id = :id returning {_CAMPAIGN_COLS}",
-        {"ws": ws, "id": campaign_id, "s": status},
-        missing=f"No campaign {campaign_id}",
-    )
+        f"where workspace_id = :ws and id = :id and (status <> 'archived' or :s = 'archived') "
+        f"returning {_CAMPAIGN_COLS}"), {"ws": ws, "id": campaign_id, "s": status})).first()
+    if row is None:
+        await get_campaign(session, ws, campaign_id)  # (404 when there is no such campaign)
+        raise Conflict(f"Campaign {campaign_id} is archived")
+    return row_dict(row)
 
 
 async def list_campaigns(session: AsyncSession, ws: uuid.UUID, after: str | None, limit: int
@@ -269,11 +273,21 @@ async def stats(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) ->
             entry["skipped"][r.reason or "unknown"] = entry["skipped"].get(r.reason or "unknown", 0) + r.n
         elif r.status in ("pending", "dispatched", "failed"):
             entry["queued" if r.status == "pending" else r.status] += r.n
-    variants = {r.variant: {"entered": r.n, "converted": r.conv, "revenue": float(r.rev or 0)}
+    variants = {r.variant: {"entered": r.n, "sent": 0, "opened": 0, "clicked": 0, "converted": r.conv,
+                            "revenue": float(r.rev or 0)}
                 for r in await session.execute(text(
                     "select variant, count(*) as n, count(converted_at) as conv, sum(converted_value) as rev "
                     "from campaign.journeys where workspace_id = :ws and campaign_id = :c and variant is not null "
                     "group by variant"), params)}
+    for r in await session.execute(text(  # the messages each variant sent (after its split), opened, clicked
+            "select s.trigger_data->>'variant' as variant, count(*) filter (where s.status = 'dispatched') as sent, "
+            "count(*) filter (where j.seen ? ('opened:' || s.step)) as opened, "
+            "count(*) filter (where j.seen ? ('clicked:' || s.step)) as clicked "
+            "from campaign.sends s join campaign.journeys j on j.id = s.journey_id "
+            "where s.workspace_id = :ws and s.campaign_id = :c and s.trigger_data->>'variant' is not null "
+            "group by 1"), params):
+        if r.variant in variants:
+            variants[r.variant].update(sent=r.sent, opened=r.opened, clicked=r.clicked)
     for r in await session.execute(text(
             "select substring(s from '^[a-z]+') as action, substring(s from ':(.*)$') as step, count(*) as n "
             "from campaign.journeys, jsonb_array_elements_text(seen) as s where workspace_id = :ws "
@@ -341,7 +355,7 @@ async def snippets_of(session: AsyncSession, ws: uuid.UUID) -> dict[str, str]:
 
 async def put_snippet(session: AsyncSession, ws: uuid.UUID, name: str, content: str) -> dict[str, Any]:
     try:
-        templates.validate({"text": content})
+        templates.validate({"text": content}, {**await snippets_of(session, ws), name: content})
     except templates.TemplateError as exc:
         raise ValidationFailed(f"Snippet does not parse: {exc.message}") from None
     row = (await session.execute(text(
@@ -376,6 +390,18 @@ async def render_preview(session: AsyncSession, internal: InternalClient, ws: uu
     return {"subject": out.subject, "html": out.html, "text": out.text, "deep_link": out.deep_link,
             "image": out.image, "locale": used,
             "profile_id": profile.get("id"), "channel": tpl["channel"]}
+
+
+def test_message(template_id: uuid.UUID, rendered: dict[str, Any], to: str) -> dict[str, Any]:
+    """Delivery's request for a test send of a rendering (``render_preview``), on the template's channel and
+    marked ``[test]``; delivery checks that ``to`` fits the channel."""
+    channel = rendered["channel"]
+    push = {k: rendered[k] for k in ("deep_link", "image") if rendered.get(k)}
+    return {"idempotency_key": f"test:{uuid.uuid4()}", "channel": channel, "to": to,
+            "subject": f"[test] {rendered['subject']}" if channel != "sms" else "", "html": rendered["html"],
+            "text": f"[test] {rendered['text']}" if channel == "sms" else rendered["text"],
+            "message_type": "transactional", **({"data": push} if channel == "push" and push else {}),
+            "metadata": {"template_id": str(template_id), "test": True}}
 
 
 async def migrate(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, int]:

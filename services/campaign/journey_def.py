@@ -37,7 +37,7 @@ class _Model(BaseModel):
 
 
 class PropertyFilter(_Model):
-    property: str = Field(min_length=1, examples=["plan"])
+    property: str = Field(min_length=1, examples=["plan"], description="dots reach into nested objects")
     op: Literal["equals", "not_equals", "exists", "gt", "gte", "lt", "lte", "contains", "in"] = "equals"
     value: Any = None
 
@@ -156,7 +156,8 @@ class WaitUntilAttributeStep(_Step):
 
 
 class Match(_Model):
-    property: str = Field(min_length=1, examples=["cart_id"], description="property of the awaited event")
+    property: str = Field(min_length=1, examples=["cart_id"],
+                          description="property of the awaited event (dots reach into nested objects)")
     trigger_property: str = Field(min_length=1, examples=["cart_id"],
                                   description="property of the triggering event it must equal")
 
@@ -192,7 +193,8 @@ class EngagementCondition(_Model):
 
     type: Literal["engaged"] = "engaged"
     step: str = Field(min_length=1, description="id of an earlier send step")
-    action: Literal["delivered", "opened", "clicked"] = "opened"
+    action: Literal["delivered", "opened", "clicked"] = Field(
+        "opened", description="delivered: delivery sent the message (or saw it delivered, or it was opened)")
 
 
 BranchCondition = Annotated[TraitCondition | SegmentCondition | EventSinceEntryCondition | EngagementCondition,
@@ -312,6 +314,19 @@ def targets(step: Any) -> list[str | None]:
     if isinstance(step, ExitStep):
         return []
     return [step.next]
+
+
+def lookup(props: dict[str, Any], path: str) -> Any:
+    """A property by name; dots reach into nested objects (``product.category``), as in segment conditions.
+    A key that itself contains the dots wins."""
+    if path in props:
+        return props[path]
+    cur: Any = props
+    for part in path.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
 
 
 def compare(op: str, actual: Any, expected: Any) -> bool:

@@ -205,7 +205,7 @@ async def enter_many(session: AsyncSession, candidates: list[Candidate], now: da
 
 
 def _filters_match(filters: list[jd.PropertyFilter], props: dict[str, Any]) -> bool:
-    return all(jd.compare(f.op, props.get(f.property), f.value) for f in filters)
+    return all(jd.compare(f.op, jd.lookup(props, f.property), f.value) for f in filters)
 
 
 def trigger_matches(journey: jd.Journey, ws: uuid.UUID, item: dict[str, Any], feed: str) -> bool:
@@ -222,8 +222,9 @@ def trigger_matches(journey: jd.Journey, ws: uuid.UUID, item: dict[str, Any], fe
 
 async def on_events(session: AsyncSession, events: list[dict[str, Any]], now: datetime,
                     versions: "VersionCache") -> int:
-    """Events move open journeys of their profiles: awaited events, goals, exit events, engagement.
-    Returns how many journeys were woken."""
+    """Events move open journeys of their profiles: awaited events, goals, exit events, engagement — the
+    last also for a journey that has ended (its message is opened after its last step). Returns how many
+    journeys were woken."""
     by_profile: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for e in events:
         if e.get("type") == "track" and e.get("event"):
@@ -233,13 +234,15 @@ async def on_events(session: AsyncSession, events: list[dict[str, Any]], now: da
     await _fold_engagement_hours(session, [e for es in by_profile.values() for e in es
                                            if e["event"] in ENGAGEMENT_EVENTS])
     keys = list(by_profile)
+    engaged = sorted({jid for es in by_profile.values() for e in es if e["event"] in ENGAGEMENT_EVENTS
+                      and (jid := _uuid((e.get("properties") or {}).get("journey_id")))})
     rows = (await session.execute(
         text("select j.* from campaign.journeys j join unnest(CAST(:ws AS uuid[]), CAST(:p AS uuid[])) as k(ws, p) "
              "on j.workspace_id = k.ws and j.profile_id = k.p "
              "where j.status in ('active', 'waiting', 'holdout') "
-             "or (j.converted_at is null and j.goal_deadline > :now) "
+             "or (j.converted_at is null and j.goal_deadline > :now) or j.id = any(CAST(:engaged AS uuid[])) "
              "order by j.id for update of j"),
-        {"ws": [k[0] for k in keys], "p": [k[1] for k in keys], "now": now})).mappings().all()
+        {"ws": [k[0] for k in keys], "p": [k[1] for k in keys], "now": now, "engaged": engaged})).mappings().all()
     woken = 0
     for r in rows:
         j = dict(r)
@@ -247,6 +250,14 @@ async def on_events(session: AsyncSession, events: list[dict[str, Any]], now: da
         for e in sorted(by_profile[(str(j["workspace_id"]), str(j["profile_id"]))], key=lambda e: e["timestamp"]):
             woken += await _apply_event(session, j, journey, e, now)
     return woken
+
+
+def _uuid(value: Any) -> str | None:
+    """``value`` if it is a UUID (event properties are whatever the sender wrote)."""
+    try:
+        return str(uuid.UUID(value)) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 async def _fold_engagement_hours(session: AsyncSession, events: list[dict[str, Any]]) -> None:
@@ -286,8 +297,8 @@ async def _apply_event(session: AsyncSession, j: dict[str, Any], journey: jd.Jou
         seen.add(f"{mark}:{props['step']}")
     seen.add(f"event:{name}")
     for prop in _match_properties(journey, name):
-        if prop in props:
-            seen.add(_seen_key(name, prop, props[prop]))
+        if (value := jd.lookup(props, prop)) is not None:
+            seen.add(_seen_key(name, prop, value))
     if journey.goal and name == journey.goal.event and j["converted_at"] is None and j["goal_deadline"] \
             and at <= j["goal_deadline"]:
         updates["converted_at"] = j["converted_at"] = now
@@ -305,7 +316,7 @@ async def _apply_event(session: AsyncSession, j: dict[str, Any], journey: jd.Jou
         await _log(session, j, "exited", f"exit event {name}")
     wait = j.get("wait") or {}
     if j["status"] == "waiting" and wait.get("event") == name and (j["wake_at"] is None or at <= j["wake_at"]) and (
-            wait.get("match_property") is None or props.get(wait["match_property"]) == wait.get("match_value")):
+            wait.get("match_property") is None or jd.lookup(props, wait["match_property"]) == wait.get("match_value")):
         updates.update(status="active", step=wait.get("on_event"), wake_at=now, wait=None)
         j.update(status="active", step=wait.get("on_event"), wait=None)
         await _log(session, j, "event", f"{name} arrived", step=wait.get("step"))
@@ -576,7 +587,7 @@ async def _run_step(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: 
         await _log(ctx.session, j, "waiting", f"until {step.time} {tz.key} ({at.isoformat()})", step=step.id)
         return StepOutcome(step.next, wake_at=at)
     if isinstance(step, jd.WaitUntilAttributeStep):
-        moment = timing.parse_moment(traits.get(step.trait))
+        moment = timing.parse_moment(traits.get(step.trait), tz)
         if moment is None or moment + timedelta(seconds=step.offset_seconds) < ctx.now:
             await _log(ctx.session, j, "branch", f"{step.trait} missing or past", step=step.id)
             return StepOutcome(step.on_missing)
@@ -589,8 +600,8 @@ async def _run_step(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: 
                                 "on_timeout": step.on_timeout, "match_property": None, "match_value": None}
         if step.match:
             wait["match_property"] = step.match.property
-            wait["match_value"] = ((j.get("trigger_data") or {}).get("properties") or {}).get(
-                step.match.trigger_property)
+            wait["match_value"] = jd.lookup((j.get("trigger_data") or {}).get("properties") or {},
+                                            step.match.trigger_property)
         if step.match and wait["match_value"] is None:  # nothing to match on: it can only time out
             await _log(ctx.session, j, "timeout", f"the trigger has no {step.match.trigger_property}", step=step.id)
             return StepOutcome(step.on_timeout)
@@ -651,11 +662,31 @@ async def _condition(ctx: Context, j: dict[str, Any], cond: Any, traits: dict[st
     if isinstance(cond, jd.EventSinceEntryCondition):
         return f"event:{cond.event}" in (j.get("seen") or [])
     if isinstance(cond, jd.EngagementCondition):
-        return f"{cond.action}:{cond.step}" in (j.get("seen") or [])
+        seen = j.get("seen") or []
+        if cond.action == "delivered":  # (an open or a click says so too)
+            return any(f"{a}:{cond.step}" in seen for a in ("opened", "clicked")) or await _delivered(ctx, j, cond.step)
+        return f"{cond.action}:{cond.step}" in seen
     resp = await ctx.internal.request("GET", "segment", f"/v1/profiles/{j['profile_id']}/segments",
                                       headers={WORKSPACE_HEADER: str(j["workspace_id"])})
     resp.raise_for_status()
     return str(cond.segment_id) in resp.json()["segment_ids"]
+
+
+async def _delivered(ctx: Context, j: dict[str, Any], step_id: str) -> bool:
+    """Whether delivery sent (or saw delivered) the message a send step of this journey handed it: not when
+    it was skipped, is still queued, or was suppressed, bounced or failed."""
+    mid = (await ctx.session.execute(text(
+        "select delivery_message_id from campaign.sends where workspace_id = :ws and profile_id = :p "
+        "and journey_id = :j and step = :s"),
+        {"ws": j["workspace_id"], "p": j["profile_id"], "j": j["id"], "s": step_id})).scalar()
+    if mid is None:
+        return False
+    resp = await ctx.internal.request("GET", "delivery", f"/v1/messages/{mid}",
+                                      headers={WORKSPACE_HEADER: str(j["workspace_id"])})
+    if resp.status_code == 404:
+        return False
+    resp.raise_for_status()
+    return resp.json()["status"] in ("sent", "delivered")
 
 
 async def _send(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: jd.SendStep, tz: Any) -> StepOutcome:

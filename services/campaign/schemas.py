@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, EmailStr, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from services.campaign import journey_def as jd
 from shared.validation import Ref
@@ -174,7 +174,8 @@ class CampaignStats(BaseModel):
     holdout_conversion_rate: float | None
     lift_points: float | None = Field(description="conversion rate minus the holdout's, in percentage points")
     holdout_p_value: float | None = Field(description="two-proportion z-test of treated vs holdout conversion")
-    variants: dict[str, Any] = Field(description="entered, converted and conversion rate per split variant")
+    variants: dict[str, Any] = Field(description="per split variant: entered; messages sent, opened and clicked "
+                                                 "(after the split); converted, revenue and conversion rate")
     experiment: dict[str, Any] = Field(description="leading variant, its p-value against each other variant, "
                                                    "and whether all differences are significant (p < 0.05)")
 
@@ -229,7 +230,9 @@ class PreviewOut(BaseModel):
 
 
 class TestSendIn(PreviewIn):
-    to: EmailStr = Field(examples=["me@example.com"])
+    to: str = Field(min_length=3, max_length=320, examples=["me@example.com"],
+                    description="an email address; for an SMS template a phone number with its country code; for "
+                                "a push template the userId whose devices get it")
 
 
 class TestSendOut(BaseModel):

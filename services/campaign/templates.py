@@ -15,7 +15,7 @@ from typing import Any
 
 import css_inline
 from liquid import BoundTemplate, DictLoader, Environment
-from liquid.exceptions import LiquidError
+from liquid.exceptions import LiquidError, TemplateNotFoundError
 
 _html = Environment(autoescape=True)
 _plain = Environment(autoescape=False)
@@ -53,14 +53,25 @@ def _parsed(field: str, source: str, snippets: tuple[tuple[str, str], ...]) -> B
 
 
 def validate(fields: dict[str, str | None], snippets: dict[str, str] | None = None) -> None:
-    """Parse every field; raise :class:`TemplateError` naming the first one that does not parse."""
+    """Parse every field and check that the filters and snippets (``snippets``: all the workspace has) it
+    uses exist, through the snippets it includes; raise :class:`TemplateError` naming the first field that
+    fails. (Both parse, and would fail every render.)"""
     for name, source in fields.items():
         if source is None:
             continue
+        env = _env(name, snippets or {})
         try:
-            _env(name, snippets).from_string(source)
+            template = env.from_string(source)
+            try:
+                used = template.analyze(include_partials=True).filters
+            except TemplateNotFoundError as exc:
+                if exc.args and exc.args[0]:
+                    raise TemplateError(name, f"no snippet named {exc.args[0]!r}") from None
+                used = template.analyze(include_partials=False).filters  # (a name computed when rendering)
         except LiquidError as exc:
             raise TemplateError(name, str(exc).splitlines()[0]) from None
+        if unknown := sorted(set(used) - set(env.filters)):
+            raise TemplateError(name, f"unknown filter {unknown[0]!r}")
 
 
 def render(fields: dict[str, str | None], variables: dict[str, Any], snippets: dict[str, str] | None = None
@@ -154,13 +165,14 @@ def locale_chain(locale: Any) -> list[str]:
 
 
 def for_locale(template: dict[str, Any], locale: Any) -> tuple[dict[str, str | None], str | None]:
-    """The fields to render for a profile's locale (fallback chain, then the default), and which variant."""
-    variants = {k.lower(): v for k, v in (template.get("locales") or {}).items()}
-    for code in locale_chain(locale):
-        if code in variants:
-            variant = variants[code]
-            return {f: variant[f] if variant.get(f) is not None else template.get(f) for f in FIELDS}, code
-    return {f: template.get(f) for f in FIELDS}, None
+    """The fields to render for a profile's locale, and which variant: each field from the first variant
+    of the chain that has it (``fr-ca``, then ``fr``), else the default's. Variant keys are spelled like
+    profile locales (``fr_CA`` = ``fr-ca``)."""
+    variants = {chain[0]: v or {} for k, v in (template.get("locales") or {}).items() if (chain := locale_chain(k))}
+    codes = [code for code in locale_chain(locale) if code in variants]
+    fields = {f: next((variants[c][f] for c in codes if variants[c].get(f) is not None), template.get(f))
+              for f in FIELDS}
+    return fields, codes[0] if codes else None
 
 
 def variables_for(profile: dict[str, Any], trigger: dict[str, Any]) -> dict[str, Any]:

@@ -54,12 +54,13 @@ def quiet_until(now: datetime, tz: ZoneInfo, start: str, end: str) -> datetime |
     return end if end > now else now + timedelta(minutes=1)
 
 
-def parse_moment(value: Any) -> datetime | None:
-    """A trait holding a date or date-time (ISO 8601) as an aware UTC datetime."""
+def parse_moment(value: Any, tz: ZoneInfo) -> datetime | None:
+    """A trait holding a date or date-time (ISO 8601) as an aware UTC datetime; a date (midnight) or a time
+    without an offset is read in ``tz``, the user's zone."""
     if not isinstance(value, str) or not value:
         return None
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    return (dt.replace(tzinfo=tz) if dt.tzinfo is None else dt).astimezone(UTC)

@@ -771,3 +771,268 @@ async def test_a_send_step_run_again_is_logged_as_a_replay_and_sends_nothing(wor
     assert lines.count(("sent", "email message queued")) == 1
     assert lines[-2:] == [("skipped", "already sent (replayed step)"), ("waiting", "delay 3600 s")]
     assert j["status"] == "active" and datetime.fromisoformat(j["wake_at"]) == T0 + timedelta(seconds=3601)
+
+
+async def test_an_archived_campaign_stays_archived(world) -> None:
+    """Archive is final: pause and resume answer 409 (resume used to make it active again, so it took
+    entries and ran the journeys it had ended); the trigger API refuses it too."""
+    tpl = await world.template("arch", "Archived")
+    camp = await world.campaign(trigger={"type": "api"}, steps=[{"id": "s", "type": "send", "template_id": tpl}])
+    r = await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/archive", headers=world.h)
+    assert r.status_code == 200 and r.json()["status"] == "archived"
+    for action in ("resume", "pause"):
+        r = await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/{action}", headers=world.h)
+        assert r.status_code == 409 and r.headers["content-type"].startswith("application/problem+json"), r.text
+    got = await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}", headers=world.h)
+    assert got.json()["status"] == "archived"
+    await world.identify("arch-1", email=_email("arch"))
+    r = await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/trigger", headers=world.h,
+                                          json={"user": "arch-1"})
+    assert r.status_code == 409
+    missing = await world.apps["campaign"].post(f"/v1/campaigns/{uuid.uuid4()}/resume", headers=world.h)
+    assert missing.status_code == 404
+
+
+async def test_campaigns_as_code_keep_a_templates_channel_preheader_and_push_fields(world, settings) -> None:
+    """`tenure apply` and `tenure get campaigns`: an SMS or push template in the file is created as one (it used
+    to be posted without its channel, so as an email, refused for want of a subject), preheader, deep link and
+    image are applied and compared, and the export carries them back."""
+    from services import resources
+
+    api = resources.Api(world.internal._http, {s: settings.url_of(s) for s in ("segment", "campaign")}, world.h)
+    doc = """
+templates:
+  - name: code-sms
+    channel: sms
+    text: "Your code is {{ event.properties.code }}"
+  - name: shipped-push
+    channel: push
+    subject: Your order shipped
+    text: On its way
+    deep_link: "acme://orders/{{ event.properties.order_id }}"
+    image: https://cdn.acme.test/box.png
+  - name: news-mail
+    channel: email
+    subject: News
+    preheader: Three things inside
+    html: <p>Hi</p>
+campaigns:
+  - name: codes
+    trigger: {type: api}
+    message_type: transactional
+    entry: {rule: every_time}
+    steps: [{id: s, type: send, template: code-sms}]
+"""
+    changes = await resources.plan(api, resources.load(doc))
+    assert [c.action for c in changes] == ["create"] * 4
+    await resources.apply(api, changes)
+    got = {t["name"]: t for t in (await world.apps["campaign"].get("/v1/templates", headers=world.h)).json()[
+        "templates"]}
+    assert got["code-sms"]["channel"] == "sms" and got["shipped-push"]["channel"] == "push"
+    assert got["shipped-push"]["deep_link"] == "acme://orders/{{ event.properties.order_id }}"
+    assert got["shipped-push"]["image"] == "https://cdn.acme.test/box.png"
+    assert got["news-mail"]["preheader"] == "Three things inside"
+    assert {c.action for c in await resources.plan(api, resources.load(doc))} == {"unchanged"}
+    edited = await resources.plan(api, resources.load(doc.replace("Three things inside", "Four things inside")))
+    assert [(c.name, c.action) for c in edited if c.action != "unchanged"] == [("news-mail", "update")]
+    assert "+preheader: Four things inside" in edited[2].diff
+    exported = resources.load(await resources.export(api))
+    by_name = {t["name"]: t for t in exported["templates"]}
+    assert by_name["code-sms"]["channel"] == "sms" and by_name["shipped-push"]["image"].endswith("box.png")
+    assert by_name["news-mail"]["preheader"] == "Three things inside"
+
+
+async def test_locale_variants_fall_back_field_by_field_along_the_chain(world) -> None:
+    """fr-CA → fr → default for each field: a fr-CA variant that only words the subject differently gets its
+    body from fr (it used to get the English default's), and variants keyed pt_BR serve pt-BR profiles."""
+    tpl = await world.template("loc", "Hello", text="Your order shipped", locales={
+        "fr": {"subject": "Bonjour", "text": "Votre commande est partie"}, "fr-CA": {"subject": "Allô"},
+        "pt_BR": {"subject": "Olá", "text": "Seu pedido foi enviado"}})
+    await world.identify("loc-qc", email=_email("qc"), locale="fr-CA")
+    await world.identify("loc-br", email=_email("br"), locale="pt-BR")
+
+    async def preview(user: str) -> dict:
+        r = await world.apps["campaign"].post(f"/v1/templates/{tpl}/preview", headers=world.h, json={"user": user})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    qc = await preview("loc-qc")
+    assert (qc["subject"], qc["text"], qc["locale"]) == ("Allô", "Votre commande est partie", "fr-ca")
+    br = await preview("loc-br")
+    assert (br["subject"], br["text"]) == ("Olá", "Seu pedido foi enviado")
+
+
+async def test_a_template_with_an_unknown_filter_or_snippet_is_refused_on_save(world) -> None:
+    """Both parse, so they used to be saved, and then every send of them failed ("template did not render");
+    now saving says which field and what is missing. Snippets are checked the same way."""
+    tpl = {"name": f"typo-{uuid.uuid4().hex[:6]}", "subject": "Hi {{ profile.first_name | capitalise }}",
+           "text": "Hello"}
+    r = await world.apps["campaign"].post("/v1/templates", headers=world.h, json=tpl)
+    assert r.status_code == 422 and r.json()["field"] == "subject" and "capitalise" in r.json()["detail"], r.text
+    r = await world.apps["campaign"].post("/v1/templates", headers=world.h, json={
+        **tpl, "subject": "Hi", "locales": {"fr": {"html": "<p>Salut</p>{% render 'pied' %}"}}})
+    assert r.status_code == 422 and r.json()["field"] == "locales.fr.html" and "pied" in r.json()["detail"], r.text
+    r = await world.apps["campaign"].put("/v1/snippets/sig", headers=world.h,
+                                         json={"content": "{{ profile.first_name | upcaes }}"})
+    assert r.status_code == 422 and "upcaes" in r.json()["detail"], r.text
+    assert (await world.apps["campaign"].put("/v1/snippets/pied", headers=world.h,
+                                             json={"content": "<p>{{ 'Acme' | upcase }}</p>"})).status_code == 200
+    ok = await world.apps["campaign"].post("/v1/templates", headers=world.h, json={
+        **tpl, "subject": "Hi {{ profile.first_name | capitalize }}",
+        "locales": {"fr": {"html": "<p>Salut</p>{% render 'pied' %}"}}})
+    assert ok.status_code == 201, ok.text
+    r = await world.apps["campaign"].put(f"/v1/templates/{ok.json()['id']}", headers=world.h,
+                                         json={**tpl, "text": "{% include 'nowhere' %}", "subject": "Hi"})
+    assert r.status_code == 422 and r.json()["field"] == "text", r.text
+    assert (await world.apps["campaign"].get("/v1/templates", headers=world.h)).json()["templates"][0][
+        "subject"] == "Hi {{ profile.first_name | capitalize }}"
+
+
+async def test_property_filters_and_event_matches_reach_into_nested_properties(world) -> None:
+    """`where` and `match` name nested properties with dots, as segment conditions do (``product.category``);
+    the filter used to read a top-level key of that name, so the campaign silently never started."""
+    tpl = await world.template("nested", "Still thinking about {{ event.properties.product.name }}?")
+    await world.campaign(
+        trigger={"type": "event", "event": "Product Viewed",
+                 "where": [{"property": "product.category", "value": "shoes"}]},
+        entry={"rule": "every_time"}, steps=[
+            {"id": "wait", "type": "wait_for_event", "event": "Product Added", "timeout_seconds": 3600,
+             "match": {"property": "item.sku", "trigger_property": "product.sku"}, "on_timeout": "nudge"},
+            {"id": "nudge", "type": "send", "template_id": tpl}])
+    shoes, hats, added = _email("shoes"), _email("hats"), _email("added")
+    for uid, email in (("nest-1", shoes), ("nest-2", hats), ("nest-3", added)):
+        await world.identify(uid, email=email)
+    await world.track("nest-1", "Product Viewed", T0, product={"category": "shoes", "sku": "S1", "name": "Runner"})
+    await world.track("nest-2", "Product Viewed", T0, product={"category": "hats", "sku": "H1", "name": "Cap"})
+    await world.track("nest-3", "Product Viewed", T0, product={"category": "shoes", "sku": "S2", "name": "Boot"})
+    await world.pump(T0 + timedelta(minutes=1))
+    await world.track("nest-1", "Product Added", T0 + timedelta(minutes=5), item={"sku": "other"})
+    await world.track("nest-3", "Product Added", T0 + timedelta(minutes=5), item={"sku": "S2"})
+    await world.pump(T0 + timedelta(minutes=6))
+    await world.pump(T0 + timedelta(hours=1, minutes=1))
+    assert [m["subject"] for m in await world.mail(shoes)] == ["Still thinking about Runner?"]
+    assert await world.mail(hats) == [] and await world.mail(added) == []
+
+
+async def test_opens_and_clicks_count_after_the_journey_ended_and_per_variant(world) -> None:
+    """An A/B test whose arms end with their send: the opens and clicks delivery reports come after the journey
+    completed, and used to be dropped (only open journeys took events), so the funnel showed none. Each
+    variant reports its messages sent, opened and clicked beside entries, conversions and revenue."""
+    a, b = await world.template("va", "Arm A"), await world.template("vb", "Arm B")
+    camp = await world.campaign(trigger={"type": "event", "event": "Offered"}, steps=[
+        {"id": "ab", "type": "split", "variants": [{"name": "A", "weight": 50, "next": "sa"},
+                                                   {"name": "B", "weight": 50, "next": "sb"}]},
+        {"id": "sa", "type": "send", "template_id": a}, {"id": "sb", "type": "send", "template_id": b}])
+    users = [f"ab-open-{i}-{uuid.uuid4().hex[:4]}" for i in range(6)]
+    for uid in users:
+        await world.identify(uid, email=_email("abo"))
+        await world.track(uid, "Offered", T0)
+    await world.pump(T0)
+    journeys_of = {}
+    for uid in users:
+        pid = (await world.apps["ingest"].get(f"/v1/profiles/{uid}", headers=world.h)).json()["id"]
+        [j] = await world.path(pid)
+        assert j["status"] == "completed"
+        journeys_of[uid] = j
+    for uid, j in journeys_of.items():
+        step = "sa" if j["variant"] == "A" else "sb"
+        await world.track(uid, "Email Opened", T0 + timedelta(minutes=5), journey_id=j["id"], step=step)
+        if j["variant"] == "A":
+            await world.track(uid, "Email Link Clicked", T0 + timedelta(minutes=6), journey_id=j["id"], step=step)
+    await world.track(users[0], "Email Opened", T0 + timedelta(minutes=7), journey_id="not-a-uuid", step="sa")
+    await world.pump(T0 + timedelta(minutes=10))
+    stats = (await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}/stats", headers=world.h)).json()
+    n = {arm: sum(j["variant"] == arm for j in journeys_of.values()) for arm in ("A", "B")}
+    assert stats["sends_by_step"].get("sa", {}).get("opened", 0) == n["A"]
+    assert stats["sends_by_step"].get("sa", {}).get("clicked", 0) == n["A"]
+    for arm in ("A", "B"):
+        if n[arm]:
+            v = stats["variants"][arm]
+            assert (v["entered"], v["sent"], v["opened"], v["clicked"]) == (
+                n[arm], n[arm], n[arm], n[arm] if arm == "A" else 0)
+
+
+async def test_branch_on_delivered_asks_delivery_what_became_of_the_message(world, mailbox) -> None:
+    """`engaged` with `action: delivered` was accepted and always took `no` (nothing ever marked a message
+    delivered); it is now what delivery says of the step's message: sent or delivered (or opened) is yes,
+    suppressed, bounced, failed or still queued is no."""
+    world.deliver = True
+    receipt = await world.template("rcpt", "Your receipt")
+    await world.campaign(trigger={"type": "event", "event": "Paid"}, steps=[
+        {"id": "receipt", "type": "send", "template_id": receipt, "next": "wait"},
+        {"id": "wait", "type": "delay", "seconds": 60, "next": "check"},
+        {"id": "check", "type": "branch", "condition": {"type": "engaged", "step": "receipt", "action": "delivered"},
+         "yes": "done", "no": "done"},
+        {"id": "done", "type": "exit"}])
+    fine, blocked = _email("paid-ok"), _email("paid-blocked")
+    await world.apps["delivery"].post("/v1/suppressions", headers=world.h, json={"address": blocked})
+    pids = {uid: await world.identify(uid, email=email) for uid, email in (("paid-1", fine), ("paid-2", blocked))}
+    for uid in pids:
+        await world.track(uid, "Paid", T0)
+    await world.pump(T0)
+    await world.pump(T0 + timedelta(minutes=2))
+    taken = {}
+    for uid, pid in pids.items():
+        [j] = await world.path(pid)
+        taken[uid] = next(e["detail"] for e in j["log"] if e["kind"] == "branch")
+    assert taken == {"paid-1": "yes", "paid-2": "no"}
+
+
+async def test_a_date_trait_is_that_day_in_the_users_time_zone(world) -> None:
+    """`wait_until_attribute` on a date without a time ("renews_on": "2026-12-01") counts from midnight where
+    the user lives: "a day before" is 30 November 00:00 in Los Angeles, not 29 November 16:00 there (the date
+    used to be read as midnight UTC). A time without an offset is local too; one with an offset is kept."""
+    tpl = await world.template("renew-day", "Renews tomorrow")
+    camp = await world.campaign(trigger={"type": "event", "event": "Subscribed"}, steps=[
+        {"id": "when", "type": "wait_until_attribute", "trait": "renews_on", "offset_seconds": -86400,
+         "next": "remind"},
+        {"id": "remind", "type": "send", "template_id": tpl}])
+    people = {"day-la": ("America/Los_Angeles", "2026-12-01", "2026-11-30T08:00:00+00:00"),
+              "day-local-time": ("Asia/Tokyo", "2026-12-01T09:00:00", "2026-11-30T00:00:00+00:00"),
+              "day-offset": ("Asia/Tokyo", "2026-12-01T09:00:00Z", "2026-11-30T09:00:00+00:00"),
+              "day-utc": (None, "2026-12-01", "2026-11-30T00:00:00+00:00")}
+    for uid, (tz, renews_on, _) in people.items():
+        await world.identify(uid, email=_email(uid), renews_on=renews_on, **({"timezone": tz} if tz else {}))
+        await world.track(uid, "Subscribed", T0)
+    await world.pump(T0)
+    for uid, (_, _, due) in people.items():
+        pid = (await world.apps["ingest"].get(f"/v1/profiles/{uid}", headers=world.h)).json()["id"]
+        [j] = [j for j in await world.path(pid) if j["campaign_id"] == camp["id"]]
+        assert (uid, datetime.fromisoformat(j["wake_at"])) == (uid, datetime.fromisoformat(due))
+
+
+async def test_a_test_send_goes_out_on_the_templates_channel(world) -> None:
+    """An SMS template's test goes to a phone as an SMS (it used to be emailed, and only to an email address);
+    an address that does not fit the channel is a 422 naming why, and nothing is queued."""
+    sms = (await world.apps["campaign"].post("/v1/templates", headers=world.h, json={
+        "name": f"sms-test-{uuid.uuid4().hex[:6]}", "channel": "sms", "text": "Code {{ event.properties.code }}"}))
+    assert sms.status_code == 201, sms.text
+    url = f"/v1/templates/{sms.json()['id']}/test"
+    sent = await world.apps["campaign"].post(url, headers=world.h, json={"to": "+14155550199", "data": {"code": "7"}})
+    assert sent.status_code == 202, sent.text
+    [msg] = (await world.apps["delivery"].get("/v1/messages", headers=world.h,
+                                              params={"to": "+14155550199"})).json()["messages"]
+    assert (msg["channel"], msg["id"]) == ("sms", sent.json()["message_id"])
+    wrong = await world.apps["campaign"].post(url, headers=world.h, json={"to": "ops@example.com"})
+    assert wrong.status_code == 422 and wrong.headers["content-type"].startswith("application/problem+json")
+    assert "phone number" in wrong.text, wrong.text
+    mail = await world.template("mail-test", "Hi")
+    bad = await world.apps["campaign"].post(f"/v1/templates/{mail}/test", headers=world.h, json={"to": "nope"})
+    assert bad.status_code == 422, bad.text
+    assert (await world.apps["delivery"].get("/v1/messages", headers=world.h, params={"to": "ops@example.com"})).json()[
+        "messages"] == []
+
+
+async def test_an_unknown_journey_status_filter_is_a_422(world) -> None:
+    """`?status=running` answered an empty list, as if nobody were inside; it names the statuses now."""
+    tpl = await world.template("st", "Hi")
+    camp = await world.campaign(trigger={"type": "api"}, steps=[{"id": "d", "type": "delay", "seconds": 60,
+                                                                 "next": "s"},
+                                                                {"id": "s", "type": "send", "template_id": tpl}])
+    await world.identify("st-1", email=_email("st"))
+    await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/trigger", headers=world.h, json={"user": "st-1"})
+    url = f"/v1/campaigns/{camp['id']}/journeys"
+    bad = await world.apps["campaign"].get(url, headers=world.h, params={"status": "running"})
+    assert bad.status_code == 422 and bad.headers["content-type"].startswith("application/problem+json"), bad.text
+    ok = await world.apps["campaign"].get(url, headers=world.h, params={"status": "active", "step": "d"})
+    assert [j["step"] for j in ok.json()["journeys"]] == ["d"]

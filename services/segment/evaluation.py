@@ -815,9 +815,11 @@ async def search(session: AsyncSession, ws: uuid.UUID, node: Any, *, after: uuid
     """Known profiles matching a definition, in id order after ``after`` (a page of ``limit``, with
     their traits and computed attributes), and how many match in all."""
     today = today or datetime.now(UTC).date()
+    settings = await workspace_settings(session, ws)
+    if set_evaluation.compilable(node):
+        return await _search_in_sql(session, ws, node, after=after, limit=limit, today=today, settings=settings)
     needs = Needs.of([node])
     predicate = conditions.compile_condition(node, today)
-    settings = await workspace_settings(session, ws)
     count = evaluated = 0
     picked: list[dict[str, Any]] = []
     cursor: uuid.UUID | None = None
@@ -837,3 +839,20 @@ async def search(session: AsyncSession, ws: uuid.UUID, node: Any, *, after: uuid
             return {"count": count, "profiles": picked, "profiles_evaluated": evaluated,
                     "next_cursor": picked[-1]["profile_id"] if picked and len(picked) == limit else None}
         cursor = pids[-1]
+
+
+async def _search_in_sql(session: AsyncSession, ws: uuid.UUID, node: Any, *, after: uuid.UUID | None, limit: int,
+                         today: date, settings: dict[str, Any]) -> dict[str, Any]:
+    """``search`` for a definition set_evaluation compiles: PostgreSQL counts and picks the matches, Python
+    loads the facts of the page it returns."""
+    compiled = set_evaluation.compile_search(node, today)
+    db = await driver_connection(session)
+    await db.execute("set local jit = off")
+    row = await db.fetchrow(compiled.sql, ws, after, limit, *compiled.params)
+    ids: list[uuid.UUID] = list(row["ids"])
+    facts = await _load_facts(session, ws, ids, Needs(), today, settings=settings,
+                              current=await memberships(session, ws, ids))
+    picked = [{"profile_id": str(pid), "traits": dict(facts[pid].traits), "attributes": dict(facts[pid].attributes),
+               "stage": facts[pid].stage} for pid in ids]
+    return {"count": row["matched"], "profiles": picked, "profiles_evaluated": row["evaluated"],
+            "next_cursor": picked[-1]["profile_id"] if picked and len(picked) == limit else None}

@@ -82,10 +82,11 @@ _NUM_OF = ("(case jsonb_typeof({v}) when 'number' then ({v})::numeric "
 @dataclass
 class _Statement:
     """Parameters and per-profile aggregate columns collected while definitions compile ($1 is the
-    workspace, $2 the chunk's profile ids). Conditions read ``s`` (a profile_stats row and the profile's
-    ``traits`` and its per-day counts aggregated into one column per need)."""
+    workspace; ``reserved`` counts the statement's own parameters). Conditions read ``s``: a profile_stats
+    row with the profile's ``traits`` and its per-day counts aggregated into one column per need."""
 
     today: date
+    reserved: int = 2  # $1.. taken by the statement itself
     params: list[Any] = field(default_factory=list)
     columns: dict[str, str] = field(default_factory=dict)  # aggregate expression -> column name
     events: set[str] = field(default_factory=set)
@@ -98,7 +99,7 @@ class _Statement:
         key = (cast, repr(value))
         if key not in self.placeholders:
             self.params.append(value)
-            self.placeholders[key] = f"${len(self.params) + 2}::{cast}"
+            self.placeholders[key] = f"${len(self.params) + self.reserved}::{cast}"
         return self.placeholders[key]
 
     def column(self, aggregate: str) -> str:
@@ -271,27 +272,21 @@ def compile_pass(segments: list[tuple[uuid.UUID, int, Any]], today: date) -> Com
     hits = [(st.param(sid, "uuid"), st.condition(node)) for sid, _, node in segments]
     ids = st.param([s[0] for s in segments], "uuid[]")
     versions = st.param([s[1] for s in segments], "int[]")
-    counts = ""
-    if st.columns:
-        cols = ", ".join(f"{agg} as {name}" for agg, name in st.columns.items())
-        counts = (f"cross join lateral (select {cols} from segment.event_counts where workspace_id = $1 "
-                  f"and profile_id = u.pid and event = any({st.param(sorted(st.events), 'text[]')})) c")
-    values = ", ".join(f"({sid}, {hit})" for sid, hit in hits)
     # Every read is an index probe per profile of the chunk ("offset 0" keeps a subquery a loop): with
     # "= any(ids)" the planner sometimes preferred reading the whole table, and with the statistics of a
     # table a first pass is still filling, every membership of the workspace.
     sql = f"""
         with p as (
-            select s.*, t.traits {", c.*" if counts else ""} from unnest($2::uuid[]) as u(pid)
+            select s.*, t.traits {_counts_columns(st)} from unnest($2::uuid[]) as u(pid)
              cross join lateral (select * from segment.profile_stats
                                   where workspace_id = $1 and profile_id = u.pid offset 0) s
               left join lateral (select traits from segment.profile_traits
                                   where workspace_id = $1 and profile_id = u.pid offset 0) t on true
-             {counts}
+             {_counts(st, "u.pid")}
         ),
         m as (
             select x.sid, s.profile_id from p as s
-             cross join lateral (values {values}) as x(sid, hit)
+             cross join lateral (values {", ".join(f"({sid}, {hit})" for sid, hit in hits)}) as x(sid, hit)
              where x.hit
         ),
         cur as (
@@ -319,5 +314,40 @@ def compile_pass(segments: list[tuple[uuid.UUID, int, Any]], today: date) -> Com
             returning 1
         )
         select count(*) from t
+    """
+    return Compiled(sql=sql, params=tuple(st.params))
+
+
+def _counts_columns(st: _Statement) -> str:
+    return ", c.*" if st.columns else ""
+
+
+def _counts(st: _Statement, profile: str) -> str:
+    """The per-day counts a statement's conditions need, aggregated per profile into one column per need."""
+    if not st.columns:
+        return ""
+    cols = ", ".join(f"{agg} as {name}" for agg, name in st.columns.items())
+    return (f"cross join lateral (select {cols} from segment.event_counts where workspace_id = $1 "
+            f"and profile_id = {profile} and event = any({st.param(sorted(st.events), 'text[]')})) c")
+
+
+def compile_search(node: Any, today: date) -> Compiled:
+    """One statement over every profile of a workspace ($1) for a definition: how many match, how many were
+    evaluated, and the ids of the first matches after $2 (a profile id, or null), at most $3 of them.
+    Previews and searches at a million profiles take seconds this way instead of minutes."""
+    st = _Statement(today, reserved=3)
+    hit = st.condition(node)
+    sql = f"""
+        with p as (
+            select s.*, t.traits {_counts_columns(st)} from segment.profile_stats s
+              left join segment.profile_traits t on t.workspace_id = s.workspace_id and t.profile_id = s.profile_id
+             {_counts(st, "s.profile_id")}
+             where s.workspace_id = $1
+        ),
+        hits as (select s.profile_id from p as s where {hit})
+        select (select count(*) from hits) as matched,
+               (select count(*) from segment.profile_stats where workspace_id = $1) as evaluated,
+               array(select profile_id from hits where $2::uuid is null or profile_id > $2::uuid
+                      order by profile_id limit $3::int) as ids
     """
     return Compiled(sql=sql, params=tuple(st.params))

@@ -295,7 +295,7 @@ async def test_a_pass_records_its_progress_page_by_page(apps, workspace, session
     ws = workspace.workspace_id
     h = {"Authorization": f"Bearer {workspace.secret_key}"}
     sid, people = await _buyers(ws, sessionmaker, apps, h, 7)
-    monkeypatch.setattr(evaluation, "PASS_CHUNK", 1)  # pages of two profiles (two lanes)
+    monkeypatch.setattr(evaluation, "SET_CHUNK", 1)  # pages of two profiles (two lanes; the segment runs in SQL)
     task = asyncio.create_task(evaluation.evaluate_fully(sessionmaker, ws, {uuid.UUID(sid)}))
     saved: list[uuid.UUID] = []
     while not task.done():  # watch the progress row from outside, as a restarted worker would read it

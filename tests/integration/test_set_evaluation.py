@@ -137,6 +137,13 @@ async def _compare(sessionmaker, definitions: list[dict], profiles: list[dict]) 
         facts = await evaluation._load_facts(s, ws, pids, evaluation.Needs.of(nodes.values()), TODAY)
     in_python = {(sid, pid) for sid, node in nodes.items() for pid in pids
                  if conditions.evaluate(node, facts[pid], TODAY)}
+    # searches and previews (the same compiled condition over the whole workspace): count and first page
+    async with sessionmaker() as s, s.begin():
+        for sid, node in nodes.items():
+            page = await evaluation.search(s, ws, node, after=None, limit=2, today=TODAY)
+            matching = sorted(pid for pid in pids if (sid, pid) in in_python)
+            assert (page["count"], [p["profile_id"] for p in page["profiles"]]) == (
+                len(matching), [str(pid) for pid in matching[:2]])
     return in_sql, in_python
 
 

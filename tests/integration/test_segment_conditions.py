@@ -337,3 +337,22 @@ async def test_first_and_last_seen_are_usable_in_conditions(ctx) -> None:
     assert await ctx.members(seen_lately) == {str(new), str(old)}
     await evaluation.recheck_windows(ctx.sm, NOW.date() + timedelta(days=7))  # a week on, no new event
     assert await ctx.members(new_users) == set()
+
+
+async def test_search_gives_no_cursor_when_the_page_holds_the_last_match(ctx) -> None:
+    """A page that ends exactly on the last match had a next_cursor, so a client paging through asked for
+    an extra, empty page; a cursor now means more matches follow."""
+    ws = ctx.ws
+    people = [uuid.uuid4() for _ in range(4)]
+    await _fold(ctx.sm, [_ev(ws, p, "identify", traits={"tier": "gold" if i < 3 else "tin"})
+                         for i, p in enumerate(people)])
+    gold = {"type": "trait", "trait": "tier", "value": "gold"}
+    whole = (await ctx.seg.post("/v1/profiles/search", headers=ctx.h, json={"definition": gold, "limit": 3})).json()
+    assert whole["count"] == 3 and len(whole["profiles"]) == 3 and whole["next_cursor"] is None
+    first = (await ctx.seg.post("/v1/profiles/search", headers=ctx.h, json={"definition": gold, "limit": 2})).json()
+    assert len(first["profiles"]) == 2 and first["next_cursor"] == first["profiles"][-1]["profile_id"]
+    last = (await ctx.seg.post("/v1/profiles/search", headers=ctx.h,
+                               json={"definition": gold, "limit": 1, "after": first["next_cursor"]})).json()
+    assert len(last["profiles"]) == 1 and last["next_cursor"] is None
+    found = {p["profile_id"] for p in first["profiles"] + last["profiles"]}
+    assert found == {str(p) for p in people[:3]}

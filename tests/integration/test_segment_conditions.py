@@ -356,3 +356,23 @@ async def test_search_gives_no_cursor_when_the_page_holds_the_last_match(ctx) ->
     assert len(last["profiles"]) == 1 and last["next_cursor"] is None
     found = {p["profile_id"] for p in first["profiles"] + last["profiles"]}
     assert found == {str(p) for p in people[:3]}
+
+
+async def test_a_segment_is_renamed_without_its_definition_or_a_new_version(ctx) -> None:
+    """PUT /v1/segments/{id} required the definition even to rename (a 422), and every PUT made a new
+    version, re-evaluated in the background; a version now means the definition changed."""
+    definition = {"type": "trait", "trait": "plan", "value": "pro"}
+    sid = await ctx.segment(definition)
+    stored = (await ctx.seg.get(f"/v1/segments/{sid}", headers=ctx.h)).json()["definition"]
+    r = await ctx.seg.put(f"/v1/segments/{sid}", headers=ctx.h, json={"name": f"renamed-{sid}"})
+    assert r.status_code == 200, r.text
+    assert r.json()["name"] == f"renamed-{sid}" and r.json()["version"] == 1 and r.json()["definition"] == stored
+    same = await ctx.seg.put(f"/v1/segments/{sid}", headers=ctx.h, json={"definition": dict(reversed(
+        definition.items()))})
+    assert same.status_code == 200 and same.json()["version"] == 1 and same.json()["name"] == f"renamed-{sid}"
+    edited = await ctx.seg.put(f"/v1/segments/{sid}", headers=ctx.h, json={"definition": {**definition, "value": "x"}})
+    assert edited.status_code == 200 and edited.json()["version"] == 2
+    got = (await ctx.seg.get(f"/v1/segments/{sid}", headers=ctx.h)).json()
+    assert got["name"] == f"renamed-{sid}" and got["definition"]["value"] == "x" and got["version"] == 2
+    missing = await ctx.seg.put(f"/v1/segments/{uuid.uuid4()}", headers=ctx.h, json={"name": "nobody"})
+    assert missing.status_code == 404

@@ -97,14 +97,15 @@ async def get_template(session: AsyncSession, ws: uuid.UUID, template_id: uuid.U
 
 def journey_from(data: dict[str, Any]) -> jd.Journey:
     """The journey a create/update body describes: ``steps`` (a journey), or a bare ``template_id`` (one
-    send step, every time the trigger happens)."""
+    send step, every time the trigger happens unless ``entry.rule`` says otherwise)."""
     definition = {k: data[k] for k in ("trigger", "steps", "entry", "goal", "exit_on", "message_type", "topic")
                   if data.get(k) is not None}
     if "steps" not in definition:
         if not data.get("template_id"):
             raise ValidationFailed("A campaign needs steps or a template_id")
         definition["steps"] = [{"id": "send", "type": "send", "template_id": str(data["template_id"])}]
-        definition.setdefault("entry", {"rule": "every_time"})
+        entry = definition.get("entry") or {}
+        definition["entry"] = {**entry, "rule": entry.get("rule") or "every_time"}
     try:
         journey = journeys.parse(definition)
     except ValidationError as exc:

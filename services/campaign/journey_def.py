@@ -98,8 +98,14 @@ class ApiTrigger(_Model):
 Trigger = Annotated[EventTrigger | SegmentTrigger | ScheduleTrigger | ApiTrigger, Field(discriminator="type")]
 
 
+EntryRule = Literal["once", "once_per_period", "every_time"]
+
+
 class Entry(_Model):
-    rule: Literal["once", "once_per_period", "every_time"] = "once"
+    rule: EntryRule | None = Field(
+        None, description="once (ever), once_per_period or every_time. Omitted: every_time for `api` and `schedule` "
+                          "triggers (each call, each slot) and the `template_id` shorthand; once for `event` and "
+                          "`segment_*` triggers")
     period_seconds: JsonInt | None = Field(None, ge=60, description="with once_per_period")
     holdout_percent: JsonFloat = Field(0, ge=0, le=100, description="share of entrants who get nothing (lift)")
 
@@ -262,6 +268,12 @@ class Journey(_Model):
                               description="subscription topic: people who opted out of it get nothing")
 
     @model_validator(mode="after")
+    def _default_rule(self) -> "Journey":
+        if self.entry.rule is None:
+            self.entry.rule = default_entry_rule(self.trigger)
+        return self
+
+    @model_validator(mode="after")
     def _graph(self) -> "Journey":
         ids = [s.id for s in self.steps]
         if len(set(ids)) != len(ids):
@@ -287,6 +299,12 @@ class Journey(_Model):
 
     def template_ids(self) -> set[uuid.UUID]:
         return {s.template_id for s in self.steps if isinstance(s, SendStep)}
+
+
+def default_entry_rule(trigger: Any) -> EntryRule:
+    """The entry rule of a journey that sets none: an API call (a password reset, a receipt) or a broadcast
+    slot is a new occasion each time; an event or a segment entry enters a user once ever."""
+    return "every_time" if isinstance(trigger, (ApiTrigger, ScheduleTrigger)) else "once"
 
 
 def unreachable(journey: Journey) -> list[str]:

@@ -1036,3 +1036,54 @@ async def test_an_unknown_journey_status_filter_is_a_422(world) -> None:
     assert bad.status_code == 422 and bad.headers["content-type"].startswith("application/problem+json"), bad.text
     ok = await world.apps["campaign"].get(url, headers=world.h, params={"status": "active", "step": "d"})
     assert [j["step"] for j in ok.json()["journeys"]] == ["d"]
+
+
+async def _audience(world, name: str, uids: list[str]) -> dict:
+    """A saved segment (trait ``name`` true) and its members, evaluated as segment's consumer would."""
+    from services.segment import evaluation
+
+    seg = (await world.apps["segment"].post("/v1/segments", headers=world.h, json={
+        "name": f"{name}-{uuid.uuid4().hex[:6]}", "definition": {"type": "trait", "trait": name, "value": True}})).json()
+    for uid in uids:
+        pid = await world.identify(uid, email=_email(uid), **{name: True})
+        async with world.sm() as s, s.begin():
+            await evaluation.apply_events(s, [{"workspace_id": str(world.ws), "profile_id": pid, "type": "identify",
+                                               "event": None, "traits": {name: True}, "properties": {},
+                                               "message_id": f"{name}-{pid}", "timestamp": T0.isoformat()}])
+            await evaluation.reevaluate(s, world.ws, [uuid.UUID(pid)])
+    return seg
+
+
+async def test_entry_rule_defaults_follow_the_trigger(world) -> None:
+    """Without an entry rule a journey entered each user once ever: a second password reset (API trigger,
+    with steps) was refused, a weekly broadcast reached each member on its first slot only. API and
+    schedule triggers default to every_time now; event and segment triggers keep once; a rule that is set
+    is kept."""
+    from services.campaign import schedules
+
+    tpl = await world.template("reset", "Reset your password")
+    steps = [{"id": "s", "type": "send", "template_id": tpl}]
+    reset = await world.campaign(trigger={"type": "api"}, message_type="transactional", steps=steps)
+    strict = await world.campaign(trigger={"type": "api"}, entry={"rule": "once"}, steps=steps)
+    held = await world.campaign(trigger={"type": "api"}, entry={"holdout_percent": 0}, steps=steps)
+    visited = await world.campaign(trigger={"type": "event", "event": "Visited Twice"}, steps=steps)
+    shorthand = await world.campaign(trigger={"type": "event", "event": "Visited Twice"}, template_id=tpl,
+                                     entry={"holdout_percent": 0})
+    assert [c["definition"]["entry"]["rule"] for c in (reset, strict, held, visited, shorthand)] == [
+        "every_time", "once", "every_time", "once", "every_time"]
+    await world.identify("reset-1", email=_email("reset"))
+    for camp, wanted in ((reset, [True, True]), (strict, [True, False]), (held, [True, True])):
+        got = []
+        for n in range(2):
+            r = await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/trigger", headers=world.h,
+                                                  json={"user": "reset-1", "idempotency_key": f"reset-{n}"})
+            assert r.status_code == 202, r.text
+            got.append(r.json()["entered"])
+        assert got == wanted, camp["definition"]["entry"]
+    seg = await _audience(world, "weekly_news", ["wn-1"])
+    weekly = await world.campaign(trigger={"type": "schedule", "segment_id": seg["id"], "cron": "0 9 * * 2"},
+                                  steps=steps)
+    for tuesday in (datetime(2026, 12, 1, 9, 30, tzinfo=UTC), datetime(2026, 12, 8, 9, 30, tzinfo=UTC)):
+        await schedules.run_pending(world.sm, world.internal, now=tuesday)
+    stats = (await world.apps["campaign"].get(f"/v1/campaigns/{weekly['id']}/stats", headers=world.h)).json()
+    assert stats["entered"] == 2  # each slot

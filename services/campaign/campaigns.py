@@ -156,8 +156,17 @@ async def create_campaign(session: AsyncSession, ws: uuid.UUID, data: dict[str, 
 
 async def update_campaign(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID, data: dict[str, Any]
                           ) -> dict[str, Any]:
-    """A new version; users already inside finish the version they entered."""
-    journey = journey_from(data)
+    """A new version; users already inside finish the version they entered. An omitted ``name`` or
+    ``message_type`` keeps the campaign's; the journey (trigger, steps, entry, goal, exit_on, topic) is
+    replaced."""
+    current = await fetch_one(
+        session,
+        "select message_type, definition from campaign.campaigns where workspace_id = :ws and id = :id "
+        "and status <> 'archived' for update",
+        {"ws": ws, "id": campaign_id},
+        missing=f"No campaign {campaign_id} (or it is archived)",
+    )
+    journey = journey_from({**data, "message_type": data.get("message_type") or current["message_type"]})
     await _check_templates(session, ws, journey)
     definition = journey.model_dump(mode="json", exclude_none=True)
     row = await insert_one_or_conflict(

@@ -83,6 +83,9 @@ class CampaignCreate(BaseModel):
 
 
 class CampaignUpdate(BaseModel):
+    """A new version of the journey (trigger, steps, entry, goal, exit_on, topic: as on create); an omitted
+    ``name`` or ``message_type`` keeps the campaign's."""
+
     name: str | None = Field(None, min_length=1, max_length=200)
     trigger: jd.Trigger
     steps: list[jd.Step] | None = Field(None, max_length=jd.MAX_STEPS)
@@ -90,7 +93,7 @@ class CampaignUpdate(BaseModel):
     entry: jd.Entry | None = None
     goal: jd.Goal | None = None
     exit_on: list[str] | None = None
-    message_type: Literal["marketing", "transactional"] = "marketing"
+    message_type: Literal["marketing", "transactional"] | None = Field(None, description="omitted: unchanged")
     topic: str | None = Field(None, max_length=100)
 
 

@@ -1087,3 +1087,22 @@ async def test_entry_rule_defaults_follow_the_trigger(world) -> None:
         await schedules.run_pending(world.sm, world.internal, now=tuesday)
     stats = (await world.apps["campaign"].get(f"/v1/campaigns/{weekly['id']}/stats", headers=world.h)).json()
     assert stats["entered"] == 2  # each slot
+
+
+async def test_an_edit_without_message_type_keeps_it(world) -> None:
+    """PUT without message_type turned a transactional campaign into marketing (its default), so receipts
+    became subject to unsubscribes, quiet hours and frequency caps. Omitted, it is kept, as the name is."""
+    tpl = await world.template("receipt", "Your receipt")
+    camp = await world.campaign(trigger={"type": "api"}, message_type="transactional",
+                                steps=[{"id": "s", "type": "send", "template_id": tpl}])
+    url = f"/v1/campaigns/{camp['id']}"
+    r = await world.apps["campaign"].put(url, headers=world.h, json={"trigger": {"type": "api"}, "template_id": tpl})
+    assert r.status_code == 200, r.text
+    assert r.json()["message_type"] == "transactional" and r.json()["definition"]["message_type"] == "transactional"
+    assert r.json()["name"] == camp["name"] and r.json()["version"] == 2
+    r = await world.apps["campaign"].put(url, headers=world.h, json={"trigger": {"type": "api"}, "template_id": tpl,
+                                                                     "message_type": "marketing"})
+    assert r.json()["message_type"] == "marketing" and r.json()["definition"]["message_type"] == "marketing"
+    missing = await world.apps["campaign"].put(f"/v1/campaigns/{uuid.uuid4()}", headers=world.h,
+                                               json={"trigger": {"type": "api"}, "template_id": tpl})
+    assert missing.status_code == 404

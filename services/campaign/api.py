@@ -3,7 +3,7 @@
 import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 
 from services.campaign import campaigns, ingest_client
 from services.campaign.schemas import (
@@ -36,6 +36,9 @@ from shared.errors import COMMON_ERRORS, Conflict, UpstreamUnavailable, Validati
 router = APIRouter(prefix="/v1")
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
+IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=200, alias="Idempotency-Key",
+                                              description="a retried trigger with the same key enters once "
+                                                          "(or `idempotency_key` in the body)")]
 _CONFLICT = {**COMMON_ERRORS, 409: problem_schema("Name already used")}
 _NOT_FOUND = {**COMMON_ERRORS, 404: problem_schema("Not found")}
 
@@ -175,14 +178,17 @@ async def archive_campaign(campaign_id: uuid.UUID, ws: WorkspaceDep, session: Se
              summary="Enter a user now, with data (transactional messages, API-triggered journeys)",
              responses={**_NOT_FOUND, 409: problem_schema("The campaign is not active")})
 async def trigger_campaign(campaign_id: uuid.UUID, body: TriggerRequest, ws: WorkspaceDep, session: SessionDep,
-                           request: Request) -> dict[str, Any]:
+                           request: Request, idempotency_key: IdempotencyKey = None) -> dict[str, Any]:
+    if idempotency_key and body.idempotency_key and idempotency_key != body.idempotency_key:
+        raise ValidationFailed("Idempotency-Key header and idempotency_key field differ")
     async with session.begin():
         campaign = await campaigns.get_campaign(session, ws, campaign_id)
-    if campaign["status"] != "active":
+    if campaign["status"] != "active":  # before asking ingest; checked again as the user enters
         raise Conflict(f"The campaign is {campaign['status']}")
     found = await ingest_client.resolve_user(request.app.state.internal, ws, body.user)
     async with session.begin():
-        out = await campaigns.trigger(session, ws, campaign_id, found, body.data, body.idempotency_key)
+        out = await campaigns.trigger(session, ws, campaign_id, found, body.data,
+                                      idempotency_key or body.idempotency_key)
     if out["entered"]:
         request.app.state.waker.request("campaign", "advance_journeys")
     return out

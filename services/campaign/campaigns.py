@@ -341,12 +341,16 @@ async def profile_journeys(session: AsyncSession, ws: uuid.UUID, profile_id: uui
 
 async def trigger(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID, profile_id: uuid.UUID,
                   data: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:
+    """Enter a profile now (the API trigger), once per idempotency key. The campaign row is locked (share)
+    and its status checked in the transaction that enters: a pause or archive commits before or after."""
     row = (await session.execute(text(
         "select id, workspace_id, version, status, definition from campaign.campaigns where workspace_id = :ws "
         "and id = :id for share"), {"ws": ws, "id": campaign_id})).mappings().first()
     if row is None:
         raise NotFound(f"No campaign {campaign_id}")
     campaign = dict(row)
+    if campaign["status"] != "active":
+        raise Conflict(f"The campaign is {campaign['status']}")
     journey = journeys.parse(campaign["definition"])
     occurrence = f"api:{idempotency_key}" if idempotency_key else f"api:{uuid.uuid4()}"
     now = datetime.now(UTC)

@@ -120,13 +120,15 @@ class TriggerRequest(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict, description="visible to templates as `event.properties`",
                                  examples=[{"reset_url": "https://example.com/reset/abc"}])
     idempotency_key: str | None = Field(None, max_length=200, description="a retried trigger with the same key "
-                                                                           "enters once")
+                                                                           "enters once (or the Idempotency-Key "
+                                                                           "header)")
 
 
 class TriggerOut(BaseModel):
     entered: bool
     journey_id: str | None = None
-    reason: str | None = Field(None, description="why not entered (entry rule, paused)")
+    reason: str | None = Field(None, description="why not entered (the entry rule, or an earlier trigger with "
+                                                 "the same idempotency key)")
 
 
 class JourneyOut(BaseModel):

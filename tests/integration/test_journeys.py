@@ -1106,3 +1106,38 @@ async def test_an_edit_without_message_type_keeps_it(world) -> None:
     missing = await world.apps["campaign"].put(f"/v1/campaigns/{uuid.uuid4()}", headers=world.h,
                                                json={"trigger": {"type": "api"}, "template_id": tpl})
     assert missing.status_code == 404
+
+
+async def test_the_trigger_api_takes_an_idempotency_key_header_and_checks_the_status_as_it_enters(
+        world, monkeypatch) -> None:
+    """The trigger API was idempotent only with `idempotency_key` in the body: a client retrying with the
+    standard Idempotency-Key header (as on delivery's and the loyalty endpoints) entered the user twice.
+    And the campaign's status was read before asking ingest, in another transaction: a pause landing in
+    between still let the user in."""
+    from services.campaign import ingest_client
+
+    tpl = await world.template("otp", "Your code")
+    camp = await world.campaign(trigger={"type": "api"}, steps=[{"id": "s", "type": "send", "template_id": tpl}])
+    await world.identify("idem-1", email=_email("idem"))
+    url = f"/v1/campaigns/{camp['id']}/trigger"
+    keyed = {**world.h, "Idempotency-Key": "otp-77"}
+    got = [(await world.apps["campaign"].post(url, headers=keyed, json={"user": "idem-1"})).json()["entered"]
+           for _ in range(2)]
+    assert got == [True, False]
+    same = await world.apps["campaign"].post(url, headers=world.h, json={"user": "idem-1", "idempotency_key": "otp-77"})
+    assert same.status_code == 202 and same.json()["entered"] is False
+    differ = await world.apps["campaign"].post(url, headers=keyed, json={"user": "idem-1", "idempotency_key": "x"})
+    assert differ.status_code == 422 and "differ" in differ.json()["detail"]
+    resolve = ingest_client.resolve_user
+
+    async def paused_meanwhile(internal, ws, ref):
+        found = await resolve(internal, ws, ref)
+        assert (await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/pause", headers=world.h)).status_code == 200
+        return found
+
+    monkeypatch.setattr(ingest_client, "resolve_user", paused_meanwhile)
+    late = await world.apps["campaign"].post(url, headers={**world.h, "Idempotency-Key": "otp-78"},
+                                             json={"user": "idem-1"})
+    assert late.status_code == 409 and late.headers["content-type"].startswith("application/problem+json"), late.text
+    inside = (await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}/journeys", headers=world.h)).json()
+    assert len(inside["journeys"]) == 1

@@ -217,11 +217,15 @@ async def campaign_stats(campaign_id: uuid.UUID, ws: WorkspaceDep, session: Sess
 
 
 @router.get("/profiles/{profile_id}/journeys", response_model=ProfileJourneys, operation_id="profile_journeys",
-            tags=["journeys"], summary="A profile's journeys and, step by step, what happened and why",
+            tags=["journeys"], summary="A profile's journeys, newest first, and step by step what happened and why",
             responses=COMMON_ERRORS)
-async def profile_journeys(profile_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+async def profile_journeys(
+    profile_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, after: AfterDep,
+    limit: Annotated[int, Query(ge=1, le=200, description="page size (each journey comes with its log)")] = 50,
+) -> dict[str, Any]:
     async with session.begin():
-        return {"journeys": await campaigns.profile_journeys(session, ws, profile_id)}
+        items, nxt = await campaigns.profile_journeys(session, ws, profile_id, after, limit)
+    return {"journeys": items, "next_cursor": nxt}
 
 
 def _status_route(status: str) -> Any:

@@ -325,18 +325,24 @@ async def stats(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) ->
     }
 
 
-async def profile_journeys(session: AsyncSession, ws: uuid.UUID, profile_id: uuid.UUID, limit: int = 50
-                           ) -> list[dict[str, Any]]:
-    """Every journey of a profile, newest first, with what happened at each step and why."""
-    rows = (await session.execute(text(
+async def profile_journeys(session: AsyncSession, ws: uuid.UUID, profile_id: uuid.UUID, after: str | None,
+                           limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    """A profile's journeys, newest first, with what happened at each step and why; a page of ``limit``
+    after the journey ``after`` (the previous page's last)."""
+    items, nxt = await fetch_page(
+        session,
         f"select {_JOURNEY_COLS} from campaign.journeys where workspace_id = :ws and profile_id = :p "
-        f"order by entered_at desc limit :lim"), {"ws": ws, "p": profile_id, "lim": limit})).all()
-    out = []
-    for r in rows:
-        log_rows = await session.execute(text(
-            "select step, kind, detail, at from campaign.journey_log where journey_id = :j order by seq"), {"j": r.id})
-        out.append({**row_dict(r), "log": [dict(x._mapping) for x in log_rows]})
-    return out
+        f"and (CAST(:after AS uuid) is null or (entered_at, id) < (select entered_at, id from campaign.journeys "
+        f"where workspace_id = :ws and profile_id = :p and id = CAST(:after AS uuid))) "
+        f"order by entered_at desc, id desc limit :lim",
+        {"ws": ws, "p": profile_id, "after": after}, limit,
+    )
+    logs: dict[str, list[dict[str, Any]]] = {j["id"]: [] for j in items}
+    for r in await session.execute(text(
+            "select journey_id, step, kind, detail, at from campaign.journey_log "
+            "where journey_id = any(CAST(:ids AS uuid[])) order by journey_id, seq"), {"ids": list(logs)}):
+        logs[str(r.journey_id)].append({"step": r.step, "kind": r.kind, "detail": r.detail, "at": r.at})
+    return [{**j, "log": logs[j["id"]]} for j in items], nxt
 
 
 async def trigger(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID, profile_id: uuid.UUID,

@@ -163,7 +163,8 @@ class ProfileJourney(JourneyOut):
 
 
 class ProfileJourneys(BaseModel):
-    journeys: list[ProfileJourney]
+    journeys: list[ProfileJourney] = Field(description="newest first")
+    next_cursor: str | None = Field(None, description="pass as `after` for the next page")
 
 
 class CampaignStats(BaseModel):

@@ -1141,3 +1141,28 @@ async def test_the_trigger_api_takes_an_idempotency_key_header_and_checks_the_st
     assert late.status_code == 409 and late.headers["content-type"].startswith("application/problem+json"), late.text
     inside = (await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}/journeys", headers=world.h)).json()
     assert len(inside["journeys"]) == 1
+
+
+async def test_a_profiles_journeys_come_a_page_at_a_time(world) -> None:
+    """GET /v1/profiles/{id}/journeys answered the newest 50 and nothing told there were more; it pages
+    with limit / after / next_cursor like the other lists, newest first."""
+    tpl = await world.template("many", "Again")
+    camp = await world.campaign(trigger={"type": "api"}, steps=[{"id": "d", "type": "delay", "seconds": 60,
+                                                                 "next": "s"},
+                                                                {"id": "s", "type": "send", "template_id": tpl}])
+    pid = await world.identify("pages-1", email=_email("pages"))
+    entered = []
+    for n in range(3):
+        r = await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/trigger", headers=world.h,
+                                              json={"user": "pages-1", "idempotency_key": f"p{n}"})
+        entered.append(r.json()["journey_id"])
+    url = f"/v1/profiles/{pid}/journeys"
+    first = (await world.apps["campaign"].get(url, headers=world.h, params={"limit": 2})).json()
+    assert [j["id"] for j in first["journeys"]] == entered[::-1][:2] and first["next_cursor"]
+    assert [e["kind"] for e in first["journeys"][0]["log"]] == ["entered"]
+    second = (await world.apps["campaign"].get(url, headers=world.h, params={"limit": 2,
+                                                                           "after": first["next_cursor"]})).json()
+    assert [j["id"] for j in second["journeys"]] == entered[:1] and second["next_cursor"] is None
+    assert len((await world.apps["campaign"].get(url, headers=world.h)).json()["journeys"]) == 3
+    bad = await world.apps["campaign"].get(url, headers=world.h, params={"after": "nope"})
+    assert bad.status_code == 400

@@ -1,7 +1,7 @@
 """Templates, campaigns and the sends they produce (no HTTP here)."""
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -129,12 +129,29 @@ async def _check_templates(session: AsyncSession, ws: uuid.UUID, journey: jd.Jou
         raise NotFound(f"No template {sorted(str(t) for t in wanted - found)[0]}")
 
 
+AT_LEEWAY = timedelta(minutes=1)  # a one-off schedule's ``at`` this far in the past is clock skew, not a mistake
+
+
+def _check_schedule(journey: jd.Journey, now: datetime, current: jd.Journey | None = None) -> None:
+    """A one-off schedule's ``at`` is not in the past when it is set (it would fire at once, to the whole
+    audience); an edit that keeps the stored ``at`` is not re-judged (the slot fired, or was skipped)."""
+    at = journey.trigger.at if isinstance(journey.trigger, jd.ScheduleTrigger) else None
+    if at is None or (current is not None and isinstance(current.trigger, jd.ScheduleTrigger)
+                      and current.trigger.at == at):
+        return
+    if at < now - AT_LEEWAY:
+        raise ValidationFailed("The campaign is not valid", errors=[
+            {"at": "trigger.at", "msg": f"{at.isoformat()} is in the past: a one-off schedule needs a time to come"}])
+
+
 def _first_template(journey: jd.Journey) -> uuid.UUID | None:
     return next((s.template_id for s in journey.steps if isinstance(s, jd.SendStep)), None)
 
 
-async def create_campaign(session: AsyncSession, ws: uuid.UUID, data: dict[str, Any]) -> dict[str, Any]:
+async def create_campaign(session: AsyncSession, ws: uuid.UUID, data: dict[str, Any], *,
+                          now: datetime | None = None) -> dict[str, Any]:
     journey = journey_from(data)
+    _check_schedule(journey, now or datetime.now(UTC))
     await _check_templates(session, ws, journey)
     definition = journey.model_dump(mode="json", exclude_none=True)
     cid = uuid.uuid4()
@@ -154,8 +171,8 @@ async def create_campaign(session: AsyncSession, ws: uuid.UUID, data: dict[str, 
     return row_dict(row)
 
 
-async def update_campaign(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID, data: dict[str, Any]
-                          ) -> dict[str, Any]:
+async def update_campaign(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID, data: dict[str, Any], *,
+                          now: datetime | None = None) -> dict[str, Any]:
     """A new version; users already inside finish the version they entered. An omitted ``name`` or
     ``message_type`` keeps the campaign's; the journey (trigger, steps, entry, goal, exit_on, topic) is
     replaced."""
@@ -167,6 +184,7 @@ async def update_campaign(session: AsyncSession, ws: uuid.UUID, campaign_id: uui
         missing=f"No campaign {campaign_id} (or it is archived)",
     )
     journey = journey_from({**data, "message_type": data.get("message_type") or current["message_type"]})
+    _check_schedule(journey, now or datetime.now(UTC), journeys.parse(current["definition"]))
     await _check_templates(session, ws, journey)
     definition = journey.model_dump(mode="json", exclude_none=True)
     row = await insert_one_or_conflict(

@@ -70,7 +70,8 @@ class ScheduleTrigger(_Model):
 
     type: Literal["schedule"] = "schedule"
     segment_id: uuid.UUID = Field(description="the audience: the segment's members when it fires")
-    at: IsoDatetime | None = Field(None, description="one-off: when (ISO 8601 with offset)")
+    at: IsoDatetime | None = Field(None, description="one-off: when (ISO 8601 with offset); to come when saved, and "
+                                                     "skipped, not sent late, if missed by more than an hour")
     cron: str | None = Field(None, examples=["0 9 * * 1"], description="recurring: a 5-field cron expression")
     timezone: str = Field("UTC", examples=["Europe/Paris"], description="the zone the cron expression is read in")
 

@@ -3,7 +3,7 @@ ingest's tracking API, the campaign worker's functions run with a given ``now``,
 through delivery's API."""
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import text
@@ -1166,3 +1166,49 @@ async def test_a_profiles_journeys_come_a_page_at_a_time(world) -> None:
     assert len((await world.apps["campaign"].get(url, headers=world.h)).json()["journeys"]) == 3
     bad = await world.apps["campaign"].get(url, headers=world.h, params={"after": "nope"})
     assert bad.status_code == 400
+
+
+async def test_a_one_off_broadcast_is_not_sent_in_the_past_or_late(world) -> None:
+    """A one-off schedule with a past `at` (2020) was saved and fired at once to the whole segment; it is
+    a 422 naming trigger.at (a minute of leeway for clock skew). A campaign paused over its one-off slot
+    sent it when resumed, however late; a slot missed by more than an hour is skipped now."""
+    from services.campaign import schedules
+
+    seg = await _audience(world, "flash_sale", ["fs-1"])
+    tpl = await world.template("flash", "The sale starts now")
+    steps = [{"id": "s", "type": "send", "template_id": tpl}]
+
+    def once(at: datetime) -> dict:
+        return {"type": "schedule", "segment_id": seg["id"], "at": at.isoformat()}
+
+    past = await world.apps["campaign"].post("/v1/campaigns", headers=world.h, json={
+        "name": "too late", "trigger": once(datetime(2020, 1, 1, 9, tzinfo=UTC)), "steps": steps})
+    assert past.status_code == 422, past.text
+    assert [e["at"] for e in past.json()["errors"]] == ["trigger.at"]
+    now = datetime.now(UTC)
+    await world.campaign(trigger=once(now - timedelta(seconds=30)), steps=steps)  # clock skew
+    at = now + timedelta(minutes=5)
+    on_time, paused = await world.campaign(trigger=once(at), steps=steps), await world.campaign(trigger=once(at),
+                                                                                                steps=steps)
+    assert (await world.apps["campaign"].post(f"/v1/campaigns/{paused['id']}/pause", headers=world.h)).is_success
+    await schedules.run_pending(world.sm, world.internal, now=at + timedelta(minutes=10))  # within the hour
+    assert (await world.apps["campaign"].post(f"/v1/campaigns/{paused['id']}/resume", headers=world.h)).is_success
+    await schedules.run_pending(world.sm, world.internal, now=at + timedelta(hours=2))
+    await schedules.run_pending(world.sm, world.internal, now=at + timedelta(hours=2, minutes=1))
+
+    async def entered(camp: dict) -> int:
+        return (await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}/stats", headers=world.h)).json()[
+            "entered"]
+
+    assert (await entered(on_time), await entered(paused)) == (1, 0)
+    # an edit: a new past `at` is refused; the stored one (now past) is not re-judged
+    url = f"/v1/campaigns/{on_time['id']}"
+    r = await world.apps["campaign"].put(url, headers=world.h, json={"trigger": once(datetime(2020, 1, 1, tzinfo=UTC)),
+                                                                     "steps": steps})
+    assert r.status_code == 422 and r.json()["errors"][0]["at"] == "trigger.at"
+    async with world.sm() as s, s.begin():
+        await s.execute(text("update campaign.campaigns set definition = jsonb_set(definition, '{trigger,at}', "
+                             "'\"2020-01-01T09:00:00Z\"') where id = :id"), {"id": uuid.UUID(on_time["id"])})
+    r = await world.apps["campaign"].put(url, headers=world.h, json={
+        "trigger": once(datetime(2020, 1, 1, 10, tzinfo=timezone(timedelta(hours=1)))), "steps": steps})
+    assert r.status_code == 200, r.text

@@ -127,9 +127,11 @@ async def get_template(template_id: uuid.UUID, ws: WorkspaceDep, session: Sessio
 @router.post("/campaigns", status_code=201, response_model=CampaignOut, operation_id="create_campaign",
              tags=["campaigns"], summary="Create a campaign: a journey run when its trigger happens",
              responses={**_CONFLICT, 404: problem_schema("Template not found")})
-async def create_campaign(body: CampaignCreate, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+async def create_campaign(body: CampaignCreate, ws: WorkspaceDep, session: SessionDep, request: Request
+                          ) -> dict[str, Any]:
     async with session.begin():
-        return await campaigns.create_campaign(session, ws, body.model_dump(mode="json"))
+        return await campaigns.create_campaign(session, ws, body.model_dump(mode="json"),
+                                               internal=request.app.state.internal)
 
 
 @router.get("/campaigns", response_model=CampaignList, operation_id="list_campaigns", tags=["campaigns"],
@@ -151,10 +153,11 @@ async def get_campaign(campaign_id: uuid.UUID, ws: WorkspaceDep, session: Sessio
 @router.put("/campaigns/{campaign_id}", response_model=CampaignOut, operation_id="update_campaign",
             tags=["campaigns"], summary="Edit a campaign: a new version (users inside finish theirs)",
             responses={**_CONFLICT, 404: problem_schema("Campaign or template not found")})
-async def update_campaign(campaign_id: uuid.UUID, body: CampaignUpdate, ws: WorkspaceDep, session: SessionDep
-                          ) -> dict[str, Any]:
+async def update_campaign(campaign_id: uuid.UUID, body: CampaignUpdate, ws: WorkspaceDep, session: SessionDep,
+                          request: Request) -> dict[str, Any]:
     async with session.begin():
-        return await campaigns.update_campaign(session, ws, campaign_id, body.model_dump(mode="json"))
+        return await campaigns.update_campaign(session, ws, campaign_id, body.model_dump(mode="json"),
+                                               internal=request.app.state.internal)
 
 
 @router.post("/campaigns/{campaign_id}/migrate", response_model=MigrateOut, operation_id="migrate_campaign_users",

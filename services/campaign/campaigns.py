@@ -8,13 +8,14 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.campaign import experiments, ingest_client, journeys, templates
+from services.campaign import experiments, ingest_client, journeys, segment_client, templates
 from services.campaign import journey_def as jd
 from services.campaign.programs import variables as program_vars
 from shared.db import fetch_one, fetch_page, insert_one_or_conflict, row_dict
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.http import InternalClient
 from shared.jsonutil import dumps
+from shared.lifecycle_ids import stage_segment_id
 
 _TEMPLATE_COLS = ("id, name, channel, subject, preheader, html, text, deep_link, image, locales, created_at, "
                   "updated_at")
@@ -111,13 +112,35 @@ def journey_from(data: dict[str, Any]) -> jd.Journey:
     except ValidationError as exc:
         errors = [{"at": ".".join(str(p) for p in e["loc"]), "msg": e["msg"]} for e in exc.errors(include_url=False)]
         raise ValidationFailed("The campaign is not valid", errors=errors) from None
+    ids = [s.id for s in journey.steps]
     if lost := jd.unreachable(journey):
-        ids = [s.id for s in journey.steps]
         raise ValidationFailed("The campaign is not valid", errors=[
             {"at": f"steps.{ids.index(sid)}", "msg": f"step {sid!r} is unreachable: no step leads to it (steps do "
                                                     "not fall through; set `next` on the step before it)"}
             for sid in lost])
+    if blind := jd.unmatchable(journey):
+        raise ValidationFailed("The campaign is not valid", errors=[
+            {"at": f"steps.{ids.index(sid)}.match", "msg": f"step {sid!r} matches on a property of the trigger, but "
+                                                          f"a {journey.trigger.type} trigger has none: it could only "
+                                                          "time out (drop `match`, or trigger on an event or the API)"}
+            for sid in blind])
     return journey
+
+
+async def _check_segments(internal: InternalClient | None, ws: uuid.UUID, journey: jd.Journey) -> None:
+    """The segments a journey names exist (asked of segment); a segment trigger may also name a lifecycle
+    stage by its segment id (GET /v1/lifecycle). 422 naming each place."""
+    named = jd.segments_named(journey)
+    stages = {stage_segment_id(ws, st) for st in jd.STAGES} if isinstance(journey.trigger, jd.SegmentTrigger) else set()
+    wanted = [(at, sid) for at, sid in named if not (at == "trigger.segment_id" and sid in stages)]
+    if not wanted:
+        return
+    if internal is None:
+        raise TypeError("a journey that names segments is checked with segment (internal client)")
+    missing = await segment_client.missing_segments(internal, ws, [sid for _, sid in wanted])
+    if missing:
+        raise ValidationFailed("The campaign is not valid", errors=[
+            {"at": at, "msg": f"no segment {sid} in this workspace"} for at, sid in wanted if sid in missing])
 
 
 async def _check_templates(session: AsyncSession, ws: uuid.UUID, journey: jd.Journey) -> None:
@@ -149,9 +172,11 @@ def _first_template(journey: jd.Journey) -> uuid.UUID | None:
 
 
 async def create_campaign(session: AsyncSession, ws: uuid.UUID, data: dict[str, Any], *,
-                          now: datetime | None = None) -> dict[str, Any]:
+                          internal: InternalClient | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """A campaign at version 1 (``internal``: to ask segment about the segments it names, if any)."""
     journey = journey_from(data)
     _check_schedule(journey, now or datetime.now(UTC))
+    await _check_segments(internal, ws, journey)
     await _check_templates(session, ws, journey)
     definition = journey.model_dump(mode="json", exclude_none=True)
     cid = uuid.uuid4()
@@ -172,7 +197,7 @@ async def create_campaign(session: AsyncSession, ws: uuid.UUID, data: dict[str, 
 
 
 async def update_campaign(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID, data: dict[str, Any], *,
-                          now: datetime | None = None) -> dict[str, Any]:
+                          internal: InternalClient | None = None, now: datetime | None = None) -> dict[str, Any]:
     """A new version; users already inside finish the version they entered. An omitted ``name`` or
     ``message_type`` keeps the campaign's; the journey (trigger, steps, entry, goal, exit_on, topic) is
     replaced."""
@@ -185,6 +210,7 @@ async def update_campaign(session: AsyncSession, ws: uuid.UUID, campaign_id: uui
     )
     journey = journey_from({**data, "message_type": data.get("message_type") or current["message_type"]})
     _check_schedule(journey, now or datetime.now(UTC), journeys.parse(current["definition"]))
+    await _check_segments(internal, ws, journey)
     await _check_templates(session, ws, journey)
     definition = journey.model_dump(mode="json", exclude_none=True)
     row = await insert_one_or_conflict(

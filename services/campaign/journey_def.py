@@ -21,7 +21,7 @@ Steps:
 """
 
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
@@ -51,12 +51,16 @@ class EventTrigger(_Model):
                                  "start journeys); 0: any age")
 
 
+Stage = Literal["onboarding", "engaged", "loyal", "advocacy", "reactivated", "at_risk", "churned"]
+STAGES: tuple[str, ...] = get_args(Stage)
+
+
 class SegmentTrigger(_Model):
     """Entering (or leaving) a segment; lifecycle stages are segments too (``stage`` instead of an id)."""
 
     type: Literal["segment_entered", "segment_exited"] = "segment_entered"
     segment_id: uuid.UUID | None = None
-    stage: Literal["onboarding", "engaged", "loyal", "advocacy", "reactivated", "at_risk", "churned"] | None = None
+    stage: Stage | None = None
 
     @model_validator(mode="after")
     def _one_target(self) -> "SegmentTrigger":
@@ -319,6 +323,27 @@ def unreachable(journey: Journey) -> list[str]:
             seen.add(sid)
             todo.extend(t for t in targets(journey.step(sid)) if t is not None)
     return [s.id for s in journey.steps if s.id not in seen]
+
+
+def unmatchable(journey: Journey) -> list[str]:
+    """``wait_for_event`` steps that ``match`` on a property of the trigger when the trigger has none (a
+    segment or schedule trigger): they could only time out. Refused on save; stored journeys are not
+    re-judged."""
+    if isinstance(journey.trigger, (EventTrigger, ApiTrigger)):
+        return []
+    return [s.id for s in journey.steps if isinstance(s, WaitForEventStep) and s.match is not None]
+
+
+def segments_named(journey: Journey) -> list[tuple[str, uuid.UUID]]:
+    """The saved segments a journey names, each with where (as validation errors name places): the
+    trigger's (segment or schedule) and those of branch conditions."""
+    out = []
+    if isinstance(journey.trigger, (SegmentTrigger, ScheduleTrigger)) and journey.trigger.segment_id:
+        out.append(("trigger.segment_id", journey.trigger.segment_id))
+    for i, s in enumerate(journey.steps):
+        if isinstance(s, BranchStep) and isinstance(s.condition, SegmentCondition):
+            out.append((f"steps.{i}.condition.segment_id", s.condition.segment_id))
+    return out
 
 
 def targets(step: Any) -> list[str | None]:

@@ -1212,3 +1212,44 @@ async def test_a_one_off_broadcast_is_not_sent_in_the_past_or_late(world) -> Non
     r = await world.apps["campaign"].put(url, headers=world.h, json={
         "trigger": once(datetime(2020, 1, 1, 10, tzinfo=timezone(timedelta(hours=1)))), "steps": steps})
     assert r.status_code == 200, r.text
+
+
+async def test_a_campaign_naming_no_segment_or_matching_on_nothing_is_refused(world) -> None:
+    """A segment trigger (or a broadcast's audience, or a branch) naming a segment that does not exist was
+    saved and never did anything; a wait_for_event matching on a trigger property under a segment or
+    schedule trigger (which have no properties) could only time out. Both are 422s naming the place."""
+    seg = await _audience(world, "named_seg", [])
+    tpl = await world.template("named", "Hi")
+    send = {"id": "s", "type": "send", "template_id": tpl}
+    nowhere = str(uuid.uuid4())
+
+    async def post(**body):
+        return await world.apps["campaign"].post("/v1/campaigns", headers=world.h,
+                                                 json={"name": f"c-{uuid.uuid4().hex[:8]}", **body})
+
+    for trigger in ({"type": "segment_entered", "segment_id": nowhere},
+                    {"type": "schedule", "segment_id": nowhere, "cron": "0 9 * * 1"}):
+        r = await post(trigger=trigger, steps=[send])
+        assert r.status_code == 422 and r.json()["errors"] == [
+            {"at": "trigger.segment_id", "msg": f"no segment {nowhere} in this workspace"}], r.text
+    branch = {"id": "b", "type": "branch", "condition": {"type": "segment", "segment_id": nowhere}, "yes": "s"}
+    r = await post(trigger={"type": "event", "event": "Named"}, steps=[branch, send])
+    assert r.status_code == 422 and [e["at"] for e in r.json()["errors"]] == ["steps.0.condition.segment_id"]
+    stage_id = next(s["segment_id"] for s in (await world.apps["segment"].get("/v1/lifecycle", headers=world.h)).json()[
+        "stages"] if s["stage"] == "at_risk")
+    for trigger in ({"type": "segment_entered", "segment_id": seg["id"]},
+                    {"type": "segment_exited", "segment_id": stage_id}):  # a stage by its segment id
+        assert (await post(trigger=trigger, steps=[send])).status_code == 201
+    wait = {"id": "w", "type": "wait_for_event", "event": "Order Completed", "timeout_seconds": 3600,
+            "match": {"property": "cart_id", "trigger_property": "cart_id"}, "on_timeout": "s"}
+    for trigger in ({"type": "segment_entered", "segment_id": seg["id"]},
+                    {"type": "schedule", "segment_id": seg["id"], "cron": "0 9 * * 1"}):
+        r = await post(trigger=trigger, steps=[wait, send])
+        assert r.status_code == 422 and [e["at"] for e in r.json()["errors"]] == ["steps.0.match"], r.text
+        assert (await post(trigger=trigger, steps=[{**wait, "match": None}, send])).status_code == 201
+    for trigger in ({"type": "event", "event": "Product Added"}, {"type": "api"}):
+        assert (await post(trigger=trigger, steps=[wait, send])).status_code == 201
+    camp = await world.campaign(trigger={"type": "segment_entered", "segment_id": seg["id"]}, steps=[send])
+    r = await world.apps["campaign"].put(f"/v1/campaigns/{camp['id']}", headers=world.h, json={
+        "trigger": {"type": "segment_entered", "segment_id": nowhere}, "steps": [send]})
+    assert r.status_code == 422 and r.json()["errors"][0]["at"] == "trigger.segment_id"

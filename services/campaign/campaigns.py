@@ -204,7 +204,7 @@ async def update_campaign(session: AsyncSession, ws: uuid.UUID, campaign_id: uui
     current = await fetch_one(
         session,
         "select message_type, definition from campaign.campaigns where workspace_id = :ws and id = :id "
-        "and status <> 'archived' for update",
+        "and status <> 'archived'",  # (no lock: segment is asked next; the update below is the write)
         {"ws": ws, "id": campaign_id},
         missing=f"No campaign {campaign_id} (or it is archived)",
     )

@@ -337,7 +337,7 @@ def unmatchable(journey: Journey) -> list[str]:
 def segments_named(journey: Journey) -> list[tuple[str, uuid.UUID]]:
     """The saved segments a journey names, each with where (as validation errors name places): the
     trigger's (segment or schedule) and those of branch conditions."""
-    out = []
+    out: list[tuple[str, uuid.UUID]] = []
     if isinstance(journey.trigger, (SegmentTrigger, ScheduleTrigger)) and journey.trigger.segment_id:
         out.append(("trigger.segment_id", journey.trigger.segment_id))
     for i, s in enumerate(journey.steps):

@@ -10,7 +10,7 @@ from shared.http import InternalClient
 
 async def missing_segments(internal: InternalClient, ws: uuid.UUID, ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
     """Those of ``ids`` that are no segment of the workspace (a journey names a few: one request each)."""
-    missing = set()
+    missing: set[uuid.UUID] = set()
     for sid in sorted(set(ids)):
         resp = await internal.request("GET", "segment", f"/v1/segments/{sid}", headers={WORKSPACE_HEADER: str(ws)})
         if resp.status_code == 404:

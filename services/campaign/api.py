@@ -3,7 +3,7 @@
 import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 
 from services.campaign import campaigns, ingest_client
 from services.campaign.schemas import (
@@ -36,6 +36,9 @@ from shared.errors import COMMON_ERRORS, Conflict, UpstreamUnavailable, Validati
 router = APIRouter(prefix="/v1")
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
+IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=200, alias="Idempotency-Key",
+                                              description="a retried trigger with the same key enters once "
+                                                          "(or `idempotency_key` in the body)")]
 _CONFLICT = {**COMMON_ERRORS, 409: problem_schema("Name already used")}
 _NOT_FOUND = {**COMMON_ERRORS, 404: problem_schema("Not found")}
 
@@ -124,9 +127,11 @@ async def get_template(template_id: uuid.UUID, ws: WorkspaceDep, session: Sessio
 @router.post("/campaigns", status_code=201, response_model=CampaignOut, operation_id="create_campaign",
              tags=["campaigns"], summary="Create a campaign: a journey run when its trigger happens",
              responses={**_CONFLICT, 404: problem_schema("Template not found")})
-async def create_campaign(body: CampaignCreate, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+async def create_campaign(body: CampaignCreate, ws: WorkspaceDep, session: SessionDep, request: Request
+                          ) -> dict[str, Any]:
     async with session.begin():
-        return await campaigns.create_campaign(session, ws, body.model_dump(mode="json"))
+        return await campaigns.create_campaign(session, ws, body.model_dump(mode="json"),
+                                               internal=request.app.state.internal)
 
 
 @router.get("/campaigns", response_model=CampaignList, operation_id="list_campaigns", tags=["campaigns"],
@@ -148,10 +153,11 @@ async def get_campaign(campaign_id: uuid.UUID, ws: WorkspaceDep, session: Sessio
 @router.put("/campaigns/{campaign_id}", response_model=CampaignOut, operation_id="update_campaign",
             tags=["campaigns"], summary="Edit a campaign: a new version (users inside finish theirs)",
             responses={**_CONFLICT, 404: problem_schema("Campaign or template not found")})
-async def update_campaign(campaign_id: uuid.UUID, body: CampaignUpdate, ws: WorkspaceDep, session: SessionDep
-                          ) -> dict[str, Any]:
+async def update_campaign(campaign_id: uuid.UUID, body: CampaignUpdate, ws: WorkspaceDep, session: SessionDep,
+                          request: Request) -> dict[str, Any]:
     async with session.begin():
-        return await campaigns.update_campaign(session, ws, campaign_id, body.model_dump(mode="json"))
+        return await campaigns.update_campaign(session, ws, campaign_id, body.model_dump(mode="json"),
+                                               internal=request.app.state.internal)
 
 
 @router.post("/campaigns/{campaign_id}/migrate", response_model=MigrateOut, operation_id="migrate_campaign_users",
@@ -175,14 +181,17 @@ async def archive_campaign(campaign_id: uuid.UUID, ws: WorkspaceDep, session: Se
              summary="Enter a user now, with data (transactional messages, API-triggered journeys)",
              responses={**_NOT_FOUND, 409: problem_schema("The campaign is not active")})
 async def trigger_campaign(campaign_id: uuid.UUID, body: TriggerRequest, ws: WorkspaceDep, session: SessionDep,
-                           request: Request) -> dict[str, Any]:
+                           request: Request, idempotency_key: IdempotencyKey = None) -> dict[str, Any]:
+    if idempotency_key and body.idempotency_key and idempotency_key != body.idempotency_key:
+        raise ValidationFailed("Idempotency-Key header and idempotency_key field differ")
     async with session.begin():
         campaign = await campaigns.get_campaign(session, ws, campaign_id)
-    if campaign["status"] != "active":
+    if campaign["status"] != "active":  # before asking ingest; checked again as the user enters
         raise Conflict(f"The campaign is {campaign['status']}")
     found = await ingest_client.resolve_user(request.app.state.internal, ws, body.user)
     async with session.begin():
-        out = await campaigns.trigger(session, ws, campaign_id, found, body.data, body.idempotency_key)
+        out = await campaigns.trigger(session, ws, campaign_id, found, body.data,
+                                      idempotency_key or body.idempotency_key)
     if out["entered"]:
         request.app.state.waker.request("campaign", "advance_journeys")
     return out
@@ -211,11 +220,15 @@ async def campaign_stats(campaign_id: uuid.UUID, ws: WorkspaceDep, session: Sess
 
 
 @router.get("/profiles/{profile_id}/journeys", response_model=ProfileJourneys, operation_id="profile_journeys",
-            tags=["journeys"], summary="A profile's journeys and, step by step, what happened and why",
+            tags=["journeys"], summary="A profile's journeys, newest first, and step by step what happened and why",
             responses=COMMON_ERRORS)
-async def profile_journeys(profile_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+async def profile_journeys(
+    profile_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, after: AfterDep,
+    limit: Annotated[int, Query(ge=1, le=200, description="page size (each journey comes with its log)")] = 50,
+) -> dict[str, Any]:
     async with session.begin():
-        return {"journeys": await campaigns.profile_journeys(session, ws, profile_id)}
+        items, nxt = await campaigns.profile_journeys(session, ws, profile_id, after, limit)
+    return {"journeys": items, "next_cursor": nxt}
 
 
 def _status_route(status: str) -> Any:

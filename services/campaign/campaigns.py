@@ -1,20 +1,21 @@
 """Templates, campaigns and the sends they produce (no HTTP here)."""
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.campaign import experiments, ingest_client, journeys, templates
+from services.campaign import experiments, ingest_client, journeys, segment_client, templates
 from services.campaign import journey_def as jd
 from services.campaign.programs import variables as program_vars
 from shared.db import fetch_one, fetch_page, insert_one_or_conflict, row_dict
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.http import InternalClient
 from shared.jsonutil import dumps
+from shared.lifecycle_ids import stage_segment_id
 
 _TEMPLATE_COLS = ("id, name, channel, subject, preheader, html, text, deep_link, image, locales, created_at, "
                   "updated_at")
@@ -97,26 +98,49 @@ async def get_template(session: AsyncSession, ws: uuid.UUID, template_id: uuid.U
 
 def journey_from(data: dict[str, Any]) -> jd.Journey:
     """The journey a create/update body describes: ``steps`` (a journey), or a bare ``template_id`` (one
-    send step, every time the trigger happens)."""
+    send step, every time the trigger happens unless ``entry.rule`` says otherwise)."""
     definition = {k: data[k] for k in ("trigger", "steps", "entry", "goal", "exit_on", "message_type", "topic")
                   if data.get(k) is not None}
     if "steps" not in definition:
         if not data.get("template_id"):
             raise ValidationFailed("A campaign needs steps or a template_id")
         definition["steps"] = [{"id": "send", "type": "send", "template_id": str(data["template_id"])}]
-        definition.setdefault("entry", {"rule": "every_time"})
+        entry = definition.get("entry") or {}
+        definition["entry"] = {**entry, "rule": entry.get("rule") or "every_time"}
     try:
         journey = journeys.parse(definition)
     except ValidationError as exc:
         errors = [{"at": ".".join(str(p) for p in e["loc"]), "msg": e["msg"]} for e in exc.errors(include_url=False)]
         raise ValidationFailed("The campaign is not valid", errors=errors) from None
+    ids = [s.id for s in journey.steps]
     if lost := jd.unreachable(journey):
-        ids = [s.id for s in journey.steps]
         raise ValidationFailed("The campaign is not valid", errors=[
             {"at": f"steps.{ids.index(sid)}", "msg": f"step {sid!r} is unreachable: no step leads to it (steps do "
                                                     "not fall through; set `next` on the step before it)"}
             for sid in lost])
+    if blind := jd.unmatchable(journey):
+        raise ValidationFailed("The campaign is not valid", errors=[
+            {"at": f"steps.{ids.index(sid)}.match", "msg": f"step {sid!r} matches on a property of the trigger, but "
+                                                          f"a {journey.trigger.type} trigger has none: it could only "
+                                                          "time out (drop `match`, or trigger on an event or the API)"}
+            for sid in blind])
     return journey
+
+
+async def _check_segments(internal: InternalClient | None, ws: uuid.UUID, journey: jd.Journey) -> None:
+    """The segments a journey names exist (asked of segment); a segment trigger may also name a lifecycle
+    stage by its segment id (GET /v1/lifecycle). 422 naming each place."""
+    named = jd.segments_named(journey)
+    stages = {stage_segment_id(ws, st) for st in jd.STAGES} if isinstance(journey.trigger, jd.SegmentTrigger) else set()
+    wanted = [(at, sid) for at, sid in named if not (at == "trigger.segment_id" and sid in stages)]
+    if not wanted:
+        return
+    if internal is None:
+        raise TypeError("a journey that names segments is checked with segment (internal client)")
+    missing = await segment_client.missing_segments(internal, ws, [sid for _, sid in wanted])
+    if missing:
+        raise ValidationFailed("The campaign is not valid", errors=[
+            {"at": at, "msg": f"no segment {sid} in this workspace"} for at, sid in wanted if sid in missing])
 
 
 async def _check_templates(session: AsyncSession, ws: uuid.UUID, journey: jd.Journey) -> None:
@@ -128,12 +152,31 @@ async def _check_templates(session: AsyncSession, ws: uuid.UUID, journey: jd.Jou
         raise NotFound(f"No template {sorted(str(t) for t in wanted - found)[0]}")
 
 
+AT_LEEWAY = timedelta(minutes=1)  # a one-off schedule's ``at`` this far in the past is clock skew, not a mistake
+
+
+def _check_schedule(journey: jd.Journey, now: datetime, current: jd.Journey | None = None) -> None:
+    """A one-off schedule's ``at`` is not in the past when it is set (it would fire at once, to the whole
+    audience); an edit that keeps the stored ``at`` is not re-judged (the slot fired, or was skipped)."""
+    at = journey.trigger.at if isinstance(journey.trigger, jd.ScheduleTrigger) else None
+    if at is None or (current is not None and isinstance(current.trigger, jd.ScheduleTrigger)
+                      and current.trigger.at == at):
+        return
+    if at < now - AT_LEEWAY:
+        raise ValidationFailed("The campaign is not valid", errors=[
+            {"at": "trigger.at", "msg": f"{at.isoformat()} is in the past: a one-off schedule needs a time to come"}])
+
+
 def _first_template(journey: jd.Journey) -> uuid.UUID | None:
     return next((s.template_id for s in journey.steps if isinstance(s, jd.SendStep)), None)
 
 
-async def create_campaign(session: AsyncSession, ws: uuid.UUID, data: dict[str, Any]) -> dict[str, Any]:
+async def create_campaign(session: AsyncSession, ws: uuid.UUID, data: dict[str, Any], *,
+                          internal: InternalClient | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """A campaign at version 1 (``internal``: to ask segment about the segments it names, if any)."""
     journey = journey_from(data)
+    _check_schedule(journey, now or datetime.now(UTC))
+    await _check_segments(internal, ws, journey)
     await _check_templates(session, ws, journey)
     definition = journey.model_dump(mode="json", exclude_none=True)
     cid = uuid.uuid4()
@@ -153,10 +196,21 @@ async def create_campaign(session: AsyncSession, ws: uuid.UUID, data: dict[str, 
     return row_dict(row)
 
 
-async def update_campaign(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID, data: dict[str, Any]
-                          ) -> dict[str, Any]:
-    """A new version; users already inside finish the version they entered."""
-    journey = journey_from(data)
+async def update_campaign(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID, data: dict[str, Any], *,
+                          internal: InternalClient | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """A new version; users already inside finish the version they entered. An omitted ``name`` or
+    ``message_type`` keeps the campaign's; the journey (trigger, steps, entry, goal, exit_on, topic) is
+    replaced."""
+    current = await fetch_one(
+        session,
+        "select message_type, definition from campaign.campaigns where workspace_id = :ws and id = :id "
+        "and status <> 'archived'",  # (no lock: segment is asked next; the update below is the write)
+        {"ws": ws, "id": campaign_id},
+        missing=f"No campaign {campaign_id} (or it is archived)",
+    )
+    journey = journey_from({**data, "message_type": data.get("message_type") or current["message_type"]})
+    _check_schedule(journey, now or datetime.now(UTC), journeys.parse(current["definition"]))
+    await _check_segments(internal, ws, journey)
     await _check_templates(session, ws, journey)
     definition = journey.model_dump(mode="json", exclude_none=True)
     row = await insert_one_or_conflict(
@@ -315,28 +369,38 @@ async def stats(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) ->
     }
 
 
-async def profile_journeys(session: AsyncSession, ws: uuid.UUID, profile_id: uuid.UUID, limit: int = 50
-                           ) -> list[dict[str, Any]]:
-    """Every journey of a profile, newest first, with what happened at each step and why."""
-    rows = (await session.execute(text(
+async def profile_journeys(session: AsyncSession, ws: uuid.UUID, profile_id: uuid.UUID, after: str | None,
+                           limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    """A profile's journeys, newest first, with what happened at each step and why; a page of ``limit``
+    after the journey ``after`` (the previous page's last)."""
+    items, nxt = await fetch_page(
+        session,
         f"select {_JOURNEY_COLS} from campaign.journeys where workspace_id = :ws and profile_id = :p "
-        f"order by entered_at desc limit :lim"), {"ws": ws, "p": profile_id, "lim": limit})).all()
-    out = []
-    for r in rows:
-        log_rows = await session.execute(text(
-            "select step, kind, detail, at from campaign.journey_log where journey_id = :j order by seq"), {"j": r.id})
-        out.append({**row_dict(r), "log": [dict(x._mapping) for x in log_rows]})
-    return out
+        f"and (CAST(:after AS uuid) is null or (entered_at, id) < (select entered_at, id from campaign.journeys "
+        f"where workspace_id = :ws and profile_id = :p and id = CAST(:after AS uuid))) "
+        f"order by entered_at desc, id desc limit :lim",
+        {"ws": ws, "p": profile_id, "after": after}, limit,
+    )
+    logs: dict[str, list[dict[str, Any]]] = {j["id"]: [] for j in items}
+    for r in await session.execute(text(
+            "select journey_id, step, kind, detail, at from campaign.journey_log "
+            "where journey_id = any(CAST(:ids AS uuid[])) order by journey_id, seq"), {"ids": list(logs)}):
+        logs[str(r.journey_id)].append({"step": r.step, "kind": r.kind, "detail": r.detail, "at": r.at})
+    return [{**j, "log": logs[j["id"]]} for j in items], nxt
 
 
 async def trigger(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID, profile_id: uuid.UUID,
                   data: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:
+    """Enter a profile now (the API trigger), once per idempotency key. The campaign row is locked (share)
+    and its status checked in the transaction that enters: a pause or archive commits before or after."""
     row = (await session.execute(text(
         "select id, workspace_id, version, status, definition from campaign.campaigns where workspace_id = :ws "
         "and id = :id for share"), {"ws": ws, "id": campaign_id})).mappings().first()
     if row is None:
         raise NotFound(f"No campaign {campaign_id}")
     campaign = dict(row)
+    if campaign["status"] != "active":
+        raise Conflict(f"The campaign is {campaign['status']}")
     journey = journeys.parse(campaign["definition"])
     occurrence = f"api:{idempotency_key}" if idempotency_key else f"api:{uuid.uuid4()}"
     now = datetime.now(UTC)

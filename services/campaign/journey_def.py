@@ -21,7 +21,7 @@ Steps:
 """
 
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
@@ -51,12 +51,16 @@ class EventTrigger(_Model):
                                  "start journeys); 0: any age")
 
 
+Stage = Literal["onboarding", "engaged", "loyal", "advocacy", "reactivated", "at_risk", "churned"]
+STAGES: tuple[str, ...] = get_args(Stage)
+
+
 class SegmentTrigger(_Model):
     """Entering (or leaving) a segment; lifecycle stages are segments too (``stage`` instead of an id)."""
 
     type: Literal["segment_entered", "segment_exited"] = "segment_entered"
     segment_id: uuid.UUID | None = None
-    stage: Literal["onboarding", "engaged", "loyal", "advocacy", "reactivated", "at_risk", "churned"] | None = None
+    stage: Stage | None = None
 
     @model_validator(mode="after")
     def _one_target(self) -> "SegmentTrigger":
@@ -70,7 +74,8 @@ class ScheduleTrigger(_Model):
 
     type: Literal["schedule"] = "schedule"
     segment_id: uuid.UUID = Field(description="the audience: the segment's members when it fires")
-    at: IsoDatetime | None = Field(None, description="one-off: when (ISO 8601 with offset)")
+    at: IsoDatetime | None = Field(None, description="one-off: when (ISO 8601 with offset); to come when saved, and "
+                                                     "skipped, not sent late, if missed by more than an hour")
     cron: str | None = Field(None, examples=["0 9 * * 1"], description="recurring: a 5-field cron expression")
     timezone: str = Field("UTC", examples=["Europe/Paris"], description="the zone the cron expression is read in")
 
@@ -98,8 +103,14 @@ class ApiTrigger(_Model):
 Trigger = Annotated[EventTrigger | SegmentTrigger | ScheduleTrigger | ApiTrigger, Field(discriminator="type")]
 
 
+EntryRule = Literal["once", "once_per_period", "every_time"]
+
+
 class Entry(_Model):
-    rule: Literal["once", "once_per_period", "every_time"] = "once"
+    rule: EntryRule | None = Field(
+        None, description="once (ever), once_per_period or every_time. Omitted: every_time for `api` and `schedule` "
+                          "triggers (each call, each slot) and the `template_id` shorthand; once for `event` and "
+                          "`segment_*` triggers")
     period_seconds: JsonInt | None = Field(None, ge=60, description="with once_per_period")
     holdout_percent: JsonFloat = Field(0, ge=0, le=100, description="share of entrants who get nothing (lift)")
 
@@ -262,6 +273,12 @@ class Journey(_Model):
                               description="subscription topic: people who opted out of it get nothing")
 
     @model_validator(mode="after")
+    def _default_rule(self) -> "Journey":
+        if self.entry.rule is None:
+            self.entry.rule = default_entry_rule(self.trigger)
+        return self
+
+    @model_validator(mode="after")
     def _graph(self) -> "Journey":
         ids = [s.id for s in self.steps]
         if len(set(ids)) != len(ids):
@@ -289,6 +306,12 @@ class Journey(_Model):
         return {s.template_id for s in self.steps if isinstance(s, SendStep)}
 
 
+def default_entry_rule(trigger: Any) -> EntryRule:
+    """The entry rule of a journey that sets none: an API call (a password reset, a receipt) or a broadcast
+    slot is a new occasion each time; an event or a segment entry enters a user once ever."""
+    return "every_time" if isinstance(trigger, (ApiTrigger, ScheduleTrigger)) else "once"
+
+
 def unreachable(journey: Journey) -> list[str]:
     """Steps no path from the first step leads to: usually a forgotten ``next`` (steps do not fall through
     to the one listed below them). Refused on save; stored journeys are not re-judged."""
@@ -300,6 +323,27 @@ def unreachable(journey: Journey) -> list[str]:
             seen.add(sid)
             todo.extend(t for t in targets(journey.step(sid)) if t is not None)
     return [s.id for s in journey.steps if s.id not in seen]
+
+
+def unmatchable(journey: Journey) -> list[str]:
+    """``wait_for_event`` steps that ``match`` on a property of the trigger when the trigger has none (a
+    segment or schedule trigger): they could only time out. Refused on save; stored journeys are not
+    re-judged."""
+    if isinstance(journey.trigger, (EventTrigger, ApiTrigger)):
+        return []
+    return [s.id for s in journey.steps if isinstance(s, WaitForEventStep) and s.match is not None]
+
+
+def segments_named(journey: Journey) -> list[tuple[str, uuid.UUID]]:
+    """The saved segments a journey names, each with where (as validation errors name places): the
+    trigger's (segment or schedule) and those of branch conditions."""
+    out: list[tuple[str, uuid.UUID]] = []
+    if isinstance(journey.trigger, (SegmentTrigger, ScheduleTrigger)) and journey.trigger.segment_id:
+        out.append(("trigger.segment_id", journey.trigger.segment_id))
+    for i, s in enumerate(journey.steps):
+        if isinstance(s, BranchStep) and isinstance(s.condition, SegmentCondition):
+            out.append((f"steps.{i}.condition.segment_id", s.condition.segment_id))
+    return out
 
 
 def targets(step: Any) -> list[str | None]:

@@ -3,11 +3,13 @@
 Each firing is a ``schedule_runs`` row keyed by (campaign, slot), so a slot fires once however many
 workers look. Members are entered page by page (each page its own transaction, entry idempotent per
 slot) and the run remembers the last member entered, so a crash resumes where it stopped. Only the
-latest due slot fires: a worker that was down for a week sends one weekly newsletter, not seven.
+latest due slot fires: a worker that was down for a week sends one weekly newsletter, not seven. A
+one-off slot more than ``MISSED_ONE_OFF`` past when it could first fire (the campaign was paused over it,
+or no worker ran) is recorded as done and logged, not sent late.
 """
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -25,6 +27,7 @@ from shared.http import InternalClient
 log = structlog.get_logger()
 
 PAGE = 500
+MISSED_ONE_OFF = timedelta(hours=1)
 
 
 def due_slot(trigger: jd.ScheduleTrigger, created_at: datetime, now: datetime) -> datetime | None:
@@ -52,10 +55,15 @@ async def start_due(session: AsyncSession, now: datetime) -> int:
         slot = due_slot(trigger, c["created_at"], now)
         if slot is None:
             continue
+        missed = trigger.at is not None and now - slot > MISSED_ONE_OFF
         res = await session.execute(text(
-            "insert into campaign.schedule_runs (campaign_id, slot, workspace_id) values (:c, :s, :ws) "
-            "on conflict do nothing"), {"c": c["id"], "s": slot, "ws": c["workspace_id"]})
-        started += res.rowcount  # type: ignore[attr-defined]
+            "insert into campaign.schedule_runs (campaign_id, slot, workspace_id, done) values (:c, :s, :ws, :done) "
+            "on conflict do nothing"), {"c": c["id"], "s": slot, "ws": c["workspace_id"], "done": missed})
+        if missed and res.rowcount:  # type: ignore[attr-defined]
+            log.warning("campaign.schedule_skipped", campaign_id=str(c["id"]), slot=slot.isoformat(),
+                        reason=f"one-off slot missed by more than {MISSED_ONE_OFF} (paused over it, or no worker ran)")
+        elif not missed:
+            started += res.rowcount  # type: ignore[attr-defined]
     return started
 
 

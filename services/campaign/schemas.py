@@ -83,6 +83,9 @@ class CampaignCreate(BaseModel):
 
 
 class CampaignUpdate(BaseModel):
+    """A new version of the journey (trigger, steps, entry, goal, exit_on, topic: as on create); an omitted
+    ``name`` or ``message_type`` keeps the campaign's."""
+
     name: str | None = Field(None, min_length=1, max_length=200)
     trigger: jd.Trigger
     steps: list[jd.Step] | None = Field(None, max_length=jd.MAX_STEPS)
@@ -90,7 +93,7 @@ class CampaignUpdate(BaseModel):
     entry: jd.Entry | None = None
     goal: jd.Goal | None = None
     exit_on: list[str] | None = None
-    message_type: Literal["marketing", "transactional"] = "marketing"
+    message_type: Literal["marketing", "transactional"] | None = Field(None, description="omitted: unchanged")
     topic: str | None = Field(None, max_length=100)
 
 
@@ -117,13 +120,15 @@ class TriggerRequest(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict, description="visible to templates as `event.properties`",
                                  examples=[{"reset_url": "https://example.com/reset/abc"}])
     idempotency_key: str | None = Field(None, max_length=200, description="a retried trigger with the same key "
-                                                                           "enters once")
+                                                                           "enters once (or the Idempotency-Key "
+                                                                           "header)")
 
 
 class TriggerOut(BaseModel):
     entered: bool
     journey_id: str | None = None
-    reason: str | None = Field(None, description="why not entered (entry rule, paused)")
+    reason: str | None = Field(None, description="why not entered (the entry rule, or an earlier trigger with "
+                                                 "the same idempotency key)")
 
 
 class JourneyOut(BaseModel):
@@ -158,7 +163,8 @@ class ProfileJourney(JourneyOut):
 
 
 class ProfileJourneys(BaseModel):
-    journeys: list[ProfileJourney]
+    journeys: list[ProfileJourney] = Field(description="newest first")
+    next_cursor: str | None = Field(None, description="pass as `after` for the next page")
 
 
 class CampaignStats(BaseModel):

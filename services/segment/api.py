@@ -80,7 +80,8 @@ async def search_profiles(body: SearchRequest, ws: WorkspaceDep, session: Sessio
 
 
 @router.put("/segments/{segment_id}", response_model=SegmentOut, operation_id="update_segment",
-            summary="Edit a segment: a new version, re-evaluated in the background (only real changes emitted)",
+            summary="Rename or redefine a segment: a new definition is a new version, re-evaluated in the background "
+                    "(only real changes emitted)",
             responses={**_NOT_FOUND, 409: problem_schema("Name already used")})
 async def update_segment(segment_id: uuid.UUID, body: SegmentUpdate, ws: WorkspaceDep, session: SessionDep,
                          request: Request) -> dict[str, Any]:

@@ -817,7 +817,8 @@ async def preview(session: AsyncSession, ws: uuid.UUID, node: Any, *, sample: in
 async def search(session: AsyncSession, ws: uuid.UUID, node: Any, *, after: uuid.UUID | None, limit: int,
                  today: date | None = None) -> dict[str, Any]:
     """Known profiles matching a definition, in id order after ``after`` (a page of ``limit``, with
-    their traits and computed attributes), and how many match in all."""
+    their traits and computed attributes), and how many match in all. ``next_cursor`` only when a match
+    follows the page."""
     today = today or datetime.now(UTC).date()
     settings = await workspace_settings(session, ws)
     if set_evaluation.compilable(node):
@@ -826,6 +827,7 @@ async def search(session: AsyncSession, ws: uuid.UUID, node: Any, *, after: uuid
     predicate = conditions.compile_condition(node, today)
     count = evaluated = 0
     picked: list[dict[str, Any]] = []
+    more = False
     cursor: uuid.UUID | None = None
     while True:
         pids = await known_profiles(session, ws, cursor, EVAL_CHUNK)
@@ -834,14 +836,18 @@ async def search(session: AsyncSession, ws: uuid.UUID, node: Any, *, after: uuid
         for pid in pids:
             if predicate(facts[pid]):
                 count += 1
-                if (after is None or pid > after) and len(picked) < limit:
-                    f = facts[pid]
-                    picked.append({"profile_id": str(pid), "traits": dict(f.traits), "attributes": dict(f.attributes),
-                                   "stage": f.stage})
+                if after is not None and pid <= after:
+                    continue
+                if len(picked) == limit:
+                    more = True
+                    continue
+                f = facts[pid]
+                picked.append({"profile_id": str(pid), "traits": dict(f.traits), "attributes": dict(f.attributes),
+                               "stage": f.stage})
         evaluated += len(pids)
         if len(pids) < EVAL_CHUNK:
             return {"count": count, "profiles": picked, "profiles_evaluated": evaluated,
-                    "next_cursor": picked[-1]["profile_id"] if picked and len(picked) == limit else None}
+                    "next_cursor": picked[-1]["profile_id"] if more else None}
         cursor = pids[-1]
 
 

@@ -27,8 +27,12 @@ class SegmentCreate(BaseModel):
 
 
 class SegmentUpdate(BaseModel):
+    """What to change: the name, the definition, or both; an omitted field keeps its value."""
+
     name: str | None = Field(None, min_length=1, max_length=200)
-    definition: dict[str, Any] = Field(examples=[DEFINITION_EXAMPLE])
+    definition: dict[str, Any] | None = Field(
+        None, examples=[DEFINITION_EXAMPLE],
+        description="a definition that differs from the current one makes a new version (re-evaluated)")
 
 
 class PreviewRequest(BaseModel):

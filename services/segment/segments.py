@@ -97,15 +97,22 @@ async def create_segment(session: AsyncSession, ws: uuid.UUID, name: str, defini
 
 
 async def update_segment(session: AsyncSession, ws: uuid.UUID, segment_id: uuid.UUID, name: str | None,
-                         definition: dict[str, Any]) -> dict[str, Any]:
-    """A new version: members are re-evaluated in the background and only real changes are written."""
-    node = validate_definition(definition)
-    await check_references(session, ws, node, segment_id)
+                         definition: dict[str, Any] | None) -> dict[str, Any]:
+    """Rename and/or redefine. A definition that differs from the current one makes a new version (members
+    are re-evaluated in the background and only real changes are written); a rename, or the same
+    definition again, keeps the version."""
+    d = None
+    if definition is not None:
+        node = validate_definition(definition)
+        await check_references(session, ws, node, segment_id)
+        d = dumps(node.model_dump(mode="json"))
     row = await insert_one_or_conflict(
         session,
-        f"update segment.segments set name = coalesce(:name, name), definition = CAST(:d AS jsonb), "
-        f"version = version + 1, updated_at = now() where workspace_id = :ws and id = :id returning {_COLUMNS}",
-        {"ws": ws, "id": segment_id, "name": name, "d": dumps(node.model_dump(mode="json"))},
+        f"update segment.segments set name = coalesce(:name, name), "
+        f"definition = coalesce(CAST(:d AS jsonb), definition), "
+        f"version = case when CAST(:d AS jsonb) is null or CAST(:d AS jsonb) = definition then version "
+        f"else version + 1 end, updated_at = now() where workspace_id = :ws and id = :id returning {_COLUMNS}",
+        {"ws": ws, "id": segment_id, "name": name, "d": d},
         f"A segment named {name!r} already exists",
         missing=f"No segment {segment_id}",
     )

@@ -3,7 +3,7 @@ ingest's tracking API, the campaign worker's functions run with a given ``now``,
 through delivery's API."""
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import text
@@ -1036,3 +1036,220 @@ async def test_an_unknown_journey_status_filter_is_a_422(world) -> None:
     assert bad.status_code == 422 and bad.headers["content-type"].startswith("application/problem+json"), bad.text
     ok = await world.apps["campaign"].get(url, headers=world.h, params={"status": "active", "step": "d"})
     assert [j["step"] for j in ok.json()["journeys"]] == ["d"]
+
+
+async def _audience(world, name: str, uids: list[str]) -> dict:
+    """A saved segment (trait ``name`` true) and its members, evaluated as segment's consumer would."""
+    from services.segment import evaluation
+
+    seg = (await world.apps["segment"].post("/v1/segments", headers=world.h, json={
+        "name": f"{name}-{uuid.uuid4().hex[:6]}", "definition": {"type": "trait", "trait": name, "value": True}})).json()
+    for uid in uids:
+        pid = await world.identify(uid, email=_email(uid), **{name: True})
+        async with world.sm() as s, s.begin():
+            await evaluation.apply_events(s, [{"workspace_id": str(world.ws), "profile_id": pid, "type": "identify",
+                                               "event": None, "traits": {name: True}, "properties": {},
+                                               "message_id": f"{name}-{pid}", "timestamp": T0.isoformat()}])
+            await evaluation.reevaluate(s, world.ws, [uuid.UUID(pid)])
+    return seg
+
+
+async def test_entry_rule_defaults_follow_the_trigger(world) -> None:
+    """Without an entry rule a journey entered each user once ever: a second password reset (API trigger,
+    with steps) was refused, a weekly broadcast reached each member on its first slot only. API and
+    schedule triggers default to every_time now; event and segment triggers keep once; a rule that is set
+    is kept."""
+    from services.campaign import schedules
+
+    tpl = await world.template("reset", "Reset your password")
+    steps = [{"id": "s", "type": "send", "template_id": tpl}]
+    reset = await world.campaign(trigger={"type": "api"}, message_type="transactional", steps=steps)
+    strict = await world.campaign(trigger={"type": "api"}, entry={"rule": "once"}, steps=steps)
+    held = await world.campaign(trigger={"type": "api"}, entry={"holdout_percent": 0}, steps=steps)
+    visited = await world.campaign(trigger={"type": "event", "event": "Visited Twice"}, steps=steps)
+    shorthand = await world.campaign(trigger={"type": "event", "event": "Visited Twice"}, template_id=tpl,
+                                     entry={"holdout_percent": 0})
+    assert [c["definition"]["entry"]["rule"] for c in (reset, strict, held, visited, shorthand)] == [
+        "every_time", "once", "every_time", "once", "every_time"]
+    await world.identify("reset-1", email=_email("reset"))
+    for camp, wanted in ((reset, [True, True]), (strict, [True, False]), (held, [True, True])):
+        got = []
+        for n in range(2):
+            r = await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/trigger", headers=world.h,
+                                                  json={"user": "reset-1", "idempotency_key": f"reset-{n}"})
+            assert r.status_code == 202, r.text
+            got.append(r.json()["entered"])
+        assert got == wanted, camp["definition"]["entry"]
+    seg = await _audience(world, "weekly_news", ["wn-1"])
+    weekly = await world.campaign(trigger={"type": "schedule", "segment_id": seg["id"], "cron": "0 9 * * 2"},
+                                  steps=steps)
+    for tuesday in (datetime(2026, 12, 1, 9, 30, tzinfo=UTC), datetime(2026, 12, 8, 9, 30, tzinfo=UTC)):
+        await schedules.run_pending(world.sm, world.internal, now=tuesday)
+    stats = (await world.apps["campaign"].get(f"/v1/campaigns/{weekly['id']}/stats", headers=world.h)).json()
+    assert stats["entered"] == 2  # each slot
+
+
+async def test_an_edit_without_message_type_keeps_it(world) -> None:
+    """PUT without message_type turned a transactional campaign into marketing (its default), so receipts
+    became subject to unsubscribes, quiet hours and frequency caps. Omitted, it is kept, as the name is."""
+    tpl = await world.template("receipt", "Your receipt")
+    camp = await world.campaign(trigger={"type": "api"}, message_type="transactional",
+                                steps=[{"id": "s", "type": "send", "template_id": tpl}])
+    url = f"/v1/campaigns/{camp['id']}"
+    r = await world.apps["campaign"].put(url, headers=world.h, json={"trigger": {"type": "api"}, "template_id": tpl})
+    assert r.status_code == 200, r.text
+    assert r.json()["message_type"] == "transactional" and r.json()["definition"]["message_type"] == "transactional"
+    assert r.json()["name"] == camp["name"] and r.json()["version"] == 2
+    r = await world.apps["campaign"].put(url, headers=world.h, json={"trigger": {"type": "api"}, "template_id": tpl,
+                                                                     "message_type": "marketing"})
+    assert r.json()["message_type"] == "marketing" and r.json()["definition"]["message_type"] == "marketing"
+    missing = await world.apps["campaign"].put(f"/v1/campaigns/{uuid.uuid4()}", headers=world.h,
+                                               json={"trigger": {"type": "api"}, "template_id": tpl})
+    assert missing.status_code == 404
+
+
+async def test_the_trigger_api_takes_an_idempotency_key_header_and_checks_the_status_as_it_enters(
+        world, monkeypatch) -> None:
+    """The trigger API was idempotent only with `idempotency_key` in the body: a client retrying with the
+    standard Idempotency-Key header (as on delivery's and the loyalty endpoints) entered the user twice.
+    And the campaign's status was read before asking ingest, in another transaction: a pause landing in
+    between still let the user in."""
+    from services.campaign import ingest_client
+
+    tpl = await world.template("otp", "Your code")
+    camp = await world.campaign(trigger={"type": "api"}, steps=[{"id": "s", "type": "send", "template_id": tpl}])
+    await world.identify("idem-1", email=_email("idem"))
+    url = f"/v1/campaigns/{camp['id']}/trigger"
+    keyed = {**world.h, "Idempotency-Key": "otp-77"}
+    got = [(await world.apps["campaign"].post(url, headers=keyed, json={"user": "idem-1"})).json()["entered"]
+           for _ in range(2)]
+    assert got == [True, False]
+    same = await world.apps["campaign"].post(url, headers=world.h, json={"user": "idem-1", "idempotency_key": "otp-77"})
+    assert same.status_code == 202 and same.json()["entered"] is False
+    differ = await world.apps["campaign"].post(url, headers=keyed, json={"user": "idem-1", "idempotency_key": "x"})
+    assert differ.status_code == 422 and "differ" in differ.json()["detail"]
+    resolve = ingest_client.resolve_user
+
+    async def paused_meanwhile(internal, ws, ref):
+        found = await resolve(internal, ws, ref)
+        assert (await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/pause", headers=world.h)).status_code == 200
+        return found
+
+    monkeypatch.setattr(ingest_client, "resolve_user", paused_meanwhile)
+    late = await world.apps["campaign"].post(url, headers={**world.h, "Idempotency-Key": "otp-78"},
+                                             json={"user": "idem-1"})
+    assert late.status_code == 409 and late.headers["content-type"].startswith("application/problem+json"), late.text
+    inside = (await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}/journeys", headers=world.h)).json()
+    assert len(inside["journeys"]) == 1
+
+
+async def test_a_profiles_journeys_come_a_page_at_a_time(world) -> None:
+    """GET /v1/profiles/{id}/journeys answered the newest 50 and nothing told there were more; it pages
+    with limit / after / next_cursor like the other lists, newest first."""
+    tpl = await world.template("many", "Again")
+    camp = await world.campaign(trigger={"type": "api"}, steps=[{"id": "d", "type": "delay", "seconds": 60,
+                                                                 "next": "s"},
+                                                                {"id": "s", "type": "send", "template_id": tpl}])
+    pid = await world.identify("pages-1", email=_email("pages"))
+    entered = []
+    for n in range(3):
+        r = await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/trigger", headers=world.h,
+                                              json={"user": "pages-1", "idempotency_key": f"p{n}"})
+        entered.append(r.json()["journey_id"])
+    url = f"/v1/profiles/{pid}/journeys"
+    first = (await world.apps["campaign"].get(url, headers=world.h, params={"limit": 2})).json()
+    assert [j["id"] for j in first["journeys"]] == entered[::-1][:2] and first["next_cursor"]
+    assert [e["kind"] for e in first["journeys"][0]["log"]] == ["entered"]
+    second = (await world.apps["campaign"].get(url, headers=world.h, params={"limit": 2,
+                                                                           "after": first["next_cursor"]})).json()
+    assert [j["id"] for j in second["journeys"]] == entered[:1] and second["next_cursor"] is None
+    assert len((await world.apps["campaign"].get(url, headers=world.h)).json()["journeys"]) == 3
+    bad = await world.apps["campaign"].get(url, headers=world.h, params={"after": "nope"})
+    assert bad.status_code == 400
+
+
+async def test_a_one_off_broadcast_is_not_sent_in_the_past_or_late(world) -> None:
+    """A one-off schedule with a past `at` (2020) was saved and fired at once to the whole segment; it is
+    a 422 naming trigger.at (a minute of leeway for clock skew). A campaign paused over its one-off slot
+    sent it when resumed, however late; a slot missed by more than an hour is skipped now."""
+    from services.campaign import schedules
+
+    seg = await _audience(world, "flash_sale", ["fs-1"])
+    tpl = await world.template("flash", "The sale starts now")
+    steps = [{"id": "s", "type": "send", "template_id": tpl}]
+
+    def once(at: datetime) -> dict:
+        return {"type": "schedule", "segment_id": seg["id"], "at": at.isoformat()}
+
+    past = await world.apps["campaign"].post("/v1/campaigns", headers=world.h, json={
+        "name": "too late", "trigger": once(datetime(2020, 1, 1, 9, tzinfo=UTC)), "steps": steps})
+    assert past.status_code == 422, past.text
+    assert [e["at"] for e in past.json()["errors"]] == ["trigger.at"]
+    now = datetime.now(UTC)
+    await world.campaign(trigger=once(now - timedelta(seconds=30)), steps=steps)  # clock skew
+    at = now + timedelta(minutes=5)
+    on_time, paused = await world.campaign(trigger=once(at), steps=steps), await world.campaign(trigger=once(at),
+                                                                                                steps=steps)
+    assert (await world.apps["campaign"].post(f"/v1/campaigns/{paused['id']}/pause", headers=world.h)).is_success
+    await schedules.run_pending(world.sm, world.internal, now=at + timedelta(minutes=10))  # within the hour
+    assert (await world.apps["campaign"].post(f"/v1/campaigns/{paused['id']}/resume", headers=world.h)).is_success
+    await schedules.run_pending(world.sm, world.internal, now=at + timedelta(hours=2))
+    await schedules.run_pending(world.sm, world.internal, now=at + timedelta(hours=2, minutes=1))
+
+    async def entered(camp: dict) -> int:
+        return (await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}/stats", headers=world.h)).json()[
+            "entered"]
+
+    assert (await entered(on_time), await entered(paused)) == (1, 0)
+    # an edit: a new past `at` is refused; the stored one (now past) is not re-judged
+    url = f"/v1/campaigns/{on_time['id']}"
+    r = await world.apps["campaign"].put(url, headers=world.h, json={"trigger": once(datetime(2020, 1, 1, tzinfo=UTC)),
+                                                                     "steps": steps})
+    assert r.status_code == 422 and r.json()["errors"][0]["at"] == "trigger.at"
+    async with world.sm() as s, s.begin():
+        await s.execute(text("update campaign.campaigns set definition = jsonb_set(definition, '{trigger,at}', "
+                             "'\"2020-01-01T09:00:00Z\"') where id = :id"), {"id": uuid.UUID(on_time["id"])})
+    r = await world.apps["campaign"].put(url, headers=world.h, json={
+        "trigger": once(datetime(2020, 1, 1, 10, tzinfo=timezone(timedelta(hours=1)))), "steps": steps})
+    assert r.status_code == 200, r.text
+
+
+async def test_a_campaign_naming_no_segment_or_matching_on_nothing_is_refused(world) -> None:
+    """A segment trigger (or a broadcast's audience, or a branch) naming a segment that does not exist was
+    saved and never did anything; a wait_for_event matching on a trigger property under a segment or
+    schedule trigger (which have no properties) could only time out. Both are 422s naming the place."""
+    seg = await _audience(world, "named_seg", [])
+    tpl = await world.template("named", "Hi")
+    send = {"id": "s", "type": "send", "template_id": tpl}
+    nowhere = str(uuid.uuid4())
+
+    async def post(**body):
+        return await world.apps["campaign"].post("/v1/campaigns", headers=world.h,
+                                                 json={"name": f"c-{uuid.uuid4().hex[:8]}", **body})
+
+    for trigger in ({"type": "segment_entered", "segment_id": nowhere},
+                    {"type": "schedule", "segment_id": nowhere, "cron": "0 9 * * 1"}):
+        r = await post(trigger=trigger, steps=[send])
+        assert r.status_code == 422 and r.json()["errors"] == [
+            {"at": "trigger.segment_id", "msg": f"no segment {nowhere} in this workspace"}], r.text
+    branch = {"id": "b", "type": "branch", "condition": {"type": "segment", "segment_id": nowhere}, "yes": "s"}
+    r = await post(trigger={"type": "event", "event": "Named"}, steps=[branch, send])
+    assert r.status_code == 422 and [e["at"] for e in r.json()["errors"]] == ["steps.0.condition.segment_id"]
+    stage_id = next(s["segment_id"] for s in (await world.apps["segment"].get("/v1/lifecycle", headers=world.h)).json()[
+        "stages"] if s["stage"] == "at_risk")
+    for trigger in ({"type": "segment_entered", "segment_id": seg["id"]},
+                    {"type": "segment_exited", "segment_id": stage_id}):  # a stage by its segment id
+        assert (await post(trigger=trigger, steps=[send])).status_code == 201
+    wait = {"id": "w", "type": "wait_for_event", "event": "Order Completed", "timeout_seconds": 3600,
+            "match": {"property": "cart_id", "trigger_property": "cart_id"}, "on_timeout": "s"}
+    for trigger in ({"type": "segment_entered", "segment_id": seg["id"]},
+                    {"type": "schedule", "segment_id": seg["id"], "cron": "0 9 * * 1"}):
+        r = await post(trigger=trigger, steps=[wait, send])
+        assert r.status_code == 422 and [e["at"] for e in r.json()["errors"]] == ["steps.0.match"], r.text
+        assert (await post(trigger=trigger, steps=[{**wait, "match": None}, send])).status_code == 201
+    for trigger in ({"type": "event", "event": "Product Added"}, {"type": "api"}):
+        assert (await post(trigger=trigger, steps=[wait, send])).status_code == 201
+    camp = await world.campaign(trigger={"type": "segment_entered", "segment_id": seg["id"]}, steps=[send])
+    r = await world.apps["campaign"].put(f"/v1/campaigns/{camp['id']}", headers=world.h, json={
+        "trigger": {"type": "segment_entered", "segment_id": nowhere}, "steps": [send]})
+    assert r.status_code == 422 and r.json()["errors"][0]["at"] == "trigger.segment_id"

@@ -337,3 +337,42 @@ async def test_first_and_last_seen_are_usable_in_conditions(ctx) -> None:
     assert await ctx.members(seen_lately) == {str(new), str(old)}
     await evaluation.recheck_windows(ctx.sm, NOW.date() + timedelta(days=7))  # a week on, no new event
     assert await ctx.members(new_users) == set()
+
+
+async def test_search_gives_no_cursor_when_the_page_holds_the_last_match(ctx) -> None:
+    """A page that ends exactly on the last match had a next_cursor, so a client paging through asked for
+    an extra, empty page; a cursor now means more matches follow."""
+    ws = ctx.ws
+    people = [uuid.uuid4() for _ in range(4)]
+    await _fold(ctx.sm, [_ev(ws, p, "identify", traits={"tier": "gold" if i < 3 else "tin"})
+                         for i, p in enumerate(people)])
+    gold = {"type": "trait", "trait": "tier", "value": "gold"}
+    whole = (await ctx.seg.post("/v1/profiles/search", headers=ctx.h, json={"definition": gold, "limit": 3})).json()
+    assert whole["count"] == 3 and len(whole["profiles"]) == 3 and whole["next_cursor"] is None
+    first = (await ctx.seg.post("/v1/profiles/search", headers=ctx.h, json={"definition": gold, "limit": 2})).json()
+    assert len(first["profiles"]) == 2 and first["next_cursor"] == first["profiles"][-1]["profile_id"]
+    last = (await ctx.seg.post("/v1/profiles/search", headers=ctx.h,
+                               json={"definition": gold, "limit": 1, "after": first["next_cursor"]})).json()
+    assert len(last["profiles"]) == 1 and last["next_cursor"] is None
+    found = {p["profile_id"] for p in first["profiles"] + last["profiles"]}
+    assert found == {str(p) for p in people[:3]}
+
+
+async def test_a_segment_is_renamed_without_its_definition_or_a_new_version(ctx) -> None:
+    """PUT /v1/segments/{id} required the definition even to rename (a 422), and every PUT made a new
+    version, re-evaluated in the background; a version now means the definition changed."""
+    definition = {"type": "trait", "trait": "plan", "value": "pro"}
+    sid = await ctx.segment(definition)
+    stored = (await ctx.seg.get(f"/v1/segments/{sid}", headers=ctx.h)).json()["definition"]
+    r = await ctx.seg.put(f"/v1/segments/{sid}", headers=ctx.h, json={"name": f"renamed-{sid}"})
+    assert r.status_code == 200, r.text
+    assert r.json()["name"] == f"renamed-{sid}" and r.json()["version"] == 1 and r.json()["definition"] == stored
+    same = await ctx.seg.put(f"/v1/segments/{sid}", headers=ctx.h, json={"definition": dict(reversed(
+        definition.items()))})
+    assert same.status_code == 200 and same.json()["version"] == 1 and same.json()["name"] == f"renamed-{sid}"
+    edited = await ctx.seg.put(f"/v1/segments/{sid}", headers=ctx.h, json={"definition": {**definition, "value": "x"}})
+    assert edited.status_code == 200 and edited.json()["version"] == 2
+    got = (await ctx.seg.get(f"/v1/segments/{sid}", headers=ctx.h)).json()
+    assert got["name"] == f"renamed-{sid}" and got["definition"]["value"] == "x" and got["version"] == 2
+    missing = await ctx.seg.put(f"/v1/segments/{uuid.uuid4()}", headers=ctx.h, json={"name": "nobody"})
+    assert missing.status_code == 404

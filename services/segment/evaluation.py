@@ -858,11 +858,11 @@ async def _search_in_sql(session: AsyncSession, ws: uuid.UUID, node: Any, *, aft
     compiled = set_evaluation.compile_search(node, today)
     db = await driver_connection(session)
     await db.execute(_SET_STATEMENT_SETTINGS)
-    row = await db.fetchrow(compiled.sql, ws, after, limit, *compiled.params)
-    ids: list[uuid.UUID] = list(row["ids"])
+    row = await db.fetchrow(compiled.sql, ws, after, limit + 1, *compiled.params)  # one more: is there a next page
+    ids: list[uuid.UUID] = list(row["ids"])[:limit]
     facts = await _load_facts(session, ws, ids, Needs(), today, settings=settings,
                               current=await memberships(session, ws, ids))
     picked = [{"profile_id": str(pid), "traits": dict(facts[pid].traits), "attributes": dict(facts[pid].attributes),
                "stage": facts[pid].stage} for pid in ids]
     return {"count": row["matched"], "profiles": picked, "profiles_evaluated": row["evaluated"],
-            "next_cursor": picked[-1]["profile_id"] if picked and len(picked) == limit else None}
+            "next_cursor": picked[-1]["profile_id"] if len(row["ids"]) > limit else None}

@@ -297,9 +297,10 @@ def compile_pass(segments: list[tuple[uuid.UUID, int, Any]], today: date) -> Com
         ),
         entered as (select sid, profile_id from m except select sid, profile_id from cur),
         exited as (select sid, profile_id from cur except select sid, profile_id from m),
-        ins as (
+        ins as (  -- no "on conflict": every writer of memberships holds the chunk's stripe locks (a speculative
+                  -- insert cost ~15 % of a first evaluation)
             insert into segment.memberships (workspace_id, segment_id, profile_id)
-            select $1, sid, profile_id from entered on conflict do nothing
+            select $1, sid, profile_id from entered
         ),
         del as (
             delete from segment.memberships d using exited e

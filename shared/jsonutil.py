@@ -6,6 +6,7 @@ PostgreSQL's jsonb stores them fine, so those values fall back to the standard l
 
 import json
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -36,3 +37,17 @@ def obj(value: Any) -> dict[str, Any]:
     """A JSON object from a client's free-form payload, or {} when it is something else (``context.page``
     may be a string, ``properties`` null)."""
     return value if isinstance(value, dict) else {}
+
+
+def get_path(obj: Mapping[str, Any], path: str) -> Any:
+    """A property by name, where dots reach into nested objects (``product.category``); a key that itself
+    contains the dots wins. None when absent. The rule event-property filters follow in segment conditions
+    and campaign triggers alike."""
+    if path in obj:
+        return obj[path]
+    cur: Any = obj
+    for part in path.split("."):
+        if not isinstance(cur, Mapping) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur

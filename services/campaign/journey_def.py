@@ -360,19 +360,6 @@ def targets(step: Any) -> list[str | None]:
     return [step.next]
 
 
-def lookup(props: dict[str, Any], path: str) -> Any:
-    """A property by name; dots reach into nested objects (``product.category``), as in segment conditions.
-    A key that itself contains the dots wins."""
-    if path in props:
-        return props[path]
-    cur: Any = props
-    for part in path.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return None
-        cur = cur[part]
-    return cur
-
-
 def compare(op: str, actual: Any, expected: Any) -> bool:
     """Property and trait comparisons (a missing value only satisfies ``not_equals``)."""
     if op == "exists":

@@ -26,7 +26,7 @@ from services.campaign import journey_def as jd
 from shared.auth import WORKSPACE_HEADER
 from shared.errors import UpstreamUnavailable
 from shared.http import InternalClient
-from shared.jsonutil import dumps
+from shared.jsonutil import dumps, get_path
 from shared.lifecycle_ids import stage_segment_id
 from shared.settings import Settings
 
@@ -205,7 +205,7 @@ async def enter_many(session: AsyncSession, candidates: list[Candidate], now: da
 
 
 def _filters_match(filters: list[jd.PropertyFilter], props: dict[str, Any]) -> bool:
-    return all(jd.compare(f.op, jd.lookup(props, f.property), f.value) for f in filters)
+    return all(jd.compare(f.op, get_path(props, f.property), f.value) for f in filters)
 
 
 def trigger_matches(journey: jd.Journey, ws: uuid.UUID, item: dict[str, Any], feed: str) -> bool:
@@ -297,7 +297,7 @@ async def _apply_event(session: AsyncSession, j: dict[str, Any], journey: jd.Jou
         seen.add(f"{mark}:{props['step']}")
     seen.add(f"event:{name}")
     for prop in _match_properties(journey, name):
-        if (value := jd.lookup(props, prop)) is not None:
+        if (value := get_path(props, prop)) is not None:
             seen.add(_seen_key(name, prop, value))
     if journey.goal and name == journey.goal.event and j["converted_at"] is None and j["goal_deadline"] \
             and at <= j["goal_deadline"]:
@@ -316,7 +316,7 @@ async def _apply_event(session: AsyncSession, j: dict[str, Any], journey: jd.Jou
         await _log(session, j, "exited", f"exit event {name}")
     wait = j.get("wait") or {}
     if j["status"] == "waiting" and wait.get("event") == name and (j["wake_at"] is None or at <= j["wake_at"]) and (
-            wait.get("match_property") is None or jd.lookup(props, wait["match_property"]) == wait.get("match_value")):
+            wait.get("match_property") is None or get_path(props, wait["match_property"]) == wait.get("match_value")):
         updates.update(status="active", step=wait.get("on_event"), wake_at=now, wait=None)
         j.update(status="active", step=wait.get("on_event"), wait=None)
         await _log(session, j, "event", f"{name} arrived", step=wait.get("step"))
@@ -600,7 +600,7 @@ async def _run_step(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: 
                                 "on_timeout": step.on_timeout, "match_property": None, "match_value": None}
         if step.match:
             wait["match_property"] = step.match.property
-            wait["match_value"] = jd.lookup((j.get("trigger_data") or {}).get("properties") or {},
+            wait["match_value"] = get_path((j.get("trigger_data") or {}).get("properties") or {},
                                             step.match.trigger_property)
         if step.match and wait["match_value"] is None:  # nothing to match on: it can only time out
             await _log(ctx.session, j, "timeout", f"the trigger has no {step.match.trigger_property}", step=step.id)

@@ -41,6 +41,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
+from shared.jsonutil import get_path
 from shared.validation import IsoDate, JsonFloat, JsonInt
 
 EMAIL_OPENED = "Email Opened"
@@ -379,17 +380,6 @@ def _number(v: Any) -> float | None:
         return None
 
 
-def _get_path(props: Mapping[str, Any], path: str) -> Any:
-    if path in props:
-        return props[path]
-    cur: Any = props
-    for part in path.split("."):
-        if not isinstance(cur, Mapping) or part not in cur:
-            return None
-        cur = cur[part]
-    return cur
-
-
 def compare(op: str, actual: Any, expected: Any, today: date | None = None) -> bool:
     if op == "exists":
         return actual is not None
@@ -435,7 +425,7 @@ def compare(op: str, actual: Any, expected: Any, today: date | None = None) -> b
 
 
 def _matches(filters: Sequence[PropertyFilter], props: Mapping[str, Any], today: date) -> bool:
-    return all(compare(f.op, _get_path(props, f.property), f.value, today) for f in filters)
+    return all(compare(f.op, get_path(props, f.property), f.value, today) for f in filters)
 
 
 def _count_ok(op: str, n: int, count: int) -> bool:
@@ -473,7 +463,7 @@ def _aggregate(node: AggregateNode, facts: ProfileFacts, today: date) -> bool:
     values: list[float] = []
     for at, props in facts.events.get(node.event, ()):
         if node.in_window(at.date(), today) and _matches(node.where, props, today):
-            v = _number(_get_path(props, node.property))
+            v = _number(get_path(props, node.property))
             if v is not None:
                 values.append(v)
     if node.function == "count":
@@ -492,7 +482,7 @@ def _aggregate(node: AggregateNode, facts: ProfileFacts, today: date) -> bool:
 def _keyed(node: KeyedNode, facts: ProfileFacts, today: date) -> bool:
     started: dict[Any, datetime] = {}
     for at, props in facts.events.get(node.event, ()):
-        key = _get_path(props, node.key)
+        key = get_path(props, node.key)
         if key is not None and not isinstance(key, dict | list):
             if node.within_days is None or (today - at.date()).days < node.within_days:
                 started.setdefault(key, at)
@@ -500,7 +490,7 @@ def _keyed(node: KeyedNode, facts: ProfileFacts, today: date) -> bool:
         return False
     closed: set[Any] = set()
     for at, props in facts.events.get(node.without, ()):
-        key = _get_path(props, node.key)
+        key = get_path(props, node.key)
         if key in started and at >= started[key]:
             closed.add(key)
     return any(k not in closed for k in started)
@@ -585,7 +575,7 @@ def _evaluate_detail(node: Any, facts: ProfileFacts, today: date) -> bool:
         return _aggregate(node, facts, today)
     if isinstance(node, LastEventPropertyNode):
         occurrences = facts.events.get(node.event, ())
-        return bool(occurrences) and compare(node.op, _get_path(occurrences[-1][1], node.property), node.value,
+        return bool(occurrences) and compare(node.op, get_path(occurrences[-1][1], node.property), node.value,
                                              today)
     if isinstance(node, KeyedNode):
         return _keyed(node, facts, today)

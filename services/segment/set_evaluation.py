@@ -70,6 +70,13 @@ def _scalar_kind(value: Any) -> str:
     raise NotCompilable(f"value {value!r}")
 
 
+def _by_kind(values: list[Any]) -> dict[str, list[Any]]:
+    kinds: dict[str, list[Any]] = {"str": [], "num": [], "null": []}
+    for value in values:
+        kinds[_scalar_kind(value)].append(value)
+    return kinds
+
+
 def _decimal(value: Any) -> Decimal:
     return Decimal(int(value)) if isinstance(value, bool | int) else Decimal(repr(value))
 
@@ -215,9 +222,7 @@ class _Statement:
 
     def json_in(self, v: str, values: list[Any]) -> str:
         """True when the JSON value ``v`` equals (Python's ``==``) one of ``values``; never null."""
-        kinds: dict[str, list[Any]] = {"str": [], "num": [], "null": []}
-        for value in values:
-            kinds[_scalar_kind(value)].append(value)
+        kinds = _by_kind(values)
         parts = []
         if kinds["str"]:
             parts.append(f"coalesce(jsonb_typeof({v}) = 'string' and ({v} #>> '{{}}') = "
@@ -239,9 +244,7 @@ class _Statement:
             values = [value] if op in ("equals", "not_equals") else value
             if op == "in":  # Python: None is in no list
                 values = [x for x in values if x is not None]
-            kinds: dict[str, list[Any]] = {"str": [], "num": [], "null": []}
-            for item in values:
-                kinds[_scalar_kind(item)].append(item)
+            kinds = _by_kind(values)
             parts = []
             if kinds["num"]:
                 parts.append(f"coalesce({x} = any({self.param([_decimal(n) for n in kinds['num']], 'numeric[]')}), "

@@ -256,8 +256,8 @@ async def apply(api: Api, changes: list[Change]) -> None:
                                json={"name": c.name, "status": c.body["status"], **definition})
                 continue
             if definition != c.current["definition"]:
-                await api.call("PUT", "campaign", f"/v1/campaigns/{c.current['id']}",
-                               json={"name": c.name, **definition})
+                await api.call("PUT", "campaign", f"/v1/campaigns/{c.current['id']}",  # the file is the truth:
+                               json={"name": c.name, "topic": None, **definition})  # no topic there, none here
             if c.body["status"] != c.current["status"]:
                 action = {"active": "resume", "paused": "pause", "archived": "archive"}[c.body["status"]]
                 await api.call("POST", "campaign", f"/v1/campaigns/{c.current['id']}/{action}")

@@ -156,7 +156,10 @@ async def get_campaign(campaign_id: uuid.UUID, ws: WorkspaceDep, session: Sessio
 async def update_campaign(campaign_id: uuid.UUID, body: CampaignUpdate, ws: WorkspaceDep, session: SessionDep,
                           request: Request) -> dict[str, Any]:
     async with session.begin():
-        return await campaigns.update_campaign(session, ws, campaign_id, body.model_dump(mode="json"),
+        data = body.model_dump(mode="json")
+        if "topic" not in body.model_fields_set:  # omitted: kept (null clears it)
+            del data["topic"]
+        return await campaigns.update_campaign(session, ws, campaign_id, data,
                                                internal=request.app.state.internal)
 
 

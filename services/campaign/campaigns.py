@@ -198,9 +198,10 @@ async def create_campaign(session: AsyncSession, ws: uuid.UUID, data: dict[str, 
 
 async def update_campaign(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID, data: dict[str, Any], *,
                           internal: InternalClient | None = None, now: datetime | None = None) -> dict[str, Any]:
-    """A new version; users already inside finish the version they entered. An omitted ``name`` or
-    ``message_type`` keeps the campaign's; the journey (trigger, steps, entry, goal, exit_on, topic) is
-    replaced."""
+    """A new version; users already inside finish the version they entered. An omitted ``name``,
+    ``message_type`` or ``topic`` (absent from ``data``) keeps the campaign's: a topic dropped by an edit
+    would send the campaign to everyone who opted out of it. The journey (trigger, steps, entry, goal,
+    exit_on) is replaced."""
     current = await fetch_one(
         session,
         "select message_type, definition from campaign.campaigns where workspace_id = :ws and id = :id "
@@ -208,7 +209,8 @@ async def update_campaign(session: AsyncSession, ws: uuid.UUID, campaign_id: uui
         {"ws": ws, "id": campaign_id},
         missing=f"No campaign {campaign_id} (or it is archived)",
     )
-    journey = journey_from({**data, "message_type": data.get("message_type") or current["message_type"]})
+    journey = journey_from({**data, "message_type": data.get("message_type") or current["message_type"],
+                            "topic": data["topic"] if "topic" in data else (current["definition"] or {}).get("topic")})
     _check_schedule(journey, now or datetime.now(UTC), journeys.parse(current["definition"]))
     await _check_segments(internal, ws, journey)
     await _check_templates(session, ws, journey)

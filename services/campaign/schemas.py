@@ -83,8 +83,8 @@ class CampaignCreate(BaseModel):
 
 
 class CampaignUpdate(BaseModel):
-    """A new version of the journey (trigger, steps, entry, goal, exit_on, topic: as on create); an omitted
-    ``name`` or ``message_type`` keeps the campaign's."""
+    """A new version of the journey (trigger, steps, entry, goal, exit_on: as on create); an omitted
+    ``name``, ``message_type`` or ``topic`` keeps the campaign's."""
 
     name: str | None = Field(None, min_length=1, max_length=200)
     trigger: jd.Trigger
@@ -94,7 +94,7 @@ class CampaignUpdate(BaseModel):
     goal: jd.Goal | None = None
     exit_on: list[str] | None = None
     message_type: Literal["marketing", "transactional"] | None = Field(None, description="omitted: unchanged")
-    topic: str | None = Field(None, max_length=100)
+    topic: str | None = Field(None, max_length=100, description="omitted: unchanged; null: no topic any more")
 
 
 class CampaignOut(BaseModel):

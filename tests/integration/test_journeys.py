@@ -1108,6 +1108,22 @@ async def test_an_edit_without_message_type_keeps_it(world) -> None:
     assert missing.status_code == 404
 
 
+async def test_an_edit_without_topic_keeps_it(world) -> None:
+    """PUT without topic dropped the campaign's subscription topic, so the next version reached everyone who
+    had opted out of that topic. Omitted, it is kept; null clears it."""
+    tpl = await world.template("offer", "An offer")
+    camp = await world.campaign(trigger={"type": "api"}, topic="offers",
+                                steps=[{"id": "s", "type": "send", "template_id": tpl}])
+    url = f"/v1/campaigns/{camp['id']}"
+    steps = [{"id": "s2", "type": "send", "template_id": tpl}]
+    r = await world.apps["campaign"].put(url, headers=world.h, json={"trigger": {"type": "api"}, "steps": steps})
+    assert r.status_code == 200, r.text
+    assert r.json()["definition"]["topic"] == "offers" and r.json()["definition"]["steps"][0]["id"] == "s2"
+    r = await world.apps["campaign"].put(url, headers=world.h, json={"trigger": {"type": "api"}, "steps": steps,
+                                                                     "topic": None})
+    assert r.status_code == 200 and "topic" not in r.json()["definition"]
+
+
 async def test_the_trigger_api_takes_an_idempotency_key_header_and_checks_the_status_as_it_enters(
         world, monkeypatch) -> None:
     """The trigger API was idempotent only with `idempotency_key` in the body: a client retrying with the

@@ -388,7 +388,7 @@ async def _attempt_email(settings: Settings, message: dict[str, Any], started: d
             if not exc.permanent:
                 await failover.failed(redis, settings, provider)
         return outbox.Outcome(message, started, "permanent_error" if exc.permanent else "transient_error",
-                              f"{provider}: {exc}", None, pin)
+                              f"{provider}: {exc}", None, pin, exc.retry_after_s)
 
 
 def provider_of(settings: Settings, message: dict[str, Any]) -> str:

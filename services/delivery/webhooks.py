@@ -24,7 +24,6 @@ from shared.errors import BadRequest, Forbidden, problem_schema
 
 router = APIRouter(prefix="/webhooks", tags=["provider webhooks"])
 _SIGNED = {403: problem_schema("The provider's signature does not match (or no key is configured)")}
-HELP_TEXT = "Reply STOP to unsubscribe, START to subscribe again."
 
 
 async def _verified_form(request: Request) -> dict[str, str]:
@@ -115,6 +114,7 @@ async def twilio_inbound(workspace_id: uuid.UUID, request: Request, session: Ses
         or sms.keyword(form.get("Body", ""))
     number = form.get("From", "")
     key = form.get("MessageSid") or form.get("SmsSid") or request.headers.get("i-twilio-idempotency-token")
+    answer = None
     async with session.begin():
         # a retried copy of a message already handled changes nothing: a later opposite keyword must stand
         if word in ("stop", "start") and await _first_delivery(session, workspace_id, "twilio", key):
@@ -123,8 +123,13 @@ async def twilio_inbound(workspace_id: uuid.UUID, request: Request, session: Ses
             else:
                 await consent.unsuppress(session, workspace_id, "sms", number, "sms_keyword",
                                          only_unsubscribed=True)
-    # an OptOutType means Twilio's Advanced Opt-Out already sent its own (configured) HELP answer
-    return _twiml(HELP_TEXT if word == "help" and not form.get("OptOutType") else None)
+        # an OptOutType means Twilio's Advanced Opt-Out already sent its own (configured) HELP answer
+        elif word == "help" and not form.get("OptOutType"):
+            ws = (await session.execute(text("select name, settings from core.workspaces where id = :ws"),
+                                        {"ws": workspace_id})).first()
+            answer = sms.help_text(ws.name if ws else None, ws.settings if ws else None,
+                                   request.app.state.settings.email_from)
+    return _twiml(answer)
 
 
 @router.post("/sendgrid/{workspace_id}/events", operation_id="sendgrid_events", status_code=204,

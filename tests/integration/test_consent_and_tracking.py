@@ -173,11 +173,18 @@ async def test_unsubscribe_links_after_an_erasure_say_nothing_is_held(apps, work
     async with sessionmaker() as s, s.begin():  # (campaign fills profile_id in; erasure finds messages by it)
         await s.execute(text("update delivery.messages set metadata = metadata || CAST(:m AS jsonb) where id = :id"),
                         {"m": f'{{"profile_id": "{profile}"}}', "id": mid})
+        # a provider's report on it, kept until its send is recorded (provider_events): erased with it
+        await s.execute(text("insert into delivery.early_events (workspace_id, provider, ref, payload) "
+                             "values (:ws, 'sendgrid', :ref, CAST(:p AS jsonb))"),
+                        {"ws": ws, "ref": mid, "p": f'{{"event": "delivered", "email": "{to}"}}'})
     unsub = _path(mail["headers"]["List-Unsubscribe"].strip("<>"))
     prefs = _path(re.search(r'href="([^"]+/p/[^"]+)"', mail["html"]).group(1))
     r = await apps["delivery"].post("/v1/privacy/erasure", headers=internal_headers(ws), json={
         "profile_ids": [profile], "identities": ["erased-1", to]})
     assert r.status_code == 200 and r.json()["removed"]["messages"] == 1, r.text
+    async with sessionmaker() as s:
+        assert (await s.execute(text("select count(*) from delivery.early_events where workspace_id = :ws"),
+                                {"ws": ws})).scalar_one() == 0
 
     async def held() -> list:
         async with sessionmaker() as s:

@@ -188,3 +188,19 @@ class WebhookReceipt(DeliveryTable, table=True):
     provider: str = Field(primary_key=True)
     event_key: str = Field(primary_key=True)
     received_at: datetime = Field(sa_column=tz_column("received_at"))
+
+
+class EarlyEvent(DeliveryTable, table=True):
+    """A provider's report on a message that arrived before the send was recorded (the provider answered,
+    and its webhook beat our commit): applied when the send is recorded (``provider_events``). ``ref`` is
+    what the report names the message by: Twilio's MessageSid, or our message id for SendGrid."""
+
+    __tablename__ = "early_events"
+    __table_args__ = (Index("ix_early_events_ref", "ref"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    workspace_id: uuid.UUID
+    provider: str  # twilio | sendgrid
+    ref: str
+    payload: dict[str, Any] = Field(sa_column=jsonb_column("payload"))
+    received_at: datetime = Field(sa_column=tz_column("received_at"))

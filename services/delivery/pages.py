@@ -34,6 +34,8 @@ _LINK_ERRORS: dict[int | str, dict[str, Any]] = {
     400: _problem_or_page("The link is not valid (bad or tampered token)"),
     404: _problem_or_page("The link's message no longer exists"),
 }
+# unsubscribe and preference links of an erased recipient answer 200 with a page saying so (``_erased``)
+_CONSENT_LINK_ERRORS = {400: _LINK_ERRORS[400]}
 
 PIXEL = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00,"
          b"\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
@@ -47,6 +49,8 @@ TEXTS: dict[str, dict[str, str]] = {
            "save": "Save preferences", "saved": "Your preferences are saved.",
            "manage": "Manage your email preferences", "invalid": "This link is not valid.",
            "gone": "This link is no longer valid.",
+           "erased": "No need to unsubscribe: the data this email was sent with has been erased, and nothing "
+                     "more will be sent with it.",
            "confirm_q": "Confirm that {address} wants our email?", "confirm_btn": "Yes, subscribe me",
            "confirm_done": "Thank you: {address} is subscribed.", "confirm_subject": "Please confirm your subscription",
            "confirm_body": "Confirm that you want our email: {url}\nIf you did not ask for it, ignore this message."},
@@ -56,6 +60,8 @@ TEXTS: dict[str, dict[str, str]] = {
            "save": "Enregistrer", "saved": "Vos préférences sont enregistrées.",
            "manage": "Gérer vos préférences e-mail", "invalid": "Ce lien n'est pas valide.",
            "gone": "Ce lien n'est plus valide.",
+           "erased": "Inutile de vous désinscrire : les données avec lesquelles cet e-mail a été envoyé ont été "
+                     "effacées, et plus rien ne sera envoyé avec elles.",
            "confirm_q": "Confirmer que {address} souhaite recevoir nos e-mails ?", "confirm_btn": "Oui, je m'inscris",
            "confirm_done": "Merci : {address} est inscrit.", "confirm_subject": "Confirmez votre inscription",
            "confirm_body": "Confirmez que vous souhaitez recevoir nos e-mails : {url}\nSi vous ne l'avez pas "
@@ -66,6 +72,8 @@ TEXTS: dict[str, dict[str, str]] = {
            "save": "Einstellungen speichern", "saved": "Deine Einstellungen sind gespeichert.",
            "manage": "E-Mail-Einstellungen verwalten", "invalid": "Dieser Link ist nicht gültig.",
            "gone": "Dieser Link ist nicht mehr gültig.",
+           "erased": "Eine Abmeldung ist nicht nötig: Die Daten, mit denen diese E-Mail verschickt wurde, sind "
+                     "gelöscht, und mit ihnen wird nichts mehr verschickt.",
            "confirm_q": "Bestätigen, dass {address} unsere E-Mails erhalten möchte?", "confirm_btn": "Ja, anmelden",
            "confirm_done": "Danke: {address} ist angemeldet.", "confirm_subject": "Bitte bestätige deine Anmeldung",
            "confirm_body": "Bestätige, dass du unsere E-Mails erhalten möchtest: {url}\nWenn du das nicht "
@@ -95,14 +103,28 @@ def _page(lang: str, title: str, body: str, status: int = 200) -> HTMLResponse:
 
 
 async def _message(session: AsyncSession, subject: signing.Subject) -> dict[str, Any]:
+    message = await _message_or_none(session, subject)
+    if message is None:
+        raise NotFound("This link's message no longer exists")
+    return message
+
+
+async def _message_or_none(session: AsyncSession, subject: signing.Subject) -> dict[str, Any] | None:
+    """The message a verified token names; None when it is gone. Only an erasure deletes messages, and only
+    we sign tokens, so a valid token without its message belongs to an erased recipient."""
     row = (await session.execute(text(
         "select m.id, m.workspace_id, m.to_address, m.channel, m.metadata, m.sent_at, w.settings "
         "from delivery.messages m left join core.workspaces w on w.id = m.workspace_id "
         "where m.workspace_id = :ws and m.id = :id"),
         {"ws": subject.workspace_id, "id": subject.message_id})).mappings().first()
-    if row is None:
-        raise NotFound("This link's message no longer exists")
-    return dict(row)
+    return dict(row) if row is not None else None
+
+
+def _erased(code: str) -> HTMLResponse:
+    """What an unsubscribe or preference link of an erased recipient answers (also to RFC 8058's POST: a
+    2xx, as the one-click protocol expects). Nothing is written: the message, the only thing tying the link
+    to an address, is gone, and storing the click would keep data about someone who asked for none."""
+    return _page(code, TEXTS[code]["title"], f'<p role="status">{TEXTS[code]["erased"]}</p>')
 
 
 def install_page_errors(app: FastAPI) -> None:
@@ -129,13 +151,15 @@ def _verify(request: Request, purpose: str, token: str, extra: str = "") -> sign
         raise BadRequest("This link is not valid") from None
 
 
-@router.get("/u/{token}", response_class=HTMLResponse, operation_id="unsubscribe_page", responses=_LINK_ERRORS,
+@router.get("/u/{token}", response_class=HTMLResponse, operation_id="unsubscribe_page", responses=_CONSENT_LINK_ERRORS,
             summary="Unsubscribe landing page (asks; a GET changes nothing)")
 async def unsubscribe_page(token: str, request: Request, session: SessionDep,
                            lang: Annotated[str | None, Query()] = None) -> HTMLResponse:
     t = TEXTS[language(request, lang)]
     async with session.begin():
-        message = await _message(session, _verify(request, "unsubscribe", token))
+        message = await _message_or_none(session, _verify(request, "unsubscribe", token))
+    if message is None:
+        return _erased(language(request, lang))
     address = escape(message["to_address"])
     return _page(language(request, lang), t["title"],
                  f'<form method="post"><p>{t["unsub_q"].format(address=address)}</p>'
@@ -148,7 +172,8 @@ def _preferences_token(request: Request, message: dict[str, Any]) -> str:
                         signing.Subject(message["workspace_id"], message["id"]))
 
 
-@router.post("/u/{token}", response_class=HTMLResponse, operation_id="unsubscribe_one_click", responses=_LINK_ERRORS,
+@router.post("/u/{token}", response_class=HTMLResponse, operation_id="unsubscribe_one_click",
+             responses=_CONSENT_LINK_ERRORS,
              summary="One-click unsubscribe (RFC 8058 POST `List-Unsubscribe=One-Click`, or the page's button)")
 async def unsubscribe(token: str, request: Request, session: SessionDep,
                       lang: Annotated[str | None, Query()] = None) -> HTMLResponse:
@@ -163,7 +188,9 @@ async def unsubscribe(token: str, request: Request, session: SessionDep,
         one_click = True  # only a machine posts a broken form; the page's own button never does
     source = "one_click" if one_click else "unsubscribe_page"
     async with session.begin():
-        message = await _message(session, subject)
+        message = await _message_or_none(session, subject)
+        if message is None:
+            return _erased(language(request, lang))
         await consent.suppress(session, subject.workspace_id, message["channel"], message["to_address"],
                                "unsubscribed", source, consent.identity_of(message))
     return _page(language(request, lang), t["title"],
@@ -183,19 +210,21 @@ def _preference_form(t: dict[str, str], lang: str, prefs: dict[str, Any], notice
             f'{t["all_off"]}</label><button type="submit">{t["save"]}</button></form>')
 
 
-@router.get("/p/{token}", response_class=HTMLResponse, operation_id="preference_page", responses=_LINK_ERRORS,
+@router.get("/p/{token}", response_class=HTMLResponse, operation_id="preference_page", responses=_CONSENT_LINK_ERRORS,
             summary="The preference page: topics and unsubscribe-from-all")
 async def preference_page(token: str, request: Request, session: SessionDep,
                           lang: Annotated[str | None, Query()] = None) -> HTMLResponse:
     code = language(request, lang)
     async with session.begin():
-        message = await _message(session, _verify(request, "preferences", token))
+        message = await _message_or_none(session, _verify(request, "preferences", token))
+        if message is None:
+            return _erased(code)
         prefs = await consent.preferences(session, message["workspace_id"], message["to_address"],
                                           message["settings"])
     return _page(code, TEXTS[code]["title"], _preference_form(TEXTS[code], code, prefs))
 
 
-@router.post("/p/{token}", response_class=HTMLResponse, operation_id="save_preferences", responses=_LINK_ERRORS,
+@router.post("/p/{token}", response_class=HTMLResponse, operation_id="save_preferences", responses=_CONSENT_LINK_ERRORS,
              summary="Save the preference page's form")
 async def save_preferences(token: str, request: Request, session: SessionDep,
                            topic: Annotated[list[str] | None, Form()] = None,
@@ -205,7 +234,9 @@ async def save_preferences(token: str, request: Request, session: SessionDep,
     subject = _verify(request, "preferences", token)
     chosen = set(topic or [])
     async with session.begin():
-        message = await _message(session, subject)
+        message = await _message_or_none(session, subject)
+        if message is None:
+            return _erased(code)
         ws, address, who = message["workspace_id"], message["to_address"], consent.identity_of(message)
         known = [tp["id"] for tp in consent.topics_of(message["settings"])]
         await consent.set_topics(session, ws, address, {tp: tp in chosen for tp in known}, "preference_page", who)

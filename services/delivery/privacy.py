@@ -1,5 +1,5 @@
-"""Erasure and export of what delivery holds about profiles: their messages and every attempt, and the
-devices (push tokens, Web Push subscriptions) registered under the user's ids.
+"""Erasure and export of what delivery holds about profiles: their messages, every attempt and provider
+report kept for them, and the devices (push tokens, Web Push subscriptions) registered under the user's ids.
 
 Suppressions and the consent log are kept: they are what proves and honours an opt-out (GDPR art. 17(3)),
 and they hold an address, not a profile."""
@@ -17,10 +17,16 @@ async def erase(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) -> 
     params = {"ws": ws, "p": [str(p) for p in pids]}
     # messages first: a worker recording an attempt meanwhile then sees the message gone (and writes none),
     # or committed before, and its attempt goes with the ids deleted here
-    ids = [r.id for r in await session.execute(text(f"delete from delivery.messages where {_MINE} returning id"),
-                                                params)]
+    rows = (await session.execute(text(f"delete from delivery.messages where {_MINE} "
+                                       "returning id, provider_message_id"), params)).all()
+    ids = [r.id for r in rows]
     attempts = await session.execute(text("delete from delivery.attempts where message_id = any(CAST(:ids AS uuid[]))"),
                                      {"ids": ids})
+    # provider reports kept for them (provider_events): by our id (SendGrid) or the provider's (Twilio)
+    await session.execute(text("delete from delivery.early_events where workspace_id = :ws "
+                               "and ref = any(CAST(:refs AS text[]))"),
+                          {"ws": ws, "refs": [str(r.id) for r in rows] + [r.provider_message_id for r in rows
+                                                                           if r.provider_message_id]})
     return {"messages": len(ids), "attempts": attempts.rowcount}  # type: ignore[attr-defined]
 
 

@@ -14,7 +14,8 @@ FCM HTTP v1:
 - Send: ``POST {base}/v1/projects/{project}/messages:send`` with one token per request; ``data``
   values are strings. ``UNREGISTERED`` (404), ``SENDER_ID_MISMATCH`` and an ``INVALID_ARGUMENT`` about
   the registration token remove the device; other 400s (``INVALID_ARGUMENT``: a bad payload) fail the
-  message and keep the device; 429 and 5xx are transient;
+  message and keep the device; so does a 404 without ``UNREGISTERED`` (a project id or base URL that leads
+  nowhere: our configuration, which every device would answer alike); 429 and 5xx are transient;
   401 mints a new token once. ``android.ttl``, ``apns-expiration`` and the ``webpush`` ``TTL`` header carry
   what is left of ``TENURE_PUSH_TTL_S`` (FCM's own default is 4 weeks). An image rides in
   ``notification.image`` (Android, web) and, for iOS, ``apns.fcm_options.image`` with ``mutable-content``;
@@ -229,10 +230,13 @@ async def _send_fcm_one(settings: Settings, http: httpx.AsyncClient, account: Se
             continue  # the access token expired early: mint a new one, once
         if resp.status_code == 200:
             result.sent.append(str(resp.json().get("name", "")))
-        elif _error_code(resp) in GONE or resp.status_code == 404 or _bad_token(resp):
+        elif _error_code(resp) in GONE or _bad_token(resp):
             result.gone.append(token)
         elif resp.status_code == 429 or resp.status_code >= 500:
             result.retry(f"FCM {resp.status_code} ({_error_code(resp)})", retry_after(resp))
+        elif resp.status_code == 404:  # no UNREGISTERED: not the token, the URL (every device would answer it)
+            result.failed = (f"FCM 404 without UNREGISTERED at {url}: no such project or path — check the service "
+                             "account's project_id and TENURE_FCM_BASE_URL (devices kept)")
         else:
             result.failed = f"FCM {resp.status_code} ({_error_code(resp)})"
         return

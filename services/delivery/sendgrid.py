@@ -3,7 +3,9 @@
 - Sending: ``POST {base}/v3/mail/send`` (Bearer API key) with personalizations, from, subject, content
   (text/plain first, then text/html), our headers (Message-ID, RFC 8058) and ``custom_args``
   (``tenure_message_id``, echoed back on every event). 202 means accepted; ``X-Message-Id`` is the
-  provider id. 429 and 5xx are transient; other 4xx permanent.
+  provider id. 429 and 5xx are transient; other 4xx permanent. A 429 carries ``X-RateLimit-Reset``, the
+  Unix time the rate limit's refresh period ends (SendGrid's "Rate Limits" page; no ``Retry-After``): the
+  retry waits until then (a ``Retry-After``, should one come, is honoured first).
 - Events: a JSON array, signed with ECDSA P-256 over ``timestamp + raw body``
   (``X-Twilio-Email-Event-Webhook-Signature``: base64 DER; ``…-Timestamp``), verified with the public
   key from SendGrid's settings. ``delivered`` moves a message to delivered; a ``bounce`` (type bounce)
@@ -21,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
 from services.delivery.mailer import Email, SendError, message_id_header, split_address
+from services.delivery.push import retry_after
 from shared.settings import Settings
 
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
@@ -60,7 +63,21 @@ async def send(settings: Settings, http: httpx.AsyncClient, mail: Email) -> str:
     except ValueError:
         errors = resp.text[:200]
     transient = resp.status_code == 429 or resp.status_code >= 500
-    raise SendError(f"SendGrid {resp.status_code}: {errors}", permanent=not transient, not_sent=True)
+    raise SendError(f"SendGrid {resp.status_code}: {errors}", permanent=not transient, not_sent=True,
+                    retry_after_s=wait_s(resp) if transient else None)
+
+
+def wait_s(resp: httpx.Response, now: float | None = None) -> float | None:
+    """How long SendGrid asked us to wait: ``Retry-After`` (delta seconds), else on a 429 until
+    ``X-RateLimit-Reset`` (a Unix time); None when it said nothing usable."""
+    after = retry_after(resp)
+    if after is not None or resp.status_code != 429:
+        return after
+    try:
+        reset = float(resp.headers.get("x-ratelimit-reset", ""))
+    except ValueError:
+        return None
+    return max(0.0, reset - (time.time() if now is None else now))
 
 
 MAX_EVENT_AGE_S = 600  # a signed request older than this is a replay, not SendGrid

@@ -18,6 +18,7 @@ from services.delivery import (
     links,
     mailer,
     outbox,
+    provider_events,
     push,
     sendgrid,
     sms,
@@ -309,7 +310,9 @@ class _Recorder:
                 self._wake.clear()
                 while self._pending:
                     batch, self._pending = self._pending, []
-                    self._done(batch, await self._write(own, batch))
+                    updated = await self._write(own, batch)
+                    await self._apply_early(own, batch, updated)
+                    self._done(batch, updated)
 
     async def _write(self, own: async_sessionmaker[AsyncSession], batch: list[outbox.Outcome]) -> set[Any]:
         for n, pause in enumerate((0.0, *self.RETRY_PAUSES_S)):
@@ -330,6 +333,19 @@ class _Recorder:
             except Exception:  # noqa: BLE001 - left `sending`: claimed again after its lease
                 log.exception("delivery.record_failed", message_id=str(o.message["id"]))
         return updated
+
+    async def _apply_early(self, own: async_sessionmaker[AsyncSession], batch: list[outbox.Outcome],
+                           updated: set[Any]) -> None:
+        """Provider reports that arrived before these sends were recorded (a status callback that beat our
+        commit), applied now that they are: see ``provider_events``."""
+        refs = provider_events.refs_of_sent(batch, updated)
+        if not refs:
+            return
+        try:
+            async with (self._sessionmaker if self._use_pool else own)() as session, session.begin():
+                await provider_events.apply_held(session, refs)
+        except Exception:  # noqa: BLE001 - the sends are recorded; the kept reports wait for the next try
+            log.warning("delivery.early_events_not_applied", messages=len(refs), exc_info=True)
 
     def _done(self, batch: list[outbox.Outcome], updated: set[Any]) -> None:
         for o in batch:
@@ -388,7 +404,7 @@ async def _attempt_email(settings: Settings, message: dict[str, Any], started: d
             if not exc.permanent:
                 await failover.failed(redis, settings, provider)
         return outbox.Outcome(message, started, "permanent_error" if exc.permanent else "transient_error",
-                              f"{provider}: {exc}", None, pin)
+                              f"{provider}: {exc}", None, pin, exc.retry_after_s)
 
 
 def provider_of(settings: Settings, message: dict[str, Any]) -> str:

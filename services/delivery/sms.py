@@ -13,7 +13,9 @@
   parameters. With a Webhook Setting's SharedKey, ``X-Twilio-Webhooks-Signature-Settings`` names the
   algorithm (HMAC_SHA1 or HMAC_SHA256) and the key's secret replaces the auth token.
 - Inbound keywords (single word, any case): STOP and its synonyms opt out, START/YES/UNSTOP opt back
-  in, HELP/INFO get the help text.
+  in, HELP/INFO get the help text: the workspace setting ``sms_help_text``, else one naming the workspace
+  and a contact (``help_text``), as US carriers ask of a HELP reply (brand or program name, a contact,
+  how to opt out).
 """
 
 import base64
@@ -24,7 +26,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import httpx
 
-from services.delivery.mailer import SendError
+from services.delivery.mailer import SendError, split_address
 from services.delivery.push import retry_after
 from shared.settings import Settings
 
@@ -45,6 +47,18 @@ def keyword(body: str) -> str | None:
     if word in HELP_WORDS:
         return "help"
     return None
+
+
+def help_text(workspace_name: str | None, workspace_settings: Mapping[str, object] | None, email_from: str) -> str:
+    """The answer to HELP: the workspace's own ``sms_help_text``, else its name, the address its mail comes
+    from as the contact, and the keywords."""
+    own = (workspace_settings or {}).get("sms_help_text")
+    if isinstance(own, str) and own.strip():
+        return own.strip()
+    contact = split_address(email_from)[1] or email_from
+    brand = f"{workspace_name}: " if workspace_name else ""
+    return (f"{brand}for help, contact {contact}. Reply STOP to unsubscribe, START to subscribe again. "
+            "Msg&data rates may apply.")
 
 
 ALGORITHMS = {"HMAC_SHA1": hashlib.sha1, "HMAC_SHA256": hashlib.sha256}

@@ -17,14 +17,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy import text
 
-from services.delivery import consent, sendgrid, sms
-from shared import metrics
+from services.delivery import consent, provider_events, sendgrid, sms
 from shared.db import SessionDep
 from shared.errors import BadRequest, Forbidden, problem_schema
 
 router = APIRouter(prefix="/webhooks", tags=["provider webhooks"])
 _SIGNED = {403: problem_schema("The provider's signature does not match (or no key is configured)")}
-HELP_TEXT = "Reply STOP to unsubscribe, START to subscribe again."
 
 
 async def _verified_form(request: Request) -> dict[str, str]:
@@ -85,23 +83,13 @@ def _twiml(message: str | None = None) -> Response:
              summary="Twilio SMS status callback (signed): delivered / undelivered / failed")
 async def twilio_status(workspace_id: uuid.UUID, request: Request, session: SessionDep) -> Response:
     form = await _verified_form(request)
-    status, sid = form.get("MessageStatus", ""), form.get("MessageSid", "")
-    ours = {"delivered": "delivered", "undelivered": "failed", "failed": "failed"}.get(status)
-    if ours is None:
-        return Response(status_code=204)  # queued/sending/sent: nothing we do not know yet
+    sid = form.get("MessageSid", "")
     async with session.begin():
-        row = (await session.execute(text(
-            "update delivery.messages set status = :s, updated_at = now(), "
-            "last_error = case when :s = 'failed' then :err else last_error end "
-            "where workspace_id = :ws and channel = 'sms' and provider_message_id = :sid and status = 'sent' "
-            "returning id, workspace_id, metadata"),
-            {"s": ours, "err": f"Twilio {status} ({form.get('ErrorCode', '')})", "ws": workspace_id,
-             "sid": sid})).mappings().first()
-        if row is not None:
-            metrics.MESSAGES.labels("sms", ours).inc()
-            await consent.queue_event(session, workspace_id, consent.identity_of(dict(row)),
-                                      "SMS Delivered" if ours == "delivered" else "SMS Failed",
-                                      {"message_id": str(row["id"]), "status": status})
+        held = await provider_events.twilio_status(session, workspace_id, sid, form.get("MessageStatus", ""),
+                                                   form.get("ErrorCode", "")) == provider_events.HELD
+    if held:  # it beat the record of the send: kept, and tried again now that the keeping is committed
+        async with session.begin():
+            await provider_events.apply_held(session, [sid])
     return Response(status_code=204)
 
 
@@ -115,6 +103,7 @@ async def twilio_inbound(workspace_id: uuid.UUID, request: Request, session: Ses
         or sms.keyword(form.get("Body", ""))
     number = form.get("From", "")
     key = form.get("MessageSid") or form.get("SmsSid") or request.headers.get("i-twilio-idempotency-token")
+    answer = None
     async with session.begin():
         # a retried copy of a message already handled changes nothing: a later opposite keyword must stand
         if word in ("stop", "start") and await _first_delivery(session, workspace_id, "twilio", key):
@@ -123,8 +112,13 @@ async def twilio_inbound(workspace_id: uuid.UUID, request: Request, session: Ses
             else:
                 await consent.unsuppress(session, workspace_id, "sms", number, "sms_keyword",
                                          only_unsubscribed=True)
-    # an OptOutType means Twilio's Advanced Opt-Out already sent its own (configured) HELP answer
-    return _twiml(HELP_TEXT if word == "help" and not form.get("OptOutType") else None)
+        # an OptOutType means Twilio's Advanced Opt-Out already sent its own (configured) HELP answer
+        elif word == "help" and not form.get("OptOutType"):
+            ws = (await session.execute(text("select name, settings from core.workspaces where id = :ws"),
+                                        {"ws": workspace_id})).first()
+            answer = sms.help_text(ws.name if ws else None, ws.settings if ws else None,
+                                   request.app.state.settings.email_from)
+    return _twiml(answer)
 
 
 @router.post("/sendgrid/{workspace_id}/events", operation_id="sendgrid_events", status_code=204,
@@ -146,57 +140,13 @@ async def sendgrid_events(workspace_id: uuid.UUID, request: Request, session: Se
         assert isinstance(events, list)
     except (ValueError, AssertionError):
         raise BadRequest("Expected a JSON array of events") from None
+    held = []
     async with session.begin():
         for e in events:
-            if isinstance(e, dict):
-                await _sendgrid_event(session, workspace_id, e)
+            if isinstance(e, dict) and await provider_events.sendgrid_event(session, workspace_id, e) == \
+                    provider_events.HELD:
+                held.append(str(uuid.UUID(str(e.get("tenure_message_id")))))  # (as it was kept)
+    if held:  # they beat the record of the send: kept, and tried again now that the keeping is committed
+        async with session.begin():
+            await provider_events.apply_held(session, held)
     return Response(status_code=204)
-
-
-# SendGrid drops mail to an address on its own lists and says which (its "reason")
-DROPPED_BECAUSE = {"Bounced Address": "hard_bounce", "Spam Reporting Address": "complaint",
-                   "Unsubscribed Address": "unsubscribed"}
-
-
-async def _sendgrid_event(session: Any, ws: uuid.UUID, e: dict[str, Any]) -> None:
-    mid, kind, address = e.get("tenure_message_id"), e.get("event"), str(e.get("email") or "")
-    try:
-        message_id = uuid.UUID(str(mid))
-    except ValueError:
-        return  # not one of ours
-    row = (await session.execute(text(
-        "select id, status, metadata, to_address from delivery.messages where workspace_id = :ws and id = :id "
-        "for update"), {"ws": ws, "id": message_id})).mappings().first()
-    if row is None:
-        return
-    message = dict(row)
-    who = consent.identity_of(message)
-    changed = False  # SendGrid retries (and replays) must not report the same event twice
-    if kind == "delivered" and message["status"] == "sent":
-        await session.execute(text("update delivery.messages set status = 'delivered', updated_at = now() "
-                                   "where id = :id"), {"id": message_id})
-        metrics.MESSAGES.labels("email", "delivered").inc()
-        changed = True
-    elif kind == "bounce" and e.get("type", "bounce") == "bounce" or kind == "dropped":
-        res = await session.execute(text(
-            "update delivery.messages set status = 'bounced', last_error = :why, updated_at = now() "
-            "where id = :id and status in ('sent', 'delivered')"),
-            {"id": message_id, "why": f"SendGrid {kind}: {e.get('reason', '')}"[:500]})
-        changed = bool(res.rowcount)
-        if changed:
-            metrics.MESSAGES.labels("email", "bounced").inc()
-        # a bounce suppresses; so does a drop for an address on one of SendGrid's own suppression lists
-        mirrored = "hard_bounce" if kind == "bounce" else DROPPED_BECAUSE.get(str(e.get("reason")))
-        if mirrored:
-            changed |= await consent.suppress(session, ws, "email", address or message["to_address"], mirrored,
-                                              "sendgrid", who)
-    elif kind == "spamreport":
-        changed = await consent.suppress(session, ws, "email", address or message["to_address"], "complaint",
-                                         "sendgrid", who)
-    elif kind == "unsubscribe":  # SendGrid's own unsubscribe link (subscription tracking); logged as Unsubscribed
-        await consent.suppress(session, ws, "email", address or message["to_address"], "unsubscribed", "sendgrid",
-                               who)
-    if changed:
-        await consent.queue_event(session, ws, who, {
-            "delivered": "Email Delivered", "bounce": "Email Bounced", "dropped": "Email Bounced",
-            "spamreport": "Email Marked as Spam"}[kind], {"message_id": str(message_id), "provider": "sendgrid"})

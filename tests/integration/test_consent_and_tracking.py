@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import text
 
 from services.delivery import feedback, sending
+from shared.testing import internal_headers
 
 
 def _path(url: str) -> str:
@@ -158,3 +159,50 @@ async def test_deliveries_log_filters_and_csv(apps, workspace) -> None:
     rows = list(csv.DictReader(io.StringIO(exported.text)))
     assert len(rows) == 1 and rows[0]["to"] == f"no-{tag}@example.com"
     assert rows[0]["last_error"] == "suppressed: manual" and rows[0]["user"] == "log-user-1"
+
+
+async def test_unsubscribe_links_after_an_erasure_say_nothing_is_held(apps, workspace, sessionmaker, settings,
+                                                                       mailbox) -> None:
+    """A person who asked for erasure may still click "unsubscribe" in an email sent before it. The link must
+    not 404 ("no longer valid" reads as "you cannot unsubscribe") and must not store anything about them again:
+    the message, the only thing tying the link to an address, is gone. RFC 8058's POST must answer 2xx."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    ws, profile = workspace.workspace_id, str(uuid.uuid4())
+    to = f"erased-{uuid.uuid4().hex[:6]}@example.com"
+    mid, mail = await _send(apps, h, sessionmaker, settings, mailbox, to, user_id="erased-1")
+    async with sessionmaker() as s, s.begin():  # (campaign fills profile_id in; erasure finds messages by it)
+        await s.execute(text("update delivery.messages set metadata = metadata || CAST(:m AS jsonb) where id = :id"),
+                        {"m": f'{{"profile_id": "{profile}"}}', "id": mid})
+        # a provider's report on it, kept until its send is recorded (provider_events): erased with it
+        await s.execute(text("insert into delivery.early_events (workspace_id, provider, ref, payload) "
+                             "values (:ws, 'sendgrid', :ref, CAST(:p AS jsonb))"),
+                        {"ws": ws, "ref": mid, "p": f'{{"event": "delivered", "email": "{to}"}}'})
+    unsub = _path(mail["headers"]["List-Unsubscribe"].strip("<>"))
+    prefs = _path(re.search(r'href="([^"]+/p/[^"]+)"', mail["html"]).group(1))
+    r = await apps["delivery"].post("/v1/privacy/erasure", headers=internal_headers(ws), json={
+        "profile_ids": [profile], "identities": ["erased-1", to]})
+    assert r.status_code == 200 and r.json()["removed"]["messages"] == 1, r.text
+    async with sessionmaker() as s:
+        assert (await s.execute(text("select count(*) from delivery.early_events where workspace_id = :ws"),
+                                {"ws": ws})).scalar_one() == 0
+
+    async def held() -> list:
+        async with sessionmaker() as s:
+            return [(await s.execute(text(f"select count(*) from delivery.{table} where workspace_id = :ws"),
+                                     {"ws": ws})).scalar_one() for table in ("suppressions", "consent_log", "feedback")]
+
+    before = await held()
+    for method, path, kw in (("GET", unsub, {}), ("POST", unsub, {"content": b"List-Unsubscribe=One-Click",
+                                                                   "headers": {"Content-Type":
+                                                                               "application/x-www-form-urlencoded"}}),
+                             ("POST", unsub, {"data": {}}), ("GET", prefs, {}),
+                             ("POST", prefs, {"data": {"unsubscribe_all": "1"}})):
+        resp = await apps["delivery"].request(method, path, **kw)
+        assert resp.status_code == 200, (method, path, resp.status_code, resp.text)
+        assert "has been erased" in resp.text and "<form" not in resp.text, resp.text
+        assert to not in resp.text
+    fr = await apps["delivery"].get(unsub, headers={"Accept-Language": "fr"})
+    assert fr.status_code == 200 and "effacées" in fr.text
+    assert await held() == before  # nothing about them stored again
+    # a forged token is still refused, erased message or not
+    assert (await apps["delivery"].get(unsub[:-3] + "AAA")).status_code == 400

@@ -159,10 +159,15 @@ async def test_a_broken_link_opened_in_a_browser_is_a_page(apps, workspace, sett
         assert api.status_code == 400 and api.headers["content-type"].startswith("application/problem+json")
     broken = await delivery.post("/u/not-a-token", headers={"Accept": "text/html"})  # the page's own button
     assert broken.status_code == 400 and "This link is not valid." in broken.text
-    # a genuine link whose message is gone (erased): 404, said as such
-    token = signing.sign(settings.signing_secret, "unsubscribe", signing.Subject(workspace.workspace_id, uuid.uuid4()))
-    gone = await delivery.get(f"/u/{token}", headers={"Accept": "text/html", "Accept-Language": "de"})
+    # a genuine link whose message is gone (erased): 404, said as such — except unsubscribe and preference
+    # links, which tell an erased recipient there is nothing left to unsubscribe (test_consent_and_tracking)
+    subject = signing.Subject(workspace.workspace_id, uuid.uuid4())
+    gone = await delivery.get(f"/confirm/{signing.sign(settings.signing_secret, 'confirm', subject)}",
+                              headers={"Accept": "text/html", "Accept-Language": "de"})
     assert gone.status_code == 404 and "Dieser Link ist nicht mehr gültig." in gone.text
+    erased = await delivery.get(f"/u/{signing.sign(settings.signing_secret, 'unsubscribe', subject)}",
+                                headers={"Accept": "text/html", "Accept-Language": "de"})
+    assert erased.status_code == 200 and "Eine Abmeldung ist nicht nötig" in erased.text
     # only the recipient pages: an API route keeps problem+json even for a browser
     assert (await delivery.get("/v1/messages/x", headers=browser)).headers["content-type"].startswith(
         "application/problem+json")

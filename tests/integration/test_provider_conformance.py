@@ -22,7 +22,7 @@ from aiosmtpd.controller import Controller
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sendgrid.helpers.eventwebhook import EventWebhook
 from sqlalchemy import text
 from twilio.base.exceptions import TwilioRestException
@@ -286,6 +286,65 @@ async def test_twilio_inbound_keywords_and_a_late_duplicate_stop(apps, workspace
             assert not await suppressed("+14155550112")
 
 
+async def test_a_status_callback_that_beats_our_commit_is_applied(apps, workspace, settings, sessionmaker) -> None:
+    """Twilio may deliver a message, and call its StatusCallback, before its answer to our POST has reached us:
+    the callback then names a MessageSid we have not stored yet. Twilio does not retry a status callback
+    answered with an error (its default retry policy covers connection failures only), so the callback is kept
+    and applied when the send is recorded: the message ends up delivered, reported once."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    ws = workspace.workspace_id
+    validator = RequestValidator(TOKEN)
+    delivery: dict[str, str] = {}
+    answered: list[int] = []
+    fake = FastAPI()
+
+    @fake.post("/2010-04-01/Accounts/{account}/Messages.json")
+    async def create(account: str, request: Request) -> JSONResponse:
+        form = await request.form()
+        sid, callback_url = "SM" + uuid.uuid4().hex, str(form["StatusCallback"])
+        status = "undelivered" if str(form["To"]).endswith("0104") else "delivered"
+        params = {"SmsSid": sid, "SmsStatus": status, "MessageStatus": status, "MessageSid": sid, "AccountSid": SID,
+                  "From": "+14155550199", "To": str(form["To"]), "ApiVersion": "2010-04-01",
+                  **({"ErrorCode": "30005"} if status == "undelivered" else {})}
+        async with httpx.AsyncClient() as http:  # (a proxy strips PUBLIC's path prefix)
+            r = await http.post(delivery["base"] + callback_url.removeprefix(PUBLIC), data=params, headers={
+                "X-Twilio-Signature": validator.compute_signature(callback_url, params)})
+        answered.append(r.status_code)
+        return JSONResponse({"sid": sid, "status": "queued", "to": str(form["To"])}, status_code=201)
+
+    with http_server(fake) as port:
+        cfg = sms_settings(settings, f"http://127.0.0.1:{port}")
+        with delivery_over_http(cfg) as base:
+            delivery["base"] = base
+            ids = []
+            for to in ("+14155550100", "+14155550104"):
+                r = await apps["delivery"].post("/v1/messages", headers=h, json={
+                    "idempotency_key": uuid.uuid4().hex, "channel": "sms", "to": to, "text": "Your code is 1234",
+                    "message_type": "transactional", "metadata": {"userId": f"early-{ws}"}})
+                ids.append(r.json()["id"])
+            await sending.send_due(sessionmaker, cfg)
+            assert answered == [204, 204]
+            got = [(await apps["delivery"].get(f"/v1/messages/{i}", headers=h)).json() for i in ids]
+            assert [g["status"] for g in got] == ["delivered", "failed"], got
+            assert "30005" in got[1]["last_error"]
+            # Twilio repeats a callback, or a late "sent" comes: nothing moves back, nothing is reported twice
+            async with httpx.AsyncClient(base_url=base) as http:
+                for status in ("delivered", "sent"):
+                    params = {"MessageSid": got[0]["provider_message_id"], "MessageStatus": status, "AccountSid": SID}
+                    path = f"/webhooks/twilio/{ws}/status"
+                    r = await http.post(path, data=params, headers={
+                        "X-Twilio-Signature": validator.compute_signature(PUBLIC + path, params)})
+                    assert r.status_code == 204
+    assert (await apps["delivery"].get(f"/v1/messages/{ids[0]}", headers=h)).json()["status"] == "delivered"
+    async with sessionmaker() as s:
+        events = (await s.execute(text(
+            "select payload->>'event' from delivery.feedback where workspace_id = :ws order by created_at"),
+            {"ws": ws})).scalars().all()
+        kept = (await s.execute(text("select count(*) from delivery.early_events where workspace_id = :ws"),
+                                {"ws": ws})).scalar_one()
+    assert sorted(events) == ["SMS Delivered", "SMS Failed"] and kept == 0  # applied, so no longer kept
+
+
 def sendgrid_signed(key: ec.EllipticCurvePrivateKey, events: list[dict], age_s: int = 0) -> tuple[bytes, dict]:
     """A request as SendGrid's signed Event Webhook sends it: ECDSA P-256/SHA-256 over timestamp + raw body."""
     raw, ts = json.dumps(events).encode(), str(int(time.time()) - age_s)
@@ -364,6 +423,59 @@ async def test_sendgrid_event_webhook_as_sendgrid_signs_it(apps, workspace, sett
                                  {"ws": ws})).scalars().all()
     assert sorted(names) == ["Email Bounced", "Email Bounced", "Email Delivered", "Email Delivered",
                              "Subscription Changed", "Subscription Changed", "Unsubscribed"]  # each once
+
+
+async def test_sendgrid_events_that_beat_our_commit_are_applied(apps, workspace, settings, sessionmaker) -> None:
+    """SendGrid may post a message's events before its 202 has reached us (the message is still `sending`
+    here): they are kept and applied when the send is recorded — delivered, or bounced with the address
+    suppressed — each reported once."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = base64.b64encode(key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    ws, tag = workspace.workspace_id, uuid.uuid4().hex[:6]
+    delivery: dict[str, str] = {}
+    answered: list[int] = []
+    fake = FastAPI()
+
+    @fake.post("/v3/mail/send")
+    async def mail_send(request: Request) -> Response:
+        body = await request.json()
+        to, mid = body["personalizations"][0]["to"][0]["email"], body["custom_args"]["tenure_message_id"]
+        event = {"email": to, "timestamp": int(time.time()), "tenure_message_id": mid, "sg_event_id": uuid.uuid4().hex,
+                 "sg_message_id": f"sg{tag}.filter0001", **({"event": "bounce", "type": "bounce", "status": "5.1.1",
+                                                             "reason": "550 5.1.1 unknown user"}
+                                                            if to.startswith("gone") else {"event": "delivered"})}
+        raw, headers = sendgrid_signed(key, [{**event, "event": "processed"}, event])
+        async with httpx.AsyncClient() as http:
+            r = await http.post(f"{delivery['base']}/webhooks/sendgrid/{ws}/events", content=raw, headers=headers)
+        answered.append(r.status_code)
+        return Response(status_code=202, headers={"X-Message-Id": f"sg{tag}"})
+
+    with http_server(fake) as port, delivery_over_http(
+            settings.model_copy(update={"sendgrid_webhook_public_key": public})) as base:
+        delivery["base"] = base
+        cfg = settings.model_copy(update={"email_provider": "sendgrid", "sendgrid_api_key": "SG.key",
+                                          "sendgrid_base_url": f"http://127.0.0.1:{port}"})
+        ids = {}
+        for who in ("ok", "gone"):
+            r = await apps["delivery"].post("/v1/messages", headers=h, json={
+                "idempotency_key": f"early-{who}-{tag}", "to": f"{who}-{tag}@example.com", "subject": "Hi",
+                "text": "x", "message_type": "transactional", "metadata": {"userId": f"sg-early-{tag}"}})
+            ids[who] = r.json()["id"]
+        await sending.send_due(sessionmaker, cfg)
+    assert answered == [204, 204]
+    got = {w: (await apps["delivery"].get(f"/v1/messages/{i}", headers=h)).json()["status"] for w, i in ids.items()}
+    assert got == {"ok": "delivered", "gone": "bounced"}
+    sup = {x["address"]: x["reason"] for x in (await apps["delivery"].get(
+        "/v1/suppressions", headers=h, params={"channel": "email"})).json()["suppressions"]}
+    assert sup == {f"gone-{tag}@example.com": "hard_bounce"}
+    async with sessionmaker() as s:
+        names = (await s.execute(text("select payload->>'event' from delivery.feedback where workspace_id = :ws"),
+                                 {"ws": ws})).scalars().all()
+        kept = (await s.execute(text("select count(*) from delivery.early_events where workspace_id = :ws"),
+                                {"ws": ws})).scalar_one()
+    assert sorted(names) == ["Email Bounced", "Email Delivered", "Subscription Changed"] and kept == 0
 
 
 class _Sink:

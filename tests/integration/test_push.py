@@ -43,6 +43,9 @@ class FakeGoogle:
         async def send(project: str, request: Request) -> JSONResponse:
             if not request.headers.get("authorization", "").startswith("Bearer ya29."):
                 return JSONResponse({"error": {"code": 401, "status": "UNAUTHENTICATED"}}, status_code=401)
+            if project != "acme-app":  # no such project: a 404 that says nothing about the token (no FcmError)
+                return JSONResponse({"error": {"code": 404, "message": "Requested entity was not found.",
+                                               "status": "NOT_FOUND"}}, status_code=404)
             body = await request.json()
             token = body["message"]["token"]
             if token.startswith("gone"):
@@ -69,7 +72,7 @@ class FakeGoogle:
 
 
 @contextmanager
-def fcm(settings: Any, **update: Any) -> Iterator[tuple[FakeGoogle, Any]]:
+def fcm(settings: Any, project: str = "acme-app", **update: Any) -> Iterator[tuple[FakeGoogle, Any]]:
     """A local Google (token endpoint and FCM) and settings that send through it with a fresh service account."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -80,7 +83,7 @@ def fcm(settings: Any, **update: Any) -> Iterator[tuple[FakeGoogle, Any]]:
     google = FakeGoogle(public_pem, port_box)
     with http_server(google.app) as port:
         port_box["port"] = port
-        account = json.dumps({"type": "service_account", "project_id": "acme-app", "private_key": private_pem,
+        account = json.dumps({"type": "service_account", "project_id": project, "private_key": private_pem,
                               "client_email": "push@acme-app.iam.gserviceaccount.com",
                               "token_uri": f"http://127.0.0.1:{port}/token"})
         yield google, settings.model_copy(update={"fcm_service_account": account,
@@ -152,3 +155,30 @@ async def test_fcm_keeps_a_notification_only_as_long_as_push_ttl(apps, workspace
     assert 3600 - 120 < ttl <= 3600 and sent["android"]["collapse_key"] == "stock"
     assert sent["apns"]["headers"] == {"apns-expiration": str(created + 3600), "apns-collapse-id": "stock"}
     assert 3600 - 120 < int(sent["webpush"]["headers"]["TTL"]) <= 3600
+
+
+async def test_a_404_that_is_not_unregistered_keeps_the_device(apps, workspace, sessionmaker, settings) -> None:
+    """FCM answers a dead token with 404 and the FcmError code UNREGISTERED. A 404 without it is our own
+    configuration (a project id that does not exist, a base URL with a wrong path): every send would answer it,
+    so taking it for a dead token would remove every device of every user. The message fails; devices stay."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    tag = uuid.uuid4().hex[:6]
+    for case, kw in (("project", {"project": "acme-typo"}), ("path", {})):
+        user, token = f"cfg-{case}-{tag}", f"tok-{case}-{tag}-0000"
+        with fcm(settings, **kw) as (google, push_settings):
+            if case == "path":  # a proxy or base URL that does not lead to FCM: a plain 404 page
+                push_settings = push_settings.model_copy(update={"fcm_base_url": push_settings.fcm_base_url + "/x"})
+            r = await apps["delivery"].post("/v1/devices", headers=h, json={"user": user, "token": token,
+                                                                            "platform": "android"})
+            assert r.status_code == 201, r.text
+            r = await apps["delivery"].post("/v1/messages", headers=h, json={
+                "idempotency_key": f"cfg-{user}", "channel": "push", "to": user, "subject": "Hello", "text": "Hi",
+                "message_type": "transactional"})
+            assert r.status_code == 202, r.text
+            await sending.send_due(sessionmaker, push_settings)
+            assert google.sent == []
+        got = (await apps["delivery"].get(f"/v1/messages/{r.json()['id']}", headers=h)).json()
+        assert got["status"] == "failed", (case, got)
+        assert "404" in got["last_error"] and "gone" not in got["last_error"], (case, got["last_error"])
+        kept = (await apps["delivery"].get("/v1/devices", headers=h, params={"user": user})).json()["devices"]
+        assert [d["token"] for d in kept] == [token], case

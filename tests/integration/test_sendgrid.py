@@ -36,6 +36,12 @@ def fake_sendgrid(received: list[dict]) -> FastAPI:
             received.append(body)
             if sum(r["personalizations"][0]["to"][0]["email"] == to for r in received) == 1:
                 return JSONResponse({"errors": [{"message": "too many requests"}]}, status_code=429)
+        if to.startswith("limited"):  # over the rate limit: SendGrid says when its refresh period ends
+            received.append(body)
+            if sum(r["personalizations"][0]["to"][0]["email"] == to for r in received) == 1:
+                return JSONResponse({"errors": [{"field": None, "message": "too many requests"}]}, status_code=429,
+                                    headers={"X-RateLimit-Limit": "150", "X-RateLimit-Remaining": "0",
+                                             "X-RateLimit-Reset": str(int(time.time()) + 120)})
         if to.startswith("invalid"):
             return JSONResponse({"errors": [{"message": "Does not contain a valid address.",
                                              "field": "personalizations.0.to.0.email"}]}, status_code=400)
@@ -171,3 +177,24 @@ async def test_a_quoted_sender_name_reaches_sendgrid_as_its_own_library_reads_it
                 await our_sendgrid.send(sg, http, Email(str(uuid.uuid4()), sender, "bob@example.com", "Hi", None, "x"))
                 assert received[-1]["from"] == From(sender).get(), sender  # SendGrid's own helper
     assert received[0]["from"] == {"name": "Acme, Inc.", "email": "news@acme.example"}
+
+
+async def test_a_429_waits_for_sendgrids_rate_limit_reset(apps, workspace, sessionmaker, settings) -> None:
+    """SendGrid answers 429 with X-RateLimit-Reset (the Unix time its refresh period ends) and no Retry-After:
+    the retry must not come before that time (it would only be refused again)."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    received: list[dict] = []
+    with http_server(fake_sendgrid(received)) as port:
+        sg = settings.model_copy(update={"email_provider": "sendgrid", "sendgrid_api_key": API_KEY,
+                                         "sendgrid_base_url": f"http://127.0.0.1:{port}"})
+        tag = uuid.uuid4().hex[:6]
+        r = await apps["delivery"].post("/v1/messages", headers=h, json={
+            "idempotency_key": f"sg-limited-{tag}", "to": f"limited-{tag}@example.com", "subject": "Hello",
+            "text": "Hi there", "message_type": "transactional"})
+        mid = r.json()["id"]
+        await sending.send_due(sessionmaker, sg)
+        async with sessionmaker() as s:
+            row = (await s.execute(text("select status, attempts, extract(epoch from next_attempt_at - now()) as wait "
+                                        "from delivery.messages where id = :id"), {"id": mid})).one()
+    assert row.status == "queued" and row.attempts == 1
+    assert 100 < row.wait <= 121, row.wait  # the reset, not the first backoff (1-2 s)

@@ -2,7 +2,9 @@
 Twilio's signed webhooks (status callbacks, STOP/START/HELP), all through HTTP."""
 
 import base64
+import json
 import uuid
+import xml.etree.ElementTree as ET
 
 import pytest
 from fastapi import FastAPI, Request
@@ -131,5 +133,37 @@ async def test_sms_outcomes_and_signed_webhooks(apps, workspace, sessionmaker, s
         assert "Reply STOP" in await reply("HELP")
         await reply("START")
         assert (await post("+14155550100", message_type="marketing"))["status"] == "queued"
+    finally:
+        delivery_app.state.settings = settings
+
+
+async def test_help_reply_names_the_brand_and_a_contact(apps, workspace, sessionmaker, settings) -> None:
+    """US carriers (CTIA; A2P 10DLC campaign review) want a HELP reply to name the program or brand and give a
+    contact, besides how to opt out. By default: the workspace's name and the address mail comes from; a
+    workspace's own text (``sms_help_text``, e.g. the one registered for its 10DLC campaign) replaces it."""
+    ws = workspace.workspace_id
+    cfg = settings.model_copy(update={"twilio_account_sid": SID, "twilio_auth_token": TOKEN,
+                                      "twilio_from": "+14155550199", "delivery_public_url": "https://hooks.example.test",
+                                      "email_from": "Acme Support <support@acme.example>"})
+    delivery_app = apps["delivery"]._transport.app  # type: ignore[attr-defined]
+    delivery_app.state.settings = cfg
+    path = f"/webhooks/twilio/{ws}/inbound"
+
+    async def reply(body: str) -> str:
+        form = {"From": "+14155550123", "To": "+14155550199", "Body": body, "AccountSid": SID,
+                "MessageSid": "SM" + uuid.uuid4().hex}
+        resp = await apps["delivery"].post(path, data=form, headers={
+            "X-Twilio-Signature": sms.signature(TOKEN, cfg.public_url + path, form)})
+        assert resp.status_code == 200, resp.text
+        return ET.fromstring(resp.text).findtext("Message") or ""
+
+    try:
+        text_ = await reply("HELP")
+        assert workspace.name in text_ and "support@acme.example" in text_ and "STOP" in text_, text_
+        own = "Acme Alerts: help at acme.example/help or 1-800-555-0100. Reply STOP to opt out. Msg&data rates may apply."
+        async with sessionmaker() as s, s.begin():
+            await s.execute(text("update core.workspaces set settings = settings || CAST(:v AS jsonb) where id = :ws"),
+                            {"v": json.dumps({"sms_help_text": own}), "ws": ws})
+        assert await reply("info") == own
     finally:
         delivery_app.state.settings = settings

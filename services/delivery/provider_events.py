@@ -1,0 +1,172 @@
+"""What providers report about the messages they took — Twilio's status callbacks, SendGrid's Event
+Webhook — applied to the outbox, including reports that arrive before the send is recorded.
+
+A report only moves a message forward from ``sent`` (delivered, failed, bounced), so a late or repeated one
+changes nothing. But a provider can deliver a message and report it before its answer to our send has
+reached us, or while our outcome waits to be committed: the report then names a message that is not
+``sent`` yet (Twilio's MessageSid is not even stored). Twilio does not retry a status callback we answer
+with an error (by default it retries only a failed connection), so answering "try later" would lose it.
+Such a report is kept in ``delivery.early_events`` and applied when the send is recorded.
+
+Both sides commit first and look for the other afterwards — the webhook keeps the report, commits, then
+tries to apply it; the recorder commits the send, then applies what is kept for it — so whichever commits
+last sees the other's row. A kept report is deleted once applied, or once its message has moved on without
+it; one whose message never shows up as sent (the provider's message id was never recorded: the worker died
+and the message went out again under another id) is dropped after a day.
+"""
+
+import uuid
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.delivery import consent
+from shared import metrics
+from shared.jsonutil import dumps
+
+# (applied: the message moved; ignored: nothing to do, now or later; held: kept until the send is recorded)
+APPLIED, IGNORED, HELD = "applied", "ignored", "held"
+KEPT_FOR = "1 day"
+TWILIO_STATUS = {"delivered": "delivered", "undelivered": "failed", "failed": "failed"}
+NOT_YET_SENT = ("queued", "sending")
+
+
+async def _hold(session: AsyncSession, ws: uuid.UUID, provider: str, ref: str, payload: dict[str, Any]) -> None:
+    await session.execute(text(f"delete from delivery.early_events where received_at < now() - interval '{KEPT_FOR}'"))
+    await session.execute(text(
+        "insert into delivery.early_events (workspace_id, provider, ref, payload) "
+        "values (:ws, :p, :ref, CAST(:payload AS jsonb))"),
+        {"ws": ws, "p": provider, "ref": ref, "payload": dumps(payload)})
+
+
+async def twilio_status(session: AsyncSession, ws: uuid.UUID, sid: str, status: str, error_code: str = "", *,
+                        hold: bool = True) -> str:
+    """A Twilio status callback: ``delivered``, ``undelivered`` or ``failed`` of the SMS with this MessageSid
+    (the others — queued, sending, sent — tell us nothing new)."""
+    ours = TWILIO_STATUS.get(status)
+    if ours is None or not sid:
+        return IGNORED
+    row = (await session.execute(text(
+        "select id, status, metadata from delivery.messages "
+        "where workspace_id = :ws and channel = 'sms' and provider_message_id = :sid for update"),
+        {"ws": ws, "sid": sid})).mappings().first()
+    if row is None:  # no send recorded with this sid (yet)
+        if hold:
+            await _hold(session, ws, "twilio", sid, {"status": status, "error_code": error_code})
+        return HELD
+    if row["status"] != "sent":  # already final (a repeat, or out of order): never moves back
+        return IGNORED
+    await session.execute(text(
+        "update delivery.messages set status = :s, updated_at = now(), "
+        "last_error = case when :s = 'failed' then :err else last_error end where id = :id"),
+        {"s": ours, "err": f"Twilio {status} ({error_code})", "id": row["id"]})
+    metrics.MESSAGES.labels("sms", ours).inc()
+    await consent.queue_event(session, ws, consent.identity_of(dict(row)),
+                              "SMS Delivered" if ours == "delivered" else "SMS Failed",
+                              {"message_id": str(row["id"]), "status": status})
+    return APPLIED
+
+
+# SendGrid drops mail to an address on its own lists and says which (its "reason")
+DROPPED_BECAUSE = {"Bounced Address": "hard_bounce", "Spam Reporting Address": "complaint",
+                   "Unsubscribed Address": "unsubscribed"}
+_REPORTED = "tenure_reported"  # (in a kept event: its report to ingest went out when it arrived)
+
+
+def _moves_status(e: dict[str, Any]) -> bool:
+    kind = e.get("event")
+    return kind in ("delivered", "dropped") or kind == "bounce" and e.get("type", "bounce") == "bounce"
+
+
+async def sendgrid_event(session: AsyncSession, ws: uuid.UUID, e: dict[str, Any], *, hold: bool = True) -> str:
+    """One event of SendGrid's Event Webhook, found by the ``tenure_message_id`` we gave it in custom_args.
+
+    ``delivered`` moves a sent message to delivered; a ``bounce`` (type bounce) or ``dropped`` to bounced,
+    and suppresses the address (a drop only when SendGrid names one of its own lists); ``spamreport``
+    suppresses (complaint), ``unsubscribe`` (SendGrid's own link) unsubscribes. A suppression is applied at
+    once; a status change of a message whose send is not recorded yet waits for it (kept)."""
+    kind, address = e.get("event"), str(e.get("email") or "")
+    try:
+        message_id = uuid.UUID(str(e.get("tenure_message_id")))
+    except ValueError:
+        return IGNORED  # not one of ours
+    row = (await session.execute(text(
+        "select id, status, metadata, to_address from delivery.messages where workspace_id = :ws and id = :id "
+        "for update"), {"ws": ws, "id": message_id})).mappings().first()
+    if row is None:
+        return IGNORED  # erased, or another workspace's
+    message = dict(row)
+    who = consent.identity_of(message)
+    address = address or message["to_address"]
+    early = _moves_status(e) and message["status"] in NOT_YET_SENT
+    changed = False  # SendGrid retries (and replays) must not report the same event twice
+    if kind == "delivered" and message["status"] == "sent":
+        await session.execute(text("update delivery.messages set status = 'delivered', updated_at = now() "
+                                   "where id = :id"), {"id": message_id})
+        metrics.MESSAGES.labels("email", "delivered").inc()
+        changed = True
+    elif kind in ("bounce", "dropped") and _moves_status(e):
+        res = await session.execute(text(
+            "update delivery.messages set status = 'bounced', last_error = :why, updated_at = now() "
+            "where id = :id and status in ('sent', 'delivered')"),
+            {"id": message_id, "why": f"SendGrid {kind}: {e.get('reason', '')}"[:500]})
+        changed = bool(res.rowcount)  # type: ignore[attr-defined]
+        if changed:
+            metrics.MESSAGES.labels("email", "bounced").inc()
+        # a bounce suppresses; so does a drop for an address on one of SendGrid's own suppression lists
+        mirrored = "hard_bounce" if kind == "bounce" else DROPPED_BECAUSE.get(str(e.get("reason")))
+        if mirrored:
+            changed |= await consent.suppress(session, ws, "email", address, mirrored, "sendgrid", who)
+    elif kind == "spamreport":
+        changed = await consent.suppress(session, ws, "email", address, "complaint", "sendgrid", who)
+    elif kind == "unsubscribe":  # SendGrid's own unsubscribe link (subscription tracking); logged as Unsubscribed
+        await consent.suppress(session, ws, "email", address, "unsubscribed", "sendgrid", who)
+    if changed and not e.get(_REPORTED):
+        await consent.queue_event(session, ws, who, {
+            "delivered": "Email Delivered", "bounce": "Email Bounced", "dropped": "Email Bounced",
+            "spamreport": "Email Marked as Spam"}[str(kind)], {"message_id": str(message_id), "provider": "sendgrid"})
+    if not early:
+        return APPLIED if changed else IGNORED
+    if hold:
+        kept = {k: e[k] for k in ("event", "type", "reason", "email", "tenure_message_id") if k in e}
+        await _hold(session, ws, "sendgrid", str(message_id), {**kept, _REPORTED: bool(changed or e.get(_REPORTED))})
+    return HELD
+
+
+async def apply_held(session: AsyncSession, refs: list[str]) -> int:
+    """Apply the kept reports on these messages (Twilio MessageSids, our message ids for SendGrid) whose send
+    is now recorded; the others stay kept. Returns how many were applied or found obsolete (deleted)."""
+    if not refs:
+        return 0
+    rows = (await session.execute(text(
+        "select id, workspace_id, provider, ref, payload from delivery.early_events "
+        "where ref = any(CAST(:refs AS text[])) order by id for update"), {"refs": sorted(set(refs))})).mappings().all()
+    done = []
+    for r in rows:
+        p = r["payload"]
+        if r["provider"] == "twilio":
+            outcome = await twilio_status(session, r["workspace_id"], r["ref"], str(p.get("status", "")),
+                                          str(p.get("error_code", "")), hold=False)
+        else:
+            outcome = await sendgrid_event(session, r["workspace_id"], p, hold=False)
+        if outcome != HELD:
+            done.append(r["id"])
+    if done:
+        await session.execute(text("delete from delivery.early_events where id = any(CAST(:ids AS bigint[]))"),
+                              {"ids": done})
+    return len(done)
+
+
+def refs_of_sent(outcomes: list[Any], updated: set[Any]) -> list[str]:
+    """What the kept reports would name the messages these recorded outcomes sent by: the MessageSid of an
+    SMS, our id of an email SendGrid took."""
+    refs = []
+    for o in outcomes:
+        if o.outcome != "sent" or o.message["id"] not in updated:
+            continue
+        if o.message.get("channel") == "sms" and o.provider_message_id:
+            refs.append(str(o.provider_message_id))
+        elif o.message.get("channel", "email") == "email" and o.provider == "sendgrid":
+            refs.append(str(o.message["id"]))
+    return refs

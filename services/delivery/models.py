@@ -29,6 +29,9 @@ class Message(DeliveryTable, table=True):
         UniqueConstraint("workspace_id", "idempotency_key"),
         Index("ix_messages_due", "next_attempt_at", postgresql_where="status in ('queued', 'sending')"),
         Index("ix_messages_workspace_id_created_at", "workspace_id", "created_at"),
+        # Twilio's status callbacks name a message by its MessageSid
+        Index("ix_messages_provider_message_id", "workspace_id", "provider_message_id",
+              postgresql_where="provider_message_id is not null"),
     )
 
     id: uuid.UUID = Field(primary_key=True)

@@ -1,4 +1,5 @@
-"""early provider events: status callbacks and events that arrive before the send is recorded
+"""early provider events: status callbacks and events that arrive before the send is recorded; messages
+found by provider message id (Twilio's status callbacks) through an index instead of a scan
 
 Revision ID: delivery_0005
 Revises: delivery_0004
@@ -30,8 +31,11 @@ def upgrade() -> None:
     schema='delivery'
     )
     op.create_index('ix_early_events_ref', 'early_events', ['ref'], unique=False, schema='delivery')
+    op.create_index('ix_messages_provider_message_id', 'messages', ['workspace_id', 'provider_message_id'],
+                    unique=False, schema='delivery', postgresql_where=sa.text('provider_message_id is not null'))
 
 
 def downgrade() -> None:
+    op.drop_index('ix_messages_provider_message_id', table_name='messages', schema='delivery')
     op.drop_index('ix_early_events_ref', table_name='early_events', schema='delivery')
     op.drop_table('early_events', schema='delivery')

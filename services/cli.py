@@ -143,46 +143,86 @@ def workspace_create(
     console.print("Keep the keys: they are not shown again.")
 
 
-async def _configure_workspace(settings: Settings, workspace_id: str, changes: dict[str, Any]) -> bool:
+async def _configure_workspace(settings: Settings, workspace_id: str, changes: dict[str, Any],
+                               unset: list[str]) -> dict[str, Any] | None:
+    """Apply ``changes`` (and drop ``unset`` keys) to a workspace's settings, validated as a whole
+    (shared.workspace_config) in the transaction that writes them; None if there is no such workspace."""
     from sqlalchemy import text
 
     from shared.db import create_engine, create_sessionmaker
+    from shared.workspace_config import checked
 
     engine = create_engine(settings, pool_size=1)
     try:
         async with create_sessionmaker(engine)() as session, session.begin():
-            res = await session.execute(
-                text("update core.workspaces set settings = jsonb_strip_nulls(settings || CAST(:c AS jsonb)) "
-                     "where id = CAST(:id AS uuid)"),
-                {"c": orjson.dumps(changes).decode(), "id": workspace_id},
-            )
-            return bool(res.rowcount)  # type: ignore[attr-defined]
+            current = (await session.execute(
+                text("select settings from core.workspaces where id = CAST(:id AS uuid) for update"),
+                {"id": workspace_id})).first()
+            if current is None:
+                return None
+            merged = {k: v for k, v in {**(current[0] or {}), **changes}.items() if k not in unset and v is not None}
+            checked(merged)
+            await session.execute(text("update core.workspaces set settings = CAST(:s AS jsonb) "
+                                       "where id = CAST(:id AS uuid)"),
+                                  {"s": orjson.dumps(merged).decode(), "id": workspace_id})
+            return merged
     finally:
         await engine.dispose()
+
+
+def _setting(raw: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE as JSON (a bare word is taken as a string: ``timezone=Europe/Paris``)."""
+    from shared.workspace_config import KEYS
+
+    key, sep, value = raw.partition("=")
+    if not sep or key not in KEYS:
+        raise typer.BadParameter(f"{raw!r}: expected KEY=JSON with KEY one of {', '.join(KEYS)}")
+    try:
+        return key, orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return key, value
 
 
 @workspace_app.command("configure")
 def workspace_configure(
     workspace_id: str,
     retention_days: Annotated[int | None, typer.Option(min=0, help="drop events older than this; 0 = keep all")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="KEY=JSON, repeatable, e.g. --set 'quiet_hours={\"sms\": {\"start\": \"21:00\", "
+                      "\"end\": \"08:00\"}}' (keys and shapes: docs/configuration.md)")] = None,
+    unset: Annotated[list[str] | None, typer.Option("--unset", help="KEY to remove (back to the default)")] = None,
 ) -> None:
-    """Change a workspace's settings (event retention)."""
+    """Change a workspace's settings: retention, time zone, quiet hours, frequency caps, lifecycle
+    thresholds, purchase events, lead score, topics, SMS HELP text. Checked as a whole before anything is
+    written; prints the resulting settings."""
     import uuid as _uuid
+
+    from pydantic import ValidationError
 
     try:
         _uuid.UUID(workspace_id)
     except ValueError:
         console.print("[red]not a workspace id[/red]")
         raise typer.Exit(2) from None
-    changes: dict[str, Any] = {}
+    changes: dict[str, Any] = dict(_setting(raw) for raw in set_ or [])
+    removed = list(unset or [])
     if retention_days is not None:
-        changes["retention_days"] = retention_days or None
-    with _with_database(_load_settings()) as settings:
-        found = asyncio.run(_configure_workspace(settings, workspace_id, changes))
-    if not found:
+        if retention_days:
+            changes["retention_days"] = retention_days
+        else:
+            removed.append("retention_days")
+    try:
+        with _with_database(_load_settings()) as settings:
+            result = asyncio.run(_configure_workspace(settings, workspace_id, changes, removed))
+    except ValidationError as exc:
+        for e in exc.errors(include_url=False):
+            console.print(f"[red]{'.'.join(str(p) for p in e['loc'])}: {e['msg']}[/red]")
+        console.print("nothing was changed")
+        raise typer.Exit(2) from None
+    if result is None:
         console.print(f"[red]no workspace {workspace_id}[/red]")
         raise typer.Exit(1)
-    console.print(f"workspace {workspace_id} updated: {changes}")
+    sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n")
 
 
 @app.command()

@@ -246,6 +246,8 @@ class AttributeNode(_Node):
     @model_validator(mode="after")
     def _finite_value(self) -> "AttributeNode":
         _finite(self.value)
+        if self.op in ("in", "not_in") and not isinstance(self.value, list):  # (else every evaluation fails)
+            raise ValueError(f"{self.op!r} needs a list value")
         return self
 
 

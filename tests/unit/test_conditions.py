@@ -101,6 +101,7 @@ def _at(days_ago: float) -> datetime:
 
 @pytest.mark.parametrize(("definition", "error"), [
     ({"type": "trait", "trait": "plan", "op": "in", "value": "pro"}, "needs a list"),
+    ({"type": "attribute", "attribute": "order_count", "op": "not_in", "value": 3}, "needs a list"),
     ({"type": "trait", "trait": "d", "op": "within_last_days", "value": "7"}, "whole number"),
     ({"type": "trait", "trait": "d", "op": "before", "value": "yesterday"}, "ISO 8601"),
     ({"type": "performed", "event": "A", "within_days": 3, "between": {"start": "2026-01-01", "end": "2026-01-02"}},

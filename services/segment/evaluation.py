@@ -415,6 +415,19 @@ def _with_dependents(parsed: dict[uuid.UUID, tuple[int, Any]], selected: set[uui
     return out
 
 
+def _with_stages(segment_ids: set[uuid.UUID] | None, lifecycle: bool | None) -> bool:
+    """Stages are recomputed when asked, and by default when every segment is."""
+    return segment_ids is None if lifecycle is None else lifecycle
+
+
+def _selection(parsed: dict[uuid.UUID, tuple[int, Any]], segment_ids: set[uuid.UUID] | None,
+               lifecycle: bool | None) -> tuple[bool, set[uuid.UUID]]:
+    """Whether stages are recomputed and which segments are: all, or ``segment_ids`` and the segments that
+    read them."""
+    with_stages = _with_stages(segment_ids, lifecycle)
+    return with_stages, set(parsed) if segment_ids is None else _with_dependents(parsed, segment_ids, with_stages)
+
+
 def evaluation_order(parsed: dict[uuid.UUID, tuple[int, Any]], selected: set[uuid.UUID]) -> list[uuid.UUID]:
     """Segments in an order where each comes after the segments it reads (cycles are refused on save)."""
     order: list[uuid.UUID] = []
@@ -462,10 +475,9 @@ async def reevaluate(session: AsyncSession, ws: uuid.UUID, pids: Iterable[uuid.U
     if not pid_list:
         return 0
     today = today or datetime.now(UTC).date()
-    with_stages = segment_ids is None if lifecycle is None else lifecycle
     await lock_stripes(session, ws, pid_list)
     parsed = await parsed_segments(session, ws)
-    selected = set(parsed) if segment_ids is None else _with_dependents(parsed, segment_ids, with_stages)
+    with_stages, selected = _selection(parsed, segment_ids, lifecycle)
     order = evaluation_order(parsed, selected)
     if not order and not with_stages:
         return 0
@@ -657,10 +669,9 @@ async def evaluate_all(sessionmaker: async_sessionmaker[AsyncSession], ws: uuid.
     they may read the first ones' memberships. Only real membership changes are written, so running it
     twice, or after a crash, writes nothing twice.
     """
-    with_stages = segment_ids is None if lifecycle is None else lifecycle
     async with sessionmaker() as session, session.begin():
         parsed = await parsed_segments(session, ws)
-    selected = set(parsed) if segment_ids is None else _with_dependents(parsed, segment_ids, with_stages)
+    with_stages, selected = _selection(parsed, segment_ids, lifecycle)
     in_sql = sorted(sid for sid in selected if set_evaluation.compilable(parsed[sid][1]))
     changes = 0
     if in_sql:
@@ -749,8 +760,8 @@ async def pass_key(session: AsyncSession, ws: uuid.UUID, segment_ids: set[uuid.U
         text("select id, version from segment.segments where workspace_id = :ws "
              "and (CAST(:ids AS uuid[]) is null or id = any(CAST(:ids AS uuid[]))) order by id"),
         {"ws": ws, "ids": None if segment_ids is None else list(segment_ids)})).all()
-    stages = segment_ids is None if lifecycle is None else lifecycle
-    parts = [str(ws), f"stages={stages}", f"day={today}", *(f"{sid}@{version}" for sid, version in versions)]
+    parts = [str(ws), f"stages={_with_stages(segment_ids, lifecycle)}", f"day={today}",
+             *(f"{sid}@{version}" for sid, version in versions)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
@@ -845,14 +856,17 @@ async def search(session: AsyncSession, ws: uuid.UUID, node: Any, *, after: uuid
                 if len(picked) == limit:
                     more = True
                     continue
-                f = facts[pid]
-                picked.append({"profile_id": str(pid), "traits": dict(f.traits), "attributes": dict(f.attributes),
-                               "stage": f.stage})
+                picked.append(_found(facts[pid]))
         evaluated += len(pids)
         if len(pids) < EVAL_CHUNK:
             return {"count": count, "profiles": picked, "profiles_evaluated": evaluated,
                     "next_cursor": picked[-1]["profile_id"] if more else None}
         cursor = pids[-1]
+
+
+def _found(f: conditions.ProfileFacts) -> dict[str, Any]:
+    """A profile as a search answers it."""
+    return {"profile_id": f.profile_id, "traits": dict(f.traits), "attributes": dict(f.attributes), "stage": f.stage}
 
 
 async def _search_in_sql(session: AsyncSession, ws: uuid.UUID, node: Any, *, after: uuid.UUID | None, limit: int,
@@ -866,7 +880,6 @@ async def _search_in_sql(session: AsyncSession, ws: uuid.UUID, node: Any, *, aft
     ids: list[uuid.UUID] = list(row["ids"])[:limit]
     facts = await _load_facts(session, ws, ids, Needs(), today, settings=settings,
                               current=await memberships(session, ws, ids))
-    picked = [{"profile_id": str(pid), "traits": dict(facts[pid].traits), "attributes": dict(facts[pid].attributes),
-               "stage": facts[pid].stage} for pid in ids]
+    picked = [_found(facts[pid]) for pid in ids]
     return {"count": row["matched"], "profiles": picked, "profiles_evaluated": row["evaluated"],
             "next_cursor": picked[-1]["profile_id"] if len(row["ids"]) > limit else None}

@@ -77,6 +77,23 @@ def _by_kind(values: list[Any]) -> dict[str, list[Any]]:
     return kinds
 
 
+def _presence_or_membership(subject: str, op: str, value: Any, found: Callable[[list[Any]], str]) -> str | None:
+    """The operators every kind of value shares (``exists``, ``equals``, ``in`` and their negations), with
+    ``found(values)`` saying whether the subject equals one of ``values``; None for any other operator."""
+    if op == "exists":
+        return f"({subject} is not null)"
+    if op == "not_exists":
+        return f"({subject} is null)"
+    if op in ("equals", "not_equals"):
+        eq = found([value])
+        return eq if op == "equals" else f"(not {eq})"
+    if op == "in":  # Python: a missing value is in no list, not even one holding null
+        return found([x for x in value if x is not None])
+    if op == "not_in":
+        return f"(not {found(value)})"
+    return None
+
+
 def _decimal(value: Any) -> Decimal:
     return Decimal(int(value)) if isinstance(value, bool | int) else Decimal(repr(value))
 
@@ -187,17 +204,8 @@ class _Statement:
 
     def json_compare(self, v: str, op: str, value: Any) -> str:
         """``compare(op, actual, value)`` where ``v`` is the actual JSON value (null when absent)."""
-        if op == "exists":
-            return f"({v} is not null)"
-        if op == "not_exists":
-            return f"({v} is null)"
-        if op in ("equals", "not_equals"):
-            eq = self.json_in(v, [value])
-            return eq if op == "equals" else f"(not {eq})"
-        if op == "in":  # Python: a missing value is in no list, not even one holding null
-            return self.json_in(v, [x for x in value if x is not None])
-        if op == "not_in":
-            return f"(not {self.json_in(v, value)})"
+        if (common := _presence_or_membership(v, op, value, lambda values: self.json_in(v, values))) is not None:
+            return common
         text = f"({v} #>> '{{}}')"
         is_text = f"jsonb_typeof({v}) = 'string'"
         if op == "starts_with":
@@ -234,25 +242,20 @@ class _Statement:
             parts.append(f"({v} is null)")
         return "(" + " or ".join(parts) + ")" if parts else "false"
 
+    def number_in(self, x: str, values: list[Any]) -> str:
+        """True when the number ``x`` (null for None) equals one of ``values``; a text never does."""
+        kinds = _by_kind(values)
+        parts = []
+        if kinds["num"]:
+            parts.append(f"coalesce({x} = any({self.param([_decimal(n) for n in kinds['num']], 'numeric[]')}), false)")
+        if kinds["null"]:
+            parts.append(f"({x} is null)")
+        return "(" + " or ".join(parts) + ")" if parts else "false"
+
     def number_compare(self, x: str, op: str, value: Any) -> str:
         """``compare(op, actual, value)`` where ``x`` is a numeric SQL expression, null for None."""
-        if op == "exists":
-            return f"({x} is not null)"
-        if op == "not_exists":
-            return f"({x} is null)"
-        if op in ("equals", "not_equals", "in", "not_in"):
-            values = [value] if op in ("equals", "not_equals") else value
-            if op == "in":  # Python: None is in no list
-                values = [x for x in values if x is not None]
-            kinds = _by_kind(values)
-            parts = []
-            if kinds["num"]:
-                parts.append(f"coalesce({x} = any({self.param([_decimal(n) for n in kinds['num']], 'numeric[]')}), "
-                             "false)")
-            if kinds["null"]:
-                parts.append(f"({x} is null)")
-            found = "(" + " or ".join(parts) + ")" if parts else "false"
-            return found if op in ("equals", "in") else f"(not {found})"
+        if (common := _presence_or_membership(x, op, value, lambda values: self.number_in(x, values))) is not None:
+            return common
         if op in _ORDER:
             if _scalar_kind(value) == "num":
                 return f"coalesce({x} {_ORDER[op]} {self.param(_decimal(value), 'numeric')}, false)"

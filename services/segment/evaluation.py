@@ -675,16 +675,18 @@ async def evaluate_all(sessionmaker: async_sessionmaker[AsyncSession], ws: uuid.
     in_sql = sorted(sid for sid in selected if set_evaluation.compilable(parsed[sid][1]))
     changes = 0
     if in_sql:
-        statements: dict[date, set_evaluation.Compiled] = {}
+        statements: dict[date, list[set_evaluation.Compiled]] = {}
+        per = set_evaluation.SEGMENTS_PER_STATEMENT
 
         async def sets(session: AsyncSession, pids: list[uuid.UUID]) -> int:
             day = today or datetime.now(UTC).date()
             if day not in statements:
-                statements[day] = set_evaluation.compile_pass([(sid, *parsed[sid]) for sid in in_sql], day)
+                statements[day] = [set_evaluation.compile_pass([(sid, *parsed[sid]) for sid in in_sql[i:i + per]], day)
+                                   for i in range(0, len(in_sql), per)]
             await lock_stripes(session, ws, pids)
-            compiled, db = statements[day], await driver_connection(session)
+            db = await driver_connection(session)
             await db.execute(_SET_PASS_SETTINGS)
-            return int(await db.fetchval(compiled.sql, ws, pids, *compiled.params))
+            return sum([int(await db.fetchval(c.sql, ws, pids, *c.params)) for c in statements[day]])
 
         changes += await _walk(sessionmaker, ws, await _pass_key(sessionmaker, ws, set(in_sql), False, today),
                                sets, lanes, SET_CHUNK)

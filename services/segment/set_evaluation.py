@@ -270,54 +270,64 @@ class Compiled:
     params: tuple[Any, ...]
 
 
+# Segments per statement of a pass: their memberships are one bit each of a bigint per profile (the sign bit
+# left alone).
+SEGMENTS_PER_STATEMENT = 62
+
+
 def compile_pass(segments: list[tuple[uuid.UUID, int, Any]], today: date) -> Compiled:
-    """One statement evaluating ``segments`` (id, version, parsed definition; all ``compilable``) for a
-    chunk of profiles: takes $1 = workspace, $2 = profile ids; writes memberships and transitions;
-    returns the number of transitions written."""
+    """One statement evaluating ``segments`` (id, version, parsed definition; all ``compilable``; at most
+    ``SEGMENTS_PER_STATEMENT``) for a chunk of profiles: takes $1 = workspace, $2 = profile ids; writes
+    memberships and transitions; returns the number of transitions written.
+
+    A profile's memberships, before and after, are bits of one bigint each, and only a profile whose bits
+    differ becomes rows (one per change): a profile×segment row for every membership, compared with the
+    stored ones by a set difference, cost more than reading the facts (42 → 25 ms per 1,000 profiles and 20
+    segments), and a pass that changes little (the daily re-check) now pays almost nothing for it.
+    """
+    if not 0 < len(segments) <= SEGMENTS_PER_STATEMENT:
+        raise ValueError(f"1 to {SEGMENTS_PER_STATEMENT} segments per statement, not {len(segments)}")
     st = _Statement(today)
-    hits = [(st.param(sid, "uuid"), st.condition(node)) for sid, _, node in segments]
+    bits = " | ".join(f"(({st.condition(node)})::int::bigint << {i})" for i, (_, _, node) in enumerate(segments))
     ids = st.param([s[0] for s in segments], "uuid[]")
     versions = st.param([s[1] for s in segments], "int[]")
     # Every read is an index probe per profile of the chunk ("offset 0" keeps a subquery a loop): with
     # "= any(ids)" the planner sometimes preferred reading the whole table, and with the statistics of a
-    # table a first pass is still filling, every membership of the workspace.
+    # table a first pass is still filling, every membership of the workspace; and with "segment_id = any(ids)"
+    # in the probe of memberships, one descent of the primary key per segment (20 per profile: 40 % of a pass
+    # that changes nothing, at 1 M profiles) instead of one of (workspace, profile). Conditions read ``s``, a row of
+    # ``p``; "materialized": the bits are computed once per profile, not once per segment ``ch`` joins them with.
     sql = f"""
         with p as (
-            select s.*, t.traits {_counts_columns(st)} from unnest($2::uuid[]) as u(pid)
+            select s.*, t.traits {_counts_columns(st)}, o.old from unnest($2::uuid[]) as u(pid)
              cross join lateral (select * from segment.profile_stats
                                   where workspace_id = $1 and profile_id = u.pid offset 0) s
               left join lateral (select traits from segment.profile_traits
                                   where workspace_id = $1 and profile_id = u.pid offset 0) t on true
              {_counts(st, "u.pid")}
+             cross join lateral (select coalesce(bit_or(1::bigint << (k - 1)), 0) as old
+                                   from (select array_position({ids}, segment_id) as k from segment.memberships
+                                          where workspace_id = $1 and profile_id = u.pid offset 0) ms
+                                  where k is not null) o
         ),
-        m as (
-            select x.sid, s.profile_id from p as s
-             cross join lateral (values {", ".join(f"({sid}, {hit})" for sid, hit in hits)}) as x(sid, hit)
-             where x.hit
+        h as materialized (select s.profile_id, {bits} as new, s.old from p as s),
+        ch as (
+            select h.profile_id, v.sid, v.version, ((h.new >> (v.i::int - 1)) & 1) = 1 as entered
+              from h cross join unnest({ids}, {versions}) with ordinality as v(sid, version, i)
+             where h.new <> h.old and (((h.new # h.old) >> (v.i::int - 1)) & 1) = 1
         ),
-        cur as (
-            select ms.sid, u.pid as profile_id from unnest($2::uuid[]) as u(pid)
-             cross join lateral (select segment_id as sid from segment.memberships
-                                  where workspace_id = $1 and profile_id = u.pid and segment_id = any({ids})
-                                 offset 0) ms
-        ),
-        entered as (select sid, profile_id from m except select sid, profile_id from cur),
-        exited as (select sid, profile_id from cur except select sid, profile_id from m),
         ins as (  -- no "on conflict": every writer of memberships holds the chunk's stripe locks (a speculative
                   -- insert cost ~15 % of a first evaluation)
             insert into segment.memberships (workspace_id, segment_id, profile_id)
-            select $1, sid, profile_id from entered
+            select $1, sid, profile_id from ch where entered
         ),
         del as (
-            delete from segment.memberships d using exited e
-             where d.workspace_id = $1 and d.segment_id = e.sid and d.profile_id = e.profile_id
+            delete from segment.memberships d using ch
+             where not ch.entered and d.workspace_id = $1 and d.segment_id = ch.sid and d.profile_id = ch.profile_id
         ),
         t as (
             insert into segment.transitions (workspace_id, segment_id, segment_version, profile_id, kind)
-            select $1, ch.sid, v.version, ch.profile_id, ch.kind
-              from (select sid, profile_id, 'entered' as kind from entered
-                    union all select sid, profile_id, 'exited' from exited) ch
-              join unnest({ids}, {versions}) as v(sid, version) on v.sid = ch.sid
+            select $1, sid, version, profile_id, case when entered then 'entered' else 'exited' end from ch
             returning 1
         )
         select count(*) from t

@@ -97,30 +97,60 @@ def _ago(days: int | None) -> datetime | None:
     return None if days is None else NOW - timedelta(days=days)
 
 
-async def _compare(sessionmaker, definitions: list[dict], profiles: list[dict]) -> tuple[set, set]:
+async def _store_facts(s, ws: uuid.UUID, pids: list[uuid.UUID], profiles: list[dict], list_id: uuid.UUID) -> None:
+    """The profiles' facts as the segment service keeps them (replacing any stored before)."""
+    for table in ("profile_stats", "profile_traits", "event_counts", "list_members"):
+        await s.execute(text(f"delete from segment.{table} where workspace_id = :ws"), {"ws": ws})
+    for pid, p in zip(pids, profiles, strict=True):
+        await s.execute(text(
+            "insert into segment.profile_stats (workspace_id, profile_id, first_seen, last_seen, order_count, "
+            "revenue, first_order_at, last_order_at, last_nps) values (:ws, :pid, :seen, :seen, :n, :rev, "
+            ":ordered, :ordered, :nps)"),
+            {"ws": ws, "pid": pid, "seen": _ago(p["seen"]), "n": p["orders"], "rev": Decimal(p["revenue"]),
+             "ordered": _ago(p["ordered"]), "nps": None if p["nps"] is None else Decimal(p["nps"])})
+        await s.execute(text("insert into segment.profile_traits (workspace_id, profile_id, traits, trait_times) "
+                             "values (:ws, :pid, CAST(:t AS jsonb), '{}')"),
+                        {"ws": ws, "pid": pid, "t": json.dumps(p["traits"])})
+        for (event, days_ago), n in p["counts"].items():
+            await s.execute(text("insert into segment.event_counts (workspace_id, profile_id, event, day, count) "
+                                 "values (:ws, :pid, :ev, :day, :n)"),
+                            {"ws": ws, "pid": pid, "ev": event, "day": TODAY - timedelta(days=days_ago), "n": n})
+        if p["listed"]:
+            await s.execute(text("insert into segment.list_members (workspace_id, list_id, profile_id) "
+                                 "values (:ws, :l, :pid)"), {"ws": ws, "l": list_id, "pid": pid})
+
+
+async def _pass(sessionmaker, ws: uuid.UUID, nodes: dict, pids: list[uuid.UUID]) -> tuple[set, set, set, set]:
+    """A full pass; returns the memberships stored after it, those Python evaluation gives, and the
+    entries and exits the pass wrote to the transition log."""
+    async with sessionmaker() as s:
+        last = (await s.execute(text("select coalesce(max(seq), 0) from segment.transitions"))).scalar()
+    await evaluation.evaluate_all(sessionmaker, ws, segment_ids=set(nodes), lifecycle=False, today=TODAY)
+    async with sessionmaker() as s:
+        in_sql = {(a, b) for a, b in await s.execute(
+            text("select segment_id, profile_id from segment.memberships where workspace_id = :ws"), {"ws": ws})}
+        written = (await s.execute(text("select segment_id, profile_id, kind from segment.transitions "
+                                        "where workspace_id = :ws and seq > :last"), {"ws": ws, "last": last})).all()
+        facts = await evaluation._load_facts(s, ws, pids, evaluation.Needs.of(nodes.values()), TODAY)
+    in_python = {(sid, pid) for sid, node in nodes.items() for pid in pids
+                 if conditions.evaluate(node, facts[pid], TODAY)}
+    entered = [(sid, pid) for sid, pid, kind in written if kind == "entered"]
+    exited = [(sid, pid) for sid, pid, kind in written if kind == "exited"]
+    assert len(entered) == len(set(entered)) and len(exited) == len(set(exited))
+    return in_sql, in_python, set(entered), set(exited)
+
+
+async def _compare(sessionmaker, definitions: list[dict], profiles: list[dict], later: list[dict] | None = None
+                   ) -> tuple[set, set]:
+    """Memberships after a pass in SQL and by Python evaluation; with ``later`` (new facts for the same
+    profiles), after a second pass, which must write exactly the entries and exits between the two."""
     ws, pids, list_id = uuid.uuid4(), [uuid.uuid4() for _ in profiles], uuid.uuid4()
     async with sessionmaker() as s, s.begin():
         await s.execute(text("insert into core.workspaces (id, name) values (:ws, :name)"),
                         {"ws": ws, "name": f"sets-{ws}"})
         await s.execute(text("insert into segment.lists (id, workspace_id, name) values (:id, :ws, 'l')"),
                         {"id": list_id, "ws": ws})
-        for pid, p in zip(pids, profiles, strict=True):
-            await s.execute(text(
-                "insert into segment.profile_stats (workspace_id, profile_id, first_seen, last_seen, order_count, "
-                "revenue, first_order_at, last_order_at, last_nps) values (:ws, :pid, :seen, :seen, :n, :rev, "
-                ":ordered, :ordered, :nps)"),
-                {"ws": ws, "pid": pid, "seen": _ago(p["seen"]), "n": p["orders"], "rev": Decimal(p["revenue"]),
-                 "ordered": _ago(p["ordered"]), "nps": None if p["nps"] is None else Decimal(p["nps"])})
-            await s.execute(text("insert into segment.profile_traits (workspace_id, profile_id, traits, trait_times) "
-                                 "values (:ws, :pid, CAST(:t AS jsonb), '{}')"),
-                            {"ws": ws, "pid": pid, "t": json.dumps(p["traits"])})
-            for (event, days_ago), n in p["counts"].items():
-                await s.execute(text("insert into segment.event_counts (workspace_id, profile_id, event, day, count) "
-                                     "values (:ws, :pid, :ev, :day, :n)"),
-                                {"ws": ws, "pid": pid, "ev": event, "day": TODAY - timedelta(days=days_ago), "n": n})
-            if p["listed"]:
-                await s.execute(text("insert into segment.list_members (workspace_id, list_id, profile_id) "
-                                     "values (:ws, :l, :pid)"), {"ws": ws, "l": list_id, "pid": pid})
+        await _store_facts(s, ws, pids, profiles, list_id)
         nodes = {}
         for i, d in enumerate(definitions):
             d = json.loads(json.dumps(d).replace('"LIST"', f'"{list_id}"'))
@@ -130,13 +160,14 @@ async def _compare(sessionmaker, definitions: list[dict], profiles: list[dict]) 
             await s.execute(text("insert into segment.segments (id, workspace_id, name, definition) "
                                  "values (:id, :ws, :name, CAST(:d AS jsonb))"),
                             {"id": sid, "ws": ws, "name": f"s{i}", "d": json.dumps(d)})
-    await evaluation.evaluate_all(sessionmaker, ws, segment_ids=set(nodes), lifecycle=False, today=TODAY)
-    async with sessionmaker() as s:
-        in_sql = {(a, b) for a, b in await s.execute(
-            text("select segment_id, profile_id from segment.memberships where workspace_id = :ws"), {"ws": ws})}
-        facts = await evaluation._load_facts(s, ws, pids, evaluation.Needs.of(nodes.values()), TODAY)
-    in_python = {(sid, pid) for sid, node in nodes.items() for pid in pids
-                 if conditions.evaluate(node, facts[pid], TODAY)}
+    in_sql, in_python, entered, exited = await _pass(sessionmaker, ws, nodes, pids)
+    assert (entered, exited) == (in_sql, set())
+    if later is not None:
+        before = in_sql
+        async with sessionmaker() as s, s.begin():
+            await _store_facts(s, ws, pids, later[:len(pids)] + profiles[len(later):], list_id)
+        in_sql, in_python, entered, exited = await _pass(sessionmaker, ws, nodes, pids)
+        assert (entered, exited) == (in_sql - before, before - in_sql)
     # searches and previews (the same compiled condition over the whole workspace): count and first page
     async with sessionmaker() as s, s.begin():
         for sid, node in nodes.items():
@@ -158,24 +189,31 @@ def _t(op: str, value, trait: str = "a") -> dict:
 
 @hypothesis_settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                              HealthCheck.too_slow])
-@given(definitions=st.lists(definition, min_size=1, max_size=4), profiles=st.lists(profile, min_size=1, max_size=8))
+@given(definitions=st.lists(definition, min_size=1, max_size=4), profiles=st.lists(profile, min_size=1, max_size=8),
+       later=st.one_of(st.none(), st.lists(profile, min_size=1, max_size=8)))
 # the rules most easily got wrong, always tried: a missing value is in no list (even one holding null) but
 # not in any; bools are the numbers 0 and 1; text orders by code point; money rounds half up to the cent
 @example(definitions=[_t("in", [None, "pro"]), _t("not_in", [None])],
-         profiles=[_p(), _p(traits={"a": "pro"}), _p(traits={"a": None})])
+         profiles=[_p(), _p(traits={"a": "pro"}), _p(traits={"a": None})], later=None)
 @example(definitions=[_t("lt", 1), _t("equals", 0), _t("gte", True), _t("contains", 1)],
          profiles=[_p(traits={"a": False}), _p(traits={"a": True}), _p(traits={"a": [True, "x"]}),
-                   _p(traits={"a": 0.0})])
+                   _p(traits={"a": 0.0})], later=None)
 @example(definitions=[_t("gt", "Z"), _t("lte", "é"), _t("starts_with", "Zü"), _t("contains", "ü")],
-         profiles=[_p(traits={"a": "a"}), _p(traits={"a": "é"}), _p(traits={"a": "Zürich"}), _p(traits={"a": ["ü"]})])
+         profiles=[_p(traits={"a": "a"}), _p(traits={"a": "é"}), _p(traits={"a": "Zürich"}), _p(traits={"a": ["ü"]})],
+         later=None)
 @example(definitions=[{"type": "attribute", "attribute": "total_revenue", "op": "gte", "value": 100},
                       {"type": "attribute", "attribute": "average_order_value", "op": "equals", "value": 10.01},
                       {"type": "attribute", "attribute": "average_order_value", "op": "in", "value": [None, 1]}],
-         profiles=[_p(orders=1, revenue="99.995"), _p(orders=2, revenue="20.015"), _p(orders=0, revenue="100.004")])
-def test_sql_passes_agree_with_python_evaluation(settings, definitions, profiles) -> None:
+         profiles=[_p(orders=1, revenue="99.995"), _p(orders=2, revenue="20.015"), _p(orders=0, revenue="100.004")],
+         later=None)
+# more segments than one statement takes (a bit each of a bigint); entries and exits in both statements
+@example(definitions=[_t("equals", i) for i in range(set_evaluation.SEGMENTS_PER_STATEMENT + 8)],
+         profiles=[_p(traits={"a": 3}), _p(traits={"a": 65}), _p(traits={"a": 61})],
+         later=[_p(traits={"a": 65}), _p(traits={"a": 3}), _p(traits={"a": 62})])
+def test_sql_passes_agree_with_python_evaluation(settings, definitions, profiles, later) -> None:
     loop = asyncio.new_event_loop()  # not asyncio.run: that would unset the main thread's loop for later tests
     try:
-        in_sql, in_python = loop.run_until_complete(_with_engine(settings, _compare, definitions, profiles))
+        in_sql, in_python = loop.run_until_complete(_with_engine(settings, _compare, definitions, profiles, later))
     finally:
         loop.close()
     assert in_sql == in_python

@@ -652,8 +652,9 @@ async def yield_to_live(sessionmaker: async_sessionmaker[AsyncSession], max_wait
 # definitions' constants folded: 58 instead of 78 ms per 1000 profiles and 20 segments); no JIT compilation
 # (the statement's cost passes its threshold at ~1000 profiles; compiling costs more than it saves); and, in
 # a pass, an asynchronous commit (6 % of a first evaluation): what a chunk writes is derived data, so a crash may lose
-# it but never makes it wrong — the pass's progress row commits synchronously afterwards, and flushing its
-# commit (or any commit of a consumer that read the chunk's transitions) flushes the chunk's before it.
+# it but never makes it wrong — the pass's progress row commits after it (so never durable without it: the log
+# is flushed in order), and flushing any commit (a consumer's that read the chunk's transitions) flushes the
+# chunk's before it.
 _SET_STATEMENT_SETTINGS = "set local plan_cache_mode = force_custom_plan; set local jit = off"
 _SET_PASS_SETTINGS = _SET_STATEMENT_SETTINGS + "; set local synchronous_commit = off"
 
@@ -725,6 +726,7 @@ async def _walk(sessionmaker: async_sessionmaker[AsyncSession], ws: uuid.UUID, k
     async with sessionmaker() as session, session.begin():
         after: uuid.UUID | None = (await session.execute(
             text("select after from segment.pass_progress where key = :key"), {"key": key})).scalar()
+        page = await known_profiles(session, ws, after, chunk * lanes)
     if after is not None:
         log.info("segment.pass_resumed", workspace_id=str(ws), after=str(after))
 
@@ -732,26 +734,36 @@ async def _walk(sessionmaker: async_sessionmaker[AsyncSession], ws: uuid.UUID, k
         async with sessionmaker() as session, session.begin():
             return await work(session, pids)
 
+    async def next_page(after: uuid.UUID) -> list[uuid.UUID]:
+        async with sessionmaker() as session, session.begin():
+            return await known_profiles(session, ws, after, chunk * lanes)
+
     while True:
         await yield_to_live(sessionmaker)
-        async with sessionmaker() as session, session.begin():
-            page = await known_profiles(session, ws, after, chunk * lanes)
         groups: list[list[uuid.UUID]] = [[] for _ in range(lanes)]
         for pid in page:
             groups[partitioning.stripe_of(pid) % lanes].append(pid)
-        changes += sum(await asyncio.gather(*(lane(g) for g in groups if g)))
+        last = len(page) < chunk * lanes
+        # the next page is read while the lanes work (it follows this one whatever they find)
+        *done, following = await asyncio.gather(*(lane(g) for g in groups if g),
+                                                asyncio.sleep(0, []) if last else next_page(page[-1]))
+        changes += sum(done)
         async with sessionmaker() as session, session.begin():
-            if len(page) < chunk * lanes:
+            if last:
                 # done; progress rows of passes that will never resume (their segments were edited since) go too
                 await session.execute(
                     text("delete from segment.pass_progress where key = :key "
                          "or (workspace_id = :ws and updated_at < now() - interval '7 days')"), {"key": key, "ws": ws})
                 return changes
-            after = page[-1]
+            # Asynchronous commit, as the chunks': the log is written in order, so this row is never durable
+            # without the chunks committed before it (a crash may lose both, and the pass redoes those pages,
+            # which changes nothing twice).
+            await session.execute(text("set local synchronous_commit = off"))
             await session.execute(
                 text("insert into segment.pass_progress (key, workspace_id, after) values (:key, :ws, :after) "
                      "on conflict (key) do update set after = excluded.after, updated_at = now()"),
-                {"key": key, "ws": ws, "after": after})
+                {"key": key, "ws": ws, "after": page[-1]})
+        page = following
 
 
 async def pass_key(session: AsyncSession, ws: uuid.UUID, segment_ids: set[uuid.UUID] | None,

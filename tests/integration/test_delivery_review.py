@@ -159,15 +159,21 @@ async def test_a_broken_link_opened_in_a_browser_is_a_page(apps, workspace, sett
         assert api.status_code == 400 and api.headers["content-type"].startswith("application/problem+json")
     broken = await delivery.post("/u/not-a-token", headers={"Accept": "text/html"})  # the page's own button
     assert broken.status_code == 400 and "This link is not valid." in broken.text
-    # a genuine link whose message is gone (erased): 404, said as such — except unsubscribe and preference
-    # links, which tell an erased recipient there is nothing left to unsubscribe (test_consent_and_tracking)
+    # a genuine link whose message is gone (erased) is not an error: its page says the data was erased
+    # (test_consent_and_tracking), and a click still redirects
     subject = signing.Subject(workspace.workspace_id, uuid.uuid4())
-    gone = await delivery.get(f"/confirm/{signing.sign(settings.signing_secret, 'confirm', subject)}",
-                              headers={"Accept": "text/html", "Accept-Language": "de"})
-    assert gone.status_code == 404 and "Dieser Link ist nicht mehr gültig." in gone.text
-    erased = await delivery.get(f"/u/{signing.sign(settings.signing_secret, 'unsubscribe', subject)}",
-                                headers={"Accept": "text/html", "Accept-Language": "de"})
+    german = {"Accept": "text/html", "Accept-Language": "de"}
+    erased = await delivery.get(f"/u/{signing.sign(settings.signing_secret, 'unsubscribe', subject)}", headers=german)
     assert erased.status_code == 200 and "Eine Abmeldung ist nicht nötig" in erased.text
+    gone = await delivery.get(f"/confirm/{signing.sign(settings.signing_secret, 'confirm', subject)}", headers=german)
+    assert gone.status_code == 200 and "Dieser Bestätigungslink kann nicht mehr verwendet werden" in gone.text
+    # a 404 is a page too: confirming an address that never asked for a double opt-in
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    r = await delivery.post("/v1/messages", headers=h, json={
+        "idempotency_key": uuid.uuid4().hex, "to": "never-asked@example.com", "subject": "S", "text": "x"})
+    held = signing.Subject(workspace.workspace_id, uuid.UUID(r.json()["id"]))
+    nothing = await delivery.post(f"/confirm/{signing.sign(settings.signing_secret, 'confirm', held)}", headers=german)
+    assert nothing.status_code == 404 and "Dieser Link ist nicht mehr gültig." in nothing.text
     # only the recipient pages: an API route keeps problem+json even for a browser
     assert (await delivery.get("/v1/messages/x", headers=browser)).headers["content-type"].startswith(
         "application/problem+json")
@@ -192,3 +198,4 @@ async def test_an_outcome_recorded_during_an_erasure_leaves_no_trace(apps, works
     async with sessionmaker() as s:
         assert (await s.execute(text("select count(*) from delivery.attempts where message_id = :id"),
                                 {"id": claimed["id"]})).scalar() == 0
+

@@ -111,13 +111,18 @@ def _page(lang: str, title: str, body: str, status: int = 200) -> HTMLResponse:
                                                            "Referrer-Policy": "no-referrer"})
 
 
-async def _message_or_none(session: AsyncSession, subject: signing.Subject) -> dict[str, Any] | None:
+async def _message_or_none(session: AsyncSession, subject: signing.Subject, *, writing: bool = False
+                           ) -> dict[str, Any] | None:
     """The message a verified token names; None when it is gone. Only an erasure deletes messages, and only
-    we sign tokens, so a valid token without its message belongs to an erased recipient."""
+    we sign tokens, so a valid token without its message belongs to an erased recipient.
+
+    ``writing``: the caller records something about the message (a click, a consent change). The row is
+    then locked to read it, so an erasure committing meanwhile is seen (the message is gone and nothing is
+    written), which the statement's snapshot alone would miss; an erasure starting later waits for us."""
     row = (await session.execute(text(
         "select m.id, m.workspace_id, m.to_address, m.channel, m.metadata, m.sent_at, w.settings "
         "from delivery.messages m left join core.workspaces w on w.id = m.workspace_id "
-        "where m.workspace_id = :ws and m.id = :id"),
+        "where m.workspace_id = :ws and m.id = :id" + (" for key share of m" if writing else "")),
         {"ws": subject.workspace_id, "id": subject.message_id})).mappings().first()
     return dict(row) if row is not None else None
 
@@ -190,7 +195,7 @@ async def unsubscribe(token: str, request: Request, session: SessionDep,
         one_click = True  # only a machine posts a broken form; the page's own button never does
     source = "one_click" if one_click else "unsubscribe_page"
     async with session.begin():
-        message = await _message_or_none(session, subject)
+        message = await _message_or_none(session, subject, writing=True)
         if message is None:
             return _erased(language(request, lang))
         await consent.suppress(session, subject.workspace_id, message["channel"], message["to_address"],
@@ -236,7 +241,7 @@ async def save_preferences(token: str, request: Request, session: SessionDep,
     subject = _verify(request, "preferences", token)
     chosen = set(topic or [])
     async with session.begin():
-        message = await _message_or_none(session, subject)
+        message = await _message_or_none(session, subject, writing=True)
         if message is None:
             return _erased(code)
         ws, address, who = message["workspace_id"], message["to_address"], consent.identity_of(message)
@@ -285,7 +290,7 @@ async def open_pixel(token: str, request: Request, session: SessionDep) -> Respo
         pass  # a pixel always answers with the image
     else:
         async with session.begin():
-            message = await _message_or_none(session, subject)
+            message = await _message_or_none(session, subject, writing=True)
             if message is not None:  # gone (erased): the image, and nothing recorded
                 await _engaged(session, message, "opened", request)
     return Response(PIXEL, media_type="image/gif", headers={"Cache-Control": "no-store, max-age=0"})
@@ -302,7 +307,7 @@ async def click(token: str, request: Request, session: SessionDep, u: Annotated[
     if urlsplit(u).scheme not in ("http", "https"):
         raise BadRequest("This link is not valid")
     async with session.begin():
-        message = await _message_or_none(session, subject)
+        message = await _message_or_none(session, subject, writing=True)
         if message is not None:
             await _engaged(session, message, "clicked", request, u)
     return RedirectResponse(u, status_code=302, headers={"Cache-Control": "no-store"})
@@ -331,7 +336,7 @@ async def confirm(token: str, request: Request, session: SessionDep,
     code = language(request, lang)
     subject = _verify(request, "confirm", token)
     async with session.begin():
-        message = await _message_or_none(session, subject)
+        message = await _message_or_none(session, subject, writing=True)
         if message is None:  # the address is not known any more: nothing can be (or is) confirmed
             return _erased(code, "confirm_erased")
         if not await consent.confirm_opt_in(session, message["workspace_id"], message["to_address"],

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import text
 
-from services.delivery import outbox, privacy, sending, signing
+from services.delivery import links, outbox, privacy, sending, signing
 
 
 async def test_consent_rules_found_in_review(apps, workspace, sessionmaker, settings, mailbox) -> None:
@@ -199,3 +199,30 @@ async def test_an_outcome_recorded_during_an_erasure_leaves_no_trace(apps, works
         assert (await s.execute(text("select count(*) from delivery.attempts where message_id = :id"),
                                 {"id": claimed["id"]})).scalar() == 0
 
+
+async def test_links_followed_during_an_erasure_record_nothing(apps, workspace, sessionmaker, settings) -> None:
+    """A click, an open or a one-click unsubscribe arriving while an erasure is being committed waits for it,
+    then finds the message gone: the reader still gets the page (or image), and nothing about them is
+    written after their erasure (no engagement, consent entry or event for ingest)."""
+    pid, ws = uuid.uuid4(), workspace.workspace_id
+    r = await apps["delivery"].post("/v1/messages", headers={"Authorization": f"Bearer {workspace.secret_key}"}, json={
+        "idempotency_key": uuid.uuid4().hex, "to": f"racing-{pid.hex[:6]}@example.com", "subject": "S",
+        "text": "x", "metadata": {"profile_id": str(pid), "userId": f"racing-{pid.hex[:6]}"}})
+    assert r.status_code == 202, r.text
+    link = links.Links.for_message("", settings.signing_secret, ws, uuid.UUID(r.json()["id"]))
+    browser = {"User-Agent": "Mozilla/5.0"}
+    async with sessionmaker() as eraser, eraser.begin():
+        await privacy.erase(eraser, ws, [pid])  # not committed yet: the row is locked
+        followed = [asyncio.create_task(apps["delivery"].request(method, path, headers=browser, **kw))
+                    for method, path, kw in (("GET", link.click("https://acme.example/a?b=1"), {}),
+                                             ("GET", link.pixel, {}),
+                                             ("POST", link.unsubscribe, {"data": {"List-Unsubscribe": "One-Click"}}))]
+        await asyncio.sleep(0.3)
+    click, pixel, unsubscribe = await asyncio.gather(*followed)
+    assert click.status_code == 302 and click.headers["location"] == "https://acme.example/a?b=1"
+    assert pixel.status_code == 200 and pixel.headers["content-type"] == "image/gif"
+    assert unsubscribe.status_code == 200 and "has been erased" in unsubscribe.text
+    async with sessionmaker() as s:
+        for table in ("engagements", "feedback", "consent_log", "suppressions"):
+            assert (await s.execute(text(f"select count(*) from delivery.{table} where workspace_id = :ws"),
+                                    {"ws": ws})).scalar_one() == 0, table

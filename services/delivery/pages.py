@@ -4,6 +4,10 @@ page, the open pixel and the click redirect. No login: every URL carries a signe
 The pages are server-rendered HTML that works without JavaScript, in the recipient's language (English,
 French or German, from ``?lang=`` or ``Accept-Language``), with labelled form controls.
 A GET never changes consent (mail scanners follow links); only a POST does.
+
+Emails sent before an erasure keep their links after the message is gone: a click still redirects to its
+(signed) URL, the pixel still answers its image, and the unsubscribe, preference and confirmation links
+answer a page saying the data was erased. None of them writes anything then.
 """
 
 import re
@@ -30,12 +34,9 @@ def _problem_or_page(description: str) -> dict[str, Any]:
     return doc
 
 
-_LINK_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: _problem_or_page("The link is not valid (bad or tampered token)"),
-    404: _problem_or_page("The link's message no longer exists"),
-}
-# unsubscribe and preference links of an erased recipient answer 200 with a page saying so (``_erased``)
-_CONSENT_LINK_ERRORS = {400: _LINK_ERRORS[400]}
+# a link whose message is gone (erased) is not an error: a click still redirects, a page says so (``_erased``)
+_LINK_ERRORS: dict[int | str, dict[str, Any]] = {400: _problem_or_page("The link is not valid (bad or tampered token)")}
+_CONFIRM_ERRORS = {**_LINK_ERRORS, 404: _problem_or_page("No double opt-in was requested for this address")}
 
 PIXEL = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00,"
          b"\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
@@ -53,7 +54,9 @@ TEXTS: dict[str, dict[str, str]] = {
                      "more will be sent with it.",
            "confirm_q": "Confirm that {address} wants our email?", "confirm_btn": "Yes, subscribe me",
            "confirm_done": "Thank you: {address} is subscribed.", "confirm_subject": "Please confirm your subscription",
-           "confirm_body": "Confirm that you want our email: {url}\nIf you did not ask for it, ignore this message."},
+           "confirm_body": "Confirm that you want our email: {url}\nIf you did not ask for it, ignore this message.",
+           "confirm_erased": "This confirmation link can no longer be used: the data this email was sent with has "
+                             "been erased, and nothing has been subscribed. To get our email, sign up again."},
     "fr": {"title": "Préférences e-mail", "unsub_q": "Désinscrire {address} des e-mails marketing ?",
            "unsub_btn": "Se désinscrire", "unsub_done": "{address} est désinscrit des e-mails marketing.",
            "topics": "M'envoyer des e-mails sur", "all_off": "Me désinscrire de tous les e-mails marketing",
@@ -65,7 +68,10 @@ TEXTS: dict[str, dict[str, str]] = {
            "confirm_q": "Confirmer que {address} souhaite recevoir nos e-mails ?", "confirm_btn": "Oui, je m'inscris",
            "confirm_done": "Merci : {address} est inscrit.", "confirm_subject": "Confirmez votre inscription",
            "confirm_body": "Confirmez que vous souhaitez recevoir nos e-mails : {url}\nSi vous ne l'avez pas "
-                           "demandé, ignorez ce message."},
+                           "demandé, ignorez ce message.",
+           "confirm_erased": "Ce lien de confirmation ne peut plus être utilisé : les données avec lesquelles cet "
+                             "e-mail a été envoyé ont été effacées, et aucune inscription n'a été enregistrée. Pour "
+                             "recevoir nos e-mails, inscrivez-vous à nouveau."},
     "de": {"title": "E-Mail-Einstellungen", "unsub_q": "{address} von Marketing-E-Mails abmelden?",
            "unsub_btn": "Abmelden", "unsub_done": "{address} ist von Marketing-E-Mails abgemeldet.",
            "topics": "Schickt mir E-Mails über", "all_off": "Von allen Marketing-E-Mails abmelden",
@@ -77,7 +83,10 @@ TEXTS: dict[str, dict[str, str]] = {
            "confirm_q": "Bestätigen, dass {address} unsere E-Mails erhalten möchte?", "confirm_btn": "Ja, anmelden",
            "confirm_done": "Danke: {address} ist angemeldet.", "confirm_subject": "Bitte bestätige deine Anmeldung",
            "confirm_body": "Bestätige, dass du unsere E-Mails erhalten möchtest: {url}\nWenn du das nicht "
-                           "angefordert hast, ignoriere diese Nachricht."},
+                           "angefordert hast, ignoriere diese Nachricht.",
+           "confirm_erased": "Dieser Bestätigungslink kann nicht mehr verwendet werden: Die Daten, mit denen diese "
+                             "E-Mail verschickt wurde, sind gelöscht, und es wurde nichts angemeldet. Um unsere "
+                             "E-Mails zu erhalten, melde dich erneut an."},
 }
 
 
@@ -102,29 +111,27 @@ def _page(lang: str, title: str, body: str, status: int = 200) -> HTMLResponse:
                                                            "Referrer-Policy": "no-referrer"})
 
 
-async def _message(session: AsyncSession, subject: signing.Subject) -> dict[str, Any]:
-    message = await _message_or_none(session, subject)
-    if message is None:
-        raise NotFound("This link's message no longer exists")
-    return message
-
-
-async def _message_or_none(session: AsyncSession, subject: signing.Subject) -> dict[str, Any] | None:
+async def _message_or_none(session: AsyncSession, subject: signing.Subject, *, writing: bool = False
+                           ) -> dict[str, Any] | None:
     """The message a verified token names; None when it is gone. Only an erasure deletes messages, and only
-    we sign tokens, so a valid token without its message belongs to an erased recipient."""
+    we sign tokens, so a valid token without its message belongs to an erased recipient.
+
+    ``writing``: the caller records something about the message (a click, a consent change). The row is
+    then locked to read it, so an erasure committing meanwhile is seen (the message is gone and nothing is
+    written), which the statement's snapshot alone would miss; an erasure starting later waits for us."""
     row = (await session.execute(text(
         "select m.id, m.workspace_id, m.to_address, m.channel, m.metadata, m.sent_at, w.settings "
         "from delivery.messages m left join core.workspaces w on w.id = m.workspace_id "
-        "where m.workspace_id = :ws and m.id = :id"),
+        "where m.workspace_id = :ws and m.id = :id" + (" for key share of m" if writing else "")),
         {"ws": subject.workspace_id, "id": subject.message_id})).mappings().first()
     return dict(row) if row is not None else None
 
 
-def _erased(code: str) -> HTMLResponse:
-    """What an unsubscribe or preference link of an erased recipient answers (also to RFC 8058's POST: a
-    2xx, as the one-click protocol expects). Nothing is written: the message, the only thing tying the link
-    to an address, is gone, and storing the click would keep data about someone who asked for none."""
-    return _page(code, TEXTS[code]["title"], f'<p role="status">{TEXTS[code]["erased"]}</p>')
+def _erased(code: str, text_key: str = "erased") -> HTMLResponse:
+    """What an unsubscribe, preference or confirmation link of an erased recipient answers (also to RFC 8058's
+    POST: a 2xx, as the one-click protocol expects). Nothing is written: the message, the only thing tying the
+    link to an address, is gone, and storing the click would keep data about someone who asked for none."""
+    return _page(code, TEXTS[code]["title"], f'<p role="status">{TEXTS[code][text_key]}</p>')
 
 
 def install_page_errors(app: FastAPI) -> None:
@@ -151,7 +158,7 @@ def _verify(request: Request, purpose: str, token: str, extra: str = "") -> sign
         raise BadRequest("This link is not valid") from None
 
 
-@router.get("/u/{token}", response_class=HTMLResponse, operation_id="unsubscribe_page", responses=_CONSENT_LINK_ERRORS,
+@router.get("/u/{token}", response_class=HTMLResponse, operation_id="unsubscribe_page", responses=_LINK_ERRORS,
             summary="Unsubscribe landing page (asks; a GET changes nothing)")
 async def unsubscribe_page(token: str, request: Request, session: SessionDep,
                            lang: Annotated[str | None, Query()] = None) -> HTMLResponse:
@@ -173,7 +180,7 @@ def _preferences_token(request: Request, message: dict[str, Any]) -> str:
 
 
 @router.post("/u/{token}", response_class=HTMLResponse, operation_id="unsubscribe_one_click",
-             responses=_CONSENT_LINK_ERRORS,
+             responses=_LINK_ERRORS,
              summary="One-click unsubscribe (RFC 8058 POST `List-Unsubscribe=One-Click`, or the page's button)")
 async def unsubscribe(token: str, request: Request, session: SessionDep,
                       lang: Annotated[str | None, Query()] = None) -> HTMLResponse:
@@ -188,7 +195,7 @@ async def unsubscribe(token: str, request: Request, session: SessionDep,
         one_click = True  # only a machine posts a broken form; the page's own button never does
     source = "one_click" if one_click else "unsubscribe_page"
     async with session.begin():
-        message = await _message_or_none(session, subject)
+        message = await _message_or_none(session, subject, writing=True)
         if message is None:
             return _erased(language(request, lang))
         await consent.suppress(session, subject.workspace_id, message["channel"], message["to_address"],
@@ -210,7 +217,7 @@ def _preference_form(t: dict[str, str], lang: str, prefs: dict[str, Any], notice
             f'{t["all_off"]}</label><button type="submit">{t["save"]}</button></form>')
 
 
-@router.get("/p/{token}", response_class=HTMLResponse, operation_id="preference_page", responses=_CONSENT_LINK_ERRORS,
+@router.get("/p/{token}", response_class=HTMLResponse, operation_id="preference_page", responses=_LINK_ERRORS,
             summary="The preference page: topics and unsubscribe-from-all")
 async def preference_page(token: str, request: Request, session: SessionDep,
                           lang: Annotated[str | None, Query()] = None) -> HTMLResponse:
@@ -224,7 +231,7 @@ async def preference_page(token: str, request: Request, session: SessionDep,
     return _page(code, TEXTS[code]["title"], _preference_form(TEXTS[code], code, prefs))
 
 
-@router.post("/p/{token}", response_class=HTMLResponse, operation_id="save_preferences", responses=_CONSENT_LINK_ERRORS,
+@router.post("/p/{token}", response_class=HTMLResponse, operation_id="save_preferences", responses=_LINK_ERRORS,
              summary="Save the preference page's form")
 async def save_preferences(token: str, request: Request, session: SessionDep,
                            topic: Annotated[list[str] | None, Form()] = None,
@@ -234,7 +241,7 @@ async def save_preferences(token: str, request: Request, session: SessionDep,
     subject = _verify(request, "preferences", token)
     chosen = set(topic or [])
     async with session.begin():
-        message = await _message_or_none(session, subject)
+        message = await _message_or_none(session, subject, writing=True)
         if message is None:
             return _erased(code)
         ws, address, who = message["workspace_id"], message["to_address"], consent.identity_of(message)
@@ -279,10 +286,13 @@ async def _engaged(session: AsyncSession, message: dict[str, Any], kind: str, re
 async def open_pixel(token: str, request: Request, session: SessionDep) -> Response:
     try:
         subject = signing.verify(request.app.state.settings.signing_secret, "open", token)
-        async with session.begin():
-            await _engaged(session, await _message(session, subject), "opened", request)
-    except (signing.BadToken, NotFound):
+    except signing.BadToken:
         pass  # a pixel always answers with the image
+    else:
+        async with session.begin():
+            message = await _message_or_none(session, subject, writing=True)
+            if message is not None:  # gone (erased): the image, and nothing recorded
+                await _engaged(session, message, "opened", request)
     return Response(PIXEL, media_type="image/gif", headers={"Cache-Control": "no-store, max-age=0"})
 
 
@@ -291,11 +301,15 @@ async def open_pixel(token: str, request: Request, session: SessionDep) -> Respo
             response_class=RedirectResponse, status_code=302)
 async def click(token: str, request: Request, session: SessionDep, u: Annotated[str, Query(max_length=4000)]
                 ) -> RedirectResponse:
+    """The token signs the URL, so a verified click goes there even when its message is gone: an email sent
+    before an erasure keeps working links (as at other email providers), and records nothing."""
     subject = _verify(request, "click", token, u)
     if urlsplit(u).scheme not in ("http", "https"):
         raise BadRequest("This link is not valid")
     async with session.begin():
-        await _engaged(session, await _message(session, subject), "clicked", request, u)
+        message = await _message_or_none(session, subject, writing=True)
+        if message is not None:
+            await _engaged(session, message, "clicked", request, u)
     return RedirectResponse(u, status_code=302, headers={"Cache-Control": "no-store"})
 
 
@@ -306,21 +320,25 @@ async def confirm_page(token: str, request: Request, session: SessionDep,
                        lang: Annotated[str | None, Query()] = None) -> HTMLResponse:
     code = language(request, lang)
     async with session.begin():
-        message = await _message(session, _verify(request, "confirm", token))
+        message = await _message_or_none(session, _verify(request, "confirm", token))
+    if message is None:
+        return _erased(code, "confirm_erased")
     t = TEXTS[code]
     question = t["confirm_q"].format(address=escape(message["to_address"]))
     return _page(code, t["title"],
                  f'<form method="post"><p>{question}</p><button type="submit">{t["confirm_btn"]}</button></form>')
 
 
-@router.post("/confirm/{token}", response_class=HTMLResponse, operation_id="confirm_opt_in", responses=_LINK_ERRORS,
+@router.post("/confirm/{token}", response_class=HTMLResponse, operation_id="confirm_opt_in", responses=_CONFIRM_ERRORS,
              summary="Double opt-in: confirm (the page's button)")
 async def confirm(token: str, request: Request, session: SessionDep,
                   lang: Annotated[str | None, Query()] = None) -> HTMLResponse:
     code = language(request, lang)
     subject = _verify(request, "confirm", token)
     async with session.begin():
-        message = await _message(session, subject)
+        message = await _message_or_none(session, subject, writing=True)
+        if message is None:  # the address is not known any more: nothing can be (or is) confirmed
+            return _erased(code, "confirm_erased")
         if not await consent.confirm_opt_in(session, message["workspace_id"], message["to_address"],
                                             consent.identity_of(message)):
             raise NotFound("Nothing to confirm for this address")

@@ -206,3 +206,80 @@ async def test_unsubscribe_links_after_an_erasure_say_nothing_is_held(apps, work
     assert await held() == before  # nothing about them stored again
     # a forged token is still refused, erased message or not
     assert (await apps["delivery"].get(unsub[:-3] + "AAA")).status_code == 400
+
+
+async def test_tracked_links_of_an_erased_message_still_work_and_record_nothing(apps, workspace, sessionmaker,
+                                                                               settings, mailbox) -> None:
+    """Emails sent before an erasure keep their links. A click must still take the reader to the page (the
+    URL is in the signed token: no message is needed to trust it), the pixel still answers its image, and a
+    double opt-in confirmation says it can no longer be used — none of them a 404 or an error, and none
+    storing anything: nothing ties the link to an address any more, and nothing may be recreated."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    ws, profile = workspace.workspace_id, str(uuid.uuid4())
+    to = f"gone-{uuid.uuid4().hex[:6]}@example.com"
+    mid, mail = await _send(apps, h, sessionmaker, settings, mailbox, to, user_id="gone-1")
+    live, live_mail = await _send(apps, h, sessionmaker, settings, mailbox, f"kept-{uuid.uuid4().hex[:6]}@example.com",
+                                  user_id="kept-1")
+    r = await apps["delivery"].post("/v1/opt-ins", headers=h, json={"email": to, "topics": ["offers"],
+                                                                    "user_id": "gone-1"})
+    assert r.status_code == 202 and r.json()["status"] == "pending", r.text
+    await sending.send_due(sessionmaker, settings)
+    confirmation = next(m for m in mailbox.messages
+                        if m["headers"].get("X-Tenure-Message-Id") == r.json()["message_id"])
+    async with sessionmaker() as s, s.begin():  # campaign fills profile_id in; read a minute after sending
+        await s.execute(text("update delivery.messages set sent_at = now() - interval '1 minute', "
+                             "metadata = metadata || CAST(:m AS jsonb) where id = any(CAST(:ids AS uuid[]))"),
+                        {"m": f'{{"profile_id": "{profile}"}}', "ids": [mid, r.json()["message_id"]]})
+        await s.execute(text("update delivery.messages set sent_at = now() - interval '1 minute' where id = :id"),
+                        {"id": live})
+    click = _path(re.search(r'href="([^"]+/c/[^"]+)"', mail["html"]).group(1).replace("&amp;", "&"))
+    pixel = _path(re.search(r'src="([^"]+/o/[^"]+\.gif)"', mail["html"]).group(1))
+    confirm = re.search(r"(/confirm/[A-Za-z0-9_-]+)", confirmation["text"]).group(1)
+    live_click = _path(re.search(r'href="([^"]+/c/[^"]+)"', live_mail["html"]).group(1).replace("&amp;", "&"))
+    erased = await apps["delivery"].post("/v1/privacy/erasure", headers=internal_headers(ws), json={
+        "profile_ids": [profile], "identities": ["gone-1", to]})
+    assert erased.status_code == 200 and erased.json()["removed"]["messages"] == 2, erased.text
+
+    async def held() -> list:
+        async with sessionmaker() as s:
+            counts = [(await s.execute(text(f"select count(*) from delivery.{table} where workspace_id = :ws"),
+                                       {"ws": ws})).scalar_one()
+                      for table in ("engagements", "feedback", "suppressions", "consent_log", "subscriptions")]
+            confirmed = (await s.execute(text("select confirmed_at from delivery.opt_ins where workspace_id = :ws "
+                                              "and address = :a"), {"ws": ws, "a": to})).scalar_one_or_none()
+            return [*counts, confirmed]
+
+    browser = {"User-Agent": "Mozilla/5.0", "Accept": "text/html,*/*;q=0.8"}
+    before = await held()
+    # the click of a message still held: 302 to its URL, recorded
+    kept = await apps["delivery"].get(live_click, headers=browser)
+    assert kept.status_code == 302 and kept.headers["location"] == "https://acme.example/post?id=1&x=2"
+    after_live = await held()
+    assert after_live[0] == before[0] + 1
+    # the click of the erased message: the same redirect, to the signed URL, and nothing written
+    gone = await apps["delivery"].get(click, headers=browser)
+    assert gone.status_code == kept.status_code == 302, gone.text
+    assert gone.headers["location"] == "https://acme.example/post?id=1&x=2"
+    assert gone.headers["cache-control"] == "no-store"
+    # a tampered link is refused as before, erased message or not: never an open redirect
+    token, query = click.split("?")
+    for forged in (f"{token}?u=https%3A%2F%2Fevil.example%2F", f"{token}?{query}%2Fx", f"{token[:-3]}AAA?{query}",
+                   f"{token}?u=javascript%3Aalert(1)", f"{pixel[:-4].replace('/o/', '/c/')}?{query}"):
+        for headers in ({}, browser):
+            bad = await apps["delivery"].get(forged, headers=headers)
+            assert bad.status_code == 400 and "location" not in bad.headers, (forged, bad.status_code)
+    # the pixel: the image, nothing recorded
+    opened = await apps["delivery"].get(pixel, headers=browser)
+    assert opened.status_code == 200 and opened.headers["content-type"] == "image/gif"
+    assert opened.content.startswith(b"GIF89a")
+    # the opt-in confirmation: a page saying it can no longer be used; neither GET nor POST confirms anything
+    for method, headers in (("GET", browser), ("POST", browser), ("POST", {})):
+        page = await apps["delivery"].request(method, confirm, headers=headers)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html"), page.text
+        assert "has been erased" in page.text and "nothing has been subscribed" in page.text
+        assert "<form" not in page.text and to not in page.text
+    fr = await apps["delivery"].get(confirm, headers={"Accept-Language": "fr"})
+    assert fr.status_code == 200 and "effacées" in fr.text
+    assert (await apps["delivery"].get(confirm[:-3] + "AAA")).status_code == 400
+    assert await held() == after_live  # nothing written for the erased message, the opt-in still unconfirmed
+    assert after_live[-1] is None

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import text
 
-from services.delivery import outbox, privacy, sending, signing
+from services.delivery import links, outbox, privacy, sending, signing
 
 
 async def test_consent_rules_found_in_review(apps, workspace, sessionmaker, settings, mailbox) -> None:
@@ -159,15 +159,21 @@ async def test_a_broken_link_opened_in_a_browser_is_a_page(apps, workspace, sett
         assert api.status_code == 400 and api.headers["content-type"].startswith("application/problem+json")
     broken = await delivery.post("/u/not-a-token", headers={"Accept": "text/html"})  # the page's own button
     assert broken.status_code == 400 and "This link is not valid." in broken.text
-    # a genuine link whose message is gone (erased): 404, said as such — except unsubscribe and preference
-    # links, which tell an erased recipient there is nothing left to unsubscribe (test_consent_and_tracking)
+    # a genuine link whose message is gone (erased) is not an error: its page says the data was erased
+    # (test_consent_and_tracking), and a click still redirects
     subject = signing.Subject(workspace.workspace_id, uuid.uuid4())
-    gone = await delivery.get(f"/confirm/{signing.sign(settings.signing_secret, 'confirm', subject)}",
-                              headers={"Accept": "text/html", "Accept-Language": "de"})
-    assert gone.status_code == 404 and "Dieser Link ist nicht mehr gültig." in gone.text
-    erased = await delivery.get(f"/u/{signing.sign(settings.signing_secret, 'unsubscribe', subject)}",
-                                headers={"Accept": "text/html", "Accept-Language": "de"})
+    german = {"Accept": "text/html", "Accept-Language": "de"}
+    erased = await delivery.get(f"/u/{signing.sign(settings.signing_secret, 'unsubscribe', subject)}", headers=german)
     assert erased.status_code == 200 and "Eine Abmeldung ist nicht nötig" in erased.text
+    gone = await delivery.get(f"/confirm/{signing.sign(settings.signing_secret, 'confirm', subject)}", headers=german)
+    assert gone.status_code == 200 and "Dieser Bestätigungslink kann nicht mehr verwendet werden" in gone.text
+    # a 404 is a page too: confirming an address that never asked for a double opt-in
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    r = await delivery.post("/v1/messages", headers=h, json={
+        "idempotency_key": uuid.uuid4().hex, "to": "never-asked@example.com", "subject": "S", "text": "x"})
+    held = signing.Subject(workspace.workspace_id, uuid.UUID(r.json()["id"]))
+    nothing = await delivery.post(f"/confirm/{signing.sign(settings.signing_secret, 'confirm', held)}", headers=german)
+    assert nothing.status_code == 404 and "Dieser Link ist nicht mehr gültig." in nothing.text
     # only the recipient pages: an API route keeps problem+json even for a browser
     assert (await delivery.get("/v1/messages/x", headers=browser)).headers["content-type"].startswith(
         "application/problem+json")
@@ -192,3 +198,31 @@ async def test_an_outcome_recorded_during_an_erasure_leaves_no_trace(apps, works
     async with sessionmaker() as s:
         assert (await s.execute(text("select count(*) from delivery.attempts where message_id = :id"),
                                 {"id": claimed["id"]})).scalar() == 0
+
+
+async def test_links_followed_during_an_erasure_record_nothing(apps, workspace, sessionmaker, settings) -> None:
+    """A click, an open or a one-click unsubscribe arriving while an erasure is being committed waits for it,
+    then finds the message gone: the reader still gets the page (or image), and nothing about them is
+    written after their erasure (no engagement, consent entry or event for ingest)."""
+    pid, ws = uuid.uuid4(), workspace.workspace_id
+    r = await apps["delivery"].post("/v1/messages", headers={"Authorization": f"Bearer {workspace.secret_key}"}, json={
+        "idempotency_key": uuid.uuid4().hex, "to": f"racing-{pid.hex[:6]}@example.com", "subject": "S",
+        "text": "x", "metadata": {"profile_id": str(pid), "userId": f"racing-{pid.hex[:6]}"}})
+    assert r.status_code == 202, r.text
+    link = links.Links.for_message("", settings.signing_secret, ws, uuid.UUID(r.json()["id"]))
+    browser = {"User-Agent": "Mozilla/5.0"}
+    async with sessionmaker() as eraser, eraser.begin():
+        await privacy.erase(eraser, ws, [pid])  # not committed yet: the row is locked
+        followed = [asyncio.create_task(apps["delivery"].request(method, path, headers=browser, **kw))
+                    for method, path, kw in (("GET", link.click("https://acme.example/a?b=1"), {}),
+                                             ("GET", link.pixel, {}),
+                                             ("POST", link.unsubscribe, {"data": {"List-Unsubscribe": "One-Click"}}))]
+        await asyncio.sleep(0.3)
+    click, pixel, unsubscribe = await asyncio.gather(*followed)
+    assert click.status_code == 302 and click.headers["location"] == "https://acme.example/a?b=1"
+    assert pixel.status_code == 200 and pixel.headers["content-type"] == "image/gif"
+    assert unsubscribe.status_code == 200 and "has been erased" in unsubscribe.text
+    async with sessionmaker() as s:
+        for table in ("engagements", "feedback", "consent_log", "suppressions"):
+            assert (await s.execute(text(f"select count(*) from delivery.{table} where workspace_id = :ws"),
+                                    {"ws": ws})).scalar_one() == 0, table

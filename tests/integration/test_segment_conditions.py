@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.segment import evaluation
+from shared.core import create_workspace
 
 NOW = datetime.now(UTC)
 
@@ -204,6 +205,27 @@ async def test_search_lists_profiles_with_counts_and_attributes(ctx, settings) -
     assert await ctx.members(scored) == {str(people[1]), str(people[3]), str(people[4])}
     r = await ctx.seg.post("/v1/profiles/search", headers=ctx.h, json={**body, "after": "nope"})
     assert r.status_code == 422
+
+
+async def test_attributes_of_an_unknown_profile_are_a_404(ctx) -> None:
+    """GET …/attributes answered 200 with zero orders and null dates for any id, even one the workspace has
+    never seen (a typo, another workspace's profile), so a client could not tell it from a real profile."""
+    known = uuid.uuid4()
+    await _fold(ctx.sm, [_ev(ctx.ws, known, "identify", traits={"plan": "pro"})])
+    r = await ctx.seg.get(f"/v1/profiles/{known}/attributes", headers=ctx.h)
+    assert r.status_code == 200 and r.json()["profile_id"] == str(known) and r.json()["order_count"] == 0
+    async with ctx.sm() as s, s.begin():
+        other = await create_workspace(s, f"test-{uuid.uuid4().hex[:8]}")
+    elsewhere = uuid.uuid4()
+    await _fold(ctx.sm, [_ev(other.workspace_id, elsewhere, event="Order Completed", props={"revenue": 5})])
+    for pid in (uuid.uuid4(), elsewhere):
+        r = await ctx.seg.get(f"/v1/profiles/{pid}/attributes", headers=ctx.h)
+        assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json", r.text
+        assert r.json()["type"].endswith("/not-found") and str(pid) in r.json()["detail"]
+    h = {"Authorization": f"Bearer {other.secret_key}"}
+    assert (await ctx.seg.get(f"/v1/profiles/{elsewhere}/attributes", headers=h)).json()["order_count"] == 1
+    spec = ctx.seg._transport.app.openapi()  # type: ignore[attr-defined]
+    assert "404" in spec["paths"]["/v1/profiles/{profile_id}/attributes"]["get"]["responses"]
 
 
 async def test_non_finite_numbers_are_refused_not_saved_as_null(ctx) -> None:

@@ -1,5 +1,6 @@
 """Field types for text that ends up in PostgreSQL: what it cannot store is a 422, never a 500."""
 
+import json
 import re
 from datetime import UTC, date, datetime
 from functools import lru_cache
@@ -9,12 +10,40 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AfterValidator, BeforeValidator, StringConstraints
 
 
-def _storable(value: str) -> str:
+def _text_problem(value: str) -> str | None:
+    if "\x00" in value:
+        return "contains a NUL character (\\u0000), which PostgreSQL text cannot hold"
     try:
         value.encode("utf-8")  # lone surrogates (from JSON "\ud800" escapes) are not text PostgreSQL can hold
     except UnicodeEncodeError:
-        raise ValueError("contains a lone surrogate (not valid Unicode text)") from None
+        return "contains a lone surrogate (not valid Unicode text)"
+    return None
+
+
+def _storable(value: str) -> str:
+    if (problem := _text_problem(value)) is not None:
+        raise ValueError(problem)
     return value
+
+
+def unstorable(value: Any) -> str | None:
+    """Why PostgreSQL text or jsonb cannot hold ``value`` (a string, or JSON: lists, objects and scalars): a
+    string or object key in it with a NUL or a lone surrogate, and where (``[2]``, ``["key"]``); None if it can."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        at, v = stack.pop()
+        if isinstance(v, str):
+            if (problem := _text_problem(v)) is not None:
+                return f"{at} {problem}" if at else problem
+        elif isinstance(v, list):
+            stack.extend((f"{at}[{i}]", x) for i, x in enumerate(v))
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                where = f"{at}[{json.dumps(k) if isinstance(k, str) else repr(k)}]"
+                if isinstance(k, str) and (problem := _text_problem(k)) is not None:
+                    return f"the key {where} {problem}"
+                stack.append((where, x))
+    return None
 
 
 # any text PostgreSQL can hold (no NUL, no lone surrogate): e.g. a user's own ids as ingest stored them

@@ -43,6 +43,13 @@ class FrequencyCap(_Model):
     action: Literal["skip", "defer"] = "skip"
 
 
+# Lifecycle thresholds of a workspace that sets none (days without activity; days a comeback stays
+# "reactivated"): the segment service's stages (services/segment/lifecycle.py) and the check below read these.
+AT_RISK_DAYS = 30
+CHURNED_DAYS = 90
+REACTIVATED_DAYS = 30
+
+
 class Lifecycle(_Model):
     activation_events: list[EventName] | None = None
     advocacy_events: list[EventName] | None = None
@@ -54,7 +61,8 @@ class Lifecycle(_Model):
 
     @model_validator(mode="after")
     def _churn_after_risk(self) -> "Lifecycle":
-        at_risk, churned = self.at_risk_days or 30, self.churned_days or 90  # lifecycle.py's defaults
+        at_risk = AT_RISK_DAYS if self.at_risk_days is None else self.at_risk_days
+        churned = CHURNED_DAYS if self.churned_days is None else self.churned_days
         if churned <= at_risk:
             raise ValueError(f"churned_days ({churned}) must be more than at_risk_days ({at_risk})")
         return self

@@ -42,6 +42,8 @@ feed_router = APIRouter(prefix="/v1", tags=["feed"])
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
 _NOT_FOUND = {**COMMON_ERRORS, 404: problem_schema("No such segment")}
+_PROFILE_NOT_FOUND = {**COMMON_ERRORS, 404: problem_schema("No such profile (no event or trait of it has reached "
+                                                             "this workspace)")}
 
 
 @router.post("/segments", status_code=201, response_model=SegmentOut, operation_id="create_segment",
@@ -143,11 +145,11 @@ async def get_profile_segments(profile_id: uuid.UUID, ws: WorkspaceDep, session:
 @router.get("/profiles/{profile_id}/attributes", response_model=ProfileAttributes,
             operation_id="get_profile_attributes", tags=["attributes"],
             summary="Computed attributes of a profile (order count, revenue, AOV, recency, …)",
-            responses=COMMON_ERRORS)
+            responses=_PROFILE_NOT_FOUND)
 async def get_profile_attributes(profile_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
     async with session.begin():
-        attrs = await evaluation.load_attributes(session, ws, [profile_id], datetime.now(UTC).date())
-    return {"profile_id": str(profile_id), **attrs[profile_id]}
+        attrs = await evaluation.profile_attributes(session, ws, profile_id, datetime.now(UTC).date())
+    return {"profile_id": str(profile_id), **attrs}
 
 
 @router.get("/lifecycle", response_model=LifecycleOverview, operation_id="lifecycle_overview", tags=["lifecycle"],

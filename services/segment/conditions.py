@@ -39,10 +39,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from shared.jsonutil import get_path
-from shared.validation import IsoDate, JsonFloat, JsonInt
+from shared.validation import IsoDate, JsonFloat, JsonInt, unstorable
 
 EMAIL_OPENED = "Email Opened"
 EMAIL_CLICKED = "Email Link Clicked"
@@ -63,6 +63,18 @@ def _finite(value: Any) -> Any:
             raise ValueError("'value' must be a finite number (not NaN or Infinity)")
         stack.extend(v if isinstance(v, list) else v.values() if isinstance(v, dict) else ())
     return value
+
+
+def _storable(value: Any) -> Any:
+    """Names and values reach PostgreSQL (the stored definition is jsonb; SQL evaluation binds them as
+    text): one holding a NUL (``\\u0000``) or a lone surrogate is refused here, at its field, not by a 500."""
+    if (problem := unstorable(value)) is not None:
+        raise ValueError(problem)
+    return value
+
+
+Text = Annotated[str, AfterValidator(_storable)]  # a trait, event or property name, a key, a seed
+Value = Annotated[Any, AfterValidator(_storable)]  # a value compared with (a string, number, list, object …)
 
 
 class AndNode(_Node):
@@ -87,7 +99,7 @@ NumberOp = Literal["equals", "not_equals", "gt", "gte", "lt", "lte"]
 
 class _Compared(_Node):
     op: TraitOp = "equals"
-    value: Any = None
+    value: Value = None
 
     @model_validator(mode="after")
     def _value_fits_op(self) -> "_Compared":
@@ -105,20 +117,20 @@ class _Compared(_Node):
 
 class TraitNode(_Compared):
     type: Literal["trait"] = "trait"
-    trait: str = Field(min_length=1, examples=["plan"])
+    trait: Text = Field(min_length=1, examples=["plan"])
 
 
 class AccountTraitNode(_Compared):
     """B2B: a trait of an account (``group`` call) the profile belongs to, e.g. industry, employees, plan."""
 
     type: Literal["account_trait"] = "account_trait"
-    trait: str = Field(min_length=1, examples=["industry"])
+    trait: Text = Field(min_length=1, examples=["industry"])
 
 
 class PropertyFilter(_Compared):
     """``property`` (dots reach into nested objects) compared like a trait."""
 
-    property: str = Field(min_length=1, examples=["category"])
+    property: Text = Field(min_length=1, examples=["category"])
 
 
 class Between(_Node):
@@ -153,7 +165,7 @@ class _Windowed(_Node):
 
 class PerformedNode(_Windowed):
     type: Literal["performed"] = "performed"
-    event: str = Field(min_length=1, examples=["Order Completed"])
+    event: Text = Field(min_length=1, examples=["Order Completed"])
     op: Literal["at_least", "at_most", "exactly"] = "at_least"
     count: JsonInt = Field(default=1, ge=0)
     where: list[PropertyFilter] = Field(default_factory=list, description="every filter must match")
@@ -163,10 +175,10 @@ class PerformedTimeNode(_Node):
     """When a profile first / last performed an event (day precision)."""
 
     type: Literal["performed_time"] = "performed_time"
-    event: str = Field(min_length=1, examples=["Signed Up"])
+    event: Text = Field(min_length=1, examples=["Signed Up"])
     which: Literal["first", "last"] = "last"
     op: Literal["before", "after", "within_last_days", "over_days_ago"]
-    value: Any
+    value: Value
 
     @model_validator(mode="after")
     def _value_fits_op(self) -> "PerformedTimeNode":
@@ -182,8 +194,8 @@ class AggregateNode(_Windowed):
     """sum / avg / min / max / count of a numeric event property over a window."""
 
     type: Literal["aggregate"] = "aggregate"
-    event: str = Field(min_length=1, examples=["Order Completed"])
-    property: str = Field(min_length=1, examples=["revenue"])
+    event: Text = Field(min_length=1, examples=["Order Completed"])
+    property: Text = Field(min_length=1, examples=["revenue"])
     function: Literal["sum", "avg", "min", "max", "count"] = "sum"
     op: NumberOp = "gte"
     value: JsonFloat
@@ -194,17 +206,17 @@ class LastEventPropertyNode(_Compared):
     """A property of the most recent ``event`` (false if never performed)."""
 
     type: Literal["last_event_property"] = "last_event_property"
-    event: str = Field(min_length=1, examples=["Product Viewed"])
-    property: str = Field(min_length=1, examples=["category"])
+    event: Text = Field(min_length=1, examples=["Product Viewed"])
+    property: Text = Field(min_length=1, examples=["category"])
 
 
 class KeyedNode(_Node):
     """Some entity (``key`` property value) went through ``event`` and never through ``without`` since."""
 
     type: Literal["keyed"] = "keyed"
-    key: str = Field(min_length=1, examples=["cart_id"])
-    event: str = Field(min_length=1, examples=["Product Added"])
-    without: str = Field(min_length=1, examples=["Order Completed"])
+    key: Text = Field(min_length=1, examples=["cart_id"])
+    event: Text = Field(min_length=1, examples=["Product Added"])
+    without: Text = Field(min_length=1, examples=["Order Completed"])
     within_days: JsonInt | None = Field(default=None, ge=1, le=3650)
 
 
@@ -241,7 +253,7 @@ class AttributeNode(_Node):
     attribute: Literal["order_count", "total_revenue", "average_order_value", "orders_per_month", "first_seen",
                        "last_seen", "days_since_last_activity", "days_since_last_order", "lead_score", "last_nps"]
     op: TraitOp = "gte"
-    value: Any = None
+    value: Value = None
 
     @model_validator(mode="after")
     def _finite_value(self) -> "AttributeNode":
@@ -256,7 +268,7 @@ class RandomBucketNode(_Node):
 
     type: Literal["random_bucket"] = "random_bucket"
     percent: JsonFloat = Field(gt=0, le=100)
-    seed: str = Field("", max_length=100, description="change it to draw a different, independent sample")
+    seed: Text = Field("", max_length=100, description="change it to draw a different, independent sample")
 
 
 Condition = Annotated[

@@ -27,7 +27,7 @@ from shared import metrics
 from shared import traits as trait_merge
 from shared.core import workspace_settings
 from shared.db import driver_connection, uuid_array
-from shared.errors import UpstreamUnavailable
+from shared.errors import NotFound, UpstreamUnavailable
 from shared.feed import lock_consumer, save_consumer
 from shared.http import InternalClient
 from shared.jsonutil import dumps
@@ -338,6 +338,19 @@ async def load_attributes(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.
                           ) -> dict[uuid.UUID, dict[str, Any]]:
     facts = await _load_facts(session, ws, pids, Needs(), today)
     return {pid: dict(facts[pid].attributes) for pid in pids}
+
+
+async def profile_attributes(session: AsyncSession, ws: uuid.UUID, profile_id: uuid.UUID, today: date
+                             ) -> dict[str, Any]:
+    """A profile's computed attributes, or NotFound for a profile this workspace has no facts about (no
+    stats, no traits): zeros and nulls would read as a real profile that never bought anything."""
+    known = await session.scalar(
+        text("select exists (select 1 from segment.profile_stats where workspace_id = :ws and profile_id = :pid) "
+             "or exists (select 1 from segment.profile_traits where workspace_id = :ws and profile_id = :pid)"),
+        {"ws": ws, "pid": profile_id})
+    if not known:
+        raise NotFound(f"No profile {profile_id} in this workspace")
+    return (await load_attributes(session, ws, [profile_id], today))[profile_id]
 
 
 async def _load_facts(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID], needs: Needs,

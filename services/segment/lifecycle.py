@@ -11,7 +11,8 @@ Stages, first match wins:
 6. ``engaged``: activated (performed an activation event, default a purchase);
 7. ``onboarding``: everyone else who has been seen.
 
-Thresholds and event names are per-workspace settings (``core.workspaces.settings["lifecycle"]``).
+Thresholds and event names are per-workspace settings (``core.workspaces.settings["lifecycle"]``); the
+day thresholds' defaults are defined once, in shared/workspace_config.py, which also checks the settings.
 Stage changes are written as transitions of a per-workspace stage segment (a stable id per stage,
 :func:`stage_segment_id`), so campaigns trigger on "entered at_risk" like on any segment.
 """
@@ -21,6 +22,7 @@ from datetime import date
 from typing import Any
 
 from shared.lifecycle_ids import stage_segment_id
+from shared.workspace_config import AT_RISK_DAYS, CHURNED_DAYS, REACTIVATED_DAYS
 
 STAGES = ("onboarding", "engaged", "loyal", "advocacy", "reactivated", "at_risk", "churned")
 __all__ = ["STAGES", "LifecycleSettings", "StageInput", "next_stage", "stage_segment_id"]
@@ -31,9 +33,9 @@ class LifecycleSettings:
     activation_events: tuple[str, ...] = ("Order Completed",)
     advocacy_events: tuple[str, ...] = ("Referral Converted", "Review Submitted")
     loyal_orders: int = 3
-    at_risk_days: int = 30
-    churned_days: int = 90
-    reactivated_days: int = 30
+    at_risk_days: int = AT_RISK_DAYS
+    churned_days: int = CHURNED_DAYS
+    reactivated_days: int = REACTIVATED_DAYS
     promoter_nps: int = 9
 
     @classmethod

@@ -1,12 +1,14 @@
 """Every kind of segment condition on real PostgreSQL: definitions saved through the API, events folded
 as the feed consumer folds them, members read back through the API."""
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from services.segment import evaluation
+from shared.core import create_workspace
 
 NOW = datetime.now(UTC)
 
@@ -206,6 +208,27 @@ async def test_search_lists_profiles_with_counts_and_attributes(ctx, settings) -
     assert r.status_code == 422
 
 
+async def test_attributes_of_an_unknown_profile_are_a_404(ctx) -> None:
+    """GET …/attributes answered 200 with zero orders and null dates for any id, even one the workspace has
+    never seen (a typo, another workspace's profile), so a client could not tell it from a real profile."""
+    known = uuid.uuid4()
+    await _fold(ctx.sm, [_ev(ctx.ws, known, "identify", traits={"plan": "pro"})])
+    r = await ctx.seg.get(f"/v1/profiles/{known}/attributes", headers=ctx.h)
+    assert r.status_code == 200 and r.json()["profile_id"] == str(known) and r.json()["order_count"] == 0
+    async with ctx.sm() as s, s.begin():
+        other = await create_workspace(s, f"test-{uuid.uuid4().hex[:8]}")
+    elsewhere = uuid.uuid4()
+    await _fold(ctx.sm, [_ev(other.workspace_id, elsewhere, event="Order Completed", props={"revenue": 5})])
+    for pid in (uuid.uuid4(), elsewhere):
+        r = await ctx.seg.get(f"/v1/profiles/{pid}/attributes", headers=ctx.h)
+        assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json", r.text
+        assert r.json()["type"].endswith("/not-found") and str(pid) in r.json()["detail"]
+    h = {"Authorization": f"Bearer {other.secret_key}"}
+    assert (await ctx.seg.get(f"/v1/profiles/{elsewhere}/attributes", headers=h)).json()["order_count"] == 1
+    spec = ctx.seg._transport.app.openapi()  # type: ignore[attr-defined]
+    assert "404" in spec["paths"]["/v1/profiles/{profile_id}/attributes"]["get"]["responses"]
+
+
 async def test_non_finite_numbers_are_refused_not_saved_as_null(ctx) -> None:
     """JSON bodies may carry NaN, Infinity or 1e999 (read as infinity). Saved, they became null: the
     definition changed meaning (``equals NaN`` turned into ``equals null``) or no longer parsed, and every
@@ -228,6 +251,57 @@ async def test_non_finite_numbers_are_refused_not_saved_as_null(ctx) -> None:
             assert [e["at"] for e in r.json()["errors"]] == [at], r.text
     assert (await ctx.seg.get("/v1/segments", headers=ctx.h)).json()["segments"] == []
     await ctx.segment({"type": "trait", "trait": "plan", "value": "pro"})  # the workspace still works
+
+
+async def test_text_postgresql_cannot_hold_is_refused_at_its_field(ctx) -> None:
+    """A NUL character (or a lone surrogate) in a name or value of a definition was accepted by validation,
+    then PostgreSQL refused it: a 500 from previews and searches (bound as text), a 422 naming no field on
+    save. Every such string is refused with the node and field named, before anything is read or written."""
+    pid = uuid.uuid4()
+    await _fold(ctx.sm, [_ev(ctx.ws, pid, "identify", traits={"plan": "pro"}),
+                         _ev(ctx.ws, pid, event="Order Completed", props={"revenue": 5})])
+    ok = {"type": "trait", "trait": "plan", "value": "pro"}
+    order = {"type": "performed", "event": "Order Completed"}
+    cases = [
+        ({"type": "trait", "trait": "pl\x00an", "value": "pro"}, "definition.trait.trait"),
+        ({"type": "trait", "trait": "plan", "value": "p\x00ro"}, "definition.trait.value"),
+        ({"type": "not", "child": {"type": "trait", "trait": "plan", "op": "in", "value": ["basic", "p\x00"]}},
+         "definition.not.child.trait.value"),
+        ({"type": "account_trait", "trait": "industry\x00"}, "definition.account_trait.trait"),
+        ({"type": "performed", "event": "Order\x00Completed"}, "definition.performed.event"),
+        ({"type": "and", "children": [ok, {**order, "where": [{"property": "category\x00", "value": "shoes"}]}]},
+         "definition.and.children.1.performed.where.0.property"),
+        ({"type": "or", "children": [ok, {**order, "where": [{"property": "item", "value": {"bra\x00nd": "A"}}]}]},
+         "definition.or.children.1.performed.where.0.value"),
+        ({"type": "performed_time", "event": "Signed\x00Up", "op": "within_last_days", "value": 7},
+         "definition.performed_time.event"),
+        ({"type": "aggregate", "event": "Order Completed", "property": "reve\x00nue", "value": 1},
+         "definition.aggregate.property"),
+        ({"type": "last_event_property", "event": "Product Viewed\x00", "property": "category"},
+         "definition.last_event_property.event"),
+        ({"type": "keyed", "key": "cart_id", "event": "Product Added", "without": "Order\x00"},
+         "definition.keyed.without"),
+        ({"type": "attribute", "attribute": "order_count", "op": "in", "value": [1, "2\x00"]},
+         "definition.attribute.value"),
+        ({"type": "random_bucket", "percent": 10, "seed": "holdout\x00"}, "definition.random_bucket.seed"),
+        ({"type": "trait", "trait": "plan", "value": "\ud83d"}, "definition.trait.value"),  # a lone surrogate
+    ]
+    saved = await ctx.segment(ok)
+    headers = {**ctx.h, "content-type": "application/json"}
+    for definition, at in cases:
+        body = json.dumps({"name": uuid.uuid4().hex, "definition": definition})  # \u0000 and \ud83d escapes
+        for method, path in (("POST", "/v1/segments"), ("PUT", f"/v1/segments/{saved}"),
+                             ("POST", "/v1/segments/preview"), ("POST", "/v1/profiles/search")):
+            r = await ctx.seg.request(method, path, headers=headers, content=body)
+            assert r.status_code == 422, (path, definition, r.text)
+            assert r.headers["content-type"] == "application/problem+json"
+            [error] = r.json()["errors"]
+            assert error["at"] == at, (path, r.text)
+            assert ("lone surrogate" if "\\ud83d" in body else "NUL character (\\u0000)") in error["msg"], r.text
+    r = await ctx.seg.get("/v1/segments", headers=ctx.h)
+    assert [(s["id"], s["version"]) for s in r.json()["segments"]] == [(saved, 1)]  # nothing saved or changed
+    r = await ctx.seg.post("/v1/segments/preview", headers=ctx.h, json={"definition": ok})
+    assert r.status_code == 200 and r.json()["count"] == 1
 
 
 async def test_dates_beyond_the_utc_range_compare_instead_of_crashing(ctx) -> None:

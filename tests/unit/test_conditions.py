@@ -109,6 +109,8 @@ def _at(days_ago: float) -> datetime:
     ({"type": "performed", "event": "A", "between": {"start": "2026-01-02", "end": "2026-01-01"}}, "before start"),
     ({"type": "performed_time", "event": "A", "op": "over_days_ago", "value": -1}, "whole number"),
     ({"type": "aggregate", "event": "A", "property": "p", "op": "contains", "value": 1}, "literal_error"),
+    ({"type": "trait", "trait": "t", "value": {"a": ["x", "y\x00"]}}, '["a"][1] contains a NUL character'),
+    ({"type": "trait", "trait": "t", "value": {"k\x00": 1}}, 'the key ["k\\u0000"] contains a NUL character'),
 ])
 def test_invalid_definitions_say_why(definition, error) -> None:
     with pytest.raises(ValidationError) as exc:

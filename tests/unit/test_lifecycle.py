@@ -1,9 +1,12 @@
 from datetime import date, timedelta
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from services.segment.lifecycle import STAGES, LifecycleSettings, StageInput, next_stage
+from shared.workspace_config import checked
 
 TODAY = date(2026, 11, 24)
 CFG = LifecycleSettings()
@@ -41,3 +44,13 @@ def test_every_seen_profile_has_exactly_one_known_stage(idle, orders, previous) 
     got = stage(idle, orders=orders, previous=previous, since=TODAY)
     assert (got is None) == (idle is None)
     assert got is None or got in STAGES
+
+
+def test_the_configuration_check_uses_the_stages_defaults() -> None:
+    """A workspace that sets one threshold is checked against the other's default, the one its stages use."""
+    cfg = LifecycleSettings()
+    assert checked({"lifecycle": {"churned_days": cfg.at_risk_days + 1}})
+    assert checked({"lifecycle": {"at_risk_days": cfg.churned_days - 1}})
+    for lifecycle in ({"churned_days": cfg.at_risk_days}, {"at_risk_days": cfg.churned_days}):
+        with pytest.raises(ValidationError, match="must be more than at_risk_days"):
+            checked({"lifecycle": lifecycle})

@@ -7,7 +7,10 @@ Each service supplies two domain functions over its own schema; this module turn
 - ``GET /v1/privacy/export?profile_id=...&identity=...``: everything held about those profiles, as JSON.
 
 ``identities`` are the user's own ids (userId, anonymousId, email, phone), for records a service keys by
-them rather than by profile (delivery's devices): a service that has such records passes ``by_identity``.
+them rather than by profile: a service that has such records passes ``by_identity`` (campaign's program
+outbox), or, when what it finds by profile and by id must be put together (delivery: a person's messages,
+then the opens, events and consent records of those messages and addresses), builds its routes with
+``person_privacy_router`` from functions that take both.
 
 Both take the internal token and the ``X-Tenure-Workspace`` header.
 """
@@ -29,6 +32,9 @@ EraseFn = Callable[[AsyncSession, uuid.UUID, list[uuid.UUID]], Awaitable[dict[st
 ExportFn = Callable[[AsyncSession, uuid.UUID, list[uuid.UUID]], Awaitable[dict[str, Any]]]
 EraseIdsFn = Callable[[AsyncSession, uuid.UUID, list[str]], Awaitable[dict[str, int]]]
 ExportIdsFn = Callable[[AsyncSession, uuid.UUID, list[str]], Awaitable[dict[str, Any]]]
+# (session, workspace, profile ids, the user's own ids)
+ErasePersonFn = Callable[[AsyncSession, uuid.UUID, list[uuid.UUID], list[str]], Awaitable[dict[str, int]]]
+ExportPersonFn = Callable[[AsyncSession, uuid.UUID, list[uuid.UUID], list[str]], Awaitable[dict[str, Any]]]
 
 
 class ErasureRequest(BaseModel):
@@ -43,6 +49,25 @@ class ErasureResult(BaseModel):
 
 def privacy_router(service: str, erase: EraseFn, export: ExportFn,
                    by_identity: tuple[EraseIdsFn, ExportIdsFn] | None = None) -> APIRouter:
+    async def erase_person(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID], ids: list[str]
+                           ) -> dict[str, int]:
+        removed = await erase(session, ws, pids)
+        if by_identity and ids:
+            removed |= await by_identity[0](session, ws, ids)
+        return removed
+
+    async def export_person(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID], ids: list[str]
+                            ) -> dict[str, Any]:
+        out = await export(session, ws, pids)
+        if by_identity and ids:
+            out |= await by_identity[1](session, ws, ids)
+        return out
+
+    return person_privacy_router(service, erase_person, export_person)
+
+
+def person_privacy_router(service: str, erase: ErasePersonFn, export: ExportPersonFn) -> APIRouter:
+    """The routes, from functions given both the profile ids and the user's ids (possibly none) at once."""
     router = APIRouter(prefix="/v1/privacy", tags=["privacy"])
 
     @router.post("/erasure", response_model=ErasureResult, operation_id=f"{service}_erase_profiles",
@@ -50,10 +75,7 @@ def privacy_router(service: str, erase: EraseFn, export: ExportFn,
     async def erase_route(body: ErasureRequest, principal: InternalDep, session: SessionDep) -> dict[str, Any]:
         ws = principal.require_workspace()
         async with session.begin():
-            removed = await erase(session, ws, body.profile_ids)
-            if by_identity and body.identities:
-                removed |= await by_identity[0](session, ws, body.identities)
-            return {"removed": removed}
+            return {"removed": await erase(session, ws, body.profile_ids, list(body.identities))}
 
     @router.get("/export", operation_id=f"{service}_export_profiles",
                 summary="Everything this service holds about profiles (internal)", responses=COMMON_ERRORS)
@@ -64,9 +86,6 @@ def privacy_router(service: str, erase: EraseFn, export: ExportFn,
                            ) -> dict[str, Any]:
         ws = principal.require_workspace()
         async with session.begin():
-            out = await export(session, ws, profile_id)
-            if by_identity and identity:
-                out |= await by_identity[1](session, ws, identity)
-            return out
+            return await export(session, ws, profile_id, list(identity))
 
     return router

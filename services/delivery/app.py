@@ -4,7 +4,7 @@ from fastapi import FastAPI
 
 from services.delivery import pages, privacy, webhooks
 from services.delivery.api import consent_router, router
-from shared.privacy import privacy_router
+from shared.privacy import person_privacy_router
 from shared.settings import Settings
 from shared.web import create_service_app
 
@@ -19,8 +19,7 @@ events. `/u/…`, `/p/…`, `/o/…` and `/c/…` are the signed pages and links
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     routers = [router, consent_router, pages.router, webhooks.router,
-               privacy_router("delivery", privacy.erase, privacy.export,
-                              by_identity=(privacy.erase_devices, privacy.export_devices))]
+               person_privacy_router("delivery", privacy.erase, privacy.export)]
     app = create_service_app("delivery", settings or Settings(), routers=routers, description=DESCRIPTION)
     pages.install_page_errors(app)
     return app

@@ -40,6 +40,15 @@ async def _profile_ids(session: AsyncSession, ws: uuid.UUID, pid: uuid.UUID) -> 
     return [r[0] for r in rows]
 
 
+async def _emails(session: AsyncSession, params: dict[str, Any]) -> list[str]:
+    """The email traits of the profiles ``params["p"]`` (other services key records by address)."""
+    rows = await session.execute(
+        text("select traits->>'email' from ingest.profiles where id = any(CAST(:p AS uuid[])) and traits ? 'email'"),
+        params,
+    )
+    return [e for e in rows.scalars().all() if e]
+
+
 async def erase(session: AsyncSession, ws: uuid.UUID, ref: str, *, suppress: bool) -> dict[str, Any]:
     """Erase a user here and open the audit record; the caller commits, then wakes the worker."""
     pids = await _profile_ids(session, ws, await resolve_ref(session, ws, ref))
@@ -49,10 +58,7 @@ async def erase(session: AsyncSession, ws: uuid.UUID, ref: str, *, suppress: boo
              "where workspace_id = :ws and profile_id = any(CAST(:p AS uuid[]))"),
         params,
     )).all()
-    emails = (await session.execute(
-        text("select traits->>'email' from ingest.profiles where id = any(CAST(:p AS uuid[])) and traits ? 'email'"),
-        params,
-    )).scalars().all()
+    emails = await _emails(session, params)
     removed: dict[str, int] = {}
     for table, col in (("events", "profile_id"), ("identities", "profile_id"), ("group_members", "profile_id"),
                        ("profile_merges", "into_profile_id"), ("profiles", "id")):
@@ -158,9 +164,10 @@ async def export(session: AsyncSession, internal: InternalClient, ws: uuid.UUID,
     )).mappings().all()
     out: dict[str, Any] = {"profile": profile, "identities": [dict(r) for r in identities],
                            "events": [dict(r) for r in events]}
+    # the same ids an erasure passes (identities and email), so both reach the same records
+    ids = sorted({r["value"] for r in identities} | set(await _emails(session, params)))
     for svc in OTHER_SERVICES:
         resp = await internal.request("GET", svc, "/v1/privacy/export", headers={WORKSPACE_HEADER: str(ws)},
-                                      params={"profile_id": [str(p) for p in pids],
-                                              "identity": sorted({r["value"] for r in identities})})
+                                      params={"profile_id": [str(p) for p in pids], "identity": ids})
         out[svc] = resp.json() if resp.status_code == 200 else {"error": f"{svc} answered {resp.status_code}"}
     return out

@@ -1,6 +1,8 @@
 """Consent and engagement through HTTP: what a recipient's mail client and browser do with the links
 delivery puts in a message, and what ingest hears about it."""
 
+import asyncio
+import json
 import re
 import uuid
 from urllib.parse import urlsplit
@@ -281,5 +283,155 @@ async def test_tracked_links_of_an_erased_message_still_work_and_record_nothing(
     fr = await apps["delivery"].get(confirm, headers={"Accept-Language": "fr"})
     assert fr.status_code == 200 and "effacées" in fr.text
     assert (await apps["delivery"].get(confirm[:-3] + "AAA")).status_code == 400
-    assert await held() == after_live  # nothing written for the erased message, the opt-in still unconfirmed
-    assert after_live[-1] is None
+    assert await held() == after_live  # nothing written for the erased message
+    assert after_live[-1] is None  # (the opt-in went with the erasure: nothing was confirmed)
+
+
+async def test_erasure_leaves_nothing_about_the_person_but_their_opt_outs(apps, workspace, sessionmaker, settings,
+                                                                         mailbox, internal_client) -> None:
+    """A GDPR erasure through ingest removes everything delivery holds about the person — their messages
+    (a campaign's and a double opt-in confirmation sent under their userId), the open and the click on them
+    (URL, user agent), the events for ingest still waiting to go, the double opt-in and the topics they
+    chose — and keeps only what proves and honours their opt-outs: the suppression, the consent log, the topic
+    they opted out of. The export lists the same records; nothing about them reaches ingest afterwards (it
+    would recreate the profile), a retried erasure deletes nothing more, and another person is untouched."""
+    from services.ingest import privacy as ingest_privacy
+
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    ws, tag = workspace.workspace_id, uuid.uuid4().hex[:6]
+    user, to, other, other_to = f"erase-{tag}", f"erase-{tag}@example.com", f"stay-{tag}", f"stay-{tag}@example.com"
+    for u, email in ((user, to), (other, other_to)):
+        r = await apps["ingest"].post("/v1/identify", auth=(workspace.write_key, ""),
+                                      json={"userId": u, "traits": {"email": email}})
+        assert r.status_code == 200, r.text
+    pid = (await apps["ingest"].get(f"/v1/profiles/{user}", headers=h)).json()["id"]
+    mid, mail = await _send(apps, h, sessionmaker, settings, mailbox, to, topic="offers",
+                            metadata={"userId": user, "profile_id": pid})  # as campaign sends it
+    kept, kept_mail = await _send(apps, h, sessionmaker, settings, mailbox, other_to, user_id=other)
+    async with sessionmaker() as s, s.begin():  # read a minute after sending (not a mail server's prefetch)
+        await s.execute(text("update delivery.messages set sent_at = now() - interval '1 minute' "
+                             "where id = any(CAST(:ids AS uuid[]))"), {"ids": [mid, kept]})
+    browser = {"User-Agent": "Mozilla/5.0 (erasure test)"}
+    link = _path(re.search(r'href="([^"]+/c/[^"]+)"', mail["html"]).group(1).replace("&amp;", "&"))
+    assert (await apps["delivery"].get(_path(re.search(r'src="([^"]+/o/[^"]+\.gif)"', mail["html"]).group(1)),
+                                       headers=browser)).status_code == 200
+    assert (await apps["delivery"].get(link, headers=browser)).status_code == 302
+    other_link = re.search(r'href="([^"]+/c/[^"]+)"', kept_mail["html"]).group(1).replace("&amp;", "&")
+    assert (await apps["delivery"].get(_path(other_link), headers=browser)).status_code == 302
+    # a double opt-in, confirmed; its confirmation is sent under the userId only (not by a campaign)
+    r = await apps["delivery"].post("/v1/opt-ins", headers=h, json={"email": to, "topics": ["product_news"],
+                                                                    "user_id": user})
+    assert r.status_code == 202, r.text
+    confirmation_id = r.json()["message_id"]
+    await sending.send_due(sessionmaker, settings)
+    confirmation = next(m for m in mailbox.messages if m["headers"].get("X-Tenure-Message-Id") == confirmation_id)
+    confirm = re.search(r"(/confirm/[A-Za-z0-9_-]+)", confirmation["text"]).group(1)
+    assert (await apps["delivery"].post(confirm)).status_code == 200
+    # the preference page: every topic off, then product news back on (a choice); offers stay off (an opt-out)
+    prefs = _path(re.search(r'href="([^"]+/p/[^"]+)"', mail["html"]).group(1))
+    assert (await apps["delivery"].post(prefs, data={})).status_code == 200
+    assert (await apps["delivery"].post(prefs, data={"topic": ["product_news"]})).status_code == 200
+    # and a one-click unsubscribe from all marketing email
+    assert (await apps["delivery"].post(_path(mail["headers"]["List-Unsubscribe"].strip("<>")),
+                                        content=b"List-Unsubscribe=One-Click",
+                                        headers={"Content-Type": "application/x-www-form-urlencoded"})
+            ).status_code == 200
+    assert (await apps["delivery"].post("/v1/devices", headers=h, json={
+        "user": user, "platform": "android", "token": f"token-{tag}"})).status_code == 201
+
+    async def feedback_for(u: str) -> tuple[int, int]:  # (events for ingest naming them, of which pending)
+        async with sessionmaker() as s:
+            row = (await s.execute(text(
+                "select count(*), count(*) filter (where forwarded_at is null) from delivery.feedback "
+                "where workspace_id = :ws and payload->>'userId' = :u"), {"ws": ws, "u": u})).one()
+        return tuple(row)
+
+    # opened, clicked, opted in, three topic changes, unsubscribed: none forwarded yet
+    assert await feedback_for(user) == (7, 7)
+    # the export (ingest's, which asks delivery) lists what is held about them
+    export = (await apps["ingest"].get(f"/v1/privacy/export/{user}", headers=h)).json()["delivery"]
+    assert sorted(m["id"] for m in export["messages"]) == sorted([mid, confirmation_id])
+    assert len(export["attempts"]) == 2
+    assert sorted((e["kind"], e["url"], e["user_agent"]) for e in export["engagements"]) == [
+        ("clicked", "https://acme.example/post?id=1&x=2", browser["User-Agent"]),
+        ("opened", None, browser["User-Agent"])]
+    assert sorted((t["address"], t["topic"], t["subscribed"]) for t in export["subscriptions"]) == [
+        (to, "offers", False), (to, "product_news", True)]
+    assert [(o["address"], o["topics"], o["confirmed_at"] is not None) for o in export["opt_ins"]] == [
+        (to, ["product_news"], True)]
+    assert [(x["channel"], x["address"], x["reason"]) for x in export["suppressions"]] == [
+        ("email", to, "unsubscribed")]
+    assert [(c["action"], c["topic"]) for c in export["consent_log"]] == [
+        ("confirmed", None), ("topic_off", "offers"), ("topic_off", "product_news"), ("topic_on", "product_news"),
+        ("unsubscribed", None)]
+    assert [d["token"] for d in export["devices"]] == [f"token-{tag}"]
+
+    r = await apps["ingest"].post("/v1/privacy/erasure", headers=h, json={"user": user})  # (no suppression)
+    assert r.status_code == 202, r.text
+    await ingest_privacy.propagate(sessionmaker, internal_client)
+    request = (await apps["ingest"].get(f"/v1/privacy/requests/{r.json()['id']}", headers=h)).json()
+    assert request["status"] == "completed", request
+    assert request["services"]["delivery"] == {"status": "done", "removed": {
+        "messages": 2, "attempts": 2, "early_events": 0, "engagements": 2, "feedback": 7, "opt_ins": 1,
+        "subscriptions": 1, "devices": 1}}
+
+    # what is left: the opt-out records of the address, nothing else
+    ids = {"profile_id": [pid], "identity": [user, to]}
+    left = (await apps["delivery"].get("/v1/privacy/export", headers=internal_headers(ws), params=ids)).json()
+    for kind in ("messages", "attempts", "engagements", "opt_ins", "devices"):
+        assert left[kind] == [], kind
+    assert [(t["topic"], t["subscribed"]) for t in left["subscriptions"]] == [("offers", False)]
+    assert left["suppressions"] == export["suppressions"] and left["consent_log"] == export["consent_log"]
+    assert await feedback_for(user) == (0, 0)
+    async with sessionmaker() as s:
+        engaged = (await s.execute(text("select message_id from delivery.engagements where workspace_id = :ws"),
+                                   {"ws": ws})).scalars().all()
+    assert [str(m) for m in engaged] == [kept]  # the other person's click stays
+    assert await feedback_for(other) == (1, 1)
+    # the forwarder sends nothing about them: ingest does not get a profile for them back
+    while await feedback.forward(sessionmaker, internal_client):
+        pass
+    for ref in (user, to):
+        assert (await apps["ingest"].get(f"/v1/profiles/{ref}", headers=h)).status_code == 404, ref
+    events = (await apps["ingest"].get(f"/v1/profiles/{other}/events", headers=h)).json()["events"]
+    assert [e["event"] for e in events if e["type"] == "track"] == ["Email Link Clicked"]
+    # a retried erasure (its answer was lost) succeeds and deletes nothing more
+    again = await apps["delivery"].post("/v1/privacy/erasure", headers=internal_headers(ws),
+                                        json={"profile_ids": [pid], "identities": [user, to]})
+    assert again.status_code == 200 and set(again.json()["removed"].values()) == {0}, again.text
+
+
+async def test_upgrading_forgets_the_opens_and_events_earlier_erasures_left(apps, workspace, sessionmaker,
+                                                                           settings) -> None:
+    """Erasures before delivery_0006 deleted the messages but left their opens and clicks and the events
+    about them for ingest. Only an erasure deletes messages, so the migration deletes exactly the rows that
+    name a message gone, and nothing of a message still held (nor events that name no message)."""
+    from alembic import command
+
+    from shared.migrate import alembic_config
+
+    ws = workspace.workspace_id
+    r = await apps["delivery"].post("/v1/messages", headers={"Authorization": f"Bearer {workspace.secret_key}"},
+                                    json={"idempotency_key": uuid.uuid4().hex, "to": "held@example.com",
+                                          "subject": "S", "text": "x"})
+    held, gone = r.json()["id"], str(uuid.uuid4())
+    tag = uuid.uuid4().hex
+    async with sessionmaker() as s, s.begin():
+        for m in (held, gone):
+            await s.execute(text("insert into delivery.engagements (workspace_id, message_id, kind, url, user_agent, "
+                                 "bot) values (:ws, :m, 'clicked', 'https://acme.example/', :ua, false)"),
+                            {"ws": ws, "m": m, "ua": tag})
+        for props in ({"message_id": held}, {"message_id": gone}, {"address": "held@example.com"}):
+            await s.execute(text("insert into delivery.feedback (id, workspace_id, payload, forwarded_at) "
+                                 "values (:id, :ws, CAST(:p AS jsonb), now())"),  # (the forwarder leaves them)
+                            {"id": uuid.uuid4(), "ws": ws, "p": json.dumps({"userId": tag, "properties": props})})
+    cfg = alembic_config("delivery", settings.require_database_url())
+    await asyncio.to_thread(command.downgrade, cfg, "delivery_0005")
+    await asyncio.to_thread(command.upgrade, cfg, "head")
+    async with sessionmaker() as s:
+        engaged = (await s.execute(text("select message_id from delivery.engagements where user_agent = :t"),
+                                   {"t": tag})).scalars().all()
+        events = (await s.execute(text("select payload->'properties' from delivery.feedback "
+                                       "where payload->>'userId' = :t"), {"t": tag})).scalars().all()
+    assert [str(m) for m in engaged] == [held]
+    assert sorted(events, key=json.dumps) == [{"address": "held@example.com"}, {"message_id": held}]

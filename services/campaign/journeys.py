@@ -681,6 +681,8 @@ async def _condition(ctx: Context, j: dict[str, Any], cond: Any, traits: dict[st
         return f"{cond.action}:{cond.step}" in seen
     resp = await ctx.internal.request("GET", "segment", f"/v1/profiles/{j['profile_id']}/segments",
                                       headers={WORKSPACE_HEADER: str(j["workspace_id"])})
+    if resp.status_code == 404:  # segment has not seen the profile yet (its events are still on the way)
+        return False
     resp.raise_for_status()
     return str(cond.segment_id) in resp.json()["segment_ids"]
 

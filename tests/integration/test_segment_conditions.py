@@ -264,6 +264,25 @@ async def test_stage_and_segments_of_an_unknown_profile_are_a_404(ctx) -> None:
         assert "404" in spec["paths"][path]["get"]["responses"], path
 
 
+async def test_segment_names_postgresql_cannot_hold_are_a_422_naming_the_field(ctx) -> None:
+    """A NUL in a segment's name got a 422 naming no field (from the database) and a lone surrogate a 500;
+    both are refused by the schema, on create and on rename, with ``name`` named."""
+    saved = await ctx.segment({"type": "trait", "trait": "plan", "value": "pro"})
+    headers = {**ctx.h, "content-type": "application/json"}
+    definition = {"type": "trait", "trait": "plan", "value": "pro"}
+    for name in ("a\x00b", "\ud800", "ok \udfff"):
+        for method, path, body in (("POST", "/v1/segments", {"name": name, "definition": definition}),
+                                   ("PUT", f"/v1/segments/{saved}", {"name": name}),
+                                   ("PUT", f"/v1/segments/{saved}", {"name": name, "definition": definition})):
+            r = await ctx.seg.request(method, path, headers=headers, content=json.dumps(body))  # \u escapes
+            assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json", (path, r.text)
+            assert [e["loc"] for e in r.json()["errors"]] == [["body", "name"]], r.text
+    r = await ctx.seg.get("/v1/segments", headers=ctx.h)
+    assert [(s["id"], s["version"]) for s in r.json()["segments"]] == [(saved, 1)]  # nothing saved or renamed
+    r = await ctx.seg.put(f"/v1/segments/{saved}", headers=ctx.h, json={"name": "Pro ✓ 🎉"})
+    assert r.status_code == 200 and r.json()["name"] == "Pro ✓ 🎉"
+
+
 async def test_non_finite_numbers_are_refused_not_saved_as_null(ctx) -> None:
     """JSON bodies may carry NaN, Infinity or 1e999 (read as infinity). Saved, they became null: the
     definition changed meaning (``equals NaN`` turned into ``equals null``) or no longer parsed, and every

@@ -1,5 +1,6 @@
 """Manual lists through the API: CSV uploads as spreadsheets and exports write them, resolved by ingest."""
 
+import json
 import uuid
 
 
@@ -37,6 +38,16 @@ async def test_csv_errors_name_the_lines_of_the_file(apps, workspace) -> None:
         assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
         assert f"lines {lines} " in r.json()["detail"], (body[:40], r.text)
     assert (await apps["segment"].get(f"/v1/lists/{lid}", headers=h)).json()["members"] == 0
+
+
+async def test_list_names_postgresql_cannot_hold_are_a_422_naming_the_field(apps, workspace) -> None:
+    """A NUL in a list's name got a 422 naming no field (from the database), a lone surrogate a 500."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}", "content-type": "application/json"}
+    for name in ("beta\x00", "\ud800", "beta \udfff"):
+        r = await apps["segment"].post("/v1/lists", headers=h, content=json.dumps({"name": name}))  # \\u escapes
+        assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json", r.text
+        assert [e["loc"] for e in r.json()["errors"]] == [["body", "name"]], r.text
+    assert (await apps["segment"].get("/v1/lists", headers=h)).json()["lists"] == []
 
 
 async def test_a_listed_profile_is_known_before_its_events_arrive(apps, workspace) -> None:

@@ -5,6 +5,8 @@ writers are never blocked for long."""
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared.workspace_config import MAX_RETENTION_DAYS
+
 DELETE_BATCH = 5_000
 
 
@@ -14,9 +16,16 @@ async def enforce(sessionmaker: async_sessionmaker[AsyncSession], table: str, ti
     deleted = 0
     async with sessionmaker() as session:
         async with session.begin():
+            # days as a JSON number (or a string of digits, which older releases stored as given); anything
+            # else (null, 1e12, "soon": stored before the settings were checked, or straight into the table)
+            # keeps everything, as no value does, instead of failing the job for every workspace
             policies = (await session.execute(
-                text("select id, (settings->>'retention_days')::int as days from core.workspaces "
-                     "where settings ? 'retention_days'"))).all()
+                text("select id, CAST(n AS int) as days from (select id, case "
+                     "when jsonb_typeof(settings->'retention_days') = 'number' "
+                     "or settings->>'retention_days' ~ '^[0-9]{1,9}$' then (settings->>'retention_days')::numeric "
+                     "end as n from core.workspaces where settings ? 'retention_days') w "
+                     "where n = trunc(n) and n between 1 and :max"),
+                {"max": MAX_RETENTION_DAYS})).all()
         for ws, days in policies:
             while True:
                 async with session.begin():

@@ -7,13 +7,24 @@ whole document against this model before writing, and refuses with the field nam
 defaults: campaign (``timezone``, ``quiet_hours``, ``frequency_caps``), segment (``lifecycle``,
 ``purchase_events``, ``revenue_property``, ``nps_event``, ``lead_score``), delivery (``topics``,
 ``sms_help_text``), ingest (``retention_days``).
+
+Leaving a key out means its default, at the top level and inside a section. At the top level ``null`` means
+the same (``--set KEY=null`` removes the key); inside a section (``lifecycle``, ``quiet_hours``,
+``frequency_caps``, ``lead_score``, ``topics``) ``null`` is refused with the key named, as is a value of the
+wrong JSON type (``"14"`` for 14, ``true`` for 1): the readers compare numbers, and a string or null there
+made every stage evaluation or send that read it fail. Text PostgreSQL cannot store (a NUL, a lone
+surrogate) is refused too. The readers still fall back to the defaults, key by key, on a value stored
+before these checks (or written straight into the table).
 """
 
 import re
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticUndefined
+
+from shared.validation import unstorable
 
 Channel = Literal["email", "sms", "push", "webhook"]
 def _clock_time(v: str) -> str:
@@ -27,7 +38,19 @@ EventName = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON types as written ("14" is not 14): the document is stored as given, not as validated
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_null(cls, v: Any, info: ValidationInfo) -> Any:
+        """null only where the default is null (the top-level keys): elsewhere leave the key out."""
+        default = cls.model_fields[info.field_name or ""].default
+        if v is None and default is not None:
+            if default is PydanticUndefined:
+                raise ValueError("is required and cannot be null")
+            raise ValueError(f"cannot be null: leave the key out to use the default ({default!r})")
+        return v
 
 
 class QuietHours(_Model):
@@ -43,28 +66,31 @@ class FrequencyCap(_Model):
     action: Literal["skip", "defer"] = "skip"
 
 
-# Lifecycle thresholds of a workspace that sets none (days without activity; days a comeback stays
-# "reactivated"): the segment service's stages (services/segment/lifecycle.py) and the check below read these.
+# Lifecycle settings of a workspace that sets none (days without activity; days a comeback stays
+# "reactivated"; ...): the segment service's stages (services/segment/lifecycle.py) and the checks below read these.
+ACTIVATION_EVENTS = ("Order Completed",)
+ADVOCACY_EVENTS = ("Referral Converted", "Review Submitted")
+LOYAL_ORDERS = 3
 AT_RISK_DAYS = 30
 CHURNED_DAYS = 90
 REACTIVATED_DAYS = 30
+PROMOTER_NPS = 9
+MAX_LOYAL_ORDERS = 1_000_000  # compared with order counts in SQL (a 32-bit integer there)
 
 
 class Lifecycle(_Model):
-    activation_events: list[EventName] | None = None
-    advocacy_events: list[EventName] | None = None
-    loyal_orders: int | None = Field(None, ge=1)
-    at_risk_days: int | None = Field(None, ge=1)
-    churned_days: int | None = Field(None, ge=1)
-    reactivated_days: int | None = Field(None, ge=1)
-    promoter_nps: int | None = Field(None, ge=0, le=10)
+    activation_events: list[EventName] = Field(list(ACTIVATION_EVENTS))
+    advocacy_events: list[EventName] = Field(list(ADVOCACY_EVENTS))
+    loyal_orders: int = Field(LOYAL_ORDERS, ge=1, le=MAX_LOYAL_ORDERS)
+    at_risk_days: int = Field(AT_RISK_DAYS, ge=1)
+    churned_days: int = Field(CHURNED_DAYS, ge=1)
+    reactivated_days: int = Field(REACTIVATED_DAYS, ge=1)
+    promoter_nps: int = Field(PROMOTER_NPS, ge=0, le=10)
 
     @model_validator(mode="after")
     def _churn_after_risk(self) -> "Lifecycle":
-        at_risk = AT_RISK_DAYS if self.at_risk_days is None else self.at_risk_days
-        churned = CHURNED_DAYS if self.churned_days is None else self.churned_days
-        if churned <= at_risk:
-            raise ValueError(f"churned_days ({churned}) must be more than at_risk_days ({at_risk})")
+        if self.churned_days <= self.at_risk_days:
+            raise ValueError(f"churned_days ({self.churned_days}) must be more than at_risk_days ({self.at_risk_days})")
         return self
 
 
@@ -79,6 +105,8 @@ class LeadTraitRule(_Model):
     def _list_for_in(self) -> "LeadTraitRule":
         if self.op in ("in", "not_in") and not isinstance(self.value, list):
             raise ValueError(f"{self.op!r} needs a list value")
+        if self.op == "starts_with" and not isinstance(self.value, str):
+            raise ValueError("'starts_with' needs a text value")
         return self
 
 
@@ -92,9 +120,13 @@ class Topic(_Model):
     label: dict[str, str] = Field(min_length=1, description="per language code, e.g. {\"en\": \"Offers\"}")
 
 
+MAX_RETENTION_DAYS = 36_500  # 100 years; far larger values failed the retention SQL (a 32-bit cast, year 0)
+
+
 class WorkspaceConfig(_Model):
     timezone: str | None = Field(None, examples=["Europe/Paris"], description="IANA zone; profiles' own wins")
-    retention_days: int | None = Field(None, ge=1, description="events older than this are dropped")
+    retention_days: int | None = Field(None, ge=1, le=MAX_RETENTION_DAYS,
+                                       description="events older than this are dropped")
     quiet_hours: dict[Channel, QuietHours] | None = None
     frequency_caps: list[FrequencyCap] | None = None
     lifecycle: Lifecycle | None = None
@@ -104,6 +136,13 @@ class WorkspaceConfig(_Model):
     lead_score: LeadScore | None = None
     topics: list[Topic] | None = Field(None, min_length=1)
     sms_help_text: str | None = Field(None, min_length=1, max_length=320)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _storable(cls, v: Any) -> Any:
+        if (problem := unstorable(v)) is not None:
+            raise ValueError(problem)
+        return v
 
     @field_validator("timezone")
     @classmethod

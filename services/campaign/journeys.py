@@ -16,13 +16,14 @@ from typing import Any
 
 import httpx
 import structlog
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
 from services.campaign import experiments, ingest_client, timing
 from services.campaign import journey_def as jd
+from shared import workspace_config as wc
 from shared.auth import WORKSPACE_HEADER
 from shared.errors import UpstreamUnavailable
 from shared.http import InternalClient
@@ -58,11 +59,23 @@ class Policy:
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any] | None) -> "Policy":
+        """Quiet hours and caps the send steps can apply; an entry that is not one (stored before the settings
+        were checked, or straight into the table) is left out rather than failing every send that reads it."""
         s = settings or {}
         qh = s.get("quiet_hours") if isinstance(s.get("quiet_hours"), dict) else {}
         caps = s.get("frequency_caps") if isinstance(s.get("frequency_caps"), list) else []
         tz = s.get("timezone") if isinstance(s.get("timezone"), str) else None
-        return cls(timezone=tz, quiet_hours=qh, frequency_caps=[c for c in caps if isinstance(c, dict)])
+        return cls(timezone=tz, quiet_hours={ch: q for ch, q in qh.items() if _fits(wc.QuietHours, q)},
+                   frequency_caps=[c for c in caps if _fits(wc.FrequencyCap, c)])
+
+
+def _fits(model: type[BaseModel], value: Any) -> bool:
+    # lax: "7" days, which older releases stored as given, still reads as 7 (float() takes it)
+    try:
+        model.model_validate(value, strict=False)
+    except ValidationError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------- entry
@@ -668,6 +681,8 @@ async def _condition(ctx: Context, j: dict[str, Any], cond: Any, traits: dict[st
         return f"{cond.action}:{cond.step}" in seen
     resp = await ctx.internal.request("GET", "segment", f"/v1/profiles/{j['profile_id']}/segments",
                                       headers={WORKSPACE_HEADER: str(j["workspace_id"])})
+    if resp.status_code == 404:  # segment has not seen the profile yet (its events are still on the way)
+        return False
     resp.raise_for_status()
     return str(cond.segment_id) in resp.json()["segment_ids"]
 

@@ -42,8 +42,8 @@ feed_router = APIRouter(prefix="/v1", tags=["feed"])
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
 _NOT_FOUND = {**COMMON_ERRORS, 404: problem_schema("No such segment")}
-_PROFILE_NOT_FOUND = {**COMMON_ERRORS, 404: problem_schema("No such profile (no event or trait of it has reached "
-                                                             "this workspace)")}
+_PROFILE_NOT_FOUND = {**COMMON_ERRORS, 404: problem_schema("No such profile (no event, trait or list entry of it "
+                                                             "has reached this workspace)")}
 
 
 @router.post("/segments", status_code=201, response_model=SegmentOut, operation_id="create_segment",
@@ -136,7 +136,7 @@ async def read_transitions(
 
 @router.get("/profiles/{profile_id}/segments", response_model=ProfileSegments, operation_id="get_profile_segments",
             tags=["profiles"], summary="The segments (and lifecycle stage) a profile is in now",
-            responses=COMMON_ERRORS)
+            responses=_PROFILE_NOT_FOUND)
 async def get_profile_segments(profile_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
     async with session.begin():
         return await segments.profile_segments(session, ws, profile_id)
@@ -161,7 +161,7 @@ async def lifecycle_overview(ws: WorkspaceDep, session: SessionDep) -> dict[str,
 
 
 @router.get("/lifecycle/{profile_id}", response_model=ProfileStage, operation_id="get_profile_stage",
-            tags=["lifecycle"], summary="A profile's lifecycle stage and since when", responses=COMMON_ERRORS)
+            tags=["lifecycle"], summary="A profile's lifecycle stage and since when", responses=_PROFILE_NOT_FOUND)
 async def get_profile_stage(profile_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
     async with session.begin():
         return await segments.profile_stage(session, ws, profile_id)

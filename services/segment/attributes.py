@@ -43,7 +43,8 @@ class PurchaseRules:
         prop = settings.get("revenue_property")
         nps = settings.get("nps_event")
         return cls(
-            events=frozenset(events) if isinstance(events, list) and events else frozenset(DEFAULT_PURCHASE_EVENTS),
+            events=frozenset(events) if isinstance(events, list) and events and all(isinstance(e, str) for e in events)
+            else frozenset(DEFAULT_PURCHASE_EVENTS),
             revenue_property=prop if isinstance(prop, str) and prop else DEFAULT_REVENUE_PROPERTY,
             nps_event=nps if isinstance(nps, str) and nps else DEFAULT_NPS_EVENT,
         )
@@ -85,13 +86,28 @@ class LeadScoreRules:
         return cls(
             events=tuple((str(k), float(v)) for k, v in events.items() if _is_number(v)),
             traits=tuple((str(t["trait"]), str(t.get("op", "equals")), t.get("value"), float(t["points"]))
-                         for t in traits if isinstance(t, dict) and "trait" in t and _is_number(t.get("points"))),
+                         for t in traits if isinstance(t, dict) and "trait" in t and _is_number(t.get("points"))
+                         and _fits(str(t.get("op", "equals")), t.get("value"))),
         )
 
     def score(self, counts: Mapping[str, Mapping[date, int]], traits: Mapping[str, Any]) -> float:
         points = sum(p * sum(counts.get(ev, {}).values()) for ev, p in self.events)
         points += sum(p for trait, op, value, p in self.traits if compare(op, traits.get(trait), value))
         return round(points, 2)
+
+
+_LEAD_OPS = frozenset({"equals", "not_equals", "exists", "not_exists", "contains", "starts_with", "in", "not_in",
+                       "gt", "gte", "lt", "lte"})
+
+
+def _fits(op: str, value: Any) -> bool:
+    """A lead-score trait rule the comparison can run (as shared/workspace_config.py checks them): rules
+    stored before that check, or written straight into the table, are skipped rather than failing the score."""
+    if op in ("in", "not_in"):
+        return isinstance(value, list)
+    if op == "starts_with":
+        return isinstance(value, str)
+    return op in _LEAD_OPS
 
 
 def _is_number(v: Any) -> bool:

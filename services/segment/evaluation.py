@@ -340,16 +340,25 @@ async def load_attributes(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.
     return {pid: dict(facts[pid].attributes) for pid in pids}
 
 
-async def profile_attributes(session: AsyncSession, ws: uuid.UUID, profile_id: uuid.UUID, today: date
-                             ) -> dict[str, Any]:
-    """A profile's computed attributes, or NotFound for a profile this workspace has no facts about (no
-    stats, no traits): zeros and nulls would read as a real profile that never bought anything."""
+async def require_known_profile(session: AsyncSession, ws: uuid.UUID, profile_id: uuid.UUID) -> None:
+    """NotFound for a profile this workspace has nothing about: no event or trait of it has been folded, it
+    is on no list and in no segment (a typo, another workspace's profile, an erased one). Its attributes,
+    stage or segments would otherwise read as zeros, null and [], like a real profile's. (A profile added
+    to a list before its first event reached this service is known: segments reading the list hold it.)"""
     known = await session.scalar(
         text("select exists (select 1 from segment.profile_stats where workspace_id = :ws and profile_id = :pid) "
-             "or exists (select 1 from segment.profile_traits where workspace_id = :ws and profile_id = :pid)"),
+             "or exists (select 1 from segment.profile_traits where workspace_id = :ws and profile_id = :pid) "
+             "or exists (select 1 from segment.list_members where workspace_id = :ws and profile_id = :pid) "
+             "or exists (select 1 from segment.memberships where workspace_id = :ws and profile_id = :pid)"),
         {"ws": ws, "pid": profile_id})
     if not known:
         raise NotFound(f"No profile {profile_id} in this workspace")
+
+
+async def profile_attributes(session: AsyncSession, ws: uuid.UUID, profile_id: uuid.UUID, today: date
+                             ) -> dict[str, Any]:
+    """A profile's computed attributes, or NotFound for a profile this workspace has no facts about."""
+    await require_known_profile(session, ws, profile_id)
     return (await load_attributes(session, ws, [profile_id], today))[profile_id]
 
 

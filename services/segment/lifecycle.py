@@ -11,8 +11,10 @@ Stages, first match wins:
 6. ``engaged``: activated (performed an activation event, default a purchase);
 7. ``onboarding``: everyone else who has been seen.
 
-Thresholds and event names are per-workspace settings (``core.workspaces.settings["lifecycle"]``); the
-day thresholds' defaults are defined once, in shared/workspace_config.py, which also checks the settings.
+Thresholds and event names are per-workspace settings (``core.workspaces.settings["lifecycle"]``); their
+defaults are defined once, in shared/workspace_config.py, which also checks the settings before they are
+written. A key that is left out, null or not of its type (stored before that check, or straight into the
+table) falls back to its default on its own, so one bad value never stops stage evaluation.
 Stage changes are written as transitions of a per-workspace stage segment (a stable id per stage,
 :func:`stage_segment_id`), so campaigns trigger on "entered at_risk" like on any segment.
 """
@@ -22,7 +24,16 @@ from datetime import date
 from typing import Any
 
 from shared.lifecycle_ids import stage_segment_id
-from shared.workspace_config import AT_RISK_DAYS, CHURNED_DAYS, REACTIVATED_DAYS
+from shared.workspace_config import (
+    ACTIVATION_EVENTS,
+    ADVOCACY_EVENTS,
+    AT_RISK_DAYS,
+    CHURNED_DAYS,
+    LOYAL_ORDERS,
+    MAX_LOYAL_ORDERS,
+    PROMOTER_NPS,
+    REACTIVATED_DAYS,
+)
 
 STAGES = ("onboarding", "engaged", "loyal", "advocacy", "reactivated", "at_risk", "churned")
 __all__ = ["STAGES", "LifecycleSettings", "StageInput", "next_stage", "stage_segment_id"]
@@ -30,25 +41,39 @@ __all__ = ["STAGES", "LifecycleSettings", "StageInput", "next_stage", "stage_seg
 
 @dataclass(frozen=True)
 class LifecycleSettings:
-    activation_events: tuple[str, ...] = ("Order Completed",)
-    advocacy_events: tuple[str, ...] = ("Referral Converted", "Review Submitted")
-    loyal_orders: int = 3
+    activation_events: tuple[str, ...] = ACTIVATION_EVENTS
+    advocacy_events: tuple[str, ...] = ADVOCACY_EVENTS
+    loyal_orders: int = LOYAL_ORDERS
     at_risk_days: int = AT_RISK_DAYS
     churned_days: int = CHURNED_DAYS
     reactivated_days: int = REACTIVATED_DAYS
-    promoter_nps: int = 9
+    promoter_nps: int = PROMOTER_NPS
 
     @classmethod
     def from_settings(cls, workspace_settings: dict[str, Any] | None) -> "LifecycleSettings":
-        raw = (workspace_settings or {}).get("lifecycle") or {}
-        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        """The workspace's settings, each key that is missing, null or not of its type at its default."""
+        raw = (workspace_settings or {}).get("lifecycle")
+        raw = raw if isinstance(raw, dict) else {}
+        known: dict[str, Any] = {}
         for k in ("activation_events", "advocacy_events"):
-            if k in known:
-                known[k] = tuple(known[k])
+            events = raw.get(k)
+            if isinstance(events, list) and all(isinstance(e, str) and e for e in events):
+                known[k] = tuple(events)
+        for k, (low, high) in _NUMBERS.items():
+            n = raw.get(k)
+            if isinstance(n, float) and n.is_integer():  # 14.0: an integer as some JSON writers put it
+                n = int(n)
+            if isinstance(n, int) and not isinstance(n, bool) and low <= n <= high:
+                known[k] = n
         return cls(**known)
 
     def events(self) -> set[str]:
         return set(self.activation_events) | set(self.advocacy_events)
+
+
+# the integer settings and their ranges (as shared/workspace_config.py checks them)
+_NUMBERS = {"loyal_orders": (1, MAX_LOYAL_ORDERS), "at_risk_days": (1, 2**63), "churned_days": (1, 2**63),
+            "reactivated_days": (1, 2**63), "promoter_nps": (0, 10)}
 
 
 @dataclass

@@ -1,11 +1,16 @@
 """The public contract of the segment service."""
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
-from shared.validation import JsonInt, Ref
+from shared.validation import JsonInt, Ref, StorableText
+
+# a segment's or list's name: 1-200 characters of text PostgreSQL can hold (StorableText: a NUL or a lone
+# surrogate is a 422 naming the field, not a database error or a 500). The lengths go before StorableText's
+# validators so that, also inside ``| None``, they are string lengths ("at least 1 character").
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200), *StorableText.__metadata__]
 
 DEFINITION_EXAMPLE = {
     "type": "and",
@@ -17,7 +22,7 @@ DEFINITION_EXAMPLE = {
 
 
 class SegmentCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=200, examples=["Repeat buyers on Pro"])
+    name: Name = Field(examples=["Repeat buyers on Pro"])
     definition: dict[str, Any] = Field(
         description="condition tree: and/or/not, trait, account_trait, performed (with `where` property filters), "
                     "performed_time, aggregate, last_event_property, keyed, email_engagement, stage, segment, "
@@ -29,7 +34,7 @@ class SegmentCreate(BaseModel):
 class SegmentUpdate(BaseModel):
     """What to change: the name, the definition, or both; an omitted field keeps its value."""
 
-    name: str | None = Field(None, min_length=1, max_length=200)
+    name: Name | None = None
     definition: dict[str, Any] | None = Field(
         None, examples=[DEFINITION_EXAMPLE],
         description="a definition that differs from the current one makes a new version (re-evaluated)")
@@ -167,7 +172,7 @@ class SearchOut(BaseModel):
 
 
 class ListCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=200, examples=["Beta testers"])
+    name: Name = Field(examples=["Beta testers"])
 
 
 class ListOut(BaseModel):

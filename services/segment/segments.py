@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.segment import conditions, lifecycle
+from services.segment import conditions, evaluation, lifecycle
 from shared.db import fetch_one, fetch_page, insert_one_or_conflict, row_dict
 from shared.errors import ValidationFailed
 from shared.feed import Cursor, feed_params, feed_query
@@ -177,6 +177,8 @@ async def stage_counts(session: AsyncSession, ws: uuid.UUID) -> list[dict[str, A
 
 
 async def profile_stage(session: AsyncSession, ws: uuid.UUID, profile_id: uuid.UUID) -> dict[str, Any]:
+    """A known profile's stage (None until its first activity is evaluated); NotFound for an unknown one."""
+    await evaluation.require_known_profile(session, ws, profile_id)
     ids = {lifecycle.stage_segment_id(ws, st): st for st in lifecycle.STAGES}
     row = (await session.execute(
         text("select segment_id, entered_at from segment.memberships where workspace_id = :ws "
@@ -188,6 +190,8 @@ async def profile_stage(session: AsyncSession, ws: uuid.UUID, profile_id: uuid.U
 
 
 async def profile_segments(session: AsyncSession, ws: uuid.UUID, profile_id: uuid.UUID) -> dict[str, Any]:
+    """A known profile's segments and stage (an empty list when it is in none); NotFound for an unknown one."""
+    await evaluation.require_known_profile(session, ws, profile_id)
     ids = {lifecycle.stage_segment_id(ws, st): st for st in lifecycle.STAGES}
     rows = (await session.execute(
         text("select segment_id from segment.memberships where workspace_id = :ws and profile_id = :pid "

@@ -538,9 +538,13 @@ async def test_branch_on_segment_membership_and_events_since_entry(world) -> Non
         {"id": "vip", "type": "branch", "condition": {"type": "segment", "segment_id": seg["id"]},
          "yes": "in", "no": "out"},
         {"id": "in", "type": "send", "template_id": yes}, {"id": "out", "type": "send", "template_id": no}])
-    people = {"br-vip": (_email("vip"), True), "br-plain": (_email("plain"), False), "br-done": (_email("done"), True)}
+    people = {"br-vip": (_email("vip"), True), "br-plain": (_email("plain"), False), "br-done": (_email("done"), True),
+              "br-unseen": (_email("unseen"), True)}
     for uid, (email, vip) in people.items():
         pid = await world.identify(uid, email=email, vip=vip)
+        if uid == "br-unseen":  # segment has not folded this one's events yet: its 404 reads as "not in it"
+            await world.track(uid, "Started", T0)
+            continue
         async with world.sm() as s, s.begin():
             await evaluation.apply_events(s, [{"workspace_id": str(world.ws), "profile_id": pid, "type": "identify",
                                                "event": None, "traits": {"vip": vip}, "properties": {},
@@ -551,7 +555,8 @@ async def test_branch_on_segment_membership_and_events_since_entry(world) -> Non
     await world.pump(T0 + timedelta(seconds=31))
     await world.pump(T0 + timedelta(minutes=2))
     got = {uid: [m["subject"] for m in await world.mail(email)] for uid, (email, _) in people.items()}
-    assert got == {"br-vip": ["In the segment"], "br-plain": ["Not in it"], "br-done": ["Already did it"]}
+    assert got == {"br-vip": ["In the segment"], "br-plain": ["Not in it"], "br-done": ["Already did it"],
+                   "br-unseen": ["Not in it"]}
     # the path says why someone got nothing: here delivery's suppression list
     await world.apps["delivery"].post("/v1/suppressions", headers=world.h, json={"address": people["br-vip"][0]})
     await world.campaign(trigger={"type": "event", "event": "Nudged"}, steps=[

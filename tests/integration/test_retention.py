@@ -1,8 +1,10 @@
 """Retention: events older than a workspace's retention_days are dropped in small batches."""
 
+import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 from sqlalchemy import text
@@ -60,3 +62,46 @@ async def test_segment_drops_stored_event_properties_past_retention(workspace, s
         counts = (await s.execute(text("select sum(count) from segment.event_counts where workspace_id = :ws"),
                                   {"ws": ws})).scalar()
     assert left == ["1"] and counts == 3  # the content goes, the counts stay
+
+
+async def test_a_retention_value_that_is_not_days_keeps_everything_and_fails_no_workspace(
+        apps, sessionmaker, settings) -> None:
+    """``retention_days`` was cast to an integer in SQL for every workspace at once: one workspace holding
+    1000000000 (which the settings check let through), null or a word failed the retention job of every
+    workspace. Such a value now keeps everything, as no value does; a string of digits, which older releases
+    stored as given, still counts; and the check refuses the out-of-range value, naming it."""
+    from shared.core import create_workspace
+
+    values = {"huge": 1_000_000_000, "null": None, "word": "soon", "fraction": 30.5, "digits": "30", "number": 30}
+    made = {}
+    async with sessionmaker() as s, s.begin():
+        for label, days in values.items():
+            made[label] = ws = await create_workspace(s, f"retention-{label}-{uuid.uuid4().hex[:8]}")
+            await s.execute(text("update core.workspaces set settings = jsonb_build_object('retention_days', "
+                                 "CAST(:v AS jsonb)) where id = :ws"),
+                            {"v": json.dumps(days), "ws": ws.workspace_id})
+    for ws in made.values():
+        for event in ("Old", "New"):
+            r = await apps["ingest"].post("/v1/track", auth=(ws.write_key, ""), json={"userId": "r", "event": event})
+            assert r.status_code == 200, r.text
+    ids = [ws.workspace_id for ws in made.values()]
+    try:
+        async with sessionmaker() as s, s.begin():
+            await s.execute(text("update ingest.events set received_at = now() - interval '40 days' "
+                                 "where workspace_id = any(CAST(:ws AS uuid[])) and event = 'Old'"), {"ws": ids})
+        assert await enforce_retention({"sessionmaker": sessionmaker}) >= 2
+        async with sessionmaker() as s:
+            left = dict((await s.execute(text(
+                "select workspace_id, count(*) from ingest.events where workspace_id = any(CAST(:ws AS uuid[])) "
+                "group by workspace_id"), {"ws": ids})).all())
+        assert {label: left[ws.workspace_id] for label, ws in made.items()} == {
+            "huge": 2, "null": 2, "word": 2, "fraction": 2, "digits": 1, "number": 1}
+        r = subprocess.run([TENURE, "workspace", "configure", str(made["number"].workspace_id),
+                            "--retention-days", "1000000000"], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "TENURE_DATABASE_URL": settings.database_url,
+                                "TENURE_REDIS_URL": settings.redis_url, "COLUMNS": "200"})
+        assert r.returncode == 2 and "retention_days: " in r.stderr and "nothing was changed" in r.stderr, r.stderr
+    finally:  # other tests' retention runs share these workspaces' table
+        async with sessionmaker() as s, s.begin():
+            await s.execute(text("update core.workspaces set settings = '{}' where id = any(CAST(:ws AS uuid[]))"),
+                            {"ws": ids})

@@ -229,6 +229,60 @@ async def test_attributes_of_an_unknown_profile_are_a_404(ctx) -> None:
     assert "404" in spec["paths"]["/v1/profiles/{profile_id}/attributes"]["get"]["responses"]
 
 
+async def test_stage_and_segments_of_an_unknown_profile_are_a_404(ctx) -> None:
+    """GET /v1/lifecycle/{id} answered 200 with a null stage and GET /v1/profiles/{id}/segments 200 with an
+    empty list for any id, so a typo or another workspace's profile read as a real profile in no segment.
+    They answer 404 as …/attributes does (the same check); a known profile in no segment still gets []."""
+    known = uuid.uuid4()
+    await _fold(ctx.sm, [_ev(ctx.ws, known, "identify", traits={"plan": "free"})])
+    pro = await ctx.segment({"type": "trait", "trait": "plan", "value": "pro"})
+    r = await ctx.seg.get(f"/v1/profiles/{known}/segments", headers=ctx.h)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"profile_id": str(known), "segment_ids": [], "stage": "onboarding"}  # in no segment
+    r = await ctx.seg.get(f"/v1/lifecycle/{known}", headers=ctx.h)
+    assert r.status_code == 200 and r.json()["stage"] == "onboarding", r.text
+    buyer = uuid.uuid4()
+    await _fold(ctx.sm, [_ev(ctx.ws, buyer, "identify", traits={"plan": "pro"}),
+                         _ev(ctx.ws, buyer, event="Order Completed", props={"revenue": 5})])
+    r = await ctx.seg.get(f"/v1/profiles/{buyer}/segments", headers=ctx.h)
+    assert r.status_code == 200 and r.json()["segment_ids"] == [pro] and r.json()["stage"] == "engaged", r.text
+    assert (await ctx.seg.get(f"/v1/lifecycle/{buyer}", headers=ctx.h)).json()["stage"] == "engaged"
+
+    async with ctx.sm() as s, s.begin():
+        other = await create_workspace(s, f"test-{uuid.uuid4().hex[:8]}")
+    elsewhere = uuid.uuid4()
+    await _fold(ctx.sm, [_ev(other.workspace_id, elsewhere, event="Order Completed", props={"revenue": 5})])
+    for pid in (uuid.uuid4(), elsewhere):
+        for path in (f"/v1/profiles/{pid}/segments", f"/v1/lifecycle/{pid}", f"/v1/profiles/{pid}/attributes"):
+            r = await ctx.seg.get(path, headers=ctx.h)
+            assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json", (path, r.text)
+            assert r.json()["type"].endswith("/not-found") and str(pid) in r.json()["detail"], r.text
+    h = {"Authorization": f"Bearer {other.secret_key}"}
+    assert (await ctx.seg.get(f"/v1/lifecycle/{elsewhere}", headers=h)).json()["stage"] == "engaged"
+    spec = ctx.seg._transport.app.openapi()  # type: ignore[attr-defined]
+    for path in ("/v1/profiles/{profile_id}/segments", "/v1/lifecycle/{profile_id}"):
+        assert "404" in spec["paths"][path]["get"]["responses"], path
+
+
+async def test_segment_names_postgresql_cannot_hold_are_a_422_naming_the_field(ctx) -> None:
+    """A NUL in a segment's name got a 422 naming no field (from the database) and a lone surrogate a 500;
+    both are refused by the schema, on create and on rename, with ``name`` named."""
+    saved = await ctx.segment({"type": "trait", "trait": "plan", "value": "pro"})
+    headers = {**ctx.h, "content-type": "application/json"}
+    definition = {"type": "trait", "trait": "plan", "value": "pro"}
+    for name in ("a\x00b", "\ud800", "ok \udfff"):
+        for method, path, body in (("POST", "/v1/segments", {"name": name, "definition": definition}),
+                                   ("PUT", f"/v1/segments/{saved}", {"name": name}),
+                                   ("PUT", f"/v1/segments/{saved}", {"name": name, "definition": definition})):
+            r = await ctx.seg.request(method, path, headers=headers, content=json.dumps(body))  # \u escapes
+            assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json", (path, r.text)
+            assert [e["loc"] for e in r.json()["errors"]] == [["body", "name"]], r.text
+    r = await ctx.seg.get("/v1/segments", headers=ctx.h)
+    assert [(s["id"], s["version"]) for s in r.json()["segments"]] == [(saved, 1)]  # nothing saved or renamed
+    r = await ctx.seg.put(f"/v1/segments/{saved}", headers=ctx.h, json={"name": "Pro ✓ 🎉"})
+    assert r.status_code == 200 and r.json()["name"] == "Pro ✓ 🎉"
+
+
 async def test_non_finite_numbers_are_refused_not_saved_as_null(ctx) -> None:
     """JSON bodies may carry NaN, Infinity or 1e999 (read as infinity). Saved, they became null: the
     definition changed meaning (``equals NaN`` turned into ``equals null``) or no longer parsed, and every

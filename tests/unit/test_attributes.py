@@ -1,6 +1,6 @@
 from datetime import UTC, date, datetime
 
-from services.segment.attributes import PurchaseRules, derive
+from services.segment.attributes import LeadScoreRules, PurchaseRules, derive
 
 
 def test_order_value_follows_workspace_rules() -> None:
@@ -22,3 +22,19 @@ def test_derived_attributes() -> None:
     assert attrs["orders_per_month"] == round(4 / 3, 3)
     empty = derive(None, date(2026, 11, 30))
     assert empty["order_count"] == 0 and empty["average_order_value"] is None
+
+
+def test_settings_the_check_would_refuse_read_as_defaults() -> None:
+    """Settings stored before they were checked (or straight into the table) must not fail the fold or the
+    lead score: a rule the comparison cannot run is skipped, a malformed purchase list is the default."""
+    rules = LeadScoreRules.from_settings({"lead_score": {"events": {"Demo": 20, "Bad": "x"}, "traits": [
+        {"trait": "title", "op": "starts_with", "value": None, "points": 5},
+        {"trait": "title", "op": "in", "value": "VP", "points": 5},
+        {"trait": "title", "op": "within_last_days", "value": 3, "points": 5},
+        {"trait": "title", "op": "starts_with", "value": "VP", "points": 7},
+        {"trait": "plan", "op": "not_in", "value": ["free"], "points": 1}]}})
+    assert rules.score({"Demo": {date(2026, 1, 1): 2}, "Bad": {date(2026, 1, 1): 1}},
+                       {"title": "VP Sales", "plan": "pro"}) == 48
+    assert LeadScoreRules.from_settings({"lead_score": None}) == LeadScoreRules()
+    for events in (None, [], [{"name": "Paid"}], "Paid"):
+        assert PurchaseRules.from_settings({"purchase_events": events}).events == PurchaseRules().events

@@ -54,3 +54,31 @@ def test_the_configuration_check_uses_the_stages_defaults() -> None:
     for lifecycle in ({"churned_days": cfg.at_risk_days}, {"at_risk_days": cfg.churned_days}):
         with pytest.raises(ValidationError, match="must be more than at_risk_days"):
             checked({"lifecycle": lifecycle})
+
+
+def test_null_or_mistyped_thresholds_read_as_their_defaults() -> None:
+    """``{"at_risk_days": null}`` passed the settings check and then made every stage evaluation fail with a
+    TypeError; so did ``"14"``, which the check read as 14 and the document kept as a string. The check now
+    refuses both, naming the key; a document stored before that (or straight into the table) reads each bad
+    key as its default."""
+    keys = ("activation_events", "advocacy_events", "loyal_orders", "at_risk_days", "churned_days",
+            "reactivated_days", "promoter_nps")
+    for bad in (None, "14", True, 14.5, -1, [], {}):
+        lifecycle = dict.fromkeys(keys, bad)
+        for k in ("activation_events", "advocacy_events"):
+            lifecycle[k] = None if bad in ([], {}) else bad  # (an empty list of events is a setting)
+        assert LifecycleSettings.from_settings({"lifecycle": lifecycle}) == CFG, bad
+        got = next_stage(StageInput(40, 1, set(), 9.5), None, None, TODAY,
+                         LifecycleSettings.from_settings({"lifecycle": lifecycle}))
+        assert got == "at_risk"
+        with pytest.raises(ValidationError) as refused:
+            checked({"lifecycle": lifecycle})
+        assert {e["loc"] for e in refused.value.errors()} == {("lifecycle", k) for k in keys}, bad
+    assert LifecycleSettings.from_settings({"lifecycle": None}) == CFG
+    assert LifecycleSettings.from_settings({"lifecycle": ["at_risk_days"]}) == CFG
+    mixed = LifecycleSettings.from_settings({"lifecycle": {"at_risk_days": 14.0, "churned_days": None,
+                                                           "advocacy_events": [], "loyal_orders": "5"}})
+    assert (mixed.at_risk_days, mixed.churned_days, mixed.advocacy_events, mixed.loyal_orders) == (14, 90, (), 3)
+    with pytest.raises(ValidationError, match="cannot be null: leave the key out to use the default"):
+        checked({"lifecycle": {"at_risk_days": None}})
+    assert checked({"lifecycle": {"at_risk_days": 14}, "timezone": None})  # top-level null: not set

@@ -98,7 +98,9 @@ async def _record_group(session: AsyncSession, group: list[_Submission]) -> list
     for sub in group:
         by_ws[sub.workspace_id].append(sub)
     results: dict[int, tracking.RecordResult] = {}
-    for ws, subs in by_ws.items():
+    # in workspace order: each ``record`` takes its workspace's erasure lock (shared) to commit, and two groups
+    # taking two workspaces' locks in opposite orders could deadlock with two erasures waiting for them
+    for ws, subs in sorted(by_ws.items(), key=lambda item: item[0]):
         combined = await tracking.record(session, ws, [e for s in subs for e in s.envelopes], subs[0].received_at)
         inserted = {e.message_id for e in combined.inserted}
         claimed: set[str] = set()

@@ -134,11 +134,12 @@ class PrivacyRequest(IngestTable, table=True):
 
 
 class Suppression(IngestTable, table=True):
-    """Hashes of erased identities whose later events are dropped (when the erasure asked for it)."""
+    """Hashes of erased identities whose events are dropped: while their erasure is pending, and for good
+    when it asked for ``suppress``. Each erasure owns its rows (two may hold the same hash)."""
 
     __tablename__ = "suppressions"
 
     workspace_id: uuid.UUID = Field(primary_key=True)
     id_hash: bytes = Field(primary_key=True)
-    request_id: uuid.UUID | None = None
+    request_id: uuid.UUID = Field(primary_key=True)
     created_at: datetime = Field(sa_column=tz_column("created_at"))

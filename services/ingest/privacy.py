@@ -3,8 +3,19 @@
 Erasure removes the profile (and every profile merged into it), its identities, events, group
 memberships and merge history here, in one transaction, and records an audit row. The other services
 are then asked to erase what they hold (``propagate``, run by the worker until each has answered), and
-the audit row keeps each service's status and counts. With ``suppress``, hashes of the user's ids are
-kept so later events for them are dropped at the door.
+the audit row keeps each service's status and counts.
+
+Every erasure keeps hashes of the user's ids (userId, anonymousIds, email) in ``suppressions``, and events
+naming any of them are dropped at the door (``suppressed`` in the answer) while the request is pending: the
+other services may still send events about the person (delivery's feedback, a campaign's update) and an
+SDK may retry one sent just before, which would otherwise create a profile for them again. When every
+service has erased, the hashes go, unless the request asked for ``suppress``: then they stay for good. A
+request a service keeps refusing stays pending, and its ids suppressed, until that service erases.
+
+Ordering against tracking's group commit: an erasure first takes its workspace's erasure lock
+exclusively (``_ERASURE_LOCK``), and tracking's probe (``suppressed``) takes it in shared mode before it
+looks for suppressions, holding it to its commit. So the erasure waits for every group already past the
+probe and then deletes what they wrote, and a group that probes meanwhile waits and then sees the hashes.
 """
 
 import hashlib
@@ -24,6 +35,9 @@ from shared.jsonutil import dumps
 log = structlog.get_logger()
 
 OTHER_SERVICES = ("segment", "campaign", "delivery")
+# the same key as ingest.suppression_probe() (migration ingest_0003): keep them equal
+_ERASURE_LOCK = text(
+    "select pg_advisory_xact_lock(hashtextextended('ingest.erasure:' || CAST(CAST(:ws AS uuid) AS text), 0))")
 _COLS = "id, kind, subject, profile_ids, suppress, status, services, removed, created_at, completed_at"
 
 
@@ -51,6 +65,9 @@ async def _emails(session: AsyncSession, params: dict[str, Any]) -> list[str]:
 
 async def erase(session: AsyncSession, ws: uuid.UUID, ref: str, *, suppress: bool) -> dict[str, Any]:
     """Erase a user here and open the audit record; the caller commits, then wakes the worker."""
+    # first: wait for tracking transactions of the workspace already past their probe (their writes are then
+    # visible and erased below), and hold later ones until this commits (they then see the suppressions)
+    await session.execute(_ERASURE_LOCK, {"ws": ws})
     pids = await _profile_ids(session, ws, await resolve_ref(session, ws, ref))
     params = {"ws": ws, "p": pids}
     idents = (await session.execute(
@@ -66,13 +83,13 @@ async def erase(session: AsyncSession, ws: uuid.UUID, ref: str, *, suppress: boo
             text(f"delete from ingest.{table} where workspace_id = :ws and {col} = any(CAST(:p AS uuid[]))"), params)
         removed[table] = res.rowcount  # type: ignore[attr-defined]
     request_id = uuid.uuid4()
-    if suppress:
-        hashes = {id_hash(k, v) for k, v in idents} | {id_hash("email", e) for e in emails if e}
-        await session.execute(
-            text("insert into ingest.suppressions (workspace_id, id_hash, request_id) "
-                 "select :ws, h, :rid from unnest(CAST(:h AS bytea[])) h on conflict do nothing"),
-            {"ws": ws, "h": sorted(hashes), "rid": request_id},
-        )
+    # suppressed while the request is pending, and afterwards too with ``suppress``
+    hashes = {id_hash(k, v) for k, v in idents} | {id_hash("email", e) for e in emails if e}
+    await session.execute(
+        text("insert into ingest.suppressions (workspace_id, id_hash, request_id) "
+             "select :ws, h, :rid from unnest(CAST(:h AS bytea[])) h on conflict do nothing"),
+        {"ws": ws, "h": sorted(hashes), "rid": request_id},
+    )
     row = (await session.execute(
         text(f"insert into ingest.privacy_requests (id, workspace_id, kind, subject, profile_ids, suppress, status, "
              f"services, removed, identities) values (:id, :ws, 'erasure', :subject, CAST(:pids AS jsonb), :suppress, "
@@ -94,15 +111,17 @@ async def get_request(session: AsyncSession, ws: uuid.UUID, request_id: uuid.UUI
     )
 
 
-_ANY_SUPPRESSION = text("select exists (select 1 from ingest.suppressions where workspace_id = :ws)")
+# takes the workspace's erasure lock (shared, to commit), then looks with a fresh snapshot (migration ingest_0003)
+_PROBE = text("select ingest.suppression_probe(:ws)")
 
 
 async def suppressed(session: AsyncSession, ws: uuid.UUID, ids: set[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Which of (kind, value) belong to users erased with suppression.
+    """Which of (kind, value) belong to users being erased, or erased with suppression.
 
-    Most workspaces never erased anyone with suppression: one index probe spares hashing every id of
-    every event they write."""
-    if not ids or not (await session.execute(_ANY_SUPPRESSION, {"ws": ws})).scalar():
+    Call it before writing anything for these ids, in the transaction that writes them: it orders the
+    transaction against erasures of the workspace (see the module docstring). Most workspaces have no
+    erasure pending and none with suppression: one index probe spares hashing every id of every event."""
+    if not ids or not (await session.execute(_PROBE, {"ws": ws})).scalar():
         return set()
     by_hash = {id_hash(k, v): (k, v) for k, v in ids}
     rows = await session.execute(
@@ -118,10 +137,11 @@ async def propagate(sessionmaker: async_sessionmaker[AsyncSession], internal: In
     async with sessionmaker() as session:
         async with session.begin():
             pending = (await session.execute(
-                text("select id, workspace_id, profile_ids, services, identities from ingest.privacy_requests "
-                     "where status = 'pending' order by created_at limit :n for update skip locked"), {"n": limit},
+                text("select id, workspace_id, profile_ids, services, identities, suppress "
+                     "from ingest.privacy_requests where status = 'pending' order by created_at limit :n "
+                     "for update skip locked"), {"n": limit},
             )).all()
-            for rid, ws, pids, services, idents in pending:
+            for rid, ws, pids, services, idents, suppress in pending:
                 for svc in OTHER_SERVICES:
                     if services.get(svc, {}).get("status") == "done":
                         continue
@@ -143,6 +163,10 @@ async def propagate(sessionmaker: async_sessionmaker[AsyncSession], internal: In
                          "identities = case when :st = 'completed' then null else identities end where id = :id"),
                     {"s": dumps(services), "st": "completed" if done else "pending", "id": rid},
                 )
+                if done and not suppress:  # the ids were suppressed only while services were erasing
+                    await session.execute(
+                        text("delete from ingest.suppressions where workspace_id = :ws and request_id = :id"),
+                        {"ws": ws, "id": rid})
                 completed += done
                 log.info("privacy.propagated", request_id=str(rid), done=done)
     return completed

@@ -149,7 +149,8 @@ class TrackResponse(BaseModel):
     success: bool = True
     accepted: int = Field(description="messages stored by this request")
     duplicates: int = Field(0, description="messages already stored under the same messageId")
-    suppressed: int = Field(0, description="messages dropped because their user was erased with suppression")
+    suppressed: int = Field(0, description="messages dropped because their user is being erased, or was erased "
+                                           "with suppression")
     rejected: list[Rejected] = Field(default_factory=list)
 
 
@@ -233,7 +234,8 @@ class ProfileEventList(BaseModel):
 class ErasureCreate(BaseModel):
     user: str = Field(min_length=1, max_length=512, description="userId, anonymousId, email or profile id",
                       examples=["u-42"])
-    suppress: JsonBool = Field(False, description="drop later events for this user's ids (hashes are kept)")
+    suppress: JsonBool = Field(False, description="keep dropping events for this user's ids after the erasure "
+                                                  "completes (hashes are kept); until then they are dropped anyway")
 
 
 class PrivacyRequestOut(BaseModel):

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from services.campaign import journeys
 from services.campaign.programs import config as program_config
 from services.segment import conditions
+from shared.validation import error_message, unstorable
 
 KINDS = ("programs", "templates", "segments", "campaigns")
 _TEMPLATE_FIELDS = ("channel", "subject", "preheader", "html", "text", "deep_link", "image", "locales")
@@ -107,6 +108,7 @@ def load(text: str) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for kind in KINDS:
         items = data.get(kind) or []
+        _check_storable(kind, items)
         names = [i.get("name") for i in items if isinstance(i, dict)]
         if len(names) != len(items) or not all(isinstance(n, str) and n for n in names):
             raise ResourceError(f"every item of {kind} needs a name")
@@ -116,6 +118,17 @@ def load(text: str) -> dict[str, list[dict[str, Any]]]:
     if unknown := {p["name"] for p in out["programs"]} - set(program_config.KINDS):
         raise ResourceError(f"programs are named {' or '.join(program_config.KINDS)}, not {', '.join(sorted(unknown))}")
     return out
+
+
+def _check_storable(kind: str, items: Any) -> None:
+    """Refuse the file, before anything is planned or applied, when an item holds what PostgreSQL cannot store:
+    a NUL (YAML's ``"\\0"``) or a lone surrogate (``"\\ud800"``); the services would refuse it (422) only once
+    the items before it were applied."""
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        if (problem := unstorable(item)) is not None:
+            name = item.get("name") if isinstance(item, dict) else None
+            which = repr(name) if isinstance(name, str) else f"#{i + 1}"  # (repr escapes a NUL or a surrogate)
+            raise ResourceError(f"{kind[:-1]} {which}: {problem}")
 
 
 def _program_body(item: dict[str, Any]) -> dict[str, Any]:
@@ -166,7 +179,7 @@ def _campaign_definition(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _errors(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False))
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {error_message(e)}" for e in exc.errors(include_url=False))
 
 
 def _yaml(value: Any) -> str:

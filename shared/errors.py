@@ -29,6 +29,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared.validation import error_message
+
 log = structlog.get_logger()
 
 PROBLEM_JSON = "application/problem+json"
@@ -139,7 +141,7 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
 def _jsonable_errors(errors: list[Any]) -> list[dict[str, Any]]:
     out = []
     for e in errors:
-        out.append({"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg"), "type": e.get("type")})
+        out.append({"loc": [str(p) for p in e.get("loc", ())], "msg": error_message(e), "type": e.get("type")})
     return out
 
 

@@ -1,13 +1,17 @@
-"""Field types for text that ends up in PostgreSQL: what it cannot store is a 422, never a 500."""
+"""Field types, and a base model, for text that ends up in PostgreSQL: what it cannot store is a 422, never a
+500."""
 
 import json
 import re
+from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BeforeValidator, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, StringConstraints, field_validator
+
+_LONE_SURROGATE = "contains a lone surrogate (not valid Unicode text)"
 
 
 def _text_problem(value: str) -> str | None:
@@ -16,7 +20,7 @@ def _text_problem(value: str) -> str | None:
     try:
         value.encode("utf-8")  # lone surrogates (from JSON "\ud800" escapes) are not text PostgreSQL can hold
     except UnicodeEncodeError:
-        return "contains a lone surrogate (not valid Unicode text)"
+        return _LONE_SURROGATE
     return None
 
 
@@ -44,6 +48,33 @@ def unstorable(value: Any) -> str | None:
                     return f"the key {where} {problem}"
                 stack.append((where, x))
     return None
+
+
+class StorableModel(BaseModel):
+    """A request body whose fields must all be storable in PostgreSQL. A NUL (``\\u0000``) or a lone surrogate
+    (``\\ud800``) anywhere in a field — in its text, or in a string or key at any depth of a list or object
+    (``data``, ``metadata``, ``traits``) — is refused at that field: a 422 naming it, not a database error, a
+    500 or a worker failing later on the value. Nested StorableModels name their own fields
+    (``steps.2.webhook.url``), and a field added later is covered without a type to remember.
+
+    The check runs after the field's own validation (pydantic allows no other kind on the ``type`` field of a
+    discriminated union): a lone surrogate in a field with a length or a pattern fails that check first, as
+    ``string_unicode``, which :func:`error_message` words as this check does."""
+
+    @field_validator("*")
+    @classmethod
+    def _storable_field(cls, value: Any) -> Any:
+        if (problem := unstorable(value)) is not None:
+            raise ValueError(problem)
+        return value
+
+
+def error_message(error: Mapping[str, Any]) -> str:
+    """A pydantic error's message for people; pydantic's own for a lone surrogate in a string with a length or
+    a pattern says "unable to parse raw data as a unicode string"."""
+    if error.get("type") == "string_unicode":
+        return f"Value error, {_LONE_SURROGATE}"
+    return str(error.get("msg"))
 
 
 # any text PostgreSQL can hold (no NUL, no lone surrogate): e.g. a user's own ids as ingest stored them

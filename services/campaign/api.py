@@ -4,6 +4,7 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request
+from pydantic import StringConstraints
 
 from services.campaign import campaigns, ingest_client
 from services.campaign.schemas import (
@@ -32,13 +33,16 @@ from services.campaign.schemas import (
 from shared.auth import WORKSPACE_HEADER, WorkspaceDep
 from shared.db import AfterDep, SessionDep
 from shared.errors import COMMON_ERRORS, Conflict, UpstreamUnavailable, ValidationFailed, problem_schema
+from shared.validation import StorableText
 
 router = APIRouter(prefix="/v1")
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
-IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=200, alias="Idempotency-Key",
-                                              description="a retried trigger with the same key enters once "
-                                                          "(or `idempotency_key` in the body)")]
+# an Idempotency-Key header: 1-200 characters PostgreSQL can hold (a NUL is a 422 naming the header)
+KeyText = Annotated[str, StringConstraints(min_length=1, max_length=200), *StorableText.__metadata__]
+IdempotencyKey = Annotated[KeyText | None, Header(alias="Idempotency-Key",
+                                                  description="a retried trigger with the same key enters once "
+                                                              "(or `idempotency_key` in the body)")]
 _CONFLICT = {**COMMON_ERRORS, 409: problem_schema("Name already used")}
 _NOT_FOUND = {**COMMON_ERRORS, 404: problem_schema("Not found")}
 

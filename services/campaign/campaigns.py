@@ -16,6 +16,7 @@ from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.http import InternalClient
 from shared.jsonutil import dumps
 from shared.lifecycle_ids import stage_segment_id
+from shared.validation import error_message
 
 _TEMPLATE_COLS = ("id, name, channel, subject, preheader, html, text, deep_link, image, locales, created_at, "
                   "updated_at")
@@ -110,7 +111,8 @@ def journey_from(data: dict[str, Any]) -> jd.Journey:
     try:
         journey = journeys.parse(definition)
     except ValidationError as exc:
-        errors = [{"at": ".".join(str(p) for p in e["loc"]), "msg": e["msg"]} for e in exc.errors(include_url=False)]
+        errors = [{"at": ".".join(str(p) for p in e["loc"]), "msg": error_message(e)}
+                  for e in exc.errors(include_url=False)]
         raise ValidationFailed("The campaign is not valid", errors=errors) from None
     ids = [s.id for s in journey.steps]
     if lost := jd.unreachable(journey):

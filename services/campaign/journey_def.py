@@ -25,14 +25,17 @@ from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from shared.validation import IsoDatetime, JsonBool, JsonFloat, JsonInt
+from shared.validation import IsoDatetime, JsonBool, JsonFloat, JsonInt, StorableModel
 
 MAX_STEPS = 100
 
 
-class _Model(BaseModel):
+class _Model(StorableModel):
+    """Names, values, traits and URLs of a journey are stored (jsonb) and used by workers: a NUL or a lone
+    surrogate in any of them is refused at its field (see StorableModel)."""
+
     model_config = ConfigDict(extra="forbid")
 
 

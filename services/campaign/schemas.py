@@ -6,10 +6,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from services.campaign import journey_def as jd
-from shared.validation import Ref
+from shared.validation import Ref, StorableModel
 
 
-class LocaleVariant(BaseModel):
+class LocaleVariant(StorableModel):
     subject: str | None = Field(None, max_length=998)
     preheader: str | None = Field(None, max_length=500)
     html: str | None = None
@@ -18,7 +18,7 @@ class LocaleVariant(BaseModel):
     image: str | None = Field(None, max_length=2000)
 
 
-class TemplateCreate(BaseModel):
+class TemplateCreate(StorableModel):
     """Email (subject, preheader, HTML, text), SMS (text) or push (title = subject, body = text, deep link,
     image) content in Liquid."""
 
@@ -66,7 +66,7 @@ class TemplateList(BaseModel):
     next_cursor: str | None = None
 
 
-class CampaignCreate(BaseModel):
+class CampaignCreate(StorableModel):
     """A journey: ``trigger``, ``steps`` (or just ``template_id`` for "every time TRIGGER, send TEMPLATE"),
     entry rules, goal and exit events. See docs/campaigns.md."""
 
@@ -82,7 +82,7 @@ class CampaignCreate(BaseModel):
     status: Literal["active", "paused"] = "active"
 
 
-class CampaignUpdate(BaseModel):
+class CampaignUpdate(StorableModel):
     """A new version of the journey (trigger, steps, entry, goal, exit_on: as on create); an omitted
     ``name``, ``message_type`` or ``topic`` keeps the campaign's."""
 
@@ -115,7 +115,7 @@ class CampaignList(BaseModel):
     next_cursor: str | None = None
 
 
-class TriggerRequest(BaseModel):
+class TriggerRequest(StorableModel):
     user: Ref = Field(description="profile id, userId, anonymousId or email", examples=["u-42"])
     data: dict[str, Any] = Field(default_factory=dict, description="visible to templates as `event.properties`",
                                  examples=[{"reset_url": "https://example.com/reset/abc"}])
@@ -205,7 +205,7 @@ class SendList(BaseModel):
     next_cursor: str | None = None
 
 
-class SnippetIn(BaseModel):
+class SnippetIn(StorableModel):
     content: str = Field(max_length=100_000, examples=["<p style='color:#888'>Acme Inc, 1 Main St</p>"])
 
 
@@ -219,7 +219,7 @@ class SnippetList(BaseModel):
     snippets: list[SnippetOut]
 
 
-class PreviewIn(BaseModel):
+class PreviewIn(StorableModel):
     user: Ref | None = Field(None, description="render for this profile (id, userId, anonymousId or email)")
     locale: str | None = Field(None, description="force a locale variant (default: the profile's locale)")
     data: dict[str, Any] = Field(default_factory=dict, description="as the trigger's `event.properties`")

@@ -35,7 +35,7 @@ from shared.core import workspace_settings
 from shared.db import AfterDep, SessionDep
 from shared.errors import COMMON_ERRORS, Conflict, NotFound, UpstreamUnavailable, ValidationFailed, problem_schema
 from shared.settings import Settings
-from shared.validation import IsoDatetime
+from shared.validation import IsoDatetime, StorableText, error_message, unstorable
 
 log = structlog.get_logger()
 
@@ -63,7 +63,7 @@ async def send_message(
     session: SessionDep,
     request: Request,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(description="alternative to the body field")] = None,
+    idempotency_key: Annotated[StorableText | None, Header(description="alternative to the body field")] = None,
 ) -> dict[str, Any]:
     if idempotency_key and idempotency_key != body.idempotency_key:
         raise ValidationFailed("Idempotency-Key header and idempotency_key field differ")
@@ -94,12 +94,14 @@ async def send_messages(body: BatchIn, ws: WorkspaceDep, session: SessionDep, re
     results: list[dict[str, Any] | None] = []
     valid: list[tuple[int, MessageCreate]] = []
     for raw in body.messages:
-        key = raw.get("idempotency_key") if isinstance(raw.get("idempotency_key"), str) else None
+        key = raw.get("idempotency_key")
+        # a key that cannot be stored is not given back (JSON cannot even carry a lone surrogate)
+        key = key if isinstance(key, str) and unstorable(key) is None else None
         try:
             valid.append((len(results), MessageCreate.model_validate(raw)))
             results.append(None)
         except ValidationError as exc:  # one bad message does not sink the batch
-            errors = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            errors = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {error_message(e)}"
                                for e in exc.errors(include_url=False))
             results.append({"idempotency_key": key, "result": "invalid", "error": errors})
     async with session.begin():
@@ -205,7 +207,8 @@ async def list_suppressions(ws: WorkspaceDep, session: SessionDep,
 @consent_router.delete("/suppressions/{channel}/{address}", status_code=204, operation_id="remove_suppression",
                        summary="Lift a suppression (not a hard bounce or complaint)",
                        responses={**COMMON_ERRORS, 404: problem_schema("Not suppressed (or not liftable)")})
-async def remove_suppression(channel: str, address: str, ws: WorkspaceDep, session: SessionDep) -> Response:
+async def remove_suppression(channel: StorableText, address: StorableText, ws: WorkspaceDep, session: SessionDep
+                             ) -> Response:
     try:
         address = normalise_address(channel, address)
     except ValueError as exc:
@@ -276,7 +279,7 @@ async def list_devices(ws: WorkspaceDep, session: SessionDep,
 @consent_router.delete("/devices/{token:path}", status_code=204, operation_id="remove_device", tags=["push"],
                        summary="Forget a push token (or a Web Push subscription: its endpoint, URL-encoded)",
                        responses={**COMMON_ERRORS, 404: problem_schema("Unknown token")})
-async def remove_device(token: str, ws: WorkspaceDep, session: SessionDep) -> Response:
+async def remove_device(token: StorableText, ws: WorkspaceDep, session: SessionDep) -> Response:
     async with session.begin():
         if not await devices.forget(session, ws, [token]):
             raise NotFound("No such device token")

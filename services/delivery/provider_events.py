@@ -71,6 +71,7 @@ async def twilio_status(session: AsyncSession, ws: uuid.UUID, sid: str, status: 
 # SendGrid drops mail to an address on its own lists and says which (its "reason")
 DROPPED_BECAUSE = {"Bounced Address": "hard_bounce", "Spam Reporting Address": "complaint",
                    "Unsubscribed Address": "unsubscribed"}
+SENDGRID_FIELDS = ("event", "type", "reason", "email", "tenure_message_id")  # what is read of an event (and kept)
 _REPORTED = "tenure_reported"  # (in a kept event: its report to ingest went out when it arrived)
 
 
@@ -129,7 +130,7 @@ async def sendgrid_event(session: AsyncSession, ws: uuid.UUID, e: dict[str, Any]
     if not early:
         return APPLIED if changed else IGNORED
     if hold:
-        kept = {k: e[k] for k in ("event", "type", "reason", "email", "tenure_message_id") if k in e}
+        kept = {k: e[k] for k in SENDGRID_FIELDS if k in e}
         await _hold(session, ws, "sendgrid", str(message_id), {**kept, _REPORTED: bool(changed or e.get(_REPORTED))})
     return HELD
 

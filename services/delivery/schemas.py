@@ -8,8 +8,10 @@ import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, Field, model_validator
 
+from shared.validation import StorableModel
 
-class MessageCreate(BaseModel):
+
+class MessageCreate(StorableModel):
     """One message to send (email or SMS). Stored under ``idempotency_key`` before any provider call:
     posting the same key again returns the stored message instead of sending a second one."""
 
@@ -92,11 +94,13 @@ class MessageOut(BaseModel):
 
 class BatchIn(BaseModel):
     messages: list[dict[str, Any]] = Field(min_length=1, max_length=500,
-                                           description="each as for POST /v1/messages; checked one by one")
+                                           description="each as for POST /v1/messages; checked one by one (a "
+                                                       "message with a NUL or a lone surrogate is `invalid`)")
 
 
 class BatchResult(BaseModel):
-    idempotency_key: str | None
+    idempotency_key: str | None = Field(description="the message's key (null: it had none, or one that is not "
+                                                    "storable text, e.g. with a NUL)")
     result: Literal["queued", "replayed", "suppressed", "conflict", "invalid"]
     message: "MessageOut | None" = None
     error: str | None = None
@@ -111,7 +115,7 @@ class MessageList(BaseModel):
     next_cursor: str | None = None
 
 
-class SuppressionIn(BaseModel):
+class SuppressionIn(StorableModel):
     channel: Literal["email", "sms", "push"] = "email"
     address: str = Field(min_length=3, max_length=320, examples=["ada@example.com"],
                          description="normalised as messages are (email lower-cased, phone numbers to E.164)")
@@ -165,12 +169,12 @@ class WebhookSecret(BaseModel):
     scheme: str
 
 
-class WebPushKeys(BaseModel):
+class WebPushKeys(StorableModel):
     p256dh: str = Field(min_length=80, max_length=100, description="the browser's P-256 public key (base64url)")
     auth: str = Field(min_length=20, max_length=30, description="the 16-byte authentication secret (base64url)")
 
 
-class WebPushSubscription(BaseModel):
+class WebPushSubscription(StorableModel):
     """A browser's ``PushSubscription.toJSON()``, as it is."""
 
     endpoint: str = Field(min_length=10, max_length=4096, examples=["https://fcm.googleapis.com/fcm/send/dZ3…"],
@@ -190,7 +194,7 @@ class WebPushSubscription(BaseModel):
         return self
 
 
-class DeviceIn(BaseModel):
+class DeviceIn(StorableModel):
     """A device token (FCM registration token, or an APNs device token of an iOS app), or for ``web`` either
     an FCM token or a Web Push subscription."""
 
@@ -227,7 +231,7 @@ class DeviceList(BaseModel):
     devices: list[DeviceOut]
 
 
-class OptInIn(BaseModel):
+class OptInIn(StorableModel):
     email: str = Field(min_length=3, max_length=320, examples=["ada@example.com"])
     topics: list[str] = Field(default_factory=list, max_length=50, description="topics to subscribe on confirmation")
     locale: Literal["en", "fr", "de"] = "en"

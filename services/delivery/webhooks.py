@@ -6,6 +6,10 @@ sorted form parameters, with the auth token; see sms.py) before anything is read
 wrongly signed call is a 403. Twilio signs the public URL it was given, which a proxy in front of us may
 rewrite, so the URL checked is ``TENURE_DELIVERY_PUBLIC_URL`` + the path and query as received, never
 the Host header. The URL names the workspace, so one Twilio account can serve several.
+
+A verified report holding what PostgreSQL cannot store (a NUL, or a lone surrogate from a JSON escape) in a
+value we read is ignored and logged, and answered as any ignored report is (2xx): no provider sends one, so it
+names nothing we sent, and an error would make SendGrid retry it — with the rest of its batch — for a day.
 """
 
 import json
@@ -13,6 +17,7 @@ import uuid
 from html import escape
 from typing import Any
 
+import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy import text
@@ -20,6 +25,9 @@ from sqlalchemy import text
 from services.delivery import consent, provider_events, sendgrid, sms
 from shared.db import SessionDep
 from shared.errors import BadRequest, Forbidden, problem_schema
+from shared.validation import unstorable
+
+log = structlog.get_logger()
 
 router = APIRouter(prefix="/webhooks", tags=["provider webhooks"])
 _SIGNED = {403: problem_schema("The provider's signature does not match (or no key is configured)")}
@@ -63,6 +71,14 @@ def _json_params(body: bytes) -> dict[str, str]:
     return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
 
 
+def _unstorable(provider: str, values: dict[str, Any]) -> bool:
+    """True (and logged, without the values) when a value read from a report cannot be stored."""
+    problem = unstorable(values)
+    if problem is not None:
+        log.warning("delivery.webhook_unstorable", provider=provider, problem=problem)
+    return problem is not None
+
+
 async def _first_delivery(session: Any, ws: uuid.UUID, provider: str, key: str | None) -> bool:
     """False when this webhook was acted on before (providers deliver at least once)."""
     if not key:
@@ -84,6 +100,8 @@ def _twiml(message: str | None = None) -> Response:
 async def twilio_status(workspace_id: uuid.UUID, request: Request, session: SessionDep) -> Response:
     form = await _verified_form(request)
     sid = form.get("MessageSid", "")
+    if _unstorable("twilio", {k: form.get(k, "") for k in ("MessageSid", "MessageStatus", "ErrorCode")}):
+        return Response(status_code=204)
     async with session.begin():
         held = await provider_events.twilio_status(session, workspace_id, sid, form.get("MessageStatus", ""),
                                                    form.get("ErrorCode", "")) == provider_events.HELD
@@ -103,6 +121,8 @@ async def twilio_inbound(workspace_id: uuid.UUID, request: Request, session: Ses
         or sms.keyword(form.get("Body", ""))
     number = form.get("From", "")
     key = form.get("MessageSid") or form.get("SmsSid") or request.headers.get("i-twilio-idempotency-token")
+    if _unstorable("twilio", {"From": number, "MessageSid": key or ""}):
+        return _twiml()
     answer = None
     async with session.begin():
         # a retried copy of a message already handled changes nothing: a later opposite keyword must stand
@@ -143,8 +163,10 @@ async def sendgrid_events(workspace_id: uuid.UUID, request: Request, session: Se
     held = []
     async with session.begin():
         for e in events:
-            if isinstance(e, dict) and await provider_events.sendgrid_event(session, workspace_id, e) == \
-                    provider_events.HELD:
+            if not isinstance(e, dict) or _unstorable(
+                    "sendgrid", {k: e[k] for k in provider_events.SENDGRID_FIELDS if k in e}):
+                continue
+            if await provider_events.sendgrid_event(session, workspace_id, e) == provider_events.HELD:
                 held.append(str(uuid.UUID(str(e.get("tenure_message_id")))))  # (as it was kept)
     if held:  # they beat the record of the send: kept, and tried again now that the keeping is committed
         async with session.begin():

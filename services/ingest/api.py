@@ -169,6 +169,8 @@ async def _store(request: Request, body: _Body,
     # message can break either rule, and one encoding of the body replaces one per message.
     whole = dumps_bytes(body.doc) if body.size <= MAX_MESSAGE_BYTES else None
     one_by_one = whole is None or len(whole) + _TYPE_FIELD > MAX_MESSAGE_BYTES or b"\\u0000" in whole
+    # a batch's context is merged under each message's own (tracking.normalize): its NUL is theirs
+    context_nul = bool(batch_context) and _has_nul(dumps_bytes(batch_context))
     for index, item in items:
         mid = item.get("messageId") if isinstance(item.get("messageId"), str) else None
         encoded = dumps_bytes(item) if one_by_one else b""
@@ -176,9 +178,13 @@ async def _store(request: Request, body: _Body,
             rejected.append(Rejected(index=index, message_id=mid,
                                      errors=[{"msg": "message is over 32 KB", "type": "too_large"}]))
             continue
-        if b"\\u0000" in encoded and _NUL_ESCAPE.search(encoded):  # PostgreSQL text and jsonb cannot hold NUL
+        if _has_nul(encoded):  # PostgreSQL text and jsonb cannot hold NUL
             rejected.append(Rejected(index=index, message_id=mid,
                                      errors=[{"msg": "message contains a NUL character (\\u0000)", "type": "nul"}]))
+            continue
+        if context_nul and _has_nul(dumps_bytes({**batch_context, **_own_context(item)})):
+            rejected.append(Rejected(index=index, message_id=mid, errors=[{
+                "msg": "message contains a NUL character (\\u0000) in the batch's context", "type": "nul"}]))
             continue
         try:
             msg = _item_adapter.validate_python(item)
@@ -199,6 +205,15 @@ async def _store(request: Request, body: _Body,
             request.app.state.waker.request(service, WAKE_FUNCTION)
     return TrackResponse(accepted=result.accepted, duplicates=result.duplicates, suppressed=result.suppressed,
                          rejected=rejected)
+
+
+def _has_nul(encoded: bytes) -> bool:
+    return b"\\u0000" in encoded and _NUL_ESCAPE.search(encoded) is not None
+
+
+def _own_context(item: dict[str, Any]) -> dict[str, Any]:
+    context = item.get("context")
+    return context if isinstance(context, dict) else {}
 
 
 def _body_doc(model: type[Any], *, typed_by_path: bool = False) -> dict[str, Any]:

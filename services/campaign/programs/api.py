@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from services.campaign import ingest_client
-from services.campaign.api import Limit
+from services.campaign.api import KeyText, Limit
 from services.campaign.programs import config, earning, leaderboards, ledger, service
 from services.campaign.programs.schemas import (
     AdjustIn,
@@ -39,8 +39,8 @@ router = APIRouter(prefix="/v1")
 
 Member = Annotated[Ref, Path(description="the member: profile id, userId, anonymousId or email")]
 Pool = Annotated[str, Path(pattern=config.POOL_NAME, description="the coupon pool's name")]
-IdempotencyKey = Annotated[str, Header(min_length=1, max_length=200, alias="Idempotency-Key",
-                                       description="a retry with the same key is the same operation")]
+IdempotencyKey = Annotated[KeyText, Header(alias="Idempotency-Key",
+                                           description="a retry with the same key is the same operation")]
 PeriodQ = Annotated[leaderboards.Period, Query(description="the calendar period (UTC) containing `at`")]
 AtQ = Annotated[IsoDatetime | None, Query(description="a moment in the period (default: now)")]
 _NOT_FOUND = {**COMMON_ERRORS, 404: problem_schema("Not found (no such program, profile or referral)")}

@@ -5,20 +5,20 @@ import re
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.campaign.journey_def import PropertyFilter
 from shared.errors import NotFound
 from shared.jsonutil import dumps
-from shared.validation import JsonBool, JsonFloat, JsonInt
+from shared.validation import JsonBool, JsonFloat, JsonInt, StorableModel
 
 KINDS = ("referral", "loyalty")
 POOL_NAME = r"^[A-Za-z0-9_.-]{1,100}$"
 
 
-class _Model(BaseModel):
+class _Model(StorableModel):  # stored as jsonb: a NUL or a lone surrogate is refused at its field
     model_config = ConfigDict(extra="forbid")
 
 

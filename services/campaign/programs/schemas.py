@@ -6,10 +6,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from services.campaign.programs.config import POOL_NAME, LoyaltyConfig, ReferralConfig
-from shared.validation import JsonBool, JsonInt, Ref
+from shared.validation import JsonBool, JsonInt, Ref, StorableModel
 
 
-class ReferralProgramIn(BaseModel):
+class ReferralProgramIn(StorableModel):
     enabled: JsonBool = Field(True, description="off: codes still resolve, but no attribution or rewards")
     config: ReferralConfig = Field(default_factory=ReferralConfig, examples=[{
         "landing_url": "https://acme.example/join", "attribution_window_days": 30,
@@ -18,7 +18,7 @@ class ReferralProgramIn(BaseModel):
         "referred_reward": {"type": "coupon", "pool": "welcome-10"}}])
 
 
-class LoyaltyProgramIn(BaseModel):
+class LoyaltyProgramIn(StorableModel):
     enabled: JsonBool = True
     config: LoyaltyConfig = Field(default_factory=LoyaltyConfig, examples=[{
         "earn": [{"event": "Order Completed", "per_unit": 1, "property": "revenue"},
@@ -37,7 +37,7 @@ class ProgramOut(BaseModel):
     updated_at: datetime
 
 
-class CouponsIn(BaseModel):
+class CouponsIn(StorableModel):
     codes: list[str] = Field(min_length=1, max_length=10_000, examples=[["WELCOME-7F3K", "WELCOME-9QX2"]],
                              description="codes already in the pool are ignored")
 
@@ -51,7 +51,7 @@ class CouponPoolOut(BaseModel):
     revoked: int = Field(description="taken back after a refund")
 
 
-class CodeIn(BaseModel):
+class CodeIn(StorableModel):
     user: Ref = Field(description="profile id, userId, anonymousId or email", examples=["u-42"])
 
 
@@ -63,7 +63,7 @@ class CodeOut(BaseModel):
     created_at: datetime
 
 
-class InviteIn(BaseModel):
+class InviteIn(StorableModel):
     user: Ref = Field(description="the referrer: profile id, userId, anonymousId or email", examples=["u-42"])
     channel: Literal["email", "sms", "social"] = "email"
     idempotency_key: str | None = Field(None, max_length=200, description="a retried call with the same key is "
@@ -165,12 +165,12 @@ class HistoryOut(BaseModel):
     next_cursor: str | None = None
 
 
-class RedeemIn(BaseModel):
+class RedeemIn(StorableModel):
     points: JsonInt = Field(gt=0, le=10_000_000, examples=[500])
     reason: str | None = Field(None, max_length=500, examples=["$5 voucher"])
 
 
-class AdjustIn(BaseModel):
+class AdjustIn(StorableModel):
     points: JsonInt = Field(ge=-10_000_000, le=10_000_000, examples=[-100],
                         description="positive: a credit (expires like earned points); negative: a debit")
     reason: str = Field(min_length=1, max_length=500, examples=["goodwill for a late delivery"])

@@ -67,7 +67,7 @@ feed_router = APIRouter(prefix="/v1", tags=["feed"])
 profiles_router = APIRouter(prefix="/v1", tags=["profiles"])
 
 _item_adapter: TypeAdapter[Any] = TypeAdapter(BatchItem)
-ProfileRef = Annotated[str, Path(description="profile id, userId, anonymousId or email")]
+ProfileRef = Annotated[str, Path(description="profile id, userId, anonymousId or email (in any case)")]
 _TRACK_ERRORS = {
     **COMMON_ERRORS,
     403: problem_schema("A secret key was used where the write key belongs"),
@@ -384,7 +384,7 @@ async def list_profiles(
     after: AfterDep,
     request: Request,
     user_id: Annotated[str | None, Query(description="exact userId")] = None,
-    email: Annotated[str | None, Query(description="exact email trait")] = None,
+    email: Annotated[str | None, Query(description="email trait, in any case")] = None,
     q: Annotated[str | None, Query(max_length=200, description="substring of userId, email or name")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:

@@ -48,7 +48,8 @@ class Profile(IngestTable, table=True):
     __tablename__ = "profiles"
     __table_args__ = (
         UniqueConstraint("workspace_id", "user_id"),
-        Index("ix_profiles_email", "workspace_id", text("(traits->>'email')")),
+        # emails are looked up whatever their case (profiles.resolve_refs)
+        Index("ix_profiles_email", "workspace_id", text("lower(traits->>'email')")),
     )
 
     id: uuid.UUID = Field(primary_key=True)

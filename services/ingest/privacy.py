@@ -42,7 +42,16 @@ _COLS = "id, kind, subject, profile_ids, suppress, status, services, removed, cr
 
 
 def id_hash(kind: str, value: str) -> bytes:
-    return hashlib.sha256(f"{kind}:{value}".encode()).digest()
+    """The stored form of a suppressed id. Emails are hashed lowercased: ``Ada@Example.com`` is Ada too."""
+    return hashlib.sha256(f"{kind}:{value.lower() if kind == 'email' else value}".encode()).digest()
+
+
+def _probe_hashes(kind: str, value: str) -> set[bytes]:
+    """Hashes that suppress (kind, value): erasures before emails were lowercased hashed them as sent."""
+    hashes = {id_hash(kind, value)}
+    if kind == "email":
+        hashes.add(hashlib.sha256(f"{kind}:{value}".encode()).digest())
+    return hashes
 
 
 
@@ -123,7 +132,7 @@ async def suppressed(session: AsyncSession, ws: uuid.UUID, ids: set[tuple[str, s
     erasure pending and none with suppression: one index probe spares hashing every id of every event."""
     if not ids or not (await session.execute(_PROBE, {"ws": ws})).scalar():
         return set()
-    by_hash = {id_hash(k, v): (k, v) for k, v in ids}
+    by_hash = {h: (k, v) for k, v in ids for h in _probe_hashes(k, v)}
     rows = await session.execute(
         text("select id_hash from ingest.suppressions where workspace_id = :ws and id_hash = any(CAST(:h AS bytea[]))"),
         {"ws": ws, "h": list(by_hash)},

@@ -218,7 +218,8 @@ _UUID_RE = "^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-
 
 async def resolve_refs(session: AsyncSession, ws: uuid.UUID, refs: list[str]) -> dict[str, uuid.UUID]:
     """Live profile ids for many references at once (profile id, ``userId``, ``anonymousId`` or email, in
-    that order of precedence); references no profile has are left out."""
+    that order of precedence; emails match whatever their case, as mail servers treat them); references no
+    profile has are left out."""
     rows = await session.execute(
         text(
             f"""
@@ -231,7 +232,8 @@ async def resolve_refs(session: AsyncSession, ws: uuid.UUID, refs: list[str]) ->
                      (select i.profile_id from ingest.identities i
                        where i.workspace_id = :ws and i.kind = 'anonymous_id' and i.value = r.ref),
                      (select p.id from ingest.profiles p
-                       where p.workspace_id = :ws and (p.traits->>'email') = r.ref and p.merged_into is null
+                       where p.workspace_id = :ws and lower(p.traits->>'email') = lower(r.ref)
+                         and p.merged_into is null
                        order by p.id limit 1)) as pid
               from (select distinct ref from jsonb_array_elements_text(CAST(:refs AS jsonb)) as j(ref)) as r
             """
@@ -308,7 +310,7 @@ async def list_profiles(session: AsyncSession, ws: uuid.UUID, *, user_id: str | 
         clauses.append("user_id = :uid")
         params["uid"] = user_id
     if email is not None:
-        clauses.append("(traits->>'email') = :email")
+        clauses.append("lower(traits->>'email') = lower(:email)")
         params["email"] = email
     if traits:
         clauses.append("traits @> CAST(:contains AS jsonb)")

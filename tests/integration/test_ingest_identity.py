@@ -1,5 +1,7 @@
 """Identity resolution through HTTP: anonymous history joins the user, alias merges, group keeps accounts."""
 
+import uuid
+
 from shared.testing import feed_head, internal_headers
 
 
@@ -128,3 +130,30 @@ async def test_export_says_503_when_another_service_is_down(apps, workspace, set
             ingest_app.state.internal = reachable
     assert r.status_code == 503 and r.headers["content-type"].startswith("application/problem+json")
     assert r.headers["retry-after"] == "5"
+
+
+async def test_emails_find_their_profile_and_stay_suppressed_in_any_case(
+        apps, workspace, sessionmaker, internal_client) -> None:
+    """Mail servers treat addresses case-insensitively (delivery keys them lowercased): a lookup, a filter or an
+    erasure by ``ada@example.com`` finds the profile whose email is ``Ada@Example.COM``, and an erasure with
+    suppression drops later messages naming the email in another case."""
+    from services.ingest import privacy
+
+    c, auth = apps["ingest"], (workspace.write_key, "")
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    tag = uuid.uuid4().hex[:6]
+    mixed, lower = f"Ada.{tag}@Example.COM", f"ada.{tag}@example.com"
+    await c.post("/v1/identify", auth=auth, json={"userId": f"ada-{tag}", "traits": {"email": mixed}})
+    pid = (await _profile(apps, workspace, f"ada-{tag}"))["id"]
+    for ref in (lower, mixed, lower.upper()):
+        assert (await _profile(apps, workspace, ref))["id"] == pid, ref
+    listed = (await c.get("/v1/profiles", headers=h, params={"email": lower})).json()["profiles"]
+    assert [p["id"] for p in listed] == [pid]
+
+    r = await c.post("/v1/privacy/erasure", headers=h, json={"user": lower, "suppress": True})
+    assert r.status_code == 202, r.text
+    assert r.json()["profile_ids"] == [pid]
+    await privacy.propagate(sessionmaker, internal_client, limit=1000)
+    r = await c.post("/v1/identify", auth=auth, json={"userId": f"new-{tag}", "traits": {"email": lower.upper()}})
+    assert r.json()["suppressed"] == 1, r.text
+    assert (await c.get(f"/v1/profiles/new-{tag}", headers=h)).status_code == 404

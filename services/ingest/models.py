@@ -48,8 +48,10 @@ class Profile(IngestTable, table=True):
     __tablename__ = "profiles"
     __table_args__ = (
         UniqueConstraint("workspace_id", "user_id"),
-        # emails are looked up whatever their case (profiles.resolve_refs)
-        Index("ix_profiles_email", "workspace_id", text("lower(traits->>'email')")),
+        # emails are looked up whatever their case (profiles.resolve_refs); the exact-value index served the
+        # release before ingest_0004 during its rollout: drop it in the next migration
+        Index("ix_profiles_email_ci", "workspace_id", text("lower(traits->>'email')")),
+        Index("ix_profiles_email", "workspace_id", text("(traits->>'email')")),
     )
 
     id: uuid.UUID = Field(primary_key=True)

@@ -1,8 +1,10 @@
-"""emails are looked up in any case: the profiles' email index is on ``lower(traits->>'email')``
+"""emails are looked up in any case: an index on ``lower(traits->>'email')``
 
 ``GET /v1/profiles/{email}``, the ``email`` filter and erasure requests by email matched the trait's exact
 case, so ``ada@example.com`` did not find the profile whose email is ``Ada@Example.com`` (delivery already
-keys addresses lowercased). The index is rebuilt on the lowercased value.
+keys addresses lowercased). A new index holds the lowercased value. The old one stays for this release:
+pods of the previous release still look emails up by their exact value during a rollout (expand now,
+contract later: docs/operations.md, "Migrations").
 
 Revision ID: ingest_0004
 Revises: ingest_0003
@@ -21,11 +23,9 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.drop_index("ix_profiles_email", table_name="profiles", schema="ingest")
-    op.create_index("ix_profiles_email", "profiles", ["workspace_id", sa.text("lower(traits->>'email')")],
+    op.create_index("ix_profiles_email_ci", "profiles", ["workspace_id", sa.text("lower(traits->>'email')")],
                     schema="ingest")
 
 
 def downgrade() -> None:
-    op.drop_index("ix_profiles_email", table_name="profiles", schema="ingest")
-    op.create_index("ix_profiles_email", "profiles", ["workspace_id", sa.text("(traits->>'email')")], schema="ingest")
+    op.drop_index("ix_profiles_email_ci", table_name="profiles", schema="ingest")

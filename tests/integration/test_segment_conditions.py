@@ -507,3 +507,23 @@ async def test_a_segment_is_renamed_without_its_definition_or_a_new_version(ctx)
     assert got["name"] == f"renamed-{sid}" and got["definition"]["value"] == "x" and got["version"] == 2
     missing = await ctx.seg.put(f"/v1/segments/{uuid.uuid4()}", headers=ctx.h, json={"name": "nobody"})
     assert missing.status_code == 404
+
+
+async def test_attribute_date_operators_need_a_date_or_a_number_of_days(ctx) -> None:
+    """An attribute condition took any value with ``before`` / ``after`` / ``within_last_days``: on
+    first_seen / last_seen a value that is not a date (or a whole number of days) made previews and searches
+    a 500 (AssertionError, ValueError), and saved, every evaluation of the workspace failed. Refused on save
+    now, naming the node, as for traits."""
+    await _fold(ctx.sm, [_ev(ctx.ws, uuid.uuid4(), event="App Opened")])
+    for op, value in [("before", "garbage"), ("after", 7), ("within_last_days", "x"), ("within_last_days", 0),
+                      ("within_last_days", True)]:
+        definition = {"type": "not", "child": {"type": "attribute", "attribute": "first_seen", "op": op,
+                                               "value": value}}
+        for path in ("/v1/segments", "/v1/segments/preview", "/v1/profiles/search"):
+            r = await ctx.seg.post(path, headers=ctx.h, json={"name": uuid.uuid4().hex, "definition": definition})
+            assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json", (path, r.text)
+            assert [e["at"] for e in r.json()["errors"]] == ["definition.not.child.attribute"], r.text
+    assert (await ctx.seg.get("/v1/segments", headers=ctx.h)).json()["segments"] == []
+    r = await ctx.seg.post("/v1/segments/preview", headers=ctx.h, json={"definition": {
+        "type": "attribute", "attribute": "first_seen", "op": "before", "value": "2999-01-01T00:00:00+02:00"}})
+    assert r.status_code == 200 and r.json()["count"] == 1, r.text

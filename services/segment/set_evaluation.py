@@ -186,7 +186,8 @@ class _Statement:
         if since is not None:
             where += f" and day between {self.param(since, 'date')} and {self.param(until, 'date')}"
         col = self.column(f"sum(count) filter (where {where})")
-        return f"(coalesce({col}, 0) {_COUNT[op]} {self.param(n, 'bigint')})"
+        # numeric: a count has no upper bound in a definition (at_least 10**30 is valid, and never true)
+        return f"(coalesce({col}, 0) {_COUNT[op]} {self.param(Decimal(n), 'numeric')})"
 
     def performed_time(self, node: c.PerformedTimeNode) -> str:
         self.events.add(node.event)
@@ -195,7 +196,7 @@ class _Statement:
         if node.op in ("within_last_days", "over_days_ago"):
             ago = f"({self.param(self.today, 'date')} - {day})"
             cmp = "<" if node.op == "within_last_days" else ">"
-            return f"coalesce({ago} {cmp} {self.param(int(node.value), 'int')}, false)"
+            return f"coalesce({ago} {cmp} {self.param(Decimal(int(node.value)), 'numeric')}, false)"  # (any N)
         bound = c._as_datetime(node.value)
         assert bound is not None  # checked on save
         return f"coalesce({day} {'<' if node.op == 'before' else '>'} {self.param(bound.date(), 'date')}, false)"

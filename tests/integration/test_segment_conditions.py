@@ -527,3 +527,30 @@ async def test_attribute_date_operators_need_a_date_or_a_number_of_days(ctx) -> 
     r = await ctx.seg.post("/v1/segments/preview", headers=ctx.h, json={"definition": {
         "type": "attribute", "attribute": "first_seen", "op": "before", "value": "2999-01-01T00:00:00+02:00"}})
     assert r.status_code == 200 and r.json()["count"] == 1, r.text
+
+
+async def test_counts_and_days_beyond_sql_integers_compare_instead_of_crashing(ctx) -> None:
+    """Counts and numbers of days have no upper bound in a definition, but the statement PostgreSQL evaluates
+    bound them as bigint / int: ``at_least 2**63`` times or ``over_days_ago 2**40`` made previews and searches a
+    500, and a saved one failed every pass over the workspace's profiles (its other segments too)."""
+    a, b = uuid.uuid4(), uuid.uuid4()
+    await _fold(ctx.sm, [_ev(ctx.ws, a, event="Order Completed", days_ago=3), _ev(ctx.ws, a, event="Email Opened"),
+                         _ev(ctx.ws, b, event="App Opened")])
+    huge = [
+        ({"type": "performed", "event": "Order Completed", "count": 2**63}, set()),
+        ({"type": "performed", "event": "Order Completed", "op": "at_most", "count": 10**30}, {a, b}),
+        ({"type": "performed", "event": "Order Completed", "op": "exactly", "count": 10**30, "within_days": 7}, set()),
+        ({"type": "email_engagement", "count": 10**30}, set()),
+        ({"type": "performed_time", "event": "Order Completed", "op": "within_last_days", "value": 10**30}, {a}),
+        ({"type": "performed_time", "event": "Order Completed", "op": "over_days_ago", "value": 2**40}, set()),
+        ({"type": "performed_time", "event": "Order Completed", "op": "over_days_ago", "value": 2**31}, set()),
+    ]
+    for definition, expected in huge:
+        r = await ctx.seg.post("/v1/segments/preview", headers=ctx.h, json={"definition": definition, "sample": 100})
+        assert r.status_code == 200, (definition, r.text)
+        assert set(r.json()["sample"]) == {str(p) for p in expected}, definition
+        r = await ctx.seg.post("/v1/profiles/search", headers=ctx.h, json={"definition": definition})
+        assert r.status_code == 200 and r.json()["count"] == len(expected), (definition, r.text)
+    sids = [await ctx.segment(definition) for definition, _ in huge]  # evaluated over every profile
+    for sid, (_, expected) in zip(sids, huge, strict=True):
+        assert await ctx.members(sid) == {str(p) for p in expected}

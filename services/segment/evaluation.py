@@ -699,13 +699,11 @@ async def evaluate_all(sessionmaker: async_sessionmaker[AsyncSession], ws: uuid.
     changes = 0
     if in_sql:
         statements: dict[date, list[set_evaluation.Compiled]] = {}
-        per = set_evaluation.SEGMENTS_PER_STATEMENT
 
         async def sets(session: AsyncSession, pids: list[uuid.UUID]) -> int:
             day = today or datetime.now(UTC).date()
             if day not in statements:
-                statements[day] = [set_evaluation.compile_pass([(sid, *parsed[sid]) for sid in in_sql[i:i + per]], day)
-                                   for i in range(0, len(in_sql), per)]
+                statements[day] = set_evaluation.compile_passes([(sid, *parsed[sid]) for sid in in_sql], day)
             await lock_stripes(session, ws, pids)
             db = await driver_connection(session)
             await db.execute(_SET_PASS_SETTINGS)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.segment import evaluation
+from services.segment import conditions, evaluation, set_evaluation
 from shared.core import create_workspace
 
 NOW = datetime.now(UTC)
@@ -554,3 +554,32 @@ async def test_counts_and_days_beyond_sql_integers_compare_instead_of_crashing(c
     sids = [await ctx.segment(definition) for definition, _ in huge]  # evaluated over every profile
     for sid, (_, expected) in zip(sids, huge, strict=True):
         assert await ctx.members(sid) == {str(p) for p in expected}
+
+
+async def test_large_definitions_are_evaluated_whatever_postgresql_allows_one_statement(ctx) -> None:
+    """A definition compiled to SQL whose statement needed more than 1664 columns (one per distinct per-day
+    count) or 32767 parameters made previews and searches a 500 or a 503 ("the database is not reachable");
+    saved, it failed every pass over the workspace's profiles, so no segment of the workspace was backfilled
+    or re-checked again. Segments sharing a statement added up the same way. Such definitions are evaluated
+    in Python now, and statements hold as many segments as fit."""
+    a, b = uuid.uuid4(), uuid.uuid4()
+    await _fold(ctx.sm, [_ev(ctx.ws, a, event="e7"), _ev(ctx.ws, a, event="Order Completed"),
+                         _ev(ctx.ws, b, "identify", traits={"t16999": 16999})])
+    many_counts = {"type": "or", "children": [{"type": "performed", "event": f"e{i}", "count": 1}
+                                              for i in range(1700)]}
+    many_values = {"type": "or", "children": [{"type": "trait", "trait": f"t{i}", "value": i} for i in range(17000)]}
+    for definition, expected in [(many_counts, {a}), (many_values, {b})]:
+        r = await ctx.seg.post("/v1/segments/preview", headers=ctx.h, json={"definition": definition})
+        assert r.status_code == 200 and set(r.json()["sample"]) == {str(p) for p in expected}, r.text[:300]
+        r = await ctx.seg.post("/v1/profiles/search", headers=ctx.h, json={"definition": definition})
+        assert r.status_code == 200 and r.json()["count"] == len(expected), r.text[:300]
+    # each fits a statement alone, but not together (600 columns each)
+    parts = [{"type": "or", "children": [{"type": "performed", "event": f"e{i}", "count": 1}
+                                         for i in range(k * 600, k * 600 + 600)]} for k in range(3)]
+    assert set_evaluation.compilable(conditions.parse(parts[0]))
+    buyers = {"type": "performed", "event": "Order Completed"}
+    expected = [{a}, {b}, {a}, set(), set(), {a}]
+    sids = [await ctx.segment(d) for d in (many_counts, many_values, *parts, buyers)]
+    await evaluation.evaluate_fully(ctx.sm, ctx.ws, {uuid.UUID(s) for s in sids})  # all of them in one pass
+    for sid, members in zip(sids, expected, strict=True):
+        assert await ctx.members(sid) == {str(p) for p in members}

@@ -583,3 +583,15 @@ async def test_large_definitions_are_evaluated_whatever_postgresql_allows_one_st
     await evaluation.evaluate_fully(ctx.sm, ctx.ws, {uuid.UUID(s) for s in sids})  # all of them in one pass
     for sid, members in zip(sids, expected, strict=True):
         assert await ctx.members(sid) == {str(p) for p in members}
+
+
+@pytest.mark.parametrize("in_sql", [True, False], ids=["evaluated in SQL", "evaluated in Python"])
+async def test_a_preview_without_a_sample_counts(ctx, in_sql) -> None:
+    """``sample: 0`` (the schema allows it: just the count) was a 500 whenever a profile matched."""
+    await _fold(ctx.sm, [_ev(ctx.ws, uuid.uuid4(), "identify", traits={"tier": "gold"}) for _ in range(2)])
+    gold = {"type": "trait", "trait": "tier", "value": "gold"}
+    if not in_sql:
+        gold = {"type": "or", "children": [gold, {"type": "stage", "stage": "churned"}]}
+    r = await ctx.seg.post("/v1/segments/preview", headers=ctx.h, json={"definition": gold, "sample": 0})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"count": 2, "sample": [], "profiles_evaluated": 2}

@@ -595,3 +595,13 @@ async def test_a_preview_without_a_sample_counts(ctx, in_sql) -> None:
     r = await ctx.seg.post("/v1/segments/preview", headers=ctx.h, json={"definition": gold, "sample": 0})
     assert r.status_code == 200, r.text
     assert r.json() == {"count": 2, "sample": [], "profiles_evaluated": 2}
+
+
+async def test_a_node_without_a_known_type_is_named(ctx) -> None:
+    """The root node without a ``type``, or with one that is no condition, was reported at ``definition.``."""
+    cases = [({"type": "bogus"}, "definition"), ({"trait": "plan"}, "definition"),
+             ({"type": "or", "children": [{"type": "trait", "trait": "a"}, {"type": "bogus"}]}, "definition.or.children.1")]
+    for definition, at in cases:
+        for path in ("/v1/segments", "/v1/segments/preview", "/v1/profiles/search"):
+            r = await ctx.seg.post(path, headers=ctx.h, json={"name": "n", "definition": definition})
+            assert r.status_code == 422 and [e["at"] for e in r.json()["errors"]] == [at], (path, r.text)

@@ -605,3 +605,19 @@ async def test_a_node_without_a_known_type_is_named(ctx) -> None:
         for path in ("/v1/segments", "/v1/segments/preview", "/v1/profiles/search"):
             r = await ctx.seg.post(path, headers=ctx.h, json={"name": "n", "definition": definition})
             assert r.status_code == 422 and [e["at"] for e in r.json()["errors"]] == [at], (path, r.text)
+
+
+async def test_json_too_deep_or_too_long_to_read_says_so(ctx) -> None:
+    """A definition nested a thousand levels deep is valid JSON that Python's reader gives up on, as is a
+    number of 5000 digits: both got a 400 saying only "There was an error parsing the body"."""
+    leaf = '{"type": "trait", "trait": "plan", "op": "exists"}'
+    deep = '{"type": "and", "children": [' * 1000 + leaf + "]}" * 1000
+    not_deep = '{"type": "not", "child": ' * 5000 + leaf + "}" * 5000
+    long_number = '{"type": "trait", "trait": "n", "value": ' + "9" * 5000 + "}"
+    headers = {**ctx.h, "content-type": "application/json"}
+    for definition, words in [(deep, "too deeply"), (not_deep, "too deeply"), (long_number, "too many digits")]:
+        for path in ("/v1/segments", "/v1/segments/preview", "/v1/profiles/search"):
+            r = await ctx.seg.post(path, headers=headers, content=f'{{"name": "n", "definition": {definition}}}')
+            assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json", r.text
+            assert words in r.json()["detail"], r.text
+    assert (await ctx.seg.get("/v1/segments", headers=ctx.h)).json()["segments"] == []

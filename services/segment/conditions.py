@@ -390,12 +390,14 @@ def _as_datetime(v: Any) -> datetime | None:
 
 
 def _number(v: Any) -> float | None:
+    """A finite number, also from text ("12.5"); None for anything else ("NaN" and "Infinity" included)."""
     if isinstance(v, bool) or not isinstance(v, int | float | str):
         return None
     try:
-        return float(v)
+        number = float(v)
     except ValueError:
         return None
+    return number if math.isfinite(number) else None
 
 
 def compare(op: str, actual: Any, expected: Any, today: date | None = None) -> bool:

@@ -1,11 +1,13 @@
 """Every kind of segment condition on real PostgreSQL: definitions saved through the API, events folded
 as the feed consumer folds them, members read back through the API."""
 
+import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import text
 
 from services.segment import conditions, evaluation, set_evaluation
 from shared.core import create_workspace
@@ -621,3 +623,39 @@ async def test_json_too_deep_or_too_long_to_read_says_so(ctx) -> None:
             assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json", r.text
             assert words in r.json()["detail"], r.text
     assert (await ctx.seg.get("/v1/segments", headers=ctx.h)).json()["segments"] == []
+
+
+async def test_revenue_that_reads_as_nan_or_infinity_counts_as_nothing(ctx, settings) -> None:
+    """A purchase whose revenue was "NaN", "Infinity" or "1e999" (text a client may send through the Segment API)
+    made the profile's revenue NaN or infinite for good: its attributes, every search and preview listing it
+    and every live re-evaluation of its partition failed (a 500, a worker error at each event), and aggregates
+    over the property were NaN. Such amounts count as 0 now, and the upgrade resets totals they poisoned."""
+    from alembic import command
+
+    from shared.migrate import alembic_config
+
+    a, poisoned = uuid.uuid4(), uuid.uuid4()
+    await _fold(ctx.sm, [_ev(ctx.ws, a, event="Order Completed", props={"revenue": v})
+                         for v in ("NaN", "Infinity", "-1e999", 10, "5.5")])
+    r = await ctx.seg.get(f"/v1/profiles/{a}/attributes", headers=ctx.h)
+    assert r.status_code == 200, r.text
+    assert (r.json()["order_count"], r.json()["total_revenue"], r.json()["average_order_value"]) == (5, 15.5, 3.1)
+    for definition in ({"type": "attribute", "attribute": "total_revenue", "op": "equals", "value": 15.5},
+                       {"type": "aggregate", "event": "Order Completed", "property": "revenue", "function": "sum",
+                        "op": "equals", "value": 15.5},
+                       {"type": "aggregate", "event": "Order Completed", "property": "revenue", "function": "max",
+                        "op": "equals", "value": 10}):
+        r = await ctx.seg.post("/v1/profiles/search", headers=ctx.h, json={"definition": definition})
+        assert r.status_code == 200 and [p["profile_id"] for p in r.json()["profiles"]] == [str(a)], r.text
+    # a total an earlier release poisoned
+    await _fold(ctx.sm, [_ev(ctx.ws, poisoned, event="Order Completed", props={"revenue": 1})])
+    async with ctx.sm() as s, s.begin():
+        await s.execute(text("update segment.profile_stats set revenue = 'Infinity' where profile_id = :p"),
+                        {"p": poisoned})
+    cfg = alembic_config("segment", settings.require_database_url())
+    await asyncio.to_thread(command.downgrade, cfg, "segment_0003")
+    await asyncio.to_thread(command.upgrade, cfg, "head")
+    r = await ctx.seg.get(f"/v1/profiles/{poisoned}/attributes", headers=ctx.h)
+    assert r.status_code == 200 and r.json()["total_revenue"] == 0.0, r.text
+    m = await ctx.seg.get("/v1/metrics", headers=ctx.h, params={"start": "2000-01-01", "end": "2999-01-01"})
+    assert m.status_code == 200 and m.json()["average_cltv"] == 7.75, m.text

@@ -181,6 +181,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # valid JSON that Python's reader gives up on (FastAPI says only "There was an error parsing the body")
+        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+            return problem_response(BadRequest("The request body nests JSON arrays and objects too deeply to be "
+                                               "read (hundreds of levels)"), request)
+        if exc.status_code == 400 and "integer string conversion" in str(exc.__cause__):
+            return problem_response(BadRequest("The request body holds a number with too many digits to be read "
+                                               "(over 4300)"), request)
         err = AppError(str(exc.detail), headers=dict(exc.headers or {}))  # 405 keeps its Allow (RFC 9110)
         err.status, err.title = exc.status_code, str(exc.detail)
         err.slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")

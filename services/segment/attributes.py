@@ -15,6 +15,7 @@ lead score rules (``lead_score``: ``{"events": {"Demo Requested": 20}, "traits":
 "op": "contains", "value": "VP", "points": 10}]}``).
 """
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -66,9 +67,12 @@ class PurchaseRules:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             return 0.0
         try:
-            return float(value)
+            amount = float(value)
         except ValueError:
             return 0.0
+        # text reads as NaN or an infinity ("NaN", "Infinity", "1e999"): one such purchase made the revenue
+        # NaN / infinite for good, and every evaluation, search and metric of the profile failed
+        return amount if math.isfinite(amount) else 0.0
 
 
 @dataclass(frozen=True)

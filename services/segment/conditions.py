@@ -97,21 +97,27 @@ TraitOp = Literal["equals", "not_equals", "exists", "not_exists", "contains", "s
 NumberOp = Literal["equals", "not_equals", "gt", "gte", "lt", "lte"]
 
 
+def _value_fits_op(op: str, value: Any) -> None:
+    """What every operator of ``compare`` needs of the value it compares with (checked on save: a value
+    ``compare`` cannot use would fail every evaluation of the workspace)."""
+    v = _finite(value)
+    if op in ("in", "not_in") and not isinstance(v, list):
+        raise ValueError(f"{op!r} needs a list value")
+    if op == "within_last_days" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+        raise ValueError("'within_last_days' needs a whole number of days >= 1")
+    if op in ("before", "after") and _as_datetime(v) is None:
+        raise ValueError(f"{op!r} needs an ISO 8601 date or date-time value")
+    if op in ("starts_with",) and not isinstance(v, str):
+        raise ValueError(f"{op!r} needs a string value")
+
+
 class _Compared(_Node):
     op: TraitOp = "equals"
     value: Value = None
 
     @model_validator(mode="after")
     def _value_fits_op(self) -> "_Compared":
-        op, v = self.op, _finite(self.value)
-        if op in ("in", "not_in") and not isinstance(v, list):
-            raise ValueError(f"{op!r} needs a list value")
-        if op == "within_last_days" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ValueError("'within_last_days' needs a whole number of days >= 1")
-        if op in ("before", "after") and _as_datetime(v) is None:
-            raise ValueError(f"{op!r} needs an ISO 8601 date or date-time value")
-        if op in ("starts_with",) and not isinstance(v, str):
-            raise ValueError(f"{op!r} needs a string value")
+        _value_fits_op(self.op, self.value)
         return self
 
 
@@ -256,10 +262,8 @@ class AttributeNode(_Node):
     value: Value = None
 
     @model_validator(mode="after")
-    def _finite_value(self) -> "AttributeNode":
-        _finite(self.value)
-        if self.op in ("in", "not_in") and not isinstance(self.value, list):  # (else every evaluation fails)
-            raise ValueError(f"{self.op!r} needs a list value")
+    def _value_fits_op(self) -> "AttributeNode":
+        _value_fits_op(self.op, self.value)  # as for traits (first_seen / last_seen take the date operators)
         return self
 
 
@@ -386,12 +390,14 @@ def _as_datetime(v: Any) -> datetime | None:
 
 
 def _number(v: Any) -> float | None:
+    """A finite number, also from text ("12.5"); None for anything else ("NaN" and "Infinity" included)."""
     if isinstance(v, bool) or not isinstance(v, int | float | str):
         return None
     try:
-        return float(v)
+        number = float(v)
     except ValueError:
         return None
+    return number if math.isfinite(number) else None
 
 
 def compare(op: str, actual: Any, expected: Any, today: date | None = None) -> bool:

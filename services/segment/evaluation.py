@@ -699,13 +699,11 @@ async def evaluate_all(sessionmaker: async_sessionmaker[AsyncSession], ws: uuid.
     changes = 0
     if in_sql:
         statements: dict[date, list[set_evaluation.Compiled]] = {}
-        per = set_evaluation.SEGMENTS_PER_STATEMENT
 
         async def sets(session: AsyncSession, pids: list[uuid.UUID]) -> int:
             day = today or datetime.now(UTC).date()
             if day not in statements:
-                statements[day] = [set_evaluation.compile_pass([(sid, *parsed[sid]) for sid in in_sql[i:i + per]], day)
-                                   for i in range(0, len(in_sql), per)]
+                statements[day] = set_evaluation.compile_passes([(sid, *parsed[sid]) for sid in in_sql], day)
             await lock_stripes(session, ws, pids)
             db = await driver_connection(session)
             await db.execute(_SET_PASS_SETTINGS)
@@ -859,7 +857,8 @@ async def recheck_lifecycle(sessionmaker: async_sessionmaker[AsyncSession], toda
 
 async def preview(session: AsyncSession, ws: uuid.UUID, node: Any, *, sample: int = 10,
                   today: date | None = None) -> dict[str, Any]:
-    """How many known profiles a definition matches now, with a sample, without saving anything."""
+    """How many known profiles a definition matches now, with a sample (of ``sample`` profiles, 0 for just the
+    count), without saving anything."""
     page = await search(session, ws, node, after=None, limit=sample, today=today)
     return {"count": page["count"], "sample": [p["profile_id"] for p in page["profiles"]],
             "profiles_evaluated": page["profiles_evaluated"]}
@@ -896,7 +895,7 @@ async def search(session: AsyncSession, ws: uuid.UUID, node: Any, *, after: uuid
         evaluated += len(pids)
         if len(pids) < EVAL_CHUNK:
             return {"count": count, "profiles": picked, "profiles_evaluated": evaluated,
-                    "next_cursor": picked[-1]["profile_id"] if more else None}
+                    "next_cursor": picked[-1]["profile_id"] if more and picked else None}
         cursor = pids[-1]
 
 
@@ -918,4 +917,4 @@ async def _search_in_sql(session: AsyncSession, ws: uuid.UUID, node: Any, *, aft
                               current=await memberships(session, ws, ids))
     picked = [_found(facts[pid]) for pid in ids]
     return {"count": row["matched"], "profiles": picked, "profiles_evaluated": row["evaluated"],
-            "next_cursor": picked[-1]["profile_id"] if len(row["ids"]) > limit else None}
+            "next_cursor": picked[-1]["profile_id"] if picked and len(row["ids"]) > limit else None}

@@ -95,11 +95,14 @@ async def stage_series(session: AsyncSession, ws: uuid.UUID, start: date, end: d
             select segment_id, (at at time zone 'UTC')::date as day,
                    sum(case when kind = 'entered' then 1 else -1 end) as delta
               from segment.transitions
-             where workspace_id = :ws and segment_id = any(CAST(:ids AS uuid[])) and at < :until
+             where workspace_id = :ws and segment_id = any(CAST(:ids AS uuid[]))
+               and (CAST(:until AS timestamptz) is null or at < :until)
              group by 1, 2 order by 2
             """
         ),
-        {"ws": ws, "ids": list(ids), "until": datetime.combine(end + timedelta(days=1), time(), tzinfo=UTC)},
+        # the end of the last day (none after 9999-12-31: that day has no next one to begin)
+        {"ws": ws, "ids": list(ids),
+         "until": datetime.combine(end + timedelta(days=1), time(), tzinfo=UTC) if end < date.max else None},
     )).all()
     level = {st: 0 for st in lifecycle.STAGES}
     deltas: dict[date, list[tuple[str, int]]] = {}
@@ -109,10 +112,9 @@ async def stage_series(session: AsyncSession, ws: uuid.UUID, start: date, end: d
         else:
             deltas.setdefault(day, []).append((ids[sid], int(delta)))
     series = []
-    day = start
-    while day <= end:
+    for n in range((end - start).days + 1):
+        day = start + timedelta(days=n)
         for st, d in deltas.get(day, []):
             level[st] += d
         series.append({"day": day, **level})
-        day += timedelta(days=1)
     return series

@@ -34,7 +34,7 @@ def validate_definition(definition: dict[str, Any]) -> Any:
     try:
         node = conditions.parse(definition)
     except ValidationError as exc:
-        errors = [{"at": "definition." + ".".join(str(p) for p in e["loc"]), "msg": e["msg"]}
+        errors = [{"at": ".".join(["definition", *(str(p) for p in e["loc"])]), "msg": e["msg"]}
                   for e in exc.errors(include_url=False)]
         raise ValidationFailed("The segment definition is not valid", errors=errors) from None
     too_deep = next((at for at, depth, _ in _nodes(node) if depth > MAX_DEPTH), None)

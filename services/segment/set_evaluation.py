@@ -16,7 +16,8 @@ Compiled: ``and`` / ``or`` / ``not``; ``trait`` with every operator but the date
 ``performed`` without property filters; ``performed_time``; ``email_engagement``; ``attribute`` (but
 ``orders_per_month`` and ``lead_score``); ``random_bucket``; ``list``. Everything else — date traits,
 property filters, aggregates over stored events, keyed conditions, accounts, stages, other segments —
-makes the whole segment ``compilable() == False`` and keeps it on the Python path.
+makes the whole segment ``compilable() == False`` and keeps it on the Python path, as does a definition
+too large for one statement (``MAX_COLUMNS``, ``MAX_PARAMS``).
 
 Numbers compare as exact decimals here and as Python numbers there; they differ only for integers beyond
 2**53 compared with fractional numbers, which no trait or threshold is in practice.
@@ -51,12 +52,27 @@ class NotCompilable(Exception):
     """The node needs per-profile Python evaluation."""
 
 
+# What one statement may hold, below PostgreSQL's limits: 1664 entries in a select list (the statement's rows
+# carry one column per distinct per-day count its definitions need, beside profile_stats' own ten) and 32767
+# parameters (the protocol counts them in 16 bits). A definition needing more (thousands of conditions) is
+# evaluated in Python; segments share a statement only while their costs, added up, stay below both.
+MAX_COLUMNS = 1500
+MAX_PARAMS = 32000
+
+
+def _cost(node: Any) -> tuple[int, int]:
+    """(columns, parameters) ``node`` adds to a statement at most (less where it shares them with others)."""
+    st = _Statement(date.today())
+    st.condition(node)
+    return len(st.columns), len(st.params)
+
+
 def compilable(node: Any) -> bool:
     try:
-        _Statement(date.today()).condition(node)
+        columns, params = _cost(node)
     except NotCompilable:
         return False
-    return True
+    return columns <= MAX_COLUMNS and params <= MAX_PARAMS
 
 
 def _scalar_kind(value: Any) -> str:
@@ -186,7 +202,8 @@ class _Statement:
         if since is not None:
             where += f" and day between {self.param(since, 'date')} and {self.param(until, 'date')}"
         col = self.column(f"sum(count) filter (where {where})")
-        return f"(coalesce({col}, 0) {_COUNT[op]} {self.param(n, 'bigint')})"
+        # numeric: a count has no upper bound in a definition (at_least 10**30 is valid, and never true)
+        return f"(coalesce({col}, 0) {_COUNT[op]} {self.param(Decimal(n), 'numeric')})"
 
     def performed_time(self, node: c.PerformedTimeNode) -> str:
         self.events.add(node.event)
@@ -195,7 +212,7 @@ class _Statement:
         if node.op in ("within_last_days", "over_days_ago"):
             ago = f"({self.param(self.today, 'date')} - {day})"
             cmp = "<" if node.op == "within_last_days" else ">"
-            return f"coalesce({ago} {cmp} {self.param(int(node.value), 'int')}, false)"
+            return f"coalesce({ago} {cmp} {self.param(Decimal(int(node.value)), 'numeric')}, false)"  # (any N)
         bound = c._as_datetime(node.value)
         assert bound is not None  # checked on save
         return f"coalesce({day} {'<' if node.op == 'before' else '>'} {self.param(bound.date(), 'date')}, false)"
@@ -273,6 +290,22 @@ class Compiled:
 # Segments per statement of a pass: their memberships are one bit each of a bigint per profile (the sign bit
 # left alone).
 SEGMENTS_PER_STATEMENT = 62
+
+
+def compile_passes(segments: list[tuple[uuid.UUID, int, Any]], today: date) -> list[Compiled]:
+    """``compile_pass`` statements for ``segments`` (all ``compilable``), in order: as many segments per
+    statement as ``SEGMENTS_PER_STATEMENT``, ``MAX_COLUMNS`` and ``MAX_PARAMS`` allow."""
+    groups: list[list[tuple[uuid.UUID, int, Any]]] = []
+    used = (0, 0)
+    for segment in segments:
+        columns, params = _cost(segment[2])
+        if (not groups or len(groups[-1]) == SEGMENTS_PER_STATEMENT or used[0] + columns > MAX_COLUMNS
+                or used[1] + params > MAX_PARAMS):
+            groups.append([])
+            used = (0, 0)
+        groups[-1].append(segment)
+        used = (used[0] + columns, used[1] + params)
+    return [compile_pass(group, today) for group in groups]
 
 
 def compile_pass(segments: list[tuple[uuid.UUID, int, Any]], today: date) -> Compiled:

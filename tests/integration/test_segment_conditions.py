@@ -1,13 +1,15 @@
 """Every kind of segment condition on real PostgreSQL: definitions saved through the API, events folded
 as the feed consumer folds them, members read back through the API."""
 
+import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import text
 
-from services.segment import evaluation
+from services.segment import conditions, evaluation, set_evaluation
 from shared.core import create_workspace
 
 NOW = datetime.now(UTC)
@@ -507,3 +509,153 @@ async def test_a_segment_is_renamed_without_its_definition_or_a_new_version(ctx)
     assert got["name"] == f"renamed-{sid}" and got["definition"]["value"] == "x" and got["version"] == 2
     missing = await ctx.seg.put(f"/v1/segments/{uuid.uuid4()}", headers=ctx.h, json={"name": "nobody"})
     assert missing.status_code == 404
+
+
+async def test_attribute_date_operators_need_a_date_or_a_number_of_days(ctx) -> None:
+    """An attribute condition took any value with ``before`` / ``after`` / ``within_last_days``: on
+    first_seen / last_seen a value that is not a date (or a whole number of days) made previews and searches
+    a 500 (AssertionError, ValueError), and saved, every evaluation of the workspace failed. Refused on save
+    now, naming the node, as for traits."""
+    await _fold(ctx.sm, [_ev(ctx.ws, uuid.uuid4(), event="App Opened")])
+    for op, value in [("before", "garbage"), ("after", 7), ("within_last_days", "x"), ("within_last_days", 0),
+                      ("within_last_days", True)]:
+        definition = {"type": "not", "child": {"type": "attribute", "attribute": "first_seen", "op": op,
+                                               "value": value}}
+        for path in ("/v1/segments", "/v1/segments/preview", "/v1/profiles/search"):
+            r = await ctx.seg.post(path, headers=ctx.h, json={"name": uuid.uuid4().hex, "definition": definition})
+            assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json", (path, r.text)
+            assert [e["at"] for e in r.json()["errors"]] == ["definition.not.child.attribute"], r.text
+    assert (await ctx.seg.get("/v1/segments", headers=ctx.h)).json()["segments"] == []
+    r = await ctx.seg.post("/v1/segments/preview", headers=ctx.h, json={"definition": {
+        "type": "attribute", "attribute": "first_seen", "op": "before", "value": "2999-01-01T00:00:00+02:00"}})
+    assert r.status_code == 200 and r.json()["count"] == 1, r.text
+
+
+async def test_counts_and_days_beyond_sql_integers_compare_instead_of_crashing(ctx) -> None:
+    """Counts and numbers of days have no upper bound in a definition, but the statement PostgreSQL evaluates
+    bound them as bigint / int: ``at_least 2**63`` times or ``over_days_ago 2**40`` made previews and searches a
+    500, and a saved one failed every pass over the workspace's profiles (its other segments too)."""
+    a, b = uuid.uuid4(), uuid.uuid4()
+    await _fold(ctx.sm, [_ev(ctx.ws, a, event="Order Completed", days_ago=3), _ev(ctx.ws, a, event="Email Opened"),
+                         _ev(ctx.ws, b, event="App Opened")])
+    huge = [
+        ({"type": "performed", "event": "Order Completed", "count": 2**63}, set()),
+        ({"type": "performed", "event": "Order Completed", "op": "at_most", "count": 10**30}, {a, b}),
+        ({"type": "performed", "event": "Order Completed", "op": "exactly", "count": 10**30, "within_days": 7}, set()),
+        ({"type": "email_engagement", "count": 10**30}, set()),
+        ({"type": "performed_time", "event": "Order Completed", "op": "within_last_days", "value": 10**30}, {a}),
+        ({"type": "performed_time", "event": "Order Completed", "op": "over_days_ago", "value": 2**40}, set()),
+        ({"type": "performed_time", "event": "Order Completed", "op": "over_days_ago", "value": 2**31}, set()),
+    ]
+    for definition, expected in huge:
+        r = await ctx.seg.post("/v1/segments/preview", headers=ctx.h, json={"definition": definition, "sample": 100})
+        assert r.status_code == 200, (definition, r.text)
+        assert set(r.json()["sample"]) == {str(p) for p in expected}, definition
+        r = await ctx.seg.post("/v1/profiles/search", headers=ctx.h, json={"definition": definition})
+        assert r.status_code == 200 and r.json()["count"] == len(expected), (definition, r.text)
+    sids = [await ctx.segment(definition) for definition, _ in huge]  # evaluated over every profile
+    for sid, (_, expected) in zip(sids, huge, strict=True):
+        assert await ctx.members(sid) == {str(p) for p in expected}
+
+
+async def test_large_definitions_are_evaluated_whatever_postgresql_allows_one_statement(ctx) -> None:
+    """A definition compiled to SQL whose statement needed more than 1664 columns (one per distinct per-day
+    count) or 32767 parameters made previews and searches a 500 or a 503 ("the database is not reachable");
+    saved, it failed every pass over the workspace's profiles, so no segment of the workspace was backfilled
+    or re-checked again. Segments sharing a statement added up the same way. Such definitions are evaluated
+    in Python now, and statements hold as many segments as fit."""
+    a, b = uuid.uuid4(), uuid.uuid4()
+    await _fold(ctx.sm, [_ev(ctx.ws, a, event="e7"), _ev(ctx.ws, a, event="Order Completed"),
+                         _ev(ctx.ws, b, "identify", traits={"t16999": 16999})])
+    many_counts = {"type": "or", "children": [{"type": "performed", "event": f"e{i}", "count": 1}
+                                              for i in range(1700)]}
+    many_values = {"type": "or", "children": [{"type": "trait", "trait": f"t{i}", "value": i} for i in range(17000)]}
+    for definition, expected in [(many_counts, {a}), (many_values, {b})]:
+        r = await ctx.seg.post("/v1/segments/preview", headers=ctx.h, json={"definition": definition})
+        assert r.status_code == 200 and set(r.json()["sample"]) == {str(p) for p in expected}, r.text[:300]
+        r = await ctx.seg.post("/v1/profiles/search", headers=ctx.h, json={"definition": definition})
+        assert r.status_code == 200 and r.json()["count"] == len(expected), r.text[:300]
+    # each fits a statement alone, but not together (600 columns each)
+    parts = [{"type": "or", "children": [{"type": "performed", "event": f"e{i}", "count": 1}
+                                         for i in range(k * 600, k * 600 + 600)]} for k in range(3)]
+    assert set_evaluation.compilable(conditions.parse(parts[0]))
+    buyers = {"type": "performed", "event": "Order Completed"}
+    expected = [{a}, {b}, {a}, set(), set(), {a}]
+    sids = [await ctx.segment(d) for d in (many_counts, many_values, *parts, buyers)]
+    await evaluation.evaluate_fully(ctx.sm, ctx.ws, {uuid.UUID(s) for s in sids})  # all of them in one pass
+    for sid, members in zip(sids, expected, strict=True):
+        assert await ctx.members(sid) == {str(p) for p in members}
+
+
+@pytest.mark.parametrize("in_sql", [True, False], ids=["evaluated in SQL", "evaluated in Python"])
+async def test_a_preview_without_a_sample_counts(ctx, in_sql) -> None:
+    """``sample: 0`` (the schema allows it: just the count) was a 500 whenever a profile matched."""
+    await _fold(ctx.sm, [_ev(ctx.ws, uuid.uuid4(), "identify", traits={"tier": "gold"}) for _ in range(2)])
+    gold = {"type": "trait", "trait": "tier", "value": "gold"}
+    if not in_sql:
+        gold = {"type": "or", "children": [gold, {"type": "stage", "stage": "churned"}]}
+    r = await ctx.seg.post("/v1/segments/preview", headers=ctx.h, json={"definition": gold, "sample": 0})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"count": 2, "sample": [], "profiles_evaluated": 2}
+
+
+async def test_a_node_without_a_known_type_is_named(ctx) -> None:
+    """The root node without a ``type``, or with one that is no condition, was reported at ``definition.``."""
+    cases = [({"type": "bogus"}, "definition"), ({"trait": "plan"}, "definition"),
+             ({"type": "or", "children": [{"type": "trait", "trait": "a"}, {"type": "bogus"}]}, "definition.or.children.1")]
+    for definition, at in cases:
+        for path in ("/v1/segments", "/v1/segments/preview", "/v1/profiles/search"):
+            r = await ctx.seg.post(path, headers=ctx.h, json={"name": "n", "definition": definition})
+            assert r.status_code == 422 and [e["at"] for e in r.json()["errors"]] == [at], (path, r.text)
+
+
+async def test_json_too_deep_or_too_long_to_read_says_so(ctx) -> None:
+    """A definition nested a thousand levels deep is valid JSON that Python's reader gives up on, as is a
+    number of 5000 digits: both got a 400 saying only "There was an error parsing the body"."""
+    leaf = '{"type": "trait", "trait": "plan", "op": "exists"}'
+    deep = '{"type": "and", "children": [' * 1000 + leaf + "]}" * 1000
+    not_deep = '{"type": "not", "child": ' * 5000 + leaf + "}" * 5000
+    long_number = '{"type": "trait", "trait": "n", "value": ' + "9" * 5000 + "}"
+    headers = {**ctx.h, "content-type": "application/json"}
+    for definition, words in [(deep, "too deeply"), (not_deep, "too deeply"), (long_number, "too many digits")]:
+        for path in ("/v1/segments", "/v1/segments/preview", "/v1/profiles/search"):
+            r = await ctx.seg.post(path, headers=headers, content=f'{{"name": "n", "definition": {definition}}}')
+            assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json", r.text
+            assert words in r.json()["detail"], r.text
+    assert (await ctx.seg.get("/v1/segments", headers=ctx.h)).json()["segments"] == []
+
+
+async def test_revenue_that_reads_as_nan_or_infinity_counts_as_nothing(ctx, settings) -> None:
+    """A purchase whose revenue was "NaN", "Infinity" or "1e999" (text a client may send through the Segment API)
+    made the profile's revenue NaN or infinite for good: its attributes, every search and preview listing it
+    and every live re-evaluation of its partition failed (a 500, a worker error at each event), and aggregates
+    over the property were NaN. Such amounts count as 0 now, and the upgrade resets totals they poisoned."""
+    from alembic import command
+
+    from shared.migrate import alembic_config
+
+    a, poisoned = uuid.uuid4(), uuid.uuid4()
+    await _fold(ctx.sm, [_ev(ctx.ws, a, event="Order Completed", props={"revenue": v})
+                         for v in ("NaN", "Infinity", "-1e999", 10, "5.5")])
+    r = await ctx.seg.get(f"/v1/profiles/{a}/attributes", headers=ctx.h)
+    assert r.status_code == 200, r.text
+    assert (r.json()["order_count"], r.json()["total_revenue"], r.json()["average_order_value"]) == (5, 15.5, 3.1)
+    for definition in ({"type": "attribute", "attribute": "total_revenue", "op": "equals", "value": 15.5},
+                       {"type": "aggregate", "event": "Order Completed", "property": "revenue", "function": "sum",
+                        "op": "equals", "value": 15.5},
+                       {"type": "aggregate", "event": "Order Completed", "property": "revenue", "function": "max",
+                        "op": "equals", "value": 10}):
+        r = await ctx.seg.post("/v1/profiles/search", headers=ctx.h, json={"definition": definition})
+        assert r.status_code == 200 and [p["profile_id"] for p in r.json()["profiles"]] == [str(a)], r.text
+    # a total an earlier release poisoned
+    await _fold(ctx.sm, [_ev(ctx.ws, poisoned, event="Order Completed", props={"revenue": 1})])
+    async with ctx.sm() as s, s.begin():
+        await s.execute(text("update segment.profile_stats set revenue = 'Infinity' where profile_id = :p"),
+                        {"p": poisoned})
+    cfg = alembic_config("segment", settings.require_database_url())
+    await asyncio.to_thread(command.downgrade, cfg, "segment_0003")
+    await asyncio.to_thread(command.upgrade, cfg, "head")
+    r = await ctx.seg.get(f"/v1/profiles/{poisoned}/attributes", headers=ctx.h)
+    assert r.status_code == 200 and r.json()["total_revenue"] == 0.0, r.text
+    m = await ctx.seg.get("/v1/metrics", headers=ctx.h, params={"start": "2000-01-01", "end": "2999-01-01"})
+    assert m.status_code == 200 and m.json()["average_cltv"] == 7.75, m.text

@@ -129,3 +129,19 @@ async def test_nps_and_csat_count_only_answers_on_their_scales(apps, workspace, 
         "start": (now - timedelta(days=1)).isoformat(), "end": (now + timedelta(days=1)).isoformat()})).json()
     assert (m["csat_responses"], m["csat"]) == (4, 75.0)  # 5, 4, 2 and 4.5
     assert (m["nps_responses"], m["nps"]) == (2, 50.0)  # 10 (promoter) and 8 (passive)
+
+
+async def test_the_stage_series_reaches_the_last_representable_day(apps, workspace, sessionmaker) -> None:
+    """A series ending on 9999-12-31 (a valid date, and a natural "until the end" bound) was a 500: the
+    end of its last day, and the day after it, are beyond what a date holds."""
+    ws, h = workspace.workspace_id, {"Authorization": f"Bearer {workspace.secret_key}"}
+    async with sessionmaker() as s, s.begin():
+        affected = await evaluation.apply_events(s, [_ev(ws, uuid.uuid4(), type="track", event="Signed Up")])
+        await evaluation.reevaluate(s, ws, affected[ws])
+    for start, end, profiles in [("9999-12-30", "9999-12-31", 1), ("9999-12-31", "9999-12-31", 1),
+                                 ("0001-01-01", "0001-01-02", 0)]:
+        r = await apps["segment"].get("/v1/metrics/stages", headers=h, params={"start": start, "end": end})
+        assert r.status_code == 200, r.text
+        days = r.json()["days"]
+        assert days[0]["day"] == start and days[-1]["day"] == end
+        assert [sum(v for k, v in d.items() if k != "day") for d in days] == [profiles] * len(days)

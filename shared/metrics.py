@@ -38,6 +38,16 @@ FEED_LAST_READ = Gauge("tenure_feed_last_read_timestamp_seconds", "When the cons
                        "time): a stale value means the consumer is stuck", ["feed", "consumer"])
 MESSAGES = Counter("tenure_messages_total", "Messages that reached a status, by channel and status",
                    ["channel", "status"])
+WORKSPACE_FAILURES = Counter("tenure_workspace_task_failures_total", "Background work of one workspace that failed "
+                             "and was set aside so other workspaces' went on (retried at the next run), by task",
+                             ["service", "task"])
+
+
+def workspace_failed(service: str, task: str, workspace_id: object) -> None:
+    """Call in an ``except`` block: log the error with its traceback and count it (one workspace's bad data must
+    not stop background work for every workspace)."""
+    WORKSPACE_FAILURES.labels(service, task).inc()
+    log.exception("workspace_task_failed", service=service, task=task, workspace_id=str(workspace_id))
 
 
 def record_request(service: str, method: str, route: str, status: int, seconds: float) -> None:

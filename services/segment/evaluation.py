@@ -31,6 +31,7 @@ from shared.errors import NotFound, UpstreamUnavailable
 from shared.feed import lock_consumer, save_consumer
 from shared.http import InternalClient
 from shared.jsonutil import dumps
+from shared.metrics import workspace_failed
 
 log = structlog.get_logger()
 
@@ -818,16 +819,28 @@ async def recheck_windows(sessionmaker: async_sessionmaker[AsyncSession], today:
             {"today": today},
         )).all()
     windowed: dict[uuid.UUID, set[uuid.UUID]] = defaultdict(set)
+    failed: set[uuid.UUID] = set()  # their segments stay due: the next run tries again
     for sid, ws, definition in due:
-        if conditions.has_window(conditions.parse(definition)):
-            windowed[ws].add(sid)
+        try:
+            if conditions.has_window(conditions.parse(definition)):
+                windowed[ws].add(sid)
+        except Exception:  # noqa: BLE001 - a definition this release cannot read must not stop the others
+            workspace_failed("segment", "recheck_windows", ws)
+            failed.add(ws)
     for ws, sids in windowed.items():
-        changes += await evaluate_fully(sessionmaker, ws, sids, today=today)
-    if due:
+        if ws in failed:
+            continue
+        try:
+            changes += await evaluate_fully(sessionmaker, ws, sids, today=today)
+        except Exception:  # noqa: BLE001
+            workspace_failed("segment", "recheck_windows", ws)
+            failed.add(ws)
+    checked = [sid for sid, ws, _ in due if ws not in failed]
+    if checked:
         async with sessionmaker() as session, session.begin():
             await session.execute(text("update segment.segments set windows_checked_on = :today "
                                        "where id = any(CAST(:ids AS uuid[]))"),
-                                  {"today": today, "ids": [d[0] for d in due]})
+                                  {"today": today, "ids": checked})
     changes += await recheck_lifecycle(sessionmaker, today)
     if changes:
         log.info("segment.windows_rechecked", segments=len(due), changes=changes)
@@ -846,7 +859,11 @@ async def recheck_lifecycle(sessionmaker: async_sessionmaker[AsyncSession], toda
             {"today": today},
         )).scalars().all()
     for ws in due:
-        changes += await evaluate_all(sessionmaker, ws, segment_ids=set(), lifecycle=True, today=today)
+        try:
+            changes += await evaluate_all(sessionmaker, ws, segment_ids=set(), lifecycle=True, today=today)
+        except Exception:  # noqa: BLE001 - left due: the next run tries again, the other workspaces go on
+            workspace_failed("segment", "recheck_lifecycle", ws)
+            continue
         async with sessionmaker() as session, session.begin():
             await session.execute(text(
                 "insert into segment.workspace_checks (workspace_id, lifecycle_checked_on) values (:ws, :today) "

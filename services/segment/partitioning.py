@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared.metrics import workspace_failed
+
 SLOTS = 1024
 LOCK_STRIPES = 16
 
@@ -80,22 +82,30 @@ Evaluate = Callable[[AsyncSession, uuid.UUID, list[uuid.UUID]], Awaitable[int]]
 async def process_dirty(sessionmaker: async_sessionmaker[AsyncSession], partitions: int, limit: int,
                         evaluate: Evaluate) -> tuple[int, int]:
     """Re-evaluate dirty profiles with ``evaluate`` (evaluation.reevaluate), partition by partition
-    (starting at a random one, so replicas spread), skipping partitions another replica holds.
-    Returns (profiles evaluated, transitions written)."""
+    (starting at a random one, so replicas spread), skipping partitions another replica holds. A workspace
+    whose evaluation fails is rolled back to a savepoint and its profiles marked dirty again, so the other
+    workspaces' changes still commit. Returns (profiles evaluated, transitions written)."""
     profiles = transitions = 0
     start = random.randrange(partitions)
     async with sessionmaker() as session:
         for i in range(partitions):
             partition = (start + i) % partitions
             while True:
+                failed = False
                 async with session.begin():
                     taken = await take_partition(session, partition, partitions, limit)
                     if taken is None:
                         break
                     for ws, pids in sorted(taken.items()):
-                        transitions += await evaluate(session, ws, pids)
+                        try:
+                            async with session.begin_nested():
+                                transitions += await evaluate(session, ws, pids)
+                        except Exception:  # noqa: BLE001 - this workspace's profiles stay dirty, the others go on
+                            workspace_failed("segment", "reevaluate", ws)
+                            await mark_dirty(session, {ws: set(pids)})
+                            failed = True
                 n = sum(len(p) for p in taken.values())
                 profiles += n
-                if n < limit:
+                if n < limit or failed:  # (the failed rows are dirty again: the next run retries them)
                     break
     return profiles, transitions

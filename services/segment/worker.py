@@ -11,6 +11,7 @@ from sqlalchemy import text
 from services.segment import evaluation, partitioning
 from shared import retention
 from shared.db import session_lock
+from shared.metrics import workspace_failed
 from shared.queue import JobCtx, build_worker, long_job, stopping, take_dirty, wake, worker_settings_class
 from shared.settings import Settings
 
@@ -84,19 +85,25 @@ async def evaluate_segments(ctx: JobCtx) -> int:
     a time (BACKGROUND_PASS).
     """
     changes = 0
+    failed: set[uuid.UUID] = set()  # set aside until the next run, so the others' segments are backfilled
     async with session_lock(ctx["engine"], BACKGROUND_PASS) as mine:
         while mine:
             async with ctx["sessionmaker"]() as session, session.begin():
                 pending = (await session.execute(text(
                     "select id, workspace_id, version from segment.segments where evaluated_version < version "
-                    "order by updated_at limit 20"))).all()
+                    "and workspace_id <> all(CAST(:failed AS uuid[])) order by updated_at limit 20"),
+                    {"failed": sorted(failed)})).all()
             if not pending or stopping(ctx):
                 break
             by_ws: dict[uuid.UUID, dict[uuid.UUID, int]] = {}
             for sid, ws, version in pending:
                 by_ws.setdefault(ws, {})[sid] = version
             for ws, versions in by_ws.items():
-                changes += await _evaluate_workspace(ctx["sessionmaker"], ws, versions)
+                try:
+                    changes += await _evaluate_workspace(ctx["sessionmaker"], ws, versions)
+                except Exception:  # noqa: BLE001 - logged and counted; retried at the next poll
+                    workspace_failed("segment", "evaluate_segments", ws)
+                    failed.add(ws)
     if changes:
         await wake(ctx["redis"], ctx["settings"], "campaign", "on_transitions")
     return changes

@@ -3,7 +3,7 @@ real arq worker (burst mode) on real Redis."""
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 
@@ -310,3 +310,84 @@ async def test_a_pass_records_its_progress_page_by_page(apps, workspace, session
     assert saved and set(saved) <= {people[1], people[3], people[5]}  # the last profile of a full page
     assert saved == sorted(saved)
     assert await _member_ids(apps, h, sid) == [str(p) for p in people]
+
+
+async def test_a_workspace_whose_segments_fail_does_not_stop_the_others(apps, workspace, sessionmaker, settings
+                                                                        ) -> None:
+    """A definition this release cannot evaluate (saved by an older one, say) in one workspace: that workspace's
+    live re-evaluation, backfill and daily re-check are set aside (logged, counted, retried at the next run)
+    while every other workspace's go on."""
+    from prometheus_client import REGISTRY
+
+    from services.segment import partitioning
+    from shared.core import create_workspace
+
+    async with sessionmaker() as s, s.begin():
+        broken = await create_workspace(s, f"test-broken-{uuid.uuid4().hex[:6]}")
+    buyers = {"type": "performed", "event": "Order Completed", "within_days": 30}
+    people, segments = {}, {}
+    for w in (broken, workspace):
+        h = {"Authorization": f"Bearer {w.secret_key}"}
+        seg = await apps["segment"].post("/v1/segments", headers=h, json={"name": "buyers", "definition": buyers})
+        assert seg.status_code == 201, seg.text
+        segments[w.workspace_id] = uuid.UUID(seg.json()["id"])
+        people[w.workspace_id] = uuid.uuid4()
+    async with sessionmaker() as s, s.begin():
+        await s.execute(text("update segment.segments set definition = CAST(:d AS jsonb) where id = :id"),
+                        {"d": '{"type": "from a later release"}', "id": segments[broken.workspace_id]})
+
+    def failures(task: str) -> float:
+        return REGISTRY.get_sample_value("tenure_workspace_task_failures_total",
+                                         {"service": "segment", "task": task}) or 0.0
+
+    async def members(ws: uuid.UUID) -> list[uuid.UUID]:
+        async with sessionmaker() as s:
+            return list((await s.execute(text("select profile_id from segment.memberships where segment_id = :id"),
+                                         {"id": segments[ws]})).scalars())
+
+    # the backfill: the good workspace's segment is evaluated, the broken one's stays pending
+    before = failures("evaluate_segments")
+    worker = build_worker(settings, "segment", functions=[evaluate_segments], burst=True, handle_signals=False)
+    try:
+        await worker.main()
+    finally:
+        await worker.close()
+    assert failures("evaluate_segments") > before
+    async with sessionmaker() as s:
+        pending = dict((await s.execute(text(
+            "select id, evaluated_version < version from segment.segments where id = any(:ids)"),
+            {"ids": list(segments.values())})).all())
+    assert pending == {segments[broken.workspace_id]: True, segments[workspace.workspace_id]: False}
+
+    # live events in both workspaces: the good one's buyer enters, the broken one's profile stays dirty
+    async with sessionmaker() as s, s.begin():
+        affected = await evaluation.apply_events(s, [_event(ws, pid, type="track", event="Order Completed")
+                                                     for ws, pid in people.items()])
+        await partitioning.mark_dirty(s, affected)
+    before = failures("reevaluate")
+    for _ in range(settings.segment_partitions * 2):  # (a failed batch ends its partition's turn for the run)
+        await partitioning.process_dirty(sessionmaker, settings.segment_partitions, 1000, evaluation.reevaluate)
+        if await members(workspace.workspace_id):
+            break
+    assert await members(workspace.workspace_id) == [people[workspace.workspace_id]]
+    assert failures("reevaluate") > before
+    async with sessionmaker() as s:
+        dirty = (await s.execute(text("select workspace_id from segment.dirty_profiles where profile_id = any(:p)"),
+                                 {"p": list(people.values())})).scalars().all()
+    assert dirty == [broken.workspace_id]
+
+    # the daily re-check: the good workspace's windowed segment is checked, the broken one's stays due
+    later = datetime.now(UTC).date() + timedelta(days=40)
+    before = failures("recheck_windows")
+    await evaluation.recheck_windows(sessionmaker, later)
+    assert failures("recheck_windows") > before
+    assert await members(workspace.workspace_id) == []  # the order is 40 days old: left the window
+    async with sessionmaker() as s:
+        checked = dict((await s.execute(text(
+            "select id, windows_checked_on from segment.segments where id = any(:ids)"),
+            {"ids": list(segments.values())})).all())
+    assert checked[segments[workspace.workspace_id]] == later and checked[segments[broken.workspace_id]] != later
+    async with sessionmaker() as s, s.begin():  # leave nothing broken for the tests after this one
+        await s.execute(text("delete from segment.segments where workspace_id = :ws"), {"ws": broken.workspace_id})
+        await s.execute(text("delete from segment.dirty_profiles where workspace_id = :ws"),
+                        {"ws": broken.workspace_id})

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 import structlog
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from pydantic import ValidationError
+from pydantic import StringConstraints, ValidationError
 
 from services.delivery import consent, devices, links, outbox, pages, webhook_channel, webpush
 from services.delivery.schemas import (
@@ -22,6 +22,7 @@ from services.delivery.schemas import (
     OptInIn,
     OptInOut,
     PreferencesOut,
+    SendMessage,
     SuppressionIn,
     SuppressionList,
     SuppressionOut,
@@ -41,6 +42,9 @@ log = structlog.get_logger()
 
 router = APIRouter(prefix="/v1", tags=["messages"])
 
+# the Idempotency-Key header: as the body's field, 1-255 characters PostgreSQL can hold
+KeyHeader = Annotated[str, StringConstraints(min_length=1, max_length=255), *StorableText.__metadata__]
+
 
 @router.post(
     "/messages",
@@ -58,17 +62,20 @@ router = APIRouter(prefix="/v1", tags=["messages"])
                409: problem_schema("Idempotency key reused with different content")},
 )
 async def send_message(
-    body: MessageCreate,
+    body: SendMessage,
     ws: WorkspaceDep,
     session: SessionDep,
     request: Request,
     response: Response,
-    idempotency_key: Annotated[StorableText | None, Header(description="alternative to the body field")] = None,
+    idempotency_key: Annotated[KeyHeader | None, Header(description="alternative to the body field")] = None,
 ) -> dict[str, Any]:
-    if idempotency_key and idempotency_key != body.idempotency_key:
+    if idempotency_key and body.idempotency_key and idempotency_key != body.idempotency_key:
         raise ValidationFailed("Idempotency-Key header and idempotency_key field differ")
+    key = idempotency_key or body.idempotency_key
+    if not key:
+        raise ValidationFailed("An idempotency_key (or an Idempotency-Key header) is required", field="idempotency_key")
     settings: Settings = request.app.state.settings
-    data = body.model_dump(exclude={"from_"})
+    data = {**body.model_dump(exclude={"from_"}), "idempotency_key": key}
     async with session.begin():
         message, created = await outbox.enqueue(session, ws, data, body.from_ or settings.email_from)
     if created:

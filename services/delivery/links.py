@@ -10,7 +10,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from functools import cached_property
-from html import escape
+from html import escape, unescape
 from urllib.parse import quote
 
 from services.delivery import signing
@@ -19,6 +19,9 @@ UNSUBSCRIBE = "%%unsubscribe_url%%"
 PREFERENCES = "%%preferences_url%%"
 CONFIRM = "%%confirm_url%%"  # double opt-in confirmation emails
 _HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(https?://[^"']+)\2""", re.IGNORECASE)
+# character references an HTML parser decodes in an attribute value (``&amp;``, ``&#38;``, ``&#x26;``, ``&quot;``);
+# one without its ";" (``?a=1&copy=2``) stays as written there, as browsers leave it
+_CHAR_REF = re.compile(r"&(?:#[0-9]+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);")
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ def decorate_html(html: str, links: Links, *, marketing: bool) -> str:
     out = _placeholders(html, links, quote_=True)
 
     def route(m: re.Match[str]) -> str:
-        url = m.group(3).replace("&amp;", "&")
+        url = _CHAR_REF.sub(lambda ref: unescape(ref.group(0)), m.group(3))  # the URL a browser would follow
         if url.startswith(links.base) and url in (links.unsubscribe, links.preferences, links.confirm):
             return m.group(0)
         return f"{m.group(1)}{m.group(2)}{escape(links.click(url))}{m.group(2)}"

@@ -6,6 +6,7 @@ Errors are sorted into transient (connection trouble, 4xx replies: try again lat
 """
 
 import binascii
+import dataclasses
 import re
 from dataclasses import dataclass
 from email.header import Header
@@ -13,6 +14,8 @@ from email.message import EmailMessage
 from email.policy import Policy
 from email.utils import formataddr, formatdate, parseaddr
 from functools import lru_cache
+
+from email_validator import EmailNotValidError, validate_email
 
 
 class SendError(Exception):
@@ -73,8 +76,32 @@ def _parse_address(value: str) -> tuple[str, str]:  # (a workspace's "Name <from
 
 
 def message_id_header(message_id: str, sender: str) -> str:
-    domain = sender.rpartition("@")[2].strip(">").strip() or "tenure.localhost"
+    domain = split_address(sender)[1].rpartition("@")[2].strip() or "tenure.localhost"
     return f"<{message_id}@{domain}>"
+
+
+@lru_cache(maxsize=1024)
+def _ascii_address(address: str) -> str:
+    """``local@domain`` with an internationalized domain as its A-labels (``xn--…``, IDNA 2008 as
+    email_validator normalises it); unchanged when the local part is not ASCII (that needs SMTPUTF8)."""
+    try:
+        return validate_email(address, check_deliverability=False).ascii_email or address
+    except EmailNotValidError:
+        return address
+
+
+def ascii_domains(mail: Email) -> Email:
+    """The message with internationalized domains in From and To written in ASCII (RFC 5890): a server
+    without SMTPUTF8 takes ``ada@xn--bcher-kva.example`` and delivers it to ``ada@bücher.example``; only a
+    non-ASCII local part (``zoë@…``) needs SMTPUTF8. Addresses stay stored (and suppressed) in Unicode."""
+    changes = {}
+    for field in ("sender", "to"):
+        value = getattr(mail, field)
+        address = split_address(value)[1]
+        if not address.isascii() and (ascii_ := _ascii_address(address)) != address:
+            head, _, tail = value.rpartition(address)
+            changes[field] = head + ascii_ + tail
+    return dataclasses.replace(mail, **changes) if changes else mail
 
 
 def build_mime(mail: Email) -> bytes | EmailMessage:

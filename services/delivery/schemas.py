@@ -2,12 +2,14 @@
 
 import re
 from datetime import datetime
+from email.utils import getaddresses
 from typing import Any, Literal
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, Field, model_validator
 
+from services.delivery.mailer import split_address
 from shared.validation import StorableModel
 
 
@@ -20,7 +22,8 @@ class MessageCreate(StorableModel):
     to: str = Field(min_length=3, max_length=2000, examples=["ada@example.com"],
                     description="an email address; for SMS a phone number (normalised to E.164); for push the "
                                 "userId or anonymousId whose devices get it; for a webhook the http(s) URL")
-    from_: str | None = Field(None, alias="from", description="defaults to TENURE_EMAIL_FROM")
+    from_: str | None = Field(None, alias="from", max_length=998, examples=["Acme <hello@acme.example>"],
+                              description="one address, with or without a display name; defaults to TENURE_EMAIL_FROM")
     subject: str = Field("", max_length=998, examples=["Welcome, Ada!"], description="required for email")
     html: str | None = None
     text: str | None = None
@@ -43,6 +46,8 @@ class MessageCreate(StorableModel):
                 self.to = validate_email(self.to, check_deliverability=False).normalized
             except EmailNotValidError as exc:
                 raise ValueError(f"to is not a valid email address: {exc}") from None
+            if self.from_ is not None:
+                _check_sender(self.from_)
             if not self.subject.strip():
                 raise ValueError("an email needs a subject")
             if not self.html and not self.text:
@@ -62,6 +67,26 @@ class MessageCreate(StorableModel):
             if len(self.text) > 1600:
                 raise ValueError("an SMS is at most 1,600 characters")
         return self
+
+
+class SendMessage(MessageCreate):
+    """``POST /v1/messages``: the key may come as the ``Idempotency-Key`` header instead of the field."""
+
+    idempotency_key: str | None = Field(None, min_length=1, max_length=255, examples=["order-1234-receipt"],
+                                        description="required here or as the Idempotency-Key header")
+
+
+def _check_sender(value: str) -> None:
+    """``from`` is one mailbox (``hello@acme.example`` or ``Acme <hello@acme.example>``): it becomes the From
+    header, the envelope sender and the Message-ID's domain, and anything else goes out malformed."""
+    parsed = getaddresses([value])
+    address = split_address(value)[1]
+    if len(parsed) != 1 or parsed[0][1] != address:
+        raise ValueError("from is one address, e.g. hello@acme.example or Acme <hello@acme.example>")
+    try:
+        validate_email(address, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"from is not a valid email address: {exc}") from None
 
 
 def e164(number: str) -> str:

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import aiosmtplib
 
-from services.delivery.mailer import Email, SendError, build_mime, message_id_header, split_address
+from services.delivery.mailer import Email, SendError, ascii_domains, build_mime, message_id_header, split_address
 from shared.settings import Settings
 
 _LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
@@ -162,6 +162,7 @@ class SmtpConnection:
 
     async def send(self, mail: Email) -> str:
         """Send one message; returns the Message-ID. Raises :class:`SendError`."""
+        mail = ascii_domains(mail)
         mime = build_mime(mail)
         if not isinstance(mime, bytes):  # an internationalized address: aiosmtplib negotiates SMTPUTF8
             return await _send_utf8(self._settings, mail, mime)
@@ -272,6 +273,11 @@ async def _send_utf8(settings: Settings, mail: Email, message: Any) -> str:
     """The rare message needing SMTPUTF8, through aiosmtplib on a connection of its own."""
     try:
         async with _client(settings) as smtp:
+            if smtp.is_ehlo_or_helo_needed:
+                await smtp.ehlo()
+            if not smtp.supports_extension("smtputf8"):  # nothing offered yet, and no retry would help
+                raise SendError("the SMTP server does not offer SMTPUTF8, which an address with a non-ASCII local "
+                                "part needs", permanent=True, not_sent=True)
             await smtp.send_message(message)
     except aiosmtplib.SMTPRecipientsRefused as exc:
         codes = [e.code for e in exc.recipients]

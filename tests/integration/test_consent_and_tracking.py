@@ -82,6 +82,30 @@ async def test_open_click_and_one_click_unsubscribe_reach_ingest(apps, workspace
     assert bots == 1 and [tuple(r) for r in log] == [("unsubscribed", "one_click")]
 
 
+async def test_click_redirects_lead_where_the_link_itself_leads(apps, workspace, sessionmaker, settings,
+                                                                mailbox) -> None:
+    """A tracked link goes to the URL a browser would have opened from the HTML: the attribute's character
+    references decoded (``&#38;`` used to stay in the URL, its ``#`` starting a fragment that swallowed
+    the rest of the query), one without its ";" left as written; fragments, Unicode, and mailto:/tel: links
+    (not tracked) as they were."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    targets = {'https://shop.example/p?a=1&#38;b=2': "https://shop.example/p?a=1&b=2",
+               'https://shop.example/p?a=1&#x26;b=2&amp;c=3#top': "https://shop.example/p?a=1&b=2&c=3#top",
+               'https://shop.example/q?x=&quot;y&quot;': "https://shop.example/q?x=%22y%22",
+               'https://shop.example/p?a=1&copy=2': "https://shop.example/p?a=1&copy=2",
+               'https://shop.example/café?q=ü': "https://shop.example/caf%C3%A9?q=%C3%BC"}
+    anchors = "".join(f'<a href="{url}">{i}</a> ' for i, url in enumerate(targets))
+    _, mail = await _send(apps, h, sessionmaker, settings, mailbox, f"links-{uuid.uuid4().hex[:6]}@example.com",
+                          html=f'<p>{anchors}<a href="mailto:help@shop.example">m</a> <a href="tel:+14155550100">t</a></p>',
+                          message_type="transactional")
+    tracked = [u.replace("&amp;", "&") for u in re.findall(r'href="([^"]+/c/[^"]+)"', mail["html"])]
+    assert len(tracked) == len(targets)
+    for link, expected in zip(tracked, targets.values(), strict=True):
+        click = await apps["delivery"].get(_path(link), headers={"User-Agent": "Mozilla/5.0"})
+        assert click.status_code == 302 and click.headers["location"] == expected, (link, click.headers)
+    assert 'href="mailto:help@shop.example"' in mail["html"] and 'href="tel:+14155550100"' in mail["html"]
+
+
 async def test_topics_on_the_preference_page_and_bad_links(apps, workspace, sessionmaker, settings, mailbox) -> None:
     h = {"Authorization": f"Bearer {workspace.secret_key}"}
     to = f"topics-{uuid.uuid4().hex[:6]}@example.com"

@@ -46,6 +46,55 @@ async def test_bad_messages_are_problems_and_write_nothing(apps, workspace, sess
     assert n == 0
 
 
+async def test_the_idempotency_key_may_come_as_the_header_alone(apps, workspace, sessionmaker) -> None:
+    """The OpenAPI offers the Idempotency-Key header as an alternative to the field (Stripe's convention): a
+    client sending only the header used to get a 422 "idempotency_key: Field required"."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    body = {k: v for k, v in _msg("unused").items() if k != "idempotency_key"}
+    first = await apps["delivery"].post("/v1/messages", headers={**h, "Idempotency-Key": "hdr-1"}, json=body)
+    assert first.status_code == 202, first.text
+    assert first.json()["idempotency_key"] == "hdr-1"
+    again = await apps["delivery"].post("/v1/messages", headers={**h, "Idempotency-Key": "hdr-1"}, json=body)
+    in_body = await apps["delivery"].post("/v1/messages", headers=h, json=_msg("hdr-1"))  # the same key, as a field
+    for r in (again, in_body):
+        assert r.status_code == 200 and r.headers["Idempotent-Replayed"] == "true" and r.json()["id"] == first.json()["id"]
+    clash = await apps["delivery"].post("/v1/messages", headers={**h, "Idempotency-Key": "hdr-1"},
+                                        json={**body, "subject": "Other"})
+    assert clash.status_code == 409
+    for headers, json_ in (({}, body), ({"Idempotency-Key": "x" * 256}, body),
+                           ({"Idempotency-Key": "a"}, _msg("b"))):  # none, too long, differing from the field
+        r = await apps["delivery"].post("/v1/messages", headers={**h, **headers}, json=json_)
+        assert r.status_code == 422 and r.headers["content-type"].startswith(PROBLEM), r.text
+    async with sessionmaker() as s:
+        keys = (await s.execute(text("select idempotency_key from delivery.messages where workspace_id = :ws"),
+                                {"ws": workspace.workspace_id})).scalars().all()
+    assert keys == ["hdr-1"]
+
+
+async def test_from_is_one_valid_address(apps, workspace, sessionmaker, settings, mailbox) -> None:
+    """``from`` becomes the From header, the envelope sender and the Message-ID's domain: "not an address" used
+    to go out as ``From: not`` with ``Message-ID: <id@not an address>``."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    for bad in ("not an address", "Acme <not>", "a@example.com, b@example.com", "hello@acme.example>"):
+        r = await apps["delivery"].post("/v1/messages", headers=h, json=_msg(uuid.uuid4().hex, **{"from": bad}))
+        assert r.status_code == 422 and r.headers["content-type"].startswith(PROBLEM), (bad, r.text)
+        assert "from" in r.json()["errors"][0]["msg"]
+    async with sessionmaker() as s:
+        assert (await s.execute(text("select count(*) from delivery.messages where workspace_id = :ws"),
+                                {"ws": workspace.workspace_id})).scalar_one() == 0
+    ids = {}
+    for sender in ('"Acme, Inc." <hello@acme.example>', "hello@acme.example (Acme)"):
+        r = await apps["delivery"].post("/v1/messages", headers=h, json=_msg(uuid.uuid4().hex, **{"from": sender}))
+        assert r.status_code == 202, r.text
+        ids[r.json()["id"]] = sender
+    await sending.send_due(sessionmaker, settings)
+    for mid in ids:
+        got = next(m for m in mailbox.messages if m["headers"].get("X-Tenure-Message-Id") == mid)
+        assert got["from"] == "hello@acme.example"  # the envelope sender
+        assert got["headers"]["Message-ID"] == f"<{mid}@acme.example>"
+        assert "hello@acme.example" in got["headers"]["From"] and "Acme" in got["headers"]["From"]
+
+
 async def test_worker_sends_over_smtp_once(apps, workspace, sessionmaker, settings, mailbox) -> None:
     h = {"Authorization": f"Bearer {workspace.secret_key}"}
     key = f"smtp-{uuid.uuid4()}"

@@ -32,14 +32,16 @@ def _checked_template_fields(data: dict[str, Any], snippets: dict[str, str]) -> 
     if not fields["html"] and not fields["text"]:
         raise ValidationFailed("A template needs an html or a text body")
     try:
-        templates.validate(fields, snippets)
+        templates.validate(fields, snippets, templates.VARIABLES)
         for code, variant in (data.get("locales") or {}).items():
             try:
-                templates.validate({k: (variant or {}).get(k) for k in templates.FIELDS}, snippets)
+                templates.validate({k: (variant or {}).get(k) for k in templates.FIELDS}, snippets, templates.VARIABLES)
             except templates.TemplateError as exc:
-                raise templates.TemplateError(f"locales.{code}.{exc.field}", exc.message) from None
+                exc.field = f"locales.{code}.{exc.field}"
+                raise
     except templates.TemplateError as exc:
-        raise ValidationFailed(f"Template {exc.field} does not parse: {exc.message}", field=exc.field) from None
+        where = {"line": exc.line, "column": exc.column} if exc.line is not None else {}
+        raise ValidationFailed(f"Template {exc.field} is not valid: {exc.message}", field=exc.field, **where) from None
     return fields
 
 

@@ -1400,3 +1400,41 @@ async def test_a_cron_with_seconds_or_a_day_that_never_comes_is_refused_and_stop
     assert await schedules.run_pending(world.sm, world.internal, now=datetime.now(UTC) + timedelta(hours=1)) >= 1
     stats = (await world.apps["campaign"].get(f"/v1/campaigns/{hourly['id']}/stats", headers=world.h)).json()
     assert stats["entered"] == 1
+
+
+async def test_a_template_error_says_where_and_an_unknown_variable_is_refused(world) -> None:
+    """A syntax error named the field but not where in it ("missing expression" in a 200-line HTML body), and
+    ``{{ profle.first_name }}`` (a typo of a variable templates see) was saved and rendered nothing for
+    everyone. Both are 422s with the field, the line and the column; variables a template makes itself
+    (``assign``, ``for``) and the arguments a snippet is rendered with are fine."""
+    async def save(**body):
+        return await world.apps["campaign"].post("/v1/templates", headers=world.h,
+                                                 json={"name": f"t-{uuid.uuid4().hex[:6]}", "subject": "Hi", **body})
+
+    cases = [
+        ({"html": "<p>Hi</p>\n<ul>\n  <li>{% for %}</li>"}, "html", 3, 10, "missing expression"),
+        ({"subject": "Bonjour {{ profile.first_name ", "text": "x"}, "subject", 1, 9, "expected '}}'"),
+        ({"subject": "Hi {{ profle.first_name }}", "text": "x"}, "subject", 1, 7, "unknown variable 'profle'"),
+        ({"text": "Hi\n{{ evnt.properties.plan }}"}, "text", 2, 4, "unknown variable 'evnt'"),
+        ({"text": "x", "locales": {"fr": {"html": "<p>{{ user.name }}</p>"}}}, "locales.fr.html", 1, 7,
+         "unknown variable 'user'"),
+        ({"text": "{{ profile.first_name | upcaes }}"}, "text", 1, 25, "unknown filter 'upcaes'"),
+    ]
+    for body, field, line, column, why in cases:
+        r = await save(**body)
+        problem = r.json()
+        assert r.status_code == 422 and problem["field"] == field, r.text
+        assert (problem["line"], problem["column"]) == (line, column) and why in problem["detail"], r.text
+        assert f"(line {line}, column {column})" in problem["detail"]
+    assert (await world.apps["campaign"].put("/v1/snippets/sig", headers=world.h,
+                                             json={"content": "-- {{ who }}"})).status_code == 200
+    ok = await save(text="{% assign n = event.properties.items | size %}{% for i in event.properties.items %}"
+                         "{{ forloop.index }}. {{ i.name }} {% endfor %}{{ n }} {{ traits.plan }} "
+                         "{{ loyalty.points | default: 0 }}{% render 'sig', who: profile.first_name %}")
+    assert ok.status_code == 201, ok.text
+    preview = await world.apps["campaign"].post(f"/v1/templates/{ok.json()['id']}/preview", headers=world.h,
+                                                json={"data": {"items": [{"name": "a"}, {"name": "b"}]}})
+    assert preview.json()["text"] == "1. a 2. b 2  0-- ", preview.text
+    async with world.sm() as s:
+        assert (await s.execute(text("select count(*) from campaign.templates where workspace_id = :ws"),
+                                {"ws": world.ws})).scalar_one() == 1

@@ -170,7 +170,8 @@ async def _check_templates(session: AsyncSession, ws: uuid.UUID, journey: jd.Jou
         {"ws": ws, "ids": list(wanted)})).scalars())
     if wanted - found:
         raise NotFound(f"No template {sorted(str(t) for t in wanted - found)[0]}", errors=[
-            {"at": "template_id" if shorthand else f"steps.{i}.template_id", "msg": f"no template {s.template_id} in this workspace"}
+            {"at": "template_id" if shorthand else f"steps.{i}.template_id",
+             "msg": f"no template {s.template_id} in this workspace"}
             for i, s in enumerate(journey.steps) if isinstance(s, jd.SendStep) and s.template_id not in found])
 
 

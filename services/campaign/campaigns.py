@@ -32,14 +32,16 @@ def _checked_template_fields(data: dict[str, Any], snippets: dict[str, str]) -> 
     if not fields["html"] and not fields["text"]:
         raise ValidationFailed("A template needs an html or a text body")
     try:
-        templates.validate(fields, snippets)
+        templates.validate(fields, snippets, templates.VARIABLES)
         for code, variant in (data.get("locales") or {}).items():
             try:
-                templates.validate({k: (variant or {}).get(k) for k in templates.FIELDS}, snippets)
+                templates.validate({k: (variant or {}).get(k) for k in templates.FIELDS}, snippets, templates.VARIABLES)
             except templates.TemplateError as exc:
-                raise templates.TemplateError(f"locales.{code}.{exc.field}", exc.message) from None
+                exc.field = f"locales.{code}.{exc.field}"
+                raise
     except templates.TemplateError as exc:
-        raise ValidationFailed(f"Template {exc.field} does not parse: {exc.message}", field=exc.field) from None
+        where = {"line": exc.line, "column": exc.column} if exc.line is not None else {}
+        raise ValidationFailed(f"Template {exc.field} is not valid: {exc.message}", field=exc.field, **where) from None
     return fields
 
 
@@ -111,10 +113,16 @@ def journey_from(data: dict[str, Any]) -> jd.Journey:
     try:
         journey = journeys.parse(definition)
     except ValidationError as exc:
-        errors = [{"at": ".".join(str(p) for p in e["loc"]), "msg": error_message(e)}
-                  for e in exc.errors(include_url=False)]
+        errors = [{"at": _place(e), "msg": error_message(e)} for e in exc.errors(include_url=False)]
         raise ValidationFailed("The campaign is not valid", errors=errors) from None
     ids = [s.id for s in journey.steps]
+    if loops := jd.instant_loops(journey):
+        raise ValidationFailed("The campaign is not valid", errors=[
+            {"at": at, "msg": f"steps {' → '.join(repr(s) for s in cycle)} loop without waiting: a user would run "
+                              "them forever (put a delay or a wait in the loop, or end it)"}
+            for at, cycle in loops])
+    if far := jd.out_of_range(journey):
+        raise ValidationFailed("The campaign is not valid", errors=[{"at": at, "msg": msg} for at, msg in far])
     if lost := jd.unreachable(journey):
         raise ValidationFailed("The campaign is not valid", errors=[
             {"at": f"steps.{ids.index(sid)}", "msg": f"step {sid!r} is unreachable: no step leads to it (steps do "
@@ -127,6 +135,14 @@ def journey_from(data: dict[str, Any]) -> jd.Journey:
                                                           "time out (drop `match`, or trigger on an event or the API)"}
             for sid in blind])
     return journey
+
+
+def _place(error: Any) -> str:
+    """Where a validation error is: its location, or for a journey-wide check (its graph) the place it names."""
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, jd.StepError):
+        return cause.at
+    return ".".join(str(p) for p in error["loc"])
 
 
 async def _check_segments(internal: InternalClient | None, ws: uuid.UUID, journey: jd.Journey) -> None:
@@ -145,13 +161,18 @@ async def _check_segments(internal: InternalClient | None, ws: uuid.UUID, journe
             {"at": at, "msg": f"no segment {sid} in this workspace"} for at, sid in wanted if sid in missing])
 
 
-async def _check_templates(session: AsyncSession, ws: uuid.UUID, journey: jd.Journey) -> None:
+async def _check_templates(session: AsyncSession, ws: uuid.UUID, journey: jd.Journey, shorthand: bool = False
+                           ) -> None:
+    """The templates the send steps name exist: else a 404 naming each place (``template_id`` for the shorthand)."""
     wanted = journey.template_ids()
     found = set((await session.execute(
         text("select id from campaign.templates where workspace_id = :ws and id = any(CAST(:ids AS uuid[]))"),
         {"ws": ws, "ids": list(wanted)})).scalars())
     if wanted - found:
-        raise NotFound(f"No template {sorted(str(t) for t in wanted - found)[0]}")
+        raise NotFound(f"No template {sorted(str(t) for t in wanted - found)[0]}", errors=[
+            {"at": "template_id" if shorthand else f"steps.{i}.template_id",
+             "msg": f"no template {s.template_id} in this workspace"}
+            for i, s in enumerate(journey.steps) if isinstance(s, jd.SendStep) and s.template_id not in found])
 
 
 AT_LEEWAY = timedelta(minutes=1)  # a one-off schedule's ``at`` this far in the past is clock skew, not a mistake
@@ -179,7 +200,7 @@ async def create_campaign(session: AsyncSession, ws: uuid.UUID, data: dict[str, 
     journey = journey_from(data)
     _check_schedule(journey, now or datetime.now(UTC))
     await _check_segments(internal, ws, journey)
-    await _check_templates(session, ws, journey)
+    await _check_templates(session, ws, journey, shorthand=not data.get("steps"))
     definition = journey.model_dump(mode="json", exclude_none=True)
     cid = uuid.uuid4()
     row = await insert_one_or_conflict(
@@ -215,7 +236,7 @@ async def update_campaign(session: AsyncSession, ws: uuid.UUID, campaign_id: uui
                             "topic": data["topic"] if "topic" in data else (current["definition"] or {}).get("topic")})
     _check_schedule(journey, now or datetime.now(UTC), journeys.parse(current["definition"]))
     await _check_segments(internal, ws, journey)
-    await _check_templates(session, ws, journey)
+    await _check_templates(session, ws, journey, shorthand=not data.get("steps"))
     definition = journey.model_dump(mode="json", exclude_none=True)
     row = await insert_one_or_conflict(
         session,

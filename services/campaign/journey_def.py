@@ -21,15 +21,25 @@ Steps:
 """
 
 import uuid
+from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 from pydantic import ConfigDict, Field, model_validator
 
 from shared.validation import IsoDatetime, JsonBool, JsonFloat, JsonInt, StorableModel
 
 MAX_STEPS = 100
+MAX_WAIT_SECONDS = 366 * 86400  # the longest delay, timeout, goal window, entry period or date offset
+
+
+class StepError(ValueError):
+    """A journey's graph is wrong at a place (``at``, as validation errors name places: ``steps.2.next``)."""
+
+    def __init__(self, at: str, message: str):
+        super().__init__(message)
+        self.at = at
 
 
 class _Model(StorableModel):
@@ -114,7 +124,7 @@ class Entry(_Model):
         None, description="once (ever), once_per_period or every_time. Omitted: every_time for `api` and `schedule` "
                           "triggers (each call, each slot) and the `template_id` shorthand; once for `event` and "
                           "`segment_*` triggers")
-    period_seconds: JsonInt | None = Field(None, ge=60, description="with once_per_period")
+    period_seconds: JsonInt | None = Field(None, ge=60, description="with once_per_period (at most 366 days)")
     holdout_percent: JsonFloat = Field(0, ge=0, le=100, description="share of entrants who get nothing (lift)")
 
     @model_validator(mode="after")
@@ -126,7 +136,7 @@ class Entry(_Model):
 
 class Goal(_Model):
     event: str = Field(min_length=1, examples=["Order Completed"])
-    within_seconds: JsonInt = Field(7 * 86400, ge=60)
+    within_seconds: JsonInt = Field(7 * 86400, ge=60, description="the conversion window (at most 366 days)")
     exit_on_conversion: JsonBool = True
 
 
@@ -144,7 +154,7 @@ class SendStep(_Step):
 
 class DelayStep(_Step):
     type: Literal["delay"] = "delay"
-    seconds: JsonInt = Field(ge=0, le=366 * 86400)
+    seconds: JsonInt = Field(ge=0, le=MAX_WAIT_SECONDS)
     next: str | None = None
 
 
@@ -164,7 +174,7 @@ class WaitUntilStep(_Step):
 class WaitUntilAttributeStep(_Step):
     type: Literal["wait_until_attribute"] = "wait_until_attribute"
     trait: str = Field(min_length=1, examples=["renewal_date"])
-    offset_seconds: JsonInt = Field(0, description="e.g. -86400: a day before")
+    offset_seconds: JsonInt = Field(0, description="e.g. -86400: a day before (at most 366 days either way)")
     next: str | None = None
     on_missing: str | None = Field(None, description="when the trait is absent or the moment has passed")
 
@@ -180,7 +190,7 @@ class WaitForEventStep(_Step):
     type: Literal["wait_for_event"] = "wait_for_event"
     event: str = Field(min_length=1, examples=["Order Completed"])
     match: Match | None = None
-    timeout_seconds: JsonInt = Field(ge=1, le=366 * 86400)
+    timeout_seconds: JsonInt = Field(ge=1, le=MAX_WAIT_SECONDS)
     on_event: str | None = None
     on_timeout: str | None = None
 
@@ -284,17 +294,19 @@ class Journey(_Model):
     @model_validator(mode="after")
     def _graph(self) -> "Journey":
         ids = [s.id for s in self.steps]
-        if len(set(ids)) != len(ids):
-            raise ValueError("step ids must be unique")
+        for i, sid in enumerate(ids):
+            if sid in ids[:i]:
+                raise StepError(f"steps.{i}.id", f"step id {sid!r} is used twice (also steps.{ids.index(sid)})")
         known = set(ids)
-        for s in self.steps:
-            for target in targets(s):
+        for i, s in enumerate(self.steps):
+            for name, target in target_fields(s):
                 if target is not None and target not in known:
-                    raise ValueError(f"step {s.id!r} points to unknown step {target!r}")
+                    raise StepError(f"steps.{i}.{name}", f"step {s.id!r} points to unknown step {target!r}")
             if isinstance(s, BranchStep) and isinstance(s.condition, EngagementCondition):
                 ref = next((x for x in self.steps if x.id == s.condition.step), None)
                 if not isinstance(ref, SendStep):
-                    raise ValueError(f"step {s.id!r}: {s.condition.step!r} is not a send step")
+                    raise StepError(f"steps.{i}.condition.step", f"step {s.id!r}: {s.condition.step!r} is not a send "
+                                                                 "step")
         return self
 
     def step(self, step_id: str) -> Any:
@@ -349,18 +361,96 @@ def segments_named(journey: Journey) -> list[tuple[str, uuid.UUID]]:
     return out
 
 
-def targets(step: Any) -> list[str | None]:
+def target_fields(step: Any) -> list[tuple[str, str | None]]:
+    """The steps a step may lead to, each with the field naming it (``variants.1.next``)."""
     if isinstance(step, WaitForEventStep):
-        return [step.on_event, step.on_timeout]
+        return [("on_event", step.on_event), ("on_timeout", step.on_timeout)]
     if isinstance(step, BranchStep):
-        return [step.yes, step.no]
+        return [("yes", step.yes), ("no", step.no)]
     if isinstance(step, SplitStep):
-        return [v.next for v in step.variants]
+        return [(f"variants.{i}.next", v.next) for i, v in enumerate(step.variants)]
     if isinstance(step, WaitUntilAttributeStep):
-        return [step.next, step.on_missing]
+        return [("next", step.next), ("on_missing", step.on_missing)]
     if isinstance(step, ExitStep):
         return []
-    return [step.next]
+    return [("next", step.next)]
+
+
+def targets(step: Any) -> list[str | None]:
+    return [target for _, target in target_fields(step)]
+
+
+def _waits(step: Any, field_name: str) -> bool:
+    """Whether following this field of the step always waits first (so a loop through it cannot spin)."""
+    if isinstance(step, DelayStep):
+        return step.seconds > 0
+    if isinstance(step, (WaitUntilStep, WaitUntilAttributeStep)):
+        return field_name == "next"
+    return isinstance(step, WaitForEventStep) and field_name == "on_timeout"
+
+
+def instant_loops(journey: "Journey") -> list[tuple[str, list[str]]]:
+    """Loops of steps none of which waits (branches pointing back at each other, a zero delay): a user in one
+    would run it forever, 50 steps a minute. Each as (the field closing it, the step ids around it). Refused on
+    save; stored journeys are not re-judged. (A loop through a delay or a wait is a reminder cycle: allowed.)"""
+    index = {s.id: i for i, s in enumerate(journey.steps)}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+    found: list[tuple[str, list[str]]] = []
+
+    def visit(sid: str) -> None:
+        state[sid] = 1
+        path.append(sid)
+        step = journey.steps[index[sid]]
+        for name, target in target_fields(step):
+            if target is None or target not in index or _waits(step, name):
+                continue
+            if state.get(target) == 1:
+                found.append((f"steps.{index[sid]}.{name}", path[path.index(target):] + [target]))
+            elif target not in state:
+                visit(target)
+        path.pop()
+        state[sid] = 2
+
+    for s in journey.steps:
+        if s.id not in state:
+            visit(s.id)
+    return found
+
+
+def cron_problem(expression: str) -> str | None:
+    """Why a cron expression croniter takes cannot drive a broadcast, if it cannot: a sixth (seconds) or
+    seventh (year) field — ``* * * * * *`` fires every second — or a day that never comes (``0 9 30 2 *``),
+    on which every look for the latest slot fails. Refused on save; stored journeys are not re-judged (the
+    scheduler skips one it cannot place)."""
+    if not expression.strip().startswith("@") and len(expression.split()) != 5:
+        return (f"{expression!r} is not a 5-field cron expression (minute hour day-of-month month day-of-week; "
+                "no seconds or year field)")
+    try:
+        croniter(expression, datetime(2000, 1, 1)).get_next(datetime)
+    except (CroniterBadDateError, CroniterBadCronError):
+        return f"{expression!r} never fires (no such date)"
+    return None
+
+
+def out_of_range(journey: "Journey") -> list[tuple[str, str]]:
+    """Values the schema takes but a journey cannot run with: a cron expression that fires every second or
+    never (``cron_problem``), and durations beyond ``MAX_WAIT_SECONDS`` (a goal window, an entry period, a date
+    offset) which, far enough, overflow the date arithmetic of every entry or wake-up. Refused on save; stored
+    journeys are not re-judged. Each as (where, why)."""
+    limit = f"at most {MAX_WAIT_SECONDS} seconds (366 days)"
+    out: list[tuple[str, str]] = []
+    if isinstance(journey.trigger, ScheduleTrigger) and journey.trigger.cron and (
+            why := cron_problem(journey.trigger.cron)):
+        out.append(("trigger.cron", why))
+    if journey.goal and journey.goal.within_seconds > MAX_WAIT_SECONDS:
+        out.append(("goal.within_seconds", f"{journey.goal.within_seconds} is too long: {limit}"))
+    if (journey.entry.period_seconds or 0) > MAX_WAIT_SECONDS:
+        out.append(("entry.period_seconds", f"{journey.entry.period_seconds} is too long: {limit}"))
+    for i, s in enumerate(journey.steps):
+        if isinstance(s, WaitUntilAttributeStep) and abs(s.offset_seconds) > MAX_WAIT_SECONDS:
+            out.append((f"steps.{i}.offset_seconds", f"{s.offset_seconds} is too far: {limit} either way"))
+    return out
 
 
 def compare(op: str, actual: Any, expected: Any) -> bool:

@@ -120,6 +120,15 @@ def _drop_log(session: Session, transaction: SessionTransaction) -> None:
         session.info.pop(_LOG_BUFFER, None)
 
 
+def _shifted(at: datetime, seconds: int) -> datetime:
+    """``at`` moved by ``seconds``, stopping at the ends of the calendar: a duration saved before they were
+    bounded (a goal window of a billion years) must not fail every entry of its campaign."""
+    try:
+        return at + timedelta(seconds=seconds)
+    except OverflowError:
+        return (datetime.max if seconds > 0 else datetime.min).replace(tzinfo=UTC)
+
+
 @dataclass
 class Candidate:
     """A profile a trigger would enter into a campaign's journey."""
@@ -158,7 +167,7 @@ async def enter_many(session: AsyncSession, candidates: list[Candidate], now: da
         "from unnest(CAST(:keys AS text[])) as k order by 1) s"), {"keys": keys})
     checks = [{"i": n, "c": str(c.campaign["id"]), "p": str(c.profile_id), "occ": c.occurrence,
                "ruled": c.journey.entry.rule != "every_time",
-               "since": (at - timedelta(seconds=c.journey.entry.period_seconds or 0)).isoformat()
+               "since": _shifted(at, -(c.journey.entry.period_seconds or 0)).isoformat()
                if c.journey.entry.rule == "once_per_period" else None}
               for n, (c, at) in enumerate(zip(candidates, ats, strict=True))]
     refused: set[int] = set()  # a replayed occurrence, or one the entry rule refuses given earlier entries
@@ -176,7 +185,7 @@ async def enter_many(session: AsyncSession, candidates: list[Candidate], now: da
         rule, cid = c.journey.entry, c.campaign["id"]
         earlier = page.get((cid, c.profile_id), [])
         if n in refused or (cid, c.profile_id, c.occurrence) in taken or (rule.rule == "once" and earlier) or (
-                rule.rule == "once_per_period" and any(e > at - timedelta(seconds=rule.period_seconds or 0)
+                rule.rule == "once_per_period" and any(e > _shifted(at, -(rule.period_seconds or 0))
                                                        for e in earlier)):
             continue
         holdout = rule.holdout_percent > 0 and _bucket("holdout", cid, c.profile_id) < rule.holdout_percent
@@ -184,7 +193,7 @@ async def enter_many(session: AsyncSession, candidates: list[Candidate], now: da
                      "v": c.campaign["version"], "p": str(c.profile_id), "occ": c.occurrence,
                      "status": "holdout" if holdout else "active", "step": None if holdout else c.journey.steps[0].id,
                      "wake": None if holdout else now.isoformat(), "data": c.trigger_data,
-                     "deadline": (at + timedelta(seconds=c.journey.goal.within_seconds)).isoformat()
+                     "deadline": _shifted(at, c.journey.goal.within_seconds).isoformat()
                      if c.journey.goal else None, "entered": at.isoformat()})
         page.setdefault((cid, c.profile_id), []).append(at)
         taken.add((cid, c.profile_id, c.occurrence))
@@ -601,10 +610,10 @@ async def _run_step(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: 
         return StepOutcome(step.next, wake_at=at)
     if isinstance(step, jd.WaitUntilAttributeStep):
         moment = timing.parse_moment(traits.get(step.trait), tz)
-        if moment is None or moment + timedelta(seconds=step.offset_seconds) < ctx.now:
+        at = None if moment is None else _shifted(moment, step.offset_seconds)
+        if at is None or at < ctx.now:
             await _log(ctx.session, j, "branch", f"{step.trait} missing or past", step=step.id)
             return StepOutcome(step.on_missing)
-        at = moment + timedelta(seconds=step.offset_seconds)
         await _log(ctx.session, j, "waiting", f"until {step.trait} {step.offset_seconds:+d} s ({at.isoformat()})",
                    step=step.id)
         return StepOutcome(step.next, wake_at=at)

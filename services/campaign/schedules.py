@@ -14,7 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
-from croniter import croniter
+from croniter import CroniterError, croniter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -52,7 +52,11 @@ async def start_due(session: AsyncSession, now: datetime) -> int:
     for c in rows:
         trigger = journeys.parse(c["definition"]).trigger
         assert isinstance(trigger, jd.ScheduleTrigger)
-        slot = due_slot(trigger, c["created_at"], now)
+        try:
+            slot = due_slot(trigger, c["created_at"], now)
+        except CroniterError as exc:  # (saved before such expressions were refused): it alone never fires
+            log.warning("campaign.schedule_invalid", campaign_id=str(c["id"]), cron=trigger.cron, error=str(exc))
+            continue
         if slot is None:
             continue
         missed = trigger.at is not None and now - slot > MISSED_ONE_OFF

@@ -23,10 +23,33 @@ _inliner = css_inline.CSSInliner(load_remote_stylesheets=False, keep_style_tags=
 
 
 class TemplateError(ValueError):
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
+    def __init__(self, field: str, message: str, line: int | None = None, column: int | None = None):
+        where = f" (line {line}, column {column})" if line is not None else ""
+        super().__init__(f"{field}: {message}{where}")
         self.field = field
-        self.message = message
+        self.message = message + where
+        self.line, self.column = line, column
+
+
+VARIABLES = ("profile", "traits", "event", "referral", "loyalty")  # what a template sees (and programs add)
+
+
+def _position(source: str, index: int) -> tuple[int, int]:
+    """1-based line and column of a character offset (past the end: the end)."""
+    index = len(source) if index < 0 or index > len(source) else index
+    line_start = source.rfind("\n", 0, index) + 1
+    return source.count("\n", 0, index) + 1, index - line_start + 1
+
+
+def _syntax_error(field: str, source: str, exc: LiquidError) -> TemplateError:
+    """The error with where it is in ``source`` (python-liquid knows the token; an unclosed block is noticed at
+    the end of the source)."""
+    token = getattr(exc, "token", None)
+    index = getattr(token, "start_index", -1)
+    if token is not None and getattr(token, "source", source) not in ("", source):
+        index = -1  # (a token of a snippet: the template's own position is unknown)
+    line, column = _position(source, index if isinstance(index, int) else -1)
+    return TemplateError(field, str(exc).splitlines()[0], line, column)
 
 
 @dataclass(frozen=True)
@@ -52,10 +75,13 @@ def _parsed(field: str, source: str, snippets: tuple[tuple[str, str], ...]) -> B
     return _env(field, dict(snippets)).from_string(source)
 
 
-def validate(fields: dict[str, str | None], snippets: dict[str, str] | None = None) -> None:
+def validate(fields: dict[str, str | None], snippets: dict[str, str] | None = None,
+             variables: tuple[str, ...] | None = None) -> None:
     """Parse every field and check that the filters and snippets (``snippets``: all the workspace has) it
-    uses exist, through the snippets it includes; raise :class:`TemplateError` naming the first field that
-    fails. (Both parse, and would fail every render.)"""
+    uses exist, through the snippets it includes, and (``variables``: the names a template sees) that it
+    reads no other variable than those and its own (``assign``, ``for``); raise :class:`TemplateError` naming
+    the first field that fails, with the line and column. (All parse; the first two would fail every render,
+    the last would render nothing where ``{{ profle.first_name }}`` was meant.)"""
     for name, source in fields.items():
         if source is None:
             continue
@@ -63,15 +89,24 @@ def validate(fields: dict[str, str | None], snippets: dict[str, str] | None = No
         try:
             template = env.from_string(source)
             try:
-                used = template.analyze(include_partials=True).filters
+                analysis = template.analyze(include_partials=True)
             except TemplateNotFoundError as exc:
                 if exc.args and exc.args[0]:
                     raise TemplateError(name, f"no snippet named {exc.args[0]!r}") from None
-                used = template.analyze(include_partials=False).filters  # (a name computed when rendering)
+                analysis = template.analyze(include_partials=False)  # (a name computed when rendering)
         except LiquidError as exc:
-            raise TemplateError(name, str(exc).splitlines()[0]) from None
-        if unknown := sorted(set(used) - set(env.filters)):
-            raise TemplateError(name, f"unknown filter {unknown[0]!r}")
+            raise _syntax_error(name, source, exc) from None
+        if unknown := sorted(set(analysis.filters) - set(env.filters)):
+            span = analysis.filters[unknown[0]][0]
+            raise TemplateError(name, f"unknown filter {unknown[0]!r}",
+                                *(_position(source, span.index) if not span.template_name else (None, None)))
+        if variables is None:
+            continue
+        for var, uses in analysis.globals.items():
+            own = [u.span for u in uses if not u.span.template_name]  # (a snippet's may come from its caller)
+            if var not in variables and own:
+                raise TemplateError(name, f"unknown variable {var!r} (templates see {', '.join(variables)})",
+                                    *_position(source, own[0].index))
 
 
 def render(fields: dict[str, str | None], variables: dict[str, Any], snippets: dict[str, str] | None = None

@@ -61,6 +61,6 @@ def parse_moment(value: Any, tz: ZoneInfo) -> datetime | None:
         return None
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        return (dt.replace(tzinfo=tz) if dt.tzinfo is None else dt).astimezone(UTC)
+    except (ValueError, OverflowError):  # (not a date; or 9999-12-31 west of UTC: past the calendar's end)
         return None
-    return (dt.replace(tzinfo=tz) if dt.tzinfo is None else dt).astimezone(UTC)

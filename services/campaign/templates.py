@@ -20,6 +20,7 @@ from liquid.exceptions import LiquidError, TemplateNotFoundError
 _html = Environment(autoescape=True)
 _plain = Environment(autoescape=False)
 _inliner = css_inline.CSSInliner(load_remote_stylesheets=False, keep_style_tags=False)
+_LINE_BREAKS = re.compile(r"\s*[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+\s*")  # what str.splitlines() breaks on
 
 
 class TemplateError(ValueError):
@@ -121,7 +122,7 @@ def render(fields: dict[str, str | None], variables: dict[str, Any], snippets: d
         except LiquidError as exc:
             raise TemplateError(name, str(exc).splitlines()[0]) from None
     html = out.get("html")
-    preheader = (out.get("preheader") or "").strip() or None
+    preheader = _one_line(out.get("preheader")) or None
     if html and "<style" in html.lower():  # only documents with style rules need (and get) inlining
         try:
             html = _inliner.inline(html)
@@ -130,9 +131,15 @@ def render(fields: dict[str, str | None], variables: dict[str, Any], snippets: d
     text = out.get("text") or (html_to_text(html) if html else None)
     if html and preheader:  # the hidden first line mail clients preview after the subject
         html = _with_preheader(html, preheader)
-    return Rendered(subject=(out.get("subject") or "").strip(), html=html, text=text, preheader=preheader,
+    return Rendered(subject=_one_line(out.get("subject")), html=html, text=text, preheader=preheader,
                     deep_link=(out.get("deep_link") or "").strip() or None,
                     image=(out.get("image") or "").strip() or None)
+
+
+def _one_line(value: str | None) -> str:
+    """A subject or preheader is one line: a line break a trait brought in (``"Ada\\r\\nBcc: …"``) becomes a
+    space, so the message goes out (delivery refuses a subject with CR or LF) and no header is injected."""
+    return _LINE_BREAKS.sub(" ", value or "").strip()
 
 
 def _with_preheader(html: str, preheader: str) -> str:

@@ -51,3 +51,12 @@ def test_snippets_are_shared_partials() -> None:
     snippets = {"footer": "-- {{ company }}"}
     out = render({"subject": "S", "text": "Hello{% render 'footer', company: 'Acme' %}", "html": None}, {}, snippets)
     assert out.text == "Hello-- Acme"
+
+
+@pytest.mark.parametrize("name", ["Ada\r\nBcc: evil@example.com", "Ada\nBcc: evil@example.com",
+                                  "Ada\u2028Bcc: evil@example.com", "Ada \r\n\r\n Bcc: evil@example.com"])
+def test_subject_and_preheader_stay_one_line_whatever_a_trait_holds(name: str) -> None:
+    out = render({"subject": "Hi {{ profile.name }}", "preheader": "For {{ profile.name }}",
+                  "html": "<p>x</p>"}, variables_for({"traits": {"name": name}}, {}))
+    assert out.subject == "Hi Ada Bcc: evil@example.com"
+    assert out.preheader == "For Ada Bcc: evil@example.com"

@@ -268,7 +268,11 @@ async def get_campaign(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.U
 async def set_status(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID, status: str
                      ) -> dict[str, Any]:
     """Pause, resume or archive. Archiving is final: an archived campaign is neither paused nor resumed
-    (409); archiving it again changes nothing."""
+    (409); archiving it again changes nothing.
+
+    Sends the campaign decided but has not handed to delivery yet follow: a pause holds them (due at
+    "infinity"; dispatch also refuses to claim a paused campaign's sends, for one whose retry was written
+    meanwhile), a resume makes them due at once, and archiving skips them ("campaign archived")."""
     row = (await session.execute(text(
         f"update campaign.campaigns set status = :s, updated_at = now() "
         f"where workspace_id = :ws and id = :id and (status <> 'archived' or :s = 'archived') "
@@ -276,7 +280,16 @@ async def set_status(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUI
     if row is None:
         await get_campaign(session, ws, campaign_id)  # (404 when there is no such campaign)
         raise Conflict(f"Campaign {campaign_id} is archived")
+    await session.execute(text(_HELD_SENDS[status]), {"c": campaign_id})
     return row_dict(row)
+
+
+_PENDING = "update campaign.sends set updated_at = now(), {} where campaign_id = :c and status = 'pending'"
+_HELD_SENDS = {
+    "paused": _PENDING.format("next_attempt_at = 'infinity'"),
+    "active": _PENDING.format("next_attempt_at = now()") + " and next_attempt_at = 'infinity'",
+    "archived": _PENDING.format("status = 'skipped', reason = 'campaign archived'"),
+}
 
 
 async def list_campaigns(session: AsyncSession, ws: uuid.UUID, after: str | None, limit: int

@@ -41,9 +41,11 @@ async def claim(session: AsyncSession, limit: int) -> list[dict[str, Any]]:
             update campaign.sends s
                set attempts = s.attempts + 1, next_attempt_at = now() + interval '{LEASE_S} seconds',
                    updated_at = now()
-             where s.id in (select id from campaign.sends
-                             where status = 'pending' and next_attempt_at <= now()
-                             order by next_attempt_at for update skip locked limit :lim)
+             where s.id in (select p.id from campaign.sends p
+                             where p.status = 'pending' and p.next_attempt_at <= now()
+                               and not exists (select 1 from campaign.campaigns c
+                                                where c.id = p.campaign_id and c.status = 'paused')
+                             order by p.next_attempt_at for update of p skip locked limit :lim)
             returning s.id, s.workspace_id, s.campaign_id, s.template_id, s.profile_id, s.idempotency_key,
                       s.trigger_data, s.attempts, s.journey_id, s.step,
                       (select message_type from campaign.campaigns c where c.id = s.campaign_id) as message_type,

@@ -1438,3 +1438,44 @@ async def test_a_template_error_says_where_and_an_unknown_variable_is_refused(wo
     async with world.sm() as s:
         assert (await s.execute(text("select count(*) from campaign.templates where workspace_id = :ws"),
                                 {"ws": world.ws})).scalar_one() == 1
+
+
+async def test_pausing_holds_the_sends_already_decided_and_archiving_skips_them(world) -> None:
+    """A send decided before the pause but not yet handed to delivery waits for the resume (it used to go out
+    while the campaign was paused); archiving skips it instead."""
+    tpl = await world.template("held", "Held")
+    camp = await world.campaign(trigger={"type": "api"}, steps=[{"id": "s", "type": "send", "template_id": tpl}])
+    c = world.apps["campaign"]
+    addresses = {}
+    for uid in ("held-1", "held-2"):
+        addresses[uid] = _email(uid)
+        await world.identify(uid, email=addresses[uid])
+
+    async def decide(uid: str) -> None:  # entered, and the send decided: what the worker does before dispatch
+        r = await c.post(f"/v1/campaigns/{camp['id']}/trigger", headers=world.h, json={"user": uid})
+        assert r.status_code in (200, 202), r.text
+        while (await journeys.advance_due(world.sm, world.internal, world.internal._http,
+                                          now=datetime.now(UTC)))[0]:
+            pass
+
+    async def sends() -> list[tuple[str, str | None]]:
+        page = (await c.get(f"/v1/campaigns/{camp['id']}/sends", headers=world.h)).json()["sends"]
+        return sorted((s["status"], s["reason"]) for s in page)
+
+    await decide("held-1")
+    assert await sends() == [("pending", None)]
+    assert (await c.post(f"/v1/campaigns/{camp['id']}/pause", headers=world.h)).status_code == 200
+    while await dispatch.dispatch_due(world.sm, world.internal):
+        pass
+    assert await world.mail(addresses["held-1"]) == [] and await sends() == [("pending", None)]
+    assert (await c.post(f"/v1/campaigns/{camp['id']}/resume", headers=world.h)).status_code == 200
+    while await dispatch.dispatch_due(world.sm, world.internal):
+        pass
+    assert [m["subject"] for m in await world.mail(addresses["held-1"])] == ["Held"]
+
+    await decide("held-2")
+    assert (await c.post(f"/v1/campaigns/{camp['id']}/archive", headers=world.h)).status_code == 200
+    while await dispatch.dispatch_due(world.sm, world.internal):
+        pass
+    assert await world.mail(addresses["held-2"]) == []
+    assert await sends() == [("dispatched", None), ("skipped", "campaign archived")]

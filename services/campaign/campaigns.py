@@ -104,6 +104,9 @@ def journey_from(data: dict[str, Any]) -> jd.Journey:
     send step, every time the trigger happens unless ``entry.rule`` says otherwise)."""
     definition = {k: data[k] for k in ("trigger", "steps", "entry", "goal", "exit_on", "message_type", "topic")
                   if data.get(k) is not None}
+    if "steps" in definition and data.get("template_id"):
+        raise ValidationFailed("Give steps or a template_id, not both (template_id is the shorthand for one send "
+                               "step)", errors=[{"at": "template_id", "msg": "not with steps"}])
     if "steps" not in definition:
         if not data.get("template_id"):
             raise ValidationFailed("A campaign needs steps or a template_id")

@@ -3,13 +3,20 @@
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.campaign import journey_def as jd
 from shared.validation import Ref, StorableModel
 
 
-class LocaleVariant(StorableModel):
+class _Body(StorableModel):
+    """A request body: a field this API does not know is refused (422 naming it), not dropped — a misspelt
+    ``goals`` or ``locale`` would otherwise be saved as if it had not been sent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class LocaleVariant(_Body):
     subject: str | None = Field(None, max_length=998)
     preheader: str | None = Field(None, max_length=500)
     html: str | None = None
@@ -18,7 +25,7 @@ class LocaleVariant(StorableModel):
     image: str | None = Field(None, max_length=2000)
 
 
-class TemplateCreate(StorableModel):
+class TemplateCreate(_Body):
     """Email (subject, preheader, HTML, text), SMS (text) or push (title = subject, body = text, deep link,
     image) content in Liquid."""
 
@@ -56,6 +63,7 @@ class TemplateCreate(StorableModel):
 
 
 class TemplateOut(TemplateCreate):
+    model_config = ConfigDict(extra="ignore")
     id: str
     created_at: datetime
     updated_at: datetime
@@ -66,7 +74,7 @@ class TemplateList(BaseModel):
     next_cursor: str | None = None
 
 
-class CampaignCreate(StorableModel):
+class CampaignCreate(_Body):
     """A journey: ``trigger``, ``steps`` (or just ``template_id`` for "every time TRIGGER, send TEMPLATE"),
     entry rules, goal and exit events. See docs/campaigns.md."""
 
@@ -82,7 +90,7 @@ class CampaignCreate(StorableModel):
     status: Literal["active", "paused"] = "active"
 
 
-class CampaignUpdate(StorableModel):
+class CampaignUpdate(_Body):
     """A new version of the journey (trigger, steps, entry, goal, exit_on: as on create); an omitted
     ``name``, ``message_type`` or ``topic`` keeps the campaign's."""
 
@@ -115,7 +123,7 @@ class CampaignList(BaseModel):
     next_cursor: str | None = None
 
 
-class TriggerRequest(StorableModel):
+class TriggerRequest(_Body):
     user: Ref = Field(description="profile id, userId, anonymousId or email", examples=["u-42"])
     data: dict[str, Any] = Field(default_factory=dict, description="visible to templates as `event.properties`",
                                  examples=[{"reset_url": "https://example.com/reset/abc"}])
@@ -205,7 +213,7 @@ class SendList(BaseModel):
     next_cursor: str | None = None
 
 
-class SnippetIn(StorableModel):
+class SnippetIn(_Body):
     content: str = Field(max_length=100_000, examples=["<p style='color:#888'>Acme Inc, 1 Main St</p>"])
 
 
@@ -219,7 +227,7 @@ class SnippetList(BaseModel):
     snippets: list[SnippetOut]
 
 
-class PreviewIn(StorableModel):
+class PreviewIn(_Body):
     user: Ref | None = Field(None, description="render for this profile (id, userId, anonymousId or email)")
     locale: str | None = Field(None, description="force a locale variant (default: the profile's locale)")
     data: dict[str, Any] = Field(default_factory=dict, description="as the trigger's `event.properties`")

@@ -142,3 +142,10 @@ async def test_through_a_real_server(settings, workspace) -> None:
                 assert r.status_code == 422 and r.headers["content-type"].startswith(PROBLEM), (url, r.text)
                 assert r.json()["errors"][0]["loc"] == loc, (url, r.text)
             assert (await c.get("/v1/preferences/ada%40example.com")).status_code == 200
+
+
+async def test_it_is_checked_before_credentials(apps) -> None:
+    """As a repeated one-value parameter is (docs/decisions.md): nothing reads the value, the key included."""
+    r = await apps["delivery"].get("/v1/messages?to=%00")
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["query", "to"], r.text
+    assert (await apps["delivery"].get("/v1/messages?to=ada")).status_code == 401

@@ -1,6 +1,11 @@
 """The ``tenure`` command: run services and workers, migrate, manage workspaces, and ``tenure dev``.
 
 This is the one module that may import every service (the dev supervisor runs them all in one process).
+
+Output goes through rich, whose markup (``[red]…[/]``) is ours only: text from servers, files, settings and
+names is escaped (``rich.markup.escape``) where it enters a string with markup, or printed with markup off. A
+``[/]`` in a server's error would otherwise be a MarkupError (a traceback instead of the error), and ``[bold]``
+would style what should be shown as written. Emoji codes (``:smile:``) are not replaced either.
 """
 
 import asyncio
@@ -21,6 +26,7 @@ import typer
 import uvicorn
 import uvloop
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from shared.settings import SERVICES, Settings
@@ -28,7 +34,8 @@ from shared.settings import SERVICES, Settings
 app = typer.Typer(help="Tenure: lifecycle marketing backend.", no_args_is_help=True, add_completion=False)
 workspace_app = typer.Typer(help="Manage workspaces.", no_args_is_help=True)
 app.add_typer(workspace_app, name="workspace")
-console = Console(stderr=True)
+console = Console(stderr=True, emoji=False)  # messages
+out = Console(emoji=False)  # tables asked for (stdout)
 
 
 class Service(StrEnum):
@@ -42,7 +49,7 @@ def _load_settings() -> Settings:
     try:
         return Settings()
     except Exception as exc:  # noqa: BLE001 - show configuration errors plainly
-        console.print(f"[red]configuration error:[/red] {exc}")
+        console.print(f"[red]configuration error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
@@ -136,10 +143,10 @@ def workspace_create(
     if as_json:
         sys.stdout.write(orjson.dumps(payload).decode() + "\n")
         return
-    table = Table(title=f"workspace {name}", show_header=False)
+    table = Table(title=f"workspace {escape(name)}", show_header=False)
     for k, v in payload.items():
-        table.add_row(k, v)
-    Console().print(table)
+        table.add_row(k, escape(v))
+    out.print(table)
     console.print("Keep the keys: they are not shown again.")
 
 
@@ -216,11 +223,11 @@ def workspace_configure(
             result = asyncio.run(_configure_workspace(settings, workspace_id, changes, removed))
     except ValidationError as exc:
         for e in exc.errors(include_url=False):
-            console.print(f"[red]{'.'.join(str(p) for p in e['loc'])}: {e['msg']}[/red]")
+            console.print(f"[red]{escape('.'.join(str(p) for p in e['loc']))}: {escape(e['msg'])}[/red]")
         console.print("nothing was changed")
         raise typer.Exit(2) from None
     if result is None:
-        console.print(f"[red]no workspace {workspace_id}[/red]")
+        console.print(f"[red]no workspace {escape(workspace_id)}[/red]")
         raise typer.Exit(1)
     sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n")
 
@@ -236,7 +243,7 @@ def mail(
     try:
         messages = httpx.get(f"{base}/api/messages", timeout=5).json()["messages"]
     except httpx.HTTPError as exc:
-        console.print(f"[red]no dev inbox at {base}[/red] ({type(exc).__name__}); is `tenure dev` running?")
+        console.print(f"[red]no dev inbox at {escape(base)}[/red] ({type(exc).__name__}); is `tenure dev` running?")
         raise typer.Exit(1) from None
     if as_json:
         sys.stdout.write(orjson.dumps(messages).decode() + "\n")
@@ -245,8 +252,8 @@ def mail(
     for col in ("received", "to", "subject"):
         table.add_column(col)
     for m in messages:
-        table.add_row(m["received_at"][:19], ", ".join(m["to"]), m["subject"])
-    Console().print(table)
+        table.add_row(escape(m["received_at"][:19]), escape(", ".join(m["to"])), escape(m["subject"]))
+    out.print(table)
 
 
 @app.command("import")
@@ -274,20 +281,20 @@ def import_file(
         "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TimeRemainingColumn(),
         console=console, transient=True,
     ) as bar:
-        task = bar.add_task(f"importing {path.name}", total=path.stat().st_size)
+        task = bar.add_task(f"importing {escape(path.name)}", total=path.stat().st_size)
         try:
             report = run_import(path, client=client, write_key=write_key, fmt="csv" if kind == "csv" else "ndjson",
                                 profiles=profiles, batch_size=batch_size, resume=resume,
                                 progress=lambda done: bar.update(task, completed=done))
         except (PermissionError, httpx.HTTPError) as exc:
-            console.print(f"[red]import stopped:[/red] {exc} (run again to resume)")
+            console.print(f"[red]import stopped:[/red] {escape(str(exc))} (run again to resume)")
             raise typer.Exit(1) from None
     if report.resumed_from:
         console.print(f"resumed after line {report.resumed_from}")
     console.print(f"[green]{report.accepted} stored[/green], {report.duplicates} already there, "
                   f"{len(report.rejected)} rejected, {report.sent} sent")
     for line, why in report.rejected[:50]:
-        console.print(f"  line {line}: {why}")
+        console.print(f"  line {line}: {escape(why)}", highlight=False)
     if len(report.rejected) > 50:
         console.print(f"  … and {len(report.rejected) - 50} more")
     if report.rejected:
@@ -323,7 +330,7 @@ def apply(
             changes = await resources.plan(api, desired)
             for c in changes:
                 style = {"create": "green", "update": "yellow", "unchanged": "dim"}[c.action]
-                console.print(f"[{style}]{c.action:9}[/] {c.kind[:-1]} {c.name}")
+                console.print(f"[{style}]{c.action:9}[/] {c.kind[:-1]} {escape(c.name)}", highlight=False)
                 if c.diff:
                     console.print(c.diff, markup=False, highlight=False)
             pending = [c for c in changes if c.action != "unchanged"]
@@ -336,7 +343,7 @@ def apply(
     try:
         raise typer.Exit(asyncio.run(run()))
     except (resources.ResourceError, httpx.HTTPError) as exc:
-        console.print(f"[red]error:[/] {exc}", markup=True)
+        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from None
 
 
@@ -363,7 +370,7 @@ def get(
     try:
         sys.stdout.write(asyncio.run(run()))
     except (resources.ResourceError, httpx.HTTPError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from None
 
 
@@ -394,12 +401,12 @@ def demo(
 
     try:
         for line in asyncio.run(go()):
-            console.print(line, highlight=False)
+            console.print(line, markup=False, highlight=False)
     except (resources.ResourceError, httpx.HTTPError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from None
     inbox = settings.local_url(settings.inbox_port)
-    console.print(f"Watch the campaigns arrive at {inbox} (welcome, engagement, churn prevention, win-back, "
+    console.print(f"Watch the campaigns arrive at {escape(inbox)} (welcome, engagement, churn prevention, win-back, "
                   "referral, loyalty). Later steps wait for days or local times: see "
                   "GET /v1/profiles/{id}/journeys on campaign for where each person is.", highlight=False)
 
@@ -417,8 +424,8 @@ def dev(
     base = _load_settings()
     taken = _ports_in_use(base)
     if taken:
-        console.print(f"[red]in use:[/red] {', '.join(taken)}. Is another `tenure dev` running (or a mail catcher "
-                      "on 1025/8025)? Stop it, or set those variables to free ports.", highlight=False)
+        console.print(f"[red]in use:[/red] {escape(', '.join(taken))}. Is another `tenure dev` running (or a mail "
+                      "catcher on 1025/8025)? Stop it, or set those variables to free ports.", highlight=False)
         raise typer.Exit(2)
     configure_logging(base)
     _interrupt_on_hangup_and_term()

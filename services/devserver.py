@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import uvicorn
 from rich.console import Console
+from rich.markup import escape
 
 from shared.core import create_workspace
 from shared.db import create_engine, create_sessionmaker
@@ -78,8 +79,13 @@ def _tenure_command() -> str:
 
 
 def _banner(settings: Settings, demo: dict[str, Any] | None) -> str:
+    """Rich markup: only the title is styled (settings and paths are escaped)."""
+    return "\n[bold green]Tenure is running[/bold green]\n" + escape(_banner_text(settings, demo))
+
+
+def _banner_text(settings: Settings, demo: dict[str, Any] | None) -> str:
     urls = "\n".join(f"  {s:<9} {settings.url_of(s)}/docs" for s in SERVICES)  # type: ignore[arg-type]
-    text = f"\n[bold green]Tenure is running[/bold green]\n\nAPIs (OpenAPI docs):\n{urls}\n"
+    text = f"\nAPIs (OpenAPI docs):\n{urls}\n"
     if settings.dev_inbox:
         text += f"  inbox     http://{settings.host}:{settings.inbox_port}  (SMTP on {settings.smtp_port})\n"
     if demo:

@@ -3,10 +3,10 @@
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, StringConstraints, field_validator
@@ -48,6 +48,32 @@ def unstorable(value: Any) -> str | None:
                     return f"the key {where} {problem}"
                 stack.append((where, x))
     return None
+
+
+def url_text_problem(value: str) -> str | None:
+    """Why a query or path parameter's text is no text at all: a NUL (``%00``), or bytes that are not UTF-8
+    (``%FF``; ``%ED%A0%80`` would be a lone surrogate). ``value`` is decoded with ``errors="surrogateescape"``,
+    which keeps such bytes as lone surrogates; None if the text is fine."""
+    if "\x00" in value:
+        return "contains a NUL character (%00)"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8 (percent-encoded bytes that are no character, such as %FF or %ED%A0%80)"
+    return None
+
+
+URL_TEXT_UNCHECKED = "_tenure_url_text_unchecked"
+
+
+_Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
+
+
+def url_text_unchecked(endpoint: _Endpoint) -> _Endpoint:
+    """Mark a route whose answer must not depend on the text of its URL (the open pixel is always the image):
+    the check of every request's parameters (``shared.web``) leaves it alone."""
+    setattr(endpoint, URL_TEXT_UNCHECKED, True)
+    return endpoint
 
 
 class StorableModel(BaseModel):

@@ -11,7 +11,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, quote, unquote_to_bytes
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
@@ -27,6 +29,7 @@ from shared.http import InternalClient, make_http_client
 from shared.logging import configure_logging
 from shared.queue import Waker, create_redis
 from shared.settings import ServiceName, Settings
+from shared.validation import URL_TEXT_UNCHECKED, url_text_problem
 
 log = structlog.get_logger()
 
@@ -152,23 +155,94 @@ def _is_list(schema: dict[str, Any]) -> bool:
     return schema.get("type") == "array" or any(_is_list(s) for s in schema.get("anyOf", []))
 
 
+@dataclass(frozen=True)
+class _Declared:
+    """What an operation's OpenAPI document declares about its URL."""
+
+    scalars: frozenset[str]  # query parameters that take one value
+    parameters: bool  # any path or query parameter
+
+
+def _declared(request: Request) -> _Declared | None:
+    """The matched route's declarations (None when it is in no OpenAPI document), read once per app."""
+    route = request.scope.get("route")
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    if path is None:
+        return None
+    declared: dict[tuple[str, str], _Declared] | None = getattr(request.app.state, "declared_parameters", None)
+    if declared is None:
+        declared = {}
+        for p, item in request.app.openapi()["paths"].items():
+            for method, op in item.items():
+                params = [prm for prm in op.get("parameters", []) if prm["in"] in ("query", "path")]
+                declared[(method.upper(), p)] = _Declared(
+                    frozenset(prm["name"] for prm in params if prm["in"] == "query"
+                              and not _is_list(prm.get("schema", {}))), bool(params))
+        request.app.state.declared_parameters = declared
+    return declared.get(("GET" if request.method == "HEAD" else request.method, path))
+
+
 async def _no_repeated_scalars(request: Request) -> None:
     """``?status=a&status=b`` on a one-value parameter: refuse it rather than silently keep the last."""
     if b"&" not in request.scope.get("query_string", b""):
         return
-    route = request.scope.get("route")
-    path = getattr(route, "path_format", None) or getattr(route, "path", None)
-    if path is None:
-        return
-    scalars: dict[tuple[str, str], frozenset[str]] | None = getattr(request.app.state, "query_scalars", None)
-    if scalars is None:
-        scalars = {(method.upper(), p): frozenset(prm["name"] for prm in op.get("parameters", [])
-                                                  if prm["in"] == "query" and not _is_list(prm.get("schema", {})))
-                   for p, item in request.app.openapi()["paths"].items() for method, op in item.items()}
-        request.app.state.query_scalars = scalars
-    for name in scalars.get((request.method, path), frozenset()):
+    declared = _declared(request)
+    for name in declared.scalars if declared else ():
         if len(request.query_params.getlist(name)) > 1:
             raise ValidationFailed(f"The query parameter {name!r} takes one value; it was given more than once")
+
+
+def _plain(raw: bytes) -> bool:
+    """Nothing percent-encoded, no NUL and no byte beyond ASCII: no parameter in it can be other than text."""
+    return b"%" not in raw and b"\x00" not in raw and raw.isascii()
+
+
+def _shown(name: str) -> str:
+    """A parameter's name as the URL spells it when it is not text (a NUL in a name stays ``%00``)."""
+    return name if url_text_problem(name) is None else quote(name.encode("utf-8", "surrogateescape"), safe="")
+
+
+def _raw_path_parameters(request: Request) -> dict[str, str]:
+    """The path parameters decoded from the raw path with ``surrogateescape``: the router decodes bytes that are not
+    UTF-8 as U+FFFD, which would hide them. Falls back to the router's values (a NUL is visible there too)."""
+    raw, regex = request.scope.get("raw_path"), getattr(request.scope.get("route"), "path_regex", None)
+    if isinstance(raw, bytes) and regex is not None:
+        path = unquote_to_bytes(raw.partition(b"?")[0]).decode("utf-8", "surrogateescape")
+        root = request.scope.get("root_path", "")
+        if (match := regex.match(path.removeprefix(root) if root else path)) is not None:
+            return match.groupdict()
+    return {name: str(value) for name, value in request.path_params.items()}
+
+
+async def _parameters_are_text(request: Request) -> None:
+    """A NUL (``%00``) or bytes that are not UTF-8 (``%FF``, ``%ED%A0%80``) in a path or query parameter: a 422
+    naming the parameter, before any dependency or route reads it (PostgreSQL refuses a NUL with an error that names
+    nothing; the router reads the other bytes as U+FFFD, a lookup of text nobody sent). Every query parameter of a
+    route that declares any is checked, undeclared ones too (ingest reads ``trait.NAME``); a route marked
+    :func:`shared.validation.url_text_unchecked` is left alone."""
+    scope = request.scope
+    query, raw_path = scope.get("query_string", b""), scope.get("raw_path")
+    if _plain(query) and isinstance(raw_path, bytes) and _plain(raw_path):
+        return
+    if getattr(getattr(scope.get("route"), "endpoint", None), URL_TEXT_UNCHECKED, False):
+        return
+    declared = _declared(request)
+    if declared is None or not declared.parameters:
+        return
+    found: dict[tuple[str, str], str] = {}
+    for name, value in _raw_path_parameters(request).items():
+        if (problem := url_text_problem(value)) is not None:
+            found[("path", name)] = problem
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True, errors="surrogateescape"):
+        if (problem := url_text_problem(name)) is not None:
+            found.setdefault(("query", _shown(name)), f"has a name that {problem}")
+        elif (problem := url_text_problem(value)) is not None:
+            found.setdefault(("query", name), problem)
+    if found:
+        raise ValidationFailed("; ".join(f"The {where} parameter {name!r} {problem}"
+                                         for (where, name), problem in found.items()),
+                               errors=[{"loc": [where, name], "msg": problem, "type": "value_error"}
+                                       for (where, name), problem in found.items()])
 
 
 def _document_security(app: FastAPI) -> None:
@@ -235,7 +309,7 @@ def create_service_app(
         description=description,
         version=version,
         lifespan=lifespan,
-        dependencies=[Depends(_no_repeated_scalars)],
+        dependencies=[Depends(_parameters_are_text), Depends(_no_repeated_scalars)],
         **kw,
     )
     app.state.settings = settings

@@ -26,6 +26,7 @@ from starlette.formparsers import MultiPartException
 from services.delivery import consent, signing
 from shared.db import SessionDep
 from shared.errors import AppError, BadRequest, NotFound, problem_schema
+from shared.validation import url_text_unchecked
 
 router = APIRouter(tags=["recipient pages"])
 def _problem_or_page(description: str) -> dict[str, Any]:
@@ -283,6 +284,7 @@ async def _engaged(session: AsyncSession, message: dict[str, Any], kind: str, re
 
 
 @router.get("/o/{token}.gif", operation_id="open_pixel", summary="Open tracking pixel", response_class=Response)
+@url_text_unchecked  # a pixel always answers with the image
 async def open_pixel(token: str, request: Request, session: SessionDep) -> Response:
     try:
         subject = signing.verify(request.app.state.settings.signing_secret, "open", token)

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
 
-from shared.validation import IsoDatetime, JsonBool, Ref
+from shared.validation import IsoDatetime, JsonBool, Ref, StorableModel
 
 
 def _id_str(v: Any) -> Any:
@@ -231,7 +231,7 @@ class ProfileEventList(BaseModel):
     next_cursor: str | None = Field(None, description="pass as `after` for older events")
 
 
-class ErasureCreate(BaseModel):
+class ErasureCreate(StorableModel):
     user: str = Field(min_length=1, max_length=512, description="userId, anonymousId, email or profile id",
                       examples=["u-42"])
     suppress: JsonBool = Field(False, description="keep dropping events for this user's ids after the erasure "

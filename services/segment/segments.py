@@ -13,6 +13,7 @@ from shared.db import fetch_one, fetch_page, insert_one_or_conflict, row_dict
 from shared.errors import ValidationFailed
 from shared.feed import Cursor, feed_params, feed_query
 from shared.jsonutil import dumps
+from shared.validation import error_message
 
 _COLUMNS = "id, name, definition, version, created_at, updated_at"
 # levels of and / or / not: far beyond any real definition, and far inside what a JSON answer may nest
@@ -34,7 +35,7 @@ def validate_definition(definition: dict[str, Any]) -> Any:
     try:
         node = conditions.parse(definition)
     except ValidationError as exc:
-        errors = [{"at": ".".join(["definition", *(str(p) for p in e["loc"])]), "msg": e["msg"]}
+        errors = [{"at": ".".join(["definition", *(str(p) for p in e["loc"])]), "msg": error_message(e)}
                   for e in exc.errors(include_url=False)]
         raise ValidationFailed("The segment definition is not valid", errors=errors) from None
     too_deep = next((at for at, depth, _ in _nodes(node) if depth > MAX_DEPTH), None)

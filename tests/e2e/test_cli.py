@@ -1,19 +1,25 @@
-"""The `tenure` command as a user runs it: migrate, workspace create, dev + mail."""
+"""The `tenure` command as a user runs it: migrate, workspace create, dev + mail; and what it prints of servers'
+answers, files and names, which rich must not read as markup."""
 
+import contextlib
+import importlib
 import json
 import os
 import signal
+import smtplib
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from shared.embedded import free_port
+from shared.testing import http_server
 
 TENURE = str(Path(sys.executable).parent / "tenure")
 
@@ -140,3 +146,98 @@ def _wait_until_up(proc: subprocess.Popen, ready_url: str, timeout_s: float,
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]  # type: ignore[union-attr]
         assert time.monotonic() < deadline, "tenure dev did not come up"
         time.sleep(0.2)
+
+
+# ---- text from servers, files and names is printed as written --------------------------------------------------
+
+MARKUP = "[bold]x[/bold] [/]"  # rich markup: "[/]" closes nothing (a MarkupError), "[bold]" would style
+
+
+@pytest.fixture(scope="module")
+def served(settings) -> Iterator[dict[str, str]]:
+    """Ingest, segment and campaign on loopback ports (uvicorn in this process), for `apply`, `get`, `demo` and
+    `import`."""
+    ports = {name: free_port() for name in ("ingest", "segment", "campaign")}
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    reachable = settings.model_copy(update={f"{name}_url": url for name, url in urls.items()})
+    with contextlib.ExitStack() as stack:
+        for name, port in ports.items():
+            stack.enter_context(http_server(importlib.import_module(f"services.{name}.app").create_app(reachable),
+                                            port=port))
+        yield urls
+
+
+def _tenure(settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([TENURE, *args], env=_env(settings, COLUMNS="250", **env), capture_output=True, text=True,
+                          timeout=120)
+
+
+def _said(r: subprocess.CompletedProcess[str]) -> str:
+    """What the command printed, lines joined (rich wraps long ones), with no traceback in it."""
+    assert "Traceback" not in r.stdout + r.stderr and "MarkupError" not in r.stdout + r.stderr, r.stderr
+    return " ".join((r.stdout + r.stderr).split())
+
+
+def test_apply_prints_names_and_the_services_refusal_as_written(settings, served, workspace, tmp_path) -> None:
+    """The plan names each item; a service's refusal is shown whole (its problem document); exit 1."""
+    path = tmp_path / "markup.yaml"
+    path.write_text(yaml.safe_dump({"templates": [
+        {"name": MARKUP, "subject": "Hi", "text": "Hello"},
+        {"name": "broken", "subject": "Hi", "text": "{% render '" + MARKUP + "' %}"},  # campaign refuses it
+    ]}))
+    env = {"TENURE_SEGMENT_URL": served["segment"], "TENURE_CAMPAIGN_URL": served["campaign"],
+           "TENURE_SECRET_KEY": workspace.secret_key}
+    dry = _tenure(settings, "apply", "-f", str(path), "--dry-run", **env)
+    assert dry.returncode == 0 and f"create template {MARKUP}" in _said(dry), dry.stderr
+    r = _tenure(settings, "apply", "-f", str(path), **env)
+    assert r.returncode == 1, r.stderr
+    said = _said(r)
+    assert f"create template {MARKUP}" in said and "create template broken" in said
+    assert "error: POST campaign/v1/templates: 422" in said and f"no snippet named '{MARKUP}'" in said, said
+    templates = httpx.get(f"{served['campaign']}/v1/templates", headers={
+        "Authorization": f"Bearer {workspace.secret_key}"}).json()["templates"]
+    assert [t["name"] for t in templates] == [MARKUP]  # applied before the refusal, as the plan said
+
+
+@pytest.mark.parametrize("command", [["get", "campaigns"], ["demo", "--write-key", "wk_unused"]])
+def test_get_and_demo_print_an_error_answer_as_written(settings, served, workspace, command) -> None:
+    """A campaign URL with a path prefix nothing serves: the 404 problem names that path (``instance``)."""
+    r = _tenure(settings, *command, "--key", workspace.secret_key, TENURE_SEGMENT_URL=served["segment"],
+                TENURE_CAMPAIGN_URL=f"{served['campaign']}/{MARKUP}")
+    assert r.returncode == 1, r.stderr
+    said = _said(r)
+    assert "error: GET campaign/v1/templates: 404" in said and f'"instance":"/{MARKUP}/v1/templates"' in said, said
+
+
+def test_import_reports_bad_rows_as_written_and_exits_3(settings, served, workspace, tmp_path) -> None:
+    """A bad row is reported with the cell that failed; the good rows are stored."""
+    path = tmp_path / "orders.csv"
+    path.write_text(f"userId,event,properties.total:number\nu1,Order Completed,{MARKUP}\nu2,Order Completed,5\n")
+    r = _tenure(settings, "import", str(path), "--url", served["ingest"], "--write-key", workspace.write_key)
+    assert r.returncode == 3, r.stderr
+    said = _said(r)
+    assert "1 stored" in said and f"line 2: bad value: invalid literal for int() with base 10: '{MARKUP}'" in said
+
+
+def test_workspace_create_and_configure_print_names_and_values_as_written(settings, workspace) -> None:
+    created = _tenure(settings, "workspace", "create", MARKUP)
+    assert created.returncode == 0 and f"workspace {MARKUP}" in _said(created), created.stderr
+    r = _tenure(settings, "workspace", "configure", str(workspace.workspace_id), "--set", f"timezone={MARKUP}")
+    assert r.returncode == 2, r.stderr
+    assert f"timezone: Value error, unknown time zone '{MARKUP}'" in _said(r) and "nothing was changed" in r.stderr
+
+
+def test_mail_lists_subjects_as_written(settings) -> None:
+    from services.devinbox.inbox import Mailbox, create_inbox_app, start_smtp
+
+    box, smtp_port = Mailbox(), free_port()
+    smtp = start_smtp(box, "127.0.0.1", smtp_port)
+    try:
+        with smtplib.SMTP("127.0.0.1", smtp_port) as client:
+            client.sendmail("shop@example.com", ["ada@example.com"],
+                            f"Subject: {MARKUP}\r\nFrom: shop@example.com\r\nTo: ada@example.com\r\n\r\nHi\r\n")
+        with http_server(create_inbox_app(box)) as port:
+            r = _tenure(settings, "mail", "--url", f"http://127.0.0.1:{port}")
+    finally:
+        smtp.stop()
+    assert r.returncode == 0 and f"ada@example.com │ {MARKUP}" in _said(r), r.stdout

@@ -368,6 +368,29 @@ async def test_headers_and_paths_with_a_nul_are_a_422_naming_them(apps, workspac
     assert await _fingerprint(sessionmaker, workspace.workspace_id) == before
 
 
+@pytest.mark.parametrize(("service", "path", "body", "at", "where"), [
+    ("ingest", "/v1/privacy/erasure", {"user": "u-1"}, ("user",), "loc"),
+    ("segment", "/v1/segments/preview", {"definition": {"type": "performed", "event": "Signed Up"}},
+     ("definition", "event"), "at"),
+    ("segment", "/v1/profiles/search", {"definition": {"type": "trait", "trait": "plan", "value": "pro"}},
+     ("definition", "trait"), "at"),
+], ids=["erasure-user", "preview-event", "search-trait"])
+async def test_ingest_erasures_and_segment_definitions_name_the_field(apps, workspace, service, path, body, at,
+                                                                       where) -> None:
+    """An erasure's ``user`` with a NUL was the database's 422 naming nothing; a definition's text with a length
+    or a pattern said "unable to parse raw data as a unicode string" for a lone surrogate."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}", "content-type": "application/json"}
+    for kind, bad in BAD.items():
+        r = await apps[service].post(path, headers=h, content=json.dumps(inject(body, at, bad)))
+        assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, (kind, r.text)
+        error = r.json()["errors"][0]
+        if where == "loc":
+            assert error["loc"] == ["body", *at], (kind, r.text)
+        else:  # definition.performed.event: the node's type names the branch
+            assert error["at"].startswith("definition.") and error["at"].endswith("." + at[-1]), (kind, r.text)
+        assert WHY[kind] in error["msg"], (kind, r.text)
+
+
 @pytest.mark.parametrize("case", MESSAGE_CASES, ids=lambda c: c.id)
 async def test_a_batch_marks_such_a_message_invalid_and_stores_the_others(apps, workspace, sessionmaker,
                                                                         case) -> None:

@@ -7,9 +7,9 @@ recorded only by the claim that is still current). ``next_attempt_at`` is when t
 earliest of its pending services' next attempts, each backed off after a failure (their attempt count, last
 error and due time are in ``services``). Requests pending at upgrade are due at once.
 
-Revision ID: ingest_0004
-Revises: ingest_0003
-Create Date: 2026-11-30 09:00:00
+Revision ID: ingest_0005
+Revises: ingest_0004
+Create Date: 2026-11-30 10:00:00
 """
 
 from collections.abc import Sequence
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "ingest_0004"
-down_revision: str | None = "ingest_0003"
+revision: str = "ingest_0005"
+down_revision: str | None = "ingest_0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

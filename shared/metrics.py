@@ -42,6 +42,13 @@ WORKSPACE_FAILURES = Counter("tenure_workspace_task_failures_total", "Background
                              "and was set aside so other workspaces' went on (retried at the next run), by task",
                              ["service", "task"])
 
+PRIVACY_ERASURE_CALLS = Counter("tenure_privacy_erasure_calls_total", "Calls ingest's worker made to another service "
+                                "to erase a user, by service and outcome (ok, error)", ["service", "outcome"])
+PRIVACY_ERASURES_PENDING = Gauge("tenure_privacy_erasures_pending", "Erasure requests not yet completed by every "
+                                 "service, in every workspace (read at scrape time)")
+PRIVACY_OLDEST_PENDING = Gauge("tenure_privacy_oldest_pending_erasure_age_seconds", "Age of the oldest erasure "
+                               "request not yet completed (0 when none is; read at scrape time)")
+
 
 def workspace_failed(service: str, task: str, workspace_id: object) -> None:
     """Call in an ``except`` block: log the error with its traceback and count it (one workspace's bad data must
@@ -65,8 +72,11 @@ def exposition() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-def metrics_router(service: str, refresh: Callable[[FastAPI], Awaitable[None]] | None = None) -> APIRouter:
-    """``GET /metrics``; ``refresh(app)`` updates the gauges read at scrape time (queue depth) first."""
+Refresh = Callable[[FastAPI], Awaitable[None]]
+
+
+def metrics_router(service: str, *refresh: Refresh) -> APIRouter:
+    """``GET /metrics``; each ``refresh(app)`` updates gauges read at scrape time (queue depth) first."""
     router = APIRouter(tags=["health"])
 
     @router.get("/metrics", operation_id=f"{service}_metrics", include_in_schema=True,
@@ -74,11 +84,11 @@ def metrics_router(service: str, refresh: Callable[[FastAPI], Awaitable[None]] |
                 openapi_extra={"security": []}, response_class=Response,
                 responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Metrics"}})
     async def metrics(request: Request) -> Response:
-        if refresh is not None:
+        for update in refresh:
             try:
-                await refresh(request.app)
+                await update(request.app)
             except Exception as exc:  # noqa: BLE001 - a broken dependency must not hide the other metrics
-                log.warning("metrics.refresh_failed", error=str(exc))
+                log.warning("metrics.refresh_failed", refresh=getattr(update, "__name__", "?"), error=str(exc))
         return exposition()
 
     return router

@@ -81,11 +81,11 @@ class RequestContextMiddleware:
 
 
 def _queue_depth(service: ServiceName) -> Callable[[FastAPI], Any]:
-    async def refresh(app: FastAPI) -> None:
+    async def queue_depth(app: FastAPI) -> None:
         queue = app.state.settings.queue_name(service)
         metrics.QUEUE_DEPTH.labels(service, queue).set(await app.state.redis.zcard(queue))
 
-    return refresh
+    return queue_depth
 
 
 def _probe_router(service: str) -> APIRouter:
@@ -278,10 +278,12 @@ def create_service_app(
     description: str,
     version: str = "0.1.0",
     extend: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
+    metrics_refresh: Sequence[metrics.Refresh] = (),
     **kw: Any,
 ) -> FastAPI:
     """The service's app. ``extend(app)`` is entered after the shared resources exist and exited before
-    they close (service-specific state, e.g. ingest's group committer)."""
+    they close (service-specific state, e.g. ingest's group committer); ``metrics_refresh`` update the
+    service's own gauges at scrape time."""
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings)
@@ -317,7 +319,7 @@ def create_service_app(
     app.add_middleware(RequestContextMiddleware, service=service)
     install_error_handlers(app)
     app.include_router(_probe_router(service))
-    app.include_router(metrics.metrics_router(service, _queue_depth(service)))
+    app.include_router(metrics.metrics_router(service, _queue_depth(service), *metrics_refresh))
     for router in routers:
         app.include_router(router)
     return app

@@ -424,9 +424,10 @@ privacy_router = APIRouter(prefix="/v1/privacy", tags=["privacy"])
     operation_id="request_erasure",
     summary="Erase a user everywhere (GDPR art. 17 / CCPA delete)",
     description=("Removes the profile, identities and events here at once, then asks segment, campaign and "
-                 "delivery to erase theirs; follow `status` and `services` on the returned request. Until it is "
-                 "`completed`, events naming the user's ids are dropped (`suppressed` in the tracking answer); "
-                 "with `suppress`, they stay dropped afterwards."),
+                 "delivery to erase theirs (a service that fails is asked again after a back-off); follow `status` "
+                 "and `services` on the returned request. Until it is `completed`, events naming the user's ids "
+                 "(and aliases from them) are dropped (`suppressed` in the tracking answer); with `suppress`, they "
+                 "stay dropped afterwards."),
     responses={**COMMON_ERRORS, 404: problem_schema("No such user")},
 )
 async def request_erasure(

@@ -6,8 +6,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from services.ingest import privacy
 from services.ingest.api import feed_router, privacy_router, profiles_router, tracking_router
 from services.ingest.committer import Committer
+from shared import metrics
 from shared.ratelimit import RequestCounter
 from shared.settings import Settings
 from shared.web import create_service_app
@@ -29,10 +31,18 @@ async def _committer(app: FastAPI) -> AsyncIterator[None]:
         await app.state.committer.close()
 
 
+async def pending_erasures(app: FastAPI) -> None:
+    """Erasures still pending (any workspace) and the oldest one's age, for alerting (docs/observability.md)."""
+    async with app.state.sessionmaker() as session, session.begin():
+        count, oldest_s = await privacy.pending_erasures(session)
+    metrics.PRIVACY_ERASURES_PENDING.set(count)
+    metrics.PRIVACY_OLDEST_PENDING.set(oldest_s)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     app = create_service_app(
         "ingest", settings or Settings(), routers=[tracking_router, feed_router, profiles_router, privacy_router],
-        description=DESCRIPTION, extend=_committer,
+        description=DESCRIPTION, extend=_committer, metrics_refresh=[pending_erasures],
     )
     # Browsers send tracking calls straight from web pages (analytics.js); write keys are public and no cookie
     # is read, so any origin and any request header may pass the preflight: SDKs add their own headers

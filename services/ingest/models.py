@@ -117,7 +117,8 @@ class PrivacyRequest(IngestTable, table=True):
     """An erasure (audit record): what was removed here, and each other service's status."""
 
     __tablename__ = "privacy_requests"
-    __table_args__ = (Index("ix_privacy_requests_pending", "created_at", postgresql_where=text("status = 'pending'")),)
+    __table_args__ = (Index("ix_privacy_requests_pending", "created_at", postgresql_where=text("status = 'pending'")),
+                      Index("ix_privacy_requests_due", "next_attempt_at", postgresql_where=text("status = 'pending'")))
 
     id: uuid.UUID = Field(primary_key=True)
     workspace_id: uuid.UUID
@@ -134,6 +135,12 @@ class PrivacyRequest(IngestTable, table=True):
     created_at: datetime = Field(sa_column=tz_column("created_at"))
     completed_at: datetime | None = Field(default=None, sa_column=tz_column("completed_at", nullable=True,
                                                                              default_now=False))
+    # propagation (privacy.propagate): when next due (the earliest of its pending services' next attempts),
+    # the current claim's lease, and the fence every claim raises
+    next_attempt_at: datetime = Field(sa_column=tz_column("next_attempt_at"))
+    claimed_until: datetime | None = Field(default=None, sa_column=tz_column("claimed_until", nullable=True,
+                                                                              default_now=False))
+    claims: int = Field(default=0, sa_column_kwargs={"server_default": text("0")})
 
 
 class Suppression(IngestTable, table=True):

@@ -2,15 +2,15 @@
 
 Erasure removes the profile (and every profile merged into it), its identities, events, group
 memberships and merge history here, in one transaction, and records an audit row. The other services
-are then asked to erase what they hold (``propagate``, run by the worker until each has answered), and
-the audit row keeps each service's status and counts.
+are then asked to erase what they hold (``propagate``, run by the worker until each has answered, backing off
+from a service that fails), and the audit row keeps each service's status and counts, or its last error.
 
 Every erasure keeps hashes of the user's ids (userId, anonymousIds, email) in ``suppressions``, and events
-naming any of them are dropped at the door (``suppressed`` in the answer) while the request is pending: the
-other services may still send events about the person (delivery's feedback, a campaign's update) and an
-SDK may retry one sent just before, which would otherwise create a profile for them again. When every
-service has erased, the hashes go, unless the request asked for ``suppress``: then they stay for good. A
-request a service keeps refusing stays pending, and its ids suppressed, until that service erases.
+naming any of them (an alias's previousId too) are dropped at the door (``suppressed`` in the answer) while the
+request is pending: the other services may still send events about the person (delivery's feedback, a
+campaign's update) and an SDK may retry one sent just before, which would otherwise create a profile for them
+again. When every service has erased, the hashes go, unless the request asked for ``suppress``: then they stay
+for good. A request a service keeps refusing stays pending, and its ids suppressed, until that service erases.
 
 Ordering against tracking's group commit: an erasure first takes its workspace's erasure lock
 exclusively (``_ERASURE_LOCK``), and tracking's probe (``suppressed``) takes it in shared mode before it
@@ -18,8 +18,13 @@ looks for suppressions, holding it to its commit. So the erasure waits for every
 probe and then deletes what they wrote, and a group that probes meanwhile waits and then sees the hashes.
 """
 
+import asyncio
 import hashlib
+import random
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -27,6 +32,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.ingest.profiles import get_profile, resolve_ref
+from shared import metrics
 from shared.auth import WORKSPACE_HEADER
 from shared.db import fetch_one, row_dict
 from shared.http import InternalClient
@@ -105,7 +111,8 @@ async def erase(session: AsyncSession, ws: uuid.UUID, ref: str, *, suppress: boo
              f"'pending', CAST(:services AS jsonb), CAST(:removed AS jsonb), CAST(:ids AS jsonb)) returning {_COLS}"),
         {"id": request_id, "ws": ws, "subject": ref, "pids": dumps([str(p) for p in pids]), "suppress": suppress,
          "ids": dumps(sorted({v for _, v in idents} | {e for e in emails if e})),
-         "services": dumps({s: {"status": "pending"} for s in OTHER_SERVICES}), "removed": dumps(removed)},
+         "services": dumps({s: {"status": "pending", "attempts": 0} for s in OTHER_SERVICES}),
+         "removed": dumps(removed)},
     )).one()
     log.info("privacy.erased_here", privacy_request_id=str(request_id), profiles=len(pids), removed=removed)
     return row_dict(row)
@@ -140,45 +147,188 @@ async def suppressed(session: AsyncSession, ws: uuid.UUID, ids: set[tuple[str, s
     return {by_hash[bytes(r[0])] for r in rows}
 
 
-async def propagate(sessionmaker: async_sessionmaker[AsyncSession], internal: InternalClient, limit: int = 20) -> int:
-    """Ask the other services to erase, for pending requests; returns how many requests completed."""
+# Propagation (``propagate``) never holds a transaction across an HTTP call: a transaction that holds a
+# transaction id holds back every consumer of the event feed until it ends (shared/feed.py). Requests are
+# claimed in a short transaction (a lease, ``claimed_until``, and a fence, ``claims``, raised by every claim),
+# the calls are made with none open, and each service's answer is recorded in its own short transaction
+# that only the claim's holder can make: a worker whose lease ran out and was taken over records nothing.
+BATCH = 5  # requests worked on at once, each calling its services at once: well inside the HTTP client's pool
+BACKOFF_BASE_S = 10.0  # the wait after a service's first failure for a request; doubles after each failure
+BACKOFF_CAP_S = 3600.0
+
+
+@dataclass
+class _Claim:
+    id: uuid.UUID
+    workspace_id: uuid.UUID
+    claims: int  # the fence: a later claim of the same request raises it
+    profile_ids: list[str]
+    identities: list[str] | None
+    services: dict[str, Any]
+    now: datetime  # the database's clock at the claim
+
+
+@dataclass
+class _Backoff:
+    base_s: float
+    cap_s: float
+
+    def delay_s(self, attempts: int) -> float:
+        """Doubling from ``base_s``, at most ``cap_s``, less up to 20 % (requests that failed together, when a
+        service went down, do not all come back at the same moment)."""
+        return min(self.cap_s, self.base_s * 2 ** min(attempts - 1, 30)) * random.uniform(0.8, 1.0)
+
+
+def _due_at(entry: dict[str, Any], now: datetime) -> datetime:
+    due = entry.get("next_attempt_at")
+    return datetime.fromisoformat(due) if due else now
+
+
+async def propagate(sessionmaker: async_sessionmaker[AsyncSession], internal: InternalClient, limit: int = 20, *,
+                    backoff_base_s: float = BACKOFF_BASE_S, backoff_cap_s: float = BACKOFF_CAP_S,
+                    lease_s: float | None = None, stop: Callable[[], bool] | None = None) -> int:
+    """Ask the other services to erase, for up to ``limit`` pending requests due for an attempt; returns how many
+    requests completed.
+
+    Each service of a request is asked once per run, and only when due: after a failure (an error answer, no
+    answer within twice the HTTP timeout) it is next asked after an exponential back-off, recorded with the
+    error and the attempt count in the request's ``services``; a service that has erased is not asked again.
+    Requests are claimed ``BATCH`` at a time for ``lease_s`` (default: long enough for the slowest call), and
+    the run stops between batches once ``stop()`` is true (the worker is shutting down)."""
+    call_timeout_s = 2 * internal.settings.http_timeout_s
+    lease = lease_s if lease_s is not None else 2 * call_timeout_s + 30
+    backoff = _Backoff(backoff_base_s, backoff_cap_s)
+    seen: list[uuid.UUID] = []  # each request once per run, even when it is due again at once
     completed = 0
-    async with sessionmaker() as session:
-        async with session.begin():
-            pending = (await session.execute(
-                text("select id, workspace_id, profile_ids, services, identities, suppress "
-                     "from ingest.privacy_requests where status = 'pending' order by created_at limit :n "
-                     "for update skip locked"), {"n": limit},
-            )).all()
-            for rid, ws, pids, services, idents, suppress in pending:
-                for svc in OTHER_SERVICES:
-                    if services.get(svc, {}).get("status") == "done":
-                        continue
-                    try:
-                        resp = await internal.request("POST", svc, "/v1/privacy/erasure", retry=True,
-                                                      json={"profile_ids": pids, "identities": idents or []},
-                                                      headers={WORKSPACE_HEADER: str(ws)})
-                        if resp.status_code == 200:
-                            services[svc] = {"status": "done", "removed": resp.json()["removed"]}
-                        else:
-                            services[svc] = {"status": "pending", "error": f"answered {resp.status_code}"}
-                    except Exception as exc:  # noqa: BLE001 - retried on the next run
-                        services[svc] = {"status": "pending", "error": type(exc).__name__}
-                done = all(services[s]["status"] == "done" for s in OTHER_SERVICES)
-                await session.execute(
-                    # once every service has erased, the ids themselves go too
-                    text("update ingest.privacy_requests set services = CAST(:s AS jsonb), status = :st, "
-                         "completed_at = case when :st = 'completed' then now() end, "
-                         "identities = case when :st = 'completed' then null else identities end where id = :id"),
-                    {"s": dumps(services), "st": "completed" if done else "pending", "id": rid},
-                )
-                if done and not suppress:  # the ids were suppressed only while services were erasing
-                    await session.execute(
-                        text("delete from ingest.suppressions where workspace_id = :ws and request_id = :id"),
-                        {"ws": ws, "id": rid})
-                completed += done
-                log.info("privacy.propagated", request_id=str(rid), done=done)
+    while len(seen) < limit and not (stop and stop()):
+        claimed = await _claim(sessionmaker, min(BATCH, limit - len(seen)), lease, seen)
+        if not claimed:
+            break
+        seen += [c.id for c in claimed]
+        async with asyncio.TaskGroup() as tg:
+            runs = [tg.create_task(_work(sessionmaker, internal, c, call_timeout_s, backoff, lease)) for c in claimed]
+        completed += sum(r.result() for r in runs)
+        await _release(sessionmaker, claimed)
     return completed
+
+
+async def _claim(sessionmaker: async_sessionmaker[AsyncSession], n: int, lease_s: float,
+                 seen: list[uuid.UUID]) -> list[_Claim]:
+    async with sessionmaker() as session, session.begin():
+        rows = await session.execute(
+            text("update ingest.privacy_requests r "
+                 "set claims = r.claims + 1, claimed_until = now() + make_interval(secs => :lease) "
+                 "where r.id in (select id from ingest.privacy_requests "
+                 "               where status = 'pending' and next_attempt_at <= now() "
+                 "                 and (claimed_until is null or claimed_until < now()) "
+                 "                 and id <> all(CAST(:seen AS uuid[])) "
+                 "               order by next_attempt_at limit :n for update skip locked) "
+                 "returning r.id, r.workspace_id, r.claims, r.profile_ids, r.identities, r.services, now() as now"),
+            {"n": n, "lease": lease_s, "seen": seen},
+        )
+        return [_Claim(**r) for r in rows.mappings()]
+
+
+async def _work(sessionmaker: async_sessionmaker[AsyncSession], internal: InternalClient, claim: _Claim,
+                call_timeout_s: float, backoff: _Backoff, lease_s: float) -> bool:
+    """Ask every service of ``claim`` that is due, at once; True if the request completed."""
+    pending = {s: e for s in OTHER_SERVICES if (e := claim.services.get(s, {})).get("status") != "done"}
+    # (none due: a row written otherwise, e.g. by hand; asking them all puts it right)
+    due = [s for s, entry in pending.items() if _due_at(entry, claim.now) <= claim.now] or list(pending)
+    ctx = {"privacy_request_id": str(claim.id), "workspace_id": str(claim.workspace_id)}
+
+    async def ask(svc: str) -> bool:
+        removed, error = await _ask(internal, claim, svc, call_timeout_s)
+        metrics.PRIVACY_ERASURE_CALLS.labels(svc, "error" if error else "ok").inc()
+        state, entry = await _record(sessionmaker, claim, svc, removed, error, backoff, lease_s)
+        if state == "lost":
+            log.warning("privacy.claim_lost", **ctx, service=svc, error=error)
+        elif error:
+            log.warning("privacy.erasure_failed", **ctx, service=svc, error=error, attempts=entry["attempts"],
+                        next_attempt_at=entry["next_attempt_at"])
+        if state == "completed":
+            log.info("privacy.completed", **ctx)
+        return state == "completed"
+
+    async with asyncio.TaskGroup() as tg:
+        asks = [tg.create_task(ask(s)) for s in due]
+    return any(a.result() for a in asks)
+
+
+async def _ask(internal: InternalClient, claim: _Claim, svc: str, timeout_s: float
+               ) -> tuple[dict[str, Any] | None, str | None]:
+    """One call (the back-off is the retry): (rows removed, None), or (None, what went wrong)."""
+    try:
+        async with asyncio.timeout(timeout_s):  # the HTTP timeouts bound each read, not a server that trickles
+            resp = await internal.request("POST", svc, "/v1/privacy/erasure", retry=False,
+                                          json={"profile_ids": claim.profile_ids, "identities": claim.identities or []},
+                                          headers={WORKSPACE_HEADER: str(claim.workspace_id)})
+            if resp.status_code != 200:
+                return None, f"answered {resp.status_code}"
+            return dict(resp.json()["removed"]), None
+    except TimeoutError:
+        return None, f"no answer within {timeout_s:g} s"
+    except Exception as exc:  # noqa: BLE001 - recorded; asked again after the back-off
+        return None, type(exc).__name__
+
+
+async def _record(sessionmaker: async_sessionmaker[AsyncSession], claim: _Claim, svc: str,
+                  removed: dict[str, Any] | None, error: str | None, backoff: _Backoff, lease_s: float
+                  ) -> tuple[str, dict[str, Any]]:
+    """Record one service's answer if the claim is still this worker's: ("lost", {}) otherwise; else
+    ("completed" | "pending", the service's new entry). Completing deletes the request's suppressions (unless it
+    asked for ``suppress``) in the same transaction, so the ids are welcome again exactly when it is completed."""
+    async with sessionmaker() as session, session.begin():
+        row = (await session.execute(
+            text("select workspace_id, services, suppress, now() as now from ingest.privacy_requests "
+                 "where id = :id and claims = :n and status = 'pending' for update"),
+            {"id": claim.id, "n": claim.claims},
+        )).first()
+        if row is None:  # taken over after the lease ran out (the other worker records), or completed by it
+            return "lost", {}
+        services, now = dict(row.services), row.now
+        attempts = int(services.get(svc, {}).get("attempts", 0)) + 1
+        if error is None:
+            entry = {"status": "done", "removed": removed, "attempts": attempts, "last_attempt_at": now.isoformat()}
+        else:
+            entry = {"status": "pending", "error": error, "attempts": attempts, "last_attempt_at": now.isoformat(),
+                     "next_attempt_at": (now + timedelta(seconds=backoff.delay_s(attempts))).isoformat()}
+        services[svc] = entry
+        pending = [services.get(s, {}) for s in OTHER_SERVICES if services.get(s, {}).get("status") != "done"]
+        if pending:
+            await session.execute(
+                text("update ingest.privacy_requests set services = CAST(:s AS jsonb), next_attempt_at = :next, "
+                     "claimed_until = now() + make_interval(secs => :lease) where id = :id"),
+                {"s": dumps(services), "next": min(_due_at(e, now) for e in pending), "lease": lease_s,
+                 "id": claim.id})
+            return "pending", entry
+        # every service has erased: the ids the row kept go too, and the suppressions unless asked to stay
+        await session.execute(
+            text("update ingest.privacy_requests set services = CAST(:s AS jsonb), status = 'completed', "
+                 "completed_at = now(), identities = null, claimed_until = null where id = :id"),
+            {"s": dumps(services), "id": claim.id})
+        if not row.suppress:
+            await session.execute(text("delete from ingest.suppressions where workspace_id = :ws and request_id = :id"),
+                                  {"ws": row.workspace_id, "id": claim.id})
+        return "completed", entry
+
+
+async def _release(sessionmaker: async_sessionmaker[AsyncSession], claims: list[_Claim]) -> None:
+    """End the leases of a batch (its requests are due again at their ``next_attempt_at``), unless taken over."""
+    async with sessionmaker() as session, session.begin():
+        await session.execute(
+            text("update ingest.privacy_requests r set claimed_until = null "
+                 "from unnest(CAST(:ids AS uuid[]), CAST(:ns AS int[])) as c(id, n) "
+                 "where r.id = c.id and r.claims = c.n and r.claimed_until is not null"),
+            {"ids": [c.id for c in claims], "ns": [c.claims for c in claims]})
+
+
+async def pending_erasures(session: AsyncSession) -> tuple[int, float]:
+    """How many erasures are pending, in every workspace, and the age in seconds of the oldest (0 if none)."""
+    row = (await session.execute(text(
+        "select count(*), coalesce(extract(epoch from now() - min(created_at)), 0) "
+        "from ingest.privacy_requests where status = 'pending'"))).one()
+    return int(row[0]), float(row[1])
 
 
 async def export(session: AsyncSession, internal: InternalClient, ws: uuid.UUID, ref: str) -> dict[str, Any]:

@@ -70,7 +70,8 @@ async def _lock_keys(session: AsyncSession, ws: uuid.UUID, keys: set[Key]) -> No
     )
 
 
-def _alias_keys(env: "Envelope") -> list[Key]:
+def alias_keys(env: "Envelope") -> list[Key]:
+    """Where an alias's ``previousId`` may be known: as a userId or as an anonymousId."""
     prev = env.previous_id
     return [("user_id", prev), ("anonymous_id", prev)] if prev else []
 
@@ -79,7 +80,7 @@ async def resolve_profiles(session: AsyncSession, ws: uuid.UUID, batch: list["En
     """Set ``profile_id`` on every envelope, creating profiles and identities that are new and merging
     profiles the batch proves to be one person."""
     wanted = {k for env in batch for k in _keys(env)}
-    aliases = {k for env in batch for k in _alias_keys(env)}
+    aliases = {k for env in batch for k in alias_keys(env)}
     known = await _load(session, ws, wanted | aliases)
     missing = wanted - known.keys()
     if missing or aliases:
@@ -101,7 +102,7 @@ async def resolve_profiles(session: AsyncSession, ws: uuid.UUID, batch: list["En
             elif known[k] != pid and k[0] == "anonymous_id" and env.user_id:
                 merges.append((pid, known[k], "identify", env.message_id))
         if env.previous_id:
-            prev = next((known[k] for k in _alias_keys(env) if k in known), None)
+            prev = next((known[k] for k in alias_keys(env) if k in known), None)
             if prev is None:
                 known[("anonymous_id", env.previous_id)] = new_ids[("anonymous_id", env.previous_id)] = pid
             elif prev != pid:

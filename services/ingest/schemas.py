@@ -238,6 +238,17 @@ class ErasureCreate(StorableModel):
                                                   "completes (hashes are kept); until then they are dropped anyway")
 
 
+class ErasureServiceStatus(BaseModel):
+    status: str = Field(description="pending until the service has erased, then done")
+    removed: dict[str, Any] | None = Field(None, description="what the service removed (when done)")
+    attempts: int = Field(0, description="calls made to the service for this request so far")
+    error: str | None = Field(None, description="what went wrong on the last call, while pending")
+    last_attempt_at: datetime | None = Field(None, description="when the last call ended")
+    next_attempt_at: datetime | None = Field(None, description="while pending after a failure: when the service is "
+                                                               "asked again (the wait doubles after each failure, up "
+                                                               "to an hour)")
+
+
 class PrivacyRequestOut(BaseModel):
     id: str
     kind: str
@@ -245,7 +256,7 @@ class PrivacyRequestOut(BaseModel):
     profile_ids: list[str]
     suppress: bool
     status: str = Field(description="pending until every service has erased, then completed")
-    services: dict[str, Any] = Field(description="per service: status, rows removed or last error")
+    services: dict[str, ErasureServiceStatus] = Field(description="per service (segment, campaign, delivery)")
     removed: dict[str, int] = Field(description="rows removed in ingest, per table")
     created_at: datetime
     completed_at: datetime | None

@@ -12,7 +12,7 @@ from arq.worker import Worker
 
 from services.ingest import privacy
 from shared import retention
-from shared.queue import JobCtx, build_worker, worker_settings_class
+from shared.queue import JobCtx, build_worker, stopping, worker_settings_class
 from shared.settings import Settings
 
 log = structlog.get_logger()
@@ -25,8 +25,9 @@ async def enforce_retention(ctx: JobCtx) -> int:
 
 
 async def propagate_privacy(ctx: JobCtx) -> int:
-    """Ask the other services to erase for pending privacy requests (woken per request, and polled)."""
-    return await privacy.propagate(ctx["sessionmaker"], ctx["internal"])
+    """Ask the other services to erase for pending privacy requests (woken per request, and polled); each
+    service of a request is asked again after a back-off when it failed (``privacy.propagate``)."""
+    return await privacy.propagate(ctx["sessionmaker"], ctx["internal"], stop=lambda: stopping(ctx))
 
 
 _OPTIONS: dict[str, Any] = {

@@ -6,34 +6,44 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from services.delivery import feedback, links
 from services.ingest import privacy, tracking
 from shared.embedded import free_port
 from shared.http import InternalClient
-from shared.testing import internal_headers
+from shared.testing import feed_head, http_server, internal_headers
 
 DROPPED = {"success": True, "accepted": 0, "duplicates": 0, "suppressed": 1, "rejected": []}
 ACCEPTED = {"success": True, "accepted": 1, "duplicates": 0, "suppressed": 0, "rejected": []}
 
 
 @contextlib.asynccontextmanager
-async def _delivery_down(apps, settings) -> AsyncIterator[InternalClient]:
-    """An InternalClient as ingest's worker has it while delivery is unreachable (nothing listens at its URL);
-    segment and campaign answer."""
-    nowhere = settings.model_copy(update={"delivery_url": f"http://127.0.0.1:{free_port()}"})
-    mounts = {settings.url_of(s): apps[s]._transport for s in ("segment", "campaign")}  # type: ignore[attr-defined]
-    async with httpx.AsyncClient(mounts=mounts, timeout=5) as http:
-        yield InternalClient(nowhere, http)
+async def _mesh(apps, settings, **elsewhere: str) -> AsyncIterator[InternalClient]:
+    """An InternalClient as ingest's worker has it, with the services named in ``elsewhere`` at those URLs (a
+    server of the test's, or nothing at all) and the others answering in process."""
+    moved = settings.model_copy(update={f"{svc}_url": url for svc, url in elsewhere.items()})
+    mounts = {settings.url_of(s): apps[s]._transport  # type: ignore[attr-defined]
+              for s in privacy.OTHER_SERVICES if s not in elsewhere}
+    async with httpx.AsyncClient(mounts=mounts, timeout=30) as http:
+        yield InternalClient(moved, http)
 
 
-async def _propagate(sessionmaker, internal) -> None:
-    # (every pending request of the run, not only this test's: earlier tests may leave some)
-    await privacy.propagate(sessionmaker, internal, limit=1000)
+def _delivery_down(apps, settings) -> contextlib.AbstractAsyncContextManager[InternalClient]:
+    """While delivery is unreachable (nothing listens at its URL); segment and campaign answer."""
+    return _mesh(apps, settings, delivery=f"http://127.0.0.1:{free_port()}")
+
+
+async def _propagate(sessionmaker, internal, **kw) -> None:
+    # (every pending request of the run, not only this test's: earlier tests may leave some); no back-off
+    # unless asked, so that a service back again is asked at once
+    await privacy.propagate(sessionmaker, internal, limit=1000, **{"backoff_base_s": 0, **kw})
 
 
 async def _request(apps, h, rid: str) -> dict:
@@ -225,3 +235,218 @@ async def test_upgrading_suppresses_the_ids_of_erasures_still_pending(apps, work
     for body in ({"userId": user, "event": "Back"}, {"userId": "another", "traits": {"email": f"{user}@x.io"}}):
         assert (await ingest.post("/v1/track" if "event" in body else "/v1/identify", auth=wk, json=body)
                 ).json() == DROPPED
+
+
+class _Silent:
+    """A server on 127.0.0.1 that takes connections and reads what it is sent but never answers (a service that
+    hangs); ``hang_up`` closes every connection."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self._heard = asyncio.Event()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> "_Silent":
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.hang_up()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        while chunk := await reader.read(65536):
+            self.received += chunk
+            self._heard.set()
+
+    async def asked_about(self, value: str, within_s: float = 10) -> None:
+        async with asyncio.timeout(within_s):
+            while value.encode() not in self.received:
+                self._heard.clear()
+                await self._heard.wait()
+
+    def hang_up(self) -> None:
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+
+
+def _unavailable(calls: list[dict[str, Any]]) -> FastAPI:
+    """A service during an outage, behind a proxy that answers 503 for it; notes each erasure call's body."""
+    app = FastAPI()
+
+    @app.post("/v1/privacy/erasure")
+    async def erasure(body: dict[str, Any]) -> JSONResponse:
+        calls.append(body)
+        return JSONResponse({"title": "Service Unavailable", "status": 503}, status_code=503,
+                            media_type="application/problem+json")
+
+    return app
+
+
+async def _in_feed(ingest, after: str, message_id: str, within_s: float) -> bool:
+    """Whether ``message_id`` appears in ingest's event feed after ``after`` within ``within_s``."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        page = (await ingest.get("/v1/events", params={"after": after, "limit": 5000},
+                                 headers=internal_headers())).json()
+        if any(e["message_id"] == message_id for e in page["events"]):
+            return True
+        after = page["next_cursor"]
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.1)
+
+
+async def _sleep_until(at: datetime) -> None:
+    await asyncio.sleep(max(0.0, (at - datetime.now(UTC)).total_seconds()) + 0.05)
+
+
+def _gauge(exposition: str, name: str) -> float:
+    return next(float(line.split()[1]) for line in exposition.splitlines() if line.startswith(f"{name} "))
+
+
+async def test_a_service_that_hangs_holds_back_neither_the_event_feed_nor_the_other_services(
+        apps, workspace, sessionmaker, settings, internal_client) -> None:
+    """Segment takes the erasure call and never answers: events tracked meanwhile reach the event feed that
+    segment's and campaign's consumers read (no transaction is open across the call to hold its horizon back),
+    campaign's and delivery's answers are recorded meanwhile, and segment's failure once it hangs up."""
+    ingest = apps["ingest"]
+    wk, h = (workspace.write_key, ""), {"Authorization": f"Bearer {workspace.secret_key}"}
+    tag = uuid.uuid4().hex[:6]
+    user = f"slow-{tag}"
+    assert (await ingest.post("/v1/identify", auth=wk, json={"userId": user})).json() == ACCEPTED
+    await privacy.propagate(sessionmaker, internal_client, 1000)  # earlier tests' requests out of the way
+    r = await ingest.post("/v1/privacy/erasure", headers=h, json={"user": user})
+    rid, pid = r.json()["id"], r.json()["profile_ids"][0]
+    head = await feed_head(ingest)
+    async with _Silent() as segment, _mesh(apps, settings, segment=segment.url) as internal:
+        propagating = asyncio.create_task(privacy.propagate(sessionmaker, internal, 1000))
+        try:
+            await segment.asked_about(pid)
+            r = await ingest.post("/v1/track", auth=wk, json={"userId": f"bystander-{tag}", "event": "Meanwhile",
+                                                              "messageId": f"meanwhile-{tag}"})
+            assert r.json() == ACCEPTED
+            assert await _in_feed(ingest, head, f"meanwhile-{tag}", within_s=5), "the feed is held back"
+            async with asyncio.timeout(5):
+                while {(await _request(apps, h, rid))["services"][s]["status"]
+                       for s in ("campaign", "delivery")} != {"done"}:
+                    await asyncio.sleep(0.05)
+            assert not propagating.done()
+        finally:
+            segment.hang_up()
+            await asyncio.wait_for(propagating, 30)
+    req = await _request(apps, h, rid)
+    assert req["status"] == "pending", req
+    seg = req["services"]["segment"]
+    assert seg["status"] == "pending" and seg["attempts"] == 1 and seg["error"], seg
+    assert datetime.fromisoformat(seg["next_attempt_at"]) > datetime.fromisoformat(seg["last_attempt_at"])
+
+
+async def test_a_failing_service_is_asked_again_after_a_growing_wait_and_the_request_completes_once_it_answers(
+        apps, workspace, sessionmaker, settings, internal_client) -> None:
+    ingest = apps["ingest"]
+    wk, h = (workspace.write_key, ""), {"Authorization": f"Bearer {workspace.secret_key}"}
+    user = f"retried-{uuid.uuid4().hex[:6]}"
+    assert (await ingest.post("/v1/identify", auth=wk, json={"userId": user})).json() == ACCEPTED
+    r = await ingest.post("/v1/privacy/erasure", headers=h, json={"user": user})
+    rid, pid = r.json()["id"], r.json()["profile_ids"][0]
+    calls: list[dict[str, Any]] = []
+
+    def asked() -> int:  # (other tests' pending requests reach the same server)
+        return sum(pid in c["profile_ids"] for c in calls)
+
+    with http_server(_unavailable(calls)) as port:
+        async with _mesh(apps, settings, delivery=f"http://127.0.0.1:{port}") as failing:
+            await _propagate(sessionmaker, failing, backoff_base_s=2)
+            req = await _request(apps, h, rid)
+            first = req["services"]["delivery"]
+            assert req["status"] == "pending" and first["status"] == "pending", req
+            assert first["attempts"] == 1 and first["error"] == "answered 503" and asked() == 1, (first, calls)
+            assert datetime.fromisoformat(first["next_attempt_at"]) > datetime.now(UTC)
+            assert {req["services"][s]["status"] for s in ("segment", "campaign")} == {"done"}
+            # not due yet: not asked
+            await _propagate(sessionmaker, failing, backoff_base_s=2)
+            assert asked() == 1 and (await _request(apps, h, rid))["services"]["delivery"]["attempts"] == 1
+            exposition = (await ingest.get("/metrics")).text
+            assert _gauge(exposition, "tenure_privacy_erasures_pending") >= 1
+            assert _gauge(exposition, "tenure_privacy_oldest_pending_erasure_age_seconds") > 0
+            # due: asked again, and the next wait is twice as long (less up to 20 %)
+            await _sleep_until(datetime.fromisoformat(first["next_attempt_at"]))
+            await _propagate(sessionmaker, failing, backoff_base_s=2)
+            second = (await _request(apps, h, rid))["services"]["delivery"]
+            assert asked() == 2 and second["attempts"] == 2 and second["error"] == "answered 503", second
+            wait = datetime.fromisoformat(second["next_attempt_at"]) - datetime.fromisoformat(second["last_attempt_at"])
+            assert timedelta(seconds=3.2) <= wait <= timedelta(seconds=4), wait
+    # delivery answers again: asked once due, and the request completes; segment and campaign were asked once
+    await _sleep_until(datetime.fromisoformat(second["next_attempt_at"]))
+    await _propagate(sessionmaker, internal_client, backoff_base_s=2)
+    req = await _request(apps, h, rid)
+    assert req["status"] == "completed", req
+    assert {k: v for k, v in req["services"]["delivery"].items() if v is not None and k != "last_attempt_at"} == {
+        "status": "done", "removed": req["services"]["delivery"]["removed"], "attempts": 3}
+    assert [req["services"][s]["attempts"] for s in ("segment", "campaign")] == [1, 1]
+    assert (await ingest.post("/v1/track", auth=wk, json={"userId": user, "event": "Back"})).json() == ACCEPTED
+
+
+async def test_a_worker_whose_claim_ran_out_records_nothing_over_the_worker_that_took_the_request_over(
+        apps, workspace, sessionmaker, settings, internal_client) -> None:
+    """A worker waits on delivery beyond its lease; another takes the request over and completes it. The first
+    one's late failure is not recorded: the request stays completed, its audit record the second worker's."""
+    ingest = apps["ingest"]
+    wk, h = (workspace.write_key, ""), {"Authorization": f"Bearer {workspace.secret_key}"}
+    user = f"contended-{uuid.uuid4().hex[:6]}"
+    assert (await ingest.post("/v1/identify", auth=wk, json={"userId": user})).json() == ACCEPTED
+    await _propagate(sessionmaker, internal_client)  # earlier tests' requests out of the way
+    r = await ingest.post("/v1/privacy/erasure", headers=h, json={"user": user})
+    rid, pid = r.json()["id"], r.json()["profile_ids"][0]
+    async with _Silent() as delivery, _mesh(apps, settings, delivery=delivery.url) as slow:
+        stale = asyncio.create_task(privacy.propagate(sessionmaker, slow, 1000, lease_s=0.5, backoff_base_s=0))
+        try:
+            await delivery.asked_about(pid)
+            await asyncio.sleep(1)  # its lease runs out
+            await _propagate(sessionmaker, internal_client)
+            assert (await _request(apps, h, rid))["status"] == "completed"
+        finally:
+            delivery.hang_up()
+            await asyncio.wait_for(stale, 30)
+    req = await _request(apps, h, rid)
+    assert req["status"] == "completed", req
+    assert req["services"]["delivery"]["status"] == "done" and req["services"]["delivery"]["attempts"] == 1, req
+    assert req["services"]["delivery"]["error"] is None
+
+
+async def test_an_alias_whose_previous_id_is_an_erased_id_is_dropped(apps, workspace, sessionmaker,
+                                                                     internal_client) -> None:
+    """``previousId`` names the erased person as their userId or anonymousId: the alias would link a new id to
+    them (and record their id again), so it is dropped like any message naming them; while the erasure is
+    pending, and for good with ``suppress``."""
+    ingest, ws = apps["ingest"], workspace.workspace_id
+    wk, h = (workspace.write_key, ""), {"Authorization": f"Bearer {workspace.secret_key}"}
+    tag = uuid.uuid4().hex[:6]
+    user, device, kept = f"aliased-{tag}", f"old-device-{tag}", f"kept-{tag}"
+    assert (await ingest.post("/v1/identify", auth=wk, json={"userId": user, "anonymousId": device})
+            ).json() == ACCEPTED
+    assert (await ingest.post("/v1/identify", auth=wk, json={"userId": kept})).json() == ACCEPTED
+    r = await ingest.post("/v1/privacy/erasure", headers=h, json={"user": kept, "suppress": True})
+    await _propagate(sessionmaker, internal_client)
+    assert (await _request(apps, h, r.json()["id"]))["status"] == "completed"
+    r = await ingest.post("/v1/privacy/erasure", headers=h, json={"user": user})  # pending: not propagated
+    assert (await _request(apps, h, r.json()["id"]))["status"] == "pending"
+    for prev in (user, device, kept):
+        successor = f"successor-of-{prev}"
+        r = await ingest.post("/v1/alias", auth=wk, json={"previousId": prev, "userId": successor})
+        assert r.status_code == 200 and r.json() == DROPPED, (prev, r.text)
+        r = await ingest.post("/v1/batch", auth=wk, json={"batch": [
+            {"type": "alias", "previousId": prev, "userId": successor},
+            {"type": "track", "userId": f"someone-else-{tag}", "event": "Clicked"}]})
+        assert r.json() == {**DROPPED, "accepted": 1}, (prev, r.text)
+        assert (await ingest.get(f"/v1/profiles/{successor}", headers=h)).status_code == 404
+    for ref in (user, device, kept):
+        assert (await ingest.get(f"/v1/profiles/{ref}", headers=h)).status_code == 404, ref
+    successors = [f"successor-of-{p}" for p in (user, device, kept)]
+    assert await _events_naming(sessionmaker, ws, user, device, kept, *successors) == 0
+    # an alias from an id nobody erased is welcome
+    r = await ingest.post("/v1/alias", auth=wk, json={"previousId": f"new-device-{tag}", "userId": f"new-{tag}"})
+    assert r.json() == ACCEPTED

@@ -41,7 +41,6 @@ MESSAGES = Counter("tenure_messages_total", "Messages that reached a status, by 
 WORKSPACE_FAILURES = Counter("tenure_workspace_task_failures_total", "Background work of one workspace that failed "
                              "and was set aside so other workspaces' went on (retried at the next run), by task",
                              ["service", "task"])
-
 PRIVACY_ERASURE_CALLS = Counter("tenure_privacy_erasure_calls_total", "Calls ingest's worker made to another service "
                                 "to erase a user, by service and outcome (ok, error)", ["service", "outcome"])
 PRIVACY_ERASURES_PENDING = Gauge("tenure_privacy_erasures_pending", "Erasure requests not yet completed by every "

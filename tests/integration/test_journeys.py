@@ -1479,3 +1479,27 @@ async def test_pausing_holds_the_sends_already_decided_and_archiving_skips_them(
         pass
     assert await world.mail(addresses["held-2"]) == []
     assert await sends() == [("dispatched", None), ("skipped", "campaign archived")]
+
+
+async def test_fields_the_api_does_not_know_are_refused_not_dropped(world) -> None:
+    """A misspelt field would be saved as if it had not been sent (a campaign without its goal, a template
+    without its French variant): it is a 422 naming it, and nothing is saved."""
+    c = world.apps["campaign"]
+    tpl = await world.template("strict", "Strict")
+    before = len((await c.get("/v1/campaigns", headers=world.h, params={"limit": 1000})).json()["campaigns"])
+    for body, where in (
+        ({"goals": {"event": "Order Completed", "within_seconds": 86400}}, "goals"),
+        ({"template_id": tpl}, "template_id"),  # beside steps: which one was meant?
+    ):
+        r = await c.post("/v1/campaigns", headers=world.h, json={
+            "name": "strict", "trigger": {"type": "event", "event": "Signed Up"},
+            "steps": [{"id": "s", "type": "send", "template_id": tpl}], **body})
+        assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json"), r.text
+        assert where in r.text
+    after = len((await c.get("/v1/campaigns", headers=world.h, params={"limit": 1000})).json()["campaigns"])
+    assert after == before
+    r = await c.post("/v1/templates", headers=world.h, json={
+        "name": "strict-fr", "subject": "Hi", "text": "x", "locales": {"fr": {"subjet": "Salut"}}})
+    assert r.status_code == 422 and "subjet" in r.text, r.text
+    r = await c.post("/v1/templates", headers=world.h, json={"name": "strict-2", "subject": "Hi", "txt": "x"})
+    assert r.status_code == 422 and "txt" in r.text, r.text

@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from services.answers import UnreadableAnswer, json_of, printable
 from shared.settings import SERVICES, Settings
 
 app = typer.Typer(help="Tenure: lifecycle marketing backend.", no_args_is_help=True, add_completion=False)
@@ -45,11 +46,16 @@ class Service(StrEnum):
     delivery = "delivery"
 
 
+
+def _safe(text: str) -> str:
+    """Text from a server, a file or the user, for rich: no markup (``[/]`` would raise), no terminal controls."""
+    return escape(printable(text))
+
 def _load_settings() -> Settings:
     try:
         return Settings()
     except Exception as exc:  # noqa: BLE001 - show configuration errors plainly
-        console.print(f"[red]configuration error:[/red] {escape(str(exc))}")
+        console.print(f"[red]configuration error:[/red] {_safe(str(exc))}")
         raise typer.Exit(2) from None
 
 
@@ -143,9 +149,9 @@ def workspace_create(
     if as_json:
         sys.stdout.write(orjson.dumps(payload).decode() + "\n")
         return
-    table = Table(title=f"workspace {escape(name)}", show_header=False)
+    table = Table(title=f"workspace {_safe(name)}", show_header=False)
     for k, v in payload.items():
-        table.add_row(k, escape(v))
+        table.add_row(k, _safe(v))
     out.print(table)
     console.print("Keep the keys: they are not shown again.")
 
@@ -223,11 +229,11 @@ def workspace_configure(
             result = asyncio.run(_configure_workspace(settings, workspace_id, changes, removed))
     except ValidationError as exc:
         for e in exc.errors(include_url=False):
-            console.print(f"[red]{escape('.'.join(str(p) for p in e['loc']))}: {escape(e['msg'])}[/red]")
+            console.print(f"[red]{_safe('.'.join(str(p) for p in e['loc']))}: {_safe(e['msg'])}[/red]")
         console.print("nothing was changed")
         raise typer.Exit(2) from None
     if result is None:
-        console.print(f"[red]no workspace {escape(workspace_id)}[/red]")
+        console.print(f"[red]no workspace {_safe(workspace_id)}[/red]")
         raise typer.Exit(1)
     sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n")
 
@@ -241,9 +247,9 @@ def mail(
     settings = _load_settings()
     base = url or settings.local_url(settings.inbox_port)
     try:
-        messages = httpx.get(f"{base}/api/messages", timeout=5).json()["messages"]
-    except httpx.HTTPError as exc:
-        console.print(f"[red]no dev inbox at {escape(base)}[/red] ({type(exc).__name__}); is `tenure dev` running?")
+        messages = json_of(httpx.get(f"{base}/api/messages", timeout=5))["messages"]
+    except (httpx.HTTPError, UnreadableAnswer, KeyError, TypeError) as exc:  # (not a dev inbox answering)
+        console.print(f"[red]no dev inbox at {_safe(base)}[/red] ({type(exc).__name__}); is `tenure dev` running?")
         raise typer.Exit(1) from None
     if as_json:
         sys.stdout.write(orjson.dumps(messages).decode() + "\n")
@@ -252,7 +258,7 @@ def mail(
     for col in ("received", "to", "subject"):
         table.add_column(col)
     for m in messages:
-        table.add_row(escape(m["received_at"][:19]), escape(", ".join(m["to"])), escape(m["subject"]))
+        table.add_row(_safe(m["received_at"][:19]), _safe(", ".join(m["to"])), _safe(m["subject"]))
     out.print(table)
 
 
@@ -281,20 +287,20 @@ def import_file(
         "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TimeRemainingColumn(),
         console=console, transient=True,
     ) as bar:
-        task = bar.add_task(f"importing {escape(path.name)}", total=path.stat().st_size)
+        task = bar.add_task(f"importing {_safe(path.name)}", total=path.stat().st_size)
         try:
             report = run_import(path, client=client, write_key=write_key, fmt="csv" if kind == "csv" else "ndjson",
                                 profiles=profiles, batch_size=batch_size, resume=resume,
                                 progress=lambda done: bar.update(task, completed=done))
-        except (PermissionError, httpx.HTTPError) as exc:
-            console.print(f"[red]import stopped:[/red] {escape(str(exc))} (run again to resume)")
+        except (PermissionError, httpx.HTTPError, UnreadableAnswer) as exc:
+            console.print(f"[red]import stopped:[/red] {_safe(str(exc))} (run again to resume)")
             raise typer.Exit(1) from None
     if report.resumed_from:
         console.print(f"resumed after line {report.resumed_from}")
     console.print(f"[green]{report.accepted} stored[/green], {report.duplicates} already there, "
                   f"{len(report.rejected)} rejected, {report.sent} sent")
     for line, why in report.rejected[:50]:
-        console.print(f"  line {line}: {escape(why)}", highlight=False)
+        console.print(f"  line {line}: {_safe(why)}", highlight=False)
     if len(report.rejected) > 50:
         console.print(f"  … and {len(report.rejected) - 50} more")
     if report.rejected:
@@ -330,7 +336,7 @@ def apply(
             changes = await resources.plan(api, desired)
             for c in changes:
                 style = {"create": "green", "update": "yellow", "unchanged": "dim"}[c.action]
-                console.print(f"[{style}]{c.action:9}[/] {c.kind[:-1]} {escape(c.name)}", highlight=False)
+                console.print(f"[{style}]{c.action:9}[/] {c.kind[:-1]} {_safe(c.name)}", highlight=False)
                 if c.diff:
                     console.print(c.diff, markup=False, highlight=False)
             pending = [c for c in changes if c.action != "unchanged"]
@@ -343,7 +349,7 @@ def apply(
     try:
         raise typer.Exit(asyncio.run(run()))
     except (resources.ResourceError, httpx.HTTPError) as exc:
-        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+        console.print(f"[red]error:[/] {_safe(str(exc))}", highlight=False)
         raise typer.Exit(1) from None
 
 
@@ -370,7 +376,7 @@ def get(
     try:
         sys.stdout.write(asyncio.run(run()))
     except (resources.ResourceError, httpx.HTTPError) as exc:
-        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+        console.print(f"[red]error:[/] {_safe(str(exc))}", highlight=False)
         raise typer.Exit(1) from None
 
 
@@ -403,10 +409,10 @@ def demo(
         for line in asyncio.run(go()):
             console.print(line, markup=False, highlight=False)
     except (resources.ResourceError, httpx.HTTPError) as exc:
-        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+        console.print(f"[red]error:[/] {_safe(str(exc))}", highlight=False)
         raise typer.Exit(1) from None
     inbox = settings.local_url(settings.inbox_port)
-    console.print(f"Watch the campaigns arrive at {escape(inbox)} (welcome, engagement, churn prevention, win-back, "
+    console.print(f"Watch the campaigns arrive at {_safe(inbox)} (welcome, engagement, churn prevention, win-back, "
                   "referral, loyalty). Later steps wait for days or local times: see "
                   "GET /v1/profiles/{id}/journeys on campaign for where each person is.", highlight=False)
 
@@ -424,7 +430,7 @@ def dev(
     base = _load_settings()
     taken = _ports_in_use(base)
     if taken:
-        console.print(f"[red]in use:[/red] {escape(', '.join(taken))}. Is another `tenure dev` running (or a mail "
+        console.print(f"[red]in use:[/red] {_safe(', '.join(taken))}. Is another `tenure dev` running (or a mail "
                       "catcher on 1025/8025)? Stop it, or set those variables to free ports.", highlight=False)
         raise typer.Exit(2)
     configure_logging(base)

@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import orjson
 
+from services.answers import json_of, problem_text
 from shared.jsonutil import dumps
 
 TOP_LEVEL = {"type", "userId", "anonymousId", "event", "timestamp", "messageId", "groupId", "previousId", "name"}
@@ -153,11 +154,11 @@ def post_batch(client: httpx.Client, write_key: str, batch: list[Row], *, attemp
             time.sleep(float(resp.headers.get("Retry-After", min(30, 0.5 * 2 ** attempt))))
             continue
         if resp.status_code == 422:  # every message in the batch was rejected
-            return {"accepted": 0, "duplicates": 0, "rejected": resp.json().get("rejected", [])}
+            return {"accepted": 0, "duplicates": 0, "rejected": json_of(resp).get("rejected", [])}
         if resp.status_code in (401, 403):
-            raise PermissionError(resp.json().get("detail", "the write key was refused"))
+            raise PermissionError(problem_text(resp))
         resp.raise_for_status()
-        return dict(resp.json())
+        return dict(json_of(resp))
     raise RuntimeError("unreachable")
 
 

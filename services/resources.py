@@ -19,6 +19,7 @@ import httpx
 import yaml
 from pydantic import ValidationError
 
+from services.answers import UnreadableAnswer, json_of, problem_text
 from services.campaign import journeys
 from services.campaign.programs import config as program_config
 from services.segment import conditions
@@ -62,8 +63,8 @@ class Api:
     async def call(self, method: str, service: str, path: str, **kw: Any) -> Any:
         resp = await self.http.request(method, self.urls[service] + path, headers=self.headers, **kw)
         if resp.status_code >= 400:
-            raise ResourceError(f"{method} {service}{path}: {resp.status_code} {resp.text[:500]}")
-        return resp.json()
+            raise ResourceError(f"{method} {service}{path}: {problem_text(resp)}")
+        return _json(resp)
 
     async def maybe(self, service: str, path: str) -> Any:
         """A GET that may find nothing (None on 404)."""
@@ -71,8 +72,8 @@ class Api:
         if resp.status_code == 404:
             return None
         if resp.status_code >= 400:
-            raise ResourceError(f"GET {service}{path}: {resp.status_code} {resp.text[:500]}")
-        return resp.json()
+            raise ResourceError(f"GET {service}{path}: {problem_text(resp)}")
+        return _json(resp)
 
     async def all(self, service: str, path: str, key: str) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
@@ -83,6 +84,13 @@ class Api:
             after = page.get("next_cursor")
             if not after:
                 return items
+
+
+def _json(resp: httpx.Response) -> Any:
+    try:
+        return json_of(resp)
+    except UnreadableAnswer as exc:
+        raise ResourceError(str(exc)) from None
 
 
 class _Loader(yaml.SafeLoader):

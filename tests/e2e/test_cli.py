@@ -13,8 +13,10 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import orjson
 import pytest
 import yaml
 
@@ -199,14 +201,38 @@ def test_apply_prints_names_and_the_services_refusal_as_written(settings, served
     assert [t["name"] for t in templates] == [MARKUP]  # applied before the refusal, as the plan said
 
 
+def _answering(status: int, content_type: str, body: bytes) -> Any:
+    """An ASGI app answering every request the same way: a proxy in front of the services, say."""
+    async def app(scope, receive, send) -> None:  # noqa: ANN001
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", content_type.encode())]})
+        await send({"type": "http.response.body", "body": body})
+    return app
+
+
 @pytest.mark.parametrize("command", [["get", "campaigns"], ["demo", "--write-key", "wk_unused"]])
 def test_get_and_demo_print_an_error_answer_as_written(settings, served, workspace, command) -> None:
-    """A campaign URL with a path prefix nothing serves: the 404 problem names that path (``instance``)."""
-    r = _tenure(settings, *command, "--key", workspace.secret_key, TENURE_SEGMENT_URL=served["segment"],
-                TENURE_CAMPAIGN_URL=f"{served['campaign']}/{MARKUP}")
+    """A refusal is shown as its detail and field errors (not its raw JSON), markup and all; an answer that is
+    no JSON at all (a proxy's HTML page) is an error naming what came, with no traceback and no terminal
+    control sequence passed through; exit 1 both times."""
+    problem = orjson.dumps({"type": "about:blank", "title": "Refused", "status": 409, "detail": f"busy {MARKUP}",
+                            "errors": [{"at": "steps.0", "msg": f"no {MARKUP}"}]})
+    with http_server(_answering(409, "application/problem+json", problem)) as port:
+        r = _tenure(settings, *command, "--key", workspace.secret_key, TENURE_SEGMENT_URL=served["segment"],
+                    TENURE_CAMPAIGN_URL=f"http://127.0.0.1:{port}")
     assert r.returncode == 1, r.stderr
     said = _said(r)
-    assert "error: GET campaign/v1/templates: 404" in said and f'"instance":"/{MARKUP}/v1/templates"' in said, said
+    assert f"error: GET campaign/v1/templates: 409 busy {MARKUP} steps.0: no {MARKUP}" in said, said
+    page = b"<html><body>\x1b[31mBad gateway</body></html>"
+    with http_server(_answering(200, "text/html", page)) as port:
+        r = _tenure(settings, *command, "--key", workspace.secret_key, TENURE_SEGMENT_URL=served["segment"],
+                    TENURE_CAMPAIGN_URL=f"http://127.0.0.1:{port}")
+    assert r.returncode == 1, r.stderr
+    said = _said(r)
+    assert "answered 200 with text/html, not JSON" in said and "Bad gateway" in said, said
+    assert "\x1b" not in r.stdout + r.stderr
 
 
 def test_import_reports_bad_rows_as_written_and_exits_3(settings, served, workspace, tmp_path) -> None:

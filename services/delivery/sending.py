@@ -27,6 +27,7 @@ from services.delivery import (
 from services.delivery.smtp_session import SmtpConnection, SmtpPool, send_smtp
 from shared import ratelimit
 from shared.db import pinned
+from shared.html_text import html_to_text
 from shared.settings import Settings
 
 log = structlog.get_logger()
@@ -385,7 +386,9 @@ async def _attempt_email(settings: Settings, message: dict[str, Any], started: d
         message_id=str(message["id"]), sender=message["from_address"], to=message["to_address"],
         subject=message["subject"],
         html=links.decorate_html(message["html"], link, marketing=marketing) if message["html"] else None,
-        text=links.decorate_text(message["text"], link, marketing=marketing) if message["text"] else None,
+        # HTML alone gets a text part too (plain-text readers, spam filters), from the HTML as the sender wrote it
+        text=links.decorate_text(text, link, marketing=marketing) if (text := message["text"] or (
+            html_to_text(message["html"]) if message["html"] else None)) else None,
         headers=tuple(links.headers(link, marketing).items()))
     provider = await failover.choose(redis, settings, message.get("provider"))
     pin: str | None = provider  # the provider that may now hold the message

@@ -244,3 +244,20 @@ async def test_provider_rate_limit_holds_messages_back_without_counting_attempts
     # a burst of 5 for the provider (other workspaces' due mail may share it), the rest held back
     assert len(sent) <= 5 and len(held) >= 7 and len(sent) + len(held) == 12
     assert all(g["attempts"] == 0 and g["last_error"] is None for g in held)
+
+
+async def test_an_email_sent_as_html_alone_gets_a_text_part(apps, workspace, sessionmaker, settings, mailbox) -> None:
+    """Plain-text readers and spam filters read the text/plain part: HTML alone gets one made from it, with
+    the links' addresses and (marketing mail) the unsubscribe footer."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    html = ("<html><head><style>p {color: red}</style></head><body><h1>Spring sale</h1><p>Up to 30% off "
+            "<a href='https://shop.example/sale?x=1&amp;y=2'>this week</a>.</p><ul><li>Shoes</li></ul></body></html>")
+    body = {k: v for k, v in _msg(uuid.uuid4().hex, html=html).items() if k != "text"}
+    created = await apps["delivery"].post("/v1/messages", headers=h, json=body)
+    assert created.status_code == 202, created.text
+    await sending.send_due(sessionmaker, settings)
+    got = next(m for m in mailbox.messages if m["headers"].get("X-Tenure-Message-Id") == created.json()["id"])
+    text_part = got["text"].replace("\r\n", "\n")
+    assert got["html"] is not None and "color: red" not in text_part
+    assert text_part.startswith("Spring sale\n\nUp to 30% off this week (https://shop.example/sale?x=1&y=2).\n\n- Shoes")
+    assert "Unsubscribe: http" in got["text"]

@@ -31,7 +31,8 @@ def test_syntax_errors_name_the_field() -> None:
 
 
 def test_plain_text_is_generated_from_html_and_css_is_inlined() -> None:
-    from services.campaign.templates import html_to_text, render
+    from services.campaign.templates import render
+    from shared.html_text import html_to_text
 
     html = ("<html><head><style>p { color: red }</style><title>x</title></head><body><h1>Hi {{ name }}</h1>"
             "<p>Read <a href='https://acme.example/a'>this</a> &amp; that.</p><ul><li>one</li><li>two</li></ul>"

@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.validation import error_message
+from shared.validation import error_location, error_message
 
 log = structlog.get_logger()
 
@@ -141,7 +141,7 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
 def _jsonable_errors(errors: list[Any]) -> list[dict[str, Any]]:
     out = []
     for e in errors:
-        out.append({"loc": [str(p) for p in e.get("loc", ())], "msg": error_message(e), "type": e.get("type")})
+        out.append({"loc": error_location(e), "msg": error_message(e), "type": e.get("type")})
     return out
 
 

@@ -95,6 +95,22 @@ class StorableModel(BaseModel):
         return value
 
 
+class FieldError(ValueError):
+    """A model validator's complaint about one field (``to``, ``subject``): the 422 names that field (its ``loc``
+    ends with it, shared/errors.py) instead of the body as a whole."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def error_location(error: Mapping[str, Any]) -> list[str]:
+    """A pydantic error's ``loc`` as text, with the field a :class:`FieldError` names."""
+    loc = [str(p) for p in error.get("loc", ())]
+    cause = (error.get("ctx") or {}).get("error")
+    return [*loc, cause.field] if isinstance(cause, FieldError) else loc
+
+
 def error_message(error: Mapping[str, Any]) -> str:
     """A pydantic error's message for people; pydantic's own for a lone surrogate in a string with a length or
     a pattern says "unable to parse raw data as a unicode string"."""

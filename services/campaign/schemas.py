@@ -6,7 +6,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.campaign import journey_def as jd
-from shared.validation import Ref, StorableModel
+from shared.validation import FieldError, Ref, StorableModel
 
 
 class _Body(StorableModel):
@@ -51,15 +51,22 @@ class TemplateCreate(_Body):
     @model_validator(mode="after")
     def _fits_channel(self) -> "TemplateCreate":
         if self.channel == "email" and not self.subject.strip():
-            raise ValueError("an email template needs a subject")
-        if self.channel == "sms" and (not self.text or self.html or self.subject or self.preheader):
-            raise ValueError("an SMS template has text only")
-        if self.channel == "push" and (not self.subject.strip() or not self.text or self.html or self.preheader):
-            raise ValueError("a push template has a title (subject) and a body (text)")
+            raise FieldError("subject", "an email template needs a subject")
+        if self.channel == "sms" and (wrong := _first_wrong(text=not self.text, html=self.html, subject=self.subject,
+                                                            preheader=self.preheader)):
+            raise FieldError(wrong, "an SMS template has text only")
+        if self.channel == "push" and (wrong := _first_wrong(subject=not self.subject.strip(), text=not self.text,
+                                                             html=self.html, preheader=self.preheader)):
+            raise FieldError(wrong, "a push template has a title (subject) and a body (text)")
         if self.channel != "push" and (self.deep_link or self.image or any(
                 v.deep_link or v.image for v in self.locales.values())):
-            raise ValueError("deep_link and image are for push templates")
+            raise FieldError("deep_link" if self.deep_link else "image", "deep_link and image are for push templates")
         return self
+
+
+def _first_wrong(**checks: object) -> str | None:
+    """The first field whose check is truthy (missing, or present where the channel has none)."""
+    return next((name for name, wrong in checks.items() if wrong), None)
 
 
 class TemplateOut(TemplateCreate):

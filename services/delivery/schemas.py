@@ -10,7 +10,7 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, Field, model_validator
 
 from services.delivery.mailer import split_address
-from shared.validation import StorableModel
+from shared.validation import FieldError, StorableModel
 
 
 class MessageCreate(StorableModel):
@@ -39,33 +39,41 @@ class MessageCreate(StorableModel):
 
     @model_validator(mode="after")
     def _fits_channel(self) -> "MessageCreate":
-        if any(c in (self.subject or "") + (self.from_ or "") for c in "\r\n\x00"):
-            raise ValueError("subject and from are single lines (no CR, LF or NUL)")
+        for name, value in (("subject", self.subject), ("from", self.from_)):
+            if any(c in (value or "") for c in "\r\n\x00"):
+                raise FieldError(name, "subject and from are single lines (no CR, LF or NUL)")
         if self.channel == "email":
             try:
                 self.to = validate_email(self.to, check_deliverability=False).normalized
             except EmailNotValidError as exc:
-                raise ValueError(f"to is not a valid email address: {exc}") from None
+                raise FieldError("to", f"to is not a valid email address: {exc}") from None
             if self.from_ is not None:
-                _check_sender(self.from_)
+                try:
+                    _check_sender(self.from_)
+                except ValueError as exc:
+                    raise FieldError("from", str(exc)) from None
             if not self.subject.strip():
-                raise ValueError("an email needs a subject")
+                raise FieldError("subject", "an email needs a subject")
             if not self.html and not self.text:
-                raise ValueError("html or text is required")
+                raise FieldError("text", "html or text is required")
         elif self.channel == "push":
             if not self.subject.strip() or not self.text:
-                raise ValueError("a push needs a title (subject) and a body (text)")
+                raise FieldError("subject" if not self.subject.strip() else "text",
+                                 "a push needs a title (subject) and a body (text)")
         elif self.channel == "webhook":
             if not re.match(r"^https?://[^\s/]+", self.to):
-                raise ValueError("a webhook's to is an http(s) URL")
+                raise FieldError("to", "a webhook's to is an http(s) URL")
             if self.data is None:
-                raise ValueError("a webhook needs data (its JSON body)")
+                raise FieldError("data", "a webhook needs data (its JSON body)")
         else:
-            self.to = e164(self.to)
+            try:
+                self.to = e164(self.to)
+            except ValueError as exc:
+                raise FieldError("to", str(exc)) from None
             if not self.text:
-                raise ValueError("an SMS needs text")
+                raise FieldError("text", "an SMS needs text")
             if len(self.text) > 1600:
-                raise ValueError("an SMS is at most 1,600 characters")
+                raise FieldError("text", "an SMS is at most 1,600 characters")
         return self
 
 

@@ -2,6 +2,7 @@
 
 import uuid
 
+import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import text
 
@@ -261,3 +262,28 @@ async def test_an_email_sent_as_html_alone_gets_a_text_part(apps, workspace, ses
     assert got["html"] is not None and "color: red" not in text_part
     assert text_part.startswith("Spring sale\n\nUp to 30% off this week (https://shop.example/sale?x=1&y=2).\n\n- Shoes")
     assert "Unsubscribe: http" in got["text"]
+
+
+@pytest.mark.parametrize(("service", "path", "body", "field"), [
+    ("delivery", "/v1/messages", {"to": "not-an-address"}, "to"),
+    ("delivery", "/v1/messages", {"subject": "  "}, "subject"),
+    ("delivery", "/v1/messages", {"subject": "Hi\r\nBcc: x@example.com"}, "subject"),
+    ("delivery", "/v1/messages", {"from": "a@example.com, b@example.com"}, "from"),
+    ("delivery", "/v1/messages", {"text": None}, "text"),
+    ("delivery", "/v1/messages", {"channel": "sms", "to": "12"}, "to"),
+    ("delivery", "/v1/messages", {"channel": "sms", "to": "+14155550142", "text": "x" * 1601}, "text"),
+    ("delivery", "/v1/messages", {"channel": "webhook", "to": "ftp://x"}, "to"),
+    ("delivery", "/v1/messages", {"channel": "webhook", "to": "https://hooks.example/x"}, "data"),
+    ("campaign", "/v1/templates", {"channel": "sms", "subject": "no subjects in SMS"}, "subject"),
+    ("campaign", "/v1/templates", {"channel": "push", "subject": "Title", "text": None}, "text"),
+    ("campaign", "/v1/templates", {"subject": "Hi", "image": "https://cdn.example/x.png"}, "image"),
+])
+async def test_a_check_across_fields_names_the_field_it_is_about(apps, workspace, service, path, body, field) -> None:
+    """Checks that look at several fields (per channel) name the one at fault in ``loc``, as a field's own
+    check does, instead of the body as a whole."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    base = (_msg(uuid.uuid4().hex) if service == "delivery"
+            else {"name": f"t-{uuid.uuid4().hex[:6]}", "subject": "Hi", "text": "Hello"})
+    r = await apps[service].post(path, headers=h, json={k: v for k, v in {**base, **body}.items() if v is not None})
+    assert r.status_code == 422 and r.headers["content-type"].startswith(PROBLEM), r.text
+    assert r.json()["errors"][0]["loc"] == ["body", field], r.text

@@ -27,7 +27,7 @@ from shared.validation import error_message, unstorable
 
 KINDS = ("programs", "templates", "segments", "campaigns")
 _TEMPLATE_FIELDS = ("channel", "subject", "preheader", "html", "text", "deep_link", "image", "locales")
-_CAMPAIGN_KEYS = ("trigger", "steps", "entry", "goal", "exit_on", "message_type", "topic")
+_CAMPAIGN_KEYS = ("trigger", "steps", "entry", "goal", "exit_on", "exit_on_leaving", "message_type", "topic")
 
 
 class ResourceError(ValueError):

@@ -102,7 +102,8 @@ async def get_template(session: AsyncSession, ws: uuid.UUID, template_id: uuid.U
 def journey_from(data: dict[str, Any]) -> jd.Journey:
     """The journey a create/update body describes: ``steps`` (a journey), or a bare ``template_id`` (one
     send step, every time the trigger happens unless ``entry.rule`` says otherwise)."""
-    definition = {k: data[k] for k in ("trigger", "steps", "entry", "goal", "exit_on", "message_type", "topic")
+    definition = {k: data[k] for k in ("trigger", "steps", "entry", "goal", "exit_on", "exit_on_leaving",
+                                       "message_type", "topic")
                   if data.get(k) is not None}
     if "steps" in definition and data.get("template_id"):
         raise ValidationFailed("Give steps or a template_id, not both (template_id is the shorthand for one send "
@@ -150,10 +151,12 @@ def _place(error: Any) -> str:
 
 async def _check_segments(internal: InternalClient | None, ws: uuid.UUID, journey: jd.Journey) -> None:
     """The segments a journey names exist (asked of segment); a segment trigger may also name a lifecycle
-    stage by its segment id (GET /v1/lifecycle). 422 naming each place."""
+    stage by its segment id (GET /v1/lifecycle), and so may ``exit_on_leaving``. 422 naming each place."""
     named = jd.segments_named(journey)
-    stages = {stage_segment_id(ws, st) for st in jd.STAGES} if isinstance(journey.trigger, jd.SegmentTrigger) else set()
-    wanted = [(at, sid) for at, sid in named if not (at == "trigger.segment_id" and sid in stages)]
+    stages = {stage_segment_id(ws, st) for st in jd.STAGES}
+    may_be_stage = ("trigger.segment_id", "exit_on_leaving.") if isinstance(journey.trigger, jd.SegmentTrigger) \
+        else ("exit_on_leaving.",)
+    wanted = [(at, sid) for at, sid in named if not (at.startswith(may_be_stage) and sid in stages)]
     if not wanted:
         return
     if internal is None:
@@ -227,7 +230,7 @@ async def update_campaign(session: AsyncSession, ws: uuid.UUID, campaign_id: uui
     """A new version; users already inside finish the version they entered. An omitted ``name``,
     ``message_type`` or ``topic`` (absent from ``data``) keeps the campaign's: a topic dropped by an edit
     would send the campaign to everyone who opted out of it. The journey (trigger, steps, entry, goal,
-    exit_on) is replaced."""
+    exit_on, exit_on_leaving) is replaced."""
     current = await fetch_one(
         session,
         "select message_type, definition from campaign.campaigns where workspace_id = :ws and id = :id "

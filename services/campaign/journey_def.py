@@ -82,6 +82,22 @@ class SegmentTrigger(_Model):
         return self
 
 
+class SegmentRef(_Model):
+    """A saved segment (``segment_id``) or a lifecycle stage (``stage``)."""
+
+    segment_id: uuid.UUID | None = None
+    stage: Stage | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "SegmentRef":
+        if (self.segment_id is None) == (self.stage is None):
+            raise ValueError("give segment_id or stage")
+        return self
+
+    def label(self) -> str:
+        return f"stage {self.stage}" if self.stage else f"segment {self.segment_id}"
+
+
 class ScheduleTrigger(_Model):
     """A broadcast to a segment's members: once (``at``) or recurring (``cron``, in ``timezone``)."""
 
@@ -281,6 +297,11 @@ class Journey(_Model):
     entry: Entry = Field(default_factory=Entry)
     goal: Goal | None = None
     exit_on: list[str] = Field(default_factory=list, description="events that end the journey at once")
+    exit_on_leaving: list[SegmentRef] = Field(
+        default_factory=list, max_length=20,
+        description="segments or lifecycle stages: leaving any of them ends the journey at once (a churn-prevention "
+                    "journey for at-risk users ends when they are active again)",
+        examples=[[{"stage": "at_risk"}]])
     message_type: Literal["marketing", "transactional"] = "marketing"
     topic: str | None = Field(None, max_length=100, examples=["offers"],
                               description="subscription topic: people who opted out of it get nothing")
@@ -358,6 +379,8 @@ def segments_named(journey: Journey) -> list[tuple[str, uuid.UUID]]:
     for i, s in enumerate(journey.steps):
         if isinstance(s, BranchStep) and isinstance(s.condition, SegmentCondition):
             out.append((f"steps.{i}.condition.segment_id", s.condition.segment_id))
+    out += [(f"exit_on_leaving.{i}.segment_id", ref.segment_id) for i, ref in enumerate(journey.exit_on_leaving)
+            if ref.segment_id]
     return out
 
 

@@ -274,6 +274,46 @@ async def on_events(session: AsyncSession, events: list[dict[str, Any]], now: da
     return woken
 
 
+async def on_transitions(session: AsyncSession, transitions: list[dict[str, Any]], now: datetime,
+                         versions: "VersionCache") -> int:
+    """Leaving a segment or a stage ends the open journeys whose version exits on leaving it
+    (``exit_on_leaving``), unless they were entered after the user left. Returns how many ended."""
+    left: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for t in transitions:
+        if t.get("kind") == "exited":
+            left.setdefault((t["workspace_id"], t["profile_id"]), []).append(t)
+    if not left:
+        return 0
+    keys = list(left)
+    rows = (await session.execute(
+        text("select j.* from campaign.journeys j join unnest(CAST(:ws AS uuid[]), CAST(:p AS uuid[])) as k(ws, p) "
+             "on j.workspace_id = k.ws and j.profile_id = k.p where j.status in ('active', 'waiting') "
+             "order by j.id for update of j"),
+        {"ws": [k[0] for k in keys], "p": [k[1] for k in keys]})).mappings().all()
+    ended = 0
+    for r in rows:
+        j = dict(r)
+        journey = await versions.get(session, j["campaign_id"], j["version"])
+        if not journey.exit_on_leaving:
+            continue
+        refs = {str(ref.segment_id or stage_segment_id(j["workspace_id"], ref.stage or "")): ref
+                for ref in journey.exit_on_leaving}
+        gone = next((t for t in left[(str(j["workspace_id"]), str(j["profile_id"]))] if t.get("segment_id") in refs
+                     and _transition_time(t, now) >= j["entered_at"]), None)
+        if gone is not None:
+            await _update(session, j["id"], {"status": "exited", "ended_at": now, "wake_at": None, "wait": None})
+            await _log(session, j, "exited", f"left {refs[gone['segment_id']].label()}")
+            ended += 1
+    return ended
+
+
+def _transition_time(t: dict[str, Any], default: datetime) -> datetime:
+    at = t.get("at")
+    if isinstance(at, datetime):
+        return at
+    return datetime.fromisoformat(str(at).replace("Z", "+00:00")).astimezone(UTC) if at else default
+
+
 def _uuid(value: Any) -> str | None:
     """``value`` if it is a UUID (event properties are whatever the sender wrote)."""
     try:

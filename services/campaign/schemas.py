@@ -92,6 +92,8 @@ class CampaignCreate(_Body):
     entry: jd.Entry | None = None
     goal: jd.Goal | None = None
     exit_on: list[str] | None = None
+    exit_on_leaving: list[jd.SegmentRef] | None = Field(
+        None, description="segments or lifecycle stages: leaving any of them ends the journey at once")
     message_type: Literal["marketing", "transactional"] = "marketing"
     topic: str | None = Field(None, max_length=100, description="subscription topic (see delivery's preferences)")
     status: Literal["active", "paused"] = "active"
@@ -108,6 +110,8 @@ class CampaignUpdate(_Body):
     entry: jd.Entry | None = None
     goal: jd.Goal | None = None
     exit_on: list[str] | None = None
+    exit_on_leaving: list[jd.SegmentRef] | None = Field(
+        None, description="segments or lifecycle stages: leaving any of them ends the journey at once")
     message_type: Literal["marketing", "transactional"] | None = Field(None, description="omitted: unchanged")
     topic: str | None = Field(None, max_length=100, description="omitted: unchanged; null: no topic any more")
 

@@ -34,6 +34,7 @@ class PageResult:
     read: int = 0
     entered: int = 0
     woken: int = 0
+    ended: int = 0  # journeys ended by their user leaving a segment (exit_on_leaving)
     programs: program_feed.ProgramResult = field(default_factory=program_feed.ProgramResult)
 
 
@@ -102,5 +103,7 @@ async def consume_page(session: AsyncSession, internal: InternalClient, feed: st
     if feed == "events":
         result.woken = await journeys.on_events(session, items, now, journeys.VersionCache())
         result.programs = await program_feed.process(session, internal, items, now)
+    else:
+        result.ended = await journeys.on_transitions(session, items, now, journeys.VersionCache())
     await save_consumer(session, "campaign", feed, page["next_cursor"])
     return result

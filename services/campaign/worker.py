@@ -22,7 +22,7 @@ async def _consume(ctx: JobCtx, feed: str, function: str) -> int:
     while True:
         async with ctx["sessionmaker"]() as session, session.begin():
             page = await triggering.consume_page(session, ctx["internal"], feed, settings.consumer_batch_size)
-        read, moved = read + page.read, moved + page.entered + page.woken
+        read, moved = read + page.read, moved + page.entered + page.woken + page.ended
         if page.entered or page.woken:  # a separate job: reading, advancing and dispatching overlap
             await wake(ctx["redis"], settings, "campaign", "advance_journeys")
         if page.programs:  # referrals, rewards, points: their events go to ingest

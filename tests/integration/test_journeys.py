@@ -1503,3 +1503,47 @@ async def test_fields_the_api_does_not_know_are_refused_not_dropped(world) -> No
     assert r.status_code == 422 and "subjet" in r.text, r.text
     r = await c.post("/v1/templates", headers=world.h, json={"name": "strict-2", "subject": "Hi", "txt": "x"})
     assert r.status_code == 422 and "txt" in r.text, r.text
+
+
+async def test_leaving_a_segment_or_stage_ends_the_journeys_that_exit_on_leaving_it(world) -> None:
+    """A trial-conversion journey ends when its user leaves "on trial" (they bought): the nudge waiting a day
+    is never sent; a journey without the rule goes on."""
+    from services.segment import evaluation
+    from services.segment.evaluation import consume_page
+
+    seg = (await world.apps["segment"].post("/v1/segments", headers=world.h, json={
+        "name": f"trial-{uuid.uuid4().hex[:6]}", "definition": {"type": "trait", "trait": "plan", "value": "trial"}}
+    )).json()
+    nudge = await world.template("nudge", "Your trial ends soon")
+    steps = [{"id": "wait", "type": "delay", "seconds": 86400, "next": "nudge"},
+             {"id": "nudge", "type": "send", "template_id": nudge}]
+    bad = await world.apps["campaign"].post("/v1/campaigns", headers=world.h, json={
+        "name": "bad", "trigger": {"type": "event", "event": "Trial Started"}, "steps": steps,
+        "exit_on_leaving": [{"segment_id": str(uuid.uuid4())}, {"stage": "asleep"}]})
+    assert bad.status_code == 422 and "exit_on_leaving" in bad.text, bad.text
+    exits = await world.campaign(trigger={"type": "event", "event": "Trial Started"}, steps=steps,
+                                 exit_on_leaving=[{"segment_id": seg["id"]}, {"stage": "churned"}])
+    stays = await world.campaign(trigger={"type": "event", "event": "Trial Started"}, steps=steps)
+    email = _email("trial")
+    pid = await world.identify("trial-1", email=email, plan="trial")
+
+    async def fold() -> None:  # what segment's worker does with the new events
+        async with world.sm() as s, s.begin():
+            await consume_page(s, world.internal, 500)
+        async with world.sm() as s, s.begin():
+            await evaluation.reevaluate(s, world.ws, [uuid.UUID(pid)])
+
+    await fold()
+    await world.track("trial-1", "Trial Started", T0)
+    await world.pump(T0)
+    await world.identify("trial-1", plan="pro")  # bought: leaves the trial segment
+    await fold()
+    await world.pump(T0 + timedelta(hours=1))
+    paths = {j["campaign_id"]: j for j in await world.path(pid)}
+    assert paths[exits["id"]]["status"] == "exited", paths[exits["id"]]
+    assert paths[exits["id"]]["log"][-1]["detail"] == f"left segment {seg['id']}"
+    assert paths[stays["id"]]["status"] == "active" and paths[stays["id"]]["step"] == "nudge"
+    await world.pump(T0 + timedelta(days=1, hours=1))
+    assert [m["subject"] for m in await world.mail(email)] == ["Your trial ends soon"]  # from the other one only
+    got = (await world.apps["campaign"].get(f"/v1/campaigns/{exits['id']}", headers=world.h)).json()
+    assert got["definition"]["exit_on_leaving"] == [{"segment_id": seg["id"]}, {"stage": "churned"}]

@@ -188,6 +188,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 400 and "integer string conversion" in str(exc.__cause__):
             return problem_response(BadRequest("The request body holds a number with too many digits to be read "
                                                "(over 4300)"), request)
+        if exc.status_code == 413:  # a body read past its limit (shared.web.BodyLimitMiddleware)
+            return problem_response(PayloadTooLarge(str(exc.detail), headers={"Connection": "close"}), request)
         err = AppError(str(exc.detail), headers=dict(exc.headers or {}))  # 405 keeps its Allow (RFC 9110)
         err.status, err.title = exc.status_code, str(exc.detail)
         err.slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")

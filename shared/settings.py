@@ -139,6 +139,12 @@ class Settings(BaseSettings):
         default=1000, description="tracking requests per second per workspace (0 = unlimited); over it: 429"
     )
 
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024,
+        description="largest request body any API reads (bytes, as sent: compressed if gzip); over it: 413. Routes "
+                    "anyone may call (provider webhooks, unsubscribe and preference pages) have smaller limits of "
+                    "their own, as do the tracking routes (Segment's 32 KB per message, 500 KB per batch)")
+
     consumer_batch_size: int = 500
     segment_partitions: int = Field(
         default=8, ge=1, le=1024,

@@ -19,11 +19,12 @@ import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import metrics
 from shared.db import create_engine, create_sessionmaker
-from shared.errors import PROBLEM_JSON, ValidationFailed, install_error_handlers, problem_schema
+from shared.errors import PROBLEM_JSON, PayloadTooLarge, ValidationFailed, install_error_handlers, problem_schema
 from shared.gc_tuning import tune_gc
 from shared.http import InternalClient, make_http_client
 from shared.logging import configure_logging
@@ -78,6 +79,47 @@ class RequestContextMiddleware:
             (log.debug if quiet else log.info)(
                 "http.request", method=scope.get("method"), path=path, status=status, ms=round(seconds * 1000, 1),
             )
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised while a body is read past its route's limit (a 413 problem, shared/errors.py)."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"The request body is over the limit of {limit} bytes")
+
+
+class BodyLimitMiddleware:
+    """Refuses a request body over its limit without buffering it: at once from ``Content-Length``, or, for a
+    chunked body, as soon as the bytes read pass the limit. ``limits`` are (path prefix, bytes) pairs for
+    routes with a limit of their own, checked in order; others get ``default``."""
+
+    def __init__(self, app: ASGIApp, default: int, limits: Sequence[tuple[str, int]] = ()):
+        self.app, self.default, self.limits = app, default, tuple(limits)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        limit = next((n for prefix, n in self.limits if path.startswith(prefix)), self.default)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            problem = PayloadTooLarge(f"The request body is over the limit of {limit} bytes", limit_bytes=limit)
+            await JSONResponse(problem.to_problem(instance=path), status_code=413, media_type=PROBLEM_JSON,
+                               headers={"Connection": "close"})(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def _queue_depth(service: ServiceName) -> Callable[[FastAPI], Any]:
@@ -279,11 +321,13 @@ def create_service_app(
     version: str = "0.1.0",
     extend: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
     metrics_refresh: Sequence[metrics.Refresh] = (),
+    body_limits: Sequence[tuple[str, int]] = (),
     **kw: Any,
 ) -> FastAPI:
     """The service's app. ``extend(app)`` is entered after the shared resources exist and exited before
     they close (service-specific state, e.g. ingest's group committer); ``metrics_refresh`` update the
-    service's own gauges at scrape time."""
+    service's own gauges at scrape time; ``body_limits`` are (path prefix, bytes) for routes whose bodies must
+    stay smaller than ``TENURE_MAX_BODY_BYTES``."""
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings)
@@ -316,6 +360,7 @@ def create_service_app(
     )
     app.state.settings = settings
     _document_security(app)
+    app.add_middleware(BodyLimitMiddleware, default=settings.max_body_bytes, limits=body_limits)
     app.add_middleware(RequestContextMiddleware, service=service)
     install_error_handlers(app)
     app.include_router(_probe_router(service))

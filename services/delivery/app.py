@@ -17,9 +17,16 @@ events. `/u/…`, `/p/…`, `/o/…` and `/c/…` are the signed pages and links
 """
 
 
+# Routes anyone may call read small bodies: a page's form is a few fields, a Twilio callback a few dozen; SendGrid
+# posts its events in batches of up to 768 KB (its Event Webhook documentation).
+BODY_LIMITS = (("/u/", 64 * 1024), ("/p/", 64 * 1024), ("/confirm/", 64 * 1024),
+               ("/webhooks/twilio/", 64 * 1024), ("/webhooks/sendgrid/", 1024 * 1024))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     routers = [router, consent_router, pages.router, webhooks.router,
                person_privacy_router("delivery", privacy.erase, privacy.export)]
-    app = create_service_app("delivery", settings or Settings(), routers=routers, description=DESCRIPTION)
+    app = create_service_app("delivery", settings or Settings(), routers=routers, description=DESCRIPTION,
+                             body_limits=BODY_LIMITS)
     pages.install_page_errors(app)
     return app

@@ -12,6 +12,8 @@ from pydantic import BaseModel, Field, model_validator
 from services.delivery.mailer import split_address
 from shared.validation import FieldError, StorableModel
 
+MAX_BODY_CHARS = 1_000_000
+
 
 class MessageCreate(StorableModel):
     """One message to send (email or SMS). Stored under ``idempotency_key`` before any provider call:
@@ -25,8 +27,9 @@ class MessageCreate(StorableModel):
     from_: str | None = Field(None, alias="from", max_length=998, examples=["Acme <hello@acme.example>"],
                               description="one address, with or without a display name; defaults to TENURE_EMAIL_FROM")
     subject: str = Field("", max_length=998, examples=["Welcome, Ada!"], description="required for email")
-    html: str | None = None
-    text: str | None = None
+    html: str | None = Field(None, max_length=MAX_BODY_CHARS,
+                             description="the HTML part (at most 1 MB: Gmail clips a message past 102 KB anyway)")
+    text: str | None = Field(None, max_length=MAX_BODY_CHARS, description="the text part (made from html if absent)")
     message_type: Literal["marketing", "transactional"] = "marketing"
     topic: str | None = Field(None, max_length=100, examples=["offers"],
                               description="subscription topic (marketing): not sent to addresses that opted out")

@@ -18,19 +18,29 @@ from html import escape
 from typing import Any
 
 import structlog
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from sqlalchemy import text
 
 from services.delivery import consent, provider_events, sendgrid, sms
 from shared.db import SessionDep
-from shared.errors import BadRequest, Forbidden, problem_schema
+from shared.errors import BadRequest, Forbidden, NotFound, problem_schema
 from shared.validation import unstorable
 
 log = structlog.get_logger()
 
-router = APIRouter(prefix="/webhooks", tags=["provider webhooks"])
-_SIGNED = {403: problem_schema("The provider's signature does not match (or no key is configured)")}
+async def _known_workspace(workspace_id: uuid.UUID, request: Request) -> None:
+    """The URL names a workspace that exists: a report for another is refused before anything is written."""
+    async with request.app.state.sessionmaker() as session:
+        found = (await session.execute(text("select 1 from core.workspaces where id = :ws"),
+                                       {"ws": workspace_id})).first()
+    if found is None:
+        raise NotFound(f"No workspace {workspace_id}")
+
+
+router = APIRouter(prefix="/webhooks", tags=["provider webhooks"], dependencies=[Depends(_known_workspace)])
+_SIGNED = {403: problem_schema("The provider's signature does not match (or no key is configured)"),
+           404: problem_schema("No such workspace"), 413: problem_schema("The body is over this route's limit")}
 
 
 async def _verified_form(request: Request) -> dict[str, str]:

@@ -18,7 +18,7 @@ from html import escape
 from typing import Any
 
 import structlog
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy import text
 
@@ -30,7 +30,8 @@ from shared.validation import unstorable
 log = structlog.get_logger()
 
 async def _known_workspace(workspace_id: uuid.UUID, request: Request) -> None:
-    """The URL names a workspace that exists: a report for another is refused before anything is written."""
+    """The URL names a workspace that exists: a verified report for another is refused (404) before anything is
+    written. (Checked after the signature: an unsigned call learns nothing about which workspaces exist.)"""
     async with request.app.state.sessionmaker() as session:
         found = (await session.execute(text("select 1 from core.workspaces where id = :ws"),
                                        {"ws": workspace_id})).first()
@@ -38,7 +39,7 @@ async def _known_workspace(workspace_id: uuid.UUID, request: Request) -> None:
         raise NotFound(f"No workspace {workspace_id}")
 
 
-router = APIRouter(prefix="/webhooks", tags=["provider webhooks"], dependencies=[Depends(_known_workspace)])
+router = APIRouter(prefix="/webhooks", tags=["provider webhooks"])
 _SIGNED = {403: problem_schema("The provider's signature does not match (or no key is configured)"),
            404: problem_schema("No such workspace"), 413: problem_schema("The body is over this route's limit")}
 
@@ -109,6 +110,7 @@ def _twiml(message: str | None = None) -> Response:
              summary="Twilio SMS status callback (signed): delivered / undelivered / failed")
 async def twilio_status(workspace_id: uuid.UUID, request: Request, session: SessionDep) -> Response:
     form = await _verified_form(request)
+    await _known_workspace(workspace_id, request)
     sid = form.get("MessageSid", "")
     if _unstorable("twilio", {k: form.get(k, "") for k in ("MessageSid", "MessageStatus", "ErrorCode")}):
         return Response(status_code=204)
@@ -126,6 +128,7 @@ async def twilio_status(workspace_id: uuid.UUID, request: Request, session: Sess
              summary="Twilio inbound SMS (signed): STOP opts out, START opts in, HELP answers")
 async def twilio_inbound(workspace_id: uuid.UUID, request: Request, session: SessionDep) -> Response:
     form = await _verified_form(request)
+    await _known_workspace(workspace_id, request)
     # with Advanced Opt-Out Twilio classifies the reply itself (its own and custom, localised keywords)
     word = {"STOP": "stop", "START": "start", "HELP": "help"}.get(form.get("OptOutType", "").upper()) \
         or sms.keyword(form.get("Body", ""))
@@ -165,6 +168,7 @@ async def sendgrid_events(workspace_id: uuid.UUID, request: Request, session: Se
                                                request.headers.get(sendgrid.TIMESTAMP_HEADER))
     if problem:
         raise Forbidden(problem)
+    await _known_workspace(workspace_id, request)
     try:
         events = json.loads(body)
         assert isinstance(events, list)

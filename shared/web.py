@@ -22,7 +22,7 @@ from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared import metrics
+from shared import metrics, openapi_glossary
 from shared.db import create_engine, create_sessionmaker
 from shared.errors import PROBLEM_JSON, PayloadTooLarge, ValidationFailed, install_error_handlers, problem_schema
 from shared.gc_tuning import tune_gc
@@ -302,6 +302,7 @@ def _document_security(app: FastAPI) -> None:
                 for operation in item.values():
                     operation.setdefault("security", [])  # no credential dependency: a public route
                     _document_errors(operation)
+            openapi_glossary.describe(schema)  # fields that mean the same everywhere, where a model says nothing
             # FastAPI's validation-error models, now referenced by nothing (our 422 is a problem document)
             for name in ("HTTPValidationError", "ValidationError"):
                 if f'"#/components/schemas/{name}"' not in json.dumps(schema):

@@ -103,6 +103,16 @@ class CampaignUpdate(_Body):
     """A new version of the journey (trigger, steps, entry, goal, exit_on: as on create); an omitted
     ``name``, ``message_type`` or ``topic`` keeps the campaign's."""
 
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "trigger": {"type": "segment_entered", "stage": "at_risk"},
+        "entry": {"rule": "once_per_period", "period_seconds": 7776000, "holdout_percent": 10},
+        "goal": {"event": "Order Completed", "within_seconds": 1209600},
+        "exit_on_leaving": [{"stage": "at_risk"}],
+        "steps": [{"id": "survey", "type": "send", "template_id": "6f1c9a52-3c1e-4d8e-9b1a-2f0c7e5d4a10",
+                   "next": "wait"},
+                  {"id": "wait", "type": "delay", "seconds": 259200, "next": "offer"},
+                  {"id": "offer", "type": "send", "template_id": "0b7e2d4c-8f3a-4b6e-a1c5-9d2f6e8a3b71"}]}]})
+
     name: str | None = Field(None, min_length=1, max_length=200)
     trigger: jd.Trigger
     steps: list[jd.Step] | None = Field(None, max_length=jd.MAX_STEPS)
@@ -239,9 +249,12 @@ class SnippetList(BaseModel):
 
 
 class PreviewIn(_Body):
-    user: Ref | None = Field(None, description="render for this profile (id, userId, anonymousId or email)")
-    locale: str | None = Field(None, description="force a locale variant (default: the profile's locale)")
-    data: dict[str, Any] = Field(default_factory=dict, description="as the trigger's `event.properties`")
+    user: Ref | None = Field(None, examples=["u-42"],
+                             description="render for this profile (id, userId, anonymousId or email)")
+    locale: str | None = Field(None, examples=["fr-CA"],
+                               description="force a locale variant (default: the profile's locale)")
+    data: dict[str, Any] = Field(default_factory=dict, examples=[{"order_id": "1234", "revenue": 42.5}],
+                                 description="as the trigger's `event.properties`")
 
 
 class PreviewOut(BaseModel):

@@ -129,7 +129,11 @@ class MessageOut(BaseModel):
 
 
 class BatchIn(BaseModel):
-    messages: list[dict[str, Any]] = Field(min_length=1, max_length=500,
+    messages: list[dict[str, Any]] = Field(min_length=1, max_length=500, examples=[[
+        {"idempotency_key": "order-1234-receipt", "to": "ada@example.com", "subject": "Your receipt",
+         "text": "Thanks for order 1234.", "message_type": "transactional"},
+        {"idempotency_key": "otp-u42-7731", "channel": "sms", "to": "+33612345678", "text": "Your code: 7731",
+         "message_type": "transactional"}]],
                                            description="each as for POST /v1/messages; checked one by one (a "
                                                        "message with a NUL or a lone surrogate is `invalid`)")
 
@@ -234,8 +238,9 @@ class DeviceIn(StorableModel):
     """A device token (FCM registration token, or an APNs device token of an iOS app), or for ``web`` either
     an FCM token or a Web Push subscription."""
 
-    user: str = Field(min_length=1, max_length=512, description="the userId or anonymousId the device belongs to")
-    platform: Literal["android", "ios", "web"]
+    user: str = Field(min_length=1, max_length=512, examples=["u-42"],
+                      description="the userId or anonymousId the device belongs to")
+    platform: Literal["android", "ios", "web"] = Field(examples=["android"])
     token: str | None = Field(None, min_length=10, max_length=4096,
                               description="the FCM registration token, or an iOS app's APNs device token (hex)")
     subscription: WebPushSubscription | None = Field(

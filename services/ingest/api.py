@@ -216,14 +216,33 @@ def _own_context(item: dict[str, Any]) -> dict[str, Any]:
     return context if isinstance(context, dict) else {}
 
 
-def _body_doc(model: type[Any], *, typed_by_path: bool = False) -> dict[str, Any]:
+_CONTEXT = {"locale": "fr-FR", "timezone": "Europe/Paris", "library": {"name": "analytics-python", "version": "2.4.0"}}
+_EXAMPLES: dict[str, dict[str, Any]] = {
+    "track": {"userId": "u-42", "event": "Order Completed", "messageId": "order-1234",
+              "properties": {"order_id": "1234", "revenue": 42.5, "currency": "EUR"},
+              "timestamp": "2026-11-28T09:30:00Z", "context": _CONTEXT},
+    "identify": {"userId": "u-42", "anonymousId": "b5f1c2d0-device", "traits": {
+        "email": "ada@example.com", "first_name": "Ada", "plan": "pro"}, "context": _CONTEXT},
+    "page": {"anonymousId": "b5f1c2d0-device", "name": "Pricing", "properties": {
+        "url": "https://acme.example/pricing", "referrer": "https://www.google.com/"}},
+    "screen": {"userId": "u-42", "name": "Cart", "properties": {"items": 3}},
+    "group": {"userId": "u-42", "groupId": "acme-inc", "traits": {"name": "Acme Inc", "industry": "retail",
+                                                                  "employees": 120, "plan": "enterprise"}},
+    "alias": {"previousId": "b5f1c2d0-device", "userId": "u-42"},
+}
+_EXAMPLES["batch"] = {"batch": [{"type": kind, **body} for kind, body in _EXAMPLES.items()],
+                      "sentAt": "2026-11-28T09:30:01Z", "context": {"library": {"name": "analytics-node"}}}
+
+
+def _body_doc(model: type[Any], *, typed_by_path: bool = False, example: str = "batch") -> dict[str, Any]:
     """The request body as documentation: routes parse it themselves (gzip, ``writeKey`` in body).
     ``typed_by_path``: the route sets the message's ``type`` (Segment's API ignores a body's own)."""
     schema = model.model_json_schema(by_alias=True)
     if typed_by_path:
         schema["properties"]["type"] = {"description": "ignored: the path gives the type"}
     return {
-        "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": schema, "examples": {example: {"value": _EXAMPLES[example]}}}}},
         "security": [{"writeKey": []}],
     }
 
@@ -239,7 +258,7 @@ def _single(kind: str, model: type, summary: str) -> None:
     handler.__name__ = kind
     tracking_router.add_api_route(
         f"/{kind}", handler, methods=["POST"], response_model=TrackResponse, summary=summary,
-        operation_id=kind, responses=_TRACK_ERRORS, openapi_extra=_body_doc(model, typed_by_path=True),
+        operation_id=kind, responses=_TRACK_ERRORS, openapi_extra=_body_doc(model, typed_by_path=True, example=kind),
     )
     # analytics.js (analytics-next) posts each call to the type's first letter: /v1/t, /v1/i, /v1/p, /v1/s, ...
     tracking_router.add_api_route(f"/{kind[0]}", handler, methods=["POST"], response_model=TrackResponse,

@@ -110,6 +110,15 @@ def _presence_or_membership(subject: str, op: str, value: Any, found: Callable[[
     return None
 
 
+_NEVER_REACHED = 2**62  # beyond any count of events and any number of days between two dates
+
+
+def _clamped(value: Any) -> int:
+    """A whole number from a definition, within bigint: past what no count or day difference reaches, every
+    comparison with it comes out the same."""
+    return max(-_NEVER_REACHED, min(_NEVER_REACHED, int(value)))
+
+
 def _decimal(value: Any) -> Decimal:
     return Decimal(int(value)) if isinstance(value, bool | int) else Decimal(repr(value))
 
@@ -202,8 +211,9 @@ class _Statement:
         if since is not None:
             where += f" and day between {self.param(since, 'date')} and {self.param(until, 'date')}"
         col = self.column(f"sum(count) filter (where {where})")
-        # numeric: a count has no upper bound in a definition (at_least 10**30 is valid, and never true)
-        return f"(coalesce({col}, 0) {_COUNT[op]} {self.param(Decimal(n), 'numeric')})"
+        # a count has no upper bound in a definition (at_least 10**30 is valid, and never true): clamped to what
+        # no count reaches, it compares the same as a bigint (numeric made every comparison cast the count)
+        return f"(coalesce({col}, 0) {_COUNT[op]} {self.param(_clamped(n), 'bigint')})"
 
     def performed_time(self, node: c.PerformedTimeNode) -> str:
         self.events.add(node.event)
@@ -212,7 +222,7 @@ class _Statement:
         if node.op in ("within_last_days", "over_days_ago"):
             ago = f"({self.param(self.today, 'date')} - {day})"
             cmp = "<" if node.op == "within_last_days" else ">"
-            return f"coalesce({ago} {cmp} {self.param(Decimal(int(node.value)), 'numeric')}, false)"  # (any N)
+            return f"coalesce({ago} {cmp} {self.param(_clamped(node.value), 'bigint')}, false)"  # (any N)
         bound = c._as_datetime(node.value)
         assert bound is not None  # checked on save
         return f"coalesce({day} {'<' if node.op == 'before' else '>'} {self.param(bound.date(), 'date')}, false)"

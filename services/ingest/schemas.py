@@ -39,8 +39,8 @@ JsonObject = Annotated[dict[str, Any], BeforeValidator(_null_is_empty),
 class _Message(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="allow")
 
-    message_id: str | None = Field(default=None, alias="messageId", max_length=512,
-                                   description="Idempotency key: a retried message with the same id is stored once")
+    message_id: IdStr = Field(default=None, alias="messageId",
+                              description="Idempotency key: a retried message with the same id is stored once")
     user_id: IdStr = Field(default=None, alias="userId")
     anonymous_id: IdStr = Field(default=None, alias="anonymousId")
     context: JsonObject = Field(default_factory=dict)
@@ -134,7 +134,8 @@ class BatchRequest(BaseModel):
     """``/v1/batch``: up to 500 KB of messages; batch-level ``context`` is merged into each."""
 
     model_config = ConfigDict(populate_by_name=True, extra="allow")
-    batch: list[dict[str, Any]] = Field(min_length=1)
+    # each message is checked on its own: one that is no object is rejected, the others are stored
+    batch: list[Annotated[Any, WithJsonSchema({"type": "object"})]] = Field(min_length=1)
     context: JsonObject = Field(default_factory=dict)
     sent_at: IsoDatetime | None = Field(default=None, alias="sentAt")
 

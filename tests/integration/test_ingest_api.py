@@ -62,6 +62,31 @@ async def test_batch_keeps_valid_messages_and_names_rejected_ones(apps, workspac
     assert await _count_events(sessionmaker, workspace.workspace_id) == 2
 
 
+async def test_a_batch_item_that_is_no_object_is_rejected_alone(apps, workspace, sessionmaker) -> None:
+    # one malformed item used to fail the whole batch (422 "does not match the schema"): the valid ones were lost
+    r = await apps["ingest"].post("/v1/batch", auth=(workspace.write_key, ""), json={"batch": [
+        {"type": "track", "userId": "u-1", "event": "Kept"}, "oops", None, [1],
+        {"type": "track", "userId": "u-1", "event": "Also kept"}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] == 2
+    assert [(x["index"], x["errors"][0]["type"]) for x in r.json()["rejected"]] == [
+        (1, "dict_type"), (2, "dict_type"), (3, "dict_type")]
+    assert await _count_events(sessionmaker, workspace.workspace_id) == 2
+    only_bad = await apps["ingest"].post("/v1/batch", auth=(workspace.write_key, ""), json={"batch": ["a", 1]})
+    assert only_bad.status_code == 422 and [x["index"] for x in only_bad.json()["rejected"]] == [0, 1]
+
+
+async def test_a_numeric_message_id_is_its_decimal_text(apps, workspace, sessionmaker) -> None:
+    auth = (workspace.write_key, "")
+    first = await apps["ingest"].post("/v1/track", auth=auth, json={"userId": "u", "event": "E", "messageId": 12345})
+    assert first.status_code == 200 and first.json()["accepted"] == 1, first.text
+    again = await apps["ingest"].post("/v1/track", auth=auth, json={"userId": "u", "event": "E", "messageId": "12345"})
+    assert again.json()["duplicates"] == 1
+    async with sessionmaker() as s:
+        assert (await s.execute(text("select message_id from ingest.events where workspace_id = :ws"),
+                                {"ws": workspace.workspace_id})).scalar_one() == "12345"
+
+
 async def test_gzip_bodies_are_accepted(apps, workspace) -> None:
     raw = gzip.compress(orjson.dumps({"batch": [{"type": "track", "userId": "g", "event": "Zipped"}]}))
     r = await apps["ingest"].post("/v1/batch", content=raw, auth=(workspace.write_key, ""),

@@ -379,7 +379,8 @@ async def get_profile(
     response_model=ProfileList,
     operation_id="list_profiles",
     summary="List and search profiles",
-    description="Filters combine with AND. `trait.NAME=VALUE` (repeatable) matches a trait's exact string value.",
+    description=("Filters combine with AND. `trait.NAME=VALUE` (repeatable) matches a trait whose value, as text, is "
+                 "exactly VALUE: numbers and booleans as JSON writes them (`trait.age=30`, `trait.vip=true`)."),
     responses=COMMON_ERRORS,
 )
 async def list_profiles(

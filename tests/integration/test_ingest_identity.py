@@ -97,6 +97,27 @@ async def test_profiles_list_filters_and_paginates(apps, workspace) -> None:
     assert (await c.get("/v1/profiles", headers=h, params={"after": "junk"})).status_code == 400
 
 
+async def test_profile_trait_filters_match_numbers_and_booleans_and_combine(apps, workspace) -> None:
+    # a query string holds only text: numeric and boolean traits used to match nothing at all
+    c, auth = apps["ingest"], (workspace.write_key, "")
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    batch = [{"type": "identify", "userId": f"t-{i}", "traits": {"age": 30 + i % 2, "vip": i % 3 == 0, "score": 1.5,
+                                                                  "plan": "pro" if i < 3 else "free"}}
+             for i in range(6)]
+    assert (await c.post("/v1/batch", auth=auth, json={"batch": batch})).json()["accepted"] == 6
+
+    async def users(**params: str) -> list[str]:
+        r = await c.get("/v1/profiles", headers=h, params=params)
+        assert r.status_code == 200, r.text
+        return sorted(p["user_id"] for p in r.json()["profiles"])
+
+    assert await users(**{"trait.age": "31"}) == ["t-1", "t-3", "t-5"]
+    assert await users(**{"trait.vip": "true"}) == ["t-0", "t-3"]
+    assert await users(**{"trait.score": "1.5", "trait.plan": "pro", "trait.age": "30"}) == ["t-0", "t-2"]
+    assert await users(**{"trait.vip": "true", "trait.plan": "free"}) == ["t-3"]
+    assert await users(**{"trait.age": "3"}) == []
+
+
 async def test_profile_events_newest_first_with_pagination(apps, workspace) -> None:
     c, auth = apps["ingest"], (workspace.write_key, "")
     h = {"Authorization": f"Bearer {workspace.secret_key}"}

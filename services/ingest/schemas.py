@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
 
-from shared.validation import IsoDatetime, JsonBool, Ref, StorableModel
+from shared.validation import IsoOrUnixDatetime, JsonBool, Ref, StorableModel
 
 
 def _id_str(v: Any) -> Any:
@@ -45,9 +45,9 @@ class _Message(BaseModel):
     anonymous_id: IdStr = Field(default=None, alias="anonymousId")
     context: JsonObject = Field(default_factory=dict)
     integrations: JsonObject = Field(default_factory=dict)
-    timestamp: IsoDatetime | None = None
-    original_timestamp: IsoDatetime | None = Field(default=None, alias="originalTimestamp")
-    sent_at: IsoDatetime | None = Field(default=None, alias="sentAt")
+    timestamp: IsoOrUnixDatetime | None = None
+    original_timestamp: IsoOrUnixDatetime | None = Field(default=None, alias="originalTimestamp")
+    sent_at: IsoOrUnixDatetime | None = Field(default=None, alias="sentAt")
 
     @model_validator(mode="after")
     def _needs_identity(self) -> "_Message":
@@ -137,7 +137,7 @@ class BatchRequest(BaseModel):
     # each message is checked on its own: one that is no object is rejected, the others are stored
     batch: list[Annotated[Any, WithJsonSchema({"type": "object"})]] = Field(min_length=1)
     context: JsonObject = Field(default_factory=dict)
-    sent_at: IsoDatetime | None = Field(default=None, alias="sentAt")
+    sent_at: IsoOrUnixDatetime | None = Field(default=None, alias="sentAt")
 
 
 class Rejected(BaseModel):

@@ -287,6 +287,35 @@ async def test_client_clock_skew_is_corrected_on_the_way_in(apps, workspace) -> 
     assert abs((received - stored) - timedelta(minutes=10)) < timedelta(seconds=5)
 
 
+async def test_unix_times_are_read_as_seconds_or_milliseconds(apps, workspace) -> None:
+    # some clients send epoch numbers (or their text); the message used to be rejected whole for it
+    from datetime import UTC, datetime, timedelta
+
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    r = await apps["ingest"].post("/v1/batch", auth=(workspace.write_key, ""), json={"batch": [
+        {"type": "track", "userId": "epoch", "event": "Seconds", "timestamp": 1709634030},
+        {"type": "track", "userId": "epoch", "event": "Millis", "timestamp": 1709634030123},
+        {"type": "track", "userId": "epoch", "event": "Text", "timestamp": "1709634030.5"},
+        {"type": "track", "userId": "epoch", "event": "Iso", "timestamp": "2024-03-05T12:20:30+02:00"},
+        {"type": "track", "userId": "epoch", "event": "Bool", "timestamp": True},
+    ]})
+    assert r.status_code == 200 and r.json()["accepted"] == 4, r.text
+    assert [x["index"] for x in r.json()["rejected"]] == [4]
+    events = (await apps["ingest"].get("/v1/profiles/epoch/events", headers=h)).json()["events"]
+    at = {e["event"]: datetime.fromisoformat(e["timestamp"]) for e in events}
+    base = datetime(2024, 3, 5, 10, 20, 30, tzinfo=UTC)
+    assert at == {"Seconds": base, "Millis": base + timedelta(milliseconds=123), "Text": base + timedelta(seconds=0.5),
+                  "Iso": base}
+    # a device clock an hour fast, in epoch milliseconds both: the skew is removed as for ISO times
+    now = datetime.now(UTC)
+    device_ms = int((now + timedelta(hours=1)).timestamp() * 1000)
+    r = await apps["ingest"].post("/v1/track", auth=(workspace.write_key, ""), json={
+        "userId": "epoch", "event": "Skewed", "originalTimestamp": device_ms - 60_000, "sentAt": device_ms})
+    assert r.json()["accepted"] == 1
+    events = (await apps["ingest"].get("/v1/profiles/epoch/events", headers=h, params={"limit": 1})).json()["events"]
+    assert abs(datetime.fromisoformat(events[0]["timestamp"]) - (now - timedelta(minutes=1))) < timedelta(seconds=5)
+
+
 async def test_request_id_is_echoed_or_generated(apps) -> None:
     given = await apps["segment"].get("/healthz", headers={"X-Request-ID": "trace-123"})
     assert given.headers["x-request-id"] == "trace-123"

@@ -281,9 +281,11 @@ async def get_profile(session: AsyncSession, ws: uuid.UUID, ref: str) -> dict[st
              "and kind = 'anonymous_id' order by created_at, value"),
         {"ws": ws, "pid": pid},
     )
+    # the whole history: merges into profiles that were themselves merged into this one later (alias a→b, b→c)
     merges = await session.execute(
         text("select from_profile_id, reason, message_id, at from ingest.profile_merges "
-             "where workspace_id = :ws and into_profile_id = :pid order by id"),
+             "where workspace_id = :ws and (into_profile_id = :pid or into_profile_id in "
+             "(select id from ingest.profiles where workspace_id = :ws and merged_into = :pid)) order by id"),
         {"ws": ws, "pid": pid},
     )
     return {

@@ -74,6 +74,22 @@ async def test_group_keeps_account_traits_and_membership(apps, workspace) -> Non
     assert bad_alias.status_code == 422
 
 
+async def test_an_alias_chain_keeps_every_merge_in_the_history(apps, workspace) -> None:
+    c, auth = apps["ingest"], (workspace.write_key, "")
+    for uid in ("ch-a", "ch-b", "ch-c"):
+        await c.post("/v1/identify", auth=auth, json={"userId": uid, "traits": {uid: True}})
+    first = (await _profile(apps, workspace, "ch-a"))["id"]
+    await c.post("/v1/alias", auth=auth, json={"previousId": "ch-a", "userId": "ch-b", "messageId": "alias-ab"})
+    second = (await _profile(apps, workspace, "ch-b"))["id"]
+    await c.post("/v1/alias", auth=auth, json={"previousId": "ch-b", "userId": "ch-c", "messageId": "alias-bc"})
+    for ref in ("ch-a", "ch-b", "ch-c"):
+        p = await _profile(apps, workspace, ref)
+        assert p["traits"] == {"ch-a": True, "ch-b": True, "ch-c": True}
+        # a→b used to be left out: it was recorded against b's profile, merged away by b→c
+        assert [(m["profile_id"], m["message_id"]) for m in p["merged_from"]] == [(first, "alias-ab"),
+                                                                                   (second, "alias-bc")]
+
+
 async def test_profiles_list_filters_and_paginates(apps, workspace) -> None:
     c, auth = apps["ingest"], (workspace.write_key, "")
     h = {"Authorization": f"Bearer {workspace.secret_key}"}

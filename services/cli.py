@@ -275,7 +275,7 @@ def import_file(
     """Import profiles or events from CSV / NDJSON; resumable; bad rows are reported by line number."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
-    from services.importer import run_import
+    from services.importer import UnreadableFile, run_import
 
     settings = _load_settings()
     kind = (fmt or path.suffix.lstrip(".")).lower()
@@ -294,6 +294,9 @@ def import_file(
                                 progress=lambda done: bar.update(task, completed=done))
         except (PermissionError, httpx.HTTPError, UnreadableAnswer) as exc:
             console.print(f"[red]import stopped:[/red] {_safe(str(exc))} (run again to resume)")
+            raise typer.Exit(1) from None
+        except UnreadableFile as exc:
+            console.print(f"[red]import stopped:[/red] {_safe(str(exc))}")
             raise typer.Exit(1) from None
     if report.resumed_from:
         console.print(f"resumed after line {report.resumed_from}")

@@ -3,7 +3,10 @@
 Rows become Segment messages (so imports get the same validation, dedup and identity resolution as
 live traffic). A row without ``messageId`` gets one derived from its line number and content, so
 re-running an import — or resuming it after a crash from the checkpoint file — never stores a row twice.
-Bad rows are reported with their line numbers; they never stop the import.
+Bad rows are reported with the line they start on; they never stop the import. Files may start with a
+UTF-8 byte order mark (what spreadsheet programs write). Batches are cut at ``batch_size`` rows or before
+they pass ingest's 500 KB per request, whichever comes first; a row over ingest's 32 KB per message is
+reported rather than sent.
 
 CSV columns: ``type`` (default ``track``, or ``identify`` with ``--profiles``), ``userId``,
 ``anonymousId``, ``event``, ``timestamp``, ``messageId``, ``groupId``, ``previousId``; ``traits.NAME`` and
@@ -19,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 import orjson
@@ -27,6 +30,9 @@ import orjson
 from services.answers import json_of, problem_text
 from shared.jsonutil import dumps
 
+MAX_MESSAGE_BYTES = 32 * 1024  # ingest's limits (services/ingest/api.py)
+MAX_BATCH_BYTES = 475_000  # under ingest's 500 KB per batch, with room for the envelope (as analytics-python)
+BOM = b"\xef\xbb\xbf"
 TOP_LEVEL = {"type", "userId", "anonymousId", "event", "timestamp", "messageId", "groupId", "previousId", "name"}
 
 
@@ -35,6 +41,7 @@ class Row:
     line: int
     message: dict[str, Any] | None
     error: str | None = None
+    encoded: bytes = b""  # the message as sent
 
 
 @dataclass
@@ -53,7 +60,10 @@ def _message_id(line: int, raw: str) -> str:
 def _typed(column: str, value: str) -> tuple[str, Any]:
     name, _, kind = column.partition(":")
     if kind == "number":
-        return name, float(value) if any(c in value for c in ".eE") else int(value)
+        try:
+            return name, float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            raise ValueError(f"column {column!r}: {value!r} is not a number") from None
     if kind == "bool":
         return name, value.strip().lower() in ("1", "true", "yes", "y")
     return name, value
@@ -79,13 +89,19 @@ def csv_message(record: dict[str, str], *, profiles: bool) -> dict[str, Any]:
 
 
 def read_rows(path: Path, *, fmt: str, profiles: bool) -> Iterator[tuple[Row, int]]:
-    """Rows with 1-based line numbers, and the byte offset after each (for progress)."""
+    """Rows with the 1-based line each starts on, and the byte offset after each (for progress)."""
     with path.open("rb") as f:
         if fmt == "ndjson":
             offset = 0
             for line_no, raw_bytes in enumerate(f, start=1):
                 offset += len(raw_bytes)
-                raw = raw_bytes.decode("utf-8", errors="replace").strip()
+                if line_no == 1:
+                    raw_bytes = raw_bytes.removeprefix(BOM)
+                try:
+                    raw = raw_bytes.decode("utf-8").strip()
+                except UnicodeDecodeError as exc:
+                    yield Row(line_no, None, f"not UTF-8 text: {exc.reason} at byte {exc.start + 1}"), offset
+                    continue
                 if not raw:
                     continue
                 try:
@@ -99,20 +115,64 @@ def read_rows(path: Path, *, fmt: str, profiles: bool) -> Iterator[tuple[Row, in
                 msg.setdefault("messageId", _message_id(line_no, raw))
                 yield Row(line_no, msg), offset
             return
-        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
-        reader = csv.DictReader(text)
-        for record in reader:
-            line_no = reader.line_num
-            try:
-                msg = csv_message(record, profiles=profiles)
-            except ValueError as exc:
-                yield Row(line_no, None, f"bad value: {exc}"), f.tell()
-                continue
-            if None in record:
-                yield Row(line_no, None, "more cells than header columns"), f.tell()
-                continue
-            msg.setdefault("messageId", _message_id(line_no, dumps(record)))
-            yield Row(line_no, msg), f.tell()
+        yield from _csv_rows(f, profiles=profiles)
+
+
+class UnreadableFile(Exception):
+    """The file cannot be imported at all (its CSV header is not text)."""
+
+
+def _not_utf8(cells: list[str]) -> bool:
+    try:
+        "".join(cells).encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are no UTF-8, kept as lone surrogates by "surrogateescape"
+        return True
+    return False
+
+
+def _csv_rows(f: BinaryIO, *, profiles: bool) -> Iterator[tuple[Row, int]]:
+    text = io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    reader = csv.reader(text)
+    header: list[str] | None = None
+    while True:
+        start = reader.line_num + 1  # a quoted cell may span lines: a row is reported by its first
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            if header is None:
+                raise UnreadableFile(f"line {start}: the CSV header cannot be read: {exc}") from None
+            yield Row(start, None, f"unreadable row: {exc}"), f.tell()
+            continue
+        if not cells:  # a blank line
+            continue
+        if header is None:
+            if _not_utf8(cells):
+                raise UnreadableFile(f"line {start}: the CSV header is not UTF-8 text")
+            header = cells
+            continue
+        if _not_utf8(cells):
+            yield Row(start, None, "not UTF-8 text"), f.tell()
+            continue
+        if len(cells) > len(header):
+            yield Row(start, None, "more cells than header columns"), f.tell()
+            continue
+        record = dict(zip(header, cells + [""] * (len(header) - len(cells)), strict=True))
+        try:
+            msg = csv_message(record, profiles=profiles)
+        except ValueError as exc:
+            yield Row(start, None, f"bad value: {exc}"), f.tell()
+            continue
+        # derived from the row's last line, as before rows were reported by their first: re-importing a file
+        # gives its rows the ids they were stored under
+        msg.setdefault("messageId", _message_id(reader.line_num, dumps(_as_dict_reader_gave(record, cells))))
+        yield Row(start, msg), f.tell()
+
+
+def _as_dict_reader_gave(record: dict[str, str], cells: list[str]) -> dict[str, str | None]:
+    """The row as ``csv.DictReader`` gave it (missing cells None), which earlier ids were derived from."""
+    return {k: (v if i < len(cells) else None) for i, (k, v) in enumerate(record.items())}
 
 
 class Checkpoint:
@@ -139,10 +199,11 @@ class Checkpoint:
 
 def post_batch(client: httpx.Client, write_key: str, batch: list[Row], *, attempts: int = 8) -> dict[str, Any]:
     """POST one batch, honouring 429 ``Retry-After`` and retrying 5xx / network errors with backoff."""
-    body = {"batch": [r.message for r in batch]}
+    body = b'{"batch":[' + b",".join(r.encoded for r in batch) + b"]}"
     for attempt in range(1, attempts + 1):
         try:
-            resp = client.post("/v1/batch", json=body, auth=(write_key, ""))
+            resp = client.post("/v1/batch", content=body, auth=(write_key, ""),
+                               headers={"Content-Type": "application/json"})
         except httpx.TransportError:
             if attempt == attempts:
                 raise
@@ -167,8 +228,10 @@ def run_import(path: Path, *, client: httpx.Client, write_key: str, fmt: str, pr
     checkpoint = Checkpoint(path)
     report = Report(resumed_from=checkpoint.load() if resume else 0)
     pending: list[Row] = []
+    pending_bytes = 0
 
     def flush() -> None:
+        nonlocal pending_bytes
         if not pending:
             return
         answer = post_batch(client, write_key, pending)
@@ -180,6 +243,7 @@ def run_import(path: Path, *, client: httpx.Client, write_key: str, fmt: str, pr
             report.rejected.append((pending[r["index"]].line, errors))
         checkpoint.save(pending[-1].line)
         pending.clear()
+        pending_bytes = 0
 
     for row, offset in read_rows(path, fmt=fmt, profiles=profiles):
         if progress:
@@ -189,7 +253,18 @@ def run_import(path: Path, *, client: httpx.Client, write_key: str, fmt: str, pr
         if row.message is None:
             report.rejected.append((row.line, row.error or "invalid row"))
             continue
+        try:
+            row.encoded = orjson.dumps(row.message)
+        except TypeError as exc:  # a string that is no Unicode text (a lone surrogate from a JSON escape)
+            report.rejected.append((row.line, f"cannot be sent: {exc}"))
+            continue
+        if len(row.encoded) > MAX_MESSAGE_BYTES:
+            report.rejected.append((row.line, f"message is over 32 KB ({len(row.encoded)} bytes as JSON)"))
+            continue
+        if pending and pending_bytes + len(row.encoded) + 1 > MAX_BATCH_BYTES:
+            flush()
         pending.append(row)
+        pending_bytes += len(row.encoded) + 1
         if len(pending) >= batch_size:
             flush()
     flush()

@@ -9,7 +9,7 @@ from functools import lru_cache
 from typing import Annotated, Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, StringConstraints, WithJsonSchema, field_validator
 
 _LONE_SURROGATE = "contains a lone surrogate (not valid Unicode text)"
 
@@ -180,3 +180,9 @@ JsonFloat = Annotated[float, BeforeValidator(_json_number)]
 JsonBool = Annotated[bool, BeforeValidator(_json_boolean)]
 IsoDatetime = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator(_in_utc_range)]
 IsoDate = Annotated[date, BeforeValidator(_not_a_number)]
+# the tracking API's client times: ISO 8601, or a Unix time as some SDKs and hand-written clients send it (a number
+# or its text; pydantic reads one beyond ±2e10 as milliseconds). Refusing it lost the whole event.
+IsoOrUnixDatetime = Annotated[datetime, AfterValidator(_in_utc_range),
+                              WithJsonSchema({"anyOf": [{"type": "string", "format": "date-time"},
+                                                        {"type": "number", "description": "Unix time, s or ms"}]},
+                                             mode="validation")]

@@ -155,7 +155,7 @@ async def _authorize(request: Request, body: dict[str, Any]) -> Any:
 
 
 async def _store(request: Request, body: _Body,
-                 items: list[tuple[int, dict[str, Any]]], *, batch_sent_at: datetime | None,
+                 items: list[tuple[int, Any]], *, batch_sent_at: datetime | None,
                  batch_context: dict[str, Any]) -> TrackResponse:
     principal = await _authorize(request, body.doc)
     ws = principal.require_workspace()
@@ -172,6 +172,10 @@ async def _store(request: Request, body: _Body,
     # a batch's context is merged under each message's own (tracking.normalize): its NUL is theirs
     context_nul = bool(batch_context) and _has_nul(dumps_bytes(batch_context))
     for index, item in items:
+        if not isinstance(item, dict):
+            rejected.append(Rejected(index=index, errors=[{"msg": "a message must be a JSON object",
+                                                           "type": "dict_type"}]))
+            continue
         mid = item.get("messageId") if isinstance(item.get("messageId"), str) else None
         encoded = dumps_bytes(item) if one_by_one else b""
         if len(encoded) > MAX_MESSAGE_BYTES:
@@ -283,7 +287,7 @@ async def _batch(request: Request) -> TrackResponse:
             "The batch does not match the schema",
             errors=[{"loc": [str(p) for p in e["loc"]], "msg": e["msg"]} for e in exc.errors(include_url=False)],
         ) from None
-    items = [(i, item if isinstance(item, dict) else {}) for i, item in enumerate(req.batch)]
+    items = list(enumerate(req.batch))
     return await _store(request, body, items, batch_sent_at=req.sent_at,
                         batch_context=req.context)
 
@@ -394,7 +398,8 @@ async def get_profile(
     response_model=ProfileList,
     operation_id="list_profiles",
     summary="List and search profiles",
-    description="Filters combine with AND. `trait.NAME=VALUE` (repeatable) matches a trait's exact string value.",
+    description=("Filters combine with AND. `trait.NAME=VALUE` (repeatable) matches a trait whose value, as text, is "
+                 "exactly VALUE: numbers and booleans as JSON writes them (`trait.age=30`, `trait.vip=true`)."),
     responses=COMMON_ERRORS,
 )
 async def list_profiles(

@@ -281,9 +281,11 @@ async def get_profile(session: AsyncSession, ws: uuid.UUID, ref: str) -> dict[st
              "and kind = 'anonymous_id' order by created_at, value"),
         {"ws": ws, "pid": pid},
     )
+    # the whole history: merges into profiles that were themselves merged into this one later (alias a→b, b→c)
     merges = await session.execute(
         text("select from_profile_id, reason, message_id, at from ingest.profile_merges "
-             "where workspace_id = :ws and into_profile_id = :pid order by id"),
+             "where workspace_id = :ws and (into_profile_id = :pid or into_profile_id in "
+             "(select id from ingest.profiles where workspace_id = :ws and merged_into = :pid)) order by id"),
         {"ws": ws, "pid": pid},
     )
     return {
@@ -303,7 +305,8 @@ async def get_profile(session: AsyncSession, ws: uuid.UUID, ref: str) -> dict[st
 async def list_profiles(session: AsyncSession, ws: uuid.UUID, *, user_id: str | None, email: str | None,
                         traits: dict[str, str], q: str | None, after: str | None, limit: int
                         ) -> tuple[list[dict[str, Any]], str | None]:
-    """Live profiles (not merged away), filtered, in id order; ``traits`` compares text values exactly."""
+    """Live profiles (not merged away), filtered, in id order; ``traits`` compares each trait's value as text
+    exactly (numbers and booleans as JSON writes them)."""
     clauses = ["workspace_id = :ws", "merged_into is null",
                "(CAST(:after AS uuid) is null or id > CAST(:after AS uuid))"]
     params: dict[str, Any] = {"ws": ws, "after": after}
@@ -313,9 +316,10 @@ async def list_profiles(session: AsyncSession, ws: uuid.UUID, *, user_id: str | 
     if email is not None:
         clauses.append("lower(traits->>'email') = lower(:email)")
         params["email"] = email
-    if traits:
-        clauses.append("traits @> CAST(:contains AS jsonb)")
-        params["contains"] = dumps(traits)
+    for i, (name, value) in enumerate(sorted(traits.items())):
+        # compared as text: a query string holds only text, and a trait may be a number or a boolean (age=30)
+        clauses.append(f"traits->>:tk{i} = :tv{i}")
+        params[f"tk{i}"], params[f"tv{i}"] = name, value
     if q:
         clauses.append("(user_id ilike :q or (traits->>'email') ilike :q or (traits->>'name') ilike :q "
                        "or (traits->>'first_name') ilike :q or (traits->>'last_name') ilike :q)")

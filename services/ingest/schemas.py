@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
 
-from shared.validation import IsoDatetime, JsonBool, Ref, StorableModel
+from shared.validation import IsoOrUnixDatetime, JsonBool, Ref, StorableModel
 
 
 def _id_str(v: Any) -> Any:
@@ -39,15 +39,15 @@ JsonObject = Annotated[dict[str, Any], BeforeValidator(_null_is_empty),
 class _Message(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="allow")
 
-    message_id: str | None = Field(default=None, alias="messageId", max_length=512,
-                                   description="Idempotency key: a retried message with the same id is stored once")
+    message_id: IdStr = Field(default=None, alias="messageId",
+                              description="Idempotency key: a retried message with the same id is stored once")
     user_id: IdStr = Field(default=None, alias="userId")
     anonymous_id: IdStr = Field(default=None, alias="anonymousId")
     context: JsonObject = Field(default_factory=dict)
     integrations: JsonObject = Field(default_factory=dict)
-    timestamp: IsoDatetime | None = None
-    original_timestamp: IsoDatetime | None = Field(default=None, alias="originalTimestamp")
-    sent_at: IsoDatetime | None = Field(default=None, alias="sentAt")
+    timestamp: IsoOrUnixDatetime | None = None
+    original_timestamp: IsoOrUnixDatetime | None = Field(default=None, alias="originalTimestamp")
+    sent_at: IsoOrUnixDatetime | None = Field(default=None, alias="sentAt")
 
     @model_validator(mode="after")
     def _needs_identity(self) -> "_Message":
@@ -134,9 +134,10 @@ class BatchRequest(BaseModel):
     """``/v1/batch``: up to 500 KB of messages; batch-level ``context`` is merged into each."""
 
     model_config = ConfigDict(populate_by_name=True, extra="allow")
-    batch: list[dict[str, Any]] = Field(min_length=1)
+    # each message is checked on its own: one that is no object is rejected, the others are stored
+    batch: list[Annotated[Any, WithJsonSchema({"type": "object"})]] = Field(min_length=1)
     context: JsonObject = Field(default_factory=dict)
-    sent_at: IsoDatetime | None = Field(default=None, alias="sentAt")
+    sent_at: IsoOrUnixDatetime | None = Field(default=None, alias="sentAt")
 
 
 class Rejected(BaseModel):

@@ -62,6 +62,31 @@ async def test_batch_keeps_valid_messages_and_names_rejected_ones(apps, workspac
     assert await _count_events(sessionmaker, workspace.workspace_id) == 2
 
 
+async def test_a_batch_item_that_is_no_object_is_rejected_alone(apps, workspace, sessionmaker) -> None:
+    # one malformed item used to fail the whole batch (422 "does not match the schema"): the valid ones were lost
+    r = await apps["ingest"].post("/v1/batch", auth=(workspace.write_key, ""), json={"batch": [
+        {"type": "track", "userId": "u-1", "event": "Kept"}, "oops", None, [1],
+        {"type": "track", "userId": "u-1", "event": "Also kept"}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] == 2
+    assert [(x["index"], x["errors"][0]["type"]) for x in r.json()["rejected"]] == [
+        (1, "dict_type"), (2, "dict_type"), (3, "dict_type")]
+    assert await _count_events(sessionmaker, workspace.workspace_id) == 2
+    only_bad = await apps["ingest"].post("/v1/batch", auth=(workspace.write_key, ""), json={"batch": ["a", 1]})
+    assert only_bad.status_code == 422 and [x["index"] for x in only_bad.json()["rejected"]] == [0, 1]
+
+
+async def test_a_numeric_message_id_is_its_decimal_text(apps, workspace, sessionmaker) -> None:
+    auth = (workspace.write_key, "")
+    first = await apps["ingest"].post("/v1/track", auth=auth, json={"userId": "u", "event": "E", "messageId": 12345})
+    assert first.status_code == 200 and first.json()["accepted"] == 1, first.text
+    again = await apps["ingest"].post("/v1/track", auth=auth, json={"userId": "u", "event": "E", "messageId": "12345"})
+    assert again.json()["duplicates"] == 1
+    async with sessionmaker() as s:
+        assert (await s.execute(text("select message_id from ingest.events where workspace_id = :ws"),
+                                {"ws": workspace.workspace_id})).scalar_one() == "12345"
+
+
 async def test_gzip_bodies_are_accepted(apps, workspace) -> None:
     raw = gzip.compress(orjson.dumps({"batch": [{"type": "track", "userId": "g", "event": "Zipped"}]}))
     r = await apps["ingest"].post("/v1/batch", content=raw, auth=(workspace.write_key, ""),
@@ -260,6 +285,35 @@ async def test_client_clock_skew_is_corrected_on_the_way_in(apps, workspace) -> 
     assert abs(stored - (happened - skew)) < timedelta(seconds=5)
     received = datetime.fromisoformat(event["received_at"])
     assert abs((received - stored) - timedelta(minutes=10)) < timedelta(seconds=5)
+
+
+async def test_unix_times_are_read_as_seconds_or_milliseconds(apps, workspace) -> None:
+    # some clients send epoch numbers (or their text); the message used to be rejected whole for it
+    from datetime import UTC, datetime, timedelta
+
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    r = await apps["ingest"].post("/v1/batch", auth=(workspace.write_key, ""), json={"batch": [
+        {"type": "track", "userId": "epoch", "event": "Seconds", "timestamp": 1709634030},
+        {"type": "track", "userId": "epoch", "event": "Millis", "timestamp": 1709634030123},
+        {"type": "track", "userId": "epoch", "event": "Text", "timestamp": "1709634030.5"},
+        {"type": "track", "userId": "epoch", "event": "Iso", "timestamp": "2024-03-05T12:20:30+02:00"},
+        {"type": "track", "userId": "epoch", "event": "Bool", "timestamp": True},
+    ]})
+    assert r.status_code == 200 and r.json()["accepted"] == 4, r.text
+    assert [x["index"] for x in r.json()["rejected"]] == [4]
+    events = (await apps["ingest"].get("/v1/profiles/epoch/events", headers=h)).json()["events"]
+    at = {e["event"]: datetime.fromisoformat(e["timestamp"]) for e in events}
+    base = datetime(2024, 3, 5, 10, 20, 30, tzinfo=UTC)
+    assert at == {"Seconds": base, "Millis": base + timedelta(milliseconds=123), "Text": base + timedelta(seconds=0.5),
+                  "Iso": base}
+    # a device clock an hour fast, in epoch milliseconds both: the skew is removed as for ISO times
+    now = datetime.now(UTC)
+    device_ms = int((now + timedelta(hours=1)).timestamp() * 1000)
+    r = await apps["ingest"].post("/v1/track", auth=(workspace.write_key, ""), json={
+        "userId": "epoch", "event": "Skewed", "originalTimestamp": device_ms - 60_000, "sentAt": device_ms})
+    assert r.json()["accepted"] == 1
+    events = (await apps["ingest"].get("/v1/profiles/epoch/events", headers=h, params={"limit": 1})).json()["events"]
+    assert abs(datetime.fromisoformat(events[0]["timestamp"]) - (now - timedelta(minutes=1))) < timedelta(seconds=5)
 
 
 async def test_request_id_is_echoed_or_generated(apps) -> None:

@@ -74,6 +74,22 @@ async def test_group_keeps_account_traits_and_membership(apps, workspace) -> Non
     assert bad_alias.status_code == 422
 
 
+async def test_an_alias_chain_keeps_every_merge_in_the_history(apps, workspace) -> None:
+    c, auth = apps["ingest"], (workspace.write_key, "")
+    for uid in ("ch-a", "ch-b", "ch-c"):
+        await c.post("/v1/identify", auth=auth, json={"userId": uid, "traits": {uid: True}})
+    first = (await _profile(apps, workspace, "ch-a"))["id"]
+    await c.post("/v1/alias", auth=auth, json={"previousId": "ch-a", "userId": "ch-b", "messageId": "alias-ab"})
+    second = (await _profile(apps, workspace, "ch-b"))["id"]
+    await c.post("/v1/alias", auth=auth, json={"previousId": "ch-b", "userId": "ch-c", "messageId": "alias-bc"})
+    for ref in ("ch-a", "ch-b", "ch-c"):
+        p = await _profile(apps, workspace, ref)
+        assert p["traits"] == {"ch-a": True, "ch-b": True, "ch-c": True}
+        # a→b used to be left out: it was recorded against b's profile, merged away by b→c
+        assert [(m["profile_id"], m["message_id"]) for m in p["merged_from"]] == [(first, "alias-ab"),
+                                                                                   (second, "alias-bc")]
+
+
 async def test_profiles_list_filters_and_paginates(apps, workspace) -> None:
     c, auth = apps["ingest"], (workspace.write_key, "")
     h = {"Authorization": f"Bearer {workspace.secret_key}"}
@@ -95,6 +111,27 @@ async def test_profiles_list_filters_and_paginates(apps, workspace) -> None:
     assert (await c.get("/v1/profiles", headers=h, params={"email": "l6@example.com"})).json()["profiles"][0][
         "user_id"] == "l-6"
     assert (await c.get("/v1/profiles", headers=h, params={"after": "junk"})).status_code == 400
+
+
+async def test_profile_trait_filters_match_numbers_and_booleans_and_combine(apps, workspace) -> None:
+    # a query string holds only text: numeric and boolean traits used to match nothing at all
+    c, auth = apps["ingest"], (workspace.write_key, "")
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    batch = [{"type": "identify", "userId": f"t-{i}", "traits": {"age": 30 + i % 2, "vip": i % 3 == 0, "score": 1.5,
+                                                                  "plan": "pro" if i < 3 else "free"}}
+             for i in range(6)]
+    assert (await c.post("/v1/batch", auth=auth, json={"batch": batch})).json()["accepted"] == 6
+
+    async def users(**params: str) -> list[str]:
+        r = await c.get("/v1/profiles", headers=h, params=params)
+        assert r.status_code == 200, r.text
+        return sorted(p["user_id"] for p in r.json()["profiles"])
+
+    assert await users(**{"trait.age": "31"}) == ["t-1", "t-3", "t-5"]
+    assert await users(**{"trait.vip": "true"}) == ["t-0", "t-3"]
+    assert await users(**{"trait.score": "1.5", "trait.plan": "pro", "trait.age": "30"}) == ["t-0", "t-2"]
+    assert await users(**{"trait.vip": "true", "trait.plan": "free"}) == ["t-3"]
+    assert await users(**{"trait.age": "3"}) == []
 
 
 async def test_profile_events_newest_first_with_pagination(apps, workspace) -> None:

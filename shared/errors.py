@@ -14,6 +14,8 @@ Hierarchy::
     ├── RateLimited (429)
     └── UpstreamUnavailable (503)
 
+(``BodyTooLarge``, raised while a body is read past its limit, is answered as ``PayloadTooLarge``.)
+
 Domain code raises these; it never raises ``HTTPException``. :func:`install_error_handlers` maps them,
 FastAPI's request validation errors and unexpected exceptions to problem documents.
 """
@@ -67,6 +69,20 @@ class BadRequest(AppError):
 
 class PayloadTooLarge(BadRequest):
     status, slug, title = 413, "payload-too-large", "Payload too large"
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised while a request body is read past its route's limit (``shared.web.BodyLimitMiddleware``), answered as
+    :class:`PayloadTooLarge`. A Starlette ``HTTPException``, not an ``AppError``: FastAPI lets only those out of its
+    body reading (anything else there becomes a 400). Code that catches ``HTTPException`` around reading a body
+    must let this one through."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"The request body is over the limit of {limit} bytes")
+        self.limit = limit
+
+    def problem(self) -> PayloadTooLarge:
+        return PayloadTooLarge(str(self.detail), limit_bytes=self.limit, headers={"Connection": "close"})
 
 
 class Unauthorized(AppError):
@@ -188,8 +204,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 400 and "integer string conversion" in str(exc.__cause__):
             return problem_response(BadRequest("The request body holds a number with too many digits to be read "
                                                "(over 4300)"), request)
-        if exc.status_code == 413:  # a body read past its limit (shared.web.BodyLimitMiddleware)
-            return problem_response(PayloadTooLarge(str(exc.detail), headers={"Connection": "close"}), request)
+        if isinstance(exc, BodyTooLarge):
+            return problem_response(exc.problem(), request)
         err = AppError(str(exc.detail), headers=dict(exc.headers or {}))  # 405 keeps its Allow (RFC 9110)
         err.status, err.title = exc.status_code, str(exc.detail)
         err.slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")

@@ -141,9 +141,11 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1024,
-        description="largest request body any API reads (bytes, as sent: compressed if gzip); over it: 413. Routes "
+        description="largest request body any API reads (bytes, as sent: compressed if gzip); over it: 413. It fits "
+                    "a message at its 1,000,000-character html limit, or a batch of 500 averaging 32 KB each. Routes "
                     "anyone may call (provider webhooks, unsubscribe and preference pages) have smaller limits of "
-                    "their own, as do the tracking routes (Segment's 32 KB per message, 500 KB per batch)")
+                    "their own (never above this one); the tracking routes check Segment's 32 KB per message and "
+                    "500 KB per batch after it, so keep it above 500 KB")
 
     consumer_batch_size: int = 500
     segment_partitions: int = Field(

@@ -19,12 +19,11 @@ import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import metrics, openapi_glossary
 from shared.db import create_engine, create_sessionmaker
-from shared.errors import PROBLEM_JSON, PayloadTooLarge, ValidationFailed, install_error_handlers, problem_schema
+from shared.errors import PROBLEM_JSON, BodyTooLarge, ValidationFailed, install_error_handlers, problem_schema
 from shared.gc_tuning import tune_gc
 from shared.http import InternalClient, make_http_client
 from shared.logging import configure_logging
@@ -81,20 +80,15 @@ class RequestContextMiddleware:
             )
 
 
-class BodyTooLarge(StarletteHTTPException):
-    """Raised while a body is read past its route's limit (a 413 problem, shared/errors.py)."""
-
-    def __init__(self, limit: int):
-        super().__init__(413, f"The request body is over the limit of {limit} bytes")
-
-
 class BodyLimitMiddleware:
     """Refuses a request body over its limit without buffering it: at once from ``Content-Length``, or, for a
-    chunked body, as soon as the bytes read pass the limit. ``limits`` are (path prefix, bytes) pairs for
-    routes with a limit of their own, checked in order; others get ``default``."""
+    chunked body (or one longer than it declared), as soon as the bytes read pass the limit; the chunk that passes
+    it is dropped, so a route never holds more than its limit. ``default`` is ``TENURE_MAX_BODY_BYTES``; ``limits``
+    are (path prefix, bytes) for routes that take less, checked in order (never more than ``default``)."""
 
     def __init__(self, app: ASGIApp, default: int, limits: Sequence[tuple[str, int]] = ()):
-        self.app, self.default, self.limits = app, default, tuple(limits)
+        self.app, self.default = app, default
+        self.limits = tuple((prefix, min(n, default)) for prefix, n in limits)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -104,9 +98,9 @@ class BodyLimitMiddleware:
         limit = next((n for prefix, n in self.limits if path.startswith(prefix)), self.default)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            problem = PayloadTooLarge(f"The request body is over the limit of {limit} bytes", limit_bytes=limit)
+            problem = BodyTooLarge(limit).problem()
             await JSONResponse(problem.to_problem(instance=path), status_code=413, media_type=PROBLEM_JSON,
-                               headers={"Connection": "close"})(scope, receive, send)
+                               headers=problem.headers)(scope, receive, send)
             return
         seen = 0
 
@@ -328,7 +322,7 @@ def create_service_app(
     """The service's app. ``extend(app)`` is entered after the shared resources exist and exited before
     they close (service-specific state, e.g. ingest's group committer); ``metrics_refresh`` update the
     service's own gauges at scrape time; ``body_limits`` are (path prefix, bytes) for routes whose bodies must
-    stay smaller than ``TENURE_MAX_BODY_BYTES``."""
+    stay smaller than ``TENURE_MAX_BODY_BYTES`` (see :class:`BodyLimitMiddleware`)."""
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings)

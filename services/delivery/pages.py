@@ -25,7 +25,7 @@ from starlette.formparsers import MultiPartException
 
 from services.delivery import consent, signing
 from shared.db import SessionDep
-from shared.errors import AppError, BadRequest, NotFound, problem_schema
+from shared.errors import AppError, BadRequest, BodyTooLarge, NotFound, problem_schema
 from shared.validation import url_text_unchecked
 
 router = APIRouter(tags=["recipient pages"])
@@ -192,6 +192,8 @@ async def unsubscribe(token: str, request: Request, session: SessionDep,
     # whose body cannot be read (a multipart without its boundary): the signed URL is what counts.
     try:
         one_click = (await request.form()).get("List-Unsubscribe") == "One-Click"
+    except BodyTooLarge:
+        raise  # over the route's limit: a 413, nothing written
     except (HTTPException, MultiPartException):  # (Starlette raises the first inside an app)
         one_click = True  # only a machine posts a broken form; the page's own button never does
     source = "one_click" if one_click else "unsubscribe_page"

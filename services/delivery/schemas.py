@@ -28,7 +28,7 @@ class MessageCreate(StorableModel):
                               description="one address, with or without a display name; defaults to TENURE_EMAIL_FROM")
     subject: str = Field("", max_length=998, examples=["Welcome, Ada!"], description="required for email")
     html: str | None = Field(None, max_length=MAX_BODY_CHARS,
-                             description="the HTML part (at most 1 MB: Gmail clips a message past 102 KB anyway)")
+                             description="the HTML part (at most 1,000,000 characters; Gmail clips past 102 KB)")
     text: str | None = Field(None, max_length=MAX_BODY_CHARS, description="the text part (made from html if absent)")
     message_type: Literal["marketing", "transactional"] = "marketing"
     topic: str | None = Field(None, max_length=100, examples=["offers"],

@@ -242,7 +242,7 @@ def test_import_reports_bad_rows_as_written_and_exits_3(settings, served, worksp
     r = _tenure(settings, "import", str(path), "--url", served["ingest"], "--write-key", workspace.write_key)
     assert r.returncode == 3, r.stderr
     said = _said(r)
-    assert "1 stored" in said and f"line 2: bad value: invalid literal for int() with base 10: '{MARKUP}'" in said
+    assert "1 stored" in said and f"line 2: bad value: column 'properties.total:number': '{MARKUP}' is not a number" in said
 
 
 def test_workspace_create_and_configure_print_names_and_values_as_written(settings, workspace) -> None:

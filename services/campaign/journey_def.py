@@ -68,20 +68,6 @@ Stage = Literal["onboarding", "engaged", "loyal", "advocacy", "reactivated", "at
 STAGES: tuple[str, ...] = get_args(Stage)
 
 
-class SegmentTrigger(_Model):
-    """Entering (or leaving) a segment; lifecycle stages are segments too (``stage`` instead of an id)."""
-
-    type: Literal["segment_entered", "segment_exited"] = "segment_entered"
-    segment_id: uuid.UUID | None = None
-    stage: Stage | None = None
-
-    @model_validator(mode="after")
-    def _one_target(self) -> "SegmentTrigger":
-        if (self.segment_id is None) == (self.stage is None):
-            raise ValueError("give segment_id or stage")
-        return self
-
-
 class SegmentRef(_Model):
     """A saved segment (``segment_id``) or a lifecycle stage (``stage``)."""
 
@@ -96,6 +82,12 @@ class SegmentRef(_Model):
 
     def label(self) -> str:
         return f"stage {self.stage}" if self.stage else f"segment {self.segment_id}"
+
+
+class SegmentTrigger(SegmentRef):
+    """Entering (or leaving) a segment; lifecycle stages are segments too (``stage`` instead of an id)."""
+
+    type: Literal["segment_entered", "segment_exited"] = "segment_entered"
 
 
 class ScheduleTrigger(_Model):

@@ -135,11 +135,12 @@ def problem_schema(description: str) -> dict[str, Any]:
                 "schema": {
                     "type": "object",
                     "properties": {
-                        "type": {"type": "string"},
-                        "title": {"type": "string"},
-                        "status": {"type": "integer"},
-                        "detail": {"type": "string"},
-                        "instance": {"type": "string"},
+                        "type": {"type": "string", "description": "a URI naming the kind of problem: "
+                                                                  f"{_TYPE_BASE}<kind>, e.g. …/not-found"},
+                        "title": {"type": "string", "description": "the kind of problem, in words"},
+                        "status": {"type": "integer", "description": "the HTTP status code"},
+                        "detail": {"type": "string", "description": "what went wrong with this request, in words"},
+                        "instance": {"type": "string", "description": "the request's path"},
                     },
                 }
             }

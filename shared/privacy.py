@@ -38,9 +38,11 @@ ExportPersonFn = Callable[[AsyncSession, uuid.UUID, list[uuid.UUID], list[str]],
 
 
 class ErasureRequest(BaseModel):
-    profile_ids: list[uuid.UUID] = Field(min_length=1, max_length=1000)
+    profile_ids: list[uuid.UUID] = Field(min_length=1, max_length=1000,
+                                         examples=[["6f1c9a52-3c1e-4d8e-9b1a-2f0c7e5d4a10"]])
     identities: list[StorableText] = Field(default_factory=list, max_length=1_000_000,
-                                  description="the user's ids (userId, anonymousId, email, phone)")
+                                  description="the user's ids (userId, anonymousId, email, phone)",
+                                  examples=[["u-42", "b5f1c2d0-device", "ada@example.com", "+33612345678"]])
 
 
 class ErasureResult(BaseModel):

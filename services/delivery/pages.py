@@ -238,7 +238,10 @@ async def preference_page(token: str, request: Request, session: SessionDep,
              summary="Save the preference page's form")
 async def save_preferences(token: str, request: Request, session: SessionDep,
                            topic: Annotated[list[str] | None, Form()] = None,
-                           unsubscribe_all: Annotated[str | None, Form()] = None,
+                           unsubscribe_all: Annotated[str | None, Form(
+                               description="non-empty (the checkbox sends 1): unsubscribe from all marketing "
+                                           "email; absent or empty: lift an earlier unsubscribe (reason "
+                                           "unsubscribed)")] = None,
                            lang: Annotated[str | None, Query()] = None) -> HTMLResponse:
     code = language(request, lang)
     subject = _verify(request, "preferences", token)

@@ -29,8 +29,11 @@ class MessageCreate(StorableModel):
     subject: str = Field("", max_length=998, examples=["Welcome, Ada!"], description="required for email")
     html: str | None = Field(None, max_length=MAX_BODY_CHARS,
                              description="the HTML part (at most 1,000,000 characters; Gmail clips past 102 KB)")
-    text: str | None = Field(None, max_length=MAX_BODY_CHARS, description="the text part (made from html if absent)")
-    message_type: Literal["marketing", "transactional"] = "marketing"
+    text: str | None = Field(None, max_length=MAX_BODY_CHARS, examples=["Hi Ada, welcome to Acme."],
+                             description="the text part (made from html if absent)")
+    message_type: Literal["marketing", "transactional"] = Field(
+        "marketing", description="marketing: suppressions, topics and double opt-in apply, and email gets unsubscribe "
+                                 "headers and a footer; transactional: only a hard bounce or complaint stops it")
     topic: str | None = Field(None, max_length=100, examples=["offers"],
                               description="subscription topic (marketing): not sent to addresses that opted out")
     data: dict[str, Any] | None = Field(None, description="a webhook's JSON body; for push the data payload "
@@ -116,14 +119,18 @@ class MessageOut(BaseModel):
     idempotency_key: str
     channel: str
     to: str
-    subject: str
+    subject: str = Field(description="the email subject or push title; empty for SMS and webhooks")
     message_type: str
     topic: str | None = None
     status: str = Field(description="queued | sending | sent | delivered | bounced | failed | suppressed")
-    attempts: int
-    last_error: str | None
-    provider_message_id: str | None
-    metadata: dict[str, Any]
+    attempts: int = Field(description="provider calls made so far (a transient error is retried with backoff)")
+    last_error: str | None = Field(description="why it was suppressed (`suppressed: unsubscribed`, …), bounced, or "
+                                               "why its last attempt failed; null otherwise")
+    provider_message_id: str | None = Field(description="the provider's id for it once sent: the email's Message-ID "
+                                                        "(SMTP), SendGrid's X-Message-Id, the Twilio SID, the push "
+                                                        "services' ids (comma-separated) …; null before")
+    metadata: dict[str, Any] = Field(description="the `metadata` given when it was queued (userId, anonymousId, "
+                                                 "campaign_id …); a push's `data` as `push_data`")
     created_at: datetime
     sent_at: datetime | None
 
@@ -151,15 +158,18 @@ class BatchOut(BaseModel):
 
 
 class MessageList(BaseModel):
-    messages: list[MessageOut]
+    messages: list[MessageOut] = Field(description="the matching messages, in id order (not by time: filter with "
+                                                   "`since` / `until`)")
     next_cursor: str | None = None
 
 
 class SuppressionIn(StorableModel):
-    channel: Literal["email", "sms", "push"] = "email"
+    channel: Literal["email", "sms", "push"] = Field("email", description="the channel the address is suppressed on")
     address: str = Field(min_length=3, max_length=320, examples=["ada@example.com"],
                          description="normalised as messages are (email lower-cased, phone numbers to E.164)")
-    reason: Literal["manual", "unsubscribed", "hard_bounce", "complaint"] = "manual"
+    reason: Literal["manual", "unsubscribed", "hard_bounce", "complaint"] = Field(
+        "manual", description="manual and unsubscribed stop marketing messages; hard_bounce and complaint stop "
+                              "transactional ones too and cannot be lifted")
 
     @model_validator(mode="after")
     def _normalise(self) -> "SuppressionIn":
@@ -179,27 +189,31 @@ def normalise_address(channel: str, address: str) -> str:
 
 
 class SuppressionOut(BaseModel):
-    channel: str
+    channel: str = Field(description="email, sms or push")
     address: str
     reason: str
-    source: str
-    created_at: datetime
+    source: str = Field(description="what suppressed it: api, one_click (RFC 8058), unsubscribe_page, "
+                                    "preference_page, sms_keyword (STOP), or sendgrid / twilio (the provider's report)")
+    created_at: datetime = Field(description="when the address was suppressed for this reason (a hard bounce or "
+                                             "complaint replaces an earlier reason) (ISO 8601, UTC)")
 
 
 class SuppressionList(BaseModel):
-    suppressions: list[SuppressionOut]
+    suppressions: list[SuppressionOut] = Field(description="the suppressions, in address order")
     next_cursor: str | None = None
 
 
 class TopicChoice(BaseModel):
-    id: str
-    label: dict[str, str]
-    subscribed: bool
+    id: str = Field(description="the topic's id, as messages and campaigns name it (workspace setting `topics`)")
+    label: dict[str, str] = Field(description="the topic's name per language code, e.g. {\"en\": \"Offers\"}")
+    subscribed: bool = Field(description="whether the address gets this topic's marketing messages (no choice "
+                                         "recorded: true)")
 
 
 class PreferencesOut(BaseModel):
-    address: str
-    unsubscribed: bool
+    address: str = Field(description="the address, lower-cased")
+    unsubscribed: bool = Field(description="whether the address is suppressed for email (any reason): no marketing "
+                                           "email goes to it")
     suppression: str | None = Field(description="why the address is suppressed for email, if it is")
     topics: list[TopicChoice]
 
@@ -241,7 +255,7 @@ class DeviceIn(StorableModel):
     user: str = Field(min_length=1, max_length=512, examples=["u-42"],
                       description="the userId or anonymousId the device belongs to")
     platform: Literal["android", "ios", "web"] = Field(examples=["android"])
-    token: str | None = Field(None, min_length=10, max_length=4096,
+    token: str | None = Field(None, min_length=10, max_length=4096, examples=["dKx3Fq0nT7e:APA91bH2k9zQ"],
                               description="the FCM registration token, or an iOS app's APNs device token (hex)")
     subscription: WebPushSubscription | None = Field(
         None, description="web only, instead of a token: the browser's PushSubscription (sent with Web Push)")
@@ -256,12 +270,13 @@ class DeviceIn(StorableModel):
 
 
 class DeviceOut(BaseModel):
-    user: str
+    user: str = Field(description="the userId or anonymousId the device belongs to")
     platform: str
     token: str = Field(description="the device token, or a Web Push subscription's endpoint")
     web_push: bool = Field(False, description="a Web Push subscription")
     created_at: datetime
-    last_used_at: datetime | None
+    last_used_at: datetime | None = Field(description="when a push last went to this device; null: never "
+                                                      "(ISO 8601, UTC)")
 
 
 class VapidPublicKey(BaseModel):
@@ -269,15 +284,17 @@ class VapidPublicKey(BaseModel):
 
 
 class DeviceList(BaseModel):
-    devices: list[DeviceOut]
+    devices: list[DeviceOut] = Field(description="the user's devices, oldest first")
 
 
 class OptInIn(StorableModel):
-    email: str = Field(min_length=3, max_length=320, examples=["ada@example.com"])
+    email: str = Field(min_length=3, max_length=320, examples=["ada@example.com"],
+                       description="the address to subscribe: the confirmation link is emailed to it")
     topics: list[str] = Field(default_factory=list, max_length=50, description="topics to subscribe on confirmation")
-    locale: Literal["en", "fr", "de"] = "en"
+    locale: Literal["en", "fr", "de"] = Field("en", description="the language of the confirmation email")
     user_id: str | None = Field(None, max_length=512, description="who asked, for the `Opted In` event")
-    anonymous_id: str | None = Field(None, max_length=512)
+    anonymous_id: str | None = Field(None, max_length=512,
+                                     description="who asked (their anonymousId), for the `Opted In` event")
 
     @model_validator(mode="after")
     def _normalise(self) -> "OptInIn":

@@ -41,13 +41,29 @@ class _Message(BaseModel):
 
     message_id: IdStr = Field(default=None, alias="messageId",
                               description="Idempotency key: a retried message with the same id is stored once")
-    user_id: IdStr = Field(default=None, alias="userId")
-    anonymous_id: IdStr = Field(default=None, alias="anonymousId")
-    context: JsonObject = Field(default_factory=dict)
-    integrations: JsonObject = Field(default_factory=dict)
-    timestamp: IsoOrUnixDatetime | None = None
-    original_timestamp: IsoOrUnixDatetime | None = Field(default=None, alias="originalTimestamp")
-    sent_at: IsoOrUnixDatetime | None = Field(default=None, alias="sentAt")
+    user_id: IdStr = Field(default=None, alias="userId",
+                           description="your app's id for the user (a number is kept as its text); userId or "
+                                       "anonymousId is required")
+    anonymous_id: IdStr = Field(default=None, alias="anonymousId",
+                                description="the SDK's id for the device or browser (there before the user is "
+                                            "known)")
+    context: JsonObject = Field(default_factory=dict,
+                                description="stored with the event as sent (ip, locale, timezone, userAgent, "
+                                            "library, campaign …); its locale and timezone become the profile's when "
+                                            "it never had them")
+    integrations: JsonObject = Field(default_factory=dict,
+                                     description="Segment's per-destination switches: accepted, not used or stored")
+    timestamp: IsoOrUnixDatetime | None = Field(
+        default=None, description="when it happened, by the client's clock (ISO 8601, or Unix time in s or ms): "
+                                  "corrected for its clock skew with `sentAt`, or kept as sent when "
+                                  "`originalTimestamp` is given too; with neither, the time ingest received it")
+    original_timestamp: IsoOrUnixDatetime | None = Field(
+        default=None, alias="originalTimestamp",
+        description="when it happened, by the client's clock; with `sentAt` the stored time is "
+                    "received time − (`sentAt` − `originalTimestamp`)")
+    sent_at: IsoOrUnixDatetime | None = Field(default=None, alias="sentAt",
+                                              description="when the client sent it, by the client's clock: "
+                                                          "measures its clock skew")
 
     @model_validator(mode="after")
     def _needs_identity(self) -> "_Message":
@@ -60,8 +76,9 @@ class TrackMessage(_Message):
     """A user performed an action."""
 
     type: Literal["track"] = "track"
-    event: str = Field(min_length=1, max_length=512, examples=["Order Completed"])
-    properties: JsonObject = Field(default_factory=dict)
+    event: str = Field(min_length=1, max_length=512, examples=["Order Completed"],
+                       description="the action's name, e.g. `Order Completed`")
+    properties: JsonObject = Field(default_factory=dict, description="the action's details, stored as sent")
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -77,7 +94,9 @@ class IdentifyMessage(_Message):
     """Who the user is: traits such as email, first_name, locale, timezone."""
 
     type: Literal["identify"] = "identify"
-    traits: JsonObject = Field(default_factory=dict)
+    traits: JsonObject = Field(default_factory=dict,
+                               description="traits to set on the profile (with any in `context.traits`): newest "
+                                           "value per trait wins, `null` removes the trait")
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -91,31 +110,35 @@ class IdentifyMessage(_Message):
 
 class PageMessage(_Message):
     type: Literal["page"] = "page"
-    name: str | None = None
+    name: str | None = Field(None, description="the page's name; stored as the event's name")
     category: Any = Field(default=None, description="kept as `properties.category` when that is unset")
-    properties: JsonObject = Field(default_factory=dict)
+    properties: JsonObject = Field(default_factory=dict, description="the view's details (url, path, referrer …), "
+                                                                     "stored as sent")
 
 
 class ScreenMessage(_Message):
     type: Literal["screen"] = "screen"
-    name: str | None = None
+    name: str | None = Field(None, description="the screen's name; stored as the event's name")
     category: Any = Field(default=None, description="kept as `properties.category` when that is unset")
-    properties: JsonObject = Field(default_factory=dict)
+    properties: JsonObject = Field(default_factory=dict, description="the view's details (url, path, referrer …), "
+                                                                     "stored as sent")
 
 
 class GroupMessage(_Message):
     """The user belongs to an account (B2B); ``traits`` are the account's (industry, employees, plan)."""
 
     type: Literal["group"] = "group"
-    group_id: RequiredIdStr = Field(alias="groupId")
-    traits: JsonObject = Field(default_factory=dict)
+    group_id: RequiredIdStr = Field(alias="groupId", description="your app's id for the account")
+    traits: JsonObject = Field(default_factory=dict, description="the account's traits (industry, employees, plan …)")
 
 
 class AliasMessage(_Message):
     """``previousId`` (an anonymous id or an older user id) is the same person as ``userId``."""
 
     type: Literal["alias"] = "alias"
-    previous_id: RequiredIdStr = Field(alias="previousId")
+    previous_id: RequiredIdStr = Field(alias="previousId",
+                                       description="the earlier id (an anonymousId or an older userId); its profile "
+                                                   "is merged into the userId's")
 
     @model_validator(mode="after")
     def _needs_user_id(self) -> "AliasMessage":
@@ -135,15 +158,38 @@ class BatchRequest(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, extra="allow")
     # each message is checked on its own: one that is no object is rejected, the others are stored
-    batch: list[Annotated[Any, WithJsonSchema({"type": "object"})]] = Field(min_length=1)
-    context: JsonObject = Field(default_factory=dict)
-    sent_at: IsoOrUnixDatetime | None = Field(default=None, alias="sentAt")
+    batch: list[Annotated[Any, WithJsonSchema({"type": "object"})]] = Field(
+        min_length=1, description="the messages, each with its `type` (track, identify, page, screen, group, alias) "
+                                  "and the fields of that call; each is checked and stored on its own")
+    context: JsonObject = Field(default_factory=dict,
+                                description="context shared by every message; a message's own keys win")
+    sent_at: IsoOrUnixDatetime | None = Field(default=None, alias="sentAt",
+                                              description="when the client sent the batch, by its clock: the "
+                                                          "`sentAt` of messages that give none")
+
+
+# the stored event, as the feed and a profile's event list show it
+_MESSAGE_ID = ("the messageId it was stored under (unique in the workspace): the caller's, a generated UUID when it "
+               "gave none, or `merge:FROM:INTO` for a merge")
+_EVENT_TYPE = ("track, identify, page, screen, group or alias, as sent; or merge: ingest found two profiles to be one "
+               "person and merged `properties.merged_profile_id` into `profile_id`")
+_EVENT_NAME = "a track's event name, or a page's or screen's name; null for the other types"
+_EVENT_PROPERTIES = ("track, page, screen: the properties as sent (a page's or screen's top-level `category` added "
+                     "when they had none); group: `groupId`; alias: `previousId`; merge: `merged_profile_id` and "
+                     "`trait_times`")
+_EVENT_TRAITS = ("identify: the traits sent (with `context.traits`); group: the account's traits; merge: the "
+                 "profile's traits after the merge; empty for the other types")
+_EVENT_CONTEXT = ("the message's context as sent, over its batch's context (ip, locale, timezone, userAgent, library, "
+                  "campaign …); empty for a merge")
+_PROFILE_TRAITS = ("the profile's traits: the newest value of each from identify calls (`null` removed it); locale "
+                   "and timezone from a message's context when the profile never had them")
 
 
 class Rejected(BaseModel):
     index: int = Field(description="position of the message in the batch")
-    message_id: str | None = None
-    errors: list[dict[str, Any]]
+    message_id: str | None = Field(None, description="the message's messageId, when it gave one as text; else null")
+    errors: list[dict[str, Any]] = Field(description="why it was refused: each with `msg` and `type`, and `loc` (the "
+                                                     "field's path) for a field that does not match the schema")
 
 
 class TrackResponse(BaseModel):
@@ -158,21 +204,22 @@ class TrackResponse(BaseModel):
 class FeedEvent(BaseModel):
     cursor: str
     workspace_id: str
-    message_id: str
-    type: str
-    event: str | None
-    profile_id: str
-    user_id: str | None
-    anonymous_id: str | None
-    properties: dict[str, Any]
-    traits: dict[str, Any]
-    context: dict[str, Any]
+    message_id: str = Field(description=_MESSAGE_ID)
+    type: str = Field(description=_EVENT_TYPE)
+    event: str | None = Field(description=_EVENT_NAME)
+    profile_id: str = Field(description="the profile the event belongs to (UUID); a merge moves the events of the "
+                                        "merged profile to the one it was merged into")
+    user_id: str | None = Field(description="the userId the message carried; null if it had none")
+    anonymous_id: str | None = Field(description="the anonymousId the message carried; null if it had none")
+    properties: dict[str, Any] = Field(description=_EVENT_PROPERTIES)
+    traits: dict[str, Any] = Field(description=_EVENT_TRAITS)
+    context: dict[str, Any] = Field(description=_EVENT_CONTEXT)
     timestamp: datetime
     received_at: datetime
 
 
 class FeedPage(BaseModel):
-    events: list[FeedEvent]
+    events: list[FeedEvent] = Field(description="events committed after `after`, in feed order (at most `limit`)")
     next_cursor: str = Field(description="pass as `after` to continue; equal to `after` when nothing is new")
     behind: int = Field(default=0, description="committed entries still after `next_cursor` (the reader's lag; exact "
                                                "up to 1000, estimated beyond)")
@@ -194,8 +241,8 @@ class ProfileOut(BaseModel):
     id: str
     workspace_id: str
     user_id: str | None
-    anonymous_ids: list[str]
-    traits: dict[str, Any]
+    anonymous_ids: list[str] = Field(description="every anonymousId tied to the profile, oldest first")
+    traits: dict[str, Any] = Field(description=_PROFILE_TRAITS)
     groups: list[GroupOut] = Field(default_factory=list, description="accounts the user belongs to")
     merged_from: list[MergeOut] = Field(default_factory=list, description="merge history")
     created_at: datetime
@@ -205,7 +252,7 @@ class ProfileOut(BaseModel):
 class ProfileSummary(BaseModel):
     id: str
     user_id: str | None
-    traits: dict[str, Any]
+    traits: dict[str, Any] = Field(description=_PROFILE_TRAITS)
     created_at: datetime
     updated_at: datetime
 
@@ -216,19 +263,19 @@ class ProfileList(BaseModel):
 
 
 class ProfileEvent(BaseModel):
-    seq: int
-    message_id: str
-    type: str
-    event: str | None
-    properties: dict[str, Any]
-    traits: dict[str, Any]
-    context: dict[str, Any]
+    seq: int = Field(description="position in the event log, increasing: pass it as `after` for the events before it")
+    message_id: str = Field(description=_MESSAGE_ID)
+    type: str = Field(description=_EVENT_TYPE)
+    event: str | None = Field(description=_EVENT_NAME)
+    properties: dict[str, Any] = Field(description=_EVENT_PROPERTIES)
+    traits: dict[str, Any] = Field(description=_EVENT_TRAITS)
+    context: dict[str, Any] = Field(description=_EVENT_CONTEXT)
     timestamp: datetime
     received_at: datetime
 
 
 class ProfileEventList(BaseModel):
-    events: list[ProfileEvent]
+    events: list[ProfileEvent] = Field(description="the profile's events, newest first (by `seq`)")
     next_cursor: str | None = Field(None, description="pass as `after` for older events")
 
 
@@ -254,7 +301,7 @@ class PrivacyRequestOut(BaseModel):
     id: str
     kind: str
     subject: str
-    profile_ids: list[str]
+    profile_ids: list[str] = Field(description="the profiles erased (UUIDs): the user's, and those merged into it")
     suppress: bool
     status: str = Field(description="pending until every service has erased, then completed")
     services: dict[str, ErasureServiceStatus] = Field(description="per service (segment, campaign, delivery)")
@@ -264,7 +311,8 @@ class PrivacyRequestOut(BaseModel):
 
 
 class ResolveRequest(BaseModel):
-    refs: list[Ref] = Field(min_length=1, max_length=10_000, description="profile ids, userIds, anonymousIds or emails")
+    refs: list[Ref] = Field(min_length=1, max_length=10_000, description="profile ids, userIds, anonymousIds or emails",
+                            examples=[["u-42", "ada@example.com", "b5f1c2d0-device"]])
 
 
 class ResolveOut(BaseModel):
@@ -272,7 +320,8 @@ class ResolveOut(BaseModel):
 
 
 class LookupRequest(BaseModel):
-    ids: list[uuid.UUID] = Field(min_length=1, max_length=1000, description="profile ids")
+    ids: list[uuid.UUID] = Field(min_length=1, max_length=1000, description="profile ids",
+                                 examples=[["6f1c9a52-3c1e-4d8e-9b1a-2f0c7e5d4a10"]])
 
 
 class LookupOut(BaseModel):

@@ -22,7 +22,7 @@ DEFINITION_EXAMPLE = {
 
 
 class SegmentCreate(BaseModel):
-    name: Name = Field(examples=["Repeat buyers on Pro"])
+    name: Name = Field(examples=["Repeat buyers on Pro"], description="the segment's name, unique in the workspace")
     definition: dict[str, Any] = Field(
         description="condition tree: and/or/not, trait, account_trait, performed (with `where` property filters), "
                     "performed_time, aggregate, last_event_property, keyed, email_engagement, stage, segment, "
@@ -34,7 +34,7 @@ class SegmentCreate(BaseModel):
 class SegmentUpdate(BaseModel):
     """What to change: the name, the definition, or both; an omitted field keeps its value."""
 
-    name: Name | None = None
+    name: Name | None = Field(None, description="a new name, unique in the workspace; omitted: unchanged")
     definition: dict[str, Any] | None = Field(
         None, examples=[DEFINITION_EXAMPLE],
         description="a definition that differs from the current one makes a new version (re-evaluated)")
@@ -55,7 +55,8 @@ class SegmentOut(BaseModel):
     id: str
     name: str
     definition: dict[str, Any]
-    version: int
+    version: int = Field(description="the definition's version: 1, raised when an update changes the definition "
+                                     "(not by a rename)")
     created_at: datetime
     updated_at: datetime
 
@@ -71,7 +72,7 @@ class MemberOut(BaseModel):
 
 
 class MemberList(BaseModel):
-    members: list[MemberOut]
+    members: list[MemberOut] = Field(description="the segment's current members, in profile id order")
     next_cursor: str | None = Field(None, description="pass as `after` for the next page")
 
 
@@ -87,7 +88,7 @@ class TransitionOut(BaseModel):
 
 class TransitionPage(BaseModel):
     transitions: list[TransitionOut]
-    next_cursor: str
+    next_cursor: str = Field(description="pass as `after` to continue; equal to `after` when nothing is new")
     behind: int = Field(default=0, description="committed entries still after `next_cursor` (the reader's lag; exact "
                                                "up to 1000, estimated beyond)")
 
@@ -130,19 +131,23 @@ class RetentionMetrics(BaseModel):
     start: datetime
     end: datetime
     segment_id: str | None
-    users: int
-    customers: int
-    repeat_customers: int
-    loyal_customers: int
+    users: int = Field(description="the cohort: profiles first seen in [start, end), only current members of "
+                                   "`segment_id` when it is given")
+    customers: int = Field(description="users with at least one purchase (at any time)")
+    repeat_customers: int = Field(description="users with at least two purchases")
+    loyal_customers: int = Field(description="users with at least the workspace's `lifecycle.loyal_orders` purchases "
+                                             "(default 3)")
     activation_rate: float | None = Field(description="customers / users × 100")
     repeat_customer_rate: float | None = Field(description="repeat / customers × 100")
     loyal_rate: float | None = Field(description="loyal / repeat × 100")
     churn_rate: float | None = Field(description="users now churned / users × 100")
-    average_cltv: float | None
+    average_cltv: float | None = Field(description="mean revenue per customer (all their purchases); null without "
+                                                   "customers")
     nps: float | None = Field(description="% promoters − % detractors (nps trait)")
-    nps_responses: int
+    nps_responses: int = Field(description="users with an NPS answer (0–10): their newest NPS survey event's "
+                                           "`score`, else their `nps` trait")
     csat: float | None = Field(description="% of answers 4–5 (csat trait, 1–5)")
-    csat_responses: int
+    csat_responses: int = Field(description="users whose `csat` trait is a number from 1 to 5")
 
 
 class StageSeries(BaseModel):
@@ -159,7 +164,7 @@ class SearchRequest(BaseModel):
 
 class FoundProfile(BaseModel):
     profile_id: str
-    traits: dict[str, Any]
+    traits: dict[str, Any] = Field(description="the profile's traits, as segment has them from ingest's events")
     attributes: dict[str, Any] = Field(description="computed attributes")
     stage: str | None = Field(description="lifecycle stage")
 
@@ -172,7 +177,7 @@ class SearchOut(BaseModel):
 
 
 class ListCreate(BaseModel):
-    name: Name = Field(examples=["Beta testers"])
+    name: Name = Field(examples=["Beta testers"], description="the list's name, unique in the workspace")
 
 
 class ListOut(BaseModel):

@@ -49,10 +49,13 @@ class _Model(StorableModel):
     model_config = ConfigDict(extra="forbid")
 
 
+_VALUE = "the value compared with (JSON: text, number, boolean; a list for `in`; not used by `exists`)"
+
+
 class PropertyFilter(_Model):
     property: str = Field(min_length=1, examples=["plan"], description="dots reach into nested objects")
     op: Literal["equals", "not_equals", "exists", "gt", "gte", "lt", "lte", "contains", "in"] = "equals"
-    value: Any = None
+    value: Any = Field(None, description=_VALUE)
 
 
 class EventTrigger(_Model):
@@ -149,7 +152,8 @@ class Goal(_Model):
 
 
 class _Step(_Model):
-    id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$",
+                    )
 
 
 class SendStep(_Step):
@@ -207,7 +211,7 @@ class TraitCondition(_Model):
     type: Literal["trait"] = "trait"
     trait: str = Field(min_length=1)
     op: Literal["equals", "not_equals", "exists", "gt", "gte", "lt", "lte", "contains", "in"] = "equals"
-    value: Any = None
+    value: Any = Field(None, description=_VALUE)
 
 
 class SegmentCondition(_Model):
@@ -241,7 +245,8 @@ class BranchStep(_Step):
 
 
 class Variant(_Model):
-    name: str = Field(min_length=1, max_length=50, examples=["A"])
+    name: str = Field(min_length=1, max_length=50, examples=["A"],
+                      description="the variant's name, unique in the split (journeys and stats report it)")
     weight: JsonFloat = Field(gt=0)
     next: str | None = None
 
@@ -269,7 +274,9 @@ class UpdateAttributeStep(_Step):
 
 class WebhookStep(_Step):
     type: Literal["webhook"] = "webhook"
-    url: str = Field(pattern=r"^https?://", examples=["https://example.com/hooks/tenure"])
+    url: str = Field(pattern=r"^https?://", examples=["https://example.com/hooks/tenure"],
+                     description="the http(s) URL delivery POSTs the journey's context to (campaign_id, "
+                                 "journey_id, step, profile, trigger), signed with Tenure-Signature")
     next: str | None = None
 
 

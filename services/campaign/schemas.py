@@ -16,20 +16,31 @@ class _Body(StorableModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# a locale variant's field: omitted (or null), the less specific locale's (fr for fr-CA), else the template's own
+_OR_DEFAULT = "; omitted: the less specific locale's, else the template's"
+
+
 class LocaleVariant(_Body):
-    subject: str | None = Field(None, max_length=998)
-    preheader: str | None = Field(None, max_length=500)
-    html: str | None = None
-    text: str | None = None
-    deep_link: str | None = Field(None, max_length=2000)
-    image: str | None = Field(None, max_length=2000)
+    subject: str | None = Field(None, max_length=998, description="the subject (a push's title)" + _OR_DEFAULT)
+    preheader: str | None = Field(None, max_length=500, description="the email preheader" + _OR_DEFAULT)
+    html: str | None = Field(None, description="the HTML body (Liquid)" + _OR_DEFAULT)
+    text: str | None = Field(None, description="the text body (Liquid)" + _OR_DEFAULT)
+    deep_link: str | None = Field(None, max_length=2000, description="push: the deep link" + _OR_DEFAULT)
+    image: str | None = Field(None, max_length=2000, description="push: the image URL" + _OR_DEFAULT)
 
 
 class TemplateCreate(_Body):
     """Email (subject, preheader, HTML, text), SMS (text) or push (title = subject, body = text, deep link,
     image) content in Liquid."""
 
-    name: str = Field(min_length=1, max_length=200, examples=["welcome"])
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "name": "welcome", "subject": "Welcome, {{ profile.first_name | default: 'there' }}!",
+        "preheader": "Three things to try first", "html": "<p>Hi {{ profile.first_name | default: 'there' }}</p>",
+        "text": "Hi {{ profile.first_name | default: 'there' }}",
+        "locales": {"fr": {"subject": "Bienvenue, {{ profile.first_name | default: 'à vous' }} !"}}}]})
+
+    name: str = Field(min_length=1, max_length=200, examples=["welcome"],
+                      description="the template's name, unique in the workspace")
     channel: Literal["email", "sms", "push"] = Field(
         "email", description="sms: to the profile's `phone` trait; push: to its registered devices (subject = title, "
                              "text = body)")
@@ -70,7 +81,7 @@ def _first_wrong(**checks: object) -> str | None:
 
 
 class TemplateOut(TemplateCreate):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra=None)  # (TemplateCreate's example is a request)
     id: str
     created_at: datetime
     updated_at: datetime
@@ -86,8 +97,11 @@ class CampaignCreate(_Body):
     entry rules, goal and exit events. See docs/campaigns.md."""
 
     name: str = Field(min_length=1, max_length=200, examples=["Welcome series"])
-    trigger: jd.Trigger
-    steps: list[jd.Step] | None = Field(None, max_length=jd.MAX_STEPS)
+    trigger: jd.Trigger = Field(examples=[{"type": "event", "event": "Signed Up"}])
+    steps: list[jd.Step] | None = Field(None, max_length=jd.MAX_STEPS, examples=[[
+        {"id": "welcome", "type": "send", "template_id": "6f1c9a52-3c1e-4d8e-9b1a-2f0c7e5d4a10", "next": "wait"},
+        {"id": "wait", "type": "delay", "seconds": 172800, "next": "tips"},
+        {"id": "tips", "type": "send", "template_id": "0b7e2d4c-8f3a-4b6e-a1c5-9d2f6e8a3b71"}]])
     template_id: str | None = Field(None, description="shorthand for one send step")
     entry: jd.Entry | None = None
     goal: jd.Goal | None = None
@@ -128,11 +142,12 @@ class CampaignUpdate(_Body):
 
 class CampaignOut(BaseModel):
     id: str
-    name: str
+    name: str = Field(description="the campaign's name, unique in the workspace")
     status: str = Field(description="active | paused | archived")
-    version: int
+    version: int = Field(description="the current version: 1, raised by every PUT (a pause, resume or archive "
+                                     "keeps it)")
     trigger: dict[str, object]
-    template_id: str | None
+    template_id: str | None = Field(description="the template of the journey's first send step; null without one")
     message_type: str
     definition: dict[str, object] = Field(description="the current version's journey")
     created_at: datetime
@@ -163,10 +178,11 @@ class TriggerOut(BaseModel):
 class JourneyOut(BaseModel):
     id: str
     campaign_id: str
-    version: int
+    version: int = Field(description="the campaign version the journey runs")
     profile_id: str
     status: str = Field(description="active | waiting | holdout | completed | exited")
-    step: str | None
+    step: str | None = Field(description="the step it is at (for an exited journey, the step it left from); null "
+                                         "for a holdout and once completed")
     wake_at: datetime | None
     variant: str | None
     entered_at: datetime
@@ -180,7 +196,7 @@ class JourneyList(BaseModel):
 
 
 class LogEntry(BaseModel):
-    step: str | None
+    step: str | None = Field(description="the step it happened at; null at entry, for a holdout and at completion")
     kind: str = Field(description="entered | holdout | waiting | sent | skipped | deferred | event | timeout | "
                                   "branch | split | converted | exited | completed | ...")
     detail: str | None
@@ -200,7 +216,8 @@ class CampaignStats(BaseModel):
     entered: int
     holdout: int
     completed: int
-    exited: int
+    exited: int = Field(description="journeys that exited: an exit step or event, the goal (exit_on_conversion), "
+                                    "leaving an exit_on_leaving segment, the profile erased, or archiving")
     in_progress_by_step: dict[str, int]
     sends_by_step: dict[str, Any] = Field(description="queued, dispatched, failed and skipped (by reason) per step")
     converted: int
@@ -220,9 +237,10 @@ class SendOut(BaseModel):
     campaign_id: str
     campaign_version: int
     profile_id: str
-    occurrence: str
+    occurrence: str = Field(description="what it was sent for, `journey:JOURNEY_ID:STEP`: one send each")
     status: str = Field(description="pending | dispatched | skipped | failed")
-    reason: str | None
+    reason: str | None = Field(description="why it was skipped or failed, or the last error of a pending retry; "
+                                           "null otherwise")
     journey_id: str | None = None
     step: str | None = None
     delivery_message_id: str | None
@@ -258,11 +276,11 @@ class PreviewIn(_Body):
 
 
 class PreviewOut(BaseModel):
-    subject: str
-    html: str | None
+    subject: str = Field(description="the rendered subject (a push's title)")
+    html: str | None = Field(description="the rendered HTML; null when the template has none")
     text: str | None = Field(description="generated from the HTML when the template has no text part")
-    deep_link: str | None = None
-    image: str | None = None
+    deep_link: str | None = Field(None, description="push: the rendered deep link")
+    image: str | None = Field(None, description="push: the rendered image URL")
     locale: str | None = Field(description="the locale variant used (null: the default)")
     profile_id: str | None
 
@@ -280,4 +298,4 @@ class TestSendOut(BaseModel):
 class MigrateOut(BaseModel):
     moved: int = Field(description="users moved to the current version, at the same step")
     kept: int = Field(description="users left in their version (their step is gone from the current one)")
-    version: int
+    version: int = Field(description="the current version, the one users were moved to")

@@ -37,7 +37,8 @@ class EventReward(_Model):
     type: Literal["event"] = "event"
     event: str = Field(min_length=1, max_length=200, examples=["Free Month Granted"],
                        description="an event sent to ingest for your app (or a journey) to fulfil")
-    properties: dict[str, Any] = Field(default_factory=dict, examples=[{"months": 1}])
+    properties: dict[str, Any] = Field(default_factory=dict, examples=[{"months": 1}],
+                                       description="the event's properties; `referral_id` and `side` are added")
 
 
 Reward = Annotated[PointsReward | CouponReward | EventReward, Field(discriminator="type")]
@@ -108,7 +109,8 @@ class LoyaltyConfig(_Model):
     tier_retain_days: JsonInt = Field(30, ge=0, le=3650, description="a tier is kept at least this long before a "
                                                                  "downgrade")
     tiers: list[Tier] = Field(default_factory=list, max_length=20, description="ordered by threshold")
-    badges: list[Badge] = Field(default_factory=list, max_length=100)
+    badges: list[Badge] = Field(default_factory=list, max_length=100,
+                                description="badges members earn by doing events (names unique)")
     refund_event: str = Field("Order Refunded", description="points earned on that order_id are taken back")
 
     @model_validator(mode="after")

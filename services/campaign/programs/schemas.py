@@ -65,7 +65,8 @@ class CodeOut(BaseModel):
 
 class InviteIn(StorableModel):
     user: Ref = Field(description="the referrer: profile id, userId, anonymousId or email", examples=["u-42"])
-    channel: Literal["email", "sms", "social"] = "email"
+    channel: Literal["email", "sms", "social"] = Field(
+        "email", description="where the referrer shares it: picks the share link (its `channel` parameter)")
     idempotency_key: str | None = Field(None, max_length=200, description="a retried call with the same key is "
                                                                            "one `Referral Sent` event")
 
@@ -94,7 +95,8 @@ class ReferralOut(BaseModel):
     referrer_profile_id: str
     referred_profile_id: str
     code: str
-    channel: str | None
+    channel: str | None = Field(description="the share link's channel the referred user came through (email, sms or "
+                                            "social); null if not known")
     status: str = Field(description="converted | rejected | rewarded | capped | reversed")
     reason: str | None = Field(description="why rejected: self_referral, duplicate_email, duplicate_phone, "
                                            "duplicate_device, attribution_window_expired; or why capped")
@@ -107,7 +109,8 @@ class ReferralOut(BaseModel):
 
 
 class ReferralList(BaseModel):
-    referrals: list[ReferralOut]
+    referrals: list[ReferralOut] = Field(description="the referrals (of `referrer`, with `status`, when given), in id "
+                                                     "order")
     next_cursor: str | None = None
 
 
@@ -137,7 +140,7 @@ class Leaderboard(BaseModel):
 
 class Expiring(BaseModel):
     points: int
-    expires_at: datetime
+    expires_at: datetime = Field(description="when these points expire (ISO 8601, UTC)")
 
 
 class BalanceOut(BaseModel):
@@ -156,7 +159,8 @@ class EntryOut(BaseModel):
     reason: str | None
     order_id: str | None
     remaining: int = Field(description="of a credit: the points not yet spent or expired")
-    expires_at: datetime | None
+    expires_at: datetime | None = Field(description="of a credit: when its remaining points expire; null: never, "
+                                                    "or not a credit (ISO 8601, UTC)")
     at: datetime
 
 
@@ -190,9 +194,10 @@ class TierOut(BaseModel):
 
 class BadgeOut(BaseModel):
     badge: str
-    events_done: list[str]
+    events_done: list[str] = Field(description="the badge's events the member has done so far (it is earned when all "
+                                               "of them fall within its `within_days`)")
     earned_at: datetime | None
 
 
 class BadgesOut(BaseModel):
-    badges: list[BadgeOut]
+    badges: list[BadgeOut] = Field(description="the badges the member has started or earned, by name")

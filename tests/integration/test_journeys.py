@@ -59,6 +59,15 @@ class World:
         if self.deliver:  # what delivery's worker does (webhooks are messages too)
             await sending.send_due(self.sm, self.internal.settings)
 
+    async def fold_segments(self, pid: str) -> None:
+        """What segment's worker does with the new events: fold the feed, re-evaluate the profile."""
+        from services.segment import evaluation
+
+        async with self.sm() as s, s.begin():
+            await evaluation.consume_page(s, self.internal, 500)
+        async with self.sm() as s, s.begin():
+            await evaluation.reevaluate(s, self.ws, [uuid.UUID(pid)])
+
     async def mail(self, to: str) -> list[dict]:
         r = await self.apps["delivery"].get("/v1/messages", headers=self.h, params={"to": to})
         return sorted(r.json()["messages"], key=lambda m: m["created_at"])
@@ -321,7 +330,6 @@ async def test_segment_and_stage_triggers_attribute_dates_webhooks_and_engagemen
     import asyncio
     import json
 
-    from services.segment import evaluation
 
     hits: list[dict] = []
 
@@ -357,14 +365,7 @@ async def test_segment_and_stage_triggers_attribute_dates_webhooks_and_engagemen
     email = _email("seg")
     pid = await world.identify("seg-1", email=email, plan="pro", renews_at="2026-12-01T12:00:00Z")
 
-    async def fold() -> None:  # what segment's worker does with the new events
-        async with world.sm() as s, s.begin():
-            from services.segment.evaluation import consume_page
-            await consume_page(s, world.internal, 500)
-        async with world.sm() as s, s.begin():
-            await evaluation.reevaluate(s, world.ws, [uuid.UUID(pid)])
-
-    await fold()
+    await world.fold_segments(pid)
     await world.pump(T0)
     assert hits and hits[0]["journey_id"] and hits[0]["profile"]["traits"]["plan"] == "pro"
     journey = next(j for j in await world.path(pid) if j["campaign_id"] == entered["id"])
@@ -379,7 +380,7 @@ async def test_segment_and_stage_triggers_attribute_dates_webhooks_and_engagemen
     assert "Thanks for reading" in {m["subject"] for m in await world.mail(email)}
     # leaving the segment triggers the other campaign
     await world.identify("seg-1", plan="free")
-    await fold()
+    await world.fold_segments(pid)
     await world.pump(datetime(2026, 11, 30, 14, 0, tzinfo=UTC))
     stats = {c["id"]: (await world.apps["campaign"].get(f"/v1/campaigns/{c['id']}/stats", headers=world.h)).json()
              for c in (left, staged)}
@@ -1508,9 +1509,6 @@ async def test_fields_the_api_does_not_know_are_refused_not_dropped(world) -> No
 async def test_leaving_a_segment_or_stage_ends_the_journeys_that_exit_on_leaving_it(world) -> None:
     """A trial-conversion journey ends when its user leaves "on trial" (they bought): the nudge waiting a day
     is never sent; a journey without the rule goes on."""
-    from services.segment import evaluation
-    from services.segment.evaluation import consume_page
-
     seg = (await world.apps["segment"].post("/v1/segments", headers=world.h, json={
         "name": f"trial-{uuid.uuid4().hex[:6]}", "definition": {"type": "trait", "trait": "plan", "value": "trial"}}
     )).json()
@@ -1527,17 +1525,11 @@ async def test_leaving_a_segment_or_stage_ends_the_journeys_that_exit_on_leaving
     email = _email("trial")
     pid = await world.identify("trial-1", email=email, plan="trial")
 
-    async def fold() -> None:  # what segment's worker does with the new events
-        async with world.sm() as s, s.begin():
-            await consume_page(s, world.internal, 500)
-        async with world.sm() as s, s.begin():
-            await evaluation.reevaluate(s, world.ws, [uuid.UUID(pid)])
-
-    await fold()
+    await world.fold_segments(pid)
     await world.track("trial-1", "Trial Started", T0)
     await world.pump(T0)
     await world.identify("trial-1", plan="pro")  # bought: leaves the trial segment
-    await fold()
+    await world.fold_segments(pid)
     await world.pump(T0 + timedelta(hours=1))
     paths = {j["campaign_id"]: j for j in await world.path(pid)}
     assert paths[exits["id"]]["status"] == "exited", paths[exits["id"]]

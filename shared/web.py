@@ -23,7 +23,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import metrics, openapi_glossary
 from shared.db import create_engine, create_sessionmaker
-from shared.errors import PROBLEM_JSON, BodyTooLarge, ValidationFailed, install_error_handlers, problem_schema
+from shared.errors import (
+    PROBLEM_JSON,
+    BodyTooLarge,
+    ValidationFailed,
+    install_error_handlers,
+    problem_response,
+    problem_schema,
+)
 from shared.gc_tuning import tune_gc
 from shared.http import InternalClient, make_http_client
 from shared.logging import configure_logging
@@ -96,11 +103,9 @@ class BodyLimitMiddleware:
             return
         path: str = scope.get("path", "")
         limit = next((n for prefix, n in self.limits if path.startswith(prefix)), self.default)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        declared = next((v for k, v in scope.get("headers") or () if k == b"content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            problem = BodyTooLarge(limit).problem()
-            await JSONResponse(problem.to_problem(instance=path), status_code=413, media_type=PROBLEM_JSON,
-                               headers=problem.headers)(scope, receive, send)
+            await problem_response(BodyTooLarge(limit).problem(), Request(scope))(scope, receive, send)
             return
         seen = 0
 

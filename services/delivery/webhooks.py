@@ -21,6 +21,7 @@ import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.delivery import consent, provider_events, sendgrid, sms
 from shared.db import SessionDep
@@ -29,10 +30,11 @@ from shared.validation import unstorable
 
 log = structlog.get_logger()
 
-async def _known_workspace(workspace_id: uuid.UUID, request: Request) -> None:
+async def _known_workspace(workspace_id: uuid.UUID, session: AsyncSession) -> None:
     """The URL names a workspace that exists: a verified report for another is refused (404) before anything is
-    written. (Checked after the signature: an unsigned call learns nothing about which workspaces exist.)"""
-    async with request.app.state.sessionmaker() as session:
+    written. (Checked after the signature: an unsigned call learns nothing about which workspaces exist.) Its own
+    short transaction on the route's session, ended before the route begins the one that writes."""
+    async with session.begin():
         found = (await session.execute(text("select 1 from core.workspaces where id = :ws"),
                                        {"ws": workspace_id})).first()
     if found is None:
@@ -110,7 +112,7 @@ def _twiml(message: str | None = None) -> Response:
              summary="Twilio SMS status callback (signed): delivered / undelivered / failed")
 async def twilio_status(workspace_id: uuid.UUID, request: Request, session: SessionDep) -> Response:
     form = await _verified_form(request)
-    await _known_workspace(workspace_id, request)
+    await _known_workspace(workspace_id, session)
     sid = form.get("MessageSid", "")
     if _unstorable("twilio", {k: form.get(k, "") for k in ("MessageSid", "MessageStatus", "ErrorCode")}):
         return Response(status_code=204)
@@ -128,7 +130,7 @@ async def twilio_status(workspace_id: uuid.UUID, request: Request, session: Sess
              summary="Twilio inbound SMS (signed): STOP opts out, START opts in, HELP answers")
 async def twilio_inbound(workspace_id: uuid.UUID, request: Request, session: SessionDep) -> Response:
     form = await _verified_form(request)
-    await _known_workspace(workspace_id, request)
+    await _known_workspace(workspace_id, session)
     # with Advanced Opt-Out Twilio classifies the reply itself (its own and custom, localised keywords)
     word = {"STOP": "stop", "START": "start", "HELP": "help"}.get(form.get("OptOutType", "").upper()) \
         or sms.keyword(form.get("Body", ""))
@@ -168,7 +170,7 @@ async def sendgrid_events(workspace_id: uuid.UUID, request: Request, session: Se
                                                request.headers.get(sendgrid.TIMESTAMP_HEADER))
     if problem:
         raise Forbidden(problem)
-    await _known_workspace(workspace_id, request)
+    await _known_workspace(workspace_id, session)
     try:
         events = json.loads(body)
         assert isinstance(events, list)

@@ -1,7 +1,11 @@
-"""A throwaway, migrated database for a benchmark run (beside TENURE_DATABASE_URL, or on embedded servers)."""
+"""A throwaway, migrated database for a benchmark run (beside TENURE_DATABASE_URL, or on embedded servers).
+
+Set ``TENURE_BENCH_KEEP_DB=1`` to keep it after the run (its name is printed) and look at the rows and plans.
+"""
 
 import asyncio
 import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -43,5 +47,8 @@ async def scratch_database(*, need_redis: bool) -> AsyncIterator[Settings]:
             await asyncio.to_thread(upgrade_all, settings)
             yield settings
         finally:
-            await admin.execute(f'drop database if exists "{name}" with (force)')
+            if os.environ.get("TENURE_BENCH_KEEP_DB") == "1":
+                print(f"kept the scratch database {name!r}: drop it with  drop database \"{name}\"")
+            else:
+                await admin.execute(f'drop database if exists "{name}" with (force)')
             await admin.close()

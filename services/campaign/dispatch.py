@@ -4,6 +4,9 @@ Sends are claimed with a lease (``next_attempt_at`` pushed forward under ``FOR U
 so replicas never work on the same send and a crashed worker's sends come back after the lease.
 Delivery stores each message under the same idempotency key, so a send posted twice (a crash between
 delivery's answer and our commit) is still one message.
+
+Most sends never wait for the poll: the journey run that decides them writes them already claimed and
+hands them over as soon as it commits (``dispatch_claimed``), with the profiles it looked up.
 """
 
 import uuid
@@ -14,7 +17,7 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.campaign import campaigns, ingest_client, templates
+from services.campaign import campaigns, ingest_client, journeys, templates
 from services.campaign.programs import variables as program_vars
 from shared.auth import WORKSPACE_HEADER
 from shared.errors import UpstreamUnavailable
@@ -23,7 +26,7 @@ from shared.jsonutil import dumps
 
 log = structlog.get_logger()
 
-LEASE_S = 120
+LEASE_S = journeys.SEND_LEASE_S
 MAX_ATTEMPTS = 10
 
 
@@ -214,14 +217,34 @@ async def dispatch_due(sessionmaker: async_sessionmaker[AsyncSession], internal:
     """Claim due sends and hand them to delivery; returns how many were claimed."""
     async with sessionmaker() as session, session.begin():
         sends = await claim(session, limit)
-    if not sends:
-        return 0
-    profiles = await profiles_for(internal, sends)
+    if sends:
+        await _hand_over(sessionmaker, internal, sends, await profiles_for(internal, sends))
+    return len(sends)
+
+
+async def dispatch_claimed(sessionmaker: async_sessionmaker[AsyncSession], internal: InternalClient,
+                           sends: list[dict[str, Any]], profiles: dict[str, Any]) -> None:
+    """Hand over sends a journey run wrote already claimed (``journeys.advance_due(claim_sends=True)``), with the
+    profiles it looked up. As the claim would: the campaign's current message type and topic, and nothing of a
+    campaign paused meanwhile (the pause held its sends: a resume makes them due for the poll) or archived (which
+    skipped them)."""
+    async with sessionmaker() as session, session.begin():
+        current = {r.id: r for r in (await session.execute(text(
+            "select id, status, message_type, definition->>'topic' as topic from campaign.campaigns "
+            "where id = any(CAST(:ids AS uuid[]))"), {"ids": list({s["campaign_id"] for s in sends})})).all()}
+    ready = [{**send, "message_type": c.message_type, "topic": c.topic} for send in sends
+             if (c := current.get(send["campaign_id"])) is not None and c.status == "active"]
+    if ready:
+        await _hand_over(sessionmaker, internal, ready, profiles)
+
+
+async def _hand_over(sessionmaker: async_sessionmaker[AsyncSession], internal: InternalClient,
+                     sends: list[dict[str, Any]], profiles: dict[str, Any]) -> None:
+    """Render claimed sends, post them to delivery and record each one's outcome."""
     async with sessionmaker() as session, session.begin():
         snippets = {ws: await campaigns.snippets_of(session, ws) for ws in {s["workspace_id"] for s in sends}}
-    outcomes: dict[uuid.UUID, Outcome] = {}
-    ready: dict[uuid.UUID, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
-    async with sessionmaker() as session, session.begin():
+        outcomes: dict[uuid.UUID, Outcome] = {}
+        ready: dict[uuid.UUID, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
         extras = await program_variables(session, sends, profiles, snippets)
         templates = await _templates(session, {send["template_id"] for send in sends})
         for send in sends:
@@ -251,4 +274,3 @@ async def dispatch_due(sessionmaker: async_sessionmaker[AsyncSession], internal:
                      "detail": outcome.reason})
             log.info("campaign.send_" + outcome.status, send_id=str(send["id"]), reason=outcome.reason,
                      delivery_message_id=outcome.delivery_message_id)
-    return len(sends)

@@ -12,7 +12,7 @@ import hashlib
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import structlog
@@ -36,6 +36,7 @@ log = structlog.get_logger()
 OPEN = ("active", "waiting")
 MAX_STEPS_PER_WAKE = 50
 RETRY_AFTER = timedelta(minutes=5)
+SEND_LEASE_S = 120  # a claimed send is the claimer's this long; then the dispatcher's poll takes it again
 ENGAGEMENT_EVENTS = {"Email Opened": "opened", "Email Link Clicked": "clicked"}
 _journey_adapter = TypeAdapter(jd.Journey)
 
@@ -423,10 +424,14 @@ _UPDATE_MANY = text(
                 for c, t in _RUN_COLUMNS.items())
     + ", updated_at = now() from (select CAST(e->>'id' AS uuid) as id, e->'set' as d "
       "from jsonb_array_elements(CAST(:rows AS jsonb)) as e) as r where j.id = r.id")
+# a pending send is written claimed when its run hands it to delivery itself (``_Deferred.claim``): one attempt
+# taken and the dispatcher's lease, so the dispatcher's poll skips it unless the run dies before handing it over
 _INSERT_SENDS = text(
     "insert into campaign.sends (id, workspace_id, campaign_id, campaign_version, template_id, profile_id, "
-    "occurrence, idempotency_key, status, reason, trigger_data, journey_id, step, channel) "
-    "select r.id, r.ws, r.c, r.v, r.t, r.p, r.occ, r.key, r.status, r.reason, r.data, r.j, r.step, r.ch "
+    "occurrence, idempotency_key, status, reason, trigger_data, journey_id, step, channel, attempts, next_attempt_at) "
+    "select r.id, r.ws, r.c, r.v, r.t, r.p, r.occ, r.key, r.status, r.reason, r.data, r.j, r.step, r.ch, "
+    "case when :claim and r.status = 'pending' then 1 else 0 end, "
+    "case when :claim and r.status = 'pending' then now() + make_interval(secs => :lease) else now() end "
     "from jsonb_to_recordset(CAST(:rows AS jsonb)) as r(id uuid, ws uuid, c uuid, v int, t uuid, p uuid, occ text, "
     "key text, status text, reason text, data jsonb, j uuid, step text, ch text) "
     "on conflict (workspace_id, idempotency_key) do nothing returning idempotency_key")
@@ -440,20 +445,28 @@ class _Deferred:
     A journey's own writes are only read back by the dispatcher, after the batch commits, and by the
     frequency caps and A/B winners of later journeys in the batch, which flush first. A send's log line
     takes its place in the path when the send is decided and is corrected at the flush if the send
-    turns out to exist already (a replayed step)."""
+    turns out to exist already (a replayed step).
+
+    With ``claim``, pending sends are written already claimed for the dispatcher (``dispatch.LEASE_S``) and
+    listed in ``claimed``: the caller hands them to delivery once its transaction has committed."""
 
     sends: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)  # (row, its log line)
     updates: list[dict[str, Any]] = field(default_factory=list)
     replayed: int = 0  # deferred sends that already existed (counted as created when decided)
+    claim: bool = False
+    claimed: list[dict[str, Any]] = field(default_factory=list)  # the rows of pending sends written claimed
 
     async def flush(self, session: AsyncSession) -> None:
         """Write what is pending."""
         if self.sends:
             rows = [row for row, _ in self.sends]
-            created = set((await session.execute(_INSERT_SENDS, {"rows": dumps(rows)})).scalars())
+            created = set((await session.execute(_INSERT_SENDS, {"rows": dumps(rows), "claim": self.claim,
+                                                                 "lease": SEND_LEASE_S})).scalars())
             for row, line in self.sends:
                 if row["key"] in created:
                     created.discard(row["key"])  # (the same step twice in one run: the second is a replay)
+                    if self.claim and row["status"] == "pending":
+                        self.claimed.append(row)
                 elif row["status"] == "pending":
                     line.update(k="skipped", d="already sent (replayed step)")
                     self.replayed += 1
@@ -501,10 +514,24 @@ class _IsolateAndRetry(Exception):
     """A journey failed in a batch run without savepoints: the batch rolled back whole."""
 
 
+class Advanced(NamedTuple):
+    """What one ``advance_due`` did."""
+
+    journeys: int  # journeys run
+    sends: int  # sends created
+    claimed: list[dict[str, Any]]  # with ``claim_sends``: the sends it created, claimed (``_claimed_send``)
+    profiles: dict[str, Any]  # their profiles as looked up for the run ("workspace:profile" -> profile)
+
+
 async def advance_due(sessionmaker: async_sessionmaker[AsyncSession], internal: InternalClient,
-                      http: httpx.AsyncClient, *, now: datetime | None = None, limit: int = 200) -> tuple[int, int]:
-    """Run the journeys whose timer is due (one claimed batch, one transaction). Returns (journeys run,
-    sends created).
+                      http: httpx.AsyncClient, *, now: datetime | None = None, limit: int = 200,
+                      claim_sends: bool = False) -> Advanced:
+    """Run the journeys whose timer is due (one claimed batch, one transaction).
+
+    With ``claim_sends`` the sends it decides are written already claimed and returned with the profiles the
+    run looked up, for the caller to hand to delivery (``dispatch.dispatch_claimed``) without the dispatcher's
+    poll, its claim and a second profile lookup; if the caller dies first, the lease runs out and the poll
+    takes them.
 
     A failing journey must roll back alone, which a savepoint per journey gives — two more round trips
     each, and past 64 of them a transaction's subtransactions overflow PostgreSQL's per-backend cache,
@@ -514,17 +541,18 @@ async def advance_due(sessionmaker: async_sessionmaker[AsyncSession], internal: 
     always takes the isolated path, so nothing outside is done twice."""
     now = now or datetime.now(UTC)
     try:
-        return await _advance(sessionmaker, internal, http, now, limit, isolate=False)
+        return await _advance(sessionmaker, internal, http, now, limit, isolate=False, claim=claim_sends)
     except _IsolateAndRetry as exc:
         log.info("campaign.batch_isolated", error=f"{type(exc.__cause__).__name__}: {exc.__cause__}")
-        return await _advance(sessionmaker, internal, http, now, limit, isolate=True)
+        return await _advance(sessionmaker, internal, http, now, limit, isolate=True, claim=claim_sends)
 
 
 async def _advance(sessionmaker: async_sessionmaker[AsyncSession], internal: InternalClient, http: httpx.AsyncClient,
-                   now: datetime, limit: int, *, isolate: bool) -> tuple[int, int]:
+                   now: datetime, limit: int, *, isolate: bool, claim: bool) -> Advanced:
     versions = VersionCache()
     channels: dict[uuid.UUID, str] = {}
     sends = 0
+    claimed: list[dict[str, Any]] = []
     async with sessionmaker() as session, session.begin():
         rows = (await session.execute(
             text("select j.*, w.settings as ws_settings from campaign.journeys j "
@@ -536,7 +564,7 @@ async def _advance(sessionmaker: async_sessionmaker[AsyncSession], internal: Int
         found = await _profiles(internal, [dict(r) for r in rows])
         batch = [(dict(r), await versions.get(session, r["campaign_id"], r["version"])) for r in rows]
         isolate = isolate or any(journey.calls_out() for _, journey in batch)
-        deferred = _Deferred()  # the batch's, when it runs without savepoints
+        deferred = _Deferred(claim=claim)  # the batch's, when it runs without savepoints
         for j, journey in batch:
             profile = found.get(str(j["profile_id"]))
             if profile is None:
@@ -544,7 +572,7 @@ async def _advance(sessionmaker: async_sessionmaker[AsyncSession], internal: Int
                 await _log(session, j, "exited", "profile no longer exists")
                 continue
             ctx = Context(session, internal, http, now, Policy.from_settings(j.pop("ws_settings")), profile,
-                          internal.settings, channels, _Deferred() if isolate else deferred)
+                          internal.settings, channels, _Deferred(claim=claim) if isolate else deferred)
             if not isolate:
                 try:
                     sends += await run(ctx, j, journey)
@@ -557,6 +585,7 @@ async def _advance(sessionmaker: async_sessionmaker[AsyncSession], internal: Int
                     decided = await run(ctx, j, journey)
                     await ctx.deferred.flush(session)
                 sends += decided - ctx.deferred.replayed
+                claimed.extend(ctx.deferred.claimed)  # (its savepoint held)
             except Exception as exc:  # noqa: BLE001 - retried later; the others go on
                 del _log_buffer(session)[logged:]  # its lines roll back with it
                 log.warning("campaign.journey_failed", journey_id=str(j["id"]), error=f"{type(exc).__name__}: {exc}")
@@ -568,7 +597,18 @@ async def _advance(sessionmaker: async_sessionmaker[AsyncSession], internal: Int
             except Exception as exc:  # noqa: BLE001 - as a journey's own failure: rerun isolated
                 raise _IsolateAndRetry from exc
             sends -= deferred.replayed
-    return len(rows), sends
+            claimed.extend(deferred.claimed)
+    # (only now that the transaction has committed are the claimed sends there to hand over)
+    return Advanced(len(rows), sends, [_claimed_send(row) for row in claimed],
+                    {f"{row['ws']}:{row['p']}": found[str(row["p"])] for row in claimed})
+
+
+def _claimed_send(row: dict[str, Any]) -> dict[str, Any]:
+    """A send row written claimed, in the shape ``dispatch.claim`` returns but for the campaign's message type and
+    topic, which ``dispatch.dispatch_claimed`` reads as the claim does: the campaign's current ones."""
+    return {"id": row["id"], "workspace_id": row["ws"], "campaign_id": row["c"], "template_id": row["t"],
+            "profile_id": row["p"], "idempotency_key": row["key"], "trigger_data": row["data"], "attempts": 1,
+            "journey_id": row["j"], "step": row["step"]}
 
 
 async def _profiles(internal: InternalClient, journeys: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -1,6 +1,7 @@
 """Campaign's arq worker: feeds into journeys and programs, journeys' due timers, sends handed to delivery,
 program events handed to ingest, and the programs' hourly maintenance (expiry, tier downgrades)."""
 
+import asyncio
 from typing import Any
 
 import structlog
@@ -45,16 +46,36 @@ async def on_transitions(ctx: JobCtx) -> int:
 
 
 async def advance_journeys(ctx: JobCtx) -> int:
-    """Run every journey whose timer is due (woken on entry; polled, so delays fire on time)."""
-    total = sends = 0
-    while True:
-        n, s = await journeys.advance_due(ctx["sessionmaker"], ctx["internal"], ctx["http"])
-        total, sends = total + n, sends + s
-        if s:
-            await wake(ctx["redis"], ctx["settings"], "campaign", "dispatch_sends")
-        if stopping(ctx) or (n == 0 and not await take_dirty(ctx, "advance_journeys")):
-            break
+    """Run every journey whose timer is due (woken on entry; polled, so delays fire on time), and hand the sends
+    each batch decides straight to delivery, overlapping the next batch's run (``dispatch.dispatch_claimed``)."""
+    total = 0
+    handing: set[asyncio.Task[None]] = set()
+    try:
+        while True:
+            done = await journeys.advance_due(ctx["sessionmaker"], ctx["internal"], ctx["http"], claim_sends=True)
+            total += done.journeys
+            if done.claimed:
+                task = asyncio.create_task(_hand_over(ctx, done))
+                handing.add(task)
+                task.add_done_callback(handing.discard)
+                if len(handing) >= MAX_HANDING_OVER:
+                    await asyncio.wait(handing, return_when=asyncio.FIRST_COMPLETED)
+            if stopping(ctx) or (done.journeys == 0 and not await take_dirty(ctx, "advance_journeys")):
+                break
+    finally:
+        await asyncio.gather(*handing, return_exceptions=True)
     return total
+
+
+MAX_HANDING_OVER = 2  # batches of sends on their way to delivery while the next batch runs
+
+
+async def _hand_over(ctx: JobCtx, done: journeys.Advanced) -> None:
+    try:
+        await dispatch.dispatch_claimed(ctx["sessionmaker"], ctx["internal"], done.claimed, done.profiles)
+    except Exception as exc:  # noqa: BLE001 - their lease runs out and the dispatcher's poll takes them
+        log.warning("campaign.hand_over_failed", sends=len(done.claimed), error=f"{type(exc).__name__}: {exc}",
+                    retry_after_s=dispatch.LEASE_S)
 
 
 async def run_schedules(ctx: JobCtx) -> int:

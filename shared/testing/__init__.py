@@ -211,3 +211,16 @@ def http_server(app: Any, port: int | None = None) -> Iterator[int]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+async def run_due_journeys(sessionmaker: async_sessionmaker[AsyncSession], internal: Any, now: Any) -> None:
+    """What campaign's worker does with due journeys at ``now``, one batch after another: run them, hand the sends
+    they decide straight to delivery, then the dispatcher's poll (retries, sends held by a pause)."""
+    from services.campaign import dispatch, journeys
+
+    while (done := await journeys.advance_due(sessionmaker, internal, internal._http, now=now,
+                                               claim_sends=True)).journeys:
+        if done.claimed:
+            await dispatch.dispatch_claimed(sessionmaker, internal, done.claimed, done.profiles)
+    while await dispatch.dispatch_due(sessionmaker, internal):
+        pass

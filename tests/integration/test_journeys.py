@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from services.campaign import dispatch, journeys, triggering
 from services.delivery import sending
+from shared.testing import run_due_journeys
 
 T0 = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)  # a Wednesday; 10:00 in New York, 16:00 in Paris
 
@@ -52,10 +53,7 @@ class World:
                     page = await triggering.consume_page(s, self.internal, feed, 500, now=now)
                 if page.read < 500:
                     break
-        while (await journeys.advance_due(self.sm, self.internal, self.internal._http, now=now))[0]:
-            pass
-        while await dispatch.dispatch_due(self.sm, self.internal):
-            pass
+        await run_due_journeys(self.sm, self.internal, now)
         if self.deliver:  # what delivery's worker does (webhooks are messages too)
             await sending.send_due(self.sm, self.internal.settings)
 
@@ -1480,6 +1478,57 @@ async def test_pausing_holds_the_sends_already_decided_and_archiving_skips_them(
         pass
     assert await world.mail(addresses["held-2"]) == []
     assert await sends() == [("dispatched", None), ("skipped", "campaign archived")]
+
+
+async def test_a_run_hands_its_sends_over_itself_and_the_poll_covers_a_run_that_died(world) -> None:
+    """The worker's run writes the sends it decides already claimed and hands them to delivery itself. They wait
+    for no poll, yet nothing is lost or doubled: a pause before the hand-over holds them until the resume, and
+    the sends of a run that died before handing over are the poll's once their lease runs out."""
+    tpl = await world.template("handed", "Handed {{ profile.first_name }}")
+    camp = await world.campaign(trigger={"type": "api"}, steps=[{"id": "s", "type": "send", "template_id": tpl}])
+    c = world.apps["campaign"]
+    addresses = {uid: _email(uid) for uid in ("hand-1", "hand-2", "hand-3")}
+    for uid, address in addresses.items():
+        await world.identify(uid, email=address, first_name=uid)
+
+    async def decide(uid: str) -> journeys.Advanced:
+        r = await c.post(f"/v1/campaigns/{camp['id']}/trigger", headers=world.h, json={"user": uid})
+        assert r.status_code in (200, 202), r.text
+        done = await journeys.advance_due(world.sm, world.internal, world.internal._http, now=datetime.now(UTC),
+                                          claim_sends=True)
+        assert done.sends == 1 and len(done.claimed) == 1
+        assert await dispatch.dispatch_due(world.sm, world.internal) == 0  # claimed: not the poll's
+        return done
+
+    async def poll() -> None:
+        while await dispatch.dispatch_due(world.sm, world.internal):
+            pass
+
+    done = await decide("hand-1")
+    await dispatch.dispatch_claimed(world.sm, world.internal, done.claimed, done.profiles)
+    assert [m["subject"] for m in await world.mail(addresses["hand-1"])] == ["Handed hand-1"]
+
+    done = await decide("hand-2")  # paused between the run's commit and its hand-over
+    assert (await c.post(f"/v1/campaigns/{camp['id']}/pause", headers=world.h)).status_code == 200
+    await dispatch.dispatch_claimed(world.sm, world.internal, done.claimed, done.profiles)
+    await poll()
+    assert await world.mail(addresses["hand-2"]) == []
+    assert (await c.post(f"/v1/campaigns/{camp['id']}/resume", headers=world.h)).status_code == 200
+    await poll()
+    assert [m["subject"] for m in await world.mail(addresses["hand-2"])] == ["Handed hand-2"]
+
+    done = await decide("hand-3")  # the run dies before handing over: its lease runs out
+    async with world.sm() as s, s.begin():
+        lease = (await s.execute(text("select next_attempt_at - now() from campaign.sends where id = :id"),
+                                 {"id": done.claimed[0]["id"]})).scalar_one()
+        assert timedelta(seconds=dispatch.LEASE_S - 30) < lease <= timedelta(seconds=dispatch.LEASE_S)
+        await s.execute(text("update campaign.sends set next_attempt_at = now() where id = :id"),
+                        {"id": done.claimed[0]["id"]})
+    await poll()
+    await dispatch.dispatch_claimed(world.sm, world.internal, done.claimed, done.profiles)  # a late hand-over too
+    assert [m["subject"] for m in await world.mail(addresses["hand-3"])] == ["Handed hand-3"]
+    page = (await c.get(f"/v1/campaigns/{camp['id']}/sends", headers=world.h)).json()["sends"]
+    assert sorted(s["status"] for s in page) == ["dispatched"] * 3
 
 
 async def test_fields_the_api_does_not_know_are_refused_not_dropped(world) -> None:

@@ -13,9 +13,10 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-from services.campaign import dispatch, journeys, triggering
+from services.campaign import triggering
 from services.campaign.programs import maintenance
 from services.campaign.programs import outbox as program_outbox
+from shared.testing import run_due_journeys
 
 # the recent past: events are "old enough" to be real, and their points expire in the future of the real
 # clock (balances read through the API use it), while maintenance runs at any moment the test picks
@@ -58,10 +59,7 @@ class Programs:
         while await program_outbox.forward(self.sm, self.internal):
             pass
         await self.consume(now)
-        while (await journeys.advance_due(self.sm, self.internal, self.internal._http, now=now))[0]:
-            pass
-        while await dispatch.dispatch_due(self.sm, self.internal):
-            pass
+        await run_due_journeys(self.sm, self.internal, now)
 
     async def code(self, uid: str) -> dict:
         r = await self.apps["campaign"].post("/v1/referral/codes", headers=self.h, json={"user": uid})

@@ -20,6 +20,7 @@ from sqlalchemy.exc import DisconnectionError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.types import UserDefinedType
 
+from shared.jsonutil import loads
 from shared.settings import Settings
 
 NAMING_CONVENTION = {
@@ -88,6 +89,7 @@ def create_engine(settings: Settings, *, application_name: str = "tenure", **kw:
         pool_size=kw.pop("pool_size", settings.db_pool_size),
         max_overflow=kw.pop("max_overflow", settings.db_pool_size),
         pool_timeout=10,
+        json_deserializer=loads,  # jsonb columns read with orjson
         connect_args={
             "server_settings": {
                 "application_name": application_name,

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import structlog
 
+from shared.jsonutil import dumps_bytes
 from shared.settings import Settings
 
 log = structlog.get_logger()
@@ -67,6 +68,10 @@ class InternalClient:
     ) -> httpx.Response:
         url = self._settings.url_of(service) + path  # type: ignore[arg-type]
         headers = {"Authorization": f"Bearer {self._settings.internal_token}", **kw.pop("headers", {})}
+        if "json" in kw:  # encoded with orjson (httpx uses the standard library's encoder)
+            kw["content"] = dumps_bytes(kw.pop("json"))
+            if not any(k.lower() == "content-type" for k in headers):
+                headers["Content-Type"] = "application/json"
         attempts = 1 + (self._settings.http_retries if (retry if retry is not None else method == "GET") else 0)
         for attempt in range(1, attempts + 1):
             try:

@@ -33,6 +33,15 @@ def dumps(value: Any, *, sort_keys: bool = False) -> str:
     return dumps_bytes(value, sort_keys=sort_keys).decode()
 
 
+def loads(data: bytes | str) -> Any:
+    """Parse JSON with orjson (several times the standard library's speed), falling back to the standard library
+    for what orjson refuses and ``json.loads`` takes: integers beyond 64 bits, lone surrogate escapes."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
 def obj(value: Any) -> dict[str, Any]:
     """A JSON object from a client's free-form payload, or {} when it is something else (``context.page``
     may be a string, ``properties`` null)."""

@@ -22,7 +22,7 @@ from services.campaign.programs import variables as program_vars
 from shared.auth import WORKSPACE_HEADER
 from shared.errors import UpstreamUnavailable
 from shared.http import InternalClient
-from shared.jsonutil import dumps
+from shared.jsonutil import dumps, loads
 
 log = structlog.get_logger()
 
@@ -155,7 +155,7 @@ async def post_batch(internal: InternalClient, ws: uuid.UUID, batch: list[tuple[
             return [Outcome("failed", reason) for _ in batch]
         return [_retry_or_fail(send, f"delivery answered {resp.status_code}") for send, _ in batch]
     outcomes = []
-    for r in resp.json()["results"]:
+    for r in loads(resp.content)["results"]:
         message = r.get("message") or {}
         if r["result"] == "suppressed":
             outcomes.append(Outcome("skipped", message.get("last_error") or "suppressed", message.get("id")))

@@ -6,6 +6,7 @@ from typing import Any
 from shared.auth import WORKSPACE_HEADER
 from shared.errors import NotFound, UpstreamUnavailable
 from shared.http import InternalClient
+from shared.jsonutil import loads
 
 
 async def lookup_profiles(internal: InternalClient, ws: uuid.UUID | str, ids: list[str]) -> dict[str, Any]:
@@ -14,7 +15,7 @@ async def lookup_profiles(internal: InternalClient, ws: uuid.UUID | str, ids: li
                                   headers={WORKSPACE_HEADER: str(ws)}, json={"ids": sorted(set(ids))})
     if resp.status_code != 200:
         raise UpstreamUnavailable(f"ingest answered {resp.status_code} looking up profiles")
-    return dict(resp.json()["profiles"])
+    return dict(loads(resp.content)["profiles"])
 
 
 async def resolve_user(internal: InternalClient, ws: uuid.UUID, ref: str) -> uuid.UUID:
@@ -22,7 +23,7 @@ async def resolve_user(internal: InternalClient, ws: uuid.UUID, ref: str) -> uui
                                   headers={WORKSPACE_HEADER: str(ws)}, json={"refs": [ref]})
     if resp.status_code != 200:
         raise UpstreamUnavailable(f"ingest answered {resp.status_code} resolving the user")
-    found = resp.json()["profiles"].get(ref)
+    found = loads(resp.content)["profiles"].get(ref)
     if found is None:
         raise NotFound(f"No profile {ref!r} in this workspace")
     return uuid.UUID(found)

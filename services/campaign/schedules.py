@@ -23,6 +23,7 @@ from services.campaign import journeys
 from shared.auth import WORKSPACE_HEADER
 from shared.errors import UpstreamUnavailable
 from shared.http import InternalClient
+from shared.jsonutil import loads
 
 log = structlog.get_logger()
 
@@ -107,7 +108,7 @@ async def _enter_page(session: AsyncSession, internal: InternalClient, run: dict
         return 0
     if resp.status_code != 200:
         raise UpstreamUnavailable(f"segment answered {resp.status_code} listing the audience")
-    page = resp.json()
+    page = loads(resp.content)
     campaign = {"id": run["campaign_id"], "workspace_id": run["workspace_id"], "version": run["version"]}
     slot = run["slot"].isoformat()
     entered = 0

@@ -21,6 +21,7 @@ from shared import metrics
 from shared.errors import UpstreamUnavailable
 from shared.feed import lock_consumer, save_consumer
 from shared.http import InternalClient
+from shared.jsonutil import loads
 
 FEEDS = {
     # consumer name: (service, path, list key, feed name in metrics)
@@ -92,7 +93,7 @@ async def consume_page(session: AsyncSession, internal: InternalClient, feed: st
     resp = await internal.request("GET", service, path, params={"after": cursor, "limit": limit})
     if resp.status_code != 200:
         raise UpstreamUnavailable(f"{service} feed answered {resp.status_code}")
-    page = resp.json()
+    page = loads(resp.content)
     metrics.record_feed_read(feed_name, "campaign", page.get("behind"))
     items = page[key]
     result = PageResult(read=len(items))

@@ -30,7 +30,7 @@ from shared.db import driver_connection, uuid_array
 from shared.errors import NotFound, UpstreamUnavailable
 from shared.feed import lock_consumer, save_consumer
 from shared.http import InternalClient
-from shared.jsonutil import dumps
+from shared.jsonutil import dumps, loads
 from shared.metrics import workspace_failed
 
 log = structlog.get_logger()
@@ -598,7 +598,7 @@ async def fetch_events(internal: InternalClient, cursor: str, limit: int) -> dic
     resp = await internal.request("GET", "ingest", "/v1/events", params={"after": cursor, "limit": limit})
     if resp.status_code != 200:
         raise UpstreamUnavailable(f"ingest feed answered {resp.status_code}")
-    return dict(resp.json())
+    return dict(loads(resp.content))
 
 
 async def consume_page(session: AsyncSession, internal: InternalClient, limit: int,

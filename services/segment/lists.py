@@ -19,6 +19,7 @@ from services.segment import evaluation
 from shared.db import fetch_one, fetch_page, insert_one_or_conflict, row_dict
 from shared.errors import UpstreamUnavailable, ValidationFailed
 from shared.http import InternalClient
+from shared.jsonutil import loads
 
 MAX_IDS = 10_000
 _CONTROL = re.compile(r"[\x00-\x1f]")
@@ -83,7 +84,7 @@ async def resolve(internal: InternalClient, ws: uuid.UUID, refs: list[str]) -> d
                                   headers={"X-Tenure-Workspace": str(ws)}, json={"refs": refs})
     if resp.status_code != 200:
         raise UpstreamUnavailable(f"ingest answered {resp.status_code} resolving profiles")
-    return {ref: uuid.UUID(pid) for ref, pid in resp.json()["profiles"].items()}
+    return {ref: uuid.UUID(pid) for ref, pid in loads(resp.content)["profiles"].items()}
 
 
 async def change_members(session: AsyncSession, ws: uuid.UUID, list_id: uuid.UUID, found: dict[str, uuid.UUID],

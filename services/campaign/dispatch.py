@@ -14,7 +14,7 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.campaign import campaigns, ingest_client, templates
+from services.campaign import campaigns, ingest_client, templates, timing
 from services.campaign.programs import variables as program_vars
 from shared.auth import WORKSPACE_HEADER
 from shared.errors import UpstreamUnavailable
@@ -49,7 +49,9 @@ async def claim(session: AsyncSession, limit: int) -> list[dict[str, Any]]:
             returning s.id, s.workspace_id, s.campaign_id, s.template_id, s.profile_id, s.idempotency_key,
                       s.trigger_data, s.attempts, s.journey_id, s.step,
                       (select message_type from campaign.campaigns c where c.id = s.campaign_id) as message_type,
-                      (select definition->>'topic' from campaign.campaigns c where c.id = s.campaign_id) as topic
+                      (select definition->>'topic' from campaign.campaigns c where c.id = s.campaign_id) as topic,
+                      (select w.settings->'timezone' from core.workspaces w where w.id = s.workspace_id)
+                          as workspace_timezone
             """
         ),
         {"lim": limit},
@@ -95,7 +97,9 @@ def prepare(send: dict[str, Any], tpl: dict[str, Any] | None, profile: dict[str,
             snippets: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any] | Outcome:
     """The delivery request for a send, or the outcome that ends it here (``tpl``: its template, None if
     it no longer exists; ``profile``: the looked-up profile, None if it does not exist, or why the lookup
-    failed; ``extra``: more template variables, e.g. the referral and loyalty programs')."""
+    failed; ``extra``: more template variables, e.g. the referral and loyalty programs'). Dates are shown in
+    the user's time zone (``timing.zone``: the profile's, else the workspace's ``workspace_timezone``, as
+    sending at local times picks it) and amounts as the profile's ``locale`` writes them."""
     if tpl is None:
         return Outcome("failed", "template no longer exists")
     if profile is None:
@@ -110,10 +114,12 @@ def prepare(send: dict[str, Any], tpl: dict[str, Any] | None, profile: dict[str,
         to = (profile.get("traits") or {}).get(trait)
     if not to or not isinstance(to, str):
         return Outcome("skipped", f"profile has no {trait} trait")
-    fields, _ = templates.for_locale(tpl, (profile.get("traits") or {}).get("locale"))
+    traits = profile.get("traits") or {}
+    fields, _ = templates.for_locale(tpl, traits.get("locale"))
     try:
         rendered = templates.render(fields, {**templates.variables_for(profile, send["trigger_data"]), **(extra or {})},
-                                    snippets)
+                                    snippets, zone=timing.zone(traits, send.get("workspace_timezone")),
+                                    locale=traits.get("locale"))
     except templates.TemplateError as exc:
         return Outcome("failed", f"template did not render: {exc}")
     return {

@@ -18,8 +18,15 @@ Hierarchy::
 
 Domain code raises these; it never raises ``HTTPException``. :func:`install_error_handlers` maps them,
 FastAPI's request validation errors and unexpected exceptions to problem documents.
+
+A problem about particular places of the request lists them in ``errors``, each ``{"loc", "msg", "type"}``
+as FastAPI's request validation does: ``loc`` says where (``["body", "steps", "2", "next"]``; the first item is
+the part of the request: ``body``, ``query``, ``path`` or ``header``), ``msg`` what is wrong, ``type`` its kind
+(pydantic's; for a service's own checks ``value_error``, or ``not_found`` for a reference to nothing there is).
+A service's own checks build them with :func:`body_error`, so a client reads every 422 the same way.
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -117,6 +124,16 @@ class UpstreamUnavailable(AppError):
     status, slug, title = 503, "upstream-unavailable", "A dependency is unavailable"
 
 
+def body_error(at: str | Sequence[str | int], msg: str, type_: str = "value_error", **extra: Any) -> dict[str, Any]:
+    """One entry of a problem's ``errors`` about a place in the request body, shaped as FastAPI's request
+    validation errors (``loc``, ``msg``, ``type``). ``at`` is the place dotted (``steps.2.next``) or as its
+    parts (``["locales", "fr.CA", "html"]``: for keys that may hold a dot); ``extra`` adds details (``line``,
+    ``column``). ``at`` itself is kept too, dotted: campaign named places that way before ``loc``, and clients may
+    read it."""
+    parts = at.split(".") if isinstance(at, str) else [str(p) for p in at]
+    return {"loc": ["body", *parts], "msg": msg, "type": type_, "at": ".".join(parts), **extra}
+
+
 def problem_response(err: AppError, request: Request) -> JSONResponse:
     return JSONResponse(
         err.to_problem(instance=request.url.path),
@@ -141,6 +158,21 @@ def problem_schema(description: str) -> dict[str, Any]:
                         "status": {"type": "integer", "description": "the HTTP status code"},
                         "detail": {"type": "string", "description": "what went wrong with this request, in words"},
                         "instance": {"type": "string", "description": "the request's path"},
+                        "errors": {
+                            "type": "array",
+                            "description": "where the request is wrong, place by place (when the problem is about "
+                                           "places of it): as FastAPI's request validation words them",
+                            "items": {"type": "object", "properties": {
+                                "loc": {"type": "array", "items": {"type": "string"},
+                                        "description": "the place: the part of the request (body, query, path, "
+                                                       "header), then the keys and indexes down to the value"},
+                                "msg": {"type": "string", "description": "what is wrong there, in words"},
+                                "type": {"type": "string", "description": "the kind of error: pydantic's "
+                                                                          "(missing, uuid_parsing, …), or for a "
+                                                                          "service's own checks value_error "
+                                                                          "(not_found: names nothing there is)"},
+                            }},
+                        },
                     },
                 }
             }

@@ -8,15 +8,16 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.campaign import experiments, ingest_client, journeys, segment_client, templates
+from services.campaign import experiments, ingest_client, journeys, segment_client, templates, timing
 from services.campaign import journey_def as jd
 from services.campaign.programs import variables as program_vars
+from shared.core import workspace_settings
 from shared.db import fetch_one, fetch_page, insert_one_or_conflict, row_dict
-from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.errors import Conflict, NotFound, ValidationFailed, body_error
 from shared.http import InternalClient
 from shared.jsonutil import dumps
 from shared.lifecycle_ids import stage_segment_id
-from shared.validation import error_message
+from shared.validation import error_location, error_message
 
 _TEMPLATE_COLS = ("id, name, channel, subject, preheader, html, text, deep_link, image, locales, created_at, "
                   "updated_at")
@@ -31,17 +32,17 @@ def _checked_template_fields(data: dict[str, Any], snippets: dict[str, str]) -> 
     fields = {k: data.get(k) for k in templates.FIELDS}
     if not fields["html"] and not fields["text"]:
         raise ValidationFailed("A template needs an html or a text body")
+    loc: list[str] = []
     try:
         templates.validate(fields, snippets, templates.VARIABLES)
         for code, variant in (data.get("locales") or {}).items():
-            try:
-                templates.validate({k: (variant or {}).get(k) for k in templates.FIELDS}, snippets, templates.VARIABLES)
-            except templates.TemplateError as exc:
-                exc.field = f"locales.{code}.{exc.field}"
-                raise
+            loc = ["locales", code]
+            templates.validate({k: (variant or {}).get(k) for k in templates.FIELDS}, snippets, templates.VARIABLES)
     except templates.TemplateError as exc:
+        field = ".".join([*loc, exc.field])
         where = {"line": exc.line, "column": exc.column} if exc.line is not None else {}
-        raise ValidationFailed(f"Template {exc.field} is not valid: {exc.message}", field=exc.field, **where) from None
+        raise ValidationFailed(f"Template {field} is not valid: {exc.message}", field=field, **where,
+                               errors=[body_error([*loc, exc.field], exc.message, **where)]) from None
     return fields
 
 
@@ -107,8 +108,9 @@ def journey_from(data: dict[str, Any]) -> jd.Journey:
                   if data.get(k) is not None}
     if "steps" in definition and data.get("template_id"):
         raise ValidationFailed("Give steps or a template_id, not both (template_id is the shorthand for one send "
-                               "step)", errors=[{"at": "template_id", "msg": "not with steps"}])
-    if "steps" not in definition:
+                               "step)", errors=[body_error("template_id", "not with steps")])
+    shorthand = "steps" not in definition
+    if shorthand:
         if not data.get("template_id"):
             raise ValidationFailed("A campaign needs steps or a template_id")
         definition["steps"] = [{"id": "send", "type": "send", "template_id": str(data["template_id"])}]
@@ -117,36 +119,38 @@ def journey_from(data: dict[str, Any]) -> jd.Journey:
     try:
         journey = journeys.parse(definition)
     except ValidationError as exc:
-        errors = [{"at": _place(e), "msg": error_message(e)} for e in exc.errors(include_url=False)]
+        # (the shorthand's one step is the body's template_id: its errors name that)
+        errors = [body_error(["template_id"] if shorthand and e["loc"][:1] == ("steps",) else _place(e),
+                             error_message(e), e["type"]) for e in exc.errors(include_url=False)]
         raise ValidationFailed("The campaign is not valid", errors=errors) from None
     ids = [s.id for s in journey.steps]
     if loops := jd.instant_loops(journey):
         raise ValidationFailed("The campaign is not valid", errors=[
-            {"at": at, "msg": f"steps {' → '.join(repr(s) for s in cycle)} loop without waiting: a user would run "
-                              "them forever (put a delay or a wait in the loop, or end it)"}
+            body_error(at, f"steps {' → '.join(repr(s) for s in cycle)} loop without waiting: a user would run "
+                           "them forever (put a delay or a wait in the loop, or end it)")
             for at, cycle in loops])
     if far := jd.out_of_range(journey):
-        raise ValidationFailed("The campaign is not valid", errors=[{"at": at, "msg": msg} for at, msg in far])
+        raise ValidationFailed("The campaign is not valid", errors=[body_error(at, msg) for at, msg in far])
     if lost := jd.unreachable(journey):
         raise ValidationFailed("The campaign is not valid", errors=[
-            {"at": f"steps.{ids.index(sid)}", "msg": f"step {sid!r} is unreachable: no step leads to it (steps do "
-                                                    "not fall through; set `next` on the step before it)"}
+            body_error(f"steps.{ids.index(sid)}", f"step {sid!r} is unreachable: no step leads to it (steps do not "
+                                                 "fall through; set `next` on the step before it)")
             for sid in lost])
     if blind := jd.unmatchable(journey):
         raise ValidationFailed("The campaign is not valid", errors=[
-            {"at": f"steps.{ids.index(sid)}.match", "msg": f"step {sid!r} matches on a property of the trigger, but "
-                                                          f"a {journey.trigger.type} trigger has none: it could only "
-                                                          "time out (drop `match`, or trigger on an event or the API)"}
+            body_error(f"steps.{ids.index(sid)}.match", f"step {sid!r} matches on a property of the trigger, but "
+                                                       f"a {journey.trigger.type} trigger has none: it could only "
+                                                       "time out (drop `match`, or trigger on an event or the API)")
             for sid in blind])
     return journey
 
 
-def _place(error: Any) -> str:
+def _place(error: Any) -> list[str]:
     """Where a validation error is: its location, or for a journey-wide check (its graph) the place it names."""
     cause = (error.get("ctx") or {}).get("error")
     if isinstance(cause, jd.StepError):
-        return cause.at
-    return ".".join(str(p) for p in error["loc"])
+        return cause.at.split(".")
+    return error_location(error)
 
 
 async def _check_segments(internal: InternalClient | None, ws: uuid.UUID, journey: jd.Journey) -> None:
@@ -164,7 +168,7 @@ async def _check_segments(internal: InternalClient | None, ws: uuid.UUID, journe
     missing = await segment_client.missing_segments(internal, ws, [sid for _, sid in wanted])
     if missing:
         raise ValidationFailed("The campaign is not valid", errors=[
-            {"at": at, "msg": f"no segment {sid} in this workspace"} for at, sid in wanted if sid in missing])
+            body_error(at, f"no segment {sid} in this workspace", "not_found") for at, sid in wanted if sid in missing])
 
 
 async def _check_templates(session: AsyncSession, ws: uuid.UUID, journey: jd.Journey, shorthand: bool = False
@@ -176,8 +180,8 @@ async def _check_templates(session: AsyncSession, ws: uuid.UUID, journey: jd.Jou
         {"ws": ws, "ids": list(wanted)})).scalars())
     if wanted - found:
         raise NotFound(f"No template {sorted(str(t) for t in wanted - found)[0]}", errors=[
-            {"at": "template_id" if shorthand else f"steps.{i}.template_id",
-             "msg": f"no template {s.template_id} in this workspace"}
+            body_error("template_id" if shorthand else f"steps.{i}.template_id",
+                       f"no template {s.template_id} in this workspace", "not_found")
             for i, s in enumerate(journey.steps) if isinstance(s, jd.SendStep) and s.template_id not in found])
 
 
@@ -193,7 +197,7 @@ def _check_schedule(journey: jd.Journey, now: datetime, current: jd.Journey | No
         return
     if at < now - AT_LEEWAY:
         raise ValidationFailed("The campaign is not valid", errors=[
-            {"at": "trigger.at", "msg": f"{at.isoformat()} is in the past: a one-off schedule needs a time to come"}])
+            body_error("trigger.at", f"{at.isoformat()} is in the past: a one-off schedule needs a time to come")])
 
 
 def _first_template(journey: jd.Journey) -> uuid.UUID | None:
@@ -465,7 +469,9 @@ async def put_snippet(session: AsyncSession, ws: uuid.UUID, name: str, content: 
     try:
         templates.validate({"text": content}, {**await snippets_of(session, ws), name: content})
     except templates.TemplateError as exc:
-        raise ValidationFailed(f"Snippet does not parse: {exc.message}") from None
+        where = {"line": exc.line, "column": exc.column} if exc.line is not None else {}
+        raise ValidationFailed(f"Snippet does not parse: {exc.message}",
+                               errors=[body_error("content", exc.message, **where)]) from None
     row = (await session.execute(text(
         "insert into campaign.snippets (workspace_id, name, content) values (:ws, :name, :content) "
         "on conflict (workspace_id, name) do update set content = excluded.content, updated_at = now() "
@@ -481,18 +487,22 @@ async def list_snippets(session: AsyncSession, ws: uuid.UUID) -> list[dict[str, 
 
 async def render_preview(session: AsyncSession, internal: InternalClient, ws: uuid.UUID, template_id: uuid.UUID,
                          user: str | None, locale: str | None, data: dict[str, Any]) -> dict[str, Any]:
-    """A template rendered as a given user (by profile id, userId, anonymousId or email) would get it."""
+    """A template rendered as a given user (by profile id, userId, anonymousId or email) would get it: their
+    variant (or ``locale``'s), dates in their time zone and amounts as that locale writes them, as a send does."""
     tpl = await get_template(session, ws, template_id)
     profile: dict[str, Any] = {"traits": {}}
     if user:
         pid = str(await ingest_client.resolve_user(internal, ws, user))
         profile = (await ingest_client.lookup_profiles(internal, ws, [pid])).get(pid) or profile
-    fields, used = templates.for_locale(tpl, locale or (profile.get("traits") or {}).get("locale"))
+    traits = profile.get("traits") or {}
+    locale = locale or traits.get("locale")
+    fields, used = templates.for_locale(tpl, locale)
+    zone = timing.zone(traits, journeys.Policy.from_settings(await workspace_settings(session, ws)).timezone)
     try:
         extra = (await program_vars.for_profiles(session, ws, {profile["id"]: profile})).get(profile["id"], {}) \
             if profile.get("id") else {}
         out = templates.render(fields, {**templates.variables_for(profile, {"name": "preview", "properties": data}),
-                                        **extra}, await snippets_of(session, ws))
+                                        **extra}, await snippets_of(session, ws), zone=zone, locale=locale)
     except templates.TemplateError as exc:
         raise ValidationFailed(f"Template {exc.field} does not render: {exc.message}", field=exc.field) from None
     return {"subject": out.subject, "html": out.html, "text": out.text, "deep_link": out.deep_link,

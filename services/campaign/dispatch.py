@@ -17,7 +17,7 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.campaign import campaigns, ingest_client, journeys, templates
+from services.campaign import campaigns, ingest_client, journeys, templates, timing
 from services.campaign.programs import variables as program_vars
 from shared.auth import WORKSPACE_HEADER
 from shared.errors import UpstreamUnavailable
@@ -52,7 +52,9 @@ async def claim(session: AsyncSession, limit: int) -> list[dict[str, Any]]:
             returning s.id, s.workspace_id, s.campaign_id, s.template_id, s.profile_id, s.idempotency_key,
                       s.trigger_data, s.attempts, s.journey_id, s.step,
                       (select message_type from campaign.campaigns c where c.id = s.campaign_id) as message_type,
-                      (select definition->>'topic' from campaign.campaigns c where c.id = s.campaign_id) as topic
+                      (select definition->>'topic' from campaign.campaigns c where c.id = s.campaign_id) as topic,
+                      (select w.settings->'timezone' from core.workspaces w where w.id = s.workspace_id)
+                          as workspace_timezone
             """
         ),
         {"lim": limit},
@@ -98,7 +100,9 @@ def prepare(send: dict[str, Any], tpl: dict[str, Any] | None, profile: dict[str,
             snippets: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any] | Outcome:
     """The delivery request for a send, or the outcome that ends it here (``tpl``: its template, None if
     it no longer exists; ``profile``: the looked-up profile, None if it does not exist, or why the lookup
-    failed; ``extra``: more template variables, e.g. the referral and loyalty programs')."""
+    failed; ``extra``: more template variables, e.g. the referral and loyalty programs'). Dates are shown in
+    the user's time zone (``timing.zone``: the profile's, else the workspace's ``workspace_timezone``, as
+    sending at local times picks it) and amounts as the profile's ``locale`` writes them."""
     if tpl is None:
         return Outcome("failed", "template no longer exists")
     if profile is None:
@@ -113,10 +117,12 @@ def prepare(send: dict[str, Any], tpl: dict[str, Any] | None, profile: dict[str,
         to = (profile.get("traits") or {}).get(trait)
     if not to or not isinstance(to, str):
         return Outcome("skipped", f"profile has no {trait} trait")
-    fields, _ = templates.for_locale(tpl, (profile.get("traits") or {}).get("locale"))
+    traits = profile.get("traits") or {}
+    fields, _ = templates.for_locale(tpl, traits.get("locale"))
     try:
         rendered = templates.render(fields, {**templates.variables_for(profile, send["trigger_data"]), **(extra or {})},
-                                    snippets)
+                                    snippets, zone=timing.zone(traits, send.get("workspace_timezone")),
+                                    locale=traits.get("locale"))
     except templates.TemplateError as exc:
         return Outcome("failed", f"template did not render: {exc}")
     return {
@@ -225,15 +231,17 @@ async def dispatch_due(sessionmaker: async_sessionmaker[AsyncSession], internal:
 async def dispatch_claimed(sessionmaker: async_sessionmaker[AsyncSession], internal: InternalClient,
                            sends: list[dict[str, Any]], profiles: dict[str, Any]) -> None:
     """Hand over sends a journey run wrote already claimed (``journeys.advance_due(claim_sends=True)``), with the
-    profiles it looked up. As the claim would: the campaign's current message type and topic, and nothing of a
-    campaign paused meanwhile (the pause held its sends: a resume makes them due for the poll) or archived (which
-    skipped them)."""
+    profiles it looked up. As the claim would: the campaign's current message type and topic, the workspace's time
+    zone, and nothing of a campaign paused meanwhile (the pause held its sends: a resume makes them due for the
+    poll) or archived (which skipped them)."""
     async with sessionmaker() as session, session.begin():
         current = {r.id: r for r in (await session.execute(text(
-            "select id, status, message_type, definition->>'topic' as topic from campaign.campaigns "
-            "where id = any(CAST(:ids AS uuid[]))"), {"ids": list({s["campaign_id"] for s in sends})})).all()}
-    ready = [{**send, "message_type": c.message_type, "topic": c.topic} for send in sends
-             if (c := current.get(send["campaign_id"])) is not None and c.status == "active"]
+            "select c.id, c.status, c.message_type, c.definition->>'topic' as topic, "
+            "w.settings->'timezone' as workspace_timezone from campaign.campaigns c "
+            "left join core.workspaces w on w.id = c.workspace_id "
+            "where c.id = any(CAST(:ids AS uuid[]))"), {"ids": list({s["campaign_id"] for s in sends})})).all()}
+    ready = [{**send, "message_type": c.message_type, "topic": c.topic, "workspace_timezone": c.workspace_timezone}
+             for send in sends if (c := current.get(send["campaign_id"])) is not None and c.status == "active"]
     if ready:
         await _hand_over(sessionmaker, internal, ready, profiles)
 

@@ -605,7 +605,7 @@ async def _advance(sessionmaker: async_sessionmaker[AsyncSession], internal: Int
 
 def _claimed_send(row: dict[str, Any]) -> dict[str, Any]:
     """A send row written claimed, in the shape ``dispatch.claim`` returns but for the campaign's message type and
-    topic, which ``dispatch.dispatch_claimed`` reads as the claim does: the campaign's current ones."""
+    topic and the workspace's time zone, which ``dispatch.dispatch_claimed`` reads as the claim does."""
     return {"id": row["id"], "workspace_id": row["ws"], "campaign_id": row["c"], "template_id": row["t"],
             "profile_id": row["p"], "idempotency_key": row["key"], "trigger_data": row["data"], "attempts": 1,
             "journey_id": row["j"], "step": row["step"]}

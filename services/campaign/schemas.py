@@ -270,7 +270,8 @@ class PreviewIn(_Body):
     user: Ref | None = Field(None, examples=["u-42"],
                              description="render for this profile (id, userId, anonymousId or email)")
     locale: str | None = Field(None, examples=["fr-CA"],
-                               description="force a locale variant (default: the profile's locale)")
+                               description="force a locale variant, and the locale `money` writes amounts in "
+                                           "(default: the profile's locale)")
     data: dict[str, Any] = Field(default_factory=dict, examples=[{"order_id": "1234", "revenue": 42.5}],
                                  description="as the trigger's `event.properties`")
 

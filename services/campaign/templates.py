@@ -4,22 +4,166 @@ HTML bodies are rendered with auto-escaping (a trait such as a first name can ne
 subjects and text bodies are plain text. Snippets (the workspace's shared partials) are available to
 ``{% render 'name' %}`` and ``{% include 'name' %}``. Rendered HTML gets its ``<style>`` rules inlined
 for email clients (css-inline), and a plain-text part is generated from it when the template has none.
+
+Two filters speak the recipient's time and language (the caller says which: ``zone``, ``locale``):
+``date`` is Liquid's own, fed the time in the recipient's zone (:func:`in_zone`), and ``money`` formats an
+amount in a currency by the locale's conventions (Babel's CLDR data): ``{{ 12.5 | money: 'EUR' }}`` is
+``€12.50`` in ``en``, ``12,50 €`` in ``fr``.
 """
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
+from decimal import ROUND_HALF_UP, Decimal, DecimalException, localcontext
 from functools import lru_cache
 from html import escape
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import css_inline
-from liquid import BoundTemplate, DictLoader, Environment
-from liquid.exceptions import LiquidError, TemplateNotFoundError
+from babel import Locale, UnknownLocaleError, numbers
+from dateutil import parser as date_parser
+from liquid import BoundTemplate, DictLoader, Environment, Markup, RenderContext, is_undefined
+from liquid.builtin.expressions import FilteredExpression, StringLiteral, TernaryFilteredExpression
+from liquid.builtin.expressions.filtered import Filter
+from liquid.exceptions import FilterArgumentError, LiquidError, TemplateNotFoundError
+from liquid.filter import with_context
 
 from shared.html_text import html_to_text
 
-_html = Environment(autoescape=True)
-_plain = Environment(autoescape=False)
+# What the formatting filters read from a render (set by :func:`render`, never by a template: neither name can
+# be written in Liquid, and :func:`validate` refuses reading any variable a template is not given).
+ZONE_VAR, LOCALE_VAR = "tenure:zone", "tenure:locale"
+DEFAULT_LOCALE = Locale("en")
+_UTC = ZoneInfo("UTC")
+
+
+def in_zone(value: Any, zone: ZoneInfo) -> Any:
+    """What ``date`` formats, as the recipient's clock shows it: ``'now'``/``'today'``, a date-time (an object,
+    ISO 8601 or other text dateutil reads, as the built-in ``date`` does) or a Unix timestamp (a number, or
+    digits) as a date-time in ``zone``. A time with an offset is that moment; one without (``2026-12-03
+    18:00``) is taken as UTC. A date without a time of day (``2026-12-03``, ``3 Dec 2026``) is a calendar day,
+    the same in every zone: kept as it is. Anything else (text that is no date, ``nil``) is left for the
+    built-in filter, which shows text unchanged and nothing for an undefined value."""
+    if isinstance(value, str) and value.strip().lower() in ("now", "today"):
+        return datetime.now(UTC).astimezone(zone)
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(zone)
+    if isinstance(value, date):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) or isinstance(value, str) and value.isdigit():
+        try:
+            return datetime.fromtimestamp(float(value), UTC).astimezone(zone)
+        except (OverflowError, OSError, ValueError):
+            return value
+    if isinstance(value, str):
+        midnight = datetime.combine(date.today(), time())  # (missing parts come from today, as in the built-in)
+        try:
+            parsed = date_parser.parse(value, default=midnight)
+            has_time = date_parser.parse(value, default=midnight.replace(hour=1)).hour == parsed.hour
+        except (ValueError, OverflowError):
+            return value
+        if not has_time and parsed.tzinfo is None:
+            return parsed
+        return in_zone(parsed, zone)
+    return value
+
+
+def _zone(context: RenderContext) -> ZoneInfo:
+    zone = context.resolve(ZONE_VAR, default=None)
+    return zone if isinstance(zone, ZoneInfo) else _UTC
+
+
+def babel_locale(locale: Any) -> Locale:
+    """The CLDR locale of a profile's ``locale`` (``fr-CA``, ``fr_CA``, ``de``): the most specific one Babel
+    knows (``fr_CA``, else ``fr``), else English."""
+    return _cldr_locale(locale[:50]) if isinstance(locale, str) else DEFAULT_LOCALE
+
+
+@lru_cache(maxsize=512)
+def _cldr_locale(locale: str) -> Locale:  # (every send asks: Babel looks for a data file each time)
+    parts = [p for p in locale.strip().replace("-", "_").split("_") if p]
+    for n in range(len(parts), 0, -1):
+        try:
+            return Locale.parse("_".join(parts[:n]))
+        except (UnknownLocaleError, ValueError, TypeError):
+            continue
+    return DEFAULT_LOCALE
+
+
+def _amount(value: Any) -> Decimal:
+    """A number, or text holding one written plainly (``12.5``, ``"-3.20"``): no grouping, no symbol, finite."""
+    if isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
+        number = Decimal(str(value)) if isinstance(value, float) else Decimal(value)
+    elif isinstance(value, str):
+        try:
+            number = Decimal(value.strip())
+        except DecimalException:
+            raise FilterArgumentError(f"money: {value[:50]!r} is not a number", token=None) from None
+    else:
+        raise FilterArgumentError(f"money: expected a number, found {type(value).__name__}", token=None)
+    if not number.is_finite():
+        raise FilterArgumentError(f"money: {value!s:.50} is not an amount", token=None)
+    return number
+
+
+def currency_problem(code: Any) -> str | None:
+    """Why ``code`` is no currency ``money`` can format (an ISO 4217 code CLDR knows: ``EUR``, ``usd``)."""
+    if not isinstance(code, str) or not code.strip():
+        return "a currency code is needed, e.g. money: 'EUR'"
+    if not numbers.is_currency(code.strip().upper()):
+        return f"{code[:20]!r} is not a currency code (ISO 4217, e.g. EUR, USD, JPY)"
+    return None
+
+
+@with_context
+def money(value: Any, currency: Any = None, *, context: RenderContext) -> str:
+    """``{{ 12.5 | money: 'EUR' }}``: the amount in the currency, as the recipient's locale writes it (its
+    symbol, separators and the currency's usual decimals, rounded half up): ``€12.50`` in ``en``, ``12,50 €``
+    in ``fr`` (CLDR's no-break space). Nothing for an undefined, nil or empty value (like ``date``); text that
+    is no plain number, or an unknown currency, is an error of the render, as a filter's errors are."""
+    if problem := currency_problem(currency):
+        raise FilterArgumentError(f"money: {problem}", token=None)
+    if is_undefined(value) or value is None or (isinstance(value, str) and not value.strip()):
+        return ""
+    locale = context.resolve(LOCALE_VAR, default=None)
+    amount = _amount(value)
+    with localcontext() as ctx:
+        ctx.prec, ctx.rounding = 60, ROUND_HALF_UP
+        try:
+            return numbers.format_currency(amount, currency.strip().upper(),
+                                           locale=locale if isinstance(locale, Locale) else DEFAULT_LOCALE)
+        except (DecimalException, ValueError, OverflowError):
+            raise FilterArgumentError(f"money: {value!s:.50} is out of range", token=None) from None
+
+
+class _Environment(Environment):
+    """Liquid with ``date`` in the recipient's zone and ``money`` in their locale (see the module)."""
+
+    def setup_tags_and_filters(self, *, extra: bool = False) -> None:
+        super().setup_tags_and_filters(extra=extra)
+        builtin_date = self.filters["date"]
+
+        @with_context
+        def local_date(value: Any, fmt: Any, *, context: RenderContext) -> str:
+            moment = in_zone(value, _zone(context))
+            if not (isinstance(moment, datetime) and moment.tzinfo and isinstance(fmt, str)):
+                return builtin_date(moment, fmt, environment=context.env)  # type: ignore[no-any-return]
+            # a moment is formatted here: the built-in caches what it parses by value, and the same instant in
+            # two zones is one value (18:00 UTC == 19:00 CET): a second recipient would get the first one's clock
+            try:
+                out = moment.strftime(fmt)
+            except ValueError as exc:
+                raise FilterArgumentError(f"date: {exc}", token=None) from None
+            return Markup(out) if context.env.autoescape and isinstance(fmt, Markup) else out
+
+        self.add_filter("date", local_date)
+        self.add_filter("money", money)
+
+
+_html = _Environment(autoescape=True)
+_plain = _Environment(autoescape=False)
 _inliner = css_inline.CSSInliner(load_remote_stylesheets=False, keep_style_tags=False)
 _LINE_BREAKS = re.compile(r"\s*[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+\s*")  # what str.splitlines() breaks on
 
@@ -67,7 +211,7 @@ class Rendered:
 def _env(field: str, snippets: dict[str, str] | None = None) -> Environment:
     if not snippets:
         return _html if field == "html" else _plain
-    return Environment(autoescape=field == "html", loader=DictLoader(snippets))
+    return _Environment(autoescape=field == "html", loader=DictLoader(snippets))
 
 
 @lru_cache(maxsize=256)
@@ -81,9 +225,11 @@ def validate(fields: dict[str, str | None], snippets: dict[str, str] | None = No
              variables: tuple[str, ...] | None = None) -> None:
     """Parse every field and check that the filters and snippets (``snippets``: all the workspace has) it
     uses exist, through the snippets it includes, and (``variables``: the names a template sees) that it
-    reads no other variable than those and its own (``assign``, ``for``); raise :class:`TemplateError` naming
-    the first field that fails, with the line and column. (All parse; the first two would fail every render,
-    the last would render nothing where ``{{ profle.first_name }}`` was meant.)"""
+    reads no other variable than those and its own (``assign``, ``for``), and that each ``money`` it writes
+    names a currency it knows (when the code is written out: ``money: 'EUT'``); raise :class:`TemplateError`
+    naming the first field that fails, with the line and column. (All parse; the filters, snippets and
+    currencies would fail every render, an unknown variable would render nothing where
+    ``{{ profle.first_name }}`` was meant.)"""
     for name, source in fields.items():
         if source is None:
             continue
@@ -102,6 +248,9 @@ def validate(fields: dict[str, str | None], snippets: dict[str, str] | None = No
             span = analysis.filters[unknown[0]][0]
             raise TemplateError(name, f"unknown filter {unknown[0]!r}",
                                 *(_position(source, span.index) if not span.template_name else (None, None)))
+        for f in _filters(template):
+            if f.name == "money" and (problem := _money_literal_problem(f)):
+                raise TemplateError(name, f"money: {problem}", *_position(source, f.token.start_index))
         if variables is None:
             continue
         for var, uses in analysis.globals.items():
@@ -111,15 +260,49 @@ def validate(fields: dict[str, str | None], snippets: dict[str, str] | None = No
                                     *_position(source, own[0].index))
 
 
-def render(fields: dict[str, str | None], variables: dict[str, Any], snippets: dict[str, str] | None = None
-           ) -> Rendered:
+def _filters(template: BoundTemplate) -> Iterator[Filter]:
+    """The filters a template applies, in its own source (not in the snippets it renders)."""
+    static = RenderContext(template)
+
+    def of(expression: Any) -> Iterator[Filter]:
+        if isinstance(expression, TernaryFilteredExpression):
+            yield from [*(expression.filters or []), *(expression.tail_filters or [])]
+        elif isinstance(expression, FilteredExpression):
+            yield from expression.filters or []
+        for child in expression.children():
+            yield from of(child)
+
+    todo = list(template.nodes)
+    while todo:
+        node = todo.pop()
+        for expression in node.expressions():
+            yield from of(expression)
+        todo.extend(node.children(static, include_partials=False))
+
+
+def _money_literal_problem(f: Filter) -> str | None:
+    """What is wrong with a ``money`` filter's currency as written: none given, or a literal code that is none
+    (one read from a variable is judged when rendering)."""
+    positional = [a for a in f.args if not getattr(a, "name", None)]
+    if not positional:
+        return currency_problem(None)
+    code = getattr(positional[0], "value", None)
+    return currency_problem(code.value) if isinstance(code, StringLiteral) else None
+
+
+def render(fields: dict[str, str | None], variables: dict[str, Any], snippets: dict[str, str] | None = None,
+           *, zone: ZoneInfo | None = None, locale: Any = None) -> Rendered:
+    """Render each field with ``variables`` (:func:`variables_for`); ``date`` shows times in ``zone`` (the
+    recipient's: ``timing.zone``; UTC if none) and ``money`` writes amounts as ``locale`` does (the locale the
+    recipient's variant is chosen for, e.g. ``fr-CA``; English if none or unknown)."""
     out: dict[str, str | None] = {}
+    given = {**variables, ZONE_VAR: zone or _UTC, LOCALE_VAR: babel_locale(locale)}
     for name, source in fields.items():
         if source is None:
             out[name] = None
             continue
         try:
-            out[name] = _parsed(name, source, tuple(sorted((snippets or {}).items()))).render(**variables)
+            out[name] = _parsed(name, source, tuple(sorted((snippets or {}).items()))).render(given)
         except LiquidError as exc:
             raise TemplateError(name, str(exc).splitlines()[0]) from None
     html = out.get("html")

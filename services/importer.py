@@ -28,7 +28,7 @@ import httpx
 import orjson
 
 from services.answers import json_of, problem_text
-from shared.jsonutil import dumps
+from shared.jsonutil import dumps, loads
 
 MAX_MESSAGE_BYTES = 32 * 1024  # ingest's limits (services/ingest/api.py)
 MAX_BATCH_BYTES = 475_000  # under ingest's 500 KB per batch, with room for the envelope (as analytics-python)
@@ -105,7 +105,7 @@ def read_rows(path: Path, *, fmt: str, profiles: bool) -> Iterator[tuple[Row, in
                 if not raw:
                     continue
                 try:
-                    msg = orjson.loads(raw)
+                    msg = loads(raw)
                     if not isinstance(msg, dict):
                         raise ValueError("not a JSON object")
                 except ValueError as exc:

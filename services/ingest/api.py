@@ -50,7 +50,7 @@ from shared.errors import (
     problem_schema,
 )
 from shared.feed import Cursor, backlog
-from shared.jsonutil import dumps_bytes
+from shared.jsonutil import dumps_bytes, has_long_number
 from shared.settings import Settings
 
 log = structlog.get_logger()
@@ -105,18 +105,21 @@ async def _read_json(request: Request, limit: int) -> _Body:
 
 
 def _loads(raw: bytes) -> Any:
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        error = BadRequest(f"The request body is not valid JSON: {exc}")
-    if not _SURROGATE_ESCAPE.search(raw):
-        raise error
+    long_number = has_long_number(raw)  # orjson would read an integer beyond 64 bits as a float
+    error: BadRequest | None = None
+    if not long_number:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            error = BadRequest(f"The request body is not valid JSON: {exc}")
+        if not _SURROGATE_ESCAPE.search(raw):
+            raise error
     # JSON's grammar allows a lone surrogate escape, and JavaScript's JSON.stringify writes one for a string cut
     # in the middle of an emoji ("\ud83d"); orjson refuses it. Read it as Segment's API and browsers do: U+FFFD.
     try:
         return _without_lone_surrogates(json.loads(raw, parse_constant=_not_json, parse_float=_finite))
-    except (ValueError, RecursionError):
-        raise error from None
+    except (ValueError, RecursionError) as exc:
+        raise error or BadRequest(f"The request body is not valid JSON: {exc}") from None
 
 
 def _not_json(constant: str) -> Any:

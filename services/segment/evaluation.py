@@ -15,7 +15,6 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-import orjson
 import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -379,7 +378,7 @@ async def _load_facts(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID
              for pid in pids}
     for pid, t in await db.fetch("select profile_id, traits::text from segment.profile_traits "
                                  "where workspace_id = $1 and profile_id = any($2::uuid[])", ws, pids):
-        facts[pid].traits = orjson.loads(t)
+        facts[pid].traits = loads(t)
     if count_events:
         rows = await db.fetch(
             "select profile_id, event, array_agg(day), array_agg(count) from segment.event_counts "
@@ -393,14 +392,14 @@ async def _load_facts(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID
             "where workspace_id = $1 and profile_id = any($2::uuid[]) and event = any($3::text[]) "
             "order by profile_id, event, at, message_id", ws, pids, sorted(needs.raw))
         for pid, event, at, props in rows:
-            facts[pid].events.setdefault(event, []).append((at, orjson.loads(props)))  # type: ignore[attr-defined]
+            facts[pid].events.setdefault(event, []).append((at, loads(props)))  # type: ignore[attr-defined]
     if needs.accounts:
         rows = await db.fetch(
             "select m.profile_id, a.traits::text from segment.account_members m join segment.accounts a "
             "on a.workspace_id = m.workspace_id and a.group_id = m.group_id "
             "where m.workspace_id = $1 and m.profile_id = any($2::uuid[])", ws, pids)
         for pid, t in rows:
-            facts[pid].accounts.append(orjson.loads(t))  # type: ignore[attr-defined]
+            facts[pid].accounts.append(loads(t))  # type: ignore[attr-defined]
     if needs.lists:
         for pid, lid in await db.fetch("select profile_id, list_id from segment.list_members "
                                        "where workspace_id = $1 and profile_id = any($2::uuid[])", ws, pids):

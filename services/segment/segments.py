@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segment import conditions, evaluation, lifecycle
 from shared.db import fetch_one, fetch_page, insert_one_or_conflict, row_dict
-from shared.errors import ValidationFailed
+from shared.errors import ValidationFailed, body_error
 from shared.feed import Cursor, feed_params, feed_query
 from shared.jsonutil import dumps
 from shared.validation import error_message
@@ -35,13 +35,12 @@ def validate_definition(definition: dict[str, Any]) -> Any:
     try:
         node = conditions.parse(definition)
     except ValidationError as exc:
-        errors = [{"at": ".".join(["definition", *(str(p) for p in e["loc"])]), "msg": error_message(e)}
-                  for e in exc.errors(include_url=False)]
+        errors = [body_error(["definition", *e["loc"]], error_message(e)) for e in exc.errors(include_url=False)]
         raise ValidationFailed("The segment definition is not valid", errors=errors) from None
     too_deep = next((at for at, depth, _ in _nodes(node) if depth > MAX_DEPTH), None)
     if too_deep:
         raise ValidationFailed("The segment definition is not valid", errors=[
-            {"at": too_deep, "msg": f"nested more than {MAX_DEPTH} levels deep (and / or / not)"}])
+            body_error(too_deep, f"nested more than {MAX_DEPTH} levels deep (and / or / not)")])
     return node
 
 
@@ -69,16 +68,18 @@ async def check_references(session: AsyncSession, ws: uuid.UUID, node: Any, segm
     if refs or segment_id:
         graph = {r.id: conditions.segments_of(conditions.parse(r.definition)) for r in await session.execute(
             text("select id, definition from segment.segments where workspace_id = :ws"), {"ws": ws})}
-        errors += [{"at": at, "msg": f"no segment {sid} in this workspace"} for at, sid in refs if sid not in graph]
+        errors += [body_error(at, f"no segment {sid} in this workspace", "not_found") for at, sid in refs
+                   if sid not in graph]
         if segment_id is not None:
             graph[segment_id] = {sid for _, sid in refs}
-            errors += [{"at": at, "msg": "segments would read each other in a cycle"}
+            errors += [body_error(at, "segments would read each other in a cycle")
                        for at, ref in refs if _reads(graph, ref, segment_id)][:1]
     if lists:
         known = set((await session.execute(
             text("select id from segment.lists where workspace_id = :ws and id = any(CAST(:ids AS uuid[]))"),
             {"ws": ws, "ids": list({lid for _, lid in lists})})).scalars())
-        errors += [{"at": at, "msg": f"no list {lid} in this workspace"} for at, lid in lists if lid not in known]
+        errors += [body_error(at, f"no list {lid} in this workspace", "not_found") for at, lid in lists
+                   if lid not in known]
     if errors:
         raise ValidationFailed("The segment definition is not valid", errors=errors)
 

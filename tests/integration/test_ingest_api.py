@@ -87,6 +87,27 @@ async def test_a_numeric_message_id_is_its_decimal_text(apps, workspace, session
                                 {"ws": workspace.workspace_id})).scalar_one() == "12345"
 
 
+@pytest.mark.parametrize("encoding", ["plain", "gzip"])
+async def test_integers_beyond_64_bits_are_kept_exactly(apps, workspace, sessionmaker, encoding) -> None:
+    """An order id or amount past 64 bits (Python, Java and Go SDKs send them as numbers) is stored as sent: orjson
+    reads such an integer as a float (123456789012345678901234567890 became 1.2345678901234568e+29)."""
+    big, low = 123456789012345678901234567890, -9223372036854775809
+    body = b'{"userId": "big", "event": "Order Completed", "messageId": "big-%s", "properties": {"order": %d, ' \
+           b'"low": %d, "note": "fine"}}' % (encoding.encode(), big, low)
+    headers = {"content-type": "application/json", **({"content-encoding": "gzip"} if encoding == "gzip" else {})}
+    r = await apps["ingest"].post("/v1/track", auth=(workspace.write_key, ""), headers=headers,
+                                  content=gzip.compress(body) if encoding == "gzip" else body)
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    async with sessionmaker() as s:
+        stored = (await s.execute(text("select properties::text from ingest.events where workspace_id = :ws "
+                                       "and message_id = :m"), {"ws": workspace.workspace_id,
+                                                               "m": f"big-{encoding}"})).scalar_one()
+    assert orjson.loads(stored.replace(str(big), "0").replace(str(low), "0")) == {"order": 0, "low": 0, "note": "fine"}
+    assert f'"order": {big}' in stored and f'"low": {low}' in stored, stored
+    events = await apps["ingest"].get("/v1/profiles/big/events", headers={"Authorization": f"Bearer {workspace.secret_key}"})
+    assert b'"order":%d' % big in events.content.replace(b" ", b""), events.text
+
+
 async def test_gzip_bodies_are_accepted(apps, workspace) -> None:
     raw = gzip.compress(orjson.dumps({"batch": [{"type": "track", "userId": "g", "event": "Zipped"}]}))
     r = await apps["ingest"].post("/v1/batch", content=raw, auth=(workspace.write_key, ""),

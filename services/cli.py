@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import httpx
 import orjson
@@ -275,7 +275,7 @@ def import_file(
     """Import profiles or events from CSV / NDJSON; resumable; bad rows are reported by line number."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
-    from services.importer import UnreadableFile, run_import
+    from services.importer import Interrupted, UnreadableFile, run_import
 
     settings = _load_settings()
     kind = (fmt or path.suffix.lstrip(".")).lower()
@@ -298,16 +298,44 @@ def import_file(
         except UnreadableFile as exc:
             console.print(f"[red]import stopped:[/red] {_safe(str(exc))}")
             raise typer.Exit(1) from None
+        except Interrupted as stop:
+            interrupted = stop
+        else:
+            interrupted = None
+    if interrupted is not None:
+        _import_interrupted(interrupted, path, resume)
     if report.resumed_from:
         console.print(f"resumed after line {report.resumed_from}")
+    _import_report(report)
+    if report.rejected:
+        raise typer.Exit(3)
+
+
+def _import_report(report: Any) -> None:
     console.print(f"[green]{report.accepted} stored[/green], {report.duplicates} already there, "
                   f"{len(report.rejected)} rejected, {report.sent} sent")
     for line, why in report.rejected[:50]:
         console.print(f"  line {line}: {_safe(why)}", highlight=False)
     if len(report.rejected) > 50:
         console.print(f"  … and {len(report.rejected) - 50} more")
-    if report.rejected:
-        raise typer.Exit(3)
+
+
+def _import_interrupted(stop: Any, path: Path, resume: bool) -> NoReturn:
+    """Ctrl-C: how far the import got and how to go on; exit status 130 (128 + SIGINT), as shells report it."""
+    report, done = stop.report, stop.report.acknowledged
+    console.print(f"[yellow]import interrupted[/yellow] at line {stop.line} of {_safe(str(path))}", highlight=False)
+    if report.resumed_from:
+        console.print(f"(this run resumed after line {report.resumed_from})", highlight=False)
+    if done:
+        console.print(f"ingest has acknowledged every row through line {done}; in this run:", highlight=False)
+        _import_report(report)
+        again = "the same command" if resume else "the same command without --no-resume"
+        console.print(f"to resume after line {done}, run {again} (--no-resume starts over). Rows after it that "
+                      "reached ingest before the interruption are sent again and stored once.", highlight=False)
+    else:
+        console.print("no row was acknowledged yet: running the command again starts from the first line "
+                      "(rows that reached ingest are stored once).", highlight=False)
+    raise typer.Exit(130)
 
 
 def _resource_api(http: httpx.AsyncClient, secret_key: str) -> Any:

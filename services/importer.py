@@ -3,7 +3,8 @@
 Rows become Segment messages (so imports get the same validation, dedup and identity resolution as
 live traffic). A row without ``messageId`` gets one derived from its line number and content, so
 re-running an import — or resuming it after a crash from the checkpoint file — never stores a row twice.
-Bad rows are reported with the line they start on; they never stop the import. Files may start with a
+Bad rows are reported with the line they start on; they never stop the import. Ctrl-C stops it wherever it
+is (:class:`Interrupted`: how far ingest has acknowledged, the checkpoint's line). Files may start with a
 UTF-8 byte order mark (what spreadsheet programs write). Batches are cut at ``batch_size`` rows or before
 they pass ingest's 500 KB per request, whichever comes first; a row over ingest's 32 KB per message is
 reported rather than sent.
@@ -15,9 +16,13 @@ are left out; numbers and booleans stay strings unless the column is named ``NAM
 ``NAME:bool``.
 """
 
+import contextlib
 import csv
 import hashlib
 import io
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -46,11 +51,40 @@ class Row:
 
 @dataclass
 class Report:
-    sent: int = 0
+    sent: int = 0  # rows sent and answered (ingest stored, already had or rejected each)
     accepted: int = 0
     duplicates: int = 0
     rejected: list[tuple[int, str]] = field(default_factory=list)
     resumed_from: int = 0
+    acknowledged: int = 0  # the last line ingest has answered for (what the checkpoint holds)
+
+
+class Interrupted(Exception):
+    """Ctrl-C (``KeyboardInterrupt``) stopped the import at line ``line``. ``report`` covers the rows through
+    ``report.acknowledged`` (the checkpoint's line); the rows after it were not answered (a batch in flight may
+    have been stored: resuming sends it again and ingest keeps each message once)."""
+
+    def __init__(self, report: Report, line: int):
+        super().__init__(f"interrupted at line {line}")
+        self.report, self.line = report, line
+
+
+@contextlib.contextmanager
+def _interrupt_after() -> Iterator[None]:
+    """Ctrl-C during the block takes effect at its end: a batch's answer and its checkpoint are recorded together.
+    Only where Python's own handler is in place (the main thread; not when a caller handles SIGINT itself)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    caught: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _message_id(line: int, raw: str) -> str:
@@ -191,7 +225,10 @@ class Checkpoint:
         return int(state.get("line", 0))
 
     def save(self, line: int) -> None:
-        self.path.write_bytes(orjson.dumps({"line": line, "size": self.stat.st_size, "mtime": self.stat.st_mtime}))
+        """Written whole or not at all (a new file renamed over the old): never a half-written checkpoint."""
+        part = self.path.with_name(self.path.name + ".part")
+        part.write_bytes(orjson.dumps({"line": line, "size": self.stat.st_size, "mtime": self.stat.st_mtime}))
+        os.replace(part, self.path)
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -225,49 +262,60 @@ def post_batch(client: httpx.Client, write_key: str, batch: list[Row], *, attemp
 
 def run_import(path: Path, *, client: httpx.Client, write_key: str, fmt: str, profiles: bool, batch_size: int,
                resume: bool, progress: Callable[[int], None] | None = None) -> Report:
+    """Send the file's rows in batches; raises :class:`Interrupted` on Ctrl-C (``KeyboardInterrupt``)."""
     checkpoint = Checkpoint(path)
     report = Report(resumed_from=checkpoint.load() if resume else 0)
+    report.acknowledged = report.resumed_from
     pending: list[Row] = []
     pending_bytes = 0
+    line = report.resumed_from
 
     def flush() -> None:
         nonlocal pending_bytes
         if not pending:
             return
         answer = post_batch(client, write_key, pending)
-        report.sent += len(pending)
-        report.accepted += answer.get("accepted", 0)
-        report.duplicates += answer.get("duplicates", 0)
-        for r in answer.get("rejected", []):
-            errors = "; ".join(f"{'.'.join(map(str, e.get('loc', [])))}: {e.get('msg')}" for e in r["errors"])
-            report.rejected.append((pending[r["index"]].line, errors))
-        checkpoint.save(pending[-1].line)
-        pending.clear()
-        pending_bytes = 0
+        with _interrupt_after():
+            report.sent += len(pending)
+            report.accepted += answer.get("accepted", 0)
+            report.duplicates += answer.get("duplicates", 0)
+            for r in answer.get("rejected", []):
+                errors = "; ".join(f"{'.'.join(map(str, e.get('loc', [])))}: {e.get('msg')}" for e in r["errors"])
+                report.rejected.append((pending[r["index"]].line, errors))
+            checkpoint.save(pending[-1].line)
+            report.acknowledged = pending[-1].line
+            pending.clear()
+            pending_bytes = 0
 
-    for row, offset in read_rows(path, fmt=fmt, profiles=profiles):
-        if progress:
-            progress(offset)
-        if row.line <= report.resumed_from:
-            continue
-        if row.message is None:
-            report.rejected.append((row.line, row.error or "invalid row"))
-            continue
-        try:
-            row.encoded = orjson.dumps(row.message)
-        except TypeError as exc:  # a string that is no Unicode text (a lone surrogate from a JSON escape)
-            report.rejected.append((row.line, f"cannot be sent: {exc}"))
-            continue
-        if len(row.encoded) > MAX_MESSAGE_BYTES:
-            report.rejected.append((row.line, f"message is over 32 KB ({len(row.encoded)} bytes as JSON)"))
-            continue
-        if pending and pending_bytes + len(row.encoded) + 1 > MAX_BATCH_BYTES:
-            flush()
-        pending.append(row)
-        pending_bytes += len(row.encoded) + 1
-        if len(pending) >= batch_size:
-            flush()
-    flush()
+    try:
+        for row, offset in read_rows(path, fmt=fmt, profiles=profiles):
+            line = row.line
+            if progress:
+                progress(offset)
+            if row.line <= report.resumed_from:
+                continue
+            if row.message is None:
+                report.rejected.append((row.line, row.error or "invalid row"))
+                continue
+            try:
+                row.encoded = orjson.dumps(row.message)
+            except TypeError as exc:  # a string that is no Unicode text (a lone surrogate from a JSON escape)
+                report.rejected.append((row.line, f"cannot be sent: {exc}"))
+                continue
+            if len(row.encoded) > MAX_MESSAGE_BYTES:
+                report.rejected.append((row.line, f"message is over 32 KB ({len(row.encoded)} bytes as JSON)"))
+                continue
+            if pending and pending_bytes + len(row.encoded) + 1 > MAX_BATCH_BYTES:
+                flush()
+            pending.append(row)
+            pending_bytes += len(row.encoded) + 1
+            if len(pending) >= batch_size:
+                flush()
+        flush()
+    except KeyboardInterrupt:
+        # the rows after the acknowledged line are read again on resume, and their bad rows reported then
+        report.rejected = sorted(r for r in report.rejected if r[0] <= report.acknowledged)
+        raise Interrupted(report, line) from None
     checkpoint.clear()
     report.rejected.sort()
     return report

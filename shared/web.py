@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote_to_bytes
+from urllib.parse import parse_qsl, quote
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
@@ -35,6 +35,7 @@ from shared.gc_tuning import tune_gc
 from shared.http import InternalClient, make_http_client
 from shared.logging import configure_logging
 from shared.queue import Waker, create_redis
+from shared.routing import path_parameters
 from shared.settings import ServiceName, Settings
 from shared.validation import URL_TEXT_UNCHECKED, url_text_problem
 
@@ -246,12 +247,9 @@ def _shown(name: str) -> str:
 def _raw_path_parameters(request: Request) -> dict[str, str]:
     """The path parameters decoded from the raw path with ``surrogateescape``: the router decodes bytes that are not
     UTF-8 as U+FFFD, which would hide them. Falls back to the router's values (a NUL is visible there too)."""
-    raw, regex = request.scope.get("raw_path"), getattr(request.scope.get("route"), "path_regex", None)
-    if isinstance(raw, bytes) and regex is not None:
-        path = unquote_to_bytes(raw.partition(b"?")[0]).decode("utf-8", "surrogateescape")
-        root = request.scope.get("root_path", "")
-        if (match := regex.match(path.removeprefix(root) if root else path)) is not None:
-            return match.groupdict()
+    found = path_parameters(request.scope, "surrogateescape")
+    if found is not None:
+        return found
     return {name: str(value) for name, value in request.path_params.items()}
 
 

@@ -35,6 +35,7 @@ from shared.auth import WorkspaceDep
 from shared.core import workspace_settings
 from shared.db import AfterDep, SessionDep
 from shared.errors import COMMON_ERRORS, Conflict, NotFound, UpstreamUnavailable, ValidationFailed, problem_schema
+from shared.routing import SegmentRoute
 from shared.settings import Settings
 from shared.validation import IsoDatetime, StorableText, error_message, unstorable
 
@@ -188,7 +189,7 @@ async def export_messages(ws: WorkspaceDep, session: SessionDep, filters: Annota
                     headers={"Content-Disposition": 'attachment; filename="deliveries.csv"'})
 
 
-consent_router = APIRouter(prefix="/v1", tags=["consent"])
+consent_router = APIRouter(prefix="/v1", tags=["consent"], route_class=SegmentRoute)  # addresses may hold a "/"
 
 
 @consent_router.post("/suppressions", status_code=201, response_model=SuppressionOut,

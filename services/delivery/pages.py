@@ -3,7 +3,9 @@ page, the open pixel and the click redirect. No login: every URL carries a signe
 
 The pages are server-rendered HTML that works without JavaScript, in the recipient's language (English,
 French or German, from ``?lang=`` or ``Accept-Language``), with labelled form controls.
-A GET never changes consent (mail scanners follow links); only a POST does.
+A GET never changes consent (mail scanners follow links); only a POST does. Every link answers HEAD (what
+security scanners and link checkers send) as it answers GET, without a body, and a HEAD records nothing: no open,
+no click.
 
 Emails sent before an erasure keep their links after the message is gone: a click still redirects to its
 (signed) URL, the pixel still answers its image, and the unsubscribe, preference and confirmation links
@@ -11,9 +13,10 @@ answer a page saying the data was erased. None of them writes anything then.
 """
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from html import escape
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, FastAPI, Form, Query, Request
@@ -29,6 +32,25 @@ from shared.errors import AppError, BadRequest, BodyTooLarge, NotFound, problem_
 from shared.validation import url_text_unchecked
 
 router = APIRouter(tags=["recipient pages"])
+
+_HEAD_TOO = " HEAD answers the same status and headers, without a body, and records nothing."
+_Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
+
+
+def _link(path: str, *, description: str, **kw: Any) -> Callable[[_Endpoint], _Endpoint]:
+    """A recipient link's GET route, answering HEAD too: mail security scanners and link checkers send HEAD to the
+    links of a message. HEAD runs the same endpoint (the same status and headers; the server sends no body), which
+    must then change nothing (it checks ``request.method``). The HEAD route stays out of the OpenAPI document (an
+    operation id names one operation); the GET operation's description says it is there."""
+    def register(endpoint: _Endpoint) -> _Endpoint:
+        router.add_api_route(path, endpoint, methods=["GET"], description=description + _HEAD_TOO, **kw)
+        router.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False,
+                             **{k: v for k, v in kw.items() if k != "operation_id"})
+        return endpoint
+
+    return register
+
+
 def _problem_or_page(description: str) -> dict[str, Any]:
     doc = problem_schema(description + "; a browser (Accept: text/html) gets the same as a page in its language")
     doc["content"]["text/html"] = {"schema": {"type": "string"}}
@@ -159,8 +181,9 @@ def _verify(request: Request, purpose: str, token: str, extra: str = "") -> sign
         raise BadRequest("This link is not valid") from None
 
 
-@router.get("/u/{token}", response_class=HTMLResponse, operation_id="unsubscribe_page", responses=_LINK_ERRORS,
-            summary="Unsubscribe landing page (asks; a GET changes nothing)")
+@_link("/u/{token}", response_class=HTMLResponse, operation_id="unsubscribe_page", responses=_LINK_ERRORS,
+       summary="Unsubscribe landing page (asks; a GET changes nothing)",
+       description="The page asking to unsubscribe; its button POSTs to the same URL.")
 async def unsubscribe_page(token: str, request: Request, session: SessionDep,
                            lang: Annotated[str | None, Query()] = None) -> HTMLResponse:
     t = TEXTS[language(request, lang)]
@@ -220,8 +243,9 @@ def _preference_form(t: dict[str, str], lang: str, prefs: dict[str, Any], notice
             f'{t["all_off"]}</label><button type="submit">{t["save"]}</button></form>')
 
 
-@router.get("/p/{token}", response_class=HTMLResponse, operation_id="preference_page", responses=_LINK_ERRORS,
-            summary="The preference page: topics and unsubscribe-from-all")
+@_link("/p/{token}", response_class=HTMLResponse, operation_id="preference_page", responses=_LINK_ERRORS,
+       summary="The preference page: topics and unsubscribe-from-all",
+       description="The form of the address's topics and unsubscribe-from-all; it POSTs to the same URL.")
 async def preference_page(token: str, request: Request, session: SessionDep,
                           lang: Annotated[str | None, Query()] = None) -> HTMLResponse:
     code = language(request, lang)
@@ -288,9 +312,12 @@ async def _engaged(session: AsyncSession, message: dict[str, Any], kind: str, re
                               "Email Opened" if kind == "opened" else "Email Link Clicked", props)
 
 
-@router.get("/o/{token}.gif", operation_id="open_pixel", summary="Open tracking pixel", response_class=Response)
+@_link("/o/{token}.gif", operation_id="open_pixel", summary="Open tracking pixel", response_class=Response,
+       description="A 1×1 GIF, whatever the token; a GET with a valid token records an open of its message.")
 @url_text_unchecked  # a pixel always answers with the image
 async def open_pixel(token: str, request: Request, session: SessionDep) -> Response:
+    if request.method == "HEAD":  # a scanner or link checker, not someone reading the mail
+        return _pixel()
     try:
         subject = signing.verify(request.app.state.settings.signing_secret, "open", token)
     except signing.BadToken:
@@ -300,29 +327,40 @@ async def open_pixel(token: str, request: Request, session: SessionDep) -> Respo
             message = await _message_or_none(session, subject, writing=True)
             if message is not None:  # gone (erased): the image, and nothing recorded
                 await _engaged(session, message, "opened", request)
+    return _pixel()
+
+
+def _pixel() -> Response:
     return Response(PIXEL, media_type="image/gif", headers={"Cache-Control": "no-store, max-age=0"})
 
 
-@router.get("/c/{token}", operation_id="click_redirect", responses=_LINK_ERRORS,
-            summary="Click tracking redirect (signed: no open redirect)",
-            response_class=RedirectResponse, status_code=302)
+@_link("/c/{token}", operation_id="click_redirect", responses=_LINK_ERRORS,
+       summary="Click tracking redirect (signed: no open redirect)",
+       description="The token signs the URL, so a verified click goes there even when its message is gone: an "
+                   "email sent before an erasure keeps working links (as at other email providers), and records "
+                   "nothing. A GET whose message is held records a click.",
+       response_class=RedirectResponse, status_code=302)
 async def click(token: str, request: Request, session: SessionDep, u: Annotated[str, Query(max_length=4000)]
                 ) -> RedirectResponse:
-    """The token signs the URL, so a verified click goes there even when its message is gone: an email sent
-    before an erasure keeps working links (as at other email providers), and records nothing."""
     subject = _verify(request, "click", token, u)
     if urlsplit(u).scheme not in ("http", "https"):
         raise BadRequest("This link is not valid")
+    if request.method == "HEAD":  # a scanner or link checker, not someone following the link
+        return _redirect(u)
     async with session.begin():
         message = await _message_or_none(session, subject, writing=True)
         if message is not None:
             await _engaged(session, message, "clicked", request, u)
-    return RedirectResponse(u, status_code=302, headers={"Cache-Control": "no-store"})
+    return _redirect(u)
 
 
+def _redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=302, headers={"Cache-Control": "no-store"})
 
-@router.get("/confirm/{token}", response_class=HTMLResponse, operation_id="confirm_opt_in_page", responses=_LINK_ERRORS,
-            summary="Double opt-in: the confirmation page (asks; a GET changes nothing)")
+
+@_link("/confirm/{token}", response_class=HTMLResponse, operation_id="confirm_opt_in_page", responses=_LINK_ERRORS,
+       summary="Double opt-in: the confirmation page (asks; a GET changes nothing)",
+       description="The page asking to confirm the subscription; its button POSTs to the same URL.")
 async def confirm_page(token: str, request: Request, session: SessionDep,
                        lang: Annotated[str | None, Query()] = None) -> HTMLResponse:
     code = language(request, lang)

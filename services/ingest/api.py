@@ -51,6 +51,7 @@ from shared.errors import (
 )
 from shared.feed import Cursor, backlog
 from shared.jsonutil import dumps_bytes, has_long_number
+from shared.routing import SegmentRoute
 from shared.settings import Settings
 
 log = structlog.get_logger()
@@ -64,10 +65,11 @@ WAKE_FUNCTION = "on_events"  # the job consumers of the event log register
 
 tracking_router = APIRouter(prefix="/v1", tags=["tracking"])
 feed_router = APIRouter(prefix="/v1", tags=["feed"])
-profiles_router = APIRouter(prefix="/v1", tags=["profiles"])
+profiles_router = APIRouter(prefix="/v1", tags=["profiles"], route_class=SegmentRoute)  # ids may hold a "/"
 
 _item_adapter: TypeAdapter[Any] = TypeAdapter(BatchItem)
-ProfileRef = Annotated[str, Path(description="profile id, userId, anonymousId or email (in any case)")]
+ProfileRef = Annotated[str, Path(description="profile id, userId, anonymousId or email (in any case); a `/` in it "
+                                             "percent-encoded (`org%2F123`), as a path segment is")]
 _TRACK_ERRORS = {
     **COMMON_ERRORS,
     403: problem_schema("A secret key was used where the write key belongs"),
@@ -441,7 +443,7 @@ async def list_profile_events(
     return {"events": items, "next_cursor": nxt}
 
 
-privacy_router = APIRouter(prefix="/v1/privacy", tags=["privacy"])
+privacy_router = APIRouter(prefix="/v1/privacy", tags=["privacy"], route_class=SegmentRoute)
 
 
 @privacy_router.post(

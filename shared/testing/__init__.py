@@ -189,16 +189,16 @@ async def feed_head(ingest: httpx.AsyncClient) -> str:
 
 
 @contextlib.contextmanager
-def http_server(app: Any, port: int | None = None) -> Iterator[int]:
+def http_server(app: Any, port: int | None = None, **config: Any) -> Iterator[int]:
     """Serve an ASGI app on a loopback port (a free one unless given) in a thread (a provider's or customer's
-    server in tests); yields the port."""
+    server in tests); yields the port. ``config``: more ``uvicorn.Config`` settings (``root_path``)."""
     import threading
     import time
 
     import uvicorn
 
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

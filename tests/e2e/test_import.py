@@ -1,6 +1,8 @@
 """`tenure import` against a real ingest process: bad rows by line number, idempotent re-runs, resume."""
 
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -128,3 +130,64 @@ async def test_import_cuts_batches_under_the_500_kb_limit(ingest_url, workspace,
     assert r.returncode == 3, r.stderr
     assert "600 stored" in r.stderr and "line 101: message is over 32 KB" in r.stderr, r.stderr
     assert await _count(sessionmaker, workspace.workspace_id, "track") == 600
+
+
+def _interrupted_import(url: str, key: str, f: Path, checkpoint: Path) -> tuple[int, str]:
+    """``tenure import`` sent SIGINT (what Ctrl-C sends) once ingest has acknowledged a few batches: its exit
+    status and what it said."""
+    proc = subprocess.Popen([TENURE, "import", str(f), "--profiles", "--url", url, "--write-key", key,
+                             "--batch-size", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    try:
+        deadline = time.monotonic() + 60
+        while not checkpoint.exists():  # a batch acknowledged: well inside the import
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the import acknowledged nothing"
+            time.sleep(0.02)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err
+
+
+async def test_ctrl_c_stops_the_import_saying_how_far_it_got_and_how_to_resume(ingest_url, workspace, sessionmaker,
+                                                                               tmp_path):
+    """Ctrl-C (SIGINT) during an import: no traceback, the line reached and the line ingest has acknowledged
+    through (the checkpoint's), what this run stored and rejected up to there, how to resume; exit status 130. The
+    resumed run goes on from that line and stores every row once."""
+    f = tmp_path / "many.ndjson"
+    rows = 3000
+    lines = [f'{{"userId": "c{i}", "traits": {{"n": {i}}}}}' for i in range(1, rows + 1)]
+    lines[1] = "not json"  # line 2: reported by the interrupted run (the resumed one starts after it)
+    f.write_text("\n".join(lines) + "\n")
+    checkpoint = tmp_path / "many.ndjson.tenure-import.json"
+    status, err = _interrupted_import(ingest_url, workspace.write_key, f, checkpoint)
+    assert status == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    said = re.search(r"import interrupted at line (\d+) of \S*many\.ndjson", err)
+    through = re.search(r"acknowledged every row through line (\d+)", err)
+    assert said and through, f"Ctrl-C should say how far the import got: {err!r}"
+    reached, done = int(said.group(1)), int(through.group(1))
+    assert 3 <= done <= reached < rows, err
+    assert orjson.loads(checkpoint.read_bytes())["line"] == done  # what the resume starts after
+    # what this run did through that line: every row but the bad one stored, the bad one reported
+    assert f"\n{done - 1} stored, 0 already there, 1 rejected, {done - 1} sent\n" in err, err
+    assert "line 2: invalid JSON" in err, err
+    assert f"to resume after line {done}, run the same command" in err, err
+    assert await _count(sessionmaker, workspace.workspace_id, "identify") >= done - 1
+
+    resumed = subprocess.run([TENURE, "import", str(f), "--profiles", "--url", ingest_url, "--write-key",
+                              workspace.write_key], capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed after line {done}" in resumed.stderr, resumed.stderr
+    # the batch in flight at Ctrl-C may have been stored: sent again, it is "already there"
+    counts = re.search(r"\n(\d+) stored, (\d+) already there, 0 rejected, (\d+) sent\n", resumed.stderr)
+    assert counts, resumed.stderr
+    stored, there, sent = map(int, counts.groups())
+    assert sent == stored + there == rows - done and there <= 3, resumed.stderr
+    assert await _count(sessionmaker, workspace.workspace_id, "identify") == rows - 1
+    assert not checkpoint.exists()

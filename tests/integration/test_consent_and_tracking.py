@@ -461,3 +461,61 @@ async def test_upgrading_forgets_the_opens_and_events_earlier_erasures_left(apps
                                        "where payload->>'userId' = :t"), {"t": tag})).scalars().all()
     assert [str(m) for m in engaged] == [held]
     assert sorted(events, key=json.dumps) == [{"address": "held@example.com"}, {"message_id": held}]
+
+
+async def test_head_on_recipient_links_answers_as_get_and_records_nothing(apps, workspace, sessionmaker, settings,
+                                                                          mailbox) -> None:
+    """Mail security scanners and link checkers send HEAD to every link of a message. Each recipient link answers
+    it as it answers GET — the same status and headers (Location, Content-Type, Content-Length, Cache-Control), no
+    body — but a HEAD is nobody reading the mail: no open, no click, no event for ingest, nothing confirmed or
+    unsubscribed. A bad token is the same 400 as for GET."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    ws, to = workspace.workspace_id, f"head-{uuid.uuid4().hex[:6]}@example.com"
+    mid, mail = await _send(apps, h, sessionmaker, settings, mailbox, to, user_id="head-1")
+    r = await apps["delivery"].post("/v1/opt-ins", headers=h, json={"email": to, "topics": ["offers"],
+                                                                    "user_id": "head-1"})
+    assert r.status_code == 202, r.text
+    await sending.send_due(sessionmaker, settings)
+    confirmation = next(m for m in mailbox.messages
+                        if m["headers"].get("X-Tenure-Message-Id") == r.json()["message_id"])
+    async with sessionmaker() as s, s.begin():  # read a minute after sending (an open then is not a prefetch)
+        await s.execute(text("update delivery.messages set sent_at = now() - interval '1 minute' "
+                             "where workspace_id = :ws"), {"ws": ws})
+    click = _path(re.search(r'href="([^"]+/c/[^"]+)"', mail["html"]).group(1).replace("&amp;", "&"))
+    links = {
+        "pixel": _path(re.search(r'src="([^"]+/o/[^"]+\.gif)"', mail["html"]).group(1)),
+        "click": click,
+        "unsubscribe": _path(mail["headers"]["List-Unsubscribe"].strip("<>")),
+        "preferences": _path(re.search(r'href="([^"]+/p/[^"]+)"', mail["html"]).group(1)),
+        "confirm": re.search(r"(/confirm/[A-Za-z0-9_-]+)", confirmation["text"]).group(1),
+        "forged click": click.split("?")[0] + "?u=https%3A%2F%2Fevil.example%2F",
+        "bad unsubscribe": "/u/not-a-token",
+    }
+
+    async def held() -> list:
+        async with sessionmaker() as s:
+            counts = [(await s.execute(text(f"select count(*) from delivery.{table} where workspace_id = :ws"),
+                                       {"ws": ws})).scalar_one()
+                      for table in ("engagements", "feedback", "suppressions", "consent_log")]
+            confirmed = (await s.execute(text("select confirmed_at from delivery.opt_ins where workspace_id = :ws "
+                                              "and address = :a"), {"ws": ws, "a": to})).scalar_one()
+            return [*counts, confirmed]
+
+    compared = ("content-type", "content-length", "location", "cache-control", "referrer-policy")
+    for headers in ({"User-Agent": "Mozilla/5.0", "Accept": "text/html,*/*;q=0.8"}, {"User-Agent": "Mozilla/5.0"}):
+        for name, link in links.items():
+            before = await held()
+            head = await apps["delivery"].head(link, headers=headers)
+            assert head.status_code != 405, (name, head.text)
+            assert head.content == b"", name
+            assert await held() == before, f"HEAD on the {name} link recorded something"
+            get = await apps["delivery"].get(link, headers=headers)
+            assert (head.status_code, name) == (get.status_code, name)
+            assert {k: head.headers.get(k) for k in compared} == {k: get.headers.get(k) for k in compared}, name
+    assert (await apps["delivery"].head(links["click"])).headers["location"] == "https://acme.example/post?id=1&x=2"
+    assert (await apps["delivery"].head(links["forged click"])).status_code == 400
+    # the GETs (from a browser) did record the open and the click: the same links, only the method differs
+    async with sessionmaker() as s:
+        kinds = (await s.execute(text("select kind from delivery.engagements where message_id = :m and not bot "
+                                      "order by kind"), {"m": mid})).scalars().all()
+    assert kinds == ["clicked", "clicked", "opened", "opened"]

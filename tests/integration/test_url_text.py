@@ -92,6 +92,9 @@ async def test_every_parameter_of_every_route_refuses_what_is_not_text(apps, wor
     ("delivery", "/v1/preferences/ada%00@example.com", ["path", "address"], "contains a NUL character"),
     ("delivery", "/v1/preferences/%ED%A0%80@example.com", ["path", "address"], "is not valid UTF-8"),
     ("ingest", "/v1/profiles/u%00", ["path", "ref"], "contains a NUL character"),
+    # an id with an encoded "/" (routed on the raw path's segments) is checked the same way
+    ("ingest", "/v1/profiles/org%2F%FF/events", ["path", "ref"], "is not valid UTF-8"),
+    ("delivery", "/v1/preferences/team%2Fa%00@example.com", ["path", "address"], "contains a NUL character"),
     ("ingest", "/v1/profiles?email=%FF", ["query", "email"], "is not valid UTF-8"),
     # undeclared parameters a route reads itself (trait.NAME filters), and a name that is not text
     ("ingest", "/v1/profiles?trait.plan=pro%00", ["query", "trait.plan"], "contains a NUL character"),

@@ -30,3 +30,26 @@ def test_csv_bad_cells_are_reported_by_line(tmp_path: Path) -> None:
     f.write_text("userId,event,properties.n:number\nu1,E,1\nu2,E,not-a-number\nu3,E,3,extra\n")
     rows = [r for r, _ in read_rows(f, fmt="csv", profiles=False)]
     assert [(r.line, r.error is None) for r in rows] == [(2, True), (3, False), (4, False)]
+
+
+def test_ctrl_c_while_a_batch_is_recorded_takes_effect_once_it_is(tmp_path: Path) -> None:
+    """A batch's counts and its checkpoint are recorded together: Ctrl-C (SIGINT) in between waits for both."""
+    import os
+    import signal
+
+    import pytest
+
+    from services.importer import Checkpoint, _interrupt_after
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    f = tmp_path / "e.ndjson"
+    f.write_text("{}\n")
+    checkpoint, recorded = Checkpoint(f), []
+    with pytest.raises(KeyboardInterrupt), _interrupt_after():
+        recorded.append("counts")
+        os.kill(os.getpid(), signal.SIGINT)
+        checkpoint.save(7)
+        recorded.append("checkpoint")
+    assert recorded == ["counts", "checkpoint"] and checkpoint.load() == 7
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.ndjson", "e.ndjson.tenure-import.json"]  # no .part

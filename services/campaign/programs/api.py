@@ -33,11 +33,13 @@ from services.campaign.programs.schemas import (
 from shared.auth import WorkspaceDep
 from shared.db import AfterDep, SessionDep
 from shared.errors import COMMON_ERRORS, BadRequest, problem_schema
+from shared.routing import SegmentRoute
 from shared.validation import IsoDatetime, Ref
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", route_class=SegmentRoute)  # members' ids may hold a "/"
 
-Member = Annotated[Ref, Path(description="the member: profile id, userId, anonymousId or email")]
+Member = Annotated[Ref, Path(description="the member: profile id, userId, anonymousId or email; a `/` in it "
+                                         "percent-encoded (`org%2F123`)")]
 Pool = Annotated[str, Path(pattern=config.POOL_NAME, description="the coupon pool's name")]
 IdempotencyKey = Annotated[KeyText, Header(alias="Idempotency-Key",
                                            description="a retry with the same key is the same operation")]

@@ -126,3 +126,34 @@ async def test_recipient_pages_work_without_javascript(public, workspace, sessio
                                headers={"Authorization": f"Bearer {workspace.secret_key}"})).json()
     assert {t["id"]: t["subscribed"] for t in choices["topics"]} == {"offers": False, "news": True}
     assert choices["unsubscribed"] is True
+
+
+async def test_double_opt_in_page_speaks_the_language_of_its_email(public, workspace, sessionmaker, mailbox) -> None:
+    """The confirmation email is written in the opt-in's ``locale``; the page its link opens must go on in that
+    language, whatever the browser asks for (a French reader's phone set to English)."""
+    from tests.e2e.browser import headless_chromium
+
+    url, s = public
+    to = f"optin-{uuid.uuid4().hex[:6]}@example.com"
+    async with httpx.AsyncClient(timeout=10) as c:
+        r = await c.post(f"{url}/v1/opt-ins", headers={"Authorization": f"Bearer {workspace.secret_key}"},
+                         json={"email": to, "topics": ["news"], "locale": "fr"})
+        assert r.status_code == 202, r.text
+    await sending.send_due(sessionmaker, s)
+    mail = next(m for m in mailbox.messages if m["to"] == [to])
+    assert mail["subject"] == "Confirmez votre inscription"
+    link = re.search(r"https?://\S+/confirm/\S+", mail["text"]).group(0)
+
+    def use() -> tuple[str, str, str]:
+        browser = headless_chromium(language="en-US")
+        try:
+            browser.get(link)
+            lang, question = browser.find_element("tag name", "html").get_attribute("lang"), browser.title
+            return lang, question + "|" + browser.find_element("tag name", "main").text, _submit(browser)
+        finally:
+            browser.quit()
+
+    lang, asked, done = await asyncio.to_thread(use)
+    assert lang == "fr", asked
+    assert f"Confirmer que {to} souhaite recevoir nos e-mails ?" in asked
+    assert done.endswith(f"Merci : {to} est inscrit.")

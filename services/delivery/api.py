@@ -308,7 +308,9 @@ async def request_opt_in(body: OptInIn, ws: WorkspaceDep, session: SessionDep, r
         message, _ = await outbox.enqueue(session, ws, {
             "idempotency_key": f"opt-in:{body.email.lower()}:{opt_in['requested_at'].isoformat()}",
             "channel": "email", "to": body.email, "subject": t["confirm_subject"],
-            "text": t["confirm_body"].format(url=links.CONFIRM), "html": None, "message_type": "transactional",
+            # the link names the email's language: the page it opens goes on in it, whatever the browser asks for
+            "text": t["confirm_body"].format(url=f"{links.CONFIRM}?lang={body.locale}"), "html": None,
+            "message_type": "transactional",
             "metadata": {k: v for k, v in {"userId": body.user_id, "anonymousId": body.anonymous_id}.items() if v}},
             settings.email_from)
     request.app.state.waker.request("delivery", "send_messages")

@@ -126,9 +126,10 @@ def language(request: Request, explicit: str | None) -> str:
 def _page(lang: str, title: str, body: str, status: int = 200) -> HTMLResponse:
     html = (f'<!doctype html><html lang="{lang}"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape(title)}</title>'
+            # an email address is one long word: it may break anywhere rather than widen a phone's page
             '<style>body{font-family:system-ui,sans-serif;max-width:32rem;margin:2rem auto;padding:0 1rem;'
-            'line-height:1.5}button{font-size:1rem;padding:.5rem 1rem}fieldset{border:1px solid #ccc}'
-            'label{display:block;margin:.4rem 0}</style></head>'
+            'line-height:1.5;overflow-wrap:anywhere}button{font-size:1rem;padding:.5rem 1rem}'
+            'fieldset{border:1px solid #ccc}label{display:block;margin:.4rem 0}</style></head>'
             f'<body><main><h1>{escape(title)}</h1>{body}</main></body></html>')
     return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store",
                                                            "Referrer-Policy": "no-referrer"})

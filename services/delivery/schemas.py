@@ -291,7 +291,8 @@ class OptInIn(StorableModel):
     email: str = Field(min_length=3, max_length=320, examples=["ada@example.com"],
                        description="the address to subscribe: the confirmation link is emailed to it")
     topics: list[str] = Field(default_factory=list, max_length=50, description="topics to subscribe on confirmation")
-    locale: Literal["en", "fr", "de"] = Field("en", description="the language of the confirmation email")
+    locale: Literal["en", "fr", "de"] = Field(
+        "en", description="the language of the confirmation email and of the page its link opens")
     user_id: str | None = Field(None, max_length=512, description="who asked, for the `Opted In` event")
     anonymous_id: str | None = Field(None, max_length=512,
                                      description="who asked (their anonymousId), for the `Opted In` event")

@@ -48,6 +48,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # is read, so any origin and any request header may pass the preflight: SDKs add their own headers
     # (analytics-next X-Retry-Count on retries, RudderStack's AnonymousId, headers set in deliveryStrategy).
     # Retry-After is exposed so that a page's SDK can honour a 429 (CORS hides it from scripts otherwise).
-    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["POST", "OPTIONS"], allow_headers=["*"],
-                       expose_headers=["Retry-After", "X-RateLimit-Reset"], max_age=86400)
+    # Credentialed requests are allowed too (the page's Origin is echoed, never "*", which browsers refuse for
+    # them): navigator.sendBeacon always sends credentials, so a Blob beacon of application/json is preflighted
+    # with credentials, and some SDKs use XHR withCredentials or fetch credentials: 'include'. Safe because no
+    # browser holds a credential for ingest: it sets no cookie, reads none, and never asks for Basic auth.
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_credentials=True, allow_methods=["POST", "OPTIONS"],
+                       allow_headers=["*"], expose_headers=["Retry-After", "X-RateLimit-Reset"], max_age=86400)
     return app

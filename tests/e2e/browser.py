@@ -28,11 +28,25 @@ def ensure_chromium() -> tuple[str, str]:
     return chromium, driver
 
 
-def headless_chromium() -> webdriver.Chrome:
+def headless_chromium(*, javascript: bool = True, phone_width: int | None = None,
+                      language: str = "en-US") -> webdriver.Chrome:
+    """A desktop window (1024×768) or, with ``phone_width``, a phone's screen (mobile emulation: that many CSS
+    pixels wide, touch, a phone's user agent); ``javascript=False`` switches scripts off; ``language`` is what
+    the browser asks for in Accept-Language."""
     chromium, driver = ensure_chromium()
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--lang=en-US",
-                "--window-size=1024,768"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", f"--lang={language}"):
         options.add_argument(arg)
+    prefs: dict[str, object] = {"intl.accept_languages": language}
+    if not javascript:
+        prefs["profile.managed_default_content_settings.javascript"] = 2
+    options.add_experimental_option("prefs", prefs)
+    if phone_width:
+        options.add_experimental_option("mobileEmulation", {
+            "deviceMetrics": {"width": phone_width, "height": 740, "pixelRatio": 3.0, "touch": True},
+            "userAgent": "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+                         "Chrome/156.0.0.0 Mobile Safari/537.36"})
+    else:
+        options.add_argument("--window-size=1024,768")
     return webdriver.Chrome(options=options, service=Service(executable_path=driver))

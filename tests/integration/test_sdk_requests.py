@@ -60,7 +60,9 @@ def _check_cors(req: dict[str, Any], resp: httpx.Response) -> None:
         assert asked <= allowed, f"preflight refused {asked - allowed}"
         assert "POST" in resp.headers["access-control-allow-methods"]
     if "origin" in req["headers"]:
-        assert resp.headers["access-control-allow-origin"] == "*"
+        # the page's own origin, never "*": browsers refuse "*" for credentialed calls (sendBeacon always is one)
+        assert resp.headers["access-control-allow-origin"] == req["headers"]["origin"]
+        assert "origin" in resp.headers["vary"].lower()
         if req["method"] == "POST":
             assert "retry-after" in resp.headers["access-control-expose-headers"].lower()
 

@@ -2,9 +2,11 @@
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.ingest import privacy
 from services.ingest.api import feed_router, privacy_router, profiles_router, tracking_router
@@ -44,14 +46,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "ingest", settings or Settings(), routers=[tracking_router, feed_router, profiles_router, privacy_router],
         description=DESCRIPTION, extend=_committer, metrics_refresh=[pending_erasures],
     )
-    # Browsers send tracking calls straight from web pages (analytics.js); write keys are public and no cookie
-    # is read, so any origin and any request header may pass the preflight: SDKs add their own headers
-    # (analytics-next X-Retry-Count on retries, RudderStack's AnonymousId, headers set in deliveryStrategy).
-    # Retry-After is exposed so that a page's SDK can honour a 429 (CORS hides it from scripts otherwise).
-    # Credentialed requests are allowed too (the page's Origin is echoed, never "*", which browsers refuse for
-    # them): navigator.sendBeacon always sends credentials, so a Blob beacon of application/json is preflighted
-    # with credentials, and some SDKs use XHR withCredentials or fetch credentials: 'include'. Safe because no
-    # browser holds a credential for ingest: it sets no cookie, reads none, and never asks for Basic auth.
-    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_credentials=True, allow_methods=["POST", "OPTIONS"],
-                       allow_headers=["*"], expose_headers=["Retry-After", "X-RateLimit-Reset"], max_age=86400)
+    app.add_middleware(TrackingCORS, tracking_paths=tuple(sorted({r.path.split("{")[0]  # type: ignore[attr-defined]
+                                                                  for r in tracking_router.routes})))
     return app
+
+
+_CORS: dict[str, Any] = {"allow_origins": ["*"], "allow_methods": ["POST", "OPTIONS"], "allow_headers": ["*"],
+                         "expose_headers": ["Retry-After", "X-RateLimit-Reset"], "max_age": 86400}
+
+
+class TrackingCORS:
+    """CORS for ingest. Browsers send tracking calls straight from web pages (analytics.js); write keys are public
+    and no cookie is read, so any origin and any request header may pass the preflight: SDKs add their own headers
+    (analytics-next X-Retry-Count on retries, RudderStack's AnonymousId, headers set in deliveryStrategy), and
+    Retry-After is exposed so that a page's SDK can honour a 429 (CORS hides it from scripts otherwise).
+
+    The tracking routes (``tracking_paths``; one ending in ``/`` is a prefix) also take credentialed calls (the
+    page's Origin is echoed, never "*", which browsers refuse for them): navigator.sendBeacon always sends
+    credentials, so a Blob beacon of application/json is preflighted with credentials, and some SDKs use XHR
+    withCredentials or fetch credentials: 'include'. The management routes (profiles, privacy) do not: if a
+    deployment puts a cookie-authenticated proxy in front of them, another site's page must not be able to read
+    them with the operator's cookies."""
+
+    def __init__(self, app: ASGIApp, tracking_paths: tuple[str, ...]):
+        self._tracking = CORSMiddleware(app, allow_credentials=True, **_CORS)
+        self._other = CORSMiddleware(app, **_CORS)
+        self._paths = tracking_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        tracking = any(path == p or p.endswith("/") and path.startswith(p) for p in self._paths)
+        await (self._tracking if tracking else self._other)(scope, receive, send)

@@ -8,6 +8,7 @@ docs/sdks.md tells how they were recorded.
 import base64
 import gzip
 import json
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -110,6 +111,24 @@ async def test_sdk_requests_are_stored(name: str, ingest_url: str, workspace) ->
         assert not set(profile["traits"]) & set(profile_want.get("absent_traits", []))
         assert set(profile["anonymous_ids"]) >= set(profile_want.get("anonymous_ids", []))
         assert {g["group_id"] for g in profile["groups"]} >= set(profile_want.get("groups", []))
+
+
+async def test_only_tracking_routes_take_credentialed_cross_origin_calls(ingest_url: str, workspace) -> None:
+    """A page's SDK may send credentials with its tracking calls (sendBeacon always does); the management routes
+    allow no such call, so a cookie-authenticated proxy in front of them cannot be read from another site."""
+    page = {"Origin": "https://shop.example"}
+    preflight = {**page, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    async with httpx.AsyncClient(base_url=ingest_url) as client:
+        for path in ("/v1/track", "/v1/t", "/v1/batch"):
+            r = await client.options(path, headers=preflight)
+            assert r.status_code == 200 and r.headers["access-control-allow-credentials"] == "true", path
+            assert r.headers["access-control-allow-origin"] == page["Origin"]
+        secret = {"Authorization": f"Bearer {workspace.secret_key}"}
+        for method, path in (("OPTIONS", "/v1/privacy/erasure"), ("GET", "/v1/profiles"),
+                             ("GET", f"/v1/privacy/export/{uuid.uuid4()}")):
+            r = await client.request(method, path, headers={**(preflight if method == "OPTIONS" else page), **secret})
+            assert "access-control-allow-credentials" not in r.headers, (path, r.headers)
+            assert r.headers.get("access-control-allow-origin") in (None, "*"), (path, r.headers)
 
 
 async def test_sdk_settings_are_only_for_write_keys(ingest_url: str, workspace) -> None:

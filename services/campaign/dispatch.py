@@ -134,6 +134,8 @@ def prepare(send: dict[str, Any], tpl: dict[str, Any] | None, profile: dict[str,
         "text": rendered.text,
         "message_type": send["message_type"] or "marketing",
         "topic": send.get("topic"),
+        # the footer delivery adds and the pages its links open speak the recipient's language
+        **({"locale": locale} if isinstance(locale := traits.get("locale"), str) and 0 < len(locale) <= 35 else {}),
         **({"data": push_data} if channel == "push" and (push_data := {
             k: v for k, v in (("deep_link", rendered.deep_link), ("image", rendered.image)) if v}) else {}),
         "metadata": {"campaign_id": str(send["campaign_id"]), "send_id": str(send["id"]),

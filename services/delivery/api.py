@@ -307,7 +307,7 @@ async def request_opt_in(body: OptInIn, ws: WorkspaceDep, session: SessionDep, r
         # one confirmation per request, the link filled in at send time (it is signed with this message's id)
         message, _ = await outbox.enqueue(session, ws, {
             "idempotency_key": f"opt-in:{body.email.lower()}:{opt_in['requested_at'].isoformat()}",
-            "channel": "email", "to": body.email, "subject": t["confirm_subject"],
+            "channel": "email", "to": body.email, "subject": t["confirm_subject"], "locale": body.locale,
             # the link names the email's language: the page it opens goes on in it, whatever the browser asks for
             "text": t["confirm_body"].format(url=f"{links.CONFIRM}?lang={body.locale}"), "html": None,
             "message_type": "transactional",

@@ -14,6 +14,7 @@ from html import escape, unescape
 from urllib.parse import quote
 
 from services.delivery import signing
+from services.delivery.texts import TEXTS, language_of
 
 UNSUBSCRIBE = "%%unsubscribe_url%%"
 PREFERENCES = "%%preferences_url%%"
@@ -29,18 +30,24 @@ class Links:
     base: str
     secret: str
     subject: signing.Subject
+    lang: str | None = None  # the recipient's language (``texts.TEXTS``): the footer's, and the pages' (``?lang=``)
 
     @classmethod
-    def for_message(cls, base: str, secret: str, workspace_id: uuid.UUID, message_id: uuid.UUID) -> "Links":
-        return cls(base.rstrip("/"), secret, signing.Subject(workspace_id, message_id))
+    def for_message(cls, base: str, secret: str, workspace_id: uuid.UUID, message_id: uuid.UUID,
+                    locale: str | None = None) -> "Links":
+        return cls(base.rstrip("/"), secret, signing.Subject(workspace_id, message_id), language_of(locale))
+
+    @cached_property
+    def _lang_query(self) -> str:
+        return f"?lang={self.lang}" if self.lang else ""
 
     @cached_property
     def unsubscribe(self) -> str:
-        return f"{self.base}/u/{signing.sign(self.secret, 'unsubscribe', self.subject)}"
+        return f"{self.base}/u/{signing.sign(self.secret, 'unsubscribe', self.subject)}{self._lang_query}"
 
     @cached_property
     def preferences(self) -> str:
-        return f"{self.base}/p/{signing.sign(self.secret, 'preferences', self.subject)}"
+        return f"{self.base}/p/{signing.sign(self.secret, 'preferences', self.subject)}{self._lang_query}"
 
     @cached_property
     def confirm(self) -> str:
@@ -81,8 +88,9 @@ def decorate_html(html: str, links: Links, *, marketing: bool) -> str:
     out = _HREF.sub(route, out)
     extra = ""
     if marketing and PREFERENCES not in html and UNSUBSCRIBE not in html:
-        extra += (f'<p style="font-size:12px;color:#666"><a href="{escape(links.unsubscribe)}">Unsubscribe</a> · '
-                  f'<a href="{escape(links.preferences)}">Email preferences</a></p>')
+        t = TEXTS[links.lang or "en"]
+        extra += (f'<p style="font-size:12px;color:#666"><a href="{escape(links.unsubscribe)}">{t["unsub_btn"]}</a> · '
+                  f'<a href="{escape(links.preferences)}">{t["title"]}</a></p>')
     extra += f'<img src="{escape(links.pixel)}" width="1" height="1" alt="" style="display:none">'
     closing = re.search(r"</body\s*>", out, re.IGNORECASE)
     return out[:closing.start()] + extra + out[closing.start():] if closing else out + extra
@@ -91,5 +99,6 @@ def decorate_html(html: str, links: Links, *, marketing: bool) -> str:
 def decorate_text(text: str, links: Links, *, marketing: bool) -> str:
     out = _placeholders(text, links, quote_=False)
     if marketing and PREFERENCES not in text and UNSUBSCRIBE not in text:
-        out += f"\n\n--\nUnsubscribe: {links.unsubscribe}\nEmail preferences: {links.preferences}\n"
+        t = TEXTS[links.lang or "en"]
+        out += f"\n\n--\n{t['unsub_btn']}: {links.unsubscribe}\n{t['title']}: {links.preferences}\n"
     return out

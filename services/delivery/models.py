@@ -46,6 +46,7 @@ class Message(DeliveryTable, table=True):
     text: str | None = None
     message_type: str = "marketing"  # "marketing" | "transactional"
     topic: str | None = None  # subscription topic of a marketing message (e.g. "offers")
+    locale: str | None = None  # the recipient's (e.g. "fr-CA"): the footer's and the linked pages' language
     status: str = "queued"  # queued | sending | sent | failed | suppressed
     attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     last_error: str | None = None

@@ -31,11 +31,17 @@ from shared.jsonutil import dumps, dumps_bytes
 
 LEASE_S = 60
 MAX_ATTEMPTS = 8
-_COLS = ("id, idempotency_key, channel, to_address, subject, message_type, topic, status, attempts, last_error, "
-         "provider_message_id, metadata, created_at, sent_at")
+_COLS = ("id, idempotency_key, channel, to_address, subject, message_type, topic, locale, status, attempts, "
+         "last_error, provider_message_id, metadata, created_at, sent_at")
+
+
+# fields added to messages after their first release: left out of the hash when not given, so a retry of a message
+# queued before the upgrade still hashes as it did (and is its replay, not a conflict)
+_ADDED_LATER = ("locale",)
 
 
 def request_hash(data: dict[str, Any]) -> str:
+    data = {k: v for k, v in data.items() if v is not None or k not in _ADDED_LATER}
     return hashlib.sha256(dumps_bytes(data, sort_keys=True)).hexdigest()
 
 
@@ -75,16 +81,16 @@ async def enqueue_many(session: AsyncSession, ws: uuid.UUID, msgs: list[tuple[di
         text(
             f"""
             insert into delivery.messages (id, workspace_id, idempotency_key, request_hash, channel, to_address,
-                                           from_address, subject, html, text, message_type, topic, status,
-                                           last_error, metadata)
+                                           from_address, subject, html, text, message_type, topic, locale,
+                                           status, last_error, metadata)
             select r.id, :ws, r.key, r.hash, r.channel, r.to_address, r.sender, r.subject, r.html, r.text,
-                   r.message_type, r.topic, r.status, r.reason, r.meta
+                   r.message_type, r.topic, r.locale, r.status, r.reason, r.meta
               from rows from (jsonb_to_recordset(CAST(:rows AS jsonb))
                               as (id uuid, key text, hash text, channel text, to_address text, sender text,
-                                  subject text, html text, text text, message_type text, topic text, status text,
-                                  reason text, meta jsonb)) with ordinality
-                   as r(id, key, hash, channel, to_address, sender, subject, html, text, message_type, topic, status,
-                        reason, meta, n)
+                                  subject text, html text, text text, message_type text, topic text, locale text,
+                                  status text, reason text, meta jsonb)) with ordinality
+                   as r(id, key, hash, channel, to_address, sender, subject, html, text, message_type, topic, locale,
+                        status, reason, meta, n)
              order by r.n  -- the same key twice in one call: the first is the one stored
             on conflict (workspace_id, idempotency_key) do nothing
             returning {_COLS}
@@ -118,7 +124,7 @@ def _row(msg: dict[str, Any], sender: str, reason: str | None) -> dict[str, Any]
         "to_address": msg["to"], "sender": sender, "subject": msg["subject"], "html": msg.get("html"),
         # a webhook's body is its JSON data, kept as text
         "text": dumps(msg["data"]) if msg["channel"] == "webhook" else msg.get("text"),
-        "message_type": msg["message_type"], "topic": msg.get("topic"),
+        "message_type": msg["message_type"], "topic": msg.get("topic"), "locale": msg.get("locale"),
         "status": "suppressed" if reason else "queued", "reason": reason,
         # a push's data payload rides with the message's metadata
         "meta": {**(msg.get("metadata") or {}),
@@ -185,7 +191,7 @@ async def claim(session: AsyncSession, limit: int, lease_s: float = LEASE_S) -> 
                                 or (status = 'sending' and claimed_until < now() and attempts < :max)
                              order by next_attempt_at for update skip locked limit :lim)
             returning m.id, m.workspace_id, m.to_address, m.from_address, m.subject, m.html, m.text, m.attempts,
-                      m.message_type, m.metadata, m.channel, m.topic, m.provider, m.created_at
+                      m.message_type, m.metadata, m.channel, m.topic, m.locale, m.provider, m.created_at
             """
         ),
         {"lim": limit, "max": MAX_ATTEMPTS, "lease": lease_s},

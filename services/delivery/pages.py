@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from services.delivery import consent, signing
+from services.delivery.texts import TEXTS, language_of
 from shared.db import SessionDep
 from shared.errors import AppError, BadRequest, BodyTooLarge, NotFound, problem_schema
 from shared.validation import url_text_unchecked
@@ -66,61 +67,12 @@ PIXEL = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x
 _BOT = re.compile(r"bot|crawl|spider|preview|prefetch|scan|barracuda|proofpoint|mimecast|safelinks", re.I)
 PREFETCH_WINDOW_S = 2.0  # an "open" this soon after sending is a server fetching the mail, not a person
 
-TEXTS: dict[str, dict[str, str]] = {
-    "en": {"title": "Email preferences", "unsub_q": "Unsubscribe {address} from marketing email?",
-           "unsub_btn": "Unsubscribe", "unsub_done": "{address} is unsubscribed from marketing email.",
-           "topics": "Send me email about", "all_off": "Unsubscribe from all marketing email",
-           "save": "Save preferences", "saved": "Your preferences are saved.",
-           "manage": "Manage your email preferences", "invalid": "This link is not valid.",
-           "gone": "This link is no longer valid.",
-           "erased": "No need to unsubscribe: the data this email was sent with has been erased, and nothing "
-                     "more will be sent with it.",
-           "confirm_q": "Confirm that {address} wants our email?", "confirm_btn": "Yes, subscribe me",
-           "confirm_done": "Thank you: {address} is subscribed.", "confirm_subject": "Please confirm your subscription",
-           "confirm_body": "Confirm that you want our email: {url}\nIf you did not ask for it, ignore this message.",
-           "confirm_erased": "This confirmation link can no longer be used: the data this email was sent with has "
-                             "been erased, and nothing has been subscribed. To get our email, sign up again."},
-    "fr": {"title": "Préférences e-mail", "unsub_q": "Désinscrire {address} des e-mails marketing ?",
-           "unsub_btn": "Se désinscrire", "unsub_done": "{address} est désinscrit des e-mails marketing.",
-           "topics": "M'envoyer des e-mails sur", "all_off": "Me désinscrire de tous les e-mails marketing",
-           "save": "Enregistrer", "saved": "Vos préférences sont enregistrées.",
-           "manage": "Gérer vos préférences e-mail", "invalid": "Ce lien n'est pas valide.",
-           "gone": "Ce lien n'est plus valide.",
-           "erased": "Inutile de vous désinscrire : les données avec lesquelles cet e-mail a été envoyé ont été "
-                     "effacées, et plus rien ne sera envoyé avec elles.",
-           "confirm_q": "Confirmer que {address} souhaite recevoir nos e-mails ?", "confirm_btn": "Oui, je m'inscris",
-           "confirm_done": "Merci : {address} est inscrit.", "confirm_subject": "Confirmez votre inscription",
-           "confirm_body": "Confirmez que vous souhaitez recevoir nos e-mails : {url}\nSi vous ne l'avez pas "
-                           "demandé, ignorez ce message.",
-           "confirm_erased": "Ce lien de confirmation ne peut plus être utilisé : les données avec lesquelles cet "
-                             "e-mail a été envoyé ont été effacées, et aucune inscription n'a été enregistrée. Pour "
-                             "recevoir nos e-mails, inscrivez-vous à nouveau."},
-    "de": {"title": "E-Mail-Einstellungen", "unsub_q": "{address} von Marketing-E-Mails abmelden?",
-           "unsub_btn": "Abmelden", "unsub_done": "{address} ist von Marketing-E-Mails abgemeldet.",
-           "topics": "Schickt mir E-Mails über", "all_off": "Von allen Marketing-E-Mails abmelden",
-           "save": "Einstellungen speichern", "saved": "Deine Einstellungen sind gespeichert.",
-           "manage": "E-Mail-Einstellungen verwalten", "invalid": "Dieser Link ist nicht gültig.",
-           "gone": "Dieser Link ist nicht mehr gültig.",
-           "erased": "Eine Abmeldung ist nicht nötig: Die Daten, mit denen diese E-Mail verschickt wurde, sind "
-                     "gelöscht, und mit ihnen wird nichts mehr verschickt.",
-           "confirm_q": "Bestätigen, dass {address} unsere E-Mails erhalten möchte?", "confirm_btn": "Ja, anmelden",
-           "confirm_done": "Danke: {address} ist angemeldet.", "confirm_subject": "Bitte bestätige deine Anmeldung",
-           "confirm_body": "Bestätige, dass du unsere E-Mails erhalten möchtest: {url}\nWenn du das nicht "
-                           "angefordert hast, ignoriere diese Nachricht.",
-           "confirm_erased": "Dieser Bestätigungslink kann nicht mehr verwendet werden: Die Daten, mit denen diese "
-                             "E-Mail verschickt wurde, sind gelöscht, und es wurde nichts angemeldet. Um unsere "
-                             "E-Mails zu erhalten, melde dich erneut an."},
-}
 
 
 def language(request: Request, explicit: str | None) -> str:
     candidates = [explicit or ""] + [part.split(";")[0].strip() for part in
                                      request.headers.get("accept-language", "").split(",")]
-    for c in candidates:
-        code = c.lower().split("-")[0]
-        if code in TEXTS:
-            return code
-    return "en"
+    return next((code for c in candidates if (code := language_of(c))), "en")
 
 
 def _page(lang: str, title: str, body: str, status: int = 200) -> HTMLResponse:
@@ -196,7 +148,8 @@ async def unsubscribe_page(token: str, request: Request, session: SessionDep,
     return _page(language(request, lang), t["title"],
                  f'<form method="post"><p>{t["unsub_q"].format(address=address)}</p>'
                  f'<button type="submit">{t["unsub_btn"]}</button></form>'
-                 f'<p><a href="../p/{_preferences_token(request, message)}">{t["manage"]}</a></p>')
+                 f'<p><a href="../p/{_preferences_token(request, message)}?lang={language(request, lang)}">'
+                 f'{t["manage"]}</a></p>')
 
 
 def _preferences_token(request: Request, message: dict[str, Any]) -> str:

@@ -36,6 +36,10 @@ class MessageCreate(StorableModel):
                                  "headers and a footer; transactional: only a hard bounce or complaint stops it")
     topic: str | None = Field(None, max_length=100, examples=["offers"],
                               description="subscription topic (marketing): not sent to addresses that opted out")
+    locale: str | None = Field(None, max_length=35, examples=["fr-CA"],
+                               description="the recipient's locale (BCP 47): the unsubscribe footer delivery adds to "
+                                           "marketing email, and the unsubscribe and preference pages its links open, "
+                                           "are in its language (English, French or German; English otherwise)")
     data: dict[str, Any] | None = Field(None, description="a webhook's JSON body; for push the data payload "
                                                           "(`deep_link`, `image`, other string values)")
     metadata: dict[str, Any] = Field(default_factory=dict, description="ids to find the message by later; "
@@ -122,6 +126,7 @@ class MessageOut(BaseModel):
     subject: str = Field(description="the email subject or push title; empty for SMS and webhooks")
     message_type: str
     topic: str | None = None
+    locale: str | None = Field(None, description="the recipient's locale given when it was queued")
     status: str = Field(description="queued | sending | sent | delivered | bounced | failed | suppressed")
     attempts: int = Field(description="provider calls made so far (a transient error is retried with backoff)")
     last_error: str | None = Field(description="why it was suppressed (`suppressed: unsubscribed`, …), bounced, or "

@@ -381,7 +381,7 @@ async def _attempt_email(settings: Settings, message: dict[str, Any], started: d
                          http: httpx.AsyncClient, redis: Any) -> outbox.Outcome:
     marketing = message.get("message_type", "marketing") == "marketing"
     link = links.Links.for_message(settings.public_url, settings.signing_secret, message["workspace_id"],
-                                   message["id"])
+                                   message["id"], message.get("locale"))
     mail = mailer.Email(
         message_id=str(message["id"]), sender=message["from_address"], to=message["to_address"],
         subject=message["subject"],

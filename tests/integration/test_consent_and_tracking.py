@@ -519,3 +519,34 @@ async def test_head_on_recipient_links_answers_as_get_and_records_nothing(apps, 
         kinds = (await s.execute(text("select kind from delivery.engagements where message_id = :m and not bot "
                                       "order by kind"), {"m": mid})).scalars().all()
     assert kinds == ["clicked", "clicked", "opened", "opened"]
+
+
+async def test_the_footer_and_the_pages_it_opens_speak_the_recipients_language(apps, workspace, sessionmaker,
+                                                                               settings, mailbox) -> None:
+    """A French campaign email ended in "Unsubscribe · Email preferences", and its links opened English pages for
+    an English-language browser: the message's ``locale`` now sets both. Without one, English and the browser's."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    to = f"lea-{uuid.uuid4().hex[:6]}@example.com"
+    mid, mail = await _send(apps, h, sessionmaker, settings, mailbox, to, locale="fr-CA")
+    assert (await apps["delivery"].get(f"/v1/messages/{mid}", headers=h)).json()["locale"] == "fr-CA"
+    assert ">Se désinscrire</a> · " in mail["html"] and ">Préférences e-mail</a>" in mail["html"]
+    assert "Se désinscrire: http" in mail["text"] and "Unsubscribe" not in mail["text"]
+    unsub_url = mail["headers"]["List-Unsubscribe"].strip("<>")
+    assert unsub_url.endswith("?lang=fr")
+    english = {"Accept-Language": "en-US,en;q=0.9", "Accept": "text/html"}
+    page = await apps["delivery"].get(_path(unsub_url), headers=english)
+    assert page.status_code == 200 and 'lang="fr"' in page.text and "Désinscrire" in page.text
+    manage = re.search(r'href="\.\./p/([^"]+)"', page.text).group(1)
+    assert manage.endswith("?lang=fr")  # the page's own link to the preferences keeps the language
+    prefs = await apps["delivery"].get(f"/p/{manage}", headers=english)
+    assert prefs.status_code == 200 and 'lang="fr"' in prefs.text
+    done = await apps["delivery"].post(_path(unsub_url), content=b"List-Unsubscribe=One-Click",
+                                       headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert done.status_code == 200 and 'lang="fr"' in done.text
+
+    other = f"ann-{uuid.uuid4().hex[:6]}@example.com"
+    _, plain = await _send(apps, h, sessionmaker, settings, mailbox, other)
+    assert ">Unsubscribe</a> · " in plain["html"] and "?lang=" not in plain["headers"]["List-Unsubscribe"]
+    german = await apps["delivery"].get(_path(plain["headers"]["List-Unsubscribe"].strip("<>")),
+                                        headers={"Accept-Language": "de-DE"})
+    assert 'lang="de"' in german.text

@@ -107,6 +107,7 @@ async def test_welcome_series_waits_in_local_time_and_speaks_the_users_language(
         await world.track(uid, "Signed Up", T0)
     await world.pump(T0)
     assert [m["subject"] for m in await world.mail(fr)] == ["Bienvenue Amélie"]  # fr-CA → fr
+    assert [m["locale"] for m in await world.mail(fr)] == ["fr-CA"]  # (delivery's footer and pages speak it too)
     assert [m["subject"] for m in await world.mail(ny)] == ["Welcome Ann"]
     await world.pump(T0 + timedelta(hours=23))  # the day has not passed: nothing
     assert len(await world.mail(ny)) == 1

@@ -3,7 +3,7 @@
 import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from pydantic import StringConstraints
 
 from services.campaign import campaigns, ingest_client
@@ -186,9 +186,17 @@ async def archive_campaign(campaign_id: uuid.UUID, ws: WorkspaceDep, session: Se
 @router.post("/campaigns/{campaign_id}/trigger", status_code=202, response_model=TriggerOut,
              operation_id="trigger_campaign", tags=["campaigns"],
              summary="Enter a user now, with data (transactional messages, API-triggered journeys)",
-             responses={**_NOT_FOUND, 409: problem_schema("The campaign is not active")})
+             description="Returns 202 with what happened; a retry with the same idempotency key, user and data gets "
+                         "that first answer again as a 200 (header `Idempotent-Replayed: true`), and the same key "
+                         "with another user or other data is a 409.",
+             responses={**_NOT_FOUND, 200: {"model": TriggerOut, "description": "Replay of an earlier request",
+                                            "headers": {"Idempotent-Replayed": {"schema": {"type": "string",
+                                                                                           "enum": ["true"]}}}},
+                        409: problem_schema("The campaign is not active, or the idempotency key was used for another "
+                                            "trigger")})
 async def trigger_campaign(campaign_id: uuid.UUID, body: TriggerRequest, ws: WorkspaceDep, session: SessionDep,
-                           request: Request, idempotency_key: IdempotencyKey = None) -> dict[str, Any]:
+                           request: Request, response: Response,
+                           idempotency_key: IdempotencyKey = None) -> dict[str, Any]:
     if idempotency_key and body.idempotency_key and idempotency_key != body.idempotency_key:
         raise ValidationFailed("Idempotency-Key header and idempotency_key field differ")
     async with session.begin():
@@ -197,9 +205,12 @@ async def trigger_campaign(campaign_id: uuid.UUID, body: TriggerRequest, ws: Wor
         raise Conflict(f"The campaign is {campaign['status']}")
     found = await ingest_client.resolve_user(request.app.state.internal, ws, body.user)
     async with session.begin():
-        out = await campaigns.trigger(session, ws, campaign_id, found, body.data,
-                                      idempotency_key or body.idempotency_key)
-    if out["entered"]:
+        out, replayed = await campaigns.trigger(session, ws, campaign_id, found, body.data,
+                                                idempotency_key or body.idempotency_key)
+    if replayed:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    elif out["entered"]:
         request.app.state.waker.request("campaign", "advance_journeys")
     return out
 

@@ -26,3 +26,56 @@ async def test_405_allow_names_every_method_of_the_path(apps, workspace, service
     assert r.status_code == 405 and r.headers["content-type"].startswith(PROBLEM)
     assert {m.strip() for m in r.headers["allow"].split(",")} == allowed
     assert r.json()["status"] == 405
+
+
+async def _identify(apps, workspace, uid: str) -> str:
+    r = await apps["ingest"].post("/v1/identify", auth=(workspace.write_key, ""),
+                                  json={"userId": uid, "traits": {"email": f"{uid}@example.com"}})
+    assert r.status_code == 200, r.text
+    return (await apps["ingest"].get(f"/v1/profiles/{uid}", headers=_bearer(workspace.secret_key))).json()["id"]
+
+
+async def _api_campaign(apps, workspace, rule: str = "every_time") -> str:
+    h = _bearer(workspace.secret_key)
+    tpl = await apps["campaign"].post("/v1/templates", headers=h, json={"name": "t", "subject": "s", "text": "x"})
+    camp = await apps["campaign"].post("/v1/campaigns", headers=h, json={
+        "name": "c", "trigger": {"type": "api"}, "entry": {"rule": rule},
+        "steps": [{"id": "w", "type": "delay", "seconds": 3600}, ]})
+    assert tpl.status_code == 201 and camp.status_code == 201, camp.text
+    return camp.json()["id"]
+
+
+async def _journeys(apps, workspace, campaign_id: str) -> list[dict]:
+    r = await apps["campaign"].get(f"/v1/campaigns/{campaign_id}/journeys", headers=_bearer(workspace.secret_key))
+    return r.json()["journeys"]
+
+
+async def test_a_trigger_retried_with_its_key_gets_the_first_answer(apps, workspace) -> None:
+    """A client whose first trigger timed out retries with the same Idempotency-Key: it must learn the user entered
+    (and in which journey), not ``entered: false``, as POST /v1/messages and the loyalty routes replay theirs."""
+    campaign_id = await _api_campaign(apps, workspace)
+    await _identify(apps, workspace, "trig-ada")
+    url, h = f"/v1/campaigns/{campaign_id}/trigger", {**_bearer(workspace.secret_key), "Idempotency-Key": "k-1"}
+    first = await apps["campaign"].post(url, headers=h, json={"user": "trig-ada", "data": {"code": "1"}})
+    again = await apps["campaign"].post(url, headers=h, json={"user": "trig-ada", "data": {"code": "1"}})
+    assert first.status_code == 202 and first.json()["entered"] is True
+    assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json()
+    assert len(await _journeys(apps, workspace, campaign_id)) == 1
+
+
+@pytest.mark.parametrize("change", ["other-user", "other-data"])
+async def test_a_trigger_key_reused_for_another_request_is_a_409(apps, workspace, change) -> None:
+    """Stripe's rule (docs/decisions): the same key with other parameters is an error, never a second journey."""
+    campaign_id = await _api_campaign(apps, workspace)
+    await _identify(apps, workspace, "trig-ada")
+    await _identify(apps, workspace, "trig-bob")
+    url, h = f"/v1/campaigns/{campaign_id}/trigger", {**_bearer(workspace.secret_key), "Idempotency-Key": "k-2"}
+    first = await apps["campaign"].post(url, headers=h, json={"user": "trig-ada", "data": {"code": "1"}})
+    assert first.status_code == 202 and first.json()["entered"] is True
+    other = {"user": "trig-bob", "data": {"code": "1"}} if change == "other-user" else {
+        "user": "trig-ada", "data": {"code": "2"}}
+    r = await apps["campaign"].post(url, headers=h, json=other)
+    assert r.status_code == 409 and r.headers["content-type"].startswith(PROBLEM), r.text
+    assert r.json()["idempotency_key"] == "k-2"
+    assert [j["id"] for j in await _journeys(apps, workspace, campaign_id)] == [first.json()["journey_id"]]

@@ -199,7 +199,8 @@ class SuppressionOut(BaseModel):
 
 
 class SuppressionList(BaseModel):
-    suppressions: list[SuppressionOut] = Field(description="the suppressions, in address order")
+    suppressions: list[SuppressionOut] = Field(
+        description="the suppressions, in address order (then channel: an address can be suppressed on several)")
     next_cursor: str | None = None
 
 

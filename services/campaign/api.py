@@ -57,11 +57,11 @@ async def create_template(body: TemplateCreate, ws: WorkspaceDep, session: Sessi
 
 @router.get("/templates", response_model=TemplateList, operation_id="list_templates", tags=["templates"],
             summary="List templates", responses=COMMON_ERRORS)
-async def list_templates(ws: WorkspaceDep, session: SessionDep, after: AfterDep, limit: Limit = 100
+async def list_templates(ws: WorkspaceDep, session: SessionDep, page: AfterDep, limit: Limit = 100
                          ) -> dict[str, Any]:
     async with session.begin():
-        items, nxt = await campaigns.list_templates(session, ws, after, limit)
-    return {"templates": items, "next_cursor": nxt}
+        items, nxt = await campaigns.list_templates(session, ws, page.position, limit)
+    return {"templates": items, "next_cursor": page.next(nxt)}
 
 
 @router.put("/templates/{template_id}", response_model=TemplateOut, operation_id="update_template",
@@ -140,11 +140,11 @@ async def create_campaign(body: CampaignCreate, ws: WorkspaceDep, session: Sessi
 
 @router.get("/campaigns", response_model=CampaignList, operation_id="list_campaigns", tags=["campaigns"],
             summary="List campaigns", responses=COMMON_ERRORS)
-async def list_campaigns(ws: WorkspaceDep, session: SessionDep, after: AfterDep, limit: Limit = 100
+async def list_campaigns(ws: WorkspaceDep, session: SessionDep, page: AfterDep, limit: Limit = 100
                          ) -> dict[str, Any]:
     async with session.begin():
-        items, nxt = await campaigns.list_campaigns(session, ws, after, limit)
-    return {"campaigns": items, "next_cursor": nxt}
+        items, nxt = await campaigns.list_campaigns(session, ws, page.position, limit)
+    return {"campaigns": items, "next_cursor": page.next(nxt)}
 
 
 @router.get("/campaigns/{campaign_id}", response_model=CampaignOut, operation_id="get_campaign",
@@ -218,15 +218,15 @@ async def trigger_campaign(campaign_id: uuid.UUID, body: TriggerRequest, ws: Wor
 @router.get("/campaigns/{campaign_id}/journeys", response_model=JourneyList, operation_id="list_campaign_journeys",
             tags=["journeys"], summary="Who is in the campaign, at which step", responses=_NOT_FOUND)
 async def list_journeys(
-    campaign_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, after: AfterDep, limit: Limit = 100,
+    campaign_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, page: AfterDep, limit: Limit = 100,
     status: Annotated[Literal["active", "waiting", "holdout", "completed", "exited"] | None,
                       Query(description="active | waiting | holdout | completed | exited")] = None,
     step: Annotated[str | None, Query(description="current step id")] = None,
 ) -> dict[str, Any]:
     async with session.begin():
-        items, nxt = await campaigns.list_journeys(session, ws, campaign_id, status=status, step=step, after=after,
-                                                   limit=limit)
-    return {"journeys": items, "next_cursor": nxt}
+        items, nxt = await campaigns.list_journeys(session, ws, campaign_id, status=status, step=step,
+                                                   after=page.position, limit=limit)
+    return {"journeys": items, "next_cursor": page.next(nxt)}
 
 
 @router.get("/campaigns/{campaign_id}/stats", response_model=CampaignStats, operation_id="campaign_stats",
@@ -241,12 +241,12 @@ async def campaign_stats(campaign_id: uuid.UUID, ws: WorkspaceDep, session: Sess
             tags=["journeys"], summary="A profile's journeys, newest first, and step by step what happened and why",
             responses=COMMON_ERRORS)
 async def profile_journeys(
-    profile_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, after: AfterDep,
+    profile_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, page: AfterDep,
     limit: Annotated[int, Query(ge=1, le=200, description="page size (each journey comes with its log)")] = 50,
 ) -> dict[str, Any]:
     async with session.begin():
-        items, nxt = await campaigns.profile_journeys(session, ws, profile_id, after, limit)
-    return {"journeys": items, "next_cursor": nxt}
+        items, nxt = await campaigns.profile_journeys(session, ws, profile_id, page.position, limit)
+    return {"journeys": items, "next_cursor": page.next(nxt)}
 
 
 def _status_route(status: str) -> Any:
@@ -269,8 +269,8 @@ for _action, _status in (("pause", "paused"), ("resume", "active")):
 
 @router.get("/campaigns/{campaign_id}/sends", response_model=SendList, operation_id="list_campaign_sends",
             tags=["campaigns"], summary="Sends decided by a campaign, with their outcome", responses=_NOT_FOUND)
-async def list_sends(campaign_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, after: AfterDep,
+async def list_sends(campaign_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, page: AfterDep,
                      limit: Limit = 100) -> dict[str, Any]:
     async with session.begin():
-        items, nxt = await campaigns.list_sends(session, ws, campaign_id, after, limit)
-    return {"sends": items, "next_cursor": nxt}
+        items, nxt = await campaigns.list_sends(session, ws, campaign_id, page.position, limit)
+    return {"sends": items, "next_cursor": page.next(nxt)}

@@ -174,7 +174,8 @@ class JourneyLog(CampaignTable, table=True):
 
 class ScheduleRun(CampaignTable, table=True):
     """One firing of a scheduled campaign (a slot of its cron, or its one-off time), entered member by
-    member from the audience segment; ``cursor`` is the last member entered, so a crash resumes."""
+    member from the audience segment; ``cursor`` is the members list's next_cursor after the last page entered, so a
+    crash resumes."""
 
     __tablename__ = "schedule_runs"
 

@@ -33,7 +33,7 @@ from services.delivery.schemas import (
 from shared import netguard
 from shared.auth import WorkspaceDep
 from shared.core import workspace_settings
-from shared.db import AfterDep, SessionDep
+from shared.db import AfterDep, PageDep, SessionDep
 from shared.errors import COMMON_ERRORS, Conflict, NotFound, UpstreamUnavailable, ValidationFailed, problem_schema
 from shared.settings import Settings
 from shared.validation import IsoDatetime, StorableText, error_message, unstorable
@@ -154,12 +154,12 @@ class LogFilters:
 @router.get("/messages", response_model=MessageList, operation_id="list_messages",
             summary="The deliveries log: filter by status, recipient, channel, user, campaign and time",
             responses=COMMON_ERRORS)
-async def list_messages(ws: WorkspaceDep, session: SessionDep, after: AfterDep,
+async def list_messages(ws: WorkspaceDep, session: SessionDep, page: AfterDep,
                         filters: Annotated[LogFilters, Depends()],
                         limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
     async with session.begin():
-        items, nxt = await outbox.list_messages(session, ws, filters.values, after=after, limit=limit)
-    return {"messages": items, "next_cursor": nxt}
+        items, nxt = await outbox.list_messages(session, ws, filters.values, after=page.position, limit=limit)
+    return {"messages": items, "next_cursor": page.next(nxt)}
 
 
 CSV_MAX_ROWS = 100_000
@@ -203,12 +203,12 @@ async def add_suppression(body: SuppressionIn, ws: WorkspaceDep, session: Sessio
 @consent_router.get("/suppressions", response_model=SuppressionList, operation_id="list_suppressions",
                     summary="Suppressed addresses", responses=COMMON_ERRORS)
 async def list_suppressions(ws: WorkspaceDep, session: SessionDep,
-                            after: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+                            page: PageDep,
                             channel: Annotated[str | None, Query()] = None,
                             limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
     async with session.begin():
-        items, nxt = await consent.list_suppressions(session, ws, channel, after, limit)
-    return {"suppressions": items, "next_cursor": nxt}
+        items, nxt = await consent.list_suppressions(session, ws, channel, page.position, limit)
+    return {"suppressions": items, "next_cursor": page.next(nxt)}
 
 
 @consent_router.delete("/suppressions/{channel}/{address}", status_code=204, operation_id="remove_suppression",

@@ -105,3 +105,47 @@ async def test_suppressions_page_through_an_address_suppressed_on_two_channels(a
     paged = await _every_page(apps["delivery"], "/v1/suppressions", workspace.secret_key, "suppressions", {"limit": 1})
     assert len(whole) == 5
     assert [(s["channel"], s["address"]) for s in paged] == [(s["channel"], s["address"]) for s in whole]
+
+
+async def _two_of_each(apps, workspace) -> dict[tuple[str, str], str]:
+    """Two items in several lists of the four services; each list's first next_cursor at limit=1."""
+    h = _bearer(workspace.secret_key)
+    for n in range(2):
+        made = [
+            await apps["segment"].post("/v1/segments", headers=h, json={
+                "name": f"s{n}", "definition": {"type": "trait", "trait": "plan", "op": "equals", "value": "pro"}}),
+            await apps["segment"].post("/v1/lists", headers=h, json={"name": f"l{n}"}),
+            await apps["campaign"].post("/v1/templates", headers=h, json={"name": f"t{n}", "subject": "s", "text": "x"}),
+            await apps["campaign"].post("/v1/campaigns", headers=h, json={
+                "name": f"c{n}", "trigger": {"type": "api"}, "steps": [{"id": "w", "type": "delay", "seconds": 60}]}),
+            await apps["delivery"].post("/v1/messages", headers=h, json={
+                "idempotency_key": f"m{n}", "to": f"m{n}@example.com", "subject": "s", "text": "t"}),
+            await apps["delivery"].post("/v1/suppressions", headers=h, json={"address": f"s{n}@example.com"}),
+        ]
+        assert all(r.status_code in (201, 202) for r in made), [r.text for r in made]
+        await _identify(apps, workspace, f"cursor-{n}")
+    lists = [("segment", "/v1/segments"), ("segment", "/v1/lists"), ("campaign", "/v1/templates"),
+             ("campaign", "/v1/campaigns"), ("delivery", "/v1/messages"), ("delivery", "/v1/suppressions"),
+             ("ingest", "/v1/profiles")]
+    cursors = {}
+    for service, path in lists:
+        page = (await apps[service].get(path, headers=h, params={"limit": 1})).json()
+        assert page["next_cursor"], (path, page)
+        cursors[(service, path)] = page["next_cursor"]
+    return cursors
+
+
+async def test_a_cursor_of_one_list_is_refused_by_another(apps, workspace) -> None:
+    """Cursors were the last row's id (or address): one list's next_cursor handed to another was taken as a position
+    in it and answered a 200 page starting somewhere, so a client mixing up two loops skipped rows silently. Each
+    list refuses a cursor it did not give, with a 400 problem, and still takes its own."""
+    cursors = await _two_of_each(apps, workspace)
+    h = _bearer(workspace.secret_key)
+    for service, path in cursors:
+        for (_, other_path), cursor in cursors.items():
+            r = await apps[service].get(path, headers=h, params={"after": cursor})
+            if other_path == path:
+                assert r.status_code == 200 and len(r.json()[next(iter(r.json()))]) == 1, (path, r.text)
+            else:
+                assert r.status_code == 400, (path, other_path, r.text)
+                assert r.headers["content-type"].startswith(PROBLEM) and "cursor" in r.json()["detail"]

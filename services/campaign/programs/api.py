@@ -31,7 +31,7 @@ from services.campaign.programs.schemas import (
     TierOut,
 )
 from shared.auth import WorkspaceDep
-from shared.db import AfterDep, SessionDep
+from shared.db import AfterDep, SeqAfterDep, SessionDep
 from shared.errors import COMMON_ERRORS, BadRequest, problem_schema
 from shared.validation import IsoDatetime, Ref
 
@@ -136,14 +136,14 @@ async def referral_invite(body: InviteIn, ws: WorkspaceDep, session: SessionDep,
 @router.get("/referrals", response_model=ReferralList, operation_id="list_referrals", tags=["referral"],
             summary="Referrals: who brought whom, rejected ones with their reason", responses=_NOT_FOUND)
 async def list_referrals(
-    ws: WorkspaceDep, session: SessionDep, request: Request, after: AfterDep, limit: Limit = 100,
+    ws: WorkspaceDep, session: SessionDep, request: Request, page: AfterDep, limit: Limit = 100,
     referrer: Annotated[Ref | None, Query(description="only this referrer's (profile id, userId or email)")] = None,
     status: Annotated[str | None, Query(description="converted | rejected | rewarded | capped | reversed")] = None,
 ) -> dict[str, Any]:
     rid = await _member(request, ws, referrer) if referrer else None
     async with session.begin():
-        items, nxt = await service.list_referrals(session, ws, rid, status, after, limit)
-    return {"referrals": items, "next_cursor": nxt}
+        items, nxt = await service.list_referrals(session, ws, rid, status, page.position, limit)
+    return {"referrals": items, "next_cursor": page.next(nxt)}
 
 
 @router.get("/referrals/{referral_id}", response_model=ReferralOut, operation_id="get_referral", tags=["referral"],
@@ -186,15 +186,13 @@ async def loyalty_balance(member: Member, ws: WorkspaceDep, session: SessionDep,
 @router.get("/loyalty/members/{member}/history", response_model=HistoryOut, operation_id="loyalty_history",
             tags=["loyalty"], summary="A member's ledger, newest first", responses=_NOT_FOUND)
 async def loyalty_history(
-    member: Member, ws: WorkspaceDep, session: SessionDep, request: Request, limit: Limit = 100,
-    after: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    member: Member, ws: WorkspaceDep, session: SessionDep, request: Request, page: SeqAfterDep,
+    limit: Limit = 100,
 ) -> dict[str, Any]:
-    if after not in (None, "") and not (str(after).isdigit() and int(after) < 2**63):
-        raise BadRequest("Invalid cursor: pass the next_cursor of a previous page")
     pid = await _member(request, ws, member)
     async with session.begin():
-        items, nxt = await ledger.history(session, ws, pid, int(after) if after else None, limit)
-    return {"entries": items, "next_cursor": nxt}
+        items, nxt = await ledger.history(session, ws, pid, int(page.position) if page.position else None, limit)
+    return {"entries": items, "next_cursor": page.next(nxt)}
 
 
 @router.post("/loyalty/members/{member}/redeem", status_code=201, response_model=EntryOut,

@@ -149,3 +149,15 @@ async def test_a_cursor_of_one_list_is_refused_by_another(apps, workspace) -> No
             else:
                 assert r.status_code == 400, (path, other_path, r.text)
                 assert r.headers["content-type"].startswith(PROBLEM) and "cursor" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/v1/profiles/cursor-0/events", "/v1/profiles", "/v1/loyalty/members/cursor-0/history"])
+@pytest.mark.parametrize("cursor", ["nope", "12", "-1", str(2**70)])
+async def test_a_bad_cursor_is_the_same_400_on_every_list(apps, workspace, path, cursor) -> None:
+    """A profile's events took ``after`` as an integer: a bad cursor there was a 422 (and ``12`` a position) where
+    every other list answers 400."""
+    await _identify(apps, workspace, "cursor-0")
+    service = "campaign" if "loyalty" in path else "ingest"
+    r = await apps[service].get(path, headers=_bearer(workspace.secret_key), params={"after": cursor})
+    assert r.status_code == 400 and r.headers["content-type"].startswith(PROBLEM), r.text
+    assert "cursor" in r.json()["detail"]

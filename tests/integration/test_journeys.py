@@ -421,6 +421,31 @@ async def test_scheduled_broadcasts_fire_once_per_slot_to_the_segment(world) -> 
     assert stats["entered"] == 4
 
 
+async def test_a_broadcast_pages_through_its_segment_with_the_segments_cursors(world, monkeypatch) -> None:
+    """A run keeps the members list's next_cursor between pages (segment's cursors are opaque and its own), so a
+    segment larger than a page is entered whole, once."""
+    from services.campaign import schedules
+    from services.segment import evaluation
+
+    monkeypatch.setattr(schedules, "PAGE", 1)
+    seg = (await world.apps["segment"].post("/v1/segments", headers=world.h, json={
+        "name": f"paged-{uuid.uuid4().hex[:6]}", "definition": {"type": "trait", "trait": "paged", "value": True}}))
+    tpl = await world.template("paged", "Paged")
+    camp = await world.campaign(trigger={"type": "schedule", "segment_id": seg.json()["id"], "cron": "0 9 * * 1"},
+                                steps=[{"id": "s", "type": "send", "template_id": tpl}])
+    for i in range(3):
+        pid = await world.identify(f"paged-{i}", email=_email(f"paged{i}"), paged=True)
+        async with world.sm() as s, s.begin():
+            await evaluation.apply_events(s, [{"workspace_id": str(world.ws), "profile_id": pid, "type": "identify",
+                                               "event": None, "traits": {"paged": True}, "properties": {},
+                                               "message_id": f"p{i}-{pid}", "timestamp": T0.isoformat()}])
+            await evaluation.reevaluate(s, world.ws, [uuid.UUID(pid)])
+    monday = datetime(2026, 11, 30, 9, 30, tzinfo=UTC)
+    assert await schedules.run_pending(world.sm, world.internal, now=monday) == 3
+    journeys_in = (await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}/journeys", headers=world.h)).json()
+    assert len(journeys_in["journeys"]) == 3
+
+
 async def test_ab_split_picks_the_winner_after_n_entrants(world) -> None:
     a, b = await world.template("wa", "Arm A"), await world.template("wb", "Arm B")
     camp = await world.campaign(trigger={"type": "event", "event": "Shown"}, goal={

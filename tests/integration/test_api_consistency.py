@@ -161,3 +161,18 @@ async def test_a_bad_cursor_is_the_same_400_on_every_list(apps, workspace, path,
     r = await apps[service].get(path, headers=_bearer(workspace.secret_key), params={"after": cursor})
     assert r.status_code == 400 and r.headers["content-type"].startswith(PROBLEM), r.text
     assert "cursor" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(("service", "method", "path"), [
+    ("ingest", "GET", "/v1/events"), ("segment", "GET", "/v1/transitions"),
+    ("segment", "POST", "/v1/privacy/erasure"), ("ingest", "POST", "/v1/profiles/resolve"),
+])
+async def test_a_secret_key_on_an_internal_route_is_told_the_route_is_internal(apps, workspace, service, method,
+                                                                               path) -> None:
+    """The 403 said "use the workspace's write key for tracking calls" on routes no write key opens either."""
+    r = await apps[service].request(method, path, headers=_bearer(workspace.secret_key), json={})
+    assert r.status_code == 403 and r.headers["content-type"].startswith(PROBLEM)
+    detail = r.json()["detail"]
+    assert "write key" not in detail and "internal token" in detail, detail
+    tracking = await apps["ingest"].post("/v1/track", headers=_bearer(workspace.secret_key), json={})
+    assert tracking.status_code == 403 and "write key" in tracking.json()["detail"]

@@ -67,7 +67,8 @@ async def send_message(
     session: SessionDep,
     request: Request,
     response: Response,
-    idempotency_key: Annotated[KeyHeader | None, Header(description="alternative to the body field")] = None,
+    idempotency_key: Annotated[KeyHeader | None, Header(alias="Idempotency-Key",
+                                                        description="alternative to the body field")] = None,
 ) -> dict[str, Any]:
     if idempotency_key and body.idempotency_key and idempotency_key != body.idempotency_key:
         raise ValidationFailed("Idempotency-Key header and idempotency_key field differ")

@@ -31,7 +31,7 @@ from services.campaign.schemas import (
     TriggerRequest,
 )
 from shared.auth import WORKSPACE_HEADER, WorkspaceDep
-from shared.db import AfterDep, SessionDep
+from shared.db import AfterDep, PageDep, SessionDep
 from shared.errors import COMMON_ERRORS, Conflict, UpstreamUnavailable, ValidationFailed, problem_schema
 from shared.validation import StorableText
 
@@ -115,10 +115,11 @@ async def put_snippet(name: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,100}
 
 
 @router.get("/snippets", response_model=SnippetList, operation_id="list_snippets", tags=["templates"],
-            summary="The workspace's snippets", responses=COMMON_ERRORS)
-async def list_snippets(ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+            summary="The workspace's snippets, in name order", responses=COMMON_ERRORS)
+async def list_snippets(ws: WorkspaceDep, session: SessionDep, page: PageDep, limit: Limit = 100) -> dict[str, Any]:
     async with session.begin():
-        return {"snippets": await campaigns.list_snippets(session, ws)}
+        items, nxt = await campaigns.list_snippets(session, ws, page.position, limit)
+    return {"snippets": items, "next_cursor": page.next(nxt)}
 
 
 @router.get("/templates/{template_id}", response_model=TemplateOut, operation_id="get_template",

@@ -495,10 +495,15 @@ async def put_snippet(session: AsyncSession, ws: uuid.UUID, name: str, content: 
     return row_dict(row)
 
 
-async def list_snippets(session: AsyncSession, ws: uuid.UUID) -> list[dict[str, Any]]:
-    rows = await session.execute(text("select name, content, updated_at from campaign.snippets "
-                                      "where workspace_id = :ws order by name"), {"ws": ws})
-    return [row_dict(r) for r in rows]
+async def list_snippets(session: AsyncSession, ws: uuid.UUID, after: str | None, limit: int
+                        ) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of the workspace's snippets in name order, after the snippet named ``after``."""
+    return await fetch_page(
+        session,
+        "select name, content, updated_at from campaign.snippets where workspace_id = :ws "
+        "and (CAST(:after AS text) is null or name > :after) order by name limit :lim",
+        {"ws": ws, "after": after}, limit, key="name",
+    )
 
 
 async def render_preview(session: AsyncSession, internal: InternalClient, ws: uuid.UUID, template_id: uuid.UUID,

@@ -278,10 +278,12 @@ async def get_vapid_public_key(request: Request) -> dict[str, Any]:
 
 @consent_router.get("/devices", response_model=DeviceList, operation_id="list_devices", tags=["push"],
                     summary="A user's push devices", responses=COMMON_ERRORS)
-async def list_devices(ws: WorkspaceDep, session: SessionDep,
-                       user: Annotated[str, Query(min_length=1, max_length=512)]) -> dict[str, Any]:
+async def list_devices(ws: WorkspaceDep, session: SessionDep, page: PageDep,
+                       user: Annotated[str, Query(min_length=1, max_length=512)],
+                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
     async with session.begin():
-        return {"devices": await devices.list_devices(session, ws, user)}
+        items, nxt = await devices.list_devices(session, ws, user, page.position, limit)
+    return {"devices": items, "next_cursor": page.next(nxt)}
 
 
 @consent_router.delete("/devices/{token:path}", status_code=204, operation_id="remove_device", tags=["push"],

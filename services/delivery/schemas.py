@@ -286,6 +286,7 @@ class VapidPublicKey(BaseModel):
 
 class DeviceList(BaseModel):
     devices: list[DeviceOut] = Field(description="the user's devices, oldest first")
+    next_cursor: str | None = None
 
 
 class OptInIn(StorableModel):

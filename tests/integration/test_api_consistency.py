@@ -176,3 +176,24 @@ async def test_a_secret_key_on_an_internal_route_is_told_the_route_is_internal(a
     assert "write key" not in detail and "internal token" in detail, detail
     tracking = await apps["ingest"].post("/v1/track", headers=_bearer(workspace.secret_key), json={})
     assert tracking.status_code == 403 and "write key" in tracking.json()["detail"]
+
+
+@pytest.mark.parametrize(("service", "path", "query", "items", "make"), [
+    ("campaign", "/v1/snippets", {}, "snippets", lambda n: ("PUT", f"/v1/snippets/part{n}", {"content": f"Part {n}"})),
+    ("delivery", "/v1/devices", {"user": "u-devices"}, "devices", lambda n: ("POST", "/v1/devices", {
+        "user": "u-devices", "platform": "android", "token": f"token-{n:04d}-abcdefgh"})),
+])
+async def test_the_last_unpaged_lists_page_like_the_others(apps, workspace, service, path, query, items, make) -> None:
+    """A workspace's snippets and a user's devices came back whole (``limit`` ignored, no ``next_cursor``), unlike
+    every other list: a client's pager stopped after the first answer however long it was."""
+    h = _bearer(workspace.secret_key)
+    for n in range(5):
+        method, url, body = make(n)
+        assert (await apps[service].request(method, url, headers=h, json=body)).status_code in (200, 201)
+    first = (await apps[service].get(path, headers=h, params={**query, "limit": 2})).json()
+    assert len(first[items]) == 2 and first["next_cursor"]
+    paged = await _every_page(apps[service], path, workspace.secret_key, items, {**query, "limit": 2})
+    whole = (await apps[service].get(path, headers=h, params=query)).json()[items]
+    assert len(whole) == 5 and paged == whole
+    r = await apps[service].get(path, headers=h, params={**query, "limit": 0})
+    assert r.status_code == 422 and r.headers["content-type"].startswith(PROBLEM)

@@ -202,7 +202,9 @@ async def trigger_campaign(campaign_id: uuid.UUID, body: TriggerRequest, ws: Wor
         raise ValidationFailed("Idempotency-Key header and idempotency_key field differ")
     async with session.begin():
         campaign = await campaigns.get_campaign(session, ws, campaign_id)
-    if campaign["status"] != "active":  # before asking ingest; checked again as the user enters
+    # before asking ingest; checked again as the user enters (where a retry with a key is answered first, even
+    # by a campaign paused since)
+    if campaign["status"] != "active" and not (idempotency_key or body.idempotency_key):
         raise Conflict(f"The campaign is {campaign['status']}")
     found = await ingest_client.resolve_user(request.app.state.internal, ws, body.user)
     async with session.begin():

@@ -197,3 +197,19 @@ async def test_the_last_unpaged_lists_page_like_the_others(apps, workspace, serv
     assert len(whole) == 5 and paged == whole
     r = await apps[service].get(path, headers=h, params={**query, "limit": 0})
     assert r.status_code == 422 and r.headers["content-type"].startswith(PROBLEM)
+
+
+async def test_a_trigger_retried_after_a_pause_still_gets_its_first_answer(apps, workspace) -> None:
+    """The user entered; the campaign was paused before the client's retry arrived: the retry learns the user
+    entered, rather than a 409 that reads as "not entered"."""
+    campaign_id = await _api_campaign(apps, workspace)
+    await _identify(apps, workspace, "trig-ada")
+    url, h = f"/v1/campaigns/{campaign_id}/trigger", {**_bearer(workspace.secret_key), "Idempotency-Key": "k-3"}
+    first = await apps["campaign"].post(url, headers=h, json={"user": "trig-ada"})
+    assert first.status_code == 202 and first.json()["entered"] is True
+    paused = await apps["campaign"].post(f"/v1/campaigns/{campaign_id}/pause", headers=_bearer(workspace.secret_key))
+    assert paused.status_code == 200
+    again = await apps["campaign"].post(url, headers=h, json={"user": "trig-ada"})
+    assert again.status_code == 200 and again.json() == first.json()
+    fresh = await apps["campaign"].post(url, headers={**h, "Idempotency-Key": "k-4"}, json={"user": "trig-ada"})
+    assert fresh.status_code == 409 and "paused" in fresh.json()["detail"]

@@ -33,6 +33,7 @@ from services.campaign.schemas import (
 from shared.auth import WORKSPACE_HEADER, WorkspaceDep
 from shared.db import AfterDep, PageDep, SessionDep
 from shared.errors import COMMON_ERRORS, Conflict, UpstreamUnavailable, ValidationFailed, problem_schema
+from shared.idempotency import mark_replayed, replay_response
 from shared.validation import StorableText
 
 router = APIRouter(prefix="/v1")
@@ -190,9 +191,7 @@ async def archive_campaign(campaign_id: uuid.UUID, ws: WorkspaceDep, session: Se
              description="Returns 202 with what happened; a retry with the same idempotency key, user and data gets "
                          "that first answer again as a 200 (header `Idempotent-Replayed: true`), and the same key "
                          "with another user or other data is a 409.",
-             responses={**_NOT_FOUND, 200: {"model": TriggerOut, "description": "Replay of an earlier request",
-                                            "headers": {"Idempotent-Replayed": {"schema": {"type": "string",
-                                                                                           "enum": ["true"]}}}},
+             responses={**_NOT_FOUND, 200: replay_response(TriggerOut),
                         409: problem_schema("The campaign is not active, or the idempotency key was used for another "
                                             "trigger")})
 async def trigger_campaign(campaign_id: uuid.UUID, body: TriggerRequest, ws: WorkspaceDep, session: SessionDep,
@@ -211,8 +210,7 @@ async def trigger_campaign(campaign_id: uuid.UUID, body: TriggerRequest, ws: Wor
         out, replayed = await campaigns.trigger(session, ws, campaign_id, found, body.data,
                                                 idempotency_key or body.idempotency_key)
     if replayed:
-        response.status_code = 200
-        response.headers["Idempotent-Replayed"] = "true"
+        mark_replayed(response)
     elif out["entered"]:
         request.app.state.waker.request("campaign", "advance_journeys")
     return out

@@ -35,6 +35,7 @@ from shared.auth import WorkspaceDep
 from shared.core import workspace_settings
 from shared.db import AfterDep, PageDep, SessionDep
 from shared.errors import COMMON_ERRORS, Conflict, NotFound, UpstreamUnavailable, ValidationFailed, problem_schema
+from shared.idempotency import mark_replayed, replay_response
 from shared.settings import Settings
 from shared.validation import IsoDatetime, StorableText, error_message, unstorable
 
@@ -56,9 +57,7 @@ KeyHeader = Annotated[str, StringConstraints(min_length=1, max_length=255), *Sto
         "Returns 202 when the message is new and 200 (header `Idempotent-Replayed: true`) when the key was "
         "seen before with the same content; the same key with different content is a 409."
     ),
-    responses={**COMMON_ERRORS, 200: {"model": MessageOut, "description": "Replay of an earlier request",
-                                      "headers": {"Idempotent-Replayed": {"schema": {"type": "string",
-                                                                                     "enum": ["true"]}}}},
+    responses={**COMMON_ERRORS, 200: replay_response(MessageOut),
                409: problem_schema("Idempotency key reused with different content")},
 )
 async def send_message(
@@ -82,8 +81,7 @@ async def send_message(
     if created:
         request.app.state.waker.request("delivery", "send_messages")
     else:
-        response.status_code = 200
-        response.headers["Idempotent-Replayed"] = "true"
+        mark_replayed(response)
     return message
 
 

@@ -213,3 +213,35 @@ async def test_a_trigger_retried_after_a_pause_still_gets_its_first_answer(apps,
     assert again.status_code == 200 and again.json() == first.json()
     fresh = await apps["campaign"].post(url, headers={**h, "Idempotency-Key": "k-4"}, json={"user": "trig-ada"})
     assert fresh.status_code == 409 and "paused" in fresh.json()["detail"]
+
+
+async def test_every_idempotent_replay_says_so_in_the_same_header(apps, workspace) -> None:
+    """POST /v1/messages and the trigger mark a replay with ``Idempotent-Replayed: true``; the loyalty routes
+    answered theirs with a bare 200, so one client check could not tell replays everywhere."""
+    h = _bearer(workspace.secret_key)
+    assert (await apps["campaign"].put("/v1/programs/loyalty", headers=h, json={})).status_code == 200
+    await _identify(apps, workspace, "loyal-ada")
+    for path, body in [("adjust", {"points": 100, "reason": "welcome"}), ("redeem", {"points": 10})]:
+        url, keyed = f"/v1/loyalty/members/loyal-ada/{path}", {**h, "Idempotency-Key": f"replay-{path}"}
+        first = await apps["campaign"].post(url, headers=keyed, json=body)
+        again = await apps["campaign"].post(url, headers=keyed, json=body)
+        assert first.status_code == 201 and "idempotent-replayed" not in first.headers
+        assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
+        assert again.json() == first.json()
+    for service in ("campaign", "delivery"):
+        for path, op in _spec_operations(service):
+            if any(p["in"] == "header" and p["name"] == "Idempotency-Key" for p in op.get("parameters", [])):
+                replay = op["responses"].get("200", {})
+                assert "Idempotent-Replayed" in replay.get("headers", {}), path
+
+
+def _spec_operations(service: str):
+    import importlib
+
+    from shared.settings import Settings
+
+    spec = importlib.import_module(f"services.{service}.app").create_app(Settings()).openapi()
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            if method == "post":
+                yield path, op

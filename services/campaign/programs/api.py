@@ -33,6 +33,7 @@ from services.campaign.programs.schemas import (
 from shared.auth import WorkspaceDep
 from shared.db import AfterDep, SeqAfterDep, SessionDep
 from shared.errors import COMMON_ERRORS, BadRequest, problem_schema
+from shared.idempotency import mark_replayed, replay_response
 from shared.validation import IsoDatetime, Ref
 
 router = APIRouter(prefix="/v1")
@@ -40,13 +41,14 @@ router = APIRouter(prefix="/v1")
 Member = Annotated[Ref, Path(description="the member: profile id, userId, anonymousId or email")]
 Pool = Annotated[str, Path(pattern=config.POOL_NAME, description="the coupon pool's name")]
 IdempotencyKey = Annotated[KeyText, Header(alias="Idempotency-Key",
-                                           description="a retry with the same key is the same operation")]
+                                           description="a retry with the same key is the same operation "
+                                                       "(keys are per member and operation)")]
 PeriodQ = Annotated[leaderboards.Period, Query(description="the calendar period (UTC) containing `at`")]
 AtQ = Annotated[IsoDatetime | None, Query(description="a moment in the period (default: now)")]
 _NOT_FOUND = {**COMMON_ERRORS, 404: problem_schema("Not found (no such program, profile or referral)")}
 _SPEND = {
     **_NOT_FOUND,
-    200: {"model": EntryOut, "description": "A retry with the same Idempotency-Key: the first answer, unchanged"},
+    200: replay_response(EntryOut),
     409: problem_schema("Not enough points (`balance` says how many there are), or the Idempotency-Key was used "
                         "for a different operation"),
 }
@@ -204,7 +206,7 @@ async def loyalty_redeem(member: Member, body: RedeemIn, key: IdempotencyKey, ws
     async with session.begin():
         entry, created = await service.redeem(session, ws, pid, body.points, body.reason, key, _now())
     if not created:
-        response.status_code = 200
+        mark_replayed(response)
     return entry
 
 
@@ -217,7 +219,7 @@ async def loyalty_adjust(member: Member, body: AdjustIn, key: IdempotencyKey, ws
     async with session.begin():
         entry, created = await service.adjust(session, ws, pid, body.points, body.reason, key, _now())
     if not created:
-        response.status_code = 200
+        mark_replayed(response)
     return entry
 
 

@@ -87,7 +87,13 @@ class BodyTooLarge(StarletteHTTPException):
 
 
 class Unauthorized(AppError):
+    """Carries the ``WWW-Authenticate`` challenge a 401 must have (RFC 9110 15.5.2): Bearer, which every
+    authenticated route takes (the secret key, the write key on tracking calls, the internal token)."""
+
     status, slug, title = 401, "unauthorized", "Missing or invalid credentials"
+
+    def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None, **extra: Any):
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="tenure"', **(headers or {})}, **extra)
 
 
 class Forbidden(AppError):

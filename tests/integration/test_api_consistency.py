@@ -245,3 +245,16 @@ def _spec_operations(service: str):
         for method, op in item.items():
             if method == "post":
                 yield path, op
+
+
+@pytest.mark.parametrize(("service", "method", "path"), [
+    ("ingest", "POST", "/v1/track"), ("ingest", "GET", "/v1/profiles"), ("segment", "GET", "/v1/segments"),
+    ("campaign", "GET", "/v1/campaigns"), ("delivery", "POST", "/v1/messages"), ("ingest", "GET", "/v1/events"),
+])
+@pytest.mark.parametrize("credentials", [None, "Bearer sk_unknown", "Basic !!!"])
+async def test_a_401_carries_a_www_authenticate_challenge(apps, service, method, path, credentials) -> None:
+    """RFC 9110 (15.5.2): a 401 must say how to authenticate; ours said it only in words."""
+    r = await apps[service].request(method, path, json={}, headers={"Authorization": credentials} if credentials
+                                    else {})
+    assert r.status_code == 401 and r.headers["content-type"].startswith(PROBLEM)
+    assert r.headers["www-authenticate"].startswith("Bearer")

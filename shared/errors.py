@@ -229,9 +229,14 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             headers["Allow"] = allowed_methods(request)
-        err = AppError(str(exc.detail), headers=headers)
-        err.status, err.title = exc.status_code, str(exc.detail)
-        err.slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        known: dict[int, tuple[str, str, str]] = {  # the router's own answers, titled as ours are
+            404: (NotFound.slug, NotFound.title, f"No route {request.url.path}"),
+            405: ("method-not-allowed", "Method not allowed",
+                  f"{request.method} is not one of this path's methods: {headers.get('Allow', 'none')}"),
+        }
+        slug, title, detail = known.get(exc.status_code, ("http-error", str(exc.detail), str(exc.detail)))
+        err = AppError(detail, headers=headers)
+        err.status, err.slug, err.title = exc.status_code, slug, title
         return problem_response(err, request)
 
     @app.exception_handler(DBAPIError)

@@ -258,3 +258,16 @@ async def test_a_401_carries_a_www_authenticate_challenge(apps, service, method,
                                     else {})
     assert r.status_code == 401 and r.headers["content-type"].startswith(PROBLEM)
     assert r.headers["www-authenticate"].startswith("Bearer")
+
+
+async def test_one_kind_of_problem_has_one_title(apps, workspace) -> None:
+    """RFC 9457: a problem type has one title. An unknown path said "Not Found" where an unknown id says "Not found"
+    under the same type; a 405 read "Method Not Allowed"."""
+    h = _bearer(workspace.secret_key)
+    unknown_id = await apps["campaign"].get("/v1/campaigns/00000000-0000-4000-8000-000000000000", headers=h)
+    unknown_path = await apps["campaign"].get("/v1/nothing-here", headers=h)
+    assert unknown_id.status_code == unknown_path.status_code == 404
+    assert {(r.json()["type"], r.json()["title"]) for r in (unknown_id, unknown_path)} == {
+        ("https://tenure.dev/problems/not-found", "Not found")}
+    not_allowed = await apps["campaign"].delete("/v1/campaigns", headers=h)
+    assert not_allowed.json()["title"] == "Method not allowed" and not_allowed.json()["detail"]

@@ -44,8 +44,9 @@ def _inline_schemas(service: str) -> Iterator[tuple[str, dict[str, Any], dict[st
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_every_operation_has_an_id_and_a_summary(service: str) -> None:
-    assert not [label for label, op in _operations(service) if not (op.get("operationId") and op.get("summary"))]
+def test_every_operation_has_an_id_a_summary_and_tags(service: str) -> None:
+    assert not [label for label, op in _operations(service)
+                if not (op.get("operationId") and op.get("summary") and op.get("tags"))]
 
 
 @pytest.mark.parametrize("service", SERVICES)

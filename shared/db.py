@@ -5,17 +5,14 @@ never at import time. Routes get a session only through :data:`SessionDep`; the 
 transaction (``async with session.begin():``).
 """
 
-import base64
 import contextlib
-import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Request
 from sqlalchemy import Column, DateTime, MetaData, event, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
@@ -237,87 +234,3 @@ async def fetch_one(session: AsyncSession, sql: str, params: dict[str, Any], *, 
         raise NotFound(missing)
     return row_dict(row)
 
-
-_INVALID_CURSOR = "Invalid cursor: pass the next_cursor of a previous page of this list"
-
-
-def _list_of(request: Request) -> str:
-    """What a cursor is bound to: the route and its path parameters (``/v1/campaigns/{campaign_id}/sends`` of one
-    campaign), not the URL as sent (its encoding, a proxy's prefix)."""
-    route = request.scope.get("route")
-    template = getattr(route, "path_format", None) or request.url.path
-    return template + "".join(f"\n{k}={v}" for k, v in sorted(request.path_params.items()))
-
-
-def _tag(listing: str) -> str:
-    return hashlib.sha256(listing.encode()).hexdigest()[:12]
-
-
-@dataclass(frozen=True)
-class Page:
-    """A list endpoint's ``after``: where the previous page ended (``position``, as the service's query reads it:
-    an id, a sequence number, ``channel:address``), and :meth:`next` to hand out the next page's cursor.
-
-    Cursors are opaque (base64url of the list's tag and the position) and bound to the list that gave them: one
-    list's cursor handed to another is a 400, not a page that starts at an unrelated position."""
-
-    listing: str
-    position: str | None
-
-    def next(self, position: str | None) -> str | None:
-        if position is None:
-            return None
-        return base64.urlsafe_b64encode(f"{_tag(self.listing)}.{position}".encode()).rstrip(b"=").decode()
-
-
-def _page(request: Request, after: str | None = Query(None, description="next_cursor of the previous page of this "
-                                                                        "list (opaque)")) -> Page:
-    listing = _list_of(request)
-    if after in (None, ""):
-        return Page(listing, None)
-    from shared.errors import BadRequest
-
-    try:
-        raw = base64.urlsafe_b64decode(after + "=" * (-len(after) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest(_INVALID_CURSOR) from None
-    tag, dot, position = raw.partition(".")
-    if not (dot and position):
-        raise BadRequest(_INVALID_CURSOR)
-    if tag != _tag(listing):
-        raise BadRequest("This cursor is another list's next_cursor: pass one from a previous page of this list")
-    return Page(listing, position)
-
-
-PageDep = Annotated[Page, Depends(_page)]
-"""A list's ``after`` whose position the service checks itself (a sequence number, ``channel:address``)."""
-
-
-def _id_page(page: PageDep) -> Page:
-    """A list paged by id: the position must be a UUID (a bad one is a 400, not a 500)."""
-    from shared.errors import BadRequest
-
-    if page.position is None:
-        return page
-    try:
-        return Page(page.listing, str(uuid.UUID(page.position)))
-    except ValueError:
-        raise BadRequest(_INVALID_CURSOR) from None
-
-
-AfterDep = Annotated[Page, Depends(_id_page)]
-"""A list's ``after`` for lists in id order: ``page.position`` is the id the previous page ended on."""
-
-
-def _seq_page(page: PageDep) -> Page:
-    """A list paged by a sequence number (newest first): the position must be one PostgreSQL's bigint holds."""
-    from shared.errors import BadRequest
-
-    if page.position is not None and not (page.position.isascii() and page.position.isdigit()
-                                          and int(page.position) < 2**63):
-        raise BadRequest(_INVALID_CURSOR)
-    return page
-
-
-SeqAfterDep = Annotated[Page, Depends(_seq_page)]
-"""A list's ``after`` for lists in sequence order: ``page.position`` is the number the previous page ended on."""

@@ -31,9 +31,10 @@ from services.campaign.schemas import (
     TriggerRequest,
 )
 from shared.auth import WORKSPACE_HEADER, WorkspaceDep
-from shared.db import AfterDep, PageDep, SessionDep
+from shared.db import SessionDep
 from shared.errors import COMMON_ERRORS, Conflict, UpstreamUnavailable, ValidationFailed, problem_schema
 from shared.idempotency import mark_replayed, replay_response
+from shared.pagination import AfterDep, PageDep
 from shared.validation import StorableText
 
 router = APIRouter(prefix="/v1")

@@ -33,9 +33,10 @@ from services.delivery.schemas import (
 from shared import netguard
 from shared.auth import WorkspaceDep
 from shared.core import workspace_settings
-from shared.db import AfterDep, PageDep, SessionDep
+from shared.db import SessionDep
 from shared.errors import COMMON_ERRORS, Conflict, NotFound, UpstreamUnavailable, ValidationFailed, problem_schema
 from shared.idempotency import mark_replayed, replay_response
+from shared.pagination import AfterDep, PageDep
 from shared.settings import Settings
 from shared.validation import IsoDatetime, StorableText, error_message, unstorable
 

@@ -38,7 +38,7 @@ from services.ingest.schemas import (
     TrackResponse,
 )
 from shared.auth import InternalDep, WorkspaceDep, credentials_from_header, principal_for
-from shared.db import AfterDep, SeqAfterDep, SessionDep
+from shared.db import SessionDep
 from shared.errors import (
     COMMON_ERRORS,
     AppError,
@@ -51,6 +51,7 @@ from shared.errors import (
 )
 from shared.feed import Cursor, backlog
 from shared.jsonutil import dumps_bytes
+from shared.pagination import AfterDep, SeqAfterDep
 from shared.settings import Settings
 
 log = structlog.get_logger()

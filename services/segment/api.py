@@ -32,9 +32,10 @@ from services.segment.schemas import (
     TransitionPage,
 )
 from shared.auth import InternalDep, WorkspaceDep
-from shared.db import AfterDep, SessionDep
+from shared.db import SessionDep
 from shared.errors import COMMON_ERRORS, ValidationFailed, problem_schema
 from shared.feed import Cursor, backlog
+from shared.pagination import AfterDep
 from shared.validation import IsoDate, IsoDatetime
 
 router = APIRouter(prefix="/v1", tags=["segments"])

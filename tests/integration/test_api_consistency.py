@@ -271,3 +271,25 @@ async def test_one_kind_of_problem_has_one_title(apps, workspace) -> None:
         ("https://tenure.dev/problems/not-found", "Not found")}
     not_allowed = await apps["campaign"].delete("/v1/campaigns", headers=h)
     assert not_allowed.json()["title"] == "Method not allowed" and not_allowed.json()["detail"]
+
+
+async def test_a_cursor_of_another_workspace_is_refused(apps, workspace, sessionmaker) -> None:
+    """Same list, other tenant: the cursor was taken as a position among this workspace's rows (nothing leaked,
+    but a page started somewhere); a client juggling two workspaces' loops now hears of its mix-up."""
+    import uuid
+
+    from shared.core import create_workspace
+
+    async with sessionmaker() as session, session.begin():
+        other = await create_workspace(session, f"test-{uuid.uuid4().hex[:8]}")
+    for ws in (workspace, other):
+        for n in range(2):
+            r = await apps["campaign"].post("/v1/templates", headers=_bearer(ws.secret_key),
+                                            json={"name": f"t{n}", "subject": "s", "text": "x"})
+            assert r.status_code == 201
+    mine = (await apps["campaign"].get("/v1/templates", headers=_bearer(workspace.secret_key),
+                                       params={"limit": 1})).json()["next_cursor"]
+    r = await apps["campaign"].get("/v1/templates", headers=_bearer(other.secret_key), params={"after": mine})
+    assert r.status_code == 400 and r.headers["content-type"].startswith(PROBLEM), r.text
+    ok = await apps["campaign"].get("/v1/templates", headers=_bearer(workspace.secret_key), params={"after": mine})
+    assert ok.status_code == 200 and len(ok.json()["templates"]) == 1

@@ -31,9 +31,10 @@ from services.campaign.programs.schemas import (
     TierOut,
 )
 from shared.auth import WorkspaceDep
-from shared.db import AfterDep, SeqAfterDep, SessionDep
+from shared.db import SessionDep
 from shared.errors import COMMON_ERRORS, BadRequest, problem_schema
 from shared.idempotency import mark_replayed, replay_response
+from shared.pagination import AfterDep, SeqAfterDep
 from shared.validation import IsoDatetime, Ref
 
 router = APIRouter(prefix="/v1")

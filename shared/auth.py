@@ -84,6 +84,15 @@ def _is_internal(request: Request, raw: str) -> bool:
     return hmac.compare_digest(raw.encode(), token.encode())
 
 
+def _hint(kind: KeyKind, allowed: set[str]) -> str:
+    """What a refused key should have been, by what the route takes."""
+    if allowed == {"internal"}:
+        return "this endpoint is for Tenure's services, with the internal token"
+    if kind == KeyKind.write:
+        return "a write key only works on the tracking endpoints; use the workspace's secret key"
+    return "use the workspace's write key for tracking calls"
+
+
 async def principal_for(request: Request, raw: str | None, allowed: set[str]) -> Principal:
     if not raw:
         raise Unauthorized("Send credentials in the Authorization header")
@@ -99,9 +108,7 @@ async def principal_for(request: Request, raw: str | None, allowed: set[str]) ->
         if record is None:
             raise Unauthorized("Unknown or revoked key")
         if record.kind.value not in allowed:
-            hint = "a write key only works on the tracking endpoints" if record.kind == KeyKind.write else (
-                "use the workspace's write key for tracking calls")
-            raise Forbidden(f"A {record.kind.value} key cannot be used here: {hint}")
+            raise Forbidden(f"A {record.kind.value} key cannot be used here: {_hint(record.kind, allowed)}")
         principal = Principal(record.kind.value, record.workspace_id)
     if principal.workspace_id:
         structlog.contextvars.bind_contextvars(workspace_id=str(principal.workspace_id))

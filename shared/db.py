@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Request
 from sqlalchemy import Column, DateTime, MetaData, event, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
@@ -234,17 +234,3 @@ async def fetch_one(session: AsyncSession, sql: str, params: dict[str, Any], *, 
         raise NotFound(missing)
     return row_dict(row)
 
-
-def _keyset_cursor(after: str | None = Query(None, description="next_cursor of the previous page")) -> str | None:
-    """A list endpoint's ``after``: the id the previous page ended on (a bad one is a 400, not a 500)."""
-    from shared.errors import BadRequest
-
-    if after in (None, ""):
-        return None
-    try:
-        return str(uuid.UUID(after))
-    except ValueError:
-        raise BadRequest("Invalid cursor: pass the next_cursor of a previous page") from None
-
-
-AfterDep = Annotated[str | None, Depends(_keyset_cursor)]

@@ -37,6 +37,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from shared.validation import error_location, error_message
 
@@ -93,7 +94,13 @@ class BodyTooLarge(StarletteHTTPException):
 
 
 class Unauthorized(AppError):
+    """Carries the ``WWW-Authenticate`` challenge a 401 must have (RFC 9110 15.5.2): Bearer, which every
+    authenticated route takes (the secret key, the write key on tracking calls, the internal token)."""
+
     status, slug, title = 401, "unauthorized", "Missing or invalid credentials"
+
+    def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None, **extra: Any):
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="tenure"', **(headers or {})}, **extra)
 
 
 class Forbidden(AppError):
@@ -206,6 +213,18 @@ def _is_json(content_type: str) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> str:
+    """The ``Allow`` of a 405 (RFC 9110): every method some route takes at this path. Starlette names only the
+    methods of the first route whose path matches, and each of our routes has one method, so ``/v1/campaigns``
+    said ``POST`` alone. Asked of each route through ``matches``, which included routers answer too."""
+    routes = request.app.router.routes
+    return ", ".join(m for m in _METHODS
+                     if any(route.matches({**request.scope, "method": m})[0] == Match.FULL for route in routes))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(request: Request, exc: AppError) -> JSONResponse:
@@ -239,9 +258,17 @@ def install_error_handlers(app: FastAPI) -> None:
                                                "(over 4300)"), request)
         if isinstance(exc, BodyTooLarge):
             return problem_response(exc.problem(), request)
-        err = AppError(str(exc.detail), headers=dict(exc.headers or {}))  # 405 keeps its Allow (RFC 9110)
-        err.status, err.title = exc.status_code, str(exc.detail)
-        err.slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(request)
+        known: dict[int, tuple[str, str, str]] = {  # the router's own answers, titled as ours are
+            404: (NotFound.slug, NotFound.title, f"No route {request.url.path}"),
+            405: ("method-not-allowed", "Method not allowed",
+                  f"{request.method} is not one of this path's methods: {headers.get('Allow', 'none')}"),
+        }
+        slug, title, detail = known.get(exc.status_code, ("http-error", str(exc.detail), str(exc.detail)))
+        err = AppError(detail, headers=headers)
+        err.status, err.slug, err.title = exc.status_code, slug, title
         return problem_response(err, request)
 
     @app.exception_handler(DBAPIError)

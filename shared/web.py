@@ -191,6 +191,9 @@ def _document_errors(operation: dict[str, Any]) -> None:
     if operation.get("security"):
         responses.setdefault("401", problem_schema("Missing or invalid credentials"))
         responses.setdefault("403", problem_schema("Credentials not allowed here (e.g. a write key)"))
+    if "401" in responses:
+        responses["401"] = {**responses["401"], "headers": {"WWW-Authenticate": {
+            "description": "the challenge: `Bearer realm=\"tenure\"`", "schema": {"type": "string"}}}}
 
 
 def _is_list(schema: dict[str, Any]) -> bool:

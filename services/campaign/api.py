@@ -3,7 +3,7 @@
 import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from pydantic import StringConstraints
 
 from services.campaign import campaigns, ingest_client
@@ -31,8 +31,10 @@ from services.campaign.schemas import (
     TriggerRequest,
 )
 from shared.auth import WORKSPACE_HEADER, WorkspaceDep
-from shared.db import AfterDep, SessionDep
+from shared.db import SessionDep
 from shared.errors import COMMON_ERRORS, Conflict, UpstreamUnavailable, ValidationFailed, problem_schema
+from shared.idempotency import mark_replayed, replay_response
+from shared.pagination import AfterDep, PageDep
 from shared.validation import StorableText
 
 router = APIRouter(prefix="/v1")
@@ -57,11 +59,11 @@ async def create_template(body: TemplateCreate, ws: WorkspaceDep, session: Sessi
 
 @router.get("/templates", response_model=TemplateList, operation_id="list_templates", tags=["templates"],
             summary="List templates", responses=COMMON_ERRORS)
-async def list_templates(ws: WorkspaceDep, session: SessionDep, after: AfterDep, limit: Limit = 100
+async def list_templates(ws: WorkspaceDep, session: SessionDep, page: AfterDep, limit: Limit = 100
                          ) -> dict[str, Any]:
     async with session.begin():
-        items, nxt = await campaigns.list_templates(session, ws, after, limit)
-    return {"templates": items, "next_cursor": nxt}
+        items, nxt = await campaigns.list_templates(session, ws, page.position, limit)
+    return {"templates": items, "next_cursor": page.next(nxt)}
 
 
 @router.put("/templates/{template_id}", response_model=TemplateOut, operation_id="update_template",
@@ -115,10 +117,11 @@ async def put_snippet(name: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,100}
 
 
 @router.get("/snippets", response_model=SnippetList, operation_id="list_snippets", tags=["templates"],
-            summary="The workspace's snippets", responses=COMMON_ERRORS)
-async def list_snippets(ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+            summary="The workspace's snippets, in name order", responses=COMMON_ERRORS)
+async def list_snippets(ws: WorkspaceDep, session: SessionDep, page: PageDep, limit: Limit = 100) -> dict[str, Any]:
     async with session.begin():
-        return {"snippets": await campaigns.list_snippets(session, ws)}
+        items, nxt = await campaigns.list_snippets(session, ws, page.position, limit)
+    return {"snippets": items, "next_cursor": page.next(nxt)}
 
 
 @router.get("/templates/{template_id}", response_model=TemplateOut, operation_id="get_template",
@@ -140,11 +143,11 @@ async def create_campaign(body: CampaignCreate, ws: WorkspaceDep, session: Sessi
 
 @router.get("/campaigns", response_model=CampaignList, operation_id="list_campaigns", tags=["campaigns"],
             summary="List campaigns", responses=COMMON_ERRORS)
-async def list_campaigns(ws: WorkspaceDep, session: SessionDep, after: AfterDep, limit: Limit = 100
+async def list_campaigns(ws: WorkspaceDep, session: SessionDep, page: AfterDep, limit: Limit = 100
                          ) -> dict[str, Any]:
     async with session.begin():
-        items, nxt = await campaigns.list_campaigns(session, ws, after, limit)
-    return {"campaigns": items, "next_cursor": nxt}
+        items, nxt = await campaigns.list_campaigns(session, ws, page.position, limit)
+    return {"campaigns": items, "next_cursor": page.next(nxt)}
 
 
 @router.get("/campaigns/{campaign_id}", response_model=CampaignOut, operation_id="get_campaign",
@@ -186,20 +189,30 @@ async def archive_campaign(campaign_id: uuid.UUID, ws: WorkspaceDep, session: Se
 @router.post("/campaigns/{campaign_id}/trigger", status_code=202, response_model=TriggerOut,
              operation_id="trigger_campaign", tags=["campaigns"],
              summary="Enter a user now, with data (transactional messages, API-triggered journeys)",
-             responses={**_NOT_FOUND, 409: problem_schema("The campaign is not active")})
+             description="Returns 202 with what happened; a retry with the same idempotency key, user and data gets "
+                         "that first answer again as a 200 (header `Idempotent-Replayed: true`), and the same key "
+                         "with another user or other data is a 409.",
+             responses={**_NOT_FOUND, 200: replay_response(TriggerOut),
+                        409: problem_schema("The campaign is not active, or the idempotency key was used for another "
+                                            "trigger")})
 async def trigger_campaign(campaign_id: uuid.UUID, body: TriggerRequest, ws: WorkspaceDep, session: SessionDep,
-                           request: Request, idempotency_key: IdempotencyKey = None) -> dict[str, Any]:
+                           request: Request, response: Response,
+                           idempotency_key: IdempotencyKey = None) -> dict[str, Any]:
     if idempotency_key and body.idempotency_key and idempotency_key != body.idempotency_key:
         raise ValidationFailed("Idempotency-Key header and idempotency_key field differ")
     async with session.begin():
         campaign = await campaigns.get_campaign(session, ws, campaign_id)
-    if campaign["status"] != "active":  # before asking ingest; checked again as the user enters
+    # before asking ingest; checked again as the user enters (where a retry with a key is answered first, even
+    # by a campaign paused since)
+    if campaign["status"] != "active" and not (idempotency_key or body.idempotency_key):
         raise Conflict(f"The campaign is {campaign['status']}")
     found = await ingest_client.resolve_user(request.app.state.internal, ws, body.user)
     async with session.begin():
-        out = await campaigns.trigger(session, ws, campaign_id, found, body.data,
-                                      idempotency_key or body.idempotency_key)
-    if out["entered"]:
+        out, replayed = await campaigns.trigger(session, ws, campaign_id, found, body.data,
+                                                idempotency_key or body.idempotency_key)
+    if replayed:
+        mark_replayed(response)
+    elif out["entered"]:
         request.app.state.waker.request("campaign", "advance_journeys")
     return out
 
@@ -207,15 +220,15 @@ async def trigger_campaign(campaign_id: uuid.UUID, body: TriggerRequest, ws: Wor
 @router.get("/campaigns/{campaign_id}/journeys", response_model=JourneyList, operation_id="list_campaign_journeys",
             tags=["journeys"], summary="Who is in the campaign, at which step", responses=_NOT_FOUND)
 async def list_journeys(
-    campaign_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, after: AfterDep, limit: Limit = 100,
+    campaign_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, page: AfterDep, limit: Limit = 100,
     status: Annotated[Literal["active", "waiting", "holdout", "completed", "exited"] | None,
                       Query(description="active | waiting | holdout | completed | exited")] = None,
     step: Annotated[str | None, Query(description="current step id")] = None,
 ) -> dict[str, Any]:
     async with session.begin():
-        items, nxt = await campaigns.list_journeys(session, ws, campaign_id, status=status, step=step, after=after,
-                                                   limit=limit)
-    return {"journeys": items, "next_cursor": nxt}
+        items, nxt = await campaigns.list_journeys(session, ws, campaign_id, status=status, step=step,
+                                                   after=page.position, limit=limit)
+    return {"journeys": items, "next_cursor": page.next(nxt)}
 
 
 @router.get("/campaigns/{campaign_id}/stats", response_model=CampaignStats, operation_id="campaign_stats",
@@ -230,12 +243,12 @@ async def campaign_stats(campaign_id: uuid.UUID, ws: WorkspaceDep, session: Sess
             tags=["journeys"], summary="A profile's journeys, newest first, and step by step what happened and why",
             responses=COMMON_ERRORS)
 async def profile_journeys(
-    profile_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, after: AfterDep,
+    profile_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, page: AfterDep,
     limit: Annotated[int, Query(ge=1, le=200, description="page size (each journey comes with its log)")] = 50,
 ) -> dict[str, Any]:
     async with session.begin():
-        items, nxt = await campaigns.profile_journeys(session, ws, profile_id, after, limit)
-    return {"journeys": items, "next_cursor": nxt}
+        items, nxt = await campaigns.profile_journeys(session, ws, profile_id, page.position, limit)
+    return {"journeys": items, "next_cursor": page.next(nxt)}
 
 
 def _status_route(status: str) -> Any:
@@ -258,8 +271,8 @@ for _action, _status in (("pause", "paused"), ("resume", "active")):
 
 @router.get("/campaigns/{campaign_id}/sends", response_model=SendList, operation_id="list_campaign_sends",
             tags=["campaigns"], summary="Sends decided by a campaign, with their outcome", responses=_NOT_FOUND)
-async def list_sends(campaign_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, after: AfterDep,
+async def list_sends(campaign_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, page: AfterDep,
                      limit: Limit = 100) -> dict[str, Any]:
     async with session.begin():
-        items, nxt = await campaigns.list_sends(session, ws, campaign_id, after, limit)
-    return {"sends": items, "next_cursor": nxt}
+        items, nxt = await campaigns.list_sends(session, ws, campaign_id, page.position, limit)
+    return {"sends": items, "next_cursor": page.next(nxt)}

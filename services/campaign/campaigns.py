@@ -1,5 +1,7 @@
 """Templates, campaigns and the sends they produce (no HTTP here)."""
 
+import hashlib
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -438,15 +440,32 @@ async def profile_journeys(session: AsyncSession, ws: uuid.UUID, profile_id: uui
 
 
 async def trigger(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID, profile_id: uuid.UUID,
-                  data: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:
-    """Enter a profile now (the API trigger), once per idempotency key. The campaign row is locked (share)
-    and its status checked in the transaction that enters: a pause or archive commits before or after."""
+                  data: dict[str, Any], idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+    """Enter a profile now (the API trigger), once per idempotency key: ``(answer, replayed)``. A key seen before
+    with the same profile and data gives the first answer again (``replayed``); with another profile or other
+    data it is a 409, never a second journey. The campaign row is locked (share) and its status checked in the
+    transaction that enters: a pause or archive commits before or after."""
     row = (await session.execute(text(
         "select id, workspace_id, version, status, definition from campaign.campaigns where workspace_id = :ws "
         "and id = :id for share"), {"ws": ws, "id": campaign_id})).mappings().first()
     if row is None:
         raise NotFound(f"No campaign {campaign_id}")
     campaign = dict(row)
+    if idempotency_key:
+        key = {"ws": ws, "c": campaign_id, "k": idempotency_key}
+        digest = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        claimed = (await session.execute(text(  # a concurrent retry waits here for the first to commit
+            "insert into campaign.trigger_keys (workspace_id, campaign_id, key, profile_id, digest) "
+            "values (:ws, :c, :k, :p, :d) on conflict do nothing returning key"),
+            {**key, "p": profile_id, "d": digest})).first()
+        if claimed is None:
+            first = (await session.execute(text(
+                "select profile_id, digest, answer from campaign.trigger_keys "
+                "where workspace_id = :ws and campaign_id = :c and key = :k"), key)).one()
+            if first.profile_id != profile_id or first.digest != digest:
+                raise Conflict("This idempotency key was used for a different trigger of this campaign (another "
+                               "user or other data)", idempotency_key=idempotency_key)
+            return dict(first.answer), True
     if campaign["status"] != "active":
         raise Conflict(f"The campaign is {campaign['status']}")
     journey = journeys.parse(campaign["definition"])
@@ -454,9 +473,12 @@ async def trigger(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID, 
     now = datetime.now(UTC)
     jid = await journeys.enter(session, campaign, journey, profile_id, occurrence,
                                {"name": "api", "properties": data, "timestamp": now.isoformat()}, now)
-    if jid is None:
-        return {"entered": False, "journey_id": None, "reason": "the entry rule or an earlier identical trigger"}
-    return {"entered": True, "journey_id": str(jid), "reason": None}
+    answer = {"entered": True, "journey_id": str(jid), "reason": None} if jid else {
+        "entered": False, "journey_id": None, "reason": "the entry rule or an earlier identical trigger"}
+    if idempotency_key:
+        await session.execute(text("update campaign.trigger_keys set answer = CAST(:a AS jsonb) where "
+                                   "workspace_id = :ws and campaign_id = :c and key = :k"), {**key, "a": dumps(answer)})
+    return answer, False
 
 
 async def snippets_of(session: AsyncSession, ws: uuid.UUID) -> dict[str, str]:
@@ -479,10 +501,15 @@ async def put_snippet(session: AsyncSession, ws: uuid.UUID, name: str, content: 
     return row_dict(row)
 
 
-async def list_snippets(session: AsyncSession, ws: uuid.UUID) -> list[dict[str, Any]]:
-    rows = await session.execute(text("select name, content, updated_at from campaign.snippets "
-                                      "where workspace_id = :ws order by name"), {"ws": ws})
-    return [row_dict(r) for r in rows]
+async def list_snippets(session: AsyncSession, ws: uuid.UUID, after: str | None, limit: int
+                        ) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of the workspace's snippets in name order, after the snippet named ``after``."""
+    return await fetch_page(
+        session,
+        "select name, content, updated_at from campaign.snippets where workspace_id = :ws "
+        "and (CAST(:after AS text) is null or name > :after) order by name limit :lim",
+        {"ws": ws, "after": after}, limit, key="name",
+    )
 
 
 async def render_preview(session: AsyncSession, internal: InternalClient, ws: uuid.UUID, template_id: uuid.UUID,

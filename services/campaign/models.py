@@ -174,7 +174,8 @@ class JourneyLog(CampaignTable, table=True):
 
 class ScheduleRun(CampaignTable, table=True):
     """One firing of a scheduled campaign (a slot of its cron, or its one-off time), entered member by
-    member from the audience segment; ``cursor`` is the last member entered, so a crash resumes."""
+    member from the audience segment; ``cursor`` is the members list's next_cursor after the last page entered, so a
+    crash resumes."""
 
     __tablename__ = "schedule_runs"
 
@@ -207,3 +208,19 @@ class EngagementHour(CampaignTable, table=True):
     profile_id: uuid.UUID = Field(primary_key=True)
     hour: int = Field(primary_key=True)
     n: int = 0
+
+
+class TriggerKey(CampaignTable, table=True):
+    """An API trigger's idempotency key: the request it was first used for (profile, digest of the data) and the
+    answer given, replayed to a retry; the same key with another profile or data is refused (409)."""
+
+    __tablename__ = "trigger_keys"
+    __table_args__ = (Index("ix_trigger_keys_profile", "workspace_id", "profile_id"),)
+
+    workspace_id: uuid.UUID = Field(primary_key=True)
+    campaign_id: uuid.UUID = Field(primary_key=True)
+    key: str = Field(primary_key=True)
+    profile_id: uuid.UUID
+    digest: str  # sha256 of the trigger's data as canonical JSON
+    answer: dict[str, Any] = Field(sa_column=jsonb_column("answer"))
+    created_at: datetime = Field(sa_column=tz_column("created_at"))

@@ -1,5 +1,6 @@
 """Erasure and export of what campaign holds about profiles: the sends decided for them, and their
-referral and loyalty records (codes, fingerprints, referrals on either side, rewards, ledger, badges)."""
+referral and loyalty records (codes, fingerprints, referrals on either side, rewards, ledger, badges), and the
+idempotency keys of API triggers that entered them."""
 
 import uuid
 from typing import Any
@@ -17,6 +18,7 @@ _PROGRAM_TABLES = {
     "loyalty_ledger": ("profile_id",),
     "loyalty_badges": ("profile_id",),
     "loyalty_accounts": ("profile_id",),
+    "trigger_keys": ("profile_id",),  # an API trigger's key names whom it entered
 }
 _EXPORTED = ("referral_codes", "referrals", "referral_rewards", "loyalty_accounts", "loyalty_ledger",
              "loyalty_badges")

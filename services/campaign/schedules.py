@@ -91,13 +91,21 @@ async def run_pending(sessionmaker: async_sessionmaker[AsyncSession], internal: 
                 entered += await _enter_page(session, internal, dict(run), now)
 
 
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
 async def _enter_page(session: AsyncSession, internal: InternalClient, run: dict[str, Any], now: datetime) -> int:
     journey = journeys.parse(run["definition"])
     trigger = journey.trigger
     assert isinstance(trigger, jd.ScheduleTrigger)
     params: dict[str, Any] = {"limit": PAGE}
-    if run["cursor"]:
-        params["after"] = run["cursor"]
+    if run["cursor"] and not _is_uuid(run["cursor"]):  # a run begun when cursors were profile ids starts over:
+        params["after"] = run["cursor"]                # entering is idempotent per slot, nobody enters twice
     resp = await internal.request("GET", "segment", f"/v1/segments/{trigger.segment_id}/members", params=params,
                                   headers={WORKSPACE_HEADER: str(run["workspace_id"])})
     if resp.status_code == 404 or run["status"] != "active":
@@ -116,7 +124,7 @@ async def _enter_page(session: AsyncSession, internal: InternalClient, run: dict
         if await journeys.enter(session, campaign, journey, uuid.UUID(member["profile_id"]), f"schedule:{slot}",
                                 {"name": "schedule", "properties": {"slot": slot}, "timestamp": slot}, now):
             entered += 1
-    last = page["members"][-1]["profile_id"] if page["members"] else run["cursor"]
+    last = page.get("next_cursor") or run["cursor"]
     await session.execute(text(
         "update campaign.schedule_runs set cursor = :cur, entered = entered + :n, done = :done "
         "where campaign_id = :c and slot = :s"),

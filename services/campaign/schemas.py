@@ -263,7 +263,8 @@ class SnippetOut(BaseModel):
 
 
 class SnippetList(BaseModel):
-    snippets: list[SnippetOut]
+    snippets: list[SnippetOut] = Field(description="the workspace's snippets, in name order")
+    next_cursor: str | None = None
 
 
 class PreviewIn(_Body):

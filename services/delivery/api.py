@@ -33,8 +33,10 @@ from services.delivery.schemas import (
 from shared import netguard
 from shared.auth import WorkspaceDep
 from shared.core import workspace_settings
-from shared.db import AfterDep, SessionDep
+from shared.db import SessionDep
 from shared.errors import COMMON_ERRORS, Conflict, NotFound, UpstreamUnavailable, ValidationFailed, problem_schema
+from shared.idempotency import mark_replayed, replay_response
+from shared.pagination import AfterDep, PageDep
 from shared.routing import SegmentRoute
 from shared.settings import Settings
 from shared.validation import IsoDatetime, StorableText, error_message, unstorable
@@ -57,9 +59,7 @@ KeyHeader = Annotated[str, StringConstraints(min_length=1, max_length=255), *Sto
         "Returns 202 when the message is new and 200 (header `Idempotent-Replayed: true`) when the key was "
         "seen before with the same content; the same key with different content is a 409."
     ),
-    responses={**COMMON_ERRORS, 200: {"model": MessageOut, "description": "Replay of an earlier request",
-                                      "headers": {"Idempotent-Replayed": {"schema": {"type": "string",
-                                                                                     "enum": ["true"]}}}},
+    responses={**COMMON_ERRORS, 200: replay_response(MessageOut),
                409: problem_schema("Idempotency key reused with different content")},
 )
 async def send_message(
@@ -68,7 +68,8 @@ async def send_message(
     session: SessionDep,
     request: Request,
     response: Response,
-    idempotency_key: Annotated[KeyHeader | None, Header(description="alternative to the body field")] = None,
+    idempotency_key: Annotated[KeyHeader | None, Header(alias="Idempotency-Key",
+                                                        description="alternative to the body field")] = None,
 ) -> dict[str, Any]:
     if idempotency_key and body.idempotency_key and idempotency_key != body.idempotency_key:
         raise ValidationFailed("Idempotency-Key header and idempotency_key field differ")
@@ -82,8 +83,7 @@ async def send_message(
     if created:
         request.app.state.waker.request("delivery", "send_messages")
     else:
-        response.status_code = 200
-        response.headers["Idempotent-Replayed"] = "true"
+        mark_replayed(response)
     return message
 
 
@@ -155,12 +155,12 @@ class LogFilters:
 @router.get("/messages", response_model=MessageList, operation_id="list_messages",
             summary="The deliveries log: filter by status, recipient, channel, user, campaign and time",
             responses=COMMON_ERRORS)
-async def list_messages(ws: WorkspaceDep, session: SessionDep, after: AfterDep,
+async def list_messages(ws: WorkspaceDep, session: SessionDep, page: AfterDep,
                         filters: Annotated[LogFilters, Depends()],
                         limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
     async with session.begin():
-        items, nxt = await outbox.list_messages(session, ws, filters.values, after=after, limit=limit)
-    return {"messages": items, "next_cursor": nxt}
+        items, nxt = await outbox.list_messages(session, ws, filters.values, after=page.position, limit=limit)
+    return {"messages": items, "next_cursor": page.next(nxt)}
 
 
 CSV_MAX_ROWS = 100_000
@@ -204,12 +204,12 @@ async def add_suppression(body: SuppressionIn, ws: WorkspaceDep, session: Sessio
 @consent_router.get("/suppressions", response_model=SuppressionList, operation_id="list_suppressions",
                     summary="Suppressed addresses", responses=COMMON_ERRORS)
 async def list_suppressions(ws: WorkspaceDep, session: SessionDep,
-                            after: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+                            page: PageDep,
                             channel: Annotated[str | None, Query()] = None,
                             limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
     async with session.begin():
-        items, nxt = await consent.list_suppressions(session, ws, channel, after, limit)
-    return {"suppressions": items, "next_cursor": nxt}
+        items, nxt = await consent.list_suppressions(session, ws, channel, page.position, limit)
+    return {"suppressions": items, "next_cursor": page.next(nxt)}
 
 
 @consent_router.delete("/suppressions/{channel}/{address}", status_code=204, operation_id="remove_suppression",
@@ -278,10 +278,12 @@ async def get_vapid_public_key(request: Request) -> dict[str, Any]:
 
 @consent_router.get("/devices", response_model=DeviceList, operation_id="list_devices", tags=["push"],
                     summary="A user's push devices", responses=COMMON_ERRORS)
-async def list_devices(ws: WorkspaceDep, session: SessionDep,
-                       user: Annotated[str, Query(min_length=1, max_length=512)]) -> dict[str, Any]:
+async def list_devices(ws: WorkspaceDep, session: SessionDep, page: PageDep,
+                       user: Annotated[str, Query(min_length=1, max_length=512)],
+                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
     async with session.begin():
-        return {"devices": await devices.list_devices(session, ws, user)}
+        items, nxt = await devices.list_devices(session, ws, user, page.position, limit)
+    return {"devices": items, "next_cursor": page.next(nxt)}
 
 
 @consent_router.delete("/devices/{token:path}", status_code=204, operation_id="remove_device", tags=["push"],

@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db import fetch_page
+from shared.errors import BadRequest
 from shared.jsonutil import dumps
 
 DEFAULT_TOPICS = [
@@ -202,10 +203,19 @@ async def suppression(session: AsyncSession, ws: uuid.UUID, channel: str, addres
 
 async def list_suppressions(session: AsyncSession, ws: uuid.UUID, channel: str | None, after: str | None,
                             limit: int) -> tuple[list[dict[str, Any]], str | None]:
-    return await fetch_page(
+    """In address order, then channel: one address can be suppressed on several channels (a number on sms and
+    push), so the cursor is ``channel:address``, the page's last row, not the address alone."""
+    after_channel, after_address = None, None
+    if after:
+        after_channel, _, after_address = after.partition(":")
+        if not (after_channel.isascii() and after_channel.isalpha() and after_address):
+            raise BadRequest("Invalid cursor: pass the next_cursor of a previous page")
+    items, more = await fetch_page(
         session,
         "select channel, address, reason, source, created_at from delivery.suppressions where workspace_id = :ws "
-        "and (CAST(:ch AS text) is null or channel = :ch) and (CAST(:after AS text) is null or address > :after) "
-        "order by address limit :lim",
-        {"ws": ws, "ch": channel, "after": after}, limit, key="address",
+        "and (CAST(:ch AS text) is null or channel = :ch) "
+        "and (CAST(:after AS text) is null or (address, channel) > (:after, :after_ch)) "
+        "order by address, channel limit :lim",
+        {"ws": ws, "ch": channel, "after": after_address, "after_ch": after_channel}, limit, key="address",
     )
+    return items, f"{items[-1]['channel']}:{items[-1]['address']}" if more else None

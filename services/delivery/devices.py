@@ -2,13 +2,15 @@
 gone: FCM registration tokens, APNs device tokens and Web Push subscriptions (endpoint URL + keys)."""
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.delivery.push import Device
-from shared.db import row_dict
+from shared.db import fetch_page, row_dict
+from shared.errors import BadRequest
 
 _COLS = "user_ref as user, platform, token, created_at, last_used_at, webpush_p256dh is not null as web_push"
 
@@ -27,11 +29,27 @@ async def register(session: AsyncSession, ws: uuid.UUID, user: str, platform: st
     return row_dict(row)
 
 
-async def list_devices(session: AsyncSession, ws: uuid.UUID, user: str) -> list[dict[str, Any]]:
-    rows = await session.execute(text(
-        f"select {_COLS} from delivery.devices where workspace_id = :ws and user_ref = :u order by created_at"),
-        {"ws": ws, "u": user})
-    return [row_dict(r) for r in rows]
+async def list_devices(session: AsyncSession, ws: uuid.UUID, user: str, after: str | None, limit: int
+                       ) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of the user's devices, oldest first; ``after`` is the previous page's last as ``created_at token``
+    (the time as ISO 8601, then the token)."""
+    since: datetime | None = None
+    token = None
+    if after:
+        stamp, _, token = after.partition(" ")
+        try:
+            since = datetime.fromisoformat(stamp)
+        except ValueError:
+            since = None
+        if since is None or since.tzinfo is None or not token:
+            raise BadRequest("Invalid cursor: pass the next_cursor of a previous page of this list")
+    items, more = await fetch_page(
+        session,
+        f"select {_COLS} from delivery.devices where workspace_id = :ws and user_ref = :u "
+        "and (CAST(:since AS timestamptz) is null or (created_at, token) > (:since, :token)) "
+        "order by created_at, token limit :lim",
+        {"ws": ws, "u": user, "since": since, "token": token}, limit, key="token")
+    return items, f"{items[-1]['created_at'].isoformat()} {items[-1]['token']}" if more else None
 
 
 async def devices_of(session: AsyncSession, ws: uuid.UUID, user: str) -> list[Device]:

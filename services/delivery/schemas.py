@@ -204,7 +204,8 @@ class SuppressionOut(BaseModel):
 
 
 class SuppressionList(BaseModel):
-    suppressions: list[SuppressionOut] = Field(description="the suppressions, in address order")
+    suppressions: list[SuppressionOut] = Field(
+        description="the suppressions, in address order (then channel: an address can be suppressed on several)")
     next_cursor: str | None = None
 
 
@@ -290,6 +291,7 @@ class VapidPublicKey(BaseModel):
 
 class DeviceList(BaseModel):
     devices: list[DeviceOut] = Field(description="the user's devices, oldest first")
+    next_cursor: str | None = None
 
 
 class OptInIn(StorableModel):

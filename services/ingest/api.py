@@ -38,7 +38,7 @@ from services.ingest.schemas import (
     TrackResponse,
 )
 from shared.auth import InternalDep, WorkspaceDep, credentials_from_header, principal_for
-from shared.db import AfterDep, SessionDep
+from shared.db import SessionDep
 from shared.errors import (
     COMMON_ERRORS,
     AppError,
@@ -51,6 +51,7 @@ from shared.errors import (
 )
 from shared.feed import Cursor, backlog
 from shared.jsonutil import dumps_bytes, has_long_number
+from shared.pagination import AfterDep, SeqAfterDep
 from shared.routing import SegmentRoute
 from shared.settings import Settings
 
@@ -410,7 +411,7 @@ async def get_profile(
 async def list_profiles(
     ws: WorkspaceDep,
     session: SessionDep,
-    after: AfterDep,
+    page: AfterDep,
     request: Request,
     user_id: Annotated[str | None, Query(description="exact userId")] = None,
     email: Annotated[str | None, Query(description="email trait, in any case")] = None,
@@ -420,8 +421,8 @@ async def list_profiles(
     traits = {k.removeprefix("trait."): v for k, v in request.query_params.items() if k.startswith("trait.")}
     async with session.begin():
         items, nxt = await profiles.list_profiles(session, ws, user_id=user_id, email=email, traits=traits, q=q,
-                                                  after=after, limit=limit)
-    return {"profiles": items, "next_cursor": nxt}
+                                                  after=page.position, limit=limit)
+    return {"profiles": items, "next_cursor": page.next(nxt)}
 
 
 @profiles_router.get(
@@ -435,12 +436,13 @@ async def list_profile_events(
     ws: WorkspaceDep,
     session: SessionDep,
     ref: ProfileRef,
-    after: Annotated[int | None, Query(description="next_cursor of the previous page")] = None,
+    page: SeqAfterDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
+    after = int(page.position) if page.position else None
     async with session.begin():
         items, nxt = await profiles.profile_events(session, ws, ref, after=after, limit=limit)
-    return {"events": items, "next_cursor": nxt}
+    return {"events": items, "next_cursor": page.next(nxt)}
 
 
 privacy_router = APIRouter(prefix="/v1/privacy", tags=["privacy"], route_class=SegmentRoute)

@@ -32,9 +32,10 @@ from services.segment.schemas import (
     TransitionPage,
 )
 from shared.auth import InternalDep, WorkspaceDep
-from shared.db import AfterDep, SessionDep
+from shared.db import SessionDep
 from shared.errors import COMMON_ERRORS, ValidationFailed, problem_schema
 from shared.feed import Cursor, backlog
+from shared.pagination import AfterDep
 from shared.validation import IsoDate, IsoDatetime
 
 router = APIRouter(prefix="/v1", tags=["segments"])
@@ -95,11 +96,11 @@ async def update_segment(segment_id: uuid.UUID, body: SegmentUpdate, ws: Workspa
 
 @router.get("/segments", response_model=SegmentList, operation_id="list_segments", summary="List segments",
             responses=COMMON_ERRORS)
-async def list_segments(ws: WorkspaceDep, session: SessionDep, after: AfterDep, limit: Limit = 100
+async def list_segments(ws: WorkspaceDep, session: SessionDep, page: AfterDep, limit: Limit = 100
                         ) -> dict[str, Any]:
     async with session.begin():
-        items, nxt = await segments.list_segments(session, ws, after, limit)
-    return {"segments": items, "next_cursor": nxt}
+        items, nxt = await segments.list_segments(session, ws, page.position, limit)
+    return {"segments": items, "next_cursor": page.next(nxt)}
 
 
 @router.get("/segments/{segment_id}", response_model=SegmentOut, operation_id="get_segment",
@@ -111,11 +112,11 @@ async def get_segment(segment_id: uuid.UUID, ws: WorkspaceDep, session: SessionD
 
 @router.get("/segments/{segment_id}/members", response_model=MemberList, operation_id="list_segment_members",
             summary="Profiles currently in the segment", responses=_NOT_FOUND)
-async def list_members(segment_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, after: AfterDep,
+async def list_members(segment_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, page: AfterDep,
                        limit: Limit = 100) -> dict[str, Any]:
     async with session.begin():
-        items, nxt = await segments.list_members(session, ws, segment_id, after, limit)
-    return {"members": items, "next_cursor": nxt}
+        items, nxt = await segments.list_members(session, ws, segment_id, page.position, limit)
+    return {"members": items, "next_cursor": page.next(nxt)}
 
 
 @feed_router.get("/transitions", response_model=TransitionPage, operation_id="read_transition_feed",
@@ -218,10 +219,10 @@ async def create_list(body: ListCreate, ws: WorkspaceDep, session: SessionDep) -
 
 @lists_router.get("/lists", response_model=ListPage, operation_id="list_lists", summary="Manual lists",
                   responses=COMMON_ERRORS)
-async def list_lists(ws: WorkspaceDep, session: SessionDep, after: AfterDep, limit: Limit = 100) -> dict[str, Any]:
+async def list_lists(ws: WorkspaceDep, session: SessionDep, page: AfterDep, limit: Limit = 100) -> dict[str, Any]:
     async with session.begin():
-        items, nxt = await lists.list_lists(session, ws, after, limit)
-    return {"lists": items, "next_cursor": nxt}
+        items, nxt = await lists.list_lists(session, ws, page.position, limit)
+    return {"lists": items, "next_cursor": page.next(nxt)}
 
 
 @lists_router.get("/lists/{list_id}", response_model=ListOut, operation_id="get_list", summary="One manual list",

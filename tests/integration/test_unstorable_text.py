@@ -269,7 +269,7 @@ HEADER_CASES = [  # a NUL only: a header cannot carry a lone surrogate
          ("header", "Idempotency-Key"), headers={"Idempotency-Key": "adj-1\x00"}),
     Case("loyalty-redeem", "campaign", "POST", "/v1/loyalty/members/u-1/redeem", {"points": 5}, (),
          ("header", "Idempotency-Key"), headers={"Idempotency-Key": "red-1\x00"}),
-    Case("send", "delivery", "POST", "/v1/messages", MESSAGES["email"], (), ("header", "idempotency-key"),
+    Case("send", "delivery", "POST", "/v1/messages", MESSAGES["email"], (), ("header", "Idempotency-Key"),
          headers={"Idempotency-Key": "m-email\x00"}),
     Case("remove-suppression", "delivery", "DELETE", "/v1/suppressions/push/device-token-1%00", {}, (),
          ("path", "address")),

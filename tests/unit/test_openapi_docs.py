@@ -44,8 +44,9 @@ def _inline_schemas(service: str) -> Iterator[tuple[str, dict[str, Any], dict[st
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_every_operation_has_an_id_and_a_summary(service: str) -> None:
-    assert not [label for label, op in _operations(service) if not (op.get("operationId") and op.get("summary"))]
+def test_every_operation_has_an_id_a_summary_and_tags(service: str) -> None:
+    assert not [label for label, op in _operations(service)
+                if not (op.get("operationId") and op.get("summary") and op.get("tags"))]
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -169,3 +170,16 @@ def test_campaign_template_and_segment_examples_pass_the_checks_past_the_schema(
                    for prop in [schemas["segment"][name]["properties"]["definition"]]]
     for definition in definitions:
         segments.validate_definition(definition)
+
+
+def test_a_header_parameter_is_spelled_the_same_in_every_service() -> None:
+    """Delivery documented ``idempotency-key`` where campaign documents ``Idempotency-Key``: a generated client
+    names the argument after the spelling, so the same header became two different arguments."""
+    spellings: dict[str, set[str]] = {}
+    for service in SERVICES:
+        for _, op in _operations(service):
+            for p in op.get("parameters", []):
+                if p["in"] == "header":
+                    spellings.setdefault(p["name"].lower(), set()).add(p["name"])
+    assert spellings["idempotency-key"] == {"Idempotency-Key"}
+    assert all(len(names) == 1 for names in spellings.values()), spellings

@@ -31,8 +31,10 @@ from services.campaign.programs.schemas import (
     TierOut,
 )
 from shared.auth import WorkspaceDep
-from shared.db import AfterDep, SessionDep
+from shared.db import SessionDep
 from shared.errors import COMMON_ERRORS, BadRequest, problem_schema
+from shared.idempotency import mark_replayed, replay_response
+from shared.pagination import AfterDep, SeqAfterDep
 from shared.routing import SegmentRoute
 from shared.validation import IsoDatetime, Ref
 
@@ -42,13 +44,14 @@ Member = Annotated[Ref, Path(description="the member: profile id, userId, anonym
                                          "percent-encoded (`org%2F123`)")]
 Pool = Annotated[str, Path(pattern=config.POOL_NAME, description="the coupon pool's name")]
 IdempotencyKey = Annotated[KeyText, Header(alias="Idempotency-Key",
-                                           description="a retry with the same key is the same operation")]
+                                           description="a retry with the same key is the same operation "
+                                                       "(keys are per member and operation)")]
 PeriodQ = Annotated[leaderboards.Period, Query(description="the calendar period (UTC) containing `at`")]
 AtQ = Annotated[IsoDatetime | None, Query(description="a moment in the period (default: now)")]
 _NOT_FOUND = {**COMMON_ERRORS, 404: problem_schema("Not found (no such program, profile or referral)")}
 _SPEND = {
     **_NOT_FOUND,
-    200: {"model": EntryOut, "description": "A retry with the same Idempotency-Key: the first answer, unchanged"},
+    200: replay_response(EntryOut),
     409: problem_schema("Not enough points (`balance` says how many there are), or the Idempotency-Key was used "
                         "for a different operation"),
 }
@@ -138,14 +141,14 @@ async def referral_invite(body: InviteIn, ws: WorkspaceDep, session: SessionDep,
 @router.get("/referrals", response_model=ReferralList, operation_id="list_referrals", tags=["referral"],
             summary="Referrals: who brought whom, rejected ones with their reason", responses=_NOT_FOUND)
 async def list_referrals(
-    ws: WorkspaceDep, session: SessionDep, request: Request, after: AfterDep, limit: Limit = 100,
+    ws: WorkspaceDep, session: SessionDep, request: Request, page: AfterDep, limit: Limit = 100,
     referrer: Annotated[Ref | None, Query(description="only this referrer's (profile id, userId or email)")] = None,
     status: Annotated[str | None, Query(description="converted | rejected | rewarded | capped | reversed")] = None,
 ) -> dict[str, Any]:
     rid = await _member(request, ws, referrer) if referrer else None
     async with session.begin():
-        items, nxt = await service.list_referrals(session, ws, rid, status, after, limit)
-    return {"referrals": items, "next_cursor": nxt}
+        items, nxt = await service.list_referrals(session, ws, rid, status, page.position, limit)
+    return {"referrals": items, "next_cursor": page.next(nxt)}
 
 
 @router.get("/referrals/{referral_id}", response_model=ReferralOut, operation_id="get_referral", tags=["referral"],
@@ -188,15 +191,13 @@ async def loyalty_balance(member: Member, ws: WorkspaceDep, session: SessionDep,
 @router.get("/loyalty/members/{member}/history", response_model=HistoryOut, operation_id="loyalty_history",
             tags=["loyalty"], summary="A member's ledger, newest first", responses=_NOT_FOUND)
 async def loyalty_history(
-    member: Member, ws: WorkspaceDep, session: SessionDep, request: Request, limit: Limit = 100,
-    after: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    member: Member, ws: WorkspaceDep, session: SessionDep, request: Request, page: SeqAfterDep,
+    limit: Limit = 100,
 ) -> dict[str, Any]:
-    if after not in (None, "") and not (str(after).isdigit() and int(after) < 2**63):
-        raise BadRequest("Invalid cursor: pass the next_cursor of a previous page")
     pid = await _member(request, ws, member)
     async with session.begin():
-        items, nxt = await ledger.history(session, ws, pid, int(after) if after else None, limit)
-    return {"entries": items, "next_cursor": nxt}
+        items, nxt = await ledger.history(session, ws, pid, int(page.position) if page.position else None, limit)
+    return {"entries": items, "next_cursor": page.next(nxt)}
 
 
 @router.post("/loyalty/members/{member}/redeem", status_code=201, response_model=EntryOut,
@@ -208,7 +209,7 @@ async def loyalty_redeem(member: Member, body: RedeemIn, key: IdempotencyKey, ws
     async with session.begin():
         entry, created = await service.redeem(session, ws, pid, body.points, body.reason, key, _now())
     if not created:
-        response.status_code = 200
+        mark_replayed(response)
     return entry
 
 
@@ -221,7 +222,7 @@ async def loyalty_adjust(member: Member, body: AdjustIn, key: IdempotencyKey, ws
     async with session.begin():
         entry, created = await service.adjust(session, ws, pid, body.points, body.reason, key, _now())
     if not created:
-        response.status_code = 200
+        mark_replayed(response)
     return entry
 
 

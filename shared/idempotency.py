@@ -1,0 +1,25 @@
+"""How every API answers a retry of a request made with an idempotency key (Stripe's convention): the first
+answer again, as a 200 with ``Idempotent-Replayed: true``. One header and one OpenAPI entry for all routes that
+take a key (delivery's messages, campaign's trigger, the loyalty ledger)."""
+
+from typing import Any
+
+from fastapi import Response
+from pydantic import BaseModel
+
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+def mark_replayed(response: Response) -> None:
+    """This answer is the first one again: 200, and the header saying so."""
+    response.status_code = 200
+    response.headers[REPLAYED_HEADER] = "true"
+
+
+def replay_response(model: type[BaseModel], description: str = "Replay of an earlier request with the same "
+                                                               "idempotency key: the first answer, unchanged"
+                    ) -> dict[str, Any]:
+    """The ``responses=`` entry of a route's replayed answer."""
+    return {"model": model, "description": description,
+            "headers": {REPLAYED_HEADER: {"description": "`true`: this answer is a replay",
+                                          "schema": {"type": "string", "enum": ["true"]}}}}

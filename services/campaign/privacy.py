@@ -1,6 +1,7 @@
-"""Erasure and export of what campaign holds about profiles: the sends decided for them, and their
-referral and loyalty records (codes, fingerprints, referrals on either side, rewards, ledger, badges), and the
-idempotency keys of API triggers that entered them."""
+"""Erasure and export of what campaign holds about profiles: their journeys (with the trigger's data, the events
+they waited for) and each journey's path, the hours they engage at, the sends decided for them, their referral and
+loyalty records (codes, fingerprints, referrals on either side, rewards, ledger, badges), and the idempotency keys
+of API triggers that entered them."""
 
 import uuid
 from typing import Any
@@ -28,12 +29,19 @@ def _where(columns: tuple[str, ...]) -> str:
     return " or ".join(f"{c} = any(CAST(:p AS uuid[]))" for c in columns)
 
 
+# journeys first: a run of one holds its row until it commits, with the sends it decided, so once the journey is
+# deleted (after waiting for that run) the sends below are all there to delete
+_PROFILE_TABLES = ("journeys", "journey_log", "engagement_hours", "sends")
+
+
 async def erase(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) -> dict[str, int]:
-    res = await session.execute(
-        text("delete from campaign.sends where workspace_id = :ws and profile_id = any(CAST(:p AS uuid[]))"),
-        {"ws": ws, "p": pids},
-    )
-    out = {"sends": res.rowcount}  # type: ignore[attr-defined]
+    out: dict[str, int] = {}
+    for table in _PROFILE_TABLES:
+        res = await session.execute(
+            text(f"delete from campaign.{table} where workspace_id = :ws and profile_id = any(CAST(:p AS uuid[]))"),
+            {"ws": ws, "p": pids},
+        )
+        out[table] = res.rowcount  # type: ignore[attr-defined]
     # the code itself was handed out: it stays revoked, never goes back to the pool for someone else
     await session.execute(text("update campaign.coupons set assigned_to = null, revoked = true "
                                "where workspace_id = :ws and assigned_to = any(CAST(:p AS uuid[]))"),
@@ -57,6 +65,25 @@ async def export(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) ->
         {"ws": ws, "p": pids},
     )
     out: dict[str, Any] = {"sends": [dict(r) for r in rows.mappings()]}
+    journeys = await session.execute(
+        text("select id, campaign_id, version, status, step, variant, trigger_data, entered_at, ended_at, "
+             "converted_at, converted_value from campaign.journeys "
+             "where workspace_id = :ws and profile_id = any(CAST(:p AS uuid[])) order by entered_at, id"),
+        {"ws": ws, "p": pids},
+    )
+    out["journeys"] = [dict(r) for r in journeys.mappings()]
+    log = await session.execute(
+        text("select journey_id, campaign_id, step, kind, detail, at from campaign.journey_log "
+             "where workspace_id = :ws and profile_id = any(CAST(:p AS uuid[])) order by seq"),
+        {"ws": ws, "p": pids},
+    )
+    out["journey_log"] = [dict(r) for r in log.mappings()]
+    hours = await session.execute(
+        text("select hour, n from campaign.engagement_hours "
+             "where workspace_id = :ws and profile_id = any(CAST(:p AS uuid[])) order by hour"),
+        {"ws": ws, "p": pids},
+    )
+    out["engagement_hours"] = [dict(r) for r in hours.mappings()]
     for table in _EXPORTED:
         found = await session.execute(text(f"select * from campaign.{table} where workspace_id = :ws "
                                            f"and ({_where(_PROGRAM_TABLES[table])})"), {"ws": ws, "p": pids})

@@ -1622,3 +1622,37 @@ async def test_leaving_a_segment_or_stage_ends_the_journeys_that_exit_on_leaving
     assert [m["subject"] for m in await world.mail(email)] == ["Your trial ends soon"]  # from the other one only
     got = (await world.apps["campaign"].get(f"/v1/campaigns/{exits['id']}", headers=world.h)).json()
     assert got["definition"]["exit_on_leaving"] == [{"segment_id": seg["id"]}, {"stage": "churned"}]
+
+
+async def test_erasure_removes_the_journeys_their_paths_and_engagement_hours(world) -> None:
+    """Campaign's erasure deleted the sends and program records but kept the person's journeys (the trigger's
+    data, the events awaited), each journey's path and the hours they engage at; the export left them out too."""
+    from shared.testing import internal_headers
+
+    tpl = await world.template("gdpr", "Hi")
+    camp = await world.campaign(trigger={"type": "event", "event": "Cart Updated"}, steps=[
+        {"id": "hi", "type": "send", "template_id": tpl, "next": "wait"},
+        {"id": "wait", "type": "delay", "seconds": 86400}])
+    gone, kept = _email("gdpr-gone"), _email("gdpr-kept")
+    pid = await world.identify("gdpr-gone", email=gone)
+    other = await world.identify("gdpr-kept", email=kept)
+    for uid in ("gdpr-gone", "gdpr-kept"):
+        await world.track(uid, "Cart Updated", T0, cart_id=f"secret-{uid}")
+        await world.track(uid, "Email Opened", T0)  # counted in the hours they engage at
+    await world.pump(T0)
+    c, h = world.apps["campaign"], internal_headers(world.ws)
+    exported = (await c.get("/v1/privacy/export", headers=h, params={"profile_id": pid})).json()
+    assert [j["trigger_data"]["properties"]["cart_id"] for j in exported["journeys"]] == ["secret-gdpr-gone"]
+    assert [line["kind"] for line in exported["journey_log"]] == ["entered", "sent", "waiting"]
+    assert exported["engagement_hours"] and exported["sends"]
+    erased = await c.post("/v1/privacy/erasure", headers=h, json={"profile_ids": [pid]})
+    assert erased.status_code == 200, erased.text
+    removed = erased.json()["removed"]
+    assert removed["journeys"] == 1 and removed["journey_log"] == 3 and removed["engagement_hours"] >= 1
+    assert removed["sends"] == 1
+    after = (await c.get("/v1/privacy/export", headers=h, params={"profile_id": pid})).json()
+    assert after["journeys"] == after["journey_log"] == after["engagement_hours"] == after["sends"] == []
+    assert await world.path(pid) == []
+    assert len(await world.path(other)) == 1  # the other person's journey is untouched
+    page = (await c.get(f"/v1/campaigns/{camp['id']}/journeys", headers=world.h)).json()["journeys"]
+    assert [j["profile_id"] for j in page] == [other]

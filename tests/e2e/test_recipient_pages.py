@@ -51,13 +51,16 @@ async def _links(public: tuple[str, Any], workspace, sessionmaker, mailbox, to: 
 
 
 def _submit(browser: Any) -> str:
-    """Click the form's button, wait for the page the POST answers, and return its text."""
-    from selenium.webdriver.support import expected_conditions
+    """Click the form's button, wait for the page the POST answers (every one says how it went in a
+    ``role=status`` line, which the page asking has not), and return its text."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    old = browser.find_element("tag name", "html")
     browser.find_element("css selector", "button[type=submit]").click()
-    WebDriverWait(browser, 15).until(expected_conditions.staleness_of(old))
+    # (while the page is being replaced chromedriver may answer with an error about the old document: wait on)
+    WebDriverWait(browser, 15, ignored_exceptions=(WebDriverException,)).until(
+        lambda b: b.execute_script("return document.readyState") == "complete"
+        and b.find_elements("css selector", "main [role=status]"))
     return browser.find_element("tag name", "main").text
 
 

@@ -12,19 +12,23 @@ import asyncio
 import contextlib
 import errno
 import importlib
+import re
 import signal
 import socket
 import sys
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
 import typer
 import uvicorn
 import uvloop
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -51,11 +55,32 @@ def _safe(text: str) -> str:
     """Text from a server, a file or the user, for rich: no markup (``[/]`` would raise), no terminal controls."""
     return escape(printable(text))
 
+def _fail(message: str, code: int) -> NoReturn:
+    """One line on stderr, unwrapped (rich wraps at 80 columns when stderr is no terminal, as in a pod), then exit."""
+    console.print(message, soft_wrap=True, highlight=False)
+    raise typer.Exit(code)
+
+
+def configuration_errors(exc: Exception) -> list[str]:
+    """A refused configuration as one line per problem, each naming its variable and never its value (a URL
+    with a password, a secret)."""
+    if isinstance(exc, ValidationError):
+        lines = []
+        for e in exc.errors(include_url=False, include_input=False, include_context=False):
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"TENURE_{str(e['loc'][0]).upper()}: {msg}" if e["loc"] else msg)
+        return lines
+    if isinstance(exc, SettingsError) and (field := re.search(r'field "(\w+)"', str(exc))):
+        return [f"TENURE_{field[1].upper()}: not valid JSON"]
+    return [str(exc)]
+
+
 def _load_settings() -> Settings:
     try:
         return Settings()
-    except Exception as exc:  # noqa: BLE001 - show configuration errors plainly
-        console.print(f"[red]configuration error:[/red] {_safe(str(exc))}")
+    except (ValidationError, SettingsError) as exc:
+        for line in configuration_errors(exc):
+            console.print(f"[red]configuration error:[/red] {_safe(line)}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
 
 
@@ -77,9 +102,62 @@ def _require_urls(settings: Settings) -> None:
     missing = [name for name, v in (("TENURE_DATABASE_URL", settings.database_url),
                                     ("TENURE_REDIS_URL", settings.redis_url)) if not v]
     if missing:
-        console.print(f"[red]{', '.join(missing)} not set.[/red] `tenure dev` starts embedded servers; "
-                      "`serve` and `worker` need real ones.")
-        raise typer.Exit(2)
+        _fail(f"[red]{', '.join(missing)} not set.[/red] `tenure dev` starts embedded servers; "
+              "`serve` and `worker` need real ones.", 2)
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as one line: the driver's own error when SQLAlchemy wrapped it."""
+    orig = getattr(exc, "orig", None) or exc
+    first = (str(orig).strip().splitlines() or [""])[0]
+    first = re.sub(r"^<class '[\w.]+'>: ", "", first)
+    return f"{type(orig).__name__}: {first}" if first else type(orig).__name__
+
+
+def _where(url: str) -> str:
+    """host:port of a URL, never its credentials."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{parts.hostname or 'localhost'}{f':{port}' if port else ''}"
+
+
+async def _postgres_problem(settings: Settings, schemas: tuple[str, ...] = ()) -> str | None:
+    """Why this process cannot start on ``TENURE_DATABASE_URL``: the server does not answer (or refuses the
+    credentials or the database), or ``schemas`` are not migrated to this release."""
+    from sqlalchemy import text
+
+    from shared.db import create_engine
+    from shared.migrate import schema_problem
+
+    url = settings.require_database_url()
+    engine = create_engine(settings, application_name="tenure-preflight", pool_size=1, max_overflow=0)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("select 1"))
+            return await schema_problem(conn, schemas)
+    except Exception as exc:  # noqa: BLE001 - whatever stops the connection, said in one line
+        return f"cannot connect to PostgreSQL at {_where(url)} (TENURE_DATABASE_URL): {_reason(exc)}"
+    finally:
+        await engine.dispose()
+
+
+async def _redis_problem(settings: Settings) -> str | None:
+    from redis.asyncio import Redis
+
+    url = settings.require_redis_url()
+    client = Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        await client.ping()
+        return None
+    except Exception as exc:  # noqa: BLE001
+        return f"cannot connect to Redis at {_where(url)} (TENURE_REDIS_URL): {_reason(exc)}"
+    finally:
+        await client.aclose()
 
 
 @app.command()
@@ -88,6 +166,8 @@ def migrate() -> None:
     from shared.migrate import upgrade_all
 
     with _with_database(_load_settings()) as settings:
+        if problem := asyncio.run(_postgres_problem(settings)):
+            _fail(f"[red]{_safe(problem)}[/red]", 1)
         upgrade_all(settings)
     console.print("[green]migrations applied[/green]")
 
@@ -114,9 +194,13 @@ def worker(
     service: Service,
     burst: Annotated[bool, typer.Option(help="exit once the queue is empty")] = False,
 ) -> None:
-    """Run one service's arq worker."""
+    """Run one service's arq worker. Exits 1, saying why in one line, when PostgreSQL or Redis does not answer or
+    the schemas are not migrated to this release (an API starts anyway and reports it at /readyz)."""
     settings = _load_settings()
     _require_urls(settings)
+    if problem := (asyncio.run(_postgres_problem(settings, ("core", service.value)))
+                   or asyncio.run(_redis_problem(settings))):
+        _fail(f"[red]{_safe(problem)}[/red]", 1)
     module = importlib.import_module(f"services.{service.value}.worker")
     # uvloop, as uvicorn picks for the APIs: a worker is all socket round trips, and its event loop's
     # cost per wake-up is a third of asyncio's (bench/RESULTS.md); arq runs on the current loop
@@ -313,7 +397,7 @@ def import_file(
 def _resource_api(http: httpx.AsyncClient, secret_key: str) -> Any:
     from services.resources import Api
 
-    settings = Settings()
+    settings = _load_settings()
     urls = {s: settings.url_of(s) for s in ("segment", "campaign")}  # type: ignore[arg-type]
     return Api(http, urls, {"Authorization": f"Bearer {secret_key}"})
 
@@ -395,7 +479,7 @@ def demo(
     from services import demo as demo_mod
     from services import resources
 
-    settings = Settings()
+    settings = _load_settings()
     if write_key is None or key is None:
         state = Path(settings.state_dir) / "demo.json"
         if not state.exists():

@@ -34,6 +34,7 @@ from shared.errors import (
 from shared.gc_tuning import tune_gc
 from shared.http import InternalClient, make_http_client
 from shared.logging import configure_logging
+from shared.migrate import schema_problem
 from shared.queue import Waker, create_redis
 from shared.settings import ServiceName, Settings
 from shared.validation import URL_TEXT_UNCHECKED, url_text_problem
@@ -140,18 +141,27 @@ def _probe_router(service: str) -> APIRouter:
     @router.get(
         "/readyz",
         operation_id=f"{service}_readyz",
-        summary="Readiness: PostgreSQL and Redis answer",
+        summary="Readiness: PostgreSQL and Redis answer, and the schemas are migrated to this release",
         openapi_extra={"security": []},
         responses={503: problem_schema("A dependency is not reachable")},
     )
     async def readyz(request: Request) -> Response:
         checks: dict[str, str] = {}
+        state = request.app.state
         try:
-            async with request.app.state.engine.connect() as conn:
+            async with state.engine.connect() as conn:
                 await conn.execute(text("select 1"))
-            checks["postgres"] = "ok"
+                checks["postgres"] = "ok"
+                # a pod started before `tenure migrate` ran must not take traffic: every query would fail. Checked
+                # until it passes once (a schema only moves forward)
+                ready = getattr(state, "schema_ready", False)
+                problem = None if ready else await schema_problem(conn, ("core", service))
+                state.schema_ready = problem is None
+                checks["schema"] = problem or "ok"
+                if problem:
+                    log.warning("readyz.schema_not_ready", problem=problem)
         except Exception as exc:  # noqa: BLE001 - report, don't crash the probe
-            checks["postgres"] = f"error: {type(exc).__name__}"
+            checks["schema" if "postgres" in checks else "postgres"] = f"error: {type(exc).__name__}"
         try:
             await request.app.state.redis.ping()
             checks["redis"] = "ok"

@@ -57,6 +57,13 @@ async def create_redis(settings: Settings) -> ArqRedis:
     return await create_pool(redis_settings(settings.require_redis_url()))
 
 
+def lazy_redis(settings: Settings) -> ArqRedis:
+    """An arq pool that connects on first use, for the APIs: they only wake workers, count rate limits (failing
+    open) and read queue depths there, so they start and serve while Redis is down (``create_pool`` pings, and
+    gives up after its retries)."""
+    return ArqRedis.from_url(settings.require_redis_url(), socket_connect_timeout=5, socket_timeout=5)
+
+
 def _dirty_key(queue: str, function: str) -> str:
     return f"{queue}:dirty:{function}"
 

@@ -163,3 +163,34 @@ def test_a_database_one_release_ahead_is_ready(settings, empty_database) -> None
     asyncio.run(newer())
     r = subprocess.run([TENURE, "worker", "segment", "--burst"], env=env, capture_output=True, timeout=120)
     assert r.returncode == 0, r.stderr.decode()
+
+
+def test_an_api_starts_and_serves_while_redis_is_down(settings, workspace) -> None:
+    """Redis only carries wake-ups (the workers' poll catches up) and rate-limit counts (failing open): an ingest
+    pod started during a Redis outage stays ready and stores what it is sent."""
+    port = free_port()
+    env = _env(settings, TENURE_REDIS_URL=f"redis://:{SECRET}@127.0.0.1:{_closed_port()}/0")
+    proc = subprocess.Popen([TENURE, "serve", "ingest", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{base}/healthz", timeout=5)
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None, proc.communicate()[1].decode()
+                assert time.monotonic() < deadline, "the API did not start"
+                time.sleep(0.2)
+        ready = httpx.get(f"{base}/readyz", timeout=10)
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["status"] == "degraded"
+        assert ready.json()["checks"]["postgres"] == "ok" and ready.json()["checks"]["redis"].startswith("error: ")
+        tracked = httpx.post(f"{base}/v1/track", auth=(workspace.write_key, ""), timeout=10,
+                             json={"userId": "u1", "event": "Signed Up", "messageId": uuid.uuid4().hex})
+        assert tracked.status_code == 200 and tracked.json()["accepted"] == 1, tracked.text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode in (0, -signal.SIGTERM)

@@ -5,6 +5,7 @@
 ``http`` and ``internal`` (service-to-service client).
 """
 
+import asyncio
 import contextlib
 import json
 import time
@@ -41,6 +42,7 @@ from shared.validation import URL_TEXT_UNCHECKED, url_text_problem
 
 log = structlog.get_logger()
 
+REDIS_PROBE_TIMEOUT_S = 1.0
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/events", "/v1/transitions"})
 
 
@@ -164,7 +166,9 @@ def _probe_router(service: str) -> APIRouter:
         except Exception as exc:  # noqa: BLE001 - report, don't crash the probe
             checks["schema" if "postgres" in checks else "postgres"] = f"error: {type(exc).__name__}"
         try:
-            await request.app.state.redis.ping()
+            # bounded well inside the probe's timeout (3 s): a Redis that accepts and never answers must not make
+            # the probe itself time out
+            await asyncio.wait_for(request.app.state.redis.ping(), REDIS_PROBE_TIMEOUT_S)
             checks["redis"] = "ok"
         except Exception as exc:  # noqa: BLE001
             checks["redis"] = f"error: {type(exc).__name__}"

@@ -5,6 +5,7 @@ and a non-zero status; an API started before `tenure migrate` stays out of its S
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -194,3 +195,34 @@ def test_an_api_starts_and_serves_while_redis_is_down(settings, workspace) -> No
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
     assert proc.returncode in (0, -signal.SIGTERM)
+
+
+def test_readiness_answers_in_time_when_redis_accepts_and_never_answers(settings) -> None:
+    """A Redis behind a dead route or a full server: connections open, nothing comes back. /readyz still answers
+    inside the probe's 3 s timeout (k8s/base/patches/api-defaults.yaml), ready and degraded."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(100)  # the kernel completes handshakes; nobody ever reads or writes
+    port = free_port()
+    env = _env(settings, TENURE_REDIS_URL=f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
+    proc = subprocess.Popen([TENURE, "serve", "segment", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{base}/healthz", timeout=5)
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the API did not start"
+                time.sleep(0.2)
+        for _ in range(2):
+            started = time.monotonic()
+            ready = httpx.get(f"{base}/readyz", timeout=10)
+            assert time.monotonic() - started < 3, "slower than the readiness probe's timeout"
+            assert ready.status_code == 200 and ready.json()["checks"]["redis"] == "error: TimeoutError", ready.text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        silent.close()

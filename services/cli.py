@@ -85,15 +85,17 @@ def _load_settings() -> Settings:
 
 
 @contextlib.contextmanager
-def _with_database(settings: Settings) -> Iterator[Settings]:
-    """Settings with a database (and Redis) URL: the configured ones, else the embedded dev servers."""
-    if settings.database_url and settings.redis_url:
+def _with_database(settings: Settings, *, redis: bool = True) -> Iterator[Settings]:
+    """Settings with a database (and, with ``redis``, a Redis) URL: the configured ones, else the embedded dev
+    servers. Commands that only talk to PostgreSQL (migrate, workspace) pass ``redis=False``: a migration Job given
+    only TENURE_DATABASE_URL must not start a Redis server of its own."""
+    if settings.database_url and (settings.redis_url or not redis):
         yield settings
         return
     from shared.embedded import EmbeddedServers
 
     with EmbeddedServers(settings.state_dir, postgres=not settings.database_url,
-                         redis=not settings.redis_url) as emb:
+                         redis=redis and not settings.redis_url) as emb:
         yield settings.model_copy(update={"database_url": settings.database_url or emb.database_url,
                                           "redis_url": settings.redis_url or emb.redis_url})
 
@@ -165,7 +167,7 @@ def migrate() -> None:
     """Upgrade every schema (core, ingest, segment, campaign, delivery) to the latest revision. Idempotent."""
     from shared.migrate import upgrade_all
 
-    with _with_database(_load_settings()) as settings:
+    with _with_database(_load_settings(), redis=False) as settings:
         if problem := asyncio.run(_postgres_problem(settings)):
             _fail(f"[red]{_safe(problem)}[/red]", 1)
         upgrade_all(settings)
@@ -226,7 +228,7 @@ def workspace_create(
     as_json: Annotated[bool, typer.Option("--json", help="print {workspace_id, write_key, secret_key}")] = False,
 ) -> None:
     """Create a workspace and print its keys (shown once: only their hashes are stored)."""
-    with _with_database(_load_settings()) as settings:
+    with _with_database(_load_settings(), redis=False) as settings:
         created = asyncio.run(_create_workspace(settings, name))
     payload = {"workspace_id": str(created.workspace_id), "write_key": created.write_key,
                "secret_key": created.secret_key}
@@ -309,7 +311,7 @@ def workspace_configure(
         else:
             removed.append("retention_days")
     try:
-        with _with_database(_load_settings()) as settings:
+        with _with_database(_load_settings(), redis=False) as settings:
             result = asyncio.run(_configure_workspace(settings, workspace_id, changes, removed))
     except ValidationError as exc:
         for e in exc.errors(include_url=False):

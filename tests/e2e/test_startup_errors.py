@@ -226,3 +226,14 @@ def test_readiness_answers_in_time_when_redis_accepts_and_never_answers(settings
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
         silent.close()
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["workspace", "create", "ops"]])
+def test_commands_that_only_use_postgres_start_no_redis(settings, tmp_path, command) -> None:
+    """A migration Job given its own Secret with only TENURE_DATABASE_URL (docs/operations.md, "Migrations") runs
+    the migrations and nothing else: no embedded Redis server in the Job's pod."""
+    env = _env(settings, TENURE_STATE_DIR=str(tmp_path / "state"), TENURE_LOG_LEVEL="INFO")
+    del env["TENURE_REDIS_URL"]
+    r = subprocess.run([TENURE, *command], env=env, capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"embedded" not in r.stderr and not (tmp_path / "state" / "redis").exists(), r.stderr.decode()

@@ -13,12 +13,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, unquote_to_bytes
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -132,6 +133,18 @@ def _queue_depth(service: ServiceName) -> Callable[[FastAPI], Any]:
     return queue_depth
 
 
+class Readiness(BaseModel):
+    """What ``/readyz`` found: 200 while the pod can serve, 503 (same shape) while it cannot."""
+
+    status: Literal["ok", "degraded", "unavailable"] = Field(
+        description="`ok`: every check passed; `degraded`: only Redis failed (still ready: an API serves without "
+                    "it); `unavailable` (503): PostgreSQL does not answer or the schemas are older than this release")
+    checks: dict[str, str] = Field(
+        description="each dependency checked (`postgres`; `schema` once PostgreSQL answered; `redis`) and `ok`, "
+                    "`error: <exception>`, or for `schema` what to do",
+        examples=[{"postgres": "ok", "schema": "schema core is not migrated: run `tenure migrate`", "redis": "ok"}])
+
+
 def _probe_router(service: str) -> APIRouter:
     router = APIRouter(tags=["health"])
 
@@ -146,7 +159,9 @@ def _probe_router(service: str) -> APIRouter:
         summary="Readiness: PostgreSQL answers and the schemas are migrated to this release (Redis is reported, "
                 "and a Redis outage is `degraded`, still ready)",
         openapi_extra={"security": []},
-        responses={503: problem_schema("A dependency is not reachable")},
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "Not ready: PostgreSQL does not answer, or the schemas "
+                                                              "are not migrated to this release"}},
     )
     async def readyz(request: Request) -> Response:
         checks: dict[str, str] = {}

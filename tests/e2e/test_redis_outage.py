@@ -22,6 +22,16 @@ from shared.queue import redis_settings
 TENURE = str(Path(sys.executable).parent / "tenure")
 
 
+def _run(coro):  # type: ignore[no-untyped-def]
+    """Run ``coro`` on a loop of its own: ``asyncio.run`` would leave the main thread without the event loop that
+    the session's async tests share."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
 class Relay:
     """127.0.0.1:port → target, in its own thread; ``down()`` cuts every connection and refuses new ones."""
 
@@ -117,13 +127,13 @@ def test_a_worker_waits_out_a_redis_outage(settings, relay) -> None:
     proc = subprocess.Popen([TENURE, "worker", "ingest"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     queue = f"{queue_prefix}:ingest"
     try:
-        assert asyncio.run(_job_runs(settings, queue, 30)), "the worker did not take a job before the outage"
+        assert _run(_job_runs(settings, queue, 30)), "the worker did not take a job before the outage"
         relay.down()
         assert _refused(relay.port)
         time.sleep(4)
         assert proc.poll() is None, "the worker exited when Redis went away:\n" + proc.communicate()[1].decode()
         relay.up()
-        assert asyncio.run(_job_runs(settings, queue, 30)), "the worker took no job after Redis came back"
+        assert _run(_job_runs(settings, queue, 30)), "the worker took no job after Redis came back"
         assert proc.poll() is None
     finally:
         proc.send_signal(signal.SIGTERM)

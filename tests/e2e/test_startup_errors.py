@@ -25,6 +25,16 @@ TENURE = str(Path(sys.executable).parent / "tenure")
 SECRET = "s3cret-pw"
 
 
+def _run(coro):  # type: ignore[no-untyped-def]
+    """Run ``coro`` on a loop of its own: ``asyncio.run`` would leave the main thread without the event loop that
+    the session's async tests share."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
 def _env(settings, **extra: str) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("TENURE_")}
     return {**base, "TENURE_DATABASE_URL": settings.database_url, "TENURE_REDIS_URL": settings.redis_url,
@@ -104,11 +114,11 @@ def empty_database(servers: Servers) -> Iterator[str]:
         finally:
             await conn.close()
 
-    asyncio.run(admin_exec(f'create database "{name}"'))
+    _run(admin_exec(f'create database "{name}"'))
     try:
         yield make_url(servers.admin_database_url).set(database=name).render_as_string(hide_password=False)
     finally:
-        asyncio.run(admin_exec(f'drop database if exists "{name}" with (force)'))
+        _run(admin_exec(f'drop database if exists "{name}" with (force)'))
 
 
 def test_a_worker_started_before_migrations_says_so_and_exits(settings, empty_database) -> None:
@@ -161,7 +171,7 @@ def test_a_database_one_release_ahead_is_ready(settings, empty_database) -> None
         finally:
             await conn.close()
 
-    asyncio.run(newer())
+    _run(newer())
     r = subprocess.run([TENURE, "worker", "segment", "--burst"], env=env, capture_output=True, timeout=120)
     assert r.returncode == 0, r.stderr.decode()
 

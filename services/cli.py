@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import errno
 import importlib
+import re
 import signal
 import socket
 import sys
@@ -19,12 +20,15 @@ from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
 import typer
 import uvicorn
 import uvloop
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -51,24 +55,47 @@ def _safe(text: str) -> str:
     """Text from a server, a file or the user, for rich: no markup (``[/]`` would raise), no terminal controls."""
     return escape(printable(text))
 
+def _fail(message: str, code: int) -> NoReturn:
+    """One line on stderr, unwrapped (rich wraps at 80 columns when stderr is no terminal, as in a pod), then exit."""
+    console.print(message, soft_wrap=True, highlight=False)
+    raise typer.Exit(code)
+
+
+def configuration_errors(exc: Exception) -> list[str]:
+    """A refused configuration as one line per problem, each naming its variable and never its value (a URL
+    with a password, a secret)."""
+    if isinstance(exc, ValidationError):
+        lines = []
+        for e in exc.errors(include_url=False, include_input=False, include_context=False):
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"TENURE_{str(e['loc'][0]).upper()}: {msg}" if e["loc"] else msg)
+        return lines
+    if isinstance(exc, SettingsError) and (field := re.search(r'field "(\w+)"', str(exc))):
+        return [f"TENURE_{field[1].upper()}: not valid JSON"]
+    return [str(exc)]
+
+
 def _load_settings() -> Settings:
     try:
         return Settings()
-    except Exception as exc:  # noqa: BLE001 - show configuration errors plainly
-        console.print(f"[red]configuration error:[/red] {_safe(str(exc))}")
+    except (ValidationError, SettingsError) as exc:
+        for line in configuration_errors(exc):
+            console.print(f"[red]configuration error:[/red] {_safe(line)}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
 
 
 @contextlib.contextmanager
-def _with_database(settings: Settings) -> Iterator[Settings]:
-    """Settings with a database (and Redis) URL: the configured ones, else the embedded dev servers."""
-    if settings.database_url and settings.redis_url:
+def _with_database(settings: Settings, *, redis: bool = True) -> Iterator[Settings]:
+    """Settings with a database (and, with ``redis``, a Redis) URL: the configured ones, else the embedded dev
+    servers. Commands that only talk to PostgreSQL (migrate, workspace) pass ``redis=False``: a migration Job given
+    only TENURE_DATABASE_URL must not start a Redis server of its own."""
+    if settings.database_url and (settings.redis_url or not redis):
         yield settings
         return
     from shared.embedded import EmbeddedServers
 
     with EmbeddedServers(settings.state_dir, postgres=not settings.database_url,
-                         redis=not settings.redis_url) as emb:
+                         redis=redis and not settings.redis_url) as emb:
         yield settings.model_copy(update={"database_url": settings.database_url or emb.database_url,
                                           "redis_url": settings.redis_url or emb.redis_url})
 
@@ -77,9 +104,62 @@ def _require_urls(settings: Settings) -> None:
     missing = [name for name, v in (("TENURE_DATABASE_URL", settings.database_url),
                                     ("TENURE_REDIS_URL", settings.redis_url)) if not v]
     if missing:
-        console.print(f"[red]{', '.join(missing)} not set.[/red] `tenure dev` starts embedded servers; "
-                      "`serve` and `worker` need real ones.")
-        raise typer.Exit(2)
+        _fail(f"[red]{', '.join(missing)} not set.[/red] `tenure dev` starts embedded servers; "
+              "`serve` and `worker` need real ones.", 2)
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as one line: the driver's own error when SQLAlchemy wrapped it."""
+    orig = getattr(exc, "orig", None) or exc
+    first = (str(orig).strip().splitlines() or [""])[0]
+    first = re.sub(r"^<class '[\w.]+'>: ", "", first)
+    return f"{type(orig).__name__}: {first}" if first else type(orig).__name__
+
+
+def _where(url: str) -> str:
+    """host:port of a URL, never its credentials."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{parts.hostname or 'localhost'}{f':{port}' if port else ''}"
+
+
+async def _postgres_problem(settings: Settings, schemas: tuple[str, ...] = ()) -> str | None:
+    """Why this process cannot start on ``TENURE_DATABASE_URL``: the server does not answer (or refuses the
+    credentials or the database), or ``schemas`` are not migrated to this release."""
+    from sqlalchemy import text
+
+    from shared.db import create_engine
+    from shared.migrate import schema_problem
+
+    url = settings.require_database_url()
+    engine = create_engine(settings, application_name="tenure-preflight", pool_size=1, max_overflow=0)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("select 1"))
+            return await schema_problem(conn, schemas)
+    except Exception as exc:  # noqa: BLE001 - whatever stops the connection, said in one line
+        return f"cannot connect to PostgreSQL at {_where(url)} (TENURE_DATABASE_URL): {_reason(exc)}"
+    finally:
+        await engine.dispose()
+
+
+async def _redis_problem(settings: Settings) -> str | None:
+    from redis.asyncio import Redis
+
+    url = settings.require_redis_url()
+    client = Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        await client.ping()
+        return None
+    except Exception as exc:  # noqa: BLE001
+        return f"cannot connect to Redis at {_where(url)} (TENURE_REDIS_URL): {_reason(exc)}"
+    finally:
+        await client.aclose()
 
 
 @app.command()
@@ -87,7 +167,9 @@ def migrate() -> None:
     """Upgrade every schema (core, ingest, segment, campaign, delivery) to the latest revision. Idempotent."""
     from shared.migrate import upgrade_all
 
-    with _with_database(_load_settings()) as settings:
+    with _with_database(_load_settings(), redis=False) as settings:
+        if problem := asyncio.run(_postgres_problem(settings)):
+            _fail(f"[red]{_safe(problem)}[/red]", 1)
         upgrade_all(settings)
     console.print("[green]migrations applied[/green]")
 
@@ -114,9 +196,13 @@ def worker(
     service: Service,
     burst: Annotated[bool, typer.Option(help="exit once the queue is empty")] = False,
 ) -> None:
-    """Run one service's arq worker."""
+    """Run one service's arq worker. Exits 1, saying why in one line, when PostgreSQL or Redis does not answer or
+    the schemas are not migrated to this release (an API starts anyway and reports it at /readyz)."""
     settings = _load_settings()
     _require_urls(settings)
+    if problem := (asyncio.run(_postgres_problem(settings, ("core", service.value)))
+                   or asyncio.run(_redis_problem(settings))):
+        _fail(f"[red]{_safe(problem)}[/red]", 1)
     module = importlib.import_module(f"services.{service.value}.worker")
     # uvloop, as uvicorn picks for the APIs: a worker is all socket round trips, and its event loop's
     # cost per wake-up is a third of asyncio's (bench/RESULTS.md); arq runs on the current loop
@@ -142,7 +228,7 @@ def workspace_create(
     as_json: Annotated[bool, typer.Option("--json", help="print {workspace_id, write_key, secret_key}")] = False,
 ) -> None:
     """Create a workspace and print its keys (shown once: only their hashes are stored)."""
-    with _with_database(_load_settings()) as settings:
+    with _with_database(_load_settings(), redis=False) as settings:
         created = asyncio.run(_create_workspace(settings, name))
     payload = {"workspace_id": str(created.workspace_id), "write_key": created.write_key,
                "secret_key": created.secret_key}
@@ -225,7 +311,7 @@ def workspace_configure(
         else:
             removed.append("retention_days")
     try:
-        with _with_database(_load_settings()) as settings:
+        with _with_database(_load_settings(), redis=False) as settings:
             result = asyncio.run(_configure_workspace(settings, workspace_id, changes, removed))
     except ValidationError as exc:
         for e in exc.errors(include_url=False):
@@ -341,7 +427,7 @@ def _import_interrupted(stop: Any, path: Path, resume: bool) -> NoReturn:
 def _resource_api(http: httpx.AsyncClient, secret_key: str) -> Any:
     from services.resources import Api
 
-    settings = Settings()
+    settings = _load_settings()
     urls = {s: settings.url_of(s) for s in ("segment", "campaign")}  # type: ignore[arg-type]
     return Api(http, urls, {"Authorization": f"Bearer {secret_key}"})
 
@@ -423,7 +509,7 @@ def demo(
     from services import demo as demo_mod
     from services import resources
 
-    settings = Settings()
+    settings = _load_settings()
     if write_key is None or key is None:
         state = Path(settings.state_dir) / "demo.json"
         if not state.exists():

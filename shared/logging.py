@@ -39,8 +39,16 @@ def configure_logging(settings: Settings, *, force: bool = False) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    # Route stdlib loggers (uvicorn, arq, alembic) through the same level.
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    # Route stdlib loggers (uvicorn, arq, alembic) through the same level, and with JSON on through the same
+    # renderer: one JSON object per line, a traceback in its `exception` key rather than on lines of its own
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.json_logs:
+        handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared_processors],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer]))
+    else:
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     # arq logs every job start and end at INFO (crons run every few seconds), pgserver every pg_ctl command
     # with its output: keep their warnings only
     for noisy in ("uvicorn.access", "httpx", "aiosmtpd", "mail.log", "arq.worker", "arq.jobs", "pgserver",

@@ -5,12 +5,15 @@ once (a transaction-scoped advisory lock serialises them). Each ``env.py`` calls
 """
 
 import asyncio
+import functools
+from collections.abc import Sequence
 from pathlib import Path
 
 import sqlalchemy as sa
 from alembic import command, context
 from alembic.config import Config
-from sqlalchemy.ext.asyncio import create_async_engine
+from alembic.script import ScriptDirectory
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlmodel.sql.sqltypes import AutoString
 
 from shared.db import async_url
@@ -84,3 +87,26 @@ def run_env(target_metadata: sa.MetaData | None) -> None:
             await engine.dispose()
 
     asyncio.run(run())
+
+
+@functools.cache
+def _revisions(schema: str) -> tuple[frozenset[str], frozenset[str]]:
+    """This release's head revision(s) of ``schema`` and every revision it knows."""
+    script = ScriptDirectory.from_config(alembic_config(schema, ""))
+    return frozenset(script.get_heads()), frozenset(r.revision for r in script.walk_revisions())
+
+
+async def schema_problem(conn: AsyncConnection, schemas: Sequence[str]) -> str | None:
+    """Why this release cannot use the database's ``schemas`` yet (None when it can): a schema never migrated, or at
+    a revision older than this release's head. A revision this release does not know is newer (the next release
+    migrated during a rolling update, expand first): the old pods keep working with it."""
+    for schema in schemas:
+        heads, known = _revisions(schema)
+        if (await conn.execute(sa.text("select to_regclass(:t)"), {"t": f'"{schema}".alembic_version'})).scalar() \
+                is None:
+            return f"schema {schema} is not migrated: run `tenure migrate`"
+        current = set((await conn.execute(sa.text(f'select version_num from "{schema}".alembic_version'))).scalars())
+        if current <= known and current != heads:
+            return (f"schema {schema} is at revision {', '.join(sorted(current)) or 'none'}, this release needs "
+                    f"{', '.join(sorted(heads))}: run `tenure migrate`")
+    return None

@@ -8,8 +8,10 @@ poll backs both up, so a lost wake-up (Redis flushed, worker restarted) only del
 """
 
 import asyncio
+import contextlib
 import dataclasses
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypedDict
 
@@ -19,6 +21,8 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.cron import CronJob, cron
 from arq.worker import Function, Worker, func
 from httpx import AsyncClient
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared import metrics
@@ -55,6 +59,13 @@ def redis_settings(url: str) -> RedisSettings:
 
 async def create_redis(settings: Settings) -> ArqRedis:
     return await create_pool(redis_settings(settings.require_redis_url()))
+
+
+def lazy_redis(settings: Settings) -> ArqRedis:
+    """An arq pool that connects on first use, for the APIs: they only wake workers, count rate limits (failing
+    open) and read queue depths there, so they start and serve while Redis is down (``create_pool`` pings, and
+    gives up after its retries)."""
+    return ArqRedis.from_url(settings.require_redis_url(), socket_connect_timeout=5, socket_timeout=5)
 
 
 def _dirty_key(queue: str, function: str) -> str:
@@ -110,6 +121,37 @@ class TenureWorker(Worker):
     def handle_sig(self, signum: Any) -> None:
         self._flag_stop()
         super().handle_sig(signum)
+
+    _redis_down_since: float | None = None
+
+    async def _poll_iteration(self) -> None:
+        """arq's poll, surviving a Redis outage: arq lets the connection error end ``main`` (the process exits, the
+        pod restarts, and restarts back off for minutes after Redis is back). Here the worker logs the outage once,
+        waits, and polls again; jobs already running go on (their work is in PostgreSQL)."""
+        try:
+            await super()._poll_iteration()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            if self._redis_down_since is None:
+                self._redis_down_since = time.monotonic()
+                log.warning("worker.redis_unavailable", error=type(exc).__name__)
+            await asyncio.sleep(1)
+            return
+        if self._redis_down_since is not None:
+            log.info("worker.redis_back", down_s=round(time.monotonic() - self._redis_down_since, 1))
+            self._redis_down_since = None
+
+    async def close(self) -> None:
+        """arq's close, whose first Redis call (dropping the health-check key) would skip the shutdown hooks (engine
+        and clients) when Redis is down."""
+        try:
+            await super().close()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            log.warning("worker.redis_unavailable", error=type(exc).__name__, at="shutdown")
+            if self.on_shutdown:
+                await self.on_shutdown(self.ctx)
+            with contextlib.suppress(Exception):
+                await self.pool.close(close_connection_pool=True)
+            self._pool = None
 
 
 JOB_TIMEOUT_S = 120

@@ -7,14 +7,17 @@ nothing else reads ``os.environ``.
 
 from enum import StrEnum
 from typing import Literal
+from urllib.parse import parse_qs, urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICES = ("ingest", "segment", "campaign", "delivery")
 ServiceName = Literal["ingest", "segment", "campaign", "delivery"]
 
 _PLACEHOLDER = "change-me"
+_POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg", "postgresql+psycopg", "postgresql+psycopg2")
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 class Environment(StrEnum):
@@ -26,7 +29,9 @@ class Environment(StrEnum):
 class Settings(BaseSettings):
     """Configuration shared by all services (one flat namespace keeps the operator's table short)."""
 
-    model_config = SettingsConfigDict(env_prefix="TENURE_", extra="ignore")
+    # hide_input_in_errors: a refused value may be a URL with its password, or a whole secret; errors name the
+    # variable and say what is wrong, never what it held
+    model_config = SettingsConfigDict(env_prefix="TENURE_", extra="ignore", hide_input_in_errors=True)
 
     env: Environment = Environment.dev
     log_level: str = "INFO"
@@ -154,6 +159,43 @@ class Settings(BaseSettings):
                     "segment worker replicas share; a partition is processed by one replica at a time",
     )
     feed_poll_interval_s: float = 5.0
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, url: str | None) -> str | None:
+        """Parsed as the engine will parse it, so a typo stops the process at start-up with the variable named,
+        not at its first query with a traceback."""
+        if not url:
+            return url
+        from sqlalchemy.engine import make_url
+
+        try:
+            parsed = make_url(url)
+        except Exception:  # noqa: BLE001 - ArgumentError, or ValueError for a port that is not a number
+            raise ValueError("not a URL: expected postgresql://user:password@host:5432/database") from None
+        if parsed.drivername not in _POSTGRES_SCHEMES:
+            raise ValueError(f"the scheme must be postgresql:// (got {parsed.drivername}://)")
+        if parsed.host and "@" in parsed.host:
+            raise ValueError("the host contains '@': percent-encode the password's special characters (@ as %40)")
+        return url
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, url: str | None) -> str | None:
+        """What arq's ``RedisSettings.from_dsn`` accepts."""
+        if not url:
+            return url
+        parts = urlsplit(url)
+        if parts.scheme not in _REDIS_SCHEMES:
+            raise ValueError("not a Redis URL: expected redis://host:6379/0 (rediss:// for TLS, or unix:///path)")
+        try:
+            _ = parts.port
+            if parts.scheme != "unix":
+                db = (parse_qs(parts.query).get("db") or [parts.path.lstrip("/") or "0"])[0]
+                int(db)
+        except ValueError:
+            raise ValueError("the port and the database number must be integers, as in redis://host:6379/0") from None
+        return url
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> "Settings":

@@ -5,6 +5,7 @@
 ``http`` and ``internal`` (service-to-service client).
 """
 
+import asyncio
 import contextlib
 import json
 import time
@@ -12,12 +13,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, quote
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -34,13 +36,15 @@ from shared.errors import (
 from shared.gc_tuning import tune_gc
 from shared.http import InternalClient, make_http_client
 from shared.logging import configure_logging
-from shared.queue import Waker, create_redis
+from shared.migrate import schema_problem
+from shared.queue import Waker, lazy_redis
 from shared.routing import path_parameters
 from shared.settings import ServiceName, Settings
 from shared.validation import URL_TEXT_UNCHECKED, url_text_problem
 
 log = structlog.get_logger()
 
+REDIS_PROBE_TIMEOUT_S = 1.0
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/events", "/v1/transitions"})
 
 
@@ -130,6 +134,18 @@ def _queue_depth(service: ServiceName) -> Callable[[FastAPI], Any]:
     return queue_depth
 
 
+class Readiness(BaseModel):
+    """What ``/readyz`` found: 200 while the pod can serve, 503 (same shape) while it cannot."""
+
+    status: Literal["ok", "degraded", "unavailable"] = Field(
+        description="`ok`: every check passed; `degraded`: only Redis failed (still ready: an API serves without "
+                    "it); `unavailable` (503): PostgreSQL does not answer or the schemas are older than this release")
+    checks: dict[str, str] = Field(
+        description="each dependency checked (`postgres`; `schema` once PostgreSQL answered; `redis`) and `ok`, "
+                    "`error: <exception>`, or for `schema` what to do",
+        examples=[{"postgres": "ok", "schema": "schema core is not migrated: run `tenure migrate`", "redis": "ok"}])
+
+
 def _probe_router(service: str) -> APIRouter:
     router = APIRouter(tags=["health"])
 
@@ -141,26 +157,42 @@ def _probe_router(service: str) -> APIRouter:
     @router.get(
         "/readyz",
         operation_id=f"{service}_readyz",
-        summary="Readiness: PostgreSQL and Redis answer",
+        summary="Readiness: PostgreSQL answers and the schemas are migrated to this release (Redis is reported, "
+                "and a Redis outage is `degraded`, still ready)",
         openapi_extra={"security": []},
-        responses={503: problem_schema("A dependency is not reachable")},
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "Not ready: PostgreSQL does not answer, or the schemas "
+                                                              "are not migrated to this release"}},
     )
     async def readyz(request: Request) -> Response:
         checks: dict[str, str] = {}
+        state = request.app.state
         try:
-            async with request.app.state.engine.connect() as conn:
+            async with state.engine.connect() as conn:
                 await conn.execute(text("select 1"))
-            checks["postgres"] = "ok"
+                checks["postgres"] = "ok"
+                # a pod started before `tenure migrate` ran must not take traffic: every query would fail. Checked
+                # until it passes once (a schema only moves forward)
+                ready = getattr(state, "schema_ready", False)
+                problem = None if ready else await schema_problem(conn, ("core", service))
+                state.schema_ready = problem is None
+                checks["schema"] = problem or "ok"
+                if problem:
+                    log.warning("readyz.schema_not_ready", problem=problem)
         except Exception as exc:  # noqa: BLE001 - report, don't crash the probe
-            checks["postgres"] = f"error: {type(exc).__name__}"
+            checks["schema" if "postgres" in checks else "postgres"] = f"error: {type(exc).__name__}"
         try:
-            await request.app.state.redis.ping()
+            # bounded well inside the probe's timeout (3 s): a Redis that accepts and never answers must not make
+            # the probe itself time out
+            await asyncio.wait_for(request.app.state.redis.ping(), REDIS_PROBE_TIMEOUT_S)
             checks["redis"] = "ok"
         except Exception as exc:  # noqa: BLE001
             checks["redis"] = f"error: {type(exc).__name__}"
-        ok = all(v == "ok" for v in checks.values())
-        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
-                              status_code=200 if ok else 503)
+        # Redis is reported, not required: an API only wakes workers there (their poll catches up) and counts rate
+        # limits (failing open), so a Redis outage must not take every API pod out of its Service at once
+        ok = all(v == "ok" for k, v in checks.items() if k != "redis")
+        status = "unavailable" if not ok else "ok" if checks["redis"] == "ok" else "degraded"
+        return JSONResponse({"status": status, "checks": checks}, status_code=200 if ok else 503)
 
     return router
 
@@ -335,7 +367,7 @@ def create_service_app(
         app.state.settings = settings
         app.state.engine = create_engine(settings, application_name=f"tenure-{service}")
         app.state.sessionmaker = create_sessionmaker(app.state.engine)
-        app.state.redis = await create_redis(settings)
+        app.state.redis = lazy_redis(settings)
         app.state.http = make_http_client(settings)
         app.state.internal = InternalClient(settings, app.state.http)
         app.state.waker = Waker(app.state.redis, settings)

@@ -13,6 +13,7 @@ from services.delivery.mailer import split_address
 from shared.validation import FieldError, StorableModel
 
 MAX_BODY_CHARS = 1_000_000
+_LINE_ENDS = frozenset("\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029")  # what str.splitlines() breaks on
 
 
 class MessageCreate(StorableModel):
@@ -50,8 +51,10 @@ class MessageCreate(StorableModel):
     @model_validator(mode="after")
     def _fits_channel(self) -> "MessageCreate":
         for name, value in (("subject", self.subject), ("from", self.from_)):
-            if any(c in (value or "") for c in "\r\n\x00"):
-                raise FieldError(name, "subject and from are single lines (no CR, LF or NUL)")
+            # every character str.splitlines() breaks on: the MIME encoder would fold U+2028 into a space
+            if value and ("\x00" in value or not _LINE_ENDS.isdisjoint(value)):
+                raise FieldError(name, "subject and from are single lines (no CR, LF, U+2028 or other line break, "
+                                       "nor NUL)")
         if self.channel == "email":
             try:
                 self.to = validate_email(self.to, check_deliverability=False).normalized

@@ -43,6 +43,12 @@ async def test_consent_rules_found_in_review(apps, workspace, sessionmaker, sett
     bad = await apps["delivery"].post("/v1/messages", headers=h, json={
         "idempotency_key": uuid.uuid4().hex, "to": to, "subject": "Hi\r\nBcc: all@example.com", "text": "x"})
     assert bad.status_code == 422
+    # any line break str.splitlines() knows: the MIME encoder turned U+2028 into a space, changing the subject
+    for subject, sender in (("Hi\u2028there", None), ("Hi", "Ann\u2029Lee <ann@example.com>"), ("Hi\x85", None)):
+        bad = await apps["delivery"].post("/v1/messages", headers=h, json={
+            "idempotency_key": uuid.uuid4().hex, "to": to, "subject": subject, "text": "x",
+            **({"from": sender} if sender else {})})
+        assert bad.status_code == 422 and bad.json()["errors"][0]["loc"][-1] == ("from" if sender else "subject")
 
 
 async def test_preference_page_cannot_lift_a_manual_suppression(apps, workspace, sessionmaker, settings,

@@ -202,7 +202,7 @@ async def test_health_and_readiness(apps) -> None:
     for c in apps.values():
         assert (await c.get("/healthz")).json()["status"] == "ok"
         ready = await c.get("/readyz")
-        assert ready.status_code == 200 and ready.json()["checks"] == {"postgres": "ok", "redis": "ok"}
+        assert ready.status_code == 200 and ready.json()["checks"] == {"postgres": "ok", "schema": "ok", "redis": "ok"}
 
 
 async def test_unknown_route_is_a_problem(apps) -> None:

@@ -1,0 +1,143 @@
+"""A Redis outage while a worker runs: the worker waits it out and takes jobs again once Redis is back, as
+docs/operations.md promises ("a short Redis outage restarts nothing"). The outage is a TCP relay in front of the
+test Redis that is closed (connections cut, new ones refused) and opened again; the shared Redis never stops."""
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from arq import create_pool
+
+from shared.embedded import free_port
+from shared.queue import redis_settings
+
+TENURE = str(Path(sys.executable).parent / "tenure")
+
+
+def _run(coro):  # type: ignore[no-untyped-def]
+    """Run ``coro`` on a loop of its own: ``asyncio.run`` would leave the main thread without the event loop that
+    the session's async tests share."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
+class Relay:
+    """127.0.0.1:port → target, in its own thread; ``down()`` cuts every connection and refuses new ones."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target, self.port = target, free_port()
+        self.loop = asyncio.new_event_loop()
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self._call(self._up())
+
+    def _call(self, coro) -> None:  # type: ignore[no-untyped-def]
+        asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self.writers |= {writer, up_writer}
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    async def _up(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
+
+    async def _down(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in self.writers:
+            w.transport.abort()
+        self.writers.clear()
+        await self.server.wait_closed()
+        self.server = None
+
+    def up(self) -> None:
+        self._call(self._up())
+
+    def down(self) -> None:
+        self._call(self._down())
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.down()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+@pytest.fixture
+def relay(settings) -> Iterator[Relay]:
+    rs = redis_settings(settings.redis_url)
+    r = Relay((rs.host, rs.port))
+    yield r
+    r.close()
+
+
+def _refused(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+async def _job_runs(settings, queue: str, timeout_s: float) -> bool:
+    """Enqueue a wake-up on the real Redis and wait until a worker has taken and finished it."""
+    redis = await create_pool(redis_settings(settings.redis_url))
+    try:
+        job = await redis.enqueue_job("propagate_privacy", _queue_name=queue)
+        assert job is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not await redis.exists(f"arq:job:{job.job_id}") and not await redis.zscore(queue, job.job_id):
+                return True
+            await asyncio.sleep(0.2)
+        return False
+    finally:
+        await redis.aclose()
+
+
+def test_a_worker_waits_out_a_redis_outage(settings, relay) -> None:
+    queue_prefix = f"{settings.queue_prefix}-outage"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("TENURE_")},
+           "TENURE_DATABASE_URL": settings.database_url, "TENURE_REDIS_URL": f"redis://127.0.0.1:{relay.port}/0",
+           "TENURE_INTERNAL_TOKEN": settings.internal_token, "TENURE_QUEUE_PREFIX": queue_prefix,
+           "TENURE_LOG_JSON": "true", "TENURE_LOG_LEVEL": "INFO"}
+    proc = subprocess.Popen([TENURE, "worker", "ingest"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    queue = f"{queue_prefix}:ingest"
+    try:
+        assert _run(_job_runs(settings, queue, 30)), "the worker did not take a job before the outage"
+        relay.down()
+        assert _refused(relay.port)
+        time.sleep(4)
+        assert proc.poll() is None, "the worker exited when Redis went away:\n" + proc.communicate()[1].decode()
+        relay.up()
+        assert _run(_job_runs(settings, queue, 30)), "the worker took no job after Redis came back"
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    log = stderr.decode()
+    assert proc.returncode == 0, log
+    assert '"worker.redis_unavailable"' in log and '"worker.redis_back"' in log, log

@@ -93,6 +93,43 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> 
         time.sleep(0.1)
 
 
+def wait_serving(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Until the process answers ``/healthz`` (alive, ready or not)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx.get(f"{url}/healthz", timeout=5)
+            return
+        except httpx.HTTPError:
+            assert proc.poll() is None and time.monotonic() < deadline, f"{url} did not start"
+            time.sleep(0.2)
+
+
+def process_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a ``tenure`` process on the test servers: no ``TENURE_*`` of the caller's, warnings only."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TENURE_")}
+    return {**base, "TENURE_DATABASE_URL": settings.database_url or "", "TENURE_REDIS_URL": settings.redis_url or "",
+            "TENURE_INTERNAL_TOKEN": settings.internal_token, "TENURE_QUEUE_PREFIX": settings.queue_prefix,
+            "TENURE_LOG_LEVEL": "WARNING", **extra}
+
+
+def one_line(stderr: bytes) -> str:
+    """The one line a process wrote on stderr (failing if it wrote more)."""
+    lines = [line for line in stderr.decode().splitlines() if line.strip()]
+    assert len(lines) == 1, "expected one line on stderr, got:\n" + stderr.decode()
+    return lines[0]
+
+
+def run_on_own_loop(coro: Any) -> Any:
+    """Run ``coro`` on a loop of its own: ``asyncio.run`` would leave the main thread without the event loop that
+    the session's async tests share."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
 def log_tail(proc: subprocess.Popen[bytes], chars: int = 3000) -> str:
     path = getattr(proc, "log_path", None)
     return path.read_text(errors="replace")[-chars:] if path and path.exists() else ""

@@ -1,48 +1,27 @@
 """Logs with JSON on (`TENURE_LOG_JSON=true`, or any `TENURE_ENV` but dev): one JSON object per line on stderr,
 whichever library wrote the line, so a log pipeline never splits a traceback into lines of its own."""
 
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import orjson
 
 from shared.embedded import free_port
+from tests.e2e.stack import one_line, process_env, wait_serving
 
 TENURE = str(Path(sys.executable).parent / "tenure")
-
-
-def _env(settings, **extra: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("TENURE_")}
-    return {**base, "TENURE_DATABASE_URL": settings.database_url, "TENURE_REDIS_URL": settings.redis_url,
-            "TENURE_INTERNAL_TOKEN": settings.internal_token, "TENURE_QUEUE_PREFIX": settings.queue_prefix, **extra}
-
-
-def _one_line(stderr: bytes) -> str:
-    lines = [line for line in stderr.decode().splitlines() if line.strip()]
-    assert len(lines) == 1, "expected one line on stderr, got:\n" + stderr.decode()
-    return lines[0]
 
 
 def test_json_logs_are_json_lines_for_every_library(settings) -> None:
     """uvicorn's and arq's own lines (a job's traceback included) come out as one JSON object per line too."""
     port = free_port()
-    env = _env(settings, TENURE_LOG_JSON="true", TENURE_LOG_LEVEL="INFO")
+    env = process_env(settings, TENURE_LOG_JSON="true", TENURE_LOG_LEVEL="INFO")
     proc = subprocess.Popen([TENURE, "serve", "ingest", "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
-                break
-            except httpx.HTTPError:
-                assert proc.poll() is None and time.monotonic() < deadline, "the API did not start"
-                time.sleep(0.2)
+        wait_serving(f"http://127.0.0.1:{port}", proc)
     finally:
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=30)
@@ -59,6 +38,6 @@ def test_json_logs_are_json_lines_for_every_library(settings) -> None:
         "except ZeroDivisionError:\n"
         "    logging.getLogger('arq.worker').exception('job failed')\n")],
         env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}, capture_output=True, timeout=60)
-    line = orjson.loads(_one_line(traceback.stderr))
+    line = orjson.loads(one_line(traceback.stderr))
     assert line["event"] == "job failed" and line["level"] == "error" and line["logger"] == "arq.worker"
     assert "ZeroDivisionError" in line["exception"]

@@ -18,18 +18,9 @@ from arq import create_pool
 
 from shared.embedded import free_port
 from shared.queue import redis_settings
+from tests.e2e.stack import run_on_own_loop
 
 TENURE = str(Path(sys.executable).parent / "tenure")
-
-
-def _run(coro):  # type: ignore[no-untyped-def]
-    """Run ``coro`` on a loop of its own: ``asyncio.run`` would leave the main thread without the event loop that
-    the session's async tests share."""
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(coro)
-    finally:
-        loop.close()
 
 
 class Relay:
@@ -127,13 +118,13 @@ def test_a_worker_waits_out_a_redis_outage(settings, relay) -> None:
     proc = subprocess.Popen([TENURE, "worker", "ingest"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     queue = f"{queue_prefix}:ingest"
     try:
-        assert _run(_job_runs(settings, queue, 30)), "the worker did not take a job before the outage"
+        assert run_on_own_loop(_job_runs(settings, queue, 30)), "the worker did not take a job before the outage"
         relay.down()
         assert _refused(relay.port)
         time.sleep(4)
         assert proc.poll() is None, "the worker exited when Redis went away:\n" + proc.communicate()[1].decode()
         relay.up()
-        assert _run(_job_runs(settings, queue, 30)), "the worker took no job after Redis came back"
+        assert run_on_own_loop(_job_runs(settings, queue, 30)), "the worker took no job after Redis came back"
         assert proc.poll() is None
     finally:
         proc.send_signal(signal.SIGTERM)

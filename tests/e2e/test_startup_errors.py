@@ -2,8 +2,6 @@
 nobody migrated. Every such exit is one line on stderr naming the variable (never its value: URLs hold passwords),
 and a non-zero status; an API started before `tenure migrate` stays out of its Service (/readyz) until it has run."""
 
-import asyncio
-import os
 import signal
 import socket
 import subprocess
@@ -20,36 +18,14 @@ from sqlalchemy.engine import make_url
 
 from shared.embedded import free_port
 from shared.testing import Servers, _asyncpg_dsn
+from tests.e2e.stack import one_line, process_env, run_on_own_loop, wait_serving
 
 TENURE = str(Path(sys.executable).parent / "tenure")
 SECRET = "s3cret-pw"
 
 
-def _run(coro):  # type: ignore[no-untyped-def]
-    """Run ``coro`` on a loop of its own: ``asyncio.run`` would leave the main thread without the event loop that
-    the session's async tests share."""
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(coro)
-    finally:
-        loop.close()
-
-
-def _env(settings, **extra: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("TENURE_")}
-    return {**base, "TENURE_DATABASE_URL": settings.database_url, "TENURE_REDIS_URL": settings.redis_url,
-            "TENURE_INTERNAL_TOKEN": settings.internal_token, "TENURE_QUEUE_PREFIX": settings.queue_prefix,
-            "TENURE_LOG_LEVEL": "WARNING", **extra}
-
-
 def _closed_port() -> int:
     return free_port()  # nothing listens on it
-
-
-def _one_line(stderr: bytes) -> str:
-    lines = [line for line in stderr.decode().splitlines() if line.strip()]
-    assert len(lines) == 1, "expected one line on stderr, got:\n" + stderr.decode()
-    return lines[0]
 
 
 @pytest.mark.parametrize(("variable", "value", "named"), [
@@ -66,10 +42,10 @@ def _one_line(stderr: bytes) -> str:
 ])
 @pytest.mark.parametrize("command", [["serve", "ingest"], ["worker", "delivery"], ["migrate"]])
 def test_a_bad_setting_is_one_line_naming_the_variable(settings, command, variable, value, named) -> None:
-    env = _env(settings, **{"TENURE_REDIS_URL": f"redis://:{SECRET}@127.0.0.1:{_closed_port()}/0", variable: value})
+    env = process_env(settings, **{"TENURE_REDIS_URL": f"redis://:{SECRET}@127.0.0.1:{_closed_port()}/0", variable: value})
     r = subprocess.run([TENURE, *command], env=env, capture_output=True, timeout=60)
     assert r.returncode == 2, r.stderr.decode()
-    line = _one_line(r.stderr)
+    line = one_line(r.stderr)
     assert line.startswith("configuration error: ") and named in line, line
     assert SECRET not in line and "input" not in line, line
 
@@ -78,26 +54,26 @@ def test_a_bad_setting_is_one_line_naming_the_variable(settings, command, variab
 def test_an_unreachable_database_is_one_line_naming_the_variable(settings, command) -> None:
     port = _closed_port()
     r = subprocess.run([TENURE, *command], capture_output=True, timeout=60,
-                       env=_env(settings, TENURE_DATABASE_URL=f"postgresql://tenure:{SECRET}@127.0.0.1:{port}/x"))
+                       env=process_env(settings, TENURE_DATABASE_URL=f"postgresql://tenure:{SECRET}@127.0.0.1:{port}/x"))
     assert r.returncode == 1, r.stderr.decode()
-    line = _one_line(r.stderr)
+    line = one_line(r.stderr)
     assert f"cannot connect to PostgreSQL at 127.0.0.1:{port} (TENURE_DATABASE_URL)" in line and SECRET not in line
 
 
 def test_a_database_that_does_not_exist_is_one_line(settings) -> None:
     url = make_url(settings.database_url).set(database=f"missing_{uuid.uuid4().hex[:8]}")
     r = subprocess.run([TENURE, "migrate"], capture_output=True, timeout=60,
-                       env=_env(settings, TENURE_DATABASE_URL=url.render_as_string(hide_password=False)))
+                       env=process_env(settings, TENURE_DATABASE_URL=url.render_as_string(hide_password=False)))
     assert r.returncode == 1, r.stderr.decode()
-    assert "does not exist" in _one_line(r.stderr)
+    assert "does not exist" in one_line(r.stderr)
 
 
 def test_a_worker_without_redis_is_one_line_naming_the_variable(settings) -> None:
     port = _closed_port()
     r = subprocess.run([TENURE, "worker", "campaign"], capture_output=True, timeout=60,
-                       env=_env(settings, TENURE_REDIS_URL=f"redis://:{SECRET}@127.0.0.1:{port}/0"))
+                       env=process_env(settings, TENURE_REDIS_URL=f"redis://:{SECRET}@127.0.0.1:{port}/0"))
     assert r.returncode == 1, r.stderr.decode()
-    line = _one_line(r.stderr)
+    line = one_line(r.stderr)
     assert f"cannot connect to Redis at 127.0.0.1:{port} (TENURE_REDIS_URL)" in line and SECRET not in line
 
 
@@ -114,35 +90,28 @@ def empty_database(servers: Servers) -> Iterator[str]:
         finally:
             await conn.close()
 
-    _run(admin_exec(f'create database "{name}"'))
+    run_on_own_loop(admin_exec(f'create database "{name}"'))
     try:
         yield make_url(servers.admin_database_url).set(database=name).render_as_string(hide_password=False)
     finally:
-        _run(admin_exec(f'drop database if exists "{name}" with (force)'))
+        run_on_own_loop(admin_exec(f'drop database if exists "{name}" with (force)'))
 
 
 def test_a_worker_started_before_migrations_says_so_and_exits(settings, empty_database) -> None:
     r = subprocess.run([TENURE, "worker", "segment"], capture_output=True, timeout=60,
-                       env=_env(settings, TENURE_DATABASE_URL=empty_database))
+                       env=process_env(settings, TENURE_DATABASE_URL=empty_database))
     assert r.returncode == 1, r.stderr.decode()
-    assert _one_line(r.stderr) == "schema core is not migrated: run `tenure migrate`"
+    assert one_line(r.stderr) == "schema core is not migrated: run `tenure migrate`"
 
 
 def test_an_api_started_before_migrations_is_not_ready_until_they_ran(settings, empty_database) -> None:
     port = free_port()
-    env = _env(settings, TENURE_DATABASE_URL=empty_database)
+    env = process_env(settings, TENURE_DATABASE_URL=empty_database)
     proc = subprocess.Popen([TENURE, "serve", "campaign", "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{base}/healthz", timeout=5)
-                break
-            except httpx.HTTPError:
-                assert proc.poll() is None and time.monotonic() < deadline, "the API did not start"
-                time.sleep(0.2)
+        wait_serving(base, proc)
         before = httpx.get(f"{base}/readyz", timeout=10)
         assert before.status_code == 503
         assert before.json()["checks"]["schema"] == "schema core is not migrated: run `tenure migrate`"
@@ -160,7 +129,7 @@ def test_an_api_started_before_migrations_is_not_ready_until_they_ran(settings, 
 
 def test_a_database_one_release_ahead_is_ready(settings, empty_database) -> None:
     """During a rolling update the next release migrates first (expand): pods of this one stay ready."""
-    env = _env(settings, TENURE_DATABASE_URL=empty_database)
+    env = process_env(settings, TENURE_DATABASE_URL=empty_database)
     assert subprocess.run([TENURE, "migrate"], env=env, capture_output=True, timeout=120).returncode == 0
 
     async def newer() -> None:
@@ -171,7 +140,7 @@ def test_a_database_one_release_ahead_is_ready(settings, empty_database) -> None
         finally:
             await conn.close()
 
-    _run(newer())
+    run_on_own_loop(newer())
     r = subprocess.run([TENURE, "worker", "segment", "--burst"], env=env, capture_output=True, timeout=120)
     assert r.returncode == 0, r.stderr.decode()
 
@@ -180,7 +149,7 @@ def test_an_api_starts_and_serves_while_redis_is_down(settings, workspace) -> No
     """Redis only carries wake-ups (the workers' poll catches up) and rate-limit counts (failing open): an ingest
     pod started during a Redis outage stays ready and stores what it is sent."""
     port = free_port()
-    env = _env(settings, TENURE_REDIS_URL=f"redis://:{SECRET}@127.0.0.1:{_closed_port()}/0")
+    env = process_env(settings, TENURE_REDIS_URL=f"redis://:{SECRET}@127.0.0.1:{_closed_port()}/0")
     proc = subprocess.Popen([TENURE, "serve", "ingest", "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
@@ -214,19 +183,12 @@ def test_readiness_answers_in_time_when_redis_accepts_and_never_answers(settings
     silent.bind(("127.0.0.1", 0))
     silent.listen(100)  # the kernel completes handshakes; nobody ever reads or writes
     port = free_port()
-    env = _env(settings, TENURE_REDIS_URL=f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
+    env = process_env(settings, TENURE_REDIS_URL=f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
     proc = subprocess.Popen([TENURE, "serve", "segment", "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{base}/healthz", timeout=5)
-                break
-            except httpx.HTTPError:
-                assert proc.poll() is None and time.monotonic() < deadline, "the API did not start"
-                time.sleep(0.2)
+        wait_serving(base, proc)
         for _ in range(2):
             started = time.monotonic()
             ready = httpx.get(f"{base}/readyz", timeout=10)
@@ -242,7 +204,7 @@ def test_readiness_answers_in_time_when_redis_accepts_and_never_answers(settings
 def test_commands_that_only_use_postgres_start_no_redis(settings, tmp_path, command) -> None:
     """A migration Job given its own Secret with only TENURE_DATABASE_URL (docs/operations.md, "Migrations") runs
     the migrations and nothing else: no embedded Redis server in the Job's pod."""
-    env = _env(settings, TENURE_STATE_DIR=str(tmp_path / "state"), TENURE_LOG_LEVEL="INFO")
+    env = process_env(settings, TENURE_STATE_DIR=str(tmp_path / "state"), TENURE_LOG_LEVEL="INFO")
     del env["TENURE_REDIS_URL"]
     r = subprocess.run([TENURE, *command], env=env, capture_output=True, timeout=120)
     assert r.returncode == 0, r.stderr.decode()

@@ -63,28 +63,42 @@ def _asyncpg_dsn(url: str) -> tuple[str, dict[str, str]]:
     return u.set(drivername="postgresql").render_as_string(hide_password=False), kwargs
 
 
+@contextlib.contextmanager
+def fresh_database(servers: Servers, prefix: str) -> Iterator[str]:
+    """A database of its own on the test server (its URL), dropped afterwards. Created and dropped on an event
+    loop of its own, so it can be used at session start and inside a test alike."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin, kw = _asyncpg_dsn(servers.admin_database_url)
+
+    def admin_exec(sql: str) -> None:
+        async def run() -> None:
+            conn = await asyncpg.connect(admin, **kw)
+            try:
+                await conn.execute(sql)
+            finally:
+                await conn.close()
+
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(run())
+        finally:
+            loop.close()
+
+    admin_exec(f'create database "{name}"')
+    try:
+        yield make_url(servers.admin_database_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        admin_exec(f'drop database if exists "{name}" with (force)')
+
+
 @pytest.fixture(scope="session")
 def database_url(servers: Servers) -> Iterator[str]:
     """A fresh database for this run, migrated to head; dropped afterwards."""
     from shared.migrate import upgrade_all
 
-    name = f"tenure_test_{uuid.uuid4().hex[:10]}"
-    admin, kw = _asyncpg_dsn(servers.admin_database_url)
-
-    async def admin_exec(sql: str) -> None:
-        conn = await asyncpg.connect(admin, **kw)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin_exec(f'create database "{name}"'))
-    url = make_url(servers.admin_database_url).set(database=name).render_as_string(hide_password=False)
-    try:
+    with fresh_database(servers, "tenure_test") as url:
         upgrade_all(Settings(database_url=url, redis_url=servers.redis_url))
         yield url
-    finally:
-        asyncio.run(admin_exec(f'drop database if exists "{name}" with (force)'))
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from shared.embedded import free_port
-from shared.testing import Servers, _asyncpg_dsn
+from shared.testing import Servers, _asyncpg_dsn, fresh_database
 from tests.e2e.stack import one_line, process_env, run_on_own_loop, wait_serving
 
 TENURE = str(Path(sys.executable).parent / "tenure")
@@ -80,21 +80,8 @@ def test_a_worker_without_redis_is_one_line_naming_the_variable(settings) -> Non
 @pytest.fixture
 def empty_database(servers: Servers) -> Iterator[str]:
     """A database on the test server that `tenure migrate` never ran on; dropped afterwards."""
-    name = f"tenure_unmigrated_{uuid.uuid4().hex[:10]}"
-    admin, kw = _asyncpg_dsn(servers.admin_database_url)
-
-    async def admin_exec(sql: str) -> None:
-        conn = await asyncpg.connect(admin, **kw)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    run_on_own_loop(admin_exec(f'create database "{name}"'))
-    try:
-        yield make_url(servers.admin_database_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        run_on_own_loop(admin_exec(f'drop database if exists "{name}" with (force)'))
+    with fresh_database(servers, "tenure_unmigrated") as url:
+        yield url
 
 
 def test_a_worker_started_before_migrations_says_so_and_exits(settings, empty_database) -> None:

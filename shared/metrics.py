@@ -1,4 +1,5 @@
-"""Prometheus metrics: one registry per process, served at an API's ``/metrics`` and a worker's metrics port.
+"""Prometheus metrics: one registry per process, served at an API's ``/metrics`` and on a worker's HTTP port
+(``shared.worker_health``).
 
 Names follow Prometheus conventions (``_total`` counters, ``_seconds`` histograms). Labels stay bounded:
 routes are the route *templates* (``/v1/profiles/{profile_id}``), never raw paths, and ids never
@@ -7,12 +8,10 @@ become labels. One process per pod (uvicorn ``--workers 1``): each process has i
 
 import asyncio
 import functools
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import prometheus_client
 import structlog
 from fastapi import APIRouter, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
@@ -91,26 +90,6 @@ def metrics_router(service: str, *refresh: Refresh) -> APIRouter:
         return exposition()
 
     return router
-
-
-_server_lock = threading.Lock()
-_served_ports: set[int] = set()
-
-
-def serve_worker_metrics(host: str, port: int) -> bool:
-    """Expose this process's registry on ``host:port`` (a worker has no HTTP server of its own).
-
-    Several workers in one process (``tenure dev``, tests) share the registry, so the first one serves it.
-    """
-    if port <= 0:
-        return False
-    with _server_lock:
-        if port in _served_ports:
-            return False
-        prometheus_client.start_http_server(port, addr=host)
-        _served_ports.add(port)
-    log.info("metrics.serving", host=host, port=port)
-    return True
 
 
 def instrument_job(service: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:

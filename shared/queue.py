@@ -10,6 +10,7 @@ poll backs both up, so a lost wake-up (Redis flushed, worker restarted) only del
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,7 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from shared import metrics
+from shared import metrics, worker_health
 from shared.db import create_engine, create_sessionmaker
 from shared.gc_tuning import tune_gc
 from shared.http import InternalClient, make_http_client
@@ -155,6 +156,7 @@ class TenureWorker(Worker):
 
 
 JOB_TIMEOUT_S = 120
+_worker_numbers = itertools.count(1)  # names the heartbeats of several workers in one process (tenure dev)
 
 
 def long_job(timeout_s: int) -> Callable[[JobFn], JobFn]:
@@ -198,7 +200,8 @@ def worker_options(
         ctx["settings"] = settings
         ctx["service"] = service
         ctx["stopping"] = asyncio.Event()
-        metrics.serve_worker_metrics(settings.host, settings.worker_metrics_port)
+        worker_health.serve(settings.host, settings.worker_metrics_port, stale_after_s=settings.worker_stale_after_s)
+        ctx["heartbeat"] = asyncio.create_task(worker_health.beat_forever(f"{service}-{next(_worker_numbers)}"))
         # as large as an API's: delivery sends with ten concurrent senders, and a pool smaller than that
         # opened and closed an overflow connection for nearly every message
         ctx["engine"] = create_engine(settings, application_name=f"tenure-{service}-worker")
@@ -209,6 +212,8 @@ def worker_options(
         log.info("worker.started", service=service, queue=settings.queue_name(service))
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        if "heartbeat" in ctx:
+            ctx["heartbeat"].cancel()
         for hook in on_shutdown:  # the service's own long-lived clients (delivery's APNs and SMTP connections)
             await hook(ctx)
         if "http" in ctx:

@@ -57,7 +57,12 @@ class Settings(BaseSettings):
     delivery_port: int = 8004
     inbox_port: int = 8025
     worker_metrics_port: int = Field(
-        default=0, description="port of a worker's Prometheus /metrics (0: off); APIs serve /metrics on their own port"
+        default=0, description="port of a worker's Prometheus /metrics and its /healthz (0: off); APIs serve /metrics "
+                               "on their own port"
+    )
+    worker_stale_after_s: float = Field(
+        default=60.0, gt=0,
+        description="a worker's /healthz answers 503 once its event loop has not run for this long (stuck)",
     )
 
     ingest_url: str | None = None

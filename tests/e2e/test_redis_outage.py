@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from arq import create_pool
 
@@ -109,23 +110,33 @@ async def _job_runs(settings, queue: str, timeout_s: float) -> bool:
         await redis.aclose()
 
 
+def _healthz(port: int) -> int:
+    """What the kubelet's liveness probe sees (k8s/base/patches/worker-defaults.yaml)."""
+    return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code
+
+
 def test_a_worker_waits_out_a_redis_outage(settings, relay) -> None:
     queue_prefix = f"{settings.queue_prefix}-outage"
+    http_port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("TENURE_")},
            "TENURE_DATABASE_URL": settings.database_url, "TENURE_REDIS_URL": f"redis://127.0.0.1:{relay.port}/0",
            "TENURE_INTERNAL_TOKEN": settings.internal_token, "TENURE_QUEUE_PREFIX": queue_prefix,
-           "TENURE_LOG_JSON": "true", "TENURE_LOG_LEVEL": "INFO"}
+           "TENURE_LOG_JSON": "true", "TENURE_LOG_LEVEL": "INFO",
+           "TENURE_WORKER_METRICS_PORT": str(http_port)}
     proc = subprocess.Popen([TENURE, "worker", "ingest"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     queue = f"{queue_prefix}:ingest"
     try:
         assert run_on_own_loop(_job_runs(settings, queue, 30)), "the worker did not take a job before the outage"
+        assert _healthz(http_port) == 200
         relay.down()
         assert _refused(relay.port)
         time.sleep(4)
         assert proc.poll() is None, "the worker exited when Redis went away:\n" + proc.communicate()[1].decode()
+        assert _healthz(http_port) == 200, "the liveness probe would restart a worker that waits for Redis"
         relay.up()
         assert run_on_own_loop(_job_runs(settings, queue, 30)), "the worker took no job after Redis came back"
         assert proc.poll() is None
+        assert _healthz(http_port) == 200
     finally:
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)

@@ -202,6 +202,21 @@ class Settings(BaseSettings):
             raise ValueError("the port and the database number must be integers, as in redis://host:6379/0") from None
         return url
 
+    @field_validator("vapid_subject")
+    @classmethod
+    def _vapid_contact(cls, subject: str | None) -> str | None:
+        """RFC 8292 §2.1: the JWT's ``sub`` is a ``mailto:`` or ``https:`` URI. Apple's push service answers any
+        other with 403 BadJwtToken, and the reference library (py-vapid) refuses to sign one, so a bare address
+        stops the process at start-up instead of failing every Web Push."""
+        if not subject:
+            return subject
+        subject = subject.strip()
+        parts = urlsplit(subject)  # (the scheme as written, lower case: py-vapid compares it so)
+        if not ((subject.startswith("mailto:") and "@" in parts.path)
+                or (subject.startswith("https://") and parts.hostname)):
+            raise ValueError("the contact must be a mailto: or https: URI, as in mailto:push-ops@example.com")
+        return subject
+
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> "Settings":
         if self.env == Environment.prod and self.internal_token == _PLACEHOLDER:

@@ -9,8 +9,9 @@
 - Request: ``POST {endpoint}`` with ``TTL`` (seconds left until the message expires), ``Urgency`` (high
   for transactional, normal for marketing), ``Topic`` (from a ``collapse_key``, replacing an undelivered
   one), ``Content-Encoding: aes128gcm`` and ``Authorization: vapid t=<JWT ES256: aud = the endpoint's
-  origin, exp = 12 h, sub = TENURE_VAPID_SUBJECT>, k=<public key>``; browsers subscribe with that
-  public key (``GET /v1/push/vapid-public-key``).
+  origin, exp = 12 h, sub = TENURE_VAPID_SUBJECT>,k=<public key>`` (no space after the comma, as the
+  reference sender pywebpush writes it: py-vapid's verifier splits the header at its last space); browsers
+  subscribe with that public key (``GET /v1/push/vapid-public-key``).
 - Answers: 201 sent; 404/410 the subscription is gone (removed); 429 (honouring ``Retry-After``) and 5xx
   transient; 413 and other 4xx fail the message.
 """
@@ -170,7 +171,7 @@ async def _send_one(settings: Settings, http: httpx.AsyncClient, key: VapidKey, 
     body = encrypt(plaintext, device.p256dh or "", device.auth or "")
     try:
         resp = await http.post(endpoint, content=body, timeout=settings.provider_timeout_s,
-                               headers={**headers, "Authorization": f"vapid t={vapid}, k={key.public_key}"})
+                               headers={**headers, "Authorization": f"vapid t={vapid},k={key.public_key}"})
     except httpx.HTTPError as exc:
         result.retry(f"push service unreachable: {type(exc).__name__}")
         return

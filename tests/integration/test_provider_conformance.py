@@ -631,3 +631,55 @@ async def test_internationalized_addresses_as_servers_with_and_without_smtputf8_
         assert email.message_from_bytes(raw, policy=policy.default)["To"] == f"zoë-{tag}@bücher.example"
     finally:
         plain.stop()
+
+
+async def test_twilio_signs_the_configured_url_with_its_query_and_unicode_bodies(apps, workspace, settings) -> None:
+    """A webhook URL configured in Twilio with a query string (percent-encoded, ``+``, a bare flag) is signed with
+    it as written, and a reply's Body in any script (UTF-8 in the form) is signed as its characters; behind a proxy
+    the X-Forwarded-* headers change nothing: the URL checked is TENURE_DELIVERY_PUBLIC_URL's."""
+    cfg = sms_settings(settings, "http://127.0.0.1:9")
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    validator = RequestValidator(TOKEN)
+    path = f"/webhooks/twilio/{workspace.workspace_id}/inbound"
+    proxy = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "elsewhere.example", "X-Forwarded-For": "54.172.60.1"}
+    with delivery_over_http(cfg) as base:
+        async with httpx.AsyncClient(base_url=base) as http:
+            for n, query in enumerate(("", "?src=twilio", "?name=caf%C3%A9&x=a+b&y=%2F", "?flag")):
+                number = f"+1415555012{n}"
+                form = twilio_form(Body="ARRÊT 🛑" if n % 2 else "Stop", MessageSid="SM" + uuid.uuid4().hex,
+                                   From=number, OptOutType="STOP", FromCity="SÃO PAULO")
+                signed = {"X-Twilio-Signature": validator.compute_signature(PUBLIC + path + query, form), **proxy}
+                resp = await http.post(path + query, data=form, headers=signed)
+                assert resp.status_code == 200, (query, resp.text)
+                assert_problem(await http.post(path + query, data={**form, "Body": "ARRET"}, headers=signed), 403,
+                               "does not match")
+    page = (await apps["delivery"].get("/v1/suppressions", headers=h, params={"channel": "sms"})).json()
+    assert {f"+1415555012{n}" for n in range(4)} <= {x["address"] for x in page["suppressions"]}
+
+
+async def test_a_sendgrid_batch_in_raw_utf8_verifies(apps, workspace, settings, sessionmaker) -> None:
+    """SendGrid posts UTF-8 as is (not \\u escapes): the signature covers those bytes, and verifies as SendGrid's
+    own helper verifies it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = base64.b64encode(key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    tag = uuid.uuid4().hex[:6]
+    r = await apps["delivery"].post("/v1/messages", headers=h, json={
+        "idempotency_key": f"utf8-{tag}", "to": f"zoë-{tag}@bücher.example", "subject": "Hallo", "text": "x"})
+    mid = r.json()["id"]
+    async with sessionmaker() as s, s.begin():
+        await s.execute(text("update delivery.messages set status = 'sent', sent_at = now() where id = :id"),
+                        {"id": mid})
+    raw = json.dumps([{"email": f"zoë-{tag}@bücher.example", "event": "delivered", "timestamp": int(time.time()),
+                       "tenure_message_id": mid, "category": ["Überraschung ✓"]}], ensure_ascii=False).encode()
+    ts = str(int(time.time()))
+    sig = base64.b64encode(key.sign(ts.encode() + raw, ec.ECDSA(hashes.SHA256()))).decode()
+    assert EventWebhook(public).verify_signature(raw.decode(), sig, ts)
+    with delivery_over_http(settings.model_copy(update={"sendgrid_webhook_public_key": public})) as base:
+        async with httpx.AsyncClient(base_url=base) as http:
+            resp = await http.post(f"/webhooks/sendgrid/{workspace.workspace_id}/events", content=raw, headers={
+                "Content-Type": "application/json", "X-Twilio-Email-Event-Webhook-Signature": sig,
+                "X-Twilio-Email-Event-Webhook-Timestamp": ts})
+            assert resp.status_code == 204, resp.text
+    assert (await apps["delivery"].get(f"/v1/messages/{mid}", headers=h)).json()["status"] == "delivered"

@@ -5,6 +5,7 @@ Settings are read once at a process edge (``create_app``, worker start-up, the C
 nothing else reads ``os.environ``.
 """
 
+import re
 from enum import StrEnum
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
@@ -206,10 +207,19 @@ class Settings(BaseSettings):
     @classmethod
     def _vapid_contact(cls, subject: str | None) -> str | None:
         """RFC 8292 §2.1: the JWT's ``sub`` is a ``mailto:`` or ``https:`` URI. Apple's push service answers any
-        other with 403 BadJwtToken, and the reference library (py-vapid) refuses to sign one, so a bare address
-        stops the process at start-up instead of failing every Web Push."""
+        other with 403 BadJwtToken, and the reference library (py-vapid) refuses to sign one. A bare address
+        (``ops@example.com``) is taken as the ``mailto:`` it means; anything else stops the process at start-up
+        instead of failing every Web Push."""
         if not subject:
             return subject
+        subject = subject.strip()
+        if ":" not in subject and re.fullmatch(r"[^@\s/]+@[^@\s/]+", subject):
+            subject = f"mailto:{subject}"
+        parts = urlsplit(subject)  # (the scheme as written, lower case: py-vapid compares it so)
+        if not ((subject.startswith("mailto:") and "@" in parts.path)
+                or (subject.startswith("https://") and parts.hostname)):
+            raise ValueError("the contact must be a mailto: or https: URI, as in mailto:push-ops@example.com")
+        return subject
         subject = subject.strip()
         parts = urlsplit(subject)  # (the scheme as written, lower case: py-vapid compares it so)
         if not ((subject.startswith("mailto:") and "@" in parts.path)

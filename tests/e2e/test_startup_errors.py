@@ -38,7 +38,7 @@ def _closed_port() -> int:
     ("TENURE_DATABASE_URL", f"postgresql://tenure:{SECRET}@x@db.internal/tenure", "TENURE_DATABASE_URL"),
     ("TENURE_REDIS_URL", f"https://:{SECRET}@redis.internal:6379/0", "TENURE_REDIS_URL"),
     # a VAPID contact that is not a mailto:/https: URI: every Web Push would be refused (Apple: 403 BadJwtToken)
-    ("TENURE_VAPID_SUBJECT", "push-ops@acme.example", "TENURE_VAPID_SUBJECT"),
+    ("TENURE_VAPID_SUBJECT", "push-ops at acme.example", "TENURE_VAPID_SUBJECT"),
     # the placeholder token in prod: refused, and the line shows none of the other settings (a URL's password)
     ("TENURE_ENV", "prod", "TENURE_SIGNING_SECRET"),
 ])

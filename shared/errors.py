@@ -37,8 +37,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
+from shared.routing import routed
 from shared.validation import error_location, error_message
 
 log = structlog.get_logger()
@@ -217,12 +217,13 @@ _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def allowed_methods(request: Request) -> str:
-    """The ``Allow`` of a 405 (RFC 9110): every method some route takes at this path. Starlette names only the
-    methods of the first route whose path matches, and each of our routes has one method, so ``/v1/campaigns``
-    said ``POST`` alone. Asked of each route through ``matches``, which included routers answer too."""
-    routes = request.app.router.routes
-    return ", ".join(m for m in _METHODS
-                     if any(route.matches({**request.scope, "method": m})[0] == Match.FULL for route in routes))
+    """The ``Allow`` of a 405 (RFC 9110): every method some route takes at this path, and HEAD wherever GET is
+    (``shared.web.HeadAsGetMiddleware``). Starlette names only the methods of the first route whose path matches,
+    and each of our routes has one method, so ``/v1/campaigns`` said ``POST`` alone."""
+    allowed = {m for m in _METHODS if routed(request.scope, m)}
+    if "GET" in allowed:
+        allowed.add("HEAD")
+    return ", ".join(m for m in _METHODS if m in allowed)
 
 
 def install_error_handlers(app: FastAPI) -> None:

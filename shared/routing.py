@@ -19,6 +19,12 @@ _ESCAPED = re.compile("%2F|%25")
 _CACHE = "tenure.segment_path"  # the scope key holding the path computed for this request (or None)
 
 
+def routed(scope: Scope, method: str) -> bool:
+    """Whether some route of the app takes ``method`` at this request's path (asked of each route through
+    ``matches``, which included routers answer too)."""
+    return any(route.matches({**scope, "method": method})[0] == Match.FULL for route in scope["app"].router.routes)
+
+
 def _escape(segment: str) -> str:
     return segment.replace("%", "%25").replace("/", "%2F")
 

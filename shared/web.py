@@ -38,7 +38,7 @@ from shared.http import InternalClient, make_http_client
 from shared.logging import configure_logging
 from shared.migrate import schema_problem
 from shared.queue import Waker, lazy_redis
-from shared.routing import path_parameters
+from shared.routing import path_parameters, routed
 from shared.settings import ServiceName, Settings
 from shared.validation import URL_TEXT_UNCHECKED, url_text_problem
 
@@ -90,6 +90,33 @@ class RequestContextMiddleware:
             (log.debug if quiet else log.info)(
                 "http.request", method=scope.get("method"), path=path, status=status, ms=round(seconds * 1000, 1),
             )
+
+
+class HeadAsGetMiddleware:
+    """HEAD on every GET resource (RFC 9110 §9.3.2: a general-purpose server supports both), answered as GET without
+    the body: uptime monitors, link checkers and ``curl -I`` send it. FastAPI registers only the methods a route
+    names, so it was a 405. A route that declares HEAD itself (delivery's recipient links, which must record
+    nothing then) keeps its own."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD" or routed(scope, "HEAD"):
+            await self.app(scope, receive, send)
+            return
+
+        async def without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        as_get = {**scope, "method": "GET"}  # a copy: the server's own scope still says HEAD
+        try:
+            await self.app(as_get, receive, without_body)
+        finally:
+            if "route" in as_get:  # the route template the request metrics are labelled with
+                scope["route"] = as_get["route"]
 
 
 class BodyLimitMiddleware:
@@ -394,6 +421,7 @@ def create_service_app(
     app.state.settings = settings
     _document_security(app)
     app.add_middleware(BodyLimitMiddleware, default=settings.max_body_bytes, limits=body_limits)
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(RequestContextMiddleware, service=service)
     install_error_handlers(app)
     app.include_router(_probe_router(service))

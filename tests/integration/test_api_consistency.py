@@ -12,11 +12,11 @@ def _bearer(key: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(("service", "path", "method", "allowed"), [
-    ("campaign", "/v1/campaigns", "DELETE", {"GET", "POST"}),
-    ("campaign", "/v1/campaigns/00000000-0000-4000-8000-000000000000", "PATCH", {"GET", "PUT"}),
-    ("segment", "/v1/segments/00000000-0000-4000-8000-000000000000", "DELETE", {"GET", "PUT"}),
-    ("delivery", "/v1/messages", "PUT", {"GET", "POST"}),
-    ("delivery", "/v1/devices", "PUT", {"GET", "POST"}),
+    ("campaign", "/v1/campaigns", "DELETE", {"GET", "HEAD", "POST"}),
+    ("campaign", "/v1/campaigns/00000000-0000-4000-8000-000000000000", "PATCH", {"GET", "HEAD", "PUT"}),
+    ("segment", "/v1/segments/00000000-0000-4000-8000-000000000000", "DELETE", {"GET", "HEAD", "PUT"}),
+    ("delivery", "/v1/messages", "PUT", {"GET", "HEAD", "POST"}),
+    ("delivery", "/v1/devices", "PUT", {"GET", "HEAD", "POST"}),
     ("ingest", "/v1/track", "GET", {"POST"}),
 ])
 async def test_405_allow_names_every_method_of_the_path(apps, workspace, service, path, method, allowed) -> None:
@@ -26,6 +26,24 @@ async def test_405_allow_names_every_method_of_the_path(apps, workspace, service
     assert r.status_code == 405 and r.headers["content-type"].startswith(PROBLEM)
     assert {m.strip() for m in r.headers["allow"].split(",")} == allowed
     assert r.json()["status"] == 405
+
+
+@pytest.mark.parametrize(("service", "path"), [
+    ("ingest", "/healthz"), ("ingest", "/v1/profiles/head-ada"), ("ingest", "/v1/profiles?limit=1"),
+    ("segment", "/v1/segments"), ("campaign", "/v1/campaigns"), ("delivery", "/v1/suppressions"),
+    ("campaign", "/v1/campaigns/00000000-0000-4000-8000-000000000000"), ("segment", "/openapi.json"),
+])
+async def test_head_answers_as_get_without_a_body(apps, workspace, service, path) -> None:
+    """RFC 9110 §9.3.2: HEAD on a GET resource (uptime monitors, link checkers, ``curl -I``) gets GET's status and
+    headers and no body, where it was a 405. Unauthenticated, it is refused as GET is."""
+    await _identify(apps, workspace, "head-ada")
+    for headers in (_bearer(workspace.secret_key), {}):
+        get = await apps[service].get(path, headers=headers)
+        head = await apps[service].head(path, headers=headers)
+        assert head.status_code == get.status_code, (path, head.status_code, get.status_code)
+        assert head.headers["content-type"] == get.headers["content-type"]
+        assert head.content == b""
+    assert "head" not in (await apps[service].get("/openapi.json")).json()["paths"].get(path.split("?")[0], {})
 
 
 async def _identify(apps, workspace, uid: str) -> str:

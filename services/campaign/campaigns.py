@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.campaign import experiments, ingest_client, journeys, segment_client, templates, timing
 from services.campaign import journey_def as jd
@@ -479,6 +479,27 @@ async def trigger(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID, 
         await session.execute(text("update campaign.trigger_keys set answer = CAST(:a AS jsonb) where "
                                    "workspace_id = :ws and campaign_id = :c and key = :k"), {**key, "a": dumps(answer)})
     return answer, False
+
+
+TRIGGER_KEY_DAYS = 30  # how long a trigger's idempotency key replays its first answer (Stripe keeps keys 24 h)
+_PRUNE_BATCH = 5_000
+
+
+async def prune_trigger_keys(sessionmaker: async_sessionmaker[AsyncSession], *, now: datetime | None = None,
+                             batch: int = _PRUNE_BATCH) -> int:
+    """Forget trigger keys older than :data:`TRIGGER_KEY_DAYS`, in small transactions (writers never wait long).
+    A retry after that gets a fresh answer, yet still enters no second journey: the journey's occurrence is
+    ``api:<key>``, which its entry dedupes on."""
+    cutoff = (now or datetime.now(UTC)) - timedelta(days=TRIGGER_KEY_DAYS)
+    deleted = 0
+    while True:
+        async with sessionmaker() as session, session.begin():
+            n = (await session.execute(text(
+                "delete from campaign.trigger_keys where ctid = any(array(select ctid from campaign.trigger_keys "
+                "where created_at < :cutoff limit :n))"), {"cutoff": cutoff, "n": batch})).rowcount  # type: ignore[attr-defined]
+        deleted += n
+        if n < batch:
+            return deleted
 
 
 async def snippets_of(session: AsyncSession, ws: uuid.UUID) -> dict[str, str]:

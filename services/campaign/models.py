@@ -215,7 +215,8 @@ class TriggerKey(CampaignTable, table=True):
     answer given, replayed to a retry; the same key with another profile or data is refused (409)."""
 
     __tablename__ = "trigger_keys"
-    __table_args__ = (Index("ix_trigger_keys_profile", "workspace_id", "profile_id"),)
+    __table_args__ = (Index("ix_trigger_keys_profile", "workspace_id", "profile_id"),
+                      Index("ix_trigger_keys_created_at", "created_at"))
 
     workspace_id: uuid.UUID = Field(primary_key=True)
     campaign_id: uuid.UUID = Field(primary_key=True)

@@ -8,7 +8,7 @@ import structlog
 from arq.cron import cron
 from arq.worker import Worker
 
-from services.campaign import dispatch, journeys, schedules, triggering
+from services.campaign import campaigns, dispatch, journeys, schedules, triggering
 from services.campaign.programs import maintenance
 from services.campaign.programs import outbox as program_outbox
 from shared.queue import JobCtx, build_worker, stopping, take_dirty, wake, worker_settings_class
@@ -114,14 +114,24 @@ async def maintain_programs(ctx: JobCtx) -> int:
     return result.members
 
 
+async def prune_trigger_keys(ctx: JobCtx) -> int:
+    """Hourly: trigger idempotency keys past their 30 days."""
+    deleted = await campaigns.prune_trigger_keys(ctx["sessionmaker"])
+    if deleted:
+        log.info("campaign.trigger_keys_pruned", deleted=deleted)
+    return deleted
+
+
 _OPTIONS: dict[str, Any] = {
     "functions": [on_events, on_transitions, advance_journeys, dispatch_sends, run_schedules, forward_program_events,
-                  maintain_programs],
+                  maintain_programs, prune_trigger_keys],
     "poll": [on_events, on_transitions, advance_journeys, dispatch_sends, forward_program_events],
     "crons": [cron(run_schedules, name="cron:run_schedules", second=0, run_at_startup=True, unique=True,
                    keep_result=0, timeout=600),
               cron(maintain_programs, name="cron:maintain_programs", minute=7, second=30, run_at_startup=True,
-                   unique=True, keep_result=0, timeout=600)],
+                   unique=True, keep_result=0, timeout=600),
+              cron(prune_trigger_keys, name="cron:prune_trigger_keys", minute=17, second=45, unique=True,
+                   keep_result=0, timeout=600)],
 }
 
 

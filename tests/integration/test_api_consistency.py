@@ -82,6 +82,30 @@ async def test_a_trigger_retried_with_its_key_gets_the_first_answer(apps, worksp
     assert len(await _journeys(apps, workspace, campaign_id)) == 1
 
 
+async def test_trigger_keys_are_forgotten_after_30_days_without_a_second_journey(apps, workspace, sessionmaker) -> None:
+    """The hourly pruning (campaign worker) keeps the keys table from growing forever: a key past its 30 days no
+    longer replays its first answer, but its retry still enters no second journey (occurrence ``api:<key>``)."""
+    from datetime import UTC, datetime, timedelta
+
+    from services.campaign.campaigns import TRIGGER_KEY_DAYS, prune_trigger_keys
+
+    campaign_id = await _api_campaign(apps, workspace)
+    await _identify(apps, workspace, "trig-old")
+    url, h = f"/v1/campaigns/{campaign_id}/trigger", {**_bearer(workspace.secret_key), "Idempotency-Key": "k-old"}
+    first = await apps["campaign"].post(url, headers=h, json={"user": "trig-old", "data": {}})
+    assert first.status_code == 202 and first.json()["entered"] is True
+
+    assert await prune_trigger_keys(sessionmaker, now=datetime.now(UTC) + timedelta(days=TRIGGER_KEY_DAYS - 1)) == 0
+    again = await apps["campaign"].post(url, headers=h, json={"user": "trig-old", "data": {}})
+    assert again.status_code == 200 and again.json() == first.json()  # still remembered: replayed
+
+    assert await prune_trigger_keys(sessionmaker, now=datetime.now(UTC) + timedelta(days=TRIGGER_KEY_DAYS + 1)) >= 1
+    late = await apps["campaign"].post(url, headers=h, json={"user": "trig-old", "data": {}})
+    assert late.status_code == 202 and "idempotent-replayed" not in late.headers
+    assert late.json()["entered"] is False
+    assert [j["id"] for j in await _journeys(apps, workspace, campaign_id)] == [first.json()["journey_id"]]
+
+
 @pytest.mark.parametrize("change", ["other-user", "other-data"])
 async def test_a_trigger_key_reused_for_another_request_is_a_409(apps, workspace, change) -> None:
     """Stripe's rule (docs/decisions): the same key with other parameters is an error, never a second journey."""

@@ -3,6 +3,7 @@
 import re
 from datetime import datetime
 from email.utils import getaddresses
+from functools import lru_cache
 from typing import Any, Literal
 
 import phonenumbers
@@ -13,6 +14,14 @@ from services.delivery.mailer import split_address
 from shared.validation import FieldError, StorableModel
 
 MAX_BODY_CHARS = 1_000_000
+@lru_cache(maxsize=16_384)
+def normalized_email(address: str) -> str:
+    """email_validator's normal form of ``address`` (no DNS lookup), raising ``EmailNotValidError``. Cached: the
+    check costs ≈ 30 µs (a quarter of the API's CPU per queued email), and the same senders and recipients come
+    back campaign after campaign; a batch's ``from`` is the same address for every message."""
+    return validate_email(address, check_deliverability=False).normalized
+
+
 _LINE_ENDS = frozenset("\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029")  # what str.splitlines() breaks on
 
 
@@ -57,7 +66,7 @@ class MessageCreate(StorableModel):
                                        "nor NUL)")
         if self.channel == "email":
             try:
-                self.to = validate_email(self.to, check_deliverability=False).normalized
+                self.to = normalized_email(self.to)
             except EmailNotValidError as exc:
                 raise FieldError("to", f"to is not a valid email address: {exc}") from None
             if self.from_ is not None:
@@ -97,6 +106,7 @@ class SendMessage(MessageCreate):
                                         description="required here or as the Idempotency-Key header")
 
 
+@lru_cache(maxsize=1024)  # a batch's messages share their sender
 def _check_sender(value: str) -> None:
     """``from`` is one mailbox (``hello@acme.example`` or ``Acme <hello@acme.example>``): it becomes the From
     header, the envelope sender and the Message-ID's domain, and anything else goes out malformed."""
@@ -105,7 +115,7 @@ def _check_sender(value: str) -> None:
     if len(parsed) != 1 or parsed[0][1] != address:
         raise ValueError("from is one address, e.g. hello@acme.example or Acme <hello@acme.example>")
     try:
-        validate_email(address, check_deliverability=False)
+        normalized_email(address)
     except EmailNotValidError as exc:
         raise ValueError(f"from is not a valid email address: {exc}") from None
 
@@ -190,7 +200,7 @@ def normalise_address(channel: str, address: str) -> str:
         return e164(address)
     if channel == "email":
         try:
-            return validate_email(address, check_deliverability=False).normalized.lower()
+            return normalized_email(address).lower()
         except EmailNotValidError as exc:
             raise ValueError(f"not a valid email address: {exc}") from None
     return address

@@ -148,6 +148,10 @@ def _program_body(item: dict[str, Any]) -> dict[str, Any]:
     return {"enabled": bool(item.get("enabled", True)), "config": cfg}
 
 
+_DATA_KEYS = ("traits", "value")  # what these hold is the user's data (an update_attribute step's traits, a
+# filter's or comparison's value), never a reference: a trait named ``segment`` is a trait, not a segment's name
+
+
 def _swap(node: Any, mapping: dict[str, dict[str, str]], to_ids: bool) -> Any:
     """Replace ``template``/``segment`` names with ``template_id``/``segment_id`` (or back)."""
     if isinstance(node, list):
@@ -156,7 +160,9 @@ def _swap(node: Any, mapping: dict[str, dict[str, str]], to_ids: bool) -> Any:
         return node
     out = {}
     for k, v in node.items():
-        if to_ids and k in ("template", "segment") and isinstance(v, str):
+        if k in _DATA_KEYS:
+            out[k] = v
+        elif to_ids and k in ("template", "segment") and isinstance(v, str):
             if v not in mapping[k]:
                 raise ResourceError(f"no {k} named {v!r} (in the file or the workspace)")
             out[f"{k}_id"] = mapping[k][v]

@@ -874,6 +874,38 @@ campaigns:
     assert by_name["news-mail"]["preheader"] == "Three things inside"
 
 
+async def test_campaigns_as_code_keep_traits_named_segment_or_template(world, settings) -> None:
+    """An ``update_attribute`` step setting a trait called ``segment`` (a customer segment, ``enterprise``) was
+    read as a reference to a segment named ``enterprise``: ``tenure apply`` refused the file ("no segment named
+    'enterprise'"), so a campaign made through the API could not be exported and applied back."""
+    from services import resources
+
+    api = resources.Api(world.internal._http, {s: settings.url_of(s) for s in ("segment", "campaign")}, world.h)
+    name = f"tier-{uuid.uuid4().hex[:6]}"
+    doc = f"""
+templates:
+  - name: {name}-mail
+    subject: Welcome aboard
+    text: Hi
+campaigns:
+  - name: {name}
+    trigger: {{type: event, event: Plan Chosen, where: [{{property: segment, op: equals, value: {{segment: x}}}}]}}
+    steps:
+      - {{id: mark, type: update_attribute, traits: {{segment: enterprise, template: gold}}, next: mail}}
+      - {{id: mail, type: send, template: {name}-mail}}
+"""
+    changes = await resources.plan(api, resources.load(doc))
+    assert [c.action for c in changes] == ["create", "create"]
+    await resources.apply(api, changes)
+    got = {c["name"]: c for c in (await world.apps["campaign"].get("/v1/campaigns", headers=world.h)).json()[
+        "campaigns"]}[name]
+    assert got["definition"]["steps"][0]["traits"] == {"segment": "enterprise", "template": "gold"}
+    assert got["definition"]["trigger"]["where"][0]["value"] == {"segment": "x"}
+    assert {c.action for c in await resources.plan(api, resources.load(doc))} == {"unchanged"}
+    exported = await resources.export(api)
+    assert {c.action for c in await resources.plan(api, resources.load(exported))} == {"unchanged"}
+
+
 async def test_locale_variants_fall_back_field_by_field_along_the_chain(world) -> None:
     """fr-CA → fr → default for each field: a fr-CA variant that only words the subject differently gets its
     body from fr (it used to get the English default's), and variants keyed pt_BR serve pt-BR profiles."""

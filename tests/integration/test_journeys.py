@@ -926,6 +926,25 @@ async def test_locale_variants_fall_back_field_by_field_along_the_chain(world) -
     assert (br["subject"], br["text"]) == ("Olá", "Seu pedido foi enviado")
 
 
+@pytest.mark.parametrize("locales, key, said", [
+    ({"fr_CA": {"subject": "A"}, "fr-CA": {"subject": "B"}}, "fr-CA", "same variant"),
+    ({"fr": {"subject": "A"}, "FR": {"subject": "B"}}, "FR", "same variant"),
+    ({"": {"subject": "A"}}, "", "not a locale"),
+    ({"French!": {"subject": "A"}}, "French!", "not a locale"),
+])
+async def test_a_template_naming_a_locale_variant_twice_or_no_locale_is_refused(world, locales, key, said) -> None:
+    """``fr_CA`` and ``fr-CA`` are one variant (docs/campaigns.md): both were saved, and the fr-CA profile got
+    whichever the stored order put last ("A", though "B" came last in the request); a key that is no locale was
+    saved and never chosen. Both are 422s naming the key, on create and on update."""
+    h, campaign = world.h, world.apps["campaign"]
+    body = {"name": f"loc-{uuid.uuid4().hex[:6]}", "subject": "Hello", "text": "Hi", "locales": locales}
+    for r in (await campaign.post("/v1/templates", headers=h, json=body),
+              await campaign.put(f"/v1/templates/{await world.template('loc-ok', 'Hello')}", headers=h, json=body)):
+        assert r.status_code == 422, r.text
+        (error,) = r.json()["errors"]
+        assert error["loc"] == ["body", "locales", key] and said in error["msg"], r.text
+
+
 async def test_a_template_with_an_unknown_filter_or_snippet_is_refused_on_save(world) -> None:
     """Both parse, so they used to be saved, and then every send of them failed ("template did not render");
     now saving says which field and what is missing. Snippets are checked the same way."""

@@ -159,7 +159,8 @@ async def get_campaign(campaign_id: uuid.UUID, ws: WorkspaceDep, session: Sessio
 
 @router.put("/campaigns/{campaign_id}", response_model=CampaignOut, operation_id="update_campaign",
             tags=["campaigns"], summary="Edit a campaign: a new version (users inside finish theirs)",
-            responses={**_CONFLICT, 404: problem_schema("Campaign or template not found")})
+            responses={**_CONFLICT, 404: problem_schema("Campaign or template not found"),
+                       409: problem_schema("Name already used, or the campaign is archived (archiving is final)")})
 async def update_campaign(campaign_id: uuid.UUID, body: CampaignUpdate, ws: WorkspaceDep, session: SessionDep,
                           request: Request) -> dict[str, Any]:
     async with session.begin():

@@ -261,11 +261,12 @@ async def update_campaign(session: AsyncSession, ws: uuid.UUID, campaign_id: uui
     exit_on, exit_on_leaving) is replaced."""
     current = await fetch_one(
         session,
-        "select message_type, definition from campaign.campaigns where workspace_id = :ws and id = :id "
-        "and status <> 'archived'",  # (no lock: segment is asked next; the update below is the write)
-        {"ws": ws, "id": campaign_id},
-        missing=f"No campaign {campaign_id} (or it is archived)",
+        "select status, message_type, definition from campaign.campaigns where workspace_id = :ws and id = :id",
+        {"ws": ws, "id": campaign_id},  # (no lock: segment is asked next; the update below is the write)
+        missing=f"No campaign {campaign_id}",
     )
+    if current["status"] == "archived":  # it exists (GET shows it): a 404 read as "deleted", pause/resume say 409
+        raise Conflict(f"Campaign {campaign_id} is archived: an archived campaign is not edited")
     journey = journey_from({**data, "message_type": data.get("message_type") or current["message_type"],
                             "topic": data["topic"] if "topic" in data else (current["definition"] or {}).get("topic")})
     _check_schedule(journey, now or datetime.now(UTC), journeys.parse(current["definition"]))

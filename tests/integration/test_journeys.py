@@ -807,7 +807,8 @@ async def test_a_send_step_run_again_is_logged_as_a_replay_and_sends_nothing(wor
 
 async def test_an_archived_campaign_stays_archived(world) -> None:
     """Archive is final: pause and resume answer 409 (resume used to make it active again, so it took
-    entries and ran the journeys it had ended); the trigger API refuses it too."""
+    entries and ran the journeys it had ended); the trigger API refuses it too, and so does an edit, with the
+    same 409 (it answered 404 "No campaign … (or it is archived)" for a campaign GET still shows)."""
     tpl = await world.template("arch", "Archived")
     camp = await world.campaign(trigger={"type": "api"}, steps=[{"id": "s", "type": "send", "template_id": tpl}])
     r = await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/archive", headers=world.h)
@@ -815,8 +816,11 @@ async def test_an_archived_campaign_stays_archived(world) -> None:
     for action in ("resume", "pause"):
         r = await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/{action}", headers=world.h)
         assert r.status_code == 409 and r.headers["content-type"].startswith("application/problem+json"), r.text
+    edit = await world.apps["campaign"].put(f"/v1/campaigns/{camp['id']}", headers=world.h, json={
+        "trigger": {"type": "api"}, "steps": [{"id": "s", "type": "send", "template_id": tpl}]})
+    assert edit.status_code == 409 and "archived" in edit.json()["detail"], edit.text
     got = await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}", headers=world.h)
-    assert got.json()["status"] == "archived"
+    assert got.json()["status"] == "archived" and got.json()["version"] == 1
     await world.identify("arch-1", email=_email("arch"))
     r = await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/trigger", headers=world.h,
                                           json={"user": "arch-1"})

@@ -27,7 +27,8 @@ BY_NAME: dict[str, str] = {
     "entered_at": f"when the profile entered {TS}",
     "ended_at": f"when the journey ended (completed or exited); null while it runs {TS}",
     "converted_at": f"when the goal event came within the goal window; null if not (yet) {TS}",
-    "wake_at": f"when the journey's next step is due; null when it waits for an event or has ended {TS}",
+    "wake_at": f"when the journey's next step is due (while it waits for an event: the timeout); null once it "
+               f"has ended {TS}",
     "expires_at": f"when these points expire; null: never {TS}",
     "granted_at": f"when the reward was granted {TS}",
     "reversed_at": f"when it was reversed (refund); null if not {TS}",
@@ -192,7 +193,8 @@ BY_NAME: dict[str, str] = {
     "holdout_converted": "held-out entrants who converted",
     "conversion_rate": "converted ÷ entrants not held out × 100; null without such entrants",
     "holdout_conversion_rate": "the same for the holdout; lift is the difference",
-    "in_progress_by_step": "journeys running, by the step they are at",
+    "in_progress_by_step": "journeys running, by the step they run next (a journey in a delay counts at the "
+                           "step after it)",
     "exit_on_conversion": "whether converting ends the journey",
     "unsubscribe_all": "unsubscribe from all marketing messages",
 }

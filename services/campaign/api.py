@@ -224,7 +224,9 @@ async def list_journeys(
     campaign_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, page: AfterDep, limit: Limit = 100,
     status: Annotated[Literal["active", "waiting", "holdout", "completed", "exited"] | None,
                       Query(description="active | waiting | holdout | completed | exited")] = None,
-    step: Annotated[str | None, Query(description="current step id")] = None,
+    step: Annotated[str | None, Query(description="the step id journeys are at, as `step` in the answer says "
+                                                  "(one sleeping in a delay or wait_until is at the step after it)")
+                    ] = None,
 ) -> dict[str, Any]:
     async with session.begin():
         items, nxt = await campaigns.list_journeys(session, ws, campaign_id, status=status, step=step,

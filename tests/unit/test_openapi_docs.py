@@ -183,3 +183,22 @@ def test_a_header_parameter_is_spelled_the_same_in_every_service() -> None:
                     spellings.setdefault(p["name"].lower(), set()).add(p["name"])
     assert spellings["idempotency-key"] == {"Idempotency-Key"}
     assert all(len(names) == 1 for names in spellings.values()), spellings
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_every_parameter_is_described(service: str) -> None:
+    """Path and query parameters said nothing (``segment_id``, ``limit``, delivery's ``status`` filter …): a generated
+    client's documentation of each argument was empty, and ``token`` meant a push token on one route and a signed
+    link on others. Each now says what it is (``shared.openapi_glossary.BY_PARAMETER``)."""
+    assert not [f"{label} {p['in']} {p['name']}" for label, op in _operations(service)
+                for p in op.get("parameters", []) if not p.get("description")]
+
+
+def test_the_parameter_glossary_names_parameters_it_describes() -> None:
+    """An entry for a parameter renamed or removed would silently describe nothing."""
+    from shared.openapi_glossary import BY_PARAMETER
+
+    used = {key for service in SERVICES for path, item in _spec(service)["paths"].items() for op in item.values()
+            for p in op.get("parameters", []) for key in (f"{path}|{p['name']}", p["name"])
+            if p.get("description") == BY_PARAMETER.get(key)}
+    assert not set(BY_PARAMETER) - used

@@ -242,6 +242,9 @@ async def plan(api: Api, desired: dict[str, list[dict[str, Any]]]) -> list[Chang
                                {"name": now["name"], "definition": now["definition"]} if now else None, back))
     for item in desired["campaigns"]:
         body = {"name": item["name"], "definition": _swap(item, names, True), "status": item.get("status", "active")}
+        if body["status"] not in ("active", "paused", "archived"):
+            raise ResourceError(f"campaign {item['name']!r}: status is active, paused or archived, not "
+                                f"{body['status']!r}")
         body["definition"] = _campaign_definition(body["definition"])
         now = current["campaigns"].get(item["name"])
         now_body = {"name": now["name"], "definition": now["definition"], "status": now["status"]} if now else None
@@ -265,29 +268,40 @@ async def apply(api: Api, changes: list[Change]) -> None:
     for c in changes:
         if c.action == "unchanged":
             continue
-        if c.kind == "programs":
-            await api.call("PUT", "campaign", f"/v1/programs/{c.name}", json=c.body)
-        elif c.kind == "templates":
-            path = "/v1/templates" + (f"/{c.current['id']}" if c.current else "")
-            out = await api.call("PUT" if c.current else "POST", "campaign", path, json=c.body)
-            ids[placeholder("template", c.name)] = out["id"]
-        elif c.kind == "segments":
-            path = "/v1/segments" + (f"/{c.current['id']}" if c.current else "")
-            body = _fill_new_ids(c.body, ids)
-            out = await api.call("PUT" if c.current else "POST", "segment", path, json=body)
-            ids[placeholder("segment", c.name)] = out["id"]
-        else:
-            definition = _fill_new_ids(c.body["definition"], ids)
-            if c.current is None:
-                await api.call("POST", "campaign", "/v1/campaigns",
-                               json={"name": c.name, "status": c.body["status"], **definition})
-                continue
-            if definition != c.current["definition"]:
-                await api.call("PUT", "campaign", f"/v1/campaigns/{c.current['id']}",  # the file is the truth:
-                               json={"name": c.name, "topic": None, **definition})  # no topic there, none here
-            if c.body["status"] != c.current["status"]:
-                action = {"active": "resume", "paused": "pause", "archived": "archive"}[c.body["status"]]
-                await api.call("POST", "campaign", f"/v1/campaigns/{c.current['id']}/{action}")
+        try:
+            await _apply_one(api, c, ids)
+        except ResourceError as exc:  # (which item of the file: the service's answer names only the field)
+            raise ResourceError(f"{c.kind[:-1]} {c.name!r}: {exc}") from None
+
+
+async def _apply_one(api: Api, c: Change, ids: dict[str, str]) -> None:
+    """One change of the plan (``ids``: the real ids of what the plan created so far, by placeholder)."""
+    if c.kind == "programs":
+        await api.call("PUT", "campaign", f"/v1/programs/{c.name}", json=c.body)
+    elif c.kind == "templates":
+        path = "/v1/templates" + (f"/{c.current['id']}" if c.current else "")
+        out = await api.call("PUT" if c.current else "POST", "campaign", path, json=c.body)
+        ids[placeholder("template", c.name)] = out["id"]
+    elif c.kind == "segments":
+        path = "/v1/segments" + (f"/{c.current['id']}" if c.current else "")
+        body = _fill_new_ids(c.body, ids)
+        out = await api.call("PUT" if c.current else "POST", "segment", path, json=body)
+        ids[placeholder("segment", c.name)] = out["id"]
+    else:
+        definition = _fill_new_ids(c.body["definition"], ids)
+        if c.current is None:  # an archived one (an export of another workspace) is created paused, then archived
+            archived = c.body["status"] == "archived"
+            out = await api.call("POST", "campaign", "/v1/campaigns", json={
+                "name": c.name, "status": "paused" if archived else c.body["status"], **definition})
+            if archived:
+                await api.call("POST", "campaign", f"/v1/campaigns/{out['id']}/archive")
+            return
+        if definition != c.current["definition"]:
+            await api.call("PUT", "campaign", f"/v1/campaigns/{c.current['id']}",  # the file is the truth:
+                           json={"name": c.name, "topic": None, **definition})  # no topic there, none here
+        if c.body["status"] != c.current["status"]:
+            action = {"active": "resume", "paused": "pause", "archived": "archive"}[c.body["status"]]
+            await api.call("POST", "campaign", f"/v1/campaigns/{c.current['id']}/{action}")
 
 
 def _fill_new_ids(node: Any, ids: dict[str, str]) -> Any:

@@ -910,6 +910,44 @@ campaigns:
     assert {c.action for c in await resources.plan(api, resources.load(exported))} == {"unchanged"}
 
 
+async def test_an_export_applies_to_another_workspace_archived_campaigns_included(world, settings) -> None:
+    """`tenure get campaigns -o yaml` of one workspace applied to another (staging to production): an archived
+    campaign was POSTed with ``status: archived``, which creation refuses, and the error named the field but not
+    the campaign. It is created paused and archived, the copy exports the same, and a refusal names the item."""
+    from services import resources
+    from shared.core import create_workspace
+
+    urls = {s: settings.url_of(s) for s in ("segment", "campaign")}
+    source = resources.Api(world.internal._http, urls, world.h)
+    tpl = await world.template("old", "Old news")
+    old = await world.campaign(trigger={"type": "api"}, steps=[{"id": "s", "type": "send", "template_id": tpl}])
+    assert (await world.apps["campaign"].post(f"/v1/campaigns/{old['id']}/archive", headers=world.h)).is_success
+    exported = await resources.export(source)
+
+    async with world.sm() as s, s.begin():
+        other = await create_workspace(s, f"copy-{uuid.uuid4().hex[:8]}")
+    target = resources.Api(world.internal._http, urls, {"Authorization": f"Bearer {other.secret_key}"})
+    await resources.apply(target, await resources.plan(target, resources.load(exported)))
+    copied = {c["name"]: c for c in await target.all("campaign", "/v1/campaigns", "campaigns")}
+    assert copied[old["name"]]["status"] == "archived"
+    assert {c.action for c in await resources.plan(target, resources.load(exported))} == {"unchanged"}
+    assert resources.load(await resources.export(target)) == resources.load(exported)
+
+    late = f"late-{uuid.uuid4().hex[:6]}"  # (a one-off time in the past: only the service checks that)
+    bad = f"""
+segments: [{{name: {late}, definition: {{type: trait, trait: plan, op: exists}}}}]
+campaigns:
+  - {{name: {late}, trigger: {{type: schedule, segment: {late}, at: '2020-01-01T00:00:00Z'}},
+     steps: [{{id: s, type: send, template_id: {tpl}}}]}}
+"""
+    with pytest.raises(resources.ResourceError) as refused:
+        await resources.apply(source, await resources.plan(source, resources.load(bad)))
+    assert str(refused.value).startswith(f"campaign {late!r}: POST campaign/v1/campaigns: 422"), refused.value
+    assert "trigger.at" in str(refused.value)
+    with pytest.raises(resources.ResourceError, match="status is active, paused or archived, not 'deleted'"):
+        await resources.plan(source, resources.load(exported.replace("status: archived", "status: deleted")))
+
+
 async def test_locale_variants_fall_back_field_by_field_along_the_chain(world) -> None:
     """fr-CA → fr → default for each field: a fr-CA variant that only words the subject differently gets its
     body from fr (it used to get the English default's), and variants keyed pt_BR serve pt-BR profiles."""

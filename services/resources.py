@@ -221,6 +221,7 @@ async def plan(api: Api, desired: dict[str, list[dict[str, Any]]]) -> list[Chang
             if s["name"] not in current["segments"]}},
     }
     back = {kind: {v: k for k, v in m.items()} for kind, m in names.items()}  # ids -> names, for the diffs
+    stages = await _stage_ids(api)
     changes: list[Change] = []
     for item in desired["programs"]:
         now_program = await api.maybe("campaign", f"/v1/programs/{item['name']}")
@@ -245,11 +246,34 @@ async def plan(api: Api, desired: dict[str, list[dict[str, Any]]]) -> list[Chang
         if body["status"] not in ("active", "paused", "archived"):
             raise ResourceError(f"campaign {item['name']!r}: status is active, paused or archived, not "
                                 f"{body['status']!r}")
-        body["definition"] = _campaign_definition(body["definition"])
+        body["definition"] = _by_stage(_campaign_definition(body["definition"]), stages)
         now = current["campaigns"].get(item["name"])
+        if now:  # (compared, and edited, as a definition naming stages by name)
+            now = {**now, "definition": _by_stage(now["definition"], stages)}
         now_body = {"name": now["name"], "definition": now["definition"], "status": now["status"]} if now else None
         changes.append(_change("campaigns", item["name"], body, now, now_body, back))
     return changes
+
+
+async def _stage_ids(api: Api) -> dict[str, str]:
+    """The workspace's lifecycle stages by their segment ids (GET /v1/lifecycle)."""
+    return {s["segment_id"]: s["stage"] for s in (await api.call("GET", "segment", "/v1/lifecycle"))["stages"]}
+
+
+def _by_stage(definition: dict[str, Any], stages: dict[str, str]) -> dict[str, Any]:
+    """A segment trigger or ``exit_on_leaving`` entry naming a lifecycle stage by its segment id names it by the
+    stage instead: the ids differ from workspace to workspace, so an export naming them could not be applied to
+    another one (``no segment … in this workspace``), and the two spellings of the same stage compare equal."""
+    out = dict(definition)
+    trigger = out.get("trigger")
+    if isinstance(trigger, dict) and trigger.get("type") in ("segment_entered", "segment_exited") and \
+            str(trigger.get("segment_id")) in stages:
+        out["trigger"] = {**{k: v for k, v in trigger.items() if k != "segment_id"},
+                          "stage": stages[str(trigger["segment_id"])]}
+    if isinstance(out.get("exit_on_leaving"), list):
+        out["exit_on_leaving"] = [{"stage": stages[str(ref["segment_id"])]} if isinstance(ref, dict) and str(
+            ref.get("segment_id")) in stages else ref for ref in out["exit_on_leaving"]]
+    return out
 
 
 def _change(kind: str, name: str, body: dict[str, Any], current: dict[str, Any] | None,
@@ -318,11 +342,12 @@ async def export(api: Api) -> str:
     segs = await api.all("segment", "/v1/segments", "segments")
     camps = await api.all("campaign", "/v1/campaigns", "campaigns")
     back = {"template": {t["id"]: t["name"] for t in tpls}, "segment": {s["id"]: s["name"] for s in segs}}
+    stages = await _stage_ids(api)
     programs = [(kind, await api.maybe("campaign", f"/v1/programs/{kind}")) for kind in program_config.KINDS]
     return _yaml({
         "programs": [{"name": kind, "enabled": p["enabled"], "config": p["config"]} for kind, p in programs if p],
         "templates": [_template_body(t) for t in tpls],
         "segments": [{"name": s["name"], "definition": _swap(s["definition"], back, False)} for s in segs],
-        "campaigns": [{"name": c["name"], "status": c["status"], **_swap(c["definition"], back, False)}
-                      for c in camps],
+        "campaigns": [{"name": c["name"], "status": c["status"], **_swap(_by_stage(c["definition"], stages), back,
+                                                                           False)} for c in camps],
     })

@@ -913,7 +913,10 @@ campaigns:
 async def test_an_export_applies_to_another_workspace_archived_campaigns_included(world, settings) -> None:
     """`tenure get campaigns -o yaml` of one workspace applied to another (staging to production): an archived
     campaign was POSTed with ``status: archived``, which creation refuses, and the error named the field but not
-    the campaign. It is created paused and archived, the copy exports the same, and a refusal names the item."""
+    the campaign; a trigger naming a lifecycle stage by its segment id (GET /v1/lifecycle) was exported with that
+    id, which is this workspace's only ("no segment … in this workspace" in the other). An archived campaign is
+    created paused and archived, a stage is exported by its name, the copy exports the same, and a refusal names
+    the item."""
     from services import resources
     from shared.core import create_workspace
 
@@ -922,7 +925,15 @@ async def test_an_export_applies_to_another_workspace_archived_campaigns_include
     tpl = await world.template("old", "Old news")
     old = await world.campaign(trigger={"type": "api"}, steps=[{"id": "s", "type": "send", "template_id": tpl}])
     assert (await world.apps["campaign"].post(f"/v1/campaigns/{old['id']}/archive", headers=world.h)).is_success
+    stages = {s["stage"]: s["segment_id"] for s in (await world.apps["segment"].get("/v1/lifecycle", headers=world.h)
+                                                    ).json()["stages"]}
+    by_id = await world.campaign(trigger={"type": "segment_entered", "segment_id": stages["at_risk"]},
+                                 exit_on_leaving=[{"segment_id": stages["at_risk"]}], template_id=tpl)
     exported = await resources.export(source)
+    assert {c.action for c in await resources.plan(source, resources.load(exported))} == {"unchanged"}
+    [mine] = [c for c in resources.load(exported)["campaigns"] if c["name"] == by_id["name"]]
+    assert mine["trigger"] == {"type": "segment_entered", "stage": "at_risk"}  # (its id is this workspace's)
+    assert mine["exit_on_leaving"] == [{"stage": "at_risk"}]
 
     async with world.sm() as s, s.begin():
         other = await create_workspace(s, f"copy-{uuid.uuid4().hex[:8]}")

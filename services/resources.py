@@ -232,6 +232,7 @@ async def plan(api: Api, desired: dict[str, list[dict[str, Any]]]) -> list[Chang
         now = current["templates"].get(item["name"])
         now_body = _template_body(now) if now else None
         changes.append(_change("templates", item["name"], body, now, now_body, back))
+    segment_changes = []
     for item in desired["segments"]:
         try:
             parsed = conditions.parse(_swap(item.get("definition"), names, True))
@@ -239,8 +240,9 @@ async def plan(api: Api, desired: dict[str, list[dict[str, Any]]]) -> list[Chang
             raise ResourceError(f"segment {item['name']!r}: {_errors(exc)}") from None
         body = {"name": item["name"], "definition": parsed.model_dump(mode="json")}
         now = current["segments"].get(item["name"])
-        changes.append(_change("segments", item["name"], body, now,
-                               {"name": now["name"], "definition": now["definition"]} if now else None, back))
+        segment_changes.append(_change("segments", item["name"], body, now,
+                                       {"name": now["name"], "definition": now["definition"]} if now else None, back))
+    changes += _readers_after_read(segment_changes)
     for item in desired["campaigns"]:
         body = {"name": item["name"], "definition": _swap(item, names, True), "status": item.get("status", "active")}
         if body["status"] not in ("active", "paused", "archived"):
@@ -253,6 +255,36 @@ async def plan(api: Api, desired: dict[str, list[dict[str, Any]]]) -> list[Chang
         now_body = {"name": now["name"], "definition": now["definition"], "status": now["status"]} if now else None
         changes.append(_change("campaigns", item["name"], body, now, now_body, back))
     return changes
+
+
+def _readers_after_read(changes: list[Change]) -> list[Change]:
+    """The segment changes in file order, except that one reading a segment the plan creates comes after that
+    creation: a file may define ``vip`` after ``vip buyers``, which reads it, and segment would otherwise be asked
+    about an id that does not exist yet (a placeholder, named in its 422). A cycle is left as it is (segment
+    refuses it, naming the node)."""
+    created = {placeholder("segment", c.name): c for c in changes if c.action == "create"}
+    ordered: list[Change] = []
+    placed: set[str] = set()
+
+    def place(c: Change, path: set[str]) -> None:
+        if c.name in placed or c.name in path:
+            return
+        for ref in sorted(_texts(c.body) & created.keys()):
+            place(created[ref], path | {c.name})
+        placed.add(c.name)
+        ordered.append(c)
+
+    for c in changes:
+        place(c, set())
+    return ordered
+
+
+def _texts(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        return set().union(*(_texts(v) for v in node.values())) if node else set()
+    if isinstance(node, list):
+        return set().union(*(_texts(v) for v in node)) if node else set()
+    return {node} if isinstance(node, str) else set()
 
 
 async def _stage_ids(api: Api) -> dict[str, str]:

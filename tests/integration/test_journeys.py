@@ -959,6 +959,32 @@ campaigns:
         await resources.plan(source, resources.load(exported.replace("status: archived", "status: deleted")))
 
 
+async def test_campaigns_as_code_create_a_segment_before_the_segments_reading_it(world, settings) -> None:
+    """A file defining ``vip buyers`` (which reads ``vip``) before ``vip``: segments were created in file order, so
+    segment was asked about ``vip``'s placeholder id and refused ("no segment 05dfbfd8-… in this workspace", an id
+    the user never saw). A segment the plan creates is now created before the segments reading it."""
+    from services import resources
+
+    api = resources.Api(world.internal._http, {s: settings.url_of(s) for s in ("segment", "campaign")}, world.h)
+    tag = uuid.uuid4().hex[:6]
+    doc = f"""
+segments:
+  - name: vip buyers {tag}
+    definition: {{type: and, children: [{{type: segment, segment: vip {tag}}},
+                                        {{type: performed, event: Order Completed, op: at_least, count: 1}}]}}
+  - name: any {tag}
+    definition: {{type: or, children: [{{type: segment, segment: vip buyers {tag}}}, {{type: segment, segment: vip {tag}}}]}}
+  - name: vip {tag}
+    definition: {{type: trait, trait: vip, op: equals, value: true}}
+"""
+    changes = await resources.plan(api, resources.load(doc))
+    assert [c.name for c in changes] == [f"vip {tag}", f"vip buyers {tag}", f"any {tag}"]
+    await resources.apply(api, changes)
+    got = {s["name"]: s for s in await api.all("segment", "/v1/segments", "segments")}
+    assert got[f"vip buyers {tag}"]["definition"]["children"][0]["segment_id"] == got[f"vip {tag}"]["id"]
+    assert {c.action for c in await resources.plan(api, resources.load(doc))} == {"unchanged"}
+
+
 async def test_locale_variants_fall_back_field_by_field_along_the_chain(world) -> None:
     """fr-CA → fr → default for each field: a fr-CA variant that only words the subject differently gets its
     body from fr (it used to get the English default's), and variants keyed pt_BR serve pt-BR profiles."""

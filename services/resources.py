@@ -148,6 +148,10 @@ def _program_body(item: dict[str, Any]) -> dict[str, Any]:
     return {"enabled": bool(item.get("enabled", True)), "config": cfg}
 
 
+_DATA_KEYS = ("traits", "value")  # what these hold is the user's data (an update_attribute step's traits, a
+# filter's or comparison's value), never a reference: a trait named ``segment`` is a trait, not a segment's name
+
+
 def _swap(node: Any, mapping: dict[str, dict[str, str]], to_ids: bool) -> Any:
     """Replace ``template``/``segment`` names with ``template_id``/``segment_id`` (or back)."""
     if isinstance(node, list):
@@ -156,7 +160,9 @@ def _swap(node: Any, mapping: dict[str, dict[str, str]], to_ids: bool) -> Any:
         return node
     out = {}
     for k, v in node.items():
-        if to_ids and k in ("template", "segment") and isinstance(v, str):
+        if k in _DATA_KEYS:
+            out[k] = v
+        elif to_ids and k in ("template", "segment") and isinstance(v, str):
             if v not in mapping[k]:
                 raise ResourceError(f"no {k} named {v!r} (in the file or the workspace)")
             out[f"{k}_id"] = mapping[k][v]
@@ -215,6 +221,7 @@ async def plan(api: Api, desired: dict[str, list[dict[str, Any]]]) -> list[Chang
             if s["name"] not in current["segments"]}},
     }
     back = {kind: {v: k for k, v in m.items()} for kind, m in names.items()}  # ids -> names, for the diffs
+    stages = await _stage_ids(api)
     changes: list[Change] = []
     for item in desired["programs"]:
         now_program = await api.maybe("campaign", f"/v1/programs/{item['name']}")
@@ -225,6 +232,7 @@ async def plan(api: Api, desired: dict[str, list[dict[str, Any]]]) -> list[Chang
         now = current["templates"].get(item["name"])
         now_body = _template_body(now) if now else None
         changes.append(_change("templates", item["name"], body, now, now_body, back))
+    segment_changes = []
     for item in desired["segments"]:
         try:
             parsed = conditions.parse(_swap(item.get("definition"), names, True))
@@ -232,15 +240,72 @@ async def plan(api: Api, desired: dict[str, list[dict[str, Any]]]) -> list[Chang
             raise ResourceError(f"segment {item['name']!r}: {_errors(exc)}") from None
         body = {"name": item["name"], "definition": parsed.model_dump(mode="json")}
         now = current["segments"].get(item["name"])
-        changes.append(_change("segments", item["name"], body, now,
-                               {"name": now["name"], "definition": now["definition"]} if now else None, back))
+        segment_changes.append(_change("segments", item["name"], body, now,
+                                       {"name": now["name"], "definition": now["definition"]} if now else None, back))
+    changes += _readers_after_read(segment_changes)
     for item in desired["campaigns"]:
         body = {"name": item["name"], "definition": _swap(item, names, True), "status": item.get("status", "active")}
-        body["definition"] = _campaign_definition(body["definition"])
+        if body["status"] not in ("active", "paused", "archived"):
+            raise ResourceError(f"campaign {item['name']!r}: status is active, paused or archived, not "
+                                f"{body['status']!r}")
+        body["definition"] = _by_stage(_campaign_definition(body["definition"]), stages)
         now = current["campaigns"].get(item["name"])
+        if now:  # (compared, and edited, as a definition naming stages by name)
+            now = {**now, "definition": _by_stage(now["definition"], stages)}
         now_body = {"name": now["name"], "definition": now["definition"], "status": now["status"]} if now else None
         changes.append(_change("campaigns", item["name"], body, now, now_body, back))
     return changes
+
+
+def _readers_after_read(changes: list[Change]) -> list[Change]:
+    """The segment changes in file order, except that one reading a segment the plan creates comes after that
+    creation: a file may define ``vip`` after ``vip buyers``, which reads it, and segment would otherwise be asked
+    about an id that does not exist yet (a placeholder, named in its 422). A cycle is left as it is (segment
+    refuses it, naming the node)."""
+    created = {placeholder("segment", c.name): c for c in changes if c.action == "create"}
+    ordered: list[Change] = []
+    placed: set[str] = set()
+
+    def place(c: Change, path: set[str]) -> None:
+        if c.name in placed or c.name in path:
+            return
+        for ref in sorted(_texts(c.body) & created.keys()):
+            place(created[ref], path | {c.name})
+        placed.add(c.name)
+        ordered.append(c)
+
+    for c in changes:
+        place(c, set())
+    return ordered
+
+
+def _texts(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        return set().union(*(_texts(v) for v in node.values())) if node else set()
+    if isinstance(node, list):
+        return set().union(*(_texts(v) for v in node)) if node else set()
+    return {node} if isinstance(node, str) else set()
+
+
+async def _stage_ids(api: Api) -> dict[str, str]:
+    """The workspace's lifecycle stages by their segment ids (GET /v1/lifecycle)."""
+    return {s["segment_id"]: s["stage"] for s in (await api.call("GET", "segment", "/v1/lifecycle"))["stages"]}
+
+
+def _by_stage(definition: dict[str, Any], stages: dict[str, str]) -> dict[str, Any]:
+    """A segment trigger or ``exit_on_leaving`` entry naming a lifecycle stage by its segment id names it by the
+    stage instead: the ids differ from workspace to workspace, so an export naming them could not be applied to
+    another one (``no segment … in this workspace``), and the two spellings of the same stage compare equal."""
+    out = dict(definition)
+    trigger = out.get("trigger")
+    if isinstance(trigger, dict) and trigger.get("type") in ("segment_entered", "segment_exited") and \
+            str(trigger.get("segment_id")) in stages:
+        out["trigger"] = {**{k: v for k, v in trigger.items() if k != "segment_id"},
+                          "stage": stages[str(trigger["segment_id"])]}
+    if isinstance(out.get("exit_on_leaving"), list):
+        out["exit_on_leaving"] = [{"stage": stages[str(ref["segment_id"])]} if isinstance(ref, dict) and str(
+            ref.get("segment_id")) in stages else ref for ref in out["exit_on_leaving"]]
+    return out
 
 
 def _change(kind: str, name: str, body: dict[str, Any], current: dict[str, Any] | None,
@@ -259,29 +324,40 @@ async def apply(api: Api, changes: list[Change]) -> None:
     for c in changes:
         if c.action == "unchanged":
             continue
-        if c.kind == "programs":
-            await api.call("PUT", "campaign", f"/v1/programs/{c.name}", json=c.body)
-        elif c.kind == "templates":
-            path = "/v1/templates" + (f"/{c.current['id']}" if c.current else "")
-            out = await api.call("PUT" if c.current else "POST", "campaign", path, json=c.body)
-            ids[placeholder("template", c.name)] = out["id"]
-        elif c.kind == "segments":
-            path = "/v1/segments" + (f"/{c.current['id']}" if c.current else "")
-            body = _fill_new_ids(c.body, ids)
-            out = await api.call("PUT" if c.current else "POST", "segment", path, json=body)
-            ids[placeholder("segment", c.name)] = out["id"]
-        else:
-            definition = _fill_new_ids(c.body["definition"], ids)
-            if c.current is None:
-                await api.call("POST", "campaign", "/v1/campaigns",
-                               json={"name": c.name, "status": c.body["status"], **definition})
-                continue
-            if definition != c.current["definition"]:
-                await api.call("PUT", "campaign", f"/v1/campaigns/{c.current['id']}",  # the file is the truth:
-                               json={"name": c.name, "topic": None, **definition})  # no topic there, none here
-            if c.body["status"] != c.current["status"]:
-                action = {"active": "resume", "paused": "pause", "archived": "archive"}[c.body["status"]]
-                await api.call("POST", "campaign", f"/v1/campaigns/{c.current['id']}/{action}")
+        try:
+            await _apply_one(api, c, ids)
+        except ResourceError as exc:  # (which item of the file: the service's answer names only the field)
+            raise ResourceError(f"{c.kind[:-1]} {c.name!r}: {exc}") from None
+
+
+async def _apply_one(api: Api, c: Change, ids: dict[str, str]) -> None:
+    """One change of the plan (``ids``: the real ids of what the plan created so far, by placeholder)."""
+    if c.kind == "programs":
+        await api.call("PUT", "campaign", f"/v1/programs/{c.name}", json=c.body)
+    elif c.kind == "templates":
+        path = "/v1/templates" + (f"/{c.current['id']}" if c.current else "")
+        out = await api.call("PUT" if c.current else "POST", "campaign", path, json=c.body)
+        ids[placeholder("template", c.name)] = out["id"]
+    elif c.kind == "segments":
+        path = "/v1/segments" + (f"/{c.current['id']}" if c.current else "")
+        body = _fill_new_ids(c.body, ids)
+        out = await api.call("PUT" if c.current else "POST", "segment", path, json=body)
+        ids[placeholder("segment", c.name)] = out["id"]
+    else:
+        definition = _fill_new_ids(c.body["definition"], ids)
+        if c.current is None:  # an archived one (an export of another workspace) is created paused, then archived
+            archived = c.body["status"] == "archived"
+            out = await api.call("POST", "campaign", "/v1/campaigns", json={
+                "name": c.name, "status": "paused" if archived else c.body["status"], **definition})
+            if archived:
+                await api.call("POST", "campaign", f"/v1/campaigns/{out['id']}/archive")
+            return
+        if definition != c.current["definition"]:
+            await api.call("PUT", "campaign", f"/v1/campaigns/{c.current['id']}",  # the file is the truth:
+                           json={"name": c.name, "topic": None, **definition})  # no topic there, none here
+        if c.body["status"] != c.current["status"]:
+            action = {"active": "resume", "paused": "pause", "archived": "archive"}[c.body["status"]]
+            await api.call("POST", "campaign", f"/v1/campaigns/{c.current['id']}/{action}")
 
 
 def _fill_new_ids(node: Any, ids: dict[str, str]) -> Any:
@@ -298,11 +374,12 @@ async def export(api: Api) -> str:
     segs = await api.all("segment", "/v1/segments", "segments")
     camps = await api.all("campaign", "/v1/campaigns", "campaigns")
     back = {"template": {t["id"]: t["name"] for t in tpls}, "segment": {s["id"]: s["name"] for s in segs}}
+    stages = await _stage_ids(api)
     programs = [(kind, await api.maybe("campaign", f"/v1/programs/{kind}")) for kind in program_config.KINDS]
     return _yaml({
         "programs": [{"name": kind, "enabled": p["enabled"], "config": p["config"]} for kind, p in programs if p],
         "templates": [_template_body(t) for t in tpls],
         "segments": [{"name": s["name"], "definition": _swap(s["definition"], back, False)} for s in segs],
-        "campaigns": [{"name": c["name"], "status": c["status"], **_swap(c["definition"], back, False)}
-                      for c in camps],
+        "campaigns": [{"name": c["name"], "status": c["status"], **_swap(_by_stage(c["definition"], stages), back,
+                                                                           False)} for c in camps],
     })

@@ -27,7 +27,8 @@ BY_NAME: dict[str, str] = {
     "entered_at": f"when the profile entered {TS}",
     "ended_at": f"when the journey ended (completed or exited); null while it runs {TS}",
     "converted_at": f"when the goal event came within the goal window; null if not (yet) {TS}",
-    "wake_at": f"when the journey's next step is due; null when it waits for an event or has ended {TS}",
+    "wake_at": f"when the journey's next step is due (while it waits for an event: the timeout); null once it "
+               f"has ended {TS}",
     "expires_at": f"when these points expire; null: never {TS}",
     "granted_at": f"when the reward was granted {TS}",
     "reversed_at": f"when it was reversed (refund); null if not {TS}",
@@ -192,7 +193,8 @@ BY_NAME: dict[str, str] = {
     "holdout_converted": "held-out entrants who converted",
     "conversion_rate": "converted ÷ entrants not held out × 100; null without such entrants",
     "holdout_conversion_rate": "the same for the holdout; lift is the difference",
-    "in_progress_by_step": "journeys running, by the step they are at",
+    "in_progress_by_step": "journeys running, by the step they run next (a journey in a delay counts at the "
+                           "step after it)",
     "exit_on_conversion": "whether converting ends the journey",
     "unsubscribe_all": "unsubscribe from all marketing messages",
 }
@@ -253,8 +255,33 @@ BY_FIELD: dict[str, str] = {
 }
 
 
+# Path and query parameters: ``"/path|name"`` for a meaning of one route, else ``name``, else ``BY_NAME``.
+BY_PARAMETER: dict[str, str] = {
+    "limit": "page size (at least 1, at most the maximum given)",
+    "write_key": "the workspace's write key, as Segment's SDKs send it",
+    "request_id": "the privacy request's id (UUID), as POST /v1/privacy/erasure answered it",
+    "list_id": "the manual list's id (UUID)",
+    "referral_id": "the referral's id (UUID)",
+    "name": "the snippet's name, as templates render it (`{% render 'footer' %}`)",
+    "status": "only those in this state (one of the values listed)",
+    "lang": "the page's language (en, fr or de); default: the browser's Accept-Language, else English",
+    "token": "the signed token of the link the message carried",
+    "u": "the link's destination URL, as signed by the token",
+    "workspace_id": "the workspace whose provider account posts here (UUID)",
+    "/v1/messages/{message_id}|message_id": "the message's id (UUID) on delivery, as POST /v1/messages answered it",
+    "/v1/devices/{token}|token": "the device's push token (FCM or APNs token, or a Web Push endpoint)",
+    "/v1/messages|campaign_id": "only the messages of this campaign",
+    "/v1/messages.csv|campaign_id": "only the messages of this campaign",
+    "/v1/messages|channel": "only this channel: email, sms, push or webhook",
+    "/v1/messages.csv|channel": "only this channel: email, sms, push or webhook",
+    "/v1/suppressions|channel": "only this channel's suppressions",
+    "/v1/suppressions/{channel}/{address}|channel": "the channel of the suppression: email, sms or push",
+}
+
+
 def describe(schema: dict[str, Any]) -> None:
-    """Fill missing property descriptions of every component schema from the glossary (in place)."""
+    """Fill missing property descriptions of every component schema, and of every path and query parameter, from
+    the glossary (in place)."""
     for name, component in schema.get("components", {}).get("schemas", {}).items():
         for field, prop in (component.get("properties") or {}).items():
             if "description" in prop:
@@ -262,3 +289,13 @@ def describe(schema: dict[str, Any]) -> None:
             text = BY_FIELD.get(f"{name}.{field}") or BY_NAME.get(field)
             if text:
                 prop["description"] = text
+    for path, item in schema.get("paths", {}).items():
+        for operation in item.values():
+            for param in operation.get("parameters", []) if isinstance(operation, dict) else []:
+                if param.get("description"):
+                    continue
+                name = param["name"]
+                text = (param.get("schema") or {}).get("description") or BY_PARAMETER.get(f"{path}|{name}") or \
+                    BY_PARAMETER.get(name) or BY_NAME.get(name)
+                if text:
+                    param["description"] = text

@@ -237,10 +237,14 @@ SECURITY_SCHEMES = {
 }
 
 
-def _document_errors(operation: dict[str, Any]) -> None:
+_PROBES = ("/healthz", "/readyz", "/metrics")
+
+
+def _document_errors(path: str, operation: dict[str, Any]) -> None:
     """The problem documents every route can answer, whatever it declares: 422 as problem+json (FastAPI's
     default entry says ``application/json``), 400/415 for a body that is not JSON or not sent as JSON,
-    401/403 where credentials are checked."""
+    401/403 where credentials are checked, 503 (with ``Retry-After``) when PostgreSQL or a sibling service does
+    not answer (shared/errors.py; docs/operations.md)."""
     responses = operation.setdefault("responses", {})
     if "422" in responses and PROBLEM_JSON not in responses["422"].get("content", {}):
         responses["422"] = problem_schema("Request validation failed")
@@ -253,6 +257,11 @@ def _document_errors(operation: dict[str, Any]) -> None:
     if "401" in responses:
         responses["401"] = {**responses["401"], "headers": {"WWW-Authenticate": {
             "description": "the challenge: `Bearer realm=\"tenure\"`", "schema": {"type": "string"}}}}
+    if path not in _PROBES:  # every route but the probes reads PostgreSQL, and many ask a sibling service
+        responses.setdefault("503", {**problem_schema(
+            "PostgreSQL, or another Tenure service this route asks, is unavailable: nothing was done; retry after "
+            "Retry-After seconds"), "headers": {"Retry-After": {
+                "description": "seconds to wait before retrying", "schema": {"type": "integer"}}}})
 
 
 def _is_list(schema: dict[str, Any]) -> bool:
@@ -357,10 +366,10 @@ def _document_security(app: FastAPI) -> None:
             schema = generate()
             schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
             schema.setdefault("security", [{"secretKey": []}])
-            for item in schema.get("paths", {}).values():
+            for path, item in schema.get("paths", {}).items():
                 for operation in item.values():
                     operation.setdefault("security", [])  # no credential dependency: a public route
-                    _document_errors(operation)
+                    _document_errors(path, operation)
             openapi_glossary.describe(schema)  # fields that mean the same everywhere, where a model says nothing
             # FastAPI's validation-error models, now referenced by nothing (our 422 is a problem document)
             for name in ("HTTPValidationError", "ValidationError"):

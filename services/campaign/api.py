@@ -159,7 +159,8 @@ async def get_campaign(campaign_id: uuid.UUID, ws: WorkspaceDep, session: Sessio
 
 @router.put("/campaigns/{campaign_id}", response_model=CampaignOut, operation_id="update_campaign",
             tags=["campaigns"], summary="Edit a campaign: a new version (users inside finish theirs)",
-            responses={**_CONFLICT, 404: problem_schema("Campaign or template not found")})
+            responses={**_CONFLICT, 404: problem_schema("Campaign or template not found"),
+                       409: problem_schema("Name already used, or the campaign is archived (archiving is final)")})
 async def update_campaign(campaign_id: uuid.UUID, body: CampaignUpdate, ws: WorkspaceDep, session: SessionDep,
                           request: Request) -> dict[str, Any]:
     async with session.begin():
@@ -223,7 +224,9 @@ async def list_journeys(
     campaign_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, page: AfterDep, limit: Limit = 100,
     status: Annotated[Literal["active", "waiting", "holdout", "completed", "exited"] | None,
                       Query(description="active | waiting | holdout | completed | exited")] = None,
-    step: Annotated[str | None, Query(description="current step id")] = None,
+    step: Annotated[str | None, Query(description="the step id journeys are at, as `step` in the answer says "
+                                                  "(one sleeping in a delay or wait_until is at the step after it)")
+                    ] = None,
 ) -> dict[str, Any]:
     async with session.begin():
         items, nxt = await campaigns.list_journeys(session, ws, campaign_id, status=status, step=step,

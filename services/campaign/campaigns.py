@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,6 +35,7 @@ def _checked_template_fields(data: dict[str, Any], snippets: dict[str, str]) -> 
     fields = {k: data.get(k) for k in templates.FIELDS}
     if not fields["html"] and not fields["text"]:
         raise ValidationFailed("A template needs an html or a text body")
+    _check_locale_keys(data.get("locales") or {})
     loc: list[str] = []
     try:
         templates.validate(fields, snippets, templates.VARIABLES)
@@ -46,6 +48,26 @@ def _checked_template_fields(data: dict[str, Any], snippets: dict[str, str]) -> 
         raise ValidationFailed(f"Template {field} is not valid: {exc.message}", field=field, **where,
                                errors=[body_error([*loc, exc.field], exc.message, **where)]) from None
     return fields
+
+
+_LOCALE_KEY = re.compile(r"[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8})*")
+
+
+def _check_locale_keys(locales: dict[str, Any]) -> None:
+    """Each variant key is a locale (``fr``, ``fr-CA``, ``pt_BR``), and no two keys name the same variant: ``fr_CA``
+    and ``fr-CA`` are one (as profile locales are read), so one of the two would never be sent, whichever the
+    stored order put last; a key that is no locale (``""``, ``"French!"``) would never be chosen at all."""
+    seen: dict[str, str] = {}
+    for code in locales:
+        if not _LOCALE_KEY.fullmatch(code):
+            raise ValidationFailed(f"Template locales: {code!r} is not a locale", errors=[body_error(
+                ["locales", code], f"{code!r} is not a locale: a language code, optionally with a region (fr, fr-CA)")])
+        variant = templates.locale_chain(code)[0]
+        if variant in seen:
+            raise ValidationFailed(f"Template locales: {seen[variant]!r} and {code!r} are the same variant", errors=[
+                body_error(["locales", code], f"{seen[variant]!r} and {code!r} are the same variant ({variant}): "
+                                              "give it once")])
+        seen[variant] = code
 
 
 async def create_template(session: AsyncSession, ws: uuid.UUID, data: dict[str, Any]) -> dict[str, Any]:
@@ -239,11 +261,12 @@ async def update_campaign(session: AsyncSession, ws: uuid.UUID, campaign_id: uui
     exit_on, exit_on_leaving) is replaced."""
     current = await fetch_one(
         session,
-        "select message_type, definition from campaign.campaigns where workspace_id = :ws and id = :id "
-        "and status <> 'archived'",  # (no lock: segment is asked next; the update below is the write)
-        {"ws": ws, "id": campaign_id},
-        missing=f"No campaign {campaign_id} (or it is archived)",
+        "select status, message_type, definition from campaign.campaigns where workspace_id = :ws and id = :id",
+        {"ws": ws, "id": campaign_id},  # (no lock: segment is asked next; the update below is the write)
+        missing=f"No campaign {campaign_id}",
     )
+    if current["status"] == "archived":  # it exists (GET shows it): a 404 read as "deleted", pause/resume say 409
+        raise Conflict(f"Campaign {campaign_id} is archived: an archived campaign is not edited")
     journey = journey_from({**data, "message_type": data.get("message_type") or current["message_type"],
                             "topic": data["topic"] if "topic" in data else (current["definition"] or {}).get("topic")})
     _check_schedule(journey, now or datetime.now(UTC), journeys.parse(current["definition"]))

@@ -181,8 +181,10 @@ class JourneyOut(BaseModel):
     version: int = Field(description="the campaign version the journey runs")
     profile_id: str
     status: str = Field(description="active | waiting | holdout | completed | exited")
-    step: str | None = Field(description="the step it is at (for an exited journey, the step it left from); null "
-                                         "for a holdout and once completed")
+    step: str | None = Field(description="the step it runs next: a wait_for_event step while it waits for the "
+                                         "event; the step after a delay, wait_until or wait_until_attribute while it "
+                                         "sleeps there until wake_at (the log shows the wait); for an exited journey, "
+                                         "the step it left from; null for a holdout and once completed")
     wake_at: datetime | None
     variant: str | None
     entered_at: datetime

@@ -180,7 +180,7 @@ async def retention_metrics(
     segment_id: Annotated[uuid.UUID | None, Query(description="only current members of this segment (or lifecycle "
                                                                "stage: its segment id from GET /v1/lifecycle)")] = None,
 ) -> dict[str, Any]:
-    start, end = (t if t.tzinfo else t.replace(tzinfo=UTC) for t in (start, end))  # no offset: UTC
+    start, end = (t.astimezone(UTC) if t.tzinfo else t.replace(tzinfo=UTC) for t in (start, end))  # answered in UTC
     if end <= start:
         raise ValidationFailed("end must be after start")
     async with session.begin():

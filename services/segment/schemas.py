@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from shared.validation import JsonInt, Ref, StorableText
 
@@ -21,7 +21,14 @@ DEFINITION_EXAMPLE = {
 }
 
 
-class SegmentCreate(BaseModel):
+class _Body(BaseModel):
+    """A request body: a field this API does not know is a 422 naming it, as on campaign, not dropped — a misspelt
+    ``defintion`` in an edit would otherwise answer 200 and keep the old definition, as an omitted field does."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SegmentCreate(_Body):
     name: Name = Field(examples=["Repeat buyers on Pro"], description="the segment's name, unique in the workspace")
     definition: dict[str, Any] = Field(
         description="condition tree: and/or/not, trait, account_trait, performed (with `where` property filters), "
@@ -31,7 +38,7 @@ class SegmentCreate(BaseModel):
     )
 
 
-class SegmentUpdate(BaseModel):
+class SegmentUpdate(_Body):
     """What to change: the name, the definition, or both; an omitted field keeps its value."""
 
     name: Name | None = Field(None, description="a new name, unique in the workspace; omitted: unchanged")
@@ -41,6 +48,8 @@ class SegmentUpdate(BaseModel):
 
 
 class PreviewRequest(BaseModel):
+    """Other fields are ignored: a segment's create body (its ``name`` too) previews as it is."""
+
     definition: dict[str, Any] = Field(examples=[DEFINITION_EXAMPLE])
     sample: JsonInt = Field(10, ge=0, le=100)
 
@@ -155,6 +164,8 @@ class StageSeries(BaseModel):
 
 
 class SearchRequest(BaseModel):
+    """Other fields are ignored, as a preview's (a segment's create body searches as it is)."""
+
     definition: dict[str, Any] = Field(
         description="which profiles: any condition tree (a trait, an attribute, a segment membership, …)",
         examples=[{"type": "attribute", "attribute": "order_count", "op": "gte", "value": 2}])
@@ -176,7 +187,7 @@ class SearchOut(BaseModel):
     next_cursor: str | None = Field(None, description="pass as `after` for the next page")
 
 
-class ListCreate(BaseModel):
+class ListCreate(_Body):
     name: Name = Field(examples=["Beta testers"], description="the list's name, unique in the workspace")
 
 
@@ -192,7 +203,7 @@ class ListPage(BaseModel):
     next_cursor: str | None = None
 
 
-class ListIds(BaseModel):
+class ListIds(_Body):
     ids: list[Ref] = Field(min_length=1, max_length=10_000,
                            description="profile ids, userIds, anonymousIds or emails (no control characters)",
                            examples=[["u-42", "ada@example.com"]])

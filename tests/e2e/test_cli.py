@@ -181,7 +181,8 @@ def _said(r: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_apply_prints_names_and_the_services_refusal_as_written(settings, served, workspace, tmp_path) -> None:
-    """The plan names each item; a service's refusal is shown whole (its problem document); exit 1."""
+    """The plan names each item; a service's refusal is shown whole (its problem document), after the item it is
+    about; exit 1."""
     path = tmp_path / "markup.yaml"
     path.write_text(yaml.safe_dump({"templates": [
         {"name": MARKUP, "subject": "Hi", "text": "Hello"},
@@ -195,7 +196,7 @@ def test_apply_prints_names_and_the_services_refusal_as_written(settings, served
     assert r.returncode == 1, r.stderr
     said = _said(r)
     assert f"create template {MARKUP}" in said and "create template broken" in said
-    assert "error: POST campaign/v1/templates: 422" in said and f"no snippet named '{MARKUP}'" in said, said
+    assert "error: template 'broken': POST campaign/v1/templates: 422" in said and f"no snippet named '{MARKUP}'" in said, said
     templates = httpx.get(f"{served['campaign']}/v1/templates", headers={
         "Authorization": f"Bearer {workspace.secret_key}"}).json()["templates"]
     assert [t["name"] for t in templates] == [MARKUP]  # applied before the refusal, as the plan said

@@ -807,7 +807,8 @@ async def test_a_send_step_run_again_is_logged_as_a_replay_and_sends_nothing(wor
 
 async def test_an_archived_campaign_stays_archived(world) -> None:
     """Archive is final: pause and resume answer 409 (resume used to make it active again, so it took
-    entries and ran the journeys it had ended); the trigger API refuses it too."""
+    entries and ran the journeys it had ended); the trigger API refuses it too, and so does an edit, with the
+    same 409 (it answered 404 "No campaign … (or it is archived)" for a campaign GET still shows)."""
     tpl = await world.template("arch", "Archived")
     camp = await world.campaign(trigger={"type": "api"}, steps=[{"id": "s", "type": "send", "template_id": tpl}])
     r = await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/archive", headers=world.h)
@@ -815,8 +816,11 @@ async def test_an_archived_campaign_stays_archived(world) -> None:
     for action in ("resume", "pause"):
         r = await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/{action}", headers=world.h)
         assert r.status_code == 409 and r.headers["content-type"].startswith("application/problem+json"), r.text
+    edit = await world.apps["campaign"].put(f"/v1/campaigns/{camp['id']}", headers=world.h, json={
+        "trigger": {"type": "api"}, "steps": [{"id": "s", "type": "send", "template_id": tpl}]})
+    assert edit.status_code == 409 and "archived" in edit.json()["detail"], edit.text
     got = await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}", headers=world.h)
-    assert got.json()["status"] == "archived"
+    assert got.json()["status"] == "archived" and got.json()["version"] == 1
     await world.identify("arch-1", email=_email("arch"))
     r = await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/trigger", headers=world.h,
                                           json={"user": "arch-1"})
@@ -874,6 +878,116 @@ campaigns:
     assert by_name["news-mail"]["preheader"] == "Three things inside"
 
 
+async def test_campaigns_as_code_keep_traits_named_segment_or_template(world, settings) -> None:
+    """An ``update_attribute`` step setting a trait called ``segment`` (a customer segment, ``enterprise``) was
+    read as a reference to a segment named ``enterprise``: ``tenure apply`` refused the file ("no segment named
+    'enterprise'"), so a campaign made through the API could not be exported and applied back."""
+    from services import resources
+
+    api = resources.Api(world.internal._http, {s: settings.url_of(s) for s in ("segment", "campaign")}, world.h)
+    name = f"tier-{uuid.uuid4().hex[:6]}"
+    doc = f"""
+templates:
+  - name: {name}-mail
+    subject: Welcome aboard
+    text: Hi
+campaigns:
+  - name: {name}
+    trigger: {{type: event, event: Plan Chosen, where: [{{property: segment, op: equals, value: {{segment: x}}}}]}}
+    steps:
+      - {{id: mark, type: update_attribute, traits: {{segment: enterprise, template: gold}}, next: mail}}
+      - {{id: mail, type: send, template: {name}-mail}}
+"""
+    changes = await resources.plan(api, resources.load(doc))
+    assert [c.action for c in changes] == ["create", "create"]
+    await resources.apply(api, changes)
+    got = {c["name"]: c for c in (await world.apps["campaign"].get("/v1/campaigns", headers=world.h)).json()[
+        "campaigns"]}[name]
+    assert got["definition"]["steps"][0]["traits"] == {"segment": "enterprise", "template": "gold"}
+    assert got["definition"]["trigger"]["where"][0]["value"] == {"segment": "x"}
+    assert {c.action for c in await resources.plan(api, resources.load(doc))} == {"unchanged"}
+    exported = await resources.export(api)
+    assert {c.action for c in await resources.plan(api, resources.load(exported))} == {"unchanged"}
+
+
+async def test_an_export_applies_to_another_workspace_archived_campaigns_included(world, settings) -> None:
+    """`tenure get campaigns -o yaml` of one workspace applied to another (staging to production): an archived
+    campaign was POSTed with ``status: archived``, which creation refuses, and the error named the field but not
+    the campaign; a trigger naming a lifecycle stage by its segment id (GET /v1/lifecycle) was exported with that
+    id, which is this workspace's only ("no segment … in this workspace" in the other). An archived campaign is
+    created paused and archived, a stage is exported by its name, the copy exports the same, and a refusal names
+    the item."""
+    from services import resources
+    from shared.core import create_workspace
+
+    urls = {s: settings.url_of(s) for s in ("segment", "campaign")}
+    source = resources.Api(world.internal._http, urls, world.h)
+    tpl = await world.template("old", "Old news")
+    old = await world.campaign(trigger={"type": "api"}, steps=[{"id": "s", "type": "send", "template_id": tpl}])
+    assert (await world.apps["campaign"].post(f"/v1/campaigns/{old['id']}/archive", headers=world.h)).is_success
+    stages = {s["stage"]: s["segment_id"] for s in (await world.apps["segment"].get("/v1/lifecycle", headers=world.h)
+                                                    ).json()["stages"]}
+    by_id = await world.campaign(trigger={"type": "segment_entered", "segment_id": stages["at_risk"]},
+                                 exit_on_leaving=[{"segment_id": stages["at_risk"]}], template_id=tpl)
+    exported = await resources.export(source)
+    assert {c.action for c in await resources.plan(source, resources.load(exported))} == {"unchanged"}
+    [mine] = [c for c in resources.load(exported)["campaigns"] if c["name"] == by_id["name"]]
+    assert mine["trigger"] == {"type": "segment_entered", "stage": "at_risk"}  # (its id is this workspace's)
+    assert mine["exit_on_leaving"] == [{"stage": "at_risk"}]
+
+    async with world.sm() as s, s.begin():
+        other = await create_workspace(s, f"copy-{uuid.uuid4().hex[:8]}")
+    target = resources.Api(world.internal._http, urls, {"Authorization": f"Bearer {other.secret_key}"})
+    await resources.apply(target, await resources.plan(target, resources.load(exported)))
+    copied = {c["name"]: c for c in await target.all("campaign", "/v1/campaigns", "campaigns")}
+    assert copied[old["name"]]["status"] == "archived"
+    assert {c.action for c in await resources.plan(target, resources.load(exported))} == {"unchanged"}
+    def by_name(doc: str) -> dict[str, dict[str, dict]]:  # (an export lists items in id order)
+        return {kind: {i["name"]: i for i in items} for kind, items in resources.load(doc).items()}
+
+    assert by_name(await resources.export(target)) == by_name(exported)
+
+    late = f"late-{uuid.uuid4().hex[:6]}"  # (a one-off time in the past: only the service checks that)
+    bad = f"""
+segments: [{{name: {late}, definition: {{type: trait, trait: plan, op: exists}}}}]
+campaigns:
+  - {{name: {late}, trigger: {{type: schedule, segment: {late}, at: '2020-01-01T00:00:00Z'}},
+     steps: [{{id: s, type: send, template_id: {tpl}}}]}}
+"""
+    with pytest.raises(resources.ResourceError) as refused:
+        await resources.apply(source, await resources.plan(source, resources.load(bad)))
+    assert str(refused.value).startswith(f"campaign {late!r}: POST campaign/v1/campaigns: 422"), refused.value
+    assert "trigger.at" in str(refused.value)
+    with pytest.raises(resources.ResourceError, match="status is active, paused or archived, not 'deleted'"):
+        await resources.plan(source, resources.load(exported.replace("status: archived", "status: deleted")))
+
+
+async def test_campaigns_as_code_create_a_segment_before_the_segments_reading_it(world, settings) -> None:
+    """A file defining ``vip buyers`` (which reads ``vip``) before ``vip``: segments were created in file order, so
+    segment was asked about ``vip``'s placeholder id and refused ("no segment 05dfbfd8-… in this workspace", an id
+    the user never saw). A segment the plan creates is now created before the segments reading it."""
+    from services import resources
+
+    api = resources.Api(world.internal._http, {s: settings.url_of(s) for s in ("segment", "campaign")}, world.h)
+    tag = uuid.uuid4().hex[:6]
+    doc = f"""
+segments:
+  - name: vip buyers {tag}
+    definition: {{type: and, children: [{{type: segment, segment: vip {tag}}},
+                                        {{type: performed, event: Order Completed, op: at_least, count: 1}}]}}
+  - name: any {tag}
+    definition: {{type: or, children: [{{type: segment, segment: vip buyers {tag}}}, {{type: segment, segment: vip {tag}}}]}}
+  - name: vip {tag}
+    definition: {{type: trait, trait: vip, op: equals, value: true}}
+"""
+    changes = await resources.plan(api, resources.load(doc))
+    assert [c.name for c in changes] == [f"vip {tag}", f"vip buyers {tag}", f"any {tag}"]
+    await resources.apply(api, changes)
+    got = {s["name"]: s for s in await api.all("segment", "/v1/segments", "segments")}
+    assert got[f"vip buyers {tag}"]["definition"]["children"][0]["segment_id"] == got[f"vip {tag}"]["id"]
+    assert {c.action for c in await resources.plan(api, resources.load(doc))} == {"unchanged"}
+
+
 async def test_locale_variants_fall_back_field_by_field_along_the_chain(world) -> None:
     """fr-CA → fr → default for each field: a fr-CA variant that only words the subject differently gets its
     body from fr (it used to get the English default's), and variants keyed pt_BR serve pt-BR profiles."""
@@ -892,6 +1006,25 @@ async def test_locale_variants_fall_back_field_by_field_along_the_chain(world) -
     assert (qc["subject"], qc["text"], qc["locale"]) == ("Allô", "Votre commande est partie", "fr-ca")
     br = await preview("loc-br")
     assert (br["subject"], br["text"]) == ("Olá", "Seu pedido foi enviado")
+
+
+@pytest.mark.parametrize("locales, key, said", [
+    ({"fr_CA": {"subject": "A"}, "fr-CA": {"subject": "B"}}, "fr-CA", "same variant"),
+    ({"fr": {"subject": "A"}, "FR": {"subject": "B"}}, "FR", "same variant"),
+    ({"": {"subject": "A"}}, "", "not a locale"),
+    ({"French!": {"subject": "A"}}, "French!", "not a locale"),
+])
+async def test_a_template_naming_a_locale_variant_twice_or_no_locale_is_refused(world, locales, key, said) -> None:
+    """``fr_CA`` and ``fr-CA`` are one variant (docs/campaigns.md): both were saved, and the fr-CA profile got
+    whichever the stored order put last ("A", though "B" came last in the request); a key that is no locale was
+    saved and never chosen. Both are 422s naming the key, on create and on update."""
+    h, campaign = world.h, world.apps["campaign"]
+    body = {"name": f"loc-{uuid.uuid4().hex[:6]}", "subject": "Hello", "text": "Hi", "locales": locales}
+    for r in (await campaign.post("/v1/templates", headers=h, json=body),
+              await campaign.put(f"/v1/templates/{await world.template('loc-ok', 'Hello')}", headers=h, json=body)):
+        assert r.status_code == 422, r.text
+        (error,) = r.json()["errors"]
+        assert error["loc"] == ["body", "locales", key] and said in error["msg"], r.text
 
 
 async def test_a_template_with_an_unknown_filter_or_snippet_is_refused_on_save(world) -> None:

@@ -391,3 +391,26 @@ async def test_a_workspace_whose_segments_fail_does_not_stop_the_others(apps, wo
         await s.execute(text("delete from segment.segments where workspace_id = :ws"), {"ws": broken.workspace_id})
         await s.execute(text("delete from segment.dirty_profiles where workspace_id = :ws"),
                         {"ws": broken.workspace_id})
+
+
+async def test_a_misspelt_field_is_a_422_naming_it_not_a_silent_no_op(apps, workspace) -> None:
+    """An edit with ``defintion`` answered 200 and kept the old definition (an unknown field was dropped, and an
+    omitted one keeps its value), so a marketer believed the segment changed. The bodies that save refuse what
+    they do not know, as campaign's do (a preview or search takes a segment's create body as it is)."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    seg = apps["segment"]
+    plan = {"type": "trait", "trait": "plan", "op": "equals", "value": "pro"}
+    created = await seg.post("/v1/segments", headers=h, json={"name": f"pro-{uuid.uuid4().hex[:6]}", "definition": plan})
+    sid = created.json()["id"]
+    lst = await seg.post("/v1/lists", headers=h, json={"name": f"beta-{uuid.uuid4().hex[:6]}"})
+    for method, path, body, field in [
+        ("PUT", f"/v1/segments/{sid}", {"defintion": {**plan, "value": "free"}}, "defintion"),
+        ("POST", "/v1/segments", {"name": "typo", "definition": plan, "descripton": "pros"}, "descripton"),
+        ("POST", "/v1/lists", {"name": "l", "descripton": "x"}, "descripton"),
+        ("POST", f"/v1/lists/{lst.json()['id']}/members", {"ids": ["u-1"], "lst": 1}, "lst"),
+    ]:
+        r = await seg.request(method, path, headers=h, json=body)
+        assert r.status_code == 422, (path, r.text)
+        assert ["body", field] in [e["loc"] for e in r.json()["errors"]], r.text
+    got = await seg.get(f"/v1/segments/{sid}", headers=h)
+    assert got.json()["definition"]["value"] == "pro" and got.json()["version"] == 1

@@ -188,10 +188,15 @@ def tz_column(name: str, *, nullable: bool = False, default_now: bool = True) ->
     )
 
 
+def sqlstate(exc: Exception) -> str | None:
+    """The SQLSTATE of a database error wrapped by SQLAlchemy."""
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+
+
 def is_unique_violation(exc: Exception) -> bool:
     """True for a unique-constraint violation (SQLSTATE 23505) wrapped by SQLAlchemy."""
-    orig = getattr(exc, "orig", None)
-    return (getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) == "23505"
+    return sqlstate(exc) == "23505"
 
 
 def row_dict(row: Any) -> dict[str, Any]:

@@ -12,9 +12,18 @@ Cursors are opaque strings to clients: ``"<xid>-<seq>"``; the empty cursor start
 from dataclasses import dataclass
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.db import sqlstate
 from shared.errors import BadRequest
+
+CONSUMER_LOCK_WAIT = "2s"
+
+
+class ConsumerBusy(Exception):
+    """Another job holds the consumer (it reads the feed until drained, so nothing is missed: the caller marks its
+    function dirty, which makes the holder read once more before it stops)."""
 
 
 @dataclass(frozen=True, order=True)
@@ -55,16 +64,28 @@ def feed_params(after: Cursor, limit: int) -> dict[str, object]:
 
 
 async def lock_consumer(session: AsyncSession, schema: str, consumer: str) -> str:
-    """Lock a consumer's row in ``<schema>.consumers`` (one processor at a time) and return its cursor.
+    """Lock a consumer's row in ``<schema>.consumers`` (one processor at a time) and return its cursor, or raise
+    :class:`ConsumerBusy` after waiting :data:`CONSUMER_LOCK_WAIT` for another job that holds it.
+
+    Waiting without a bound piled up a job and a PostgreSQL connection per poll (every few seconds) behind a
+    holder stuck on a slow or unreachable upstream feed: ~30 connections when ingest was down.
 
     The caller saves the new cursor with :func:`save_consumer` in the same transaction as the state it
     derived from the page, so a crash replays the page and never applies it twice.
     """
-    await session.execute(
-        text(f"insert into {schema}.consumers (name, cursor) values (:n, '') on conflict do nothing"), {"n": consumer}
-    )
-    row = await session.execute(text(f"select cursor from {schema}.consumers where name = :n for update"),
-                                {"n": consumer})
+    await session.execute(text("select set_config('lock_timeout', :t, true)"), {"t": CONSUMER_LOCK_WAIT})
+    try:
+        # (the insert waits too when the holder is the job that created the row, in its first transaction)
+        await session.execute(
+            text(f"insert into {schema}.consumers (name, cursor) values (:n, '') on conflict do nothing"),
+            {"n": consumer})
+        row = await session.execute(text(f"select cursor from {schema}.consumers where name = :n for update"),
+                                    {"n": consumer})
+    except DBAPIError as exc:
+        if sqlstate(exc) == "55P03":  # lock_not_available
+            raise ConsumerBusy(consumer) from None
+        raise
+    await session.execute(text("reset lock_timeout"))  # the rest of the transaction waits as configured
     return str(row.scalar_one())
 
 

@@ -86,6 +86,12 @@ async def wake(redis: ArqRedis, settings: Settings, service: ServiceName, functi
         log.warning("queue.wake_failed", service=service, function=function, error=str(exc))
 
 
+async def mark_dirty(ctx: JobCtx, function: str) -> None:
+    """Tell the job running ``function`` to run once more before it stops (as a wake-up arriving meanwhile does)."""
+    queue = ctx["settings"].queue_name(ctx["service"])
+    await ctx["redis"].set(_dirty_key(queue, function), b"1", ex=3600)
+
+
 async def take_dirty(ctx: JobCtx, function: str) -> bool:
     """True if a wake-up for ``function`` arrived while it was running (and clear the flag)."""
     queue = ctx["settings"].queue_name(ctx["service"])

@@ -11,7 +11,8 @@ from arq.worker import Worker
 from services.campaign import campaigns, dispatch, journeys, schedules, triggering
 from services.campaign.programs import maintenance
 from services.campaign.programs import outbox as program_outbox
-from shared.queue import JobCtx, build_worker, stopping, take_dirty, wake, worker_settings_class
+from shared.feed import ConsumerBusy
+from shared.queue import JobCtx, build_worker, mark_dirty, stopping, take_dirty, wake, worker_settings_class
 from shared.settings import Settings
 
 log = structlog.get_logger()
@@ -21,8 +22,12 @@ async def _consume(ctx: JobCtx, feed: str, function: str) -> int:
     settings = ctx["settings"]
     read = moved = 0
     while True:
-        async with ctx["sessionmaker"]() as session, session.begin():
-            page = await triggering.consume_page(session, ctx["internal"], feed, settings.consumer_batch_size)
+        try:
+            async with ctx["sessionmaker"]() as session, session.begin():
+                page = await triggering.consume_page(session, ctx["internal"], feed, settings.consumer_batch_size)
+        except ConsumerBusy:  # another job reads this feed: it reads once more for whatever woke this one
+            await mark_dirty(ctx, function)
+            break
         read, moved = read + page.read, moved + page.entered + page.woken + page.ended
         if page.entered or page.woken:  # a separate job: reading, advancing and dispatching overlap
             await wake(ctx["redis"], settings, "campaign", "advance_journeys")

@@ -11,8 +11,9 @@ from sqlalchemy import text
 from services.segment import evaluation, partitioning
 from shared import retention
 from shared.db import session_lock
+from shared.feed import ConsumerBusy
 from shared.metrics import workspace_failed
-from shared.queue import JobCtx, build_worker, long_job, stopping, take_dirty, wake, worker_settings_class
+from shared.queue import JobCtx, build_worker, long_job, mark_dirty, stopping, take_dirty, wake, worker_settings_class
 from shared.settings import Settings
 
 log = structlog.get_logger()
@@ -32,8 +33,12 @@ async def on_events(ctx: JobCtx) -> int:
     settings = ctx["settings"]
     total = transitions = 0
     while True:
-        async with ctx["sessionmaker"]() as session, session.begin():
-            page = await evaluation.consume_page(session, ctx["internal"], settings.consumer_batch_size)
+        try:
+            async with ctx["sessionmaker"]() as session, session.begin():
+                page = await evaluation.consume_page(session, ctx["internal"], settings.consumer_batch_size)
+        except ConsumerBusy:  # another job reads the feed: it reads once more for whatever woke this one
+            await mark_dirty(ctx, "on_events")
+            break
         total += page.events
         _, changed = await partitioning.process_dirty(ctx["sessionmaker"], settings.segment_partitions,
                                                       settings.consumer_batch_size, evaluation.reevaluate)

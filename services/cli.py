@@ -13,7 +13,6 @@ import contextlib
 import errno
 import importlib
 import re
-import signal
 import socket
 import sys
 from collections.abc import Iterator
@@ -540,7 +539,7 @@ def dev(
 ) -> None:
     """Run everything in one process: four APIs, four workers, the dev inbox; embedded Postgres/Redis
     when TENURE_DATABASE_URL / TENURE_REDIS_URL are not set. Ctrl-C stops it all."""
-    from services.devserver import run_dev
+    from services.devserver import catch_stop_signals, run_dev, stop_requested
     from shared.logging import configure_logging
     from shared.migrate import upgrade_all
 
@@ -551,18 +550,24 @@ def dev(
                       "catcher on 1025/8025)? Stop it, or set those variables to free ports.", highlight=False)
         raise typer.Exit(2)
     configure_logging(base)
-    _interrupt_on_hangup_and_term()
-    with _with_database(base) as settings:
-        if settings.dev_inbox:  # delivery sends to the local inbox
-            settings = settings.model_copy(update={"smtp_host": settings.host})
-        upgrade_all(settings)
-        Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
-        try:
-            asyncio.run(run_dev(settings, demo=demo and settings.dev_demo, console=console))
-        except KeyboardInterrupt:
-            pass
-        finally:
-            _interrupt_on_hangup_and_term()  # asyncio.run put the defaults back; the embedded servers still run
+    catch_stop_signals()
+    try:
+        with _with_database(base) as settings:
+            try:
+                if settings.dev_inbox:  # delivery sends to the local inbox
+                    settings = settings.model_copy(update={"smtp_host": settings.host})
+                upgrade_all(settings)
+                Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
+                if not stop_requested():
+                    asyncio.run(run_dev(settings, demo=demo and settings.dev_demo, console=console))
+            except KeyboardInterrupt:
+                pass
+            finally:
+                # asyncio.run put the defaults back, and the embedded servers still run: a signal from now on
+                # (Ctrl-C pressed again) is noted, and lets them stop
+                catch_stop_signals(interrupt=False)
+    except KeyboardInterrupt:  # while the embedded servers were starting (they stopped what had started)
+        pass
     console.print("stopped")
 
 
@@ -581,13 +586,6 @@ def _ports_in_use(settings: Settings) -> list[str]:
                 if exc.errno == errno.EADDRINUSE:
                     taken.append(f"{settings.host}:{port} ({var})")
     return taken
-
-
-def _interrupt_on_hangup_and_term() -> None:
-    """SIGTERM (kill) and SIGHUP (the terminal closed) stop `tenure dev` as Ctrl-C does, embedded servers
-    included; by default they would end the process at once and leave those running."""
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.default_int_handler)
 
 
 def main() -> None:  # pragma: no cover - console script entry

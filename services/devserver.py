@@ -30,6 +30,34 @@ DEMO_TEMPLATE = {
 }
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_stop_signals: list[int] = []
+
+
+def stop_requested() -> bool:
+    """Whether Ctrl-C, SIGTERM or SIGHUP came since :func:`catch_stop_signals` (see there)."""
+    return bool(_stop_signals)
+
+
+def catch_stop_signals(*, interrupt: bool = True) -> None:
+    """Ctrl-C, SIGTERM (kill) and SIGHUP (the terminal closed) stop `tenure dev` alike (by default the last two
+    would end the process at once and leave the embedded servers running). Each is recorded, then (``interrupt``)
+    raised as ``KeyboardInterrupt`` to cut short the blocking start-up work (embedded servers, migrations). The
+    record is what start-up checks: Python prints and drops a ``KeyboardInterrupt`` raised inside a finalizer (a
+    weakref callback, a ``__del__``), and start-up then went on to serve as if no Ctrl-C had come. Installing a
+    handler of our own also keeps ``asyncio.run`` from installing its own, which cancels the main task and
+    printed pages of tracebacks from servers caught starting. With ``interrupt=False`` (while stopping) signals
+    are only recorded: Ctrl-C pressed again must not cut the embedded servers' shutdown short."""
+
+    def on_signal(signum: int, _frame: object) -> None:
+        _stop_signals.append(signum)
+        if interrupt:
+            raise KeyboardInterrupt
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_signal)
+
+
 class _Server(uvicorn.Server):
     """A uvicorn server that leaves signal handling to the supervisor (several share one loop)."""
 
@@ -106,12 +134,20 @@ def _banner_text(settings: Settings, demo: dict[str, Any] | None) -> str:
 async def run_dev(settings: Settings, *, demo: bool, console: Console) -> None:
     from shared.logging import configure_logging
 
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:  # first: from here on a signal only sets `stop`, whatever is running
+        loop.add_signal_handler(sig, stop.set)
+    if stop_requested():  # came before (and its KeyboardInterrupt may have been dropped): start nothing
+        return
     configure_logging(settings)
     if logging.getLogger().level == logging.INFO:
         # five servers share this process: their "Started server process" / "Uvicorn running on" lines (five
         # of each) would bury the banner, which lists every URL; errors (a port in use) still show
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     demo_keys = await ensure_demo(settings) if demo else None
+    if stop.is_set():
+        return
     servers: list[_Server] = []
     for name in SERVICES:
         module = importlib.import_module(f"services.{name}.app")
@@ -128,20 +164,16 @@ async def run_dev(settings: Settings, *, demo: bool, console: Console) -> None:
                                               port=settings.inbox_port, log_config=None, access_log=False)))
     workers = [importlib.import_module(f"services.{name}.worker").create_worker(settings, handle_signals=False)
                for name in SERVICES]
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, stop.set)
     server_tasks = [asyncio.create_task(s.serve()) for s in servers]
     worker_tasks = [asyncio.create_task(w.async_run()) for w in workers]
     while not all(s.started for s in servers):
-        if any(t.done() for t in server_tasks):
+        if stop.is_set() or any(t.done() for t in server_tasks):
             break
         await asyncio.sleep(0.05)
     if all(s.started for s in servers):
         # plain text, never wrapped: the curl lines must survive copy-paste
         console.print(_banner(settings, demo_keys), soft_wrap=True, highlight=False)
-    else:
+    elif not stop.is_set():
         console.print("[red]a server failed to start (port in use?); stopping[/red]")
         stop.set()
     await stop.wait()

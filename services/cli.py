@@ -539,7 +539,7 @@ def dev(
 ) -> None:
     """Run everything in one process: four APIs, four workers, the dev inbox; embedded Postgres/Redis
     when TENURE_DATABASE_URL / TENURE_REDIS_URL are not set. Ctrl-C stops it all."""
-    from services.devserver import catch_stop_signals, run_dev, stop_requested
+    from services.devserver import catch_stop_signals, run_dev, stop_requested, stopping
     from shared.logging import configure_logging
     from shared.migrate import upgrade_all
 
@@ -563,9 +563,7 @@ def dev(
             except KeyboardInterrupt:
                 pass
             finally:
-                # asyncio.run put the defaults back, and the embedded servers still run: a signal from now on
-                # (Ctrl-C pressed again) is noted, and lets them stop
-                catch_stop_signals(interrupt=False)
+                stopping()
     except KeyboardInterrupt:  # while the embedded servers were starting (they stopped what had started)
         pass
     console.print("stopped")

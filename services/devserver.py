@@ -32,6 +32,9 @@ DEMO_TEMPLATE = {
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _stop_signals: list[int] = []
+# while run_dev runs: where a stop signal goes; before it, one interrupts (start-up); after it, one is only noted
+_stop_target: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+_interrupt = True
 
 
 def stop_requested() -> bool:
@@ -39,23 +42,38 @@ def stop_requested() -> bool:
     return bool(_stop_signals)
 
 
-def catch_stop_signals(*, interrupt: bool = True) -> None:
+def _on_stop_signal(signum: int, _frame: object) -> None:
+    _stop_signals.append(signum)
+    if _stop_target is not None:
+        loop, stop = _stop_target
+        with contextlib.suppress(RuntimeError):  # the loop has closed
+            loop.call_soon_threadsafe(stop.set)
+    elif _interrupt:
+        raise KeyboardInterrupt
+
+
+def stopping() -> None:
+    """From now on a stop signal is only noted (the embedded servers stop undisturbed)."""
+    global _interrupt
+    _interrupt = False
+
+
+def catch_stop_signals() -> None:
     """Ctrl-C, SIGTERM (kill) and SIGHUP (the terminal closed) stop `tenure dev` alike (by default the last two
-    would end the process at once and leave the embedded servers running). Each is recorded, then (``interrupt``)
-    raised as ``KeyboardInterrupt`` to cut short the blocking start-up work (embedded servers, migrations). The
-    record is what start-up checks: Python prints and drops a ``KeyboardInterrupt`` raised inside a finalizer (a
-    weakref callback, a ``__del__``), and start-up then went on to serve as if no Ctrl-C had come. Installing a
-    handler of our own also keeps ``asyncio.run`` from installing its own, which cancels the main task and
-    printed pages of tracebacks from servers caught starting. With ``interrupt=False`` (while stopping) signals
-    are only recorded: Ctrl-C pressed again must not cut the embedded servers' shutdown short."""
+    would end the process at once and leave the embedded servers running), by one handler for the whole run:
 
-    def on_signal(signum: int, _frame: object) -> None:
-        _stop_signals.append(signum)
-        if interrupt:
-            raise KeyboardInterrupt
-
+    - during start-up (embedded servers, migrations) a signal is noted and raised as ``KeyboardInterrupt``, to cut
+      the blocking work short. The note is what start-up checks before each stage: Python prints and drops a
+      ``KeyboardInterrupt`` raised inside a finalizer (a weakref callback, a ``__del__``), and start-up then went
+      on to serve as if no Ctrl-C had come;
+    - while :func:`run_dev` runs, it sets run_dev's stop event (our handler also keeps ``asyncio.run`` from
+      installing its own, which cancelled the main task: pages of tracebacks from servers caught starting);
+    - after it, it is only noted: Ctrl-C pressed again must not cut the embedded servers' shutdown short (it
+      interrupted pgserver's ``pg_ctl stop``, and a signal while asyncio closed its loop wrote to a closed fd)."""
+    global _interrupt
+    _interrupt = True
     for sig in STOP_SIGNALS:
-        signal.signal(sig, on_signal)
+        signal.signal(sig, _on_stop_signal)
 
 
 class _Server(uvicorn.Server):
@@ -132,14 +150,20 @@ def _banner_text(settings: Settings, demo: dict[str, Any] | None) -> str:
 
 
 async def run_dev(settings: Settings, *, demo: bool, console: Console) -> None:
+    """Serve until Ctrl-C, SIGTERM or SIGHUP (see :func:`catch_stop_signals`, which the caller installs)."""
+    global _stop_target, _interrupt
+    stop = asyncio.Event()
+    _stop_target = (asyncio.get_running_loop(), stop)
+    try:
+        if not stop_requested():  # one that came before (its KeyboardInterrupt perhaps dropped) starts nothing
+            await _serve(settings, demo=demo, console=console, stop=stop)
+    finally:
+        _stop_target, _interrupt = None, False
+
+
+async def _serve(settings: Settings, *, demo: bool, console: Console, stop: asyncio.Event) -> None:
     from shared.logging import configure_logging
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in STOP_SIGNALS:  # first: from here on a signal only sets `stop`, whatever is running
-        loop.add_signal_handler(sig, stop.set)
-    if stop_requested():  # came before (and its KeyboardInterrupt may have been dropped): start nothing
-        return
     configure_logging(settings)
     if logging.getLogger().level == logging.INFO:
         # five servers share this process: their "Started server process" / "Uvicorn running on" lines (five

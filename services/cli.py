@@ -378,7 +378,7 @@ def import_file(
                                 profiles=profiles, batch_size=batch_size, resume=resume,
                                 progress=lambda done: bar.update(task, completed=done))
         except (PermissionError, httpx.HTTPError, UnreadableAnswer) as exc:
-            console.print(f"[red]import stopped:[/red] {_safe(str(exc))} (run again to resume)")
+            console.print(f"[red]import stopped:[/red] {_safe(_failure(exc))} (run again to resume)")
             raise typer.Exit(1) from None
         except UnreadableFile as exc:
             console.print(f"[red]import stopped:[/red] {_safe(str(exc))}")
@@ -423,6 +423,22 @@ def _import_interrupted(stop: Any, path: Path, resume: bool) -> NoReturn:
     raise typer.Exit(130)
 
 
+def _failure(exc: BaseException) -> str:
+    """An error to print. httpx's own words for a server that does not answer name no address ("All connection
+    attempts failed"): say which one, and what is likely wrong."""
+    if not isinstance(exc, httpx.TransportError):
+        return str(exc)
+    try:
+        url = exc.request.url
+    except RuntimeError:  # no request attached
+        return str(exc)
+    where = f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
+    text = f"cannot reach {where} ({type(exc).__name__}: {exc})"
+    if isinstance(exc, httpx.ConnectError):
+        text += "; is `tenure dev` running? (services elsewhere: set TENURE_<SERVICE>_URL)"
+    return text
+
+
 def _resource_api(http: httpx.AsyncClient, secret_key: str) -> Any:
     from services.resources import Api
 
@@ -465,7 +481,7 @@ def apply(
     try:
         raise typer.Exit(asyncio.run(run()))
     except (resources.ResourceError, httpx.HTTPError) as exc:
-        console.print(f"[red]error:[/] {_safe(str(exc))}", highlight=False)
+        console.print(f"[red]error:[/] {_safe(_failure(exc))}", highlight=False)
         raise typer.Exit(1) from None
 
 
@@ -492,7 +508,7 @@ def get(
     try:
         sys.stdout.write(asyncio.run(run()))
     except (resources.ResourceError, httpx.HTTPError) as exc:
-        console.print(f"[red]error:[/] {_safe(str(exc))}", highlight=False)
+        console.print(f"[red]error:[/] {_safe(_failure(exc))}", highlight=False)
         raise typer.Exit(1) from None
 
 
@@ -525,7 +541,7 @@ def demo(
         for line in asyncio.run(go()):
             console.print(line, markup=False, highlight=False)
     except (resources.ResourceError, httpx.HTTPError) as exc:
-        console.print(f"[red]error:[/] {_safe(str(exc))}", highlight=False)
+        console.print(f"[red]error:[/] {_safe(_failure(exc))}", highlight=False)
         raise typer.Exit(1) from None
     inbox = settings.local_url(settings.inbox_port)
     console.print(f"Watch the campaigns arrive at {_safe(inbox)} (welcome, engagement, churn prevention, win-back, "

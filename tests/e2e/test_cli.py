@@ -268,6 +268,21 @@ def test_get_and_demo_print_an_error_answer_as_written(settings, served, workspa
     assert "\x1b" not in r.stdout + r.stderr
 
 
+@pytest.mark.parametrize("command", [["apply", "-f", "examples/lifecycle.yaml"], ["get", "campaigns"], ["demo"]])
+def test_a_service_that_does_not_answer_is_named_with_a_hint(settings, workspace, command) -> None:
+    """A user who runs `tenure demo` (or apply, get) with `tenure dev` stopped read only httpx's "All connection
+    attempts failed": the error names the address it tried and asks whether `tenure dev` runs. (`import` says
+    the same, after retrying for a minute and a half.)"""
+    closed = free_port()  # nothing listens there
+    url = f"http://127.0.0.1:{closed}"
+    args = [str(Path(__file__).parents[2] / a) if a.endswith(".yaml") else a for a in command]
+    keys = (["--write-key", workspace.write_key] if command[0] == "demo" else []) + ["--key", workspace.secret_key]
+    r = _tenure(settings, *args, *keys, TENURE_INGEST_URL=url, TENURE_SEGMENT_URL=url, TENURE_CAMPAIGN_URL=url)
+    assert r.returncode == 1, r.stderr
+    said = _said(r)
+    assert f"cannot reach {url} (ConnectError" in said and "is `tenure dev` running?" in said, said
+
+
 def test_import_reports_bad_rows_as_written_and_exits_3(settings, served, workspace, tmp_path) -> None:
     """A bad row is reported with the cell that failed; the good rows are stored."""
     path = tmp_path / "orders.csv"

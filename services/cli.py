@@ -13,7 +13,6 @@ import contextlib
 import errno
 import importlib
 import re
-import signal
 import socket
 import sys
 from collections.abc import Iterator
@@ -379,7 +378,7 @@ def import_file(
                                 profiles=profiles, batch_size=batch_size, resume=resume,
                                 progress=lambda done: bar.update(task, completed=done))
         except (PermissionError, httpx.HTTPError, UnreadableAnswer) as exc:
-            console.print(f"[red]import stopped:[/red] {_safe(str(exc))} (run again to resume)")
+            console.print(f"[red]import stopped:[/red] {_safe(_failure(exc))} (run again to resume)")
             raise typer.Exit(1) from None
         except UnreadableFile as exc:
             console.print(f"[red]import stopped:[/red] {_safe(str(exc))}")
@@ -424,6 +423,22 @@ def _import_interrupted(stop: Any, path: Path, resume: bool) -> NoReturn:
     raise typer.Exit(130)
 
 
+def _failure(exc: BaseException) -> str:
+    """An error to print. httpx's own words for a server that does not answer name no address ("All connection
+    attempts failed"): say which one, and what is likely wrong."""
+    if not isinstance(exc, httpx.TransportError):
+        return str(exc)
+    try:
+        url = exc.request.url
+    except RuntimeError:  # no request attached
+        return str(exc)
+    where = f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
+    text = f"cannot reach {where} ({type(exc).__name__}: {exc})"
+    if isinstance(exc, httpx.ConnectError):
+        text += "; is `tenure dev` running? (services elsewhere: set TENURE_<SERVICE>_URL)"
+    return text
+
+
 def _resource_api(http: httpx.AsyncClient, secret_key: str) -> Any:
     from services.resources import Api
 
@@ -466,7 +481,7 @@ def apply(
     try:
         raise typer.Exit(asyncio.run(run()))
     except (resources.ResourceError, httpx.HTTPError) as exc:
-        console.print(f"[red]error:[/] {_safe(str(exc))}", highlight=False)
+        console.print(f"[red]error:[/] {_safe(_failure(exc))}", highlight=False)
         raise typer.Exit(1) from None
 
 
@@ -493,7 +508,7 @@ def get(
     try:
         sys.stdout.write(asyncio.run(run()))
     except (resources.ResourceError, httpx.HTTPError) as exc:
-        console.print(f"[red]error:[/] {_safe(str(exc))}", highlight=False)
+        console.print(f"[red]error:[/] {_safe(_failure(exc))}", highlight=False)
         raise typer.Exit(1) from None
 
 
@@ -526,7 +541,7 @@ def demo(
         for line in asyncio.run(go()):
             console.print(line, markup=False, highlight=False)
     except (resources.ResourceError, httpx.HTTPError) as exc:
-        console.print(f"[red]error:[/] {_safe(str(exc))}", highlight=False)
+        console.print(f"[red]error:[/] {_safe(_failure(exc))}", highlight=False)
         raise typer.Exit(1) from None
     inbox = settings.local_url(settings.inbox_port)
     console.print(f"Watch the campaigns arrive at {_safe(inbox)} (welcome, engagement, churn prevention, win-back, "
@@ -540,7 +555,7 @@ def dev(
 ) -> None:
     """Run everything in one process: four APIs, four workers, the dev inbox; embedded Postgres/Redis
     when TENURE_DATABASE_URL / TENURE_REDIS_URL are not set. Ctrl-C stops it all."""
-    from services.devserver import run_dev
+    from services.devserver import catch_stop_signals, run_dev, stop_requested, stopping
     from shared.logging import configure_logging
     from shared.migrate import upgrade_all
 
@@ -551,18 +566,22 @@ def dev(
                       "catcher on 1025/8025)? Stop it, or set those variables to free ports.", highlight=False)
         raise typer.Exit(2)
     configure_logging(base)
-    _interrupt_on_hangup_and_term()
-    with _with_database(base) as settings:
-        if settings.dev_inbox:  # delivery sends to the local inbox
-            settings = settings.model_copy(update={"smtp_host": settings.host})
-        upgrade_all(settings)
-        Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
-        try:
-            asyncio.run(run_dev(settings, demo=demo and settings.dev_demo, console=console))
-        except KeyboardInterrupt:
-            pass
-        finally:
-            _interrupt_on_hangup_and_term()  # asyncio.run put the defaults back; the embedded servers still run
+    catch_stop_signals()
+    try:
+        with _with_database(base) as settings:
+            try:
+                if settings.dev_inbox:  # delivery sends to the local inbox
+                    settings = settings.model_copy(update={"smtp_host": settings.host})
+                upgrade_all(settings)
+                Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
+                if not stop_requested():
+                    asyncio.run(run_dev(settings, demo=demo and settings.dev_demo, console=console))
+            except KeyboardInterrupt:
+                pass
+            finally:
+                stopping()
+    except KeyboardInterrupt:  # while the embedded servers were starting (they stopped what had started)
+        pass
     console.print("stopped")
 
 
@@ -581,13 +600,6 @@ def _ports_in_use(settings: Settings) -> list[str]:
                 if exc.errno == errno.EADDRINUSE:
                     taken.append(f"{settings.host}:{port} ({var})")
     return taken
-
-
-def _interrupt_on_hangup_and_term() -> None:
-    """SIGTERM (kill) and SIGHUP (the terminal closed) stop `tenure dev` as Ctrl-C does, embedded servers
-    included; by default they would end the process at once and leave those running."""
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.default_int_handler)
 
 
 def main() -> None:  # pragma: no cover - console script entry

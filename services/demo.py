@@ -84,8 +84,10 @@ async def run(http: httpx.AsyncClient, api: resources.Api, ingest_url: str, writ
     lines = []
     changes = await resources.plan(api, resources.load(EXAMPLE.read_text()))
     await resources.apply(api, changes)
-    made = sum(c.action != "unchanged" for c in changes)
-    lines.append(f"campaigns: {made} created or updated from {EXAMPLE.name}, {len(changes) - made} unchanged")
+    made = [c for c in changes if c.action != "unchanged"]
+    counts = [(kind, sum(c.kind == kind for c in made)) for kind in ("programs", "templates", "segments", "campaigns")]
+    what = ", ".join(f"{n} {kind if n != 1 else kind[:-1]}" for kind, n in counts if n) or "nothing"
+    lines.append(f"{EXAMPLE.name}: {what} created or updated, {len(changes) - len(made)} unchanged")
     pool = await api.call("PUT", "campaign", "/v1/coupon-pools/welcome", json={"codes": COUPONS})
     lines.append(f"coupon pool welcome: {pool['available']} codes available")
     now = datetime.now(UTC)

@@ -30,6 +30,52 @@ DEMO_TEMPLATE = {
 }
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_stop_signals: list[int] = []
+# while run_dev runs: where a stop signal goes; before it, one interrupts (start-up); after it, one is only noted
+_stop_target: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+_interrupt = True
+
+
+def stop_requested() -> bool:
+    """Whether Ctrl-C, SIGTERM or SIGHUP came since :func:`catch_stop_signals` (see there)."""
+    return bool(_stop_signals)
+
+
+def _on_stop_signal(signum: int, _frame: object) -> None:
+    _stop_signals.append(signum)
+    if _stop_target is not None:
+        loop, stop = _stop_target
+        with contextlib.suppress(RuntimeError):  # the loop has closed
+            loop.call_soon_threadsafe(stop.set)
+    elif _interrupt:
+        raise KeyboardInterrupt
+
+
+def stopping() -> None:
+    """From now on a stop signal is only noted (the embedded servers stop undisturbed)."""
+    global _interrupt
+    _interrupt = False
+
+
+def catch_stop_signals() -> None:
+    """Ctrl-C, SIGTERM (kill) and SIGHUP (the terminal closed) stop `tenure dev` alike (by default the last two
+    would end the process at once and leave the embedded servers running), by one handler for the whole run:
+
+    - during start-up (embedded servers, migrations) a signal is noted and raised as ``KeyboardInterrupt``, to cut
+      the blocking work short. The note is what start-up checks before each stage: Python prints and drops a
+      ``KeyboardInterrupt`` raised inside a finalizer (a weakref callback, a ``__del__``), and start-up then went
+      on to serve as if no Ctrl-C had come;
+    - while :func:`run_dev` runs, it sets run_dev's stop event (our handler also keeps ``asyncio.run`` from
+      installing its own, which cancelled the main task: pages of tracebacks from servers caught starting);
+    - after it, it is only noted: Ctrl-C pressed again must not cut the embedded servers' shutdown short (it
+      interrupted pgserver's ``pg_ctl stop``, and a signal while asyncio closed its loop wrote to a closed fd)."""
+    global _interrupt
+    _interrupt = True
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _on_stop_signal)
+
+
 class _Server(uvicorn.Server):
     """A uvicorn server that leaves signal handling to the supervisor (several share one loop)."""
 
@@ -104,6 +150,18 @@ def _banner_text(settings: Settings, demo: dict[str, Any] | None) -> str:
 
 
 async def run_dev(settings: Settings, *, demo: bool, console: Console) -> None:
+    """Serve until Ctrl-C, SIGTERM or SIGHUP (see :func:`catch_stop_signals`, which the caller installs)."""
+    global _stop_target, _interrupt
+    stop = asyncio.Event()
+    _stop_target = (asyncio.get_running_loop(), stop)
+    try:
+        if not stop_requested():  # one that came before (its KeyboardInterrupt perhaps dropped) starts nothing
+            await _serve(settings, demo=demo, console=console, stop=stop)
+    finally:
+        _stop_target, _interrupt = None, False
+
+
+async def _serve(settings: Settings, *, demo: bool, console: Console, stop: asyncio.Event) -> None:
     from shared.logging import configure_logging
 
     configure_logging(settings)
@@ -112,6 +170,8 @@ async def run_dev(settings: Settings, *, demo: bool, console: Console) -> None:
         # of each) would bury the banner, which lists every URL; errors (a port in use) still show
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     demo_keys = await ensure_demo(settings) if demo else None
+    if stop.is_set():
+        return
     servers: list[_Server] = []
     for name in SERVICES:
         module = importlib.import_module(f"services.{name}.app")
@@ -128,20 +188,16 @@ async def run_dev(settings: Settings, *, demo: bool, console: Console) -> None:
                                               port=settings.inbox_port, log_config=None, access_log=False)))
     workers = [importlib.import_module(f"services.{name}.worker").create_worker(settings, handle_signals=False)
                for name in SERVICES]
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, stop.set)
     server_tasks = [asyncio.create_task(s.serve()) for s in servers]
     worker_tasks = [asyncio.create_task(w.async_run()) for w in workers]
     while not all(s.started for s in servers):
-        if any(t.done() for t in server_tasks):
+        if stop.is_set() or any(t.done() for t in server_tasks):
             break
         await asyncio.sleep(0.05)
     if all(s.started for s in servers):
         # plain text, never wrapped: the curl lines must survive copy-paste
         console.print(_banner(settings, demo_keys), soft_wrap=True, highlight=False)
-    else:
+    elif not stop.is_set():
         console.print("[red]a server failed to start (port in use?); stopping[/red]")
         stop.set()
     await stop.wait()

@@ -135,6 +135,39 @@ def test_dev_stops_its_embedded_servers_when_the_terminal_hangs_up(tmp_path) -> 
     assert not left, f"still running after SIGHUP: {[p.name() for p in left]}"
 
 
+def test_dev_pressed_ctrl_c_again_and_again_still_stops_its_embedded_servers(tmp_path) -> None:
+    """An impatient user holds Ctrl-C down: the signals that come while `tenure dev` is stopping must not cut the
+    embedded servers' shutdown short (it used to end in pgserver's atexit traceback, without "stopped")."""
+    import psutil
+
+    ports = {f"TENURE_{s}_PORT": str(free_port()) for s in ("INGEST", "SEGMENT", "CAMPAIGN", "DELIVERY", "INBOX", "SMTP")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENURE_")}  # no servers given: embedded ones
+    env.update(TENURE_STATE_DIR=str(tmp_path / "state"), TENURE_DEV_DEMO="false", TENURE_LOG_LEVEL="WARNING", **ports)
+    log = tmp_path / "dev.log"
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen([TENURE, "dev"], env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+                                start_new_session=True)
+    servers: list[int] = []
+    try:
+        _wait_until_up(proc, f"http://127.0.0.1:{ports['TENURE_INGEST_PORT']}/readyz", 120)
+        servers.append(int((tmp_path / "state" / "pgdata" / "postmaster.pid").read_text().split()[0]))
+        servers += [c.pid for c in psutil.Process(proc.pid).children() if c.name() == "redis-server"]
+        assert len(servers) == 2
+        while proc.poll() is None:  # a key held down repeats: Ctrl-C until it has exited
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGINT)
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    said = log.read_text()
+    left = [p for p in map(psutil.Process, filter(psutil.pid_exists, servers)) if p.status() != psutil.STATUS_ZOMBIE]
+    for p in left:
+        p.terminate()
+    assert not left, f"still running after Ctrl-C: {[p.name() for p in left]}"
+    assert "stopped" in said and "Traceback" not in said, said[-3000:]
+
+
 def _wait_until_up(proc: subprocess.Popen, ready_url: str, timeout_s: float,
                    also: Callable[[], bool] = lambda: True) -> None:
     """Until ``tenure dev`` answers ready (and ``also`` holds); fails with its stderr if it died."""
@@ -234,6 +267,21 @@ def test_get_and_demo_print_an_error_answer_as_written(settings, served, workspa
     said = _said(r)
     assert "answered 200 with text/html, not JSON" in said and "Bad gateway" in said, said
     assert "\x1b" not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("command", [["apply", "-f", "examples/lifecycle.yaml"], ["get", "campaigns"], ["demo"]])
+def test_a_service_that_does_not_answer_is_named_with_a_hint(settings, workspace, command) -> None:
+    """A user who runs `tenure demo` (or apply, get) with `tenure dev` stopped read only httpx's "All connection
+    attempts failed": the error names the address it tried and asks whether `tenure dev` runs. (`import` says
+    the same, after retrying for a minute and a half.)"""
+    closed = free_port()  # nothing listens there
+    url = f"http://127.0.0.1:{closed}"
+    args = [str(Path(__file__).parents[2] / a) if a.endswith(".yaml") else a for a in command]
+    keys = (["--write-key", workspace.write_key] if command[0] == "demo" else []) + ["--key", workspace.secret_key]
+    r = _tenure(settings, *args, *keys, TENURE_INGEST_URL=url, TENURE_SEGMENT_URL=url, TENURE_CAMPAIGN_URL=url)
+    assert r.returncode == 1, r.stderr
+    said = _said(r)
+    assert f"cannot reach {url} (ConnectError" in said and "is `tenure dev` running?" in said, said
 
 
 def test_import_reports_bad_rows_as_written_and_exits_3(settings, served, workspace, tmp_path) -> None:

@@ -303,8 +303,7 @@ async def test_demo_runs_the_six_lifecycle_campaigns_in_several_languages(stack,
     r = subprocess.run([TENURE, "demo", "--write-key", workspace.write_key, "--key", workspace.secret_key],
                        env=s.env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    # 2 programs, 12 templates, 2 segments, 9 campaigns
-    assert "campaigns: 25 created or updated" in r.stderr, r.stderr
+    assert "2 programs, 12 templates, 2 segments, 9 campaigns created or updated" in " ".join(r.stderr.split())
 
     def subjects() -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}

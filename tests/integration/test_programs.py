@@ -484,7 +484,7 @@ async def test_the_demo_runs_the_referral_and_loyalty_examples_end_to_end(world,
     api = resources.Api(mesh, {s: settings.url_of(s) for s in ("ingest", "segment", "campaign", "delivery")},
                         world.h)
     lines = await demo.run(mesh, api, settings.url_of("ingest"), world.wk[0])
-    assert lines[0].startswith("campaigns: 25 created or updated")  # 2 programs, 12 templates, 2 segments, 9
+    assert lines[0] == "lifecycle.yaml: 2 programs, 12 templates, 2 segments, 9 campaigns created or updated, 0 unchanged"
     again = await resources.plan(api, resources.load(demo.EXAMPLE.read_text()))
     assert {c.action for c in again} == {"unchanged"}  # applying twice changes nothing
     exported = resources.load(await resources.export(api))

@@ -190,7 +190,10 @@ async def archive_campaign(campaign_id: uuid.UUID, ws: WorkspaceDep, session: Se
 @router.post("/campaigns/{campaign_id}/trigger", status_code=202, response_model=TriggerOut,
              operation_id="trigger_campaign", tags=["campaigns"],
              summary="Enter a user now, with data (transactional messages, API-triggered journeys)",
-             description="Returns 202 with what happened; a retry with the same idempotency key, user and data gets "
+             description="Any active campaign takes it, whatever its trigger (an `api` campaign is entered only this "
+                         "way; another is also entered by hand, e.g. to enrol someone its event missed), under its "
+                         "entry rule. Returns 202 with what happened; a retry with the same idempotency key, user and "
+                         "data gets "
                          "that first answer again as a 200 (header `Idempotent-Replayed: true`), and the same key "
                          "with another user or other data is a 409.",
              responses={**_NOT_FOUND, 200: replay_response(TriggerOut),

@@ -5,6 +5,7 @@ its commit), and that workers ride it out. The outage is a TCP relay in front of
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,3 +135,83 @@ def assert_outage_logged_once(path: Path) -> None:
     assert events.count("worker.database_back") == 1, events
     errors = [x for x in lines if x.get("level") in ("error", "critical")]
     assert not errors, errors[:3]
+
+
+async def test_ingest_answers_503_while_postgres_is_away_and_stores_each_retried_event_once(
+        outage_stack, workspace, settings) -> None:
+    """An SDK sends batches before, during and after the outage and retries whatever was not answered 2xx (as
+    analytics SDKs do). Every answer is 2xx or a 503 problem with Retry-After; every event answered 2xx is stored;
+    after the retries each event is stored exactly once; /readyz says unavailable meanwhile; the API never exits."""
+    s, _, relay = outage_stack
+    s.start_apis(["ingest"])
+    api = s.apis["ingest"]
+    wk = (workspace.write_key, "")
+    tag = uuid.uuid4().hex[:6]
+    answers: list[tuple[int, str, str | None]] = []  # (status, content type, Retry-After) of every failed send
+    acknowledged: set[str] = set()  # messageIds a 2xx answered for
+    unsent: list[list[dict[str, Any]]] = []  # batches to send again
+
+    def batch(n: int) -> list[dict[str, Any]]:
+        return [{"type": "track", "userId": f"sdk-{tag}-{i % 7}", "event": "Outage Tested",
+                 "messageId": f"{tag}-{n}-{i}", "properties": {"n": n, "i": i}} for i in range(20)]
+
+    async def send(c: httpx.AsyncClient, events: list[dict[str, Any]]) -> bool:
+        try:
+            r = await c.post(f"{s.url('ingest')}/v1/batch", auth=wk, json={"batch": events})
+        except httpx.TransportError as exc:  # never expected: the API stays up
+            raise AssertionError(f"the ingest API did not answer: {exc!r}") from exc
+        if 200 <= r.status_code < 300:
+            assert r.json()["accepted"] + r.json()["duplicates"] == len(events), r.text
+            acknowledged.update(e["messageId"] for e in events)
+            return True
+        answers.append((r.status_code, r.headers.get("content-type", ""), r.headers.get("retry-after")))
+        if r.status_code != 503:
+            raise AssertionError(f"{r.status_code} {r.text}")
+        return False
+
+    sent = 0
+    async with httpx.AsyncClient(timeout=30) as c:
+        async def sdk(stop: asyncio.Event) -> None:
+            nonlocal sent
+            while not stop.is_set():
+                events = batch(sent)
+                sent += 1
+                if not await send(c, events):
+                    unsent.append(events)
+                await asyncio.sleep(0.05)
+
+        assert await send(c, batch(-1))  # the write key is known (and cached) before the outage
+        stop = asyncio.Event()
+        task = asyncio.create_task(sdk(stop))
+        try:
+            await asyncio.sleep(1)
+            relay.down()
+            await asyncio.sleep(OUTAGE_S / 2)
+            code, body = await asyncio.to_thread(readyz, s, "ingest")
+            assert code == 503 and body["status"] == "unavailable", body
+            await asyncio.sleep(OUTAGE_S / 2)
+            assert api.poll() is None, "the ingest API exited during the outage"
+            relay.up()
+            deadline = time.monotonic() + 20
+            while (await asyncio.to_thread(readyz, s, "ingest"))[0] != 200:
+                assert time.monotonic() < deadline, "ingest did not become ready again"
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(1)
+        finally:
+            stop.set()
+            await task
+        assert answers, "no batch was refused during the outage: nothing was tested"
+        assert {a[0] for a in answers} == {503}
+        assert all(a[1].startswith("application/problem+json") and a[2] for a in answers), answers[:5]
+        retries, unsent[:] = list(unsent), []
+        for events in retries:  # the SDK's retry, after the outage
+            assert await send(c, events)
+        again = await c.post(f"{s.url('ingest')}/v1/batch", auth=wk, json={"batch": batch(0)})
+        assert again.json()["duplicates"] == 20  # (a resend of one already stored is a duplicate)
+    rows = await db_rows(settings, "select message_id, count(*) as n from ingest.events where workspace_id = $1 "
+                                   "and message_id like $2 group by 1", workspace.workspace_id, f"{tag}-%")
+    stored = {r["message_id"]: r["n"] for r in rows}
+    expected = {f"{tag}-{n}-{i}" for n in range(-1, sent) for i in range(20)}
+    assert acknowledged == expected
+    assert set(stored) == expected and set(stored.values()) == {1}
+    assert api.poll() is None, "the ingest API exited"

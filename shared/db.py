@@ -89,17 +89,22 @@ _CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.exceptions.CannotConnectNow
                       asyncpg.exceptions.ConnectionDoesNotExistError)
 
 
+def _broken(exc: BaseException | None) -> bool:
+    return isinstance(exc, _CONNECTION_ERRORS) or (
+        # a statement (a rollback, say) on a connection that broke under an earlier one
+        isinstance(exc, asyncpg.exceptions.InterfaceError) and "connection is closed" in str(exc))
+
+
 def unreachable(exc: BaseException) -> bool:
     """True when ``exc`` says PostgreSQL could not be reached, or the connection broke (refused, reset, timed out,
-    the server restarting or shutting down): an outage to wait out, not a fault of the statement. The same work,
-    tried again once the database answers, is right (a commit cut off mid-flight may or may not have landed, so
-    what is retried must be idempotent — everything a worker does is)."""
+    the server restarting or shutting down): an outage to wait out, not a fault of the statement or its data. The
+    same work, tried again once the database answers, is right (a commit cut off mid-flight may or may not have
+    landed, so what is tried again must be idempotent — every worker's work is)."""
     if isinstance(exc, DBAPIError):
         sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
-        return bool(exc.connection_invalidated or sqlstate.startswith(("08", "57P"))
-                    or isinstance(exc.orig, _CONNECTION_ERRORS)
-                    or isinstance(getattr(exc.orig, "__cause__", None), _CONNECTION_ERRORS))
-    return isinstance(exc, _CONNECTION_ERRORS)
+        return bool(exc.connection_invalidated or sqlstate.startswith(("08", "57P")) or _broken(exc.orig)
+                    or _broken(getattr(exc.orig, "__cause__", None)))
+    return _broken(exc)
 
 
 def create_engine(settings: Settings, *, application_name: str = "tenure", **kw: Any) -> AsyncEngine:

@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 
 from services.devinbox.inbox import Mailbox
 from shared.testing import _asyncpg_dsn
-from tests.e2e.stack import Relay, Stack, stack_env, start_sink, wait_for
+from tests.e2e.stack import Relay, Stack, stack_env, start_sink, wait_for, wait_serving
 
 pytestmark = pytest.mark.e2e
 
@@ -215,3 +215,77 @@ async def test_ingest_answers_503_while_postgres_is_away_and_stores_each_retried
     assert acknowledged == expected
     assert set(stored) == expected and set(stored.values()) == {1}
     assert api.poll() is None, "the ingest API exited"
+
+
+@pytest.mark.parametrize("cut", ["events_committed", "sends_decided"])
+async def test_a_journey_whose_event_came_before_the_outage_sends_once_after_it(outage_stack, workspace, settings,
+                                                                              cut: str) -> None:
+    """Every worker running; 30 users sign up (an event-triggered email each) and PostgreSQL goes away as soon as
+    ingest has committed their events (the feeds and journeys still to run), or as soon as the journeys have
+    decided the first sends (handing them to delivery under way). After it each user gets the email exactly once,
+    within seconds; the management APIs answered 503 problems meanwhile; no process exited, and each worker logged
+    the outage once."""
+    s, box, relay = outage_stack
+    s.env["TENURE_DELIVERY_LEASE_S"] = "10"
+    s.start_apis()
+    s.start_workers()
+    for service, ports in s.worker_metrics.items():  # started (a worker does not start without PostgreSQL)
+        wait_serving(f"http://127.0.0.1:{ports[0]}", s.workers[service][0])
+    mgmt = {"Authorization": f"Bearer {workspace.secret_key}"}
+    wk = (workspace.write_key, "")
+    tag = uuid.uuid4().hex[:6]
+    users = [f"j{i}-{tag}" for i in range(30)]
+    mine = {f"{u}@e2e.example" for u in users}
+    async with httpx.AsyncClient(timeout=30) as c:
+        tpl = await c.post(f"{s.url('campaign')}/v1/templates", headers=mgmt, json={
+            "name": "hello", "subject": "Hello {{ profile.first_name }}", "text": "Hi"})
+        assert tpl.status_code == 201, tpl.text
+        camp = await c.post(f"{s.url('campaign')}/v1/campaigns", headers=mgmt, json={
+            "name": "hello", "trigger": {"type": "event", "event": "Signed Up"}, "template_id": tpl.json()["id"]})
+        assert camp.status_code == 201, camp.text
+        r = await c.post(f"{s.url('ingest')}/v1/batch", auth=wk, json={"batch": [
+            *({"type": "identify", "userId": u, "traits": {"email": f"{u}@e2e.example", "first_name": u},
+               "messageId": f"id-{u}"} for u in users),
+            *({"type": "track", "userId": u, "event": "Signed Up", "messageId": f"su-{u}"} for u in users)]})
+        assert r.status_code == 200 and r.json()["accepted"] == 60, r.text
+        if cut == "sends_decided":
+            dsn, kw = _asyncpg_dsn(settings.database_url)
+            conn = await asyncpg.connect(dsn, **kw)
+            try:
+                deadline = time.monotonic() + 20
+                while not await conn.fetchval("select count(*) from campaign.sends where workspace_id = $1",
+                                              workspace.workspace_id):
+                    assert time.monotonic() < deadline, "no send was decided"
+                    await asyncio.sleep(0.005)
+            finally:
+                await conn.close()
+        relay.down()
+        await asyncio.sleep(1)
+        for service, path in (("campaign", "/v1/campaigns"), ("segment", "/v1/segments"),
+                              ("delivery", "/v1/messages"), ("ingest", f"/v1/profiles/{users[0]}")):
+            got = await c.get(f"{s.url(service)}{path}", headers=mgmt)
+            assert got.status_code == 503 and got.headers["retry-after"], (service, got.status_code, got.text)
+            assert got.headers["content-type"].startswith("application/problem+json"), got.headers
+        await asyncio.sleep(OUTAGE_S - 1)
+        sent_during = len([m for m in box.messages if m["to"][0] in mine])
+        exited = [p.log_path for p in [*s.apis.values(), *(w for ws in s.workers.values() for w in ws)]  # type: ignore[attr-defined]
+                  if p.poll() is not None]
+        assert not exited, f"exited during the outage: {exited}"
+        for ports in s.worker_metrics.values():  # the liveness probe restarts no worker that waits
+            assert (await c.get(f"http://127.0.0.1:{ports[0]}/healthz")).status_code == 200
+        relay.up()
+
+        def arrived() -> list[str]:
+            return [m["to"][0] for m in box.messages if m["to"][0] in mine]
+
+        await wait_for(lambda: set(arrived()) == mine, timeout=40, what=f"every email (had {sent_during} at the cut)")
+        await asyncio.sleep(12)  # past delivery's lease: a second copy would be here by now
+        assert sorted(arrived()) == sorted(mine), "an email went out twice"
+        sends = (await c.get(f"{s.url('campaign')}/v1/campaigns/{camp.json()['id']}/sends", headers=mgmt,
+                             params={"limit": 100})).json()["sends"]
+        assert len(sends) == 30 and {x["status"] for x in sends} == {"dispatched"}, sends
+    for proc in [*s.apis.values(), *(w for ws in s.workers.values() for w in ws)]:
+        assert proc.poll() is None, log_lines(proc.log_path)[-5:]  # type: ignore[attr-defined]
+    for procs in s.workers.values():
+        for proc in procs:
+            assert_outage_logged_once(proc.log_path)  # type: ignore[attr-defined]

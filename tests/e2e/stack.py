@@ -248,7 +248,15 @@ class Relay:
     def down(self) -> None:
         self._call(self._down())
 
+    async def _settle(self) -> None:
+        """Let the cut connections' pipes end (a loop stopped under them warns of tasks destroyed pending)."""
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def close(self) -> None:
         if self.server is not None:
             self.down()
+        self._call(self._settle())
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import Depends, Request
 from sqlalchemy import Column, DateTime, MetaData, event, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError, IntegrityError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.types import UserDefinedType
 
@@ -81,6 +82,29 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
             sync.dialect.do_ping(dbapi_connection)
         except Exception as exc:  # the pool drops this connection and checks out a fresh one
             raise DisconnectionError("connection failed its ping") from exc
+
+
+# asyncpg's own words for "the server went away or is not taking connections" (a restart, a failover)
+_CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.exceptions.CannotConnectNowError,
+                      asyncpg.exceptions.ConnectionDoesNotExistError)
+
+
+def _broken(exc: BaseException | None) -> bool:
+    return isinstance(exc, _CONNECTION_ERRORS) or (
+        # a statement (a rollback, say) on a connection that broke under an earlier one
+        isinstance(exc, asyncpg.exceptions.InterfaceError) and "connection is closed" in str(exc))
+
+
+def unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` says PostgreSQL could not be reached, or the connection broke (refused, reset, timed out,
+    the server restarting or shutting down): an outage to wait out, not a fault of the statement or its data. The
+    same work, tried again once the database answers, is right (a commit cut off mid-flight may or may not have
+    landed, so what is tried again must be idempotent — every worker's work is)."""
+    if isinstance(exc, DBAPIError):
+        sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
+        return bool(exc.connection_invalidated or sqlstate.startswith(("08", "57P")) or _broken(exc.orig)
+                    or _broken(getattr(exc.orig, "__cause__", None)))
+    return _broken(exc)
 
 
 def create_engine(settings: Settings, *, application_name: str = "tenure", **kw: Any) -> AsyncEngine:

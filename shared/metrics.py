@@ -8,6 +8,7 @@ become labels. One process per pod (uvicorn ``--workers 1``): each process has i
 
 import asyncio
 import functools
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 import structlog
 from fastapi import APIRouter, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+from shared.db import unreachable
 
 log = structlog.get_logger()
 
@@ -50,7 +53,12 @@ PRIVACY_OLDEST_PENDING = Gauge("tenure_privacy_oldest_pending_erasure_age_second
 
 def workspace_failed(service: str, task: str, workspace_id: object) -> None:
     """Call in an ``except`` block: log the error with its traceback and count it (one workspace's bad data must
-    not stop background work for every workspace)."""
+    not stop background work for every workspace). PostgreSQL unreachable is no workspace's failure: that error is
+    raised again, ending the job (the worker logs the outage once, and its next poll retries everything) rather
+    than a traceback per workspace."""
+    exc = sys.exc_info()[1]
+    if exc is not None and unreachable(exc):
+        raise exc
     WORKSPACE_FAILURES.labels(service, task).inc()
     log.exception("workspace_task_failed", service=service, task=task, workspace_id=str(workspace_id))
 

@@ -10,6 +10,7 @@ poll backs both up, so a lost wake-up (Redis flushed, worker restarted) only del
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import itertools
 import socket
 import time
@@ -27,7 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared import metrics, worker_health
-from shared.db import create_engine, create_sessionmaker
+from shared.db import create_engine, create_sessionmaker, unreachable
 from shared.gc_tuning import tune_gc
 from shared.http import InternalClient, make_http_client
 from shared.logging import configure_logging
@@ -161,6 +162,45 @@ class TenureWorker(Worker):
             self._pool = None
 
 
+class _DatabaseOutage:
+    """Whether this process's jobs find PostgreSQL unreachable, so an outage is logged once rather than as a
+    traceback per job and per poll (two or three a second per worker)."""
+
+    down_since: float | None = None
+
+    def failed(self, exc: BaseException) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            log.warning("worker.database_unavailable", error=type(exc).__name__)
+
+    def succeeded(self) -> None:
+        if self.down_since is not None:
+            log.info("worker.database_back", down_s=round(time.monotonic() - self.down_since, 1))
+            self.down_since = None
+
+
+_DATABASE = _DatabaseOutage()
+
+
+def riding_out_database(fn: JobFn) -> JobFn:
+    """``fn`` as a job that ends quietly when PostgreSQL is unreachable: every job is a wake-up whose work is in
+    PostgreSQL (nothing in its arguments), and the next poll takes it up again once the database answers."""
+
+    @functools.wraps(fn)
+    async def job(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = await fn(ctx, *args, **kwargs)
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            _DATABASE.failed(exc)
+            return None
+        _DATABASE.succeeded()
+        return result
+
+    return job
+
+
 JOB_TIMEOUT_S = 120
 _worker_numbers = itertools.count(1)  # names the heartbeats of several workers in one process (tenure dev)
 
@@ -195,9 +235,9 @@ def worker_options(
     step = max(1, round(settings.feed_poll_interval_s))
     seconds = set(range(0, 60, step))
     cron_jobs: list[CronJob] = [
-        cron(metrics.instrument_job(service, fn), name=f"{settings.queue_name(service)}:cron:{fn.__name__}",
-             second=seconds, microsecond=0, run_at_startup=True, unique=True, keep_result=0,
-             timeout=job_timeout(fn))
+        cron(riding_out_database(metrics.instrument_job(service, fn)),
+             name=f"{settings.queue_name(service)}:cron:{fn.__name__}", second=seconds, microsecond=0,
+             run_at_startup=True, unique=True, keep_result=0, timeout=job_timeout(fn))
         for fn in poll
     ]
 
@@ -233,15 +273,17 @@ def worker_options(
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(job_id=ctx.get("job_id"), request_id=f"job-{ctx.get('job_id')}")
 
-    fns = [dataclasses.replace(f, coroutine=metrics.instrument_job(service, f.coroutine)) if isinstance(f, Function)
-           else func(metrics.instrument_job(service, f), name=f.__name__, keep_result=0, timeout=job_timeout(f))
+    fns = [dataclasses.replace(f, coroutine=riding_out_database(metrics.instrument_job(service, f.coroutine)))
+           if isinstance(f, Function)
+           else func(riding_out_database(metrics.instrument_job(service, f)), name=f.__name__, keep_result=0,
+                     timeout=job_timeout(f))
            for f in functions]
     return {
         "functions": fns,
         # cron names become arq job ids, global to the Redis database: prefix them with the queue
-        "cron_jobs": [*cron_jobs, *(dataclasses.replace(c, name=f"{settings.queue_name(service)}:{c.name}",
-                                                        coroutine=metrics.instrument_job(service, c.coroutine))
-                                    for c in crons)],
+        "cron_jobs": [*cron_jobs, *(dataclasses.replace(
+            c, name=f"{settings.queue_name(service)}:{c.name}",
+            coroutine=riding_out_database(metrics.instrument_job(service, c.coroutine))) for c in crons)],
         "redis_settings": redis_settings(settings.redis_url or "redis://127.0.0.1:6379/0"),
         "queue_name": settings.queue_name(service),
         "on_startup": startup,

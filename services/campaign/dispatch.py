@@ -9,7 +9,10 @@ Most sends never wait for the poll: the journey run that decides them writes the
 hands them over as soon as it commits (``dispatch_claimed``), with the profiles it looked up.
 """
 
+import asyncio
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.campaign import campaigns, ingest_client, journeys, templates, timing
 from services.campaign.programs import variables as program_vars
 from shared.auth import WORKSPACE_HEADER
+from shared.db import unreachable
 from shared.errors import UpstreamUnavailable
 from shared.http import InternalClient
 from shared.jsonutil import dumps, loads
@@ -226,8 +230,38 @@ async def dispatch_due(sessionmaker: async_sessionmaker[AsyncSession], internal:
     async with sessionmaker() as session, session.begin():
         sends = await claim(session, limit)
     if sends:
-        await _hand_over(sessionmaker, internal, sends, await profiles_for(internal, sends))
+        profiles = await profiles_for(internal, sends)
+        await _riding_out(len(sends), lambda: _hand_over(sessionmaker, internal, sends, profiles))
     return len(sends)
+
+
+# How long a hand-over that finds PostgreSQL unreachable waits for it; then its sends come back after their lease
+# (``LEASE_S``), as a crashed worker's would.
+HAND_OVER_WAIT_S = LEASE_S / 2
+_UNREACHABLE_PAUSE_S = 1.0
+
+
+async def _riding_out(n: int, hand_over: Callable[[], Awaitable[None]]) -> None:
+    """``hand_over`` of ``n`` claimed sends, tried again every second while PostgreSQL is unreachable (a restart, a
+    failover), for up to ``HAND_OVER_WAIT_S``: left alone, sends claimed moments before a blip of a few seconds
+    would wait out their whole lease. Trying again is safe: delivery stores each under its idempotency key, so a
+    send posted before the blip is posted again as its replay."""
+    deadline = time.monotonic() + HAND_OVER_WAIT_S
+    waited_since: float | None = None
+    while True:
+        try:
+            await hand_over()
+        except Exception as exc:
+            if not unreachable(exc) or time.monotonic() > deadline:
+                raise
+            if waited_since is None:
+                waited_since = time.monotonic()
+                log.warning("campaign.hand_over_waiting", sends=n, error=type(exc).__name__)
+            await asyncio.sleep(_UNREACHABLE_PAUSE_S)
+            continue
+        if waited_since is not None:
+            log.info("campaign.hand_over_resumed", sends=n, waited_s=round(time.monotonic() - waited_since, 1))
+        return
 
 
 async def dispatch_claimed(sessionmaker: async_sessionmaker[AsyncSession], internal: InternalClient,
@@ -236,6 +270,11 @@ async def dispatch_claimed(sessionmaker: async_sessionmaker[AsyncSession], inter
     profiles it looked up. As the claim would: the campaign's current message type and topic, the workspace's time
     zone, and nothing of a campaign paused meanwhile (the pause held its sends: a resume makes them due for the
     poll) or archived (which skipped them)."""
+    await _riding_out(len(sends), lambda: _dispatch_claimed(sessionmaker, internal, sends, profiles))
+
+
+async def _dispatch_claimed(sessionmaker: async_sessionmaker[AsyncSession], internal: InternalClient,
+                            sends: list[dict[str, Any]], profiles: dict[str, Any]) -> None:
     async with sessionmaker() as session, session.begin():
         current = {r.id: r for r in (await session.execute(text(
             "select c.id, c.status, c.message_type, c.definition->>'topic' as topic, "

@@ -26,7 +26,7 @@ from services.delivery import (
 )
 from services.delivery.smtp_session import SmtpConnection, SmtpPool, send_smtp
 from shared import ratelimit
-from shared.db import pinned
+from shared.db import pinned, unreachable
 from shared.html_text import html_to_text
 from shared.settings import Settings
 
@@ -195,7 +195,7 @@ async def send_batch(sessionmaker: async_sessionmaker[AsyncSession], settings: S
         finally:
             recorder.close()
             unsent = [m for m in messages if m["id"] not in settled]
-            await _finish(recording, sessionmaker, unsent, cancelled=cancelled)
+            await _finish(recording, recorder, sessionmaker, unsent, cancelled=cancelled)
     for r in results:
         if isinstance(r, BaseException):
             raise r
@@ -206,21 +206,32 @@ async def send_batch(sessionmaker: async_sessionmaker[AsyncSession], settings: S
 RECORD_WAIT_S = 30.0
 
 
-async def _finish(recording: "asyncio.Task[None]", sessionmaker: async_sessionmaker[AsyncSession],
-                  unsent: list[dict[str, Any]], *, cancelled: bool) -> None:
+async def _finish(recording: "asyncio.Task[None]", recorder: "_Recorder",
+                  sessionmaker: async_sessionmaker[AsyncSession], unsent: list[dict[str, Any]], *,
+                  cancelled: bool) -> None:
     """Let the recorder write what it holds and give the never-attempted messages back, within
     ``RECORD_WAIT_S`` in all — also when the batch is being cancelled (a job's timeout, SIGTERM): outcomes
     the providers took must not be lost. Cancelled twice, it gives up at once."""
 
+    releasing_since: list[float] = []  # (giving back waits for an unreachable PostgreSQL too)
+
     async def wrap_up() -> None:
         await recording
-        if unsent:
-            async with sessionmaker() as session, session.begin():
-                await outbox.release(session, unsent)
+        while unsent:
+            try:
+                async with sessionmaker() as session, session.begin():
+                    await outbox.release(session, unsent)
+            except Exception as exc:
+                if not unreachable(exc):
+                    raise
+                releasing_since[:] = releasing_since or [loop.time()]
+                await asyncio.sleep(_Recorder.UNREACHABLE_PAUSE_S)
+                continue
             log.info("delivery.given_back", messages=len(unsent))
+            break
 
-    task = asyncio.ensure_future(wrap_up())
     loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(wrap_up())
     deadline = loop.time() + RECORD_WAIT_S
     interrupted = False  # a first cancel arrived while wrapping up: finish, then give in to it
     while True:
@@ -234,6 +245,11 @@ async def _finish(recording: "asyncio.Task[None]", sessionmaker: async_sessionma
             interrupted = True
             continue
         except TimeoutError:
+            if (recorder.held_since is not None or releasing_since) and not (cancelled or interrupted):
+                # PostgreSQL is away: outcomes the providers took are held until it answers (the job's timeout,
+                # two minutes, is the bound: its cancellation gives up)
+                deadline = loop.time() + RECORD_WAIT_S
+                continue
             task.cancel()
             recording.cancel()
             if not (cancelled or interrupted):
@@ -286,6 +302,7 @@ class _Recorder:
     ``_finish`` gives up on it)."""
 
     RETRY_PAUSES_S = (0.2, 1.0, 3.0)
+    UNREACHABLE_PAUSE_S = 1.0
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], statuses: dict[Any, str]):
         self._sessionmaker = sessionmaker
@@ -295,6 +312,7 @@ class _Recorder:
         self._closed = False
         self._use_pool = False
         self.failing = False
+        self.held_since: float | None = None  # outcomes wait for an unreachable PostgreSQL since then
 
     def add(self, outcome: outbox.Outcome) -> None:
         self._pending.append(outcome)
@@ -316,16 +334,34 @@ class _Recorder:
                     self._done(batch, updated)
 
     async def _write(self, own: async_sessionmaker[AsyncSession], batch: list[outbox.Outcome]) -> set[Any]:
-        for n, pause in enumerate((0.0, *self.RETRY_PAUSES_S)):
+        """While PostgreSQL is unreachable (a restart, an outage) the outcomes are held and the write tried again
+        every second, however long it takes: given up, a sent message would stay ``sending`` and go out a second
+        time after its lease. Other failures are tried ``RETRY_PAUSES_S`` more times, then one outcome at a time."""
+        pauses, pause, failures = iter(self.RETRY_PAUSES_S), 0.0, 0
+        while True:
             await asyncio.sleep(pause)
             try:  # after any failure, fresh connections from the pool (the pinned one may be broken)
                 async with (self._sessionmaker if self._use_pool else own)() as session, session.begin():
                     updated = await outbox.record_many(session, batch)
                 self.failing = False
+                if self.held_since is not None:
+                    log.info("delivery.outcomes_recorded", outcomes=len(batch),
+                             held_s=round(time.monotonic() - self.held_since, 1))
+                    self.held_since = None
                 return updated
-            except Exception:  # noqa: BLE001 - a connection reset, a failover, one unstorable outcome…
+            except Exception as exc:  # noqa: BLE001 - a connection reset, a failover, one unstorable outcome…
                 self.failing = self._use_pool = True
-                log.warning("delivery.record_retry", outcomes=len(batch), attempt=n + 1, exc_info=True)
+                if unreachable(exc):
+                    if self.held_since is None:
+                        self.held_since = time.monotonic()
+                        log.warning("delivery.outcomes_held", outcomes=len(batch), error=type(exc).__name__)
+                    pause = self.UNREACHABLE_PAUSE_S
+                    continue
+                failures += 1
+                log.warning("delivery.record_retry", outcomes=len(batch), attempt=failures, exc_info=True)
+                if (nxt := next(pauses, None)) is None:
+                    break
+                pause = nxt
         updated: set[Any] = set()  # still refused: one at a time, so one bad outcome loses no other
         for o in batch:
             try:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -192,3 +193,70 @@ def sample(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: s
     """Sum of the samples of ``name`` whose labels include ``labels`` (0 when none)."""
     want = set(labels.items())
     return sum(v for (n, lab), v in samples.items() if n == name and want <= lab)
+
+
+class Relay:
+    """127.0.0.1:port → target, in its own thread; ``down()`` cuts every connection and refuses new ones.
+
+    An outage of a shared server (Redis, PostgreSQL) for one test's processes, while the server itself never stops."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target, self.port = target, free_port()
+        self.loop = asyncio.new_event_loop()
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self._call(self._up())
+
+    def _call(self, coro) -> None:  # type: ignore[no-untyped-def]
+        asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self.writers |= {writer, up_writer}
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    async def _up(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
+
+    async def _down(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in self.writers:
+            w.transport.abort()
+        self.writers.clear()
+        await self.server.wait_closed()
+        self.server = None
+
+    def up(self) -> None:
+        self._call(self._up())
+
+    def down(self) -> None:
+        self._call(self._down())
+
+    async def _settle(self) -> None:
+        """Let the cut connections' pipes end (a loop stopped under them warns of tasks destroyed pending)."""
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.down()
+        self._call(self._settle())
+        self.loop.call_soon_threadsafe(self.loop.stop)

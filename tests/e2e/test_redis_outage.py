@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,66 +18,9 @@ from arq import create_pool
 
 from shared.embedded import free_port
 from shared.queue import redis_settings
-from tests.e2e.stack import run_on_own_loop
+from tests.e2e.stack import Relay, run_on_own_loop
 
 TENURE = str(Path(sys.executable).parent / "tenure")
-
-
-class Relay:
-    """127.0.0.1:port → target, in its own thread; ``down()`` cuts every connection and refuses new ones."""
-
-    def __init__(self, target: tuple[str, int]):
-        self.target, self.port = target, free_port()
-        self.loop = asyncio.new_event_loop()
-        self.server: asyncio.Server | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        self._call(self._up())
-
-    def _call(self, coro) -> None:  # type: ignore[no-untyped-def]
-        asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except OSError:
-            pass
-        finally:
-            writer.close()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            return
-        self.writers |= {writer, up_writer}
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-
-    async def _up(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
-
-    async def _down(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for w in self.writers:
-            w.transport.abort()
-        self.writers.clear()
-        await self.server.wait_closed()
-        self.server = None
-
-    def up(self) -> None:
-        self._call(self._up())
-
-    def down(self) -> None:
-        self._call(self._down())
-
-    def close(self) -> None:
-        if self.server is not None:
-            self.down()
-        self.loop.call_soon_threadsafe(self.loop.stop)
 
 
 @pytest.fixture
@@ -119,7 +61,7 @@ def test_a_worker_waits_out_a_redis_outage(settings, relay) -> None:
     queue_prefix = f"{settings.queue_prefix}-outage"
     http_port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("TENURE_")},
-           "TENURE_DATABASE_URL": settings.database_url, "TENURE_REDIS_URL": f"redis://127.0.0.1:{relay.port}/0",
+           "TENURE_DATABASE_URL": settings.database_url, "TENURE_REDIS_URL": f"redis://127.0.0.1:{relay.port}/{redis_settings(settings.redis_url).database}",
            "TENURE_INTERNAL_TOKEN": settings.internal_token, "TENURE_QUEUE_PREFIX": queue_prefix,
            "TENURE_LOG_JSON": "true", "TENURE_LOG_LEVEL": "INFO",
            "TENURE_WORKER_METRICS_PORT": str(http_port)}

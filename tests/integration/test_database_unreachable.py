@@ -1,0 +1,45 @@
+"""``shared.db.unreachable``: what a worker waits out (PostgreSQL away, a connection cut) against what it must
+report (a statement's or its data's fault), on real connections."""
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from shared.db import create_engine, create_sessionmaker, unreachable
+from shared.embedded import free_port
+from tests.e2e.stack import Relay
+
+
+async def _error_of(sessionmaker, sql: str) -> BaseException:  # type: ignore[no-untyped-def]
+    with pytest.raises(Exception) as caught:  # noqa: PT011 - the error is what is looked at
+        async with sessionmaker() as session, session.begin():
+            await session.execute(text(sql))
+    return caught.value
+
+
+async def test_refused_and_cut_connections_are_unreachable_and_bad_statements_are_not(settings, sessionmaker) -> None:
+    closed = settings.model_copy(update={"database_url": make_url(settings.database_url).set(
+        host="127.0.0.1", port=free_port()).render_as_string(hide_password=False)})
+    engine = create_engine(closed, pool_size=1)
+    try:
+        assert unreachable(await _error_of(create_sessionmaker(engine), "select 1"))  # refused
+    finally:
+        await engine.dispose()
+
+    url = make_url(settings.database_url)
+    relay = Relay((url.host or "127.0.0.1", url.port or 5432))
+    engine = create_engine(settings.model_copy(update={"database_url": url.set(
+        host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)}), pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("select 1"))
+            relay.down()  # cut while the connection is open
+            with pytest.raises(Exception) as cut:  # noqa: PT011
+                await conn.execute(text("select 1"))
+            assert unreachable(cut.value), repr(cut.value)
+    finally:
+        relay.close()
+        await engine.dispose()
+
+    for sql in ("select * from no_such_table", "select 1/0", "select 'x'::int"):
+        assert not unreachable(await _error_of(sessionmaker, sql)), sql

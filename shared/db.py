@@ -7,6 +7,7 @@ transaction (``async with session.begin():``).
 
 import contextlib
 import time
+import traceback
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
@@ -99,12 +100,20 @@ def unreachable(exc: BaseException) -> bool:
     """True when ``exc`` says PostgreSQL could not be reached, or the connection broke (refused, reset, timed out,
     the server restarting or shutting down): an outage to wait out, not a fault of the statement or its data. The
     same work, tried again once the database answers, is right (a commit cut off mid-flight may or may not have
-    landed, so what is tried again must be idempotent — every worker's work is)."""
+    landed, so what is tried again must be idempotent — every worker's work is). A bare ``OSError`` or
+    ``TimeoutError`` counts only when the database driver raised it (not an SMTP connection, not a ``wait_for``)."""
     if isinstance(exc, DBAPIError):
-        sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
-        return bool(exc.connection_invalidated or sqlstate.startswith(("08", "57P")) or _broken(exc.orig)
+        state = sqlstate(exc) or ""
+        return bool(exc.connection_invalidated or state.startswith(("08", "57P")) or _broken(exc.orig)
                     or _broken(getattr(exc.orig, "__cause__", None)))
-    return _broken(exc)
+    if isinstance(exc, asyncpg.exceptions.InterfaceError | asyncpg.exceptions.PostgresError):
+        return _broken(exc)
+    return _broken(exc) and _raised_by_the_driver(exc)
+
+
+def _raised_by_the_driver(exc: BaseException) -> bool:
+    return any(str(frame.f_globals.get("__name__", "")).startswith(("asyncpg", "sqlalchemy"))
+               for frame, _ in traceback.walk_tb(exc.__traceback__))
 
 
 def create_engine(settings: Settings, *, application_name: str = "tenure", **kw: Any) -> AsyncEngine:

@@ -43,3 +43,16 @@ async def test_refused_and_cut_connections_are_unreachable_and_bad_statements_ar
 
     for sql in ("select * from no_such_table", "select 1/0", "select 'x'::int"):
         assert not unreachable(await _error_of(sessionmaker, sql)), sql
+
+
+async def test_a_timeout_or_socket_error_outside_the_driver_is_not_an_outage() -> None:
+    """An SMTP relay refusing a connection or an ``asyncio.wait_for`` running out is the job's own failure to report,
+    not PostgreSQL away (which a worker logs once and waits out)."""
+    import asyncio
+
+    with pytest.raises(TimeoutError) as timed_out:
+        await asyncio.wait_for(asyncio.sleep(1), 0.01)
+    assert not unreachable(timed_out.value)
+    with pytest.raises(OSError) as refused:
+        await asyncio.open_connection("127.0.0.1", free_port())
+    assert not unreachable(refused.value)

@@ -246,8 +246,9 @@ def worker_options(
         ctx["settings"] = settings
         ctx["service"] = service
         ctx["stopping"] = asyncio.Event()
-        worker_health.serve(settings.host, settings.worker_metrics_port, stale_after_s=settings.worker_stale_after_s)
-        ctx["heartbeat"] = asyncio.create_task(worker_health.beat_forever(f"{service}-{next(_worker_numbers)}"))
+        health = worker_health.PROCESS
+        health.serve(settings.host, settings.worker_metrics_port, stale_after_s=settings.worker_stale_after_s)
+        ctx["heartbeat"] = asyncio.create_task(health.beat_forever(f"{service}-{next(_worker_numbers)}"))
         # as large as an API's: delivery sends with ten concurrent senders, and a pool smaller than that
         # opened and closed an overflow connection for nearly every message
         ctx["engine"] = create_engine(settings, application_name=f"tenure-{service}-worker")

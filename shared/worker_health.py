@@ -26,52 +26,70 @@ log = structlog.get_logger()
 
 BEAT_INTERVAL_S = 1.0
 
-_lock = threading.Lock()
-_beats: dict[str, float] = {}  # worker name -> time.monotonic() of its loop's last beat
-_stale_after_s = 60.0
-_served_ports: set[int] = set()
 
+class Heartbeats:
+    """The heartbeats of a process's workers and the HTTP server that reports them (one per process: ``PROCESS``)."""
 
-async def beat_forever(name: str) -> None:
-    """Record that ``name``'s event loop runs, every second, until cancelled (then forget it: a worker that
-    stopped in a process that goes on, as in ``tenure dev``, is not a stuck one)."""
-    try:
-        while True:
-            with _lock:
-                _beats[name] = time.monotonic()
-            await asyncio.sleep(BEAT_INTERVAL_S)
-    finally:
-        with _lock:
-            _beats.pop(name, None)
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._beats: dict[str, float] = {}  # worker name -> time.monotonic() of its loop's last beat
+        self._stale_after_s = 60.0
+        self._served_ports: set[int] = set()
 
+    async def beat_forever(self, name: str) -> None:
+        """Record that ``name``'s event loop runs, every second, until cancelled (then forget it: a worker that
+        stopped in a process that goes on, as in ``tenure dev``, is not a stuck one)."""
+        try:
+            while True:
+                with self._lock:
+                    self._beats[name] = time.monotonic()
+                await asyncio.sleep(BEAT_INTERVAL_S)
+        finally:
+            with self._lock:
+                self._beats.pop(name, None)
 
-def health() -> tuple[bool, dict[str, Any]]:
-    """(healthy, body): what ``/healthz`` answers."""
-    now = time.monotonic()
-    with _lock:
-        ages = {name: round(now - at, 3) for name, at in _beats.items()}
-        stale_after = _stale_after_s
-    stale = sorted(name for name, age in ages.items() if age > stale_after)
-    if not ages:
-        return False, {"status": "starting", "workers": {}}
-    body = {"status": "stuck" if stale else "ok", "workers": ages, "stale_after_s": stale_after}
-    if stale:
-        body["stuck"] = stale
-    return not stale, body
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """(healthy, body): what ``/healthz`` answers."""
+        now = time.monotonic()
+        with self._lock:
+            ages = {name: round(now - at, 3) for name, at in self._beats.items()}
+            stale_after = self._stale_after_s
+        if not ages:
+            return False, {"status": "starting", "workers": {}}
+        stale = sorted(name for name, age in ages.items() if age > stale_after)
+        body: dict[str, Any] = {"status": "stuck" if stale else "ok", "workers": ages, "stale_after_s": stale_after}
+        if stale:
+            body["stuck"] = stale
+        return not stale, body
 
+    def _app(self, metrics: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            if environ.get("PATH_INFO") != "/healthz":
+                return metrics(environ, start_response)
+            ok, body = self.health()
+            payload = orjson.dumps(body)
+            start_response("200 OK" if ok else "503 Service Unavailable",
+                           [("Content-Type", "application/json"), ("Content-Length", str(len(payload))),
+                            ("Cache-Control", "no-store")])
+            return [] if environ.get("REQUEST_METHOD") == "HEAD" else [payload]
 
-def _app(metrics: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != "/healthz":
-            return metrics(environ, start_response)
-        ok, body = health()
-        payload = orjson.dumps(body)
-        start_response("200 OK" if ok else "503 Service Unavailable",
-                       [("Content-Type", "application/json"), ("Content-Length", str(len(payload))),
-                        ("Cache-Control", "no-store")])
-        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [payload]
+        return app
 
-    return app
+    def serve(self, host: str, port: int, *, stale_after_s: float) -> bool:
+        """Serve ``/metrics`` and ``/healthz`` on ``host:port`` from a daemon thread (0: off). Several workers in one
+        process (``tenure dev``, tests) share the port: the first one serves it, and ``/healthz`` covers them all."""
+        if port <= 0:
+            return False
+        with self._lock:
+            self._stale_after_s = stale_after_s
+            if port in self._served_ports:
+                return False
+            server = make_server(host, port, self._app(prometheus_client.make_wsgi_app()), ThreadingWSGIServer,
+                                 handler_class=_QuietHandler)
+            self._served_ports.add(port)
+        threading.Thread(target=server.serve_forever, name=f"worker-http-{port}", daemon=True).start()
+        log.info("worker.http_serving", host=host, port=port, paths=["/metrics", "/healthz"])
+        return True
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -79,19 +97,4 @@ class _QuietHandler(WSGIRequestHandler):
         """Probes every few seconds would flood stderr; requests are not worth a line each."""
 
 
-def serve(host: str, port: int, *, stale_after_s: float) -> bool:
-    """Serve ``/metrics`` and ``/healthz`` on ``host:port`` from a daemon thread (0: off). Several workers in one
-    process (``tenure dev``, tests) share the port: the first one serves it, and ``/healthz`` covers them all."""
-    global _stale_after_s
-    if port <= 0:
-        return False
-    with _lock:
-        _stale_after_s = stale_after_s
-        if port in _served_ports:
-            return False
-        server = make_server(host, port, _app(prometheus_client.make_wsgi_app()), ThreadingWSGIServer,
-                             handler_class=_QuietHandler)
-        _served_ports.add(port)
-    threading.Thread(target=server.serve_forever, name=f"worker-http-{port}", daemon=True).start()
-    log.info("worker.http_serving", host=host, port=port, paths=["/metrics", "/healthz"])
-    return True
+PROCESS = Heartbeats()

@@ -25,13 +25,13 @@ def _wait_status(port: int, status: int, timeout: float = 10) -> httpx.Response:
 
 
 def test_healthz_answers_503_while_the_loop_is_blocked_and_200_once_it_runs_again() -> None:
-    port = free_port()
-    assert worker_health.serve("127.0.0.1", port, stale_after_s=1.5)
+    port, beats = free_port(), worker_health.Heartbeats()  # not the process's: other tests' workers beat there
+    assert beats.serve("127.0.0.1", port, stale_after_s=1.5)
     assert _get(port).status_code == 503 and _get(port).json()["status"] == "starting"
 
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
-    beat = asyncio.run_coroutine_threadsafe(worker_health.beat_forever("segment-1"), loop)
+    beat = asyncio.run_coroutine_threadsafe(beats.beat_forever("segment-1"), loop)
     try:
         ok = _wait_status(port, 200)
         assert ok.status_code == 200 and ok.json()["status"] == "ok" and "segment-1" in ok.json()["workers"]

@@ -162,21 +162,30 @@ class TenureWorker(Worker):
             self._pool = None
 
 
+def note_raised_at(exc: BaseException) -> None:
+    """Stamp ``exc`` with when it happened, for a job that lets it out only later (after waiting for tasks in flight):
+    an outage's error surfacing once the outage is over is not a new outage."""
+    exc.__dict__.setdefault("tenure_raised_at", time.monotonic())
+
+
 class _DatabaseOutage:
     """Whether this process's jobs find PostgreSQL unreachable, so an outage is logged once rather than as a
     traceback per job and per poll (two or three a second per worker)."""
 
     down_since: float | None = None
+    back_at = float("-inf")
 
     def failed(self, exc: BaseException) -> None:
-        if self.down_since is None:
-            self.down_since = time.monotonic()
+        raised_at = getattr(exc, "tenure_raised_at", time.monotonic())
+        if self.down_since is None and raised_at > self.back_at:
+            self.down_since = raised_at
             log.warning("worker.database_unavailable", error=type(exc).__name__)
 
     def succeeded(self) -> None:
         if self.down_since is not None:
             log.info("worker.database_back", down_s=round(time.monotonic() - self.down_since, 1))
             self.down_since = None
+            self.back_at = time.monotonic()
 
 
 _DATABASE = _DatabaseOutage()

@@ -12,7 +12,16 @@ from services.campaign import campaigns, dispatch, journeys, schedules, triggeri
 from services.campaign.programs import maintenance
 from services.campaign.programs import outbox as program_outbox
 from shared.feed import ConsumerBusy
-from shared.queue import JobCtx, build_worker, mark_dirty, stopping, take_dirty, wake, worker_settings_class
+from shared.queue import (
+    JobCtx,
+    build_worker,
+    mark_dirty,
+    note_raised_at,
+    stopping,
+    take_dirty,
+    wake,
+    worker_settings_class,
+)
 from shared.settings import Settings
 
 log = structlog.get_logger()
@@ -67,6 +76,9 @@ async def advance_journeys(ctx: JobCtx) -> int:
                     await asyncio.wait(handing, return_when=asyncio.FIRST_COMPLETED)
             if stopping(ctx) or (done.journeys == 0 and not await take_dirty(ctx, "advance_journeys")):
                 break
+    except Exception as exc:
+        note_raised_at(exc)  # let out after the hand-overs in flight, which may wait out an outage first
+        raise
     finally:
         await asyncio.gather(*handing, return_exceptions=True)
     return total

@@ -132,8 +132,8 @@ def assert_outage_logged_once(path: Path) -> None:
     tracebacks = [x for x in lines if "exception" in x or "Traceback" in x.get("raw", "")]
     assert not tracebacks, f"{len(tracebacks)} tracebacks, the first: {tracebacks[0]}"
     events = [x["event"] for x in lines]
-    assert events.count("worker.database_unavailable") == 1, events
-    assert events.count("worker.database_back") == 1, events
+    assert events.count("worker.database_unavailable") == 1, " ".join(events)
+    assert events.count("worker.database_back") == 1, " ".join(events)
     errors = [x for x in lines if x.get("level") in ("error", "critical")]
     assert not errors, errors[:3]
 

@@ -33,6 +33,7 @@ FEEDS = {
 @dataclass
 class PageResult:
     read: int = 0
+    behind: int = 0  # committed entries after this page, held back by the feed's horizon or the page size
     entered: int = 0
     woken: int = 0
     ended: int = 0  # journeys ended by their user leaving a segment (exit_on_leaving)
@@ -96,7 +97,7 @@ async def consume_page(session: AsyncSession, internal: InternalClient, feed: st
     page = loads(resp.content)
     metrics.record_feed_read(feed_name, "campaign", page.get("behind"))
     items = page[key]
-    result = PageResult(read=len(items))
+    result = PageResult(read=len(items), behind=int(page.get("behind") or 0))
     if not items:
         return result
     campaigns = await active_campaigns(session, {uuid.UUID(i["workspace_id"]) for i in items})

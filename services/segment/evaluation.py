@@ -54,6 +54,11 @@ _STATS_FOLD = """on conflict (workspace_id, profile_id) do update set
 class PageResult:
     events: int = 0
     cursor: str = ""
+    behind: int = 0  # committed events after this page, held back by the feed's horizon or the page size
+
+    @property
+    def read(self) -> int:
+        return self.events
 
 
 
@@ -608,7 +613,7 @@ async def consume_page(session: AsyncSession, internal: InternalClient, limit: i
     page = await fetch_events(internal, cursor, limit)
     metrics.record_feed_read("ingest.events", "segment", page.get("behind"))
     events = page["events"]
-    result = PageResult(events=len(events), cursor=page["next_cursor"])
+    result = PageResult(events=len(events), cursor=page["next_cursor"], behind=int(page.get("behind") or 0))
     if not events:
         return result
     await partitioning.mark_dirty(session, await apply_events(session, events))

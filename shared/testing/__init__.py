@@ -227,6 +227,25 @@ def http_server(app: Any, port: int | None = None, **config: Any) -> Iterator[in
         thread.join(timeout=10)
 
 
+FEED_SETTLE_S = 15.0
+
+
+async def drain_feed(sessionmaker: async_sessionmaker[AsyncSession], consume_page: Any, limit: int) -> None:
+    """Fold a feed until drained, as a consumer's worker does: ``consume_page(session)`` in a transaction of its own
+    per page. Committed rows the feed holds back because another session's transaction is still open (its horizon,
+    docs/decisions.md: the PostgreSQL server may be shared with other test runs) are waited for, up to
+    ``FEED_SETTLE_S``, rather than taken for "nothing more": else a test read half of what it had just committed."""
+    deadline = asyncio.get_running_loop().time() + FEED_SETTLE_S
+    while True:
+        async with sessionmaker() as session, session.begin():
+            page = await consume_page(session)
+        if page.read >= limit:
+            continue
+        if not page.behind or asyncio.get_running_loop().time() > deadline:
+            return
+        await asyncio.sleep(0.05)
+
+
 async def run_due_journeys(sessionmaker: async_sessionmaker[AsyncSession], internal: Any, now: Any) -> None:
     """What campaign's worker does with due journeys at ``now``, one batch after another: run them, hand the sends
     they decide straight to delivery, then the dispatcher's poll (retries, sends held by a pause)."""

@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from services.campaign import dispatch, journeys, triggering
 from services.delivery import sending
-from shared.testing import run_due_journeys
+from shared.testing import drain_feed, run_due_journeys
 
 T0 = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)  # a Wednesday; 10:00 in New York, 16:00 in Paris
 
@@ -48,11 +48,8 @@ class World:
     async def pump(self, now: datetime) -> None:
         """What the campaign worker does when woken, at ``now``: feeds, due timers, dispatch."""
         for feed in ("events", "transitions"):
-            while True:
-                async with self.sm() as s, s.begin():
-                    page = await triggering.consume_page(s, self.internal, feed, 500, now=now)
-                if page.read < 500:
-                    break
+            await drain_feed(self.sm, lambda s, feed=feed: triggering.consume_page(s, self.internal, feed, 500, now=now),
+                             500)
         await run_due_journeys(self.sm, self.internal, now)
         if self.deliver:  # what delivery's worker does (webhooks are messages too)
             await sending.send_due(self.sm, self.internal.settings)
@@ -61,8 +58,7 @@ class World:
         """What segment's worker does with the new events: fold the feed, re-evaluate the profile."""
         from services.segment import evaluation
 
-        async with self.sm() as s, s.begin():
-            await evaluation.consume_page(s, self.internal, 500)
+        await drain_feed(self.sm, lambda s: evaluation.consume_page(s, self.internal, 500), 500)
         async with self.sm() as s, s.begin():
             await evaluation.reevaluate(s, self.ws, [uuid.UUID(pid)])
 

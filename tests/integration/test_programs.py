@@ -16,7 +16,7 @@ from sqlalchemy import text
 from services.campaign import triggering
 from services.campaign.programs import maintenance
 from services.campaign.programs import outbox as program_outbox
-from shared.testing import run_due_journeys
+from shared.testing import drain_feed, run_due_journeys
 
 # the recent past: events are "old enough" to be real, and their points expire in the future of the real
 # clock (balances read through the API use it), while maintenance runs at any moment the test picks
@@ -47,11 +47,7 @@ class Programs:
         await self.send("track", {"userId": uid, "event": event, "properties": props, "context": context or {}}, at)
 
     async def consume(self, now: datetime) -> None:
-        while True:
-            async with self.sm() as s, s.begin():
-                page = await triggering.consume_page(s, self.internal, "events", 500, now=now)
-            if page.read < 500:
-                return
+        await drain_feed(self.sm, lambda s: triggering.consume_page(s, self.internal, "events", 500, now=now), 500)
 
     async def pump(self, now: datetime) -> None:
         """What the campaign worker does: the feed, program events to ingest (and their feed), journeys."""

@@ -690,7 +690,7 @@ async def _run_step(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: 
         return StepOutcome(step.next, wake_at=at)
     if isinstance(step, jd.WaitUntilAttributeStep):
         moment = timing.parse_moment(traits.get(step.trait), tz)
-        at = None if moment is None else _shifted(moment, step.offset_seconds)
+        at = None if moment is None else timing.shift(moment, step.offset_seconds, tz)
         if at is None or at < ctx.now:
             await _log(ctx.session, j, "branch", f"{step.trait} missing or past", step=step.id)
             return StepOutcome(step.on_missing)

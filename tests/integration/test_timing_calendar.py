@@ -268,6 +268,25 @@ async def test_sends_deferred_together_are_capped_again_when_they_wake(world) ->
     assert len(await world.mail(email)) == 2
 
 
+async def test_a_frequency_cap_stored_with_text_or_float_numbers_still_caps(world) -> None:
+    """Older releases stored settings as given: ``"max": "1"`` or ``1.0`` was read as a cap and then passed over
+    (not an int), so every campaign sent. They cap as their numbers say."""
+    await world.settings(frequency_caps=[{"channel": "email", "max": "1", "period_days": "7"},
+                                         {"channel": "sms", "max": 1.0}])
+    tpl = await world.template("t", "Hi")
+    camps = [await world.campaign(trigger={"type": "event", "event": "Go"},
+                                  steps=[{"id": "s", "type": "send", "template_id": tpl}]) for _ in range(2)]
+    email = _email("txtcap")
+    pid = await world.identify("txtcap", email=email)
+    now = datetime.now(UTC)
+    await world.track("txtcap", "Go", now)
+    for c in camps:
+        await _enter(world, "txtcap", c, now)
+    assert len(await world.mail(email)) == 1
+    details = [e["detail"] for j in await world.path(pid) for e in j["log"] if e["kind"] == "skipped"]
+    assert details == ["frequency cap: 1 email per 7 days"]
+
+
 async def test_send_time_optimisation_sends_at_once_without_enough_history(world) -> None:
     tpl = await world.template("t", "Hi")
     camp = await world.campaign(trigger={"type": "event", "event": "Go"}, entry={"rule": "every_time"},

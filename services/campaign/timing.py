@@ -49,6 +49,13 @@ def quiet_until(now: datetime, tz: ZoneInfo, start: str, end: str) -> datetime |
         return None
     day = local.date() if (s < e or t < e) else local.date() + timedelta(days=1)
     end = datetime.combine(day, e, tzinfo=tz).astimezone(UTC)
+    if end.astimezone(tz).time() != e:  # the end is a time the clocks skip: quiet ends when they jump past it
+        before = datetime.combine(day, e, tzinfo=tz).replace(fold=1).astimezone(UTC)  # (the gap's start side)
+        while end - before > timedelta(seconds=1):  # the first moment whose local time is past the end
+            mid = before + (end - before) / 2
+            past = mid.astimezone(tz).replace(tzinfo=None) >= datetime.combine(day, e)
+            before, end = (before, mid) if past else (mid, end)
+        end = end.replace(microsecond=0)
     if end <= now:  # the end falls in an hour the clocks repeat: take its second occurrence
         end = datetime.combine(day, e, tzinfo=tz).replace(fold=1).astimezone(UTC)
     return end if end > now else now + timedelta(minutes=1)

@@ -153,6 +153,24 @@ async def test_quiet_hours_per_channel_at_their_boundaries_and_across_dst(world)
     assert got == {uid: c[2] for uid, c in cases.items()}
 
 
+async def test_quiet_hours_ending_at_a_time_the_clocks_skip_end_when_they_jump_past_it(world) -> None:
+    """Quiet until 02:30 on the night Paris jumps from 02:00 to 03:00 ends at 03:00 summer time, when the clocks
+    pass it (the deferral used to wake at 03:30, half an hour late); in Lord Howe's 30-minute jump the same."""
+    tpl = await world.template("t", "Hi")
+    camp = await world.campaign(trigger={"type": "event", "event": "Go"}, entry={"rule": "every_time"},
+                                steps=[{"id": "s", "type": "send", "template_id": tpl}])
+    await world.settings(quiet_hours={"email": {"start": "00:00", "end": "02:30", "action": "defer"}})
+    cases = {"paris": ("Europe/Paris", _at(2026, 3, 29, 0, 30), _at(2026, 3, 29, 1)),  # 01:30 CET → 03:00 CEST
+             "new-york": ("America/New_York", _at(2026, 3, 8, 6), _at(2026, 3, 8, 7)),  # 01:00 EST → 03:00 EDT
+             "lord-howe": ("Australia/Lord_Howe", _at(2026, 10, 3, 14), _at(2026, 10, 3, 15, 30))}  # → 02:30 +11
+    got = {}
+    for uid, (tz, at, _) in cases.items():
+        await world.identify(uid, email=_email(uid), timezone=tz)
+        await world.track(uid, "Go", at)
+        got[uid] = _wake(await _enter(world, uid, camp, at))
+    assert got == {uid: c[2] for uid, c in cases.items()}
+
+
 async def test_a_days_offset_from_a_date_trait_counts_calendar_days_across_dst(world) -> None:
     """"A day before the renewal" is the same local time the day before, also when the clocks change in
     between: renewing on Monday 30 March (Paris springs forward on Sunday 29) is reminded on Sunday 00:00, not

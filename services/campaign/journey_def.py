@@ -185,8 +185,11 @@ class WaitUntilStep(_Step):
 
 class WaitUntilAttributeStep(_Step):
     type: Literal["wait_until_attribute"] = "wait_until_attribute"
-    trait: str = Field(min_length=1, examples=["renewal_date"])
-    offset_seconds: JsonInt = Field(0, description="e.g. -86400: a day before (at most 366 days either way)")
+    trait: str = Field(min_length=1, examples=["renewal_date"],
+                       description="the profile trait holding the date: ISO 8601 (a date, or a time without an "
+                                   "offset, in the user's time zone) or Unix time (s, or ms beyond 2e10)")
+    offset_seconds: JsonInt = Field(0, description="e.g. -86400: a day before (at most 366 days either way); whole "
+                                                   "days are calendar days in the user's zone, across DST changes")
     next: str | None = None
     on_missing: str | None = Field(None, description="when the trait is absent or the moment has passed")
 

@@ -66,17 +66,19 @@ class Policy:
         qh = s.get("quiet_hours") if isinstance(s.get("quiet_hours"), dict) else {}
         caps = s.get("frequency_caps") if isinstance(s.get("frequency_caps"), list) else []
         tz = s.get("timezone") if isinstance(s.get("timezone"), str) else None
-        return cls(timezone=tz, quiet_hours={ch: q for ch, q in qh.items() if _fits(wc.QuietHours, q)},
-                   frequency_caps=[c for c in caps if _fits(wc.FrequencyCap, c)])
+        return cls(timezone=tz,
+                   quiet_hours={ch: q for ch, v in qh.items() if (q := _read(wc.QuietHours, v)) is not None},
+                   frequency_caps=[c for v in caps if (c := _read(wc.FrequencyCap, v)) is not None])
 
 
-def _fits(model: type[BaseModel], value: Any) -> bool:
-    # lax: "7" days, which older releases stored as given, still reads as 7 (float() takes it)
+def _read(model: type[BaseModel], value: Any) -> dict[str, Any] | None:
+    """``value`` as ``model`` reads it (the fields it sets); None if it is not one. Lax: a "7" (days) or a "2"
+    (sends), which older releases stored as given, reads as 7 or 2 — and is then a number, so a cap written
+    ``"max": "2"`` or ``2.0`` caps (it used to be passed over as no cap at all)."""
     try:
-        model.model_validate(value, strict=False)
+        return model.model_validate(value, strict=False).model_dump(exclude_unset=True)
     except ValidationError:
-        return False
-    return True
+        return None
 
 
 # ---------------------------------------------------------------------------------------------- entry
@@ -690,7 +692,7 @@ async def _run_step(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: 
         return StepOutcome(step.next, wake_at=at)
     if isinstance(step, jd.WaitUntilAttributeStep):
         moment = timing.parse_moment(traits.get(step.trait), tz)
-        at = None if moment is None else _shifted(moment, step.offset_seconds)
+        at = None if moment is None else timing.shift(moment, step.offset_seconds, tz)
         if at is None or at < ctx.now:
             await _log(ctx.session, j, "branch", f"{step.trait} missing or past", step=step.id)
             return StepOutcome(step.on_missing)
@@ -876,7 +878,7 @@ async def _capped(ctx: Context, j: dict[str, Any], channel: str) -> tuple[str | 
                  "and s.created_at > :since order by s.created_at"),
             {"ws": j["workspace_id"], "p": j["profile_id"], "ch": channel, "since": ctx.now - period})).scalars().all()
         if len(rows) >= cap["max"]:
-            reason = f"frequency cap: {cap['max']} {channel} per {cap.get('period_days', 7)} days"
+            reason = f"frequency cap: {cap['max']} {channel} per {float(cap.get('period_days', 7)):g} days"
             if cap.get("action", "skip") == "defer":
                 return reason, rows[len(rows) - cap["max"]] + period
             return reason, None

@@ -191,15 +191,32 @@ def internal_headers(workspace_id: uuid.UUID | str | None = None) -> dict[str, s
     return h
 
 
+FEED_SETTLE_S = 15.0
+
+
+async def feed_pages(client: httpx.AsyncClient, path: str = "/v1/events", *, after: str = "", limit: int = 5000
+                     ) -> AsyncIterator[dict[str, Any]]:
+    """The pages of a feed after ``after`` until it is drained, as its consumers read them; an empty page while
+    committed entries wait behind another session's open transaction (``behind`` > 0: the PostgreSQL server may be
+    shared with other test runs) is waited out, up to ``FEED_SETTLE_S``, not taken for the end."""
+    deadline = asyncio.get_running_loop().time() + FEED_SETTLE_S
+    while True:
+        page = (await client.get(path, params={"after": after, "limit": limit}, headers=internal_headers())).json()
+        if page["next_cursor"] != after:
+            yield page
+            after = page["next_cursor"]
+        if len(page[path.rsplit("/", 1)[-1]]) < limit:  # /v1/events → "events", /v1/transitions → "transitions"
+            if not page.get("behind") or asyncio.get_running_loop().time() > deadline:
+                return
+            await asyncio.sleep(0.05)
+
+
 async def feed_head(ingest: httpx.AsyncClient) -> str:
     """The cursor after everything ingest's event feed holds now (earlier tests in the run wrote into it)."""
     cursor = ""
-    while True:
-        page = (await ingest.get("/v1/events", params={"after": cursor, "limit": 5000},
-                                 headers=internal_headers())).json()
-        if not page["events"]:
-            return cursor
+    async for page in feed_pages(ingest):
         cursor = page["next_cursor"]
+    return cursor
 
 
 @contextlib.contextmanager
@@ -225,9 +242,6 @@ def http_server(app: Any, port: int | None = None, **config: Any) -> Iterator[in
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-
-
-FEED_SETTLE_S = 15.0
 
 
 async def drain_feed(sessionmaker: async_sessionmaker[AsyncSession], consume_page: Any, limit: int) -> None:

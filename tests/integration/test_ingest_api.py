@@ -7,7 +7,7 @@ import orjson
 import pytest
 from sqlalchemy import text
 
-from shared.testing import feed_head, internal_headers
+from shared.testing import feed_head, feed_pages, internal_headers
 
 PROBLEM = "application/problem+json"
 
@@ -186,13 +186,9 @@ async def test_feed_pages_in_order_and_rejects_bad_cursors(apps, workspace) -> N
         await apps["ingest"].post("/v1/track", auth=auth, json={"userId": "f", "event": f"E{i}",
                                                                  "messageId": f"feed-{workspace.workspace_id}-{i}"})
     seen: list[str] = []
-    while True:
-        page = (await apps["ingest"].get("/v1/events", params={"after": cursor, "limit": 2},
-                                         headers=internal_headers())).json()
-        if not page["events"]:
-            break
+    async for page in feed_pages(apps["ingest"], after=cursor, limit=2):
+        assert len(page["events"]) <= 2
         seen += [e["event"] for e in page["events"] if e["workspace_id"] == str(workspace.workspace_id)]
-        cursor = page["next_cursor"]
     assert seen == [f"E{i}" for i in range(5)]
     bad = await apps["ingest"].get("/v1/events", params={"after": "nope"}, headers=internal_headers())
     assert bad.status_code == 400

@@ -2,7 +2,7 @@
 
 import uuid
 
-from shared.testing import feed_head, internal_headers
+from shared.testing import feed_head, feed_pages
 
 
 async def _profile(apps, workspace, ref: str) -> dict:
@@ -31,8 +31,8 @@ async def test_login_merges_the_anonymous_profile_into_the_known_user(apps, work
     assert user["traits"] == {"email": "m1@example.com", "plan": "team"}  # newest per trait
     assert [(m["profile_id"], m["reason"], m["message_id"]) for m in user["merged_from"]] == [
         (anon_id, "identify", "login-1")]
-    events = await c.get("/v1/events", params={"after": head, "limit": 5000}, headers=internal_headers())
-    mine = [e for e in events.json()["events"] if e["workspace_id"] == str(workspace.workspace_id)]
+    mine = [e async for page in feed_pages(c, after=head) for e in page["events"]
+            if e["workspace_id"] == str(workspace.workspace_id)]
     assert {e["profile_id"] for e in mine} == {user["id"]}  # history re-attributed
     assert [e["properties"]["merged_profile_id"] for e in mine if e["type"] == "merge"] == [anon_id]
 

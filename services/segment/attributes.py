@@ -6,7 +6,8 @@ on read (pure, here): ``order_count``, ``total_revenue`` (CLTV so far), ``averag
 ``days_since_last_activity``, ``days_since_last_order``.
 
 Also ``last_nps`` (the newest answer to the NPS survey event, ``score`` property; else the ``nps``
-trait) and ``lead_score``: points per occurrence of weighted events plus points for matching traits.
+trait; values outside 0–10 are no answer) and ``lead_score``: points per occurrence of weighted events plus
+points for matching traits.
 
 Which events are purchases, and which property holds their value, are per-workspace settings
 (``core.workspaces.settings``: ``purchase_events``, ``revenue_property``) with Segment's ecommerce
@@ -116,6 +117,16 @@ def _fits(op: str, value: Any) -> bool:
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def trait_nps(traits: Mapping[str, Any]) -> float | None:
+    """The ``nps`` trait as an NPS answer: a number on the 0–10 scale, else None. A trait of 42 or -3 (another
+    scale, a typo) is no answer — as for survey events and the NPS metric — and made the profile a promoter
+    (``advocacy`` stage, ``last_nps`` ≥ 9) though the metric left it out."""
+    nps = traits.get("nps")
+    if isinstance(nps, bool) or not isinstance(nps, int | float) or not 0 <= nps <= 10:
+        return None
+    return float(nps)
 
 
 def money(amount: Decimal) -> float:

@@ -413,9 +413,8 @@ async def _load_facts(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID
                 facts[pid].segments.add(str(sid))
     for f in facts.values():
         attrs = dict(f.attributes)
-        nps = f.traits.get("nps")
-        if attrs.get("last_nps") is None and isinstance(nps, int | float) and not isinstance(nps, bool):
-            attrs["last_nps"] = float(nps)
+        if attrs.get("last_nps") is None:
+            attrs["last_nps"] = attributes.trait_nps(f.traits)
         attrs["lead_score"] = lead.score(f.counts, f.traits)
         f.attributes = attrs
     return facts

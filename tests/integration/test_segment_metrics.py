@@ -3,6 +3,8 @@
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from services.segment import evaluation
 
 
@@ -147,3 +149,99 @@ async def test_the_stage_series_reaches_the_last_representable_day(apps, workspa
         days = r.json()["days"]
         assert days[0]["day"] == start and days[-1]["day"] == end
         assert [sum(v for k, v in d.items() if k != "day") for d in days] == [profiles] * len(days)
+
+
+class Population:
+    """A workspace's population built through ingest's tracking API, folded by what segment's worker does with
+    the event feed (fold each page, re-evaluate the profiles it touched)."""
+
+    def __init__(self, apps, workspace, sessionmaker, internal):
+        self.apps, self.sm, self.internal = apps, sessionmaker, internal
+        self.ws = workspace.workspace_id
+        self.h = {"Authorization": f"Bearer {workspace.secret_key}"}
+        self.wk = (workspace.write_key, "")
+
+    async def send(self, kind: str, **body) -> None:
+        r = await self.apps["ingest"].post(f"/v1/{kind}", auth=self.wk, json=body)
+        assert r.status_code == 200, r.text
+
+    async def track(self, uid: str, event: str, at: datetime, **props) -> None:
+        await self.send("track", userId=uid, event=event, properties=props, timestamp=at.isoformat())
+
+    async def pid(self, ref: str) -> str:
+        r = await self.apps["ingest"].get(f"/v1/profiles/{ref}", headers=self.h)
+        assert r.status_code == 200, r.text
+        return r.json()["id"]
+
+    async def fold(self) -> None:
+        """Until segment's consumer has read everything ingest committed (the feed holds back rows while an older
+        transaction anywhere is open, so one empty page does not mean drained)."""
+        import asyncio
+
+        from sqlalchemy import text
+
+        from services.segment import partitioning
+        from shared.testing import internal_headers
+
+        for _ in range(400):
+            async with self.sm() as s, s.begin():
+                await evaluation.consume_page(s, self.internal, 500)
+            await partitioning.process_dirty(self.sm, self.internal.settings.segment_partitions, 500,
+                                             evaluation.reevaluate)
+            async with self.sm() as s, s.begin():
+                cursor = await s.scalar(text("select cursor from segment.consumers where name = 'ingest-events'"))
+            page = (await self.apps["ingest"].get("/v1/events", headers=internal_headers(),
+                                                  params={"after": cursor or "", "limit": 1})).json()
+            if not page["events"] and not page["behind"]:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("segment did not catch up with ingest's feed")
+
+    async def get(self, path: str, **params) -> dict:
+        r = await self.apps["segment"].get(path, headers=self.h, params=params)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async def attributes(self, uid: str) -> dict:
+        return await self.get(f"/v1/profiles/{await self.pid(uid)}/attributes")
+
+    async def stage(self, uid: str) -> str | None:
+        return (await self.get(f"/v1/lifecycle/{await self.pid(uid)}"))["stage"]
+
+    async def count(self, definition: dict) -> int:
+        r = await self.apps["segment"].post("/v1/segments/preview", headers=self.h, json={"definition": definition})
+        assert r.status_code == 200, r.text
+        return r.json()["count"]
+
+
+@pytest.fixture
+def population(apps, workspace, sessionmaker, internal_client) -> Population:
+    return Population(apps, workspace, sessionmaker, internal_client)
+
+
+def _days_ago(n: int) -> datetime:
+    return datetime.now(UTC) - timedelta(days=n)
+
+
+async def test_an_nps_trait_off_the_scale_is_no_answer_for_stage_or_attribute(population) -> None:
+    """docs/metrics.md: answers outside 0–10 are not answers. The NPS metric skipped an ``nps`` trait of 42, but
+    the ``last_nps`` attribute read it (in Python and in the SQL of previews) and the stage made its profile an
+    ``advocacy`` promoter."""
+    p = population
+    await p.send("identify", userId="off-scale", traits={"nps": 42})
+    await p.send("identify", userId="negative", traits={"nps": -3})
+    await p.send("identify", userId="as-text", traits={"nps": "10"})
+    await p.send("identify", userId="promoter", traits={"nps": 9})
+    await p.fold()
+    for uid in ("off-scale", "negative", "as-text"):
+        assert (await p.attributes(uid))["last_nps"] is None, uid
+        assert await p.stage(uid) == "onboarding", uid
+    assert (await p.attributes("promoter"))["last_nps"] == 9.0 and await p.stage("promoter") == "advocacy"
+    promoters = {"type": "attribute", "attribute": "last_nps", "op": "gte", "value": 9}
+    answered = {"type": "attribute", "attribute": "last_nps", "op": "exists"}
+    assert await p.count(promoters) == 1 and await p.count(answered) == 1  # (compiled to SQL)
+    assert await p.count({"type": "or", "children": [promoters, {"type": "stage", "stage": "advocacy"}]}) == 1
+    now = datetime.now(UTC)
+    m = await p.get("/v1/metrics", start=(now - timedelta(days=1)).isoformat(),
+                    end=(now + timedelta(days=1)).isoformat())
+    assert (m["users"], m["nps_responses"], m["nps"]) == (4, 1, 100.0)

@@ -19,7 +19,7 @@ lead score rules (``lead_score``: ``{"events": {"Demo Requested": 20}, "traits":
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -117,6 +117,21 @@ def _fits(op: str, value: Any) -> bool:
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def event_time(event: dict[str, Any]) -> datetime:
+    """When an event happened, for segment's aggregates: its timestamp, but never after ingest received it. A
+    client clock set years ahead made ``days_since_last_activity`` negative and kept the profile active (and
+    in "ordered in the last 7 days") until that date came; ingest keeps such timestamps as sent."""
+    at = _parse_ts(event["timestamp"])
+    received = event.get("received_at")
+    if received:
+        at = min(at, _parse_ts(received))
+    return at
+
+
+def _parse_ts(v: str) -> datetime:
+    return datetime.fromisoformat(v.replace("Z", "+00:00")).astimezone(UTC)
 
 
 def trait_nps(traits: Mapping[str, Any]) -> float | None:

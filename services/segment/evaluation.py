@@ -77,7 +77,7 @@ async def apply_events(session: AsyncSession, events: list[dict[str, Any]]) -> A
     for e in sorted(events, key=lambda e: e["timestamp"]):
         ws, pid = uuid.UUID(e["workspace_id"]), uuid.UUID(e["profile_id"])
         affected[ws].add(pid)
-        at = _parse_ts(e["timestamp"])
+        at = attributes.event_time(e)
         if e["type"] != "merge":
             stats.setdefault((ws, pid), _Stats()).add(at, rules[ws].order_value(e), rules[ws].nps_score(e))
         if e["type"] == "merge":

@@ -245,3 +245,22 @@ async def test_an_nps_trait_off_the_scale_is_no_answer_for_stage_or_attribute(po
     m = await p.get("/v1/metrics", start=(now - timedelta(days=1)).isoformat(),
                     end=(now + timedelta(days=1)).isoformat())
     assert (m["users"], m["nps_responses"], m["nps"]) == (4, 1, 100.0)
+
+
+async def test_an_event_dated_in_the_future_happened_when_it_was_received(population) -> None:
+    """A client clock set 400 days ahead (ingest keeps a timestamp as sent when there is no ``sentAt``) made
+    ``days_since_last_activity`` and ``days_since_last_order`` -400 and kept the profile active — never at
+    risk — for 430 days."""
+    p = population
+    await p.track("early-clock", "Signed Up", _days_ago(40))
+    await p.track("early-clock", "Order Completed", _days_ago(40), revenue=10)
+    await p.track("late-clock", "Signed Up", _days_ago(40))
+    await p.track("late-clock", "Order Completed", datetime.now(UTC) + timedelta(days=400), revenue=10)
+    await p.fold()
+    a = await p.attributes("late-clock")
+    assert (a["days_since_last_activity"], a["days_since_last_order"], a["order_count"]) == (0, 0, 1)
+    assert datetime.fromisoformat(a["last_seen"]) <= datetime.now(UTC)
+    assert await p.stage("late-clock") == "engaged" and await p.stage("early-clock") == "at_risk"
+    ordered_this_week = {"type": "performed", "event": "Order Completed", "within_days": 7}
+    assert await p.count(ordered_this_week) == 1
+    assert await p.count({"type": "attribute", "attribute": "days_since_last_order", "op": "lt", "value": 0}) == 0

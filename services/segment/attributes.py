@@ -119,6 +119,20 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
+# ``context.library.name`` of the events delivery reports about the messages it sent (services/delivery/consent.py)
+DELIVERY_LIBRARY = "tenure-delivery"
+
+
+def is_activity(event: dict[str, Any]) -> bool:
+    """Whether an event is something the person did, and so moves their first / last seen (recency, at-risk,
+    churned). The events delivery reports about the messages sent to them (``Email Delivered``, ``Email
+    Bounced``, ``SMS Delivered``, opens, clicks, subscription changes) are not: a win-back email delivered to
+    a churned customer made them ``reactivated``, and a customer mailed every week never became at risk.
+    They still count as events (``performed``, ``email_engagement``)."""
+    library = ((event.get("context") or {}).get("library") or {})
+    return not (isinstance(library, dict) and library.get("name") == DELIVERY_LIBRARY)
+
+
 def event_time(event: dict[str, Any]) -> datetime:
     """When an event happened, for segment's aggregates: its timestamp, but never after ingest received it. A
     client clock set years ahead made ``days_since_last_activity`` negative and kept the profile active (and

@@ -79,7 +79,8 @@ async def apply_events(session: AsyncSession, events: list[dict[str, Any]]) -> A
         affected[ws].add(pid)
         at = attributes.event_time(e)
         if e["type"] != "merge":
-            stats.setdefault((ws, pid), _Stats()).add(at, rules[ws].order_value(e), rules[ws].nps_score(e))
+            stats.setdefault((ws, pid), _Stats()).add(at, rules[ws].order_value(e), rules[ws].nps_score(e),
+                                                      seen=attributes.is_activity(e))
         if e["type"] == "merge":
             from_ = uuid.UUID(e["properties"]["merged_profile_id"])
             affected[ws].add(from_)
@@ -262,11 +263,12 @@ class _Stats:
     nps: float | None = None
     nps_at: datetime | None = None
 
-    def add(self, at: datetime, order_value: float | None, nps: float | None = None) -> None:
+    def add(self, at: datetime, order_value: float | None, nps: float | None = None, *, seen: bool = True) -> None:
         if nps is not None and (self.nps_at is None or at >= self.nps_at):
             self.nps, self.nps_at = nps, at
-        self.first_seen = min(self.first_seen or at, at)
-        self.last_seen = max(self.last_seen or at, at)
+        if seen:  # (attributes.is_activity)
+            self.first_seen = min(self.first_seen or at, at)
+            self.last_seen = max(self.last_seen or at, at)
         if order_value is not None:
             self.orders += 1
             self.revenue += order_value

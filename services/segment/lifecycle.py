@@ -11,7 +11,8 @@ Stages, first match wins:
 6. ``engaged``: activated (performed an activation event, default a purchase);
 7. ``onboarding``: everyone else who has been seen.
 
-An event happened at its timestamp, but never after ingest received it (attributes.event_time).
+Activity is the person's own events (attributes.is_activity: not what delivery reports about messages sent
+to them), at their timestamp but never after ingest received them (attributes.event_time).
 
 Thresholds and event names are per-workspace settings (``core.workspaces.settings["lifecycle"]``); their
 defaults are defined once, in shared/workspace_config.py, which also checks the settings before they are

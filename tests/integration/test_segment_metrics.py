@@ -264,3 +264,28 @@ async def test_an_event_dated_in_the_future_happened_when_it_was_received(popula
     ordered_this_week = {"type": "performed", "event": "Order Completed", "within_days": 7}
     assert await p.count(ordered_this_week) == 1
     assert await p.count({"type": "attribute", "attribute": "days_since_last_order", "op": "lt", "value": 0}) == 0
+
+
+async def test_what_delivery_reports_about_a_message_is_not_the_customers_activity(population) -> None:
+    """A churned customer sent a win-back email became ``reactivated`` the moment delivery reported the email
+    delivered (its events reach ingest about the recipient, like the customer's own): churned customers could
+    never stay churned while mailed, nor at-risk ones become churned. They still count as events."""
+    p = population
+    await p.track("lapsed", "Order Completed", _days_ago(100), revenue=30)
+    await p.fold()
+    assert await p.stage("lapsed") == "churned"
+    # what delivery's feedback forwarder posts (services/delivery/consent.py: queue_event)
+    delivery = {"library": {"name": "tenure-delivery"}}
+    await p.send("batch", batch=[
+        {"type": "track", "userId": "lapsed", "event": event, "messageId": f"delivery-{uuid.uuid4()}",
+         "properties": {"message_id": str(uuid.uuid4())}, "context": delivery}
+        for event in ("Email Delivered", "Email Opened", "SMS Delivered")])
+    await p.fold()
+    a = await p.attributes("lapsed")
+    assert a["days_since_last_activity"] == 100 and await p.stage("lapsed") == "churned"
+    assert await p.count({"type": "email_engagement", "action": "opened", "count": 1, "within_days": 7}) == 1
+    # the customer's own visit does bring them back
+    await p.track("lapsed", "Product Viewed", datetime.now(UTC))
+    await p.fold()
+    assert await p.stage("lapsed") == "reactivated"
+    assert (await p.attributes("lapsed"))["days_since_last_activity"] == 0

@@ -148,11 +148,11 @@ class RetentionMetrics(BaseModel):
                                              "(default 3)")
     activation_rate: float | None = Field(description="customers / users × 100")
     repeat_customer_rate: float | None = Field(description="repeat / customers × 100")
-    loyal_rate: float | None = Field(description="loyal / repeat × 100")
+    loyal_rate: float | None = Field(description="repeat customers who are loyal / repeat × 100")
     churn_rate: float | None = Field(description="users now churned / users × 100")
     average_cltv: float | None = Field(description="mean revenue per customer (all their purchases); null without "
                                                    "customers")
-    nps: float | None = Field(description="% promoters − % detractors (nps trait)")
+    nps: float | None = Field(description="% promoters (9–10) − % detractors (0–6) among the users who answered")
     nps_responses: int = Field(description="users with an NPS answer (0–10): their newest NPS survey event's "
                                            "`score`, else their `nps` trait")
     csat: float | None = Field(description="% of answers 4–5 (csat trait, 1–5)")

@@ -289,3 +289,25 @@ async def test_what_delivery_reports_about_a_message_is_not_the_customers_activi
     await p.fold()
     assert await p.stage("lapsed") == "reactivated"
     assert (await p.attributes("lapsed"))["days_since_last_activity"] == 0
+
+
+async def test_the_loyal_rate_is_a_share_of_the_repeat_customers(population, settings) -> None:
+    """With ``lifecycle.loyal_orders`` 1 (allowed: 1–1000000) every customer is loyal, and loyal / repeat
+    counted the one-time buyers over the repeat ones: 150 % for 3 customers of whom 2 came back."""
+    from tests.integration.test_workspace_config import _configure
+
+    p = population
+    for uid, orders in (("once", 1), ("twice", 2), ("thrice", 3), ("browser", 0)):
+        await p.track(uid, "Signed Up", _days_ago(3))
+        for _ in range(orders):
+            await p.track(uid, "Order Completed", _days_ago(2), revenue=10)
+    await p.fold()
+    now = datetime.now(UTC)
+    period = {"start": (now - timedelta(days=7)).isoformat(), "end": (now + timedelta(days=1)).isoformat()}
+    expected = {3: (1, 50.0), 1: (3, 100.0), 2: (2, 100.0), 4: (0, 0.0)}  # loyal_orders: (loyal, loyal rate)
+    for loyal_orders, (loyal, rate) in expected.items():
+        r = _configure(settings, p.ws, "--set", f'lifecycle={{"loyal_orders": {loyal_orders}}}')
+        assert r.returncode == 0, r.stderr
+        m = await p.get("/v1/metrics", **period)
+        assert (m["users"], m["customers"], m["repeat_customers"]) == (4, 3, 2)
+        assert (m["loyal_customers"], m["loyal_rate"]) == (loyal, rate), loyal_orders

@@ -20,7 +20,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any
 
 from services.segment.conditions import compare  # the trait operators segments use
@@ -28,6 +28,8 @@ from services.segment.conditions import compare  # the trait operators segments 
 DEFAULT_PURCHASE_EVENTS = ("Order Completed",)
 DEFAULT_NPS_EVENT = "NPS Survey Submitted"
 DEFAULT_REVENUE_PROPERTY = "revenue"
+# no order is worth a quadrillion: an amount that large is an id or a garbled number, and counts as 0
+MAX_ORDER_VALUE = 1e15
 ATTRIBUTES = ("order_count", "total_revenue", "average_order_value", "orders_per_month", "first_seen",
               "last_seen", "days_since_last_activity", "days_since_last_order", "last_nps", "lead_score")
 
@@ -72,8 +74,10 @@ class PurchaseRules:
         except ValueError:
             return 0.0
         # text reads as NaN or an infinity ("NaN", "Infinity", "1e999"): one such purchase made the revenue
-        # NaN / infinite for good, and every evaluation, search and metric of the profile failed
-        return amount if math.isfinite(amount) else 0.0
+        # NaN / infinite for good, and every evaluation, search and metric of the profile failed; so did an
+        # amount of 1e27 or more (no cents fit in 28 digits: ``money``), or two of 1e308 (their float sum is
+        # infinite), failing the whole workspace's re-evaluation page after page
+        return amount if math.isfinite(amount) and abs(amount) < MAX_ORDER_VALUE else 0.0
 
 
 @dataclass(frozen=True)
@@ -160,8 +164,14 @@ def trait_nps(traits: Mapping[str, Any]) -> float | None:
 
 def money(amount: Decimal) -> float:
     """An amount in cents, rounded half away from zero on its exact decimal value: PostgreSQL's
-    ``round(numeric, 2)``, so full passes computed in SQL (set_evaluation.py) agree to the cent."""
-    return float(amount.quantize(Decimal("0.01"), ROUND_HALF_UP))
+    ``round(numeric, 2)``, so full passes computed in SQL (set_evaluation.py) agree to the cent. (Any size:
+    revenue stored before amounts were bounded may be huge; an infinite one reads as 0.)"""
+    if not amount.is_finite():
+        return 0.0
+    return float(amount.quantize(Decimal("0.01"), ROUND_HALF_UP, context=_WIDE))
+
+
+_WIDE = Context(prec=400)  # cents of any float-sized amount
 
 
 def derive(stats: dict[str, Any] | None, today: date) -> dict[str, Any]:

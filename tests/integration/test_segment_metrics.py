@@ -311,3 +311,23 @@ async def test_the_loyal_rate_is_a_share_of_the_repeat_customers(population, set
         m = await p.get("/v1/metrics", **period)
         assert (m["users"], m["customers"], m["repeat_customers"]) == (4, 3, 2)
         assert (m["loyal_customers"], m["loyal_rate"]) == (loyal, rate), loyal_orders
+
+
+async def test_an_absurd_revenue_counts_as_0_and_stops_nothing(population) -> None:
+    """An order of 1e27 or more (no cents fit in the 28 digits ``money`` rounded with), or two of 1e308 (an
+    infinite sum), made the profile's attributes a 500 and failed the re-evaluation of every profile of the
+    workspace that came in the same page, over and over (they stayed dirty)."""
+    p = population
+    await p.track("big-spender", "Order Completed", _days_ago(2), revenue=10)
+    for amount in (1e308, 1e308, "1e27", -1e20):
+        await p.track("big-spender", "Order Completed", _days_ago(1), revenue=amount)
+    await p.track("bystander", "Order Completed", _days_ago(1), revenue=999_999_999_999.99)  # just under 10¹⁵
+    await p.fold()
+    a = await p.attributes("big-spender")
+    assert (a["order_count"], a["total_revenue"], a["average_order_value"]) == (5, 10.0, 2.0)
+    assert await p.stage("big-spender") == "loyal" and await p.stage("bystander") == "engaged"
+    assert (await p.attributes("bystander"))["total_revenue"] == 999_999_999_999.99
+    now = datetime.now(UTC)
+    m = await p.get("/v1/metrics", start=(now - timedelta(days=7)).isoformat(), end=now.isoformat())
+    assert (m["customers"], m["average_cltv"]) == (2, round((10 + 999_999_999_999.99) / 2, 2))
+    assert await p.count({"type": "attribute", "attribute": "total_revenue", "op": "gt", "value": 100}) == 1

@@ -123,18 +123,22 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-# ``context.library.name`` of the events delivery reports about the messages it sent (services/delivery/consent.py)
-DELIVERY_LIBRARY = "tenure-delivery"
+# ``context.library.name`` of the events Tenure's own services send ingest about a person: delivery's reports on
+# the messages it sent (services/delivery/consent.py), journeys' attribute updates (services/campaign/journeys.py)
+# and programs' events (services/campaign/programs/outbox.py)
+OWN_LIBRARIES = frozenset({"tenure-delivery", "tenure-campaign", "tenure-programs"})
 
 
 def is_activity(event: dict[str, Any]) -> bool:
     """Whether an event is something the person did, and so moves their first / last seen (recency, at-risk,
-    churned). The events delivery reports about the messages sent to them (``Email Delivered``, ``Email
-    Bounced``, ``SMS Delivered``, opens, clicks, subscription changes) are not: a win-back email delivered to
-    a churned customer made them ``reactivated``, and a customer mailed every week never became at risk.
-    They still count as events (``performed``, ``email_engagement``)."""
-    library = ((event.get("context") or {}).get("library") or {})
-    return not (isinstance(library, dict) and library.get("name") == DELIVERY_LIBRARY)
+    churned). What Tenure itself records about them is not: delivery's ``Email Delivered``, ``Email Bounced``,
+    ``SMS Delivered``, opens, clicks and subscription changes, a journey's attribute update, a program's
+    ``Loyalty Tier Changed``. A win-back email delivered to a churned customer made them ``reactivated``, and a
+    customer mailed every week never became at risk. They still count as events (``performed``,
+    ``email_engagement``, advocacy events such as ``Referral Converted``)."""
+    context = event.get("context")
+    library = context.get("library") if isinstance(context, dict) else None
+    return not (isinstance(library, dict) and library.get("name") in OWN_LIBRARIES)
 
 
 def event_time(event: dict[str, Any]) -> datetime:

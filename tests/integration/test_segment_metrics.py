@@ -266,10 +266,11 @@ async def test_an_event_dated_in_the_future_happened_when_it_was_received(popula
     assert await p.count({"type": "attribute", "attribute": "days_since_last_order", "op": "lt", "value": 0}) == 0
 
 
-async def test_what_delivery_reports_about_a_message_is_not_the_customers_activity(population) -> None:
+async def test_what_tenure_records_about_a_customer_is_not_their_activity(population) -> None:
     """A churned customer sent a win-back email became ``reactivated`` the moment delivery reported the email
     delivered (its events reach ingest about the recipient, like the customer's own): churned customers could
-    never stay churned while mailed, nor at-risk ones become churned. They still count as events."""
+    never stay churned while mailed, nor at-risk ones become churned. So did a journey's attribute update and a
+    program's event. They still count as events."""
     p = population
     await p.track("lapsed", "Order Completed", _days_ago(100), revenue=30)
     await p.fold()
@@ -279,11 +280,18 @@ async def test_what_delivery_reports_about_a_message_is_not_the_customers_activi
     await p.send("batch", batch=[
         {"type": "track", "userId": "lapsed", "event": event, "messageId": f"delivery-{uuid.uuid4()}",
          "properties": {"message_id": str(uuid.uuid4())}, "context": delivery}
-        for event in ("Email Delivered", "Email Opened", "SMS Delivered")])
+        for event in ("Email Delivered", "Email Opened", "SMS Delivered")] + [
+        # a journey's attribute update (services/campaign/journeys.py) and a program's event (programs/outbox.py)
+        {"type": "identify", "userId": "lapsed", "traits": {"winback": True}, "messageId": f"journey-{uuid.uuid4()}",
+         "context": {"library": {"name": "tenure-campaign"}}},
+        {"type": "track", "userId": "lapsed", "event": "Loyalty Tier Changed", "properties": {"tier": "bronze"},
+         "messageId": f"program-{uuid.uuid4()}", "context": {"library": {"name": "tenure-programs"}}}])
     await p.fold()
     a = await p.attributes("lapsed")
     assert a["days_since_last_activity"] == 100 and await p.stage("lapsed") == "churned"
     assert await p.count({"type": "email_engagement", "action": "opened", "count": 1, "within_days": 7}) == 1
+    assert await p.count({"type": "performed", "event": "Loyalty Tier Changed", "within_days": 1}) == 1
+    assert await p.count({"type": "trait", "trait": "winback", "op": "equals", "value": True}) == 1
     # the customer's own visit does bring them back
     await p.track("lapsed", "Product Viewed", datetime.now(UTC))
     await p.fold()

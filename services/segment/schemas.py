@@ -150,8 +150,9 @@ class RetentionMetrics(BaseModel):
     repeat_customer_rate: float | None = Field(description="repeat / customers × 100")
     loyal_rate: float | None = Field(description="repeat customers who are loyal / repeat × 100")
     churn_rate: float | None = Field(description="users now churned / users × 100")
-    average_cltv: float | None = Field(description="mean revenue per customer (all their purchases); null without "
-                                                   "customers")
+    average_cltv: float | None = Field(description="mean revenue per customer (all their purchases, added up "
+                                                   "as sent: no currency conversion, refunds not subtracted); null "
+                                                   "without customers")
     nps: float | None = Field(description="% promoters (9–10) − % detractors (0–6) among the users who answered")
     nps_responses: int = Field(description="users with an NPS answer (0–10): their newest NPS survey event's "
                                            "`score`, else their `nps` trait")

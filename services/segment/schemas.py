@@ -110,11 +110,14 @@ class ProfileAttributes(BaseModel):
     total_revenue: float = Field(description="sum of purchase revenue so far (CLTV to date)")
     average_order_value: float | None
     orders_per_month: float = Field(description="purchase frequency since the first order")
-    first_seen: datetime | None
-    last_seen: datetime | None
-    days_since_last_activity: int | None
+    first_seen: datetime | None = Field(description="the person's first event (not counting what Tenure's services "
+                                                    "record about them: message deliveries, opens, journey updates)")
+    last_seen: datetime | None = Field(description="the person's latest event (likewise; never after ingest received "
+                                                   "it)")
+    days_since_last_activity: int | None = Field(description="UTC days since `last_seen`")
     days_since_last_order: int | None
-    last_nps: float | None = Field(None, description="newest NPS survey answer (0–10), else the `nps` trait")
+    last_nps: float | None = Field(None, description="newest NPS survey answer (0–10), else the `nps` trait "
+                                                        "(when it is a number from 0 to 10)")
     lead_score: float = Field(0, description="points from the workspace's lead score rules")
 
 

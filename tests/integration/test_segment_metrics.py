@@ -339,3 +339,40 @@ async def test_an_absurd_revenue_counts_as_0_and_stops_nothing(population) -> No
     m = await p.get("/v1/metrics", start=(now - timedelta(days=7)).isoformat(), end=now.isoformat())
     assert (m["customers"], m["average_cltv"]) == (2, round((10 + 999_999_999_999.99) / 2, 2))
     assert await p.count({"type": "attribute", "attribute": "total_revenue", "op": "gt", "value": 100}) == 1
+
+
+async def test_a_visitor_merged_into_a_customer_counts_once(population) -> None:
+    """Orders tracked anonymously, folded, then the visitor identified (ingest merges the profiles): the merged
+    profile holds every order once, the cohort counts one user, and the visitor's old profile is gone."""
+    p = population
+    for days, amount in ((5, 10), (4, 15)):
+        await p.send("track", anonymousId="visitor-1", event="Order Completed", properties={"revenue": amount},
+                     timestamp=_days_ago(days).isoformat())
+    await p.track("merged", "Order Completed", _days_ago(3), revenue=20)
+    await p.fold()
+    visitor = await p.pid("visitor-1")
+    await p.send("identify", userId="merged", anonymousId="visitor-1", timestamp=_days_ago(2).isoformat())
+    await p.send("alias", previousId="visitor-1", userId="merged")  # (a second merge attempt: nothing to do)
+    await p.fold()
+    a = await p.attributes("merged")
+    assert (a["order_count"], a["total_revenue"], a["first_seen"][:10]) == (3, 45.0, str(_days_ago(5).date()))
+    assert await p.stage("merged") == "loyal"
+    r = await p.apps["segment"].get(f"/v1/profiles/{visitor}/attributes", headers=p.h)
+    assert r.status_code == 404, r.text
+    now = datetime.now(UTC)
+    m = await p.get("/v1/metrics", start=(now - timedelta(days=7)).isoformat(), end=now.isoformat())
+    assert (m["users"], m["customers"], m["loyal_customers"], m["average_cltv"]) == (1, 1, 1, 45.0)
+
+
+async def test_windows_at_their_boundaries(population) -> None:
+    """The cohort is [start, end); at_risk / churned start on the 30th / 90th idle day (UTC days)."""
+    p = population
+    noon = datetime.combine(datetime.now(UTC).date(), datetime.min.time(), tzinfo=UTC) + timedelta(hours=12)
+    for days in (29, 30, 89, 90):
+        await p.track(f"idle-{days}", "Signed Up", noon - timedelta(days=days))
+    await p.fold()
+    assert [await p.stage(f"idle-{d}") for d in (29, 30, 89, 90)] == ["onboarding", "at_risk", "at_risk", "churned"]
+    first = (noon - timedelta(days=30)).isoformat()
+    assert (await p.get("/v1/metrics", start=first, end=noon.isoformat()))["users"] == 2  # 30 and 29 days ago
+    m = await p.get("/v1/metrics", start=(noon - timedelta(days=365)).isoformat(), end=first)
+    assert (m["users"], m["churn_rate"]) == (2, 50.0)  # 90 and 89 days ago: not the one first seen at `end`

@@ -11,7 +11,8 @@ points for matching traits.
 
 Which events are purchases, and which property holds their value, are per-workspace settings
 (``core.workspaces.settings``: ``purchase_events``, ``revenue_property``) with Segment's ecommerce
-spec as the default; so are the NPS event (``nps_event``, default ``NPS Survey Submitted``) and the
+spec as the default, and so are refunds (``refund_events``, default ``Order Refunded``: their amount comes off
+the revenue); so are the NPS event (``nps_event``, default ``NPS Survey Submitted``) and the
 lead score rules (``lead_score``: ``{"events": {"Demo Requested": 20}, "traits": [{"trait": "title",
 "op": "contains", "value": "VP", "points": 10}]}``).
 """
@@ -26,6 +27,7 @@ from typing import Any
 from services.segment.conditions import compare  # the trait operators segments use
 
 DEFAULT_PURCHASE_EVENTS = ("Order Completed",)
+DEFAULT_REFUND_EVENTS = ("Order Refunded",)  # as programs' refund_event (services/campaign/programs/config.py)
 DEFAULT_NPS_EVENT = "NPS Survey Submitted"
 DEFAULT_REVENUE_PROPERTY = "revenue"
 # no order is worth a quadrillion: an amount that large is an id or a garbled number, and counts as 0
@@ -39,6 +41,7 @@ class PurchaseRules:
     events: frozenset[str] = frozenset(DEFAULT_PURCHASE_EVENTS)
     revenue_property: str = DEFAULT_REVENUE_PROPERTY
     nps_event: str = DEFAULT_NPS_EVENT
+    refund_events: frozenset[str] = frozenset(DEFAULT_REFUND_EVENTS)
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any] | None) -> "PurchaseRules":
@@ -46,11 +49,14 @@ class PurchaseRules:
         events = settings.get("purchase_events")
         prop = settings.get("revenue_property")
         nps = settings.get("nps_event")
+        refunds = settings.get("refund_events")
         return cls(
             events=frozenset(events) if isinstance(events, list) and events and all(isinstance(e, str) for e in events)
             else frozenset(DEFAULT_PURCHASE_EVENTS),
             revenue_property=prop if isinstance(prop, str) and prop else DEFAULT_REVENUE_PROPERTY,
             nps_event=nps if isinstance(nps, str) and nps else DEFAULT_NPS_EVENT,
+            refund_events=frozenset(refunds) if isinstance(refunds, list) and all(isinstance(e, str) for e in refunds)
+            else frozenset(DEFAULT_REFUND_EVENTS),
         )
 
     def nps_score(self, event: dict[str, Any]) -> float | None:
@@ -66,6 +72,19 @@ class PurchaseRules:
         """The revenue of a purchase event, or None if the event is not a purchase."""
         if event.get("type") != "track" or event.get("event") not in self.events:
             return None
+        return self._amount(event)
+
+    def refund_value(self, event: dict[str, Any]) -> float | None:
+        """The amount a refund event takes off the revenue (its revenue property, whatever its sign: 0 when
+        it has none), or None if the event is not a refund. The order stays counted: a partial refund is
+        common, and the customer did buy. Without this, CLTV and average order value kept every refunded
+        amount, while the loyalty program took its points back."""
+        if event.get("type") != "track" or event.get("event") not in self.refund_events \
+                or event.get("event") in self.events:
+            return None
+        return abs(self._amount(event))
+
+    def _amount(self, event: dict[str, Any]) -> float:
         value = (event.get("properties") or {}).get(self.revenue_property)
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             return 0.0

@@ -80,7 +80,7 @@ async def apply_events(session: AsyncSession, events: list[dict[str, Any]]) -> A
         at = attributes.event_time(e)
         if e["type"] != "merge":
             stats.setdefault((ws, pid), _Stats()).add(at, rules[ws].order_value(e), rules[ws].nps_score(e),
-                                                      seen=attributes.is_activity(e))
+                                                      seen=attributes.is_activity(e), refund=rules[ws].refund_value(e))
         if e["type"] == "merge":
             from_ = uuid.UUID(e["properties"]["merged_profile_id"])
             affected[ws].add(from_)
@@ -263,12 +263,15 @@ class _Stats:
     nps: float | None = None
     nps_at: datetime | None = None
 
-    def add(self, at: datetime, order_value: float | None, nps: float | None = None, *, seen: bool = True) -> None:
+    def add(self, at: datetime, order_value: float | None, nps: float | None = None, *, seen: bool = True,
+            refund: float | None = None) -> None:
         if nps is not None and (self.nps_at is None or at >= self.nps_at):
             self.nps, self.nps_at = nps, at
         if seen:  # (attributes.is_activity)
             self.first_seen = min(self.first_seen or at, at)
             self.last_seen = max(self.last_seen or at, at)
+        if refund:
+            self.revenue -= refund
         if order_value is not None:
             self.orders += 1
             self.revenue += order_value

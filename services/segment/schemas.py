@@ -107,7 +107,7 @@ class ProfileAttributes(BaseModel):
 
     profile_id: str
     order_count: int
-    total_revenue: float = Field(description="sum of purchase revenue so far (CLTV to date)")
+    total_revenue: float = Field(description="sum of purchase revenue so far, net of refunds (CLTV to date)")
     average_order_value: float | None
     orders_per_month: float = Field(description="purchase frequency since the first order")
     first_seen: datetime | None = Field(description="the person's first event (not counting what Tenure's services "
@@ -154,7 +154,7 @@ class RetentionMetrics(BaseModel):
     loyal_rate: float | None = Field(description="repeat customers who are loyal / repeat × 100")
     churn_rate: float | None = Field(description="users now churned / users × 100")
     average_cltv: float | None = Field(description="mean revenue per customer (all their purchases, added up "
-                                                   "as sent: no currency conversion, refunds not subtracted); null "
+                                                   "as sent: no currency conversion; net of refunds); null "
                                                    "without customers")
     nps: float | None = Field(description="% promoters (9–10) − % detractors (0–6) among the users who answered")
     nps_responses: int = Field(description="users with an NPS answer (0–10): their newest NPS survey event's "

@@ -5,7 +5,7 @@ malformed value written straight into the table (quiet hours of "9pm", a cap of 
 rule off or makes every send step that reads it fail. ``tenure workspace configure --set`` validates the
 whole document against this model before writing, and refuses with the field named. The readers and their
 defaults: campaign (``timezone``, ``quiet_hours``, ``frequency_caps``), segment (``lifecycle``,
-``purchase_events``, ``revenue_property``, ``nps_event``, ``lead_score``), delivery (``topics``,
+``purchase_events``, ``revenue_property``, ``refund_events``, ``nps_event``, ``lead_score``), delivery (``topics``,
 ``sms_help_text``), ingest (``retention_days``).
 
 Leaving a key out means its default, at the top level and inside a section. At the top level ``null`` means
@@ -132,6 +132,7 @@ class WorkspaceConfig(_Model):
     lifecycle: Lifecycle | None = None
     purchase_events: list[EventName] | None = Field(None, min_length=1)
     revenue_property: str | None = Field(None, min_length=1)
+    refund_events: list[EventName] | None = None
     nps_event: EventName | None = None
     lead_score: LeadScore | None = None
     topics: list[Topic] | None = Field(None, min_length=1)

@@ -895,7 +895,7 @@ async def _identify(ctx: Context, j: dict[str, Any], step: jd.UpdateAttributeSte
         json={"userId": ctx.profile.get("user_id") or None,
               "anonymousId": None if ctx.profile.get("user_id") else ctx.profile.get("anonymous_id"),
               "traits": step.traits, "messageId": f"journey-{j['id']}-{step.id}",
-              "context": {"library": {"name": "tenure-campaign"}}})
+              "context": {"library": {"name": "tenure-campaign"}}})  # (segment: not the person's activity)
     if resp.status_code != 200:
         raise RuntimeError(f"ingest answered {resp.status_code} to the attribute update")
     await _log(ctx.session, j, "updated", ", ".join(sorted(step.traits)), step=step.id)

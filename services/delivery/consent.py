@@ -126,6 +126,7 @@ async def queue_event(session: AsyncSession, ws: uuid.UUID, identity: dict[str, 
     if not ids:
         return
     fid = uuid.uuid4()
+    # the library names these as Tenure's: segment counts them as events but not as the person's activity
     payload = {"type": "track", "event": event, "messageId": f"delivery-{fid}", "properties": properties,
                "context": {"library": {"name": "tenure-delivery"}}, **ids}
     await session.execute(text("insert into delivery.feedback (id, workspace_id, payload) "

@@ -6,11 +6,13 @@ on read (pure, here): ``order_count``, ``total_revenue`` (CLTV so far), ``averag
 ``days_since_last_activity``, ``days_since_last_order``.
 
 Also ``last_nps`` (the newest answer to the NPS survey event, ``score`` property; else the ``nps``
-trait) and ``lead_score``: points per occurrence of weighted events plus points for matching traits.
+trait; values outside 0–10 are no answer) and ``lead_score``: points per occurrence of weighted events plus
+points for matching traits.
 
 Which events are purchases, and which property holds their value, are per-workspace settings
 (``core.workspaces.settings``: ``purchase_events``, ``revenue_property``) with Segment's ecommerce
-spec as the default; so are the NPS event (``nps_event``, default ``NPS Survey Submitted``) and the
+spec as the default, and so are refunds (``refund_events``, default ``Order Refunded``: their amount comes off
+the revenue); so are the NPS event (``nps_event``, default ``NPS Survey Submitted``) and the
 lead score rules (``lead_score``: ``{"events": {"Demo Requested": 20}, "traits": [{"trait": "title",
 "op": "contains", "value": "VP", "points": 10}]}``).
 """
@@ -18,15 +20,18 @@ lead score rules (``lead_score``: ``{"events": {"Demo Requested": 20}, "traits":
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
-from decimal import ROUND_HALF_UP, Decimal
+from datetime import UTC, date, datetime
+from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any
 
 from services.segment.conditions import compare  # the trait operators segments use
 
 DEFAULT_PURCHASE_EVENTS = ("Order Completed",)
+DEFAULT_REFUND_EVENTS = ("Order Refunded",)  # as programs' refund_event (services/campaign/programs/config.py)
 DEFAULT_NPS_EVENT = "NPS Survey Submitted"
 DEFAULT_REVENUE_PROPERTY = "revenue"
+# no order is worth a quadrillion: an amount that large is an id or a garbled number, and counts as 0
+MAX_ORDER_VALUE = 1e15
 ATTRIBUTES = ("order_count", "total_revenue", "average_order_value", "orders_per_month", "first_seen",
               "last_seen", "days_since_last_activity", "days_since_last_order", "last_nps", "lead_score")
 
@@ -36,6 +41,7 @@ class PurchaseRules:
     events: frozenset[str] = frozenset(DEFAULT_PURCHASE_EVENTS)
     revenue_property: str = DEFAULT_REVENUE_PROPERTY
     nps_event: str = DEFAULT_NPS_EVENT
+    refund_events: frozenset[str] = frozenset(DEFAULT_REFUND_EVENTS)
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any] | None) -> "PurchaseRules":
@@ -43,11 +49,14 @@ class PurchaseRules:
         events = settings.get("purchase_events")
         prop = settings.get("revenue_property")
         nps = settings.get("nps_event")
+        refunds = settings.get("refund_events")
         return cls(
             events=frozenset(events) if isinstance(events, list) and events and all(isinstance(e, str) for e in events)
             else frozenset(DEFAULT_PURCHASE_EVENTS),
             revenue_property=prop if isinstance(prop, str) and prop else DEFAULT_REVENUE_PROPERTY,
             nps_event=nps if isinstance(nps, str) and nps else DEFAULT_NPS_EVENT,
+            refund_events=frozenset(refunds) if isinstance(refunds, list) and all(isinstance(e, str) for e in refunds)
+            else frozenset(DEFAULT_REFUND_EVENTS),
         )
 
     def nps_score(self, event: dict[str, Any]) -> float | None:
@@ -63,6 +72,19 @@ class PurchaseRules:
         """The revenue of a purchase event, or None if the event is not a purchase."""
         if event.get("type") != "track" or event.get("event") not in self.events:
             return None
+        return self._amount(event)
+
+    def refund_value(self, event: dict[str, Any]) -> float | None:
+        """The amount a refund event takes off the revenue (its revenue property, whatever its sign: 0 when
+        it has none), or None if the event is not a refund. The order stays counted: a partial refund is
+        common, and the customer did buy. Without this, CLTV and average order value kept every refunded
+        amount, while the loyalty program took its points back."""
+        if event.get("type") != "track" or event.get("event") not in self.refund_events \
+                or event.get("event") in self.events:
+            return None
+        return abs(self._amount(event))
+
+    def _amount(self, event: dict[str, Any]) -> float:
         value = (event.get("properties") or {}).get(self.revenue_property)
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             return 0.0
@@ -71,8 +93,10 @@ class PurchaseRules:
         except ValueError:
             return 0.0
         # text reads as NaN or an infinity ("NaN", "Infinity", "1e999"): one such purchase made the revenue
-        # NaN / infinite for good, and every evaluation, search and metric of the profile failed
-        return amount if math.isfinite(amount) else 0.0
+        # NaN / infinite for good, and every evaluation, search and metric of the profile failed; so did an
+        # amount of 1e27 or more (no cents fit in 28 digits: ``money``), or two of 1e308 (their float sum is
+        # infinite), failing the whole workspace's re-evaluation page after page
+        return amount if math.isfinite(amount) and abs(amount) < MAX_ORDER_VALUE else 0.0
 
 
 @dataclass(frozen=True)
@@ -118,10 +142,59 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
+# ``context.library.name`` of the events Tenure's own services send ingest about a person: delivery's reports on
+# the messages it sent (services/delivery/consent.py), journeys' attribute updates (services/campaign/journeys.py)
+# and programs' events (services/campaign/programs/outbox.py)
+OWN_LIBRARIES = frozenset({"tenure-delivery", "tenure-campaign", "tenure-programs"})
+
+
+def is_activity(event: dict[str, Any]) -> bool:
+    """Whether an event is something the person did, and so moves their first / last seen (recency, at-risk,
+    churned). What Tenure itself records about them is not: delivery's ``Email Delivered``, ``Email Bounced``,
+    ``SMS Delivered``, opens, clicks and subscription changes, a journey's attribute update, a program's
+    ``Loyalty Tier Changed``. A win-back email delivered to a churned customer made them ``reactivated``, and a
+    customer mailed every week never became at risk. They still count as events (``performed``,
+    ``email_engagement``, advocacy events such as ``Referral Converted``)."""
+    context = event.get("context")
+    library = context.get("library") if isinstance(context, dict) else None
+    return not (isinstance(library, dict) and library.get("name") in OWN_LIBRARIES)
+
+
+def event_time(event: dict[str, Any]) -> datetime:
+    """When an event happened, for segment's aggregates: its timestamp, but never after ingest received it. A
+    client clock set years ahead made ``days_since_last_activity`` negative and kept the profile active (and
+    in "ordered in the last 7 days") until that date came; ingest keeps such timestamps as sent."""
+    at = _parse_ts(event["timestamp"])
+    received = event.get("received_at")
+    if received:
+        at = min(at, _parse_ts(received))
+    return at
+
+
+def _parse_ts(v: str) -> datetime:
+    return datetime.fromisoformat(v.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def trait_nps(traits: Mapping[str, Any]) -> float | None:
+    """The ``nps`` trait as an NPS answer: a number on the 0–10 scale, else None. A trait of 42 or -3 (another
+    scale, a typo) is no answer — as for survey events and the NPS metric — and made the profile a promoter
+    (``advocacy`` stage, ``last_nps`` ≥ 9) though the metric left it out."""
+    nps = traits.get("nps")
+    if isinstance(nps, bool) or not isinstance(nps, int | float) or not 0 <= nps <= 10:
+        return None
+    return float(nps)
+
+
 def money(amount: Decimal) -> float:
     """An amount in cents, rounded half away from zero on its exact decimal value: PostgreSQL's
-    ``round(numeric, 2)``, so full passes computed in SQL (set_evaluation.py) agree to the cent."""
-    return float(amount.quantize(Decimal("0.01"), ROUND_HALF_UP))
+    ``round(numeric, 2)``, so full passes computed in SQL (set_evaluation.py) agree to the cent. (Any size:
+    revenue stored before amounts were bounded may be huge; an infinite one reads as 0.)"""
+    if not amount.is_finite():
+        return 0.0
+    return float(amount.quantize(Decimal("0.01"), ROUND_HALF_UP, context=_WIDE))
+
+
+_WIDE = Context(prec=400)  # cents of any float-sized amount
 
 
 def derive(stats: dict[str, Any] | None, today: date) -> dict[str, Any]:

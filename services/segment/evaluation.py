@@ -82,9 +82,10 @@ async def apply_events(session: AsyncSession, events: list[dict[str, Any]]) -> A
     for e in sorted(events, key=lambda e: e["timestamp"]):
         ws, pid = uuid.UUID(e["workspace_id"]), uuid.UUID(e["profile_id"])
         affected[ws].add(pid)
-        at = _parse_ts(e["timestamp"])
+        at = attributes.event_time(e)
         if e["type"] != "merge":
-            stats.setdefault((ws, pid), _Stats()).add(at, rules[ws].order_value(e), rules[ws].nps_score(e))
+            stats.setdefault((ws, pid), _Stats()).add(at, rules[ws].order_value(e), rules[ws].nps_score(e),
+                                                      seen=attributes.is_activity(e), refund=rules[ws].refund_value(e))
         if e["type"] == "merge":
             from_ = uuid.UUID(e["properties"]["merged_profile_id"])
             affected[ws].add(from_)
@@ -267,11 +268,15 @@ class _Stats:
     nps: float | None = None
     nps_at: datetime | None = None
 
-    def add(self, at: datetime, order_value: float | None, nps: float | None = None) -> None:
+    def add(self, at: datetime, order_value: float | None, nps: float | None = None, *, seen: bool = True,
+            refund: float | None = None) -> None:
         if nps is not None and (self.nps_at is None or at >= self.nps_at):
             self.nps, self.nps_at = nps, at
-        self.first_seen = min(self.first_seen or at, at)
-        self.last_seen = max(self.last_seen or at, at)
+        if seen:  # (attributes.is_activity)
+            self.first_seen = min(self.first_seen or at, at)
+            self.last_seen = max(self.last_seen or at, at)
+        if refund:
+            self.revenue -= refund
         if order_value is not None:
             self.orders += 1
             self.revenue += order_value
@@ -418,9 +423,8 @@ async def _load_facts(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID
                 facts[pid].segments.add(str(sid))
     for f in facts.values():
         attrs = dict(f.attributes)
-        nps = f.traits.get("nps")
-        if attrs.get("last_nps") is None and isinstance(nps, int | float) and not isinstance(nps, bool):
-            attrs["last_nps"] = float(nps)
+        if attrs.get("last_nps") is None:
+            attrs["last_nps"] = attributes.trait_nps(f.traits)
         attrs["lead_score"] = lead.score(f.counts, f.traits)
         f.attributes = attrs
     return facts

@@ -11,6 +11,10 @@ Stages, first match wins:
 6. ``engaged``: activated (performed an activation event, default a purchase);
 7. ``onboarding``: everyone else who has been seen.
 
+Activity is the person's own events (attributes.is_activity: not what Tenure's services record about them,
+such as delivery's reports on the messages sent to them), at their timestamp but never after ingest received
+them (attributes.event_time).
+
 Thresholds and event names are per-workspace settings (``core.workspaces.settings["lifecycle"]``); their
 defaults are defined once, in shared/workspace_config.py, which also checks the settings before they are
 written. A key that is left out, null or not of its type (stored before that check, or straight into the

@@ -6,7 +6,9 @@ optionally restricted to the current members of a segment:
 - users: profiles in the cohort; customers: users with ≥ 1 purchase; repeat: ≥ 2 purchases;
   loyal: ≥ the workspace's ``loyal_orders`` purchases;
 - activation rate = customers / users × 100; repeat customer rate = repeat / customers × 100;
-  loyal rate = loyal / repeat × 100; churn rate = users now in the ``churned`` stage / users × 100;
+  loyal rate = repeat customers who are loyal / repeat × 100 (with ``loyal_orders`` 1, all of them: 100, not
+  more — counting every loyal customer over the repeat ones made it 150 % when a third bought once);
+  churn rate = users now in the ``churned`` stage / users × 100;
 - average CLTV = mean revenue per customer;
 - NPS = % promoters (9–10) − % detractors (0–6) among users who answered, each user's newest answer:
   the ``score`` of their last NPS survey event (workspace setting ``nps_event``, default
@@ -54,6 +56,7 @@ async def retention_metrics(session: AsyncSession, ws: uuid.UUID, start: datetim
                    count(*) filter (where order_count >= 1) as customers,
                    count(*) filter (where order_count >= 2) as repeat,
                    count(*) filter (where order_count >= :loyal) as loyal,
+                   count(*) filter (where order_count >= greatest(:loyal, 2)) as loyal_repeat,
                    count(*) filter (where exists (select 1 from segment.memberships m where m.workspace_id = :ws
                                      and m.segment_id = :churned and m.profile_id = cohort.profile_id)) as churned,
                    avg(revenue) filter (where order_count >= 1) as avg_cltv,
@@ -76,7 +79,7 @@ async def retention_metrics(session: AsyncSession, ws: uuid.UUID, start: datetim
         "loyal_customers": row["loyal"],
         "activation_rate": _rate(row["customers"], row["users"]),
         "repeat_customer_rate": _rate(row["repeat"], row["customers"]),
-        "loyal_rate": _rate(row["loyal"], row["repeat"]),
+        "loyal_rate": _rate(row["loyal_repeat"], row["repeat"]),
         "churn_rate": _rate(row["churned"], row["users"]),
         "average_cltv": round(float(row["avg_cltv"]), 2) if row["avg_cltv"] is not None else None,
         "nps": round((row["promoters"] - row["detractors"]) * 100.0 / nps_answers, 1) if nps_answers else None,

@@ -107,14 +107,17 @@ class ProfileAttributes(BaseModel):
 
     profile_id: str
     order_count: int
-    total_revenue: float = Field(description="sum of purchase revenue so far (CLTV to date)")
+    total_revenue: float = Field(description="sum of purchase revenue so far, net of refunds (CLTV to date)")
     average_order_value: float | None
     orders_per_month: float = Field(description="purchase frequency since the first order")
-    first_seen: datetime | None
-    last_seen: datetime | None
-    days_since_last_activity: int | None
+    first_seen: datetime | None = Field(description="the person's first event (not counting what Tenure's services "
+                                                    "record about them: message deliveries, opens, journey updates)")
+    last_seen: datetime | None = Field(description="the person's latest event (likewise; never after ingest received "
+                                                   "it)")
+    days_since_last_activity: int | None = Field(description="UTC days since `last_seen`")
     days_since_last_order: int | None
-    last_nps: float | None = Field(None, description="newest NPS survey answer (0–10), else the `nps` trait")
+    last_nps: float | None = Field(None, description="newest NPS survey answer (0–10), else the `nps` trait "
+                                                        "(when it is a number from 0 to 10)")
     lead_score: float = Field(0, description="points from the workspace's lead score rules")
 
 
@@ -148,11 +151,12 @@ class RetentionMetrics(BaseModel):
                                              "(default 3)")
     activation_rate: float | None = Field(description="customers / users × 100")
     repeat_customer_rate: float | None = Field(description="repeat / customers × 100")
-    loyal_rate: float | None = Field(description="loyal / repeat × 100")
+    loyal_rate: float | None = Field(description="repeat customers who are loyal / repeat × 100")
     churn_rate: float | None = Field(description="users now churned / users × 100")
-    average_cltv: float | None = Field(description="mean revenue per customer (all their purchases); null without "
-                                                   "customers")
-    nps: float | None = Field(description="% promoters − % detractors (nps trait)")
+    average_cltv: float | None = Field(description="mean revenue per customer (all their purchases, added up "
+                                                   "as sent: no currency conversion; net of refunds); null "
+                                                   "without customers")
+    nps: float | None = Field(description="% promoters (9–10) − % detractors (0–6) among the users who answered")
     nps_responses: int = Field(description="users with an NPS answer (0–10): their newest NPS survey event's "
                                            "`score`, else their `nps` trait")
     csat: float | None = Field(description="% of answers 4–5 (csat trait, 1–5)")

@@ -40,8 +40,9 @@ _COMPILED_ATTRIBUTES = {
     "average_order_value": "case when s.order_count <> 0 then round(s.revenue / s.order_count, 2) end",
     "days_since_last_activity": "({today} - (s.last_seen at time zone 'UTC')::date)::numeric",
     "days_since_last_order": "({today} - (s.last_order_at at time zone 'UTC')::date)::numeric",
+    # the trait answers only on the NPS scale (attributes.trait_nps; metrics.py reads it the same way)
     "last_nps": "coalesce(s.last_nps, case when jsonb_typeof(s.traits -> 'nps') = 'number' "
-                "then (s.traits -> 'nps')::numeric end)",
+                "and (s.traits -> 'nps')::numeric between 0 and 10 then (s.traits -> 'nps')::numeric end)",
 }
 _SUBJECT = "\x00subject\x00"
 _ORDER = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}

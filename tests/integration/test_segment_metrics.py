@@ -3,6 +3,8 @@
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from services.segment import evaluation
 
 
@@ -147,3 +149,261 @@ async def test_the_stage_series_reaches_the_last_representable_day(apps, workspa
         days = r.json()["days"]
         assert days[0]["day"] == start and days[-1]["day"] == end
         assert [sum(v for k, v in d.items() if k != "day") for d in days] == [profiles] * len(days)
+
+
+class Population:
+    """A workspace's population built through ingest's tracking API, folded by what segment's worker does with
+    the event feed (fold each page, re-evaluate the profiles it touched)."""
+
+    def __init__(self, apps, workspace, sessionmaker, internal):
+        self.apps, self.sm, self.internal = apps, sessionmaker, internal
+        self.ws = workspace.workspace_id
+        self.h = {"Authorization": f"Bearer {workspace.secret_key}"}
+        self.wk = (workspace.write_key, "")
+
+    async def send(self, kind: str, **body) -> None:
+        r = await self.apps["ingest"].post(f"/v1/{kind}", auth=self.wk, json=body)
+        assert r.status_code == 200, r.text
+
+    async def track(self, uid: str, event: str, at: datetime, **props) -> None:
+        await self.send("track", userId=uid, event=event, properties=props, timestamp=at.isoformat())
+
+    async def pid(self, ref: str) -> str:
+        r = await self.apps["ingest"].get(f"/v1/profiles/{ref}", headers=self.h)
+        assert r.status_code == 200, r.text
+        return r.json()["id"]
+
+    async def fold(self) -> None:
+        """Until segment's consumer has read everything ingest committed (the feed holds back rows while an older
+        transaction anywhere is open, so one empty page does not mean drained)."""
+        import asyncio
+
+        from sqlalchemy import text
+
+        from services.segment import partitioning
+        from shared.testing import internal_headers
+
+        for _ in range(400):
+            async with self.sm() as s, s.begin():
+                await evaluation.consume_page(s, self.internal, 500)
+            await partitioning.process_dirty(self.sm, self.internal.settings.segment_partitions, 500,
+                                             evaluation.reevaluate)
+            async with self.sm() as s, s.begin():
+                cursor = await s.scalar(text("select cursor from segment.consumers where name = 'ingest-events'"))
+            page = (await self.apps["ingest"].get("/v1/events", headers=internal_headers(),
+                                                  params={"after": cursor or "", "limit": 1})).json()
+            if not page["events"] and not page["behind"]:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("segment did not catch up with ingest's feed")
+
+    async def get(self, path: str, **params) -> dict:
+        r = await self.apps["segment"].get(path, headers=self.h, params=params)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async def attributes(self, uid: str) -> dict:
+        return await self.get(f"/v1/profiles/{await self.pid(uid)}/attributes")
+
+    async def stage(self, uid: str) -> str | None:
+        return (await self.get(f"/v1/lifecycle/{await self.pid(uid)}"))["stage"]
+
+    async def count(self, definition: dict) -> int:
+        r = await self.apps["segment"].post("/v1/segments/preview", headers=self.h, json={"definition": definition})
+        assert r.status_code == 200, r.text
+        return r.json()["count"]
+
+
+@pytest.fixture
+def population(apps, workspace, sessionmaker, internal_client) -> Population:
+    return Population(apps, workspace, sessionmaker, internal_client)
+
+
+def _days_ago(n: int) -> datetime:
+    return datetime.now(UTC) - timedelta(days=n)
+
+
+async def test_an_nps_trait_off_the_scale_is_no_answer_for_stage_or_attribute(population) -> None:
+    """docs/metrics.md: answers outside 0–10 are not answers. The NPS metric skipped an ``nps`` trait of 42, but
+    the ``last_nps`` attribute read it (in Python and in the SQL of previews) and the stage made its profile an
+    ``advocacy`` promoter."""
+    p = population
+    await p.send("identify", userId="off-scale", traits={"nps": 42})
+    await p.send("identify", userId="negative", traits={"nps": -3})
+    await p.send("identify", userId="as-text", traits={"nps": "10"})
+    await p.send("identify", userId="promoter", traits={"nps": 9})
+    await p.fold()
+    for uid in ("off-scale", "negative", "as-text"):
+        assert (await p.attributes(uid))["last_nps"] is None, uid
+        assert await p.stage(uid) == "onboarding", uid
+    assert (await p.attributes("promoter"))["last_nps"] == 9.0 and await p.stage("promoter") == "advocacy"
+    promoters = {"type": "attribute", "attribute": "last_nps", "op": "gte", "value": 9}
+    answered = {"type": "attribute", "attribute": "last_nps", "op": "exists"}
+    assert await p.count(promoters) == 1 and await p.count(answered) == 1  # (compiled to SQL)
+    assert await p.count({"type": "or", "children": [promoters, {"type": "stage", "stage": "advocacy"}]}) == 1
+    now = datetime.now(UTC)
+    m = await p.get("/v1/metrics", start=(now - timedelta(days=1)).isoformat(),
+                    end=(now + timedelta(days=1)).isoformat())
+    assert (m["users"], m["nps_responses"], m["nps"]) == (4, 1, 100.0)
+
+
+async def test_an_event_dated_in_the_future_happened_when_it_was_received(population) -> None:
+    """A client clock set 400 days ahead (ingest keeps a timestamp as sent when there is no ``sentAt``) made
+    ``days_since_last_activity`` and ``days_since_last_order`` -400 and kept the profile active — never at
+    risk — for 430 days."""
+    p = population
+    await p.track("early-clock", "Signed Up", _days_ago(40))
+    await p.track("early-clock", "Order Completed", _days_ago(40), revenue=10)
+    await p.track("late-clock", "Signed Up", _days_ago(40))
+    await p.track("late-clock", "Order Completed", datetime.now(UTC) + timedelta(days=400), revenue=10)
+    await p.fold()
+    a = await p.attributes("late-clock")
+    assert (a["days_since_last_activity"], a["days_since_last_order"], a["order_count"]) == (0, 0, 1)
+    assert datetime.fromisoformat(a["last_seen"]) <= datetime.now(UTC)
+    assert await p.stage("late-clock") == "engaged" and await p.stage("early-clock") == "at_risk"
+    ordered_this_week = {"type": "performed", "event": "Order Completed", "within_days": 7}
+    assert await p.count(ordered_this_week) == 1
+    assert await p.count({"type": "attribute", "attribute": "days_since_last_order", "op": "lt", "value": 0}) == 0
+
+
+async def test_what_tenure_records_about_a_customer_is_not_their_activity(population) -> None:
+    """A churned customer sent a win-back email became ``reactivated`` the moment delivery reported the email
+    delivered (its events reach ingest about the recipient, like the customer's own): churned customers could
+    never stay churned while mailed, nor at-risk ones become churned. So did a journey's attribute update and a
+    program's event. They still count as events."""
+    p = population
+    await p.track("lapsed", "Order Completed", _days_ago(100), revenue=30)
+    await p.fold()
+    assert await p.stage("lapsed") == "churned"
+    # what delivery's feedback forwarder posts (services/delivery/consent.py: queue_event)
+    delivery = {"library": {"name": "tenure-delivery"}}
+    await p.send("batch", batch=[
+        {"type": "track", "userId": "lapsed", "event": event, "messageId": f"delivery-{uuid.uuid4()}",
+         "properties": {"message_id": str(uuid.uuid4())}, "context": delivery}
+        for event in ("Email Delivered", "Email Opened", "SMS Delivered")] + [
+        # a journey's attribute update (services/campaign/journeys.py) and a program's event (programs/outbox.py)
+        {"type": "identify", "userId": "lapsed", "traits": {"winback": True}, "messageId": f"journey-{uuid.uuid4()}",
+         "context": {"library": {"name": "tenure-campaign"}}},
+        {"type": "track", "userId": "lapsed", "event": "Loyalty Tier Changed", "properties": {"tier": "bronze"},
+         "messageId": f"program-{uuid.uuid4()}", "context": {"library": {"name": "tenure-programs"}}}])
+    await p.fold()
+    a = await p.attributes("lapsed")
+    assert a["days_since_last_activity"] == 100 and await p.stage("lapsed") == "churned"
+    assert await p.count({"type": "email_engagement", "action": "opened", "count": 1, "within_days": 7}) == 1
+    assert await p.count({"type": "performed", "event": "Loyalty Tier Changed", "within_days": 1}) == 1
+    assert await p.count({"type": "trait", "trait": "winback", "op": "equals", "value": True}) == 1
+    # the customer's own visit does bring them back
+    await p.track("lapsed", "Product Viewed", datetime.now(UTC))
+    await p.fold()
+    assert await p.stage("lapsed") == "reactivated"
+    assert (await p.attributes("lapsed"))["days_since_last_activity"] == 0
+
+
+async def test_the_loyal_rate_is_a_share_of_the_repeat_customers(population, settings) -> None:
+    """With ``lifecycle.loyal_orders`` 1 (allowed: 1–1000000) every customer is loyal, and loyal / repeat
+    counted the one-time buyers over the repeat ones: 150 % for 3 customers of whom 2 came back."""
+    from tests.integration.test_workspace_config import _configure
+
+    p = population
+    for uid, orders in (("once", 1), ("twice", 2), ("thrice", 3), ("browser", 0)):
+        await p.track(uid, "Signed Up", _days_ago(3))
+        for _ in range(orders):
+            await p.track(uid, "Order Completed", _days_ago(2), revenue=10)
+    await p.fold()
+    now = datetime.now(UTC)
+    period = {"start": (now - timedelta(days=7)).isoformat(), "end": (now + timedelta(days=1)).isoformat()}
+    expected = {3: (1, 50.0), 1: (3, 100.0), 2: (2, 100.0), 4: (0, 0.0)}  # loyal_orders: (loyal, loyal rate)
+    for loyal_orders, (loyal, rate) in expected.items():
+        r = _configure(settings, p.ws, "--set", f'lifecycle={{"loyal_orders": {loyal_orders}}}')
+        assert r.returncode == 0, r.stderr
+        m = await p.get("/v1/metrics", **period)
+        assert (m["users"], m["customers"], m["repeat_customers"]) == (4, 3, 2)
+        assert (m["loyal_customers"], m["loyal_rate"]) == (loyal, rate), loyal_orders
+
+
+async def test_an_absurd_revenue_counts_as_0_and_stops_nothing(population) -> None:
+    """An order of 1e27 or more (no cents fit in the 28 digits ``money`` rounded with), or two of 1e308 (an
+    infinite sum), made the profile's attributes a 500 and failed the re-evaluation of every profile of the
+    workspace that came in the same page, over and over (they stayed dirty)."""
+    p = population
+    await p.track("big-spender", "Order Completed", _days_ago(2), revenue=10)
+    for amount in (1e308, 1e308, "1e27", -1e20):
+        await p.track("big-spender", "Order Completed", _days_ago(1), revenue=amount)
+    await p.track("bystander", "Order Completed", _days_ago(1), revenue=999_999_999_999.99)  # just under 10¹⁵
+    await p.fold()
+    a = await p.attributes("big-spender")
+    assert (a["order_count"], a["total_revenue"], a["average_order_value"]) == (5, 10.0, 2.0)
+    assert await p.stage("big-spender") == "loyal" and await p.stage("bystander") == "engaged"
+    assert (await p.attributes("bystander"))["total_revenue"] == 999_999_999_999.99
+    now = datetime.now(UTC)
+    m = await p.get("/v1/metrics", start=(now - timedelta(days=7)).isoformat(), end=now.isoformat())
+    assert (m["customers"], m["average_cltv"]) == (2, round((10 + 999_999_999_999.99) / 2, 2))
+    assert await p.count({"type": "attribute", "attribute": "total_revenue", "op": "gt", "value": 100}) == 1
+
+
+async def test_a_visitor_merged_into_a_customer_counts_once(population) -> None:
+    """Orders tracked anonymously, folded, then the visitor identified (ingest merges the profiles): the merged
+    profile holds every order once, the cohort counts one user, and the visitor's old profile is gone."""
+    p = population
+    for days, amount in ((5, 10), (4, 15)):
+        await p.send("track", anonymousId="visitor-1", event="Order Completed", properties={"revenue": amount},
+                     timestamp=_days_ago(days).isoformat())
+    await p.track("merged", "Order Completed", _days_ago(3), revenue=20)
+    await p.fold()
+    visitor = await p.pid("visitor-1")
+    await p.send("identify", userId="merged", anonymousId="visitor-1", timestamp=_days_ago(2).isoformat())
+    await p.send("alias", previousId="visitor-1", userId="merged")  # (a second merge attempt: nothing to do)
+    await p.fold()
+    a = await p.attributes("merged")
+    assert (a["order_count"], a["total_revenue"], a["first_seen"][:10]) == (3, 45.0, str(_days_ago(5).date()))
+    assert await p.stage("merged") == "loyal"
+    r = await p.apps["segment"].get(f"/v1/profiles/{visitor}/attributes", headers=p.h)
+    assert r.status_code == 404, r.text
+    now = datetime.now(UTC)
+    m = await p.get("/v1/metrics", start=(now - timedelta(days=7)).isoformat(), end=now.isoformat())
+    assert (m["users"], m["customers"], m["loyal_customers"], m["average_cltv"]) == (1, 1, 1, 45.0)
+
+
+async def test_windows_at_their_boundaries(population) -> None:
+    """The cohort is [start, end); at_risk / churned start on the 30th / 90th idle day (UTC days)."""
+    p = population
+    noon = datetime.combine(datetime.now(UTC).date(), datetime.min.time(), tzinfo=UTC) + timedelta(hours=12)
+    for days in (29, 30, 89, 90):
+        await p.track(f"idle-{days}", "Signed Up", noon - timedelta(days=days))
+    await p.fold()
+    assert [await p.stage(f"idle-{d}") for d in (29, 30, 89, 90)] == ["onboarding", "at_risk", "at_risk", "churned"]
+    first = (noon - timedelta(days=30)).isoformat()
+    assert (await p.get("/v1/metrics", start=first, end=noon.isoformat()))["users"] == 2  # 30 and 29 days ago
+    m = await p.get("/v1/metrics", start=(noon - timedelta(days=365)).isoformat(), end=first)
+    assert (m["users"], m["churn_rate"]) == (2, 50.0)  # 90 and 89 days ago: not the one first seen at `end`
+
+
+async def test_a_refund_comes_off_the_revenue(population, settings) -> None:
+    """``Order Refunded`` (Segment's ecommerce spec; the loyalty program takes its points back on it) was ignored:
+    a customer who bought 100 and got 30 back had a CLTV of 100. A refund's amount comes off whatever its sign;
+    the order stays counted; a refund without a readable amount takes nothing off."""
+    from tests.integration.test_workspace_config import _configure
+
+    p = population
+    await p.track("refunded", "Order Completed", _days_ago(3), order_id="o-1", revenue=100)
+    await p.track("refunded", "Order Completed", _days_ago(3), order_id="o-2", revenue=20)
+    await p.track("refunded", "Order Refunded", _days_ago(2), order_id="o-1", revenue=30)
+    await p.track("refunded", "Order Refunded", _days_ago(2), order_id="o-2", revenue="-5")
+    await p.track("refunded", "Order Refunded", _days_ago(1), order_id="o-2")
+    await p.track("kept", "Order Completed", _days_ago(3), revenue=50)
+    await p.fold()
+    a = await p.attributes("refunded")
+    assert (a["order_count"], a["total_revenue"], a["average_order_value"]) == (2, 85.0, 42.5)
+    now = datetime.now(UTC)
+    m = await p.get("/v1/metrics", start=(now - timedelta(days=7)).isoformat(), end=now.isoformat())
+    assert (m["customers"], m["average_cltv"]) == (2, 67.5)
+    assert await p.count({"type": "attribute", "attribute": "total_revenue", "op": "lt", "value": 90}) == 2
+    # another refund event name (a workspace setting; [] turns refunds off)
+    r = _configure(settings, p.ws, "--set", 'refund_events=["Return Processed"]')
+    assert r.returncode == 0, r.stderr
+    await p.track("kept", "Order Refunded", _days_ago(1), revenue=50)
+    await p.track("kept", "Return Processed", _days_ago(1), revenue=10)
+    await p.fold()
+    assert (await p.attributes("kept"))["total_revenue"] == 40.0
+    r = _configure(settings, p.ws, "--set", 'refund_events="Return Processed"')
+    assert r.returncode == 2 and "refund_events" in r.stderr

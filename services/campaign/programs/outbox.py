@@ -30,7 +30,7 @@ async def emit(session: AsyncSession, ws: uuid.UUID, who: dict[str, Any], event:
         return False
     payload = {"type": "track", "event": event, "properties": properties, "timestamp": at.isoformat(),
                **({"userId": user_id} if user_id else {"anonymousId": anonymous_id}),
-               "context": {"library": {"name": "tenure-programs"}}}
+               "context": {"library": {"name": "tenure-programs"}}}  # (segment: not the person's activity)
     mid = uuid.uuid5(_NS, f"{ws}:{key}")
     payload["messageId"] = f"program-{mid}"
     await session.execute(text(

@@ -235,7 +235,6 @@ BY_FIELD: dict[str, str] = {
     "EventSinceEntryCondition.event": "the event looked for since entry",
     "EarnRule.event": "the event that earns points",
     "TraitCondition.trait": "the profile trait compared",
-    "WaitUntilAttributeStep.trait": "a date trait (ISO 8601) to wait for",
     "UpdateAttributeStep.traits": "traits to set on the profile (sent to ingest as an identify); null removes",
     "GroupOut.traits": "the account's traits (industry, employees, plan …)",
     "Tier.name": "the tier's name",

@@ -112,17 +112,12 @@ def test_dev_stops_its_embedded_servers_when_the_terminal_hangs_up(tmp_path) -> 
     (detached by pgserver) and Redis must stop with `tenure dev`, not live on."""
     import psutil
 
-    ports = {f"TENURE_{s}_PORT": str(free_port()) for s in ("INGEST", "SEGMENT", "CAMPAIGN", "DELIVERY", "INBOX", "SMTP")}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TENURE_")}  # no servers given: embedded ones
-    env.update(TENURE_STATE_DIR=str(tmp_path / "state"), TENURE_DEV_DEMO="false", TENURE_LOG_LEVEL="WARNING", **ports)
+    env, ports = _dev_env(tmp_path)
     proc = subprocess.Popen([TENURE, "dev"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     servers: list[int] = []
     try:
-        _wait_until_up(proc, f"http://127.0.0.1:{ports['TENURE_INGEST_PORT']}/readyz", 120)
-        servers.append(int((tmp_path / "state" / "pgdata" / "postmaster.pid").read_text().split()[0]))
-        servers += [c.pid for c in psutil.Process(proc.pid).children() if c.name() == "redis-server"]
-        assert len(servers) == 2
+        servers += _embedded_servers(proc, ports, tmp_path)
         os.killpg(proc.pid, signal.SIGHUP)
         proc.wait(timeout=60)
     finally:
@@ -140,19 +135,14 @@ def test_dev_pressed_ctrl_c_again_and_again_still_stops_its_embedded_servers(tmp
     embedded servers' shutdown short (it used to end in pgserver's atexit traceback, without "stopped")."""
     import psutil
 
-    ports = {f"TENURE_{s}_PORT": str(free_port()) for s in ("INGEST", "SEGMENT", "CAMPAIGN", "DELIVERY", "INBOX", "SMTP")}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TENURE_")}  # no servers given: embedded ones
-    env.update(TENURE_STATE_DIR=str(tmp_path / "state"), TENURE_DEV_DEMO="false", TENURE_LOG_LEVEL="WARNING", **ports)
+    env, ports = _dev_env(tmp_path)
     log = tmp_path / "dev.log"
     with log.open("wb") as stderr:
         proc = subprocess.Popen([TENURE, "dev"], env=env, stdout=subprocess.DEVNULL, stderr=stderr,
                                 start_new_session=True)
     servers: list[int] = []
     try:
-        _wait_until_up(proc, f"http://127.0.0.1:{ports['TENURE_INGEST_PORT']}/readyz", 120)
-        servers.append(int((tmp_path / "state" / "pgdata" / "postmaster.pid").read_text().split()[0]))
-        servers += [c.pid for c in psutil.Process(proc.pid).children() if c.name() == "redis-server"]
-        assert len(servers) == 2
+        servers += _embedded_servers(proc, ports, tmp_path)
         while proc.poll() is None:  # a key held down repeats: Ctrl-C until it has exited
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGINT)
@@ -166,6 +156,25 @@ def test_dev_pressed_ctrl_c_again_and_again_still_stops_its_embedded_servers(tmp
         p.terminate()
     assert not left, f"still running after Ctrl-C: {[p.name() for p in left]}"
     assert "stopped" in said and "Traceback" not in said, said[-3000:]
+
+
+def _dev_env(tmp_path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """`tenure dev`'s environment with no servers given (so embedded ones) and free ports: (env, ports)."""
+    ports = {f"TENURE_{s}_PORT": str(free_port()) for s in ("INGEST", "SEGMENT", "CAMPAIGN", "DELIVERY", "INBOX", "SMTP")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENURE_")}
+    env.update(TENURE_STATE_DIR=str(tmp_path / "state"), TENURE_DEV_DEMO="false", TENURE_LOG_LEVEL="WARNING", **ports)
+    return env, ports
+
+
+def _embedded_servers(proc: subprocess.Popen[bytes], ports: dict[str, str], tmp_path: Path) -> list[int]:
+    """Once `tenure dev` is up: the pids of its embedded PostgreSQL and Redis."""
+    import psutil
+
+    _wait_until_up(proc, f"http://127.0.0.1:{ports['TENURE_INGEST_PORT']}/readyz", 120)
+    servers = [int((tmp_path / "state" / "pgdata" / "postmaster.pid").read_text().split()[0])]
+    servers += [c.pid for c in psutil.Process(proc.pid).children() if c.name() == "redis-server"]
+    assert len(servers) == 2
+    return servers
 
 
 def _wait_until_up(proc: subprocess.Popen, ready_url: str, timeout_s: float,

@@ -230,7 +230,7 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
         text("insert into ingest.events (workspace_id, message_id, type, profile_id, properties, traits, timestamp, "
              "received_at) values (:ws, :mid, 'merge', :into, CAST(:props AS jsonb), CAST(:traits AS jsonb), :now, "
              ":now) on conflict do nothing"),
-        # the merged traits travel with the event: consumers replace their copy rather than re-merge
+        # the merged traits travel with the event: consumers combine them with their copy, newest per trait
         {**params, "mid": f"merge:{from_}:{into}",
          "props": dumps({"merged_profile_id": str(from_), "trait_times": times}),
          "traits": dumps(traits), "now": now},

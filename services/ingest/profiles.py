@@ -5,7 +5,8 @@ order, so two batches never deadlock), which makes concurrent first sightings of
 to one profile.
 
 Two profiles are merged (the second into the first) when a message proves they are one person:
-- ``alias``: ``previousId`` (an anonymous or older user id) becomes ``userId``;
+- ``alias``: ``previousId`` (an anonymous or older user id) becomes ``userId`` (a ``previousId`` never seen
+  is recorded both as a userId and as an anonymousId of the user, the two ways it may come back);
 - a message carrying both ``userId`` and ``anonymousId`` whose ids belong to different profiles, when the
   anonymous profile has no user id of its own (a shared device with two known users is not merged).
 A userId seen for the first time joins the profile of its message's ``anonymousId`` only when that profile
@@ -122,8 +123,9 @@ async def resolve_profiles(session: AsyncSession, ws: uuid.UUID, batch: list["En
                 merges.append((pid, known[k], "identify", env.message_id))
         if env.previous_id:
             prev = next((known[k] for k in alias_keys(env) if k in known), None)
-            if prev is None:
-                known[("anonymous_id", env.previous_id)] = new_ids[("anonymous_id", env.previous_id)] = pid
+            if prev is None:  # never seen: it may come back as either (an SDK's anonymousId, a server's userId)
+                for k in alias_keys(env):
+                    known[k] = new_ids[k] = pid
             elif prev != pid:
                 merges.append((pid, prev, "alias", env.message_id))
         if env.user_id:

@@ -233,3 +233,38 @@ async def test_one_batch_naming_one_device_with_several_users(apps, workspace) -
     assert (await _profile(apps, workspace, "bd-kiosk"))["id"] == profiles[0]["id"]
     listed = (await c.get("/v1/profiles", headers=h, params={"user_id": "bd-1"})).json()["profiles"]
     assert [p["id"] for p in listed] == [profiles[0]["id"]]
+
+
+async def test_an_alias_of_an_unseen_id_leads_to_the_user_whichever_way_the_id_comes_back(apps, workspace) -> None:
+    # previousId was recorded only as an anonymousId: a server still sending the old id as userId made a
+    # second profile for the same person
+    c, auth = apps["ingest"], (workspace.write_key, "")
+    await c.post("/v1/identify", auth=auth, json={"userId": "un-new", "traits": {"plan": "pro"}})
+    await c.post("/v1/alias", auth=auth, json={"previousId": "un-old", "userId": "un-new"})
+    await c.post("/v1/track", auth=auth, json={"userId": "un-old", "event": "Old Server Event"})
+    await c.post("/v1/track", auth=auth, json={"anonymousId": "un-old", "event": "Old Device Event"})
+    user = await _profile(apps, workspace, "un-new")
+    assert (await _profile(apps, workspace, "un-old"))["id"] == user["id"]
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    listed = (await c.get("/v1/profiles", headers=h, params={"user_id": "un-old"})).json()["profiles"]
+    assert listed == []  # no second profile
+    events = (await c.get("/v1/profiles/un-new/events", headers=h)).json()["events"]
+    assert [e["event"] for e in events if e["type"] == "track"] == ["Old Device Event", "Old Server Event"]
+
+
+async def test_concurrent_first_sightings_of_one_user_make_one_profile(apps, workspace) -> None:
+    import asyncio
+
+    c, auth = apps["ingest"], (workspace.write_key, "")
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    calls = [c.post("/v1/identify", auth=auth, json={"userId": "cf-1", "anonymousId": f"cf-dev-{i}",
+                                                      "traits": {f"t{i}": i}}) for i in range(8)]
+    calls += [c.post("/v1/batch", auth=auth, json={"batch": [
+        {"type": "track", "userId": "cf-1", "anonymousId": f"cf-batch-{i}", "event": "Opened"},
+        {"type": "identify", "userId": "cf-1", "anonymousId": f"cf-batch-{i}"}]}) for i in range(4)]
+    assert all(r.status_code == 200 for r in await asyncio.gather(*calls))
+    listed = (await c.get("/v1/profiles", headers=h, params={"user_id": "cf-1"})).json()["profiles"]
+    assert len(listed) == 1
+    p = await _profile(apps, workspace, "cf-1")
+    assert sorted(p["anonymous_ids"]) == sorted([f"cf-dev-{i}" for i in range(8)] + [f"cf-batch-{i}" for i in range(4)])
+    assert p["traits"] == {f"t{i}": i for i in range(8)} and p["merged_from"] == []

@@ -277,6 +277,78 @@ async def on_events(session: AsyncSession, events: list[dict[str, Any]], now: da
     return woken
 
 
+async def follow_merges(session: AsyncSession, merges: list[tuple[uuid.UUID, uuid.UUID, uuid.UUID]], now: datetime,
+                        versions: "VersionCache") -> int:
+    """Ingest merged profile ``old`` into ``new`` (its ``merge`` event; ``merges`` holds (workspace, old, new)):
+    the old profile's journeys move to the survivor with their log, sends and engagement hours, so the
+    survivor's events reach them and entry rules and frequency caps count both. Where the entry rule then finds
+    the person entered twice (both had entered a "once" campaign), the later open journey ends (``exited``,
+    "merged"): one journey continues. Idempotent: a replayed page finds nothing left to move. Returns how many
+    journeys moved."""
+    moved = 0
+    for ws, old, new in merges:
+        p = {"ws": ws, "old": old, "new": new}
+        campaigns = sorted(set((await session.execute(text(
+            "select campaign_id from campaign.journeys where workspace_id = :ws and profile_id = :old"), p)).scalars()))
+        if campaigns:  # the entry locks of both, as enter_many takes them: no entry races the move
+            await session.execute(text(
+                "select count(pg_advisory_xact_lock(h)) from (select distinct hashtextextended(k, 0) as h "
+                "from unnest(CAST(:keys AS text[])) as k order by 1) s"),
+                {"keys": sorted(f"journey-entry:{c}:{pid}" for c in campaigns for pid in (old, new))})
+        ids = set((await session.execute(text(
+            "update campaign.journeys j set profile_id = :new, updated_at = now() "
+            "where j.workspace_id = :ws and j.profile_id = :old and not exists (select 1 from campaign.journeys o "
+            "where o.campaign_id = j.campaign_id and o.profile_id = :new and o.occurrence = j.occurrence) "
+            "returning j.id"), p)).scalars())
+        moved += len(ids)
+        for sql in (
+            "update campaign.journey_log set profile_id = :new where workspace_id = :ws and profile_id = :old "
+            "and journey_id in (select id from campaign.journeys where profile_id = :new)",
+            "update campaign.sends set profile_id = :new where workspace_id = :ws and profile_id = :old",
+            "insert into campaign.engagement_hours (workspace_id, profile_id, hour, n) "
+            "select workspace_id, :new, hour, n from campaign.engagement_hours where workspace_id = :ws "
+            "and profile_id = :old on conflict (workspace_id, profile_id, hour) "
+            "do update set n = campaign.engagement_hours.n + excluded.n",
+            "delete from campaign.engagement_hours where workspace_id = :ws and profile_id = :old",
+            "update campaign.trigger_keys set profile_id = :new where workspace_id = :ws and profile_id = :old",
+        ):
+            await session.execute(text(sql), p)
+        if ids:
+            await _one_entry_per_rule(session, ws, new, old, ids, now, versions)
+    return moved
+
+
+async def _one_entry_per_rule(session: AsyncSession, ws: uuid.UUID, pid: uuid.UUID, old: uuid.UUID,
+                              moved: set[uuid.UUID], now: datetime, versions: "VersionCache") -> None:
+    """The survivor's journeys in the campaigns a merge brought journeys into, checked against each journey's
+    entry rule as if one person had entered them all in order: an open journey the rule would have refused,
+    because of a journey from the other profile, ends."""
+    rows = (await session.execute(text(
+        "select j.* from campaign.journeys j where j.workspace_id = :ws and j.profile_id = :pid and j.campaign_id in "
+        "(select campaign_id from campaign.journeys where id = any(CAST(:moved AS uuid[]))) "
+        "order by j.campaign_id, j.entered_at, j.id for update of j"),
+        {"ws": ws, "pid": pid, "moved": list(moved)})).mappings().all()
+    kept: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    for r in rows:
+        j = dict(r)
+        rule = (await versions.get(session, j["campaign_id"], j["version"])).entry
+        earlier = kept.setdefault(j["campaign_id"], [])
+        clash = None
+        if rule.rule == "once":
+            clash = next((e for e in earlier if (e["id"] in moved) != (j["id"] in moved)), None)
+        elif rule.rule == "once_per_period":
+            since = _shifted(j["entered_at"], -(rule.period_seconds or 0))
+            clash = next((e for e in earlier if (e["id"] in moved) != (j["id"] in moved) and e["entered_at"] > since),
+                         None)
+        if clash is None or j["status"] not in ("active", "waiting"):
+            earlier.append(j)
+            continue
+        await _update(session, j["id"], {"status": "exited", "ended_at": now, "wake_at": None, "wait": None})
+        whose = "this profile" if j["id"] in moved else "the profile merged into this one"
+        await _log(session, j, "exited", f"merged: profile {old} became this one, and {whose} had entered before "
+                                         f"(journey {clash['id']}, {rule.rule})")
+
+
 async def on_transitions(session: AsyncSession, transitions: list[dict[str, Any]], now: datetime,
                          versions: "VersionCache") -> int:
     """Leaving a segment or a stage ends the open journeys whose version exits on leaving it

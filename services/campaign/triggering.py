@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.campaign import journeys
 from services.campaign.programs import consume as program_feed
+from services.campaign.programs.merges import merge_of
 from shared import metrics
 from shared.errors import UpstreamUnavailable
 from shared.feed import lock_consumer, save_consumer
@@ -37,6 +38,7 @@ class PageResult:
     entered: int = 0
     woken: int = 0
     ended: int = 0  # journeys ended by their user leaving a segment (exit_on_leaving)
+    merged: int = 0  # journeys moved to the profile their profile was merged into
     programs: program_feed.ProgramResult = field(default_factory=program_feed.ProgramResult)
 
 
@@ -100,6 +102,10 @@ async def consume_page(session: AsyncSession, internal: InternalClient, feed: st
     result = PageResult(read=len(items), behind=int(page.get("behind") or 0))
     if not items:
         return result
+    if feed == "events":  # merges first: the page's triggers and events then find one person's journeys
+        result.merged = await journeys.follow_merges(session, [
+            (uuid.UUID(i["workspace_id"]), *pair) for i in items if (pair := merge_of(i)) is not None],
+            now, journeys.VersionCache())
     campaigns = await active_campaigns(session, {uuid.UUID(i["workspace_id"]) for i in items})
     result.entered = await enter_from(session, campaigns, items, feed, now)
     if feed == "events":

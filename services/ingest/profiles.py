@@ -5,9 +5,13 @@ order, so two batches never deadlock), which makes concurrent first sightings of
 to one profile.
 
 Two profiles are merged (the second into the first) when a message proves they are one person:
-- ``alias``: ``previousId`` (an anonymous or older user id) becomes ``userId``;
+- ``alias``: ``previousId`` (an anonymous or older user id) becomes ``userId`` (a ``previousId`` never seen
+  is recorded both as a userId and as an anonymousId of the user, the two ways it may come back);
 - a message carrying both ``userId`` and ``anonymousId`` whose ids belong to different profiles, when the
   anonymous profile has no user id of its own (a shared device with two known users is not merged).
+A userId seen for the first time joins the profile of its message's ``anonymousId`` only when that profile
+is anonymous: on a shared device whose profile already belongs to another user, the new user gets a
+profile of their own (and the device's anonymousId stays with the first user).
 A merge moves identities, events and group memberships, combines traits (newest per trait wins), keeps
 the old profile as a redirect (``merged_into``), records the merge in ``profile_merges`` and appends a
 ``merge`` event to the log so the other services can fold their own state.
@@ -70,6 +74,15 @@ async def _lock_keys(session: AsyncSession, ws: uuid.UUID, keys: set[Key]) -> No
     )
 
 
+async def _owners(session: AsyncSession, pids: set[uuid.UUID]) -> dict[uuid.UUID, str | None]:
+    """The userId of each profile (None: anonymous)."""
+    if not pids:
+        return {}
+    rows = await session.execute(text("select id, user_id from ingest.profiles where id = any(CAST(:ids AS uuid[]))"),
+                                 {"ids": list(pids)})
+    return {r.id: r.user_id for r in rows}
+
+
 def alias_keys(env: "Envelope") -> list[Key]:
     """Where an alias's ``previousId`` may be known: as a userId or as an anonymousId."""
     prev = env.previous_id
@@ -90,12 +103,19 @@ async def resolve_profiles(session: AsyncSession, ws: uuid.UUID, batch: list["En
     new_ids: dict[Key, uuid.UUID] = {}
     named: dict[uuid.UUID, str] = {}
     merges: list[tuple[uuid.UUID, uuid.UUID, str, str]] = []  # (into, from, reason, message_id)
+    # whose the profiles are that a new userId would join through its anonymousId (a device's profile)
+    owners = await _owners(session, {known[("anonymous_id", env.anonymous_id)] for env in batch
+                                     if env.user_id and env.anonymous_id and ("user_id", env.user_id) not in known
+                                     and ("anonymous_id", env.anonymous_id) in known})
     for env in batch:
         keys = _keys(env)
         pid = next((known[k] for k in keys if k in known), None)
+        if pid is not None and env.user_id and ("user_id", env.user_id) not in known \
+                and owners.get(pid) not in (None, env.user_id):
+            pid = None  # a shared device: its profile is another user's, a new user gets a profile of their own
         if pid is None:
             pid = uuid.uuid4()
-            new_profiles[pid] = env.user_id
+            new_profiles[pid] = owners[pid] = env.user_id
         for k in keys:
             if k not in known:
                 known[k] = new_ids[k] = pid
@@ -103,12 +123,18 @@ async def resolve_profiles(session: AsyncSession, ws: uuid.UUID, batch: list["En
                 merges.append((pid, known[k], "identify", env.message_id))
         if env.previous_id:
             prev = next((known[k] for k in alias_keys(env) if k in known), None)
-            if prev is None:
-                known[("anonymous_id", env.previous_id)] = new_ids[("anonymous_id", env.previous_id)] = pid
+            if prev is None:  # never seen: it may come back as either (an SDK's anonymousId, a server's userId)
+                for k in alias_keys(env):
+                    known[k] = new_ids[k] = pid
             elif prev != pid:
                 merges.append((pid, prev, "alias", env.message_id))
-        if env.user_id and pid not in new_profiles:
-            named.setdefault(pid, env.user_id)
+        if env.user_id:
+            if pid not in new_profiles:
+                named.setdefault(pid, env.user_id)
+            elif new_profiles[pid] is None:  # created anonymous by an earlier message of this batch
+                new_profiles[pid] = env.user_id
+            if owners.get(pid) is None:
+                owners[pid] = env.user_id
         env.profile_id = pid
     if new_profiles:
         await session.execute(
@@ -206,7 +232,7 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
         text("insert into ingest.events (workspace_id, message_id, type, profile_id, properties, traits, timestamp, "
              "received_at) values (:ws, :mid, 'merge', :into, CAST(:props AS jsonb), CAST(:traits AS jsonb), :now, "
              ":now) on conflict do nothing"),
-        # the merged traits travel with the event: consumers replace their copy rather than re-merge
+        # the merged traits travel with the event: consumers combine them with their copy, newest per trait
         {**params, "mid": f"merge:{from_}:{into}",
          "props": dumps({"merged_profile_id": str(from_), "trait_times": times}),
          "traits": dumps(traits), "now": now},

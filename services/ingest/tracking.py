@@ -212,7 +212,7 @@ async def record(session: AsyncSession, workspace_id: uuid.UUID, envelopes: list
 
 def _identity_keys(env: Envelope) -> list[tuple[str, str]]:
     """The ids a message names, as erasures hash them. An alias's ``previousId`` counts both as a userId and
-    an anonymousId, as ``resolve_profiles`` looks it up (and records it as an anonymousId when it is new)."""
+    an anonymousId, as ``resolve_profiles`` looks it up (and records it as both when it is new)."""
     keys = [("user_id", env.user_id), ("anonymous_id", env.anonymous_id), ("email", env.traits.get("email")),
             *alias_keys(env)]
     return [(k, v) for k, v in keys if isinstance(v, str) and v]

@@ -212,7 +212,7 @@ async def _merge_traits(session: AsyncSession, updates: dict[tuple[uuid.UUID, uu
 
 async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, from_: uuid.UUID,
                          merged_traits: dict[str, Any], merged_times: dict[str, str]) -> None:
-    """Ingest merged ``from_`` into ``into``: fold its counts, take the merged traits, drop its facts.
+    """Ingest merged ``from_`` into ``into``: fold its counts, combine the merged traits, drop its facts.
 
     Re-evaluating both afterwards makes ``from_`` exit its segments and ``into`` enter what it now meets.
     """
@@ -248,13 +248,20 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
                           params)
     await session.execute(text("delete from segment.profile_traits where workspace_id = :ws and profile_id = :from"),
                           params)
+    # combined with what ``into`` holds, newest per trait: an identify applied here after ingest merged (the
+    # login's own traits, folded before the page's merges) is newer than the merge's copy and must stay
+    current = (await session.execute(text(
+        "select traits, trait_times from segment.profile_traits where workspace_id = :ws and profile_id = :into "
+        "for update"), params)).one_or_none()
+    traits, times = trait_merge.merge_profiles((current.traits, current.trait_times) if current else ({}, {}),
+                                               (merged_traits, merged_times))
     await session.execute(text(
         """
         insert into segment.profile_traits (workspace_id, profile_id, traits, trait_times)
         values (:ws, :into, CAST(:t AS jsonb), CAST(:tt AS jsonb))
         on conflict (workspace_id, profile_id)
         do update set traits = excluded.traits, trait_times = excluded.trait_times, updated_at = now()
-        """), {**params, "t": dumps(merged_traits), "tt": dumps(merged_times)})
+        """), {**params, "t": dumps(traits), "tt": dumps(times)})
 
 
 @dataclass

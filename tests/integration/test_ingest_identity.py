@@ -194,3 +194,77 @@ async def test_emails_find_their_profile_and_stay_suppressed_in_any_case(
     r = await c.post("/v1/identify", auth=auth, json={"userId": f"new-{tag}", "traits": {"email": lower.upper()}})
     assert r.json()["suppressed"] == 1, r.text
     assert (await c.get(f"/v1/profiles/new-{tag}", headers=h)).status_code == 404
+
+
+async def test_a_new_user_on_a_shared_device_gets_a_profile_of_their_own(apps, workspace) -> None:
+    # Bob logs in for the first time on the tablet Alice used: his userId used to join the device's profile
+    # (Alice's), so his traits overwrote hers and GET /v1/profiles/bob answered with Alice
+    c, auth = apps["ingest"], (workspace.write_key, "")
+    await c.post("/v1/identify", auth=auth, json={"userId": "sd-alice", "anonymousId": "sd-tablet",
+                                                  "traits": {"name": "Alice"}})
+    await c.post("/v1/identify", auth=auth, json={"userId": "sd-bob", "anonymousId": "sd-tablet",
+                                                  "traits": {"name": "Bob"}})
+    await c.post("/v1/track", auth=auth, json={"userId": "sd-bob", "anonymousId": "sd-tablet", "event": "Bob Did"})
+    alice, bob = await _profile(apps, workspace, "sd-alice"), await _profile(apps, workspace, "sd-bob")
+    assert alice["id"] != bob["id"]
+    assert (alice["user_id"], alice["traits"]) == ("sd-alice", {"name": "Alice"})
+    assert (bob["user_id"], bob["traits"], bob["merged_from"]) == ("sd-bob", {"name": "Bob"}, [])
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    events = (await c.get("/v1/profiles/sd-bob/events", headers=h)).json()["events"]
+    assert [e["type"] for e in events] == ["track", "identify"]
+    assert (await _profile(apps, workspace, "sd-tablet"))["id"] == alice["id"]  # the device stays where it was
+
+
+async def test_one_batch_naming_one_device_with_several_users(apps, workspace) -> None:
+    # the same anonymousId with three userIds in one batch: the first user takes the device's profile (it
+    # was anonymous), each other user gets their own; and the profile created anonymous earlier in the batch
+    # gets its userId (it used to keep none: the user's id led to it, yet ?user_id= did not find it)
+    c, auth = apps["ingest"], (workspace.write_key, "")
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    r = await c.post("/v1/batch", auth=auth, json={"batch": [
+        {"type": "track", "anonymousId": "bd-kiosk", "event": "Opened"},
+        {"type": "identify", "userId": "bd-1", "anonymousId": "bd-kiosk", "traits": {"n": 1}},
+        {"type": "identify", "userId": "bd-2", "anonymousId": "bd-kiosk", "traits": {"n": 2}},
+        {"type": "track", "userId": "bd-3", "anonymousId": "bd-kiosk", "event": "E"}]})
+    assert r.json()["accepted"] == 4
+    profiles = [await _profile(apps, workspace, f"bd-{i}") for i in (1, 2, 3)]
+    assert len({p["id"] for p in profiles}) == 3
+    assert [(p["user_id"], p["traits"]) for p in profiles] == [("bd-1", {"n": 1}), ("bd-2", {"n": 2}), ("bd-3", {})]
+    assert (await _profile(apps, workspace, "bd-kiosk"))["id"] == profiles[0]["id"]
+    listed = (await c.get("/v1/profiles", headers=h, params={"user_id": "bd-1"})).json()["profiles"]
+    assert [p["id"] for p in listed] == [profiles[0]["id"]]
+
+
+async def test_an_alias_of_an_unseen_id_leads_to_the_user_whichever_way_the_id_comes_back(apps, workspace) -> None:
+    # previousId was recorded only as an anonymousId: a server still sending the old id as userId made a
+    # second profile for the same person
+    c, auth = apps["ingest"], (workspace.write_key, "")
+    await c.post("/v1/identify", auth=auth, json={"userId": "un-new", "traits": {"plan": "pro"}})
+    await c.post("/v1/alias", auth=auth, json={"previousId": "un-old", "userId": "un-new"})
+    await c.post("/v1/track", auth=auth, json={"userId": "un-old", "event": "Old Server Event"})
+    await c.post("/v1/track", auth=auth, json={"anonymousId": "un-old", "event": "Old Device Event"})
+    user = await _profile(apps, workspace, "un-new")
+    assert (await _profile(apps, workspace, "un-old"))["id"] == user["id"]
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    listed = (await c.get("/v1/profiles", headers=h, params={"user_id": "un-old"})).json()["profiles"]
+    assert listed == []  # no second profile
+    events = (await c.get("/v1/profiles/un-new/events", headers=h)).json()["events"]
+    assert [e["event"] for e in events if e["type"] == "track"] == ["Old Device Event", "Old Server Event"]
+
+
+async def test_concurrent_first_sightings_of_one_user_make_one_profile(apps, workspace) -> None:
+    import asyncio
+
+    c, auth = apps["ingest"], (workspace.write_key, "")
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    calls = [c.post("/v1/identify", auth=auth, json={"userId": "cf-1", "anonymousId": f"cf-dev-{i}",
+                                                      "traits": {f"t{i}": i}}) for i in range(8)]
+    calls += [c.post("/v1/batch", auth=auth, json={"batch": [
+        {"type": "track", "userId": "cf-1", "anonymousId": f"cf-batch-{i}", "event": "Opened"},
+        {"type": "identify", "userId": "cf-1", "anonymousId": f"cf-batch-{i}"}]}) for i in range(4)]
+    assert all(r.status_code == 200 for r in await asyncio.gather(*calls))
+    listed = (await c.get("/v1/profiles", headers=h, params={"user_id": "cf-1"})).json()["profiles"]
+    assert len(listed) == 1
+    p = await _profile(apps, workspace, "cf-1")
+    assert sorted(p["anonymous_ids"]) == sorted([f"cf-dev-{i}" for i in range(8)] + [f"cf-batch-{i}" for i in range(4)])
+    assert p["traits"] == {f"t{i}": i for i in range(8)} and p["merged_from"] == []

@@ -14,6 +14,7 @@ from sqlalchemy import exc as sa_exc
 from services.campaign import ingest_client
 from services.campaign.programs import attribution, earning, ledger, merges, rewards, tiers
 from services.campaign.programs.config import Programs
+from shared.db import unreachable
 from shared.errors import UpstreamUnavailable
 from shared.http import InternalClient
 
@@ -62,7 +63,9 @@ async def process(session: Any, internal: InternalClient, items: list[dict[str, 
             return await _process(session, internal, items, now)
     except _TRANSIENT:
         raise
-    except Exception:
+    except Exception as exc:
+        if unreachable(exc):  # PostgreSQL away (a restart): the whole page is retried once it answers
+            raise
         if len(items) == 1:
             log.exception("programs.event_skipped", workspace_id=items[0].get("workspace_id"),
                           message_id=items[0].get("message_id"), event_name=items[0].get("event"))

@@ -1,1 +1,1 @@
-pytest_plugins = ["shared.testing"]
+pytest_plugins = ["shared.testing", "shared.testing.watchdog", "pytester"]

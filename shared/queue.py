@@ -25,6 +25,7 @@ from arq.worker import Function, Worker, func
 from httpx import AsyncClient
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import WatchError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared import metrics, worker_health
@@ -138,7 +139,9 @@ class TenureWorker(Worker):
         waits, and polls again; jobs already running go on (their work is in PostgreSQL)."""
         try:
             await super()._poll_iteration()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except (RedisConnectionError, RedisTimeoutError, OSError, WatchError) as exc:
+            # (WatchError: what redis-py raises when the connection breaks under a WATCH, as in arq's job claim;
+            # a real WatchError arq handles itself)
             if self._redis_down_since is None:
                 self._redis_down_since = time.monotonic()
                 log.warning("worker.redis_unavailable", error=type(exc).__name__)
@@ -181,8 +184,10 @@ class _DatabaseOutage:
             self.down_since = raised_at
             log.warning("worker.database_unavailable", error=type(exc).__name__)
 
-    def succeeded(self) -> None:
-        if self.down_since is not None:
+    def succeeded(self, started_at: float) -> None:
+        """A job that started at ``started_at`` returned: the database is back if the job began after the outage
+        was noticed (one that began before may have done all its work before the cut, and proves nothing)."""
+        if self.down_since is not None and started_at >= self.down_since:
             log.info("worker.database_back", down_s=round(time.monotonic() - self.down_since, 1))
             self.down_since = None
             self.back_at = time.monotonic()
@@ -197,6 +202,7 @@ def riding_out_database(fn: JobFn) -> JobFn:
 
     @functools.wraps(fn)
     async def job(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        started_at = time.monotonic()
         try:
             result = await fn(ctx, *args, **kwargs)
         except Exception as exc:
@@ -204,7 +210,7 @@ def riding_out_database(fn: JobFn) -> JobFn:
                 raise
             _DATABASE.failed(exc)
             return None
-        _DATABASE.succeeded()
+        _DATABASE.succeeded(started_at)
         return result
 
     return job

@@ -148,13 +148,24 @@ def _is_number(v: Any) -> bool:
 OWN_LIBRARIES = frozenset({"tenure-delivery", "tenure-campaign", "tenure-programs"})
 
 
+# Segment's call types that record something the person did; identify, group and alias record who they are
+ACTIVITY_TYPES = frozenset({"track", "page", "screen"})
+
+
 def is_activity(event: dict[str, Any]) -> bool:
     """Whether an event is something the person did, and so moves their first / last seen (recency, at-risk,
     churned). What Tenure itself records about them is not: delivery's ``Email Delivered``, ``Email Bounced``,
     ``SMS Delivered``, opens, clicks and subscription changes, a journey's attribute update, a program's
     ``Loyalty Tier Changed``. A win-back email delivered to a churned customer made them ``reactivated``, and a
     customer mailed every week never became at risk. They still count as events (``performed``,
-    ``email_engagement``, advocacy events such as ``Referral Converted``)."""
+    ``email_engagement``, advocacy events such as ``Referral Converted``).
+
+    Nor is an ``identify``, ``group`` or ``alias``: they say who someone is, and are as often sent by a back
+    office as by the person's app (a nightly CRM sync identified every customer, so none ever became at risk).
+    Someone only identified so far has been seen once, then (evaluation._Stats.seen_from): first and last seen
+    are that call's time until they do something. Their traits count as ever (``trait`` conditions)."""
+    if event.get("type") not in ACTIVITY_TYPES:
+        return False
     context = event.get("context")
     library = context.get("library") if isinstance(context, dict) else None
     return not (isinstance(library, dict) and library.get("name") in OWN_LIBRARIES)

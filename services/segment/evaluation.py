@@ -274,6 +274,7 @@ class _Stats:
     last_order: datetime | None = None
     nps: float | None = None
     nps_at: datetime | None = None
+    introduced: datetime | None = None  # earliest call that is not activity (identify, group, alias)
 
     def add(self, at: datetime, order_value: float | None, nps: float | None = None, *, seen: bool = True,
             refund: float | None = None) -> None:
@@ -282,6 +283,8 @@ class _Stats:
         if seen:  # (attributes.is_activity)
             self.first_seen = min(self.first_seen or at, at)
             self.last_seen = max(self.last_seen or at, at)
+        else:
+            self.introduced = min(self.introduced or at, at)
         if refund:
             self.revenue -= refund
         if order_value is not None:
@@ -289,6 +292,11 @@ class _Stats:
             self.revenue += order_value
             self.first_order = min(self.first_order or at, at)
             self.last_order = max(self.last_order or at, at)
+
+    @property
+    def seen_from(self) -> datetime | None:
+        """First seen: the earliest call of any kind (someone identified before doing anything has been seen)."""
+        return min((t for t in (self.first_seen, self.introduced) if t is not None), default=None)
 
 
 async def _purchase_rules(session: AsyncSession, workspaces: set[uuid.UUID]) -> dict[uuid.UUID, PurchaseRules]:
@@ -313,12 +321,18 @@ async def _fold_stats(session: AsyncSession, stats: dict[tuple[uuid.UUID, uuid.U
     keys = sorted(stats)
     await session.execute(text(_FOLD_STATS), {
         "ws": [k[0] for k in keys], "pid": [k[1] for k in keys],
-        "fs": [stats[k].first_seen for k in keys], "ls": [stats[k].last_seen for k in keys],
+        "fs": [stats[k].seen_from for k in keys], "ls": [stats[k].last_seen for k in keys],
         "n": [stats[k].orders for k in keys], "rev": [Decimal(str(round(stats[k].revenue, 6))) for k in keys],
         "fo": [stats[k].first_order for k in keys], "lo": [stats[k].last_order for k in keys],
         "nps": [None if stats[k].nps is None else Decimal(str(stats[k].nps)) for k in keys],
         "npsat": [stats[k].nps_at for k in keys],
     })
+    introduced = [k for k in keys if stats[k].last_seen is None and stats[k].introduced is not None]
+    if introduced:  # seen once, when introduced, until they do something (activity alone moves last seen)
+        await session.execute(text(
+            "update segment.profile_stats set last_seen = first_seen where last_seen is null and (workspace_id, "
+            "profile_id) in (select * from unnest(CAST(:ws AS uuid[]), CAST(:pid AS uuid[])))"),
+            {"ws": [k[0] for k in introduced], "pid": [k[1] for k in introduced]})
 
 
 @dataclass

@@ -172,12 +172,12 @@ async def _send(apps, h, user: str, key: str, **extra: Any) -> str:
 
 
 async def send_now(sessionmaker, settings, *message_ids: str) -> None:
-    """One send round that takes these messages first (the outbox claims in next_attempt_at order, and other
-    tests may have left due messages behind)."""
+    """One send round of these messages alone: the outbox claims in next_attempt_at order, and other tests may have
+    left due messages behind (one sent with this test's key and fake APNs changes what the provider tokens saw)."""
     async with sessionmaker() as s, s.begin():
-        await s.execute(text("update delivery.messages set next_attempt_at = now() - interval '1 day' "
+        await s.execute(text("update delivery.messages set next_attempt_at = timestamptz '2000-01-01' "
                              "where id = any(CAST(:ids AS uuid[]))"), {"ids": list(message_ids)})
-    await sending.send_due(sessionmaker, settings)
+    await sending.send_due(sessionmaker, settings, limit=len(message_ids))
 
 
 async def test_apns_sends_over_http2_and_removes_dead_tokens(apps, workspace, sessionmaker, apns_env) -> None:

@@ -299,6 +299,34 @@ async def test_what_tenure_records_about_a_customer_is_not_their_activity(popula
     assert (await p.attributes("lapsed"))["days_since_last_activity"] == 0
 
 
+async def test_who_someone_is_is_not_what_they_did(population) -> None:
+    """A back office's nightly identify (a CRM sync), a group and an alias kept a churned customer "active" for
+    good; their traits still count, and someone only identified has been seen once."""
+    p = population
+    await p.track("synced", "Order Completed", _days_ago(100), revenue=30)
+    await p.fold()
+    assert await p.stage("synced") == "churned"
+    now = datetime.now(UTC).isoformat()
+    await p.send("identify", userId="synced", traits={"plan": "gold"}, timestamp=now)
+    await p.send("group", userId="synced", groupId="acme", traits={"industry": "retail"}, timestamp=now)
+    await p.send("alias", userId="synced", previousId="crm-synced", timestamp=now)
+    # someone only identified so far (an import, a sign-up from the back office) was seen once, then
+    await p.send("identify", userId="imported", traits={"email": "imported@example.com"},
+                 timestamp=_days_ago(10).isoformat())
+    await p.fold()
+    await p.send("identify", userId="imported", traits={"plan": "free"}, timestamp=now)
+    await p.fold()
+    a = await p.attributes("synced")
+    assert a["days_since_last_activity"] == 100 and await p.stage("synced") == "churned"
+    assert await p.count({"type": "trait", "trait": "plan", "op": "equals", "value": "gold"}) == 1
+    imported = await p.attributes("imported")
+    assert imported["days_since_last_activity"] == 10 and imported["first_seen"] == imported["last_seen"]
+    assert await p.stage("imported") == "onboarding"
+    await p.send("page", userId="synced", name="Pricing", timestamp=now)  # a visit is
+    await p.fold()
+    assert await p.stage("synced") == "reactivated"
+
+
 async def test_the_loyal_rate_is_a_share_of_the_repeat_customers(population, settings) -> None:
     """With ``lifecycle.loyal_orders`` 1 (allowed: 1–1000000) every customer is loyal, and loyal / repeat
     counted the one-time buyers over the repeat ones: 150 % for 3 customers of whom 2 came back."""

@@ -20,6 +20,9 @@ from shared.embedded import free_port
 from shared.settings import SERVICES, Settings
 
 TENURE = str(Path(sys.executable).parent / "tenure")
+# where stacks keep their processes' logs: the run's pytest temporary folder (tests/conftest.py), which pytest
+# removes after a few more runs (a log folder per stack in /tmp otherwise, never removed)
+LOG_ROOT: Path | None = None
 
 
 def stack_env(settings: Settings, smtp_port: int, suffix: str, **extra: str) -> dict[str, str]:
@@ -44,7 +47,7 @@ class Stack:
 
     def __init__(self, env: dict[str, str]):
         self.env = env
-        self.logs = Path(tempfile.mkdtemp(prefix="tenure-stack-"))
+        self.logs = Path(tempfile.mkdtemp(prefix="tenure-stack-", dir=LOG_ROOT))
         self.apis: dict[str, subprocess.Popen[bytes]] = {}
         self.workers: dict[str, list[subprocess.Popen[bytes]]] = {}
         self.worker_metrics: dict[str, list[int]] = {}

@@ -63,6 +63,10 @@ class Committer:
                 size += len(nxt.envelopes)
             try:
                 await self._write(group)
+            except Exception as exc:  # noqa: BLE001 - a writer that died would leave every later request waiting
+                for sub in group:
+                    _settle(sub, exc)
+                log.exception("ingest.committer_failed", requests=len(group))
             finally:
                 for _ in group:
                     self._queue.task_done()

@@ -5,15 +5,17 @@ never at import time. Routes get a session only through :data:`SessionDep`; the 
 transaction (``async with session.begin():``).
 """
 
+import asyncio
 import contextlib
 import time
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import asyncpg
+import structlog
 from fastapi import Depends, Request
 from sqlalchemy import Column, DateTime, MetaData, event, func, text
 from sqlalchemy.dialects.postgresql import JSONB
@@ -24,6 +26,9 @@ from sqlalchemy.types import UserDefinedType
 
 from shared.jsonutil import loads
 from shared.settings import Settings
+
+log = structlog.get_logger()
+T = TypeVar("T")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -114,6 +119,61 @@ def unreachable(exc: BaseException) -> bool:
 def _raised_by_the_driver(exc: BaseException) -> bool:
     return any(str(frame.f_globals.get("__name__", "")).startswith(("asyncpg", "sqlalchemy"))
                for frame, _ in traceback.walk_tb(exc.__traceback__))
+
+
+class Outage:
+    """A wait for an unreachable PostgreSQL, logged once rather than per try: ``down`` (a warning) at its first
+    failure, ``back`` (with how long it lasted, under ``lasted``) at the first success after it; either may be None
+    (not logged). ``down_since`` says whether one is under way, for callers that wait longer meanwhile. An error
+    stamped ``tenure_raised_at`` (``shared.queue.note_raised_at``) before the last success belongs to the outage that
+    success ended: it starts no new one."""
+
+    def __init__(self, down: str | None = None, back: str | None = None, *, lasted: str = "down_s") -> None:
+        self.down, self.back, self.lasted = down, back, lasted
+        self.down_since: float | None = None
+        self.back_at = float("-inf")
+
+    def failed(self, exc: BaseException, **fields: Any) -> None:
+        raised_at = getattr(exc, "tenure_raised_at", time.monotonic())
+        if self.down_since is None and raised_at > self.back_at:
+            self.down_since = raised_at
+            if self.down:
+                log.warning(self.down, **fields, error=type(exc).__name__)
+
+    def succeeded(self, *, started_at: float | None = None, **fields: Any) -> None:
+        """Work that began at ``started_at`` (if given) succeeded: the outage is over only if the work began after
+        it was noticed (work begun before may have done all it needed of the database before the cut)."""
+        if self.down_since is not None and (started_at is None or started_at >= self.down_since):
+            if self.back:
+                log.info(self.back, **fields, **{self.lasted: round(time.monotonic() - self.down_since, 1)})
+            self.down_since = None
+            self.back_at = time.monotonic()
+
+
+UNREACHABLE_PAUSE_S = 1.0  # between tries while PostgreSQL is unreachable
+
+
+async def retry_while_unreachable(work: Callable[[], Awaitable[T]], *, give_up_after_s: float | None,
+                                  outage: Outage, pause_s: float = UNREACHABLE_PAUSE_S, **fields: Any) -> T:
+    """``work()``, tried again every ``pause_s`` while it fails because PostgreSQL is unreachable (a restart, a
+    failover): a blip of a few seconds then costs a few seconds, not a lease or a lost outcome. ``work`` must be
+    safe to run again (see :func:`unreachable`). Any other error is raised at once; so is an unreachable one once
+    ``give_up_after_s`` has passed since the first try (None: never — the caller bounds the wait, by a deadline of
+    its own or by cancelling). ``outage`` logs the wait once (``fields`` go on its lines) and tells others it is
+    under way; one ``Outage`` kept across calls (a recorder's) makes an outage one wait, however many calls it
+    spans."""
+    deadline = None if give_up_after_s is None else time.monotonic() + give_up_after_s
+    while True:
+        try:
+            result = await work()
+        except Exception as exc:
+            if not unreachable(exc) or (deadline is not None and time.monotonic() > deadline):
+                raise
+            outage.failed(exc, **fields)
+            await asyncio.sleep(pause_s)
+            continue
+        outage.succeeded(**fields)
+        return result
 
 
 def create_engine(settings: Settings, *, application_name: str = "tenure", **kw: Any) -> AsyncEngine:

@@ -23,7 +23,7 @@ CONSUMER_LOCK_WAIT = "2s"
 
 class ConsumerBusy(Exception):
     """Another job holds the consumer (it reads the feed until drained, so nothing is missed: the caller marks its
-    function dirty, which makes the holder read once more before it stops)."""
+    function dirty, which makes the holder read once more before it stops — ``shared.queue.read_feed_page``)."""
 
 
 @dataclass(frozen=True, order=True)

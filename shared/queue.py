@@ -15,7 +15,7 @@ import itertools
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 import structlog
 from arq import create_pool
@@ -29,13 +29,15 @@ from redis.exceptions import WatchError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared import metrics, worker_health
-from shared.db import create_engine, create_sessionmaker, unreachable
+from shared.db import Outage, create_engine, create_sessionmaker, unreachable
+from shared.feed import ConsumerBusy
 from shared.gc_tuning import tune_gc
 from shared.http import InternalClient, make_http_client
 from shared.logging import configure_logging
 from shared.settings import ServiceName, Settings
 
 log = structlog.get_logger()
+T = TypeVar("T")
 
 
 class JobCtx(TypedDict, total=False):
@@ -98,6 +100,18 @@ async def take_dirty(ctx: JobCtx, function: str) -> bool:
     """True if a wake-up for ``function`` arrived while it was running (and clear the flag)."""
     queue = ctx["settings"].queue_name(ctx["service"])
     return bool(await ctx["redis"].getdel(_dirty_key(queue, function)))
+
+
+async def read_feed_page(ctx: JobCtx, function: str, read: Callable[[AsyncSession], Awaitable[T]]) -> T | None:
+    """``read(session)``: one page of a feed consumer, in a transaction of its own. None when another job holds the
+    consumer (:class:`ConsumerBusy`): ``function`` is marked dirty, so the holder, which reads until the feed is
+    drained, reads once more for whatever woke this job, and this one can stop."""
+    try:
+        async with ctx["sessionmaker"]() as session, session.begin():
+            return await read(session)
+    except ConsumerBusy:
+        await mark_dirty(ctx, function)
+        return None
 
 
 JobFn = Callable[..., Awaitable[Any]]
@@ -171,29 +185,9 @@ def note_raised_at(exc: BaseException) -> None:
     exc.__dict__.setdefault("tenure_raised_at", time.monotonic())
 
 
-class _DatabaseOutage:
-    """Whether this process's jobs find PostgreSQL unreachable, so an outage is logged once rather than as a
-    traceback per job and per poll (two or three a second per worker)."""
-
-    down_since: float | None = None
-    back_at = float("-inf")
-
-    def failed(self, exc: BaseException) -> None:
-        raised_at = getattr(exc, "tenure_raised_at", time.monotonic())
-        if self.down_since is None and raised_at > self.back_at:
-            self.down_since = raised_at
-            log.warning("worker.database_unavailable", error=type(exc).__name__)
-
-    def succeeded(self, started_at: float) -> None:
-        """A job that started at ``started_at`` returned: the database is back if the job began after the outage
-        was noticed (one that began before may have done all its work before the cut, and proves nothing)."""
-        if self.down_since is not None and started_at >= self.down_since:
-            log.info("worker.database_back", down_s=round(time.monotonic() - self.down_since, 1))
-            self.down_since = None
-            self.back_at = time.monotonic()
-
-
-_DATABASE = _DatabaseOutage()
+# Whether this process's jobs find PostgreSQL unreachable, so an outage is logged once rather than as a traceback
+# per job and per poll (two or three a second per worker).
+_DATABASE = Outage("worker.database_unavailable", "worker.database_back")
 
 
 def riding_out_database(fn: JobFn) -> JobFn:
@@ -210,7 +204,7 @@ def riding_out_database(fn: JobFn) -> JobFn:
                 raise
             _DATABASE.failed(exc)
             return None
-        _DATABASE.succeeded(started_at)
+        _DATABASE.succeeded(started_at=started_at)
         return result
 
     return job

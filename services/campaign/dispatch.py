@@ -9,8 +9,6 @@ Most sends never wait for the poll: the journey run that decides them writes the
 hands them over as soon as it commits (``dispatch_claimed``), with the profiles it looked up.
 """
 
-import asyncio
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.campaign import campaigns, ingest_client, journeys, templates, timing
 from services.campaign.programs import variables as program_vars
 from shared.auth import WORKSPACE_HEADER
-from shared.db import unreachable
+from shared.db import Outage, retry_while_unreachable
 from shared.errors import UpstreamUnavailable
 from shared.http import InternalClient
 from shared.jsonutil import dumps, loads
@@ -238,30 +236,17 @@ async def dispatch_due(sessionmaker: async_sessionmaker[AsyncSession], internal:
 # How long a hand-over that finds PostgreSQL unreachable waits for it; then its sends come back after their lease
 # (``LEASE_S``), as a crashed worker's would.
 HAND_OVER_WAIT_S = LEASE_S / 2
-_UNREACHABLE_PAUSE_S = 1.0
 
 
 async def _riding_out(n: int, hand_over: Callable[[], Awaitable[None]]) -> None:
     """``hand_over`` of ``n`` claimed sends, tried again every second while PostgreSQL is unreachable (a restart, a
     failover), for up to ``HAND_OVER_WAIT_S``: left alone, sends claimed moments before a blip of a few seconds
-    would wait out their whole lease. Trying again is safe: delivery stores each under its idempotency key, so a
-    send posted before the blip is posted again as its replay."""
-    deadline = time.monotonic() + HAND_OVER_WAIT_S
-    waited_since: float | None = None
-    while True:
-        try:
-            await hand_over()
-        except Exception as exc:
-            if not unreachable(exc) or time.monotonic() > deadline:
-                raise
-            if waited_since is None:
-                waited_since = time.monotonic()
-                log.warning("campaign.hand_over_waiting", sends=n, error=type(exc).__name__)
-            await asyncio.sleep(_UNREACHABLE_PAUSE_S)
-            continue
-        if waited_since is not None:
-            log.info("campaign.hand_over_resumed", sends=n, waited_s=round(time.monotonic() - waited_since, 1))
-        return
+    would wait out their whole lease. Unlike delivery's recorder it gives up (raises), well inside the lease: a send
+    given up on is not lost (it comes back after its lease), and one still being handed over when its lease ran out
+    would be claimed and handed over a second time alongside. Trying again is safe: delivery stores each under its
+    idempotency key, so a send posted before the blip is posted again as its replay."""
+    await retry_while_unreachable(hand_over, give_up_after_s=HAND_OVER_WAIT_S, sends=n, outage=Outage(
+        "campaign.hand_over_waiting", "campaign.hand_over_resumed", lasted="waited_s"))
 
 
 async def dispatch_claimed(sessionmaker: async_sessionmaker[AsyncSession], internal: InternalClient,

@@ -11,12 +11,11 @@ from arq.worker import Worker
 from services.campaign import campaigns, dispatch, journeys, schedules, triggering
 from services.campaign.programs import maintenance
 from services.campaign.programs import outbox as program_outbox
-from shared.feed import ConsumerBusy
 from shared.queue import (
     JobCtx,
     build_worker,
-    mark_dirty,
     note_raised_at,
+    read_feed_page,
     stopping,
     take_dirty,
     wake,
@@ -31,11 +30,9 @@ async def _consume(ctx: JobCtx, feed: str, function: str) -> int:
     settings = ctx["settings"]
     read = moved = 0
     while True:
-        try:
-            async with ctx["sessionmaker"]() as session, session.begin():
-                page = await triggering.consume_page(session, ctx["internal"], feed, settings.consumer_batch_size)
-        except ConsumerBusy:  # another job reads this feed: it reads once more for whatever woke this one
-            await mark_dirty(ctx, function)
+        page = await read_feed_page(ctx, function, lambda session: triggering.consume_page(
+            session, ctx["internal"], feed, settings.consumer_batch_size))
+        if page is None:  # another job reads this feed: it reads once more for whatever woke this one
             break
         read, moved = read + page.read, moved + page.entered + page.woken + page.ended
         if page.entered or page.woken:  # a separate job: reading, advancing and dispatching overlap

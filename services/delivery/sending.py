@@ -26,7 +26,7 @@ from services.delivery import (
 )
 from services.delivery.smtp_session import SmtpConnection, SmtpPool, send_smtp
 from shared import ratelimit
-from shared.db import pinned, unreachable
+from shared.db import Outage, pinned, retry_while_unreachable
 from shared.html_text import html_to_text
 from shared.settings import Settings
 
@@ -213,22 +213,17 @@ async def _finish(recording: "asyncio.Task[None]", recorder: "_Recorder",
     ``RECORD_WAIT_S`` in all — also when the batch is being cancelled (a job's timeout, SIGTERM): outcomes
     the providers took must not be lost. Cancelled twice, it gives up at once."""
 
-    releasing_since: list[float] = []  # (giving back waits for an unreachable PostgreSQL too)
+    releasing = Outage()  # giving back waits for an unreachable PostgreSQL too (quietly: the worker's polls log it)
+
+    async def release() -> None:
+        async with sessionmaker() as session, session.begin():
+            await outbox.release(session, unsent)
 
     async def wrap_up() -> None:
         await recording
-        while unsent:
-            try:
-                async with sessionmaker() as session, session.begin():
-                    await outbox.release(session, unsent)
-            except Exception as exc:
-                if not unreachable(exc):
-                    raise
-                releasing_since[:] = releasing_since or [loop.time()]
-                await asyncio.sleep(_Recorder.UNREACHABLE_PAUSE_S)
-                continue
+        if unsent:  # (no limit of its own: the deadline below bounds it)
+            await retry_while_unreachable(release, give_up_after_s=None, outage=releasing)
             log.info("delivery.given_back", messages=len(unsent))
-            break
 
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(wrap_up())
@@ -245,7 +240,8 @@ async def _finish(recording: "asyncio.Task[None]", recorder: "_Recorder",
             interrupted = True
             continue
         except TimeoutError:
-            if (recorder.held_since is not None or releasing_since) and not (cancelled or interrupted):
+            away = recorder.held.down_since is not None or releasing.down_since is not None
+            if away and not (cancelled or interrupted):
                 # PostgreSQL is away: outcomes the providers took are held until it answers (the job's timeout,
                 # two minutes, is the bound: its cancellation gives up)
                 deadline = loop.time() + RECORD_WAIT_S
@@ -302,7 +298,6 @@ class _Recorder:
     ``_finish`` gives up on it)."""
 
     RETRY_PAUSES_S = (0.2, 1.0, 3.0)
-    UNREACHABLE_PAUSE_S = 1.0
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], statuses: dict[Any, str]):
         self._sessionmaker = sessionmaker
@@ -312,7 +307,8 @@ class _Recorder:
         self._closed = False
         self._use_pool = False
         self.failing = False
-        self.held_since: float | None = None  # outcomes wait for an unreachable PostgreSQL since then
+        # outcomes wait for an unreachable PostgreSQL (since ``held.down_since``): one wait across batches
+        self.held = Outage("delivery.outcomes_held", "delivery.outcomes_recorded", lasted="held_s")
 
     def add(self, outcome: outbox.Outcome) -> None:
         self._pending.append(outcome)
@@ -335,33 +331,30 @@ class _Recorder:
 
     async def _write(self, own: async_sessionmaker[AsyncSession], batch: list[outbox.Outcome]) -> set[Any]:
         """While PostgreSQL is unreachable (a restart, an outage) the outcomes are held and the write tried again
-        every second, however long it takes: given up, a sent message would stay ``sending`` and go out a second
-        time after its lease. Other failures are tried ``RETRY_PAUSES_S`` more times, then one outcome at a time."""
-        pauses, pause, failures = iter(self.RETRY_PAUSES_S), 0.0, 0
-        while True:
-            await asyncio.sleep(pause)
+        every second, however long it takes (no limit, unlike campaign's hand-over): given up, a sent message would
+        stay ``sending`` and go out a second time after its lease. Other failures are tried ``RETRY_PAUSES_S`` more
+        times, then one outcome at a time."""
+
+        async def write() -> set[Any]:
             try:  # after any failure, fresh connections from the pool (the pinned one may be broken)
                 async with (self._sessionmaker if self._use_pool else own)() as session, session.begin():
-                    updated = await outbox.record_many(session, batch)
-                self.failing = False
-                if self.held_since is not None:
-                    log.info("delivery.outcomes_recorded", outcomes=len(batch),
-                             held_s=round(time.monotonic() - self.held_since, 1))
-                    self.held_since = None
-                return updated
-            except Exception as exc:  # noqa: BLE001 - a connection reset, a failover, one unstorable outcome…
+                    return await outbox.record_many(session, batch)
+            except Exception:
                 self.failing = self._use_pool = True
-                if unreachable(exc):
-                    if self.held_since is None:
-                        self.held_since = time.monotonic()
-                        log.warning("delivery.outcomes_held", outcomes=len(batch), error=type(exc).__name__)
-                    pause = self.UNREACHABLE_PAUSE_S
-                    continue
-                failures += 1
+                raise
+
+        for failures, pause in enumerate((*self.RETRY_PAUSES_S, None), start=1):
+            try:
+                updated = await retry_while_unreachable(write, give_up_after_s=None, outage=self.held,
+                                                        outcomes=len(batch))
+            except Exception:  # noqa: BLE001 - a connection reset, one unstorable outcome…
                 log.warning("delivery.record_retry", outcomes=len(batch), attempt=failures, exc_info=True)
-                if (nxt := next(pauses, None)) is None:
+                if pause is None:
                     break
-                pause = nxt
+                await asyncio.sleep(pause)
+                continue
+            self.failing = False
+            return updated
         updated: set[Any] = set()  # still refused: one at a time, so one bad outcome loses no other
         for o in batch:
             try:

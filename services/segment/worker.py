@@ -11,9 +11,17 @@ from sqlalchemy import text
 from services.segment import evaluation, partitioning
 from shared import retention
 from shared.db import session_lock
-from shared.feed import ConsumerBusy
 from shared.metrics import workspace_failed
-from shared.queue import JobCtx, build_worker, long_job, mark_dirty, stopping, take_dirty, wake, worker_settings_class
+from shared.queue import (
+    JobCtx,
+    build_worker,
+    long_job,
+    read_feed_page,
+    stopping,
+    take_dirty,
+    wake,
+    worker_settings_class,
+)
 from shared.settings import Settings
 
 log = structlog.get_logger()
@@ -33,11 +41,9 @@ async def on_events(ctx: JobCtx) -> int:
     settings = ctx["settings"]
     total = transitions = 0
     while True:
-        try:
-            async with ctx["sessionmaker"]() as session, session.begin():
-                page = await evaluation.consume_page(session, ctx["internal"], settings.consumer_batch_size)
-        except ConsumerBusy:  # another job reads the feed: it reads once more for whatever woke this one
-            await mark_dirty(ctx, "on_events")
+        page = await read_feed_page(ctx, "on_events", lambda session: evaluation.consume_page(
+            session, ctx["internal"], settings.consumer_batch_size))
+        if page is None:  # another job reads the feed: it reads once more for whatever woke this one
             break
         total += page.events
         _, changed = await partitioning.process_dirty(ctx["sessionmaker"], settings.segment_partitions,

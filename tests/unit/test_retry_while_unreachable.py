@@ -2,7 +2,9 @@
 recorder and give-back). It tries again while PostgreSQL is away, gives up after its limit, lets any other error out
 at once, and logs a wait once — not once per try."""
 
+import asyncio
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import asyncpg
@@ -13,6 +15,15 @@ from shared import db
 from shared.db import Outage, retry_while_unreachable
 
 PAUSE_S = 0.01
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """On a loop of its own, left unset as the thread's loop (the session's async tests keep theirs)."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
 
 
 class Lines:
@@ -56,10 +67,10 @@ class Work:
         return "done"
 
 
-async def test_it_tries_again_while_postgres_is_unreachable_and_logs_the_wait_once(lines: Lines) -> None:
+def test_it_tries_again_while_postgres_is_unreachable_and_logs_the_wait_once(lines: Lines) -> None:
     work = Work(starting_up(), cut(), starting_up())
     outage = Outage("thing.waiting", "thing.resumed", lasted="waited_s")
-    assert await retry_while_unreachable(work, give_up_after_s=None, outage=outage, pause_s=PAUSE_S, items=3) == "done"
+    assert run(retry_while_unreachable(work, give_up_after_s=None, outage=outage, pause_s=PAUSE_S, items=3)) == "done"
     assert work.calls == 4
     assert [(level, event) for level, event, _ in lines.lines] == [("warning", "thing.waiting"), ("info", "thing.resumed")]
     assert lines.lines[0][2] == {"items": 3, "error": "CannotConnectNowError"}
@@ -67,13 +78,13 @@ async def test_it_tries_again_while_postgres_is_unreachable_and_logs_the_wait_on
     assert outage.down_since is None
 
 
-async def test_it_gives_up_after_its_limit_with_the_last_error(lines: Lines) -> None:
+def test_it_gives_up_after_its_limit_with_the_last_error(lines: Lines) -> None:
     errors = [cut() for _ in range(1000)]
     work = Work(*errors)
     started = time.monotonic()
     with pytest.raises(DBAPIError) as caught:
-        await retry_while_unreachable(work, give_up_after_s=0.1, outage=Outage("thing.waiting", "thing.resumed"),
-                                      pause_s=PAUSE_S)
+        run(retry_while_unreachable(work, give_up_after_s=0.1, outage=Outage("thing.waiting", "thing.resumed"),
+                                      pause_s=PAUSE_S))
     assert 0.1 <= time.monotonic() - started < 1
     assert caught.value is errors[work.calls - 1]
     assert 2 < work.calls < 50
@@ -86,25 +97,25 @@ async def test_it_gives_up_after_its_limit_with_the_last_error(lines: Lines) -> 
     ConnectionRefusedError("not the database"),  # a socket error the driver did not raise (an SMTP relay's)
     TimeoutError(),  # likewise
 ])
-async def test_any_other_error_is_raised_at_once(lines: Lines, error: BaseException) -> None:
+def test_any_other_error_is_raised_at_once(lines: Lines, error: BaseException) -> None:
     work = Work(error)
     started = time.monotonic()
     with pytest.raises(type(error)) as caught:
-        await retry_while_unreachable(work, give_up_after_s=None, outage=Outage("thing.waiting", "thing.resumed"),
-                                      pause_s=10)
+        run(retry_while_unreachable(work, give_up_after_s=None, outage=Outage("thing.waiting", "thing.resumed"),
+                                      pause_s=10))
     assert caught.value is error and work.calls == 1 and time.monotonic() - started < 1
     assert lines.lines == []
 
 
-async def test_an_outage_kept_across_calls_is_one_wait(lines: Lines) -> None:
+def test_an_outage_kept_across_calls_is_one_wait(lines: Lines) -> None:
     """Delivery's recorder: batch after batch held in one outage is logged once, and ``down_since`` tells its
     wrap-up that PostgreSQL is away in between."""
     outage = Outage("thing.held", "thing.recorded", lasted="held_s")
     for _ in range(3):
         with pytest.raises(DBAPIError):
-            await retry_while_unreachable(Work(*(cut() for _ in range(100))), give_up_after_s=0.03, outage=outage,
-                                          pause_s=PAUSE_S)
+            run(retry_while_unreachable(Work(*(cut() for _ in range(100))), give_up_after_s=0.03, outage=outage,
+                                          pause_s=PAUSE_S))
         assert outage.down_since is not None
-    assert await retry_while_unreachable(Work(cut()), give_up_after_s=None, outage=outage, pause_s=PAUSE_S) == "done"
+    assert run(retry_while_unreachable(Work(cut()), give_up_after_s=None, outage=outage, pause_s=PAUSE_S)) == "done"
     assert [event for _, event, _ in lines.lines] == ["thing.held", "thing.recorded"]
     assert outage.down_since is None

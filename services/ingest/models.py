@@ -52,6 +52,8 @@ class Profile(IngestTable, table=True):
         # release before ingest_0004 during its rollout: drop it in the next migration
         Index("ix_profiles_email_ci", "workspace_id", text("lower(traits->>'email')")),
         Index("ix_profiles_email", "workspace_id", text("(traits->>'email')")),
+        Index("ix_profiles_merged_into", "workspace_id", "merged_into",
+              postgresql_where=text("merged_into IS NOT NULL")),
     )
 
     id: uuid.UUID = Field(primary_key=True)

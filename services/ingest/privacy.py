@@ -31,7 +31,7 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.ingest.profiles import get_profile, resolve_ref
+from services.ingest.profiles import get_profile, profile_and_merged_ids, resolve_ref
 from shared import metrics
 from shared.auth import WORKSPACE_HEADER
 from shared.db import fetch_one, row_dict
@@ -61,14 +61,6 @@ def _probe_hashes(kind: str, value: str) -> set[bytes]:
 
 
 
-async def _profile_ids(session: AsyncSession, ws: uuid.UUID, pid: uuid.UUID) -> list[uuid.UUID]:
-    rows = await session.execute(
-        text("select id from ingest.profiles where workspace_id = :ws and (id = :pid or merged_into = :pid)"),
-        {"ws": ws, "pid": pid},
-    )
-    return [r[0] for r in rows]
-
-
 async def _emails(session: AsyncSession, params: dict[str, Any]) -> list[str]:
     """The email traits of the profiles ``params["p"]`` (other services key records by address)."""
     rows = await session.execute(
@@ -83,7 +75,7 @@ async def erase(session: AsyncSession, ws: uuid.UUID, ref: str, *, suppress: boo
     # first: wait for tracking transactions of the workspace already past their probe (their writes are then
     # visible and erased below), and hold later ones until this commits (they then see the suppressions)
     await session.execute(_ERASURE_LOCK, {"ws": ws})
-    pids = await _profile_ids(session, ws, await resolve_ref(session, ws, ref))
+    pids = await profile_and_merged_ids(session, ws, await resolve_ref(session, ws, ref))
     params = {"ws": ws, "p": pids}
     idents = (await session.execute(
         text("select kind, value from ingest.identities "
@@ -334,7 +326,7 @@ async def pending_erasures(session: AsyncSession) -> tuple[int, float]:
 async def export(session: AsyncSession, internal: InternalClient, ws: uuid.UUID, ref: str) -> dict[str, Any]:
     """Everything Tenure holds about a user: ingest's records plus each other service's."""
     profile = await get_profile(session, ws, ref)
-    pids = await _profile_ids(session, ws, uuid.UUID(profile["id"]))
+    pids = await profile_and_merged_ids(session, ws, uuid.UUID(profile["id"]))
     params = {"ws": ws, "p": pids}
     identities = (await session.execute(
         text("select kind, value, created_at from ingest.identities "

@@ -358,15 +358,30 @@ async def list_profiles(session: AsyncSession, ws: uuid.UUID, *, user_id: str | 
     )
 
 
+async def profile_and_merged_ids(session: AsyncSession, ws: uuid.UUID, pid: uuid.UUID) -> list[uuid.UUID]:
+    """``pid`` and the profiles merged into it. Their records are the person's too: an event whose write raced the
+    merge (resolved to the merged-away profile before the merge committed, stored after it moved the events) keeps
+    that profile's id, and reading through the merge costs less than a lock on every tracking write."""
+    rows = await session.execute(
+        text("select CAST(:pid AS uuid) union select id from ingest.profiles where workspace_id = :ws "
+             "and merged_into = :pid"),
+        {"ws": ws, "pid": pid},
+    )
+    return [r[0] for r in rows]
+
+
 async def profile_events(session: AsyncSession, ws: uuid.UUID, ref: str, *, after: int | None, limit: int
                          ) -> tuple[list[dict[str, Any]], str | None]:
-    """A profile's events, newest first, paginated by sequence number."""
-    pid = await resolve_ref(session, ws, ref)
+    """A profile's events (with those of profiles merged into it), newest first, paginated by sequence number."""
+    pids = await profile_and_merged_ids(session, ws, await resolve_ref(session, ws, ref))
     items, nxt = await fetch_page(
         session,
-        "select seq, message_id, type, event, properties, traits, context, timestamp, received_at "
-        "from ingest.events where workspace_id = :ws and profile_id = :pid "
-        "and (CAST(:after AS bigint) is null or seq < CAST(:after AS bigint)) order by seq desc limit :lim",
-        {"ws": ws, "pid": pid, "after": after}, limit, key="seq",
+        # each profile's newest page by its own index scan, then the newest of those: a page stays a page's work
+        "select e.* from unnest(CAST(:pids AS uuid[])) as p(id) cross join lateral ("
+        " select seq, message_id, type, event, properties, traits, context, timestamp, received_at"
+        " from ingest.events where workspace_id = :ws and profile_id = p.id"
+        " and (CAST(:after AS bigint) is null or seq < CAST(:after AS bigint)) order by seq desc limit :lim) as e "
+        "order by e.seq desc limit :lim",
+        {"ws": ws, "pids": pids, "after": after}, limit, key="seq",
     )
     return items, nxt

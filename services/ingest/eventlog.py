@@ -7,12 +7,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.feed import Cursor, feed_params, feed_query
 
+# the profile an event belongs to now: an event whose write raced a merge (docs/decisions.md, "Profile merges") is
+# stored with the merged-away profile's id, and may come after the merge in the feed; consumers get the survivor's
+# (``merged_into is not null``: a probe into the small index of merged profiles, ix_profiles_merged_survivor)
+_LIVE_PROFILE = ("coalesce((select p.merged_into from ingest.profiles p where p.id = t.profile_id "
+                 "and p.merged_into is not null), t.profile_id)")
+
 
 async def read_feed(session: AsyncSession, after: Cursor, limit: int) -> tuple[list[dict[str, Any]], Cursor]:
     rows = (
         await session.execute(
-            text(feed_query("ingest.events", "workspace_id, message_id, type, event, profile_id, user_id, "
-                                              "anonymous_id, properties, traits, context, timestamp, received_at")),
+            text(feed_query("ingest.events", f"workspace_id, message_id, type, event, {_LIVE_PROFILE} as profile_id, "
+                                              "user_id, anonymous_id, properties, traits, context, timestamp, "
+                                              "received_at")),
             feed_params(after, limit),
         )
     ).mappings().all()

@@ -54,6 +54,8 @@ class Profile(IngestTable, table=True):
         Index("ix_profiles_email", "workspace_id", text("(traits->>'email')")),
         Index("ix_profiles_merged_into", "workspace_id", "merged_into",
               postgresql_where=text("merged_into IS NOT NULL")),
+        Index("ix_profiles_merged_survivor", "id", postgresql_include=["merged_into"],
+              postgresql_where=text("merged_into IS NOT NULL")),
     )
 
     id: uuid.UUID = Field(primary_key=True)

@@ -280,6 +280,7 @@ async def test_an_event_whose_write_raced_the_login_merge_is_still_the_users(app
 
     c, auth = apps["ingest"], (workspace.write_key, "")
     h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    head = await feed_head(c)
     await c.post("/v1/identify", auth=auth, json={"userId": "race-user", "traits": {"plan": "pro"}})  # signed up
     await c.post("/v1/track", auth=auth, json={"anonymousId": "race-dev", "event": "Opened App"})  # a new device
     device = (await _profile(apps, workspace, "race-dev"))["id"]
@@ -295,6 +296,10 @@ async def test_an_event_whose_write_raced_the_login_merge_is_still_the_users(app
     assert user["id"] != device and (await _profile(apps, workspace, "race-dev"))["id"] == user["id"]
     events = (await c.get("/v1/profiles/race-user/events", headers=h)).json()["events"]
     assert sorted(e["event"] for e in events if e["type"] == "track") == ["Added To Cart", "Opened App"]
+    # segment and campaign read it as the user's, wherever it falls in the feed
+    mine = [e async for page in feed_pages(c, after=head) for e in page["events"]
+            if e["workspace_id"] == str(workspace.workspace_id)]
+    assert "Added To Cart" in {e["event"] for e in mine} and {e["profile_id"] for e in mine} == {user["id"]}
     export = (await c.get("/v1/privacy/export/race-user", headers=h))
     if export.status_code == 200:  # (503 when another service's part is missing: not what this test looks at)
         assert "Added To Cart" in {e["event"] for e in export.json()["events"]}

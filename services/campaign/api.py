@@ -30,6 +30,7 @@ from services.campaign.schemas import (
     TriggerOut,
     TriggerRequest,
 )
+from shared import profile_merges
 from shared.auth import WORKSPACE_HEADER, WorkspaceDep
 from shared.db import SessionDep
 from shared.errors import COMMON_ERRORS, Conflict, UpstreamUnavailable, ValidationFailed, problem_schema
@@ -247,14 +248,17 @@ async def campaign_stats(campaign_id: uuid.UUID, ws: WorkspaceDep, session: Sess
 
 @router.get("/profiles/{profile_id}/journeys", response_model=ProfileJourneys, operation_id="profile_journeys",
             tags=["journeys"], summary="A profile's journeys, newest first, and step by step what happened and why",
+            description=profile_merges.ROUTE_DESCRIPTION + " A profile campaign has no journey of is an empty list "
+                        "(campaign does not know every profile: ask ingest whether it exists).",
             responses=COMMON_ERRORS)
 async def profile_journeys(
-    profile_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, page: AfterDep,
+    profile_id: Annotated[uuid.UUID, Path(description=profile_merges.PATH_DESCRIPTION)], ws: WorkspaceDep,
+    session: SessionDep, page: AfterDep,
     limit: Annotated[int, Query(ge=1, le=200, description="page size (each journey comes with its log)")] = 50,
 ) -> dict[str, Any]:
     async with session.begin():
-        items, nxt = await campaigns.profile_journeys(session, ws, profile_id, page.position, limit)
-    return {"journeys": items, "next_cursor": page.next(nxt)}
+        live, items, nxt = await campaigns.profile_journeys(session, ws, profile_id, page.position, limit)
+    return {"profile_id": str(live), "journeys": items, "next_cursor": page.next(nxt)}
 
 
 def _status_route(status: str) -> Any:

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.campaign import experiments, ingest_client, journeys, segment_client, templates, timing
 from services.campaign import journey_def as jd
 from services.campaign.programs import variables as program_vars
+from shared import profile_merges
 from shared.core import workspace_settings
 from shared.db import fetch_one, fetch_page, insert_one_or_conflict, row_dict
 from shared.errors import Conflict, NotFound, ValidationFailed, body_error
@@ -443,9 +444,11 @@ async def stats(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) ->
 
 
 async def profile_journeys(session: AsyncSession, ws: uuid.UUID, profile_id: uuid.UUID, after: str | None,
-                           limit: int) -> tuple[list[dict[str, Any]], str | None]:
+                           limit: int) -> tuple[uuid.UUID, list[dict[str, Any]], str | None]:
     """A profile's journeys, newest first, with what happened at each step and why; a page of ``limit``
-    after the journey ``after`` (the previous page's last)."""
+    after the journey ``after`` (the previous page's last). A merged-away profile's journeys moved to its
+    survivor (journeys.follow_merges): asked with the old id, the survivor's, and the survivor's id first."""
+    profile_id = await profile_merges.survivor(session, "campaign", ws, profile_id)
     items, nxt = await fetch_page(
         session,
         f"select {_JOURNEY_COLS} from campaign.journeys where workspace_id = :ws and profile_id = :p "
@@ -459,7 +462,7 @@ async def profile_journeys(session: AsyncSession, ws: uuid.UUID, profile_id: uui
             "select journey_id, step, kind, detail, at from campaign.journey_log "
             "where journey_id = any(CAST(:ids AS uuid[])) order by journey_id, seq"), {"ids": list(logs)}):
         logs[str(r.journey_id)].append({"step": r.step, "kind": r.kind, "detail": r.detail, "at": r.at})
-    return [{**j, "log": logs[j["id"]]} for j in items], nxt
+    return profile_id, [{**j, "log": logs[j["id"]]} for j in items], nxt
 
 
 async def trigger(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID, profile_id: uuid.UUID,

@@ -9,6 +9,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared import profile_merges
+
 # table -> the column(s) naming the profile (a referral names two)
 _PROGRAM_TABLES = {
     "referral_rewards": ("profile_id",),
@@ -54,6 +56,7 @@ async def erase(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) -> 
         res = await session.execute(text(f"delete from campaign.{table} where workspace_id = :ws and ({where})"),
                                     {"ws": ws, "p": pids})
         out[table] = res.rowcount  # type: ignore[attr-defined]
+    out["merged_profiles"] = await profile_merges.forget(session, "campaign", ws, pids)
     return out
 
 

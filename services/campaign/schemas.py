@@ -210,6 +210,8 @@ class ProfileJourney(JourneyOut):
 
 
 class ProfileJourneys(BaseModel):
+    profile_id: str = Field(description="the profile answered for: the survivor's id when the id asked for is a "
+                                        "profile merged into another")
     journeys: list[ProfileJourney] = Field(description="newest first")
     next_cursor: str | None = Field(None, description="pass as `after` for the next page")
 

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.campaign import journeys
 from services.campaign.programs import consume as program_feed
 from services.campaign.programs.merges import merge_of
-from shared import metrics
+from shared import metrics, profile_merges
 from shared.errors import UpstreamUnavailable
 from shared.feed import lock_consumer, save_consumer
 from shared.http import InternalClient
@@ -103,9 +103,9 @@ async def consume_page(session: AsyncSession, internal: InternalClient, feed: st
     if not items:
         return result
     if feed == "events":  # merges first: the page's triggers and events then find one person's journeys
-        result.merged = await journeys.follow_merges(session, [
-            (uuid.UUID(i["workspace_id"]), *pair) for i in items if (pair := merge_of(i)) is not None],
-            now, journeys.VersionCache())
+        merges = [(uuid.UUID(i["workspace_id"]), *pair) for i in items if (pair := merge_of(i)) is not None]
+        await profile_merges.record(session, "campaign", merges)  # old ids answer as the survivor
+        result.merged = await journeys.follow_merges(session, merges, now, journeys.VersionCache())
     campaigns = await active_campaigns(session, {uuid.UUID(i["workspace_id"]) for i in items})
     result.entered = await enter_from(session, campaigns, items, feed, now)
     if feed == "events":

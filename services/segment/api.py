@@ -4,7 +4,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segment import evaluation, lifecycle, lists, metrics, segments
@@ -31,6 +31,7 @@ from services.segment.schemas import (
     StageSeries,
     TransitionPage,
 )
+from shared import profile_merges
 from shared.auth import InternalDep, WorkspaceDep
 from shared.db import SessionDep
 from shared.errors import COMMON_ERRORS, ValidationFailed, problem_schema
@@ -42,6 +43,7 @@ router = APIRouter(prefix="/v1", tags=["segments"])
 feed_router = APIRouter(prefix="/v1", tags=["feed"])
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
+ProfileId = Annotated[uuid.UUID, Path(description=profile_merges.PATH_DESCRIPTION)]
 _NOT_FOUND = {**COMMON_ERRORS, 404: problem_schema("No such segment")}
 _PROFILE_NOT_FOUND = {**COMMON_ERRORS, 404: problem_schema("No such profile (no event, trait or list entry of it "
                                                              "has reached this workspace)")}
@@ -137,8 +139,8 @@ async def read_transitions(
 
 @router.get("/profiles/{profile_id}/segments", response_model=ProfileSegments, operation_id="get_profile_segments",
             tags=["profiles"], summary="The segments (and lifecycle stage) a profile is in now",
-            responses=_PROFILE_NOT_FOUND)
-async def get_profile_segments(profile_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+            description=profile_merges.ROUTE_DESCRIPTION, responses=_PROFILE_NOT_FOUND)
+async def get_profile_segments(profile_id: ProfileId, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
     async with session.begin():
         return await segments.profile_segments(session, ws, profile_id)
 
@@ -146,11 +148,10 @@ async def get_profile_segments(profile_id: uuid.UUID, ws: WorkspaceDep, session:
 @router.get("/profiles/{profile_id}/attributes", response_model=ProfileAttributes,
             operation_id="get_profile_attributes", tags=["attributes"],
             summary="Computed attributes of a profile (order count, revenue, AOV, recency, …)",
-            responses=_PROFILE_NOT_FOUND)
-async def get_profile_attributes(profile_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+            description=profile_merges.ROUTE_DESCRIPTION, responses=_PROFILE_NOT_FOUND)
+async def get_profile_attributes(profile_id: ProfileId, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
     async with session.begin():
-        attrs = await evaluation.profile_attributes(session, ws, profile_id, datetime.now(UTC).date())
-    return {"profile_id": str(profile_id), **attrs}
+        return await evaluation.profile_attributes(session, ws, profile_id, datetime.now(UTC).date())
 
 
 @router.get("/lifecycle", response_model=LifecycleOverview, operation_id="lifecycle_overview", tags=["lifecycle"],
@@ -162,8 +163,9 @@ async def lifecycle_overview(ws: WorkspaceDep, session: SessionDep) -> dict[str,
 
 
 @router.get("/lifecycle/{profile_id}", response_model=ProfileStage, operation_id="get_profile_stage",
-            tags=["lifecycle"], summary="A profile's lifecycle stage and since when", responses=_PROFILE_NOT_FOUND)
-async def get_profile_stage(profile_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+            tags=["lifecycle"], summary="A profile's lifecycle stage and since when",
+            description=profile_merges.ROUTE_DESCRIPTION, responses=_PROFILE_NOT_FOUND)
+async def get_profile_stage(profile_id: ProfileId, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
     async with session.begin():
         return await segments.profile_stage(session, ws, profile_id)
 

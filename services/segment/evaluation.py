@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.segment import attributes, conditions, partitioning, set_evaluation
 from services.segment import lifecycle as lifecycle_mod
 from services.segment.attributes import PurchaseRules
-from shared import metrics
+from shared import metrics, profile_merges
 from shared import traits as trait_merge
 from shared.core import workspace_settings
 from shared.db import driver_connection, uuid_array
@@ -33,6 +33,7 @@ from shared.jsonutil import dumps, loads
 from shared.metrics import workspace_failed
 
 log = structlog.get_logger()
+SCHEMA = "segment"
 
 Affected = dict[uuid.UUID, set[uuid.UUID]]
 
@@ -214,9 +215,11 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
                          merged_traits: dict[str, Any], merged_times: dict[str, str]) -> None:
     """Ingest merged ``from_`` into ``into``: fold its counts, combine the merged traits, drop its facts.
 
-    Re-evaluating both afterwards makes ``from_`` exit its segments and ``into`` enter what it now meets.
+    Re-evaluating both afterwards makes ``from_`` exit its segments and ``into`` enter what it now meets; the
+    per-profile routes answer ``from_``'s id with ``into``'s state from now on (profile_merges).
     """
     params = {"ws": ws, "into": into, "from": from_}
+    await profile_merges.record(session, SCHEMA, [(ws, from_, into)])
     await session.execute(text(
         """
         insert into segment.event_counts (workspace_id, profile_id, event, day, count)
@@ -371,26 +374,31 @@ async def load_attributes(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.
     return {pid: dict(facts[pid].attributes) for pid in pids}
 
 
-async def require_known_profile(session: AsyncSession, ws: uuid.UUID, profile_id: uuid.UUID) -> None:
-    """NotFound for a profile this workspace has nothing about: no event or trait of it has been folded, it
-    is on no list and in no segment (a typo, another workspace's profile, an erased one). Its attributes,
-    stage or segments would otherwise read as zeros, null and [], like a real profile's. (A profile added
-    to a list before its first event reached this service is known: segments reading the list hold it.)"""
+async def require_known_profile(session: AsyncSession, ws: uuid.UUID, profile_id: uuid.UUID) -> uuid.UUID:
+    """The profile ``profile_id`` lives on as (itself, or the survivor of the merges that took it away: a support
+    person asking with an old id gets the person's state, not a 404); NotFound for a profile this workspace has
+    nothing about: no event or trait of it has been folded, it is on no list and in no segment (a typo, another
+    workspace's profile, an erased one). Its attributes, stage or segments would otherwise read as zeros, null
+    and [], like a real profile's. (A profile added to a list before its first event reached this service is
+    known: segments reading the list hold it.)"""
+    live = await profile_merges.survivor(session, SCHEMA, ws, profile_id)
     known = await session.scalar(
         text("select exists (select 1 from segment.profile_stats where workspace_id = :ws and profile_id = :pid) "
              "or exists (select 1 from segment.profile_traits where workspace_id = :ws and profile_id = :pid) "
              "or exists (select 1 from segment.list_members where workspace_id = :ws and profile_id = :pid) "
              "or exists (select 1 from segment.memberships where workspace_id = :ws and profile_id = :pid)"),
-        {"ws": ws, "pid": profile_id})
+        {"ws": ws, "pid": live})
     if not known:
         raise NotFound(f"No profile {profile_id} in this workspace")
+    return live
 
 
 async def profile_attributes(session: AsyncSession, ws: uuid.UUID, profile_id: uuid.UUID, today: date
                              ) -> dict[str, Any]:
-    """A profile's computed attributes, or NotFound for a profile this workspace has no facts about."""
-    await require_known_profile(session, ws, profile_id)
-    return (await load_attributes(session, ws, [profile_id], today))[profile_id]
+    """A profile's computed attributes (``profile_id`` the survivor's, for a merged-away one), or NotFound for a
+    profile this workspace has no facts about."""
+    live = await require_known_profile(session, ws, profile_id)
+    return {"profile_id": str(live), **(await load_attributes(session, ws, [live], today))[live]}
 
 
 async def _load_facts(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID], needs: Needs,

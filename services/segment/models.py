@@ -207,3 +207,16 @@ class DirtyProfile(SegmentTable, table=True):
     profile_id: uuid.UUID = Field(primary_key=True)
     partition: int
     marked_at: datetime = Field(sa_column=tz_column("marked_at"))
+
+
+class MergedProfile(SegmentTable, table=True):
+    """A profile ingest merged into another, and the one it lives on as (shared/profile_merges.py): per-profile
+    routes answer an old id with the survivor's state."""
+
+    __tablename__ = "merged_profiles"
+    __table_args__ = (Index("ix_merged_profiles_survivor", "workspace_id", "survivor_id"),)
+
+    workspace_id: uuid.UUID = Field(primary_key=True)
+    profile_id: uuid.UUID = Field(primary_key=True)  # the merged-away profile
+    survivor_id: uuid.UUID
+    merged_at: datetime = Field(sa_column=tz_column("merged_at"))

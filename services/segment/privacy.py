@@ -7,6 +7,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared import profile_merges
+
 _TABLES = ("event_counts", "profile_events", "profile_traits", "profile_stats", "account_members", "list_members",
            "memberships", "transitions")
 
@@ -19,6 +21,7 @@ async def erase(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) -> 
             {"ws": ws, "p": pids},
         )
         removed[table] = res.rowcount  # type: ignore[attr-defined]
+    removed["merged_profiles"] = await profile_merges.forget(session, "segment", ws, pids)
     return removed
 
 

@@ -179,24 +179,26 @@ async def stage_counts(session: AsyncSession, ws: uuid.UUID) -> list[dict[str, A
 
 
 async def profile_stage(session: AsyncSession, ws: uuid.UUID, profile_id: uuid.UUID) -> dict[str, Any]:
-    """A known profile's stage (None until its first activity is evaluated); NotFound for an unknown one."""
-    await evaluation.require_known_profile(session, ws, profile_id)
+    """A known profile's stage (None until its first activity is evaluated), ``profile_id`` the survivor's for a
+    merged-away one; NotFound for an unknown one."""
+    live = await evaluation.require_known_profile(session, ws, profile_id)
     ids = {lifecycle.stage_segment_id(ws, st): st for st in lifecycle.STAGES}
     row = (await session.execute(
         text("select segment_id, entered_at from segment.memberships where workspace_id = :ws "
              "and profile_id = :pid and segment_id = any(CAST(:ids AS uuid[]))"),
-        {"ws": ws, "pid": profile_id, "ids": list(ids)},
+        {"ws": ws, "pid": live, "ids": list(ids)},
     )).first()
-    return {"profile_id": str(profile_id), "stage": ids[row.segment_id] if row else None,
+    return {"profile_id": str(live), "stage": ids[row.segment_id] if row else None,
             "since": row.entered_at if row else None}
 
 
 async def profile_segments(session: AsyncSession, ws: uuid.UUID, profile_id: uuid.UUID) -> dict[str, Any]:
-    """A known profile's segments and stage (an empty list when it is in none); NotFound for an unknown one."""
-    await evaluation.require_known_profile(session, ws, profile_id)
+    """A known profile's segments and stage (an empty list when it is in none), ``profile_id`` the survivor's for
+    a merged-away one; NotFound for an unknown one."""
+    live = await evaluation.require_known_profile(session, ws, profile_id)
     ids = {lifecycle.stage_segment_id(ws, st): st for st in lifecycle.STAGES}
     rows = (await session.execute(
         text("select segment_id from segment.memberships where workspace_id = :ws and profile_id = :pid "
-             "order by segment_id"), {"ws": ws, "pid": profile_id})).scalars().all()
-    return {"profile_id": str(profile_id), "segment_ids": [str(r) for r in rows if r not in ids],
+             "order by segment_id"), {"ws": ws, "pid": live})).scalars().all()
+    return {"profile_id": str(live), "segment_ids": [str(r) for r in rows if r not in ids],
             "stage": next((ids[r] for r in rows if r in ids), None)}

@@ -1,5 +1,6 @@
 """Ingest's profile merges followed into the other services, through the HTTP API: segment's traits, counts
-and memberships, campaign's journeys, and erasure and export of a merged user."""
+and memberships, campaign's journeys, per-profile routes asked with a merged-away id, and erasure and export of a
+merged user."""
 
 import asyncio
 import uuid
@@ -127,8 +128,9 @@ async def test_a_journey_the_anonymous_profile_was_in_continues_once_after_the_l
                                                 "timestamp": (T0 + timedelta(minutes=2)).isoformat()})
     await _pump(w, T0 + timedelta(minutes=3))
     user = await _profile(w, f"ju-{t}")
-    assert user["id"] != anon["id"] and await w.path(anon["id"]) == []
+    assert user["id"] != anon["id"]
     (journey,) = await w.path(user["id"])
+    assert await w.path(anon["id"]) == [journey]  # the old id answers as the survivor
     assert journey["entered_at"].startswith("2026-11-25T15:00:00") and journey["log"][0]["kind"] == "entered"
     await _pump(w, T0 + timedelta(hours=2))
     assert [m["subject"] for m in await w.mail(email)] == ["Hello"]
@@ -159,3 +161,94 @@ async def test_when_both_profiles_were_in_a_once_campaign_the_earlier_journey_co
     assert paths[1]["log"][-1]["detail"].startswith(f"merged: profile {anon['id']} became this one")
     await _pump(w, T0 + timedelta(hours=2))
     assert [m["subject"] for m in await w.mail(email)] == ["Hello"]
+
+
+PROBLEM = "application/problem+json"
+_SEGMENT_ROUTES = ("/v1/profiles/{}/segments", "/v1/lifecycle/{}", "/v1/profiles/{}/attributes")
+
+
+async def _per_profile(w: World, pid: str) -> dict[str, dict]:
+    """What segment's and campaign's per-profile routes answer for ``pid``."""
+    out = {}
+    for route in _SEGMENT_ROUTES:
+        r = await w.apps["segment"].get(route.format(pid), headers=w.h)
+        assert r.status_code == 200, (route, r.text)
+        out[route] = r.json()
+    r = await w.apps["campaign"].get(f"/v1/profiles/{pid}/journeys", headers=w.h)
+    assert r.status_code == 200, r.text
+    out["journeys"] = r.json()
+    return out
+
+
+async def _merge_world(w: World, t: str) -> tuple[dict, str]:
+    """A trait segment and a "once" campaign started by an event, for the merge tests: (segment, event)."""
+    seg = (await w.apps["segment"].post("/v1/segments", headers=w.h, json={"name": f"vip-{t}", "definition": {
+        "type": "trait", "trait": "tier", "value": f"vip-{t}"}})).json()
+    hello = await w.template("hello", "Hello")
+    await w.campaign(trigger={"type": "event", "event": f"Started {t}"}, entry={"rule": "once"}, steps=[
+        {"id": "wait", "type": "delay", "seconds": 3600, "next": "hello"},
+        {"id": "hello", "type": "send", "template_id": hello}])
+    return seg, f"Started {t}"
+
+
+async def test_a_merged_away_profile_id_answers_as_the_survivor_in_segment_and_campaign(world) -> None:
+    # support asks "why didn't X get the email" with the id X had before logging in: segment answered 404 (or the
+    # old profile's empty state) and campaign an empty page, though the person's journeys and segments live on
+    w, t = world, _tag()
+    c = w.apps["ingest"]
+    seg, started = await _merge_world(w, t)
+    await c.post("/v1/track", auth=w.wk, json={"anonymousId": f"ma-{t}", "event": started,
+                                                "timestamp": T0.isoformat()})
+    await c.post("/v1/identify", auth=w.wk, json={"userId": f"mu-{t}", "traits": {"name": "Mo"}})  # an account
+    anon = await _profile(w, f"ma-{t}")
+    await _pump(w, T0)
+    await _fold(w, anon["id"])
+    await c.post("/v1/identify", auth=w.wk, json={"userId": f"mu-{t}", "anonymousId": f"ma-{t}",
+                                                   "traits": {"tier": f"vip-{t}"}})
+    user = await _profile(w, f"mu-{t}")
+    assert user["id"] != anon["id"] and anon["id"] in [m["profile_id"] for m in user["merged_from"]]
+    await _pump(w, T0 + timedelta(minutes=1))
+    await _fold(w, user["id"], anon["id"])
+    old, new = await _per_profile(w, anon["id"]), await _per_profile(w, user["id"])
+    assert old == new
+    assert {body["profile_id"] for body in old.values()} == {user["id"]}
+    assert old["/v1/profiles/{}/segments"]["segment_ids"] == [seg["id"]]
+    assert old["/v1/lifecycle/{}"]["stage"] is not None
+    assert [j["status"] for j in old["journeys"]["journeys"]] == ["active"]
+
+
+async def test_a_chain_of_merges_leads_to_the_last_survivor(world) -> None:
+    # an anonymous visitor logs in (A into B), then the account is aliased to a newer user id (B into C): A's and
+    # B's ids both answer as C, whether both merges come in one feed page or, as here, one after the other
+    w, t = world, _tag()
+    c = w.apps["ingest"]
+    seg, started = await _merge_world(w, t)
+    await c.post("/v1/track", auth=w.wk, json={"anonymousId": f"ca-{t}", "event": started,
+                                                "timestamp": T0.isoformat()})
+    await c.post("/v1/identify", auth=w.wk, json={"userId": f"cb-{t}", "traits": {"tier": f"vip-{t}"}})
+    a, b = await _profile(w, f"ca-{t}"), await _profile(w, f"cb-{t}")
+    await c.post("/v1/track", auth=w.wk, json={"userId": f"cb-{t}", "anonymousId": f"ca-{t}", "event": "Login"})
+    await _pump(w, T0 + timedelta(minutes=1))
+    await _fold(w, a["id"], b["id"])
+    assert (await _per_profile(w, a["id"]))["journeys"]["profile_id"] == b["id"]  # the first merge alone
+    await c.post("/v1/identify", auth=w.wk, json={"userId": f"cc-{t}"})
+    c_id = (await _profile(w, f"cc-{t}"))["id"]
+    await c.post("/v1/alias", auth=w.wk, json={"previousId": f"cb-{t}", "userId": f"cc-{t}"})
+    assert (await _profile(w, a["id"]))["id"] == c_id  # ingest's own answer
+    await _pump(w, T0 + timedelta(minutes=2))
+    await _fold(w, a["id"], b["id"], c_id)
+    survivor = await _per_profile(w, c_id)
+    assert survivor["/v1/profiles/{}/segments"]["segment_ids"] == [seg["id"]]
+    assert len(survivor["journeys"]["journeys"]) == 1
+    for old in (a["id"], b["id"]):
+        assert await _per_profile(w, old) == survivor
+
+
+async def test_an_unknown_profile_id_is_still_a_404_in_segment_and_an_empty_page_in_campaign(world) -> None:
+    w, nobody = world, str(uuid.uuid4())
+    for route in _SEGMENT_ROUTES:
+        r = await w.apps["segment"].get(route.format(nobody), headers=w.h)
+        assert r.status_code == 404 and r.headers["content-type"].startswith(PROBLEM), (route, r.text)
+    # campaign does not know every profile: one it holds no journey of is an empty page, as before
+    r = await w.apps["campaign"].get(f"/v1/profiles/{nobody}/journeys", headers=w.h)
+    assert r.status_code == 200 and r.json() == {"profile_id": nobody, "journeys": [], "next_cursor": None}

@@ -80,7 +80,12 @@ def wait_s(resp: httpx.Response, now: float | None = None) -> float | None:
     return max(0.0, reset - (time.time() if now is None else now))
 
 
-MAX_EVENT_AGE_S = 600  # a signed request older than this is a replay, not SendGrid
+# SendGrid retries a batch for up to 24 hours and does not say it signs a retry anew: a window of minutes (the usual
+# replay guard) would refuse every retry after an outage of ours longer than that — bounces, complaints and
+# unsubscribes lost for good. Applying a report is idempotent (a repeat changes nothing), so a genuine request
+# replayed within the day does no harm; older is refused, as is a timestamp ahead of our clock by more than skew.
+MAX_EVENT_AGE_S = 25 * 3600
+MAX_CLOCK_SKEW_S = 600
 
 
 def event_signature_problem(public_key: str, body: bytes, signature_b64: str | None, timestamp: str | None,
@@ -92,8 +97,11 @@ def event_signature_problem(public_key: str, body: bytes, signature_b64: str | N
         age = (time.time() if now is None else now) - int(timestamp)
     except ValueError:
         return f"{TIMESTAMP_HEADER} is not a Unix time"
-    if abs(age) > MAX_EVENT_AGE_S:
-        return f"The SendGrid signature is {int(abs(age))} s away from now (over {MAX_EVENT_AGE_S} s: a replay?)"
+    if age > MAX_EVENT_AGE_S:
+        return (f"The SendGrid signature is {int(age)} s old (over {MAX_EVENT_AGE_S} s, past SendGrid's day of retries:"
+                " a replay?)")
+    if -age > MAX_CLOCK_SKEW_S:
+        return f"The SendGrid signature is {int(-age)} s ahead of our clock (over {MAX_CLOCK_SKEW_S} s)"
     try:
         key = (load_pem_public_key(public_key.encode()) if "BEGIN PUBLIC KEY" in public_key
                else load_der_public_key(base64.b64decode(public_key)))  # as SendGrid shows it, or PEM

@@ -406,8 +406,10 @@ async def test_sendgrid_event_webhook_as_sendgrid_signs_it(apps, workspace, sett
                                                headers["X-Twilio-Email-Event-Webhook-Timestamp"])
             assert_problem(await http.post(path, content=tampered, headers=headers), 403,
                            "The SendGrid signature does not match the timestamp and body")
-            old_raw, old = sendgrid_signed(key, events(), age_s=3600)  # captured, replayed an hour later
+            old_raw, old = sendgrid_signed(key, events(), age_s=2 * 86400)  # captured, replayed two days later
             assert_problem(await http.post(path, content=old_raw, headers=old), 403, "a replay?")
+            late_raw, late = sendgrid_signed(key, events(), age_s=6 * 3600)  # a retry SendGrid did not sign anew
+            assert (await http.post(path, content=late_raw, headers=late)).status_code == 204
             assert (await http.post(path, content=raw, headers=headers)).status_code == 204
             for _ in range(2):  # SendGrid's retries: the same events, re-signed, with new sg_event_ids
                 again_raw, again = sendgrid_signed(key, events())

@@ -96,7 +96,8 @@ async def test_sendgrid_sending_and_signed_events(apps, workspace, sessionmaker,
                              "X-Twilio-Email-Event-Webhook-Timestamp": ts, "Content-Type": "application/json"}
 
             path = f"/webhooks/sendgrid/{ws}/events"
-            raw, headers = signed([
+            # SendGrid's retry of a batch it held through 5 hours of our outage, with the signature of its first try
+            raw, headers = signed(age=5 * 3600, events=[
                 {"event": "delivered", "email": f"ok-{tag}@example.com", "tenure_message_id": ids["ok"]},
                 {"event": "bounce", "type": "bounce", "email": f"slow-{tag}@example.com",
                  "tenure_message_id": ids["slow"], "reason": "550 5.1.1 unknown user"},
@@ -104,8 +105,10 @@ async def test_sendgrid_sending_and_signed_events(apps, workspace, sessionmaker,
                 {"event": "open", "tenure_message_id": "not-ours"}])
             forged_raw, forged = signed([{"event": "delivered"}], ec.generate_private_key(ec.SECP256R1()))
             assert (await apps["delivery"].post(path, content=forged_raw, headers=forged)).status_code == 403
-            old_raw, old = signed([{"event": "delivered"}], age=3600)  # a captured request replayed an hour later
+            old_raw, old = signed([{"event": "delivered"}], age=2 * 86400)  # captured, replayed two days later
             assert (await apps["delivery"].post(path, content=old_raw, headers=old)).status_code == 403
+            ahead_raw, ahead = signed([{"event": "delivered"}], age=-3600)  # dated an hour ahead of our clock
+            assert (await apps["delivery"].post(path, content=ahead_raw, headers=ahead)).status_code == 403
             assert (await apps["delivery"].post(path, content=raw, headers=headers)).status_code == 204
             after = {w: (await apps["delivery"].get(f"/v1/messages/{ids[w]}", headers=h)).json()["status"]
                      for w in ("ok", "slow")}

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest
 
 _SIGNAL = signal.SIGUSR2
 _current: dict[str, Any] = {}
+_watcher: list[threading.Thread] = []
 
 
 def _hang_after_s() -> float:
@@ -71,22 +73,31 @@ def _on_signal(signum: int, frame: Any) -> None:
     pytest.fail(f"still running after {after_s:.0f} s (stacks above)", pytrace=True)
 
 
+def _watch(main: int) -> None:
+    """One thread for the whole run: it looks at the running test's deadline every half second (a timer thread per
+    test cost ~20 ms a test, thread start-up waiting on the GIL: 5 s over 226 quick tests)."""
+    while True:
+        time.sleep(0.5)
+        deadline, test = _current.get("deadline"), _current.get("item")
+        if test is not None and deadline is not None and time.monotonic() > deadline and not _current.get("fired"):
+            _current["fired"] = True
+            signal.pthread_kill(main, _SIGNAL)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     after_s = _hang_after_s()
     if after_s <= 0 or threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(_SIGNAL, _on_signal)
-    _current.update(item=item, after_s=after_s)
-    main = threading.main_thread().ident
-    assert main is not None
-    timer = threading.Timer(after_s, signal.pthread_kill, args=(main, _SIGNAL))
-    timer.daemon = True
-    timer.start()
+    if not _watcher:
+        signal.signal(_SIGNAL, _on_signal)
+        main = threading.main_thread().ident
+        assert main is not None
+        _watcher.append(threading.Thread(target=_watch, args=(main,), name="test-watchdog", daemon=True))
+        _watcher[0].start()
+    _current.update(item=item, after_s=after_s, deadline=time.monotonic() + after_s, fired=False)
     try:
         yield
     finally:
-        timer.cancel()
         _current.clear()
-        signal.signal(_SIGNAL, previous)

@@ -73,8 +73,7 @@ class Committer:
 
     async def _write(self, group: list[_Submission]) -> None:
         try:
-            async with self._sessionmaker() as session, session.begin():
-                results = await _record_group(session, group)
+            results = await self._record(group)
         except Exception as exc:  # noqa: BLE001 - isolate: each request on its own
             if len(group) == 1:
                 _settle(group[0], exc)
@@ -85,6 +84,18 @@ class Committer:
             return
         for sub, result in zip(group, results, strict=True):
             _settle(sub, result)
+
+
+    async def _record(self, group: list[_Submission], races: int = 3) -> list[tracking.RecordResult]:
+        for attempt in range(1, races + 1):
+            try:
+                async with self._sessionmaker() as session, session.begin():
+                    return await _record_group(session, group)
+            except tracking.MessageIdRace:
+                if attempt == races:
+                    raise
+                log.info("ingest.message_id_race", requests=len(group), attempt=attempt)
+        raise AssertionError("unreachable")
 
 
 def _settle(sub: _Submission, outcome: tracking.RecordResult | BaseException) -> None:

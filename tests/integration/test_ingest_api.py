@@ -285,6 +285,49 @@ async def test_concurrent_requests_share_commits_but_keep_their_own_answers(apps
     assert await _count_events(sessionmaker, workspace.workspace_id) == 21
 
 
+async def test_a_message_id_stored_by_a_concurrent_transaction_is_a_duplicate_not_an_error(workspace,
+                                                                                         sessionmaker) -> None:
+    """Two transactions store the same messageId at once (a retry racing its first attempt in another
+    process): the second waits on the unique key, then runs again, skips that id and stores the rest."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from services.ingest import tracking
+    from services.ingest.committer import Committer
+    from services.ingest.schemas import TrackMessage
+
+    ws, now = workspace.workspace_id, datetime.now(UTC)
+
+    def envelopes(*ids: str) -> list:
+        return [tracking.normalize(TrackMessage.model_validate({"userId": "race", "event": "E", "messageId": m}),
+                                   now) for m in ids]
+
+    async with sessionmaker() as s, s.begin():  # the user exists: neither transaction waits on identity locks
+        await tracking.record(s, ws, envelopes("race-w"), now)
+    committer = Committer(sessionmaker, writers=1)
+    try:
+        async with sessionmaker() as first:
+            async with first.begin():
+                assert (await tracking.record(first, ws, envelopes("race-x", "race-y"), now)).accepted == 2
+                racing = asyncio.create_task(committer.submit(ws, envelopes("race-x", "race-z"), now))
+                async with sessionmaker() as probe:  # until the committer waits on the first's uncommitted key
+                    for _ in range(500):
+                        waiting = (await probe.execute(text(
+                            "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
+                            "and query like 'COPY%'"))).scalar_one()
+                        await probe.rollback()  # (pg_stat_activity is read once per transaction)
+                        if waiting or racing.done():
+                            break
+                        await asyncio.sleep(0.01)
+                assert waiting == 1
+            result = await racing
+    finally:
+        await committer.close()
+    assert (result.accepted, result.duplicates) == (1, 1)
+    assert [e.message_id for e in result.inserted] == ["race-z"]
+    assert await _count_events(sessionmaker, ws) == 4
+
+
 async def test_client_clock_skew_is_corrected_on_the_way_in(apps, workspace) -> None:
     from datetime import UTC, datetime, timedelta
 

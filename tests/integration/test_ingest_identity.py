@@ -2,6 +2,8 @@
 
 import uuid
 
+import pytest
+
 from shared.testing import feed_head, feed_pages
 
 
@@ -303,3 +305,25 @@ async def test_an_event_whose_write_raced_the_login_merge_is_still_the_users(app
     export = (await c.get("/v1/privacy/export/race-user", headers=h))
     if export.status_code == 200:  # (503 when another service's part is missing: not what this test looks at)
         assert "Added To Cart" in {e["event"] for e in export.json()["events"]}
+
+
+@pytest.mark.parametrize("stamp", [None, "2026-11-28T10:00:00.123Z"],
+                         ids=["no timestamps", "same millisecond"])
+async def test_of_two_identifies_at_the_same_time_the_later_call_wins(apps, workspace, stamp) -> None:
+    """analytics-python stamps milliseconds, and a batch without timestamps gets one receive time for all: the
+    order of the calls decides (the later one is stored a microsecond later, for every reader of the event log)."""
+    times = {"timestamp": stamp} if stamp else {}
+    user = f"tie-{stamp is None}"
+    r = await apps["ingest"].post("/v1/batch", auth=(workspace.write_key, ""), json={"batch": [
+        {"type": "identify", "userId": user, "traits": {"plan": "pro", "seats": 9}, **times},
+        {"type": "identify", "userId": user, "traits": {"plan": "basic"}, **times},
+        {"type": "track", "userId": user, "event": "Seen", **times},
+        {"type": "identify", "userId": user, "traits": {"seats": 2}, **times}]})
+    assert r.json()["accepted"] == 4
+    headers = {"Authorization": f"Bearer {workspace.secret_key}"}
+    profile = (await apps["ingest"].get(f"/v1/profiles/{user}", headers=headers)).json()
+    assert (profile["traits"]["plan"], profile["traits"]["seats"]) == ("basic", 2)
+    events = (await apps["ingest"].get(f"/v1/profiles/{user}/events", headers=headers)).json()["events"]
+    stored = sorted(events, key=lambda e: e["timestamp"])
+    assert [e["type"] for e in stored] == ["identify", "identify", "track", "identify"]
+    assert len({e["timestamp"] for e in stored}) == 4

@@ -39,7 +39,8 @@ class Cursor:
         if not raw:
             return cls()
         xid, sep, seq = raw.partition("-")
-        if not sep or not xid.isdigit() or not seq.isdigit():
+        # (an xid8 is unsigned 64-bit, a seq a bigint: past those no row can follow, a reader would wait forever)
+        if not sep or not xid.isdigit() or not seq.isdigit() or int(xid) >= 2**64 or int(seq) >= 2**63:
             raise BadRequest(f"Invalid cursor {raw!r}: expected the value of a previous next_cursor")
         return cls(int(xid), int(seq))
 

@@ -190,8 +190,13 @@ async def test_feed_pages_in_order_and_rejects_bad_cursors(apps, workspace) -> N
         assert len(page["events"]) <= 2
         seen += [e["event"] for e in page["events"] if e["workspace_id"] == str(workspace.workspace_id)]
     assert seen == [f"E{i}" for i in range(5)]
-    bad = await apps["ingest"].get("/v1/events", params={"after": "nope"}, headers=internal_headers())
-    assert bad.status_code == 400
+    # past an xid8 (unsigned 64 bits) or a bigint seq no event can follow: a reader given one would wait forever
+    for after in ("nope", "99999999999999999999999-1", "1-9223372036854775808", "18446744073709551616-0"):
+        bad = await apps["ingest"].get("/v1/events", params={"after": after}, headers=internal_headers())
+        assert bad.status_code == 400, (after, bad.text)
+        assert bad.headers["content-type"].startswith(PROBLEM)
+    assert (await apps["ingest"].get("/v1/events", params={"after": "18446744073709551615-9223372036854775807"},
+                                     headers=internal_headers())).json()["events"] == []
 
 
 async def test_health_and_readiness(apps) -> None:

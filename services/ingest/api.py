@@ -147,8 +147,13 @@ def _without_lone_surrogates(value: Any) -> Any:
 
 
 async def _authorize(request: Request, body: dict[str, Any]) -> Any:
-    raw = credentials_from_header(request)
     in_body = body["writeKey"] if isinstance(body.get("writeKey"), str) else None
+    try:
+        raw = credentials_from_header(request)
+    except Unauthorized:
+        if not in_body:
+            raise
+        raw = None  # a header a proxy or an SDK mangled does not void the write key in the body
     # campaign journeys update traits as the workspace (internal token + X-Tenure-Workspace)
     try:
         return await principal_for(request, raw or in_body, {"write", "internal"})

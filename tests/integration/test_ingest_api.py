@@ -449,3 +449,14 @@ async def test_an_oauth_bearer_token_beside_the_write_key_in_the_body_is_accepte
         refused = await c.post("/v1/batch", headers=oauth, json=body)
         assert refused.status_code == 401 and refused.headers["content-type"].startswith(PROBLEM)
     assert await _count_events(sessionmaker, workspace.workspace_id) == 1
+
+
+async def test_a_malformed_basic_header_beside_the_write_key_in_the_body_is_accepted(
+        apps, workspace, sessionmaker) -> None:
+    c, batch = apps["ingest"], [{"type": "track", "userId": "mangled", "event": "E"}]
+    mangled = {"Authorization": "Basic not-base64!!"}
+    r = await c.post("/v1/batch", headers=mangled, json={"writeKey": workspace.write_key, "batch": batch})
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    refused = await c.post("/v1/batch", headers=mangled, json={"batch": batch})
+    assert refused.status_code == 401 and "Malformed Basic" in refused.json()["detail"]
+    assert await _count_events(sessionmaker, workspace.workspace_id) == 1

@@ -395,13 +395,18 @@ async def stats(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) ->
         "select step, status, reason, count(*) as n from campaign.sends where workspace_id = :ws "
         "and campaign_id = :c group by step, status, reason order by step, status"), params)
     by_step: dict[str, dict[str, Any]] = {}
+
+    def step_entry(step: str) -> dict[str, Any]:
+        return by_step.setdefault(step, {"queued": 0, "dispatched": 0, "skipped": {}, "failed": 0, "delivered": 0,
+                                         "bounced": 0, "opened": 0, "clicked": 0})
+
     for r in sends:
-        entry = by_step.setdefault(r.step or "send", {"queued": 0, "dispatched": 0, "skipped": {}, "failed": 0})
+        entry = step_entry(r.step or "send")
         if r.status == "skipped":
             entry["skipped"][r.reason or "unknown"] = entry["skipped"].get(r.reason or "unknown", 0) + r.n
         elif r.status in ("pending", "dispatched", "failed"):
             entry["queued" if r.status == "pending" else r.status] += r.n
-    variants = {r.variant: {"entered": r.n, "sent": 0, "opened": 0, "clicked": 0, "converted": r.conv,
+    variants = {r.variant: {"entered": r.n, "sent": 0, "delivered": 0, "opened": 0, "clicked": 0, "converted": r.conv,
                             "revenue": float(r.rev or 0)}
                 for r in await session.execute(text(
                     "select variant, count(*) as n, count(converted_at) as conv, sum(converted_value) as rev "
@@ -409,19 +414,20 @@ async def stats(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) ->
                     "group by variant"), params)}
     for r in await session.execute(text(  # the messages each variant sent (after its split), opened, clicked
             "select s.trigger_data->>'variant' as variant, count(*) filter (where s.status = 'dispatched') as sent, "
+            "count(*) filter (where j.seen ? ('delivered:' || s.step)) as delivered, "
             "count(*) filter (where j.seen ? ('opened:' || s.step)) as opened, "
             "count(*) filter (where j.seen ? ('clicked:' || s.step)) as clicked "
             "from campaign.sends s join campaign.journeys j on j.id = s.journey_id "
             "where s.workspace_id = :ws and s.campaign_id = :c and s.trigger_data->>'variant' is not null "
             "group by 1"), params):
         if r.variant in variants:
-            variants[r.variant].update(sent=r.sent, opened=r.opened, clicked=r.clicked)
+            variants[r.variant].update(sent=r.sent, delivered=r.delivered, opened=r.opened, clicked=r.clicked)
     for r in await session.execute(text(
             "select substring(s from '^[a-z]+') as action, substring(s from ':(.*)$') as step, count(*) as n "
             "from campaign.journeys, jsonb_array_elements_text(seen) as s where workspace_id = :ws "
-            "and campaign_id = :c and (s like 'opened:%' or s like 'clicked:%') group by 1, 2"), params):
-        entry = by_step.setdefault(r.step, {"queued": 0, "dispatched": 0, "skipped": {}, "failed": 0})
-        entry[r.action] = r.n
+            "and campaign_id = :c and s ~ '^(delivered|bounced|opened|clicked):' "
+            "group by 1, 2"), params):
+        step_entry(r.step)[r.action] = r.n
 
     def rate(part: int, whole: int) -> float | None:
         return round(part * 100.0 / whole, 2) if whole else None

@@ -38,6 +38,10 @@ MAX_STEPS_PER_WAKE = 50
 RETRY_AFTER = timedelta(minutes=5)
 SEND_LEASE_S = 120  # a claimed send is the claimer's this long; then the dispatcher's poll takes it again
 ENGAGEMENT_EVENTS = {"Email Opened": "opened", "Email Link Clicked": "clicked"}
+# delivery's events about a message a journey sent (they name its journey and step): "<mark>:<step>" in the
+# journey's `seen`, counted in the campaign's funnel; only opens and clicks are engagement (send-time optimisation)
+MESSAGE_EVENTS = {**ENGAGEMENT_EVENTS, "Email Delivered": "delivered", "SMS Delivered": "delivered",
+                  "Email Bounced": "bounced"}
 _journey_adapter = TypeAdapter(jd.Journey)
 
 
@@ -259,7 +263,7 @@ async def on_events(session: AsyncSession, events: list[dict[str, Any]], now: da
     await _fold_engagement_hours(session, [e for es in by_profile.values() for e in es
                                            if e["event"] in ENGAGEMENT_EVENTS])
     keys = list(by_profile)
-    engaged = sorted({jid for es in by_profile.values() for e in es if e["event"] in ENGAGEMENT_EVENTS
+    engaged = sorted({jid for es in by_profile.values() for e in es if e["event"] in MESSAGE_EVENTS
                       and (jid := _uuid((e.get("properties") or {}).get("journey_id")))})
     rows = (await session.execute(
         text("select j.* from campaign.journeys j join unnest(CAST(:ws AS uuid[]), CAST(:p AS uuid[])) as k(ws, p) "
@@ -429,7 +433,7 @@ async def _apply_event(session: AsyncSession, j: dict[str, Any], journey: jd.Jou
     updates: dict[str, Any] = {}
     woken = 0
     seen = set(j.get("seen") or [])
-    mark = ENGAGEMENT_EVENTS.get(name)
+    mark = MESSAGE_EVENTS.get(name)
     if mark and props.get("journey_id") == str(j["id"]) and props.get("step"):
         seen.add(f"{mark}:{props['step']}")
     seen.add(f"event:{name}")
@@ -840,7 +844,8 @@ async def _condition(ctx: Context, j: dict[str, Any], cond: Any, traits: dict[st
     if isinstance(cond, jd.EngagementCondition):
         seen = j.get("seen") or []
         if cond.action == "delivered":  # (an open or a click says so too)
-            return any(f"{a}:{cond.step}" in seen for a in ("opened", "clicked")) or await _delivered(ctx, j, cond.step)
+            return any(f"{a}:{cond.step}" in seen for a in ("delivered", "opened", "clicked")) \
+                and f"bounced:{cond.step}" not in seen or await _delivered(ctx, j, cond.step)
         return f"{cond.action}:{cond.step}" in seen
     resp = await ctx.internal.request("GET", "segment", f"/v1/profiles/{j['profile_id']}/segments",
                                       headers={WORKSPACE_HEADER: str(j["workspace_id"])})

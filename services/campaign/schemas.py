@@ -223,14 +223,18 @@ class CampaignStats(BaseModel):
     exited: int = Field(description="journeys that exited: an exit step or event, the goal (exit_on_conversion), "
                                     "leaving an exit_on_leaving segment, the profile erased, or archiving")
     in_progress_by_step: dict[str, int]
-    sends_by_step: dict[str, Any] = Field(description="queued, dispatched, failed and skipped (by reason) per step")
+    sends_by_step: dict[str, Any] = Field(description="per send step: queued, dispatched (handed to delivery), failed "
+                                                      "and skipped (by reason); then what delivery reported of them: "
+                                                      "delivered (a provider's delivery report: SendGrid, Twilio — "
+                                                      "plain SMTP reports none), bounced, opened, clicked")
     converted: int
     conversion_rate: float | None
     holdout_converted: int
     holdout_conversion_rate: float | None
     lift_points: float | None = Field(description="conversion rate minus the holdout's, in percentage points")
     holdout_p_value: float | None = Field(description="two-proportion z-test of treated vs holdout conversion")
-    variants: dict[str, Any] = Field(description="per split variant: entered; messages sent, opened and clicked "
+    variants: dict[str, Any] = Field(description="per split variant: entered; messages sent, delivered, opened and "
+                                                 "clicked "
                                                  "(after the split); converted, revenue and conversion rate")
     experiment: dict[str, Any] = Field(description="leading variant, its p-value against each other variant, "
                                                    "and whether all differences are significant (p < 0.05)")

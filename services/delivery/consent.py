@@ -118,6 +118,13 @@ def identity_of(message: dict[str, Any]) -> dict[str, Any]:
     return {k: meta.get(k) for k in ("userId", "anonymousId")}
 
 
+def journey_of(message: dict[str, Any]) -> dict[str, Any]:
+    """What a message's events name of the campaign that sent it (its metadata): campaign, journey, step and
+    variant, so campaign counts them in that step's funnel."""
+    meta = message.get("metadata") or {}
+    return {k: meta[k] for k in ("campaign_id", "journey_id", "step", "variant") if meta.get(k) is not None}
+
+
 async def queue_event(session: AsyncSession, ws: uuid.UUID, identity: dict[str, Any] | None, event: str,
                       properties: dict[str, Any]) -> None:
     """An event for ingest, about the profile the message was for (skipped when that is unknown)."""

@@ -252,14 +252,12 @@ async def _engaged(session: AsyncSession, message: dict[str, Any], kind: str, re
         {"ws": message["workspace_id"], "m": message["id"], "k": kind, "u": url, "ua": ua[:500], "bot": bot})
     if bot:
         return
-    meta = message.get("metadata") or {}
     first = (await session.execute(text(
         "select count(*) from delivery.engagements where message_id = :m and kind = :k and not bot"),
         {"m": message["id"], "k": kind})).scalar_one() == 1
     if kind == "opened" and not first:
         return  # one "Email Opened" per message; every click counts
-    props = {"message_id": str(message["id"]), **{k: meta[k] for k in ("campaign_id", "journey_id", "step", "variant")
-                                                   if meta.get(k) is not None}}
+    props = {"message_id": str(message["id"]), **consent.journey_of(message)}
     if url:
         props["url"] = url
     await consent.queue_event(session, message["workspace_id"], consent.identity_of(message),

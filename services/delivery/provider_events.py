@@ -64,7 +64,7 @@ async def twilio_status(session: AsyncSession, ws: uuid.UUID, sid: str, status: 
     metrics.MESSAGES.labels("sms", ours).inc()
     await consent.queue_event(session, ws, consent.identity_of(dict(row)),
                               "SMS Delivered" if ours == "delivered" else "SMS Failed",
-                              {"message_id": str(row["id"]), "status": status})
+                              {"message_id": str(row["id"]), "status": status, **consent.journey_of(dict(row))})
     return APPLIED
 
 
@@ -126,7 +126,8 @@ async def sendgrid_event(session: AsyncSession, ws: uuid.UUID, e: dict[str, Any]
     if changed and not e.get(_REPORTED):
         await consent.queue_event(session, ws, who, {
             "delivered": "Email Delivered", "bounce": "Email Bounced", "dropped": "Email Bounced",
-            "spamreport": "Email Marked as Spam"}[str(kind)], {"message_id": str(message_id), "provider": "sendgrid"})
+            "spamreport": "Email Marked as Spam"}[str(kind)],
+            {"message_id": str(message_id), "provider": "sendgrid", **consent.journey_of(message)})
     if not early:
         return APPLIED if changed else IGNORED
     if hold:

@@ -1113,6 +1113,46 @@ async def test_opens_and_clicks_count_after_the_journey_ended_and_per_variant(wo
                 n[arm], n[arm], n[arm], n[arm] if arm == "A" else 0)
 
 
+async def test_the_funnel_counts_what_delivery_reports_per_step_and_variant(world) -> None:
+    """entered, sent, delivered, opened, clicked: the delivery reports (SendGrid's, Twilio's) come back as events
+    naming the journey and step, after the journey ended; a bounce is counted beside them."""
+    a, b = await world.template("fa", "Arm A"), await world.template("fb", "Arm B")
+    camp = await world.campaign(trigger={"type": "event", "event": "Funnel"}, steps=[
+        {"id": "ab", "type": "split", "variants": [{"name": "A", "weight": 50, "next": "sa"},
+                                                   {"name": "B", "weight": 50, "next": "sb"}]},
+        {"id": "sa", "type": "send", "template_id": a}, {"id": "sb", "type": "send", "template_id": b}])
+    users = [f"funnel-{i}-{uuid.uuid4().hex[:4]}" for i in range(6)]
+    for uid in users:
+        await world.identify(uid, email=_email("funnel"))
+        await world.track(uid, "Funnel", T0)
+    await world.pump(T0)
+    journeys_of = {}
+    for uid in users:
+        pid = (await world.apps["ingest"].get(f"/v1/profiles/{uid}", headers=world.h)).json()["id"]
+        [journeys_of[uid]] = await world.path(pid)
+    bounced = users[0]
+    for uid, j in journeys_of.items():
+        step = "sa" if j["variant"] == "A" else "sb"
+        report = "Email Bounced" if uid == bounced else "Email Delivered"
+        await world.track(uid, report, T0 + timedelta(minutes=1), journey_id=j["id"], step=step)
+        if uid != bounced:
+            await world.track(uid, "Email Opened", T0 + timedelta(minutes=5), journey_id=j["id"], step=step)
+    await world.pump(T0 + timedelta(minutes=10))
+    stats = (await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}/stats", headers=world.h)).json()
+    arm = {uid: j["variant"] for uid, j in journeys_of.items()}
+    for variant, step in (("A", "sa"), ("B", "sb")):
+        mine = [uid for uid in users if arm[uid] == variant]
+        if not mine:
+            continue
+        lost = int(bounced in mine)
+        got = stats["sends_by_step"][step]
+        assert (got["dispatched"], got["delivered"], got["bounced"], got["opened"], got["clicked"]) == (
+            len(mine), len(mine) - lost, lost, len(mine) - lost, 0)
+        v = stats["variants"][variant]
+        assert (v["entered"], v["sent"], v["delivered"], v["opened"]) == (
+            len(mine), len(mine), len(mine) - lost, len(mine) - lost)
+
+
 async def test_branch_on_delivered_asks_delivery_what_became_of_the_message(world, mailbox) -> None:
     """`engaged` with `action: delivered` was accepted and always took `no` (nothing ever marked a message
     delivered); it is now what delivery says of the step's message: sent or delivered (or opened) is yes,

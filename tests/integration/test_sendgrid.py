@@ -70,7 +70,9 @@ async def test_sendgrid_sending_and_signed_events(apps, workspace, sessionmaker,
             for who in ("ok", "slow", "invalid"):
                 r = await apps["delivery"].post("/v1/messages", headers=h, json={
                     "idempotency_key": f"sg-{who}-{tag}", "to": f"{who}-{tag}@example.com", "subject": "Hello",
-                    "text": "Hi there", "html": "<p>Hi there</p>", "metadata": {"userId": f"sg-user-{tag}"}})
+                    "text": "Hi there", "html": "<p>Hi there</p>",
+                    "metadata": {"userId": f"sg-user-{tag}", "campaign_id": f"c-{tag}", "journey_id": f"j-{who}",
+                                 "step": "welcome"}})
                 ids[who] = r.json()["id"]
             await sending.send_due(sessionmaker, sg)
             async with sessionmaker() as s, s.begin():
@@ -113,6 +115,16 @@ async def test_sendgrid_sending_and_signed_events(apps, workspace, sessionmaker,
             after = {w: (await apps["delivery"].get(f"/v1/messages/{ids[w]}", headers=h)).json()["status"]
                      for w in ("ok", "slow")}
             assert after == {"ok": "delivered", "slow": "bounced"}
+            # the events ingest gets name the journey step that sent the message: campaign's funnel counts them
+            async with sessionmaker() as s:
+                reported = {r[0]: r[1] for r in await s.execute(text(
+                    "select payload->>'event', payload->'properties' from delivery.feedback "
+                    "where workspace_id = :ws and payload->>'event' in ('Email Delivered', 'Email Bounced')"),
+                    {"ws": ws})}
+            assert reported["Email Delivered"] | {"message_id": ids["ok"]} == {
+                "message_id": ids["ok"], "provider": "sendgrid", "campaign_id": f"c-{tag}", "journey_id": "j-ok",
+                "step": "welcome"}
+            assert reported["Email Bounced"]["journey_id"] == "j-slow"
             sup = {x["address"]: x["reason"] for x in (await apps["delivery"].get(
                 "/v1/suppressions", headers=h, params={"channel": "email"})).json()["suppressions"]}
             assert sup[f"slow-{tag}@example.com"] == "hard_bounce" and sup[f"ok-{tag}@example.com"] == "complaint"

@@ -1075,19 +1075,18 @@ async def test_property_filters_and_event_matches_reach_into_nested_properties(w
     assert await world.mail(hats) == [] and await world.mail(added) == []
 
 
-async def test_opens_and_clicks_count_after_the_journey_ended_and_per_variant(world) -> None:
-    """An A/B test whose arms end with their send: the opens and clicks delivery reports come after the journey
-    completed, and used to be dropped (only open journeys took events), so the funnel showed none. Each
-    variant reports its messages sent, opened and clicked beside entries, conversions and revenue."""
-    a, b = await world.template("va", "Arm A"), await world.template("vb", "Arm B")
-    camp = await world.campaign(trigger={"type": "event", "event": "Offered"}, steps=[
+async def _ab_test_ended(world, name: str) -> tuple[dict, dict[str, dict]]:
+    """An A/B test whose arms end with their send (steps `sa`, `sb`), six users through it: the campaign and each
+    user's (completed) journey."""
+    a, b = await world.template(f"{name}-a", "Arm A"), await world.template(f"{name}-b", "Arm B")
+    camp = await world.campaign(trigger={"type": "event", "event": f"Offered {name}"}, steps=[
         {"id": "ab", "type": "split", "variants": [{"name": "A", "weight": 50, "next": "sa"},
                                                    {"name": "B", "weight": 50, "next": "sb"}]},
         {"id": "sa", "type": "send", "template_id": a}, {"id": "sb", "type": "send", "template_id": b}])
-    users = [f"ab-open-{i}-{uuid.uuid4().hex[:4]}" for i in range(6)]
+    users = [f"{name}-{i}-{uuid.uuid4().hex[:4]}" for i in range(6)]
     for uid in users:
-        await world.identify(uid, email=_email("abo"))
-        await world.track(uid, "Offered", T0)
+        await world.identify(uid, email=_email(name))
+        await world.track(uid, f"Offered {name}", T0)
     await world.pump(T0)
     journeys_of = {}
     for uid in users:
@@ -1095,12 +1094,20 @@ async def test_opens_and_clicks_count_after_the_journey_ended_and_per_variant(wo
         [j] = await world.path(pid)
         assert j["status"] == "completed"
         journeys_of[uid] = j
+    return camp, journeys_of
+
+
+async def test_opens_and_clicks_count_after_the_journey_ended_and_per_variant(world) -> None:
+    """An A/B test whose arms end with their send: the opens and clicks delivery reports come after the journey
+    completed, and used to be dropped (only open journeys took events), so the funnel showed none. Each
+    variant reports its messages sent, opened and clicked beside entries, conversions and revenue."""
+    camp, journeys_of = await _ab_test_ended(world, "ab-open")
     for uid, j in journeys_of.items():
         step = "sa" if j["variant"] == "A" else "sb"
         await world.track(uid, "Email Opened", T0 + timedelta(minutes=5), journey_id=j["id"], step=step)
         if j["variant"] == "A":
             await world.track(uid, "Email Link Clicked", T0 + timedelta(minutes=6), journey_id=j["id"], step=step)
-    await world.track(users[0], "Email Opened", T0 + timedelta(minutes=7), journey_id="not-a-uuid", step="sa")
+    await world.track(next(iter(journeys_of)), "Email Opened", T0 + timedelta(minutes=7), journey_id="not-a-uuid", step="sa")
     await world.pump(T0 + timedelta(minutes=10))
     stats = (await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}/stats", headers=world.h)).json()
     n = {arm: sum(j["variant"] == arm for j in journeys_of.values()) for arm in ("A", "B")}
@@ -1116,20 +1123,8 @@ async def test_opens_and_clicks_count_after_the_journey_ended_and_per_variant(wo
 async def test_the_funnel_counts_what_delivery_reports_per_step_and_variant(world) -> None:
     """entered, sent, delivered, opened, clicked: the delivery reports (SendGrid's, Twilio's) come back as events
     naming the journey and step, after the journey ended; a bounce is counted beside them."""
-    a, b = await world.template("fa", "Arm A"), await world.template("fb", "Arm B")
-    camp = await world.campaign(trigger={"type": "event", "event": "Funnel"}, steps=[
-        {"id": "ab", "type": "split", "variants": [{"name": "A", "weight": 50, "next": "sa"},
-                                                   {"name": "B", "weight": 50, "next": "sb"}]},
-        {"id": "sa", "type": "send", "template_id": a}, {"id": "sb", "type": "send", "template_id": b}])
-    users = [f"funnel-{i}-{uuid.uuid4().hex[:4]}" for i in range(6)]
-    for uid in users:
-        await world.identify(uid, email=_email("funnel"))
-        await world.track(uid, "Funnel", T0)
-    await world.pump(T0)
-    journeys_of = {}
-    for uid in users:
-        pid = (await world.apps["ingest"].get(f"/v1/profiles/{uid}", headers=world.h)).json()["id"]
-        [journeys_of[uid]] = await world.path(pid)
+    camp, journeys_of = await _ab_test_ended(world, "funnel")
+    users = list(journeys_of)
     bounced = users[0]
     for uid, j in journeys_of.items():
         step = "sa" if j["variant"] == "A" else "sb"

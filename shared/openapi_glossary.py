@@ -204,7 +204,6 @@ BY_FIELD: dict[str, str] = {
     "TierOut.since": f"when the member reached this tier {TS}",
     "StageCount.profiles": "profiles in the stage",
     "Leaderboard.members": "members by points earned in the period (loyalty leaderboard)",
-    "PrivacyRequestOut.subject": "the reference the request was made for (userId, anonymousId, email or profile id)",
     "PrivacyRequestOut.kind": "erasure",
     "TriggerOut.entered": "whether the user entered (false: the entry rule kept them out)",
     "ListUpload.removed": "ids removed from the list",

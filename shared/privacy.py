@@ -4,6 +4,8 @@ Each service supplies two domain functions over its own schema; this module turn
 
 - ``POST /v1/privacy/erasure`` ``{"profile_ids": [...], "identities": [...]}``: delete everything held
   about those profiles; idempotent (erasing twice erases nothing more) and answers what it removed.
+  ``profile_ids`` is empty when ingest holds no profile for the user: a service that keeps records by
+  profile only then answers that it removed nothing.
 - ``GET /v1/privacy/export?profile_id=...&identity=...``: everything held about those profiles, as JSON.
 
 ``identities`` are the user's own ids (userId, anonymousId, email, phone), for records a service keys by
@@ -20,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.auth import InternalDep
@@ -38,11 +40,20 @@ ExportPersonFn = Callable[[AsyncSession, uuid.UUID, list[uuid.UUID], list[str]],
 
 
 class ErasureRequest(BaseModel):
-    profile_ids: list[uuid.UUID] = Field(min_length=1, max_length=1000,
+    profile_ids: list[uuid.UUID] = Field(default_factory=list, max_length=1000,
+                                         description="none when ingest holds no profile for the user (an erasure "
+                                                     "of an id it never saw, or no longer holds): then only "
+                                                     "records kept under `identities` can be found",
                                          examples=[["6f1c9a52-3c1e-4d8e-9b1a-2f0c7e5d4a10"]])
     identities: list[StorableText] = Field(default_factory=list, max_length=1_000_000,
                                   description="the user's ids (userId, anonymousId, email, phone)",
                                   examples=[["u-42", "b5f1c2d0-device", "ada@example.com", "+33612345678"]])
+
+    @model_validator(mode="after")
+    def _names_someone(self) -> "ErasureRequest":
+        if not self.profile_ids and not self.identities:
+            raise ValueError("name the user: profile_ids, identities or both")
+        return self
 
 
 class ErasureResult(BaseModel):

@@ -20,6 +20,7 @@ from services.ingest.schemas import (
     BatchItem,
     BatchRequest,
     ErasureCreate,
+    ExportOut,
     FeedPage,
     GroupMessage,
     IdentifyMessage,
@@ -461,10 +462,18 @@ privacy_router = APIRouter(prefix="/v1/privacy", tags=["privacy"], route_class=S
     summary="Erase a user everywhere (GDPR art. 17 / CCPA delete)",
     description=("Removes the profile, identities and events here at once, then asks segment, campaign and "
                  "delivery to erase theirs (a service that fails is asked again after a back-off); follow `status` "
-                 "and `services` on the returned request. Until it is `completed`, events naming the user's ids "
+                 "and `services` on the returned request. By email, every profile holding that address (in any "
+                 "case) is erased. Until it is `completed`, events naming the user's ids "
                  "(and aliases from them) are dropped (`suppressed` in the tracking answer); with `suppress`, they "
-                 "stay dropped afterwards."),
-    responses={**COMMON_ERRORS, 404: problem_schema("No such user")},
+                 "stay dropped afterwards.\n\n"
+                 "A user ingest holds nothing about (never seen, or erased already) is not an error: the request is "
+                 "recorded and answered 202 the same way, with no `profile_ids` and nothing `removed`; the other "
+                 "services are asked to erase what they hold under that id (a service that keeps records by "
+                 "profile only answers it removed nothing), and the id is suppressed (as a userId, an "
+                 "anonymousId and an email) while pending, and for good with `suppress`.\n\n"
+                 "Once completed, the request no longer holds the person's id: `subject` becomes a salted "
+                 "SHA-256 digest (see the response's `subject`)."),
+    responses=COMMON_ERRORS,
 )
 async def request_erasure(
     body: ErasureCreate, ws: WorkspaceDep, session: SessionDep, request: Request
@@ -483,8 +492,15 @@ async def get_privacy_request(request_id: uuid.UUID, ws: WorkspaceDep, session: 
         return await privacy.get_request(session, ws, request_id)
 
 
-@privacy_router.get("/export/{ref}", operation_id="export_user", summary="Everything held about a user, as JSON",
-                    responses={**COMMON_ERRORS, 404: problem_schema("No such user")})
+# (the schema documents the answer; not a response_model: the other services' parts pass through as they sent them)
+@privacy_router.get("/export/{ref}", operation_id="export_user",
+                    summary="Everything held about a user, as JSON",
+                    description=("Ingest's records and each other service's about the user. By email, every "
+                                 "profile holding that address is included: `profile` is the one "
+                                 "`GET /v1/profiles/{ref}` finds, `other_profiles` the rest, and `identities` and "
+                                 "`events` are those of them all."),
+                    responses={200: {"model": ExportOut, "description": "Successful Response"}, **COMMON_ERRORS,
+                               404: problem_schema("No such user")})
 async def export_user(ref: ProfileRef, ws: WorkspaceDep, session: SessionDep, request: Request) -> dict[str, Any]:
     async with session.begin():
         return await privacy.export(session, request.app.state.internal, ws, ref)

@@ -5,6 +5,17 @@ memberships and merge history here, in one transaction, and records an audit row
 are then asked to erase what they hold (``propagate``, run by the worker until each has answered, backing off
 from a service that fails), and the audit row keeps each service's status and counts, or its last error.
 
+The user is every profile the reference names (``profiles.subject_profiles``): by email, every profile holding
+that address, whatever its case (profiles are never merged by email, so one person may have several). A
+reference no profile has is not an error: the request is recorded and propagated all the same (see
+``erase``), since the other services may hold records under the id, and a "forget me, don't track me" must
+still suppress it. Export gathers the same profiles.
+
+The audit row keeps the reference as sent (``subject``) only while the request is pending; completing it
+replaces it with ``subject_digest`` (a SHA-256 salted with the request's id), so the record no longer names the
+person but can still answer "was this the request about X?" for whoever already knows X. Retries do not need
+it: they send the profile ids and the ``identities`` the row keeps until completion.
+
 Every erasure keeps hashes of the user's ids (userId, anonymousIds, email) in ``suppressions``, and events
 naming any of them (an alias's previousId too) are dropped at the door (``suppressed`` in the answer) while the
 request is pending: the other services may still send events about the person (delivery's feedback, a
@@ -31,10 +42,11 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.ingest.profiles import get_profile, profile_and_merged_ids, resolve_ref
+from services.ingest.profiles import get_profile, subject_profiles, with_merged_ids
 from shared import metrics
 from shared.auth import WORKSPACE_HEADER
 from shared.db import fetch_one, row_dict
+from shared.errors import NotFound
 from shared.http import InternalClient
 from shared.jsonutil import dumps
 
@@ -70,19 +82,34 @@ async def _emails(session: AsyncSession, params: dict[str, Any]) -> list[str]:
     return [e for e in rows.scalars().all() if e]
 
 
+def subject_digest(request_id: uuid.UUID, subject: str) -> str:
+    """What a completed request keeps of its subject: ``sha256:`` and the hex SHA-256 of ``"{request id}:{subject}"``
+    (the reference exactly as sent). Salted with the request id, a digest cannot be looked up in a table
+    built once for every request, nor matched across requests (migration ingest_0007 computes the same in SQL)."""
+    return "sha256:" + hashlib.sha256(f"{request_id}:{subject}".encode()).hexdigest()
+
+
 async def erase(session: AsyncSession, ws: uuid.UUID, ref: str, *, suppress: bool) -> dict[str, Any]:
-    """Erase a user here and open the audit record; the caller commits, then wakes the worker."""
+    """Erase a user here and open the audit record; the caller commits, then wakes the worker.
+
+    A reference no profile has (never seen, or erased already) erases nothing here and still opens the record:
+    its ``identities`` are the reference itself, which the other services look their records up by (delivery's
+    messages sent under a userId and its devices, campaign's queued events), with no profile ids (segment holds
+    records by profile only, so finds nothing); and the reference is suppressed as a userId, an anonymousId and
+    an email (which of them it is cannot be known), until completion or, with ``suppress``, for good."""
     # first: wait for tracking transactions of the workspace already past their probe (their writes are then
     # visible and erased below), and hold later ones until this commits (they then see the suppressions)
     await session.execute(_ERASURE_LOCK, {"ws": ws})
-    pids = await profile_and_merged_ids(session, ws, await resolve_ref(session, ws, ref))
+    pids = await with_merged_ids(session, ws, await subject_profiles(session, ws, ref))
     params = {"ws": ws, "p": pids}
-    idents = (await session.execute(
+    idents = [tuple(r) for r in (await session.execute(
         text("select kind, value from ingest.identities "
              "where workspace_id = :ws and profile_id = any(CAST(:p AS uuid[]))"),
         params,
-    )).all()
+    )).all()]
     emails = await _emails(session, params)
+    if not pids:  # nothing held here: the reference is all there is, as any id it may be (see the docstring)
+        idents = [(kind, ref) for kind in ("user_id", "anonymous_id", "email")]
     removed: dict[str, int] = {}
     for table, col in (("events", "profile_id"), ("identities", "profile_id"), ("group_members", "profile_id"),
                        ("profile_merges", "into_profile_id"), ("profiles", "id")):
@@ -272,7 +299,7 @@ async def _record(sessionmaker: async_sessionmaker[AsyncSession], claim: _Claim,
     asked for ``suppress``) in the same transaction, so the ids are welcome again exactly when it is completed."""
     async with sessionmaker() as session, session.begin():
         row = (await session.execute(
-            text("select workspace_id, services, suppress, now() as now from ingest.privacy_requests "
+            text("select workspace_id, subject, services, suppress, now() as now from ingest.privacy_requests "
                  "where id = :id and claims = :n and status = 'pending' for update"),
             {"id": claim.id, "n": claim.claims},
         )).first()
@@ -294,11 +321,12 @@ async def _record(sessionmaker: async_sessionmaker[AsyncSession], claim: _Claim,
                 {"s": dumps(services), "next": min(_due_at(e, now) for e in pending), "lease": lease_s,
                  "id": claim.id})
             return "pending", entry
-        # every service has erased: the ids the row kept go too, and the suppressions unless asked to stay
+        # every service has erased: the ids the row kept go too (the subject becomes its digest), and the
+        # suppressions unless asked to stay
         await session.execute(
             text("update ingest.privacy_requests set services = CAST(:s AS jsonb), status = 'completed', "
-                 "completed_at = now(), identities = null, claimed_until = null where id = :id"),
-            {"s": dumps(services), "id": claim.id})
+                 "completed_at = now(), subject = :subject, identities = null, claimed_until = null where id = :id"),
+            {"s": dumps(services), "id": claim.id, "subject": subject_digest(claim.id, row.subject)})
         if not row.suppress:
             await session.execute(text("delete from ingest.suppressions where workspace_id = :ws and request_id = :id"),
                                   {"ws": row.workspace_id, "id": claim.id})
@@ -324,20 +352,25 @@ async def pending_erasures(session: AsyncSession) -> tuple[int, float]:
 
 
 async def export(session: AsyncSession, internal: InternalClient, ws: uuid.UUID, ref: str) -> dict[str, Any]:
-    """Everything Tenure holds about a user: ingest's records plus each other service's."""
-    profile = await get_profile(session, ws, ref)
-    pids = await profile_and_merged_ids(session, ws, uuid.UUID(profile["id"]))
+    """Everything Tenure holds about a user (every profile ``ref`` names, as an erasure finds them): ingest's
+    records plus each other service's. ``profile`` is the one a lookup of ``ref`` finds, ``other_profiles`` the
+    others (by email: every other profile with that address); identities and events are those of them all."""
+    subjects = await subject_profiles(session, ws, ref)
+    if not subjects:
+        raise NotFound(f"No profile {ref!r} in this workspace")
+    profile, *others = [await get_profile(session, ws, str(p)) for p in subjects]
+    pids = await with_merged_ids(session, ws, subjects)
     params = {"ws": ws, "p": pids}
     identities = (await session.execute(
-        text("select kind, value, created_at from ingest.identities "
+        text("select kind, value, profile_id, created_at from ingest.identities "
              "where workspace_id = :ws and profile_id = any(CAST(:p AS uuid[])) order by created_at"), params,
     )).mappings().all()
     events = (await session.execute(
-        text("select message_id, type, event, properties, traits, context, timestamp, received_at "
+        text("select message_id, type, event, profile_id, properties, traits, context, timestamp, received_at "
              "from ingest.events where workspace_id = :ws and profile_id = any(CAST(:p AS uuid[])) order by seq"),
         params,
     )).mappings().all()
-    out: dict[str, Any] = {"profile": profile, "identities": [dict(r) for r in identities],
+    out: dict[str, Any] = {"profile": profile, "other_profiles": others, "identities": [dict(r) for r in identities],
                            "events": [dict(r) for r in events]}
     # the same ids an erasure passes (identities and email), so both reach the same records
     ids = sorted({r["value"] for r in identities} | set(await _emails(session, params)))

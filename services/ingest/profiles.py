@@ -370,6 +370,36 @@ async def profile_and_merged_ids(session: AsyncSession, ws: uuid.UUID, pid: uuid
     return [r[0] for r in rows]
 
 
+async def subject_profiles(session: AsyncSession, ws: uuid.UUID, ref: str) -> list[uuid.UUID]:
+    """The live profiles a privacy request about ``ref`` concerns: the one ``resolve_ref`` finds first, then every
+    other whose email is ``ref`` in any case, in id order (none: an empty list).
+
+    Profiles are never merged by email, so one person may hold several (signed in on a laptop, anonymous on a
+    phone whose form gave the same address); a lookup stops at the first, an erasure or export must not. A
+    merged-away profile holding the email counts as the profile it was merged into (its row keeps its traits)."""
+    first = (await resolve_refs(session, ws, [ref])).get(ref)
+    rows = await session.execute(
+        text("select distinct coalesce(merged_into, id) as pid from ingest.profiles "
+             "where workspace_id = :ws and lower(traits->>'email') = lower(:ref) order by pid"),
+        {"ws": ws, "ref": ref},
+    )
+    found = [first] if first is not None else []
+    return found + [p for p in rows.scalars() if p != first]
+
+
+async def with_merged_ids(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) -> list[uuid.UUID]:
+    """Each of ``pids`` followed by the profiles merged into it (as ``profile_and_merged_ids``, for many)."""
+    rows = await session.execute(
+        text("select merged_into, id from ingest.profiles where workspace_id = :ws "
+             "and merged_into = any(CAST(:p AS uuid[])) order by id"),
+        {"ws": ws, "p": pids},
+    )
+    merged: dict[uuid.UUID, list[uuid.UUID]] = {}
+    for into, pid in rows:
+        merged.setdefault(into, []).append(pid)
+    return [p for pid in pids for p in (pid, *merged.get(pid, []))]
+
+
 async def profile_events(session: AsyncSession, ws: uuid.UUID, ref: str, *, after: int | None, limit: int
                          ) -> tuple[list[dict[str, Any]], str | None]:
     """A profile's events (with those of profiles merged into it), newest first, paginated by sequence number."""

@@ -300,14 +300,39 @@ class ErasureServiceStatus(BaseModel):
 class PrivacyRequestOut(BaseModel):
     id: str
     kind: str
-    subject: str
-    profile_ids: list[str] = Field(description="the profiles erased (UUIDs): the user's, and those merged into it")
+    subject: str = Field(description="the `user` the request named, while it is pending; once completed, no longer "
+                                     "the person's id but `sha256:` and the hex SHA-256 of `{id}:{user}` (the "
+                                     "request's id, a colon, the reference exactly as sent): enough to confirm a "
+                                     "request was about someone whose id one already knows, not to recover it",
+                         examples=["u-42", "sha256:3f0a…"])
+    profile_ids: list[str] = Field(description="the profiles erased (UUIDs): every profile the reference names (by "
+                                               "email: each holding that address, in any case) and those merged "
+                                               "into them; empty when ingest held none (the other services are "
+                                               "asked all the same, by the reference)")
     suppress: bool
     status: str = Field(description="pending until every service has erased, then completed")
     services: dict[str, ErasureServiceStatus] = Field(description="per service (segment, campaign, delivery)")
     removed: dict[str, int] = Field(description="rows removed in ingest, per table")
     created_at: datetime
     completed_at: datetime | None
+
+
+class ExportOut(BaseModel):
+    """Everything held about a user, across the services."""
+
+    profile: ProfileOut = Field(description="the profile the reference names (as `GET /v1/profiles/{ref}` finds it)")
+    other_profiles: list[ProfileOut] = Field(
+        default_factory=list,
+        description="the other profiles the reference names: by email, every other profile holding that address "
+                    "in any case (profiles are not merged by email: a known user and an anonymous visitor who gave "
+                    "the same address in a form are two); usually empty")
+    identities: list[dict[str, Any]] = Field(description="the userIds and anonymousIds of all those profiles "
+                                                         "({kind, value, profile_id, created_at})")
+    events: list[dict[str, Any]] = Field(description="the events of all those profiles (and of profiles merged into "
+                                                     "them), oldest first, each with its `profile_id`")
+    segment: dict[str, Any] = Field(description="what segment holds about them (or {error})")
+    campaign: dict[str, Any] = Field(description="what campaign holds about them (or {error})")
+    delivery: dict[str, Any] = Field(description="what delivery holds about them (or {error})")
 
 
 class ResolveRequest(BaseModel):

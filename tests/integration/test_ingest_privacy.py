@@ -450,3 +450,191 @@ async def test_an_alias_whose_previous_id_is_an_erased_id_is_dropped(apps, works
     # an alias from an id nobody erased is welcome
     r = await ingest.post("/v1/alias", auth=wk, json={"previousId": f"new-device-{tag}", "userId": f"new-{tag}"})
     assert r.json() == ACCEPTED
+
+
+async def test_an_erasure_by_email_erases_every_profile_with_that_email_in_every_service(
+        apps, workspace, sessionmaker, internal_client) -> None:
+    """Profiles are never merged by email: the user signed in on a laptop and the anonymous visitor on their phone
+    who gave the same address (in another case) in a form are two. An export by the address lists both, and an
+    erasure by it erases both, here and in segment, campaign and delivery (checked through their APIs); a
+    lookup of the address still finds one profile."""
+    from tests.integration.test_identity_across_services import _fold, _pump
+    from tests.integration.test_journeys import T0, World
+
+    w, tag = World(apps, workspace, sessionmaker, internal_client), uuid.uuid4().hex[:6]
+    ingest, h = apps["ingest"], w.h
+    user, phone, email = f"ada-{tag}", f"phone-{tag}", f"ada-{tag}@example.com"
+    hello = await w.template("hello", "Hello")
+    camp = await w.campaign(trigger={"type": "event", "event": f"Viewed {tag}"},
+                            steps=[{"id": "hello", "type": "send", "template_id": hello}])
+    for ids, address in (({"userId": user}, email), ({"anonymousId": phone}, email.upper())):
+        assert (await ingest.post("/v1/identify", auth=w.wk, json={**ids, "traits": {"email": address}})
+                ).json() == ACCEPTED
+        assert (await ingest.post("/v1/track", auth=w.wk, json={**ids, "event": f"Viewed {tag}",
+                                                                "timestamp": T0.isoformat()})).json() == ACCEPTED
+    pids = [(await ingest.get(f"/v1/profiles/{ref}", headers=h)).json()["id"] for ref in (user, phone)]
+    assert pids[0] != pids[1]
+    assert (await apps["delivery"].post("/v1/devices", headers=h, json={
+        "user": phone, "platform": "android", "token": f"token-{tag}"})).status_code == 201
+    await _pump(w, T0)
+    await _fold(w, *pids)
+
+    async def held() -> dict[str, Any]:
+        """What each service's API shows of the two profiles."""
+        return {
+            "ingest": [(await ingest.get(f"/v1/profiles/{ref}", headers=h)).status_code for ref in (user, phone)],
+            "ingest_by_email": [p["id"] for p in (await ingest.get("/v1/profiles", params={"email": email},
+                                                                   headers=h)).json()["profiles"]],
+            "segment": [(await apps["segment"].get(f"/v1/profiles/{p}/attributes", headers=h)).status_code
+                        for p in pids],
+            "campaign": [len(await w.path(p)) for p in pids],
+            "delivery": sorted(m["metadata"].get("profile_id") for m in (await apps["delivery"].get(
+                "/v1/messages", headers=h, params={"campaign_id": camp["id"]})).json()["messages"]),
+            "devices": len((await apps["delivery"].get("/v1/devices", headers=h, params={"user": phone})
+                            ).json()["devices"]),
+        }
+
+    assert await held() == {"ingest": [200, 200], "ingest_by_email": sorted(pids), "segment": [200, 200],
+                            "campaign": [1, 1], "delivery": sorted(pids), "devices": 1}
+
+    # the export by the address: both profiles, the events and identities of both, the other services' records
+    r = await ingest.get(f"/v1/privacy/export/{email}", headers=h)
+    assert r.status_code == 200, r.text
+    export = r.json()
+    assert export["profile"]["id"] == (await ingest.get(f"/v1/profiles/{email}", headers=h)).json()["id"]
+    assert sorted([export["profile"]["id"]] + [p["id"] for p in export["other_profiles"]]) == sorted(pids)
+    assert sorted((e["event"], e["profile_id"]) for e in export["events"] if e["type"] == "track") == sorted(
+        (f"Viewed {tag}", p) for p in pids)
+    assert sorted(i["value"] for i in export["identities"]) == sorted([user, phone])
+    assert sorted(m["metadata"]["profile_id"] for m in export["delivery"]["messages"]) == sorted(pids)
+    assert [d["token"] for d in export["delivery"]["devices"]] == [f"token-{tag}"]
+    assert sorted(j["campaign_id"] for j in export["campaign"]["journeys"]) == [camp["id"]] * 2
+    # a single profile's export is as it was, with no other profiles
+    single = (await ingest.get(f"/v1/privacy/export/{user}", headers=h)).json()
+    assert single["profile"]["id"] == pids[0] and single["other_profiles"] == []
+
+    r = await ingest.post("/v1/privacy/erasure", headers=h, json={"user": email})
+    assert r.status_code == 202, r.text
+    assert sorted(r.json()["profile_ids"]) == sorted(pids)
+    assert r.json()["removed"]["profiles"] == 2 and r.json()["removed"]["identities"] == 2
+    await _propagate(sessionmaker, internal_client)
+    req = await _request(apps, h, r.json()["id"])
+    assert req["status"] == "completed", req
+    assert await held() == {"ingest": [404, 404], "ingest_by_email": [], "segment": [404, 404],
+                            "campaign": [0, 0], "delivery": [], "devices": 0}
+    assert (await ingest.get(f"/v1/privacy/export/{email}", headers=h)).status_code == 404
+
+
+async def test_an_erasure_of_someone_ingest_does_not_hold_still_suppresses_and_reaches_every_service(
+        apps, workspace, sessionmaker, internal_client) -> None:
+    """"Forget me and don't track me" from someone ingest never saw (or erased already) is not a 404: the
+    request is recorded (202, nothing removed here, no profile), delivery erases the message and the push device
+    it holds under their userId, segment (which holds records by profile only) says it removed nothing, and their
+    events are dropped for good."""
+    ingest, ws = apps["ingest"], workspace.workspace_id
+    wk, h = (workspace.write_key, ""), {"Authorization": f"Bearer {workspace.secret_key}"}
+    tag = uuid.uuid4().hex[:6]
+    stranger = f"never-tracked-{tag}"
+    sent = await apps["delivery"].post("/v1/messages", headers=h, json={
+        "idempotency_key": uuid.uuid4().hex, "to": f"{stranger}@example.com", "subject": "Receipt", "text": "x",
+        "metadata": {"userId": stranger}})  # sent through the API, never tracked in ingest
+    assert sent.status_code == 202, sent.text
+    assert (await apps["delivery"].post("/v1/devices", headers=h, json={
+        "user": stranger, "platform": "android", "token": f"token-{tag}"})).status_code == 201
+    assert (await ingest.get(f"/v1/profiles/{stranger}", headers=h)).status_code == 404
+
+    r = await ingest.post("/v1/privacy/erasure", headers=h, json={"user": stranger, "suppress": True})
+    assert r.status_code == 202, r.text
+    assert r.json()["profile_ids"] == [] and set(r.json()["removed"].values()) == {0}
+    assert r.json()["status"] == "pending" and r.json()["subject"] == stranger
+    await _propagate(sessionmaker, internal_client)
+    req = await _request(apps, h, r.json()["id"])
+    assert req["status"] == "completed", req
+    assert {s: e["status"] for s, e in req["services"].items()} == {s: "done" for s in privacy.OTHER_SERVICES}
+    assert set(req["services"]["segment"]["removed"].values()) == {0}  # nothing to erase there: not a failure
+    assert req["services"]["delivery"]["removed"]["messages"] == 1
+    assert req["services"]["delivery"]["removed"]["devices"] == 1
+    messages = (await apps["delivery"].get("/v1/messages", headers=h, params={"user": stranger})).json()["messages"]
+    assert messages == []
+    assert (await apps["delivery"].get("/v1/devices", headers=h, params={"user": stranger})).json()["devices"] == []
+    # suppressed for good, whichever id it comes back as
+    for body in ({"userId": stranger, "event": "Signed Up"}, {"anonymousId": stranger, "event": "Viewed"}):
+        assert (await ingest.post("/v1/track", auth=wk, json=body)).json() == DROPPED, body
+    assert (await ingest.get(f"/v1/profiles/{stranger}", headers=h)).status_code == 404
+    assert await _events_naming(sessionmaker, ws, stranger) == 0
+
+
+async def test_an_erasure_of_an_unknown_id_without_suppress_completes_and_lifts_the_suppression(
+        apps, workspace, sessionmaker, internal_client) -> None:
+    """Nothing held anywhere, no ``suppress``: still 202 and an audit record, completed once the services have
+    answered that they removed nothing; the id is welcome again afterwards."""
+    ingest = apps["ingest"]
+    wk, h = (workspace.write_key, ""), {"Authorization": f"Bearer {workspace.secret_key}"}
+    nobody = f"nobody-{uuid.uuid4().hex[:6]}@example.com"
+    r = await ingest.post("/v1/privacy/erasure", headers=h, json={"user": nobody})
+    assert r.status_code == 202, r.text
+    assert r.json()["profile_ids"] == [] and set(r.json()["removed"].values()) == {0}
+    assert (await ingest.post("/v1/identify", auth=wk, json={"userId": "x", "traits": {"email": nobody}})
+            ).json() == DROPPED  # pending: dropped meanwhile
+    await _propagate(sessionmaker, internal_client)
+    req = await _request(apps, h, r.json()["id"])
+    assert req["status"] == "completed", req
+    assert all(set(e["removed"].values()) == {0} for e in req["services"].values()), req
+    assert (await ingest.post("/v1/identify", auth=wk, json={"userId": "x", "traits": {"email": nobody}})
+            ).json() == ACCEPTED
+
+
+async def test_a_completed_erasure_no_longer_names_the_person(apps, workspace, sessionmaker,
+                                                              internal_client) -> None:
+    """The audit record keeps the reference as sent while pending; once completed, only a digest salted with the
+    request's id, which confirms the request was about someone whose address one already knows."""
+    ingest = apps["ingest"]
+    wk, h = (workspace.write_key, ""), {"Authorization": f"Bearer {workspace.secret_key}"}
+    email = f"gone-{uuid.uuid4().hex[:6]}@x.io"
+    assert (await ingest.post("/v1/identify", auth=wk, json={"userId": email.split("@")[0],
+                                                              "traits": {"email": email}})).json() == ACCEPTED
+    r = await ingest.post("/v1/privacy/erasure", headers=h, json={"user": email})
+    rid = r.json()["id"]
+    assert r.status_code == 202 and r.json()["subject"] == email
+    await _propagate(sessionmaker, internal_client)
+    got = await ingest.get(f"/v1/privacy/requests/{rid}", headers=h)
+    assert got.json()["status"] == "completed", got.text
+    assert email not in got.text and email.split("@")[0] not in got.text
+    digest = got.json()["subject"]
+    assert digest == privacy.subject_digest(uuid.UUID(rid), email) and digest.startswith("sha256:")
+    assert digest != privacy.subject_digest(uuid.UUID(rid), email.upper())
+
+
+async def test_upgrading_replaces_the_subject_of_erasures_completed_before(apps, workspace, sessionmaker,
+                                                                          settings, internal_client) -> None:
+    """Requests completed before ingest_0007 kept their subject: the migration gives them the same digest as a
+    request completed now; pending ones keep theirs (until they complete)."""
+    from alembic import command
+
+    from shared.migrate import alembic_config
+
+    ingest = apps["ingest"]
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    tag = uuid.uuid4().hex[:6]
+    done = (await ingest.post("/v1/privacy/erasure", headers=h, json={"user": f"old-{tag}@x.io"})).json()["id"]
+    await _propagate(sessionmaker, internal_client)
+    pending = (await ingest.post("/v1/privacy/erasure", headers=h, json={"user": f"pending-{tag}"})).json()["id"]
+    cfg = alembic_config("ingest", settings.require_database_url())
+    await asyncio.to_thread(command.downgrade, cfg, "ingest_0006")
+    async with sessionmaker() as s, s.begin():  # as the release before left it
+        await s.execute(text("update ingest.privacy_requests set subject = :s where id = :id"),
+                        {"s": f"old-{tag}@x.io", "id": done})
+    await asyncio.to_thread(command.upgrade, cfg, "head")
+    assert (await _request(apps, h, done))["subject"] == privacy.subject_digest(uuid.UUID(done), f"old-{tag}@x.io")
+    assert (await _request(apps, h, pending))["subject"] == f"pending-{tag}"
+
+
+async def test_the_services_take_an_erasure_with_no_profile_ids_but_not_one_naming_nobody(apps, workspace) -> None:
+    """What ingest sends for someone it holds no profile of: the ids only. A service answers what it removed (none
+    by profile); a request naming no one at all is refused."""
+    h = internal_headers(workspace.workspace_id)
+    for svc in privacy.OTHER_SERVICES:
+        r = await apps[svc].post("/v1/privacy/erasure", headers=h, json={"profile_ids": [], "identities": ["nobody"]})
+        assert r.status_code == 200 and set(r.json()["removed"].values()) <= {0}, (svc, r.text)
+        r = await apps[svc].post("/v1/privacy/erasure", headers=h, json={"profile_ids": [], "identities": []})
+        assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json"), (svc, r.text)

@@ -1,21 +1,17 @@
 """Trait merging, per trait: the value with the newest timestamp wins, and ``null`` removes a trait.
 
 Each profile keeps ``trait_times`` beside ``traits``: when each trait was last set (or removed). Keeping
-the time of a removal stops an older, late-arriving identify from bringing the trait back. The result
-does not depend on the order updates arrive in (ties break on the JSON value, so even equal
-timestamps converge), which is what makes replays and profile merges safe.
+the time of a removal stops an older, late-arriving identify from bringing the trait back, so updates with
+different times may arrive in any order (replays, late events, profile merges). Of updates with the same time
+the later one wins: an SDK stamping milliseconds (``identify(plan="pro")`` then ``identify(plan="basic")``
+within one), or a batch sent without timestamps (all get the receive time), means the later call. Ingest
+applies a batch's updates in its order and segment reads them from the event log in the same order.
 """
 
 from collections.abc import Iterable
 from typing import Any
 
-from shared.jsonutil import dumps_bytes
-
 Update = tuple[str, dict[str, Any]]  # (ISO-8601 UTC timestamp, traits)
-
-
-def _rank(ts: str, value: Any) -> tuple[str, bytes]:
-    return ts, dumps_bytes(value, sort_keys=True)
 
 
 def merge(traits: dict[str, Any], times: dict[str, str], updates: Iterable[Update]
@@ -25,7 +21,7 @@ def merge(traits: dict[str, Any], times: dict[str, str], updates: Iterable[Updat
     for ts, changes in updates:
         for key, value in changes.items():
             current_ts = out_times.get(key)
-            if current_ts is not None and _rank(current_ts, out.get(key)) >= _rank(ts, value):
+            if current_ts is not None and current_ts > ts:
                 continue
             out_times[key] = ts
             if value is None:

@@ -7,7 +7,7 @@ acknowledged before it commits.
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -178,31 +178,6 @@ class MessageIdRace(Exception):
     """Another transaction stored one of this transaction's message ids after it looked: run it again."""
 
 
-_TICK = timedelta(microseconds=1)
-
-
-def keep_call_order(batch: list[Envelope]) -> None:
-    """Messages of one user with the same time keep their order in the batch (the order of the calls): each is
-    stored a microsecond after the one before it.
-
-    Newest-timestamp-wins merges (traits here and in segment) then let the later of two identifies win, as the
-    caller meant, where equal times would fall back to comparing the values: an SDK stamping milliseconds
-    (``identify(plan="pro")`` then ``identify(plan="basic")`` within one) or a batch sent without timestamps
-    (every message gets the receive time) kept whichever value sorted higher. The shift is stored, so every
-    service reading the event log sees the same order.
-    """
-    last: dict[str, tuple[datetime, datetime]] = {}  # user -> (previous message's time as sent, as stored)
-    for env in batch:
-        who = env.user_id or env.anonymous_id
-        if who is None:
-            continue
-        sent = env.timestamp
-        previous = last.get(who)
-        if previous is not None and previous[0] == sent and previous[1] < datetime.max.replace(tzinfo=UTC):
-            env.timestamp = previous[1] + _TICK
-        last[who] = (sent, env.timestamp)
-
-
 def context_traits(env: Envelope) -> dict[str, Any]:
     """Profile defaults taken from the device context (used only where the profile has none)."""
     out: dict[str, Any] = {}
@@ -226,7 +201,6 @@ async def record(session: AsyncSession, workspace_id: uuid.UUID, envelopes: list
         else:
             unique[env.message_id] = env
     batch = list(unique.values())
-    keep_call_order(batch)
     # before anything is written: users being erased (or erased with suppression) are dropped, and the probe
     # orders this transaction against erasures of the workspace (privacy's module docstring)
     blocked = await privacy.suppressed(session, workspace_id, {k for e in batch for k in _identity_keys(e)})

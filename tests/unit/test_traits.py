@@ -12,10 +12,19 @@ updates = st.lists(st.tuples(stamps, st.dictionaries(st.sampled_from(["plan", "n
 
 
 @given(updates)
-def test_result_does_not_depend_on_arrival_order(ups) -> None:
+def test_updates_of_different_times_may_arrive_in_any_order(ups) -> None:
+    ups = list({ts: (ts, changes) for ts, changes in ups}.values())  # one update per time
     results = {tuple(sorted(merge({}, {}, perm)[0].items())) for perm in itertools.islice(
         itertools.permutations(ups), 50)}
     assert len(results) <= 1
+
+
+def test_of_updates_with_the_same_time_the_later_wins() -> None:
+    """Two identify calls within one millisecond (an SDK's resolution), or a batch without timestamps."""
+    t = "2026-11-28T10:00:00.123000+00:00"
+    traits, times = merge({}, {}, [(t, {"plan": "pro", "seats": 9}), (t, {"plan": "basic"})])
+    assert traits == {"plan": "basic", "seats": 9}
+    assert merge(traits, times, [(t, {"seats": None})])[0] == {"plan": "basic"}
 
 
 @given(updates, updates)

@@ -603,19 +603,37 @@ def test_message(template_id: uuid.UUID, rendered: dict[str, Any], to: str) -> d
 
 
 async def migrate(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, int]:
-    """Move users inside older versions to the current one, at the same step — when the current version
-    still has that step (the others finish their version)."""
+    """Move users inside older versions to the current one, at the same step, when the current version can
+    continue them there (the others finish their version): a journey about to run a step, when that step still
+    exists; a journey waiting for an event, when the step is still a wait for an event — it then waits as the
+    current version says (its event, match and targets), until the deadline it already had."""
     campaign = await get_campaign(session, ws, campaign_id)
-    steps = [s.id for s in journeys.parse(campaign["definition"]).steps]
-    rows = (await session.execute(text(
+    journey = journeys.parse(campaign["definition"])
+    p = {"ws": ws, "c": campaign_id, "v": campaign["version"], "vt": f"to version {campaign['version']}"}
+    moved = (await session.execute(text(
         "with moved as (update campaign.journeys set version = :v, updated_at = now() "
-        "where campaign_id = :c and version < :v and status in ('active', 'waiting') "
+        "where workspace_id = :ws and campaign_id = :c and version < :v and status = 'active' "
         "and step = any(CAST(:steps AS text[])) returning id, workspace_id, campaign_id, profile_id, step) "
         "insert into campaign.journey_log (journey_id, workspace_id, campaign_id, profile_id, step, kind, detail) "
-        "select id, workspace_id, campaign_id, profile_id, step, 'migrated', 'to version ' || :vt from moved "
-        "returning journey_id"),
-        {"c": campaign_id, "v": campaign["version"], "vt": str(campaign["version"]), "steps": steps})).all()
+        "select id, workspace_id, campaign_id, profile_id, step, 'migrated', :vt from moved returning journey_id"),
+        {**p, "steps": [s.id for s in journey.steps]})).all()
+    waits = {s.id: s for s in journey.steps if isinstance(s, jd.WaitForEventStep)}
+    rows = (await session.execute(text(
+        "select id, step, trigger_data from campaign.journeys where workspace_id = :ws and campaign_id = :c "
+        "and version < :v and status = 'waiting' and step = any(CAST(:steps AS text[])) order by id for update"),
+        {**p, "steps": list(waits)})).mappings().all()
+    rewaits = [{"id": str(r["id"]), "wait": wait} for r in rows
+               if not ((wait := journeys.waiting_for(waits[r["step"]], r["trigger_data"]))["match_property"]
+                       and wait["match_value"] is None)]  # (a key the trigger lacks: it stays where it can time out)
+    if rewaits:
+        moved += (await session.execute(text(
+            "with moved as (update campaign.journeys j set version = :v, wait = r.wait, updated_at = now() "
+            "from jsonb_to_recordset(CAST(:rows AS jsonb)) as r(id uuid, wait jsonb) where j.id = r.id "
+            "returning j.id, j.workspace_id, j.campaign_id, j.profile_id, j.step) "
+            "insert into campaign.journey_log (journey_id, workspace_id, campaign_id, profile_id, step, kind, detail) "
+            "select id, workspace_id, campaign_id, profile_id, step, 'migrated', :vt from moved returning journey_id"),
+            {**p, "rows": dumps(rewaits)})).all()
     kept = (await session.execute(text(
-        "select count(*) from campaign.journeys where campaign_id = :c and version < :v "
-        "and status in ('active', 'waiting')"), {"c": campaign_id, "v": campaign["version"]})).scalar_one()
-    return {"moved": len(rows), "kept": kept, "version": campaign["version"]}
+        "select count(*) from campaign.journeys where workspace_id = :ws and campaign_id = :c and version < :v "
+        "and status in ('active', 'waiting')"), p)).scalar_one()
+    return {"moved": len(moved), "kept": kept, "version": campaign["version"]}

@@ -333,7 +333,13 @@ class Journey(_Model):
         return self
 
     def step(self, step_id: str) -> Any:
-        return next(s for s in self.steps if s.id == step_id)
+        for s in self.steps:
+            if s.id == step_id:
+                return s
+        raise LookupError(f"no step {step_id!r} in this version")
+
+    def has_step(self, step_id: str) -> bool:
+        return any(s.id == step_id for s in self.steps)
 
     def calls_out(self) -> bool:
         """Some step acts outside the database (a webhook, a profile update sent to ingest): running it

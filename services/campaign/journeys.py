@@ -718,6 +718,10 @@ async def run(ctx: Context, j: dict[str, Any], journey: jd.Journey) -> int:
             updates.update(status="completed", step=None, ended_at=ctx.now, wake_at=None)
             await _log(ctx.session, j, "completed")
             break
+        if not journey.has_step(step_id):  # (a version moved to by hand, or a row changed outside the API)
+            updates.update(status="exited", step=step_id, ended_at=ctx.now, wake_at=None, wait=None)
+            await _log(ctx.session, j, "exited", f"step {step_id!r} is not in version {j['version']} of the campaign")
+            break
         step = journey.step(step_id)
         outcome = await _run_step(ctx, j, journey, step)
         sends += outcome.sends
@@ -752,6 +756,17 @@ class StepOutcome:
     variant: str | None = None
 
 
+def waiting_for(step: jd.WaitForEventStep, trigger_data: dict[str, Any] | None) -> dict[str, Any]:
+    """A journey's ``wait`` at this step: the event it waits for (matched on the trigger's key) and where it goes
+    when it comes or times out."""
+    wait: dict[str, Any] = {"event": step.event, "step": step.id, "on_event": step.on_event,
+                            "on_timeout": step.on_timeout, "match_property": None, "match_value": None}
+    if step.match:
+        wait["match_property"] = step.match.property
+        wait["match_value"] = get_path((trigger_data or {}).get("properties") or {}, step.match.trigger_property)
+    return wait
+
+
 async def _run_step(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: Any) -> StepOutcome:
     traits = ctx.profile.get("traits") or {}
     tz = timing.zone(traits, ctx.policy.timezone)
@@ -776,12 +791,7 @@ async def _run_step(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: 
                    step=step.id)
         return StepOutcome(step.next, wake_at=at)
     if isinstance(step, jd.WaitForEventStep):
-        wait: dict[str, Any] = {"event": step.event, "step": step.id, "on_event": step.on_event,
-                                "on_timeout": step.on_timeout, "match_property": None, "match_value": None}
-        if step.match:
-            wait["match_property"] = step.match.property
-            wait["match_value"] = get_path((j.get("trigger_data") or {}).get("properties") or {},
-                                            step.match.trigger_property)
+        wait = waiting_for(step, j.get("trigger_data"))
         if step.match and wait["match_value"] is None:  # nothing to match on: it can only time out
             await _log(ctx.session, j, "timeout", f"the trigger has no {step.match.trigger_property}", step=step.id)
             return StepOutcome(step.on_timeout)

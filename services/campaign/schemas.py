@@ -306,6 +306,9 @@ class TestSendOut(BaseModel):
 
 
 class MigrateOut(BaseModel):
-    moved: int = Field(description="users moved to the current version, at the same step")
-    kept: int = Field(description="users left in their version (their step is gone from the current one)")
+    moved: int = Field(description="users moved to the current version, at the same step; one waiting for an "
+                                   "event then waits as the current version's step says (event, match, where it "
+                                   "goes next), until the deadline it already had")
+    kept: int = Field(description="users left in their version, to finish it: their step is gone from the current "
+                                  "one, or is no longer a wait for an event where they wait for one")
     version: int = Field(description="the current version, the one users were moved to")

@@ -507,6 +507,56 @@ async def test_preview_test_send_snippets_and_generated_text(world) -> None:
     assert missing.status_code == 404
 
 
+async def test_users_moved_while_waiting_for_an_event_wait_as_the_new_version_says(world) -> None:
+    """Moved users kept the old version's wait: when its timeout led to a step the new version renamed, the timer
+    failed every 5 minutes for ever and the user never got the next message. Now they wait as the new step says;
+    one waiting where the new version no longer waits is left to finish its version."""
+    survey, offer, better = (await world.template("mig-s", "Survey"), await world.template("mig-o", "Offer"),
+                             await world.template("mig-b", "Better offer"))
+    camp = await world.campaign(trigger={"type": "event", "event": "Risky"}, steps=[
+        {"id": "survey", "type": "send", "template_id": survey, "next": "answer"},
+        {"id": "answer", "type": "wait_for_event", "event": "Survey Submitted", "timeout_seconds": 3600,
+         "on_timeout": "offer"},
+        {"id": "offer", "type": "send", "template_id": offer}])
+    quiet, answers = _email("mig-quiet"), _email("mig-answers")
+    pids = {}
+    for uid, email in (("mig-quiet", quiet), ("mig-answers", answers)):
+        pids[uid] = await world.identify(uid, email=email)
+        await world.track(uid, "Risky", T0)
+    await world.pump(T0)
+    steps = [{"id": "survey", "type": "send", "template_id": survey, "next": "answer"},
+             {"id": "answer", "type": "wait_for_event", "event": "Feedback Given", "timeout_seconds": 600,
+              "on_event": "thanks", "on_timeout": "offer-v2"},
+             {"id": "offer-v2", "type": "send", "template_id": better},
+             {"id": "thanks", "type": "exit"}]
+    r = await world.apps["campaign"].put(f"/v1/campaigns/{camp['id']}", headers=world.h, json={
+        "trigger": {"type": "event", "event": "Risky"}, "steps": steps})
+    assert r.status_code == 200, r.text
+    moved = (await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/migrate", headers=world.h)).json()
+    assert moved == {"moved": 2, "kept": 0, "version": 2}
+    await world.track("mig-answers", "Feedback Given", T0 + timedelta(minutes=20))  # the new version's event
+    await world.pump(T0 + timedelta(minutes=21))
+    assert [m["subject"] for m in await world.mail(quiet)] == ["Survey"]  # its deadline is still the old one
+    await world.pump(T0 + timedelta(hours=1, minutes=1))
+    assert [m["subject"] for m in await world.mail(quiet)] == ["Survey", "Better offer"]
+    assert [m["subject"] for m in await world.mail(answers)] == ["Survey"]
+    journeys_now = {uid: (await world.path(pid))[0] for uid, pid in pids.items()}
+    assert {uid: (j["status"], j["version"]) for uid, j in journeys_now.items()} == {
+        "mig-quiet": ("completed", 2), "mig-answers": ("exited", 2)}
+    assert not any(e["kind"] == "error" for j in journeys_now.values() for e in j["log"])
+    # a version where `answer` is no longer a wait: a user waiting there stays in version 2
+    await world.identify("mig-late", email=_email("mig-late"))
+    await world.track("mig-late", "Risky", T0 + timedelta(hours=2))
+    await world.pump(T0 + timedelta(hours=2))
+    r = await world.apps["campaign"].put(f"/v1/campaigns/{camp['id']}", headers=world.h, json={
+        "trigger": {"type": "event", "event": "Risky"},
+        "steps": [{"id": "survey", "type": "send", "template_id": survey, "next": "answer"},
+                  {"id": "answer", "type": "send", "template_id": better}]})
+    assert r.status_code == 200, r.text
+    moved = (await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/migrate", headers=world.h)).json()
+    assert moved == {"moved": 0, "kept": 1, "version": 3}
+
+
 async def test_send_time_optimisation_migration_and_revenue(world) -> None:
     tpl = await world.template("sto", "Best time")
     camp = await world.campaign(trigger={"type": "event", "event": "Ready"}, entry={"rule": "every_time"},

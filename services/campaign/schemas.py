@@ -23,8 +23,12 @@ _OR_DEFAULT = "; omitted: the less specific locale's, else the template's"
 class LocaleVariant(_Body):
     subject: str | None = Field(None, max_length=998, description="the subject (a push's title)" + _OR_DEFAULT)
     preheader: str | None = Field(None, max_length=500, description="the email preheader" + _OR_DEFAULT)
-    html: str | None = Field(None, description="the HTML body (Liquid)" + _OR_DEFAULT)
-    text: str | None = Field(None, description="the text body (Liquid)" + _OR_DEFAULT)
+    html: str | None = Field(None, description="the HTML body (Liquid); the body (HTML and text) is taken whole "
+                                               "from the first locale of the chain that has either part, else the "
+                                               "template's (its text part made from this HTML when it has none)")
+    text: str | None = Field(None, description="the text body (Liquid); with `html`, taken whole from the first "
+                                               "locale of the chain that has either, else the template's (text "
+                                               "alone: a text-only email)")
     deep_link: str | None = Field(None, max_length=2000, description="push: the deep link" + _OR_DEFAULT)
     image: str | None = Field(None, max_length=2000, description="push: the image URL" + _OR_DEFAULT)
 

@@ -344,14 +344,22 @@ def locale_chain(locale: Any) -> list[str]:
     return ["-".join(parts[:i]) for i in range(len(parts), 0, -1)]
 
 
+BODY = ("html", "text")  # an email's two parts: from one language (a push or an SMS has `text` alone)
+
+
 def for_locale(template: dict[str, Any], locale: Any) -> tuple[dict[str, str | None], str | None]:
     """The fields to render for a profile's locale, and which variant: each field from the first variant
-    of the chain that has it (``fr-ca``, then ``fr``), else the default's. Variant keys are spelled like
-    profile locales (``fr_CA`` = ``fr-ca``)."""
+    of the chain that has it (``fr-ca``, then ``fr``), else the default's — but the body (HTML and text) as a
+    whole, from the first of them that has either part, so an email never mixes two languages (a French HTML
+    part with the default's English text): a missing text part is then made from that HTML at render, and a
+    variant with text only makes a text-only email. Variant keys are spelled like profile locales
+    (``fr_CA`` = ``fr-ca``)."""
     variants = {chain[0]: v or {} for k, v in (template.get("locales") or {}).items() if (chain := locale_chain(k))}
     codes = [code for code in locale_chain(locale) if code in variants]
     fields = {f: next((variants[c][f] for c in codes if variants[c].get(f) is not None), template.get(f))
-              for f in FIELDS}
+              for f in FIELDS if f not in BODY}
+    body = next((variants[c] for c in codes if any(variants[c].get(f) is not None for f in BODY)), template)
+    fields.update({f: body.get(f) for f in BODY})
     return fields, codes[0] if codes else None
 
 

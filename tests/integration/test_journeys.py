@@ -1054,6 +1054,26 @@ async def test_locale_variants_fall_back_field_by_field_along_the_chain(world) -
     assert (br["subject"], br["text"]) == ("Olá", "Seu pedido foi enviado")
 
 
+async def test_an_emails_body_comes_from_one_language(world) -> None:
+    """A variant with a French HTML part and no text part used to be sent with the default's English text part
+    (and one with text alone, with the English HTML): the body now comes whole from the first variant of the
+    chain that has any of it — the text part made from its HTML, or a text-only email."""
+    tpl = await world.template("body-loc", "Welcome", html="<p>Welcome aboard</p>", text="Welcome aboard", locales={
+        "fr": {"subject": "Bienvenue", "html": "<p>Bienvenue à bord</p>"},
+        "de": {"text": "Willkommen an Bord"}, "fr-CA": {"subject": "Bienvenue au Québec"}})
+    await world.identify("body-qc", email=_email("body-qc"), locale="fr-CA")
+    await world.identify("body-de", email=_email("body-de"), locale="de-AT")
+    await world.identify("body-en", email=_email("body-en"), locale="en-GB")
+    got = {}
+    for user in ("body-qc", "body-de", "body-en"):
+        r = await world.apps["campaign"].post(f"/v1/templates/{tpl}/preview", headers=world.h, json={"user": user})
+        assert r.status_code == 200, r.text
+        got[user] = (r.json()["subject"], r.json()["html"], r.json()["text"].strip())
+    assert got == {"body-qc": ("Bienvenue au Québec", "<p>Bienvenue à bord</p>", "Bienvenue à bord"),
+                   "body-de": ("Welcome", None, "Willkommen an Bord"),
+                   "body-en": ("Welcome", "<p>Welcome aboard</p>", "Welcome aboard")}
+
+
 @pytest.mark.parametrize("locales, key, said", [
     ({"fr_CA": {"subject": "A"}, "fr-CA": {"subject": "B"}}, "fr-CA", "same variant"),
     ({"fr": {"subject": "A"}, "FR": {"subject": "B"}}, "FR", "same variant"),

@@ -27,7 +27,8 @@ from shared.validation import error_message, unstorable
 
 KINDS = ("programs", "templates", "segments", "campaigns")
 _TEMPLATE_FIELDS = ("channel", "subject", "preheader", "html", "text", "deep_link", "image", "locales")
-_CAMPAIGN_KEYS = ("trigger", "steps", "entry", "goal", "exit_on", "exit_on_leaving", "message_type", "topic")
+_CAMPAIGN_KEYS = ("trigger", "steps", "entry", "goal", "exit_on", "exit_on_leaving", "exit_on_entering",
+                  "message_type", "topic")
 
 
 class ResourceError(ValueError):
@@ -302,9 +303,10 @@ def _by_stage(definition: dict[str, Any], stages: dict[str, str]) -> dict[str, A
             str(trigger.get("segment_id")) in stages:
         out["trigger"] = {**{k: v for k, v in trigger.items() if k != "segment_id"},
                           "stage": stages[str(trigger["segment_id"])]}
-    if isinstance(out.get("exit_on_leaving"), list):
-        out["exit_on_leaving"] = [{"stage": stages[str(ref["segment_id"])]} if isinstance(ref, dict) and str(
-            ref.get("segment_id")) in stages else ref for ref in out["exit_on_leaving"]]
+    for rule in ("exit_on_leaving", "exit_on_entering"):
+        if isinstance(out.get(rule), list):
+            out[rule] = [{"stage": stages[str(ref["segment_id"])]} if isinstance(ref, dict) and str(
+                ref.get("segment_id")) in stages else ref for ref in out[rule]]
     return out
 
 

@@ -129,7 +129,7 @@ def journey_from(data: dict[str, Any]) -> jd.Journey:
     """The journey a create/update body describes: ``steps`` (a journey), or a bare ``template_id`` (one
     send step, every time the trigger happens unless ``entry.rule`` says otherwise)."""
     definition = {k: data[k] for k in ("trigger", "steps", "entry", "goal", "exit_on", "exit_on_leaving",
-                                       "message_type", "topic")
+                                       "exit_on_entering", "message_type", "topic")
                   if data.get(k) is not None}
     if "steps" in definition and data.get("template_id"):
         raise ValidationFailed("Give steps or a template_id, not both (template_id is the shorthand for one send "
@@ -180,11 +180,12 @@ def _place(error: Any) -> list[str]:
 
 async def _check_segments(internal: InternalClient | None, ws: uuid.UUID, journey: jd.Journey) -> None:
     """The segments a journey names exist (asked of segment); a segment trigger may also name a lifecycle
-    stage by its segment id (GET /v1/lifecycle), and so may ``exit_on_leaving``. 422 naming each place."""
+    stage by its segment id (GET /v1/lifecycle), and so may ``exit_on_leaving``/``exit_on_entering``. 422 naming
+    each place."""
     named = jd.segments_named(journey)
     stages = {stage_segment_id(ws, st) for st in jd.STAGES}
-    may_be_stage = ("trigger.segment_id", "exit_on_leaving.") if isinstance(journey.trigger, jd.SegmentTrigger) \
-        else ("exit_on_leaving.",)
+    exits = ("exit_on_leaving.", "exit_on_entering.")
+    may_be_stage = ("trigger.segment_id", *exits) if isinstance(journey.trigger, jd.SegmentTrigger) else exits
     wanted = [(at, sid) for at, sid in named if not (at.startswith(may_be_stage) and sid in stages)]
     if not wanted:
         return

@@ -304,6 +304,11 @@ class Journey(_Model):
         description="segments or lifecycle stages: leaving any of them ends the journey at once (a churn-prevention "
                     "journey for at-risk users ends when they are active again)",
         examples=[[{"stage": "at_risk"}]])
+    exit_on_entering: list[SegmentRef] = Field(
+        default_factory=list, max_length=20,
+        description="segments or lifecycle stages: entering any of them ends the journey at once (a trial "
+                    "nurture ends when the user enters \"paying customers\")",
+        examples=[[{"segment_id": "6f1c9a52-3c1e-4d8e-9b1a-2f0c7e5d4a10"}]])
     message_type: Literal["marketing", "transactional"] = "marketing"
     topic: str | None = Field(None, max_length=100, examples=["offers"],
                               description="subscription topic: people who opted out of it get nothing")
@@ -337,9 +342,6 @@ class Journey(_Model):
             if s.id == step_id:
                 return s
         raise LookupError(f"no step {step_id!r} in this version")
-
-    def has_step(self, step_id: str) -> bool:
-        return any(s.id == step_id for s in self.steps)
 
     def calls_out(self) -> bool:
         """Some step acts outside the database (a webhook, a profile update sent to ingest): running it
@@ -387,8 +389,9 @@ def segments_named(journey: Journey) -> list[tuple[str, uuid.UUID]]:
     for i, s in enumerate(journey.steps):
         if isinstance(s, BranchStep) and isinstance(s.condition, SegmentCondition):
             out.append((f"steps.{i}.condition.segment_id", s.condition.segment_id))
-    out += [(f"exit_on_leaving.{i}.segment_id", ref.segment_id) for i, ref in enumerate(journey.exit_on_leaving)
-            if ref.segment_id]
+    for rule in ("exit_on_leaving", "exit_on_entering"):
+        out += [(f"{rule}.{i}.segment_id", ref.segment_id) for i, ref in enumerate(getattr(journey, rule))
+                if ref.segment_id]
     return out
 
 

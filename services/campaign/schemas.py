@@ -112,6 +112,9 @@ class CampaignCreate(_Body):
     exit_on: list[str] | None = None
     exit_on_leaving: list[jd.SegmentRef] | None = Field(
         None, description="segments or lifecycle stages: leaving any of them ends the journey at once")
+    exit_on_entering: list[jd.SegmentRef] | None = Field(
+        None, description="segments or lifecycle stages: entering any of them ends the journey at once (leave "
+                          "when a condition becomes true: a trial nurture ends when the user becomes a customer)")
     message_type: Literal["marketing", "transactional"] = "marketing"
     topic: str | None = Field(None, max_length=100, description="subscription topic (see delivery's preferences)")
     status: Literal["active", "paused"] = "active"
@@ -140,6 +143,9 @@ class CampaignUpdate(_Body):
     exit_on: list[str] | None = None
     exit_on_leaving: list[jd.SegmentRef] | None = Field(
         None, description="segments or lifecycle stages: leaving any of them ends the journey at once")
+    exit_on_entering: list[jd.SegmentRef] | None = Field(
+        None, description="segments or lifecycle stages: entering any of them ends the journey at once (leave "
+                          "when a condition becomes true: a trial nurture ends when the user becomes a customer)")
     message_type: Literal["marketing", "transactional"] | None = Field(None, description="omitted: unchanged")
     topic: str | None = Field(None, max_length=100, description="omitted: unchanged; null: no topic any more")
 
@@ -225,7 +231,8 @@ class CampaignStats(BaseModel):
     holdout: int
     completed: int
     exited: int = Field(description="journeys that exited: an exit step or event, the goal (exit_on_conversion), "
-                                    "leaving an exit_on_leaving segment, the profile erased, or archiving")
+                                    "leaving an exit_on_leaving or entering an exit_on_entering segment, the profile "
+                                    "erased, or archiving")
     in_progress_by_step: dict[str, int]
     sends_by_step: dict[str, Any] = Field(description="per send step: queued, dispatched (handed to delivery), failed "
                                                       "and skipped (by reason); then what delivery reported of them: "

@@ -37,7 +37,7 @@ class PageResult:
     behind: int = 0  # committed entries after this page, held back by the feed's horizon or the page size
     entered: int = 0
     woken: int = 0
-    ended: int = 0  # journeys ended by their user leaving a segment (exit_on_leaving)
+    ended: int = 0  # journeys ended by their user leaving or entering a segment (exit_on_leaving, exit_on_entering)
     merged: int = 0  # journeys moved to the profile their profile was merged into
     programs: program_feed.ProgramResult = field(default_factory=program_feed.ProgramResult)
 

@@ -1858,6 +1858,40 @@ async def test_leaving_a_segment_or_stage_ends_the_journeys_that_exit_on_leaving
     assert got["definition"]["exit_on_leaving"] == [{"segment_id": seg["id"]}, {"stage": "churned"}]
 
 
+async def test_entering_a_segment_ends_the_journeys_that_exit_on_entering_it(world) -> None:
+    """Exit criteria "leave when a condition becomes true": a trial nurture ends when its user enters "paying
+    customers"; a journey without the rule goes on, and an unknown segment is refused on save."""
+    seg = (await world.apps["segment"].post("/v1/segments", headers=world.h, json={
+        "name": f"paying-{uuid.uuid4().hex[:6]}", "definition": {"type": "trait", "trait": "plan", "value": "pro"}}
+    )).json()
+    nudge = await world.template("nurture", "Make the most of your trial")
+    steps = [{"id": "wait", "type": "delay", "seconds": 86400, "next": "nudge"},
+             {"id": "nudge", "type": "send", "template_id": nudge}]
+    bad = await world.apps["campaign"].post("/v1/campaigns", headers=world.h, json={
+        "name": "bad-entering", "trigger": {"type": "event", "event": "Nurture Started"}, "steps": steps,
+        "exit_on_entering": [{"segment_id": str(uuid.uuid4())}]})
+    assert bad.status_code == 422 and "exit_on_entering" in bad.text, bad.text
+    exits = await world.campaign(trigger={"type": "event", "event": "Nurture Started"}, steps=steps,
+                                 exit_on_entering=[{"segment_id": seg["id"]}, {"stage": "churned"}])
+    stays = await world.campaign(trigger={"type": "event", "event": "Nurture Started"}, steps=steps)
+    email = _email("nurture")
+    pid = await world.identify("nurture-1", email=email, plan="trial")
+    await world.fold_segments(pid)
+    await world.track("nurture-1", "Nurture Started", T0)
+    await world.pump(T0)
+    await world.identify("nurture-1", plan="pro")  # bought: enters the paying segment
+    await world.fold_segments(pid)
+    await world.pump(T0 + timedelta(hours=1))
+    paths = {j["campaign_id"]: j for j in await world.path(pid)}
+    assert paths[exits["id"]]["status"] == "exited", paths[exits["id"]]
+    assert paths[exits["id"]]["log"][-1]["detail"] == f"entered segment {seg['id']}"
+    assert paths[stays["id"]]["status"] == "active"
+    await world.pump(T0 + timedelta(days=1, hours=1))
+    assert [m["subject"] for m in await world.mail(email)] == ["Make the most of your trial"]  # the other one's
+    got = (await world.apps["campaign"].get(f"/v1/campaigns/{exits['id']}", headers=world.h)).json()
+    assert got["definition"]["exit_on_entering"] == [{"segment_id": seg["id"]}, {"stage": "churned"}]
+
+
 async def test_erasure_removes_the_journeys_their_paths_and_engagement_hours(world) -> None:
     """Campaign's erasure deleted the sends and program records but kept the person's journeys (the trigger's
     data, the events awaited), each journey's path and the hours they engage at; the export left them out too."""

@@ -582,8 +582,12 @@ async def render_preview(session: AsyncSession, internal: InternalClient, ws: uu
     try:
         extra = (await program_vars.for_profiles(session, ws, {profile["id"]: profile})).get(profile["id"], {}) \
             if profile.get("id") else {}
+        snippets = await snippets_of(session, ws)
+        if templates.uses_attributes(*(v for v in fields.values() if isinstance(v, str)), *snippets.values()):
+            found = await segment_client.profile_attributes(internal, ws, [profile["id"]]) if profile.get("id") else {}
+            extra["attributes"] = found.get(str(profile.get("id")), {})
         out = templates.render(fields, {**templates.variables_for(profile, {"name": "preview", "properties": data}),
-                                        **extra}, await snippets_of(session, ws), zone=zone, locale=locale)
+                                        **extra}, snippets, zone=zone, locale=locale)
     except templates.TemplateError as exc:
         raise ValidationFailed(f"Template {exc.field} does not render: {exc.message}", field=exc.field) from None
     return {"subject": out.subject, "html": out.html, "text": out.text, "deep_link": out.deep_link,

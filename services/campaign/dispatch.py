@@ -18,7 +18,7 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.campaign import campaigns, ingest_client, journeys, templates, timing
+from services.campaign import campaigns, ingest_client, journeys, segment_client, templates, timing
 from services.campaign.programs import variables as program_vars
 from shared.auth import WORKSPACE_HEADER
 from shared.db import Outage, retry_while_unreachable
@@ -179,10 +179,13 @@ async def post_batch(internal: InternalClient, ws: uuid.UUID, batch: list[tuple[
     return outcomes
 
 
-async def program_variables(session: AsyncSession, sends: list[dict[str, Any]], profiles: dict[str, Any],
-                            snippets: dict[uuid.UUID, dict[str, str]]) -> dict[str, dict[str, Any]]:
-    """The referral and loyalty variables of the sends' profiles ("ws:profile" -> variables), for the
-    templates (and their workspace's snippets) that use them."""
+async def extra_variables(session: AsyncSession, internal: InternalClient, sends: list[dict[str, Any]],
+                          profiles: dict[str, Any], snippets: dict[uuid.UUID, dict[str, str]]
+                          ) -> dict[str, dict[str, Any]]:
+    """The referral, loyalty and computed-attribute variables of the sends' profiles ("ws:profile" -> variables),
+    for the templates (and their workspace's snippets) that use them: attributes are asked of segment once per
+    workspace for the batch (UpstreamUnavailable when it cannot answer: the sends are retried, not sent without
+    them)."""
     rows = (await session.execute(text(
         "select id, concat_ws(' ', subject, preheader, html, text, locales::text) as src from campaign.templates "
         "where id = any(CAST(:ids AS uuid[]))"), {"ids": list({s["template_id"] for s in sends})})).all()
@@ -199,6 +202,14 @@ async def program_variables(session: AsyncSession, sends: list[dict[str, Any]], 
     for ws, found in by_ws.items():
         for pid, values in (await program_vars.for_profiles(session, ws, found, wanted=wanted[ws])).items():
             out[f"{ws}:{pid}"] = values
+    attributes_of: dict[uuid.UUID, set[str]] = {}
+    for send in sends:
+        if templates.uses_attributes(sources.get(send["template_id"]),
+                                     *snippets.get(send["workspace_id"], {}).values()):
+            attributes_of.setdefault(send["workspace_id"], set()).add(str(send["profile_id"]))
+    for ws, pids in attributes_of.items():
+        for pid, values in (await segment_client.profile_attributes(internal, ws, pids)).items():
+            out.setdefault(f"{ws}:{pid}", {})["attributes"] = values
     return out
 
 
@@ -279,7 +290,7 @@ async def _hand_over(sessionmaker: async_sessionmaker[AsyncSession], internal: I
         snippets = {ws: await campaigns.snippets_of(session, ws) for ws in {s["workspace_id"] for s in sends}}
         outcomes: dict[uuid.UUID, Outcome] = {}
         ready: dict[uuid.UUID, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
-        extras = await program_variables(session, sends, profiles, snippets)
+        extras = await extra_variables(session, internal, sends, profiles, snippets)
         templates = await _templates(session, {send["template_id"] for send in sends})
         for send in sends:
             key = f"{send['workspace_id']}:{send['profile_id']}"

@@ -2,6 +2,7 @@
 
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
 from shared.auth import WORKSPACE_HEADER
 from shared.errors import UpstreamUnavailable
@@ -18,3 +19,19 @@ async def missing_segments(internal: InternalClient, ws: uuid.UUID, ids: Iterabl
         elif resp.status_code != 200:
             raise UpstreamUnavailable(f"segment answered {resp.status_code} looking up segment {sid}")
     return missing
+
+
+async def profile_attributes(internal: InternalClient, ws: uuid.UUID | str, profile_ids: Iterable[str]
+                             ) -> dict[str, dict[str, Any]]:
+    """Profile id -> computed attributes (order count, revenue, …) from segment, 1,000 profiles a request.
+    UpstreamUnavailable when segment cannot answer: a message is not sent with the values missing."""
+    ids = sorted(set(profile_ids))
+    out: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(ids), 1000):
+        resp = await internal.request("POST", "segment", "/v1/attributes/lookup", retry=True,  # (a read)
+                                      headers={WORKSPACE_HEADER: str(ws)},
+                                      json={"profile_ids": ids[start:start + 1000]})
+        if resp.status_code != 200:
+            raise UpstreamUnavailable(f"segment answered {resp.status_code} looking up computed attributes")
+        out.update(resp.json()["attributes"])
+    return out

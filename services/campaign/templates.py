@@ -177,7 +177,14 @@ class TemplateError(ValueError):
         self.line, self.column = line, column
 
 
-VARIABLES = ("profile", "traits", "event", "referral", "loyalty")  # what a template sees (and programs add)
+# what a template sees: the profile and the trigger; the programs' referral and loyalty; segment's computed attributes
+VARIABLES = ("profile", "traits", "event", "referral", "loyalty", "attributes")
+_USES_ATTRIBUTES = re.compile(r"\battributes\b")
+
+
+def uses_attributes(*sources: str | None) -> bool:
+    """Whether template sources mention ``attributes`` (only then are they asked of segment)."""
+    return any(_USES_ATTRIBUTES.search(src or "") for src in sources)
 
 
 def _position(source: str, index: int) -> tuple[int, int]:

@@ -9,6 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segment import evaluation, lifecycle, lists, metrics, segments
 from services.segment.schemas import (
+    AttributesFound,
+    AttributesLookup,
     LifecycleOverview,
     ListCreate,
     ListIds,
@@ -152,6 +154,18 @@ async def get_profile_segments(profile_id: ProfileId, ws: WorkspaceDep, session:
 async def get_profile_attributes(profile_id: ProfileId, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
     async with session.begin():
         return await evaluation.profile_attributes(session, ws, profile_id, datetime.now(UTC).date())
+
+
+@router.post("/attributes/lookup", response_model=AttributesFound, operation_id="lookup_profile_attributes",
+             tags=["attributes"], summary="Computed attributes of many profiles at once",
+             description="What campaign's templates show as `attributes` (order count, revenue, …), for a batch of "
+                         "sends in one request. Profile ids are taken as given: campaign passes the ids ingest names "
+                         "profiles by now.", responses=COMMON_ERRORS)
+async def lookup_attributes(body: AttributesLookup, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+    pids = list(dict.fromkeys(body.profile_ids))
+    async with session.begin():
+        found = await evaluation.load_attributes(session, ws, pids, datetime.now(UTC).date())
+    return {"attributes": {str(pid): values for pid, values in found.items()}}
 
 
 @router.get("/lifecycle", response_model=LifecycleOverview, operation_id="lifecycle_overview", tags=["lifecycle"],

@@ -1,5 +1,6 @@
 """The public contract of the segment service."""
 
+import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -119,6 +120,19 @@ class ProfileAttributes(BaseModel):
     last_nps: float | None = Field(None, description="newest NPS survey answer (0–10), else the `nps` trait "
                                                         "(when it is a number from 0 to 10)")
     lead_score: float = Field(0, description="points from the workspace's lead score rules")
+
+
+class AttributesLookup(BaseModel):
+    profile_ids: list[uuid.UUID] = Field(min_length=1, max_length=1000,
+                                         description="profiles as ingest names them now (the survivors of merges)",
+                                         examples=[["6f1c9a52-3c1e-4d8e-9b1a-2f0c7e5d4a10"]])
+
+
+class AttributesFound(BaseModel):
+    attributes: dict[str, dict[str, Any]] = Field(
+        description="per profile id asked, its computed attributes (the fields of `ProfileAttributes` but "
+                    "`profile_id`); a profile no event of which has reached segment yet has the zero values "
+                    "(no order, no revenue, not seen)")
 
 
 class StageCount(BaseModel):

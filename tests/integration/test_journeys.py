@@ -1054,6 +1054,27 @@ async def test_locale_variants_fall_back_field_by_field_along_the_chain(world) -
     assert (br["subject"], br["text"]) == ("Olá", "Seu pedido foi enviado")
 
 
+async def test_templates_show_computed_attributes_from_segment(world) -> None:
+    """"Variables: profile traits, computed attributes …": `attributes` is refused no more; a send, a preview and
+    a template that does not use them (no request to segment) each get what they need."""
+    tpl = await world.template("cltv", "{{ attributes.order_count }} orders, {{ attributes.total_revenue }} spent",
+                               text="Thanks, {{ profile.first_name }}")
+    plain = await world.template("no-attrs", "Hello {{ profile.first_name }}")
+    await world.campaign(trigger={"type": "event", "event": "Loyal"}, message_type="transactional",
+                         steps=[{"id": "s", "type": "send", "template_id": tpl, "next": "t"},
+                                {"id": "t", "type": "send", "template_id": plain}])
+    email = _email("cltv")
+    pid = await world.identify("cltv-1", email=email, first_name="Ada")
+    for i, revenue in enumerate((30, 12.5)):
+        await world.track("cltv-1", "Order Completed", T0 - timedelta(days=3 - i), revenue=revenue)
+    await world.fold_segments(pid)
+    await world.track("cltv-1", "Loyal", T0)
+    await world.pump(T0)
+    assert [m["subject"] for m in await world.mail(email)] == ["2 orders, 42.5 spent", "Hello Ada"]
+    r = await world.apps["campaign"].post(f"/v1/templates/{tpl}/preview", headers=world.h, json={"user": "cltv-1"})
+    assert r.status_code == 200 and r.json()["subject"] == "2 orders, 42.5 spent", r.text
+
+
 async def test_an_emails_body_comes_from_one_language(world) -> None:
     """A variant with a French HTML part and no text part used to be sent with the default's English text part
     (and one with text alone, with the English HTML): the body now comes whole from the first variant of the

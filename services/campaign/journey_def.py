@@ -255,12 +255,18 @@ class Variant(_Model):
 
 
 class SplitStep(_Step):
-    """A/B/n by weight, stable per profile. With ``winner_after``, once that many users have entered the
-    split, everyone after goes to the variant with the best goal conversion so far."""
+    """A/B/n by weight, stable per profile. With ``winner_after`` or ``winner_at``, once that many users have
+    entered the split or that time has come (the first of the two), the variant with the best goal conversion
+    so far is decided, once and for good, and everyone after goes to it."""
 
     type: Literal["split"] = "split"
     variants: list[Variant] = Field(min_length=2, max_length=10)
     winner_after: JsonInt | None = Field(None, ge=2, description="entrants before the winner takes the rest")
+    winner_at: IsoDatetime | None = Field(
+        None, examples=["2026-12-15T09:00:00+01:00"],
+        description="when the winner takes the rest (ISO 8601 with offset), if `winner_after` entrants have not "
+                    "come first. The winner: the best goal conversion rate so far; on a tie, the variant listed "
+                    "first")
 
     @model_validator(mode="after")
     def _names(self) -> "SplitStep":

@@ -21,7 +21,7 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
-from services.campaign import experiments, ingest_client, timing
+from services.campaign import ingest_client, timing
 from services.campaign import journey_def as jd
 from shared import workspace_config as wc
 from shared.auth import WORKSPACE_HEADER
@@ -805,7 +805,7 @@ async def _run_step(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: 
         await _log(ctx.session, j, "branch", "yes" if result else "no", step=step.id)
         return StepOutcome(step.yes if result else step.no)
     if isinstance(step, jd.SplitStep):
-        variant = await _winner(ctx, j, step) if step.winner_after else None
+        variant = await _winner(ctx, j, step) if step.winner_after or step.winner_at else None
         if variant is None:
             total = sum(v.weight for v in step.variants)
             point = _bucket("split", j["campaign_id"], step.id, j["profile_id"]) / 100 * total
@@ -828,18 +828,34 @@ async def _run_step(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: 
 
 
 async def _winner(ctx: Context, j: dict[str, Any], step: jd.SplitStep) -> jd.Variant | None:
-    """After ``winner_after`` entrants, the variant converting best so far (None before)."""
-    await ctx.deferred.flush(ctx.session)  # (the variants this batch assigned count too)
-    rows = (await ctx.session.execute(text(
-        "select variant, count(*) as n, count(converted_at) as conv from campaign.journeys "
-        "where campaign_id = :c and variant is not null group by variant"), {"c": j["campaign_id"]})).all()
-    if sum(r.n for r in rows) < (step.winner_after or 0):
-        return None
-    arms = [experiments.Arm(r.variant, r.n, r.conv) for r in rows if any(v.name == r.variant for v in step.variants)]
-    result = experiments.compare(arms)
-    winner = next((v for v in step.variants if v.name == result["leader"]), None)
+    """The split's winner once decided (None before): when ``winner_after`` users have entered or ``winner_at``
+    has come, the variant with the best goal conversion rate so far (a tie: the one listed first), recorded once
+    for good (``campaign.split_winners``; the first transaction to decide it wins a race)."""
+    p = {"c": j["campaign_id"], "s": step.id}
+    decided = (await ctx.session.execute(text(
+        "select variant, reason from campaign.split_winners where campaign_id = :c and step = :s"), p)).first()
+    if decided is None:
+        await ctx.deferred.flush(ctx.session)  # (the variants this batch assigned count too)
+        rows = {r.variant: r for r in (await ctx.session.execute(text(
+            "select variant, count(*) as n, count(converted_at) as conv from campaign.journeys "
+            "where campaign_id = :c and variant is not null group by variant"), p)).all()}
+        if step.winner_after and sum(r.n for r in rows.values()) >= step.winner_after:
+            reason = f"after {step.winner_after} entrants"
+        elif step.winner_at and ctx.now >= step.winner_at:
+            reason = f"at {step.winner_at.isoformat()}"
+        else:
+            return None
+        order = {v.name: i for i, v in enumerate(step.variants)}
+        best = min(step.variants, key=lambda v: (-(rows[v.name].conv / rows[v.name].n) if v.name in rows else 0.0,
+                                                  order[v.name]))
+        await ctx.session.execute(text(
+            "insert into campaign.split_winners (campaign_id, step, variant, reason, decided_at) "
+            "values (:c, :s, :v, :r, :now) on conflict do nothing"), {**p, "v": best.name, "r": reason, "now": ctx.now})
+        decided = (await ctx.session.execute(text(
+            "select variant, reason from campaign.split_winners where campaign_id = :c and step = :s"), p)).one()
+    winner = next((v for v in step.variants if v.name == decided.variant), None)
     if winner is not None:
-        await _log(ctx.session, j, "split", f"{winner.name} (winner after {step.winner_after} entrants)", step=step.id)
+        await _log(ctx.session, j, "split", f"{winner.name} (the winner, decided {decided.reason})", step=step.id)
     return winner
 
 

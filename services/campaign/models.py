@@ -227,6 +227,19 @@ class TriggerKey(CampaignTable, table=True):
     created_at: datetime = Field(sa_column=tz_column("created_at"))
 
 
+class SplitWinner(CampaignTable, table=True):
+    """The variant an A/B split decided on (``winner_after`` entrants, or ``winner_at``): decided once, so every
+    later entrant gets the same one whatever the conversions do next."""
+
+    __tablename__ = "split_winners"
+
+    campaign_id: uuid.UUID = Field(primary_key=True)
+    step: str = Field(primary_key=True)
+    variant: str
+    reason: str
+    decided_at: datetime = Field(sa_column=tz_column("decided_at"))
+
+
 class MergedProfile(CampaignTable, table=True):
     """A profile ingest merged into another, and the one it lives on as (shared/profile_merges.py): per-profile
     routes answer an old id with the survivor's state."""

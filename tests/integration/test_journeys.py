@@ -443,6 +443,41 @@ async def test_a_broadcast_pages_through_its_segment_with_the_segments_cursors(w
     assert len(journeys_in["journeys"]) == 3
 
 
+async def test_ab_split_picks_the_winner_on_a_date_once_and_for_good(world) -> None:
+    """`winner_at`: from that time the winner takes the rest; with no conversion yet the variant listed first wins
+    the tie (it used to be whichever had more entrants), and the decision stands when conversions come later."""
+    a, b = await world.template("da", "Arm A"), await world.template("db", "Arm B")
+    camp = await world.campaign(trigger={"type": "event", "event": "Dated"}, goal={
+        "event": "Bought", "within_seconds": 86400, "exit_on_conversion": False}, steps=[
+        {"id": "ab", "type": "split", "winner_at": (T0 + timedelta(hours=1)).isoformat(), "variants": [
+            {"name": "A", "weight": 10, "next": "a"}, {"name": "B", "weight": 90, "next": "b"}]},
+        {"id": "a", "type": "send", "template_id": a}, {"id": "b", "type": "send", "template_id": b}])
+
+    async def enter(uids: list[str], at: datetime) -> dict[str, str]:
+        for uid in uids:
+            await world.identify(uid, email=_email(uid))
+            await world.track(uid, "Dated", at)
+        await world.pump(at + timedelta(minutes=1))
+        out = {}
+        for uid in uids:
+            pid = (await world.apps["ingest"].get(f"/v1/profiles/{uid}", headers=world.h)).json()["id"]
+            out[uid] = next(j for j in await world.path(pid) if j["campaign_id"] == camp["id"])
+        return out
+
+    early = await enter([f"dated-{i}" for i in range(8)], T0)  # by weight before the date: B most likely
+    assert all(e["kind"] != "split" or "winner" not in e["detail"] for j in early.values() for e in j["log"])
+    decided = await enter([f"dated-late-{i}" for i in range(3)], T0 + timedelta(hours=2))
+    assert {j["variant"] for j in decided.values()} == {"A"}  # no conversion yet: the first listed
+    split = next(e for e in next(iter(decided.values()))["log"] if e["kind"] == "split")
+    assert split["detail"] == f"A (the winner, decided at {(T0 + timedelta(hours=1)).isoformat()})"
+    for uid, j in early.items():
+        if j["variant"] == "B":
+            await world.track(uid, "Bought", T0 + timedelta(hours=3))
+    await world.pump(T0 + timedelta(hours=3, minutes=1))
+    later = await enter([f"dated-later-{i}" for i in range(3)], T0 + timedelta(hours=4))
+    assert {j["variant"] for j in later.values()} == {"A"}  # decided for good
+
+
 async def test_ab_split_picks_the_winner_after_n_entrants(world) -> None:
     a, b = await world.template("wa", "Arm A"), await world.template("wb", "Arm B")
     camp = await world.campaign(trigger={"type": "event", "event": "Shown"}, goal={

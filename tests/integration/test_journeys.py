@@ -1879,73 +1879,42 @@ async def test_fields_the_api_does_not_know_are_refused_not_dropped(world) -> No
     assert r.status_code == 422 and "txt" in r.text, r.text
 
 
-async def test_leaving_a_segment_or_stage_ends_the_journeys_that_exit_on_leaving_it(world) -> None:
-    """A trial-conversion journey ends when its user leaves "on trial" (they bought): the nudge waiting a day
-    is never sent; a journey without the rule goes on."""
+@pytest.mark.parametrize("rule, plan, said", [("exit_on_leaving", "trial", "left"),
+                                              ("exit_on_entering", "pro", "entered")])
+async def test_leaving_or_entering_a_segment_ends_the_journeys_whose_exit_rule_names_it(world, rule, plan, said
+                                                                                     ) -> None:
+    """A trial journey ends when its user buys: leaving "on trial" (`exit_on_leaving`), or entering "paying"
+    (`exit_on_entering`: leave when a condition becomes true). The nudge waiting a day is never sent; a journey
+    without the rule goes on; an unknown segment or stage is refused on save."""
+    tag = f"{rule}-{uuid.uuid4().hex[:6]}"
     seg = (await world.apps["segment"].post("/v1/segments", headers=world.h, json={
-        "name": f"trial-{uuid.uuid4().hex[:6]}", "definition": {"type": "trait", "trait": "plan", "value": "trial"}}
-    )).json()
-    nudge = await world.template("nudge", "Your trial ends soon")
+        "name": tag, "definition": {"type": "trait", "trait": "plan", "value": plan}})).json()
+    nudge = await world.template(f"nudge-{tag}", "Your trial ends soon")
     steps = [{"id": "wait", "type": "delay", "seconds": 86400, "next": "nudge"},
              {"id": "nudge", "type": "send", "template_id": nudge}]
+    trigger = {"type": "event", "event": f"Trial Started {tag}"}
     bad = await world.apps["campaign"].post("/v1/campaigns", headers=world.h, json={
-        "name": "bad", "trigger": {"type": "event", "event": "Trial Started"}, "steps": steps,
-        "exit_on_leaving": [{"segment_id": str(uuid.uuid4())}, {"stage": "asleep"}]})
-    assert bad.status_code == 422 and "exit_on_leaving" in bad.text, bad.text
-    exits = await world.campaign(trigger={"type": "event", "event": "Trial Started"}, steps=steps,
-                                 exit_on_leaving=[{"segment_id": seg["id"]}, {"stage": "churned"}])
-    stays = await world.campaign(trigger={"type": "event", "event": "Trial Started"}, steps=steps)
-    email = _email("trial")
-    pid = await world.identify("trial-1", email=email, plan="trial")
-
+        "name": f"bad-{tag}", "trigger": trigger, "steps": steps,
+        rule: [{"segment_id": str(uuid.uuid4())}, {"stage": "asleep"}]})
+    assert bad.status_code == 422 and rule in bad.text, bad.text
+    exits = await world.campaign(trigger=trigger, steps=steps, **{rule: [{"segment_id": seg["id"]}, {"stage": "churned"}]})
+    stays = await world.campaign(trigger=trigger, steps=steps)
+    email = _email(tag)
+    pid = await world.identify(tag, email=email, plan="trial")
     await world.fold_segments(pid)
-    await world.track("trial-1", "Trial Started", T0)
+    await world.track(tag, trigger["event"], T0)
     await world.pump(T0)
-    await world.identify("trial-1", plan="pro")  # bought: leaves the trial segment
+    await world.identify(tag, plan="pro")  # bought
     await world.fold_segments(pid)
     await world.pump(T0 + timedelta(hours=1))
     paths = {j["campaign_id"]: j for j in await world.path(pid)}
     assert paths[exits["id"]]["status"] == "exited", paths[exits["id"]]
-    assert paths[exits["id"]]["log"][-1]["detail"] == f"left segment {seg['id']}"
+    assert paths[exits["id"]]["log"][-1]["detail"] == f"{said} segment {seg['id']}"
     assert paths[stays["id"]]["status"] == "active" and paths[stays["id"]]["step"] == "nudge"
     await world.pump(T0 + timedelta(days=1, hours=1))
     assert [m["subject"] for m in await world.mail(email)] == ["Your trial ends soon"]  # from the other one only
     got = (await world.apps["campaign"].get(f"/v1/campaigns/{exits['id']}", headers=world.h)).json()
-    assert got["definition"]["exit_on_leaving"] == [{"segment_id": seg["id"]}, {"stage": "churned"}]
-
-
-async def test_entering_a_segment_ends_the_journeys_that_exit_on_entering_it(world) -> None:
-    """Exit criteria "leave when a condition becomes true": a trial nurture ends when its user enters "paying
-    customers"; a journey without the rule goes on, and an unknown segment is refused on save."""
-    seg = (await world.apps["segment"].post("/v1/segments", headers=world.h, json={
-        "name": f"paying-{uuid.uuid4().hex[:6]}", "definition": {"type": "trait", "trait": "plan", "value": "pro"}}
-    )).json()
-    nudge = await world.template("nurture", "Make the most of your trial")
-    steps = [{"id": "wait", "type": "delay", "seconds": 86400, "next": "nudge"},
-             {"id": "nudge", "type": "send", "template_id": nudge}]
-    bad = await world.apps["campaign"].post("/v1/campaigns", headers=world.h, json={
-        "name": "bad-entering", "trigger": {"type": "event", "event": "Nurture Started"}, "steps": steps,
-        "exit_on_entering": [{"segment_id": str(uuid.uuid4())}]})
-    assert bad.status_code == 422 and "exit_on_entering" in bad.text, bad.text
-    exits = await world.campaign(trigger={"type": "event", "event": "Nurture Started"}, steps=steps,
-                                 exit_on_entering=[{"segment_id": seg["id"]}, {"stage": "churned"}])
-    stays = await world.campaign(trigger={"type": "event", "event": "Nurture Started"}, steps=steps)
-    email = _email("nurture")
-    pid = await world.identify("nurture-1", email=email, plan="trial")
-    await world.fold_segments(pid)
-    await world.track("nurture-1", "Nurture Started", T0)
-    await world.pump(T0)
-    await world.identify("nurture-1", plan="pro")  # bought: enters the paying segment
-    await world.fold_segments(pid)
-    await world.pump(T0 + timedelta(hours=1))
-    paths = {j["campaign_id"]: j for j in await world.path(pid)}
-    assert paths[exits["id"]]["status"] == "exited", paths[exits["id"]]
-    assert paths[exits["id"]]["log"][-1]["detail"] == f"entered segment {seg['id']}"
-    assert paths[stays["id"]]["status"] == "active"
-    await world.pump(T0 + timedelta(days=1, hours=1))
-    assert [m["subject"] for m in await world.mail(email)] == ["Make the most of your trial"]  # the other one's
-    got = (await world.apps["campaign"].get(f"/v1/campaigns/{exits['id']}", headers=world.h)).json()
-    assert got["definition"]["exit_on_entering"] == [{"segment_id": seg["id"]}, {"stage": "churned"}]
+    assert got["definition"][rule] == [{"segment_id": seg["id"]}, {"stage": "churned"}]
 
 
 async def test_erasure_removes_the_journeys_their_paths_and_engagement_hours(world) -> None:

@@ -579,13 +579,13 @@ async def render_preview(session: AsyncSession, internal: InternalClient, ws: uu
     locale = locale or traits.get("locale")
     fields, used = templates.for_locale(tpl, locale)
     zone = timing.zone(traits, journeys.Policy.from_settings(await workspace_settings(session, ws)).timezone)
+    snippets = await snippets_of(session, ws)
     try:
         extra = (await program_vars.for_profiles(session, ws, {profile["id"]: profile})).get(profile["id"], {}) \
             if profile.get("id") else {}
-        snippets = await snippets_of(session, ws)
-        if templates.uses_attributes(*(v for v in fields.values() if isinstance(v, str)), *snippets.values()):
-            found = await segment_client.profile_attributes(internal, ws, [profile["id"]]) if profile.get("id") else {}
-            extra["attributes"] = found.get(str(profile.get("id")), {})
+        if profile.get("id") and templates.reads(tpl, templates.ATTRIBUTES, snippets):  # (as a send gets them)
+            pid = str(profile["id"])
+            extra[templates.ATTRIBUTES] = (await segment_client.profile_attributes(internal, ws, [pid])).get(pid, {})
         out = templates.render(fields, {**templates.variables_for(profile, {"name": "preview", "properties": data}),
                                         **extra}, snippets, zone=zone, locale=locale)
     except templates.TemplateError as exc:

@@ -98,11 +98,39 @@ async def profiles_for(internal: InternalClient, sends: list[dict[str, Any]]) ->
     return found
 
 
+async def attributes_for(internal: InternalClient, sends: list[dict[str, Any]], profiles: dict[str, Any],
+                         tpls: dict[uuid.UUID, dict[str, Any]], snippets: dict[uuid.UUID, dict[str, str]]
+                         ) -> dict[uuid.UUID, Any]:
+    """The computed attributes (segment's) of the profiles of the sends whose template reads ``attributes`` (send
+    id -> attributes), one request per workspace (and 1,000 profiles); none asked when no template reads them. The
+    sends of a workspace whose lookup failed map to why (they are retried later, as when ingest is down: never
+    rendered with the values missing)."""
+    reading = {(send["workspace_id"], send["template_id"]) for send in sends}
+    reading = {key for key in reading if (tpl := tpls.get(key[1])) is not None
+               and templates.reads(tpl, templates.ATTRIBUTES, snippets.get(key[0]))}
+    by_ws: dict[uuid.UUID, dict[str, list[uuid.UUID]]] = {}  # ws -> profile id as ingest names it now -> sends
+    for send in sends:
+        profile = profiles.get(f"{send['workspace_id']}:{send['profile_id']}")
+        if (send["workspace_id"], send["template_id"]) in reading and isinstance(profile, dict):
+            pid = str(profile.get("id") or send["profile_id"])
+            by_ws.setdefault(send["workspace_id"], {}).setdefault(pid, []).append(send["id"])
+    found: dict[uuid.UUID, Any] = {}
+    for ws, asked in by_ws.items():
+        try:
+            values: dict[str, Any] = await segment_client.profile_attributes(internal, ws, asked)
+        except UpstreamUnavailable as exc:
+            values = {pid: str(exc) for pid in asked}
+        found.update({send_id: values.get(pid, {}) for pid, send_ids in asked.items() for send_id in send_ids})
+    return found
+
+
 def prepare(send: dict[str, Any], tpl: dict[str, Any] | None, profile: dict[str, Any] | str | None,
-            snippets: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any] | Outcome:
+            snippets: dict[str, str] | None = None, extra: dict[str, Any] | None = None,
+            attributes: dict[str, Any] | str | None = None) -> dict[str, Any] | Outcome:
     """The delivery request for a send, or the outcome that ends it here (``tpl``: its template, None if
     it no longer exists; ``profile``: the looked-up profile, None if it does not exist, or why the lookup
-    failed; ``extra``: more template variables, e.g. the referral and loyalty programs'). Dates are shown in
+    failed; ``extra``: more template variables, e.g. the referral and loyalty programs'; ``attributes``: the
+    profile's computed attributes for a template that reads them, or why they could not be had). Dates are shown in
     the user's time zone (``timing.zone``: the profile's, else the workspace's ``workspace_timezone``, as
     sending at local times picks it) and amounts as the profile's ``locale`` writes them."""
     if tpl is None:
@@ -119,10 +147,13 @@ def prepare(send: dict[str, Any], tpl: dict[str, Any] | None, profile: dict[str,
         to = (profile.get("traits") or {}).get(trait)
     if not to or not isinstance(to, str):
         return Outcome("skipped", f"profile has no {trait} trait")
+    if isinstance(attributes, str):
+        return _retry_or_fail(send, attributes)
     traits = profile.get("traits") or {}
     fields, _ = templates.for_locale(tpl, traits.get("locale"))
+    extra = {**(extra or {}), **({templates.ATTRIBUTES: attributes} if attributes is not None else {})}
     try:
-        rendered = templates.render(fields, {**templates.variables_for(profile, send["trigger_data"]), **(extra or {})},
+        rendered = templates.render(fields, {**templates.variables_for(profile, send["trigger_data"]), **extra},
                                     snippets, zone=timing.zone(traits, send.get("workspace_timezone")),
                                     locale=traits.get("locale"))
     except templates.TemplateError as exc:
@@ -179,13 +210,10 @@ async def post_batch(internal: InternalClient, ws: uuid.UUID, batch: list[tuple[
     return outcomes
 
 
-async def extra_variables(session: AsyncSession, internal: InternalClient, sends: list[dict[str, Any]],
-                          profiles: dict[str, Any], snippets: dict[uuid.UUID, dict[str, str]]
-                          ) -> dict[str, dict[str, Any]]:
-    """The referral, loyalty and computed-attribute variables of the sends' profiles ("ws:profile" -> variables),
-    for the templates (and their workspace's snippets) that use them: attributes are asked of segment once per
-    workspace for the batch (UpstreamUnavailable when it cannot answer: the sends are retried, not sent without
-    them)."""
+async def program_variables(session: AsyncSession, sends: list[dict[str, Any]], profiles: dict[str, Any],
+                            snippets: dict[uuid.UUID, dict[str, str]]) -> dict[str, dict[str, Any]]:
+    """The referral and loyalty variables of the sends' profiles ("ws:profile" -> variables), for the
+    templates (and their workspace's snippets) that use them."""
     rows = (await session.execute(text(
         "select id, concat_ws(' ', subject, preheader, html, text, locales::text) as src from campaign.templates "
         "where id = any(CAST(:ids AS uuid[]))"), {"ids": list({s["template_id"] for s in sends})})).all()
@@ -202,14 +230,6 @@ async def extra_variables(session: AsyncSession, internal: InternalClient, sends
     for ws, found in by_ws.items():
         for pid, values in (await program_vars.for_profiles(session, ws, found, wanted=wanted[ws])).items():
             out[f"{ws}:{pid}"] = values
-    attributes_of: dict[uuid.UUID, set[str]] = {}
-    for send in sends:
-        if templates.uses_attributes(sources.get(send["template_id"]),
-                                     *snippets.get(send["workspace_id"], {}).values()):
-            attributes_of.setdefault(send["workspace_id"], set()).add(str(send["profile_id"]))
-    for ws, pids in attributes_of.items():
-        for pid, values in (await segment_client.profile_attributes(internal, ws, pids)).items():
-            out.setdefault(f"{ws}:{pid}", {})["attributes"] = values
     return out
 
 
@@ -286,20 +306,23 @@ async def _dispatch_claimed(sessionmaker: async_sessionmaker[AsyncSession], inte
 async def _hand_over(sessionmaker: async_sessionmaker[AsyncSession], internal: InternalClient,
                      sends: list[dict[str, Any]], profiles: dict[str, Any]) -> None:
     """Render claimed sends, post them to delivery and record each one's outcome."""
-    async with sessionmaker() as session, session.begin():
-        snippets = {ws: await campaigns.snippets_of(session, ws) for ws in {s["workspace_id"] for s in sends}}
-        outcomes: dict[uuid.UUID, Outcome] = {}
-        ready: dict[uuid.UUID, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
-        extras = await extra_variables(session, internal, sends, profiles, snippets)
-        templates = await _templates(session, {send["template_id"] for send in sends})
-        for send in sends:
-            key = f"{send['workspace_id']}:{send['profile_id']}"
-            prepared = prepare(send, templates.get(send["template_id"]), profiles.get(key),
-                               snippets[send["workspace_id"]], extras.get(key))
-            if isinstance(prepared, Outcome):
-                outcomes[send["id"]] = prepared
-            else:
-                ready.setdefault(send["workspace_id"], []).append((send, prepared))
+    outcomes: dict[uuid.UUID, Outcome] = {}
+    ready: dict[uuid.UUID, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    async with sessionmaker() as session:
+        async with session.begin():
+            snippets = {ws: await campaigns.snippets_of(session, ws) for ws in {s["workspace_id"] for s in sends}}
+            tpls = await _templates(session, {send["template_id"] for send in sends})
+        attributes = await attributes_for(internal, sends, profiles, tpls, snippets)  # (no transaction held open)
+        async with session.begin():
+            extras = await program_variables(session, sends, profiles, snippets)
+            for send in sends:
+                key = f"{send['workspace_id']}:{send['profile_id']}"
+                prepared = prepare(send, tpls.get(send["template_id"]), profiles.get(key),
+                                   snippets[send["workspace_id"]], extras.get(key), attributes.get(send["id"]))
+                if isinstance(prepared, Outcome):
+                    outcomes[send["id"]] = prepared
+                else:
+                    ready.setdefault(send["workspace_id"], []).append((send, prepared))
     for ws, batch in ready.items():
         for start in range(0, len(batch), 500):
             chunk = batch[start:start + 500]

@@ -21,21 +21,24 @@ _OR_DEFAULT = "; omitted: the less specific locale's, else the template's"
 
 
 class LocaleVariant(_Body):
-    subject: str | None = Field(None, max_length=998, description="the subject (a push's title)" + _OR_DEFAULT)
-    preheader: str | None = Field(None, max_length=500, description="the email preheader" + _OR_DEFAULT)
+    subject: str | None = Field(None, max_length=998, description="the subject (a push's title)" + _OR_DEFAULT
+                                + " (also in a variant that gives the body: give both to translate both)")
+    preheader: str | None = Field(None, max_length=500, description="the email preheader" + _OR_DEFAULT
+                                  + " (also in a variant that gives the body)")
     html: str | None = Field(None, description="the HTML body (Liquid); the body (HTML and text) is taken whole "
                                                "from the first locale of the chain that has either part, else the "
                                                "template's (its text part made from this HTML when it has none)")
-    text: str | None = Field(None, description="the text body (Liquid); with `html`, taken whole from the first "
-                                               "locale of the chain that has either, else the template's (text "
-                                               "alone: a text-only email)")
+    text: str | None = Field(None, description="the text body (Liquid; an SMS's text, a push's body); with `html`, "
+                                               "taken whole from the first locale of the chain that has either, else "
+                                               "the template's (text alone: a text-only email)")
     deep_link: str | None = Field(None, max_length=2000, description="push: the deep link" + _OR_DEFAULT)
     image: str | None = Field(None, max_length=2000, description="push: the image URL" + _OR_DEFAULT)
 
 
 class TemplateCreate(_Body):
     """Email (subject, preheader, HTML, text), SMS (text) or push (title = subject, body = text, deep link,
-    image) content in Liquid."""
+    image) content in Liquid. Templates read `profile`, `traits`, the trigger's `event`, the profile's computed
+    `attributes` (segment's: `order_count`, `total_revenue`, …) and the programs' `referral` and `loyalty`."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
         "name": "welcome", "subject": "Welcome, {{ profile.first_name | default: 'there' }}!",

@@ -1,12 +1,20 @@
-"""What campaign asks segment about segments (journeys' triggers and branches name them)."""
+"""What campaign asks segment: whether segments exist (journeys' triggers and branches name them), and the computed
+attributes templates show."""
 
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
+import httpx
+
 from shared.auth import WORKSPACE_HEADER
 from shared.errors import UpstreamUnavailable
 from shared.http import InternalClient
+from shared.jsonutil import loads
+
+# How long one attributes request may take (each of its retries alike): a send waiting on it holds a 120 s lease.
+ATTRIBUTES_TIMEOUT_S = 5.0
+ATTRIBUTES_PAGE = 1000  # segment's limit per request
 
 
 async def missing_segments(internal: InternalClient, ws: uuid.UUID, ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
@@ -23,15 +31,20 @@ async def missing_segments(internal: InternalClient, ws: uuid.UUID, ids: Iterabl
 
 async def profile_attributes(internal: InternalClient, ws: uuid.UUID | str, profile_ids: Iterable[str]
                              ) -> dict[str, dict[str, Any]]:
-    """Profile id -> computed attributes (order count, revenue, …) from segment, 1,000 profiles a request.
-    UpstreamUnavailable when segment cannot answer: a message is not sent with the values missing."""
+    """Profile id -> its computed attributes (order count, total revenue, …), a request per 1,000 profiles.
+    UpstreamUnavailable when segment does not answer them (down, too slow, an error): a message is not rendered
+    with the values missing."""
     ids = sorted(set(profile_ids))
     out: dict[str, dict[str, Any]] = {}
-    for start in range(0, len(ids), 1000):
-        resp = await internal.request("POST", "segment", "/v1/attributes/lookup", retry=True,  # (a read)
-                                      headers={WORKSPACE_HEADER: str(ws)},
-                                      json={"profile_ids": ids[start:start + 1000]})
+    for start in range(0, len(ids), ATTRIBUTES_PAGE):
+        try:
+            resp = await internal.request("POST", "segment", "/v1/attributes/lookup", retry=True,  # (a read)
+                                          headers={WORKSPACE_HEADER: str(ws)}, timeout=ATTRIBUTES_TIMEOUT_S,
+                                          json={"profile_ids": ids[start:start + ATTRIBUTES_PAGE]})
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable(f"segment unreachable looking up computed attributes: "
+                                      f"{type(exc).__name__}") from None
         if resp.status_code != 200:
             raise UpstreamUnavailable(f"segment answered {resp.status_code} looking up computed attributes")
-        out.update(resp.json()["attributes"])
+        out.update(loads(resp.content)["attributes"])
     return out

@@ -27,6 +27,8 @@ from dateutil import parser as date_parser
 from liquid import BoundTemplate, DictLoader, Environment, Markup, RenderContext, is_undefined
 from liquid.builtin.expressions import FilteredExpression, StringLiteral, TernaryFilteredExpression
 from liquid.builtin.expressions.filtered import Filter
+from liquid.builtin.tags.include_tag import IncludeNode
+from liquid.builtin.tags.render_tag import RenderNode
 from liquid.exceptions import FilterArgumentError, LiquidError, TemplateNotFoundError
 from liquid.filter import with_context
 
@@ -177,14 +179,9 @@ class TemplateError(ValueError):
         self.line, self.column = line, column
 
 
-# what a template sees: the profile and the trigger; the programs' referral and loyalty; segment's computed attributes
+# what a template sees: the profile and its trigger, the programs' referral and loyalty, segment's computed attributes
 VARIABLES = ("profile", "traits", "event", "referral", "loyalty", "attributes")
-_USES_ATTRIBUTES = re.compile(r"\battributes\b")
-
-
-def uses_attributes(*sources: str | None) -> bool:
-    """Whether template sources mention ``attributes`` (only then are they asked of segment)."""
-    return any(_USES_ATTRIBUTES.search(src or "") for src in sources)
+ATTRIBUTES = "attributes"  # asked of segment only for templates that read them (:func:`reads`)
 
 
 def _position(source: str, index: int) -> tuple[int, int]:
@@ -265,6 +262,47 @@ def validate(fields: dict[str, str | None], snippets: dict[str, str] | None = No
             if var not in variables and own:
                 raise TemplateError(name, f"unknown variable {var!r} (templates see {', '.join(variables)})",
                                     *_position(source, own[0].index))
+
+
+def reads(template: dict[str, Any], variable: str, snippets: dict[str, str] | None = None) -> bool:
+    """Whether a template (any field, any locale variant, or a snippet it renders or includes) reads ``variable``:
+    a variable that costs a request to compute (``attributes``) is computed only for the templates that show it.
+    When it cannot tell (a field that does not parse; a snippet named when rendering, and some snippet mentions
+    the variable) it says yes: a wasted request, never a message rendered without the values."""
+    sources = [(f, template.get(f)) for f in FIELDS]
+    sources += [(f, v.get(f)) for v in (template.get("locales") or {}).values() if isinstance(v, dict) for f in FIELDS]
+    return _reads(tuple((f, src) for f, src in sources if isinstance(src, str) and src), variable,
+                  tuple(sorted((snippets or {}).items())))
+
+
+@lru_cache(maxsize=256)
+def _reads(sources: tuple[tuple[str, str], ...], variable: str, snippets: tuple[tuple[str, str], ...]) -> bool:
+    in_snippets = any(variable in content for _, content in snippets)
+    if not in_snippets and not any(variable in src for _, src in sources):
+        return False  # (most templates: not even the word)
+    for field, source in sources:
+        try:
+            template = _parsed(field, source, snippets)
+            if variable in template.analyze(include_partials=True).globals:
+                return True
+        except LiquidError:
+            return True
+        if in_snippets and _names_partials_when_rendering(template):
+            return True
+    return False
+
+
+def _names_partials_when_rendering(template: BoundTemplate) -> bool:
+    """Whether a template renders or includes a snippet whose name is computed (``{% render name %}``): the
+    analysis cannot follow it."""
+    static = RenderContext(template)
+    todo = list(template.nodes)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (RenderNode, IncludeNode)) and not isinstance(node.name, StringLiteral):
+            return True
+        todo.extend(node.children(static, include_partials=False))
+    return False
 
 
 def _filters(template: BoundTemplate) -> Iterator[Filter]:
@@ -371,7 +409,8 @@ def for_locale(template: dict[str, Any], locale: Any) -> tuple[dict[str, str | N
 
 
 def variables_for(profile: dict[str, Any], trigger: dict[str, Any]) -> dict[str, Any]:
-    """What a template sees: ``profile`` (traits plus ids), ``traits`` and the trigger ``event``."""
+    """What a template sees of the profile and the trigger: ``profile`` (traits plus ids), ``traits`` and the
+    trigger ``event`` (the callers add ``referral``, ``loyalty`` and ``attributes`` for templates that read them)."""
     traits = dict(profile.get("traits") or {})
     return {
         "profile": {**traits, "id": profile.get("id"), "user_id": profile.get("user_id")},

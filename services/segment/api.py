@@ -157,14 +157,17 @@ async def get_profile_attributes(profile_id: ProfileId, ws: WorkspaceDep, sessio
 
 
 @router.post("/attributes/lookup", response_model=AttributesFound, operation_id="lookup_profile_attributes",
-             tags=["attributes"], summary="Computed attributes of many profiles at once",
-             description="What campaign's templates show as `attributes` (order count, revenue, …), for a batch of "
-                         "sends in one request. Profile ids are taken as given: campaign passes the ids ingest names "
-                         "profiles by now.", responses=COMMON_ERRORS)
-async def lookup_attributes(body: AttributesLookup, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
-    pids = list(dict.fromkeys(body.profile_ids))
+             tags=["attributes"], summary="Computed attributes of many profiles at once (internal token, "
+                                          "X-Tenure-Workspace)",
+             description="What campaign's templates show as `attributes` (order count, CLTV, …): one request for a "
+                         "batch of sends. Merges are followed as by `GET /v1/profiles/{profile_id}/attributes`; "
+                         "unlike it, a profile segment has no facts about yet answers with the zero values, not 404.",
+             responses=COMMON_ERRORS)
+async def lookup_attributes(body: AttributesLookup, principal: InternalDep, session: SessionDep) -> dict[str, Any]:
+    ws = principal.require_workspace()
     async with session.begin():
-        found = await evaluation.load_attributes(session, ws, pids, datetime.now(UTC).date())
+        found = await evaluation.attributes_of_many(session, ws, list(dict.fromkeys(body.profile_ids)),
+                                                    datetime.now(UTC).date())
     return {"attributes": {str(pid): values for pid, values in found.items()}}
 
 

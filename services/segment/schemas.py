@@ -122,17 +122,17 @@ class ProfileAttributes(BaseModel):
     lead_score: float = Field(0, description="points from the workspace's lead score rules")
 
 
-class AttributesLookup(BaseModel):
-    profile_ids: list[uuid.UUID] = Field(min_length=1, max_length=1000,
-                                         description="profiles as ingest names them now (the survivors of merges)",
-                                         examples=[["6f1c9a52-3c1e-4d8e-9b1a-2f0c7e5d4a10"]])
+class AttributesLookup(_Body):
+    profile_ids: list[uuid.UUID] = Field(
+        min_length=1, max_length=1000, examples=[["6f1c9a52-3c1e-4d8e-9b1a-2f0c7e5d4a10"]],
+        description="profile ids (UUIDs in ingest); a merged-away one answers as its survivor")
 
 
 class AttributesFound(BaseModel):
-    attributes: dict[str, dict[str, Any]] = Field(
-        description="per profile id asked, its computed attributes (the fields of `ProfileAttributes` but "
-                    "`profile_id`); a profile no event of which has reached segment yet has the zero values "
-                    "(no order, no revenue, not seen)")
+    attributes: dict[str, ProfileAttributes] = Field(
+        description="asked id -> the computed attributes of the profile it lives on as (`profile_id`: the survivor "
+                    "of merges); a profile none of whose events has reached segment yet has the zero values "
+                    "(no order, no revenue, never seen), as a new customer does")
 
 
 class StageCount(BaseModel):

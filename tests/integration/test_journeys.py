@@ -1089,7 +1089,7 @@ async def test_locale_variants_fall_back_field_by_field_along_the_chain(world) -
     assert (br["subject"], br["text"]) == ("Olá", "Seu pedido foi enviado")
 
 
-async def test_templates_show_computed_attributes_from_segment(world) -> None:
+async def test_one_journey_sends_with_and_without_computed_attributes(world) -> None:
     """"Variables: profile traits, computed attributes …": `attributes` is refused no more; a send, a preview and
     a template that does not use them (no request to segment) each get what they need."""
     tpl = await world.template("cltv", "{{ attributes.order_count }} orders, {{ attributes.total_revenue }} spent",
@@ -1128,6 +1128,119 @@ async def test_an_emails_body_comes_from_one_language(world) -> None:
     assert got == {"body-qc": ("Bienvenue au Québec", "<p>Bienvenue à bord</p>", "Bienvenue à bord"),
                    "body-de": ("Welcome", None, "Willkommen an Bord"),
                    "body-en": ("Welcome", "<p>Welcome aboard</p>", "Welcome aboard")}
+
+
+class _Recording:
+    """An InternalClient that remembers the paths it asked each service (to see which requests a batch cost)."""
+
+    def __init__(self, inner):
+        self.inner, self.asked = inner, []
+        self.settings, self._http = inner.settings, inner._http
+
+    async def request(self, method, service, path, **kw):
+        self.asked.append((service, path))
+        return await self.inner.request(method, service, path, **kw)
+
+
+def _segment_down(world):
+    """The world's internal client, but nothing listens at segment's URL (no retries: the test needs no wait)."""
+    import httpx
+
+    from shared.embedded import free_port
+    from shared.http import InternalClient
+
+    settings = world.internal.settings
+    moved = settings.model_copy(update={"segment_url": f"http://127.0.0.1:{free_port()}", "http_retries": 0})
+    mounts = {settings.url_of(s): world.apps[s]._transport for s in ("ingest", "campaign", "delivery")}
+    return InternalClient(moved, httpx.AsyncClient(mounts=mounts, timeout=5))
+
+
+async def _buyer(world, uid: str, *revenues: float, **traits) -> str:
+    email = _email(uid)
+    pid = await world.identify(uid, email=email, **traits)
+    for i, revenue in enumerate(revenues):
+        await world.track(uid, "Order Completed", T0 - timedelta(days=5 - i), revenue=revenue)
+    await world.fold_segments(pid)
+    return email
+
+
+async def test_templates_show_computed_attributes_from_segment(world) -> None:
+    """"Variables: profile traits, computed attributes …": `{{ attributes.order_count }}` was refused ("unknown
+    variable 'attributes'") and nothing asked segment for them. Now a send, a preview and a test send show the
+    profile's computed attributes (through a snippet too); a batch of sends asks segment once, and a batch whose
+    templates do not read them does not ask at all."""
+    c = world.apps["campaign"]
+    assert (await c.put("/v1/snippets/cltv", headers=world.h, json={
+        "content": "Lifetime: {{ attributes.total_revenue | money: 'USD' }}"})).status_code == 200
+    tpl = await world.template("attrs", "{{ attributes.order_count }} orders so far", text="{% render 'cltv' %}")
+    plain = await world.template("no-attrs", "Hello {{ profile.first_name }}")
+    await world.campaign(trigger={"type": "event", "event": "Greeted"}, message_type="transactional",
+                         steps=[{"id": "s", "type": "send", "template_id": plain}])
+    await world.campaign(trigger={"type": "event", "event": "Thanked"}, message_type="transactional",
+                         steps=[{"id": "s", "type": "send", "template_id": tpl}])
+    ada, bob = await _buyer(world, "attr-ada", 30, 12.5, first_name="Ada"), await _buyer(world, "attr-bob", 8)
+    internal, world.internal = world.internal, _Recording(world.internal)
+    try:
+        for uid in ("attr-ada", "attr-bob"):
+            await world.track(uid, "Greeted", T0)
+        await world.pump(T0)
+        assert ("segment", "/v1/attributes/lookup") not in world.internal.asked  # (the hot path: no request)
+        for uid in ("attr-ada", "attr-bob"):
+            await world.track(uid, "Thanked", T0 + timedelta(minutes=1))
+        await world.pump(T0 + timedelta(minutes=1))
+        assert world.internal.asked.count(("segment", "/v1/attributes/lookup")) == 1  # (both sends: one request)
+    finally:
+        world.internal = internal
+    got = {to: [m["subject"] for m in await world.mail(to)] for to in (ada, bob)}
+    assert got == {ada: ["Hello Ada", "2 orders so far"], bob: ["Hello", "1 orders so far"]}, got
+    r = await c.post(f"/v1/templates/{tpl}/preview", headers=world.h, json={"user": "attr-ada"})
+    assert r.status_code == 200 and (r.json()["subject"], r.json()["text"]) == ("2 orders so far", "Lifetime: $42.50")
+    tester = _email("attr-test")
+    r = await c.post(f"/v1/templates/{tpl}/test", headers=world.h, json={"to": tester, "user": "attr-bob"})
+    assert r.status_code == 202, r.text
+    assert [m["subject"] for m in await world.mail(tester)] == ["[test] 1 orders so far"]
+
+
+async def test_segments_batch_attributes_lookup_is_internal_and_knows_new_profiles(world) -> None:
+    from shared.testing import internal_headers
+
+    pid = await world.identify("attr-new", email=_email("attr-new"))
+    body = {"profile_ids": [pid, str(uuid.uuid4())]}
+    r = await world.apps["segment"].post("/v1/attributes/lookup", headers=world.h, json=body)
+    assert r.status_code in (401, 403), r.text  # (the workspace's secret key: internal token only)
+    r = await world.apps["segment"].post("/v1/attributes/lookup", headers=internal_headers(world.ws), json=body)
+    assert r.status_code == 200, r.text
+    found = r.json()["attributes"]
+    assert sorted(found) == sorted(body["profile_ids"])
+    assert {(a["profile_id"], a["order_count"], a["total_revenue"]) for a in found.values()} == {
+        (p, 0, 0.0) for p in body["profile_ids"]}
+
+
+async def test_a_send_reading_attributes_waits_while_segment_is_down(world) -> None:
+    """Segment down: a send whose template reads `attributes` is retried later with the reason (as when ingest
+    is down), never sent with the values missing; one whose template does not read them goes out meanwhile."""
+    tpl = await world.template("attrs-down", "You ordered {{ attributes.order_count }} times")
+    plain = await world.template("plain-down", "Thanks")
+    camp = await world.campaign(trigger={"type": "event", "event": "Ping"}, message_type="transactional",
+                                steps=[{"id": "a", "type": "send", "template_id": tpl, "next": "b"},
+                                       {"id": "b", "type": "send", "template_id": plain}])
+    email = await _buyer(world, "attr-down", 20, 20, 20)
+    await world.track("attr-down", "Ping", T0)
+    await drain_feed(world.sm, lambda s: triggering.consume_page(s, world.internal, "events", 500, now=T0), 500)
+    down = _segment_down(world)
+    try:
+        await run_due_journeys(world.sm, down, T0)  # (the journey runs and decides both sends while segment is down)
+    finally:
+        await down._http.aclose()
+    sends = (await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}/sends", headers=world.h)).json()["sends"]
+    assert [m["subject"] for m in await world.mail(email)] == ["Thanks"]
+    [waiting] = [s for s in sends if s["status"] == "pending"]
+    assert "segment unreachable looking up computed attributes" in waiting["reason"], waiting
+    async with world.sm() as s, s.begin():  # (its back-off has passed)
+        await s.execute(text("update campaign.sends set next_attempt_at = now() where campaign_id = :c"),
+                        {"c": camp["id"]})
+    await world.pump(T0 + timedelta(minutes=1))
+    assert sorted(m["subject"] for m in await world.mail(email)) == ["Thanks", "You ordered 3 times"]
 
 
 @pytest.mark.parametrize("locales, key, said", [

@@ -607,11 +607,12 @@ def test_message(template_id: uuid.UUID, rendered: dict[str, Any], to: str) -> d
             "metadata": {"template_id": str(template_id), "test": True}}
 
 
-async def migrate(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, int]:
+async def migrate(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, Any]:
     """Move users inside older versions to the current one, at the same step, when the current version can
     continue them there (the others finish their version): a journey about to run a step, when that step still
     exists; a journey waiting for an event, when the step is still a wait for an event — it then waits as the
-    current version says (its event, match and targets), until the deadline it already had."""
+    current version says (its event, match and targets), until the deadline it already had. The others are
+    reported per version and step, with the reason they stay (``not_movable``)."""
     campaign = await get_campaign(session, ws, campaign_id)
     journey = journeys.parse(campaign["definition"])
     p = {"ws": ws, "c": campaign_id, "v": campaign["version"], "vt": f"to version {campaign['version']}"}
@@ -638,7 +639,26 @@ async def migrate(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) 
             "insert into campaign.journey_log (journey_id, workspace_id, campaign_id, profile_id, step, kind, detail) "
             "select id, workspace_id, campaign_id, profile_id, step, 'migrated', :vt from moved returning journey_id"),
             {**p, "rows": dumps(rewaits)})).all()
-    kept = (await session.execute(text(
-        "select count(*) from campaign.journeys where workspace_id = :ws and campaign_id = :c and version < :v "
-        "and status in ('active', 'waiting')"), p)).scalar_one()
-    return {"moved": len(moved), "kept": kept, "version": campaign["version"]}
+    left = (await session.execute(text(
+        "select version, step, status, count(*) as n from campaign.journeys where workspace_id = :ws "
+        "and campaign_id = :c and version < :v and status in ('active', 'waiting') group by 1, 2, 3 order by 1, 2, 3"),
+        p)).all()
+    not_movable = [{"version": r.version, "step": r.step, "users": r.n,
+                    "reason": _not_movable(journey, campaign["version"], r.step, r.status)} for r in left]
+    return {"moved": len(moved), "kept": sum(r.n for r in left), "not_movable": not_movable,
+            "version": campaign["version"]}
+
+
+def _not_movable(journey: jd.Journey, version: int, step_id: str | None, status: str) -> str:
+    """Why ``migrate`` left users at ``step_id`` (``status``) in their version."""
+    if step_id is None:
+        return "about to complete their version"
+    step = next((s for s in journey.steps if s.id == step_id), None)
+    if step is None:
+        return f"version {version} has no step {step_id!r}"
+    if status == "waiting" and not isinstance(step, jd.WaitForEventStep):
+        return f"they wait for an event at {step_id!r}, which is no longer a wait for an event in version {version}"
+    if status == "waiting" and step.match:
+        return (f"version {version} matches {step.match.property!r} on the trigger's "
+                f"{step.match.trigger_property!r}, which their trigger lacks")
+    return "they entered or moved while this request ran"  # (a concurrent write: nothing else to say)

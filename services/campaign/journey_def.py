@@ -344,10 +344,12 @@ class Journey(_Model):
         return self
 
     def step(self, step_id: str) -> Any:
-        for s in self.steps:
-            if s.id == step_id:
-                return s
-        raise LookupError(f"no step {step_id!r} in this version")
+        if (found := self.find(step_id)) is None:
+            raise LookupError(f"no step {step_id!r} in this version")
+        return found
+
+    def find(self, step_id: str) -> Any | None:
+        return next((s for s in self.steps if s.id == step_id), None)
 
     def calls_out(self) -> bool:
         """Some step acts outside the database (a webhook, a profile update sent to ingest): running it

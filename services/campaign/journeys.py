@@ -719,7 +719,13 @@ async def run(ctx: Context, j: dict[str, Any], journey: jd.Journey) -> int:
             updates.update(status="completed", step=None, ended_at=ctx.now, wake_at=None)
             await _log(ctx.session, j, "completed")
             break
-        step = journey.step(step_id)  # (a step missing by a hand edit: LookupError, retried later as any failure)
+        step = journey.find(step_id)
+        if step is None:  # (a row changed by hand, or moved by the old migrate with its old version's wait):
+            # retrying cannot help, and would log an error every 5 minutes for ever — it ends, saying why
+            updates.update(status="exited", step=step_id, ended_at=ctx.now, wake_at=None, wait=None)
+            await _log(ctx.session, j, "exited", f"version {j['version']} of the campaign has no step {step_id!r}",
+                       step=step_id)
+            break
         outcome = await _run_step(ctx, j, journey, step)
         sends += outcome.sends
         if outcome.wake_at is not None or outcome.wait is not None:

@@ -381,7 +381,7 @@ async def list_journeys(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.
 
 async def stats(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, Any]:
     """The funnel: entered, where people are, sends and skips (by reason), conversions with holdout lift."""
-    await get_campaign(session, ws, campaign_id)
+    campaign = await get_campaign(session, ws, campaign_id)
     params = {"ws": ws, "c": campaign_id}
     j = (await session.execute(text(
         "select count(*) filter (where status <> 'holdout') as treated, count(*) filter (where status = 'holdout') "
@@ -430,6 +430,16 @@ async def stats(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) ->
             "group by 1, 2"), params):
         step_entry(r.step)[r.action] = r.n
 
+    listed: dict[str, int] = {}  # the variants in the order the current version lists them (ties go to the first)
+    for step in journeys.parse(campaign["definition"]).steps:
+        if isinstance(step, jd.SplitStep):
+            for v in step.variants:
+                listed.setdefault(v.name, len(listed))
+    winners = {r.step: {"variant": r.variant, "reason": r.reason, "decided_at": r.decided_at}
+               for r in await session.execute(text(
+                   "select step, variant, reason, decided_at from campaign.split_winners where campaign_id = :c "
+                   "order by step"), params)}
+
     def rate(part: int, whole: int) -> float | None:
         return round(part * 100.0 / whole, 2) if whole else None
 
@@ -442,8 +452,10 @@ async def stats(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) ->
         "lift_points": round(treated_rate - holdout_rate, 2) if treated_rate is not None and holdout_rate is not None
         else None,
         "variants": {k: {**v, "conversion_rate": rate(v["converted"], v["entered"])} for k, v in variants.items()},
-        "experiment": experiments.compare([experiments.Arm(k, v["entered"], v["converted"])
-                                           for k, v in variants.items()]),
+        "experiment": {**experiments.compare([
+            experiments.Arm(k, v["entered"], v["converted"], v["clicked"], v["opened"])
+            for k, v in sorted(variants.items(), key=lambda kv: (listed.get(kv[0], len(listed)), kv[0]))]),
+            "winners": winners},
         "holdout_p_value": experiments.two_proportion_p_value(
             experiments.Arm("treated", j["treated"], j["treated_converted"]),
             experiments.Arm("holdout", j["holdout"], j["holdout_converted"])),

@@ -247,8 +247,12 @@ class CampaignStats(BaseModel):
     variants: dict[str, Any] = Field(description="per split variant: entered; messages sent, delivered, opened and "
                                                  "clicked "
                                                  "(after the split); converted, revenue and conversion rate")
-    experiment: dict[str, Any] = Field(description="leading variant, its p-value against each other variant, "
-                                                   "and whether all differences are significant (p < 0.05)")
+    experiment: dict[str, Any] = Field(description="leading variant (by conversion rate; a tie by click rate, then "
+                                                   "open rate, then the variant listed first), its p-value against "
+                                                   "each other variant, whether all differences are significant "
+                                                   "(p < 0.05), and `winners`: per split step with `winner_after` or "
+                                                   "`winner_at`, the variant decided for the rest (variant, reason, "
+                                                   "decided_at), once decided")
 
 
 class SendOut(BaseModel):

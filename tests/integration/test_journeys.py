@@ -478,6 +478,47 @@ async def test_ab_split_picks_the_winner_on_a_date_once_and_for_good(world) -> N
     assert {j["variant"] for j in later.values()} == {"A"}  # decided for good
 
 
+async def test_ab_split_ties_on_conversions_go_to_engagement_and_the_winner_shows_in_stats(world) -> None:
+    """Nobody converted yet: the tie goes to the variant whose messages were clicked (then opened), not to the one
+    listed first nor to the one with more entrants; the decision is in the stats (`experiment.winners`) and in
+    each later entrant's path."""
+    a, b = await world.template("ta", "Arm A"), await world.template("tb", "Arm B")
+    decide = T0 + timedelta(hours=1)
+    camp = await world.campaign(trigger={"type": "event", "event": "Tied"}, goal={
+        "event": "Bought", "within_seconds": 86400}, steps=[
+        {"id": "ab", "type": "split", "winner_at": decide.isoformat(), "winner_after": 1000, "variants": [
+            {"name": "A", "weight": 50, "next": "a"}, {"name": "B", "weight": 50, "next": "b"}]},
+        {"id": "a", "type": "send", "template_id": a}, {"id": "b", "type": "send", "template_id": b}])
+
+    async def enter(uid: str, at: datetime) -> dict:
+        await world.identify(uid, email=_email(uid))
+        await world.track(uid, "Tied", at)
+        await world.pump(at)
+        pid = (await world.apps["ingest"].get(f"/v1/profiles/{uid}", headers=world.h)).json()["id"]
+        return next(j for j in await world.path(pid) if j["campaign_id"] == camp["id"])
+
+    early: dict[str, dict] = {}
+    for i in range(40):  # by weight until both variants have entrants
+        early[f"tied-{i}"] = await enter(f"tied-{i}", T0 + timedelta(seconds=i))
+        if {j["variant"] for j in early.values()} == {"A", "B"} and i >= 3:
+            break
+    for uid, j in early.items():  # every message opened, only B's clicked
+        step = j["variant"].lower()
+        await world.track(uid, "Email Opened", T0 + timedelta(minutes=5), journey_id=j["id"], step=step)
+        if j["variant"] == "B":
+            await world.track(uid, "Email Link Clicked", T0 + timedelta(minutes=6), journey_id=j["id"], step=step)
+    await world.pump(T0 + timedelta(minutes=10))
+    stats = (await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}/stats", headers=world.h)).json()
+    assert stats["experiment"]["leader"] == "B" and stats["experiment"]["winners"] == {}
+    later = [await enter(f"tied-late-{i}", decide + timedelta(minutes=i)) for i in range(3)]
+    assert [j["variant"] for j in later] == ["B"] * 3
+    assert [e["detail"] for e in later[0]["log"] if e["kind"] == "split"] == [
+        f"B (the winner, decided at {decide.isoformat()})"]
+    stats = (await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}/stats", headers=world.h)).json()
+    assert {k: v for k, v in stats["experiment"]["winners"]["ab"].items() if k != "decided_at"} == {
+        "variant": "B", "reason": f"at {decide.isoformat()}"}
+
+
 async def test_ab_split_picks_the_winner_after_n_entrants(world) -> None:
     a, b = await world.template("wa", "Arm A"), await world.template("wb", "Arm B")
     camp = await world.campaign(trigger={"type": "event", "event": "Shown"}, goal={

@@ -381,7 +381,7 @@ async def list_journeys(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.
 
 async def stats(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, Any]:
     """The funnel: entered, where people are, sends and skips (by reason), conversions with holdout lift."""
-    await get_campaign(session, ws, campaign_id)
+    campaign = await get_campaign(session, ws, campaign_id)
     params = {"ws": ws, "c": campaign_id}
     j = (await session.execute(text(
         "select count(*) filter (where status <> 'holdout') as treated, count(*) filter (where status = 'holdout') "
@@ -430,6 +430,16 @@ async def stats(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) ->
             "group by 1, 2"), params):
         step_entry(r.step)[r.action] = r.n
 
+    listed: dict[str, int] = {}  # the variants in the order the current version lists them (ties go to the first)
+    for step in journeys.parse(campaign["definition"]).steps:
+        if isinstance(step, jd.SplitStep):
+            for v in step.variants:
+                listed.setdefault(v.name, len(listed))
+    winners = {r.step: {"variant": r.variant, "reason": r.reason, "decided_at": r.decided_at}
+               for r in await session.execute(text(
+                   "select step, variant, reason, decided_at from campaign.split_winners where campaign_id = :c "
+                   "order by step"), params)}
+
     def rate(part: int, whole: int) -> float | None:
         return round(part * 100.0 / whole, 2) if whole else None
 
@@ -442,8 +452,10 @@ async def stats(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) ->
         "lift_points": round(treated_rate - holdout_rate, 2) if treated_rate is not None and holdout_rate is not None
         else None,
         "variants": {k: {**v, "conversion_rate": rate(v["converted"], v["entered"])} for k, v in variants.items()},
-        "experiment": experiments.compare([experiments.Arm(k, v["entered"], v["converted"])
-                                           for k, v in variants.items()]),
+        "experiment": {**experiments.compare([
+            experiments.Arm(k, v["entered"], v["converted"], v["clicked"], v["opened"])
+            for k, v in sorted(variants.items(), key=lambda kv: (listed.get(kv[0], len(listed)), kv[0]))]),
+            "winners": winners},
         "holdout_p_value": experiments.two_proportion_p_value(
             experiments.Arm("treated", j["treated"], j["treated_converted"]),
             experiments.Arm("holdout", j["holdout"], j["holdout_converted"])),
@@ -607,11 +619,12 @@ def test_message(template_id: uuid.UUID, rendered: dict[str, Any], to: str) -> d
             "metadata": {"template_id": str(template_id), "test": True}}
 
 
-async def migrate(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, int]:
+async def migrate(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, Any]:
     """Move users inside older versions to the current one, at the same step, when the current version can
     continue them there (the others finish their version): a journey about to run a step, when that step still
     exists; a journey waiting for an event, when the step is still a wait for an event — it then waits as the
-    current version says (its event, match and targets), until the deadline it already had."""
+    current version says (its event, match and targets), until the deadline it already had. The others are
+    reported per version and step, with the reason they stay (``not_movable``)."""
     campaign = await get_campaign(session, ws, campaign_id)
     journey = journeys.parse(campaign["definition"])
     p = {"ws": ws, "c": campaign_id, "v": campaign["version"], "vt": f"to version {campaign['version']}"}
@@ -638,7 +651,26 @@ async def migrate(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) 
             "insert into campaign.journey_log (journey_id, workspace_id, campaign_id, profile_id, step, kind, detail) "
             "select id, workspace_id, campaign_id, profile_id, step, 'migrated', :vt from moved returning journey_id"),
             {**p, "rows": dumps(rewaits)})).all()
-    kept = (await session.execute(text(
-        "select count(*) from campaign.journeys where workspace_id = :ws and campaign_id = :c and version < :v "
-        "and status in ('active', 'waiting')"), p)).scalar_one()
-    return {"moved": len(moved), "kept": kept, "version": campaign["version"]}
+    left = (await session.execute(text(
+        "select version, step, status, count(*) as n from campaign.journeys where workspace_id = :ws "
+        "and campaign_id = :c and version < :v and status in ('active', 'waiting') group by 1, 2, 3 order by 1, 2, 3"),
+        p)).all()
+    not_movable = [{"version": r.version, "step": r.step, "users": r.n,
+                    "reason": _not_movable(journey, campaign["version"], r.step, r.status)} for r in left]
+    return {"moved": len(moved), "kept": sum(r.n for r in left), "not_movable": not_movable,
+            "version": campaign["version"]}
+
+
+def _not_movable(journey: jd.Journey, version: int, step_id: str | None, status: str) -> str:
+    """Why ``migrate`` left users at ``step_id`` (``status``) in their version."""
+    if step_id is None:
+        return "about to complete their version"
+    step = next((s for s in journey.steps if s.id == step_id), None)
+    if step is None:
+        return f"version {version} has no step {step_id!r}"
+    if status == "waiting" and not isinstance(step, jd.WaitForEventStep):
+        return f"they wait for an event at {step_id!r}, which is no longer a wait for an event in version {version}"
+    if status == "waiting" and step.match:
+        return (f"version {version} matches {step.match.property!r} on the trigger's "
+                f"{step.match.trigger_property!r}, which their trigger lacks")
+    return "they entered or moved while this request ran"  # (a concurrent write: nothing else to say)

@@ -256,8 +256,8 @@ class Variant(_Model):
 
 class SplitStep(_Step):
     """A/B/n by weight, stable per profile. With ``winner_after`` or ``winner_at``, once that many users have
-    entered the split or that time has come (the first of the two), the variant with the best goal conversion
-    so far is decided, once and for good, and everyone after goes to it."""
+    entered the split or that time has come (the first of the two), the variant leading then
+    (``experiments.ranked``) is decided, once and for good, and everyone after goes to it."""
 
     type: Literal["split"] = "split"
     variants: list[Variant] = Field(min_length=2, max_length=10)
@@ -265,8 +265,8 @@ class SplitStep(_Step):
     winner_at: IsoDatetime | None = Field(
         None, examples=["2026-12-15T09:00:00+01:00"],
         description="when the winner takes the rest (ISO 8601 with offset), if `winner_after` entrants have not "
-                    "come first. The winner: the best goal conversion rate so far; on a tie, the variant listed "
-                    "first")
+                    "come first. The winner: the best goal conversion rate so far; on a tie, the best click rate, "
+                    "then open rate, of its messages, then the variant listed first")
 
     @model_validator(mode="after")
     def _names(self) -> "SplitStep":
@@ -344,10 +344,12 @@ class Journey(_Model):
         return self
 
     def step(self, step_id: str) -> Any:
-        for s in self.steps:
-            if s.id == step_id:
-                return s
-        raise LookupError(f"no step {step_id!r} in this version")
+        if (found := self.find(step_id)) is None:
+            raise LookupError(f"no step {step_id!r} in this version")
+        return found
+
+    def find(self, step_id: str) -> Any | None:
+        return next((s for s in self.steps if s.id == step_id), None)
 
     def calls_out(self) -> bool:
         """Some step acts outside the database (a webhook, a profile update sent to ingest): running it

@@ -21,7 +21,7 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
-from services.campaign import ingest_client, timing
+from services.campaign import experiments, ingest_client, timing
 from services.campaign import journey_def as jd
 from shared import workspace_config as wc
 from shared.auth import WORKSPACE_HEADER
@@ -719,7 +719,13 @@ async def run(ctx: Context, j: dict[str, Any], journey: jd.Journey) -> int:
             updates.update(status="completed", step=None, ended_at=ctx.now, wake_at=None)
             await _log(ctx.session, j, "completed")
             break
-        step = journey.step(step_id)  # (a step missing by a hand edit: LookupError, retried later as any failure)
+        step = journey.find(step_id)
+        if step is None:  # (a row changed by hand, or moved by the old migrate with its old version's wait):
+            # retrying cannot help, and would log an error every 5 minutes for ever — it ends, saying why
+            updates.update(status="exited", step=step_id, ended_at=ctx.now, wake_at=None, wait=None)
+            await _log(ctx.session, j, "exited", f"version {j['version']} of the campaign has no step {step_id!r}",
+                       step=step_id)
+            break
         outcome = await _run_step(ctx, j, journey, step)
         sends += outcome.sends
         if outcome.wake_at is not None or outcome.wait is not None:
@@ -828,26 +834,28 @@ async def _run_step(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: 
 
 
 async def _winner(ctx: Context, j: dict[str, Any], step: jd.SplitStep) -> jd.Variant | None:
-    """The split's winner once decided (None before): when ``winner_after`` users have entered or ``winner_at``
-    has come, the variant with the best goal conversion rate so far (a tie: the one listed first), recorded once
-    for good (``campaign.split_winners``; the first transaction to decide it wins a race)."""
-    p = {"c": j["campaign_id"], "s": step.id}
+    """The split's winner once decided (None before). When ``winner_after`` users have entered or ``winner_at``
+    has come, whichever is first, the variant leading then (``experiments.ranked``: goal conversion rate, a tie by
+    click rate, then open rate, then the variant listed first) is recorded once for good
+    (``campaign.split_winners``; the first transaction to decide it wins a race), and every later entrant gets it."""
+    p = {"c": j["campaign_id"], "s": step.id, "names": [v.name for v in step.variants]}
     decided = (await ctx.session.execute(text(
         "select variant, reason from campaign.split_winners where campaign_id = :c and step = :s"), p)).first()
     if decided is None:
-        await ctx.deferred.flush(ctx.session)  # (the variants this batch assigned count too)
-        rows = {r.variant: r for r in (await ctx.session.execute(text(
-            "select variant, count(*) as n, count(converted_at) as conv from campaign.journeys "
-            "where campaign_id = :c and variant is not null group by variant"), p)).all()}
-        if step.winner_after and sum(r.n for r in rows.values()) >= step.winner_after:
-            reason = f"after {step.winner_after} entrants"
-        elif step.winner_at and ctx.now >= step.winner_at:
+        if step.winner_at and ctx.now >= step.winner_at:
             reason = f"at {step.winner_at.isoformat()}"
+        elif step.winner_after:
+            await ctx.deferred.flush(ctx.session)  # (the variants this batch assigned count too)
+            entered = (await ctx.session.execute(text(
+                "select count(*) from campaign.journeys where campaign_id = :c "
+                "and variant = any(CAST(:names AS text[]))"), p)).scalar_one()
+            if entered < step.winner_after:
+                return None
+            reason = f"after {step.winner_after} entrants"
         else:
             return None
-        order = {v.name: i for i, v in enumerate(step.variants)}
-        best = min(step.variants, key=lambda v: (-(rows[v.name].conv / rows[v.name].n) if v.name in rows else 0.0,
-                                                  order[v.name]))
+        await ctx.deferred.flush(ctx.session)
+        best = experiments.ranked(await _arms(ctx.session, p, step))[0]
         await ctx.session.execute(text(
             "insert into campaign.split_winners (campaign_id, step, variant, reason, decided_at) "
             "values (:c, :s, :v, :r, :now) on conflict do nothing"), {**p, "v": best.name, "r": reason, "now": ctx.now})
@@ -857,6 +865,24 @@ async def _winner(ctx: Context, j: dict[str, Any], step: jd.SplitStep) -> jd.Var
     if winner is not None:
         await _log(ctx.session, j, "split", f"{winner.name} (the winner, decided {decided.reason})", step=step.id)
     return winner
+
+
+async def _arms(session: AsyncSession, p: dict[str, Any], step: jd.SplitStep) -> list[experiments.Arm]:
+    """The split's variants as they stand, in the order listed: entrants, goal conversions, and the entrants who
+    clicked or opened a message the variant sent."""
+    counts = {r.variant: r for r in (await session.execute(text(
+        "select variant, count(*) as n, count(converted_at) as conv from campaign.journeys "
+        "where campaign_id = :c and variant = any(CAST(:names AS text[])) group by variant"), p)).all()}
+    engaged = {r.variant: r for r in (await session.execute(text(
+        "select j.variant, count(distinct j.id) filter (where j.seen ? ('clicked:' || s.step)) as clicked, "
+        "count(distinct j.id) filter (where j.seen ? ('opened:' || s.step)) as opened "
+        "from campaign.sends s join campaign.journeys j on j.id = s.journey_id where s.campaign_id = :c "
+        "and j.variant = any(CAST(:names AS text[])) and s.trigger_data->>'variant' = j.variant "
+        "group by j.variant"), p)).all()}
+    return [experiments.Arm(v.name, counts[v.name].n if v.name in counts else 0,
+                            counts[v.name].conv if v.name in counts else 0,
+                            engaged[v.name].clicked if v.name in engaged else 0,
+                            engaged[v.name].opened if v.name in engaged else 0) for v in step.variants]
 
 
 async def _condition(ctx: Context, j: dict[str, Any], cond: Any, traits: dict[str, Any]) -> bool:

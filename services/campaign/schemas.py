@@ -250,8 +250,12 @@ class CampaignStats(BaseModel):
     variants: dict[str, Any] = Field(description="per split variant: entered; messages sent, delivered, opened and "
                                                  "clicked "
                                                  "(after the split); converted, revenue and conversion rate")
-    experiment: dict[str, Any] = Field(description="leading variant, its p-value against each other variant, "
-                                                   "and whether all differences are significant (p < 0.05)")
+    experiment: dict[str, Any] = Field(description="leading variant (by conversion rate; a tie by click rate, then "
+                                                   "open rate, then the variant listed first), its p-value against "
+                                                   "each other variant, whether all differences are significant "
+                                                   "(p < 0.05), and `winners`: per split step with `winner_after` or "
+                                                   "`winner_at`, the variant decided for the rest (variant, reason, "
+                                                   "decided_at), once decided")
 
 
 class SendOut(BaseModel):
@@ -319,10 +323,23 @@ class TestSendOut(BaseModel):
     message_id: str = Field(description="delivery's message id")
 
 
+class NotMovable(BaseModel):
+    version: int = Field(description="the version they stay in")
+    step: str | None = Field(description="the step they are at (about to run, or waiting at)")
+    users: int
+    reason: str = Field(examples=["version 3 has no step 'offer'"],
+                        description="why they cannot move: the current version has no such step; or they wait for "
+                                    "an event there and it is no longer a wait for an event; or it matches the event "
+                                    "on a key their trigger lacks")
+
+
 class MigrateOut(BaseModel):
     moved: int = Field(description="users moved to the current version, at the same step; one waiting for an "
                                    "event then waits as the current version's step says (event, match, where it "
                                    "goes next), until the deadline it already had")
     kept: int = Field(description="users left in their version, to finish it: their step is gone from the current "
                                   "one, or is no longer a wait for an event where they wait for one")
+    not_movable: list[NotMovable] = Field(
+        default_factory=list, description="the users kept, per version and step, with why the current version "
+                                          "cannot continue them there")
     version: int = Field(description="the current version, the one users were moved to")

@@ -478,6 +478,47 @@ async def test_ab_split_picks_the_winner_on_a_date_once_and_for_good(world) -> N
     assert {j["variant"] for j in later.values()} == {"A"}  # decided for good
 
 
+async def test_ab_split_ties_on_conversions_go_to_engagement_and_the_winner_shows_in_stats(world) -> None:
+    """Nobody converted yet: the tie goes to the variant whose messages were clicked (then opened), not to the one
+    listed first nor to the one with more entrants; the decision is in the stats (`experiment.winners`) and in
+    each later entrant's path."""
+    a, b = await world.template("ta", "Arm A"), await world.template("tb", "Arm B")
+    decide = T0 + timedelta(hours=1)
+    camp = await world.campaign(trigger={"type": "event", "event": "Tied"}, goal={
+        "event": "Bought", "within_seconds": 86400}, steps=[
+        {"id": "ab", "type": "split", "winner_at": decide.isoformat(), "winner_after": 1000, "variants": [
+            {"name": "A", "weight": 50, "next": "a"}, {"name": "B", "weight": 50, "next": "b"}]},
+        {"id": "a", "type": "send", "template_id": a}, {"id": "b", "type": "send", "template_id": b}])
+
+    async def enter(uid: str, at: datetime) -> dict:
+        await world.identify(uid, email=_email(uid))
+        await world.track(uid, "Tied", at)
+        await world.pump(at)
+        pid = (await world.apps["ingest"].get(f"/v1/profiles/{uid}", headers=world.h)).json()["id"]
+        return next(j for j in await world.path(pid) if j["campaign_id"] == camp["id"])
+
+    early: dict[str, dict] = {}
+    for i in range(40):  # by weight until both variants have entrants
+        early[f"tied-{i}"] = await enter(f"tied-{i}", T0 + timedelta(seconds=i))
+        if {j["variant"] for j in early.values()} == {"A", "B"} and i >= 3:
+            break
+    for uid, j in early.items():  # every message opened, only B's clicked
+        step = j["variant"].lower()
+        await world.track(uid, "Email Opened", T0 + timedelta(minutes=5), journey_id=j["id"], step=step)
+        if j["variant"] == "B":
+            await world.track(uid, "Email Link Clicked", T0 + timedelta(minutes=6), journey_id=j["id"], step=step)
+    await world.pump(T0 + timedelta(minutes=10))
+    stats = (await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}/stats", headers=world.h)).json()
+    assert stats["experiment"]["leader"] == "B" and stats["experiment"]["winners"] == {}
+    later = [await enter(f"tied-late-{i}", decide + timedelta(minutes=i)) for i in range(3)]
+    assert [j["variant"] for j in later] == ["B"] * 3
+    assert [e["detail"] for e in later[0]["log"] if e["kind"] == "split"] == [
+        f"B (the winner, decided at {decide.isoformat()})"]
+    stats = (await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}/stats", headers=world.h)).json()
+    assert {k: v for k, v in stats["experiment"]["winners"]["ab"].items() if k != "decided_at"} == {
+        "variant": "B", "reason": f"at {decide.isoformat()}"}
+
+
 async def test_ab_split_picks_the_winner_after_n_entrants(world) -> None:
     a, b = await world.template("wa", "Arm A"), await world.template("wb", "Arm B")
     camp = await world.campaign(trigger={"type": "event", "event": "Shown"}, goal={
@@ -568,7 +609,7 @@ async def test_users_moved_while_waiting_for_an_event_wait_as_the_new_version_sa
         "trigger": {"type": "event", "event": "Risky"}, "steps": steps})
     assert r.status_code == 200, r.text
     moved = (await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/migrate", headers=world.h)).json()
-    assert moved == {"moved": 2, "kept": 0, "version": 2}
+    assert moved == {"moved": 2, "kept": 0, "not_movable": [], "version": 2}
     await world.track("mig-answers", "Feedback Given", T0 + timedelta(minutes=20))  # the new version's event
     await world.pump(T0 + timedelta(minutes=21))
     assert [m["subject"] for m in await world.mail(quiet)] == ["Survey"]  # its deadline is still the old one
@@ -589,7 +630,46 @@ async def test_users_moved_while_waiting_for_an_event_wait_as_the_new_version_sa
                   {"id": "answer", "type": "send", "template_id": better}]})
     assert r.status_code == 200, r.text
     moved = (await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/migrate", headers=world.h)).json()
-    assert moved == {"moved": 0, "kept": 1, "version": 3}
+    assert moved == {"moved": 0, "kept": 1, "version": 3, "not_movable": [{
+        "version": 2, "step": "answer", "users": 1,
+        "reason": "they wait for an event at 'answer', which is no longer a wait for an event in version 3"}]}
+    # and one where the step is gone altogether
+    r = await world.apps["campaign"].put(f"/v1/campaigns/{camp['id']}", headers=world.h, json={
+        "trigger": {"type": "event", "event": "Risky"}, "steps": [{"id": "survey", "type": "send", "template_id": survey}]})
+    assert r.status_code == 200, r.text
+    moved = (await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/migrate", headers=world.h)).json()
+    assert moved["not_movable"] == [{"version": 2, "step": "answer", "users": 1,
+                                     "reason": "version 4 has no step 'answer'"}]
+
+
+async def test_a_journey_whose_step_is_missing_from_its_version_exits_saying_why(world) -> None:
+    """A journey the old migrate moved kept its old version's wait: when it timed out toward a step the new version
+    renamed, it failed with `RuntimeError: coroutine raised StopIteration` every 5 minutes for ever. A step missing
+    from a journey's version now ends it, with the reason in its path, and the timer does not come back."""
+    survey, offer = await world.template("gone-s", "Survey"), await world.template("gone-o", "Offer")
+    steps = [{"id": "survey", "type": "send", "template_id": survey, "next": "answer"},
+             {"id": "answer", "type": "wait_for_event", "event": "Survey Submitted", "timeout_seconds": 3600,
+              "on_timeout": "offer"},
+             {"id": "offer", "type": "send", "template_id": offer}]
+    camp = await world.campaign(trigger={"type": "event", "event": "Gone"}, steps=steps)
+    email = _email("gone")
+    pid = await world.identify("gone-1", email=email)
+    await world.track("gone-1", "Gone", T0)
+    await world.pump(T0)
+    steps[1]["on_timeout"], steps[2]["id"] = "offer-v2", "offer-v2"
+    r = await world.apps["campaign"].put(f"/v1/campaigns/{camp['id']}", headers=world.h, json={
+        "trigger": {"type": "event", "event": "Gone"}, "steps": steps})
+    assert r.status_code == 200, r.text
+    async with world.sm() as s, s.begin():  # what the old migrate did: version 2, the wait of version 1
+        await s.execute(text("update campaign.journeys set version = 2 where campaign_id = :c"), {"c": camp["id"]})
+    await world.pump(T0 + timedelta(hours=2))
+    await world.pump(T0 + timedelta(hours=3))
+    journey = (await world.path(pid))[0]
+    assert (journey["status"], journey["wake_at"]) == ("exited", None), journey
+    assert [(e["kind"], e["detail"]) for e in journey["log"][-2:]] == [
+        ("timeout", "no Survey Submitted in time"), ("exited", "version 2 of the campaign has no step 'offer'")]
+    assert not any(e["kind"] == "error" for e in journey["log"])
+    assert [m["subject"] for m in await world.mail(email)] == ["Survey"]
 
 
 async def test_send_time_optimisation_migration_and_revenue(world) -> None:
@@ -613,7 +693,7 @@ async def test_send_time_optimisation_migration_and_revenue(world) -> None:
         "steps": [{"id": "s", "type": "send", "template_id": tpl, "optimize_send_time": True}]})
     assert r.json()["version"] == 2
     moved = (await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/migrate", headers=world.h)).json()
-    assert moved == {"moved": 2, "kept": 0, "version": 2}
+    assert moved == {"moved": 2, "kept": 0, "not_movable": [], "version": 2}
     await world.pump(T0 + timedelta(minutes=11))
     assert len(await world.mail(fresh)) == 1  # no history: sent at the campaign's time
     assert await world.mail(habitual) == []  # waits for 18:00 UTC
@@ -767,7 +847,7 @@ async def test_review_regressions_in_the_engine(world) -> None:
     assert stats["entered"] == 1 and stats["converted"] == 0  # the trigger is not its own conversion
     assert (await world.apps["campaign"].get(f"/v1/campaigns/{weird['id']}/stats", headers=world.h)).json()[
         "entered"] == 0
-    # a journey broken by hand (its step is gone) fails alone and is retried later
+    # a journey broken by hand (its step is gone) ends alone, saying why; the others go on
     async with world.sm() as s, s.begin():
         await s.execute(text("update campaign.journeys set step = 'gone', wake_at = :t where campaign_id = :c"),
                         {"t": T0, "c": goal["id"]})
@@ -779,11 +859,12 @@ async def test_review_regressions_in_the_engine(world) -> None:
         "sends_by_step"]["s"]["dispatched"] == 1
     pid = (await world.apps["ingest"].get("/v1/profiles/rr-1", headers=world.h)).json()["id"]
     broken = next(j for j in await world.path(pid) if j["campaign_id"] == goal["id"])
-    assert broken["log"][-1]["kind"] == "error" and broken["wake_at"].startswith("2026-11-25T15:05")
-    # repaired: optimisation picks 22:00 UTC, quiet hours push that to 08:00 Paris, and then it sends
+    assert (broken["status"], broken["log"][-1]["kind"]) == ("exited", "exited"), broken
+    assert broken["log"][-1]["detail"] == "version 1 of the campaign has no step 'gone'"
+    # repaired by hand: optimisation picks 22:00 UTC, quiet hours push that to 08:00 Paris, and then it sends
     async with world.sm() as s, s.begin():
-        await s.execute(text("update campaign.journeys set step = 's', wake_at = :t where campaign_id = :c"),
-                        {"t": T0, "c": goal["id"]})
+        await s.execute(text("update campaign.journeys set step = 's', status = 'active', ended_at = null, "
+                             "wake_at = :t where campaign_id = :c"), {"t": T0, "c": goal["id"]})
     for hour in (T0, T0.replace(hour=22), T0.replace(hour=22) + timedelta(hours=9)):
         await world.pump(hour)
     assert [m["subject"] for m in await world.mail(email) if m["subject"] == "Regression"] == ["Regression"] * 2

@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.campaign.experiments import Arm, compare, two_proportion_p_value
+from services.campaign.experiments import Arm, compare, ranked, two_proportion_p_value
 
 
 def test_known_values() -> None:
@@ -27,3 +27,13 @@ def test_p_values_are_probabilities_and_symmetric(n1, c1, n2, c2) -> None:
     p = two_proportion_p_value(a, b)
     assert p is None or 0.0 <= p <= 1.0
     assert p == two_proportion_p_value(b, a)
+
+
+def test_ties_go_to_clicks_then_opens_then_the_order_given_never_to_entrants() -> None:
+    # nobody converted: B, listed second and with fewer entrants, leads on clicks
+    assert [a.name for a in ranked([Arm("A", 90, 0, clicked=1, opened=50), Arm("B", 10, 0, clicked=2, opened=1)])] \
+        == ["B", "A"]
+    assert compare([Arm("A", 10, 0, opened=2), Arm("B", 90, 0, opened=9)])["leader"] == "A"  # 20 % vs 10 % opened
+    assert compare([Arm("A", 10, 0), Arm("B", 90, 0)])["leader"] == "A"  # all equal: the first given
+    assert compare([Arm("B", 90, 0), Arm("A", 10, 0)])["leader"] == "B"
+    assert compare([Arm("A", 90, 9, clicked=90), Arm("B", 10, 2)])["leader"] == "B"  # conversions first

@@ -358,18 +358,6 @@ async def list_profiles(session: AsyncSession, ws: uuid.UUID, *, user_id: str | 
     )
 
 
-async def profile_and_merged_ids(session: AsyncSession, ws: uuid.UUID, pid: uuid.UUID) -> list[uuid.UUID]:
-    """``pid`` and the profiles merged into it. Their records are the person's too: an event whose write raced the
-    merge (resolved to the merged-away profile before the merge committed, stored after it moved the events) keeps
-    that profile's id, and reading through the merge costs less than a lock on every tracking write."""
-    rows = await session.execute(
-        text("select CAST(:pid AS uuid) union select id from ingest.profiles where workspace_id = :ws "
-             "and merged_into = :pid"),
-        {"ws": ws, "pid": pid},
-    )
-    return [r[0] for r in rows]
-
-
 async def subject_profiles(session: AsyncSession, ws: uuid.UUID, ref: str) -> list[uuid.UUID]:
     """The live profiles a privacy request about ``ref`` concerns: the one ``resolve_ref`` finds first, then every
     other whose email is ``ref`` in any case, in id order (none: an empty list).
@@ -388,7 +376,10 @@ async def subject_profiles(session: AsyncSession, ws: uuid.UUID, ref: str) -> li
 
 
 async def with_merged_ids(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) -> list[uuid.UUID]:
-    """Each of ``pids`` followed by the profiles merged into it (as ``profile_and_merged_ids``, for many)."""
+    """Each of ``pids`` followed by the profiles merged into it. Their records are the person's too: an event whose
+    write raced the merge (resolved to the merged-away profile before the merge committed, stored after it moved
+    the events) keeps that profile's id, and reading through the merge costs less than a lock on every tracking
+    write."""
     rows = await session.execute(
         text("select merged_into, id from ingest.profiles where workspace_id = :ws "
              "and merged_into = any(CAST(:p AS uuid[])) order by id"),
@@ -403,7 +394,7 @@ async def with_merged_ids(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.
 async def profile_events(session: AsyncSession, ws: uuid.UUID, ref: str, *, after: int | None, limit: int
                          ) -> tuple[list[dict[str, Any]], str | None]:
     """A profile's events (with those of profiles merged into it), newest first, paginated by sequence number."""
-    pids = await profile_and_merged_ids(session, ws, await resolve_ref(session, ws, ref))
+    pids = await with_merged_ids(session, ws, [await resolve_ref(session, ws, ref)])
     items, nxt = await fetch_page(
         session,
         # each profile's newest page by its own index scan, then the newest of those: a page stays a page's work

@@ -142,7 +142,12 @@ def normalize(msg: Message, received_at: datetime, *, batch_sent_at: datetime | 
 
 _EVENT_COLUMNS = ("workspace_id", "message_id", "type", "event", "profile_id", "user_id", "anonymous_id",
                   "properties", "traits", "context", "timestamp", "received_at", "sent_at")
-_STORED = "select message_id from ingest.events where workspace_id = $1 and message_id = any($2::text[])"
+# One probe of the unique index per id, whatever the statistics say: ``message_id = any($2)`` beside
+# ``workspace_id = $1`` let the planner, before the table's first ANALYZE (a new install), take the
+# (workspace_id, profile_id, seq) index for the workspace alone and filter all its events: 38 instead of
+# 2.5 ms for 600 ids at 240k events, growing with the table (tests/integration/test_query_plans.py).
+_STORED = ("select k.m from unnest($2::text[]) as k(m) cross join lateral "
+           "(select from ingest.events e where e.workspace_id = $1 and e.message_id = k.m limit 1) e")
 
 
 async def _insert_events(session: AsyncSession, ws: uuid.UUID, received_at: datetime, batch: list[Envelope]

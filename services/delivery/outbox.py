@@ -218,6 +218,14 @@ def _lease_fresh(message: dict[str, Any], lease_s: float = LEASE_S) -> bool:
     return time.monotonic() - message.get("leased_at", float("-inf")) < min(lease_s / 10, 5.0)
 
 
+def _held(lock: str) -> str:
+    """The ids of messages ``:ids`` still held by the claim that counted ``:ns`` attempts, each probed by its key (a
+    join could read every message in flight through ix_messages_due before the first ANALYZE, as ``RECORD``)."""
+    return ("select o.id from unnest(CAST(:ids AS uuid[]), CAST(:ns AS int[])) as p(id, n) cross join lateral "
+            "(select m.id from delivery.messages m where m.id = p.id and m.attempts = p.n and m.status = 'sending' "
+            f"limit 1 {lock}) o")
+
+
 async def confirm(session: AsyncSession, messages: list[dict[str, Any]], lease_s: float = LEASE_S) -> set[Any]:
     """Just before their provider calls: the ids of those messages still this holder's, each with nearly a
     whole lease to run; the others were taken over or erased meanwhile and must not be sent.
@@ -232,17 +240,14 @@ async def confirm(session: AsyncSession, messages: list[dict[str, Any]], lease_s
     fresh = [m for m in messages if _lease_fresh(m, lease_s)]
     stale = [m for m in messages if not _lease_fresh(m, lease_s)]
     owned: set[Any] = set()
-    for group, sql in ((fresh, "select m.id from delivery.messages m join pairs p on m.id = p.id and m.attempts = p.n "
-                               "where m.status = 'sending'"),
+    for group, sql in ((fresh, _held("")),
                        (stale, "update delivery.messages m set claimed_until = now() + make_interval(secs => :lease), "
-                               "next_attempt_at = now() + make_interval(secs => :lease) "
-                               "from pairs p where m.id = p.id and m.attempts = p.n and m.status = 'sending' "
-                               "returning m.id")):
+                               f"next_attempt_at = now() + make_interval(secs => :lease) from ({_held('for update')}) "
+                               "h where m.id = h.id returning m.id")):
         if not group:
             continue
         rows = await session.execute(
-            text("with pairs as (select * from unnest(CAST(:ids AS uuid[]), CAST(:ns AS int[])) as p(id, n)) " + sql),
-            {"ids": [m["id"] for m in group], "ns": [m["attempts"] for m in group], "lease": lease_s})
+            text(sql), {"ids": [m["id"] for m in group], "ns": [m["attempts"] for m in group], "lease": lease_s})
         owned.update(r.id for r in rows)
     renewed_at = time.monotonic()
     for m in stale:
@@ -257,8 +262,7 @@ async def release(session: AsyncSession, messages: list[dict[str, Any]], delay_s
     await session.execute(text(
         "update delivery.messages m set status = 'queued', attempts = greatest(0, m.attempts - 1), "
         "claimed_until = null, next_attempt_at = now() + make_interval(secs => :d), updated_at = now() "
-        "from unnest(CAST(:ids AS uuid[]), CAST(:ns AS int[])) as p(id, n) "
-        "where m.id = p.id and m.attempts = p.n and m.status = 'sending'"),
+        f"from ({_held('for update')}) h where m.id = h.id"),
         {"ids": [m["id"] for m in messages], "ns": [m["attempts"] for m in messages], "d": delay_s})
 
 

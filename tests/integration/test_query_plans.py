@@ -135,3 +135,11 @@ def test_outcomes_are_recorded_by_each_message_key(unanalyzed: str) -> None:
             for m in MESSAGES[20_000:20_100]]
     indexes, touched = _plan(unanalyzed, outbox.RECORD, {"rows": orjson.dumps(rows).decode()})
     assert indexes == {"pk_messages"} and touched <= 100 * 3, (indexes, touched)
+
+
+@pytest.mark.parametrize("lock", ["", "for update"])
+def test_messages_still_held_are_probed_by_their_key(unanalyzed: str, lock: str) -> None:
+    """``outbox.confirm`` (a read, or a lease renewal) and ``outbox.release`` ask this of a group of messages."""
+    held = MESSAGES[20_000:20_100]
+    indexes, touched = _plan(unanalyzed, outbox._held(lock), {"ids": held, "ns": [1] * len(held)})
+    assert indexes == {"pk_messages"} and touched <= 100 * 2, (indexes, touched)

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 from aiosmtpd.controller import Controller
+from sqlalchemy.engine import make_url
 
 from services.devinbox.inbox import Mailbox, parse_message
 from shared.embedded import free_port
@@ -198,12 +199,28 @@ def sample(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: s
     return sum(v for (n, lab), v in samples.items() if n == name and want <= lab)
 
 
+def postgres_target(database_url: str) -> tuple[str, int] | str:
+    """Where a database URL's server listens: host and port, or the unix socket an embedded server uses
+    (``?host=/dir``, on a machine without PostgreSQL)."""
+    url = make_url(database_url)
+    socket_dir = url.query.get("host")
+    if isinstance(socket_dir, str) and socket_dir.startswith("/"):
+        return f"{socket_dir}/.s.PGSQL.{url.port or 5432}"
+    return (url.host or "127.0.0.1", url.port or 5432)
+
+
+def on_tcp_port(database_url: str, port: int) -> str:
+    """The database URL, reached on 127.0.0.1:``port`` instead (a relay, or a port nothing listens on)."""
+    return (make_url(database_url).set(host="127.0.0.1", port=port).difference_update_query(["host"])
+            .render_as_string(hide_password=False))
+
+
 class Relay:
     """127.0.0.1:port → target, in its own thread; ``down()`` cuts every connection and refuses new ones.
 
     An outage of a shared server (Redis, PostgreSQL) for one test's processes, while the server itself never stops."""
 
-    def __init__(self, target: tuple[str, int]):
+    def __init__(self, target: tuple[str, int] | str):
         self.target, self.port = target, free_port()
         self.loop = asyncio.new_event_loop()
         self.server: asyncio.Server | None = None
@@ -226,7 +243,10 @@ class Relay:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
+            if isinstance(self.target, str):  # a unix socket (the embedded PostgreSQL's)
+                up_reader, up_writer = await asyncio.open_unix_connection(self.target)
+            else:
+                up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
             writer.close()
             return

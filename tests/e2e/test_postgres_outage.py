@@ -14,11 +14,10 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
 from services.devinbox.inbox import Mailbox
 from shared.testing import _asyncpg_dsn
-from tests.e2e.stack import Relay, Stack, stack_env, start_sink, wait_for, wait_serving
+from tests.e2e.stack import Relay, Stack, on_tcp_port, postgres_target, stack_env, start_sink, wait_for, wait_serving
 
 pytestmark = pytest.mark.e2e
 
@@ -27,15 +26,14 @@ OUTAGE_S = 6  # longer than the delivery recorder's retries of a failed write on
 
 @pytest.fixture
 def pg_relay(settings) -> Iterator[Relay]:
-    url = make_url(settings.database_url)
-    r = Relay((url.host or "127.0.0.1", url.port or 5432))
+    r = Relay(postgres_target(settings.database_url))
     yield r
     r.close()
 
 
 def through(settings, relay: Relay) -> str:
     """This run's database URL, by way of the relay."""
-    return make_url(settings.database_url).set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
+    return on_tcp_port(settings.database_url, relay.port)
 
 
 @pytest.fixture

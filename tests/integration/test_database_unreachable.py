@@ -3,11 +3,10 @@ report (a statement's or its data's fault), on real connections."""
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from shared.db import create_engine, create_sessionmaker, unreachable
 from shared.embedded import free_port
-from tests.e2e.stack import Relay
+from tests.e2e.stack import Relay, on_tcp_port, postgres_target
 
 
 async def _error_of(sessionmaker, sql: str) -> BaseException:  # type: ignore[no-untyped-def]
@@ -18,18 +17,16 @@ async def _error_of(sessionmaker, sql: str) -> BaseException:  # type: ignore[no
 
 
 async def test_refused_and_cut_connections_are_unreachable_and_bad_statements_are_not(settings, sessionmaker) -> None:
-    closed = settings.model_copy(update={"database_url": make_url(settings.database_url).set(
-        host="127.0.0.1", port=free_port()).render_as_string(hide_password=False)})
+    closed = settings.model_copy(update={"database_url": on_tcp_port(settings.database_url, free_port())})
     engine = create_engine(closed, pool_size=1)
     try:
         assert unreachable(await _error_of(create_sessionmaker(engine), "select 1"))  # refused
     finally:
         await engine.dispose()
 
-    url = make_url(settings.database_url)
-    relay = Relay((url.host or "127.0.0.1", url.port or 5432))
-    engine = create_engine(settings.model_copy(update={"database_url": url.set(
-        host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)}), pool_size=1)
+    relay = Relay(postgres_target(settings.database_url))
+    engine = create_engine(settings.model_copy(update={"database_url": on_tcp_port(settings.database_url, relay.port)}),
+                           pool_size=1)
     try:
         async with engine.connect() as conn:
             await conn.execute(text("select 1"))

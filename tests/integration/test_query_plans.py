@@ -7,6 +7,7 @@ plan of a statement on tables filled by COPY and never analyzed (autovacuum off 
 """
 
 import asyncio
+import concurrent.futures
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -30,11 +31,22 @@ PIDS = [uuid.uuid5(WS, str(i)) for i in range(PROFILES)]
 MESSAGES = [uuid.uuid5(WS, f"message {i}") for i in range(40_050)]
 
 
+def _run(coro: Any) -> Any:
+    """Run a coroutine on a loop of its own (``asyncio.run`` would unset the thread's current loop, which the
+    asynchronous tests after these ones share)."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
 @pytest.fixture(scope="module")
 def unanalyzed(servers: Servers) -> Iterator[str]:
     """A migrated database whose events, profiles and identities hold 50k rows each (or two) and no statistics."""
     with fresh_database(servers, "tenure_plans") as url:
-        upgrade_all(Settings(database_url=url, redis_url=servers.redis_url))
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # (it runs asyncio.run: not on this thread's loop)
+            pool.submit(upgrade_all, Settings(database_url=url, redis_url=servers.redis_url)).result()
 
         async def fill() -> None:
             dsn, kw = _asyncpg_dsn(url)
@@ -72,7 +84,7 @@ def unanalyzed(servers: Servers) -> Iterator[str]:
             finally:
                 await conn.close()
 
-        asyncio.run(fill())
+        _run(fill())
         yield url
 
 
@@ -90,7 +102,7 @@ def _plan(url: str, sql: str, params: dict[str, Any]) -> tuple[set[str], int]:
 
     found: set[str] = set()
     touched = 0
-    raw = asyncio.run(explain())
+    raw = _run(explain())
     nodes = [(orjson.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]]
     while nodes:
         node = nodes.pop()

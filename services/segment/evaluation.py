@@ -80,13 +80,20 @@ async def apply_events(session: AsyncSession, events: list[dict[str, Any]]) -> A
     merges: list[tuple[uuid.UUID, uuid.UUID, uuid.UUID, dict[str, Any], dict[str, str]]] = []
     stats: dict[tuple[uuid.UUID, uuid.UUID], _Stats] = {}
     rules = await _purchase_rules(session, {uuid.UUID(e["workspace_id"]) for e in events})
+    orders = await _Orders.load(session, events, rules)
     for e in sorted(events, key=lambda e: e["timestamp"]):
         ws, pid = uuid.UUID(e["workspace_id"]), uuid.UUID(e["profile_id"])
         affected[ws].add(pid)
         at = attributes.event_time(e)
+        value = rules[ws].order_value(e)
+        if value is not None and not orders.first(e, value, at):
+            # the same order again (a re-send with a new messageId): seen, but neither an order nor an occurrence
+            stats.setdefault((ws, pid), _Stats()).add(at, None, seen=attributes.is_activity(e))
+            continue
         if e["type"] != "merge":
-            stats.setdefault((ws, pid), _Stats()).add(at, rules[ws].order_value(e), rules[ws].nps_score(e),
-                                                      seen=attributes.is_activity(e), refund=rules[ws].refund_value(e))
+            refund = rules[ws].refund_value(e, orders.value(e)) if rules[ws].is_refund(e) else None
+            stats.setdefault((ws, pid), _Stats()).add(at, value, rules[ws].nps_score(e),
+                                                      seen=attributes.is_activity(e), refund=refund)
         if e["type"] == "merge":
             from_ = uuid.UUID(e["properties"]["merged_profile_id"])
             affected[ws].add(from_)
@@ -131,6 +138,7 @@ async def apply_events(session: AsyncSession, events: list[dict[str, Any]]) -> A
             ),
             {"rows": dumps(raw)},
         )
+    await orders.save(session)
     if traits:
         await _merge_traits(session, traits)
     if account_members or account_traits:
@@ -141,6 +149,65 @@ async def apply_events(session: AsyncSession, events: list[dict[str, Any]]) -> A
     for ws, into, from_, merged_traits, merged_times in merges:
         await merge_profiles(session, ws, into, from_, merged_traits, merged_times)
     return affected
+
+
+OrderKey = tuple[uuid.UUID, uuid.UUID, str]  # (workspace, profile, order id)
+
+
+@dataclass
+class _Orders:
+    """The order ids each profile has ordered (``segment.profile_orders``), with each order's value: an order is
+    counted once however many purchase events name its id (attributes.order_id), and a refund naming only the
+    order takes off its value."""
+
+    known: dict[OrderKey, float] = field(default_factory=dict)
+    new: dict[OrderKey, tuple[float, datetime]] = field(default_factory=dict)
+
+    @classmethod
+    async def load(cls, session: AsyncSession, events: list[dict[str, Any]], rules: dict[uuid.UUID, PurchaseRules]
+                   ) -> "_Orders":
+        keys = {k for e in events if (k := _order_key(e)) is not None
+                and (rules[k[0]].order_value(e) is not None or rules[k[0]].is_refund(e))}
+        if not keys:
+            return cls()
+        k = sorted(keys)
+        rows = await session.execute(text(
+            "select o.workspace_id, o.profile_id, o.order_id, o.value from segment.profile_orders o "
+            "join unnest(CAST(:ws AS uuid[]), CAST(:pid AS uuid[]), CAST(:oid AS text[])) as u(ws, pid, oid) "
+            "on o.workspace_id = u.ws and o.profile_id = u.pid and o.order_id = u.oid"),
+            {"ws": [x[0] for x in k], "pid": [x[1] for x in k], "oid": [x[2] for x in k]})
+        return cls(known={(r[0], r[1], r[2]): float(r[3]) for r in rows})
+
+    def first(self, event: dict[str, Any], value: float, at: datetime) -> bool:
+        """Whether a purchase event is the first of its order (always, without an order id); records it."""
+        key = _order_key(event)
+        if key is None:
+            return True
+        if key in self.known:
+            return False
+        self.known[key] = value
+        self.new[key] = (value, at)
+        return True
+
+    def value(self, event: dict[str, Any]) -> float | None:
+        key = _order_key(event)
+        return None if key is None else self.known.get(key)
+
+    async def save(self, session: AsyncSession) -> None:
+        if not self.new:
+            return
+        k = sorted(self.new)
+        await session.execute(text(
+            "insert into segment.profile_orders (workspace_id, profile_id, order_id, value, at) "
+            "select * from unnest(CAST(:ws AS uuid[]), CAST(:pid AS uuid[]), CAST(:oid AS text[]), "
+            "CAST(:v AS numeric[]), CAST(:at AS timestamptz[])) on conflict do nothing"),
+            {"ws": [x[0] for x in k], "pid": [x[1] for x in k], "oid": [x[2] for x in k],
+             "v": [Decimal(str(self.new[x][0])) for x in k], "at": [self.new[x][1] for x in k]})
+
+
+def _order_key(event: dict[str, Any]) -> OrderKey | None:
+    oid = attributes.order_id(event)
+    return None if oid is None else (uuid.UUID(event["workspace_id"]), uuid.UUID(event["profile_id"]), oid)
 
 
 async def _apply_accounts(session: AsyncSession, members: set[tuple[uuid.UUID, uuid.UUID, str]],
@@ -231,8 +298,13 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
         """), params)
     await session.execute(text("delete from segment.event_counts where workspace_id = :ws and profile_id = :from"),
                           params)
+    # an order both profiles hold (bought on the device, re-sent after login) counts once in the folded statistics
+    same = (await session.execute(text(
+        "select count(*), coalesce(sum(f.value), 0) from segment.profile_orders f join segment.profile_orders i "
+        "on i.workspace_id = f.workspace_id and i.profile_id = :into and i.order_id = f.order_id "
+        "where f.workspace_id = :ws and f.profile_id = :from"), params)).one()
     for table, key in (("profile_events", "event, at, message_id, properties"), ("account_members", "group_id"),
-                       ("list_members", "list_id, added_at")):
+                       ("list_members", "list_id, added_at"), ("profile_orders", "order_id, value, at")):
         await session.execute(text(
             f"insert into segment.{table} (workspace_id, profile_id, {key}) "
             f"select workspace_id, :into, {key} from segment.{table} where workspace_id = :ws and profile_id = :from "
@@ -248,6 +320,10 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
           from segment.profile_stats where workspace_id = :ws and profile_id = :from
         {_STATS_FOLD}
         """), params)
+    if same[0]:
+        await session.execute(text(
+            "update segment.profile_stats set order_count = greatest(order_count - :n, 0), revenue = revenue - :v "
+            "where workspace_id = :ws and profile_id = :into"), {**params, "n": same[0], "v": same[1]})
     await session.execute(text("delete from segment.profile_stats where workspace_id = :ws and profile_id = :from"),
                           params)
     await session.execute(text("delete from segment.profile_traits where workspace_id = :ws and profile_id = :from"),

@@ -636,11 +636,13 @@ async def reevaluate(session: AsyncSession, ws: uuid.UUID, pids: Iterable[uuid.U
     needs = Needs.of(parsed[sid][1] for sid in order)
     if cfg:
         needs.counts |= cfg.events()
+        needs.raw |= set(cfg.advocacy_events)  # who was the referred side (lifecycle.advocates)
     current = await memberships(session, ws, pid_list)
     facts = await _load_facts(session, ws, pid_list, needs, today, settings=settings, current=current)
+    gone = await merged_away(session, ws, pid_list)
     changes: list[Change] = []
     if cfg:
-        changes += _stage_changes(cfg, ws, current, facts, today)
+        changes += _stage_changes(cfg, ws, current, facts, today, gone)
     read_by_others = {ref for sid in order for ref in conditions.segments_of(parsed[sid][1])}
     profile_facts = [(pid, facts[pid]) for pid in pid_list]
     for sid in order:
@@ -648,7 +650,7 @@ async def reevaluate(session: AsyncSession, ws: uuid.UUID, pids: Iterable[uuid.U
         predicate = conditions.compile_condition(node, today)
         key, track = str(sid), sid in read_by_others
         for pid, f in profile_facts:
-            member = predicate(f)
+            member = pid not in gone and predicate(f)
             was = (sid, pid) in current
             if member and not was:
                 changes.append((sid, version, pid, "entered"))
@@ -688,10 +690,21 @@ async def reevaluate(session: AsyncSession, ws: uuid.UUID, pids: Iterable[uuid.U
 Change = tuple[uuid.UUID, int, uuid.UUID, str]  # (segment id, version, profile id, "entered" | "exited")
 
 
+async def merged_away(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Those of ``pids`` ingest merged into another profile: they are in no segment and have no stage. With
+    their facts gone (folded into the survivor), they entered every "has not done X" segment and stayed."""
+    rows = await session.execute(text(
+        "select profile_id from segment.merged_profiles "
+        "where workspace_id = :ws and profile_id = any(CAST(:p AS uuid[]))"),
+        {"ws": ws, "p": pids})
+    return set(rows.scalars())
+
+
 def _stage_changes(cfg: lifecycle_mod.LifecycleSettings, ws: uuid.UUID, current: Memberships,
-                   facts: dict[uuid.UUID, conditions.ProfileFacts], today: date) -> list[Change]:
+                   facts: dict[uuid.UUID, conditions.ProfileFacts], today: date,
+                   gone: frozenset[uuid.UUID] | set[uuid.UUID] = frozenset()) -> list[Change]:
     """Lifecycle stages are memberships of per-stage segments: a stage change is an exit and an entry.
-    Sets each profile's new stage in its facts (segments may read it)."""
+    Sets each profile's new stage in its facts (segments may read it); merged-away profiles (``gone``) have none."""
     stage_ids = {lifecycle_mod.stage_segment_id(ws, st): st for st in lifecycle_mod.STAGES}
     previous: dict[uuid.UUID, tuple[uuid.UUID, datetime]] = {
         pid: (sid, at) for (sid, pid), at in current.items() if sid in stage_ids}
@@ -703,10 +716,11 @@ def _stage_changes(cfg: lifecycle_mod.LifecycleSettings, ws: uuid.UUID, current:
         stage_input = lifecycle_mod.StageInput(
             days_since_last_activity=f.attributes.get("days_since_last_activity"),
             order_count=int(f.attributes.get("order_count") or 0),
-            performed={ev for ev in cfg.events() if sum(f.counts.get(ev, {}).values()) > 0},
+            performed=lifecycle_mod.performed(cfg, f.counts, f.events),
             nps=f.attributes.get("last_nps"),
         )
-        new_stage = lifecycle_mod.next_stage(stage_input, old_stage, old[1].date() if old else None, today, cfg)
+        new_stage = None if pid in gone else lifecycle_mod.next_stage(stage_input, old_stage,
+                                                                      old[1].date() if old else None, today, cfg)
         f.stage = new_stage
         if new_stage == old_stage:
             continue

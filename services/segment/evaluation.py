@@ -161,7 +161,7 @@ class _Orders:
     order takes off its value."""
 
     known: dict[OrderKey, float] = field(default_factory=dict)
-    new: dict[OrderKey, tuple[float, datetime]] = field(default_factory=dict)
+    new: dict[OrderKey, tuple[str, float, datetime]] = field(default_factory=dict)  # -> (event, value, at)
 
     @classmethod
     async def load(cls, session: AsyncSession, events: list[dict[str, Any]], rules: dict[uuid.UUID, PurchaseRules]
@@ -186,7 +186,7 @@ class _Orders:
         if key in self.known:
             return False
         self.known[key] = value
-        self.new[key] = (value, at)
+        self.new[key] = (event["event"], value, at)
         return True
 
     def value(self, event: dict[str, Any]) -> float | None:
@@ -198,11 +198,12 @@ class _Orders:
             return
         k = sorted(self.new)
         await session.execute(text(
-            "insert into segment.profile_orders (workspace_id, profile_id, order_id, value, at) "
+            "insert into segment.profile_orders (workspace_id, profile_id, order_id, event, value, at) "
             "select * from unnest(CAST(:ws AS uuid[]), CAST(:pid AS uuid[]), CAST(:oid AS text[]), "
-            "CAST(:v AS numeric[]), CAST(:at AS timestamptz[])) on conflict do nothing"),
+            "CAST(:ev AS text[]), CAST(:v AS numeric[]), CAST(:at AS timestamptz[])) on conflict do nothing"),
             {"ws": [x[0] for x in k], "pid": [x[1] for x in k], "oid": [x[2] for x in k],
-             "v": [Decimal(str(self.new[x][0])) for x in k], "at": [self.new[x][1] for x in k]})
+             "ev": [self.new[x][0] for x in k], "v": [Decimal(str(self.new[x][1])) for x in k],
+             "at": [self.new[x][2] for x in k]})
 
 
 def _order_key(event: dict[str, Any]) -> OrderKey | None:
@@ -288,6 +289,7 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
     """
     params = {"ws": ws, "into": into, "from": from_}
     await profile_merges.record(session, SCHEMA, [(ws, from_, into)])
+    same = await _drop_shared_orders(session, params)
     await session.execute(text(
         """
         insert into segment.event_counts (workspace_id, profile_id, event, day, count)
@@ -298,13 +300,8 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
         """), params)
     await session.execute(text("delete from segment.event_counts where workspace_id = :ws and profile_id = :from"),
                           params)
-    # an order both profiles hold (bought on the device, re-sent after login) counts once in the folded statistics
-    same = (await session.execute(text(
-        "select count(*), coalesce(sum(f.value), 0) from segment.profile_orders f join segment.profile_orders i "
-        "on i.workspace_id = f.workspace_id and i.profile_id = :into and i.order_id = f.order_id "
-        "where f.workspace_id = :ws and f.profile_id = :from"), params)).one()
     for table, key in (("profile_events", "event, at, message_id, properties"), ("account_members", "group_id"),
-                       ("list_members", "list_id, added_at"), ("profile_orders", "order_id, value, at")):
+                       ("list_members", "list_id, added_at"), ("profile_orders", "order_id, event, value, at")):
         await session.execute(text(
             f"insert into segment.{table} (workspace_id, profile_id, {key}) "
             f"select workspace_id, :into, {key} from segment.{table} where workspace_id = :ws and profile_id = :from "
@@ -342,6 +339,37 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
         on conflict (workspace_id, profile_id)
         do update set traits = excluded.traits, trait_times = excluded.trait_times, updated_at = now()
         """), {**params, "t": dumps(traits), "tt": dumps(times)})
+
+
+_SHARED_ORDERS = """
+    select f.order_id, f.event, f.at, f.value from segment.profile_orders f join segment.profile_orders i
+        on i.workspace_id = f.workspace_id and i.profile_id = :into and i.order_id = f.order_id
+     where f.workspace_id = :ws and f.profile_id = :from"""
+
+
+async def _drop_shared_orders(session: AsyncSession, params: dict[str, Any]) -> tuple[int, Decimal]:
+    """Before a merge, take the orders both profiles hold (bought on the device, re-sent after login) out of the
+    merged-away profile's occurrences (per-day count, stored event); returns how many and their value, to take
+    off its statistics once folded. Each order counts once in the survivor, as in one profile."""
+    shared = (await session.execute(text(_SHARED_ORDERS), params)).all()
+    if not shared:
+        return 0, Decimal(0)
+    await session.execute(text(
+        f"""
+        update segment.event_counts c set count = c.count - d.n
+          from (select event, (at at time zone 'UTC')::date as day, count(*) as n from ({_SHARED_ORDERS}) s
+                 group by 1, 2) d
+         where c.workspace_id = :ws and c.profile_id = :from and c.event = d.event and c.day = d.day
+        """), params)
+    await session.execute(text("delete from segment.event_counts where workspace_id = :ws and profile_id = :from "
+                               "and count <= 0"), params)
+    await session.execute(text(
+        f"""
+        delete from segment.profile_events e using ({_SHARED_ORDERS}) s
+         where e.workspace_id = :ws and e.profile_id = :from and e.event = s.event
+           and e.properties ->> 'order_id' = s.order_id
+        """), params)
+    return len(shared), sum((Decimal(r.value) for r in shared), Decimal(0))
 
 
 @dataclass

@@ -162,6 +162,7 @@ class ProfileOrder(SegmentTable, table=True):
     workspace_id: uuid.UUID = Field(primary_key=True)
     profile_id: uuid.UUID = Field(primary_key=True)
     order_id: str = Field(primary_key=True)
+    event: str  # the purchase event that named it first
     value: Decimal = Field(sa_column=Column(Numeric, nullable=False))
     at: datetime = Field(sa_column=Column("at", DateTime(timezone=True), nullable=False))
 

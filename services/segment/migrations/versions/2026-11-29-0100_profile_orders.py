@@ -25,6 +25,7 @@ def upgrade() -> None:
     sa.Column('workspace_id', sa.Uuid(), nullable=False),
     sa.Column('profile_id', sa.Uuid(), nullable=False),
     sa.Column('order_id', sa.Text(), nullable=False),
+    sa.Column('event', sa.Text(), nullable=False),
     sa.Column('value', sa.Numeric(), nullable=False),
     sa.Column('at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('workspace_id', 'profile_id', 'order_id', name=op.f('pk_profile_orders')),

@@ -74,29 +74,52 @@ class PurchaseRules:
             return None
         return self._amount(event)
 
-    def refund_value(self, event: dict[str, Any]) -> float | None:
-        """The amount a refund event takes off the revenue (its revenue property, whatever its sign: 0 when
-        it has none), or None if the event is not a refund. The order stays counted: a partial refund is
-        common, and the customer did buy. Without this, CLTV and average order value kept every refunded
-        amount, while the loyalty program took its points back."""
-        if event.get("type") != "track" or event.get("event") not in self.refund_events \
-                or event.get("event") in self.events:
+    def is_refund(self, event: dict[str, Any]) -> bool:
+        return event.get("type") == "track" and event.get("event") in self.refund_events \
+            and event.get("event") not in self.events
+
+    def refund_value(self, event: dict[str, Any], order_value: float | None = None) -> float | None:
+        """The amount a refund event takes off the revenue, whatever its sign, or None if the event is not a
+        refund. As Segment's ecommerce spec has it: its revenue property, else its ``total``, else the value of
+        the order it names (``order_value``: of its ``order_id``, when that order was seen), else 0. The order
+        stays counted: a partial refund is common, and the customer did buy. Without this, CLTV and average
+        order value kept every refunded amount, while the loyalty program took its points back; a refund
+        carrying only ``order_id`` and ``total`` took nothing off."""
+        if not self.is_refund(event):
             return None
-        return abs(self._amount(event))
+        props = event.get("properties") or {}
+        for key in (self.revenue_property, "total"):
+            if (amount := _amount(props.get(key))) is not None:
+                return abs(amount)
+        return abs(order_value or 0.0)
 
     def _amount(self, event: dict[str, Any]) -> float:
-        value = (event.get("properties") or {}).get(self.revenue_property)
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            return 0.0
-        try:
-            amount = float(value)
-        except ValueError:
-            return 0.0
-        # text reads as NaN or an infinity ("NaN", "Infinity", "1e999"): one such purchase made the revenue
-        # NaN / infinite for good, and every evaluation, search and metric of the profile failed; so did an
-        # amount of 1e27 or more (no cents fit in 28 digits: ``money``), or two of 1e308 (their float sum is
-        # infinite), failing the whole workspace's re-evaluation page after page
-        return amount if math.isfinite(amount) and abs(amount) < MAX_ORDER_VALUE else 0.0
+        return _amount((event.get("properties") or {}).get(self.revenue_property)) or 0.0
+
+
+def order_id(event: dict[str, Any]) -> str | None:
+    """The ``order_id`` property of an order or refund event (Segment's ecommerce spec), as text; None without
+    one. Orders are counted once per order id: an SDK's re-send or an app's second ``Order Completed`` for one
+    order (a new messageId, so ingest keeps both) counted it twice in order count, CLTV and frequency."""
+    value = (event.get("properties") or {}).get("order_id")
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        return None
+    return str(value)
+
+
+def _amount(value: Any) -> float | None:
+    """A finite amount from a property (a number, or text holding one); None without a usable one."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        amount = float(value)
+    except ValueError:
+        return None
+    # text reads as NaN or an infinity ("NaN", "Infinity", "1e999"): one such purchase made the revenue
+    # NaN / infinite for good, and every evaluation, search and metric of the profile failed; so did an
+    # amount of 1e27 or more (no cents fit in 28 digits: ``money``), or two of 1e308 (their float sum is
+    # infinite), failing the whole workspace's re-evaluation page after page
+    return amount if math.isfinite(amount) and abs(amount) < MAX_ORDER_VALUE else None
 
 
 @dataclass(frozen=True)

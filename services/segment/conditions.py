@@ -33,6 +33,7 @@ Evaluation takes plain values so it is unit- and property-tested without a datab
 
 import hashlib
 import math
+import re
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -267,6 +268,25 @@ class AttributeNode(_Node):
         return self
 
 
+DATE_ATTRIBUTES = frozenset({"first_seen", "last_seen"})
+_DATE_OPS = frozenset({"before", "after", "within_last_days"})
+_ORDER_OPS = frozenset({"gt", "gte", "lt", "lte"})
+
+
+def attribute_op_problem(node: AttributeNode) -> str | None:
+    """Why an ``attribute`` condition could never match (checked on save, not on load: a stored one must still
+    evaluate), else None. ``order_count`` ``within_last_days`` 30 or ``first_seen`` ``gte`` 5 were saved and
+    matched no one."""
+    if node.attribute in DATE_ATTRIBUTES:
+        if node.op in ("contains", "starts_with"):
+            return f"{node.attribute!r} is a date: {node.op!r} does not apply to it"
+        if node.op in _ORDER_OPS and _as_datetime(node.value) is None:
+            return f"{node.op!r} on {node.attribute!r} needs an ISO 8601 date or date-time value"
+    elif node.op in _DATE_OPS | {"contains", "starts_with"}:
+        return f"{node.attribute!r} is a number: {node.op!r} does not apply to it"
+    return None
+
+
 class RandomBucketNode(_Node):
     """A stable random share of profiles (holdouts, tests): the same profile always lands in the same bucket."""
 
@@ -351,21 +371,30 @@ def uses(node: Any, kind: type) -> bool:
 
 def has_window(node: Any) -> bool:
     """True if membership can change with time alone (a window, a "days since" attribute, a date
-    trait compared with today, or a lifecycle stage)."""
-    for n in walk(node):
+    trait compared with today, or a lifecycle stage) — also one inside the property filters of a ``performed`` or
+    ``aggregate`` condition or in a ``last_event_property`` comparison: members of "ordered shoes in the last 7
+    days" never left when the days passed."""
+    for n in _with_filters(walk(node)):
         if isinstance(n, _Windowed) and (n.within_days is not None or n.between is not None):
             return True
         if isinstance(n, KeyedNode | EmailEngagementNode) and n.within_days is not None:
             return True
         if isinstance(n, PerformedTimeNode) and n.op in ("within_last_days", "over_days_ago"):
             return True
-        if isinstance(n, TraitNode | AccountTraitNode | PropertyFilter | AttributeNode) and n.op == "within_last_days":
+        if isinstance(n, _Compared | AttributeNode) and n.op == "within_last_days":
             return True
         if isinstance(n, AttributeNode) and (n.attribute.startswith("days_since") or n.attribute == "orders_per_month"):
             return True
         if isinstance(n, StageNode):
             return True
     return False
+
+
+def _with_filters(nodes: Iterator[Any]) -> Iterator[Any]:
+    """The nodes and the property filters (``where``) of those that have them."""
+    for n in nodes:
+        yield n
+        yield from getattr(n, "where", ())
 
 
 def _as_datetime(v: Any) -> datetime | None:
@@ -400,6 +429,28 @@ def _number(v: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+# a number written as text, as PostgreSQL's numeric reads it (set_evaluation.py holds the same pattern): no
+# "NaN", "Infinity", "1_000", spaces or exponents past 99, which Python's float alone would take
+NUMERIC_TEXT = r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,2})?"
+_NUMERIC_TEXT = re.compile(NUMERIC_TEXT)
+
+
+def numeric_text(v: str) -> bool:
+    return _NUMERIC_TEXT.fullmatch(v) is not None
+
+
+def _ordered_number(v: Any) -> float | int | None:
+    """A value as a number for ``gt`` / ``lt`` …: a number (not a bool) or a text holding one ("42", traits
+    imported from a CSV or a form), else None. A trait of "42" never matched ``gt 40``."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int | float):
+        return v
+    if isinstance(v, str) and numeric_text(v):
+        return float(v)
+    return None
+
+
 def compare(op: str, actual: Any, expected: Any, today: date | None = None) -> bool:
     if op == "exists":
         return actual is not None
@@ -430,6 +481,14 @@ def compare(op: str, actual: Any, expected: Any, today: date | None = None) -> b
         bound = _as_datetime(expected)
         assert bound is not None  # checked on save
         return when < bound if op == "before" else when > bound
+    if op in ("gt", "gte", "lt", "lte") and isinstance(actual, date):  # first_seen / last_seen: instants
+        bound = _as_datetime(expected)
+        if bound is None:
+            return False
+        actual, expected = _as_datetime(actual), bound
+    elif op in ("gt", "gte", "lt", "lte") and (a := _ordered_number(actual)) is not None \
+            and (e := _ordered_number(expected)) is not None:
+        actual, expected = a, e
     try:
         if op == "gt":
             return bool(actual > expected)

@@ -80,13 +80,20 @@ async def apply_events(session: AsyncSession, events: list[dict[str, Any]]) -> A
     merges: list[tuple[uuid.UUID, uuid.UUID, uuid.UUID, dict[str, Any], dict[str, str]]] = []
     stats: dict[tuple[uuid.UUID, uuid.UUID], _Stats] = {}
     rules = await _purchase_rules(session, {uuid.UUID(e["workspace_id"]) for e in events})
+    orders = await _Orders.load(session, events, rules)
     for e in sorted(events, key=lambda e: e["timestamp"]):
         ws, pid = uuid.UUID(e["workspace_id"]), uuid.UUID(e["profile_id"])
         affected[ws].add(pid)
         at = attributes.event_time(e)
+        value = rules[ws].order_value(e)
+        if value is not None and not orders.first(e, value, at):
+            # the same order again (a re-send with a new messageId): seen, but neither an order nor an occurrence
+            stats.setdefault((ws, pid), _Stats()).add(at, None, seen=attributes.is_activity(e))
+            continue
         if e["type"] != "merge":
-            stats.setdefault((ws, pid), _Stats()).add(at, rules[ws].order_value(e), rules[ws].nps_score(e),
-                                                      seen=attributes.is_activity(e), refund=rules[ws].refund_value(e))
+            refund = rules[ws].refund_value(e, orders.value(e)) if rules[ws].is_refund(e) else None
+            stats.setdefault((ws, pid), _Stats()).add(at, value, rules[ws].nps_score(e),
+                                                      seen=attributes.is_activity(e), refund=refund)
         if e["type"] == "merge":
             from_ = uuid.UUID(e["properties"]["merged_profile_id"])
             affected[ws].add(from_)
@@ -131,6 +138,7 @@ async def apply_events(session: AsyncSession, events: list[dict[str, Any]]) -> A
             ),
             {"rows": dumps(raw)},
         )
+    await orders.save(session)
     if traits:
         await _merge_traits(session, traits)
     if account_members or account_traits:
@@ -141,6 +149,66 @@ async def apply_events(session: AsyncSession, events: list[dict[str, Any]]) -> A
     for ws, into, from_, merged_traits, merged_times in merges:
         await merge_profiles(session, ws, into, from_, merged_traits, merged_times)
     return affected
+
+
+OrderKey = tuple[uuid.UUID, uuid.UUID, str]  # (workspace, profile, order id)
+
+
+@dataclass
+class _Orders:
+    """The order ids each profile has ordered (``segment.profile_orders``), with each order's value: an order is
+    counted once however many purchase events name its id (attributes.order_id), and a refund naming only the
+    order takes off its value."""
+
+    known: dict[OrderKey, float] = field(default_factory=dict)
+    new: dict[OrderKey, tuple[str, float, datetime]] = field(default_factory=dict)  # -> (event, value, at)
+
+    @classmethod
+    async def load(cls, session: AsyncSession, events: list[dict[str, Any]], rules: dict[uuid.UUID, PurchaseRules]
+                   ) -> "_Orders":
+        keys = {k for e in events if (k := _order_key(e)) is not None
+                and (rules[k[0]].order_value(e) is not None or rules[k[0]].is_refund(e))}
+        if not keys:
+            return cls()
+        k = sorted(keys)
+        rows = await session.execute(text(
+            "select o.workspace_id, o.profile_id, o.order_id, o.value from segment.profile_orders o "
+            "join unnest(CAST(:ws AS uuid[]), CAST(:pid AS uuid[]), CAST(:oid AS text[])) as u(ws, pid, oid) "
+            "on o.workspace_id = u.ws and o.profile_id = u.pid and o.order_id = u.oid"),
+            {"ws": [x[0] for x in k], "pid": [x[1] for x in k], "oid": [x[2] for x in k]})
+        return cls(known={(r[0], r[1], r[2]): float(r[3]) for r in rows})
+
+    def first(self, event: dict[str, Any], value: float, at: datetime) -> bool:
+        """Whether a purchase event is the first of its order (always, without an order id); records it."""
+        key = _order_key(event)
+        if key is None:
+            return True
+        if key in self.known:
+            return False
+        self.known[key] = value
+        self.new[key] = (event["event"], value, at)
+        return True
+
+    def value(self, event: dict[str, Any]) -> float | None:
+        key = _order_key(event)
+        return None if key is None else self.known.get(key)
+
+    async def save(self, session: AsyncSession) -> None:
+        if not self.new:
+            return
+        k = sorted(self.new)
+        await session.execute(text(
+            "insert into segment.profile_orders (workspace_id, profile_id, order_id, event, value, at) "
+            "select * from unnest(CAST(:ws AS uuid[]), CAST(:pid AS uuid[]), CAST(:oid AS text[]), "
+            "CAST(:ev AS text[]), CAST(:v AS numeric[]), CAST(:at AS timestamptz[])) on conflict do nothing"),
+            {"ws": [x[0] for x in k], "pid": [x[1] for x in k], "oid": [x[2] for x in k],
+             "ev": [self.new[x][0] for x in k], "v": [Decimal(str(self.new[x][1])) for x in k],
+             "at": [self.new[x][2] for x in k]})
+
+
+def _order_key(event: dict[str, Any]) -> OrderKey | None:
+    oid = attributes.order_id(event)
+    return None if oid is None else (uuid.UUID(event["workspace_id"]), uuid.UUID(event["profile_id"]), oid)
 
 
 async def _apply_accounts(session: AsyncSession, members: set[tuple[uuid.UUID, uuid.UUID, str]],
@@ -221,6 +289,7 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
     """
     params = {"ws": ws, "into": into, "from": from_}
     await profile_merges.record(session, SCHEMA, [(ws, from_, into)])
+    same = await _drop_shared_orders(session, params)
     await session.execute(text(
         """
         insert into segment.event_counts (workspace_id, profile_id, event, day, count)
@@ -232,7 +301,7 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
     await session.execute(text("delete from segment.event_counts where workspace_id = :ws and profile_id = :from"),
                           params)
     for table, key in (("profile_events", "event, at, message_id, properties"), ("account_members", "group_id"),
-                       ("list_members", "list_id, added_at")):
+                       ("list_members", "list_id, added_at"), ("profile_orders", "order_id, event, value, at")):
         await session.execute(text(
             f"insert into segment.{table} (workspace_id, profile_id, {key}) "
             f"select workspace_id, :into, {key} from segment.{table} where workspace_id = :ws and profile_id = :from "
@@ -248,6 +317,10 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
           from segment.profile_stats where workspace_id = :ws and profile_id = :from
         {_STATS_FOLD}
         """), params)
+    if same[0]:
+        await session.execute(text(
+            "update segment.profile_stats set order_count = greatest(order_count - :n, 0), revenue = revenue - :v "
+            "where workspace_id = :ws and profile_id = :into"), {**params, "n": same[0], "v": same[1]})
     await session.execute(text("delete from segment.profile_stats where workspace_id = :ws and profile_id = :from"),
                           params)
     await session.execute(text("delete from segment.profile_traits where workspace_id = :ws and profile_id = :from"),
@@ -266,6 +339,37 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
         on conflict (workspace_id, profile_id)
         do update set traits = excluded.traits, trait_times = excluded.trait_times, updated_at = now()
         """), {**params, "t": dumps(traits), "tt": dumps(times)})
+
+
+_SHARED_ORDERS = """
+    select f.order_id, f.event, f.at, f.value from segment.profile_orders f join segment.profile_orders i
+        on i.workspace_id = f.workspace_id and i.profile_id = :into and i.order_id = f.order_id
+     where f.workspace_id = :ws and f.profile_id = :from"""
+
+
+async def _drop_shared_orders(session: AsyncSession, params: dict[str, Any]) -> tuple[int, Decimal]:
+    """Before a merge, take the orders both profiles hold (bought on the device, re-sent after login) out of the
+    merged-away profile's occurrences (per-day count, stored event); returns how many and their value, to take
+    off its statistics once folded. Each order counts once in the survivor, as in one profile."""
+    shared = (await session.execute(text(_SHARED_ORDERS), params)).all()
+    if not shared:
+        return 0, Decimal(0)
+    await session.execute(text(
+        f"""
+        update segment.event_counts c set count = c.count - d.n
+          from (select event, (at at time zone 'UTC')::date as day, count(*) as n from ({_SHARED_ORDERS}) s
+                 group by 1, 2) d
+         where c.workspace_id = :ws and c.profile_id = :from and c.event = d.event and c.day = d.day
+        """), params)
+    await session.execute(text("delete from segment.event_counts where workspace_id = :ws and profile_id = :from "
+                               "and count <= 0"), params)
+    await session.execute(text(
+        f"""
+        delete from segment.profile_events e using ({_SHARED_ORDERS}) s
+         where e.workspace_id = :ws and e.profile_id = :from and e.event = s.event
+           and e.properties ->> 'order_id' = s.order_id
+        """), params)
+    return len(shared), sum((Decimal(r.value) for r in shared), Decimal(0))
 
 
 @dataclass
@@ -560,11 +664,13 @@ async def reevaluate(session: AsyncSession, ws: uuid.UUID, pids: Iterable[uuid.U
     needs = Needs.of(parsed[sid][1] for sid in order)
     if cfg:
         needs.counts |= cfg.events()
+        needs.raw |= set(cfg.advocacy_events)  # who was the referred side (lifecycle.advocates)
     current = await memberships(session, ws, pid_list)
     facts = await _load_facts(session, ws, pid_list, needs, today, settings=settings, current=current)
+    gone = await merged_away(session, ws, pid_list)
     changes: list[Change] = []
     if cfg:
-        changes += _stage_changes(cfg, ws, current, facts, today)
+        changes += _stage_changes(cfg, ws, current, facts, today, gone)
     read_by_others = {ref for sid in order for ref in conditions.segments_of(parsed[sid][1])}
     profile_facts = [(pid, facts[pid]) for pid in pid_list]
     for sid in order:
@@ -572,7 +678,7 @@ async def reevaluate(session: AsyncSession, ws: uuid.UUID, pids: Iterable[uuid.U
         predicate = conditions.compile_condition(node, today)
         key, track = str(sid), sid in read_by_others
         for pid, f in profile_facts:
-            member = predicate(f)
+            member = pid not in gone and predicate(f)
             was = (sid, pid) in current
             if member and not was:
                 changes.append((sid, version, pid, "entered"))
@@ -612,10 +718,21 @@ async def reevaluate(session: AsyncSession, ws: uuid.UUID, pids: Iterable[uuid.U
 Change = tuple[uuid.UUID, int, uuid.UUID, str]  # (segment id, version, profile id, "entered" | "exited")
 
 
+async def merged_away(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Those of ``pids`` ingest merged into another profile: they are in no segment and have no stage. With
+    their facts gone (folded into the survivor), they entered every "has not done X" segment and stayed."""
+    rows = await session.execute(text(
+        "select profile_id from segment.merged_profiles "
+        "where workspace_id = :ws and profile_id = any(CAST(:p AS uuid[]))"),
+        {"ws": ws, "p": pids})
+    return set(rows.scalars())
+
+
 def _stage_changes(cfg: lifecycle_mod.LifecycleSettings, ws: uuid.UUID, current: Memberships,
-                   facts: dict[uuid.UUID, conditions.ProfileFacts], today: date) -> list[Change]:
+                   facts: dict[uuid.UUID, conditions.ProfileFacts], today: date,
+                   gone: frozenset[uuid.UUID] | set[uuid.UUID] = frozenset()) -> list[Change]:
     """Lifecycle stages are memberships of per-stage segments: a stage change is an exit and an entry.
-    Sets each profile's new stage in its facts (segments may read it)."""
+    Sets each profile's new stage in its facts (segments may read it); merged-away profiles (``gone``) have none."""
     stage_ids = {lifecycle_mod.stage_segment_id(ws, st): st for st in lifecycle_mod.STAGES}
     previous: dict[uuid.UUID, tuple[uuid.UUID, datetime]] = {
         pid: (sid, at) for (sid, pid), at in current.items() if sid in stage_ids}
@@ -627,10 +744,11 @@ def _stage_changes(cfg: lifecycle_mod.LifecycleSettings, ws: uuid.UUID, current:
         stage_input = lifecycle_mod.StageInput(
             days_since_last_activity=f.attributes.get("days_since_last_activity"),
             order_count=int(f.attributes.get("order_count") or 0),
-            performed={ev for ev in cfg.events() if sum(f.counts.get(ev, {}).values()) > 0},
+            performed=lifecycle_mod.performed(cfg, f.counts, f.events),
             nps=f.attributes.get("last_nps"),
         )
-        new_stage = lifecycle_mod.next_stage(stage_input, old_stage, old[1].date() if old else None, today, cfg)
+        new_stage = None if pid in gone else lifecycle_mod.next_stage(stage_input, old_stage,
+                                                                      old[1].date() if old else None, today, cfg)
         f.stage = new_stage
         if new_stage == old_stage:
             continue

@@ -5,8 +5,8 @@ Stages, first match wins:
 1. ``churned``: no activity for ``churned_days`` (default 90);
 2. ``at_risk``: no activity for ``at_risk_days`` (default 30);
 3. ``reactivated``: came back after being churned, for ``reactivated_days`` (default 30) after returning;
-4. ``advocacy``: performed an advocacy event (default ``Referral Converted``, ``Review Submitted``) or
-   last NPS score ≥ 9 (trait ``nps``);
+4. ``advocacy``: performed an advocacy event (default ``Referral Converted``, ``Review Submitted``; not the
+   referred side of a referral, ``role`` ``referred``) or last NPS score ≥ 9 (trait ``nps``);
 5. ``loyal``: ``loyal_orders`` (default 3) purchases or more;
 6. ``engaged``: activated (performed an activation event, default a purchase);
 7. ``onboarding``: everyone else who has been seen.
@@ -23,6 +23,7 @@ Stage changes are written as transitions of a per-workspace stage segment (a sta
 :func:`stage_segment_id`), so campaigns trigger on "entered at_risk" like on any segment.
 """
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -78,6 +79,21 @@ class LifecycleSettings:
 # the integer settings and their ranges (as shared/workspace_config.py checks them)
 _NUMBERS = {"loyal_orders": (1, MAX_LOYAL_ORDERS), "at_risk_days": (1, 2**63), "churned_days": (1, 2**63),
             "reactivated_days": (1, 2**63), "promoter_nps": (0, 10)}
+
+
+def performed(cfg: LifecycleSettings, counts: Mapping[str, Mapping[date, int]],
+              events: Mapping[str, Sequence[tuple[Any, Mapping[str, Any]]]]) -> set[str]:
+    """The stage events (activation, advocacy) a profile performed: per-day ``counts``, less, for advocacy events,
+    the stored occurrences (``events``) where the profile is the referred side (``role`` ``referred``: programs
+    send ``Referral Converted`` to both sides, docs/programs.md). The referred customer was made an advocate."""
+    out = set()
+    for ev in cfg.events():
+        n = sum(counts.get(ev, {}).values())
+        if ev in cfg.advocacy_events and ev not in cfg.activation_events:
+            n -= sum(1 for _, props in events.get(ev, ()) if props.get("role") == "referred")
+        if n > 0:
+            out.add(ev)
+    return out
 
 
 @dataclass

@@ -153,6 +153,20 @@ class ProfileEvent(SegmentTable, table=True):
     properties: dict[str, Any] = Field(sa_column=jsonb_column("properties"))
 
 
+class ProfileOrder(SegmentTable, table=True):
+    """Each order id a profile ordered (``order_id`` of a purchase event), with its value: an order is counted
+    once whatever number of purchase events name it, and a refund naming only the order takes off its value."""
+
+    __tablename__ = "profile_orders"
+
+    workspace_id: uuid.UUID = Field(primary_key=True)
+    profile_id: uuid.UUID = Field(primary_key=True)
+    order_id: str = Field(primary_key=True)
+    event: str  # the purchase event that named it first
+    value: Decimal = Field(sa_column=Column(Numeric, nullable=False))
+    at: datetime = Field(sa_column=Column("at", DateTime(timezone=True), nullable=False))
+
+
 class Account(SegmentTable, table=True):
     """A B2B account (``group`` call): its traits, merged newest-per-trait like profile traits."""
 

@@ -1,5 +1,5 @@
 """Erasure and export of what segment holds about profiles: traits copy, counts, stored events, account and
-list memberships, segment memberships, transitions."""
+list memberships, segment memberships, transitions, order ids."""
 
 import uuid
 from typing import Any
@@ -9,8 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared import profile_merges
 
-_TABLES = ("event_counts", "profile_events", "profile_traits", "profile_stats", "account_members", "list_members",
-           "memberships", "transitions")
+_TABLES = ("event_counts", "profile_events", "profile_orders", "profile_traits", "profile_stats", "account_members",
+           "list_members", "memberships", "transitions")
 
 
 async def erase(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) -> dict[str, int]:

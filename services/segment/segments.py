@@ -41,6 +41,10 @@ def validate_definition(definition: dict[str, Any]) -> Any:
     if too_deep:
         raise ValidationFailed("The segment definition is not valid", errors=[
             body_error(too_deep, f"nested more than {MAX_DEPTH} levels deep (and / or / not)")])
+    for at, _, n in _nodes(node):
+        if isinstance(n, conditions.AttributeNode) and (problem := conditions.attribute_op_problem(n)):
+            raise ValidationFailed("The segment definition is not valid", errors=[
+                body_error(f"{at}.attribute.op", problem)])
     return node
 
 

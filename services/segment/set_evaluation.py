@@ -124,6 +124,13 @@ def _decimal(value: Any) -> Decimal:
     return Decimal(int(value)) if isinstance(value, bool | int) else Decimal(repr(value))
 
 
+# For ordering (gt, lt …), as conditions.compare: also a text holding a number (conditions.NUMERIC_TEXT)
+_NUMERIC_TEXT = "'^(" + c.NUMERIC_TEXT + ")$'"
+_BRACED = _NUMERIC_TEXT.replace("{", "{{").replace("}", "}}")  # inside a template filled by str.format
+_ORDERED_NUM_OF = ("(case jsonb_typeof({v}) when 'number' then ({v})::numeric "
+                   "when 'boolean' then (case when {v} = 'true'::jsonb then 1 else 0 end)::numeric "
+                   "when 'string' then (case when ({v} #>> '{{}}') ~ " + _BRACED
+                   + " then ({v} #>> '{{}}')::numeric end) end)")
 # A JSON value as a number when Python would compare it as one (numbers, and bools as 0/1), else null.
 _NUM_OF = ("(case jsonb_typeof({v}) when 'number' then ({v})::numeric "
            "when 'boolean' then (case when {v} = 'true'::jsonb then 1 else 0 end)::numeric end)")
@@ -249,10 +256,16 @@ class _Statement:
             return f"coalesce(jsonb_typeof({v}) = 'array' and {in_array}, false)"
         if op in _ORDER:
             kind = _scalar_kind(value)
+            as_text = f"{text} collate \"C\" {_ORDER[op]} {self.param(value, 'text')}" if kind == "str" else ""
+            if kind == "str" and c.numeric_text(value):  # numbers (and numbers as text) compare as numbers
+                number = f"{_ORDERED_NUM_OF.format(v=v)} {_ORDER[op]} {self.param(Decimal(value), 'numeric')}"
+                return (f"coalesce(case when jsonb_typeof({v}) = 'number' or {is_text} and {text} ~ {_NUMERIC_TEXT} "
+                        f"then {number} when {is_text} then {as_text} end, false)")
             if kind == "str":
-                return f"coalesce({is_text} and {text} collate \"C\" {_ORDER[op]} {self.param(value, 'text')}, false)"
+                return f"coalesce({is_text} and {as_text}, false)"
             if kind == "num":
-                return f"coalesce({_NUM_OF.format(v=v)} {_ORDER[op]} {self.param(_decimal(value), 'numeric')}, false)"
+                num_of = _NUM_OF if isinstance(value, bool) else _ORDERED_NUM_OF  # Python: "1" > True fails
+                return f"coalesce({num_of.format(v=v)} {_ORDER[op]} {self.param(_decimal(value), 'numeric')}, false)"
             return "false"  # Python: None cannot be ordered
         raise NotCompilable(op)  # dates: parsed from text with Python's rules, left to Python
 
@@ -287,6 +300,8 @@ class _Statement:
         if op in _ORDER:
             if _scalar_kind(value) == "num":
                 return f"coalesce({x} {_ORDER[op]} {self.param(_decimal(value), 'numeric')}, false)"
+            if isinstance(value, str) and c.numeric_text(value):  # "5": a number as text compares as one
+                return f"coalesce({x} {_ORDER[op]} {self.param(Decimal(value), 'numeric')}, false)"
             return "false"  # Python: a number and a string or None cannot be ordered
         # contains / starts_with / dates: a number is neither text, list nor date
         return "false"

@@ -25,7 +25,7 @@ EVENTS = ["A", "B", conditions.EMAIL_OPENED, conditions.EMAIL_CLICKED]
 scalar = st.one_of(
     st.none(), st.booleans(), st.integers(-1, 3),
     st.sampled_from([0.5, 1.0, 2.25, 9, 10, 10.01, 42, 99.995, 100, 100.01, -3.34, 1e-7]),
-    st.sampled_from(["pro", "Pro", "p", "", "é", "10", "😀"]),
+    st.sampled_from(["pro", "Pro", "p", "", "é", "10", "😀", "9", "-2.5", "1e2", "+3", "1.", "1e999"]),
 )
 trait_value = st.one_of(scalar, st.lists(scalar, max_size=3))
 ORDERING = ["gt", "gte", "lt", "lte"]

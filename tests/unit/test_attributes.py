@@ -1,6 +1,6 @@
 from datetime import UTC, date, datetime
 
-from services.segment.attributes import LeadScoreRules, PurchaseRules, derive
+from services.segment.attributes import LeadScoreRules, PurchaseRules, derive, order_id
 
 
 def test_order_value_follows_workspace_rules() -> None:
@@ -38,3 +38,23 @@ def test_settings_the_check_would_refuse_read_as_defaults() -> None:
     assert LeadScoreRules.from_settings({"lead_score": None}) == LeadScoreRules()
     for events in (None, [], [{"name": "Paid"}], "Paid"):
         assert PurchaseRules.from_settings({"purchase_events": events}).events == PurchaseRules().events
+
+
+def test_a_refund_takes_revenue_else_total_else_its_orders_value() -> None:
+    rules = PurchaseRules()
+
+    def refund(props: dict, order_value: float | None = None) -> float | None:
+        return rules.refund_value({"type": "track", "event": "Order Refunded", "properties": props}, order_value)
+
+    assert refund({"order_id": "A", "revenue": -10, "total": 99}, 50.0) == 10.0
+    assert refund({"order_id": "A", "total": "30"}, 50.0) == 30.0
+    assert refund({"order_id": "A", "total": "NaN"}, 50.0) == 50.0
+    assert refund({"order_id": "A"}, 50.0) == 50.0 and refund({"order_id": "Z"}) == 0.0
+    assert rules.refund_value({"type": "track", "event": "Order Completed", "properties": {"total": 5}}) is None
+
+
+def test_orders_are_named_by_their_order_id() -> None:
+    def oid(value: object) -> str | None:
+        return order_id({"properties": {"order_id": value}})
+
+    assert (oid("A-1"), oid(7), oid(""), oid(None), oid(True), oid({"x": 1})) == ("A-1", "7", None, None, None, None)

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from services.segment.conditions import ProfileFacts, evaluate, events_of, parse
+from services.segment.conditions import ProfileFacts, compare, evaluate, events_of, has_window, parse
 
 TODAY = date(2026, 11, 24)
 
@@ -161,3 +161,23 @@ def test_first_and_last_performed_use_days_with_events() -> None:
     assert evaluate(parse({**first, "op": "before", "value": "2026-11-18"}), facts, DAY)
     assert evaluate(parse({**first, "which": "last", "op": "within_last_days", "value": 3}), facts, DAY)
     assert not evaluate(parse({**first, "event": "Never", "op": "over_days_ago", "value": 0}), facts, DAY)
+
+
+def test_windows_inside_filters_and_last_event_properties_need_rechecks() -> None:
+    within = {"property": "ends_on", "op": "within_last_days", "value": 3}
+    assert has_window(parse({"type": "performed", "event": "Trial Started", "where": [within]}))
+    assert has_window(parse({"type": "not", "child": {"type": "aggregate", "event": "Paid", "property": "amount",
+                                                      "value": 1, "where": [within]}}))
+    assert has_window(parse({"type": "last_event_property", "event": "Renewed", "property": "on",
+                             "op": "within_last_days", "value": 3}))
+    assert not has_window(parse({"type": "performed", "event": "Trial Started", "where": [
+        {"property": "ends_on", "op": "after", "value": "2026-01-01"}]}))
+
+
+def test_numbers_as_text_and_dates_are_ordered_by_value() -> None:
+    assert compare("gt", "42", 40) and compare("lt", "9", "10") and compare("gte", 12, "10")
+    assert not compare("gt", "forty", 4) and compare("gt", "b", "a") and not compare("gt", True, "0")
+    assert not compare("gt", "NaN", 1) and not compare("gt", "1e999", 1) and not compare("gt", " 42", 1)
+    seen = datetime(2026, 11, 20, 8, tzinfo=UTC)
+    assert compare("gte", seen, "2026-11-20") and compare("lt", seen, "2026-11-21T00:00:00Z")
+    assert not compare("gt", seen, 5)

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from services.segment.lifecycle import STAGES, LifecycleSettings, StageInput, next_stage
+from services.segment.lifecycle import STAGES, LifecycleSettings, StageInput, next_stage, performed
 from shared.workspace_config import checked
 
 TODAY = date(2026, 11, 24)
@@ -82,3 +82,15 @@ def test_null_or_mistyped_thresholds_read_as_their_defaults() -> None:
     with pytest.raises(ValidationError, match="cannot be null: leave the key out to use the default"):
         checked({"lifecycle": {"at_risk_days": None}})
     assert checked({"lifecycle": {"at_risk_days": 14}, "timezone": None})  # top-level null: not set
+
+
+def test_the_referred_side_of_a_referral_is_no_advocacy() -> None:
+    cfg = LifecycleSettings()
+    day = date(2026, 11, 1)
+    referred = [(day, {"role": "referred"})]
+    counts = {"Referral Converted": {day: 1}, "Order Completed": {day: 1}}
+    assert performed(cfg, counts, {"Referral Converted": referred}) == {"Order Completed"}
+    counts["Referral Converted"] = {day: 2}  # they referred someone too
+    assert performed(cfg, counts, {"Referral Converted": [*referred, (day, {"role": "referrer"})]}) == {
+        "Order Completed", "Referral Converted"}
+    assert performed(cfg, {"Review Submitted": {day: 1}}, {}) == {"Review Submitted"}

@@ -1,0 +1,193 @@
+"""Segment facts that were wrong in edge cases an audit found: orders sent twice, refunds naming only the order,
+windows inside property filters, date attributes ordered, merged-away profiles, the referred side of a referral,
+numbers stored as text. Definitions saved and members read through the API; events folded as the feed consumer
+folds them."""
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.segment import evaluation
+
+NOW = datetime.now(UTC)
+
+
+def _ev(ws, pid, kind="track", *, event=None, props=None, traits=None, days_ago=0.0) -> dict:
+    return {"workspace_id": str(ws), "profile_id": str(pid), "type": kind, "event": event,
+            "message_id": uuid.uuid4().hex, "properties": props or {}, "traits": traits or {},
+            "timestamp": (NOW - timedelta(days=days_ago)).isoformat()}
+
+
+class Ctx:
+    def __init__(self, apps, workspace, sessionmaker):
+        self.seg = apps["segment"]
+        self.ws = workspace.workspace_id
+        self.h = {"Authorization": f"Bearer {workspace.secret_key}"}
+        self.sm = sessionmaker
+
+    async def fold(self, *events) -> None:
+        """One page of the feed, folded and its profiles re-evaluated (as the worker does)."""
+        async with self.sm() as s, s.begin():
+            affected = await evaluation.apply_events(s, list(events))
+            for ws, pids in affected.items():
+                await evaluation.reevaluate(s, ws, pids)
+
+    async def segment(self, definition: dict) -> str:
+        r = await self.seg.post("/v1/segments", headers=self.h, json={"name": uuid.uuid4().hex,
+                                                                        "definition": definition})
+        assert r.status_code == 201, r.text
+        sid = r.json()["id"]
+        await evaluation.evaluate_fully(self.sm, self.ws, {uuid.UUID(sid)})
+        return sid
+
+    async def members(self, sid: str) -> set[str]:
+        r = await self.seg.get(f"/v1/segments/{sid}/members", headers=self.h)
+        assert r.status_code == 200, r.text
+        return {m["profile_id"] for m in r.json()["members"]}
+
+    async def attributes(self, pid) -> dict:
+        r = await self.seg.get(f"/v1/profiles/{pid}/attributes", headers=self.h)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async def stage(self, pid) -> str | None:
+        r = await self.seg.get(f"/v1/lifecycle/{pid}", headers=self.h)
+        assert r.status_code == 200, r.text
+        return r.json()["stage"]
+
+
+@pytest.fixture
+def ctx(apps, workspace, sessionmaker) -> Ctx:
+    return Ctx(apps, workspace, sessionmaker)
+
+
+def _order(ws, pid, order_id, revenue, **kw) -> dict:
+    return _ev(ws, pid, event="Order Completed", props={"order_id": order_id, "revenue": revenue}, **kw)
+
+
+async def test_an_order_sent_twice_counts_once(ctx) -> None:
+    ws, user, device = ctx.ws, uuid.uuid4(), uuid.uuid4()
+    three_orders = await ctx.segment({"type": "performed", "event": "Order Completed", "count": 3})
+    three_by_count = await ctx.segment({"type": "attribute", "attribute": "order_count", "op": "gte", "value": 3})
+    three_stored = await ctx.segment({"type": "aggregate", "event": "Order Completed", "property": "revenue",
+                                      "function": "count", "op": "gte", "value": 3})
+    # the same order twice in one page and once more in a later one (a re-send: a new messageId each time)
+    await ctx.fold(_order(ws, user, "A-1", 50, days_ago=1), _order(ws, user, "A-1", 50, days_ago=1),
+                   _order(ws, user, 7, 30))
+    await ctx.fold(_order(ws, user, "A-1", 50), _order(ws, device, "A-1", 50, days_ago=1))
+    attrs = await ctx.attributes(user)
+    assert (attrs["order_count"], attrs["total_revenue"], attrs["average_order_value"]) == (2, 80.0, 40.0)
+    for sid in (three_orders, three_by_count, three_stored):
+        assert await ctx.members(sid) == set()
+    # the device bought the same order before login: merged in, it is still one order
+    await ctx.fold(_ev(ws, user, "merge", props={"merged_profile_id": str(device)}))
+    attrs = await ctx.attributes(user)
+    assert (attrs["order_count"], attrs["total_revenue"]) == (2, 80.0)
+    for sid in (three_orders, three_by_count, three_stored):
+        assert await ctx.members(sid) == set()
+    # orders without an order id are counted as before
+    await ctx.fold(_ev(ws, user, event="Order Completed", props={"revenue": 5}))
+    assert (await ctx.attributes(user))["order_count"] == 3
+    for sid in (three_orders, three_by_count, three_stored):
+        assert await ctx.members(sid) == {str(user)}
+
+
+async def test_a_refund_with_only_a_total_or_an_order_id_lowers_cltv(ctx) -> None:
+    ws, user = ctx.ws, uuid.uuid4()
+    big = await ctx.segment({"type": "attribute", "attribute": "total_revenue", "op": "gte", "value": 100})
+    await ctx.fold(_order(ws, user, "A", 100, days_ago=2), _order(ws, user, "B", 40, days_ago=2))
+    assert (await ctx.attributes(user))["total_revenue"] == 140.0 and await ctx.members(big) == {str(user)}
+    await ctx.fold(_ev(ws, user, event="Order Refunded", props={"order_id": "A", "total": 30}, days_ago=1))
+    assert (await ctx.attributes(user))["total_revenue"] == 110.0
+    await ctx.fold(_ev(ws, user, event="Order Refunded", props={"order_id": "B"}))  # the whole order
+    attrs = await ctx.attributes(user)
+    assert (attrs["total_revenue"], attrs["order_count"]) == (70.0, 2)
+    assert await ctx.members(big) == set()
+    # revenue still wins over total
+    await ctx.fold(_ev(ws, user, event="Order Refunded", props={"order_id": "A", "revenue": 10, "total": 99}))
+    assert (await ctx.attributes(user))["total_revenue"] == 60.0
+
+
+async def test_windows_in_property_filters_and_last_event_properties_are_rechecked(ctx) -> None:
+    ws, user = ctx.ws, uuid.uuid4()
+    today = NOW.date()
+    trial_ending = await ctx.segment({"type": "performed", "event": "Trial Started", "where": [
+        {"property": "ends_on", "op": "within_last_days", "value": 3}]})
+    renewed_lately = await ctx.segment({"type": "last_event_property", "event": "Plan Renewed",
+                                        "property": "renewed_on", "op": "within_last_days", "value": 3})
+    await ctx.fold(_ev(ws, user, event="Trial Started", props={"ends_on": today.isoformat()}),
+                   _ev(ws, user, event="Plan Renewed", props={"renewed_on": today.isoformat()}))
+    assert await ctx.members(trial_ending) == {str(user)} and await ctx.members(renewed_lately) == {str(user)}
+    await evaluation.recheck_windows(ctx.sm, today + timedelta(days=2))
+    assert await ctx.members(trial_ending) == {str(user)}
+    await evaluation.recheck_windows(ctx.sm, today + timedelta(days=3))  # time passes, no new event
+    assert await ctx.members(trial_ending) == set() and await ctx.members(renewed_lately) == set()
+
+
+async def test_first_and_last_seen_take_ordering_operators(ctx) -> None:
+    ws, old, new = ctx.ws, uuid.uuid4(), uuid.uuid4()
+    await ctx.fold(_ev(ws, old, event="App Opened", days_ago=10), _ev(ws, old, event="App Opened", days_ago=1),
+                   _ev(ws, new, event="App Opened", days_ago=2))
+    cut = (NOW - timedelta(days=5)).date().isoformat()
+    early = await ctx.segment({"type": "attribute", "attribute": "first_seen", "op": "lt", "value": cut})
+    recent = await ctx.segment({"type": "attribute", "attribute": "first_seen", "op": "gte", "value": cut})
+    both = await ctx.segment({"type": "attribute", "attribute": "last_seen", "op": "gt", "value": cut})
+    assert await ctx.members(early) == {str(old)} and await ctx.members(recent) == {str(new)}
+    assert await ctx.members(both) == {str(old), str(new)}
+    # operators that could never match are refused on save, naming the field
+    for definition, at in (
+            ({"type": "attribute", "attribute": "order_count", "op": "within_last_days", "value": 30},
+             "definition.attribute.op"),
+            ({"type": "and", "children": [{"type": "attribute", "attribute": "first_seen", "op": "gte",
+                                           "value": 5}]}, "definition.and.children.0.attribute.op")):
+        r = await ctx.seg.post("/v1/segments", headers=ctx.h, json={"name": "never", "definition": definition})
+        assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json"), r.text
+        assert [e["at"] for e in r.json()["errors"]] == [at]
+
+
+async def test_a_merged_away_profile_leaves_every_segment_and_stays_out(ctx) -> None:
+    ws, user, device = ctx.ws, uuid.uuid4(), uuid.uuid4()
+    never_ordered = await ctx.segment({"type": "not", "child": {"type": "performed", "event": "Order Completed"}})
+    never_opened = await ctx.segment({"type": "not", "child": {"type": "performed", "event": "App Opened"}})
+    await ctx.fold(_ev(ws, device, event="App Opened", days_ago=1), _order(ws, user, "A", 10))
+    assert await ctx.members(never_ordered) == {str(device)} and await ctx.members(never_opened) == {str(user)}
+    await ctx.fold(_ev(ws, user, "merge", props={"merged_profile_id": str(device)}))
+    assert await ctx.members(never_ordered) == set() and await ctx.members(never_opened) == set()
+    # later passes over every profile (a re-check, a backfill) do not bring it back either
+    await evaluation.evaluate_all(ctx.sm, ws, segment_ids=None)
+    assert await ctx.members(never_ordered) == set() and await ctx.members(never_opened) == set()
+
+
+async def test_only_the_referrer_of_a_referral_becomes_an_advocate(ctx) -> None:
+    ws, referrer, referred = ctx.ws, uuid.uuid4(), uuid.uuid4()
+    props = {"referral_id": "r1", "code": "FRIEND"}
+    await ctx.fold(_ev(ws, referrer, event="App Opened"), _ev(ws, referred, event="App Opened"),
+                   _ev(ws, referrer, event="Referral Converted", props={**props, "role": "referrer"}),
+                   _ev(ws, referred, event="Referral Converted", props={**props, "role": "referred"}))
+    assert await ctx.stage(referrer) == "advocacy"
+    assert await ctx.stage(referred) == "onboarding"
+    # once they refer someone themselves, they are one
+    await ctx.fold(_ev(ws, referred, event="Referral Converted", props={"referral_id": "r2", "role": "referrer"}))
+    assert await ctx.stage(referred) == "advocacy"
+
+
+async def test_numbers_stored_as_text_compare_as_numbers(ctx) -> None:
+    ws, texty, numeric, wordy = ctx.ws, uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await ctx.fold(_ev(ws, texty, "identify", traits={"age": "42", "seats": "9"}),
+                   _ev(ws, numeric, "identify", traits={"age": 38, "seats": 12}),
+                   _ev(ws, wordy, "identify", traits={"age": "forty"}))
+    # evaluated in SQL (a backfill) and in Python (live, below): the same answer
+    over_40 = await ctx.segment({"type": "trait", "trait": "age", "op": "gt", "value": 40})
+    over_ten_as_text = await ctx.segment({"type": "trait", "trait": "seats", "op": "gte", "value": "10"})
+    with_count = await ctx.segment({"type": "and", "children": [
+        {"type": "trait", "trait": "age", "op": "lte", "value": "42"},
+        {"type": "not", "child": {"type": "performed", "event": "Never Sent", "where": [
+            {"property": "x", "value": 1}]}}]})  # a property filter keeps this one in Python
+    assert await ctx.members(over_40) == {str(texty)}
+    assert await ctx.members(over_ten_as_text) == {str(numeric)}  # "9" < 10 as numbers, though "9" > "10" as text
+    assert await ctx.members(with_count) == {str(texty), str(numeric)}
+    late = uuid.uuid4()
+    await ctx.fold(_ev(ws, late, "identify", traits={"age": "41.5", "seats": "10"}))
+    assert await ctx.members(over_40) == {str(texty), str(late)}
+    assert await ctx.members(over_ten_as_text) == {str(numeric), str(late)}

@@ -36,6 +36,7 @@ import httpx
 import jwt
 
 from services.delivery.mailer import SendError
+from shared.jsonutil import dumps
 from shared.settings import Settings
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -180,7 +181,7 @@ def retry_after(resp: httpx.Response) -> float | None:
 def fcm_message(token: str, note: Notification) -> dict[str, Any]:
     notification = {"title": note.title, "body": note.body, **({"image": note.image} if note.image else {})}
     message: dict[str, Any] = {"token": token, "notification": notification,
-                               "data": {k: str(v) for k, v in note.data.items()
+                               "data": {k: v if isinstance(v, str) else dumps(v) for k, v in note.data.items()
                                         if v is not None and k != "collapse_key"}}  # a reserved key in FCM
     # FCM keeps an undelivered notification for 4 weeks unless each platform block says otherwise
     ttl = note.ttl_s()

@@ -51,7 +51,8 @@ class MessageCreate(StorableModel):
                                            "marketing email, and the unsubscribe and preference pages its links open, "
                                            "are in its language (English, French or German; English otherwise)")
     data: dict[str, Any] | None = Field(None, description="a webhook's JSON body; for push the data payload "
-                                                          "(`deep_link`, `image`, other string values)")
+                                                          "(`deep_link`, `image`, other values: FCM carries text only, "
+                                                          "so a number, boolean, list or object goes as its JSON)")
     metadata: dict[str, Any] = Field(default_factory=dict, description="ids to find the message by later; "
                                      "`userId`/`anonymousId` attribute its opens, clicks and unsubscribes")
 

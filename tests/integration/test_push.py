@@ -108,7 +108,8 @@ async def test_push_to_every_device_and_gone_tokens_removed(apps, workspace, ses
         for who in (user, lonely, waiting, bad, stale, f"nobody-{tag}"):
             r = await apps["delivery"].post("/v1/messages", headers=h, json={
                 "idempotency_key": f"push-{who}", "channel": "push", "to": who, "subject": "Your order shipped",
-                "text": "Track it in the app", "data": {"deep_link": "acme://orders/42", "order": 42},
+                "text": "Track it in the app", "data": {"deep_link": "acme://orders/42", "order": 42, "gift": True,
+                                                        "items": [{"sku": "A-1", "qty": 2}], "note": None},
                 "message_type": "transactional"})
             assert r.status_code == 202, r.text
             ids[who] = r.json()["id"]
@@ -125,7 +126,9 @@ async def test_push_to_every_device_and_gone_tokens_removed(apps, workspace, ses
         assert "gone" in got[stale]["last_error"]
         [delivered] = [m for m in google.sent if m["token"].startswith("tok-android")]
         assert delivered["notification"] == {"title": "Your order shipped", "body": "Track it in the app"}
-        assert delivered["data"] == {"deep_link": "acme://orders/42", "order": "42"}
+        # FCM data is text to text: anything else goes as JSON an app can parse (not Python's repr, "True")
+        assert {**delivered["data"], "items": json.loads(delivered["data"]["items"])} == {
+            "deep_link": "acme://orders/42", "order": "42", "gift": "true", "items": [{"sku": "A-1", "qty": 2}]}
         left = (await apps["delivery"].get("/v1/devices", headers=h, params={"user": user})).json()["devices"]
         assert [d["token"] for d in left] == [f"tok-android-{tag}-0000"]  # the gone iOS token was removed
         assert google.tokens_minted == 1  # one access token served every send

@@ -77,7 +77,7 @@ async def send_message(
     if not key:
         raise ValidationFailed("An idempotency_key (or an Idempotency-Key header) is required", field="idempotency_key")
     settings: Settings = request.app.state.settings
-    data = {**body.model_dump(exclude={"from_"}), "idempotency_key": key}
+    data = {**_hashed(body), "idempotency_key": key}
     async with session.begin():
         message, created = await outbox.enqueue(session, ws, data, body.from_ or settings.email_from)
     if created:
@@ -85,6 +85,12 @@ async def send_message(
     else:
         mark_replayed(response)
     return message
+
+
+def _hashed(msg: MessageCreate) -> dict[str, Any]:
+    """What an idempotency key stands for: the message as sent, its ``from`` included when given (the same key
+    again with another sender is a conflict, not a replay of the first)."""
+    return {**msg.model_dump(exclude={"from_"}), "from": msg.from_}
 
 
 @router.post(
@@ -113,8 +119,8 @@ async def send_messages(body: BatchIn, ws: WorkspaceDep, session: SessionDep, re
                                for e in exc.errors(include_url=False))
             results.append({"idempotency_key": key, "result": "invalid", "error": errors})
     async with session.begin():
-        stored = await outbox.enqueue_many(session, ws, [(item.model_dump(exclude={"from_"}),
-                                                          item.from_ or settings.email_from) for _, item in valid])
+        stored = await outbox.enqueue_many(session, ws, [(_hashed(item), item.from_ or settings.email_from)
+                                                         for _, item in valid])
     for (i, item), outcome in zip(valid, stored, strict=True):
         if isinstance(outcome, Conflict):
             results[i] = {"idempotency_key": item.idempotency_key, "result": "conflict", "error": str(outcome)}

@@ -37,7 +37,7 @@ _COLS = ("id, idempotency_key, channel, to_address, subject, message_type, topic
 
 # fields added to messages after their first release: left out of the hash when not given, so a retry of a message
 # queued before the upgrade still hashes as it did (and is its replay, not a conflict)
-_ADDED_LATER = ("locale",)
+_ADDED_LATER = ("locale", "from")  # ("from": hashed since 2026-11-29 when given; a new sender is a new message)
 
 
 def request_hash(data: dict[str, Any]) -> str:
@@ -100,8 +100,9 @@ async def enqueue_many(session: AsyncSession, ws: uuid.UUID, msgs: list[tuple[di
     )}
     replayed = [r["key"] for r in rows if uuid.UUID(r["id"]) not in inserted]
     existing = {r.idempotency_key: r for r in await session.execute(
-        text(f"select request_hash, {_COLS} from delivery.messages "
-             "where workspace_id = :ws and idempotency_key = any(CAST(:keys AS text[]))"),
+        text(f"select {', '.join('m.' + c for c in ('request_hash', *_COLS.split(', ')))} "
+             "from unnest(CAST(:keys AS text[])) as k(key) cross join lateral (select * from delivery.messages m "
+             "where m.workspace_id = :ws and m.idempotency_key = k.key limit 1) m"),  # (by key: decisions.md)
         {"ws": ws, "keys": replayed})} if replayed else {}
     out_: list[tuple[dict[str, Any], bool] | Conflict] = []
     for r in rows:

@@ -24,10 +24,20 @@ async def test_send_is_idempotent_per_key(apps, workspace, sessionmaker) -> None
     assert again.headers["Idempotent-Replayed"] == "true" and again.json()["id"] == first.json()["id"]
     clash = await apps["delivery"].post("/v1/messages", headers=h, json=_msg("k-1", subject="Other"))
     assert clash.status_code == 409 and clash.headers["content-type"].startswith(PROBLEM)
+    # another sender is another message: the key's first message was not sent from it
+    sender = await apps["delivery"].post("/v1/messages", headers=h, json={**_msg("k-1"), "from": "Bob <bob@acme.example.com>"})
+    assert sender.status_code == 409, sender.text
+    named = {**_msg("k-2"), "from": "Bob <bob@acme.example.com>"}
+    assert (await apps["delivery"].post("/v1/messages", headers=h, json=named)).status_code == 202
+    replay = await apps["delivery"].post("/v1/messages", headers=h, json=named)
+    assert replay.status_code == 200 and replay.headers["Idempotent-Replayed"] == "true"
+    batch = (await apps["delivery"].post("/v1/messages/batch", headers=h, json={"messages": [
+        named, {**named, "from": "Eve <eve@acme.example.com>"}]})).json()["results"]
+    assert [r["result"] for r in batch] == ["replayed", "conflict"]
     async with sessionmaker() as s:
         n = (await s.execute(text("select count(*) from delivery.messages where workspace_id = :ws"),
                              {"ws": workspace.workspace_id})).scalar_one()
-    assert n == 1
+    assert n == 2
 
 
 async def test_bad_messages_are_problems_and_write_nothing(apps, workspace, sessionmaker) -> None:

@@ -2,7 +2,9 @@
 
 A marketing message to a suppressed address (unsubscribed, bounced, complained, added by hand), or on a
 topic the address opted out of, is stored as ``suppressed`` and never sent. Hard bounces and complaints
-stop transactional mail too; an unsubscribe does not (receipts and password resets still arrive).
+stop transactional mail too; an email unsubscribe does not (receipts and password resets still arrive). Any
+suppression of a phone number stops every text to it: a STOP reply opts the number out of all messages from
+the sender, as carriers and Twilio treat it (error 21610 refuses them) until START.
 Every change is logged (time, source) and queued as an event for ingest (``feedback``).
 """
 
@@ -58,12 +60,12 @@ async def blocked_many(session: AsyncSession, intents: list[Intent]) -> list[str
         """),
         {"ws": [i[0] for i in intents], "ch": [i[1] for i in intents], "addr": [i[2].lower() for i in intents],
          "topic": [i[4] for i in intents]})).all()
-    return [_reason(row, intent[3], intent[4]) for row, intent in zip(rows, intents, strict=True)]
+    return [_reason(row, intent[1], intent[3], intent[4]) for row, intent in zip(rows, intents, strict=True)]
 
 
-def _reason(row: Any, message_type: str, topic: str | None) -> str | None:
+def _reason(row: Any, channel: str, message_type: str, topic: str | None) -> str | None:
     marketing = message_type == "marketing"
-    if row.suppression and (row.suppression in ALWAYS_BLOCKING or marketing):
+    if row.suppression and (row.suppression in ALWAYS_BLOCKING or marketing or channel == "sms"):
         return f"suppressed: {row.suppression}"
     if marketing and row.is_email and row.opt_in_required and not row.confirmed:  # double opt-in
         return "not confirmed (double opt-in)"

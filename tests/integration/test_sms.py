@@ -130,9 +130,12 @@ async def test_sms_outcomes_and_signed_webhooks(apps, workspace, sessionmaker, s
         assert "<Message>" not in await reply(" stop ")
         marketing = await post("+14155550100", message_type="marketing")
         assert marketing["status"] == "suppressed"
+        # a STOP ends every text to the number, receipts and codes too (Twilio would refuse them: 21610)
+        assert (await post("+14155550100"))["status"] == "suppressed"
         assert "Reply STOP" in await reply("HELP")
         await reply("START")
         assert (await post("+14155550100", message_type="marketing"))["status"] == "queued"
+        assert (await post("+14155550100"))["status"] == "queued"
     finally:
         delivery_app.state.settings = settings
 

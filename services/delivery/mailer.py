@@ -22,11 +22,13 @@ class SendError(Exception):
     """A failed attempt. ``not_sent``: the provider certainly did not take the message (it refused, or was
     never reached) — the only failures after which another provider may be tried for it."""
 
-    def __init__(self, message: str, *, permanent: bool, not_sent: bool = False, retry_after_s: float | None = None):
+    def __init__(self, message: str, *, permanent: bool, not_sent: bool = False, retry_after_s: float | None = None,
+                 bounce: bool = False):
         super().__init__(message)
         self.permanent = permanent
         self.not_sent = not_sent
         self.retry_after_s = retry_after_s  # the provider asked to wait at least this long (Retry-After)
+        self.bounce = bounce  # the recipient's address does not take mail (a hard bounce): suppress it
 
 
 @dataclass(frozen=True)

@@ -269,7 +269,8 @@ async def release(session: AsyncSession, messages: list[dict[str, Any]], delay_s
 
 @dataclass
 class Outcome:
-    """What one attempt came to: "sent", "transient_error", "permanent_error" or "suppressed"."""
+    """What one attempt came to: "sent", "transient_error", "permanent_error", "bounced" (the server refused the
+    address itself: a hard bounce) or "suppressed"."""
 
     message: dict[str, Any]
     started_at: datetime
@@ -280,7 +281,7 @@ class Outcome:
     retry_after_s: float | None = None  # the provider asked to wait at least this long (≤ 1 h is honoured)
 
     def status(self) -> str:
-        if self.outcome in ("sent", "suppressed"):
+        if self.outcome in ("sent", "suppressed", "bounced"):
             return self.outcome
         if self.outcome == "transient_error" and self.message["attempts"] < MAX_ATTEMPTS:
             return "queued"
@@ -327,6 +328,17 @@ RECORD = """
     """
 
 
+async def _bounced(session: AsyncSession, o: Outcome) -> None:
+    """A hard bounce seen in the SMTP session: the address is suppressed (transactional mail too) and "Email
+    Bounced" goes to ingest, in the transaction recording the outcome."""
+    m, who = o.message, consent.identity_of(o.message)
+    await consent.suppress(session, m["workspace_id"], m.get("channel") or "email", m["to_address"], "hard_bounce",
+                           o.provider or "smtp", who)
+    await consent.queue_event(session, m["workspace_id"], who, "Email Bounced", {
+        "message_id": str(m["id"]), "provider": o.provider or "smtp", "reason": (o.error or "")[:300],
+        **consent.journey_of(m)})
+
+
 async def record_many(session: AsyncSession, outcomes: list[Outcome]) -> set[Any]:
     """Store the outcomes of many attempts in one statement: each message's new status (a transient error
     waits its backoff, or the provider's ``Retry-After`` if longer) and its attempt row. Returns the ids
@@ -340,6 +352,9 @@ async def record_many(session: AsyncSession, outcomes: list[Outcome]) -> set[Any
              "delay": max(backoff_s(o.message["attempts"]), min(o.retry_after_s or 0.0, 3600.0))}
             for o in outcomes]
     updated = {r.id for r in await session.execute(text(RECORD), {"rows": dumps(rows)})}
+    for o in outcomes:  # refused by the recipient's server at send time: as a provider's bounce report would
+        if o.outcome == "bounced" and o.message["id"] in updated:
+            await _bounced(session, o)
     for o in outcomes:
         if o.message["id"] in updated:
             metrics.MESSAGES.labels(o.message.get("channel", "unknown"), o.status()).inc()

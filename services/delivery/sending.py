@@ -435,8 +435,8 @@ async def _attempt_email(settings: Settings, message: dict[str, Any], started: d
             pin = message.get("provider")
             if not exc.permanent:
                 await failover.failed(redis, settings, provider)
-        return outbox.Outcome(message, started, "permanent_error" if exc.permanent else "transient_error",
-                              f"{provider}: {exc}", None, pin, exc.retry_after_s)
+        outcome = "bounced" if exc.bounce else "permanent_error" if exc.permanent else "transient_error"
+        return outbox.Outcome(message, started, outcome, f"{provider}: {exc}", None, pin, exc.retry_after_s)
 
 
 def provider_of(settings: Settings, message: dict[str, Any]) -> str:

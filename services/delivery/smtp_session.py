@@ -118,6 +118,25 @@ class _Replies(asyncio.Protocol):
         return await self.send(_dot_stuffed(content), 1)[0]
 
 
+def hard_bounce(stage: str, reply: Reply) -> bool:
+    """Whether a refusal says the recipient's address takes no mail (a hard bounce, to suppress) rather than
+    refusing this message or this sender: a permanent (5xx) reply to ``RCPT TO`` — other than a policy refusal
+    (enhanced status 5.7.x: relay denied, a blocklisted sender) — or, at any stage, an enhanced status of
+    class 5.1 (bad mailbox or domain: 5.1.1 user unknown, 5.1.10 null MX) or 5.2.1 (mailbox disabled), as
+    RFC 3463 defines them. A full mailbox (5.2.2) or a message too big (5.3.4) is not the address's fault."""
+    if not 500 <= reply.code < 600:
+        return False
+    status = _ENHANCED.match(reply.text)
+    if status:
+        cls = status.group(1)
+        return cls.startswith("5.1.") or cls == "5.2.1" or (stage == "RCPT" and not cls.startswith(("5.7.", "5.2.",
+                                                                                                       "5.3.")))
+    return stage == "RCPT"
+
+
+_ENHANCED = re.compile(r"\s*(5\.\d{1,3}\.\d{1,3})\b")
+
+
 def _dot_stuffed(content: bytes) -> bytes:
     body = _LEADING_DOT.sub(b"..", _LINE_ENDS.sub(b"\r\n", content))
     return body + (b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n")
@@ -184,7 +203,7 @@ class SmtpConnection:
                 permanent = 500 <= exc.reply.code < 600
                 what = "recipient refused" if exc.stage == "RCPT" else f"{exc.stage} refused"
                 raise SendError(f"{what}: SMTP {exc.reply.code} {exc.reply.text}"[:300], permanent=permanent,
-                                not_sent=True) from None
+                                not_sent=True, bounce=hard_bounce(exc.stage, exc.reply)) from None
             except (_Lost, OSError, TimeoutError) as exc:
                 await self.close()
                 if not written and attempt == 1 and isinstance(exc, _Lost):
@@ -196,7 +215,8 @@ class SmtpConnection:
             if 400 <= final.code < 600:  # refused (the transaction is over; 421: the server is closing the session)
                 if final.code == 421:
                     await self.close()
-                raise SendError(f"SMTP {final.code}: {final.text}"[:300], permanent=final.code >= 500, not_sent=True)
+                raise SendError(f"SMTP {final.code}: {final.text}"[:300], permanent=final.code >= 500, not_sent=True,
+                                bounce=hard_bounce("DATA", final))
             await self.close()  # an answer that is neither: the server may hold the message
             raise SendError(f"SMTP outcome unknown: {final.code} {final.text}"[:300], permanent=False)
         raise SendError("SMTP session closed twice", permanent=False, not_sent=True)

@@ -179,12 +179,15 @@ async def test_refusals_are_not_sent_and_the_session_goes_on(settings) -> None:
             with pytest.raises(SendError) as refused:
                 await conn.send(_mail("refuse@example.com"))
             assert refused.value.permanent and refused.value.not_sent and "550" in str(refused.value)
+            assert refused.value.bounce  # 550 5.1.1 to RCPT: the address takes no mail
             with pytest.raises(SendError) as busy:
                 await conn.send(_mail("busy@example.com"))
             assert not busy.value.permanent and busy.value.not_sent and "450" in str(busy.value)
+            assert not busy.value.bounce
             with pytest.raises(SendError) as content:
                 await conn.send(_mail("badcontent@example.com"))
             assert content.value.permanent and content.value.not_sent and "554" in str(content.value)
+            assert not content.value.bounce  # the message was refused, not the address
             await conn.send(_mail("fine@example.com"))
         finally:
             await conn.close()
@@ -250,8 +253,8 @@ async def test_the_outbox_sends_through_a_pipelining_server(apps, workspace, ses
     tag = uuid.uuid4().hex[:6]
     addresses = [f"ok{i}-{tag}@example.com" for i in range(12)] + [f"refuse-{tag}@example.com"]
     r = await apps["delivery"].post("/v1/messages/batch", headers=h, json={"messages": [
-        {"idempotency_key": a, "to": a, "subject": "S", "text": "x", "message_type": "transactional"}
-        for a in addresses]})
+        {"idempotency_key": a, "to": a, "subject": "S", "text": "x", "message_type": "transactional",
+         "metadata": {"userId": f"user-{a}", "campaign_id": "c-1"}} for a in addresses]})
     assert r.status_code == 200, r.text
     ids = {m["to"]: m["id"] for m in (item["message"] for item in r.json()["results"])}
     async with _Server() as server:
@@ -267,7 +270,25 @@ async def test_the_outbox_sends_through_a_pipelining_server(apps, workspace, ses
             "group by m.id"), {"ids": list(ids.values())})}
     assert all(rows[ids[a]].status == "sent" and rows[ids[a]].attempts == 1 for a in addresses[:-1])
     refused = rows[ids[addresses[-1]]]
-    assert refused.status == "failed" and "550" in refused.last_error and refused.attempts == 1
+    # 550 5.1.1 in the session is a hard bounce, as a provider's bounce report is: the message is bounced, the
+    # address suppressed (receipts too), and "Email Bounced" goes to ingest for the person and the campaign
+    assert refused.status == "bounced" and "550" in refused.last_error and refused.attempts == 1
+    got = (await apps["delivery"].get(f"/v1/messages/{ids[addresses[-1]]}", headers=h)).json()
+    assert got["status"] == "bounced"
+    listed = (await apps["delivery"].get("/v1/suppressions", headers=h, params={"channel": "email"})).json()
+    assert {"address": addresses[-1], "reason": "hard_bounce"}.items() <= next(
+        x for x in listed["suppressions"] if x["address"] == addresses[-1]).items()
+    again = await apps["delivery"].post("/v1/messages", headers=h, json={
+        "idempotency_key": f"again-{tag}", "to": addresses[-1], "subject": "S", "text": "x",
+        "message_type": "transactional"})
+    assert again.json()["status"] == "suppressed", again.text
+    async with sessionmaker() as s:
+        events = [p for (p,) in await s.execute(text(
+            "select payload from delivery.feedback where workspace_id = :ws and payload->>'userId' = :u"),
+            {"ws": workspace.workspace_id, "u": f"user-{addresses[-1]}"})]
+    bounced = [e for e in events if e["event"] == "Email Bounced"]
+    assert len(bounced) == 1 and bounced[0]["properties"]["message_id"] == ids[addresses[-1]]
+    assert bounced[0]["properties"]["campaign_id"] == "c-1"
 
 
 async def _queue(apps, workspace, sessionmaker, addresses: list[str], lease_s: float) -> list[dict]:
@@ -339,7 +360,7 @@ async def test_a_reply_postgres_cannot_store_fails_only_its_message(apps, worksp
         mine = await _queue(apps, workspace, sessionmaker, addresses, 60.0)
         statuses = await sending.send_batch(sessionmaker, settings.model_copy(update={"smtp_port": server.port}),
                                             mine, concurrency=3)
-    assert sorted(statuses.values()) == ["failed"] + ["sent"] * 6
+    assert sorted(statuses.values()) == ["bounced"] + ["sent"] * 6
     async with sessionmaker() as s:
         error = (await s.execute(text("select last_error from delivery.messages where to_address = :a"),
                                  {"a": addresses[-1]})).scalar_one()

@@ -246,6 +246,10 @@ async def _engaged(session: AsyncSession, message: dict[str, Any], kind: str, re
     prefetch = kind == "opened" and sent_at is not None and (
         datetime.now(UTC) - sent_at).total_seconds() < PREFETCH_WINDOW_S
     bot = bool(_BOT.search(ua)) or prefetch
+    if kind == "opened" and not bot:  # opens at the same moment (a client and its image proxy) count in turn: each
+        # would otherwise see only its own uncommitted row below and report the first open
+        await session.execute(text("select pg_advisory_xact_lock(hashtextextended(:m, 0))"),
+                              {"m": f"open:{message['id']}"})
     await session.execute(text(
         "insert into delivery.engagements (workspace_id, message_id, kind, url, user_agent, bot) "
         "values (:ws, :m, :k, :u, :ua, :bot)"),

@@ -99,16 +99,18 @@ class FieldError(ValueError):
     """A model validator's complaint about one field (``to``, ``subject``): the 422 names that field (its ``loc``
     ends with it, shared/errors.py) instead of the body as a whole."""
 
-    def __init__(self, field: str, message: str):
+    def __init__(self, field: str | tuple[str, ...], message: str):
         super().__init__(message)
-        self.field = field
+        self.field = field  # a name, or a path inside the model (("locales", "fr", "subject"))
 
 
 def error_location(error: Mapping[str, Any]) -> list[str]:
     """A pydantic error's ``loc`` as text, with the field a :class:`FieldError` names."""
     loc = [str(p) for p in error.get("loc", ())]
     cause = (error.get("ctx") or {}).get("error")
-    return [*loc, cause.field] if isinstance(cause, FieldError) else loc
+    if not isinstance(cause, FieldError):
+        return loc
+    return [*loc, *((cause.field,) if isinstance(cause.field, str) else cause.field)]
 
 
 def error_message(error: Mapping[str, Any]) -> str:

@@ -68,18 +68,35 @@ class TemplateCreate(_Body):
 
     @model_validator(mode="after")
     def _fits_channel(self) -> "TemplateCreate":
+        # a body part of blanks is no part (an email's text is then made from its HTML; SMS needs real text)
+        self.html, self.text = _part(self.html), _part(self.text)
+        for variant in self.locales.values():
+            variant.html, variant.text = _part(variant.html), _part(variant.text)
         if self.channel == "email" and not self.subject.strip():
             raise FieldError("subject", "an email template needs a subject")
+        if self.channel == "email" and self.html is None and self.text is None:
+            raise FieldError("html", "an email template needs a body: html, text or both")
         if self.channel == "sms" and (wrong := _first_wrong(text=not self.text, html=self.html, subject=self.subject,
                                                             preheader=self.preheader)):
             raise FieldError(wrong, "an SMS template has text only")
         if self.channel == "push" and (wrong := _first_wrong(subject=not self.subject.strip(), text=not self.text,
                                                              html=self.html, preheader=self.preheader)):
             raise FieldError(wrong, "a push template has a title (subject) and a body (text)")
-        if self.channel != "push" and (self.deep_link or self.image or any(
-                v.deep_link or v.image for v in self.locales.values())):
+        if self.channel != "push" and (self.deep_link or self.image):
             raise FieldError("deep_link" if self.deep_link else "image", "deep_link and image are for push templates")
+        for code, variant in self.locales.items():  # a variant translates the channel's own fields only
+            if wrong := next((f for f in _NOT_ON[self.channel] if getattr(variant, f) is not None), None):
+                raise FieldError(("locales", code, wrong),
+                                 f"{wrong} is not a field of {self.channel} templates (in locale {code})")
         return self
+
+
+_NOT_ON = {"email": ("deep_link", "image"), "sms": ("subject", "preheader", "html", "deep_link", "image"),
+           "push": ("preheader", "html")}
+
+
+def _part(value: str | None) -> str | None:
+    return value if value is not None and value.strip() else None
 
 
 def _first_wrong(**checks: object) -> str | None:

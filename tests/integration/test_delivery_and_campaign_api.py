@@ -124,7 +124,7 @@ async def test_worker_sends_over_smtp_once(apps, workspace, sessionmaker, settin
 
 class _Refuse:
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: ANN001
-        return "550 5.1.1 no such user"
+        return "554 5.7.1 Relay access denied"  # refused for the sender, not the address (no hard bounce)
 
 
 async def test_permanent_smtp_error_fails_at_once(apps, workspace, sessionmaker, settings) -> None:
@@ -138,7 +138,9 @@ async def test_permanent_smtp_error_fails_at_once(apps, workspace, sessionmaker,
     finally:
         controller.stop()
     msg = (await apps["delivery"].get(f"/v1/messages/{created.json()['id']}", headers=h)).json()
-    assert msg["status"] == "failed" and "550" in msg["last_error"]
+    assert msg["status"] == "failed" and "554" in msg["last_error"]
+    listed = (await apps["delivery"].get("/v1/suppressions", headers=h, params={"channel": "email"})).json()
+    assert listed["suppressions"] == []  # the address itself was not refused
 
 
 class _RefuseSome:
@@ -182,7 +184,7 @@ async def test_one_session_carries_many_messages_and_survives_a_refusal(apps, wo
     finally:
         controller.stop()
     statuses = [(await apps["delivery"].get(f"/v1/messages/{i}", headers=h)).json()["status"] for i in ids]
-    assert statuses == ["sent", "sent", "failed", "sent", "sent", "sent"]
+    assert statuses == ["sent", "sent", "bounced", "sent", "sent", "sent"]  # 550 5.1.1: a hard bounce
     # (other tests' due messages in the shared database may ride along: only ours are counted)
     assert sorted(a for a in handler.accepted if tag in a) == sorted(f"{w}-{tag}@example.com" for w in "abcde")
     assert handler.sessions <= 2  # two senders, one SMTP session each, reused across their messages

@@ -1343,6 +1343,43 @@ async def test_a_template_naming_a_locale_variant_twice_or_no_locale_is_refused(
         assert error["loc"] == ["body", "locales", key] and said in error["msg"], r.text
 
 
+@pytest.mark.parametrize("channel, base, locales, loc", [
+    ("sms", {"text": "Code 1234"}, {"fr": {"text": "Code 1234", "subject": "Votre code"}}, "subject"),
+    ("sms", {"text": "Code 1234"}, {"de": {"html": "<p>Code</p>"}}, "html"),
+    ("push", {"subject": "Shipped", "text": "On its way"}, {"fr": {"preheader": "En route"}}, "preheader"),
+    ("email", {"subject": "Hi", "text": "Hello"}, {"fr": {"deep_link": "acme://x"}}, "deep_link"),
+])
+async def test_a_locale_variant_may_only_translate_its_channels_fields(world, channel, base, locales, loc) -> None:
+    """An SMS template's French variant with a subject was saved and the subject never used (an SMS has none):
+    a 422 naming the variant's field, on create and on update."""
+    h, campaign = world.h, world.apps["campaign"]
+    body = {"name": f"var-{uuid.uuid4().hex[:6]}", "channel": channel, **base, "locales": locales}
+    for r in (await campaign.post("/v1/templates", headers=h, json=body),
+              await campaign.put(f"/v1/templates/{await world.template('var-ok', 'Hello')}", headers=h, json=body)):
+        assert r.status_code == 422, r.text
+        (error,) = r.json()["errors"]
+        code = next(iter(locales))
+        assert error["loc"] == ["body", "locales", code, loc] and code in error["msg"], r.text
+
+
+async def test_a_blank_body_part_is_no_part(world) -> None:
+    """Blanks in ``html`` or ``text`` are no part: an email of blank HTML gets its text part alone (it was sent
+    with an empty HTML part), an email or SMS whose every part is blank is refused on save (it was saved, and
+    sent empty), and a locale variant's blank part falls back as an omitted one does."""
+    h, campaign = world.h, world.apps["campaign"]
+    for body in ({"subject": "Hi", "html": "  ", "text": "\n"}, {"channel": "sms", "text": "   "}):
+        r = await campaign.post("/v1/templates", headers=h, json={"name": f"blank-{uuid.uuid4().hex[:6]}", **body})
+        assert r.status_code == 422 and r.json()["errors"][0]["loc"][-1] in ("html", "text"), r.text
+    r = await campaign.post("/v1/templates", headers=h, json={
+        "name": f"blank-{uuid.uuid4().hex[:6]}", "subject": "Hi", "html": " ", "text": "Hello {{ profile.first_name }}",
+        "locales": {"fr": {"text": "Bonjour", "html": "\t"}}})
+    assert r.status_code == 201, r.text
+    saved = r.json()
+    assert saved["html"] is None and saved["locales"]["fr"]["html"] is None
+    preview = await campaign.post(f"/v1/templates/{saved['id']}/preview", headers=h, json={})
+    assert preview.status_code == 200 and preview.json()["html"] is None, preview.text
+
+
 async def test_a_template_with_an_unknown_filter_or_snippet_is_refused_on_save(world) -> None:
     """Both parse, so they used to be saved, and then every send of them failed ("template did not render");
     now saving says which field and what is missing. Snippets are checked the same way."""

@@ -17,14 +17,13 @@ lead score rules (``lead_score``: ``{"events": {"Demo Requested": 20}, "traits":
 "op": "contains", "value": "VP", "points": 10}]}``).
 """
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any
 
-from services.segment.conditions import compare  # the trait operators segments use
+from services.segment.conditions import compare, finite_number  # (compare: the trait operators segments use)
 
 DEFAULT_PURCHASE_EVENTS = ("Order Completed",)
 DEFAULT_REFUND_EVENTS = ("Order Refunded",)  # as programs' refund_event (services/campaign/programs/config.py)
@@ -109,17 +108,12 @@ def order_id(event: dict[str, Any]) -> str | None:
 
 def _amount(value: Any) -> float | None:
     """A finite amount from a property (a number, or text holding one); None without a usable one."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        return None
-    try:
-        amount = float(value)
-    except ValueError:
-        return None
     # text reads as NaN or an infinity ("NaN", "Infinity", "1e999"): one such purchase made the revenue
     # NaN / infinite for good, and every evaluation, search and metric of the profile failed; so did an
     # amount of 1e27 or more (no cents fit in 28 digits: ``money``), or two of 1e308 (their float sum is
     # infinite), failing the whole workspace's re-evaluation page after page
-    return amount if math.isfinite(amount) and abs(amount) < MAX_ORDER_VALUE else None
+    amount = finite_number(value)
+    return amount if amount is not None and abs(amount) < MAX_ORDER_VALUE else None
 
 
 @dataclass(frozen=True)

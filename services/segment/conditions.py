@@ -418,7 +418,7 @@ def _as_datetime(v: Any) -> datetime | None:
         return (datetime.min if dt.year == 1 else datetime.max).replace(tzinfo=UTC)
 
 
-def _number(v: Any) -> float | None:
+def finite_number(v: Any) -> float | None:
     """A finite number, also from text ("12.5"); None for anything else ("NaN" and "Infinity" included)."""
     if isinstance(v, bool) or not isinstance(v, int | float | str):
         return None
@@ -542,7 +542,7 @@ def _aggregate(node: AggregateNode, facts: ProfileFacts, today: date) -> bool:
     values: list[float] = []
     for at, props in facts.events.get(node.event, ()):
         if node.in_window(at.date(), today) and _matches(node.where, props, today):
-            v = _number(get_path(props, node.property))
+            v = finite_number(get_path(props, node.property))
             if v is not None:
                 values.append(v)
     if node.function == "count":

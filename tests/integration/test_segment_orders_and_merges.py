@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.segment import evaluation
+from tests.integration import test_segment_conditions as conditions_ctx
 
 NOW = datetime.now(UTC)
 
@@ -19,12 +20,8 @@ def _ev(ws, pid, kind="track", *, event=None, props=None, traits=None, days_ago=
             "timestamp": (NOW - timedelta(days=days_ago)).isoformat()}
 
 
-class Ctx:
-    def __init__(self, apps, workspace, sessionmaker):
-        self.seg = apps["segment"]
-        self.ws = workspace.workspace_id
-        self.h = {"Authorization": f"Bearer {workspace.secret_key}"}
-        self.sm = sessionmaker
+class Ctx(conditions_ctx.Ctx):
+    """test_segment_conditions' context, plus folding feed pages and reading attributes and stages."""
 
     async def fold(self, *events) -> None:
         """One page of the feed, folded and its profiles re-evaluated (as the worker does)."""
@@ -32,19 +29,6 @@ class Ctx:
             affected = await evaluation.apply_events(s, list(events))
             for ws, pids in affected.items():
                 await evaluation.reevaluate(s, ws, pids)
-
-    async def segment(self, definition: dict) -> str:
-        r = await self.seg.post("/v1/segments", headers=self.h, json={"name": uuid.uuid4().hex,
-                                                                        "definition": definition})
-        assert r.status_code == 201, r.text
-        sid = r.json()["id"]
-        await evaluation.evaluate_fully(self.sm, self.ws, {uuid.UUID(sid)})
-        return sid
-
-    async def members(self, sid: str) -> set[str]:
-        r = await self.seg.get(f"/v1/segments/{sid}/members", headers=self.h)
-        assert r.status_code == 200, r.text
-        return {m["profile_id"] for m in r.json()["members"]}
 
     async def attributes(self, pid) -> dict:
         r = await self.seg.get(f"/v1/profiles/{pid}/attributes", headers=self.h)

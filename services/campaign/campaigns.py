@@ -623,8 +623,9 @@ async def migrate(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) 
     """Move users inside older versions to the current one, at the same step, when the current version can
     continue them there (the others finish their version): a journey about to run a step, when that step still
     exists; a journey waiting for an event, when the step is still a wait for an event — it then waits as the
-    current version says (its event, match and targets), until the deadline it already had. The others are
-    reported per version and step, with the reason they stay (``not_movable``)."""
+    current version says (its event, match and targets), until the deadline it already had — or goes on at once
+    when that event already happened since entry. The others are reported per version and step, with the reason
+    they stay (``not_movable``)."""
     campaign = await get_campaign(session, ws, campaign_id)
     journey = journeys.parse(campaign["definition"])
     p = {"ws": ws, "c": campaign_id, "v": campaign["version"], "vt": f"to version {campaign['version']}"}
@@ -637,12 +638,30 @@ async def migrate(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) 
         {**p, "steps": [s.id for s in journey.steps]})).all()
     waits = {s.id: s for s in journey.steps if isinstance(s, jd.WaitForEventStep)}
     rows = (await session.execute(text(
-        "select id, step, trigger_data from campaign.journeys where workspace_id = :ws and campaign_id = :c "
+        "select id, step, trigger_data, seen from campaign.journeys where workspace_id = :ws and campaign_id = :c "
         "and version < :v and status = 'waiting' and step = any(CAST(:steps AS text[])) order by id for update"),
         {**p, "steps": list(waits)})).mappings().all()
-    rewaits = [{"id": str(r["id"]), "wait": wait} for r in rows
-               if not ((wait := journeys.waiting_for(waits[r["step"]], r["trigger_data"]))["match_property"]
-                       and wait["match_value"] is None)]  # (a key the trigger lacks: it stays where it can time out)
+    rewaits, arrived = [], []
+    for r in rows:
+        wait = journeys.waiting_for(waits[r["step"]], r["trigger_data"])
+        if wait["match_property"] and wait["match_value"] is None:
+            continue  # (a key the trigger lacks: it stays where it can time out)
+        # the new version's event came while they waited for the old one's: they go on now, as a user reaching
+        # the wait after it would (``journeys.already_happened``)
+        (arrived if journeys.already_happened(wait, r["seen"]) else rewaits).append(
+            {"id": str(r["id"]), "wait": wait, "next": wait["on_event"]})
+    if arrived:
+        moved += (await session.execute(text(
+            "with moved as (update campaign.journeys j set version = :v, status = 'active', step = r.next, "
+            "wake_at = now(), wait = null, updated_at = now() "
+            "from jsonb_to_recordset(CAST(:rows AS jsonb)) as r(id uuid, wait jsonb, next text) where j.id = r.id "
+            "returning j.id, j.workspace_id, j.campaign_id, j.profile_id, r.wait->>'step' as step, r.wait->>'event' "
+            "as event) "
+            "insert into campaign.journey_log (journey_id, workspace_id, campaign_id, profile_id, step, kind, detail) "
+            "select id, workspace_id, campaign_id, profile_id, step, k, d from moved, "
+            "lateral (values (1, 'migrated', :vt), (2, 'event', event || ' already happened')) as l(n, k, d) "
+            "order by id, n returning journey_id"),
+            {**p, "rows": dumps(arrived)})).all()[::2]  # (two lines per journey)
     if rewaits:
         moved += (await session.execute(text(
             "with moved as (update campaign.journeys j set version = :v, wait = r.wait, updated_at = now() "

@@ -770,6 +770,12 @@ def waiting_for(step: jd.WaitForEventStep, trigger_data: dict[str, Any] | None) 
     return wait
 
 
+def already_happened(wait: dict[str, Any], seen: list[str] | None) -> bool:
+    """Whether the event a ``wait`` (``waiting_for``) is for already happened since the journey's entry, as its
+    ``seen`` says (matched on the trigger's key when the wait has one)."""
+    return _seen_key(wait["event"], wait["match_property"], wait["match_value"]) in (seen or [])
+
+
 async def _run_step(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: Any) -> StepOutcome:
     traits = ctx.profile.get("traits") or {}
     tz = timing.zone(traits, ctx.policy.timezone)
@@ -799,8 +805,7 @@ async def _run_step(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: 
             await _log(ctx.session, j, "timeout", f"the trigger has no {step.match.trigger_property}", step=step.id)
             return StepOutcome(step.on_timeout)
         # an awaited event that already happened since entry counts (it may share the trigger's page)
-        if _seen_key(step.event, wait["match_property"], wait["match_value"]) in (j.get("seen") or []) or (
-                step.match is None and _seen_key(step.event) in (j.get("seen") or [])):
+        if already_happened(wait, j.get("seen")):
             await _log(ctx.session, j, "event", f"{step.event} already happened", step=step.id)
             return StepOutcome(step.on_event)
         await _log(ctx.session, j, "waiting", f"for {step.event} (timeout {step.timeout_seconds} s)", step=step.id)

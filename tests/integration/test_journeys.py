@@ -642,6 +642,42 @@ async def test_users_moved_while_waiting_for_an_event_wait_as_the_new_version_sa
                                      "reason": "version 4 has no step 'answer'"}]
 
 
+async def test_a_user_moved_onto_a_wait_whose_event_already_came_goes_on_at_once(world) -> None:
+    """Waiting for version 1's event, the user did what version 2 waits for: moved there, they would have waited
+    for an event already behind them until the timeout; a user reaching that wait after the event goes on at
+    once (the journey's events since entry count), and so does a moved one."""
+    survey, thanks, offer = (await world.template("mig2-s", "Survey"), await world.template("mig2-t", "Thanks"),
+                             await world.template("mig2-o", "Offer"))
+    wait_v1 = {"id": "answer", "type": "wait_for_event", "event": "Survey Submitted", "timeout_seconds": 86400,
+               "on_event": "thanks", "on_timeout": "offer"}
+    tail = [{"id": "thanks", "type": "send", "template_id": thanks}, {"id": "offer", "type": "send", "template_id": offer}]
+    camp = await world.campaign(trigger={"type": "event", "event": "Risky"}, steps=[
+        {"id": "survey", "type": "send", "template_id": survey, "next": "answer"}, wait_v1, *tail])
+    did, didnt = _email("mig2-did"), _email("mig2-didnt")
+    pids = {uid: await world.identify(uid, email=email) for uid, email in (("mig2-did", did), ("mig2-didnt", didnt))}
+    for uid in pids:
+        await world.track(uid, "Risky", T0)
+    await world.pump(T0)
+    await world.track("mig2-did", "Feedback Given", T0 + timedelta(minutes=5))  # not what version 1 waits for
+    await world.pump(T0 + timedelta(minutes=6))
+    assert [m["subject"] for m in await world.mail(did)] == ["Survey"]
+    r = await world.apps["campaign"].put(f"/v1/campaigns/{camp['id']}", headers=world.h, json={
+        "trigger": {"type": "event", "event": "Risky"}, "steps": [
+            {"id": "survey", "type": "send", "template_id": survey, "next": "answer"},
+            {**wait_v1, "event": "Feedback Given"}, *tail]})
+    assert r.status_code == 200, r.text
+    moved = (await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/migrate", headers=world.h)).json()
+    assert moved == {"moved": 2, "kept": 0, "not_movable": [], "version": 2}
+    # due at once (the migration's own time, the database's: later than this test's clock, so not pumped here)
+    path = (await world.path(pids["mig2-did"]))[0]
+    assert (path["status"], path["step"], path["version"]) == ("active", "thanks", 2)
+    assert datetime.fromisoformat(path["wake_at"]) <= datetime.now(UTC)
+    assert [(e["kind"], e["detail"]) for e in path["log"]][-2:] == [
+        ("migrated", "to version 2"), ("event", "Feedback Given already happened")]
+    waiting = (await world.path(pids["mig2-didnt"]))[0]  # still waiting, as version 2 says
+    assert (waiting["status"], waiting["step"], waiting["version"]) == ("waiting", "answer", 2)
+
+
 async def test_a_journey_whose_step_is_missing_from_its_version_exits_saying_why(world) -> None:
     """A journey the old migrate moved kept its old version's wait: when it timed out toward a step the new version
     renamed, it failed with `RuntimeError: coroutine raised StopIteration` every 5 minutes for ever. A step missing

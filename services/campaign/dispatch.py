@@ -211,13 +211,13 @@ async def post_batch(internal: InternalClient, ws: uuid.UUID, batch: list[tuple[
 
 
 async def program_variables(session: AsyncSession, sends: list[dict[str, Any]], profiles: dict[str, Any],
-                            snippets: dict[uuid.UUID, dict[str, str]]) -> dict[str, dict[str, Any]]:
+                            snippets: dict[uuid.UUID, dict[str, str]], tpls: dict[uuid.UUID, dict[str, Any]]
+                            ) -> dict[str, dict[str, Any]]:
     """The referral and loyalty variables of the sends' profiles ("ws:profile" -> variables), for the
-    templates (and their workspace's snippets) that use them."""
-    rows = (await session.execute(text(
-        "select id, concat_ws(' ', subject, preheader, html, text, locales::text) as src from campaign.templates "
-        "where id = any(CAST(:ids AS uuid[]))"), {"ids": list({s["template_id"] for s in sends})})).all()
-    sources = {r.id: r.src for r in rows}
+    templates (``tpls``, as ``_templates`` read them, and their workspace's snippets) that use them."""
+    sources = {tid: " ".join(v for v in (t.get("subject"), t.get("preheader"), t.get("html"), t.get("text"),
+                                         dumps(t["locales"]) if t.get("locales") else None) if v)
+               for tid, t in tpls.items()}
     by_ws: dict[uuid.UUID, dict[str, dict[str, Any]]] = {}
     wanted: dict[uuid.UUID, dict[str, set[str]]] = {}
     for send in sends:
@@ -314,7 +314,7 @@ async def _hand_over(sessionmaker: async_sessionmaker[AsyncSession], internal: I
             tpls = await _templates(session, {send["template_id"] for send in sends})
         attributes = await attributes_for(internal, sends, profiles, tpls, snippets)  # (no transaction held open)
         async with session.begin():
-            extras = await program_variables(session, sends, profiles, snippets)
+            extras = await program_variables(session, sends, profiles, snippets, tpls)
             for send in sends:
                 key = f"{send['workspace_id']}:{send['profile_id']}"
                 prepared = prepare(send, tpls.get(send["template_id"]), profiles.get(key),

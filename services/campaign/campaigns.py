@@ -657,11 +657,13 @@ async def migrate(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) 
             "from jsonb_to_recordset(CAST(:rows AS jsonb)) as r(id uuid, wait jsonb, next text) where j.id = r.id "
             "returning j.id, j.workspace_id, j.campaign_id, j.profile_id, r.wait->>'step' as step, r.wait->>'event' "
             "as event) "
-            "insert into campaign.journey_log (journey_id, workspace_id, campaign_id, profile_id, step, kind, detail) "
+            ", logged as (insert into campaign.journey_log "
+            "(journey_id, workspace_id, campaign_id, profile_id, step, kind, detail) "
             "select id, workspace_id, campaign_id, profile_id, step, k, d from moved, "
             "lateral (values (1, 'migrated', :vt), (2, 'event', event || ' already happened')) as l(n, k, d) "
-            "order by id, n returning journey_id"),
-            {**p, "rows": dumps(arrived)})).all()[::2]  # (two lines per journey)
+            "order by id, n returning journey_id, kind) "
+            "select journey_id from logged where kind = 'migrated'"),
+            {**p, "rows": dumps(arrived)})).all()
     if rewaits:
         moved += (await session.execute(text(
             "with moved as (update campaign.journeys j set version = :v, wait = r.wait, updated_at = now() "

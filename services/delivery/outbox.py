@@ -100,9 +100,9 @@ async def enqueue_many(session: AsyncSession, ws: uuid.UUID, msgs: list[tuple[di
     )}
     replayed = [r["key"] for r in rows if uuid.UUID(r["id"]) not in inserted]
     existing = {r.idempotency_key: r for r in await session.execute(
-        text(f"select {', '.join('m.' + c for c in ('request_hash', *_COLS.split(', ')))} "
-             "from unnest(CAST(:keys AS text[])) as k(key) cross join lateral (select * from delivery.messages m "
-             "where m.workspace_id = :ws and m.idempotency_key = k.key limit 1) m"),  # (by key: decisions.md)
+        text(f"select m.* from unnest(CAST(:keys AS text[])) as k(key) cross join lateral (select request_hash, "
+             f"{_COLS} from delivery.messages where workspace_id = :ws and idempotency_key = k.key limit 1) m"),
+        # (by key: decisions.md)
         {"ws": ws, "keys": replayed})} if replayed else {}
     out_: list[tuple[dict[str, Any], bool] | Conflict] = []
     for r in rows:
@@ -209,8 +209,8 @@ async def claim(session: AsyncSession, limit: int, lease_s: float = LEASE_S) -> 
     await session.execute(text(
         "update delivery.messages set status = 'failed', claimed_until = null, updated_at = now(), "
         "last_error = coalesce(last_error, '') || ' (gave up: lease expired ' || attempts || ' times)' "
-        "where status in ('queued', 'sending') and next_attempt_at <= now() "
-        "and status = 'sending' and claimed_until < now() and attempts >= :max"), {"max": MAX_ATTEMPTS})
+        "where status = 'sending' and next_attempt_at <= now() and claimed_until < now() and attempts >= :max"),
+        {"max": MAX_ATTEMPTS})
     return [{**r, "leased_at": leased_at} for r in rows.mappings()]
 
 

@@ -44,7 +44,6 @@ def _keys(env: "Envelope") -> list[Key]:
     return keys
 
 
-
 # Lookups by many keys probe the unique key once per key (a lateral subquery with ``limit 1`` the planner cannot
 # turn into a join): before a table's first ANALYZE (a new install, a first import) the planner guesses any
 # ``workspace_id = :ws`` matches 0.5 % of the rows and reads the whole workspace through another index instead,
@@ -65,7 +64,6 @@ async def _load(session: AsyncSession, ws: uuid.UUID, keys: set[Key]) -> dict[Ke
         {"ws": ws, "keys": dumps([{"kind": k, "value": v} for k, v in keys])},  # one JSON document: cheap to send
     )
     return {(r.kind, r.value): r.profile_id for r in rows}
-
 
 
 async def _lock_keys(session: AsyncSession, ws: uuid.UUID, keys: set[Key]) -> None:

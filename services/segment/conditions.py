@@ -271,6 +271,7 @@ class AttributeNode(_Node):
 DATE_ATTRIBUTES = frozenset({"first_seen", "last_seen"})
 _DATE_OPS = frozenset({"before", "after", "within_last_days"})
 _ORDER_OPS = frozenset({"gt", "gte", "lt", "lte"})
+_EQUALITY_OPS = frozenset({"equals", "not_equals", "in", "not_in"})
 
 
 def attribute_op_problem(node: AttributeNode) -> str | None:
@@ -280,6 +281,9 @@ def attribute_op_problem(node: AttributeNode) -> str | None:
     if node.attribute in DATE_ATTRIBUTES:
         if node.op in ("contains", "starts_with"):
             return f"{node.attribute!r} is a date: {node.op!r} does not apply to it"
+        if node.op in _EQUALITY_OPS:  # an instant to the microsecond: "equals 2026-11-01" matched no one
+            return (f"{node.attribute!r} is an instant: {node.op!r} would compare it to the microsecond; for a day "
+                    f"use gte that day and lt the next (or before, after, within_last_days)")
         if node.op in _ORDER_OPS and _as_datetime(node.value) is None:
             return f"{node.op!r} on {node.attribute!r} needs an ISO 8601 date or date-time value"
     elif node.op in _DATE_OPS | {"contains", "starts_with"}:

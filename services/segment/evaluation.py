@@ -162,6 +162,8 @@ class _Orders:
 
     known: dict[OrderKey, float] = field(default_factory=dict)
     new: dict[OrderKey, tuple[str, float, datetime]] = field(default_factory=dict)  # -> (event, value, at)
+    # the page's own orders: a refund timestamped before its order (another system's clock) still takes its value
+    page: dict[OrderKey, float] = field(default_factory=dict)
 
     @classmethod
     async def load(cls, session: AsyncSession, events: list[dict[str, Any]], rules: dict[uuid.UUID, PurchaseRules]
@@ -170,13 +172,17 @@ class _Orders:
                 and (rules[k[0]].order_value(e) is not None or rules[k[0]].is_refund(e))}
         if not keys:
             return cls()
+        page: dict[OrderKey, float] = {}
+        for e in sorted(events, key=lambda e: e["timestamp"]):
+            if (k := _order_key(e)) is not None and k not in page and (v := rules[k[0]].order_value(e)) is not None:
+                page[k] = v
         k = sorted(keys)
         rows = await session.execute(text(
             "select o.workspace_id, o.profile_id, o.order_id, o.value from segment.profile_orders o "
             "join unnest(CAST(:ws AS uuid[]), CAST(:pid AS uuid[]), CAST(:oid AS text[])) as u(ws, pid, oid) "
             "on o.workspace_id = u.ws and o.profile_id = u.pid and o.order_id = u.oid"),
             {"ws": [x[0] for x in k], "pid": [x[1] for x in k], "oid": [x[2] for x in k]})
-        return cls(known={(r[0], r[1], r[2]): float(r[3]) for r in rows})
+        return cls(known={(r[0], r[1], r[2]): float(r[3]) for r in rows}, page=page)
 
     def first(self, event: dict[str, Any], value: float, at: datetime) -> bool:
         """Whether a purchase event is the first of its order (always, without an order id); records it."""
@@ -191,7 +197,7 @@ class _Orders:
 
     def value(self, event: dict[str, Any]) -> float | None:
         key = _order_key(event)
-        return None if key is None else self.known.get(key)
+        return None if key is None else self.known.get(key, self.page.get(key))
 
     async def save(self, session: AsyncSession) -> None:
         if not self.new:

@@ -91,6 +91,11 @@ async def test_a_refund_with_only_a_total_or_an_order_id_lowers_cltv(ctx) -> Non
     # revenue still wins over total
     await ctx.fold(_ev(ws, user, event="Order Refunded", props={"order_id": "A", "revenue": 10, "total": 99}))
     assert (await ctx.attributes(user))["total_revenue"] == 60.0
+    # a refund naming only its order, stamped before the order by another system's clock, in the same page
+    await ctx.fold(_ev(ws, user, event="Order Refunded", props={"order_id": "C"}, days_ago=0.5),
+                   _order(ws, user, "C", 25, days_ago=0.4))
+    attrs = await ctx.attributes(user)
+    assert (attrs["total_revenue"], attrs["order_count"]) == (60.0, 3)
 
 
 async def test_windows_in_property_filters_and_last_event_properties_are_rechecked(ctx) -> None:
@@ -124,7 +129,10 @@ async def test_first_and_last_seen_take_ordering_operators(ctx) -> None:
             ({"type": "attribute", "attribute": "order_count", "op": "within_last_days", "value": 30},
              "definition.attribute.op"),
             ({"type": "and", "children": [{"type": "attribute", "attribute": "first_seen", "op": "gte",
-                                           "value": 5}]}, "definition.and.children.0.attribute.op")):
+                                           "value": 5}]}, "definition.and.children.0.attribute.op"),
+            ({"type": "attribute", "attribute": "last_seen", "op": "equals", "value": cut}, "definition.attribute.op"),
+            ({"type": "attribute", "attribute": "first_seen", "op": "not_in", "value": [cut]},
+             "definition.attribute.op")):
         r = await ctx.seg.post("/v1/segments", headers=ctx.h, json={"name": "never", "definition": definition})
         assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json"), r.text
         assert [e["at"] for e in r.json()["errors"]] == [at]

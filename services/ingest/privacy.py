@@ -150,13 +150,16 @@ async def get_request(session: AsyncSession, ws: uuid.UUID, request_id: uuid.UUI
 _PROBE = text("select ingest.suppression_probe(:ws)")
 
 
-async def suppressed(session: AsyncSession, ws: uuid.UUID, ids: set[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Which of (kind, value) belong to users being erased, or erased with suppression.
+async def suppressed(session: AsyncSession, ws: uuid.UUID, ids: Callable[[], set[tuple[str, str]]]
+                     ) -> set[tuple[str, str]]:
+    """Which of (kind, value) — ``ids()``, collected only when needed — belong to users being erased, or erased
+    with suppression.
 
     Call it before writing anything for these ids, in the transaction that writes them: it orders the
     transaction against erasures of the workspace (see the module docstring). Most workspaces have no
-    erasure pending and none with suppression: one index probe spares hashing every id of every event."""
-    if not ids or not (await session.execute(_PROBE, {"ws": ws})).scalar():
+    erasure pending and none with suppression: one index probe spares collecting and hashing every id of
+    every event."""
+    if not (await session.execute(_PROBE, {"ws": ws})).scalar() or not (ids := ids()):
         return set()
     by_hash = {h: (k, v) for k, v in ids for h in _probe_hashes(k, v)}
     rows = await session.execute(

@@ -208,7 +208,7 @@ async def record(session: AsyncSession, workspace_id: uuid.UUID, envelopes: list
     batch = list(unique.values())
     # before anything is written: users being erased (or erased with suppression) are dropped, and the probe
     # orders this transaction against erasures of the workspace (privacy's module docstring)
-    blocked = await privacy.suppressed(session, workspace_id, {k for e in batch for k in _identity_keys(e)})
+    blocked = await privacy.suppressed(session, workspace_id, lambda: {k for e in batch for k in _identity_keys(e)})
     if blocked:
         kept = [e for e in batch if not blocked.intersection(_identity_keys(e))]
         result.suppressed = len(batch) - len(kept)

@@ -61,7 +61,6 @@ log = structlog.get_logger()
 MAX_MESSAGE_BYTES = 32 * 1024
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")  # a JSON \u0000 escape, not an escaped backslash + "u0000"
 MAX_BATCH_BYTES = 500 * 1024
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a JSON \uD800-\uDFFF escape (half of a pair, or alone)
 _TYPE_FIELD = 32  # bytes a single-message route may add to its message: "type": "<kind>"
 WAKE_FUNCTION = "on_events"  # the job consumers of the event log register
 
@@ -86,6 +85,17 @@ class _Body:
 
     doc: dict[str, Any]
     size: int  # bytes after decompression
+    unrepresentable: bool = False  # some value is an :class:`_Unrepresentable` (NaN, 1e400, …): its message is refused
+
+
+@dataclass(frozen=True)
+class _Unrepresentable:
+    """A number the body holds that no JSON store can: ``NaN`` / ``Infinity`` (what Python's ``json.dumps`` writes
+    by default, so segment-analytics-python sends them), a float beyond a double (``1e400``) or an integer of more
+    digits than Python converts. Parsed as this marker, so the message holding it is refused on its own instead
+    of the whole batch (a 400 the SDKs do not retry: every other event of the batch was lost)."""
+
+    text: str
 
 
 async def _read_json(request: Request, limit: int) -> _Body:
@@ -102,39 +112,53 @@ async def _read_json(request: Request, limit: int) -> _Body:
     if len(raw) > limit:
         which = "500 KB per batch" if limit == MAX_BATCH_BYTES else "32 KB per message"
         raise PayloadTooLarge(f"Request body is over the limit of {which}", limit_bytes=limit)
-    body = _loads(raw)
+    body, unrepresentable = _loads(raw)
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object")
-    return _Body(body, len(raw))
+    return _Body(body, len(raw), unrepresentable)
 
 
-def _loads(raw: bytes) -> Any:
+def _loads(raw: bytes) -> tuple[Any, bool]:
+    """The body's JSON, and whether it holds an :class:`_Unrepresentable` number."""
     long_number = has_long_number(raw)  # orjson would read an integer beyond 64 bits as a float
     error: BadRequest | None = None
     if not long_number:
         try:
-            return orjson.loads(raw)
+            return orjson.loads(raw), False
         except orjson.JSONDecodeError as exc:
             error = BadRequest(f"The request body is not valid JSON: {exc}")
-        if not _SURROGATE_ESCAPE.search(raw):
-            raise error
-    # JSON's grammar allows a lone surrogate escape, and JavaScript's JSON.stringify writes one for a string cut
-    # in the middle of an emoji ("\ud83d"); orjson refuses it. Read it as Segment's API and browsers do: U+FFFD.
+    # The standard library's parser, for what orjson refuses or would change: a lone surrogate escape (JSON's
+    # grammar allows it, and JavaScript's JSON.stringify writes one for a string cut in the middle of an emoji,
+    # "\ud83d": read as Segment's API and browsers do, U+FFFD), integers beyond 64 bits, and numbers no store can
+    # hold (marked, refused per message).
+    marked: list[_Unrepresentable] = []
+
+    def mark(text: str) -> _Unrepresentable:
+        marked.append(_Unrepresentable(text if len(text) <= 40 else f"{text[:20]}… ({len(text)} characters)"))
+        return marked[-1]
+
+    def number(text: str) -> float | _Unrepresentable:
+        value = float(text)
+        return mark(text) if value in (float("inf"), float("-inf")) else value
+
+    def integer(text: str) -> int | _Unrepresentable:
+        return mark(text) if len(text) > _MAX_INT_DIGITS else int(text)
+
     try:
-        return _without_lone_surrogates(json.loads(raw, parse_constant=_not_json, parse_float=_finite))
+        doc = json.loads(raw, parse_constant=mark, parse_float=number, parse_int=integer)
     except (ValueError, RecursionError) as exc:
         raise error or BadRequest(f"The request body is not valid JSON: {exc}") from None
+    return _without_lone_surrogates(doc), bool(marked)
 
 
-def _not_json(constant: str) -> Any:
-    raise ValueError(f"{constant} is not JSON")
+_MAX_INT_DIGITS = 4300  # (sys.int_info.default_max_str_digits: int() refuses longer text)
 
 
-def _finite(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):  # 1e400: refused as orjson refuses it
-        raise ValueError("number is infinity when parsed as double")
-    return value
+def _holds_unrepresentable(value: Any) -> _Unrepresentable | None:
+    if isinstance(value, _Unrepresentable):
+        return value
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return next((found for v in children if (found := _holds_unrepresentable(v)) is not None), None)
 
 
 def _without_lone_surrogates(value: Any) -> Any:
@@ -189,6 +213,12 @@ async def _store(request: Request, body: _Body,
                                                            "type": "dict_type"}]))
             continue
         mid = item.get("messageId") if isinstance(item.get("messageId"), str) else None
+        if body.unrepresentable and (number := _holds_unrepresentable(item)) is not None:
+            rejected.append(Rejected(index=index, message_id=mid, errors=[{
+                "msg": f"message holds a number JSON storage cannot: {number.text} (NaN and Infinity are not JSON; "
+                       f"a float beyond ±1.8e308 or an integer of over {_MAX_INT_DIGITS} digits cannot be kept)",
+                "type": "unrepresentable_number"}]))
+            continue
         encoded = dumps_bytes(item) if one_by_one else b""
         if len(encoded) > MAX_MESSAGE_BYTES:
             rejected.append(Rejected(index=index, message_id=mid,
@@ -291,6 +321,9 @@ _single("alias", AliasMessage, "Declare that previousId and userId are one perso
 
 async def _batch(request: Request) -> TrackResponse:
     body = await _read_json(request, MAX_BATCH_BYTES)
+    if body.unrepresentable and (number := _holds_unrepresentable(
+            {k: v for k, v in body.doc.items() if k != "batch"})) is not None:
+        raise BadRequest(f"The batch's own fields (context, sentAt …) hold a number JSON storage cannot: {number.text}")
     try:
         req = BatchRequest.model_validate(body.doc)
     except ValidationError as exc:

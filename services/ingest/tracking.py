@@ -247,9 +247,8 @@ async def _merge_traits(session: AsyncSession, inserted: list[Envelope]) -> None
         assert env.profile_id is not None
         if env.type == "identify" and env.traits:
             updates.setdefault(env.profile_id, []).append((_ts_key(env.timestamp), env.traits))
-        ctx = context_traits(env)
-        if ctx:
-            defaults.setdefault(env.profile_id, ctx)
+        for key, value in context_traits(env).items():  # per trait, the earliest message that has it
+            defaults.setdefault(env.profile_id, {}).setdefault(key, value)
     if not updates and not defaults:
         return
     pids = sorted(set(updates) | set(defaults))

@@ -36,6 +36,22 @@ async def test_identify_then_track_builds_a_profile(apps, workspace) -> None:
                                       "timezone": "America/Montreal"}
 
 
+async def test_a_batchs_contexts_fill_locale_and_timezone_each_from_the_first_message_that_has_it(apps, workspace
+                                                                                                   ) -> None:
+    """Only the first context with either key counted: a timezone in a later message of the batch was dropped."""
+    c, auth = apps["ingest"], (workspace.write_key, "")
+    r = await c.post("/v1/batch", auth=auth, json={"batch": [
+        {"type": "track", "userId": "ctx-1", "event": "A", "context": {"locale": "fr-FR"},
+         "timestamp": "2026-11-01T10:00:00Z"},
+        {"type": "track", "userId": "ctx-1", "event": "B", "context": {"locale": "de-DE", "timezone": "Europe/Paris"},
+         "timestamp": "2026-11-01T10:01:00Z"},
+        {"type": "track", "userId": "ctx-1", "event": "C", "context": {"timezone": "Asia/Tokyo"},
+         "timestamp": "2026-11-01T10:02:00Z"}]})
+    assert r.status_code == 200 and r.json()["accepted"] == 3, r.text
+    p = await c.get("/v1/profiles/ctx-1", headers={"Authorization": f"Bearer {workspace.secret_key}"})
+    assert p.json()["traits"] == {"locale": "fr-FR", "timezone": "Europe/Paris"}
+
+
 async def test_same_message_id_is_stored_once(apps, workspace, sessionmaker) -> None:
     auth = (workspace.write_key, "")
     body = {"userId": "u-2", "event": "Order Completed", "messageId": "dup-1"}
@@ -416,7 +432,32 @@ async def test_a_string_cut_in_the_middle_of_an_emoji_is_stored_not_the_batch_re
     assert viewed["properties"] == {"title": "Caf\u00e9 \ufffd", "pair": "\U0001F600"}
     still_bad = await apps["ingest"].post("/v1/track", auth=(workspace.write_key, ""), headers={
         "content-type": "application/json"}, content=b'{"userId": "cut", "event": "\\ud83d", "n": 1e400}')
-    assert still_bad.status_code == 400 and still_bad.headers["content-type"].startswith(PROBLEM)
+    assert still_bad.status_code == 422 and still_bad.headers["content-type"].startswith(PROBLEM)
+    assert still_bad.json()["rejected"][0]["errors"][0]["type"] == "unrepresentable_number"
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"-Infinity", b"1e400", b"9" * 5000])
+async def test_a_number_no_store_can_hold_refuses_its_message_not_the_batch(apps, workspace, number) -> None:
+    """Python's json.dumps writes NaN and Infinity (segment-analytics-python sends them as they come), and 1e400 or
+    5,000 digits are JSON no store keeps. The whole batch answered 400, which SDKs do not retry: every event in it
+    was lost. Now only the message holding the number is refused, with the reason."""
+    c, auth = apps["ingest"], (workspace.write_key, "")
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    uid = f"num-{uuid.uuid4().hex[:8]}"
+    body = (b'{"batch": [{"type": "track", "userId": "' + uid.encode() + b'", "event": "Kept", "messageId": "k-'
+            + uid.encode() + b'"}, {"type": "track", "userId": "' + uid.encode() + b'", "event": "Scored", '
+            b'"messageId": "s-' + uid.encode() + b'", "properties": {"score": ' + number + b'}}]}')
+    r = await c.post("/v1/batch", auth=auth, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] == 1 and [(x["index"], x["message_id"], x["errors"][0]["type"])
+                                          for x in r.json()["rejected"]] == [(1, f"s-{uid}", "unrepresentable_number")]
+    events = (await c.get(f"/v1/profiles/{uid}/events", headers=h)).json()["events"]
+    assert [e["event"] for e in events] == ["Kept"]
+    # in the batch's own fields it cannot be given to one message: the request is refused, nothing stored
+    r = await c.post("/v1/batch", auth=auth, content=b'{"context": {"x": ' + number + b'}, "batch": [{"type": "track", '
+                     b'"userId": "' + uid.encode() + b'", "event": "Lost"}]}', headers={"content-type": "text/plain"})
+    assert r.status_code == 400 and r.headers["content-type"].startswith(PROBLEM), r.text
+    assert [e["event"] for e in (await c.get(f"/v1/profiles/{uid}/events", headers=h)).json()["events"]] == ["Kept"]
 
 
 async def test_null_properties_traits_context_and_integrations_are_taken_as_absent(apps, workspace) -> None:

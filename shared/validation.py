@@ -184,7 +184,16 @@ IsoDatetime = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator
 IsoDate = Annotated[date, BeforeValidator(_not_a_number)]
 # the tracking API's client times: ISO 8601, or a Unix time as some SDKs and hand-written clients send it (a number
 # or its text; pydantic reads one beyond ±2e10 as milliseconds). Refusing it lost the whole event.
-IsoOrUnixDatetime = Annotated[datetime, AfterValidator(_in_utc_range),
+def _hour_offset(value: Any) -> Any:
+    """``…+01`` → ``…+01:00``: PostgreSQL writes a whole-hour offset so (``2026-11-29 03:00:00+01``), and a server
+    integration sends its database's timestamps as they come; pydantic reads only ``+01:00`` and ``+0100``."""
+    if isinstance(value, str) and len(value) > 16 and value[-3] in "+-" and value[-2:].isdigit() \
+            and value[-4].isdigit() and ":" in value:
+        return value + ":00"
+    return value
+
+
+IsoOrUnixDatetime = Annotated[datetime, BeforeValidator(_hour_offset), AfterValidator(_in_utc_range),
                               WithJsonSchema({"anyOf": [{"type": "string", "format": "date-time"},
                                                         {"type": "number", "description": "Unix time, s or ms"}]},
                                              mode="validation")]

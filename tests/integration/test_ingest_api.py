@@ -379,14 +379,16 @@ async def test_unix_times_are_read_as_seconds_or_milliseconds(apps, workspace) -
         {"type": "track", "userId": "epoch", "event": "Text", "timestamp": "1709634030.5"},
         {"type": "track", "userId": "epoch", "event": "Iso", "timestamp": "2024-03-05T12:20:30+02:00"},
         {"type": "track", "userId": "epoch", "event": "Bool", "timestamp": True},
+        # PostgreSQL's own text for a timestamptz (a whole-hour offset), as a server integration sends it
+        {"type": "track", "userId": "epoch", "event": "Postgres", "timestamp": "2024-03-05 07:20:30-03"},
     ]})
-    assert r.status_code == 200 and r.json()["accepted"] == 4, r.text
+    assert r.status_code == 200 and r.json()["accepted"] == 5, r.text
     assert [x["index"] for x in r.json()["rejected"]] == [4]
     events = (await apps["ingest"].get("/v1/profiles/epoch/events", headers=h)).json()["events"]
     at = {e["event"]: datetime.fromisoformat(e["timestamp"]) for e in events}
     base = datetime(2024, 3, 5, 10, 20, 30, tzinfo=UTC)
     assert at == {"Seconds": base, "Millis": base + timedelta(milliseconds=123), "Text": base + timedelta(seconds=0.5),
-                  "Iso": base}
+                  "Iso": base, "Postgres": base}
     # a device clock an hour fast, in epoch milliseconds both: the skew is removed as for ISO times
     now = datetime.now(UTC)
     device_ms = int((now + timedelta(hours=1)).timestamp() * 1000)

@@ -19,6 +19,7 @@ from services.delivery.texts import TEXTS, language_of
 UNSUBSCRIBE = "%%unsubscribe_url%%"
 PREFERENCES = "%%preferences_url%%"
 CONFIRM = "%%confirm_url%%"  # double opt-in confirmation emails
+MAX_CLICK_URL = 4000  # longest destination the click redirect takes (pages.click); a longer link is left as written
 _HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(https?://[^"']+)\2""", re.IGNORECASE)
 # character references an HTML parser decodes in an attribute value (``&amp;``, ``&#38;``, ``&#x26;``, ``&quot;``);
 # one without its ";" (``?a=1&copy=2``) stays as written there, as browsers leave it
@@ -81,7 +82,8 @@ def decorate_html(html: str, links: Links, *, marketing: bool) -> str:
 
     def route(m: re.Match[str]) -> str:
         url = _CHAR_REF.sub(lambda ref: unescape(ref.group(0)), m.group(3))  # the URL a browser would follow
-        if url.startswith(links.base) and url in (links.unsubscribe, links.preferences, links.confirm):
+        if url.startswith(links.base) and url in (links.unsubscribe, links.preferences, links.confirm) \
+                or len(url) > MAX_CLICK_URL:
             return m.group(0)
         return f"{m.group(1)}{m.group(2)}{escape(links.click(url))}{m.group(2)}"
 

@@ -9,10 +9,11 @@ import binascii
 import dataclasses
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.header import Header
 from email.message import EmailMessage
 from email.policy import Policy
-from email.utils import formataddr, formatdate, parseaddr
+from email.utils import format_datetime, formataddr, parseaddr
 from functools import lru_cache
 
 from email_validator import EmailNotValidError, validate_email
@@ -162,7 +163,7 @@ def _qp(body: str) -> bytes:
 def _headers(mail: Email) -> list[tuple[str, str]]:
     return [
         ("From", mail.sender), ("To", mail.to), ("Subject", mail.subject),
-        ("Date", formatdate(localtime=False, usegmt=True)),
+        ("Date", format_datetime(datetime.now(UTC))),  # "+0000": RFC 5322 §4.3 forbids generating "GMT"
         # Stable across retries, so a receiver can tell a re-attempt from a new message.
         ("Message-ID", message_id_header(mail.message_id, mail.sender)),
         ("X-Tenure-Message-Id", mail.message_id),

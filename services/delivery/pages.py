@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
-from services.delivery import consent, signing
+from services.delivery import consent, links, signing
 from services.delivery.texts import TEXTS, language_of
 from shared.db import SessionDep
 from shared.errors import AppError, BadRequest, BodyTooLarge, NotFound, problem_schema
@@ -296,8 +296,8 @@ def _pixel() -> Response:
                    "email sent before an erasure keeps working links (as at other email providers), and records "
                    "nothing. A GET whose message is held records a click.",
        response_class=RedirectResponse, status_code=302)
-async def click(token: str, request: Request, session: SessionDep, u: Annotated[str, Query(max_length=4000)]
-                ) -> RedirectResponse:
+async def click(token: str, request: Request, session: SessionDep,
+                u: Annotated[str, Query(max_length=links.MAX_CLICK_URL)]) -> RedirectResponse:
     subject = _verify(request, "click", token, u)
     if urlsplit(u).scheme not in ("http", "https"):
         raise BadRequest("This link is not valid")

@@ -68,6 +68,8 @@ def test_both_parts_make_one_multipart_alternative() -> None:
     assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
     assert all(p["Content-Transfer-Encoding"] == "quoted-printable" for p in msg.iter_parts())
     assert msg["Subject"] == "Reçu ✓"
+    # RFC 5322 §4.3: "GMT" is an obsolete zone a sender must not generate
+    assert re.search(rb"\r\nDate: \w{3}, \d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2} \+0000\r\n", _wire(_mail()))
 
 
 def test_an_internationalized_address_keeps_utf8_headers() -> None:

@@ -114,6 +114,15 @@ async def _log(session: AsyncSession, ws: uuid.UUID, address: str, channel: str,
                                                      "action": action, "source": source})
 
 
+async def texted_identity(session: AsyncSession, ws: uuid.UUID, number: str) -> dict[str, Any] | None:
+    """Who the last text to ``number`` was for (its metadata's userId / anonymousId): whose STOP or START a
+    reply from that number is. None when nothing was sent to it."""
+    meta = (await session.execute(text(
+        "select metadata from delivery.messages where workspace_id = :ws and to_address = :n and channel = 'sms' "
+        "order by created_at desc limit 1"), {"ws": ws, "n": number})).scalar()
+    return identity_of({"metadata": meta}) if meta else None
+
+
 def identity_of(message: dict[str, Any]) -> dict[str, Any]:
     """Who a message was for, as ingest knows them (``metadata.userId`` / ``metadata.anonymousId``)."""
     meta = message.get("metadata") or {}

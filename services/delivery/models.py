@@ -32,6 +32,9 @@ class Message(DeliveryTable, table=True):
         # Twilio's status callbacks name a message by its MessageSid
         Index("ix_messages_provider_message_id", "workspace_id", "provider_message_id",
               postgresql_where="provider_message_id is not null"),
+        # an inbound SMS (STOP, START) names only the number: its person is the one the last text to it was for
+        Index("ix_messages_recipient", "workspace_id", "to_address", "created_at",
+              postgresql_where="channel = 'sms'"),
     )
 
     id: uuid.UUID = Field(primary_key=True)

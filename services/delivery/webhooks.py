@@ -142,10 +142,12 @@ async def twilio_inbound(workspace_id: uuid.UUID, request: Request, session: Ses
     async with session.begin():
         # a retried copy of a message already handled changes nothing: a later opposite keyword must stand
         if word in ("stop", "start") and await _first_delivery(session, workspace_id, "twilio", key):
+            # the person the number was last texted for gets the Unsubscribed / Resubscribed event in ingest
+            who = await consent.texted_identity(session, workspace_id, number)
             if word == "stop":
-                await consent.suppress(session, workspace_id, "sms", number, "unsubscribed", "sms_keyword")
+                await consent.suppress(session, workspace_id, "sms", number, "unsubscribed", "sms_keyword", who)
             else:
-                await consent.unsuppress(session, workspace_id, "sms", number, "sms_keyword",
+                await consent.unsuppress(session, workspace_id, "sms", number, "sms_keyword", who,
                                          only_unsubscribed=True)
         # an OptOutType means Twilio's Advanced Opt-Out already sent its own (configured) HELP answer
         elif word == "help" and not form.get("OptOutType"):

@@ -243,11 +243,17 @@ async def test_twilio_status_callbacks_signed_by_twilios_own_validator(apps, wor
     assert events == ["SMS Delivered", "SMS Failed"]  # duplicates reported nothing twice
 
 
-async def test_twilio_inbound_keywords_and_a_late_duplicate_stop(apps, workspace, settings) -> None:
+async def test_twilio_inbound_keywords_and_a_late_duplicate_stop(apps, workspace, settings, sessionmaker) -> None:
     cfg = sms_settings(settings, "http://127.0.0.1:9")  # no sending here
     h = {"Authorization": f"Bearer {workspace.secret_key}"}
     path = f"/webhooks/twilio/{workspace.workspace_id}/inbound"
     validator = RequestValidator(TOKEN)
+    # the number was texted for a known person: their STOP and START reach ingest as events about them
+    for n, user in enumerate(("texted-before", "texted-last")):
+        r = await apps["delivery"].post("/v1/messages", headers=h, json={
+            "idempotency_key": uuid.uuid4().hex, "channel": "sms", "to": "+14155550100", "text": f"Hi {n}",
+            "message_type": "transactional", "metadata": {"userId": user}})
+        assert r.status_code in (200, 201, 202), r.text
 
     async def suppressed(number: str) -> bool:
         page = (await apps["delivery"].get("/v1/suppressions", headers=h, params={"channel": "sms"})).json()
@@ -284,6 +290,14 @@ async def test_twilio_inbound_keywords_and_a_late_duplicate_stop(apps, workspace
             # an ordinary reply changes nothing
             await reply("Stop sending me offers please", "SM" + uuid.uuid4().hex, number="+14155550112")
             assert not await suppressed("+14155550112")
+    async with sessionmaker() as s:
+        events = (await s.execute(text(
+            "select payload->>'event', payload->>'userId', payload->'properties'->>'address' from delivery.feedback "
+            "where workspace_id = :ws and payload->'properties'->>'channel' = 'sms' order by created_at"),
+            {"ws": workspace.workspace_id})).all()
+    # (a number nothing was sent to has nobody to report about)
+    assert [tuple(e) for e in events] == [("Unsubscribed", "texted-last", "+14155550100"),
+                                          ("Resubscribed", "texted-last", "+14155550100")]
 
 
 async def test_a_status_callback_that_beats_our_commit_is_applied(apps, workspace, settings, sessionmaker) -> None:

@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     provider_rate_per_s: dict[str, float] = Field(
         default_factory=dict, description='sends per second per provider across replicas, e.g. {"twilio": 10}')
     workspace_send_rate_per_s: float = Field(default=0, description="sends per second per workspace (0 = unlimited)")
+    sms_marketing_hours: str = Field(
+        default="08:00-21:00", pattern=r"^(|([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d)$",
+        description="when a marketing SMS may reach its recipient, in the recipient's time zone (from the number): "
+                    "held until then (TCPA: 8:00-21:00); empty = no window")
     email_from: str = "Tenure <hello@tenure.localhost>"
     signing_secret: str = Field(
         default=_PLACEHOLDER,
@@ -184,6 +188,13 @@ class Settings(BaseSettings):
         if parsed.host and "@" in parsed.host:
             raise ValueError("the host contains '@': percent-encode the password's special characters (@ as %40)")
         return url
+
+    @field_validator("sms_marketing_hours")
+    @classmethod
+    def _sms_window(cls, v: str) -> str:
+        if v and v[:5] >= v[6:]:  # (the pattern holds HH:MM-HH:MM: as text they order as times do)
+            raise ValueError("the window must end after it starts, on the same day, as in 08:00-21:00")
+        return v
 
     @field_validator("redis_url")
     @classmethod

@@ -270,7 +270,8 @@ async def release(session: AsyncSession, messages: list[dict[str, Any]], delay_s
 @dataclass
 class Outcome:
     """What one attempt came to: "sent", "transient_error", "permanent_error", "bounced" (the server refused the
-    address itself: a hard bounce) or "suppressed"."""
+    address itself: a hard bounce), "suppressed", or "deferred" (not tried: due again after ``retry_after_s``,
+    whatever the attempts so far — a marketing text outside its recipient's hours)."""
 
     message: dict[str, Any]
     started_at: datetime
@@ -283,6 +284,8 @@ class Outcome:
     def status(self) -> str:
         if self.outcome in ("sent", "suppressed", "bounced"):
             return self.outcome
+        if self.outcome == "deferred":
+            return "queued"
         if self.outcome == "transient_error" and self.message["attempts"] < MAX_ATTEMPTS:
             return "queued"
         return "failed"
@@ -349,7 +352,8 @@ async def record_many(session: AsyncSession, outcomes: list[Outcome]) -> set[Any
     rows = [{"id": str(o.message["id"]), "n": o.message["attempts"], "status": o.status(), "outcome": o.outcome,
              "error": _storable(o.error), "pmid": _storable(o.provider_message_id), "provider": o.provider,
              "started": o.started_at,
-             "delay": max(backoff_s(o.message["attempts"]), min(o.retry_after_s or 0.0, 3600.0))}
+             "delay": o.retry_after_s or 0.0 if o.outcome == "deferred" else
+             max(backoff_s(o.message["attempts"]), min(o.retry_after_s or 0.0, 3600.0))}
             for o in outcomes]
     updated = {r.id for r in await session.execute(text(RECORD), {"rows": dumps(rows)})}
     for o in outcomes:  # refused by the recipient's server at send time: as a provider's bounce report would

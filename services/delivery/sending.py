@@ -22,6 +22,7 @@ from services.delivery import (
     push,
     sendgrid,
     sms,
+    sms_hours,
     webhook_channel,
 )
 from services.delivery.smtp_session import SmtpConnection, SmtpPool, send_smtp
@@ -132,10 +133,13 @@ async def send_batch(sessionmaker: async_sessionmaker[AsyncSession], settings: S
     checking = asyncio.Lock()
     fresh_s = _fresh_s(settings)
 
+    window = sms_hours.parse_window(settings.sms_marketing_hours)
+
     def route(m: dict[str, Any], verdict: str | None) -> bool:
-        if verdict is not None:
+        go = _route(m, verdict, statuses, recorder, window)
+        if not go:
             settled.add(m["id"])
-        return _route(m, verdict, statuses, recorder)
+        return go
 
     async def next_message() -> dict[str, Any] | None:
         while not recorder.failing:
@@ -260,14 +264,26 @@ async def _finish(recording: "asyncio.Task[None]", recorder: "_Recorder",
         raise asyncio.CancelledError
 
 
-def _route(m: dict[str, Any], verdict: str | None, statuses: dict[Any, str], recorder: "_Recorder") -> bool:
-    """True: send it; otherwise it is noted as lease lost, or recorded as suppressed."""
+def _route(m: dict[str, Any], verdict: str | None, statuses: dict[Any, str], recorder: "_Recorder",
+           sms_window: sms_hours.Window | None) -> bool:
+    """True: send it; otherwise it is noted as lease lost, recorded as suppressed, or (a marketing text outside
+    the recipient's hours) deferred to when they begin."""
     if verdict == "lease_lost":
         log.warning("delivery.lease_lost", message_id=str(m["id"]), attempt=m["attempts"])
         statuses[m["id"]] = verdict
         return False
+    now = datetime.now(UTC)
     if verdict:
-        recorder.add(outbox.Outcome(m, datetime.now(UTC), "suppressed", verdict))
+        recorder.add(outbox.Outcome(m, now, "suppressed", verdict))
+        return False
+    if m.get("channel") == "sms" and m.get("message_type", "marketing") == "marketing" and (
+            until := sms_hours.held_until(m["to_address"], now, sms_window)) is not None:
+        assert sms_window is not None
+        local = until.astimezone(sms_hours.zones_of(m["to_address"])[0])
+        recorder.add(outbox.Outcome(
+            m, now, "deferred", f"held: marketing texts reach recipients {sms_window[0]:%H:%M}–"
+                                f"{sms_window[1]:%H:%M} their time; due {local.isoformat()} ({local.tzinfo})",
+            retry_after_s=(until - now).total_seconds()))
         return False
     return True
 

@@ -37,6 +37,7 @@ def stack_env(settings: Settings, smtp_port: int, suffix: str, **extra: str) -> 
         "TENURE_INTERNAL_TOKEN": settings.internal_token,
         "TENURE_SMTP_PORT": str(smtp_port),
         "TENURE_FEED_POLL_INTERVAL_S": "1",
+        "TENURE_SMS_MARKETING_HOURS": "",  # (the clock of the run would decide when marketing texts go)
         "TENURE_LOG_LEVEL": "WARNING",
         **{f"TENURE_{s.upper()}_PORT": str(free_port()) for s in SERVICES},
         **extra,
@@ -115,7 +116,7 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("TENURE_")}
     return {**base, "TENURE_DATABASE_URL": settings.database_url or "", "TENURE_REDIS_URL": settings.redis_url or "",
             "TENURE_INTERNAL_TOKEN": settings.internal_token, "TENURE_QUEUE_PREFIX": settings.queue_prefix,
-            "TENURE_LOG_LEVEL": "WARNING", **extra}
+            "TENURE_LOG_LEVEL": "WARNING", "TENURE_SMS_MARKETING_HOURS": "", **extra}
 
 
 def one_line(stderr: bytes) -> str:

@@ -13,8 +13,10 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from email import policy
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -298,6 +300,9 @@ async def test_twilio_inbound_keywords_and_a_late_duplicate_stop(apps, workspace
     # (a number nothing was sent to has nobody to report about)
     assert [tuple(e) for e in events] == [("Unsubscribed", "texted-last", "+14155550100"),
                                           ("Resubscribed", "texted-last", "+14155550100")]
+    async with sessionmaker() as s, s.begin():  # (never sent here: not left due for the next test's worker run)
+        await s.execute(text("delete from delivery.messages where workspace_id = :ws and status = 'queued'"),
+                        {"ws": workspace.workspace_id})
 
 
 async def test_a_status_callback_that_beats_our_commit_is_applied(apps, workspace, settings, sessionmaker) -> None:
@@ -699,3 +704,42 @@ async def test_a_sendgrid_batch_in_raw_utf8_verifies(apps, workspace, settings, 
                 "X-Twilio-Email-Event-Webhook-Timestamp": ts})
             assert resp.status_code == 204, resp.text
     assert (await apps["delivery"].get(f"/v1/messages/{mid}", headers=h)).json()["status"] == "delivered"
+
+
+async def test_a_marketing_text_waits_for_the_recipients_hours_and_a_transactional_one_does_not(
+        apps, workspace, settings, sessionmaker, twilio) -> None:
+    """TCPA: no telephone solicitation before 8:00 or after 21:00 at the recipient's location. The window here is
+    chosen to exclude the recipient's present hour (New York or Tokyo, whichever is in its day), so the test does
+    not depend on when it runs."""
+    fake, twilio_url = twilio
+    now = datetime.now(UTC)
+    number, zone = next((n, z) for n, z in (("+12125550199", "America/New_York"), ("+81312345678", "Asia/Tokyo"))
+                        if 2 <= now.astimezone(ZoneInfo(z)).hour <= 20)
+    cfg = sms_settings(settings, twilio_url, sms_marketing_hours="22:00-23:00")
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    ids = {}
+    for kind in ("marketing", "transactional"):
+        r = await apps["delivery"].post("/v1/messages", headers=h, json={
+            "idempotency_key": uuid.uuid4().hex, "channel": "sms", "to": number, "text": f"A {kind} text",
+            "message_type": kind})
+        ids[kind] = r.json()["id"]
+    await sending.send_due(sessionmaker, cfg)
+    assert [r["form"]["Body"] for r in fake.requests] == ["A transactional text"]
+    held = (await apps["delivery"].get(f"/v1/messages/{ids['marketing']}", headers=h)).json()
+    assert held["status"] == "queued" and "held" in held["last_error"] and zone in held["last_error"], held
+    local = now.astimezone(ZoneInfo(zone))
+    due = local.replace(hour=22, minute=0, second=0, microsecond=0)
+    async with sessionmaker() as s:
+        at, attempts = (await s.execute(text(
+            "select next_attempt_at, (select array_agg(outcome) from delivery.attempts where message_id = m.id) "
+            "from delivery.messages m where id = :id"), {"id": ids["marketing"]})).one()
+    assert abs((at - due).total_seconds()) < 5 and attempts == ["deferred"]
+    # another run before then sends nothing; when the hour comes (moved here), it goes
+    await sending.send_due(sessionmaker, cfg)
+    assert len(fake.requests) == 1
+    async with sessionmaker() as s, s.begin():
+        await s.execute(text("update delivery.messages set next_attempt_at = now() where id = :id"),
+                        {"id": ids["marketing"]})
+    await sending.send_due(sessionmaker, cfg.model_copy(update={"sms_marketing_hours": "00:00-24:00"}))
+    assert [r["form"]["Body"] for r in fake.requests] == ["A transactional text", "A marketing text"]
+    assert (await apps["delivery"].get(f"/v1/messages/{ids['marketing']}", headers=h)).json()["status"] == "sent"

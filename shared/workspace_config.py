@@ -137,6 +137,8 @@ class WorkspaceConfig(_Model):
     lead_score: LeadScore | None = None
     topics: list[Topic] | None = Field(None, min_length=1)
     sms_help_text: str | None = Field(None, min_length=1, max_length=320)
+    double_opt_in: bool | None = None
+    postal_address: str | None = Field(None, min_length=1, max_length=300)
 
     @field_validator("*", mode="before")
     @classmethod

@@ -63,6 +63,16 @@ async def blocked_many(session: AsyncSession, intents: list[Intent]) -> list[str
     return [_reason(row, intent[1], intent[3], intent[4]) for row, intent in zip(rows, intents, strict=True)]
 
 
+async def postal_addresses(session: AsyncSession, workspaces: set[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """The ``postal_address`` setting of each workspace that has one (the footer of its marketing email)."""
+    if not workspaces:
+        return {}
+    rows = await session.execute(text(
+        "select id, settings->>'postal_address' from core.workspaces where id = any(CAST(:ids AS uuid[])) "
+        "and jsonb_typeof(settings->'postal_address') = 'string'"), {"ids": list(workspaces)})
+    return {r[0]: r[1] for r in rows}
+
+
 def _reason(row: Any, channel: str, message_type: str, topic: str | None) -> str | None:
     marketing = message_type == "marketing"
     if row.suppression and (row.suppression in ALWAYS_BLOCKING or marketing or channel == "sms"):

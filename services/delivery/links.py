@@ -19,6 +19,7 @@ from services.delivery.texts import TEXTS, language_of
 UNSUBSCRIBE = "%%unsubscribe_url%%"
 PREFERENCES = "%%preferences_url%%"
 CONFIRM = "%%confirm_url%%"  # double opt-in confirmation emails
+POSTAL_ADDRESS = "%%postal_address%%"  # the workspace's ``postal_address`` (CAN-SPAM: in every marketing email)
 MAX_CLICK_URL = 4000  # longest destination the click redirect takes (pages.click); a longer link is left as written
 _HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(https?://[^"']+)\2""", re.IGNORECASE)
 # character references an HTML parser decodes in an attribute value (``&amp;``, ``&#38;``, ``&#x26;``, ``&quot;``);
@@ -32,11 +33,13 @@ class Links:
     secret: str
     subject: signing.Subject
     lang: str | None = None  # the recipient's language (``texts.TEXTS``): the footer's, and the pages' (``?lang=``)
+    postal_address: str | None = None  # the sender's, in a marketing email's footer
 
     @classmethod
     def for_message(cls, base: str, secret: str, workspace_id: uuid.UUID, message_id: uuid.UUID,
-                    locale: str | None = None) -> "Links":
-        return cls(base.rstrip("/"), secret, signing.Subject(workspace_id, message_id), language_of(locale))
+                    locale: str | None = None, postal_address: str | None = None) -> "Links":
+        return cls(base.rstrip("/"), secret, signing.Subject(workspace_id, message_id), language_of(locale),
+                   postal_address)
 
     @cached_property
     def _lang_query(self) -> str:
@@ -74,7 +77,16 @@ def _placeholders(body: str, links: Links, quote_: bool) -> str:
         if placeholder in body:  # (each link is an HMAC: made only when used)
             url = getattr(links, name)
             body = body.replace(placeholder, escape(url) if quote_ else url)
+    if POSTAL_ADDRESS in body:
+        address = links.postal_address or ""
+        body = body.replace(POSTAL_ADDRESS, escape(address).replace("\n", "<br>") if quote_ else address)
     return body
+
+
+def _needs_address(body: str, links: Links, marketing: bool) -> bool:
+    """A marketing email carries the sender's postal address (CAN-SPAM) once one is set: where the template
+    put ``%%postal_address%%``, else at the end."""
+    return marketing and bool(links.postal_address) and POSTAL_ADDRESS not in body
 
 
 def decorate_html(html: str, links: Links, *, marketing: bool) -> str:
@@ -93,6 +105,9 @@ def decorate_html(html: str, links: Links, *, marketing: bool) -> str:
         t = TEXTS[links.lang or "en"]
         extra += (f'<p style="font-size:12px;color:#666"><a href="{escape(links.unsubscribe)}">{t["unsub_btn"]}</a> · '
                   f'<a href="{escape(links.preferences)}">{t["title"]}</a></p>')
+    if _needs_address(html, links, marketing):
+        assert links.postal_address is not None
+        extra += f'<p style="font-size:12px;color:#666">{escape(links.postal_address).replace(chr(10), "<br>")}</p>'
     extra += f'<img src="{escape(links.pixel)}" width="1" height="1" alt="" style="display:none">'
     closing = re.search(r"</body\s*>", out, re.IGNORECASE)
     return out[:closing.start()] + extra + out[closing.start():] if closing else out + extra
@@ -103,4 +118,6 @@ def decorate_text(text: str, links: Links, *, marketing: bool) -> str:
     if marketing and PREFERENCES not in text and UNSUBSCRIBE not in text:
         t = TEXTS[links.lang or "en"]
         out += f"\n\n--\n{t['unsub_btn']}: {links.unsubscribe}\n{t['title']}: {links.preferences}\n"
+    if _needs_address(text, links, marketing):
+        out += f"\n{links.postal_address}\n"
     return out

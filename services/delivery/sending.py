@@ -299,6 +299,11 @@ async def _confirm(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
         mine = [m for m in group if m["id"] in owned]
         reasons = dict(zip([m["id"] for m in mine], await consent.blocked_many(session, [_intent(m) for m in mine])
                            if mine else [], strict=True))
+        addresses = await consent.postal_addresses(session, {
+            m["workspace_id"] for m in mine
+            if m.get("channel", "email") == "email" and m.get("message_type", "marketing") == "marketing"})
+    for m in mine:
+        m["postal_address"] = addresses.get(m["workspace_id"])
     for m in group:
         m["checked_at"] = now
     return [(m, reasons[m["id"]] if m["id"] in owned else "lease_lost") for m in group]
@@ -426,7 +431,7 @@ async def _attempt_email(settings: Settings, message: dict[str, Any], started: d
                          http: httpx.AsyncClient, redis: Any) -> outbox.Outcome:
     marketing = message.get("message_type", "marketing") == "marketing"
     link = links.Links.for_message(settings.public_url, settings.signing_secret, message["workspace_id"],
-                                   message["id"], message.get("locale"))
+                                   message["id"], message.get("locale"), message.get("postal_address"))
     mail = mailer.Email(
         message_id=str(message["id"]), sender=message["from_address"], to=message["to_address"],
         subject=message["subject"],

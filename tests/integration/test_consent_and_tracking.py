@@ -584,3 +584,28 @@ async def test_the_footer_and_the_pages_it_opens_speak_the_recipients_language(a
     german = await apps["delivery"].get(_path(plain["headers"]["List-Unsubscribe"].strip("<>")),
                                         headers={"Accept-Language": "de-DE"})
     assert 'lang="de"' in german.text
+
+
+async def test_marketing_email_carries_the_senders_postal_address(apps, workspace, sessionmaker, settings,
+                                                                   mailbox) -> None:
+    """CAN-SPAM: every commercial email gives a valid physical postal address. Once the workspace sets
+    ``postal_address`` it ends every marketing email (or stands where the template put ``%%postal_address%%``);
+    transactional mail is left as written."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    _, before = await _send(apps, h, sessionmaker, settings, mailbox, f"pa0-{uuid.uuid4().hex[:6]}@example.com")
+    assert "Main St" not in before["html"] + before["text"]
+    address = "Acme & Co, 1 Main St\nSpringfield, IL 62701, USA"
+    async with sessionmaker() as s, s.begin():
+        await s.execute(text("update core.workspaces set settings = settings || jsonb_build_object('postal_address', "
+                             "CAST(:a AS text)) where id = :ws"), {"a": address, "ws": workspace.workspace_id})
+    _, mail = await _send(apps, h, sessionmaker, settings, mailbox, f"pa1-{uuid.uuid4().hex[:6]}@example.com")
+    assert "Acme &amp; Co, 1 Main St<br>Springfield, IL 62701, USA" in mail["html"]
+    assert mail["text"].replace("\r\n", "\n").rstrip().endswith(address)
+    _, placed = await _send(apps, h, sessionmaker, settings, mailbox, f"pa2-{uuid.uuid4().hex[:6]}@example.com",
+                            html="<html><body><p>Hi</p><footer>%%postal_address%%</footer></body></html>",
+                            text="Hi\n\n%%postal_address%%")
+    assert "<footer>Acme &amp; Co, 1 Main St<br>Springfield" in placed["html"]
+    assert placed["html"].count("Main St") == 1 and placed["text"].count("Main St") == 1
+    _, receipt = await _send(apps, h, sessionmaker, settings, mailbox, f"pa3-{uuid.uuid4().hex[:6]}@example.com",
+                             message_type="transactional")
+    assert "Main St" not in receipt["html"] + receipt["text"]

@@ -52,6 +52,16 @@ async def test_settings_are_validated_then_written(workspace, sessionmaker, sett
         assert r.returncode == 2 and field in r.stderr, (bad, r.stdout, r.stderr)
         assert "nothing was changed" in r.stderr
         assert await _stored(sessionmaker, ws) == stored
+    # delivery's own: double opt-in for marketing email, and the postal address its footer carries
+    r = _configure(settings, ws, "--set", "double_opt_in=true", "--set", "postal_address=1 Main St, Springfield")
+    assert r.returncode == 0, r.stdout + r.stderr
+    stored = await _stored(sessionmaker, ws)
+    assert stored["double_opt_in"] is True and stored["postal_address"] == "1 Main St, Springfield"
+    r = _configure(settings, ws, "--set", 'double_opt_in="yes"')
+    assert r.returncode == 2 and "double_opt_in" in r.stderr and await _stored(sessionmaker, ws) == stored
+    r = _configure(settings, ws, "--unset", "double_opt_in", "--unset", "postal_address")
+    assert r.returncode == 0, r.stdout + r.stderr
+    stored = await _stored(sessionmaker, ws)
     r = _configure(settings, ws, "--set", "quiet_hour={}")  # a misspelt key is refused, not stored
     assert r.returncode == 2 and "quiet_hours" in r.stderr
     assert await _stored(sessionmaker, ws) == stored

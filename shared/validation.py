@@ -197,3 +197,26 @@ IsoOrUnixDatetime = Annotated[datetime, BeforeValidator(_hour_offset), AfterVali
                               WithJsonSchema({"anyOf": [{"type": "string", "format": "date-time"},
                                                         {"type": "number", "description": "Unix time, s or ms"}]},
                                              mode="validation")]
+
+
+# a number written as text, as PostgreSQL's numeric reads it (segment's set_evaluation.py holds the same pattern): no
+# "NaN", "Infinity", "1_000", spaces or exponents past 99, which Python's float alone would take
+NUMERIC_TEXT = r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,2})?"
+_NUMERIC_TEXT_RE = re.compile(NUMERIC_TEXT)
+
+
+def numeric_text(v: str) -> bool:
+    return _NUMERIC_TEXT_RE.fullmatch(v) is not None
+
+
+def ordered_number(v: Any) -> float | int | None:
+    """A value as a number for ``gt`` / ``lt`` …: a number (not a bool) or a text holding one ("42", traits
+    imported from a CSV or a form, a price an SDK sent as "19.99"), else None. Segment conditions and campaign
+    filters order values alike: a trait of "42" never matched ``gt 40``."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int | float):
+        return v
+    if isinstance(v, str) and numeric_text(v):
+        return float(v)
+    return None

@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 from pydantic import ConfigDict, Field, model_validator
 
-from shared.validation import IsoDatetime, JsonBool, JsonFloat, JsonInt, StorableModel
+from shared.validation import IsoDatetime, JsonBool, JsonFloat, JsonInt, StorableModel, ordered_number
 
 MAX_STEPS = 100
 MAX_WAIT_SECONDS = 366 * 86400  # the longest delay, timeout, goal window, entry period or date offset
@@ -496,7 +496,8 @@ def out_of_range(journey: "Journey") -> list[tuple[str, str]]:
 
 
 def compare(op: str, actual: Any, expected: Any) -> bool:
-    """Property and trait comparisons (a missing value only satisfies ``not_equals``)."""
+    """Property and trait comparisons (a missing value only satisfies ``not_equals``). ``gt`` … order a number
+    written as text as that number ("19.99" ``gte`` 10), as segment conditions do."""
     if op == "exists":
         return actual is not None
     if op == "not_equals":
@@ -511,6 +512,8 @@ def compare(op: str, actual: Any, expected: Any) -> bool:
         if isinstance(actual, str):
             return isinstance(expected, str) and expected in actual
         return isinstance(actual, list) and expected in actual
+    if (a := ordered_number(actual)) is not None and (e := ordered_number(expected)) is not None:
+        actual, expected = a, e
     try:
         return {"gt": actual > expected, "gte": actual >= expected, "lt": actual < expected,
                 "lte": actual <= expected}[op]

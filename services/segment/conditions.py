@@ -33,7 +33,6 @@ Evaluation takes plain values so it is unit- and property-tested without a datab
 
 import hashlib
 import math
-import re
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from shared.jsonutil import get_path
-from shared.validation import IsoDate, JsonFloat, JsonInt, unstorable
+from shared.validation import IsoDate, JsonFloat, JsonInt, ordered_number, unstorable
 
 EMAIL_OPENED = "Email Opened"
 EMAIL_CLICKED = "Email Link Clicked"
@@ -433,28 +432,6 @@ def finite_number(v: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-# a number written as text, as PostgreSQL's numeric reads it (set_evaluation.py holds the same pattern): no
-# "NaN", "Infinity", "1_000", spaces or exponents past 99, which Python's float alone would take
-NUMERIC_TEXT = r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,2})?"
-_NUMERIC_TEXT = re.compile(NUMERIC_TEXT)
-
-
-def numeric_text(v: str) -> bool:
-    return _NUMERIC_TEXT.fullmatch(v) is not None
-
-
-def _ordered_number(v: Any) -> float | int | None:
-    """A value as a number for ``gt`` / ``lt`` …: a number (not a bool) or a text holding one ("42", traits
-    imported from a CSV or a form), else None. A trait of "42" never matched ``gt 40``."""
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int | float):
-        return v
-    if isinstance(v, str) and numeric_text(v):
-        return float(v)
-    return None
-
-
 def compare(op: str, actual: Any, expected: Any, today: date | None = None) -> bool:
     if op == "exists":
         return actual is not None
@@ -490,8 +467,8 @@ def compare(op: str, actual: Any, expected: Any, today: date | None = None) -> b
         if bound is None:
             return False
         actual, expected = _as_datetime(actual), bound
-    elif op in ("gt", "gte", "lt", "lte") and (a := _ordered_number(actual)) is not None \
-            and (e := _ordered_number(expected)) is not None:
+    elif op in ("gt", "gte", "lt", "lte") and (a := ordered_number(actual)) is not None \
+            and (e := ordered_number(expected)) is not None:
         actual, expected = a, e
     try:
         if op == "gt":

@@ -32,6 +32,7 @@ from decimal import Decimal
 from typing import Any
 
 from services.segment import conditions as c
+from shared.validation import NUMERIC_TEXT, numeric_text
 
 # computed attributes (attributes.derive) over ``s``: a profile_stats row with the profile's ``traits``
 _COMPILED_ATTRIBUTES = {
@@ -124,8 +125,8 @@ def _decimal(value: Any) -> Decimal:
     return Decimal(int(value)) if isinstance(value, bool | int) else Decimal(repr(value))
 
 
-# For ordering (gt, lt …), as conditions.compare: also a text holding a number (conditions.NUMERIC_TEXT)
-_NUMERIC_TEXT = "'^(" + c.NUMERIC_TEXT + ")$'"
+# For ordering (gt, lt …), as conditions.compare: also a text holding a number (shared.validation.NUMERIC_TEXT)
+_NUMERIC_TEXT = "'^(" + NUMERIC_TEXT + ")$'"
 _BRACED = _NUMERIC_TEXT.replace("{", "{{").replace("}", "}}")  # inside a template filled by str.format
 _ORDERED_NUM_OF = ("(case jsonb_typeof({v}) when 'number' then ({v})::numeric "
                    "when 'boolean' then (case when {v} = 'true'::jsonb then 1 else 0 end)::numeric "
@@ -257,7 +258,7 @@ class _Statement:
         if op in _ORDER:
             kind = _scalar_kind(value)
             as_text = f"{text} collate \"C\" {_ORDER[op]} {self.param(value, 'text')}" if kind == "str" else ""
-            if kind == "str" and c.numeric_text(value):  # numbers (and numbers as text) compare as numbers
+            if kind == "str" and numeric_text(value):  # numbers (and numbers as text) compare as numbers
                 number = f"{_ORDERED_NUM_OF.format(v=v)} {_ORDER[op]} {self.param(Decimal(value), 'numeric')}"
                 return (f"coalesce(case when jsonb_typeof({v}) = 'number' or {is_text} and {text} ~ {_NUMERIC_TEXT} "
                         f"then {number} when {is_text} then {as_text} end, false)")
@@ -300,7 +301,7 @@ class _Statement:
         if op in _ORDER:
             if _scalar_kind(value) == "num":
                 return f"coalesce({x} {_ORDER[op]} {self.param(_decimal(value), 'numeric')}, false)"
-            if isinstance(value, str) and c.numeric_text(value):  # "5": a number as text compares as one
+            if isinstance(value, str) and numeric_text(value):  # "5": a number as text compares as one
                 return f"coalesce({x} {_ORDER[op]} {self.param(Decimal(value), 'numeric')}, false)"
             return "false"  # Python: a number and a string or None cannot be ordered
         # contains / starts_with / dates: a number is neither text, list nor date

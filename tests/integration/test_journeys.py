@@ -1468,6 +1468,24 @@ async def test_property_filters_and_event_matches_reach_into_nested_properties(w
     assert await world.mail(hats) == [] and await world.mail(added) == []
 
 
+async def test_a_price_sent_as_text_is_ordered_as_a_number_by_trigger_filters(world) -> None:
+    """SDKs and forms send numbers as text ("19.99"); `gte 10` compared text with a number, which never matched,
+    so the campaign silently never started for them (segment conditions read such text as its number)."""
+    tpl = await world.template("pricey", "About your {{ event.properties.product }}")
+    await world.campaign(trigger={"type": "event", "event": "Product Added",
+                                  "where": [{"property": "price", "op": "gte", "value": 10}]},
+                         entry={"rule": "every_time"}, steps=[{"id": "s", "type": "send", "template_id": tpl}])
+    texts = {uid: _email(uid) for uid in ("price-text", "price-num", "price-low", "price-word")}
+    for uid, email in texts.items():
+        await world.identify(uid, email=email)
+    for uid, price in (("price-text", "19.99"), ("price-num", 19.99), ("price-low", "9.5"), ("price-word", "ten")):
+        await world.track(uid, "Product Added", T0, product="Bag", price=price)
+    await world.pump(T0 + timedelta(minutes=1))
+    assert [m["subject"] for m in await world.mail(texts["price-text"])] == ["About your Bag"]
+    assert [m["subject"] for m in await world.mail(texts["price-num"])] == ["About your Bag"]
+    assert await world.mail(texts["price-low"]) == [] and await world.mail(texts["price-word"]) == []
+
+
 async def _ab_test_ended(world, name: str) -> tuple[dict, dict[str, dict]]:
     """An A/B test whose arms end with their send (steps `sa`, `sb`), six users through it: the campaign and each
     user's (completed) journey."""

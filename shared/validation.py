@@ -2,6 +2,7 @@
 500."""
 
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
@@ -32,13 +33,18 @@ def _storable(value: str) -> str:
 
 def unstorable(value: Any) -> str | None:
     """Why PostgreSQL text or jsonb cannot hold ``value`` (a string, or JSON: lists, objects and scalars): a
-    string or object key in it with a NUL or a lone surrogate, and where (``[2]``, ``["key"]``); None if it can."""
+    string or object key in it with a NUL or a lone surrogate, or a number that is no JSON number (``NaN``,
+    ``Infinity``, ``1e400`` as Python's JSON parser reads them; YAML's ``.inf``: stored as null, or dropped, they
+    changed what was saved), and where (``[2]``, ``["key"]``); None if it can."""
     stack: list[tuple[str, Any]] = [("", value)]
     while stack:
         at, v = stack.pop()
         if isinstance(v, str):
             if (problem := _text_problem(v)) is not None:
                 return f"{at} {problem}" if at else problem
+        elif isinstance(v, float) and not math.isfinite(v):
+            problem = f"is {v}: not a number JSON holds (NaN, Infinity or beyond ±1.8e308)"
+            return f"{at} {problem}" if at else problem
         elif isinstance(v, list):
             stack.extend((f"{at}[{i}]", x) for i, x in enumerate(v))
         elif isinstance(v, dict):

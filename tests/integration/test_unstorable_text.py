@@ -609,8 +609,13 @@ async def test_tracking_refuses_a_message_with_a_nul_and_stores_lone_surrogates_
      "segment 's': [\"definition\"][\"value\"] contains a NUL character"),
     ('programs:\n  - name: loyalty\n    config: {tiers: [{name: "Gold\\ud800", threshold: 0}]}\n',
      "program 'loyalty': [\"config\"][\"tiers\"][0][\"name\"] contains a lone surrogate"),
+    # YAML's .inf / .nan are no JSON numbers: the filter was saved without its value, and re-applied every time
+    ('campaigns:\n  - name: c\n    trigger: {type: event, event: E, where: [{property: price, op: lt, value: .inf}]}'
+     '\n    steps: [{id: s, type: exit}]\n', "campaign 'c': [\"trigger\"][\"where\"][0][\"value\"] is inf"),
+    ('segments:\n  - name: s\n    definition: {type: trait, trait: score, op: gt, value: .nan}\n',
+     "segment 's': [\"definition\"][\"value\"] is nan"),
 ], ids=["template-name", "template-subject", "locale-key", "campaign-trigger", "campaign-traits", "segment-value",
-        "program-tier"])
+        "program-tier", "campaign-inf", "segment-nan"])
 def test_apply_refuses_the_file_before_applying_anything(doc, says) -> None:
     """YAML escapes make both characters (``"\\0"``, ``"\\x00"``, ``"\\ud800"``). The services refused such an
     item only when `apply` reached it, after the items before it were applied (a template with a lone surrogate
@@ -633,3 +638,20 @@ def test_tenure_apply_says_which_item_and_field_and_exits_1(tmp_path) -> None:
     out = " ".join(r.stderr.split())
     assert "error: campaign 'reset': [\"exit_on\"][0] contains a lone surrogate" in out, out
     assert "Traceback" not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"-Infinity", b"1e400"])
+async def test_numbers_json_cannot_hold_are_a_422_naming_the_field(apps, workspace, number) -> None:
+    """Python's JSON parser reads NaN, Infinity and 1e400 (as a float no JSON can carry): a trigger's data stored
+    them as null, so the email went out with a blank where the order number belonged."""
+    setup = Setup(apps, workspace)
+    ids = await setup.need("{api_campaign}")
+    headers = {**setup.h, "content-type": "application/json"}
+    r = await apps["campaign"].post(f"/v1/campaigns/{ids['api_campaign']}/trigger", headers=headers,
+                                    content=b'{"user": "u-nan", "data": {"order": {"total": ' + number + b'}}}')
+    assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json"), r.text
+    assert "data" in r.text and "not a number JSON holds" in r.text
+    r = await apps["delivery"].post("/v1/messages", headers=headers, content=(
+        b'{"idempotency_key": "nan-1", "to": "nan@example.com", "subject": "S", "text": "T", "metadata": '
+        b'{"score": ' + number + b'}}'))
+    assert r.status_code == 422 and "metadata" in r.text, r.text

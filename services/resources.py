@@ -177,12 +177,21 @@ def _swap(node: Any, mapping: dict[str, dict[str, str]], to_ids: bool) -> Any:
 def _template_body(item: dict[str, Any]) -> dict[str, Any]:
     """A template as the file says it and the API takes it: empty fields and the default channel (email) left
     out, so a file and the stored template compare equal when they mean the same."""
-    body = {k: item[k] for k in ("name", *_TEMPLATE_FIELDS) if item.get(k) not in (None, "", {})}
+    body = {k: item[k] for k in ("name", *_TEMPLATE_FIELDS) if item.get(k) not in (None, "", {})
+            and not (k in _BODY_PARTS and _blank(item[k]))}
     if body.get("channel") == "email":
         del body["channel"]
-    body["locales"] = {code: {k: v for k, v in variant.items() if v is not None}
+    body["locales"] = {code: {k: v for k, v in variant.items() if v is not None
+                              and not (k in _BODY_PARTS and _blank(v))}
                        for code, variant in (item.get("locales") or {}).items()}
     return body
+
+
+_BODY_PARTS = ("html", "text")  # a part of blanks is no part: the service stores it as none (campaign's schemas)
+
+
+def _blank(value: Any) -> bool:
+    return isinstance(value, str) and not value.strip()
 
 
 def _campaign_definition(item: dict[str, Any]) -> dict[str, Any]:

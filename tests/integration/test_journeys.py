@@ -1050,6 +1050,8 @@ templates:
     subject: News
     preheader: Three things inside
     html: <p>Hi</p>
+    text: "   "
+    locales: {fr: {subject: Nouvelles, html: "  "}}
 campaigns:
   - name: codes
     trigger: {type: api}

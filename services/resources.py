@@ -1,18 +1,21 @@
 """Campaigns as code: ``tenure apply -f file.yaml`` and ``tenure get campaigns -o yaml``.
 
 A file holds ``programs`` (the referral and loyalty programs, named ``referral`` and ``loyalty``),
-``templates``, ``segments`` and ``campaigns`` of one workspace, each identified by name;
+``snippets`` (the Liquid partials templates ``render``), ``templates``, ``segments`` and ``campaigns`` of one
+workspace, each identified by name;
 campaign steps name their template (``template: welcome``) and triggers and conditions name their
 segment (``segment: engaged pros``) instead of ids. ``plan`` compares the file with what the services
 hold — after normalising both the way the services store them, so applying the same file twice
 changes nothing and makes no new campaign version — and ``apply`` carries out the plan through the
-public HTTP APIs (programs, templates and segments first: campaigns refer to them).
+public HTTP APIs (programs, snippets, templates and segments first: templates render snippets, campaigns
+refer to the rest).
 """
 
 import difflib
 import re
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -25,7 +28,7 @@ from services.campaign.programs import config as program_config
 from services.segment import conditions
 from shared.validation import error_message, unstorable
 
-KINDS = ("programs", "templates", "segments", "campaigns")
+KINDS = ("programs", "snippets", "templates", "segments", "campaigns")
 _TEMPLATE_FIELDS = ("channel", "subject", "preheader", "html", "text", "deep_link", "image", "locales")
 _CAMPAIGN_KEYS = ("trigger", "steps", "entry", "goal", "exit_on", "exit_on_leaving", "exit_on_entering",
                   "message_type", "topic")
@@ -45,7 +48,7 @@ def placeholder(kind: str, name: str) -> str:
 
 @dataclass
 class Change:
-    kind: str  # programs | templates | segments | campaigns
+    kind: str  # programs | snippets | templates | segments | campaigns
     name: str
     action: str  # create | update | unchanged
     body: dict[str, Any]
@@ -237,6 +240,13 @@ async def plan(api: Api, desired: dict[str, list[dict[str, Any]]]) -> list[Chang
         now_program = await api.maybe("campaign", f"/v1/programs/{item['name']}")
         now_body = {"enabled": now_program["enabled"], "config": now_program["config"]} if now_program else None
         changes.append(_change("programs", item["name"], _program_body(item), now_program, now_body, back))
+    snippets = {s["name"]: s for s in await api.all("campaign", "/v1/snippets", "snippets")}
+    for item in desired["snippets"]:
+        if not isinstance(item.get("content"), str):
+            raise ResourceError(f"snippet {item['name']!r}: content is the snippet's Liquid text")
+        now = snippets.get(item["name"])
+        changes.append(_change("snippets", item["name"], {"content": item["content"]}, now,
+                               {"content": now["content"]} if now else None, back))
     for item in desired["templates"]:
         body = _template_body(item)
         now = current["templates"].get(item["name"])
@@ -260,11 +270,24 @@ async def plan(api: Api, desired: dict[str, list[dict[str, Any]]]) -> list[Chang
                                 f"{body['status']!r}")
         body["definition"] = _by_stage(_campaign_definition(body["definition"]), stages)
         now = current["campaigns"].get(item["name"])
+        if now is None:
+            _at_to_come(item["name"], body["definition"])
         if now:  # (compared, and edited, as a definition naming stages by name)
             now = {**now, "definition": _by_stage(now["definition"], stages)}
         now_body = {"name": now["name"], "definition": now["definition"], "status": now["status"]} if now else None
         changes.append(_change("campaigns", item["name"], body, now, now_body, back))
     return changes
+
+
+def _at_to_come(name: str, definition: dict[str, Any]) -> None:
+    """A campaign the plan creates cannot be a one-off broadcast whose time has passed (campaign refuses it): say
+    so before anything is applied. An export of a workspace that ran one is applied elsewhere only once its
+    ``at`` is moved to a time to come, or the campaign left out."""
+    trigger = definition.get("trigger") or {}
+    at = trigger.get("at") if trigger.get("type") == "schedule" else None
+    if isinstance(at, str) and datetime.fromisoformat(at) < datetime.now(UTC) - timedelta(minutes=1):
+        raise ResourceError(f"campaign {name!r}: its one-off time (trigger.at {at}) has passed; a new campaign "
+                            "needs a time to come: move `at`, or leave the campaign out of the file")
 
 
 def _readers_after_read(changes: list[Change]) -> list[Change]:
@@ -330,7 +353,7 @@ def _change(kind: str, name: str, body: dict[str, Any], current: dict[str, Any] 
 
 
 async def apply(api: Api, changes: list[Change]) -> None:
-    """Carry out a plan (templates, then segments, then campaigns, in file order)."""
+    """Carry out a plan (programs, snippets, templates, segments, then campaigns, in file order)."""
     ids: dict[str, str] = {}  # placeholder -> real id
     for c in changes:
         if c.action == "unchanged":
@@ -345,6 +368,8 @@ async def _apply_one(api: Api, c: Change, ids: dict[str, str]) -> None:
     """One change of the plan (``ids``: the real ids of what the plan created so far, by placeholder)."""
     if c.kind == "programs":
         await api.call("PUT", "campaign", f"/v1/programs/{c.name}", json=c.body)
+    elif c.kind == "snippets":
+        await api.call("PUT", "campaign", f"/v1/snippets/{c.name}", json=c.body)
     elif c.kind == "templates":
         path = "/v1/templates" + (f"/{c.current['id']}" if c.current else "")
         out = await api.call("PUT" if c.current else "POST", "campaign", path, json=c.body)
@@ -389,6 +414,8 @@ async def export(api: Api) -> str:
     programs = [(kind, await api.maybe("campaign", f"/v1/programs/{kind}")) for kind in program_config.KINDS]
     return _yaml({
         "programs": [{"name": kind, "enabled": p["enabled"], "config": p["config"]} for kind, p in programs if p],
+        "snippets": [{"name": s["name"], "content": s["content"]}
+                     for s in await api.all("campaign", "/v1/snippets", "snippets")],
         "templates": [_template_body(t) for t in tpls],
         "segments": [{"name": s["name"], "definition": _swap(s["definition"], back, False)} for s in segs],
         "campaigns": [{"name": c["name"], "status": c["status"], **_swap(_by_stage(c["definition"], stages), back,

@@ -1078,6 +1078,47 @@ campaigns:
     assert by_name["news-mail"]["preheader"] == "Three things inside"
 
 
+async def test_an_export_carries_its_snippets_to_another_workspace(world, settings) -> None:
+    """Templates render the workspace's snippets: an export without them was refused by any other workspace
+    ("no snippet named 'footer'") after the templates before it were written. A one-off broadcast whose time
+    has passed is refused before anything is written, naming it."""
+    from services import resources
+    from shared.core import create_workspace
+
+    await world.apps["campaign"].put("/v1/snippets/footer", headers=world.h,
+                                     json={"content": "<p>Acme Inc, {{ who }}</p>"})
+    await world.template("newsletter", "News", html="<p>Hi</p>{% render 'footer', who: profile.first_name %}")
+    source = resources.Api(world.internal._http, {s: settings.url_of(s) for s in ("segment", "campaign")}, world.h)
+    exported = await resources.export(source)
+    assert resources.load(exported)["snippets"] == [{"name": "footer", "content": "<p>Acme Inc, {{ who }}</p>"}]
+    async with world.sm() as s, s.begin():
+        other = await create_workspace(s, f"prod-{uuid.uuid4().hex[:6]}")
+    target = resources.Api(world.internal._http, {s: settings.url_of(s) for s in ("segment", "campaign")},
+                           {"Authorization": f"Bearer {other.secret_key}"})
+    tname = next(t["name"] for t in resources.load(exported)["templates"] if t["name"].startswith("newsletter"))
+    changes = await resources.plan(target, resources.load(exported))
+    created = [(c.kind, c.name) for c in changes if c.action == "create"]
+    assert created[0] == ("snippets", "footer") and ("templates", tname) in created
+    await resources.apply(target, changes)
+    there = await world.apps["campaign"].get("/v1/templates", headers={"Authorization": f"Bearer {other.secret_key}"})
+    assert tname in [t["name"] for t in there.json()["templates"]]
+    assert {c.action for c in await resources.plan(target, resources.load(exported))} == {"unchanged"}
+    assert {c.action for c in await resources.plan(source, resources.load(exported))} == {"unchanged"}
+    # a broadcast that fired here: refused for the other workspace before anything is written
+    past = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    doc = f"""
+segments:
+  - name: everyone
+    definition: {{type: trait, trait: email, op: exists}}
+campaigns:
+  - name: Last week's news
+    trigger: {{type: schedule, segment: everyone, at: "{past}"}}
+    steps: [{{id: s, type: send, template: {tname}}}]
+"""
+    with pytest.raises(resources.ResourceError, match="Last week's news.*has passed"):
+        await resources.plan(target, resources.load(doc))
+
+
 async def test_campaigns_as_code_keep_traits_named_segment_or_template(world, settings) -> None:
     """An ``update_attribute`` step setting a trait called ``segment`` (a customer segment, ``enterprise``) was
     read as a reference to a segment named ``enterprise``: ``tenure apply`` refused the file ("no segment named

@@ -333,10 +333,14 @@ async def _hand_over(sessionmaker: async_sessionmaker[AsyncSession], internal: I
         for send in sends:
             outcome = outcomes[send["id"]]
             if send.get("journey_id") and outcome.status in ("skipped", "failed"):
-                # "why didn't X get the email": the journey's path says what happened to its send
+                # "why didn't X get the email": the journey's path says what happened to its send, in the place
+                # of the "sent … queued" line its run wrote when it decided the send (which read as if it went)
                 await session.execute(text(
+                    "with corrected as (update campaign.journey_log set kind = :kind, detail = :detail "
+                    "where journey_id = :j and step is not distinct from :step and kind = 'sent' returning 1) "
                     "insert into campaign.journey_log (journey_id, workspace_id, campaign_id, profile_id, step, "
-                    "kind, detail) values (:j, :ws, :c, :p, :step, :kind, :detail)"),
+                    "kind, detail) select :j, :ws, :c, :p, :step, :kind, :detail "
+                    "where not exists (select from corrected)"),
                     {"j": send["journey_id"], "ws": send["workspace_id"], "c": send["campaign_id"],
                      "p": send["profile_id"], "step": send.get("step"), "kind": outcome.status,
                      "detail": outcome.reason})

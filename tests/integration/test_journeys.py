@@ -1188,7 +1188,7 @@ async def test_an_export_applies_to_another_workspace_archived_campaigns_include
 
     assert by_name(await resources.export(target)) == by_name(exported)
 
-    late = f"late-{uuid.uuid4().hex[:6]}"  # (a one-off time in the past: only the service checks that)
+    late = f"late-{uuid.uuid4().hex[:6]}"  # (a one-off time in the past: refused by the plan, naming the item)
     bad = f"""
 segments: [{{name: {late}, definition: {{type: trait, trait: plan, op: exists}}}}]
 campaigns:
@@ -1197,8 +1197,10 @@ campaigns:
 """
     with pytest.raises(resources.ResourceError) as refused:
         await resources.apply(source, await resources.plan(source, resources.load(bad)))
-    assert str(refused.value).startswith(f"campaign {late!r}: POST campaign/v1/campaigns: 422"), refused.value
+    assert str(refused.value).startswith(f"campaign {late!r}: its one-off time"), refused.value
     assert "trigger.at" in str(refused.value)
+    segments = (await world.apps["segment"].get("/v1/segments", headers=world.h)).json()["segments"]
+    assert late not in [s["name"] for s in segments]  # nothing of the file was written
     with pytest.raises(resources.ResourceError, match="status is active, paused or archived, not 'deleted'"):
         await resources.plan(source, resources.load(exported.replace("status: archived", "status: deleted")))
 
@@ -1527,6 +1529,20 @@ async def test_a_price_sent_as_text_is_ordered_as_a_number_by_trigger_filters(wo
     assert [m["subject"] for m in await world.mail(texts["price-text"])] == ["About your Bag"]
     assert [m["subject"] for m in await world.mail(texts["price-num"])] == ["About your Bag"]
     assert await world.mail(texts["price-low"]) == [] and await world.mail(texts["price-word"]) == []
+
+
+async def test_a_send_that_cannot_go_reads_as_skipped_where_it_was_decided_not_as_sent(world) -> None:
+    """"Why didn't X get the email": the path said "sent — email message queued" at the send step, and only after
+    "completed" that the send was skipped (no email address). The send step's line now says what happened."""
+    tpl = await world.template("no-address", "Hello")
+    await world.campaign(trigger={"type": "event", "event": "Asked"}, steps=[
+        {"id": "mail", "type": "send", "template_id": tpl}])
+    pid = await world.identify("no-email-user", first_name="Ann")
+    await world.track("no-email-user", "Asked", T0)
+    await world.pump(T0 + timedelta(minutes=1))
+    log = [(e["kind"], e["step"], e["detail"]) for e in (await world.path(pid))[0]["log"]]
+    assert ("skipped", "mail", "profile has no email trait") in log and not any(k == "sent" for k, _, _ in log), log
+    assert [k for k, _, _ in log].index("skipped") < [k for k, _, _ in log].index("completed"), log
 
 
 async def _ab_test_ended(world, name: str) -> tuple[dict, dict[str, dict]]:

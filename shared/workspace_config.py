@@ -138,6 +138,7 @@ class WorkspaceConfig(_Model):
     topics: list[Topic] | None = Field(None, min_length=1)
     sms_help_text: str | None = Field(None, min_length=1, max_length=320)
     double_opt_in: bool | None = None
+    sms_opt_in_required: bool | None = None
     postal_address: str | None = Field(None, min_length=1, max_length=300)
 
     @field_validator("*", mode="before")

@@ -23,6 +23,8 @@ from services.delivery.schemas import (
     OptInOut,
     PreferencesOut,
     SendMessage,
+    SmsOptInIn,
+    SmsOptInOut,
     SuppressionIn,
     SuppressionList,
     SuppressionOut,
@@ -300,6 +302,20 @@ async def remove_device(token: StorableText, ws: WorkspaceDep, session: SessionD
         if not await devices.forget(session, ws, [token]):
             raise NotFound("No such device token")
     return Response(status_code=204)
+
+
+@consent_router.post("/sms-opt-ins", status_code=201, response_model=SmsOptInOut, operation_id="record_sms_opt_in",
+                     summary="Record a number's consent to marketing texts, with its evidence",
+                     description="Marketing SMS go only to numbers recorded here (or that texted START), unless the "
+                                 "workspace sets `sms_opt_in_required: false`; transactional texts need none. The "
+                                 "evidence is kept in the consent log. Recording a number again keeps its first "
+                                 "time and logs the new evidence; STOP still stops every text.",
+                     responses=COMMON_ERRORS)
+async def record_sms_opt_in(body: SmsOptInIn, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+    evidence = body.evidence.model_dump(mode="json", exclude_none=True)
+    async with session.begin():
+        return await consent.record_sms_opt_in(session, ws, body.phone, "api", evidence,
+                                               {"userId": body.user_id, "anonymousId": body.anonymous_id})
 
 
 @consent_router.post("/opt-ins", status_code=202, response_model=OptInOut, operation_id="request_opt_in",

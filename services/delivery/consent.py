@@ -47,7 +47,8 @@ async def blocked_many(session: AsyncSession, intents: list[Intent]) -> list[str
     rows = (await session.execute(text(
         """
         select s.reason as suppression, u.ch = 'email' as is_email,
-               coalesce((w.settings->>'double_opt_in')::boolean, false) as opt_in_required,
+               case when u.ch = 'email' then coalesce((w.settings->>'double_opt_in')::boolean, false)
+                    else coalesce((w.settings->>'sms_opt_in_required')::boolean, true) end as opt_in_required,
                exists (select 1 from delivery.opt_ins o where o.workspace_id = u.ws and o.address = u.addr
                           and o.confirmed_at is not null) as confirmed,
                exists (select 1 from delivery.subscriptions t where t.workspace_id = u.ws and t.address = u.addr
@@ -79,6 +80,8 @@ def _reason(row: Any, channel: str, message_type: str, topic: str | None) -> str
         return f"suppressed: {row.suppression}"
     if marketing and row.is_email and row.opt_in_required and not row.confirmed:  # double opt-in
         return "not confirmed (double opt-in)"
+    if marketing and channel == "sms" and row.opt_in_required and not row.confirmed:  # TCPA: prior express consent
+        return "no SMS opt-in on record (marketing texts need the recipient's consent: POST /v1/sms-opt-ins)"
     if topic and marketing and row.topic_off:
         return f"unsubscribed from topic {topic}"
     return None
@@ -112,14 +115,28 @@ async def confirm_opt_in(session: AsyncSession, ws: uuid.UUID, address: str, ide
     return True
 
 
+async def record_sms_opt_in(session: AsyncSession, ws: uuid.UUID, number: str, source: str,
+                            evidence: dict[str, Any] | None, identity: dict[str, Any] | None) -> dict[str, Any]:
+    """A number's consent to marketing texts, kept with its evidence (the consent log's row); an ``Opted In``
+    event for the person. Recording it again keeps the first time and logs the new evidence."""
+    row = (await session.execute(text(
+        "insert into delivery.opt_ins (workspace_id, address, topics, confirmed_at) values (:ws, :a, '[]', now()) "
+        "on conflict (workspace_id, address) do update set confirmed_at = coalesce(delivery.opt_ins.confirmed_at, "
+        "now()) returning address as phone, confirmed_at"), {"ws": ws, "a": number})).mappings().one()
+    await _log(session, ws, number, "sms", "opted_in", source, identity=identity, evidence=evidence)
+    return dict(row)
+
+
 async def _log(session: AsyncSession, ws: uuid.UUID, address: str, channel: str, action: str, source: str,
-               topic: str | None = None, identity: dict[str, Any] | None = None) -> None:
+               topic: str | None = None, identity: dict[str, Any] | None = None,
+               evidence: dict[str, Any] | None = None) -> None:
     await session.execute(text(
-        "insert into delivery.consent_log (workspace_id, address, channel, topic, action, source) "
-        "values (:ws, :a, :ch, :t, :action, :src)"),
-        {"ws": ws, "a": address.lower(), "ch": channel, "t": topic, "action": action, "src": source})
-    event = {"unsubscribed": "Unsubscribed", "resubscribed": "Resubscribed", "confirmed": "Opted In"}.get(
-        action, "Subscription Changed")
+        "insert into delivery.consent_log (workspace_id, address, channel, topic, action, source, evidence) "
+        "values (:ws, :a, :ch, :t, :action, :src, CAST(:ev AS jsonb))"),
+        {"ws": ws, "a": address.lower(), "ch": channel, "t": topic, "action": action, "src": source,
+         "ev": dumps(evidence) if evidence is not None else None})
+    event = {"unsubscribed": "Unsubscribed", "resubscribed": "Resubscribed", "confirmed": "Opted In",
+             "opted_in": "Opted In"}.get(action, "Subscription Changed")
     await queue_event(session, ws, identity, event, {"channel": channel, "address": address.lower(), "topic": topic,
                                                      "action": action, "source": source})
 

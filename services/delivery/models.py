@@ -115,9 +115,11 @@ class ConsentChange(DeliveryTable, table=True):
     address: str
     channel: str
     topic: str | None = None
-    action: str  # unsubscribed | resubscribed | topic_on | topic_off | suppressed
-    source: str  # one_click | preference_page | api | bounce | complaint
+    action: str  # unsubscribed | resubscribed | topic_on | topic_off | suppressed | confirmed | opted_in
+    source: str  # one_click | preference_page | api | bounce | complaint | sms_keyword | double_opt_in
     at: datetime = Field(sa_column=tz_column("at"))
+    # an SMS opt-in's proof: the consent text shown, where it was collected, the IP, when (POST /v1/sms-opt-ins)
+    evidence: dict[str, Any] | None = Field(default=None, sa_column=Column("evidence", JSONB, nullable=True))
 
 
 class Engagement(DeliveryTable, table=True):
@@ -172,7 +174,9 @@ class Device(DeliveryTable, table=True):
 
 class OptIn(DeliveryTable, table=True):
     """Double opt-in: an address asked to receive marketing email; confirmed by clicking the link sent to
-    it. With the workspace setting ``double_opt_in``, marketing email goes only to confirmed addresses."""
+    it. With the workspace setting ``double_opt_in``, marketing email goes only to confirmed addresses. A phone
+    number's row is its SMS opt-in (confirmed when recorded: the app collected the consent, or the person texted
+    START); marketing texts go only to such numbers unless the workspace sets ``sms_opt_in_required: false``."""
 
     __tablename__ = "opt_ins"
 

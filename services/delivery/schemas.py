@@ -8,10 +8,10 @@ from typing import Any, Literal
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.delivery.mailer import split_address
-from shared.validation import FieldError, StorableModel
+from shared.validation import FieldError, IsoDatetime, StorableModel
 
 MAX_BODY_CHARS = 1_000_000
 @lru_cache(maxsize=16_384)
@@ -322,6 +322,47 @@ class OptInIn(StorableModel):
     def _normalise(self) -> "OptInIn":
         self.email = normalise_address("email", self.email)
         return self
+
+
+class SmsOptInEvidence(StorableModel):
+    """What proves the consent (TCPA: prior express written consent to marketing texts), kept as sent."""
+
+    text: str = Field(min_length=1, max_length=2000, examples=[
+        "Yes, send me offers by text. Msg & data rates may apply. Reply STOP to cancel."],
+                      description="the consent language the person agreed to, as shown to them")
+    source: str = Field(min_length=1, max_length=200, examples=["checkout form, acme.example/checkout"],
+                        description="where it was collected: a form and its page, a keyword campaign, a call")
+    ip: str | None = Field(None, max_length=64, description="the IP address the consent came from")
+    collected_at: IsoDatetime | None = Field(None, description="when the person agreed (default: now)")
+
+
+class SmsOptInIn(StorableModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "phone": "+14155550100", "user_id": "u-42", "evidence": {
+            "text": "Yes, send me offers by text. Msg & data rates may apply. Reply STOP to cancel.",
+            "source": "checkout form, acme.example/checkout", "ip": "203.0.113.7",
+            "collected_at": "2026-11-29T10:00:00Z"}}]})
+
+    phone: str = Field(min_length=3, max_length=32, examples=["+14155550100"],
+                       description="the number that agreed to marketing texts (E.164, or national with its country "
+                                   "code)")
+    evidence: SmsOptInEvidence
+    user_id: str | None = Field(None, max_length=512, description="whose number, for the `Opted In` event")
+    anonymous_id: str | None = Field(None, max_length=512,
+                                     description="whose number (their anonymousId), for the `Opted In` event")
+
+    @model_validator(mode="after")
+    def _normalise(self) -> "SmsOptInIn":
+        try:
+            self.phone = normalise_address("sms", self.phone)
+        except ValueError as exc:
+            raise FieldError("phone", str(exc).replace("to is", "phone is", 1)) from None
+        return self
+
+
+class SmsOptInOut(BaseModel):
+    phone: str = Field(description="the number, in E.164")
+    confirmed_at: datetime = Field(description="when it was first recorded as opted in")
 
 
 class OptInOut(BaseModel):

@@ -146,9 +146,11 @@ async def twilio_inbound(workspace_id: uuid.UUID, request: Request, session: Ses
             who = await consent.texted_identity(session, workspace_id, number)
             if word == "stop":
                 await consent.suppress(session, workspace_id, "sms", number, "unsubscribed", "sms_keyword", who)
-            else:
+            else:  # texting START is the person's own consent: kept as the number's opt-in, with the message
                 await consent.unsuppress(session, workspace_id, "sms", number, "sms_keyword", who,
                                          only_unsubscribed=True)
+                await consent.record_sms_opt_in(session, workspace_id, number, "sms_keyword", {
+                    "text": form.get("Body", "")[:160], "source": "inbound SMS keyword", "message_sid": key}, who)
         # an OptOutType means Twilio's Advanced Opt-Out already sent its own (configured) HELP answer
         elif word == "help" and not form.get("OptOutType"):
             ws = (await session.execute(text("select name, settings from core.workspaces where id = :ws"),

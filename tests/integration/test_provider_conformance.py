@@ -299,7 +299,8 @@ async def test_twilio_inbound_keywords_and_a_late_duplicate_stop(apps, workspace
             {"ws": workspace.workspace_id})).all()
     # (a number nothing was sent to has nobody to report about)
     assert [tuple(e) for e in events] == [("Unsubscribed", "texted-last", "+14155550100"),
-                                          ("Resubscribed", "texted-last", "+14155550100")]
+                                          ("Resubscribed", "texted-last", "+14155550100"),
+                                          ("Opted In", "texted-last", "+14155550100")]  # START is consent
     async with sessionmaker() as s, s.begin():  # (never sent here: not left due for the next test's worker run)
         await s.execute(text("delete from delivery.messages where workspace_id = :ws and status = 'queued'"),
                         {"ws": workspace.workspace_id})
@@ -717,6 +718,9 @@ async def test_a_marketing_text_waits_for_the_recipients_hours_and_a_transaction
                         if 2 <= now.astimezone(ZoneInfo(z)).hour <= 20)
     cfg = sms_settings(settings, twilio_url, sms_marketing_hours="22:00-23:00")
     h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    r = await apps["delivery"].post("/v1/sms-opt-ins", headers=h, json={"phone": number, "evidence": {
+        "text": "Texts about offers, STOP to end", "source": "test"}})
+    assert r.status_code == 201, r.text
     ids = {}
     for kind in ("marketing", "transactional"):
         r = await apps["delivery"].post("/v1/messages", headers=h, json={

@@ -292,10 +292,10 @@ async def test_non_finite_numbers_are_refused_not_saved_as_null(ctx) -> None:
     cases = [
         ('{"type": "aggregate", "event": "Order Completed", "property": "revenue", "value": 1e999}',
          "definition.aggregate.value"),
-        ('{"type": "trait", "trait": "score", "op": "equals", "value": NaN}', "definition.trait"),
+        ('{"type": "trait", "trait": "score", "op": "equals", "value": NaN}', "definition.trait.value"),
         ('{"type": "not", "child": {"type": "trait", "trait": "plan", "op": "in", "value": ["pro", Infinity]}}',
-         "definition.not.child.trait"),
-        ('{"type": "attribute", "attribute": "total_revenue", "op": "gt", "value": -Infinity}', "definition.attribute"),
+         "definition.not.child.trait.value"),
+        ('{"type": "attribute", "attribute": "total_revenue", "op": "gt", "value": -Infinity}', "definition.attribute.value"),
         ('{"type": "random_bucket", "percent": NaN}', "definition.random_bucket.percent"),
     ]
     headers = {**ctx.h, "content-type": "application/json"}

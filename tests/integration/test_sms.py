@@ -170,3 +170,47 @@ async def test_help_reply_names_the_brand_and_a_contact(apps, workspace, session
         assert await reply("info") == own
     finally:
         delivery_app.state.settings = settings
+
+
+async def test_marketing_texts_go_only_to_numbers_that_opted_in(apps, workspace, sessionmaker) -> None:
+    """TCPA: marketing texts need the recipient's prior express written consent. A number without an opt-in on
+    record gets no marketing text (suppressed, saying why); transactional texts need none. The opt-in is recorded
+    with its evidence, which the consent log keeps, and ingest hears `Opted In` about the person."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    ws = workspace.workspace_id
+
+    async def text_to(number: str, kind: str = "marketing") -> dict:
+        r = await apps["delivery"].post("/v1/messages", headers=h, json={
+            "idempotency_key": uuid.uuid4().hex, "channel": "sms", "to": number, "text": "20% off today",
+            "message_type": kind})
+        assert r.status_code == 202, r.text
+        return r.json()
+
+    refused = await text_to("+14155550160")
+    assert refused["status"] == "suppressed" and "no SMS opt-in" in refused["last_error"], refused
+    assert (await text_to("+14155550160", "transactional"))["status"] == "queued"
+    evidence = {"text": "Yes, text me offers. Msg & data rates may apply. Reply STOP to cancel.",
+                "source": "checkout form", "ip": "203.0.113.7", "collected_at": "2026-11-29T10:00:00Z"}
+    r = await apps["delivery"].post("/v1/sms-opt-ins", headers=h, json={
+        "phone": "+1 (415) 555-0160", "user_id": "texter", "evidence": evidence})
+    assert r.status_code == 201 and r.json()["phone"] == "+14155550160", r.text
+    assert (await text_to("+14155550160"))["status"] == "queued"
+    async with sessionmaker() as s:
+        kept = (await s.execute(text(
+            "select action, source, evidence from delivery.consent_log where workspace_id = :ws and address = :a"),
+            {"ws": ws, "a": "+14155550160"})).all()
+        events = (await s.execute(text(
+            "select payload->>'event', payload->>'userId' from delivery.feedback where workspace_id = :ws"),
+            {"ws": ws})).all()
+    assert [(k.action, k.source, k.evidence) for k in kept] == [("opted_in", "api", evidence)]
+    assert ("Opted In", "texter") in [tuple(e) for e in events]
+    for bad, field in (({"phone": "555", "evidence": evidence}, "phone"), ({"phone": "+14155550161"}, "evidence"),
+                       ({"phone": "+14155550161", "evidence": {"source": "form"}}, "evidence.text")):
+        r = await apps["delivery"].post("/v1/sms-opt-ins", headers=h, json=bad)
+        assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json"), r.text
+        assert ["body", *field.split(".")] in [e["loc"] for e in r.json()["errors"]], r.text
+    # a workspace that keeps consent elsewhere turns the check off
+    async with sessionmaker() as s, s.begin():
+        await s.execute(text("update core.workspaces set settings = settings || '{\"sms_opt_in_required\": false}' "
+                             "where id = :ws"), {"ws": ws})
+    assert (await text_to("+14155550162"))["status"] == "queued"

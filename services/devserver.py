@@ -16,11 +16,13 @@ import orjson
 import uvicorn
 from rich.console import Console
 from rich.markup import escape
+from sqlalchemy import text
 
 from shared.core import create_workspace
 from shared.db import create_engine, create_sessionmaker
 from shared.settings import SERVICES, Settings
 
+DEMO_POSTAL_ADDRESS = "Tenure demo, 1 Example Street, Springfield, IL 62701, USA"
 DEMO_TEMPLATE = {
     "name": "welcome",
     "channel": "email",
@@ -94,13 +96,15 @@ async def ensure_demo(settings: Settings) -> dict[str, Any]:
         async with create_sessionmaker(engine)() as session, session.begin():
             if path.exists():
                 demo = orjson.loads(path.read_bytes())
-                from sqlalchemy import text
-
                 found = (await session.execute(text("select 1 from core.workspaces where id = :id"),
                                                {"id": uuid.UUID(demo["workspace_id"])})).scalar()
                 if found:
                     return dict(demo)
             created = await create_workspace(session, f"demo-{uuid.uuid4().hex[:6]}")
+            # marketing email carries a postal address (CAN-SPAM): the demo's shows where it goes
+            await session.execute(text("update core.workspaces set settings = settings || CAST(:s AS jsonb) "
+                                       "where id = :id"), {"id": created.workspace_id, "s": orjson.dumps(
+                                           {"postal_address": DEMO_POSTAL_ADDRESS}).decode()})
             tpl = await campaigns.create_template(session, created.workspace_id, DEMO_TEMPLATE)
             await campaigns.create_campaign(session, created.workspace_id, {
                 "name": "Welcome email", "trigger": {"type": "event", "event": "Signed Up"},

@@ -80,6 +80,7 @@ def test_dev_runs_everything_and_the_printed_example_reaches_the_inbox(settings,
             assert time.monotonic() < deadline, "no mail in the dev inbox"
             time.sleep(0.5)
         assert [m["subject"] for m in mails] == ["Welcome to Tenure, Ada!"]
+        assert "1 Example Street" in mails[0]["text"]  # the demo workspace's postal address (CAN-SPAM)
         page = httpx.get(inbox + "/", timeout=5)
         assert page.status_code == 200 and "Welcome to Tenure, Ada!" in page.text
     finally:

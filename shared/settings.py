@@ -133,7 +133,7 @@ class Settings(BaseSettings):
         default_factory=dict, description='sends per second per provider across replicas, e.g. {"twilio": 10}')
     workspace_send_rate_per_s: float = Field(default=0, description="sends per second per workspace (0 = unlimited)")
     sms_marketing_hours: str = Field(
-        default="08:00-21:00", pattern=r"^(|([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d)$",
+        default="08:00-21:00", pattern=r"^(|([01]\d|2[0-3]):[0-5]\d-(([01]\d|2[0-3]):[0-5]\d|24:00))$",
         description="when a marketing SMS may reach its recipient, in the recipient's time zone (from the number): "
                     "held until then (TCPA: 8:00-21:00); empty = no window")
     email_from: str = "Tenure <hello@tenure.localhost>"

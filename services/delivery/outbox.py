@@ -316,7 +316,9 @@ RECORD = """
                provider_message_id = coalesce(r.pmid, m.provider_message_id),
                provider = coalesce(m.provider, r.provider),
                sent_at = case when r.status = 'sent' then now() else m.sent_at end,
-               next_attempt_at = now() + make_interval(secs => r.delay)
+               next_attempt_at = now() + make_interval(secs => r.delay),
+               -- not tried (a text outside its recipient's hours): the claim's attempt is given back, as a release does
+               attempts = case when r.outcome = 'deferred' then greatest(0, m.attempts - 1) else m.attempts end
           from owned r
          where m.id = r.mid
         returning m.id),

@@ -126,8 +126,8 @@ async def export(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID], id
             f"select channel, address, reason, source, created_at from delivery.suppressions where {_AT_ADDRESS} "
             "order by channel, address", at_address),
         "consent_log": await rows(
-            f"select address, channel, topic, action, source, at from delivery.consent_log where {_AT_ADDRESS} "
-            "order by at, id", at_address),
+            f"select address, channel, topic, action, source, evidence, at from delivery.consent_log "
+            f"where {_AT_ADDRESS} order by at, id", at_address),
         "devices": await rows(
             "select user_ref as user, platform, token, created_at, last_used_at from delivery.devices "
             "where workspace_id = :ws and user_ref = any(CAST(:ids AS text[])) order by created_at", params),

@@ -148,17 +148,26 @@ def _loads(raw: bytes) -> tuple[Any, bool]:
         doc = json.loads(raw, parse_constant=mark, parse_float=number, parse_int=integer)
     except (ValueError, RecursionError) as exc:
         raise error or BadRequest(f"The request body is not valid JSON: {exc}") from None
-    return _without_lone_surrogates(doc), bool(marked)
+    try:
+        return _without_lone_surrogates(doc), bool(marked)
+    except RecursionError:  # (nested deeper than the interpreter recurses: no message is shaped so)
+        raise BadRequest("The request body is nested too deeply") from None
 
 
 _MAX_INT_DIGITS = 4300  # (sys.int_info.default_max_str_digits: int() refuses longer text)
 
 
 def _holds_unrepresentable(value: Any) -> _Unrepresentable | None:
-    if isinstance(value, _Unrepresentable):
-        return value
-    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-    return next((found for v in children if (found := _holds_unrepresentable(v)) is not None), None)
+    stack = [value]  # (iterative: a body may nest as deep as the parser went)
+    while stack:
+        v = stack.pop()
+        if isinstance(v, _Unrepresentable):
+            return v
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return None
 
 
 def _without_lone_surrogates(value: Any) -> Any:

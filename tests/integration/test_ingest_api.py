@@ -455,6 +455,12 @@ async def test_a_number_no_store_can_hold_refuses_its_message_not_the_batch(apps
                                           for x in r.json()["rejected"]] == [(1, f"s-{uid}", "unrepresentable_number")]
     events = (await c.get(f"/v1/profiles/{uid}/events", headers=h)).json()["events"]
     assert [e["event"] for e in events] == ["Kept"]
+    # deep inside a message (500 levels: past the interpreter's recursion, still a 1 KB body) it is a 400, not a 500
+    for depth in (300, 500):
+        deep = b'{"batch": [{"type": "track", "userId": "x", "event": "E", "properties": {"a": ' + b"[" * depth + \
+            number + b"]" * depth + b"}}]}"
+        r = await c.post("/v1/batch", auth=auth, content=deep, headers={"content-type": "application/json"})
+        assert r.status_code in (200, 400, 422), (depth, r.status_code, r.text[:300])
     # in the batch's own fields it cannot be given to one message: the request is refused, nothing stored
     r = await c.post("/v1/batch", auth=auth, content=b'{"context": {"x": ' + number + b'}, "batch": [{"type": "track", '
                      b'"userId": "' + uid.encode() + b'", "event": "Lost"}]}', headers={"content-type": "text/plain"})

@@ -203,6 +203,10 @@ async def test_marketing_texts_go_only_to_numbers_that_opted_in(apps, workspace,
             "select payload->>'event', payload->>'userId' from delivery.feedback where workspace_id = :ws"),
             {"ws": ws})).all()
     assert [(k.action, k.source, k.evidence) for k in kept] == [("opted_in", "api", evidence)]
+    from services.delivery import privacy  # a privacy export of the person shows the evidence (IP, text) too
+    async with sessionmaker() as s:
+        export = await privacy.export(s, ws, [], ["+14155550160"])
+    assert [(c["action"], c["evidence"]) for c in export["consent_log"]] == [("opted_in", evidence)]
     assert ("Opted In", "texter") in [tuple(e) for e in events]
     for bad, field in (({"phone": "555", "evidence": evidence}, "phone"), ({"phone": "+14155550161"}, "evidence"),
                        ({"phone": "+14155550161", "evidence": {"source": "form"}}, "evidence.text")):

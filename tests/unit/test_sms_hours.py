@@ -62,3 +62,18 @@ def test_a_text_goes_at_once_or_at_the_first_instant_every_zone_allows(number, n
         # nothing earlier was allowed (checked on a 15-minute grid; every window starts on the hour)
         assert not any(allowed(now + timedelta(minutes=m)) and now + timedelta(minutes=m) < until
                        for m in range(0, int((until - now).total_seconds() // 60), 15))
+
+
+@pytest.mark.parametrize(("raw", "ok"), [("08:00-24:00", True), ("08:00-24:30", False), ("21:00-08:00", False),
+                                         ("", True)])
+def test_the_setting_takes_only_windows_the_sender_can_use(raw: str, ok: bool) -> None:
+    """A window the setting took and the worker could not read stopped every batch, email too."""
+    from pydantic import ValidationError
+
+    from shared.settings import Settings
+
+    if ok:
+        assert sms_hours.parse_window(Settings(sms_marketing_hours=raw).sms_marketing_hours) is not None or not raw
+    else:
+        with pytest.raises(ValidationError):
+            Settings(sms_marketing_hours=raw)

@@ -1,6 +1,9 @@
 """ix_messages_recipient: the last text to a number, whose person a STOP or START from it is about
 
-Built concurrently: on a live outbox a plain CREATE INDEX would hold every send's insert for the build.
+Built in the migration's transaction, not concurrently: CREATE INDEX CONCURRENTLY needs the transaction
+committed first, which releases the advisory lock that lets several pods run ``tenure migrate`` at once
+(shared/migrate.py), and a second pod then ran this migration too and failed. The index is partial (texts
+only), so the build holds inserts into the outbox for a short while.
 
 Revision ID: delivery_0008
 Revises: delivery_0007
@@ -17,11 +20,9 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.get_context().autocommit_block():
-        op.execute("create index concurrently if not exists ix_messages_recipient on delivery.messages "
-                   "(workspace_id, to_address, created_at) where channel = 'sms'")
+    op.execute("create index if not exists ix_messages_recipient on delivery.messages "
+               "(workspace_id, to_address, created_at) where channel = 'sms'")
 
 
 def downgrade() -> None:
-    with op.get_context().autocommit_block():
-        op.execute("drop index concurrently if exists delivery.ix_messages_recipient")
+    op.execute("drop index if exists delivery.ix_messages_recipient")

@@ -23,7 +23,7 @@ import yaml
 from pydantic import ValidationError
 
 from services.answers import UnreadableAnswer, json_of, problem_text
-from services.campaign import journeys
+from services.campaign import journeys, schemas
 from services.campaign.programs import config as program_config
 from services.segment import conditions
 from shared.validation import error_message, unstorable
@@ -190,11 +190,12 @@ def _template_body(item: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-_BODY_PARTS = ("html", "text")  # a part of blanks is no part: the service stores it as none (campaign's schemas)
+_BODY_PARTS = ("html", "text")
 
 
 def _blank(value: Any) -> bool:
-    return isinstance(value, str) and not value.strip()
+    """A part the service stores as none (``schemas.body_part``)."""
+    return isinstance(value, str) and schemas.body_part(value) is None
 
 
 def _campaign_definition(item: dict[str, Any]) -> dict[str, Any]:

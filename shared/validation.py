@@ -5,7 +5,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from functools import lru_cache
 from typing import Annotated, Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -188,8 +188,8 @@ JsonFloat = Annotated[float, BeforeValidator(_json_number)]
 JsonBool = Annotated[bool, BeforeValidator(_json_boolean)]
 IsoDatetime = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator(_in_utc_range)]
 IsoDate = Annotated[date, BeforeValidator(_not_a_number)]
-# the tracking API's client times: ISO 8601, or a Unix time as some SDKs and hand-written clients send it (a number
-# or its text; pydantic reads one beyond ±2e10 as milliseconds). Refusing it lost the whole event.
+
+
 def _hour_offset(value: Any) -> Any:
     """``…+01`` → ``…+01:00``: PostgreSQL writes a whole-hour offset so (``2026-11-29 03:00:00+01``), and a server
     integration sends its database's timestamps as they come; pydantic reads only ``+01:00`` and ``+0100``."""
@@ -199,6 +199,8 @@ def _hour_offset(value: Any) -> Any:
     return value
 
 
+# the tracking API's client times: ISO 8601, or a Unix time as some SDKs and hand-written clients send it (a number
+# or its text; pydantic reads one beyond ±2e10 as milliseconds). Refusing it lost the whole event.
 IsoOrUnixDatetime = Annotated[datetime, BeforeValidator(_hour_offset), AfterValidator(_in_utc_range),
                               WithJsonSchema({"anyOf": [{"type": "string", "format": "date-time"},
                                                         {"type": "number", "description": "Unix time, s or ms"}]},
@@ -226,3 +228,23 @@ def ordered_number(v: Any) -> float | int | None:
     if isinstance(v, str) and numeric_text(v):
         return float(v)
     return None
+
+
+DayWindow = tuple[time, time]  # (start, end) of a day, local; an end of 24:00 is time.max
+_DAY_WINDOW = re.compile(r"([01]\d|2[0-3]):([0-5]\d)-(?:([01]\d|2[0-3]):([0-5]\d)|(24):(00))")
+
+
+def parse_day_window(raw: str) -> DayWindow | None:
+    """``"08:00-21:00"`` → (08:00, 21:00); ``""`` → None (no window); ``"08:00-24:00"`` ends at midnight.
+    ValueError for anything else, a window that ends before it starts included. The setting's check and the
+    sender read windows with this one rule (a window one took and the other refused stopped every batch)."""
+    if not raw:
+        return None
+    m = _DAY_WINDOW.fullmatch(raw)
+    if not m:
+        raise ValueError(f"{raw!r} is not HH:MM-HH:MM, as in 08:00-21:00")
+    start = time(int(m[1]), int(m[2]))
+    end = time.max if m[5] else time(int(m[3]), int(m[4]))
+    if end <= start:
+        raise ValueError(f"{raw!r}: the window must end after it starts, on the same day, as in 08:00-21:00")
+    return start, end

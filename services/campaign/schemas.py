@@ -69,9 +69,9 @@ class TemplateCreate(_Body):
     @model_validator(mode="after")
     def _fits_channel(self) -> "TemplateCreate":
         # a body part of blanks is no part (an email's text is then made from its HTML; SMS needs real text)
-        self.html, self.text = _part(self.html), _part(self.text)
+        self.html, self.text = body_part(self.html), body_part(self.text)
         for variant in self.locales.values():
-            variant.html, variant.text = _part(variant.html), _part(variant.text)
+            variant.html, variant.text = body_part(variant.html), body_part(variant.text)
         if self.channel == "email" and not self.subject.strip():
             raise FieldError("subject", "an email template needs a subject")
         if self.channel == "email" and self.html is None and self.text is None:
@@ -95,7 +95,8 @@ _NOT_ON = {"email": ("deep_link", "image"), "sms": ("subject", "preheader", "htm
            "push": ("preheader", "html")}
 
 
-def _part(value: str | None) -> str | None:
+def body_part(value: str | None) -> str | None:
+    """A template's html or text as stored: a part of blanks is no part."""
     return value if value is not None and value.strip() else None
 
 

@@ -79,8 +79,12 @@ def _placeholders(body: str, links: Links, quote_: bool) -> str:
             body = body.replace(placeholder, escape(url) if quote_ else url)
     if POSTAL_ADDRESS in body:
         address = links.postal_address or ""
-        body = body.replace(POSTAL_ADDRESS, escape(address).replace("\n", "<br>") if quote_ else address)
+        body = body.replace(POSTAL_ADDRESS, _address_html(address) if quote_ else address)
     return body
+
+
+def _address_html(address: str) -> str:
+    return escape(address).replace("\n", "<br>")
 
 
 def _needs_address(body: str, links: Links, marketing: bool) -> bool:
@@ -107,7 +111,7 @@ def decorate_html(html: str, links: Links, *, marketing: bool) -> str:
                   f'<a href="{escape(links.preferences)}">{t["title"]}</a></p>')
     if _needs_address(html, links, marketing):
         assert links.postal_address is not None
-        extra += f'<p style="font-size:12px;color:#666">{escape(links.postal_address).replace(chr(10), "<br>")}</p>'
+        extra += f'<p style="font-size:12px;color:#666">{_address_html(links.postal_address)}</p>'
     extra += f'<img src="{escape(links.pixel)}" width="1" height="1" alt="" style="display:none">'
     closing = re.search(r"</body\s*>", out, re.IGNORECASE)
     return out[:closing.start()] + extra + out[closing.start():] if closing else out + extra

@@ -30,6 +30,7 @@ from shared import ratelimit
 from shared.db import Outage, pinned, retry_while_unreachable
 from shared.html_text import html_to_text
 from shared.settings import Settings
+from shared.validation import parse_day_window
 
 log = structlog.get_logger()
 
@@ -133,7 +134,7 @@ async def send_batch(sessionmaker: async_sessionmaker[AsyncSession], settings: S
     checking = asyncio.Lock()
     fresh_s = _fresh_s(settings)
 
-    window = sms_hours.parse_window(settings.sms_marketing_hours)
+    window = parse_day_window(settings.sms_marketing_hours)
 
     def route(m: dict[str, Any], verdict: str | None) -> bool:
         go = _route(m, verdict, statuses, recorder, window)

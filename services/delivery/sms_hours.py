@@ -9,7 +9,6 @@ non-geographic mobile number) must be inside the window in all of them, or, wher
 A number whose zone is unknown is not held.
 """
 
-import re
 from datetime import datetime, time, timedelta, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -17,22 +16,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import phonenumbers
 from phonenumbers import timezone as phone_zones
 
-Window = tuple[time, time]  # (start, end) of the day, local
-_WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
+from shared.validation import DayWindow
 
-
-def parse_window(raw: str) -> Window | None:
-    """``"08:00-21:00"`` → (08:00, 21:00); ``""`` → None (no window). ValueError for anything else."""
-    if not raw.strip():
-        return None
-    m = _WINDOW.match(raw.strip())
-    if not m or (int(m[3]), int(m[4])) > (24, 0):
-        raise ValueError(f"{raw!r} is not HH:MM-HH:MM, as in 08:00-21:00")
-    start = time(int(m[1]), int(m[2]))
-    end = time.max if m[3] == "24" else time(int(m[3]), int(m[4]))
-    if end <= start:
-        raise ValueError(f"{raw!r}: the window must end after it starts, on the same day")
-    return start, end
+Window = DayWindow
 
 
 @lru_cache(maxsize=4096)

@@ -8,8 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.delivery import sms_hours
+from shared.validation import parse_day_window
 
-TCPA = sms_hours.parse_window("08:00-21:00")
+TCPA = parse_day_window("08:00-21:00")
 NUMBERS = ["+12125550199", "+14155550100", "+33612345678", "+18005550100", "+61412345678", "+447700900123"]
 
 
@@ -32,13 +33,13 @@ def test_unknown_zones_no_window_and_bad_numbers_hold_nothing() -> None:
 @pytest.mark.parametrize(("raw", "window"), [("08:00-21:00", (time(8), time(21))), ("", None),
                                               ("00:00-24:00", (time(0), time.max))])
 def test_windows_parse(raw: str, window: tuple[time, time] | None) -> None:
-    assert sms_hours.parse_window(raw) == window
+    assert parse_day_window(raw) == window
 
 
 @pytest.mark.parametrize("raw", ["8-21", "21:00-08:00", "08:00-08:00", "25:00-26:00", "08:00-24:30"])
 def test_bad_windows_are_refused(raw: str) -> None:
     with pytest.raises(ValueError):
-        sms_hours.parse_window(raw)
+        parse_day_window(raw)
 
 
 @given(st.sampled_from(NUMBERS), st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1),
@@ -73,7 +74,7 @@ def test_the_setting_takes_only_windows_the_sender_can_use(raw: str, ok: bool) -
     from shared.settings import Settings
 
     if ok:
-        assert sms_hours.parse_window(Settings(sms_marketing_hours=raw).sms_marketing_hours) is not None or not raw
+        assert parse_day_window(Settings(sms_marketing_hours=raw).sms_marketing_hours) is not None or not raw
     else:
         with pytest.raises(ValidationError):
             Settings(sms_marketing_hours=raw)

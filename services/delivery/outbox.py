@@ -148,6 +148,14 @@ CSV_COLUMNS = ("id", "created_at", "channel", "to", "message_type", "topic", "st
                "subject", "provider_message_id", "sent_at", "campaign_id", "user")
 
 
+async def known_provider_ids(session: AsyncSession, ws: uuid.UUID, ids: list[str]) -> set[str]:
+    """Which of these provider message ids another message of the workspace already holds."""
+    rows = await session.execute(text(
+        "select provider_message_id from delivery.messages where workspace_id = :ws "
+        "and provider_message_id = any(:ids)"), {"ws": ws, "ids": ids})
+    return {r[0] for r in rows}
+
+
 def csv_value(value: Any) -> str:
     if value is None:
         return ""
@@ -184,6 +192,10 @@ CLAIM = """
     update delivery.messages m
        set status = 'sending', attempts = m.attempts + 1, updated_at = now(),
            claimed_until = now() + make_interval(secs => :lease),
+           -- a text whose holder died during its attempt may be at Twilio: pinned, it is looked up before it is sent
+           -- again (m.status here is the row before this update)
+           provider = case when m.channel = 'sms' and m.status = 'sending' then coalesce(m.provider, 'twilio')
+                           else m.provider end,
            next_attempt_at = now() + make_interval(secs => :lease)
      where m.id in (select id from delivery.messages
                      where status in ('queued', 'sending') and next_attempt_at <= now()

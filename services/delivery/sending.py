@@ -41,8 +41,17 @@ async def _send_sms(sessionmaker: async_sessionmaker[AsyncSession], settings: Se
     # internal one such as http://delivery is refused with error 21609, failing every SMS)
     callback = (f"{settings.public_url}/webhooks/twilio/{message['workspace_id']}/status"
                 if settings.delivery_public_url else None)
+    body = message["text"] or ""
+    if message.get("provider") == "twilio":  # an earlier attempt may have reached Twilio: did it take it?
+        taken = await sms.find_sent(settings, http, message["to_address"], body, message["created_at"])
+        if taken:
+            async with sessionmaker() as session, session.begin():
+                known = await outbox.known_provider_ids(session, message["workspace_id"], taken)
+            if mine := next((sid for sid in taken if sid not in known), None):
+                log.info("delivery.earlier_attempt_found", message_id=str(message["id"]), provider_message_id=mine)
+                return mine
     try:
-        return await sms.send(settings, http, message["to_address"], message["text"] or "", callback)
+        return await sms.send(settings, http, message["to_address"], body, callback)
     except sms.Unsubscribed:
         async with sessionmaker() as session, session.begin():  # Twilio knows of a STOP we missed: mirror it
             await consent.suppress(session, message["workspace_id"], "sms", message["to_address"], "unsubscribed",
@@ -418,8 +427,10 @@ async def _attempt(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
             try:
                 provider_id = await _send_http(sessionmaker, settings, http, message)
             except mailer.SendError as exc:
+                # a text Twilio may have taken stays pinned to it: the next attempt asks Twilio first
+                pin = "twilio" if message.get("channel") == "sms" and not exc.not_sent else None
                 return outbox.Outcome(message, started, "permanent_error" if exc.permanent else "transient_error",
-                                      str(exc), retry_after_s=exc.retry_after_s)
+                                      str(exc), provider=pin, retry_after_s=exc.retry_after_s)
             return outbox.Outcome(message, started, "sent", None, provider_id)
         return await _attempt_email(settings, message, started, smtp, http, redis)
     except Exception as exc:  # noqa: BLE001 - a bug or bad input must not wedge the queue

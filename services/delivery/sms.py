@@ -4,8 +4,11 @@
   (or ``MessagingServiceSid``), ``Body`` and ``StatusCallback`` (when there is a public URL); HTTP Basic
   auth (account SID, auth token). 201 carries the message ``sid``. 429 (error 20429: never processed,
   safe to retry; a ``Retry-After`` is honoured) and 5xx are transient; other 4xx permanent (e.g. 21211
-  invalid number), and error 21610 (the recipient replied STOP) also suppresses the number here. The
-  Messages API takes no idempotency key: a timeout after Twilio took the message can send it twice.
+  invalid number), and error 21610 (the recipient replied STOP) also suppresses the number here.
+- The Messages API takes no idempotency key. An attempt that may have reached Twilio without an answer (a
+  read timeout, a dropped connection, a 5xx) is therefore looked up before it is tried again
+  (:func:`find_sent`): ``GET …/Messages.json?To=…`` lists the number's messages, most recent first, and one
+  from our sender with the same body, created since our message was, is taken as the first attempt's.
 - Webhooks (status callbacks, inbound messages) are verified as Twilio's own ``RequestValidator`` does:
   ``X-Twilio-Signature`` = base64(HMAC-SHA1(auth token, full URL + each POST parameter name and value,
   sorted by name, then by value)); the URL is tried with and without its default port (Twilio is not
@@ -22,6 +25,8 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import httpx
@@ -113,21 +118,34 @@ class Unsubscribed(SendError):
     """Twilio refuses the number: its owner replied STOP."""
 
 
-async def send(settings: Settings, http: httpx.AsyncClient, to: str, body: str, status_callback: str | None) -> str:
-    """Send one SMS; returns Twilio's message SID. Raises :class:`SendError`."""
+def _configured(settings: Settings) -> tuple[str, str, str]:
     if not (settings.twilio_account_sid and settings.twilio_auth_token and settings.twilio_from):
         raise SendError("SMS is not configured (TENURE_TWILIO_ACCOUNT_SID, _AUTH_TOKEN, _FROM)", permanent=True)
-    sender = settings.twilio_from
+    return settings.twilio_account_sid, settings.twilio_auth_token, settings.twilio_from
+
+
+def _messages_url(settings: Settings, account: str) -> str:
+    return f"{settings.twilio_base_url.rstrip('/')}/2010-04-01/Accounts/{account}/Messages.json"
+
+
+# errors after which Twilio certainly did not take the message (the request never reached it)
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+async def send(settings: Settings, http: httpx.AsyncClient, to: str, body: str, status_callback: str | None) -> str:
+    """Send one SMS; returns Twilio's message SID. Raises :class:`SendError`, whose ``not_sent`` says Twilio
+    certainly did not take the message (otherwise :func:`find_sent` must ask before it is sent again)."""
+    account, token, sender = _configured(settings)
     form = {"To": to, "Body": body, **({"MessagingServiceSid": sender} if sender.startswith("MG") else
                                        {"From": sender})}
     if status_callback:
         form["StatusCallback"] = status_callback
-    url = f"{settings.twilio_base_url.rstrip('/')}/2010-04-01/Accounts/{settings.twilio_account_sid}/Messages.json"
     try:
-        resp = await http.post(url, data=form, auth=(settings.twilio_account_sid, settings.twilio_auth_token),
+        resp = await http.post(_messages_url(settings, account), data=form, auth=(account, token),
                                timeout=settings.provider_timeout_s)
     except httpx.HTTPError as exc:
-        raise SendError(f"Twilio unreachable: {type(exc).__name__}", permanent=False) from None
+        raise SendError(f"Twilio unreachable: {type(exc).__name__}", permanent=False,
+                        not_sent=isinstance(exc, _NOT_SENT)) from None
     if resp.status_code in (200, 201):
         return str(resp.json()["sid"])
     try:
@@ -136,7 +154,49 @@ async def send(settings: Settings, http: httpx.AsyncClient, to: str, body: str, 
         detail = {}
     code, message = detail.get("code"), detail.get("message") or resp.text[:200]
     if code == UNSUBSCRIBED_RECIPIENT:
-        raise Unsubscribed(f"Twilio {code}: {message}", permanent=True)
+        raise Unsubscribed(f"Twilio {code}: {message}", permanent=True, not_sent=True)
     transient = resp.status_code == 429 or resp.status_code >= 500
+    # a 4xx (429 included: error 20429 is "never processed") is Twilio refusing it; a 5xx may come after the take
     raise SendError(f"Twilio {resp.status_code} ({code}): {message}", permanent=not transient,
-                    retry_after_s=retry_after(resp) if transient else None)
+                    not_sent=resp.status_code < 500, retry_after_s=retry_after(resp) if transient else None)
+
+
+# Twilio's clock and ours may differ: a message created this much before ours still counts as a candidate
+CLOCK_SLACK = timedelta(minutes=5)
+LOOKUP_PAGE = 50
+
+
+async def find_sent(settings: Settings, http: httpx.AsyncClient, to: str, body: str,
+                    since: datetime) -> list[str]:
+    """The SIDs, oldest first, of outbound messages Twilio holds to ``to`` from our sender with this
+    ``body``, created since ``since`` (less ``CLOCK_SLACK``): candidates for an earlier attempt that Twilio
+    took without our hearing back. Only the number's latest ``LOOKUP_PAGE`` messages are read. Raises
+    :class:`SendError` (transient) when Twilio cannot be asked: the message must then wait, not go again."""
+    account, token, sender = _configured(settings)
+    try:
+        resp = await http.get(_messages_url(settings, account), params={"To": to, "PageSize": LOOKUP_PAGE},
+                              auth=(account, token), timeout=settings.provider_timeout_s)
+    except httpx.HTTPError as exc:
+        raise SendError(f"Twilio unreachable while checking an earlier attempt: {type(exc).__name__}",
+                        permanent=False) from None
+    if resp.status_code != 200:
+        raise SendError(f"Twilio {resp.status_code} while checking an earlier attempt: {resp.text[:200]}",
+                        permanent=False, retry_after_s=retry_after(resp))
+    try:
+        listed = resp.json().get("messages") or []
+    except (ValueError, AttributeError):
+        raise SendError("Twilio's message list was not JSON", permanent=False) from None
+    earliest = since - CLOCK_SLACK
+    found: list[tuple[datetime, str]] = []
+    for m in listed:
+        if not isinstance(m, dict) or not str(m.get("direction", "")).startswith("outbound"):
+            continue
+        if m.get("body") != body or sender not in (m.get("from"), m.get("messaging_service_sid")):
+            continue
+        try:
+            created = parsedate_to_datetime(str(m.get("date_created")))  # RFC 2822, as Twilio writes dates
+        except (TypeError, ValueError):
+            continue
+        if created.tzinfo is not None and created >= earliest and m.get("sid"):
+            found.append((created, str(m["sid"])))
+    return [sid for _, sid in sorted(found)]

@@ -1,15 +1,19 @@
 """SMS through Twilio's Messages API — against a local HTTP server that answers as Twilio does — and
 Twilio's signed webhooks (status callbacks, STOP/START/HELP), all through HTTP."""
 
+import asyncio
 import base64
 import json
 import uuid
 import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
+from email.utils import format_datetime
 
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from twilio.rest import Client
 
 from services.delivery import sending, sms
 from shared.testing import http_server
@@ -24,12 +28,33 @@ def _error(code: int, message: str, status: int) -> JSONResponse:
 
 
 class FakeTwilio:
-    """Twilio's Messages resource as far as delivery uses it: Basic auth, form fields, its error bodies."""
+    """Twilio's Messages resource as far as delivery uses it: Basic auth, form fields, its error bodies, and
+    the list of an account's messages (most recent first, filtered by ``To``). Numbers ending 0104 have their
+    first message taken and then answered too late (after the client's timeout); 0105's first request gets a
+    503 without being taken."""
+
+    SLOW_S = 2.0
 
     def __init__(self) -> None:
         self.received: list[dict[str, str]] = []
         self.calls: dict[str, int] = {}
+        self.messages: list[dict] = []  # what Twilio holds, as its list resource shows it
+        self.queries: list[dict[str, str]] = []
         app = FastAPI()
+
+        def authorized(account: str, request: Request) -> bool:
+            auth = request.headers.get("authorization", "")
+            return account == SID and auth == "Basic " + base64.b64encode(f"{SID}:{TOKEN}".encode()).decode()
+
+        @app.get("/2010-04-01/Accounts/{account}/Messages.json")
+        async def listing(account: str, request: Request) -> JSONResponse:
+            if not authorized(account, request):
+                return _error(20003, "Authenticate", 401)
+            self.queries.append(dict(request.query_params))
+            to, size = request.query_params.get("To"), int(request.query_params.get("PageSize", 50))
+            page = [m for m in reversed(self.messages) if to is None or m["to"] == to][:size]
+            return JSONResponse({"messages": page, "page_size": size, "page": 0, "next_page_uri": None,
+                                 "uri": str(request.url.path)})
 
         @app.post("/2010-04-01/Accounts/{account}/Messages.json")
         async def create(account: str, request: Request) -> JSONResponse:
@@ -45,11 +70,26 @@ class FakeTwilio:
                 return _error(21610, "Attempt to send to unsubscribed recipient", 400)
             if to.endswith("0103") and self.calls[to] == 1:
                 return _error(20429, "Too Many Requests", 429)
+            if to.endswith("0105") and self.calls[to] == 1:
+                return _error(20500, "Internal Server Error", 503)
             self.received.append(form)
-            return JSONResponse({"sid": "SM" + uuid.uuid4().hex, "status": "queued", "to": to}, status_code=201)
+            taken = self.take(form)
+            if to.endswith("0104") and self.calls[to] == 1:
+                await asyncio.sleep(self.SLOW_S)  # taken, but the answer comes after the client gave up
+            return JSONResponse(taken, status_code=201)
 
         self.app = app
         self.port = 0
+
+    def take(self, form: dict[str, str]) -> dict:
+        """Twilio creates the message (as its JSON shows it) and lists it from then on."""
+        sid = "SM" + uuid.uuid4().hex
+        sender = form.get("From")
+        message = {"sid": sid, "account_sid": SID, "to": form["To"], "from": sender, "body": form.get("Body", ""),
+                   "messaging_service_sid": form.get("MessagingServiceSid"), "direction": "outbound-api",
+                   "status": "queued", "date_created": format_datetime(datetime.now(UTC)), "date_sent": None}
+        self.messages.append(message)
+        return message
 
 
 @pytest.fixture
@@ -218,3 +258,80 @@ async def test_marketing_texts_go_only_to_numbers_that_opted_in(apps, workspace,
         await s.execute(text("update core.workspaces set settings = settings || '{\"sms_opt_in_required\": false}' "
                              "where id = :ws"), {"ws": ws})
     assert (await text_to("+14155550162"))["status"] == "queued"
+
+
+async def test_a_text_twilio_took_without_answering_is_not_sent_twice(apps, workspace, sessionmaker, settings,
+                                                                      twilio) -> None:
+    """Twilio's Messages API has no idempotency key. An attempt that may have reached it unanswered (read
+    timeout, 5xx) or whose worker died during the call is looked up in Twilio's message list before it is
+    sent again: one text per intent, and one that Twilio never took still goes out."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    cfg = settings.model_copy(update={"twilio_account_sid": SID, "twilio_auth_token": TOKEN,
+                                      "twilio_from": "+14155550199", "provider_timeout_s": 0.5,
+                                      "twilio_base_url": f"http://127.0.0.1:{twilio.port}"})
+    tag = uuid.uuid4().hex[:6]
+
+    async def post(to: str, body: str) -> str:
+        r = await apps["delivery"].post("/v1/messages", headers=h, json={
+            "idempotency_key": f"{tag}-{uuid.uuid4().hex[:6]}", "channel": "sms", "to": to, "text": body,
+            "message_type": "transactional"})
+        assert r.status_code == 202, r.text
+        return r.json()["id"]
+
+    async def status(mid: str) -> dict:
+        return (await apps["delivery"].get(f"/v1/messages/{mid}", headers=h)).json()
+
+    async def due_now(*ids: str) -> None:
+        async with sessionmaker() as s, s.begin():
+            await s.execute(text("update delivery.messages set next_attempt_at = now() where id = any(:ids)"),
+                            {"ids": [uuid.UUID(i) for i in ids]})
+
+    slow = await post("+14155550104", f"Your code is 4321 {tag}")
+    refused = await post("+14155550105", f"Your code is 8765 {tag}")
+    await sending.send_due(sessionmaker, cfg)
+    first = {m: await status(m) for m in (slow, refused)}
+    assert first[slow]["status"] == "queued" and "ReadTimeout" in first[slow]["last_error"]
+    assert first[refused]["status"] == "queued" and "503" in first[refused]["last_error"]
+    await asyncio.sleep(FakeTwilio.SLOW_S)  # (the slow answer is over)
+    await due_now(slow, refused)
+    await sending.send_due(sessionmaker, cfg)
+    done = {m: await status(m) for m in (slow, refused)}
+    assert [done[m]["status"] for m in (slow, refused)] == ["sent", "sent"]
+    # the slow one: found at Twilio, not sent again; the refused one: not there, so sent
+    assert twilio.calls["+14155550104"] == 1 and twilio.calls["+14155550105"] == 2
+    held = {m["to"]: [x["sid"] for x in twilio.messages if x["to"] == m["to"]] for m in (done[slow], done[refused])}
+    assert held == {"+14155550104": [done[slow]["provider_message_id"]],
+                    "+14155550105": [done[refused]["provider_message_id"]]}
+    assert [q["To"] for q in twilio.queries] == ["+14155550104", "+14155550105"]
+
+    async def died_during_the_call(mid: str) -> None:
+        """Its worker died during the provider call: the message is claimed again after its lease."""
+        async with sessionmaker() as s, s.begin():
+            await s.execute(text("update delivery.messages set status = 'sending', attempts = 1, "
+                                 "claimed_until = now() - interval '1 second', next_attempt_at = now() "
+                                 "where id = :id"), {"id": uuid.UUID(mid)})
+
+    # the same words again to the same number, and its worker died before Twilio took it: the text Twilio
+    # lists is another message's (its SID is recorded there), so this one is sent
+    again = await post("+14155550105", f"Your code is 8765 {tag}")
+    await died_during_the_call(again)
+    await sending.send_due(sessionmaker, cfg)
+    assert (await status(again))["status"] == "sent" and twilio.calls["+14155550105"] == 3
+    assert twilio.queries[-1]["To"] == "+14155550105"
+
+    # a worker died during its call, after Twilio took the text: the next claim asks first, and finds it
+    died = await post("+14155550106", f"Your order shipped {tag}")
+    twilio.take({"To": "+14155550106", "From": "+14155550199", "Body": f"Your order shipped {tag}"})
+    await died_during_the_call(died)
+    await sending.send_due(sessionmaker, cfg)
+    got = await status(died)
+    assert got["status"] == "sent" and twilio.calls.get("+14155550106", 0) == 0
+    assert got["provider_message_id"] == twilio.messages[-1]["sid"]
+
+    # the list request is the one Twilio's own SDK makes for the same question
+    client = Client(SID, TOKEN)
+    client.api.base_url = f"http://127.0.0.1:{twilio.port}"
+    listed = await asyncio.to_thread(client.messages.list, to="+14155550106", page_size=sms.LOOKUP_PAGE,
+                                     limit=sms.LOOKUP_PAGE)
+    assert [m.sid for m in listed] == [got["provider_message_id"]]
+    assert twilio.queries[-1] == twilio.queries[-2] == {"To": "+14155550106", "PageSize": str(sms.LOOKUP_PAGE)}

@@ -6,6 +6,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, time
+from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from typing import Annotated, Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -190,18 +191,43 @@ IsoDatetime = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator
 IsoDate = Annotated[date, BeforeValidator(_not_a_number)]
 
 
-def _hour_offset(value: Any) -> Any:
-    """``…+01`` → ``…+01:00``: PostgreSQL writes a whole-hour offset so (``2026-11-29 03:00:00+01``), and a server
-    integration sends its database's timestamps as they come; pydantic reads only ``+01:00`` and ``+0100``."""
-    if isinstance(value, str) and len(value) > 16 and value[-3] in "+-" and value[-2:].isdigit() \
-            and value[-4].isdigit() and ":" in value:
-        return value + ":00"
+# ISO 8601's basic format (20261129T030000Z, 20261129T0300+0100), which pydantic does not read
+_ISO_BASIC = re.compile(r"(\d{4})(\d{2})(\d{2})[T ](\d{2})(\d{2})(\d{2}(?:[.,]\d+)?)?(Z|[+-]\d{2}(?::?\d{2})?)?",
+                        re.IGNORECASE)
+
+
+def _client_time(value: Any) -> Any:
+    """Date-time text as clients really send it, rewritten for pydantic (which reads ISO 8601's extended format
+    and Unix times):
+
+    - ``…+01`` → ``…+01:00``: PostgreSQL writes a whole-hour offset so (``2026-11-29 03:00:00+01``), and a server
+      integration sends its database's timestamps as they come;
+    - ISO 8601's basic format, ``20261129T030000Z``;
+    - RFC 2822 / RFC 1123 dates, ``Sun, 29 Nov 2026 03:00:00 GMT`` (HTTP's Date, JavaScript's toUTCString()).
+    Anything else is left for pydantic to read or refuse."""
+    if not isinstance(value, str) or len(value) < 11 or (value[4] == "-" and value[-3] not in "+-"):
+        return value  # (the common case, extended ISO 8601 with a full offset or none, costs two comparisons)
+    if value[4] == "-":
+        if value[-2:].isdigit() and value[-4].isdigit() and ":" in value:
+            return value + ":00"
+        return value
+    if m := _ISO_BASIC.fullmatch(value.strip()):
+        y, mo, d, h, mi, sec, zone = m.groups()
+        zone = zone or ""
+        if len(zone) == 5 and zone[0] in "+-":
+            zone = f"{zone[:3]}:{zone[3:]}"
+        return f"{y}-{mo}-{d}T{h}:{mi}:{(sec or '00').replace(',', '.')}{zone}"
+    if "," in value[:10] or value[:3].isalpha():
+        try:
+            return parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return value
     return value
 
 
 # the tracking API's client times: ISO 8601, or a Unix time as some SDKs and hand-written clients send it (a number
 # or its text; pydantic reads one beyond ±2e10 as milliseconds). Refusing it lost the whole event.
-IsoOrUnixDatetime = Annotated[datetime, BeforeValidator(_hour_offset), AfterValidator(_in_utc_range),
+IsoOrUnixDatetime = Annotated[datetime, BeforeValidator(_client_time), AfterValidator(_in_utc_range),
                               WithJsonSchema({"anyOf": [{"type": "string", "format": "date-time"},
                                                         {"type": "number", "description": "Unix time, s or ms"}]},
                                              mode="validation")]

@@ -381,14 +381,21 @@ async def test_unix_times_are_read_as_seconds_or_milliseconds(apps, workspace) -
         {"type": "track", "userId": "epoch", "event": "Bool", "timestamp": True},
         # PostgreSQL's own text for a timestamptz (a whole-hour offset), as a server integration sends it
         {"type": "track", "userId": "epoch", "event": "Postgres", "timestamp": "2024-03-05 07:20:30-03"},
+        # ISO 8601's basic format, and RFC 1123 / 2822 (HTTP's Date header, JavaScript's toUTCString())
+        {"type": "track", "userId": "epoch", "event": "Basic", "timestamp": "20240305T102030Z"},
+        {"type": "track", "userId": "epoch", "event": "BasicOffset", "timestamp": "20240305T122030.000+0200"},
+        {"type": "track", "userId": "epoch", "event": "Rfc1123", "timestamp": "Tue, 05 Mar 2024 10:20:30 GMT"},
+        {"type": "track", "userId": "epoch", "event": "Rfc2822", "timestamp": "Tue, 05 Mar 2024 05:20:30 -0500"},
+        {"type": "track", "userId": "epoch", "event": "Nonsense", "timestamp": "Tue, 35 Mar 2024 10:20:30 GMT"},
     ]})
-    assert r.status_code == 200 and r.json()["accepted"] == 5, r.text
-    assert [x["index"] for x in r.json()["rejected"]] == [4]
+    assert r.status_code == 200 and r.json()["accepted"] == 9, r.text
+    assert [x["index"] for x in r.json()["rejected"]] == [4, 10]
     events = (await apps["ingest"].get("/v1/profiles/epoch/events", headers=h)).json()["events"]
     at = {e["event"]: datetime.fromisoformat(e["timestamp"]) for e in events}
     base = datetime(2024, 3, 5, 10, 20, 30, tzinfo=UTC)
     assert at == {"Seconds": base, "Millis": base + timedelta(milliseconds=123), "Text": base + timedelta(seconds=0.5),
-                  "Iso": base, "Postgres": base}
+                  "Iso": base, "Postgres": base, "Basic": base, "BasicOffset": base, "Rfc1123": base,
+                  "Rfc2822": base}
     # a device clock an hour fast, in epoch milliseconds both: the skew is removed as for ISO times
     now = datetime.now(UTC)
     device_ms = int((now + timedelta(hours=1)).timestamp() * 1000)

@@ -1,11 +1,12 @@
 from datetime import UTC, datetime, timedelta, timezone
+from email.utils import format_datetime
 
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 from services.ingest.tracking import corrected_timestamp
-from shared.validation import IsoDatetime
+from shared.validation import IsoDatetime, IsoOrUnixDatetime
 
 RECEIVED = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 offsets = st.integers(min_value=-10 * 86400, max_value=10 * 86400).map(lambda s: timedelta(seconds=s))
@@ -76,3 +77,33 @@ def test_a_date_time_is_accepted_exactly_when_it_exists_in_utc(value: datetime) 
     except ValidationError:
         accepted = False
     assert accepted == in_range
+
+
+_client = TypeAdapter(IsoOrUnixDatetime)
+_common = st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(9998, 12, 31),
+                       timezones=st.integers(min_value=-14 * 60, max_value=14 * 60).map(
+                           lambda m: timezone(timedelta(minutes=m))))
+
+
+def _offset(value: datetime, sep: str = "") -> str:
+    minutes = int(value.utcoffset().total_seconds() // 60)  # type: ignore[union-attr]
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}{sep}{abs(minutes) % 60:02d}"
+
+
+@given(value=_common)
+def test_iso_basic_rfc_2822_and_postgres_forms_are_the_same_instant(value: datetime) -> None:
+    """Every way a client writes one instant reads back as that instant: ISO 8601 extended and basic (with
+    fractions), RFC 2822 / 1123 (whole seconds), and PostgreSQL's text (a whole-hour offset written ``+HH``)."""
+    whole = value.replace(microsecond=0)
+    forms = {
+        value.isoformat(): value,
+        value.strftime("%Y%m%dT%H%M%S.%f") + _offset(value): value,
+        whole.strftime("%Y%m%dT%H%M%S") + _offset(value, ":"): whole,
+        format_datetime(whole): whole,
+        whole.astimezone(UTC).strftime("%a, %d %b %Y %H:%M:%S GMT"): whole,
+    }
+    if value.utcoffset().total_seconds() % 3600 == 0:  # type: ignore[union-attr]
+        forms[whole.strftime("%Y-%m-%d %H:%M:%S") + _offset(value)[:3]] = whole
+    for text, instant in forms.items():
+        assert _client.validate_python(text) == instant, text

@@ -91,8 +91,13 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
 
 
 # asyncpg's own words for "the server went away or is not taking connections" (a restart, a failover)
+# (TooManyConnectionsError: every connection slot of the server is taken, 53300 — no connection for now, as when
+# it is restarting)
 _CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.exceptions.CannotConnectNowError,
-                      asyncpg.exceptions.ConnectionDoesNotExistError)
+                      asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.TooManyConnectionsError)
+# SQLSTATEs of a database that cannot be used for now: connection exceptions, operator intervention (shutting
+# down, restarting), no connection slot left
+UNAVAILABLE_SQLSTATES = ("08", "57P", "53300")
 
 
 def _broken(exc: BaseException | None) -> bool:
@@ -103,13 +108,14 @@ def _broken(exc: BaseException | None) -> bool:
 
 def unreachable(exc: BaseException) -> bool:
     """True when ``exc`` says PostgreSQL could not be reached, or the connection broke (refused, reset, timed out,
-    the server restarting or shutting down): an outage to wait out, not a fault of the statement or its data. The
-    same work, tried again once the database answers, is right (a commit cut off mid-flight may or may not have
-    landed, so what is tried again must be idempotent — every worker's work is). A bare ``OSError`` or
-    ``TimeoutError`` counts only when the database driver raised it (not an SMTP connection, not a ``wait_for``)."""
+    the server restarting or shutting down, no connection slot left): an outage to wait out, not a fault of the
+    statement or its data. The same work, tried again once the database answers, is right (a commit cut off
+    mid-flight may or may not have landed, so what is tried again must be idempotent — every worker's work is). A
+    bare ``OSError`` or ``TimeoutError`` counts only when the database driver raised it (not an SMTP connection,
+    not a ``wait_for``)."""
     if isinstance(exc, DBAPIError):
         state = sqlstate(exc) or ""
-        return bool(exc.connection_invalidated or state.startswith(("08", "57P")) or _broken(exc.orig)
+        return bool(exc.connection_invalidated or state.startswith(UNAVAILABLE_SQLSTATES) or _broken(exc.orig)
                     or _broken(getattr(exc.orig, "__cause__", None)))
     if isinstance(exc, asyncpg.exceptions.InterfaceError | asyncpg.exceptions.PostgresError):
         return _broken(exc)

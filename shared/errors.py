@@ -38,6 +38,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared.db import UNAVAILABLE_SQLSTATES
 from shared.routing import routed
 from shared.validation import error_location, error_message
 
@@ -284,7 +285,7 @@ def install_error_handlers(app: FastAPI) -> None:
             return problem_response(ValidationFailed(
                 "A value is out of the range the database can store (a date before year 1 in UTC, or an "
                 "integer beyond 64 bits)"), request)
-        if exc.connection_invalidated or sqlstate.startswith(("08", "57P")):
+        if exc.connection_invalidated or sqlstate.startswith(UNAVAILABLE_SQLSTATES):
             log.warning("request.database_unavailable", sqlstate=sqlstate)
             return problem_response(UpstreamUnavailable("The database is not reachable; retry shortly",
                                                         headers={"Retry-After": "1"}), request)
@@ -298,7 +299,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     # connecting to PostgreSQL failed (refused, timed out, server restarting): nothing was written
     for connection_error in (OSError, TimeoutError, asyncpg.exceptions.CannotConnectNowError,
-                             asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.InterfaceError):
+                             asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.InterfaceError,
+                             asyncpg.exceptions.TooManyConnectionsError):
         app.add_exception_handler(connection_error, _database_down)
 
     @app.exception_handler(httpx.HTTPError)

@@ -53,3 +53,36 @@ async def test_a_timeout_or_socket_error_outside_the_driver_is_not_an_outage() -
     with pytest.raises(OSError) as refused:
         await asyncio.open_connection("127.0.0.1", free_port())
     assert not unreachable(refused.value)
+
+
+async def test_no_connection_slot_left_is_an_outage_and_a_503(settings, sessionmaker) -> None:
+    """PostgreSQL out of connection slots (``too many clients already``, SQLSTATE 53300 — here a role's own
+    CONNECTION LIMIT, which raises the same) is waited out by workers and answered 503 with Retry-After, not 500."""
+    import uuid
+
+    import httpx
+    from sqlalchemy.engine import make_url
+
+    from services.campaign.app import create_app
+
+    role = f"tenure_no_slots_{uuid.uuid4().hex[:8]}"
+    async with sessionmaker() as session, session.begin():
+        await session.execute(text(f"create role {role} login connection limit 0"))
+    try:
+        url = make_url(settings.database_url).set(username=role, password=None)
+        limited = settings.model_copy(update={"database_url": url.render_as_string(hide_password=False)})
+        engine = create_engine(limited, pool_size=1)
+        try:
+            error = await _error_of(create_sessionmaker(engine), "select 1")
+            assert "TooManyConnections" in repr(error) and unreachable(error), repr(error)
+        finally:
+            await engine.dispose()
+        app = create_app(limited)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app), base_url="http://campaign") as client:
+            resp = await client.get("/v1/campaigns", headers={"Authorization": "Bearer sk_nothing"})
+        assert resp.status_code == 503 and resp.headers["retry-after"], resp.text
+        assert resp.headers["content-type"] == "application/problem+json"
+    finally:
+        async with sessionmaker() as session, session.begin():
+            await session.execute(text(f"drop role {role}"))

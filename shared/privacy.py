@@ -6,7 +6,8 @@ Each service supplies two domain functions over its own schema; this module turn
   about those profiles; idempotent (erasing twice erases nothing more) and answers what it removed.
   ``profile_ids`` is empty when ingest holds no profile for the user: a service that keeps records by
   profile only then answers that it removed nothing.
-- ``GET /v1/privacy/export?profile_id=...&identity=...``: everything held about those profiles, as JSON.
+- ``GET /v1/privacy/export?profile_id=...&identity=...``: everything held about those profiles and ids, as
+  JSON (no ``profile_id`` when ingest holds no profile, as for an erasure).
 
 ``identities`` are the user's own ids (userId, anonymousId, email, phone), for records a service keys by
 them rather than by profile: a service that has such records passes ``by_identity`` (campaign's program
@@ -27,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.auth import InternalDep
 from shared.db import SessionDep
-from shared.errors import COMMON_ERRORS
+from shared.errors import COMMON_ERRORS, ValidationFailed
 from shared.validation import StorableText
 
 EraseFn = Callable[[AsyncSession, uuid.UUID, list[uuid.UUID]], Awaitable[dict[str, int]]]
@@ -93,11 +94,14 @@ def person_privacy_router(service: str, erase: ErasePersonFn, export: ExportPers
     @router.get("/export", operation_id=f"{service}_export_profiles",
                 summary="Everything this service holds about profiles (internal)", responses=COMMON_ERRORS)
     async def export_route(principal: InternalDep, session: SessionDep,
-                           profile_id: Annotated[list[uuid.UUID], Query(min_length=1)],
+                           profile_id: Annotated[list[uuid.UUID], Query(
+                               default_factory=list, description="none when ingest holds no profile for the user")],
                            identity: Annotated[list[StorableText],
                                                Query(default_factory=list, description="the user's own ids")]
                            ) -> dict[str, Any]:
         ws = principal.require_workspace()
+        if not profile_id and not identity:
+            raise ValidationFailed("name the user: profile_id, identity or both")
         async with session.begin():
             return await export(session, ws, profile_id, list(identity))
 

@@ -1,20 +1,24 @@
 """Erasure and export of what delivery holds about a person, found by their profile ids and by their own ids
 (userId, anonymousId, email, phone), which ingest passes with every request:
 
-- their messages: those sent for the profile (``metadata.profile_id``, which campaign fills in) and those
+- their messages: those sent for the profile (``metadata.profile_id``, which campaign fills in), those
   sent through the API under the user's ids (``metadata.userId`` / ``anonymousId``: a double opt-in's
-  confirmation, a receipt), with every attempt and provider report kept for them (``early_events``);
+  confirmation, a receipt), and those sent to their own email address or phone number (a receipt sent by
+  address alone), with every attempt and provider report kept for them (``early_events``);
 - the opens and clicks of those messages (``engagements``: time, URL, user agent);
 - the events about them for ingest (``feedback``), forwarded or still pending: those of the messages and
   those naming the user's ids. A pending one sent after the erasure would recreate a profile in ingest;
 - the devices (push tokens, Web Push subscriptions) registered under the user's ids;
 - the consent records of their addresses (the messages' recipients, and the email or phone among their
-  ids): double opt-in requests (``opt_ins``) and topics they chose to receive (``subscriptions``).
+  ids): double opt-in requests and SMS opt-ins (``opt_ins``: the consent marketing needs, so nothing is sent
+  on it after the erasure) and topics they chose to receive (``subscriptions``).
 
 Kept, deliberately, because they are what proves and honours an opt-out (GDPR art. 17(3)(b) and (e), art.
 21(3)): suppressions, the consent log, and topics the address opted out of (``subscriptions`` rows with
 ``subscribed = false``, a suppression for one topic). They hold an address, not a profile; deleting them
-would let the address be mailed again if it came back (imported, signed up on another profile). Also kept:
+would let the address be mailed again if it came back (imported, signed up on another profile). The consent
+log's opt-in entries stay with it: they are the evidence that texts already sent had consent (a TCPA claim,
+art. 17(3)(e)); the opt-in itself (``opt_ins``) goes, so nothing more is sent on it. Also kept:
 ``webhook_receipts``, which hold only a provider's id of an inbound STOP / START text (no number, no
 content), cannot be tied to a person here, and stop a retried STOP from being applied twice.
 
@@ -28,25 +32,48 @@ Erasure runs in the caller's transaction and is idempotent: a retry finds nothin
 import uuid
 from typing import Any
 
+from email_validator import EmailNotValidError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.delivery.schemas import e164, normalized_email
+
+_ADDRESSED = ("email", "sms")  # channels whose recipient is an address (consent is kept per address)
 _MINE = ("workspace_id = :ws and ((metadata->>'profile_id') = any(CAST(:p AS text[])) "
          "or (metadata->>'userId') = any(CAST(:ids AS text[])) "
-         "or (metadata->>'anonymousId') = any(CAST(:ids AS text[])))")
-_ADDRESSED = ("email", "sms")  # channels whose recipient is an address (consent is kept per address)
+         "or (metadata->>'anonymousId') = any(CAST(:ids AS text[])) "
+         # sent to the person's own address, for them or not (a receipt sent by address alone)
+         "or (channel in ('email', 'sms') and to_address = any(CAST(:to AS text[]))))")
 _AT_ADDRESS = "workspace_id = :ws and address = any(CAST(:a AS text[]))"
 
 
+def _as_addresses(identity: str) -> set[str]:
+    """The forms an id that is an email or a phone number takes as a message's recipient: as given, and as
+    delivery normalises addresses (email_validator's form, lower-cased too; a phone number in E.164)."""
+    forms = {identity}
+    if "@" in identity:
+        try:
+            normal = normalized_email(identity)
+        except EmailNotValidError:
+            return forms
+        return forms | {normal, normal.lower()}
+    try:
+        return forms | {e164(identity)}
+    except ValueError:  # not a phone number (a userId)
+        return forms
+
+
 def _params(ws: uuid.UUID, pids: list[uuid.UUID], identities: list[str]) -> dict[str, Any]:
-    return {"ws": ws, "p": [str(p) for p in pids], "ids": sorted(set(identities))}
+    ids = sorted(set(identities))
+    return {"ws": ws, "p": [str(p) for p in pids], "ids": ids,
+            "to": sorted(set().union(*(_as_addresses(i) for i in ids)) if ids else set())}
 
 
-def _addresses(recipients: list[tuple[str, str]], identities: list[str]) -> list[str]:
+def _addresses(recipients: list[tuple[str, str]], params: dict[str, Any]) -> list[str]:
     """The person's addresses: their messages' recipients ((channel, address) pairs) and their ids (an
-    email, a phone), as consent records store them (lower case)."""
+    email, a phone, in the forms messages are addressed by), as consent records store them (lower case)."""
     return sorted({to.lower() for channel, to in recipients if channel in _ADDRESSED}
-                  | {i.lower() for i in identities})
+                  | {i.lower() for i in params["to"]})
 
 
 def _count(result: Any) -> int:
@@ -82,7 +109,7 @@ async def erase(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID], ide
         "or (payload->>'anonymousId') = any(CAST(:who AS text[])) "
         "or (payload->'properties'->>'message_id') = any(CAST(:m AS text[])))"),
         {"ws": ws, "who": who, "m": [str(m) for m in mids]}))
-    at_address = {"ws": ws, "a": _addresses([(r.channel, r.to_address) for r in rows], params["ids"])}
+    at_address = {"ws": ws, "a": _addresses([(r.channel, r.to_address) for r in rows], params)}
     removed["opt_ins"] = _count(await session.execute(text(
         f"delete from delivery.opt_ins where {_AT_ADDRESS}"), at_address))
     # topics chosen; those opted out of stay (with suppressions and the consent log): see the module docstring
@@ -106,8 +133,7 @@ async def export(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID], id
         f"metadata, created_at, sent_at from delivery.messages where {_MINE} order by created_at, id"),
         params)).mappings().all()
     by_message = {"ws": ws, "m": [m["id"] for m in messages]}
-    at_address = {"ws": ws, "a": _addresses([(m["channel"], m["to_address"]) for m in messages],
-                                            params["ids"])}
+    at_address = {"ws": ws, "a": _addresses([(m["channel"], m["to_address"]) for m in messages], params)}
     return {
         "messages": [dict(m) for m in messages],
         "attempts": await rows(

@@ -540,9 +540,10 @@ async def get_privacy_request(request_id: uuid.UUID, ws: WorkspaceDep, session: 
                     description=("Ingest's records and each other service's about the user. By email, every "
                                  "profile holding that address is included: `profile` is the one "
                                  "`GET /v1/profiles/{ref}` finds, `other_profiles` the rest, and `identities` and "
-                                 "`events` are those of them all."),
+                                 "`events` are those of them all. A reference no profile has (an address only "
+                                 "delivery knows) gets what the other services hold under it, with `profile` null."),
                     responses={200: {"model": ExportOut, "description": "Successful Response"}, **COMMON_ERRORS,
-                               404: problem_schema("No such user")})
+                               404: problem_schema("Nothing is held under that reference")})
 async def export_user(ref: ProfileRef, ws: WorkspaceDep, session: SessionDep, request: Request) -> dict[str, Any]:
     async with session.begin():
         return await privacy.export(session, request.app.state.internal, ws, ref)

@@ -73,13 +73,20 @@ def _probe_hashes(kind: str, value: str) -> set[bytes]:
 
 
 
-async def _emails(session: AsyncSession, params: dict[str, Any]) -> list[str]:
-    """The email traits of the profiles ``params["p"]`` (other services key records by address)."""
+async def _contacts(session: AsyncSession, params: dict[str, Any]) -> list[tuple[str | None, str | None]]:
+    """The (email, phone) traits of the profiles ``params["p"]``: delivery holds messages, opt-ins and devices by
+    address, so both go to the other services with the person's ids."""
     rows = await session.execute(
-        text("select traits->>'email' from ingest.profiles where id = any(CAST(:p AS uuid[])) and traits ? 'email'"),
+        text("select traits->>'email', traits->>'phone' from ingest.profiles "
+             "where id = any(CAST(:p AS uuid[])) and (traits ? 'email' or traits ? 'phone')"),
         params,
     )
-    return [e for e in rows.scalars().all() if e]
+    return [(e or None, ph or None) for e, ph in rows.all()]
+
+
+async def _addresses(session: AsyncSession, params: dict[str, Any]) -> set[str]:
+    """The email and phone traits of the profiles ``params["p"]``."""
+    return {a for pair in await _contacts(session, params) for a in pair if a}
 
 
 def subject_digest(request_id: uuid.UUID, subject: str) -> str:
@@ -107,7 +114,8 @@ async def erase(session: AsyncSession, ws: uuid.UUID, ref: str, *, suppress: boo
              "where workspace_id = :ws and profile_id = any(CAST(:p AS uuid[]))"),
         params,
     )).all()]
-    emails = await _emails(session, params)
+    contacts = await _contacts(session, params)  # (before the profiles go)
+    emails = [e for e, _ in contacts if e]
     if not pids:  # nothing held here: the reference is all there is, as any id it may be (see the docstring)
         idents = [(kind, ref) for kind in ("user_id", "anonymous_id", "email")]
     removed: dict[str, int] = {}
@@ -129,7 +137,7 @@ async def erase(session: AsyncSession, ws: uuid.UUID, ref: str, *, suppress: boo
              f"services, removed, identities) values (:id, :ws, 'erasure', :subject, CAST(:pids AS jsonb), :suppress, "
              f"'pending', CAST(:services AS jsonb), CAST(:removed AS jsonb), CAST(:ids AS jsonb)) returning {_COLS}"),
         {"id": request_id, "ws": ws, "subject": ref, "pids": dumps([str(p) for p in pids]), "suppress": suppress,
-         "ids": dumps(sorted({v for _, v in idents} | {e for e in emails if e})),
+         "ids": dumps(sorted({v for _, v in idents} | {a for pair in contacts for a in pair if a})),
          "services": dumps({s: {"status": "pending", "attempts": 0} for s in OTHER_SERVICES}),
          "removed": dumps(removed)},
     )).one()
@@ -357,11 +365,13 @@ async def pending_erasures(session: AsyncSession) -> tuple[int, float]:
 async def export(session: AsyncSession, internal: InternalClient, ws: uuid.UUID, ref: str) -> dict[str, Any]:
     """Everything Tenure holds about a user (every profile ``ref`` names, as an erasure finds them): ingest's
     records plus each other service's. ``profile`` is the one a lookup of ``ref`` finds, ``other_profiles`` the
-    others (by email: every other profile with that address); identities and events are those of them all."""
+    others (by email: every other profile with that address); identities and events are those of them all.
+
+    A reference no profile has is asked of the other services as it is (as an erasure passes it): someone only
+    delivery knows — receipts to an address no identify ever named — gets what is held about them, with
+    ``profile`` null. Only when no service holds anything is it a 404."""
     subjects = await subject_profiles(session, ws, ref)
-    if not subjects:
-        raise NotFound(f"No profile {ref!r} in this workspace")
-    profile, *others = [await get_profile(session, ws, str(p)) for p in subjects]
+    profiles = [await get_profile(session, ws, str(p)) for p in subjects]
     pids = await with_merged_ids(session, ws, subjects)
     params = {"ws": ws, "p": pids}
     identities = (await session.execute(
@@ -373,12 +383,23 @@ async def export(session: AsyncSession, internal: InternalClient, ws: uuid.UUID,
              "from ingest.events where workspace_id = :ws and profile_id = any(CAST(:p AS uuid[])) order by seq"),
         params,
     )).mappings().all()
-    out: dict[str, Any] = {"profile": profile, "other_profiles": others, "identities": [dict(r) for r in identities],
-                           "events": [dict(r) for r in events]}
-    # the same ids an erasure passes (identities and email), so both reach the same records
-    ids = sorted({r["value"] for r in identities} | set(await _emails(session, params)))
+    out: dict[str, Any] = {"profile": profiles[0] if profiles else None, "other_profiles": profiles[1:],
+                           "identities": [dict(r) for r in identities], "events": [dict(r) for r in events]}
+    # the same ids an erasure passes (identities, email and phone; the reference itself when no profile has it),
+    # so both reach the same records
+    ids = sorted({r["value"] for r in identities} | await _addresses(session, params)) if pids else [ref]
     for svc in OTHER_SERVICES:
         resp = await internal.request("GET", svc, "/v1/privacy/export", headers={WORKSPACE_HEADER: str(ws)},
                                       params={"profile_id": [str(p) for p in pids], "identity": ids})
         out[svc] = resp.json() if resp.status_code == 200 else {"error": f"{svc} answered {resp.status_code}"}
+    if not pids and not any(_holds_anything(out[svc]) for svc in OTHER_SERVICES):
+        raise NotFound(f"Nothing is held about {ref!r} in this workspace (no profile, and no other service holds "
+                       "records under it)")
     return out
+
+
+def _holds_anything(part: Any) -> bool:
+    """Whether a service's export holds a record (any non-empty list in it), or could not be asked."""
+    if isinstance(part, dict):
+        return "error" in part or any(_holds_anything(v) for v in part.values())
+    return isinstance(part, list) and bool(part)

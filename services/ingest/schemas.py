@@ -320,7 +320,9 @@ class PrivacyRequestOut(BaseModel):
 class ExportOut(BaseModel):
     """Everything held about a user, across the services."""
 
-    profile: ProfileOut = Field(description="the profile the reference names (as `GET /v1/profiles/{ref}` finds it)")
+    profile: ProfileOut | None = Field(description="the profile the reference names (as `GET /v1/profiles/{ref}` "
+                                                   "finds it); null when no profile has it but another service holds "
+                                                   "records under it (e.g. receipts sent to that address)")
     other_profiles: list[ProfileOut] = Field(
         default_factory=list,
         description="the other profiles the reference names: by email, every other profile holding that address "

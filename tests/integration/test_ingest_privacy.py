@@ -638,3 +638,58 @@ async def test_the_services_take_an_erasure_with_no_profile_ids_but_not_one_nami
         assert r.status_code == 200 and set(r.json()["removed"].values()) <= {0}, (svc, r.text)
         r = await apps[svc].post("/v1/privacy/erasure", headers=h, json={"profile_ids": [], "identities": []})
         assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json"), (svc, r.text)
+
+
+async def test_an_erasure_reaches_messages_and_opt_ins_held_by_the_persons_own_address(
+        apps, workspace, sessionmaker, internal_client) -> None:
+    """Delivery holds some records by address alone: a receipt sent to the person's email through the API (no
+    userId in its metadata), an SMS opt-in for their phone. The export shows them, the erasure removes them (the
+    phone taken from the profile's ``phone`` trait in any notation), and no marketing text goes out on the erased
+    opt-in. Someone only delivery knows can still ask what is held about them."""
+    ingest, delivery = apps["ingest"], apps["delivery"]
+    wk, h = (workspace.write_key, ""), {"Authorization": f"Bearer {workspace.secret_key}"}
+    tag = uuid.uuid4().hex[:6]
+    user, email, phone = f"re-{tag}", f"Re.{tag}@Example.com", "+1 (415) 555-0142"
+    r = await ingest.post("/v1/identify", auth=wk, json={"userId": user, "traits": {"email": email, "phone": phone}})
+    assert r.json()["accepted"] == 1
+    receipt = await delivery.post("/v1/messages", headers=h, json={
+        "idempotency_key": f"receipt-{tag}", "channel": "email", "to": email, "subject": "Your receipt",
+        "text": "Thanks", "message_type": "transactional"})
+    assert receipt.status_code == 202, receipt.text
+    opt_in = await delivery.post("/v1/sms-opt-ins", headers=h, json={
+        "phone": "+14155550142", "user_id": user,
+        "evidence": {"text": "Text me offers", "source": "checkout", "ip": "203.0.113.9"}})
+    assert opt_in.status_code in (200, 201), opt_in.text
+    # someone delivery alone knows: receipts to an address no identify named
+    stranger = f"only-delivery-{tag}@example.com"
+    alone = await delivery.post("/v1/messages", headers=h, json={
+        "idempotency_key": f"alone-{tag}", "channel": "email", "to": stranger, "subject": "Your receipt",
+        "text": "Thanks", "message_type": "transactional"})
+    assert alone.status_code == 202
+
+    export = (await ingest.get(f"/v1/privacy/export/{user}", headers=h)).json()
+    assert [m["id"] for m in export["delivery"]["messages"]] == [receipt.json()["id"]]
+    assert [o["address"] for o in export["delivery"]["opt_ins"]] == ["+14155550142"]
+    assert [e["evidence"]["ip"] for e in export["delivery"]["consent_log"] if e["action"] == "opted_in"] == [
+        "203.0.113.9"]
+    theirs = await ingest.get(f"/v1/privacy/export/{stranger}", headers=h)
+    assert theirs.status_code == 200, theirs.text
+    assert theirs.json()["profile"] is None
+    assert [m["id"] for m in theirs.json()["delivery"]["messages"]] == [alone.json()["id"]]
+    nobody = await ingest.get(f"/v1/privacy/export/nobody-{tag}@example.com", headers=h)
+    assert nobody.status_code == 404 and nobody.headers["content-type"] == "application/problem+json"
+
+    for ref in (user, stranger):
+        r = await ingest.post("/v1/privacy/erasure", headers=h, json={"user": ref})
+        assert r.status_code == 202, r.text
+    await _propagate(sessionmaker, internal_client)
+    for m in (receipt, alone):
+        assert (await delivery.get(f"/v1/messages/{m.json()['id']}", headers=h)).status_code == 404
+    # the opt-in is gone: a marketing text to the number is not sent on it
+    text_after = await delivery.post("/v1/messages", headers=h, json={
+        "idempotency_key": f"after-{tag}", "channel": "sms", "to": "+14155550142", "text": "20% off",
+        "message_type": "marketing"})
+    assert text_after.json()["status"] == "suppressed", text_after.text
+    assert "opt-in" in text_after.json()["last_error"]
+    after = await ingest.get(f"/v1/privacy/export/{stranger}", headers=h)
+    assert after.status_code == 404, after.text

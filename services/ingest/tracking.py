@@ -73,7 +73,7 @@ def corrected_timestamp(
     original_timestamp: datetime | None,
     sent_at: datetime | None,
 ) -> datetime:
-    """Event time with the client's clock skew removed (Segment spec, ``common.md``).
+    """Event time with the client's clock skew removed (Segment spec, ``common.md``), never after receipt.
 
     ``timestamp = receivedAt - (sentAt - originalTimestamp)``; the client's own idea of "when" is
     ``originalTimestamp`` or, from Segment's libraries, ``timestamp``. Without ``sentAt`` the skew is
@@ -81,9 +81,19 @@ def corrected_timestamp(
     A message with both was given its ``timestamp`` by the caller (RudderStack's SDKs stamp
     ``originalTimestamp`` themselves and pass a backdated ``timestamp`` through): that time is kept as
     sent, as RudderStack's own server does.
+
+    A time after receipt (a clock set ahead, with no ``sentAt`` to correct it) is the receipt: an event dated in
+    2030 would otherwise win every trait merge until 2030 (newer timestamp wins) and sit ahead of every feed
+    reader's idea of "recent".
     """
     received = _utc(received_at)
     assert received is not None
+    return min(_client_time(received, timestamp=timestamp, original_timestamp=original_timestamp,
+                            sent_at=sent_at), received)
+
+
+def _client_time(received: datetime, *, timestamp: datetime | None, original_timestamp: datetime | None,
+                 sent_at: datetime | None) -> datetime:
     try:
         explicit = _utc(timestamp) if original_timestamp is not None else None
         if explicit is not None:

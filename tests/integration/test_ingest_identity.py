@@ -323,3 +323,20 @@ async def test_of_two_identifies_at_the_same_time_the_later_call_wins(apps, work
     headers = {"Authorization": f"Bearer {workspace.secret_key}"}
     profile = (await apps["ingest"].get(f"/v1/profiles/{user}", headers=headers)).json()
     assert (profile["traits"]["plan"], profile["traits"]["seats"]) == ("basic", 2)
+
+
+async def test_an_identify_dated_in_the_future_does_not_freeze_a_trait(apps, workspace) -> None:
+    """A device clock set years ahead, with no ``sentAt`` to correct it: the event is dated on receipt, so the next
+    identify still wins (newer timestamp wins per trait) instead of losing every merge until 2030."""
+    from datetime import UTC, datetime, timedelta
+
+    wk, user = (workspace.write_key, ""), f"future-{uuid.uuid4().hex[:6]}"
+    r = await apps["ingest"].post("/v1/identify", auth=wk, json={
+        "userId": user, "traits": {"plan": "trial"}, "timestamp": "2030-01-01T00:00:00Z"})
+    assert r.json()["accepted"] == 1
+    r = await apps["ingest"].post("/v1/identify", auth=wk, json={"userId": user, "traits": {"plan": "paid"}})
+    assert r.json()["accepted"] == 1
+    assert (await _profile(apps, workspace, user))["traits"]["plan"] == "paid"
+    events = (await apps["ingest"].get(f"/v1/profiles/{user}/events", headers={
+        "Authorization": f"Bearer {workspace.secret_key}"})).json()["events"]
+    assert all(datetime.fromisoformat(e["timestamp"]) <= datetime.now(UTC) + timedelta(seconds=1) for e in events)

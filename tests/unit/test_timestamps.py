@@ -39,7 +39,19 @@ def test_naive_times_are_utc() -> None:
 def test_absurd_client_clocks_do_not_overflow() -> None:
     far = datetime(9999, 12, 31, tzinfo=UTC)
     ancient = datetime(1, 1, 1, tzinfo=UTC)
-    assert corrected_timestamp(RECEIVED, timestamp=None, original_timestamp=far, sent_at=ancient) == far
+    # (the overflow keeps the client's time, which is after receipt: the receipt then)
+    assert corrected_timestamp(RECEIVED, timestamp=None, original_timestamp=far, sent_at=ancient) == RECEIVED
+    assert corrected_timestamp(RECEIVED, timestamp=None, original_timestamp=ancient, sent_at=far) == ancient
+
+
+@given(ahead=st.integers(min_value=1, max_value=10 * 365 * 86400).map(lambda s: timedelta(seconds=s)),
+       sent=st.sampled_from([None, "skewed", "true"]))
+def test_an_event_is_never_dated_after_its_receipt(ahead: timedelta, sent: str | None) -> None:
+    """A client clock set ahead with no ``sentAt`` (or a ``timestamp`` after its own ``sentAt``) gives the
+    receipt time, not a future one."""
+    sent_at = {None: None, "skewed": RECEIVED - timedelta(hours=1), "true": RECEIVED}[sent]
+    got = corrected_timestamp(RECEIVED, timestamp=RECEIVED + ahead, original_timestamp=None, sent_at=sent_at)
+    assert got == RECEIVED
 
 
 def test_offsets_past_the_calendar_fall_back_to_receipt() -> None:

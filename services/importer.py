@@ -1,8 +1,9 @@
 """``tenure import``: bulk-load profiles and events from CSV or NDJSON through ingest's batch API.
 
 Rows become Segment messages (so imports get the same validation, dedup and identity resolution as
-live traffic). A row without ``messageId`` gets one derived from its line number and content, so
-re-running an import — or resuming it after a crash from the checkpoint file — never stores a row twice.
+live traffic). A row without ``messageId`` gets one derived from its line number and content (and, for a row
+without ``timestamp``, the file's name), so re-running an import — or resuming it after a crash from the
+checkpoint file — never stores a row twice.
 Bad rows are reported with the line they start on; they never stop the import. Ctrl-C stops it wherever it
 is (:class:`Interrupted`: how far ingest has acknowledged, the checkpoint's line). Files may start with a
 UTF-8 byte order mark (what spreadsheet programs write). Batches are cut at ``batch_size`` rows or before
@@ -34,6 +35,7 @@ import orjson
 
 from services.answers import json_of, problem_text
 from shared.jsonutil import dumps, loads
+from shared.validation import unstorable
 
 MAX_MESSAGE_BYTES = 32 * 1024  # ingest's limits (services/ingest/api.py)
 MAX_BATCH_BYTES = 475_000  # under ingest's 500 KB per batch, with room for the envelope (as analytics-python)
@@ -87,8 +89,13 @@ def _interrupt_after() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def _message_id(line: int, raw: str) -> str:
-    return "import-" + hashlib.sha256(f"{line}:{raw}".encode()).hexdigest()[:32]
+def _message_id(msg: dict[str, Any], line: int, raw: str, source: str) -> str:
+    """The id of a row without ``messageId``: from its line and content, so a re-run or a resumed import stores
+    it once. A row without ``timestamp`` is dated by its import, so the file's name is part of it too: the same
+    row in day1.csv and day2.csv is two events, not one (a row with a timestamp, the same in two files, is the
+    same event)."""
+    key = f"{line}:{raw}" if msg.get("timestamp") not in (None, "") else f"{source}:{line}:{raw}"
+    return "import-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def _typed(column: str, value: str) -> tuple[str, Any]:
@@ -146,10 +153,10 @@ def read_rows(path: Path, *, fmt: str, profiles: bool) -> Iterator[tuple[Row, in
                     yield Row(line_no, None, f"invalid JSON: {exc}"), offset
                     continue
                 msg.setdefault("type", "identify" if profiles else "track")
-                msg.setdefault("messageId", _message_id(line_no, raw))
+                msg.setdefault("messageId", _message_id(msg, line_no, raw, path.name))
                 yield Row(line_no, msg), offset
             return
-        yield from _csv_rows(f, profiles=profiles)
+        yield from _csv_rows(f, profiles=profiles, source=path.name)
 
 
 class UnreadableFile(Exception):
@@ -164,7 +171,7 @@ def _not_utf8(cells: list[str]) -> bool:
     return False
 
 
-def _csv_rows(f: BinaryIO, *, profiles: bool) -> Iterator[tuple[Row, int]]:
+def _csv_rows(f: BinaryIO, *, profiles: bool, source: str) -> Iterator[tuple[Row, int]]:
     text = io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline="")
     reader = csv.reader(text)
     header: list[str] | None = None
@@ -200,7 +207,8 @@ def _csv_rows(f: BinaryIO, *, profiles: bool) -> Iterator[tuple[Row, int]]:
             continue
         # derived from the row's last line, as before rows were reported by their first: re-importing a file
         # gives its rows the ids they were stored under
-        msg.setdefault("messageId", _message_id(reader.line_num, dumps(_as_dict_reader_gave(record, cells))))
+        msg.setdefault("messageId", _message_id(msg, reader.line_num, dumps(_as_dict_reader_gave(record, cells)),
+                                                source))
         yield Row(start, msg), f.tell()
 
 
@@ -296,6 +304,9 @@ def run_import(path: Path, *, client: httpx.Client, write_key: str, fmt: str, pr
                 continue
             if row.message is None:
                 report.rejected.append((row.line, row.error or "invalid row"))
+                continue
+            if (problem := unstorable(row.message)) is not None:  # (NaN: orjson would send null)
+                report.rejected.append((row.line, f"cannot be stored: {problem}"))
                 continue
             try:
                 row.encoded = orjson.dumps(row.message)

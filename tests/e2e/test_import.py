@@ -191,3 +191,30 @@ async def test_ctrl_c_stops_the_import_saying_how_far_it_got_and_how_to_resume(i
     assert sent == stored + there == rows - done and there <= 3, resumed.stderr
     assert await _count(sessionmaker, workspace.workspace_id, "identify") == rows - 1
     assert not checkpoint.exists()
+
+
+async def test_rows_without_times_in_two_files_are_two_events_and_nan_is_reported_not_nulled(
+        ingest_url, workspace, sessionmaker, tmp_path):
+    """The same row with no timestamp in day1.csv and day2.csv is two imports of two events (each dated by its
+    import), while re-running one file still stores nothing twice; a NaN, which the tracking API refuses, is
+    reported with its line instead of being sent as null."""
+    day1, day2 = tmp_path / "day1.csv", tmp_path / "day2.csv"
+    for f in (day1, day2):
+        f.write_text("userId,event\nday-u,Logged In\n")
+    assert "1 stored" in _import(ingest_url, workspace.write_key, str(day1)).stderr
+    assert "1 stored" in _import(ingest_url, workspace.write_key, str(day2)).stderr
+    assert "0 stored" in _import(ingest_url, workspace.write_key, str(day2)).stderr
+    async with sessionmaker() as s:
+        logins = (await s.execute(text("select count(*) from ingest.events where workspace_id = :ws "
+                                       "and user_id = 'day-u'"), {"ws": workspace.workspace_id})).scalar_one()
+    assert logins == 2
+
+    nan = tmp_path / "nan.ndjson"
+    nan.write_text('{"userId": "n", "event": "A", "properties": {"x": NaN}}\n'
+                   '{"userId": "n", "event": "B", "properties": {"x": 1}}\n')
+    out = _import(ingest_url, workspace.write_key, str(nan))
+    assert out.returncode == 3 and "line 1:" in out.stderr and "NaN" in out.stderr, out.stderr
+    async with sessionmaker() as s:
+        stored = (await s.execute(text("select event, properties from ingest.events where workspace_id = :ws "
+                                       "and user_id = 'n'"), {"ws": workspace.workspace_id})).all()
+    assert [(e, p) for e, p in stored] == [("B", {"x": 1})]

@@ -37,6 +37,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.delivery.schemas import e164, normalized_email
+from shared.errors import Conflict
 
 _ADDRESSED = ("email", "sms")  # channels whose recipient is an address (consent is kept per address)
 _MINE = ("workspace_id = :ws and ((metadata->>'profile_id') = any(CAST(:p AS text[])) "
@@ -76,14 +77,28 @@ def _addresses(recipients: list[tuple[str, str]], params: dict[str, Any]) -> lis
                   | {i.lower() for i in params["to"]})
 
 
+class InFlight(Conflict):
+    """An erasure that must wait: a message of the person's is with a sender."""
+
+
 def _count(result: Any) -> int:
     return int(result.rowcount)
 
 
 async def erase(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID], identities: list[str] | None = None
                 ) -> dict[str, int]:
-    """Delete what is held about the person; rows removed per kind."""
+    """Delete what is held about the person; rows removed per kind. Raises :class:`InFlight` (nothing deleted) while
+    a message of theirs is with a sender: the erasure is asked again, and is complete only once that message went
+    out or failed (deleted under the sender, it could still reach them after "completed")."""
     params = _params(ws, pids, identities or [])
+    # locked first: a sender's claim skips them and its check just before the provider call waits, then finds the
+    # message gone (not sent)
+    sending = (await session.execute(text(
+        f"select count(*) filter (where status = 'sending' and claimed_until > now()) from ("
+        f"select status, claimed_until from delivery.messages where {_MINE} for update) m"), params)).scalar_one()
+    if sending:
+        raise InFlight(f"{sending} message(s) to this person are being sent right now; ask again once they are "
+                       "out (within the delivery lease)")
     # messages first: a worker recording an attempt, or a click or consent change arriving meanwhile (they lock
     # the message), then sees the message gone and writes nothing, or committed before, and what it wrote goes
     # with the ids deleted here (each statement below sees what committed before it)

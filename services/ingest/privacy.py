@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import httpx
 import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -294,12 +295,21 @@ async def _ask(internal: InternalClient, claim: _Claim, svc: str, timeout_s: flo
                                           json={"profile_ids": claim.profile_ids, "identities": claim.identities or []},
                                           headers={WORKSPACE_HEADER: str(claim.workspace_id)})
             if resp.status_code != 200:
-                return None, f"answered {resp.status_code}"
+                return None, _refusal(resp)
             return dict(resp.json()["removed"]), None
     except TimeoutError:
         return None, f"no answer within {timeout_s:g} s"
     except Exception as exc:  # noqa: BLE001 - recorded; asked again after the back-off
         return None, type(exc).__name__
+
+
+def _refusal(resp: httpx.Response) -> str:
+    """``answered STATUS``, with the service's reason from its problem document (an erasure waiting for a send)."""
+    try:
+        detail = resp.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    return f"answered {resp.status_code}" + (f": {detail[:300]}" if isinstance(detail, str) and detail else "")
 
 
 async def _record(sessionmaker: async_sessionmaker[AsyncSession], claim: _Claim, svc: str,

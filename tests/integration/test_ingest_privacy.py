@@ -693,3 +693,43 @@ async def test_an_erasure_reaches_messages_and_opt_ins_held_by_the_persons_own_a
     assert "opt-in" in text_after.json()["last_error"]
     after = await ingest.get(f"/v1/privacy/export/{stranger}", headers=h)
     assert after.status_code == 404, after.text
+
+
+async def test_an_erasure_completes_only_after_a_message_being_sent_to_them_is_out(
+        apps, workspace, sessionmaker, internal_client, settings) -> None:
+    """A message of the person's that a sender holds (claimed, its lease running) is not deleted under it — it
+    could still reach them after the request said "completed". Delivery refuses for now, saying why; the erasure
+    stays pending and completes once the send is recorded."""
+    from services.delivery import outbox
+
+    ingest, delivery = apps["ingest"], apps["delivery"]
+    wk, h = (workspace.write_key, ""), {"Authorization": f"Bearer {workspace.secret_key}"}
+    user = f"in-flight-{uuid.uuid4().hex[:6]}"
+    assert (await ingest.post("/v1/identify", auth=wk, json={"userId": user})).json() == ACCEPTED
+    sent = await delivery.post("/v1/messages", headers=h, json={
+        "idempotency_key": uuid.uuid4().hex, "to": f"{user}@example.com", "subject": "Receipt", "text": "x",
+        "message_type": "transactional", "metadata": {"userId": user}})
+    mid = uuid.UUID(sent.json()["id"])
+    async with sessionmaker() as s, s.begin():  # a sender claims it (and others due: given back below)
+        claimed = await outbox.claim(s, 1000, settings.delivery_lease_s)
+    mine = next(m for m in claimed if m["id"] == mid)
+    async with sessionmaker() as s, s.begin():
+        await outbox.release(s, [m for m in claimed if m["id"] != mid])
+
+    r = await ingest.post("/v1/privacy/erasure", headers=h, json={"user": user})
+    rid = r.json()["id"]
+    await _propagate(sessionmaker, internal_client)
+    req = await _request(apps, h, rid)
+    assert req["status"] == "pending" and req["services"]["delivery"]["status"] == "pending", req
+    assert "being sent" in req["services"]["delivery"]["error"], req
+    assert (await delivery.get(f"/v1/messages/{mid}", headers=h)).status_code == 200
+
+    async with sessionmaker() as s, s.begin():  # the provider took it: the send is recorded
+        await outbox.record_many(s, [outbox.Outcome(mine, datetime.now(UTC), "sent", None, "smtp-id")])
+    async with sessionmaker() as s, s.begin():  # (due again now, not after the back-off)
+        await s.execute(text("update ingest.privacy_requests set next_attempt_at = now() where id = :id"),
+                        {"id": uuid.UUID(rid)})
+    await _propagate(sessionmaker, internal_client)
+    req = await _request(apps, h, rid)
+    assert req["status"] == "completed" and req["services"]["delivery"]["removed"]["messages"] == 1, req
+    assert (await delivery.get(f"/v1/messages/{mid}", headers=h)).status_code == 404

@@ -366,7 +366,8 @@ async def test_tiers_go_up_at_once_down_after_retention_and_journeys_hear_of_it(
     await maintenance.run(world.sm, now=T0 + timedelta(days=400))
     await world.pump(T0 + timedelta(days=400))
     changes = [e["properties"] for e in await world.events(uid) if e["event"] == "Loyalty Tier Changed"]
-    assert [(c["tier"], c["direction"]) for c in changes][2:] == [("Gold", "down"), ("Silver", "down")]
+    # (both dated on their receipt: the simulated clock is ahead of ingest's, and one forward carried both)
+    assert sorted((c["tier"], c["direction"]) for c in changes[2:]) == [("Gold", "down"), ("Silver", "down")]
     assert len((await world.apps["delivery"].get("/v1/messages", headers=world.h,
                                                  params={"to": email})).json()["messages"]) == 2  # ups only
 

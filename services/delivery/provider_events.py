@@ -80,8 +80,12 @@ def _moves_status(e: dict[str, Any]) -> bool:
     return kind in ("delivered", "dropped") or kind == "bounce" and e.get("type", "bounce") == "bounce"
 
 
-async def sendgrid_event(session: AsyncSession, ws: uuid.UUID, e: dict[str, Any], *, hold: bool = True) -> str:
+async def sendgrid_event(session: AsyncSession, e: dict[str, Any], *, hold: bool = True) -> str:
     """One event of SendGrid's Event Webhook, found by the ``tenure_message_id`` we gave it in custom_args.
+
+    SendGrid is configured once per deployment, so its one Event Webhook reports every workspace's mail: the
+    event's workspace is its message's (message ids are UUIDs, unique across workspaces, and the batch's
+    signature proves SendGrid sent it), never the one a webhook URL names.
 
     ``delivered`` moves a sent message to delivered; a ``bounce`` (type bounce) or ``dropped`` to bounced,
     and suppresses the address (a drop only when SendGrid names one of its own lists); ``spamreport``
@@ -93,11 +97,12 @@ async def sendgrid_event(session: AsyncSession, ws: uuid.UUID, e: dict[str, Any]
     except ValueError:
         return IGNORED  # not one of ours
     row = (await session.execute(text(
-        "select id, status, metadata, to_address from delivery.messages where workspace_id = :ws and id = :id "
-        "for update"), {"ws": ws, "id": message_id})).mappings().first()
+        "select id, workspace_id, status, metadata, to_address from delivery.messages where id = :id and channel = "
+        "'email' for update"), {"id": message_id})).mappings().first()
     if row is None:
-        return IGNORED  # erased, or another workspace's
+        return IGNORED  # erased, or not one of ours (another deployment sharing the SendGrid account)
     message = dict(row)
+    ws = message["workspace_id"]
     who = consent.identity_of(message)
     address = address or message["to_address"]
     early = _moves_status(e) and message["status"] in NOT_YET_SENT
@@ -151,7 +156,7 @@ async def apply_held(session: AsyncSession, refs: list[str]) -> int:
             outcome = await twilio_status(session, r["workspace_id"], r["ref"], str(p.get("status", "")),
                                           str(p.get("error_code", "")), hold=False)
         else:
-            outcome = await sendgrid_event(session, r["workspace_id"], p, hold=False)
+            outcome = await sendgrid_event(session, p, hold=False)
         if outcome != HELD:
             done.append(r["id"])
     if done:

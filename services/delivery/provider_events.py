@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.delivery import consent
+from services.delivery import consent, sms
 from shared import metrics
 from shared.jsonutil import dumps
 
@@ -43,18 +43,24 @@ async def _hold(session: AsyncSession, ws: uuid.UUID, provider: str, ref: str, p
 async def twilio_status(session: AsyncSession, ws: uuid.UUID, sid: str, status: str, error_code: str = "", *,
                         hold: bool = True) -> str:
     """A Twilio status callback: ``delivered``, ``undelivered`` or ``failed`` of the SMS with this MessageSid
-    (the others — queued, sending, sent — tell us nothing new)."""
+    (the others — queued, sending, sent — tell us nothing new). A failure with error 21610 (the recipient
+    replied STOP) also suppresses the number, as the same error answering the send does."""
     ours = TWILIO_STATUS.get(status)
     if ours is None or not sid:
         return IGNORED
     row = (await session.execute(text(
-        "select id, status, metadata from delivery.messages "
+        "select id, status, metadata, to_address from delivery.messages "
         "where workspace_id = :ws and channel = 'sms' and provider_message_id = :sid for update"),
         {"ws": ws, "sid": sid})).mappings().first()
     if row is None:  # no send recorded with this sid (yet)
         if hold:
             await _hold(session, ws, "twilio", sid, {"status": status, "error_code": error_code})
         return HELD
+    if ours == "failed" and error_code.strip() == str(sms.UNSUBSCRIBED_RECIPIENT):
+        # the recipient replied STOP (to a Messaging Service sender Twilio says so only here): mirrored as the
+        # send's own 21610 is, whatever the order the callbacks came in (a suppression exists once)
+        await consent.suppress(session, ws, "sms", row["to_address"], "unsubscribed", "twilio",
+                               consent.identity_of(dict(row)))
     if row["status"] != "sent":  # already final (a repeat, or out of order): never moves back
         return IGNORED
     await session.execute(text(

@@ -26,7 +26,7 @@ from fastapi.responses import Response
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.delivery import consent, provider_events, sendgrid, sms
+from services.delivery import consent, provider_events, schemas, sendgrid, sms
 from shared.db import SessionDep
 from shared.errors import BadRequest, Forbidden, NotFound, problem_schema
 from shared.validation import unstorable
@@ -128,6 +128,21 @@ async def twilio_status(workspace_id: uuid.UUID, request: Request, session: Sess
     return Response(status_code=204)
 
 
+def _sender_number(sender: str) -> str | None:
+    """The E.164 number an inbound SMS came from, or None (logged) when it names none we text: no ``From``, or
+    another channel's address (``whatsapp:+1…``, ``messenger:…``; delivery sends SMS only, so a WhatsApp STOP
+    opts out of nothing we send, and is not taken for the SMS number's)."""
+    channel, colon, _ = sender.partition(":")
+    if colon:
+        log.info("delivery.inbound_other_channel", channel=channel[:20])
+        return None
+    try:
+        return schemas.e164(sender)
+    except ValueError:
+        log.info("delivery.inbound_without_number", present=bool(sender))
+        return None
+
+
 @router.post("/twilio/{workspace_id}/inbound", operation_id="twilio_inbound_sms", response_class=Response,
              responses={**_SIGNED, 200: {"description": "TwiML: the reply, if any", "content": {"text/xml": {}}}},
              summary="Twilio inbound SMS (signed): STOP opts out, START opts in, HELP answers")
@@ -137,9 +152,11 @@ async def twilio_inbound(workspace_id: uuid.UUID, request: Request, session: Ses
     # with Advanced Opt-Out Twilio classifies the reply itself (its own and custom, localised keywords)
     word = {"STOP": "stop", "START": "start", "HELP": "help"}.get(form.get("OptOutType", "").upper()) \
         or sms.keyword(form.get("Body", ""))
-    number = form.get("From", "")
     key = form.get("MessageSid") or form.get("SmsSid") or request.headers.get("i-twilio-idempotency-token")
-    if _unstorable("twilio", {"From": number, "MessageSid": key or ""}):
+    if _unstorable("twilio", {"From": form.get("From", ""), "MessageSid": key or ""}):
+        return _twiml()
+    number = _sender_number(form.get("From", ""))
+    if number is None:  # nothing to opt out or answer: an empty TwiML, as Twilio expects, and nothing stored
         return _twiml()
     answer = None
     async with session.begin():

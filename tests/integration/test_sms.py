@@ -410,3 +410,41 @@ async def test_error_21610_in_a_status_callback_suppresses_the_number(apps, work
     finally:
         delivery_app.state.settings = settings
 
+
+async def test_an_inbound_text_without_a_usable_sender_changes_nothing(apps, workspace, sessionmaker,
+                                                                         settings) -> None:
+    """A signed inbound STOP without ``From`` suppressed the empty address "", and one from WhatsApp
+    (``From=whatsapp:+1…``) was stored with its prefix. Delivery sends SMS only: both are answered with an empty
+    TwiML and nothing is stored; an SMS STOP still suppresses its E.164 number."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    ws = workspace.workspace_id
+    cfg = settings.model_copy(update={"twilio_account_sid": SID, "twilio_auth_token": TOKEN,
+                                      "twilio_from": "+14155550199", "delivery_public_url": "https://hooks.example.test"})
+    delivery_app = apps["delivery"]._transport.app  # type: ignore[attr-defined]
+    delivery_app.state.settings = cfg
+    path = f"/webhooks/twilio/{ws}/inbound"
+
+    async def inbound(body: str, **sender: str) -> str:
+        form = {"To": "+14155550199", "Body": body, "AccountSid": SID, "MessageSid": "SM" + uuid.uuid4().hex,
+                **sender}
+        resp = await apps["delivery"].post(path, data=form, headers={
+            "X-Twilio-Signature": sms.signature(TOKEN, cfg.public_url + path, form)})
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/xml"), resp.text
+        return resp.text
+
+    try:
+        empty = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+        assert await inbound("STOP") == empty
+        assert await inbound("STOP", From="") == empty
+        assert await inbound("STOP", From="whatsapp:+14155550141") == empty
+        assert await inbound("HELP", From="whatsapp:+14155550141") == empty  # no answer to another channel
+        async with sessionmaker() as s:
+            stored = (await s.execute(text(
+                "select (select count(*) from delivery.suppressions where workspace_id = :ws) + "
+                "(select count(*) from delivery.consent_log where workspace_id = :ws)"), {"ws": ws})).scalar_one()
+        assert stored == 0
+        assert await inbound("STOP", From="+14155550142") == empty
+        sup = (await apps["delivery"].get("/v1/suppressions", headers=h, params={"channel": "sms"})).json()
+        assert [x["address"] for x in sup["suppressions"]] == ["+14155550142"]
+    finally:
+        delivery_app.state.settings = settings

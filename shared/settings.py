@@ -97,7 +97,8 @@ class Settings(BaseSettings):
     sendgrid_api_key: str | None = None
     sendgrid_base_url: str = "https://api.sendgrid.com"
     sendgrid_webhook_public_key: str | None = Field(
-        default=None, description="base64 DER public key that verifies SendGrid's signed Event Webhook")
+        default=None, description="base64 DER public key that verifies SendGrid's signed Event Webhook "
+                                  "(its one URL, <public URL>/webhooks/sendgrid/events, serves every workspace)")
     twilio_account_sid: str | None = Field(default=None, description="SMS through Twilio's Messages API")
     twilio_auth_token: str | None = Field(default=None, description="also verifies Twilio's webhook signatures")
     twilio_webhook_shared_key: str | None = Field(

@@ -146,6 +146,36 @@ def is_time_zone(name: str) -> bool:
     return True
 
 
+# RFC 5646 §2.1's well-formed language tag (its ABNF, case-insensitive); not checked against the IANA registry,
+# so a tag registered later still passes. Grandfathered tags that do not fit the langtag syntax are listed.
+_LANGTAG = (r"(?:[a-z]{2,3}(?:-[a-z]{3}){0,3}|[a-z]{4,8})"  # language (with up to three extlangs)
+            r"(?:-[a-z]{4})?"  # script
+            r"(?:-(?:[a-z]{2}|[0-9]{3}))?"  # region
+            r"(?:-(?:[a-z0-9]{5,8}|[0-9][a-z0-9]{3}))*"  # variants
+            r"(?:-[0-9a-wyz](?:-[a-z0-9]{2,8})+)*"  # extensions
+            r"(?:-x(?:-[a-z0-9]{1,8})+)?")  # private use
+_IRREGULAR = ("en-GB-oed|i-ami|i-bnn|i-default|i-enochian|i-hak|i-klingon|i-lux|i-mingo|i-navajo|i-pwn|i-tao|"
+              "i-tay|i-tsu|sgn-BE-FR|sgn-BE-NL|sgn-CH-DE")
+_LANGUAGE_TAG = re.compile(rf"{_LANGTAG}|x(?:-[a-z0-9]{{1,8}})+|{_IRREGULAR}", re.IGNORECASE | re.ASCII)
+LANGUAGE_TAG_MAX = 35  # RFC 5646 §4.4.1: 35 characters hold every tag in practical use
+
+
+def is_language_tag(value: str) -> bool:
+    """A well-formed BCP 47 language tag (``fr``, ``fr-CA``, ``zh-Hant-TW``, ``es-419``); ``fr_CA``, text with spaces
+    or line breaks, and anything over 35 characters are not."""
+    return len(value) <= LANGUAGE_TAG_MAX and _LANGUAGE_TAG.fullmatch(value) is not None
+
+
+def _language_tag(value: str) -> str:
+    if not is_language_tag(value):
+        raise ValueError(f"not a BCP 47 language tag (e.g. fr, fr-CA, zh-Hant-TW): {value[:40]!r}")
+    return value
+
+
+# a field holding a locale (the 422 names the field; its loc is the field's)
+LanguageTag = Annotated[str, AfterValidator(_language_tag)]
+
+
 # JSON's types as the OpenAPI documents state them. Pydantic's lax mode would read `false` as 0, `1` as true,
 # "12" as 12 and a number as a Unix time; a client that sends those has a bug we should report, not guess at.
 _NUMERIC = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
-from services.delivery import consent, links, signing
+from services.delivery import consent, links, mailer, signing
 from services.delivery.texts import TEXTS, language_of
 from shared.db import SessionDep
 from shared.errors import AppError, BadRequest, BodyTooLarge, NotFound, problem_schema
@@ -96,7 +96,7 @@ async def _message_or_none(session: AsyncSession, subject: signing.Subject, *, w
     then locked to read it, so an erasure committing meanwhile is seen (the message is gone and nothing is
     written), which the statement's snapshot alone would miss; an erasure starting later waits for us."""
     row = (await session.execute(text(
-        "select m.id, m.workspace_id, m.to_address, m.channel, m.metadata, m.sent_at, w.settings "
+        "select m.id, m.workspace_id, m.to_address, m.from_address, m.channel, m.metadata, m.sent_at, w.settings "
         "from delivery.messages m left join core.workspaces w on w.id = m.workspace_id "
         "where m.workspace_id = :ws and m.id = :id" + (" for key share of m" if writing else "")),
         {"ws": subject.workspace_id, "id": subject.message_id})).mappings().first()
@@ -184,17 +184,38 @@ async def unsubscribe(token: str, request: Request, session: SessionDep,
                  f'<p role="status">{t["unsub_done"].format(address=escape(message["to_address"]))}</p>')
 
 
-def _preference_form(t: dict[str, str], lang: str, prefs: dict[str, Any], notice: str = "") -> str:
+def _blocked(prefs: dict[str, Any]) -> str | None:
+    """The address's suppression the recipient cannot lift from the page (a hard bounce, a complaint, one added
+    by hand), or None: only their own unsubscribe is theirs to undo."""
+    reason = prefs["suppression"]
+    return reason if reason is not None and reason != "unsubscribed" else None
+
+
+def _blocked_note(t: dict[str, str], prefs: dict[str, Any], message: dict[str, Any]) -> str:
+    """Why the address gets no marketing email whatever it chooses here, and whom to write to about it (the
+    address the email came from)."""
+    reason = _blocked(prefs)
+    key = f"blocked_{reason}" if f"blocked_{reason}" in t else "blocked_manual"
+    contact = mailer.split_address(message["from_address"])[1] or message["from_address"]
+    return (f'<p role="note">{t[key].format(address=escape(prefs["address"]))} '
+            f'{t["blocked_contact"].format(contact=escape(contact))}</p>')
+
+
+def _preference_form(t: dict[str, str], lang: str, prefs: dict[str, Any], message: dict[str, Any],
+                     notice: str = "") -> str:
     def label(tp: dict[str, Any]) -> str:
         return escape(tp["label"].get(lang) or tp["label"].get("en") or tp["id"])
 
     boxes = "".join(f'<label><input type="checkbox" name="topic" value="{escape(tp["id"])}"'
                     f'{" checked" if tp["subscribed"] else ""}> {label(tp)}</label>' for tp in prefs["topics"])
-    all_off = " checked" if prefs["unsubscribed"] else ""
+    # blocked: the page cannot change it, so "unsubscribe from all" is shown as it is (on) and cannot be unticked
+    blocked = _blocked(prefs) is not None
+    all_off = (" checked" if prefs["unsubscribed"] else "") + (" disabled" if blocked else "")
     status = f'<p role="status">{escape(notice)}</p>' if notice else ""
-    return (f'{status}<form method="post"><p>{escape(prefs["address"])}</p><fieldset><legend>{t["topics"]}</legend>'
-            f'{boxes}</fieldset><label><input type="checkbox" name="unsubscribe_all" value="1"{all_off}> '
-            f'{t["all_off"]}</label><button type="submit">{t["save"]}</button></form>')
+    note = _blocked_note(t, prefs, message) if blocked else ""
+    return (f'{status}{note}<form method="post"><p>{escape(prefs["address"])}</p><fieldset>'
+            f'<legend>{t["topics"]}</legend>{boxes}</fieldset><label><input type="checkbox" name="unsubscribe_all" '
+            f'value="1"{all_off}> {t["all_off"]}</label><button type="submit">{t["save"]}</button></form>')
 
 
 @_link("/p/{token}", response_class=HTMLResponse, operation_id="preference_page", responses=_LINK_ERRORS,
@@ -209,7 +230,7 @@ async def preference_page(token: str, request: Request, session: SessionDep,
             return _erased(code)
         prefs = await consent.preferences(session, message["workspace_id"], message["to_address"],
                                           message["settings"])
-    return _page(code, TEXTS[code]["title"], _preference_form(TEXTS[code], code, prefs))
+    return _page(code, TEXTS[code]["title"], _preference_form(TEXTS[code], code, prefs, message))
 
 
 @router.post("/p/{token}", response_class=HTMLResponse, operation_id="save_preferences", responses=_LINK_ERRORS,
@@ -230,13 +251,19 @@ async def save_preferences(token: str, request: Request, session: SessionDep,
             return _erased(code)
         ws, address, who = message["workspace_id"], message["to_address"], consent.identity_of(message)
         known = [tp["id"] for tp in consent.topics_of(message["settings"])]
+        # the topics are the person's to choose even while a block stands: kept, they apply if it is lifted
         await consent.set_topics(session, ws, address, {tp: tp in chosen for tp in known}, "preference_page", who)
-        if unsubscribe_all:
+        # a bounce, complaint or suppression made by hand is not the page's to lift (nor to change)
+        blocked = _blocked(await consent.preferences(session, ws, address, message["settings"]))
+        if not blocked and unsubscribe_all:
             await consent.suppress(session, ws, "email", address, "unsubscribed", "preference_page", who)
-        else:
+        elif not blocked:
             await consent.unsuppress(session, ws, "email", address, "preference_page", who, only_unsubscribed=True)
         prefs = await consent.preferences(session, ws, address, message["settings"])
-    return _page(code, TEXTS[code]["title"], _preference_form(TEXTS[code], code, prefs, TEXTS[code]["saved"]))
+    t = TEXTS[code]
+    # never "saved" when what was asked did not take: the page says what stands, and why
+    notice = t["blocked_saved" if blocked else "saved"]
+    return _page(code, t["title"], _preference_form(t, code, prefs, message, notice))
 
 
 async def _engaged(session: AsyncSession, message: dict[str, Any], kind: str, request: Request,

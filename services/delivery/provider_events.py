@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.delivery import consent
+from services.delivery import consent, sms
 from shared import metrics
 from shared.jsonutil import dumps
 
@@ -43,18 +43,24 @@ async def _hold(session: AsyncSession, ws: uuid.UUID, provider: str, ref: str, p
 async def twilio_status(session: AsyncSession, ws: uuid.UUID, sid: str, status: str, error_code: str = "", *,
                         hold: bool = True) -> str:
     """A Twilio status callback: ``delivered``, ``undelivered`` or ``failed`` of the SMS with this MessageSid
-    (the others — queued, sending, sent — tell us nothing new)."""
+    (the others — queued, sending, sent — tell us nothing new). A failure with error 21610 (the recipient
+    replied STOP) also suppresses the number, as the same error answering the send does."""
     ours = TWILIO_STATUS.get(status)
     if ours is None or not sid:
         return IGNORED
     row = (await session.execute(text(
-        "select id, status, metadata from delivery.messages "
+        "select id, status, metadata, to_address from delivery.messages "
         "where workspace_id = :ws and channel = 'sms' and provider_message_id = :sid for update"),
         {"ws": ws, "sid": sid})).mappings().first()
     if row is None:  # no send recorded with this sid (yet)
         if hold:
             await _hold(session, ws, "twilio", sid, {"status": status, "error_code": error_code})
         return HELD
+    if ours == "failed" and error_code.strip() == str(sms.UNSUBSCRIBED_RECIPIENT):
+        # the recipient replied STOP (to a Messaging Service sender Twilio says so only here): mirrored as the
+        # send's own 21610 is, whatever the order the callbacks came in (a suppression exists once)
+        await consent.suppress(session, ws, "sms", row["to_address"], "unsubscribed", "twilio",
+                               consent.identity_of(dict(row)))
     if row["status"] != "sent":  # already final (a repeat, or out of order): never moves back
         return IGNORED
     await session.execute(text(
@@ -80,8 +86,12 @@ def _moves_status(e: dict[str, Any]) -> bool:
     return kind in ("delivered", "dropped") or kind == "bounce" and e.get("type", "bounce") == "bounce"
 
 
-async def sendgrid_event(session: AsyncSession, ws: uuid.UUID, e: dict[str, Any], *, hold: bool = True) -> str:
+async def sendgrid_event(session: AsyncSession, e: dict[str, Any], *, hold: bool = True) -> str:
     """One event of SendGrid's Event Webhook, found by the ``tenure_message_id`` we gave it in custom_args.
+
+    SendGrid is configured once per deployment, so its one Event Webhook reports every workspace's mail: the
+    event's workspace is its message's (message ids are UUIDs, unique across workspaces, and the batch's
+    signature proves SendGrid sent it), never the one a webhook URL names.
 
     ``delivered`` moves a sent message to delivered; a ``bounce`` (type bounce) or ``dropped`` to bounced,
     and suppresses the address (a drop only when SendGrid names one of its own lists); ``spamreport``
@@ -93,11 +103,12 @@ async def sendgrid_event(session: AsyncSession, ws: uuid.UUID, e: dict[str, Any]
     except ValueError:
         return IGNORED  # not one of ours
     row = (await session.execute(text(
-        "select id, status, metadata, to_address from delivery.messages where workspace_id = :ws and id = :id "
-        "for update"), {"ws": ws, "id": message_id})).mappings().first()
+        "select id, workspace_id, status, metadata, to_address from delivery.messages where id = :id and channel = "
+        "'email' for update"), {"id": message_id})).mappings().first()
     if row is None:
-        return IGNORED  # erased, or another workspace's
+        return IGNORED  # erased, or not one of ours (another deployment sharing the SendGrid account)
     message = dict(row)
+    ws = message["workspace_id"]
     who = consent.identity_of(message)
     address = address or message["to_address"]
     early = _moves_status(e) and message["status"] in NOT_YET_SENT
@@ -151,7 +162,7 @@ async def apply_held(session: AsyncSession, refs: list[str]) -> int:
             outcome = await twilio_status(session, r["workspace_id"], r["ref"], str(p.get("status", "")),
                                           str(p.get("error_code", "")), hold=False)
         else:
-            outcome = await sendgrid_event(session, r["workspace_id"], p, hold=False)
+            outcome = await sendgrid_event(session, p, hold=False)
         if outcome != HELD:
             done.append(r["id"])
     if done:

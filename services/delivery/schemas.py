@@ -11,7 +11,7 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.delivery.mailer import split_address
-from shared.validation import FieldError, IsoDatetime, StorableModel
+from shared.validation import LANGUAGE_TAG_MAX, FieldError, IsoDatetime, LanguageTag, StorableModel
 
 MAX_BODY_CHARS = 1_000_000
 @lru_cache(maxsize=16_384)
@@ -46,7 +46,7 @@ class MessageCreate(StorableModel):
                                  "headers and a footer; transactional: only a hard bounce or complaint stops it")
     topic: str | None = Field(None, max_length=100, examples=["offers"],
                               description="subscription topic (marketing): not sent to addresses that opted out")
-    locale: str | None = Field(None, max_length=35, examples=["fr-CA"],
+    locale: LanguageTag | None = Field(None, max_length=LANGUAGE_TAG_MAX, examples=["fr-CA"],
                                description="the recipient's locale (BCP 47): the unsubscribe footer delivery adds to "
                                            "marketing email, and the unsubscribe and preference pages its links open, "
                                            "are in its language (English, French or German; English otherwise)")

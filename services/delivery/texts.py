@@ -16,7 +16,16 @@ TEXTS: dict[str, dict[str, str]] = {
            "confirm_done": "Thank you: {address} is subscribed.", "confirm_subject": "Please confirm your subscription",
            "confirm_body": "Confirm that you want our email: {url}\nIf you did not ask for it, ignore this message.",
            "confirm_erased": "This confirmation link can no longer be used: the data this email was sent with has "
-                             "been erased, and nothing has been subscribed. To get our email, sign up again."},
+                             "been erased, and nothing has been subscribed. To get our email, sign up again.",
+           "blocked_complaint": "We send no email to {address}: our email to it was reported as spam. This page "
+                                "cannot change that.",
+           "blocked_hard_bounce": "We send no email to {address}: our email to it bounced (the address could not "
+                                  "be reached). This page cannot change that.",
+           "blocked_manual": "We send no marketing email to {address}: we stopped it for this address. This page "
+                             "cannot change that.",
+           "blocked_contact": "To get our email again, write to us at {contact}.",
+           "blocked_saved": "Your topic choices are kept, but they take effect only if this block is lifted. "
+                            "Nothing else has changed."},
     "fr": {"title": "Préférences e-mail", "unsub_q": "Désinscrire {address} des e-mails marketing ?",
            "unsub_btn": "Se désinscrire", "unsub_done": "{address} est désinscrit des e-mails marketing.",
            "topics": "M'envoyer des e-mails sur", "all_off": "Me désinscrire de tous les e-mails marketing",
@@ -31,7 +40,16 @@ TEXTS: dict[str, dict[str, str]] = {
                            "demandé, ignorez ce message.",
            "confirm_erased": "Ce lien de confirmation ne peut plus être utilisé : les données avec lesquelles cet "
                              "e-mail a été envoyé ont été effacées, et aucune inscription n'a été enregistrée. Pour "
-                             "recevoir nos e-mails, inscrivez-vous à nouveau."},
+                             "recevoir nos e-mails, inscrivez-vous à nouveau.",
+           "blocked_complaint": "Nous n'envoyons aucun e-mail à {address} : notre e-mail à cette adresse a été "
+                                "signalé comme spam. Cette page ne peut pas changer cela.",
+           "blocked_hard_bounce": "Nous n'envoyons aucun e-mail à {address} : notre e-mail à cette adresse n'a pas "
+                                  "pu être remis (adresse injoignable). Cette page ne peut pas changer cela.",
+           "blocked_manual": "Nous n'envoyons aucun e-mail marketing à {address} : nous l'avons arrêté pour cette "
+                             "adresse. Cette page ne peut pas changer cela.",
+           "blocked_contact": "Pour recevoir à nouveau nos e-mails, écrivez-nous à {contact}.",
+           "blocked_saved": "Vos choix de thèmes sont conservés, mais ne s'appliqueront que si ce blocage est levé. "
+                            "Rien d'autre n'a changé."},
     "de": {"title": "E-Mail-Einstellungen", "unsub_q": "{address} von Marketing-E-Mails abmelden?",
            "unsub_btn": "Abmelden", "unsub_done": "{address} ist von Marketing-E-Mails abgemeldet.",
            "topics": "Schickt mir E-Mails über", "all_off": "Von allen Marketing-E-Mails abmelden",
@@ -46,7 +64,16 @@ TEXTS: dict[str, dict[str, str]] = {
                            "angefordert hast, ignoriere diese Nachricht.",
            "confirm_erased": "Dieser Bestätigungslink kann nicht mehr verwendet werden: Die Daten, mit denen diese "
                              "E-Mail verschickt wurde, sind gelöscht, und es wurde nichts angemeldet. Um unsere "
-                             "E-Mails zu erhalten, melde dich erneut an."},
+                             "E-Mails zu erhalten, melde dich erneut an.",
+           "blocked_complaint": "Wir schicken keine E-Mails an {address}: Unsere E-Mail an diese Adresse wurde als "
+                                "Spam gemeldet. Diese Seite kann das nicht ändern.",
+           "blocked_hard_bounce": "Wir schicken keine E-Mails an {address}: Unsere E-Mail an diese Adresse kam "
+                                  "zurück (die Adresse ist nicht erreichbar). Diese Seite kann das nicht ändern.",
+           "blocked_manual": "Wir schicken keine Marketing-E-Mails an {address}: Wir haben sie für diese Adresse "
+                             "gestoppt. Diese Seite kann das nicht ändern.",
+           "blocked_contact": "Um unsere E-Mails wieder zu erhalten, schreib uns an {contact}.",
+           "blocked_saved": "Deine Themenauswahl ist gespeichert, gilt aber erst, wenn diese Sperre aufgehoben wird. "
+                            "Sonst hat sich nichts geändert."},
 }
 
 

@@ -7,6 +7,9 @@ wrongly signed call is a 403. Twilio signs the public URL it was given, which a 
 rewrite, so the URL checked is ``TENURE_DELIVERY_PUBLIC_URL`` + the path and query as received, never
 the Host header. The URL names the workspace, so one Twilio account can serve several.
 
+SendGrid, configured once per deployment, has a single Event Webhook URL for every workspace: each event is
+applied to the workspace of the message it names, whatever workspace (if any) the URL names.
+
 A verified report holding what PostgreSQL cannot store (a NUL, or a lone surrogate from a JSON escape) in a
 value we read is ignored and logged, and answered as any ignored report is (2xx): no provider sends one, so it
 names nothing we sent, and an error would make SendGrid retry it — with the rest of its batch — for a day.
@@ -23,7 +26,7 @@ from fastapi.responses import Response
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.delivery import consent, provider_events, sendgrid, sms
+from services.delivery import consent, provider_events, schemas, sendgrid, sms
 from shared.db import SessionDep
 from shared.errors import BadRequest, Forbidden, NotFound, problem_schema
 from shared.validation import unstorable
@@ -125,6 +128,21 @@ async def twilio_status(workspace_id: uuid.UUID, request: Request, session: Sess
     return Response(status_code=204)
 
 
+def _sender_number(sender: str) -> str | None:
+    """The E.164 number an inbound SMS came from, or None (logged) when it names none we text: no ``From``, or
+    another channel's address (``whatsapp:+1…``, ``messenger:…``; delivery sends SMS only, so a WhatsApp STOP
+    opts out of nothing we send, and is not taken for the SMS number's)."""
+    channel, colon, _ = sender.partition(":")
+    if colon:
+        log.info("delivery.inbound_other_channel", channel=channel[:20])
+        return None
+    try:
+        return schemas.e164(sender)
+    except ValueError:
+        log.info("delivery.inbound_without_number", present=bool(sender))
+        return None
+
+
 @router.post("/twilio/{workspace_id}/inbound", operation_id="twilio_inbound_sms", response_class=Response,
              responses={**_SIGNED, 200: {"description": "TwiML: the reply, if any", "content": {"text/xml": {}}}},
              summary="Twilio inbound SMS (signed): STOP opts out, START opts in, HELP answers")
@@ -134,9 +152,11 @@ async def twilio_inbound(workspace_id: uuid.UUID, request: Request, session: Ses
     # with Advanced Opt-Out Twilio classifies the reply itself (its own and custom, localised keywords)
     word = {"STOP": "stop", "START": "start", "HELP": "help"}.get(form.get("OptOutType", "").upper()) \
         or sms.keyword(form.get("Body", ""))
-    number = form.get("From", "")
     key = form.get("MessageSid") or form.get("SmsSid") or request.headers.get("i-twilio-idempotency-token")
-    if _unstorable("twilio", {"From": number, "MessageSid": key or ""}):
+    if _unstorable("twilio", {"From": form.get("From", ""), "MessageSid": key or ""}):
+        return _twiml()
+    number = _sender_number(form.get("From", ""))
+    if number is None:  # nothing to opt out or answer: an empty TwiML, as Twilio expects, and nothing stored
         return _twiml()
     answer = None
     async with session.begin():
@@ -160,11 +180,30 @@ async def twilio_inbound(workspace_id: uuid.UUID, request: Request, session: Ses
     return _twiml(answer)
 
 
+_SENDGRID_RESPONSES = {**_SIGNED, 400: problem_schema("The body is not a JSON array of events")}
+_SENDGRID_DEPLOYMENT_RESPONSES = {k: v for k, v in _SENDGRID_RESPONSES.items() if k != 404}  # (names no workspace)
+
+
+@router.post("/sendgrid/events", operation_id="sendgrid_events_deployment", status_code=204,
+             response_class=Response, responses=_SENDGRID_DEPLOYMENT_RESPONSES,
+             summary="SendGrid Event Webhook (ECDSA-signed), for every workspace: the URL to configure in SendGrid",
+             description="SendGrid is configured once per deployment; each event is applied to the workspace of "
+                         "the message it names (`tenure_message_id`).")
+async def sendgrid_deployment_events(request: Request, session: SessionDep) -> Response:
+    return await _sendgrid_events(request, session, None)
+
+
 @router.post("/sendgrid/{workspace_id}/events", operation_id="sendgrid_events", status_code=204,
-             response_class=Response,
-             responses={**_SIGNED, 400: problem_schema("The body is not a JSON array of events")},
-             summary="SendGrid Event Webhook (ECDSA-signed): delivered, bounce, spamreport, dropped, unsubscribe")
+             response_class=Response, responses=_SENDGRID_RESPONSES,
+             summary="SendGrid Event Webhook (ECDSA-signed), the earlier URL: as /webhooks/sendgrid/events",
+             description="Kept for deployments configured with it. The workspace in the URL must exist, but each "
+                         "event is applied to the workspace of the message it names, whichever that is: "
+                         "SendGrid has one Event Webhook URL for all the deployment's workspaces.")
 async def sendgrid_events(workspace_id: uuid.UUID, request: Request, session: SessionDep) -> Response:
+    return await _sendgrid_events(request, session, workspace_id)
+
+
+async def _sendgrid_events(request: Request, session: AsyncSession, workspace_id: uuid.UUID | None) -> Response:
     settings = request.app.state.settings
     body = await request.body()
     key = settings.sendgrid_webhook_public_key
@@ -174,7 +213,8 @@ async def sendgrid_events(workspace_id: uuid.UUID, request: Request, session: Se
                                                request.headers.get(sendgrid.TIMESTAMP_HEADER))
     if problem:
         raise Forbidden(problem)
-    await _known_workspace(workspace_id, session)
+    if workspace_id is not None:
+        await _known_workspace(workspace_id, session)
     try:
         events = json.loads(body)
         assert isinstance(events, list)
@@ -186,7 +226,7 @@ async def sendgrid_events(workspace_id: uuid.UUID, request: Request, session: Se
             if not isinstance(e, dict) or _unstorable(
                     "sendgrid", {k: e[k] for k in provider_events.SENDGRID_FIELDS if k in e}):
                 continue
-            if await provider_events.sendgrid_event(session, workspace_id, e) == provider_events.HELD:
+            if await provider_events.sendgrid_event(session, e) == provider_events.HELD:
                 held.append(str(uuid.UUID(str(e.get("tenure_message_id")))))  # (as it was kept)
     if held:  # they beat the record of the send: kept, and tried again now that the keeping is committed
         async with session.begin():

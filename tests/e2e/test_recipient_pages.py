@@ -160,3 +160,47 @@ async def test_double_opt_in_page_speaks_the_language_of_its_email(public, works
     assert lang == "fr", asked
     assert f"Confirmer que {to} souhaite recevoir nos e-mails ?" in asked
     assert done.endswith(f"Merci : {to} est inscrit.")
+
+
+async def test_the_preference_page_says_a_complaint_blocks_the_address(public, workspace, sessionmaker,
+                                                                       mailbox) -> None:
+    """After a spam complaint the page said "Your preferences are saved." while "Unsubscribe from all" stayed
+    ticked. In a browser now: the page says why no email goes to the address and whom to write to, the box
+    cannot be unticked, and saving says the topics apply only once the block is lifted."""
+    from tests.e2e.browser import headless_chromium
+
+    url, s = public
+    to = f"spam-{uuid.uuid4().hex[:6]}@example.com"
+    prefs, _ = await _links(public, workspace, sessionmaker, mailbox, to)
+    async with httpx.AsyncClient(timeout=10) as c:
+        r = await c.post(f"{url}/v1/suppressions", headers={"Authorization": f"Bearer {workspace.secret_key}"},
+                         json={"address": to, "reason": "complaint"})
+        assert r.status_code == 201, r.text
+
+    def use() -> dict[str, Any]:
+        browser = headless_chromium(javascript=False)
+        try:
+            seen: dict[str, Any] = {}
+            browser.get(prefs)
+            seen["note"] = browser.find_element("css selector", "main [role=note]").text
+            box = browser.find_element("css selector", "input[name=unsubscribe_all]")
+            box.click()  # (a disabled box does not change)
+            seen["all_off"] = (box.is_selected(), box.is_enabled())
+            browser.find_element("css selector", "input[name=topic][value=news]").click()  # news off
+            seen["saved"] = _submit(browser)
+            return seen
+        finally:
+            browser.quit()
+
+    seen = await asyncio.to_thread(use)
+    assert seen["note"].startswith(f"We send no email to {to}: our email to it was reported as spam."), seen
+    assert s.email_from.split("<")[-1].rstrip(">") in seen["note"]
+    assert seen["all_off"] == (True, False)
+    assert "Your preferences are saved." not in seen["saved"]
+    assert "Your topic choices are kept, but they take effect only if this block is lifted." in seen["saved"]
+    assert "reported as spam" in seen["saved"]
+    async with httpx.AsyncClient(timeout=10) as c:
+        choices = (await c.get(f"{url}/v1/preferences/{to}",
+                               headers={"Authorization": f"Bearer {workspace.secret_key}"})).json()
+    assert choices["suppression"] == "complaint"
+    assert {t["id"]: t["subscribed"] for t in choices["topics"]} == {"offers": True, "news": False}

@@ -2,6 +2,7 @@
 delivery puts in a message, and what ingest hears about it."""
 
 import asyncio
+import html
 import json
 import re
 import uuid
@@ -162,6 +163,49 @@ async def test_topics_on_the_preference_page_and_bad_links(apps, workspace, sess
     assert r.status_code == 201 and r.json()["address"] == to
     assert (await apps["delivery"].delete(f"/v1/suppressions/email/{to}", headers=h)).status_code == 204
     assert (await apps["delivery"].delete(f"/v1/suppressions/email/{to}", headers=h)).status_code == 404
+
+
+async def test_the_preference_page_says_when_a_complaint_or_bounce_blocks_the_address(
+        apps, workspace, sessionmaker, settings, mailbox) -> None:
+    """After a spam complaint the page answered "Your preferences are saved." to an unticked "Unsubscribe from
+    all", which stayed ticked, saying nothing of why. The block stays (the page cannot lift a complaint, a
+    bounce or a suppression made by hand), and the page now says so on GET and POST, with whom to write to; the
+    topics chosen are kept, said to apply only once the block is lifted."""
+    from services.delivery.mailer import split_address
+
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    contact = split_address(settings.email_from)[1]
+    why = {"complaint": "our email to it was reported as spam", "hard_bounce": "our email to it bounced",
+           "manual": "we stopped it for this address"}
+    for reason, because in why.items():
+        to = f"blocked-{reason.replace('_', '')}-{uuid.uuid4().hex[:6]}@example.com"
+        _, mail = await _send(apps, h, sessionmaker, settings, mailbox, to, topic="offers")
+        prefs_url = _path(re.search(r'href="([^"]+/p/[^"]+)"', mail["html"]).group(1))
+        r = await apps["delivery"].post("/v1/suppressions", headers=h, json={"address": to, "reason": reason})
+        assert r.status_code == 201, r.text
+        page = (await apps["delivery"].get(prefs_url)).text
+        assert because in page and contact in page, page
+        assert re.search(r'name="unsubscribe_all" value="1" checked disabled', page)
+        saved = await apps["delivery"].post(prefs_url, data={"topic": ["offers"]})  # "unsubscribe from all" unticked
+        assert saved.status_code == 200
+        assert "Your preferences are saved." not in saved.text, saved.text
+        assert "take effect only if this block is lifted" in saved.text and because in saved.text
+        assert contact in saved.text
+        prefs = (await apps["delivery"].get(f"/v1/preferences/{to}", headers=h)).json()
+        assert prefs["suppression"] == reason and prefs["unsubscribed"] is True  # the block stands
+        assert {t["id"]: t["subscribed"] for t in prefs["topics"]} == {"product_news": False, "offers": True}
+    french = await apps["delivery"].post(prefs_url + "?lang=fr", data={"topic": ["offers"]})
+    assert "ne s'appliqueront que si ce blocage est levé" in html.unescape(french.text)
+    # an unsubscribe of the person's own is theirs to undo: that page still saves
+    to = f"own-{uuid.uuid4().hex[:6]}@example.com"
+    _, mail = await _send(apps, h, sessionmaker, settings, mailbox, to, topic="offers")
+    prefs_url = _path(re.search(r'href="([^"]+/p/[^"]+)"', mail["html"]).group(1))
+    await apps["delivery"].post(prefs_url, data={"unsubscribe_all": "1"})
+    page = (await apps["delivery"].get(prefs_url)).text
+    assert 'role="note"' not in page and "disabled" not in page
+    saved = await apps["delivery"].post(prefs_url, data={"topic": ["offers"]})
+    assert "Your preferences are saved." in saved.text
+    assert (await apps["delivery"].get(f"/v1/preferences/{to}", headers=h)).json()["suppression"] is None
 
 
 async def test_batch_of_messages_reports_each_result(apps, workspace) -> None:

@@ -238,3 +238,27 @@ async def test_links_followed_during_an_erasure_record_nothing(apps, workspace, 
         for table in ("engagements", "feedback", "consent_log", "suppressions"):
             assert (await s.execute(text(f"select count(*) from delivery.{table} where workspace_id = :ws"),
                                     {"ws": ws})).scalar_one() == 0, table
+
+
+async def test_a_locale_is_a_bcp47_language_tag(apps, workspace) -> None:
+    """``locale`` is documented as BCP 47, yet any text was stored and echoed back, line breaks included
+    ("fr\\r\\nBcc: evil@example.com"). It is checked as a language tag: a 422 naming ``locale``, and in a batch
+    that message alone is invalid."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    tag = uuid.uuid4().hex[:6]
+
+    def message(locale: str, n: int = 0) -> dict:
+        return {"idempotency_key": f"loc-{tag}-{n}-{len(locale)}", "to": f"loc-{tag}@example.com", "subject": "Hi",
+                "text": "x", "locale": locale}
+
+    for bad in ("fr\r\nBcc: evil@example.com", "fr_CA", "fr CA", ""):
+        r = await apps["delivery"].post("/v1/messages", headers=h, json=message(bad))
+        assert r.status_code == 422, (bad, r.text)
+        assert [e["loc"] for e in r.json()["errors"]] == [["body", "locale"]], r.json()
+        assert "BCP 47" in r.json()["errors"][0]["msg"]
+    ok = await apps["delivery"].post("/v1/messages", headers=h, json=message("zh-Hant-TW"))
+    assert ok.status_code == 202 and ok.json()["locale"] == "zh-Hant-TW"
+    batch = await apps["delivery"].post("/v1/messages/batch", headers=h, json={"messages": [
+        message("fr-CA", 1), message("fr\nx", 2)]})
+    assert [(m["result"], "locale" in (m.get("error") or "")) for m in batch.json()["results"]] == [
+        ("queued", False), ("invalid", True)], batch.json()

@@ -447,6 +447,73 @@ async def test_sendgrid_event_webhook_as_sendgrid_signs_it(apps, workspace, sett
                              "Subscription Changed", "Subscription Changed", "Unsubscribed"]  # each once
 
 
+async def test_one_sendgrid_event_webhook_serves_every_workspace(apps, workspace, settings, sessionmaker) -> None:
+    """SendGrid is configured once per deployment, so its single Event Webhook URL names one workspace at most
+    (or none: /webhooks/sendgrid/events), while the mail it reports is every workspace's. A bounce of workspace
+    B's message posted to A's URL was answered 204 and dropped: B's address was never suppressed. Each event now
+    goes to its message's workspace, early ones (the send not recorded yet) included."""
+    from services.delivery import provider_events
+    from shared.core import create_workspace
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = base64.b64encode(key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+    async with sessionmaker() as s, s.begin():
+        other = await create_workspace(s, f"test-{uuid.uuid4().hex[:8]}")
+    tag = uuid.uuid4().hex[:6]
+    ids: dict[str, str] = {}
+    for ws, who in ((workspace, "a"), (other, "b"), (other, "b2"), (other, "early")):
+        r = await apps["delivery"].post("/v1/messages", headers={"Authorization": f"Bearer {ws.secret_key}"}, json={
+            "idempotency_key": f"{who}-{tag}", "to": f"{who}-{tag}@example.com", "subject": "Hi", "text": "x",
+            "metadata": {"userId": f"sg-{who}-{tag}", "campaign_id": f"c-{tag}"}})
+        ids[who] = r.json()["id"]
+    async with sessionmaker() as s, s.begin():  # as if SendGrid had taken them; the early one's 202 not recorded yet
+        await s.execute(text("update delivery.messages set status = case when id = :early then 'sending' else "
+                             "'sent' end, sent_at = now() where id = any(CAST(:ids AS uuid[]))"),
+                        {"ids": list(ids.values()), "early": ids["early"]})
+
+    def event(who: str, kind: str, **extra) -> dict:
+        return {"email": f"{who}-{tag}@example.com", "timestamp": int(time.time()), "event": kind,
+                "sg_event_id": uuid.uuid4().hex, "tenure_message_id": ids[who], **extra}
+
+    bounce = {"type": "bounce", "status": "5.1.1", "reason": "550 5.1.1 unknown user"}
+    with delivery_over_http(settings.model_copy(update={"sendgrid_webhook_public_key": public})) as base:
+        async with httpx.AsyncClient(base_url=base) as http:
+            # the earlier URL, naming workspace A, gets a batch of both workspaces' events
+            raw, headers = sendgrid_signed(key, [event("a", "delivered"), event("b", "bounce", **bounce),
+                                                 event("early", "bounce", **bounce)])
+            assert (await http.post(f"/webhooks/sendgrid/{workspace.workspace_id}/events", content=raw,
+                                    headers=headers)).status_code == 204
+            # the deployment's URL, naming none
+            raw, headers = sendgrid_signed(key, [event("b2", "spamreport")])
+            assert (await http.post("/webhooks/sendgrid/events", content=raw, headers=headers)).status_code == 204
+            assert_problem(await http.post("/webhooks/sendgrid/events", content=raw, headers={
+                "Content-Type": "application/json"}), 403, "Missing X-Twilio-Email-Event-Webhook-Signature")
+    async with sessionmaker() as s, s.begin():  # the early one's send is recorded: what was kept for it applies
+        await s.execute(text("update delivery.messages set status = 'sent' where id = :id"), {"id": ids["early"]})
+        assert await provider_events.apply_held(s, [ids["early"]]) == 1
+
+    def auth(ws) -> dict:
+        return {"Authorization": f"Bearer {ws.secret_key}"}
+
+    got = {w: (await apps["delivery"].get(f"/v1/messages/{ids[w]}", headers=auth(ws))).json()["status"]
+           for ws, w in ((workspace, "a"), (other, "b"), (other, "b2"), (other, "early"))}
+    assert got == {"a": "delivered", "b": "bounced", "b2": "sent", "early": "bounced"}
+    sup = {ws.name: {x["address"]: x["reason"] for x in (await apps["delivery"].get(
+        "/v1/suppressions", headers=auth(ws), params={"channel": "email"})).json()["suppressions"]}
+        for ws in (workspace, other)}
+    assert sup == {workspace.name: {}, other.name: {f"b-{tag}@example.com": "hard_bounce",
+                                                    f"b2-{tag}@example.com": "complaint",
+                                                    f"early-{tag}@example.com": "hard_bounce"}}
+    async with sessionmaker() as s:
+        reported = sorted((str(r[0]) == str(other.workspace_id), r[1], r[2]) for r in await s.execute(text(
+            "select workspace_id, payload->>'event', payload->>'userId' from delivery.feedback "
+            "where workspace_id = any(CAST(:ws AS uuid[])) and payload->>'event' like 'Email %'"),
+            {"ws": [workspace.workspace_id, other.workspace_id]}))
+    assert reported == [(False, "Email Delivered", f"sg-a-{tag}"), (True, "Email Bounced", f"sg-b-{tag}"),
+                        (True, "Email Bounced", f"sg-early-{tag}"), (True, "Email Marked as Spam", f"sg-b2-{tag}")]
+
+
 async def test_sendgrid_events_that_beat_our_commit_are_applied(apps, workspace, settings, sessionmaker) -> None:
     """SendGrid may post a message's events before its 202 has reached us (the message is still `sending`
     here): they are kept and applied when the send is recorded — delivered, or bounced with the address
@@ -472,7 +539,7 @@ async def test_sendgrid_events_that_beat_our_commit_are_applied(apps, workspace,
                                                             if to.startswith("gone") else {"event": "delivered"})}
         raw, headers = sendgrid_signed(key, [{**event, "event": "processed"}, event])
         async with httpx.AsyncClient() as http:
-            r = await http.post(f"{delivery['base']}/webhooks/sendgrid/{ws}/events", content=raw, headers=headers)
+            r = await http.post(f"{delivery['base']}/webhooks/sendgrid/events", content=raw, headers=headers)
         answered.append(r.status_code)
         return Response(status_code=202, headers={"X-Message-Id": f"sg{tag}"})
 

@@ -335,3 +335,116 @@ async def test_a_text_twilio_took_without_answering_is_not_sent_twice(apps, work
                                      limit=sms.LOOKUP_PAGE)
     assert [m.sid for m in listed] == [got["provider_message_id"]]
     assert twilio.queries[-1] == twilio.queries[-2] == {"To": "+14155550106", "PageSize": str(sms.LOOKUP_PAGE)}
+
+
+async def test_error_21610_in_a_status_callback_suppresses_the_number(apps, workspace, sessionmaker, settings,
+                                                                       twilio) -> None:
+    """With a Messaging Service sender Twilio takes a text to a number that replied STOP and reports error 21610
+    only in the status callback (failed). That failed the message and left the number unsuppressed, so every next
+    text was tried (and refused) again, and ingest never heard of the opt-out. It is now mirrored as the send's
+    own 21610 is: suppressed (unsubscribed, source twilio) with an Unsubscribed event for the person, also when
+    the callback beat the record of the send."""
+    from services.delivery import provider_events
+
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    ws, tag = workspace.workspace_id, uuid.uuid4().hex[:6]
+    cfg = settings.model_copy(update={"twilio_account_sid": SID, "twilio_auth_token": TOKEN,
+                                      "twilio_from": "MG" + "0" * 32,
+                                      "twilio_base_url": f"http://127.0.0.1:{twilio.port}",
+                                      "delivery_public_url": "https://hooks.example.test"})
+    delivery_app = apps["delivery"]._transport.app  # type: ignore[attr-defined]
+    delivery_app.state.settings = cfg
+    path = f"/webhooks/twilio/{ws}/status"
+
+    async def post(to: str, who: str) -> str:
+        r = await apps["delivery"].post("/v1/messages", headers=h, json={
+            "idempotency_key": f"{to}-{tag}", "channel": "sms", "to": to, "text": f"Your code is 9 {tag}",
+            "message_type": "transactional", "metadata": {"userId": f"{who}-{tag}"}})
+        assert r.status_code == 202, r.text
+        return r.json()["id"]
+
+    async def callback(sid: str) -> None:
+        form = {"MessageSid": sid, "MessageStatus": "failed", "ErrorCode": "21610", "AccountSid": SID,
+                "To": "+14155550000", "From": "+14155550199"}
+        r = await apps["delivery"].post(path, data=form, headers={
+            "X-Twilio-Signature": sms.signature(TOKEN, cfg.public_url + path, form)})
+        assert r.status_code == 204, r.text
+
+    async def get(mid: str) -> dict:
+        return (await apps["delivery"].get(f"/v1/messages/{mid}", headers=h)).json()
+
+    try:
+        stopped, early = await post("+14155550131", "stopped"), await post("+14155550132", "early")
+        await sending.send_due(sessionmaker, cfg)
+        sent = await get(stopped)
+        assert sent["status"] == "sent"
+        await callback(sent["provider_message_id"])
+        # the callback that beat the record of the send: kept, then applied when the send is recorded
+        async with sessionmaker() as s, s.begin():
+            await s.execute(text("update delivery.messages set provider_message_id = null, status = 'sending' "
+                                 "where id = :id"), {"id": uuid.UUID(early)})
+        await callback(f"SMearly{tag}")
+        async with sessionmaker() as s, s.begin():
+            await s.execute(text("update delivery.messages set provider_message_id = :sid, status = 'sent' "
+                                 "where id = :id"), {"sid": f"SMearly{tag}", "id": uuid.UUID(early)})
+            assert await provider_events.apply_held(s, [f"SMearly{tag}"]) == 1
+        got = [await get(m) for m in (stopped, early)]
+        assert [g["status"] for g in got] == ["failed", "failed"] and "21610" in got[0]["last_error"]
+        sup = {x["address"]: (x["reason"], x["source"]) for x in (await apps["delivery"].get(
+            "/v1/suppressions", headers=h, params={"channel": "sms"})).json()["suppressions"]}
+        assert sup == {"+14155550131": ("unsubscribed", "twilio"), "+14155550132": ("unsubscribed", "twilio")}
+        async with sessionmaker() as s:
+            unsubscribed = (await s.execute(text(
+                "select payload->>'userId' from delivery.feedback where workspace_id = :ws "
+                "and payload->>'event' = 'Unsubscribed'"), {"ws": ws})).scalars().all()
+        assert sorted(unsubscribed) == [f"early-{tag}", f"stopped-{tag}"]
+        await callback(sent["provider_message_id"])  # Twilio's repeat changes nothing
+        async with sessionmaker() as s:
+            assert (await s.execute(text("select count(*) from delivery.feedback where workspace_id = :ws and "
+                                         "payload->>'event' = 'Unsubscribed'"), {"ws": ws})).scalar_one() == 2
+        # the next text to the number is not tried
+        r = await apps["delivery"].post("/v1/messages", headers=h, json={
+            "idempotency_key": f"again-{tag}", "channel": "sms", "to": "+14155550131", "text": "code 10",
+            "message_type": "transactional"})
+        assert r.json()["status"] == "suppressed"
+    finally:
+        delivery_app.state.settings = settings
+
+
+async def test_an_inbound_text_without_a_usable_sender_changes_nothing(apps, workspace, sessionmaker,
+                                                                         settings) -> None:
+    """A signed inbound STOP without ``From`` suppressed the empty address "", and one from WhatsApp
+    (``From=whatsapp:+1…``) was stored with its prefix. Delivery sends SMS only: both are answered with an empty
+    TwiML and nothing is stored; an SMS STOP still suppresses its E.164 number."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    ws = workspace.workspace_id
+    cfg = settings.model_copy(update={"twilio_account_sid": SID, "twilio_auth_token": TOKEN,
+                                      "twilio_from": "+14155550199", "delivery_public_url": "https://hooks.example.test"})
+    delivery_app = apps["delivery"]._transport.app  # type: ignore[attr-defined]
+    delivery_app.state.settings = cfg
+    path = f"/webhooks/twilio/{ws}/inbound"
+
+    async def inbound(body: str, **sender: str) -> str:
+        form = {"To": "+14155550199", "Body": body, "AccountSid": SID, "MessageSid": "SM" + uuid.uuid4().hex,
+                **sender}
+        resp = await apps["delivery"].post(path, data=form, headers={
+            "X-Twilio-Signature": sms.signature(TOKEN, cfg.public_url + path, form)})
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/xml"), resp.text
+        return resp.text
+
+    try:
+        empty = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+        assert await inbound("STOP") == empty
+        assert await inbound("STOP", From="") == empty
+        assert await inbound("STOP", From="whatsapp:+14155550141") == empty
+        assert await inbound("HELP", From="whatsapp:+14155550141") == empty  # no answer to another channel
+        async with sessionmaker() as s:
+            stored = (await s.execute(text(
+                "select (select count(*) from delivery.suppressions where workspace_id = :ws) + "
+                "(select count(*) from delivery.consent_log where workspace_id = :ws)"), {"ws": ws})).scalar_one()
+        assert stored == 0
+        assert await inbound("STOP", From="+14155550142") == empty
+        sup = (await apps["delivery"].get("/v1/suppressions", headers=h, params={"channel": "sms"})).json()
+        assert [x["address"] for x in sup["suppressions"]] == ["+14155550142"]
+    finally:
+        delivery_app.state.settings = settings

@@ -121,7 +121,7 @@ BY_NAME: dict[str, str] = {
     "csat_responses": "CSAT survey answers in the period",
     "order_count": "purchases (the workspace's purchase events)",
     "average_order_value": "revenue ÷ orders; null with no order",
-    "days_since_last_activity": "whole days since the last event; null without events",
+    "days_since_last_activity": "whole days since the last track, page or screen call; null without one",
     "days_since_last_order": "whole days since the last purchase; null without purchases",
     "profiles_evaluated": "known profiles the definition was evaluated over",
     "sample": "how many matching profile ids to return (0: just the count)",

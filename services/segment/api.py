@@ -89,7 +89,7 @@ async def search_profiles(body: SearchRequest, ws: WorkspaceDep, session: Sessio
 @router.put("/segments/{segment_id}", response_model=SegmentOut, operation_id="update_segment",
             summary="Rename or redefine a segment: a new definition is a new version, re-evaluated in the background "
                     "(only real changes emitted)",
-            responses={**_NOT_FOUND, 409: problem_schema("Name already used")})
+            responses={**_NOT_FOUND, 409: problem_schema("Name already used, or the id is a lifecycle stage's")})
 async def update_segment(segment_id: uuid.UUID, body: SegmentUpdate, ws: WorkspaceDep, session: SessionDep,
                          request: Request) -> dict[str, Any]:
     async with session.begin():
@@ -108,14 +108,14 @@ async def list_segments(ws: WorkspaceDep, session: SessionDep, page: AfterDep, l
 
 
 @router.get("/segments/{segment_id}", response_model=SegmentOut, operation_id="get_segment",
-            summary="One segment", responses=_NOT_FOUND)
+            summary="One segment (or a lifecycle stage's, by its id from GET /v1/lifecycle)", responses=_NOT_FOUND)
 async def get_segment(segment_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
     async with session.begin():
         return await segments.get_segment(session, ws, segment_id)
 
 
 @router.get("/segments/{segment_id}/members", response_model=MemberList, operation_id="list_segment_members",
-            summary="Profiles currently in the segment", responses=_NOT_FOUND)
+            summary="Profiles currently in the segment (or lifecycle stage)", responses=_NOT_FOUND)
 async def list_members(segment_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, page: AfterDep,
                        limit: Limit = 100) -> dict[str, Any]:
     async with session.begin():

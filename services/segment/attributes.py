@@ -86,11 +86,18 @@ class PurchaseRules:
         carrying only ``order_id`` and ``total`` took nothing off."""
         if not self.is_refund(event):
             return None
+        amount = self.refund_amount(event)
+        return abs(order_value or 0.0) if amount is None else amount
+
+    def refund_amount(self, event: dict[str, Any]) -> float | None:
+        """The amount a refund event states (its revenue property, else its ``total``), whatever its sign; None
+        when it states none: the whole order it names is refunded (what is left of it: evaluation._Orders caps
+        the refunds of an order at its value, so a re-sent full refund takes nothing more off)."""
         props = event.get("properties") or {}
         for key in (self.revenue_property, "total"):
             if (amount := _amount(props.get(key))) is not None:
                 return abs(amount)
-        return abs(order_value or 0.0)
+        return None
 
     def _amount(self, event: dict[str, Any]) -> float:
         return _amount((event.get("properties") or {}).get(self.revenue_property)) or 0.0
@@ -180,7 +187,8 @@ def is_activity(event: dict[str, Any]) -> bool:
     Nor is an ``identify``, ``group`` or ``alias``: they say who someone is, and are as often sent by a back
     office as by the person's app (a nightly CRM sync identified every customer, so none ever became at risk).
     Someone only identified so far has been seen once, then (evaluation._Stats.seen_from): first and last seen
-    are that call's time until they do something. Their traits count as ever (``trait`` conditions)."""
+    are that call's time until they do something, with no days since last activity (null: so no ``at_risk``,
+    ``churned`` or ``reactivated`` stage). Their traits count as ever (``trait`` conditions)."""
     if event.get("type") not in ACTIVITY_TYPES:
         return False
     context = event.get("context")
@@ -236,7 +244,9 @@ def derive(stats: dict[str, Any] | None, today: date) -> dict[str, Any]:
     revenue = Decimal(stats.get("revenue") or 0)
     first_order: datetime | None = stats.get("first_order_at")
     last_order: datetime | None = stats.get("last_order_at")
-    last_seen: datetime | None = stats.get("last_seen")
+    # the stored last_seen is the last activity (is_activity); someone only identified so far was seen once,
+    # at that call (their first_seen), and has no days since last activity: they never did anything
+    active: datetime | None = stats.get("last_seen")
     months = max(1.0, (today - first_order.date()).days / 30.0) if first_order else 1.0
     return {
         "order_count": orders,
@@ -244,8 +254,8 @@ def derive(stats: dict[str, Any] | None, today: date) -> dict[str, Any]:
         "average_order_value": money(revenue / orders) if orders else None,
         "orders_per_month": round(orders / months, 3) if orders else 0.0,
         "first_seen": stats.get("first_seen"),
-        "last_seen": last_seen,
-        "days_since_last_activity": (today - last_seen.date()).days if last_seen else None,
+        "last_seen": active or stats.get("first_seen"),
+        "days_since_last_activity": (today - active.date()).days if active else None,
         "days_since_last_order": (today - last_order.date()).days if last_order else None,
         "last_nps": float(stats["last_nps"]) if stats.get("last_nps") is not None else None,
     }

@@ -273,6 +273,26 @@ _ORDER_OPS = frozenset({"gt", "gte", "lt", "lte"})
 _EQUALITY_OPS = frozenset({"equals", "not_equals", "in", "not_in"})
 
 
+def value_problem(op: str, value: Any) -> str | None:
+    """Why a comparison value could never match meaningfully under ``op`` (checked on save, not on load, as
+    :func:`attribute_op_problem`: a stored one must still evaluate), else None. ``gt`` ``{"x": 1}`` or ``gt``
+    null, and ``in`` ``[[1], [2]]`` or ``[{"a": 1}]``, were saved and matched no one: an order needs a number,
+    a text or a date, and a list's items are compared as single values."""
+    if op in _ORDER_OPS and (value is None or isinstance(value, list | dict)):
+        return f"{op!r} needs a number, a text or a date value"
+    if op in ("in", "not_in") and isinstance(value, list) and any(isinstance(v, list | dict) for v in value):
+        return f"{op!r} needs a list of numbers, texts, booleans or null (not of lists or objects)"
+    return None
+
+
+def compared_values(node: Any) -> Iterator[tuple[str, str, Any]]:
+    """(place below the node, op, value) of each comparison a node holds: its own and its ``where`` filters'."""
+    if isinstance(node, _Compared | AttributeNode):
+        yield "value", node.op, node.value
+    for i, f in enumerate(getattr(node, "where", None) or ()):
+        yield f"where.{i}.value", f.op, f.value
+
+
 def attribute_op_problem(node: AttributeNode) -> str | None:
     """Why an ``attribute`` condition could never match (checked on save, not on load: a stored one must still
     evaluate), else None. ``order_count`` ``within_last_days`` 30 or ``first_seen`` ``gte`` 5 were saved and
@@ -295,7 +315,10 @@ class RandomBucketNode(_Node):
 
     type: Literal["random_bucket"] = "random_bucket"
     percent: JsonFloat = Field(gt=0, le=100)
-    seed: Text = Field("", max_length=100, description="change it to draw a different, independent sample")
+    # required on save (segments.validate_definition): without one, every holdout drew the same profiles; a
+    # definition stored before that has its "" and still loads
+    seed: Text = Field("", max_length=100, description="names the draw: the same seed draws the same profiles, "
+                                                       "another an independent sample")
 
 
 Condition = Annotated[

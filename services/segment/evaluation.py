@@ -86,12 +86,16 @@ async def apply_events(session: AsyncSession, events: list[dict[str, Any]]) -> A
         affected[ws].add(pid)
         at = attributes.event_time(e)
         value = rules[ws].order_value(e)
-        if value is not None and not orders.first(e, value, at):
-            # the same order again (a re-send with a new messageId): seen, but neither an order nor an occurrence
-            stats.setdefault((ws, pid), _Stats()).add(at, None, seen=attributes.is_activity(e))
-            continue
+        refund: float | None = None
+        if value is not None:
+            refund = orders.order(e, value, at)  # what refunds that came before it take off it
+            if refund is None:
+                # the same order again (a re-send with a new messageId): seen, but neither an order nor an occurrence
+                stats.setdefault((ws, pid), _Stats()).add(at, None, seen=attributes.is_activity(e))
+                continue
+        elif rules[ws].is_refund(e):
+            refund = orders.refund(e, rules[ws].refund_amount(e))
         if e["type"] != "merge":
-            refund = rules[ws].refund_value(e, orders.value(e)) if rules[ws].is_refund(e) else None
             stats.setdefault((ws, pid), _Stats()).add(at, value, rules[ws].nps_score(e),
                                                       seen=attributes.is_activity(e), refund=refund)
         if e["type"] == "merge":
@@ -155,15 +159,27 @@ OrderKey = tuple[uuid.UUID, uuid.UUID, str]  # (workspace, profile, order id)
 
 
 @dataclass
-class _Orders:
-    """The order ids each profile has ordered (``segment.profile_orders``), with each order's value: an order is
-    counted once however many purchase events name its id (attributes.order_id), and a refund naming only the
-    order takes off its value."""
+class _Order:
+    """One row of ``segment.profile_orders``: an order id a profile ordered, or one a refund named first."""
 
-    known: dict[OrderKey, float] = field(default_factory=dict)
-    new: dict[OrderKey, tuple[str, float, datetime]] = field(default_factory=dict)  # -> (event, value, at)
-    # the page's own orders: a refund timestamped before its order (another system's clock) still takes its value
-    page: dict[OrderKey, float] = field(default_factory=dict)
+    value: float | None  # None: not ordered yet (a refund named it first)
+    refunded: float = 0.0  # taken off its value so far; for one not ordered yet, the amounts refunds stated
+    refund_all: bool = False  # not ordered yet, and a refund stating no amount (the whole order) named it
+    event: str | None = None
+    at: datetime | None = None
+
+
+@dataclass
+class _Orders:
+    """The order ids each profile has ordered (``segment.profile_orders``), with each order's value and what
+    refunds took off it: an order is counted once however many purchase events name its id
+    (attributes.order_id), and the refunds naming an order take off no more than its value in all (a full
+    refund re-sent by an SDK took the value off twice: revenue below zero). A refund naming an order not seen
+    yet (its order comes in a later page, or is stamped later in this one) waits in a row of its own and is
+    taken off when the order comes; it was lost for good."""
+
+    rows: dict[OrderKey, _Order] = field(default_factory=dict)
+    changed: set[OrderKey] = field(default_factory=set)
 
     @classmethod
     async def load(cls, session: AsyncSession, events: list[dict[str, Any]], rules: dict[uuid.UUID, PurchaseRules]
@@ -172,44 +188,71 @@ class _Orders:
                 and (rules[k[0]].order_value(e) is not None or rules[k[0]].is_refund(e))}
         if not keys:
             return cls()
-        page: dict[OrderKey, float] = {}
-        for e in sorted(events, key=lambda e: e["timestamp"]):
-            if (k := _order_key(e)) is not None and k not in page and (v := rules[k[0]].order_value(e)) is not None:
-                page[k] = v
         k = sorted(keys)
         rows = await session.execute(text(
-            "select o.workspace_id, o.profile_id, o.order_id, o.value from segment.profile_orders o "
+            "select o.workspace_id, o.profile_id, o.order_id, o.value, o.refunded, o.refund_all, o.event, o.at "
+            "from segment.profile_orders o "
             "join unnest(CAST(:ws AS uuid[]), CAST(:pid AS uuid[]), CAST(:oid AS text[])) as u(ws, pid, oid) "
             "on o.workspace_id = u.ws and o.profile_id = u.pid and o.order_id = u.oid"),
             {"ws": [x[0] for x in k], "pid": [x[1] for x in k], "oid": [x[2] for x in k]})
-        return cls(known={(r[0], r[1], r[2]): float(r[3]) for r in rows}, page=page)
+        return cls(rows={(r[0], r[1], r[2]): _Order(None if r[3] is None else float(r[3]), float(r[4]), r[5], r[6],
+                                                    r[7]) for r in rows})
 
-    def first(self, event: dict[str, Any], value: float, at: datetime) -> bool:
-        """Whether a purchase event is the first of its order (always, without an order id); records it."""
+    def order(self, event: dict[str, Any], value: float, at: datetime) -> float | None:
+        """A purchase event: None if its order was already counted (records it otherwise), else what refunds
+        that named it before it take off its value (0 without one, and always without an order id)."""
         key = _order_key(event)
         if key is None:
-            return True
-        if key in self.known:
-            return False
-        self.known[key] = value
-        self.new[key] = (event["event"], value, at)
-        return True
+            return 0.0
+        waiting = self.rows.get(key)
+        if waiting is not None and waiting.value is not None:
+            return None
+        taken = 0.0
+        if waiting is not None:
+            taken = max(0.0, value if waiting.refund_all else min(waiting.refunded, value))
+        self.rows[key] = _Order(value, taken, False, event["event"], at)
+        self.changed.add(key)
+        return taken
 
-    def value(self, event: dict[str, Any]) -> float | None:
+    def refund(self, event: dict[str, Any], amount: float | None) -> float:
+        """A refund event stating ``amount`` (None: the whole order): what it takes off the revenue. Naming a
+        counted order, no more than is left of its value; naming one not seen yet, nothing now (it waits for the
+        order); naming none, its amount."""
         key = _order_key(event)
-        return None if key is None else self.known.get(key, self.page.get(key))
+        if key is None:
+            return amount or 0.0
+        o = self.rows.setdefault(key, _Order(None))
+        self.changed.add(key)
+        if o.value is None:
+            if amount is None:
+                o.refund_all = True
+            else:
+                o.refunded += amount
+            return 0.0
+        left = max(0.0, o.value - o.refunded)
+        taken = left if amount is None else min(amount, left)
+        o.refunded += taken
+        return taken
 
     async def save(self, session: AsyncSession) -> None:
-        if not self.new:
+        if not self.changed:
             return
-        k = sorted(self.new)
+        k = sorted(self.changed)
+        rows = [self.rows[x] for x in k]
         await session.execute(text(
-            "insert into segment.profile_orders (workspace_id, profile_id, order_id, event, value, at) "
-            "select * from unnest(CAST(:ws AS uuid[]), CAST(:pid AS uuid[]), CAST(:oid AS text[]), "
-            "CAST(:ev AS text[]), CAST(:v AS numeric[]), CAST(:at AS timestamptz[])) on conflict do nothing"),
+            "insert into segment.profile_orders (workspace_id, profile_id, order_id, event, value, at, refunded, "
+            "refund_all) select * from unnest(CAST(:ws AS uuid[]), CAST(:pid AS uuid[]), CAST(:oid AS text[]), "
+            "CAST(:ev AS text[]), CAST(:v AS numeric[]), CAST(:at AS timestamptz[]), CAST(:r AS numeric[]), "
+            "CAST(:all AS boolean[])) on conflict (workspace_id, profile_id, order_id) do update set "
+            "event = excluded.event, value = excluded.value, at = excluded.at, refunded = excluded.refunded, "
+            "refund_all = excluded.refund_all"),
             {"ws": [x[0] for x in k], "pid": [x[1] for x in k], "oid": [x[2] for x in k],
-             "ev": [self.new[x][0] for x in k], "v": [Decimal(str(self.new[x][1])) for x in k],
-             "at": [self.new[x][2] for x in k]})
+             "ev": [o.event for o in rows], "v": [None if o.value is None else _dec(o.value) for o in rows],
+             "at": [o.at for o in rows], "r": [_dec(o.refunded) for o in rows], "all": [o.refund_all for o in rows]})
+
+
+def _dec(amount: float) -> Decimal:
+    return Decimal(str(round(amount, 6)))
 
 
 def _order_key(event: dict[str, Any]) -> OrderKey | None:
@@ -295,7 +338,8 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
     """
     params = {"ws": ws, "into": into, "from": from_}
     await profile_merges.record(session, SCHEMA, [(ws, from_, into)])
-    same = await _drop_shared_orders(session, params)
+    await _drop_shared_orders(session, params)
+    same = await _merge_orders(session, params)
     await session.execute(text(
         """
         insert into segment.event_counts (workspace_id, profile_id, event, day, count)
@@ -307,7 +351,8 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
     await session.execute(text("delete from segment.event_counts where workspace_id = :ws and profile_id = :from"),
                           params)
     for table, key in (("profile_events", "event, at, message_id, properties"), ("account_members", "group_id"),
-                       ("list_members", "list_id, added_at"), ("profile_orders", "order_id, event, value, at")):
+                       ("list_members", "list_id, added_at"),
+                       ("profile_orders", "order_id, event, value, at, refunded, refund_all")):
         await session.execute(text(
             f"insert into segment.{table} (workspace_id, profile_id, {key}) "
             f"select workspace_id, :into, {key} from segment.{table} where workspace_id = :ws and profile_id = :from "
@@ -323,7 +368,7 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
           from segment.profile_stats where workspace_id = :ws and profile_id = :from
         {_STATS_FOLD}
         """), params)
-    if same[0]:
+    if same != (0, Decimal(0)):
         await session.execute(text(
             "update segment.profile_stats set order_count = greatest(order_count - :n, 0), revenue = revenue - :v "
             "where workspace_id = :ws and profile_id = :into"), {**params, "n": same[0], "v": same[1]})
@@ -350,16 +395,16 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
 _SHARED_ORDERS = """
     select f.order_id, f.event, f.at, f.value from segment.profile_orders f join segment.profile_orders i
         on i.workspace_id = f.workspace_id and i.profile_id = :into and i.order_id = f.order_id
-     where f.workspace_id = :ws and f.profile_id = :from"""
+     where f.workspace_id = :ws and f.profile_id = :from and f.value is not null and i.value is not null"""
 
 
-async def _drop_shared_orders(session: AsyncSession, params: dict[str, Any]) -> tuple[int, Decimal]:
+async def _drop_shared_orders(session: AsyncSession, params: dict[str, Any]) -> None:
     """Before a merge, take the orders both profiles hold (bought on the device, re-sent after login) out of the
-    merged-away profile's occurrences (per-day count, stored event); returns how many and their value, to take
-    off its statistics once folded. Each order counts once in the survivor, as in one profile."""
+    merged-away profile's occurrences (per-day count, stored event). Each order counts once in the survivor, as
+    in one profile."""
     shared = (await session.execute(text(_SHARED_ORDERS), params)).all()
     if not shared:
-        return 0, Decimal(0)
+        return
     await session.execute(text(
         f"""
         update segment.event_counts c set count = c.count - d.n
@@ -375,7 +420,56 @@ async def _drop_shared_orders(session: AsyncSession, params: dict[str, Any]) -> 
          where e.workspace_id = :ws and e.profile_id = :from and e.event = s.event
            and e.properties ->> 'order_id' = s.order_id
         """), params)
-    return len(shared), sum((Decimal(r.value) for r in shared), Decimal(0))
+
+
+async def _merge_orders(session: AsyncSession, params: dict[str, Any]) -> tuple[int, Decimal]:
+    """Before a merge, combine the rows of the order ids both profiles hold into the survivor's, as one profile
+    would hold them (the merged-away profile's other rows move as they are); returns the orders and revenue to
+    take off the survivor's statistics once folded. An order both hold counts once, its refunds together at
+    most its value; a refund one of them holds for an order not seen yet is taken off the other's order."""
+    rows = (await session.execute(text(
+        "select f.order_id, f.value, f.refunded, f.refund_all, f.event, f.at, "
+        "       i.value as i_value, i.refunded as i_refunded, i.refund_all as i_refund_all "
+        "  from segment.profile_orders f join segment.profile_orders i "
+        "    on i.workspace_id = f.workspace_id and i.profile_id = :into and i.order_id = f.order_id "
+        " where f.workspace_id = :ws and f.profile_id = :from"), params)).all()
+    orders, revenue = 0, Decimal(0)
+    for r in rows:
+        f_value, f_refunded = _num(r.value), Decimal(r.refunded)
+        i_value, i_refunded = _num(r.i_value), Decimal(r.i_refunded)
+        if f_value is None and i_value is None:  # refunds of an order neither has seen: they wait together
+            new = (None, f_refunded + i_refunded, r.refund_all or r.i_refund_all, None, None)
+        elif i_value is None:  # the order is the merged-away profile's; the survivor's refund waited for it
+            taken = _refund_left(f_value, f_refunded, i_refunded, r.i_refund_all)
+            revenue += taken
+            new = (f_value, f_refunded + taken, False, r.event, r.at)
+        else:  # the survivor's order, refunded by either (and counted by both: the merged-away copy goes)
+            if f_value is not None:
+                orders += 1
+                revenue += f_value - f_refunded
+            taken = _refund_left(i_value, i_refunded, f_refunded, f_value is None and r.refund_all)
+            revenue += taken
+            new = (i_value, i_refunded + taken, False, None, None)
+        await session.execute(text(
+            "update segment.profile_orders set value = :v, refunded = :r, refund_all = :all, "
+            "event = coalesce(:ev, event), at = coalesce(CAST(:at AS timestamptz), at) "
+            "where workspace_id = :ws and profile_id = :into and order_id = :oid"),
+            {**params, "oid": r.order_id, "v": new[0], "r": new[1], "all": new[2], "ev": new[3], "at": new[4]})
+        await session.execute(text(
+            "delete from segment.profile_orders where workspace_id = :ws and profile_id = :from and order_id = :oid"),
+            {**params, "oid": r.order_id})
+    return orders, revenue
+
+
+def _num(v: Any) -> Decimal | None:
+    return None if v is None else Decimal(v)
+
+
+def _refund_left(value: Decimal, refunded: Decimal, asked: Decimal, whole: bool) -> Decimal:
+    """What a refund of ``asked`` (``whole``: the whole order) takes off an order of ``value`` already refunded by
+    ``refunded``: no more than is left of it."""
+    left = max(Decimal(0), value - refunded)
+    return left if whole else min(asked, left)
 
 
 @dataclass
@@ -409,7 +503,11 @@ class _Stats:
 
     @property
     def seen_from(self) -> datetime | None:
-        """First seen: the earliest call of any kind (someone identified before doing anything has been seen)."""
+        """First seen: the earliest call of any kind (someone identified before doing anything has been seen).
+        The stored ``last_seen`` is the last activity alone (null until the first): attributes.derive reads an
+        identified-only profile's last seen as its first, and its days since last activity as null. It used to
+        store first seen there, so a CRM back-fill dated 100 days ago was churned at once, and its first event
+        made it "reactivated" — or "onboarding" had both come in one page of the feed."""
         return min((t for t in (self.first_seen, self.introduced) if t is not None), default=None)
 
 
@@ -441,12 +539,6 @@ async def _fold_stats(session: AsyncSession, stats: dict[tuple[uuid.UUID, uuid.U
         "nps": [None if stats[k].nps is None else Decimal(str(stats[k].nps)) for k in keys],
         "npsat": [stats[k].nps_at for k in keys],
     })
-    introduced = [k for k in keys if stats[k].last_seen is None and stats[k].introduced is not None]
-    if introduced:  # seen once, when introduced, until they do something (activity alone moves last seen)
-        await session.execute(text(
-            "update segment.profile_stats set last_seen = first_seen where last_seen is null and (workspace_id, "
-            "profile_id) in (select * from unnest(CAST(:ws AS uuid[]), CAST(:pid AS uuid[])))"),
-            {"ws": [k[0] for k in introduced], "pid": [k[1] for k in introduced]})
 
 
 @dataclass
@@ -749,6 +841,7 @@ def _stage_changes(cfg: lifecycle_mod.LifecycleSettings, ws: uuid.UUID, current:
         old_stage = stage_ids[old[0]] if old else None
         stage_input = lifecycle_mod.StageInput(
             days_since_last_activity=f.attributes.get("days_since_last_activity"),
+            seen=f.attributes.get("first_seen") is not None,
             order_count=int(f.attributes.get("order_count") or 0),
             performed=lifecycle_mod.performed(cfg, f.counts, f.events),
             nps=f.attributes.get("last_nps"),

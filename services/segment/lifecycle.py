@@ -11,6 +11,8 @@ Stages, first match wins:
 6. ``engaged``: activated (performed an activation event, default a purchase);
 7. ``onboarding``: everyone else who has been seen.
 
+Stages 1–3 need activity: someone only identified so far (seen, never active) is in none of them.
+
 Activity is the person's own events (attributes.is_activity: not what Tenure's services record about them,
 such as delivery's reports on the messages sent to them), at their timestamp but never after ingest received
 them (attributes.event_time).
@@ -102,22 +104,29 @@ class StageInput:
     order_count: int = 0
     performed: set[str] = field(default_factory=set)  # event names ever performed (of the ones that matter)
     nps: Any = None
+    seen: bool = False  # seen at all, activity or not (an identify counts); activity implies it
 
 
 def next_stage(facts: StageInput, previous: str | None, previous_since: date | None, today: date,
                cfg: LifecycleSettings) -> str | None:
-    """The profile's stage today, given its previous stage (None if never seen: no stage)."""
+    """The profile's stage today, given its previous stage (None if never seen: no stage).
+
+    Recency (``churned``, ``at_risk``, ``reactivated``) is read from activity alone: someone seen but who never
+    did anything (only identified: a CRM back-fill dated months ago) is in none of them, however old the call,
+    so their first event does not "reactivate" them. (One earlier made churned for that reason, before activity
+    was told apart, leaves ``churned`` for the stage their other facts give.)"""
     idle = facts.days_since_last_activity
-    if idle is None:
+    if idle is None and not facts.seen:
         return None
-    if idle >= cfg.churned_days:
-        return "churned"
-    if idle >= cfg.at_risk_days:
-        return "at_risk"
-    if previous == "churned":
-        return "reactivated"
-    if previous == "reactivated" and previous_since and (today - previous_since).days < cfg.reactivated_days:
-        return "reactivated"
+    if idle is not None:
+        if idle >= cfg.churned_days:
+            return "churned"
+        if idle >= cfg.at_risk_days:
+            return "at_risk"
+        if previous == "churned":
+            return "reactivated"
+        if previous == "reactivated" and previous_since and (today - previous_since).days < cfg.reactivated_days:
+            return "reactivated"
     nps = facts.nps if isinstance(facts.nps, int | float) and not isinstance(facts.nps, bool) else None
     if facts.performed & set(cfg.advocacy_events) or (nps is not None and nps >= cfg.promoter_nps):
         return "advocacy"

@@ -5,7 +5,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, DateTime, Identity, Index, Numeric, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, Column, DateTime, Identity, Index, Numeric, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from shared.db import jsonb_column, metadata_for, tz_column, xid_column
@@ -154,17 +154,22 @@ class ProfileEvent(SegmentTable, table=True):
 
 
 class ProfileOrder(SegmentTable, table=True):
-    """Each order id a profile ordered (``order_id`` of a purchase event), with its value: an order is counted
-    once whatever number of purchase events name it, and a refund naming only the order takes off its value."""
+    """Each order id a profile ordered (``order_id`` of a purchase event), with its value and what refunds took
+    off it: an order is counted once whatever number of purchase events name it, a refund naming only the order
+    takes off what is left of its value, and refunds never take off more than its value in all. An order id a
+    refund named before its order came has a row without value: the refund waits there for it."""
 
     __tablename__ = "profile_orders"
 
     workspace_id: uuid.UUID = Field(primary_key=True)
     profile_id: uuid.UUID = Field(primary_key=True)
     order_id: str = Field(primary_key=True)
-    event: str  # the purchase event that named it first
-    value: Decimal = Field(sa_column=Column(Numeric, nullable=False))
-    at: datetime = Field(sa_column=Column("at", DateTime(timezone=True), nullable=False))
+    event: str | None = None  # the purchase event that named it first
+    value: Decimal | None = Field(default=None, sa_column=Column(Numeric, nullable=True))
+    at: datetime | None = Field(default=None, sa_column=Column("at", DateTime(timezone=True), nullable=True))
+    # taken off its value so far; without a value (not ordered yet), the amounts refunds stated
+    refunded: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric, nullable=False, server_default="0"))
+    refund_all: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default="false"))
 
 
 class Account(SegmentTable, table=True):

@@ -114,8 +114,10 @@ class ProfileAttributes(BaseModel):
     first_seen: datetime | None = Field(description="the person's first event (not counting what Tenure's services "
                                                     "record about them: message deliveries, opens, journey updates)")
     last_seen: datetime | None = Field(description="the person's latest event (likewise; never after ingest received "
-                                                   "it)")
-    days_since_last_activity: int | None = Field(description="UTC days since `last_seen`")
+                                                   "it); for someone only identified so far, `first_seen`")
+    days_since_last_activity: int | None = Field(description="UTC days since the person's latest track, page or "
+                                                             "screen call (`last_seen`); null without one (only "
+                                                             "identified so far)")
     days_since_last_order: int | None
     last_nps: float | None = Field(None, description="newest NPS survey answer (0–10), else the `nps` trait "
                                                         "(when it is a number from 0 to 10)")

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segment import conditions, evaluation, lifecycle
 from shared.db import fetch_one, fetch_page, insert_one_or_conflict, row_dict
-from shared.errors import ValidationFailed, body_error
+from shared.errors import Conflict, ValidationFailed, body_error
 from shared.feed import Cursor, feed_params, feed_query
 from shared.jsonutil import dumps
 from shared.validation import error_message
@@ -41,10 +41,19 @@ def validate_definition(definition: dict[str, Any]) -> Any:
     if too_deep:
         raise ValidationFailed("The segment definition is not valid", errors=[
             body_error(too_deep, f"nested more than {MAX_DEPTH} levels deep (and / or / not)")])
+    # what parses but could never match meaningfully is refused on save only: stored definitions must still load
     for at, _, n in _nodes(node):
         if isinstance(n, conditions.AttributeNode) and (problem := conditions.attribute_op_problem(n)):
             raise ValidationFailed("The segment definition is not valid", errors=[
                 body_error(f"{at}.attribute.op", problem)])
+        for place, op, value in conditions.compared_values(n):
+            if problem := conditions.value_problem(op, value):
+                raise ValidationFailed("The segment definition is not valid", errors=[
+                    body_error(f"{at}.{n.type}.{place}", problem)])
+        if isinstance(n, conditions.RandomBucketNode) and "seed" not in n.model_fields_set:
+            raise ValidationFailed("The segment definition is not valid", errors=[body_error(
+                f"{at}.random_bucket.seed", "a seed is required: it names the draw (segments with the same seed "
+                                            "draw the same profiles)", "missing")])
     return node
 
 
@@ -107,6 +116,8 @@ async def update_segment(session: AsyncSession, ws: uuid.UUID, segment_id: uuid.
     """Rename and/or redefine. A definition that differs from the current one makes a new version (members
     are re-evaluated in the background and only real changes are written); a rename, or the same
     definition again, keeps the version."""
+    if _stage_of(ws, segment_id) is not None:
+        raise Conflict(f"Segment {segment_id} is a lifecycle stage: the workspace's lifecycle settings define it")
     d = None
     if definition is not None:
         node = validate_definition(definition)
@@ -125,7 +136,20 @@ async def update_segment(session: AsyncSession, ws: uuid.UUID, segment_id: uuid.
     return row_dict(row)
 
 
+def _stage_of(ws: uuid.UUID, segment_id: uuid.UUID) -> str | None:
+    """The lifecycle stage whose fixed segment id (GET /v1/lifecycle) ``segment_id`` is, else None."""
+    return next((st for st in lifecycle.STAGES if lifecycle.stage_segment_id(ws, st) == segment_id), None)
+
+
 async def get_segment(session: AsyncSession, ws: uuid.UUID, segment_id: uuid.UUID) -> dict[str, Any]:
+    """A saved segment, or a lifecycle stage's segment: it holds the profiles in that stage, as a saved segment
+    ``{"type": "stage", "stage": ...}`` would, at version 0 (its transitions' version in the feed); the stages
+    exist since the workspace does. Its id came back from GET /v1/lifecycle and was a 404 here."""
+    if (stage := _stage_of(ws, segment_id)) is not None:
+        created = await session.scalar(text("select created_at from core.workspaces where id = :ws"), {"ws": ws})
+        return {"id": str(segment_id), "name": f"lifecycle stage {stage}",
+                "definition": {"type": "stage", "stage": stage}, "version": 0,
+                "created_at": created, "updated_at": created}
     return await fetch_one(
         session,
         f"select {_COLUMNS} from segment.segments where workspace_id = :ws and id = :id",

@@ -664,3 +664,51 @@ async def test_revenue_that_reads_as_nan_or_infinity_counts_as_nothing(ctx, sett
     assert r.status_code == 200 and r.json()["total_revenue"] == 0.0, r.text
     m = await ctx.seg.get("/v1/metrics", headers=ctx.h, params={"start": "2000-01-01", "end": "2999-01-01"})
     assert m.status_code == 200 and m.json()["average_cltv"] == 7.75, m.text
+
+
+async def test_values_that_could_never_match_are_refused_on_save_but_stored_ones_still_load(ctx) -> None:
+    """``gt {"x": 1}`` or ``gt null``, ``in`` a list of lists or objects, and a random bucket without a seed (every
+    holdout drew the same profiles) were saved with 201."""
+    filtered = {"type": "performed", "event": "Order Completed"}
+    cases = [
+        ({"type": "trait", "trait": "plan", "op": "gt", "value": {"x": 1}}, "definition.trait.value"),
+        ({"type": "trait", "trait": "plan", "op": "lte", "value": None}, "definition.trait.value"),
+        ({"type": "and", "children": [{"type": "trait", "trait": "plan", "op": "in", "value": [[1], [2]]}]},
+         "definition.and.children.0.trait.value"),
+        ({"type": "account_trait", "trait": "plan", "op": "not_in", "value": [{"a": 1}]},
+         "definition.account_trait.value"),
+        ({**filtered, "where": [{"property": "a", "op": "exists"}, {"property": "a", "op": "gte", "value": [1]}]},
+         "definition.performed.where.1.value"),
+        ({"type": "last_event_property", "event": "X", "property": "a", "op": "gt", "value": {}},
+         "definition.last_event_property.value"),
+        ({"type": "attribute", "attribute": "order_count", "op": "in", "value": [[1]]}, "definition.attribute.value"),
+        ({"type": "not", "child": {"type": "random_bucket", "percent": 10}}, "definition.not.child.random_bucket.seed"),
+    ]
+    saved = await ctx.segment({"type": "trait", "trait": "plan", "op": "in", "value": ["pro", 1, True, None]})
+    for definition, at in cases:
+        for method, path in (("POST", "/v1/segments"), ("PUT", f"/v1/segments/{saved}"),
+                             ("POST", "/v1/segments/preview"), ("POST", "/v1/profiles/search")):
+            named = {"name": uuid.uuid4().hex} if "/segments" in path and "preview" not in path else {}
+            r = await ctx.seg.request(method, path, headers=ctx.h, json={**named, "definition": definition})
+            assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json", (path, r.text)
+            assert [e["at"] for e in r.json()["errors"]] == [at], (path, r.text)
+    # what still saves: ordering by a number, a text, a boolean; a seed, even an empty one given on purpose
+    for definition in ({"type": "trait", "trait": "age", "op": "gt", "value": "40"},
+                       {"type": "trait", "trait": "age", "op": "gte", "value": True},
+                       {"type": "random_bucket", "percent": 10, "seed": ""}):
+        await ctx.segment(definition)
+    # segments saved before the check still load and evaluate
+    user = uuid.uuid4()
+    await _fold(ctx.sm, [_ev(ctx.ws, user, "identify", traits={"plan": "pro"})])
+    old = {uuid.uuid4(): {"type": "trait", "trait": "plan", "op": "gt", "value": {"x": 1}},
+           uuid.uuid4(): {"type": "trait", "trait": "plan", "op": "in", "value": [["pro"]]},
+           uuid.uuid4(): {"type": "random_bucket", "percent": 100}}
+    async with ctx.sm() as s, s.begin():
+        for sid, d in old.items():
+            await s.execute(text("insert into segment.segments (id, workspace_id, name, definition) "
+                                 "values (:id, :ws, :name, CAST(:d AS jsonb))"),
+                            {"id": sid, "ws": ctx.ws, "name": str(sid), "d": json.dumps(d)})
+    await evaluation.evaluate_fully(ctx.sm, ctx.ws, set(old))
+    assert [await ctx.members(str(sid)) for sid in old] == [set(), set(), {str(user)}]
+    for sid in old:
+        assert (await ctx.seg.get(f"/v1/segments/{sid}", headers=ctx.h)).status_code == 200

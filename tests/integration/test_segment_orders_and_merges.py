@@ -183,3 +183,112 @@ async def test_numbers_stored_as_text_compare_as_numbers(ctx) -> None:
     await ctx.fold(_ev(ws, late, "identify", traits={"age": "41.5", "seats": "10"}))
     assert await ctx.members(over_40) == {str(texty), str(late)}
     assert await ctx.members(over_ten_as_text) == {str(numeric), str(late)}
+
+
+async def test_someone_only_identified_is_onboarding_whatever_the_paging(ctx) -> None:
+    """A CRM back-fill (an identify dated 100 days ago) was churned at once, and its first event made it
+    "reactivated"; the same two messages in one page made it "onboarding". Activity alone moves recency."""
+    ws, paged, batched, answered, promoter = ctx.ws, uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    crm = {"email": "crm@example.com"}
+    await ctx.fold(_ev(ws, paged, "identify", traits=crm, days_ago=100),
+                   _ev(ws, answered, "identify", traits=crm, days_ago=120),
+                   _ev(ws, promoter, "identify", traits={"nps": 10}, days_ago=120))
+    attrs = await ctx.attributes(paged)
+    assert attrs["days_since_last_activity"] is None and attrs["last_seen"] == attrs["first_seen"]
+    assert await ctx.stage(paged) == "onboarding" and await ctx.stage(answered) == "onboarding"
+    assert await ctx.stage(promoter) == "advocacy"
+    idle = await ctx.segment({"type": "attribute", "attribute": "days_since_last_activity", "op": "gte", "value": 30})
+    assert await ctx.members(idle) == set()
+    # the daily re-check (a pass over every profile) agrees
+    await evaluation.recheck_lifecycle(ctx.sm, NOW.date() + timedelta(days=1))
+    assert await ctx.stage(paged) == "onboarding"
+    await ctx.fold(_ev(ws, paged, event="Signed Up"),
+                   _ev(ws, answered, event="NPS Survey Submitted", props={"score": 10}))
+    await ctx.fold(_ev(ws, batched, "identify", traits=crm, days_ago=100), _ev(ws, batched, event="Signed Up"))
+    assert await ctx.stage(paged) == "onboarding" == await ctx.stage(batched)
+    assert await ctx.stage(answered) == "advocacy"
+    attrs = await ctx.attributes(paged)
+    assert attrs["days_since_last_activity"] == 0 and attrs["first_seen"] < attrs["last_seen"]
+    # a customer who did something and then went quiet is churned, and returns reactivated, as before
+    back = uuid.uuid4()
+    await ctx.fold(_ev(ws, back, event="App Opened", days_ago=100))
+    assert await ctx.stage(back) == "churned"
+    await ctx.fold(_ev(ws, back, event="App Opened"))
+    assert await ctx.stage(back) == "reactivated"
+
+
+async def test_refunds_of_an_order_take_off_no_more_than_its_value(ctx) -> None:
+    """A full refund (only ``order_id``) re-sent with a new messageId took the order's value off twice: revenue
+    -70 of orders worth 130. Refunds stating amounts are capped per order too."""
+    ws, user = ctx.ws, uuid.uuid4()
+    await ctx.fold(_order(ws, user, "rr1", 100, days_ago=2), _order(ws, user, "rr2", 30, days_ago=2))
+    refund = _ev(ws, user, event="Order Refunded", props={"order_id": "rr1"}, days_ago=1)
+    await ctx.fold(refund)
+    assert (await ctx.attributes(user))["total_revenue"] == 30.0
+    await ctx.fold({**refund, "message_id": uuid.uuid4().hex})  # an SDK's re-send
+    attrs = await ctx.attributes(user)
+    assert (attrs["total_revenue"], attrs["average_order_value"], attrs["order_count"]) == (30.0, 15.0, 2)
+    # stated amounts add up to the order's value at most: 20, then 20 of the 10 left, then a full refund
+    partial = _ev(ws, user, event="Order Refunded", props={"order_id": "rr2", "revenue": 20})
+    await ctx.fold(partial)
+    assert (await ctx.attributes(user))["total_revenue"] == 10.0
+    await ctx.fold({**partial, "message_id": uuid.uuid4().hex},
+                   _ev(ws, user, event="Order Refunded", props={"order_id": "rr2"}))
+    assert (await ctx.attributes(user))["total_revenue"] == 0.0
+    # a refund naming no order takes off its amount, as before
+    await ctx.fold(_order(ws, user, "rr3", 50), _ev(ws, user, event="Order Refunded", props={"total": 5}))
+    assert (await ctx.attributes(user))["total_revenue"] == 45.0
+
+
+async def test_a_refund_that_comes_before_its_order_waits_for_it(ctx) -> None:
+    """A refund whose order came in a later page of the feed was lost for good (revenue 80 of an order refunded in
+    full); it now waits for its order, also across a merge."""
+    ws, user, device, other = ctx.ws, uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await ctx.fold(_ev(ws, user, event="Order Refunded", props={"order_id": "r1"}, days_ago=2),
+                   _ev(ws, user, event="Order Refunded", props={"order_id": "r2", "total": 100}, days_ago=2))
+    assert (await ctx.attributes(user))["total_revenue"] == 0.0
+    await ctx.fold(_order(ws, user, "r1", 80, days_ago=3), _order(ws, user, "r2", 60, days_ago=3))
+    attrs = await ctx.attributes(user)
+    assert (attrs["order_count"], attrs["total_revenue"]) == (2, 0.0)  # r2: 100 stated, 60 to take
+    await ctx.fold(_ev(ws, user, event="Order Refunded", props={"order_id": "r1"}))  # nothing left of it
+    assert (await ctx.attributes(user))["total_revenue"] == 0.0
+    # the device was refunded before login; the order is the user's (and the other way round)
+    await ctx.fold(_ev(ws, device, event="Order Refunded", props={"order_id": "m1", "total": 15}),
+                   _order(ws, device, "m2", 40), _order(ws, user, "m1", 25),
+                   _ev(ws, user, event="Order Refunded", props={"order_id": "m2"}),
+                   _order(ws, device, "m3", 70), _order(ws, user, "m3", 70),
+                   _ev(ws, device, event="Order Refunded", props={"order_id": "m3", "total": 50}),
+                   _ev(ws, user, event="Order Refunded", props={"order_id": "m3", "total": 50}))
+    await ctx.fold(_ev(ws, user, "merge", props={"merged_profile_id": str(device)}))
+    attrs = await ctx.attributes(user)
+    # m1 25 - 15, m2 40 - 40, m3 (one order) 70 - 70
+    assert (attrs["order_count"], attrs["total_revenue"]) == (5, 10.0)
+    await ctx.fold(_ev(ws, other, event="Order Refunded", props={"order_id": "z"}), _order(ws, other, "y", 9))
+    assert (await ctx.attributes(other))["total_revenue"] == 9.0  # a refund waiting names its own order only
+
+
+async def test_a_lifecycle_stage_reads_as_a_segment(ctx) -> None:
+    """GET /v1/lifecycle gives each stage's segment id (the glossary: stages have fixed ids too), but the segment
+    and its members were a 404."""
+    ws = ctx.ws
+    people = sorted(str(uuid.uuid4()) for _ in range(3))
+    await ctx.fold(*(_ev(ws, p, event="App Opened") for p in people))
+    stages = (await ctx.seg.get("/v1/lifecycle", headers=ctx.h)).json()["stages"]
+    onboarding = next(s["segment_id"] for s in stages if s["stage"] == "onboarding")
+    r = await ctx.seg.get(f"/v1/segments/{onboarding}", headers=ctx.h)
+    assert r.status_code == 200, r.text
+    assert r.json()["definition"] == {"type": "stage", "stage": "onboarding"} and r.json()["id"] == onboarding
+    seen, after = [], None
+    while True:
+        r = await ctx.seg.get(f"/v1/segments/{onboarding}/members", headers=ctx.h,
+                              params={"limit": 2, **({"after": after} if after else {})})
+        assert r.status_code == 200, r.text
+        seen += [m["profile_id"] for m in r.json()["members"]]
+        if not (after := r.json()["next_cursor"]):
+            break
+    assert seen == people
+    # a stage is defined by the workspace's lifecycle settings, not edited as a segment
+    r = await ctx.seg.put(f"/v1/segments/{onboarding}", headers=ctx.h, json={"name": "mine"})
+    assert r.status_code == 409 and r.headers["content-type"] == "application/problem+json", r.text
+    r = await ctx.seg.get(f"/v1/segments/{uuid.uuid4()}/members", headers=ctx.h)
+    assert r.status_code == 404

@@ -94,3 +94,13 @@ def test_the_referred_side_of_a_referral_is_no_advocacy() -> None:
     assert performed(cfg, counts, {"Referral Converted": [*referred, (day, {"role": "referrer"})]}) == {
         "Order Completed", "Referral Converted"}
     assert performed(cfg, {"Review Submitted": {day: 1}}, {}) == {"Review Submitted"}
+
+
+def test_seen_but_never_active_is_in_no_recency_stage() -> None:
+    """Someone only identified (seen, no activity: no days since last activity) is onboarding, or what their other
+    facts make them, whatever came before: a stage of churned given before activity was told apart is left."""
+    for previous in (None, "churned", "reactivated", "at_risk"):
+        assert next_stage(StageInput(None, seen=True), previous, TODAY, TODAY, CFG) == "onboarding"
+        assert next_stage(StageInput(None, nps=10, seen=True), previous, TODAY, TODAY, CFG) == "advocacy"
+    assert next_stage(StageInput(None), None, None, TODAY, CFG) is None
+    assert next_stage(StageInput(0, seen=True), "churned", TODAY, TODAY, CFG) == "reactivated"

@@ -35,6 +35,10 @@ class Message(DeliveryTable, table=True):
         # an inbound SMS (STOP, START) names only the number: its person is the one the last text to it was for
         Index("ix_messages_recipient", "workspace_id", "to_address", "created_at",
               postgresql_where="channel = 'sms'"),
+        # a Twilio SID names one message of the whole account, which several workspaces may share: a text retried
+        # after an unanswered attempt adopts a SID Twilio lists only if no message of any workspace holds it
+        Index("ix_messages_sms_provider_id", "provider_message_id",
+              postgresql_where="channel = 'sms' and provider_message_id is not null"),
     )
 
     id: uuid.UUID = Field(primary_key=True)

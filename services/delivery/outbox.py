@@ -148,11 +148,11 @@ CSV_COLUMNS = ("id", "created_at", "channel", "to", "message_type", "topic", "st
                "subject", "provider_message_id", "sent_at", "campaign_id", "user")
 
 
-async def known_provider_ids(session: AsyncSession, ws: uuid.UUID, ids: list[str]) -> set[str]:
-    """Which of these provider message ids another message of the workspace already holds."""
+async def known_sms_ids(session: AsyncSession, ids: list[str]) -> set[str]:
+    """Which of these Twilio SIDs a text of any workspace already holds (one account may serve several)."""
     rows = await session.execute(text(
-        "select provider_message_id from delivery.messages where workspace_id = :ws "
-        "and provider_message_id = any(:ids)"), {"ws": ws, "ids": ids})
+        "select provider_message_id from delivery.messages where channel = 'sms' "
+        "and provider_message_id is not null and provider_message_id = any(:ids)"), {"ids": ids})
     return {r[0] for r in rows}
 
 

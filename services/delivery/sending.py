@@ -46,7 +46,7 @@ async def _send_sms(sessionmaker: async_sessionmaker[AsyncSession], settings: Se
         taken = await sms.find_sent(settings, http, message["to_address"], body, message["created_at"])
         if taken:
             async with sessionmaker() as session, session.begin():
-                known = await outbox.known_provider_ids(session, message["workspace_id"], taken)
+                known = await outbox.known_sms_ids(session, taken)
             if mine := next((sid for sid in taken if sid not in known), None):
                 log.info("delivery.earlier_attempt_found", message_id=str(message["id"]), provider_message_id=mine)
                 return mine

@@ -319,6 +319,26 @@ async def test_a_text_twilio_took_without_answering_is_not_sent_twice(apps, work
     assert (await status(again))["status"] == "sent" and twilio.calls["+14155550105"] == 3
     assert twilio.queries[-1]["To"] == "+14155550105"
 
+    # one Twilio account serves every workspace: a text another workspace sent with the same words to the same
+    # number (its SID recorded there) is not this one's either
+    from shared.core import create_workspace
+
+    async with sessionmaker() as s, s.begin():
+        other = await create_workspace(s, f"test-{uuid.uuid4().hex[:8]}")
+    theirs = await apps["delivery"].post("/v1/messages", headers={"Authorization": f"Bearer {other.secret_key}"},
+                                         json={"idempotency_key": f"theirs-{tag}", "channel": "sms",
+                                               "to": "+14155550107", "text": f"Same words {tag}",
+                                               "message_type": "transactional"})
+    await sending.send_due(sessionmaker, cfg)
+    ours = await post("+14155550107", f"Same words {tag}")
+    await died_during_the_call(ours)  # (before Twilio took it)
+    await sending.send_due(sessionmaker, cfg)
+    got_ours = await status(ours)
+    assert got_ours["status"] == "sent" and twilio.calls["+14155550107"] == 2
+    assert got_ours["provider_message_id"] != (await apps["delivery"].get(
+        f"/v1/messages/{theirs.json()['id']}", headers={"Authorization": f"Bearer {other.secret_key}"}
+    )).json()["provider_message_id"]
+
     # a worker died during its call, after Twilio took the text: the next claim asks first, and finds it
     died = await post("+14155550106", f"Your order shipped {tag}")
     twilio.take({"To": "+14155550106", "From": "+14155550199", "Body": f"Your order shipped {tag}"})

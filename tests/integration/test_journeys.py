@@ -552,6 +552,50 @@ async def test_ab_split_picks_the_winner_after_n_entrants(world) -> None:
     assert stats["experiment"]["leader"] == best and stats["variants"][best]["converted"] >= 1
 
 
+async def test_split_weights_whose_sum_overflows_are_refused_and_stored_ones_still_split(world) -> None:
+    """Two weights of 1e308 were accepted, and their sum is infinite: every entrant fell through to the last
+    variant. A save is a 422 naming the split's variants; a campaign stored before that still loads and splits
+    its entrants as the weights' ratio says (evenly here), not all to B."""
+    a, b = await world.template("oa", "Arm A"), await world.template("ob", "Arm B")
+    steps = [{"id": "sp", "type": "split", "variants": [{"name": "A", "weight": 1e308, "next": "a"},
+                                                        {"name": "B", "weight": 1e308, "next": "b"}]},
+             {"id": "a", "type": "send", "template_id": a}, {"id": "b", "type": "send", "template_id": b}]
+    r = await world.apps["campaign"].post("/v1/campaigns", headers=world.h, json={
+        "name": f"c-{uuid.uuid4().hex[:8]}", "trigger": {"type": "api"}, "steps": steps})
+    assert r.status_code == 422 and [e["at"] for e in r.json()["errors"]] == ["steps.0.variants"], r.text
+    assert "finite" in r.json()["errors"][0]["msg"]
+    assert await _campaign_rows(world) == 0
+    # large weights that add up are fine (they are relative)
+    big = await world.campaign(trigger={"type": "api"}, steps=[
+        {**steps[0], "variants": [{**v, "weight": 8e307} for v in steps[0]["variants"]]}, *steps[1:]])
+    # one saved before the check: its stored definition (every version of it) has the overflowing weights
+    camp = await world.campaign(trigger={"type": "api"}, steps=[
+        {**steps[0], "variants": [{**v, "weight": 1} for v in steps[0]["variants"]]}, *steps[1:]])
+    async with world.sm() as s, s.begin():
+        for table in ("campaigns", "campaign_versions"):
+            key = "id" if table == "campaigns" else "campaign_id"
+            await s.execute(text(f"update campaign.{table} set definition = jsonb_set(definition, "
+                                 "'{steps,0,variants}', CAST(:v AS jsonb)) where " + key + " = :id"),
+                            {"v": '[{"name": "A", "weight": 1e308, "next": "a"}, '
+                                  '{"name": "B", "weight": 1e308, "next": "b"}]', "id": camp["id"]})
+    users = [f"ovf-{i}" for i in range(30)]
+    for uid in users:
+        await world.identify(uid, email=_email(uid))
+        for c in (camp, big):
+            r = await world.apps["campaign"].post(f"/v1/campaigns/{c['id']}/trigger", headers=world.h,
+                                                  json={"user": uid})
+            assert r.status_code == 202, r.text
+    await world.pump(datetime.now(UTC) + timedelta(seconds=1))
+    for c in (camp, big):
+        stats = (await world.apps["campaign"].get(f"/v1/campaigns/{c['id']}/stats", headers=world.h)).json()
+        entered = {k: v["entered"] for k, v in stats["variants"].items()}
+        assert sum(entered.values()) == 30 and min(entered.get("A", 0), entered.get("B", 0)) >= 5, entered
+        for uid in users[:5]:  # each the variant its stable bucket picks
+            pid = (await world.apps["ingest"].get(f"/v1/profiles/{uid}", headers=world.h)).json()["id"]
+            arm = "A" if journeys._bucket("split", c["id"], "sp", pid) < 50 else "B"
+            assert [j["variant"] for j in await world.path(pid) if j["campaign_id"] == c["id"]] == [arm]
+
+
 async def test_preview_test_send_snippets_and_generated_text(world) -> None:
     r = await world.apps["campaign"].put("/v1/snippets/footer", headers=world.h,
                                          json={"content": "<p class='f'>Acme · {{ profile.city | default: '' }}</p>"})

@@ -458,14 +458,18 @@ def apply(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show the diff, change nothing")] = False,
 ) -> None:
     """Create or update programs, templates, segments and campaigns from a file, idempotently; shows the diff
-    first."""
+    first. A file the services would refuse (an item each checks on save) is refused before anything is
+    written; a write refused later says which items were applied and which were not."""
     from services import resources
 
     async def run() -> int:
         desired = resources.load(file.read_text())
         async with httpx.AsyncClient(timeout=30) as http:
             api = _resource_api(http, key)
-            changes = await resources.plan(api, desired)
+            try:
+                changes = await resources.plan(api, desired)
+            except resources.ResourceError as exc:
+                raise resources.ResourceError(f"{exc}\nnothing was applied") from None
             for c in changes:
                 style = {"create": "green", "update": "yellow", "unchanged": "dim"}[c.action]
                 console.print(f"[{style}]{c.action:9}[/] {c.kind[:-1]} {_safe(c.name)}", highlight=False)
@@ -480,8 +484,8 @@ def apply(
 
     try:
         raise typer.Exit(asyncio.run(run()))
-    except (resources.ResourceError, httpx.HTTPError) as exc:
-        console.print(f"[red]error:[/] {_safe(_failure(exc))}", highlight=False)
+    except (resources.ResourceError, httpx.HTTPError) as exc:  # (unwrapped: each item on its own line)
+        console.print(f"[red]error:[/] {_safe(_failure(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 

@@ -8,7 +8,10 @@ segment (``segment: engaged pros``) instead of ids. ``plan`` compares the file w
 hold — after normalising both the way the services store them, so applying the same file twice
 changes nothing and makes no new campaign version — and ``apply`` carries out the plan through the
 public HTTP APIs (programs, snippets, templates and segments first: templates render snippets, campaigns
-refer to the rest).
+refer to the rest). Every check the services make on save that needs no database (a template's Liquid, its
+variables and the snippets it renders, a journey's graph) is made by ``plan`` first, with the functions the
+services use, so a file one of them would refuse is refused before anything is written; if a write is still
+refused (a check only the service can make), the error says which items were applied and which were not.
 """
 
 import difflib
@@ -23,10 +26,11 @@ import yaml
 from pydantic import ValidationError
 
 from services.answers import UnreadableAnswer, json_of, problem_text
-from services.campaign import journeys, schemas
+from services.campaign import campaigns, journeys, schemas, templates
 from services.campaign.programs import config as program_config
-from services.segment import conditions
-from shared.validation import error_message, unstorable
+from services.segment import segments as segment_checks
+from shared.errors import AppError
+from shared.validation import error_location, error_message, unstorable
 
 KINDS = ("programs", "snippets", "templates", "segments", "campaigns")
 _TEMPLATE_FIELDS = ("channel", "subject", "preheader", "html", "text", "deep_link", "image", "locales")
@@ -36,6 +40,27 @@ _CAMPAIGN_KEYS = ("trigger", "steps", "entry", "goal", "exit_on", "exit_on_leavi
 
 class ResourceError(ValueError):
     pass
+
+
+class PartlyApplied(ResourceError):
+    """A write of ``apply`` failed after others were made: which items of the plan were applied, the one that
+    failed (``failed``, and ``state``: "not applied", "partly applied" when some of its calls were made, or
+    "perhaps applied" when a call got no answer) and which were not attempted."""
+
+    def __init__(self, cause: str, applied: list["Change"], failed: "Change", state: str,
+                 not_applied: list["Change"]):
+        self.cause, self.applied, self.failed, self.state, self.not_applied = (cause, applied, failed, state,
+                                                                               not_applied)
+        lines = [cause, "applied: " + (", ".join(_item(c) for c in applied) or "nothing"),
+                 f"{state}: {_item(failed)}"]
+        if not_applied:
+            lines.append("not applied: " + ", ".join(_item(c) for c in not_applied))
+        lines.append("(fix the file and apply it again: what was applied shows as unchanged)")
+        super().__init__("\n".join(lines))
+
+
+def _item(c: "Change") -> str:
+    return f"{c.action} {c.kind[:-1]} {c.name!r}"
 
 
 _PLACEHOLDER = uuid.UUID("0f0c2a9e-55b3-4c59-9d4e-2f1b8a7c6d10")
@@ -58,16 +83,18 @@ class Change:
 
 @dataclass
 class Api:
-    """The services' HTTP APIs with a workspace's secret key."""
+    """The services' HTTP APIs with a workspace's secret key (``writes``: how many writes they took so far)."""
 
     http: httpx.AsyncClient
     urls: dict[str, str]
     headers: dict[str, str] = field(default_factory=dict)
+    writes: int = 0
 
     async def call(self, method: str, service: str, path: str, **kw: Any) -> Any:
         resp = await self.http.request(method, self.urls[service] + path, headers=self.headers, **kw)
         if resp.status_code >= 400:
             raise ResourceError(f"{method} {service}{path}: {problem_text(resp)}")
+        self.writes += method != "GET"
         return _json(resp)
 
     async def maybe(self, service: str, path: str) -> Any:
@@ -207,7 +234,50 @@ def _campaign_definition(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _errors(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {error_message(e)}" for e in exc.errors(include_url=False))
+    return "; ".join(f"{'.'.join(error_location(e))}: {error_message(e).removeprefix('Value error, ')}"
+                     for e in exc.errors(include_url=False))
+
+
+def _refused(what: str, exc: AppError) -> ResourceError:
+    """A service's own check, made here, refusing an item: its detail and each field error, as the service's
+    422 would say them (``answers.problem_text``)."""
+    errors = [e for e in exc.extra.get("errors") or [] if isinstance(e, dict)]
+    return ResourceError("\n".join([f"{what}: {exc.detail}", *(f"  {e.get('at')}: {e.get('msg')}" for e in errors)]))
+
+
+def _check_snippet(name: str, content: str, snippets: dict[str, str]) -> None:
+    """What campaign checks when the snippet is put (``campaigns.put_snippet``), against ``snippets``: the ones
+    the workspace will have by then."""
+    try:
+        templates.validate({"text": content}, {**snippets, name: content})
+    except templates.TemplateError as exc:
+        raise ResourceError(f"snippet {name!r}: does not parse: {exc.message}") from None
+
+
+def _check_template(name: str, body: dict[str, Any], snippets: dict[str, str]) -> None:
+    """What campaign checks when the template is saved (the request body, then
+    ``campaigns.checked_template_fields``: its Liquid, the variables it reads, the snippets it renders), against
+    ``snippets``: the workspace's once the file's are applied."""
+    try:
+        data = schemas.TemplateCreate.model_validate(body).model_dump(exclude_none=True)
+        campaigns.checked_template_fields(data, snippets)
+    except ValidationError as exc:
+        raise ResourceError(f"template {name!r}: {_errors(exc)}") from None
+    except AppError as exc:
+        raise _refused(f"template {name!r}", exc) from None
+
+
+def _check_campaign(name: str, definition: dict[str, Any]) -> None:
+    """What campaign checks of a journey on save that needs no database (``campaigns.journey_from``: a loop that
+    never waits, a step nothing leads to, a duration past a year, split weights that overflow …); the templates
+    and segments it names are the plan's own or the workspace's (``_swap``)."""
+    try:
+        data = schemas.CampaignCreate.model_validate({"name": name, **definition}).model_dump(mode="json")
+        campaigns.journey_from(data)
+    except ValidationError as exc:
+        raise ResourceError(f"campaign {name!r}: {_errors(exc)}") from None
+    except AppError as exc:
+        raise _refused(f"campaign {name!r}", exc) from None
 
 
 def _yaml(value: Any) -> str:
@@ -242,23 +312,29 @@ async def plan(api: Api, desired: dict[str, list[dict[str, Any]]]) -> list[Chang
         now_body = {"enabled": now_program["enabled"], "config": now_program["config"]} if now_program else None
         changes.append(_change("programs", item["name"], _program_body(item), now_program, now_body, back))
     snippets = {s["name"]: s for s in await api.all("campaign", "/v1/snippets", "snippets")}
+    contents = {name: s["content"] for name, s in snippets.items()}  # the workspace's as the apply goes on
     for item in desired["snippets"]:
         if not isinstance(item.get("content"), str):
             raise ResourceError(f"snippet {item['name']!r}: content is the snippet's Liquid text")
         now = snippets.get(item["name"])
-        changes.append(_change("snippets", item["name"], {"content": item["content"]}, now,
-                               {"content": now["content"]} if now else None, back))
+        changes.append(change := _change("snippets", item["name"], {"content": item["content"]}, now,
+                                         {"content": now["content"]} if now else None, back))
+        if change.action != "unchanged":  # (put in file order: it may render those before it)
+            _check_snippet(item["name"], item["content"], contents)
+        contents[item["name"]] = item["content"]
     for item in desired["templates"]:
         body = _template_body(item)
         now = current["templates"].get(item["name"])
         now_body = _template_body(now) if now else None
-        changes.append(_change("templates", item["name"], body, now, now_body, back))
+        changes.append(change := _change("templates", item["name"], body, now, now_body, back))
+        if change.action != "unchanged":  # (stored ones are not re-judged, as the service does not)
+            _check_template(item["name"], body, contents)
     segment_changes = []
     for item in desired["segments"]:
-        try:
-            parsed = conditions.parse(_swap(item.get("definition"), names, True))
-        except ValidationError as exc:
-            raise ResourceError(f"segment {item['name']!r}: {_errors(exc)}") from None
+        try:  # (what segment checks on save but the segments and lists it names: its own check)
+            parsed = segment_checks.validate_definition(_swap(item.get("definition"), names, True))
+        except AppError as exc:
+            raise _refused(f"segment {item['name']!r}", exc) from None
         body = {"name": item["name"], "definition": parsed.model_dump(mode="json")}
         now = current["segments"].get(item["name"])
         segment_changes.append(_change("segments", item["name"], body, now,
@@ -271,24 +347,30 @@ async def plan(api: Api, desired: dict[str, list[dict[str, Any]]]) -> list[Chang
                                 f"{body['status']!r}")
         body["definition"] = _by_stage(_campaign_definition(body["definition"]), stages)
         now = current["campaigns"].get(item["name"])
-        if now is None:
+        if now is None or (now["definition"].get("trigger") or {}).get("at") != body["definition"]["trigger"].get(
+                "at"):  # (a stored `at` is not re-judged, as campaign does not)
             _at_to_come(item["name"], body["definition"])
         if now:  # (compared, and edited, as a definition naming stages by name)
             now = {**now, "definition": _by_stage(now["definition"], stages)}
         now_body = {"name": now["name"], "definition": now["definition"], "status": now["status"]} if now else None
-        changes.append(_change("campaigns", item["name"], body, now, now_body, back))
+        changes.append(change := _change("campaigns", item["name"], body, now, now_body, back))
+        if change.action != "unchanged":
+            _check_campaign(item["name"], body["definition"])
+        if change.action == "update" and now and now["status"] == "archived":
+            raise ResourceError(f"campaign {item['name']!r} is archived: an archived campaign is not edited or "
+                                "resumed (give it a new name for a new campaign)")
     return changes
 
 
 def _at_to_come(name: str, definition: dict[str, Any]) -> None:
-    """A campaign the plan creates cannot be a one-off broadcast whose time has passed (campaign refuses it): say
-    so before anything is applied. An export of a workspace that ran one is applied elsewhere only once its
-    ``at`` is moved to a time to come, or the campaign left out."""
+    """A campaign the plan creates, or whose one-off time it changes, cannot be a one-off broadcast whose time has
+    passed (campaign refuses it): say so before anything is applied. An export of a workspace that ran one is
+    applied elsewhere only once its ``at`` is moved to a time to come, or the campaign left out."""
     trigger = definition.get("trigger") or {}
     at = trigger.get("at") if trigger.get("type") == "schedule" else None
     if isinstance(at, str) and datetime.fromisoformat(at) < datetime.now(UTC) - timedelta(minutes=1):
-        raise ResourceError(f"campaign {name!r}: its one-off time (trigger.at {at}) has passed; a new campaign "
-                            "needs a time to come: move `at`, or leave the campaign out of the file")
+        raise ResourceError(f"campaign {name!r}: its one-off time (trigger.at {at}) has passed; a one-off "
+                            "campaign needs a time to come: move `at`, or leave the campaign out of the file")
 
 
 def _readers_after_read(changes: list[Change]) -> list[Change]:
@@ -354,15 +436,23 @@ def _change(kind: str, name: str, body: dict[str, Any], current: dict[str, Any] 
 
 
 async def apply(api: Api, changes: list[Change]) -> None:
-    """Carry out a plan (programs, snippets, templates, segments, then campaigns, in file order)."""
+    """Carry out a plan (programs, snippets, templates, segments, then campaigns, in file order). A refusal of
+    the first write is a :class:`ResourceError` naming the item (nothing was written); of a later one, a
+    :class:`PartlyApplied` saying what was applied and what was not. (A call that got no answer may have been
+    carried out: that item is named as partly applied.)"""
     ids: dict[str, str] = {}  # placeholder -> real id
-    for c in changes:
-        if c.action == "unchanged":
-            continue
+    pending = [c for c in changes if c.action != "unchanged"]
+    for i, c in enumerate(pending):
+        writes = api.writes
         try:
             await _apply_one(api, c, ids)
-        except ResourceError as exc:  # (which item of the file: the service's answer names only the field)
-            raise ResourceError(f"{c.kind[:-1]} {c.name!r}: {exc}") from None
+        except (ResourceError, httpx.HTTPError) as exc:  # (which item: the service's answer names only the field)
+            cause = f"{c.kind[:-1]} {c.name!r}: {exc}"
+            state = ("perhaps applied" if isinstance(exc, httpx.HTTPError) else
+                     "partly applied" if api.writes > writes else "not applied")
+            if i == 0 and state == "not applied":
+                raise ResourceError(cause + "\n(nothing was applied)") from None
+            raise PartlyApplied(cause, pending[:i], c, state, pending[i + 1:]) from None
 
 
 async def _apply_one(api: Api, c: Change, ids: dict[str, str]) -> None:

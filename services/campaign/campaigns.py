@@ -31,8 +31,9 @@ _SEND_COLS = ("id, campaign_id, campaign_version, profile_id, occurrence, status
               "delivery_message_id, created_at")
 
 
-def _checked_template_fields(data: dict[str, Any], snippets: dict[str, str]) -> dict[str, Any]:
-    """The default fields of a template, each checked (``snippets``: the workspace's, which it may render)."""
+def checked_template_fields(data: dict[str, Any], snippets: dict[str, str]) -> dict[str, Any]:
+    """The default fields of a template, each checked (``snippets``: the workspace's, which it may render). Also
+    ``tenure apply``'s check of a file's templates before it writes anything (services/resources.py)."""
     fields = {k: data.get(k) for k in templates.FIELDS}
     if not fields["html"] and not fields["text"]:
         raise ValidationFailed("A template needs an html or a text body")
@@ -72,7 +73,7 @@ def _check_locale_keys(locales: dict[str, Any]) -> None:
 
 
 async def create_template(session: AsyncSession, ws: uuid.UUID, data: dict[str, Any]) -> dict[str, Any]:
-    fields = _checked_template_fields(data, await snippets_of(session, ws))
+    fields = checked_template_fields(data, await snippets_of(session, ws))
     locales = data.get("locales") or {}
     row = await insert_one_or_conflict(
         session,
@@ -90,7 +91,7 @@ async def create_template(session: AsyncSession, ws: uuid.UUID, data: dict[str, 
 async def update_template(session: AsyncSession, ws: uuid.UUID, template_id: uuid.UUID, data: dict[str, Any]
                           ) -> dict[str, Any]:
     """Replace a template's content (sends not yet rendered use the new content)."""
-    fields = _checked_template_fields(data, await snippets_of(session, ws))
+    fields = checked_template_fields(data, await snippets_of(session, ws))
     row = await insert_one_or_conflict(
         session,
         f"update campaign.templates set name = :name, channel = :channel, subject = :subject, preheader = :preheader, "

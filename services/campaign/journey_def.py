@@ -20,6 +20,7 @@ Steps:
 - ``exit``: end here.
 """
 
+import math
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
@@ -478,8 +479,9 @@ def cron_problem(expression: str) -> str | None:
 def out_of_range(journey: "Journey") -> list[tuple[str, str]]:
     """Values the schema takes but a journey cannot run with: a cron expression that fires every second or
     never (``cron_problem``), and durations beyond ``MAX_WAIT_SECONDS`` (a goal window, an entry period, a date
-    offset) which, far enough, overflow the date arithmetic of every entry or wake-up. Refused on save; stored
-    journeys are not re-judged. Each as (where, why)."""
+    offset) which, far enough, overflow the date arithmetic of every entry or wake-up, and a split's weights whose
+    sum overflows (each is finite, but two of 1e308 add up to infinity). Refused on save; stored journeys are not
+    re-judged (``pick_variant`` splits those as their ratio says). Each as (where, why)."""
     limit = f"at most {MAX_WAIT_SECONDS} seconds (366 days)"
     out: list[tuple[str, str]] = []
     if isinstance(journey.trigger, ScheduleTrigger) and journey.trigger.cron and (
@@ -492,7 +494,25 @@ def out_of_range(journey: "Journey") -> list[tuple[str, str]]:
     for i, s in enumerate(journey.steps):
         if isinstance(s, WaitUntilAttributeStep) and abs(s.offset_seconds) > MAX_WAIT_SECONDS:
             out.append((f"steps.{i}.offset_seconds", f"{s.offset_seconds} is too far: {limit} either way"))
+        if isinstance(s, SplitStep) and not math.isfinite(total := sum(v.weight for v in s.variants)):
+            out.append((f"steps.{i}.variants", f"the weights sum to {total}: they must add up to a finite number "
+                                               "(weights are relative: 1 and 3 split as 25 % and 75 %)"))
     return out
+
+
+def pick_variant(variants: "list[Variant]", point: float) -> "Variant":
+    """The variant a point in [0, 1) falls on, the variants laid end to end by weight. Weights are scaled by the
+    largest first: weights whose sum overflows (two of 1e308, saved before that was refused) made the total
+    infinite and sent every entrant to the last variant; scaled, they split as their ratio says. (Only rounding,
+    a point within a hair of 1, can pass the last edge: it belongs to the last variant anyway.)"""
+    top = max(v.weight for v in variants)
+    scaled = [v.weight / top for v in variants]
+    left = point * sum(scaled)
+    for variant, weight in zip(variants, scaled, strict=True):
+        left -= weight
+        if left < 0:
+            return variant
+    return variants[-1]
 
 
 def compare(op: str, actual: Any, expected: Any) -> bool:

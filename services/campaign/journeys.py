@@ -818,12 +818,7 @@ async def _run_step(ctx: Context, j: dict[str, Any], journey: jd.Journey, step: 
     if isinstance(step, jd.SplitStep):
         variant = await _winner(ctx, j, step) if step.winner_after or step.winner_at else None
         if variant is None:
-            total = sum(v.weight for v in step.variants)
-            point = _bucket("split", j["campaign_id"], step.id, j["profile_id"]) / 100 * total
-            for variant in step.variants:
-                point -= variant.weight
-                if point < 0:
-                    break
+            variant = jd.pick_variant(step.variants, _bucket("split", j["campaign_id"], step.id, j["profile_id"]) / 100)
             await _log(ctx.session, j, "split", variant.name, step=step.id)
         return StepOutcome(variant.next, variant=variant.name)
     if isinstance(step, jd.UpdateAttributeStep):

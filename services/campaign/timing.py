@@ -1,6 +1,6 @@
 """Local time for sending: the user's zone, the next allowed local time, quiet hours (pure functions)."""
 
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -21,44 +21,57 @@ def _hm(value: str) -> time:
     return time(int(h), int(m))
 
 
+def local_moment(day: date, at: time, tz: ZoneInfo) -> datetime:
+    """``at`` on ``day`` in ``tz``, as UTC. The one rule for local times the clocks change: a time they skip
+    that day is moved forward by the gap, as calendars do (02:30 on the night New York jumps from 02:00 to 03:00
+    is 03:30 summer time; in Lord Howe's 30-minute jump 02:15 is 02:45); a time they repeat is its first
+    occurrence (``occurrences`` gives both)."""
+    return datetime.combine(day, at, tzinfo=tz).astimezone(UTC)
+
+
+def occurrences(day: date, at: time, tz: ZoneInfo) -> list[datetime]:
+    """Every instant that is ``at`` on ``day`` in ``tz`` (UTC, earliest first): one, two on the night the clocks
+    go back (01:30 before and after), and for a time they skip the one ``local_moment`` moves it to."""
+    first = local_moment(day, at, tz)
+    second = datetime.combine(day, at, tzinfo=tz).replace(fold=1).astimezone(UTC)  # (earlier than first in a gap)
+    return [first, second] if second > first else [first]
+
+
 def next_local_time(now: datetime, tz: ZoneInfo, at: str, weekdays: list[int]) -> datetime:
-    """The first moment at or after ``now`` that is ``at`` (HH:MM) local time on an allowed weekday."""
+    """The first moment at or after ``now`` that is ``at`` (HH:MM) local time on an allowed weekday. On the
+    night the clocks go back both passes count (at 01:10 after the clocks went back, 01:30 is 20 minutes away,
+    not tomorrow); a time the clocks skip is moved forward by the gap (``local_moment``)."""
     local = now.astimezone(tz)
     target = _hm(at)
     for days in range(8):
-        day = (local + timedelta(days=days)).date()
+        day = local.date() + timedelta(days=days)
         if day.weekday() not in weekdays:
             continue
-        # a local time skipped by a DST jump resolves forward (fold=0 + normalisation through UTC)
-        candidate = datetime.combine(day, target, tzinfo=tz).astimezone(UTC)
-        if candidate >= now:
-            return candidate
+        for candidate in occurrences(day, target, tz):
+            if candidate >= now:
+                return candidate
     raise AssertionError("weekdays is never empty")
 
 
 def quiet_until(now: datetime, tz: ZoneInfo, start: str, end: str) -> datetime | None:
     """If ``now`` falls in the local quiet window [start, end) — which may span midnight — the moment
-    it ends (UTC); otherwise None."""
+    it ends (UTC); otherwise None. An end the clocks skip that night is moved forward by the gap, as
+    ``wait_until`` moves its time (``local_moment``: quiet until 02:30 on a spring-forward night lasts until
+    03:30 summer time, and a send at 03:10 then is held too); in an hour the clocks repeat, quiet lasts
+    through both passes."""
     local = now.astimezone(tz)
     s, e = _hm(start), _hm(end)
     t = local.time().replace(second=0, microsecond=0)
     if s == e:
         return None
     inside = (s <= t < e) if s < e else (t >= s or t < e)
-    if not inside:
-        return None
+    if not inside:  # the clock reads past the end: still quiet if tonight's end was a skipped time moved forward
+        began = local_moment(local.date() - timedelta(days=0 if s < e else 1), s, tz)
+        ends = local_moment(local.date(), e, tz)
+        moved = ends.astimezone(tz).time() != e
+        return ends if moved and began <= now < ends else None
     day = local.date() if (s < e or t < e) else local.date() + timedelta(days=1)
-    end = datetime.combine(day, e, tzinfo=tz).astimezone(UTC)
-    if end.astimezone(tz).time() != e:  # the end is a time the clocks skip: quiet ends when they jump past it
-        before = datetime.combine(day, e, tzinfo=tz).replace(fold=1).astimezone(UTC)  # (the gap's start side)
-        while end - before > timedelta(seconds=1):  # the first moment whose local time is past the end
-            mid = before + (end - before) / 2
-            past = mid.astimezone(tz).replace(tzinfo=None) >= datetime.combine(day, e)
-            before, end = (before, mid) if past else (mid, end)
-        end = end.replace(microsecond=0)
-    if end <= now:  # the end falls in an hour the clocks repeat: take its second occurrence
-        end = datetime.combine(day, e, tzinfo=tz).replace(fold=1).astimezone(UTC)
-    return end if end > now else now + timedelta(minutes=1)
+    return next((at for at in occurrences(day, e, tz) if at > now), now + timedelta(minutes=1))
 
 
 UNIX_MS_BEYOND = 2e10  # a Unix time beyond this (in 2603 as seconds) is in milliseconds, as the tracking API reads it

@@ -224,8 +224,8 @@ def _said(r: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_apply_prints_names_and_the_services_refusal_as_written(settings, served, workspace, tmp_path) -> None:
-    """The plan names each item; a service's refusal is shown whole (its problem document), after the item it is
-    about; exit 1."""
+    """The plan names each item; a refusal is shown whole (the service's problem document, or its check made
+    before anything is written), naming the item it is about; exit 1."""
     path = tmp_path / "markup.yaml"
     path.write_text(yaml.safe_dump({"templates": [
         {"name": MARKUP, "subject": "Hi", "text": "Hello"},
@@ -233,16 +233,55 @@ def test_apply_prints_names_and_the_services_refusal_as_written(settings, served
     ]}))
     env = {"TENURE_SEGMENT_URL": served["segment"], "TENURE_CAMPAIGN_URL": served["campaign"],
            "TENURE_SECRET_KEY": workspace.secret_key}
-    dry = _tenure(settings, "apply", "-f", str(path), "--dry-run", **env)
-    assert dry.returncode == 0 and f"create template {MARKUP}" in _said(dry), dry.stderr
-    r = _tenure(settings, "apply", "-f", str(path), **env)
+    for args in (["--dry-run"], []):
+        r = _tenure(settings, "apply", "-f", str(path), *args, **env)
+        assert r.returncode == 1, r.stderr
+        said = _said(r)
+        assert f"error: template 'broken': Template text is not valid: no snippet named '{MARKUP}'" in said, said
+        assert "nothing was applied" in said, said
+    path.write_text(yaml.safe_dump({"templates": [{"name": MARKUP, "subject": "Hi", "text": "Hello"}], "segments": [
+        {"name": "listed", "definition": {"type": "list", "list_id": "0f0c2a9e-55b3-4c59-9d4e-000000000000"}}]}))
+    r = _tenure(settings, "apply", "-f", str(path), **env)  # (a list only segment knows of: refused by it)
     assert r.returncode == 1, r.stderr
     said = _said(r)
-    assert f"create template {MARKUP}" in said and "create template broken" in said
-    assert "error: template 'broken': POST campaign/v1/templates: 422" in said and f"no snippet named '{MARKUP}'" in said, said
+    assert f"create template {MARKUP}" in said and "create segment listed" in said
+    assert "error: segment 'listed': POST segment/v1/segments: 422" in said and "no list" in said, said
+    assert f"applied: create template '{MARKUP}' not applied: create segment 'listed'" in said, said
     templates = httpx.get(f"{served['campaign']}/v1/templates", headers={
         "Authorization": f"Bearer {workspace.secret_key}"}).json()["templates"]
-    assert [t["name"] for t in templates] == [MARKUP]  # applied before the refusal, as the plan said
+    assert [t["name"] for t in templates] == [MARKUP]  # applied before the refusal, as the error says
+
+
+def test_apply_refuses_a_file_with_a_template_campaign_would_refuse_before_writing_any_of_it(
+        settings, served, workspace, tmp_path) -> None:
+    """A valid template, one reading ``{{ profle.first_name }}``, then a campaign using the first: the diff
+    announced three creates, then `tenure apply` exited 1 having written the first template but not the
+    campaign. The file is refused before the first write, naming the template and the variable."""
+    path = tmp_path / "partial.yaml"
+    path.write_text("""
+templates:
+  - name: part2-ok
+    subject: "hi"
+    text: "hello"
+  - name: part2-bad
+    subject: "hi {{ profle.first_name }}"
+    text: "hello"
+campaigns:
+  - name: part2-camp
+    trigger: {type: event, event: Part2}
+    steps:
+      - {id: m, type: send, template: part2-ok}
+""")
+    r = _tenure(settings, "apply", "-f", str(path), TENURE_SEGMENT_URL=served["segment"],
+                TENURE_CAMPAIGN_URL=served["campaign"], TENURE_SECRET_KEY=workspace.secret_key)
+    assert r.returncode == 1, r.stderr
+    said = _said(r)
+    assert ("error: template 'part2-bad': Template subject is not valid: unknown variable 'profle' (templates see "
+            "profile, traits, event, referral, loyalty, attributes) (line 1, column 7)") in said, said
+    assert "nothing was applied" in said and "create template part2-ok" not in said, said
+    headers = {"Authorization": f"Bearer {workspace.secret_key}"}
+    assert httpx.get(f"{served['campaign']}/v1/templates", headers=headers).json()["templates"] == []
+    assert httpx.get(f"{served['campaign']}/v1/campaigns", headers=headers).json()["campaigns"] == []
 
 
 def _answering(status: int, content_type: str, body: bytes) -> Any:

@@ -552,6 +552,50 @@ async def test_ab_split_picks_the_winner_after_n_entrants(world) -> None:
     assert stats["experiment"]["leader"] == best and stats["variants"][best]["converted"] >= 1
 
 
+async def test_split_weights_whose_sum_overflows_are_refused_and_stored_ones_still_split(world) -> None:
+    """Two weights of 1e308 were accepted, and their sum is infinite: every entrant fell through to the last
+    variant. A save is a 422 naming the split's variants; a campaign stored before that still loads and splits
+    its entrants as the weights' ratio says (evenly here), not all to B."""
+    a, b = await world.template("oa", "Arm A"), await world.template("ob", "Arm B")
+    steps = [{"id": "sp", "type": "split", "variants": [{"name": "A", "weight": 1e308, "next": "a"},
+                                                        {"name": "B", "weight": 1e308, "next": "b"}]},
+             {"id": "a", "type": "send", "template_id": a}, {"id": "b", "type": "send", "template_id": b}]
+    r = await world.apps["campaign"].post("/v1/campaigns", headers=world.h, json={
+        "name": f"c-{uuid.uuid4().hex[:8]}", "trigger": {"type": "api"}, "steps": steps})
+    assert r.status_code == 422 and [e["at"] for e in r.json()["errors"]] == ["steps.0.variants"], r.text
+    assert "finite" in r.json()["errors"][0]["msg"]
+    assert await _campaign_rows(world) == 0
+    # large weights that add up are fine (they are relative)
+    big = await world.campaign(trigger={"type": "api"}, steps=[
+        {**steps[0], "variants": [{**v, "weight": 8e307} for v in steps[0]["variants"]]}, *steps[1:]])
+    # one saved before the check: its stored definition (every version of it) has the overflowing weights
+    camp = await world.campaign(trigger={"type": "api"}, steps=[
+        {**steps[0], "variants": [{**v, "weight": 1} for v in steps[0]["variants"]]}, *steps[1:]])
+    async with world.sm() as s, s.begin():
+        for table in ("campaigns", "campaign_versions"):
+            key = "id" if table == "campaigns" else "campaign_id"
+            await s.execute(text(f"update campaign.{table} set definition = jsonb_set(definition, "
+                                 "'{steps,0,variants}', CAST(:v AS jsonb)) where " + key + " = :id"),
+                            {"v": '[{"name": "A", "weight": 1e308, "next": "a"}, '
+                                  '{"name": "B", "weight": 1e308, "next": "b"}]', "id": camp["id"]})
+    users = [f"ovf-{i}" for i in range(30)]
+    for uid in users:
+        await world.identify(uid, email=_email(uid))
+        for c in (camp, big):
+            r = await world.apps["campaign"].post(f"/v1/campaigns/{c['id']}/trigger", headers=world.h,
+                                                  json={"user": uid})
+            assert r.status_code == 202, r.text
+    await world.pump(datetime.now(UTC) + timedelta(seconds=1))
+    for c in (camp, big):
+        stats = (await world.apps["campaign"].get(f"/v1/campaigns/{c['id']}/stats", headers=world.h)).json()
+        entered = {k: v["entered"] for k, v in stats["variants"].items()}
+        assert sum(entered.values()) == 30 and min(entered.get("A", 0), entered.get("B", 0)) >= 5, entered
+        for uid in users[:5]:  # each the variant its stable bucket picks
+            pid = (await world.apps["ingest"].get(f"/v1/profiles/{uid}", headers=world.h)).json()["id"]
+            arm = "A" if journeys._bucket("split", c["id"], "sp", pid) < 50 else "B"
+            assert [j["variant"] for j in await world.path(pid) if j["campaign_id"] == c["id"]] == [arm]
+
+
 async def test_preview_test_send_snippets_and_generated_text(world) -> None:
     r = await world.apps["campaign"].put("/v1/snippets/footer", headers=world.h,
                                          json={"content": "<p class='f'>Acme · {{ profile.city | default: '' }}</p>"})
@@ -1229,6 +1273,91 @@ segments:
     got = {s["name"]: s for s in await api.all("segment", "/v1/segments", "segments")}
     assert got[f"vip buyers {tag}"]["definition"]["children"][0]["segment_id"] == got[f"vip {tag}"]["id"]
     assert {c.action for c in await resources.plan(api, resources.load(doc))} == {"unchanged"}
+
+
+async def test_apply_refuses_a_file_the_services_would_refuse_before_writing_and_says_what_a_later_refusal_left(
+        world, settings) -> None:
+    """A file with a good template, then one reading ``{{ profle.first_name }}``, then a campaign: the plan
+    announced three creates, then campaign refused the second template after the first was written, and the
+    campaign was not, with only "template 'part2-bad': … 422" to go by. Every check a service makes on save that
+    needs no database is now made by the plan, against the snippets the workspace will have (its own overlaid
+    with the file's), so such a file is refused naming the item before anything is written. A refusal only the
+    service can make (a list that does not exist) says which items were applied and which were not."""
+    import json
+
+    from services import resources
+
+    api = resources.Api(world.internal._http, {s: settings.url_of(s) for s in ("segment", "campaign")}, world.h)
+    tag = uuid.uuid4().hex[:6]
+
+    async def names(kind: str, service: str = "campaign") -> set[str]:
+        return {i["name"] for i in await api.all(service, f"/v1/{kind}", kind)}
+
+    await world.apps["campaign"].put("/v1/snippets/sig", headers=world.h, json={"content": "Acme"})
+    good = f"""
+snippets:
+  - {{name: footer-{tag}, content: "{{% render 'sig' %}}, {{{{ who }}}}"}}
+templates:
+  - {{name: ok-{tag}, subject: hi, text: "hello {{% render 'footer-{tag}', who: profile.first_name %}}"}}
+campaigns:
+  - name: camp-{tag}
+    trigger: {{type: event, event: Part2}}
+    steps: [{{id: m, type: send, template: ok-{tag}}}]
+"""
+    deep: dict = {"type": "trait", "trait": "x", "op": "exists"}
+    for _ in range(40):
+        deep = {"type": "not", "child": deep}
+    bad_files = {  # what is wrong: what the error says, naming the item
+        "unknown variable": (good.replace("campaigns:", f"""  - name: bad-{tag}
+    subject: "hi {{{{ profle.first_name }}}}"
+    text: hello
+campaigns:"""), f"template 'bad-{tag}': Template subject is not valid: unknown variable 'profle'"),
+        "a snippet neither has": (good.replace("render 'sig'", "render 'nowhere'"),
+                                  f"snippet 'footer-{tag}': does not parse: no snippet named 'nowhere'"),
+        "a template the channel refuses": (good.replace("text: \"hello", "channel: sms, text: \"hello"),
+                                           f"template 'ok-{tag}': subject: an SMS template has text only"),
+        "a step nothing leads to": (good.replace("[{id: m, type: send", "[{id: x, type: exit}, {id: m, type: send"),
+                                    f"campaign 'camp-{tag}': The campaign is not valid\n  steps.1: step 'm' is "
+                                    "unreachable"),
+        "split weights that overflow": (good.replace("steps: [", "steps: [{id: ab, type: split, variants: ["
+                                                     "{name: A, weight: 1.0e+308, next: m}, {name: B, weight: 1.0e+308, "
+                                                     "next: m}]}, "),
+                                        f"campaign 'camp-{tag}': The campaign is not valid\n  steps.0.variants: "
+                                        "the weights sum to inf"),
+        "a segment nested too deep": (good + f"segments: [{{name: deep-{tag}, definition: {json.dumps(deep)}}}]\n",
+                                      f"segment 'deep-{tag}': The segment definition is not valid"),
+    }
+    for case, (doc, says) in bad_files.items():
+        with pytest.raises(resources.ResourceError) as refused:
+            await resources.plan(api, resources.load(doc))
+        assert str(refused.value).startswith(says), (case, str(refused.value))
+    assert f"ok-{tag}" not in await names("templates") and f"footer-{tag}" not in await names("snippets")
+
+    # a list no one can see from here: segment refuses it once the snippet and the template are written
+    partial = good + f"""segments:
+  - name: listed-{tag}
+    definition: {{type: list, list_id: {uuid.uuid4()}}}
+"""
+    changes = await resources.plan(api, resources.load(partial))
+    assert [(c.action, c.name) for c in changes] == [("create", f"footer-{tag}"), ("create", f"ok-{tag}"),
+                                                      ("create", f"listed-{tag}"), ("create", f"camp-{tag}")]
+    with pytest.raises(resources.PartlyApplied) as stopped:
+        await resources.apply(api, changes)
+    lines = str(stopped.value).splitlines()
+    assert lines[0].startswith(f"segment 'listed-{tag}': POST segment/v1/segments: 422"), lines
+    assert f"applied: create snippet 'footer-{tag}', create template 'ok-{tag}'" in lines, lines
+    assert f"not applied: create segment 'listed-{tag}'" in lines and f"not applied: create campaign 'camp-{tag}'" in lines
+    assert f"ok-{tag}" in await names("templates") and f"camp-{tag}" not in await names("campaigns")
+    # the first write refused: nothing was applied, and it says so
+    with pytest.raises(resources.ResourceError) as first:
+        await resources.apply(api, await resources.plan(api, resources.load(partial)))
+    assert not isinstance(first.value, resources.PartlyApplied)
+    assert str(first.value).startswith(f"segment 'listed-{tag}'") and "(nothing was applied)" in str(first.value)
+    # the good file applies (what was applied shows as unchanged), and then is unchanged
+    changes = await resources.plan(api, resources.load(good))
+    assert [c.action for c in changes] == ["unchanged", "unchanged", "create"]
+    await resources.apply(api, changes)
+    assert {c.action for c in await resources.plan(api, resources.load(good))} == {"unchanged"}
 
 
 async def test_locale_variants_fall_back_field_by_field_along_the_chain(world) -> None:

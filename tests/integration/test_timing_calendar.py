@@ -55,10 +55,10 @@ async def _one_step(world: World, uid: str, step: dict, tpl: str, **campaign) ->
 
 
 async def test_wait_until_in_dst_gaps_and_overlaps_odd_offsets_date_line_zones_and_bad_zones(world) -> None:
-    """"09:00 local" and friends land on the user's clock: a time the clocks skip resolves forward (02:30 on the
-    spring-forward night is 03:30 summer time), a time they repeat is its first occurrence, 45- and 15-minute
-    offsets and +14/-11 zones count, and a profile zone that is no zone (unknown, empty, a number, a folder of the
-    zone database) falls back to the workspace's rather than failing the journey."""
+    """"09:00 local" and friends land on the user's clock: a time the clocks skip is moved forward by the gap
+    (02:30 on the spring-forward night is 03:30 summer time), a time they repeat is its first occurrence still to
+    come, 45- and 15-minute offsets and +14/-11 zones count, and a profile zone that is no zone (unknown, empty, a
+    number, a folder of the zone database) falls back to the workspace's rather than failing the journey."""
     tpl = await world.template("t", "Hi")
     await world.settings(timezone="Europe/Paris")
     cases = {  # uid: (zone, time, entered, wake)
@@ -154,21 +154,45 @@ async def test_quiet_hours_per_channel_at_their_boundaries_and_across_dst(world)
     assert got == {uid: c[2] for uid, c in cases.items()}
 
 
-async def test_quiet_hours_ending_at_a_time_the_clocks_skip_end_when_they_jump_past_it(world) -> None:
-    """Quiet until 02:30 on the night Paris jumps from 02:00 to 03:00 ends at 03:00 summer time, when the clocks
-    pass it (the deferral used to wake at 03:30, half an hour late); in Lord Howe's 30-minute jump the same."""
+async def test_quiet_hours_ending_at_a_time_the_clocks_skip_end_as_a_wait_until_that_time_wakes(world) -> None:
+    """Quiet until 02:30 on the night Paris jumps from 02:00 to 03:00 ends at 03:30 summer time: the skipped time
+    moved forward by the gap, the one rule `wait_until 02:30` follows too (quiet hours ended at 03:00 while the
+    wait woke at 03:30); a send at 03:10, after the jump, is held until then as well. (Lord Howe's clocks jump
+    from 02:00 to 02:30: that 02:30 is no skipped time.)"""
     tpl = await world.template("t", "Hi")
     camp = await world.campaign(trigger={"type": "event", "event": "Go"}, entry={"rule": "every_time"},
                                 steps=[{"id": "s", "type": "send", "template_id": tpl}])
     await world.settings(quiet_hours={"email": {"start": "00:00", "end": "02:30", "action": "defer"}})
-    cases = {"paris": ("Europe/Paris", _at(2026, 3, 29, 0, 30), _at(2026, 3, 29, 1)),  # 01:30 CET → 03:00 CEST
-             "new-york": ("America/New_York", _at(2026, 3, 8, 6), _at(2026, 3, 8, 7)),  # 01:00 EST → 03:00 EDT
-             "lord-howe": ("Australia/Lord_Howe", _at(2026, 10, 3, 14), _at(2026, 10, 3, 15, 30))}  # → 02:30 +11
+    cases = {"paris": ("Europe/Paris", _at(2026, 3, 29, 0, 30), _at(2026, 3, 29, 1, 30)),  # 01:30 CET → 03:30 CEST
+             "paris-0310": ("Europe/Paris", _at(2026, 3, 29, 1, 10), _at(2026, 3, 29, 1, 30)),  # 03:10 CEST
+             "new-york": ("America/New_York", _at(2026, 3, 8, 6), _at(2026, 3, 8, 7, 30)),  # 01:00 EST → 03:30 EDT
+             "lord-howe": ("Australia/Lord_Howe", _at(2026, 10, 3, 14), _at(2026, 10, 3, 15, 30))}  # 02:30 +11
     got = {}
     for uid, (tz, at, _) in cases.items():
         await world.identify(uid, email=_email(uid), timezone=tz)
         await world.track(uid, "Go", at)
         got[uid] = _wake(await _enter(world, uid, camp, at))
+    assert got == {uid: c[2] for uid, c in cases.items()}
+    wait = await _one_step(world, "w", {"type": "wait_until", "time": "02:30"}, tpl)
+    await world.identify("w", email=_email("w"), timezone="Europe/Paris")
+    await world.track("w", "Go w", _at(2026, 3, 29, 0, 30))
+    assert _wake(await _enter(world, "w", wait, _at(2026, 3, 29, 0, 30))) == got["paris"]
+
+
+async def test_wait_until_on_the_night_the_clocks_go_back_takes_the_second_pass_still_to_come(world) -> None:
+    """A user reaching "wait until 01:30" at 01:10 after New York's clocks went back (02:00 EDT → 01:00 EST)
+    wakes twenty minutes later, when the clock reads 01:30 again; they woke the next day (24 h 20 min later), or
+    with `weekdays: [6]` a week later. Before the clocks go back, 01:30 is its first pass."""
+    tpl = await world.template("t", "Hi")
+    cases = {"second-pass": (list(range(7)), _at(2026, 11, 1, 6, 10), _at(2026, 11, 1, 6, 30)),
+             "second-pass-sundays": ([6], _at(2026, 11, 1, 6, 10), _at(2026, 11, 1, 6, 30)),
+             "first-pass": ([6], _at(2026, 11, 1, 5, 10), _at(2026, 11, 1, 5, 30))}  # 01:10 EDT → 01:30 EDT
+    got = {}
+    for uid, (weekdays, entered, _) in cases.items():
+        camp = await _one_step(world, uid, {"type": "wait_until", "time": "01:30", "weekdays": weekdays}, tpl)
+        await world.identify(uid, email=_email(uid), timezone="America/New_York")
+        await world.track(uid, f"Go {uid}", entered)
+        got[uid] = _wake(await _enter(world, uid, camp, entered))
     assert got == {uid: c[2] for uid, c in cases.items()}
 
 

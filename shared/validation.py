@@ -166,13 +166,29 @@ def is_language_tag(value: str) -> bool:
     return len(value) <= LANGUAGE_TAG_MAX and _LANGUAGE_TAG.fullmatch(value) is not None
 
 
+def as_language_tag(value: str) -> str:
+    """A locale as systems write it, as a BCP 47 tag where the mapping is plain: POSIX's ``en_US.UTF-8`` and
+    ``de_DE@euro`` → ``en-US``, ``de-DE``; Java's and Android's ``zh_TW_#Hant`` → ``zh-Hant-TW``; surrounding
+    blanks dropped. Anything else is returned as given (for :func:`is_language_tag` to judge)."""
+    tag = value.strip()
+    if "." in tag or "@" in tag:  # POSIX: language_TERRITORY.codeset@modifier
+        tag = re.split(r"[.@]", tag, maxsplit=1)[0]
+    if "_#" in tag:  # Java Locale.toString(): language_COUNTRY_#Script
+        head, _, script = tag.partition("_#")
+        language, _, country = head.partition("_")
+        tag = "-".join(x for x in (language, script, country) if x)
+    return tag.replace("_", "-")
+
+
 def _language_tag(value: str) -> str:
-    if not is_language_tag(value):
+    tag = as_language_tag(value)
+    if not is_language_tag(tag):
         raise ValueError(f"not a BCP 47 language tag (e.g. fr, fr-CA, zh-Hant-TW): {value[:40]!r}")
-    return value
+    return tag
 
 
-# a field holding a locale (the 422 names the field; its loc is the field's)
+# a field holding a locale (the 422 names the field; its loc is the field's): BCP 47, with the locales systems
+# write (en_US, en_US.UTF-8, zh_TW_#Hant) read as their tags
 LanguageTag = Annotated[str, AfterValidator(_language_tag)]
 
 

@@ -25,7 +25,7 @@ from shared.db import Outage, retry_while_unreachable
 from shared.errors import UpstreamUnavailable
 from shared.http import InternalClient
 from shared.jsonutil import dumps, loads
-from shared.validation import is_language_tag
+from shared.validation import as_language_tag, is_language_tag
 
 log = structlog.get_logger()
 
@@ -171,7 +171,7 @@ def prepare(send: dict[str, Any], tpl: dict[str, Any] | None, profile: dict[str,
         # the footer delivery adds and the pages its links open speak the recipient's language (delivery takes a
         # BCP 47 tag: a POSIX-style fr_FR, as some SDKs report it, goes as fr-FR; a locale that is neither, none)
         **({"locale": tag} if isinstance(locale := traits.get("locale"), str)
-           and is_language_tag(tag := locale.strip().replace("_", "-")) else {}),
+           and is_language_tag(tag := as_language_tag(locale)) else {}),
         **({"data": push_data} if channel == "push" and (push_data := {
             k: v for k, v in (("deep_link", rendered.deep_link), ("image", rendered.image)) if v}) else {}),
         "metadata": {"campaign_id": str(send["campaign_id"]), "send_id": str(send["id"]),

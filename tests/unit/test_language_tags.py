@@ -35,3 +35,26 @@ def test_campaign_sends_the_profiles_locale_as_a_tag(trait: object, sent: str | 
     profile = {"user_id": "u-1", "traits": {"email": "ada@example.com", "locale": trait}}
     request = dispatch.prepare(send, tpl, profile)
     assert isinstance(request, dict) and request.get("locale") == sent
+
+
+@pytest.mark.parametrize(("written", "tag"), [
+    ("en_US", "en-US"), ("en_US.UTF-8", "en-US"), ("de_DE@euro", "de-DE"), ("zh_TW_#Hant", "zh-Hant-TW"),
+    ("sr__#Latn", "sr-Latn"), (" fr-FR ", "fr-FR"), ("C.UTF-8", "C"), ("fr\r\nBcc: x", "fr\r\nBcc: x")])
+def test_locales_as_systems_write_them_read_as_tags(written: str, tag: str) -> None:
+    """POSIX (``en_US.UTF-8``), Java/Android (``zh_TW_#Hant``) and padded locales are the tags they mean, so a
+    message is not refused for how a device reports its locale; what is no locale stays as it is (refused)."""
+    from shared.validation import as_language_tag
+
+    assert as_language_tag(written) == tag
+
+
+def test_a_message_takes_a_locale_as_devices_report_it() -> None:
+    from pydantic import ValidationError
+
+    from services.delivery.schemas import MessageCreate
+
+    base = {"idempotency_key": "k", "to": "ada@example.com", "subject": "Hi", "text": "x"}
+    assert MessageCreate.model_validate({**base, "locale": "en_US.UTF-8"}).locale == "en-US"
+    assert MessageCreate.model_validate({**base, "locale": "zh_TW_#Hant"}).locale == "zh-Hant-TW"
+    with pytest.raises(ValidationError):
+        MessageCreate.model_validate({**base, "locale": "fr\r\nBcc: evil@example.com"})

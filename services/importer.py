@@ -2,7 +2,7 @@
 
 Rows become Segment messages (so imports get the same validation, dedup and identity resolution as
 live traffic). A row without ``messageId`` gets one derived from its line number and content (and, for a row
-without ``timestamp``, the file's name), so re-running an import — or resuming it after a crash from the
+without ``timestamp``, the file's path), so re-running an import — or resuming it after a crash from the
 checkpoint file — never stores a row twice.
 Bad rows are reported with the line they start on; they never stop the import. Ctrl-C stops it wherever it
 is (:class:`Interrupted`: how far ingest has acknowledged, the checkpoint's line). Files may start with a
@@ -91,9 +91,9 @@ def _interrupt_after() -> Iterator[None]:
 
 def _message_id(msg: dict[str, Any], line: int, raw: str, source: str) -> str:
     """The id of a row without ``messageId``: from its line and content, so a re-run or a resumed import stores
-    it once. A row without ``timestamp`` is dated by its import, so the file's name is part of it too: the same
-    row in day1.csv and day2.csv is two events, not one (a row with a timestamp, the same in two files, is the
-    same event)."""
+    it once. A row without ``timestamp`` is dated by its import, so the file's path is part of it too: the same
+    row in day1.csv and day2.csv (or in two folders' events.csv) is two events, not one (a row with a timestamp,
+    the same in two files, is the same event). Such a file moved or renamed is a new import."""
     key = f"{line}:{raw}" if msg.get("timestamp") not in (None, "") else f"{source}:{line}:{raw}"
     return "import-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
@@ -153,10 +153,10 @@ def read_rows(path: Path, *, fmt: str, profiles: bool) -> Iterator[tuple[Row, in
                     yield Row(line_no, None, f"invalid JSON: {exc}"), offset
                     continue
                 msg.setdefault("type", "identify" if profiles else "track")
-                msg.setdefault("messageId", _message_id(msg, line_no, raw, path.name))
+                msg.setdefault("messageId", _message_id(msg, line_no, raw, str(path.resolve())))
                 yield Row(line_no, msg), offset
             return
-        yield from _csv_rows(f, profiles=profiles, source=path.name)
+        yield from _csv_rows(f, profiles=profiles, source=str(path.resolve()))
 
 
 class UnreadableFile(Exception):

@@ -198,8 +198,9 @@ async def test_rows_without_times_in_two_files_are_two_events_and_nan_is_reporte
     """The same row with no timestamp in day1.csv and day2.csv is two imports of two events (each dated by its
     import), while re-running one file still stores nothing twice; a NaN, which the tracking API refuses, is
     reported with its line instead of being sent as null."""
-    day1, day2 = tmp_path / "day1.csv", tmp_path / "day2.csv"
+    day1, day2 = tmp_path / "day1" / "events.csv", tmp_path / "day2" / "events.csv"  # (the same name)
     for f in (day1, day2):
+        f.parent.mkdir()
         f.write_text("userId,event\nday-u,Logged In\n")
     assert "1 stored" in _import(ingest_url, workspace.write_key, str(day1)).stderr
     assert "1 stored" in _import(ingest_url, workspace.write_key, str(day2)).stderr

@@ -92,11 +92,19 @@ def _with_database(settings: Settings, *, redis: bool = True) -> Iterator[Settin
         yield settings
         return
     from shared.embedded import EmbeddedServers
+    from shared.logging import configure_logging
+
+    configure_logging(settings)  # the servers' log lines go to stderr: stdout may be a command's --json answer
 
     with EmbeddedServers(settings.state_dir, postgres=not settings.database_url,
                          redis=redis and not settings.redis_url) as emb:
-        yield settings.model_copy(update={"database_url": settings.database_url or emb.database_url,
-                                          "redis_url": settings.redis_url or emb.redis_url})
+        ready = settings.model_copy(update={"database_url": settings.database_url or emb.database_url,
+                                            "redis_url": settings.redis_url or emb.redis_url})
+        if not settings.database_url:  # the embedded database is ours to keep current (`tenure workspace create`
+            from shared.migrate import upgrade_all  # before the first `tenure dev` found no tables)
+
+            upgrade_all(ready)
+        yield ready
 
 
 def _require_urls(settings: Settings) -> None:

@@ -64,3 +64,20 @@ def test_servers_of_a_killed_process_do_not_run_on(tmp_path: Path) -> None:
         for pid in (postmaster, *redis):
             if pid and _running(pid):
                 psutil.Process(pid).terminate()
+
+
+def test_a_commands_json_answer_is_alone_on_stdout_with_the_embedded_database(tmp_path: Path) -> None:
+    """With no TENURE_DATABASE_URL, `tenure workspace create --json` starts the embedded PostgreSQL: its log line
+    went to stdout before the JSON, so a script reading the answer could not parse it."""
+    import json
+    import os
+
+    tenure = str(Path(sys.executable).parent / "tenure")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENURE_")}
+    env["TENURE_STATE_DIR"] = str(tmp_path / "state")
+    out = subprocess.run([tenure, "workspace", "create", "scripted", "--json"], env=env, capture_output=True,
+                         text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    created = json.loads(out.stdout)
+    assert created["write_key"].startswith("wk_") and created["secret_key"].startswith("sk_")
+    assert "embedded.postgres_started" in out.stderr

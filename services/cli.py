@@ -531,8 +531,9 @@ def demo(
     key: Annotated[str | None, typer.Option("--key", envvar="TENURE_SECRET_KEY",
                                             help="secret key; default: the dev workspace's")] = None,
 ) -> None:
-    """Apply the six lifecycle campaigns (examples/lifecycle.yaml) and simulate users in several languages
-    and time zones at every lifecycle stage; watch the mail arrive in the dev inbox (`tenure dev`)."""
+    """Apply the six lifecycle campaigns (examples/lifecycle.yaml: nine campaigns, referral being four) and
+    simulate users in several languages and time zones at every lifecycle stage; watch the mail arrive in the dev
+    inbox (`tenure dev`)."""
     from services import demo as demo_mod
     from services import resources
 

@@ -1,6 +1,7 @@
-"""``tenure demo``: the six lifecycle campaigns of ``examples/lifecycle.yaml`` (with its referral and loyalty
-programs) applied to a workspace, and simulated users in several languages and time zones whose histories
-put them at every lifecycle stage, so a person can watch the campaigns run in the dev inbox. Orders earn
+"""``tenure demo``: the six lifecycle campaigns (nine campaigns: referral is four) of ``examples/lifecycle.yaml``
+(with its referral and loyalty programs) applied to a workspace, and simulated users in several languages and
+time zones whose histories put them at every lifecycle stage, so a person can watch the campaigns run in the dev
+inbox. Orders earn
 loyalty points (Klaus reaches Gold), and a friend of Yuki's signs up with Yuki's referral code and orders:
 Yuki gets points, the friend a coupon from the uploaded pool, each an email saying so."""
 
@@ -54,11 +55,17 @@ def _events(p: Person, now: datetime) -> list[dict[str, Any]]:
         "loyal": [track("Signed Up", 90), *[track("Order Completed", d, **order) for d in (60, 30, 2)]],
     }
     story = stories[p.story]
-    # identified when last seen (an identify is activity too: "now" would make everyone active)
+    # identified when last seen
     ident = {"type": "identify", "userId": p.user_id, "timestamp": max(e["timestamp"] for e in story), "traits": {
         "email": f"{p.user_id}@demo.tenure.dev", "first_name": p.first_name, "locale": p.locale,
         "timezone": p.timezone}}
-    return [ident, *story]
+    return _numbered(p, [ident, *story])
+
+
+def _numbered(p: Person, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each message with a messageId of its own, the same on every run: a second ``tenure demo`` stores nothing
+    again (no second welcome, no second order making Grace a repeat buyer)."""
+    return [{**m, "messageId": f"{p.user_id}-{i}"} for i, m in enumerate(messages)]
 
 
 FRIEND = Person("demo-noah", "Noah", "en-US", "America/Chicago", "referred")
@@ -68,7 +75,7 @@ COUPONS = [f"WELCOME-{n:04d}" for n in range(1, 51)]
 def _referred(friend: Person, code: str, now: datetime) -> list[dict[str, Any]]:
     """A friend signing up through the referrer's email link, then placing a first (qualifying) order."""
     at = (now - timedelta(minutes=5)).isoformat()
-    return [
+    return _numbered(friend, [
         {"type": "identify", "userId": friend.user_id, "timestamp": at, "traits": {
             "email": f"{friend.user_id}@demo.tenure.dev", "first_name": friend.first_name, "locale": friend.locale,
             "timezone": friend.timezone}},
@@ -76,7 +83,7 @@ def _referred(friend: Person, code: str, now: datetime) -> list[dict[str, Any]]:
          "context": {"page": {"url": "https://acme.example/join", "search": f"?ref={code}&channel=email"}}},
         {"type": "track", "userId": friend.user_id, "event": "Order Completed", "timestamp": now.isoformat(),
          "properties": {"order_id": f"{friend.user_id}-1", "revenue": 35.0}},
-    ]
+    ])
 
 
 async def run(http: httpx.AsyncClient, api: resources.Api, ingest_url: str, write_key: str) -> list[str]:
@@ -91,15 +98,18 @@ async def run(http: httpx.AsyncClient, api: resources.Api, ingest_url: str, writ
     pool = await api.call("PUT", "campaign", "/v1/coupon-pools/welcome", json={"codes": COUPONS})
     lines.append(f"coupon pool welcome: {pool['available']} codes available")
     now = datetime.now(UTC)
+    again = " (sent before: nothing new)"
     for p in PEOPLE:
         resp = await http.post(f"{ingest_url}/v1/batch", auth=(write_key, ""), json={"batch": _events(p, now)})
         resp.raise_for_status()
-        lines.append(f"{p.first_name:7} {p.locale:6} {p.timezone:17} {p.story}")
+        lines.append(f"{p.first_name:7} {p.locale:6} {p.timezone:17} {p.story}"
+                     f"{again if resp.json().get('accepted') == 0 else ''}")
     referrer = next(p for p in PEOPLE if p.story == "promoter")
     code = await api.call("POST", "campaign", "/v1/referral/codes", json={"user": referrer.user_id})
     resp = await http.post(f"{ingest_url}/v1/batch", auth=(write_key, ""),
                            json={"batch": _referred(FRIEND, code["code"], now)})
     resp.raise_for_status()
     lines.append(f"{FRIEND.first_name:7} {FRIEND.locale:6} {FRIEND.timezone:17} signed up with {referrer.first_name}'s "
-                 f"referral link ({code['code']}) and ordered: both get their reward")
+                 f"referral link ({code['code']}) and ordered: both get their reward"
+                 f"{again if resp.json().get('accepted') == 0 else ''}")
     return lines

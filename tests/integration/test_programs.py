@@ -508,6 +508,18 @@ async def test_the_demo_runs_the_referral_and_loyalty_examples_end_to_end(world,
     code = (await world.code("demo-yuki"))["code"]
     assert "You now have 599 points (Gold)" in preview.json()["text"] and code in preview.json()["text"]
 
+    # a second `tenure demo` stores nothing again: no second welcome, Grace no repeat buyer, no second reward
+    before = {uid: await subjects(uid) for uid in ("demo-ada", "demo-grace", "demo-yuki", "demo-jean")}
+    counts = {uid: len((await world.apps["delivery"].get("/v1/messages", headers=world.h, params={
+        "to": f"{uid}@demo.tenure.dev"})).json()["messages"]) for uid in before}
+    lines = await demo.run(mesh, api, settings.url_of("ingest"), world.wk[0])
+    assert all(line.endswith("(sent before: nothing new)") for line in lines[2:]), lines
+    await world.pump(datetime.now(UTC))
+    await world.pump(datetime.now(UTC))
+    assert {uid: len((await world.apps["delivery"].get("/v1/messages", headers=world.h, params={
+        "to": f"{uid}@demo.tenure.dev"})).json()["messages"]) for uid in before} == counts
+    assert await world.balance("demo-yuki") == 49 + 50 + 500
+
 
 async def test_erasure_removes_the_programs_records_and_export_lists_them(world) -> None:
     from services.campaign import privacy

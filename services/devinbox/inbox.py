@@ -88,8 +88,11 @@ def create_inbox_app(mailbox: Mailbox) -> FastAPI:
         rows = "".join(
             f"<article><h2>{html.escape(m['subject'])}</h2><p class=meta>to {html.escape(', '.join(m['to']))}"
             f" · {html.escape(m['received_at'])}</p>"
-            f"<iframe sandbox srcdoc=\"{html.escape(m['html'] or '<pre>' + html.escape(m['text'] or '') + '</pre>')}\">"
-            f"</iframe></article>"
+            # no scripts in a mail; its links (unsubscribe, preferences, a click) open in a tab of their own, outside
+            # the sandbox, where the pages' forms work and the page's refresh does not take them away
+            f"<iframe sandbox=\"allow-popups allow-popups-to-escape-sandbox\" srcdoc=\""
+            f"{html.escape('<base target=_blank>' + (m['html'] or '<pre>' + html.escape(m['text'] or '') + '</pre>'))}"
+            f"\"></iframe></article>"
             for m in reversed(mailbox.messages)
         ) or "<p>No mail yet. Send an event and it will show up here.</p>"
         return (

@@ -204,3 +204,39 @@ async def test_the_preference_page_says_a_complaint_blocks_the_address(public, w
                                headers={"Authorization": f"Bearer {workspace.secret_key}"})).json()
     assert choices["suppression"] == "complaint"
     assert {t["id"]: t["subscribed"] for t in choices["topics"]} == {"offers": True, "news": False}
+
+
+async def test_the_dev_inbox_opens_a_mails_links_in_a_tab_where_their_forms_work(public, workspace, sessionmaker,
+                                                                                mailbox) -> None:
+    """Trying the preference page from `tenure dev`'s inbox: a mail's link opens in a tab of its own, outside the
+    mail's sandboxed frame (no scripts there), and the page's form posts. In the frame, the form was blocked
+    ("the form's frame is sandboxed") and the inbox's refresh took the page away."""
+    from services.devinbox.inbox import create_inbox_app
+    from tests.e2e.browser import headless_chromium
+
+    to = f"inbox-{uuid.uuid4().hex[:6]}@example.com"
+    await _links(public, workspace, sessionmaker, mailbox, to)
+
+    def use(inbox: str) -> dict[str, Any]:
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        browser = headless_chromium()
+        try:
+            browser.get(inbox)
+            frame = browser.find_element("css selector", "iframe")
+            seen = {"sandbox": frame.get_attribute("sandbox")}
+            browser.switch_to.frame(frame)
+            browser.find_element("partial link text", "preferences").click()
+            WebDriverWait(browser, 15).until(lambda b: len(b.window_handles) == 2)
+            browser.switch_to.window(browser.window_handles[1])
+            WebDriverWait(browser, 15).until(lambda b: b.find_elements("css selector", "button[type=submit]"))
+            browser.find_element("css selector", "input[name=topic][value=news]").click()
+            seen["saved"] = _submit(browser)
+            return seen
+        finally:
+            browser.quit()
+
+    with http_server(create_inbox_app(mailbox)) as port:
+        seen = await asyncio.to_thread(use, f"http://127.0.0.1:{port}/")
+    assert "allow-scripts" not in seen["sandbox"] and "allow-popups-to-escape-sandbox" in seen["sandbox"]
+    assert "Your preferences are saved." in seen["saved"]

@@ -541,7 +541,9 @@ def demo(
     if write_key is None or key is None:
         state = Path(settings.state_dir) / "demo.json"
         if not state.exists():
-            console.print("[red]error:[/] no keys: run `tenure dev` first, or pass --write-key and --key")
+            console.print(f"[red]error:[/] no keys in {_safe(str(state.resolve()))}: run `tenure dev` first (the demo "
+                          "workspace's keys are kept in its state directory, TENURE_STATE_DIR, ./.tenure by default: "
+                          "run this where you ran it), or pass --write-key and --key", highlight=False)
             raise typer.Exit(1)
         keys = orjson.loads(state.read_bytes())
         write_key, key = write_key or keys["write_key"], key or keys["secret_key"]

@@ -143,7 +143,7 @@ def _banner_text(settings: Settings, demo: dict[str, Any] | None) -> str:
         wk = demo["write_key"]
         text += (
             f"\nDemo workspace {demo['workspace_id']}\n  write key  {wk}\n  secret key {demo['secret_key']}\n"
-            f"\nTry it (a welcome email lands in the inbox):\n"
+            f"\nTry it (a welcome email lands in the inbox; once per messageId, so change it to see another):\n"
             f"  curl -u '{wk}:' {ingest}/v1/identify -H 'content-type: application/json' \\\n"
             f"    -d '{{\"userId\":\"ada\",\"traits\":{{\"email\":\"ada@example.com\",\"first_name\":\"Ada\"}}}}'\n"
             f"  curl -u '{wk}:' {ingest}/v1/track -H 'content-type: application/json' \\\n"

@@ -560,8 +560,9 @@ def demo(
         raise typer.Exit(1) from None
     inbox = settings.local_url(settings.inbox_port)
     console.print(f"Watch the campaigns arrive at {_safe(inbox)} (welcome, engagement, churn prevention, win-back, "
-                  "referral, loyalty). Later steps wait for days or local times: see "
-                  "GET /v1/profiles/{id}/journeys on campaign for where each person is.", highlight=False)
+                  "referral, loyalty). Later steps wait for days or local times, and win-back holds 10 % out to "
+                  "measure its lift (Grace, the churned customer, may be one: then no win-back comes): see "
+                  "GET /v1/profiles/{id}/journeys on campaign for where each person is and why.", highlight=False)
 
 
 @app.command()

@@ -3,6 +3,8 @@ windows inside property filters, date attributes ordered, merged-away profiles, 
 numbers stored as text. Definitions saved and members read through the API; events folded as the feed consumer
 folds them."""
 
+import asyncio
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -346,3 +348,69 @@ async def test_an_order_and_its_refunds_leave_the_same_revenue_whatever_their_or
     attrs = await ctx.attributes(user)
     assert (attrs["total_revenue"], attrs["order_count"]) == (revenue, 1)
 
+
+async def test_the_upgrade_clears_the_last_seen_of_profiles_certainly_never_active(ctx, settings) -> None:
+    """segment_0007 cleared the stored last seen (read as activity: churned at once, "reactivated" by the first
+    event) only of identified profiles with no counted event at all: one Tenure had only emailed (delivery's events
+    are counted, but are not activity) kept it. It clears it where every counted event is certainly Tenure's, and
+    a trait time out of range (2026-02-30, +99:00) no longer aborts the upgrade."""
+    from alembic import command
+
+    from shared.migrate import alembic_config
+
+    ws = ctx.ws
+    t0, t1 = NOW - timedelta(days=100), NOW - timedelta(days=1)
+    iso = lambda t: t.isoformat(timespec="microseconds")  # noqa: E731 - as evaluation._ts_key writes trait times
+    bad = {"a": "2026-02-30T00:00:00Z", "b": "2026-01-01T00:00:00+99:00"}
+    # name: (last seen, trait times, counted events [(event, messageId, stored)], cleared)
+    cases = {
+        "identified": (t0, {"email": iso(t0), **bad}, [], True),
+        "emailed": (t0, {"email": iso(t0)}, [("Email Delivered", "delivery-1", True),
+                                              ("Email Opened", "delivery-2", True),
+                                              ("Loyalty Tier Changed", "program-3", True)], True),
+        "emailed, retention deleted one": (t0, {"email": iso(t0)}, [("Email Delivered", "delivery-1", True),
+                                                                     ("Email Delivered", "delivery-2", False)], False),
+        "their own email tool's open": (t0, {"email": iso(t0)}, [("Email Opened", "sendgrid-source-1", True)], False),
+        "active once, when identified": (t0, {"email": iso(t0)}, [("App Opened", "m-1", True)], False),
+        "active later": (t1, {"email": iso(t0)}, [("App Opened", "m-1", True)], False),
+        # an unnamed page view at t0 stores nothing, and a re-identification moved the trait times: the two
+        # cannot be told apart, so neither is cleared
+        "re-identified later": (t0, {"email": iso(t1)}, [], False),
+        "only out-of-range trait times": (t0, bad, [], False),
+    }
+    pids = {name: uuid.uuid4() for name in cases}
+    cfg = alembic_config("segment", settings.require_database_url())
+    await asyncio.to_thread(command.downgrade, cfg, "segment_0006")
+    async with ctx.sm() as s, s.begin():
+        for name, (last, times, events, _) in cases.items():
+            p = {"ws": ws, "p": pids[name], "t0": t0, "last": last}
+            await s.execute(text("insert into segment.profile_stats (workspace_id, profile_id, first_seen, last_seen, "
+                                 "order_count, revenue) values (:ws, :p, :t0, :last, 0, 0)"), p)
+            await s.execute(text("insert into segment.profile_traits (workspace_id, profile_id, traits, trait_times) "
+                                 "values (:ws, :p, '{}', CAST(:tt AS jsonb))"), {**p, "tt": json.dumps(times)})
+            for event, mid, stored in events:
+                await s.execute(text(
+                    "insert into segment.event_counts (workspace_id, profile_id, event, day, count) "
+                    "values (:ws, :p, :ev, :day, 1) on conflict (workspace_id, profile_id, event, day) "
+                    "do update set count = segment.event_counts.count + 1"), {**p, "ev": event, "day": last.date()})
+                if stored:
+                    await s.execute(text("insert into segment.profile_events (workspace_id, profile_id, event, at, "
+                                         "message_id) values (:ws, :p, :ev, :last, :mid)"),
+                                    {**p, "ev": event, "mid": mid})
+
+    async def cleared() -> set[str]:
+        async with ctx.sm() as s:
+            rows = (await s.execute(text("select profile_id from segment.profile_stats where workspace_id = :ws "
+                                         "and profile_id = any(:p) and last_seen is null"),
+                                    {"ws": ws, "p": list(pids.values())})).scalars().all()
+        return {name for name, pid in pids.items() if pid in rows}
+
+    expected = {name for name, case in cases.items() if case[3]}
+    await asyncio.to_thread(command.upgrade, cfg, "head")
+    assert await cleared() == expected
+    attrs = await ctx.attributes(pids["emailed"])
+    assert attrs["days_since_last_activity"] is None and attrs["last_seen"] == attrs["first_seen"]
+    await asyncio.to_thread(command.downgrade, cfg, "segment_0006")
+    assert await cleared() == set()
+    await asyncio.to_thread(command.upgrade, cfg, "head")
+    assert await cleared() == expected

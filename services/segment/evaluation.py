@@ -163,7 +163,7 @@ class _Order:
     """One row of ``segment.profile_orders``: an order id a profile ordered, or one a refund named first."""
 
     value: float | None  # None: not ordered yet (a refund named it first)
-    refunded: float = 0.0  # taken off its value so far; for one not ordered yet, the amounts refunds stated
+    refunded: float = 0.0  # taken off the revenue so far; for one not ordered yet, the amounts refunds stated
     refund_all: bool = False  # not ordered yet, and a refund stating no amount (the whole order) named it
     event: str | None = None
     at: datetime | None = None
@@ -174,9 +174,17 @@ class _Orders:
     """The order ids each profile has ordered (``segment.profile_orders``), with each order's value and what
     refunds took off it: an order is counted once however many purchase events name its id
     (attributes.order_id), and the refunds naming an order take off no more than its value in all (a full
-    refund re-sent by an SDK took the value off twice: revenue below zero). A refund naming an order not seen
-    yet (its order comes in a later page, or is stamped later in this one) waits in a row of its own and is
-    taken off when the order comes; it was lost for good."""
+    refund re-sent by an SDK took the value off twice: revenue below zero). A refund naming an order not known
+    here (it comes in a later page, or is stamped later in this one; or it was counted before segment_0006, and
+    never comes) takes off the amount it states at once, as it did before orders were kept, and a refund stating
+    none (the whole order) nothing yet; both wait in a row of the order id (``refunded`` what they took), and
+    when the order comes its refunds are settled to what they would have taken after it: in all, the amounts
+    stated up to its value (the whole of it after a full refund), the excess given back.
+
+    Promise, whatever the order the events come in (pages, a merge): an order of value V and refunds naming it
+    that state amounts a1..an (each delivered event counts: a partial refund re-sent with a new messageId is a
+    second refund) leave V - min(V, a1 + ... + an) of it in the revenue, and 0 when any of them states no amount.
+    The refunds of an order that never comes take off the amounts they state."""
 
     rows: dict[OrderKey, _Order] = field(default_factory=dict)
     changed: set[OrderKey] = field(default_factory=set)
@@ -199,25 +207,27 @@ class _Orders:
                                                     r[7]) for r in rows})
 
     def order(self, event: dict[str, Any], value: float, at: datetime) -> float | None:
-        """A purchase event: None if its order was already counted (records it otherwise), else what refunds
-        that named it before it take off its value (0 without one, and always without an order id)."""
+        """A purchase event: None if its order was already counted (records it otherwise), else what is still
+        to take off the revenue for the refunds that named it before it (0 without one, and always without an
+        order id): what they take off it, less what they took already — below 0 when they stated more than its
+        value (the excess is given back)."""
         key = _order_key(event)
         if key is None:
             return 0.0
         waiting = self.rows.get(key)
         if waiting is not None and waiting.value is not None:
             return None
-        taken = 0.0
-        if waiting is not None:
-            taken = max(0.0, value if waiting.refund_all else min(waiting.refunded, value))
-        self.rows[key] = _Order(value, taken, False, event["event"], at)
+        took = waiting.refunded if waiting is not None else 0.0
+        owed = _owed(value, took, waiting is not None and waiting.refund_all)
+        self.rows[key] = _Order(value, owed, False, event["event"], at)
         self.changed.add(key)
-        return taken
+        return owed - took
 
     def refund(self, event: dict[str, Any], amount: float | None) -> float:
         """A refund event stating ``amount`` (None: the whole order): what it takes off the revenue. Naming a
-        counted order, no more than is left of its value; naming one not seen yet, nothing now (it waits for the
-        order); naming none, its amount."""
+        counted order, no more than is left of its value; naming one not known, its amount at once (nothing for a
+        whole order: its value is unknown) and the order, when it comes, settles the rest; naming none, its
+        amount."""
         key = _order_key(event)
         if key is None:
             return amount or 0.0
@@ -226,9 +236,9 @@ class _Orders:
         if o.value is None:
             if amount is None:
                 o.refund_all = True
-            else:
-                o.refunded += amount
-            return 0.0
+                return 0.0
+            o.refunded += amount
+            return amount
         left = max(0.0, o.value - o.refunded)
         taken = left if amount is None else min(amount, left)
         o.refunded += taken
@@ -249,6 +259,12 @@ class _Orders:
             {"ws": [x[0] for x in k], "pid": [x[1] for x in k], "oid": [x[2] for x in k],
              "ev": [o.event for o in rows], "v": [None if o.value is None else _dec(o.value) for o in rows],
              "at": [o.at for o in rows], "r": [_dec(o.refunded) for o in rows], "all": [o.refund_all for o in rows]})
+
+
+def _owed(value: float, stated: float, whole: bool) -> float:
+    """What the refunds of an order of ``value`` take off it in all: the amounts they stated (``stated``), or the
+    whole order (``whole``: one stated none), never more than its value nor below nothing."""
+    return max(0.0, value if whole else min(stated, value))
 
 
 def _dec(amount: float) -> Decimal:
@@ -426,7 +442,8 @@ async def _merge_orders(session: AsyncSession, params: dict[str, Any]) -> tuple[
     """Before a merge, combine the rows of the order ids both profiles hold into the survivor's, as one profile
     would hold them (the merged-away profile's other rows move as they are); returns the orders and revenue to
     take off the survivor's statistics once folded. An order both hold counts once, its refunds together at
-    most its value; a refund one of them holds for an order not seen yet is taken off the other's order."""
+    most its value; a refund one of them holds for an order not seen yet is settled against the other's order (what
+    it took already counted: the excess over the order's value is given back)."""
     rows = (await session.execute(text(
         "select f.order_id, f.value, f.refunded, f.refund_all, f.event, f.at, "
         "       i.value as i_value, i.refunded as i_refunded, i.refund_all as i_refund_all "
@@ -435,21 +452,19 @@ async def _merge_orders(session: AsyncSession, params: dict[str, Any]) -> tuple[
         " where f.workspace_id = :ws and f.profile_id = :from"), params)).all()
     orders, revenue = 0, Decimal(0)
     for r in rows:
-        f_value, f_refunded = _num(r.value), Decimal(r.refunded)
-        i_value, i_refunded = _num(r.i_value), Decimal(r.i_refunded)
-        if f_value is None and i_value is None:  # refunds of an order neither has seen: they wait together
-            new = (None, f_refunded + i_refunded, r.refund_all or r.i_refund_all, None, None)
-        elif i_value is None:  # the order is the merged-away profile's; the survivor's refund waited for it
-            taken = _refund_left(f_value, f_refunded, i_refunded, r.i_refund_all)
-            revenue += taken
-            new = (f_value, f_refunded + taken, False, r.event, r.at)
-        else:  # the survivor's order, refunded by either (and counted by both: the merged-away copy goes)
-            if f_value is not None:
+        f_value, i_value = _num(r.value), _num(r.i_value)
+        took = Decimal(r.refunded) + Decimal(r.i_refunded)  # taken off by each side's refunds (folded together)
+        whole = (f_value is None and r.refund_all) or (i_value is None and r.i_refund_all)
+        value = i_value if i_value is not None else f_value
+        if value is None:  # refunds of an order neither has seen: they wait together
+            new = (None, took, whole, None, None)
+        else:  # the order of either (the survivor's copy kept), its refunds settled as for one profile
+            if f_value is not None and i_value is not None:  # counted by both: the merged-away copy goes
                 orders += 1
-                revenue += f_value - f_refunded
-            taken = _refund_left(i_value, i_refunded, f_refunded, f_value is None and r.refund_all)
-            revenue += taken
-            new = (i_value, i_refunded + taken, False, None, None)
+                revenue += f_value
+            owed = max(Decimal(0), value if whole else min(took, value))
+            revenue += owed - took
+            new = (value, owed, False, *((r.event, r.at) if i_value is None else (None, None)))
         await session.execute(text(
             "update segment.profile_orders set value = :v, refunded = :r, refund_all = :all, "
             "event = coalesce(:ev, event), at = coalesce(CAST(:at AS timestamptz), at) "
@@ -463,13 +478,6 @@ async def _merge_orders(session: AsyncSession, params: dict[str, Any]) -> tuple[
 
 def _num(v: Any) -> Decimal | None:
     return None if v is None else Decimal(v)
-
-
-def _refund_left(value: Decimal, refunded: Decimal, asked: Decimal, whole: bool) -> Decimal:
-    """What a refund of ``asked`` (``whole``: the whole order) takes off an order of ``value`` already refunded by
-    ``refunded``: no more than is left of it."""
-    left = max(Decimal(0), value - refunded)
-    return left if whole else min(asked, left)
 
 
 @dataclass

@@ -157,7 +157,8 @@ class ProfileOrder(SegmentTable, table=True):
     """Each order id a profile ordered (``order_id`` of a purchase event), with its value and what refunds took
     off it: an order is counted once whatever number of purchase events name it, a refund naming only the order
     takes off what is left of its value, and refunds never take off more than its value in all. An order id a
-    refund named before its order came has a row without value: the refund waits there for it."""
+    refund named before its order came (or one counted before segment_0006) has a row without value: the refund
+    took off the amount it stated, and the order, if it comes, settles its refunds to that rule."""
 
     __tablename__ = "profile_orders"
 
@@ -167,7 +168,7 @@ class ProfileOrder(SegmentTable, table=True):
     event: str | None = None  # the purchase event that named it first
     value: Decimal | None = Field(default=None, sa_column=Column(Numeric, nullable=True))
     at: datetime | None = Field(default=None, sa_column=Column("at", DateTime(timezone=True), nullable=True))
-    # taken off its value so far; without a value (not ordered yet), the amounts refunds stated
+    # taken off the revenue so far; without a value (not ordered yet), the amounts refunds stated (taken off at once)
     refunded: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric, nullable=False, server_default="0"))
     refund_all: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default="false"))
 

@@ -3,10 +3,13 @@ windows inside property filters, date attributes ordered, merged-away profiles, 
 numbers stored as text. Definitions saved and members read through the API; events folded as the feed consumer
 folds them."""
 
+import asyncio
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import text
 
 from services.segment import evaluation
 from tests.integration import test_segment_conditions as conditions_ctx
@@ -242,11 +245,12 @@ async def test_refunds_of_an_order_take_off_no_more_than_its_value(ctx) -> None:
 
 async def test_a_refund_that_comes_before_its_order_waits_for_it(ctx) -> None:
     """A refund whose order came in a later page of the feed was lost for good (revenue 80 of an order refunded in
-    full); it now waits for its order, also across a merge."""
+    full); it now waits for its order, also across a merge (a stated amount is taken off at once, the excess over
+    the order's value given back when it comes)."""
     ws, user, device, other = ctx.ws, uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     await ctx.fold(_ev(ws, user, event="Order Refunded", props={"order_id": "r1"}, days_ago=2),
                    _ev(ws, user, event="Order Refunded", props={"order_id": "r2", "total": 100}, days_ago=2))
-    assert (await ctx.attributes(user))["total_revenue"] == 0.0
+    assert (await ctx.attributes(user))["total_revenue"] == -100.0
     await ctx.fold(_order(ws, user, "r1", 80, days_ago=3), _order(ws, user, "r2", 60, days_ago=3))
     attrs = await ctx.attributes(user)
     assert (attrs["order_count"], attrs["total_revenue"]) == (2, 0.0)  # r2: 100 stated, 60 to take
@@ -292,3 +296,121 @@ async def test_a_lifecycle_stage_reads_as_a_segment(ctx) -> None:
     assert r.status_code == 409 and r.headers["content-type"] == "application/problem+json", r.text
     r = await ctx.seg.get(f"/v1/segments/{uuid.uuid4()}/members", headers=ctx.h)
     assert r.status_code == 404
+
+
+async def test_a_refund_of_an_order_counted_before_orders_were_kept_takes_off_its_amount(ctx, sessionmaker) -> None:
+    """An order folded before segment_0006 has no profile_orders row, and never comes again: a refund stating its
+    amount took off nothing (it waited for the order for good), where it took that amount off before; revenue, CLTV
+    and average order value stayed overstated. A refund stating no amount still waits (its value is unknown)."""
+    ws, user = ctx.ws, uuid.uuid4()
+    await ctx.fold(_order(ws, user, "old-1", 100, days_ago=5), _order(ws, user, "old-2", 50, days_ago=5))
+    async with sessionmaker() as s, s.begin():  # as folded before segment_0006
+        await s.execute(text("delete from segment.profile_orders where profile_id = :p"), {"p": user})
+    await ctx.fold(_ev(ws, user, event="Order Refunded", props={"order_id": "old-1", "revenue": 40}),
+                   _ev(ws, user, event="Order Refunded", props={"order_id": "old-2"}))
+    attrs = await ctx.attributes(user)
+    assert (attrs["total_revenue"], attrs["order_count"], attrs["average_order_value"]) == (110.0, 2, 55.0)
+    # the same refund re-sent is a second refund of 40 (nothing tells them apart)
+    await ctx.fold(_ev(ws, user, event="Order Refunded", props={"order_id": "old-1", "total": 40}))
+    assert (await ctx.attributes(user))["total_revenue"] == 70.0
+
+
+_R30 = {"order_id": "p1", "revenue": 30}
+
+
+@pytest.mark.parametrize(("pages", "revenue"), [
+    # pages of (profile, event): "o" the order (100), "o2" its re-send, a dict a refund's properties
+    ([[("u", _R30)], [("u", "o")], [("u", _R30)]], 40.0),
+    ([[("u", {"order_id": "p1", "total": 150})], [("u", "o")]], 0.0),
+    ([[("u", {"order_id": "p1"}), ("u", _R30)], [("u", "o")], [("u", {"order_id": "p1"})]], 0.0),
+    ([[("u", _R30), ("u", "o")], [("u", "o2"), ("u", {"order_id": "p1", "revenue": 90})]], 0.0),
+    ([[("u", "o"), ("u", _R30)], [("u", _R30), ("u", "o2")]], 40.0),
+    ([[("d", _R30), ("u", "o")], [("merge", None)]], 70.0),
+    ([[("d", {"order_id": "p1", "total": 150}), ("u", "o")], [("merge", None)]], 0.0),
+    ([[("u", _R30), ("d", "o"), ("d", _R30)], [("merge", None)], [("u", _R30)]], 10.0),
+    ([[("u", {"order_id": "p1"}), ("d", _R30)], [("merge", None)], [("u", "o")]], 0.0),
+])
+async def test_an_order_and_its_refunds_leave_the_same_revenue_whatever_their_order(ctx, pages, revenue) -> None:
+    """An order of 100 and refunds naming it leave 100 - min(100, what they state) (0 after a refund stating no
+    amount), whatever the pages and profiles (merged later) they come in."""
+    ws, user, device = ctx.ws, uuid.uuid4(), uuid.uuid4()
+    for page in pages:
+        events = []
+        for who, what in page:
+            pid = device if who == "d" else user
+            if who == "merge":
+                events.append(_ev(ws, user, "merge", props={"merged_profile_id": str(device)}))
+            elif isinstance(what, str):
+                events.append(_order(ws, pid, "p1", 100, days_ago=1))
+            else:
+                events.append(_ev(ws, pid, event="Order Refunded", props=what, days_ago=1))
+        await ctx.fold(*events)
+    attrs = await ctx.attributes(user)
+    assert (attrs["total_revenue"], attrs["order_count"]) == (revenue, 1)
+
+
+async def test_the_upgrade_clears_the_last_seen_of_profiles_certainly_never_active(ctx, settings) -> None:
+    """segment_0007 cleared the stored last seen (read as activity: churned at once, "reactivated" by the first
+    event) only of identified profiles with no counted event at all: one Tenure had only emailed (delivery's events
+    are counted, but are not activity) kept it. It clears it where every counted event is certainly Tenure's, and
+    a trait time out of range (2026-02-30, +99:00) no longer aborts the upgrade."""
+    from alembic import command
+
+    from shared.migrate import alembic_config
+
+    ws = ctx.ws
+    t0, t1 = NOW - timedelta(days=100), NOW - timedelta(days=1)
+    iso = lambda t: t.isoformat(timespec="microseconds")  # noqa: E731 - as evaluation._ts_key writes trait times
+    bad = {"a": "2026-02-30T00:00:00Z", "b": "2026-01-01T00:00:00+99:00"}
+    # name: (last seen, trait times, counted events [(event, messageId, stored)], cleared)
+    cases = {
+        "identified": (t0, {"email": iso(t0), **bad}, [], True),
+        "emailed": (t0, {"email": iso(t0)}, [("Email Delivered", "delivery-1", True),
+                                              ("Email Opened", "delivery-2", True),
+                                              ("Loyalty Tier Changed", "program-3", True)], True),
+        "emailed, retention deleted one": (t0, {"email": iso(t0)}, [("Email Delivered", "delivery-1", True),
+                                                                     ("Email Delivered", "delivery-2", False)], False),
+        "their own email tool's open": (t0, {"email": iso(t0)}, [("Email Opened", "sendgrid-source-1", True)], False),
+        "active once, when identified": (t0, {"email": iso(t0)}, [("App Opened", "m-1", True)], False),
+        "active later": (t1, {"email": iso(t0)}, [("App Opened", "m-1", True)], False),
+        # an unnamed page view at t0 stores nothing, and a re-identification moved the trait times: the two
+        # cannot be told apart, so neither is cleared
+        "re-identified later": (t0, {"email": iso(t1)}, [], False),
+        "only out-of-range trait times": (t0, bad, [], False),
+    }
+    pids = {name: uuid.uuid4() for name in cases}
+    cfg = alembic_config("segment", settings.require_database_url())
+    await asyncio.to_thread(command.downgrade, cfg, "segment_0006")
+    async with ctx.sm() as s, s.begin():
+        for name, (last, times, events, _) in cases.items():
+            p = {"ws": ws, "p": pids[name], "t0": t0, "last": last}
+            await s.execute(text("insert into segment.profile_stats (workspace_id, profile_id, first_seen, last_seen, "
+                                 "order_count, revenue) values (:ws, :p, :t0, :last, 0, 0)"), p)
+            await s.execute(text("insert into segment.profile_traits (workspace_id, profile_id, traits, trait_times) "
+                                 "values (:ws, :p, '{}', CAST(:tt AS jsonb))"), {**p, "tt": json.dumps(times)})
+            for event, mid, stored in events:
+                await s.execute(text(
+                    "insert into segment.event_counts (workspace_id, profile_id, event, day, count) "
+                    "values (:ws, :p, :ev, :day, 1) on conflict (workspace_id, profile_id, event, day) "
+                    "do update set count = segment.event_counts.count + 1"), {**p, "ev": event, "day": last.date()})
+                if stored:
+                    await s.execute(text("insert into segment.profile_events (workspace_id, profile_id, event, at, "
+                                         "message_id) values (:ws, :p, :ev, :last, :mid)"),
+                                    {**p, "ev": event, "mid": mid})
+
+    async def cleared() -> set[str]:
+        async with ctx.sm() as s:
+            rows = (await s.execute(text("select profile_id from segment.profile_stats where workspace_id = :ws "
+                                         "and profile_id = any(:p) and last_seen is null"),
+                                    {"ws": ws, "p": list(pids.values())})).scalars().all()
+        return {name for name, pid in pids.items() if pid in rows}
+
+    expected = {name for name, case in cases.items() if case[3]}
+    await asyncio.to_thread(command.upgrade, cfg, "head")
+    assert await cleared() == expected
+    attrs = await ctx.attributes(pids["emailed"])
+    assert attrs["days_since_last_activity"] is None and attrs["last_seen"] == attrs["first_seen"]
+    await asyncio.to_thread(command.downgrade, cfg, "segment_0006")
+    assert await cleared() == set()
+    await asyncio.to_thread(command.upgrade, cfg, "head")
+    assert await cleared() == expected

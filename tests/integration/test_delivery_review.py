@@ -251,13 +251,15 @@ async def test_a_locale_is_a_bcp47_language_tag(apps, workspace) -> None:
         return {"idempotency_key": f"loc-{tag}-{n}-{len(locale)}", "to": f"loc-{tag}@example.com", "subject": "Hi",
                 "text": "x", "locale": locale}
 
-    for bad in ("fr\r\nBcc: evil@example.com", "fr_CA", "fr CA", ""):
+    for bad in ("fr\r\nBcc: evil@example.com", "fr CA", "français", ""):
         r = await apps["delivery"].post("/v1/messages", headers=h, json=message(bad))
         assert r.status_code == 422, (bad, r.text)
         assert [e["loc"] for e in r.json()["errors"]] == [["body", "locale"]], r.json()
         assert "BCP 47" in r.json()["errors"][0]["msg"]
     ok = await apps["delivery"].post("/v1/messages", headers=h, json=message("zh-Hant-TW"))
     assert ok.status_code == 202 and ok.json()["locale"] == "zh-Hant-TW"
+    posix = await apps["delivery"].post("/v1/messages", headers=h, json=message("fr_CA.UTF-8"))  # as a device says
+    assert posix.status_code == 202 and posix.json()["locale"] == "fr-CA"
     batch = await apps["delivery"].post("/v1/messages/batch", headers=h, json={"messages": [
         message("fr-CA", 1), message("fr\nx", 2)]})
     assert [(m["result"], "locale" in (m.get("error") or "")) for m in batch.json()["results"]] == [

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, quote
 
@@ -171,6 +172,26 @@ class Readiness(BaseModel):
         description="each dependency checked (`postgres`; `schema` once PostgreSQL answered; `redis`) and `ok`, "
                     "`error: <exception>`, or for `schema` what to do",
         examples=[{"postgres": "ok", "schema": "schema core is not migrated: run `tenure migrate`", "redis": "ok"}])
+
+
+def _serve_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI with its script and styles served by the service itself (``/docs/assets``, from the
+    fastapi-offline package), not from a CDN: FastAPI's default page was blank on a machine without internet (an
+    air-gapped cluster, a laptop offline)."""
+    import fastapi_offline
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    assets = Path(fastapi_offline.__file__).parent / "static"
+    app.mount("/docs/assets", StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} — API",
+                                   swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs/assets/favicon.png")
 
 
 def _probe_router(service: str) -> APIRouter:
@@ -425,9 +446,12 @@ def create_service_app(
         version=version,
         lifespan=lifespan,
         dependencies=[Depends(_parameters_are_text), Depends(_no_repeated_scalars)],
+        docs_url=None,
+        redoc_url=None,
         **kw,
     )
     app.state.settings = settings
+    _serve_docs(app)
     _document_security(app)
     app.add_middleware(BodyLimitMiddleware, default=settings.max_body_bytes, limits=body_limits)
     app.add_middleware(HeadAsGetMiddleware)

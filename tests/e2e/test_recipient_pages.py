@@ -240,3 +240,32 @@ async def test_the_dev_inbox_opens_a_mails_links_in_a_tab_where_their_forms_work
         seen = await asyncio.to_thread(use, f"http://127.0.0.1:{port}/")
     assert "allow-scripts" not in seen["sandbox"] and "allow-popups-to-escape-sandbox" in seen["sandbox"]
     assert "Your preferences are saved." in seen["saved"]
+
+
+async def test_the_api_docs_render_without_internet(public) -> None:
+    """`/docs` is Swagger UI with its script and styles served by the service: FastAPI's default page loads them
+    from a CDN, and was blank on a machine without internet (this one, an air-gapped cluster)."""
+    from tests.e2e.browser import headless_chromium
+
+    url, _ = public
+
+    def operations() -> dict[str, Any]:
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        browser = headless_chromium()
+        try:
+            browser.get(f"{url}/docs")
+            WebDriverWait(browser, 30).until(lambda b: b.find_elements("css selector", ".opblock"))
+            scripts = [e.get_attribute("src") for e in browser.find_elements("tag name", "script")
+                       if e.get_attribute("src")]
+            return {"ops": len(browser.find_elements("css selector", ".opblock")), "scripts": scripts,
+                    "title": browser.find_element("css selector", ".info .title").text}
+        finally:
+            browser.quit()
+
+    seen = await asyncio.to_thread(operations)
+    assert seen["ops"] >= 20 and seen["title"].startswith("Tenure delivery"), seen
+    assert all(s.startswith(url) for s in seen["scripts"]), seen["scripts"]
+    async with httpx.AsyncClient(timeout=10) as c:
+        assert (await c.get(f"{url}/docs/assets/swagger-ui.css")).status_code == 200
+        assert (await c.get(f"{url}/redoc")).status_code == 404  # (no page that would need a CDN)

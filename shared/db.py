@@ -93,7 +93,7 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
 # asyncpg's own words for "the server went away or is not taking connections" (a restart, a failover)
 # (TooManyConnectionsError: every connection slot of the server is taken, 53300 — no connection for now, as when
 # it is restarting)
-_CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.exceptions.CannotConnectNowError,
+CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.exceptions.CannotConnectNowError,
                       asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.TooManyConnectionsError)
 # SQLSTATEs of a database that cannot be used for now: connection exceptions, operator intervention (shutting
 # down, restarting), no connection slot left
@@ -101,7 +101,7 @@ UNAVAILABLE_SQLSTATES = ("08", "57P", "53300")
 
 
 def _broken(exc: BaseException | None) -> bool:
-    return isinstance(exc, _CONNECTION_ERRORS) or (
+    return isinstance(exc, CONNECTION_ERRORS) or (
         # a statement (a rollback, say) on a connection that broke under an earlier one
         isinstance(exc, asyncpg.exceptions.InterfaceError) and "connection is closed" in str(exc))
 

@@ -38,7 +38,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.db import UNAVAILABLE_SQLSTATES
+from shared.db import CONNECTION_ERRORS, UNAVAILABLE_SQLSTATES
 from shared.routing import routed
 from shared.validation import error_location, error_message
 
@@ -298,9 +298,8 @@ def install_error_handlers(app: FastAPI) -> None:
                                                     headers={"Retry-After": "1"}), request)
 
     # connecting to PostgreSQL failed (refused, timed out, server restarting): nothing was written
-    for connection_error in (OSError, TimeoutError, asyncpg.exceptions.CannotConnectNowError,
-                             asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.InterfaceError,
-                             asyncpg.exceptions.TooManyConnectionsError):
+    # (the driver's own "went away" errors, as workers wait them out, and a statement on a connection closed under it)
+    for connection_error in (*CONNECTION_ERRORS, asyncpg.exceptions.InterfaceError):
         app.add_exception_handler(connection_error, _database_down)
 
     @app.exception_handler(httpx.HTTPError)

@@ -85,9 +85,9 @@ async def _contacts(session: AsyncSession, params: dict[str, Any]) -> list[tuple
     return [(e or None, ph or None) for e, ph in rows.all()]
 
 
-async def _addresses(session: AsyncSession, params: dict[str, Any]) -> set[str]:
-    """The email and phone traits of the profiles ``params["p"]``."""
-    return {a for pair in await _contacts(session, params) for a in pair if a}
+def _addresses(contacts: list[tuple[str | None, str | None]]) -> set[str]:
+    """The emails and phone numbers among :func:`_contacts`."""
+    return {a for pair in contacts for a in pair if a}
 
 
 def subject_digest(request_id: uuid.UUID, subject: str) -> str:
@@ -138,7 +138,7 @@ async def erase(session: AsyncSession, ws: uuid.UUID, ref: str, *, suppress: boo
              f"services, removed, identities) values (:id, :ws, 'erasure', :subject, CAST(:pids AS jsonb), :suppress, "
              f"'pending', CAST(:services AS jsonb), CAST(:removed AS jsonb), CAST(:ids AS jsonb)) returning {_COLS}"),
         {"id": request_id, "ws": ws, "subject": ref, "pids": dumps([str(p) for p in pids]), "suppress": suppress,
-         "ids": dumps(sorted({v for _, v in idents} | {a for pair in contacts for a in pair if a})),
+         "ids": dumps(sorted({v for _, v in idents} | _addresses(contacts))),
          "services": dumps({s: {"status": "pending", "attempts": 0} for s in OTHER_SERVICES}),
          "removed": dumps(removed)},
     )).one()
@@ -397,7 +397,7 @@ async def export(session: AsyncSession, internal: InternalClient, ws: uuid.UUID,
                            "identities": [dict(r) for r in identities], "events": [dict(r) for r in events]}
     # the same ids an erasure passes (identities, email and phone; the reference itself when no profile has it),
     # so both reach the same records
-    ids = sorted({r["value"] for r in identities} | await _addresses(session, params)) if pids else [ref]
+    ids = sorted({r["value"] for r in identities} | _addresses(await _contacts(session, params))) if pids else [ref]
     for svc in OTHER_SERVICES:
         resp = await internal.request("GET", svc, "/v1/privacy/export", headers={WORKSPACE_HEADER: str(ws)},
                                       params={"profile_id": [str(p) for p in pids], "identity": ids})

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy import text
@@ -261,10 +261,14 @@ class _Orders:
              "at": [o.at for o in rows], "r": [_dec(o.refunded) for o in rows], "all": [o.refund_all for o in rows]})
 
 
-def _owed(value: float, stated: float, whole: bool) -> float:
+_Amount = TypeVar("_Amount", float, Decimal)
+
+
+def _owed(value: _Amount, stated: _Amount, whole: bool) -> _Amount:
     """What the refunds of an order of ``value`` take off it in all: the amounts they stated (``stated``), or the
-    whole order (``whole``: one stated none), never more than its value nor below nothing."""
-    return max(0.0, value if whole else min(stated, value))
+    whole order (``whole``: one stated none), never more than its value nor below nothing. (Floats while a page is
+    folded, Decimals as stored when a merge settles two profiles' rows.)"""
+    return max(type(value)(0), value if whole else min(stated, value))
 
 
 def _dec(amount: float) -> Decimal:
@@ -462,7 +466,7 @@ async def _merge_orders(session: AsyncSession, params: dict[str, Any]) -> tuple[
             if f_value is not None and i_value is not None:  # counted by both: the merged-away copy goes
                 orders += 1
                 revenue += f_value
-            owed = max(Decimal(0), value if whole else min(took, value))
+            owed = _owed(value, took, whole)
             revenue += owed - took
             new = (value, owed, False, *((r.event, r.at) if i_value is None else (None, None)))
         await session.execute(text(

@@ -4,6 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # checkov pins many dependencies of its own: it gets a separate virtualenv (requirements-tools.txt).
 TOOLS  := .venv-tools
+# The suite on two workers (pytest-xdist; groups in tests/conftest.py: a file per worker, the e2e files on one);
+# each worker has its own database, queue prefix and ports. `make test PYTEST_ARGS=` runs it in one process.
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 .PHONY: run test install install-test tools lint clean
 

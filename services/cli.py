@@ -12,9 +12,12 @@ import asyncio
 import contextlib
 import errno
 import importlib
+import os
 import re
 import socket
 import sys
+import tempfile
+import uuid
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -33,7 +36,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from services.answers import UnreadableAnswer, json_of, printable
-from shared.settings import SERVICES, Settings
+from shared.core import KeyKind
+from shared.db import in_transaction
+from shared.settings import SERVICES, Environment, Settings
 
 app = typer.Typer(help="Tenure: lifecycle marketing backend.", no_args_is_help=True, add_completion=False)
 workspace_app = typer.Typer(help="Manage workspaces.", no_args_is_help=True)
@@ -84,13 +89,23 @@ def _load_settings() -> Settings:
 
 
 @contextlib.contextmanager
-def _with_database(settings: Settings, *, redis: bool = True) -> Iterator[Settings]:
+def _with_database(settings: Settings, *, redis: bool = True, schemas: tuple[str, ...] | None = None
+                   ) -> Iterator[Settings]:
     """Settings with a database (and, with ``redis``, a Redis) URL: the configured ones, else the embedded dev
     servers. Commands that only talk to PostgreSQL (migrate, workspace) pass ``redis=False``: a migration Job given
-    only TENURE_DATABASE_URL must not start a Redis server of its own."""
+    only TENURE_DATABASE_URL must not start a Redis server of its own. Embedded servers are for ``TENURE_ENV=dev``
+    only: elsewhere an unset URL is refused (exit 2, as ``serve`` and ``worker`` do), or a Job missing its Secret's
+    key would migrate a throw-away database and report success.
+
+    With ``schemas``, a configured PostgreSQL that does not answer, or whose ``schemas`` are not migrated, ends the
+    command with one line and exit 1 (as ``worker`` does) instead of a driver traceback at its first query."""
     if settings.database_url and (settings.redis_url or not redis):
+        if schemas is not None and (problem := asyncio.run(_postgres_problem(settings, schemas))):
+            _fail(f"[red]{_safe(problem)}[/red]", 1)
         yield settings
         return
+    if settings.env != Environment.dev:
+        _require_urls(settings if redis else settings.model_copy(update={"redis_url": "unused"}))
     from shared.embedded import EmbeddedServers
     from shared.logging import configure_logging
 
@@ -112,7 +127,7 @@ def _require_urls(settings: Settings) -> None:
                                     ("TENURE_REDIS_URL", settings.redis_url)) if not v]
     if missing:
         _fail(f"[red]{', '.join(missing)} not set.[/red] `tenure dev` starts embedded servers; "
-              "`serve` and `worker` need real ones.", 2)
+              "this command needs real ones.", 2)
 
 
 def _reason(exc: BaseException) -> str:
@@ -172,12 +187,17 @@ async def _redis_problem(settings: Settings) -> str | None:
 @app.command()
 def migrate() -> None:
     """Upgrade every schema (core, ingest, segment, campaign, delivery) to the latest revision. Idempotent."""
-    from shared.migrate import upgrade_all
+    from shared.logging import configure_logging
+    from shared.migrate import MigrationBlocked, upgrade_all
 
     with _with_database(_load_settings(), redis=False) as settings:
+        configure_logging(settings)  # a schema a newer release migrated is left as it is, said in one line
         if problem := asyncio.run(_postgres_problem(settings)):
             _fail(f"[red]{_safe(problem)}[/red]", 1)
-        upgrade_all(settings)
+        try:
+            upgrade_all(settings)
+        except MigrationBlocked as exc:
+            _fail(f"[red]{_safe(str(exc))}[/red]", 1)
     console.print("[green]migrations applied[/green]")
 
 
@@ -186,16 +206,36 @@ def serve(
     service: Service,
     host: Annotated[str | None, typer.Option(help="bind address (default TENURE_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default: the service's TENURE_<SERVICE>_PORT)")] = None,
-    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes (in Kubernetes: 1, and replicas)")] = 1,
 ) -> None:
     """Run one service's HTTP API."""
     settings = _load_settings()
     _require_urls(settings)
-    uvicorn.run(
-        f"services.{service.value}.app:create_app", factory=True, host=host or settings.host,
-        port=port or settings.port_of(service.value), workers=workers, log_config=None,
-        proxy_headers=True, timeout_graceful_shutdown=20, access_log=False,
-    )
+    with _shared_metrics(workers):
+        uvicorn.run(
+            f"services.{service.value}.app:create_app", factory=True, host=host or settings.host,
+            port=port or settings.port_of(service.value), workers=workers, log_config=None,
+            proxy_headers=True, timeout_graceful_shutdown=20, access_log=False,
+        )
+
+
+@contextlib.contextmanager
+def _shared_metrics(workers: int) -> Iterator[None]:
+    """Several worker processes behind one port answer a scrape one at a time: each process's own counters showed
+    a share of the requests, a different one per scrape. With ``workers`` > 1 they keep their values in files of
+    one directory (prometheus-client's multiprocess mode) that any of them sums: ``PROMETHEUS_MULTIPROC_DIR`` if set
+    (it must be empty at start), else a temporary directory removed at exit."""
+    from shared.metrics import MULTIPROCESS_DIR
+
+    if workers == 1 or os.environ.get(MULTIPROCESS_DIR):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="tenure-metrics-") as directory:
+        os.environ[MULTIPROCESS_DIR] = directory  # (the worker processes are spawned: they read it at import)
+        try:
+            yield
+        finally:
+            del os.environ[MULTIPROCESS_DIR]
 
 
 @app.command()
@@ -217,16 +257,12 @@ def worker(
     module.create_worker(settings, burst=burst).run()
 
 
-async def _create_workspace(settings: Settings, name: str) -> Any:
-    from shared.core import create_workspace
-    from shared.db import create_engine, create_sessionmaker
-
-    engine = create_engine(settings, pool_size=1)
+def _workspace_id(raw: str) -> uuid.UUID:
     try:
-        async with create_sessionmaker(engine)() as session, session.begin():
-            return await create_workspace(session, name)
-    finally:
-        await engine.dispose()
+        return uuid.UUID(raw)
+    except ValueError:
+        console.print("[red]not a workspace id[/red]")
+        raise typer.Exit(2) from None
 
 
 @workspace_app.command("create")
@@ -235,8 +271,10 @@ def workspace_create(
     as_json: Annotated[bool, typer.Option("--json", help="print {workspace_id, write_key, secret_key}")] = False,
 ) -> None:
     """Create a workspace and print its keys (shown once: only their hashes are stored)."""
-    with _with_database(_load_settings(), redis=False) as settings:
-        created = asyncio.run(_create_workspace(settings, name))
+    from shared.core import create_workspace
+
+    with _with_database(_load_settings(), redis=False, schemas=("core",)) as settings:
+        created = asyncio.run(in_transaction(settings, lambda session: create_workspace(session, name)))
     payload = {"workspace_id": str(created.workspace_id), "write_key": created.write_key,
                "secret_key": created.secret_key}
     if as_json:
@@ -249,31 +287,23 @@ def workspace_create(
     console.print("Keep the keys: they are not shown again.")
 
 
-async def _configure_workspace(settings: Settings, workspace_id: str, changes: dict[str, Any],
-                               unset: list[str]) -> dict[str, Any] | None:
+async def _configure_workspace(session: Any, workspace_id: uuid.UUID, changes: dict[str, Any], unset: list[str]
+                               ) -> dict[str, Any] | None:
     """Apply ``changes`` (and drop ``unset`` keys) to a workspace's settings, validated as a whole
     (shared.workspace_config) in the transaction that writes them; None if there is no such workspace."""
     from sqlalchemy import text
 
-    from shared.db import create_engine, create_sessionmaker
     from shared.workspace_config import checked
 
-    engine = create_engine(settings, pool_size=1)
-    try:
-        async with create_sessionmaker(engine)() as session, session.begin():
-            current = (await session.execute(
-                text("select settings from core.workspaces where id = CAST(:id AS uuid) for update"),
-                {"id": workspace_id})).first()
-            if current is None:
-                return None
-            merged = {k: v for k, v in {**(current[0] or {}), **changes}.items() if k not in unset and v is not None}
-            checked(merged)
-            await session.execute(text("update core.workspaces set settings = CAST(:s AS jsonb) "
-                                       "where id = CAST(:id AS uuid)"),
-                                  {"s": orjson.dumps(merged).decode(), "id": workspace_id})
-            return merged
-    finally:
-        await engine.dispose()
+    current = (await session.execute(text("select settings from core.workspaces where id = :id for update"),
+                                     {"id": workspace_id})).first()
+    if current is None:
+        return None
+    merged = {k: v for k, v in {**(current[0] or {}), **changes}.items() if k not in unset and v is not None}
+    checked(merged)
+    await session.execute(text("update core.workspaces set settings = CAST(:s AS jsonb) where id = :id"),
+                          {"s": orjson.dumps(merged).decode(), "id": workspace_id})
+    return merged
 
 
 def _setting(raw: str) -> tuple[str, Any]:
@@ -301,15 +331,9 @@ def workspace_configure(
     """Change a workspace's settings: retention, time zone, quiet hours, frequency caps, lifecycle
     thresholds, purchase events, lead score, topics, SMS HELP text. Checked as a whole before anything is
     written; prints the resulting settings."""
-    import uuid as _uuid
-
     from pydantic import ValidationError
 
-    try:
-        _uuid.UUID(workspace_id)
-    except ValueError:
-        console.print("[red]not a workspace id[/red]")
-        raise typer.Exit(2) from None
+    wid = _workspace_id(workspace_id)
     changes: dict[str, Any] = dict(_setting(raw) for raw in set_ or [])
     removed = list(unset or [])
     if retention_days is not None:
@@ -318,8 +342,9 @@ def workspace_configure(
         else:
             removed.append("retention_days")
     try:
-        with _with_database(_load_settings(), redis=False) as settings:
-            result = asyncio.run(_configure_workspace(settings, workspace_id, changes, removed))
+        with _with_database(_load_settings(), redis=False, schemas=("core",)) as settings:
+            result = asyncio.run(in_transaction(settings, lambda session: _configure_workspace(session, wid, changes,
+                                                                                           removed)))
     except ValidationError as exc:
         for e in exc.errors(include_url=False):
             console.print(f"[red]{_safe('.'.join(str(p) for p in e['loc']))}: {_safe(e['msg'])}[/red]")
@@ -329,6 +354,91 @@ def workspace_configure(
         console.print(f"[red]no workspace {_safe(workspace_id)}[/red]")
         raise typer.Exit(1)
     sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n")
+
+
+def _key_row(key: Any) -> dict[str, Any]:
+    return {"id": str(key.id), "workspace_id": str(key.workspace_id), "kind": key.kind.value, "hint": key.hint,
+            "created_at": key.created_at.isoformat(),
+            "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None}
+
+
+def _print_keys(keys: list[dict[str, Any]], title: str) -> None:
+    table = Table(title=_safe(title))
+    table.add_column("id", no_wrap=True, min_width=36)  # (whole: it is what revoke-key takes)
+    for col in ("kind", "hint", "created", "revoked"):
+        table.add_column(col)
+    for k in keys:
+        table.add_row(k["id"], k["kind"], _safe(k["hint"]), k["created_at"][:19], (k["revoked_at"] or "")[:19])
+    out.print(table)
+
+
+@workspace_app.command("keys")
+def workspace_keys(
+    workspace_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON list")] = False,
+) -> None:
+    """List a workspace's API keys (revoked ones too): id, kind, the key's first characters, when created and
+    revoked. The keys themselves are not stored, only their hashes."""
+    from shared.core import KeyNotFound, list_keys
+
+    wid = _workspace_id(workspace_id)
+    with _with_database(_load_settings(), redis=False, schemas=("core",)) as settings:
+        try:
+            keys = asyncio.run(in_transaction(settings, lambda session: list_keys(session, wid)))
+        except KeyNotFound:
+            _fail(f"[red]no workspace {_safe(workspace_id)}[/red]", 1)
+    rows = [_key_row(k) for k in keys]
+    if as_json:
+        sys.stdout.write(orjson.dumps(rows).decode() + "\n")
+        return
+    _print_keys(rows, f"keys of workspace {workspace_id}")
+
+
+@workspace_app.command("add-key")
+def workspace_add_key(
+    workspace_id: str,
+    kind: Annotated[KeyKind, typer.Option(help="write (tracking SDKs) or secret (management APIs)")],
+    as_json: Annotated[bool, typer.Option("--json", help="print {id, ..., key}")] = False,
+) -> None:
+    """Add a key beside the workspace's others and print it (shown once). To rotate a key: add one, put it where
+    the old one was used, then revoke the old one."""
+    from shared.core import KeyNotFound, add_key
+
+    wid = _workspace_id(workspace_id)
+    with _with_database(_load_settings(), redis=False, schemas=("core",)) as settings:
+        try:
+            info, raw = asyncio.run(in_transaction(settings, lambda session: add_key(session, wid, kind)))
+        except KeyNotFound:
+            _fail(f"[red]no workspace {_safe(workspace_id)}[/red]", 1)
+    row = {**_key_row(info), "key": raw}
+    if as_json:
+        sys.stdout.write(orjson.dumps(row).decode() + "\n")
+        return
+    _print_keys([row], f"new {kind.value} key")
+    out.print(_safe(raw))
+    console.print("Keep the key: it is not shown again.")
+
+
+@workspace_app.command("revoke-key")
+def workspace_revoke_key(
+    key: Annotated[str, typer.Argument(help="a key id (`tenure workspace keys`), or the key itself")],
+    force: Annotated[bool, typer.Option(help="revoke even the workspace's last secret key")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the revoked key's record")] = False,
+) -> None:
+    """Revoke a key: every service refuses it (401) within 30 s, the time they cache a key they have seen.
+    Revoking a revoked key changes nothing."""
+    from shared.core import KeyNotFound, LastSecretKey, revoke_key
+
+    with _with_database(_load_settings(), redis=False, schemas=("core",)) as settings:
+        try:
+            info = asyncio.run(in_transaction(settings, lambda session: revoke_key(session, key, force=force)))
+        except (KeyNotFound, LastSecretKey) as exc:
+            _fail(f"[red]{_safe(str(exc))}[/red]", 1)
+    row = _key_row(info)
+    if as_json:
+        sys.stdout.write(orjson.dumps(row).decode() + "\n")
+        return
+    _print_keys([row], "revoked")
 
 
 @app.command()
@@ -364,8 +474,26 @@ def import_file(
     profiles: Annotated[bool, typer.Option("--profiles", help="rows are profiles (identify), not events")] = False,
     batch_size: Annotated[int, typer.Option(min=1, max=2000)] = 500,
     resume: Annotated[bool, typer.Option(help="continue after the last acknowledged line")] = True,
+    rejects: Annotated[Path | None, typer.Option(dir_okay=False, help="write every rejected row (line, reason) to "
+                                                 "this CSV file as the import goes; a resumed run appends")] = None,
+    legacy_ids: Annotated[bool, typer.Option(
+        "--legacy-ids", help="derive the ids of rows without messageId as releases before 2026-11-29 did (from "
+                             "line and content): to import again a file that such a release imported, storing "
+                             "nothing twice")] = False,
 ) -> None:
-    """Import profiles or events from CSV / NDJSON; resumable; bad rows are reported by line number."""
+    """Import profiles or events from CSV / NDJSON; resumable; bad rows are reported by line number.
+
+    CSV: a header row, then a message per row. Columns are Segment's field names, camelCase: userId,
+    anonymousId, event, timestamp (ISO 8601), messageId, type (track, or identify with --profiles; also page,
+    screen, group, alias), name, groupId, previousId. traits.NAME and properties.NAME fill those objects; any
+    other column is a property (a trait with --profiles), so user_id is not userId. Empty cells are left out.
+    Cells are text unless the column is typed: NAME:number (properties.revenue:number, traits.age:number) or
+    NAME:bool (traits.vip:bool; 1, true, yes and y are true, anything else false).
+
+    NDJSON (.ndjson, .jsonl): one JSON object per line, a Segment message as ingest's /v1/batch takes it,
+    such as {"userId": "ada", "event": "Signed Up", "properties": {"plan": "pro"}}; type defaults as for CSV.
+
+    A row without messageId gets one from its content, so importing the same file again stores nothing twice."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
     from services.importer import Interrupted, UnreadableFile, run_import
@@ -375,6 +503,9 @@ def import_file(
     if kind not in ("csv", "ndjson", "jsonl"):
         console.print("[red]unknown format:[/red] use --format csv or --format ndjson")
         raise typer.Exit(2)
+    if rejects is not None and rejects.resolve() == path.resolve():
+        console.print("[red]--rejects is the file being imported:[/red] name another file")
+        raise typer.Exit(2)
     base = url or settings.url_of("ingest")
     with httpx.Client(base_url=base, timeout=60) as client, Progress(
         "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TimeRemainingColumn(),
@@ -383,12 +514,12 @@ def import_file(
         task = bar.add_task(f"importing {_safe(path.name)}", total=path.stat().st_size)
         try:
             report = run_import(path, client=client, write_key=write_key, fmt="csv" if kind == "csv" else "ndjson",
-                                profiles=profiles, batch_size=batch_size, resume=resume,
-                                progress=lambda done: bar.update(task, completed=done))
+                                profiles=profiles, batch_size=batch_size, resume=resume, rejects=rejects,
+                                legacy_ids=legacy_ids, progress=lambda done: bar.update(task, completed=done))
         except (PermissionError, httpx.HTTPError, UnreadableAnswer) as exc:
             console.print(f"[red]import stopped:[/red] {_safe(_failure(exc))} (run again to resume)")
             raise typer.Exit(1) from None
-        except UnreadableFile as exc:
+        except (UnreadableFile, OSError) as exc:  # (OSError: the rejects file cannot be written)
             console.print(f"[red]import stopped:[/red] {_safe(str(exc))}")
             raise typer.Exit(1) from None
         except Interrupted as stop:
@@ -396,24 +527,28 @@ def import_file(
         else:
             interrupted = None
     if interrupted is not None:
-        _import_interrupted(interrupted, path, resume)
+        _import_interrupted(interrupted, path, resume, rejects)
     if report.resumed_from:
-        console.print(f"resumed after line {report.resumed_from}")
-    _import_report(report)
+        appended = f" (this run's rejected rows are appended to {_safe(str(rejects))})" if rejects else ""
+        console.print(f"resumed after line {report.resumed_from}{appended}", highlight=False)
+    _import_report(report, rejects)
     if report.rejected:
         raise typer.Exit(3)
 
 
-def _import_report(report: Any) -> None:
+def _import_report(report: Any, rejects: Path | None) -> None:
     console.print(f"[green]{report.accepted} stored[/green], {report.duplicates} already there, "
                   f"{len(report.rejected)} rejected, {report.sent} sent")
     for line, why in report.rejected[:50]:
         console.print(f"  line {line}: {_safe(why)}", highlight=False)
     if len(report.rejected) > 50:
-        console.print(f"  … and {len(report.rejected) - 50} more")
+        where = f"all are in {_safe(str(rejects))}" if rejects else "list them all with --rejects FILE"
+        console.print(f"  … and {len(report.rejected) - 50} more: {where}", highlight=False)
+    elif report.rejected and rejects:
+        console.print(f"  (also in {_safe(str(rejects))})", highlight=False)
 
 
-def _import_interrupted(stop: Any, path: Path, resume: bool) -> NoReturn:
+def _import_interrupted(stop: Any, path: Path, resume: bool, rejects: Path | None) -> NoReturn:
     """Ctrl-C: how far the import got and how to go on; exit status 130 (128 + SIGINT), as shells report it."""
     report, done = stop.report, stop.report.acknowledged
     console.print(f"[yellow]import interrupted[/yellow] at line {stop.line} of {_safe(str(path))}", highlight=False)
@@ -421,7 +556,7 @@ def _import_interrupted(stop: Any, path: Path, resume: bool) -> NoReturn:
         console.print(f"(this run resumed after line {report.resumed_from})", highlight=False)
     if done:
         console.print(f"ingest has acknowledged every row through line {done}; in this run:", highlight=False)
-        _import_report(report)
+        _import_report(report, rejects)
         again = "the same command" if resume else "the same command without --no-resume"
         console.print(f"to resume after line {done}, run {again} (--no-resume starts over). Rows after it that "
                       "reached ingest before the interruption are sent again and stored once.", highlight=False)
@@ -531,9 +666,9 @@ def demo(
     key: Annotated[str | None, typer.Option("--key", envvar="TENURE_SECRET_KEY",
                                             help="secret key; default: the dev workspace's")] = None,
 ) -> None:
-    """Apply the six lifecycle campaigns (examples/lifecycle.yaml: nine campaigns, referral being four) and
-    simulate users in several languages and time zones at every lifecycle stage; watch the mail arrive in the dev
-    inbox (`tenure dev`)."""
+    """Apply the six lifecycle campaigns (examples/lifecycle.yaml: nine campaigns, referral being four), pause the
+    dev workspace's own welcome campaign (Onboarding welcomes the same sign-ups) and simulate users in several
+    languages and time zones at every lifecycle stage; watch the mail arrive in the dev inbox (`tenure dev`)."""
     from services import demo as demo_mod
     from services import resources
 
@@ -559,9 +694,11 @@ def demo(
         console.print(f"[red]error:[/] {_safe(_failure(exc))}", highlight=False)
         raise typer.Exit(1) from None
     inbox = settings.local_url(settings.inbox_port)
+    held = ", ".join(f"{name} {percent} %" for name, percent in demo_mod.holdouts())
+    holdout = (f", and campaigns with a holdout leave that share of their entrants out to measure their lift ({held}: "
+               "Lena, at risk, or Grace, churned, may be one, and then gets no email from it)") if held else ""
     console.print(f"Watch the campaigns arrive at {_safe(inbox)} (welcome, engagement, churn prevention, win-back, "
-                  "referral, loyalty). Later steps wait for days or local times, and win-back holds 10 % out to "
-                  "measure its lift (Grace, the churned customer, may be one: then no win-back comes): see "
+                  f"referral, loyalty). Later steps wait for days or local times{_safe(holdout)}: see "
                   "GET /v1/profiles/{id}/journeys on campaign for where each person is and why.", highlight=False)
 
 

@@ -3,7 +3,8 @@
 time zones whose histories put them at every lifecycle stage, so a person can watch the campaigns run in the dev
 inbox. Orders earn
 loyalty points (Klaus reaches Gold), and a friend of Yuki's signs up with Yuki's referral code and orders:
-Yuki gets points, the friend a coupon from the uploaded pool, each an email saying so."""
+Yuki gets points, the friend a coupon from the uploaded pool, each an email saying so. The dev workspace's own
+welcome campaign is paused: Onboarding welcomes the same sign-ups."""
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -86,6 +87,29 @@ def _referred(friend: Person, code: str, now: datetime) -> list[dict[str, Any]]:
     ])
 
 
+async def _pause_builtin_welcome(api: resources.Api) -> list[str]:
+    """Pause `tenure dev`'s own welcome campaign: the example's Onboarding welcomes the same ``Signed Up``, and each
+    sign-up got two welcome emails. Paused, not archived: resuming it brings it back."""
+    from services.devserver import DEMO_WELCOME
+
+    lines = []
+    for camp in await api.all("campaign", "/v1/campaigns", "campaigns"):
+        trigger = camp["trigger"]
+        if camp["name"] == DEMO_WELCOME and camp["status"] == "active" and trigger.get("type") == "event" \
+                and trigger.get("event") == "Signed Up":
+            await api.call("POST", "campaign", f"/v1/campaigns/{camp['id']}/pause")
+            lines.append(f"campaign {DEMO_WELCOME!r} (tenure dev's welcome) paused: Onboarding sends the welcome "
+                         f"now, one per sign-up (POST /v1/campaigns/{camp['id']}/resume on campaign brings it back)")
+    return lines
+
+
+def holdouts() -> list[tuple[str, int]]:
+    """The example's campaigns that hold a share of their entrants out (name, percent): those get no message."""
+    campaigns = resources.load(EXAMPLE.read_text()).get("campaigns") or []
+    return [(c["name"], c["entry"]["holdout_percent"]) for c in campaigns
+            if (c.get("entry") or {}).get("holdout_percent")]
+
+
 async def run(http: httpx.AsyncClient, api: resources.Api, ingest_url: str, write_key: str) -> list[str]:
     """Apply the example campaigns, then send every simulated person's history; returns what happened."""
     lines = []
@@ -95,6 +119,7 @@ async def run(http: httpx.AsyncClient, api: resources.Api, ingest_url: str, writ
     counts = [(kind, sum(c.kind == kind for c in made)) for kind in ("programs", "templates", "segments", "campaigns")]
     what = ", ".join(f"{n} {kind if n != 1 else kind[:-1]}" for kind, n in counts if n) or "nothing"
     lines.append(f"{EXAMPLE.name}: {what} created or updated, {len(changes) - len(made)} unchanged")
+    lines += await _pause_builtin_welcome(api)
     pool = await api.call("PUT", "campaign", "/v1/coupon-pools/welcome", json={"codes": COUPONS})
     lines.append(f"coupon pool welcome: {pool['available']} codes available")
     now = datetime.now(UTC)

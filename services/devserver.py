@@ -17,9 +17,10 @@ import uvicorn
 from rich.console import Console
 from rich.markup import escape
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.core import create_workspace
-from shared.db import create_engine, create_sessionmaker
+from shared.core import create_workspace, workspace_exists
+from shared.db import in_transaction
 from shared.settings import SERVICES, Settings
 
 DEMO_POSTAL_ADDRESS = "Tenure demo, 1 Example Street, Springfield, IL 62701, USA"
@@ -30,6 +31,7 @@ DEMO_TEMPLATE = {
     "html": "<p>Hi {{ profile.first_name | default: 'there' }},</p><p>Thanks for signing up.</p>",
     "text": "Hi {{ profile.first_name | default: 'there' }},\n\nThanks for signing up.\n",
 }
+DEMO_WELCOME = "Welcome email"  # the demo workspace's campaign sending DEMO_TEMPLATE on `Signed Up`
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -86,36 +88,41 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def ensure_demo(settings: Settings) -> dict[str, Any]:
-    """The demo workspace's keys: created (with a welcome campaign) on first start, then reused."""
+async def create_welcome(session: AsyncSession, ws: uuid.UUID) -> dict[str, Any]:
+    """The demo workspace's welcome campaign (``tenure demo`` pauses it: examples/lifecycle.yaml's Onboarding
+    welcomes the same sign-ups)."""
     from services.campaign import campaigns
 
+    tpl = await campaigns.create_template(session, ws, DEMO_TEMPLATE)
+    return await campaigns.create_campaign(session, ws, {
+        "name": DEMO_WELCOME, "trigger": {"type": "event", "event": "Signed Up"},
+        "template_id": tpl["id"], "message_type": "marketing",
+    })
+
+
+async def ensure_demo(settings: Settings) -> dict[str, Any]:
+    """The demo workspace's keys: created (with a welcome campaign) on first start, then reused."""
     path = Path(settings.state_dir) / "demo.json"
-    engine = create_engine(settings, pool_size=1)
-    try:
-        async with create_sessionmaker(engine)() as session, session.begin():
-            if path.exists():
-                demo = orjson.loads(path.read_bytes())
-                found = (await session.execute(text("select 1 from core.workspaces where id = :id"),
-                                               {"id": uuid.UUID(demo["workspace_id"])})).scalar()
-                if found:
-                    return dict(demo)
-            created = await create_workspace(session, f"demo-{uuid.uuid4().hex[:6]}")
-            # marketing email carries a postal address (CAN-SPAM): the demo's shows where it goes
-            await session.execute(text("update core.workspaces set settings = settings || CAST(:s AS jsonb) "
-                                       "where id = :id"), {"id": created.workspace_id, "s": orjson.dumps(
-                                           {"postal_address": DEMO_POSTAL_ADDRESS}).decode()})
-            tpl = await campaigns.create_template(session, created.workspace_id, DEMO_TEMPLATE)
-            await campaigns.create_campaign(session, created.workspace_id, {
-                "name": "Welcome email", "trigger": {"type": "event", "event": "Signed Up"},
-                "template_id": tpl["id"], "message_type": "marketing",
-            })
-    finally:
-        await engine.dispose()
-    demo = {"workspace_id": str(created.workspace_id), "write_key": created.write_key,
-            "secret_key": created.secret_key}
-    path.write_bytes(orjson.dumps(demo, option=orjson.OPT_INDENT_2))
-    path.chmod(0o600)
+
+    async def work(session: AsyncSession) -> tuple[dict[str, Any], bool]:
+        """The keys, and whether they are new."""
+        if path.exists():
+            demo = orjson.loads(path.read_bytes())
+            if await workspace_exists(session, uuid.UUID(demo["workspace_id"])):
+                return dict(demo), False
+        created = await create_workspace(session, f"demo-{uuid.uuid4().hex[:6]}")
+        # marketing email carries a postal address (CAN-SPAM): the demo's shows where it goes
+        await session.execute(text("update core.workspaces set settings = settings || CAST(:s AS jsonb) "
+                                   "where id = :id"), {"id": created.workspace_id, "s": orjson.dumps(
+                                       {"postal_address": DEMO_POSTAL_ADDRESS}).decode()})
+        await create_welcome(session, created.workspace_id)
+        return {"workspace_id": str(created.workspace_id), "write_key": created.write_key,
+                "secret_key": created.secret_key}, True
+
+    demo, new = await in_transaction(settings, work)
+    if new:  # (written once the workspace is committed)
+        path.write_bytes(orjson.dumps(demo, option=orjson.OPT_INDENT_2))
+        path.chmod(0o600)
     return demo
 
 

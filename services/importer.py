@@ -1,11 +1,13 @@
 """``tenure import``: bulk-load profiles and events from CSV or NDJSON through ingest's batch API.
 
 Rows become Segment messages (so imports get the same validation, dedup and identity resolution as
-live traffic). A row without ``messageId`` gets one derived from its line number and content (and, for a row
-without ``timestamp``, the file's path), so re-running an import — or resuming it after a crash from the
-checkpoint file — never stores a row twice.
-Bad rows are reported with the line they start on; they never stop the import. Ctrl-C stops it wherever it
-is (:class:`Interrupted`: how far ingest has acknowledged, the checkpoint's line). Files may start with a
+live traffic). A row without ``messageId`` (or with a null or empty one) gets one derived from its content
+(:class:`_DerivedIds`), so re-running an import — after resuming it from the checkpoint file, or after
+deleting or fixing other rows — never stores a row twice.
+Bad rows are reported with the line they start on (and, with ``rejects``, written to a file as the import
+goes: :class:`Rejects`); they never stop the import. A CSV quote that is never closed is one bad row holding
+the rest of the file, none of which is imported. Ctrl-C stops it wherever it is (:class:`Interrupted`: how
+far ingest has acknowledged, the checkpoint's line). Files may start with a
 UTF-8 byte order mark (what spreadsheet programs write). Batches are cut at ``batch_size`` rows or before
 they pass ingest's 500 KB per request, whichever comes first; a row over ingest's 32 KB per message is
 reported rather than sent.
@@ -89,13 +91,40 @@ def _interrupt_after() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def _message_id(msg: dict[str, Any], line: int, raw: str, source: str) -> str:
-    """The id of a row without ``messageId``: from its line and content, so a re-run or a resumed import stores
-    it once. A row without ``timestamp`` is dated by its import, so the file's path is part of it too: the same
-    row in day1.csv and day2.csv (or in two folders' events.csv) is two events, not one (a row with a timestamp,
-    the same in two files, is the same event). Such a file moved or renamed is a new import."""
-    key = f"{line}:{raw}" if msg.get("timestamp") not in (None, "") else f"{source}:{line}:{raw}"
-    return "import-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+class _DerivedIds:
+    """Ids for a file's rows without ``messageId``: from the row's text and its ordinal among identical rows
+    before it in the file, never its line, so a re-run, a resumed import or one after other rows were deleted or
+    fixed stores each row once, while two identical rows stay two events. A row without ``timestamp`` is dated
+    by its import, so the file's path is part of it too: the same row in day1.csv and day2.csv (or in two
+    folders' events.csv) is two events, not one (a row with a timestamp, the same in two files, is the same
+    event). Such a file moved or renamed is a new import. Holds a 64-bit key per distinct row (for the
+    ordinals): some 80 MB per million rows."""
+
+    def __init__(self, source: str, *, legacy: bool = False):
+        self.source = source
+        self.legacy = legacy
+        self.seen: dict[int, int] = {}
+
+    def __call__(self, msg: dict[str, Any], raw: str, line: int, legacy_raw: str | None = None) -> str:
+        if self.legacy:  # as releases before 2026-11-29 derived them: from the row's (last) line and content
+            key = f"{line}:{legacy_raw or raw}"
+            key = key if msg.get("timestamp") not in (None, "") else f"{self.source}:{key}"
+            return "import-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+        key = raw if msg.get("timestamp") not in (None, "") else f"{self.source}:{raw}"
+        digest = hashlib.sha256(key.encode())
+        first = int.from_bytes(digest.digest()[:8])
+        ordinal = self.seen.get(first, 0)
+        self.seen[first] = ordinal + 1
+        if ordinal:  # (the first keeps the plain hash)
+            digest.update(f"#{ordinal}".encode())
+        return "import-" + digest.hexdigest()[:32]
+
+
+def _set_message_id(msg: dict[str, Any], ids: _DerivedIds, raw: str, line: int, legacy_raw: str | None = None
+                    ) -> None:
+    """A null or empty ``messageId`` is no id: ingest would make up a random one, which a re-run makes up again."""
+    if msg.get("messageId") in (None, ""):
+        msg["messageId"] = ids(msg, raw, line, legacy_raw)
 
 
 def _typed(column: str, value: str) -> tuple[str, Any]:
@@ -129,8 +158,10 @@ def csv_message(record: dict[str, str], *, profiles: bool) -> dict[str, Any]:
     return msg
 
 
-def read_rows(path: Path, *, fmt: str, profiles: bool) -> Iterator[tuple[Row, int]]:
-    """Rows with the 1-based line each starts on, and the byte offset after each (for progress)."""
+def read_rows(path: Path, *, fmt: str, profiles: bool, legacy_ids: bool = False) -> Iterator[tuple[Row, int]]:
+    """Rows with the 1-based line each starts on, and the byte offset after each (for progress); ``legacy_ids``:
+    rows without ``messageId`` get the ids releases before 2026-11-29 gave them (:class:`_DerivedIds`)."""
+    ids = _DerivedIds(str(path.resolve()), legacy=legacy_ids)
     with path.open("rb") as f:
         if fmt == "ndjson":
             offset = 0
@@ -153,10 +184,10 @@ def read_rows(path: Path, *, fmt: str, profiles: bool) -> Iterator[tuple[Row, in
                     yield Row(line_no, None, f"invalid JSON: {exc}"), offset
                     continue
                 msg.setdefault("type", "identify" if profiles else "track")
-                msg.setdefault("messageId", _message_id(msg, line_no, raw, str(path.resolve())))
+                _set_message_id(msg, ids, raw, line_no)
                 yield Row(line_no, msg), offset
             return
-        yield from _csv_rows(f, profiles=profiles, source=str(path.resolve()))
+        yield from _csv_rows(f, profiles=profiles, ids=ids)
 
 
 class UnreadableFile(Exception):
@@ -171,9 +202,11 @@ def _not_utf8(cells: list[str]) -> bool:
     return False
 
 
-def _csv_rows(f: BinaryIO, *, profiles: bool, source: str) -> Iterator[tuple[Row, int]]:
+def _csv_rows(f: BinaryIO, *, profiles: bool, ids: _DerivedIds) -> Iterator[tuple[Row, int]]:
     text = io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline="")
-    reader = csv.reader(text)
+    # strict: a quote never closed is an error at the end of the file, not a cell holding the rest of it, and a
+    # quote closed before the cell ends (`"a"b`, often a quote left open closed by the next quoted cell) is one too
+    reader = csv.reader(text, strict=True)
     header: list[str] | None = None
     while True:
         start = reader.line_num + 1  # a quoted cell may span lines: a row is reported by its first
@@ -184,7 +217,7 @@ def _csv_rows(f: BinaryIO, *, profiles: bool, source: str) -> Iterator[tuple[Row
         except csv.Error as exc:
             if header is None:
                 raise UnreadableFile(f"line {start}: the CSV header cannot be read: {exc}") from None
-            yield Row(start, None, f"unreadable row: {exc}"), f.tell()
+            yield Row(start, None, _unreadable(exc, start, reader.line_num)), f.tell()
             continue
         if not cells:  # a blank line
             continue
@@ -205,24 +238,37 @@ def _csv_rows(f: BinaryIO, *, profiles: bool, source: str) -> Iterator[tuple[Row
         except ValueError as exc:
             yield Row(start, None, f"bad value: {exc}"), f.tell()
             continue
-        # derived from the row's last line, as before rows were reported by their first: re-importing a file
-        # gives its rows the ids they were stored under
-        msg.setdefault("messageId", _message_id(msg, reader.line_num, dumps(_as_dict_reader_gave(record, cells)),
-                                                source))
+        # (a legacy id came from the row's last line and the row as csv.DictReader gave it)
+        _set_message_id(msg, ids, dumps(record), reader.line_num, dumps(_as_dict_reader_gave(record, cells)))
         yield Row(start, msg), f.tell()
 
 
 def _as_dict_reader_gave(record: dict[str, str], cells: list[str]) -> dict[str, str | None]:
-    """The row as ``csv.DictReader`` gave it (missing cells None), which earlier ids were derived from."""
+    """The row as ``csv.DictReader`` gave it (missing cells None), which legacy ids were derived from."""
     return {k: (v if i < len(cells) else None) for i, (k, v) in enumerate(record.items())}
+
+
+def _unreadable(exc: csv.Error, first: int, last: int) -> str:
+    """Why the row from line ``first`` to ``last`` (where the reader stopped) is not CSV. Where a quoted cell was
+    meant to end cannot be known: the lines it took are named, none of them imported."""
+    lines = f"line {first}" if first == last else f"lines {first}-{last}"
+    if str(exc) == "unexpected end of data":  # (the end of the file inside a quoted cell)
+        return (f"a quoted cell is never closed: {lines}, the rest of the file, cannot be read reliably and were "
+                "not imported (close the quote and import the file again)")
+    return f"unreadable row: {exc}" + ("" if first == last else f" ({lines} were not imported: is a quote not "
+                                                              "closed where it should be?)")
+
+
+IDS_VERSION = 2  # how rows without messageId get theirs (_DerivedIds): checkpoints say which a run used
 
 
 class Checkpoint:
     """``FILE.tenure-import.json``: the last line the server acknowledged, for ``--resume``."""
 
-    def __init__(self, source: Path):
+    def __init__(self, source: Path, *, legacy_ids: bool = False):
         self.path = source.with_name(source.name + ".tenure-import.json")
         self.stat = source.stat()
+        self.legacy_ids = legacy_ids  # the ids the checkpointed run derived (a resume derives them alike)
 
     def load(self) -> int:
         if not self.path.exists():
@@ -230,16 +276,41 @@ class Checkpoint:
         state = orjson.loads(self.path.read_bytes())
         if state.get("size") != self.stat.st_size or state.get("mtime") != self.stat.st_mtime:
             return 0  # the file changed: start over (message ids still dedup what was sent)
+        # a checkpoint of a release before 2026-11-29 (no "ids"): its rows were sent with the legacy ids
+        self.legacy_ids = self.legacy_ids or state.get("ids") != IDS_VERSION
         return int(state.get("line", 0))
 
     def save(self, line: int) -> None:
         """Written whole or not at all (a new file renamed over the old): never a half-written checkpoint."""
         part = self.path.with_name(self.path.name + ".part")
-        part.write_bytes(orjson.dumps({"line": line, "size": self.stat.st_size, "mtime": self.stat.st_mtime}))
+        part.write_bytes(orjson.dumps({"line": line, "size": self.stat.st_size, "mtime": self.stat.st_mtime,
+                                       "ids": "legacy" if self.legacy_ids else IDS_VERSION}))
         os.replace(part, self.path)
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+class Rejects:
+    """``--rejects FILE``: every rejected row as CSV (``line,reason``), written and flushed with the checkpoint
+    that covers it, so a run stopped any way (Ctrl-C, a kill, a crash) leaves the rows through the checkpoint's
+    line in it and the run that resumes from there appends the others (it reads them again). A run that does not
+    resume starts the file over. (A kill between the write and the checkpoint lists that batch's rows twice.)"""
+
+    def __init__(self, path: Path, *, append: bool):
+        self.file = path.open("a" if append else "w", encoding="utf-8", errors="backslashreplace", newline="")
+        self.writer = csv.writer(self.file)
+        if self.file.tell() == 0:
+            self.writer.writerow(["line", "reason"])
+            self.file.flush()
+
+    def write(self, rows: list[tuple[int, str]]) -> None:
+        if rows:
+            self.writer.writerows(sorted(rows))
+            self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def post_batch(client: httpx.Client, write_key: str, batch: list[Row], *, attempts: int = 8) -> dict[str, Any]:
@@ -269,14 +340,28 @@ def post_batch(client: httpx.Client, write_key: str, batch: list[Row], *, attemp
 
 
 def run_import(path: Path, *, client: httpx.Client, write_key: str, fmt: str, profiles: bool, batch_size: int,
-               resume: bool, progress: Callable[[int], None] | None = None) -> Report:
-    """Send the file's rows in batches; raises :class:`Interrupted` on Ctrl-C (``KeyboardInterrupt``)."""
-    checkpoint = Checkpoint(path)
+               resume: bool, progress: Callable[[int], None] | None = None, rejects: Path | None = None,
+               legacy_ids: bool = False) -> Report:
+    """Send the file's rows in batches, writing rejected rows to ``rejects`` (:class:`Rejects`) if given; raises
+    :class:`Interrupted` on Ctrl-C (``KeyboardInterrupt``)."""
+    checkpoint = Checkpoint(path, legacy_ids=legacy_ids)
     report = Report(resumed_from=checkpoint.load() if resume else 0)
     report.acknowledged = report.resumed_from
+    rejects_out = Rejects(rejects, append=report.resumed_from > 0) if rejects else None
     pending: list[Row] = []
     pending_bytes = 0
     line = report.resumed_from
+    unwritten: list[tuple[int, str]] = []  # rejected rows not in the rejects file yet
+
+    def reject(row_line: int, why: str) -> None:
+        report.rejected.append((row_line, why))
+        if rejects_out:
+            unwritten.append((row_line, why))
+
+    def write_rejects(through: int) -> None:
+        if rejects_out:
+            rejects_out.write([r for r in unwritten if r[0] <= through])
+            unwritten[:] = [r for r in unwritten if r[0] > through]
 
     def flush() -> None:
         nonlocal pending_bytes
@@ -289,32 +374,33 @@ def run_import(path: Path, *, client: httpx.Client, write_key: str, fmt: str, pr
             report.duplicates += answer.get("duplicates", 0)
             for r in answer.get("rejected", []):
                 errors = "; ".join(f"{'.'.join(map(str, e.get('loc', [])))}: {e.get('msg')}" for e in r["errors"])
-                report.rejected.append((pending[r["index"]].line, errors))
+                reject(pending[r["index"]].line, errors)
+            write_rejects(pending[-1].line)  # (before the checkpoint: a row listed twice rather than never)
             checkpoint.save(pending[-1].line)
             report.acknowledged = pending[-1].line
             pending.clear()
             pending_bytes = 0
 
     try:
-        for row, offset in read_rows(path, fmt=fmt, profiles=profiles):
+        for row, offset in read_rows(path, fmt=fmt, profiles=profiles, legacy_ids=checkpoint.legacy_ids):
             line = row.line
             if progress:
                 progress(offset)
             if row.line <= report.resumed_from:
                 continue
             if row.message is None:
-                report.rejected.append((row.line, row.error or "invalid row"))
+                reject(row.line, row.error or "invalid row")
                 continue
             if (problem := unstorable(row.message)) is not None:  # (NaN: orjson would send null)
-                report.rejected.append((row.line, f"cannot be stored: {problem}"))
+                reject(row.line, f"cannot be stored: {problem}")
                 continue
             try:
                 row.encoded = orjson.dumps(row.message)
             except TypeError as exc:  # a string that is no Unicode text (a lone surrogate from a JSON escape)
-                report.rejected.append((row.line, f"cannot be sent: {exc}"))
+                reject(row.line, f"cannot be sent: {exc}")
                 continue
             if len(row.encoded) > MAX_MESSAGE_BYTES:
-                report.rejected.append((row.line, f"message is over 32 KB ({len(row.encoded)} bytes as JSON)"))
+                reject(row.line, f"message is over 32 KB ({len(row.encoded)} bytes as JSON)")
                 continue
             if pending and pending_bytes + len(row.encoded) + 1 > MAX_BATCH_BYTES:
                 flush()
@@ -323,10 +409,14 @@ def run_import(path: Path, *, client: httpx.Client, write_key: str, fmt: str, pr
             if len(pending) >= batch_size:
                 flush()
         flush()
+        write_rejects(line)
     except KeyboardInterrupt:
         # the rows after the acknowledged line are read again on resume, and their bad rows reported then
         report.rejected = sorted(r for r in report.rejected if r[0] <= report.acknowledged)
         raise Interrupted(report, line) from None
+    finally:
+        if rejects_out:
+            rejects_out.close()
     checkpoint.clear()
     report.rejected.sort()
     return report

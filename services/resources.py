@@ -36,6 +36,15 @@ KINDS = ("programs", "snippets", "templates", "segments", "campaigns")
 _TEMPLATE_FIELDS = ("channel", "subject", "preheader", "html", "text", "deep_link", "image", "locales")
 _CAMPAIGN_KEYS = ("trigger", "steps", "entry", "goal", "exit_on", "exit_on_leaving", "exit_on_entering",
                   "message_type", "topic")
+# the keys an item of each kind may have: another is a typo the service would refuse (a 422), and left out here it
+# changed what was applied (`goals:` saved a campaign without its goal, `stauts: paused` one that went live)
+ITEM_KEYS: dict[str, tuple[str, ...]] = {
+    "programs": ("name", "enabled", "config"),
+    "snippets": ("name", "content"),
+    "templates": ("name", *_TEMPLATE_FIELDS),
+    "segments": ("name", "definition"),
+    "campaigns": ("name", "status", *_CAMPAIGN_KEYS),
+}
 
 
 class ResourceError(ValueError):
@@ -153,6 +162,10 @@ def load(text: str) -> dict[str, list[dict[str, Any]]]:
             raise ResourceError(f"every item of {kind} needs a name")
         if len(set(names)) != len(names):
             raise ResourceError(f"{kind}: names must be unique")
+        for item in items:
+            if unknown := [k for k in item if k not in ITEM_KEYS[kind]]:
+                raise ResourceError(f"{kind[:-1]} {item['name']!r}: unknown key {str(unknown[0])!r} (a {kind[:-1]} "
+                                    f"has {', '.join(ITEM_KEYS[kind])}); nothing was applied")
         out[kind] = items
     if unknown := {p["name"] for p in out["programs"]} - set(program_config.KINDS):
         raise ResourceError(f"programs are named {' or '.join(program_config.KINDS)}, not {', '.join(sorted(unknown))}")
@@ -175,7 +188,7 @@ def _program_body(item: dict[str, Any]) -> dict[str, Any]:
     try:
         cfg = model.model_validate(item.get("config") or {}).model_dump(mode="json")
     except ValidationError as exc:
-        raise ResourceError(f"program {item['name']!r}: {_errors(exc)}") from None
+        raise ResourceError(f"program {item['name']!r}: {_errors(exc, item.get('config') or {})}") from None
     return {"enabled": bool(item.get("enabled", True)), "config": cfg}
 
 
@@ -228,13 +241,14 @@ def _blank(value: Any) -> bool:
 def _campaign_definition(item: dict[str, Any]) -> dict[str, Any]:
     definition = {k: item[k] for k in _CAMPAIGN_KEYS if item.get(k) is not None}
     try:
-        return journeys.parse(definition).model_dump(mode="json", exclude_none=True)
+        return journeys.parse_new(definition).model_dump(mode="json", exclude_none=True)
     except ValidationError as exc:
-        raise ResourceError(f"campaign {item.get('name')!r}: {_errors(exc)}") from None
+        raise ResourceError(f"campaign {item.get('name')!r}: {_errors(exc, definition)}") from None
 
 
-def _errors(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(error_location(e))}: {error_message(e).removeprefix('Value error, ')}"
+def _errors(exc: ValidationError, data: Any) -> str:
+    """Each error at its place in ``data``, the item validated (``steps.0.winner_at``)."""
+    return "; ".join(f"{'.'.join(error_location(e, data))}: {error_message(e).removeprefix('Value error, ')}"
                      for e in exc.errors(include_url=False))
 
 
@@ -242,7 +256,12 @@ def _refused(what: str, exc: AppError) -> ResourceError:
     """A service's own check, made here, refusing an item: its detail and each field error, as the service's
     422 would say them (``answers.problem_text``)."""
     errors = [e for e in exc.extra.get("errors") or [] if isinstance(e, dict)]
-    return ResourceError("\n".join([f"{what}: {exc.detail}", *(f"  {e.get('at')}: {e.get('msg')}" for e in errors)]))
+    return ResourceError("\n".join([f"{what}: {exc.detail}", *(f"  {_where(e)}: {e.get('msg')}" for e in errors)]))
+
+
+def _where(error: dict[str, Any]) -> str:
+    """An error's place, dotted: its ``at``, else its ``loc`` without the part of the request."""
+    return str(error.get("at") or ".".join(str(p) for p in (error.get("loc") or [])[1:]))
 
 
 def _check_snippet(name: str, content: str, snippets: dict[str, str]) -> None:
@@ -262,7 +281,7 @@ def _check_template(name: str, body: dict[str, Any], snippets: dict[str, str]) -
         data = schemas.TemplateCreate.model_validate(body).model_dump(exclude_none=True)
         campaigns.checked_template_fields(data, snippets)
     except ValidationError as exc:
-        raise ResourceError(f"template {name!r}: {_errors(exc)}") from None
+        raise ResourceError(f"template {name!r}: {_errors(exc, body)}") from None
     except AppError as exc:
         raise _refused(f"template {name!r}", exc) from None
 
@@ -275,7 +294,7 @@ def _check_campaign(name: str, definition: dict[str, Any]) -> None:
         data = schemas.CampaignCreate.model_validate({"name": name, **definition}).model_dump(mode="json")
         campaigns.journey_from(data)
     except ValidationError as exc:
-        raise ResourceError(f"campaign {name!r}: {_errors(exc)}") from None
+        raise ResourceError(f"campaign {name!r}: {_errors(exc, definition)}") from None
     except AppError as exc:
         raise _refused(f"campaign {name!r}", exc) from None
 
@@ -362,13 +381,20 @@ async def plan(api: Api, desired: dict[str, list[dict[str, Any]]]) -> list[Chang
     return changes
 
 
-def _at_to_come(name: str, definition: dict[str, Any]) -> None:
-    """A campaign the plan creates, or whose one-off time it changes, cannot be a one-off broadcast whose time has
-    passed (campaign refuses it): say so before anything is applied. An export of a workspace that ran one is
-    applied elsewhere only once its ``at`` is moved to a time to come, or the campaign left out."""
+def _passed_at(definition: dict[str, Any]) -> str | None:
+    """A one-off broadcast's ``at`` when it has passed (as campaign judges it, a minute of leeway), else None."""
     trigger = definition.get("trigger") or {}
     at = trigger.get("at") if trigger.get("type") == "schedule" else None
     if isinstance(at, str) and datetime.fromisoformat(at) < datetime.now(UTC) - timedelta(minutes=1):
+        return at
+    return None
+
+
+def _at_to_come(name: str, definition: dict[str, Any]) -> None:
+    """A campaign the plan creates, or whose one-off time it changes, cannot be a one-off broadcast whose time has
+    passed (campaign refuses it): say so before anything is applied. (An export leaves such broadcasts out, so it
+    applies to another workspace: see :func:`export`.)"""
+    if at := _passed_at(definition):
         raise ResourceError(f"campaign {name!r}: its one-off time (trigger.at {at}) has passed; a one-off "
                             "campaign needs a time to come: move `at`, or leave the campaign out of the file")
 
@@ -496,14 +522,24 @@ def _fill_new_ids(node: Any, ids: dict[str, str]) -> Any:
 
 
 async def export(api: Api) -> str:
-    """Everything of the workspace as a file ``apply`` takes back (ids replaced by names)."""
+    """Everything of the workspace as a file ``apply`` takes back (ids replaced by names), here or in another
+    workspace — except one-off broadcasts whose time has passed: they fired (or were skipped) here, and elsewhere
+    one could only be refused (a one-off time must be to come) or, created, never send. They are named in a
+    comment at the top of the file; applied back here, the file leaves them as they are (apply changes only what
+    a file holds)."""
     tpls = await api.all("campaign", "/v1/templates", "templates")
     segs = await api.all("segment", "/v1/segments", "segments")
     camps = await api.all("campaign", "/v1/campaigns", "campaigns")
+    past = [(c["name"], at) for c in camps if (at := _passed_at(c["definition"]))]
+    camps = [c for c in camps if not _passed_at(c["definition"])]
     back = {"template": {t["id"]: t["name"] for t in tpls}, "segment": {s["id"]: s["name"] for s in segs}}
     stages = await _stage_ids(api)
     programs = [(kind, await api.maybe("campaign", f"/v1/programs/{kind}")) for kind in program_config.KINDS]
-    return _yaml({
+    note = "".join(
+        [f"# Left out: one-off broadcasts whose time has passed (they fired, or were skipped, in the workspace\n"
+         f"# exported; give one a time to come to send it again): {', '.join(f'{n!r} (at {at})' for n, at in past)}\n"]
+        if past else [])
+    return note + _yaml({
         "programs": [{"name": kind, "enabled": p["enabled"], "config": p["config"]} for kind, p in programs if p],
         "snippets": [{"name": s["name"], "content": s["content"]}
                      for s in await api.all("campaign", "/v1/snippets", "snippets")],

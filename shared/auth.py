@@ -8,6 +8,11 @@
 
 Key lookups are cached in-process for a short time so a hot tracking endpoint does not hit
 ``core.api_keys`` on every request; a revoked key stops working within :data:`CACHE_TTL_S`.
+
+The workspace an internal call names must exist: an unknown id is a 404 problem (it was accepted, and mail went out
+and rows were written for no workspace). Workspaces found are remembered for :data:`CACHE_TTL_S`, so the hot internal
+paths (campaign's tracking calls to ingest and sends to delivery) gain no query; ids not found are not remembered, so
+a workspace created a moment ago is accepted at once.
 """
 
 import base64
@@ -21,8 +26,8 @@ import structlog
 from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 
-from shared.core import KeyKind, KeyRecord, lookup_key
-from shared.errors import Forbidden, Unauthorized
+from shared.core import KeyKind, KeyRecord, lookup_key, workspace_exists
+from shared.errors import Forbidden, NotFound, Unauthorized
 
 CACHE_TTL_S = 30.0
 WORKSPACE_HEADER = "X-Tenure-Workspace"
@@ -54,6 +59,32 @@ class KeyCache:
             self._entries.clear()
         self._entries[raw] = (now + CACHE_TTL_S, record)
         return record
+
+
+class WorkspaceCache:
+    """Workspace ids known to exist (each checked again after :data:`CACHE_TTL_S`)."""
+
+    def __init__(self) -> None:
+        self._known: dict[uuid.UUID, float] = {}
+
+    async def exists(self, request: Request, workspace_id: uuid.UUID) -> bool:
+        now = time.monotonic()
+        if self._known.get(workspace_id, 0.0) > now:
+            return True
+        async with request.app.state.sessionmaker() as session:
+            found = await workspace_exists(session, workspace_id)
+        if found:
+            if len(self._known) > 10_000:
+                self._known.clear()
+            self._known[workspace_id] = now + CACHE_TTL_S
+        return found
+
+
+def _workspace_cache(request: Request) -> WorkspaceCache:
+    cache = getattr(request.app.state, "workspace_cache", None)
+    if cache is None:
+        cache = request.app.state.workspace_cache = WorkspaceCache()
+    return cache
 
 
 def _key_cache(request: Request) -> KeyCache:
@@ -102,6 +133,8 @@ async def principal_for(request: Request, raw: str | None, allowed: set[str]) ->
             wid = uuid.UUID(ws) if ws else None
         except ValueError:
             raise Unauthorized(f"{WORKSPACE_HEADER} is not a workspace id") from None
+        if wid is not None and not await _workspace_cache(request).exists(request, wid):
+            raise NotFound(f"No workspace {wid} (named in {WORKSPACE_HEADER})")
         principal = Principal("internal", wid)
     else:
         record = await _key_cache(request).resolve(request, raw)

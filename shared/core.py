@@ -14,6 +14,7 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -86,15 +87,85 @@ async def create_workspace(session: AsyncSession, name: str, *, workspace_id: uu
     wid = workspace_id or uuid.uuid4()
     await session.execute(sa.insert(workspaces).values(id=wid, name=name, created_at=utc_now()))
     keys = {kind: new_key(kind) for kind in KeyKind}
-    await session.execute(
-        sa.insert(api_keys),
-        [
-            {"id": uuid.uuid4(), "workspace_id": wid, "kind": kind.value, "key_hash": hash_key(raw),
-             "hint": raw[:7] + "…", "created_at": utc_now()}
-            for kind, raw in keys.items()
-        ],
-    )
+    await session.execute(sa.insert(api_keys), [_new_key_row(wid, kind, raw) for kind, raw in keys.items()])
     return CreatedWorkspace(wid, name, keys[KeyKind.write], keys[KeyKind.secret])
+
+
+def _new_key_row(workspace_id: uuid.UUID, kind: KeyKind, raw: str) -> dict[str, Any]:
+    """The row of a new key: its hash, and its first characters to tell it apart (the key itself is not kept)."""
+    return {"id": uuid.uuid4(), "workspace_id": workspace_id, "kind": kind.value, "key_hash": hash_key(raw),
+            "hint": raw[:7] + "…", "created_at": utc_now()}
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """A key as an operator sees it: never the key itself, which is shown once, at creation."""
+
+    id: uuid.UUID
+    workspace_id: uuid.UUID
+    kind: KeyKind
+    hint: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class KeyNotFound(LookupError):
+    pass
+
+
+class LastSecretKey(ValueError):
+    """Revoking it would lock the workspace out of every management API."""
+
+
+def _key_info(row: Any) -> KeyInfo:
+    return KeyInfo(row.id, row.workspace_id, KeyKind(row.kind), row.hint, row.created_at, row.revoked_at)
+
+
+async def list_keys(session: AsyncSession, workspace_id: uuid.UUID) -> list[KeyInfo]:
+    """A workspace's keys, revoked ones included, oldest first; :class:`KeyNotFound` if there is no such
+    workspace."""
+    if not await workspace_exists(session, workspace_id):
+        raise KeyNotFound(f"no workspace {workspace_id}")
+    rows = await session.execute(sa.select(api_keys).where(api_keys.c.workspace_id == workspace_id)
+                                 .order_by(api_keys.c.created_at, api_keys.c.id))
+    return [_key_info(r) for r in rows]
+
+
+async def add_key(session: AsyncSession, workspace_id: uuid.UUID, kind: KeyKind) -> tuple[KeyInfo, str]:
+    """A new key of ``kind`` beside the workspace's others (to rotate: add, deploy it, revoke the old one).
+    The caller owns the transaction; raises :class:`KeyNotFound` if there is no such workspace."""
+    if not await workspace_exists(session, workspace_id):
+        raise KeyNotFound(f"no workspace {workspace_id}")
+    raw = new_key(kind)
+    row = (await session.execute(sa.insert(api_keys).values(_new_key_row(workspace_id, kind, raw))
+                                 .returning(*api_keys.c))).one()
+    return _key_info(row), raw
+
+
+async def revoke_key(session: AsyncSession, ref: str, *, force: bool = False) -> KeyInfo:
+    """Revoke a key named by its id or by the key itself (what an operator holds when one has leaked). Revoking
+    again changes nothing. The workspace's last active secret key is kept unless ``force``: without one, nothing
+    but this command reaches its management APIs. The caller owns the transaction."""
+    try:
+        where = api_keys.c.id == uuid.UUID(ref)
+    except ValueError:
+        where = api_keys.c.key_hash == hash_key(ref)
+    row = (await session.execute(sa.select(api_keys).where(where).with_for_update())).first()
+    if row is None:
+        raise KeyNotFound("no such key (give a key id from `tenure workspace keys`, or the key itself)")
+    if row.revoked_at is not None:
+        return _key_info(row)
+    if row.kind == KeyKind.secret and not force:
+        # (locks the workspace's secret keys: two revocations at once cannot each leave the other as the last)
+        others = (await session.execute(sa.select(api_keys.c.id).where(
+            api_keys.c.workspace_id == row.workspace_id, api_keys.c.kind == KeyKind.secret.value,
+            api_keys.c.revoked_at.is_(None), api_keys.c.id != row.id).with_for_update())).all()
+        if not others:
+            raise LastSecretKey("this is the workspace's last secret key: add another first "
+                                "(`tenure workspace add-key WORKSPACE --kind secret`), or pass --force")
+    revoked = (await session.execute(sa.update(api_keys).where(api_keys.c.id == row.id)
+                                     .values(revoked_at=utc_now()).returning(*api_keys.c))).one()
+    return _key_info(revoked)
 
 
 async def lookup_key(session: AsyncSession, raw: str) -> KeyRecord | None:
@@ -106,6 +177,10 @@ async def lookup_key(session: AsyncSession, raw: str) -> KeyRecord | None:
         )
     ).first()
     return KeyRecord(row.workspace_id, KeyKind(row.kind)) if row else None
+
+
+async def workspace_exists(session: AsyncSession, workspace_id: uuid.UUID) -> bool:
+    return (await session.execute(sa.select(sa.literal(1)).where(workspaces.c.id == workspace_id))).first() is not None
 
 
 async def workspace_settings(session: AsyncSession, workspace_id: uuid.UUID) -> dict[str, Any]:

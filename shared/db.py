@@ -12,7 +12,7 @@ import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NamedTuple, TypeVar
 
 import asyncpg
 import structlog
@@ -98,6 +98,10 @@ CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.exceptions.CannotConnectNowE
 # SQLSTATEs of a database that cannot be used for now: connection exceptions, operator intervention (shutting
 # down, restarting), no connection slot left
 UNAVAILABLE_SQLSTATES = ("08", "57P", "53300")
+# SQLSTATEs of a database this release has not migrated yet (undefined_table, invalid_schema_name): a pod that
+# started before `tenure migrate` ran (its /readyz says so), to be retried once it has, not a fault of the request
+UNMIGRATED_SQLSTATES = frozenset({"42P01", "3F000"})
+UNMIGRATED_ERRORS = (asyncpg.exceptions.UndefinedTableError, asyncpg.exceptions.InvalidSchemaNameError)
 
 
 def _broken(exc: BaseException | None) -> bool:
@@ -203,6 +207,17 @@ def create_engine(settings: Settings, *, application_name: str = "tenure", **kw:
     return engine
 
 
+async def in_transaction(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """``work(session)`` in one transaction on an engine of its own, disposed after: for a command or a start-up
+    step that runs once (a workspace created, its keys changed), not for a service's requests."""
+    engine = create_engine(settings, pool_size=1)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            return await work(session)
+    finally:
+        await engine.dispose()
+
+
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
@@ -287,10 +302,11 @@ def tz_column(name: str, *, nullable: bool = False, default_now: bool = True) ->
     )
 
 
-def sqlstate(exc: Exception) -> str | None:
-    """The SQLSTATE of a database error wrapped by SQLAlchemy."""
-    orig = getattr(exc, "orig", None)
-    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error: wrapped by SQLAlchemy, or the driver's own (a statement run on the
+    driver's connection, as ingest's COPY of the events)."""
+    driver_error = getattr(exc, "orig", None) or exc
+    return getattr(driver_error, "sqlstate", None) or getattr(driver_error, "pgcode", None)
 
 
 def is_unique_violation(exc: Exception) -> bool:
@@ -309,6 +325,44 @@ async def fetch_page(session: AsyncSession, sql: str, params: dict[str, Any], li
     rows = (await session.execute(text(sql), {**params, "lim": limit + 1})).all()
     items = [row_dict(r) for r in rows[:limit]]
     return items, (str(items[-1][key]) if len(rows) > limit else None)
+
+
+class Stamp(NamedTuple):
+    """A row's place in a history listed newest first: its ``created_at``, then its id (rows created in one
+    transaction share the time). Ids are random (UUIDv4), so id order alone is no order a reader can follow.
+
+    A page after a stamp asks ``(created_at, id) < (:at, :id) order by created_at desc, id desc``: rows created
+    after the first page was read sort before it, so they never shift the later pages (nothing skipped or repeated).
+    Written as ``<ISO 8601 time> <id>`` inside a cursor."""
+
+    at: datetime
+    id: uuid.UUID
+
+    def __str__(self) -> str:
+        return f"{self.at.isoformat()} {self.id}"
+
+    @classmethod
+    def parse(cls, position: str) -> "Stamp":
+        """The stamp a cursor's position holds (ValueError if it holds none)."""
+        at, _, id_ = position.partition(" ")
+        stamp = cls(datetime.fromisoformat(at), uuid.UUID(id_))
+        if stamp.at.tzinfo is None:
+            raise ValueError("a stamp's time has an offset")
+        return stamp
+
+
+async def fetch_newest_first(session: AsyncSession, sql: str, params: dict[str, Any], limit: int,
+                             after: Stamp | None, *, at: str = "created_at"
+                             ) -> tuple[list[dict[str, Any]], Stamp | None]:
+    """:func:`fetch_page` of a history, newest first: ``sql`` selects ``id`` and the time ``at`` (``created_at``),
+    filters with ``(CAST(:after_at AS timestamptz) is null or (created_at, id) < (:after_at,
+    CAST(:after_id AS uuid)))``, orders by ``created_at desc, id desc`` and ends with ``limit :lim`` (an index on
+    ``(…, created_at, id)`` reads just the page); returns (items, the last item's stamp if more follow)."""
+    rows = (await session.execute(text(sql), {**params, "after_at": after.at if after else None,
+                                              "after_id": after.id if after else None, "lim": limit + 1})).all()
+    items = [row_dict(r) for r in rows[:limit]]
+    last = items[-1] if len(rows) > limit else None
+    return items, (Stamp(last[at], uuid.UUID(last["id"])) if last else None)
 
 
 async def insert_one_or_conflict(session: AsyncSession, sql: str, params: dict[str, Any], conflict: str, *,

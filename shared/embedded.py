@@ -30,7 +30,25 @@ import structlog
 log = structlog.get_logger()
 
 
+# Set by the test plugin under pytest-xdist: each worker hands out ports from a block of its own, below the
+# kernel's ephemeral range, so two workers never pick the same free port before either binds it.
+PORT_BLOCK: range | None = None
+_next_in_block = 0
+
+
 def free_port() -> int:
+    """A loopback TCP port nothing listens on now (its taker binds it later: a race only with other takers)."""
+    global _next_in_block
+    if PORT_BLOCK is not None:
+        for _ in range(len(PORT_BLOCK)):
+            port = PORT_BLOCK[_next_in_block % len(PORT_BLOCK)]
+            _next_in_block += 1
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -71,6 +89,17 @@ def _forget_dead_handles(pgdata: Path) -> None:
             path.write_text(json.dumps(alive))
 
 
+def _postgres_running(pgdata: Path) -> bool:
+    """Whether a PostgreSQL (another process's, or one a killed process left) already serves ``pgdata``: pgserver
+    then connects to it rather than starting one."""
+    from pgserver.utils import PostmasterInfo
+
+    with contextlib.suppress(Exception):  # a file half written, a process gone: only the log line depends on it
+        info = PostmasterInfo.read_from_pgdata(pgdata)
+        return info is not None and info.is_running()
+    return False
+
+
 def _pid_exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -99,9 +128,12 @@ class EmbeddedServers:
 
             started = time.monotonic()
             _forget_dead_handles(self.state_dir / "pgdata")
+            running = _postgres_running(self.state_dir / "pgdata")
             self._pg = pgserver.get_server(self.state_dir / "pgdata", cleanup_mode="stop")
             self.database_url = self._pg.get_uri()  # type: ignore[attr-defined]
-            log.info("embedded.postgres_started", ms=round((time.monotonic() - started) * 1000))
+            # a command run beside `tenure dev` (workspace create, migrate) connects to its server: not "started"
+            log.info("embedded.postgres_reused" if running else "embedded.postgres_started",
+                     ms=round((time.monotonic() - started) * 1000))
         if self._want_redis:
             port = free_port()
             rdir = self.state_dir / "redis"

@@ -4,6 +4,7 @@ Hierarchy::
 
     AppError (500)
     ├── BadRequest (400)
+    │   ├── InvalidCursor (400)
     │   └── PayloadTooLarge (413)
     ├── Unauthorized (401)
     ├── Forbidden (403)
@@ -26,6 +27,7 @@ the part of the request: ``body``, ``query``, ``path`` or ``header``), ``msg`` w
 A service's own checks build them with :func:`body_error`, so a client reads every 422 the same way.
 """
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,9 +40,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.db import CONNECTION_ERRORS, UNAVAILABLE_SQLSTATES
+from shared.db import CONNECTION_ERRORS, UNAVAILABLE_SQLSTATES, UNMIGRATED_ERRORS, UNMIGRATED_SQLSTATES, sqlstate
 from shared.routing import routed
-from shared.validation import error_location, error_message
+from shared.validation import error_location, error_message, input_path
 
 log = structlog.get_logger()
 
@@ -74,6 +76,18 @@ class AppError(Exception):
 
 class BadRequest(AppError):
     status, slug, title = 400, "bad-request", "Bad request"
+
+
+class InvalidCursor(BadRequest):
+    """An ``after`` that is not the next_cursor of a previous page of this list (its filters, its workspace), or one
+    edited: the same 400 on every list, naming the parameter (``where`` is the part of the request that holds it:
+    ``query``, or ``body`` for a search)."""
+
+    def __init__(self, where: str = "query"):
+        msg = ("not the next_cursor of a previous page of this list (with the same filters, in this workspace), or "
+               "edited")
+        super().__init__("Invalid cursor: pass the next_cursor of a previous page of this list, with the same "
+                         "filters", errors=[{"loc": [where, "after"], "msg": msg, "type": "value_error"}])
 
 
 class PayloadTooLarge(BadRequest):
@@ -142,17 +156,52 @@ def body_error(at: str | Sequence[str | int], msg: str, type_: str = "value_erro
     return {"loc": ["body", *parts], "msg": msg, "type": type_, "at": ".".join(parts), **extra}
 
 
+def path_in(path: str, paths: Sequence[str]) -> bool:
+    """``path`` is one of ``paths`` (one ending in ``/`` is a prefix of paths)."""
+    return any(path == p or p.endswith("/") and path.startswith(p) for p in paths)
+
+
+def place_error(loc: Sequence[str], msg: str, type_: str = "value_error") -> dict[str, Any]:
+    """One entry of a problem's ``errors`` about a parameter, a header or the body as a whole (``["query", "end"]``,
+    ``["header", "Idempotency-Key"]``, ``["body"]``), shaped as :func:`body_error`'s."""
+    return {"loc": list(loc), "msg": msg, "type": type_}
+
+
 def problem_response(err: AppError, request: Request) -> JSONResponse:
+    """The problem document of ``err``. On the paths the app lists in ``app.state.sdk_error_paths`` (ingest's
+    tracking routes) it also carries the extension members ``code`` (the problem type's name) and ``message`` (=
+    ``detail``): Segment's and RudderStack's Python SDKs read them from any JSON error body, and
+    rudder-sdk-python, missing them, raised KeyError and retried a 401 or 413 as if the network had failed."""
+    body = err.to_problem(instance=request.url.path)
+    app = request.scope.get("app")
+    if app is not None and path_in(request.scope.get("path", ""), getattr(app.state, "sdk_error_paths", ())):
+        body.setdefault("code", err.slug)
+        body.setdefault("message", err.detail)
     return JSONResponse(
-        err.to_problem(instance=request.url.path),
+        body,
         status_code=err.status,
         headers=err.headers,
         media_type=PROBLEM_JSON,
     )
 
 
-def problem_schema(description: str) -> dict[str, Any]:
-    """An OpenAPI ``responses=`` entry for a problem document."""
+_SDK_MEMBERS = {
+    "code": {"type": "string", "description": "the kind of problem, as the last part of `type` (`unauthorized`, "
+                                              "`payload-too-large`, …): for Segment's and RudderStack's SDKs"},
+    "message": {"type": "string", "description": "the same as `detail`: for Segment's and RudderStack's SDKs"},
+}
+
+
+def problem_schema(description: str, *, sdk_members: bool = False) -> dict[str, Any]:
+    """An OpenAPI ``responses=`` entry for a problem document (``sdk_members``: with ``code`` and ``message``, see
+    :func:`problem_response`)."""
+    schema = _problem_schema(description)
+    if sdk_members:
+        schema["content"][PROBLEM_JSON]["schema"]["properties"].update(_SDK_MEMBERS)
+    return schema
+
+
+def _problem_schema(description: str) -> dict[str, Any]:
     return {
         "description": description,
         "content": {
@@ -188,6 +237,16 @@ def problem_schema(description: str) -> dict[str, Any]:
     }
 
 
+def body_too_large_schema() -> dict[str, Any]:
+    """The 413 every operation that takes a body can answer (``shared.web.BodyLimitMiddleware``), documented on each
+    by ``shared.web`` unless the route names its own (tracking's 32 KB per message)."""
+    entry = problem_schema("The request body is over its limit: TENURE_MAX_BODY_BYTES (16 MiB by default), or the "
+                           "route's own smaller one; `limit_bytes` says which. Nothing was read or done")
+    entry["content"][PROBLEM_JSON]["schema"]["properties"]["limit_bytes"] = {
+        "type": "integer", "description": "the largest body this route reads, in bytes (as sent: compressed if gzip)"}
+    return entry
+
+
 COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
     400: problem_schema("Malformed request"),
     401: problem_schema("Missing or invalid credentials"),
@@ -195,10 +254,14 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _jsonable_errors(errors: list[Any]) -> list[dict[str, Any]]:
+def _jsonable_errors(errors: list[Any], body: Any = None) -> list[dict[str, Any]]:
+    """FastAPI's errors as the problem lists them; a place in the body as a path in it (no union tags)."""
     out = []
     for e in errors:
-        out.append({"loc": error_location(e), "msg": error_message(e), "type": e.get("type")})
+        loc = error_location(e)
+        if loc[:1] == ["body"]:
+            loc = ["body", *input_path(loc[1:], body)]
+        out.append({"loc": loc, "msg": error_message(e), "type": e.get("type")})
     return out
 
 
@@ -236,7 +299,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = _jsonable_errors(list(exc.errors()))
+        errors = _jsonable_errors(list(exc.errors()), exc.body)
         whole_body = [e for e in errors if e["loc"] == ["body"]]
         if any(e["type"] == "json_invalid" for e in errors):
             err: AppError = BadRequest("The request body is not valid JSON", errors=errors)
@@ -273,24 +336,41 @@ def install_error_handlers(app: FastAPI) -> None:
         err.status, err.slug, err.title = exc.status_code, slug, title
         return problem_response(err, request)
 
-    @app.exception_handler(DBAPIError)
-    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
-        # the request's transaction rolled back: nothing was written
-        sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
-        if sqlstate in _BAD_TEXT_SQLSTATES:
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        # the request's transaction rolled back: nothing was written. SQLAlchemy's error, or the driver's own from
+        # a statement run on the driver's connection (ingest's COPY of the events)
+        state = sqlstate(exc) or ""
+        if state in _BAD_TEXT_SQLSTATES:
             return problem_response(ValidationFailed(
                 "A text value cannot be stored: it contains a NUL character (\\u0000) or invalid Unicode"), request)
-        if sqlstate in _OUT_OF_RANGE_SQLSTATES:
-            log.warning("request.value_out_of_range", sqlstate=sqlstate)
+        if state in _OUT_OF_RANGE_SQLSTATES:
+            log.warning("request.value_out_of_range", sqlstate=state)
             return problem_response(ValidationFailed(
                 "A value is out of the range the database can store (a date before year 1 in UTC, or an "
                 "integer beyond 64 bits)"), request)
-        if exc.connection_invalidated or sqlstate.startswith(UNAVAILABLE_SQLSTATES):
-            log.warning("request.database_unavailable", sqlstate=sqlstate)
+        if getattr(exc, "connection_invalidated", False) or state.startswith(UNAVAILABLE_SQLSTATES):
+            log.warning("request.database_unavailable", sqlstate=state)
             return problem_response(UpstreamUnavailable("The database is not reachable; retry shortly",
                                                         headers={"Retry-After": "1"}), request)
-        log.exception("request.database_error", sqlstate=sqlstate)
+        if state in UNMIGRATED_SQLSTATES:
+            return await _not_migrated(request, getattr(exc, "orig", None) or exc)
+        log.exception("request.database_error", sqlstate=state)
         return problem_response(AppError("An unexpected error occurred"), request)
+
+    for database_error in (DBAPIError, asyncpg.exceptions.PostgresError):
+        app.add_exception_handler(database_error, _database)
+
+    async def _not_migrated(request: Request, exc: BaseException) -> JSONResponse:
+        # a table or schema missing: this pod started before `tenure migrate` ran (its /readyz says so)
+        first = (str(exc).strip().splitlines() or [""])[0]
+        log.warning("request.database_not_migrated", error=re.sub(r"^<class '[\w.]+'>: ", "", first),
+                    hint="run `tenure migrate`")
+        return problem_response(UpstreamUnavailable(
+            "The database is not migrated to this release yet (`tenure migrate`); retry shortly",
+            headers={"Retry-After": "5"}), request)
+
+    for unmigrated in UNMIGRATED_ERRORS:  # raised by asyncpg directly (ingest's COPY), not wrapped by SQLAlchemy
+        app.add_exception_handler(unmigrated, _not_migrated)
 
     async def _database_down(request: Request, exc: Exception) -> JSONResponse:
         log.warning("request.dependency_unreachable", error=type(exc).__name__)

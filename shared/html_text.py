@@ -5,7 +5,64 @@ campaign (a template without its own text) and delivery (an API message without 
 """
 
 import re
+from html import parser as html_parser
+from html import unescape
+from html.entities import html5
 from html.parser import HTMLParser
+
+# a character reference as the HTML tokenizer starts one: "&#" and digits, "&#x" and hex digits, or "&" and a name
+# (the ";" optional: a legacy name such as "&copy" is one without it)
+_REF = re.compile(r"&(?:#[0-9]+;?|#[xX][0-9a-fA-F]+;?|([A-Za-z][A-Za-z0-9]*;?))")
+_C0_OR_SPACE = "".join(map(chr, range(0x21)))
+
+
+def _attribute_ref(m: re.Match[str]) -> str:
+    name = m.group(1)
+    if name is None:
+        return unescape(m.group(0))  # numeric: always decoded, ";" or not
+    matched = next((name[:end] for end in range(len(name), 0, -1) if name[:end] in html5), None)
+    if matched is None:
+        return m.group(0)
+    after = name[len(matched):len(matched) + 1] or m.string[m.end():m.end() + 1]
+    if not matched.endswith(";") and (after == "=" or after.isascii() and after.isalnum()):
+        return m.group(0)  # "&region=", "&notify=": a query, as the browser reads it
+    return html5[matched] + name[len(matched):]
+
+
+def attribute_value(raw: str) -> str:
+    """An attribute's value as a browser reads it (HTML's "character reference in attribute value" rule): references
+    are decoded, but a legacy name without its ";" (``&reg``, ``&curren``, ``&sect``, ``&not``, ``&para``, ``&copy``)
+    followed by a letter, digit or "=" stays as written. Python's ``html.unescape``, which HTMLParser (before 3.14)
+    applies to attributes, decodes those too (the rule for text), turning ``?id=7&region=us`` into ``?id=7®ion=us``."""
+    return _REF.sub(_attribute_ref, raw)
+
+
+def href_url(raw: str) -> str:
+    """The URL a browser follows from an ``href`` as written: the attribute's value, less what the URL parser drops
+    (WHATWG URL: leading and trailing C0 controls and spaces, and ASCII tabs and newlines anywhere), so
+    ``href="https://shop.example/sale "`` leads to ``/sale``, not ``/sale%20``."""
+    return url_as_parsed(attribute_value(raw))
+
+
+def url_as_parsed(url: str) -> str:
+    """A URL less what a browser's URL parser drops from it: leading and trailing C0 controls and spaces, and ASCII
+    tabs and newlines anywhere."""
+    return re.sub(r"[\t\n\r]", "", url.strip(_C0_OR_SPACE))
+
+
+def _raw_attribute(start_tag: str, name: str) -> str | None:
+    """The first ``name`` attribute of a start tag, as written (references not decoded), found as HTMLParser finds
+    attributes (its own patterns); None when absent or without a value."""
+    found = html_parser.tagfind_tolerant.match(start_tag, 1)
+    k = found.end() if found else len(start_tag)
+    while k < len(start_tag) and (m := html_parser.attrfind_tolerant.match(start_tag, k)):
+        if m.group(1).lower() == name:
+            value = m.group(3) if m.group(2) else None
+            if value and (value[:1] == "'" == value[-1:] or value[:1] == '"' == value[-1:]):
+                value = value[1:-1]
+            return value
+        k = m.end()
+    return None
 
 
 class _TextParser(HTMLParser):
@@ -20,8 +77,9 @@ class _TextParser(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in ("script", "style", "head", "title"):
             self._skip += 1
-        elif tag == "a":
-            self._href.append(dict(attrs).get("href"))
+        elif tag == "a":  # (``attrs`` have their references decoded by the rule for text: ``&region`` as ``®ion``)
+            raw = _raw_attribute(self.get_starttag_text() or "", "href")
+            self._href.append(href_url(raw) if raw is not None else None)
         elif tag in self._BLOCKS:
             self.parts.append("\n")
         if tag == "li":

@@ -1,7 +1,9 @@
 """Alembic, one history per schema (``core`` plus one per service), driven from one ``alembic.ini``.
 
 ``tenure migrate`` upgrades every schema in order; it is idempotent and safe to run from several pods at
-once (a transaction-scoped advisory lock serialises them). Each ``env.py`` calls :func:`run_env`.
+once (a transaction-scoped advisory lock serialises them). A schema at a revision this release does not know was
+migrated by a newer release (a rollback, or an old pod's init container during a rollout): it is left as it is,
+as :func:`schema_problem` lets the old pods work with it. Each ``env.py`` calls :func:`run_env`.
 """
 
 import asyncio
@@ -10,18 +12,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import sqlalchemy as sa
+import structlog
 from alembic import command, context
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlmodel.sql.sqltypes import AutoString
 
-from shared.db import async_url
+from shared.db import async_url, sqlstate
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ("core", "ingest", "segment", "campaign", "delivery")
 _LOCK_KEY = 72_616_001  # arbitrary, constant: "tenure migrations"
+
+log = structlog.get_logger()
 
 
 def script_location(schema: str) -> Path:
@@ -38,10 +44,28 @@ def alembic_config(schema: str, database_url: str) -> Config:
     return cfg
 
 
+# the longest a migration waits for a table's lock (an ALTER queued behind a long segment pass, a report, an old
+# pod's long transaction, stops every query on that table queued behind it meanwhile): past it the migration gives
+# up, nothing of it applied, and the init container or Job tries again later
+LOCK_TIMEOUT_S = 10.0
+
+
+class MigrationBlocked(Exception):
+    """A migration could not take a table's lock within :data:`LOCK_TIMEOUT_S`; nothing of it was applied."""
+
+
 def upgrade_all(settings: Settings, revision: str = "head") -> None:
     url = settings.require_database_url()
     for schema in SCHEMAS:
-        command.upgrade(alembic_config(schema, url), revision)
+        try:
+            command.upgrade(alembic_config(schema, url), revision)
+        except DBAPIError as exc:
+            if sqlstate(exc) != "55P03":  # lock_not_available
+                raise
+            raise MigrationBlocked(
+                f"schema {schema}: a table it changes is held by another session (a long query or transaction) for "
+                f"over {LOCK_TIMEOUT_S:g} s; nothing of this schema's migration was applied: run `tenure migrate` "
+                "again") from None
 
 
 def run_env(target_metadata: sa.MetaData | None) -> None:
@@ -74,7 +98,15 @@ def run_env(target_metadata: sa.MetaData | None) -> None:
         )
         with context.begin_transaction():
             connection.execute(sa.text("select pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+            connection.execute(sa.text("select set_config('lock_timeout', :t, true)"),
+                               {"t": f"{int(LOCK_TIMEOUT_S * 1000)}ms"})
             connection.execute(sa.text(f'create schema if not exists "{schema}"'))
+            # read under the lock: a newer release's migrate may have run while this one waited for it
+            current = set(context.get_context().get_current_heads())
+            if unknown := current - {r.revision for r in context.script.walk_revisions()}:
+                log.warning("migrate.schema_newer", schema=schema, revision=", ".join(sorted(unknown)),
+                            detail="a newer release migrated this schema; this release leaves it as it is")
+                return
             context.run_migrations()
 
     async def run() -> None:

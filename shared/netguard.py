@@ -17,6 +17,11 @@ class BlockedURL(ValueError):
     pass
 
 
+class Unresolved(BlockedURL):
+    """The host did not resolve (now): refused when sending, but on save it may be a name to come or a passing
+    DNS fault, not a private address."""
+
+
 async def check_public(url: str, *, allow_private: bool) -> None:
     try:
         parts = urlsplit(url)
@@ -32,7 +37,7 @@ async def check_public(url: str, *, allow_private: bool) -> None:
         infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, port or 443,
                                                               type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        raise BlockedURL(f"cannot resolve {parts.hostname}: {exc}") from None
+        raise Unresolved(f"cannot resolve {parts.hostname}: {exc}") from None
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
         if not address.is_global:

@@ -144,7 +144,7 @@ BY_NAME: dict[str, str] = {
     "campaign_version": "the campaign version the journey runs",
     "log": "the journey's path, oldest first: entered, sent, waiting, skipped (why), exited …",
     "journeys": "the journeys, in id order",
-    "sends": "the sends, in id order",
+    "sends": "the sends, newest first (`created_at`, then `id`, both descending)",
     "templates": "the templates, in id order",
     "campaigns": "the campaigns, in id order",
     "snippets": "the snippets, in name order",

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.auth import InternalDep
@@ -41,6 +41,8 @@ ExportPersonFn = Callable[[AsyncSession, uuid.UUID, list[uuid.UUID], list[str]],
 
 
 class ErasureRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # as every write body: an unknown field is a 422, never dropped
+
     profile_ids: list[uuid.UUID] = Field(default_factory=list, max_length=1000,
                                          description="none when ingest holds no profile for the user (an erasure "
                                                      "of an id it never saw, or no longer holds): then only "
@@ -80,12 +82,15 @@ def privacy_router(service: str, erase: EraseFn, export: ExportFn,
     return person_privacy_router(service, erase_person, export_person)
 
 
-def person_privacy_router(service: str, erase: ErasePersonFn, export: ExportPersonFn) -> APIRouter:
-    """The routes, from functions given both the profile ids and the user's ids (possibly none) at once."""
+def person_privacy_router(service: str, erase: ErasePersonFn, export: ExportPersonFn,
+                          erase_responses: dict[int | str, dict[str, Any]] | None = None) -> APIRouter:
+    """The routes, from functions given both the profile ids and the user's ids (possibly none) at once;
+    ``erase_responses``: the erasure's answers beyond the common ones (delivery's 409 while a message is out)."""
     router = APIRouter(prefix="/v1/privacy", tags=["privacy"])
 
     @router.post("/erasure", response_model=ErasureResult, operation_id=f"{service}_erase_profiles",
-                 summary="Erase what this service holds about profiles (internal)", responses=COMMON_ERRORS)
+                 summary="Erase what this service holds about profiles (internal)",
+                 responses={**COMMON_ERRORS, **(erase_responses or {})})
     async def erase_route(body: ErasureRequest, principal: InternalDep, session: SessionDep) -> dict[str, Any]:
         ws = principal.require_workspace()
         async with session.begin():

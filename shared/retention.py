@@ -2,17 +2,25 @@
 that keeps event-level rows: old rows are deleted in small batches, each its own transaction, so
 writers are never blocked for long."""
 
+from datetime import timedelta
+
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.workspace_config import MAX_RETENTION_DAYS
 
 DELETE_BATCH = 5_000
+# how long an event stays in ingest's log after its receipt, whatever its time: the feed's consumers (segment,
+# campaign) read it meanwhile. History imported with old timestamps was deleted within the hour otherwise, and what
+# segment made of it depended on how far behind its consumer was when the job ran.
+FEED_GRACE = timedelta(days=1)
 
 
 async def enforce(sessionmaker: async_sessionmaker[AsyncSession], table: str, time_column: str,
-                  batch: int = DELETE_BATCH) -> int:
-    """Delete rows of ``table`` whose ``time_column`` is older than their workspace's retention."""
+                  batch: int = DELETE_BATCH, received_before: timedelta | None = None) -> int:
+    """Delete rows of ``table`` whose ``time_column`` is older than their workspace's retention (and, with
+    ``received_before``, received longer ago than that)."""
+    received = (" and received_at < now() - make_interval(secs => :grace)" if received_before is not None else "")
     deleted = 0
     async with sessionmaker() as session:
         async with session.begin():
@@ -32,8 +40,9 @@ async def enforce(sessionmaker: async_sessionmaker[AsyncSession], table: str, ti
                     n = (await session.execute(
                         text(f"delete from {table} where ctid = any(array("
                              f"select ctid from {table} where workspace_id = :ws "
-                             f"and {time_column} < now() - make_interval(days => :d) limit :n))"),
-                        {"ws": ws, "d": days, "n": batch},
+                             f"and {time_column} < now() - make_interval(days => :d){received} limit :n))"),
+                        {"ws": ws, "d": days, "n": batch,
+                         "grace": received_before.total_seconds() if received_before is not None else 0},
                     )).rowcount  # type: ignore[attr-defined]
                 deleted += n
                 if n < batch:

@@ -33,12 +33,18 @@ def merge(traits: dict[str, Any], times: dict[str, str], updates: Iterable[Updat
 
 def merge_profiles(into: tuple[dict[str, Any], dict[str, str]], other: tuple[dict[str, Any], dict[str, str]]
                    ) -> tuple[dict[str, Any], dict[str, str]]:
-    """Combine two profiles' traits: each trait from whichever side set it last."""
+    """Combine two profiles' traits: each trait from whichever side set it last.
+
+    A trait of ``other`` without a recorded time (``locale`` / ``timezone`` filled from a device's context, see
+    :func:`fill_defaults`, or one set before trait times existed) only fills a trait ``into`` never had: the user's
+    own locale must not give way to the one of a device they logged in from. ``into``'s untimed traits rank oldest
+    against ``other``'s timed ones (an identify's explicit trait)."""
     traits, times = other
-    # traits without a recorded time (set before trait times existed) rank oldest
-    updates = [(times.get(k, ""), {k: v}) for k, v in traits.items()]
+    updates = [(times[k], {k: v}) for k, v in traits.items() if k in times]
     updates += [(t, {k: None}) for k, t in times.items() if k not in traits]
-    return merge(into[0], into[1], updates)
+    out, out_times = merge(into[0], into[1], updates)
+    out.update(fill_defaults(out, out_times, {k: v for k, v in traits.items() if k not in times}))
+    return out, out_times
 
 
 def fill_defaults(traits: dict[str, Any], times: dict[str, str], defaults: dict[str, Any]) -> dict[str, Any]:

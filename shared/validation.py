@@ -11,7 +11,15 @@ from functools import lru_cache
 from typing import Annotated, Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, StringConstraints, WithJsonSchema, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+)
 
 _LONE_SURROGATE = "contains a lone surrogate (not valid Unicode text)"
 
@@ -111,13 +119,39 @@ class FieldError(ValueError):
         self.field = field  # a name, or a path inside the model (("locales", "fr", "subject"))
 
 
-def error_location(error: Mapping[str, Any]) -> list[str]:
-    """A pydantic error's ``loc`` as text, with the field a :class:`FieldError` names."""
+_NO_INPUT = object()
+
+
+def error_location(error: Mapping[str, Any], data: Any = _NO_INPUT) -> list[str]:
+    """A pydantic error's ``loc`` as text, with the field a :class:`FieldError` names. With ``data``, the input
+    the ``loc`` starts from, it is made a path in that input (:func:`input_path`)."""
     loc = [str(p) for p in error.get("loc", ())]
     cause = (error.get("ctx") or {}).get("error")
-    if not isinstance(cause, FieldError):
-        return loc
-    return [*loc, *((cause.field,) if isinstance(cause.field, str) else cause.field)]
+    if isinstance(cause, FieldError):
+        loc = [*loc, *((cause.field,) if isinstance(cause.field, str) else cause.field)]
+    return loc if data is _NO_INPUT else input_path(loc, data)
+
+
+def input_path(loc: list[str], data: Any) -> list[str]:
+    """``loc`` as a path in ``data``, the input it was found in. Pydantic puts the tag of a discriminated union
+    in a location (``steps.0.delay.seconds``, ``trigger.schedule.cron``), which no client can follow into its
+    request: the first part met at an object that is that object's ``type`` is left out (the tag may also be a
+    key: an event trigger's ``event`` is ``trigger.event.event``)."""
+    out: list[str] = []
+    at: Any = data
+    tagged: Any = None
+    for part in loc:
+        if isinstance(at, dict) and at is not tagged and part == at.get("type"):
+            tagged = at  # the union's tag: the same object goes on
+            continue
+        out.append(part)
+        if isinstance(at, dict):
+            at = at.get(part)
+        elif isinstance(at, list) and part.isdigit() and int(part) < len(at):
+            at = at[int(part)]
+        else:
+            at = None
+    return out
 
 
 def error_message(error: Mapping[str, Any]) -> str:
@@ -126,6 +160,13 @@ def error_message(error: Mapping[str, Any]) -> str:
     if error.get("type") == "string_unicode":
         return f"Value error, {_LONE_SURROGATE}"
     return str(error.get("msg"))
+
+
+# What delivery takes in a message (``POST /v1/messages``), and so what campaign's templates are held to on save: a
+# template over them was saved, and then every send of it failed at delivery.
+MESSAGE_SUBJECT_MAX = 998  # RFC 5322's line length (a push's title too)
+MESSAGE_BODY_MAX = 1_000_000  # an email's HTML or text part, a push's body
+SMS_TEXT_MAX = 1_600  # ten concatenated segments: what carriers deliver as one SMS
 
 
 # any text PostgreSQL can hold (no NUL, no lone surrogate): e.g. a user's own ids as ingest stored them
@@ -231,6 +272,13 @@ def _in_utc_range(value: datetime) -> datetime:
 
 
 JsonInt = Annotated[int, BeforeValidator(_json_number)]
+
+
+def bounded_json_int(**bounds: int) -> Any:
+    """:data:`JsonInt` within ``bounds`` (``ge``, ``le``…), which its JSON Schema shows as ``minimum``/``maximum``
+    also inside ``X | None``: a bound given after JsonInt's validator (``JsonInt | None = Field(ge=1)``) came out as
+    pydantic's own ``ge``, which no schema tool knows, so clients saw no bound."""
+    return Annotated[int, Field(**bounds), BeforeValidator(_json_number)]
 JsonFloat = Annotated[float, BeforeValidator(_json_number)]
 JsonBool = Annotated[bool, BeforeValidator(_json_boolean)]
 IsoDatetime = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator(_in_utc_range)]

@@ -30,7 +30,9 @@ from shared.errors import (
     PROBLEM_JSON,
     BodyTooLarge,
     ValidationFailed,
+    body_too_large_schema,
     install_error_handlers,
+    place_error,
     problem_response,
     problem_schema,
 )
@@ -88,8 +90,11 @@ class RequestContextMiddleware:
                                    status, seconds)
             # probes and feed polls are frequent and uninteresting unless they fail
             quiet = path in _QUIET_PATHS and status < 400
+            # a matched route is logged as its template: raw paths hold recipients' link tokens, write keys and email
+            # addresses (`/u/{token}`, `/v1/profiles/{ref}`), which logs must not keep (docs/observability.md)
             (log.debug if quiet else log.info)(
-                "http.request", method=scope.get("method"), path=path, status=status, ms=round(seconds * 1000, 1),
+                "http.request", method=scope.get("method"), path=getattr(route, "path", None) or path[:100],
+                status=status, ms=round(seconds * 1000, 1),
             )
 
 
@@ -155,6 +160,7 @@ class BodyLimitMiddleware:
 
 
 def _queue_depth(service: ServiceName) -> Callable[[FastAPI], Any]:
+    @metrics.sets(metrics.QUEUE_DEPTH)
     async def queue_depth(app: FastAPI) -> None:
         queue = app.state.settings.queue_name(service)
         metrics.QUEUE_DEPTH.labels(service, queue).set(await app.state.redis.zcard(queue))
@@ -248,10 +254,12 @@ def _probe_router(service: str) -> APIRouter:
 SECURITY_SCHEMES = {
     "secretKey": {"type": "http", "scheme": "bearer",
                   "description": "The workspace's secret key (management APIs), or the internal token plus "
-                                 "X-Tenure-Workspace (service-to-service)."},
+                                 "X-Tenure-Workspace (service-to-service; a workspace that does not exist is a "
+                                 "404)."},
     "internalToken": {"type": "http", "scheme": "bearer",
                       "description": "The deployment's internal token (service-to-service routes), with "
-                                     "X-Tenure-Workspace naming the workspace where the route acts on one."},
+                                     "X-Tenure-Workspace naming the workspace where the route acts on one (a "
+                                     "workspace that does not exist is a 404)."},
     "writeKey": {"type": "http", "scheme": "basic",
                  "description": "The workspace's write key as the Basic username with an empty password "
                                 "(Segment style); Bearer and a `writeKey` body field work too."},
@@ -263,25 +271,30 @@ _PROBES = ("/healthz", "/readyz", "/metrics")
 
 def _document_errors(path: str, operation: dict[str, Any]) -> None:
     """The problem documents every route can answer, whatever it declares: 422 as problem+json (FastAPI's
-    default entry says ``application/json``), 400/415 for a body that is not JSON or not sent as JSON,
-    401/403 where credentials are checked, 503 (with ``Retry-After``) when PostgreSQL or a sibling service does
-    not answer (shared/errors.py; docs/operations.md)."""
+    default entry says ``application/json``), 400/415 for a body that is not JSON or not sent as JSON, 413 for a
+    body over its limit (every operation that takes one), 401/403 where credentials are checked (and 404: the
+    workspace the internal token names may not exist), 503 (with ``Retry-After``) when PostgreSQL or a sibling
+    service does not answer, or the database is not migrated yet (shared/errors.py; docs/operations.md)."""
     responses = operation.setdefault("responses", {})
     if "422" in responses and PROBLEM_JSON not in responses["422"].get("content", {}):
         responses["422"] = problem_schema("Request validation failed")
     if "application/json" in operation.get("requestBody", {}).get("content", {}):
         responses.setdefault("400", problem_schema("Malformed request (the body is not valid JSON)"))
         responses.setdefault("415", problem_schema("The body is not sent as application/json"))
+    if "requestBody" in operation:  # whatever its type: BodyLimitMiddleware reads every body
+        responses.setdefault("413", body_too_large_schema())
     if operation.get("security"):
         responses.setdefault("401", problem_schema("Missing or invalid credentials"))
         responses.setdefault("403", problem_schema("Credentials not allowed here (e.g. a write key)"))
+        responses.setdefault("404", problem_schema("The workspace X-Tenure-Workspace names (with the internal token) "
+                                                   "does not exist"))
     if "401" in responses:
         responses["401"] = {**responses["401"], "headers": {"WWW-Authenticate": {
             "description": "the challenge: `Bearer realm=\"tenure\"`", "schema": {"type": "string"}}}}
     if path not in _PROBES:  # every route but the probes reads PostgreSQL, and many ask a sibling service
         responses.setdefault("503", {**problem_schema(
-            "PostgreSQL, or another Tenure service this route asks, is unavailable: nothing was done; retry after "
-            "Retry-After seconds"), "headers": {"Retry-After": {
+            "PostgreSQL, or another Tenure service this route asks, is unavailable, or the database is not migrated "
+            "to this release yet: nothing was done; retry after Retry-After seconds"), "headers": {"Retry-After": {
                 "description": "seconds to wait before retrying", "schema": {"type": "integer"}}}})
 
 
@@ -323,7 +336,8 @@ async def _no_repeated_scalars(request: Request) -> None:
     declared = _declared(request)
     for name in declared.scalars if declared else ():
         if len(request.query_params.getlist(name)) > 1:
-            raise ValidationFailed(f"The query parameter {name!r} takes one value; it was given more than once")
+            msg = "takes one value; it was given more than once"
+            raise ValidationFailed(f"The query parameter {name!r} {msg}", errors=[place_error(["query", name], msg)])
 
 
 def _plain(raw: bytes) -> bool:

@@ -4,7 +4,7 @@ Each service reads the keys it needs and falls back to defaults on anything it d
 malformed value written straight into the table (quiet hours of "9pm", a cap of "two") silently switches a
 rule off or makes every send step that reads it fail. ``tenure workspace configure --set`` validates the
 whole document against this model before writing, and refuses with the field named. The readers and their
-defaults: campaign (``timezone``, ``quiet_hours``, ``frequency_caps``), segment (``lifecycle``,
+defaults: campaign (``timezone``, ``quiet_hours``, ``frequency_caps``, ``topics``), segment (``lifecycle``,
 ``purchase_events``, ``revenue_property``, ``refund_events``, ``nps_event``, ``lead_score``), delivery (``topics``,
 ``sms_help_text``), ingest (``retention_days``).
 
@@ -118,6 +118,31 @@ class LeadScore(_Model):
 class Topic(_Model):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     label: dict[str, str] = Field(min_length=1, description="per language code, e.g. {\"en\": \"Offers\"}")
+
+
+# a workspace's topics when it sets none (delivery's preference page, and what messages and campaigns may name)
+DEFAULT_TOPICS = [
+    {"id": "product_news", "label": {"en": "Product news", "fr": "Nouveautés produit", "de": "Produktneuheiten"}},
+    {"id": "offers", "label": {"en": "Offers and discounts", "fr": "Offres et réductions",
+                               "de": "Angebote und Rabatte"}},
+]
+
+
+def topics_of(settings: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The workspace's subscription topics (its ``topics`` setting), else :data:`DEFAULT_TOPICS`."""
+    topics = (settings or {}).get("topics")
+    return topics if isinstance(topics, list) and topics else DEFAULT_TOPICS
+
+
+def unknown_topic(settings: dict[str, Any] | None, topic: str) -> str | None:
+    """Why ``topic`` is none of the workspace's topics (None: it is one). The preference page offers only those,
+    so a message on another (a typo: ``offerz``) would reach people who opted out of offers, and no one could
+    opt out of it."""
+    ids = [t["id"] for t in topics_of(settings) if isinstance(t, dict) and isinstance(t.get("id"), str)]
+    if topic in ids:
+        return None
+    return (f"{topic[:100]!r} is not one of the workspace's topics ({', '.join(ids) or 'none'}): a topic is one "
+            "its recipients can opt out of on the preference page (workspace setting `topics`)")
 
 
 MAX_RETENTION_DAYS = 36_500  # 100 years; far larger values failed the retention SQL (a 32-bit cast, year 0)

@@ -33,9 +33,9 @@ from services.campaign.schemas import (
 from shared import profile_merges
 from shared.auth import WORKSPACE_HEADER, WorkspaceDep
 from shared.db import SessionDep
-from shared.errors import COMMON_ERRORS, Conflict, UpstreamUnavailable, ValidationFailed, problem_schema
-from shared.idempotency import mark_replayed, replay_response
-from shared.pagination import AfterDep, PageDep
+from shared.errors import COMMON_ERRORS, Conflict, NotFound, UpstreamUnavailable, ValidationFailed, problem_schema
+from shared.idempotency import keys_differ, mark_replayed, replay_response
+from shared.pagination import AfterDep, PageDep, StampAfterDep
 from shared.validation import StorableText
 
 router = APIRouter(prefix="/v1")
@@ -174,7 +174,7 @@ async def update_campaign(campaign_id: uuid.UUID, body: CampaignUpdate, ws: Work
 
 @router.post("/campaigns/{campaign_id}/migrate", response_model=MigrateOut, operation_id="migrate_campaign_users",
              tags=["campaigns"], summary="Move users inside older versions to the current one (same step)",
-             responses=_NOT_FOUND)
+             responses={**_NOT_FOUND, 409: problem_schema("The campaign is archived")})
 async def migrate_campaign(campaign_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
     async with session.begin():
         return await campaigns.migrate(session, ws, campaign_id)
@@ -191,26 +191,29 @@ async def archive_campaign(campaign_id: uuid.UUID, ws: WorkspaceDep, session: Se
 @router.post("/campaigns/{campaign_id}/trigger", status_code=202, response_model=TriggerOut,
              operation_id="trigger_campaign", tags=["campaigns"],
              summary="Enter a user now, with data (transactional messages, API-triggered journeys)",
-             description="Any active campaign takes it, whatever its trigger (an `api` campaign is entered only this "
-                         "way; another is also entered by hand, e.g. to enrol someone its event missed), under its "
-                         "entry rule. Returns 202 with what happened; a retry with the same idempotency key, user and "
+             description="Only a campaign whose trigger is `api` takes it (another is a 409 naming its trigger: a "
+                         "segment's or an event's campaign has its audience, a broadcast its slots), under its entry "
+                         "rule. Returns 202 with what happened; a retry with the same idempotency key, user and "
                          "data gets "
                          "that first answer again as a 200 (header `Idempotent-Replayed: true`), and the same key "
                          "with another user or other data is a 409.",
              responses={**_NOT_FOUND, 200: replay_response(TriggerOut),
-                        409: problem_schema("The campaign is not active, or the idempotency key was used for another "
-                                            "trigger")})
+                        409: problem_schema("The campaign is not active or not API-triggered, or the idempotency key "
+                                            "was used for another trigger")})
 async def trigger_campaign(campaign_id: uuid.UUID, body: TriggerRequest, ws: WorkspaceDep, session: SessionDep,
                            request: Request, response: Response,
                            idempotency_key: IdempotencyKey = None) -> dict[str, Any]:
     if idempotency_key and body.idempotency_key and idempotency_key != body.idempotency_key:
-        raise ValidationFailed("Idempotency-Key header and idempotency_key field differ")
+        raise keys_differ()
     async with session.begin():
         campaign = await campaigns.get_campaign(session, ws, campaign_id)
     # before asking ingest; checked again as the user enters (where a retry with a key is answered first, even
     # by a campaign paused since)
-    if campaign["status"] != "active" and not (idempotency_key or body.idempotency_key):
-        raise Conflict(f"The campaign is {campaign['status']}")
+    if not (idempotency_key or body.idempotency_key):
+        if campaign["status"] != "active":
+            raise Conflict(f"The campaign is {campaign['status']}")
+        if (kind := campaign["trigger"].get("type")) != "api":
+            raise Conflict(campaigns.not_api_triggered(str(kind)), trigger=kind)
     found = await ingest_client.resolve_user(request.app.state.internal, ws, body.user)
     async with session.begin():
         out, replayed = await campaigns.trigger(session, ws, campaign_id, found, body.data,
@@ -248,16 +251,22 @@ async def campaign_stats(campaign_id: uuid.UUID, ws: WorkspaceDep, session: Sess
 
 @router.get("/profiles/{profile_id}/journeys", response_model=ProfileJourneys, operation_id="profile_journeys",
             tags=["journeys"], summary="A profile's journeys, newest first, and step by step what happened and why",
-            description=profile_merges.ROUTE_DESCRIPTION + " A profile campaign has no journey of is an empty list "
-                        "(campaign does not know every profile: ask ingest whether it exists).",
-            responses=COMMON_ERRORS)
+            description=profile_merges.ROUTE_DESCRIPTION + " A profile with no journey is an empty list; an id "
+                        "that is no profile of the workspace (asked of ingest, as the programs' profile routes do) is "
+                        "a 404.",
+            responses=_NOT_FOUND)
 async def profile_journeys(
     profile_id: Annotated[uuid.UUID, Path(description=profile_merges.PATH_DESCRIPTION)], ws: WorkspaceDep,
     session: SessionDep, page: AfterDep,
+    request: Request,
     limit: Annotated[int, Query(ge=1, le=200, description="page size (each journey comes with its log)")] = 50,
 ) -> dict[str, Any]:
     async with session.begin():
         live, items, nxt = await campaigns.profile_journeys(session, ws, profile_id, page.position, limit)
+    # campaign knows only profiles that entered something: whether one with none exists is ingest's to say
+    if not items and page.position is None and not await ingest_client.lookup_profiles(
+            request.app.state.internal, ws, [str(live)]):
+        raise NotFound(f"No profile {profile_id} in this workspace")
     return {"profile_id": str(live), "journeys": items, "next_cursor": page.next(nxt)}
 
 
@@ -280,9 +289,12 @@ for _action, _status in (("pause", "paused"), ("resume", "active")):
 
 
 @router.get("/campaigns/{campaign_id}/sends", response_model=SendList, operation_id="list_campaign_sends",
-            tags=["campaigns"], summary="Sends decided by a campaign, with their outcome", responses=_NOT_FOUND)
-async def list_sends(campaign_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, page: AfterDep,
+            tags=["campaigns"], summary="Sends decided by a campaign, with their outcome",
+            description="Newest first: by `created_at`, then by `id` (descending) among sends decided together. "
+                        "Sends decided while a client pages sort before its first page: the next pages hold what "
+                        "they would have held, nothing skipped or repeated.", responses=_NOT_FOUND)
+async def list_sends(campaign_id: uuid.UUID, ws: WorkspaceDep, session: SessionDep, page: StampAfterDep,
                      limit: Limit = 100) -> dict[str, Any]:
     async with session.begin():
-        items, nxt = await campaigns.list_sends(session, ws, campaign_id, page.position, limit)
+        items, nxt = await campaigns.list_sends(session, ws, campaign_id, page.stamp, limit)
     return {"sends": items, "next_cursor": page.next(nxt)}

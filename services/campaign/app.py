@@ -2,9 +2,10 @@
 
 from fastapi import FastAPI
 
-from services.campaign import privacy
+from services.campaign import journeys, privacy
 from services.campaign.api import router
 from services.campaign.programs.api import router as programs_router
+from shared.metrics import due_work_refresh
 from shared.privacy import privacy_router
 from shared.settings import Settings
 from shared.web import create_service_app
@@ -21,4 +22,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     gdpr = privacy_router("campaign", privacy.erase, privacy.export,
                           by_identity=(privacy.erase_by_identity, privacy.export_by_identity))
     routers = [router, programs_router, gdpr]
-    return create_service_app("campaign", settings or Settings(), routers=routers, description=DESCRIPTION)
+    return create_service_app("campaign", settings or Settings(), routers=routers, description=DESCRIPTION,
+                              metrics_refresh=[due_work_refresh("campaign", "journeys", journeys.DUE_ROWS)])

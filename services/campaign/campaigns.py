@@ -14,14 +14,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.campaign import experiments, ingest_client, journeys, segment_client, templates, timing
 from services.campaign import journey_def as jd
 from services.campaign.programs import variables as program_vars
-from shared import profile_merges
+from shared import netguard, profile_merges
 from shared.core import workspace_settings
-from shared.db import fetch_one, fetch_page, insert_one_or_conflict, row_dict
+from shared.db import Stamp, fetch_newest_first, fetch_one, fetch_page, insert_one_or_conflict, row_dict
 from shared.errors import Conflict, NotFound, ValidationFailed, body_error
 from shared.http import InternalClient
 from shared.jsonutil import dumps
 from shared.lifecycle_ids import stage_segment_id
 from shared.validation import error_location, error_message
+from shared.workspace_config import unknown_topic
 
 _TEMPLATE_COLS = ("id, name, channel, subject, preheader, html, text, deep_link, image, locales, created_at, "
                   "updated_at")
@@ -138,15 +139,16 @@ def journey_from(data: dict[str, Any]) -> jd.Journey:
     shorthand = "steps" not in definition
     if shorthand:
         if not data.get("template_id"):
-            raise ValidationFailed("A campaign needs steps or a template_id")
+            raise ValidationFailed("A campaign needs steps or a template_id", errors=[
+                body_error("steps", "give steps, or a template_id (the shorthand for one send step)", "missing")])
         definition["steps"] = [{"id": "send", "type": "send", "template_id": str(data["template_id"])}]
         entry = definition.get("entry") or {}
         definition["entry"] = {**entry, "rule": entry.get("rule") or "every_time"}
     try:
-        journey = journeys.parse(definition)
+        journey = journeys.parse_new(definition)
     except ValidationError as exc:
         # (the shorthand's one step is the body's template_id: its errors name that)
-        errors = [body_error(["template_id"] if shorthand and e["loc"][:1] == ("steps",) else _place(e),
+        errors = [body_error(["template_id"] if shorthand and e["loc"][:1] == ("steps",) else _place(e, definition),
                              error_message(e), e["type"]) for e in exc.errors(include_url=False)]
         raise ValidationFailed("The campaign is not valid", errors=errors) from None
     ids = [s.id for s in journey.steps]
@@ -171,12 +173,13 @@ def journey_from(data: dict[str, Any]) -> jd.Journey:
     return journey
 
 
-def _place(error: Any) -> list[str]:
-    """Where a validation error is: its location, or for a journey-wide check (its graph) the place it names."""
+def _place(error: Any, definition: dict[str, Any]) -> list[str]:
+    """Where a validation error is: its location in the definition, or for a journey-wide check (its graph) the
+    place it names."""
     cause = (error.get("ctx") or {}).get("error")
     if isinstance(cause, jd.StepError):
         return cause.at.split(".")
-    return error_location(error)
+    return error_location(error, definition)
 
 
 async def _check_segments(internal: InternalClient | None, ws: uuid.UUID, journey: jd.Journey) -> None:
@@ -212,6 +215,33 @@ async def _check_templates(session: AsyncSession, ws: uuid.UUID, journey: jd.Jou
             for i, s in enumerate(journey.steps) if isinstance(s, jd.SendStep) and s.template_id not in found])
 
 
+async def _check_webhooks(internal: InternalClient | None, journey: jd.Journey) -> None:
+    """Delivery's rule for a webhook's URL (``shared.netguard``: no private, loopback or link-local address unless
+    ``webhook_allow_private``), on save: such a step was saved, and then every call was refused at run time. A host
+    that does not resolve now is left for the run (a name to come, or a passing DNS fault). 422 naming each step."""
+    if internal is None:
+        return
+    errors = []
+    for i, step in enumerate(journey.steps):
+        if isinstance(step, jd.WebhookStep):
+            try:
+                await netguard.check_public(step.url, allow_private=internal.settings.webhook_allow_private)
+            except netguard.Unresolved:
+                continue
+            except netguard.BlockedURL as exc:
+                errors.append(body_error(f"steps.{i}.url", f"delivery refuses this webhook: {exc}"))
+    if errors:
+        raise ValidationFailed("The campaign is not valid", errors=errors)
+
+
+async def _check_topic(session: AsyncSession, ws: uuid.UUID, journey: jd.Journey) -> None:
+    """The topic is one of the workspace's (``topics``, as delivery's preference page lists them): delivery refuses
+    a message on another, so every send would fail — and a typo (``offerz``) would reach those who opted out of
+    offers. 422 naming ``topic``."""
+    if journey.topic is not None and (problem := unknown_topic(await workspace_settings(session, ws), journey.topic)):
+        raise ValidationFailed(f"The campaign is not valid: {problem}", errors=[body_error("topic", problem)])
+
+
 AT_LEEWAY = timedelta(minutes=1)  # a one-off schedule's ``at`` this far in the past is clock skew, not a mistake
 
 
@@ -237,7 +267,9 @@ async def create_campaign(session: AsyncSession, ws: uuid.UUID, data: dict[str, 
     journey = journey_from(data)
     _check_schedule(journey, now or datetime.now(UTC))
     await _check_segments(internal, ws, journey)
+    await _check_webhooks(internal, journey)
     await _check_templates(session, ws, journey, shorthand=not data.get("steps"))
+    await _check_topic(session, ws, journey)
     definition = journey.model_dump(mode="json", exclude_none=True)
     cid = uuid.uuid4()
     row = await insert_one_or_conflict(
@@ -274,7 +306,9 @@ async def update_campaign(session: AsyncSession, ws: uuid.UUID, campaign_id: uui
                             "topic": data["topic"] if "topic" in data else (current["definition"] or {}).get("topic")})
     _check_schedule(journey, now or datetime.now(UTC), journeys.parse(current["definition"]))
     await _check_segments(internal, ws, journey)
+    await _check_webhooks(internal, journey)
     await _check_templates(session, ws, journey, shorthand=not data.get("steps"))
+    await _check_topic(session, ws, journey)
     definition = journey.model_dump(mode="json", exclude_none=True)
     row = await insert_one_or_conflict(
         session,
@@ -340,14 +374,17 @@ async def list_campaigns(session: AsyncSession, ws: uuid.UUID, after: str | None
     )
 
 
-async def list_sends(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID, after: str | None,
-                     limit: int) -> tuple[list[dict[str, Any]], str | None]:
+async def list_sends(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID, after: Stamp | None,
+                     limit: int) -> tuple[list[dict[str, Any]], Stamp | None]:
+    """The campaign's sends, newest first (``created_at``, then id: a run's sends share their time), after the
+    stamp of the previous page's last (ix_sends_campaign reads just the page)."""
     await get_campaign(session, ws, campaign_id)
-    return await fetch_page(
+    return await fetch_newest_first(
         session,
         f"select {_SEND_COLS} from campaign.sends where workspace_id = :ws and campaign_id = :cid "
-        f"and (CAST(:after AS uuid) is null or id > CAST(:after AS uuid)) order by id limit :lim",
-        {"ws": ws, "cid": campaign_id, "after": after}, limit,
+        f"and (CAST(:after_at AS timestamptz) is null or (created_at, id) < (:after_at, CAST(:after_id AS uuid))) "
+        f"order by created_at desc, id desc limit :lim",
+        {"ws": ws, "cid": campaign_id}, limit, after,
     )
 
 
@@ -400,7 +437,7 @@ async def stats(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) ->
 
     def step_entry(step: str) -> dict[str, Any]:
         return by_step.setdefault(step, {"queued": 0, "dispatched": 0, "skipped": {}, "failed": 0, "delivered": 0,
-                                         "bounced": 0, "opened": 0, "clicked": 0})
+                                         "bounced": 0, "opened": 0, "clicked": 0, "unsubscribed": 0})
 
     for r in sends:
         entry = step_entry(r.step or "send")
@@ -427,7 +464,7 @@ async def stats(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) ->
     for r in await session.execute(text(
             "select substring(s from '^[a-z]+') as action, substring(s from ':(.*)$') as step, count(*) as n "
             "from campaign.journeys, jsonb_array_elements_text(seen) as s where workspace_id = :ws "
-            "and campaign_id = :c and s ~ '^(delivered|bounced|opened|clicked):' "
+            "and campaign_id = :c and s ~ '^(delivered|bounced|opened|clicked|unsubscribed):' "
             "group by 1, 2"), params):
         step_entry(r.step)[r.action] = r.n
 
@@ -485,6 +522,14 @@ async def profile_journeys(session: AsyncSession, ws: uuid.UUID, profile_id: uui
     return profile_id, [{**j, "log": logs[j["id"]]} for j in items], nxt
 
 
+def not_api_triggered(kind: str) -> str:
+    """Why a campaign whose trigger is not ``api`` takes no direct entry: a segment's or an event's campaign
+    entered by hand sent its message to someone outside its audience and used up their ``once`` entry, and a
+    broadcast's is its slot's to send."""
+    return (f"The campaign's trigger is {kind!r}: only a campaign whose trigger is 'api' is entered through "
+            "POST /v1/campaigns/{id}/trigger")
+
+
 async def trigger(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID, profile_id: uuid.UUID,
                   data: dict[str, Any], idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
     """Enter a profile now (the API trigger), once per idempotency key: ``(answer, replayed)``. A key seen before
@@ -515,6 +560,8 @@ async def trigger(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID, 
     if campaign["status"] != "active":
         raise Conflict(f"The campaign is {campaign['status']}")
     journey = journeys.parse(campaign["definition"])
+    if (kind := journey.trigger.type) != "api":
+        raise Conflict(not_api_triggered(kind), trigger=kind)
     occurrence = f"api:{idempotency_key}" if idempotency_key else f"api:{uuid.uuid4()}"
     now = datetime.now(UTC)
     jid = await journeys.enter(session, campaign, journey, profile_id, occurrence,
@@ -626,8 +673,11 @@ async def migrate(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.UUID) 
     exists; a journey waiting for an event, when the step is still a wait for an event — it then waits as the
     current version says (its event, match and targets), until the deadline it already had — or goes on at once
     when that event already happened since entry. The others are reported per version and step, with the reason
-    they stay (``not_movable``)."""
+    they stay (``not_movable``). An archived campaign is a 409, as its edit, pause and resume are (archiving is
+    final, and its users left)."""
     campaign = await get_campaign(session, ws, campaign_id)
+    if campaign["status"] == "archived":
+        raise Conflict(f"Campaign {campaign_id} is archived: its users left, and an archived campaign is not edited")
     journey = journeys.parse(campaign["definition"])
     p = {"ws": ws, "c": campaign_id, "v": campaign["version"], "vt": f"to version {campaign['version']}"}
     moved = (await session.execute(text(

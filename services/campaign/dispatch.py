@@ -168,9 +168,12 @@ def prepare(send: dict[str, Any], tpl: dict[str, Any] | None, profile: dict[str,
         "text": rendered.text,
         "message_type": send["message_type"] or "marketing",
         "topic": send.get("topic"),
-        # the footer delivery adds and the pages its links open speak the recipient's language (delivery takes a
-        # BCP 47 tag: a POSIX-style fr_FR, as some SDKs report it, goes as fr-FR; a locale that is neither, none)
+        # the footer delivery adds and the pages its links open speak the body's language: the recipient's locale
+        # when the body is their variant's, none (delivery's default) when it is the default's — a French
+        # footer under an English body mixed languages (delivery takes a BCP 47 tag: a POSIX-style fr_FR, as
+        # some SDKs report it, goes as fr-FR; a locale that is neither, none)
         **({"locale": tag} if isinstance(locale := traits.get("locale"), str)
+           and templates.body_locale(tpl, locale) is not None
            and is_language_tag(tag := as_language_tag(locale)) else {}),
         **({"data": push_data} if channel == "push" and (push_data := {
             k: v for k, v in (("deep_link", rendered.deep_link), ("image", rendered.image)) if v}) else {}),

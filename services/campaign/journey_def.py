@@ -22,14 +22,23 @@ Steps:
 
 import math
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, ValidationInfo, model_validator
 
-from shared.validation import IsoDatetime, JsonBool, JsonFloat, JsonInt, StorableModel, ordered_number
+from shared.validation import (
+    FieldError,
+    IsoDatetime,
+    JsonBool,
+    JsonFloat,
+    JsonInt,
+    StorableModel,
+    bounded_json_int,
+    ordered_number,
+)
 
 MAX_STEPS = 100
 MAX_WAIT_SECONDS = 366 * 86400  # the longest delay, timeout, goal window, entry period or date offset
@@ -41,6 +50,25 @@ class StepError(ValueError):
     def __init__(self, at: str, message: str):
         super().__init__(message)
         self.at = at
+
+
+STORED = {"stored": True}  # the validation context of a definition read back from the database (journeys.parse)
+
+
+def _with_offset(value: datetime, info: ValidationInfo) -> datetime:
+    """A moment of a definition (a split's ``winner_at``, a one-off ``at``) has a UTC offset: without one it is
+    no moment (which zone?), and compared with the worker's clock it failed every journey reaching it. One stored
+    before that was refused is read as UTC (the date filter reads a time without an offset so too), so those
+    journeys run."""
+    if value.tzinfo is not None:
+        return value
+    if (info.context or {}).get("stored"):
+        return value.replace(tzinfo=UTC)
+    raise ValueError("needs a UTC offset: ISO 8601 with offset, e.g. 2026-12-15T09:00:00+01:00 or "
+                     "2026-12-15T08:00:00Z")
+
+
+Moment = Annotated[IsoDatetime, AfterValidator(_with_offset)]
 
 
 class _Model(StorableModel):
@@ -99,23 +127,23 @@ class ScheduleTrigger(_Model):
 
     type: Literal["schedule"] = "schedule"
     segment_id: uuid.UUID = Field(description="the audience: the segment's members when it fires")
-    at: IsoDatetime | None = Field(None, description="one-off: when (ISO 8601 with offset); to come when saved, and "
+    at: Moment | None = Field(None, description="one-off: when (ISO 8601 with offset); to come when saved, and "
                                                      "skipped, not sent late, if missed by more than an hour")
     cron: str | None = Field(None, examples=["0 9 * * 1"], description="recurring: a 5-field cron expression")
     timezone: str = Field("UTC", examples=["Europe/Paris"], description="the zone the cron expression is read in")
 
     @model_validator(mode="after")
     def _when(self) -> "ScheduleTrigger":
-        if (self.at is None) == (self.cron is None):
-            raise ValueError("give at or cron")
+        if self.at is None and self.cron is None:
+            raise FieldError("at", "give at (one-off) or cron (recurring)")
+        if self.at is not None and self.cron is not None:
+            raise FieldError("cron", "give at (one-off) or cron (recurring), not both")
         if self.cron is not None and not croniter.is_valid(self.cron):
-            raise ValueError(f"{self.cron!r} is not a valid cron expression")
-        if self.at is not None and self.at.tzinfo is None:
-            raise ValueError("at needs a UTC offset")
+            raise FieldError("cron", f"{self.cron!r} is not a valid cron expression")
         try:
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {self.timezone!r}") from None
+            raise FieldError("timezone", f"unknown time zone {self.timezone!r}") from None
         return self
 
 
@@ -136,13 +164,14 @@ class Entry(_Model):
         None, description="once (ever), once_per_period or every_time. Omitted: every_time for `api` and `schedule` "
                           "triggers (each call, each slot) and the `template_id` shorthand; once for `event` and "
                           "`segment_*` triggers")
-    period_seconds: JsonInt | None = Field(None, ge=60, description="with once_per_period (at most 366 days)")
+    period_seconds: bounded_json_int(ge=60) | None = Field(
+        None, description="with once_per_period (at most 366 days)")
     holdout_percent: JsonFloat = Field(0, ge=0, le=100, description="share of entrants who get nothing (lift)")
 
     @model_validator(mode="after")
     def _period(self) -> "Entry":
         if self.rule == "once_per_period" and not self.period_seconds:
-            raise ValueError("once_per_period needs period_seconds")
+            raise FieldError("period_seconds", "once_per_period needs period_seconds")
         return self
 
 
@@ -180,7 +209,7 @@ class WaitUntilStep(_Step):
     @model_validator(mode="after")
     def _days(self) -> "WaitUntilStep":
         if not self.weekdays or any(d < 0 or d > 6 for d in self.weekdays):
-            raise ValueError("weekdays must be a non-empty list of 0 (Monday) … 6 (Sunday)")
+            raise FieldError("weekdays", "weekdays must be a non-empty list of 0 (Monday) … 6 (Sunday)")
         return self
 
 
@@ -262,8 +291,9 @@ class SplitStep(_Step):
 
     type: Literal["split"] = "split"
     variants: list[Variant] = Field(min_length=2, max_length=10)
-    winner_after: JsonInt | None = Field(None, ge=2, description="entrants before the winner takes the rest")
-    winner_at: IsoDatetime | None = Field(
+    winner_after: bounded_json_int(ge=2) | None = Field(
+        None, description="entrants before the winner takes the rest")
+    winner_at: Moment | None = Field(
         None, examples=["2026-12-15T09:00:00+01:00"],
         description="when the winner takes the rest (ISO 8601 with offset), if `winner_after` entrants have not "
                     "come first. The winner: the best goal conversion rate so far; on a tie, the best click rate, "
@@ -272,7 +302,7 @@ class SplitStep(_Step):
     @model_validator(mode="after")
     def _names(self) -> "SplitStep":
         if len({v.name for v in self.variants}) != len(self.variants):
-            raise ValueError("variant names must be unique")
+            raise FieldError("variants", "variant names must be unique")
         return self
 
 
@@ -318,7 +348,8 @@ class Journey(_Model):
         examples=[[{"segment_id": "6f1c9a52-3c1e-4d8e-9b1a-2f0c7e5d4a10"}]])
     message_type: Literal["marketing", "transactional"] = "marketing"
     topic: str | None = Field(None, max_length=100, examples=["offers"],
-                              description="subscription topic: people who opted out of it get nothing")
+                              description="subscription topic, one of the workspace's `topics`: people who opted "
+                                          "out of it get nothing")
 
     @model_validator(mode="after")
     def _default_rule(self) -> "Journey":

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from services.campaign import experiments, ingest_client, timing
 from services.campaign import journey_def as jd
+from shared import metrics, netguard
 from shared import workspace_config as wc
 from shared.auth import WORKSPACE_HEADER
 from shared.errors import UpstreamUnavailable
@@ -39,13 +40,20 @@ RETRY_AFTER = timedelta(minutes=5)
 SEND_LEASE_S = 120  # a claimed send is the claimer's this long; then the dispatcher's poll takes it again
 ENGAGEMENT_EVENTS = {"Email Opened": "opened", "Email Link Clicked": "clicked"}
 # delivery's events about a message a journey sent (they name its journey and step): "<mark>:<step>" in the
-# journey's `seen`, counted in the campaign's funnel; only opens and clicks are engagement (send-time optimisation)
+# journey's `seen`, counted in the campaign's funnel; only opens and clicks are engagement (send-time optimisation).
+# An unsubscribe through the message's own link (its unsubscribe or preference page) names it too.
 MESSAGE_EVENTS = {**ENGAGEMENT_EVENTS, "Email Delivered": "delivered", "SMS Delivered": "delivered",
-                  "Email Bounced": "bounced"}
+                  "Email Bounced": "bounced", "Unsubscribed": "unsubscribed"}
 _journey_adapter = TypeAdapter(jd.Journey)
 
 
 def parse(definition: dict[str, Any]) -> jd.Journey:
+    """A stored definition (saved by this release or an earlier one, whose checks may have been laxer)."""
+    return _journey_adapter.validate_python(definition, context=jd.STORED)
+
+
+def parse_new(definition: dict[str, Any]) -> jd.Journey:
+    """A definition about to be saved: held to today's rules."""
     return _journey_adapter.validate_python(definition)
 
 
@@ -626,6 +634,15 @@ async def advance_due(sessionmaker: async_sessionmaker[AsyncSession], internal: 
         return await _advance(sessionmaker, internal, http, now, limit, isolate=True, claim=claim_sends)
 
 
+# the journeys a worker should run now (a paused campaign's wait), for the scrape-time gauge of due work: read from
+# the front of ix_journeys_due, at most DUE_CAP of them, before their campaigns are looked at (a paused campaign's
+# million due journeys walked whole at every scrape otherwise)
+DUE_ROWS = ("select d.wake_at as due_at from (select j.wake_at, j.campaign_id from campaign.journeys j "
+            "where j.status in ('active', 'waiting') and j.wake_at <= now() order by j.wake_at "
+            f"limit {metrics.DUE_CAP}) d join campaign.campaigns c on c.id = d.campaign_id and c.status = 'active' "
+            "order by d.wake_at")
+
+
 async def _advance(sessionmaker: async_sessionmaker[AsyncSession], internal: InternalClient, http: httpx.AsyncClient,
                    now: datetime, limit: int, *, isolate: bool, claim: bool) -> Advanced:
     versions = VersionCache()
@@ -1029,7 +1046,14 @@ async def _identify(ctx: Context, j: dict[str, Any], step: jd.UpdateAttributeSte
 
 async def _webhook(ctx: Context, j: dict[str, Any], step: jd.WebhookStep) -> None:
     """Hand the call to delivery's webhook channel: signed (Tenure-Signature), retried on failure, refused
-    for private addresses, and visible in the deliveries log — once per journey step (idempotency key)."""
+    for private addresses, and visible in the deliveries log — once per journey step (idempotency key). A URL
+    delivery would refuse (a private address, saved before that was checked) is not handed over: the journey's
+    log says ``failed`` and why, and the journey goes on."""
+    try:  # (delivery's rule, checked here too: its refusal came later, while this log said "queued")
+        await netguard.check_public(step.url, allow_private=ctx.settings.webhook_allow_private)
+    except netguard.BlockedURL as exc:
+        await _log(ctx.session, j, "failed", f"webhook not called: delivery refuses {step.url}: {exc}", step=step.id)
+        return
     body = {"campaign_id": str(j["campaign_id"]), "journey_id": str(j["id"]), "step": step.id,
             "profile": ctx.profile, "trigger": j.get("trigger_data")}
     resp = await ctx.internal.request(

@@ -78,6 +78,8 @@ class Send(CampaignTable, table=True):
     __table_args__ = (
         UniqueConstraint("workspace_id", "idempotency_key"),
         Index("ix_sends_profile_recent", "workspace_id", "profile_id", "created_at"),
+        # a campaign's sends, newest first, paged after (created_at, id) (campaign_0009)
+        Index("ix_sends_campaign", "workspace_id", "campaign_id", "created_at", "id"),
         Index("ix_sends_pending", "next_attempt_at", postgresql_where="status = 'pending'"),
     )
 

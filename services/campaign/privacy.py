@@ -1,7 +1,8 @@
 """Erasure and export of what campaign holds about profiles: their journeys (with the trigger's data, the events
 they waited for) and each journey's path, the hours they engage at, the sends decided for them, their referral and
-loyalty records (codes, fingerprints, referrals on either side, rewards, ledger, badges), and the idempotency keys
-of API triggers that entered them."""
+loyalty records (codes, first touches, fingerprints, referrals on either side, rewards, ledger, badges), and the
+idempotency keys of API triggers that entered them. The export lists every kind the erasure deletes; fingerprints
+as they are kept, SHA-256 digests of an email, phone or device id (the values themselves are not held)."""
 
 import uuid
 from typing import Any
@@ -23,8 +24,6 @@ _PROGRAM_TABLES = {
     "loyalty_accounts": ("profile_id",),
     "trigger_keys": ("profile_id",),  # an API trigger's key names whom it entered
 }
-_EXPORTED = ("referral_codes", "referrals", "referral_rewards", "loyalty_accounts", "loyalty_ledger",
-             "loyalty_badges")
 
 
 def _where(columns: tuple[str, ...]) -> str:
@@ -87,7 +86,7 @@ async def export(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) ->
         {"ws": ws, "p": pids},
     )
     out["engagement_hours"] = [dict(r) for r in hours.mappings()]
-    for table in _EXPORTED:
+    for table in _PROGRAM_TABLES:  # each kind the erasure deletes (docs/programs.md says the export has them)
         found = await session.execute(text(f"select * from campaign.{table} where workspace_id = :ws "
                                            f"and ({_where(_PROGRAM_TABLES[table])})"), {"ws": ws, "p": pids})
         out[table] = [dict(r) for r in found.mappings()]

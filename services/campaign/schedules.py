@@ -106,8 +106,15 @@ async def _enter_page(session: AsyncSession, internal: InternalClient, run: dict
     params: dict[str, Any] = {"limit": PAGE}
     if run["cursor"] and not _is_uuid(run["cursor"]):  # a run begun when cursors were profile ids starts over:
         params["after"] = run["cursor"]                # entering is idempotent per slot, nobody enters twice
-    resp = await internal.request("GET", "segment", f"/v1/segments/{trigger.segment_id}/members", params=params,
+    members = f"/v1/segments/{trigger.segment_id}/members"
+    resp = await internal.request("GET", "segment", members, params=params,
                                   headers={WORKSPACE_HEADER: str(run["workspace_id"])})
+    if resp.status_code == 400 and "after" in params:  # a cursor segment no longer takes (given before an upgrade
+        # changed cursors, or before the signing secret was rotated): the run starts over, as above
+        log.warning("campaign.schedule_cursor_refused", campaign_id=str(run["campaign_id"]))
+        del params["after"]
+        resp = await internal.request("GET", "segment", members, params=params,
+                                      headers={WORKSPACE_HEADER: str(run["workspace_id"])})
     if resp.status_code == 404 or run["status"] != "active":
         await session.execute(text("update campaign.schedule_runs set done = true where campaign_id = :c "
                                    "and slot = :s"), {"c": run["campaign_id"], "s": run["slot"]})

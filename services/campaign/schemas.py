@@ -1,12 +1,20 @@
 """The public contract of the campaign service."""
 
+import re
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.campaign import journey_def as jd
-from shared.validation import FieldError, Ref, StorableModel
+from shared.validation import (
+    MESSAGE_BODY_MAX,
+    MESSAGE_SUBJECT_MAX,
+    SMS_TEXT_MAX,
+    FieldError,
+    Ref,
+    StorableModel,
+)
 
 
 class _Body(StorableModel):
@@ -21,16 +29,20 @@ _OR_DEFAULT = "; omitted: the less specific locale's, else the template's"
 
 
 class LocaleVariant(_Body):
-    subject: str | None = Field(None, max_length=998, description="the subject (a push's title)" + _OR_DEFAULT
+    subject: str | None = Field(None, max_length=MESSAGE_SUBJECT_MAX,
+                                description="the subject (a push's title)" + _OR_DEFAULT
                                 + " (also in a variant that gives the body: give both to translate both)")
     preheader: str | None = Field(None, max_length=500, description="the email preheader" + _OR_DEFAULT
                                   + " (also in a variant that gives the body)")
-    html: str | None = Field(None, description="the HTML body (Liquid); the body (HTML and text) is taken whole "
-                                               "from the first locale of the chain that has either part, else the "
-                                               "template's (its text part made from this HTML when it has none)")
-    text: str | None = Field(None, description="the text body (Liquid; an SMS's text, a push's body); with `html`, "
-                                               "taken whole from the first locale of the chain that has either, else "
-                                               "the template's (text alone: a text-only email)")
+    html: str | None = Field(None, max_length=MESSAGE_BODY_MAX,
+                             description="the HTML body (Liquid); the body (HTML and text) is taken whole "
+                                         "from the first locale of the chain that has either part, else the "
+                                         "template's (its text part made from this HTML when it has none)")
+    text: str | None = Field(None, max_length=MESSAGE_BODY_MAX,
+                             description=f"the text body (Liquid; an SMS's text of at most {SMS_TEXT_MAX:,} "
+                                         "characters, a push's body); with `html`, "
+                                         "taken whole from the first locale of the chain that has either, else "
+                                         "the template's (text alone: a text-only email)")
     deep_link: str | None = Field(None, max_length=2000, description="push: the deep link" + _OR_DEFAULT)
     image: str | None = Field(None, max_length=2000, description="push: the image URL" + _OR_DEFAULT)
 
@@ -51,12 +63,16 @@ class TemplateCreate(_Body):
     channel: Literal["email", "sms", "push"] = Field(
         "email", description="sms: to the profile's `phone` trait; push: to its registered devices (subject = title, "
                              "text = body)")
-    subject: str = Field("", max_length=998, examples=["Welcome, {{ profile.first_name }}!"],
+    subject: str = Field("", max_length=MESSAGE_SUBJECT_MAX, examples=["Welcome, {{ profile.first_name }}!"],
                          description="required for email")
     preheader: str | None = Field(None, max_length=500, examples=["Three things to try first"],
                                   description="the preview line mail clients show after the subject")
-    html: str | None = Field(None, examples=["<p>Hi {{ profile.first_name | default: 'there' }}</p>"])
-    text: str | None = Field(None, examples=["Hi {{ profile.first_name | default: 'there' }}"])
+    html: str | None = Field(None, max_length=MESSAGE_BODY_MAX,
+                             examples=["<p>Hi {{ profile.first_name | default: 'there' }}</p>"],
+                             description="the HTML body (delivery takes at most 1,000,000 characters)")
+    text: str | None = Field(None, max_length=MESSAGE_BODY_MAX,
+                             examples=["Hi {{ profile.first_name | default: 'there' }}"],
+                             description=f"the text body; an SMS's text is at most {SMS_TEXT_MAX:,} characters")
     deep_link: str | None = Field(None, max_length=2000, examples=["acme://orders/{{ event.properties.order_id }}"],
                                   description="push: where tapping the notification leads (app link or https URL)")
     image: str | None = Field(None, max_length=2000,
@@ -79,11 +95,19 @@ class TemplateCreate(_Body):
         if self.channel == "sms" and (wrong := _first_wrong(text=not self.text, html=self.html, subject=self.subject,
                                                             preheader=self.preheader)):
             raise FieldError(wrong, "an SMS template has text only")
+        if self.channel == "sms":  # (delivery's limit: a longer SMS would fail every send)
+            for at, sms in (("text",), self.text), *((("locales", c, "text"), v.text) for c, v in self.locales.items()):
+                if sms is not None and len(sms) > SMS_TEXT_MAX:
+                    raise FieldError(at, f"an SMS is at most {SMS_TEXT_MAX:,} characters (this text has {len(sms):,})")
         if self.channel == "push" and (wrong := _first_wrong(subject=not self.subject.strip(), text=not self.text,
                                                              html=self.html, preheader=self.preheader)):
             raise FieldError(wrong, "a push template has a title (subject) and a body (text)")
         if self.channel != "push" and (self.deep_link or self.image):
             raise FieldError("deep_link" if self.deep_link else "image", "deep_link and image are for push templates")
+        images = (("image",), self.image), *((("locales", c, "image"), v.image) for c, v in self.locales.items())
+        for at, image in images:
+            if image is not None and not _may_be_https(image):
+                raise FieldError(at, "image is an https URL (push services fetch the image over https only)")
         for code, variant in self.locales.items():  # a variant translates the channel's own fields only
             if wrong := next((f for f in _NOT_ON[self.channel] if getattr(variant, f) is not None), None):
                 raise FieldError(("locales", code, wrong),
@@ -93,6 +117,13 @@ class TemplateCreate(_Body):
 
 _NOT_ON = {"email": ("deep_link", "image"), "sms": ("subject", "preheader", "html", "deep_link", "image"),
            "push": ("preheader", "html")}
+
+
+def _may_be_https(source: str) -> bool:
+    """Whether a field's Liquid may render an https URL: what it writes out before its first tag or output starts
+    so, or could (``{{ image_url }}``, ``https://cdn/{{ sku }}.jpg`` yes; ``http://…`` no)."""
+    literal = re.split(r"\{[{%]", source, maxsplit=1)[0].lstrip().lower()
+    return literal.startswith("https://") or "https://".startswith(literal)
 
 
 def body_part(value: str | None) -> str | None:
@@ -137,7 +168,8 @@ class CampaignCreate(_Body):
         None, description="segments or lifecycle stages: entering any of them ends the journey at once (leave "
                           "when a condition becomes true: a trial nurture ends when the user becomes a customer)")
     message_type: Literal["marketing", "transactional"] = "marketing"
-    topic: str | None = Field(None, max_length=100, description="subscription topic (see delivery's preferences)")
+    topic: str | None = Field(None, max_length=100, description="subscription topic (see delivery's preferences): one "
+                                                                "of the workspace's `topics` (else a 422)")
     status: Literal["active", "paused"] = "active"
 
 
@@ -168,7 +200,8 @@ class CampaignUpdate(_Body):
         None, description="segments or lifecycle stages: entering any of them ends the journey at once (leave "
                           "when a condition becomes true: a trial nurture ends when the user becomes a customer)")
     message_type: Literal["marketing", "transactional"] | None = Field(None, description="omitted: unchanged")
-    topic: str | None = Field(None, max_length=100, description="omitted: unchanged; null: no topic any more")
+    topic: str | None = Field(None, max_length=100, description="omitted: unchanged; null: no topic any more; one "
+                                                                "of the workspace's `topics` (else a 422)")
 
 
 class CampaignOut(BaseModel):
@@ -258,7 +291,9 @@ class CampaignStats(BaseModel):
     sends_by_step: dict[str, Any] = Field(description="per send step: queued, dispatched (handed to delivery), failed "
                                                       "and skipped (by reason); then what delivery reported of them: "
                                                       "delivered (a provider's delivery report: SendGrid, Twilio — "
-                                                      "plain SMTP reports none), bounced, opened, clicked")
+                                                      "plain SMTP reports none), bounced, opened, clicked, and "
+                                                      "unsubscribed (through the message's own unsubscribe link or "
+                                                      "preference page)")
     converted: int
     conversion_rate: float | None
     holdout_converted: int

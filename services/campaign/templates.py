@@ -3,7 +3,8 @@
 HTML bodies are rendered with auto-escaping (a trait such as a first name can never inject markup);
 subjects and text bodies are plain text. Snippets (the workspace's shared partials) are available to
 ``{% render 'name' %}`` and ``{% include 'name' %}``. Rendered HTML gets its ``<style>`` rules inlined
-for email clients (css-inline), and a plain-text part is generated from it when the template has none.
+for email clients (css-inline; those no style attribute can hold, such as ``@media`` and ``:hover``, stay in
+the ``<style>`` block), and a plain-text part is generated from it when the template has none.
 
 Two filters speak the recipient's time and language (the caller says which: ``zone``, ``locale``):
 ``date`` is Liquid's own, fed the time in the recipient's zone (:func:`in_zone`), and ``money`` formats an
@@ -166,7 +167,10 @@ class _Environment(Environment):
 
 _html = _Environment(autoescape=True)
 _plain = _Environment(autoescape=False)
-_inliner = css_inline.CSSInliner(load_remote_stylesheets=False, keep_style_tags=False)
+# Rules that cannot go into a style attribute (``@media``, ``:hover``, ``@font-face``: responsive and dark-mode
+# templates) stay in their ``<style>`` block; only the inlined ones leave it (an emptied block is dropped).
+_inliner = css_inline.CSSInliner(load_remote_stylesheets=False, keep_style_tags=True, remove_inlined_selectors=True)
+_EMPTY_STYLE = re.compile(r"<style\b[^>]*>\s*</style>", re.IGNORECASE)
 _LINE_BREAKS = re.compile(r"\s*[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+\s*")  # what str.splitlines() breaks on
 
 
@@ -248,6 +252,10 @@ def validate(fields: dict[str, str | None], snippets: dict[str, str] | None = No
                 analysis = template.analyze(include_partials=False)  # (a name computed when rendering)
         except LiquidError as exc:
             raise _syntax_error(name, source, exc) from None
+        if snippets and (loop := render_loop(template, snippets)):
+            cycle, index = loop
+            raise TemplateError(name, f"snippets render each other in a loop: {' → '.join(map(repr, cycle))} (a "
+                                      "render would never end)", *_position(source, index))
         if unknown := sorted(set(analysis.filters) - set(env.filters)):
             span = analysis.filters[unknown[0]][0]
             raise TemplateError(name, f"unknown filter {unknown[0]!r}",
@@ -305,6 +313,47 @@ def _names_partials_when_rendering(template: BoundTemplate) -> bool:
     return False
 
 
+def _partials(template: BoundTemplate) -> list[tuple[str, int]]:
+    """The snippets a template renders or includes by a name written out, each with where (its offset)."""
+    static = RenderContext(template)
+    out: list[tuple[str, int]] = []
+    todo = list(template.nodes)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (RenderNode, IncludeNode)) and isinstance(node.name, StringLiteral):
+            out.append((node.name.value, node.token.start_index))
+        todo.extend(node.children(static, include_partials=False))
+    return sorted(out, key=lambda p: p[1])
+
+
+def render_loop(template: BoundTemplate, snippets: dict[str, str]) -> tuple[list[str], int] | None:
+    """A loop of snippets rendering (or including) each other that a render of ``template`` enters, as the names
+    around it (``['a', 'b', 'a']``) and the offset in ``template`` of the render leading there; None if there is
+    none. Liquid gives up on such a render only at its depth limit ("maximum context depth reached"): every
+    preview and send of the template failed. (A snippet named when rendering is not followed.)"""
+    seen: set[str] = set()  # snippets explored to the end without a loop
+
+    def walk(name: str, path: list[str]) -> list[str] | None:
+        if name in path:
+            return [*path[path.index(name):], name]
+        if name in seen or name not in snippets:
+            return None
+        try:
+            inner = _parsed("text", snippets[name], ())
+        except LiquidError:
+            return None  # (its own check says what is wrong with it)
+        for child, _ in _partials(inner):
+            if found := walk(child, [*path, name]):
+                return found
+        seen.add(name)
+        return None
+
+    for name, index in _partials(template):
+        if cycle := walk(name, []):
+            return cycle, index
+    return None
+
+
 def _filters(template: BoundTemplate) -> Iterator[Filter]:
     """The filters a template applies, in its own source (not in the snippets it renders)."""
     static = RenderContext(template)
@@ -354,7 +403,7 @@ def render(fields: dict[str, str | None], variables: dict[str, Any], snippets: d
     preheader = _one_line(out.get("preheader")) or None
     if html and "<style" in html.lower():  # only documents with style rules need (and get) inlining
         try:
-            html = _inliner.inline(html)
+            html = _EMPTY_STYLE.sub("", _inliner.inline(html))
         except ValueError as exc:
             raise TemplateError("html", f"CSS could not be inlined: {exc}") from None
     text = out.get("text") or (html_to_text(html) if html else None)
@@ -399,13 +448,28 @@ def for_locale(template: dict[str, Any], locale: Any) -> tuple[dict[str, str | N
     part with the default's English text): a missing text part is then made from that HTML at render, and a
     variant with text only makes a text-only email. Variant keys are spelled like profile locales
     (``fr_CA`` = ``fr-ca``)."""
-    variants = {chain[0]: v or {} for k, v in (template.get("locales") or {}).items() if (chain := locale_chain(k))}
-    codes = [code for code in locale_chain(locale) if code in variants]
+    variants, codes = _chain_of_variants(template, locale)
     fields = {f: next((variants[c][f] for c in codes if variants[c].get(f) is not None), template.get(f))
               for f in FIELDS if f not in BODY}
-    body = next((variants[c] for c in codes if any(variants[c].get(f) is not None for f in BODY)), template)
+    body = variants[code] if (code := _body_variant(variants, codes)) else template
     fields.update({f: body.get(f) for f in BODY})
     return fields, codes[0] if codes else None
+
+
+def body_locale(template: dict[str, Any], locale: Any) -> str | None:
+    """The variant the body comes from for a profile's locale (``fr-ca``, ``fr``; None: the default's), as
+    :func:`for_locale` picks it: the message's language, which delivery's footer and pages must speak too."""
+    return _body_variant(*_chain_of_variants(template, locale))
+
+
+def _chain_of_variants(template: dict[str, Any], locale: Any) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The template's variants by normalised key, and the codes of ``locale``'s chain it has, most specific first."""
+    variants = {chain[0]: v or {} for k, v in (template.get("locales") or {}).items() if (chain := locale_chain(k))}
+    return variants, [code for code in locale_chain(locale) if code in variants]
+
+
+def _body_variant(variants: dict[str, dict[str, Any]], codes: list[str]) -> str | None:
+    return next((c for c in codes if any(variants[c].get(f) is not None for f in BODY)), None)
 
 
 def variables_for(profile: dict[str, Any], trigger: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import structlog
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import StringConstraints, ValidationError
 
-from services.delivery import consent, devices, links, outbox, pages, webhook_channel, webpush
+from services.delivery import consent, devices, links, outbox, pages, texts, webhook_channel, webpush
 from services.delivery.schemas import (
     BatchIn,
     BatchOut,
@@ -35,10 +35,19 @@ from services.delivery.schemas import (
 from shared import netguard
 from shared.auth import WorkspaceDep
 from shared.core import workspace_settings
-from shared.db import SessionDep
-from shared.errors import COMMON_ERRORS, Conflict, NotFound, UpstreamUnavailable, ValidationFailed, problem_schema
-from shared.idempotency import mark_replayed, replay_response
-from shared.pagination import AfterDep, PageDep
+from shared.db import SessionDep, Stamp
+from shared.errors import (
+    COMMON_ERRORS,
+    Conflict,
+    NotFound,
+    UpstreamUnavailable,
+    ValidationFailed,
+    body_error,
+    place_error,
+    problem_schema,
+)
+from shared.idempotency import keys_differ, mark_replayed, replay_response
+from shared.pagination import PageDep, StampAfterDep
 from shared.routing import SegmentRoute
 from shared.settings import Settings
 from shared.validation import IsoDatetime, StorableText, error_message, unstorable
@@ -74,10 +83,12 @@ async def send_message(
                                                         description="alternative to the body field")] = None,
 ) -> dict[str, Any]:
     if idempotency_key and body.idempotency_key and idempotency_key != body.idempotency_key:
-        raise ValidationFailed("Idempotency-Key header and idempotency_key field differ")
+        raise keys_differ()
     key = idempotency_key or body.idempotency_key
     if not key:
-        raise ValidationFailed("An idempotency_key (or an Idempotency-Key header) is required", field="idempotency_key")
+        raise ValidationFailed("An idempotency_key (or an Idempotency-Key header) is required", field="idempotency_key",
+                               errors=[place_error(["body", "idempotency_key"], "required here or as the "
+                                                   "Idempotency-Key header", "missing")])
     settings: Settings = request.app.state.settings
     data = {**_hashed(body), "idempotency_key": key}
     async with session.begin():
@@ -124,6 +135,10 @@ async def send_messages(body: BatchIn, ws: WorkspaceDep, session: SessionDep, re
         stored = await outbox.enqueue_many(session, ws, [(_hashed(item), item.from_ or settings.email_from)
                                                          for _, item in valid])
     for (i, item), outcome in zip(valid, stored, strict=True):
+        if isinstance(outcome, ValidationFailed):  # (a topic the workspace does not have)
+            results[i] = {"idempotency_key": item.idempotency_key, "result": "invalid", "error": "; ".join(
+                f"{e['at']}: {e['msg']}" for e in outcome.extra["errors"])}
+            continue
         if isinstance(outcome, Conflict):
             results[i] = {"idempotency_key": item.idempotency_key, "result": "conflict", "error": str(outcome)}
             continue
@@ -162,12 +177,15 @@ class LogFilters:
 
 @router.get("/messages", response_model=MessageList, operation_id="list_messages",
             summary="The deliveries log: filter by status, recipient, channel, user, campaign and time",
+            description="Newest first: by `created_at`, then by `id` (descending) among messages queued together. "
+                        "Messages queued while a client pages sort before its first page: the next pages hold what "
+                        "they would have held, nothing skipped or repeated.",
             responses=COMMON_ERRORS)
-async def list_messages(ws: WorkspaceDep, session: SessionDep, page: AfterDep,
+async def list_messages(ws: WorkspaceDep, session: SessionDep, page: StampAfterDep,
                         filters: Annotated[LogFilters, Depends()],
                         limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
     async with session.begin():
-        items, nxt = await outbox.list_messages(session, ws, filters.values, after=page.position, limit=limit)
+        items, nxt = await outbox.list_messages(session, ws, filters.values, after=page.stamp, limit=limit)
     return {"messages": items, "next_cursor": page.next(nxt)}
 
 
@@ -176,13 +194,15 @@ CSV_MAX_ROWS = 100_000
 
 @router.get("/messages.csv", operation_id="export_messages_csv", response_class=Response,
             summary="The deliveries log as CSV (same filters), with the reason of every skip or failure",
+            description="Newest first, as `GET /v1/messages`.",
             responses={200: {"content": {"text/csv": {}}}, **COMMON_ERRORS})
 async def export_messages(ws: WorkspaceDep, session: SessionDep, filters: Annotated[LogFilters, Depends()]
                           ) -> Response:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(outbox.CSV_COLUMNS)
-    after, written = None, 0
+    after: Stamp | None = None
+    written = 0
     async with session.begin():
         while True:
             items, after = await outbox.list_messages(session, ws, filters.values, after=after, limit=1000)
@@ -259,11 +279,13 @@ async def register_device(body: DeviceIn, ws: WorkspaceDep, session: SessionDep,
     settings: Settings = request.app.state.settings
     endpoint = body.subscription.endpoint
     if not settings.webhook_allow_private and not endpoint.startswith("https://"):
-        raise ValidationFailed("subscription.endpoint must be an https URL", field="subscription.endpoint")
+        raise ValidationFailed("subscription.endpoint must be an https URL", field="subscription.endpoint",
+                               errors=[body_error("subscription.endpoint", "must be an https URL")])
     try:
         await netguard.check_public(endpoint, allow_private=settings.webhook_allow_private)
     except netguard.BlockedURL as exc:
-        raise ValidationFailed(f"subscription.endpoint refused: {exc}", field="subscription.endpoint") from None
+        raise ValidationFailed(f"subscription.endpoint refused: {exc}", field="subscription.endpoint",
+                               errors=[body_error("subscription.endpoint", f"refused: {exc}")]) from None
     async with session.begin():
         return await devices.register(session, ws, body.user, "web", endpoint, body.subscription.keys.p256dh,
                                       body.subscription.keys.auth)
@@ -323,7 +345,8 @@ async def record_sms_opt_in(body: SmsOptInIn, ws: WorkspaceDep, session: Session
                      responses=COMMON_ERRORS)
 async def request_opt_in(body: OptInIn, ws: WorkspaceDep, session: SessionDep, request: Request) -> dict[str, Any]:
     settings: Settings = request.app.state.settings
-    t = pages.TEXTS[body.locale]
+    lang = texts.page_language(body.locale)  # (fr-CA, fr_FR → fr; a language without texts → en)
+    t = pages.TEXTS[lang]
     async with session.begin():
         opt_in = await consent.request_opt_in(session, ws, body.email, body.topics)
         if opt_in["confirmed_at"] is not None:
@@ -333,7 +356,7 @@ async def request_opt_in(body: OptInIn, ws: WorkspaceDep, session: SessionDep, r
             "idempotency_key": f"opt-in:{body.email.lower()}:{opt_in['requested_at'].isoformat()}",
             "channel": "email", "to": body.email, "subject": t["confirm_subject"], "locale": body.locale,
             # the link names the email's language: the page it opens goes on in it, whatever the browser asks for
-            "text": t["confirm_body"].format(url=f"{links.CONFIRM}?lang={body.locale}"), "html": None,
+            "text": t["confirm_body"].format(url=f"{links.CONFIRM}?lang={lang}"), "html": None,
             "message_type": "transactional",
             "metadata": {k: v for k, v in {"userId": body.user_id, "anonymousId": body.anonymous_id}.items() if v}},
             settings.email_from)

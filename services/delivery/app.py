@@ -2,8 +2,10 @@
 
 from fastapi import FastAPI
 
-from services.delivery import pages, privacy, webhooks
+from services.delivery import outbox, pages, privacy, webhooks
 from services.delivery.api import consent_router, router
+from shared.errors import problem_schema
+from shared.metrics import due_work_refresh
 from shared.privacy import person_privacy_router
 from shared.settings import Settings
 from shared.web import create_service_app
@@ -25,8 +27,11 @@ BODY_LIMITS = (("/u/", 64 * 1024), ("/p/", 64 * 1024), ("/confirm/", 64 * 1024),
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     routers = [router, consent_router, pages.router, webhooks.router,
-               person_privacy_router("delivery", privacy.erase, privacy.export)]
+               person_privacy_router("delivery", privacy.erase, privacy.export, erase_responses={409: problem_schema(
+                   "A message to the person is with a sender right now: ask again once it is out (within the "
+                   "delivery lease); nothing was erased")})]
     app = create_service_app("delivery", settings or Settings(), routers=routers, description=DESCRIPTION,
-                             body_limits=BODY_LIMITS)
+                             body_limits=BODY_LIMITS,
+                             metrics_refresh=[due_work_refresh("delivery", "messages", outbox.DUE_ROWS)])
     pages.install_page_errors(app)
     return app

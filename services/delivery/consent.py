@@ -9,26 +9,28 @@ Every change is logged (time, source) and queued as an event for ingest (``feedb
 """
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.core import workspace_settings
 from shared.db import fetch_page
-from shared.errors import BadRequest
+from shared.errors import InvalidCursor, ValidationFailed, body_error
 from shared.jsonutil import dumps
+from shared.workspace_config import topics_of, unknown_topic
 
-DEFAULT_TOPICS = [
-    {"id": "product_news", "label": {"en": "Product news", "fr": "Nouveautés produit", "de": "Produktneuheiten"}},
-    {"id": "offers", "label": {"en": "Offers and discounts", "fr": "Offres et réductions",
-                               "de": "Angebote und Rabatte"}},
-]
 ALWAYS_BLOCKING = ("hard_bounce", "complaint")
 
 
-def topics_of(settings: dict[str, Any] | None) -> list[dict[str, Any]]:
-    topics = (settings or {}).get("topics")
-    return topics if isinstance(topics, list) and topics else DEFAULT_TOPICS
+async def topic_problems(session: AsyncSession, ws: uuid.UUID, topics: list[str | None]) -> list[str | None]:
+    """Per topic named, why it is none of the workspace's topics (None: it is one, or none is named): the settings
+    are read once, and not at all when no topic is named (transactional mail mostly names none)."""
+    if all(t is None for t in topics):
+        return [None] * len(topics)
+    settings = await workspace_settings(session, ws)
+    return [None if t is None else unknown_topic(settings, t) for t in topics]
 
 
 Intent = tuple[uuid.UUID, str, str, str, str | None]  # (workspace, channel, address, message type, topic)
@@ -88,6 +90,11 @@ def _reason(row: Any, channel: str, message_type: str, topic: str | None) -> str
 
 
 async def request_opt_in(session: AsyncSession, ws: uuid.UUID, address: str, topics: list[str]) -> dict[str, Any]:
+    """Record (or renew) an address's request to subscribe to ``topics``, each one of the workspace's (else a 422
+    naming it: confirming it would subscribe to nothing anyone can see or change)."""
+    if errors := [body_error(["topics", i], p) for i, p in enumerate(await topic_problems(session, ws, list(topics)))
+                  if p]:
+        raise ValidationFailed(f"Unknown topic: {errors[0]['msg']}", errors=errors)
     row = (await session.execute(text(
         "insert into delivery.opt_ins (workspace_id, address, topics) values (:ws, :a, CAST(:t AS jsonb)) "
         "on conflict (workspace_id, address) do update set topics = excluded.topics, requested_at = now() "
@@ -129,7 +136,7 @@ async def record_sms_opt_in(session: AsyncSession, ws: uuid.UUID, number: str, s
 
 async def _log(session: AsyncSession, ws: uuid.UUID, address: str, channel: str, action: str, source: str,
                topic: str | None = None, identity: dict[str, Any] | None = None,
-               evidence: dict[str, Any] | None = None) -> None:
+               evidence: dict[str, Any] | None = None, via: dict[str, Any] | None = None) -> None:
     await session.execute(text(
         "insert into delivery.consent_log (workspace_id, address, channel, topic, action, source, evidence) "
         "values (:ws, :a, :ch, :t, :action, :src, CAST(:ev AS jsonb))"),
@@ -138,7 +145,7 @@ async def _log(session: AsyncSession, ws: uuid.UUID, address: str, channel: str,
     event = {"unsubscribed": "Unsubscribed", "resubscribed": "Resubscribed", "confirmed": "Opted In",
              "opted_in": "Opted In"}.get(action, "Subscription Changed")
     await queue_event(session, ws, identity, event, {"channel": channel, "address": address.lower(), "topic": topic,
-                                                     "action": action, "source": source})
+                                                     "action": action, "source": source, **(via or {})})
 
 
 async def texted_identity(session: AsyncSession, ws: uuid.UUID, number: str) -> dict[str, Any] | None:
@@ -150,10 +157,28 @@ async def texted_identity(session: AsyncSession, ws: uuid.UUID, number: str) -> 
     return identity_of({"metadata": meta}) if meta else None
 
 
+async def opted_in_since(session: AsyncSession, ws: uuid.UUID, channel: str, address: str, since: datetime,
+                         source: str | None = None) -> bool:
+    """Whether the address opted back in after ``since`` (lifted an unsubscribe, confirmed a double opt-in, texted
+    START; only through ``source`` when given): a provider's report of an opt-out older than that (SendGrid's
+    ``unsubscribe`` replayed, Twilio's 21610 about an earlier text) must not suppress it again."""
+    return bool((await session.execute(text(
+        "select exists (select 1 from delivery.consent_log where workspace_id = :ws and address = :a "
+        "and channel = :ch and action in ('resubscribed', 'confirmed', 'opted_in') "
+        "and (CAST(:src AS text) is null or source = :src) and at > :since)"),
+        {"ws": ws, "a": address.lower(), "ch": channel, "src": source, "since": since})).scalar_one())
+
+
 def identity_of(message: dict[str, Any]) -> dict[str, Any]:
     """Who a message was for, as ingest knows them (``metadata.userId`` / ``metadata.anonymousId``)."""
     meta = message.get("metadata") or {}
     return {k: meta.get(k) for k in ("userId", "anonymousId")}
+
+
+def via_message(message: dict[str, Any]) -> dict[str, Any]:
+    """What a consent change made through a message's link (unsubscribe, preference page) names of that message: its
+    id and the campaign step that sent it, so the campaign counts the unsubscribes it caused."""
+    return {"message_id": str(message["id"]), **journey_of(message)}
 
 
 def journey_of(message: dict[str, Any]) -> dict[str, Any]:
@@ -179,7 +204,7 @@ async def queue_event(session: AsyncSession, ws: uuid.UUID, identity: dict[str, 
 
 
 async def suppress(session: AsyncSession, ws: uuid.UUID, channel: str, address: str, reason: str, source: str,
-                   identity: dict[str, Any] | None = None) -> bool:
+                   identity: dict[str, Any] | None = None, via: dict[str, Any] | None = None) -> bool:
     # a hard bounce or complaint outranks an earlier unsubscribe or manual entry (it also stops transactional
     # mail and cannot be lifted from the preference page)
     res = await session.execute(text(
@@ -190,12 +215,13 @@ async def suppress(session: AsyncSession, ws: uuid.UUID, channel: str, address: 
         {"ws": ws, "ch": channel, "a": address.lower(), "r": reason, "src": source})
     if res.rowcount:  # type: ignore[attr-defined]
         await _log(session, ws, address, channel, "unsubscribed" if reason == "unsubscribed" else "suppressed",
-                   source, identity=identity)
+                   source, identity=identity, via=via)
     return bool(res.rowcount)  # type: ignore[attr-defined]
 
 
 async def unsuppress(session: AsyncSession, ws: uuid.UUID, channel: str, address: str, source: str,
-                     identity: dict[str, Any] | None = None, *, only_unsubscribed: bool = False) -> bool:
+                     identity: dict[str, Any] | None = None, *, only_unsubscribed: bool = False,
+                     via: dict[str, Any] | None = None) -> bool:
     """Lift a suppression (never a hard bounce or complaint; with ``only_unsubscribed``, as a recipient
     may, only one they made themselves)."""
     res = await session.execute(text(
@@ -203,7 +229,7 @@ async def unsuppress(session: AsyncSession, ws: uuid.UUID, channel: str, address
         "and reason not in ('hard_bounce', 'complaint') and (not :own or reason = 'unsubscribed')"),
         {"ws": ws, "ch": channel, "a": address.lower(), "own": only_unsubscribed})
     if res.rowcount:  # type: ignore[attr-defined]
-        await _log(session, ws, address, channel, "resubscribed", source, identity=identity)
+        await _log(session, ws, address, channel, "resubscribed", source, identity=identity, via=via)
     return bool(res.rowcount)  # type: ignore[attr-defined]
 
 
@@ -220,7 +246,7 @@ async def preferences(session: AsyncSession, ws: uuid.UUID, address: str, settin
 
 
 async def set_topics(session: AsyncSession, ws: uuid.UUID, address: str, choices: dict[str, bool], source: str,
-                     identity: dict[str, Any] | None = None) -> int:
+                     identity: dict[str, Any] | None = None, via: dict[str, Any] | None = None) -> int:
     current = dict((await session.execute(text(
         "select topic, subscribed from delivery.subscriptions where workspace_id = :ws and address = :a "
         "for update"), {"ws": ws, "a": address.lower()})).all())
@@ -235,7 +261,8 @@ async def set_topics(session: AsyncSession, ws: uuid.UUID, address: str, choices
             {"ws": ws, "a": address.lower(), "t": topic, "on": on})
         if res.rowcount:  # type: ignore[attr-defined]
             changed += 1
-            await _log(session, ws, address, "email", "topic_on" if on else "topic_off", source, topic, identity)
+            await _log(session, ws, address, "email", "topic_on" if on else "topic_off", source, topic, identity,
+                       via=via)
     return changed
 
 
@@ -255,7 +282,7 @@ async def list_suppressions(session: AsyncSession, ws: uuid.UUID, channel: str |
     if after:
         after_channel, _, after_address = after.partition(":")
         if not (after_channel.isascii() and after_channel.isalpha() and after_address):
-            raise BadRequest("Invalid cursor: pass the next_cursor of a previous page")
+            raise InvalidCursor()
     items, more = await fetch_page(
         session,
         "select channel, address, reason, source, created_at from delivery.suppressions where workspace_id = :ws "

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.delivery.push import Device
 from shared.db import fetch_page, row_dict
-from shared.errors import BadRequest
+from shared.errors import InvalidCursor
 
 _COLS = "user_ref as user, platform, token, created_at, last_used_at, webpush_p256dh is not null as web_push"
 
@@ -42,7 +42,7 @@ async def list_devices(session: AsyncSession, ws: uuid.UUID, user: str, after: s
         except ValueError:
             since = None
         if since is None or since.tzinfo is None or not token:
-            raise BadRequest("Invalid cursor: pass the next_cursor of a previous page of this list")
+            raise InvalidCursor()
     items, more = await fetch_page(
         session,
         f"select {_COLS} from delivery.devices where workspace_id = :ws and user_ref = :u "

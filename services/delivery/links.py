@@ -10,21 +10,22 @@ import re
 import uuid
 from dataclasses import dataclass
 from functools import cached_property
-from html import escape, unescape
+from html import escape
 from urllib.parse import quote
 
 from services.delivery import signing
 from services.delivery.texts import TEXTS, language_of
+from shared.html_text import href_url
 
 UNSUBSCRIBE = "%%unsubscribe_url%%"
 PREFERENCES = "%%preferences_url%%"
 CONFIRM = "%%confirm_url%%"  # double opt-in confirmation emails
 POSTAL_ADDRESS = "%%postal_address%%"  # the workspace's ``postal_address`` (CAN-SPAM: in every marketing email)
 MAX_CLICK_URL = 4000  # longest destination the click redirect takes (pages.click); a longer link is left as written
-_HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(https?://[^"']+)\2""", re.IGNORECASE)
-# character references an HTML parser decodes in an attribute value (``&amp;``, ``&#38;``, ``&#x26;``, ``&quot;``);
-# one without its ";" (``?a=1&copy=2``) stays as written there, as browsers leave it
-_CHAR_REF = re.compile(r"&(?:#[0-9]+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);")
+_HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])([^"']+)\2""", re.IGNORECASE)
+_WEB = re.compile(r"https?://", re.IGNORECASE)
+_PIXEL_TAG = '<img src="{}" width="1" height="1" alt="" style="display:none">'
+_PIXEL = re.compile(re.escape(_PIXEL_TAG).replace(r"\{\}", r'[^"<>]*/o/[A-Za-z0-9_-]+\.gif'))
 
 
 @dataclass(frozen=True)
@@ -97,9 +98,9 @@ def decorate_html(html: str, links: Links, *, marketing: bool) -> str:
     out = _placeholders(html, links, quote_=True)
 
     def route(m: re.Match[str]) -> str:
-        url = _CHAR_REF.sub(lambda ref: unescape(ref.group(0)), m.group(3))  # the URL a browser would follow
-        if url.startswith(links.base) and url in (links.unsubscribe, links.preferences, links.confirm) \
-                or len(url) > MAX_CLICK_URL:
+        url = href_url(m.group(3))  # the URL a browser would follow (the text part shows the same: html_text)
+        if not _WEB.match(url) or url.startswith(links.base) and url in (
+                links.unsubscribe, links.preferences, links.confirm) or len(url) > MAX_CLICK_URL:
             return m.group(0)
         return f"{m.group(1)}{m.group(2)}{escape(links.click(url))}{m.group(2)}"
 
@@ -112,9 +113,15 @@ def decorate_html(html: str, links: Links, *, marketing: bool) -> str:
     if _needs_address(html, links, marketing):
         assert links.postal_address is not None
         extra += f'<p style="font-size:12px;color:#666">{_address_html(links.postal_address)}</p>'
-    extra += f'<img src="{escape(links.pixel)}" width="1" height="1" alt="" style="display:none">'
+    extra += _PIXEL_TAG.format(escape(links.pixel))
     closing = re.search(r"</body\s*>", out, re.IGNORECASE)
     return out[:closing.start()] + extra + out[closing.start():] if closing else out + extra
+
+
+def without_pixel(html: str) -> str:
+    """An email's HTML as sent, less the open pixel :func:`decorate_html` added: for a preview that is nobody reading
+    the mail (``tenure dev``'s inbox page, which reloads every 5 s, made every message it showed look opened)."""
+    return _PIXEL.sub("", html)
 
 
 def decorate_text(text: str, links: Links, *, marketing: bool) -> str:

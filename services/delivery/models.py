@@ -20,15 +20,17 @@ class DeliveryTable(SQLModel):
 class Message(DeliveryTable, table=True):
     """One intent to send. The unique idempotency key is stored before any provider call.
 
-    Status: queued → sending → sent, or failed (permanent error / out of tries); ``sending`` past its
-    lease means a worker died mid-send and the message is attempted again (with the same Message-ID).
+    Status: queued → sending → sent, or failed (permanent error, or transient ones for longer than the retry
+    time); ``sending`` past its lease means a worker died mid-send and the message is attempted again (with the
+    same Message-ID).
     """
 
     __tablename__ = "messages"
     __table_args__ = (
         UniqueConstraint("workspace_id", "idempotency_key"),
         Index("ix_messages_due", "next_attempt_at", postgresql_where="status in ('queued', 'sending')"),
-        Index("ix_messages_workspace_id_created_at", "workspace_id", "created_at"),
+        # the deliveries log, newest first, paged after (created_at, id) (delivery_0011)
+        Index("ix_messages_log", "workspace_id", "created_at", "id"),
         # Twilio's status callbacks name a message by its MessageSid
         Index("ix_messages_provider_message_id", "workspace_id", "provider_message_id",
               postgresql_where="provider_message_id is not null"),
@@ -68,6 +70,11 @@ class Message(DeliveryTable, table=True):
     created_at: datetime = Field(sa_column=tz_column("created_at"))
     updated_at: datetime = Field(sa_column=tz_column("updated_at"))
     sent_at: datetime | None = Field(default=None, sa_column=tz_column("sent_at", nullable=True, default_now=False))
+    # the first transient failure of the failures it is being retried for (given up after TENURE_*_RETRY_FOR_S)
+    retrying_since: datetime | None = Field(default=None, sa_column=tz_column("retrying_since", nullable=True,
+                                                                              default_now=False))
+    # how many holders died mid-send (their lease ran out): given up after outbox.MAX_LOST_LEASES
+    lost_leases: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class Attempt(DeliveryTable, table=True):
@@ -194,14 +201,26 @@ class OptIn(DeliveryTable, table=True):
 
 
 class WebhookReceipt(DeliveryTable, table=True):
-    """A provider webhook already acted on, by the provider's own id for it (Twilio's inbound MessageSid):
-    providers deliver at least once, and a late copy of an old STOP must not undo a later START."""
+    """A provider webhook already acted on, by the provider's own id for it (Twilio's inbound MessageSid; for a
+    status callback reporting error 21610, ``twilio_status`` and the text's MessageSid): providers deliver at least
+    once, and a late copy of an old STOP must not undo a later START."""
 
     __tablename__ = "webhook_receipts"
 
     workspace_id: uuid.UUID = Field(primary_key=True)
     provider: str = Field(primary_key=True)
     event_key: str = Field(primary_key=True)
+    received_at: datetime = Field(sa_column=tz_column("received_at"))
+
+
+class SendgridEventId(DeliveryTable, table=True):
+    """A SendGrid event already applied (its ``sg_event_id``), kept while a signature of the batch that carried it
+    is still accepted: a replay of that batch must change nothing (``provider_events.new_sendgrid_events``)."""
+
+    __tablename__ = "sendgrid_event_ids"
+    __table_args__ = (Index("ix_sendgrid_event_ids_received_at", "received_at"),)
+
+    sg_event_id: str = Field(primary_key=True)
     received_at: datetime = Field(sa_column=tz_column("received_at"))
 
 

@@ -4,6 +4,10 @@
   content is a conflict, never a second message.
 - ``claim``: queued messages that are due, and ``sending`` ones whose lease ran out (a worker died
   mid-send), are leased with ``FOR UPDATE SKIP LOCKED`` so replicas never share one.
+- A transient failure is retried with exponential backoff (capped at ``BACKOFF_CAP_S``) for as long as the
+  message's retry time allows (``TENURE_DELIVERY_RETRY_FOR_S``, email ``TENURE_EMAIL_RETRY_FOR_S``, counted from
+  its first transient failure: a greylisting server asks for minutes, an outage of the receiver can take hours);
+  a message whose holders died mid-send ``MAX_LOST_LEASES`` times is given up, whatever its time.
 - ``confirm``: just before sending, which claimed messages are still this holder's (renewing old leases).
 - ``record_many``: the outcomes of attempts, each kept in ``delivery.attempts`` too.
 
@@ -25,14 +29,24 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.delivery import consent
 from shared import metrics
-from shared.db import fetch_one, fetch_page, row_dict
-from shared.errors import Conflict
+from shared.db import Stamp, fetch_newest_first, fetch_one, row_dict
+from shared.errors import AppError, Conflict, ValidationFailed, body_error
 from shared.jsonutil import dumps, dumps_bytes
+from shared.settings import Settings
 
 LEASE_S = 60
-MAX_ATTEMPTS = 8
+MAX_LOST_LEASES = 8  # holders that died mid-send (a message that kills its worker must not be taken for ever)
+BACKOFF_CAP_S = 1800.0  # the longest wait between two attempts (RFC 5321 §4.5.4.1: at least 30 minutes for mail)
+# how long transient failures are retried when the sender did not say (``retry_for_s``): the setting's default
+RETRY_FOR_S: float = Settings.model_fields["delivery_retry_for_s"].default
 _COLS = ("id, idempotency_key, channel, to_address, subject, message_type, topic, locale, status, attempts, "
          "last_error, provider_message_id, metadata, created_at, sent_at")
+# what the recipient did with a message, as the log shows it: the first open and the clicks, neither a scanner's nor
+# a prefetch's (``bot``); two probes of ix_engagements_message per message listed
+_ENGAGED = ("(select min(e.at) from delivery.engagements e where e.message_id = m.id and e.kind = 'opened' "
+            "and not e.bot) as opened_at, "
+            "(select count(*) from delivery.engagements e where e.message_id = m.id and e.kind = 'clicked' "
+            "and not e.bot) as clicks")
 
 
 # fields added to messages after their first release: left out of the hash when not given, so a retry of a message
@@ -52,26 +66,36 @@ def out(row: Any) -> dict[str, Any]:
 
 
 def backoff_s(attempt: int) -> float:
-    """Exponential backoff with full jitter: ~2 s, 4 s, 8 s … capped at 30 minutes."""
-    return random.uniform(0.5, 1.0) * min(1800.0, 2.0 ** attempt)
+    """Exponential backoff with jitter: 1-2 s, 2-4 s, 4-8 s … then 15-30 minutes between attempts."""
+    return random.uniform(0.5, 1.0) * min(BACKOFF_CAP_S, 2.0 ** min(attempt, 32))
 
 
 async def enqueue(session: AsyncSession, ws: uuid.UUID, msg: dict[str, Any], sender: str
                   ) -> tuple[dict[str, Any], bool]:
     """Store a message; returns (message, created). A replay returns the stored one. A message consent
-    forbids is stored as ``suppressed`` (with the reason) and never sent."""
+    forbids is stored as ``suppressed`` (with the reason) and never sent; one on a topic the workspace does not
+    have is refused (:class:`ValidationFailed` naming ``topic``)."""
     (result,) = await enqueue_many(session, ws, [(msg, sender)])
-    if isinstance(result, Conflict):
+    if isinstance(result, AppError):
         raise result
     return result
 
 
 async def enqueue_many(session: AsyncSession, ws: uuid.UUID, msgs: list[tuple[dict[str, Any], str]]
-                       ) -> list[tuple[dict[str, Any], bool] | Conflict]:
-    """``enqueue`` for many (message, sender) pairs in three statements whatever their number: consent,
-    one insert, and one read of the keys that were already there. Per message, in order: (message,
-    created), or the :class:`Conflict` of a key already used for different content (the same key twice
-    in one call: the first is stored, the second is its replay or conflict)."""
+                       ) -> list[tuple[dict[str, Any], bool] | Conflict | ValidationFailed]:
+    """``enqueue`` for many (message, sender) pairs in three statements whatever their number (and a read of the
+    workspace's topics when one is named): consent, one insert, and one read of the keys that were already
+    there. Per message, in order: (message, created), the :class:`Conflict` of a key already used for different
+    content (the same key twice in one call: the first is stored, the second is its replay or conflict), or the
+    :class:`ValidationFailed` of a topic that is none of the workspace's (not stored: no one could opt out of it)."""
+    problems = await consent.topic_problems(session, ws, [m.get("topic") for m, _ in msgs])
+    stored = iter(await _enqueue_many(session, ws, [pair for pair, p in zip(msgs, problems, strict=True) if not p]))
+    return [ValidationFailed(f"Unknown topic: {p}", errors=[body_error("topic", p)]) if p else next(stored)
+            for p in problems]
+
+
+async def _enqueue_many(session: AsyncSession, ws: uuid.UUID, msgs: list[tuple[dict[str, Any], str]]
+                        ) -> list[tuple[dict[str, Any], bool] | Conflict]:
     if not msgs:
         return []
     reasons = await consent.blocked_many(
@@ -136,7 +160,7 @@ def _row(msg: dict[str, Any], sender: str, reason: str | None) -> dict[str, Any]
 async def get_message(session: AsyncSession, ws: uuid.UUID, message_id: uuid.UUID) -> dict[str, Any]:
     message = await fetch_one(
         session,
-        f"select {_COLS} from delivery.messages where workspace_id = :ws and id = :id",
+        f"select {_COLS}, {_ENGAGED} from delivery.messages m where workspace_id = :ws and id = :id",
         {"ws": ws, "id": message_id},
         missing=f"No message {message_id}",
     )
@@ -145,7 +169,7 @@ async def get_message(session: AsyncSession, ws: uuid.UUID, message_id: uuid.UUI
 
 
 CSV_COLUMNS = ("id", "created_at", "channel", "to", "message_type", "topic", "status", "attempts", "last_error",
-               "subject", "provider_message_id", "sent_at", "campaign_id", "user")
+               "subject", "provider_message_id", "sent_at", "opened_at", "clicks", "campaign_id", "user")
 
 
 async def known_sms_ids(session: AsyncSession, ids: list[str]) -> set[str]:
@@ -162,35 +186,41 @@ def csv_value(value: Any) -> str:
     return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
-async def list_messages(session: AsyncSession, ws: uuid.UUID, filters: dict[str, Any], *, after: str | None,
-                        limit: int) -> tuple[list[dict[str, Any]], str | None]:
-    items, nxt = await fetch_page(
-        session,
-        f"""
-        select {_COLS}, metadata->>'campaign_id' as campaign_id,
-               coalesce(metadata->>'userId', metadata->>'anonymousId') as "user"
-          from delivery.messages
-         where workspace_id = :ws
-           and (CAST(:status AS text) is null or status = :status)
-           and (CAST(:to AS text) is null or to_address = :to)
-           and (CAST(:channel AS text) is null or channel = :channel)
-           and (CAST(:user AS text) is null or metadata->>'userId' = :user or metadata->>'anonymousId' = :user)
-           and (CAST(:campaign_id AS text) is null or metadata->>'campaign_id' = :campaign_id)
-           and (CAST(:since AS timestamptz) is null or created_at >= :since)
-           and (CAST(:until AS timestamptz) is null or created_at < :until)
-           and (CAST(:after AS uuid) is null or id > CAST(:after AS uuid))
-         order by id limit :lim
-        """,
-        {"ws": ws, "after": after, **filters}, limit,
-    )
+LOG_PAGE = f"""
+    select {_COLS}, {_ENGAGED}, metadata->>'campaign_id' as campaign_id,
+           coalesce(metadata->>'userId', metadata->>'anonymousId') as "user"
+      from delivery.messages m
+     where workspace_id = :ws
+       and (CAST(:status AS text) is null or status = :status)
+       and (CAST(:to AS text) is null or to_address = :to)
+       and (CAST(:channel AS text) is null or channel = :channel)
+       and (CAST(:user AS text) is null or metadata->>'userId' = :user or metadata->>'anonymousId' = :user)
+       and (CAST(:campaign_id AS text) is null or metadata->>'campaign_id' = :campaign_id)
+       and (CAST(:since AS timestamptz) is null or created_at >= :since)
+       and (CAST(:until AS timestamptz) is null or created_at < :until)
+       and (CAST(:after_at AS timestamptz) is null or (created_at, id) < (:after_at, CAST(:after_id AS uuid)))
+     order by created_at desc, id desc limit :lim
+    """
+
+
+async def list_messages(session: AsyncSession, ws: uuid.UUID, filters: dict[str, Any], *, after: Stamp | None,
+                        limit: int) -> tuple[list[dict[str, Any]], Stamp | None]:
+    """The deliveries log, newest first (``created_at``, then id: a batch's messages share their time), after the
+    stamp of the previous page's last message (ix_messages_log reads just the page)."""
+    items, nxt = await fetch_newest_first(session, LOG_PAGE, {"ws": ws, **filters}, limit, after)
     for item in items:
         item["to"] = item.pop("to_address")
     return items, nxt
 
 
+# the messages a worker should take now (the front of ix_messages_due): for the scrape-time gauge of due work
+DUE_ROWS = ("select next_attempt_at as due_at from delivery.messages "
+            "where status in ('queued', 'sending') and next_attempt_at <= now() order by next_attempt_at")
+
 CLAIM = """
     update delivery.messages m
        set status = 'sending', attempts = m.attempts + 1, updated_at = now(),
+           lost_leases = m.lost_leases + case when m.status = 'sending' then 1 else 0 end,  -- its holder died
            claimed_until = now() + make_interval(secs => :lease),
            -- a text whose holder died during its attempt may be at Twilio: pinned, it is looked up before it is sent
            -- again (m.status here is the row before this update)
@@ -199,10 +229,10 @@ CLAIM = """
            next_attempt_at = now() + make_interval(secs => :lease)
      where m.id in (select id from delivery.messages
                      where status in ('queued', 'sending') and next_attempt_at <= now()
-                       and (status = 'queued' or (claimed_until < now() and attempts < :max))
+                       and (status = 'queued' or (claimed_until < now() and lost_leases + 1 < :max))
                      order by next_attempt_at for update skip locked limit :lim)
     returning m.id, m.workspace_id, m.to_address, m.from_address, m.subject, m.html, m.text, m.attempts,
-              m.message_type, m.metadata, m.channel, m.topic, m.locale, m.provider, m.created_at
+              m.message_type, m.metadata, m.channel, m.topic, m.locale, m.provider, m.created_at, m.retrying_since
     """
 
 
@@ -214,15 +244,15 @@ async def claim(session: AsyncSession, limit: int, lease_s: float = LEASE_S) -> 
     message in flight (10k of them, per claim, while a big campaign goes out)."""
     rows = await session.execute(
         text(CLAIM),
-        {"lim": limit, "max": MAX_ATTEMPTS, "lease": lease_s},
+        {"lim": limit, "max": MAX_LOST_LEASES, "lease": lease_s},
     )
     leased_at = time.monotonic()  # the lease began (the statement's now()) moments before: far inside the margin
-    # a message whose worker died mid-send MAX_ATTEMPTS times is given up, not claimed forever
+    # a message whose worker died mid-send MAX_LOST_LEASES times is given up, not claimed forever
     await session.execute(text(
         "update delivery.messages set status = 'failed', claimed_until = null, updated_at = now(), "
-        "last_error = coalesce(last_error, '') || ' (gave up: lease expired ' || attempts || ' times)' "
-        "where status = 'sending' and next_attempt_at <= now() and claimed_until < now() and attempts >= :max"),
-        {"max": MAX_ATTEMPTS})
+        "last_error = coalesce(last_error, '') || ' (gave up: lease expired ' || (lost_leases + 1) || ' times)' "
+        "where status = 'sending' and next_attempt_at <= now() and claimed_until < now() and lost_leases + 1 >= :max"),
+        {"max": MAX_LOST_LEASES})
     return [{**r, "leased_at": leased_at} for r in rows.mappings()]
 
 
@@ -283,7 +313,11 @@ async def release(session: AsyncSession, messages: list[dict[str, Any]], delay_s
 class Outcome:
     """What one attempt came to: "sent", "transient_error", "permanent_error", "bounced" (the server refused the
     address itself: a hard bounce), "suppressed", or "deferred" (not tried: due again after ``retry_after_s``,
-    whatever the attempts so far — a marketing text outside its recipient's hours)."""
+    whatever the attempts so far — a marketing text outside its recipient's hours).
+
+    A transient error is retried while the message's first transient failure (``retrying_since``, this attempt's
+    start for the first) is less than its ``retry_for_s`` (the sender puts it in the message; ``RETRY_FOR_S``
+    otherwise) before this attempt began; after that it fails (``gave_up``)."""
 
     message: dict[str, Any]
     started_at: datetime
@@ -298,9 +332,30 @@ class Outcome:
             return self.outcome
         if self.outcome == "deferred":
             return "queued"
-        if self.outcome == "transient_error" and self.message["attempts"] < MAX_ATTEMPTS:
+        if self.outcome == "transient_error" and not self.gave_up():
             return "queued"
         return "failed"
+
+    def retrying_for_s(self) -> float:
+        """How long this message has been failing transiently, up to this attempt (0 at the first failure)."""
+        since = self.message.get("retrying_since") or self.started_at
+        return max(0.0, (self.started_at - since).total_seconds())
+
+    def gave_up(self) -> bool:
+        """A transient error after the message's retry time: it fails."""
+        return self.outcome == "transient_error" and self.retrying_for_s() >= float(
+            self.message.get("retry_for_s", RETRY_FOR_S))
+
+    def error_text(self) -> str | None:
+        if not self.gave_up():
+            return self.error
+        return (f"{self.error or 'transient error'} (gave up: failing for {_duration(self.retrying_for_s())} since "
+                f"its first failure, {self.message['attempts']} attempts)")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min" if seconds >= 60 \
+        else f"{seconds:.0f} s"
 
 
 def _storable(value: str | None) -> str | None:
@@ -328,6 +383,9 @@ RECORD = """
                provider_message_id = coalesce(r.pmid, m.provider_message_id),
                provider = coalesce(m.provider, r.provider),
                sent_at = case when r.status = 'sent' then now() else m.sent_at end,
+               -- the first of the transient failures it is retried for (its retry time counts from there)
+               retrying_since = case when r.outcome = 'transient_error' then coalesce(m.retrying_since, r.started)
+                                     else m.retrying_since end,
                next_attempt_at = now() + make_interval(secs => r.delay),
                -- not tried (a text outside its recipient's hours): the claim's attempt is given back, as a release does
                attempts = case when r.outcome = 'deferred' then greatest(0, m.attempts - 1) else m.attempts end
@@ -364,7 +422,7 @@ async def record_many(session: AsyncSession, outcomes: list[Outcome]) -> set[Any
     if not outcomes:
         return set()
     rows = [{"id": str(o.message["id"]), "n": o.message["attempts"], "status": o.status(), "outcome": o.outcome,
-             "error": _storable(o.error), "pmid": _storable(o.provider_message_id), "provider": o.provider,
+             "error": _storable(o.error_text()), "pmid": _storable(o.provider_message_id), "provider": o.provider,
              "started": o.started_at,
              "delay": o.retry_after_s or 0.0 if o.outcome == "deferred" else
              max(backoff_s(o.message["attempts"]), min(o.retry_after_s or 0.0, 3600.0))}

@@ -30,6 +30,7 @@ from services.delivery import consent, links, mailer, signing
 from services.delivery.texts import TEXTS, language_of
 from shared.db import SessionDep
 from shared.errors import AppError, BadRequest, BodyTooLarge, NotFound, problem_schema
+from shared.html_text import url_as_parsed
 from shared.validation import url_text_unchecked
 
 router = APIRouter(tags=["recipient pages"])
@@ -129,7 +130,7 @@ def install_page_errors(app: FastAPI) -> None:
 
 def _verify(request: Request, purpose: str, token: str, extra: str = "") -> signing.Subject:
     try:
-        return signing.verify(request.app.state.settings.signing_secret, purpose, token, extra)
+        return signing.verify(request.app.state.settings.signing_secrets, purpose, token, extra)
     except signing.BadToken:
         raise BadRequest("This link is not valid") from None
 
@@ -179,7 +180,7 @@ async def unsubscribe(token: str, request: Request, session: SessionDep,
         if message is None:
             return _erased(language(request, lang))
         await consent.suppress(session, subject.workspace_id, message["channel"], message["to_address"],
-                               "unsubscribed", source, consent.identity_of(message))
+                               "unsubscribed", source, consent.identity_of(message), via=consent.via_message(message))
     return _page(language(request, lang), t["title"],
                  f'<p role="status">{t["unsub_done"].format(address=escape(message["to_address"]))}</p>')
 
@@ -250,15 +251,18 @@ async def save_preferences(token: str, request: Request, session: SessionDep,
         if message is None:
             return _erased(code)
         ws, address, who = message["workspace_id"], message["to_address"], consent.identity_of(message)
+        via = consent.via_message(message)
         known = [tp["id"] for tp in consent.topics_of(message["settings"])]
         # the topics are the person's to choose even while a block stands: kept, they apply if it is lifted
-        await consent.set_topics(session, ws, address, {tp: tp in chosen for tp in known}, "preference_page", who)
+        await consent.set_topics(session, ws, address, {tp: tp in chosen for tp in known}, "preference_page", who,
+                                 via=via)
         # a bounce, complaint or suppression made by hand is not the page's to lift (nor to change)
         blocked = _blocked(await consent.preferences(session, ws, address, message["settings"]))
         if not blocked and unsubscribe_all:
-            await consent.suppress(session, ws, "email", address, "unsubscribed", "preference_page", who)
+            await consent.suppress(session, ws, "email", address, "unsubscribed", "preference_page", who, via=via)
         elif not blocked:
-            await consent.unsuppress(session, ws, "email", address, "preference_page", who, only_unsubscribed=True)
+            await consent.unsuppress(session, ws, "email", address, "preference_page", who, only_unsubscribed=True,
+                                     via=via)
         prefs = await consent.preferences(session, ws, address, message["settings"])
     t = TEXTS[code]
     # never "saved" when what was asked did not take: the page says what stands, and why
@@ -302,7 +306,7 @@ async def open_pixel(token: str, request: Request, session: SessionDep) -> Respo
     if request.method == "HEAD":  # a scanner or link checker, not someone reading the mail
         return _pixel()
     try:
-        subject = signing.verify(request.app.state.settings.signing_secret, "open", token)
+        subject = signing.verify(request.app.state.settings.signing_secrets, "open", token)
     except signing.BadToken:
         pass  # a pixel always answers with the image
     else:
@@ -326,6 +330,7 @@ def _pixel() -> Response:
 async def click(token: str, request: Request, session: SessionDep,
                 u: Annotated[str, Query(max_length=links.MAX_CLICK_URL)]) -> RedirectResponse:
     subject = _verify(request, "click", token, u)
+    u = url_as_parsed(u)  # (links signed before the tracked URL was cleaned so: a space at the end led to /sale%20)
     if urlsplit(u).scheme not in ("http", "https"):
         raise BadRequest("This link is not valid")
     if request.method == "HEAD":  # a scanner or link checker, not someone following the link

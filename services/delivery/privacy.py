@@ -3,8 +3,9 @@
 
 - their messages: those sent for the profile (``metadata.profile_id``, which campaign fills in), those
   sent through the API under the user's ids (``metadata.userId`` / ``anonymousId``: a double opt-in's
-  confirmation, a receipt), and those sent to their own email address or phone number (a receipt sent by
-  address alone), with every attempt and provider report kept for them (``early_events``);
+  confirmation, a receipt), those sent to their own email address (in any case: delivery keeps an address's
+  local part as given, and ``Mia@…`` is ``mia@…``) or phone number (a receipt sent by address alone), and the
+  pushes to their userId or anonymousId, with every attempt and provider report kept for them (``early_events``);
 - the opens and clicks of those messages (``engagements``: time, URL, user agent);
 - the events about them for ingest (``feedback``), forwarded or still pending: those of the messages and
   those naming the user's ids. A pending one sent after the erasure would recreate a profile in ingest;
@@ -19,8 +20,9 @@ Kept, deliberately, because they are what proves and honours an opt-out (GDPR ar
 would let the address be mailed again if it came back (imported, signed up on another profile). The consent
 log's opt-in entries stay with it: they are the evidence that texts already sent had consent (a TCPA claim,
 art. 17(3)(e)); the opt-in itself (``opt_ins``) goes, so nothing more is sent on it. Also kept:
-``webhook_receipts``, which hold only a provider's id of an inbound STOP / START text (no number, no
-content), cannot be tied to a person here, and stop a retried STOP from being applied twice.
+``webhook_receipts``, which hold only a provider's id of an inbound STOP / START text or of a text Twilio
+refused with 21610 (no number, no content), cannot be tied to a person here, and stop a retried STOP or 21610
+from being applied twice; and ``sendgrid_event_ids`` (SendGrid's event ids alone, for 25 hours).
 
 The export lists all of the above, what is kept included (the opt-out records of the person's addresses),
 except two transient copies: the feedback rows (copies of the engagements and consent entries exported,
@@ -43,25 +45,28 @@ _ADDRESSED = ("email", "sms")  # channels whose recipient is an address (consent
 _MINE = ("workspace_id = :ws and ((metadata->>'profile_id') = any(CAST(:p AS text[])) "
          "or (metadata->>'userId') = any(CAST(:ids AS text[])) "
          "or (metadata->>'anonymousId') = any(CAST(:ids AS text[])) "
-         # sent to the person's own address, for them or not (a receipt sent by address alone)
-         "or (channel in ('email', 'sms') and to_address = any(CAST(:to AS text[]))))")
+         # sent to the person's own address, for them or not (a receipt sent by address alone); an email in any
+         # case. (No index serves this: the metadata tests above read the workspace's messages anyway.)
+         "or (channel = 'email' and lower(to_address) = any(CAST(:to AS text[]))) "
+         "or (channel = 'sms' and to_address = any(CAST(:to AS text[]))) "
+         # a push's recipient is a userId or anonymousId (a webhook's is a URL, never the person's id)
+         "or (channel = 'push' and to_address = any(CAST(:ids AS text[]))))")
 _AT_ADDRESS = "workspace_id = :ws and address = any(CAST(:a AS text[]))"
 
 
 def _as_addresses(identity: str) -> set[str]:
-    """The forms an id that is an email or a phone number takes as a message's recipient: as given, and as
-    delivery normalises addresses (email_validator's form, lower-cased too; a phone number in E.164)."""
-    forms = {identity}
+    """The forms an id that is an email or a phone number takes as a message's recipient: an email lower-cased
+    (compared with the recipient lower-cased: email_validator's form, which delivery stores, keeps the local
+    part's case), as given and in that form; a phone number as given and in E.164."""
     if "@" in identity:
         try:
-            normal = normalized_email(identity)
+            return {identity.lower(), normalized_email(identity).lower()}
         except EmailNotValidError:
-            return forms
-        return forms | {normal, normal.lower()}
+            return {identity.lower()}
     try:
-        return forms | {e164(identity)}
+        return {identity, e164(identity)}
     except ValueError:  # not a phone number (a userId)
-        return forms
+        return {identity}
 
 
 def _params(ws: uuid.UUID, pids: list[uuid.UUID], identities: list[str]) -> dict[str, Any]:

@@ -16,12 +16,13 @@ and the message went out again under another id) is dropped after a day.
 """
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.delivery import consent, sms
+from services.delivery import consent, sendgrid, sms
 from shared import metrics
 from shared.jsonutil import dumps
 
@@ -40,25 +41,41 @@ async def _hold(session: AsyncSession, ws: uuid.UUID, provider: str, ref: str, p
         {"ws": ws, "p": provider, "ref": ref, "payload": dumps(payload)})
 
 
+async def first_receipt(session: AsyncSession, ws: uuid.UUID, provider: str, key: str | None) -> bool:
+    """False when this report was acted on before (``delivery.webhook_receipts``: providers deliver at least once,
+    and a signed request can be replayed); True, and noted, the first time."""
+    if not key:
+        return True
+    res = await session.execute(text(
+        "insert into delivery.webhook_receipts (workspace_id, provider, event_key) values (:ws, :p, :k) "
+        "on conflict do nothing"), {"ws": ws, "p": provider, "k": key[:200]})
+    return bool(res.rowcount)  # type: ignore[attr-defined]
+
+
 async def twilio_status(session: AsyncSession, ws: uuid.UUID, sid: str, status: str, error_code: str = "", *,
                         hold: bool = True) -> str:
     """A Twilio status callback: ``delivered``, ``undelivered`` or ``failed`` of the SMS with this MessageSid
     (the others — queued, sending, sent — tell us nothing new). A failure with error 21610 (the recipient
-    replied STOP) also suppresses the number, as the same error answering the send does."""
+    replied STOP) also suppresses the number, as the same error answering the send does: on the first report of
+    it for this text only, and not when the number has texted START since the text was sent."""
     ours = TWILIO_STATUS.get(status)
     if ours is None or not sid:
         return IGNORED
     row = (await session.execute(text(
-        "select id, status, metadata, to_address from delivery.messages "
+        "select id, status, metadata, to_address, coalesce(sent_at, created_at) as sent_at from delivery.messages "
         "where workspace_id = :ws and channel = 'sms' and provider_message_id = :sid for update"),
         {"ws": ws, "sid": sid})).mappings().first()
     if row is None:  # no send recorded with this sid (yet)
         if hold:
             await _hold(session, ws, "twilio", sid, {"status": status, "error_code": error_code})
         return HELD
-    if ours == "failed" and error_code.strip() == str(sms.UNSUBSCRIBED_RECIPIENT):
+    if ours == "failed" and error_code.strip() == str(sms.UNSUBSCRIBED_RECIPIENT) and await first_receipt(
+            session, ws, "twilio_status", f"{sid}:failed:{sms.UNSUBSCRIBED_RECIPIENT}") and not (
+            await consent.opted_in_since(session, ws, "sms", row["to_address"], row["sent_at"], "sms_keyword")):
         # the recipient replied STOP (to a Messaging Service sender Twilio says so only here): mirrored as the
-        # send's own 21610 is, whatever the order the callbacks came in (a suppression exists once)
+        # send's own 21610 is, whatever the order the callbacks came in — once per text (a repeated or replayed
+        # callback must not undo a START texted since), and not when the number texted START after this text went
+        # out (the refusal is older than the START, which Twilio honours too)
         await consent.suppress(session, ws, "sms", row["to_address"], "unsubscribed", "twilio",
                                consent.identity_of(dict(row)))
     if row["status"] != "sent":  # already final (a repeat, or out of order): never moves back
@@ -77,8 +94,47 @@ async def twilio_status(session: AsyncSession, ws: uuid.UUID, sid: str, status: 
 # SendGrid drops mail to an address on its own lists and says which (its "reason")
 DROPPED_BECAUSE = {"Bounced Address": "hard_bounce", "Spam Reporting Address": "complaint",
                    "Unsubscribed Address": "unsubscribed"}
-SENDGRID_FIELDS = ("event", "type", "reason", "email", "tenure_message_id")  # what is read of an event (and kept)
+SENDGRID_FIELDS = ("event", "type", "reason", "email", "tenure_message_id", "sg_event_id", "timestamp")  # what is
+# read of an event (and kept)
+SENDGRID_APPLIED = ("delivered", "bounce", "dropped", "spamreport", "unsubscribe")  # the kinds we act on
+# an event's id is kept as long as a signature of its batch is accepted: a replay within that window is ignored
+SEEN_FOR_S = sendgrid.MAX_EVENT_AGE_S + sendgrid.MAX_CLOCK_SKEW_S
 _REPORTED = "tenure_reported"  # (in a kept event: its report to ingest went out when it arrived)
+
+
+def _event_id(e: dict[str, Any]) -> str | None:
+    value = e.get("sg_event_id")
+    return str(value)[:200] if value not in (None, "") and e.get("event") in SENDGRID_APPLIED else None
+
+
+async def new_sendgrid_events(session: AsyncSession, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events of a batch not applied before, by their ``sg_event_id`` (kept ``SEEN_FOR_S``, as long as a
+    signature of the batch is accepted): a batch posted again within its signature window — a captured request
+    replayed, a duplicate delivery — changes nothing. (SendGrid's own retries may carry new ids: an unsubscribe is
+    also checked against later resubscriptions, see ``sendgrid_event``.) One statement for the batch."""
+    await session.execute(text("delete from delivery.sendgrid_event_ids "
+                               "where received_at < now() - make_interval(secs => :s)"), {"s": SEEN_FOR_S})
+    ids = sorted({i for e in events if (i := _event_id(e))})
+    fresh = set((await session.execute(text(
+        "insert into delivery.sendgrid_event_ids (sg_event_id) select unnest(CAST(:ids AS text[])) "
+        "on conflict do nothing returning sg_event_id"), {"ids": ids})).scalars()) if ids else set()
+    new = []
+    for e in events:
+        i = _event_id(e)
+        if i is None or i in fresh:
+            fresh.discard(i)  # (the same id twice in one batch: the first)
+            new.append(e)
+    return new
+
+
+async def _resubscribed_after(session: AsyncSession, ws: uuid.UUID, address: str, e: dict[str, Any]) -> bool:
+    """The address opted back in after this event happened (its ``timestamp``, whole seconds: a resubscription
+    within the same second does not count, so a doubt unsubscribes)."""
+    try:
+        happened = datetime.fromtimestamp(int(e["timestamp"]) + 1, UTC)
+    except (KeyError, TypeError, ValueError, OverflowError, OSError):
+        return False  # (SendGrid always says when; without it, the unsubscribe stands)
+    return await consent.opted_in_since(session, ws, "email", address, happened)
 
 
 def _moves_status(e: dict[str, Any]) -> bool:
@@ -95,8 +151,10 @@ async def sendgrid_event(session: AsyncSession, e: dict[str, Any], *, hold: bool
 
     ``delivered`` moves a sent message to delivered; a ``bounce`` (type bounce) or ``dropped`` to bounced,
     and suppresses the address (a drop only when SendGrid names one of its own lists); ``spamreport``
-    suppresses (complaint), ``unsubscribe`` (SendGrid's own link) unsubscribes. A suppression is applied at
-    once; a status change of a message whose send is not recorded yet waits for it (kept)."""
+    suppresses (complaint), ``unsubscribe`` (SendGrid's own link) unsubscribes — unless the address resubscribed
+    after the event happened (a retry or replay of an old unsubscribe must not undo that; nor a drop of an
+    "Unsubscribed Address"). A suppression is applied at once; a status change of a message whose send is not
+    recorded yet waits for it (kept)."""
     kind, address = e.get("event"), str(e.get("email") or "")
     try:
         message_id = uuid.UUID(str(e.get("tenure_message_id")))
@@ -128,12 +186,14 @@ async def sendgrid_event(session: AsyncSession, e: dict[str, Any], *, hold: bool
             metrics.MESSAGES.labels("email", "bounced").inc()
         # a bounce suppresses; so does a drop for an address on one of SendGrid's own suppression lists
         mirrored = "hard_bounce" if kind == "bounce" else DROPPED_BECAUSE.get(str(e.get("reason")))
-        if mirrored:
+        if mirrored and not (mirrored == "unsubscribed" and await _resubscribed_after(session, ws, address, e)):
             changed |= await consent.suppress(session, ws, "email", address, mirrored, "sendgrid", who)
     elif kind == "spamreport":
         changed = await consent.suppress(session, ws, "email", address, "complaint", "sendgrid", who)
     elif kind == "unsubscribe":  # SendGrid's own unsubscribe link (subscription tracking); logged as Unsubscribed
-        await consent.suppress(session, ws, "email", address, "unsubscribed", "sendgrid", who)
+        # (not when the person resubscribed after it: a retried or replayed event must not undo that)
+        if not await _resubscribed_after(session, ws, address, e):
+            await consent.suppress(session, ws, "email", address, "unsubscribed", "sendgrid", who)
     if changed and not e.get(_REPORTED):
         await consent.queue_event(session, ws, who, {
             "delivered": "Email Delivered", "bounce": "Email Bounced", "dropped": "Email Bounced",

@@ -15,7 +15,8 @@ FCM HTTP v1:
   values are strings. ``UNREGISTERED`` (404), ``SENDER_ID_MISMATCH`` and an ``INVALID_ARGUMENT`` about
   the registration token remove the device; other 400s (``INVALID_ARGUMENT``: a bad payload) fail the
   message and keep the device; so does a 404 without ``UNREGISTERED`` (a project id or base URL that leads
-  nowhere: our configuration, which every device would answer alike); 429 and 5xx are transient;
+  nowhere: our configuration, which every device would answer alike); 429 and 5xx are transient (a 429,
+  ``QUOTA_EXCEEDED``, waits at least a minute when FCM gives no ``Retry-After``, as its error reference asks);
   401 mints a new token once. ``android.ttl``, ``apns-expiration`` and the ``webpush`` ``TTL`` header carry
   what is left of ``TENURE_PUSH_TTL_S`` (FCM's own default is 4 weeks). An image rides in
   ``notification.image`` (Android, web) and, for iOS, ``apns.fcm_options.image`` with ``mutable-content``;
@@ -25,10 +26,13 @@ FCM HTTP v1:
 
 import asyncio
 import json
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -170,12 +174,33 @@ async def each_device(devices: list[Any], send: Callable[[Any], Awaitable[None]]
     await asyncio.gather(*(one(d) for d in devices))
 
 
-def retry_after(resp: httpx.Response) -> float | None:
-    """``Retry-After`` in seconds (delta-seconds form; an HTTP date is read as no hint)."""
-    try:
-        return max(0.0, float(resp.headers.get("retry-after", "")))
-    except ValueError:
+MAX_RETRY_AFTER_S = 3600.0  # a longer wait asked for is read as an hour (the outbox honours no more)
+QUOTA_RETRY_AFTER_S = 60.0  # FCM's QUOTA_EXCEEDED without a Retry-After: "a minimum initial delay of 1 minute"
+
+
+def retry_after(resp: httpx.Response, now: float | None = None) -> float | None:
+    """``Retry-After`` in seconds, in either form RFC 9110 §10.2.3 allows: delta-seconds (``120``) or an HTTP date
+    (``Wed, 21 Oct 2026 07:28:00 GMT``, read as the time until then). A date already past is 0, a wait beyond
+    ``MAX_RETRY_AFTER_S`` that; None when the header is absent or is neither. Read for FCM, APNs, Web Push, Twilio,
+    SendGrid and webhook receivers alike."""
+    value = resp.headers.get("retry-after", "").strip()
+    if not value:
         return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:  # (older Pythons answered None for a date they could not read)
+            return None
+        if when.tzinfo is None:  # "-0000": an HTTP date is GMT
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if math.isnan(seconds):
+        return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_S)
 
 
 def fcm_message(token: str, note: Notification) -> dict[str, Any]:
@@ -234,7 +259,10 @@ async def _send_fcm_one(settings: Settings, http: httpx.AsyncClient, account: Se
         elif _error_code(resp) in GONE or _bad_token(resp):
             result.gone.append(token)
         elif resp.status_code == 429 or resp.status_code >= 500:
-            result.retry(f"FCM {resp.status_code} ({_error_code(resp)})", retry_after(resp))
+            after = retry_after(resp)
+            if resp.status_code == 429 and after is None:  # QUOTA_EXCEEDED: FCM asks for a minute at least
+                after = QUOTA_RETRY_AFTER_S
+            result.retry(f"FCM {resp.status_code} ({_error_code(resp)})", after)
         elif resp.status_code == 404:  # no UNREGISTERED: not the token, the URL (every device would answer it)
             result.failed = (f"FCM 404 without UNREGISTERED at {url}: no such project or path — check the service "
                              "account's project_id and TENURE_FCM_BASE_URL (devices kept)")

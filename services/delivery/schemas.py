@@ -11,9 +11,22 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.delivery.mailer import split_address
-from shared.validation import LANGUAGE_TAG_MAX, FieldError, IsoDatetime, LanguageTag, StorableModel
+from shared.validation import (
+    LANGUAGE_TAG_MAX,
+    MESSAGE_BODY_MAX,
+    MESSAGE_SUBJECT_MAX,
+    SMS_TEXT_MAX,
+    FieldError,
+    IsoDatetime,
+    LanguageTag,
+    StorableModel,
+)
 
-MAX_BODY_CHARS = 1_000_000
+# a push's data keys FCM refuses (HTTP v1 Message.data: "The key should not be a reserved word")
+FCM_RESERVED_KEYS = frozenset({"from", "message_type"})
+FCM_RESERVED_PREFIXES = ("google", "gcm")
+
+
 @lru_cache(maxsize=16_384)
 def normalized_email(address: str) -> str:
     """email_validator's normal form of ``address`` (no DNS lookup), raising ``EmailNotValidError``. Cached: the
@@ -25,7 +38,14 @@ def normalized_email(address: str) -> str:
 _LINE_ENDS = frozenset("\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029")  # what str.splitlines() breaks on
 
 
-class MessageCreate(StorableModel):
+class _Body(StorableModel):
+    """A request body: a field this API does not know is a 422 naming it, not dropped — a misspelt ``message_type``
+    sent a transactional message as marketing, a misspelt ``reason`` suppressed as ``manual``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class MessageCreate(_Body):
     """One message to send (email or SMS). Stored under ``idempotency_key`` before any provider call:
     posting the same key again returns the stored message instead of sending a second one."""
 
@@ -36,27 +56,33 @@ class MessageCreate(StorableModel):
                                 "userId or anonymousId whose devices get it; for a webhook the http(s) URL")
     from_: str | None = Field(None, alias="from", max_length=998, examples=["Acme <hello@acme.example>"],
                               description="one address, with or without a display name; defaults to TENURE_EMAIL_FROM")
-    subject: str = Field("", max_length=998, examples=["Welcome, Ada!"], description="required for email")
-    html: str | None = Field(None, max_length=MAX_BODY_CHARS,
+    subject: str = Field("", max_length=MESSAGE_SUBJECT_MAX, examples=["Welcome, Ada!"],
+                         description="required for email")
+    html: str | None = Field(None, max_length=MESSAGE_BODY_MAX,
                              description="the HTML part (at most 1,000,000 characters; Gmail clips past 102 KB)")
-    text: str | None = Field(None, max_length=MAX_BODY_CHARS, examples=["Hi Ada, welcome to Acme."],
+    text: str | None = Field(None, max_length=MESSAGE_BODY_MAX, examples=["Hi Ada, welcome to Acme."],
                              description="the text part (made from html if absent)")
     message_type: Literal["marketing", "transactional"] = Field(
         "marketing", description="marketing: suppressions, topics and double opt-in apply, and email gets unsubscribe "
                                  "headers and a footer; transactional: only a hard bounce or complaint stops it")
     topic: str | None = Field(None, max_length=100, examples=["offers"],
-                              description="subscription topic (marketing): not sent to addresses that opted out")
+                              description="subscription topic (marketing): not sent to addresses that opted out. "
+                                          "One of the workspace's topics (setting `topics`, default `product_news` "
+                                          "and `offers`): another is a 422 naming it, as no one could opt out of it")
     locale: LanguageTag | None = Field(None, max_length=LANGUAGE_TAG_MAX, examples=["fr-CA"],
                                description="the recipient's locale (BCP 47): the unsubscribe footer delivery adds to "
                                            "marketing email, and the unsubscribe and preference pages its links open, "
                                            "are in its language (English, French or German; English otherwise)")
     data: dict[str, Any] | None = Field(None, description="a webhook's JSON body; for push the data payload "
                                                           "(`deep_link`, `image`, other values: FCM carries text only, "
-                                                          "so a number, boolean, list or object goes as its JSON)")
+                                                          "so a number, boolean, list or object goes as its JSON). "
+                                                          "Keys FCM reserves are refused in a push's data (422 naming "
+                                                          "the key): `from`, `message_type`, and any key starting "
+                                                          "with `google` or `gcm`")
     metadata: dict[str, Any] = Field(default_factory=dict, description="ids to find the message by later; "
                                      "`userId`/`anonymousId` attribute its opens, clicks and unsubscribes")
 
-    model_config = {"populate_by_name": True}
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
     @model_validator(mode="after")
     def _fits_channel(self) -> "MessageCreate":
@@ -83,6 +109,11 @@ class MessageCreate(StorableModel):
             if not self.subject.strip() or not self.text:
                 raise FieldError("subject" if not self.subject.strip() else "text",
                                  "a push needs a title (subject) and a body (text)")
+            for key in self.data or {}:
+                if key in FCM_RESERVED_KEYS or key.startswith(FCM_RESERVED_PREFIXES):
+                    # FCM answers 400 INVALID_ARGUMENT at send time (every device of the user), after the queue
+                    raise FieldError(("data", key), f"data key {key!r} is reserved by FCM (from, message_type, and "
+                                                    "keys starting with google or gcm): rename it")
         elif self.channel == "webhook":
             if not re.match(r"^https?://[^\s/]+", self.to):
                 raise FieldError("to", "a webhook's to is an http(s) URL")
@@ -95,8 +126,8 @@ class MessageCreate(StorableModel):
                 raise FieldError("to", str(exc)) from None
             if not self.text:
                 raise FieldError("text", "an SMS needs text")
-            if len(self.text) > 1600:
-                raise FieldError("text", "an SMS is at most 1,600 characters")
+            if len(self.text) > SMS_TEXT_MAX:
+                raise FieldError("text", f"an SMS is at most {SMS_TEXT_MAX:,} characters")
         return self
 
 
@@ -142,7 +173,9 @@ class MessageOut(BaseModel):
     topic: str | None = None
     locale: str | None = Field(None, description="the recipient's locale given when it was queued")
     status: str = Field(description="queued | sending | sent | delivered | bounced | failed | suppressed")
-    attempts: int = Field(description="provider calls made so far (a transient error is retried with backoff)")
+    attempts: int = Field(description="provider calls made so far (a transient error is retried with backoff, for a "
+                                      "day from the first one, email for 4 days: TENURE_DELIVERY_RETRY_FOR_S, "
+                                      "TENURE_EMAIL_RETRY_FOR_S)")
     last_error: str | None = Field(description="why it was suppressed (`suppressed: unsubscribed`, …), bounced, or "
                                                "why its last attempt failed; null otherwise")
     provider_message_id: str | None = Field(description="the provider's id for it once sent: the email's Message-ID "
@@ -152,16 +185,23 @@ class MessageOut(BaseModel):
                                                  "campaign_id …); a push's `data` as `push_data`")
     created_at: datetime
     sent_at: datetime | None
+    opened_at: datetime | None = Field(None, description="an email's first open (its tracking pixel loaded); opens by "
+                                                         "link scanners and within 2 s of sending are not counted")
+    clicks: int = Field(0, description="clicks on the message's tracked links, scanners' left out")
 
 
 class BatchIn(BaseModel):
+    # (not a StorableModel: a message that cannot be stored is that message's `invalid`, not the batch's 422)
+    model_config = ConfigDict(extra="forbid")
+
     messages: list[dict[str, Any]] = Field(min_length=1, max_length=500, examples=[[
         {"idempotency_key": "order-1234-receipt", "to": "ada@example.com", "subject": "Your receipt",
          "text": "Thanks for order 1234.", "message_type": "transactional"},
         {"idempotency_key": "otp-u42-7731", "channel": "sms", "to": "+33612345678", "text": "Your code: 7731",
          "message_type": "transactional"}]],
                                            description="each as for POST /v1/messages; checked one by one (a "
-                                                       "message with a NUL or a lone surrogate is `invalid`)")
+                                                       "message with a NUL or a lone surrogate, or a topic the "
+                                                       "workspace does not have, is `invalid`)")
 
 
 class BatchResult(BaseModel):
@@ -177,12 +217,12 @@ class BatchOut(BaseModel):
 
 
 class MessageList(BaseModel):
-    messages: list[MessageOut] = Field(description="the matching messages, in id order (not by time: filter with "
-                                                   "`since` / `until`)")
+    messages: list[MessageOut] = Field(description="the matching messages, newest first (`created_at`, then `id`, "
+                                                   "both descending)")
     next_cursor: str | None = None
 
 
-class SuppressionIn(StorableModel):
+class SuppressionIn(_Body):
     channel: Literal["email", "sms", "push"] = Field("email", description="the channel the address is suppressed on")
     address: str = Field(min_length=3, max_length=320, examples=["ada@example.com"],
                          description="normalised as messages are (email lower-cased, phone numbers to E.164)")
@@ -249,7 +289,7 @@ class WebPushKeys(StorableModel):
 
 
 class WebPushSubscription(StorableModel):
-    """A browser's ``PushSubscription.toJSON()``, as it is."""
+    """A browser's ``PushSubscription.toJSON()``, as it is (fields a browser adds are ignored, not refused)."""
 
     endpoint: str = Field(min_length=10, max_length=4096, examples=["https://fcm.googleapis.com/fcm/send/dZ3…"],
                           description="the push service URL of this subscription (https, a public host)")
@@ -268,7 +308,7 @@ class WebPushSubscription(StorableModel):
         return self
 
 
-class DeviceIn(StorableModel):
+class DeviceIn(_Body):
     """A device token (FCM registration token, or an APNs device token of an iOS app), or for ``web`` either
     an FCM token or a Web Push subscription."""
 
@@ -308,12 +348,16 @@ class DeviceList(BaseModel):
     next_cursor: str | None = None
 
 
-class OptInIn(StorableModel):
+class OptInIn(_Body):
     email: str = Field(min_length=3, max_length=320, examples=["ada@example.com"],
                        description="the address to subscribe: the confirmation link is emailed to it")
-    topics: list[str] = Field(default_factory=list, max_length=50, description="topics to subscribe on confirmation")
-    locale: Literal["en", "fr", "de"] = Field(
-        "en", description="the language of the confirmation email and of the page its link opens")
+    topics: list[str] = Field(default_factory=list, max_length=50,
+                              description="topics to subscribe on confirmation, each one of the workspace's "
+                                          "(setting `topics`; another is a 422 naming it)")
+    locale: LanguageTag = Field("en", max_length=LANGUAGE_TAG_MAX, examples=["fr-CA"],
+                                description="the person's locale (BCP 47, read as a message's `locale` is): the "
+                                            "confirmation email and the page its link opens are in its language "
+                                            "(English, French or German; English otherwise)")
     user_id: str | None = Field(None, max_length=512, description="who asked, for the `Opted In` event")
     anonymous_id: str | None = Field(None, max_length=512,
                                      description="who asked (their anonymousId), for the `Opted In` event")
@@ -324,7 +368,7 @@ class OptInIn(StorableModel):
         return self
 
 
-class SmsOptInEvidence(StorableModel):
+class SmsOptInEvidence(_Body):
     """What proves the consent (TCPA: prior express written consent to marketing texts), kept as sent."""
 
     text: str = Field(min_length=1, max_length=2000, examples=[
@@ -336,7 +380,7 @@ class SmsOptInEvidence(StorableModel):
     collected_at: IsoDatetime | None = Field(None, description="when the person agreed (default: now)")
 
 
-class SmsOptInIn(StorableModel):
+class SmsOptInIn(_Body):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "phone": "+14155550100", "user_id": "u-42", "evidence": {
             "text": "Yes, send me offers by text. Msg & data rates may apply. Reply STOP to cancel.",

@@ -110,6 +110,12 @@ CONSENT_FRESH_S = 5.0
 GROUP = 32
 
 
+def retry_for_s(settings: Settings, message: dict[str, Any]) -> float:
+    """How long a message is retried while its provider answers with transient errors: email for days (RFC 5321
+    §4.5.4.1; a greylisting server wants minutes), the others for ``TENURE_DELIVERY_RETRY_FOR_S``."""
+    return settings.email_retry_for_s if message.get("channel", "email") == "email" else settings.delivery_retry_for_s
+
+
 def _intent(message: dict[str, Any]) -> consent.Intent:
     return (message["workspace_id"], message.get("channel", "email"), message["to_address"],
             message.get("message_type", "marketing"), message.get("topic"))
@@ -135,6 +141,8 @@ async def send_batch(sessionmaker: async_sessionmaker[AsyncSession], settings: S
     what it holds, and messages never attempted are given back to the queue, before this returns; a
     crash of the process leaves them ``sending`` until their lease runs out (see ``outbox``).
     """
+    for m in messages:  # how long a transient failure of each is retried (outbox.Outcome)
+        m["retry_for_s"] = retry_for_s(settings, m)
     statuses: dict[Any, str] = {}
     recorder = _Recorder(sessionmaker, statuses)
     senders = max(1, min(concurrency, len(messages)))

@@ -3,6 +3,9 @@
 A token names the workspace and the message it belongs to and carries an HMAC-SHA256 over them (with
 the link's purpose and, for clicks, the target URL), so it cannot be forged, reused for another
 purpose, or turned into an open redirect. Tokens are URL-safe base64, without padding.
+
+Links are signed with the current secret only and checked against it and the previous ones of a rotation
+(``TENURE_SIGNING_SECRET_PREVIOUS``): mail already sent keeps working unsubscribe and click links.
 """
 
 import base64
@@ -41,11 +44,12 @@ def sign(secret: str, purpose: str, subject: Subject, extra: str = "") -> str:
     return _b64(body + _mac(secret, purpose, body, extra))
 
 
-def verify(secret: str, purpose: str, token: str, extra: str = "") -> Subject:
+def verify(secrets: tuple[str, ...], purpose: str, token: str, extra: str = "") -> Subject:
+    """The token's subject, if one of ``secrets`` (the current one, then the previous ones) signed it."""
     raw = _unb64(token)
     if len(raw) != 48:
         raise BadToken("malformed token")
     body, mac = raw[:32], raw[32:]
-    if not hmac.compare_digest(mac, _mac(secret, purpose, body, extra)):
+    if not any(hmac.compare_digest(mac, _mac(secret, purpose, body, extra)) for secret in secrets):
         raise BadToken("bad signature")
     return Subject(uuid.UUID(bytes=body[:16]), uuid.UUID(bytes=body[16:]))

@@ -83,3 +83,8 @@ def language_of(locale: Any) -> str | None:
         return None
     code = locale.strip().lower().replace("_", "-").split("-")[0]
     return code if code in TEXTS else None
+
+
+def page_language(locale: Any) -> str:
+    """The language of ``TEXTS`` closest to a locale: its own (``fr-CA``, ``fr_FR`` → ``fr``), else English."""
+    return language_of(locale) or "en"

@@ -95,16 +95,6 @@ def _unstorable(provider: str, values: dict[str, Any]) -> bool:
     return problem is not None
 
 
-async def _first_delivery(session: Any, ws: uuid.UUID, provider: str, key: str | None) -> bool:
-    """False when this webhook was acted on before (providers deliver at least once)."""
-    if not key:
-        return True
-    res = await session.execute(text(
-        "insert into delivery.webhook_receipts (workspace_id, provider, event_key) values (:ws, :p, :k) "
-        "on conflict do nothing"), {"ws": ws, "p": provider, "k": key[:200]})
-    return bool(res.rowcount)
-
-
 def _twiml(message: str | None = None) -> Response:
     body = f"<Message>{escape(message)}</Message>" if message else ""
     return Response(f'<?xml version="1.0" encoding="UTF-8"?><Response>{body}</Response>', media_type="text/xml")
@@ -161,7 +151,7 @@ async def twilio_inbound(workspace_id: uuid.UUID, request: Request, session: Ses
     answer = None
     async with session.begin():
         # a retried copy of a message already handled changes nothing: a later opposite keyword must stand
-        if word in ("stop", "start") and await _first_delivery(session, workspace_id, "twilio", key):
+        if word in ("stop", "start") and await provider_events.first_receipt(session, workspace_id, "twilio", key):
             # the person the number was last texted for gets the Unsubscribed / Resubscribed event in ingest
             who = await consent.texted_identity(session, workspace_id, number)
             if word == "stop":
@@ -222,10 +212,9 @@ async def _sendgrid_events(request: Request, session: AsyncSession, workspace_id
         raise BadRequest("Expected a JSON array of events") from None
     held = []
     async with session.begin():
-        for e in events:
-            if not isinstance(e, dict) or _unstorable(
-                    "sendgrid", {k: e[k] for k in provider_events.SENDGRID_FIELDS if k in e}):
-                continue
+        storable = [e for e in events if isinstance(e, dict) and not _unstorable(
+            "sendgrid", {k: e[k] for k in provider_events.SENDGRID_FIELDS if k in e})]
+        for e in await provider_events.new_sendgrid_events(session, storable):  # (a replay's are not new)
             if await provider_events.sendgrid_event(session, e) == provider_events.HELD:
                 held.append(str(uuid.UUID(str(e.get("tenure_message_id")))))  # (as it was kept)
     if held:  # they beat the record of the send: kept, and tried again now that the keeping is committed

@@ -1,7 +1,8 @@
 """The dev inbox: a local SMTP server that keeps every message it receives, and a small web page.
 
 ``tenure dev`` points delivery's SMTP settings at it (port 1025) and serves the inbox on port 8025:
-``GET /`` is a page, ``GET /api/messages`` the JSON list (recipient, subject, text, html, headers).
+``GET /`` is a page (each mail shown without its open pixel: showing it is not reading it), ``GET /api/messages``
+the JSON list (recipient, subject, text, html as received, headers). HEAD works on both.
 Messages live in memory and in ``<state_dir>/mail.jsonl`` so they survive a restart of ``tenure dev``.
 """
 
@@ -18,6 +19,9 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
+
+from services.delivery.links import without_pixel
+from shared.web import HeadAsGetMiddleware
 
 
 def parse_message(raw: bytes, envelope_from: str, rcpt_tos: list[str]) -> dict[str, Any]:
@@ -72,8 +76,16 @@ def start_smtp(mailbox: Mailbox, host: str, port: int) -> Controller:
     return controller
 
 
+def _shown(message: dict[str, Any]) -> str:
+    """What the page shows of a mail: its HTML (less the open pixel), else its text."""
+    if message["html"]:
+        return without_pixel(message["html"])
+    return f"<pre>{html.escape(message['text'] or '')}</pre>"
+
+
 def create_inbox_app(mailbox: Mailbox) -> FastAPI:
     app = FastAPI(title="Tenure dev inbox", description="Mail received by the local SMTP server")
+    app.add_middleware(HeadAsGetMiddleware)  # `curl -I`, uptime checks: HEAD answers as GET (it was a 405)
 
     @app.get("/api/messages", operation_id="list_inbox_messages", summary="Received mail, newest first")
     async def list_messages() -> dict[str, Any]:
@@ -89,9 +101,10 @@ def create_inbox_app(mailbox: Mailbox) -> FastAPI:
             f"<article><h2>{html.escape(m['subject'])}</h2><p class=meta>to {html.escape(', '.join(m['to']))}"
             f" · {html.escape(m['received_at'])}</p>"
             # no scripts in a mail; its links (unsubscribe, preferences, a click) open in a tab of their own, outside
-            # the sandbox, where the pages' forms work and the page's refresh does not take them away
+            # the sandbox, where the pages' forms work and the page's refresh does not take them away. No open pixel:
+            # every reload fetched it, and each message looked opened ("Email Opened" sent to ingest)
             f"<iframe sandbox=\"allow-popups allow-popups-to-escape-sandbox\" srcdoc=\""
-            f"{html.escape('<base target=_blank>' + (m['html'] or '<pre>' + html.escape(m['text'] or '') + '</pre>'))}"
+            f"{html.escape('<base target=_blank>' + _shown(m))}"
             f"\"></iframe></article>"
             for m in reversed(mailbox.messages)
         ) or "<p>No mail yet. Send an event and it will show up here.</p>"

@@ -7,12 +7,13 @@ import uuid
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import orjson
 import structlog
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import TypeAdapter, ValidationError
+from pydantic_core.core_schema import ErrorType
 
 from services.ingest import eventlog, privacy, profiles, sdk_settings, tracking
 from services.ingest.schemas import (
@@ -38,6 +39,7 @@ from services.ingest.schemas import (
     TrackMessage,
     TrackResponse,
 )
+from shared import metrics
 from shared.auth import InternalDep, WorkspaceDep, credentials_from_header, principal_for
 from shared.db import SessionDep
 from shared.errors import (
@@ -48,6 +50,7 @@ from shared.errors import (
     PayloadTooLarge,
     Unauthorized,
     ValidationFailed,
+    place_error,
     problem_schema,
 )
 from shared.feed import Cursor, backlog
@@ -60,7 +63,6 @@ log = structlog.get_logger()
 
 MAX_MESSAGE_BYTES = 32 * 1024
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")  # a JSON \u0000 escape, not an escaped backslash + "u0000"
-MAX_BATCH_BYTES = 500 * 1024
 _TYPE_FIELD = 32  # bytes a single-message route may add to its message: "type": "<kind>"
 WAKE_FUNCTION = "on_events"  # the job consumers of the event log register
 
@@ -71,11 +73,13 @@ profiles_router = APIRouter(prefix="/v1", tags=["profiles"], route_class=Segment
 _item_adapter: TypeAdapter[Any] = TypeAdapter(BatchItem)
 ProfileRef = Annotated[str, Path(description="profile id, userId, anonymousId or email (in any case); a `/` in it "
                                              "percent-encoded (`org%2F123`), as a path segment is")]
+# (their problems also carry `code` and `message`, which Segment's and RudderStack's SDKs read: services/ingest/app.py)
 _TRACK_ERRORS = {
-    **COMMON_ERRORS,
-    403: problem_schema("A secret key was used where the write key belongs"),
-    413: problem_schema("Over 32 KB per message or 500 KB per batch"),
-    429: problem_schema("Over the workspace's rate limit: retry after `Retry-After` seconds"),
+    **{status: problem_schema(entry["description"], sdk_members=True) for status, entry in COMMON_ERRORS.items()},
+    403: problem_schema("A secret key was used where the write key belongs", sdk_members=True),
+    413: problem_schema("Over 32 KB per message, or over the batch limit (500 KB unless TENURE_INGEST_MAX_BATCH_BYTES "
+                        "says otherwise); `limit_bytes` says the limit", sdk_members=True),
+    429: problem_schema("Over the workspace's rate limit: retry after `Retry-After` seconds", sdk_members=True),
 }
 
 
@@ -98,7 +102,8 @@ class _Unrepresentable:
     text: str
 
 
-async def _read_json(request: Request, limit: int) -> _Body:
+async def _read_json(request: Request, limit: int, per: str) -> _Body:
+    """The body as a JSON object, refused with a 413 over ``limit`` bytes (after gzip) ``per`` message or batch."""
     raw = await request.body()
     encoding = request.headers.get("content-encoding", "").lower()
     if encoding == "gzip":
@@ -110,8 +115,8 @@ async def _read_json(request: Request, limit: int) -> _Body:
     elif encoding not in ("", "identity"):
         raise BadRequest(f"Unsupported Content-Encoding {encoding!r}: send gzip or nothing")
     if len(raw) > limit:
-        which = "500 KB per batch" if limit == MAX_BATCH_BYTES else "32 KB per message"
-        raise PayloadTooLarge(f"Request body is over the limit of {which}", limit_bytes=limit)
+        size = f"{limit // 1024} KB" if limit % 1024 == 0 else f"{limit} bytes"
+        raise PayloadTooLarge(f"Request body is over the limit of {size} per {per}", limit_bytes=limit)
     body, unrepresentable = _loads(raw)
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object")
@@ -182,6 +187,8 @@ def _without_lone_surrogates(value: Any) -> Any:
 
 async def _authorize(request: Request, body: dict[str, Any]) -> Any:
     in_body = body["writeKey"] if isinstance(body.get("writeKey"), str) else None
+    if in_body is None and request.url.path.startswith(beacon_router.prefix):  # (a beacon's key is in its URL)
+        in_body = request.query_params.get("writeKey")
     try:
         raw = credentials_from_header(request)
     except Unauthorized:
@@ -208,6 +215,7 @@ async def _store(request: Request, body: _Body,
     await request.app.state.request_counter.check(f"ingest:{ws}", settings.ingest_rate_limit_per_s)
     received_at = datetime.now(UTC)
     envelopes: list[tracking.Envelope] = []
+    sent: dict[int, tuple[int, str | None]] = {}  # id() of an envelope -> its index and the messageId it gave
     rejected: list[Rejected] = []
     # Sizes and NULs are checked on each message as re-encoded (orjson may write a number longer than it
     # came: 1e15 → 1000000000000000.0). When the whole body re-encodes within 32 KB and without a NUL, no
@@ -250,9 +258,18 @@ async def _store(request: Request, body: _Body,
             continue
         envelopes.append(tracking.normalize(msg, received_at, batch_sent_at=batch_sent_at,
                                             batch_context=batch_context))
+        sent[id(envelopes[-1])] = (index, mid)
+    if rejected:
+        _report_rejected(rejected)
     if not envelopes:
         raise ValidationFailed("No valid message in the request", rejected=[r.model_dump() for r in rejected])
-    result = await request.app.state.committer.submit(ws, envelopes, received_at)
+    result = await request.app.state.committer.submit(ws, envelopes)
+    if result.refused:  # (the committer answers an error instead when it refused them all)
+        refused = [Rejected(index=sent[id(env)][0], message_id=sent[id(env)][1], errors=[{
+            "msg": f"the database refused this message (SQLSTATE {state}); the others were stored",
+            "type": "refused_by_database"}]) for env, state in result.refused]
+        _report_rejected(refused)
+        rejected = sorted(rejected + refused, key=lambda r: r.index)
     log.info("ingest.recorded", accepted=result.accepted, duplicates=result.duplicates, suppressed=result.suppressed,
              rejected=len(rejected))
     if result.accepted:
@@ -260,6 +277,23 @@ async def _store(request: Request, body: _Body,
             request.app.state.waker.request(service, WAKE_FUNCTION)
     return TrackResponse(accepted=result.accepted, duplicates=result.duplicates, suppressed=result.suppressed,
                          rejected=rejected)
+
+
+# the reasons a message is refused for, as the counter's label: ours and pydantic's error types (a bounded set)
+_REJECT_REASONS = frozenset({"too_large", "nul", "unrepresentable_number", "refused_by_database",
+                             *get_args(ErrorType)})
+_LOGGED_REJECTIONS = 20
+
+
+def _report_rejected(rejected: list[Rejected]) -> None:
+    """Count the refused messages and name them in a warning: no SDK reads the answer's ``rejected``, so this is all
+    an operator learns of them. Ids and error types only, never the messages' content."""
+    for r in rejected:
+        reason = r.errors[0].get("type") if r.errors else None
+        metrics.INGEST_REJECTED.labels(reason if reason in _REJECT_REASONS else "other").inc()
+    log.warning("ingest.rejected", rejected=len(rejected), messages=[
+        {"message_id": r.message_id if r.message_id is None else r.message_id[:100], "index": r.index,
+         "reasons": list(dict.fromkeys(str(e.get("type")) for e in r.errors))} for r in rejected[:_LOGGED_REJECTIONS]])
 
 
 def _has_nul(encoded: bytes) -> bool:
@@ -304,7 +338,7 @@ def _body_doc(model: type[Any], *, typed_by_path: bool = False, example: str = "
 
 def _single(kind: str, model: type, summary: str) -> None:
     async def handler(request: Request) -> TrackResponse:
-        body = await _read_json(request, MAX_MESSAGE_BYTES)
+        body = await _read_json(request, MAX_MESSAGE_BYTES, "message")
         item = {k: v for k, v in body.doc.items() if k != "writeKey"}
         item["type"] = kind
         return await _store(request, body, [(0, item)], batch_sent_at=None,
@@ -329,7 +363,8 @@ _single("alias", AliasMessage, "Declare that previousId and userId are one perso
 
 
 async def _batch(request: Request) -> TrackResponse:
-    body = await _read_json(request, MAX_BATCH_BYTES)
+    settings: Settings = request.app.state.settings
+    body = await _read_json(request, settings.ingest_max_batch_bytes, "batch")
     if body.unrepresentable and (number := _holds_unrepresentable(
             {k: v for k, v in body.doc.items() if k != "batch"})) is not None:
         raise BadRequest(f"The batch's own fields (context, sentAt …) hold a number JSON storage cannot: {number.text}")
@@ -354,6 +389,16 @@ for _path, _op in (("/batch", "batch"), ("/import", "import_batch")):
     )
 # analytics-next in batching mode, analytics-swift and analytics-kotlin post batches to {apiHost}/b
 tracking_router.add_api_route("/b", _batch, methods=["POST"], response_model=TrackResponse, include_in_schema=False)
+# RudderStack's JavaScript SDK with `useBeacon: true`: navigator.sendBeacon of a batch, the write key in the query
+# (a beacon carries no header of its own), as rudder-server takes it
+beacon_router = APIRouter(prefix="/beacon/v1", tags=["tracking"])
+beacon_router.add_api_route(
+    "/batch", _batch, methods=["POST"], response_model=TrackResponse, operation_id="beacon_batch",
+    summary="A batch sent by navigator.sendBeacon (RudderStack's useBeacon), the write key as ?writeKey=",
+    responses=_TRACK_ERRORS, openapi_extra={**_body_doc(BatchRequest), "parameters": [{
+        "name": "writeKey", "in": "query", "required": False, "schema": {"type": "string"},
+        "description": "the workspace's write key (a beacon cannot send an Authorization header)"}]},
+)
 
 
 @tracking_router.get(
@@ -452,8 +497,9 @@ async def get_profile(
     response_model=ProfileList,
     operation_id="list_profiles",
     summary="List and search profiles",
-    description=("Filters combine with AND. `trait.NAME=VALUE` (repeatable) matches a trait whose value, as text, is "
-                 "exactly VALUE: numbers and booleans as JSON writes them (`trait.age=30`, `trait.vip=true`)."),
+    description=("Filters combine with AND. `trait.NAME=VALUE` (one per trait, for as many traits as needed; the same "
+                 "`trait.NAME` twice is a 422) matches a trait whose value, as text, is exactly VALUE: numbers and "
+                 "booleans as JSON writes them (`trait.age=30`, `trait.vip=true`)."),
     responses=COMMON_ERRORS,
 )
 async def list_profiles(
@@ -461,12 +507,21 @@ async def list_profiles(
     session: SessionDep,
     page: AfterDep,
     request: Request,
-    user_id: Annotated[str | None, Query(description="exact userId")] = None,
+    user_id: Annotated[str | None, Query(description="exact userId: the profile's own or one merged into it (an "
+                                                     "alias's `previousId`, as `GET /v1/profiles/{ref}` finds it)")
+                       ] = None,
     email: Annotated[str | None, Query(description="email trait, in any case")] = None,
-    q: Annotated[str | None, Query(max_length=200, description="substring of userId, email or name")] = None,
+    q: Annotated[str | None, Query(max_length=200, description="substring of a userId (the profile's own or one "
+                                                               "merged into it), the email or a name")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    traits = {k.removeprefix("trait."): v for k, v in request.query_params.items() if k.startswith("trait.")}
+    traits: dict[str, str] = {}
+    for key, value in request.query_params.multi_items():
+        if key.startswith("trait."):
+            if key.removeprefix("trait.") in traits:  # (the last value was used: a trait holds one value)
+                msg = "takes one value; it was given more than once"
+                raise ValidationFailed(f"The query parameter {key!r} {msg}", errors=[place_error(["query", key], msg)])
+            traits[key.removeprefix("trait.")] = value
     async with session.begin():
         items, nxt = await profiles.list_profiles(session, ws, user_id=user_id, email=email, traits=traits, q=q,
                                                   after=page.position, limit=limit)
@@ -541,7 +596,10 @@ async def get_privacy_request(request_id: uuid.UUID, ws: WorkspaceDep, session: 
                                  "profile holding that address is included: `profile` is the one "
                                  "`GET /v1/profiles/{ref}` finds, `other_profiles` the rest, and `identities` and "
                                  "`events` are those of them all. A reference no profile has (an address only "
-                                 "delivery knows) gets what the other services hold under it, with `profile` null."),
+                                 "delivery knows) gets what the other services hold under it, with `profile` null. "
+                                 "Each profile's `groups` are the accounts it belongs to with the account's current "
+                                 "traits, whichever member (or the app) set them: they describe the account, not the "
+                                 "person; an erasure ends the membership and leaves the account."),
                     responses={200: {"model": ExportOut, "description": "Successful Response"}, **COMMON_ERRORS,
                                404: problem_schema("Nothing is held under that reference")})
 async def export_user(ref: ProfileRef, ws: WorkspaceDep, session: SessionDep, request: Request) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """The ingest service: Segment-compatible tracking, profiles and the ordered event log."""
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -9,9 +10,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.ingest import privacy
-from services.ingest.api import feed_router, privacy_router, profiles_router, tracking_router
+from services.ingest.api import beacon_router, feed_router, privacy_router, profiles_router, tracking_router
 from services.ingest.committer import Committer
 from shared import metrics
+from shared.errors import path_in
 from shared.ratelimit import RequestCounter
 from shared.settings import Settings
 from shared.web import create_service_app
@@ -33,6 +35,7 @@ async def _committer(app: FastAPI) -> AsyncIterator[None]:
         await app.state.committer.close()
 
 
+@metrics.sets(metrics.PRIVACY_ERASURES_PENDING, metrics.PRIVACY_OLDEST_PENDING)
 async def pending_erasures(app: FastAPI) -> None:
     """Erasures still pending (any workspace) and the oldest one's age, for alerting (docs/observability.md)."""
     async with app.state.sessionmaker() as session, session.begin():
@@ -43,11 +46,15 @@ async def pending_erasures(app: FastAPI) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     app = create_service_app(
-        "ingest", settings or Settings(), routers=[tracking_router, feed_router, profiles_router, privacy_router],
+        "ingest", settings or Settings(),
+        routers=[tracking_router, beacon_router, feed_router, profiles_router, privacy_router],
         description=DESCRIPTION, extend=_committer, metrics_refresh=[pending_erasures],
     )
-    app.add_middleware(TrackingCORS, tracking_paths=tuple(sorted({r.path.split("{")[0]  # type: ignore[attr-defined]
-                                                                  for r in tracking_router.routes})))
+    tracking_paths = tuple(sorted({r.path.split("{")[0]  # type: ignore[attr-defined]
+                                   for r in (*tracking_router.routes, *beacon_router.routes)}))
+    app.add_middleware(TrackingCORS, tracking_paths=tracking_paths)
+    app.add_middleware(CollapseSlashes)
+    app.state.sdk_error_paths = tracking_paths  # their problems also carry the SDKs' code and message (shared.errors)
     return app
 
 
@@ -75,5 +82,19 @@ class TrackingCORS:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
-        tracking = any(path == p or p.endswith("/") and path.startswith(p) for p in self._paths)
-        await (self._tracking if tracking else self._other)(scope, receive, send)
+        await (self._tracking if path_in(path, self._paths) else self._other)(scope, receive, send)
+
+
+class CollapseSlashes:
+    """``//v1/…`` is ``/v1/…``: analytics-next joins ``cdnURL`` and ``/v1/projects/…`` (and ``apiHost`` and
+    ``/v1/t``) as strings, so a configured URL ending in "/" asked ``//v1/projects/{writeKey}/settings``, a 404,
+    and the SDK never loaded."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and "//" in scope["path"]:
+            scope = {**scope, "path": re.sub("/{2,}", "/", scope["path"]),
+                     "raw_path": re.sub(b"/{2,}", b"/", scope.get("raw_path") or scope["path"].encode())}
+        await self.app(scope, receive, send)

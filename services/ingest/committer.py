@@ -8,28 +8,34 @@ and answers every request with its own counts. While a transaction is in flight 
 so batches grow with load and a lone request waits for nobody.
 
 If a group's transaction fails, each request is retried in a transaction of its own, so one bad
-request cannot fail the others.
+request cannot fail the others. A request the database refuses for its data (a value it cannot hold, a key
+it already has: a bug of ours that some message triggers) is written again in halves, each in a savepoint of
+one transaction, down to the messages at fault: those are refused, the rest of the request is stored, instead
+of a 500 that lost every message of the batch, answered again to every retry of the SDK.
 """
 
 import asyncio
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.ingest import tracking
+from shared.db import sqlstate
 
 log = structlog.get_logger()
+
+# transactions one request may spend finding its messages at fault: about two per halving (log2 of 2,500 messages
+# is 12) for each of a few bad messages; past it the request fails as a whole
+ISOLATION_BUDGET = 48
 
 
 @dataclass
 class _Submission:
     workspace_id: uuid.UUID
-    envelopes: list[tracking.Envelope]
-    received_at: datetime
+    envelopes: list[tracking.Envelope]  # each dated with its request's receipt (``received_at``)
     future: asyncio.Future[tracking.RecordResult] = field(repr=False)
 
 
@@ -40,10 +46,9 @@ class Committer:
         self._max_events = max_events
         self._writers = [asyncio.create_task(self._run(), name=f"ingest-committer-{i}") for i in range(writers)]
 
-    async def submit(self, ws: uuid.UUID, envelopes: list[tracking.Envelope], received_at: datetime
-                     ) -> tracking.RecordResult:
+    async def submit(self, ws: uuid.UUID, envelopes: list[tracking.Envelope]) -> tracking.RecordResult:
         future: asyncio.Future[tracking.RecordResult] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Submission(ws, envelopes, received_at, future))
+        await self._queue.put(_Submission(ws, envelopes, future))
         return await future
 
     async def close(self) -> None:
@@ -76,7 +81,13 @@ class Committer:
             results = await self._record(group)
         except Exception as exc:  # noqa: BLE001 - isolate: each request on its own
             if len(group) == 1:
-                _settle(group[0], exc)
+                sub = group[0]
+                outcome: tracking.RecordResult | BaseException
+                try:
+                    outcome = await self._isolate(sub.workspace_id, sub.envelopes, exc)
+                except Exception as failed:  # noqa: BLE001 - the request's own answer
+                    outcome = failed
+                _settle(sub, outcome)
                 return
             log.warning("ingest.group_commit_failed", requests=len(group), error=type(exc).__name__)
             for sub in group:
@@ -85,6 +96,49 @@ class Committer:
         for sub, result in zip(group, results, strict=True):
             _settle(sub, result)
 
+    async def _isolate(self, ws: uuid.UUID, envelopes: list[tracking.Envelope], exc: Exception
+                       ) -> tracking.RecordResult:
+        """One request's messages after its transaction failed with ``exc``: written again in one transaction, in
+        halves (in order, each in a savepoint) while the database refuses them for their data, the messages it
+        refuses alone reported in ``refused``. Raises the error, with nothing of the request stored, when it is not
+        about the data, when no message of the request could be written (then the fault is more likely ours than
+        the messages': the client should retry), or when the budget runs out. (Halves committed one by one left
+        part of a request stored under a 500, and a retry stored again the messages the SDK gave no messageId.)"""
+        if not refused_for_its_data(exc):
+            raise exc
+        budget = [ISOLATION_BUDGET]
+        async with self._sessionmaker() as session, session.begin():
+            result = await self._halves(session, ws, envelopes, exc, budget)
+            if len(result.refused) == len(envelopes):
+                raise exc
+        return result
+
+    async def _halves(self, session: AsyncSession, ws: uuid.UUID, envelopes: list[tracking.Envelope],
+                      exc: Exception, budget: list[int]) -> tracking.RecordResult:
+        if not refused_for_its_data(exc) or (len(envelopes) > 1 and budget[0] <= 0):
+            raise exc
+        if len(envelopes) == 1:
+            env = envelopes[0]
+            # ids and the database's first line only (its other lines hold the statement and the values)
+            log.error("ingest.message_refused_by_database", workspace_id=str(ws), message_id=env.message_id[:100],
+                      sqlstate=sqlstate(exc), error=(str(exc).strip().splitlines() or [""])[0][:300])
+            return tracking.RecordResult(refused=[(env, sqlstate(exc) or "")])
+        half = len(envelopes) // 2
+        out = tracking.RecordResult()
+        for part in (envelopes[:half], envelopes[half:]):
+            budget[0] -= 1
+            try:
+                async with session.begin_nested():
+                    [got] = await _record_group(
+                        session, [_Submission(ws, part, asyncio.get_running_loop().create_future())])
+            except Exception as failed:  # noqa: BLE001 - narrowed down, or raised again
+                got = await self._halves(session, ws, part, failed, budget)
+            out.accepted += got.accepted
+            out.duplicates += got.duplicates
+            out.suppressed += got.suppressed
+            out.inserted += got.inserted
+            out.refused += got.refused
+        return out
 
     async def _record(self, group: list[_Submission], races: int = 3) -> list[tracking.RecordResult]:
         for attempt in range(1, races + 1):
@@ -96,6 +150,12 @@ class Committer:
                     raise
                 log.info("ingest.message_id_race", requests=len(group), attempt=attempt)
         raise AssertionError("unreachable")
+
+
+def refused_for_its_data(exc: Exception) -> bool:
+    """A data exception (SQLSTATE class 22) or a constraint violation (23): it follows the messages."""
+    state = sqlstate(exc)
+    return isinstance(state, str) and state[:2] in ("22", "23")
 
 
 def _settle(sub: _Submission, outcome: tracking.RecordResult | BaseException) -> None:
@@ -116,7 +176,9 @@ async def _record_group(session: AsyncSession, group: list[_Submission]) -> list
     # in workspace order: each ``record`` takes its workspace's erasure lock (shared) to commit, and two groups
     # taking two workspaces' locks in opposite orders could deadlock with two erasures waiting for them
     for ws, subs in sorted(by_ws.items(), key=lambda item: item[0]):
-        combined = await tracking.record(session, ws, [e for s in subs for e in s.envelopes], subs[0].received_at)
+        # (each envelope carries its own request's received_at: the group's first, shared, stored events with a
+        # timestamp after their received_at)
+        combined = await tracking.record(session, ws, [e for s in subs for e in s.envelopes])
         inserted = {e.message_id for e in combined.inserted}
         claimed: set[str] = set()
         for sub in subs:

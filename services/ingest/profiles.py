@@ -119,7 +119,7 @@ async def resolve_profiles(session: AsyncSession, ws: uuid.UUID, batch: list["En
             pid = None  # a shared device: its profile is another user's, a new user gets a profile of their own
         if pid is None:
             pid = uuid.uuid4()
-            new_profiles[pid] = owners[pid] = env.user_id
+            new_profiles[pid] = owners[pid] = env.user_id or None  # ("" is no userId, as in ``_keys``)
         for k in keys:
             if k not in known:
                 known[k] = new_ids[k] = pid
@@ -193,11 +193,16 @@ async def resolve_profiles(session: AsyncSession, ws: uuid.UUID, batch: list["En
 
 async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, from_: uuid.UUID, *, reason: str,
                          message_id: str | None, only_if_anonymous: bool = False) -> bool:
-    """Merge profile ``from_`` into ``into`` (see the module docstring). Returns False if refused."""
+    """Merge profile ``from_`` into ``into`` (see the module docstring). Returns False if refused.
+
+    Either may have been merged away by another request since this one read it (two logins on one device at once,
+    or the identify and the track an SDK sends together after one): the rows are read again under their lock, and a
+    merged-away one stands for its survivor, so a profile is merged once, into one profile, and the refusal of a
+    device's profile already another user's holds as it does for requests one after the other."""
     rows = {
         r.id: r
         for r in await session.execute(
-            text("select id, user_id, traits, trait_times from ingest.profiles "
+            text("select id, user_id, traits, trait_times, merged_into from ingest.profiles "
                  "where id = any(CAST(:ids AS uuid[])) order by id for update"),
             {"ids": sorted([into, from_])},
         )
@@ -205,6 +210,10 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
     if into not in rows or from_ not in rows:
         return False
     a, b = rows[into], rows[from_]
+    if a.merged_into is not None or b.merged_into is not None:
+        into, from_ = a.merged_into or into, b.merged_into or from_
+        return into != from_ and await merge_profiles(session, ws, into, from_, reason=reason, message_id=message_id,
+                                                      only_if_anonymous=only_if_anonymous)
     if only_if_anonymous and b.user_id is not None and b.user_id != a.user_id:
         return False
     traits, times = trait_merge.merge_profiles((a.traits, a.trait_times), (b.traits, b.trait_times))
@@ -341,13 +350,26 @@ async def get_profile(session: AsyncSession, ws: uuid.UUID, ref: str) -> dict[st
 async def list_profiles(session: AsyncSession, ws: uuid.UUID, *, user_id: str | None, email: str | None,
                         traits: dict[str, str], q: str | None, after: str | None, limit: int
                         ) -> tuple[list[dict[str, Any]], str | None]:
-    """Live profiles (not merged away), filtered, in id order; ``traits`` compares each trait's value as text
-    exactly (numbers and booleans as JSON writes them)."""
+    """Live profiles (not merged away), filtered, in id order (see :func:`list_query`)."""
+    sql, params = list_query(ws, user_id=user_id, email=email, traits=traits, q=q, after=after)
+    return await fetch_page(session, sql, params, limit)
+
+
+def list_query(ws: uuid.UUID, *, user_id: str | None, email: str | None, traits: dict[str, str], q: str | None,
+               after: str | None) -> tuple[str, dict[str, Any]]:
+    """The statement of :func:`list_profiles` (ending ``limit :lim``) and its parameters.
+
+    ``user_id`` and ``q`` find a userId through the identity map, as :func:`resolve_refs` does: a profile merged
+    away leaves its ``user_id`` column empty (an alias's ``previousId``, an older userId) and its identity with the
+    survivor, which ``GET /v1/profiles/{ref}`` found and the list did not. ``traits`` compares each trait's value
+    as text exactly (numbers and booleans as JSON writes them)."""
     clauses = ["workspace_id = :ws", "merged_into is null",
                "(CAST(:after AS uuid) is null or id > CAST(:after AS uuid))"]
     params: dict[str, Any] = {"ws": ws, "after": after}
     if user_id is not None:
-        clauses.append("user_id = :uid")
+        # one probe of the identity key, then of the primary key
+        clauses.append("id = (select i.profile_id from ingest.identities i "
+                       "where i.workspace_id = :ws and i.kind = 'user_id' and i.value = :uid)")
         params["uid"] = user_id
     if email is not None:
         clauses.append("lower(traits->>'email') = lower(:email)")
@@ -357,15 +379,16 @@ async def list_profiles(session: AsyncSession, ws: uuid.UUID, *, user_id: str | 
         clauses.append(f"traits->>:tk{i} = :tv{i}")
         params[f"tk{i}"], params[f"tv{i}"] = name, value
     if q:
+        # the profile's other userIds (merged in) too: the workspace's matching userIds read once (a hashed subplan),
+        # not a probe of the identities per profile that nothing else matched (a rare term: one per profile)
         clauses.append("(user_id ilike :q or (traits->>'email') ilike :q or (traits->>'name') ilike :q "
-                       "or (traits->>'first_name') ilike :q or (traits->>'last_name') ilike :q)")
+                       "or (traits->>'first_name') ilike :q or (traits->>'last_name') ilike :q "
+                       "or id in (select i.profile_id from ingest.identities i where i.workspace_id = :ws "
+                       "and i.kind = 'user_id' and i.value ilike :q))")
         params["q"] = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    return await fetch_page(
-        session,
-        "select id, user_id, traits, created_at, updated_at from ingest.profiles where "
-        + " and ".join(clauses) + " order by id limit :lim",
-        params, limit,
-    )
+    sql = ("select id, user_id, traits, created_at, updated_at from ingest.profiles where "
+           + " and ".join(clauses) + " order by id limit :lim")
+    return sql, params
 
 
 async def subject_profiles(session: AsyncSession, ws: uuid.UUID, ref: str) -> list[uuid.UUID]:

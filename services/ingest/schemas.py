@@ -10,19 +10,30 @@ from shared.validation import IsoOrUnixDatetime, JsonBool, Ref, StorableModel
 
 
 def _id_str(v: Any) -> Any:
-    """SDKs send numeric ids; Segment treats them as strings."""
+    """SDKs send numeric ids; Segment treats them as strings. An empty or blank id is no id, as the SDKs test ids
+    (by truthiness): kept, ``""`` became the userId of the first such message's profile, and the next one's a
+    unique-key error that failed its whole batch."""
     if isinstance(v, bool):
         raise ValueError("must be a string or number")
     if isinstance(v, int | float):
         return str(v)
+    if isinstance(v, str) and not v.strip():
+        return None
     return v
 
 
-# documented as what is accepted: a string, or a number (kept as its decimal text)
+def _required_id_str(v: Any) -> Any:
+    v = _id_str(v)
+    if v is None:
+        raise ValueError("must not be empty or blank")
+    return v
+
+
+# documented as what is accepted: a string, or a number (kept as its decimal text); an empty or blank one is absent
 IdStr = Annotated[Annotated[str, StringConstraints(max_length=512)] | None, BeforeValidator(_id_str),
                   WithJsonSchema({"anyOf": [{"type": "string", "maxLength": 512}, {"type": "number"},
                                             {"type": "null"}]}, mode="validation")]
-RequiredIdStr = Annotated[str, BeforeValidator(_id_str), StringConstraints(min_length=1, max_length=512),
+RequiredIdStr = Annotated[str, BeforeValidator(_required_id_str), StringConstraints(max_length=512),
                           WithJsonSchema({"anyOf": [{"type": "string", "minLength": 1, "maxLength": 512},
                                                     {"type": "number"}]}, mode="validation")]
 
@@ -40,13 +51,14 @@ class _Message(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="allow")
 
     message_id: IdStr = Field(default=None, alias="messageId",
-                              description="Idempotency key: a retried message with the same id is stored once")
+                              description="Idempotency key: a retried message with the same id is stored once (without "
+                                          "one, or with an empty one, it is given a UUID)")
     user_id: IdStr = Field(default=None, alias="userId",
                            description="your app's id for the user (a number is kept as its text); userId or "
-                                       "anonymousId is required")
+                                       "anonymousId is required (an empty or blank one counts as absent)")
     anonymous_id: IdStr = Field(default=None, alias="anonymousId",
                                 description="the SDK's id for the device or browser (there before the user is "
-                                            "known)")
+                                            "known); an empty or blank one counts as absent")
     context: JsonObject = Field(default_factory=dict,
                                 description="stored with the event as sent (ip, locale, timezone, userAgent, "
                                             "library, campaign …); its locale and timezone become the profile's when "
@@ -182,7 +194,8 @@ _EVENT_TRAITS = ("identify: the traits sent (with `context.traits`); group: the 
 _EVENT_CONTEXT = ("the message's context as sent, over its batch's context (ip, locale, timezone, userAgent, library, "
                   "campaign …); empty for a merge")
 _PROFILE_TRAITS = ("the profile's traits: the newest value of each from identify calls (`null` removed it); locale "
-                   "and timezone from a message's context when the profile never had them")
+                   "and timezone from a message's context when the profile never had them (a merge keeps the "
+                   "surviving profile's: a login on a device does not take on the device's)")
 
 
 class Rejected(BaseModel):
@@ -263,7 +276,8 @@ class ProfileList(BaseModel):
 
 
 class ProfileEvent(BaseModel):
-    seq: int = Field(description="position in the event log, increasing: pass it as `after` for the events before it")
+    seq: int = Field(description="position in the event log, increasing (the list's order); the next page is asked "
+                                 "for with the list's `next_cursor`, not with this number")
     message_id: str = Field(description=_MESSAGE_ID)
     type: str = Field(description=_EVENT_TYPE)
     event: str | None = Field(description=_EVENT_NAME)
@@ -280,6 +294,8 @@ class ProfileEventList(BaseModel):
 
 
 class ErasureCreate(StorableModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt `suppress` erased without suppressing, with a 202
+
     user: str = Field(min_length=1, max_length=512, description="userId, anonymousId, email or profile id",
                       examples=["u-42"])
     suppress: JsonBool = Field(False, description="keep dropping events for this user's ids after the erasure "
@@ -338,6 +354,8 @@ class ExportOut(BaseModel):
 
 
 class ResolveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     refs: list[Ref] = Field(min_length=1, max_length=10_000, description="profile ids, userIds, anonymousIds or emails",
                             examples=[["u-42", "ada@example.com", "b5f1c2d0-device"]])
 
@@ -347,6 +365,8 @@ class ResolveOut(BaseModel):
 
 
 class LookupRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     ids: list[uuid.UUID] = Field(min_length=1, max_length=1000, description="profile ids",
                                  examples=[["6f1c9a52-3c1e-4d8e-9b1a-2f0c7e5d4a10"]])
 

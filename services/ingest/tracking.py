@@ -49,6 +49,7 @@ class Envelope:
     previous_id: str | None = None  # alias
     group_id: str | None = None  # group
     profile_id: uuid.UUID | None = None
+    received_at: datetime | None = None  # when ingest received its request (None: ``record``'s received_at)
 
 
 @dataclass
@@ -58,6 +59,8 @@ class RecordResult:
     suppressed: int = 0
     inserted: list[Envelope] = field(default_factory=list)
     suppressed_ids: set[str] = field(default_factory=set)
+    # messages the database refused, with the SQLSTATE (services/ingest/committer.py): not stored
+    refused: list[tuple[Envelope, str]] = field(default_factory=list)
 
 
 def _utc(dt: datetime | None) -> datetime | None:
@@ -147,6 +150,7 @@ def normalize(msg: Message, received_at: datetime, *, batch_sent_at: datetime | 
         sent_at=_utc(sent_at),
         previous_id=previous_id,
         group_id=group_id,
+        received_at=received_at,
     )
 
 
@@ -162,7 +166,8 @@ _STORED = ("select k.m from unnest($2::text[]) as k(m) cross join lateral "
 
 async def _insert_events(session: AsyncSession, ws: uuid.UUID, received_at: datetime, batch: list[Envelope]
                          ) -> set[str]:
-    """Store the batch's events (one per message id); the ids stored by this call.
+    """Store the batch's events (one per message id), each with its own request's receipt time (``received_at`` for
+    an envelope without one); the ids stored by this call.
 
     Ids already stored are found with one probe of the unique index, and the rest is a binary COPY:
     PostgreSQL spends about half the CPU of an ``insert … on conflict`` fed by ``jsonb_to_recordset`` (6.8
@@ -179,7 +184,8 @@ async def _insert_events(session: AsyncSession, ws: uuid.UUID, received_at: date
     try:
         await db.copy_records_to_table("events", schema_name="ingest", columns=_EVENT_COLUMNS, records=[
             (ws, e.message_id, e.type, e.event, e.profile_id, e.user_id, e.anonymous_id, _jsonb(e.properties),
-             _jsonb(e.traits), _jsonb(e.context), e.timestamp, received_at, e.sent_at) for e in fresh])
+             _jsonb(e.traits), _jsonb(e.context), e.timestamp, e.received_at or received_at, e.sent_at)
+            for e in fresh])
     except asyncpg.UniqueViolationError as exc:
         raise MessageIdRace(str(exc)) from exc
     return {e.message_id for e in fresh}
@@ -206,8 +212,10 @@ def context_traits(env: Envelope) -> dict[str, Any]:
 
 
 async def record(session: AsyncSession, workspace_id: uuid.UUID, envelopes: list[Envelope],
-                 received_at: datetime) -> RecordResult:
-    """Store a batch of messages; the caller owns (and commits) the transaction."""
+                 received_at: datetime | None = None) -> RecordResult:
+    """Store a batch of messages; the caller owns (and commits) the transaction. The envelopes may come from several
+    requests (the committer's group): each is stored with its own ``received_at`` (``normalize`` sets it; the
+    argument, else now, dates those built without one)."""
     result = RecordResult()
     unique: dict[str, Envelope] = {}
     for env in envelopes:
@@ -227,7 +235,7 @@ async def record(session: AsyncSession, workspace_id: uuid.UUID, envelopes: list
     if not batch:
         return result
     await resolve_profiles(session, workspace_id, batch)
-    inserted_ids = await _insert_events(session, workspace_id, received_at, batch)
+    inserted_ids = await _insert_events(session, workspace_id, received_at or datetime.now(UTC), batch)
     result.inserted = [e for e in batch if e.message_id in inserted_ids]
     result.accepted = len(result.inserted)
     result.duplicates += len(batch) - result.accepted

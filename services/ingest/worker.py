@@ -18,7 +18,8 @@ from shared.settings import Settings
 log = structlog.get_logger()
 
 async def enforce_retention(ctx: JobCtx) -> int:
-    deleted = await retention.enforce(ctx["sessionmaker"], "ingest.events", "received_at")
+    deleted = await retention.enforce(ctx["sessionmaker"], "ingest.events", "timestamp",
+                                      received_before=retention.FEED_GRACE)
     if deleted:
         log.info("ingest.retention_enforced", deleted=deleted)
     return deleted

@@ -36,9 +36,9 @@ from services.segment.schemas import (
 from shared import profile_merges
 from shared.auth import InternalDep, WorkspaceDep
 from shared.db import SessionDep
-from shared.errors import COMMON_ERRORS, ValidationFailed, problem_schema
+from shared.errors import COMMON_ERRORS, InvalidCursor, ValidationFailed, place_error, problem_schema
 from shared.feed import Cursor, backlog
-from shared.pagination import AfterDep
+from shared.pagination import AfterDep, page_of
 from shared.validation import IsoDate, IsoDatetime
 
 router = APIRouter(prefix="/v1", tags=["segments"])
@@ -74,16 +74,22 @@ async def preview_segment(body: PreviewRequest, ws: WorkspaceDep, session: Sessi
 
 @router.post("/profiles/search", response_model=SearchOut, operation_id="search_profiles", tags=["profiles"],
              summary="Profiles matching a condition (trait, computed attribute, segment membership, …), "
-                     "a page at a time, with the total count", responses=COMMON_ERRORS)
-async def search_profiles(body: SearchRequest, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
+                     "a page at a time, with the total count",
+             description="Profiles in id order. `after` is the `next_cursor` of the previous page of the same search: "
+                         "a cursor belongs to its definition and workspace, and another one's (or an edited one) is a "
+                         "400, as on every list.", responses=COMMON_ERRORS)
+async def search_profiles(body: SearchRequest, ws: WorkspaceDep, session: SessionDep, request: Request
+                          ) -> dict[str, Any]:
     node = segments.validate_definition(body.definition)
+    page = page_of(request, ws, body.after, where="body", defined_by=body.definition)
     try:
-        after = uuid.UUID(body.after) if body.after else None
+        after = uuid.UUID(page.position) if page.position else None
     except ValueError:
-        raise ValidationFailed("after must be the next_cursor of a previous page") from None
+        raise InvalidCursor("body") from None
     async with session.begin():
         await segments.check_references(session, ws, node)
-        return await evaluation.search(session, ws, node, after=after, limit=body.limit)
+        found = await evaluation.search(session, ws, node, after=after, limit=body.limit)
+    return {**found, "next_cursor": page.next(found["next_cursor"])}
 
 
 @router.put("/segments/{segment_id}", response_model=SegmentOut, operation_id="update_segment",
@@ -201,7 +207,7 @@ async def retention_metrics(
 ) -> dict[str, Any]:
     start, end = (t.astimezone(UTC) if t.tzinfo else t.replace(tzinfo=UTC) for t in (start, end))  # answered in UTC
     if end <= start:
-        raise ValidationFailed("end must be after start")
+        raise ValidationFailed("end must be after start", errors=[place_error(["query", "end"], "must be after start")])
     async with session.begin():
         if segment_id is not None and segment_id not in {lifecycle.stage_segment_id(ws, st) for st in lifecycle.STAGES}:
             await segments.get_segment(session, ws, segment_id)  # a 404, not the metrics of nobody
@@ -219,7 +225,8 @@ async def stage_series(
     end: Annotated[IsoDate, Query(description="last day (UTC), at most 366 days after start")],
 ) -> dict[str, Any]:
     if end < start or (end - start).days > 366:
-        raise ValidationFailed("end must be on or after start, and at most 366 days later")
+        msg = "end must be on or after start, and at most 366 days later"
+        raise ValidationFailed(msg, errors=[place_error(["query", "end"], msg.removeprefix("end "))])
     async with session.begin():
         return {"days": await metrics.stage_series(session, ws, start, end)}
 
@@ -279,7 +286,7 @@ async def upload_list_csv(list_id: uuid.UUID, ws: WorkspaceDep, session: Session
                           ) -> dict[str, Any]:
     body = await request.body()
     if len(body) > 2 * 1024 * 1024:
-        raise ValidationFailed("The CSV file is over 2 MB")
+        raise ValidationFailed("The CSV file is over 2 MB", errors=[place_error(["body"], "over 2 MB")])
     return await _change(request, session, ws, list_id, lists.ids_from_csv(body), add=True)
 
 

@@ -23,14 +23,12 @@ from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any
 
-from services.segment.conditions import compare, finite_number  # (compare: the trait operators segments use)
+from services.segment.conditions import amount, compare, finite_number  # (compare: the trait operators segments use)
 
 DEFAULT_PURCHASE_EVENTS = ("Order Completed",)
 DEFAULT_REFUND_EVENTS = ("Order Refunded",)  # as programs' refund_event (services/campaign/programs/config.py)
 DEFAULT_NPS_EVENT = "NPS Survey Submitted"
 DEFAULT_REVENUE_PROPERTY = "revenue"
-# no order is worth a quadrillion: an amount that large is an id or a garbled number, and counts as 0
-MAX_ORDER_VALUE = 1e15
 ATTRIBUTES = ("order_count", "total_revenue", "average_order_value", "orders_per_month", "first_seen",
               "last_seen", "days_since_last_activity", "days_since_last_order", "last_nps", "lead_score")
 
@@ -59,13 +57,12 @@ class PurchaseRules:
         )
 
     def nps_score(self, event: dict[str, Any]) -> float | None:
-        """The score of an NPS survey answer (0–10), or None if the event is not one."""
+        """The score of an NPS survey answer (0–10: a number, or text holding one as for amounts — "4", as a form
+        posts it, was no answer though a revenue of "4" counted), or None if the event is not one."""
         if event.get("type") != "track" or event.get("event") != self.nps_event:
             return None
-        value = (event.get("properties") or {}).get("score")
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 10:
-            return None
-        return float(value)
+        score = finite_number((event.get("properties") or {}).get("score"))
+        return score if score is not None and 0 <= score <= 10 else None
 
     def order_value(self, event: dict[str, Any]) -> float | None:
         """The revenue of a purchase event, or None if the event is not a purchase."""
@@ -114,13 +111,13 @@ def order_id(event: dict[str, Any]) -> str | None:
 
 
 def _amount(value: Any) -> float | None:
-    """A finite amount from a property (a number, or text holding one); None without a usable one."""
+    """A finite amount from a property (a number, or text holding one); None without a usable one (it counts as
+    0: an order stays counted)."""
     # text reads as NaN or an infinity ("NaN", "Infinity", "1e999"): one such purchase made the revenue
     # NaN / infinite for good, and every evaluation, search and metric of the profile failed; so did an
     # amount of 1e27 or more (no cents fit in 28 digits: ``money``), or two of 1e308 (their float sum is
-    # infinite), failing the whole workspace's re-evaluation page after page
-    amount = finite_number(value)
-    return amount if amount is not None and abs(amount) < MAX_ORDER_VALUE else None
+    # infinite), failing the whole workspace's re-evaluation page after page: none reaches conditions.MAX_AMOUNT
+    return amount(value)
 
 
 @dataclass(frozen=True)
@@ -145,7 +142,9 @@ class LeadScoreRules:
     def score(self, counts: Mapping[str, Mapping[date, int]], traits: Mapping[str, Any]) -> float:
         points = sum(p * sum(counts.get(ev, {}).values()) for ev, p in self.events)
         points += sum(p for trait, op, value, p in self.traits if compare(op, traits.get(trait), value))
-        return round(points, 2)
+        # a float even with no rules (the empty sums are the int 0): search answers it as computed, and 0 there
+        # was 0.0 in GET …/attributes
+        return round(float(points), 2)
 
 
 _LEAD_OPS = frozenset({"equals", "not_equals", "exists", "not_exists", "contains", "starts_with", "in", "not_in",

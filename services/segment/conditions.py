@@ -10,8 +10,9 @@ A definition is a tree of nodes discriminated on ``type``:
 - ``performed``: the profile performed ``event`` ``at_least`` / ``at_most`` / ``exactly`` ``count``
   times, optionally ``within_days`` or ``between`` two dates, optionally only events whose properties
   match every filter in ``where``;
-- ``performed_time``: when the ``first`` / ``last`` ``event`` happened: ``before`` / ``after`` a date,
-  ``within_last_days`` or ``over_days_ago`` N days (never performed: false);
+- ``performed_time``: when the ``first`` / ``last`` ``event`` happened: ``before`` / ``after`` an instant (a
+  date-time, or a date: the start of that UTC day, as for traits), ``within_last_days`` or ``over_days_ago`` N
+  days (never performed: false);
 - ``aggregate``: ``sum`` / ``avg`` / ``min`` / ``max`` / ``count`` of a numeric ``property`` of ``event``
   over a window, compared with ``op`` / ``value`` (e.g. revenue in the last 90 days ≥ 500);
 - ``last_event_property``: a property of the most recent ``event`` (e.g. last viewed product's category);
@@ -36,13 +37,13 @@ import math
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from shared.jsonutil import get_path
-from shared.validation import IsoDate, JsonFloat, JsonInt, ordered_number, unstorable
+from shared.validation import IsoDate, JsonFloat, JsonInt, numeric_text, ordered_number, unstorable
 
 EMAIL_OPENED = "Email Opened"
 EMAIL_CLICKED = "Email Link Clicked"
@@ -178,7 +179,9 @@ class PerformedNode(_Windowed):
 
 
 class PerformedTimeNode(_Node):
-    """When a profile first / last performed an event (day precision)."""
+    """When a profile first / last performed an event: ``before`` / ``after`` compare its instant with the value's
+    (a date is the start of that UTC day, as for traits); ``within_last_days`` / ``over_days_ago`` count (UTC)
+    days."""
 
     type: Literal["performed_time"] = "performed_time"
     event: Text = Field(min_length=1, examples=["Signed Up"])
@@ -190,7 +193,7 @@ class PerformedTimeNode(_Node):
     def _value_fits_op(self) -> "PerformedTimeNode":
         if self.op in ("before", "after"):
             if _as_datetime(self.value) is None:
-                raise ValueError(f"{self.op!r} needs an ISO 8601 date value")
+                raise ValueError(f"{self.op!r} needs an ISO 8601 date or date-time value")
         elif isinstance(self.value, bool) or not isinstance(self.value, int) or self.value < 0:
             raise ValueError(f"{self.op!r} needs a whole number of days")
         return self
@@ -343,6 +346,8 @@ class ProfileFacts:
     profile_id: str = ""
     traits: Mapping[str, Any] = field(default_factory=dict)
     counts: Mapping[str, Mapping[date, int]] = field(default_factory=dict)  # event -> day -> n
+    # event -> (first, last) occurrence; an event counted but missing here: the start of its first / last day
+    times: Mapping[str, tuple[datetime, datetime]] = field(default_factory=dict)
     attributes: Mapping[str, Any] = field(default_factory=dict)  # computed attributes (attributes.py)
     events: Mapping[str, Sequence[RawEvent]] = field(default_factory=dict)  # event -> occurrences, oldest first
     accounts: Sequence[Mapping[str, Any]] = field(default_factory=list)  # traits of each account (group)
@@ -445,14 +450,27 @@ def _as_datetime(v: Any) -> datetime | None:
 
 
 def finite_number(v: Any) -> float | None:
-    """A finite number, also from text ("12.5"); None for anything else ("NaN" and "Infinity" included)."""
-    if isinstance(v, bool) or not isinstance(v, int | float | str):
+    """A finite number, also from text holding one by the rule trait and ``where`` comparisons follow
+    (``shared.validation.NUMERIC_TEXT``: "12.5", "-1e3"); None for anything else. Python's float() alone also took
+    "1_000", " 25" and other scripts' digits ("١٢"), and "NaN" and "Infinity"."""
+    if isinstance(v, bool) or not isinstance(v, int | float | str) or isinstance(v, str) and not numeric_text(v):
         return None
     try:
         number = float(v)
-    except ValueError:
+    except OverflowError:  # an int beyond a float
         return None
     return number if math.isfinite(number) else None
+
+
+# no amount is worth a quadrillion: one that large is an id or a garbled number (docs/metrics.md)
+MAX_AMOUNT = 1e15
+
+
+def amount(v: Any) -> float | None:
+    """An amount from a property (the revenue of an order, a refund, a value an ``aggregate`` reads): a
+    ``finite_number`` below ``MAX_AMOUNT`` either way; None without one."""
+    number = finite_number(v)
+    return number if number is not None and abs(number) < MAX_AMOUNT else None
 
 
 def compare(op: str, actual: Any, expected: Any, today: date | None = None) -> bool:
@@ -537,16 +555,19 @@ def _performed_time(node: PerformedTimeNode, facts: ProfileFacts, today: date) -
         return (today - day).days < int(node.value)
     if node.op == "over_days_ago":
         return (today - day).days > int(node.value)
-    bound = _as_datetime(node.value)
-    assert bound is not None
-    return day < bound.date() if node.op == "before" else day > bound.date()
+    # instants, as ``compare`` orders a date trait (a date value is the start of its UTC day); an occurrence counted
+    # before its instant was kept (segment_0008) is at the start of its day
+    first_last = facts.times.get(node.event)
+    when = (first_last[0] if node.which == "first" else first_last[1]) if first_last else \
+        datetime.combine(day, time(), UTC)
+    return compare(node.op, when, node.value)
 
 
 def _aggregate(node: AggregateNode, facts: ProfileFacts, today: date) -> bool:
     values: list[float] = []
     for at, props in facts.events.get(node.event, ()):
         if node.in_window(at.date(), today) and _matches(node.where, props, today):
-            v = finite_number(get_path(props, node.property))
+            v = amount(get_path(props, node.property))  # read as the revenue reads its amounts
             if v is not None:
                 values.append(v)
     if node.function == "count":

@@ -37,6 +37,15 @@ SCHEMA = "segment"
 
 Affected = dict[uuid.UUID, set[uuid.UUID]]
 
+# folding occurrences of an event on a day into those counted (new events, or a merge): the day's first and last
+# (a time not known, of a day counted before segment_0008, is the start of the day, as conditions reads it)
+_COUNTS_FOLD = """on conflict (workspace_id, profile_id, event, day) do update set
+        count = c.count + excluded.count,
+        first_at = least(coalesce(c.first_at, c.day::timestamp at time zone 'UTC'),
+                         coalesce(excluded.first_at, c.day::timestamp at time zone 'UTC')),
+        last_at = greatest(coalesce(c.last_at, c.day::timestamp at time zone 'UTC'),
+                           coalesce(excluded.last_at, c.day::timestamp at time zone 'UTC'))"""
+
 # folding one profile's statistics into another's (new events, or a merge)
 _STATS_FOLD = """on conflict (workspace_id, profile_id) do update set
         first_seen = least(p.first_seen, excluded.first_seen),
@@ -72,6 +81,7 @@ _RAW_TYPES = ("track", "page", "screen")
 
 async def apply_events(session: AsyncSession, events: list[dict[str, Any]]) -> Affected:
     counts: dict[tuple[uuid.UUID, uuid.UUID, str, date], int] = defaultdict(int)
+    times: dict[tuple[uuid.UUID, uuid.UUID, str, date], tuple[datetime, datetime]] = {}  # first, last that day
     traits: dict[tuple[uuid.UUID, uuid.UUID], list[trait_merge.Update]] = {}
     account_traits: dict[tuple[uuid.UUID, str], list[trait_merge.Update]] = {}
     account_members: set[tuple[uuid.UUID, uuid.UUID, str]] = set()
@@ -110,7 +120,10 @@ async def apply_events(session: AsyncSession, events: list[dict[str, Any]]) -> A
             if e.get("traits"):
                 account_traits.setdefault((ws, gid), []).append((_ts_key(e["timestamp"]), e["traits"]))
         elif e.get("event"):
-            counts[(ws, pid, e["event"], at.date())] += 1
+            key = (ws, pid, e["event"], at.date())
+            counts[key] += 1
+            first, last = times.get(key, (at, at))
+            times[key] = (min(first, at), max(last, at))
             if e["type"] in _RAW_TYPES:
                 raw.append({"ws": e["workspace_id"], "pid": e["profile_id"], "ev": e["event"], "at": at,
                             "mid": e.get("message_id") or str(uuid.uuid4()), "props": e.get("properties") or {}})
@@ -119,15 +132,15 @@ async def apply_events(session: AsyncSession, events: list[dict[str, Any]]) -> A
         await session.execute(
             text(
                 """
-                insert into segment.event_counts (workspace_id, profile_id, event, day, count)
+                insert into segment.event_counts as c (workspace_id, profile_id, event, day, count, first_at, last_at)
                 select * from unnest(CAST(:ws AS uuid[]), CAST(:pid AS uuid[]), CAST(:ev AS text[]),
-                                     CAST(:day AS date[]), CAST(:n AS int[]))
-                on conflict (workspace_id, profile_id, event, day)
-                do update set count = segment.event_counts.count + excluded.count
-                """
+                                     CAST(:day AS date[]), CAST(:n AS int[]), CAST(:first AS timestamptz[]),
+                                     CAST(:last AS timestamptz[]))
+                """ + _COUNTS_FOLD
             ),
             {"ws": [k[0] for k in keys], "pid": [k[1] for k in keys], "ev": [k[2] for k in keys],
-             "day": [k[3] for k in keys], "n": [counts[k] for k in keys]},
+             "day": [k[3] for k in keys], "n": [counts[k] for k in keys], "first": [times[k][0] for k in keys],
+             "last": [times[k][1] for k in keys]},
         )
     if raw:
         await session.execute(
@@ -362,12 +375,10 @@ async def merge_profiles(session: AsyncSession, ws: uuid.UUID, into: uuid.UUID, 
     same = await _merge_orders(session, params)
     await session.execute(text(
         """
-        insert into segment.event_counts (workspace_id, profile_id, event, day, count)
-        select workspace_id, :into, event, day, count from segment.event_counts
+        insert into segment.event_counts as c (workspace_id, profile_id, event, day, count, first_at, last_at)
+        select workspace_id, :into, event, day, count, first_at, last_at from segment.event_counts
          where workspace_id = :ws and profile_id = :from
-        on conflict (workspace_id, profile_id, event, day)
-        do update set count = segment.event_counts.count + excluded.count
-        """), params)
+        """ + _COUNTS_FOLD), params)
     await session.execute(text("delete from segment.event_counts where workspace_id = :ws and profile_id = :from"),
                           params)
     for table, key in (("profile_events", "event, at, message_id, properties"), ("account_members", "group_id"),
@@ -639,7 +650,7 @@ async def _load_facts(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID
     db = await driver_connection(session)  # bulk reads: asyncpg records, no per-row ORM processing
     stats = {r["profile_id"]: dict(r) for r in await db.fetch(
         "select * from segment.profile_stats where workspace_id = $1 and profile_id = any($2::uuid[])", ws, pids)}
-    facts = {pid: conditions.ProfileFacts(profile_id=str(pid), traits={}, counts={},
+    facts = {pid: conditions.ProfileFacts(profile_id=str(pid), traits={}, counts={}, times={},
                                           attributes=attributes.derive(stats.get(pid), today), events={},
                                           accounts=[], segments=set(), lists=set())
              for pid in pids}
@@ -647,12 +658,18 @@ async def _load_facts(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID
                                  "where workspace_id = $1 and profile_id = any($2::uuid[])", ws, pids):
         facts[pid].traits = loads(t)
     if count_events:
+        # with the first and last occurrence (a day counted before they were kept: its start), as set_evaluation
         rows = await db.fetch(
-            "select profile_id, event, array_agg(day), array_agg(count) from segment.event_counts "
+            "select profile_id, event, array_agg(day), array_agg(count), "
+            "min(coalesce(first_at, day::timestamp at time zone 'UTC')) filter (where count > 0), "
+            "max(coalesce(last_at, day::timestamp at time zone 'UTC')) filter (where count > 0) "
+            "from segment.event_counts "
             "where workspace_id = $1 and profile_id = any($2::uuid[]) and event = any($3::text[]) "
             "group by profile_id, event", ws, pids, sorted(count_events))
-        for pid, event, days, ns in rows:
+        for pid, event, days, ns, first, last in rows:
             facts[pid].counts[event] = dict(zip(days, ns, strict=True))  # type: ignore[index]
+            if first is not None:
+                facts[pid].times[event] = (first, last)  # type: ignore[index]
     if needs.raw:
         rows = await db.fetch(
             "select profile_id, event, at, properties::text from segment.profile_events "
@@ -1067,16 +1084,26 @@ async def _walk(sessionmaker: async_sessionmaker[AsyncSession], ws: uuid.UUID, k
         page = following
 
 
+# The stages are defined by the workspace's ``lifecycle`` settings: a digest of them (``w`` a core.workspaces row,
+# or nulls) names what a pass recomputed the stages with (workspace_checks.lifecycle_settings, pass_key)
+_LIFECYCLE_SETTINGS = "md5(coalesce(w.settings -> 'lifecycle', 'null'::jsonb)::text)"
+
+
 async def pass_key(session: AsyncSession, ws: uuid.UUID, segment_ids: set[uuid.UUID] | None,
                    lifecycle: bool | None, today: date | None) -> str:
     """Names a pass over every profile, so an interrupted one resumes only as the same pass: same
-    segments at the same versions, stages or not, and the same day when the day is fixed (re-checks)."""
+    segments at the same versions, stages or not (and with the same lifecycle settings), and the same day when
+    the day is fixed (re-checks)."""
     versions = (await session.execute(
         text("select id, version from segment.segments where workspace_id = :ws "
              "and (CAST(:ids AS uuid[]) is null or id = any(CAST(:ids AS uuid[]))) order by id"),
         {"ws": ws, "ids": None if segment_ids is None else list(segment_ids)})).all()
     parts = [str(ws), f"stages={_with_stages(segment_ids, lifecycle)}", f"day={today}",
              *(f"{sid}@{version}" for sid, version in versions)]
+    if _with_stages(segment_ids, lifecycle):  # stages recomputed with other settings are another pass
+        parts.append(str((await session.execute(text(
+            f"select {_LIFECYCLE_SETTINGS} from (select) x left join core.workspaces w on w.id = :ws"),
+            {"ws": ws})).scalar()))
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
@@ -1127,28 +1154,42 @@ async def recheck_windows(sessionmaker: async_sessionmaker[AsyncSession], today:
     return changes
 
 
-async def recheck_lifecycle(sessionmaker: async_sessionmaker[AsyncSession], today: date) -> int:
-    """Once a day per workspace, every known profile's stage is recomputed: time alone moves people
-    to at-risk and churned."""
+async def recheck_lifecycle(sessionmaker: async_sessionmaker[AsyncSession], today: date, *,
+                            changed_only: bool = False) -> int:
+    """Every known profile's stage is recomputed once a day per workspace (time alone moves people to at-risk
+    and churned), and as soon as the workspace's lifecycle settings differ from those its stages were last
+    recomputed with: a new ``loyal_orders`` changed /v1/metrics (which reads it) at once, but no one's stage
+    until the next day. ``changed_only``: only the latter (the worker's poll; a workspace recomputed before
+    its settings were recorded waits for its daily pass)."""
     changes = 0
     async with sessionmaker() as session, session.begin():
-        due = (await session.execute(
-            text("select distinct s.workspace_id from segment.profile_stats s "
-                 "left join segment.workspace_checks c on c.workspace_id = s.workspace_id "
-                 "where c.lifecycle_checked_on is null or c.lifecycle_checked_on < :today"),
-            {"today": today},
-        )).scalars().all()
-    for ws in due:
+        if changed_only:
+            due = (await session.execute(text(
+                f"select c.workspace_id, {_LIFECYCLE_SETTINGS} from segment.workspace_checks c "
+                f"left join core.workspaces w on w.id = c.workspace_id "
+                f"where c.lifecycle_settings <> {_LIFECYCLE_SETTINGS}"))).all()
+        else:
+            due = (await session.execute(text(
+                f"select p.workspace_id, {_LIFECYCLE_SETTINGS} "
+                f"from (select distinct workspace_id from segment.profile_stats) p "
+                f"left join segment.workspace_checks c on c.workspace_id = p.workspace_id "
+                f"left join core.workspaces w on w.id = p.workspace_id "
+                f"where c.lifecycle_checked_on is null or c.lifecycle_checked_on < :today "
+                f"or c.lifecycle_settings <> {_LIFECYCLE_SETTINGS}"), {"today": today})).all()
+    for ws, recomputed_with in due:
         try:
             changes += await evaluate_all(sessionmaker, ws, segment_ids=set(), lifecycle=True, today=today)
         except Exception:  # noqa: BLE001 - left due: the next run tries again, the other workspaces go on
             workspace_failed("segment", "recheck_lifecycle", ws)
             continue
+        # the settings read before the pass: changed during it, they are due again
         async with sessionmaker() as session, session.begin():
             await session.execute(text(
-                "insert into segment.workspace_checks (workspace_id, lifecycle_checked_on) values (:ws, :today) "
-                "on conflict (workspace_id) do update set lifecycle_checked_on = excluded.lifecycle_checked_on"),
-                {"ws": ws, "today": today})
+                "insert into segment.workspace_checks (workspace_id, lifecycle_checked_on, lifecycle_settings) "
+                "values (:ws, :today, :cfg) on conflict (workspace_id) do update set "
+                "lifecycle_checked_on = excluded.lifecycle_checked_on, "
+                "lifecycle_settings = excluded.lifecycle_settings"),
+                {"ws": ws, "today": today, "cfg": recomputed_with})
     return changes
 
 
@@ -1164,8 +1205,8 @@ async def preview(session: AsyncSession, ws: uuid.UUID, node: Any, *, sample: in
 async def search(session: AsyncSession, ws: uuid.UUID, node: Any, *, after: uuid.UUID | None, limit: int,
                  today: date | None = None) -> dict[str, Any]:
     """Known profiles matching a definition, in id order after ``after`` (a page of ``limit``, with
-    their traits and computed attributes), and how many match in all. ``next_cursor`` only when a match
-    follows the page."""
+    their traits and computed attributes), and how many match in all. ``next_cursor`` (the page's last profile id:
+    the route makes it a cursor) only when a match follows the page."""
     today = today or datetime.now(UTC).date()
     settings = await workspace_settings(session, ws)
     if set_evaluation.compilable(node):

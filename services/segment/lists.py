@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segment import evaluation
 from shared.db import fetch_one, fetch_page, insert_one_or_conflict, row_dict
-from shared.errors import UpstreamUnavailable, ValidationFailed
+from shared.errors import UpstreamUnavailable, ValidationFailed, place_error
 from shared.http import InternalClient
 from shared.jsonutil import loads
 
@@ -29,27 +29,34 @@ _COLUMNS = ("l.id, l.name, l.created_at, (select count(*) from segment.list_memb
             "where m.workspace_id = l.workspace_id and m.list_id = l.id) as members")
 
 
+def _unreadable(detail: str, msg: str) -> ValidationFailed:
+    """A CSV upload refused as a whole: its problem names the body."""
+    return ValidationFailed(detail, errors=[place_error(["body"], msg)])
+
+
 def ids_from_csv(raw: bytes) -> list[str]:
     """The first column of a CSV file (a header naming the column, e.g. ``id``/``email``, is skipped)."""
     try:
         content = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ValidationFailed("The CSV file is not UTF-8") from None
+    except UnicodeDecodeError as exc:
+        raise _unreadable("The CSV file is not UTF-8", f"not UTF-8 text: {exc.reason} at byte {exc.start + 1}"
+                          ) from None
     try:  # newline="": the csv module itself handles \n, \r\n and bare \r line ends
         reader = csv.reader(io.StringIO(content, newline=""))
         rows = [(reader.line_num, row[0].strip()) for row in reader if row and row[0].strip()]
     except csv.Error as exc:
-        raise ValidationFailed(f"The CSV file could not be read: {exc}") from None
+        raise _unreadable(f"The CSV file could not be read: {exc}", f"not CSV: {exc}") from None
     bad = [line for line, ref in rows if _CONTROL.search(ref) or len(ref) > 512]
     if bad:
-        raise ValidationFailed(f"Ids on lines {bad[:10]} have control characters or are over 512 characters")
+        msg = f"ids on lines {bad[:10]} have control characters or are over 512 characters"
+        raise _unreadable(msg[0].upper() + msg[1:], msg)
     ids = [ref for _, ref in rows]
     if ids and re.sub(r"[\s_-]", "", ids[0].lower()) in _HEADERS:
         ids = ids[1:]
     if not ids:
-        raise ValidationFailed("The CSV file has no ids")
+        raise _unreadable("The CSV file has no ids", "no ids in its first column (a header alone is none)")
     if len(ids) > MAX_IDS:
-        raise ValidationFailed(f"At most {MAX_IDS} ids per upload")
+        raise _unreadable(f"At most {MAX_IDS} ids per upload", f"over {MAX_IDS} ids")
     return ids
 
 

@@ -12,7 +12,8 @@ optionally restricted to the current members of a segment:
 - average CLTV = mean revenue per customer;
 - NPS = % promoters (9–10) − % detractors (0–6) among users who answered, each user's newest answer:
   the ``score`` of their last NPS survey event (workspace setting ``nps_event``, default
-  ``NPS Survey Submitted``), else their ``nps`` trait (answers outside 0–10 are not answers);
+  ``NPS Survey Submitted``; numeric text too, attributes.PurchaseRules.nps_score), else their ``nps`` trait
+  (answers outside 0–10 are not answers); rounded to two decimals, as the rates;
   CSAT = % of users who answered ``csat`` 4–5 on a 1–5 scale (values outside 1–5 are not answers).
 Rates are ``None`` when their denominator is zero.
 """
@@ -82,7 +83,7 @@ async def retention_metrics(session: AsyncSession, ws: uuid.UUID, start: datetim
         "loyal_rate": _rate(row["loyal_repeat"], row["repeat"]),
         "churn_rate": _rate(row["churned"], row["users"]),
         "average_cltv": round(float(row["avg_cltv"]), 2) if row["avg_cltv"] is not None else None,
-        "nps": round((row["promoters"] - row["detractors"]) * 100.0 / nps_answers, 1) if nps_answers else None,
+        "nps": round((row["promoters"] - row["detractors"]) * 100.0 / nps_answers, 2) if nps_answers else None,
         "nps_responses": nps_answers,
         "csat": _rate(row["satisfied"], row["csat_answers"]),
         "csat_responses": row["csat_answers"],

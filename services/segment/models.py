@@ -80,12 +80,14 @@ class ProfileStats(SegmentTable, table=True):
 
 
 class WorkspaceCheck(SegmentTable, table=True):
-    """The (UTC) day each workspace's lifecycle stages were last recomputed as time passes."""
+    """The (UTC) day each workspace's lifecycle stages were last recomputed as time passes, and the lifecycle
+    settings they were recomputed with (a digest: evaluation.recheck_lifecycle re-stages when they change)."""
 
     __tablename__ = "workspace_checks"
 
     workspace_id: uuid.UUID = Field(primary_key=True)
     lifecycle_checked_on: date | None = None
+    lifecycle_settings: str | None = None
 
 
 class PassProgress(SegmentTable, table=True):
@@ -102,7 +104,9 @@ class PassProgress(SegmentTable, table=True):
 
 
 class EventCount(SegmentTable, table=True):
-    """How many times a profile performed an event on a (UTC) day."""
+    """How many times a profile performed an event on a (UTC) day, and when it did first and last that day
+    (``performed_time`` before / after an instant). Null for a day counted before segment_0008 whose occurrences
+    were not stored: read as the start of the day."""
 
     __tablename__ = "event_counts"
 
@@ -111,6 +115,8 @@ class EventCount(SegmentTable, table=True):
     event: str = Field(primary_key=True)
     day: date = Field(primary_key=True)
     count: int = 0
+    first_at: datetime | None = Field(default=None, sa_column=tz_column("first_at", nullable=True, default_now=False))
+    last_at: datetime | None = Field(default=None, sa_column=tz_column("last_at", nullable=True, default_now=False))
 
 
 class Membership(SegmentTable, table=True):

@@ -119,7 +119,8 @@ class ProfileAttributes(BaseModel):
                                                              "screen call (`last_seen`); null without one (only "
                                                              "identified so far)")
     days_since_last_order: int | None
-    last_nps: float | None = Field(None, description="newest NPS survey answer (0–10), else the `nps` trait "
+    last_nps: float | None = Field(None, description="newest NPS survey answer (a `score` from 0 to 10: a number, or "
+                                                        "text holding one such as \"4\"), else the `nps` trait "
                                                         "(when it is a number from 0 to 10)")
     lead_score: float = Field(0, description="points from the workspace's lead score rules")
 
@@ -172,9 +173,11 @@ class RetentionMetrics(BaseModel):
     average_cltv: float | None = Field(description="mean revenue per customer (all their purchases, added up "
                                                    "as sent: no currency conversion; net of refunds); null "
                                                    "without customers")
-    nps: float | None = Field(description="% promoters (9–10) − % detractors (0–6) among the users who answered")
+    nps: float | None = Field(description="% promoters (9–10) − % detractors (0–6) among the users who answered, "
+                                          "rounded to two decimals")
     nps_responses: int = Field(description="users with an NPS answer (0–10): their newest NPS survey event's "
-                                           "`score`, else their `nps` trait")
+                                           "`score` (a number, or text holding one), else their `nps` trait (a "
+                                           "number)")
     csat: float | None = Field(description="% of answers 4–5 (csat trait, 1–5)")
     csat_responses: int = Field(description="users whose `csat` trait is a number from 1 to 5")
 
@@ -196,7 +199,8 @@ class SearchRequest(BaseModel):
 class FoundProfile(BaseModel):
     profile_id: str
     traits: dict[str, Any] = Field(description="the profile's traits, as segment has them from ingest's events")
-    attributes: dict[str, Any] = Field(description="computed attributes")
+    attributes: dict[str, Any] = Field(description="computed attributes: those of `GET /v1/profiles/{id}/attributes` "
+                                                   "(but `profile_id`), as it types them")
     stage: str | None = Field(description="lifecycle stage")
 
 

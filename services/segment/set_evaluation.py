@@ -227,14 +227,19 @@ class _Statement:
     def performed_time(self, node: c.PerformedTimeNode) -> str:
         self.events.add(node.event)
         fn = "min" if node.which == "first" else "max"
-        day = self.column(f"{fn}(day) filter (where event = {self.param(node.event, 'text')} and count > 0)")
         if node.op in ("within_last_days", "over_days_ago"):
+            day = self.column(f"{fn}(day) filter (where event = {self.param(node.event, 'text')} and count > 0)")
             ago = f"({self.param(self.today, 'date')} - {day})"
             cmp = "<" if node.op == "within_last_days" else ">"
             return f"coalesce({ago} {cmp} {self.param(_clamped(node.value), 'bigint')}, false)"  # (any N)
+        # instants, as conditions.compare orders a date trait: the first / last occurrence's (a row counted before
+        # they were kept, segment_0008, at the start of its day) with the value's (a date: the start of its UTC day)
         bound = c._as_datetime(node.value)
         assert bound is not None  # checked on save
-        return f"coalesce({day} {'<' if node.op == 'before' else '>'} {self.param(bound.date(), 'date')}, false)"
+        at = "first_at" if node.which == "first" else "last_at"
+        when = self.column(f"{fn}(coalesce({at}, day::timestamp at time zone 'UTC')) "
+                           f"filter (where event = {self.param(node.event, 'text')} and count > 0)")
+        return f"coalesce({when} {'<' if node.op == 'before' else '>'} {self.param(bound, 'timestamptz')}, false)"
 
     # --- comparisons (conditions.compare) ------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Segment's arq worker: fold ingest's event feed, evaluate new segments over known profiles."""
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -88,7 +89,9 @@ async def recheck_windows(ctx: JobCtx) -> int:
 
 @long_job(PASS_TIMEOUT_S)
 async def evaluate_segments(ctx: JobCtx) -> int:
-    """Evaluate every segment whose current version has not been evaluated over known profiles yet.
+    """Evaluate every segment whose current version has not been evaluated over known profiles yet, and the
+    lifecycle stages of the workspaces whose lifecycle settings changed since (the stage segments' definition:
+    ``tenure workspace configure`` writes them straight into core.workspaces).
 
     Woken when a segment is saved, and polled, so a lost wake-up only delays the backfill. Each chunk
     of profiles commits on its own; after a crash the pass resumes after its last committed page (and a
@@ -115,6 +118,9 @@ async def evaluate_segments(ctx: JobCtx) -> int:
                 except Exception:  # noqa: BLE001 - logged and counted; retried at the next poll
                     workspace_failed("segment", "evaluate_segments", ws)
                     failed.add(ws)
+        if mine and not stopping(ctx):
+            changes += await evaluation.recheck_lifecycle(ctx["sessionmaker"], datetime.now(UTC).date(),
+                                                          changed_only=True)
     if changes:
         await wake(ctx["redis"], ctx["settings"], "campaign", "on_transitions")
     return changes

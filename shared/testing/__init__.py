@@ -7,6 +7,7 @@ working in a fresh workspace each.
 """
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import shutil
@@ -24,12 +25,20 @@ import pytest_asyncio
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared import embedded
 from shared.core import CreatedWorkspace, create_workspace
 from shared.db import create_engine, create_sessionmaker
 from shared.embedded import EmbeddedServers, free_port
 from shared.settings import Settings
 
 INTERNAL_TOKEN = "test-internal-token"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, … when pytest-xdist runs the suite
+    if worker.removeprefix("gw").isdigit():
+        n = int(worker.removeprefix("gw")) % 8
+        embedded.PORT_BLOCK = range(20_000 + n * 1_500, 20_000 + (n + 1) * 1_500)
 
 
 @dataclass
@@ -64,9 +73,10 @@ def _asyncpg_dsn(url: str) -> tuple[str, dict[str, str]]:
 
 
 @contextlib.contextmanager
-def fresh_database(servers: Servers, prefix: str) -> Iterator[str]:
-    """A database of its own on the test server (its URL), dropped afterwards. Created and dropped on an event
-    loop of its own, so it can be used at session start and inside a test alike."""
+def fresh_database(servers: Servers, prefix: str, template: str | None = None) -> Iterator[str]:
+    """A database of its own on the test server (its URL), dropped afterwards; a copy of database ``template`` if
+    given (which nobody may be connected to). Created and dropped on an event loop of its own, so it can be used
+    at session start and inside a test alike."""
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin, kw = _asyncpg_dsn(servers.admin_database_url)
 
@@ -84,20 +94,30 @@ def fresh_database(servers: Servers, prefix: str) -> Iterator[str]:
         finally:
             loop.close()
 
-    admin_exec(f'create database "{name}"')
+    admin_exec(f'create database "{name}"' + (f' template "{template}"' if template else ""))
     try:
         yield make_url(servers.admin_database_url).set(database=name).render_as_string(hide_password=False)
     finally:
         admin_exec(f'drop database if exists "{name}" with (force)')
 
 
+@contextlib.contextmanager
+def migrated_database(servers: Servers, prefix: str) -> Iterator[str]:
+    """:func:`fresh_database`, migrated to head. The migration runs on a thread of its own: it calls
+    ``asyncio.run``, which leaves its thread with no event loop, and on this one that would be the loop the session's
+    async tests share (the next async test failed with "There is no current event loop")."""
+    from shared.migrate import upgrade_all
+
+    with fresh_database(servers, prefix) as url:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(upgrade_all, Settings(database_url=url, redis_url=servers.redis_url)).result()
+        yield url
+
+
 @pytest.fixture(scope="session")
 def database_url(servers: Servers) -> Iterator[str]:
     """A fresh database for this run, migrated to head; dropped afterwards."""
-    from shared.migrate import upgrade_all
-
-    with fresh_database(servers, "tenure_test") as url:
-        upgrade_all(Settings(database_url=url, redis_url=servers.redis_url))
+    with migrated_database(servers, "tenure_test") as url:
         yield url
 
 
@@ -194,6 +214,22 @@ def internal_headers(workspace_id: uuid.UUID | str | None = None) -> dict[str, s
 
 FEED_SETTLE_S = 15.0
 
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def metric_samples(exposition: str) -> Samples:
+    """The samples of a Prometheus text exposition, parsed with prometheus-client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(exposition) for s in fam.samples}
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels`` (0 when none)."""
+    want = set(labels.items())
+    return sum(v for (n, lab), v in samples.items() if n == name and want <= lab)
+
 
 async def feed_pages(client: httpx.AsyncClient, path: str = "/v1/events", *, after: str = "", limit: int = 5000
                      ) -> AsyncIterator[dict[str, Any]]:
@@ -218,6 +254,22 @@ async def feed_head(ingest: httpx.AsyncClient) -> str:
     async for page in feed_pages(ingest):
         cursor = page["next_cursor"]
     return cursor
+
+
+@contextlib.contextmanager
+def smtp_server(handler: Any, **config: Any) -> Iterator[int]:
+    """A real SMTP server (aiosmtpd) on a free loopback port, answering with ``handler``'s hooks (a mail server
+    that greylists, refuses, keeps what it gets); yields the port. ``config``: more ``Controller`` settings (TLS,
+    authentication)."""
+    from aiosmtpd.controller import Controller
+
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, **config)
+    controller.start()
+    try:
+        yield port
+    finally:
+        controller.stop()
 
 
 @contextlib.contextmanager

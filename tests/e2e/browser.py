@@ -1,6 +1,7 @@
 """Headless Chromium for page tests: Debian's chromium and chromedriver, installed with apt when missing
 (the test machine's own packages; nothing downloads a browser of its own)."""
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -20,9 +21,14 @@ def ensure_chromium() -> tuple[str, str]:
         raise RuntimeError("chromium and chromedriver are missing: apt-get install chromium chromium-driver")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]
-    if subprocess.run(install, env=env, capture_output=True, timeout=600).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600, check=True)
-        subprocess.run(install, env=env, capture_output=True, timeout=600, check=True)
+    # one install at a time: the suite's parallel workers (pytest-xdist) may all reach here first, and a second
+    # apt-get would fail on dpkg's lock
+    with open("/tmp/tenure-tests-chromium.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not all((shutil.which("chromium"), shutil.which("chromedriver"))):
+            if subprocess.run(install, env=env, capture_output=True, timeout=600).returncode != 0:
+                subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600, check=True)
+                subprocess.run(install, env=env, capture_output=True, timeout=600, check=True)
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     assert chromium and driver, "apt installed chromium but it is not on PATH"
     return chromium, driver

@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 from services.devinbox.inbox import Mailbox, parse_message
 from shared.embedded import free_port
 from shared.settings import SERVICES, Settings
+from shared.testing import Samples, metric_samples, sample  # noqa: F401 - (sample: for the tests that import it here)
 
 TENURE = str(Path(sys.executable).parent / "tenure")
 # where stacks keep their processes' logs: the run's pytest temporary folder (tests/conftest.py), which pytest
@@ -184,20 +185,10 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 45.0, what: s
         await asyncio.sleep(0.2)
 
 
-def scrape(port_or_url: int | str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+def scrape(port_or_url: int | str) -> Samples:
     """Samples of a Prometheus endpoint, parsed with prometheus-client's own parser."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     url = f"http://127.0.0.1:{port_or_url}/metrics" if isinstance(port_or_url, int) else port_or_url
-    body = httpx.get(url, timeout=5).text
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for fam in text_string_to_metric_families(body) for s in fam.samples}
-
-
-def sample(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels`` (0 when none)."""
-    want = set(labels.items())
-    return sum(v for (n, lab), v in samples.items() if n == name and want <= lab)
+    return metric_samples(httpx.get(url, timeout=5).text)
 
 
 def postgres_target(database_url: str) -> tuple[str, int] | str:

@@ -1,6 +1,7 @@
 """The `tenure` command as a user runs it: migrate, workspace create, dev + mail; and what it prints of servers'
 answers, files and names, which rich must not read as markup."""
 
+import asyncio
 import contextlib
 import importlib
 import json
@@ -333,6 +334,27 @@ def test_a_service_that_does_not_answer_is_named_with_a_hint(settings, workspace
     assert f"cannot reach {url} (ConnectError" in said and "is `tenure dev` running?" in said, said
 
 
+async def test_demo_pauses_the_dev_welcome_and_names_the_campaigns_holding_people_out(
+        settings, served, workspace, sessionmaker) -> None:
+    """After `tenure demo` one `Signed Up` sent two welcomes (the dev workspace's and Onboarding's); and its closing
+    words named only win-back's holdout, though churn prevention holds 10 % out too (Lena's email may not come)."""
+    from services.devserver import create_welcome
+
+    async with sessionmaker() as s, s.begin():
+        welcome = await create_welcome(s, workspace.workspace_id)
+    urls = {f"TENURE_{name.upper()}_URL": url for name, url in served.items()}
+    r = await asyncio.to_thread(_tenure, settings, "demo", "--write-key", workspace.write_key,
+                                "--key", workspace.secret_key, **urls)
+    assert r.returncode == 0, r.stderr
+    said = _said(r)
+    assert "campaign 'Welcome email' (tenure dev's welcome) paused: Onboarding sends the welcome now" in said, said
+    assert "campaigns with a holdout leave that share of their entrants out to measure their lift (Churn " \
+           "prevention 10 %, Win-back 10 %: Lena, at risk, or Grace, churned, may be one" in said, said
+    async with httpx.AsyncClient(base_url=served["campaign"]) as http:
+        got = await http.get(f"/v1/campaigns/{welcome['id']}", headers={"Authorization": f"Bearer {workspace.secret_key}"})
+    assert got.json()["status"] == "paused", got.text
+
+
 def test_import_reports_bad_rows_as_written_and_exits_3(settings, served, workspace, tmp_path) -> None:
     """A bad row is reported with the cell that failed; the good rows are stored."""
     path = tmp_path / "orders.csv"
@@ -341,6 +363,17 @@ def test_import_reports_bad_rows_as_written_and_exits_3(settings, served, worksp
     assert r.returncode == 3, r.stderr
     said = _said(r)
     assert "1 stored" in said and f"line 2: bad value: column 'properties.total:number': '{MARKUP}' is not a number" in said
+
+
+def test_import_help_names_the_file_format(settings) -> None:
+    """The columns a CSV takes and what an NDJSON line is were only in services/importer.py's docstring."""
+    r = _tenure(settings, "import", "--help")
+    assert r.returncode == 0, r.stderr
+    said = _said(r)
+    for column in ("userId", "anonymousId", "event", "timestamp", "messageId", "traits.NAME", "properties.NAME",
+                   "NAME:number", "NAME:bool", "--profiles"):
+        assert column in said, (column, said)
+    assert "NDJSON (.ndjson, .jsonl): one JSON object per line, a Segment message" in said, said
 
 
 def test_workspace_create_and_configure_print_names_and_values_as_written(settings, workspace) -> None:
@@ -365,3 +398,65 @@ def test_mail_lists_subjects_as_written(settings) -> None:
     finally:
         smtp.stop()
     assert r.returncode == 0 and f"ada@example.com │ {MARKUP}" in _said(r), r.stdout
+
+
+def _cli_json(settings, *args: str, code: int = 0) -> Any:
+    r = subprocess.run([TENURE, *args, "--json"], env=_env(settings), capture_output=True, timeout=60)
+    assert r.returncode == code, r.stderr.decode()
+    return json.loads(r.stdout) if code == 0 else r.stderr.decode()
+
+
+async def test_a_leaked_key_is_replaced_and_revoked_with_the_cli(settings, apps, monkeypatch) -> None:
+    """Rotation as an operator does it: add a key, move the SDKs to it, revoke the old one, by its id or by the
+    key itself (what one holds when it has leaked). Every API refuses a revoked key, one already in use too once
+    its cache entry lapses (30 s in production, none here); the last secret key is kept unless --force."""
+    from shared import auth
+
+    monkeypatch.setattr(auth, "CACHE_TTL_S", 0.0)
+    ws = _cli_json(settings, "workspace", "create", "rotated")
+    wid, old_write, old_secret = ws["workspace_id"], ws["write_key"], ws["secret_key"]
+
+    async def track(key: str) -> int:
+        return (await apps["ingest"].post("/v1/track", auth=(key, ""), json={"userId": "u", "event": "E"})).status_code
+
+    async def manage(key: str) -> int:
+        return (await apps["campaign"].get("/v1/campaigns", headers={"Authorization": f"Bearer {key}"})).status_code
+
+    assert await track(old_write) == 200 and await manage(old_secret) == 200
+    new_write = _cli_json(settings, "workspace", "add-key", wid, "--kind", "write")
+    assert new_write["kind"] == "write" and new_write["key"].startswith(new_write["hint"].rstrip("…"))
+    assert await track(new_write["key"]) == 200 and await track(old_write) == 200  # both, while SDKs move over
+
+    revoked = _cli_json(settings, "workspace", "revoke-key", old_write)  # by the key itself
+    assert revoked["kind"] == "write" and revoked["revoked_at"]
+    assert await track(old_write) == 401 and await track(new_write["key"]) == 200
+    assert _cli_json(settings, "workspace", "revoke-key", revoked["id"]) == revoked  # again: nothing changes
+
+    # the last secret key stays unless forced; once another exists, the old one goes (by its id)
+    refused = _cli_json(settings, "workspace", "revoke-key", old_secret, code=1)
+    assert "last secret key" in refused and await manage(old_secret) == 200
+    new_secret = _cli_json(settings, "workspace", "add-key", wid, "--kind", "secret")
+    listed = _cli_json(settings, "workspace", "keys", wid)
+    old_secret_id = next(k["id"] for k in listed if k["kind"] == "secret" and k["id"] != new_secret["id"])
+    _cli_json(settings, "workspace", "revoke-key", old_secret_id)
+    assert await manage(old_secret) == 401 and await manage(new_secret["key"]) == 200
+    assert await track(new_secret["key"]) == 403  # (a secret key is not a write key)
+    listed = _cli_json(settings, "workspace", "keys", wid)
+    assert [(k["kind"], k["revoked_at"] is not None) for k in listed] == [
+        ("write", True), ("secret", True), ("write", False), ("secret", False)]
+    assert "key" not in listed[2]  # the keys themselves are shown once, at creation
+    # the workspace's last secret key, forced: nothing reaches its management APIs but the CLI
+    _cli_json(settings, "workspace", "revoke-key", new_secret["id"], code=1)
+    forced = subprocess.run([TENURE, "workspace", "revoke-key", new_secret["id"], "--force"], env=_env(settings),
+                            capture_output=True, timeout=60)
+    assert forced.returncode == 0 and await manage(new_secret["key"]) == 401
+
+
+def test_key_commands_name_what_they_cannot_find(settings) -> None:
+    for args, code, says in ((["workspace", "keys", "nope"], 2, "not a workspace id"),
+                             (["workspace", "keys", "00000000-0000-0000-0000-000000000000"], 1, "no workspace"),
+                             (["workspace", "add-key", "00000000-0000-0000-0000-000000000000", "--kind", "write"], 1,
+                              "no workspace"),
+                             (["workspace", "revoke-key", "wk_not-a-key"], 1, "no such key")):
+        r = subprocess.run([TENURE, *args], env=_env(settings), capture_output=True, timeout=60)
+        assert (r.returncode, says in r.stderr.decode()) == (code, True), r.stderr.decode()

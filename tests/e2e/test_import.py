@@ -219,3 +219,112 @@ async def test_rows_without_times_in_two_files_are_two_events_and_nan_is_reporte
         stored = (await s.execute(text("select event, properties from ingest.events where workspace_id = :ws "
                                        "and user_id = 'n'"), {"ws": workspace.workspace_id})).all()
     assert [(e, p) for e, p in stored] == [("B", {"x": 1})]
+
+
+async def test_a_csv_quote_never_closed_is_reported_where_it_opens_and_nothing_after_it_is_imported(
+        ingest_url, workspace, sessionmaker, tmp_path):
+    """The cell used to hold the rest of the file (one event storing ten rows as a property, reported as fine):
+    where it was meant to end cannot be known, so the row is reported by its first line, the lines it took are
+    named, and none of them is imported. With the quote closed, importing again stores just those rows."""
+    f = tmp_path / "orders.csv"
+    good = [f"u{i},Order Completed,2026-01-0{1 + i % 9}T10:00:00Z" for i in range(10)]
+    after = [f"v{i},Order Completed,2026-01-0{1 + i % 9}T10:00:00Z" for i in range(10)]
+    f.write_text("\n".join(["userId,event,timestamp", *good, 'uqbad,"Order Completed,2026-01-01T10:00:00Z', *after]) + "\n")
+    r = _import(ingest_url, workspace.write_key, str(f))
+    assert r.returncode == 3, r.stderr
+    assert "10 stored, 0 already there, 1 rejected" in r.stderr, r.stderr
+    assert "line 12: a quoted cell is never closed: lines 12-22, the rest of the file, cannot be read" in r.stderr
+    assert await _count(sessionmaker, workspace.workspace_id, "track") == 10
+    f.write_text("\n".join(["userId,event,timestamp", *good, 'uqbad,"Order Completed",2026-01-01T10:00:00Z', *after]) + "\n")
+    again = _import(ingest_url, workspace.write_key, str(f))
+    assert again.returncode == 0 and "11 stored, 10 already there, 0 rejected" in again.stderr, again.stderr
+    assert await _count(sessionmaker, workspace.workspace_id, "track") == 21
+
+
+async def test_deleting_a_reported_row_and_importing_again_stores_no_row_twice(ingest_url, workspace, sessionmaker,
+                                                                              tmp_path):
+    """Ids derived from the line changed for every row after a deleted one, so fixing a file as the report says
+    and running it again stored those rows a second time. Identical rows stay two events; so do rows without a
+    timestamp, whose ids hold the file's path too."""
+    f = tmp_path / "orders.csv"
+    rows = [f"u{i},Order Completed,2026-01-01T10:{i:02}:00Z,{i}" for i in range(40)]
+    rows[8] = ",Order Completed,2026-01-01T00:00:00Z,1"  # line 10: no user
+    rows[20:20] = ["twin,Order Completed,2026-01-02T00:00:00Z,5"] * 2 + ["late,Logged In,,"] * 2
+    f.write_text("userId,event,timestamp,properties.n:number\n" + "\n".join(rows) + "\n")
+    first = _import(ingest_url, workspace.write_key, str(f))
+    assert first.returncode == 3 and "43 stored" in first.stderr and "line 10: " in first.stderr, first.stderr
+    lines = f.read_text().splitlines(keepends=True)
+    del lines[9]  # sed -i 10d
+    f.write_text("".join(lines))
+    again = _import(ingest_url, workspace.write_key, str(f))
+    assert again.returncode == 0 and "0 stored, 43 already there, 0 rejected" in again.stderr, again.stderr
+    assert await _count(sessionmaker, workspace.workspace_id, "track") == 43
+
+
+async def test_a_null_or_empty_message_id_is_derived_so_a_rerun_stores_nothing_twice(ingest_url, workspace,
+                                                                                    sessionmaker, tmp_path):
+    f = tmp_path / "events.ndjson"
+    f.write_text('{"userId": "a", "event": "E", "messageId": null}\n{"userId": "a", "event": "E", "messageId": ""}\n'
+                 '{"userId": "a", "event": "E"}\n')
+    assert "3 stored" in _import(ingest_url, workspace.write_key, str(f)).stderr
+    again = _import(ingest_url, workspace.write_key, str(f))
+    assert again.returncode == 0 and "0 stored, 3 already there" in again.stderr, again.stderr
+    assert await _count(sessionmaker, workspace.workspace_id, "track") == 3
+
+
+def _rejects_file(path: Path) -> list[int]:
+    import csv
+
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["line", "reason"] and all(len(r) == 2 and r[1] for r in rows[1:]), rows[:3]
+    return [int(r[0]) for r in rows[1:]]
+
+
+def test_rejects_file_keeps_every_rejected_row_across_a_kill_and_the_resumed_run(ingest_url, workspace, tmp_path):
+    """The report on the terminal shows 50 bad rows and is lost with a killed run (the resumed run reports only
+    the rows after the checkpoint): ``--rejects FILE`` lists every one, written with each checkpoint, so a
+    SIGKILLed run leaves the rows through the checkpoint's line and the resumed run appends the rest."""
+    f = tmp_path / "many.ndjson"
+    lines = [f'{{"userId": "r{i}", "traits": {{"n": {i}}}}}' for i in range(1, 3001)]
+    bad = list(range(10, 3001, 10))
+    for line in bad:
+        lines[line - 1] = "not json"
+    f.write_text("\n".join(lines) + "\n")
+    checkpoint, rejects = tmp_path / "many.ndjson.tenure-import.json", tmp_path / "bad rows.csv"
+    args = [TENURE, "import", str(f), "--profiles", "--url", ingest_url, "--write-key", workspace.write_key]
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.Popen([*args, "--batch-size", "3", "--rejects", str(rejects)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not checkpoint.exists() or orjson.loads(checkpoint.read_bytes())["line"] < 100:
+            assert proc.poll() is None, "the import ended before it was killed"
+            assert time.monotonic() < deadline, "the import acknowledged nothing"
+            time.sleep(0.02)
+        proc.kill()
+    finally:
+        proc.wait()
+    done = orjson.loads(checkpoint.read_bytes())["line"]
+    assert 100 <= done < 3000
+    kept = _rejects_file(rejects)
+    assert set(kept) >= {line for line in bad if line <= done} and set(kept) <= set(bad), (done, kept)
+
+    resumed = subprocess.run([*args, "--rejects", str(rejects)], capture_output=True, text=True, timeout=120, env=env)
+    assert resumed.returncode == 3, resumed.stderr
+    assert f"resumed after line {done} (this run's rejected rows are appended to {rejects})" in resumed.stderr
+    assert re.search(rf"… and \d+ more: all are in {re.escape(str(rejects))}\n", resumed.stderr), resumed.stderr
+    listed = _rejects_file(rejects)
+    # (a kill between a batch's rows written and its checkpoint saved lists them twice: at most one here)
+    assert set(listed) == set(bad) and len(listed) - len(bad) <= 1, listed
+    assert not checkpoint.exists()
+
+    # without --rejects the report says how to see the rows it leaves out; a run that does not resume starts the
+    # file over
+    whole = subprocess.run([*args, "--no-resume"], capture_output=True, text=True, timeout=120, env=env)
+    assert whole.returncode == 3 and "300 rejected" in whole.stderr, whole.stderr
+    assert "  … and 250 more: list them all with --rejects FILE\n" in whole.stderr, whole.stderr
+    again = subprocess.run([*args, "--no-resume", "--rejects", str(rejects)], capture_output=True, text=True,
+                           timeout=120, env=env)
+    assert again.returncode == 3, again.stderr
+    assert _rejects_file(rejects) == bad

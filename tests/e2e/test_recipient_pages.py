@@ -140,7 +140,7 @@ async def test_double_opt_in_page_speaks_the_language_of_its_email(public, works
     to = f"optin-{uuid.uuid4().hex[:6]}@example.com"
     async with httpx.AsyncClient(timeout=10) as c:
         r = await c.post(f"{url}/v1/opt-ins", headers={"Authorization": f"Bearer {workspace.secret_key}"},
-                         json={"email": to, "topics": ["news"], "locale": "fr"})
+                         json={"email": to, "topics": ["product_news"], "locale": "fr"})
         assert r.status_code == 202, r.text
     await sending.send_due(sessionmaker, s)
     mail = next(m for m in mailbox.messages if m["to"] == [to])

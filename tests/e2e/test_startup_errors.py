@@ -30,6 +30,11 @@ def _closed_port() -> int:
 
 @pytest.mark.parametrize(("variable", "value", "named"), [
     ("TENURE_DB_POOL_SIZE", "ten", "TENURE_DB_POOL_SIZE"),
+    # parsed, but out of range: a traceback from uvicorn's bind, a pool that can never hand out a connection, and a
+    # level the logging module takes for a custom one (nothing logged at all) were all accepted before
+    ("TENURE_INGEST_PORT", "70000", "TENURE_INGEST_PORT"),
+    ("TENURE_DB_POOL_SIZE", "0", "TENURE_DB_POOL_SIZE"),
+    ("TENURE_LOG_LEVEL", "LOUD", "TENURE_LOG_LEVEL"),
     ("TENURE_FEED_POLL_INTERVAL_S", "5s", "TENURE_FEED_POLL_INTERVAL_S"),
     ("TENURE_ENV", "production", "TENURE_ENV"),
     ("TENURE_PROVIDER_RATE_PER_S", "twilio:10", "TENURE_PROVIDER_RATE_PER_S"),
@@ -52,7 +57,21 @@ def test_a_bad_setting_is_one_line_naming_the_variable(settings, command, variab
     assert SECRET not in line and "input" not in line, line
 
 
-@pytest.mark.parametrize("command", [["migrate"], ["worker", "ingest"]])
+@pytest.mark.parametrize(("variable", "value"), [
+    ("TENURE_SIGNING_SECRET", ""), ("TENURE_SIGNING_SECRET", "short-secret"), ("TENURE_INTERNAL_TOKEN", "  "),
+    ("TENURE_SIGNING_SECRET_PREVIOUS", f"{'o' * 32},short-secret"),  # a previous secret signs links all the same
+])
+def test_an_empty_or_short_secret_is_refused_in_prod(settings, variable, value) -> None:
+    """An empty signing secret (a key missing from the Secret) let anyone sign a click link: an open redirect."""
+    env = process_env(settings, **{"TENURE_ENV": "prod", "TENURE_SIGNING_SECRET": "s" * 32, variable: value})
+    r = subprocess.run([TENURE, "serve", "delivery"], env=env, capture_output=True, timeout=60)
+    assert r.returncode == 2, r.stderr.decode()
+    line = one_line(r.stderr)
+    assert line.startswith("configuration error: ") and variable in line, line
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["worker", "ingest"], ["workspace", "create", "acme"],
+                                     ["workspace", "configure", str(uuid.uuid4()), "--retention-days", "30"]])
 def test_an_unreachable_database_is_one_line_naming_the_variable(settings, command) -> None:
     port = _closed_port()
     r = subprocess.run([TENURE, *command], capture_output=True, timeout=60,
@@ -86,8 +105,10 @@ def empty_database(servers: Servers) -> Iterator[str]:
         yield url
 
 
-def test_a_worker_started_before_migrations_says_so_and_exits(settings, empty_database) -> None:
-    r = subprocess.run([TENURE, "worker", "segment"], capture_output=True, timeout=60,
+@pytest.mark.parametrize("command", [["worker", "segment"], ["workspace", "create", "acme"]])
+def test_a_command_run_before_migrations_says_so_and_exits(settings, empty_database, command) -> None:
+    """(`tenure workspace create` printed a 60-line traceback ending in `relation "core.workspaces" does not exist`.)"""
+    r = subprocess.run([TENURE, *command], capture_output=True, timeout=60,
                        env=process_env(settings, TENURE_DATABASE_URL=empty_database))
     assert r.returncode == 1, r.stderr.decode()
     assert one_line(r.stderr) == "schema core is not migrated: run `tenure migrate`"
@@ -116,6 +137,33 @@ def test_an_api_started_before_migrations_is_not_ready_until_they_ran(settings, 
         proc.wait(30)
 
 
+@pytest.mark.parametrize(("service", "method", "path", "body"), [
+    ("ingest", "POST", "/v1/track", {"userId": "u1", "event": "Signed Up", "messageId": "m-1"}),
+    ("campaign", "GET", "/v1/campaigns", None),
+])
+def test_an_api_on_an_unmigrated_database_answers_503(settings, empty_database, tmp_path, service, method, path,
+                                                      body) -> None:
+    """Before `tenure migrate` ran, a request is refused as during a PostgreSQL outage (503 with Retry-After: the
+    client tries again, the pod is not ready anyway), and the log says what to do, without a traceback."""
+    port = free_port()
+    log = tmp_path / "api.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen([TENURE, "serve", service, "--port", str(port)], stdout=subprocess.DEVNULL,
+                                stderr=err, env=process_env(settings, TENURE_DATABASE_URL=empty_database))
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_serving(base, proc)
+            r = httpx.request(method, f"{base}{path}", json=body, auth=("a-key", ""), timeout=10)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    assert r.status_code == 503, r.text
+    assert r.headers["content-type"].startswith("application/problem+json") and r.headers["Retry-After"]
+    assert "tenure migrate" in r.json()["detail"], r.json()
+    logged = log.read_text()
+    assert "tenure migrate" in logged and "Traceback" not in logged, logged
+
+
 def test_a_database_one_release_ahead_is_ready(settings, empty_database) -> None:
     """During a rolling update the next release migrates first (expand): pods of this one stay ready."""
     env = process_env(settings, TENURE_DATABASE_URL=empty_database)
@@ -132,6 +180,48 @@ def test_a_database_one_release_ahead_is_ready(settings, empty_database) -> None
     run_on_own_loop(newer())
     r = subprocess.run([TENURE, "worker", "segment", "--burst"], env=env, capture_output=True, timeout=120)
     assert r.returncode == 0, r.stderr.decode()
+
+
+def test_migrate_leaves_a_schema_one_release_ahead_as_it_is(settings, empty_database) -> None:
+    """A rollback (or an init container of the old release during a rollout) runs this release's `tenure migrate`
+    on a schema the next release migrated: nothing to do for it, said in one line, and the other schemas migrate."""
+    env = process_env(settings, TENURE_DATABASE_URL=empty_database)
+
+    async def sql(*statements: str) -> list[str]:
+        dsn, kw = _asyncpg_dsn(empty_database)
+        conn = await asyncpg.connect(dsn, **kw)
+        try:
+            for statement in statements[:-1]:
+                await conn.execute(statement)
+            return [r[0] for r in await conn.fetch(statements[-1])]
+        finally:
+            await conn.close()
+
+    run_on_own_loop(sql("create schema ingest",
+                        "create table ingest.alembic_version (version_num varchar(32) primary key)",
+                        "insert into ingest.alembic_version values ('ingest_9999')", "select 1"))
+    r = subprocess.run([TENURE, "migrate"], env=env, capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()
+    line = one_line(r.stderr.replace(b"migrations applied", b""))
+    assert "ingest" in line and "ingest_9999" in line and "Traceback" not in line, line
+    assert run_on_own_loop(sql("select version_num from ingest.alembic_version")) == ["ingest_9999"]
+    assert run_on_own_loop(sql("select version_num from segment.alembic_version")) != []  # migrated all the same
+
+    again = subprocess.run([TENURE, "migrate"], env=env, capture_output=True, timeout=120)
+    assert again.returncode == 0, again.stderr.decode()
+
+
+@pytest.mark.parametrize("environment", ["prod", "test"])
+def test_migrate_without_a_database_outside_dev_is_one_line(settings, tmp_path, environment) -> None:
+    """A migration Job whose Secret lacks TENURE_DATABASE_URL must fail, not migrate an embedded throw-away
+    database and report success; only `TENURE_ENV=dev` starts embedded servers."""
+    env = process_env(settings, TENURE_ENV=environment, TENURE_STATE_DIR=str(tmp_path / "state"),
+                      TENURE_SIGNING_SECRET="a-real-signing-secret", TENURE_INTERNAL_TOKEN="a-real-internal-token")
+    del env["TENURE_DATABASE_URL"]
+    r = subprocess.run([TENURE, "migrate"], env=env, capture_output=True, timeout=120)
+    assert r.returncode == 2, r.stderr.decode()
+    assert one_line(r.stderr).startswith("TENURE_DATABASE_URL not set.")
+    assert not (tmp_path / "state").exists()
 
 
 def test_an_api_starts_and_serves_while_redis_is_down(settings, workspace) -> None:

@@ -335,3 +335,121 @@ async def test_a_cursor_of_another_workspace_is_refused(apps, workspace, session
     assert r.status_code == 400 and r.headers["content-type"].startswith(PROBLEM), r.text
     ok = await apps["campaign"].get("/v1/templates", headers=_bearer(workspace.secret_key), params={"after": mine})
     assert ok.status_code == 200 and len(ok.json()["templates"]) == 1
+
+
+_MAIL = {"idempotency_key": "typo-1", "to": "ada@example.com", "subject": "Hi", "text": "Hello"}
+_EVIDENCE = {"text": "Yes, send me offers by text.", "source": "checkout form"}
+
+
+@pytest.mark.parametrize(("service", "method", "path", "body", "at"), [
+    ("ingest", "POST", "/v1/privacy/erasure", {"user": "ghost-x", "supress": True}, ["supress"]),
+    ("delivery", "POST", "/v1/suppressions", {"address": "ada@example.com", "rason": "complaint"}, ["rason"]),
+    ("delivery", "POST", "/v1/messages", {**_MAIL, "mesage_type": "transactional"}, ["mesage_type"]),
+    ("delivery", "POST", "/v1/messages/batch", {"messages": [_MAIL], "dry_run": True}, ["dry_run"]),
+    ("delivery", "POST", "/v1/devices", {"user": "u-1", "platform": "android", "token": "token-0001-abcdefgh",
+                                         "plattform": "ios"}, ["plattform"]),
+    ("delivery", "POST", "/v1/opt-ins", {"email": "ada@example.com", "topic": ["offers"]}, ["topic"]),
+    ("delivery", "POST", "/v1/sms-opt-ins", {"phone": "+14155550100", "evidence": {**_EVIDENCE, "ip_adress": "1"}},
+     ["evidence", "ip_adress"]),
+    ("campaign", "PUT", "/v1/coupon-pools/welcome", {"codes": ["A-1"], "pool_name": "x"}, ["pool_name"]),
+    ("campaign", "POST", "/v1/referral/codes", {"user": "u-1", "channel": "sms"}, ["channel"]),
+    ("campaign", "POST", "/v1/referral/invites", {"user": "u-1", "chanel": "sms"}, ["chanel"]),
+    ("campaign", "POST", "/v1/loyalty/members/u-1/redeem", {"points": 5, "reson": "voucher"}, ["reson"]),
+    ("campaign", "POST", "/v1/loyalty/members/u-1/adjust", {"points": 5, "reason": "x", "expires": "never"},
+     ["expires"]),
+    ("campaign", "PUT", "/v1/programs/loyalty", {"enabled": True, "configuration": {}}, ["configuration"]),
+])
+async def test_a_field_a_write_route_does_not_know_is_a_422_naming_it(apps, workspace, service, method, path, body,
+                                                                      at) -> None:
+    """Half the write routes dropped unknown fields, so a typo changed what happened and still succeeded: an erasure
+    with ``supress`` was not suppressed, a suppression with ``rason`` was ``manual``, a message with ``mesage_type``
+    went out as marketing. Every management body now refuses them as segment's and campaign's others did."""
+    h = {**_bearer(workspace.secret_key), "Idempotency-Key": "typo"}
+    r = await apps[service].request(method, path, headers=h, json=body)
+    assert r.status_code == 422 and r.headers["content-type"].startswith(PROBLEM), r.text
+    assert [(e["loc"], e["type"]) for e in r.json()["errors"]] == [(["body", *at], "extra_forbidden")], r.text
+
+
+async def test_unknown_fields_stay_refused_inside_a_batch_and_accepted_where_senders_add_their_own(apps,
+                                                                                                   workspace) -> None:
+    """A batch's message with an unknown field is ``invalid`` (naming it) and the others are queued; the tracking
+    routes (SDKs add fields of their own) and a browser's PushSubscription keep taking what they do not know."""
+    from shared.testing import internal_headers
+
+    h = _bearer(workspace.secret_key)
+    r = await apps["delivery"].post("/v1/messages/batch", headers=h, json={"messages": [
+        {**_MAIL, "idempotency_key": "b-1", "mesage_type": "transactional"}, {**_MAIL, "idempotency_key": "b-2"}]})
+    assert r.status_code == 200, r.text
+    bad, good = r.json()["results"]
+    assert bad["result"] == "invalid" and "mesage_type" in bad["error"] and good["result"] == "queued"
+    r = await apps["segment"].post("/v1/privacy/erasure", headers=internal_headers(workspace.workspace_id),
+                                   json={"identities": ["u-1"], "suppress": True})  # internal too
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["body", "suppress"], r.text
+    r = await apps["ingest"].post("/v1/track", auth=(workspace.write_key, ""), json={
+        "userId": "u-1", "event": "Viewed", "integrations": {"All": True}, "_metadata": {"bundled": []}, "x": 1})
+    assert r.status_code == 200, r.text
+
+
+_NO_SUCH_WORKSPACE = "11111111-2222-3333-4444-555555555555"
+
+
+@pytest.mark.parametrize(("service", "method", "path", "body"), [
+    ("delivery", "POST", "/v1/messages", _MAIL),
+    ("delivery", "POST", "/v1/suppressions", {"address": "ada@example.com"}),
+    ("ingest", "POST", "/v1/track", {"userId": "u-1", "event": "Viewed"}),
+    ("ingest", "POST", "/v1/privacy/erasure", {"user": "u-1"}),
+    ("segment", "POST", "/v1/lists", {"name": "orphans"}),
+    ("campaign", "POST", "/v1/templates", {"name": "t", "subject": "s", "text": "x"}),
+    ("segment", "POST", "/v1/privacy/erasure", {"identities": ["u-1"]}),
+])
+async def test_the_internal_token_naming_a_workspace_that_does_not_exist_is_a_404(apps, sessionmaker, service,
+                                                                                   method, path, body) -> None:
+    """The internal token with any X-Tenure-Workspace was accepted on every route: a message to no workspace was
+    queued and sent, and suppressions, events and erasures were stored for it."""
+    from sqlalchemy import text
+
+    from shared.testing import internal_headers
+
+    r = await apps[service].request(method, path, headers=internal_headers(_NO_SUCH_WORKSPACE), json=body)
+    assert r.status_code == 404 and r.headers["content-type"].startswith(PROBLEM), r.text
+    assert _NO_SUCH_WORKSPACE in r.json()["detail"] and "X-Tenure-Workspace" in r.json()["detail"]
+    async with sessionmaker() as s:
+        for table in ("delivery.messages", "delivery.suppressions", "ingest.events", "segment.lists",
+                      "campaign.templates"):
+            n = (await s.execute(text(f"select count(*) from {table} where workspace_id = :ws"),
+                                 {"ws": _NO_SUCH_WORKSPACE})).scalar_one()
+            assert n == 0, table
+
+
+async def test_a_workspace_is_looked_up_once_then_remembered_and_a_new_one_is_accepted_at_once(apps,
+                                                                                               sessionmaker) -> None:
+    """The check must cost the hot internal path (campaign's tracking calls to ingest) no query per request: a
+    workspace found is remembered; one not found is not, so a workspace created right after is accepted."""
+    import uuid
+
+    from sqlalchemy import event
+
+    from shared.core import create_workspace
+    from shared.testing import internal_headers
+
+    wid = uuid.uuid4()
+    ingest = apps["ingest"]
+    track = {"userId": "u-1", "event": "Viewed"}
+    assert (await ingest.post("/v1/track", headers=internal_headers(wid), json=track)).status_code == 404
+    async with sessionmaker() as session, session.begin():
+        await create_workspace(session, "created-late", workspace_id=wid)
+    engine = ingest._transport.app.state.sessionmaker.kw["bind"].sync_engine  # type: ignore[attr-defined]
+    lookups: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:  # noqa: ANN001
+        if "core.workspaces" in statement:
+            lookups.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        for n in range(5):
+            r = await ingest.post("/v1/track", headers=internal_headers(wid), json={**track, "messageId": f"m{n}"})
+            assert r.status_code == 200, r.text
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert len(lookups) == 1, lookups

@@ -44,7 +44,7 @@ from shared.testing import INTERNAL_TOKEN, http_server
 
 SERVICES = ("ingest", "segment", "campaign", "delivery")
 # how many operations each document has now: a route that vanishes from a document fails here
-OPERATIONS = {"ingest": 21, "segment": 26, "campaign": 44, "delivery": 33}
+OPERATIONS = {"ingest": 22, "segment": 26, "campaign": 44, "delivery": 33}
 EXAMPLES = int(os.environ.get("TENURE_FUZZ_EXAMPLES", "3"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           response_headers_conformance, negative_data_rejection, ignored_auth, missing_required_header]

@@ -227,3 +227,36 @@ def test_tracking_keeps_segments_limits(settings, workspace) -> None:
         batch = {"batch": [{"type": "track", "userId": "u", "event": "E", "properties": {"x": "y" * 20_000}}] * 30}
         r = httpx.post(f"{base}/v1/batch", json=batch, auth=(workspace.write_key, ""))
         assert r.status_code == 413 and "500 KB" in r.json()["detail"], r.text
+        assert r.json()["limit_bytes"] == 500 * 1024
+
+
+async def test_an_operator_raises_the_batch_limit_for_rudderstack_sdks(settings, workspace, sessionmaker) -> None:
+    """TENURE_INGEST_MAX_BATCH_BYTES: a batch over Segment's 500 KB (RudderStack's SDKs send up to 4 MB) is stored
+    once it is raised, and the 413 of a batch over it names the new limit; 32 KB per message stays."""
+    raised = settings.model_copy(update={"ingest_max_batch_bytes": 1_000_000})
+
+    def batch(n: int, tag: str) -> dict[str, Any]:
+        return {"batch": [{"type": "track", "userId": "u", "event": "E", "messageId": f"{tag}-{i}",
+                           "properties": {"x": "é" * 10_000}} for i in range(n)]}  # 20 KB each
+
+    async def stored(tag: str) -> int:
+        async with sessionmaker() as s:
+            return (await s.execute(text("select count(*) from ingest.events where workspace_id = :ws and "
+                                         "message_id like :p"), {"ws": workspace.workspace_id, "p": f"{tag}-%"})
+                    ).scalar_one()
+
+    async with httpx.AsyncClient(auth=(workspace.write_key, ""), timeout=30) as http:
+        with http_server(ingest_app(settings)) as port:
+            r = await http.post(f"http://127.0.0.1:{port}/v1/batch", json=batch(40, "default"))
+            assert r.status_code == 413 and r.json()["limit_bytes"] == 512_000, r.text
+        with http_server(ingest_app(raised)) as port:
+            base = f"http://127.0.0.1:{port}"
+            r = await http.post(f"{base}/v1/batch", json=batch(40, "raised"))  # about 800 KB
+            assert r.status_code == 200 and r.json()["accepted"] == 40, r.text
+            r = await http.post(f"{base}/v1/batch", json=batch(60, "over"))  # about 1.2 MB
+            assert r.status_code == 413 and r.json()["limit_bytes"] == 1_000_000, r.text
+            assert "1000000 bytes per batch" in r.json()["detail"], r.text
+            big = {"userId": "u", "event": "E", "properties": {"x": "y" * 40_000}}
+            r = await http.post(f"{base}/v1/track", json=big)
+            assert r.status_code == 413 and r.json()["limit_bytes"] == 32 * 1024, r.text
+    assert (await stored("default"), await stored("raised"), await stored("over")) == (0, 40, 0)

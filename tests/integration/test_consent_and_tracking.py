@@ -2,15 +2,21 @@
 delivery puts in a message, and what ingest hears about it."""
 
 import asyncio
+import csv
 import html
+import io
 import json
 import re
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
+import httpx
 from sqlalchemy import text
 
 from services.delivery import feedback, sending
+from shared.settings import Settings
 from shared.testing import internal_headers
 
 
@@ -81,6 +87,61 @@ async def test_open_click_and_one_click_unsubscribe_reach_ingest(apps, workspace
         log = (await s.execute(text("select action, source from delivery.consent_log where address = :a"),
                                {"a": to})).all()
     assert bots == 1 and [tuple(r) for r in log] == [("unsubscribed", "one_click")]
+    # the deliveries log says what the recipient did with it (the scanner's open not counted), in JSON and CSV
+    shown = (await apps["delivery"].get(f"/v1/messages/{mid}", headers=h)).json()
+    listed = (await apps["delivery"].get("/v1/messages", headers=h, params={"to": to})).json()["messages"]
+    assert shown["opened_at"] is not None and shown["clicks"] == 1
+    assert [(m["id"], m["opened_at"] is not None, m["clicks"]) for m in listed] == [
+        (receipt, False, 0), (again, False, 0), (mid, True, 1)]
+    rows = list(csv.DictReader(io.StringIO((await apps["delivery"].get("/v1/messages.csv", headers=h,
+                                                                        params={"to": to})).text)))
+    assert [(r["opened_at"] != "", r["clicks"]) for r in rows] == [(False, "0"), (False, "0"), (True, "1")]
+
+
+@asynccontextmanager
+async def _delivery(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """Another delivery replica, with these settings (a rotated signing secret)."""
+    from services.delivery.app import create_app
+
+    app = create_app(settings)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=httpx.ASGITransport(app),
+                                                                   base_url="http://delivery") as client:
+        yield client
+
+
+async def test_links_in_mail_sent_before_a_signing_secret_rotation_still_work(apps, workspace, sessionmaker,
+                                                                               settings, mailbox, monkeypatch) -> None:
+    """CAN-SPAM wants an opt-out to work for 30 days after sending, and Gmail/Yahoo's one-click POST a 2xx: after
+    TENURE_SIGNING_SECRET is rotated, with the old one in TENURE_SIGNING_SECRET_PREVIOUS, the links in mail already
+    sent still unsubscribe, open the preferences and redirect (they were a 400 "This link is not valid"). New mail
+    is signed with the new secret only, and a secret taken off the list stops being accepted."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    to = f"rotated-{uuid.uuid4().hex[:6]}@example.com"
+    _, mail = await _send(apps, h, sessionmaker, settings, mailbox, to)
+    monkeypatch.setenv("TENURE_SIGNING_SECRET_PREVIOUS", f"an-older-retired-secret, {settings.signing_secret}")
+    previous = Settings().signing_secret_previous  # comma-separated (a JSON list works too)
+    assert previous == ["an-older-retired-secret", settings.signing_secret]
+    rotated = settings.model_copy(update={"signing_secret": "the-new-signing-secret",
+                                          "signing_secret_previous": previous})
+    unsub = _path(mail["headers"]["List-Unsubscribe"].strip("<>"))
+    prefs = _path(re.search(r'href="([^"]+/p/[^"]+)"', mail["html"]).group(1))
+    click = _path(re.search(r'href="([^"]+/c/[^"]+)"', mail["html"]).group(1).replace("&amp;", "&"))
+    async with _delivery(rotated) as delivery:
+        followed = await delivery.get(click, headers={"User-Agent": "Mozilla/5.0"})
+        assert followed.status_code == 302 and followed.headers["location"] == "https://acme.example/post?id=1&x=2"
+        assert (await delivery.get(prefs)).status_code == 200
+        done = await delivery.post(unsub, content=b"List-Unsubscribe=One-Click",
+                                   headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert done.status_code == 200, done.text
+    assert (await apps["delivery"].get(f"/v1/preferences/{to}", headers=h)).json()["unsubscribed"] is True
+    # new mail: signed with the new secret, which the old one alone does not take
+    _, fresh = await _send(apps, h, sessionmaker, rotated, mailbox, f"fresh-{uuid.uuid4().hex[:6]}@example.com")
+    fresh_unsub = _path(fresh["headers"]["List-Unsubscribe"].strip("<>"))
+    assert (await apps["delivery"].get(fresh_unsub)).status_code == 400
+    retired = settings.model_copy(update={"signing_secret": "the-new-signing-secret"})
+    async with _delivery(retired) as delivery:
+        assert (await delivery.get(fresh_unsub)).status_code == 200
+        assert (await delivery.get(prefs)).status_code == 400  # the old secret off the list: its links end
 
 
 async def test_opens_arriving_together_make_one_email_opened(apps, workspace, sessionmaker, settings,
@@ -139,6 +200,67 @@ async def test_click_redirects_lead_where_the_link_itself_leads(apps, workspace,
                           html=f'<p><a href="{long_url}">long</a> <a href="https://shop.example/s">short</a></p>',
                           message_type="transactional")
     assert f'href="{long_url}"' in mail["html"] and len(re.findall(r'href="[^"]+/c/[^"]+"', mail["html"])) == 1
+
+
+async def test_the_text_part_and_the_click_redirect_lead_where_a_browser_goes(apps, workspace, sessionmaker,
+                                                                              settings, mailbox) -> None:
+    """The text part made from an HTML-only message showed ``?id=7®ion=us¤cy=EUR§ion=2¬ify=1¶m=x``: a
+    legacy name without ";" (``&reg``, ``&curren``, ``&sect``, ``&not``, ``&para``) followed by a letter, digit or
+    "=" is left as written in an attribute, as browsers leave it. And whitespace a browser's URL parser drops (around
+    the URL; a tab or newline anywhere) went into the redirect (``/sale%20``, ``?a=1%0A&b=2``) and split the text
+    part's line. Both now hold the URL a browser opens from the attribute."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    query = "id=7&region=us&currency=EUR&section=2&notify=1&param=x"
+    targets = {f"https://shop.example/p?{query}": f"https://shop.example/p?{query}",
+               f"https://shop.example/p?{query.replace('&', '&amp;')}": f"https://shop.example/p?{query}",
+               "https://shop.example/sale ": "https://shop.example/sale",
+               "\n https://shop.example/tab?a=1\n&amp;b=2\t&amp;c=3": "https://shop.example/tab?a=1&b=2&c=3",
+               "https://shop.example/x?a=1&#38b=2&amp=3": "https://shop.example/x?a=1&b=2&amp=3"}
+    anchors = "".join(f'<p><a href="{url}">{i}</a></p>' for i, url in enumerate(targets))
+    _, mail = await _send(apps, h, sessionmaker, settings, mailbox, f"text-{uuid.uuid4().hex[:6]}@example.com",
+                          html=f"<html><body>{anchors}</body></html>", text=None, message_type="transactional")
+    lines = mail["text"].replace("\r\n", "\n").split("\n\n")
+    tracked = [u.replace("&amp;", "&") for u in re.findall(r'href="([^"]+/c/[^"]+)"', mail["html"])]
+    assert len(tracked) == len(targets) == len(lines), (mail["text"], tracked)
+    for i, (link, expected) in enumerate(zip(tracked, targets.values(), strict=True)):
+        click = await apps["delivery"].get(_path(link), headers={"User-Agent": "Mozilla/5.0"})
+        assert click.status_code == 302 and click.headers["location"] == expected, (link, click.headers)
+        assert lines[i] == f"{i} ({expected})", mail["text"]
+    # a link in mail sent before this, signed over the URL with its whitespace, leads where the browser goes too
+    from services.delivery.links import Links
+
+    signed = Links.for_message("http://delivery", settings.signing_secret, workspace.workspace_id,
+                               uuid.uuid4()).click("https://shop.example/sale \n")
+    click = await apps["delivery"].get(_path(signed), headers={"User-Agent": "Mozilla/5.0"})
+    assert click.status_code == 302 and click.headers["location"] == "https://shop.example/sale", click.headers
+
+
+async def test_the_dev_inbox_shows_a_mail_without_opening_it(apps, workspace, sessionmaker, settings,
+                                                             mailbox) -> None:
+    """`tenure dev`'s inbox page reloads every 5 s and showed each mail's open pixel: every message looked opened, an
+    "Email Opened" for ingest. The page shows the mail less the pixel (its images and links stay; the JSON keeps the
+    mail as received), and answers HEAD as GET (a 405 before)."""
+    from services.devinbox.inbox import Mailbox, create_inbox_app
+
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    _, mail = await _send(apps, h, sessionmaker, settings, mailbox, f"inbox-{uuid.uuid4().hex[:6]}@example.com",
+                          html='<html><body><img src="https://cdn.example/logo.png" alt="Acme">'
+                               '<p><a href="https://acme.example/sale">Sale</a></p></body></html>')
+    pixel = re.search(r'src="([^"]+/o/[^"]+\.gif)"', mail["html"]).group(1)
+    box = Mailbox()
+    box.add(mail)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(create_inbox_app(box)),
+                                 base_url="http://inbox") as inbox:
+        page = await inbox.get("/")
+        head = await inbox.head("/")
+        listed = (await inbox.get("/api/messages")).json()["messages"]
+        assert (await inbox.head("/api/messages")).status_code == 200
+    assert page.status_code == 200 and "<h2>News</h2>" in page.text
+    shown = html.unescape(re.search(r'srcdoc="([^"]*)"', page.text).group(1))
+    assert "/o/" not in shown and pixel not in page.text
+    assert '<img src="https://cdn.example/logo.png" alt="Acme">' in shown and "/c/" in shown and "/u/" in shown
+    assert head.status_code == 200 and head.content == b"" and head.headers["content-type"].startswith("text/html")
+    assert pixel in listed[0]["html"]
 
 
 async def test_topics_on_the_preference_page_and_bad_links(apps, workspace, sessionmaker, settings, mailbox) -> None:
@@ -653,3 +775,74 @@ async def test_marketing_email_carries_the_senders_postal_address(apps, workspac
     _, receipt = await _send(apps, h, sessionmaker, settings, mailbox, f"pa3-{uuid.uuid4().hex[:6]}@example.com",
                              message_type="transactional")
     assert "Main St" not in receipt["html"] + receipt["text"]
+
+
+async def test_a_message_on_a_topic_the_workspace_does_not_have_is_refused(apps, workspace, sessionmaker, settings,
+                                                                          mailbox) -> None:
+    """`"topic": "nonexistent"` was queued and sent to an address that had opted out of offers, and no one could
+    opt out of it (the preference page lists the workspace's topics only). It is now a 422 naming `topic` (in a
+    batch, that message's `invalid`), stored nowhere, as is a double opt-in to such a topic; messages without a
+    topic (transactional mail) are unchanged. A workspace that sets its own topics has those, not the default."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    to = f"topics-{uuid.uuid4().hex[:6]}@example.com"
+    _, mail = await _send(apps, h, sessionmaker, settings, mailbox, to, topic="offers")
+    prefs = _path(re.search(r'href="([^"]+/p/[^"]+)"', mail["html"]).group(1))
+    assert (await apps["delivery"].post(prefs, data={"topic": ["product_news"]})).status_code == 200  # offers off
+
+    def msg(**kw) -> dict:
+        return {"idempotency_key": uuid.uuid4().hex, "to": to, "subject": "Deal", "text": "x", **kw}
+
+    single = await apps["delivery"].post("/v1/messages", headers=h, json=msg(topic="nonexistent"))
+    assert single.status_code == 422 and single.headers["content-type"].startswith("application/problem+json")
+    assert single.json()["errors"][0]["loc"] == ["body", "topic"], single.text
+    assert "'nonexistent' is not one of the workspace's topics (product_news, offers)" in single.json()["detail"]
+    batch = await apps["delivery"].post("/v1/messages/batch", headers=h, json={"messages": [
+        msg(topic="offerz"), msg(topic="offers"), msg(message_type="transactional"), msg(topic="product_news")]})
+    results = batch.json()["results"]
+    assert [r["result"] for r in results] == ["invalid", "suppressed", "queued", "queued"], results
+    assert results[0]["error"].startswith("topic: 'offerz' is not one of the workspace's topics")
+    opt_in = await apps["delivery"].post("/v1/opt-ins", headers=h, json={"email": to, "topics": ["offers", "offerz"]})
+    assert opt_in.status_code == 422 and opt_in.json()["errors"][0]["loc"] == ["body", "topics", "1"], opt_in.text
+    async with sessionmaker() as s:
+        topics = (await s.execute(text("select topic from delivery.messages where workspace_id = :ws and "
+                                       "to_address = :to"), {"ws": workspace.workspace_id, "to": to})).scalars().all()
+        asked = (await s.execute(text("select count(*) from delivery.opt_ins where workspace_id = :ws"),
+                                 {"ws": workspace.workspace_id})).scalar_one()
+    assert sorted(t or "-" for t in topics) == ["-", "offers", "offers", "product_news"] and asked == 0
+
+    async with sessionmaker() as s, s.begin():
+        await s.execute(text("update core.workspaces set settings = settings || CAST(:v AS jsonb) where id = :ws"),
+                        {"ws": workspace.workspace_id, "v": json.dumps({"topics": [
+                            {"id": "news", "label": {"en": "News"}}]})})
+    own = await apps["delivery"].post("/v1/messages/batch", headers=h, json={"messages": [
+        msg(topic="news"), msg(topic="offers")]})
+    assert [r["result"] for r in own.json()["results"]] == ["queued", "invalid"], own.text
+    assert "(news)" in own.json()["results"][1]["error"]
+
+
+async def test_a_double_opt_in_takes_any_locale_and_speaks_the_closest_language(apps, workspace, sessionmaker,
+                                                                               settings, mailbox) -> None:
+    """`POST /v1/opt-ins` took `en`, `fr` or `de` alone: `fr-CA`, `es` or `en_US` was a 422 (`Input should be
+    'en', 'fr' or 'de'`), though a message takes any BCP 47 locale. It reads them as a message's `locale` now,
+    and the confirmation and its page are in the closest language there are texts for (English otherwise); a
+    locale that is none is still a 422 naming `locale`."""
+    from services.delivery.texts import TEXTS
+
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    expected = {"fr-CA": "fr", "es": "en", "en_US": "en", "de-AT": "de", "fr_FR.UTF-8": "fr"}
+    sent = {}
+    for locale in expected:
+        to = f"optin-{uuid.uuid4().hex[:6]}@example.com"
+        r = await apps["delivery"].post("/v1/opt-ins", headers=h, json={"email": to, "locale": locale})
+        assert r.status_code == 202 and r.json()["status"] == "pending", (locale, r.text)
+        sent[locale] = r.json()["message_id"]
+    await sending.send_due(sessionmaker, settings)
+    for locale, lang in expected.items():
+        mail = next(m for m in mailbox.messages if m["headers"].get("X-Tenure-Message-Id") == sent[locale])
+        assert mail["subject"] == TEXTS[lang]["confirm_subject"], locale
+        confirm = re.search(r"(/confirm/[A-Za-z0-9_-]+\?lang=\w+)", mail["text"]).group(1)
+        assert confirm.endswith(f"?lang={lang}"), (locale, confirm)
+        page = await apps["delivery"].get(confirm, headers={"Accept-Language": "ja"})
+        assert page.status_code == 200 and f'lang="{lang}"' in page.text, locale
+    bad = await apps["delivery"].post("/v1/opt-ins", headers=h, json={"email": "x@example.com", "locale": "fr CA"})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["loc"] == ["body", "locale"], bad.text

@@ -3,11 +3,11 @@
 import uuid
 
 import pytest
-from aiosmtpd.controller import Controller
 from sqlalchemy import text
 
 from services.delivery import sending
 from shared.embedded import free_port
+from shared.testing import smtp_server
 
 PROBLEM = "application/problem+json"
 
@@ -128,15 +128,10 @@ class _Refuse:
 
 
 async def test_permanent_smtp_error_fails_at_once(apps, workspace, sessionmaker, settings) -> None:
-    port = free_port()
-    controller = Controller(_Refuse(), hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
+    with smtp_server(_Refuse()) as port:
         h = {"Authorization": f"Bearer {workspace.secret_key}"}
         created = await apps["delivery"].post("/v1/messages", headers=h, json=_msg(f"refused-{uuid.uuid4()}"))
         await sending.send_due(sessionmaker, settings.model_copy(update={"smtp_port": port}))
-    finally:
-        controller.stop()
     msg = (await apps["delivery"].get(f"/v1/messages/{created.json()['id']}", headers=h)).json()
     assert msg["status"] == "failed" and "554" in msg["last_error"]
     listed = (await apps["delivery"].get("/v1/suppressions", headers=h, params={"channel": "email"})).json()
@@ -168,10 +163,7 @@ class _RefuseSome:
 
 async def test_one_session_carries_many_messages_and_survives_a_refusal(apps, workspace, sessionmaker,
                                                                         settings) -> None:
-    port = free_port()
     handler = _RefuseSome()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
     h = {"Authorization": f"Bearer {workspace.secret_key}"}
     tag = uuid.uuid4().hex[:6]
     ids = []
@@ -179,10 +171,8 @@ async def test_one_session_carries_many_messages_and_survives_a_refusal(apps, wo
         r = await apps["delivery"].post("/v1/messages", headers=h, json={
             **_msg(f"batch-{tag}-{i}"), "to": f"{who}-{tag}@example.com"})
         ids.append(r.json()["id"])
-    try:
+    with smtp_server(handler) as port:
         await sending.send_due(sessionmaker, settings.model_copy(update={"smtp_port": port}), concurrency=2)
-    finally:
-        controller.stop()
     statuses = [(await apps["delivery"].get(f"/v1/messages/{i}", headers=h)).json()["status"] for i in ids]
     assert statuses == ["sent", "sent", "bounced", "sent", "sent", "sent"]  # 550 5.1.1: a hard bounce
     # (other tests' due messages in the shared database may ride along: only ours are counted)

@@ -81,3 +81,20 @@ def test_a_commands_json_answer_is_alone_on_stdout_with_the_embedded_database(tm
     created = json.loads(out.stdout)
     assert created["write_key"].startswith("wk_") and created["secret_key"].startswith("sk_")
     assert "embedded.postgres_started" in out.stderr
+
+
+def test_a_command_beside_a_running_embedded_database_says_it_reused_it(tmp_path: Path) -> None:
+    """`tenure workspace create` (or `migrate`) run beside `tenure dev` connects to its PostgreSQL, and logged
+    ``embedded.postgres_started`` all the same."""
+    import os
+
+    tenure = str(Path(sys.executable).parent / "tenure")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENURE_")}
+    env["TENURE_STATE_DIR"] = str(tmp_path)
+    with EmbeddedServers(tmp_path, redis=False):  # as `tenure dev` runs it
+        postmaster = _postmaster(tmp_path)
+        out = subprocess.run([tenure, "workspace", "create", "beside", "--json"], env=env, capture_output=True,
+                             text=True, timeout=180)
+        assert out.returncode == 0, out.stderr
+        assert "embedded.postgres_reused" in out.stderr and "embedded.postgres_started" not in out.stderr, out.stderr
+        assert _postmaster(tmp_path) == postmaster and _running(postmaster)  # still the same server, still up

@@ -244,11 +244,16 @@ async def test_a_chain_of_merges_leads_to_the_last_survivor(world) -> None:
         assert await _per_profile(w, old) == survivor
 
 
-async def test_an_unknown_profile_id_is_still_a_404_in_segment_and_an_empty_page_in_campaign(world) -> None:
+async def test_an_unknown_profile_id_is_a_404_in_segment_and_campaign(world) -> None:
+    """Campaign answered an empty page for an id that is no profile (a typo read as "no journeys"), where the README
+    says an unknown id is a 404: it asks ingest, as its programs' profile routes do, when it holds no journey of the
+    id; a profile ingest knows with no journey is an empty page."""
     w, nobody = world, str(uuid.uuid4())
     for route in _SEGMENT_ROUTES:
         r = await w.apps["segment"].get(route.format(nobody), headers=w.h)
         assert r.status_code == 404 and r.headers["content-type"].startswith(PROBLEM), (route, r.text)
-    # campaign does not know every profile: one it holds no journey of is an empty page, as before
     r = await w.apps["campaign"].get(f"/v1/profiles/{nobody}/journeys", headers=w.h)
-    assert r.status_code == 200 and r.json() == {"profile_id": nobody, "journeys": [], "next_cursor": None}
+    assert r.status_code == 404 and r.headers["content-type"].startswith(PROBLEM), r.text
+    pid = await w.identify(f"nojourney-{uuid.uuid4().hex[:6]}", plan="free")
+    r = await w.apps["campaign"].get(f"/v1/profiles/{pid}/journeys", headers=w.h)
+    assert r.status_code == 200 and r.json() == {"profile_id": pid, "journeys": [], "next_cursor": None}

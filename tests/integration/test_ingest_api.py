@@ -186,6 +186,29 @@ async def test_wrong_key_is_refused(apps, workspace, sessionmaker, auth, status)
     assert await _count_events(sessionmaker, workspace.workspace_id) == 0
 
 
+async def test_tracking_problems_carry_the_sdks_code_and_message(apps, workspace, settings) -> None:
+    """Segment's and RudderStack's Python SDKs read ``code`` and ``message`` from an error body: every problem of a
+    tracking route carries them (RFC 9457 extension members), the body limit's 413 before any route too; the
+    management routes' problems do not."""
+    c, auth = apps["ingest"], (workspace.write_key, "")
+    over = settings.max_body_bytes + 1
+    answers = [
+        (await c.post("/v1/batch", auth=("wk_not-a-key", ""), json={"batch": [{"type": "track"}]}), 401),
+        (await c.post("/v1/t", auth=(workspace.secret_key, ""), json={"userId": "u", "event": "E"}), 403),
+        (await c.post("/v1/i", auth=auth, content=b"{not json"), 400),
+        (await c.post("/v1/track", auth=auth, json={"userId": "u"}), 422),
+        (await c.post("/v1/b", auth=auth, content=b"{" + b" " * 600_000 + b"}"), 413),
+        (await c.post("/v1/import", auth=auth, content=b"{}", headers={"Content-Length": str(over)}), 413),
+    ]
+    for r, status in answers:
+        problem = r.json()
+        assert r.status_code == status and r.headers["content-type"].startswith(PROBLEM), r.text
+        assert problem["code"] == problem["type"].rsplit("/", 1)[1] and problem["message"] == problem["detail"], r.text
+    assert answers[-1][0].json()["code"] == "payload-too-large"
+    management = await c.get("/v1/profiles/x", auth=auth)
+    assert management.status_code == 403 and not {"code", "message"} & management.json().keys()
+
+
 async def test_management_endpoints_refuse_write_keys_and_strangers(apps, workspace) -> None:
     c = apps["ingest"]
     assert (await c.get("/v1/profiles/x", auth=(workspace.write_key, ""))).status_code == 403
@@ -330,12 +353,12 @@ async def test_a_message_id_stored_by_a_concurrent_transaction_is_a_duplicate_no
         async with sessionmaker() as first:
             async with first.begin():
                 assert (await tracking.record(first, ws, envelopes("race-x", "race-y"), now)).accepted == 2
-                racing = asyncio.create_task(committer.submit(ws, envelopes("race-x", "race-z"), now))
+                racing = asyncio.create_task(committer.submit(ws, envelopes("race-x", "race-z")))
                 async with sessionmaker() as probe:  # until the committer waits on the first's uncommitted key
                     for _ in range(500):
                         waiting = (await probe.execute(text(
                             "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
-                            "and query like 'COPY%'"))).scalar_one()
+                            "and query like 'COPY%' and datname = current_database()"))).scalar_one()
                         await probe.rollback()  # (pg_stat_activity is read once per transaction)
                         if waiting or racing.done():
                             break
@@ -516,3 +539,121 @@ async def test_a_malformed_basic_header_beside_the_write_key_in_the_body_is_acce
     refused = await c.post("/v1/batch", headers=mangled, json={"batch": batch})
     assert refused.status_code == 401 and "Malformed Basic" in refused.json()["detail"]
     assert await _count_events(sessionmaker, workspace.workspace_id) == 1
+
+
+async def test_every_event_keeps_its_own_requests_received_at(apps, workspace, sessionmaker) -> None:
+    """Concurrent requests share a commit (services/ingest/committer.py) but not a receipt time: each event is
+    stored with its own request's ``received_at``, so an event is never dated after ingest received it (a message
+    without a client time is dated at its receipt: the two are equal)."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from services.ingest import tracking
+    from services.ingest.committer import Committer
+    from services.ingest.schemas import TrackMessage
+
+    auth, tag = (workspace.write_key, ""), uuid.uuid4().hex[:8]
+    answers = await asyncio.gather(*(
+        apps["ingest"].post("/v1/batch", auth=auth, json={"batch": [
+            {"type": "track", "userId": f"ra-{i % 3}", "event": "E", "messageId": f"{tag}-{i}-{j}"} for j in range(3)]})
+        for i in range(30)))
+    assert all(a.status_code == 200 and a.json()["accepted"] == 3 for a in answers)
+
+    # through the committer: two requests received an hour apart, written in one group
+    ws, now = workspace.workspace_id, datetime.now(UTC)
+    earlier = now - timedelta(hours=1)
+    committer = Committer(sessionmaker, writers=1)
+    try:
+        await asyncio.gather(*(committer.submit(ws, [tracking.normalize(TrackMessage.model_validate(
+            {"userId": "ra-c", "event": "E", "messageId": f"{tag}-{name}"}), received)])
+            for name, received in (("earlier", earlier), ("now", now))))
+    finally:
+        await committer.close()
+    async with sessionmaker() as s:
+        rows = {m: (t, r) for m, t, r in await s.execute(text(
+            "select message_id, timestamp, received_at from ingest.events where workspace_id = :ws "
+            "and message_id like :p"), {"ws": ws, "p": f"{tag}-%"})}
+    assert len(rows) == 92
+    assert [m for m, (t, r) in rows.items() if t != r] == []
+    assert rows[f"{tag}-earlier"] == (earlier, earlier) and rows[f"{tag}-now"] == (now, now)
+
+
+async def test_an_empty_or_blank_id_is_no_id(apps, workspace, sessionmaker) -> None:
+    """``"userId": ""`` (an app's "not signed in") was kept as a userId: the first such message gave its profile the
+    userId "", the next one's a unique-key error, a 500 that lost every other message of its batch."""
+    c, auth, ws = apps["ingest"], (workspace.write_key, ""), workspace.workspace_id
+    for anon in ("an-empty-1", "an-empty-2"):
+        r = await c.post("/v1/track", auth=auth, json={"userId": "", "anonymousId": anon, "event": "E"})
+        assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    r = await c.post("/v1/batch", auth=auth, json={"batch": [
+        {"type": "track", "userId": "", "anonymousId": "an-empty-3", "event": "E"},
+        {"type": "identify", "userId": " \t", "anonymousId": "an-empty-4", "traits": {"plan": "pro"}},
+        {"type": "track", "userId": "", "anonymousId": " ", "event": "No id"},
+        {"type": "alias", "previousId": "", "userId": "u-empty"},
+        {"type": "alias", "previousId": "an-empty-1", "userId": ""},
+        {"type": "group", "userId": "u-empty", "groupId": " "},
+        {"type": "track", "userId": "u-empty", "anonymousId": "", "messageId": "", "event": "E"}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] == 3 and [x["index"] for x in r.json()["rejected"]] == [2, 3, 4, 5]
+    only_empty = await c.post("/v1/batch", auth=auth, json={"batch": [
+        {"type": "track", "userId": "", "anonymousId": "", "event": "E"}]})
+    assert only_empty.status_code == 422 and [x["index"] for x in only_empty.json()["rejected"]] == [0]
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    for anon in ("an-empty-1", "an-empty-2", "an-empty-3", "an-empty-4"):
+        p = (await c.get(f"/v1/profiles/{anon}", headers=h)).json()
+        assert p["user_id"] is None and p["anonymous_ids"] == [anon], p
+    assert (await c.get("/v1/profiles/an-empty-4", headers=h)).json()["traits"] == {"plan": "pro"}
+    async with sessionmaker() as s:
+        rows = (await s.execute(text(
+            "select user_id, anonymous_id, message_id from ingest.events where workspace_id = :ws order by seq"),
+            {"ws": ws})).all()
+        blank = (await s.execute(text(
+            "select count(*) from ingest.profiles where workspace_id = :ws and trim(user_id) = '' "
+            "union all select count(*) from ingest.identities where workspace_id = :ws and trim(value) = ''"),
+            {"ws": ws})).scalars().all()
+    assert [(u, a) for u, a, _ in rows] == [(None, "an-empty-1"), (None, "an-empty-2"), (None, "an-empty-3"),
+                                            (None, "an-empty-4"), ("u-empty", None)]
+    assert uuid.UUID(rows[-1][2]) and blank == [0, 0]  # an empty messageId: one generated
+
+
+async def test_a_message_the_database_refuses_is_rejected_alone(apps, workspace, sessionmaker) -> None:
+    """A message that passes every check but that the database refuses for its data (here: CHECKs this test adds
+    for its workspace, on an event name and on an id, standing for a bug of ours) failed its whole batch with a
+    500. The batch is written again in halves down to the refused messages; the others are stored."""
+    ws, c, auth = workspace.workspace_id, apps["ingest"], (workspace.write_key, "")
+    tag = uuid.uuid4().hex[:8]
+    checks = {f"test_refuse_event_{tag}": ("events", "event is distinct from 'Refused'"),
+              f"test_refuse_id_{tag}": ("identities", "value <> 'refused-id'")}
+    async with sessionmaker() as s, s.begin():
+        for name, (table, check) in checks.items():
+            await s.execute(text(f"alter table ingest.{table} add constraint {name} "
+                                 f"check (workspace_id <> '{ws}' or {check}) not valid"))
+    try:
+        batch = [{"type": "track", "userId": f"rf-{i}", "event": "E", "messageId": f"rf-{i}"} for i in range(9)]
+        batch[2]["event"] = "Refused"  # refused in the COPY of the events (the driver's error)
+        batch[6]["anonymousId"] = "refused-id"  # refused in the identities' insert (SQLAlchemy's)
+        r = await c.post("/v1/batch", auth=auth, json={"batch": batch})
+        assert r.status_code == 200, r.text
+        assert r.json()["accepted"] == 7
+        assert [(x["index"], x["message_id"], x["errors"][0]["type"]) for x in r.json()["rejected"]] == [
+            (2, "rf-2", "refused_by_database"), (6, "rf-6", "refused_by_database")]
+        assert "23514" in r.json()["rejected"][0]["errors"][0]["msg"]
+        assert await _count_events(sessionmaker, ws) == 7
+        again = await c.post("/v1/batch", auth=auth, json={"batch": batch})  # a retry: the same answer
+        assert again.status_code == 200 and again.json()["duplicates"] == 7 and len(again.json()["rejected"]) == 2
+        # nothing of the request could be stored: more likely our fault than the messages', an error as before
+        alone = await c.post("/v1/track", auth=auth, json={"userId": "rf-x", "anonymousId": "refused-id",
+                                                           "event": "E"})
+        assert alone.status_code == 500
+        assert (await c.post("/v1/batch", auth=auth, json={"batch": [batch[2], batch[6]]})).status_code == 500
+        assert await _count_events(sessionmaker, ws) == 7
+        # more refused messages than the search can single out: a 500 with nothing of the batch stored, so a retry
+        # of messages without a messageId (each attempt gives them new ones) stores nothing twice
+        spread = [{"type": "track", "userId": f"rs-{i}", "event": "Refused" if i % 4 == 0 else "E"} for i in range(200)]
+        for _ in range(2):
+            assert (await c.post("/v1/batch", auth=auth, json={"batch": spread})).status_code == 500
+        assert await _count_events(sessionmaker, ws) == 7
+    finally:
+        async with sessionmaker() as s, s.begin():
+            for name, (table, _) in checks.items():
+                await s.execute(text(f"alter table ingest.{table} drop constraint {name}"))

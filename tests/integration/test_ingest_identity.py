@@ -53,6 +53,32 @@ async def test_alias_merges_previous_id_into_user_id(apps, workspace) -> None:
     assert (await _profile(apps, workspace, "fresh-anon"))["id"] == merged["id"]
 
 
+async def test_the_profile_list_finds_a_user_by_a_user_id_merged_into_it(apps, workspace) -> None:
+    """After an alias, ``GET /v1/profiles/kx`` led to the survivor but ``?user_id=kx`` and ``?q=kx`` found
+    nothing: the list read the survivor's ``user_id`` column only (the merged profile's is emptied)."""
+    c, auth = apps["ingest"], (workspace.write_key, "")
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    await c.post("/v1/identify", auth=auth, json={"userId": "kx-old", "traits": {"name": "Kay"}})
+    await c.post("/v1/identify", auth=auth, json={"userId": "ky-new"})
+    await c.post("/v1/alias", auth=auth, json={"previousId": "kx-old", "userId": "ky-new"})
+    await c.post("/v1/alias", auth=auth, json={"previousId": "kz-unseen", "userId": "ky-new"})
+    await c.post("/v1/identify", auth=auth, json={"userId": "other", "anonymousId": "kx-device"})
+    survivor = (await _profile(apps, workspace, "kx-old"))["id"]
+
+    async def listed(**params: str) -> list[tuple[str, str]]:
+        r = await c.get("/v1/profiles", headers=h, params=params)
+        assert r.status_code == 200, r.text
+        return [(p["id"], p["user_id"]) for p in r.json()["profiles"]]
+
+    for ref in ("kx-old", "kz-unseen", "ky-new"):
+        assert await listed(user_id=ref) == [(survivor, "ky-new")], ref
+    assert await listed(user_id="kx-device") == [] and await listed(user_id="kx") == []  # an anonymousId; exact
+    assert await listed(q="KX-OL") == [(survivor, "ky-new")]
+    assert await listed(q="kz-") == [(survivor, "ky-new")]
+    assert await listed(q="kx-device") == []  # anonymousIds are not searched
+    assert await listed(q="kay") == [(survivor, "ky-new")]
+
+
 async def test_two_known_users_on_one_device_are_not_merged(apps, workspace) -> None:
     c, auth = apps["ingest"], (workspace.write_key, "")
     await c.post("/v1/identify", auth=auth, json={"userId": "alice", "anonymousId": "shared-tablet"})
@@ -134,6 +160,10 @@ async def test_profile_trait_filters_match_numbers_and_booleans_and_combine(apps
     assert await users(**{"trait.score": "1.5", "trait.plan": "pro", "trait.age": "30"}) == ["t-0", "t-2"]
     assert await users(**{"trait.vip": "true", "trait.plan": "free"}) == ["t-3"]
     assert await users(**{"trait.age": "3"}) == []
+    # the same trait twice used to match its last value only: a 422 naming it, as for limit or user_id
+    twice = await c.get("/v1/profiles?trait.age=30&trait.plan=pro&trait.age=31", headers=h)
+    assert twice.status_code == 422, twice.text
+    assert [e["loc"] for e in twice.json()["errors"]] == [["query", "trait.age"]]
 
 
 async def test_profile_events_newest_first_with_pagination(apps, workspace) -> None:
@@ -249,7 +279,7 @@ async def test_an_alias_of_an_unseen_id_leads_to_the_user_whichever_way_the_id_c
     assert (await _profile(apps, workspace, "un-old"))["id"] == user["id"]
     h = {"Authorization": f"Bearer {workspace.secret_key}"}
     listed = (await c.get("/v1/profiles", headers=h, params={"user_id": "un-old"})).json()["profiles"]
-    assert listed == []  # no second profile
+    assert [(p["id"], p["user_id"]) for p in listed] == [(user["id"], "un-new")]  # no second profile
     events = (await c.get("/v1/profiles/un-new/events", headers=h)).json()["events"]
     assert [e["event"] for e in events if e["type"] == "track"] == ["Old Device Event", "Old Server Event"]
 
@@ -340,3 +370,79 @@ async def test_an_identify_dated_in_the_future_does_not_freeze_a_trait(apps, wor
     events = (await apps["ingest"].get(f"/v1/profiles/{user}/events", headers={
         "Authorization": f"Bearer {workspace.secret_key}"})).json()["events"]
     assert all(datetime.fromisoformat(e["timestamp"]) <= datetime.now(UTC) + timedelta(seconds=1) for e in events)
+
+
+async def test_a_login_merge_keeps_the_known_users_locale_and_timezone(apps, workspace) -> None:
+    """Context fills locale/timezone only where the profile never had them; a merge must not let the anonymous
+    device's context-filled values replace the known user's (context values have no trait time: the absorbed
+    profile won the tie). An identify's explicit trait, with its time, still follows newest-wins, and a survivor
+    without a locale takes the device's."""
+    c, auth = apps["ingest"], (workspace.write_key, "")
+    london = {"locale": "en-GB", "timezone": "Europe/London"}
+    rome = {"locale": "it-IT", "timezone": "Europe/Rome"}
+    assert (await c.post("/v1/identify", auth=auth, json={"userId": "lc-u", "context": london})).status_code == 200
+    assert {k: v for k, v in (await _profile(apps, workspace, "lc-u"))["traits"].items() if k in london} == london
+    await c.post("/v1/page", auth=auth, json={"anonymousId": "lc-a2", "name": "Home", "context": rome})
+    r = await c.post("/v1/identify", auth=auth, json={"userId": "lc-u", "anonymousId": "lc-a2", "context": rome})
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+    merged = await _profile(apps, workspace, "lc-u")
+    assert (await _profile(apps, workspace, "lc-a2"))["id"] == merged["id"] and merged["merged_from"]
+    assert merged["traits"] == london
+
+    # the device's user set a locale explicitly (an identify trait, newer): that wins over the context's
+    await c.post("/v1/identify", auth=auth, json={"userId": "lc-v", "context": london})
+    await c.post("/v1/identify", auth=auth, json={"anonymousId": "lc-a3", "traits": {"locale": "it-IT"},
+                                                  "context": rome})
+    await c.post("/v1/track", auth=auth, json={"userId": "lc-v", "anonymousId": "lc-a3", "event": "Logged In"})
+    assert (await _profile(apps, workspace, "lc-v"))["traits"] == {"locale": "it-IT", "timezone": "Europe/London"}
+
+    # a known user who never had them takes the device's
+    await c.post("/v1/identify", auth=auth, json={"userId": "lc-w", "traits": {"plan": "pro"}})
+    await c.post("/v1/page", auth=auth, json={"anonymousId": "lc-a4", "name": "Home", "context": rome})
+    await c.post("/v1/track", auth=auth, json={"userId": "lc-w", "anonymousId": "lc-a4", "event": "Logged In"})
+    assert (await _profile(apps, workspace, "lc-w"))["traits"] == {"plan": "pro", **rome}
+
+
+@pytest.mark.parametrize("second_user", ["another", "same"])
+async def test_a_device_profile_is_merged_once_when_two_requests_merge_it_at_once(apps, workspace, sessionmaker,
+                                                                                   second_user) -> None:
+    """Two requests carrying one anonymousId with a userId, committed by two replicas at once: two users logging in
+    on one device (the second must not take the device's profile: it is the first's now), or the identify and the
+    track an SDK sends together after a login (the same merge twice). The second read the device's profile before
+    the first merged it away, and merged it again: into both users, or twice into one."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from services.ingest import tracking
+
+    ws, tag = workspace.workspace_id, uuid.uuid4().hex[:8]
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    users = {"first": f"ua-{tag}", "second": f"ub-{tag}" if second_user == "another" else f"ua-{tag}"}
+    for uid in set(users.values()):
+        assert (await apps["ingest"].post("/v1/identify", auth=(workspace.write_key, ""),
+                                          json={"userId": uid})).status_code == 200
+    device = f"anon-{tag}"
+    r = await apps["ingest"].post("/v1/identify", auth=(workspace.write_key, ""),
+                                  json={"anonymousId": device, "traits": {"device_trait": 1}})
+    assert r.status_code == 200
+
+    def login(uid: str) -> tracking.Envelope:
+        return tracking.Envelope(message_id=uuid.uuid4().hex, type="identify", event=None, user_id=uid,
+                                 anonymous_id=device, properties={}, traits={}, context={},
+                                 timestamp=datetime.now(UTC), sent_at=None)
+
+    async def second() -> None:
+        async with sessionmaker() as s, s.begin():
+            await tracking.record(s, ws, [login(users["second"])])
+
+    async with sessionmaker() as s, s.begin():  # the first replica merges, and commits a moment later
+        await tracking.record(s, ws, [login(users["first"])])
+        racing = asyncio.create_task(second())
+        await asyncio.sleep(0.5)  # (the second has read the device's profile, and waits for its lock)
+    await asyncio.wait_for(racing, 30)
+    merged = {uid: [m["profile_id"] for m in (await apps["ingest"].get(f"/v1/profiles/{uid}", headers=h)).json()[
+        "merged_from"]] for uid in set(users.values())}
+    assert sorted(len(v) for v in merged.values()) == ([0, 1] if second_user == "another" else [1]), merged
+    device_profile = (await apps["ingest"].get(f"/v1/profiles/{device}", headers=h)).json()
+    assert device_profile["user_id"] == users["first"]  # the device leads to the first user, who has its traits
+    assert device_profile["traits"]["device_trait"] == 1

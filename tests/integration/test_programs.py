@@ -164,6 +164,30 @@ async def test_attribution_from_landing_links_and_signup_properties_first_touch_
     assert board["referrers"][0]["referrals"] == 2  # the rejected one is not counted
 
 
+async def test_referrals_list_the_newest_first(world) -> None:
+    """GET /v1/referrals was in id order, a UUIDv4's: a program's referrals came in no order a reader could follow.
+    Newest first now (the sign-up's time, then the id), paged without skipping or repeating, filtered or not."""
+    await world.program("referral", **REFERRAL)
+    ann = _uid("ann")
+    await world.identify(ann, email=f"{ann}@example.com")
+    code = (await world.code(ann))["code"]
+    friends = [_uid(f"friend{n}") for n in range(4)]
+    for n, friend in enumerate([friends[2], friends[0], friends[3], friends[1]]):  # signed up out of list order
+        await world.track(friend, "Signed Up", T0 + timedelta(days=[3, 1, 4, 2][n]), referral_code=code)
+    await world.pump(T0 + timedelta(days=5))
+    pids = [(await world.apps["ingest"].get(f"/v1/profiles/{f}", headers=world.h)).json()["id"] for f in friends]
+    expected = pids[::-1]
+    assert [r["referred_profile_id"] for r in await world.referrals()] == expected
+    for params in ({}, {"referrer": ann}, {"status": "converted"}):
+        paged, after = [], None
+        while True:
+            page = await world.get("/v1/referrals", limit=1, **params, **({"after": after} if after else {}))
+            paged += [r["referred_profile_id"] for r in page["referrals"]]
+            if not (after := page["next_cursor"]):
+                break
+        assert paged == expected, params
+
+
 async def test_self_referral_and_duplicate_accounts_are_rejected_with_their_reason(world) -> None:
     await world.program("referral", **REFERRAL)
     ref = _uid("ref")
@@ -403,6 +427,19 @@ async def test_badges_need_every_event_within_the_period_and_leaderboards_rank_b
     assert [(m["user_id"], m["points"]) for m in alltime["members"]] == [(ben, 550), (ada, 70)]
 
 
+async def test_a_member_credited_only_by_hand_is_named_by_their_user_id_on_the_leaderboard(world) -> None:
+    """Points given with POST …/adjust alone made an account without the member's ids: the loyalty leaderboard
+    listed them as ``user_id: null`` though the referral leaderboard named the same profile."""
+    await world.program("loyalty", earn=[{"event": "Order Completed", "per_unit": 1}])
+    ada = _uid("ada")
+    pid = await world.identify(ada, email=f"{ada}@example.com")
+    r = await world.apps["campaign"].post(f"/v1/loyalty/members/{ada}@example.com/adjust", headers={
+        **world.h, "Idempotency-Key": "goodwill"}, json={"points": 40, "reason": "goodwill"})
+    assert r.status_code == 201, r.text
+    board = await world.get("/v1/loyalty/leaderboard", period="all")
+    assert [(m["profile_id"], m["user_id"], m["points"]) for m in board["members"]] == [(pid, ada, 40)]
+
+
 async def test_program_configuration_and_errors_are_problem_documents(world) -> None:
     c = world.apps["campaign"]
     r = await c.get("/v1/programs/loyalty", headers=world.h)
@@ -412,6 +449,14 @@ async def test_program_configuration_and_errors_are_problem_documents(world) -> 
     bad = await c.put("/v1/programs/referral", headers=world.h, json={"config": {"referrer_reward": {
         "type": "coupon", "pool": "has spaces"}}})
     assert bad.status_code == 422
+    # an event no event can be (empty or blank) names no rule: stored, it never fired and nothing said so
+    for kind, config, loc in (("referral", {"signup_events": ["Signed Up", "  "]}, ["signup_events", "1"]),
+                              ("referral", {"refund_event": ""}, ["refund_event"]),
+                              ("loyalty", {"badges": [{"name": "b", "events": [""]}]}, ["badges", "0", "events", "0"]),
+                              ("loyalty", {"refund_event": " "}, ["refund_event"])):
+        bad = await c.put(f"/v1/programs/{kind}", headers=world.h, json={"enabled": False, "config": config})
+        assert bad.status_code == 422, (config, bad.text)
+        assert [e["loc"][-len(loc):] for e in bad.json()["errors"]] == [loc], bad.text
     out = await world.program("loyalty", tiers=[{"name": "Gold", "threshold": 10}, {"name": "Base", "threshold": 0}])
     assert [t["name"] for t in out["config"]["tiers"]] == ["Base", "Gold"]  # sorted by threshold
     assert (await c.post("/v1/referral/codes", headers=world.h, json={"user": "nobody-here"})).status_code == 404
@@ -428,6 +473,78 @@ async def test_program_configuration_and_errors_are_problem_documents(world) -> 
     assert [e["event"] for e in await world.events(uid)].count("Referral Sent") == 1
     assert (await c.get("/v1/loyalty/members/x/history", headers=world.h, params={"after": "zz"})).status_code == 400
     assert (await c.get("/v1/coupon-pools/none", headers=world.h)).status_code == 404
+
+
+async def test_an_invite_key_reused_for_another_channel_is_a_409_and_a_retry_gets_the_first_answer(world) -> None:
+    """The same ``idempotency_key`` with channel email, then sms, then social answered 202 each time with that
+    channel's link, while only the first ``Referral Sent`` was stored: the caller believed three shares were
+    recorded. As on messages, the trigger and the ledger: the same content replays, other content is a 409."""
+    c = world.apps["campaign"]
+    await world.program("referral", **REFERRAL)
+    uid, other = _uid("inviter"), _uid("inviter")
+    await world.identify(uid)
+    await world.identify(other)
+    url, body = "/v1/referral/invites", {"user": uid, "channel": "email", "idempotency_key": "share-1"}
+    first = await c.post(url, headers=world.h, json=body)
+    assert first.status_code == 202 and "idempotent-replayed" not in first.headers
+    await c.put("/v1/programs/referral", headers=world.h, json={"config": {"landing_url": "https://new.example/j"}})
+    again = await c.post(url, headers=world.h, json=body)
+    assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json()  # the stored answer (its link), not one made anew
+    for channel in ("sms", "social"):
+        r = await c.post(url, headers=world.h, json={**body, "channel": channel})
+        assert r.status_code == 409 and r.headers["content-type"] == "application/problem+json", r.text
+        assert r.json()["idempotency_key"] == "share-1"
+    mine = await c.post(url, headers=world.h, json={**body, "user": other, "channel": "sms"})  # a key is per referrer
+    assert mine.status_code == 202 and "channel=sms" in mine.json()["link"]
+    await world.pump(T0)
+    sent = [e for e in await world.events(uid) if e["event"] == "Referral Sent"]
+    assert [e["properties"]["channel"] for e in sent] == ["email"]
+
+
+async def test_pausing_a_program_keeps_its_configuration_and_an_unknown_field_is_refused(world) -> None:
+    """``{"enabled": false}`` alone (pausing) wiped the program back to its defaults: the landing URL, the rewards,
+    the tiers (members lost theirs) and badges; a misspelt ``configuration`` did the same with a 200. Now a field
+    the request leaves out keeps its stored value, and one the API does not know is a 422 naming it."""
+    c = world.apps["campaign"]
+    await world.program("referral", **REFERRAL)
+    badges = [{"name": "Explorer", "events": ["Project Created"], "within_days": 7, "points": 10}]
+    await world.program("loyalty", **LOYALTY, badges=badges)
+    uid = _uid("paused")
+    await world.identify(uid, email=f"{uid}@example.com")
+    await world.track(uid, "Order Completed", T0, order_id="o-1", revenue=600)
+    await world.pump(T0 + timedelta(hours=1))
+    assert (await world.get(f"/v1/loyalty/members/{uid}/tier"))["tier"] == "Gold"
+
+    r = await c.put("/v1/programs/referral", headers=world.h, json={"enabled": False})
+    assert r.status_code == 200 and r.json()["enabled"] is False, r.text
+    cfg = r.json()["config"]
+    assert cfg["landing_url"] == REFERRAL["landing_url"] and cfg["referred_reward"] == {"type": "coupon",
+                                                                                        "pool": "welcome"}
+    r = await c.put("/v1/programs/loyalty", headers=world.h, json={"enabled": False})
+    assert r.status_code == 200 and r.json()["enabled"] is False
+    assert [t["name"] for t in r.json()["config"]["tiers"]] == ["Silver", "Gold", "Platinum"]
+    assert [b["name"] for b in r.json()["config"]["badges"]] == ["Explorer"]
+    r = await c.put("/v1/programs/loyalty", headers=world.h, json={"enabled": True})
+    assert r.json()["enabled"] is True and len(r.json()["config"]["earn"]) == 3
+    tier = await world.get(f"/v1/loyalty/members/{uid}/tier")
+    assert tier["tier"] == "Gold" and tier["next_tier"] == "Platinum"
+
+    # a config key given replaces its value; the keys left out, and `enabled`, keep theirs
+    r = await c.put("/v1/programs/referral", headers=world.h, json={"config": {"attribution_window_days": 7}})
+    assert r.status_code == 200 and r.json()["enabled"] is False
+    assert r.json()["config"] == {**cfg, "attribution_window_days": 7}
+    r = await c.put("/v1/programs/loyalty", headers=world.h, json={"config": {"expiry_months": 6}})
+    assert r.json()["config"]["expiry_months"] == 6 and len(r.json()["config"]["tiers"]) == 3
+
+    before = await world.get("/v1/programs/referral")
+    for body, loc in [({"configuration": {"landing_url": "https://typo.example/"}}, ["body", "configuration"]),
+                      ({"enabled": True, "enable": False}, ["body", "enable"]),
+                      ({"config": {"landing_ulr": "https://typo.example/"}}, ["body", "config", "landing_ulr"])]:
+        r = await c.put("/v1/programs/referral", headers=world.h, json=body)
+        assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json", r.text
+        assert [(e["loc"], e["type"]) for e in r.json()["errors"]] == [(loc, "extra_forbidden")]
+    assert await world.get("/v1/programs/referral") == before
 
 
 # ------------------------------------------------------------------ concurrent redemptions (property test)
@@ -475,13 +592,18 @@ async def _redeem_concurrently(world, start: int, redemptions: list[tuple[int, i
 
 async def test_the_demo_runs_the_referral_and_loyalty_examples_end_to_end(world, settings) -> None:
     """examples/lifecycle.yaml through `tenure apply`'s code, the demo's people, the worker: mail says so."""
-    from services import demo, resources
+    from services import demo, devserver, resources
 
     mesh = world.internal._http
     api = resources.Api(mesh, {s: settings.url_of(s) for s in ("ingest", "segment", "campaign", "delivery")},
                         world.h)
+    async with world.sm() as s, s.begin():  # the welcome campaign `tenure dev` gives its demo workspace
+        welcome = await devserver.create_welcome(s, world.ws)
     lines = await demo.run(mesh, api, settings.url_of("ingest"), world.wk[0])
     assert lines[0] == "lifecycle.yaml: 2 programs, 12 templates, 2 segments, 9 campaigns created or updated, 0 unchanged"
+    assert lines[1].startswith("campaign 'Welcome email' (tenure dev's welcome) paused: Onboarding sends the welcome")
+    assert (await world.get(f"/v1/campaigns/{welcome['id']}"))["status"] == "paused"
+    del lines[1]
     again = await resources.plan(api, resources.load(demo.EXAMPLE.read_text()))
     assert {c.action for c in again} == {"unchanged"}  # applying twice changes nothing
     exported = resources.load(await resources.export(api))
@@ -496,6 +618,16 @@ async def test_the_demo_runs_the_referral_and_loyalty_examples_end_to_end(world,
         return {m["subject"] for m in r.json()["messages"]}
 
     assert "Du bist jetzt Gold-Mitglied" in await subjects("demo-klaus")  # 3 orders + first-order bonus: Gold
+    # one welcome per sign-up: Onboarding's, not also the paused built-in one's
+    assert {s for s in await subjects("demo-ada") if s.startswith("Welcome")} == {"Welcome to Acme, Ada!"}
+    # the French and German variants name the tier's benefits in their language (the program's are English)
+    tier = next(t for t in (await world.get("/v1/templates", limit=100))["templates"] if t["name"] == "loyalty-tier")
+    for user, says in (("demo-klaus", "Deine Vorteile: Mitgliederpreise und kostenloser Versand."),
+                       ("demo-jean", "Vos avantages : prix membres.")):
+        r = await world.apps["campaign"].post(f"/v1/templates/{tier['id']}/preview", headers=world.h,
+                                              json={"user": user, "data": {"tier": "Gold"}})
+        assert r.status_code == 200 and says in r.json()["text"], r.text
+        assert "member" not in r.json()["text"] and "shipping" not in r.json()["text"], r.text
     assert {"Glad you like Acme! Invite a friend, you both get a month",  # NPS 10: the invite with the link
             "Your friend joined Acme: +500 points"} <= await subjects("demo-yuki")
     assert "Your welcome gift: WELCOME-0001" in await subjects("demo-noah")
@@ -544,6 +676,92 @@ async def test_erasure_removes_the_programs_records_and_export_lists_them(world)
     assert erased["referral_rewards"] == 2  # the referral's rewards on both sides
     assert await world.balance(ref) == 0 and await world.referrals(referrer=ref) == []
     assert await world.balance(friend) == 120  # the other person's points are theirs
+
+
+async def test_a_referrals_two_sides_never_name_each_other(world) -> None:
+    """Each side's referral events (and ledger entries) are filed in that person's history, which the other's
+    erasure leaves alone: they named the counterpart's userId (``referred_user_id``, ``referrer_user_id``), and the
+    referrer's reward events the referred user's order (whose id may name them). Only ``referral_id`` links the
+    two now: once Alice is erased, nothing in Rita's export (ingest's events, segment's, campaign's) names her."""
+    await world.program("referral", **{**REFERRAL, "referred_reward": {"type": "points", "points": 100}},
+                        qualifying={"event": "Order Completed"})
+    await world.program("loyalty", **LOYALTY)
+    rita, alice = _uid("rita"), _uid("alice")
+    await world.identify(rita, email=f"{rita}@example.com")
+    code = (await world.code(rita))["code"]
+    await world.identify(alice, email=f"{alice}@example.com")
+    await world.track(alice, "Signed Up", T0, referral_code=code)
+    order = f"{alice}-1"  # as shops number them
+    await world.track(alice, "Order Completed", T0 + timedelta(hours=1), order_id=order, revenue=20)
+    await world.pump(T0 + timedelta(hours=2))
+    await world.track(alice, "Order Refunded", T0 + timedelta(hours=3), order_id=order)
+    await world.pump(T0 + timedelta(hours=4))
+
+    def referral_events(events: list[dict]) -> list[dict]:
+        return [e for e in events if (e["event"] or "").startswith("Referral")]
+
+    ritas = referral_events(await world.events(rita))
+    alices = referral_events(await world.events(alice))
+    names = ["Referral Converted", "Referral Reward Granted", "Referral Reward Reversed"]
+    assert [e["event"] for e in ritas] == [e["event"] for e in alices] == names
+    assert alice not in str(ritas) and rita not in str(alices)
+    assert {e["properties"]["referral_id"] for e in ritas + alices} == {ritas[0]["properties"]["referral_id"]}
+    assert [e["properties"].get("order_id") for e in alices[1:]] == [order, order]  # their own order
+    assert alice not in str(await world.history(rita))
+
+    r = await world.apps["ingest"].post("/v1/privacy/erasure", headers=world.h, json={"user": alice})
+    assert r.status_code == 202, r.text
+    await _erase(world, r.json()["id"])
+    r = await world.apps["ingest"].get(f"/v1/privacy/export/{rita}", headers=world.h)
+    assert r.status_code == 200 and [e["event"] for e in referral_events(r.json()["events"])] == names
+    assert alice not in r.text
+
+
+async def test_the_export_lists_the_first_touch_fingerprints_and_trigger_keys_the_erasure_deletes(world) -> None:
+    """docs/programs.md says the export includes what the erasure deletes; the first touch, the fingerprints and an
+    API trigger's idempotency key were left out. Through ingest's privacy API, fingerprints as the SHA-256 digests
+    they are kept as."""
+    await world.program("referral", **REFERRAL)
+    rita, alice = _uid("rita"), _uid("alice")
+    await world.identify(rita, email=f"{rita}@example.com")
+    code = (await world.code(rita))["code"]
+    await world.identify(alice, email=f"{alice}@example.com")
+    await world.track(alice, "Signed Up", T0, referral_code=code, context={"device": {"id": f"device-{alice}"}})
+    await world.pump(T0 + timedelta(hours=1))
+    tag = uuid.uuid4().hex[:8]
+    tpl = (await world.apps["campaign"].post("/v1/templates", headers=world.h, json={
+        "name": f"t-{tag}", "subject": "Hi", "text": "Hi"})).json()["id"]
+    camp = await world.apps["campaign"].post("/v1/campaigns", headers=world.h, json={
+        "name": f"api-{tag}", "trigger": {"type": "api"}, "steps": [{"id": "s", "type": "send", "template_id": tpl}]})
+    assert camp.status_code == 201, camp.text
+    entered = await world.apps["campaign"].post(f"/v1/campaigns/{camp.json()['id']}/trigger", headers={
+        **world.h, "Idempotency-Key": f"key-{tag}"}, json={"user": alice})
+    assert entered.status_code == 202, entered.text
+
+    r = await world.apps["ingest"].get(f"/v1/privacy/export/{alice}", headers=world.h)
+    assert r.status_code == 200, r.text
+    theirs = r.json()["campaign"]
+    assert [(t["code"], t["touched_at"][:19]) for t in theirs["referral_touches"]] == [(code, T0.isoformat()[:19])]
+    prints = theirs["referral_fingerprints"]
+    assert {p["kind"] for p in prints} == {"email", "device"} and all(len(p["digest"]) == 64 for p in prints), prints
+    assert f"{alice}@example.com" not in str(prints) and f"device-{alice}" not in str(prints)
+    assert [k["key"] for k in theirs["trigger_keys"]] == [f"key-{tag}"]
+
+    r = await world.apps["ingest"].post("/v1/privacy/erasure", headers=world.h, json={"user": alice})
+    assert r.status_code == 202, r.text
+    removed = (await _erase(world, r.json()["id"]))["services"]["campaign"]["removed"]
+    assert (removed["referral_touches"], removed["referral_fingerprints"], removed["trigger_keys"]) == (
+        1, len(prints), 1)
+
+
+async def _erase(world: Programs, request_id: str) -> dict:
+    """Ingest's worker asks the other services to erase: the request, completed."""
+    from services.ingest import privacy
+
+    await privacy.propagate(world.sm, world.internal, limit=1000, backoff_base_s=0)
+    done = (await world.apps["ingest"].get(f"/v1/privacy/requests/{request_id}", headers=world.h)).json()
+    assert done["status"] == "completed", done
+    return done
 
 
 async def test_odd_events_never_stop_the_feed_and_junk_refs_take_no_first_touch(world) -> None:

@@ -37,7 +37,7 @@ from services.delivery.app import create_app
 from services.delivery.mailer import SendError
 from shared.embedded import free_port
 from shared.settings import Settings
-from shared.testing import http_server
+from shared.testing import http_server, smtp_server
 
 SID, TOKEN, SHARED_KEY = "AC" + "1" * 32, "conformance-auth-token", "webhooks-shared-key-secret"
 PUBLIC = "https://hooks.acme.example/delivery"  # what Twilio calls; a proxy forwards to our loopback port
@@ -329,7 +329,8 @@ async def test_a_status_callback_that_beats_our_commit_is_applied(apps, workspac
         async with httpx.AsyncClient() as http:  # (a proxy strips PUBLIC's path prefix)
             r = await http.post(delivery["base"] + callback_url.removeprefix(PUBLIC), data=params, headers={
                 "X-Twilio-Signature": validator.compute_signature(callback_url, params)})
-        answered.append(r.status_code)
+        if str(form["Body"]).endswith(f"({ws})"):  # (texts other tests left retrying go through this server too)
+            answered.append(r.status_code)
         return JSONResponse({"sid": sid, "status": "queued", "to": str(form["To"])}, status_code=201)
 
     with http_server(fake) as port:
@@ -339,7 +340,7 @@ async def test_a_status_callback_that_beats_our_commit_is_applied(apps, workspac
             ids = []
             for to in ("+14155550100", "+14155550104"):
                 r = await apps["delivery"].post("/v1/messages", headers=h, json={
-                    "idempotency_key": uuid.uuid4().hex, "channel": "sms", "to": to, "text": "Your code is 1234",
+                    "idempotency_key": uuid.uuid4().hex, "channel": "sms", "to": to, "text": f"Your code is 1234 ({ws})",
                     "message_type": "transactional", "metadata": {"userId": f"early-{ws}"}})
                 ids.append(r.json()["id"])
             await sending.send_due(sessionmaker, cfg)
@@ -585,13 +586,9 @@ class _Sink:
 
 @pytest.fixture
 def sink() -> Iterator[tuple[_Sink, int]]:
-    handler, port = _Sink(), free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
+    handler = _Sink()
+    with smtp_server(handler) as port:
         yield handler, port
-    finally:
-        controller.stop()
 
 
 async def test_one_click_unsubscribe_as_mailbox_providers_do_it(apps, workspace, settings, sessionmaker,

@@ -5,7 +5,8 @@ import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 
 import jwt
@@ -64,6 +65,14 @@ class FakeGoogle:
                     status_code=400)
             if token.startswith("busy"):
                 return JSONResponse({"error": {"code": 503, "status": "UNAVAILABLE"}}, status_code=503)
+            if token.startswith("quota"):  # the project's message rate: FCM gives no Retry-After
+                return JSONResponse({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": [
+                    {"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": "QUOTA_EXCEEDED"}]}},
+                    status_code=429)
+            if token.startswith("later"):  # Retry-After as an HTTP date (RFC 9110 §10.2.3), 40 s ahead
+                when = format_datetime(datetime.now(UTC) + timedelta(seconds=40), usegmt=True)
+                return JSONResponse({"error": {"code": 503, "status": "UNAVAILABLE"}}, status_code=503,
+                                    headers={"Retry-After": when})
             assert all(isinstance(v, str) for v in body["message"].get("data", {}).values())
             self.sent.append(body["message"])
             return JSONResponse({"name": f"projects/{project}/messages/{uuid.uuid4().hex[:8]}"})
@@ -185,3 +194,63 @@ async def test_a_404_that_is_not_unregistered_keeps_the_device(apps, workspace, 
         assert "404" in got["last_error"] and "gone" not in got["last_error"], (case, got["last_error"])
         kept = (await apps["delivery"].get("/v1/devices", headers=h, params={"user": user})).json()["devices"]
         assert [d["token"] for d in kept] == [token], case
+
+
+async def test_fcm_quota_and_a_dated_retry_after_set_the_next_attempt(apps, workspace, sessionmaker, settings) -> None:
+    """QUOTA_EXCEEDED (429 RESOURCE_EXHAUSTED) without a Retry-After waits at least a minute, as FCM's error
+    reference asks; a Retry-After given as an HTTP date is read as the time it names (it was taken for no hint, and
+    the message came back after its ~2 s backoff)."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    tag = uuid.uuid4().hex[:6]
+    with fcm(settings) as (_, push_settings):
+        ids = {}
+        for case in ("quota", "later", "busy"):
+            user = f"{case}-{tag}"
+            r = await apps["delivery"].post("/v1/devices", headers=h, json={"user": user, "token": f"{case}-{tag}-00000",
+                                                                            "platform": "android"})
+            assert r.status_code == 201, r.text
+            r = await apps["delivery"].post("/v1/messages", headers=h, json={
+                "idempotency_key": f"wait-{user}", "channel": "push", "to": user, "subject": "Hello", "text": "Hi",
+                "message_type": "transactional"})
+            ids[case] = r.json()["id"]
+        async with sessionmaker() as s, s.begin():
+            await s.execute(text("update delivery.messages set next_attempt_at = timestamptz '2000-01-01' "
+                                 "where id = any(CAST(:ids AS uuid[]))"), {"ids": list(ids.values())})
+        await sending.send_due(sessionmaker, push_settings, limit=len(ids))
+    async with sessionmaker() as s:
+        rows = {r.id: r for r in await s.execute(text(
+            "select id::text, status, extract(epoch from next_attempt_at - now()) as wait_s from delivery.messages "
+            "where id = any(CAST(:ids AS uuid[]))"), {"ids": list(ids.values())})}
+    waits = {case: float(rows[i].wait_s) for case, i in ids.items()}
+    assert all(rows[i].status == "queued" for i in ids.values())
+    assert 55 <= waits["quota"] <= 61, waits
+    assert 33 <= waits["later"] <= 41, waits
+    assert waits["busy"] <= 3, waits  # a 503 without a Retry-After: the first backoff
+
+
+async def test_data_keys_fcm_reserves_are_refused_when_queued(apps, workspace) -> None:
+    """FCM refuses a message whose data has a reserved key (400 INVALID_ARGUMENT, for every device): `from`,
+    `message_type`, and any key starting with `google` or `gcm`. Such a push was queued (202) and failed at send
+    time; it is now a 422 naming the key, and `invalid` in a batch. Keys that merely contain those words pass."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    tag = uuid.uuid4().hex[:6]
+
+    def push(data: dict) -> dict:
+        return {"idempotency_key": f"reserved-{uuid.uuid4().hex}", "channel": "push", "to": f"user-{tag}",
+                "subject": "Hello", "text": "Hi", "data": data}
+
+    for key in ("from", "message_type", "google.c.a.e", "googleId", "gcm.notification.x", "gcm"):
+        r = await apps["delivery"].post("/v1/messages", headers=h, json=push({"order": 1, key: "x"}))
+        assert r.status_code == 422, (key, r.text)
+        [error] = r.json()["errors"]
+        assert error["loc"][-2:] == ["data", key] and f"data key {key!r} is reserved by FCM" in error["msg"], error
+    r = await apps["delivery"].post("/v1/messages/batch", headers=h, json={"messages": [
+        push({"gcm.n.e": "1"}), push({"fromage": "brie", "my_google_id": "g", "type": "promo"})]})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["result"] for x in results] == ["invalid", "queued"] and "'gcm.n.e' is reserved" in results[0]["error"]
+    # (a webhook's data is its own JSON body: any key goes)
+    r = await apps["delivery"].post("/v1/messages", headers=h, json={
+        "idempotency_key": f"hook-{tag}", "channel": "webhook", "to": "https://hooks.example.test/x",
+        "data": {"from": "acme", "message_type": "order"}})
+    assert r.status_code == 202, r.text

@@ -7,7 +7,6 @@ plan of a statement on tables filled by COPY and never analyzed (autovacuum off 
 """
 
 import asyncio
-import concurrent.futures
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,9 +20,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.delivery import outbox
 from services.ingest import profiles, tracking
-from shared.migrate import upgrade_all
-from shared.settings import Settings
-from shared.testing import Servers, _asyncpg_dsn, fresh_database
+from shared.testing import Servers, _asyncpg_dsn, migrated_database
 
 PROFILES = 50_000
 WS = uuid.uuid4()
@@ -44,9 +41,7 @@ def _run(coro: Any) -> Any:
 @pytest.fixture(scope="module")
 def unanalyzed(servers: Servers) -> Iterator[str]:
     """A migrated database whose events, profiles and identities hold 50k rows each (or two) and no statistics."""
-    with fresh_database(servers, "tenure_plans") as url:
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # (it runs asyncio.run: not on this thread's loop)
-            pool.submit(upgrade_all, Settings(database_url=url, redis_url=servers.redis_url)).result()
+    with migrated_database(servers, "tenure_plans") as url:
 
         async def fill() -> None:
             dsn, kw = _asyncpg_dsn(url)
@@ -136,8 +131,14 @@ def test_profiles_by_id_read_the_primary_key_and_their_own_identities(unanalyzed
     assert indexes == {"pk_profiles", "ix_identities_profile_id"} and touched <= 200 * 6, (indexes, touched)
 
 
+def test_the_profile_list_by_user_id_reads_the_identity_key_then_the_primary_key(unanalyzed: str) -> None:
+    sql, params = profiles.list_query(WS, user_id="user_id-4321", email=None, traits={}, q=None, after=None)
+    indexes, touched = _plan(unanalyzed, sql, {**params, "lim": 101})
+    assert indexes == {"pk_identities", "pk_profiles"} and touched <= 2, (indexes, touched)
+
+
 def test_a_delivery_claim_reads_the_due_messages_not_those_in_flight(unanalyzed: str) -> None:
-    indexes, touched = _plan(unanalyzed, outbox.CLAIM, {"lim": 50, "max": outbox.MAX_ATTEMPTS, "lease": 60})
+    indexes, touched = _plan(unanalyzed, outbox.CLAIM, {"lim": 50, "max": outbox.MAX_LOST_LEASES, "lease": 60})
     assert "ix_messages_due" in indexes and touched <= 50 * 4, (indexes, touched)  # (the old claim: 20,050)
 
 

@@ -53,3 +53,28 @@ async def test_redis_away_lets_requests_through(settings) -> None:
         assert all(await _outcomes(counter, f"test:{uuid.uuid4()}", 5, 1))
     finally:
         await redis.aclose()
+
+
+
+async def test_a_redis_that_never_answers_is_waited_on_once_then_left_alone() -> None:
+    """A hung Redis (it accepts, never answers) cost every tracking call the client's 5 s socket timeout while
+    /readyz said "degraded": the count gives up within its budget, and Redis is left alone for a few seconds."""
+    connections: list[asyncio.StreamWriter] = []
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        while await reader.read(65536):
+            pass
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    redis = Redis(host="127.0.0.1", port=server.sockets[0].getsockname()[1], socket_timeout=5)
+    try:
+        counter = RequestCounter(redis)
+        for _ in range(3):  # one after the other, as an SDK's retries come
+            assert all(await _outcomes(counter, f"test:{uuid.uuid4()}", 2, 1))
+        assert len(connections) == 1  # the first count waited (its budget) and failed; the next ones did not try
+    finally:
+        for w in connections:
+            w.close()
+        server.close()
+        await redis.aclose()

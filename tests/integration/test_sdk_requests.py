@@ -152,3 +152,32 @@ async def test_sdk_settings_name_the_public_url_when_one_is_set(settings, worksp
     segment_io = r.json()["integrations"]["Segment.io"]
     assert segment_io["apiHost"] == "t.example.com/tenure/v1"
     assert "protocol" not in segment_io  # https, the SDKs' default (Swift and Kotlin know no other)
+
+
+async def test_a_rudderstack_beacon_and_a_cdn_url_ending_in_a_slash_reach_ingest(ingest_url: str, workspace) -> None:
+    """RudderStack's JavaScript SDK with ``useBeacon: true`` posts its batch by navigator.sendBeacon to
+    ``/beacon/v1/batch?writeKey=…`` (text/plain, credentials, no header of its own): a 404, the events lost. And
+    analytics-next joins a ``cdnURL`` ending in "/" with ``/v1/projects/…``: ``//v1/…`` was a 404 and the SDK never
+    loaded."""
+    secret = {"Authorization": f"Bearer {workspace.secret_key}"}
+    mid = uuid.uuid4().hex
+    beacon = {"batch": [{"type": "track", "event": "Beaconed", "anonymousId": f"rb-{mid}", "messageId": mid,
+                         "originalTimestamp": "2026-11-29T10:00:00.000Z", "sentAt": "2026-11-29T10:00:01.000Z",
+                         "context": {"library": {"name": "RudderLabs JavaScript SDK", "version": "3.34.1"}}}],
+              "sentAt": "2026-11-29T10:00:01.000Z"}
+    async with httpx.AsyncClient(base_url=ingest_url, timeout=30) as client:
+        r = await client.post(f"/beacon/v1/batch?writeKey={workspace.write_key}", content=json.dumps(beacon),
+                              headers={"Content-Type": "text/plain;charset=UTF-8", "Origin": "http://shop.example"})
+        assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+        assert r.headers["access-control-allow-origin"] == "http://shop.example"
+        events = (await client.get(f"/v1/profiles/rb-{mid}/events", headers=secret)).json()["events"]
+        assert [e["event"] for e in events] == ["Beaconed"]
+        wrong = await client.post("/beacon/v1/batch?writeKey=wk_nope", content=json.dumps(beacon))
+        assert wrong.status_code == 401
+        settings = await client.get(f"{ingest_url}//v1/projects/{workspace.write_key}/settings")  # (a full URL:
+        # "//v1/…" alone is a URL of host "v1")
+        assert settings.status_code == 200 and settings.json()["integrations"]["Segment.io"]["apiKey"] == \
+            workspace.write_key
+        tracked = await client.post(f"{ingest_url}//v1/t", json={"writeKey": workspace.write_key, "type": "track",
+                                                    "event": "Slashed", "anonymousId": f"rb-{mid}"})
+        assert tracked.status_code == 200, tracked.text

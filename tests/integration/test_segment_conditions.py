@@ -207,7 +207,7 @@ async def test_search_lists_profiles_with_counts_and_attributes(ctx, settings) -
     scored = await ctx.segment({"type": "attribute", "attribute": "lead_score", "op": "gte", "value": 15})
     assert await ctx.members(scored) == {str(people[1]), str(people[3]), str(people[4])}
     r = await ctx.seg.post("/v1/profiles/search", headers=ctx.h, json={**body, "after": "nope"})
-    assert r.status_code == 422
+    assert r.status_code == 400 and r.json()["errors"][0]["loc"] == ["body", "after"]
 
 
 async def test_attributes_of_an_unknown_profile_are_a_404(ctx) -> None:
@@ -457,6 +457,27 @@ async def test_search_results_carry_each_profiles_stage(ctx) -> None:
             str(buyer): "engaged", str(visitor): "onboarding"}
 
 
+async def test_search_gives_a_profiles_attributes_as_its_attributes_endpoint_does(ctx) -> None:
+    """Without lead score rules, ``lead_score`` was ``0.0`` in GET …/attributes (a float, as its schema says) and
+    ``0`` in a search: the same profile's attributes are the same values of the same types in both."""
+    ws = ctx.ws
+    buyer, visitor = uuid.uuid4(), uuid.uuid4()
+    await _fold(ctx.sm, [_ev(ws, buyer, event="Order Completed", props={"revenue": 10}, days_ago=3),
+                         _ev(ws, visitor, event="Page Viewed")])
+    for definition in ({"type": "attribute", "attribute": "order_count", "op": "gte", "value": 0},  # in SQL
+                       {"type": "or", "children": [{"type": "stage", "stage": "engaged"},  # in Python
+                                                   {"type": "stage", "stage": "onboarding"}]}):
+        r = await ctx.seg.post("/v1/profiles/search", headers=ctx.h, json={"definition": definition})
+        assert r.status_code == 200, r.text
+        for found in r.json()["profiles"]:
+            attrs = (await ctx.seg.get(f"/v1/profiles/{found['profile_id']}/attributes", headers=ctx.h)).json()
+            del attrs["profile_id"]
+            assert found["attributes"] == attrs
+            assert {k: type(v) for k, v in found["attributes"].items()} == {k: type(v) for k, v in attrs.items()}
+            assert isinstance(found["attributes"]["lead_score"], float)
+        assert len(r.json()["profiles"]) == 2
+
+
 async def test_first_and_last_seen_are_usable_in_conditions(ctx) -> None:
     """First / last seen are computed attributes like the others (readable on GET …/attributes), but a
     condition on them was refused: "new users of the last 7 days" could not be written."""
@@ -488,7 +509,7 @@ async def test_search_gives_no_cursor_when_the_page_holds_the_last_match(ctx, in
     whole = (await ctx.seg.post("/v1/profiles/search", headers=ctx.h, json={"definition": gold, "limit": 3})).json()
     assert whole["count"] == 3 and len(whole["profiles"]) == 3 and whole["next_cursor"] is None
     first = (await ctx.seg.post("/v1/profiles/search", headers=ctx.h, json={"definition": gold, "limit": 2})).json()
-    assert len(first["profiles"]) == 2 and first["next_cursor"] == first["profiles"][-1]["profile_id"]
+    assert len(first["profiles"]) == 2 and first["next_cursor"]
     last = (await ctx.seg.post("/v1/profiles/search", headers=ctx.h,
                                json={"definition": gold, "limit": 1, "after": first["next_cursor"]})).json()
     assert len(last["profiles"]) == 1 and last["next_cursor"] is None
@@ -712,3 +733,99 @@ async def test_values_that_could_never_match_are_refused_on_save_but_stored_ones
     assert [await ctx.members(str(sid)) for sid in old] == [set(), set(), {str(user)}]
     for sid in old:
         assert (await ctx.seg.get(f"/v1/segments/{sid}", headers=ctx.h)).status_code == 200
+
+
+@pytest.mark.parametrize("in_sql", [True, False], ids=["evaluated in SQL", "evaluated in Python"])
+async def test_first_and_last_performed_compare_instants_with_a_date_time(ctx, in_sql) -> None:
+    """``performed_time`` ``before`` / ``after`` compared the day of the first / last occurrence with the day of
+    the value: its time of day and UTC offset were ignored ("before 18:00" matched no one who came at 10:00 that
+    day), and a bare date matched as "after the whole day". Instants are compared now, as for a date trait; a bare
+    date is the start of that (UTC) day."""
+    early, late = uuid.uuid4(), uuid.uuid4()
+    day = NOW.date() - timedelta(days=3)
+    await _fold(ctx.sm, [
+        {**_ev(ctx.ws, who, event="Visit2"), "timestamp": f"{day}T{hour}:00:00+00:00"}
+        for who, hour in ((early, "10"), (late, "20"))])
+
+    async def matching(which: str, op: str, value: str) -> set[str]:
+        node = {"type": "performed_time", "event": "Visit2", "which": which, "op": op, "value": value}
+        if not in_sql:  # the same matches, through a condition only Python evaluates
+            node = {"type": "or", "children": [node, {"type": "stage", "stage": "churned"}]}
+        r = await ctx.seg.post("/v1/segments/preview", headers=ctx.h, json={"definition": node, "sample": 10})
+        assert r.status_code == 200, r.text
+        return set(r.json()["sample"])
+
+    both = {str(early), str(late)}
+    assert await matching("first", "before", f"{day}T18:00:00Z") == {str(early)}
+    assert await matching("last", "after", f"{day}T06:00:00Z") == both
+    assert await matching("last", "after", f"{day}T18:00:00Z") == {str(late)}
+    assert await matching("first", "before", f"{day}T12:00:00+03:00") == set()  # 09:00 UTC
+    assert await matching("first", "before", f"{day}T12:00:00-03:00") == {str(early)}  # 15:00 UTC
+    assert await matching("first", "after", f"{day}T21:00:00+02:00") == {str(late)}  # 19:00 UTC
+    assert await matching("first", "after", f"{day}T10:00:00Z") == {str(late)}  # an instant is not after itself
+    # a bare date is the start of that UTC day, as for traits
+    assert await matching("last", "after", str(day)) == both
+    assert await matching("last", "before", str(day)) == set()
+    assert await matching("first", "before", str(day + timedelta(days=1))) == both
+    assert await matching("first", "after", str(day + timedelta(days=1))) == set()
+    # a merge folds the merged-away profile's occurrences in: its visit at 05:00 is the survivor's first
+    device = uuid.uuid4()
+    await _fold(ctx.sm, [{**_ev(ctx.ws, device, event="Visit2"), "timestamp": f"{day}T05:00:00+00:00"}])
+    await _fold(ctx.sm, [_ev(ctx.ws, late, "merge", props={"merged_profile_id": str(device)})])
+    assert await matching("first", "before", f"{day}T06:00:00Z") == {str(late)}
+    assert await matching("last", "after", f"{day}T19:00:00Z") == {str(late)}
+
+
+async def test_days_counted_before_instants_were_kept_read_as_their_start(ctx) -> None:
+    """segment_0008 only adds the columns (filling them from stored occurrences rewrote the table under a lock that
+    stopped every fold): a day counted before reads as its start, as days compared before, until a new occurrence
+    that day gives it a time."""
+    before = uuid.uuid4()
+    day = NOW.date() - timedelta(days=3)
+    await _fold(ctx.sm, [{**_ev(ctx.ws, before, event="Visit3"), "timestamp": f"{day}T{hour}:00:00+00:00"}
+                         for hour in ("10", "20")])
+    async with ctx.sm() as s, s.begin():  # as the release before left the day
+        await s.execute(text("update segment.event_counts set first_at = null, last_at = null where profile_id = :p"),
+                        {"p": before})
+
+    async def matching(which: str, op: str, value: str) -> set[str]:
+        node = {"type": "performed_time", "event": "Visit3", "which": which, "op": op, "value": value}
+        r = await ctx.seg.post("/v1/segments/preview", headers=ctx.h, json={"definition": node, "sample": 10})
+        assert r.status_code == 200, r.text
+        return set(r.json()["sample"])
+
+    assert await matching("first", "before", f"{day}T09:00:00Z") == {str(before)}  # at 00:00, as far as is known
+    assert await matching("last", "after", f"{day}T19:00:00Z") == set()
+    assert await matching("last", "before", str(day + timedelta(days=1))) == {str(before)}
+    # a new occurrence that day is later than the start the day was read at
+    await _fold(ctx.sm, [{**_ev(ctx.ws, before, event="Visit3"), "timestamp": f"{day}T21:00:00+00:00"}])
+    assert await matching("last", "after", f"{day}T20:30:00Z") == {str(before)}
+    assert await matching("first", "before", f"{day}T01:00:00Z") == {str(before)}
+
+
+async def test_amounts_and_aggregates_read_numeric_text_by_the_rule_of_comparisons(ctx) -> None:
+    """Revenue and aggregates read text with Python's float(): "1_000", Arabic-Indic digits "١٢" and " 25" were
+    numbers there, though a trait or a ``where`` filter takes only digits, a sign, a point and an exponent. And an
+    amount of a quadrillion or more counted as 0 in the revenue, but in full in an aggregate: two orders of 1e15
+    made an aggregate sum of 2e15 and no revenue at all."""
+    odd, huge = uuid.uuid4(), uuid.uuid4()
+    await _fold(ctx.sm, [_ev(ctx.ws, odd, event="Order Completed", props={"revenue": v})
+                         for v in ("1_000", "١٢", " 25", "25 ", "1e3", 10)]
+                + [_ev(ctx.ws, huge, event="Order Completed", props={"revenue": v}) for v in (1e15, "-1e15", 4)])
+    r = await ctx.seg.get(f"/v1/profiles/{odd}/attributes", headers=ctx.h)
+    assert (r.json()["order_count"], r.json()["total_revenue"]) == (6, 1010.0), r.text
+    r = await ctx.seg.get(f"/v1/profiles/{huge}/attributes", headers=ctx.h)
+    assert (r.json()["order_count"], r.json()["total_revenue"]) == (3, 4.0), r.text
+
+    async def found(function: str, op: str, value: float) -> set[str]:
+        node = {"type": "aggregate", "event": "Order Completed", "property": "revenue", "function": function,
+                "op": op, "value": value}
+        r = await ctx.seg.post("/v1/profiles/search", headers=ctx.h, json={"definition": node})
+        assert r.status_code == 200, r.text
+        return {p["profile_id"] for p in r.json()["profiles"]}
+
+    assert await found("sum", "equals", 1010) == {str(odd)}
+    assert await found("count", "equals", 2) == {str(odd)}  # the texts that are no numbers are left out
+    assert await found("sum", "equals", 4) == {str(huge)}
+    assert await found("sum", "gte", 2e15) == set()
+    assert await found("max", "gte", 1e15) == set()

@@ -414,3 +414,56 @@ async def test_a_misspelt_field_is_a_422_naming_it_not_a_silent_no_op(apps, work
         assert ["body", field] in [e["loc"] for e in r.json()["errors"]], r.text
     got = await seg.get(f"/v1/segments/{sid}", headers=h)
     assert got.json()["definition"]["value"] == "pro" and got.json()["version"] == 1
+
+
+async def test_a_change_of_the_lifecycle_thresholds_restages_at_the_workers_next_run(apps, workspace, sessionmaker,
+                                                                                    settings) -> None:
+    """`tenure workspace configure --set 'lifecycle={"loyal_orders": 2}'` changed /v1/metrics at once (it reads the
+    thresholds) but no one's stage until the next daily re-check (once per UTC day per workspace): /v1/lifecycle
+    and the metrics contradicted each other for up to a day. The worker's next poll re-stages the workspace."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ws = workspace.workspace_id
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    user = uuid.uuid4()
+    async with sessionmaker() as s, s.begin():
+        affected = await evaluation.apply_events(s, [_event(ws, user, type="track", event="Order Completed")
+                                                     for _ in range(2)])
+        await evaluation.reevaluate(s, ws, affected[ws])
+    await evaluation.recheck_lifecycle(sessionmaker, datetime.now(UTC).date())  # today's daily pass is done
+
+    async def loyal() -> tuple[str, int]:
+        stage = (await apps["segment"].get(f"/v1/lifecycle/{user}", headers=h)).json()["stage"]
+        m = await apps["segment"].get("/v1/metrics", headers=h, params={"start": "2000-01-01", "end": "2999-01-01"})
+        return stage, m.json()["loyal_customers"]
+
+    async def run_worker() -> None:
+        redis = await create_redis(settings)
+        try:
+            await wake(redis, settings, "segment", "evaluate_segments")  # the next poll
+        finally:
+            await redis.aclose()
+        worker = build_worker(settings, "segment", functions=[evaluate_segments], burst=True, handle_signals=False)
+        try:
+            await worker.main()
+        finally:
+            await worker.close()
+
+    assert await loyal() == ("engaged", 0)  # 2 orders, 3 make a loyal customer by default
+    configured = subprocess.run(
+        [str(Path(sys.executable).parent / "tenure"), "workspace", "configure", str(ws), "--set",
+         'lifecycle={"loyal_orders": 2}'], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "TENURE_DATABASE_URL": settings.database_url, "TENURE_REDIS_URL": settings.redis_url})
+    assert configured.returncode == 0, configured.stderr
+    await run_worker()
+    assert await loyal() == ("loyal", 1)
+    overview = (await apps["segment"].get("/v1/lifecycle", headers=h)).json()["stages"]
+    assert {s["stage"]: s["profiles"] for s in overview}["loyal"] == 1
+    # the thresholds back where they were: the stages follow again
+    async with sessionmaker() as s, s.begin():
+        await s.execute(text("update core.workspaces set settings = settings - 'lifecycle' where id = :ws"), {"ws": ws})
+    await run_worker()
+    assert await loyal() == ("engaged", 0)

@@ -440,3 +440,25 @@ async def test_a_refund_comes_off_the_revenue(population, settings) -> None:
     assert (await p.attributes("kept"))["total_revenue"] == 40.0
     r = _configure(settings, p.ws, "--set", 'refund_events="Return Processed"')
     assert r.returncode == 2 and "refund_events" in r.stderr
+
+
+async def test_an_nps_score_sent_as_text_is_an_answer_and_nps_has_two_decimals(apps, workspace, sessionmaker) -> None:
+    """A survey answer whose ``score`` is numeric text ("4", as a form posts it) was no answer, though a revenue
+    sent as text counts; text holding a number by the rule comparisons follow answers now ("9 " does not). And
+    the NPS was rounded to one decimal, where docs/metrics.md rounds rates to two."""
+    ws = workspace.workspace_id
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    people = [uuid.uuid4() for _ in range(4)]
+    scores = ["4", 9, 9.0, "9 "]  # a detractor, two promoters, and no answer → 1/3 → 33.33
+    async with sessionmaker() as s, s.begin():
+        affected = await evaluation.apply_events(s, [
+            _ev(ws, pid, type="track", event="NPS Survey Submitted", properties={"score": score})
+            for pid, score in zip(people, scores, strict=True)])
+        await evaluation.reevaluate(s, ws, affected[ws])
+    now = datetime.now(UTC)
+    m = (await apps["segment"].get("/v1/metrics", headers=h, params={
+        "start": (now - timedelta(days=1)).isoformat(), "end": (now + timedelta(days=1)).isoformat()})).json()
+    assert (m["nps_responses"], m["nps"]) == (3, 33.33)
+    answers = [(await apps["segment"].get(f"/v1/profiles/{pid}/attributes", headers=h)).json()["last_nps"]
+               for pid in people]
+    assert answers == [4.0, 9.0, 9.0, None]

@@ -9,6 +9,7 @@ from sqlalchemy import text
 
 from services.ingest.app import create_app
 from shared.embedded import free_port
+from shared.testing import http_server
 
 
 async def test_analytics_python_sdk_delivers_every_call(settings, workspace, sessionmaker) -> None:
@@ -46,3 +47,30 @@ async def test_analytics_python_sdk_delivers_every_call(settings, workspace, ses
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+async def test_analytics_python_sdk_reads_why_a_batch_was_refused(settings, workspace) -> None:
+    """The SDK reads an error body's ``code`` and ``message`` (else it logs "Unknown error" with no reason), and
+    does not retry a 401."""
+    from segment.analytics import Client
+    from segment.analytics.request import APIError
+
+    posts: list[str] = []
+    app = create_app(settings)
+
+    async def counted(scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            posts.append(scope["path"])
+        await app(scope, receive, send)
+
+    with http_server(counted) as port:
+        errors: list[Exception] = []
+        client = Client("wk_not-a-key", host=f"http://127.0.0.1:{port}", on_error=lambda e, b: errors.append(e),
+                        max_retries=3)
+        client.track("sdk-user", "Song Played")
+        await asyncio.to_thread(client.flush)
+        await asyncio.to_thread(client.join)
+    assert posts == ["/v1/batch"]
+    assert len(errors) == 1 and isinstance(errors[0], APIError), errors
+    assert (errors[0].status, errors[0].code) == (401, "unauthorized"), vars(errors[0])
+    assert "key" in errors[0].message

@@ -213,3 +213,88 @@ async def test_a_429_waits_for_sendgrids_rate_limit_reset(apps, workspace, sessi
                                         "from delivery.messages where id = :id"), {"id": mid})).one()
     assert row.status == "queued" and row.attempts == 1
     assert 100 < row.wait <= 121, row.wait  # the reset, not the first backoff (1-2 s)
+
+
+async def test_a_replayed_unsubscribe_does_not_undo_a_resubscription(apps, workspace, sessionmaker, settings) -> None:
+    """SendGrid's `unsubscribe` event, posted again after the person resubscribed (the API's DELETE, the preference
+    page) — the same signed batch replayed within the signature window, or SendGrid's retry of it carrying new
+    `sg_event_id`s — unsubscribed them again. An `sg_event_id` seen before is ignored now, and an event older than a
+    later resubscription of its address suppresses nothing."""
+    import asyncio
+
+    from services.delivery import signing
+
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    ws = workspace.workspace_id
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = base64.b64encode(key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+    delivery_app = apps["delivery"]._transport.app  # type: ignore[attr-defined]
+    tag = uuid.uuid4().hex[:6]
+    address = f"carol-{tag}@example.com"
+
+    def signed(events: list[dict]) -> tuple[bytes, dict]:
+        raw, ts = json.dumps(events).encode(), str(int(time.time()))
+        sig = key.sign(ts.encode() + raw, ec.ECDSA(hashes.SHA256()))
+        return raw, {"X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(sig).decode(),
+                     "X-Twilio-Email-Event-Webhook-Timestamp": ts, "Content-Type": "application/json"}
+
+    async def post(raw: bytes, headers: dict) -> None:
+        r = await apps["delivery"].post("/webhooks/sendgrid/events", content=raw, headers=headers)
+        assert r.status_code == 204, r.text
+
+    async def unsubscribed() -> bool:
+        return (await apps["delivery"].get(f"/v1/preferences/{address}", headers=h)).json()["unsubscribed"]
+
+    async def unsubscribes() -> int:
+        async with sessionmaker() as s:
+            return (await s.execute(text(
+                "select count(*) from delivery.feedback where workspace_id = :ws and payload->>'event' = "
+                "'Unsubscribed' and payload->>'userId' = :u"), {"ws": ws, "u": f"carol-{tag}"})).scalar_one()
+
+    with http_server(fake_sendgrid([])) as port:
+        sg = settings.model_copy(update={"email_provider": "sendgrid", "sendgrid_api_key": API_KEY,
+                                         "sendgrid_base_url": f"http://127.0.0.1:{port}",
+                                         "sendgrid_webhook_public_key": public})
+        delivery_app.state.settings = sg
+        try:
+            r = await apps["delivery"].post("/v1/messages", headers=h, json={
+                "idempotency_key": f"news-{tag}", "to": address, "subject": "News", "text": "Hi",
+                "metadata": {"userId": f"carol-{tag}"}})
+            mid = r.json()["id"]
+            async with sessionmaker() as s, s.begin():
+                await s.execute(text("update delivery.messages set next_attempt_at = timestamptz '2000-01-01' "
+                                     "where id = :id"), {"id": mid})
+            await sending.send_due(sessionmaker, sg, limit=1)
+            assert (await apps["delivery"].get(f"/v1/messages/{mid}", headers=h)).json()["status"] == "sent"
+
+            def unsubscribe(event_id: str) -> dict:
+                return {"email": address, "timestamp": int(time.time()), "event": "unsubscribe",
+                        "sg_event_id": event_id, "sg_message_id": f"sg-{tag}.filter0001", "tenure_message_id": mid}
+
+            first = unsubscribe(f"ev1-{tag}")
+            raw, headers = signed([first])
+            await post(raw, headers)
+            assert await unsubscribed() and await unsubscribes() == 1
+            await asyncio.sleep(1.1)  # (SendGrid's timestamps are whole seconds)
+            assert (await apps["delivery"].delete(f"/v1/suppressions/email/{address}", headers=h)).status_code == 204
+            assert not await unsubscribed()
+            await post(raw, headers)  # the same signed request again, byte for byte
+            assert not await unsubscribed()
+            # SendGrid's retry of the batch, its event given a new sg_event_id (sendgrid-nodejs#1435), signed anew
+            await post(*signed([{**first, "sg_event_id": f"ev1-retry-{tag}"}]))
+            assert not await unsubscribed() and await unsubscribes() == 1
+
+            # a new unsubscribe is applied; the person resubscribes on the preference page; its replay changes nothing
+            await asyncio.sleep(1.1)
+            raw, headers = signed([unsubscribe(f"ev2-{tag}")])
+            await post(raw, headers)
+            assert await unsubscribed() and await unsubscribes() == 2
+            await asyncio.sleep(1.1)
+            token = signing.sign(sg.signing_secret, "preferences", signing.Subject(ws, uuid.UUID(mid)))
+            page = await apps["delivery"].post(f"/p/{token}", data={"topic": ["product_news", "offers"]})
+            assert page.status_code == 200 and not await unsubscribed()
+            await post(raw, headers)
+            assert not await unsubscribed() and await unsubscribes() == 2
+        finally:
+            delivery_app.state.settings = settings

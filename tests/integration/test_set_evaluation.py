@@ -5,7 +5,7 @@ traits mix strings, numbers, bools, nulls and lists; and a pass mixing both path
 import asyncio
 import json
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 
 from hypothesis import HealthCheck, example, given
@@ -61,10 +61,11 @@ leaf = st.one_of(
     st.builds(lambda ev, which, op, v: {"type": "performed_time", "event": ev, "which": which, "op": op, "value": v},
               st.sampled_from(EVENTS[:2]), st.sampled_from(["first", "last"]),
               st.sampled_from(["within_last_days", "over_days_ago"]), st.integers(0, 30)),
-    st.builds(lambda ev, which, op, d: {"type": "performed_time", "event": ev, "which": which, "op": op,
-                                        "value": str(TODAY - timedelta(days=d))},
+    st.builds(lambda ev, which, op, d, at: {"type": "performed_time", "event": ev, "which": which, "op": op,
+                                            "value": f"{TODAY - timedelta(days=d)}{at}"},
               st.sampled_from(EVENTS[:2]), st.sampled_from(["first", "last"]), st.sampled_from(["before", "after"]),
-              st.integers(0, 30)),
+              st.integers(-1, 30), st.sampled_from(["", "T00:00:00Z", "T06:00:00Z", "T12:00:00Z", "T08:00:00-04:00",
+                                                    "T23:30:00+02:00", "T06:00:00.000001+00:00"])),
     st.builds(lambda a, n, d: {"type": "email_engagement", "action": a, "count": n, **d},
               st.sampled_from(["opened", "clicked"]), st.integers(1, 3),
               st.one_of(st.just({}), st.builds(lambda n: {"within_days": n}, st.integers(1, 30)))),
@@ -88,7 +89,10 @@ profile = st.fixed_dictionaries({
     "seen": st.one_of(st.none(), st.integers(-1, 60)),
     "ordered": st.one_of(st.none(), st.integers(0, 60)),
     "nps": st.one_of(st.none(), st.sampled_from(["3", "9", "10"])),
-    "counts": st.dictionaries(st.tuples(st.sampled_from(EVENTS), st.integers(-1, 50)), st.integers(1, 3), max_size=6),
+    # (event, days ago) -> (count, hours of the day's first and last occurrence: None, counted before they were kept)
+    "counts": st.dictionaries(st.tuples(st.sampled_from(EVENTS), st.integers(-1, 50)),
+                              st.tuples(st.integers(1, 3), st.one_of(st.none(), st.sampled_from(
+                                  [(0, 0), (6, 6), (6, 12), (12, 23), (0, 6)]))), max_size=6),
     "listed": st.booleans(),
 })
 
@@ -111,10 +115,13 @@ async def _store_facts(s, ws: uuid.UUID, pids: list[uuid.UUID], profiles: list[d
         await s.execute(text("insert into segment.profile_traits (workspace_id, profile_id, traits, trait_times) "
                              "values (:ws, :pid, CAST(:t AS jsonb), '{}')"),
                         {"ws": ws, "pid": pid, "t": json.dumps(p["traits"])})
-        for (event, days_ago), n in p["counts"].items():
-            await s.execute(text("insert into segment.event_counts (workspace_id, profile_id, event, day, count) "
-                                 "values (:ws, :pid, :ev, :day, :n)"),
-                            {"ws": ws, "pid": pid, "ev": event, "day": TODAY - timedelta(days=days_ago), "n": n})
+        for (event, days_ago), (n, hours) in p["counts"].items():
+            day = TODAY - timedelta(days=days_ago)
+            first, last = (None, None) if hours is None else (
+                datetime.combine(day, time(h), UTC) for h in hours)
+            await s.execute(text("insert into segment.event_counts (workspace_id, profile_id, event, day, count, "
+                                 "first_at, last_at) values (:ws, :pid, :ev, :day, :n, :first, :last)"),
+                            {"ws": ws, "pid": pid, "ev": event, "day": day, "n": n, "first": first, "last": last})
         if p["listed"]:
             await s.execute(text("insert into segment.list_members (workspace_id, list_id, profile_id) "
                                  "values (:ws, :l, :pid)"), {"ws": ws, "l": list_id, "pid": pid})
@@ -206,6 +213,15 @@ def _t(op: str, value, trait: str = "a") -> dict:
                       {"type": "attribute", "attribute": "average_order_value", "op": "in", "value": [None, 1]}],
          profiles=[_p(orders=1, revenue="99.995"), _p(orders=2, revenue="20.015"), _p(orders=0, revenue="100.004")],
          later=None)
+# the first / last occurrence against an instant, at its edges (a date: the start of its day); a day counted before
+# instants were kept
+@example(definitions=[{"type": "performed_time", "event": "A", "which": which, "op": op, "value": value}
+                      for which, op, value in [("first", "after", f"{TODAY}T06:00:00Z"),
+                                               ("last", "before", f"{TODAY}T12:00:00Z"),
+                                               ("last", "after", str(TODAY)),
+                                               ("first", "before", f"{TODAY}T08:00:00-02:00")]],
+         profiles=[_p(counts={("A", 0): (1, (6, 12))}), _p(counts={("A", 0): (2, None)}),
+                   _p(counts={("A", 0): (1, (0, 0)), ("A", 3): (1, (12, 23))})], later=None)
 # more segments than one statement takes (a bit each of a bigint); entries and exits in both statements
 @example(definitions=[_t("equals", i) for i in range(set_evaluation.SEGMENTS_PER_STATEMENT + 8)],
          profiles=[_p(traits={"a": 3}), _p(traits={"a": 65}), _p(traits={"a": 61})],

@@ -8,6 +8,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from typing import Any
 
 import pytest
 from fastapi import FastAPI, Request
@@ -357,6 +358,18 @@ async def test_a_text_twilio_took_without_answering_is_not_sent_twice(apps, work
     assert twilio.queries[-1] == twilio.queries[-2] == {"To": "+14155550106", "PageSize": str(sms.LOOKUP_PAGE)}
 
 
+def _with_messaging_service(apps, settings, twilio) -> tuple[Any, Any]:
+    """Delivery's app sending texts through a Twilio Messaging Service (an MG… sender) at the local Twilio, with
+    signed callbacks to a public URL; the test puts ``settings`` back when done. Returns (app, its settings)."""
+    cfg = settings.model_copy(update={"twilio_account_sid": SID, "twilio_auth_token": TOKEN,
+                                      "twilio_from": "MG" + "0" * 32,
+                                      "twilio_base_url": f"http://127.0.0.1:{twilio.port}",
+                                      "delivery_public_url": "https://hooks.example.test"})
+    delivery_app = apps["delivery"]._transport.app  # type: ignore[attr-defined]
+    delivery_app.state.settings = cfg
+    return delivery_app, cfg
+
+
 async def test_error_21610_in_a_status_callback_suppresses_the_number(apps, workspace, sessionmaker, settings,
                                                                        twilio) -> None:
     """With a Messaging Service sender Twilio takes a text to a number that replied STOP and reports error 21610
@@ -368,12 +381,7 @@ async def test_error_21610_in_a_status_callback_suppresses_the_number(apps, work
 
     h = {"Authorization": f"Bearer {workspace.secret_key}"}
     ws, tag = workspace.workspace_id, uuid.uuid4().hex[:6]
-    cfg = settings.model_copy(update={"twilio_account_sid": SID, "twilio_auth_token": TOKEN,
-                                      "twilio_from": "MG" + "0" * 32,
-                                      "twilio_base_url": f"http://127.0.0.1:{twilio.port}",
-                                      "delivery_public_url": "https://hooks.example.test"})
-    delivery_app = apps["delivery"]._transport.app  # type: ignore[attr-defined]
-    delivery_app.state.settings = cfg
+    delivery_app, cfg = _with_messaging_service(apps, settings, twilio)
     path = f"/webhooks/twilio/{ws}/status"
 
     async def post(to: str, who: str) -> str:
@@ -466,5 +474,80 @@ async def test_an_inbound_text_without_a_usable_sender_changes_nothing(apps, wor
         assert await inbound("STOP", From="+14155550142") == empty
         sup = (await apps["delivery"].get("/v1/suppressions", headers=h, params={"channel": "sms"})).json()
         assert [x["address"] for x in sup["suppressions"]] == ["+14155550142"]
+    finally:
+        delivery_app.state.settings = settings
+
+
+async def test_a_replayed_21610_callback_does_not_undo_a_later_start(apps, workspace, sessionmaker, settings,
+                                                                     twilio) -> None:
+    """A status callback failed/21610 suppresses the number once, on the callback that first reports that failure
+    of that text, and not at all when the number texted START after the text was sent. Before, Twilio's repeat of
+    the callback (or a captured one replayed: its signature stays valid) after the person texted START suppressed
+    the number again, and ingest got a second Unsubscribed."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    ws, tag = workspace.workspace_id, uuid.uuid4().hex[:6]
+    delivery_app, cfg = _with_messaging_service(apps, settings, twilio)
+
+    async def signed(path: str, form: dict[str, str]) -> int:
+        r = await apps["delivery"].post(path, data=form, headers={
+            "X-Twilio-Signature": sms.signature(TOKEN, cfg.public_url + path, form)})
+        return r.status_code
+
+    async def text_sent(to: str) -> dict:
+        r = await apps["delivery"].post("/v1/messages", headers=h, json={
+            "idempotency_key": uuid.uuid4().hex, "channel": "sms", "to": to, "text": f"Your code is 7 {tag}",
+            "message_type": "transactional", "metadata": {"userId": f"u-{to[-4:]}-{tag}"}})
+        assert r.status_code == 202, r.text
+        async with sessionmaker() as s, s.begin():
+            await s.execute(text("update delivery.messages set next_attempt_at = timestamptz '2000-01-01' "
+                                 "where id = :id"), {"id": uuid.UUID(r.json()["id"])})
+        await sending.send_due(sessionmaker, cfg, limit=1)
+        got = (await apps["delivery"].get(f"/v1/messages/{r.json()['id']}", headers=h)).json()
+        assert got["status"] == "sent", got
+        return got
+
+    def refused(m: dict) -> dict[str, str]:
+        return {"AccountSid": SID, "MessageSid": m["provider_message_id"], "MessageStatus": "failed",
+                "ErrorCode": "21610", "To": m["to"], "From": "+14155550199"}
+
+    async def start(number: str) -> int:
+        sid = "SM" + uuid.uuid4().hex
+        return await signed(f"/webhooks/twilio/{ws}/inbound", {
+            "AccountSid": SID, "MessageSid": sid, "SmsMessageSid": sid, "From": number, "To": "+14155550199",
+            "Body": "START", "NumMedia": "0"})
+
+    async def suppressed() -> dict[str, str]:
+        sup = (await apps["delivery"].get("/v1/suppressions", headers=h, params={"channel": "sms"})).json()
+        return {x["address"]: x["source"] for x in sup["suppressions"]}
+
+    async def unsubscribed_events() -> list[str]:
+        async with sessionmaker() as s:
+            return sorted((await s.execute(text(
+                "select payload->>'userId' from delivery.feedback where workspace_id = :ws "
+                "and payload->>'event' = 'Unsubscribed'"), {"ws": ws})).scalars())
+
+    status = f"/webhooks/twilio/{ws}/status"
+    try:
+        first = await text_sent("+14155550167")
+        assert await signed(status, refused(first)) == 204
+        assert await suppressed() == {"+14155550167": "twilio"}
+        assert await start("+14155550167") == 200
+        assert await suppressed() == {}
+        assert await signed(status, refused(first)) == 204  # the same callback again, byte for byte
+        assert await suppressed() == {}
+        assert await unsubscribed_events() == [f"u-0167-{tag}"]
+        # the number is texted again, and taken
+        again = await text_sent("+14155550167")
+        assert again["to"] == "+14155550167"
+
+        # a first report of the failure that arrives after the person texted START (Twilio's callback was slow,
+        # or retried for hours): the START is later than the text, so the number stays subscribed
+        late = await text_sent("+14155550168")
+        assert await start("+14155550168") == 200
+        assert await signed(status, refused(late)) == 204
+        assert await suppressed() == {}
+        got = (await apps["delivery"].get(f"/v1/messages/{late['id']}", headers=h)).json()
+        assert got["status"] == "failed" and "21610" in got["last_error"]  # the text itself did fail
+        assert await unsubscribed_events() == [f"u-0167-{tag}"]
     finally:
         delivery_app.state.settings = settings

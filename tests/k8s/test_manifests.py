@@ -204,7 +204,7 @@ def test_schema_migrations_run_before_any_pod_of_a_release_starts(rendered: dict
     (migrate,) = _pod_spec(job)["containers"]
     assert migrate["args"] == ["migrate"]
     assert _pod_spec(job)["restartPolicy"] == "Never"
-    assert job["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "PreSync"
+    assert job["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "Sync"
     assert job["spec"]["ttlSecondsAfterFinished"] > 0
     for dep in _tenure_deployments(r):
         (init,) = _pod_spec(dep)["initContainers"]
@@ -213,6 +213,34 @@ def test_schema_migrations_run_before_any_pod_of_a_release_starts(rendered: dict
         assert init["envFrom"] == migrate["envFrom"] == _pod_spec(dep)["containers"][0]["envFrom"]
     assert "advisory" in (ROOT / "shared" / "migrate.py").read_text(), (
         "the init containers rely on `tenure migrate` taking an advisory lock")
+
+
+def _wave(doc: dict) -> int:
+    return int((doc["metadata"].get("annotations") or {}).get("argocd.argoproj.io/sync-wave", "0"))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_argo_cd_creates_what_the_migration_job_needs_before_it(rendered: dict[str, Rendered], overlay: str) -> None:
+    """Argo CD syncs by wave. As a PreSync hook the Job ran before anything of the sync existed: on a new
+    Application its pod could not start (no namespace, no tenure-config, no ServiceAccount; in dev no PostgreSQL).
+    Everything it refers to that the overlay renders comes in an earlier wave, and the Deployments after it."""
+    r = rendered[overlay]
+    job = r.get("Job", "tenure-migrate")
+    spec = _pod_spec(job)
+    needs = [("Namespace", d["metadata"]["name"]) for d in r.of_kind("Namespace")]
+    needs.append(("ServiceAccount", spec["serviceAccountName"]))
+    for source in spec["containers"][0]["envFrom"]:
+        for kind, key in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
+            if key in source and any(d["metadata"]["name"] == source[key]["name"] for d in r.of_kind(kind)):
+                needs.append((kind, source[key]["name"]))
+    # the dev overlay's in-cluster datastores (the prod one points at managed services)
+    needs += [(d["kind"], d["metadata"]["name"]) for d in r.workloads() + r.of_kind("Service")
+              if d["metadata"]["name"] in ("postgres", "redis")]
+    assert ("ConfigMap" in dict(needs)) and (overlay != "dev" or ("StatefulSet", "postgres") in needs), needs
+    for kind, name in needs:
+        assert _wave(r.get(kind, name)) < _wave(job), f"{kind} {name} is not created before the migration Job"
+    for dep in _tenure_deployments(r):
+        assert _wave(dep) > _wave(job), dep["metadata"]["name"]
 
 
 # ---- configuration and secrets ------------------------------------------------------------------------------
@@ -252,7 +280,8 @@ def test_configuration_keys_are_settings_and_references_resolve(rendered: dict[s
     else:
         (name,) = core
         keys = set(secrets[name]["data"])
-        assert keys == {"TENURE_DATABASE_URL", "TENURE_REDIS_URL", "TENURE_INTERNAL_TOKEN", "TENURE_SIGNING_SECRET"}
+        assert keys == {"TENURE_DATABASE_URL", "TENURE_REDIS_URL", "TENURE_INTERNAL_TOKEN", "TENURE_SIGNING_SECRET",
+                        "TENURE_SIGNING_SECRET_PREVIOUS"}  # (empty: no rotation under way)
         for dep in _tenure_deployments(r):  # the generated (hash-suffixed) name reaches every pod
             assert {"secretRef": {"name": name}} in _pod_spec(dep)["containers"][0]["envFrom"]
 
@@ -514,3 +543,17 @@ def test_what_the_manifests_take_from_secrets_is_what_the_docs_call_secret(rende
     assert from_secrets == documented, (from_secrets ^ documented)
     config = next(c for c in dev.of_kind("ConfigMap") if c["metadata"]["name"].startswith("tenure-config-"))
     assert not set(config["data"]) & documented, "a secret setting in the ConfigMap"
+
+
+def test_each_ingress_lets_through_the_bodies_its_services_take(rendered: dict[str, Rendered]) -> None:
+    """nginx refuses bodies over 1m by default, with a 413 of its own: the management APIs take up to
+    TENURE_MAX_BODY_BYTES (delivery's message batches, segment's list uploads), the tracking API Segment's 500 KB."""
+    from shared.settings import Settings
+
+    def size(ingress: dict[str, Any]) -> int:
+        value = ingress["metadata"].get("annotations", {}).get("nginx.ingress.kubernetes.io/proxy-body-size", "1m")
+        return int(value[:-1]) * {"k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}[value[-1].lower()]
+
+    defaults = Settings()
+    assert size(rendered["prod"].get("Ingress", "tenure-api")) >= defaults.max_body_bytes
+    assert size(rendered["prod"].get("Ingress", "tenure-public")) >= defaults.ingest_max_batch_bytes

@@ -28,10 +28,12 @@ def test_not_tags(value: str) -> None:
                                              ("en US", None), ("fr\r\nBcc: x", None), (42, None), (None, None)])
 def test_campaign_sends_the_profiles_locale_as_a_tag(trait: object, sent: str | None) -> None:
     """A profile's locale as SDKs report it (``pt_BR`` from some) goes to delivery as a tag; one that is no
-    locale is left out rather than making delivery refuse the message."""
+    locale is left out rather than making delivery refuse the message. (The body is the profile's variant's: with
+    the default's, no locale goes, so that delivery's footer speaks the body's language.)"""
     send = {"id": uuid.uuid4(), "idempotency_key": "k", "message_type": "marketing", "campaign_id": uuid.uuid4(),
             "profile_id": uuid.uuid4(), "trigger_data": {}}
-    tpl = {"channel": "email", "subject": "Hi", "text": "Hello", "html": None}
+    tpl = {"channel": "email", "subject": "Hi", "text": "Hello", "html": None,
+           "locales": {"fr": {"text": "Bonjour"}, "pt": {"text": "Olá"}, "de": {"text": "Hallo"}}}
     profile = {"user_id": "u-1", "traits": {"email": "ada@example.com", "locale": trait}}
     request = dispatch.prepare(send, tpl, profile)
     assert isinstance(request, dict) and request.get("locale") == sent

@@ -215,3 +215,42 @@ def test_the_503_every_route_can_answer_is_documented(service: str) -> None:
     api = [op for label, op in _operations(service) if label.split()[1] not in ("/healthz", "/readyz", "/metrics")]
     assert all("Retry-After" in op["responses"]["503"].get("headers", {}) for op in api
                if op["operationId"] != "get_vapid_public_key")  # (its own 503: a key that is not usable)
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_the_413_every_body_can_answer_is_documented(service: str) -> None:
+    """A request body over its limit is a 413 problem with ``limit_bytes`` on every route (shared.web's
+    BodyLimitMiddleware: a 17 MB ``POST /v1/messages``), but only ingest's tracking routes and the webhooks listed
+    it: a generated client met an undeclared status. Every operation that takes a body lists it now."""
+    missing = [label for label, op in _operations(service) if "requestBody" in op
+               and "application/problem+json" not in op["responses"].get("413", {}).get("content", {})]
+    assert not missing
+    limit = [op["responses"]["413"] for label, op in _operations(service) if label == "POST /v1/messages"]
+    assert all("limit_bytes" in r["description"] for r in limit)
+
+
+def _keys(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield path, k
+            if k not in ("examples", "example", "default", "enum", "const"):  # (values, not schemas)
+                yield from _keys(v, f"{path}/{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _keys(v, f"{path}/{i}")
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_bounds_are_json_schema_keywords(service: str) -> None:
+    """A bound on an optional number (``JsonInt | None = Field(None, ge=1)``) came out as pydantic's own ``ge``,
+    which no JSON Schema validator or code generator knows: clients saw no bound, and a request their schema took
+    was refused. Every bound is ``minimum``/``maximum`` (or exclusive)."""
+    stray = [f"{path}/{key}" for path, key in _keys(_spec(service)) if key in ("ge", "le", "gt", "lt")
+             and not path.endswith(("/properties", "/parameters"))]
+    assert stray == [], stray
+
+
+def test_delivery_documents_the_erasure_it_asks_to_come_back_for() -> None:
+    """Delivery answers an erasure 409 while a message to the person is with a sender (ingest asks again)."""
+    op = _spec("delivery")["paths"]["/v1/privacy/erasure"]["post"]
+    assert "409" in op["responses"]

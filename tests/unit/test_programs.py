@@ -71,3 +71,15 @@ def test_earning_rules_give_fixed_plus_per_unit_points_rounded_down() -> None:
     assert earning.points_for(rule, {"revenue": "bad"}) == (10, None)
     assert earning.points_for(rule, {"revenue": True}) == (10, None)
     assert earning.points_for(rule, {"revenue": -5}) == (10, None)
+
+
+async def test_an_event_for_a_person_without_ids_is_skipped_with_a_warning_not_a_crash() -> None:
+    """The warning once passed ``event=`` to structlog, whose own first argument is the event: a TypeError that
+    stopped the whole maintenance run at an account without a userId or anonymousId."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from services.campaign.programs import outbox
+
+    assert await outbox.emit(None, uuid.uuid4(), {"user_id": None, "anonymous_id": None},  # type: ignore[arg-type]
+                             "Loyalty Tier Changed", {}, datetime.now(UTC), "k") is False

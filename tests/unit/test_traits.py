@@ -57,3 +57,18 @@ def test_newer_wins_and_null_removes_for_good() -> None:
 def test_defaults_fill_only_unknown_traits() -> None:
     assert fill_defaults({"locale": "fr"}, {}, {"locale": "en", "timezone": "UTC"}) == {"timezone": "UTC"}
     assert fill_defaults({}, {"timezone": "2026"}, {"timezone": "UTC"}) == {}
+
+
+def test_an_untimed_trait_of_the_merged_profile_only_fills_what_the_survivor_never_had() -> None:
+    """Context-filled ``locale`` / ``timezone`` have no time: the absorbed device's must not replace the user's own
+    (timed or not), nor one the user removed; they fill a survivor that never had them. A timed trait wins over an
+    untimed one either way."""
+    t = "2026-01-01T00:00:00+00:00"
+    device = ({"locale": "it-IT", "timezone": "Europe/Rome"}, {})
+    assert merge_profiles(({"locale": "en-GB", "timezone": "Europe/London"}, {}), device)[0] == {
+        "locale": "en-GB", "timezone": "Europe/London"}
+    assert merge_profiles(({"locale": "en-GB"}, {"locale": t}), device) == (
+        {"locale": "en-GB", "timezone": "Europe/Rome"}, {"locale": t})
+    assert merge_profiles(({}, {"locale": t}), device)[0] == {"timezone": "Europe/Rome"}  # removed: stays removed
+    assert merge_profiles(({"locale": "en-GB"}, {}), ({"locale": "it-IT"}, {"locale": t})) == (
+        {"locale": "it-IT"}, {"locale": t})

@@ -34,7 +34,7 @@ from shared.auth import WorkspaceDep
 from shared.db import SessionDep
 from shared.errors import COMMON_ERRORS, BadRequest, problem_schema
 from shared.idempotency import mark_replayed, replay_response
-from shared.pagination import AfterDep, SeqAfterDep
+from shared.pagination import SeqAfterDep, StampAfterDep
 from shared.routing import SegmentRoute
 from shared.validation import IsoDatetime, Ref
 
@@ -84,8 +84,9 @@ def _program_routes(kind: str, model: type[ReferralProgramIn | LoyaltyProgramIn]
     query parameter clients could set (``?_k=anything`` wrote a program of any kind)."""
 
     async def _put(body: model, ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:  # type: ignore[valid-type]
+        enabled, given = body.changes()  # type: ignore[attr-defined]
         async with session.begin():
-            return await config.put(session, ws, kind, body.config, body.enabled)  # type: ignore[attr-defined]
+            return await config.put(session, ws, kind, enabled, given)
 
     async def _get(ws: WorkspaceDep, session: SessionDep) -> dict[str, Any]:
         async with session.begin():
@@ -98,7 +99,13 @@ for _kind, _body in (("referral", ReferralProgramIn), ("loyalty", LoyaltyProgram
     _put, _get = _program_routes(_kind, _body)
     router.add_api_route(f"/programs/{_kind}", _put, methods=["PUT"], response_model=ProgramOut,
                          operation_id=f"put_{_kind}_program", tags=["programs"],
-                         summary=f"Create or replace the workspace's {_kind} program", responses=COMMON_ERRORS)
+                         summary=f"Create or change the workspace's {_kind} program (what it leaves out is kept)",
+                         description="Only what the request gives changes: `enabled` and each configuration key "
+                                     "left out keep their stored values (`{\"enabled\": false}` pauses the program "
+                                     "and keeps its configuration); a configuration key given replaces its value "
+                                     "whole. The first PUT fills what it leaves out with the documented defaults. "
+                                     "A field the API does not know is a 422 naming it.",
+                         responses=COMMON_ERRORS)
     router.add_api_route(f"/programs/{_kind}", _get, methods=["GET"], response_model=ProgramOut,
                          operation_id=f"get_{_kind}_program", tags=["programs"],
                          summary=f"The workspace's {_kind} program", responses=_NOT_FOUND)
@@ -129,25 +136,36 @@ async def referral_code(body: CodeIn, ws: WorkspaceDep, session: SessionDep, req
 
 @router.post("/referral/invites", status_code=202, response_model=InviteOut, operation_id="record_referral_invite",
              tags=["referral"], summary="Record that a referrer shared their link (a `Referral Sent` event)",
-             responses=_NOT_FOUND)
-async def referral_invite(body: InviteIn, ws: WorkspaceDep, session: SessionDep, request: Request) -> dict[str, Any]:
+             description="With an `idempotency_key`, a retry (same referrer, same channel) is answered with the first "
+                         "answer (200, `Idempotent-Replayed: true`) and records nothing more; the key used for another "
+                         "channel is a 409.",
+             responses={**_NOT_FOUND, 200: replay_response(InviteOut),
+                        409: problem_schema("The idempotency_key was used for an invite on another channel")})
+async def referral_invite(body: InviteIn, ws: WorkspaceDep, session: SessionDep, request: Request,
+                          response: Response) -> dict[str, Any]:
     pid, who = await _person(request, ws, body.user)
     async with session.begin():
-        out = await service.invite(session, ws, pid, who, body.channel, body.idempotency_key, _now())
-    request.app.state.waker.request("campaign", "forward_program_events")
+        out, created = await service.invite(session, ws, pid, who, body.channel, body.idempotency_key, _now())
+    if created:
+        request.app.state.waker.request("campaign", "forward_program_events")
+    else:
+        mark_replayed(response)
     return out
 
 
 @router.get("/referrals", response_model=ReferralList, operation_id="list_referrals", tags=["referral"],
-            summary="Referrals: who brought whom, rejected ones with their reason", responses=_NOT_FOUND)
+            summary="Referrals: who brought whom, rejected ones with their reason",
+            description="Newest first: by `converted_at` (when the referred user signed up), then by `id` "
+                        "(descending). Referrals recorded while a client pages never shift its pages: nothing is "
+                        "skipped or repeated.", responses=_NOT_FOUND)
 async def list_referrals(
-    ws: WorkspaceDep, session: SessionDep, request: Request, page: AfterDep, limit: Limit = 100,
+    ws: WorkspaceDep, session: SessionDep, request: Request, page: StampAfterDep, limit: Limit = 100,
     referrer: Annotated[Ref | None, Query(description="only this referrer's (profile id, userId or email)")] = None,
     status: Annotated[str | None, Query(description="converted | rejected | rewarded | capped | reversed")] = None,
 ) -> dict[str, Any]:
     rid = await _member(request, ws, referrer) if referrer else None
     async with session.begin():
-        items, nxt = await service.list_referrals(session, ws, rid, status, page.position, limit)
+        items, nxt = await service.list_referrals(session, ws, rid, status, page.stamp, limit)
     return {"referrals": items, "next_cursor": page.next(nxt)}
 
 
@@ -218,9 +236,9 @@ async def loyalty_redeem(member: Member, body: RedeemIn, key: IdempotencyKey, ws
              summary="Credit or debit points by hand (Idempotency-Key)", responses=_SPEND)
 async def loyalty_adjust(member: Member, body: AdjustIn, key: IdempotencyKey, ws: WorkspaceDep, session: SessionDep,
                          request: Request, response: Response) -> dict[str, Any]:
-    pid = await _member(request, ws, member)
+    pid, who = await _person(request, ws, member)
     async with session.begin():
-        entry, created = await service.adjust(session, ws, pid, body.points, body.reason, key, _now())
+        entry, created = await service.adjust(session, ws, pid, body.points, body.reason, key, _now(), who)
     if not created:
         mark_replayed(response)
     return entry

@@ -205,11 +205,11 @@ async def convert(session: AsyncSession, s: Signup, reason: str | None, profiles
             log.info("programs.referral_rejected", workspace_id=str(ws), reason=reason)
         return False
     referrer = profiles.get(s.referrer["profile_id"]) or s.referrer
+    # each side's event names the other only by the referral's id: the counterpart's userId in it would stay in this
+    # person's history (ingest, segment) after the counterpart's erasure, which finds events by their own ids
     props = {"referral_id": str(rid), "code": s.touch["code"], "channel": s.touch["channel"]}
-    await outbox.emit(session, ws, referrer, CONVERTED, {**props, "role": "referrer",
-                                                         "referred_user_id": s.item.get("user_id")},
-                      s.at, f"converted:{rid}:referrer")
+    await outbox.emit(session, ws, referrer, CONVERTED, {**props, "role": "referrer"}, s.at,
+                      f"converted:{rid}:referrer")
     await outbox.emit(session, ws, {"user_id": s.item.get("user_id"), "anonymous_id": s.item.get("anonymous_id")},
-                      CONVERTED, {**props, "role": "referred", "referrer_user_id": referrer.get("user_id")},
-                      s.at, f"converted:{rid}:referred")
+                      CONVERTED, {**props, "role": "referred"}, s.at, f"converted:{rid}:referred")
     return True

@@ -5,17 +5,36 @@ import re
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.campaign.journey_def import PropertyFilter
-from shared.errors import NotFound
+from shared.errors import NotFound, ValidationFailed, body_error
 from shared.jsonutil import dumps
-from shared.validation import JsonBool, JsonFloat, JsonInt, StorableModel
+from shared.validation import JsonBool, JsonFloat, JsonInt, StorableModel, bounded_json_int, error_message
 
 KINDS = ("referral", "loyalty")
 POOL_NAME = r"^[A-Za-z0-9_.-]{1,100}$"
+
+
+def _event_name(name: str) -> str:
+    if not name.strip():
+        raise ValueError("an event name is not empty or blank: no event is named so")
+    if len(name) > 200:
+        raise ValueError("an event name is at most 200 characters")
+    return name
+
+
+# an event's name as a rule names it: one that can arrive (an empty or blank one never does)
+EventName = Annotated[str, AfterValidator(_event_name)]
 
 
 class _Model(StorableModel):  # stored as jsonb: a NUL or a lone surrogate is refused at its field
@@ -48,7 +67,8 @@ class QualifyingEvent(_Model):
     event: str = Field("Order Completed", min_length=1, description="the referred user's first such event "
                                                                     "(after signing up) grants the rewards")
     where: list[PropertyFilter] = Field(default_factory=list, description="every filter must match")
-    within_days: JsonInt | None = Field(90, ge=1, le=3650, description="after signing up; null: any time")
+    within_days: bounded_json_int(ge=1, le=3650) | None = Field(
+        90, description="after signing up; null: any time")
 
 
 class ReferralConfig(_Model):
@@ -57,16 +77,17 @@ class ReferralConfig(_Model):
     landing_url: str = Field("https://example.com/join", pattern=r"^https?://", max_length=500,
                              examples=["https://acme.example/join"],
                              description="share links are this URL with ?ref=CODE&channel=email|sms|social")
-    signup_events: list[str] = Field(default_factory=lambda: ["Signed Up"], min_length=1,
+    signup_events: list[EventName] = Field(default_factory=lambda: ["Signed Up"], min_length=1,
                                      description="events that make the visitor a referred user")
     attribution_window_days: JsonInt = Field(30, ge=0, le=365, description="the code must have been seen at most this "
                                                                        "long before signing up (first touch)")
     qualifying: QualifyingEvent = Field(default_factory=QualifyingEvent)
     referrer_reward: Reward | None = Field(default_factory=lambda: PointsReward(points=500))
     referred_reward: Reward | None = Field(default_factory=lambda: PointsReward(points=250))
-    refund_event: str = Field("Order Refunded", description="with the qualifying order's order_id: the rewards "
+    refund_event: EventName = Field("Order Refunded", description="with the qualifying order's order_id: the rewards "
                                                             "are reversed")
-    max_rewarded_per_referrer: JsonInt | None = Field(None, ge=1, description="rewarded referrals per referrer; beyond "
+    max_rewarded_per_referrer: bounded_json_int(ge=1) | None = Field(
+        None, description="rewarded referrals per referrer; beyond "
                                                                           "it, referrals convert without reward")
 
 
@@ -91,7 +112,7 @@ class Tier(_Model):
 
 class Badge(_Model):
     name: str = Field(min_length=1, max_length=100, examples=["Explorer"])
-    events: list[str] = Field(min_length=1, max_length=20, examples=[["Project Created", "Report Shared"]],
+    events: list[EventName] = Field(min_length=1, max_length=20, examples=[["Project Created", "Report Shared"]],
                               description="every one of them, all within `within_days`")
     within_days: JsonInt = Field(7, ge=1, le=3650)
     points: JsonInt = Field(0, ge=0, le=10_000_000)
@@ -102,7 +123,8 @@ class LoyaltyConfig(_Model):
 
     earn: list[EarnRule] = Field(default_factory=lambda: [EarnRule(event="Order Completed", per_unit=1)],
                                  max_length=50)
-    expiry_months: JsonInt | None = Field(12, ge=1, le=120, description="points expire this long after they were "
+    expiry_months: bounded_json_int(ge=1, le=120) | None = Field(
+        12, description="points expire this long after they were "
                                                                     "earned, oldest first; null: never")
     tier_basis: Literal["points", "spend"] = Field("points", description="points earned or `revenue` spent")
     tier_window_days: JsonInt = Field(365, ge=1, le=3650, description="the rolling window tiers are measured over")
@@ -111,11 +133,17 @@ class LoyaltyConfig(_Model):
     tiers: list[Tier] = Field(default_factory=list, max_length=20, description="ordered by threshold")
     badges: list[Badge] = Field(default_factory=list, max_length=100,
                                 description="badges members earn by doing events (names unique)")
-    refund_event: str = Field("Order Refunded", description="points earned on that order_id are taken back")
+    refund_event: EventName = Field("Order Refunded", description="points earned on that order_id are taken back")
+
+    @field_validator("tiers")
+    @classmethod
+    def _by_threshold(cls, tiers: list[Tier]) -> list[Tier]:
+        # (a field validator: assigning in the model validator marked `tiers` as given, so a PUT of other keys
+        # replaced the stored tiers)
+        return sorted(tiers, key=lambda t: t.threshold)
 
     @model_validator(mode="after")
     def _consistent(self) -> "LoyaltyConfig":
-        self.tiers = sorted(self.tiers, key=lambda t: t.threshold)
         if len({t.name for t in self.tiers}) != len(self.tiers):
             raise ValueError("tier names must be unique")
         if len({b.name for b in self.badges}) != len(self.badges):
@@ -132,12 +160,29 @@ def slug(value: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", value.lower()).strip("_")
 
 
-async def put(session: AsyncSession, ws: uuid.UUID, kind: str, config: _Model, enabled: bool) -> dict[str, Any]:
+async def put(session: AsyncSession, ws: uuid.UUID, kind: str, enabled: bool | None, given: dict[str, Any]
+              ) -> dict[str, Any]:
+    """Save a program: the configuration keys in ``given`` (validated, as JSON) replace their stored values, the
+    others keep theirs, and ``enabled`` None keeps the switch. The first save starts from the defaults (enabled)."""
+    defaults = MODELS[kind]().model_dump(mode="json")
+    # the row first (a concurrent first save waits here), then locked: two saves of different keys keep both
+    await session.execute(text(
+        "insert into campaign.programs (workspace_id, kind, enabled, config) values (:ws, :k, true, CAST(:c AS jsonb)) "
+        "on conflict (workspace_id, kind) do nothing"), {"ws": ws, "k": kind, "c": dumps(defaults)})
+    stored = (await session.execute(text(
+        "select enabled, config from campaign.programs where workspace_id = :ws and kind = :k for update"),
+        {"ws": ws, "k": kind})).one()
+    try:
+        merged = MODELS[kind].model_validate({**stored.config, **given})
+    except ValidationError as exc:  # a configuration stored before a check it now fails
+        raise ValidationFailed(f"The {kind} program's configuration is not valid", errors=[
+            body_error(["config", *e["loc"]], error_message(e), e["type"]) for e in exc.errors(include_url=False)
+        ]) from None
     row = (await session.execute(text(
-        "insert into campaign.programs (workspace_id, kind, enabled, config) values (:ws, :k, :e, CAST(:c AS jsonb)) "
-        "on conflict (workspace_id, kind) do update set enabled = excluded.enabled, config = excluded.config, "
-        "updated_at = now() returning kind, enabled, config, updated_at"),
-        {"ws": ws, "k": kind, "e": enabled, "c": dumps(config.model_dump(mode="json"))})).mappings().one()
+        "update campaign.programs set enabled = :e, config = CAST(:c AS jsonb), updated_at = now() "
+        "where workspace_id = :ws and kind = :k returning kind, enabled, config, updated_at"),
+        {"ws": ws, "k": kind, "e": stored.enabled if enabled is None else enabled,
+         "c": dumps(merged.model_dump(mode="json"))})).mappings().one()
     return dict(row)
 
 

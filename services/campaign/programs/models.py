@@ -88,7 +88,9 @@ class Referral(CampaignTable, table=True):
 
     __tablename__ = "referrals"
     __table_args__ = (UniqueConstraint("workspace_id", "referred_profile_id"),
-                      Index("ix_referrals_referrer", "workspace_id", "referrer_profile_id", "converted_at"))
+                      Index("ix_referrals_referrer", "workspace_id", "referrer_profile_id", "converted_at"),
+                      # the referrals, newest first, paged after (converted_at, id) (campaign_0009)
+                      Index("ix_referrals_log", "workspace_id", "converted_at", "id"))
 
     id: uuid.UUID = Field(primary_key=True)
     workspace_id: uuid.UUID

@@ -24,20 +24,31 @@ async def emit(session: AsyncSession, ws: uuid.UUID, who: dict[str, Any], event:
                at: datetime, key: str) -> bool:
     """Queue ``event`` for the person ``who`` ({user_id, anonymous_id}); ``key`` names the decision (one
     event per key). False when the person has no id ingest could file the event under."""
+    return await emit_keyed(session, ws, who, event, properties, at, key) is not None
+
+
+async def emit_keyed(session: AsyncSession, ws: uuid.UUID, who: dict[str, Any], event: str,
+                     properties: dict[str, Any], at: datetime, key: str) -> tuple[dict[str, Any], bool] | None:
+    """As :func:`emit`, telling a repeat of ``key`` apart: (the properties queued under ``key``, whether this call
+    queued them; else they are those of the first call), or None when the person has no id to file it under."""
     user_id, anonymous_id = who.get("user_id"), who.get("anonymous_id")
     if not user_id and not anonymous_id:
-        log.warning("programs.event_without_identity", workspace_id=str(ws), event=event)
-        return False
+        log.warning("programs.event_without_identity", workspace_id=str(ws), event_name=event)
+        return None
     payload = {"type": "track", "event": event, "properties": properties, "timestamp": at.isoformat(),
                **({"userId": user_id} if user_id else {"anonymousId": anonymous_id}),
                "context": {"library": {"name": "tenure-programs"}}}  # (segment: not the person's activity)
     mid = uuid.uuid5(_NS, f"{ws}:{key}")
     payload["messageId"] = f"program-{mid}"
-    await session.execute(text(
+    queued = (await session.execute(text(
         "insert into campaign.program_outbox (id, workspace_id, payload, created_at) "
-        "values (:id, :ws, CAST(:p AS jsonb), :at) on conflict (id) do nothing"),
-        {"id": mid, "ws": ws, "p": dumps(payload), "at": at})
-    return True
+        "values (:id, :ws, CAST(:p AS jsonb), :at) on conflict (id) do nothing returning id"),
+        {"id": mid, "ws": ws, "p": dumps(payload), "at": at})).first()
+    if queued is not None:
+        return properties, True
+    first = (await session.execute(text("select payload from campaign.program_outbox where id = :id"),
+                                   {"id": mid})).scalar_one()
+    return dict(first.get("properties") or {}), False
 
 
 async def forward(sessionmaker: async_sessionmaker[AsyncSession], internal: InternalClient, limit: int = 500) -> int:

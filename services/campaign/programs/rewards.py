@@ -123,8 +123,14 @@ async def _grant(session: AsyncSession, ws: uuid.UUID, ref: Any, side: str, pid:
     if values["status"] == "granted":
         await outbox.emit(session, ws, who, GRANTED, {
             "referral_id": str(ref["id"]), "side": side, "reward": reward.type, "points": values["points"],
-            "coupon_code": values["coupon"], "order_id": order_id}, at, f"granted:{rid}")
+            "coupon_code": values["coupon"], "order_id": _own(side, order_id)}, at, f"granted:{rid}")
     return 1
+
+
+def _own(side: str, order_id: str | None) -> str | None:
+    """The qualifying order's id for the referred user's records only: it is their order (an id such as
+    ``noah-1`` may even name them), and in the referrer's history it would outlive the referred user's erasure."""
+    return order_id if side == "referred" else None
 
 
 async def on_refund(session: AsyncSession, item: dict[str, Any], at: datetime) -> int:
@@ -148,9 +154,10 @@ async def on_refund(session: AsyncSession, item: dict[str, Any], at: datetime) -
     for r in rewards:
         detail = None
         if r["kind"] == "points" and r["points"]:
+            order = _own(r["side"], str(props["order_id"]))
             w = await ledger.debit(session, ws, r["profile_id"], r["points"], f"reverse:{r['id']}", at,
-                                   kind="adjust", partial=True,
-                                   reason=f"referral reward reversed (order {props['order_id']} refunded)")
+                                   kind="adjust", partial=True, reason="referral reward reversed "
+                                   + (f"(order {order} refunded)" if order else "(the qualifying order was refunded)"))
             taken = -w.entry["points"]
             if taken < r["points"]:
                 detail = f"{r['points'] - taken} points had already been spent"
@@ -164,6 +171,6 @@ async def on_refund(session: AsyncSession, item: dict[str, Any], at: datetime) -
         who = who_referred if r["side"] == "referred" else await who_is(session, ws, r["profile_id"])
         await outbox.emit(session, ws, who, REVERSED, {
             "referral_id": str(ref["id"]), "side": r["side"], "reward": r["kind"], "points": r["points"],
-            "coupon_code": r["coupon_code"], "event": r["event"], "order_id": str(props["order_id"])},
+            "coupon_code": r["coupon_code"], "event": r["event"], "order_id": _own(r["side"], str(props["order_id"]))},
             at, f"reversed:{r['id']}")
     return len(rewards)

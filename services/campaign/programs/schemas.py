@@ -3,24 +3,55 @@
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.campaign.programs.config import POOL_NAME, LoyaltyConfig, ReferralConfig
 from shared.validation import JsonBool, JsonInt, Ref, StorableModel
 
 
-class ReferralProgramIn(StorableModel):
-    enabled: JsonBool = Field(True, description="off: codes still resolve, but no attribution or rewards")
-    config: ReferralConfig = Field(default_factory=ReferralConfig, examples=[{
+class _Body(StorableModel):
+    """A request body: a field this API does not know is a 422 naming it, not dropped (a misspelt ``config``
+    answered 200 and reset the program to its defaults; a misspelt ``reason`` redeemed without one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+_KEPT = "; omitted: the stored value is kept (true on the first PUT)"
+_CONFIG = ("the configuration keys to set: a key given replaces its stored value whole (a reward, `qualifying`, the "
+           "`tiers` list); a key left out keeps its stored value, on the first PUT its documented default; "
+           "omitted: the configuration is unchanged")
+
+
+class _ProgramBody(_Body):
+    """A program's PUT: only what it gives changes (pausing must never reset the configuration)."""
+
+    def changes(self) -> tuple[bool | None, dict[str, Any]]:
+        """(the new ``enabled``, None to keep it; the configuration keys the request gave, as JSON)."""
+        enabled = self.enabled if "enabled" in self.model_fields_set else None  # type: ignore[attr-defined]
+        config: BaseModel = self.config  # type: ignore[attr-defined]
+        given = config.model_fields_set if "config" in self.model_fields_set else set()
+        return enabled, config.model_dump(mode="json", include=given)
+
+
+class ReferralProgramIn(_ProgramBody):
+    """What to change: a field, or configuration key, left out keeps its stored value (`{"enabled": false}` pauses
+    the program and keeps its configuration); the first PUT fills what it leaves out with the defaults."""
+
+    enabled: JsonBool = Field(True, description="off: codes still resolve, but no attribution or rewards" + _KEPT)
+    config: ReferralConfig = Field(default_factory=ReferralConfig, description=_CONFIG, examples=[{
         "landing_url": "https://acme.example/join", "attribution_window_days": 30,
         "qualifying": {"event": "Order Completed"},
         "referrer_reward": {"type": "points", "points": 500},
         "referred_reward": {"type": "coupon", "pool": "welcome-10"}}])
 
 
-class LoyaltyProgramIn(StorableModel):
-    enabled: JsonBool = True
-    config: LoyaltyConfig = Field(default_factory=LoyaltyConfig, examples=[{
+class LoyaltyProgramIn(_ProgramBody):
+    """What to change: a field, or configuration key, left out keeps its stored value (`{"enabled": false}` pauses
+    the program and keeps its tiers and badges); the first PUT fills what it leaves out with the defaults."""
+
+    enabled: JsonBool = Field(True, description="off: events earn nothing and tiers do not move (balances and the "
+                                                "members' API stay)" + _KEPT)
+    config: LoyaltyConfig = Field(default_factory=LoyaltyConfig, description=_CONFIG, examples=[{
         "earn": [{"event": "Order Completed", "per_unit": 1, "property": "revenue"},
                  {"event": "Review Submitted", "points": 50, "name": "review bonus"}],
         "expiry_months": 12, "tier_basis": "points", "tier_window_days": 365,
@@ -37,7 +68,7 @@ class ProgramOut(BaseModel):
     updated_at: datetime
 
 
-class CouponsIn(StorableModel):
+class CouponsIn(_Body):
     codes: list[str] = Field(min_length=1, max_length=10_000, examples=[["WELCOME-7F3K", "WELCOME-9QX2"]],
                              description="codes already in the pool are ignored")
 
@@ -51,7 +82,7 @@ class CouponPoolOut(BaseModel):
     revoked: int = Field(description="taken back after a refund")
 
 
-class CodeIn(StorableModel):
+class CodeIn(_Body):
     user: Ref = Field(description="profile id, userId, anonymousId or email", examples=["u-42"])
 
 
@@ -63,12 +94,14 @@ class CodeOut(BaseModel):
     created_at: datetime
 
 
-class InviteIn(StorableModel):
+class InviteIn(_Body):
     user: Ref = Field(description="the referrer: profile id, userId, anonymousId or email", examples=["u-42"])
     channel: Literal["email", "sms", "social"] = Field(
         "email", description="where the referrer shares it: picks the share link (its `channel` parameter)")
-    idempotency_key: str | None = Field(None, max_length=200, description="a retried call with the same key is "
-                                                                           "one `Referral Sent` event")
+    idempotency_key: str | None = Field(None, max_length=200, description="per referrer: a retry with the same key "
+                                                                           "and channel is one `Referral Sent` event "
+                                                                           "and gets the first answer; the key on "
+                                                                           "another channel is a 409")
 
 
 class InviteOut(BaseModel):
@@ -109,8 +142,8 @@ class ReferralOut(BaseModel):
 
 
 class ReferralList(BaseModel):
-    referrals: list[ReferralOut] = Field(description="the referrals (of `referrer`, with `status`, when given), in id "
-                                                     "order")
+    referrals: list[ReferralOut] = Field(description="the referrals (of `referrer`, with `status`, when given), newest "
+                                                     "first (`converted_at`, then `id`, both descending)")
     next_cursor: str | None = None
 
 
@@ -125,7 +158,7 @@ class ReferrerRank(BaseModel):
 class MemberRank(BaseModel):
     rank: int
     profile_id: str
-    user_id: str | None
+    user_id: str | None = Field(description="the member's userId; null for one ingest knows only anonymously")
     tier: str | None
     points: int = Field(description="points earned in the period")
 
@@ -169,12 +202,12 @@ class HistoryOut(BaseModel):
     next_cursor: str | None = None
 
 
-class RedeemIn(StorableModel):
+class RedeemIn(_Body):
     points: JsonInt = Field(gt=0, le=10_000_000, examples=[500])
     reason: str | None = Field(None, max_length=500, examples=["$5 voucher"])
 
 
-class AdjustIn(StorableModel):
+class AdjustIn(_Body):
     points: JsonInt = Field(ge=-10_000_000, le=10_000_000, examples=[-100],
                         description="positive: a credit (expires like earned points); negative: a debit")
     reason: str = Field(min_length=1, max_length=500, examples=["goodwill for a late delivery"])

@@ -9,7 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.campaign.programs import codes, config, ledger, outbox, tiers
-from shared.db import fetch_page, row_dict
+from shared.db import Stamp, fetch_newest_first, row_dict
 from shared.errors import Conflict, NotFound, ValidationFailed
 
 SENT = "Referral Sent"
@@ -48,22 +48,33 @@ async def code_for(session: AsyncSession, ws: uuid.UUID, pid: uuid.UUID, who: di
 
 
 async def invite(session: AsyncSession, ws: uuid.UUID, pid: uuid.UUID, who: dict[str, Any], channel: str,
-                 key: str | None, now: datetime) -> dict[str, Any]:
-    """A referrer shared their link: ``Referral Sent`` for them (once per idempotency key)."""
+                 key: str | None, now: datetime) -> tuple[dict[str, Any], bool]:
+    """A referrer shared their link: ``Referral Sent`` for them, once per idempotency key; returns (answer,
+    created). A retry gets the first answer (its link, even if the landing URL changed since); the same key on
+    another channel is a conflict, not an answer for a share that was never recorded."""
     code = await code_for(session, ws, pid, who)
     link = code["links"][channel]
-    await outbox.emit(session, ws, who, SENT, {"code": code["code"], "channel": channel, "link": link}, now,
-                      f"sent:{pid}:{key or uuid.uuid4()}")
-    return {"code": code["code"], "link": link, "event": SENT}
+    queued = await outbox.emit_keyed(session, ws, who, SENT, {"code": code["code"], "channel": channel, "link": link},
+                                     now, f"sent:{pid}:{key or uuid.uuid4()}")
+    if queued is None or queued[1]:
+        return {"code": code["code"], "link": link, "event": SENT}, True
+    first = queued[0]
+    if first.get("channel") != channel:
+        raise Conflict(f"This idempotency_key was used for an invite on another channel ({first.get('channel')})",
+                       idempotency_key=key)
+    return {"code": first.get("code", code["code"]), "link": first.get("link", link), "event": SENT}, False
 
 
 async def list_referrals(session: AsyncSession, ws: uuid.UUID, referrer: uuid.UUID | None, status: str | None,
-                         after: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
-    return await fetch_page(session, (
+                         after: Stamp | None, limit: int) -> tuple[list[dict[str, Any]], Stamp | None]:
+    """Newest first: by the sign-up's time (``converted_at``), then id, after the previous page's last
+    (ix_referrals_log reads just the page; ix_referrals_referrer a referrer's)."""
+    return await fetch_newest_first(session, (
         "select * from campaign.referrals where workspace_id = :ws "
         "and (CAST(:r AS uuid) is null or referrer_profile_id = :r) and (CAST(:st AS text) is null or status = :st) "
-        "and (CAST(:after AS uuid) is null or id > :after) order by id limit :lim"),
-        {"ws": ws, "r": referrer, "st": status, "after": after}, limit)
+        "and (CAST(:after_at AS timestamptz) is null or (converted_at, id) < (:after_at, CAST(:after_id AS uuid))) "
+        "order by converted_at desc, id desc limit :lim"),
+        {"ws": ws, "r": referrer, "st": status}, limit, after, at="converted_at")
 
 
 async def get_referral(session: AsyncSession, ws: uuid.UUID, rid: uuid.UUID) -> dict[str, Any]:
@@ -105,12 +116,14 @@ async def redeem(session: AsyncSession, ws: uuid.UUID, pid: uuid.UUID, points: i
 
 
 async def adjust(session: AsyncSession, ws: uuid.UUID, pid: uuid.UUID, points: int, reason: str, key: str,
-                 now: datetime) -> tuple[dict[str, Any], bool]:
-    """A manual correction (support goodwill, a fix): credits expire like earned points."""
+                 now: datetime, who: dict[str, Any] | None = None) -> tuple[dict[str, Any], bool]:
+    """A manual correction (support goodwill, a fix): credits expire like earned points. ``who`` (the ids ingest
+    knows the member by) goes on the account, as when points are earned: a member credited only by hand was
+    ``user_id: null`` on the leaderboard."""
     source = f"adjust:{pid}:{key}"
     if points >= 0:
         cfg = await _loyalty_config(session, ws)
-        await ledger.ensure_account(session, ws, pid)
+        await ledger.ensure_account(session, ws, pid, who)
         w = await ledger.credit(session, ws, pid, points, source, now, kind="adjust", reason=reason,
                                 expiry_months=cfg.expiry_months)
     else:

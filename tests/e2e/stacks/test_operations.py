@@ -262,16 +262,45 @@ async def test_metrics_show_requests_jobs_queue_depth_messages_and_the_lag_of_ea
         assert sample(scrape(delivery_worker), "tenure_job_duration_seconds_count", function="send_messages",
                       outcome="ok") >= 1
 
-        # every feed's consumer reports how far behind it is; caught up, that is 0
+        # every feed's consumer reports how far behind it is; caught up, that is 0 (waited for: the database holds
+        # earlier tests' events and transitions, which this stack's consumers read first)
         feeds = {("ingest.events", "segment"): s.worker_metrics["segment"][0],
                  ("ingest.events", "campaign"): s.worker_metrics["campaign"][0],
                  ("segment.transitions", "campaign"): s.worker_metrics["campaign"][0]}
         for (feed, consumer), port in feeds.items():
-            got = scrape(port)
             key = ("tenure_feed_lag_events", frozenset({("feed", feed), ("consumer", consumer)}))
+            await wait_for(lambda port=port, key=key: scrape(port).get(key) == 0, 60, f"{consumer}'s lag on {feed}")
+            got = scrape(port)
             assert got.get(key) == 0, (feed, consumer, {k: v for k, v in got.items() if "feed" in k[0]})
             assert sample(got, "tenure_feed_last_read_timestamp_seconds", feed=feed, consumer=consumer) > 0
     finally:
         with contextlib.suppress(Exception):
             s.stop()
         controller.stop()
+
+
+def test_an_api_served_by_several_processes_counts_every_request_in_every_scrape(settings) -> None:
+    """`tenure serve --workers 2`: a scrape reaches one of the processes, and each counted only the requests it
+    served, a different share per scrape. Their figures are now shared (prometheus-client's multiprocess mode)."""
+    import subprocess
+
+    from shared.embedded import free_port
+    from tests.e2e.stack import TENURE, process_env, wait_serving
+
+    port = free_port()
+    proc = subprocess.Popen([TENURE, "serve", "segment", "--workers", "2", "--port", str(port)],
+                            env=process_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_serving(base, proc)
+        for _ in range(40):  # a connection each: the processes take turns accepting them
+            assert httpx.get(f"{base}/v1/segments", timeout=10).status_code == 401
+        for _ in range(4):
+            samples = scrape(f"{base}/metrics")
+            assert sample(samples, "tenure_http_requests_total", route="/v1/segments", status="401") == 40
+            assert ("tenure_queue_depth", frozenset({("service", "segment"), ("queue", settings.queue_name("segment"))})) \
+                in samples
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, -signal.SIGTERM), err.decode()[-2000:]

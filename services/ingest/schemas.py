@@ -38,6 +38,19 @@ RequiredIdStr = Annotated[str, BeforeValidator(_required_id_str), StringConstrai
                                                     {"type": "number"}]}, mode="validation")]
 
 
+def _not_blank(v: Any) -> Any:
+    """A track's name is what campaigns and segments match on: one of only spaces would be a name nobody can
+    target, so it is refused (the batch's other messages are still stored)."""
+    if isinstance(v, str) and not v.strip():
+        raise ValueError("must not be empty or blank")
+    return v
+
+
+EventName = Annotated[str, BeforeValidator(_not_blank), StringConstraints(min_length=1, max_length=512),
+                      WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 512, "pattern": "\\S"},
+                                     mode="validation")]
+
+
 def _null_is_empty(v: Any) -> Any:
     return {} if v is None else v
 
@@ -88,8 +101,8 @@ class TrackMessage(_Message):
     """A user performed an action."""
 
     type: Literal["track"] = "track"
-    event: str = Field(min_length=1, max_length=512, examples=["Order Completed"],
-                       description="the action's name, e.g. `Order Completed`")
+    event: EventName = Field(examples=["Order Completed"],
+                             description="the action's name, e.g. `Order Completed` (not empty or blank)")
     properties: JsonObject = Field(default_factory=dict, description="the action's details, stored as sent")
 
     model_config = ConfigDict(

@@ -78,6 +78,24 @@ async def test_batch_keeps_valid_messages_and_names_rejected_ones(apps, workspac
     assert await _count_events(sessionmaker, workspace.workspace_id) == 2
 
 
+async def test_a_blank_event_name_is_rejected_with_its_reason(apps, workspace, sessionmaker) -> None:
+    """A track named only with spaces could never be targeted by a campaign or segment: refused, alone."""
+    c, auth = apps["ingest"], (workspace.write_key, "")
+    single = await c.post("/v1/track", auth=auth, json={"anonymousId": "a-blank", "event": " \t"})
+    assert single.status_code == 422, single.text
+    assert single.headers["content-type"].startswith("application/problem+json")
+    r = await c.post("/v1/batch", auth=auth, json={"batch": [
+        {"type": "track", "anonymousId": "a-blank", "event": "   "},
+        {"type": "track", "anonymousId": "a-blank", "event": " Padded "},
+        {"type": "track", "anonymousId": "a-blank", "event": ""}]})
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    rejected = r.json()["rejected"]
+    assert [x["index"] for x in rejected] == [0, 2]
+    assert [x["errors"][0]["loc"][-1] for x in rejected] == ["event", "event"], rejected
+    assert "blank" in rejected[0]["errors"][0]["msg"]
+    assert await _count_events(sessionmaker, workspace.workspace_id) == 1
+
+
 async def test_a_batch_item_that_is_no_object_is_rejected_alone(apps, workspace, sessionmaker) -> None:
     # one malformed item used to fail the whole batch (422 "does not match the schema"): the valid ones were lost
     r = await apps["ingest"].post("/v1/batch", auth=(workspace.write_key, ""), json={"batch": [

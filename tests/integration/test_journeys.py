@@ -4,7 +4,7 @@ through delivery's API."""
 
 import re
 import uuid
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -70,13 +70,14 @@ class World:
         if self.deliver:  # what delivery's worker does (webhooks are messages too)
             await sending.send_due(self.sm, self.internal.settings)
 
-    async def fold_segments(self, pid: str) -> None:
-        """What segment's worker does with the new events: fold the feed, re-evaluate the profile."""
+    async def fold_segments(self, pid: str, today: date | None = None) -> None:
+        """What segment's worker does with the new events: fold the feed, re-evaluate the profile (on ``today``, the
+        real date unless given: a test whose events are at T0 passes T0's, or its users go idle as time passes)."""
         from services.segment import evaluation
 
         await drain_feed(self.sm, lambda s: evaluation.consume_page(s, self.internal, 500), 500)
         async with self.sm() as s, s.begin():
-            await evaluation.reevaluate(s, self.ws, [uuid.UUID(pid)])
+            await evaluation.reevaluate(s, self.ws, [uuid.UUID(pid)], today=today)
 
     async def mail(self, to: str) -> list[dict]:
         r = await self.apps["delivery"].get("/v1/messages", headers=self.h, params={"to": to})
@@ -2434,11 +2435,11 @@ async def test_leaving_or_entering_a_segment_ends_the_journeys_whose_exit_rule_n
     stays = await world.campaign(trigger=trigger, steps=steps)
     email = _email(tag)
     pid = await world.identify(tag, email=email, plan="trial")
-    await world.fold_segments(pid)
+    await world.fold_segments(pid, today=T0.date())
     await world.track(tag, trigger["event"], T0)
     await world.pump(T0)
     await world.identify(tag, plan="pro")  # bought
-    await world.fold_segments(pid)
+    await world.fold_segments(pid, today=T0.date())  # (on the real date, 90 days after T0 the user is churned)
     await world.pump(T0 + timedelta(hours=1))
     paths = {j["campaign_id"]: j for j in await world.path(pid)}
     assert paths[exits["id"]]["status"] == "exited", paths[exits["id"]]

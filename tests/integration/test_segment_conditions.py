@@ -25,7 +25,7 @@ async def _fold(sessionmaker, events) -> None:
     async with sessionmaker() as s, s.begin():
         affected = await evaluation.apply_events(s, events)
         for ws, pids in affected.items():
-            await evaluation.reevaluate(s, ws, pids)
+            await evaluation.reevaluate(s, ws, pids, today=NOW.date())  # NOW's date, also past midnight
 
 
 class Ctx:
@@ -39,7 +39,7 @@ class Ctx:
         r = await self.seg.post("/v1/segments", headers=self.h, json={"name": uuid.uuid4().hex, "definition": definition})
         assert r.status_code == 201, r.text
         sid = r.json()["id"]
-        await evaluation.evaluate_fully(self.sm, self.ws, {uuid.UUID(sid)})
+        await evaluation.evaluate_fully(self.sm, self.ws, {uuid.UUID(sid)}, today=NOW.date())
         return sid
 
     async def members(self, sid: str) -> set[str]:
@@ -166,7 +166,7 @@ async def test_stage_and_segment_of_segment_follow_their_sources(ctx) -> None:
     r = await ctx.seg.put(f"/v1/segments/{buyers}", headers=ctx.h,
                           json={"definition": {"type": "performed", "event": "Page Viewed"}})
     assert r.status_code == 200
-    await evaluation.evaluate_fully(ctx.sm, ws, {uuid.UUID(buyers)})
+    await evaluation.evaluate_fully(ctx.sm, ws, {uuid.UUID(buyers)}, today=NOW.date())
     assert await ctx.members(buyers) == {str(b)} and await ctx.members(nested) == {str(b)}
     # a cycle, or a segment that does not exist, is refused with the reason
     r = await ctx.seg.put(f"/v1/segments/{buyers}", headers=ctx.h,
@@ -608,7 +608,7 @@ async def test_large_definitions_are_evaluated_whatever_postgresql_allows_one_st
     buyers = {"type": "performed", "event": "Order Completed"}
     expected = [{a}, {b}, {a}, set(), set(), {a}]
     sids = [await ctx.segment(d) for d in (many_counts, many_values, *parts, buyers)]
-    await evaluation.evaluate_fully(ctx.sm, ctx.ws, {uuid.UUID(s) for s in sids})  # all of them in one pass
+    await evaluation.evaluate_fully(ctx.sm, ctx.ws, {uuid.UUID(s) for s in sids}, today=NOW.date())  # all of them in one pass
     for sid, members in zip(sids, expected, strict=True):
         assert await ctx.members(sid) == {str(p) for p in members}
 
@@ -729,7 +729,7 @@ async def test_values_that_could_never_match_are_refused_on_save_but_stored_ones
             await s.execute(text("insert into segment.segments (id, workspace_id, name, definition) "
                                  "values (:id, :ws, :name, CAST(:d AS jsonb))"),
                             {"id": sid, "ws": ctx.ws, "name": str(sid), "d": json.dumps(d)})
-    await evaluation.evaluate_fully(ctx.sm, ctx.ws, set(old))
+    await evaluation.evaluate_fully(ctx.sm, ctx.ws, set(old), today=NOW.date())
     assert [await ctx.members(str(sid)) for sid in old] == [set(), set(), {str(user)}]
     for sid in old:
         assert (await ctx.seg.get(f"/v1/segments/{sid}", headers=ctx.h)).status_code == 200

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.campaign import campaigns, ingest_client, journeys, segment_client, templates, timing
 from services.campaign.programs import variables as program_vars
 from shared.auth import WORKSPACE_HEADER
-from shared.db import Outage, retry_while_unreachable
+from shared.db import Outage, dicts, retry_while_unreachable
 from shared.errors import UpstreamUnavailable
 from shared.http import InternalClient
 from shared.jsonutil import dumps, loads
@@ -62,7 +62,7 @@ async def claim(session: AsyncSession, limit: int) -> list[dict[str, Any]]:
         ),
         {"lim": limit},
     )
-    return [dict(r) for r in rows.mappings()]
+    return dicts(rows)
 
 
 async def _templates(session: AsyncSession, template_ids: set[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:

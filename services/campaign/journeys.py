@@ -26,6 +26,7 @@ from services.campaign import journey_def as jd
 from shared import metrics, netguard
 from shared import workspace_config as wc
 from shared.auth import WORKSPACE_HEADER
+from shared.db import dicts
 from shared.errors import UpstreamUnavailable
 from shared.http import InternalClient
 from shared.jsonutil import dumps, get_path
@@ -273,16 +274,15 @@ async def on_events(session: AsyncSession, events: list[dict[str, Any]], now: da
     keys = list(by_profile)
     engaged = sorted({jid for es in by_profile.values() for e in es if e["event"] in MESSAGE_EVENTS
                       and (jid := _uuid((e.get("properties") or {}).get("journey_id")))})
-    rows = (await session.execute(
+    rows = dicts(await session.execute(
         text("select j.* from campaign.journeys j join unnest(CAST(:ws AS uuid[]), CAST(:p AS uuid[])) as k(ws, p) "
              "on j.workspace_id = k.ws and j.profile_id = k.p "
              "where j.status in ('active', 'waiting', 'holdout') "
              "or (j.converted_at is null and j.goal_deadline > :now) or j.id = any(CAST(:engaged AS uuid[])) "
              "order by j.id for update of j"),
-        {"ws": [k[0] for k in keys], "p": [k[1] for k in keys], "now": now, "engaged": engaged})).mappings().all()
+        {"ws": [k[0] for k in keys], "p": [k[1] for k in keys], "now": now, "engaged": engaged}))
     woken = 0
-    for r in rows:
-        j = dict(r)
+    for j in rows:
         journey = await versions.get(session, j["campaign_id"], j["version"])
         for e in sorted(by_profile[(str(j["workspace_id"]), str(j["profile_id"]))], key=lambda e: e["timestamp"]):
             woken += await _apply_event(session, j, journey, e, now)
@@ -335,14 +335,13 @@ async def _one_entry_per_rule(session: AsyncSession, ws: uuid.UUID, pid: uuid.UU
     """The survivor's journeys in the campaigns a merge brought journeys into, checked against each journey's
     entry rule as if one person had entered them all in order: an open journey the rule would have refused,
     because of a journey from the other profile, ends."""
-    rows = (await session.execute(text(
+    rows = dicts(await session.execute(text(
         "select j.* from campaign.journeys j where j.workspace_id = :ws and j.profile_id = :pid and j.campaign_id in "
         "(select campaign_id from campaign.journeys where id = any(CAST(:moved AS uuid[]))) "
         "order by j.campaign_id, j.entered_at, j.id for update of j"),
-        {"ws": ws, "pid": pid, "moved": list(moved)})).mappings().all()
+        {"ws": ws, "pid": pid, "moved": list(moved)}))
     kept: dict[uuid.UUID, list[dict[str, Any]]] = {}
-    for r in rows:
-        j = dict(r)
+    for j in rows:
         rule = (await versions.get(session, j["campaign_id"], j["version"])).entry
         earlier = kept.setdefault(j["campaign_id"], [])
         clash = None
@@ -373,14 +372,13 @@ async def on_transitions(session: AsyncSession, transitions: list[dict[str, Any]
     if not moves:
         return 0
     keys = list(moves)
-    rows = (await session.execute(
+    rows = dicts(await session.execute(
         text("select j.* from campaign.journeys j join unnest(CAST(:ws AS uuid[]), CAST(:p AS uuid[])) as k(ws, p) "
              "on j.workspace_id = k.ws and j.profile_id = k.p where j.status in ('active', 'waiting') "
              "order by j.id for update of j"),
-        {"ws": [k[0] for k in keys], "p": [k[1] for k in keys]})).mappings().all()
+        {"ws": [k[0] for k in keys], "p": [k[1] for k in keys]}))
     ended = 0
-    for r in rows:
-        j = dict(r)
+    for j in rows:
         journey = await versions.get(session, j["campaign_id"], j["version"])
         for kind, rule, said in (("exited", journey.exit_on_leaving, "left"),
                                  ("entered", journey.exit_on_entering, "entered")):
@@ -650,15 +648,15 @@ async def _advance(sessionmaker: async_sessionmaker[AsyncSession], internal: Int
     sends = 0
     claimed: list[dict[str, Any]] = []
     async with sessionmaker() as session, session.begin():
-        rows = (await session.execute(
+        rows = dicts(await session.execute(
             text("select j.*, w.settings as ws_settings from campaign.journeys j "
                  "join campaign.campaigns c on c.id = j.campaign_id and c.status = 'active' "
                  "left join core.workspaces w on w.id = j.workspace_id "
                  "where j.status in ('active', 'waiting') and j.wake_at <= :now "
                  "order by j.wake_at limit :lim for update of j skip locked"),
-            {"now": now, "lim": limit})).mappings().all()
-        found = await _profiles(internal, [dict(r) for r in rows])
-        batch = [(dict(r), await versions.get(session, r["campaign_id"], r["version"])) for r in rows]
+            {"now": now, "lim": limit}))
+        found = await _profiles(internal, rows)
+        batch = [(r, await versions.get(session, r["campaign_id"], r["version"])) for r in rows]
         isolate = isolate or any(journey.calls_out() for _, journey in batch)
         deferred = _Deferred(claim=claim)  # the batch's, when it runs without savepoints
         for j, journey in batch:

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.delivery import consent
 from shared import metrics
-from shared.db import Stamp, fetch_newest_first, fetch_one, row_dict
+from shared.db import Stamp, dicts, fetch_newest_first, fetch_one, row_dict
 from shared.errors import AppError, Conflict, ValidationFailed, body_error
 from shared.jsonutil import dumps, dumps_bytes
 from shared.settings import Settings
@@ -253,7 +253,7 @@ async def claim(session: AsyncSession, limit: int, lease_s: float = LEASE_S) -> 
         "last_error = coalesce(last_error, '') || ' (gave up: lease expired ' || (lost_leases + 1) || ' times)' "
         "where status = 'sending' and next_attempt_at <= now() and claimed_until < now() and lost_leases + 1 >= :max"),
         {"max": MAX_LOST_LEASES})
-    return [{**r, "leased_at": leased_at} for r in rows.mappings()]
+    return [{**r, "leased_at": leased_at} for r in dicts(rows)]
 
 
 def _lease_fresh(message: dict[str, Any], lease_s: float = LEASE_S) -> bool:

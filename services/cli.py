@@ -40,11 +40,13 @@ from shared.core import KeyKind
 from shared.db import in_transaction
 from shared.settings import SERVICES, Environment, Settings
 
-app = typer.Typer(help="Tenure: lifecycle marketing backend.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="Tenure: lifecycle marketing backend.", no_args_is_help=True, add_completion=False,
+                  rich_markup_mode="markdown")
 workspace_app = typer.Typer(help="Manage workspaces.", no_args_is_help=True)
 app.add_typer(workspace_app, name="workspace")
 console = Console(stderr=True, emoji=False)  # messages
-out = Console(emoji=False)  # tables asked for (stdout)
+# tables asked for (stdout); written to a file or pipe, as wide as their content rather than rich's 80 columns
+out = Console(emoji=False, width=None if sys.stdout.isatty() else 240)
 
 
 class Service(StrEnum):
@@ -617,7 +619,7 @@ def apply(
                 style = {"create": "green", "update": "yellow", "unchanged": "dim"}[c.action]
                 console.print(f"[{style}]{c.action:9}[/] {c.kind[:-1]} {_safe(c.name)}", highlight=False)
                 if c.diff:
-                    console.print(c.diff, markup=False, highlight=False)
+                    console.print(c.diff, markup=False, highlight=False, soft_wrap=True)  # each line whole: +/- kept
             pending = [c for c in changes if c.action != "unchanged"]
             if pending and not dry_run:
                 await resources.apply(api, changes)

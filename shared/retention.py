@@ -3,6 +3,7 @@ that keeps event-level rows: old rows are deleted in small batches, each its own
 writers are never blocked for long."""
 
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -16,6 +17,21 @@ DELETE_BATCH = 5_000
 FEED_GRACE = timedelta(days=1)
 
 
+async def workspace_policies(session: AsyncSession) -> list[tuple[Any, int]]:
+    """(workspace id, days) of every workspace with a retention. Days as a JSON number (or a string of digits,
+    which older releases stored as given); anything else (null, 1e12, "soon": stored before the settings were
+    checked, or straight into the table) keeps everything, as no value does, instead of failing the job for
+    every workspace."""
+    rows = await session.execute(
+        text("select id, CAST(n AS int) as days from (select id, case "
+             "when jsonb_typeof(settings->'retention_days') = 'number' "
+             "or settings->>'retention_days' ~ '^[0-9]{1,9}$' then (settings->>'retention_days')::numeric "
+             "end as n from core.workspaces where settings ? 'retention_days') w "
+             "where n = trunc(n) and n between 1 and :max"),
+        {"max": MAX_RETENTION_DAYS})
+    return [(ws, days) for ws, days in rows]
+
+
 async def enforce(sessionmaker: async_sessionmaker[AsyncSession], table: str, time_column: str,
                   batch: int = DELETE_BATCH, received_before: timedelta | None = None) -> int:
     """Delete rows of ``table`` whose ``time_column`` is older than their workspace's retention (and, with
@@ -24,16 +40,7 @@ async def enforce(sessionmaker: async_sessionmaker[AsyncSession], table: str, ti
     deleted = 0
     async with sessionmaker() as session:
         async with session.begin():
-            # days as a JSON number (or a string of digits, which older releases stored as given); anything
-            # else (null, 1e12, "soon": stored before the settings were checked, or straight into the table)
-            # keeps everything, as no value does, instead of failing the job for every workspace
-            policies = (await session.execute(
-                text("select id, CAST(n AS int) as days from (select id, case "
-                     "when jsonb_typeof(settings->'retention_days') = 'number' "
-                     "or settings->>'retention_days' ~ '^[0-9]{1,9}$' then (settings->>'retention_days')::numeric "
-                     "end as n from core.workspaces where settings ? 'retention_days') w "
-                     "where n = trunc(n) and n between 1 and :max"),
-                {"max": MAX_RETENTION_DAYS})).all()
+            policies = await workspace_policies(session)
         for ws, days in policies:
             while True:
                 async with session.begin():

@@ -213,6 +213,16 @@ class WebhookReceipt(DeliveryTable, table=True):
     received_at: datetime = Field(sa_column=tz_column("received_at"))
 
 
+class RedactionMark(DeliveryTable, table=True):
+    """How far a workspace's messages have had their content cleared for its retention (``retention``): every
+    message created before ``redacted_before`` holds none, so the next pass starts there."""
+
+    __tablename__ = "redaction_marks"
+
+    workspace_id: uuid.UUID = Field(primary_key=True)
+    redacted_before: datetime = Field(sa_column=tz_column("redacted_before"))
+
+
 class SendgridEventId(DeliveryTable, table=True):
     """A SendGrid event already applied (its ``sg_event_id``), kept while a signature of the batch that carried it
     is still accepted: a replay of that batch must change nothing (``provider_events.new_sendgrid_events``)."""

@@ -168,7 +168,9 @@ class MessageOut(BaseModel):
     idempotency_key: str
     channel: str
     to: str
-    subject: str = Field(description="the email subject or push title; empty for SMS and webhooks")
+    subject: str = Field(description="the email subject or push title; empty for SMS and webhooks, and once the "
+                                     "message is older than the workspace's `retention_days` (its content is cleared "
+                                     "then)")
     message_type: str
     topic: str | None = None
     locale: str | None = Field(None, description="the recipient's locale given when it was queued")

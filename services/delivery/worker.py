@@ -3,12 +3,16 @@
 import time
 from typing import Any
 
+import structlog
+from arq.cron import cron
 from arq.worker import Worker
 
-from services.delivery import apns, feedback, sending
+from services.delivery import apns, feedback, retention, sending
 from services.delivery.smtp_session import SmtpPool
 from shared.queue import JobCtx, build_worker, stopping, take_dirty, worker_settings_class
 from shared.settings import Settings
+
+log = structlog.get_logger()
 
 # A draining job returns after this long (its timeout is 120 s) and the next poll goes on, rather than
 # being cancelled mid-batch.
@@ -38,14 +42,24 @@ async def forward_feedback(ctx: JobCtx) -> int:
     return total
 
 
+async def redact_expired(ctx: JobCtx) -> int:
+    """Messages older than their workspace's retention lose their content (hourly; ``retention``)."""
+    cleared = await retention.redact_expired(ctx["sessionmaker"])
+    if cleared:
+        log.info("delivery.retention_enforced", cleared=cleared)
+    return cleared
+
+
 async def close_connections(ctx: JobCtx) -> None:
     await apns.close_clients()
     if "smtp" in ctx:
         await ctx["smtp"].close()
 
 
-_OPTIONS: dict[str, Any] = {"functions": [send_messages, forward_feedback],
+_OPTIONS: dict[str, Any] = {"functions": [send_messages, forward_feedback, redact_expired],
                             "poll": [send_messages, forward_feedback],
+                            "crons": [cron(redact_expired, name="cron:redact_expired", minute=29, second=0, unique=True,
+                                           keep_result=0, timeout=600)],
                             "on_shutdown": [close_connections]}
 
 

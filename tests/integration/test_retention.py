@@ -113,3 +113,84 @@ async def test_a_retention_value_that_is_not_days_keeps_everything_and_fails_no_
         async with sessionmaker() as s, s.begin():
             await s.execute(text("update core.workspaces set settings = '{}' where id = any(CAST(:ws AS uuid[]))"),
                             {"ws": ids})
+
+
+async def test_sent_messages_lose_their_content_past_retention_and_their_links_keep_working(
+        apps, workspace, sessionmaker, settings, mailbox) -> None:
+    """Past the workspace's retention a sent email keeps its row (the log, the funnel, its links) but not its
+    subject, HTML or text; a message still queued keeps them until it is sent; other workspaces keep everything."""
+    import re
+    from urllib.parse import urlsplit
+
+    from services.delivery import retention as delivery_retention
+    from services.delivery import sending
+    from services.delivery.worker import redact_expired
+    from shared.core import create_workspace
+
+    tag = uuid.uuid4().hex[:6]
+    async with sessionmaker() as s, s.begin():
+        keeper = await create_workspace(s, f"keeps-mail-{tag}")
+
+    async def queue(ws, to: str) -> str:
+        r = await apps["delivery"].post("/v1/messages", headers={"Authorization": f"Bearer {ws.secret_key}"}, json={
+            "idempotency_key": uuid.uuid4().hex, "to": to, "subject": f"Your order, Ada {tag}",
+            "html": '<p>Hi Ada, <a href="https://acme.example/orders/1">your order</a></p>', "text": "Hi Ada"})
+        assert r.status_code == 202, r.text
+        return r.json()["id"]
+
+    old = [await queue(workspace, f"old{i}-{tag}@example.com") for i in range(5)]
+    recent = await queue(workspace, f"new-{tag}@example.com")
+    kept = await queue(keeper, f"kept-{tag}@example.com")
+    await sending.send_due(sessionmaker, settings)
+    waiting = await queue(workspace, f"waiting-{tag}@example.com")  # not sent yet
+    async with sessionmaker() as s, s.begin():
+        for ids, days in ((old + [kept], 41), ([waiting], 40)):
+            await s.execute(text("update delivery.messages set created_at = now() - make_interval(days => :d) "
+                                 "where id = any(CAST(:ids AS uuid[]))"), {"ids": ids, "d": days})
+        await s.execute(text("update core.workspaces set settings = settings || '{\"retention_days\": 30}' "
+                             "where id = :ws"), {"ws": workspace.workspace_id})
+
+    assert await delivery_retention.redact_expired(sessionmaker, batch=2) == 5  # three batches and the rest
+
+    async def message(ws, mid: str) -> dict:
+        r = await apps["delivery"].get(f"/v1/messages/{mid}", headers={"Authorization": f"Bearer {ws.secret_key}"})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async def content(mid: str) -> tuple:
+        async with sessionmaker() as s:
+            return tuple((await s.execute(text("select subject, html, text from delivery.messages where id = :id"),
+                                          {"id": mid})).one())
+
+    for mid in old:
+        got = await message(workspace, mid)
+        assert (got["status"], got["subject"], got["to"]) == ("sent", "", f"old{old.index(mid)}-{tag}@example.com")
+        assert await content(mid) == ("", None, None)
+    for ws, mid in ((workspace, recent), (workspace, waiting), (keeper, kept)):
+        assert (await message(ws, mid))["subject"] == f"Your order, Ada {tag}"
+        assert (await content(mid))[2] == "Hi Ada"
+
+    # the email in the recipient's inbox still works: its click redirect and one-click unsubscribe
+    mail = next(m for m in mailbox.messages if m["headers"].get("X-Tenure-Message-Id") == old[0])
+
+    def path(url: str) -> str:
+        parts = urlsplit(url)
+        return parts.path + (f"?{parts.query}" if parts.query else "")
+
+    click = path(re.search(r'href="([^"]+/c/[^"]+)"', mail["html"]).group(1).replace("&amp;", "&"))
+    followed = await apps["delivery"].get(click, headers={"User-Agent": "Mozilla/5.0"})
+    assert followed.status_code == 302 and followed.headers["location"] == "https://acme.example/orders/1"
+    done = await apps["delivery"].post(path(mail["headers"]["List-Unsubscribe"].strip("<>")),
+                                       content=b"List-Unsubscribe=One-Click",
+                                       headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert done.status_code == 200, done.text
+    prefs = await apps["delivery"].get(f"/v1/preferences/old0-{tag}@example.com",
+                                       headers={"Authorization": f"Bearer {workspace.secret_key}"})
+    assert prefs.json()["suppression"] == "unsubscribed", prefs.text
+
+    # the waiting message is cleared by the first pass after it is sent (the mark stopped before it); then a pass
+    # has nothing left to clear
+    await sending.send_due(sessionmaker, settings)
+    assert await redact_expired({"sessionmaker": sessionmaker}) == 1
+    assert await content(waiting) == ("", None, None)
+    assert await delivery_retention.redact_expired(sessionmaker) == 0

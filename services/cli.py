@@ -443,6 +443,55 @@ def workspace_revoke_key(
     _print_keys([row], "revoked")
 
 
+@workspace_app.command("delete")
+def workspace_delete(
+    workspace_id: str,
+    yes: Annotated[bool, typer.Option("--yes", help="delete without asking for the workspace's name")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print {workspace_id, deleted: {table: rows}}")] = False,
+) -> None:
+    """Delete a workspace and everything every service holds for it (profiles, events, segments, campaigns,
+    journeys, messages, suppressions, keys), for good. Its keys are refused at once (within the 30 s a service caches
+    a key); the rows go in batches while the services keep serving the others. A run cut short is finished by
+    running it again. Without `--yes` the workspace's name is asked for; with no terminal to ask on, `--yes` is
+    required (exit 2)."""
+    from shared.core import KeyNotFound, workspace_name
+    from shared.db import create_engine, create_sessionmaker
+    from shared.workspace_deletion import SCHEMAS, delete_workspace
+
+    wid = _workspace_id(workspace_id)
+    with _with_database(_load_settings(), redis=False, schemas=("core", *SCHEMAS)) as settings:
+        name = asyncio.run(in_transaction(settings, lambda session: workspace_name(session, wid)))
+        if name is None:
+            _fail(f"[red]no workspace {_safe(workspace_id)}[/red]", 1)
+        if not yes:
+            if not sys.stdin.isatty():
+                _fail("[red]not deleting without --yes[/red] (no terminal to ask for the workspace's name on)", 2)
+            typed = typer.prompt(f"This deletes workspace {name!r} and all its data for good. Type its name")
+            if typed != name:
+                _fail("[red]the name differs: nothing was deleted[/red]", 1)
+
+        def progress(table: str, rows: int) -> None:
+            if not as_json:
+                console.print(f"deleted {rows:,} rows of {table}", highlight=False)
+
+        async def run() -> dict[str, int]:
+            engine = create_engine(settings, pool_size=1, application_name="tenure-workspace-delete")
+            try:
+                return await delete_workspace(create_sessionmaker(engine), wid, progress=progress)
+            finally:
+                await engine.dispose()
+
+        try:
+            deleted = asyncio.run(run())
+        except KeyNotFound:  # deleted meanwhile by another run
+            _fail(f"[red]no workspace {_safe(workspace_id)}[/red]", 1)
+    if as_json:
+        sys.stdout.write(orjson.dumps({"workspace_id": str(wid), "deleted": deleted}).decode() + "\n")
+        return
+    console.print(f"workspace {_safe(name)} ({wid}) deleted: {sum(deleted.values()):,} rows in {len(deleted)} tables",
+                  highlight=False)
+
+
 @app.command()
 def mail(
     as_json: Annotated[bool, typer.Option("--json", help="raw JSON")] = False,

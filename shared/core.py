@@ -183,6 +183,11 @@ async def workspace_exists(session: AsyncSession, workspace_id: uuid.UUID) -> bo
     return (await session.execute(sa.select(sa.literal(1)).where(workspaces.c.id == workspace_id))).first() is not None
 
 
+async def workspace_name(session: AsyncSession, workspace_id: uuid.UUID) -> str | None:
+    """The workspace's name; None when there is no such workspace."""
+    return (await session.execute(sa.select(workspaces.c.name).where(workspaces.c.id == workspace_id))).scalar()
+
+
 async def workspace_settings(session: AsyncSession, workspace_id: uuid.UUID) -> dict[str, Any]:
     """A workspace's ``settings`` document (retention, lifecycle, topics, quiet hours, …); empty if none."""
     raw = (await session.execute(sa.text("select settings from core.workspaces where id = :ws"),

@@ -376,9 +376,8 @@ RECORD = """
         select r.*, o.id as mid from r cross join lateral (
             select m.id from delivery.messages m
              where m.id = r.id and m.status = 'sending' and m.attempts = r.n  -- not if another holder took it
-             limit 1) o),
-    updated as (  -- (no lock taken above: the update's own, and its recheck of the holder's claim on the row's
-                  -- newest version, keep a message another holder took meanwhile as that one left it)
+             limit 1 for update) o),
+    updated as (
         update delivery.messages m
            set status = r.status, last_error = r.error, updated_at = now(), claimed_until = null,
                provider_message_id = coalesce(r.pmid, m.provider_message_id),
@@ -391,7 +390,7 @@ RECORD = """
                -- not tried (a text outside its recipient's hours): the claim's attempt is given back, as a release does
                attempts = case when r.outcome = 'deferred' then greatest(0, m.attempts - 1) else m.attempts end
           from owned r
-         where m.id = r.mid and m.status = 'sending' and m.attempts = r.n
+         where m.id = r.mid
         returning m.id),
     attempts as (
         insert into delivery.attempts (message_id, attempt, outcome, error, started_at)

@@ -448,15 +448,19 @@ def workspace_delete(
     workspace_id: str,
     yes: Annotated[bool, typer.Option("--yes", help="delete without asking for the workspace's name")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print {workspace_id, deleted: {table: rows}}")] = False,
+    settle_seconds: Annotated[float, typer.Option(
+        min=0, help="wait this long after revoking the keys before the last sweep (services trust a key they checked "
+                    "within 30 s)")] = 35.0,
 ) -> None:
     """Delete a workspace and everything every service holds for it (profiles, events, segments, campaigns,
     journeys, messages, suppressions, keys), for good. Its keys are refused at once (within the 30 s a service caches
-    a key); the rows go in batches while the services keep serving the others. A run cut short is finished by
-    running it again. Without `--yes` the workspace's name is asked for; with no terminal to ask on, `--yes` is
-    required (exit 2)."""
+    a key), its campaigns paused and its queued messages dropped; the rows go in batches while the services keep
+    serving the others, and are swept again once every service has seen the keys revoked. A run cut short (or one
+    that found rows still being written: exit 1) is finished by running it again. Without `--yes` the workspace's
+    name is asked for; with no terminal to ask on, `--yes` is required (exit 2)."""
     from shared.core import KeyNotFound, workspace_name
     from shared.db import create_engine, create_sessionmaker
-    from shared.workspace_deletion import SCHEMAS, delete_workspace
+    from shared.workspace_deletion import SCHEMAS, StillWritten, delete_workspace
 
     wid = _workspace_id(workspace_id)
     with _with_database(_load_settings(), redis=False, schemas=("core", *SCHEMAS)) as settings:
@@ -466,7 +470,7 @@ def workspace_delete(
         if not yes:
             if not sys.stdin.isatty():
                 _fail("[red]not deleting without --yes[/red] (no terminal to ask for the workspace's name on)", 2)
-            typed = typer.prompt(f"This deletes workspace {name!r} and all its data for good. Type its name")
+            typed = typer.prompt(f"This deletes workspace {name!r} and all its data for good. Type its name", err=True)
             if typed != name:
                 _fail("[red]the name differs: nothing was deleted[/red]", 1)
 
@@ -477,7 +481,8 @@ def workspace_delete(
         async def run() -> dict[str, int]:
             engine = create_engine(settings, pool_size=1, application_name="tenure-workspace-delete")
             try:
-                return await delete_workspace(create_sessionmaker(engine), wid, progress=progress)
+                return await delete_workspace(create_sessionmaker(engine), wid, settle_s=settle_seconds,
+                                              progress=progress)
             finally:
                 await engine.dispose()
 
@@ -485,6 +490,8 @@ def workspace_delete(
             deleted = asyncio.run(run())
         except KeyNotFound:  # deleted meanwhile by another run
             _fail(f"[red]no workspace {_safe(workspace_id)}[/red]", 1)
+        except StillWritten as exc:
+            _fail(f"[red]{_safe(str(exc))}[/red]", 1)
     if as_json:
         sys.stdout.write(orjson.dumps({"workspace_id": str(wid), "deleted": deleted}).decode() + "\n")
         return

@@ -45,7 +45,9 @@ async def enforce(sessionmaker: async_sessionmaker[AsyncSession], table: str, ti
             while True:
                 async with session.begin():
                     n = (await session.execute(
-                        text(f"delete from {table} where ctid = any(array("
+                        # (the outer test again: a ctid names a row only within one partition)
+                        text(f"delete from {table} where workspace_id = :ws "
+                             f"and {time_column} < now() - make_interval(days => :d){received} and ctid = any(array("
                              f"select ctid from {table} where workspace_id = :ws "
                              f"and {time_column} < now() - make_interval(days => :d){received} limit :n))"),
                         {"ws": ws, "d": days, "n": batch,

@@ -1,85 +1,151 @@
 """Deleting a whole workspace (a customer leaving): its keys first, then every row any service holds for it, then
 the workspace itself. ``tenure workspace delete`` runs it.
 
-The services share one PostgreSQL, each in its own schema, and every table holding a workspace's data either
-has a ``workspace_id`` column or hangs off one that has (``_DEPENDENTS``); the tables are found in the catalog
-rather than listed here, so a table a later release adds is deleted too (``tests/e2e/test_cli.py`` checks every
-one is left empty). Rows go in batches, each its own transaction, so the services keep serving other workspaces
-meanwhile; a run cut short is finished by running it again: the workspace row, deleted last, is what a rerun
-finds.
+The services share one PostgreSQL, each in its own schema, and every table holding a workspace's data either has a
+``workspace_id`` column or hangs off a table that has (``_DEPENDENTS``); the tables are found in the catalog rather
+than listed here, so a table a later release adds is deleted too (tests/integration/test_workspace_deletion.py
+checks every one is left empty). Rows go in batches, each its own transaction, so the services keep serving other
+workspaces meanwhile.
 
-Work already under way for the workspace when its keys were revoked (a feed page being read, a batch being sent)
-may write a row after its table was emptied: each table is swept again at the end, until a sweep finds nothing.
+Work already under way for the workspace when its keys were revoked can still write for a while: a service that
+checked a key or a workspace id within the last ``auth.CACHE_TTL_S`` takes it on trust, and a send claimed before
+may still reach delivery. So after the first sweeps the deletion waits until ``settle_s`` after the revocation, then
+sweeps again until a sweep finds nothing. Only then does the workspace row go: if rows keep appearing, it stays
+(``StillWritten``) and running the command again finishes the job.
 """
 
+import asyncio
+import time
 import uuid
 from collections.abc import Callable
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared.auth import CACHE_TTL_S
 from shared.core import KeyNotFound
+from shared.db import sqlstate
 
 SCHEMAS = ("campaign", "delivery", "segment", "ingest")  # campaign first: no new journeys or sends meanwhile
 DELETE_BATCH = 5_000
+SETTLE_S = CACHE_TTL_S + 5  # every service has checked the revoked keys again by then
 MAX_SWEEPS = 5
-# (table, its column naming the parent's id, the parent table with a workspace_id)
-_DEPENDENTS = (("delivery.attempts", "message_id", "delivery.messages"),
-               ("campaign.split_winners", "campaign_id", "campaign.campaigns"))
+# a parent table's rows are locked, then their dependents deleted, then the rows: a dependent written meanwhile (an
+# attempt recorded as its message goes) either committed before the lock, and is deleted, or waits for it and then
+# finds its parent gone (the outcome write inserts an attempt only for a message it can lock)
+_DEPENDENTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "delivery.messages": (("delivery.attempts", "message_id"), ("delivery.engagements", "message_id")),
+    "campaign.campaigns": (("campaign.split_winners", "campaign_id"),),
+}
+_RETRIED = {"40P01", "40001"}  # deadlock, serialization failure: the batch is run again
+
+
+class StillWritten(RuntimeError):
+    """Rows of the workspace kept appearing: its row is kept, so that running the deletion again finds it."""
 
 
 async def _tables(session: AsyncSession) -> list[str]:
+    """Every table (a partition, not its parent) of the services' schemas with a ``workspace_id`` column, quoted."""
     rows = await session.execute(text(
-        "select c.table_schema, c.table_name from information_schema.columns c "
-        "join information_schema.tables t using (table_schema, table_name) "
-        "where c.column_name = 'workspace_id' and t.table_type = 'BASE TABLE' "
-        "and c.table_schema = any(CAST(:schemas AS text[]))"), {"schemas": list(SCHEMAS)})
-    found = {f"{schema}.{table}" for schema, table in rows}
-    return sorted(found, key=lambda t: (SCHEMAS.index(t.split(".")[0]), t))
+        "select n.nspname, c.relname from pg_catalog.pg_class c "
+        "join pg_catalog.pg_namespace n on n.oid = c.relnamespace "
+        "join pg_catalog.pg_attribute a on a.attrelid = c.oid and a.attname = 'workspace_id' and not a.attisdropped "
+        "where c.relkind = 'r' and n.nspname = any(CAST(:schemas AS text[]))"), {"schemas": list(SCHEMAS)})
+    found = sorted(((schema, table) for schema, table in rows), key=lambda t: (SCHEMAS.index(t[0]), t[1]))
+    return [f'"{schema}"."{table}"' for schema, table in found]
+
+
+def _name(quoted: str) -> str:
+    return quoted.replace('"', "")
 
 
 async def delete_workspace(sessionmaker: async_sessionmaker[AsyncSession], workspace_id: uuid.UUID, *,
-                           batch: int = DELETE_BATCH, progress: Callable[[str, int], None] | None = None
-                           ) -> dict[str, int]:
+                           batch: int = DELETE_BATCH, settle_s: float = SETTLE_S,
+                           progress: Callable[[str, int], None] | None = None) -> dict[str, int]:
     """Delete the workspace and everything held for it; returns the rows deleted per table (those with any).
-    Raises ``KeyNotFound`` when there is no such workspace."""
+    Raises ``KeyNotFound`` when there is no such workspace, ``StillWritten`` when rows kept appearing."""
     async with sessionmaker() as session, session.begin():
         exists = (await session.execute(text("select 1 from core.workspaces where id = :ws for update"),
                                         {"ws": workspace_id})).first()
         if exists is None:
             raise KeyNotFound(f"no workspace {workspace_id}")
-        # every API refuses the keys from now on (within the 30 s the services cache a key they have checked)
+        # every API refuses the keys from now on (those that checked one lately, within CACHE_TTL_S); no campaign
+        # starts or sends anything more, and what waits in delivery's outbox is not sent
         await session.execute(text("update core.api_keys set revoked_at = now() "
                                    "where workspace_id = :ws and revoked_at is null"), {"ws": workspace_id})
         await session.execute(text("update campaign.campaigns set status = 'paused' where workspace_id = :ws"),
                               {"ws": workspace_id})
+        await session.execute(text("update delivery.messages set status = 'failed', last_error = 'workspace deleted', "
+                                   "updated_at = now() where workspace_id = :ws and status = 'queued'"),
+                              {"ws": workspace_id})
         tables = await _tables(session)
+    revoked_at = time.monotonic()
     deleted: dict[str, int] = {}
 
-    async def run(table: str, where: str) -> int:
+    async def in_batches(table: str) -> int:
         total = 0
         while True:
-            async with sessionmaker() as session, session.begin():
-                n = (await session.execute(text(
-                    f"delete from {table} where ctid = any(array(select ctid from {table} where {where} limit :n))"),
-                    {"ws": workspace_id, "n": batch})).rowcount  # type: ignore[attr-defined]
+            for attempt in range(3):
+                try:
+                    async with sessionmaker() as session, session.begin():
+                        n = await _one_batch(session, table, workspace_id, batch, deleted)
+                    break
+                except Exception as exc:
+                    if sqlstate(exc) not in _RETRIED or attempt == 2:
+                        raise
+                    await asyncio.sleep(0.1 * (attempt + 1))
             total += n
-            if n < batch:
+            if n == 0:  # (not "fewer than a batch": a row updated between the pick and the delete is picked again)
                 break
-        if total:
-            deleted[table] = deleted.get(table, 0) + total
-            if progress is not None:
-                progress(table, total)
+        if total and progress is not None:
+            progress(_name(table), total)
         return total
 
-    for _ in range(MAX_SWEEPS):
+    async def sweep() -> int:
         swept = 0
-        for child, column, parent in _DEPENDENTS:
-            swept += await run(child, f"{column} in (select id from {parent} where workspace_id = :ws)")
         for table in tables:
-            swept += await run(table, "workspace_id = :ws")
-        if not swept:
+            swept += await in_batches(table)
+        return swept
+
+    await sweep()
+    await asyncio.sleep(max(0.0, revoked_at + settle_s - time.monotonic()))
+    for _ in range(MAX_SWEEPS):
+        if not await sweep():
             break
+    else:
+        raise StillWritten(f"rows of workspace {workspace_id} kept appearing for {MAX_SWEEPS} sweeps: its "
+                           "workers may still be running for it; run the deletion again")
     async with sessionmaker() as session, session.begin():
         await session.execute(text("delete from core.workspaces where id = :ws"), {"ws": workspace_id})  # and keys
     return deleted
+
+
+async def _one_batch(session: AsyncSession, table: str, ws: uuid.UUID, batch: int, deleted: dict[str, int]) -> int:
+    """Up to ``batch`` of the table's rows for the workspace, with their dependents; returns the table's rows deleted.
+    Rows are picked by ``ctid`` and deleted only if still the workspace's (a ``ctid`` is unique only within one
+    table, and a row updated meanwhile has moved: it is picked again by the next batch)."""
+    dependents = _DEPENDENTS.get(_name(table), ())
+    if not dependents:
+        n = (await session.execute(text(
+            f"delete from {table} where workspace_id = :ws and ctid = any(array("
+            f"select ctid from {table} where workspace_id = :ws limit :n))"),
+            {"ws": ws, "n": batch})).rowcount  # type: ignore[attr-defined]
+        _count(deleted, _name(table), n)
+        return n
+    ids = [r for r, in await session.execute(text(
+        f"select id from {table} where workspace_id = :ws limit :n for update"), {"ws": ws, "n": batch})]
+    if not ids:
+        return 0
+    for child, column in dependents:
+        n = (await session.execute(text(f"delete from {child} where {column} = any(:ids)"),
+                                   {"ids": ids})).rowcount  # type: ignore[attr-defined]
+        _count(deleted, child, n)
+    n = (await session.execute(text(f"delete from {table} where id = any(:ids)"),
+                               {"ids": ids})).rowcount  # type: ignore[attr-defined]
+    _count(deleted, _name(table), n)
+    return n
+
+
+def _count(deleted: dict[str, int], table: str, n: int) -> None:
+    if n:
+        deleted[table] = deleted.get(table, 0) + n

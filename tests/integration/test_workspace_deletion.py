@@ -82,7 +82,7 @@ async def test_deleting_a_workspace_leaves_nothing_of_it_in_any_service(
     assert refused.returncode == 2 and "--yes" in refused.stderr.decode()
     assert await _rows_of(sessionmaker, wid) == before
 
-    done = _tenure(settings, "workspace", "delete", str(wid), "--yes", "--json")
+    done = _tenure(settings, "workspace", "delete", str(wid), "--yes", "--json", "--settle-seconds", "0")
     assert done.returncode == 0, done.stderr.decode()
     answer: dict[str, Any] = json.loads(done.stdout)
     assert answer["workspace_id"] == str(wid)
@@ -96,5 +96,35 @@ async def test_deleting_a_workspace_leaves_nothing_of_it_in_any_service(
     gone = await apps["ingest"].post("/v1/track", auth=leaving.wk, json={"userId": "ada", "event": "Back"})
     assert gone.status_code == 401
     assert (await apps["ingest"].get(f"/v1/profiles/{bob}", headers=staying.h)).status_code == 200
-    again = _tenure(settings, "workspace", "delete", str(wid), "--yes")
+    again = _tenure(settings, "workspace", "delete", str(wid), "--yes", "--settle-seconds", "0")
     assert again.returncode == 1 and "no workspace" in again.stderr.decode()
+
+
+async def test_what_a_cached_key_still_writes_after_the_revocation_is_swept_before_the_workspace_goes(
+        apps, sessionmaker, monkeypatch) -> None:
+    """A service trusts a key it checked within CACHE_TTL_S: events sent with it right after the revocation are
+    still stored. The deletion waits out that time before its last sweep, so they go too."""
+    import asyncio
+
+    from shared import auth
+    from shared.core import create_workspace
+    from shared.workspace_deletion import delete_workspace
+
+    monkeypatch.setattr(auth, "CACHE_TTL_S", 1.0)
+    async with sessionmaker() as s, s.begin():
+        ws = await create_workspace(s, "cached-key")
+    wk = (ws.write_key, "")
+
+    async def track(i: int) -> int:
+        return (await apps["ingest"].post("/v1/track", auth=wk, json={"userId": f"u{i}", "event": "E"})).status_code
+
+    assert await track(0) == 200  # ingest has the key in its cache now
+    deletion = asyncio.create_task(delete_workspace(sessionmaker, ws.workspace_id, settle_s=2.0))
+    answers = []
+    while not deletion.done():
+        answers.append(await track(len(answers) + 1))
+        await asyncio.sleep(0.02)
+    deleted = await deletion
+    assert 200 in answers and answers[-1] == 401, answers  # taken while cached, refused once it lapsed
+    assert deleted["ingest.events"] == 1 + answers.count(200)
+    assert set((await _rows_of(sessionmaker, ws.workspace_id)).values()) == {0}

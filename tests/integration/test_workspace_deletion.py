@@ -110,7 +110,7 @@ async def test_what_a_cached_key_still_writes_after_the_revocation_is_swept_befo
     from shared.core import create_workspace
     from shared.workspace_deletion import delete_workspace
 
-    monkeypatch.setattr(auth, "CACHE_TTL_S", 1.0)
+    monkeypatch.setattr(auth, "CACHE_TTL_S", 3.0)  # (long enough for a loaded machine to use the cached key)
     async with sessionmaker() as s, s.begin():
         ws = await create_workspace(s, "cached-key")
     wk = (ws.write_key, "")
@@ -119,7 +119,7 @@ async def test_what_a_cached_key_still_writes_after_the_revocation_is_swept_befo
         return (await apps["ingest"].post("/v1/track", auth=wk, json={"userId": f"u{i}", "event": "E"})).status_code
 
     assert await track(0) == 200  # ingest has the key in its cache now
-    deletion = asyncio.create_task(delete_workspace(sessionmaker, ws.workspace_id, settle_s=2.0))
+    deletion = asyncio.create_task(delete_workspace(sessionmaker, ws.workspace_id, settle_s=4.0))
     answers = []
     while not deletion.done():
         answers.append(await track(len(answers) + 1))

@@ -374,6 +374,30 @@ def _print_keys(keys: list[dict[str, Any]], title: str) -> None:
     out.print(table)
 
 
+@workspace_app.command("list")
+def workspace_list(
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON list (with each workspace's settings)")] = False,
+) -> None:
+    """List the workspaces, oldest first: id, name, when created, how many keys are in use, and the settings
+    changed from their defaults (`configure`)."""
+    from shared.core import list_workspaces
+
+    with _with_database(_load_settings(), redis=False, schemas=("core",)) as settings:
+        found = asyncio.run(in_transaction(settings, list_workspaces))
+    rows = [{"id": str(w.id), "name": w.name, "created_at": w.created_at.isoformat(), "active_keys": w.active_keys,
+             "settings": w.settings} for w in found]
+    if as_json:
+        sys.stdout.write(orjson.dumps(rows).decode() + "\n")
+        return
+    table = Table(title="workspaces")
+    for col in ("id", "name", "created", "keys", "settings"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["id"], _safe(r["name"]), r["created_at"][:19], str(r["active_keys"]),
+                      _safe(", ".join(sorted(r["settings"]))))
+    out.print(table)
+
+
 @workspace_app.command("keys")
 def workspace_keys(
     workspace_id: str,

@@ -183,6 +183,24 @@ async def workspace_exists(session: AsyncSession, workspace_id: uuid.UUID) -> bo
     return (await session.execute(sa.select(sa.literal(1)).where(workspaces.c.id == workspace_id))).first() is not None
 
 
+@dataclass(frozen=True)
+class WorkspaceInfo:
+    id: uuid.UUID
+    name: str
+    created_at: datetime
+    active_keys: int  # write and secret keys not revoked
+    settings: dict[str, Any]
+
+
+async def list_workspaces(session: AsyncSession) -> list[WorkspaceInfo]:
+    """Every workspace, oldest first, with how many keys it has in use (none: nothing but the CLI reaches it)."""
+    rows = await session.execute(sa.text(
+        "select w.id, w.name, w.created_at, w.settings, "
+        "(select count(*) from core.api_keys k where k.workspace_id = w.id and k.revoked_at is null) as active_keys "
+        "from core.workspaces w order by w.created_at, w.id"))
+    return [WorkspaceInfo(r.id, r.name, r.created_at, r.active_keys, r.settings or {}) for r in rows]
+
+
 async def workspace_name(session: AsyncSession, workspace_id: uuid.UUID) -> str | None:
     """The workspace's name; None when there is no such workspace."""
     return (await session.execute(sa.select(workspaces.c.name).where(workspaces.c.id == workspace_id))).scalar()

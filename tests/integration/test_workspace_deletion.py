@@ -77,6 +77,13 @@ async def test_deleting_a_workspace_leaves_nothing_of_it_in_any_service(
         assert (await s.execute(text("select count(*) from delivery.attempts where message_id = any(:ids)"),
                                 {"ids": messages})).scalar() >= 1
 
+    listed = _tenure(settings, "workspace", "list", "--json")
+    assert listed.returncode == 0, listed.stderr.decode()
+    mine = next(w for w in json.loads(listed.stdout) if w["id"] == str(wid))
+    assert (mine["name"], mine["active_keys"], mine["settings"]) == ("leaving", 2, {})
+    table = _tenure(settings, "workspace", "list")
+    assert str(wid) in table.stdout.decode() and "leaving" in table.stdout.decode()
+
     # not without --yes when there is no terminal to ask on: nothing is deleted
     refused = _tenure(settings, "workspace", "delete", str(wid))
     assert refused.returncode == 2 and "--yes" in refused.stderr.decode()
@@ -96,6 +103,7 @@ async def test_deleting_a_workspace_leaves_nothing_of_it_in_any_service(
     gone = await apps["ingest"].post("/v1/track", auth=leaving.wk, json={"userId": "ada", "event": "Back"})
     assert gone.status_code == 401
     assert (await apps["ingest"].get(f"/v1/profiles/{bob}", headers=staying.h)).status_code == 200
+    assert str(wid) not in _tenure(settings, "workspace", "list", "--json").stdout.decode()
     again = _tenure(settings, "workspace", "delete", str(wid), "--yes", "--settle-seconds", "0")
     assert again.returncode == 1 and "no workspace" in again.stderr.decode()
 

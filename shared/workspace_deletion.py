@@ -17,7 +17,7 @@ sweeps again until a sweep finds nothing. Only then does the workspace row go: i
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -28,6 +28,7 @@ from shared.db import sqlstate
 
 SCHEMAS = ("campaign", "delivery", "segment", "ingest")  # campaign first: no new journeys or sends meanwhile
 DELETE_BATCH = 5_000
+RANGE_PAGES = 2_000  # 16 MB of a table without an index on workspace_id per transaction
 SETTLE_S = CACHE_TTL_S + 5  # every service has checked the revoked keys again by then
 MAX_SWEEPS = 5
 # a parent table's rows are locked, then their dependents deleted, then the rows: a dependent written meanwhile (an
@@ -44,15 +45,17 @@ class StillWritten(RuntimeError):
     """Rows of the workspace kept appearing: its row is kept, so that running the deletion again finds it."""
 
 
-async def _tables(session: AsyncSession) -> list[str]:
-    """Every table (a partition, not its parent) of the services' schemas with a ``workspace_id`` column, quoted."""
+async def _tables(session: AsyncSession) -> list[tuple[str, bool]]:
+    """Every table (a partition, not its parent) of the services' schemas with a ``workspace_id`` column, quoted, and
+    whether an index leads with that column (the others are read once per sweep, range by range)."""
     rows = await session.execute(text(
-        "select n.nspname, c.relname from pg_catalog.pg_class c "
-        "join pg_catalog.pg_namespace n on n.oid = c.relnamespace "
+        "select n.nspname, c.relname, exists (select 1 from pg_catalog.pg_index i where i.indrelid = c.oid "
+        "                                     and i.indkey[0] = a.attnum) as indexed "
+        "from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace "
         "join pg_catalog.pg_attribute a on a.attrelid = c.oid and a.attname = 'workspace_id' and not a.attisdropped "
         "where c.relkind = 'r' and n.nspname = any(CAST(:schemas AS text[]))"), {"schemas": list(SCHEMAS)})
-    found = sorted(((schema, table) for schema, table in rows), key=lambda t: (SCHEMAS.index(t[0]), t[1]))
-    return [f'"{schema}"."{table}"' for schema, table in found]
+    found = sorted(rows, key=lambda t: (SCHEMAS.index(t[0]), t[1]))
+    return [(f'"{schema}"."{table}"', indexed) for schema, table, indexed in found]
 
 
 def _name(quoted: str) -> str:
@@ -82,29 +85,36 @@ async def delete_workspace(sessionmaker: async_sessionmaker[AsyncSession], works
     revoked_at = time.monotonic()
     deleted: dict[str, int] = {}
 
-    async def in_batches(table: str) -> int:
+    async def retried(work: Callable[[AsyncSession], Awaitable[int]]) -> int:
+        for attempt in range(3):
+            try:
+                async with sessionmaker() as session, session.begin():
+                    return await work(session)
+            except Exception as exc:
+                if sqlstate(exc) not in _RETRIED or attempt == 2:
+                    raise
+                await asyncio.sleep(0.1 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def clear(table: str, indexed: bool) -> int:
         total = 0
-        while True:
-            for attempt in range(3):
-                try:
-                    async with sessionmaker() as session, session.begin():
-                        n = await _one_batch(session, table, workspace_id, batch, deleted)
-                    break
-                except Exception as exc:
-                    if sqlstate(exc) not in _RETRIED or attempt == 2:
-                        raise
-                    await asyncio.sleep(0.1 * (attempt + 1))
-            total += n
-            if n == 0:  # (not "fewer than a batch": a row updated between the pick and the delete is picked again)
-                break
+        if indexed or _name(table) in _DEPENDENTS:
+            while n := await retried(lambda s: _one_batch(s, table, workspace_id, batch, deleted)):
+                total += n  # (until a batch deletes nothing: a row updated between pick and delete is picked again)
+        else:  # no index to find the rows by: the table is read once, a range of pages per transaction
+            async with sessionmaker() as session:
+                pages = (await session.execute(text(
+                    f"select pg_relation_size('{table}') / current_setting('block_size')::int"))).scalar() or 0
+            for first in range(0, pages + 1, RANGE_PAGES):
+                total += await retried(lambda s, first=first: _one_range(s, table, workspace_id, first, deleted))
         if total and progress is not None:
             progress(_name(table), total)
         return total
 
     async def sweep() -> int:
         swept = 0
-        for table in tables:
-            swept += await in_batches(table)
+        for table, indexed in tables:
+            swept += await clear(table, indexed)
         return swept
 
     await sweep()
@@ -142,6 +152,16 @@ async def _one_batch(session: AsyncSession, table: str, ws: uuid.UUID, batch: in
         _count(deleted, child, n)
     n = (await session.execute(text(f"delete from {table} where id = any(:ids)"),
                                {"ids": ids})).rowcount  # type: ignore[attr-defined]
+    _count(deleted, _name(table), n)
+    return n
+
+
+async def _one_range(session: AsyncSession, table: str, ws: uuid.UUID, first: int, deleted: dict[str, int]) -> int:
+    """The workspace's rows in ``RANGE_PAGES`` pages of the table from page ``first`` (a TID range scan); a row that
+    moves meanwhile is found by the next sweep."""
+    n = (await session.execute(text(
+        f"delete from {table} where workspace_id = :ws and ctid >= CAST(:lo AS tid) and ctid < CAST(:hi AS tid)"),
+        {"ws": ws, "lo": (first, 0), "hi": (first + RANGE_PAGES, 0)})).rowcount  # type: ignore[attr-defined]
     _count(deleted, _name(table), n)
     return n
 

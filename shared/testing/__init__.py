@@ -127,8 +127,10 @@ def smtp_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str, servers: Servers, smtp_port: int) -> Settings:
-    return Settings(
+def settings(database_url: str, servers: Servers, smtp_port: int) -> Iterator[Settings]:
+    """The run's settings; its Redis keys (every queue, job and counter under its prefix) are removed after it, so
+    runs on one Redis leave nothing for the next."""
+    settings = Settings(
         env="test",
         database_url=database_url,
         redis_url=servers.redis_url,
@@ -141,6 +143,12 @@ def settings(database_url: str, servers: Servers, smtp_port: int) -> Settings:
         webhook_allow_private=True,  # the receivers in tests listen on loopback
         sms_marketing_hours="",  # (the clock of the run would decide; the window's own test sets one)
     )
+    yield settings
+    from redis import Redis
+
+    with Redis.from_url(servers.redis_url) as redis:
+        for key in redis.scan_iter(match=f"*{settings.queue_prefix}*", count=1000):
+            redis.delete(key)
 
 
 @pytest_asyncio.fixture(scope="session")

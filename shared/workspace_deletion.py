@@ -85,11 +85,17 @@ async def delete_workspace(sessionmaker: async_sessionmaker[AsyncSession], works
     revoked_at = time.monotonic()
     deleted: dict[str, int] = {}
 
-    async def retried(work: Callable[[AsyncSession], Awaitable[int]]) -> int:
+    async def retried(table: str, work: Callable[[AsyncSession, dict[str, int]], Awaitable[None]]) -> int:
+        """One transaction's work, run again after a deadlock; its counts are kept once it has committed. Returns
+        the table's own rows deleted."""
         for attempt in range(3):
+            counts: dict[str, int] = {}
             try:
                 async with sessionmaker() as session, session.begin():
-                    return await work(session)
+                    await work(session, counts)
+                for name, n in counts.items():
+                    deleted[name] = deleted.get(name, 0) + n
+                return counts.get(_name(table), 0)
             except Exception as exc:
                 if sqlstate(exc) not in _RETRIED or attempt == 2:
                     raise
@@ -99,14 +105,14 @@ async def delete_workspace(sessionmaker: async_sessionmaker[AsyncSession], works
     async def clear(table: str, indexed: bool) -> int:
         total = 0
         if indexed or _name(table) in _DEPENDENTS:
-            while n := await retried(lambda s: _one_batch(s, table, workspace_id, batch, deleted)):
+            while n := await retried(table, lambda s, c: _one_batch(s, table, workspace_id, batch, c)):
                 total += n  # (until a batch deletes nothing: a row updated between pick and delete is picked again)
         else:  # no index to find the rows by: the table is read once, a range of pages per transaction
             async with sessionmaker() as session:
                 pages = (await session.execute(text(
                     f"select pg_relation_size('{table}') / current_setting('block_size')::int"))).scalar() or 0
             for first in range(0, pages + 1, RANGE_PAGES):
-                total += await retried(lambda s, first=first: _one_range(s, table, workspace_id, first, deleted))
+                total += await retried(table, lambda s, c, first=first: _one_range(s, table, workspace_id, first, c))
         if total and progress is not None:
             progress(_name(table), total)
         return total
@@ -130,8 +136,9 @@ async def delete_workspace(sessionmaker: async_sessionmaker[AsyncSession], works
     return deleted
 
 
-async def _one_batch(session: AsyncSession, table: str, ws: uuid.UUID, batch: int, deleted: dict[str, int]) -> int:
-    """Up to ``batch`` of the table's rows for the workspace, with their dependents; returns the table's rows deleted.
+async def _one_batch(session: AsyncSession, table: str, ws: uuid.UUID, batch: int, deleted: dict[str, int]) -> None:
+    """Up to ``batch`` of the table's rows for the workspace, with their dependents (rows deleted counted per table in
+    ``deleted``).
     Rows are picked by ``ctid`` and deleted only if still the workspace's (a ``ctid`` is unique only within one
     table, and a row updated meanwhile has moved: it is picked again by the next batch)."""
     dependents = _DEPENDENTS.get(_name(table), ())
@@ -141,11 +148,11 @@ async def _one_batch(session: AsyncSession, table: str, ws: uuid.UUID, batch: in
             f"select ctid from {table} where workspace_id = :ws limit :n))"),
             {"ws": ws, "n": batch})).rowcount  # type: ignore[attr-defined]
         _count(deleted, _name(table), n)
-        return n
+        return
     ids = [r for r, in await session.execute(text(
         f"select id from {table} where workspace_id = :ws limit :n for update"), {"ws": ws, "n": batch})]
     if not ids:
-        return 0
+        return
     for child, column in dependents:
         n = (await session.execute(text(f"delete from {child} where {column} = any(:ids)"),
                                    {"ids": ids})).rowcount  # type: ignore[attr-defined]
@@ -153,17 +160,15 @@ async def _one_batch(session: AsyncSession, table: str, ws: uuid.UUID, batch: in
     n = (await session.execute(text(f"delete from {table} where id = any(:ids)"),
                                {"ids": ids})).rowcount  # type: ignore[attr-defined]
     _count(deleted, _name(table), n)
-    return n
 
 
-async def _one_range(session: AsyncSession, table: str, ws: uuid.UUID, first: int, deleted: dict[str, int]) -> int:
+async def _one_range(session: AsyncSession, table: str, ws: uuid.UUID, first: int, deleted: dict[str, int]) -> None:
     """The workspace's rows in ``RANGE_PAGES`` pages of the table from page ``first`` (a TID range scan); a row that
     moves meanwhile is found by the next sweep."""
     n = (await session.execute(text(
         f"delete from {table} where workspace_id = :ws and ctid >= CAST(:lo AS tid) and ctid < CAST(:hi AS tid)"),
         {"ws": ws, "lo": (first, 0), "hi": (first + RANGE_PAGES, 0)})).rowcount  # type: ignore[attr-defined]
     _count(deleted, _name(table), n)
-    return n
 
 
 def _count(deleted: dict[str, int], table: str, n: int) -> None:

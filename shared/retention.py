@@ -32,6 +32,17 @@ async def workspace_policies(session: AsyncSession) -> list[tuple[Any, int]]:
     return [(ws, days) for ws, days in rows]
 
 
+RANGE_PAGES = 2_000  # 16 MB of a table per transaction when one is read whole, a range of pages at a time
+
+
+async def table_pages(session: AsyncSession, table: str) -> int:
+    """How many pages ``table`` has now (not ``pg_class.relpages``, which only VACUUM and ANALYZE update): the end of
+    a pass that reads it by TID ranges (``ctid >= (first, 0) and ctid < (first + RANGE_PAGES, 0)``)."""
+    return int((await session.execute(text(
+        "select pg_relation_size(CAST(:t AS regclass)) / current_setting('block_size')::int"), {"t": table})).scalar()
+               or 0)
+
+
 async def enforce(sessionmaker: async_sessionmaker[AsyncSession], table: str, time_column: str,
                   batch: int = DELETE_BATCH, received_before: timedelta | None = None) -> int:
     """Delete rows of ``table`` whose ``time_column`` is older than their workspace's retention (and, with

@@ -25,10 +25,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared.auth import CACHE_TTL_S
 from shared.core import KeyNotFound
 from shared.db import sqlstate
+from shared.retention import RANGE_PAGES, table_pages
 
 SCHEMAS = ("campaign", "delivery", "segment", "ingest")  # campaign first: no new journeys or sends meanwhile
 DELETE_BATCH = 5_000
-RANGE_PAGES = 2_000  # 16 MB of a table without an index on workspace_id per transaction
 SETTLE_S = CACHE_TTL_S + 5  # every service has checked the revoked keys again by then
 MAX_SWEEPS = 5
 # a parent table's rows are locked, then their dependents deleted, then the rows: a dependent written meanwhile (an
@@ -109,8 +109,7 @@ async def delete_workspace(sessionmaker: async_sessionmaker[AsyncSession], works
                 total += n  # (until a batch deletes nothing: a row updated between pick and delete is picked again)
         else:  # no index to find the rows by: the table is read once, a range of pages per transaction
             async with sessionmaker() as session:
-                pages = (await session.execute(text(
-                    f"select pg_relation_size('{table}') / current_setting('block_size')::int"))).scalar() or 0
+                pages = await table_pages(session, table)
             for first in range(0, pages + 1, RANGE_PAGES):
                 total += await retried(table, lambda s, c, first=first: _one_range(s, table, workspace_id, first, c))
         if total and progress is not None:

@@ -8,7 +8,7 @@ import structlog
 from arq.cron import cron
 from arq.worker import Worker
 
-from services.campaign import campaigns, dispatch, journeys, schedules, triggering
+from services.campaign import campaigns, dispatch, journeys, retention, schedules, triggering
 from services.campaign.programs import maintenance
 from services.campaign.programs import outbox as program_outbox
 from shared.queue import (
@@ -136,16 +136,26 @@ async def prune_trigger_keys(ctx: JobCtx) -> int:
     return deleted
 
 
+async def redact_expired(ctx: JobCtx) -> int:
+    """Daily: trigger properties of journeys and sends past their workspace's retention (``retention``)."""
+    cleared = await retention.redact_expired(ctx["sessionmaker"])
+    if cleared:
+        log.info("campaign.retention_enforced", cleared=cleared)
+    return cleared
+
+
 _OPTIONS: dict[str, Any] = {
     "functions": [on_events, on_transitions, advance_journeys, dispatch_sends, run_schedules, forward_program_events,
-                  maintain_programs, prune_trigger_keys],
+                  maintain_programs, prune_trigger_keys, redact_expired],
     "poll": [on_events, on_transitions, advance_journeys, dispatch_sends, forward_program_events],
     "crons": [cron(run_schedules, name="cron:run_schedules", second=0, run_at_startup=True, unique=True,
                    keep_result=0, timeout=600),
               cron(maintain_programs, name="cron:maintain_programs", minute=7, second=30, run_at_startup=True,
                    unique=True, keep_result=0, timeout=600),
               cron(prune_trigger_keys, name="cron:prune_trigger_keys", minute=17, second=45, unique=True,
-                   keep_result=0, timeout=600)],
+                   keep_result=0, timeout=600),
+              cron(redact_expired, name="cron:redact_expired", hour=3, minute=41, second=0, unique=True,
+                   keep_result=0, timeout=3600)],
 }
 
 

@@ -197,3 +197,68 @@ async def test_sent_messages_lose_their_content_past_retention_and_their_links_k
     assert await redact_expired({"sessionmaker": sessionmaker}) == 1
     assert await content(waiting) == ("", None, None)
     assert await delivery_retention.redact_expired(sessionmaker) == 0
+
+
+async def test_campaign_copies_of_trigger_data_lose_their_properties_past_retention(
+        apps, workspace, sessionmaker, internal_client) -> None:
+    """An API trigger's data (an order, a reset link) stays with the journey and its sends while they may use it;
+    once ended longer ago than the workspace's retention it is cleared, variant and step kept, as ingest drops the
+    events; an open journey and a workspace without retention keep everything."""
+    from types import SimpleNamespace
+
+    from services.campaign import retention as campaign_retention
+    from services.campaign.worker import redact_expired
+    from shared.core import create_workspace
+    from tests.integration.test_journeys import World
+
+    async with sessionmaker() as s, s.begin():
+        other = await create_workspace(s, "keeps-triggers")
+    worlds = {name: World(apps, ws, sessionmaker, internal_client)
+              for name, ws in (("expiring", workspace), ("keeping", SimpleNamespace(
+                  workspace_id=other.workspace_id, write_key=other.write_key, secret_key=other.secret_key)))}
+    secret = {"order": "A-1001", "reset_link": "https://acme.example/reset/s3cr3t"}
+    journeys: dict[str, list[str]] = {}
+    for name, world in worlds.items():
+        tpl = await world.template("receipt", "Your order {{ event.properties.order }}")
+        camp = await world.campaign(trigger={"type": "api"}, message_type="transactional", steps=[
+            {"id": "receipt", "type": "send", "template_id": tpl, "next": "later"},
+            {"id": "later", "type": "delay", "seconds": 86400 * 365}])
+        for uid in (f"{name}-done", f"{name}-open"):
+            await world.identify(uid, email=f"{uid}-{uuid.uuid4().hex[:6]}@retention.example")
+            r = await world.apps["campaign"].post(f"/v1/campaigns/{camp['id']}/trigger", headers=world.h,
+                                                  json={"user": uid, "data": secret})
+            assert r.status_code == 202, r.text
+            journeys.setdefault(name, []).append(r.json()["journey_id"])
+        await world.pump(datetime.now(UTC) + timedelta(seconds=1))
+    async with sessionmaker() as s, s.begin():
+        done = [journeys["expiring"][0], journeys["keeping"][0]]
+        await s.execute(text("update campaign.journeys set status = 'completed', wake_at = null, "
+                             "entered_at = now() - interval '41 days', ended_at = now() - interval '40 days' "
+                             "where id = any(CAST(:ids AS uuid[]))"), {"ids": done})
+        await s.execute(text("update campaign.journeys set entered_at = now() - interval '41 days' "
+                             "where id = any(CAST(:ids AS uuid[]))"), {"ids": [journeys["expiring"][1]]})
+        await s.execute(text("update campaign.sends set created_at = now() - interval '41 days' "
+                             "where journey_id = any(CAST(:ids AS uuid[]))"),
+                        {"ids": [j for js in journeys.values() for j in js]})
+        await s.execute(text("update core.workspaces set settings = settings || '{\"retention_days\": 30}' "
+                             "where id = :ws"), {"ws": workspace.workspace_id})
+
+    assert await campaign_retention.redact_expired(sessionmaker) == 3  # the ended journey, both sends
+
+    async def trigger_data(jid: str) -> tuple[dict, list[dict]]:
+        async with sessionmaker() as s:
+            journey = (await s.execute(text("select trigger_data from campaign.journeys where id = :id"),
+                                       {"id": jid})).scalar()
+            sends = [r for r, in await s.execute(text("select trigger_data from campaign.sends where journey_id = :id"),
+                                                  {"id": jid})]
+        return journey, sends
+
+    journey, sends = await trigger_data(journeys["expiring"][0])
+    assert "properties" not in journey and journey["name"] == "api"
+    assert sends and all("properties" not in d and d["step"] == "receipt" for d in sends), sends
+    journey, sends = await trigger_data(journeys["expiring"][1])  # still open: its later steps may read it
+    assert journey["properties"] == secret and all("properties" not in d for d in sends)
+    for jid in journeys["keeping"]:
+        journey, sends = await trigger_data(jid)
+        assert journey["properties"] == secret and all(d["properties"] == secret for d in sends)
+    assert await redact_expired({"sessionmaker": sessionmaker}) == 0  # nothing left to clear

@@ -151,8 +151,9 @@ MAX_RETENTION_DAYS = 36_500  # 100 years; far larger values failed the retention
 class WorkspaceConfig(_Model):
     timezone: str | None = Field(None, examples=["Europe/Paris"], description="IANA zone; profiles' own wins")
     retention_days: int | None = Field(None, ge=1, le=MAX_RETENTION_DAYS,
-                                       description="events older than this are dropped, and sent messages "
-                                                   "older than this lose their subject, HTML and text")
+                                       description="events older than this are dropped; sent messages older "
+                                                   "than this lose their subject, HTML and text, and ended journeys "
+                                                   "the trigger's properties")
     quiet_hours: dict[Channel, QuietHours] | None = None
     frequency_caps: list[FrequencyCap] | None = None
     lifecycle: Lifecycle | None = None

@@ -232,8 +232,12 @@ async def test_campaign_copies_of_trigger_data_lose_their_properties_past_retent
         await world.pump(datetime.now(UTC) + timedelta(seconds=1))
     async with sessionmaker() as s, s.begin():
         done = [journeys["expiring"][0], journeys["keeping"][0]]
-        await s.execute(text("update campaign.journeys set status = 'completed', wake_at = null, "
-                             "entered_at = now() - interval '41 days', ended_at = now() - interval '40 days' "
+        # (ended by an archive while it waited for a matching event: its wait and what it saw hold property values)
+        await s.execute(text("update campaign.journeys set status = 'exited', wake_at = null, "
+                             "entered_at = now() - interval '41 days', ended_at = now() - interval '40 days', "
+                             "goal_deadline = now() + interval '300 days', "
+                             "wait = '{\"event\": \"Order Completed\", \"match_value\": \"A-1001\"}', "
+                             "seen = '[\"event:Order Completed\", \"event:Order Completed|order=\\\"A-1001\\\"\"]' "
                              "where id = any(CAST(:ids AS uuid[]))"), {"ids": done})
         await s.execute(text("update campaign.journeys set entered_at = now() - interval '41 days' "
                              "where id = any(CAST(:ids AS uuid[]))"), {"ids": [journeys["expiring"][1]]})
@@ -247,14 +251,16 @@ async def test_campaign_copies_of_trigger_data_lose_their_properties_past_retent
 
     async def trigger_data(jid: str) -> tuple[dict, list[dict]]:
         async with sessionmaker() as s:
-            journey = (await s.execute(text("select trigger_data from campaign.journeys where id = :id"),
-                                       {"id": jid})).scalar()
+            journey, wait, seen = (await s.execute(text(
+                "select trigger_data, wait, seen from campaign.journeys where id = :id"), {"id": jid})).one()
+            journey = {**journey, "(wait)": wait, "(seen)": seen}
             sends = [r for r, in await s.execute(text("select trigger_data from campaign.sends where journey_id = :id"),
                                                   {"id": jid})]
         return journey, sends
 
-    journey, sends = await trigger_data(journeys["expiring"][0])
+    journey, sends = await trigger_data(journeys["expiring"][0])  # (its goal window still open: no matter)
     assert "properties" not in journey and journey["name"] == "api"
+    assert journey["(wait)"] is None and journey["(seen)"] == ["event:Order Completed"]
     assert sends and all("properties" not in d and d["step"] == "receipt" for d in sends), sends
     journey, sends = await trigger_data(journeys["expiring"][1])  # still open: its later steps may read it
     assert journey["properties"] == secret and all("properties" not in d for d in sends)

@@ -35,12 +35,17 @@ async def workspace_policies(session: AsyncSession) -> list[tuple[Any, int]]:
 RANGE_PAGES = 2_000  # 16 MB of a table per transaction when one is read whole, a range of pages at a time
 
 
-async def table_pages(session: AsyncSession, table: str) -> int:
-    """How many pages ``table`` has now (not ``pg_class.relpages``, which only VACUUM and ANALYZE update): the end of
-    a pass that reads it by TID ranges (``ctid >= (first, 0) and ctid < (first + RANGE_PAGES, 0)``)."""
-    return int((await session.execute(text(
+TidRange = tuple[tuple[int, int], tuple[int, int]]
+
+
+async def tid_ranges(session: AsyncSession, table: str) -> list[TidRange]:
+    """The (lo, hi) bounds that read ``table`` whole, ``RANGE_PAGES`` pages each, by ``ctid >= CAST(:lo AS tid) and
+    ctid < CAST(:hi AS tid)`` (a TID range scan), up to the pages it has now (``pg_relation_size``, not
+    ``pg_class.relpages``, which only VACUUM and ANALYZE update)."""
+    pages = int((await session.execute(text(
         "select pg_relation_size(CAST(:t AS regclass)) / current_setting('block_size')::int"), {"t": table})).scalar()
-               or 0)
+                or 0)
+    return [((first, 0), (first + RANGE_PAGES, 0)) for first in range(0, pages + 1, RANGE_PAGES)]
 
 
 async def enforce(sessionmaker: async_sessionmaker[AsyncSession], table: str, time_column: str,

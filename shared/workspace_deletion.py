@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared.auth import CACHE_TTL_S
 from shared.core import KeyNotFound
 from shared.db import sqlstate
-from shared.retention import RANGE_PAGES, table_pages
+from shared.retention import TidRange, tid_ranges
 
 SCHEMAS = ("campaign", "delivery", "segment", "ingest")  # campaign first: no new journeys or sends meanwhile
 DELETE_BATCH = 5_000
@@ -109,9 +109,9 @@ async def delete_workspace(sessionmaker: async_sessionmaker[AsyncSession], works
                 total += n  # (until a batch deletes nothing: a row updated between pick and delete is picked again)
         else:  # no index to find the rows by: the table is read once, a range of pages per transaction
             async with sessionmaker() as session:
-                pages = await table_pages(session, table)
-            for first in range(0, pages + 1, RANGE_PAGES):
-                total += await retried(table, lambda s, c, first=first: _one_range(s, table, workspace_id, first, c))
+                ranges = await tid_ranges(session, table)
+            for bounds in ranges:
+                total += await retried(table, lambda s, c, bounds=bounds: _one_range(s, table, workspace_id, bounds, c))
         if total and progress is not None:
             progress(_name(table), total)
         return total
@@ -161,12 +161,13 @@ async def _one_batch(session: AsyncSession, table: str, ws: uuid.UUID, batch: in
     _count(deleted, _name(table), n)
 
 
-async def _one_range(session: AsyncSession, table: str, ws: uuid.UUID, first: int, deleted: dict[str, int]) -> None:
-    """The workspace's rows in ``RANGE_PAGES`` pages of the table from page ``first`` (a TID range scan); a row that
-    moves meanwhile is found by the next sweep."""
+async def _one_range(session: AsyncSession, table: str, ws: uuid.UUID, bounds: TidRange,
+                     deleted: dict[str, int]) -> None:
+    """The workspace's rows in one range of the table's pages (``retention.tid_ranges``); a row that moves meanwhile
+    is found by the next sweep."""
     n = (await session.execute(text(
         f"delete from {table} where workspace_id = :ws and ctid >= CAST(:lo AS tid) and ctid < CAST(:hi AS tid)"),
-        {"ws": ws, "lo": (first, 0), "hi": (first + RANGE_PAGES, 0)})).rowcount  # type: ignore[attr-defined]
+        {"ws": ws, "lo": bounds[0], "hi": bounds[1]})).rowcount  # type: ignore[attr-defined]
     _count(deleted, _name(table), n)
 
 

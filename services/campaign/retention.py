@@ -55,18 +55,18 @@ async def redact_expired(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
             f"and exists (select 1 from unnest(CAST(:ws AS uuid[]), CAST(:days AS int[])) as p(ws, days) "
             f"            where p.ws = j.workspace_id and {done})")
         async with sessionmaker() as session:
-            pages = await retention.table_pages(session, table)
-        for first in range(0, pages + 1, retention.RANGE_PAGES):
-            bounds = {**params, "lo": (first, 0), "hi": (first + retention.RANGE_PAGES, 0)}
+            ranges = await retention.tid_ranges(session, table)
+        for lo, hi in ranges:
             try:
                 while True:
                     async with sessionmaker() as session, session.begin():
                         await session.execute(text("set local lock_timeout = '2s'"))
-                        n = (await session.execute(statement, bounds)).rowcount  # type: ignore[attr-defined]
+                        n = (await session.execute(statement, {**params, "lo": lo, "hi": hi})
+                             ).rowcount  # type: ignore[attr-defined]
                     cleared += n
                     if n < BATCH:
                         break
             except Exception as exc:  # noqa: BLE001 - a deadlock, a lock timeout: tomorrow's pass takes the range
-                log.warning("campaign.retention_range_failed", table=table, first_page=first,
+                log.warning("campaign.retention_range_failed", table=table, first_page=lo[0],
                             error=f"{type(exc).__name__}: {exc}")
     return cleared

@@ -58,6 +58,18 @@ class Stack:
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.env[f'TENURE_{service.upper()}_PORT']}"
 
+    async def queue_emails(self, secret_key: str, recipients: list[str], subject: str) -> None:
+        """A transactional email to each recipient through delivery's batch API (keyed by its address, 500 a
+        request); every one must be queued."""
+        async with httpx.AsyncClient(timeout=30) as c:
+            for start in range(0, len(recipients), 500):
+                chunk = recipients[start:start + 500]
+                r = await c.post(f"{self.url('delivery')}/v1/messages/batch",
+                                 headers={"Authorization": f"Bearer {secret_key}"}, json={"messages": [
+                                     {"idempotency_key": to, "to": to, "subject": subject, "text": "x",
+                                      "message_type": "transactional"} for to in chunk]})
+                assert [x["result"] for x in r.json()["results"]] == ["queued"] * len(chunk), r.text
+
     def spawn(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
         """Start ``tenure ARGS``; its log goes to a file (a pipe nobody reads would block a chatty process)."""
         log = self.logs / f"{'-'.join(args)}-{len(list(self.logs.iterdir()))}.log"

@@ -83,14 +83,9 @@ async def test_delivery_rides_out_a_postgres_outage_mid_send(outage_stack, works
     s, box, relay = outage_stack
     s.env["TENURE_DELIVERY_LEASE_S"] = "10"  # an outcome left unrecorded comes back (as a re-send) within the test
     s.start_apis(["delivery"])
-    mgmt = {"Authorization": f"Bearer {workspace.secret_key}"}
     tag = uuid.uuid4().hex[:6]
     recipients = [f"o{i}-{tag}@e2e.example" for i in range(300)]
-    async with httpx.AsyncClient(timeout=30) as c:
-        r = await c.post(f"{s.url('delivery')}/v1/messages/batch", headers=mgmt, json={"messages": [
-            {"idempotency_key": f"pgout-{to}", "to": to, "subject": "Outage test", "text": "x",
-             "message_type": "transactional"} for to in recipients]})
-        assert [x["result"] for x in r.json()["results"]] == ["queued"] * 300, r.text
+    await s.queue_emails(workspace.secret_key, recipients, "Outage test")
     mine = set(recipients)
 
     def arrived() -> int:

@@ -397,14 +397,9 @@ async def test_killing_the_delivery_worker_mid_send_loses_nothing(stack, workspa
     s, box = stack
     s.env["TENURE_DELIVERY_LEASE_S"] = "2"  # a dead worker's messages come back quickly
     terminate(s.workers["delivery"], timeout=10)
-    mgmt = {"Authorization": f"Bearer {workspace.secret_key}"}
     tag = uuid.uuid4().hex[:6]
     recipients = [f"k{i}-{tag}@e2e.example" for i in range(150)]
-    async with httpx.AsyncClient(timeout=30) as c:
-        r = await c.post(f"{s.url('delivery')}/v1/messages/batch", headers=mgmt, json={"messages": [
-            {"idempotency_key": f"kill-{to}", "to": to, "subject": "Kill test", "text": "x",
-             "message_type": "transactional"} for to in recipients]})
-        assert [x["result"] for x in r.json()["results"]] == ["queued"] * 150
+    await s.queue_emails(workspace.secret_key, recipients, "Kill test")
     kills = 3
     for _ in range(kills):
         s.workers["delivery"] = [s.spawn("worker", "delivery")]

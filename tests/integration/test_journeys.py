@@ -70,6 +70,17 @@ class World:
         if self.deliver:  # what delivery's worker does (webhooks are messages too)
             await sending.send_due(self.sm, self.internal.settings)
 
+    async def fold_traits(self, pid: str, traits: dict) -> None:
+        """What segment's worker does with an identify carrying ``traits``, without the feed: for a test setting up
+        an audience (the traits' time is T0; trait conditions do not read it)."""
+        from services.segment import evaluation
+
+        async with self.sm() as s, s.begin():
+            await evaluation.apply_events(s, [{"workspace_id": str(self.ws), "profile_id": pid, "type": "identify",
+                                               "event": None, "traits": traits, "properties": {},
+                                               "message_id": f"traits-{uuid.uuid4().hex}", "timestamp": T0.isoformat()}])
+            await evaluation.reevaluate(s, self.ws, [uuid.UUID(pid)])
+
     async def fold_segments(self, pid: str, today: date | None = None) -> None:
         """What segment's worker does with the new events: fold the feed, re-evaluate the profile (on ``today``, the
         real date unless given: a test whose events are at T0 passes T0's, or its users go idle as time passes)."""
@@ -404,7 +415,6 @@ async def test_segment_and_stage_triggers_attribute_dates_webhooks_and_engagemen
 
 async def test_scheduled_broadcasts_fire_once_per_slot_to_the_segment(world) -> None:
     from services.campaign import schedules
-    from services.segment import evaluation
 
     seg = (await world.apps["segment"].post("/v1/segments", headers=world.h, json={
         "name": f"news-{uuid.uuid4().hex[:6]}", "definition": {"type": "trait", "trait": "news", "value": True}})).json()
@@ -420,11 +430,7 @@ async def test_scheduled_broadcasts_fire_once_per_slot_to_the_segment(world) -> 
     for i in range(3):
         emails[i] = _email(f"news{i}")
         pid = await world.identify(f"news-{i}", email=emails[i], news=i < 2)
-        async with world.sm() as s, s.begin():
-            await evaluation.apply_events(s, [{"workspace_id": str(world.ws), "profile_id": pid, "type": "identify",
-                                               "event": None, "traits": {"news": i < 2}, "properties": {},
-                                               "message_id": f"n{i}-{pid}", "timestamp": T0.isoformat()}])
-            await evaluation.reevaluate(s, world.ws, [uuid.UUID(pid)])
+        await world.fold_traits(pid, {"news": i < 2})
 
     async def entered() -> int:  # (run_pending's own count takes in other tests' schedules in this database)
         return (await world.apps["campaign"].get(f"/v1/campaigns/{weekly['id']}/stats", headers=world.h)).json()[
@@ -447,7 +453,6 @@ async def test_a_broadcast_pages_through_its_segment_with_the_segments_cursors(w
     """A run keeps the members list's next_cursor between pages (segment's cursors are opaque and its own), so a
     segment larger than a page is entered whole, once."""
     from services.campaign import schedules
-    from services.segment import evaluation
 
     monkeypatch.setattr(schedules, "PAGE", 1)
     seg = (await world.apps["segment"].post("/v1/segments", headers=world.h, json={
@@ -457,11 +462,7 @@ async def test_a_broadcast_pages_through_its_segment_with_the_segments_cursors(w
                                 steps=[{"id": "s", "type": "send", "template_id": tpl}])
     for i in range(3):
         pid = await world.identify(f"paged-{i}", email=_email(f"paged{i}"), paged=True)
-        async with world.sm() as s, s.begin():
-            await evaluation.apply_events(s, [{"workspace_id": str(world.ws), "profile_id": pid, "type": "identify",
-                                               "event": None, "traits": {"paged": True}, "properties": {},
-                                               "message_id": f"p{i}-{pid}", "timestamp": T0.isoformat()}])
-            await evaluation.reevaluate(s, world.ws, [uuid.UUID(pid)])
+        await world.fold_traits(pid, {"paged": True})
     await schedules.run_pending(world.sm, world.internal, now=_coming(0, "09:30"))
     journeys_in = (await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}/journeys", headers=world.h)).json()
     assert len(journeys_in["journeys"]) == 3
@@ -474,7 +475,6 @@ async def test_a_broadcast_whose_stored_cursor_segment_refuses_starts_over(world
     import base64
 
     from services.campaign import schedules
-    from services.segment import evaluation
 
     monkeypatch.setattr(schedules, "PAGE", 2)
     seg = (await world.apps["segment"].post("/v1/segments", headers=world.h, json={
@@ -485,11 +485,7 @@ async def test_a_broadcast_whose_stored_cursor_segment_refuses_starts_over(world
     pids = []
     for i in range(3):
         pids.append(pid := await world.identify(f"stale-{i}", email=_email(f"stale{i}"), stale=True))
-        async with world.sm() as s, s.begin():
-            await evaluation.apply_events(s, [{"workspace_id": str(world.ws), "profile_id": pid, "type": "identify",
-                                               "event": None, "traits": {"stale": True}, "properties": {},
-                                               "message_id": f"s{i}-{pid}", "timestamp": T0.isoformat()}])
-            await evaluation.reevaluate(s, world.ws, [uuid.UUID(pid)])
+        await world.fold_traits(pid, {"stale": True})
     monday = _coming(0, "09:30")
     stale = base64.urlsafe_b64encode(f"0123456789ab.{min(pids)}".encode()).rstrip(b"=").decode()
     async with world.sm() as s, s.begin():
@@ -849,7 +845,6 @@ async def test_send_time_optimisation_migration_and_revenue(world) -> None:
 
 
 async def test_branch_on_segment_membership_and_events_since_entry(world) -> None:
-    from services.segment import evaluation
 
     seg = (await world.apps["segment"].post("/v1/segments", headers=world.h, json={
         "name": f"vip-{uuid.uuid4().hex[:6]}", "definition": {"type": "trait", "trait": "vip", "value": True}})).json()
@@ -871,11 +866,7 @@ async def test_branch_on_segment_membership_and_events_since_entry(world) -> Non
         if uid == "br-unseen":  # segment has not folded this one's events yet: its 404 reads as "not in it"
             await world.track(uid, "Started", T0)
             continue
-        async with world.sm() as s, s.begin():
-            await evaluation.apply_events(s, [{"workspace_id": str(world.ws), "profile_id": pid, "type": "identify",
-                                               "event": None, "traits": {"vip": vip}, "properties": {},
-                                               "message_id": f"vip-{pid}", "timestamp": T0.isoformat()}])
-            await evaluation.reevaluate(s, world.ws, [uuid.UUID(pid)])
+        await world.fold_traits(pid, {"vip": vip})
         await world.track(uid, "Started", T0)
     await world.track("br-done", "Finished", T0 + timedelta(seconds=30))
     await world.pump(T0 + timedelta(seconds=31))
@@ -1894,17 +1885,12 @@ async def test_an_unknown_journey_status_filter_is_a_422(world) -> None:
 
 async def _audience(world, name: str, uids: list[str]) -> dict:
     """A saved segment (trait ``name`` true) and its members, evaluated as segment's consumer would."""
-    from services.segment import evaluation
 
     seg = (await world.apps["segment"].post("/v1/segments", headers=world.h, json={
         "name": f"{name}-{uuid.uuid4().hex[:6]}", "definition": {"type": "trait", "trait": name, "value": True}})).json()
     for uid in uids:
         pid = await world.identify(uid, email=_email(uid), **{name: True})
-        async with world.sm() as s, s.begin():
-            await evaluation.apply_events(s, [{"workspace_id": str(world.ws), "profile_id": pid, "type": "identify",
-                                               "event": None, "traits": {name: True}, "properties": {},
-                                               "message_id": f"{name}-{pid}", "timestamp": T0.isoformat()}])
-            await evaluation.reevaluate(s, world.ws, [uuid.UUID(pid)])
+        await world.fold_traits(pid, {name: True})
     return seg
 
 

@@ -215,7 +215,7 @@ def served(settings) -> Iterator[dict[str, str]]:
 
 def _tenure(settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([TENURE, *args], env=_env(settings, COLUMNS="250", **env), capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, stdin=subprocess.DEVNULL)  # (a command that would ask gets no terminal)
 
 
 def _said(r: subprocess.CompletedProcess[str]) -> str:

@@ -10,6 +10,7 @@ Cursors are opaque strings to clients: ``"<xid>-<seq>"``; the empty cursor start
 """
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -58,6 +59,14 @@ def feed_query(table: str, columns: str) -> str:
         f"and t.xid < pg_snapshot_xmin(pg_current_snapshot()) "
         f"order by t.xid, t.seq limit :limit"
     )
+
+
+def feed_time(value: str | datetime) -> datetime:
+    """A time a feed item carries (ISO 8601 text), in UTC. Text without an offset is UTC: ingest once stored an
+    event dated 0001-01-01T00:00Z, which PostgreSQL keeps as ``-infinity`` and hands back without an offset; read
+    as local time it fell in year 0, and every reader of the feed failed on it, for every workspace."""
+    at = value if isinstance(value, datetime) else datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 def feed_params(after: Cursor, limit: int) -> dict[str, object]:

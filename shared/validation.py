@@ -261,13 +261,26 @@ def _not_a_number(value: Any) -> Any:
     return value
 
 
+FIRST_INSTANT = datetime.min.replace(tzinfo=UTC)
+LAST_INSTANT = datetime.max.replace(tzinfo=UTC)
+
+
+def finite_instant(value: datetime) -> bool:
+    """Whether PostgreSQL keeps ``value`` as itself: asyncpg sends the calendar's first and last instants
+    (0001-01-01T00:00Z, 9999-12-31T23:59:59.999999Z) as ``-infinity`` / ``infinity``, read back without an offset."""
+    at = value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    return FIRST_INSTANT < at < LAST_INSTANT
+
+
 def _in_utc_range(value: datetime) -> datetime:
     # only a date-time in year 1 or 9999 can leave the range when moved to UTC (offsets are under a day)
-    if value.tzinfo is not None and value.year in (1, 9999):
+    if value.year in (1, 9999):
         try:
-            value.astimezone(UTC)
+            at = value.astimezone(UTC) if value.tzinfo is not None else value
         except OverflowError:  # 0001-01-01T00:00+03:00 is in year 0 in UTC: no database can take it
             raise ValueError("is out of range (year 1 to 9999 in UTC)") from None
+        if not finite_instant(at):  # one event at 0001-01-01T00:00Z stopped every reader of ingest's feed
+            raise ValueError("is out of range (after 0001-01-01T00:00:00Z and before 9999-12-31T23:59:59.999999Z)")
     return value
 
 

@@ -28,6 +28,7 @@ from shared import workspace_config as wc
 from shared.auth import WORKSPACE_HEADER
 from shared.db import dicts
 from shared.errors import UpstreamUnavailable
+from shared.feed import feed_time
 from shared.http import InternalClient
 from shared.jsonutil import dumps, get_path
 from shared.lifecycle_ids import stage_segment_id
@@ -397,7 +398,7 @@ def _transition_time(t: dict[str, Any], default: datetime) -> datetime:
     at = t.get("at")
     if isinstance(at, datetime):
         return at
-    return datetime.fromisoformat(str(at).replace("Z", "+00:00")).astimezone(UTC) if at else default
+    return feed_time(str(at)) if at else default
 
 
 def _uuid(value: Any) -> str | None:
@@ -426,9 +427,7 @@ async def _fold_engagement_hours(session: AsyncSession, events: list[dict[str, A
 
 def _event_time(e: dict[str, Any]) -> datetime:
     ts = e["timestamp"]
-    if isinstance(ts, datetime):
-        return ts
-    return datetime.fromisoformat(str(ts).replace("Z", "+00:00")).astimezone(UTC)
+    return ts if isinstance(ts, datetime) else feed_time(str(ts))
 
 
 async def _apply_event(session: AsyncSession, j: dict[str, Any], journey: jd.Journey, e: dict[str, Any],

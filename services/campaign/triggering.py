@@ -20,7 +20,7 @@ from services.campaign.programs import consume as program_feed
 from services.campaign.programs.merges import merge_of
 from shared import metrics, profile_merges
 from shared.errors import UpstreamUnavailable
-from shared.feed import lock_consumer, save_consumer
+from shared.feed import feed_time, lock_consumer, save_consumer
 from shared.http import InternalClient
 from shared.jsonutil import loads
 
@@ -57,7 +57,7 @@ async def active_campaigns(session: AsyncSession, workspaces: set[uuid.UUID]) ->
 def _when(value: Any, now: datetime) -> datetime:
     if isinstance(value, str):
         try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+            return feed_time(value)
         except ValueError:
             return now
     return value if isinstance(value, datetime) else now

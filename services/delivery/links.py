@@ -15,14 +15,14 @@ from urllib.parse import quote
 
 from services.delivery import signing
 from services.delivery.texts import TEXTS, language_of
-from shared.html_text import href_url
+from shared.html_text import href_url, hrefs
 
 UNSUBSCRIBE = "%%unsubscribe_url%%"
 PREFERENCES = "%%preferences_url%%"
 CONFIRM = "%%confirm_url%%"  # double opt-in confirmation emails
 POSTAL_ADDRESS = "%%postal_address%%"  # the workspace's ``postal_address`` (CAN-SPAM: in every marketing email)
 MAX_CLICK_URL = 4000  # longest destination the click redirect takes (pages.click); a longer link is left as written
-_HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])([^"']+)\2""", re.IGNORECASE)
+_ANCHOR = re.compile(r"<a\b", re.IGNORECASE)  # (no link, no parse)
 _WEB = re.compile(r"https?://", re.IGNORECASE)
 _PIXEL_TAG = '<img src="{}" width="1" height="1" alt="" style="display:none">'
 _PIXEL = re.compile(re.escape(_PIXEL_TAG).replace(r"\{\}", r'[^"<>]*/o/[A-Za-z0-9_-]+\.gif'))
@@ -97,14 +97,16 @@ def _needs_address(body: str, links: Links, marketing: bool) -> bool:
 def decorate_html(html: str, links: Links, *, marketing: bool) -> str:
     out = _placeholders(html, links, quote_=True)
 
-    def route(m: re.Match[str]) -> str:
-        url = href_url(m.group(3))  # the URL a browser would follow (the text part shows the same: html_text)
+    pieces, done = [], 0
+    for href in hrefs(out) if _ANCHOR.search(out) else ():
+        url = href_url(href.raw)  # the URL a browser would follow (the text part shows the same: html_text)
         if not _WEB.match(url) or url.startswith(links.base) and url in (
                 links.unsubscribe, links.preferences, links.confirm) or len(url) > MAX_CLICK_URL:
-            return m.group(0)
-        return f"{m.group(1)}{m.group(2)}{escape(links.click(url))}{m.group(2)}"
-
-    out = _HREF.sub(route, out)
+            continue
+        routed = escape(links.click(url))
+        pieces += [out[done:href.start], routed if href.quoted else f'"{routed}"']
+        done = href.end
+    out = "".join(pieces) + out[done:]
     extra = ""
     if marketing and PREFERENCES not in html and UNSUBSCRIBE not in html:
         t = TEXTS[links.lang or "en"]

@@ -57,9 +57,10 @@ class MessageCreate(_Body):
     from_: str | None = Field(None, alias="from", max_length=998, examples=["Acme <hello@acme.example>"],
                               description="one address, with or without a display name; defaults to TENURE_EMAIL_FROM")
     subject: str = Field("", max_length=MESSAGE_SUBJECT_MAX, examples=["Welcome, Ada!"],
-                         description="required for email")
+                         description="required for email; a push's title; none for SMS (its `text` is all it sends)")
     html: str | None = Field(None, max_length=MESSAGE_BODY_MAX,
-                             description="the HTML part (at most 1,000,000 characters; Gmail clips past 102 KB)")
+                             description="the HTML part (at most 1,000,000 characters; Gmail clips past 102 KB); none "
+                                         "for SMS")
     text: str | None = Field(None, max_length=MESSAGE_BODY_MAX, examples=["Hi Ada, welcome to Acme."],
                              description="the text part (made from html if absent)")
     message_type: Literal["marketing", "transactional"] = Field(
@@ -126,6 +127,9 @@ class MessageCreate(_Body):
                 raise FieldError("to", str(exc)) from None
             if not self.text:
                 raise FieldError("text", "an SMS needs text")
+            if self.subject or self.html is not None:  # (taken, then dropped on the way to Twilio: nothing said so)
+                raise FieldError("subject" if self.subject else "html",
+                                 "an SMS is its text alone: subject and html are not sent (put the words in text)")
             if len(self.text) > SMS_TEXT_MAX:
                 raise FieldError("text", f"an SMS is at most {SMS_TEXT_MAX:,} characters")
         return self

@@ -108,10 +108,9 @@ async def _read_json(request: Request, limit: int, per: str) -> _Body:
     encoding = request.headers.get("content-encoding", "").lower()
     if encoding == "gzip":
         try:
-            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            raw = d.decompress(raw, limit + 1)
+            raw = _gunzip(raw, limit)
         except (zlib.error, gzip.BadGzipFile) as exc:
-            raise BadRequest("Body is not valid gzip") from exc
+            raise BadRequest(f"Body is not valid gzip: {exc}") from exc
     elif encoding not in ("", "identity"):
         raise BadRequest(f"Unsupported Content-Encoding {encoding!r}: send gzip or nothing")
     if len(raw) > limit:
@@ -121,6 +120,23 @@ async def _read_json(request: Request, limit: int, per: str) -> _Body:
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object")
     return _Body(body, len(raw), unrepresentable)
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """Every member of a gzip body (RFC 1952 allows several, as ``cat a.gz b.gz`` makes), at most ``limit + 1``
+    bytes of it (enough to say it is over the limit). A stream cut short, its CRC and length unchecked, is refused:
+    it was taken whole, and a multi-member body was cut after its first member."""
+    out = bytearray()
+    while True:
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        out += d.decompress(data, limit + 1 - len(out))
+        if len(out) > limit:
+            return bytes(out)
+        if not d.eof:
+            raise zlib.error("the body ends before its gzip stream does")
+        data = d.unused_data
+        if not data:
+            return bytes(out)
 
 
 def _loads(raw: bytes) -> tuple[Any, bool]:

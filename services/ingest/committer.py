@@ -153,9 +153,10 @@ class Committer:
 
 
 def refused_for_its_data(exc: Exception) -> bool:
-    """A data exception (SQLSTATE class 22) or a constraint violation (23): it follows the messages."""
+    """A data exception (SQLSTATE class 22), a constraint violation (23) or a value too large for an index (54000,
+    program_limit_exceeded: a long text in an indexed column or expression): it follows the messages."""
     state = sqlstate(exc)
-    return isinstance(state, str) and state[:2] in ("22", "23")
+    return isinstance(state, str) and (state[:2] in ("22", "23") or state == "54000")
 
 
 def _settle(sub: _Submission, outcome: tracking.RecordResult | BaseException) -> None:

@@ -259,7 +259,9 @@ _UUID_RE = "^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-
 async def resolve_refs(session: AsyncSession, ws: uuid.UUID, refs: list[str]) -> dict[str, uuid.UUID]:
     """Live profile ids for many references at once (profile id, ``userId``, ``anonymousId`` or email, in
     that order of precedence; emails match whatever their case, as mail servers treat them); references no
-    profile has are left out."""
+    profile has are left out. Of several profiles holding an email (a visitor who typed it before logging in, a
+    shared address), a known user's (with a userId) comes first, then the oldest: always the same one, where the
+    order of random ids picked the anonymous profile for one address in three."""
     rows = await session.execute(
         text(
             f"""
@@ -274,7 +276,7 @@ async def resolve_refs(session: AsyncSession, ws: uuid.UUID, refs: list[str]) ->
                      (select p.id from ingest.profiles p
                        where p.workspace_id = :ws and lower(p.traits->>'email') = lower(r.ref)
                          and p.merged_into is null
-                       order by p.id limit 1)) as pid
+                       order by p.user_id is null, p.created_at, p.id limit 1)) as pid
               from (select distinct ref from jsonb_array_elements_text(CAST(:refs AS jsonb)) as j(ref)) as r
             """
         ),

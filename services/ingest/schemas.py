@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
 
+from shared.jsonutil import dumps, obj
 from shared.validation import IsoOrUnixDatetime, JsonBool, Ref, StorableModel
 
 
@@ -40,15 +41,18 @@ RequiredIdStr = Annotated[str, BeforeValidator(_required_id_str), StringConstrai
 
 def _not_blank(v: Any) -> Any:
     """A track's name is what campaigns and segments match on: one of only spaces would be a name nobody can
-    target, so it is refused (the batch's other messages are still stored)."""
+    target, so it is refused (the batch's other messages are still stored). Nor is such a text anyone's id (a blank
+    id is no id): an erasure of "   " was accepted, for nobody."""
     if isinstance(v, str) and not v.strip():
         raise ValueError("must not be empty or blank")
     return v
 
 
-EventName = Annotated[str, BeforeValidator(_not_blank), StringConstraints(min_length=1, max_length=512),
-                      WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 512, "pattern": "\\S"},
-                                     mode="validation")]
+NonBlankText = Annotated[str, BeforeValidator(_not_blank), StringConstraints(min_length=1, max_length=512),
+                         WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 512, "pattern": "\\S"},
+                                        mode="validation")]
+EventName = NonBlankText
+MAX_EMAIL_TRAIT = 512  # characters: the profiles' email indexes hold at most ~2,700 bytes a key (an address: 254)
 
 
 def _null_is_empty(v: Any) -> Any:
@@ -122,6 +126,17 @@ class IdentifyMessage(_Message):
     traits: JsonObject = Field(default_factory=dict,
                                description="traits to set on the profile (with any in `context.traits`): newest "
                                            "value per trait wins, `null` removes the trait")
+
+    @model_validator(mode="after")
+    def _indexable_email(self) -> "IdentifyMessage":
+        """The ``email`` trait the profile gets (``traits`` over ``context.traits``) is indexed for lookups by
+        address: one of 8,000 characters failed its whole batch with a 500 the SDK retried, then dropped."""
+        traits = self.traits if "email" in self.traits else obj(self.context.get("traits"))
+        email = traits.get("email")
+        if email is not None and len(email if isinstance(email, str) else dumps(email)) > MAX_EMAIL_TRAIT:
+            where = "traits" if traits is self.traits else "context.traits"
+            raise ValueError(f"{where}.email is over {MAX_EMAIL_TRAIT} characters (an email address has at most 254)")
+        return self
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -309,8 +324,7 @@ class ProfileEventList(BaseModel):
 class ErasureCreate(StorableModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt `suppress` erased without suppressing, with a 202
 
-    user: str = Field(min_length=1, max_length=512, description="userId, anonymousId, email or profile id",
-                      examples=["u-42"])
+    user: NonBlankText = Field(description="userId, anonymousId, email or profile id", examples=["u-42"])
     suppress: JsonBool = Field(False, description="keep dropping events for this user's ids after the erasure "
                                                   "completes (hashes are kept); until then they are dropped anyway")
 

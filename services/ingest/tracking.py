@@ -27,7 +27,7 @@ from services.ingest.schemas import (
 from shared import traits as trait_merge
 from shared.db import driver_connection
 from shared.jsonutil import dumps, obj
-from shared.validation import is_time_zone
+from shared.validation import finite_instant, is_time_zone
 
 Message = TrackMessage | IdentifyMessage | PageMessage | ScreenMessage | GroupMessage | AliasMessage
 
@@ -110,9 +110,10 @@ def _client_time(received: datetime, *, timestamp: datetime | None, original_tim
     if sent is None:
         return original
     try:
-        return received - (sent - original)
+        corrected = received - (sent - original)
     except OverflowError:  # absurd client clocks (year 1, year 9999): keep what the client said
         return original
+    return corrected if finite_instant(corrected) else original
 
 
 def normalize(msg: Message, received_at: datetime, *, batch_sent_at: datetime | None = None,

@@ -19,11 +19,12 @@ lead score rules (``lead_score``: ``{"events": {"Demo Requested": 20}, "traits":
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any
 
 from services.segment.conditions import amount, compare, finite_number  # (compare: the trait operators segments use)
+from shared.feed import feed_time
 
 DEFAULT_PURCHASE_EVENTS = ("Order Completed",)
 DEFAULT_REFUND_EVENTS = ("Order Refunded",)  # as programs' refund_event (services/campaign/programs/config.py)
@@ -199,15 +200,11 @@ def event_time(event: dict[str, Any]) -> datetime:
     """When an event happened, for segment's aggregates: its timestamp, but never after ingest received it. A
     client clock set years ahead made ``days_since_last_activity`` negative and kept the profile active (and
     in "ordered in the last 7 days") until that date came; ingest keeps such timestamps as sent."""
-    at = _parse_ts(event["timestamp"])
+    at = feed_time(event["timestamp"])
     received = event.get("received_at")
     if received:
-        at = min(at, _parse_ts(received))
+        at = min(at, feed_time(received))
     return at
-
-
-def _parse_ts(v: str) -> datetime:
-    return datetime.fromisoformat(v.replace("Z", "+00:00")).astimezone(UTC)
 
 
 def trait_nps(traits: Mapping[str, Any]) -> float | None:

@@ -27,7 +27,7 @@ from shared import traits as trait_merge
 from shared.core import workspace_settings
 from shared.db import driver_connection, uuid_array
 from shared.errors import NotFound, UpstreamUnavailable
-from shared.feed import lock_consumer, save_consumer
+from shared.feed import feed_time, lock_consumer, save_consumer
 from shared.http import InternalClient
 from shared.jsonutil import dumps, loads
 from shared.metrics import workspace_failed
@@ -70,10 +70,6 @@ class PageResult:
     def read(self) -> int:
         return self.events
 
-
-
-def _parse_ts(v: str) -> datetime:
-    return datetime.fromisoformat(v.replace("Z", "+00:00")).astimezone(UTC)
 
 
 _RAW_TYPES = ("track", "page", "screen")
@@ -327,7 +323,7 @@ async def _apply_accounts(session: AsyncSession, members: set[tuple[uuid.UUID, u
 
 
 def _ts_key(raw: str) -> str:
-    return _parse_ts(raw).isoformat(timespec="microseconds")
+    return feed_time(raw).isoformat(timespec="microseconds")
 
 
 async def _merge_traits(session: AsyncSession, updates: dict[tuple[uuid.UUID, uuid.UUID], list[Any]]) -> None:

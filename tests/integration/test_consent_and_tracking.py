@@ -202,6 +202,39 @@ async def test_click_redirects_lead_where_the_link_itself_leads(apps, workspace,
     assert f'href="{long_url}"' in mail["html"] and len(re.findall(r'href="[^"]+/c/[^"]+"', mail["html"])) == 1
 
 
+async def test_every_link_a_browser_follows_is_tracked_and_nothing_else_is_touched(apps, workspace, sessionmaker,
+                                                                                    settings, mailbox) -> None:
+    """A pattern found the links: it rewrote a ``data-href`` (a script reading it got the redirect) and left the
+    tag's real ``href`` untracked, and missed unquoted values and values holding the other quote. Now a link is
+    what the browser's parser finds: the first ``href`` of each ``<a>``, however quoted, outside comments and
+    scripts; the text part lists the same URLs."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    html = ('<p><a class="btn" data-href="https://x.example/js" href="https://shop.example/buy">buy</a> '
+            '<A HREF=https://shop.example/unquoted?q=1>unquoted</A> '
+            '<a href="https://shop.example/women\'s-shoes">shoes</a> '
+            "<a href='https://shop.example/say-\"hi\"'>hi</a> "
+            '<a href="https://shop.example/first" href="https://shop.example/second">twice</a></p>'
+            '<!-- <a href="https://shop.example/commented">c</a> -->'
+            '<script>var s = \'<a href="https://shop.example/scripted">\';</script>')
+    _, mail = await _send(apps, h, sessionmaker, settings, mailbox, f"forms-{uuid.uuid4().hex[:6]}@example.com",
+                          html=html, text=None, message_type="transactional")
+    assert 'data-href="https://x.example/js"' in mail["html"]
+    assert 'href="https://shop.example/commented"' in mail["html"]
+    assert 'href="https://shop.example/scripted"' in mail["html"]
+    assert 'href="https://shop.example/second"' in mail["html"]  # (the browser follows the first)
+    tracked = [(a or b).replace("&amp;", "&").replace("&quot;", '"')
+               for a, b in re.findall(r'href="([^"]+/c/[^"]+)"|href=\'([^\']+/c/[^\']+)\'', mail["html"], re.I)]
+    expected = ["https://shop.example/buy", "https://shop.example/unquoted?q=1", "https://shop.example/women's-shoes",
+                'https://shop.example/say-%22hi%22', "https://shop.example/first"]
+    assert len(tracked) == len(expected), mail["html"]
+    for link, target in zip(tracked, expected, strict=True):
+        click = await apps["delivery"].get(_path(link), headers={"User-Agent": "Mozilla/5.0"})
+        assert click.status_code == 302 and click.headers["location"] == target, (link, click.headers)
+    for target in ("https://shop.example/buy", "https://shop.example/unquoted?q=1",
+                   "https://shop.example/women's-shoes", "https://shop.example/first"):
+        assert f"({target})" in mail["text"], mail["text"]
+
+
 async def test_the_text_part_and_the_click_redirect_lead_where_a_browser_goes(apps, workspace, sessionmaker,
                                                                               settings, mailbox) -> None:
     """The text part made from an HTML-only message showed ``?id=7®ion=us¤cy=EUR§ion=2¬ify=1¶m=x``: a

@@ -58,3 +58,29 @@ async def test_the_first_lock_of_a_new_consumer_is_bounded_too(sessionmaker) -> 
                 with pytest.raises(ConsumerBusy):
                     await asyncio.wait_for(lock_consumer(second, "campaign", name), 20)
             await holder.rollback()
+
+
+async def test_an_event_stored_at_minus_infinity_stops_no_reader(apps, workspace, settings, sessionmaker,
+                                                                 internal_client) -> None:
+    """An event an earlier release stored at -infinity (it took 0001-01-01T00:00Z, which asyncpg sends as such)
+    comes out of the feed as a time without an offset, in year 1: read as local time it fell in year 0, segment's
+    reader failed on it at every poll and took in nothing more, for every workspace."""
+    auth, h = (workspace.write_key, ""), {"Authorization": f"Bearer {workspace.secret_key}"}
+    r = await apps["ingest"].post("/v1/batch", auth=auth, json={"batch": [
+        {"type": "track", "userId": "ancient", "event": "Old", "messageId": f"old-{workspace.workspace_id}"},
+        {"type": "track", "userId": "ancient", "event": "Order Completed", "properties": {"revenue": 12}}]})
+    assert r.json()["accepted"] == 2
+    async with sessionmaker() as s, s.begin():
+        await s.execute(text("update ingest.events set timestamp = '-infinity' where workspace_id = :ws "
+                             "and message_id = :m"), {"ws": workspace.workspace_id, "m": f"old-{workspace.workspace_id}"})
+    redis = await create_redis(settings)
+    try:
+        for service, (on_events, _) in sorted(CASES.items()):
+            ctx = {"settings": settings, "service": service, "sessionmaker": sessionmaker,
+                   "internal": internal_client, "redis": redis}
+            await asyncio.wait_for(on_events(ctx), 60)  # (raised "year 0 is out of range" in segment)
+    finally:
+        await redis.aclose()
+    pid = (await apps["ingest"].get("/v1/profiles/ancient", headers=h)).json()["id"]
+    attributes = await apps["segment"].get(f"/v1/profiles/{pid}/attributes", headers=h)
+    assert attributes.status_code == 200 and attributes.json()["order_count"] == 1, attributes.text

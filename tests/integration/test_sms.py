@@ -122,6 +122,10 @@ async def test_sms_outcomes_and_signed_webhooks(apps, workspace, sessionmaker, s
     bad = await apps["delivery"].post("/v1/messages", headers=h, json={
         "idempotency_key": f"bad-{tag}", "channel": "sms", "to": "555-0100", "text": "x"})
     assert bad.status_code == 422 and "phone number" in bad.text
+    for extra in ({"subject": "Your code"}, {"html": "<p>x</p>"}):  # taken, then dropped on the way to Twilio
+        r = await apps["delivery"].post("/v1/messages", headers=h, json={
+            "idempotency_key": f"extra-{tag}", "channel": "sms", "to": "+14155550100", "text": "x", **extra})
+        assert r.status_code == 422 and "an SMS is its text alone" in r.text, r.text
     ok = await post("+1 (415) 555-0100")
     assert ok["to"] == "+14155550100"  # normalised to E.164
     invalid, stopped, limited = await post("+14155550101"), await post("+14155550102"), await post("+14155550103")

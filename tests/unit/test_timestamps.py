@@ -6,7 +6,8 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 from services.ingest.tracking import corrected_timestamp
-from shared.validation import IsoDatetime, IsoOrUnixDatetime
+from shared.feed import feed_time
+from shared.validation import FIRST_INSTANT, LAST_INSTANT, IsoDatetime, IsoOrUnixDatetime
 
 RECEIVED = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 offsets = st.integers(min_value=-10 * 86400, max_value=10 * 86400).map(lambda s: timedelta(seconds=s))
@@ -78,9 +79,9 @@ _aware = st.one_of(  # mostly the edges, where an offset can push a time out of 
 
 @given(value=_aware)
 def test_a_date_time_is_accepted_exactly_when_it_exists_in_utc(value: datetime) -> None:
+    """...and is not the calendar's first or last instant, which asyncpg sends as -infinity / infinity."""
     try:
-        value.astimezone(UTC)
-        in_range = True
+        in_range = FIRST_INSTANT < value.astimezone(UTC) < LAST_INSTANT
     except OverflowError:
         in_range = False
     try:
@@ -119,3 +120,16 @@ def test_iso_basic_rfc_2822_and_postgres_forms_are_the_same_instant(value: datet
         forms[whole.strftime("%Y-%m-%d %H:%M:%S") + _offset(value)[:3]] = whole
     for text, instant in forms.items():
         assert _client.validate_python(text) == instant, text
+
+
+def test_a_correction_landing_on_the_calendars_first_instant_keeps_the_clients_time() -> None:
+    """The first instant would be stored as -infinity (asyncpg): the client's own time is kept instead."""
+    original = datetime(1, 1, 1, 0, 0, 1, tzinfo=UTC)
+    sent = RECEIVED + timedelta(seconds=1)  # the correction takes exactly one second off
+    assert corrected_timestamp(RECEIVED, timestamp=None, original_timestamp=original, sent_at=sent) == original
+
+
+@given(value=st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59)))
+def test_a_feed_time_without_an_offset_is_utc(value: datetime) -> None:
+    assert feed_time(value.isoformat()) == value.replace(tzinfo=UTC)
+    assert feed_time(value.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")) == value.replace(tzinfo=UTC)

@@ -4,7 +4,7 @@ replays the page; nothing is granted twice)."""
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -16,6 +16,7 @@ from services.campaign.programs import attribution, earning, ledger, merges, rew
 from services.campaign.programs.config import Programs
 from shared.db import unreachable
 from shared.errors import UpstreamUnavailable
+from shared.feed import feed_time
 from shared.http import InternalClient
 
 log = structlog.get_logger()
@@ -46,7 +47,7 @@ def _at(item: dict[str, Any], now: datetime) -> datetime:
     ts = item.get("timestamp")
     if isinstance(ts, str):
         try:
-            ts = datetime.fromisoformat(ts.replace("Z", "+00:00")).astimezone(UTC)
+            ts = feed_time(ts)
         except ValueError:
             ts = now
     return min(ts, now) if isinstance(ts, datetime) else now

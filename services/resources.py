@@ -135,11 +135,36 @@ def _json(resp: httpx.Response) -> Any:
 
 class _Loader(yaml.SafeLoader):
     """YAML 1.2 booleans: only true/false. YAML 1.1 also reads yes/no/on/off as booleans, which would turn
-    a branch's ``yes:`` and ``no:`` into True and False."""
+    a branch's ``yes:`` and ``no:`` into True and False. Nor are base-60 numbers read: ``time: 10:30`` was the
+    integer 630 (and ``09:30``, not base 60, a text). A key given twice in a mapping is an error, not the last
+    one silently winning (a campaign's second ``steps:`` replaced its first)."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # (``<<: *defaults`` then a key of one's own overrides, as meant)
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            "while reading a mapping", node.start_mark, f"found the key {key!r} twice",
+                            key_node.start_mark)
+                    seen.add(key)
+                except TypeError:  # an unhashable key: the constructor says so below
+                    break
+        return super().construct_mapping(node, deep)  # type: ignore[arg-type]
+
+
+def _resolver(tag: str, regexp: re.Pattern[str]) -> re.Pattern[str]:
+    if tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):  # YAML 1.1's base 60: anything with a ":"
+        return re.compile("(?!.*:)" + regexp.pattern, regexp.flags)
+    return regexp
 
 
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    first: [(tag, _resolver(tag, regexp)) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
@@ -152,7 +177,9 @@ def load(text: str) -> dict[str, list[dict[str, Any]]]:
     except yaml.YAMLError as exc:
         raise ResourceError(f"not valid YAML: {exc}") from None
     if not isinstance(data, dict) or set(data) - set(KINDS):
-        raise ResourceError(f"expected a mapping with {', '.join(KINDS)}")
+        unknown = sorted(map(str, set(data) - set(KINDS))) if isinstance(data, dict) else []
+        raise ResourceError(f"expected a mapping with {', '.join(KINDS)}"
+                            + (f", not {', '.join(map(repr, unknown))}" if unknown else ""))
     out: dict[str, list[dict[str, Any]]] = {}
     for kind in KINDS:
         items = data.get(kind) or []
@@ -196,10 +223,15 @@ _DATA_KEYS = ("traits", "value")  # what these hold is the user's data (an updat
 # filter's or comparison's value), never a reference: a trait named ``segment`` is a trait, not a segment's name
 
 
-def _swap(node: Any, mapping: dict[str, dict[str, str]], to_ids: bool) -> Any:
-    """Replace ``template``/``segment`` names with ``template_id``/``segment_id`` (or back)."""
+def _swap(node: Any, mapping: dict[str, dict[str, str]], to_ids: bool, where: str = "") -> Any:
+    """Replace ``template``/``segment`` names with ``template_id``/``segment_id`` (or back). ``where``: the item
+    (``campaign 'Welcome'``), which an unknown name's error names with its place."""
+    return _swapped(node, mapping, to_ids, where, ())
+
+
+def _swapped(node: Any, mapping: dict[str, dict[str, str]], to_ids: bool, where: str, at: tuple[str, ...]) -> Any:
     if isinstance(node, list):
-        return [_swap(n, mapping, to_ids) for n in node]
+        return [_swapped(n, mapping, to_ids, where, (*at, str(i))) for i, n in enumerate(node)]
     if not isinstance(node, dict):
         return node
     out = {}
@@ -208,13 +240,25 @@ def _swap(node: Any, mapping: dict[str, dict[str, str]], to_ids: bool) -> Any:
             out[k] = v
         elif to_ids and k in ("template", "segment") and isinstance(v, str):
             if v not in mapping[k]:
-                raise ResourceError(f"no {k} named {v!r} (in the file or the workspace)")
+                place = ".".join((*at, k))
+                raise ResourceError((f"{where}: " if where else "")
+                                    + f"{place}: no {k} named {v!r} (in the file or the workspace)")
             out[f"{k}_id"] = mapping[k][v]
         elif not to_ids and k in ("template_id", "segment_id") and str(v) in mapping[k[:-3]]:
             out[k[:-3]] = mapping[k[:-3]][str(v)]
         else:
-            out[k] = _swap(v, mapping, to_ids)
+            out[k] = _swapped(v, mapping, to_ids, where, (*at, str(k)))
     return out
+
+
+def _lists_used(node: Any, at: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The manual lists a segment definition names: (place, list id)."""
+    if isinstance(node, list):
+        return [u for i, n in enumerate(node) for u in _lists_used(n, (*at, str(i)))]
+    if not isinstance(node, dict):
+        return []
+    here = [(".".join((*at, "list_id")), str(node["list_id"]))] if node.get("type") == "list" else []
+    return here + [u for k, v in node.items() for u in _lists_used(v, (*at, str(k)))]
 
 
 def _template_body(item: dict[str, Any]) -> dict[str, Any]:
@@ -349,18 +393,28 @@ async def plan(api: Api, desired: dict[str, list[dict[str, Any]]]) -> list[Chang
         if change.action != "unchanged":  # (stored ones are not re-judged, as the service does not)
             _check_template(item["name"], body, contents)
     segment_changes = []
+    lists: set[str] | None = None  # the workspace's list ids, read when a segment uses one
     for item in desired["segments"]:
         try:  # (what segment checks on save but the segments and lists it names: its own check)
-            parsed = segment_checks.validate_definition(_swap(item.get("definition"), names, True))
+            parsed = segment_checks.validate_definition(
+                _swap({"definition": item.get("definition")}, names, True, f"segment {item['name']!r}")["definition"])
         except AppError as exc:
             raise _refused(f"segment {item['name']!r}", exc) from None
         body = {"name": item["name"], "definition": parsed.model_dump(mode="json")}
+        if used := _lists_used(body["definition"], ("definition",)):
+            lists = lists if lists is not None else {x["id"] for x in await api.all("segment", "/v1/lists", "lists")}
+            for at, list_id in used:
+                if list_id not in lists:  # (segment refuses it on save: found here, before anything is written)
+                    raise ResourceError(f"segment {item['name']!r}: {at}: no list {list_id} in this workspace (a "
+                                        "list's members are data, which tenure get does not export: create the list "
+                                        "here, upload its members and put its id)")
         now = current["segments"].get(item["name"])
         segment_changes.append(_change("segments", item["name"], body, now,
                                        {"name": now["name"], "definition": now["definition"]} if now else None, back))
     changes += _readers_after_read(segment_changes)
     for item in desired["campaigns"]:
-        body = {"name": item["name"], "definition": _swap(item, names, True), "status": item.get("status", "active")}
+        body = {"name": item["name"], "definition": _swap(item, names, True, f"campaign {item['name']!r}"),
+                "status": item.get("status", "active")}
         if body["status"] not in ("active", "paused", "archived"):
             raise ResourceError(f"campaign {item['name']!r}: status is active, paused or archived, not "
                                 f"{body['status']!r}")

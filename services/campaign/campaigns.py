@@ -148,8 +148,9 @@ def journey_from(data: dict[str, Any]) -> jd.Journey:
         journey = journeys.parse_new(definition)
     except ValidationError as exc:
         # (the shorthand's one step is the body's template_id: its errors name that)
-        errors = [body_error(["template_id"] if shorthand and e["loc"][:1] == ("steps",) else _place(e, definition),
-                             error_message(e), e["type"]) for e in exc.errors(include_url=False)]
+        errors = [body_error(["template_id"] if shorthand and e["loc"][:1] == ("steps",)
+                             else error_location(e, definition), error_message(e), e["type"])
+                  for e in exc.errors(include_url=False)]
         raise ValidationFailed("The campaign is not valid", errors=errors) from None
     ids = [s.id for s in journey.steps]
     if loops := jd.instant_loops(journey):
@@ -171,15 +172,6 @@ def journey_from(data: dict[str, Any]) -> jd.Journey:
                                                        "time out (drop `match`, or trigger on an event or the API)")
             for sid in blind])
     return journey
-
-
-def _place(error: Any, definition: dict[str, Any]) -> list[str]:
-    """Where a validation error is: its location in the definition, or for a journey-wide check (its graph) the
-    place it names."""
-    cause = (error.get("ctx") or {}).get("error")
-    if isinstance(cause, jd.StepError):
-        return cause.at.split(".")
-    return error_location(error, definition)
 
 
 async def _check_segments(internal: InternalClient | None, ws: uuid.UUID, journey: jd.Journey) -> None:

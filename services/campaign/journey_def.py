@@ -44,11 +44,12 @@ MAX_STEPS = 100
 MAX_WAIT_SECONDS = 366 * 86400  # the longest delay, timeout, goal window, entry period or date offset
 
 
-class StepError(ValueError):
-    """A journey's graph is wrong at a place (``at``, as validation errors name places: ``steps.2.next``)."""
+class StepError(FieldError):
+    """A journey's graph is wrong at a place (``at``, as validation errors name places: ``steps.2.next``): a
+    :class:`FieldError` naming that path, so every reader of the error (the API's 422, ``tenure apply``) says it."""
 
     def __init__(self, at: str, message: str):
-        super().__init__(message)
+        super().__init__(tuple(at.split(".")), message)
         self.at = at
 
 

@@ -349,3 +349,49 @@ async def test_a_problems_loc_is_the_place_in_the_request(world) -> None:
                 "name": f"c-{uuid.uuid4().hex[:8]}", **body})
             assert r.status_code == 422, (loc, r.text)
             assert [e["loc"] for e in r.json()["errors"]] == [["body", *loc]], (method, loc, r.text)
+
+
+@pytest.mark.parametrize(("doc", "says"), [
+    ("campaigns:\n  - name: c\n    trigger: {type: api}\n    steps: [{id: a, type: exit}]\n    steps: [{id: b, type: exit}]\n",
+     "found the key 'steps' twice"),
+    ("templates:\n  - name: t\n    subject: one\n    text: hi\n    subject: two\n", "found the key 'subject' twice"),
+    ("campaign:\n  - name: c\n", "expected a mapping with programs, snippets, templates, segments, campaigns, "
+                                 "not 'campaign'"),
+])
+def test_apply_refuses_a_key_given_twice_or_misspelt_at_the_top(doc, says) -> None:
+    """A key given twice in a mapping silently kept the last (a campaign's second ``steps:`` replaced its first,
+    three steps gone without a word); a misspelt top-level kind was not named."""
+    from services import resources
+
+    with pytest.raises(resources.ResourceError, match=says):
+        resources.load(doc)
+    # (a merge key then a key of one's own is an override, as meant, not a repeat)
+    merged = resources.load("templates:\n  - &t {name: a, subject: s, text: x}\n  - <<: *t\n    name: b\n")
+    assert [t["name"] for t in merged["templates"]] == ["a", "b"]
+
+
+def test_apply_reads_a_time_of_day_as_text_whatever_the_hour() -> None:
+    """YAML 1.1 reads ``10:30`` as the base-60 integer 630 (``09:30``, not base 60, stays text): a ``wait_until``
+    at 10:30 was refused as "Input should be a valid string" while 09:30 applied."""
+    from services import resources
+
+    doc = resources.load("campaigns:\n  - name: c\n    trigger: {type: api}\n    steps:\n"
+                         "      - {id: a, type: wait_until, time: 10:30, next: b}\n"
+                         "      - {id: b, type: wait_until, time: 09:30, next: c}\n      - {id: c, type: exit}\n")
+    assert [s.get("time") for s in doc["campaigns"][0]["steps"]] == ["10:30", "09:30", None]
+    assert resources._campaign_definition(doc["campaigns"][0])["steps"][0]["time"] == "10:30"
+    assert resources.load("templates:\n  - {name: t, subject: 1_000}\n")["templates"][0]["subject"] == 1000
+
+
+@pytest.mark.parametrize(("steps", "says"), [
+    ("[{id: s, type: delay, seconds: 60, next: nowhere}]", "steps.0.next: step 's' points to unknown step 'nowhere'"),
+    ("[{id: a, type: exit}, {id: a, type: exit}]", "steps.1.id: step id 'a' is used twice (also steps.0)"),
+])
+def test_apply_names_the_place_of_an_error_in_a_journeys_graph(steps, says) -> None:
+    """The API's 422 named ``steps.0.next``; ``tenure apply`` printed an empty place (``campaign 'c': : step …``)."""
+    from services import resources
+
+    doc = resources.load(f"campaigns:\n  - name: c\n    trigger: {{type: api}}\n    steps: {steps}\n")
+    with pytest.raises(resources.ResourceError) as refused:
+        resources._campaign_definition(doc["campaigns"][0])
+    assert str(refused.value) == f"campaign 'c': {says}"

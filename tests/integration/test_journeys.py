@@ -1376,6 +1376,13 @@ campaigns:"""), f"template 'bad-{tag}': Template subject is not valid: unknown v
                                         "the weights sum to inf"),
         "a segment nested too deep": (good + f"segments: [{{name: deep-{tag}, definition: {json.dumps(deep)}}}]\n",
                                       f"segment 'deep-{tag}': The segment definition is not valid"),
+        # (an export from another workspace: its lists are not exported; found before anything is written)
+        "a list the workspace does not have": (
+            good + f"segments: [{{name: listed-{tag}, definition: {{type: or, children: [{{type: list, list_id: "
+                   f"{uuid.UUID(int=7)}}}]}}}}]\n",
+            f"segment 'listed-{tag}': definition.children.0.list_id: no list {uuid.UUID(int=7)} in this workspace"),
+        "a template name nothing has": (good.replace(f"template: ok-{tag}", "template: nowhere"),
+                                        f"campaign 'camp-{tag}': steps.0.template: no template named 'nowhere'"),
     }
     for case, (doc, says) in bad_files.items():
         with pytest.raises(resources.ResourceError) as refused:
@@ -1383,26 +1390,30 @@ campaigns:"""), f"template 'bad-{tag}': Template subject is not valid: unknown v
         assert str(refused.value).startswith(says), (case, str(refused.value))
     assert f"ok-{tag}" not in await names("templates") and f"footer-{tag}" not in await names("snippets")
 
-    # a list no one can see from here: segment refuses it once the snippet and the template are written
+    # a refusal only the service can make (someone made a segment of that name since the plan): segment refuses it
+    # once the snippet and the template are written
     partial = good + f"""segments:
-  - name: listed-{tag}
-    definition: {{type: list, list_id: {uuid.uuid4()}}}
+  - name: raced-{tag}
+    definition: {{type: trait, trait: plan, op: exists}}
 """
     changes = await resources.plan(api, resources.load(partial))
     assert [(c.action, c.name) for c in changes] == [("create", f"footer-{tag}"), ("create", f"ok-{tag}"),
-                                                      ("create", f"listed-{tag}"), ("create", f"camp-{tag}")]
+                                                      ("create", f"raced-{tag}"), ("create", f"camp-{tag}")]
+    meanwhile = await world.apps["segment"].post("/v1/segments", headers=world.h, json={
+        "name": f"raced-{tag}", "definition": {"type": "trait", "trait": "tier", "op": "exists"}})
+    assert meanwhile.status_code == 201, meanwhile.text
     with pytest.raises(resources.PartlyApplied) as stopped:
         await resources.apply(api, changes)
     lines = str(stopped.value).splitlines()
-    assert lines[0].startswith(f"segment 'listed-{tag}': POST segment/v1/segments: 422"), lines
+    assert lines[0].startswith(f"segment 'raced-{tag}': POST segment/v1/segments: 409"), lines
     assert f"applied: create snippet 'footer-{tag}', create template 'ok-{tag}'" in lines, lines
-    assert f"not applied: create segment 'listed-{tag}'" in lines and f"not applied: create campaign 'camp-{tag}'" in lines
+    assert f"not applied: create segment 'raced-{tag}'" in lines and f"not applied: create campaign 'camp-{tag}'" in lines
     assert f"ok-{tag}" in await names("templates") and f"camp-{tag}" not in await names("campaigns")
     # the first write refused: nothing was applied, and it says so
     with pytest.raises(resources.ResourceError) as first:
-        await resources.apply(api, await resources.plan(api, resources.load(partial)))
+        await resources.apply(api, [c for c in changes if c.kind == "segments"])
     assert not isinstance(first.value, resources.PartlyApplied)
-    assert str(first.value).startswith(f"segment 'listed-{tag}'") and "(nothing was applied)" in str(first.value)
+    assert str(first.value).startswith(f"segment 'raced-{tag}'") and "(nothing was applied)" in str(first.value)
     # the good file applies (what was applied shows as unchanged), and then is unchanged
     changes = await resources.plan(api, resources.load(good))
     assert [c.action for c in changes] == ["unchanged", "unchanged", "create"]

@@ -241,12 +241,12 @@ def test_apply_prints_names_and_the_services_refusal_as_written(settings, served
         assert f"error: template 'broken': Template text is not valid: no snippet named '{MARKUP}'" in said, said
         assert "nothing was applied" in said, said
     path.write_text(yaml.safe_dump({"templates": [{"name": MARKUP, "subject": "Hi", "text": "Hello"}], "segments": [
-        {"name": "listed", "definition": {"type": "list", "list_id": "0f0c2a9e-55b3-4c59-9d4e-000000000000"}}]}))
-    r = _tenure(settings, "apply", "-f", str(path), **env)  # (a list only segment knows of: refused by it)
+        {"name": "listed", "definition": {"type": "segment", "segment_id": "0f0c2a9e-55b3-4c59-9d4e-000000000000"}}]}))
+    r = _tenure(settings, "apply", "-f", str(path), **env)  # (a segment id only segment knows of: refused by it)
     assert r.returncode == 1, r.stderr
     said = _said(r)
     assert f"create template {MARKUP}" in said and "create segment listed" in said
-    assert "error: segment 'listed': POST segment/v1/segments: 422" in said and "no list" in said, said
+    assert "error: segment 'listed': POST segment/v1/segments: 422" in said and "no segment" in said, said
     assert f"applied: create template '{MARKUP}' not applied: create segment 'listed'" in said, said
     templates = httpx.get(f"{served['campaign']}/v1/templates", headers={
         "Authorization": f"Bearer {workspace.secret_key}"}).json()["templates"]

@@ -30,7 +30,7 @@ from services.campaign import campaigns, journeys, schemas, templates
 from services.campaign.programs import config as program_config
 from services.segment import segments as segment_checks
 from shared.errors import AppError
-from shared.validation import error_location, error_message, unstorable
+from shared.validation import errors_text, unstorable
 
 KINDS = ("programs", "snippets", "templates", "segments", "campaigns")
 _TEMPLATE_FIELDS = ("channel", "subject", "preheader", "html", "text", "deep_link", "image", "locales")
@@ -215,7 +215,7 @@ def _program_body(item: dict[str, Any]) -> dict[str, Any]:
     try:
         cfg = model.model_validate(item.get("config") or {}).model_dump(mode="json")
     except ValidationError as exc:
-        raise ResourceError(f"program {item['name']!r}: {_errors(exc, item.get('config') or {})}") from None
+        raise ResourceError(f"program {item['name']!r}: {errors_text(exc, item.get('config') or {})}") from None
     return {"enabled": bool(item.get("enabled", True)), "config": cfg}
 
 
@@ -287,13 +287,7 @@ def _campaign_definition(item: dict[str, Any]) -> dict[str, Any]:
     try:
         return journeys.parse_new(definition).model_dump(mode="json", exclude_none=True)
     except ValidationError as exc:
-        raise ResourceError(f"campaign {item.get('name')!r}: {_errors(exc, definition)}") from None
-
-
-def _errors(exc: ValidationError, data: Any) -> str:
-    """Each error at its place in ``data``, the item validated (``steps.0.winner_at``)."""
-    return "; ".join(f"{'.'.join(error_location(e, data))}: {error_message(e).removeprefix('Value error, ')}"
-                     for e in exc.errors(include_url=False))
+        raise ResourceError(f"campaign {item.get('name')!r}: {errors_text(exc, definition)}") from None
 
 
 def _refused(what: str, exc: AppError) -> ResourceError:
@@ -325,7 +319,7 @@ def _check_template(name: str, body: dict[str, Any], snippets: dict[str, str]) -
         data = schemas.TemplateCreate.model_validate(body).model_dump(exclude_none=True)
         campaigns.checked_template_fields(data, snippets)
     except ValidationError as exc:
-        raise ResourceError(f"template {name!r}: {_errors(exc, body)}") from None
+        raise ResourceError(f"template {name!r}: {errors_text(exc, body)}") from None
     except AppError as exc:
         raise _refused(f"template {name!r}", exc) from None
 
@@ -338,7 +332,7 @@ def _check_campaign(name: str, definition: dict[str, Any]) -> None:
         data = schemas.CampaignCreate.model_validate({"name": name, **definition}).model_dump(mode="json")
         campaigns.journey_from(data)
     except ValidationError as exc:
-        raise ResourceError(f"campaign {name!r}: {_errors(exc, definition)}") from None
+        raise ResourceError(f"campaign {name!r}: {errors_text(exc, definition)}") from None
     except AppError as exc:
         raise _refused(f"campaign {name!r}", exc) from None
 

@@ -162,6 +162,14 @@ def error_message(error: Mapping[str, Any]) -> str:
     return str(error.get("msg"))
 
 
+def errors_text(exc: Any, data: Any = _NO_INPUT) -> str:
+    """A pydantic ``ValidationError`` for a line of text: each error at its place (with ``data``, the input
+    validated, a path in it: ``steps.0.next``), pydantic's "Value error, " prefix left out (a refused message
+    in a batch read "to: : Value error, to is not a valid email address")."""
+    return "; ".join(f"{'.'.join(error_location(e, data)) or 'input'}: {error_message(e).removeprefix('Value error, ')}"
+                     for e in exc.errors(include_url=False))
+
+
 # What delivery takes in a message (``POST /v1/messages``), and so what campaign's templates are held to on save: a
 # template over them was saved, and then every send of it failed at delivery.
 MESSAGE_SUBJECT_MAX = 998  # RFC 5322's line length (a push's title too)

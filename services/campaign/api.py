@@ -232,7 +232,10 @@ async def list_journeys(
     status: Annotated[Literal["active", "waiting", "holdout", "completed", "exited"] | None,
                       Query(description="active | waiting | holdout | completed | exited")] = None,
     step: Annotated[str | None, Query(description="the step id journeys are at, as `step` in the answer says "
-                                                  "(one sleeping in a delay or wait_until is at the step after it)")
+                                                  "(one sleeping in a delay or wait_until is at the step after it): "
+                                                  "the journeys still in the campaign there (active or waiting, as "
+                                                  "the stats' `in_progress_by_step` counts them), unless `status` "
+                                                  "asks for others (`exited`: those who left there)")
                     ] = None,
 ) -> dict[str, Any]:
     async with session.begin():

@@ -403,7 +403,8 @@ async def list_journeys(session: AsyncSession, ws: uuid.UUID, campaign_id: uuid.
     return await fetch_page(
         session,
         f"select {_JOURNEY_COLS} from campaign.journeys where workspace_id = :ws and campaign_id = :c "
-        f"and (CAST(:status AS text) is null or status = :status) and (CAST(:step AS text) is null or step = :step) "
+        f"and (CAST(:status AS text) is null and (CAST(:step AS text) is null or status in ('active', 'waiting')) "
+        f"or status = :status) and (CAST(:step AS text) is null or step = :step) "
         f"and (CAST(:after AS uuid) is null or id > CAST(:after AS uuid)) order by id limit :lim",
         {"ws": ws, "c": campaign_id, "status": status, "step": step, "after": after}, limit,
     )

@@ -50,7 +50,7 @@ from shared.idempotency import keys_differ, mark_replayed, replay_response
 from shared.pagination import PageDep, StampAfterDep
 from shared.routing import SegmentRoute
 from shared.settings import Settings
-from shared.validation import IsoDatetime, StorableText, error_message, unstorable
+from shared.validation import IsoDatetime, StorableText, errors_text, unstorable
 
 log = structlog.get_logger()
 
@@ -128,9 +128,7 @@ async def send_messages(body: BatchIn, ws: WorkspaceDep, session: SessionDep, re
             valid.append((len(results), MessageCreate.model_validate(raw)))
             results.append(None)
         except ValidationError as exc:  # one bad message does not sink the batch
-            errors = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {error_message(e)}"
-                               for e in exc.errors(include_url=False))
-            results.append({"idempotency_key": key, "result": "invalid", "error": errors})
+            results.append({"idempotency_key": key, "result": "invalid", "error": errors_text(exc)})
     async with session.begin():
         stored = await outbox.enqueue_many(session, ws, [(_hashed(item), item.from_ or settings.email_from)
                                                          for _, item in valid])

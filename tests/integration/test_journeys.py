@@ -1894,6 +1894,35 @@ async def test_an_unknown_journey_status_filter_is_a_422(world) -> None:
     assert [j["step"] for j in ok.json()["journeys"]] == ["d"]
 
 
+async def test_who_is_at_a_step_leaves_out_those_who_left_there_unless_asked(world) -> None:
+    """``?step=s`` listed journeys that had exited at ``s`` beside those waiting there (the stats counted 3 in
+    progress at a step, the list showed 7): it is who is inside, at that step; ``status=exited`` asks for the
+    others."""
+    tpl = await world.template("at-step", "Hi")
+    camp = await world.campaign(trigger={"type": "event", "event": "Joined"}, exit_on=["Left"],
+                                steps=[{"id": "w", "type": "delay", "seconds": 3600, "next": "s"},
+                                       {"id": "s", "type": "send", "template_id": tpl}])
+    for uid in ("stays", "leaves"):
+        await world.identify(uid, email=_email(uid))
+        await world.track(uid, "Joined", T0)
+    await world.pump(T0 + timedelta(minutes=1))
+    await world.track("leaves", "Left", T0 + timedelta(minutes=2))
+    await world.pump(T0 + timedelta(minutes=3))
+    url = f"/v1/campaigns/{camp['id']}/journeys"
+
+    async def at(**params) -> list[tuple[str, str]]:
+        r = await world.apps["campaign"].get(url, headers=world.h, params=params)
+        assert r.status_code == 200, r.text
+        return sorted((j["status"], j["step"]) for j in r.json()["journeys"])
+
+    # (a journey sleeping in a delay is at the step after it)
+    assert await at(step="s") == [("active", "s")]
+    assert await at(step="s", status="exited") == [("exited", "s")]
+    assert await at() == [("active", "s"), ("exited", "s")]
+    stats = (await world.apps["campaign"].get(f"/v1/campaigns/{camp['id']}/stats", headers=world.h)).json()
+    assert stats["in_progress_by_step"] == {"s": 1}
+
+
 async def _audience(world, name: str, uids: list[str]) -> dict:
     """A saved segment (trait ``name`` true) and its members, evaluated as segment's consumer would."""
 

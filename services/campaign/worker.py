@@ -71,7 +71,8 @@ async def advance_journeys(ctx: JobCtx) -> int:
                 task.add_done_callback(handing.discard)
                 if len(handing) >= MAX_HANDING_OVER:
                     await asyncio.wait(handing, return_when=asyncio.FIRST_COMPLETED)
-            if stopping(ctx) or (done.journeys == 0 and not await take_dirty(ctx, "advance_journeys")):
+            if stopping(ctx) or (done.journeys == 0 and not await take_dirty(ctx, "advance_journeys")
+                                 and not await _woken_while_handing_over(ctx, handing)):
                 break
     except Exception as exc:
         note_raised_at(exc)  # let out after the hand-overs in flight, which may wait out an outage first
@@ -82,6 +83,16 @@ async def advance_journeys(ctx: JobCtx) -> int:
 
 
 MAX_HANDING_OVER = 2  # batches of sends on their way to delivery while the next batch runs
+
+
+async def _woken_while_handing_over(ctx: JobCtx, handing: set[asyncio.Task[None]]) -> bool:
+    """Before the job ends: the hand-overs still in flight finish, and a wake-up that came meanwhile (a journey
+    entered: this job was running, so it was only marked dirty) is taken now. Left for the next poll, a new
+    journey's first email waited ~5 s, long enough for an exit event to beat it."""
+    if not handing:
+        return False
+    await asyncio.gather(*handing, return_exceptions=True)
+    return await take_dirty(ctx, "advance_journeys")
 
 
 async def _hand_over(ctx: JobCtx, done: journeys.Advanced) -> None:

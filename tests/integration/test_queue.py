@@ -47,3 +47,34 @@ async def test_a_waker_closes_whenever_it_is_closed(settings) -> None:
         if keys:
             await redis.delete(*keys)
         await redis.aclose()
+
+
+async def test_a_journey_entered_while_sends_are_handed_over_is_run_before_the_job_ends(settings) -> None:
+    """advance_journeys checked for wake-ups, then waited for its hand-overs to delivery: a journey entered in that
+    wait (its wake-up only marked the running job dirty) sat until the next poll, ~5 s, and an exit event beat its
+    first email. The hand-overs finish first; a wake-up that came meanwhile makes the job run once more."""
+    import asyncio
+
+    from services.campaign.worker import _woken_while_handing_over
+
+    s = settings.model_copy(update={"queue_prefix": f"wake-test-{uuid.uuid4().hex[:8]}"})
+    redis = await create_redis(s)
+    ctx = {"settings": s, "service": "campaign", "redis": redis}
+    try:
+        assert not await _woken_while_handing_over(ctx, set())  # nothing in flight: nothing to wait for
+        for woken in (True, False):
+            async def handing_over(woken: bool = woken) -> None:
+                await asyncio.sleep(0.2)
+                if woken:  # a trigger page entered a journey meanwhile
+                    await wake(redis, s, "campaign", "advance_journeys")
+
+            await redis.enqueue_job("advance_journeys", _job_id=f"{s.queue_name('campaign')}:wake:advance_journeys",
+                                    _queue_name=s.queue_name("campaign"))  # (this job, queued: wakes coalesce)
+            task = asyncio.create_task(handing_over())
+            assert await _woken_while_handing_over(ctx, {task}) is woken
+            assert task.done()
+    finally:
+        keys = await redis.keys(f"*{s.queue_prefix}*")
+        if keys:
+            await redis.delete(*keys)
+        await redis.aclose()

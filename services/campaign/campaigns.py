@@ -165,6 +165,8 @@ def journey_from(data: dict[str, Any]) -> jd.Journey:
             body_error(f"steps.{ids.index(sid)}", f"step {sid!r} is unreachable: no step leads to it (steps do not "
                                                  "fall through; set `next` on the step before it)")
             for sid in lost])
+    if early := jd.engaged_before_sent(journey):
+        raise ValidationFailed("The campaign is not valid", errors=[body_error(at, msg) for at, msg in early])
     if blind := jd.unmatchable(journey):
         raise ValidationFailed("The campaign is not valid", errors=[
             body_error(f"steps.{ids.index(sid)}.match", f"step {sid!r} matches on a property of the trigger, but "

@@ -412,6 +412,31 @@ def unreachable(journey: Journey) -> list[str]:
     return [s.id for s in journey.steps if s.id not in seen]
 
 
+def _reaches(journey: Journey, start: str, goal: str) -> bool:
+    """Some path of one or more steps leads from ``start`` to ``goal``."""
+    seen: set[str] = set()
+    todo = [t for t in targets(journey.step(start)) if t is not None]
+    while todo:
+        sid = todo.pop()
+        if sid == goal:
+            return True
+        if sid not in seen:
+            seen.add(sid)
+            todo.extend(t for t in targets(journey.step(sid)) if t is not None)
+    return False
+
+
+def engaged_before_sent(journey: Journey) -> list[tuple[str, str]]:
+    """Branches on engagement with a send step no path runs before them: the message cannot exist yet, so the
+    branch could only take ``no``. (place, message) for each; refused on save, stored journeys are not re-judged."""
+    return [(f"steps.{i}.condition.step", f"step {s.id!r} asks about the message of {s.condition.step!r}, which "
+                                          "no path sends before it: the branch would always take `no` (name a send "
+                                          "step that comes earlier)")
+            for i, s in enumerate(journey.steps)
+            if isinstance(s, BranchStep) and isinstance(s.condition, EngagementCondition)
+            and not _reaches(journey, s.condition.step, s.id)]
+
+
 def unmatchable(journey: Journey) -> list[str]:
     """``wait_for_event`` steps that ``match`` on a property of the trigger when the trigger has none (a
     segment or schedule trigger): they could only time out. Refused on save; stored journeys are not

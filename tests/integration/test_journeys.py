@@ -2184,6 +2184,10 @@ async def test_a_loop_that_never_waits_and_durations_past_a_year_are_refused_nam
         ([{**send, "next": "t"}, {**send, "id": "t"}, {**send, "id": "s"}], {}, "steps.2.id"),
         ([{"id": "b", "type": "branch", "condition": {"type": "engaged", "step": "b"}, "yes": "s"}, send], {},
          "steps.0.condition.step"),
+        # (engagement with a message no path has sent yet: the branch could only take `no`)
+        ([{"id": "b", "type": "branch", "condition": {"type": "engaged", "step": "s", "action": "opened"},
+           "yes": "u", "no": "u"}, {"id": "u", "type": "delay", "seconds": 60, "next": "s"}, send], {},
+         "steps.0.condition.step"),
         ([{"id": "x", "type": "split", "variants": [{"name": "A", "weight": 1, "next": "s"},
                                                     {"name": "B", "weight": 1, "next": "gone"}]}, send], {},
          "steps.0.variants.1.next"),
@@ -2213,6 +2217,11 @@ async def test_a_loop_that_never_waits_and_durations_past_a_year_are_refused_nam
         {**send, "next": "d"}, {"id": "d", "type": "delay", "seconds": 86400, "next": "b"},
         {"id": "b", "type": "branch", "condition": {"type": "performed_since_entry", "event": "G"}, "no": "s"}])
     assert reminder.status_code == 201, reminder.text
+    # asking, in a loop, about the message the last time round sent: a path leads from the send to the branch
+    again = await post(trigger=api, steps=[
+        {"id": "b", "type": "branch", "condition": {"type": "engaged", "step": "s", "action": "opened"}, "no": "d"},
+        {"id": "d", "type": "delay", "seconds": 86400, "next": "s"}, {**send, "next": "b"}])
+    assert again.status_code == 201, again.text
 
 
 async def test_a_duration_saved_before_it_was_bounded_or_a_date_at_the_calendars_end_fails_nothing(world) -> None:

@@ -127,11 +127,11 @@ class MessageCreate(_Body):
                 raise FieldError("to", str(exc)) from None
             if not self.text:
                 raise FieldError("text", "an SMS needs text")
+            if len(self.text) > SMS_TEXT_MAX:
+                raise FieldError("text", f"an SMS is at most {SMS_TEXT_MAX:,} characters")
             if self.subject or self.html is not None:  # (taken, then dropped on the way to Twilio: nothing said so)
                 raise FieldError("subject" if self.subject else "html",
                                  "an SMS is its text alone: subject and html are not sent (put the words in text)")
-            if len(self.text) > SMS_TEXT_MAX:
-                raise FieldError("text", f"an SMS is at most {SMS_TEXT_MAX:,} characters")
         return self
 
 

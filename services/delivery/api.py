@@ -319,7 +319,7 @@ async def list_devices(ws: WorkspaceDep, session: SessionDep, page: PageDep,
                        responses={**COMMON_ERRORS, 404: problem_schema("Unknown token")})
 async def remove_device(token: StorableText, ws: WorkspaceDep, session: SessionDep) -> Response:
     async with session.begin():
-        if not await devices.forget(session, ws, [token]):
+        if not await devices.forget(session, ws, devices.spellings(token)):
             raise NotFound("No such device token")
     return Response(status_code=204)
 

@@ -162,7 +162,7 @@ async def send(settings: Settings, http: httpx.AsyncClient, devices: list[Device
     body = payload(note)
     await each_device(devices, lambda d: _send_one(settings, client, key, f"{base}/3/device/{d.token}",
                                                    {**headers, "apns-id": apns_id(note.message_id, d.token)}, body,
-                                                   d.token, result), result)
+                                                   d.token, result), result, note.start_by)
     return result
 
 
@@ -186,7 +186,7 @@ async def _send_one(settings: Settings, client: httpx.AsyncClient, key: SigningK
             rejected = bearer  # re-mint once
             continue
         if resp.status_code == 200:
-            result.sent.append(resp.headers.get("apns-id") or headers["apns-id"])
+            result.delivered[token] = resp.headers.get("apns-id") or headers["apns-id"]
         elif resp.status_code == 410:
             result.gone.append(token)
         elif resp.status_code == 429 or resp.status_code >= 500:

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.delivery.apns import is_device_token
 from services.delivery.push import Device
 from shared.db import fetch_page, row_dict
 from shared.errors import InvalidCursor
@@ -18,7 +19,10 @@ _COLS = "user_ref as user, platform, token, created_at, last_used_at, webpush_p2
 async def register(session: AsyncSession, ws: uuid.UUID, user: str, platform: str, token: str,
                    p256dh: str | None = None, auth: str | None = None) -> dict[str, Any]:
     """Idempotent; a token that moves to another user (a shared device) follows its latest owner, and a
-    re-registered subscription takes its new keys."""
+    re-registered subscription takes its new keys. An APNs device token is hex bytes, written in either case by
+    different iOS libraries: it is kept in lower case (one phone registered both ways got every push twice)."""
+    if platform == "ios" and is_device_token(token):
+        token = token.lower()
     row = (await session.execute(text(
         "insert into delivery.devices (workspace_id, token, user_ref, platform, webpush_p256dh, webpush_auth) "
         "values (:ws, :t, :u, :p, :k, :a) "
@@ -75,3 +79,23 @@ async def used(session: AsyncSession, ws: uuid.UUID, tokens: list[str]) -> None:
     if tokens:
         await session.execute(text("update delivery.devices set last_used_at = now() where workspace_id = :ws "
                                    "and token = any(CAST(:t AS text[]))"), {"ws": ws, "t": tokens})
+
+
+async def receipts(session: AsyncSession, message_id: uuid.UUID) -> dict[str, str]:
+    """The devices a push message reached in earlier attempts: token -> the provider's id."""
+    rows = await session.execute(text("select token, provider_id from delivery.push_receipts where message_id = :m"),
+                                 {"m": message_id})
+    return {r.token: r.provider_id for r in rows}
+
+
+async def record_receipts(session: AsyncSession, ws: uuid.UUID, message_id: uuid.UUID, reached: dict[str, str]) -> None:
+    if reached:
+        await session.execute(text(
+            "insert into delivery.push_receipts (message_id, token, workspace_id, provider_id) "
+            "select :m, t, :ws, p from unnest(CAST(:t AS text[]), CAST(:p AS text[])) as r(t, p) "
+            "on conflict do nothing"), {"m": message_id, "ws": ws, "t": list(reached), "p": list(reached.values())})
+
+
+def spellings(token: str) -> list[str]:
+    """The forms a token given back to us may be stored under: an APNs device token's lower case too."""
+    return [token, token.lower()] if is_device_token(token) and token != token.lower() else [token]

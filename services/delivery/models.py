@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Identity, Index, UniqueConstraint, text
+from sqlalchemy import BigInteger, Column, ForeignKey, Identity, Index, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -221,6 +221,20 @@ class RedactionMark(DeliveryTable, table=True):
 
     workspace_id: uuid.UUID = Field(primary_key=True)
     redacted_before: datetime = Field(sa_column=tz_column("redacted_before"))
+
+
+class PushReceipt(DeliveryTable, table=True):
+    """A device a push message reached (``sending._send_push``): a retry, after another device's transient error
+    or a lost lease, goes to the devices without one. Deleted with its message."""
+
+    __tablename__ = "push_receipts"
+
+    message_id: uuid.UUID = Field(sa_column=Column(
+        "message_id", ForeignKey("delivery.messages.id", ondelete="CASCADE"), primary_key=True))
+    token: str = Field(primary_key=True)
+    workspace_id: uuid.UUID
+    provider_id: str
+    sent_at: datetime = Field(sa_column=tz_column("sent_at"))
 
 
 class SendgridEventId(DeliveryTable, table=True):

@@ -88,8 +88,10 @@ class TokenCache:
                 "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": assertion})
         except httpx.HTTPError as exc:
             raise SendError(f"FCM token endpoint unreachable: {type(exc).__name__}", permanent=False) from None
-        if resp.status_code != 200:
-            raise SendError(f"FCM token endpoint answered {resp.status_code}", permanent=resp.status_code < 500)
+        if resp.status_code != 200:  # (a 429 or 5xx passes: retried; a 400/401 is our account's, for good)
+            raise SendError(f"FCM token endpoint answered {resp.status_code}",
+                            permanent=resp.status_code < 500 and resp.status_code != 429,
+                            retry_after_s=retry_after(resp))
         body = resp.json()
         self._tokens[key] = (body["access_token"], time.time() + float(body.get("expires_in", 3600)))
         return str(body["access_token"])
@@ -109,6 +111,9 @@ class Notification:
     data: dict[str, Any]
     expires_at: int  # unix seconds
     urgent: bool = False
+    # (time.monotonic()) a device not yet sent to by then waits for the next attempt: a user's many slow devices
+    # cannot outlast the message's lease, after which another worker would send to all of them again
+    start_by: float = math.inf
 
     @property
     def deep_link(self) -> str | None:
@@ -136,7 +141,7 @@ class Device:
 
 @dataclass
 class Result:
-    sent: list[str] = field(default_factory=list)  # the providers' ids of what they took
+    delivered: dict[str, str] = field(default_factory=dict)  # token -> the provider's id of what it took
     gone: list[str] = field(default_factory=list)  # tokens to remove
     transient: str | None = None  # why a device should be tried again
     failed: str | None = None  # why a device will never take this message (it stays registered)
@@ -148,7 +153,7 @@ class Result:
             self.retry_after_s = max(after_s, self.retry_after_s or 0.0)
 
     def merge(self, other: "Result") -> None:
-        self.sent += other.sent
+        self.delivered.update(other.delivered)
         self.gone += other.gone
         self.transient = other.transient or self.transient
         self.failed = other.failed or self.failed
@@ -159,15 +164,25 @@ class Result:
 MAX_PARALLEL = 10  # devices of one user sent to at once: the message's time is one provider timeout, not N
 
 
-async def each_device(devices: list[Any], send: Callable[[Any], Awaitable[None]], result: Result) -> None:
-    """``send(device)`` for every device, concurrently (so a user's many devices cannot outlast the message's
-    lease), each on its own: a device whose send raises fails, the others are still sent to."""
+async def each_device(devices: list[Any], send: Callable[[Any], Awaitable[None]], result: Result,
+                      start_by: float = math.inf) -> None:
+    """``send(device)`` for every device, ``MAX_PARALLEL`` at a time, each on its own: a device whose send raises
+    fails, the others are still sent to. One not started by ``start_by`` is left for the next attempt (a
+    transient error: the devices already reached have their receipts and are not sent to again)."""
     gate = asyncio.Semaphore(MAX_PARALLEL)
 
     async def one(device: Any) -> None:
         async with gate:
+            if time.monotonic() > start_by:
+                result.retry("the user's devices take longer than a lease: the rest go in the next attempt", 0.0)
+                return
             try:
                 await send(device)
+            except SendError as exc:  # (the token endpoint, asked again mid-send: an outage there is retried)
+                if exc.permanent:
+                    result.failed = str(exc)[:300]
+                else:
+                    result.retry(str(exc)[:300], exc.retry_after_s)
             except Exception as exc:  # noqa: BLE001 - a bad device (odd URL, header) must not sink the rest
                 result.failed = f"{type(exc).__name__}: {exc}"[:300]
 
@@ -233,12 +248,12 @@ async def send_fcm(settings: Settings, http: httpx.AsyncClient, devices: list[De
     try:
         await TOKENS.get(http, account, settings.provider_timeout_s)  # one access token for every device
         await each_device(devices, lambda d: _send_fcm_one(settings, http, account, url, d.token, note, result),
-                          result)
+                          result, note.start_by)
     except SendError as exc:  # the token endpoint failed: no FCM device can be reached now
         if exc.permanent:
             result.failed = str(exc)
         else:
-            result.retry(str(exc))
+            result.retry(str(exc), exc.retry_after_s)
     return result
 
 
@@ -255,7 +270,7 @@ async def _send_fcm_one(settings: Settings, http: httpx.AsyncClient, account: Se
         if resp.status_code == 401 and not fresh:
             continue  # the access token expired early: mint a new one, once
         if resp.status_code == 200:
-            result.sent.append(str(resp.json().get("name", "")))
+            result.delivered[token] = str(resp.json().get("name", ""))
         elif _error_code(resp) in GONE or _bad_token(resp):
             result.gone.append(token)
         elif resp.status_code == 429 or resp.status_code >= 500:

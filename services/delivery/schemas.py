@@ -51,7 +51,7 @@ class MessageCreate(_Body):
 
     idempotency_key: str = Field(min_length=1, max_length=255, examples=["order-1234-receipt"])
     channel: Literal["email", "sms", "push", "webhook"] = "email"
-    to: str = Field(min_length=3, max_length=2000, examples=["ada@example.com"],
+    to: str = Field(min_length=1, max_length=2000, examples=["ada@example.com"],
                     description="an email address; for SMS a phone number (normalised to E.164); for push the "
                                 "userId or anonymousId whose devices get it; for a webhook the http(s) URL")
     from_: str | None = Field(None, alias="from", max_length=998, examples=["Acme <hello@acme.example>"],

@@ -69,30 +69,41 @@ async def _send_http(sessionmaker: async_sessionmaker[AsyncSession], settings: S
                                       (message["text"] or "{}").encode())
 
 
+PUSH_FANOUT_S = outbox.LEASE_S / 2  # devices not started by then wait for the next attempt (each send ≤ a timeout)
+
+
 async def _send_push(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, http: httpx.AsyncClient,
                      message: dict[str, Any]) -> str:
+    """The message to each of its user's devices that has not had it (``push_receipts``): sent once all have it
+    (or are gone, or refused it for good); while a device has a transient error, the message is retried for
+    that device alone."""
     ws, user = message["workspace_id"], message["to_address"]
     async with sessionmaker() as session, session.begin():
         targets = await devices.devices_of(session, ws, user)
-    if not targets:
+        reached = await devices.receipts(session, message["id"])
+    if not targets and not reached:
         raise mailer.SendError(f"no device registered for {user}", permanent=True)
+    targets = [d for d in targets if d.token not in reached]
     created = message.get("created_at") or datetime.now(UTC)
     note = push.Notification(
         message_id=message["id"], title=message["subject"], body=message["text"] or "",
         data=(message.get("metadata") or {}).get("push_data") or {},
         expires_at=int(created.timestamp()) + settings.push_ttl_s,  # the same on every retry
-        urgent=message.get("message_type") == "transactional")
-    if settings.push_ttl_s and note.ttl_s() == 0:  # a retry after the window: "back in stock" a day late
+        urgent=message.get("message_type") == "transactional", start_by=time.monotonic() + PUSH_FANOUT_S)
+    if targets and settings.push_ttl_s and note.ttl_s() == 0:  # a retry after the window: "back in stock" a day late
+        if reached:  # (sent: to the devices that had it in time)
+            return ",".join(reached.values())
         raise mailer.SendError(f"expired: not delivered within TENURE_PUSH_TTL_S ({settings.push_ttl_s} s) of its "
                                "creation", permanent=True)
-    result = await push.send(settings, http, targets, note)
-    async with sessionmaker() as session, session.begin():
+    result = await push.send(settings, http, targets, note) if targets else push.Result()
+    async with sessionmaker() as session, session.begin():  # (each reached device at once: a retry skips it)
         await devices.forget(session, ws, result.gone)
-        await devices.used(session, ws, [d.token for d in targets if d.token not in result.gone])
-    if result.sent:
-        return ",".join(result.sent)
-    if result.transient:
+        await devices.used(session, ws, list(result.delivered))
+        await devices.record_receipts(session, ws, message["id"], result.delivered)
+    if result.transient:  # (the devices reached keep their receipts: the retry goes to the others)
         raise mailer.SendError(result.transient, permanent=False, retry_after_s=result.retry_after_s)
+    if reached or result.delivered:
+        return ",".join({**reached, **result.delivered}.values())
     if result.failed:
         raise mailer.SendError(result.failed, permanent=True)
     raise mailer.SendError("every device of this user is gone (tokens removed)", permanent=True)

@@ -155,7 +155,8 @@ async def send(settings: Settings, http: httpx.AsyncClient, devices: list[Device
                "Content-Encoding": "aes128gcm", "Content-Type": "application/octet-stream"}
     if note.collapse_key:
         headers["Topic"] = topic(note.collapse_key)
-    await each_device(devices, lambda d: _send_one(settings, http, key, d, plaintext, headers, result), result)
+    await each_device(devices, lambda d: _send_one(settings, http, key, d, plaintext, headers, result), result,
+                      note.start_by)
     return result
 
 
@@ -177,7 +178,7 @@ async def _send_one(settings: Settings, http: httpx.AsyncClient, key: VapidKey, 
         return
     where = urlsplit(endpoint).hostname
     if 200 <= resp.status_code < 300:
-        result.sent.append(resp.headers.get("location") or f"{where}:{resp.status_code}")
+        result.delivered[endpoint] = resp.headers.get("location") or f"{where}:{resp.status_code}"
     elif resp.status_code in (404, 410):
         result.gone.append(endpoint)
     elif resp.status_code == 429 or resp.status_code >= 500:

@@ -222,7 +222,8 @@ async def stage_series(
     ws: WorkspaceDep,
     session: SessionDep,
     start: Annotated[IsoDate, Query(description="first day (UTC)")],
-    end: Annotated[IsoDate, Query(description="last day (UTC), at most 366 days after start")],
+    end: Annotated[IsoDate, Query(description="last day (UTC), at most 366 days after start; the series stops at "
+                                              "today (UTC): days to come are not known yet")],
 ) -> dict[str, Any]:
     if end < start or (end - start).days > 366:
         msg = "end must be on or after start, and at most 366 days later"

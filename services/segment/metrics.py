@@ -91,7 +91,12 @@ async def retention_metrics(session: AsyncSession, ws: uuid.UUID, start: datetim
 
 
 async def stage_series(session: AsyncSession, ws: uuid.UUID, start: date, end: date) -> list[dict[str, Any]]:
-    """Profiles in each stage at the end of each day in ``[start, end]``, rebuilt from the transition log."""
+    """Profiles in each stage at the end of each day in ``[start, end]``, rebuilt from the transition log; days
+    after today (UTC) are left out (each repeated today's counts, though profiles would pass a stage's threshold
+    on them: a chart drew a flat line into the future)."""
+    end = min(end, datetime.now(UTC).date())
+    if end < start:
+        return []
     ids = {lifecycle.stage_segment_id(ws, st): st for st in lifecycle.STAGES}
     rows = (await session.execute(
         text(

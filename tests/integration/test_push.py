@@ -1,6 +1,7 @@
 """Push through FCM HTTP v1 — a local server answering as Google's token endpoint and FCM do (it checks the
 service account's signed JWT) — with device registration and removal of tokens FCM says are gone."""
 
+import asyncio
 import json
 import uuid
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
 
+import httpx
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -16,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from services.delivery import sending
+from services.delivery import push, sending
 from shared.testing import http_server
 
 
@@ -24,11 +26,15 @@ class FakeGoogle:
     def __init__(self, public_pem: bytes, port_box: dict) -> None:
         self.sent: list[dict] = []
         self.tokens_minted = 0
+        self.asked: dict[str, int] = {}  # token -> sends asked for it, answered or not
+        self.token_endpoint_down = False
         app = FastAPI()
 
         @app.post("/token")
         async def token(request: Request) -> JSONResponse:
             form = await request.form()
+            if self.token_endpoint_down:
+                return JSONResponse({"error": "backend_error"}, status_code=503)
             assert form["grant_type"] == "urn:ietf:params:oauth:grant-type:jwt-bearer"
             try:
                 claims = jwt.decode(str(form["assertion"]), public_pem, algorithms=["RS256"],
@@ -49,6 +55,13 @@ class FakeGoogle:
                                                "status": "NOT_FOUND"}}, status_code=404)
             body = await request.json()
             token = body["message"]["token"]
+            self.asked[token] = self.asked.get(token, 0) + 1
+            if token.startswith("flaky") and self.asked[token] == 1:  # unavailable once, then takes it
+                return JSONResponse({"error": {"code": 503, "status": "UNAVAILABLE"}}, status_code=503)
+            if token.startswith("slow"):
+                await asyncio.sleep(0.4)
+            if token.startswith("expired") and self.asked[token] == 1:  # our access token, refused: a new one
+                return JSONResponse({"error": {"code": 401, "status": "UNAUTHENTICATED"}}, status_code=401)
             if token.startswith("gone"):
                 return JSONResponse({"error": {"code": 404, "status": "NOT_FOUND", "details": [
                     {"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": "UNREGISTERED"}]}},
@@ -254,3 +267,106 @@ async def test_data_keys_fcm_reserves_are_refused_when_queued(apps, workspace) -
         "idempotency_key": f"hook-{tag}", "channel": "webhook", "to": "https://hooks.example.test/x",
         "data": {"from": "acme", "message_type": "order"}})
     assert r.status_code == 202, r.text
+
+
+async def _push(apps, h, user: str, tokens: list[str]) -> str:
+    for token in tokens:
+        r = await apps["delivery"].post("/v1/devices", headers=h, json={"user": user, "token": token,
+                                                                        "platform": "android"})
+        assert r.status_code == 201, r.text
+    r = await apps["delivery"].post("/v1/messages", headers=h, json={
+        "idempotency_key": f"push-{user}", "channel": "push", "to": user, "subject": "Hello", "text": "Hi",
+        "message_type": "transactional"})
+    assert r.status_code == 202, r.text
+    return r.json()["id"]
+
+
+async def _due_now(sessionmaker, message_id: str) -> None:
+    async with sessionmaker() as s, s.begin():
+        await s.execute(text("update delivery.messages set next_attempt_at = now() - interval '1 second' "
+                             "where id = :id"), {"id": message_id})
+
+
+async def test_a_device_with_a_passing_error_gets_the_push_on_the_retry_and_the_others_not_twice(
+        apps, workspace, sessionmaker, settings) -> None:
+    """One device took the push, another answered 503: the message was `sent` and the second never had it. Now
+    each device that takes it has a receipt; the message is retried for the others alone, and is sent once
+    every device has it. A device is marked used only when it took a push."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    tag = uuid.uuid4().hex[:6]
+    ok, flaky = f"tok-{tag}-000000", f"flaky-{tag}-0000"
+    with fcm(settings) as (google, push_settings):
+        mid = await _push(apps, h, f"two-{tag}", [ok, flaky])
+        await sending.send_due(sessionmaker, push_settings)
+        first = (await apps["delivery"].get(f"/v1/messages/{mid}", headers=h)).json()
+        assert first["status"] == "queued" and "FCM 503" in first["last_error"], first
+        used = {d["token"]: d["last_used_at"] for d in (await apps["delivery"].get(
+            "/v1/devices", headers=h, params={"user": f"two-{tag}"})).json()["devices"]}
+        assert used[ok] is not None and used[flaky] is None, used
+        await _due_now(sessionmaker, mid)
+        await sending.send_due(sessionmaker, push_settings)
+    done = (await apps["delivery"].get(f"/v1/messages/{mid}", headers=h)).json()
+    assert done["status"] == "sent" and len(done["provider_message_id"].split(",")) == 2, done
+    assert {t: google.asked.get(t) for t in (ok, flaky)} == {ok: 1, flaky: 2}  # (other tests' messages go too)
+    assert sorted(m["token"] for m in google.sent if m["token"] in (ok, flaky)) == sorted([ok, flaky])
+
+
+async def test_a_user_with_many_slow_devices_gets_one_push_on_each(apps, workspace, sessionmaker, settings,
+                                                                   monkeypatch) -> None:
+    """80 devices answering in 9 s each outlasted the 60 s lease: another claim sent to all of them again, three
+    times. The devices not started within half a lease wait for the next attempt, which skips those reached."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    tag = uuid.uuid4().hex[:6]
+    monkeypatch.setattr(sending, "PUSH_FANOUT_S", 0.2)  # (half a lease, scaled to the fake's 0.4 s answers)
+    tokens = [f"slow-{tag}-{n:04d}" for n in range(14)]
+    with fcm(settings) as (google, push_settings):
+        mid = await _push(apps, h, f"many-{tag}", tokens)
+        await sending.send_due(sessionmaker, push_settings)
+        first = (await apps["delivery"].get(f"/v1/messages/{mid}", headers=h)).json()
+        assert first["status"] == "queued" and "take longer than a lease" in first["last_error"], first
+        assert sum(t in google.asked for t in tokens) == push.MAX_PARALLEL  # those started in time
+        for _ in range(3):
+            await _due_now(sessionmaker, mid)
+            await sending.send_due(sessionmaker, push_settings)
+            status = (await apps["delivery"].get(f"/v1/messages/{mid}", headers=h)).json()["status"]
+            if status == "sent":
+                break
+    assert status == "sent"
+    assert {t: google.asked.get(t) for t in tokens} == dict.fromkeys(tokens, 1)  # each device once, over attempts
+
+
+async def test_a_token_endpoint_outage_mid_send_is_retried(apps, workspace, sessionmaker, settings) -> None:
+    """FCM refused our access token (401), and minting a new one met the token endpoint's 503: the message failed
+    for good. An outage there is transient, like FCM's own 5xx."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    tag = uuid.uuid4().hex[:6]
+    with fcm(settings) as (google, push_settings):
+        mid = await _push(apps, h, f"minted-{tag}", [f"expired-{tag}-0000"])
+        async with httpx.AsyncClient() as client:  # an access token in the cache, as after earlier sends
+            await push.TOKENS.get(client, push.ServiceAccount.load(push_settings.fcm_service_account), 5)
+        google.token_endpoint_down = True
+        await sending.send_due(sessionmaker, push_settings)
+        got = (await apps["delivery"].get(f"/v1/messages/{mid}", headers=h)).json()
+        assert got["status"] == "queued" and "token endpoint answered 503" in got["last_error"], got
+        google.token_endpoint_down = False
+        await _due_now(sessionmaker, mid)
+        await sending.send_due(sessionmaker, push_settings)
+    assert (await apps["delivery"].get(f"/v1/messages/{mid}", headers=h)).json()["status"] == "sent"
+
+
+async def test_an_apns_token_in_either_case_is_one_device_and_a_short_user_id_gets_pushes(apps, workspace) -> None:
+    """iOS libraries write the hex device token in upper or lower case: both were stored, and the phone got each
+    push twice. And a push's ``to`` needed 3 characters: user "42" could register a device but never get a push."""
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    hex_token = uuid.uuid4().hex * 2
+    for token in (hex_token.upper(), hex_token):
+        r = await apps["delivery"].post("/v1/devices", headers=h, json={"user": "42", "token": token,
+                                                                        "platform": "ios"})
+        assert r.status_code == 201 and r.json()["token"] == hex_token, r.text
+    listed = (await apps["delivery"].get("/v1/devices", headers=h, params={"user": "42"})).json()["devices"]
+    assert [d["token"] for d in listed] == [hex_token]
+    r = await apps["delivery"].post("/v1/messages", headers=h, json={
+        "idempotency_key": f"short-{hex_token[:8]}", "channel": "push", "to": "42", "subject": "Hi", "text": "B"})
+    assert r.status_code == 202, r.text
+    assert (await apps["delivery"].delete(f"/v1/devices/{hex_token.upper()}", headers=h)).status_code == 204
+    assert (await apps["delivery"].get("/v1/devices", headers=h, params={"user": "42"})).json()["devices"] == []

@@ -142,13 +142,18 @@ async def test_the_stage_series_reaches_the_last_representable_day(apps, workspa
     async with sessionmaker() as s, s.begin():
         affected = await evaluation.apply_events(s, [_ev(ws, uuid.uuid4(), type="track", event="Signed Up")])
         await evaluation.reevaluate(s, ws, affected[ws])
-    for start, end, profiles in [("9999-12-30", "9999-12-31", 1), ("9999-12-31", "9999-12-31", 1),
-                                 ("0001-01-01", "0001-01-02", 0)]:
+    today = datetime.now(UTC).date()
+    # (the series stops at today: days to come repeated today's counts, as if nobody would pass a threshold)
+    for start, end, last, profiles in [(today.isoformat(), (today + timedelta(days=30)).isoformat(), today.isoformat(), 1),
+                                       ("0001-01-01", "0001-01-02", "0001-01-02", 0)]:
         r = await apps["segment"].get("/v1/metrics/stages", headers=h, params={"start": start, "end": end})
         assert r.status_code == 200, r.text
         days = r.json()["days"]
-        assert days[0]["day"] == start and days[-1]["day"] == end
+        assert days[0]["day"] == start and days[-1]["day"] == last
         assert [sum(v for k, v in d.items() if k != "day") for d in days] == [profiles] * len(days)
+    for start, end in (("9999-12-30", "9999-12-31"), (today + timedelta(days=1), today + timedelta(days=5))):
+        r = await apps["segment"].get("/v1/metrics/stages", headers=h, params={"start": str(start), "end": str(end)})
+        assert r.status_code == 200 and r.json()["days"] == [], r.text
 
 
 class Population:

@@ -402,28 +402,20 @@ def default_entry_rule(trigger: Any) -> EntryRule:
 def unreachable(journey: Journey) -> list[str]:
     """Steps no path from the first step leads to: usually a forgotten ``next`` (steps do not fall through
     to the one listed below them). Refused on save; stored journeys are not re-judged."""
-    seen: set[str] = set()
-    todo = [journey.steps[0].id] if journey.steps else []
-    while todo:
-        sid = todo.pop()
-        if sid not in seen:
-            seen.add(sid)
-            todo.extend(t for t in targets(journey.step(sid)) if t is not None)
+    seen = _reachable(journey, [journey.steps[0].id] if journey.steps else [])
     return [s.id for s in journey.steps if s.id not in seen]
 
 
-def _reaches(journey: Journey, start: str, goal: str) -> bool:
-    """Some path of one or more steps leads from ``start`` to ``goal``."""
+def _reachable(journey: Journey, starts: list[str | None]) -> set[str]:
+    """The steps ``starts`` are, and every step a path from them leads to."""
     seen: set[str] = set()
-    todo = [t for t in targets(journey.step(start)) if t is not None]
+    todo = [t for t in starts if t is not None]
     while todo:
         sid = todo.pop()
-        if sid == goal:
-            return True
         if sid not in seen:
             seen.add(sid)
             todo.extend(t for t in targets(journey.step(sid)) if t is not None)
-    return False
+    return seen
 
 
 def engaged_before_sent(journey: Journey) -> list[tuple[str, str]]:
@@ -434,7 +426,7 @@ def engaged_before_sent(journey: Journey) -> list[tuple[str, str]]:
                                           "step that comes earlier)")
             for i, s in enumerate(journey.steps)
             if isinstance(s, BranchStep) and isinstance(s.condition, EngagementCondition)
-            and not _reaches(journey, s.condition.step, s.id)]
+            and s.id not in _reachable(journey, targets(journey.step(s.condition.step)))]
 
 
 def unmatchable(journey: Journey) -> list[str]:

@@ -73,14 +73,19 @@ async def test_an_event_stored_at_minus_infinity_stops_no_reader(apps, workspace
     async with sessionmaker() as s, s.begin():
         await s.execute(text("update ingest.events set timestamp = '-infinity' where workspace_id = :ws "
                              "and message_id = :m"), {"ws": workspace.workspace_id, "m": f"old-{workspace.workspace_id}"})
+    pid = (await apps["ingest"].get("/v1/profiles/ancient", headers=h)).json()["id"]
     redis = await create_redis(settings)
+    deadline = time.monotonic() + 60
     try:
-        for service, (on_events, _) in sorted(CASES.items()):
-            ctx = {"settings": settings, "service": service, "sessionmaker": sessionmaker,
-                   "internal": internal_client, "redis": redis}
-            await asyncio.wait_for(on_events(ctx), 60)  # (raised "year 0 is out of range" in segment)
+        while True:  # (another test's job may hold a consumer for a while: it gives way, and is asked again)
+            for service, (on_events, _) in sorted(CASES.items()):
+                ctx = {"settings": settings, "service": service, "sessionmaker": sessionmaker,
+                       "internal": internal_client, "redis": redis}
+                await asyncio.wait_for(on_events(ctx), 60)  # (raised "year 0 is out of range" in segment)
+            attributes = await apps["segment"].get(f"/v1/profiles/{pid}/attributes", headers=h)
+            if attributes.status_code == 200 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
     finally:
         await redis.aclose()
-    pid = (await apps["ingest"].get("/v1/profiles/ancient", headers=h)).json()["id"]
-    attributes = await apps["segment"].get(f"/v1/profiles/{pid}/attributes", headers=h)
     assert attributes.status_code == 200 and attributes.json()["order_count"] == 1, attributes.text

@@ -193,16 +193,10 @@ async def test_a_404_that_is_not_unregistered_keeps_the_device(apps, workspace, 
         with fcm(settings, **kw) as (google, push_settings):
             if case == "path":  # a proxy or base URL that does not lead to FCM: a plain 404 page
                 push_settings = push_settings.model_copy(update={"fcm_base_url": push_settings.fcm_base_url + "/x"})
-            r = await apps["delivery"].post("/v1/devices", headers=h, json={"user": user, "token": token,
-                                                                            "platform": "android"})
-            assert r.status_code == 201, r.text
-            r = await apps["delivery"].post("/v1/messages", headers=h, json={
-                "idempotency_key": f"cfg-{user}", "channel": "push", "to": user, "subject": "Hello", "text": "Hi",
-                "message_type": "transactional"})
-            assert r.status_code == 202, r.text
+            mid = await _push(apps, h, user, [token])
             await sending.send_due(sessionmaker, push_settings)
             assert google.sent == []
-        got = (await apps["delivery"].get(f"/v1/messages/{r.json()['id']}", headers=h)).json()
+        got = (await apps["delivery"].get(f"/v1/messages/{mid}", headers=h)).json()
         assert got["status"] == "failed", (case, got)
         assert "404" in got["last_error"] and "gone" not in got["last_error"], (case, got["last_error"])
         kept = (await apps["delivery"].get("/v1/devices", headers=h, params={"user": user})).json()["devices"]

@@ -186,6 +186,22 @@ async def _redis_problem(settings: Settings) -> str | None:
         await client.aclose()
 
 
+def _metrics_port_problem(settings: Settings) -> str | None:
+    """Why the worker cannot serve its /metrics and /healthz (``TENURE_WORKER_METRICS_PORT``): the port is taken
+    (it failed with a 120-line traceback once the worker had started)."""
+    import socket
+
+    port = settings.worker_metrics_port
+    if port <= 0:
+        return None
+    try:
+        with socket.create_server((settings.host, port)):
+            return None
+    except OSError as exc:
+        return (f"cannot serve worker metrics on {settings.host}:{port} (TENURE_WORKER_METRICS_PORT): "
+                f"{exc.strerror or exc}")
+
+
 @app.command()
 def migrate() -> None:
     """Upgrade every schema (core, ingest, segment, campaign, delivery) to the latest revision. Idempotent."""
@@ -250,7 +266,7 @@ def worker(
     settings = _load_settings()
     _require_urls(settings)
     if problem := (asyncio.run(_postgres_problem(settings, ("core", service.value)))
-                   or asyncio.run(_redis_problem(settings))):
+                   or asyncio.run(_redis_problem(settings)) or _metrics_port_problem(settings)):
         _fail(f"[red]{_safe(problem)}[/red]", 1)
     module = importlib.import_module(f"services.{service.value}.worker")
     # uvloop, as uvicorn picks for the APIs: a worker is all socket round trips, and its event loop's

@@ -186,7 +186,16 @@ async def retry_while_unreachable(work: Callable[[], Awaitable[T]], *, give_up_a
         return result
 
 
+COMMAND_MARGIN_S = 5.0  # past the server's statement timeout: the server has not answered at all
+DISPOSE_TIMEOUT_S = 5.0
+
+
 def create_engine(settings: Settings, *, application_name: str = "tenure", **kw: Any) -> AsyncEngine:
+    """The one way to a PostgreSQL engine. Every statement is bounded twice: by the server's ``statement_timeout``,
+    and, a little later, on the client (asyncpg's ``command_timeout``): a server behind a silent network (a
+    partition, a failover in progress) answers nothing, not even its timeout, and requests hung for minutes
+    instead of answering 503."""
+    timeout_ms = settings.db_statement_timeout_ms
     engine = create_async_engine(
         async_url(settings.require_database_url()),
         pool_size=kw.pop("pool_size", settings.db_pool_size),
@@ -200,11 +209,21 @@ def create_engine(settings: Settings, *, application_name: str = "tenure", **kw:
                 "idle_in_transaction_session_timeout": "60000",
             },
             "timeout": 10,
+            "command_timeout": timeout_ms / 1000 + COMMAND_MARGIN_S if timeout_ms else None,
         },
         **kw,
     )
     _ping_when_idle(engine)
     return engine
+
+
+async def dispose_within(engine: AsyncEngine, timeout_s: float = DISPOSE_TIMEOUT_S) -> None:
+    """Close an engine's connections on shutdown, giving up after ``timeout_s``: closing waits for the server's
+    goodbye, which a silent network never brings, and a process told to stop stayed up until it was killed."""
+    try:
+        await asyncio.wait_for(engine.dispose(), timeout_s)
+    except (TimeoutError, OSError) as exc:
+        log.warning("db.dispose_abandoned", error=type(exc).__name__, after_s=timeout_s)
 
 
 async def in_transaction(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:

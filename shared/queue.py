@@ -29,7 +29,7 @@ from redis.exceptions import WatchError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared import metrics, worker_health
-from shared.db import Outage, create_engine, create_sessionmaker, unreachable
+from shared.db import Outage, create_engine, create_sessionmaker, dispose_within, unreachable
 from shared.feed import ConsumerBusy
 from shared.gc_tuning import tune_gc
 from shared.http import InternalClient, make_http_client
@@ -275,7 +275,7 @@ def worker_options(
         if "http" in ctx:
             await ctx["http"].aclose()
         if "engine" in ctx:
-            await ctx["engine"].dispose()
+            await dispose_within(ctx["engine"])
         log.info("worker.stopped", service=service)
 
     async def job_start(ctx: dict[str, Any]) -> None:

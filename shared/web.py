@@ -25,7 +25,7 @@ from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import metrics, openapi_glossary
-from shared.db import create_engine, create_sessionmaker
+from shared.db import create_engine, create_sessionmaker, dispose_within
 from shared.errors import (
     PROBLEM_JSON,
     BodyTooLarge,
@@ -48,6 +48,7 @@ from shared.validation import URL_TEXT_UNCHECKED, url_text_problem
 log = structlog.get_logger()
 
 REDIS_PROBE_TIMEOUT_S = 1.0
+POSTGRES_PROBE_TIMEOUT_S = 2.0  # the readiness probe's own timeout is 3 s (k8s): an answer, not a timed-out probe
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/events", "/v1/transitions"})
 
 
@@ -91,9 +92,10 @@ class RequestContextMiddleware:
             # probes and feed polls are frequent and uninteresting unless they fail
             quiet = path in _QUIET_PATHS and status < 400
             # a matched route is logged as its template: raw paths hold recipients' link tokens, write keys and email
-            # addresses (`/u/{token}`, `/v1/profiles/{ref}`), which logs must not keep (docs/observability.md)
+            # addresses (`/u/{token}`, `/v1/profiles/{ref}`), which logs must not keep (docs/observability.md); a path
+            # no route matched (a typo, a scanner, `/v1/nosuch/jane@example.com`) as "unmatched", as the metrics do
             (log.debug if quiet else log.info)(
-                "http.request", method=scope.get("method"), path=getattr(route, "path", None) or path[:100],
+                "http.request", method=scope.get("method"), path=getattr(route, "path", None) or "unmatched",
                 status=status, ms=round(seconds * 1000, 1),
             )
 
@@ -221,7 +223,7 @@ def _probe_router(service: str) -> APIRouter:
     async def readyz(request: Request) -> Response:
         checks: dict[str, str] = {}
         state = request.app.state
-        try:
+        async def database() -> None:
             async with state.engine.connect() as conn:
                 await conn.execute(text("select 1"))
                 checks["postgres"] = "ok"
@@ -233,6 +235,9 @@ def _probe_router(service: str) -> APIRouter:
                 checks["schema"] = problem or "ok"
                 if problem:
                     log.warning("readyz.schema_not_ready", problem=problem)
+
+        try:  # (bounded as Redis is: a PostgreSQL behind a silent network held the probe for its connect timeout)
+            await asyncio.wait_for(database(), POSTGRES_PROBE_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - report, don't crash the probe
             checks["schema" if "postgres" in checks else "postgres"] = f"error: {type(exc).__name__}"
         try:
@@ -451,7 +456,7 @@ def create_service_app(
             await app.state.waker.close()
             await app.state.http.aclose()
             await app.state.redis.aclose()
-            await app.state.engine.dispose()
+            await dispose_within(app.state.engine)
             log.info("service.stopped", service=service)
 
     app = FastAPI(

@@ -226,6 +226,7 @@ class Relay:
 
     def __init__(self, target: tuple[str, int] | str):
         self.target, self.port = target, free_port()
+        self.muted = False  # ``silence()``: connections stay open and new ones are taken, but nothing goes through
         self.loop = asyncio.new_event_loop()
         self.server: asyncio.Server | None = None
         self.writers: set[asyncio.StreamWriter] = set()
@@ -238,6 +239,8 @@ class Relay:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
+                if self.muted:  # (a network partition: no answer, no reset)
+                    continue
                 writer.write(data)
                 await writer.drain()
         except OSError:
@@ -274,6 +277,10 @@ class Relay:
 
     def down(self) -> None:
         self._call(self._down())
+
+    def silence(self) -> None:
+        """The network goes silent, as in a partition or a failover: what is sent is lost, nothing is refused."""
+        self.muted = True
 
     async def _settle(self) -> None:
         """Let the cut connections' pipes end (a loop stopped under them warns of tasks destroyed pending)."""

@@ -98,6 +98,17 @@ def test_a_worker_without_redis_is_one_line_naming_the_variable(settings) -> Non
     assert f"cannot connect to Redis at 127.0.0.1:{port} (TENURE_REDIS_URL)" in line and SECRET not in line
 
 
+def test_a_worker_whose_metrics_port_is_taken_is_one_line_naming_the_variable(settings) -> None:
+    """It started, then failed with a 120-line traceback (not JSON) when it came to serve /metrics and /healthz."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        r = subprocess.run([TENURE, "worker", "ingest"], capture_output=True, timeout=60,
+                           env=process_env(settings, TENURE_WORKER_METRICS_PORT=str(port), TENURE_HOST="127.0.0.1"))
+    assert r.returncode == 1, r.stderr.decode()
+    line = one_line(r.stderr)
+    assert f"cannot serve worker metrics on 127.0.0.1:{port} (TENURE_WORKER_METRICS_PORT)" in line, line
+
+
 @pytest.fixture
 def empty_database(servers: Servers) -> Iterator[str]:
     """A database on the test server that `tenure migrate` never ran on; dropped afterwards."""

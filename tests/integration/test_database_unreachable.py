@@ -86,3 +86,51 @@ async def test_no_connection_slot_left_is_an_outage_and_a_503(settings, sessionm
     finally:
         async with sessionmaker() as session, session.begin():
             await session.execute(text(f"drop role {role}"))
+
+
+async def test_a_silent_network_is_an_outage_not_a_hang(settings, workspace) -> None:
+    """A PostgreSQL behind a network gone silent (a partition, a failover) answers nothing, not even its own statement
+    timeout: a request hung for minutes (one answered 200 after 110 s, long after its client left), /readyz for its
+    connect timeout, and a process told to stop stayed up until it was killed. A statement now ends a little after
+    the server's timeout (here 1 s), the probe within 2 s, the engine's shutdown within its bound. (The outer waits
+    only keep a regression from hanging the suite.)"""
+    import asyncio
+
+    import httpx
+
+    from services.segment.app import create_app
+    from shared.db import dispose_within
+
+    relay = Relay(postgres_target(settings.database_url))
+    quick = settings.model_copy(update={"database_url": on_tcp_port(settings.database_url, relay.port),
+                                        "db_statement_timeout_ms": 1000})
+    engine = create_engine(quick, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("select 1"))
+            relay.silence()
+
+            async def statement() -> BaseException:
+                with pytest.raises(Exception) as silent:  # noqa: PT011 - the error is what is looked at
+                    await conn.execute(text("select 1"))
+                return silent.value
+
+            assert unreachable(await asyncio.wait_for(statement(), 60))
+        await asyncio.wait_for(dispose_within(engine, 1.0), 60)
+    finally:
+        relay.close()
+
+    relay = Relay(postgres_target(settings.database_url))
+    app = create_app(quick.model_copy(update={"database_url": on_tcp_port(settings.database_url, relay.port)}))
+    try:
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app), base_url="http://segment") as c:
+            assert (await c.get("/readyz")).status_code == 200
+            relay.silence()
+            ready = await asyncio.wait_for(c.get("/readyz"), 60)
+            assert ready.status_code == 503 and ready.json()["checks"]["postgres"].startswith("error"), ready.text
+            r = await asyncio.wait_for(c.get("/v1/segments", headers={
+                "Authorization": f"Bearer {workspace.secret_key}"}), 60)
+            assert r.status_code == 503 and r.headers["retry-after"], r.text
+    finally:
+        relay.close()

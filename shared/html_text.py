@@ -91,33 +91,52 @@ class Href:
     raw: str
 
 
-class _HrefParser(HTMLParser):
-    def __init__(self, html: str) -> None:
-        super().__init__(convert_charrefs=False)
-        self._lines = [0] + [m.end() for m in re.finditer("\n", html)]  # (getpos counts lines by "\n")
-        self.found: list[Href] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag != "a":
-            return
-        start_tag = self.get_starttag_text() or ""
-        m = _attribute(start_tag, "href")
-        span = _value_span(m) if m is not None else None
-        if span is not None:
-            line, column = self.getpos()  # (where this start tag begins)
-            at = self._lines[line - 1] + column
-            self.found.append(Href(at + span[0], at + span[1], span[2], start_tag[span[0]:span[1]]))
+# where a link scan stops: a comment (stepped over), or a start tag (read whole: an attribute value may hold "<a")
+_SCAN = re.compile(r"<!--|<[a-zA-Z]")
+# the elements whose content is text, not tags (HTML's raw text and escapable raw text elements), to their end tag
+_RAW_TEXT_END = {name: re.compile(rf"</{name}[\s/>]", re.IGNORECASE)
+                 for name in ("script", "style", "textarea", "title")}
 
 
 def hrefs(html: str) -> list[Href]:
     """Where each ``<a>``'s ``href`` lies in ``html``, in order, as a browser finds it: the tag's first ``href``
-    attribute (not a ``data-href``), quoted either way or not at all, outside comments, scripts and styles. (A
-    regular expression took the ``data-href`` of ``<a data-href=… href=…>`` and missed unquoted values and a
-    value holding the other quote: those links went out untracked.)"""
-    parser = _HrefParser(html)
-    parser.feed(html)
-    parser.close()
-    return parser.found
+    attribute (not a ``data-href``), quoted either way or not at all, outside comments, other tags' attribute
+    values, scripts, styles, titles and text areas; each tag read with HTMLParser's own patterns. (A regular
+    expression took the ``data-href`` of ``<a data-href=… href=…>`` and missed unquoted values and a value holding
+    the other quote: those links went out untracked. HTMLParser itself, run over the whole email, cost 2.6 times
+    the old scan.)"""
+    found: list[Href] = []
+    pos = 0
+    while (m := _SCAN.search(html, pos)) is not None:
+        if m.group(0) == "<!--":
+            if html.startswith((">", "->"), m.end()):  # "<!-->", "<!--->": an empty comment, closed at once
+                pos = html.index(">", m.end()) + 1
+                continue
+            close = html.find("-->", m.end())
+            if close < 0:
+                break
+            pos = close + 3
+            continue
+        tag = html_parser.locatestarttagend_tolerant.match(html, m.start())
+        end = tag.end() if tag else m.end()
+        kind = ""
+        if html[m.start() + 1] in "aAsStT":  # (the names that matter: a, script, style, textarea, title)
+            name = html_parser.tagfind_tolerant.match(html, m.start() + 1)
+            kind = name.group(1).lower() if name else ""
+        if kind in _RAW_TEXT_END:
+            close_tag = _RAW_TEXT_END[kind].search(html, end)
+            if close_tag is None:
+                break
+            pos = close_tag.end()
+            continue
+        if kind == "a":
+            start_tag = html[m.start():end]
+            attribute = _attribute(start_tag, "href")
+            span = _value_span(attribute) if attribute is not None else None
+            if span is not None:
+                found.append(Href(m.start() + span[0], m.start() + span[1], span[2], start_tag[span[0]:span[1]]))
+        pos = max(end, m.end())
+    return found
 
 
 class _TextParser(HTMLParser):

@@ -346,7 +346,8 @@ async def _record(sessionmaker: async_sessionmaker[AsyncSession], claim: _Claim,
         # suppressions unless asked to stay
         await session.execute(
             text("update ingest.privacy_requests set services = CAST(:s AS jsonb), status = 'completed', "
-                 "completed_at = now(), subject = :subject, identities = null, claimed_until = null where id = :id"),
+                 "completed_at = now(), subject = :subject, identities = null, profile_ids = '[]'::jsonb, "
+                 "claimed_until = null where id = :id"),
             {"s": dumps(services), "id": claim.id, "subject": subject_digest(claim.id, row.subject)})
         if not row.suppress:
             await session.execute(text("delete from ingest.suppressions where workspace_id = :ws and request_id = :id"),

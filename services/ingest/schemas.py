@@ -351,7 +351,8 @@ class PrivacyRequestOut(BaseModel):
     profile_ids: list[str] = Field(description="the profiles erased (UUIDs): every profile the reference names (by "
                                                "email: each holding that address, in any case) and those merged "
                                                "into them; empty when ingest held none (the other services are "
-                                               "asked all the same, by the reference)")
+                                               "asked all the same, by the reference), and once the request is "
+                                               "completed (the record no longer names whom it was about)")
     suppress: bool
     status: str = Field(description="pending until every service has erased, then completed")
     services: dict[str, ErasureServiceStatus] = Field(description="per service (segment, campaign, delivery)")

@@ -842,13 +842,21 @@ Change = tuple[uuid.UUID, int, uuid.UUID, str]  # (segment id, version, profile 
 
 
 async def merged_away(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) -> set[uuid.UUID]:
-    """Those of ``pids`` ingest merged into another profile: they are in no segment and have no stage. With
-    their facts gone (folded into the survivor), they entered every "has not done X" segment and stayed."""
+    """Those of ``pids`` that are in no segment and have no stage: merged into another profile (with their facts
+    gone, folded into the survivor, they entered every "has not done X" segment and stayed), or of which segment
+    holds nothing at all (erased: a profile marked for re-evaluation just before its erasure entered every such
+    segment after it, and campaign started journeys for it)."""
     rows = await session.execute(text(
-        "select profile_id from segment.merged_profiles "
-        "where workspace_id = :ws and profile_id = any(CAST(:p AS uuid[]))"),
+        "select p.id from unnest(CAST(:p AS uuid[])) as p(id) "
+        "where exists (select 1 from segment.merged_profiles m where m.workspace_id = :ws and m.profile_id = p.id) "
+        "or not (" + " or ".join(f"exists (select 1 from segment.{table} t where t.workspace_id = :ws "
+                                 "and t.profile_id = p.id)" for table in _HELD) + ")"),
         {"ws": ws, "p": pids})
     return set(rows.scalars())
+
+
+# what segment holds of a profile it knows (whatever the profile did, one of these has a row for it)
+_HELD = ("profile_stats", "profile_traits", "event_counts", "account_members", "list_members")
 
 
 def _stage_changes(cfg: lifecycle_mod.LifecycleSettings, ws: uuid.UUID, current: Memberships,

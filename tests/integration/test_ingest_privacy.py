@@ -596,12 +596,13 @@ async def test_a_completed_erasure_no_longer_names_the_person(apps, workspace, s
     assert (await ingest.post("/v1/identify", auth=wk, json={"userId": email.split("@")[0],
                                                               "traits": {"email": email}})).json() == ACCEPTED
     r = await ingest.post("/v1/privacy/erasure", headers=h, json={"user": email})
-    rid = r.json()["id"]
-    assert r.status_code == 202 and r.json()["subject"] == email
+    rid, pids = r.json()["id"], r.json()["profile_ids"]
+    assert r.status_code == 202 and r.json()["subject"] == email and len(pids) == 1
     await _propagate(sessionmaker, internal_client)
     got = await ingest.get(f"/v1/privacy/requests/{rid}", headers=h)
     assert got.json()["status"] == "completed", got.text
     assert email not in got.text and email.split("@")[0] not in got.text
+    assert got.json()["profile_ids"] == [] and pids[0] not in got.text  # (they were kept, linking to the person)
     digest = got.json()["subject"]
     assert digest == privacy.subject_digest(uuid.UUID(rid), email) and digest.startswith("sha256:")
     assert digest != privacy.subject_digest(uuid.UUID(rid), email.upper())

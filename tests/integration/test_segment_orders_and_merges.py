@@ -154,6 +154,30 @@ async def test_a_merged_away_profile_leaves_every_segment_and_stays_out(ctx) -> 
     assert await ctx.members(never_ordered) == set() and await ctx.members(never_opened) == set()
 
 
+async def test_an_erased_profile_marked_for_re_evaluation_does_not_come_back(ctx) -> None:
+    """A profile segment had marked dirty when its erasure came: the mark outlived the erasure, the worker
+    re-evaluated the profile with no data left, and it entered every "has not done X" segment (campaign then started
+    journeys for it). The erasure takes the marks too, and a profile segment holds nothing of is in no segment."""
+    from services.segment import partitioning, privacy
+
+    ws, erased, kept = ctx.ws, uuid.uuid4(), uuid.uuid4()
+    never_ordered = await ctx.segment({"type": "not", "child": {"type": "performed", "event": "Order Completed"}})
+    await ctx.fold(_order(ws, erased, "E", 10), _order(ws, kept, "K", 10))
+    async with ctx.sm() as s, s.begin():
+        await partitioning.mark_dirty(s, {ws: {erased, kept}})  # (events of theirs on their way)
+        await privacy.erase(s, ws, [erased])
+    async with ctx.sm() as s, s.begin():  # (this workspace's marks only: other tests' are their workers')
+        marked = set((await s.execute(text("delete from segment.dirty_profiles where workspace_id = :ws "
+                                           "returning profile_id"), {"ws": ws})).scalars())
+        assert marked == {kept}
+        await evaluation.reevaluate(s, ws, [erased, kept, uuid.uuid4()])  # (and an id segment never had)
+    assert await ctx.members(never_ordered) == set()
+    async with ctx.sm() as s:
+        left = (await s.execute(text("select count(*) from segment.transitions where workspace_id = :ws "
+                                     "and profile_id = :p"), {"ws": ws, "p": erased})).scalar_one()
+    assert left == 0
+
+
 async def test_only_the_referrer_of_a_referral_becomes_an_advocate(ctx) -> None:
     ws, referrer, referred = ctx.ws, uuid.uuid4(), uuid.uuid4()
     props = {"referral_id": "r1", "code": "FRIEND"}

@@ -109,6 +109,9 @@ def hrefs(html: str) -> list[Href]:
     pos = 0
     while (m := _SCAN.search(html, pos)) is not None:
         if m.group(0) == "<!--":
+            if html.startswith("[if", m.end()):  # Outlook's conditional comment: its content is shown there
+                pos = m.end()
+                continue
             if html.startswith((">", "->"), m.end()):  # "<!-->", "<!--->": an empty comment, closed at once
                 pos = html.index(">", m.end()) + 1
                 continue

@@ -22,6 +22,9 @@ async def register(session: AsyncSession, ws: uuid.UUID, user: str, platform: st
     re-registered subscription takes its new keys. An APNs device token is hex bytes, written in either case by
     different iOS libraries: it is kept in lower case (one phone registered both ways got every push twice)."""
     if platform == "ios" and is_device_token(token):
+        if others := sorted({token, token.upper()} - {token.lower()}):  # the same phone, stored in capitals before
+            await session.execute(text("delete from delivery.devices where workspace_id = :ws "
+                                       "and token = any(CAST(:t AS text[]))"), {"ws": ws, "t": others})
         token = token.lower()
     row = (await session.execute(text(
         "insert into delivery.devices (workspace_id, token, user_ref, platform, webpush_p256dh, webpush_auth) "
@@ -88,12 +91,12 @@ async def receipts(session: AsyncSession, message_id: uuid.UUID) -> dict[str, st
     return {r.token: r.provider_id for r in rows}
 
 
-async def record_receipts(session: AsyncSession, ws: uuid.UUID, message_id: uuid.UUID, reached: dict[str, str]) -> None:
+async def record_receipts(session: AsyncSession, message_id: uuid.UUID, reached: dict[str, str]) -> None:
     if reached:
         await session.execute(text(
-            "insert into delivery.push_receipts (message_id, token, workspace_id, provider_id) "
-            "select :m, t, :ws, p from unnest(CAST(:t AS text[]), CAST(:p AS text[])) as r(t, p) "
-            "on conflict do nothing"), {"m": message_id, "ws": ws, "t": list(reached), "p": list(reached.values())})
+            "insert into delivery.push_receipts (message_id, token, provider_id) "
+            "select :m, t, p from unnest(CAST(:t AS text[]), CAST(:p AS text[])) as r(t, p) "
+            "on conflict do nothing"), {"m": message_id, "t": list(reached), "p": list(reached.values())})
 
 
 def spellings(token: str) -> list[str]:

@@ -225,14 +225,14 @@ class RedactionMark(DeliveryTable, table=True):
 
 class PushReceipt(DeliveryTable, table=True):
     """A device a push message reached (``sending._send_push``): a retry, after another device's transient error
-    or a lost lease, goes to the devices without one. Deleted with its message."""
+    or a lost lease, goes to the devices without one. Deleted with its message (an erasure, a workspace's
+    deletion), which is why it has no ``workspace_id`` of its own."""
 
     __tablename__ = "push_receipts"
 
     message_id: uuid.UUID = Field(sa_column=Column(
         "message_id", ForeignKey("delivery.messages.id", ondelete="CASCADE"), primary_key=True))
     token: str = Field(primary_key=True)
-    workspace_id: uuid.UUID
     provider_id: str
     sent_at: datetime = Field(sa_column=tz_column("sent_at"))
 

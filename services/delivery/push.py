@@ -21,7 +21,8 @@ FCM HTTP v1:
   what is left of ``TENURE_PUSH_TTL_S`` (FCM's own default is 4 weeks). An image rides in
   ``notification.image`` (Android, web) and, for iOS, ``apns.fcm_options.image`` with ``mutable-content``;
   an https deep link becomes the web click link.
-- A message is sent when at least one device took it; it fails permanently when no device is left.
+- Each device that takes a message gets a receipt (``sending._send_push``): a retry goes to the others only, and
+  the message is sent once every device has it, is gone, or refused it for good.
 """
 
 import asyncio

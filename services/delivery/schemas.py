@@ -161,8 +161,8 @@ def e164(number: str) -> str:
     try:
         parsed = phonenumbers.parse(number, None)
     except phonenumbers.NumberParseException as exc:
-        if exc.error_type == phonenumbers.NumberParseException.INVALID_COUNTRY_CODE:  # ("(0) Missing or invalid
-            # default region.": libphonenumber's words for a number written without its +country code)
+        if exc.error_type == phonenumbers.NumberParseException.INVALID_COUNTRY_CODE and not number.strip().startswith(
+                "+"):  # ("(0) Missing or invalid default region.": libphonenumber's words for a number without it)
             raise ValueError("to is not a phone number in international form: start it with + and the country "
                              "code, e.g. +14155550100") from None
         raise ValueError(f"to is not a phone number: {exc}") from None

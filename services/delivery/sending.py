@@ -69,7 +69,16 @@ async def _send_http(sessionmaker: async_sessionmaker[AsyncSession], settings: S
                                       (message["text"] or "{}").encode())
 
 
-PUSH_FANOUT_S = outbox.LEASE_S / 2  # devices not started by then wait for the next attempt (each send ≤ a timeout)
+RECEIPTS_WAIT_S = 20.0
+
+
+def _push_start_by(settings: Settings, message: dict[str, Any]) -> float:
+    """When the last device may be started (``time.monotonic()``): the message's lease, less the longest a device's
+    send may take (FCM: a post refused 401, a new access token, a post again, each up to a timeout), less a margin;
+    at least a second from now, so every attempt reaches some devices."""
+    worst_s = 3 * max(settings.provider_timeout_s, settings.apns_timeout_s) + 5.0
+    lease_end = message.get("leased_at", time.monotonic()) + settings.delivery_lease_s
+    return max(lease_end - worst_s, time.monotonic() + 1.0)
 
 
 async def _send_push(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, http: httpx.AsyncClient,
@@ -89,17 +98,23 @@ async def _send_push(sessionmaker: async_sessionmaker[AsyncSession], settings: S
         message_id=message["id"], title=message["subject"], body=message["text"] or "",
         data=(message.get("metadata") or {}).get("push_data") or {},
         expires_at=int(created.timestamp()) + settings.push_ttl_s,  # the same on every retry
-        urgent=message.get("message_type") == "transactional", start_by=time.monotonic() + PUSH_FANOUT_S)
+        urgent=message.get("message_type") == "transactional", start_by=_push_start_by(settings, message))
     if targets and settings.push_ttl_s and note.ttl_s() == 0:  # a retry after the window: "back in stock" a day late
         if reached:  # (sent: to the devices that had it in time)
             return ",".join(reached.values())
         raise mailer.SendError(f"expired: not delivered within TENURE_PUSH_TTL_S ({settings.push_ttl_s} s) of its "
                                "creation", permanent=True)
     result = await push.send(settings, http, targets, note) if targets else push.Result()
-    async with sessionmaker() as session, session.begin():  # (each reached device at once: a retry skips it)
-        await devices.forget(session, ws, result.gone)
-        await devices.used(session, ws, list(result.delivered))
-        await devices.record_receipts(session, ws, message["id"], result.delivered)
+    async def bookkeeping() -> None:  # (each reached device at once: a retry skips it)
+        async with sessionmaker() as session, session.begin():
+            await devices.forget(session, ws, result.gone)
+            await devices.used(session, ws, list(result.delivered))
+            await devices.record_receipts(session, message["id"], result.delivered)
+
+    # ridden through a PostgreSQL blip (the providers took these: lost receipts would send them again)
+    await retry_while_unreachable(bookkeeping, give_up_after_s=RECEIPTS_WAIT_S,
+                                  outage=Outage("delivery.push_receipts_waiting", "delivery.push_receipts_written"),
+                                  message_id=str(message["id"]))
     if result.transient:  # (the devices reached keep their receipts: the retry goes to the others)
         raise mailer.SendError(result.transient, permanent=False, retry_after_s=result.retry_after_s)
     if reached or result.delivered:

@@ -67,3 +67,11 @@ def test_textarea_and_title_hold_text_not_links() -> None:
     html = ("<title><a href='https://t.example'></title><textarea><a href=\"https://x.example\"></textarea>"
             "<a href='https://real.example'>")
     assert [h.raw for h in hrefs(html)] == ["https://real.example"]
+
+
+def test_links_in_outlooks_conditional_comments_are_links() -> None:
+    """Outlook shows what ``<!--[if mso]>`` holds (a "bulletproof" button's link): it is tracked; a plain comment's
+    link is not."""
+    html = ('<!--[if mso]><v:roundrect href="https://vml.example"><a href="https://outlook.example">Buy</a>'
+            '</v:roundrect><![endif]--><!-- <a href="https://hidden.example"> --><a href="https://all.example">')
+    assert [h.raw for h in hrefs(html)] == ["https://outlook.example", "https://all.example"]

@@ -22,7 +22,6 @@ def upgrade() -> None:
     op.create_table('push_receipts',
     sa.Column('message_id', sa.Uuid(), nullable=False),
     sa.Column('token', sa.Text(), nullable=False),
-    sa.Column('workspace_id', sa.Uuid(), nullable=False),
     sa.Column('provider_id', sa.Text(), nullable=False),
     sa.Column('sent_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.ForeignKeyConstraint(['message_id'], ['delivery.messages.id'],

@@ -3,7 +3,8 @@
 - Sending: ``POST {base}/v3/mail/send`` (Bearer API key) with personalizations, from, subject, content
   (text/plain first, then text/html), our headers (Message-ID, RFC 8058) and ``custom_args``
   (``tenure_message_id``, echoed back on every event). 202 means accepted; ``X-Message-Id`` is the
-  provider id. 429 and 5xx are transient; other 4xx permanent. A 429 carries ``X-RateLimit-Reset``, the
+  provider id. 429, 5xx and 401/403 (the API key: revoked, rotated, without the Mail Send scope) are transient;
+  other 4xx permanent. A 429 carries ``X-RateLimit-Reset``, the
   Unix time the rate limit's refresh period ends (SendGrid's "Rate Limits" page; no ``Retry-After``): the
   retry waits until then (a ``Retry-After``, should one come, is honoured first).
 - Events: a JSON array, signed with ECDSA P-256 over ``timestamp + raw body``
@@ -62,7 +63,9 @@ async def send(settings: Settings, http: httpx.AsyncClient, mail: Email) -> str:
         errors = "; ".join(e.get("message", "") for e in resp.json().get("errors", []))
     except ValueError:
         errors = resp.text[:200]
-    transient = resp.status_code == 429 or resp.status_code >= 500
+    # 401/403: the account's key (revoked, rotated, lacking the Mail Send scope), not the message: retried, and it
+    # counts against SendGrid so a fallback provider takes over (every message failed for good before)
+    transient = resp.status_code in (401, 403, 429) or resp.status_code >= 500
     raise SendError(f"SendGrid {resp.status_code}: {errors}", permanent=not transient, not_sent=True,
                     retry_after_s=wait_s(resp) if transient else None)
 

@@ -180,6 +180,41 @@ async def test_failover_to_the_fallback_provider_never_doubles_a_message(apps, w
         assert f"pinned-{tag}@example.com" not in sent_to  # pinned to SMTP: never through the fallback
 
 
+async def test_a_revoked_api_key_sends_through_the_fallback_instead_of_failing_every_message(
+        apps, workspace, sessionmaker, settings, mailbox) -> None:
+    """SendGrid's 401 (a revoked or rotated key) failed every message for good, and the fallback provider configured
+    for exactly such a day was never used: it is the account's fault, not the message's. It now counts against
+    SendGrid; once the circuit opens the messages go out once through SMTP."""
+    from shared.queue import create_redis
+
+    h = {"Authorization": f"Bearer {workspace.secret_key}"}
+    received: list[dict] = []
+    with http_server(fake_sendgrid(received)) as port:
+        cfg = settings.model_copy(update={
+            "email_provider": "sendgrid", "sendgrid_api_key": "SG.revoked", "email_fallback_provider": "smtp",
+            "sendgrid_base_url": f"http://127.0.0.1:{port}", "circuit_failures": 2, "circuit_open_s": 30,
+            "queue_prefix": f"key-{uuid.uuid4().hex[:6]}"})
+        redis = await create_redis(cfg)
+        await redis.delete("circuit:sendgrid:open", "circuit:sendgrid:failures")
+        tag = uuid.uuid4().hex[:6]
+        ids = [(await apps["delivery"].post("/v1/messages", headers=h, json={
+            "idempotency_key": f"key-{tag}-{i}", "to": f"key{i}-{tag}@example.com", "subject": "S", "text": "x",
+            "message_type": "transactional"})).json()["id"] for i in range(3)]
+        try:
+            for _ in range(4):
+                await sending.send_due(sessionmaker, cfg, concurrency=1, redis=redis)
+                async with sessionmaker() as s, s.begin():
+                    await s.execute(text("update delivery.messages set next_attempt_at = now() "
+                                         "where id = any(CAST(:ids AS uuid[])) and status = 'queued'"), {"ids": ids})
+        finally:
+            await redis.delete("circuit:sendgrid:open", "circuit:sendgrid:failures")
+            await redis.aclose()
+    got = [(await apps["delivery"].get(f"/v1/messages/{i}", headers=h)).json() for i in ids]
+    assert [g["status"] for g in got] == ["sent"] * 3, [(g["status"], g["last_error"]) for g in got]
+    delivered = sorted(to for m in mailbox.messages for to in m["to"] if tag in to)
+    assert delivered == sorted(f"key{i}-{tag}@example.com" for i in range(3)), delivered  # each once, by SMTP
+
+
 async def test_a_quoted_sender_name_reaches_sendgrid_as_its_own_library_reads_it(settings) -> None:
     """A display name with a comma must be quoted in From ("Acme, Inc." <…>); SendGrid takes the bare name
     and quotes it itself, so the quotes (and backslash escapes) must not reach its API."""

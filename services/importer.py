@@ -29,15 +29,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import httpx
 import orjson
+from pydantic import TypeAdapter, ValidationError
 
 from services.answers import json_of, problem_text
 from shared.jsonutil import dumps, loads
-from shared.validation import unstorable
+from shared.validation import IsoOrUnixDatetime, unstorable
 
 MAX_MESSAGE_BYTES = 32 * 1024  # ingest's limits (services/ingest/api.py)
 MAX_BATCH_BYTES = 475_000  # under ingest's 500 KB per batch, with room for the envelope (as analytics-python)
@@ -339,6 +341,26 @@ def post_batch(client: httpx.Client, write_key: str, batch: list[Row], *, attemp
     raise RuntimeError("unreachable")
 
 
+FUTURE_MARGIN = timedelta(days=1)  # clocks of the system the file came from may run a little ahead
+
+
+def _ahead(value: Any) -> str | None:
+    """``value`` as written when it is a time more than :data:`FUTURE_MARGIN` after now (a mistyped year: 2099
+    for 2019); None otherwise, or when it is no time at all (ingest says what is wrong with it)."""
+    if value in (None, ""):
+        return None
+    try:
+        when = _CLIENT_TIME.validate_python(value)
+    except ValidationError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return str(value) if when > datetime.now(UTC) + FUTURE_MARGIN else None
+
+
+_CLIENT_TIME: TypeAdapter[datetime] = TypeAdapter(IsoOrUnixDatetime)
+
+
 def run_import(path: Path, *, client: httpx.Client, write_key: str, fmt: str, profiles: bool, batch_size: int,
                resume: bool, progress: Callable[[int], None] | None = None, rejects: Path | None = None,
                legacy_ids: bool = False) -> Report:
@@ -393,6 +415,11 @@ def run_import(path: Path, *, client: httpx.Client, write_key: str, fmt: str, pr
                 continue
             if (problem := unstorable(row.message)) is not None:  # (NaN: orjson would send null)
                 reject(row.line, f"cannot be stored: {problem}")
+                continue
+            if (ahead := _ahead(row.message.get("timestamp"))) is not None:
+                reject(row.line, f"timestamp {ahead} is in the future: an imported row is history (ingest would date "
+                                 "it now, a live event that starts journeys); correct it, or leave it out for a "
+                                 "live event")
                 continue
             try:
                 row.encoded = orjson.dumps(row.message)

@@ -67,6 +67,23 @@ async def test_import_events_reports_bad_lines_and_is_idempotent(ingest_url, wor
     assert await _count(sessionmaker, workspace.workspace_id, "track") == 8
 
 
+async def test_an_imported_row_dated_in_the_future_is_reported_not_made_live(ingest_url, workspace, sessionmaker,
+                                                                            tmp_path):
+    """A mistyped year (2099 for 2019) was dated "now" by ingest, without a word: history became a live event that
+    started journeys. Such a row is reported by its line; a clock a few hours ahead is not a typo."""
+    from datetime import UTC, datetime, timedelta
+
+    soon = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    f = tmp_path / "signups.csv"
+    f.write_text(f"userId,event,timestamp\nfut1,Signed Up,2099-05-01T10:00:00Z\nhist1,Signed Up,2020-05-01T10:00:00Z\n"
+                 f"soon1,Signed Up,{soon}\nfut2,Signed Up,4102444800\n")
+    r = _import(ingest_url, workspace.write_key, str(f))
+    assert r.returncode == 3, r.stderr
+    assert "line 2: timestamp 2099-05-01T10:00:00Z is in the future" in r.stderr, r.stderr
+    assert "line 5: timestamp 4102444800 is in the future" in r.stderr, r.stderr
+    assert await _count(sessionmaker, workspace.workspace_id, "track") == 2
+
+
 async def test_import_resumes_after_the_checkpoint(ingest_url, workspace, sessionmaker, tmp_path):
     f = tmp_path / "people.ndjson"
     f.write_text("".join(f'{{"userId": "p{i}", "traits": {{"email": "p{i}@example.com"}}}}\n' for i in range(10)))

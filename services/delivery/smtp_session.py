@@ -113,9 +113,15 @@ class _Replies(asyncio.Protocol):
             if reply.code not in ok:
                 raise _Refused(stage, reply)
 
-    async def content(self, content: bytes) -> Reply:
-        """The message itself, after ``354``: the server's verdict on it."""
-        return await self.send(_dot_stuffed(content), 1)[0]
+    def content(self, content: bytes) -> "asyncio.Future[Reply]":
+        """The message itself, written after ``354``: the server's verdict on it, to wait for."""
+        return self.send(_dot_stuffed(content), 1)[0]
+
+
+def final_reply_s(settings: Settings) -> float:
+    """How long the reply to a message's final "." is waited for: three quarters of the lease, at least the SMTP
+    timeout."""
+    return max(settings.smtp_timeout_s, 0.75 * settings.delivery_lease_s)
 
 
 def hard_bounce(stage: str, reply: Reply) -> bool:
@@ -194,7 +200,12 @@ class SmtpConnection:
                 async with asyncio.timeout(self._settings.smtp_timeout_s):
                     await session.envelope(sender, to)
                     written = True
-                    final = await session.content(mime)
+                    verdict = session.content(mime)
+                # RFC 5321 §4.5.3.2.6: the reply to the final "." may take ten minutes (filters, a slow disk); given
+                # up on, the message is sent again, and a server that was only slow holds it twice. Waited for as
+                # long as the message's lease allows (at least the SMTP timeout)
+                async with asyncio.timeout(final_reply_s(self._settings)):
+                    final = await verdict
             except _Refused as exc:
                 if exc.reply.code == 421 and attempt == 1:
                     await self.close()

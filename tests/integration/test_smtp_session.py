@@ -214,7 +214,8 @@ async def test_a_closing_or_stale_session_is_replaced_before_the_message_is_offe
 
 async def test_an_unknown_outcome_is_reported_once_never_retried_inline(settings) -> None:
     async with _Server() as server:
-        conn = SmtpConnection(settings.model_copy(update={"smtp_port": server.port, "smtp_timeout_s": 0.5}))
+        conn = SmtpConnection(settings.model_copy(update={"smtp_port": server.port, "smtp_timeout_s": 0.5,
+                                                          "delivery_lease_s": 1.0}))
         try:
             with pytest.raises(SendError) as dropped:
                 await conn.send(_mail("drop@example.com"))
@@ -229,6 +230,20 @@ async def test_an_unknown_outcome_is_reported_once_never_retried_inline(settings
         assert not err.permanent and not err.not_sent
     assert [r[1][0] for r in server.received] == ["drop@example.com", "hang@example.com", "garbled@example.com",
                                                   "after@example.com"]
+
+
+async def test_a_slow_verdict_on_the_message_is_waited_for_not_sent_twice(settings) -> None:
+    """A server that takes longer than the SMTP timeout to answer the final "." (filters, a slow disk: RFC 5321
+    gives it ten minutes) got the message again on the retry: the verdict is waited for as long as the lease
+    allows; the commands before it keep the SMTP timeout."""
+    async with _Server(delay=0.8) as server:
+        conn = SmtpConnection(settings.model_copy(update={"smtp_port": server.port, "smtp_timeout_s": 0.3,
+                                                          "delivery_lease_s": 2.0}))
+        try:
+            assert await conn.send(_mail("slow@example.com"))
+        finally:
+            await conn.close()
+    assert [r[1][0] for r in server.received] == ["slow@example.com"]
 
 
 async def test_sessions_outlive_a_batch_until_idle_too_long(settings) -> None:

@@ -310,12 +310,16 @@ async def _send_utf8(settings: Settings, mail: Email, message: Any) -> str:
                 raise SendError("the SMTP server does not offer SMTPUTF8, which an address with a non-ASCII local "
                                 "part needs", permanent=True, not_sent=True)
             await smtp.send_message(message)
-    except aiosmtplib.SMTPRecipientsRefused as exc:
-        codes = [e.code for e in exc.recipients]
-        raise SendError(f"recipient refused: {codes}", permanent=all(500 <= c < 600 for c in codes),
-                        not_sent=True) from None
+    except aiosmtplib.SMTPRecipientsRefused as exc:  # (a hard bounce is one here too, as on the ASCII path)
+        refused = exc.recipients[0]  # (one recipient a message)
+        reply = Reply(refused.code, refused.message)
+        raise SendError(f"recipient refused: SMTP {reply.code} {reply.text}"[:300], permanent=500 <= reply.code < 600,
+                        not_sent=True, bounce=hard_bounce("RCPT", reply)) from None
     except aiosmtplib.SMTPResponseException as exc:
-        raise SendError(f"SMTP {exc.code}: {exc.message}", permanent=500 <= exc.code < 600, not_sent=True) from None
+        reply = Reply(exc.code, exc.message)
+        stage = "DATA" if isinstance(exc, aiosmtplib.SMTPDataError) else "MAIL"
+        raise SendError(f"SMTP {exc.code}: {exc.message}"[:300], permanent=500 <= exc.code < 600, not_sent=True,
+                        bounce=hard_bounce(stage, reply)) from None
     except aiosmtplib.SMTPConnectError as exc:
         raise SendError(f"SMTP unreachable: {exc}", permanent=False, not_sent=True) from None
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:

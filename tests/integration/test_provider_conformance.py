@@ -577,6 +577,12 @@ class _Sink:
     def __init__(self) -> None:
         self.raw: list[tuple[str, bytes, bool]] = []
 
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:  # noqa: ANN001
+        if address.startswith("unknown-"):  # (aiosmtpd's hook: the mailbox does not exist)
+            return "550 5.1.1 no such user here"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
     async def handle_DATA(self, server, session, envelope) -> str:  # noqa: ANN001 - aiosmtpd's hook
         to = envelope.rcpt_tos[0]
         refuse = to.startswith("retry-") and not any(t == to for t, _, _ in self.raw)
@@ -709,6 +715,13 @@ async def test_internationalized_addresses_as_servers_with_and_without_smtputf8_
         assert refused["status"] == "failed" and refused["attempts"] == 1, refused
         assert "SMTPUTF8" in refused["last_error"]
         assert [m for m in box.raw if tag in m[0]] == [(rcpt, raw, True)]  # nothing more was offered
+
+        # a mailbox that does not exist is a hard bounce whatever its address's script (it was a plain failure,
+        # its reason cut to "[550]", and the address was not suppressed)
+        unknown = await send(utf8_port, f"unknown-zoë-{tag}@bücher.example")
+        assert unknown["status"] == "bounced" and "550 5.1.1 no such user here" in unknown["last_error"], unknown
+        suppressed = await apps["delivery"].get("/v1/suppressions", headers=h, params={"channel": "email"})
+        assert f"unknown-zoë-{tag}@bücher.example" in suppressed.text, suppressed.text
 
         taken = await send(utf8_port, f"zoë-{tag}@bücher.example")
         assert taken["status"] == "sent", taken

@@ -133,6 +133,8 @@ def _typed(column: str, value: str) -> tuple[str, Any]:
     name, _, kind = column.partition(":")
     if kind == "number":
         try:
+            if "_" in value:  # (Python's int() and float() take "1_000"; no spreadsheet writes it, a typo may)
+                raise ValueError(value)
             return name, float(value) if any(c in value for c in ".eE") else int(value)
         except ValueError:
             raise ValueError(f"column {column!r}: {value!r} is not a number") from None

@@ -102,7 +102,14 @@ class _Replies(asyncio.Protocol):
         """``MAIL FROM``, ``RCPT TO`` and ``DATA`` (one round trip when pipelined); raises :class:`_Refused`."""
         envelope = (b"MAIL FROM:<%s>\r\n" % sender.encode(), b"RCPT TO:<%s>\r\n" % to.encode(), b"DATA\r\n")
         if self.pipelining:
-            mail, rcpt, data = [await f for f in self.send(b"".join(envelope), 3)]
+            replies = await asyncio.gather(*self.send(b"".join(envelope), 3), return_exceptions=True)
+            first = replies[0]
+            if isinstance(first, Reply) and first.code != 250:  # (a 421 to MAIL, then the server hung up: the
+                raise _Refused("MAIL", first)  # refusal, with its words, not the lost connection after it)
+            for reply in replies:
+                if isinstance(reply, BaseException):
+                    raise reply
+            mail, rcpt, data = replies
         else:
             mail = await self.send(envelope[0], 1)[0]
             rcpt = await self.send(envelope[1], 1)[0] if mail.code == 250 else Reply(503, "not sent")

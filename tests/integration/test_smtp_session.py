@@ -70,7 +70,7 @@ class _Proto(asyncio.Protocol):
                 out.append(b"250-test\r\n250-PIPELINING\r\n250 8BITMIME\r\n" if self.server.pipelining
                            else b"250-test\r\n250 8BITMIME\r\n")
             elif verb == "MAIL":
-                if self.server.closing:
+                if self.server.closing or self.server.closing_always:
                     self.server.closing = False
                     self.transport.write(b"".join(out) + b"421 4.3.2 shutting down\r\n")
                     self.transport.close()
@@ -122,6 +122,7 @@ class _Server:
         self.packets: list[bytes] = []
         self.connections = 0
         self.closing = False  # answer the next MAIL with 421 and hang up
+        self.closing_always = False  # ... every MAIL
         self.open: list[Any] = []
 
     async def __aenter__(self) -> "_Server":
@@ -210,6 +211,21 @@ async def test_a_closing_or_stale_session_is_replaced_before_the_message_is_offe
             await conn.close()
     assert [r[1][0] for r in server.received] == ["first@example.com", "second@example.com", "third@example.com"]
     assert server.connections == 3
+
+
+async def test_a_server_closing_at_every_mail_is_reported_in_its_own_words(settings) -> None:
+    """With pipelining, a 421 to MAIL (then the server hangs up) was reported as the lost connection after it
+    ("_Lost: connection closed by the server"): the server's reason is what an operator needs."""
+    async with _Server() as server:
+        server.closing_always = True
+        conn = SmtpConnection(settings.model_copy(update={"smtp_port": server.port}))
+        try:
+            with pytest.raises(SendError) as refused:
+                await conn.send(_mail("closed@example.com"))
+        finally:
+            await conn.close()
+    assert "421 4.3.2 shutting down" in str(refused.value) and not refused.value.permanent, str(refused.value)
+    assert refused.value.not_sent and server.received == []
 
 
 async def test_an_unknown_outcome_is_reported_once_never_retried_inline(settings) -> None:

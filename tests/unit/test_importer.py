@@ -27,9 +27,10 @@ def test_rows_carry_line_numbers_and_stable_ids(tmp_path: Path) -> None:
 
 def test_csv_bad_cells_are_reported_by_line(tmp_path: Path) -> None:
     f = tmp_path / "e.csv"
-    f.write_text("userId,event,properties.n:number\nu1,E,1\nu2,E,not-a-number\nu3,E,3,extra\n")
+    f.write_text("userId,event,properties.n:number\nu1,E,1\nu2,E,not-a-number\nu3,E,3,extra\nu4,E,1_000\n")
     rows = [r for r, _ in read_rows(f, fmt="csv", profiles=False)]
-    assert [(r.line, r.error is None) for r in rows] == [(2, True), (3, False), (4, False)]
+    assert [(r.line, r.error is None) for r in rows] == [(2, True), (3, False), (4, False), (5, False)]
+    assert "'1_000' is not a number" in str(rows[3].error)  # (Python's int() takes it; a typo, not a number)
 
 
 def test_ctrl_c_while_a_batch_is_recorded_takes_effect_once_it_is(tmp_path: Path) -> None:

@@ -137,6 +137,22 @@ async def test_sendgrid_sending_and_signed_events(apps, workspace, sessionmaker,
             delivery_app.state.settings = settings
 
 
+async def _queue(apps, h: dict, prefix: str, tag: str, n: int) -> list[str]:
+    """``n`` transactional emails to ``{prefix}{i}-{tag}@example.com``: their ids."""
+    return [(await apps["delivery"].post("/v1/messages", headers=h, json={
+        "idempotency_key": f"{prefix}-{tag}-{i}", "to": f"{prefix}{i}-{tag}@example.com", "subject": "S", "text": "x",
+        "message_type": "transactional"})).json()["id"] for i in range(n)]
+
+
+async def _send_rounds(sessionmaker, cfg, redis, ids: list[str], rounds: int) -> None:
+    """What the worker does ``rounds`` times, each message still queued made due again at once between rounds."""
+    for _ in range(rounds):
+        await sending.send_due(sessionmaker, cfg, concurrency=1, redis=redis)
+        async with sessionmaker() as s, s.begin():
+            await s.execute(text("update delivery.messages set next_attempt_at = now() "
+                                 "where id = any(CAST(:ids AS uuid[])) and status = 'queued'"), {"ids": ids})
+
+
 async def test_failover_to_the_fallback_provider_never_doubles_a_message(apps, workspace, sessionmaker,
                                                                          settings) -> None:
     from shared.embedded import free_port
@@ -153,21 +169,14 @@ async def test_failover_to_the_fallback_provider_never_doubles_a_message(apps, w
         redis = await create_redis(cfg)
         await redis.delete("circuit:smtp:open", "circuit:smtp:failures")
         tag = uuid.uuid4().hex[:6]
-        ids = [(await apps["delivery"].post("/v1/messages", headers=h, json={
-            "idempotency_key": f"fo-{tag}-{i}", "to": f"fo{i}-{tag}@example.com", "subject": "S", "text": "x",
-            "message_type": "transactional"})).json()["id"] for i in range(4)]
+        ids = await _queue(apps, h, "fo", tag, 4)
         pinned = (await apps["delivery"].post("/v1/messages", headers=h, json={
             "idempotency_key": f"fo-{tag}-pinned", "to": f"pinned-{tag}@example.com", "subject": "S", "text": "x",
             "message_type": "transactional"})).json()["id"]
         async with sessionmaker() as s, s.begin():  # an earlier SMTP attempt of this one ended in an unknown state
             await s.execute(text("update delivery.messages set provider = 'smtp' where id = :id"), {"id": pinned})
         try:
-            for _ in range(3):
-                await sending.send_due(sessionmaker, cfg, concurrency=1, redis=redis)
-                async with sessionmaker() as s, s.begin():
-                    await s.execute(text("update delivery.messages set next_attempt_at = now() "
-                                         "where id = any(CAST(:ids AS uuid[])) and status = 'queued'"),
-                                    {"ids": [*ids, pinned]})
+            await _send_rounds(sessionmaker, cfg, redis, [*ids, pinned], 3)
         finally:
             await redis.delete("circuit:smtp:open", "circuit:smtp:failures")
             await redis.aclose()
@@ -197,15 +206,9 @@ async def test_a_revoked_api_key_sends_through_the_fallback_instead_of_failing_e
         redis = await create_redis(cfg)
         await redis.delete("circuit:sendgrid:open", "circuit:sendgrid:failures")
         tag = uuid.uuid4().hex[:6]
-        ids = [(await apps["delivery"].post("/v1/messages", headers=h, json={
-            "idempotency_key": f"key-{tag}-{i}", "to": f"key{i}-{tag}@example.com", "subject": "S", "text": "x",
-            "message_type": "transactional"})).json()["id"] for i in range(3)]
+        ids = await _queue(apps, h, "key", tag, 3)
         try:
-            for _ in range(4):
-                await sending.send_due(sessionmaker, cfg, concurrency=1, redis=redis)
-                async with sessionmaker() as s, s.begin():
-                    await s.execute(text("update delivery.messages set next_attempt_at = now() "
-                                         "where id = any(CAST(:ids AS uuid[])) and status = 'queued'"), {"ids": ids})
+            await _send_rounds(sessionmaker, cfg, redis, ids, 4)
         finally:
             await redis.delete("circuit:sendgrid:open", "circuit:sendgrid:failures")
             await redis.aclose()

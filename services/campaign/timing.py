@@ -80,11 +80,12 @@ UNIX_MS_BEYOND = 2e10  # a Unix time beyond this (in 2603 as seconds) is in mill
 def parse_moment(value: Any, tz: ZoneInfo) -> datetime | None:
     """A trait holding a date or date-time (ISO 8601) or a Unix time (seconds or milliseconds; a number or its
     digits) as an aware UTC datetime; a date (midnight) or a time without an offset is read in ``tz``, the
-    user's zone. Anything else (text that is no date, a boolean) is None."""
+    user's zone. Eight digits are a date (``20261231``, ISO 8601's basic form, as segment's conditions read it),
+    not seconds into 1970. Anything else (text that is no date, a boolean) is None."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)) or value == "":
         return None
     try:
-        if isinstance(value, (int, float)) or value.isascii() and value.isdigit():
+        if isinstance(value, (int, float)) or value.isascii() and value.isdigit() and len(value) != 8:
             seconds = float(value)
             return datetime.fromtimestamp(seconds / 1000 if abs(seconds) > UNIX_MS_BEYOND else seconds, UTC)
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))

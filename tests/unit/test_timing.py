@@ -116,3 +116,16 @@ def test_a_skipped_time_is_moved_forward_by_the_gap_for_waits_and_quiet_hours_al
     autumn = datetime(2026, 11, 1, 6, 10, tzinfo=UTC)  # 01:10 EST, the second pass
     for weekdays in (list(range(7)), [6]):
         assert next_local_time(autumn, ny, "01:30", weekdays) == datetime(2026, 11, 1, 6, 30, tzinfo=UTC)
+
+
+def test_eight_digits_are_a_date_as_segment_reads_them_not_seconds_into_1970() -> None:
+    """A renewal trait "20261231" was read as Unix seconds (1970-08-23) by a journey's date wait, while segment's
+    date conditions read it as 31 December 2026."""
+    from services.campaign.timing import parse_moment
+    from services.segment.conditions import _as_datetime
+
+    tz = ZoneInfo("Europe/Paris")
+    assert parse_moment("20261231", tz) == datetime(2026, 12, 30, 23, 0, tzinfo=UTC)  # midnight in Paris
+    assert _as_datetime("20261231") == datetime(2026, 12, 31, tzinfo=UTC)  # (segment reads dates in UTC)
+    assert parse_moment("1798675200", tz) == datetime(2026, 12, 31, tzinfo=UTC)  # ten digits: seconds
+    assert parse_moment("20261399", tz) is None  # no such date

@@ -223,6 +223,7 @@ def _probe_router(service: str) -> APIRouter:
     async def readyz(request: Request) -> Response:
         checks: dict[str, str] = {}
         state = request.app.state
+
         async def database() -> None:
             async with state.engine.connect() as conn:
                 await conn.execute(text("select 1"))
@@ -243,9 +244,9 @@ def _probe_router(service: str) -> APIRouter:
         if not done:
             check.cancel()
             check.add_done_callback(lambda t: t.cancelled() or t.exception())  # (its error, left unread, is ours)
-        failed = "TimeoutError" if not done else type(check.exception()).__name__ if check.exception() else None
-        if failed:
-            checks["schema" if "postgres" in checks else "postgres"] = f"error: {failed}"
+        failed = check.exception() if done else TimeoutError()
+        if failed is not None:
+            checks["schema" if "postgres" in checks else "postgres"] = f"error: {type(failed).__name__}"
         try:
             # bounded well inside the probe's timeout (3 s): a Redis that accepts and never answers must not make
             # the probe itself time out

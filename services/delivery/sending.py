@@ -105,6 +105,7 @@ async def _send_push(sessionmaker: async_sessionmaker[AsyncSession], settings: S
         raise mailer.SendError(f"expired: not delivered within TENURE_PUSH_TTL_S ({settings.push_ttl_s} s) of its "
                                "creation", permanent=True)
     result = await push.send(settings, http, targets, note) if targets else push.Result()
+
     async def bookkeeping() -> None:  # (each reached device at once: a retry skips it)
         async with sessionmaker() as session, session.begin():
             await devices.forget(session, ws, result.gone)

@@ -790,7 +790,7 @@ async def reevaluate(session: AsyncSession, ws: uuid.UUID, pids: Iterable[uuid.U
         needs.raw |= set(cfg.advocacy_events)  # who was the referred side (lifecycle.advocates)
     current = await memberships(session, ws, pid_list)
     facts = await _load_facts(session, ws, pid_list, needs, today, settings=settings, current=current)
-    gone = await merged_away(session, ws, pid_list)
+    gone = await gone_from_segments(session, ws, pid_list)
     changes: list[Change] = []
     if cfg:
         changes += _stage_changes(cfg, ws, current, facts, today, gone)
@@ -841,7 +841,7 @@ async def reevaluate(session: AsyncSession, ws: uuid.UUID, pids: Iterable[uuid.U
 Change = tuple[uuid.UUID, int, uuid.UUID, str]  # (segment id, version, profile id, "entered" | "exited")
 
 
-async def merged_away(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) -> set[uuid.UUID]:
+async def gone_from_segments(session: AsyncSession, ws: uuid.UUID, pids: list[uuid.UUID]) -> set[uuid.UUID]:
     """Those of ``pids`` that are in no segment and have no stage: merged into another profile (with their facts
     gone, folded into the survivor, they entered every "has not done X" segment and stayed), or of which segment
     holds nothing at all (erased: a profile marked for re-evaluation just before its erasure entered every such
@@ -863,7 +863,8 @@ def _stage_changes(cfg: lifecycle_mod.LifecycleSettings, ws: uuid.UUID, current:
                    facts: dict[uuid.UUID, conditions.ProfileFacts], today: date,
                    gone: frozenset[uuid.UUID] | set[uuid.UUID] = frozenset()) -> list[Change]:
     """Lifecycle stages are memberships of per-stage segments: a stage change is an exit and an entry.
-    Sets each profile's new stage in its facts (segments may read it); merged-away profiles (``gone``) have none."""
+    Sets each profile's new stage in its facts (segments may read it); profiles merged away or erased (``gone``,
+    :func:`gone_from_segments`) have none."""
     stage_ids = {lifecycle_mod.stage_segment_id(ws, st): st for st in lifecycle_mod.STAGES}
     previous: dict[uuid.UUID, tuple[uuid.UUID, datetime]] = {
         pid: (sid, at) for (sid, pid), at in current.items() if sid in stage_ids}
